@@ -1,0 +1,156 @@
+// pybind11 bindings of the native module `l2s_fast`.
+//
+// Deliberately independent of libtorch (no ABI coupling with the torch wheel): ops take
+// numpy / buffer-protocol arrays and return numpy arrays; l2s wraps them with torch.library.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "build_config.h"
+#include "selected_text_softmax.h"
+
+namespace py = pybind11;
+
+namespace {
+
+// float32, C-contiguous; anything else (float64, strided views) is converted by a copy.
+using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
+
+void require_ndim(const FloatArray& array, py::ssize_t ndim, const char* name, const char* layout) {
+  if (array.ndim() != ndim) {
+    throw py::value_error(std::string(name) + " must have shape " + layout + ", got " +
+                          std::to_string(array.ndim()) + " dimensions");
+  }
+}
+
+void require_dim(py::ssize_t got, py::ssize_t want, const char* what) {
+  if (got != want) {
+    throw py::value_error(std::string(what) + ": expected " + std::to_string(want) + ", got " +
+                          std::to_string(got));
+  }
+}
+
+l2s::SelectedTextSoftmaxShape checked_shape(const FloatArray& q, const FloatArray& k,
+                                            const FloatArray& selector) {
+  require_ndim(q, 4, "q", "(B, H, N, D)");
+  require_ndim(k, 4, "k", "(B, H, T, D)");
+  require_ndim(selector, 2, "selector", "(T, G)");
+  require_dim(k.shape(0), q.shape(0), "k batch size (dim 0) must match q");
+  require_dim(k.shape(1), q.shape(1), "k head count (dim 1) must match q");
+  require_dim(k.shape(3), q.shape(3), "k head dim (dim 3) must match q");
+  require_dim(selector.shape(0), k.shape(2), "selector rows (dim 0) must match the T text keys of k");
+  if (k.shape(2) == 0) throw py::value_error("k has no text keys (T = 0): the softmax is undefined");
+  return {q.shape(0), q.shape(1), q.shape(2), k.shape(2), q.shape(3), selector.shape(1)};
+}
+
+FloatArray forward(const FloatArray& q, const FloatArray& k, const FloatArray& selector,
+                   float scale) {
+  const auto s = checked_shape(q, k, selector);
+  FloatArray out({s.batch, s.heads, s.queries, s.groups});
+  {
+    py::gil_scoped_release release;
+    l2s::selected_text_softmax_forward_cpu(s, q.data(), k.data(), selector.data(), scale,
+                                           out.mutable_data());
+  }
+  return out;
+}
+
+std::pair<FloatArray, FloatArray> backward(const FloatArray& grad_out, const FloatArray& q,
+                                           const FloatArray& k, const FloatArray& selector,
+                                           float scale) {
+  const auto s = checked_shape(q, k, selector);
+  require_ndim(grad_out, 4, "grad_out", "(B, H, N, G)");
+  const std::vector<py::ssize_t> want{s.batch, s.heads, s.queries, s.groups};
+  for (py::ssize_t d = 0; d < 4; ++d) {
+    if (grad_out.shape(d) != want[d]) {
+      throw py::value_error("grad_out must have the forward output's shape (B, H, N, G) = (" +
+                            std::to_string(want[0]) + ", " + std::to_string(want[1]) + ", " +
+                            std::to_string(want[2]) + ", " + std::to_string(want[3]) + ")");
+    }
+  }
+  FloatArray grad_q({s.batch, s.heads, s.queries, s.head_dim});
+  FloatArray grad_k({s.batch, s.heads, s.keys, s.head_dim});
+  {
+    py::gil_scoped_release release;
+    l2s::selected_text_softmax_backward_cpu(s, grad_out.data(), q.data(), k.data(),
+                                            selector.data(), scale, grad_q.mutable_data(),
+                                            grad_k.mutable_data());
+  }
+  return {std::move(grad_q), std::move(grad_k)};
+}
+
+bool built_with_cuda() {
+#ifdef L2S_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+bool has_cuda() {
+#ifdef L2S_WITH_CUDA
+  // Probed once: the answer cannot change within a process.
+  static const bool usable = l2s::cuda_device_count() > 0;
+  return usable;
+#else
+  return false;
+#endif
+}
+
+py::dict build_info() {
+  py::dict info;
+  info["version"] = L2S_VERSION_STRING;
+  info["compiler"] = L2S_CXX_COMPILER;
+  info["cxx_flags"] = L2S_CXX_FLAGS;
+  info["build_type"] = L2S_BUILD_TYPE;
+  info["pybind11_version"] = std::to_string(PYBIND11_VERSION_MAJOR) + "." +
+                             std::to_string(PYBIND11_VERSION_MINOR) + "." +
+                             std::to_string(PYBIND11_VERSION_PATCH);
+  info["openmp"] = l2s::cpu_built_with_openmp();
+  info["openmp_max_threads"] = l2s::cpu_max_threads();
+  info["cuda"] = built_with_cuda();
+#ifdef L2S_WITH_CUDA
+  const int v = l2s::cuda_runtime_version_compiled();  // e.g. 13000 -> "13.0"
+  info["cuda_version"] = std::to_string(v / 1000) + "." + std::to_string((v % 1000) / 10);
+  info["cuda_compiler"] = L2S_CUDA_COMPILER;
+  info["cuda_architectures"] = L2S_CUDA_ARCHITECTURES;
+#else
+  info["cuda_version"] = py::none();
+  info["cuda_compiler"] = py::none();
+  info["cuda_architectures"] = py::none();
+#endif
+  return info;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(l2s_fast, m) {
+  m.doc() = "Native kernels of l2s (CPU always; CUDA when built with L2S_WITH_CUDA).";
+  m.attr("__version__") = L2S_VERSION_STRING;
+
+  m.def("built_with_cuda", &built_with_cuda,
+        "True when this build compiled the CUDA kernels (says nothing about a device).");
+  m.def("has_cuda", &has_cuda,
+        "True when the CUDA kernels were compiled in AND a device can run them now.");
+  m.def("build_info", &build_info,
+        "Compiler, flags, OpenMP and CUDA facts about this build, as a dict.");
+
+  m.def("selected_text_softmax_forward", &forward, py::arg("q"), py::arg("k"),
+        py::arg("selector"), py::arg("scale"),
+        R"doc(Token-selected text-softmax maps: softmax_T(q k^T scale) @ selector.
+
+q: (B, H, N, D) image queries; k: (B, H, T, D) text keys; selector: (T, G) weights of the
+text tokens per group. Inputs are read as C-contiguous float32 (other dtypes and strided
+arrays are copied). Returns out: (B, H, N, G) float32. Never stores the (N, T) probabilities.)doc");
+
+  m.def("selected_text_softmax_backward", &backward, py::arg("grad_out"), py::arg("q"),
+        py::arg("k"), py::arg("selector"), py::arg("scale"),
+        R"doc(Backward of selected_text_softmax_forward with respect to q and k.
+
+grad_out: (B, H, N, G), the gradient of the loss w.r.t. the forward output; other arguments as
+in the forward. Returns (grad_q (B, H, N, D), grad_k (B, H, T, D)) as float32. The selector is
+treated as a constant (no gradient).)doc");
+}

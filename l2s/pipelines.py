@@ -1,0 +1,416 @@
+"""Steered generation on diffusers pipelines (FLUX.1-dev/schnell, Stable Diffusion 1.4/2.1).
+
+The data path reads top-down in :meth:`SteeringPipeline.__call__`:
+parse the prompt -> map objects to tokens -> denoise, and on steered steps
+capture maps -> classify -> refine the latent (``l2s.steer``) -> plain step -> decode.
+
+The denoising loops follow diffusers' own ``FluxPipeline`` / ``StableDiffusionPipeline`` loops
+(same components, scheduler calls and latent packing), with the steering step inserted; the
+pipeline's callback runs under ``no_grad``, so steering needs its own loop.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .capture import AttentionCapture
+from .classifier import RelationClassifier, step_index_for
+from .errors import ClassifierMismatchError, ModelLoadError, UsageError
+from .parsing import ParsedPrompt, parse_prompt
+from .relations import class_index
+from .steer import Schedule, SteeringDiagnostics, reference_schedule, refine_latents
+from .tokens import check_prompt_length, token_groups
+
+
+@dataclass
+class SteeringPlan:
+    """What will be steered: relations, the token groups of their objects, and class indices."""
+
+    parsed: ParsedPrompt
+    phrases: list[str] = field(default_factory=list)
+    token_indices: list[tuple[int, ...]] = field(default_factory=list)
+    pairs: list[tuple[int, int]] = field(default_factory=list)       # (subject group, object group) per relation
+    class_indices: list[int] = field(default_factory=list)
+
+    @property
+    def steered(self) -> bool:
+        return bool(self.pairs)
+
+    def to_json(self) -> dict:
+        return {
+            "relations": [t.to_dict() for t in self.parsed.triplets],
+            "non_directional": [{"subject": n.subject, "relation": n.relation, "object": n.object}
+                                for n in self.parsed.non_directional],
+            "token_indices": {p: list(ix) for p, ix in zip(self.phrases, self.token_indices)},
+            "class_indices": self.class_indices,
+            "steered": self.steered,
+            "note": self.parsed.describe(),
+        }
+
+
+@dataclass
+class SteeringResult:
+    images: list  # PIL images
+    plan: SteeringPlan
+    schedule: Schedule | None
+    diagnostics: SteeringDiagnostics
+    timings: dict[str, float]
+
+    def report(self) -> dict:
+        per_step: dict[int, list[dict]] = {}
+        for r in self.diagnostics.records:
+            per_step.setdefault(r.step, []).append(
+                {"iteration": r.iteration, "relation": r.relation, "loss": r.loss,
+                 "target_probability": r.target_probability, "updated": r.updated,
+                 "non_finite": r.non_finite})
+        return {
+            **self.plan.to_json(),
+            "schedule": self.schedule.to_json() if self.schedule else None,
+            "steps": {str(k): v for k, v in per_step.items()},
+            "non_finite_events": len(self.diagnostics.non_finite_events()),
+            "timings_s": self.timings,
+        }
+
+
+def _differentiable_sdpa(device: torch.device):
+    """cuDNN's SDPA backward failed for FLUX on our H100: differentiate through flash/efficient only."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
+class SteeringPipeline:
+    """Wraps a diffusers pipeline and a relation classifier; subclasses supply the model loop."""
+
+    family: str
+    denoiser_attr: str
+
+    def __init__(self, pipe, classifier: RelationClassifier, schedule: Schedule | None = None):
+        self.pipe = pipe
+        self.classifier = classifier.eval().requires_grad_(False)
+        self.schedule = schedule
+        # Steering differentiates w.r.t. the latent only: freeze every weight.
+        for name in ("transformer", "unet", "text_encoder", "text_encoder_2", "vae"):
+            module = getattr(pipe, name, None)
+            if module is not None:
+                module.requires_grad_(False)
+        self.classifier.to(self.device)
+        self._capture: AttentionCapture | None = None   # installed only while steering
+
+    # Capture processors used while steering; the reference mode swaps in the explicit ones.
+    capture_cls = AttentionCapture
+
+    def map_channels(self) -> int:
+        """Maps per object this model provides (captured layers x heads)."""
+        with self.capture_cls(self.denoiser) as capture:
+            return capture.channels()
+
+    # ---- construction -------------------------------------------------------------------
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        return getattr(self.pipe, self.denoiser_attr)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.denoiser.parameters()).device
+
+    @classmethod
+    def from_pretrained(cls, model_path: str | Path, classifier: RelationClassifier | str | Path,
+                        torch_dtype: torch.dtype | None = None, device: str | None = None,
+                        schedule: Schedule | None = None) -> "SteeringPipeline":
+        """Load a diffusers pipeline from a local directory (never a hub) and wrap it."""
+        pipe = load_diffusers_pipeline(model_path, torch_dtype=torch_dtype)
+        if device:
+            pipe.to(device)
+        if not isinstance(classifier, RelationClassifier):
+            classifier = RelationClassifier.load(classifier)
+        return wrap_pipeline(pipe, classifier, schedule)
+
+    # ---- shared data path ---------------------------------------------------------------
+    def plan(self, prompt: str) -> SteeringPlan:
+        """Parse the prompt, map each object phrase to tokens, and check the classifier fits."""
+        parsed = parse_prompt(prompt)
+        tokenizer, max_length = self.map_tokenizer()
+        check_prompt_length(tokenizer, prompt, max_length)
+        plan = SteeringPlan(parsed=parsed)
+        if not parsed.steerable:
+            return plan
+        names = self.classifier.config.class_names
+        phrases: list[str] = []
+        for t in parsed.triplets:
+            for phrase in (t.subject, t.object):
+                if phrase not in phrases:
+                    phrases.append(phrase)
+        groups = token_groups(tokenizer, prompt, phrases, max_length)
+        plan.phrases = phrases
+        plan.token_indices = [g.indices for g in groups]
+        plan.pairs = [(phrases.index(t.subject), phrases.index(t.object)) for t in parsed.triplets]
+        plan.class_indices = [class_index(t.relation, names) for t in parsed.triplets]
+        return plan
+
+    def check_classifier(self, latent_hw: tuple[int, int]) -> None:
+        cfg = self.classifier.config
+        channels = self._capture.channels()
+        if cfg.channels != channels:
+            raise ClassifierMismatchError(
+                f"classifier expects {cfg.channels} maps per object but this "
+                f"{self.family} model provides {channels} (layers x heads); use a classifier trained "
+                f"for this model")
+
+    def log_prob_fn(self, plan: SteeringPlan, step: int, run_denoiser, text_len: int,
+                    latent_hw: tuple[int, int]):
+        """Per-image log p(target relation) at ``step`` for latent ``z`` and relation ``r``."""
+        cfg = self.classifier.config
+        step_index = step_index_for(step, tuple(cfg.timesteps))
+
+        def log_prob(z: torch.Tensor, r: int) -> torch.Tensor:
+            with self._capture.recording(plan.token_indices, text_len, latent_hw) as maps, \
+                    _differentiable_sdpa(z.device):
+                run_denoiser(z)
+            subject, obj = plan.pairs[r]
+            x = maps.classifier_input(subject, obj, map_size=cfg.map_size)
+            steps = torch.full((x.shape[0],), step_index, dtype=torch.long, device=x.device)
+            logits = self.classifier(x.float(), steps)
+            return torch.log_softmax(logits.float(), dim=-1)[:, plan.class_indices[r]]
+
+        return log_prob
+
+    def __call__(self, prompt: str, *, num_inference_steps: int | None = None,
+                 height: int | None = None, width: int | None = None,
+                 guidance_scale: float | None = None, seed: int = 0, num_images: int = 1,
+                 steer: bool = True, schedule: Schedule | None = None,
+                 latents: torch.Tensor | None = None, progress: bool = True) -> SteeringResult:
+        """Generate ``num_images`` images of ``prompt``; steered when it has a directional relation.
+
+        ``latents`` replaces the seeded initial noise (in the pipeline's own latent layout).
+        """
+        t0 = time.perf_counter()
+        plan = self.plan(prompt)
+        steps = num_inference_steps or self.default_steps()
+        schedule = schedule or self.schedule or reference_schedule(self.family, steps)
+        if schedule.num_steps != steps:
+            raise UsageError(f"schedule {schedule.name!r} covers {schedule.num_steps} steps, "
+                             f"generation uses {steps}")
+        do_steer = steer and plan.steered
+        diagnostics = SteeringDiagnostics()
+        # Capture processors live on the model only during a steered call, so the wrapped
+        # pipeline stays stock (and plain generation pays nothing).
+        with (self.capture_cls(self.denoiser) if do_steer else contextlib.nullcontext()) as capture:
+            self._capture = capture
+            try:
+                images = self.generate(prompt, plan, steps=steps, height=height, width=width,
+                                       guidance_scale=guidance_scale, seed=seed,
+                                       num_images=num_images,
+                                       schedule=schedule if do_steer else None,
+                                       diagnostics=diagnostics, latents=latents, progress=progress)
+            finally:
+                self._capture = None
+        timings = {"total": time.perf_counter() - t0}
+        return SteeringResult(images=images, plan=plan, schedule=schedule if do_steer else None,
+                              diagnostics=diagnostics, timings=timings)
+
+    def _progress(self, total: int, enabled: bool):
+        return tqdm(total=total, disable=not enabled, desc=f"l2s {self.family}", leave=False)
+
+    # ---- per-model parts ------------------------------------------------------------------
+    def map_tokenizer(self):
+        raise NotImplementedError
+
+    def default_steps(self) -> int:
+        raise NotImplementedError
+
+    def generate(self, prompt, plan, **kwargs):
+        raise NotImplementedError
+
+
+class FluxSteeringPipeline(SteeringPipeline):
+    """FLUX.1-dev / schnell: maps from every double and single block over the T5 tokens."""
+
+    denoiser_attr = "transformer"
+
+    def __init__(self, pipe, classifier, schedule=None, max_sequence_length: int = 512):
+        super().__init__(pipe, classifier, schedule)
+        self.max_sequence_length = max_sequence_length
+        self.family = "flux-dev" if pipe.transformer.config.guidance_embeds else "flux-schnell"
+
+    def map_tokenizer(self):
+        return self.pipe.tokenizer_2, self.max_sequence_length
+
+    def default_steps(self) -> int:
+        return 50 if self.family == "flux-dev" else 4
+
+    def default_size(self) -> int:
+        # Published: latent token grid 32 (dev, 512 px) or 16 (schnell, 256 px), scaled to this VAE.
+        grid = self.classifier.config.orig_map_size or (32 if self.family == "flux-dev" else 16)
+        return grid * self.pipe.vae_scale_factor * 2
+
+    @torch.no_grad()
+    def generate(self, prompt, plan, *, steps, height, width, guidance_scale, seed, num_images,
+                 schedule, diagnostics, latents, progress):
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
+
+        pipe, device = self.pipe, self.device
+        height = height or self.default_size()
+        width = width or self.default_size()
+        multiple = pipe.vae_scale_factor * 2
+        if height % multiple or width % multiple:
+            raise UsageError(f"height and width must be multiples of {multiple} for this model")
+        if guidance_scale is None:
+            guidance_scale = 3.5 if self.family == "flux-dev" else 0.0
+        prompt_embeds, pooled, text_ids = pipe.encode_prompt(
+            prompt=prompt, prompt_2=None, device=device, num_images_per_prompt=num_images,
+            max_sequence_length=self.max_sequence_length)
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        latents, image_ids = pipe.prepare_latents(
+            num_images, pipe.transformer.config.in_channels // 4, height, width,
+            prompt_embeds.dtype, device, generator, latents)
+        latent_hw = (height // multiple, width // multiple)
+        if schedule is not None:
+            self.check_classifier(latent_hw)
+
+        sigmas = np.linspace(1.0, 1 / steps, steps)
+        mu = calculate_shift(latents.shape[1], pipe.scheduler.config.get("base_image_seq_len", 256),
+                             pipe.scheduler.config.get("max_image_seq_len", 4096),
+                             pipe.scheduler.config.get("base_shift", 0.5),
+                             pipe.scheduler.config.get("max_shift", 1.15))
+        timesteps, _ = retrieve_timesteps(pipe.scheduler, steps, device, sigmas=sigmas, mu=mu)
+        pipe.scheduler.set_begin_index(0)
+        guidance = None
+        if pipe.transformer.config.guidance_embeds:
+            guidance = torch.full([num_images], guidance_scale, device=device, dtype=torch.float32)
+
+        def denoise(z: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+            with pipe.transformer.cache_context("cond"):
+                return pipe.transformer(
+                    hidden_states=z, timestep=timestep / 1000, guidance=guidance,
+                    pooled_projections=pooled, encoder_hidden_states=prompt_embeds,
+                    txt_ids=text_ids, img_ids=image_ids, return_dict=False)[0]
+
+        with self._progress(len(timesteps), progress) as bar:
+            for i, t in enumerate(timesteps):
+                timestep = t.expand(latents.shape[0]).to(latents.dtype)
+                if schedule is not None and schedule.is_steered(i):
+                    log_prob = self.log_prob_fn(plan, i, lambda z: denoise(z, timestep),
+                                                prompt_embeds.shape[1], latent_hw)
+                    latents = refine_latents(latents, i, log_prob, schedule, len(plan.pairs),
+                                             diagnostics)
+                    last = diagnostics.for_step(i)
+                    if last:
+                        bar.set_postfix(p=f"{min(last[-1].target_probability):.3f}")
+                noise_pred = denoise(latents, timestep)
+                latents = pipe.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
+                bar.update()
+
+        latents = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
+        latents = latents / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
+        image = pipe.vae.decode(latents.to(pipe.vae.dtype), return_dict=False)[0]
+        return pipe.image_processor.postprocess(image, output_type="pil")
+
+
+class SDSteeringPipeline(SteeringPipeline):
+    """Stable Diffusion 1.4 / 2.1: maps from the UNet's cross-attention layers over CLIP tokens."""
+
+    denoiser_attr = "unet"
+
+    def __init__(self, pipe, classifier, schedule=None):
+        super().__init__(pipe, classifier, schedule)
+        self.family = "sd21" if pipe.unet.config.cross_attention_dim == 1024 else "sd14"
+
+    def map_tokenizer(self):
+        return self.pipe.tokenizer, self.pipe.tokenizer.model_max_length
+
+    def default_steps(self) -> int:
+        return 50
+
+    @torch.no_grad()
+    def generate(self, prompt, plan, *, steps, height, width, guidance_scale, seed, num_images,
+                 schedule, diagnostics, latents, progress):
+        pipe, device = self.pipe, self.device
+        height = height or pipe.unet.config.sample_size * pipe.vae_scale_factor
+        width = width or pipe.unet.config.sample_size * pipe.vae_scale_factor
+        if guidance_scale is None:
+            guidance_scale = 7.5
+        do_cfg = guidance_scale > 1.0
+        cond, uncond = pipe.encode_prompt(prompt, device, num_images, do_cfg)
+        pipe.scheduler.set_timesteps(steps, device=device)
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        latents = pipe.prepare_latents(num_images, pipe.unet.config.in_channels, height, width,
+                                       cond.dtype, device, generator, latents)
+        latent_hw = tuple(latents.shape[-2:])
+        if schedule is not None:
+            self.check_classifier(latent_hw)
+
+        def unet(z, t, embeds):
+            return pipe.unet(pipe.scheduler.scale_model_input(z, t), t,
+                             encoder_hidden_states=embeds, return_dict=False)[0]
+
+        with self._progress(len(pipe.scheduler.timesteps), progress) as bar:
+            for i, t in enumerate(pipe.scheduler.timesteps):
+                if schedule is not None and schedule.is_steered(i):
+                    # The steering forward is conditional-only (no CFG batch), as published.
+                    log_prob = self.log_prob_fn(plan, i, lambda z: unet(z, t, cond),
+                                                cond.shape[1], latent_hw)
+                    latents = refine_latents(latents, i, log_prob, schedule, len(plan.pairs),
+                                             diagnostics)
+                    last = diagnostics.for_step(i)
+                    if last:
+                        bar.set_postfix(p=f"{min(last[-1].target_probability):.3f}")
+                if do_cfg:
+                    noise = unet(torch.cat([latents] * 2), t, torch.cat([uncond, cond]))
+                    noise_uncond, noise_cond = noise.chunk(2)
+                    noise = noise_uncond + guidance_scale * (noise_cond - noise_uncond)
+                else:
+                    noise = unet(latents, t, cond)
+                latents = pipe.scheduler.step(noise, t, latents, return_dict=False)[0]
+                bar.update()
+
+        image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
+        return pipe.image_processor.postprocess(image, output_type="pil",
+                                                do_denormalize=[True] * image.shape[0])
+
+
+def wrap_pipeline(pipe, classifier: RelationClassifier,
+                  schedule: Schedule | None = None) -> SteeringPipeline:
+    """Wrap an existing diffusers ``FluxPipeline`` or ``StableDiffusionPipeline``."""
+    if hasattr(pipe, "transformer") and hasattr(pipe, "tokenizer_2"):
+        return FluxSteeringPipeline(pipe, classifier, schedule)
+    if hasattr(pipe, "unet") and hasattr(pipe, "tokenizer"):
+        return SDSteeringPipeline(pipe, classifier, schedule)
+    raise TypeError(f"cannot steer a {type(pipe).__name__}: expected a FLUX or Stable Diffusion pipeline")
+
+
+def load_diffusers_pipeline(path: str | Path, torch_dtype: torch.dtype | None = None):
+    """Load a FLUX or SD pipeline from a local diffusers directory; never contacts a hub."""
+    import diffusers
+
+    path = Path(path)
+    index = path / "model_index.json"
+    if not index.is_file():
+        raise ModelLoadError(f"no diffusers pipeline at {path} (model_index.json missing)")
+    import json
+    try:
+        class_name = json.loads(index.read_text())["_class_name"]
+    except (ValueError, KeyError) as e:
+        raise ModelLoadError(f"corrupt model_index.json in {path}: {e}") from None
+    kinds = {"FluxPipeline": diffusers.FluxPipeline,
+             "StableDiffusionPipeline": diffusers.StableDiffusionPipeline}
+    if class_name not in kinds:
+        raise ModelLoadError(f"{path} holds a {class_name}; l2s steers {', '.join(kinds)}")
+    kwargs: dict[str, Any] = {"local_files_only": True}
+    if torch_dtype is not None:
+        kwargs["dtype"] = torch_dtype
+    if class_name == "StableDiffusionPipeline":
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    try:
+        return kinds[class_name].from_pretrained(str(path), **kwargs)
+    except Exception as e:  # diffusers raises many kinds on damaged folders
+        raise ModelLoadError(f"could not load the pipeline at {path}: {type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''}") from None

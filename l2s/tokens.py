@@ -1,0 +1,151 @@
+"""Object phrase -> positions in the text encoder's token sequence.
+
+Capture and steering read one attention map per text position; an object's map is the mean of the
+maps at its token positions. Positions are those of the padded sequence the pipeline feeds the
+text encoder: the prompt is tokenised with the tokenizer's own special tokens (CLIP: start token
+at position 0 and end token; T5: no start token, ``</s>`` appended), so index ``i`` here is key
+``i`` of the cross-attention.
+
+Tokens are matched to words by character offsets rather than by re-tokenising the word and
+searching for its ids, so a word whose tokens depend on context (BPE merges across a prefix,
+sentencepiece's stray ``▁`` piece) still maps exactly, and an object that is absent or cut off
+by truncation is an error instead of a silent wrong index.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from l2s.errors import TokenizationError
+
+
+@dataclass(frozen=True)
+class TokenGroup:
+    """The token positions of one object phrase (their maps are averaged downstream)."""
+
+    phrase: str
+    indices: tuple[int, ...]  # positions in the (padded) encoder sequence
+
+
+def _phrase_pattern(phrase: str) -> re.Pattern[str]:
+    words = phrase.split()
+    if not words:
+        raise TokenizationError("empty object phrase")
+    # Whole words only ("cat" must not match inside "category"); any run of spaces between words.
+    body = r"\s+".join(re.escape(word) for word in words)
+    return re.compile(rf"(?<!\w){body}(?!\w)", re.IGNORECASE)
+
+
+def occurrence_spans(prompt: str, phrase: str) -> Iterator[tuple[int, int]]:
+    """Character spans ``[start, end)`` of every whole-word, case-insensitive occurrence of
+    ``phrase`` in ``prompt``, left to right."""
+    for match in _phrase_pattern(phrase).finditer(prompt):
+        yield match.span()
+
+
+def first_occurrence_span(prompt: str, phrase: str) -> tuple[int, int]:
+    """The span of the first whole-word, case-insensitive occurrence of ``phrase`` in ``prompt``.
+
+    Raises :class:`TokenizationError` if the phrase does not occur.
+    """
+    for span in occurrence_spans(prompt, phrase):
+        return span
+    raise TokenizationError(f"object {phrase!r} does not occur in the prompt {prompt!r}")
+
+
+def _encode(tokenizer, prompt: str, **kwargs) -> dict:
+    # Same special tokens as the pipelines (add_special_tokens defaults to True).
+    return tokenizer(
+        prompt,
+        return_offsets_mapping=True,
+        return_special_tokens_mask=True,
+        verbose=False,  # too-long prompts are reported by us, not as a transformers warning
+        **kwargs,
+    )
+
+
+def _too_long_message(tokenizer, n_tokens: int, max_length: int) -> str:
+    name = type(tokenizer).__name__
+    return f"prompt needs {n_tokens} {name} tokens but the text encoder takes at most {max_length}"
+
+
+def check_prompt_length(tokenizer, prompt: str, max_length: int) -> None:
+    """Raise :class:`TokenizationError` when ``prompt`` (special tokens included) needs more than
+    ``max_length`` tokens, i.e. when the pipeline would silently truncate it."""
+    n_tokens = len(tokenizer(prompt, verbose=False)["input_ids"])
+    if n_tokens > max_length:
+        raise TokenizationError(_too_long_message(tokenizer, n_tokens, max_length))
+
+
+def phrase_token_indices(
+    tokenizer, prompt: str, char_span: tuple[int, int], max_length: int
+) -> tuple[int, ...]:
+    """Positions of the tokens of ``prompt`` that cover the characters ``char_span``.
+
+    Special tokens are skipped, and so are pieces that carry no text (sentencepiece's lone ``▁``,
+    which reports the offsets of the character after it). Raises :class:`TokenizationError` if no
+    token covers the span, or if truncation to ``max_length`` tokens would cut any of them off.
+    """
+    start, end = char_span
+    if not 0 <= start < end <= len(prompt):
+        raise TokenizationError(f"character span {char_span} is outside the prompt {prompt!r}")
+    full = _encode(tokenizer, prompt)
+    indices = []
+    for position, ((token_start, token_end), special, token_id) in enumerate(
+        zip(full["offset_mapping"], full["special_tokens_mask"], full["input_ids"])
+    ):
+        if special or token_end <= token_start:
+            continue
+        if token_start < end and token_end > start and tokenizer.decode([token_id]).strip():
+            indices.append(position)
+    phrase = prompt[start:end]
+    if not indices:
+        raise TokenizationError(f"object {phrase!r} is not in the tokenizer output for {prompt!r}")
+
+    # What the pipeline actually sees: truncated (the end token takes the last slot).
+    kept = _encode(tokenizer, prompt, truncation=True, max_length=max_length)
+    cut = [
+        i
+        for i in indices
+        if i >= len(kept["input_ids"])
+        or kept["input_ids"][i] != full["input_ids"][i]
+        or tuple(kept["offset_mapping"][i]) != tuple(full["offset_mapping"][i])
+    ]
+    if cut:
+        raise TokenizationError(
+            f"object {phrase!r} is cut off: "
+            + _too_long_message(tokenizer, len(full["input_ids"]), max_length)
+        )
+    return tuple(indices)
+
+
+def _phrase_key(phrase: str) -> str:
+    return " ".join(phrase.lower().split())
+
+
+def token_groups(
+    tokenizer, prompt: str, phrases: Sequence[str], max_length: int
+) -> list[TokenGroup]:
+    """One :class:`TokenGroup` per phrase, in the order given.
+
+    Each object maps to the first occurrence of its words. The same phrase listed twice (an
+    object in two relations: "a cat left of a dog; and the same dog above a cat") gets the same
+    group. When one phrase occurs inside another listed phrase ("dog" and "hot dog"), the shorter
+    one takes its first occurrence outside the longer one's, if there is one.
+    """
+    spans: dict[str, tuple[int, int]] = {}
+    # Longer phrases claim their words first so a contained phrase can avoid them.
+    # (sorted is stable: equal lengths keep the caller's order, so the result is deterministic).
+    for phrase in sorted(dict.fromkeys(map(_phrase_key, phrases)), key=len, reverse=True):
+        occurrences = list(occurrence_spans(prompt, phrase))
+        if not occurrences:
+            raise TokenizationError(f"object {phrase!r} does not occur in the prompt {prompt!r}")
+        claimed = spans.values()
+        free = [s for s in occurrences if all(s[1] <= c[0] or s[0] >= c[1] for c in claimed)]
+        spans[phrase] = (free or occurrences)[0]
+    return [
+        TokenGroup(phrase, phrase_token_indices(tokenizer, prompt, spans[_phrase_key(phrase)], max_length))
+        for phrase in phrases
+    ]

@@ -1,0 +1,54 @@
+"""Shared pytest setup: offline Hugging Face, small thread pools, seeded RNGs, marker skips."""
+
+from __future__ import annotations
+
+import os
+
+# Before anything imports huggingface_hub / transformers / diffusers: tests never download.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+
+import random  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# Tiny test tensors gain nothing from many threads and CI has 2 cores; L2S_TEST_THREADS overrides.
+torch.set_num_threads(int(os.environ.get("L2S_TEST_THREADS", "2")))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--runslow", action="store_true", default=False,
+        help="run tests marked slow (same as L2S_RUN_SLOW=1)",
+    )
+
+
+def _run_slow(config: pytest.Config) -> bool:
+    return bool(config.getoption("--runslow")) or os.environ.get("L2S_RUN_SLOW") == "1"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    skip_slow = None
+    if not _run_slow(config):
+        skip_slow = pytest.mark.skip(reason="slow test: run with --runslow or L2S_RUN_SLOW=1")
+    skip_gpu = None
+    if not torch.cuda.is_available():
+        skip_gpu = pytest.mark.skip(
+            reason=f"needs a CUDA device: torch.cuda.is_available() is False (torch {torch.__version__})"
+        )
+    for item in items:
+        if skip_slow is not None and "slow" in item.keywords:
+            item.add_marker(skip_slow)
+        if skip_gpu is not None and "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything() -> None:
+    """Every test starts from the same RNG state, whatever ran before it."""
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
