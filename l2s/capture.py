@@ -262,6 +262,11 @@ class _CaptureState:
     def __init__(self) -> None:
         self.spec: _MapSpec | None = None
         self.captured: CapturedMaps | None = None
+        self.stop_after: str | None = None     # layer after which the forward is cut short
+
+
+class _ForwardStopped(Exception):
+    """Raised after the last captured layer when the rest of the forward is not needed."""
 
 
 def _downsampled_grid(latent_hw: tuple[int, int], downsamplings: int) -> tuple[int, int]:
@@ -302,6 +307,8 @@ class _CaptureProcessorMixin:
                 f"derived from latent_hw={spec.latent_hw}"
             )
         captured.record(self.layer, maps, (height, width))
+        if self._state.stop_after == self.layer:
+            raise _ForwardStopped
 
 
 class FluxCaptureProcessor(_CaptureProcessorMixin):
@@ -720,7 +727,8 @@ class AttentionCapture:
 
     @contextmanager
     def recording(
-        self, groups: Sequence[Sequence[int]], text_len: int, latent_hw: tuple[int, int]
+        self, groups: Sequence[Sequence[int]], text_len: int, latent_hw: tuple[int, int],
+        stop_after_last: bool = False,
     ) -> Iterator[CapturedMaps]:
         """Record maps for ``groups`` during the forward passes run inside this block.
 
@@ -736,6 +744,11 @@ class AttentionCapture:
             forward replaces them) and stays usable after the block ends. The maps keep their
             autograd graph; with gradient checkpointing, run backward before the next forward
             and before :meth:`remove` (the recompute must run the same processors).
+
+        With ``stop_after_last`` the model's forward is cut short right after the last captured
+        layer has recorded its maps (steering needs nothing later: the output head is not on the
+        gradient path of the maps); the block then ends normally and the model call returns
+        nothing.  Not for use with gradient checkpointing.
         """
         if not self._installed:
             raise L2SError("this AttentionCapture was removed; create a new one")
@@ -747,10 +760,13 @@ class AttentionCapture:
         spec = _MapSpec(_normalise_groups(groups, text_len), int(text_len), latent_hw)
         captured = CapturedMaps(spec.groups, spec.text_len)
         self._state.spec, self._state.captured = spec, captured
+        self._state.stop_after = self.layer_names[-1] if stop_after_last else None
         try:
             yield captured
+        except _ForwardStopped:
+            pass
         finally:
-            self._state.spec, self._state.captured = None, None
+            self._state.spec, self._state.captured, self._state.stop_after = None, None, None
 
 
 class ExplicitAttentionReference(AttentionCapture):

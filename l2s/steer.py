@@ -19,12 +19,12 @@ import torch
 _PUBLISHED_LOSS_TARGETS = (1e-5, 3e-5, 5e-5)
 _PUBLISHED_LATE_TARGET = 7e-5
 
-# Published per-family settings: step size alpha, refinement updates M, steered fraction.
+# Published per-family settings: step size alpha and iterations per steered step (M + 1 = 16).
 _PUBLISHED = {
-    "flux-schnell": dict(step_size=5.0, iterations=15),
-    "flux-dev": dict(step_size=5.0, iterations=15),
-    "sd21": dict(step_size=5.0, iterations=15),
-    "sd14": dict(step_size=7.5, iterations=15),
+    "flux-schnell": dict(step_size=5.0, iterations=16),
+    "flux-dev": dict(step_size=5.0, iterations=16),
+    "sd21": dict(step_size=5.0, iterations=16),
+    "sd14": dict(step_size=7.5, iterations=16),
 }
 
 
@@ -32,9 +32,9 @@ _PUBLISHED = {
 class Schedule:
     """Which denoising steps are steered, and how hard.
 
-    ``iterations[i]`` is M for step i: up to M + 1 loss evaluations and M + 1 updates (the last
-    update is applied without being re-evaluated, as published).  A step with 0 iterations is a
-    plain step.  ``exit_probability`` (optional) stops a step's loop as soon as every image's
+    ``iterations[i]`` is the number of refinement iterations at step i: up to that many loss
+    evaluations, each followed by an update (the last update is applied without being
+    re-evaluated, as published: M = 15 means 16 iterations).  0 makes a plain step.  ``exit_probability`` (optional) stops a step's loop as soon as every image's
     target probability reaches it; ``loss_targets`` are the published cross-entropy thresholds.
     """
 
@@ -63,7 +63,7 @@ class Schedule:
 
     def max_forwards(self) -> int:
         """Upper bound on steering forward+backward passes for one image."""
-        return sum(m + 1 for m in self.iterations if m > 0)
+        return sum(self.iterations)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -90,8 +90,8 @@ def reference_schedule(family: str, num_steps: int) -> Schedule:
         iterations=iterations,
         step_sizes=(settings["step_size"],) * num_steps,
         loss_targets=tuple(published_loss_target(i) for i in range(num_steps)),
-        description="published schedule: M=15 updates on each steered step, tiny loss targets "
-                    "(almost never reached, so nearly every steered step runs all 16 forwards)",
+        description="published schedule: up to 16 iterations (M=15) on each steered step, tiny "
+                    "loss targets (almost never reached, so nearly every steered step runs all 16)",
     )
 
 
@@ -127,44 +127,63 @@ LogProbFn = Callable[[torch.Tensor, int], torch.Tensor]
 
 
 def refine_latents(latents: torch.Tensor, step: int, log_prob_fn: LogProbFn, schedule: Schedule,
-                   num_relations: int, diagnostics: SteeringDiagnostics | None = None) -> torch.Tensor:
+                   num_relations: int, diagnostics: SteeringDiagnostics | None = None, *,
+                   sync_each_iteration: bool = True) -> torch.Tensor:
     """Refine ``latents`` at denoising ``step`` by the published loop; returns new (detached) latents.
 
-    Images of a batch are independent: the loss is the sum of per-image cross-entropies (so each
-    image gets exactly its own batch-1 gradient) and an image stops being updated once its loss
-    is at or below the target.  A non-finite loss or gradient skips the update and ends the step's
-    loop; it is recorded in ``diagnostics``.
+    Images of a batch are independent and each follows the batch-1 published loop exactly: the
+    loss is the sum of per-image cross-entropies (so each image gets its own gradient), and an
+    image stops for the rest of the step once its loss is at or below the target (or its target
+    probability reaches ``schedule.exit_probability``), or when its loss or gradient is non-finite
+    (the update is skipped and recorded in ``diagnostics``).
+
+    ``sync_each_iteration=False`` is the fast path: the stop tests stay on the device as masks and
+    the host learns that every image is done one iteration late, so the GPU never waits on the
+    CPU inside the loop; the result is identical, at the cost of at most one wasted iteration.
     """
     if num_relations < 1:
         raise ValueError("refine_latents needs at least one relation")
     iterations = schedule.iterations[step]
     step_size = schedule.step_sizes[step]
     target = schedule.loss_targets[step]
-    for k in range(iterations + 1):
+    done = torch.zeros(latents.shape[0], dtype=torch.bool, device=latents.device)
+    previous_all_done: torch.Tensor | None = None
+    pending: list[tuple] = []
+    for k in range(iterations):
         relation = k % num_relations
         with torch.enable_grad():
             z = latents.detach().clone().requires_grad_(True)
             log_prob = log_prob_fn(z, relation)
             loss = -log_prob
-            active = loss.detach() > target
+            # A non-finite loss counts as "not there yet": it must be seen and recorded.
+            active = ((loss.detach() > target) | ~torch.isfinite(loss.detach())) & ~done
             if schedule.exit_probability is not None:
-                active &= log_prob.detach().exp() < schedule.exit_probability
-            finite = bool(torch.isfinite(loss).all())
-            grad = None
-            if finite and bool(active.any()):
-                (grad,) = torch.autograd.grad(loss.sum(), z)
-                finite = bool(torch.isfinite(grad).all())
-        updated = finite and grad is not None
-        if diagnostics is not None:
+                active &= ~(log_prob.detach().exp() >= schedule.exit_probability)
+            if sync_each_iteration and not bool(active.any()):
+                pending.append((k, relation, loss, log_prob, active, torch.zeros_like(active)))
+                break
+            (grad,) = torch.autograd.grad(loss.sum(), z)
+        finite = torch.isfinite(loss.detach()) & torch.isfinite(grad).flatten(1).all(1)
+        update = active & finite
+        mask = update.view(-1, *([1] * (grad.dim() - 1)))
+        latents = torch.where(mask, z.detach() - step_size * grad, z.detach())
+        done |= ~update
+        pending.append((k, relation, loss, log_prob, update, active & ~finite))
+        if sync_each_iteration:
+            if bool(done.all()):
+                break
+        else:
+            # Test the previous iteration's flag: it is ready long before this one's.
+            if previous_all_done is not None and bool(previous_all_done):
+                break
+            previous_all_done = done.all()
+    if diagnostics is not None:
+        for k, relation, loss, log_prob, update, non_finite in pending:
             diagnostics.records.append(IterationRecord(
                 step=step, iteration=k, relation=relation,
                 loss=[float(x) for x in loss.detach().float().cpu()],
                 target_probability=[float(x) for x in log_prob.detach().float().exp().cpu()],
-                updated=updated, non_finite=not finite))
-        if not updated:
-            break
-        mask = active.to(grad.dtype).view(-1, *([1] * (grad.dim() - 1)))
-        latents = (z - step_size * grad * mask).detach()
+                updated=bool(update.any()), non_finite=bool(non_finite.any())))
     return latents.detach()
 
 

@@ -440,3 +440,33 @@ def test_classifier_input_errors():
         CapturedMaps([[0]], 1).classifier_input(0, 0)
     with pytest.raises(L2SError, match="out of range"):
         synthetic_maps([(16, 16)]).classifier_input(0, 3)
+
+
+def test_stop_after_last_layer_gives_the_same_maps_and_skips_the_rest():
+    from diffusers import FluxTransformer2DModel
+
+    torch.manual_seed(0)
+    model = FluxTransformer2DModel(patch_size=1, in_channels=4, num_layers=2, num_single_layers=2,
+                                   attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                   pooled_projection_dim=32, axes_dims_rope=[4, 4, 8]).eval()
+    inputs = dict(hidden_states=torch.randn(1, 16, 4), encoder_hidden_states=torch.randn(1, 8, 32),
+                  pooled_projections=torch.randn(1, 32), timestep=torch.tensor([0.5]),
+                  img_ids=torch.zeros(16, 3), txt_ids=torch.zeros(8, 3))
+    calls = []
+    model.proj_out.register_forward_hook(lambda *a: calls.append("proj_out"))
+    with AttentionCapture(model) as capture:
+        with capture.recording([[1], [3, 4]], text_len=8, latent_hw=(4, 4)) as full:
+            model(**inputs)
+        assert calls == ["proj_out"]
+        with capture.recording([[1], [3, 4]], text_len=8, latent_hw=(4, 4), stop_after_last=True) as cut:
+            model(**inputs)
+            raise AssertionError("the forward should have stopped after the last captured layer")
+        assert calls == ["proj_out"]                        # the output head did not run again
+        assert torch.equal(full.classifier_input(0, 1), cut.classifier_input(0, 1))
+        # A capture of the double blocks only stops before any single block runs.
+        single_calls = []
+        model.single_transformer_blocks[0].register_forward_hook(lambda *a: single_calls.append(1))
+    with AttentionCapture(model, layers=["transformer_blocks.0.attn", "transformer_blocks.1.attn"]) as capture:
+        with capture.recording([[1], [3, 4]], text_len=8, latent_hw=(4, 4), stop_after_last=True) as maps:
+            model(**inputs)
+        assert single_calls == [] and len(maps.layers) == 2

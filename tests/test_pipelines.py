@@ -55,7 +55,7 @@ def test_plan_maps_objects_to_tokens_and_classes(flux):
 @pytest.mark.parametrize("which, step_size", [("flux", 1.0), ("sd", 5.0)])
 def test_steering_lowers_the_loss_at_the_steered_step(which, step_size, flux, sd):
     steerer = flux if which == "flux" else sd
-    schedule = custom_schedule(2, steered=[0], iterations=4, step_size=step_size)
+    schedule = custom_schedule(2, steered=[0], iterations=5, step_size=step_size)
     result = steerer("a cat above a dog", num_inference_steps=2, height=32, width=32,
                      schedule=schedule, progress=False)
     losses = _losses(result, 0)
@@ -66,7 +66,7 @@ def test_steering_lowers_the_loss_at_the_steered_step(which, step_size, flux, sd
 
 
 def test_multi_relation_alternation_visits_each_relation(flux):
-    schedule = custom_schedule(2, steered=[0, 1], iterations=4, step_size=0.01)
+    schedule = custom_schedule(2, steered=[0, 1], iterations=5, step_size=0.01)
     result = flux("a frog above a cat below a dog", num_inference_steps=2, height=32, width=32,
                   schedule=schedule, progress=False)
     for step in (0, 1):
@@ -152,3 +152,43 @@ def test_non_finite_classifier_skips_updates_and_reports_it():
     assert result.images[0].size == (32, 32)                     # still generated, unsteered
     plain = steerer("a cat above a dog", height=32, width=32, steer=False, progress=False)
     assert list(plain.images[0].tobytes()) == list(result.images[0].tobytes())
+
+
+@pytest.mark.parametrize("which", ["flux", "sd"])
+def test_fast_and_reference_modes_steer_identically(which, flux, sd):
+    base = flux if which == "flux" else sd
+    reference = wrap_pipeline(base.pipe, base.classifier, mode="reference")
+    assert reference.mode.name == "reference" and base.mode.name == "fast"
+    schedule = custom_schedule(2, steered=[0, 1], iterations=3, step_size=1.0)
+    kwargs = dict(num_inference_steps=2, height=32, width=32, schedule=schedule, seed=7,
+                  progress=False)
+    fast_result = base("a cat above a dog", **kwargs)
+    ref_result = reference("a cat above a dog", **kwargs)
+    trajectory = lambda r: [(x.step, x.iteration, x.relation) for x in r.diagnostics.records if x.updated]
+    assert trajectory(fast_result) == trajectory(ref_result)
+    fast_p = [x.target_probability[0] for x in fast_result.diagnostics.records if x.updated]
+    ref_p = [x.target_probability[0] for x in ref_result.diagnostics.records if x.updated]
+    assert fast_p == pytest.approx(ref_p, rel=1e-4, abs=1e-6)
+    a = torch.tensor(list(fast_result.images[0].tobytes()), dtype=torch.float)
+    b = torch.tensor(list(ref_result.images[0].tobytes()), dtype=torch.float)
+    assert (a - b).abs().max() <= 1.0                      # uint8 rounding at most
+
+
+def test_unknown_mode_is_refused(flux):
+    with pytest.raises(UsageError):
+        wrap_pipeline(flux.pipe, flux.classifier, mode="turbo")
+
+
+def test_from_pretrained_loads_local_folders(tmp_path):
+    from l2s.pipelines import SteeringPipeline
+    from l2s.testing import save_pipeline
+
+    for name, pipe in (("flux", tiny_flux_pipeline(seed=0)), ("sd", tiny_sd_pipeline(seed=0))):
+        save_pipeline(pipe, tmp_path / name)
+        tiny_classifier_for(pipe, seed=0).save(tmp_path / f"{name}-clf")
+        steerer = SteeringPipeline.from_pretrained(tmp_path / name, tmp_path / f"{name}-clf",
+                                                   torch_dtype=torch.float32)
+        result = steerer("a cat above a dog", num_inference_steps=2, height=32, width=32,
+                         schedule=custom_schedule(2, steered=[0], iterations=1, step_size=0.1),
+                         progress=False)
+        assert result.images[0].size == (32, 32) and result.diagnostics.records

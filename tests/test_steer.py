@@ -11,7 +11,7 @@ from l2s.steer import (SteeringDiagnostics, custom_schedule, published_loss_targ
 def test_reference_schedules_follow_the_published_settings():
     dev = reference_schedule("flux-dev", 50)
     assert dev.steered_steps == list(range(25))
-    assert set(dev.iterations[:25]) == {15} and set(dev.iterations[25:]) == {0}
+    assert set(dev.iterations[:25]) == {16} and set(dev.iterations[25:]) == {0}
     assert set(dev.step_sizes) == {5.0}
     assert dev.loss_targets[:4] == (1e-5, 3e-5, 5e-5, 7e-5) and dev.loss_targets[-1] == 7e-5
     assert dev.max_forwards() == 25 * 16
@@ -33,15 +33,15 @@ def _quadratic_log_prob(centres):
     return log_prob
 
 
-def test_loop_runs_m_plus_one_updates_and_lowers_the_loss():
+def test_loop_runs_each_iteration_with_an_update_and_lowers_the_loss():
     torch.manual_seed(0)
     z0 = torch.randn(1, 3, 4, 4)
     centre = torch.zeros_like(z0)
-    schedule = custom_schedule(4, steered=[0], iterations=3, step_size=0.1)
+    schedule = custom_schedule(4, steered=[0], iterations=4, step_size=0.1)
     diag = SteeringDiagnostics()
     z = refine_latents(z0, 0, _quadratic_log_prob([centre]), schedule, 1, diag)
     records = diag.for_step(0)
-    assert [r.iteration for r in records] == [0, 1, 2, 3]        # M + 1 evaluations
+    assert [r.iteration for r in records] == [0, 1, 2, 3]        # one evaluation per iteration
     assert all(r.updated for r in records)                        # the last update is applied blind
     losses = [r.loss[0] for r in records]
     assert all(b < a for a, b in zip(losses, losses[1:]))
@@ -52,7 +52,7 @@ def test_loop_runs_m_plus_one_updates_and_lowers_the_loss():
 
 def test_published_update_has_no_normalisation_or_clipping():
     z0 = torch.full((1, 2), 10.0)
-    schedule = custom_schedule(1, steered=[0], iterations=0, step_size=0.25)
+    schedule = custom_schedule(1, steered=[0], iterations=1, step_size=0.25)
     z = refine_latents(z0, 0, _quadratic_log_prob([torch.zeros(1, 2)]), schedule, 1)
     # grad of ||z||^2 is 2z = 20: z - 0.25 * 20 = 5 exactly
     assert torch.allclose(z, torch.full((1, 2), 5.0))
@@ -60,7 +60,7 @@ def test_published_update_has_no_normalisation_or_clipping():
 
 def test_multiple_relations_alternate_and_restart_each_step():
     centres = [torch.zeros(1, 2), torch.ones(1, 2), -torch.ones(1, 2)]
-    schedule = custom_schedule(3, steered=[0, 1], iterations=4, step_size=0.01)
+    schedule = custom_schedule(3, steered=[0, 1], iterations=5, step_size=0.01)
     diag = SteeringDiagnostics()
     z = torch.full((1, 2), 3.0)
     for step in (0, 1):
@@ -93,7 +93,7 @@ def test_exit_probability_threshold_stops_a_step():
 def test_batch_images_are_independent_and_stop_individually():
     centre = torch.zeros(2, 2)
     z0 = torch.tensor([[0.0, 0.0], [2.0, 2.0]])     # image 0 already satisfied
-    schedule = custom_schedule(1, steered=[0], iterations=2, step_size=0.1)
+    schedule = custom_schedule(1, steered=[0], iterations=3, step_size=0.1)
     z = refine_latents(z0, 0, _quadratic_log_prob([centre]), schedule, 1)
     assert torch.equal(z[0], z0[0])                   # untouched
     single = refine_latents(z0[1:], 0, _quadratic_log_prob([centre[1:]]), schedule, 1)
@@ -125,3 +125,33 @@ def test_non_finite_gradient_skips_the_update():
 def test_schedule_rejects_bad_settings():
     with pytest.raises(ValueError):
         custom_schedule(4, steered=[0], iterations=1, step_size=-1.0)
+
+
+@pytest.mark.parametrize("exit_probability", [None, 0.5])
+def test_deferred_sync_gives_the_same_latents_as_the_reference_loop(exit_probability):
+    torch.manual_seed(0)
+    centres = [torch.randn(3, 4), torch.randn(3, 4)]
+
+    def log_prob(z, r):                      # images reach the target at different iterations
+        return torch.log(torch.sigmoid(4.0 - ((z - centres[r]) ** 2).sum(1)))
+
+    z0 = torch.randn(3, 4) * 2
+    schedule = custom_schedule(1, steered=[0], iterations=12, step_size=0.05,
+                               exit_probability=exit_probability)
+    eager, deferred = SteeringDiagnostics(), SteeringDiagnostics()
+    a = refine_latents(z0, 0, log_prob, schedule, 2, eager)
+    b = refine_latents(z0, 0, log_prob, schedule, 2, deferred, sync_each_iteration=False)
+    assert torch.equal(a, b)
+    updated = lambda d: [(r.iteration, r.loss) for r in d.records if r.updated]
+    assert updated(eager) == updated(deferred)
+    assert len(deferred.records) <= len(eager.records) + 2        # at most a late iteration or two
+
+
+def test_an_image_that_reached_its_target_stays_done_for_the_step():
+    # relation 0 is satisfied at once, relation 1 never: batch-1 published loop stops at k=0.
+    def log_prob(z, r):
+        return torch.zeros(z.shape[0]) + 0.0 * z.sum(1) if r == 0 else -10.0 + 0.0 * z.sum(1)
+    schedule = custom_schedule(1, steered=[0], iterations=6, step_size=0.1)
+    diag = SteeringDiagnostics()
+    refine_latents(torch.ones(2, 2), 0, log_prob, schedule, 2, diag)
+    assert len(diag.records) == 1 and not diag.records[0].updated
