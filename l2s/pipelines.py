@@ -25,7 +25,8 @@ from .classifier import RelationClassifier, step_index_for
 from .errors import ClassifierMismatchError, ModelLoadError, UsageError
 from .parsing import ParsedPrompt, parse_prompt
 from .relations import class_index
-from .steer import Schedule, SteeringDiagnostics, reference_schedule, refine_latents
+from .steer import (Schedule, SteeringDiagnostics, preset_steps, refine_latents,
+                    schedule_preset)
 from .tokens import check_prompt_length, token_groups
 
 
@@ -246,16 +247,24 @@ class SteeringPipeline:
     def __call__(self, prompt: str, *, num_inference_steps: int | None = None,
                  height: int | None = None, width: int | None = None,
                  guidance_scale: float | None = None, seed: int = 0, num_images: int = 1,
-                 steer: bool = True, schedule: Schedule | None = None,
+                 steer: bool = True, schedule: Schedule | str | None = None,
                  latents: torch.Tensor | None = None, progress: bool = True) -> SteeringResult:
         """Generate ``num_images`` images of ``prompt``; steered when it has a directional relation.
 
+        ``schedule`` is a :class:`Schedule` or a preset name (``l2s.steer.PRESETS``; default the
+        published "reference"); a preset also picks the number of steps unless given.
         ``latents`` replaces the seeded initial noise (in the pipeline's own latent layout).
         """
         t0 = time.perf_counter()
         plan = self.plan(prompt)
-        steps = num_inference_steps or self.default_steps()
-        schedule = schedule or self.schedule or reference_schedule(self.family, steps)
+        schedule = schedule or self.schedule or "reference"
+        if isinstance(schedule, str):
+            try:
+                steps = num_inference_steps or preset_steps(schedule, self.family, self.default_steps())
+                schedule = schedule_preset(schedule, self.family, steps)
+            except ValueError as e:
+                raise UsageError(str(e)) from None
+        steps = num_inference_steps or schedule.num_steps
         if schedule.num_steps != steps:
             raise UsageError(f"schedule {schedule.name!r} covers {schedule.num_steps} steps, "
                              f"generation uses {steps}")

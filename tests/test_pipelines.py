@@ -192,3 +192,10 @@ def test_from_pretrained_loads_local_folders(tmp_path):
                          schedule=custom_schedule(2, steered=[0], iterations=1, step_size=0.1),
                          progress=False)
         assert result.images[0].size == (32, 32) and result.diagnostics.records
+
+
+def test_schedule_presets_by_name(flux):
+    result = flux("a cat above a dog", schedule="early-exit", height=32, width=32, progress=False)
+    assert result.schedule.name == "early-exit" and result.schedule.num_steps == 4
+    with pytest.raises(UsageError, match="preset"):
+        flux("a cat above a dog", schedule="warp", height=32, width=32, progress=False)

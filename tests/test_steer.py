@@ -155,3 +155,23 @@ def test_an_image_that_reached_its_target_stays_done_for_the_step():
     diag = SteeringDiagnostics()
     refine_latents(torch.ones(2, 2), 0, log_prob, schedule, 2, diag)
     assert len(diag.records) == 1 and not diag.records[0].updated
+
+
+def test_presets_trade_iterations_as_documented():
+    from l2s.steer import PRESETS, preset_steps, schedule_preset
+
+    ref = schedule_preset("reference", "flux-dev", 50)
+    assert ref.iterations == reference_schedule("flux-dev", 50).iterations
+    front = schedule_preset("front-loaded", "sd21", 50)
+    assert front.iterations[:5] == (16,) * 5 and set(front.iterations[5:25]) == {1}
+    assert set(front.iterations[25:]) == {0}
+    assert ref.max_forwards() / front.max_forwards() == pytest.approx(400 / 100)
+    assert schedule_preset("front-loaded-20", "sd21", 50).iterations[:10] == (16,) * 10
+    assert schedule_preset("early-exit", "flux-dev", 50).exit_probability == 0.9
+    fast = schedule_preset("fast", "flux-dev", preset_steps("fast", "flux-dev", 50))
+    assert fast.num_steps == 28 and fast.steered_steps == list(range(14))
+    # schnell: only the initial noise either way
+    assert schedule_preset("fast", "flux-schnell", 4).steered_steps == [0]
+    assert all(p.trades for p in PRESETS.values())
+    with pytest.raises(ValueError):
+        schedule_preset("warp", "flux-dev", 50)
