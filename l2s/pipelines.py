@@ -101,6 +101,7 @@ class SteeringResult:
     schedule: Schedule | None
     diagnostics: SteeringDiagnostics
     timings: dict[str, float]
+    engine: dict | None = None        # the plain-step engine used: {"name", "reason"}
 
     def report(self) -> dict:
         per_step: dict[int, list[dict]] = {}
@@ -114,6 +115,7 @@ class SteeringResult:
             "schedule": self.schedule.to_json() if self.schedule else None,
             "steps": {str(k): v for k, v in per_step.items()},
             "non_finite_events": len(self.diagnostics.non_finite_events()),
+            "plain_step_engine": self.engine,
             "timings_s": self.timings,
         }
 
@@ -147,7 +149,8 @@ class SteeringPipeline:
             if module is not None:
                 module.requires_grad_(False)
         self.classifier.to(self.device)
-        self._capture: AttentionCapture | None = None   # installed only while steering
+        self._engines: dict = {}              # plain-step engines by input shapes
+        self._last_engine = None
 
     def _new_capture(self) -> AttentionCapture:
         # A classifier trained on a subset of layers names them; capture (and run) only those.
@@ -216,23 +219,36 @@ class SteeringPipeline:
         plan.class_indices = [class_index(t.relation, names) for t in parsed.triplets]
         return plan
 
-    def check_classifier(self, latent_hw: tuple[int, int]) -> None:
+    def check_classifier(self) -> None:
         cfg = self.classifier.config
-        channels = self._capture.channels()
+        channels = self.map_channels()
         if cfg.channels != channels:
             raise ClassifierMismatchError(
                 f"classifier expects {cfg.channels} maps per object but this "
                 f"{self.family} model provides {channels} (layers x heads); use a classifier trained "
                 f"for this model")
 
-    def log_prob_fn(self, plan: SteeringPlan, step: int, run_denoiser, text_len: int,
-                    latent_hw: tuple[int, int]):
+    def steer_step(self, latents: torch.Tensor, step: int, plan: SteeringPlan, schedule: Schedule,
+                   run_denoiser, text_len: int, latent_hw: tuple[int, int],
+                   diagnostics: SteeringDiagnostics) -> torch.Tensor:
+        """Refine ``latents`` at a steered ``step``: capture -> classify -> gradient step(s).
+
+        The capture processors are on the model only for the duration of this step, so plain
+        steps run the stock model (or an engine built from it).
+        """
+        with self._new_capture() as capture:
+            log_prob = self.log_prob_fn(capture, plan, step, run_denoiser, text_len, latent_hw)
+            return refine_latents(latents, step, log_prob, schedule, len(plan.pairs), diagnostics,
+                                  sync_each_iteration=self.mode.sync_each_iteration)
+
+    def log_prob_fn(self, capture: AttentionCapture, plan: SteeringPlan, step: int, run_denoiser,
+                    text_len: int, latent_hw: tuple[int, int]):
         """Per-image log p(target relation) at ``step`` for latent ``z`` and relation ``r``."""
         cfg = self.classifier.config
         step_index = step_index_for(step, tuple(cfg.timesteps))
 
         def log_prob(z: torch.Tensor, r: int) -> torch.Tensor:
-            with self._capture.recording(plan.token_indices, text_len, latent_hw,
+            with capture.recording(plan.token_indices, text_len, latent_hw,
                                          stop_after_last=self.mode.stop_after_last_layer) as maps, \
                     _differentiable_sdpa(z.device):
                 run_denoiser(z)
@@ -270,21 +286,15 @@ class SteeringPipeline:
                              f"generation uses {steps}")
         do_steer = steer and plan.steered
         diagnostics = SteeringDiagnostics()
-        # Capture processors live on the model only during a steered call, so the wrapped
-        # pipeline stays stock (and plain generation pays nothing).
-        with (self._new_capture() if do_steer else contextlib.nullcontext()) as capture:
-            self._capture = capture
-            try:
-                images = self.generate(prompt, plan, steps=steps, height=height, width=width,
-                                       guidance_scale=guidance_scale, seed=seed,
-                                       num_images=num_images,
-                                       schedule=schedule if do_steer else None,
-                                       diagnostics=diagnostics, latents=latents, progress=progress)
-            finally:
-                self._capture = None
+        images = self.generate(prompt, plan, steps=steps, height=height, width=width,
+                               guidance_scale=guidance_scale, seed=seed, num_images=num_images,
+                               schedule=schedule if do_steer else None, diagnostics=diagnostics,
+                               latents=latents, progress=progress)
         timings = {"total": time.perf_counter() - t0}
+        engine = self._last_engine
         return SteeringResult(images=images, plan=plan, schedule=schedule if do_steer else None,
-                              diagnostics=diagnostics, timings=timings)
+                              diagnostics=diagnostics, timings=timings,
+                              engine={"name": engine.name, "reason": engine.reason} if engine else None)
 
     def _progress(self, total: int, enabled: bool):
         return tqdm(total=total, disable=not enabled, desc=f"l2s {self.family}", leave=False)
@@ -306,13 +316,30 @@ class FluxSteeringPipeline(SteeringPipeline):
     denoiser_attr = "transformer"
 
     def __init__(self, pipe, classifier, schedule=None, mode: str = "fast",
-                 max_sequence_length: int = 512):
+                 max_sequence_length: int = 512, engine: str = "auto"):
         super().__init__(pipe, classifier, schedule, mode)
         self.max_sequence_length = max_sequence_length
+        self.engine_kind = "eager" if mode == "reference" else engine
         self.family = "flux-dev" if pipe.transformer.config.guidance_embeds else "flux-schnell"
 
     def map_tokenizer(self):
         return self.pipe.tokenizer_2, self.max_sequence_length
+
+    def plain_engine(self, example_inputs: dict):
+        """The engine for plain steps at these input shapes, built once and cached.
+
+        "auto" picks TensorRT where installed (CUDA), else a compiled, CUDA-graphed transformer,
+        else eager on CPU; ``engine.reason`` says which and why (also in the report).
+        """
+        from l2s.engines import make_plain_step_engine
+
+        key = tuple((k, tuple(v.shape), v.dtype) for k, v in example_inputs.items()
+                    if isinstance(v, torch.Tensor))
+        if key not in self._engines:
+            self._engines[key] = make_plain_step_engine(self.pipe.transformer, example_inputs,
+                                                        kind=self.engine_kind)
+        self._last_engine = self._engines[key]
+        return self._last_engine
 
     def default_steps(self) -> int:
         return 50 if self.family == "flux-dev" else 4
@@ -344,7 +371,7 @@ class FluxSteeringPipeline(SteeringPipeline):
             prompt_embeds.dtype, device, generator, latents)
         latent_hw = (height // multiple, width // multiple)
         if schedule is not None:
-            self.check_classifier(latent_hw)
+            self.check_classifier()
 
         sigmas = np.linspace(1.0, 1 / steps, steps)
         mu = calculate_shift(latents.shape[1], pipe.scheduler.config.get("base_image_seq_len", 256),
@@ -357,26 +384,29 @@ class FluxSteeringPipeline(SteeringPipeline):
         if pipe.transformer.config.guidance_embeds:
             guidance = torch.full([num_images], guidance_scale, device=device, dtype=torch.float32)
 
+        def inputs(z: torch.Tensor, timestep: torch.Tensor) -> dict:
+            return dict(hidden_states=z, timestep=timestep / 1000, guidance=guidance,
+                        pooled_projections=pooled, encoder_hidden_states=prompt_embeds,
+                        txt_ids=text_ids, img_ids=image_ids)
+
         def denoise(z: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
             with pipe.transformer.cache_context("cond"):
-                return pipe.transformer(
-                    hidden_states=z, timestep=timestep / 1000, guidance=guidance,
-                    pooled_projections=pooled, encoder_hidden_states=prompt_embeds,
-                    txt_ids=text_ids, img_ids=image_ids, return_dict=False)[0]
+                return pipe.transformer(**inputs(z, timestep), return_dict=False)[0]
 
         with self._progress(len(timesteps), progress) as bar:
             for i, t in enumerate(timesteps):
                 timestep = t.expand(latents.shape[0]).to(latents.dtype)
                 if schedule is not None and schedule.is_steered(i):
-                    log_prob = self.log_prob_fn(plan, i, lambda z: denoise(z, timestep),
-                                                prompt_embeds.shape[1], latent_hw)
-                    latents = refine_latents(
-                        latents, i, log_prob, schedule, len(plan.pairs), diagnostics,
-                        sync_each_iteration=self.mode.sync_each_iteration)
+                    latents = self.steer_step(latents, i, plan, schedule,
+                                              lambda z: denoise(z, timestep),
+                                              prompt_embeds.shape[1], latent_hw, diagnostics)
                     last = diagnostics.for_step(i)
                     if last:
                         bar.set_postfix(p=f"{min(last[-1].target_probability):.3f}")
-                noise_pred = denoise(latents, timestep)
+                # Plain forward: on the engine (TensorRT / compiled / eager, see l2s.engines).
+                step_inputs = inputs(latents, timestep)
+                with pipe.transformer.cache_context("cond"):
+                    noise_pred = self.plain_engine(step_inputs)(**step_inputs)
                 latents = pipe.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
                 bar.update()
 
@@ -417,7 +447,7 @@ class SDSteeringPipeline(SteeringPipeline):
                                        cond.dtype, device, generator, latents)
         latent_hw = tuple(latents.shape[-2:])
         if schedule is not None:
-            self.check_classifier(latent_hw)
+            self.check_classifier()
 
         def unet(z, t, embeds):
             return pipe.unet(pipe.scheduler.scale_model_input(z, t), t,
@@ -427,11 +457,9 @@ class SDSteeringPipeline(SteeringPipeline):
             for i, t in enumerate(pipe.scheduler.timesteps):
                 if schedule is not None and schedule.is_steered(i):
                     # The steering forward is conditional-only (no CFG batch), as published.
-                    log_prob = self.log_prob_fn(plan, i, lambda z: unet(z, t, cond),
-                                                cond.shape[1], latent_hw)
-                    latents = refine_latents(
-                        latents, i, log_prob, schedule, len(plan.pairs), diagnostics,
-                        sync_each_iteration=self.mode.sync_each_iteration)
+                    latents = self.steer_step(latents, i, plan, schedule,
+                                              lambda z: unet(z, t, cond), cond.shape[1],
+                                              latent_hw, diagnostics)
                     last = diagnostics.for_step(i)
                     if last:
                         bar.set_postfix(p=f"{min(last[-1].target_probability):.3f}")
@@ -462,6 +490,19 @@ def wrap_pipeline(pipe, classifier: RelationClassifier, schedule: Schedule | Non
     raise TypeError(f"cannot steer a {type(pipe).__name__}: expected a FLUX or Stable Diffusion pipeline")
 
 
+def _import_l2s_components(model_index: dict, path: Path) -> None:
+    """Import the l2s modules a pipeline folder names (the shapes world's pixel VAE, ...):
+    diffusers finds custom component classes only in modules that are already imported."""
+    import importlib
+
+    for value in model_index.values():
+        if isinstance(value, list) and value and isinstance(value[0], str) and value[0].startswith("l2s."):
+            try:
+                importlib.import_module(value[0])
+            except ImportError as error:
+                raise ModelLoadError(f"{path} needs {value[0]}, which cannot be imported: {error}") from None
+
+
 def load_diffusers_pipeline(path: str | Path, torch_dtype: torch.dtype | None = None):
     """Load a FLUX or SD pipeline from a local diffusers directory; never contacts a hub."""
     import diffusers
@@ -472,9 +513,11 @@ def load_diffusers_pipeline(path: str | Path, torch_dtype: torch.dtype | None = 
         raise ModelLoadError(f"no diffusers pipeline at {path} (model_index.json missing)")
     import json
     try:
-        class_name = json.loads(index.read_text())["_class_name"]
-    except (ValueError, KeyError) as e:
+        model_index = json.loads(index.read_text())
+        class_name = model_index["_class_name"]
+    except (ValueError, KeyError, TypeError) as e:
         raise ModelLoadError(f"corrupt model_index.json in {path}: {e}") from None
+    _import_l2s_components(model_index, path)
     kinds = {"FluxPipeline": diffusers.FluxPipeline,
              "StableDiffusionPipeline": diffusers.StableDiffusionPipeline}
     if class_name not in kinds:

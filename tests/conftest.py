@@ -8,6 +8,10 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
+# Engines cache exports on disk: keep the tests' exports out of the user's cache.
+import tempfile  # noqa: E402
+
+os.environ.setdefault("L2S_ENGINE_CACHE", tempfile.mkdtemp(prefix="l2s-engine-cache-"))
 
 import random  # noqa: E402
 

@@ -199,3 +199,20 @@ def test_schedule_presets_by_name(flux):
     assert result.schedule.name == "early-exit" and result.schedule.num_steps == 4
     with pytest.raises(UsageError, match="preset"):
         flux("a cat above a dog", schedule="warp", height=32, width=32, progress=False)
+
+
+def test_plain_steps_run_on_the_engine_and_steered_steps_on_autograd():
+    """An ONNX Runtime engine refuses non-stock processors: it can only serve plain steps if the
+    capture is off the model outside steered steps. Images match the eager engine."""
+    pipe = tiny_flux_pipeline(seed=0)
+    classifier = _sensitive(tiny_classifier_for(pipe, seed=1))
+    schedule = custom_schedule(3, steered=[0], iterations=2, step_size=1.0)
+    kwargs = dict(num_inference_steps=3, height=32, width=32, schedule=schedule, seed=2, progress=False)
+    eager = FluxSteeringPipeline(pipe, classifier, engine="eager")("a cat above a dog", **kwargs)
+    onnx = FluxSteeringPipeline(pipe, classifier, engine="onnxruntime")("a cat above a dog", **kwargs)
+    assert eager.engine["name"].startswith("eager") and "onnx" in onnx.engine["name"]
+    assert onnx.report()["plain_step_engine"] == onnx.engine
+    assert [r.loss for r in onnx.diagnostics.records] == [r.loss for r in eager.diagnostics.records]
+    a = torch.tensor(list(eager.images[0].tobytes()), dtype=torch.float)
+    b = torch.tensor(list(onnx.images[0].tobytes()), dtype=torch.float)
+    assert (a - b).abs().max() <= 2.0

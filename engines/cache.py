@@ -1,0 +1,147 @@
+"""On-disk cache of exported graphs and built engines, keyed by everything that changes them.
+
+A key hashes the model class and config, a fingerprint of the weights, the attention processors
+(an export bakes them in), the static input signature, the options of the build and the versions
+of the tools. Changing any of these gives a new key, so a stale engine is never reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import torch
+
+from .base import InputSignature
+
+# Bump when the layout of a cache entry or the meaning of its files changes.
+CACHE_FORMAT = 1
+# Elements sampled per tensor for the fingerprint; with the float64 sums this catches any
+# fine-tune or LoRA fusion while reading each tensor once (cheap even for 12B parameters on GPU).
+FINGERPRINT_SAMPLES = 64
+
+
+def default_cache_dir() -> Path:
+    """``$L2S_ENGINE_CACHE``, else ``$XDG_CACHE_HOME/l2s/engines`` (``~/.cache/l2s/engines``)."""
+    if os.environ.get("L2S_ENGINE_CACHE"):
+        return Path(os.environ["L2S_ENGINE_CACHE"])
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return base / "l2s" / "engines"
+
+
+@torch.no_grad()
+def weight_fingerprint(module: torch.nn.Module) -> str:
+    """A hash of the state dict: names, shapes, dtypes, a float64 sum and a strided sample per tensor.
+
+    The statistics are computed on the tensors' own device and fetched in one transfer.
+    """
+    digest = hashlib.sha256()
+    statistics: list[torch.Tensor] = []
+    for name, tensor in module.state_dict().items():
+        digest.update(f"{name}|{list(tensor.shape)}|{tensor.dtype};".encode())
+        flat = tensor.detach().reshape(-1)
+        if flat.numel() == 0:
+            continue
+        step = max(1, flat.numel() // FINGERPRINT_SAMPLES)
+        sample = flat[::step][:FINGERPRINT_SAMPLES].to(torch.float64)
+        total = flat.sum(dtype=torch.float64).reshape(1) if flat.is_floating_point() else flat.double().sum().reshape(1)
+        statistics.append(torch.cat([total, sample]).cpu())
+    if statistics:
+        digest.update(torch.cat(statistics).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def attention_processor_names(module: torch.nn.Module) -> list[str]:
+    """Sorted distinct class paths of the module's attention processors (empty if it has none)."""
+    processors = getattr(module, "attn_processors", None)
+    if not processors:
+        return []
+    return sorted({f"{type(p).__module__}.{type(p).__qualname__}" for p in processors.values()})
+
+
+def package_versions(*names: str) -> dict[str, str]:
+    """Installed versions of ``names`` ("absent" for those not installed)."""
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "absent"
+    return versions
+
+
+def _jsonable_config(module: torch.nn.Module) -> Any:
+    config = getattr(module, "config", None)
+    if config is None:
+        return None
+    return {k: v for k, v in dict(config).items() if not k.startswith("_")}
+
+
+def model_cache_key(
+    module: torch.nn.Module,
+    signature: InputSignature,
+    options: Mapping[str, Any],
+    tools: tuple[str, ...] = ("torch", "diffusers", "onnx", "onnxscript"),
+) -> str:
+    """The cache key of an artefact built from ``module`` for ``signature`` with ``options``."""
+    description = {
+        "format": CACHE_FORMAT,
+        "model": f"{type(module).__module__}.{type(module).__qualname__}",
+        "config": _jsonable_config(module),
+        "weights": weight_fingerprint(module),
+        "attention_processors": attention_processor_names(module),
+        "inputs": signature.describe(),
+        "options": dict(options),
+        "versions": package_versions(*tools),
+    }
+    text = json.dumps(description, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def derived_key(parent_key: str, options: Mapping[str, Any]) -> str:
+    """Key of an artefact built from another cached one (e.g. a TensorRT plan from an ONNX export)."""
+    text = json.dumps({"parent": parent_key, "options": dict(options)}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+@contextmanager
+def staged_entry(final_dir: Path) -> Iterator[Path]:
+    """Yield a fresh scratch directory that becomes ``final_dir`` only if the block succeeds.
+
+    A crash mid-export leaves no half-written entry behind, and two processes racing for the same
+    key both end with a complete entry.
+    """
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    scratch = final_dir.parent / f".partial-{final_dir.name}-{uuid.uuid4().hex[:8]}"
+    scratch.mkdir()
+    try:
+        yield scratch
+        try:
+            os.replace(scratch, final_dir)
+        except OSError:
+            if not final_dir.is_dir():  # not a lost race: a real failure
+                raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def write_meta(entry_dir: Path, meta: Mapping[str, Any]) -> None:
+    (entry_dir / "meta.json").write_text(json.dumps(dict(meta), indent=2, sort_keys=True, default=str))
+
+
+def read_meta(entry_dir: Path) -> dict[str, Any] | None:
+    """The entry's meta.json, or None when the entry is absent or incomplete."""
+    path = entry_dir / "meta.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
