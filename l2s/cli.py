@@ -1,11 +1,14 @@
-"""Command line: ``l2s parse`` and ``l2s generate``.
+"""Command line: ``l2s parse``, ``generate``, ``eval``, ``make-data``, ``train`` and
+``shapes train-model``.
 
 Bad input ends with one line on stderr (``l2s: error: ...``) and exit code 2, never a silent
-wrong image.
+wrong image. ``make-data``, ``train`` and ``shapes train-model`` hand their arguments to the
+modules that own them (``l2s.data``, ``l2s.train``, ``l2s.shapes_model``), imported only when used.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import platform
 import sys
@@ -74,7 +77,8 @@ def _load(args: argparse.Namespace):
     if not args.classifier:
         raise L2SError("--classifier PATH is required with --model PATH")
     classifier = RelationClassifier.load(args.classifier)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    dtype_name = args.dtype if args.dtype != "auto" else ("bf16" if str(args.device).startswith("cuda") else "fp32")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype_name]
     pipe = load_diffusers_pipeline(args.model, torch_dtype=dtype)
     pipe.to(args.device)
     return wrap_pipeline(pipe, classifier), f"{args.model}; classifier {args.classifier}"
@@ -125,6 +129,75 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from . import benchmark
+
+    detector_name = args.detector
+    if args.images:
+        detector = benchmark.load_detector(detector_name, args.detector_threshold, args.device)
+        report = benchmark.score_image_folder(
+            args.images, detector, args.out, rule=args.rule, detector_name=_detector_id(args),
+            contact_sheets=args.contact_sheet, progress=not args.quiet)
+    else:
+        # Everything that can be wrong with the request is checked before a model is loaded.
+        specs, skipped = benchmark.resolve_prompt_set(args.prompts, args.n_prompts, args.prompt_seed)
+        if skipped:
+            print(f"l2s: skipped {skipped} prompts of {args.prompts} without a spatial relation", file=sys.stderr)
+        seeds = benchmark.parse_seeds(args.seeds)
+        detector = benchmark.load_detector(detector_name, args.detector_threshold, args.device)
+        benchmark.check_scorable(specs, args.rule, detector)
+        steerer, source = _load(args)
+        print(f"l2s: model: {source}", file=sys.stderr)
+        modes = benchmark.MODES if args.mode == "both" else (args.mode,)
+        # How images are made: a resumed run must match these exactly.
+        settings = {"model": args.model, "classifier": args.classifier, "prompts": args.prompts,
+                    "n_prompts": args.n_prompts, "prompt_seed": args.prompt_seed, "steps": args.steps,
+                    "height": args.height, "width": args.width, "guidance": args.guidance,
+                    "schedule": args.schedule, "dtype": args.dtype if args.model != "tiny" else None}
+        report = benchmark.run_eval(
+            steerer, specs, detector, args.out, seeds=seeds, modes=modes, rule=args.rule,
+            num_inference_steps=args.steps, height=args.height, width=args.width,
+            guidance_scale=args.guidance, schedule=None,  # "reference": the pipeline's published schedule
+            settings=settings, detector_name=_detector_id(args), contact_sheets=args.contact_sheet,
+            progress=not args.quiet)
+    print(report.table())
+    print(f"l2s: wrote {Path(args.out) / benchmark.SUMMARY_FILE} and {Path(args.out) / benchmark.RESULTS_FILE}",
+          file=sys.stderr)
+    return 0
+
+
+def _detector_id(args: argparse.Namespace) -> str:
+    """Identifies the scoring detector in per-image records (a change means re-scoring)."""
+    if args.detector == "shapes":
+        return "shapes"
+    return f"{Path(args.detector).resolve()} (threshold {args.detector_threshold})"
+
+
+# Subcommands owned by other modules: (argv prefix, module, function, help line).
+_DELEGATED = (
+    (("make-data",), "l2s.data", "make_data_main",
+     "build the classifier's training data (attention maps of dual inversions)"),
+    (("train",), "l2s.train", "train_main", "train the relation classifier on a 'make-data' dataset"),
+    (("shapes", "train-model"), "l2s.shapes_model", "train_model_main",
+     "train the shapes-world text-to-image model from scratch"),
+)
+
+
+def _run_delegated(command: tuple[str, ...], module: str, function: str, argv: list[str]) -> int:
+    name = "l2s " + " ".join(command)
+    try:
+        entry = getattr(importlib.import_module(module), function)
+    except (ImportError, AttributeError) as error:
+        print(f"l2s: error: '{name}' is not available in this installation ({module}.{function}: {error})",
+              file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return int(entry(argv) or 0)
+    except L2SError as error:
+        print(f"l2s: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="l2s", description="Learn-to-Steer: spatial relations in "
                                 "text-to-image diffusion, steered by a learned relation classifier.")
@@ -154,7 +227,72 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default="cuda" if _cuda() else "cpu")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.set_defaults(func=_cmd_generate)
+
+    _add_eval_parser(sub)
+    # Listed here for 'l2s --help'; main() hands their arguments to the owning module.
+    for command, _, _, help_text in _DELEGATED:
+        if len(command) == 1:
+            sub.add_parser(command[0], help=help_text, add_help=False)
+    shapes = sub.add_parser("shapes", help="the synthetic shapes world (see 'l2s shapes train-model --help')")
+    shapes_sub = shapes.add_subparsers(dest="shapes_command", required=True)
+    for command, _, _, help_text in _DELEGATED:
+        if command[0] == "shapes":
+            shapes_sub.add_parser(command[1], help=help_text, add_help=False)
     return p
+
+
+def _add_eval_parser(sub) -> None:
+    from .evaluation import RULES
+
+    e = sub.add_parser(
+        "eval", help="measure spatial accuracy: generate with and without steering, detect, score",
+        description="Generate every prompt for every seed, unsteered (base) and steered from the same seed, "
+                    "detect the objects, score each relation (GenEval's or T2I-CompBench's rule) and report "
+                    "accuracy overall and per relation, side by side. Writes per-image PNG + JSON in "
+                    "GenEval's folder layout, results.jsonl, summary.json and contact sheets; rerunning the "
+                    "same command resumes. With --images DIR it only scores an existing GenEval image folder.")
+    e.add_argument("--prompts", default="shapes", metavar="SET",
+                   help="prompt set (default: shapes): " + _prompt_set_help())
+    e.add_argument("--n-prompts", type=int, metavar="N",
+                   help="number of prompts (default: 100 for generated sets, the whole file for a file)")
+    e.add_argument("--prompt-seed", type=int, default=0, help="seed of the generated prompt sets (default 0)")
+    e.add_argument("--seeds", default="0,1,2,3",
+                   help="image seeds, one image per prompt and seed, e.g. 0,1,2,3 or 0-3 (default: GenEval's 4)")
+    e.add_argument("--mode", choices=("base", "steered", "both"), default="both",
+                   help="unsteered, steered, or both from the same seeds (default)")
+    e.add_argument("--model", default="tiny",
+                   help="'tiny' (random tiny FLUX, offline demo) or a local diffusers pipeline dir "
+                        "(FLUX, Stable Diffusion, or a shapes-world model from 'l2s shapes train-model')")
+    e.add_argument("--classifier", help="classifier dir (from 'l2s train': OUT/best) or published .pth")
+    e.add_argument("--detector", default="shapes",
+                   help="'shapes' (exact detector of the shapes world, default) or a local transformers "
+                        "detector dir (OWLv2, OWL-ViT, Grounding DINO, CLIPSeg)")
+    e.add_argument("--detector-threshold", type=float, default=0.3,
+                   help="detection confidence threshold (default: GenEval's 0.3)")
+    e.add_argument("--rule", choices=RULES, default="geneval", help="scoring rule (default geneval)")
+    e.add_argument("--steps", type=int, help="denoising steps (default: the model's published setting)")
+    e.add_argument("--height", type=int)
+    e.add_argument("--width", type=int)
+    e.add_argument("--guidance", type=float, help="guidance scale (default: published per model)")
+    e.add_argument("--schedule", choices=("reference",), default="reference",
+                   help="steering schedule (default: reference, the published one)")
+    e.add_argument("--images", metavar="DIR",
+                   help="score this GenEval-layout folder (<digits>/metadata.jsonl, <digits>/samples/<n>.png) "
+                        "instead of generating")
+    e.add_argument("--out", default="l2s-eval", help="output directory (default: l2s-eval)")
+    e.add_argument("--contact-sheet", action=argparse.BooleanOptionalAction, default=True,
+                   help="write contact_sheet_NN.png with boxes and pass/fail (default on)")
+    e.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
+                   help="weights dtype for --model PATH (auto: bf16 on CUDA, fp32 on CPU)")
+    e.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
+    e.set_defaults(func=_cmd_eval)
+
+
+def _prompt_set_help() -> str:
+    from .benchmark import PROMPT_SET_HELP
+
+    return PROMPT_SET_HELP
 
 
 def _cuda() -> bool:
@@ -166,6 +304,10 @@ def _cuda() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for command, module, function, _ in _DELEGATED:
+        if tuple(argv[:len(command)]) == command:
+            return _run_delegated(command, module, function, argv[len(command):])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

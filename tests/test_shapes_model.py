@@ -1,0 +1,194 @@
+"""The shapes-world FLUX model: exact pixel VAE, offline save/reload, sampler conventions, training."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, replace
+
+import numpy as np
+import pytest
+import torch
+from diffusers import FluxPipeline
+
+from l2s.errors import ModelLoadError, TokenizationError
+from l2s.shapes import COLOURS, SHAPES, random_scene, render_array
+from l2s.shapes_model import (
+    SHIPPED_MODEL_DIR,
+    TINY_CONFIG,
+    PixelShuffleVAE,
+    ShapesTrainer,
+    TrainSettings,
+    build_shapes_pipeline,
+    images_to_latents,
+    learning_rate,
+    load_shapes_pipeline,
+    render_dataset,
+    shapes_t5_tokenizer,
+    train,
+    train_model_main,
+)
+
+
+def tiny_settings(**overrides) -> TrainSettings:
+    base = TrainSettings(steps=4, batch_size=8, lr=2e-3, warmup=2, scenes=48, size=16, checkpoint_every=2,
+                         object_sizes=(4, 6), n_objects=(2, 3), model=asdict(replace(TINY_CONFIG, image_size=16)))
+    return replace(base, **overrides)
+
+
+@pytest.fixture(scope="module")
+def tiny_pipe() -> FluxPipeline:
+    return build_shapes_pipeline(TINY_CONFIG, seed=0)
+
+
+def test_pixel_vae_round_trip_is_exact_and_sets_the_pipeline_scale():
+    vae = PixelShuffleVAE(downscale_factor=2)
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    latent = vae.encode(images).latent_dist
+    assert latent.mode().shape == (2, 12, 16, 16)
+    assert torch.equal(vae.decode(latent.sample(), return_dict=False)[0], images)
+    assert torch.equal(vae.decode(latent.mode()).sample, images)
+    assert vae.config.block_out_channels == (3, 12) and vae.config.latent_channels == 12
+    assert build_shapes_pipeline(TINY_CONFIG).vae_scale_factor == 2
+    with pytest.raises(ValueError):
+        PixelShuffleVAE(downscale_factor=3)
+
+
+def test_tokenizer_has_one_token_per_world_word():
+    tokenizer = shapes_t5_tokenizer()
+    for word in SHAPES + tuple(COLOURS) + ("left", "right", "above", "below", "top", "photo"):
+        assert tokenizer.tokenize(f"a {word}") == ["▁a", f"▁{word}"], word
+    ids = tokenizer("a red circle to the left of a blue square").input_ids
+    assert ids[-1] == tokenizer.eos_token_id and tokenizer.unk_token_id not in ids
+
+
+def test_t5_window_is_independent_of_max_sequence_length(tiny_pipe):
+    short = tiny_pipe.encode_prompt("a red circle above a blue square", None, max_sequence_length=16)[0]
+    padded = tiny_pipe.encode_prompt("a red circle above a blue square", None, max_sequence_length=512)[0]
+    assert short.shape == padded.shape == (1, TINY_CONFIG.text_window, TINY_CONFIG.text_dim)
+    torch.testing.assert_close(short, padded, rtol=0, atol=0)
+    with pytest.raises(TokenizationError):
+        tiny_pipe.encode_prompt(" ".join(["a red circle"] * 20), None, max_sequence_length=512)
+
+
+def test_pipeline_saves_and_reloads_offline(tiny_pipe, tmp_path):
+    tiny_pipe.save_pretrained(tmp_path, safe_serialization=True)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    assert index["vae"] == ["l2s.shapes_model", "PixelShuffleVAE"]
+    assert list(tmp_path.glob("*/*.bin")) == []  # safetensors only
+
+    def sample(pipe):
+        return pipe("a red circle and a blue square", height=32, width=32, num_inference_steps=2,
+                    guidance_scale=0.0, output_type="np", generator=torch.Generator().manual_seed(0)).images
+
+    reloaded = load_shapes_pipeline(tmp_path)
+    plain = FluxPipeline.from_pretrained(tmp_path, local_files_only=True)
+    image = sample(reloaded)
+    assert image.shape == (1, 32, 32, 3)
+    # Same weights, same noise: equal up to float rounding of the reloaded module layouts.
+    np.testing.assert_allclose(image, sample(tiny_pipe), atol=1e-6)
+    np.testing.assert_allclose(image, sample(plain), atol=1e-6)
+    with pytest.raises(ModelLoadError):
+        load_shapes_pipeline(tmp_path / "missing")
+
+
+def _oracle(pipe: FluxPipeline, target_latents: torch.Tensor):
+    """A stand-in transformer forward that knows x0: velocity (x_t - x0) / sigma = noise - x0."""
+    def forward(hidden_states, timestep, **kwargs):
+        sigma = timestep.view(-1, 1, 1)
+        return ((hidden_states - target_latents) / sigma,)
+    return forward
+
+
+def test_sampler_and_training_share_conventions(tiny_pipe, monkeypatch):
+    """With the exact velocity, FluxPipeline's sampler lands on the training image, and the training
+    loss of that same velocity is zero: sigma/timestep, target sign, packing and VAE scaling agree."""
+    scene = random_scene(np.random.default_rng(1), size=32, n_objects=2)
+    image = torch.from_numpy(render_array(scene).copy())[None]
+    x0 = images_to_latents(tiny_pipe, image)
+    monkeypatch.setattr(tiny_pipe.transformer, "forward", _oracle(tiny_pipe, x0))
+    out = tiny_pipe("a red circle", height=32, width=32, num_inference_steps=4, guidance_scale=0.0,
+                    output_type="np", generator=torch.Generator().manual_seed(0)).images[0]
+    np.testing.assert_allclose(out * 255, image[0].numpy(), atol=0.5)
+
+    settings = tiny_settings(size=32, model=asdict(TINY_CONFIG))
+    trainer = ShapesTrainer(settings, render_dataset(4, 0, 32, 0.0, (2, 2), (8, 12), TINY_CONFIG.text_window))
+    monkeypatch.setattr(trainer.pipe.transformer, "forward", _oracle(trainer.pipe, x0))
+    sigmas, noise = torch.tensor([0.3]), torch.randn_like(x0)
+    loss = trainer.loss(image, trainer.dataset.token_ids[:1], sigmas, noise)
+    assert float(loss) < 1e-10
+
+
+def test_learning_rate_warms_up_then_decays():
+    settings = TrainSettings(steps=100, lr=1.0, warmup=10, final_lr_fraction=0.1)
+    assert learning_rate(settings, 0) == pytest.approx(0.1)
+    assert learning_rate(settings, 9) == pytest.approx(1.0)
+    assert learning_rate(settings, 99) == pytest.approx(0.1, abs=1e-3)
+    assert learning_rate(settings, 50) < learning_rate(settings, 20)
+
+
+def test_a_few_training_steps_reduce_the_loss():
+    settings = tiny_settings(steps=60, batch_size=16, lr=3e-3, warmup=5)
+    dataset = render_dataset(settings.scenes, 0, settings.size, 0.15, settings.n_objects,
+                             settings.object_sizes, TINY_CONFIG.text_window)
+    trainer = ShapesTrainer(settings, dataset)
+    fixed = torch.Generator().manual_seed(5)
+    batch = torch.arange(16)
+    x0 = images_to_latents(trainer.pipe, dataset.images[batch])
+    sigmas = torch.rand(16, generator=fixed) * 0.8 + 0.1
+    noise = torch.randn(x0.shape, generator=fixed)
+
+    def held_out_loss() -> float:
+        with torch.no_grad():
+            return float(trainer.loss(dataset.images[batch], dataset.token_ids[batch], sigmas, noise))
+
+    before = held_out_loss()
+    for _ in range(settings.steps):
+        trainer.train_step()
+    assert held_out_loss() < 0.75 * before
+
+
+def test_resume_equals_an_uninterrupted_run(tmp_path):
+    settings = tiny_settings()
+    straight = train(settings, tmp_path / "straight", progress=False)
+    interrupted = train(settings, tmp_path / "resumed", progress=False, stop_at_step=2)
+    assert interrupted.step == 2 and not (tmp_path / "resumed" / "pipeline").exists()
+    resumed = train(settings, tmp_path / "resumed", progress=False)
+    assert resumed.step == straight.step == 4
+    for name, module in straight.trained.items():
+        for key, value in module.state_dict().items():
+            assert torch.equal(value, resumed.trained[name].state_dict()[key]), key
+            assert torch.equal(straight.ema[name][key], resumed.ema[name][key]), key
+    assert resumed.last_loss == straight.last_loss
+    # A resumed run with different settings must not silently mix them.
+    with pytest.raises(Exception, match="other settings"):
+        train(replace(settings, lr=1e-4, steps=6), tmp_path / "resumed", progress=False)
+
+
+def test_train_command_exports_a_loadable_pipeline(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = train_model_main(["--out", str(out), "--steps", "2", "--batch-size", "4", "--scenes", "16",
+                             "--size", "16", "--objects", "2-2", "--object-sizes", "4-6", "--preset", "tiny",
+                             "--no-progress"])
+    assert code == 0
+    record = json.loads((out / "pipeline" / "training.json").read_text())
+    assert record["steps"] == 2 and record["seed"] == 0 and np.isfinite(record["final_loss"])
+    assert "--steps 2" in record["command"] and (out / "pipeline" / "TRAINING.md").is_file()
+    pipe = load_shapes_pipeline(out / "pipeline")
+    image = pipe("a red circle", height=16, width=16, num_inference_steps=1, guidance_scale=0.0).images[0]
+    assert image.size == (16, 16)
+
+
+@pytest.mark.slow
+def test_shipped_model_draws_the_named_objects():
+    from l2s.shapes import ShapesDetector
+
+    if not (SHIPPED_MODEL_DIR / "model_index.json").is_file():
+        pytest.skip(f"no shipped shapes model in {SHIPPED_MODEL_DIR}")
+    pipe = load_shapes_pipeline()
+    rng = np.random.default_rng(0)
+    kinds = [f"{c} {s}" for s in SHAPES for c in COLOURS]
+    pairs = [tuple(rng.choice(kinds, 2, replace=False)) for _ in range(40)]
+    images = pipe([f"a {a} and a {b}" for a, b in pairs], height=32, width=32, num_inference_steps=8,
+                  guidance_scale=0.0, generator=torch.Generator().manual_seed(0)).images
+    detector = ShapesDetector()
+    found = [all(detector.detect(img, [a, b]).values()) for img, (a, b) in zip(images, pairs)]
+    assert np.mean(found) >= 0.8
