@@ -5,12 +5,17 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <cstdint>
+#include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "build_config.h"
 #include "selected_text_softmax.h"
+#ifdef L2S_WITH_CUDA
+#include "cuda/selected_softmax.h"
+#endif
 
 namespace py = pybind11;
 
@@ -125,6 +130,82 @@ py::dict build_info() {
   return info;
 }
 
+
+// ------------------------------------------------------------------------------------------------
+// CUDA entry points: raw device pointers, sizes and a cudaStream_t, all as Python integers (the
+// caller, l2s/ops.py, owns the torch tensors and keeps them alive). Always bound, so a CPU-only
+// build answers with a clear error instead of a missing attribute.
+// ------------------------------------------------------------------------------------------------
+
+#ifdef L2S_WITH_CUDA
+l2s::SelectedTextSoftmaxShape cuda_call_shape(int64_t batch, int64_t heads, int64_t queries,
+                                              int64_t keys, int64_t head_dim, int64_t groups) {
+  return {batch, heads, queries, keys, head_dim, groups};
+}
+
+l2s::CudaDType cuda_dtype(int code) {
+  if (code < 0 || code > 2) {
+    throw py::value_error("dtype code must be 0 (float32), 1 (float16) or 2 (bfloat16), got " +
+                          std::to_string(code));
+  }
+  return static_cast<l2s::CudaDType>(code);
+}
+
+template <typename T>
+T* device_ptr(std::uintptr_t address) {
+  return reinterpret_cast<T*>(address);
+}
+#else
+[[noreturn]] void no_cuda_build() {
+  throw std::runtime_error(
+      "l2s_fast was built without CUDA kernels: rebuild with "
+      "`L2S_BUILD_CUDA=1 pip install --no-build-isolation -e .`");
+}
+#endif
+
+void forward_cuda([[maybe_unused]] std::uintptr_t q, [[maybe_unused]] std::uintptr_t k,
+                  [[maybe_unused]] std::uintptr_t selector, [[maybe_unused]] std::uintptr_t out,
+                  [[maybe_unused]] int64_t batch, [[maybe_unused]] int64_t heads,
+                  [[maybe_unused]] int64_t queries, [[maybe_unused]] int64_t keys,
+                  [[maybe_unused]] int64_t head_dim, [[maybe_unused]] int64_t groups,
+                  [[maybe_unused]] float scale, [[maybe_unused]] int dtype,
+                  [[maybe_unused]] std::uintptr_t stream) {
+#ifdef L2S_WITH_CUDA
+  const auto shape = cuda_call_shape(batch, heads, queries, keys, head_dim, groups);
+  const auto element = cuda_dtype(dtype);
+  py::gil_scoped_release release;
+  l2s::selected_text_softmax_forward_cuda(shape, element, device_ptr<const void>(q),
+                                          device_ptr<const void>(k),
+                                          device_ptr<const float>(selector), scale,
+                                          device_ptr<void>(out), device_ptr<void>(stream));
+#else
+  no_cuda_build();
+#endif
+}
+
+void backward_cuda([[maybe_unused]] std::uintptr_t grad_out, [[maybe_unused]] std::uintptr_t q,
+                   [[maybe_unused]] std::uintptr_t k, [[maybe_unused]] std::uintptr_t selector,
+                   [[maybe_unused]] std::uintptr_t lse, [[maybe_unused]] std::uintptr_t delta,
+                   [[maybe_unused]] std::uintptr_t grad_q, [[maybe_unused]] std::uintptr_t grad_k,
+                   [[maybe_unused]] int64_t batch, [[maybe_unused]] int64_t heads,
+                   [[maybe_unused]] int64_t queries, [[maybe_unused]] int64_t keys,
+                   [[maybe_unused]] int64_t head_dim, [[maybe_unused]] int64_t groups,
+                   [[maybe_unused]] float scale, [[maybe_unused]] int dtype,
+                   [[maybe_unused]] std::uintptr_t stream) {
+#ifdef L2S_WITH_CUDA
+  const auto shape = cuda_call_shape(batch, heads, queries, keys, head_dim, groups);
+  const auto element = cuda_dtype(dtype);
+  py::gil_scoped_release release;
+  l2s::selected_text_softmax_backward_cuda(
+      shape, element, device_ptr<const void>(grad_out), device_ptr<const void>(q),
+      device_ptr<const void>(k), device_ptr<const float>(selector), scale, device_ptr<float>(lse),
+      device_ptr<float>(delta), device_ptr<void>(grad_q), device_ptr<void>(grad_k),
+      device_ptr<void>(stream));
+#else
+  no_cuda_build();
+#endif
+}
+
 }  // namespace
 
 PYBIND11_MODULE(l2s_fast, m) {
@@ -153,4 +234,24 @@ arrays are copied). Returns out: (B, H, N, G) float32. Never stores the (N, T) p
 grad_out: (B, H, N, G), the gradient of the loss w.r.t. the forward output; other arguments as
 in the forward. Returns (grad_q (B, H, N, D), grad_k (B, H, T, D)) as float32. The selector is
 treated as a constant (no gradient).)doc");
+
+  m.def("selected_text_softmax_forward_cuda", &forward_cuda, py::arg("q"), py::arg("k"),
+        py::arg("selector"), py::arg("out"), py::arg("batch"), py::arg("heads"),
+        py::arg("queries"), py::arg("keys"), py::arg("head_dim"), py::arg("groups"),
+        py::arg("scale"), py::arg("dtype"), py::arg("stream"),
+        R"doc(CUDA forward on raw device pointers (integers); launches on `stream` (a cudaStream_t).
+
+q (B,H,N,D), k (B,H,T,D), out (B,H,N,G): contiguous, element type `dtype` (0 float32,
+1 float16, 2 bfloat16); selector (T,G) contiguous float32. D <= 256, G <= 32. Asynchronous.
+Raises RuntimeError when this build has no CUDA kernels.)doc");
+
+  m.def("selected_text_softmax_backward_cuda", &backward_cuda, py::arg("grad_out"), py::arg("q"),
+        py::arg("k"), py::arg("selector"), py::arg("lse"), py::arg("delta"), py::arg("grad_q"),
+        py::arg("grad_k"), py::arg("batch"), py::arg("heads"), py::arg("queries"), py::arg("keys"),
+        py::arg("head_dim"), py::arg("groups"), py::arg("scale"), py::arg("dtype"),
+        py::arg("stream"),
+        R"doc(CUDA backward on raw device pointers: writes grad_q (B,H,N,D) and grad_k (B,H,T,D).
+
+grad_out (B,H,N,G) has the element type `dtype`, like q, k, grad_q, grad_k; lse and delta are
+float32 scratch of B*H*N elements each. Asynchronous; RuntimeError without CUDA kernels.)doc");
 }

@@ -87,7 +87,10 @@ def token_group_selector(
     return selector
 
 
-def _selector_width(num_groups: int, head_dim: int, device: torch.device) -> int:
+CAPTURE_BACKENDS = ("sdpa", "native")
+
+
+def _selector_width(num_groups: int, head_dim: int, device: torch.device, backend: str = "sdpa") -> int:
     """Value width that lets a fused SDPA kernel (not the math backend) compute the maps.
 
     CUDA's memory-efficient kernel accepts a value head dim different from q/k's, in multiples of 8.
@@ -97,7 +100,18 @@ def _selector_width(num_groups: int, head_dim: int, device: torch.device) -> int
     """
     if device.type == "cuda":
         return max(8, -(-num_groups // 8) * 8)
+    if backend == "native":                      # l2s_fast's CPU kernel: no padding needed
+        return num_groups
     return max(head_dim, num_groups)
+
+
+def _map_attention(backend: str, query, text_key, selector, attn_mask=None) -> torch.Tensor:
+    """The maps through the chosen backend: fused SDPA with a selector value, or l2s.ops' kernel."""
+    if backend == "native":
+        from .ops import selected_text_attention as native
+
+        return native(query, text_key, selector, attn_mask=attn_mask)
+    return selected_text_attention(query, text_key, selector, attn_mask=attn_mask)
 
 
 def selected_text_attention(
@@ -245,9 +259,10 @@ class _MapSpec:
         self.latent_hw = latent_hw
         self._selectors: dict[tuple, torch.Tensor] = {}
 
-    def selector(self, head_dim: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    def selector(self, head_dim: int, device: torch.device, dtype: torch.dtype,
+                 backend: str = "sdpa") -> torch.Tensor:
         """The (padded) selector for this layer's device, dtype and head dim, built once per recording."""
-        width = _selector_width(len(self.groups), head_dim, device)
+        width = _selector_width(len(self.groups), head_dim, device, backend)
         cache_key = (width, device, dtype)
         if cache_key not in self._selectors:
             self._selectors[cache_key] = token_group_selector(
@@ -263,6 +278,7 @@ class _CaptureState:
         self.spec: _MapSpec | None = None
         self.captured: CapturedMaps | None = None
         self.stop_after: str | None = None     # layer after which the forward is cut short
+        self.backend = "sdpa"                  # how maps are computed: see CAPTURE_BACKENDS
 
 
 class _ForwardStopped(Exception):
@@ -404,8 +420,9 @@ class FluxCaptureProcessor(_CaptureProcessorMixin):
             text_len = self._text_len(spec, model_text_len, query.shape[1])
             image_query = query[:, text_len:].transpose(1, 2)
             text_key = key[:, :text_len].transpose(1, 2)
-            selector = spec.selector(query.shape[-1], query.device, query.dtype)
-            maps = selected_text_attention(image_query, text_key, selector)[..., : len(spec.groups)]
+            backend = self._state.backend
+            selector = spec.selector(query.shape[-1], query.device, query.dtype, backend)
+            maps = _map_attention(backend, image_query, text_key, selector)[..., : len(spec.groups)]
             self._store(spec, captured, maps)
         return hidden_states
 
@@ -530,8 +547,9 @@ class CrossAttentionCaptureProcessor(_CaptureProcessorMixin):
         spec, captured = self._map_request()
         if spec is not None and is_cross_attention:
             self._check_text_len(spec, key)
-            selector = spec.selector(query.shape[-1], query.device, query.dtype)
-            maps = selected_text_attention(query, key, selector, attn_mask=attention_mask)[..., : len(spec.groups)]
+            backend = self._state.backend
+            selector = spec.selector(query.shape[-1], query.device, query.dtype, backend)
+            maps = _map_attention(backend, query, key, selector, attn_mask=attention_mask)[..., : len(spec.groups)]
             self._store(spec, captured, maps)
         return hidden_states
 
@@ -627,7 +645,8 @@ class AttentionCapture:
     _unet_processor_cls: type[CrossAttentionCaptureProcessor] = CrossAttentionCaptureProcessor
 
     def __init__(
-        self, model: FluxTransformer2DModel | UNet2DConditionModel, layers: Sequence[str] | None = None
+        self, model: FluxTransformer2DModel | UNet2DConditionModel, layers: Sequence[str] | None = None,
+        backend: str = "sdpa",
     ) -> None:
         """Install capture processors on all capturable layers of ``model`` (or only ``layers``).
 
@@ -635,9 +654,15 @@ class AttentionCapture:
             model: a diffusers ``FluxTransformer2DModel`` or ``UNet2DConditionModel``.
             layers: attention module names (``"transformer_blocks.0.attn"``; a trailing
                 ``".processor"`` is accepted) to restrict the capture to.
+            backend: "sdpa" (fused SDPA with the selector as value matrix; the default) or
+                "native" (the ``l2s::selected_text_softmax`` op: Triton / CUDA / l2s_fast CPU).
+                Both compute the same maps; which is faster depends on the device.
         """
+        if backend not in CAPTURE_BACKENDS:
+            raise L2SError(f"unknown capture backend {backend!r}; expected one of {CAPTURE_BACKENDS}")
         self.model = model
         self._state = _CaptureState()
+        self._state.backend = backend
         candidates = self._capturable_layers(model)
         if layers is not None:
             wanted = [name.removesuffix(".processor") for name in layers]

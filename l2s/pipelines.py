@@ -142,6 +142,9 @@ class SteeringPipeline:
         self.classifier = classifier.eval().requires_grad_(False)
         self.schedule = schedule
         self.mode = MODES[mode]
+        # How the fast mode computes maps: "sdpa" (fused SDPA, selector as value) or "native"
+        # (the l2s::selected_text_softmax op); same maps, see l2s.capture.AttentionCapture.
+        self.capture_backend = "sdpa"
         self._classify = None                 # the (possibly compiled) classifier call
         # Steering differentiates w.r.t. the latent only: freeze every weight.
         for name in ("transformer", "unet", "text_encoder", "text_encoder_2", "vae"):
@@ -156,6 +159,8 @@ class SteeringPipeline:
         # A classifier trained on a subset of layers names them; capture (and run) only those.
         layout = self.classifier.config.layer_layout
         layers = [entry[0] for entry in layout] if layout else None
+        if self.mode.capture_cls is AttentionCapture:
+            return AttentionCapture(self.denoiser, layers=layers, backend=self.capture_backend)
         return self.mode.capture_cls(self.denoiser, layers=layers)
 
     def map_channels(self) -> int:

@@ -470,3 +470,32 @@ def test_stop_after_last_layer_gives_the_same_maps_and_skips_the_rest():
         with capture.recording([[1], [3, 4]], text_len=8, latent_hw=(4, 4), stop_after_last=True) as maps:
             model(**inputs)
         assert single_calls == [] and len(maps.layers) == 2
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "native"])
+def test_capture_backends_agree_with_the_explicit_reference(backend):
+    from diffusers import FluxTransformer2DModel
+
+    torch.manual_seed(0)
+    model = FluxTransformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1,
+                                   attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                   pooled_projection_dim=32, axes_dims_rope=[4, 4, 8]).eval()
+    latent = torch.randn(1, 16, 4, requires_grad=True)
+    inputs = dict(encoder_hidden_states=torch.randn(1, 8, 32), pooled_projections=torch.randn(1, 32),
+                  timestep=torch.tensor([0.5]), img_ids=torch.zeros(16, 3), txt_ids=torch.zeros(8, 3))
+    weights = torch.randn(1, 2, 4, 16, 16)
+
+    def maps_and_grad(capture):
+        with capture:
+            with capture.recording([[1], [3, 4]], text_len=8, latent_hw=(4, 4)) as maps:
+                model(hidden_states=latent, **inputs)
+            x = maps.classifier_input(0, 1)
+            (grad,) = torch.autograd.grad((x * weights).sum(), latent)
+        return x.detach(), grad
+
+    got, got_grad = maps_and_grad(AttentionCapture(model, backend=backend))
+    ref, ref_grad = maps_and_grad(ExplicitAttentionReference(model))
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got_grad, ref_grad, rtol=1e-4, atol=1e-6)
+    with pytest.raises(L2SError, match="backend"):
+        AttentionCapture(model, backend="magic")
