@@ -30,6 +30,8 @@ from transformers import (
     T5TokenizerFast,
 )
 
+from .evaluation import COCO_CLASSES as GENEVAL_COCO_CLASSES  # one home for the list
+
 CLIP_MAX_LENGTH = 77
 T5_MAX_LENGTH = 512
 # The tiny T5 encoder's embedding table; the tokenizer (words + 100 sentinel ids) must fit inside.
@@ -87,19 +89,9 @@ def tiny_clip_tokenizer(merges: list[tuple[str, str]] | None = None) -> CLIPToke
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=CLIP_MAX_LENGTH)
 
 
-# The 80 COCO class names (GenEval's object list).
-COCO_CLASSES: tuple[str, ...] = (
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
-    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
-    "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella",
-    "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite",
-    "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle",
-    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange",
-    "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant",
-    "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
-    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors",
-    "teddy bear", "hair drier", "toothbrush",
-)  # fmt: skip
+# The 80 COCO class names as GenEval spells them ("computer mouse", "tv remote", ...): their words
+# also cover COCO's own short names.
+COCO_CLASSES: tuple[str, ...] = GENEVAL_COCO_CLASSES
 
 RELATION_WORDS = (
     "left right of to the on top bottom above below under over beneath underneath behind front "

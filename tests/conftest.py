@@ -19,8 +19,9 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-# Tiny test tensors gain nothing from many threads and CI has 2 cores; L2S_TEST_THREADS overrides.
-torch.set_num_threads(int(os.environ.get("L2S_TEST_THREADS", "2")))
+# Tiny test models gain nothing from a second thread, and two threads on a busy 2-core machine
+# can be ~10x slower (OpenMP spin contention); L2S_TEST_THREADS overrides.
+torch.set_num_threads(int(os.environ.get("L2S_TEST_THREADS", "1")))
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

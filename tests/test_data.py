@@ -22,13 +22,6 @@ from l2s.testing import tiny_flux_pipeline, tiny_sd_pipeline
 SEQ = 64  # short T5 padding keeps the tiny inversions fast
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    # Tiny models: one thread is faster, and avoids OpenMP contention when the suite shares the CPU.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 RELATIONS = ("left of", "above", "below", "right of")
 
 

@@ -19,13 +19,6 @@ from l2s.testing import tiny_flux_pipeline, tiny_sd_pipeline
 SEQ = 64  # shorter T5 padding than the published 512 keeps the tiny runs fast; nothing depends on it
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    # Tiny models: one thread is faster, and avoids OpenMP contention when the suite shares the CPU.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

@@ -21,13 +21,6 @@ CHANNELS, SIDE = 8, 16
 WORD_PATTERNS = torch.randn(len(CLASSES), SIDE, SIDE, generator=torch.Generator().manual_seed(123))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    # Tiny models: one thread is faster, and avoids OpenMP contention when the suite shares the CPU.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _blob(x: float, y: float, sigma: float = 1.5) -> torch.Tensor:
