@@ -11,6 +11,7 @@ pipeline's callback runs under ``no_grad``, so steering needs its own loop.
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,7 +64,7 @@ def compile_classifier(classifier: RelationClassifier, device: torch.device,
     launch-bound (tens of ms for ~5 M parameters).  Returns a callable with the module's signature.
     """
     if dtype is not None:
-        classifier = classifier.to(dtype)
+        classifier = copy.deepcopy(classifier).to(dtype)     # leave the caller's fp32 model alone
     mode = "reduce-overhead" if device.type == "cuda" else None
     return torch.compile(classifier, dynamic=False, mode=mode)
 
@@ -260,7 +261,8 @@ class SteeringPipeline:
             subject, obj = plan.pairs[r]
             x = maps.classifier_input(subject, obj, map_size=cfg.map_size)
             steps = torch.full((x.shape[0],), step_index, dtype=torch.long, device=x.device)
-            logits = self.classify(x, steps)
+            with _differentiable_sdpa(z.device):      # the classifier's attention is differentiated too
+                logits = self.classify(x, steps)
             return torch.log_softmax(logits, dim=-1)[:, plan.class_indices[r]]
 
         return log_prob

@@ -1,0 +1,156 @@
+"""CPU benchmarks of steering on tiny random models (pytest-benchmark): a regression gate for the fast path.
+
+Three groups, each timing code the pipelines run (nothing re-implemented here):
+
+* ``classifier``: the relation classifier's forward + backward to its maps, eager fp32 vs
+  :func:`l2s.pipelines.compile_classifier` (a small custom config, so compiling stays short);
+* ``iteration``: one steering iteration (transformer forward with map capture, classifier, backward
+  to the latent, update) in ``reference`` and ``fast`` mode: the pipeline's own ``refine_latents``
+  call on a 1-step, 1-iteration schedule, timed where the pipeline makes it;
+* ``generation``: a whole steered generation per schedule preset in fast mode, plus the reference
+  preset in reference mode.
+
+``extra_info`` records transformer forwards executed and the last target probability.
+Run ``python -m pytest bench/test_bench_steering.py`` (about a minute; the first run also compiles
+the classifier, later runs hit torch's compile cache); see bench/README.md for the regression gate.
+"""
+from __future__ import annotations
+
+import copy
+import time
+
+import pytest
+import torch
+
+from gpu_flux_dev import (ForwardCounter, classifier_gradient, image_steps, intercept_refinement,
+                          one_iteration_schedule)
+from l2s.classifier import ClassifierConfig, RelationClassifier
+from l2s.pipelines import SteeringPipeline, compile_classifier, wrap_pipeline
+from l2s.testing import tiny_classifier_for, tiny_flux_pipeline
+
+PROMPT = "a cat above a dog"
+SIDE = 32             # pixels: the tiny VAE does not downsample, so a 16x16 token grid (+ 512 T5 tokens)
+STEPS_FOR_50 = 8      # denoising steps standing in for FLUX.1-dev's 50 (fast preset: 28/50 of it)
+CLASSIFIER_ROUNDS = 20
+ITERATION_ROUNDS = 10
+GENERATION_ROUNDS = 2
+
+# Small enough to compile in under a minute on 2 cores, with the real module structure.
+BENCH_CLASSIFIER = ClassifierConfig(
+    channels=48, timesteps=(5, 10), num_timesteps=50, d_model=64, extractor_layers=2,
+    extractor_heads=4, extractor_ff=128, pool_heads=4, head_layers=2, head_heads=4, head_ff=128,
+    fc_dims=(64, 32), model_family="custom")
+
+GENERATIONS = [("fast", preset) for preset in ("reference", "front-loaded", "early-exit", "fast")]
+GENERATIONS.append(("reference", "reference"))
+
+
+def make_responsive(classifier: RelationClassifier) -> RelationClassifier:
+    """Amplify a random classifier so steering moves it the way it moves a trained one.
+
+    A random classifier reads maps of ~1/T per pixel and answers near-uniformly whatever the latent;
+    with its input gain and output temperature raised, gradient steps push p(target) past the
+    early-exit threshold on some steps, so the early-exit presets stop early as on real prompts.
+    """
+    with torch.no_grad():
+        classifier.object_extractor.input_projection.weight.mul_(1000.0)
+        classifier.relation_classifier.fc[-1].weight.mul_(10.0)
+    return classifier
+
+
+@pytest.fixture(scope="module")
+def tiny_dev():
+    """A FLUX-dev-like tiny pipeline (2 double + 2 single blocks) and a responsive classifier."""
+    pipe = tiny_flux_pipeline(num_layers=2, num_single_layers=2, guidance_embeds=True, seed=0)
+    return pipe, make_responsive(tiny_classifier_for(pipe, seed=1))
+
+
+def make_steerer(tiny_dev, mode: str) -> SteeringPipeline:
+    pipe, classifier = tiny_dev
+    return wrap_pipeline(pipe, copy.deepcopy(classifier), mode=mode)
+
+
+# ---- classifier -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("variant", ["eager-fp32", "compiled"])
+def test_classifier_forward_backward(benchmark, variant):
+    benchmark.group = "classifier"
+    classifier = RelationClassifier(BENCH_CLASSIFIER).eval().requires_grad_(False)
+    maps = torch.rand(1, 2, BENCH_CLASSIFIER.channels, 16, 16)
+    maps = maps / maps.sum(dim=(-2, -1), keepdim=True)
+    steps = torch.tensor([BENCH_CLASSIFIER.timesteps[0]])
+    expected = classifier_gradient(classifier, maps, steps, 0)
+    call = classifier
+    if variant == "compiled":
+        call = compile_classifier(copy.deepcopy(classifier), torch.device("cpu"))
+        started = time.perf_counter()
+        classifier_gradient(call, maps, steps, 0)             # compiles outside the timed rounds
+        benchmark.extra_info["compile_s"] = round(time.perf_counter() - started, 1)
+
+    grad = benchmark.pedantic(classifier_gradient, args=(call, maps, steps, 0),
+                              rounds=CLASSIFIER_ROUNDS, warmup_rounds=2)
+
+    assert grad.shape == maps.shape and grad.abs().sum() > 0
+    torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-9)   # compiled = same gradient
+
+
+# ---- one steering iteration -------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["reference", "fast"])
+def test_steered_iteration(benchmark, mode, tiny_dev):
+    benchmark.group = "iteration"
+    steerer = make_steerer(tiny_dev, mode)
+    calls = []
+
+    def time_refinement(refine, latents, step, log_prob, schedule, num_relations, diagnostics=None,
+                        **kwargs):
+        def iteration():
+            calls.append(step)
+            return refine(latents, step, log_prob, schedule, num_relations, diagnostics, **kwargs)
+
+        with ForwardCounter(steerer.pipe.transformer) as counter:
+            iteration()
+        benchmark.extra_info["forwards"] = counter.count
+        return benchmark.pedantic(iteration, rounds=ITERATION_ROUNDS, warmup_rounds=1)
+
+    with intercept_refinement(time_refinement):
+        result = steerer(PROMPT, num_inference_steps=1, height=SIDE, width=SIDE,
+                         schedule=one_iteration_schedule(), progress=False)
+
+    records = result.diagnostics.records
+    benchmark.extra_info["target_probability"] = records[-1].target_probability[0]
+    assert benchmark.extra_info["forwards"] == 1      # one (possibly cut) forward per iteration
+    assert len(records) == len(calls) >= 2            # every timed call was one real iteration
+    assert all(r.updated and not r.non_finite for r in records)
+    first = records[0].target_probability[0]          # same latent in, same probability out
+    assert all(r.target_probability[0] == pytest.approx(first, rel=1e-5) for r in records)
+
+
+# ---- whole generations --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode, preset", GENERATIONS, ids=[f"{m}-mode-{p}" for m, p in GENERATIONS])
+def test_steered_generation(benchmark, mode, preset, tiny_dev):
+    benchmark.group = "generation"
+    steerer = make_steerer(tiny_dev, mode)
+    steps = image_steps(preset, STEPS_FOR_50)
+
+    with ForwardCounter(steerer.pipe.transformer) as counter:
+        def generate():
+            counter.count = 0
+            return steerer(PROMPT, num_inference_steps=steps, height=SIDE, width=SIDE,
+                           schedule=preset, seed=0, progress=False)
+
+        result = benchmark.pedantic(generate, rounds=GENERATION_ROUNDS, warmup_rounds=1)
+
+    records = result.diagnostics.records
+    benchmark.extra_info.update(
+        steps=steps, forwards=counter.count, steering_forwards=len(records),
+        target_probability=records[-1].target_probability[0])
+    schedule = result.schedule
+    assert schedule.name == preset and schedule.num_steps == steps
+    assert counter.count == len(records) + steps   # one forward per loss evaluation + one per step
+    if schedule.exit_probability is None:          # published loss targets: never reached here
+        assert len(records) == schedule.max_forwards()
+    else:
+        assert len(records) <= schedule.max_forwards()
+    assert not result.diagnostics.non_finite_events()
