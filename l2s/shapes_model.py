@@ -239,6 +239,14 @@ class ShapesModelConfig:
         return cls(**data)
 
 
+def rope_axes_for(head_dim: int) -> tuple[int, int, int]:
+    """RoPE split of a head: FLUX's unused first axis gets the remainder, rows and columns ~3/8 each."""
+    side = max(2, round(3 * head_dim / 16) * 2)
+    if head_dim - 2 * side < 2 or head_dim % 2:
+        raise L2SError(f"head dimension {head_dim} is too small or odd for FLUX's 3-axis RoPE")
+    return (head_dim - 2 * side, side, side)
+
+
 # Presets for tests (tiny) and the default trained model.
 TINY_CONFIG = ShapesModelConfig(num_heads=2, head_dim=16, double_layers=1, single_layers=1,
                                 rope_axes=(4, 4, 8), text_dim=32, text_layers=1, text_heads=2,
@@ -727,7 +735,11 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=defaults.warmup)
     parser.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
     parser.add_argument("--preset", choices=("default", "tiny"), default="default",
-                        help="model size (tiny: for tests)")
+                        help="model size (tiny: for tests); the options below override it")
+    parser.add_argument("--heads", type=int, default=None, help="transformer attention heads")
+    parser.add_argument("--head-dim", type=int, default=None, help="transformer head dimension")
+    parser.add_argument("--double-layers", type=int, default=None, help="FLUX double-stream blocks")
+    parser.add_argument("--single-layers", type=int, default=None, help="FLUX single-stream blocks")
     parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                         help="continue from OUT/checkpoint.pt when present (default on)")
     parser.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
@@ -742,8 +754,13 @@ def build_arg_parser() -> argparse.ArgumentParser:
 
 
 def settings_from_args(args: argparse.Namespace) -> TrainSettings:
-    model = TINY_CONFIG if args.preset == "tiny" else ShapesModelConfig()
-    model = ShapesModelConfig.from_dict({**asdict(model), "image_size": args.size})
+    model = asdict(TINY_CONFIG if args.preset == "tiny" else ShapesModelConfig())
+    overrides = {"num_heads": args.heads, "head_dim": args.head_dim, "double_layers": args.double_layers,
+                 "single_layers": args.single_layers}
+    model.update({k: v for k, v in overrides.items() if v is not None}, image_size=args.size)
+    if args.head_dim is not None:
+        model["rope_axes"] = rope_axes_for(args.head_dim)
+    model = ShapesModelConfig.from_dict(model)
     if args.size % (2 * model.vae_factor):
         raise L2SError(f"--size must be a multiple of {2 * model.vae_factor}")
     return TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,

@@ -22,6 +22,8 @@ from l2s.shapes_model import (
     learning_rate,
     load_shapes_pipeline,
     render_dataset,
+    build_arg_parser,
+    settings_from_args,
     shapes_t5_tokenizer,
     train,
     train_model_main,
@@ -175,6 +177,15 @@ def test_train_command_exports_a_loadable_pipeline(tmp_path, capsys):
     pipe = load_shapes_pipeline(out / "pipeline")
     image = pipe("a red circle", height=16, width=16, num_inference_steps=1, guidance_scale=0.0).images[0]
     assert image.size == (16, 16)
+
+
+def test_model_size_options_build_a_consistent_transformer():
+    args = build_arg_parser().parse_args(["--out", "x", "--heads", "3", "--head-dim", "48", "--single-layers", "1"])
+    model = settings_from_args(args).model
+    assert (model["num_heads"], model["head_dim"], model["single_layers"]) == (3, 48, 1)
+    assert sum(model["rope_axes"]) == 48
+    pipe = build_shapes_pipeline(replace(TINY_CONFIG, head_dim=48, rope_axes=tuple(model["rope_axes"])))
+    assert pipe.transformer.config.attention_head_dim == 48
 
 
 @pytest.mark.slow
