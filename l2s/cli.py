@@ -1,5 +1,8 @@
 """Command line: ``l2s parse``, ``generate``, ``eval``, ``make-data``, ``train`` and
-``shapes train-model``.
+``shapes train-model | make-data | train-classifier | bench``.
+
+``l2s generate`` without ``--model`` runs the shipped shapes-world model and classifier
+(``l2s/assets/shapes``, see :mod:`l2s.shapes_world`); ``--model tiny`` is the random demo.
 
 Bad input ends with one line on stderr (``l2s: error: ...``) and exit code 2, never a silent
 wrong image. ``make-data``, ``train`` and ``shapes train-model`` hand their arguments to the
@@ -60,6 +63,17 @@ def _load(args: argparse.Namespace):
     from .classifier import RelationClassifier
     from .pipelines import load_diffusers_pipeline, wrap_pipeline
 
+    if args.model is None:
+        from .shapes_world import load_shapes_steerer, shipped_assets
+
+        assets = shipped_assets()
+        if assets.available:
+            classifier = args.classifier or assets.classifier
+            return (load_shapes_steerer(assets.pipeline, classifier),
+                    f"shipped shapes-world model {assets.pipeline}; classifier {classifier}")
+        print(f"l2s: NOTE: the shipped shapes model is missing ({assets.pipeline}); falling back to the "
+              "tiny RANDOM demo model: images are noise and steering means nothing", file=sys.stderr)
+        args.model = "tiny"
     if args.model == "tiny":
         from .testing import tiny_classifier_for, tiny_flux_pipeline
 
@@ -123,6 +137,10 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         baseline.images[0].save(out / "image_unsteered.png")
         _side_by_side(baseline.images[0], result.images[0]).save(out / "comparison.png")
         report["timings_s"]["unsteered_total"] = baseline.timings["total"]
+    if plan.steered and result.diagnostics.records:
+        from .shapes_world import probability_plot
+
+        probability_plot(result.diagnostics.records).save(out / "probability.png")
     report["timings_s"]["command_total"] = time.perf_counter() - started
     (out / "report.json").write_text(json.dumps(report, indent=2))
     print(f"l2s: wrote {out / 'image.png'} and {out / 'report.json'}", file=sys.stderr)
@@ -180,6 +198,12 @@ _DELEGATED = (
     (("train",), "l2s.train", "train_main", "train the relation classifier on a 'make-data' dataset"),
     (("shapes", "train-model"), "l2s.shapes_model", "train_model_main",
      "train the shapes-world text-to-image model from scratch"),
+    (("shapes", "make-data"), "l2s.shapes_world", "make_data_main",
+     "dual-inverted attention maps of rendered shapes scenes (the classifier's data)"),
+    (("shapes", "train-classifier"), "l2s.shapes_world", "train_classifier_main",
+     "train the shapes-world relation classifier (small config; --no-dual: leakage ablation)"),
+    (("shapes", "bench"), "l2s.shapes_world", "bench_main",
+     "base vs steered spatial accuracy of the shapes model (writes the results table)"),
 )
 
 
@@ -210,8 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="generate an image with relation steering")
     g.add_argument("prompt")
-    g.add_argument("--model", default="tiny",
-                   help="'tiny' (random tiny FLUX, offline demo) or a local diffusers pipeline dir")
+    g.add_argument("--model", default=None,
+                   help="default: the shipped shapes-world model and classifier (l2s/assets/shapes); "
+                        "'tiny' (random tiny FLUX, offline demo) or a local diffusers pipeline dir")
     g.add_argument("--classifier", help="classifier dir (safetensors + config.json) or published .pth")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--steps", type=int, help="denoising steps (default: the model's published setting)")

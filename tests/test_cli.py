@@ -33,8 +33,8 @@ def test_parse_json_from_stdin(capsys, monkeypatch):
 
 
 def test_generate_tiny_end_to_end(tmp_path, capsys):
-    code, _, err = run(["generate", "a cat to the left of a dog", "--out", str(tmp_path),
-                        "--quiet", "--seed", "1"], capsys)
+    code, _, err = run(["generate", "a cat to the left of a dog", "--model", "tiny",
+                        "--out", str(tmp_path), "--quiet", "--seed", "1"], capsys)
     assert code == 0, err
     for name in ("image.png", "image_unsteered.png", "comparison.png", "report.json"):
         assert (tmp_path / name).is_file(), name
@@ -47,7 +47,8 @@ def test_generate_tiny_end_to_end(tmp_path, capsys):
 
 
 def test_generate_unsteerable_prompt_says_so(tmp_path, capsys):
-    code, _, err = run(["generate", "a cat next to a dog", "--out", str(tmp_path), "--quiet"], capsys)
+    code, _, err = run(["generate", "a cat next to a dog", "--model", "tiny", "--out", str(tmp_path),
+                        "--quiet"], capsys)
     assert code == 0
     assert "unsteered" in err
     assert not (tmp_path / "image_unsteered.png").exists()

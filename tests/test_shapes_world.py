@@ -1,0 +1,190 @@
+"""Shapes-world recipes (data, classifier, schedule, bench table, plot) and the shipped default."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from l2s import shapes_world
+from l2s.evaluation import geneval_relations
+from l2s.relations import NEUTRAL, canonical_class
+
+
+@pytest.fixture(scope="module")
+def tiny_shapes_pipe():
+    from l2s.shapes_model import TINY_CONFIG, build_shapes_pipeline
+
+    torch.manual_seed(0)
+    return build_shapes_pipeline(TINY_CONFIG, seed=0)
+
+
+def test_relation_samples_hold_their_relation_and_leave_out_held_words():
+    samples = shapes_world.shapes_relation_samples(40, seed=3, neutral_fraction=0.5)
+    spatial = [s for s in samples if canonical_class(s.relation) != NEUTRAL]
+    neutral = [s for s in samples if canonical_class(s.relation) == NEUTRAL]
+    assert len(spatial) == 40 and neutral
+    assert {canonical_class(s.relation) for s in spatial} == {"left of", "right of", "above", "below"}
+    words = " ".join(f"{s.subject} {s.object}" for s in samples).split()
+    assert "cyan" not in words and "diamond" not in words
+    from l2s.shapes import ShapesDetector
+
+    detector = ShapesDetector()
+    for s in spatial[:10]:
+        assert s.image.size == (32, 32)
+        found = detector.detect(s.image, [s.subject, s.object])
+        rels = geneval_relations(found[s.subject].box, found[s.object].box)
+        assert canonical_class(s.relation) in rels
+    for s in neutral:  # noun and its colour, from the same image as a spatial sample
+        assert s.subject in ("circle", "square", "triangle") and s.object in ("red", "green", "blue", "yellow", "purple")
+    # same seed, same samples
+    again = shapes_world.shapes_relation_samples(40, seed=3, neutral_fraction=0.5)
+    assert [s.key for s in again] == [s.key for s in samples]
+
+
+def test_schedule_and_presets():
+    from l2s.classifier import step_index_for
+
+    tuned = shapes_world.shapes_schedule()
+    assert tuned.num_steps == 4 and tuned.steered_steps == list(shapes_world.SHAPES_SCHEDULE["steered"])
+    assert tuned.step_sizes[0] == shapes_world.SHAPES_SCHEDULE["step_size"]
+    assert shapes_world.named_schedule("reference").steered_steps == [0]
+    assert shapes_world.named_schedule("shapes-tuned") == tuned
+    # every steered step maps to a stored step index the classifier is trained on
+    for step in tuned.steered_steps:
+        assert step_index_for(step, shapes_world.SHAPES_STORE_STEPS) in shapes_world.SHAPES_STORE_STEPS
+
+
+def test_make_data_and_train_dual_and_ablation(tiny_shapes_pipe, tmp_path):
+    from l2s.classifier import RelationClassifier
+    from l2s.data import AttentionMapDataset, load_dataset_meta
+
+    summary = shapes_world.make_shapes_data(tiny_shapes_pipe, tmp_path / "data", 12, seed=0, progress=False,
+                                            val_fraction=0.3)
+    meta = load_dataset_meta(tmp_path / "data")
+    assert meta["store_steps"] == [1, 3] and meta["map_size"] == 8 and meta["num_steps"] == 4
+    records = AttentionMapDataset(tmp_path / "data", None).records
+    assert summary.skipped == 0
+    assert {r["prompt_type"] for r in records} == {"pos", "neg"}
+    for r in records:
+        if r["prompt_type"] == "neg":
+            assert r["relation_word"] != r["label"]
+    neutral = [r for r in records if r["label"] == "is"]
+    assert all(r["prompt_type"] == "neg" or r["prompt"].count(" ") == 2 for r in neutral)
+
+    small = dict(d_model=32, extractor_layers=1, head_layers=1, extractor_ff=32, head_ff=32, fc_dims=(16, 8))
+    dual = shapes_world.train_shapes_classifier(tmp_path / "data", tmp_path / "dual", epochs=1, progress=False,
+                                                **small)
+    ablation = shapes_world.train_shapes_classifier(tmp_path / "data", tmp_path / "pos", dual=False, epochs=1,
+                                                    progress=False, **small)
+    model = RelationClassifier.load(dual.best_dir)
+    assert model.config.timesteps == (1, 3) and model.config.map_size == 8 and model.config.d_model == 32
+    assert dual.history and ablation.history
+    # the ablation sees only pos records: half as many
+    train_dual = AttentionMapDataset(tmp_path / "data", "train", (1, 3))
+    train_pos = AttentionMapDataset(tmp_path / "data", "train", (1, 3), prompt_types=("pos",))
+    assert len(train_pos) * 2 == len(train_dual)
+
+
+def test_probability_plot_draws_each_relation():
+    from l2s.steer import IterationRecord
+
+    records = [IterationRecord(step=s, iteration=k, relation=k % 2, loss=[1.0], target_probability=[p],
+                               updated=True) for s, (k, p) in enumerate([(0, 0.1), (1, 0.2), (2, 0.8), (3, 0.95)])]
+    image = shapes_world.probability_plot(records)
+    pixels = np.asarray(image)
+    assert image.size == (360, 200)
+    red = ((pixels[..., 0] > 200) & (pixels[..., 1] < 80)).sum()
+    blue = ((pixels[..., 2] > 200) & (pixels[..., 0] < 80)).sum()
+    assert red > 10 and blue > 10
+    assert np.asarray(shapes_world.probability_plot([])).std() > 0  # axes even with no records
+
+
+def test_bench_table_reports_every_part_and_relation():
+    part = lambda key, modes: {"key": key, "label": key, "n_prompts": 4, "seeds": [1], "schedule": "s",
+                               "classifier": "dual", "modes": modes}
+    base = {"accuracy": 0.25, "n_images": 4, "n_correct": 1, "per_relation": {"left of": [1, 2], "above": [0, 2]},
+            "generate_s_per_image": 0.1, "colour_accuracy": 0.25, "colour_n_correct": 1,
+            "colour_per_relation": {"left of": [1, 2], "above": [0, 2]}}
+    steered = {"accuracy": 0.5, "n_images": 4, "n_correct": 2, "per_relation": {"left of": [2, 2], "above": [0, 2]},
+               "generate_s_per_image": 0.5, "colour_accuracy": 0.75, "colour_n_correct": 3,
+               "colour_per_relation": {"left of": [2, 2], "above": [1, 2]}}
+    results = {"parts": [part("position", {"base": base, "steered": steered}),
+                         part("ablation", {"steered": base, "base": base, "tuned_dual": steered})], "settings": {}}
+    table = shapes_world.bench_table(results)
+    assert "0.250 (1/4)" in table and "0.750 (3/4)" in table and "3.00x" in table
+    assert "| left of | 0.500 (1/2) | 1.000 (2/2) | 0.500 (1/2) | 1.000 (2/2) |" in table
+    assert "| above | 0.000 (0/2) | 0.000 (0/2) | 0.000 (0/2) | 0.500 (1/2) |" in table
+    ablation_row = next(line for line in table.splitlines() if line.startswith("| ablation"))
+    assert ablation_row.count("0.750 (3/4)") == 1 and "1.00x" in ablation_row  # tuned dual, same images
+    summary = shapes_world.target_summary(results)
+    assert "colour: base 0.250 (target <= 0.35: met), steered 0.750 (target >= 0.75: met; >= 3x base: 3.00x, met)" in summary
+    assert "0.750 vs 0.250 (target dual better: met)" in summary
+
+
+def test_colour_only_judges_colour_blobs():
+    from l2s.evaluation import PromptSpec, RelationCheck
+
+    spec = PromptSpec("a red circle to the left of a blue square", (RelationCheck("red circle", "left of", "blue square"),))
+    colour = shapes_world.colour_only(spec)
+    assert colour.prompt == spec.prompt and colour.objects == ("red", "blue")
+    assert colour.checks[0].relation == spec.checks[0].relation
+
+
+def test_ood_prompts_use_held_out_words():
+    specs = shapes_world.ood_position_prompts(10)
+    assert len(specs) == 10
+    assert all({"cyan", "diamond"} & set(s.prompt.split()) for s in specs)
+
+
+def test_generate_falls_back_loudly_without_assets(monkeypatch, tmp_path, capsys):
+    from l2s import cli
+
+    monkeypatch.setattr(shapes_world, "shipped_assets", lambda root=None: shapes_world.ShippedAssets(
+        tmp_path / "none", tmp_path / "none" / "c", tmp_path / "none" / "a"))
+    assert cli.main(["generate", "a red circle to the left of a blue square", "--out", str(tmp_path / "o"),
+                     "--quiet", "--no-baseline"]) == 0
+    assert "tiny RANDOM demo model" in capsys.readouterr().err
+    assert (tmp_path / "o" / "image.png").is_file()
+
+
+# ---- the shipped model -------------------------------------------------------------------------
+
+ASSETS = shapes_world.shipped_assets()
+needs_assets = pytest.mark.skipif(not ASSETS.available,
+                                  reason=f"shipped shapes model/classifier missing in {ASSETS.pipeline}")
+
+
+@needs_assets
+def test_shipped_model_steering_beats_base():
+    from l2s.benchmark import _score
+    from l2s.shapes import ShapesDetector
+
+    steerer = shapes_world.load_shapes_steerer()
+    detector = ShapesDetector()
+    from l2s.benchmark import shapes_position_prompts
+
+    specs = shapes_position_prompts(n=16, seed=7)
+    correct = {False: 0, True: 0}
+    for index, spec in enumerate(specs):
+        for steer in (False, True):
+            image = steerer(spec.prompt, seed=500 + index, steer=steer, progress=False).images[0]
+            # colour-only judging: this small model rarely draws shapes the strict detector accepts
+            correct[steer] += _score(detector, image, shapes_world.colour_only(spec), "geneval", "t")[0].correct
+    assert correct[True] > correct[False], correct
+
+
+@needs_assets
+def test_generate_default_writes_everything(tmp_path):
+    from l2s import cli
+
+    out = tmp_path / "gen"
+    assert cli.main(["generate", "a red circle to the left of a blue square", "--out", str(out), "--quiet"]) == 0
+    for name in ("image.png", "image_unsteered.png", "comparison.png", "probability.png", "report.json"):
+        assert (out / name).is_file(), name
+    report = json.loads((out / "report.json").read_text())
+    assert "shapes" in report["model"]
+    assert Image.open(out / "comparison.png").width >= 256 * 2
+    assert Image.open(out / "image.png").size == (32, 32)
