@@ -95,7 +95,14 @@ def _load(args: argparse.Namespace):
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype_name]
     pipe = load_diffusers_pipeline(args.model, torch_dtype=dtype)
     pipe.to(args.device)
-    return wrap_pipeline(pipe, classifier), f"{args.model}; classifier {args.classifier}"
+    source = f"{args.model}; classifier {args.classifier}"
+    from .shapes_model import is_shapes_pipeline
+
+    if is_shapes_pipeline(pipe):  # a model from 'l2s shapes train-model': its own sampling settings
+        from .shapes_world import steer_shapes_pipeline
+
+        return steer_shapes_pipeline(pipe, classifier), source
+    return wrap_pipeline(pipe, classifier), source
 
 
 def _side_by_side(left, right, min_side: int = 256):

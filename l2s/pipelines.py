@@ -323,11 +323,16 @@ class FluxSteeringPipeline(SteeringPipeline):
     denoiser_attr = "transformer"
 
     def __init__(self, pipe, classifier, schedule=None, mode: str = "fast",
-                 max_sequence_length: int = 512, engine: str = "auto"):
+                 max_sequence_length: int = 512, engine: str = "auto", *,
+                 family: str | None = None, steps: int | None = None):
         super().__init__(pipe, classifier, schedule, mode)
         self.max_sequence_length = max_sequence_length
         self.engine_kind = "eager" if mode == "reference" else engine
-        self.family = "flux-dev" if pipe.transformer.config.guidance_embeds else "flux-schnell"
+        # Whose published settings (schedule rule, steps) apply: dev has a guidance embedding,
+        # schnell not. A FLUX-architecture model that is neither (the shapes world's undistilled
+        # 12-step model) names its family and default step count.
+        self.family = family or ("flux-dev" if pipe.transformer.config.guidance_embeds else "flux-schnell")
+        self._default_steps = steps
 
     def map_tokenizer(self):
         return self.pipe.tokenizer_2, self.max_sequence_length
@@ -349,7 +354,7 @@ class FluxSteeringPipeline(SteeringPipeline):
         return self._last_engine
 
     def default_steps(self) -> int:
-        return 50 if self.family == "flux-dev" else 4
+        return self._default_steps or (50 if self.family == "flux-dev" else 4)
 
     def default_size(self) -> int:
         # Published: latent token grid 32 (dev, 512 px) or 16 (schnell, 256 px), scaled to this VAE.
@@ -485,13 +490,16 @@ class SDSteeringPipeline(SteeringPipeline):
 
 
 def wrap_pipeline(pipe, classifier: RelationClassifier, schedule: Schedule | None = None,
-                  mode: str = "fast") -> SteeringPipeline:
+                  mode: str = "fast", **flux_options) -> SteeringPipeline:
     """Wrap an existing diffusers ``FluxPipeline`` or ``StableDiffusionPipeline``.
 
     ``mode`` picks the implementation ("fast" or the published "reference"); both steer alike.
+    ``flux_options`` go to :class:`FluxSteeringPipeline` (``family``, ``steps``, ``engine``, ...).
     """
     if hasattr(pipe, "transformer") and hasattr(pipe, "tokenizer_2"):
-        return FluxSteeringPipeline(pipe, classifier, schedule, mode)
+        return FluxSteeringPipeline(pipe, classifier, schedule, mode, **flux_options)
+    if flux_options:
+        raise TypeError(f"options {sorted(flux_options)} apply to FLUX pipelines only")
     if hasattr(pipe, "unet") and hasattr(pipe, "tokenizer"):
         return SDSteeringPipeline(pipe, classifier, schedule, mode)
     raise TypeError(f"cannot steer a {type(pipe).__name__}: expected a FLUX or Stable Diffusion pipeline")

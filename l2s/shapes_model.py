@@ -3,7 +3,7 @@
 No real FLUX or Stable Diffusion weights can be downloaded in this environment, so to show that
 steering improves spatial accuracy l2s trains its own small model of :mod:`l2s.shapes` scenes. It
 is an ordinary diffusers :class:`~diffusers.FluxPipeline`, so generation, attention capture,
-classification and steering run through exactly the same code as real FLUX.1-schnell:
+classification and steering run through exactly the same code as real FLUX:
 
 * ``transformer``: :class:`~diffusers.FluxTransformer2DModel` (a few double/single blocks, no
   guidance embedding, like schnell), trained by rectified flow.
@@ -18,6 +18,7 @@ classification and steering run through exactly the same code as real FLUX.1-sch
   by 2). FLUX then packs 2x2 latent patches, so a 32x32 image is an 8x8 grid of 4x4-pixel tokens.
 * ``scheduler``: :class:`~diffusers.FlowMatchEulerDiscreteScheduler` with schnell's settings
   (shift 1, no dynamic shifting), so the sampler's sigmas are ``linspace(1, 1/steps, steps)``.
+  The model is not step-distilled: sample it with ~12 steps (``l2s.shapes_world.SHAPES_STEPS``).
 
 Training captions name every object ("a red circle, a blue square and a green triangle") but
 state a relation only rarely (``--relation-caption-rate``), so, like real models, the model draws
@@ -334,6 +335,11 @@ def load_shapes_pipeline(path: str | Path | None = None, device: str | torch.dev
     return pipe.to(device) if device is not None else pipe
 
 
+def is_shapes_pipeline(pipe) -> bool:
+    """Whether ``pipe`` is a shapes-world model (its VAE is the parameter-free pixel map)."""
+    return isinstance(getattr(pipe, "vae", None), PixelShuffleVAE)
+
+
 # --------------------------------------------------------------------------------------------
 # Data
 # --------------------------------------------------------------------------------------------
@@ -440,6 +446,7 @@ class TrainSettings:
     object_sizes: tuple[int, int] = (8, 12)
     relation_caption_rate: float = 0.15
     checkpoint_every: int = 250
+    init_from: str | None = None  # a shapes pipeline folder whose weights start the run
     model: dict = field(default_factory=lambda: asdict(ShapesModelConfig()))
 
     def run_identity(self) -> dict:
@@ -483,6 +490,8 @@ class ShapesTrainer:
         model_config = ShapesModelConfig.from_dict(settings.model)
         self.pipe = build_shapes_pipeline(model_config, seed=settings.seed).to(self.device)
         self.trained = {"transformer": self.pipe.transformer, "text_encoder_2": self.pipe.text_encoder_2}
+        if settings.init_from:
+            self._load_initial_weights(Path(settings.init_from))
         self.pipe.text_encoder.requires_grad_(False)
         self.ema = {name: {k: v.detach().clone() for k, v in module.state_dict().items()}
                     for name, module in self.trained.items()}
@@ -499,6 +508,17 @@ class ShapesTrainer:
         grid = model_config.image_size // (2 * model_config.vae_factor)
         self.image_ids = FluxPipeline._prepare_latent_image_ids(1, grid, grid, self.device, torch.float32)
         self.text_ids = torch.zeros(model_config.text_window, 3, device=self.device)
+
+    def _load_initial_weights(self, folder: Path) -> None:
+        """Start from a saved shapes pipeline (continued training); its architecture must match."""
+        loaders = {"transformer": FluxTransformer2DModel, "text_encoder_2": ShapesT5EncoderModel}
+        for name, cls in loaders.items():
+            try:
+                saved = cls.from_pretrained(str(folder / name), local_files_only=True)
+                self.trained[name].load_state_dict(saved.state_dict())
+            except (OSError, ValueError, RuntimeError) as error:
+                raise ModelLoadError(f"--init-from {folder}: cannot load {name} into this model config "
+                                     f"({str(error).splitlines()[0]})") from None
 
     # -- one step ------------------------------------------------------------------------
     def loss(self, images: torch.Tensor, token_ids: torch.Tensor, sigmas: torch.Tensor,
@@ -675,7 +695,7 @@ def export(trainer: ShapesTrainer, directory: Path, device: str, command: str | 
         "settings": asdict(settings),
         "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
                      "transformers": transformers.__version__, "python": platform.python_version()},
-        "sampling": {"height": settings.size, "width": settings.size, "num_inference_steps": "4-8",
+        "sampling": {"height": settings.size, "width": settings.size, "num_inference_steps": 12,
                      "guidance_scale": "ignored (no guidance embedding)",
                      "text_window": settings.model["text_window"]},
     }
@@ -686,14 +706,16 @@ def export(trainer: ShapesTrainer, directory: Path, device: str, command: str | 
 
 def _training_markdown(record: dict) -> str:
     s = record["settings"]
+    continued = (f"\n- continued from the weights of `{s['init_from']}` (an earlier run's exported pipeline; "
+                 "its own TRAINING.md/training.json say how it was made)") if s.get("init_from") else ""
     return f"""# Shapes-world FLUX model
 
 A FLUX-architecture text-to-image model of `l2s.shapes` scenes, trained from scratch by
 `l2s.shapes_model` (rectified flow, EMA weights exported). Load it with
 `l2s.shapes_model.load_shapes_pipeline(dir)` (or `FluxPipeline.from_pretrained(dir)` after
-`import l2s.shapes_model`) and sample at {s['size']}x{s['size']} with 4-8 steps.
+`import l2s.shapes_model`) and sample at {s['size']}x{s['size']} with 12 steps (it is not step-distilled: 4 steps leave blurry blobs).
 
-- command: `{record['command']}`
+- command: `{record['command']}`{continued}
 - seed {record['seed']}, {record['steps']} steps (of {record['planned_steps']} planned) of batch {s['batch_size']}, lr {s['lr']} (warm-up
   {s['warmup']}, cosine to {s['final_lr_fraction']}x), AdamW wd {s['weight_decay']}, EMA {s['ema_decay']},
   sigma sampling {s['sigma_sampling']}
@@ -749,6 +771,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
                         help="cosine decay target as a fraction of --lr (1 = constant after warm-up)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (1 is fastest on a busy 2-core machine)")
+    parser.add_argument("--init-from", type=Path, default=None, metavar="PIPELINE_DIR",
+                        help="start from the transformer and T5 weights of a saved shapes pipeline "
+                             "(continue a finished run with a new schedule); same model options required")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -769,6 +794,7 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
                          relation_caption_rate=args.relation_caption_rate, sigma_sampling=args.sigma_sampling,
                          ema_decay=args.ema_decay, warmup=args.warmup, checkpoint_every=args.checkpoint_every,
                          final_lr_fraction=args.final_lr_fraction,
+                         init_from=str(args.init_from.resolve()) if args.init_from else None,
                          model=asdict(model))
 
 

@@ -179,6 +179,23 @@ def test_train_command_exports_a_loadable_pipeline(tmp_path, capsys):
     assert image.size == (16, 16)
 
 
+def test_init_from_continues_from_a_saved_pipeline(tmp_path):
+    from l2s.errors import ModelLoadError
+
+    first = train(tiny_settings(), tmp_path / "first", progress=False)
+    saved = load_shapes_pipeline(tmp_path / "first" / "pipeline")
+    settings = replace(tiny_settings(), steps=0, init_from=str(tmp_path / "first" / "pipeline"))
+    continued = train(settings, tmp_path / "second", progress=False)
+    for key, value in saved.transformer.state_dict().items():  # the EMA weights the first run exported
+        assert torch.equal(value, continued.trained["transformer"].state_dict()[key]), key
+        assert torch.equal(value, continued.ema["transformer"][key]), key
+    assert not torch.equal(first.trained["transformer"].state_dict()["proj_out.weight"],
+                           build_shapes_pipeline(TINY_CONFIG).transformer.state_dict()["proj_out.weight"])
+    wider = replace(settings, model={**settings.model, "head_dim": 32, "rope_axes": (8, 12, 12)})
+    with pytest.raises(ModelLoadError, match="init-from"):
+        train(wider, tmp_path / "third", progress=False)
+
+
 def test_model_size_options_build_a_consistent_transformer():
     args = build_arg_parser().parse_args(["--out", "x", "--heads", "3", "--head-dim", "48", "--single-layers", "1"])
     model = settings_from_args(args).model

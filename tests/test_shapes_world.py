@@ -47,14 +47,42 @@ def test_relation_samples_hold_their_relation_and_leave_out_held_words():
 def test_schedule_and_presets():
     from l2s.classifier import step_index_for
 
-    tuned = shapes_world.shapes_schedule()
-    assert tuned.num_steps == 4 and tuned.steered_steps == list(shapes_world.SHAPES_SCHEDULE["steered"])
-    assert tuned.step_sizes[0] == shapes_world.SHAPES_SCHEDULE["step_size"]
-    assert shapes_world.named_schedule("reference").steered_steps == [0]
-    assert shapes_world.named_schedule("shapes-tuned") == tuned
+    reference = shapes_world.named_schedule("reference")
+    # published rule for multi-step models: 16 iterations, step size 5, the first half of the steps
+    assert reference.steered_steps == list(range(shapes_world.SHAPES_STEPS // 2))
+    assert set(reference.iterations[: shapes_world.SHAPES_STEPS // 2]) == {16}
+    assert set(reference.step_sizes) == {5.0}
+    front = shapes_world.named_schedule("front-loaded")
+    assert front.steered_steps == reference.steered_steps and front.max_forwards() < reference.max_forwards()
     # every steered step maps to a stored step index the classifier is trained on
-    for step in tuned.steered_steps:
+    for step in reference.steered_steps:
         assert step_index_for(step, shapes_world.SHAPES_STORE_STEPS) in shapes_world.SHAPES_STORE_STEPS
+
+
+def test_shapes_steerer_uses_the_worlds_sampling_settings(tiny_shapes_pipe, tmp_path):
+    from l2s import cli
+    from l2s.shapes_model import is_shapes_pipeline
+    from l2s.testing import tiny_classifier_for, tiny_flux_pipeline
+
+    assert is_shapes_pipeline(tiny_shapes_pipe) and not is_shapes_pipeline(tiny_flux_pipeline(seed=0))
+    classifier = tiny_classifier_for(tiny_shapes_pipe, seed=0, orig_map_size=8,
+                                     timesteps=shapes_world.SHAPES_STORE_STEPS,
+                                     num_timesteps=shapes_world.SHAPES_STEPS)
+    steerer = shapes_world.steer_shapes_pipeline(tiny_shapes_pipe, classifier)
+    result = steerer("a red circle to the left of a blue square", progress=False)
+    assert len(result.schedule.iterations) == shapes_world.SHAPES_STEPS
+    assert result.schedule == shapes_world.named_schedule("reference")
+    assert {r.step for r in result.diagnostics.records} == set(range(shapes_world.SHAPES_STEPS // 2))
+    # --steps re-derives the published rule for that many steps (first half steered)
+    eight = steerer("a red circle to the left of a blue square", num_inference_steps=8, progress=False)
+    assert eight.schedule.steered_steps == [0, 1, 2, 3]
+    # 'l2s generate/eval --model DIR' on a saved shapes model picks the same settings
+    tiny_shapes_pipe.save_pretrained(tmp_path / "model")
+    classifier.save(tmp_path / "clf")
+    args = cli.build_parser().parse_args(["generate", "x", "--model", str(tmp_path / "model"),
+                                          "--classifier", str(tmp_path / "clf"), "--dtype", "fp32"])
+    loaded, _ = cli._load(args)
+    assert loaded.family == shapes_world.SHAPES_FAMILY and loaded.default_steps() == shapes_world.SHAPES_STEPS
 
 
 def test_make_data_and_train_dual_and_ablation(tiny_shapes_pipe, tmp_path):
@@ -64,7 +92,8 @@ def test_make_data_and_train_dual_and_ablation(tiny_shapes_pipe, tmp_path):
     summary = shapes_world.make_shapes_data(tiny_shapes_pipe, tmp_path / "data", 12, seed=0, progress=False,
                                             val_fraction=0.3)
     meta = load_dataset_meta(tmp_path / "data")
-    assert meta["store_steps"] == [1, 3] and meta["map_size"] == 8 and meta["num_steps"] == 4
+    assert meta["store_steps"] == list(shapes_world.SHAPES_STORE_STEPS) and meta["map_size"] == 8
+    assert meta["num_steps"] == shapes_world.SHAPES_STEPS
     records = AttentionMapDataset(tmp_path / "data", None).records
     assert summary.skipped == 0
     assert {r["prompt_type"] for r in records} == {"pos", "neg"}
@@ -80,11 +109,13 @@ def test_make_data_and_train_dual_and_ablation(tiny_shapes_pipe, tmp_path):
     ablation = shapes_world.train_shapes_classifier(tmp_path / "data", tmp_path / "pos", dual=False, epochs=1,
                                                     progress=False, **small)
     model = RelationClassifier.load(dual.best_dir)
-    assert model.config.timesteps == (1, 3) and model.config.map_size == 8 and model.config.d_model == 32
+    assert model.config.timesteps == shapes_world.SHAPES_STORE_STEPS and model.config.d_model == 32
+    assert model.config.map_size == 8 and model.config.num_timesteps == shapes_world.SHAPES_STEPS
     assert dual.history and ablation.history
     # the ablation sees only pos records: half as many
-    train_dual = AttentionMapDataset(tmp_path / "data", "train", (1, 3))
-    train_pos = AttentionMapDataset(tmp_path / "data", "train", (1, 3), prompt_types=("pos",))
+    train_dual = AttentionMapDataset(tmp_path / "data", "train", shapes_world.SHAPES_STORE_STEPS)
+    train_pos = AttentionMapDataset(tmp_path / "data", "train", shapes_world.SHAPES_STORE_STEPS,
+                                    prompt_types=("pos",))
     assert len(train_pos) * 2 == len(train_dual)
 
 
@@ -112,13 +143,13 @@ def test_bench_table_reports_every_part_and_relation():
                "generate_s_per_image": 0.5, "colour_accuracy": 0.75, "colour_n_correct": 3,
                "colour_per_relation": {"left of": [2, 2], "above": [1, 2]}}
     results = {"parts": [part("position", {"base": base, "steered": steered}),
-                         part("ablation", {"steered": base, "base": base, "tuned_dual": steered})], "settings": {}}
+                         part("ablation", {"steered": base, "base": base, "reference_dual": steered})], "settings": {}}
     table = shapes_world.bench_table(results)
     assert "0.250 (1/4)" in table and "0.750 (3/4)" in table and "3.00x" in table
     assert "| left of | 0.500 (1/2) | 1.000 (2/2) | 0.500 (1/2) | 1.000 (2/2) |" in table
     assert "| above | 0.000 (0/2) | 0.000 (0/2) | 0.000 (0/2) | 0.500 (1/2) |" in table
     ablation_row = next(line for line in table.splitlines() if line.startswith("| ablation"))
-    assert ablation_row.count("0.750 (3/4)") == 1 and "1.00x" in ablation_row  # tuned dual, same images
+    assert ablation_row.count("0.750 (3/4)") == 1 and "1.00x" in ablation_row  # reference dual, same images
     summary = shapes_world.target_summary(results)
     assert "colour: base 0.250 (target <= 0.35: met), steered 0.750 (target >= 0.75: met; >= 3x base: 3.00x, met)" in summary
     assert "0.750 vs 0.250 (target dual better: met)" in summary
