@@ -304,7 +304,7 @@ class SteeringPipeline:
                               engine={"name": engine.name, "reason": engine.reason} if engine else None)
 
     def _progress(self, total: int, enabled: bool):
-        return tqdm(total=total, disable=not enabled, desc=f"l2s {self.family}", leave=False)
+        return tqdm(total=total, disable=not enabled, desc=f"l2s {getattr(self, 'label', self.family)}", leave=False)
 
     # ---- per-model parts ------------------------------------------------------------------
     def map_tokenizer(self):
@@ -333,6 +333,8 @@ class FluxSteeringPipeline(SteeringPipeline):
         # 12-step model) names its family and default step count.
         self.family = family or ("flux-dev" if pipe.transformer.config.guidance_embeds else "flux-schnell")
         self._default_steps = steps
+        if family is not None:
+            self.label = f"flux ({family} rule, {self.default_steps()} steps)"
 
     def map_tokenizer(self):
         return self.pipe.tokenizer_2, self.max_sequence_length
