@@ -10,8 +10,8 @@ it, exactly as on a real FLUX model:
   ``red``), dual-inverted with :func:`l2s.data.make_dataset` at the step indices steering reads.
   Some colours / shapes are held out of the classifier's data for the out-of-distribution check.
 * :func:`train_shapes_classifier`: :func:`l2s.train.train_classifier` with a small config
-  (:func:`shapes_classifier_config`) that trains in minutes on a CPU; ``dual=False`` trains the
-  leakage ablation on the ``pos`` prompts only.
+  (:func:`shapes_classifier_config`) that trains on a CPU (about half an hour for the shipped
+  data); ``dual=False`` trains the leakage ablation on the ``pos`` prompts only.
 * :func:`named_schedule`: the published schedules of :mod:`l2s.steer` for this 12-step model
   (reference: 16 iterations on steps 0-5, step size 5; and the fast presets).
 * :func:`run_shapes_bench`: base vs steered accuracy (GenEval rule, :class:`l2s.shapes.ShapesDetector`)
@@ -189,7 +189,7 @@ def make_shapes_data(pipe, out_dir: str | Path, n_scenes: int, seed: int = 0, *,
 # --------------------------------------------------------------------------------------------
 
 # The published FLUX preset (d_model 256, 4 + 4 layers) is sized for 1368 maps of 16x16; the
-# shapes model has 20 maps of 8x8, and a CPU must train it in minutes.
+# shapes model has 20 maps of 8x8, and a 2-core CPU must train it within a session.
 SHAPES_CLASSIFIER_SIZES = dict(d_model=128, extractor_layers=2, extractor_heads=4, extractor_ff=256,
                                pool_heads=4, head_layers=2, head_heads=4, head_ff=256, fc_dims=(128, 64),
                                dropout=0.1)
