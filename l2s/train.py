@@ -132,25 +132,38 @@ def _save_checkpoint(directory: Path, model: RelationClassifier, training: dict,
     _atomic_dir(directory, write)
 
 
+class _EpochTally:
+    """Loss and accuracy over an epoch's batches, overall and per step index."""
+
+    def __init__(self) -> None:
+        self.loss_sum = 0.0
+        self.per_step: dict[int, list[int]] = defaultdict(lambda: [0, 0])  # step -> [correct, seen]
+
+    def add(self, loss_sum: float, logits: torch.Tensor, labels: torch.Tensor, steps: torch.Tensor) -> None:
+        self.loss_sum += loss_sum
+        hits = (logits.argmax(dim=1) == labels).tolist()
+        for step, hit in zip(steps.tolist(), hits):
+            self.per_step[step][0] += int(hit)
+            self.per_step[step][1] += 1
+
+    def summary(self) -> dict:
+        total = sum(n for _, n in self.per_step.values())
+        if total == 0:
+            return {"loss": float("nan"), "accuracy": float("nan"), "per_step": {}}
+        correct = sum(c for c, _ in self.per_step.values())
+        return {"loss": self.loss_sum / total, "accuracy": correct / total,
+                "per_step": {str(s): c / n for s, (c, n) in sorted(self.per_step.items())}}
+
+
 @torch.no_grad()
 def _evaluate(model: nn.Module, loader: DataLoader, device: str) -> dict:
     model.eval()
-    loss_sum, correct, total = 0.0, 0, 0
-    per_step: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+    tally = _EpochTally()
     for maps, steps, labels in loader:
         maps, steps, labels = maps.to(device), steps.to(device), labels.to(device)
         logits = model(maps, steps)
-        loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
-        hits = logits.argmax(dim=1) == labels
-        correct += int(hits.sum())
-        total += len(labels)
-        for step, hit in zip(steps.tolist(), hits.tolist()):
-            per_step[step][0] += int(hit)
-            per_step[step][1] += 1
-    if total == 0:
-        return {"loss": float("nan"), "accuracy": float("nan"), "per_step": {}}
-    return {"loss": loss_sum / total, "accuracy": correct / total,
-            "per_step": {str(s): c / n for s, (c, n) in sorted(per_step.items())}}
+        tally.add(nn.functional.cross_entropy(logits, labels, reduction="sum").item(), logits, labels, steps)
+    return tally.summary()
 
 
 def _training_settings(config: ClassifierConfig, meta: dict, lr: float, batch_size: int, seed: int,
@@ -264,8 +277,7 @@ def train_classifier(
             while counters["epoch"] < max_epochs and not counters["stopped_early"]:
                 started = time.perf_counter()
                 model.train()
-                loss_sum, correct, seen = 0.0, 0, 0
-                per_step: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+                tally = _EpochTally()
                 for maps, steps, labels in train_loader:
                     maps, steps, labels = maps.to(device), steps.to(device), labels.to(device)
                     logits = model(maps, steps)
@@ -273,13 +285,8 @@ def train_classifier(
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
-                    loss_sum += loss.item() * len(labels)
-                    hits = (logits.argmax(dim=1) == labels).tolist()
-                    correct += sum(hits)
-                    seen += len(labels)
-                    for step, hit in zip(steps.tolist(), hits):
-                        per_step[step][0] += int(hit)
-                        per_step[step][1] += 1
+                    tally.add(loss.item() * len(labels), logits, labels, steps)
+                train = tally.summary()
                 val = _evaluate(model, val_loader, device)
                 scheduler.step(val["loss"])
                 counters["epoch"] += 1
@@ -291,8 +298,8 @@ def train_classifier(
                     counters["bad_epochs"] += 1
                     counters["stopped_early"] = counters["bad_epochs"] >= EARLY_STOPPING_PATIENCE
                 row = {"epoch": counters["epoch"], "lr": optimizer.param_groups[0]["lr"],
-                       "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
-                       "train_accuracy_per_step": {str(s): c / n for s, (c, n) in sorted(per_step.items())},
+                       "train_loss": train["loss"], "train_accuracy": train["accuracy"],
+                       "train_accuracy_per_step": train["per_step"],
                        "val_loss": val["loss"], "val_accuracy": val["accuracy"],
                        "val_accuracy_per_step": val["per_step"], "best": improved,
                        "seconds": round(time.perf_counter() - started, 3)}
