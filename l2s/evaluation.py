@@ -737,6 +737,46 @@ def summarise(results: Sequence[ImageResult], rule: str = GENEVAL) -> Summary:
         n_prompts_any_correct=sum(prompts.values()), results=list(results))
 
 
+@dataclass(frozen=True)
+class PairedComparison:
+    """Two settings scored on the same (prompt, seed) images: how often each alone was right.
+
+    ``p_value`` is the exact two-sided sign test on the discordant pairs (McNemar's exact test):
+    the chance of a split at least this uneven if neither setting were better.
+    """
+
+    n_pairs: int
+    a_correct: int
+    b_correct: int
+    a_only: int
+    b_only: int
+
+    @property
+    def p_value(self) -> float:
+        discordant = self.a_only + self.b_only
+        if discordant == 0:
+            return 1.0
+        tail = sum(math.comb(discordant, k) for k in range(min(self.a_only, self.b_only) + 1))
+        return min(1.0, 2 * tail / 2 ** discordant)
+
+    def a_better(self, alpha: float = 0.05) -> bool:
+        """``a`` measurably better: more pairs won alone, and the split unlikely under no difference."""
+        return self.a_only > self.b_only and self.p_value < alpha
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"n_pairs": self.n_pairs, "a_correct": self.a_correct, "b_correct": self.b_correct,
+                "a_only": self.a_only, "b_only": self.b_only, "p_value": self.p_value}
+
+
+def paired_comparison(a: dict[str, bool], b: dict[str, bool]) -> PairedComparison:
+    """Compare per-image correctness of two settings (keys identify the same prompt and seed);
+    only keys present in both count."""
+    keys = sorted(set(a) & set(b))
+    return PairedComparison(
+        n_pairs=len(keys), a_correct=sum(bool(a[k]) for k in keys), b_correct=sum(bool(b[k]) for k in keys),
+        a_only=sum(bool(a[k]) and not b[k] for k in keys), b_only=sum(bool(b[k]) and not a[k] for k in keys))
+
+
 def evaluate_images(records: Iterable[tuple[Image.Image, PromptSpec, dict[str, Any]]], detector: Detector,
                     out_dir: str | Path, rule: str = GENEVAL) -> Summary:
     """Detect, score and record every image of a run.

@@ -510,12 +510,17 @@ class ShapesTrainer:
         self.text_ids = torch.zeros(model_config.text_window, 3, device=self.device)
 
     def _load_initial_weights(self, folder: Path) -> None:
-        """Start from a saved shapes pipeline (continued training); its architecture must match."""
-        loaders = {"transformer": FluxTransformer2DModel, "text_encoder_2": ShapesT5EncoderModel}
+        """Start from a saved shapes pipeline (continued training); its architecture must match.
+
+        The frozen CLIP encoder is loaded too: its constant pooled vector conditions every block, and
+        a run with another seed would otherwise build a different one and start from scratch in effect.
+        """
+        loaders = {"transformer": FluxTransformer2DModel, "text_encoder_2": ShapesT5EncoderModel,
+                   "text_encoder": CLIPTextModel}
         for name, cls in loaders.items():
             try:
                 saved = cls.from_pretrained(str(folder / name), local_files_only=True)
-                self.trained[name].load_state_dict(saved.state_dict())
+                getattr(self.pipe, name).load_state_dict(saved.state_dict())
             except (OSError, ValueError, RuntimeError) as error:
                 raise ModelLoadError(f"--init-from {folder}: cannot load {name} into this model config "
                                      f"({str(error).splitlines()[0]})") from None

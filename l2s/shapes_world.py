@@ -272,8 +272,9 @@ def bench_parts(scale: float = 1.0, seeds: Sequence[int] = BENCH_SEEDS, prompt_s
                 presets: Sequence[str] = ("front-loaded", "front-loaded-20", "early-exit", "fast"),
                 position_prompts: int = 100) -> list[BenchPart]:
     """The bench's parts; ``scale`` < 1 shrinks the prompt counts of every part but the main
-    two-object one (``position_prompts``, GenEval's 100); at least 4 prompts each. Every part
-    steers with the published reference schedule unless it is a preset row."""
+    two-object one (``position_prompts``, GenEval's 100) and the ablation, which steers the same
+    prompts and seeds as the main one; at least 4 prompts each. Every part steers with the
+    published reference schedule unless it is a preset row."""
     from .benchmark import shapes_multi_relation_prompts, shapes_position_prompts
 
     def n(count: int) -> int:
@@ -287,7 +288,9 @@ def bench_parts(scale: float = 1.0, seeds: Sequence[int] = BENCH_SEEDS, prompt_s
                            seeds[:2], ("base", "steered"), main))
     parts.append(BenchPart("multi_4_3", "multi 4 obj / 3 rel", shapes_multi_relation_prompts(4, 3, n=n(24), seed=prompt_seed),
                            seeds[:2], ("base", "steered"), main))
-    parts.append(BenchPart("ablation", "two objects, pos-only classifier (no dual)", position[:n(50)], seeds[:2],
+    # The ablation steers the main row's prompts and seeds, so the dual/pos-only comparison is
+    # paired image for image at full size.
+    parts.append(BenchPart("ablation", "two objects, pos-only classifier (no dual)", position, seeds,
                            ("steered",), main, classifier="pos_only"))
     for name in presets:
         parts.append(BenchPart(f"preset_{name}", f"two objects, preset {name}", position[:n(32)], seeds[:2],
@@ -304,12 +307,15 @@ def _schedule_for(name: str | Any):
 def run_shapes_bench(out_dir: str | Path, *, pipeline_dir: str | Path | None = None,
                      classifier: str | Path | None = None, ablation_classifier: str | Path | None = None,
                      scale: float = 1.0, seeds: Sequence[int] = BENCH_SEEDS, parts: Sequence[str] | None = None,
-                     position_prompts: int = 100, progress: bool = True) -> dict:
+                     position_prompts: int = 100, classifier_data: str | Path | None = None,
+                     progress: bool = True) -> dict:
     """Run every bench part (``parts``: keys to keep) into ``out_dir`` and return the results.
 
     Each part is a :func:`l2s.benchmark.run_eval` run in ``out_dir/<key>`` (resumable). Returns
     ``{"parts": [...], "settings": {...}}`` with accuracy per mode and per relation and the
-    generation wall time per image.
+    generation wall time per image. With ``classifier_data`` (the classifiers' map dataset) it also
+    compares the dual and pos-only classifiers on its held-out maps, per prompt type
+    (``"classifier_comparison"``): the leakage check before any steering.
     """
     from .benchmark import run_eval
     from .classifier import RelationClassifier
@@ -354,7 +360,15 @@ def run_shapes_bench(out_dir: str | Path, *, pipeline_dir: str | Path | None = N
         results.append({"key": part.key, "label": part.label, "n_prompts": len(part.specs),
                         "seeds": list(part.seeds), "schedule": schedule.name, "classifier": part.classifier,
                         "modes": modes})
-    return {"parts": results, "settings": {"pipeline": str(pipeline_dir),
+    comparison = None
+    if classifier_data is not None:
+        from .train import compare_classifiers
+
+        by_type = compare_classifiers(RelationClassifier.load(classifiers["dual"]),
+                                      RelationClassifier.load(classifiers["pos_only"]), classifier_data)
+        comparison = {"data": str(classifier_data), "split": "val",
+                      "by_prompt_type": {kind: c.to_dict() for kind, c in by_type.items()}}
+    return {"parts": results, "classifier_comparison": comparison, "settings": {"pipeline": str(pipeline_dir),
                                            "classifiers": {k: str(v) for k, v in classifiers.items()},
                                            "scale": scale, "position_prompts": position_prompts,
                                            "seeds": list(seeds),
@@ -368,9 +382,15 @@ def _mode_scores(records: Sequence, specs: Sequence, detector) -> dict:
     s = summarise([r.result for r in records], "geneval")
     seconds = [r.meta.get("generate_s") for r in records if r.meta.get("generate_s") is not None]
     return {"accuracy": s.accuracy, "n_images": s.n_images, "n_correct": s.n_correct,
+            "correct_by_image": {_image_key(r): bool(r.result.correct) for r in records},
             "per_relation": {r: list(v) for r, v in s.per_relation.items()},
             "generate_s_per_image": float(np.mean(seconds)) if seconds else 0.0,
             **_colour_scores(records, specs, detector)}
+
+
+def _image_key(record) -> str:
+    """Identifies an image across modes and parts: its prompt and seed."""
+    return f"{int(record.meta['prompt_index'])}/{int(record.meta['seed'])}"
 
 
 def _found_rate(results: dict) -> float:
@@ -384,7 +404,7 @@ def _colour_scores(records: Sequence, specs: Sequence, detector) -> dict:
 
     from .benchmark import _score
 
-    correct, found, per_relation = 0, 0, {}
+    correct, found, per_relation, by_image = 0, 0, {}, {}
     for record in records:
         strict_spec = specs[int(record.meta["prompt_index"])]
         spec = colour_only(strict_spec)
@@ -394,12 +414,13 @@ def _colour_scores(records: Sequence, specs: Sequence, detector) -> dict:
             labels = {label for c in strict_spec.checks for label in (c.subject, c.object)}
             found += all(d is not None for d in detector.detect(image, sorted(labels)).values())
         correct += int(result.correct)
+        by_image[_image_key(record)] = bool(result.correct)
         for check, check_result in zip(spec.checks, result.checks):
             pair = per_relation.setdefault(check.relation, [0, 0])
             pair[0] += int(check_result.holds)
             pair[1] += 1
     return {"colour_accuracy": correct / len(records) if records else 0.0, "colour_n_correct": correct,
-            "colour_per_relation": per_relation,
+            "colour_correct_by_image": by_image, "colour_per_relation": per_relation,
             "objects_found": found / len(records) if records else 0.0}
 
 
@@ -469,8 +490,9 @@ def write_bench_results(results: dict, markdown: str | Path, command: str | None
               f"shapes the strict detector accepts (base, two objects: all objects found with their shapes in "
               f"{_found_rate(results):.0%} of images), so strict accuracy is capped by image quality; the "
               "colour metric measures placement, which is what steering controls.", "",
-              f"Prompt counts of the rows after the first scaled by `--scale {results['settings'].get('scale')}`; "
-              f"the two-object row is {results['settings'].get('position_prompts')} prompts x "
+              f"Prompt counts of the multi-relation, preset and held-out rows scaled by "
+              f"`--scale {results['settings'].get('scale')}`; the two-object row and the ablation (same prompts "
+              f"and seeds) are {results['settings'].get('position_prompts')} prompts x "
               f"{len(results['settings']['seeds'])} seeds. s/image: generation wall time on this machine's CPU. "
               "Generated by:", "", f"    {command or 'l2s shapes bench'}", "", ""]
     markdown.write_text("\n".join(header) + bench_table(results) + "\n\n" + target_summary(results) + "\n")
@@ -478,7 +500,10 @@ def write_bench_results(results: dict, markdown: str | Path, command: str | None
 
 
 def target_summary(results: dict) -> str:
-    """The issue's targets against what was measured (both metrics), as Markdown bullets."""
+    """The issue's targets against what was measured (both metrics), as Markdown bullets; the
+    comparisons that share images are paired and carry an exact sign-test p-value."""
+    from .evaluation import paired_comparison
+
     parts = {p["key"]: p["modes"] for p in results["parts"]}
     lines = ["## Targets (measured, not adjusted)", ""]
     position = parts.get("position")
@@ -496,9 +521,24 @@ def target_summary(results: dict) -> str:
                      f"{'met' if multi['steered']['colour_accuracy'] >= 0.5 else 'missed'})")
     ablation = parts.get("ablation")
     if ablation and "reference_dual" in ablation:
-        dual, pos = ablation["reference_dual"]["colour_accuracy"], ablation["steered"]["colour_accuracy"]
-        lines.append(f"- dual vs pos-only classifier on the same prompts/seeds (colour): {dual:.3f} vs {pos:.3f} "
-                     f"(target dual better: {'met' if dual > pos else 'missed'})")
+        for metric, key in (("colour", "colour_correct_by_image"), ("strict", "correct_by_image")):
+            c = paired_comparison(ablation["reference_dual"][key], ablation["steered"][key])
+            lines.append(f"- dual vs pos-only classifier, {metric}, paired on {c.n_pairs} images: "
+                         f"{c.a_correct / c.n_pairs:.3f} vs {c.b_correct / c.n_pairs:.3f}; right with dual only "
+                         f"{c.a_only}, with pos-only only {c.b_only}, sign test p = {c.p_value:.3g} "
+                         f"(target dual measurably better, p < 0.05: {'met' if c.a_better() else 'missed'})")
+    comparison = results.get("classifier_comparison")
+    for kind, c in ((comparison or {}).get("by_prompt_type") or {}).items():
+        n = c["n_pairs"]
+        lines.append(f"- dual vs pos-only classifier on held-out maps ({comparison['split']} split of the classifier "
+                     f"data), {kind} prompts, paired on {n} maps: {c['a_correct'] / n:.3f} vs "
+                     f"{c['b_correct'] / n:.3f}; right with dual only {c['a_only']}, with pos-only only "
+                     f"{c['b_only']}, sign test p = {c['p_value']:.3g}")
+    if position:
+        for metric, key in (("colour", "colour_correct_by_image"), ("strict", "correct_by_image")):
+            c = paired_comparison(position["steered"][key], position["base"][key])
+            lines.append(f"- steered vs base, two objects, {metric}, paired on {c.n_pairs} images: right only when "
+                         f"steered {c.a_only}, only in base {c.b_only}, sign test p = {c.p_value:.3g}")
     return "\n".join(lines)
 
 
@@ -609,6 +649,9 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--position-prompts", type=int, default=100, help="two-object prompts (default 100)")
     p.add_argument("--seeds", default=",".join(str(s) for s in BENCH_SEEDS))
     p.add_argument("--parts", help="comma-separated part keys to run (default all)")
+    p.add_argument("--classifier-data", type=Path,
+                   help="the classifiers' map dataset (l2s shapes make-data): also compare dual and pos-only "
+                        "on its held-out maps per prompt type (leakage check)")
     p.add_argument("--threads", type=int)
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
@@ -621,7 +664,7 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
     results = run_shapes_bench(args.out, pipeline_dir=args.model, classifier=args.classifier,
                                ablation_classifier=args.ablation_classifier, scale=args.scale,
                                seeds=parse_seeds(args.seeds), parts=args.parts.split(",") if args.parts else None,
-                               position_prompts=args.position_prompts,
+                               position_prompts=args.position_prompts, classifier_data=args.classifier_data,
                                progress=not args.quiet)
     print(bench_table(results))
     if args.results:

@@ -184,11 +184,17 @@ def test_init_from_continues_from_a_saved_pipeline(tmp_path):
 
     first = train(tiny_settings(), tmp_path / "first", progress=False)
     saved = load_shapes_pipeline(tmp_path / "first" / "pipeline")
-    settings = replace(tiny_settings(), steps=0, init_from=str(tmp_path / "first" / "pipeline"))
+    # Another seed: the frozen CLIP encoder (the constant pooled vector) must come from the folder too.
+    settings = replace(tiny_settings(), steps=0, seed=5, init_from=str(tmp_path / "first" / "pipeline"))
     continued = train(settings, tmp_path / "second", progress=False)
     for key, value in saved.transformer.state_dict().items():  # the EMA weights the first run exported
         assert torch.equal(value, continued.trained["transformer"].state_dict()[key]), key
         assert torch.equal(value, continued.ema["transformer"][key]), key
+    for name in ("text_encoder", "text_encoder_2"):
+        for key, value in getattr(saved, name).state_dict().items():
+            assert torch.equal(value, getattr(continued.pipe, name).state_dict()[key]), (name, key)
+    with torch.no_grad():
+        assert torch.equal(continued.pooled, saved._get_clip_prompt_embeds([""], device="cpu"))
     assert not torch.equal(first.trained["transformer"].state_dict()["proj_out.weight"],
                            build_shapes_pipeline(TINY_CONFIG).transformer.state_dict()["proj_out.weight"])
     wider = replace(settings, model={**settings.model, "head_dim": 32, "rope_axes": (8, 12, 12)})

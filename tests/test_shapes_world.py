@@ -118,6 +118,25 @@ def test_make_data_and_train_dual_and_ablation(tiny_shapes_pipe, tmp_path):
                                     prompt_types=("pos",))
     assert len(train_pos) * 2 == len(train_dual)
 
+    # Leakage check: per-record hits on the held-out maps, paired between the two classifiers.
+    import torch
+
+    from l2s.train import compare_classifiers, record_hits
+
+    hits = record_hits(model, tmp_path / "data", batch_size=5)  # several batches
+    val = AttentionMapDataset(tmp_path / "data", "val", model.config.timesteps)
+    assert len(val) > 10
+    assert set(hits) == {"pos", "neg"} and sum(len(v) for v in hits.values()) == len(val)
+    with torch.no_grad():
+        direct = sum(int(model(m[None], torch.tensor([t])).argmax() == y) for m, t, y in val)
+    assert sum(sum(v.values()) for v in hits.values()) == direct
+    ablation_model = RelationClassifier.load(ablation.best_dir)
+    comparison = compare_classifiers(model, ablation_model, tmp_path / "data")
+    assert set(comparison) == {"pos", "neg"}
+    assert comparison["neg"].n_pairs == len(hits["neg"]) and comparison["neg"].a_correct == sum(hits["neg"].values())
+    itself = compare_classifiers(model, model, tmp_path / "data")["pos"]
+    assert itself.a_only == itself.b_only == 0 and itself.p_value == 1.0
+
 
 def test_probability_plot_draws_each_relation():
     from l2s.steer import IterationRecord
@@ -142,6 +161,11 @@ def test_bench_table_reports_every_part_and_relation():
     steered = {"accuracy": 0.5, "n_images": 4, "n_correct": 2, "per_relation": {"left of": [2, 2], "above": [0, 2]},
                "generate_s_per_image": 0.5, "colour_accuracy": 0.75, "colour_n_correct": 3,
                "colour_per_relation": {"left of": [2, 2], "above": [1, 2]}}
+    # Per-image correctness (keys "prompt/seed") for the paired comparisons.
+    base["correct_by_image"] = {"0/1": True, "1/1": False, "2/1": False, "3/1": False}
+    base["colour_correct_by_image"] = {"0/1": True, "1/1": False, "2/1": False, "3/1": False}
+    steered["correct_by_image"] = {"0/1": True, "1/1": True, "2/1": False, "3/1": False}
+    steered["colour_correct_by_image"] = {"0/1": True, "1/1": True, "2/1": True, "3/1": False}
     results = {"parts": [part("position", {"base": base, "steered": steered}),
                          part("ablation", {"steered": base, "base": base, "reference_dual": steered})], "settings": {}}
     table = shapes_world.bench_table(results)
@@ -152,7 +176,14 @@ def test_bench_table_reports_every_part_and_relation():
     assert ablation_row.count("0.750 (3/4)") == 1 and "1.00x" in ablation_row  # reference dual, same images
     summary = shapes_world.target_summary(results)
     assert "colour: base 0.250 (target <= 0.35: met), steered 0.750 (target >= 0.75: met; >= 3x base: 3.00x, met)" in summary
-    assert "0.750 vs 0.250 (target dual better: met)" in summary
+    # Two images right with dual only, none with pos-only only: p = 0.5, not measurable.
+    assert ("dual vs pos-only classifier, colour, paired on 4 images: 0.750 vs 0.250; right with dual only 2, "
+            "with pos-only only 0, sign test p = 0.5 (target dual measurably better, p < 0.05: missed)") in summary
+    assert "steered vs base, two objects, strict, paired on 4 images: right only when steered 1, only in base 0" in summary
+    results["classifier_comparison"] = {"split": "val", "by_prompt_type": {"neg": {
+        "n_pairs": 200, "a_correct": 180, "b_correct": 160, "a_only": 25, "b_only": 5, "p_value": 0.0003}}}
+    assert ("neg prompts, paired on 200 maps: 0.900 vs 0.800; right with dual only 25, with pos-only only 5, "
+            "sign test p = 0.0003") in shapes_world.target_summary(results)
 
 
 def test_colour_only_judges_colour_blobs():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -185,7 +186,10 @@ def test_train_cli_uses_a_preset_sized_from_the_dataset(tmp_path, capsys):
     dataset = _write(tmp_path / "data", [_synthetic(24, g, "train"), _synthetic(8, g, "val")])
     code = train_main([str(dataset), "--out", str(tmp_path / "run"), "--preset", "flux-schnell", "--epochs", "1",
                        "--batch-size", "8", "--quiet"])
-    assert code == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 0, err
+    val_records = len(AttentionMapDataset(dataset, "val", (1, 3)))
+    assert re.search(rf"val accuracy by prompt type: pos \d\.\d{{3}} \({val_records}\)", err)
     model = RelationClassifier.load(tmp_path / "run" / "best")
     assert model.config.channels == CHANNELS and model.config.timesteps == (1, 3)
     assert model.config.model_family == "flux-schnell" and model.config.d_model == 256  # published sizes
