@@ -614,6 +614,8 @@ class ShapesTrainer:
         pipe = build_shapes_pipeline(model_config, seed=self.settings.seed)
         pipe.transformer.load_state_dict(self.ema["transformer"])
         pipe.text_encoder_2.load_state_dict(self.ema["text_encoder_2"])
+        # The frozen CLIP encoder trained with (from --init-from, or built from the seed).
+        pipe.text_encoder.load_state_dict(self.pipe.text_encoder.state_dict())
         return pipe
 
 

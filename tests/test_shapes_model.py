@@ -195,6 +195,10 @@ def test_init_from_continues_from_a_saved_pipeline(tmp_path):
             assert torch.equal(value, getattr(continued.pipe, name).state_dict()[key]), (name, key)
     with torch.no_grad():
         assert torch.equal(continued.pooled, saved._get_clip_prompt_embeds([""], device="cpu"))
+    exported = load_shapes_pipeline(tmp_path / "second" / "pipeline")  # and the export keeps them
+    for name in ("text_encoder", "text_encoder_2", "transformer"):
+        for key, value in getattr(saved, name).state_dict().items():
+            assert torch.equal(value, getattr(exported, name).state_dict()[key]), (name, key)
     assert not torch.equal(first.trained["transformer"].state_dict()["proj_out.weight"],
                            build_shapes_pipeline(TINY_CONFIG).transformer.state_dict()["proj_out.weight"])
     wider = replace(settings, model={**settings.model, "head_dim": 32, "rope_axes": (8, 12, 12)})
