@@ -631,7 +631,10 @@ def train_classifier_main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     result = train_shapes_classifier(args.data, args.out, dual=not args.no_dual, epochs=args.epochs, lr=args.lr,
                                      seed=args.seed, progress=not args.quiet)
+    from .train import accuracy_by_prompt_type
+
     print(f"best epoch {result.best_epoch}: val accuracy {result.best_val_accuracy:.3f}; weights in {result.best_dir}")
+    print(f"best checkpoint, {accuracy_by_prompt_type(result.best_dir, args.data)}")
     return 0
 
 

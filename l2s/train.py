@@ -434,10 +434,14 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     print(f"l2s: best epoch {result.best_epoch}: val loss {result.best_val_loss:.4f}, val accuracy "
           f"{result.best_val_accuracy:.3f} ({result.epochs_run} epochs"
           f"{', stopped early' if result.stopped_early else ''}); checkpoint {result.best_dir}", file=sys.stderr)
-    # By prompt type, on every validation record (also the types it did not train on): a classifier
-    # that reads the relation word back loses accuracy on "neg" maps (wrong word in the prompt).
-    hits = record_hits(RelationClassifier.load(result.best_dir), args.dataset, "val", args.device)
-    if hits:
-        print("l2s: best checkpoint, val accuracy by prompt type: " + ", ".join(
-            f"{kind} {sum(h.values()) / len(h):.3f} ({len(h)})" for kind, h in sorted(hits.items())), file=sys.stderr)
+    print(f"l2s: {accuracy_by_prompt_type(result.best_dir, args.dataset, args.device)}", file=sys.stderr)
     return 0
+
+
+def accuracy_by_prompt_type(checkpoint: str | Path, dataset_dir: str | Path, device: str = "cpu") -> str:
+    """A checkpoint's validation accuracy per prompt type, on every validation record (also the
+    types it did not train on), as one line: a classifier that reads the relation word back out
+    of the maps loses accuracy on "neg" maps (wrong word in the prompt)."""
+    hits = record_hits(RelationClassifier.load(checkpoint), dataset_dir, "val", device)
+    return "val accuracy by prompt type: " + (", ".join(
+        f"{kind} {sum(h.values()) / len(h):.3f} ({len(h)})" for kind, h in sorted(hits.items())) or "no records")

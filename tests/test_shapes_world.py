@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -85,7 +86,7 @@ def test_shapes_steerer_uses_the_worlds_sampling_settings(tiny_shapes_pipe, tmp_
     assert loaded.family == shapes_world.SHAPES_FAMILY and loaded.default_steps() == shapes_world.SHAPES_STEPS
 
 
-def test_make_data_and_train_dual_and_ablation(tiny_shapes_pipe, tmp_path):
+def test_make_data_and_train_dual_and_ablation(tiny_shapes_pipe, tmp_path, capsys):
     from l2s.classifier import RelationClassifier
     from l2s.data import AttentionMapDataset, load_dataset_meta
 
@@ -119,8 +120,6 @@ def test_make_data_and_train_dual_and_ablation(tiny_shapes_pipe, tmp_path):
     assert len(train_pos) * 2 == len(train_dual)
 
     # Leakage check: per-record hits on the held-out maps, paired between the two classifiers.
-    import torch
-
     from l2s.train import compare_classifiers, record_hits
 
     hits = record_hits(model, tmp_path / "data", batch_size=5)  # several batches
@@ -136,6 +135,15 @@ def test_make_data_and_train_dual_and_ablation(tiny_shapes_pipe, tmp_path):
     assert comparison["neg"].n_pairs == len(hits["neg"]) and comparison["neg"].a_correct == sum(hits["neg"].values())
     itself = compare_classifiers(model, model, tmp_path / "data")["pos"]
     assert itself.a_only == itself.b_only == 0 and itself.p_value == 1.0
+
+    # The CLI reports the same per-prompt-type accuracy (the pos-only one is also scored on neg maps).
+    capsys.readouterr()
+    assert shapes_world.train_classifier_main(["--data", str(tmp_path / "data"), "--out", str(tmp_path / "cli"),
+                                               "--no-dual", "--epochs", "1", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    counts = {kind: len(h) for kind, h in hits.items()}
+    assert re.search(rf"val accuracy by prompt type: neg \d\.\d{{3}} \({counts['neg']}\), "
+                     rf"pos \d\.\d{{3}} \({counts['pos']}\)", printed), printed
 
 
 def test_probability_plot_draws_each_relation():
