@@ -502,6 +502,7 @@ class ShapesTrainer:
         self.generator = torch.Generator(device=self.device).manual_seed(settings.seed)
         self.step = 0
         self.last_loss = float("nan")
+        self.smoothed_loss: float | None = None  # running mean of the loss, kept across resumes
         self.elapsed = 0.0
         with torch.no_grad():  # constant pooled CLIP vector (see build_shapes_pipeline)
             self.pooled = self.pipe._get_clip_prompt_embeds([""], device=self.device)
@@ -578,7 +579,8 @@ class ShapesTrainer:
         """Everything needed to continue bit-for-bit: tensors and primitives only."""
         cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
         return {
-            "step": self.step, "last_loss": self.last_loss, "elapsed": self.elapsed,
+            "step": self.step, "last_loss": self.last_loss, "smoothed_loss": self.smoothed_loss,
+            "elapsed": self.elapsed,
             "settings": json.dumps(self.settings.run_identity()),
             "weights": {name: module.state_dict() for name, module in self.trained.items()},
             "ema": self.ema,
@@ -606,6 +608,7 @@ class ShapesTrainer:
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.step, self.last_loss, self.elapsed = state["step"], state["last_loss"], state["elapsed"]
+        self.smoothed_loss = state.get("smoothed_loss")  # absent in checkpoints of older versions
 
     # -- export --------------------------------------------------------------------------
     def ema_pipeline(self) -> FluxPipeline:
@@ -654,7 +657,6 @@ def train(settings: TrainSettings, out: Path, device: str = "cpu", resume: bool 
         trainer.load_checkpoint(checkpoint)
     bar = tqdm(total=settings.steps, initial=trainer.step, desc="training", disable=not progress,
                mininterval=5, dynamic_ncols=True)
-    smoothed = None
     started_run = time.monotonic()
     while trainer.step < settings.steps:
         if stop_at_step is not None and trainer.step >= stop_at_step:
@@ -667,19 +669,19 @@ def train(settings: TrainSettings, out: Path, device: str = "cpu", resume: bool 
         started = time.perf_counter()
         loss = trainer.train_step()
         trainer.elapsed += time.perf_counter() - started
-        smoothed = loss if smoothed is None else 0.98 * smoothed + 0.02 * loss
+        previous = trainer.smoothed_loss
+        trainer.smoothed_loss = loss if previous is None else 0.98 * previous + 0.02 * loss
         bar.update()
-        bar.set_postfix(loss=f"{smoothed:.4f}", lr=f"{learning_rate(settings, trainer.step - 1):.2e}",
+        bar.set_postfix(loss=f"{trainer.smoothed_loss:.4f}", lr=f"{learning_rate(settings, trainer.step - 1):.2e}",
                         refresh=False)
         if trainer.step % settings.checkpoint_every == 0 or trainer.step == settings.steps:
             trainer.save_checkpoint(checkpoint)
     bar.close()
-    export(trainer, out / "pipeline", device=device, command=command, smoothed_loss=smoothed)
+    export(trainer, out / "pipeline", device=device, command=command)
     return trainer
 
 
-def export(trainer: ShapesTrainer, directory: Path, device: str, command: str | None,
-           smoothed_loss: float | None) -> Path:
+def export(trainer: ShapesTrainer, directory: Path, device: str, command: str | None) -> Path:
     """Save the EMA pipeline (safetensors) plus ``training.json`` and ``TRAINING.md``."""
     import diffusers
     import transformers
@@ -695,7 +697,7 @@ def export(trainer: ShapesTrainer, directory: Path, device: str, command: str | 
         "planned_steps": settings.steps,
         "completed": trainer.step >= settings.steps,
         "final_loss": trainer.last_loss,
-        "final_loss_smoothed": smoothed_loss,
+        "final_loss_smoothed": trainer.smoothed_loss,
         "wall_time_s": round(trainer.elapsed, 1),
         "device": device,
         "trained_parameters": params,

@@ -160,6 +160,13 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
             assert torch.equal(value, resumed.trained[name].state_dict()[key]), key
             assert torch.equal(straight.ema[name][key], resumed.ema[name][key]), key
     assert resumed.last_loss == straight.last_loss
+    assert resumed.smoothed_loss == straight.smoothed_loss  # the running mean survives the resume
+    exported = json.loads((tmp_path / "resumed" / "pipeline" / "training.json").read_text())
+    assert exported["final_loss_smoothed"] == straight.smoothed_loss
+    # Running the finished command again only re-exports, with the same record of the losses.
+    again = train(settings, tmp_path / "resumed", progress=False)
+    assert again.step == 4 and json.loads((tmp_path / "resumed" / "pipeline" / "training.json").read_text())[
+        "final_loss_smoothed"] == straight.smoothed_loss
     # A resumed run with different settings must not silently mix them.
     with pytest.raises(Exception, match="other settings"):
         train(replace(settings, lr=1e-4, steps=6), tmp_path / "resumed", progress=False)
