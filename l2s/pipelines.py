@@ -304,7 +304,12 @@ class SteeringPipeline:
                               engine={"name": engine.name, "reason": engine.reason} if engine else None)
 
     def _progress(self, total: int, enabled: bool):
-        return tqdm(total=total, disable=not enabled, desc=f"l2s {getattr(self, 'label', self.family)}", leave=False)
+        return tqdm(total=total, disable=not enabled, desc=f"l2s {self.label}", leave=False)
+
+    @property
+    def label(self) -> str:
+        """How progress bars name this model."""
+        return self.family
 
     # ---- per-model parts ------------------------------------------------------------------
     def map_tokenizer(self):
@@ -333,8 +338,13 @@ class FluxSteeringPipeline(SteeringPipeline):
         # 12-step model) names its family and default step count.
         self.family = family or ("flux-dev" if pipe.transformer.config.guidance_embeds else "flux-schnell")
         self._default_steps = steps
-        if family is not None:
-            self.label = f"flux ({family} rule, {self.default_steps()} steps)"
+        self._explicit_family = family is not None
+
+    @property
+    def label(self) -> str:
+        if self._explicit_family:  # a FLUX-architecture model that is neither dev nor schnell
+            return f"flux ({self.family} rule, {self.default_steps()} steps)"
+        return self.family
 
     def map_tokenizer(self):
         return self.pipe.tokenizer_2, self.max_sequence_length

@@ -686,6 +686,8 @@ def export(trainer: ShapesTrainer, directory: Path, device: str, command: str | 
     import diffusers
     import transformers
 
+    from .shapes_world import SHAPES_STEPS  # the sampling settings live with the rest of the world's
+
     pipe = trainer.ema_pipeline()
     pipe.save_pretrained(directory, safe_serialization=True)
     settings = trainer.settings
@@ -704,7 +706,7 @@ def export(trainer: ShapesTrainer, directory: Path, device: str, command: str | 
         "settings": asdict(settings),
         "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
                      "transformers": transformers.__version__, "python": platform.python_version()},
-        "sampling": {"height": settings.size, "width": settings.size, "num_inference_steps": 12,
+        "sampling": {"height": settings.size, "width": settings.size, "num_inference_steps": SHAPES_STEPS,
                      "guidance_scale": "ignored (no guidance embedding)",
                      "text_window": settings.model["text_window"]},
     }

@@ -41,6 +41,12 @@ def test_wrap_picks_the_model_family(flux, sd):
                         tiny_classifier_for(tiny_flux_pipeline(seed=0), seed=0))
     assert dev.family == "flux-dev"
     assert all(not p.requires_grad for p in flux.pipe.transformer.parameters())
+    # Progress bars name the family; a model given its family and steps names the rule it follows.
+    assert flux.label == "flux-schnell" and sd.label == "sd14"
+    named = wrap_pipeline(tiny_flux_pipeline(seed=0), tiny_classifier_for(tiny_flux_pipeline(seed=0), seed=0),
+                          family="flux-dev", steps=12)
+    assert named.family == "flux-dev" and named.default_steps() == 12
+    assert named.label == "flux (flux-dev rule, 12 steps)"
 
 
 def test_plan_maps_objects_to_tokens_and_classes(flux):
