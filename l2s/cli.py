@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import L2SError, ModelLoadError
+from .errors import L2SError, ModelLoadError, UsageError
 
 EXIT_USAGE = 2
 
@@ -63,13 +63,15 @@ def _load(args: argparse.Namespace):
     from .classifier import RelationClassifier
     from .pipelines import load_diffusers_pipeline, wrap_pipeline
 
+    true_cfg = getattr(args, "true_cfg", None)
+    flux_options = {} if true_cfg is None else {"true_cfg_scale": true_cfg}
     if args.model is None:
         from .shapes_world import load_shapes_steerer, shipped_assets
 
         assets = shipped_assets()
         if assets.available:
             classifier = args.classifier or assets.classifier
-            return (load_shapes_steerer(assets.pipeline, classifier),
+            return (load_shapes_steerer(assets.pipeline, classifier, true_cfg_scale=true_cfg),
                     f"shipped shapes-world model {assets.pipeline}; classifier {classifier}")
         print(f"l2s: NOTE: the shipped shapes model is missing ({assets.pipeline}); falling back to the "
               "tiny RANDOM demo model: images are noise and steering means nothing", file=sys.stderr)
@@ -84,7 +86,7 @@ def _load(args: argparse.Namespace):
         else:
             classifier = tiny_classifier_for(pipe, seed=0)
             source = "random untrained classifier (tiny demo: steering runs, results mean nothing)"
-        return wrap_pipeline(pipe, classifier), f"tiny random FLUX pipeline; {source}"
+        return wrap_pipeline(pipe, classifier, **flux_options), f"tiny random FLUX pipeline; {source}"
     # Cheap checks first: a bad path should not cost loading a multi-GB pipeline.
     if not (Path(args.model) / "model_index.json").is_file():
         raise ModelLoadError(f"no diffusers pipeline at {args.model} (model_index.json missing)")
@@ -101,8 +103,10 @@ def _load(args: argparse.Namespace):
     if is_shapes_pipeline(pipe):  # a model from 'l2s shapes train-model': its own sampling settings
         from .shapes_world import steer_shapes_pipeline
 
-        return steer_shapes_pipeline(pipe, classifier), source
-    return wrap_pipeline(pipe, classifier), source
+        return steer_shapes_pipeline(pipe, classifier, true_cfg_scale=true_cfg), source
+    if flux_options and not hasattr(pipe, "transformer"):
+        raise UsageError("--true-cfg applies to FLUX models; Stable Diffusion's guidance is --guidance")
+    return wrap_pipeline(pipe, classifier, **flux_options), source
 
 
 def _side_by_side(left, right, min_side: int = 256):
@@ -178,7 +182,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         settings = {"model": args.model, "classifier": args.classifier, "prompts": args.prompts,
                     "n_prompts": args.n_prompts, "prompt_seed": args.prompt_seed, "steps": args.steps,
                     "height": args.height, "width": args.width, "guidance": args.guidance,
-                    "schedule": args.schedule, "dtype": args.dtype if args.model != "tiny" else None}
+                    "sampling": steerer.sampling_options(), "schedule": args.schedule, "dtype": args.dtype if args.model != "tiny" else None}
         report = benchmark.run_eval(
             steerer, specs, detector, args.out, seeds=seeds, modes=modes, rule=args.rule,
             num_inference_steps=args.steps, height=args.height, width=args.width,
@@ -250,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--height", type=int)
     g.add_argument("--width", type=int)
     g.add_argument("--guidance", type=float, help="guidance scale (default: published per model)")
+    g.add_argument("--true-cfg", type=float, metavar="SCALE",
+                   help="FLUX only: classifier-free guidance against an empty prompt on the plain steps, as "
+                        "diffusers' true_cfg_scale (default: 1 = none)")
     g.add_argument("--no-steer", action="store_true", help="generate without steering")
     g.add_argument("--no-baseline", action="store_true",
                    help="do not also write the unsteered image with the same seed")
@@ -306,6 +313,9 @@ def _add_eval_parser(sub) -> None:
     e.add_argument("--height", type=int)
     e.add_argument("--width", type=int)
     e.add_argument("--guidance", type=float, help="guidance scale (default: published per model)")
+    e.add_argument("--true-cfg", type=float, metavar="SCALE",
+                   help="FLUX only: classifier-free guidance against an empty prompt on the plain steps, as "
+                        "diffusers' true_cfg_scale (default: 1 = none)")
     e.add_argument("--schedule", choices=("reference",), default="reference",
                    help="steering schedule (default: reference, the published one)")
     e.add_argument("--images", metavar="DIR",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,6 +104,7 @@ class SteeringResult:
     diagnostics: SteeringDiagnostics
     timings: dict[str, float]
     engine: dict | None = None        # the plain-step engine used: {"name", "reason"}
+    sampling: dict = field(default_factory=dict)  # model-specific sampling options in effect
 
     def report(self) -> dict:
         per_step: dict[int, list[dict]] = {}
@@ -117,6 +119,7 @@ class SteeringResult:
             "steps": {str(k): v for k, v in per_step.items()},
             "non_finite_events": len(self.diagnostics.non_finite_events()),
             "plain_step_engine": self.engine,
+            "sampling": self.sampling,
             "timings_s": self.timings,
         }
 
@@ -301,7 +304,8 @@ class SteeringPipeline:
         engine = self._last_engine
         return SteeringResult(images=images, plan=plan, schedule=schedule if do_steer else None,
                               diagnostics=diagnostics, timings=timings,
-                              engine={"name": engine.name, "reason": engine.reason} if engine else None)
+                              engine={"name": engine.name, "reason": engine.reason} if engine else None,
+                              sampling=self.sampling_options())
 
     def _progress(self, total: int, enabled: bool):
         return tqdm(total=total, disable=not enabled, desc=f"l2s {self.label}", leave=False)
@@ -312,6 +316,10 @@ class SteeringPipeline:
         return self.family
 
     # ---- per-model parts ------------------------------------------------------------------
+    def sampling_options(self) -> dict:
+        """Sampling options of this wrapper beyond the call's arguments (recorded in reports)."""
+        return {}
+
     def map_tokenizer(self):
         raise NotImplementedError
 
@@ -323,14 +331,25 @@ class SteeringPipeline:
 
 
 class FluxSteeringPipeline(SteeringPipeline):
-    """FLUX.1-dev / schnell: maps from every double and single block over the T5 tokens."""
+    """FLUX.1-dev / schnell: maps from every double and single block over the T5 tokens.
+
+    ``true_cfg_scale`` > 1 turns on classifier-free guidance against ``negative_prompt`` on the
+    plain forwards, as diffusers' ``FluxPipeline(true_cfg_scale=...)`` does (off by default: the
+    published models use none). Steering reads the conditional pass only, so the classifier's
+    maps are the same either way.
+    """
 
     denoiser_attr = "transformer"
 
     def __init__(self, pipe, classifier, schedule=None, mode: str = "fast",
                  max_sequence_length: int = 512, engine: str = "auto", *,
-                 family: str | None = None, steps: int | None = None):
+                 family: str | None = None, steps: int | None = None,
+                 true_cfg_scale: float = 1.0, negative_prompt: str = ""):
         super().__init__(pipe, classifier, schedule, mode)
+        if not (isinstance(true_cfg_scale, (int, float)) and math.isfinite(true_cfg_scale) and true_cfg_scale > 0):
+            raise UsageError(f"true_cfg_scale must be a positive number (1 = no guidance), got {true_cfg_scale!r}")
+        self.true_cfg_scale = float(true_cfg_scale)
+        self.negative_prompt = negative_prompt
         self.max_sequence_length = max_sequence_length
         self.engine_kind = "eager" if mode == "reference" else engine
         # Whose published settings (schedule rule, steps) apply: dev has a guidance embedding,
@@ -348,6 +367,15 @@ class FluxSteeringPipeline(SteeringPipeline):
 
     def map_tokenizer(self):
         return self.pipe.tokenizer_2, self.max_sequence_length
+
+    @property
+    def uses_true_cfg(self) -> bool:
+        return self.true_cfg_scale != 1.0
+
+    def sampling_options(self) -> dict:
+        if not self.uses_true_cfg:
+            return {"true_cfg_scale": 1.0}
+        return {"true_cfg_scale": self.true_cfg_scale, "negative_prompt": self.negative_prompt}
 
     def plain_engine(self, example_inputs: dict):
         """The engine for plain steps at these input shapes, built once and cached.
@@ -389,6 +417,12 @@ class FluxSteeringPipeline(SteeringPipeline):
         prompt_embeds, pooled, text_ids = pipe.encode_prompt(
             prompt=prompt, prompt_2=None, device=device, num_images_per_prompt=num_images,
             max_sequence_length=self.max_sequence_length)
+        negative = None
+        if self.uses_true_cfg:
+            negative_embeds, negative_pooled, _ = pipe.encode_prompt(
+                prompt=self.negative_prompt, prompt_2=None, device=device, num_images_per_prompt=num_images,
+                max_sequence_length=self.max_sequence_length)
+            negative = (negative_embeds, negative_pooled)
         generator = torch.Generator(device="cpu").manual_seed(seed)
         latents, image_ids = pipe.prepare_latents(
             num_images, pipe.transformer.config.in_channels // 4, height, width,
@@ -408,9 +442,9 @@ class FluxSteeringPipeline(SteeringPipeline):
         if pipe.transformer.config.guidance_embeds:
             guidance = torch.full([num_images], guidance_scale, device=device, dtype=torch.float32)
 
-        def inputs(z: torch.Tensor, timestep: torch.Tensor) -> dict:
+        def inputs(z: torch.Tensor, timestep: torch.Tensor, text=(prompt_embeds, pooled)) -> dict:
             return dict(hidden_states=z, timestep=timestep / 1000, guidance=guidance,
-                        pooled_projections=pooled, encoder_hidden_states=prompt_embeds,
+                        pooled_projections=text[1], encoder_hidden_states=text[0],
                         txt_ids=text_ids, img_ids=image_ids)
 
         def denoise(z: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
@@ -431,6 +465,11 @@ class FluxSteeringPipeline(SteeringPipeline):
                 step_inputs = inputs(latents, timestep)
                 with pipe.transformer.cache_context("cond"):
                     noise_pred = self.plain_engine(step_inputs)(**step_inputs)
+                if negative is not None:
+                    negative_inputs = inputs(latents, timestep, negative)
+                    with pipe.transformer.cache_context("uncond"):
+                        negative_pred = self.plain_engine(negative_inputs)(**negative_inputs)
+                    noise_pred = negative_pred + self.true_cfg_scale * (noise_pred - negative_pred)
                 latents = pipe.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
                 bar.update()
 

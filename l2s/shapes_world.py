@@ -41,6 +41,14 @@ log = logging.getLogger(__name__)
 # The shapes model is not step-distilled (unlike schnell, 4 Euler steps leave it blurry), so it
 # samples with 12 steps and follows the published rule for multi-step models: steer the first half.
 SHAPES_STEPS = 12
+# Classifier-free guidance against the empty caption on the plain steps (FluxSteeringPipeline's
+# true_cfg_scale; 1 = none). 1.5 was chosen on development prompts (prompt seeds 7-8, image seeds
+# 0-4): images with every object found in its colour and shape rose from 0.39 to 0.45 (480
+# paired, p = 0.024), though the model never saw an empty caption. On the bench it raised colour
+# placement but lost two targets that no guidance meets (strict steered >= 3x base, because base
+# rose too; dual vs pos-only on the strict metric), so the default stays off:
+# bench/results/shapes_accuracy_true_cfg_experiment.md.
+SHAPES_TRUE_CFG = 1.0
 SHAPES_FAMILY = "flux-dev"     # whose published schedule rule applies (steer steps 0-5 of 12)
 SHAPES_STORE_STEPS = (1, 3, 5)  # trained step indices; steered steps 0-1 -> 1, 2-3 -> 3, 4-5 -> 5
 SHAPES_IMAGE_SIZE = 32
@@ -84,7 +92,7 @@ def shipped_assets(root: str | Path | None = None) -> ShippedAssets:
 
 
 def load_shapes_steerer(pipeline_dir: str | Path | None = None, classifier: str | Path | None = None,
-                        schedule=None):
+                        schedule=None, true_cfg_scale: float | None = None):
     """The shapes pipeline wrapped for steering (default: the shipped model + classifier)."""
     from .classifier import RelationClassifier
     from .shapes_model import load_shapes_pipeline
@@ -92,16 +100,20 @@ def load_shapes_steerer(pipeline_dir: str | Path | None = None, classifier: str 
     assets = shipped_assets()
     pipe = load_shapes_pipeline(pipeline_dir or assets.pipeline)
     model = RelationClassifier.load(classifier or assets.classifier)
-    return steer_shapes_pipeline(pipe, model, schedule)
+    return steer_shapes_pipeline(pipe, model, schedule, true_cfg_scale=true_cfg_scale)
 
 
-def steer_shapes_pipeline(pipe, classifier, schedule=None, mode: str = "fast"):
-    """Wrap a shapes pipeline with the shapes world's sampling settings: :data:`SHAPES_STEPS` steps
-    and the published rule for multi-step models, so the default ``"reference"`` schedule is 16
-    iterations with step size 5 on the first half of the steps (and presets follow the same rule)."""
+def steer_shapes_pipeline(pipe, classifier, schedule=None, mode: str = "fast",
+                          true_cfg_scale: float | None = None):
+    """Wrap a shapes pipeline with the shapes world's sampling settings: :data:`SHAPES_STEPS` steps,
+    guidance :data:`SHAPES_TRUE_CFG` (unless ``true_cfg_scale`` is given) and the published rule for
+    multi-step models, so the default ``"reference"`` schedule is 16 iterations with step size 5
+    on the first half of the steps (and presets follow the same rule)."""
     from .pipelines import wrap_pipeline
 
-    return wrap_pipeline(pipe, classifier, schedule, mode, family=SHAPES_FAMILY, steps=SHAPES_STEPS)
+    scale = SHAPES_TRUE_CFG if true_cfg_scale is None else true_cfg_scale
+    return wrap_pipeline(pipe, classifier, schedule, mode, family=SHAPES_FAMILY, steps=SHAPES_STEPS,
+                         true_cfg_scale=scale)
 
 
 # --------------------------------------------------------------------------------------------
@@ -308,13 +320,14 @@ def run_shapes_bench(out_dir: str | Path, *, pipeline_dir: str | Path | None = N
                      classifier: str | Path | None = None, ablation_classifier: str | Path | None = None,
                      scale: float = 1.0, seeds: Sequence[int] = BENCH_SEEDS, parts: Sequence[str] | None = None,
                      position_prompts: int = 100, classifier_data: str | Path | None = None,
-                     progress: bool = True) -> dict:
+                     true_cfg_scale: float | None = None, progress: bool = True) -> dict:
     """Run every bench part (``parts``: keys to keep) into ``out_dir`` and return the results.
 
     Each part is a :func:`l2s.benchmark.run_eval` run in ``out_dir/<key>`` (resumable). Returns
     ``{"parts": [...], "settings": {...}}`` with accuracy per mode and per relation and the
-    generation wall time per image. With ``classifier_data`` (the classifiers' map dataset) it also
-    compares the dual and pos-only classifiers on its held-out maps, per prompt type
+    generation wall time per image. ``true_cfg_scale``: the sampling guidance (default
+    :data:`SHAPES_TRUE_CFG`), the same for base and steered images. With ``classifier_data`` (the
+    classifiers' map dataset) it also compares the dual and pos-only classifiers on its held-out maps, per prompt type
     (``"classifier_comparison"``): the leakage check before any steering.
     """
     from .benchmark import run_eval
@@ -337,10 +350,12 @@ def run_shapes_bench(out_dir: str | Path, *, pipeline_dir: str | Path | None = N
         if parts is not None and part.key not in parts:
             continue
         if part.classifier not in steerers:
-            steerers[part.classifier] = steer_shapes_pipeline(pipe, RelationClassifier.load(classifiers[part.classifier]))
+            steerers[part.classifier] = steer_shapes_pipeline(
+                pipe, RelationClassifier.load(classifiers[part.classifier]), true_cfg_scale=true_cfg_scale)
         schedule = _schedule_for(part.schedule)
         settings = {"pipeline": str(pipeline_dir), "classifier": str(classifiers[part.classifier]),
-                    "schedule": json.loads(json.dumps(schedule.to_json())), "part": part.key}  # as stored
+                    "schedule": json.loads(json.dumps(schedule.to_json())), "part": part.key,  # as stored
+                    "sampling": steerers[part.classifier].sampling_options()}
         report = run_eval(steerers[part.classifier], part.specs, detector, out / part.key, seeds=part.seeds,
                           modes=part.modes, schedule=schedule, settings=settings, detector_name="shapes",
                           contact_sheets=part.key == "position", progress=progress)
@@ -371,6 +386,8 @@ def run_shapes_bench(out_dir: str | Path, *, pipeline_dir: str | Path | None = N
     return {"parts": results, "classifier_comparison": comparison, "settings": {"pipeline": str(pipeline_dir),
                                            "classifiers": {k: str(v) for k, v in classifiers.items()},
                                            "scale": scale, "position_prompts": position_prompts,
+                                           "sampling": next(iter(steerers.values())).sampling_options()
+                                           if steerers else None,
                                            "seeds": list(seeds),
                                            "wall_time_s": round(time.perf_counter() - started, 1)}}
 
@@ -480,8 +497,11 @@ def write_bench_results(results: dict, markdown: str | Path, command: str | None
     markdown = Path(markdown)
     markdown.parent.mkdir(parents=True, exist_ok=True)
     markdown.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    cfg = (results["settings"].get("sampling") or {}).get("true_cfg_scale", 1.0)
+    guidance = f"true CFG {cfg:g} against the empty caption" if cfg != 1.0 else "no guidance"
     header = ["# Shapes world: spatial accuracy, base vs steered", "",
-              f"Shipped shapes model + classifiers (`l2s/assets/shapes`), {SHAPES_STEPS} steps, 32x32, CPU. "
+              f"Shipped shapes model + classifiers (`l2s/assets/shapes`), {SHAPES_STEPS} steps, {guidance} "
+              "(base and steered alike), 32x32, CPU. "
               "GenEval rule with `l2s.shapes.ShapesDetector`; image seeds "
               f"{results['settings']['seeds']}, prompt seed {BENCH_PROMPT_SEED}, none of them used while building "
               "the model or classifiers. Two metrics: **strict** = the detector must find each object with "
@@ -655,6 +675,8 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--classifier-data", type=Path,
                    help="the classifiers' map dataset (l2s shapes make-data): also compare dual and pos-only "
                         "on its held-out maps per prompt type (leakage check)")
+    p.add_argument("--true-cfg", type=float, metavar="SCALE",
+                   help=f"sampling guidance against the empty caption (default {SHAPES_TRUE_CFG}; 1 = none)")
     p.add_argument("--threads", type=int)
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
@@ -668,7 +690,7 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
                                ablation_classifier=args.ablation_classifier, scale=args.scale,
                                seeds=parse_seeds(args.seeds), parts=args.parts.split(",") if args.parts else None,
                                position_prompts=args.position_prompts, classifier_data=args.classifier_data,
-                               progress=not args.quiet)
+                               true_cfg_scale=args.true_cfg, progress=not args.quiet)
     print(bench_table(results))
     if args.results:
         command = "l2s shapes bench " + " ".join(shlex.quote(a) for a in argv)

@@ -97,6 +97,24 @@ def test_generate_from_saved_model_and_classifier(saved, capsys, tmp_path):
     assert (tmp_path / "image.png").is_file() and not (tmp_path / "image_unsteered.png").exists()
 
 
+def test_true_cfg_reaches_the_flux_pipeline_and_is_refused_for_sd(saved, capsys, tmp_path):
+    from l2s.testing import tiny_sd_pipeline
+
+    code, _, err = run(["generate", "a cat above a dog", "--model", str(saved / "pipe"),
+                        "--classifier", str(saved / "good"), "--dtype", "fp32", "--device", "cpu",
+                        "--true-cfg", "2", "--out", str(tmp_path / "flux"), "--quiet", "--no-baseline"], capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "flux" / "report.json").read_text())
+    assert report["sampling"] == {"true_cfg_scale": 2.0, "negative_prompt": ""}
+    sd = tiny_sd_pipeline(seed=0)
+    save_pipeline(sd, tmp_path / "sd")
+    tiny_classifier_for(sd, seed=0).save(tmp_path / "sd_clf")
+    code, _, err = run(["generate", "a cat above a dog", "--model", str(tmp_path / "sd"),
+                        "--classifier", str(tmp_path / "sd_clf"), "--dtype", "fp32", "--device", "cpu",
+                        "--true-cfg", "2", "--out", str(tmp_path / "sd_out"), "--quiet"], capsys)
+    assert code == 2 and "--true-cfg applies to FLUX" in err
+
+
 def test_mismatched_classifier_is_refused(saved, capsys, tmp_path):
     code, _, err = run(["generate", "a cat above a dog", "--model", str(saved / "pipe"),
                         "--classifier", str(saved / "wrong"), "--dtype", "fp32", "--device", "cpu",

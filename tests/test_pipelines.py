@@ -222,3 +222,40 @@ def test_plain_steps_run_on_the_engine_and_steered_steps_on_autograd():
     a = torch.tensor(list(eager.images[0].tobytes()), dtype=torch.float)
     b = torch.tensor(list(onnx.images[0].tobytes()), dtype=torch.float)
     assert (a - b).abs().max() <= 2.0
+
+
+def test_true_cfg_matches_diffusers_flux_pipeline():
+    """Unsteered generation with true CFG is diffusers' FluxPipeline(true_cfg_scale=...) image."""
+    pipe = tiny_flux_pipeline(seed=0)
+    classifier = tiny_classifier_for(pipe, seed=1)
+    kwargs = dict(num_inference_steps=3, height=32, width=32)
+    ours = FluxSteeringPipeline(pipe, classifier, engine="eager", true_cfg_scale=2.5)(
+        "a cat above a dog", steer=False, seed=4, progress=False, **kwargs)
+    pipe.set_progress_bar_config(disable=True)
+    theirs = pipe("a cat above a dog", true_cfg_scale=2.5, negative_prompt="", output_type="np",
+                  generator=torch.Generator().manual_seed(4), max_sequence_length=512, **kwargs).images[0]
+    plain = FluxSteeringPipeline(pipe, classifier, engine="eager")(
+        "a cat above a dog", steer=False, seed=4, progress=False, **kwargs)
+    a = torch.tensor(list(ours.images[0].tobytes()), dtype=torch.float)
+    b = torch.from_numpy(theirs).flatten().mul(255).round()
+    assert (a - b).abs().max() <= 1.0
+    c = torch.tensor(list(plain.images[0].tobytes()), dtype=torch.float)
+    assert (a - c).abs().max() >= 3      # guidance changed the image (the tiny model reads text weakly)
+    assert ours.report()["sampling"] == {"true_cfg_scale": 2.5, "negative_prompt": ""}
+    assert plain.report()["sampling"] == {"true_cfg_scale": 1.0}
+
+
+def test_true_cfg_leaves_the_steering_loss_alone(flux):
+    """Steering reads the conditional pass only: at the first step (same noise) the losses match."""
+    cfg = FluxSteeringPipeline(flux.pipe, flux.classifier, true_cfg_scale=3.0)
+    schedule = custom_schedule(3, steered=[0], iterations=2, step_size=1.0)
+    kwargs = dict(num_inference_steps=3, height=32, width=32, schedule=schedule, seed=2, progress=False)
+    with_cfg, without = cfg("a cat above a dog", **kwargs), flux("a cat above a dog", **kwargs)
+    assert _losses(with_cfg, 0) == pytest.approx(_losses(without, 0), rel=1e-5)
+    assert list(with_cfg.images[0].tobytes()) != list(without.images[0].tobytes())
+
+
+@pytest.mark.parametrize("scale", [0.0, -1.0, float("nan"), "2"])
+def test_true_cfg_scale_must_be_positive(flux, scale):
+    with pytest.raises(UsageError, match="true_cfg_scale"):
+        FluxSteeringPipeline(flux.pipe, flux.classifier, true_cfg_scale=scale)

@@ -74,6 +74,7 @@ def test_shapes_steerer_uses_the_worlds_sampling_settings(tiny_shapes_pipe, tmp_
     assert len(result.schedule.iterations) == shapes_world.SHAPES_STEPS
     assert result.schedule == shapes_world.named_schedule("reference")
     assert {r.step for r in result.diagnostics.records} == set(range(shapes_world.SHAPES_STEPS // 2))
+    assert result.report()["sampling"]["true_cfg_scale"] == shapes_world.SHAPES_TRUE_CFG
     # --steps re-derives the published rule for that many steps (first half steered)
     eight = steerer("a red circle to the left of a blue square", num_inference_steps=8, progress=False)
     assert eight.schedule.steered_steps == [0, 1, 2, 3]
@@ -84,6 +85,10 @@ def test_shapes_steerer_uses_the_worlds_sampling_settings(tiny_shapes_pipe, tmp_
                                           "--classifier", str(tmp_path / "clf"), "--dtype", "fp32"])
     loaded, _ = cli._load(args)
     assert loaded.family == shapes_world.SHAPES_FAMILY and loaded.default_steps() == shapes_world.SHAPES_STEPS
+    assert loaded.true_cfg_scale == shapes_world.SHAPES_TRUE_CFG
+    loaded, _ = cli._load(cli.build_parser().parse_args(
+        ["eval", "--model", str(tmp_path / "model"), "--classifier", str(tmp_path / "clf"), "--true-cfg", "1"]))
+    assert loaded.true_cfg_scale == 1.0 and loaded.family == shapes_world.SHAPES_FAMILY
 
 
 def test_make_data_and_train_dual_and_ablation(tiny_shapes_pipe, tmp_path, capsys):
@@ -192,6 +197,24 @@ def test_bench_table_reports_every_part_and_relation():
         "n_pairs": 200, "a_correct": 180, "b_correct": 160, "a_only": 25, "b_only": 5, "p_value": 0.0003}}}
     assert ("neg prompts, paired on 200 maps: 0.900 vs 0.800; right with dual only 25, with pos-only only 5, "
             "sign test p = 0.0003") in shapes_world.target_summary(results)
+
+
+def test_bench_records_its_sampling_and_resumes_only_with_it(tiny_shapes_pipe, tmp_path):
+    from l2s.errors import L2SError
+    from l2s.testing import tiny_classifier_for
+
+    tiny_shapes_pipe.save_pretrained(tmp_path / "model")
+    tiny_classifier_for(tiny_shapes_pipe, seed=0, orig_map_size=8, timesteps=shapes_world.SHAPES_STORE_STEPS,
+                        num_timesteps=shapes_world.SHAPES_STEPS).save(tmp_path / "clf")
+    kwargs = dict(pipeline_dir=tmp_path / "model", classifier=tmp_path / "clf", ablation_classifier=tmp_path / "clf",
+                  parts=["position"], position_prompts=2, seeds=(0,), progress=False)
+    results = shapes_world.run_shapes_bench(tmp_path / "out", true_cfg_scale=2.0, **kwargs)
+    assert results["settings"]["sampling"] == {"true_cfg_scale": 2.0, "negative_prompt": ""}
+    assert results["parts"][0]["modes"]["steered"]["n_images"] == 2
+    markdown = shapes_world.write_bench_results(results, tmp_path / "bench.md").read_text()
+    assert "true CFG 2 against the empty caption (base and steered alike)" in markdown
+    with pytest.raises(L2SError, match="sampling"):   # images made with other guidance are not mixed in
+        shapes_world.run_shapes_bench(tmp_path / "out", true_cfg_scale=1.0, **kwargs)
 
 
 def test_colour_only_judges_colour_blobs():
