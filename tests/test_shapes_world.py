@@ -281,3 +281,23 @@ def test_generate_default_writes_everything(tmp_path):
     assert "shapes" in report["model"]
     assert Image.open(out / "comparison.png").width >= 256 * 2
     assert Image.open(out / "image.png").size == (32, 32)
+
+
+def test_found_rate_script_compares_guidance_scales(tiny_shapes_pipe, tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "shapes_found_rate.py"
+    spec = importlib.util.spec_from_file_location("l2s_bench_shapes_found_rate", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    tiny_shapes_pipe.save_pretrained(tmp_path / "model")
+    threads = torch.get_num_threads()
+    try:
+        assert module.main(["--model", str(tmp_path / "model"), "--true-cfg", "1,3", "--prompt-seeds", "7",
+                            "--prompts-per-seed", "2", "--seeds", "2", "--threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("| true CFG") and len(rows) == 3
+    assert rows[1].startswith("| 1 | ") and rows[2].startswith("| 3 | ") and "/4)" in rows[2]

@@ -1,0 +1,74 @@
+"""How often the shapes model draws every object of a prompt in its colour and shape, per sampling
+guidance (unsteered images; development prompts, never the bench's). Prints one table.
+
+    python bench/shapes_found_rate.py --true-cfg 1,1.5,2 --seeds 5
+
+This is how `l2s.shapes_world.SHAPES_TRUE_CFG` was examined (prompt seeds 7 and 8, 48 prompts each,
+image seeds 0-4). Images come from `l2s.pipelines.FluxSteeringPipeline` with steering off, one
+per (prompt, seed); the same (prompt, seed) pairs under each guidance are compared with a sign test.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def found_by_image(steerer, specs, seeds, detector) -> dict[str, bool]:
+    """``"prompt/seed"`` -> whether every object of the prompt was detected (colour and shape)."""
+    found = {}
+    for index, spec in enumerate(specs):
+        labels = sorted({c.subject for c in spec.checks} | {c.object for c in spec.checks})
+        for seed in seeds:
+            image = steerer(spec.prompt, seed=seed, steer=False, progress=False).images[0]
+            detections = detector.detect(image, labels)
+            found[f"{index}/{seed}"] = all(detections[label] is not None for label in labels)
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", type=Path, help="shapes pipeline dir (default: the shipped model)")
+    p.add_argument("--true-cfg", default="1,1.5,2", help="guidance scales to compare; the first is the reference")
+    p.add_argument("--prompt-seeds", default="7,8")
+    p.add_argument("--prompts-per-seed", type=int, default=48)
+    p.add_argument("--seeds", type=int, default=5, help="image seeds 0..N-1")
+    p.add_argument("--threads", type=int)
+    args = p.parse_args(argv)
+    import torch
+    from tqdm.auto import tqdm
+
+    from l2s.benchmark import shapes_position_prompts
+    from l2s.evaluation import paired_comparison
+    from l2s.shapes import ShapesDetector
+    from l2s.shapes_world import load_shapes_steerer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    specs = [spec for seed in args.prompt_seeds.split(",")
+             for spec in shapes_position_prompts(n=args.prompts_per_seed, seed=int(seed))]
+    scales = [float(s) for s in args.true_cfg.split(",")]
+    detector = ShapesDetector()
+    results = {}
+    for scale in tqdm(scales, desc="guidance scales"):
+        steerer = load_shapes_steerer(args.model, true_cfg_scale=scale)
+        results[scale] = found_by_image(steerer, specs, range(args.seeds), detector)
+    reference = results[scales[0]]
+    print(f"| true CFG | all objects found | vs {scales[0]:g}: only here / only there | sign test p |")
+    print("|---|---|---|---|")
+    for scale in scales:
+        found = results[scale]
+        rate = f"{sum(found.values()) / len(found):.3f} ({sum(found.values())}/{len(found)})"
+        if scale == scales[0]:
+            print(f"| {scale:g} | {rate} | - | - |")
+            continue
+        c = paired_comparison(found, reference)
+        print(f"| {scale:g} | {rate} | {c.a_only} / {c.b_only} | {c.p_value:.3g} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
