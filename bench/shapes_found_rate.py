@@ -19,14 +19,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 def found_by_image(steerer, specs, seeds, detector) -> dict[str, bool]:
     """``"prompt/seed"`` -> whether every object of the prompt was detected (colour and shape)."""
-    found = {}
-    for index, spec in enumerate(specs):
-        labels = sorted({c.subject for c in spec.checks} | {c.object for c in spec.checks})
-        for seed in seeds:
-            image = steerer(spec.prompt, seed=seed, steer=False, progress=False).images[0]
-            detections = detector.detect(image, labels)
-            found[f"{index}/{seed}"] = all(detections[label] is not None for label in labels)
-    return found
+    from l2s.shapes_world import all_objects_found
+
+    return {f"{index}/{seed}": all_objects_found(
+                detector, steerer(spec.prompt, seed=seed, steer=False, progress=False).images[0], spec)
+            for index, spec in enumerate(specs) for seed in seeds}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,6 +21,8 @@ from pathlib import Path
 from .errors import L2SError, ModelLoadError, UsageError
 
 EXIT_USAGE = 2
+TRUE_CFG_HELP = ("FLUX only: classifier-free guidance against an empty prompt on the plain steps, as "
+                 "diffusers' true_cfg_scale (default: 1 = none)")
 
 
 def _cmd_parse(args: argparse.Namespace) -> int:
@@ -182,7 +184,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         settings = {"model": args.model, "classifier": args.classifier, "prompts": args.prompts,
                     "n_prompts": args.n_prompts, "prompt_seed": args.prompt_seed, "steps": args.steps,
                     "height": args.height, "width": args.width, "guidance": args.guidance,
-                    "sampling": steerer.sampling_options(), "schedule": args.schedule, "dtype": args.dtype if args.model != "tiny" else None}
+                    "sampling": steerer.sampling_options(), "schedule": args.schedule,
+                    "dtype": args.dtype if args.model != "tiny" else None}
         report = benchmark.run_eval(
             steerer, specs, detector, args.out, seeds=seeds, modes=modes, rule=args.rule,
             num_inference_steps=args.steps, height=args.height, width=args.width,
@@ -254,9 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--height", type=int)
     g.add_argument("--width", type=int)
     g.add_argument("--guidance", type=float, help="guidance scale (default: published per model)")
-    g.add_argument("--true-cfg", type=float, metavar="SCALE",
-                   help="FLUX only: classifier-free guidance against an empty prompt on the plain steps, as "
-                        "diffusers' true_cfg_scale (default: 1 = none)")
+    g.add_argument("--true-cfg", type=float, metavar="SCALE", help=TRUE_CFG_HELP)
     g.add_argument("--no-steer", action="store_true", help="generate without steering")
     g.add_argument("--no-baseline", action="store_true",
                    help="do not also write the unsteered image with the same seed")
@@ -313,9 +314,7 @@ def _add_eval_parser(sub) -> None:
     e.add_argument("--height", type=int)
     e.add_argument("--width", type=int)
     e.add_argument("--guidance", type=float, help="guidance scale (default: published per model)")
-    e.add_argument("--true-cfg", type=float, metavar="SCALE",
-                   help="FLUX only: classifier-free guidance against an empty prompt on the plain steps, as "
-                        "diffusers' true_cfg_scale (default: 1 = none)")
+    e.add_argument("--true-cfg", type=float, metavar="SCALE", help=TRUE_CFG_HELP)
     e.add_argument("--schedule", choices=("reference",), default="reference",
                    help="steering schedule (default: reference, the published one)")
     e.add_argument("--images", metavar="DIR",

@@ -428,8 +428,7 @@ def _colour_scores(records: Sequence, specs: Sequence, detector) -> dict:
         with Image.open(record.image_path) as image:
             image = image.convert("RGB")
             result, _ = _score(detector, image, spec, "geneval", record.result.name)
-            labels = {label for c in strict_spec.checks for label in (c.subject, c.object)}
-            found += all(d is not None for d in detector.detect(image, sorted(labels)).values())
+            found += all_objects_found(detector, image, strict_spec)
         correct += int(result.correct)
         by_image[_image_key(record)] = bool(result.correct)
         for check, check_result in zip(spec.checks, result.checks):
@@ -439,6 +438,11 @@ def _colour_scores(records: Sequence, specs: Sequence, detector) -> dict:
     return {"colour_accuracy": correct / len(records) if records else 0.0, "colour_n_correct": correct,
             "colour_correct_by_image": by_image, "colour_per_relation": per_relation,
             "objects_found": found / len(records) if records else 0.0}
+
+
+def all_objects_found(detector, image, spec) -> bool:
+    """Whether every object of ``spec`` is detected (with its colour and shape, for the strict labels)."""
+    return all(d is not None for d in detector.detect(image, list(spec.objects)).values())
 
 
 def _acc(mode: dict | None, colour: bool = False) -> str:
