@@ -500,8 +500,12 @@ def _claim_run_dir(out: Path, settings: dict[str, Any]) -> None:
     previous = _read_json(out / RUN_FILE)
     if previous is not None and previous.get("generation") != settings:
         old = previous.get("generation") or {}
-        changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-        details = ", ".join(f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in changed)
+
+        def shown(d: dict, k: str) -> str:  # a setting an older version did not record says so
+            return repr(d[k]) if k in d else "(not recorded)"
+
+        changed = sorted(k for k in set(old) | set(settings) if shown(old, k) != shown(settings, k))
+        details = ", ".join(f"{k}: {shown(old, k)} -> {shown(settings, k)}" for k in changed)
         raise L2SError(f"{out} holds a run made with other settings ({details}); "
                        "use another --out, or the same settings to resume it")
     _write_json(out / RUN_FILE, {"generation": settings})

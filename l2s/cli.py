@@ -23,6 +23,8 @@ from .errors import L2SError, ModelLoadError, UsageError
 EXIT_USAGE = 2
 TRUE_CFG_HELP = ("FLUX only: classifier-free guidance against an empty prompt on the plain steps, as "
                  "diffusers' true_cfg_scale (default: 1 = none)")
+STEP_SIZE_HELP = ("steering step size (default: the published one per model, 5 for FLUX and SD 2.1, 7.5 for "
+                  "SD 1.4; the shapes world's own for its models)")
 
 
 def _cmd_parse(args: argparse.Namespace) -> int:
@@ -66,6 +68,7 @@ def _load(args: argparse.Namespace):
     from .pipelines import load_diffusers_pipeline, wrap_pipeline
 
     true_cfg = getattr(args, "true_cfg", None)
+    step_size = getattr(args, "step_size", None)
     flux_options = {} if true_cfg is None else {"true_cfg_scale": true_cfg}
     if args.model is None:
         from .shapes_world import load_shapes_steerer, shipped_assets
@@ -73,7 +76,7 @@ def _load(args: argparse.Namespace):
         assets = shipped_assets()
         if assets.available:
             classifier = args.classifier or assets.classifier
-            return (load_shapes_steerer(assets.pipeline, classifier, true_cfg_scale=true_cfg),
+            return (load_shapes_steerer(assets.pipeline, classifier, true_cfg_scale=true_cfg, step_size=step_size),
                     f"shipped shapes-world model {assets.pipeline}; classifier {classifier}")
         print(f"l2s: NOTE: the shipped shapes model is missing ({assets.pipeline}); falling back to the "
               "tiny RANDOM demo model: images are noise and steering means nothing", file=sys.stderr)
@@ -88,7 +91,8 @@ def _load(args: argparse.Namespace):
         else:
             classifier = tiny_classifier_for(pipe, seed=0)
             source = "random untrained classifier (tiny demo: steering runs, results mean nothing)"
-        return wrap_pipeline(pipe, classifier, **flux_options), f"tiny random FLUX pipeline; {source}"
+        return (wrap_pipeline(pipe, classifier, step_size=step_size, **flux_options),
+                f"tiny random FLUX pipeline; {source}")
     # Cheap checks first: a bad path should not cost loading a multi-GB pipeline.
     if not (Path(args.model) / "model_index.json").is_file():
         raise ModelLoadError(f"no diffusers pipeline at {args.model} (model_index.json missing)")
@@ -105,10 +109,10 @@ def _load(args: argparse.Namespace):
     if is_shapes_pipeline(pipe):  # a model from 'l2s shapes train-model': its own sampling settings
         from .shapes_world import steer_shapes_pipeline
 
-        return steer_shapes_pipeline(pipe, classifier, true_cfg_scale=true_cfg), source
+        return steer_shapes_pipeline(pipe, classifier, true_cfg_scale=true_cfg, step_size=step_size), source
     if flux_options and not hasattr(pipe, "transformer"):
         raise UsageError("--true-cfg applies to FLUX models; Stable Diffusion's guidance is --guidance")
-    return wrap_pipeline(pipe, classifier, **flux_options), source
+    return wrap_pipeline(pipe, classifier, step_size=step_size, **flux_options), source
 
 
 def _side_by_side(left, right, min_side: int = 256):
@@ -185,6 +189,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                     "n_prompts": args.n_prompts, "prompt_seed": args.prompt_seed, "steps": args.steps,
                     "height": args.height, "width": args.width, "guidance": args.guidance,
                     "sampling": steerer.sampling_options(), "schedule": args.schedule,
+                    "step_size": steerer.step_size,
                     "dtype": args.dtype if args.model != "tiny" else None}
         report = benchmark.run_eval(
             steerer, specs, detector, args.out, seeds=seeds, modes=modes, rule=args.rule,
@@ -258,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--width", type=int)
     g.add_argument("--guidance", type=float, help="guidance scale (default: published per model)")
     g.add_argument("--true-cfg", type=float, metavar="SCALE", help=TRUE_CFG_HELP)
+    g.add_argument("--step-size", type=float, metavar="ALPHA", help=STEP_SIZE_HELP)
     g.add_argument("--no-steer", action="store_true", help="generate without steering")
     g.add_argument("--no-baseline", action="store_true",
                    help="do not also write the unsteered image with the same seed")
@@ -315,6 +321,7 @@ def _add_eval_parser(sub) -> None:
     e.add_argument("--width", type=int)
     e.add_argument("--guidance", type=float, help="guidance scale (default: published per model)")
     e.add_argument("--true-cfg", type=float, metavar="SCALE", help=TRUE_CFG_HELP)
+    e.add_argument("--step-size", type=float, metavar="ALPHA", help=STEP_SIZE_HELP)
     e.add_argument("--schedule", choices=("reference",), default="reference",
                    help="steering schedule (default: reference, the published one)")
     e.add_argument("--images", metavar="DIR",

@@ -28,7 +28,7 @@ from .errors import ClassifierMismatchError, ModelLoadError, UsageError
 from .parsing import ParsedPrompt, parse_prompt
 from .relations import class_index
 from .steer import (Schedule, SteeringDiagnostics, preset_steps, refine_latents,
-                    schedule_preset)
+                    schedule_preset, validate_step_size)
 from .tokens import check_prompt_length, token_groups
 
 
@@ -132,6 +132,15 @@ def _differentiable_sdpa(device: torch.device):
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
+def _checked_step_size(step_size: float) -> float:
+    if isinstance(step_size, bool) or not isinstance(step_size, (int, float)):
+        raise UsageError(f"step size must be a number, got {step_size!r}")
+    try:
+        return validate_step_size(float(step_size))
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
 class SteeringPipeline:
     """Wraps a diffusers pipeline and a relation classifier; subclasses supply the model loop."""
 
@@ -139,12 +148,14 @@ class SteeringPipeline:
     denoiser_attr: str
 
     def __init__(self, pipe, classifier: RelationClassifier, schedule: Schedule | None = None,
-                 mode: str = "fast"):
+                 mode: str = "fast", step_size: float | None = None):
         if mode not in MODES:
             raise UsageError(f"unknown execution mode {mode!r}; expected one of {', '.join(MODES)}")
         self.pipe = pipe
         self.classifier = classifier.eval().requires_grad_(False)
         self.schedule = schedule
+        # Step size of the named schedules (presets); None: the family's published one.
+        self.step_size = None if step_size is None else _checked_step_size(step_size)
         self.mode = MODES[mode]
         # How the fast mode computes maps: "sdpa" (fused SDPA, selector as value) or "native"
         # (the l2s::selected_text_softmax op); same maps, see l2s.capture.AttentionCapture.
@@ -197,14 +208,15 @@ class SteeringPipeline:
     @classmethod
     def from_pretrained(cls, model_path: str | Path, classifier: RelationClassifier | str | Path,
                         torch_dtype: torch.dtype | None = None, device: str | None = None,
-                        schedule: Schedule | None = None, mode: str = "fast") -> "SteeringPipeline":
+                        schedule: Schedule | None = None, mode: str = "fast",
+                        step_size: float | None = None) -> "SteeringPipeline":
         """Load a diffusers pipeline from a local directory (never a hub) and wrap it."""
         pipe = load_diffusers_pipeline(model_path, torch_dtype=torch_dtype)
         if device:
             pipe.to(device)
         if not isinstance(classifier, RelationClassifier):
             classifier = RelationClassifier.load(classifier)
-        return wrap_pipeline(pipe, classifier, schedule, mode)
+        return wrap_pipeline(pipe, classifier, schedule, mode, step_size=step_size)
 
     # ---- shared data path ---------------------------------------------------------------
     def plan(self, prompt: str) -> SteeringPlan:
@@ -278,7 +290,8 @@ class SteeringPipeline:
         """Generate ``num_images`` images of ``prompt``; steered when it has a directional relation.
 
         ``schedule`` is a :class:`Schedule` or a preset name (``l2s.steer.PRESETS``; default the
-        published "reference"); a preset also picks the number of steps unless given.
+        published "reference"); a preset also picks the number of steps unless given, and takes
+        the pipeline's ``step_size`` when one was set (a :class:`Schedule` keeps its own).
         ``latents`` replaces the seeded initial noise (in the pipeline's own latent layout).
         """
         t0 = time.perf_counter()
@@ -287,7 +300,7 @@ class SteeringPipeline:
         if isinstance(schedule, str):
             try:
                 steps = num_inference_steps or preset_steps(schedule, self.family, self.default_steps())
-                schedule = schedule_preset(schedule, self.family, steps)
+                schedule = schedule_preset(schedule, self.family, steps, self.step_size)
             except ValueError as e:
                 raise UsageError(str(e)) from None
         steps = num_inference_steps or schedule.num_steps
@@ -344,8 +357,8 @@ class FluxSteeringPipeline(SteeringPipeline):
     def __init__(self, pipe, classifier, schedule=None, mode: str = "fast",
                  max_sequence_length: int = 512, engine: str = "auto", *,
                  family: str | None = None, steps: int | None = None,
-                 true_cfg_scale: float = 1.0, negative_prompt: str = ""):
-        super().__init__(pipe, classifier, schedule, mode)
+                 true_cfg_scale: float = 1.0, negative_prompt: str = "", step_size: float | None = None):
+        super().__init__(pipe, classifier, schedule, mode, step_size)
         if not (isinstance(true_cfg_scale, (int, float)) and math.isfinite(true_cfg_scale) and true_cfg_scale > 0):
             raise UsageError(f"true_cfg_scale must be a positive number (1 = no guidance), got {true_cfg_scale!r}")
         self.true_cfg_scale = float(true_cfg_scale)
@@ -484,8 +497,8 @@ class SDSteeringPipeline(SteeringPipeline):
 
     denoiser_attr = "unet"
 
-    def __init__(self, pipe, classifier, schedule=None, mode: str = "fast"):
-        super().__init__(pipe, classifier, schedule, mode)
+    def __init__(self, pipe, classifier, schedule=None, mode: str = "fast", step_size: float | None = None):
+        super().__init__(pipe, classifier, schedule, mode, step_size)
         self.family = "sd21" if pipe.unet.config.cross_attention_dim == 1024 else "sd14"
 
     def map_tokenizer(self):
@@ -541,18 +554,19 @@ class SDSteeringPipeline(SteeringPipeline):
 
 
 def wrap_pipeline(pipe, classifier: RelationClassifier, schedule: Schedule | None = None,
-                  mode: str = "fast", **flux_options) -> SteeringPipeline:
+                  mode: str = "fast", step_size: float | None = None, **flux_options) -> SteeringPipeline:
     """Wrap an existing diffusers ``FluxPipeline`` or ``StableDiffusionPipeline``.
 
     ``mode`` picks the implementation ("fast" or the published "reference"); both steer alike.
+    ``step_size`` replaces the published step size of the named schedules (default: published).
     ``flux_options`` go to :class:`FluxSteeringPipeline` (``family``, ``steps``, ``engine``, ...).
     """
     if hasattr(pipe, "transformer") and hasattr(pipe, "tokenizer_2"):
-        return FluxSteeringPipeline(pipe, classifier, schedule, mode, **flux_options)
+        return FluxSteeringPipeline(pipe, classifier, schedule, mode, step_size=step_size, **flux_options)
     if flux_options:
         raise TypeError(f"options {sorted(flux_options)} apply to FLUX pipelines only")
     if hasattr(pipe, "unet") and hasattr(pipe, "tokenizer"):
-        return SDSteeringPipeline(pipe, classifier, schedule, mode)
+        return SDSteeringPipeline(pipe, classifier, schedule, mode, step_size)
     raise TypeError(f"cannot steer a {type(pipe).__name__}: expected a FLUX or Stable Diffusion pipeline")
 
 

@@ -13,7 +13,8 @@ it, exactly as on a real FLUX model:
   (:func:`shapes_classifier_config`) that trains on a CPU (about half an hour for the shipped
   data); ``dual=False`` trains the leakage ablation on the ``pos`` prompts only.
 * :func:`named_schedule`: the published schedules of :mod:`l2s.steer` for this 12-step model
-  (reference: 16 iterations on steps 0-5, step size 5; and the fast presets).
+  (reference: 16 iterations on steps 0-5; and the fast presets) with this model's step size
+  :data:`SHAPES_STEP_SIZE`.
 * :func:`run_shapes_bench`: base vs steered accuracy (GenEval rule, :class:`l2s.shapes.ShapesDetector`)
   on two-object, multi-relation and held-out-vocabulary prompts, every preset, and the ablation.
 * :func:`shipped_assets`: where ``l2s generate`` finds the default model and classifier.
@@ -50,6 +51,11 @@ SHAPES_STEPS = 12
 # bench/results/shapes_accuracy_true_cfg_experiment.md.
 SHAPES_TRUE_CFG = 1.0
 SHAPES_FAMILY = "flux-dev"     # whose published schedule rule applies (steer steps 0-5 of 12)
+# Steering step size of every named schedule on this model: FLUX's published 5. Step 1 keeps the
+# shapes that step 5 damages (shipped model: strict 0.34 -> 0.40) but loses the dual classifier's
+# measured lead over the pos-only ablation, so 5 stays: bench/results/shapes_accuracy_step1_experiment.md
+# (and ..._stage5_step1_experiment.md; `python bench/shapes_step_size.py` compares step sizes).
+SHAPES_STEP_SIZE = 5.0
 SHAPES_STORE_STEPS = (1, 3, 5)  # trained step indices; steered steps 0-1 -> 1, 2-3 -> 3, 4-5 -> 5
 SHAPES_IMAGE_SIZE = 32
 SHAPES_OBJECT_SIZES = (8, 12)  # as the model's training scenes
@@ -92,7 +98,7 @@ def shipped_assets(root: str | Path | None = None) -> ShippedAssets:
 
 
 def load_shapes_steerer(pipeline_dir: str | Path | None = None, classifier: str | Path | None = None,
-                        schedule=None, true_cfg_scale: float | None = None):
+                        schedule=None, true_cfg_scale: float | None = None, step_size: float | None = None):
     """The shapes pipeline wrapped for steering (default: the shipped model + classifier)."""
     from .classifier import RelationClassifier
     from .shapes_model import load_shapes_pipeline
@@ -100,31 +106,33 @@ def load_shapes_steerer(pipeline_dir: str | Path | None = None, classifier: str 
     assets = shipped_assets()
     pipe = load_shapes_pipeline(pipeline_dir or assets.pipeline)
     model = RelationClassifier.load(classifier or assets.classifier)
-    return steer_shapes_pipeline(pipe, model, schedule, true_cfg_scale=true_cfg_scale)
+    return steer_shapes_pipeline(pipe, model, schedule, true_cfg_scale=true_cfg_scale, step_size=step_size)
 
 
 def steer_shapes_pipeline(pipe, classifier, schedule=None, mode: str = "fast",
-                          true_cfg_scale: float | None = None):
+                          true_cfg_scale: float | None = None, step_size: float | None = None):
     """Wrap a shapes pipeline with the shapes world's sampling settings: :data:`SHAPES_STEPS` steps,
-    guidance :data:`SHAPES_TRUE_CFG` (unless ``true_cfg_scale`` is given) and the published rule for
-    multi-step models, so the default ``"reference"`` schedule is 16 iterations with step size 5
-    on the first half of the steps (and presets follow the same rule)."""
+    guidance :data:`SHAPES_TRUE_CFG` and step size :data:`SHAPES_STEP_SIZE` (unless
+    ``true_cfg_scale`` / ``step_size`` are given) and the published rule for multi-step models, so
+    the default ``"reference"`` schedule is 16 iterations on the first half of the steps (and
+    presets follow the same rule)."""
     from .pipelines import wrap_pipeline
 
     scale = SHAPES_TRUE_CFG if true_cfg_scale is None else true_cfg_scale
     return wrap_pipeline(pipe, classifier, schedule, mode, family=SHAPES_FAMILY, steps=SHAPES_STEPS,
-                         true_cfg_scale=scale)
+                         true_cfg_scale=scale, step_size=SHAPES_STEP_SIZE if step_size is None else step_size)
 
 
 # --------------------------------------------------------------------------------------------
 # Steering schedule
 # --------------------------------------------------------------------------------------------
 
-def named_schedule(name: str, num_steps: int = SHAPES_STEPS):
-    """A preset of :mod:`l2s.steer` by name, by the published rule for multi-step models."""
+def named_schedule(name: str, num_steps: int = SHAPES_STEPS, step_size: float = SHAPES_STEP_SIZE):
+    """A preset of :mod:`l2s.steer` by name, by the published rule for multi-step models, with the
+    shapes world's step size."""
     from .steer import schedule_preset
 
-    return schedule_preset(name, SHAPES_FAMILY, num_steps)
+    return schedule_preset(name, SHAPES_FAMILY, num_steps, step_size)
 
 
 # --------------------------------------------------------------------------------------------
@@ -315,21 +323,23 @@ def bench_parts(scale: float = 1.0, seeds: Sequence[int] = BENCH_SEEDS, prompt_s
     return parts
 
 
-def _schedule_for(name: str | Any):
-    return named_schedule(name) if isinstance(name, str) else name
+def _schedule_for(name: str | Any, step_size: float):
+    return named_schedule(name, step_size=step_size) if isinstance(name, str) else name
 
 
 def run_shapes_bench(out_dir: str | Path, *, pipeline_dir: str | Path | None = None,
                      classifier: str | Path | None = None, ablation_classifier: str | Path | None = None,
                      scale: float = 1.0, seeds: Sequence[int] = BENCH_SEEDS, parts: Sequence[str] | None = None,
                      position_prompts: int = 100, classifier_data: str | Path | None = None,
-                     true_cfg_scale: float | None = None, progress: bool = True) -> dict:
+                     true_cfg_scale: float | None = None, step_size: float | None = None,
+                     progress: bool = True) -> dict:
     """Run every bench part (``parts``: keys to keep) into ``out_dir`` and return the results.
 
     Each part is a :func:`l2s.benchmark.run_eval` run in ``out_dir/<key>`` (resumable). Returns
     ``{"parts": [...], "settings": {...}}`` with accuracy per mode and per relation and the
     generation wall time per image. ``true_cfg_scale``: the sampling guidance (default
-    :data:`SHAPES_TRUE_CFG`), the same for base and steered images. With ``classifier_data`` (the
+    :data:`SHAPES_TRUE_CFG`), the same for base and steered images; ``step_size``: the steering
+    step size of every part (default :data:`SHAPES_STEP_SIZE`). With ``classifier_data`` (the
     classifiers' map dataset) it also compares the dual and pos-only classifiers on its held-out maps, per prompt type
     (``"classifier_comparison"``): the leakage check before any steering.
     """
@@ -340,6 +350,7 @@ def run_shapes_bench(out_dir: str | Path, *, pipeline_dir: str | Path | None = N
 
     assets = shipped_assets()
     pipeline_dir = Path(pipeline_dir or assets.pipeline)
+    step_size = SHAPES_STEP_SIZE if step_size is None else step_size
     classifiers = {"dual": Path(classifier or assets.classifier),
                    "pos_only": Path(ablation_classifier or assets.ablation_classifier)}
     pipe = load_shapes_pipeline(pipeline_dir)
@@ -354,8 +365,9 @@ def run_shapes_bench(out_dir: str | Path, *, pipeline_dir: str | Path | None = N
             continue
         if part.classifier not in steerers:
             steerers[part.classifier] = steer_shapes_pipeline(
-                pipe, RelationClassifier.load(classifiers[part.classifier]), true_cfg_scale=true_cfg_scale)
-        schedule = _schedule_for(part.schedule)
+                pipe, RelationClassifier.load(classifiers[part.classifier]), true_cfg_scale=true_cfg_scale,
+                step_size=step_size)
+        schedule = _schedule_for(part.schedule, step_size)
         settings = {"pipeline": str(pipeline_dir), "classifier": str(classifiers[part.classifier]),
                     "schedule": json.loads(json.dumps(schedule.to_json())), "part": part.key,  # as stored
                     "sampling": steerers[part.classifier].sampling_options()}
@@ -389,6 +401,7 @@ def run_shapes_bench(out_dir: str | Path, *, pipeline_dir: str | Path | None = N
     return {"parts": results, "classifier_comparison": comparison, "settings": {"pipeline": str(pipeline_dir),
                                            "classifiers": {k: str(v) for k, v in classifiers.items()},
                                            "scale": scale, "position_prompts": position_prompts,
+                                           "step_size": step_size,
                                            "sampling": next(iter(steerers.values())).sampling_options()
                                            if steerers else None,
                                            "seeds": list(seeds),
@@ -506,9 +519,11 @@ def write_bench_results(results: dict, markdown: str | Path, command: str | None
     markdown.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
     cfg = (results["settings"].get("sampling") or {}).get("true_cfg_scale", 1.0)
     guidance = f"true CFG {cfg:g} against the empty caption" if cfg != 1.0 else "no guidance"
+    step_size = results["settings"].get("step_size")
+    steering = f"steering step size {step_size:g}, " if step_size is not None else ""
     header = ["# Shapes world: spatial accuracy, base vs steered", "",
               f"Shipped shapes model + classifiers (`l2s/assets/shapes`), {SHAPES_STEPS} steps, {guidance} "
-              "(base and steered alike), 32x32, CPU. "
+              f"(base and steered alike), {steering}32x32, CPU. "
               "GenEval rule with `l2s.shapes.ShapesDetector`; image seeds "
               f"{results['settings']['seeds']}, prompt seed {BENCH_PROMPT_SEED}, none of them used while building "
               "the model or classifiers. Two metrics: **strict** = the detector must find each object with "
@@ -684,6 +699,8 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
                         "on its held-out maps per prompt type (leakage check)")
     p.add_argument("--true-cfg", type=float, metavar="SCALE",
                    help=f"sampling guidance against the empty caption (default {SHAPES_TRUE_CFG}; 1 = none)")
+    p.add_argument("--step-size", type=float, metavar="ALPHA",
+                   help=f"steering step size of every part (default {SHAPES_STEP_SIZE:g})")
     p.add_argument("--threads", type=int)
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
@@ -697,7 +714,7 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
                                ablation_classifier=args.ablation_classifier, scale=args.scale,
                                seeds=parse_seeds(args.seeds), parts=args.parts.split(",") if args.parts else None,
                                position_prompts=args.position_prompts, classifier_data=args.classifier_data,
-                               true_cfg_scale=args.true_cfg, progress=not args.quiet)
+                               true_cfg_scale=args.true_cfg, step_size=args.step_size, progress=not args.quiet)
     print(bench_table(results))
     if args.results:
         command = "l2s shapes bench " + " ".join(shlex.quote(a) for a in argv)

@@ -73,11 +73,12 @@ def published_loss_target(step: int) -> float:
     return _PUBLISHED_LOSS_TARGETS[step] if step < len(_PUBLISHED_LOSS_TARGETS) else _PUBLISHED_LATE_TARGET
 
 
-def reference_schedule(family: str, num_steps: int) -> Schedule:
+def reference_schedule(family: str, num_steps: int, step_size: float | None = None) -> Schedule:
     """The published schedule for ``family`` ("flux-dev", "flux-schnell", "sd14", "sd21").
 
     Multi-step models steer the first half of the steps (0-24 of 50); schnell steers only step 0,
-    i.e. it optimises the initial noise.
+    i.e. it optimises the initial noise. ``step_size`` replaces the family's published step size
+    (a model of our own, e.g. the shapes world, may need a gentler one).
     """
     if family not in _PUBLISHED:
         raise ValueError(f"unknown model family {family!r}; expected one of {sorted(_PUBLISHED)}")
@@ -88,7 +89,7 @@ def reference_schedule(family: str, num_steps: int) -> Schedule:
     return Schedule(
         name="reference",
         iterations=iterations,
-        step_sizes=(settings["step_size"],) * num_steps,
+        step_sizes=(settings["step_size"] if step_size is None else validate_step_size(step_size),) * num_steps,
         loss_targets=tuple(published_loss_target(i) for i in range(num_steps)),
         description="published schedule: up to 16 iterations (M=15) on each steered step, tiny "
                     "loss targets (almost never reached, so nearly every steered step runs all 16)",
@@ -254,10 +255,11 @@ def _preset(name: str) -> Preset:
     return PRESETS[name]
 
 
-def schedule_preset(name: str, family: str, num_steps: int) -> Schedule:
-    """The schedule of preset ``name`` for ``family`` over ``num_steps`` denoising steps."""
+def schedule_preset(name: str, family: str, num_steps: int, step_size: float | None = None) -> Schedule:
+    """The schedule of preset ``name`` for ``family`` over ``num_steps`` denoising steps
+    (``step_size``: instead of the family's published one)."""
     preset = _preset(name)
-    base = reference_schedule(family, num_steps)
+    base = reference_schedule(family, num_steps, step_size)
     iterations = list(base.iterations)
     if preset.front_fraction is not None:
         heavy = max(1, math.ceil(preset.front_fraction * num_steps))

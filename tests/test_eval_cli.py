@@ -335,6 +335,17 @@ def test_eval_resumes_and_refuses_other_settings(tiny_run, tmp_path, capsys, mon
     assert code == 2 and len(calls) == 1
     (line,) = error_lines(err)
     assert "steps: 2 -> 3" in line
+    # images steered with another step size are not mixed in either
+    code, _, err = run(TINY_RUN + ["--step-size", "1", "--out", str(out)], capsys)
+    assert code == 2 and len(calls) == 1
+    (line,) = error_lines(err)
+    assert "step_size: None -> 1.0" in line
+    run_file = out / "run.json"
+    recorded = json.loads(run_file.read_text())
+    del recorded["generation"]["step_size"]          # as written before the setting existed
+    run_file.write_text(json.dumps(recorded))
+    code, _, err = run(TINY_RUN + ["--out", str(out)], capsys)
+    assert code == 2 and "step_size: (not recorded) -> None" in error_lines(err)[0]
 
 
 # ---------------------------------------------------------------------------------------------

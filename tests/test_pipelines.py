@@ -49,6 +49,26 @@ def test_wrap_picks_the_model_family(flux, sd):
     assert named.label == "flux (flux-dev rule, 12 steps)"
 
 
+def test_step_size_applies_to_named_schedules_only(flux):
+    gentle = wrap_pipeline(flux.pipe, flux.classifier, step_size=0.5)
+    kwargs = dict(num_inference_steps=2, height=32, width=32, seed=3, progress=False)
+    result = gentle("a cat above a dog", schedule="reference", **kwargs)
+    assert set(result.schedule.step_sizes) == {0.5} and tuple(result.report()["schedule"]["step_sizes"]) == (0.5, 0.5)
+    published = flux("a cat above a dog", schedule="reference", **kwargs)
+    assert set(published.schedule.step_sizes) == {5.0}
+    # same noise and losses before the first update; the step size changes what the update does
+    assert _losses(result, 0)[0] == pytest.approx(_losses(published, 0)[0], rel=1e-6)
+    assert list(result.images[0].tobytes()) != list(published.images[0].tobytes())
+    own = custom_schedule(2, steered=[0], iterations=2, step_size=2.0)
+    assert set(gentle("a cat above a dog", schedule=own, **kwargs).schedule.step_sizes) == {2.0}
+
+
+@pytest.mark.parametrize("step_size", [0.0, -2.0, float("nan"), "1", True])
+def test_step_size_must_be_a_positive_number(flux, step_size):
+    with pytest.raises(UsageError, match="step size"):
+        wrap_pipeline(flux.pipe, flux.classifier, step_size=step_size)
+
+
 def test_plan_maps_objects_to_tokens_and_classes(flux):
     plan = flux.plan("a photo of a red cat to the left of a teddy bear")
     assert plan.phrases == ["red cat", "teddy bear"]

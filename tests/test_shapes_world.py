@@ -52,7 +52,8 @@ def test_schedule_and_presets():
     # published rule for multi-step models: 16 iterations, step size 5, the first half of the steps
     assert reference.steered_steps == list(range(shapes_world.SHAPES_STEPS // 2))
     assert set(reference.iterations[: shapes_world.SHAPES_STEPS // 2]) == {16}
-    assert set(reference.step_sizes) == {5.0}
+    assert set(reference.step_sizes) == {shapes_world.SHAPES_STEP_SIZE}
+    assert set(shapes_world.named_schedule("fast", step_size=0.5).step_sizes) == {0.5}
     front = shapes_world.named_schedule("front-loaded")
     assert front.steered_steps == reference.steered_steps and front.max_forwards() < reference.max_forwards()
     # every steered step maps to a stored step index the classifier is trained on
@@ -89,6 +90,12 @@ def test_shapes_steerer_uses_the_worlds_sampling_settings(tiny_shapes_pipe, tmp_
     loaded, _ = cli._load(cli.build_parser().parse_args(
         ["eval", "--model", str(tmp_path / "model"), "--classifier", str(tmp_path / "clf"), "--true-cfg", "1"]))
     assert loaded.true_cfg_scale == 1.0 and loaded.family == shapes_world.SHAPES_FAMILY
+    assert loaded.step_size == shapes_world.SHAPES_STEP_SIZE
+    loaded, _ = cli._load(cli.build_parser().parse_args(
+        ["generate", "x", "--model", str(tmp_path / "model"), "--classifier", str(tmp_path / "clf"),
+         "--step-size", "0.25"]))
+    assert loaded.step_size == 0.25
+    assert set(loaded("a red circle to the left of a blue square", progress=False).schedule.step_sizes) == {0.25}
 
 
 def test_make_data_and_train_dual_and_ablation(tiny_shapes_pipe, tmp_path, capsys):
@@ -215,6 +222,12 @@ def test_bench_records_its_sampling_and_resumes_only_with_it(tiny_shapes_pipe, t
     assert "true CFG 2 against the empty caption (base and steered alike)" in markdown
     with pytest.raises(L2SError, match="sampling"):   # images made with other guidance are not mixed in
         shapes_world.run_shapes_bench(tmp_path / "out", true_cfg_scale=1.0, **kwargs)
+    assert results["settings"]["step_size"] == shapes_world.SHAPES_STEP_SIZE
+    with pytest.raises(L2SError, match="schedule"):   # nor images steered with another step size
+        shapes_world.run_shapes_bench(tmp_path / "out", true_cfg_scale=2.0, step_size=0.5, **kwargs)
+    gentle = shapes_world.run_shapes_bench(tmp_path / "gentle", true_cfg_scale=2.0, step_size=0.5, **kwargs)
+    assert gentle["settings"]["step_size"] == 0.5
+    assert "steering step size 0.5" in shapes_world.write_bench_results(gentle, tmp_path / "g.md").read_text()
 
 
 def test_colour_only_judges_colour_blobs():
@@ -301,3 +314,28 @@ def test_found_rate_script_compares_guidance_scales(tiny_shapes_pipe, tmp_path, 
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     assert rows[0].startswith("| true CFG") and len(rows) == 3
     assert rows[1].startswith("| 1 | ") and rows[2].startswith("| 3 | ") and "/4)" in rows[2]
+
+
+def test_step_size_script_compares_step_sizes(tiny_shapes_pipe, tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    from l2s.testing import tiny_classifier_for
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "shapes_step_size.py"
+    spec = importlib.util.spec_from_file_location("l2s_bench_shapes_step_size", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    tiny_shapes_pipe.save_pretrained(tmp_path / "model")
+    tiny_classifier_for(tiny_shapes_pipe, seed=0, orig_map_size=8, timesteps=shapes_world.SHAPES_STORE_STEPS,
+                        num_timesteps=shapes_world.SHAPES_STEPS).save(tmp_path / "clf")
+    threads = torch.get_num_threads()
+    try:
+        assert module.main(["--model", str(tmp_path / "model"), "--classifier", str(tmp_path / "clf"),
+                            "--step-sizes", "5,0.5", "--prompts", "2", "--seeds", "1", "--threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("| step size") and len(rows) == 3
+    assert rows[1].startswith("| 5 | ") and rows[2].startswith("| 0.5 | ") and rows[2].count("/2)") == 3
+    assert rows[2].count("p = ") == 3

@@ -173,5 +173,19 @@ def test_presets_trade_iterations_as_documented():
     # schnell: only the initial noise either way
     assert schedule_preset("fast", "flux-schnell", 4).steered_steps == [0]
     assert all(p.trades for p in PRESETS.values())
+
+
+def test_a_step_size_replaces_the_published_one_in_every_preset():
+    from l2s.steer import PRESETS, schedule_preset
+
+    for name in PRESETS:
+        published = schedule_preset(name, "flux-dev", 20)
+        gentle = schedule_preset(name, "flux-dev", 20, step_size=1.5)
+        assert set(gentle.step_sizes) == {1.5} and set(published.step_sizes) == {5.0}
+        assert gentle.iterations == published.iterations and gentle.exit_probability == published.exit_probability
+    assert set(reference_schedule("sd14", 10, step_size=2.0).step_sizes) == {2.0}
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="step size"):
+            reference_schedule("flux-dev", 10, step_size=bad)
     with pytest.raises(ValueError):
         schedule_preset("warp", "flux-dev", 50)

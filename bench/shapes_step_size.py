@@ -1,0 +1,80 @@
+"""Steered accuracy of a shapes model per steering step size, on development prompts (never the
+bench's). Prints one table.
+
+    python bench/shapes_step_size.py --model DIR --classifier DIR --step-sizes 5,0.5,1,1.5,2,3
+
+This is how `l2s.shapes_world.SHAPES_STEP_SIZE` was examined (prompt seed 7, 48 two-object
+prompts, image seeds 0-1, the reference schedule: 16 iterations on steps 0-5 of 12; only the step
+size changes). Per image: **strict** (GenEval rule, colour + shape), **colour** (the rule on the
+colour blobs) and whether every object was found in its colour and shape; the same (prompt, seed)
+pairs under each step size are compared with the first one by a sign test.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+METRICS = ("strict", "colour", "found")
+
+
+def judge(detector, image, spec) -> dict[str, bool]:
+    """Strict and colour-only GenEval verdicts, and whether every object was found."""
+    from l2s.benchmark import _score
+    from l2s.shapes_world import all_objects_found, colour_only
+
+    return {"strict": _score(detector, image, spec, "geneval", "dev")[0].correct,
+            "colour": _score(detector, image, colour_only(spec), "geneval", "dev")[0].correct,
+            "found": all_objects_found(detector, image, spec)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", type=Path, help="shapes pipeline dir (default: the shipped model)")
+    p.add_argument("--classifier", type=Path, help="dual classifier dir (default: the shipped one)")
+    p.add_argument("--step-sizes", default="5,1", help="step sizes to compare; the first is the reference")
+    p.add_argument("--prompt-seed", type=int, default=7)
+    p.add_argument("--prompts", type=int, default=48)
+    p.add_argument("--seeds", type=int, default=2, help="image seeds 0..N-1")
+    p.add_argument("--threads", type=int)
+    args = p.parse_args(argv)
+    import torch
+    from tqdm.auto import tqdm
+
+    from l2s.benchmark import shapes_position_prompts
+    from l2s.evaluation import paired_comparison
+    from l2s.shapes import ShapesDetector
+    from l2s.shapes_world import load_shapes_steerer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    specs = shapes_position_prompts(n=args.prompts, seed=args.prompt_seed)
+    step_sizes = [float(s) for s in args.step_sizes.split(",")]
+    detector = ShapesDetector()
+    results: dict[float, dict[str, dict[str, bool]]] = {}
+    for step_size in tqdm(step_sizes, desc="step sizes"):
+        steerer = load_shapes_steerer(args.model, args.classifier, step_size=step_size)
+        verdicts = {f"{i}/{seed}": judge(detector, steerer(spec.prompt, seed=seed, progress=False).images[0], spec)
+                    for i, spec in enumerate(specs) for seed in range(args.seeds)}
+        results[step_size] = {m: {k: v[m] for k, v in verdicts.items()} for m in METRICS}
+    reference = results[step_sizes[0]]
+    print("| step size | " + " | ".join(f"{m} (vs {step_sizes[0]:g}: only here / only there, p)" for m in METRICS) + " |")
+    print("|---" * (1 + len(METRICS)) + "|")
+    for step_size in step_sizes:
+        cells = []
+        for m in METRICS:
+            by_image = results[step_size][m]
+            cell = f"{sum(by_image.values()) / len(by_image):.3f} ({sum(by_image.values())}/{len(by_image)})"
+            if step_size != step_sizes[0]:
+                c = paired_comparison(by_image, reference[m])
+                cell += f" {c.a_only} / {c.b_only}, p = {c.p_value:.3g}"
+            cells.append(cell)
+        print(f"| {step_size:g} | " + " | ".join(cells) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
