@@ -296,46 +296,41 @@ def test_generate_default_writes_everything(tmp_path):
     assert Image.open(out / "image.png").size == (32, 32)
 
 
-def test_found_rate_script_compares_guidance_scales(tiny_shapes_pipe, tmp_path, capsys):
+def _run_bench_script(name: str, argv: list[str], capsys) -> list[str]:
+    """Run ``bench/<name>.py``'s main (it sets the thread count; restored after) and return its table rows."""
     import importlib.util
     from pathlib import Path
 
-    script = Path(__file__).resolve().parents[1] / "bench" / "shapes_found_rate.py"
-    spec = importlib.util.spec_from_file_location("l2s_bench_shapes_found_rate", script)
+    script = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"l2s_bench_{name}", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    tiny_shapes_pipe.save_pretrained(tmp_path / "model")
     threads = torch.get_num_threads()
     try:
-        assert module.main(["--model", str(tmp_path / "model"), "--true-cfg", "1,3", "--prompt-seeds", "7",
-                            "--prompts-per-seed", "2", "--seeds", "2", "--threads", "1"]) == 0
+        assert module.main(argv + ["--threads", "1"]) == 0
     finally:
         torch.set_num_threads(threads)
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    return [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+
+
+def test_found_rate_script_compares_guidance_scales(tiny_shapes_pipe, tmp_path, capsys):
+    tiny_shapes_pipe.save_pretrained(tmp_path / "model")
+    rows = _run_bench_script("shapes_found_rate", ["--model", str(tmp_path / "model"), "--true-cfg", "1,3",
+                                                   "--prompt-seeds", "7", "--prompts-per-seed", "2", "--seeds", "2"],
+                             capsys)
     assert rows[0].startswith("| true CFG") and len(rows) == 3
     assert rows[1].startswith("| 1 | ") and rows[2].startswith("| 3 | ") and "/4)" in rows[2]
 
 
 def test_step_size_script_compares_step_sizes(tiny_shapes_pipe, tmp_path, capsys):
-    import importlib.util
-    from pathlib import Path
-
     from l2s.testing import tiny_classifier_for
 
-    script = Path(__file__).resolve().parents[1] / "bench" / "shapes_step_size.py"
-    spec = importlib.util.spec_from_file_location("l2s_bench_shapes_step_size", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     tiny_shapes_pipe.save_pretrained(tmp_path / "model")
     tiny_classifier_for(tiny_shapes_pipe, seed=0, orig_map_size=8, timesteps=shapes_world.SHAPES_STORE_STEPS,
                         num_timesteps=shapes_world.SHAPES_STEPS).save(tmp_path / "clf")
-    threads = torch.get_num_threads()
-    try:
-        assert module.main(["--model", str(tmp_path / "model"), "--classifier", str(tmp_path / "clf"),
-                            "--step-sizes", "5,0.5", "--prompts", "2", "--seeds", "1", "--threads", "1"]) == 0
-    finally:
-        torch.set_num_threads(threads)
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    rows = _run_bench_script("shapes_step_size", ["--model", str(tmp_path / "model"), "--classifier",
+                                                  str(tmp_path / "clf"), "--step-sizes", "5,0.5", "--prompts", "2",
+                                                  "--seeds", "1"], capsys)
     assert rows[0].startswith("| step size") and len(rows) == 3
     assert rows[1].startswith("| 5 | ") and rows[2].startswith("| 0.5 | ") and rows[2].count("/2)") == 3
     assert rows[2].count("p = ") == 3
