@@ -133,10 +133,8 @@ def _differentiable_sdpa(device: torch.device):
 
 
 def _checked_step_size(step_size: float) -> float:
-    if isinstance(step_size, bool) or not isinstance(step_size, (int, float)):
-        raise UsageError(f"step size must be a number, got {step_size!r}")
     try:
-        return validate_step_size(float(step_size))
+        return validate_step_size(step_size)
     except ValueError as e:
         raise UsageError(str(e)) from None
 

@@ -189,9 +189,10 @@ def refine_latents(latents: torch.Tensor, step: int, log_prob_fn: LogProbFn, sch
 
 
 def validate_step_size(step_size: float) -> float:
-    if not math.isfinite(step_size) or step_size <= 0:
-        raise ValueError(f"step size must be a positive finite number, got {step_size}")
-    return step_size
+    number = isinstance(step_size, (int, float)) and not isinstance(step_size, bool)
+    if not number or not math.isfinite(step_size) or step_size <= 0:
+        raise ValueError(f"step size must be a positive finite number, got {step_size!r}")
+    return float(step_size)
 
 
 def custom_schedule(num_steps: int, steered: Sequence[int], iterations: int, step_size: float,
