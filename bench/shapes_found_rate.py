@@ -1,5 +1,6 @@
 """How often the shapes model draws every object of a prompt in its colour and shape, per sampling
-guidance (unsteered images; development prompts, never the bench's). Prints one table.
+guidance (unsteered images; development prompts, never the bench's). Prints two tables: every
+object of the prompt found, and the objects found per shape (which shapes the model cannot draw).
 
     python bench/shapes_found_rate.py --true-cfg 1,1.5,2 --seeds 5
 
@@ -17,13 +18,24 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def found_by_image(steerer, specs, seeds, detector) -> dict[str, bool]:
-    """``"prompt/seed"`` -> whether every object of the prompt was detected (colour and shape)."""
-    from l2s.shapes_world import all_objects_found
+def found_by_image(steerer, specs, seeds, detector, steps: int | None = None) -> dict[str, dict[str, bool]]:
+    """``"prompt/seed"`` -> {object label: whether it was detected with its colour and shape}."""
+    from l2s.shapes_world import objects_found
 
-    return {f"{index}/{seed}": all_objects_found(
-                detector, steerer(spec.prompt, seed=seed, steer=False, progress=False).images[0], spec)
+    return {f"{index}/{seed}": objects_found(detector, steerer(spec.prompt, seed=seed, steer=False, progress=False,
+                                                               num_inference_steps=steps).images[0], spec)
             for index, spec in enumerate(specs) for seed in seeds}
+
+
+def found_by_shape(found: dict[str, dict[str, bool]], detector, shapes) -> dict[str, tuple[int, int]]:
+    """shape -> (objects of that shape found, objects of that shape asked for)."""
+    counts = {shape: [0, 0] for shape in shapes}
+    for objects in found.values():
+        for label, ok in objects.items():
+            shape = detector.parse_label(label)[1]
+            counts[shape][0] += ok
+            counts[shape][1] += 1
+    return {shape: (hit, total) for shape, (hit, total) in counts.items() if total}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompt-seeds", default="7,8")
     p.add_argument("--prompts-per-seed", type=int, default=48)
     p.add_argument("--seeds", type=int, default=5, help="image seeds 0..N-1")
+    p.add_argument("--steps", type=int, help="sampling steps (default: the shapes world's, SHAPES_STEPS)")
     p.add_argument("--threads", type=int)
     args = p.parse_args(argv)
     import torch
@@ -40,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from l2s.benchmark import shapes_position_prompts
     from l2s.evaluation import paired_comparison
-    from l2s.shapes import ShapesDetector
+    from l2s.shapes import SHAPES, ShapesDetector
     from l2s.shapes_world import load_shapes_steerer
 
     if args.threads:
@@ -49,10 +62,12 @@ def main(argv: list[str] | None = None) -> int:
              for spec in shapes_position_prompts(n=args.prompts_per_seed, seed=int(seed))]
     scales = [float(s) for s in args.true_cfg.split(",")]
     detector = ShapesDetector()
-    results = {}
+    results, by_shape = {}, {}
     for scale in tqdm(scales, desc="guidance scales"):
         steerer = load_shapes_steerer(args.model, true_cfg_scale=scale)
-        results[scale] = found_by_image(steerer, specs, range(args.seeds), detector)
+        objects = found_by_image(steerer, specs, range(args.seeds), detector, args.steps)
+        results[scale] = {key: all(found.values()) for key, found in objects.items()}
+        by_shape[scale] = found_by_shape(objects, detector, SHAPES)
     reference = results[scales[0]]
     print(f"| true CFG | all objects found | vs {scales[0]:g}: only here / only there | sign test p |")
     print("|---|---|---|---|")
@@ -64,6 +79,13 @@ def main(argv: list[str] | None = None) -> int:
             continue
         c = paired_comparison(found, reference)
         print(f"| {scale:g} | {rate} | {c.a_only} / {c.b_only} | {c.p_value:.3g} |")
+    shapes = [shape for shape in SHAPES if shape in by_shape[scales[0]]]
+    print()
+    print("| true CFG | " + " | ".join(f"{shape} found" for shape in shapes) + " |")
+    print("|---|" + "---|" * len(shapes))
+    for scale in scales:
+        cells = [f"{hit / total:.3f} ({hit}/{total})" for hit, total in (by_shape[scale][s] for s in shapes)]
+        print(f"| {scale:g} | " + " | ".join(cells) + " |")
     return 0
 
 

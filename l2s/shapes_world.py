@@ -456,9 +456,14 @@ def _colour_scores(records: Sequence, specs: Sequence, detector) -> dict:
             "objects_found": found / len(records) if records else 0.0}
 
 
+def objects_found(detector, image, spec) -> dict[str, bool]:
+    """Object label -> whether it is detected (with its colour and shape, for the strict labels)."""
+    return {label: d is not None for label, d in detector.detect(image, list(spec.objects)).items()}
+
+
 def all_objects_found(detector, image, spec) -> bool:
     """Whether every object of ``spec`` is detected (with its colour and shape, for the strict labels)."""
-    return all(d is not None for d in detector.detect(image, list(spec.objects)).values())
+    return all(objects_found(detector, image, spec).values())
 
 
 def _acc(mode: dict | None, colour: bool = False) -> str:

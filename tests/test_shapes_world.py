@@ -296,8 +296,8 @@ def test_generate_default_writes_everything(tmp_path):
     assert Image.open(out / "image.png").size == (32, 32)
 
 
-def _run_bench_script(name: str, argv: list[str], capsys) -> list[str]:
-    """Run ``bench/<name>.py``'s main (it sets the thread count; restored after) and return its table rows."""
+def _bench_module(name: str):
+    """``bench/<name>.py`` imported as a module (bench scripts are not a package)."""
     import importlib.util
     from pathlib import Path
 
@@ -305,6 +305,12 @@ def _run_bench_script(name: str, argv: list[str], capsys) -> list[str]:
     spec = importlib.util.spec_from_file_location(f"l2s_bench_{name}", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def _run_bench_script(name: str, argv: list[str], capsys) -> list[str]:
+    """Run ``bench/<name>.py``'s main (it sets the thread count; restored after) and return its table rows."""
+    module = _bench_module(name)
     threads = torch.get_num_threads()
     try:
         assert module.main(argv + ["--threads", "1"]) == 0
@@ -318,8 +324,44 @@ def test_found_rate_script_compares_guidance_scales(tiny_shapes_pipe, tmp_path, 
     rows = _run_bench_script("shapes_found_rate", ["--model", str(tmp_path / "model"), "--true-cfg", "1,3",
                                                    "--prompt-seeds", "7", "--prompts-per-seed", "2", "--seeds", "2"],
                              capsys)
-    assert rows[0].startswith("| true CFG") and len(rows) == 3
+    assert rows[0].startswith("| true CFG") and len(rows) == 6
     assert rows[1].startswith("| 1 | ") and rows[2].startswith("| 3 | ") and "/4)" in rows[2]
+    # per-shape table: every object of the 4 images (2 per prompt) is counted under its shape once
+    assert rows[3].startswith("| true CFG | ") and rows[3].endswith(" found |")
+    for row in rows[4:]:
+        assert sum(int(total) for _, total in re.findall(r"\((\d+)/(\d+)\)", row)) == 8
+
+
+def test_found_rate_by_shape_counts_each_object_under_its_shape():
+    from l2s.shapes import ShapesDetector
+
+    found_rate = _bench_module("shapes_found_rate")
+    found = {"0/0": {"red circle": True, "blue square": False},
+             "0/1": {"red circle": False, "blue square": False},
+             "1/0": {"green circle": True, "yellow triangle": True}}
+    by_shape = found_rate.found_by_shape(found, ShapesDetector(), ("circle", "square", "triangle", "diamond"))
+    assert by_shape == {"circle": (2, 3), "square": (0, 2), "triangle": (1, 1)}
+
+
+def test_found_rate_samples_with_the_steps_asked_for(tiny_shapes_pipe):
+    from l2s.benchmark import shapes_position_prompts
+    from l2s.shapes import ShapesDetector
+
+    found_rate = _bench_module("shapes_found_rate")
+    from l2s.testing import tiny_classifier_for
+
+    classifier = tiny_classifier_for(tiny_shapes_pipe, seed=0, orig_map_size=8, timesteps=shapes_world.SHAPES_STORE_STEPS,
+                                     num_timesteps=shapes_world.SHAPES_STEPS)
+    steerer = shapes_world.steer_shapes_pipeline(tiny_shapes_pipe, classifier)
+    specs = shapes_position_prompts(n=1, seed=7)
+    calls = []
+
+    def recording(prompt, **kwargs):
+        calls.append(kwargs["num_inference_steps"])
+        return steerer(prompt, **kwargs)
+
+    found = found_rate.found_by_image(recording, specs, [0], ShapesDetector(), steps=3)
+    assert calls == [3] and list(found) == ["0/0"] and set(found["0/0"]) == set(specs[0].objects)
 
 
 def test_step_size_script_compares_step_sizes(tiny_shapes_pipe, tmp_path, capsys):
