@@ -64,12 +64,10 @@ def test_schedule_and_presets():
 def test_shapes_steerer_uses_the_worlds_sampling_settings(tiny_shapes_pipe, tmp_path):
     from l2s import cli
     from l2s.shapes_model import is_shapes_pipeline
-    from l2s.testing import tiny_classifier_for, tiny_flux_pipeline
+    from l2s.testing import tiny_flux_pipeline
 
     assert is_shapes_pipeline(tiny_shapes_pipe) and not is_shapes_pipeline(tiny_flux_pipeline(seed=0))
-    classifier = tiny_classifier_for(tiny_shapes_pipe, seed=0, orig_map_size=8,
-                                     timesteps=shapes_world.SHAPES_STORE_STEPS,
-                                     num_timesteps=shapes_world.SHAPES_STEPS)
+    classifier = _tiny_shapes_classifier(tiny_shapes_pipe)
     steerer = shapes_world.steer_shapes_pipeline(tiny_shapes_pipe, classifier)
     result = steerer("a red circle to the left of a blue square", progress=False)
     assert len(result.schedule.iterations) == shapes_world.SHAPES_STEPS
@@ -208,11 +206,9 @@ def test_bench_table_reports_every_part_and_relation():
 
 def test_bench_records_its_sampling_and_resumes_only_with_it(tiny_shapes_pipe, tmp_path):
     from l2s.errors import L2SError
-    from l2s.testing import tiny_classifier_for
 
     tiny_shapes_pipe.save_pretrained(tmp_path / "model")
-    tiny_classifier_for(tiny_shapes_pipe, seed=0, orig_map_size=8, timesteps=shapes_world.SHAPES_STORE_STEPS,
-                        num_timesteps=shapes_world.SHAPES_STEPS).save(tmp_path / "clf")
+    _tiny_shapes_classifier(tiny_shapes_pipe).save(tmp_path / "clf")
     kwargs = dict(pipeline_dir=tmp_path / "model", classifier=tmp_path / "clf", ablation_classifier=tmp_path / "clf",
                   parts=["position"], position_prompts=2, seeds=(0,), progress=False)
     results = shapes_world.run_shapes_bench(tmp_path / "out", true_cfg_scale=2.0, **kwargs)
@@ -296,6 +292,14 @@ def test_generate_default_writes_everything(tmp_path):
     assert Image.open(out / "image.png").size == (32, 32)
 
 
+def _tiny_shapes_classifier(pipe):
+    """A random relation classifier shaped for the shapes world's maps (8x8, its trained steps)."""
+    from l2s.testing import tiny_classifier_for
+
+    return tiny_classifier_for(pipe, seed=0, orig_map_size=8, timesteps=shapes_world.SHAPES_STORE_STEPS,
+                               num_timesteps=shapes_world.SHAPES_STEPS)
+
+
 def _bench_module(name: str):
     """``bench/<name>.py`` imported as a module (bench scripts are not a package)."""
     import importlib.util
@@ -348,11 +352,7 @@ def test_found_rate_samples_with_the_steps_asked_for(tiny_shapes_pipe):
     from l2s.shapes import ShapesDetector
 
     found_rate = _bench_module("shapes_found_rate")
-    from l2s.testing import tiny_classifier_for
-
-    classifier = tiny_classifier_for(tiny_shapes_pipe, seed=0, orig_map_size=8, timesteps=shapes_world.SHAPES_STORE_STEPS,
-                                     num_timesteps=shapes_world.SHAPES_STEPS)
-    steerer = shapes_world.steer_shapes_pipeline(tiny_shapes_pipe, classifier)
+    steerer = shapes_world.steer_shapes_pipeline(tiny_shapes_pipe, _tiny_shapes_classifier(tiny_shapes_pipe))
     specs = shapes_position_prompts(n=1, seed=7)
     calls = []
 
@@ -365,11 +365,9 @@ def test_found_rate_samples_with_the_steps_asked_for(tiny_shapes_pipe):
 
 
 def test_step_size_script_compares_step_sizes(tiny_shapes_pipe, tmp_path, capsys):
-    from l2s.testing import tiny_classifier_for
 
     tiny_shapes_pipe.save_pretrained(tmp_path / "model")
-    tiny_classifier_for(tiny_shapes_pipe, seed=0, orig_map_size=8, timesteps=shapes_world.SHAPES_STORE_STEPS,
-                        num_timesteps=shapes_world.SHAPES_STEPS).save(tmp_path / "clf")
+    _tiny_shapes_classifier(tiny_shapes_pipe).save(tmp_path / "clf")
     rows = _run_bench_script("shapes_step_size", ["--model", str(tmp_path / "model"), "--classifier",
                                                   str(tmp_path / "clf"), "--step-sizes", "5,0.5", "--prompts", "2",
                                                   "--seeds", "1"], capsys)
