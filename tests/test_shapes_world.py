@@ -374,3 +374,29 @@ def test_step_size_script_compares_step_sizes(tiny_shapes_pipe, tmp_path, capsys
     assert rows[0].startswith("| step size") and len(rows) == 3
     assert rows[1].startswith("| 5 | ") and rows[2].startswith("| 0.5 | ") and rows[2].count("/2)") == 3
     assert rows[2].count("p = ") == 3
+
+
+def _bench_results(verdicts: dict[str, bool], seeds=(100,)) -> dict:
+    """A minimal `l2s shapes bench` results dict: one part, one mode, the same verdicts for both metrics."""
+    mode = {"correct_by_image": dict(verdicts), "colour_correct_by_image": dict(verdicts)}
+    return {"settings": {"seeds": list(seeds)},
+            "parts": [{"key": "position", "n_prompts": len(verdicts), "modes": {"steered": mode}}]}
+
+
+def test_compare_script_pairs_images_and_refuses_unpaired_runs(tmp_path, capsys):
+    compare = _bench_module("shapes_compare")
+    new = _bench_results({"0/100": True, "1/100": True, "2/100": False, "3/100": True})
+    old = _bench_results({"0/100": False, "1/100": True, "2/100": True, "3/100": False})
+    rows = compare.compare_results(new, old)
+    assert [(r["part"], r["mode"], r["metric"]) for r in rows] == [("position", "steered", "strict"),
+                                                                    ("position", "steered", "colour")]
+    assert (rows[0]["a_correct"], rows[0]["b_correct"], rows[0]["a_only"], rows[0]["b_only"]) == (3, 2, 2, 1)
+    with pytest.raises(ValueError, match="image seeds"):
+        compare.compare_results(new, _bench_results({"0/101": True}, seeds=(101,)))
+
+    (tmp_path / "new.json").write_text(json.dumps(new))
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert compare.main([str(tmp_path / "new.json"), str(tmp_path / "old.json")]) == 0
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| position")]
+    assert table == ["| position | steered | strict | 4 | 0.750 | 0.500 | 2 | 1 | 1 |",
+                     "| position | steered | colour | 4 | 0.750 | 0.500 | 2 | 1 | 1 |"]
