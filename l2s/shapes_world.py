@@ -517,6 +517,18 @@ def bench_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _benched_models(settings: dict) -> str:
+    """What the bench ran, in words: the shipped assets, or the model and classifier folders given."""
+    assets = shipped_assets()
+    shipped = (assets.pipeline, assets.classifier, assets.ablation_classifier)
+    given = (settings.get("pipeline"), *(settings.get("classifiers") or {}).values())
+    if all(path is not None for path in given) and \
+            [Path(path).resolve() for path in given] == [path.resolve() for path in shipped]:
+        return "Shipped shapes model + classifiers (`l2s/assets/shapes`)"
+    classifiers = " and ".join(f"`{path}`" for path in (settings.get("classifiers") or {}).values())
+    return f"Shapes model `{settings.get('pipeline')}` with classifiers {classifiers} (not all the shipped ones)"
+
+
 def write_bench_results(results: dict, markdown: str | Path, command: str | None = None) -> Path:
     """Write the Markdown table (and the JSON beside it)."""
     markdown = Path(markdown)
@@ -527,7 +539,7 @@ def write_bench_results(results: dict, markdown: str | Path, command: str | None
     step_size = results["settings"].get("step_size")
     steering = f"steering step size {step_size:g}, " if step_size is not None else ""
     header = ["# Shapes world: spatial accuracy, base vs steered", "",
-              f"Shipped shapes model + classifiers (`l2s/assets/shapes`), {SHAPES_STEPS} steps, {guidance} "
+              f"{_benched_models(results['settings'])}, {SHAPES_STEPS} steps, {guidance} "
               f"(base and steered alike), {steering}32x32, CPU. "
               "GenEval rule with `l2s.shapes.ShapesDetector`; image seeds "
               f"{results['settings']['seeds']}, prompt seed {BENCH_PROMPT_SEED}, none of them used while building "

@@ -400,3 +400,16 @@ def test_compare_script_pairs_images_and_refuses_unpaired_runs(tmp_path, capsys)
     table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| position")]
     assert table == ["| position | steered | strict | 4 | 0.750 | 0.500 | 2 | 1 | 1 |",
                      "| position | steered | colour | 4 | 0.750 | 0.500 | 2 | 1 | 1 |"]
+
+
+def test_bench_header_names_the_models_it_ran(tmp_path):
+    assets = shapes_world.shipped_assets()
+    part = {"key": "ood", "label": "held out", "n_prompts": 1, "seeds": [1], "schedule": "reference",
+            "classifier": "dual", "modes": {}}
+    settings = {"pipeline": str(assets.pipeline), "seeds": [1], "scale": 1.0, "position_prompts": 1,
+                "classifiers": {"dual": str(assets.classifier), "pos_only": str(assets.ablation_classifier)}}
+    shipped = shapes_world.write_bench_results({"parts": [part], "settings": settings}, tmp_path / "a.md")
+    assert "Shipped shapes model + classifiers (`l2s/assets/shapes`)" in shipped.read_text()
+    settings["pipeline"] = "/tmp/candidate"
+    other = shapes_world.write_bench_results({"parts": [part], "settings": settings}, tmp_path / "b.md").read_text()
+    assert "Shipped" not in other and "Shapes model `/tmp/candidate` with classifiers" in other
