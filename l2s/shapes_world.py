@@ -43,8 +43,8 @@ log = logging.getLogger(__name__)
 # samples with 12 steps and follows the published rule for multi-step models: steer the first half.
 SHAPES_STEPS = 12
 # Classifier-free guidance against the empty caption on the plain steps (FluxSteeringPipeline's
-# true_cfg_scale; 1 = none). On the stage-3 model, 1.5 was tried, chosen on development prompts (`python
-# bench/shapes_found_rate.py`: every object found in its colour and shape 0.39 -> 0.45, 480
+# true_cfg_scale; 1 = none). On the stage-3 model 1.5 was tried, chosen on development prompts
+# (`python bench/shapes_found_rate.py`: every object found in its colour and shape 0.39 -> 0.45, 480
 # paired, p = 0.024), though the model never saw an empty caption. On the bench it raised colour
 # placement but lost two targets that unguided sampling meets (strict steered >= 3x base, as base
 # rose too; dual vs pos-only on the strict metric), so the default stays off:
