@@ -365,7 +365,6 @@ def test_found_rate_samples_with_the_steps_asked_for(tiny_shapes_pipe):
 
 
 def test_step_size_script_compares_step_sizes(tiny_shapes_pipe, tmp_path, capsys):
-
     tiny_shapes_pipe.save_pretrained(tmp_path / "model")
     _tiny_shapes_classifier(tiny_shapes_pipe).save(tmp_path / "clf")
     rows = _run_bench_script("shapes_step_size", ["--model", str(tmp_path / "model"), "--classifier",
