@@ -1,13 +1,15 @@
-"""Steered accuracy of a shapes model per steering step size, on development prompts (never the
-bench's). Prints one table.
+"""Steered accuracy of a shapes model per steering step size (and sampling guidance), on
+development prompts (never the bench's). Prints one table.
 
     python bench/shapes_step_size.py --model DIR --classifier DIR --step-sizes 5,0.5,1,1.5,2,3
+    python bench/shapes_step_size.py --step-sizes 1 --true-cfg 1,2
 
 This is how `l2s.shapes_world.SHAPES_STEP_SIZE` was examined (prompt seed 7, 48 two-object
 prompts, image seeds 0-1, the reference schedule: 16 iterations on steps 0-5 of 12; only the step
-size changes). Per image: **strict** (GenEval rule, colour + shape), **colour** (the rule on the
+size, or the plain steps' true CFG scale, changes). Rows are every step size with every guidance
+scale; the first row is the reference. Per image: **strict** (GenEval rule, colour + shape), **colour** (the rule on the
 colour blobs) and whether every object was found in its colour and shape; the same (prompt, seed)
-pairs under each step size are compared with the first one by a sign test.
+pairs under each setting are compared with the first one by a sign test.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", type=Path, help="shapes pipeline dir (default: the shipped model)")
     p.add_argument("--classifier", type=Path, help="dual classifier dir (default: the shipped one)")
     p.add_argument("--step-sizes", default="5,1", help="step sizes to compare; the first is the reference")
+    p.add_argument("--true-cfg", default="1", help="true CFG scales of the plain steps (1 = none)")
     p.add_argument("--prompt-seed", type=int, default=7)
     p.add_argument("--prompts", type=int, default=48)
     p.add_argument("--seeds", type=int, default=2, help="image seeds 0..N-1")
@@ -52,27 +55,28 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     specs = shapes_position_prompts(n=args.prompts, seed=args.prompt_seed)
-    step_sizes = [float(s) for s in args.step_sizes.split(",")]
+    settings = [(float(step), float(cfg)) for step in args.step_sizes.split(",") for cfg in args.true_cfg.split(",")]
     detector = ShapesDetector()
-    results: dict[float, dict[str, dict[str, bool]]] = {}
-    for step_size in tqdm(step_sizes, desc="step sizes"):
-        steerer = load_shapes_steerer(args.model, args.classifier, step_size=step_size)
+    results: dict[tuple[float, float], dict[str, dict[str, bool]]] = {}
+    for step_size, cfg in tqdm(settings, desc="settings"):
+        steerer = load_shapes_steerer(args.model, args.classifier, step_size=step_size, true_cfg_scale=cfg)
         verdicts = {f"{i}/{seed}": judge(detector, steerer(spec.prompt, seed=seed, progress=False).images[0], spec)
                     for i, spec in enumerate(specs) for seed in range(args.seeds)}
-        results[step_size] = {m: {k: v[m] for k, v in verdicts.items()} for m in METRICS}
-    reference = results[step_sizes[0]]
-    print("| step size | " + " | ".join(f"{m} (vs {step_sizes[0]:g}: only here / only there, p)" for m in METRICS) + " |")
+        results[step_size, cfg] = {m: {k: v[m] for k, v in verdicts.items()} for m in METRICS}
+    reference = results[settings[0]]
+    name = "step size {:g}, true CFG {:g}".format
+    print("| setting | " + " | ".join(f"{m} (vs {name(*settings[0])}: only here / only there, p)" for m in METRICS) + " |")
     print("|---" * (1 + len(METRICS)) + "|")
-    for step_size in step_sizes:
+    for setting in settings:
         cells = []
         for m in METRICS:
-            by_image = results[step_size][m]
+            by_image = results[setting][m]
             cell = f"{sum(by_image.values()) / len(by_image):.3f} ({sum(by_image.values())}/{len(by_image)})"
-            if step_size != step_sizes[0]:
+            if setting != settings[0]:
                 c = paired_comparison(by_image, reference[m])
                 cell += f" {c.a_only} / {c.b_only}, p = {c.p_value:.3g}"
             cells.append(cell)
-        print(f"| {step_size:g} | " + " | ".join(cells) + " |")
+        print(f"| {name(*setting)} | " + " | ".join(cells) + " |")
     return 0
 
 

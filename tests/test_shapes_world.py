@@ -364,15 +364,25 @@ def test_found_rate_samples_with_the_steps_asked_for(tiny_shapes_pipe):
     assert calls == [3] and list(found) == ["0/0"] and set(found["0/0"]) == set(specs[0].objects)
 
 
-def test_step_size_script_compares_step_sizes(tiny_shapes_pipe, tmp_path, capsys):
+def test_step_size_script_compares_step_sizes_and_guidance(tiny_shapes_pipe, tmp_path, capsys, monkeypatch):
     tiny_shapes_pipe.save_pretrained(tmp_path / "model")
     _tiny_shapes_classifier(tiny_shapes_pipe).save(tmp_path / "clf")
+    loaded = []
+    load = shapes_world.load_shapes_steerer
+
+    def recording_load(*args, **kwargs):
+        loaded.append((kwargs["step_size"], kwargs["true_cfg_scale"]))
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(shapes_world, "load_shapes_steerer", recording_load)
     rows = _run_bench_script("shapes_step_size", ["--model", str(tmp_path / "model"), "--classifier",
-                                                  str(tmp_path / "clf"), "--step-sizes", "5,0.5", "--prompts", "2",
-                                                  "--seeds", "1"], capsys)
-    assert rows[0].startswith("| step size") and len(rows) == 3
-    assert rows[1].startswith("| 5 | ") and rows[2].startswith("| 0.5 | ") and rows[2].count("/2)") == 3
-    assert rows[2].count("p = ") == 3
+                                                  str(tmp_path / "clf"), "--step-sizes", "5,0.5", "--true-cfg", "1,2",
+                                                  "--prompts", "2", "--seeds", "1"], capsys)
+    assert loaded == [(5.0, 1.0), (5.0, 2.0), (0.5, 1.0), (0.5, 2.0)]
+    assert rows[0].startswith("| setting") and len(rows) == 5
+    assert rows[1].startswith("| step size 5, true CFG 1 | ") and rows[4].startswith("| step size 0.5, true CFG 2 | ")
+    assert all(row.count("/2)") == 3 and row.count("p = ") == 3 for row in rows[2:])
+    assert rows[1].count("p = ") == 0
 
 
 def _bench_results(verdicts: dict[str, bool], seeds=(100,)) -> dict:
