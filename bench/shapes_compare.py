@@ -4,7 +4,10 @@
 
 Both files are `l2s shapes bench --results` JSONs. Images are paired by their "prompt/seed" key,
 so the two runs must have used the same prompt seed and counts (the bench's defaults do); every
-part and mode present in both is compared on the strict (colour and shape) and colour metrics.
+part and mode present in both is compared on the strict (colour and shape) and colour metrics,
+except the copies: a part that only steers (the ablation, the presets) carries the two-object
+part's base and reference-dual images of its prompts ("base", "reference_dual"), which are compared
+once, under "position".
 This is how a candidate model is held against the shipped one (`bench/candidates/README.md`).
 """
 from __future__ import annotations
@@ -15,6 +18,7 @@ import sys
 from pathlib import Path
 
 METRICS = (("strict", "correct_by_image"), ("colour", "colour_correct_by_image"))
+COPIED_MODES = ("base", "reference_dual")  # present with "reference_dual" only where copied from "position"
 
 
 def compare_results(new: dict, old: dict) -> list[dict]:
@@ -33,8 +37,9 @@ def compare_results(new: dict, old: dict) -> list[dict]:
         if part["n_prompts"] != other["n_prompts"]:
             raise ValueError(f"part {part['key']!r}: {part['n_prompts']} vs {other['n_prompts']} prompts; "
                              "the runs did not use the same prompts")
+        copies = COPIED_MODES if "reference_dual" in part["modes"] else ()
         for mode, verdicts in part["modes"].items():
-            if mode not in other["modes"]:
+            if mode not in other["modes"] or mode in copies:
                 continue
             for metric, field in METRICS:
                 c = paired_comparison(verdicts[field], other["modes"][mode][field])

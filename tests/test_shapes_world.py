@@ -411,6 +411,22 @@ def test_compare_script_pairs_images_and_refuses_unpaired_runs(tmp_path, capsys)
                      "| position | steered | colour | 4 | 0.750 | 0.500 | 2 | 1 | 1 |"]
 
 
+def test_compare_script_compares_copied_images_once():
+    compare = _bench_module("shapes_compare")
+    new = _bench_results({"0/100": True, "1/100": False})
+    old = _bench_results({"0/100": False, "1/100": False})
+    for results in (new, old):
+        position = results["parts"][0]["modes"]["steered"]
+        results["parts"][0]["modes"]["base"] = dict(position)
+        # a part that only steers carries copies of the two-object part's base and dual-steered images
+        results["parts"].append({"key": "ablation", "n_prompts": 2,
+                                 "modes": {"steered": dict(position), "base": dict(position),
+                                           "reference_dual": dict(position)}})
+    rows = compare.compare_results(new, old)
+    assert [(r["part"], r["mode"]) for r in rows[::2]] == [("position", "steered"), ("position", "base"),
+                                                           ("ablation", "steered")]
+
+
 def test_bench_header_names_the_models_it_ran(tmp_path):
     assets = shapes_world.shipped_assets()
     part = {"key": "ood", "label": "held out", "n_prompts": 1, "seeds": [1], "schedule": "reference",
