@@ -4,12 +4,13 @@ development prompts (never the bench's). Prints one table.
     python bench/shapes_step_size.py --model DIR --classifier DIR --step-sizes 5,0.5,1,1.5,2,3
     python bench/shapes_step_size.py --step-sizes 1 --true-cfg 1,2
 
-This is how `l2s.shapes_world.SHAPES_STEP_SIZE` was examined (prompt seed 7, 48 two-object
-prompts, image seeds 0-1, the reference schedule: 16 iterations on steps 0-5 of 12; only the step
-size, or the plain steps' true CFG scale, changes). Rows are every step size with every guidance
-scale; the first row is the reference. Per image: **strict** (GenEval rule, colour + shape), **colour** (the rule on the
-colour blobs) and whether every object was found in its colour and shape; the same (prompt, seed)
-pairs under each setting are compared with the first one by a sign test.
+This is how `l2s.shapes_world.SHAPES_STEP_SIZE` was examined, and `SHAPES_TRUE_CFG` steered
+(prompt seed 7, 48 two-object prompts, image seeds 0-1, the reference schedule: 16 iterations on
+steps 0-5 of 12; only the step size, or the plain steps' true CFG scale, changes). Rows are every
+step size with every guidance scale; the first row is the reference. Per image: **strict**
+(GenEval rule, colour + shape), **colour** (the rule on the colour blobs) and whether every object
+was found in its colour and shape; the same (prompt, seed) pairs under each setting are compared
+with the first one by a sign test.
 """
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", type=Path, help="shapes pipeline dir (default: the shipped model)")
     p.add_argument("--classifier", type=Path, help="dual classifier dir (default: the shipped one)")
     p.add_argument("--step-sizes", default="5,1", help="step sizes to compare; the first is the reference")
-    p.add_argument("--true-cfg", default="1", help="true CFG scales of the plain steps (1 = none)")
+    p.add_argument("--true-cfg", help="true CFG scales of the plain steps, 1 = none (default: the shapes "
+                   "world's, SHAPES_TRUE_CFG)")
     p.add_argument("--prompt-seed", type=int, default=7)
     p.add_argument("--prompts", type=int, default=48)
     p.add_argument("--seeds", type=int, default=2, help="image seeds 0..N-1")
@@ -50,12 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     from l2s.benchmark import shapes_position_prompts
     from l2s.evaluation import paired_comparison
     from l2s.shapes import ShapesDetector
-    from l2s.shapes_world import load_shapes_steerer
+    from l2s.shapes_world import SHAPES_TRUE_CFG, load_shapes_steerer
 
     if args.threads:
         torch.set_num_threads(args.threads)
     specs = shapes_position_prompts(n=args.prompts, seed=args.prompt_seed)
-    settings = [(float(step), float(cfg)) for step in args.step_sizes.split(",") for cfg in args.true_cfg.split(",")]
+    scales = args.true_cfg.split(",") if args.true_cfg else [SHAPES_TRUE_CFG]
+    settings = [(float(step), float(cfg)) for step in args.step_sizes.split(",") for cfg in scales]
     detector = ShapesDetector()
     results: dict[tuple[float, float], dict[str, dict[str, bool]]] = {}
     for step_size, cfg in tqdm(settings, desc="settings"):

@@ -58,8 +58,8 @@ SHAPES_FAMILY = "flux-dev"     # whose published schedule rule applies (steer st
 # prompts with these weights and an earlier classifier, where step 5 damaged the shapes (strict
 # 0.52 at 5, 0.83 at 1; ..._stage5_step1_experiment.md). With the shipped classifier the same
 # prompts show no measurable difference (strict 0.667 at 5, 0.688 at 1, p = 0.88; colour 0.917 vs
-# 0.948; `python bench/shapes_step_size.py --step-sizes 5,1`). The stage-3 model steered with 5:
-# bench/results/shapes_accuracy_stage3.md.
+# 0.948; `python bench/shapes_step_size.py --step-sizes 5,1 --true-cfg 1`, before guidance was on).
+# The stage-3 model steered with 5: bench/results/shapes_accuracy_stage3.md.
 SHAPES_STEP_SIZE = 1.0
 SHAPES_STORE_STEPS = (1, 3, 5)  # trained step indices; steered steps 0-1 -> 1, 2-3 -> 3, 4-5 -> 5
 SHAPES_IMAGE_SIZE = 32

@@ -383,6 +383,10 @@ def test_step_size_script_compares_step_sizes_and_guidance(tiny_shapes_pipe, tmp
     assert rows[1].startswith("| step size 5, true CFG 1 | ") and rows[4].startswith("| step size 0.5, true CFG 2 | ")
     assert all(row.count("/2)") == 3 and row.count("p = ") == 3 for row in rows[2:])
     assert rows[1].count("p = ") == 0
+    loaded.clear()
+    _run_bench_script("shapes_step_size", ["--model", str(tmp_path / "model"), "--classifier", str(tmp_path / "clf"),
+                                           "--step-sizes", "0.5", "--prompts", "1", "--seeds", "1"], capsys)
+    assert loaded == [(0.5, shapes_world.SHAPES_TRUE_CFG)]  # the shipped sampling unless asked otherwise
 
 
 def _bench_results(verdicts: dict[str, bool], seeds=(100,)) -> dict:
