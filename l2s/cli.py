@@ -22,7 +22,7 @@ from .errors import L2SError, ModelLoadError, UsageError
 
 EXIT_USAGE = 2
 TRUE_CFG_HELP = ("FLUX only: classifier-free guidance against an empty prompt on the plain steps, as "
-                 "diffusers' true_cfg_scale (default: 1 = none)")
+                 "diffusers' true_cfg_scale (default: 1 = none; the shapes world's own for its models)")
 STEP_SIZE_HELP = ("steering step size (default: the published one per model, 5 for FLUX and SD 2.1, 7.5 for "
                   "SD 1.4; the shapes world's own for its models)")
 
