@@ -4,9 +4,10 @@ object of the prompt found, and the objects found per shape (which shapes the mo
 
     python bench/shapes_found_rate.py --true-cfg 1,1.5,2 --seeds 5
 
-This is how `l2s.shapes_world.SHAPES_TRUE_CFG` was examined (prompt seeds 7 and 8, 48 prompts each;
-image seeds 0-4 on the stage-3 model, 0-2 on stage 5, which ships with 2). Images come from `l2s.pipelines.FluxSteeringPipeline` with steering off, one
-per (prompt, seed); the same (prompt, seed) pairs under each guidance are compared with a sign test.
+This is how `l2s.shapes_world.SHAPES_TRUE_CFG` was examined (prompt seeds 7 and 8, 48 prompts
+each; image seeds 0-4 on the stage-3 model, 0-2 on stage 5, which ships with 2). Images come from
+`l2s.pipelines.FluxSteeringPipeline` with steering off, one per (prompt, seed); the same (prompt,
+seed) pairs under each guidance are compared with a sign test.
 """
 from __future__ import annotations
 

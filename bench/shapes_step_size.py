@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         results[step_size, cfg] = {m: {k: v[m] for k, v in verdicts.items()} for m in METRICS}
     reference = results[settings[0]]
     name = "step size {:g}, true CFG {:g}".format
-    print("| setting | " + " | ".join(f"{m} (vs {name(*settings[0])}: only here / only there, p)" for m in METRICS) + " |")
+    columns = (f"{m} (vs {name(*settings[0])}: only here / only there, p)" for m in METRICS)
+    print("| setting | " + " | ".join(columns) + " |")
     print("|---" * (1 + len(METRICS)) + "|")
     for setting in settings:
         cells = []
