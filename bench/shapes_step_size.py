@@ -21,18 +21,6 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-METRICS = ("strict", "colour", "found")
-
-
-def judge(detector, image, spec) -> dict[str, bool]:
-    """Strict and colour-only GenEval verdicts, and whether every object was found."""
-    from l2s.benchmark import _score
-    from l2s.shapes_world import all_objects_found, colour_only
-
-    return {"strict": _score(detector, image, spec, "geneval", "dev")[0].correct,
-            "colour": _score(detector, image, colour_only(spec), "geneval", "dev")[0].correct,
-            "found": all_objects_found(detector, image, spec)}
-
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -52,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     from l2s.benchmark import shapes_position_prompts
     from l2s.evaluation import paired_comparison
     from l2s.shapes import ShapesDetector
-    from l2s.shapes_world import SHAPES_TRUE_CFG, load_shapes_steerer
+    from l2s.shapes_world import SHAPES_TRUE_CFG, VERDICTS, image_verdicts, load_shapes_steerer
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -63,17 +51,17 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[tuple[float, float], dict[str, dict[str, bool]]] = {}
     for step_size, cfg in tqdm(settings, desc="settings"):
         steerer = load_shapes_steerer(args.model, args.classifier, step_size=step_size, true_cfg_scale=cfg)
-        verdicts = {f"{i}/{seed}": judge(detector, steerer(spec.prompt, seed=seed, progress=False).images[0], spec)
+        verdicts = {f"{i}/{seed}": image_verdicts(detector, steerer(spec.prompt, seed=seed, progress=False).images[0], spec)
                     for i, spec in enumerate(specs) for seed in range(args.seeds)}
-        results[step_size, cfg] = {m: {k: v[m] for k, v in verdicts.items()} for m in METRICS}
+        results[step_size, cfg] = {m: {k: v[m] for k, v in verdicts.items()} for m in VERDICTS}
     reference = results[settings[0]]
     name = "step size {:g}, true CFG {:g}".format
-    columns = (f"{m} (vs {name(*settings[0])}: only here / only there, p)" for m in METRICS)
+    columns = (f"{m} (vs {name(*settings[0])}: only here / only there, p)" for m in VERDICTS)
     print("| setting | " + " | ".join(columns) + " |")
-    print("|---" * (1 + len(METRICS)) + "|")
+    print("|---" * (1 + len(VERDICTS)) + "|")
     for setting in settings:
         cells = []
-        for m in METRICS:
+        for m in VERDICTS:
             by_image = results[setting][m]
             cell = f"{sum(by_image.values()) / len(by_image):.3f} ({sum(by_image.values())}/{len(by_image)})"
             if setting != settings[0]:

@@ -461,6 +461,19 @@ def _colour_scores(records: Sequence, specs: Sequence, detector) -> dict:
             "objects_found": found / len(records) if records else 0.0}
 
 
+VERDICTS = ("strict", "colour", "found")
+
+
+def image_verdicts(detector, image, spec) -> dict[str, bool]:
+    """One image's :data:`VERDICTS`: the GenEval rule on colour and shape (strict), the rule on the
+    colour blobs alone, and whether every object was found in its colour and shape."""
+    from .benchmark import _score
+
+    return {"strict": _score(detector, image, spec, "geneval", "dev")[0].correct,
+            "colour": _score(detector, image, colour_only(spec), "geneval", "dev")[0].correct,
+            "found": all_objects_found(detector, image, spec)}
+
+
 def objects_found(detector, image, spec) -> dict[str, bool]:
     """Object label -> whether it is detected (with its colour and shape, for the strict labels)."""
     return {label: d is not None for label, d in detector.detect(image, list(spec.objects)).items()}
