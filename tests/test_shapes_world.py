@@ -389,6 +389,51 @@ def test_step_size_script_compares_step_sizes_and_guidance(tiny_shapes_pipe, tmp
     assert loaded == [(0.5, shapes_world.SHAPES_TRUE_CFG)]  # the shipped sampling unless asked otherwise
 
 
+def test_leakage_steering_script_runs_each_classifier_under_each_schedule(tiny_shapes_pipe, tmp_path, capsys):
+    import json
+
+    tiny_shapes_pipe.save_pretrained(tmp_path / "model")
+    _tiny_shapes_classifier(tiny_shapes_pipe).save(tmp_path / "dual")
+    _tiny_shapes_classifier(tiny_shapes_pipe).save(tmp_path / "pos")
+    results = tmp_path / "leak.md"
+    rows = _run_bench_script("shapes_leakage_steering", [
+        "--model", str(tmp_path / "model"), "--classifier", str(tmp_path / "dual"), "--ablation-classifier",
+        str(tmp_path / "pos"), "--schedules", "reference,fast", "--prompts", "2", "--seeds", "3,4",
+        "--results", str(results)], capsys)
+    assert [row.split(" | ")[:2] for row in rows[1:]] == [
+        ["| reference", "dual"], ["| reference", "pos_only"], ["| fast", "dual"], ["| fast", "pos_only"]]
+    assert all(row.count("p = ") == 0 for row in rows[1::2]) and all(row.count("p = ") == 3 for row in rows[2::2])
+    saved = json.loads(results.with_suffix(".json").read_text())
+    assert saved["settings"]["seeds"] == [3, 4] and saved["settings"]["classifiers"]["pos_only"] == str(tmp_path / "pos")
+    images = saved["images"]
+    assert set(images["fast"]["dual"]) == {"0/3", "0/4", "1/3", "1/4"}
+    # The schedule reaches the steering loop: the reference runs all 16 evaluations on each of the
+    # 6 steered steps (it never exits early); fast (16 on steps 0-1, then 1 each) at most 36.
+    assert shapes_world.named_schedule("reference").max_forwards() == 96
+    assert shapes_world.named_schedule("fast").max_forwards() == 36
+    assert all(v["evaluations"] == 96 for v in images["reference"]["dual"].values())
+    assert all(v["evaluations"] <= 36 for v in images["fast"]["pos_only"].values())
+    # Identical classifiers steer identically: the pairing compares like with like.
+    assert images["reference"]["dual"] == {k: {**v, "seconds": images["reference"]["dual"][k]["seconds"]}
+                                          for k, v in images["reference"]["pos_only"].items()}
+    assert results.read_text().count("| fast | pos_only |") == 1
+
+
+def test_leakage_steering_table_pairs_images():
+    leak = _bench_module("shapes_leakage_steering")
+
+    def image(right: bool, evaluations: int = 16, first_p: float = 0.5) -> dict:
+        return {"strict": right, "colour": right, "found": True, "evaluations": evaluations, "first_p": first_p,
+                "seconds": 1.0}
+
+    dual = {"0/0": image(True), "1/0": image(True), "2/0": image(False)}
+    pos = {"0/0": image(False, 2, 0.95), "1/0": image(True, 4, 0.92), "2/0": image(True)}
+    rows = leak.table({"fast": {"dual": dual, "pos_only": pos}})
+    assert "0.667 (2/3); dual only 1, pos_only only 1, p = 1" in rows[3]
+    assert rows[3].endswith("| 1.000 (3/3); dual only 0, pos_only only 0, p = 1 | 7.3 | 2/3 | 1.00 |")
+    assert rows[2].endswith("| 16.0 | 0/3 | 1.00 |")
+
+
 def _bench_results(verdicts: dict[str, bool], seeds=(100,)) -> dict:
     """A minimal `l2s shapes bench` results dict: one part, one mode, the same verdicts for both metrics."""
     mode = {"correct_by_image": dict(verdicts), "colour_correct_by_image": dict(verdicts)}
