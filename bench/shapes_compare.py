@@ -18,7 +18,9 @@ import sys
 from pathlib import Path
 
 METRICS = (("strict", "correct_by_image"), ("colour", "colour_correct_by_image"))
-COPIED_MODES = ("base", "reference_dual")  # present with "reference_dual" only where copied from "position"
+# Results written before the bench recorded "copied_modes" carry "reference_dual" only where the
+# part copied both of these from "position".
+COPIED_MODES = ("base", "reference_dual")
 
 
 def compare_results(new: dict, old: dict) -> list[dict]:
@@ -37,7 +39,7 @@ def compare_results(new: dict, old: dict) -> list[dict]:
         if part["n_prompts"] != other["n_prompts"]:
             raise ValueError(f"part {part['key']!r}: {part['n_prompts']} vs {other['n_prompts']} prompts; "
                              "the runs did not use the same prompts")
-        copies = COPIED_MODES if "reference_dual" in part["modes"] else ()
+        copies = part.get("copied_modes", COPIED_MODES if "reference_dual" in part["modes"] else ())
         for mode, verdicts in part["modes"].items():
             if mode not in other["modes"] or mode in copies:
                 continue

@@ -381,6 +381,7 @@ def run_shapes_bench(out_dir: str | Path, *, pipeline_dir: str | Path | None = N
                           contact_sheets=part.key == "position", progress=progress)
         modes = {mode: _mode_scores(mode_report.records, part.specs, detector)
                  for mode, mode_report in report.modes.items()}
+        copied_modes: list[str] = []
         if part.key == "position":
             position_records = {mode: mode_report.records for mode, mode_report in report.modes.items()}
         elif "base" not in modes and position_records:
@@ -392,9 +393,10 @@ def run_shapes_bench(out_dir: str | Path, *, pipeline_dir: str | Path | None = N
 
             modes["base"] = _mode_scores(subset(position_records["base"]), part.specs, detector)
             modes["reference_dual"] = _mode_scores(subset(position_records["steered"]), part.specs, detector)
+            copied_modes = ["base", "reference_dual"]
         results.append({"key": part.key, "label": part.label, "n_prompts": len(part.specs),
                         "seeds": list(part.seeds), "schedule": schedule.name, "classifier": part.classifier,
-                        "modes": modes})
+                        "modes": modes, "copied_modes": copied_modes})
     comparison = None
     if classifier_data is not None:
         from .train import compare_classifiers

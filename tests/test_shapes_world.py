@@ -221,8 +221,12 @@ def test_bench_records_its_sampling_and_resumes_only_with_it(tiny_shapes_pipe, t
     assert results["settings"]["step_size"] == shapes_world.SHAPES_STEP_SIZE
     with pytest.raises(L2SError, match="schedule"):   # nor images steered with another step size
         shapes_world.run_shapes_bench(tmp_path / "out", true_cfg_scale=2.0, step_size=0.5, **kwargs)
-    gentle = shapes_world.run_shapes_bench(tmp_path / "gentle", true_cfg_scale=2.0, step_size=0.5, **kwargs)
+    gentle = shapes_world.run_shapes_bench(tmp_path / "gentle", true_cfg_scale=2.0, step_size=0.5,
+                                           **{**kwargs, "parts": ["position", "ablation"]})
     assert gentle["settings"]["step_size"] == 0.5
+    # The ablation steers only; it carries the two-object part's base and dual images, and says so.
+    assert [(p["key"], p["copied_modes"]) for p in gentle["parts"]] == [
+        ("position", []), ("ablation", ["base", "reference_dual"])]
     assert "steering step size 0.5" in shapes_world.write_bench_results(gentle, tmp_path / "g.md").read_text()
 
 
@@ -474,6 +478,12 @@ def test_compare_script_compares_copied_images_once():
     rows = compare.compare_results(new, old)
     assert [(r["part"], r["mode"]) for r in rows[::2]] == [("position", "steered"), ("position", "base"),
                                                            ("ablation", "steered")]
+    # Newer results say which modes are copies; that record is what counts.
+    for results in (new, old):
+        results["parts"][1]["copied_modes"] = ["base"]
+    rows = compare.compare_results(new, old)
+    assert [(r["part"], r["mode"]) for r in rows[::2]] == [("position", "steered"), ("position", "base"),
+                                                           ("ablation", "steered"), ("ablation", "reference_dual")]
 
 
 def test_bench_header_names_the_models_it_ran(tmp_path):
