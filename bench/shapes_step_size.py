@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[tuple[float, float], dict[str, dict[str, bool]]] = {}
     for step_size, cfg in tqdm(settings, desc="settings"):
         steerer = load_shapes_steerer(args.model, args.classifier, step_size=step_size, true_cfg_scale=cfg)
-        verdicts = {f"{i}/{seed}": image_verdicts(detector, steerer(spec.prompt, seed=seed, progress=False).images[0], spec)
+        verdicts = {f"{i}/{seed}": image_verdicts(detector, steerer(spec.prompt, seed=seed, progress=False).images[0],
+                                                  spec)
                     for i, spec in enumerate(specs) for seed in range(args.seeds)}
         results[step_size, cfg] = {m: {k: v[m] for k, v in verdicts.items()} for m in VERDICTS}
     reference = results[settings[0]]
