@@ -100,9 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     specs = shapes_position_prompts(n=args.prompts, seed=args.prompt_seed)
-    seeds = [int(s) for s in args.seeds.split(",")]
     schedules = args.schedules.split(",")
-    schedule_of = {name: named_schedule(name) for name in schedules}  # unknown names fail here, before work
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+        schedule_of = {name: named_schedule(name) for name in schedules}
+    except ValueError as error:  # before any work: a bad seed or an unknown preset
+        p.error(str(error))
     assets = shipped_assets()
     classifier_dirs = {"dual": args.classifier or assets.classifier,
                        "pos_only": args.ablation_classifier or assets.ablation_classifier}

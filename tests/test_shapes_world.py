@@ -423,6 +423,13 @@ def test_leakage_steering_script_runs_each_classifier_under_each_schedule(tiny_s
     assert results.read_text().count("| fast | pos_only |") == 1
 
 
+def test_leakage_steering_script_refuses_unknown_presets_before_work(capsys):
+    leak = _bench_module("shapes_leakage_steering")
+    with pytest.raises(SystemExit):
+        leak.main(["--schedules", "fast,slowest"])
+    assert "unknown schedule preset 'slowest'" in capsys.readouterr().err
+
+
 def test_leakage_steering_table_pairs_images():
     leak = _bench_module("shapes_leakage_steering")
 
