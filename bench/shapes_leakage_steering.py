@@ -95,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from l2s.benchmark import shapes_position_prompts
     from l2s.shapes import ShapesDetector
-    from l2s.shapes_world import load_shapes_steerer, named_schedule, shipped_assets
+    from l2s.classifier import RelationClassifier
+    from l2s.shapes_model import load_shapes_pipeline
+    from l2s.shapes_world import named_schedule, shipped_assets, steer_shapes_pipeline
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -110,10 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     classifier_dirs = {"dual": args.classifier or assets.classifier,
                        "pos_only": args.ablation_classifier or assets.ablation_classifier}
     detector = ShapesDetector()
+    pipe = load_shapes_pipeline(args.model or assets.pipeline)  # once: both classifiers steer the same model
     results: dict[str, dict[str, dict[str, dict]]] = {name: {} for name in schedules}
     with tqdm(total=len(schedules) * len(CLASSIFIERS) * len(specs) * len(seeds), desc="images") as progress:
         for classifier in CLASSIFIERS:
-            steerer = load_shapes_steerer(args.model, classifier_dirs[classifier])
+            steerer = steer_shapes_pipeline(pipe, RelationClassifier.load(classifier_dirs[classifier]))
             for name in schedules:
                 results[name][classifier] = steer_and_judge(steerer, specs, seeds, schedule_of[name], detector,
                                                             progress)
