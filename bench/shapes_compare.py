@@ -5,7 +5,8 @@
 Both files are `l2s shapes bench --results` JSONs. Images are paired by their "prompt/seed" key,
 so the two runs must have used the same prompt seed and counts (the bench's defaults do); every
 part and mode present in both is compared on the strict (colour and shape) and colour metrics,
-except the copies: a part that only steers (the ablation, the presets) carries the two-object
+and on "found" (every object found in its colour and shape) where both files record it, except
+the copies: a part that only steers (the ablation, the presets) carries the two-object
 part's base and reference-dual images of its prompts ("base", "reference_dual"), which are compared
 once, under "position".
 This is how a candidate model is held against the shipped one (`bench/candidates/README.md`).
@@ -17,7 +18,9 @@ import json
 import sys
 from pathlib import Path
 
-METRICS = (("strict", "correct_by_image"), ("colour", "colour_correct_by_image"))
+METRICS = (("strict", "correct_by_image"), ("colour", "colour_correct_by_image"),
+           # every object of the prompt found in its colour and shape (results since 2026-11-30)
+           ("found", "objects_found_by_image"))
 # Results written before the bench recorded "copied_modes" carry "reference_dual" only where the
 # part copied both of these from "position".
 COPIED_MODES = ("base", "reference_dual")
@@ -44,6 +47,8 @@ def compare_results(new: dict, old: dict) -> list[dict]:
             if mode not in other["modes"] or mode in copies:
                 continue
             for metric, field in METRICS:
+                if field not in verdicts or field not in other["modes"][mode]:
+                    continue  # older results lack the per-image found verdicts
                 c = paired_comparison(verdicts[field], other["modes"][mode][field])
                 rows.append({"part": part["key"], "mode": mode, "metric": metric, **c.to_dict()})
     return rows

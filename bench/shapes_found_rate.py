@@ -4,6 +4,11 @@ object of the prompt found, and the objects found per shape (which shapes the mo
 
     python bench/shapes_found_rate.py --true-cfg 1,1.5,2 --seeds 5
 
+Several models (`--model DIR,DIR` or `shipped`) are sampled on the same images and paired
+row by row against the first (model, guidance) row:
+
+    python bench/shapes_found_rate.py --model shipped,bench/candidates/NEW --true-cfg 2 --seeds 2
+
 This is how `l2s.shapes_world.SHAPES_TRUE_CFG` was examined (prompt seeds 7 and 8, 48 prompts
 each; image seeds 0-4 on the stage-3 model, 0-2 on stage 5, which ships with 2). Images come from
 `l2s.pipelines.FluxSteeringPipeline` with steering off, one per (prompt, seed); the same (prompt,
@@ -41,8 +46,9 @@ def found_by_shape(found: dict[str, dict[str, bool]], detector, shapes) -> dict[
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", type=Path, help="shapes pipeline dir (default: the shipped model)")
-    p.add_argument("--true-cfg", default="1,1.5,2", help="guidance scales to compare; the first is the reference")
+    p.add_argument("--model", default="", help="shapes pipeline dirs, comma-separated, compared on the same "
+                                               "images (default: the shipped model; 'shipped' names it in a list)")
+    p.add_argument("--true-cfg", default="1,1.5,2", help="guidance scales to compare")
     p.add_argument("--prompt-seeds", default="7,8")
     p.add_argument("--prompts-per-seed", type=int, default=48)
     p.add_argument("--seeds", type=int, default=5, help="image seeds 0..N-1")
@@ -61,32 +67,40 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     specs = [spec for seed in args.prompt_seeds.split(",")
              for spec in shapes_position_prompts(n=args.prompts_per_seed, seed=int(seed))]
+    models = [name.strip() for name in args.model.split(",")] if args.model else ["shipped"]
     scales = [float(s) for s in args.true_cfg.split(",")]
+    rows = [(model, scale) for model in models for scale in scales]  # the first row is the reference
     detector = ShapesDetector()
     results, by_shape = {}, {}
-    for scale in tqdm(scales, desc="guidance scales"):
-        steerer = load_shapes_steerer(args.model, true_cfg_scale=scale)
+    for model, scale in tqdm(rows, desc="model x guidance"):
+        steerer = load_shapes_steerer(None if model == "shipped" else Path(model), true_cfg_scale=scale)
         objects = found_by_image(steerer, specs, range(args.seeds), detector, args.steps)
-        results[scale] = {key: all(found.values()) for key, found in objects.items()}
-        by_shape[scale] = found_by_shape(objects, detector, SHAPES)
-    reference = results[scales[0]]
-    print(f"| true CFG | all objects found | vs {scales[0]:g}: only here / only there | sign test p |")
-    print("|---|---|---|---|")
-    for scale in scales:
-        found = results[scale]
+        results[model, scale] = {key: all(found.values()) for key, found in objects.items()}
+        by_shape[model, scale] = found_by_shape(objects, detector, SHAPES)
+
+    def name(row) -> str:
+        return f"{row[0]} | {row[1]:g}" if len(models) > 1 else f"{row[1]:g}"
+
+    head = "model | true CFG" if len(models) > 1 else "true CFG"
+    rule = "---|---" if len(models) > 1 else "---"
+    reference = results[rows[0]]
+    print(f"| {head} | all objects found | vs {name(rows[0])}: only here / only there | sign test p |")
+    print(f"|{rule}|---|---|---|")
+    for row in rows:
+        found = results[row]
         rate = f"{sum(found.values()) / len(found):.3f} ({sum(found.values())}/{len(found)})"
-        if scale == scales[0]:
-            print(f"| {scale:g} | {rate} | - | - |")
+        if row == rows[0]:
+            print(f"| {name(row)} | {rate} | - | - |")
             continue
         c = paired_comparison(found, reference)
-        print(f"| {scale:g} | {rate} | {c.a_only} / {c.b_only} | {c.p_value:.3g} |")
-    shapes = [shape for shape in SHAPES if shape in by_shape[scales[0]]]
+        print(f"| {name(row)} | {rate} | {c.a_only} / {c.b_only} | {c.p_value:.3g} |")
+    shapes = [shape for shape in SHAPES if shape in by_shape[rows[0]]]
     print()
-    print("| true CFG | " + " | ".join(f"{shape} found" for shape in shapes) + " |")
-    print("|---|" + "---|" * len(shapes))
-    for scale in scales:
-        cells = [f"{hit / total:.3f} ({hit}/{total})" for hit, total in (by_shape[scale][s] for s in shapes)]
-        print(f"| {scale:g} | " + " | ".join(cells) + " |")
+    print(f"| {head} | " + " | ".join(f"{shape} found" for shape in shapes) + " |")
+    print(f"|{rule}|" + "---|" * len(shapes))
+    for row in rows:
+        cells = [f"{hit / total:.3f} ({hit}/{total})" for hit, total in (by_shape[row][s] for s in shapes)]
+        print(f"| {name(row)} | " + " | ".join(cells) + " |")
     return 0
 
 

@@ -447,6 +447,7 @@ class TrainSettings:
     relation_caption_rate: float = 0.15
     checkpoint_every: int = 250
     init_from: str | None = None  # a shapes pipeline folder whose weights start the run
+    grow: bool = False  # init_from may have fewer blocks: append the missing ones as identities
     model: dict = field(default_factory=lambda: asdict(ShapesModelConfig()))
 
     def run_identity(self) -> dict:
@@ -521,10 +522,14 @@ class ShapesTrainer:
         for name, cls in loaders.items():
             try:
                 saved = cls.from_pretrained(str(folder / name), local_files_only=True)
-                getattr(self.pipe, name).load_state_dict(saved.state_dict())
+                if name == "transformer" and self.settings.grow:
+                    grow_transformer(self.pipe.transformer, saved)
+                else:
+                    getattr(self.pipe, name).load_state_dict(saved.state_dict())
             except (OSError, ValueError, RuntimeError) as error:
+                hint = "" if self.settings.grow else "; --grow starts a deeper model from a shallower one"
                 raise ModelLoadError(f"--init-from {folder}: cannot load {name} into this model config "
-                                     f"({str(error).splitlines()[0]})") from None
+                                     f"({str(error).splitlines()[0]}){hint}") from None
 
     # -- one step ------------------------------------------------------------------------
     def loss(self, images: torch.Tensor, token_ids: torch.Tensor, sigmas: torch.Tensor,
@@ -620,6 +625,41 @@ class ShapesTrainer:
         # The frozen CLIP encoder trained with (from --init-from, or built from the seed).
         pipe.text_encoder.load_state_dict(self.pipe.text_encoder.state_dict())
         return pipe
+
+
+def grow_transformer(target: FluxTransformer2DModel, saved: FluxTransformer2DModel) -> None:
+    """Load ``saved`` into the deeper ``target`` so that ``target`` computes exactly what ``saved`` does.
+
+    The saved blocks become the first blocks of each stack; every further block keeps its fresh
+    weights but has its residual gates zeroed (adaLN-Zero, as DiT initialises every block), so it
+    adds nothing until training opens its gates. Width and every other setting must match.
+    """
+    stacks = ("transformer_blocks", "single_transformer_blocks")
+    for stack in stacks:
+        have, want = len(getattr(saved, stack)), len(getattr(target, stack))
+        if have > want:
+            raise ValueError(f"cannot grow {stack} from {have} to {want} blocks (only deeper)")
+    missing, unexpected = target.load_state_dict(saved.state_dict(), strict=False)
+    if unexpected:
+        raise ValueError(f"saved weights do not fit this model: {sorted(unexpected)[:3]}")
+    new_prefixes = tuple(f"{stack}.{i}." for stack in stacks
+                         for i in range(len(getattr(saved, stack)), len(getattr(target, stack))))
+    stray = [key for key in missing if not key.startswith(new_prefixes)]
+    if stray:
+        raise ValueError(f"saved weights lack {sorted(stray)[:3]}")
+    with torch.no_grad():
+        for stack in stacks:
+            for block in list(getattr(target, stack))[len(getattr(saved, stack)):]:
+                # (shift, scale, gate) per stream and branch: zero the gate rows.
+                norms = [block.norm] if stack == "single_transformer_blocks" else [block.norm1, block.norm1_context]
+                for norm in norms:
+                    width = norm.linear.in_features  # the conditioning width = the model width
+                    chunks = norm.linear.out_features // width
+                    gates = range(2, chunks, 3)  # chunk order: shift, scale, gate [, shift, scale, gate]
+                    for gate in gates:
+                        rows = slice(gate * width, (gate + 1) * width)
+                        norm.linear.weight[rows] = 0
+                        norm.linear.bias[rows] = 0
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
@@ -719,6 +759,9 @@ def _training_markdown(record: dict) -> str:
     s = record["settings"]
     continued = (f"\n- continued from the weights of `{s['init_from']}` (an earlier run's exported pipeline; "
                  "its own TRAINING.md/training.json say how it was made)") if s.get("init_from") else ""
+    if s.get("grow"):
+        continued += (f"; grown to {s['model']['double_layers']} double + {s['model']['single_layers']} single "
+                      "blocks: its blocks first, each new block started as an identity (zero residual gates)")
     return f"""# Shapes-world FLUX model
 
 A FLUX-architecture text-to-image model of `l2s.shapes` scenes, trained from scratch by
@@ -785,6 +828,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--init-from", type=Path, default=None, metavar="PIPELINE_DIR",
                         help="start from the transformer and T5 weights of a saved shapes pipeline "
                              "(continue a finished run with a new schedule); same model options required")
+    parser.add_argument("--grow", action="store_true",
+                        help="with --init-from: the new model may have more --double-layers/--single-layers; "
+                             "the saved blocks come first and each new block starts as an identity")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -806,6 +852,7 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
                          ema_decay=args.ema_decay, warmup=args.warmup, checkpoint_every=args.checkpoint_every,
                          final_lr_fraction=args.final_lr_fraction,
                          init_from=str(args.init_from.resolve()) if args.init_from else None,
+                         grow=args.grow,
                          model=asdict(model))
 
 
@@ -817,6 +864,8 @@ def train_model_main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise L2SError("--device cuda but torch.cuda.is_available() is False")
+    if args.grow and args.init_from is None:
+        raise L2SError("--grow needs --init-from (the shallower pipeline to grow)")
     settings = settings_from_args(args)
     command = "l2s shapes train-model " + " ".join(shlex.quote(a) for a in argv)
     trainer = train(settings, args.out, device=args.device, resume=args.resume,

@@ -444,14 +444,15 @@ def _colour_scores(records: Sequence, specs: Sequence, detector) -> dict:
 
     from .benchmark import _score
 
-    correct, found, per_relation, by_image = 0, 0, {}, {}
+    correct, found, per_relation, by_image, found_by_image = 0, 0, {}, {}, {}
     for record in records:
         strict_spec = specs[int(record.meta["prompt_index"])]
         spec = colour_only(strict_spec)
         with Image.open(record.image_path) as image:
             image = image.convert("RGB")
             result, _ = _score(detector, image, spec, "geneval", record.result.name)
-            found += all_objects_found(detector, image, strict_spec)
+            found_by_image[_image_key(record)] = all_objects_found(detector, image, strict_spec)
+        found += found_by_image[_image_key(record)]
         correct += int(result.correct)
         by_image[_image_key(record)] = bool(result.correct)
         for check, check_result in zip(spec.checks, result.checks):
@@ -460,7 +461,7 @@ def _colour_scores(records: Sequence, specs: Sequence, detector) -> dict:
             pair[1] += 1
     return {"colour_accuracy": correct / len(records) if records else 0.0, "colour_n_correct": correct,
             "colour_correct_by_image": by_image, "colour_per_relation": per_relation,
-            "objects_found": found / len(records) if records else 0.0}
+            "objects_found": found / len(records) if records else 0.0, "objects_found_by_image": found_by_image}
 
 
 VERDICTS = ("strict", "colour", "found")

@@ -18,6 +18,7 @@ from l2s.shapes_model import (
     ShapesTrainer,
     TrainSettings,
     build_shapes_pipeline,
+    grow_transformer,
     images_to_latents,
     learning_rate,
     load_shapes_pipeline,
@@ -211,6 +212,59 @@ def test_init_from_continues_from_a_saved_pipeline(tmp_path):
     wider = replace(settings, model={**settings.model, "head_dim": 32, "rope_axes": (8, 12, 12)})
     with pytest.raises(ModelLoadError, match="init-from"):
         train(wider, tmp_path / "third", progress=False)
+
+
+def _velocity(transformer, seed: int = 0) -> torch.Tensor:
+    """One transformer forward on fixed random inputs of the tiny config."""
+    g = torch.Generator().manual_seed(seed)
+    tokens, width = 16, TINY_CONFIG.text_dim
+    with torch.no_grad():
+        return transformer(
+            hidden_states=torch.randn(2, tokens, transformer.config.in_channels, generator=g),
+            timestep=torch.tensor([0.3, 0.8]), pooled_projections=torch.randn(2, TINY_CONFIG.clip_dim, generator=g),
+            encoder_hidden_states=torch.randn(2, 8, width, generator=g), txt_ids=torch.zeros(8, 3),
+            img_ids=FluxPipeline._prepare_latent_image_ids(1, 4, 4, "cpu", torch.float32), return_dict=False)[0]
+
+
+def test_grown_transformer_computes_what_the_saved_one_does(tiny_pipe):
+    deeper = replace(TINY_CONFIG, double_layers=3, single_layers=2)
+    grown = build_shapes_pipeline(deeper, seed=7).transformer
+    assert not torch.allclose(_velocity(grown), _velocity(tiny_pipe.transformer))  # fresh: different
+    grow_transformer(grown, tiny_pipe.transformer)
+    torch.testing.assert_close(_velocity(grown), _velocity(tiny_pipe.transformer), rtol=0, atol=1e-6)
+    saved = tiny_pipe.transformer.state_dict()
+    for key, value in grown.state_dict().items():
+        if key in saved:
+            assert torch.equal(value, saved[key]), key
+    # Only the gates are closed: the new blocks' attention and shift/scale keep their fresh weights.
+    width = TINY_CONFIG.width
+    norm = grown.transformer_blocks[2].norm1.linear
+    assert norm.weight[2 * width:3 * width].abs().sum() == 0 and norm.weight[:2 * width].abs().sum() > 0
+    assert grown.single_transformer_blocks[1].attn.to_q.weight.abs().sum() > 0
+    with pytest.raises(ValueError, match="only deeper"):
+        grow_transformer(tiny_pipe.transformer, grown)
+
+
+def test_training_a_grown_model_starts_from_the_saved_one_and_opens_the_new_blocks(tmp_path):
+    first = train(tiny_settings(steps=2), tmp_path / "first", progress=False)
+    saved = load_shapes_pipeline(tmp_path / "first" / "pipeline")
+    deeper = {**first.settings.model, "double_layers": 2, "single_layers": 3}
+    settings = tiny_settings(steps=0, seed=3, init_from=str(tmp_path / "first" / "pipeline"), model=deeper)
+    with pytest.raises(ModelLoadError, match="--grow starts a deeper model"):
+        train(settings, tmp_path / "refused", progress=False)
+    grown = train(replace(settings, grow=True), tmp_path / "grown", progress=False)
+    torch.testing.assert_close(_velocity(grown.pipe.transformer), _velocity(saved.transformer), rtol=0, atol=1e-6)
+    exported = load_shapes_pipeline(tmp_path / "grown" / "pipeline")
+    assert (exported.transformer.config.num_layers, exported.transformer.config.num_single_layers) == (2, 3)
+    assert "grown to 2 double + 3 single blocks" in (tmp_path / "grown" / "pipeline" / "TRAINING.md").read_text()
+    trained = train(replace(settings, grow=True, steps=2), tmp_path / "grown", progress=False)  # resumes at 0
+    gate = trained.pipe.transformer.single_transformer_blocks[2].norm.linear.bias[2 * TINY_CONFIG.width:]
+    assert gate.abs().sum() > 0  # training opened the new block's gate
+
+
+def test_grow_needs_init_from(tmp_path):
+    with pytest.raises(Exception, match="--grow needs --init-from"):
+        train_model_main(["--out", str(tmp_path), "--grow", "--preset", "tiny", "--no-progress"])
 
 
 def test_model_size_options_build_a_consistent_transformer():

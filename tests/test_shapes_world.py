@@ -214,6 +214,20 @@ def test_bench_records_its_sampling_and_resumes_only_with_it(tiny_shapes_pipe, t
     results = shapes_world.run_shapes_bench(tmp_path / "out", true_cfg_scale=2.0, **kwargs)
     assert results["settings"]["sampling"] == {"true_cfg_scale": 2.0, "negative_prompt": ""}
     assert results["parts"][0]["modes"]["steered"]["n_images"] == 2
+    # every image's found verdict is recorded, and is the image re-judged (so bench runs pair on it)
+    from PIL import Image
+
+    from l2s.benchmark import shapes_position_prompts
+    from l2s.shapes import ShapesDetector
+
+    steered = results["parts"][0]["modes"]["steered"]
+    specs = shapes_position_prompts(n=2, seed=0)
+    for key, found in steered["objects_found_by_image"].items():
+        index, seed = key.split("/")
+        path = tmp_path / "out" / "position" / "steered" / f"{int(index):05d}" / "samples" / f"{int(seed):04d}.png"
+        with Image.open(path) as image:
+            assert found == shapes_world.all_objects_found(ShapesDetector(), image.convert("RGB"), specs[int(index)])
+    assert steered["objects_found"] == sum(steered["objects_found_by_image"].values()) / 2
     markdown = shapes_world.write_bench_results(results, tmp_path / "bench.md").read_text()
     assert "true CFG 2 against the empty caption (base and steered alike)" in markdown
     with pytest.raises(L2SError, match="sampling"):   # images made with other guidance are not mixed in
@@ -338,6 +352,19 @@ def test_found_rate_script_compares_guidance_scales(tiny_shapes_pipe, tmp_path, 
     assert rows[3].startswith("| true CFG | ") and rows[3].endswith(" found |")
     for row in rows[4:]:
         assert sum(int(total) for _, total in re.findall(r"\((\d+)/(\d+)\)", row)) == 8
+
+
+def test_found_rate_script_pairs_models_on_the_same_images(tiny_shapes_pipe, tmp_path, capsys):
+    tiny_shapes_pipe.save_pretrained(tmp_path / "a")
+    tiny_shapes_pipe.save_pretrained(tmp_path / "b")
+    rows = _run_bench_script("shapes_found_rate", ["--model", f"{tmp_path / 'a'},{tmp_path / 'b'}", "--true-cfg", "1",
+                                                   "--prompt-seeds", "7", "--prompts-per-seed", "2", "--seeds", "2"],
+                             capsys)
+    assert rows[0].startswith("| model | true CFG |") and len(rows) == 6
+    assert rows[1].startswith(f"| {tmp_path / 'a'} | 1 | ") and rows[2].startswith(f"| {tmp_path / 'b'} | 1 | ")
+    # the same weights on the same (prompt, seed) pairs: the same rate, no image found in only one
+    rate = re.findall(r"\(\d+/4\)", rows[1])
+    assert rate and rate == re.findall(r"\(\d+/4\)", rows[2]) and "| 0 / 0 |" in rows[2]
 
 
 def test_found_rate_by_shape_counts_each_object_under_its_shape():
@@ -469,6 +496,17 @@ def test_compare_script_pairs_images_and_refuses_unpaired_runs(tmp_path, capsys)
     table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| position")]
     assert table == ["| position | steered | strict | 4 | 0.750 | 0.500 | 2 | 1 | 1 |",
                      "| position | steered | colour | 4 | 0.750 | 0.500 | 2 | 1 | 1 |"]
+
+
+def test_compare_script_pairs_found_verdicts_where_both_runs_record_them():
+    compare = _bench_module("shapes_compare")
+    new = _bench_results({"0/100": True, "1/100": True})
+    old = _bench_results({"0/100": True, "1/100": True})
+    new["parts"][0]["modes"]["steered"]["objects_found_by_image"] = {"0/100": True, "1/100": True}
+    assert [r["metric"] for r in compare.compare_results(new, old)] == ["strict", "colour"]  # old lacks it
+    old["parts"][0]["modes"]["steered"]["objects_found_by_image"] = {"0/100": False, "1/100": True}
+    found = compare.compare_results(new, old)[2]
+    assert (found["metric"], found["a_correct"], found["b_correct"], found["a_only"]) == ("found", 2, 1, 1)
 
 
 def test_compare_script_compares_copied_images_once():
