@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     head = "model | true CFG" if len(models) > 1 else "true CFG"
     rule = "---|---" if len(models) > 1 else "---"
     reference = results[rows[0]]
-    print(f"| {head} | all objects found | vs {name(rows[0])}: only here / only there | sign test p |")
+    first = f"{rows[0][0]} at CFG {rows[0][1]:g}" if len(models) > 1 else f"{rows[0][1]:g}"
+    print(f"| {head} | all objects found | vs {first}: only here / only there | sign test p |")
     print(f"|{rule}|---|---|---|")
     for row in rows:
         found = results[row]

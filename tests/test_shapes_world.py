@@ -361,6 +361,7 @@ def test_found_rate_script_pairs_models_on_the_same_images(tiny_shapes_pipe, tmp
                                                    "--prompt-seeds", "7", "--prompts-per-seed", "2", "--seeds", "2"],
                              capsys)
     assert rows[0].startswith("| model | true CFG |") and len(rows) == 6
+    assert all(row.count("|") == 6 for row in rows[:3])  # header, rule and rows have the same cells
     assert rows[1].startswith(f"| {tmp_path / 'a'} | 1 | ") and rows[2].startswith(f"| {tmp_path / 'b'} | 1 | ")
     # the same weights on the same (prompt, seed) pairs: the same rate, no image found in only one
     rate = re.findall(r"\(\d+/4\)", rows[1])
