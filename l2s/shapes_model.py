@@ -600,7 +600,9 @@ class ShapesTrainer:
 
     def load_checkpoint(self, path: Path) -> None:
         state = torch.load(path, map_location="cpu", weights_only=True)
-        if json.loads(state["settings"]) != self.settings.run_identity():
+        stored = json.loads(state["settings"])
+        stored.setdefault("grow", False)  # checkpoints from before --grow existed
+        if stored != self.settings.run_identity():
             raise L2SError(f"{path} was written by a run with other settings; use another --out "
                            "or --no-resume to start afresh")
         for name, module in self.trained.items():

@@ -171,6 +171,16 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
     # A resumed run with different settings must not silently mix them.
     with pytest.raises(Exception, match="other settings"):
         train(replace(settings, lr=1e-4, steps=6), tmp_path / "resumed", progress=False)
+    # A checkpoint written before --grow existed (no "grow" in its settings) still resumes.
+    checkpoint = tmp_path / "resumed" / "checkpoint.pt"
+    state = torch.load(checkpoint, weights_only=True)
+    older = json.loads(state["settings"])
+    del older["grow"]
+    state["settings"] = json.dumps(older)
+    torch.save(state, checkpoint)
+    assert train(replace(settings, steps=5), tmp_path / "resumed", progress=False).step == 5
+    with pytest.raises(Exception, match="other settings"):  # but not as a grown run
+        train(replace(settings, steps=6, grow=True), tmp_path / "resumed", progress=False)
 
 
 def test_train_command_exports_a_loadable_pipeline(tmp_path, capsys):
