@@ -78,14 +78,14 @@ def main(argv: list[str] | None = None) -> int:
         results[model, scale] = {key: all(found.values()) for key, found in objects.items()}
         by_shape[model, scale] = found_by_shape(objects, detector, SHAPES)
 
-    def name(row) -> str:
-        return f"{row[0]} | {row[1]:g}" if len(models) > 1 else f"{row[1]:g}"
+    def name(row, between: str = " | ") -> str:
+        return f"{row[0]}{between}{row[1]:g}" if len(models) > 1 else f"{row[1]:g}"
 
     head = "model | true CFG" if len(models) > 1 else "true CFG"
     rule = "---|---" if len(models) > 1 else "---"
     reference = results[rows[0]]
-    first = f"{rows[0][0]} at CFG {rows[0][1]:g}" if len(models) > 1 else f"{rows[0][1]:g}"
-    print(f"| {head} | all objects found | vs {first}: only here / only there | sign test p |")
+    versus = name(rows[0], " at CFG ")
+    print(f"| {head} | all objects found | vs {versus}: only here / only there | sign test p |")
     print(f"|{rule}|---|---|---|")
     for row in rows:
         found = results[row]

@@ -649,19 +649,21 @@ def grow_transformer(target: FluxTransformer2DModel, saved: FluxTransformer2DMod
     stray = [key for key in missing if not key.startswith(new_prefixes)]
     if stray:
         raise ValueError(f"saved weights lack {sorted(stray)[:3]}")
-    with torch.no_grad():
-        for stack in stacks:
-            for block in list(getattr(target, stack))[len(getattr(saved, stack)):]:
-                # (shift, scale, gate) per stream and branch: zero the gate rows.
-                norms = [block.norm] if stack == "single_transformer_blocks" else [block.norm1, block.norm1_context]
-                for norm in norms:
-                    width = norm.linear.in_features  # the conditioning width = the model width
-                    chunks = norm.linear.out_features // width
-                    gates = range(2, chunks, 3)  # chunk order: shift, scale, gate [, shift, scale, gate]
-                    for gate in gates:
-                        rows = slice(gate * width, (gate + 1) * width)
-                        norm.linear.weight[rows] = 0
-                        norm.linear.bias[rows] = 0
+    for stack in stacks:
+        for block in list(getattr(target, stack))[len(getattr(saved, stack)):]:
+            norms = [block.norm] if stack == "single_transformer_blocks" else [block.norm1, block.norm1_context]
+            for norm in norms:
+                _close_residual_gates(norm.linear)
+
+
+@torch.no_grad()
+def _close_residual_gates(modulation: torch.nn.Linear) -> None:
+    """Zero the gate rows of an adaLN modulation: its output is (shift, scale, gate) per branch."""
+    width = modulation.in_features  # the conditioning width = the model width
+    for gate in range(2, modulation.out_features // width, 3):
+        rows = slice(gate * width, (gate + 1) * width)
+        modulation.weight[rows] = 0
+        modulation.bias[rows] = 0
 
 
 def _atomic_save(obj: Any, path: Path) -> None:

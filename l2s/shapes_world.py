@@ -444,21 +444,21 @@ def _colour_scores(records: Sequence, specs: Sequence, detector) -> dict:
 
     from .benchmark import _score
 
-    correct, found, per_relation, by_image, found_by_image = 0, 0, {}, {}, {}
+    per_relation, by_image, found_by_image = {}, {}, {}
     for record in records:
+        key = _image_key(record)
         strict_spec = specs[int(record.meta["prompt_index"])]
         spec = colour_only(strict_spec)
         with Image.open(record.image_path) as image:
             image = image.convert("RGB")
             result, _ = _score(detector, image, spec, "geneval", record.result.name)
-            found_by_image[_image_key(record)] = all_objects_found(detector, image, strict_spec)
-        found += found_by_image[_image_key(record)]
-        correct += int(result.correct)
-        by_image[_image_key(record)] = bool(result.correct)
+            found_by_image[key] = all_objects_found(detector, image, strict_spec)
+        by_image[key] = bool(result.correct)
         for check, check_result in zip(spec.checks, result.checks):
             pair = per_relation.setdefault(check.relation, [0, 0])
             pair[0] += int(check_result.holds)
             pair[1] += 1
+    correct, found = sum(by_image.values()), sum(found_by_image.values())
     return {"colour_accuracy": correct / len(records) if records else 0.0, "colour_n_correct": correct,
             "colour_correct_by_image": by_image, "colour_per_relation": per_relation,
             "objects_found": found / len(records) if records else 0.0, "objects_found_by_image": found_by_image}
