@@ -14,6 +14,11 @@ classifier that is confident too early steers less. Per image: the verdicts of
 :func:`l2s.shapes_world.image_verdicts`, the number of classifier evaluations (forward+backward)
 the loop ran, and p(target) at the first one. Each pos-only row is compared with the dual row of
 the same schedule on the same (prompt, seed) images by a sign test.
+
+With ``--results``, each image's record is appended to ``<results>.partial.jsonl`` as it is
+judged, so an interrupted run started again with the same arguments skips the images it already
+has (and refuses a partial file written with other settings); the file is removed once the
+results are written.
 """
 from __future__ import annotations
 
@@ -29,21 +34,33 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 CLASSIFIERS = ("dual", "pos_only")
 
 
-def steer_and_judge(steerer, specs, seeds, schedule, detector, progress=None) -> dict[str, dict]:
-    """Per image ``"prompt/seed"``: verdicts, classifier evaluations, first p(target), seconds."""
+def steer_and_judge(steerer, specs, seeds, schedule, detector, progress=None, done=None,
+                    on_image=None) -> dict[str, dict]:
+    """Per image ``"prompt/seed"``: verdicts, classifier evaluations, first p(target), seconds.
+
+    Images already in ``done`` are taken from it, not steered again; ``on_image(key, record)`` is
+    called for each image steered here."""
     from l2s.shapes_world import image_verdicts
 
     out = {}
     for i, spec in enumerate(specs):
         for seed in seeds:
+            key = f"{i}/{seed}"
+            if done and key in done:
+                out[key] = done[key]
+                if progress is not None:
+                    progress.update()
+                continue
             start = time.perf_counter()
             result = steerer(spec.prompt, seed=seed, schedule=schedule, progress=False)
             seconds = time.perf_counter() - start
             records = result.diagnostics.records
-            out[f"{i}/{seed}"] = {**image_verdicts(detector, result.images[0], spec),
-                                  "evaluations": len(records),
-                                  "first_p": records[0].target_probability[0] if records else None,
-                                  "seconds": seconds}
+            out[key] = {**image_verdicts(detector, result.images[0], spec),
+                        "evaluations": len(records),
+                        "first_p": records[0].target_probability[0] if records else None,
+                        "seconds": seconds}
+            if on_image is not None:
+                on_image(key, out[key])
             if progress is not None:
                 progress.update()
     return out
@@ -76,6 +93,33 @@ def table(results: dict[str, dict[str, dict[str, dict]]]) -> list[str]:
                       f"{sum(v['seconds'] for v in images.values()) / n:.2f}"]
             rows.append(f"| {schedule} | {name} | " + " | ".join(cells) + " |")
     return rows
+
+
+class PartialResults:
+    """The per-image records of an unfinished run, one JSON line each after a settings line."""
+
+    def __init__(self, path: Path, settings: dict):
+        self.path = path
+        self.done: dict[tuple[str, str], dict[str, dict]] = {}
+        if path.exists():
+            lines = path.read_text().splitlines()
+            if not lines or json.loads(lines[0]) != json.loads(json.dumps({"settings": settings})):
+                raise SystemExit(f"{path} was written by a run with other settings; remove it to start afresh")
+            for line in lines[1:]:
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:  # a line cut short when the run was killed
+                    continue
+                self.done.setdefault((entry["schedule"], entry["classifier"]), {})[entry["image"]] = entry["record"]
+        else:
+            path.write_text(json.dumps({"settings": settings}) + "\n")
+
+    def recorder(self, schedule: str, classifier: str):
+        def record(image: str, verdicts: dict) -> None:
+            with self.path.open("a") as f:
+                f.write(json.dumps({"schedule": schedule, "classifier": classifier, "image": image,
+                                    "record": verdicts}) + "\n")
+        return record
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,6 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     assets = shipped_assets()
     classifier_dirs = {"dual": args.classifier or assets.classifier,
                        "pos_only": args.ablation_classifier or assets.ablation_classifier}
+    settings = {"model": str(args.model or assets.pipeline),
+                "classifiers": {k: str(v) for k, v in classifier_dirs.items()},
+                "prompt_seed": args.prompt_seed, "prompts": args.prompts, "seeds": seeds,
+                "schedules": {k: v.to_json() for k, v in schedule_of.items()}}
+    partial = PartialResults(args.results.with_suffix(".partial.jsonl"), settings) if args.results else None
     detector = ShapesDetector()
     pipe = load_shapes_pipeline(args.model or assets.pipeline)  # once: both classifiers steer the same model
     results: dict[str, dict[str, dict[str, dict]]] = {name: {} for name in schedules}
@@ -118,19 +167,18 @@ def main(argv: list[str] | None = None) -> int:
         for classifier in CLASSIFIERS:
             steerer = steer_shapes_pipeline(pipe, RelationClassifier.load(classifier_dirs[classifier]))
             for name in schedules:
-                results[name][classifier] = steer_and_judge(steerer, specs, seeds, schedule_of[name], detector,
-                                                            progress)
+                results[name][classifier] = steer_and_judge(
+                    steerer, specs, seeds, schedule_of[name], detector, progress,
+                    done=partial.done.get((name, classifier)) if partial else None,
+                    on_image=partial.recorder(name, classifier) if partial else None)
     rows = table(results)
     print("\n".join(rows))
     if args.results:
         command = "python bench/shapes_leakage_steering.py " + " ".join(argv if argv is not None else sys.argv[1:])
         args.results.write_text(f"Generated by:\n\n    {command}\n\n" + "\n".join(rows) + "\n")
-        settings = {"model": str(args.model or assets.pipeline),
-                    "classifiers": {k: str(v) for k, v in classifier_dirs.items()},
-                    "prompt_seed": args.prompt_seed, "prompts": args.prompts, "seeds": seeds,
-                    "schedules": {k: v.to_json() for k, v in schedule_of.items()}}
         args.results.with_suffix(".json").write_text(json.dumps({"settings": settings, "images": results},
                                                                 indent=1))
+        partial.path.unlink()
     return 0
 
 

@@ -451,6 +451,47 @@ def test_leakage_steering_script_runs_each_classifier_under_each_schedule(tiny_s
     assert results.read_text().count("| fast | pos_only |") == 1
 
 
+def test_leakage_steering_script_resumes_an_interrupted_run(tiny_shapes_pipe, tmp_path, capsys, monkeypatch):
+    import json
+
+    tiny_shapes_pipe.save_pretrained(tmp_path / "model")
+    _tiny_shapes_classifier(tiny_shapes_pipe).save(tmp_path / "clf")
+    results = tmp_path / "leak.md"
+    argv = ["--model", str(tmp_path / "model"), "--classifier", str(tmp_path / "clf"), "--ablation-classifier",
+            str(tmp_path / "clf"), "--schedules", "fast", "--prompts", "2", "--seeds", "3", "--results", str(results)]
+    steer = shapes_world.steer_shapes_pipeline
+    steered = []
+
+    def counting(pipe, classifier, **kwargs):
+        steerer = steer(pipe, classifier, **kwargs)
+
+        def run(prompt, **kw):
+            if limit is not None and len(steered) == limit:
+                raise KeyboardInterrupt
+            steered.append(prompt)
+            return steerer(prompt, **kw)
+        return run
+
+    monkeypatch.setattr(shapes_world, "steer_shapes_pipeline", counting)
+    limit = 3  # of 4 images: both of dual's, the first of pos-only's
+    with pytest.raises(KeyboardInterrupt):
+        _run_bench_script("shapes_leakage_steering", argv, capsys)
+    partial = results.with_suffix(".partial.jsonl")
+    assert len(partial.read_text().splitlines()) == 1 + 3 and not results.exists()
+    limit, steered[:] = None, []
+    rows = _run_bench_script("shapes_leakage_steering", argv, capsys)
+    assert len(steered) == 1 and len(rows) == 3 and not partial.exists()
+    images = json.loads(results.with_suffix(".json").read_text())["images"]["fast"]
+    assert set(images["dual"]) == set(images["pos_only"]) == {"0/3", "1/3"}
+    # the same classifier under both names: the resumed image matches the one steered before the break
+    assert {k: {**v, "seconds": 0} for k, v in images["dual"].items()} == \
+        {k: {**v, "seconds": 0} for k, v in images["pos_only"].items()}
+    # a partial file from other settings is refused, not mixed in
+    partial.write_text(json.dumps({"settings": {"prompts": 99}}) + "\n")
+    with pytest.raises(SystemExit, match="other settings"):
+        _run_bench_script("shapes_leakage_steering", argv, capsys)
+
+
 def test_leakage_steering_script_refuses_unknown_presets_before_work(capsys):
     leak = _bench_module("shapes_leakage_steering")
     with pytest.raises(SystemExit):
