@@ -48,19 +48,17 @@ def steer_and_judge(steerer, specs, seeds, schedule, detector, progress=None, do
             key = f"{i}/{seed}"
             if done and key in done:
                 out[key] = done[key]
-                if progress is not None:
-                    progress.update()
-                continue
-            start = time.perf_counter()
-            result = steerer(spec.prompt, seed=seed, schedule=schedule, progress=False)
-            seconds = time.perf_counter() - start
-            records = result.diagnostics.records
-            out[key] = {**image_verdicts(detector, result.images[0], spec),
-                        "evaluations": len(records),
-                        "first_p": records[0].target_probability[0] if records else None,
-                        "seconds": seconds}
-            if on_image is not None:
-                on_image(key, out[key])
+            else:
+                start = time.perf_counter()
+                result = steerer(spec.prompt, seed=seed, schedule=schedule, progress=False)
+                seconds = time.perf_counter() - start
+                records = result.diagnostics.records
+                out[key] = {**image_verdicts(detector, result.images[0], spec),
+                            "evaluations": len(records),
+                            "first_p": records[0].target_probability[0] if records else None,
+                            "seconds": seconds}
+                if on_image is not None:
+                    on_image(key, out[key])
             if progress is not None:
                 progress.update()
     return out
