@@ -103,12 +103,16 @@ class PartialResults:
             lines = path.read_text().splitlines()
             if not lines or json.loads(lines[0]) != json.loads(json.dumps({"settings": settings})):
                 raise SystemExit(f"{path} was written by a run with other settings; remove it to start afresh")
+            kept = lines[:1]
             for line in lines[1:]:
                 try:
                     entry = json.loads(line)
                 except json.JSONDecodeError:  # a line cut short when the run was killed
                     continue
+                kept.append(line)
                 self.done.setdefault((entry["schedule"], entry["classifier"]), {})[entry["image"]] = entry["record"]
+            # rewritten without the cut line, so the next record is not appended onto it
+            path.write_text("\n".join(kept) + "\n")
         else:
             path.write_text(json.dumps({"settings": settings}) + "\n")
 

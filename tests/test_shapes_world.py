@@ -478,9 +478,12 @@ def test_leakage_steering_script_resumes_an_interrupted_run(tiny_shapes_pipe, tm
         _run_bench_script("shapes_leakage_steering", argv, capsys)
     partial = results.with_suffix(".partial.jsonl")
     assert len(partial.read_text().splitlines()) == 1 + 3 and not results.exists()
+    # a run killed mid-write leaves a cut last line: that image is steered again, the rest kept
+    lines = partial.read_text().splitlines()
+    partial.write_text("\n".join(lines[:-1] + [lines[-1][:20]]))
     limit, steered[:] = None, []
     rows = _run_bench_script("shapes_leakage_steering", argv, capsys)
-    assert len(steered) == 1 and len(rows) == 3 and not partial.exists()
+    assert len(steered) == 2 and len(rows) == 3 and not partial.exists()
     images = json.loads(results.with_suffix(".json").read_text())["images"]["fast"]
     assert set(images["dual"]) == set(images["pos_only"]) == {"0/3", "1/3"}
     # the same classifier under both names: the resumed image matches the one steered before the break
@@ -490,6 +493,16 @@ def test_leakage_steering_script_resumes_an_interrupted_run(tiny_shapes_pipe, tm
     partial.write_text(json.dumps({"settings": {"prompts": 99}}) + "\n")
     with pytest.raises(SystemExit, match="other settings"):
         _run_bench_script("shapes_leakage_steering", argv, capsys)
+
+
+def test_leakage_steering_partial_results_survive_a_cut_line(tmp_path):
+    leak = _bench_module("shapes_leakage_steering")
+    path, settings = tmp_path / "r.partial.jsonl", {"prompts": 2}
+    leak.PartialResults(path, settings).recorder("fast", "dual")("0/3", {"colour": True})
+    path.write_text(path.read_text() + '{"schedule": "fast", "classif')  # killed mid-write
+    leak.PartialResults(path, settings).recorder("fast", "dual")("1/3", {"colour": False})
+    done = leak.PartialResults(path, settings).done
+    assert done == {("fast", "dual"): {"0/3": {"colour": True}, "1/3": {"colour": False}}}
 
 
 def test_leakage_steering_script_refuses_unknown_presets_before_work(capsys):
