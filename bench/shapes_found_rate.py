@@ -1,6 +1,8 @@
 """How often the shapes model draws every object of a prompt in its colour and shape, per sampling
-guidance (unsteered images; development prompts, never the bench's). Prints two tables: every
-object of the prompt found, and the objects found per shape (which shapes the model cannot draw).
+guidance (unsteered images; development prompts, never the bench's). Prints three tables: every
+object of the prompt found, the objects found per shape (which shapes the model cannot draw), and
+the unsteered (base) relation accuracy, by colour and strict (how well the model already places
+objects from the caption alone: the shapes world's targets want it low).
 
     python bench/shapes_found_rate.py --true-cfg 1,1.5,2 --seeds 5
 
@@ -24,13 +26,19 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def found_by_image(steerer, specs, seeds, detector, steps: int | None = None) -> dict[str, dict[str, bool]]:
-    """``"prompt/seed"`` -> {object label: whether it was detected with its colour and shape}."""
-    from l2s.shapes_world import objects_found
+def judge_unsteered(steerer, specs, seeds, detector, steps: int | None = None):
+    """Sample one unsteered image per (prompt, seed) and judge it. Returns ``(found, verdicts)``, both
+    keyed ``"prompt/seed"``: {object label: detected with its colour and shape} and the image's
+    :data:`l2s.shapes_world.VERDICTS` (strict, colour, found)."""
+    from l2s.shapes_world import image_verdicts, objects_found
 
-    return {f"{index}/{seed}": objects_found(detector, steerer(spec.prompt, seed=seed, steer=False, progress=False,
-                                                               num_inference_steps=steps).images[0], spec)
-            for index, spec in enumerate(specs) for seed in seeds}
+    found, verdicts = {}, {}
+    for index, spec in enumerate(specs):
+        for seed in seeds:
+            image = steerer(spec.prompt, seed=seed, steer=False, progress=False, num_inference_steps=steps).images[0]
+            found[f"{index}/{seed}"] = objects_found(detector, image, spec)
+            verdicts[f"{index}/{seed}"] = image_verdicts(detector, image, spec)
+    return found, verdicts
 
 
 def found_by_shape(found: dict[str, dict[str, bool]], detector, shapes) -> dict[str, tuple[int, int]]:
@@ -71,10 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     scales = [float(s) for s in args.true_cfg.split(",")]
     rows = [(model, scale) for model in models for scale in scales]  # the first row is the reference
     detector = ShapesDetector()
-    results, by_shape = {}, {}
+    results, by_shape, verdicts = {}, {}, {}
     for model, scale in tqdm(rows, desc="model x guidance"):
         steerer = load_shapes_steerer(None if model == "shipped" else Path(model), true_cfg_scale=scale)
-        objects = found_by_image(steerer, specs, range(args.seeds), detector, args.steps)
+        objects, verdicts[model, scale] = judge_unsteered(steerer, specs, range(args.seeds), detector, args.steps)
         results[model, scale] = {key: all(found.values()) for key, found in objects.items()}
         by_shape[model, scale] = found_by_shape(objects, detector, SHAPES)
 
@@ -83,24 +91,34 @@ def main(argv: list[str] | None = None) -> int:
 
     head = "model | true CFG" if len(models) > 1 else "true CFG"
     rule = "---|---" if len(models) > 1 else "---"
-    reference = results[rows[0]]
     versus = name(rows[0], " at CFG ")
+
+    def rate_and_pairing(by_image: dict[str, bool], reference: dict[str, bool], first: bool) -> str:
+        rate = f"{sum(by_image.values()) / len(by_image):.3f} ({sum(by_image.values())}/{len(by_image)})"
+        if first:
+            return f"{rate} | - | -"
+        c = paired_comparison(by_image, reference)
+        return f"{rate} | {c.a_only} / {c.b_only} | {c.p_value:.3g}"
+
     print(f"| {head} | all objects found | vs {versus}: only here / only there | sign test p |")
     print(f"|{rule}|---|---|---|")
     for row in rows:
-        found = results[row]
-        rate = f"{sum(found.values()) / len(found):.3f} ({sum(found.values())}/{len(found)})"
-        if row == rows[0]:
-            print(f"| {name(row)} | {rate} | - | - |")
-            continue
-        c = paired_comparison(found, reference)
-        print(f"| {name(row)} | {rate} | {c.a_only} / {c.b_only} | {c.p_value:.3g} |")
+        print(f"| {name(row)} | {rate_and_pairing(results[row], results[rows[0]], row == rows[0])} |")
     shapes = [shape for shape in SHAPES if shape in by_shape[rows[0]]]
     print()
     print(f"| {head} | " + " | ".join(f"{shape} found" for shape in shapes) + " |")
     print(f"|{rule}|" + "---|" * len(shapes))
     for row in rows:
         cells = [f"{hit / total:.3f} ({hit}/{total})" for hit, total in (by_shape[row][s] for s in shapes)]
+        print(f"| {name(row)} | " + " | ".join(cells) + " |")
+    print()
+    print(f"| {head} | base colour accuracy | only here / only there | sign test p "
+          f"| base strict accuracy | only here / only there | sign test p |")
+    print(f"|{rule}|---|---|---|---|---|---|")
+    for row in rows:
+        cells = [rate_and_pairing({key: v[verdict] for key, v in verdicts[row].items()},
+                                  {key: v[verdict] for key, v in verdicts[rows[0]].items()}, row == rows[0])
+                 for verdict in ("colour", "strict")]
         print(f"| {name(row)} | " + " | ".join(cells) + " |")
     return 0
 

@@ -8,10 +8,16 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
-# Engines cache exports on disk: keep the tests' exports out of the user's cache.
-import tempfile  # noqa: E402
+# Engines cache exports on disk: keep the tests' exports out of the user's cache, in a folder
+# removed when the session ends (each run used to leave one behind in the temp dir).
+if "L2S_ENGINE_CACHE" not in os.environ:
+    import atexit  # noqa: E402
+    import shutil  # noqa: E402
+    import tempfile  # noqa: E402
 
-os.environ.setdefault("L2S_ENGINE_CACHE", tempfile.mkdtemp(prefix="l2s-engine-cache-"))
+    _engine_cache = tempfile.mkdtemp(prefix="l2s-engine-cache-")
+    os.environ["L2S_ENGINE_CACHE"] = _engine_cache
+    atexit.register(shutil.rmtree, _engine_cache, ignore_errors=True)
 
 import random  # noqa: E402
 
