@@ -2,6 +2,7 @@
 table (and writes it with ``--results``).
 
     python bench/shapes_leakage_steering.py --schedules early-exit,fast                 # development
+    python bench/shapes_leakage_steering.py --schedules reference --multi 3,2          # 3 objects, 2 relations
     python bench/shapes_leakage_steering.py --schedules fast --prompt-seed 0 --prompts 100 \\
         --seeds 100,101,102,103 --results bench/results/shapes_leakage_steering.md     # held out
 
@@ -133,13 +134,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompt-seed", type=int, default=7, help="7: development prompts; the bench's is 0")
     p.add_argument("--prompts", type=int, default=48)
     p.add_argument("--seeds", default="0,1", help="image seeds, comma-separated (the bench's: 100,101,102,103)")
+    p.add_argument("--multi", metavar="OBJECTS,RELATIONS",
+                   help="multi-relation prompts (e.g. 3,2 or 4,3) instead of the two-object ones")
     p.add_argument("--results", type=Path, help="also write the table here (and the per-image .json beside it)")
     p.add_argument("--threads", type=int)
     args = p.parse_args(argv)
     import torch
     from tqdm.auto import tqdm
 
-    from l2s.benchmark import shapes_position_prompts
+    from l2s.benchmark import shapes_multi_relation_prompts, shapes_position_prompts
+    from l2s.errors import L2SError
     from l2s.shapes import ShapesDetector
     from l2s.classifier import RelationClassifier
     from l2s.shapes_model import load_shapes_pipeline
@@ -147,12 +151,19 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    specs = shapes_position_prompts(n=args.prompts, seed=args.prompt_seed)
     schedules = args.schedules.split(",")
-    try:
+    try:  # before any work: a bad seed, an unknown preset or prompt pattern
         seeds = [int(s) for s in args.seeds.split(",")]
         schedule_of = {name: named_schedule(name) for name in schedules}
-    except ValueError as error:  # before any work: a bad seed or an unknown preset
+        if args.multi:
+            counts = [int(n) for n in args.multi.split(",")]
+            if len(counts) != 2:
+                raise ValueError(f"--multi takes OBJECTS,RELATIONS (e.g. 3,2), got {args.multi!r}")
+            n_objects, n_relations = counts
+            specs = shapes_multi_relation_prompts(n_objects, n_relations, n=args.prompts, seed=args.prompt_seed)
+        else:
+            specs = shapes_position_prompts(n=args.prompts, seed=args.prompt_seed)
+    except (ValueError, L2SError) as error:
         p.error(str(error))
     assets = shipped_assets()
     classifier_dirs = {"dual": args.classifier or assets.classifier,
@@ -160,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = {"model": str(args.model or assets.pipeline),
                 "classifiers": {k: str(v) for k, v in classifier_dirs.items()},
                 "prompt_seed": args.prompt_seed, "prompts": args.prompts, "seeds": seeds,
+                "prompt_set": f"multi {args.multi}" if args.multi else "two objects",
                 "schedules": {k: v.to_json() for k, v in schedule_of.items()}}
     partial = PartialResults(args.results.with_suffix(".partial.jsonl"), settings) if args.results else None
     detector = ShapesDetector()

@@ -504,6 +504,45 @@ def test_leakage_steering_script_resumes_an_interrupted_run(tiny_shapes_pipe, tm
         _run_bench_script("shapes_leakage_steering", argv, capsys)
 
 
+def test_leakage_steering_script_steers_multi_relation_prompts(tiny_shapes_pipe, tmp_path, capsys, monkeypatch):
+    import json
+
+    from l2s.benchmark import shapes_multi_relation_prompts
+
+    tiny_shapes_pipe.save_pretrained(tmp_path / "model")
+    _tiny_shapes_classifier(tiny_shapes_pipe).save(tmp_path / "clf")
+    steer = shapes_world.steer_shapes_pipeline
+    prompts = []
+
+    def recording(pipe, classifier, **kwargs):
+        steerer = steer(pipe, classifier, **kwargs)
+
+        def run(prompt, **kw):
+            prompts.append(prompt)
+            return steerer(prompt, **kw)
+        return run
+
+    monkeypatch.setattr(shapes_world, "steer_shapes_pipeline", recording)
+    results = tmp_path / "leak.md"
+    rows = _run_bench_script("shapes_leakage_steering", [
+        "--model", str(tmp_path / "model"), "--classifier", str(tmp_path / "clf"), "--ablation-classifier",
+        str(tmp_path / "clf"), "--schedules", "fast", "--multi", "3,2", "--prompt-seed", "5", "--prompts", "2",
+        "--seeds", "3", "--results", str(results)], capsys)
+    expected = [spec.prompt for spec in shapes_multi_relation_prompts(3, 2, n=2, seed=5)]
+    assert prompts == expected * 2 and len(rows) == 3  # each classifier steers the multi prompts
+    saved = json.loads(results.with_suffix(".json").read_text())
+    assert saved["settings"]["prompt_set"] == "multi 3,2"
+    assert set(saved["images"]["fast"]["dual"]) == {"0/3", "1/3"}
+
+
+@pytest.mark.parametrize("multi, message", [("3", "OBJECTS,RELATIONS"), ("9,9", "no prompt pattern")])
+def test_leakage_steering_script_refuses_a_bad_multi_pattern_before_work(multi, message, capsys):
+    leak = _bench_module("shapes_leakage_steering")
+    with pytest.raises(SystemExit):
+        leak.main(["--multi", multi])
+    assert message in capsys.readouterr().err
+
+
 def test_leakage_steering_partial_results_survive_a_cut_line(tmp_path):
     leak = _bench_module("shapes_leakage_steering")
     path, settings = tmp_path / "r.partial.jsonl", {"prompts": 2}
