@@ -1,6 +1,7 @@
 """How often the shapes model draws every object of a prompt in its colour and shape, per sampling
-guidance (unsteered images; development prompts, never the bench's). Prints three tables: every
-object of the prompt found, the objects found per shape (which shapes the model cannot draw), and
+guidance (unsteered images; development prompts, never the bench's). Prints four tables: every
+object of the prompt found, the objects found per shape (which shapes the model cannot draw), what
+the missed objects were drawn as (the shape of the largest blob of their colour, or no blob), and
 the unsteered (base) relation accuracy, by colour and strict (how well the model already places
 objects from the caption alone: the shapes world's targets want it low).
 
@@ -32,13 +33,40 @@ def judge_unsteered(steerer, specs, seeds, detector, steps: int | None = None):
     :data:`l2s.shapes_world.VERDICTS` (strict, colour, found)."""
     from l2s.shapes_world import image_verdicts, objects_found
 
-    found, verdicts = {}, {}
+    found, verdicts, missed = {}, {}, {}
     for index, spec in enumerate(specs):
         for seed in seeds:
             image = steerer(spec.prompt, seed=seed, steer=False, progress=False, num_inference_steps=steps).images[0]
-            found[f"{index}/{seed}"] = objects_found(detector, image, spec)
-            verdicts[f"{index}/{seed}"] = image_verdicts(detector, image, spec)
-    return found, verdicts
+            key = f"{index}/{seed}"
+            found[key] = objects_found(detector, image, spec)
+            verdicts[key] = image_verdicts(detector, image, spec)
+            missed[key] = {label: drawn_as(detector, image, label) for label, ok in found[key].items() if not ok}
+    return found, verdicts, missed
+
+
+NO_BLOB = "no blob"
+
+
+def drawn_as(detector, image, label: str) -> str:
+    """What a missed ``"<colour> <shape>"`` object was drawn as: the best-matching shape of the largest
+    blob of its colour, or :data:`NO_BLOB` when the image has none (small specks do not count)."""
+    colour, _ = detector.parse_label(label)
+    blobs = detector.components(detector.classify_pixels(image), colour)
+    if not blobs:
+        return NO_BLOB
+    _, ious, _ = max(blobs, key=lambda blob: blob[2])
+    return max(ious, key=ious.get)
+
+
+def missed_by_shape(missed: dict[str, dict[str, str]], detector) -> dict[str, dict[str, int]]:
+    """shape asked for -> {what it was drawn as: count} over the missed objects."""
+    counts: dict[str, dict[str, int]] = {}
+    for objects in missed.values():
+        for label, seen in objects.items():
+            shape = detector.parse_label(label)[1]
+            counts.setdefault(shape, {})
+            counts[shape][seen] = counts[shape].get(seen, 0) + 1
+    return counts
 
 
 def found_by_shape(found: dict[str, dict[str, bool]], detector, shapes) -> dict[str, tuple[int, int]]:
@@ -79,12 +107,14 @@ def main(argv: list[str] | None = None) -> int:
     scales = [float(s) for s in args.true_cfg.split(",")]
     rows = [(model, scale) for model in models for scale in scales]  # the first row is the reference
     detector = ShapesDetector()
-    results, by_shape, verdicts = {}, {}, {}
+    results, by_shape, verdicts, missed = {}, {}, {}, {}
     for model, scale in tqdm(rows, desc="model x guidance"):
         steerer = load_shapes_steerer(None if model == "shipped" else Path(model), true_cfg_scale=scale)
-        objects, verdicts[model, scale] = judge_unsteered(steerer, specs, range(args.seeds), detector, args.steps)
+        objects, verdicts[model, scale], misses = judge_unsteered(steerer, specs, range(args.seeds), detector,
+                                                                  args.steps)
         results[model, scale] = {key: all(found.values()) for key, found in objects.items()}
         by_shape[model, scale] = found_by_shape(objects, detector, SHAPES)
+        missed[model, scale] = missed_by_shape(misses, detector)
 
     def name(row, between: str = " | ") -> str:
         return f"{row[0]}{between}{row[1]:g}" if len(models) > 1 else f"{row[1]:g}"
@@ -111,6 +141,14 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         cells = [f"{hit / total:.3f} ({hit}/{total})" for hit, total in (by_shape[row][s] for s in shapes)]
         print(f"| {name(row)} | " + " | ".join(cells) + " |")
+    print()
+    seen_as = [*SHAPES, NO_BLOB]
+    print(f"| {head} | missed objects: shape asked for | " + " | ".join(f"drawn as {s}" for s in seen_as) + " |")
+    print(f"|{rule}|---|" + "---|" * len(seen_as))
+    for row in rows:
+        for shape in shapes:
+            counts = missed[row].get(shape, {})
+            print(f"| {name(row)} | {shape} | " + " | ".join(str(counts.get(s, 0)) for s in seen_as) + " |")
     print()
     print(f"| {head} | base colour accuracy | only here / only there | sign test p "
           f"| base strict accuracy | only here / only there | sign test p |")

@@ -346,16 +346,25 @@ def test_found_rate_script_compares_guidance_scales(tiny_shapes_pipe, tmp_path, 
     rows = _run_bench_script("shapes_found_rate", ["--model", str(tmp_path / "model"), "--true-cfg", "1,3",
                                                    "--prompt-seeds", "7", "--prompts-per-seed", "2", "--seeds", "2"],
                              capsys)
-    assert rows[0].startswith("| true CFG") and len(rows) == 9
-    assert rows[1].startswith("| 1 | ") and rows[2].startswith("| 3 | ") and "/4)" in rows[2]
+    assert rows[0].startswith("| true CFG") and rows[1].startswith("| 1 | ") and rows[2].startswith("| 3 | ")
+    assert "/4)" in rows[2]
     # per-shape table: every object of the 4 images (2 per prompt) is counted under its shape once
     assert rows[3].startswith("| true CFG | ") and rows[3].endswith(" found |")
-    for row in rows[4:6]:
+    shape_rows = rows[4:6]
+    for row in shape_rows:
         assert sum(int(total) for _, total in re.findall(r"\((\d+)/(\d+)\)", row)) == 8
+    # missed objects, per guidance and shape asked for: each miss counted once, under what it was drawn as
+    shapes = re.findall(r"\| (\w+) found", rows[3])
+    missed = rows[7:7 + 2 * len(shapes)]
+    assert rows[6].startswith("| true CFG | missed objects: shape asked for | drawn as circle |")
+    for row, shape_row in zip((missed[:len(shapes)], missed[len(shapes):]), shape_rows):
+        hits = [(int(a), int(b)) for a, b in re.findall(r"\((\d+)/(\d+)\)", shape_row)]
+        assert [sum(int(c) for c in line.strip("| ").split(" | ")[2:]) for line in row] == [b - a for a, b in hits]
     # base relation accuracy: colour and strict over the same 4 images, the second row paired
-    assert rows[6].startswith("| true CFG | base colour accuracy |") and rows[6].count("|") == 8
-    assert len(re.findall(r"\(\d+/4\)", rows[7])) == 2 and len(re.findall(r"\(\d+/4\)", rows[8])) == 2
-    assert rows[7].count("| - |") == 2 and rows[8].count("| - |") == 0
+    accuracy = rows[7 + 2 * len(shapes):]
+    assert accuracy[0].startswith("| true CFG | base colour accuracy |") and accuracy[0].count("|") == 8
+    assert len(accuracy) == 3 and all(len(re.findall(r"\(\d+/4\)", row)) == 2 for row in accuracy[1:])
+    assert accuracy[1].count("| - |") == 2 and accuracy[2].count("| - |") == 0
 
 
 def test_found_rate_script_pairs_models_on_the_same_images(tiny_shapes_pipe, tmp_path, capsys):
@@ -364,16 +373,19 @@ def test_found_rate_script_pairs_models_on_the_same_images(tiny_shapes_pipe, tmp
     rows = _run_bench_script("shapes_found_rate", ["--model", f"{tmp_path / 'a'},{tmp_path / 'b'}", "--true-cfg", "1",
                                                    "--prompt-seeds", "7", "--prompts-per-seed", "2", "--seeds", "2"],
                              capsys)
-    assert rows[0].startswith("| model | true CFG |") and len(rows) == 9
+    assert rows[0].startswith("| model | true CFG |")
     assert all(row.count("|") == 6 for row in rows[:3])  # header, rule and rows have the same cells
     assert rows[1].startswith(f"| {tmp_path / 'a'} | 1 | ") and rows[2].startswith(f"| {tmp_path / 'b'} | 1 | ")
     # the same weights on the same (prompt, seed) pairs: the same rate, no image found in only one
     rate = re.findall(r"\(\d+/4\)", rows[1])
     assert rate and rate == re.findall(r"\(\d+/4\)", rows[2]) and "| 0 / 0 |" in rows[2]
     # ... and the same base relation accuracy, colour and strict
-    assert all(row.count("|") == 9 for row in rows[6:9])
-    accuracy = re.findall(r"\(\d+/4\)", rows[7])
-    assert len(accuracy) == 2 and accuracy == re.findall(r"\(\d+/4\)", rows[8]) and rows[8].count("| 0 / 0 |") == 2
+    accuracy_rows = rows[-3:]
+    assert accuracy_rows[0].startswith("| model | true CFG | base colour accuracy |")
+    assert all(row.count("|") == 9 for row in accuracy_rows)
+    accuracy = re.findall(r"\(\d+/4\)", accuracy_rows[1])
+    assert len(accuracy) == 2 and accuracy == re.findall(r"\(\d+/4\)", accuracy_rows[2])
+    assert accuracy_rows[2].count("| 0 / 0 |") == 2
 
 
 def test_found_rate_by_shape_counts_each_object_under_its_shape():
@@ -400,9 +412,23 @@ def test_found_rate_samples_with_the_steps_asked_for(tiny_shapes_pipe):
         calls.append(kwargs["num_inference_steps"])
         return steerer(prompt, **kwargs)
 
-    found, verdicts = found_rate.judge_unsteered(recording, specs, [0], ShapesDetector(), steps=3)
+    found, verdicts, missed = found_rate.judge_unsteered(recording, specs, [0], ShapesDetector(), steps=3)
     assert calls == [3] and list(found) == ["0/0"] and set(found["0/0"]) == set(specs[0].objects)
     assert list(verdicts) == ["0/0"] and set(verdicts["0/0"]) == set(shapes_world.VERDICTS)
+    assert set(missed["0/0"]) == {label for label, ok in found["0/0"].items() if not ok}
+
+
+def test_found_rate_names_what_a_missed_object_was_drawn_as():
+    from l2s.shapes import Scene, SceneObject, ShapesDetector, render
+
+    found_rate = _bench_module("shapes_found_rate")
+    detector = ShapesDetector()
+    # a red circle where a red diamond was asked for; no blue at all
+    image = render(Scene(size=32, objects=[SceneObject("circle", "red", (4, 4, 16, 16))]))
+    assert found_rate.drawn_as(detector, image, "red diamond") == "circle"
+    assert found_rate.drawn_as(detector, image, "blue square") == found_rate.NO_BLOB
+    missed = {"0/0": {"red diamond": "circle", "blue square": found_rate.NO_BLOB}, "1/0": {"green diamond": "circle"}}
+    assert found_rate.missed_by_shape(missed, detector) == {"diamond": {"circle": 2}, "square": {found_rate.NO_BLOB: 1}}
 
 
 def test_step_size_script_compares_step_sizes_and_guidance(tiny_shapes_pipe, tmp_path, capsys, monkeypatch):
