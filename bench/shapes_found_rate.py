@@ -28,9 +28,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def judge_unsteered(steerer, specs, seeds, detector, steps: int | None = None):
-    """Sample one unsteered image per (prompt, seed) and judge it. Returns ``(found, verdicts)``, both
-    keyed ``"prompt/seed"``: {object label: detected with its colour and shape} and the image's
-    :data:`l2s.shapes_world.VERDICTS` (strict, colour, found)."""
+    """Sample one unsteered image per (prompt, seed) and judge it. Returns ``(found, verdicts, missed)``,
+    each keyed ``"prompt/seed"``: {object label: detected with its colour and shape}, the image's
+    :data:`l2s.shapes_world.VERDICTS` (strict, colour, found), and {missed label: :func:`drawn_as`}."""
     from l2s.shapes_world import image_verdicts, objects_found
 
     found, verdicts, missed = {}, {}, {}
