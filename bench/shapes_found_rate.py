@@ -40,18 +40,21 @@ def judge_unsteered(steerer, specs, seeds, detector, steps: int | None = None):
             key = f"{index}/{seed}"
             found[key] = objects_found(detector, image, spec)
             verdicts[key] = image_verdicts(detector, image, spec)
-            missed[key] = {label: drawn_as(detector, image, label) for label, ok in found[key].items() if not ok}
+            misses = [label for label, ok in found[key].items() if not ok]
+            classes = detector.classify_pixels(image) if misses else None  # once per image, not per miss
+            missed[key] = {label: drawn_as(detector, classes, label) for label in misses}
     return found, verdicts, missed
 
 
 NO_BLOB = "no blob"
 
 
-def drawn_as(detector, image, label: str) -> str:
-    """What a missed ``"<colour> <shape>"`` object was drawn as: the best-matching shape of the largest
-    blob of its colour, or :data:`NO_BLOB` when the image has none (small specks do not count)."""
+def drawn_as(detector, classes, label: str) -> str:
+    """What a missed ``"<colour> <shape>"`` object was drawn as, given the image's pixel classes
+    (``detector.classify_pixels``): the best-matching shape of the largest blob of its colour, or
+    :data:`NO_BLOB` when the image has none (small specks do not count)."""
     colour, _ = detector.parse_label(label)
-    blobs = detector.components(detector.classify_pixels(image), colour)
+    blobs = detector.components(classes, colour)
     if not blobs:
         return NO_BLOB
     _, ious, _ = max(blobs, key=lambda blob: blob[2])

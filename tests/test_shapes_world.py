@@ -424,9 +424,9 @@ def test_found_rate_names_what_a_missed_object_was_drawn_as():
     found_rate = _bench_module("shapes_found_rate")
     detector = ShapesDetector()
     # a red circle where a red diamond was asked for; no blue at all
-    image = render(Scene(size=32, objects=[SceneObject("circle", "red", (4, 4, 16, 16))]))
-    assert found_rate.drawn_as(detector, image, "red diamond") == "circle"
-    assert found_rate.drawn_as(detector, image, "blue square") == found_rate.NO_BLOB
+    classes = detector.classify_pixels(render(Scene(size=32, objects=[SceneObject("circle", "red", (4, 4, 16, 16))])))
+    assert found_rate.drawn_as(detector, classes, "red diamond") == "circle"
+    assert found_rate.drawn_as(detector, classes, "blue square") == found_rate.NO_BLOB
     missed = {"0/0": {"red diamond": "circle", "blue square": found_rate.NO_BLOB}, "1/0": {"green diamond": "circle"}}
     assert found_rate.missed_by_shape(missed, detector) == {"diamond": {"circle": 2}, "square": {found_rate.NO_BLOB: 1}}
 
