@@ -448,6 +448,7 @@ class TrainSettings:
     checkpoint_every: int = 250
     init_from: str | None = None  # a shapes pipeline folder whose weights start the run
     grow: bool = False  # init_from may have fewer blocks: append the missing ones as identities
+    repatch: bool = False  # init_from may have another vae_factor: fresh patch embedding and output
     model: dict = field(default_factory=lambda: asdict(ShapesModelConfig()))
 
     def run_identity(self) -> dict:
@@ -522,12 +523,15 @@ class ShapesTrainer:
         for name, cls in loaders.items():
             try:
                 saved = cls.from_pretrained(str(folder / name), local_files_only=True)
-                if name == "transformer" and self.settings.grow:
+                if name == "transformer" and self.settings.repatch:
+                    repatch_transformer(self.pipe.transformer, saved)
+                elif name == "transformer" and self.settings.grow:
                     grow_transformer(self.pipe.transformer, saved)
                 else:
                     getattr(self.pipe, name).load_state_dict(saved.state_dict())
             except (OSError, ValueError, RuntimeError) as error:
-                hint = "" if self.settings.grow else "; --grow starts a deeper model from a shallower one"
+                hint = ("" if self.settings.grow or self.settings.repatch else
+                        "; --grow starts a deeper model from a shallower one, --repatch one with other patches")
                 raise ModelLoadError(f"--init-from {folder}: cannot load {name} into this model config "
                                      f"({str(error).splitlines()[0]}){hint}") from None
 
@@ -602,6 +606,7 @@ class ShapesTrainer:
         state = torch.load(path, map_location="cpu", weights_only=True)
         stored = json.loads(state["settings"])
         stored.setdefault("grow", False)  # checkpoints from before --grow existed
+        stored.setdefault("repatch", False)  # ... or --repatch
         if stored != self.settings.run_identity():
             raise L2SError(f"{path} was written by a run with other settings; use another --out "
                            "or --no-resume to start afresh")
@@ -654,6 +659,29 @@ def grow_transformer(target: FluxTransformer2DModel, saved: FluxTransformer2DMod
             norms = [block.norm] if stack == "single_transformer_blocks" else [block.norm1, block.norm1_context]
             for norm in norms:
                 _close_residual_gates(norm.linear)
+
+
+# What a token is made of: the only weights whose shapes depend on the patch (vae_factor).
+PATCH_WEIGHTS = ("x_embedder.", "proj_out.")
+
+
+def repatch_transformer(target: FluxTransformer2DModel, saved: FluxTransformer2DModel) -> None:
+    """Load ``saved`` into ``target`` except the patch embedding and output projection.
+
+    For a model whose tokens cover fewer pixels (a smaller ``vae_factor``): the blocks, timestep
+    and text embeddings carry over; ``x_embedder`` and ``proj_out`` keep their fresh weights, the
+    output projection zeroed (as DiT starts it) so the run starts from a constant velocity instead
+    of noise through trained blocks. Width, depth and every other setting must match.
+    """
+    weights = {k: v for k, v in saved.state_dict().items() if not k.startswith(PATCH_WEIGHTS)}
+    missing, unexpected = target.load_state_dict(weights, strict=False)
+    stray = [key for key in missing if not key.startswith(PATCH_WEIGHTS)]
+    if unexpected or stray:
+        raise ValueError(f"saved weights do not fit this model apart from its patches: "
+                         f"{sorted(unexpected + stray)[:3]}")
+    with torch.no_grad():
+        target.proj_out.weight.zero_()
+        target.proj_out.bias.zero_()
 
 
 @torch.no_grad()
@@ -766,6 +794,10 @@ def _training_markdown(record: dict) -> str:
     if s.get("grow"):
         continued += (f"; grown to {s['model']['double_layers']} double + {s['model']['single_layers']} single "
                       "blocks: its blocks first, each new block started as an identity (zero residual gates)")
+    if s.get("repatch"):
+        continued += (f"; re-patched to tokens of {2 * s['model']['vae_factor']}x{2 * s['model']['vae_factor']} "
+                      "pixels: its blocks, text and timestep embeddings kept, a fresh patch embedding and a "
+                      "zeroed output projection")
     return f"""# Shapes-world FLUX model
 
 A FLUX-architecture text-to-image model of `l2s.shapes` scenes, trained from scratch by
@@ -820,6 +852,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--head-dim", type=int, default=None, help="transformer head dimension")
     parser.add_argument("--double-layers", type=int, default=None, help="FLUX double-stream blocks")
     parser.add_argument("--single-layers", type=int, default=None, help="FLUX single-stream blocks")
+    parser.add_argument("--vae-factor", type=int, default=None,
+                        help="pixels per latent side (space-to-depth); FLUX packs 2x2 latents into a token, "
+                             "so a token covers 2*F pixels a side (default 2)")
     parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                         help="continue from OUT/checkpoint.pt when present (default on)")
     parser.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
@@ -835,6 +870,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--grow", action="store_true",
                         help="with --init-from: the new model may have more --double-layers/--single-layers; "
                              "the saved blocks come first and each new block starts as an identity")
+    parser.add_argument("--repatch", action="store_true",
+                        help="with --init-from: the new model may have another --vae-factor; everything but "
+                             "the patch embedding and output projection is loaded")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -842,7 +880,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
 def settings_from_args(args: argparse.Namespace) -> TrainSettings:
     model = asdict(TINY_CONFIG if args.preset == "tiny" else ShapesModelConfig())
     overrides = {"num_heads": args.heads, "head_dim": args.head_dim, "double_layers": args.double_layers,
-                 "single_layers": args.single_layers}
+                 "single_layers": args.single_layers, "vae_factor": args.vae_factor}
     model.update({k: v for k, v in overrides.items() if v is not None}, image_size=args.size)
     if args.head_dim is not None:
         model["rope_axes"] = rope_axes_for(args.head_dim)
@@ -856,7 +894,7 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
                          ema_decay=args.ema_decay, warmup=args.warmup, checkpoint_every=args.checkpoint_every,
                          final_lr_fraction=args.final_lr_fraction,
                          init_from=str(args.init_from.resolve()) if args.init_from else None,
-                         grow=args.grow,
+                         grow=args.grow, repatch=args.repatch,
                          model=asdict(model))
 
 
@@ -870,6 +908,10 @@ def train_model_main(argv: Sequence[str] | None = None) -> int:
         raise L2SError("--device cuda but torch.cuda.is_available() is False")
     if args.grow and args.init_from is None:
         raise L2SError("--grow needs --init-from (the shallower pipeline to grow)")
+    if args.repatch and args.init_from is None:
+        raise L2SError("--repatch needs --init-from (the pipeline whose blocks start the run)")
+    if args.repatch and args.grow:
+        raise L2SError("--repatch and --grow cannot be combined (grow first, or repatch first)")
     settings = settings_from_args(args)
     command = "l2s shapes train-model " + " ".join(shlex.quote(a) for a in argv)
     trainer = train(settings, args.out, device=args.device, resume=args.resume,

@@ -64,7 +64,6 @@ SHAPES_STEP_SIZE = 1.0
 SHAPES_STORE_STEPS = (1, 3, 5)  # trained step indices; steered steps 0-1 -> 1, 2-3 -> 3, 4-5 -> 5
 SHAPES_IMAGE_SIZE = 32
 SHAPES_OBJECT_SIZES = (8, 12)  # as the model's training scenes
-SHAPES_MAP_SIZE = 8            # the model's 8x8 token grid: no resampling of the maps
 # Held out of the classifier's training data, to test generalisation to unseen words.
 HELD_OUT_COLOURS = ("cyan",)
 HELD_OUT_SHAPES = ("diamond",)
@@ -189,21 +188,27 @@ def shapes_relation_samples(n_scenes: int, seed: int = 0, *, size: int = SHAPES_
     return samples
 
 
+def token_grid(pipe) -> int:
+    """Side of the model's token grid at :data:`SHAPES_IMAGE_SIZE`: FLUX packs 2x2 latents per token."""
+    return SHAPES_IMAGE_SIZE // (2 * pipe.vae_scale_factor)
+
+
 def make_shapes_data(pipe, out_dir: str | Path, n_scenes: int, seed: int = 0, *, dual: bool = True,
                      exclude_colours: Sequence[str] = HELD_OUT_COLOURS,
                      exclude_shapes: Sequence[str] = HELD_OUT_SHAPES, progress: bool = True, **kwargs: Any):
     """Dual-invert :func:`shapes_relation_samples` with the shapes ``pipe`` into a map dataset.
 
     Inverts over the model's :data:`SHAPES_STEPS` sampling steps and stores the maps at
-    :data:`SHAPES_STORE_STEPS` (the indices the steered steps read), 32x32 images and 8x8 maps;
-    resumable like :func:`l2s.data.make_dataset` (``kwargs`` go there).
+    :data:`SHAPES_STORE_STEPS` (the indices the steered steps read), 32x32 images and maps of the
+    model's token grid (8x8 for the shipped model: no resampling); resumable like
+    :func:`l2s.data.make_dataset` (``kwargs`` go there).
     """
     from .data import make_dataset
 
     samples = shapes_relation_samples(n_scenes, seed, exclude_colours=exclude_colours,
                                       exclude_shapes=exclude_shapes)
     settings = dict(class_names=PUBLISHED_CLASSES, steps=SHAPES_STEPS, store_steps=SHAPES_STORE_STEPS,
-                    size=SHAPES_IMAGE_SIZE, map_size=SHAPES_MAP_SIZE, dual=dual, seed=seed,
+                    size=SHAPES_IMAGE_SIZE, map_size=token_grid(pipe), dual=dual, seed=seed,
                     model_name="shapes-world", progress=progress, shard_size=256)
     settings.update(kwargs)
     return make_dataset(samples, pipe, out_dir, **settings)

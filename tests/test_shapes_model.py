@@ -19,6 +19,7 @@ from l2s.shapes_model import (
     TrainSettings,
     build_shapes_pipeline,
     grow_transformer,
+    repatch_transformer,
     images_to_latents,
     learning_rate,
     load_shapes_pipeline,
@@ -171,11 +172,11 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
     # A resumed run with different settings must not silently mix them.
     with pytest.raises(Exception, match="other settings"):
         train(replace(settings, lr=1e-4, steps=6), tmp_path / "resumed", progress=False)
-    # A checkpoint written before --grow existed (no "grow" in its settings) still resumes.
+    # A checkpoint written before --grow and --repatch existed (neither in its settings) still resumes.
     checkpoint = tmp_path / "resumed" / "checkpoint.pt"
     state = torch.load(checkpoint, weights_only=True)
     older = json.loads(state["settings"])
-    del older["grow"]
+    del older["grow"], older["repatch"]
     state["settings"] = json.dumps(older)
     torch.save(state, checkpoint)
     assert train(replace(settings, steps=5), tmp_path / "resumed", progress=False).step == 5
@@ -270,6 +271,51 @@ def test_training_a_grown_model_starts_from_the_saved_one_and_opens_the_new_bloc
     trained = train(replace(settings, grow=True, steps=2), tmp_path / "grown", progress=False)  # resumes at 0
     gate = trained.pipe.transformer.single_transformer_blocks[2].norm.linear.bias[2 * TINY_CONFIG.width:]
     assert gate.abs().sum() > 0  # training opened the new block's gate
+
+
+def test_repatched_transformer_keeps_everything_but_the_patches(tiny_pipe):
+    finer = build_shapes_pipeline(replace(TINY_CONFIG, vae_factor=1), seed=7).transformer
+    assert finer.config.in_channels == 12 and tiny_pipe.transformer.config.in_channels == 48
+    repatch_transformer(finer, tiny_pipe.transformer)
+    saved = tiny_pipe.transformer.state_dict()
+    kept = [key for key in finer.state_dict() if not key.startswith(("x_embedder.", "proj_out."))]
+    assert kept and all(torch.equal(finer.state_dict()[key], saved[key]) for key in kept)
+    assert finer.x_embedder.weight.abs().sum() > 0  # fresh, not zero
+    assert finer.proj_out.weight.abs().sum() == 0 and finer.proj_out.bias.abs().sum() == 0
+    deeper = build_shapes_pipeline(replace(TINY_CONFIG, vae_factor=1, single_layers=2), seed=7).transformer
+    with pytest.raises(ValueError, match="apart from its patches"):
+        repatch_transformer(deeper, tiny_pipe.transformer)
+
+
+def test_training_a_repatched_model_with_finer_tokens(tmp_path):
+    train(tiny_settings(steps=2), tmp_path / "first", progress=False)
+    saved = load_shapes_pipeline(tmp_path / "first" / "pipeline")
+    fine_args = ["--init-from", str(tmp_path / "first" / "pipeline"), "--repatch", "--vae-factor", "1",
+                 "--batch-size", "4", "--scenes", "16", "--size", "16", "--objects", "2-2", "--object-sizes", "4-6",
+                 "--preset", "tiny", "--no-progress"]
+    assert train_model_main(["--out", str(tmp_path / "fine"), "--steps", "0", *fine_args]) == 0
+    fine = load_shapes_pipeline(tmp_path / "fine" / "pipeline")
+    assert fine.vae.config.downscale_factor == 1 and fine.transformer.config.in_channels == 12
+    assert "re-patched to tokens of 2x2 pixels" in (tmp_path / "fine" / "pipeline" / "TRAINING.md").read_text()
+    for name in ("text_encoder", "text_encoder_2"):  # the text side starts where the saved run ended
+        for key, value in getattr(saved, name).state_dict().items():
+            assert torch.equal(value, getattr(fine, name).state_dict()[key]), (name, key)
+    blocks = saved.transformer.transformer_blocks[0].attn.to_q.weight
+    assert torch.equal(blocks, fine.transformer.transformer_blocks[0].attn.to_q.weight)
+    assert train_model_main(["--out", str(tmp_path / "fine"), "--steps", "2", *fine_args]) == 0  # trains on
+    fine = load_shapes_pipeline(tmp_path / "fine" / "pipeline")
+    assert fine.transformer.proj_out.weight.abs().sum() > 0
+    image = fine("a red circle", height=16, width=16, num_inference_steps=1, guidance_scale=0.0).images[0]
+    assert image.size == (16, 16)
+    # Without --repatch the other patch size is refused with the hint.
+    with pytest.raises(ModelLoadError, match="--repatch one with other patches"):
+        train_model_main(["--out", str(tmp_path / "refused"), "--init-from", str(tmp_path / "first" / "pipeline"),
+                          "--vae-factor", "1", "--steps", "1", "--size", "16", "--preset", "tiny", "--no-progress",
+                          "--scenes", "16", "--objects", "2-2", "--object-sizes", "4-6"])
+    for flags, message in ((["--repatch"], "--repatch needs --init-from"),
+                           (["--repatch", "--grow", "--init-from", "x"], "cannot be combined")):
+        with pytest.raises(Exception, match=message):
+            train_model_main(["--out", str(tmp_path / "bad"), *flags, "--preset", "tiny", "--no-progress"])
 
 
 def test_grow_needs_init_from(tmp_path):

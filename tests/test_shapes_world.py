@@ -156,6 +156,28 @@ def test_make_data_and_train_dual_and_ablation(tiny_shapes_pipe, tmp_path, capsy
                      rf"pos \d\.\d{{3}} \({counts['pos']}\)", printed), printed
 
 
+def test_a_model_with_finer_tokens_goes_through_the_same_data_classifier_and_steering(tmp_path):
+    """vae_factor 1 (tokens of 2x2 pixels): 16x16 maps from inversion to steering, no special case."""
+    from dataclasses import replace
+
+    from l2s.classifier import RelationClassifier
+    from l2s.data import load_dataset_meta
+    from l2s.shapes_model import TINY_CONFIG, build_shapes_pipeline
+
+    pipe = build_shapes_pipeline(replace(TINY_CONFIG, vae_factor=1), seed=0)
+    shapes_world.make_shapes_data(pipe, tmp_path / "data", 8, seed=0, progress=False, val_fraction=0.3)
+    assert load_dataset_meta(tmp_path / "data")["map_size"] == 16
+    small = dict(d_model=32, extractor_layers=1, head_layers=1, extractor_ff=32, head_ff=32, fc_dims=(16, 8))
+    run = shapes_world.train_shapes_classifier(tmp_path / "data", tmp_path / "dual", epochs=1, progress=False,
+                                               **small)
+    classifier = RelationClassifier.load(run.best_dir)
+    assert classifier.config.map_size == 16
+    result = shapes_world.steer_shapes_pipeline(pipe, classifier)(
+        "a red circle to the left of a blue square", progress=False)
+    assert {r.step for r in result.diagnostics.records} == set(range(shapes_world.SHAPES_STEPS // 2))
+    assert result.images[0].size == (32, 32)
+
+
 def test_probability_plot_draws_each_relation():
     from l2s.steer import IterationRecord
 
