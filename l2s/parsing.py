@@ -179,12 +179,10 @@ _CLAUSE_PUNCT = frozenset({",", ";", ".", "!", "?", ":", "...", "—", "–", "-
 
 
 @dataclass(frozen=True)
-class Triplet:
-    """One steerable relation: ``subject`` is ``relation`` (canonical) of ``object``.
-
-    ``subject``/``object`` are phrases as written in the prompt (article removed, adjectives kept);
-    each ``*_span`` is the ``[start, end)`` character range of that phrase in the original prompt.
-    """
+class _RelationPhrases:
+    """Subject, relation and object as found in a prompt, each with its ``[start, end)`` character
+    range in the original prompt; ``subject``/``object`` are phrases as written (article removed,
+    adjectives kept)."""
 
     subject: str
     relation: str
@@ -197,6 +195,11 @@ class Triplet:
         """``{"subject", "relation", "object"}``: what ``l2s parse --json`` prints."""
         return {"subject": self.subject, "relation": self.relation, "object": self.object}
 
+
+@dataclass(frozen=True)
+class Triplet(_RelationPhrases):
+    """One steerable relation: ``subject`` is ``relation`` (canonical) of ``object``."""
+
     def as_json_full(self) -> dict:
         """``to_dict()`` plus ``"spans"``: ``{"subject": [s, e], "relation": .., "object": ..}``."""
         return {**self.to_dict(), "spans": {"subject": list(self.subject_span),
@@ -205,22 +208,11 @@ class Triplet:
 
 
 @dataclass(frozen=True)
-class NonDirectional:
+class NonDirectional(_RelationPhrases):
     """A relation without direction ("a cat next to a dog"): reported, never steered.
 
     ``relation`` is the phrase as written in the prompt ("next to", "on side of").
     """
-
-    subject: str
-    relation: str
-    object: str
-    subject_span: CharSpan
-    relation_span: CharSpan
-    object_span: CharSpan
-
-    def to_dict(self) -> dict:
-        """``{"subject", "relation", "object"}``."""
-        return {"subject": self.subject, "relation": self.relation, "object": self.object}
 
 
 @dataclass
