@@ -258,12 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "'tiny' (random tiny FLUX, offline demo) or a local diffusers pipeline dir")
     g.add_argument("--classifier", help="classifier dir (safetensors + config.json) or published .pth")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--steps", type=int, help="denoising steps (default: the model's published setting)")
-    g.add_argument("--height", type=int)
-    g.add_argument("--width", type=int)
-    g.add_argument("--guidance", type=float, help="guidance scale (default: published per model)")
-    g.add_argument("--true-cfg", type=float, metavar="SCALE", help=TRUE_CFG_HELP)
-    g.add_argument("--step-size", type=float, metavar="ALPHA", help=STEP_SIZE_HELP)
+    _add_sampling_args(g)
     g.add_argument("--no-steer", action="store_true", help="generate without steering")
     g.add_argument("--no-baseline", action="store_true",
                    help="do not also write the unsteered image with the same seed")
@@ -285,6 +280,16 @@ def build_parser() -> argparse.ArgumentParser:
         if command[0] == "shapes":
             shapes_sub.add_parser(command[1], help=help_text, add_help=False)
     return p
+
+
+def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
+    """How images are sampled and steered: shared by ``generate`` and ``eval``."""
+    parser.add_argument("--steps", type=int, help="denoising steps (default: the model's published setting)")
+    parser.add_argument("--height", type=int)
+    parser.add_argument("--width", type=int)
+    parser.add_argument("--guidance", type=float, help="guidance scale (default: published per model)")
+    parser.add_argument("--true-cfg", type=float, metavar="SCALE", help=TRUE_CFG_HELP)
+    parser.add_argument("--step-size", type=float, metavar="ALPHA", help=STEP_SIZE_HELP)
 
 
 def _add_eval_parser(sub) -> None:
@@ -316,12 +321,7 @@ def _add_eval_parser(sub) -> None:
     e.add_argument("--detector-threshold", type=float, default=0.3,
                    help="detection confidence threshold (default: GenEval's 0.3)")
     e.add_argument("--rule", choices=RULES, default="geneval", help="scoring rule (default geneval)")
-    e.add_argument("--steps", type=int, help="denoising steps (default: the model's published setting)")
-    e.add_argument("--height", type=int)
-    e.add_argument("--width", type=int)
-    e.add_argument("--guidance", type=float, help="guidance scale (default: published per model)")
-    e.add_argument("--true-cfg", type=float, metavar="SCALE", help=TRUE_CFG_HELP)
-    e.add_argument("--step-size", type=float, metavar="ALPHA", help=STEP_SIZE_HELP)
+    _add_sampling_args(e)
     e.add_argument("--schedule", choices=("reference",), default="reference",
                    help="steering schedule (default: reference, the published one)")
     e.add_argument("--images", metavar="DIR",
