@@ -355,8 +355,12 @@ class FluxSteeringPipeline(SteeringPipeline):
     def __init__(self, pipe, classifier, schedule=None, mode: str = "fast",
                  max_sequence_length: int = 512, engine: str = "auto", *,
                  family: str | None = None, steps: int | None = None,
-                 true_cfg_scale: float = 1.0, negative_prompt: str = "", step_size: float | None = None):
+                 true_cfg_scale: float = 1.0, negative_prompt: str = "", step_size: float | None = None,
+                 size: int | None = None):
         super().__init__(pipe, classifier, schedule, mode, step_size)
+        if size is not None and (not isinstance(size, int) or size <= 0):
+            raise UsageError(f"size must be a positive number of pixels, got {size!r}")
+        self._default_size = size
         if not (isinstance(true_cfg_scale, (int, float)) and math.isfinite(true_cfg_scale) and true_cfg_scale > 0):
             raise UsageError(f"true_cfg_scale must be a positive number (1 = no guidance), got {true_cfg_scale!r}")
         self.true_cfg_scale = float(true_cfg_scale)
@@ -408,6 +412,11 @@ class FluxSteeringPipeline(SteeringPipeline):
         return self._default_steps or (50 if self.family == "flux-dev" else 4)
 
     def default_size(self) -> int:
+        # A model that names its own size (the shapes world's 32 px, whatever its token grid) keeps
+        # it: deriving it from the classifier would sample another resolution when the classifier
+        # was made for another token grid.
+        if self._default_size is not None:
+            return self._default_size
         # Published: latent token grid 32 (dev, 512 px) or 16 (schnell, 256 px), scaled to this VAE.
         grid = self.classifier.config.orig_map_size or (32 if self.family == "flux-dev" else 16)
         return grid * self.pipe.vae_scale_factor * 2

@@ -178,6 +178,22 @@ def test_a_model_with_finer_tokens_goes_through_the_same_data_classifier_and_ste
     assert result.images[0].size == (32, 32)
 
 
+def test_shapes_images_keep_their_size_whatever_the_classifier_grid():
+    """A finer-token model sampled beside the shipped classifier (8x8 maps) draws 32 px images, not
+    the 16 px that the classifier's grid would imply (how the found-rate script samples candidates)."""
+    from dataclasses import replace
+
+    from l2s.classifier import RelationClassifier
+    from l2s.shapes_model import TINY_CONFIG, build_shapes_pipeline
+
+    shipped = RelationClassifier.load(shapes_world.shipped_assets().classifier)
+    assert shipped.config.orig_map_size == 8
+    fine = build_shapes_pipeline(replace(TINY_CONFIG, vae_factor=1), seed=0)
+    steerer = shapes_world.steer_shapes_pipeline(fine, shipped)
+    image = steerer("a red circle to the left of a blue square", steer=False, progress=False).images[0]
+    assert image.size == (shapes_world.SHAPES_IMAGE_SIZE,) * 2
+
+
 def test_probability_plot_draws_each_relation():
     from l2s.steer import IterationRecord
 
