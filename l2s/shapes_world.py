@@ -116,7 +116,8 @@ def load_shapes_steerer(pipeline_dir: str | Path | None = None, classifier: str 
 def steer_shapes_pipeline(pipe, classifier, schedule=None, mode: str = "fast",
                           true_cfg_scale: float | None = None, step_size: float | None = None):
     """Wrap a shapes pipeline with the shapes world's sampling settings: :data:`SHAPES_IMAGE_SIZE`
-    pixels (whatever the classifier's map grid), :data:`SHAPES_STEPS` steps, guidance :data:`SHAPES_TRUE_CFG` and step size :data:`SHAPES_STEP_SIZE` (unless
+    pixels (whatever the classifier's map grid), :data:`SHAPES_STEPS` steps, guidance
+    :data:`SHAPES_TRUE_CFG` and step size :data:`SHAPES_STEP_SIZE` (unless
     ``true_cfg_scale`` / ``step_size`` are given) and the published rule for multi-step models, so
     the default ``"reference"`` schedule is 16 iterations on the first half of the steps (and
     presets follow the same rule)."""
@@ -124,7 +125,8 @@ def steer_shapes_pipeline(pipe, classifier, schedule=None, mode: str = "fast",
 
     scale = SHAPES_TRUE_CFG if true_cfg_scale is None else true_cfg_scale
     return wrap_pipeline(pipe, classifier, schedule, mode, family=SHAPES_FAMILY, steps=SHAPES_STEPS,
-                         size=SHAPES_IMAGE_SIZE, true_cfg_scale=scale, step_size=SHAPES_STEP_SIZE if step_size is None else step_size)
+                         size=SHAPES_IMAGE_SIZE, true_cfg_scale=scale,
+                         step_size=SHAPES_STEP_SIZE if step_size is None else step_size)
 
 
 # --------------------------------------------------------------------------------------------
