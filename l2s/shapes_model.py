@@ -137,13 +137,14 @@ class PixelShuffleVAE(ModelMixin, ConfigMixin):
     pipeline's ``vae_scale_factor = f``), ``config.latent_channels``, ``config.scaling_factor`` and
     ``config.shift_factor`` (latents are ``(encode(x) - shift) * scale``, decoded as
     ``decode(z / scale + shift)``), ``encode(x).latent_dist.sample()/mode()`` and
-    ``decode(z, return_dict=False)[0]``.
+    ``decode(z, return_dict=False)[0]``. ``sample_size`` is the image side the model was trained
+    at, as in ``AutoencoderKL``'s config (folders saved before it existed load with 32).
     """
 
     @register_to_config
     def __init__(self, in_channels: int = 3, downscale_factor: int = 2, scaling_factor: float = 1.0,
                  shift_factor: float = 0.0, block_out_channels: Sequence[int] | None = None,
-                 latent_channels: int | None = None) -> None:
+                 latent_channels: int | None = None, sample_size: int = 32) -> None:
         super().__init__()
         levels = int(math.log2(downscale_factor))
         if downscale_factor < 1 or 2**levels != downscale_factor:
@@ -301,7 +302,7 @@ def build_shapes_pipeline(config: ShapesModelConfig = ShapesModelConfig(), seed:
         axes_dims_rope=list(config.rope_axes),
     ))
     vae = PixelShuffleVAE(downscale_factor=config.vae_factor, scaling_factor=config.latent_scale,
-                          shift_factor=config.latent_shift)
+                          shift_factor=config.latent_shift, sample_size=config.image_size)
     # schnell's scheduler: no resolution-dependent shift, sigmas = linspace(1, 1/steps, steps).
     scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False)
     return FluxPipeline(scheduler=scheduler, vae=vae.eval(), text_encoder=text_encoder.eval(),

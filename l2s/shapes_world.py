@@ -62,7 +62,7 @@ SHAPES_FAMILY = "flux-dev"     # whose published schedule rule applies (steer st
 # The stage-3 model steered with 5: bench/results/shapes_accuracy_stage3.md.
 SHAPES_STEP_SIZE = 1.0
 SHAPES_STORE_STEPS = (1, 3, 5)  # trained step indices; steered steps 0-1 -> 1, 2-3 -> 3, 4-5 -> 5
-SHAPES_IMAGE_SIZE = 32
+SHAPES_IMAGE_SIZE = 32         # the shipped model's; a model's own is image_size(pipe)
 SHAPES_OBJECT_SIZES = (8, 12)  # as the model's training scenes
 # Held out of the classifier's training data, to test generalisation to unseen words.
 HELD_OUT_COLOURS = ("cyan",)
@@ -115,8 +115,8 @@ def load_shapes_steerer(pipeline_dir: str | Path | None = None, classifier: str 
 
 def steer_shapes_pipeline(pipe, classifier, schedule=None, mode: str = "fast",
                           true_cfg_scale: float | None = None, step_size: float | None = None):
-    """Wrap a shapes pipeline with the shapes world's sampling settings: :data:`SHAPES_IMAGE_SIZE`
-    pixels (whatever the classifier's map grid), :data:`SHAPES_STEPS` steps, guidance
+    """Wrap a shapes pipeline with the shapes world's sampling settings: the model's training
+    size (:func:`image_size`, whatever the classifier's map grid), :data:`SHAPES_STEPS` steps, guidance
     :data:`SHAPES_TRUE_CFG` and step size :data:`SHAPES_STEP_SIZE` (unless
     ``true_cfg_scale`` / ``step_size`` are given) and the published rule for multi-step models, so
     the default ``"reference"`` schedule is 16 iterations on the first half of the steps (and
@@ -125,7 +125,7 @@ def steer_shapes_pipeline(pipe, classifier, schedule=None, mode: str = "fast",
 
     scale = SHAPES_TRUE_CFG if true_cfg_scale is None else true_cfg_scale
     return wrap_pipeline(pipe, classifier, schedule, mode, family=SHAPES_FAMILY, steps=SHAPES_STEPS,
-                         size=SHAPES_IMAGE_SIZE, true_cfg_scale=scale,
+                         size=image_size(pipe), true_cfg_scale=scale,
                          step_size=SHAPES_STEP_SIZE if step_size is None else step_size)
 
 
@@ -190,9 +190,14 @@ def shapes_relation_samples(n_scenes: int, seed: int = 0, *, size: int = SHAPES_
     return samples
 
 
+def image_size(pipe) -> int:
+    """The image side a shapes model was trained at (its VAE config's ``sample_size``)."""
+    return int(pipe.vae.config.sample_size)
+
+
 def token_grid(pipe) -> int:
-    """Side of the model's token grid at :data:`SHAPES_IMAGE_SIZE`: FLUX packs 2x2 latents per token."""
-    return SHAPES_IMAGE_SIZE // (2 * pipe.vae_scale_factor)
+    """Side of the model's token grid at its :func:`image_size`: FLUX packs 2x2 latents per token."""
+    return image_size(pipe) // (2 * pipe.vae_scale_factor)
 
 
 def make_shapes_data(pipe, out_dir: str | Path, n_scenes: int, seed: int = 0, *, dual: bool = True,
@@ -201,16 +206,17 @@ def make_shapes_data(pipe, out_dir: str | Path, n_scenes: int, seed: int = 0, *,
     """Dual-invert :func:`shapes_relation_samples` with the shapes ``pipe`` into a map dataset.
 
     Inverts over the model's :data:`SHAPES_STEPS` sampling steps and stores the maps at
-    :data:`SHAPES_STORE_STEPS` (the indices the steered steps read), 32x32 images and maps of the
-    model's token grid (8x8 for the shipped model: no resampling); resumable like
+    :data:`SHAPES_STORE_STEPS` (the indices the steered steps read), images of the model's
+    :func:`image_size` and maps of its token grid (32 px and 8x8 for the shipped model: no
+    resampling); resumable like
     :func:`l2s.data.make_dataset` (``kwargs`` go there).
     """
     from .data import make_dataset
 
-    samples = shapes_relation_samples(n_scenes, seed, exclude_colours=exclude_colours,
+    samples = shapes_relation_samples(n_scenes, seed, size=image_size(pipe), exclude_colours=exclude_colours,
                                       exclude_shapes=exclude_shapes)
     settings = dict(class_names=PUBLISHED_CLASSES, steps=SHAPES_STEPS, store_steps=SHAPES_STORE_STEPS,
-                    size=SHAPES_IMAGE_SIZE, map_size=token_grid(pipe), dual=dual, seed=seed,
+                    size=image_size(pipe), map_size=token_grid(pipe), dual=dual, seed=seed,
                     model_name="shapes-world", progress=progress, shard_size=256)
     settings.update(kwargs)
     return make_dataset(samples, pipe, out_dir, **settings)

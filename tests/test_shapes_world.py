@@ -194,6 +194,27 @@ def test_shapes_images_keep_their_size_whatever_the_classifier_grid():
     assert image.size == (shapes_world.SHAPES_IMAGE_SIZE,) * 2
 
 
+def test_a_model_trained_at_another_size_is_inverted_and_sampled_at_its_own_size(tmp_path):
+    """The image side travels with the saved model (its VAE config), not the world's 32 px:
+    make-data inverts scenes of that side and the steerer draws at it; the shipped model, saved
+    before the field existed, still reads 32."""
+    from dataclasses import replace
+
+    from l2s.data import load_dataset_meta
+    from l2s.shapes_model import TINY_CONFIG, build_shapes_pipeline, load_shapes_pipeline
+
+    build_shapes_pipeline(replace(TINY_CONFIG, image_size=48), seed=0).save_pretrained(tmp_path / "model")
+    pipe = load_shapes_pipeline(tmp_path / "model")
+    assert (shapes_world.image_size(pipe), shapes_world.token_grid(pipe)) == (48, 12)
+    shapes_world.make_shapes_data(pipe, tmp_path / "data", 4, seed=0, progress=False, val_fraction=0.3)
+    meta = load_dataset_meta(tmp_path / "data")
+    assert (meta["settings"]["size"], meta["orig_map_size"], meta["map_size"]) == (48, 12, 12)
+    steerer = shapes_world.steer_shapes_pipeline(pipe, _tiny_shapes_classifier(pipe))
+    image = steerer("a red circle to the left of a blue square", steer=False, progress=False).images[0]
+    assert image.size == (48, 48)
+    assert shapes_world.image_size(load_shapes_pipeline()) == shapes_world.SHAPES_IMAGE_SIZE
+
+
 def test_probability_plot_draws_each_relation():
     from l2s.steer import IterationRecord
 
