@@ -412,9 +412,9 @@ class FluxSteeringPipeline(SteeringPipeline):
         return self._default_steps or (50 if self.family == "flux-dev" else 4)
 
     def default_size(self) -> int:
-        # A model that names its own size (the shapes world's 32 px, whatever its token grid) keeps
-        # it: deriving it from the classifier would sample another resolution when the classifier
-        # was made for another token grid.
+        # A model that names its own size (a shapes model's training size, whatever its token grid)
+        # keeps it: deriving it from the classifier would sample another resolution when the
+        # classifier was made for another token grid.
         if self._default_size is not None:
             return self._default_size
         # Published: latent token grid 32 (dev, 512 px) or 16 (schnell, 256 px), scaled to this VAE.
