@@ -15,7 +15,8 @@ classification and steering run through exactly the same code as real FLUX:
   (final layer norm with zero gain), so the prompt reaches the image only through attention to the
   T5 tokens: the path the relation classifier reads.
 * ``vae``: :class:`PixelShuffleVAE`, an exact, parameter-free pixel <-> latent map (space-to-depth
-  by 2). FLUX then packs 2x2 latent patches, so a 32x32 image is an 8x8 grid of 4x4-pixel tokens.
+  by ``vae_factor``, 2 by default). FLUX then packs 2x2 latent patches, so a 32x32 image is an 8x8
+  grid of 4x4-pixel tokens (16x16 of 2x2 pixels at factor 1, the shipped model).
 * ``scheduler``: :class:`~diffusers.FlowMatchEulerDiscreteScheduler` with schnell's settings
   (shift 1, no dynamic shifting), so the sampler's sigmas are ``linspace(1, 1/steps, steps)``.
   The model is not step-distilled: sample it with ~12 steps (``l2s.shapes_world.SHAPES_STEPS``).

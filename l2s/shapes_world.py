@@ -48,18 +48,19 @@ SHAPES_STEPS = 12
 # 0.781, n = 288, p = 2e-4; 1.5, 2.5, 3 and 4 did worse; `python bench/shapes_found_rate.py`).
 # It became the default by a rule written before its bench: steered strict 0.718 -> 0.797 on the
 # same 400 images (p = 0.0045), colour not lower, every target the unguided bench met still met
-# (bench/results/shapes_accuracy.md vs shapes_accuracy_stage5_unguided.md). Cost: one more
+# (bench/results/shapes_accuracy_stage5.md vs shapes_accuracy_stage5_unguided.md; stage-5 weights). Cost: one more
 # transformer pass per plain step. (On the stage-3 model 1.5 had lost targets:
 # bench/results/shapes_accuracy_true_cfg_experiment.md.)
 SHAPES_TRUE_CFG = 2.0
 SHAPES_FAMILY = "flux-dev"     # whose published schedule rule applies (steer steps 0-5 of 12)
 # Steering step size of every named schedule on this model: 1, not FLUX's published 5, and the
 # shipped bench ran with it (bench/results/shapes_accuracy.md). It was chosen on development
-# prompts with these weights and an earlier classifier, where step 5 damaged the shapes (strict
-# 0.52 at 5, 0.83 at 1; ..._stage5_step1_experiment.md). With the shipped classifier the same
+# prompts with the stage-5 weights and an earlier classifier, where step 5 damaged the shapes (strict
+# 0.52 at 5, 0.83 at 1; ..._stage5_step1_experiment.md). With stage 5's own classifier the same
 # prompts show no measurable difference (strict 0.667 at 5, 0.688 at 1, p = 0.88; colour 0.917 vs
 # 0.948; `python bench/shapes_step_size.py --step-sizes 5,1 --true-cfg 1`, before guidance was on).
-# The stage-3 model steered with 5: bench/results/shapes_accuracy_stage3.md.
+# The stage-3 model steered with 5: bench/results/shapes_accuracy_stage3.md. The finer-token model
+# shipped since was benched with 1 and not tuned again.
 SHAPES_STEP_SIZE = 1.0
 SHAPES_STORE_STEPS = (1, 3, 5)  # trained step indices; steered steps 0-1 -> 1, 2-3 -> 3, 4-5 -> 5
 SHAPES_IMAGE_SIZE = 32         # the shipped model's; a model's own is image_size(pipe)
@@ -207,7 +208,7 @@ def make_shapes_data(pipe, out_dir: str | Path, n_scenes: int, seed: int = 0, *,
 
     Inverts over the model's :data:`SHAPES_STEPS` sampling steps and stores the maps at
     :data:`SHAPES_STORE_STEPS` (the indices the steered steps read), images of the model's
-    :func:`image_size` and maps of its token grid (32 px and 8x8 for the shipped model: no
+    :func:`image_size` and maps of its token grid (32 px and 16x16 for the shipped model: no
     resampling); resumable like
     :func:`l2s.data.make_dataset` (``kwargs`` go there).
     """
@@ -227,7 +228,8 @@ def make_shapes_data(pipe, out_dir: str | Path, n_scenes: int, seed: int = 0, *,
 # --------------------------------------------------------------------------------------------
 
 # The published FLUX preset (d_model 256, 4 + 4 layers) is sized for 1368 maps of 16x16; the
-# shapes model has 20 maps of 8x8, and a 2-core CPU must train it within a session.
+# shapes model has 20 maps of 16x16 (8x8 before 2026-12-01), and a 2-core CPU must train it within
+# a session.
 SHAPES_CLASSIFIER_SIZES = dict(d_model=128, extractor_layers=2, extractor_heads=4, extractor_ff=256,
                                pool_heads=4, head_layers=2, head_heads=4, head_ff=256, fc_dims=(128, 64),
                                dropout=0.1)

@@ -179,25 +179,24 @@ def test_a_model_with_finer_tokens_goes_through_the_same_data_classifier_and_ste
 
 
 def test_shapes_images_keep_their_size_whatever_the_classifier_grid():
-    """A finer-token model sampled beside the shipped classifier (8x8 maps) draws 32 px images, not
-    the 16 px that the classifier's grid would imply (how the found-rate script samples candidates)."""
-    from dataclasses import replace
-
+    """A coarser-token model sampled beside the shipped classifier (16x16 maps) draws 32 px images,
+    not the 64 px that the classifier's grid would imply at its 4x4-pixel tokens (how the
+    found-rate script samples models other than the shipped one)."""
     from l2s.classifier import RelationClassifier
     from l2s.shapes_model import TINY_CONFIG, build_shapes_pipeline
 
     shipped = RelationClassifier.load(shapes_world.shipped_assets().classifier)
-    assert shipped.config.orig_map_size == 8
-    fine = build_shapes_pipeline(replace(TINY_CONFIG, vae_factor=1), seed=0)
-    steerer = shapes_world.steer_shapes_pipeline(fine, shipped)
+    assert shipped.config.orig_map_size == 16
+    coarse = build_shapes_pipeline(TINY_CONFIG, seed=0)
+    assert shapes_world.token_grid(coarse) == 8
+    steerer = shapes_world.steer_shapes_pipeline(coarse, shipped)
     image = steerer("a red circle to the left of a blue square", steer=False, progress=False).images[0]
     assert image.size == (shapes_world.SHAPES_IMAGE_SIZE,) * 2
 
 
 def test_a_model_trained_at_another_size_is_inverted_and_sampled_at_its_own_size(tmp_path):
     """The image side travels with the saved model (its VAE config), not the world's 32 px:
-    make-data inverts scenes of that side and the steerer draws at it; the shipped model, saved
-    before the field existed, still reads 32."""
+    make-data inverts scenes of that side and the steerer draws at it; the shipped model reads 32."""
     from dataclasses import replace
 
     from l2s.data import load_dataset_meta
@@ -213,6 +212,11 @@ def test_a_model_trained_at_another_size_is_inverted_and_sampled_at_its_own_size
     image = steerer("a red circle to the left of a blue square", steer=False, progress=False).images[0]
     assert image.size == (48, 48)
     assert shapes_world.image_size(load_shapes_pipeline()) == shapes_world.SHAPES_IMAGE_SIZE
+    # a folder saved before the VAE config had the field reads the world's 32
+    vae_config = tmp_path / "model" / "vae" / "config.json"
+    vae_config.write_text(json.dumps({k: v for k, v in json.loads(vae_config.read_text()).items()
+                                      if k != "sample_size"}))
+    assert shapes_world.image_size(load_shapes_pipeline(tmp_path / "model")) == shapes_world.SHAPES_IMAGE_SIZE
 
 
 def test_probability_plot_draws_each_relation():
