@@ -48,15 +48,15 @@ SHAPES_STEPS = 12
 # 0.781, n = 288, p = 2e-4; 1.5, 2.5, 3 and 4 did worse; `python bench/shapes_found_rate.py`).
 # It became the default by a rule written before its bench: steered strict 0.718 -> 0.797 on the
 # same 400 images (p = 0.0045), colour not lower, every target the unguided bench met still met
-# (bench/results/shapes_accuracy_stage5.md vs shapes_accuracy_stage5_unguided.md; stage-5 weights). Cost: one more
-# transformer pass per plain step. (On the stage-3 model 1.5 had lost targets:
+# (bench/results/shapes_accuracy_stage5.md vs shapes_accuracy_stage5_unguided.md; stage-5
+# weights). Cost: one more transformer pass per plain step. (On the stage-3 model 1.5 had lost targets:
 # bench/results/shapes_accuracy_true_cfg_experiment.md.)
 SHAPES_TRUE_CFG = 2.0
 SHAPES_FAMILY = "flux-dev"     # whose published schedule rule applies (steer steps 0-5 of 12)
 # Steering step size of every named schedule on this model: 1, not FLUX's published 5, and the
 # shipped bench ran with it (bench/results/shapes_accuracy.md). It was chosen on development
-# prompts with the stage-5 weights and an earlier classifier, where step 5 damaged the shapes (strict
-# 0.52 at 5, 0.83 at 1; ..._stage5_step1_experiment.md). With stage 5's own classifier the same
+# prompts with the stage-5 weights and an earlier classifier, where step 5 damaged the shapes
+# (strict 0.52 at 5, 0.83 at 1; ..._stage5_step1_experiment.md). With stage 5's own classifier the same
 # prompts show no measurable difference (strict 0.667 at 5, 0.688 at 1, p = 0.88; colour 0.917 vs
 # 0.948; `python bench/shapes_step_size.py --step-sizes 5,1 --true-cfg 1`, before guidance was on).
 # The stage-3 model steered with 5: bench/results/shapes_accuracy_stage3.md. The finer-token model
