@@ -414,12 +414,7 @@ def run_shapes_bench(out_dir: str | Path, *, pipeline_dir: str | Path | None = N
                         "modes": modes, "copied_modes": copied_modes})
     comparison = None
     if classifier_data is not None:
-        from .train import compare_classifiers
-
-        by_type = compare_classifiers(RelationClassifier.load(classifiers["dual"]),
-                                      RelationClassifier.load(classifiers["pos_only"]), classifier_data)
-        comparison = {"data": str(classifier_data), "split": "val",
-                      "by_prompt_type": {kind: c.to_dict() for kind, c in by_type.items()}}
+        comparison = classifier_comparison(classifiers, classifier_data)
     return {"parts": results, "classifier_comparison": comparison, "settings": {"pipeline": str(pipeline_dir),
                                            "classifiers": {k: str(v) for k, v in classifiers.items()},
                                            "scale": scale, "position_prompts": position_prompts,
@@ -428,6 +423,20 @@ def run_shapes_bench(out_dir: str | Path, *, pipeline_dir: str | Path | None = N
                                            if steerers else None,
                                            "seeds": list(seeds),
                                            "wall_time_s": round(time.perf_counter() - started, 1)}}
+
+
+def classifier_comparison(classifiers: dict[str, str | Path], classifier_data: str | Path) -> dict:
+    """The dual and pos-only classifiers on their data's held-out maps, before any steering: paired
+    against each other per prompt type, and each one's relation leakage (``l2s.train.relation_leakage``)."""
+    from .classifier import RelationClassifier
+    from .train import compare_classifiers, relation_leakage
+
+    loaded = {name: RelationClassifier.load(classifiers[name]) for name in ("dual", "pos_only")}
+    by_type = compare_classifiers(loaded["dual"], loaded["pos_only"], classifier_data)
+    return {"data": str(classifier_data), "split": "val",
+            "by_prompt_type": {kind: c.to_dict() for kind, c in by_type.items()},
+            "leakage": {name: {step: c.to_dict() for step, c in relation_leakage(model, classifier_data).items()}
+                        for name, model in loaded.items()}}
 
 
 def _mode_scores(records: Sequence, specs: Sequence, detector) -> dict:
@@ -629,6 +638,15 @@ def target_summary(results: dict) -> str:
                      f"data), {kind} prompts, paired on {n} maps: {c['a_correct'] / n:.3f} vs "
                      f"{c['b_correct'] / n:.3f}; right with dual only {c['a_only']}, with pos-only only "
                      f"{c['b_only']}, sign test p = {c['p_value']:.3g}")
+    for name, leakage in ((comparison or {}).get("leakage") or {}).items():
+        if leakage:
+            c = leakage["all"]
+            steps = ", ".join(f"{step} {(s['a_correct'] - s['b_correct']) / s['n_pairs']:+.3f} (p = {s['p_value']:.2g})"
+                              for step, s in leakage.items() if step != "all")
+            lines.append(f"- relation leakage of the {name.replace('_', '-')} classifier (held-out accuracy on an "
+                         f"image's maps inverted with the true word minus with a wrong one, paired on {c['n_pairs']} "
+                         f"maps): {(c['a_correct'] - c['b_correct']) / c['n_pairs']:+.3f}, sign test p = "
+                         f"{c['p_value']:.3g}; by step index: {steps}")
     if position:
         for metric, key in (("colour", "colour_correct_by_image"), ("strict", "correct_by_image")):
             c = paired_comparison(position["steered"][key], position["base"][key])
@@ -726,10 +744,11 @@ def train_classifier_main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     result = train_shapes_classifier(args.data, args.out, dual=not args.no_dual, epochs=args.epochs, lr=args.lr,
                                      seed=args.seed, progress=not args.quiet)
-    from .train import accuracy_by_prompt_type
+    from .train import validation_report
 
     print(f"best epoch {result.best_epoch}: val accuracy {result.best_val_accuracy:.3f}; weights in {result.best_dir}")
-    print(f"best checkpoint, {accuracy_by_prompt_type(result.best_dir, args.data)}")
+    for line in validation_report(result.best_dir, args.data):
+        print(f"best checkpoint, {line}")
     return 0
 
 

@@ -167,12 +167,24 @@ def _evaluate(model: nn.Module, loader: DataLoader, device: str) -> dict:
     return tally.summary()
 
 
+def _record_key(row: dict) -> str:
+    return f"{row['shard']}:{row['key']}"
+
+
+def _image_step_key(row: dict) -> str:
+    """The source image and step index of a record: a "pos" and a "neg" record share it (the same
+    image inverted with the true and with a wrong relation word)."""
+    return f"{row.get('sample_key', row['sample_id'])}@{row['timestep']}"
+
+
 @torch.no_grad()
 def record_hits(model: RelationClassifier, dataset_dir: str | Path, split: str | None = "val",
-                device: str = "cpu", batch_size: int = VAL_BATCH_SIZE) -> dict[str, dict[str, bool]]:
+                device: str = "cpu", batch_size: int = VAL_BATCH_SIZE,
+                key=_record_key) -> dict[str, dict[str, bool]]:
     """Whether ``model`` classifies each record of a dataset split right, grouped by prompt type
     (``"pos"``: the prompt had the true relation word, ``"neg"``: a wrong one). Records are keyed
-    by shard and key, so the hits of two classifiers on the same dataset pair up."""
+    by ``key(row)`` (default: shard and key, so the hits of two classifiers on the same dataset pair
+    up)."""
     dataset = AttentionMapDataset(dataset_dir, split, model.config.timesteps, None, model.config.class_names)
     model = model.to(device).eval()
     hits: dict[str, dict[str, bool]] = defaultdict(dict)
@@ -180,8 +192,39 @@ def record_hits(model: RelationClassifier, dataset_dir: str | Path, split: str |
     for maps, steps, labels in DataLoader(dataset, batch_size=batch_size):
         right = (model(maps.to(device), steps.to(device)).argmax(dim=1).cpu() == labels).tolist()
         for hit, row in zip(right, rows):  # hits first: zip must not pull a row past the batch
-            hits[row["prompt_type"]][f"{row['shard']}:{row['key']}"] = hit
+            hits[row["prompt_type"]][key(row)] = hit
     return dict(hits)
+
+
+def relation_leakage(model: RelationClassifier, dataset_dir: str | Path, split: str | None = "val",
+                     device: str = "cpu") -> dict[str, PairedComparison]:
+    """How much ``model`` reads the relation word instead of the layout: its hits on an image's maps
+    inverted with the true word (``a``, "pos") against the same image's maps inverted with a wrong
+    word (``b``, "neg"), paired by image and step index. Keys: ``"all"`` and each step index (as a
+    string). A classifier that ignores the word scores both alike; one that reads it is right more
+    often with the true word. Empty when the split has no "neg" records."""
+    hits = record_hits(model, dataset_dir, split, device, key=_image_step_key)
+    pos, neg = hits.get("pos", {}), hits.get("neg", {})
+    if not pos or not neg:
+        return {}
+    steps = sorted({k.rsplit("@", 1)[1] for k in pos}, key=int)
+    by_step = {step: paired_comparison({k: v for k, v in pos.items() if k.endswith(f"@{step}")}, neg)
+               for step in steps}
+    return {"all": paired_comparison(pos, neg), **by_step}
+
+
+def leakage_line(leakage: dict[str, PairedComparison]) -> str:
+    """One line of :func:`relation_leakage`: accuracy with the true word minus with a wrong one."""
+    if not leakage:
+        return "relation leakage: no wrong-word (neg) records to measure it on"
+
+    def gap(c: PairedComparison) -> str:
+        return f"{(c.a_correct - c.b_correct) / c.n_pairs:+.3f} (p = {c.p_value:.2g})"
+
+    overall = leakage["all"]
+    return (f"relation leakage (val accuracy with the true word minus a wrong one, same images): {gap(overall)}, "
+            f"right only with the true word {overall.a_only}, only with a wrong one {overall.b_only}; "
+            "by step index: " + ", ".join(f"{step} {gap(c)}" for step, c in leakage.items() if step != "all"))
 
 
 def compare_classifiers(a: RelationClassifier, b: RelationClassifier, dataset_dir: str | Path,
@@ -434,14 +477,18 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     print(f"l2s: best epoch {result.best_epoch}: val loss {result.best_val_loss:.4f}, val accuracy "
           f"{result.best_val_accuracy:.3f} ({result.epochs_run} epochs"
           f"{', stopped early' if result.stopped_early else ''}); checkpoint {result.best_dir}", file=sys.stderr)
-    print(f"l2s: {accuracy_by_prompt_type(result.best_dir, args.dataset, args.device)}", file=sys.stderr)
+    for line in validation_report(result.best_dir, args.dataset, args.device):
+        print(f"l2s: {line}", file=sys.stderr)
     return 0
 
 
-def accuracy_by_prompt_type(checkpoint: str | Path, dataset_dir: str | Path, device: str = "cpu") -> str:
+def validation_report(checkpoint: str | Path, dataset_dir: str | Path, device: str = "cpu") -> list[str]:
     """A checkpoint's validation accuracy per prompt type, on every validation record (also the
-    types it did not train on), as one line: a classifier that reads the relation word back out
-    of the maps loses accuracy on "neg" maps (wrong word in the prompt)."""
-    hits = record_hits(RelationClassifier.load(checkpoint), dataset_dir, "val", device)
-    return "val accuracy by prompt type: " + (", ".join(
-        f"{kind} {sum(h.values()) / len(h):.3f} ({len(h)})" for kind, h in sorted(hits.items())) or "no records")
+    types it did not train on), and its relation leakage (:func:`relation_leakage`), a line each: a
+    classifier that reads the relation word back out of the maps loses accuracy on "neg" maps
+    (wrong word in the prompt)."""
+    model = RelationClassifier.load(checkpoint)
+    hits = record_hits(model, dataset_dir, "val", device)
+    by_type = ", ".join(f"{kind} {sum(h.values()) / len(h):.3f} ({len(h)})" for kind, h in sorted(hits.items()))
+    return [f"val accuracy by prompt type: {by_type or 'no records'}",
+            leakage_line(relation_leakage(model, dataset_dir, "val", device))]

@@ -130,7 +130,7 @@ def test_make_data_and_train_dual_and_ablation(tiny_shapes_pipe, tmp_path, capsy
     assert len(train_pos) * 2 == len(train_dual)
 
     # Leakage check: per-record hits on the held-out maps, paired between the two classifiers.
-    from l2s.train import compare_classifiers, record_hits
+    from l2s.train import compare_classifiers, record_hits, relation_leakage
 
     hits = record_hits(model, tmp_path / "data", batch_size=5)  # several batches
     val = AttentionMapDataset(tmp_path / "data", "val", model.config.timesteps)
@@ -145,6 +145,30 @@ def test_make_data_and_train_dual_and_ablation(tiny_shapes_pipe, tmp_path, capsy
     assert comparison["neg"].n_pairs == len(hits["neg"]) and comparison["neg"].a_correct == sum(hits["neg"].values())
     itself = compare_classifiers(model, model, tmp_path / "data")["pos"]
     assert itself.a_only == itself.b_only == 0 and itself.p_value == 1.0
+    # The bench's record of it: the same pairs, and each classifier's leakage on the same images.
+    recorded = shapes_world.classifier_comparison({"dual": dual.best_dir, "pos_only": ablation.best_dir},
+                                                  tmp_path / "data")
+    assert recorded["by_prompt_type"]["neg"] == comparison["neg"].to_dict()
+    leakage = relation_leakage(ablation_model, tmp_path / "data")
+    assert recorded["leakage"]["pos_only"] == {step: c.to_dict() for step, c in leakage.items()}
+    assert set(leakage) == {"all", *map(str, shapes_world.SHAPES_STORE_STEPS)}
+    assert leakage["all"].n_pairs == len(hits["neg"]) == sum(leakage[str(s)].n_pairs for s in shapes_world.SHAPES_STORE_STEPS)
+    # bench/classifier_leakage.py prints and files the same numbers, a row per classifier and step index.
+    capsys.readouterr()
+    results = tmp_path / "leakage.md"
+    assert _bench_module("classifier_leakage").main([
+        "--data", str(tmp_path / "data"), "--classifiers", f"dual={dual.best_dir},pos-only={ablation.best_dir}",
+        "--results", str(results)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| pos-only | ")]
+    assert len(rows) == 1 + len(shapes_world.SHAPES_STORE_STEPS)
+    c = leakage["all"]
+    assert rows[0].startswith(f"| pos-only | all | {c.n_pairs} | {c.a_correct / c.n_pairs:.3f} | "
+                              f"{c.b_correct / c.n_pairs:.3f} | {(c.a_correct - c.b_correct) / c.n_pairs:+.3f} | "
+                              f"{c.a_only} / {c.b_only} | ")
+    assert json.loads(results.with_suffix(".json").read_text())["leakage"]["pos-only"] == recorded["leakage"]["pos_only"]
+    assert rows[0] in results.read_text()
+    with pytest.raises(SystemExit, match="name=DIR,name=DIR; got 'oops'"):
+        _bench_module("classifier_leakage").main(["--data", str(tmp_path / "data"), "--classifiers", "oops"])
 
     # The CLI reports the same per-prompt-type accuracy (the pos-only one is also scored on neg maps).
     capsys.readouterr()
@@ -154,6 +178,11 @@ def test_make_data_and_train_dual_and_ablation(tiny_shapes_pipe, tmp_path, capsy
     counts = {kind: len(h) for kind, h in hits.items()}
     assert re.search(rf"val accuracy by prompt type: neg \d\.\d{{3}} \({counts['neg']}\), "
                      rf"pos \d\.\d{{3}} \({counts['pos']}\)", printed), printed
+    leakage = re.search(r"best checkpoint, relation leakage \(val accuracy with the true word minus a wrong one, "
+                        r"same images\): [+-]\d\.\d{3} \(p = .+\), right only with the true word \d+, only with a "
+                        r"wrong one \d+; by step index: (.+)$", printed, re.MULTILINE)
+    assert leakage, printed
+    assert [part.split()[0] for part in leakage.group(1).split(", ")] == [str(s) for s in shapes_world.SHAPES_STORE_STEPS]
 
 
 def test_a_model_with_finer_tokens_goes_through_the_same_data_classifier_and_steering(tmp_path):
@@ -265,6 +294,16 @@ def test_bench_table_reports_every_part_and_relation():
         "n_pairs": 200, "a_correct": 180, "b_correct": 160, "a_only": 25, "b_only": 5, "p_value": 0.0003}}}
     assert ("neg prompts, paired on 200 maps: 0.900 vs 0.800; right with dual only 25, with pos-only only 5, "
             "sign test p = 0.0003") in shapes_world.target_summary(results)
+    pairs = lambda a, b, a_only, b_only, p: {"n_pairs": 100, "a_correct": a, "b_correct": b, "a_only": a_only,  # noqa: E731
+                                             "b_only": b_only, "p_value": p}
+    results["classifier_comparison"]["leakage"] = {
+        "dual": {"all": pairs(90, 89, 3, 2, 1.0), "1": pairs(44, 44, 1, 1, 1.0), "3": pairs(46, 45, 2, 1, 1.0)},
+        "pos_only": {"all": pairs(92, 70, 24, 2, 1e-5), "1": pairs(47, 30, 18, 1, 8e-5), "3": pairs(45, 40, 6, 1, 0.12)}}
+    summary = shapes_world.target_summary(results)
+    assert ("- relation leakage of the pos-only classifier (held-out accuracy on an image's maps inverted with the true "
+            "word minus with a wrong one, paired on 100 maps): +0.220, sign test p = 1e-05; by step index: "
+            "1 +0.170 (p = 8e-05), 3 +0.050 (p = 0.12)") in summary
+    assert "- relation leakage of the dual classifier (" in summary
 
 
 def test_bench_records_its_sampling_and_resumes_only_with_it(tiny_shapes_pipe, tmp_path):

@@ -13,7 +13,7 @@ from l2s.classifier import ClassifierConfig, RelationClassifier
 from l2s.data import AttentionMapDataset, write_map_dataset
 from l2s.errors import ClassifierMismatchError, L2SError
 from l2s.relations import PUBLISHED_CLASSES
-from l2s.train import train_classifier, train_main
+from l2s.train import leakage_line, relation_leakage, train_classifier, train_main
 
 CLASSES = PUBLISHED_CLASSES  # above, below, is, to the left of, to the right of
 CHANNELS, SIDE = 8, 16
@@ -68,6 +68,22 @@ def _synthetic(n: int, g: torch.Generator, split: str, prompt_type: str = "pos",
         records.append({"label": label, "timestep": steps[i % len(steps)], "split": split,
                         "prompt_type": prompt_type, "relation_word": word})
     return maps, records
+
+
+def _paired(n: int, g: torch.Generator, split: str, word_strength: float = 0.1,
+            steps: tuple[int, ...] = (1, 3)) -> tuple[torch.Tensor, list[dict]]:
+    """Each image's maps twice, as ``make-data`` stores them: with the true word ("pos") and with a
+    wrong one ("neg"), the same ``sample_key`` and step index, both labelled with the truth."""
+    maps, records = _synthetic(n, g, split, "pos", 0.0, steps)
+    maps, neg_records = maps.repeat(2, 1, 1, 1, 1), []
+    for i, record in enumerate(records):
+        others = [c for c in CLASSES if c != record["label"]]
+        word = others[int(torch.randint(len(others), (1,), generator=g))]
+        record["sample_key"] = f"{split}-image-{i}"
+        neg_records.append(dict(record, prompt_type="neg", relation_word=word))
+        maps[i] += word_strength * WORD_PATTERNS[CLASSES.index(record["label"])]
+        maps[n + i] += word_strength * WORD_PATTERNS[CLASSES.index(word)]
+    return maps, records + neg_records
 
 
 def _write(path: Path, parts: list[tuple[torch.Tensor, list[dict]]]) -> Path:
@@ -126,20 +142,75 @@ def leakage_dataset(tmp_path_factory) -> Path:
     return _write(tmp_path_factory.mktemp("leakage") / "data", parts)
 
 
-def test_training_on_pos_prompts_only_reads_the_relation_word(leakage_dataset, tmp_path):
+@pytest.fixture(scope="module")
+def paired_val_dataset(tmp_path_factory) -> Path:
+    """Held-out images, each inverted with the true and with a wrong word (pairs by image)."""
+    return _write(tmp_path_factory.mktemp("paired") / "data", [_paired(300, torch.Generator().manual_seed(5), "val")])
+
+
+def test_training_on_pos_prompts_only_reads_the_relation_word(leakage_dataset, paired_val_dataset, tmp_path):
     # The maps carry both the true geometry and the prompt's word; with pos prompts only the word
     # is an easier, equally perfect cue, and the classifier learns it ("relation leakage").
     result = train_classifier(leakage_dataset, tmp_path / "pos", _config(), epochs=10, batch_size=32, lr=1e-3,
                               prompt_types=("pos",), progress=False)
     assert _accuracy(result.best_dir, leakage_dataset, "pos") >= 0.9
     assert _accuracy(result.best_dir, leakage_dataset, "neg") <= 0.3  # chance is 0.2: it follows the word
+    # The same images with the true and with a wrong word: right with the true one, wrong without.
+    leakage = relation_leakage(RelationClassifier.load(result.best_dir), paired_val_dataset)
+    assert set(leakage) == {"all", "1", "3"} and leakage["all"].n_pairs == 300
+    assert leakage["all"].a_correct - leakage["all"].b_correct >= 0.6 * 300 and leakage["all"].p_value < 1e-9
+    assert all(leakage[step].a_only > 5 * leakage[step].b_only for step in ("1", "3"))
 
 
-def test_dual_training_generalises_to_swapped_prompts(leakage_dataset, tmp_path):
+def test_dual_training_generalises_to_swapped_prompts(leakage_dataset, paired_val_dataset, tmp_path):
     result = train_classifier(leakage_dataset, tmp_path / "dual", _config(), epochs=10, batch_size=32, lr=1e-3,
                               progress=False)
     assert _accuracy(result.best_dir, leakage_dataset, "neg") >= 0.85
     assert _accuracy(result.best_dir, leakage_dataset, "pos") >= 0.85
+    leakage = relation_leakage(RelationClassifier.load(result.best_dir), paired_val_dataset)["all"]
+    assert abs(leakage.a_correct - leakage.b_correct) <= 0.1 * 300
+
+
+class _ReadsTheWordAtStep1(torch.nn.Module):
+    """Answers with the relation word whose pattern the maps carry at step index 1, and with the
+    true geometry (read off the blob centres) at step index 3: leakage confined to one step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.config = _config()
+
+    def forward(self, maps: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+        logits = torch.zeros(len(maps), len(CLASSES))
+        for i, (pair, step) in enumerate(zip(maps, steps.tolist())):
+            if step == 1:  # the word pattern best matched by the maps (the blobs add alike to every score)
+                scores = (pair.sum(dim=(0, 1))[None] * WORD_PATTERNS).sum(dim=(1, 2))
+                logits[i, int(scores.argmax())] = 1
+                continue
+            logits[i, CLASSES.index(_geometry(pair))] = 1
+        return logits
+
+
+def _geometry(pair: torch.Tensor) -> str:
+    """The relation of the two blobs' centres of mass (image y grows downward)."""
+    ys, xs = torch.meshgrid(torch.arange(SIDE).float(), torch.arange(SIDE).float(), indexing="ij")
+    (sx, sy), (ox, oy) = [((m * xs).sum() / m.sum(), (m * ys).sum() / m.sum()) for m in pair.sum(dim=1).clamp(min=0)]
+    if abs(sx - ox) < 1.2 and abs(sy - oy) < 1.2:
+        return "is"
+    if abs(sx - ox) >= abs(sy - oy):
+        return "to the left of" if sx < ox else "to the right of"
+    return "above" if sy < oy else "below"
+
+
+def test_leakage_is_measured_per_step_on_the_same_images(paired_val_dataset):
+    leakage = relation_leakage(_ReadsTheWordAtStep1(), paired_val_dataset)
+    at_1, at_3 = leakage["1"], leakage["3"]
+    assert at_1.n_pairs == at_3.n_pairs == 150 and leakage["all"].n_pairs == 300
+    assert at_1.a_correct >= 0.9 * 150 and at_1.b_correct <= 0.1 * 150  # follows the word
+    assert at_3.a_only == at_3.b_only == 0 and at_3.a_correct >= 0.8 * 150  # the layout: both maps alike
+    line = leakage_line(leakage)
+    assert re.search(r"minus a wrong one, same images\): \+0\.500 \(p = .+\), right only with the true word 150, only "
+                     r"with a wrong one 0; by step index: 1 \+1\.000 \(p = .+\), 3 \+0\.000 \(p = 1\)$", line), line
+    assert "no wrong-word" in leakage_line({})
 
 
 def _weights(directory: Path) -> dict[str, torch.Tensor]:
@@ -190,6 +261,7 @@ def test_train_cli_uses_a_preset_sized_from_the_dataset(tmp_path, capsys):
     assert code == 0, err
     val_records = len(AttentionMapDataset(dataset, "val", (1, 3)))
     assert re.search(rf"val accuracy by prompt type: pos \d\.\d{{3}} \({val_records}\)", err)
+    assert "l2s: relation leakage: no wrong-word (neg) records to measure it on" in err
     model = RelationClassifier.load(tmp_path / "run" / "best")
     assert model.config.channels == CHANNELS and model.config.timesteps == (1, 3)
     assert model.config.model_family == "flux-schnell" and model.config.d_model == 256  # published sizes
