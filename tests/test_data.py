@@ -14,7 +14,8 @@ from safetensors.torch import load_file, save_file
 
 from l2s.data import (
     AttentionMapDataset, RelationSample, balance_samples, coco_samples, diagonal_relation, gqa_samples,
-    make_data_main, make_dataset, prompt_pair_samples, split_of,
+    load_dataset_meta, make_data_main, make_dataset, prompt_pair_samples, resize_map_dataset, split_of,
+    write_map_dataset,
 )
 from l2s.errors import L2SError
 from l2s.testing import tiny_flux_pipeline, tiny_sd_pipeline
@@ -344,3 +345,32 @@ def test_make_data_cli(images, tmp_path, capsys):
         make_data_main(["--help"])
     assert exit_info.value.code == 0
     assert "--no-dual" in capsys.readouterr().out
+
+
+def test_a_dataset_resized_to_another_grain_keeps_its_records_and_resizes_as_capture_does(tmp_path):
+    from l2s.capture import resize_maps_for_classifier
+
+    g = torch.Generator().manual_seed(0)
+    maps = torch.rand(6, 2, 3, 16, 16, generator=g)
+    records = [{"label": "above" if i % 2 else "below", "timestep": (1, 3)[i % 2], "split": ("train", "val")[i // 4],
+                "prompt_type": ("pos", "neg")[i % 2], "sample_key": f"image-{i // 2}"} for i in range(6)]
+    layout = [["transformer_blocks.0.attn", 3, [16, 16]]]
+    source = write_map_dataset(tmp_path / "16", records, maps, class_names=["above", "below"], shard_size=4,
+                               num_steps=4, model_family="flux-schnell", layer_layout=layout)
+    resized = resize_map_dataset(source, tmp_path / "8", 8, shard_size=5)  # other shard boundaries
+    meta, source_meta = load_dataset_meta(resized), load_dataset_meta(source)
+    assert meta["map_size"] == 8 and meta["orig_map_size"] == 16 and meta["layer_layout"] == layout
+    assert meta["store_steps"] == [1, 3] and meta["num_steps"] == 4 and meta["model_family"] == "flux-schnell"
+    assert meta["settings"]["resized_from"] == source_meta["settings_hash"]
+    assert meta["settings"]["synthetic"] is True  # passed on from the source (make-data datasets: False)
+    before, after = AttentionMapDataset(source, None), AttentionMapDataset(resized, None)
+    assert len(after) == 6
+    for i in range(6):
+        kept = ("sample_id", "key", "split", "prompt_type", "sample_key", "label", "timestep")
+        assert {k: after.records[i][k] for k in kept} == {k: before.records[i][k] for k in kept}
+        m, step, label = after[i]
+        assert (step, label) == before[i][1:] and m.shape == (2, 3, 8, 8)
+        expected = resize_maps_for_classifier([(maps[i], (16, 16))], 8)
+        assert torch.allclose(m, expected) and torch.allclose(m.sum(dim=(-2, -1)), torch.ones(2, 3), atol=1e-4)
+    with pytest.raises(L2SError, match="already has 16x16 maps"):
+        resize_map_dataset(source, tmp_path / "again", 16)
