@@ -216,7 +216,7 @@ _DELEGATED = (
      "build the classifier's training data (attention maps of dual inversions)"),
     (("train",), "l2s.train", "train_main", "train the relation classifier on a 'make-data' dataset"),
     (("shapes", "train-model"), "l2s.shapes_model", "train_model_main",
-     "train the shapes-world text-to-image model from scratch"),
+     "train the shapes-world text-to-image model (from scratch, or continue one: --init-from)"),
     (("shapes", "make-data"), "l2s.shapes_world", "make_data_main",
      "dual-inverted attention maps of rendered shapes scenes (the classifier's data)"),
     (("shapes", "train-classifier"), "l2s.shapes_world", "train_classifier_main",

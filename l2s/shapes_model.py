@@ -1,4 +1,4 @@
-"""A tiny FLUX-architecture text-to-image model of the shapes world, trained here from scratch.
+"""A tiny FLUX-architecture text-to-image model of the shapes world, trained here in stages.
 
 No real FLUX or Stable Diffusion weights can be downloaded in this environment, so to show that
 steering improves spatial accuracy l2s trains its own small model of :mod:`l2s.shapes` scenes. It
@@ -800,9 +800,10 @@ def _training_markdown(record: dict) -> str:
         continued += (f"; re-patched to tokens of {2 * s['model']['vae_factor']}x{2 * s['model']['vae_factor']} "
                       "pixels: its blocks, text and timestep embeddings kept, a fresh patch embedding and a "
                       "zeroed output projection")
+    origin = "continued from an earlier model (below)" if s.get("init_from") else "trained from scratch"
     return f"""# Shapes-world FLUX model
 
-A FLUX-architecture text-to-image model of `l2s.shapes` scenes, trained from scratch by
+A FLUX-architecture text-to-image model of `l2s.shapes` scenes, {origin} by
 `l2s.shapes_model` (rectified flow, EMA weights exported). Load it with
 `l2s.shapes_model.load_shapes_pipeline(dir)` (or `FluxPipeline.from_pretrained(dir)` after
 `import l2s.shapes_model`) and sample at {s['size']}x{s['size']} with 12 steps (it is not step-distilled: 4 steps leave blurry blobs).

@@ -192,7 +192,7 @@ def test_train_command_exports_a_loadable_pipeline(tmp_path, capsys):
     assert code == 0
     record = json.loads((out / "pipeline" / "training.json").read_text())
     assert record["steps"] == 2 and record["seed"] == 0 and np.isfinite(record["final_loss"])
-    assert "--steps 2" in record["command"] and (out / "pipeline" / "TRAINING.md").is_file()
+    assert "--steps 2" in record["command"] and "trained from scratch" in (out / "pipeline" / "TRAINING.md").read_text()
     pipe = load_shapes_pipeline(out / "pipeline")
     image = pipe("a red circle", height=16, width=16, num_inference_steps=1, guidance_scale=0.0).images[0]
     assert image.size == (16, 16)
@@ -267,7 +267,9 @@ def test_training_a_grown_model_starts_from_the_saved_one_and_opens_the_new_bloc
     torch.testing.assert_close(_velocity(grown.pipe.transformer), _velocity(saved.transformer), rtol=0, atol=1e-6)
     exported = load_shapes_pipeline(tmp_path / "grown" / "pipeline")
     assert (exported.transformer.config.num_layers, exported.transformer.config.num_single_layers) == (2, 3)
-    assert "grown to 2 double + 3 single blocks" in (tmp_path / "grown" / "pipeline" / "TRAINING.md").read_text()
+    card = (tmp_path / "grown" / "pipeline" / "TRAINING.md").read_text()
+    assert "grown to 2 double + 3 single blocks" in card
+    assert "continued from an earlier model (below)" in card and "from scratch" not in card
     trained = train(replace(settings, grow=True, steps=2), tmp_path / "grown", progress=False)  # resumes at 0
     gate = trained.pipe.transformer.single_transformer_blocks[2].norm.linear.bias[2 * TINY_CONFIG.width:]
     assert gate.abs().sum() > 0  # training opened the new block's gate
