@@ -748,8 +748,10 @@ def resize_map_dataset(source_dir: str | Path, out_dir: str | Path, map_size: in
     if map_size == grid:
         raise L2SError(f"{source_dir} already has {grid}x{grid} maps")
     source = AttentionMapDataset(source_dir, split=None)
+    if not len(source):
+        raise L2SError(f"{source_dir} holds no committed records to resize")
     maps = torch.stack([resize_maps_for_classifier([(source[i][0], (grid, grid))], map_size)
-                        for i in range(len(source))]) if len(source) else torch.zeros(0, 2, meta["channels"], map_size, map_size)
+                        for i in range(len(source))])
     written = ("chunk", "shard", "label_index")  # write_map_dataset assigns these anew
     records = [{k: v for k, v in row.items() if k not in written} for row in source.records]
     return write_map_dataset(out_dir, records, maps, class_names=meta["class_names"], channels=meta["channels"],

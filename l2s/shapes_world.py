@@ -606,7 +606,7 @@ def write_bench_results(results: dict, markdown: str | Path, command: str | None
 def target_summary(results: dict) -> str:
     """The issue's targets against what was measured (both metrics), as Markdown bullets; the
     comparisons that share images are paired and carry an exact sign-test p-value."""
-    from .evaluation import paired_comparison
+    from .evaluation import PairedComparison, paired_comparison
 
     parts = {p["key"]: p["modes"] for p in results["parts"]}
     lines = ["## Targets (measured, not adjusted)", ""]
@@ -638,15 +638,17 @@ def target_summary(results: dict) -> str:
                      f"data), {kind} prompts, paired on {n} maps: {c['a_correct'] / n:.3f} vs "
                      f"{c['b_correct'] / n:.3f}; right with dual only {c['a_only']}, with pos-only only "
                      f"{c['b_only']}, sign test p = {c['p_value']:.3g}")
-    for name, leakage in ((comparison or {}).get("leakage") or {}).items():
-        if leakage:
+    for name, recorded in ((comparison or {}).get("leakage") or {}).items():
+        if recorded:
+            from .train import leakage_by_step
+
+            leakage = {step: PairedComparison(**{k: v for k, v in c.items() if k != "p_value"})
+                       for step, c in recorded.items()}
             c = leakage["all"]
-            steps = ", ".join(f"{step} {(s['a_correct'] - s['b_correct']) / s['n_pairs']:+.3f} (p = {s['p_value']:.2g})"
-                              for step, s in leakage.items() if step != "all")
             lines.append(f"- relation leakage of the {name.replace('_', '-')} classifier (held-out accuracy on an "
-                         f"image's maps inverted with the true word minus with a wrong one, paired on {c['n_pairs']} "
-                         f"maps): {(c['a_correct'] - c['b_correct']) / c['n_pairs']:+.3f}, sign test p = "
-                         f"{c['p_value']:.3g}; by step index: {steps}")
+                         f"image's maps inverted with the true word minus with a wrong one, paired on {c.n_pairs} "
+                         f"maps): {(c.a_correct - c.b_correct) / c.n_pairs:+.3f}, sign test p = {c.p_value:.3g}; "
+                         f"by step index: {leakage_by_step(leakage)}")
     if position:
         for metric, key in (("colour", "colour_correct_by_image"), ("strict", "correct_by_image")):
             c = paired_comparison(position["steered"][key], position["base"][key])

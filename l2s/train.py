@@ -213,18 +213,24 @@ def relation_leakage(model: RelationClassifier, dataset_dir: str | Path, split: 
     return {"all": paired_comparison(pos, neg), **by_step}
 
 
+def leakage_gap(c: PairedComparison) -> str:
+    """One leakage figure: accuracy with the true word minus with a wrong one, and its sign test."""
+    return f"{(c.a_correct - c.b_correct) / c.n_pairs:+.3f} (p = {c.p_value:.2g})"
+
+
+def leakage_by_step(leakage: dict[str, PairedComparison]) -> str:
+    """``"1 +0.020 (p = 0.035), 3 ..."``: :func:`leakage_gap` per step index."""
+    return ", ".join(f"{step} {leakage_gap(c)}" for step, c in leakage.items() if step != "all")
+
+
 def leakage_line(leakage: dict[str, PairedComparison]) -> str:
     """One line of :func:`relation_leakage`: accuracy with the true word minus with a wrong one."""
     if not leakage:
         return "relation leakage: no wrong-word (neg) records to measure it on"
-
-    def gap(c: PairedComparison) -> str:
-        return f"{(c.a_correct - c.b_correct) / c.n_pairs:+.3f} (p = {c.p_value:.2g})"
-
     overall = leakage["all"]
-    return (f"relation leakage (val accuracy with the true word minus a wrong one, same images): {gap(overall)}, "
-            f"right only with the true word {overall.a_only}, only with a wrong one {overall.b_only}; "
-            "by step index: " + ", ".join(f"{step} {gap(c)}" for step, c in leakage.items() if step != "all"))
+    return (f"relation leakage (val accuracy with the true word minus a wrong one, same images): "
+            f"{leakage_gap(overall)}, right only with the true word {overall.a_only}, only with a wrong one "
+            f"{overall.b_only}; by step index: {leakage_by_step(leakage)}")
 
 
 def compare_classifiers(a: RelationClassifier, b: RelationClassifier, dataset_dir: str | Path,

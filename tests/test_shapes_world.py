@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from l2s import shapes_world
-from l2s.evaluation import geneval_relations
+from l2s.evaluation import PairedComparison, geneval_relations
 from l2s.relations import NEUTRAL, canonical_class
 
 
@@ -152,7 +152,8 @@ def test_make_data_and_train_dual_and_ablation(tiny_shapes_pipe, tmp_path, capsy
     leakage = relation_leakage(ablation_model, tmp_path / "data")
     assert recorded["leakage"]["pos_only"] == {step: c.to_dict() for step, c in leakage.items()}
     assert set(leakage) == {"all", *map(str, shapes_world.SHAPES_STORE_STEPS)}
-    assert leakage["all"].n_pairs == len(hits["neg"]) == sum(leakage[str(s)].n_pairs for s in shapes_world.SHAPES_STORE_STEPS)
+    steps = [str(step) for step in shapes_world.SHAPES_STORE_STEPS]
+    assert leakage["all"].n_pairs == len(hits["neg"]) == sum(leakage[step].n_pairs for step in steps)
     # bench/classifier_leakage.py prints and files the same numbers, a row per classifier and step index.
     capsys.readouterr()
     results = tmp_path / "leakage.md"
@@ -165,7 +166,8 @@ def test_make_data_and_train_dual_and_ablation(tiny_shapes_pipe, tmp_path, capsy
     assert rows[0].startswith(f"| pos-only | all | {c.n_pairs} | {c.a_correct / c.n_pairs:.3f} | "
                               f"{c.b_correct / c.n_pairs:.3f} | {(c.a_correct - c.b_correct) / c.n_pairs:+.3f} | "
                               f"{c.a_only} / {c.b_only} | ")
-    assert json.loads(results.with_suffix(".json").read_text())["leakage"]["pos-only"] == recorded["leakage"]["pos_only"]
+    filed = json.loads(results.with_suffix(".json").read_text())
+    assert filed["leakage"]["pos-only"] == recorded["leakage"]["pos_only"]
     assert rows[0] in results.read_text()
     with pytest.raises(SystemExit, match="name=DIR,name=DIR; got 'oops'"):
         _bench_module("classifier_leakage").main(["--data", str(tmp_path / "data"), "--classifiers", "oops"])
@@ -182,7 +184,8 @@ def test_make_data_and_train_dual_and_ablation(tiny_shapes_pipe, tmp_path, capsy
                         r"same images\): [+-]\d\.\d{3} \(p = .+\), right only with the true word \d+, only with a "
                         r"wrong one \d+; by step index: (.+)$", printed, re.MULTILINE)
     assert leakage, printed
-    assert [part.split()[0] for part in leakage.group(1).split(", ")] == [str(s) for s in shapes_world.SHAPES_STORE_STEPS]
+    steps = [str(step) for step in shapes_world.SHAPES_STORE_STEPS]
+    assert [part.split()[0] for part in leakage.group(1).split(", ")] == steps
 
 
 def test_a_model_with_finer_tokens_goes_through_the_same_data_classifier_and_steering(tmp_path):
@@ -294,15 +297,16 @@ def test_bench_table_reports_every_part_and_relation():
         "n_pairs": 200, "a_correct": 180, "b_correct": 160, "a_only": 25, "b_only": 5, "p_value": 0.0003}}}
     assert ("neg prompts, paired on 200 maps: 0.900 vs 0.800; right with dual only 25, with pos-only only 5, "
             "sign test p = 0.0003") in shapes_world.target_summary(results)
-    pairs = lambda a, b, a_only, b_only, p: {"n_pairs": 100, "a_correct": a, "b_correct": b, "a_only": a_only,  # noqa: E731
-                                             "b_only": b_only, "p_value": p}
+    def pairs(a, b, a_only, b_only):
+        return PairedComparison(100, a, b, a_only, b_only).to_dict()
+
     results["classifier_comparison"]["leakage"] = {
-        "dual": {"all": pairs(90, 89, 3, 2, 1.0), "1": pairs(44, 44, 1, 1, 1.0), "3": pairs(46, 45, 2, 1, 1.0)},
-        "pos_only": {"all": pairs(92, 70, 24, 2, 1e-5), "1": pairs(47, 30, 18, 1, 8e-5), "3": pairs(45, 40, 6, 1, 0.12)}}
+        "dual": {"all": pairs(90, 89, 3, 2), "1": pairs(44, 44, 1, 1), "3": pairs(46, 45, 2, 1)},
+        "pos_only": {"all": pairs(92, 70, 24, 2), "1": pairs(47, 30, 18, 1), "3": pairs(45, 40, 6, 1)}}
     summary = shapes_world.target_summary(results)
-    assert ("- relation leakage of the pos-only classifier (held-out accuracy on an image's maps inverted with the true "
-            "word minus with a wrong one, paired on 100 maps): +0.220, sign test p = 1e-05; by step index: "
-            "1 +0.170 (p = 8e-05), 3 +0.050 (p = 0.12)") in summary
+    assert ("- relation leakage of the pos-only classifier (held-out accuracy on an image's maps inverted with "
+            "the true word minus with a wrong one, paired on 100 maps): +0.220, sign test p = 1.05e-05; by step index: "
+            "1 +0.170 (p = 7.6e-05), 3 +0.050 (p = 0.12)") in summary
     assert "- relation leakage of the dual classifier (" in summary
 
 
