@@ -429,14 +429,15 @@ def classifier_comparison(classifiers: dict[str, str | Path], classifier_data: s
     """The dual and pos-only classifiers on their data's held-out maps, before any steering: paired
     against each other per prompt type, and each one's relation leakage (``l2s.train.relation_leakage``)."""
     from .classifier import RelationClassifier
-    from .train import compare_classifiers, relation_leakage
+    from .train import compare_hits, leakage_from_hits, record_hits
 
-    loaded = {name: RelationClassifier.load(classifiers[name]) for name in ("dual", "pos_only")}
-    by_type = compare_classifiers(loaded["dual"], loaded["pos_only"], classifier_data)
+    hits = {name: record_hits(RelationClassifier.load(classifiers[name]), classifier_data)
+            for name in ("dual", "pos_only")}  # one pass per classifier serves both measures
+    by_type = compare_hits(hits["dual"], hits["pos_only"])
     return {"data": str(classifier_data), "split": "val",
             "by_prompt_type": {kind: c.to_dict() for kind, c in by_type.items()},
-            "leakage": {name: {step: c.to_dict() for step, c in relation_leakage(model, classifier_data).items()}
-                        for name, model in loaded.items()}}
+            "leakage": {name: {step: c.to_dict() for step, c in leakage_from_hits(h, classifier_data).items()}
+                        for name, h in hits.items()}}
 
 
 def _mode_scores(records: Sequence, specs: Sequence, detector) -> dict:

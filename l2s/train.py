@@ -179,12 +179,10 @@ def _image_step_key(row: dict) -> str:
 
 @torch.no_grad()
 def record_hits(model: RelationClassifier, dataset_dir: str | Path, split: str | None = "val",
-                device: str = "cpu", batch_size: int = VAL_BATCH_SIZE,
-                key=_record_key) -> dict[str, dict[str, bool]]:
+                device: str = "cpu", batch_size: int = VAL_BATCH_SIZE) -> dict[str, dict[str, bool]]:
     """Whether ``model`` classifies each record of a dataset split right, grouped by prompt type
     (``"pos"``: the prompt had the true relation word, ``"neg"``: a wrong one). Records are keyed
-    by ``key(row)`` (default: shard and key, so the hits of two classifiers on the same dataset pair
-    up)."""
+    by shard and key, so the hits of two classifiers on the same dataset pair up."""
     dataset = AttentionMapDataset(dataset_dir, split, model.config.timesteps, None, model.config.class_names)
     model = model.to(device).eval()
     hits: dict[str, dict[str, bool]] = defaultdict(dict)
@@ -192,7 +190,7 @@ def record_hits(model: RelationClassifier, dataset_dir: str | Path, split: str |
     for maps, steps, labels in DataLoader(dataset, batch_size=batch_size):
         right = (model(maps.to(device), steps.to(device)).argmax(dim=1).cpu() == labels).tolist()
         for hit, row in zip(right, rows):  # hits first: zip must not pull a row past the batch
-            hits[row["prompt_type"]][key(row)] = hit
+            hits[row["prompt_type"]][_record_key(row)] = hit
     return dict(hits)
 
 
@@ -203,8 +201,15 @@ def relation_leakage(model: RelationClassifier, dataset_dir: str | Path, split: 
     word (``b``, "neg"), paired by image and step index. Keys: ``"all"`` and each step index (as a
     string). A classifier that ignores the word scores both alike; one that reads it is right more
     often with the true word. Empty when the split has no "neg" records."""
-    hits = record_hits(model, dataset_dir, split, device, key=_image_step_key)
-    pos, neg = hits.get("pos", {}), hits.get("neg", {})
+    return leakage_from_hits(record_hits(model, dataset_dir, split, device), dataset_dir, split)
+
+
+def leakage_from_hits(hits: dict[str, dict[str, bool]], dataset_dir: str | Path,
+                      split: str | None = "val") -> dict[str, PairedComparison]:
+    """:func:`relation_leakage` from hits :func:`record_hits` already made (default keys) on that
+    dataset split: records are re-keyed by image and step from the manifest, no inference."""
+    image_step = {_record_key(row): _image_step_key(row) for row in AttentionMapDataset(dataset_dir, split).records}
+    pos, neg = ({image_step[k]: hit for k, hit in hits.get(kind, {}).items()} for kind in ("pos", "neg"))
     if not pos or not neg:
         return {}
     steps = sorted({k.rsplit("@", 1)[1] for k in pos}, key=int)
@@ -238,7 +243,11 @@ def compare_classifiers(a: RelationClassifier, b: RelationClassifier, dataset_di
     """``a`` against ``b`` on the same held-out maps, per prompt type. The leakage check: a classifier
     trained without wrong-word inversions loses accuracy on ``"neg"`` maps, whose prompt names
     another relation than the one drawn."""
-    hits_a, hits_b = record_hits(a, dataset_dir, split, device), record_hits(b, dataset_dir, split, device)
+    return compare_hits(record_hits(a, dataset_dir, split, device), record_hits(b, dataset_dir, split, device))
+
+
+def compare_hits(hits_a: dict[str, dict[str, bool]], hits_b: dict[str, dict[str, bool]]) -> dict[str, PairedComparison]:
+    """:func:`compare_classifiers` from hits :func:`record_hits` already made."""
     return {kind: paired_comparison(hits_a[kind], hits_b.get(kind, {})) for kind in sorted(hits_a)}
 
 
@@ -497,4 +506,4 @@ def validation_report(checkpoint: str | Path, dataset_dir: str | Path, device: s
     hits = record_hits(model, dataset_dir, "val", device)
     by_type = ", ".join(f"{kind} {sum(h.values()) / len(h):.3f} ({len(h)})" for kind, h in sorted(hits.items()))
     return [f"val accuracy by prompt type: {by_type or 'no records'}",
-            leakage_line(relation_leakage(model, dataset_dir, "val", device))]
+            leakage_line(leakage_from_hits(hits, dataset_dir, "val"))]
