@@ -608,6 +608,7 @@ def target_summary(results: dict) -> str:
     """The issue's targets against what was measured (both metrics), as Markdown bullets; the
     comparisons that share images are paired and carry an exact sign-test p-value."""
     from .evaluation import PairedComparison, paired_comparison
+    from .train import leakage_by_step
 
     parts = {p["key"]: p["modes"] for p in results["parts"]}
     lines = ["## Targets (measured, not adjusted)", ""]
@@ -641,8 +642,6 @@ def target_summary(results: dict) -> str:
                      f"{c['b_only']}, sign test p = {c['p_value']:.3g}")
     for name, recorded in ((comparison or {}).get("leakage") or {}).items():
         if recorded:
-            from .train import leakage_by_step
-
             leakage = {step: PairedComparison(**{k: v for k, v in c.items() if k != "p_value"})
                        for step, c in recorded.items()}
             c = leakage["all"]
