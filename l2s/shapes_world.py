@@ -59,8 +59,8 @@ SHAPES_FAMILY = "flux-dev"     # whose published schedule rule applies (steer st
 # (strict 0.52 at 5, 0.83 at 1; ..._stage5_step1_experiment.md). With stage 5's own classifier the same
 # prompts show no measurable difference (strict 0.667 at 5, 0.688 at 1, p = 0.88; colour 0.917 vs
 # 0.948; `python bench/shapes_step_size.py --step-sizes 5,1 --true-cfg 1`, before guidance was on).
-# The stage-3 model steered with 5: bench/results/shapes_accuracy_stage3.md. The finer-token model
-# shipped since was benched with 1 and not tuned again.
+# The stage-3 model steered with 5: bench/results/shapes_accuracy_stage3.md. The finer-token models
+# shipped since were benched with 1 and not tuned again.
 SHAPES_STEP_SIZE = 1.0
 SHAPES_STORE_STEPS = (1, 3, 5)  # trained step indices; steered steps 0-1 -> 1, 2-3 -> 3, 4-5 -> 5
 SHAPES_IMAGE_SIZE = 32         # the shipped model's; a model's own is image_size(pipe)
