@@ -128,15 +128,10 @@ setup(
         "from cross-attention maps, fast"
     ),
     python_requires=">=3.10",
-    # l2s lives in l2s/; the Triton kernels and engine tooling live at the repository top level
-    # and are installed as its subpackages.
-    packages=(
-        find_packages(include=["l2s", "l2s.*"])
-        + ["l2s.kernels"] + [f"l2s.kernels.{p}" for p in find_packages("kernels")]
-        + ["l2s.engines"] + [f"l2s.engines.{p}" for p in find_packages("engines")]
-    ),
-    package_dir={"l2s": "l2s", "l2s.kernels": "kernels", "l2s.engines": "engines"},
-    package_data={"l2s": ["assets/**/*"]},
+    # kernels/ and engines/ sit at the repository top level; l2s/kernels and l2s/engines are
+    # symlinks to them, so a checkout, an editable install and a wheel all import l2s.kernels.
+    packages=find_packages(include=["l2s", "l2s.*"]),
+    package_data={"l2s.shapes": ["assets/**/*"]},
     include_package_data=True,
     ext_modules=[CMakeExtension("l2s_fast")],
     cmdclass={"build_ext": CMakeBuild},

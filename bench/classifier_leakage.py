@@ -24,7 +24,7 @@ from pathlib import Path
 def parse_classifiers(text: str | None) -> dict[str, Path]:
     """``name=DIR,name=DIR`` (default: the shipped shapes-world dual and pos-only classifiers)."""
     if not text:
-        from l2s.shapes_world import shipped_assets
+        from l2s.shapes import shipped_assets
 
         assets = shipped_assets()
         return {"dual": Path(assets.classifier), "pos-only": Path(assets.ablation_classifier)}
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from l2s.classifier import RelationClassifier
-    from l2s.train import relation_leakage
+    from l2s.training import relation_leakage
 
     if args.threads:
         torch.set_num_threads(args.threads)

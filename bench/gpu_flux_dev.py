@@ -56,13 +56,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before diffusers is imported: ne
 
 import torch  # noqa: E402
 
-import l2s.pipelines as pipelines  # noqa: E402
-from l2s.capture import _selector_width, selected_text_attention, token_group_selector  # noqa: E402
+import l2s.pipelines.base as pipelines  # noqa: E402
+from l2s.capture.installer import _selector_width, selected_text_attention, token_group_selector  # noqa: E402
 from l2s.classifier import RelationClassifier  # noqa: E402
 from l2s.classifier import preset as classifier_preset  # noqa: E402
 from l2s.pipelines import FluxSteeringPipeline, compile_classifier  # noqa: E402
 from l2s.steer import PRESETS, custom_schedule, preset_steps  # noqa: E402
-from l2s.testing import CLIP_VOCAB_SIZE, T5_VOCAB_SIZE, tiny_clip_tokenizer, tiny_t5_tokenizer  # noqa: E402
+from l2s.demo import CLIP_VOCAB_SIZE, T5_VOCAB_SIZE, tiny_clip_tokenizer, tiny_t5_tokenizer  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -445,7 +445,7 @@ def capture_op_variants(device: torch.device) -> dict[str, Callable]:
             selected_text_attention(q, k, padded)[..., : sel.shape[1]]),
     }
     try:
-        from l2s import ops
+        import l2s.ops.selected_softmax as ops
     except Exception as error:  # an unbuilt extension must not stop the other rows
         variants["native op (l2s.ops)"] = f"not importable: {type(error).__name__}: {error}"
     else:
@@ -483,7 +483,7 @@ def measure_capture_op(arch: Architecture, resolution: int, device: torch.device
 
         row.ms, row.peak_extra = guarded(row, lambda: clock.measure(step, warmup, repeats))
         if name.startswith("native") and device.type == "cuda":
-            from l2s import ops
+            import l2s.ops.selected_softmax as ops
             row.note = f"backend {ops._cuda_backend()}" if row.ms is not None else row.note
     return rows
 

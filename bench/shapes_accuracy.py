@@ -12,7 +12,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from l2s.shapes_world import bench_main  # noqa: E402
+from l2s.shapes import bench_main  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "shapes_accuracy.md"
 

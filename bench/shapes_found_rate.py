@@ -12,7 +12,7 @@ row by row against the first (model, guidance) row:
 
     python bench/shapes_found_rate.py --model shipped,bench/candidates/NEW --true-cfg 2 --seeds 2
 
-This is how `l2s.shapes_world.SHAPES_TRUE_CFG` was examined (prompt seeds 7 and 8, 48 prompts
+This is how `l2s.shapes.world.SHAPES_TRUE_CFG` was examined (prompt seeds 7 and 8, 48 prompts
 each; image seeds 0-4 on the stage-3 model, 0-2 on stage 5, which ships with 2). Images come from
 `l2s.pipelines.FluxSteeringPipeline` with steering off, one per (prompt, seed); the same (prompt,
 seed) pairs under each guidance are compared with a sign test.
@@ -30,8 +30,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def judge_unsteered(steerer, specs, seeds, detector, steps: int | None = None):
     """Sample one unsteered image per (prompt, seed) and judge it. Returns ``(found, verdicts, missed)``,
     each keyed ``"prompt/seed"``: {object label: detected with its colour and shape}, the image's
-    :data:`l2s.shapes_world.VERDICTS` (strict, colour, found), and {missed label: :func:`drawn_as`}."""
-    from l2s.shapes_world import image_verdicts, objects_found
+    :data:`l2s.shapes.world.VERDICTS` (strict, colour, found), and {missed label: :func:`drawn_as`}."""
+    from l2s.shapes import image_verdicts, objects_found
 
     found, verdicts, missed = {}, {}, {}
     for index, spec in enumerate(specs):
@@ -97,10 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from l2s.benchmark import shapes_position_prompts
+    from l2s.evaluation import shapes_position_prompts
     from l2s.evaluation import paired_comparison
     from l2s.shapes import SHAPES, ShapesDetector
-    from l2s.shapes_world import load_shapes_steerer
+    from l2s.shapes import load_shapes_steerer
 
     if args.threads:
         torch.set_num_threads(args.threads)

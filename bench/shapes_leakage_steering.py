@@ -12,7 +12,7 @@ likely than the layout supports. With the reference schedule (16 iterations on e
 step) that bias barely matters: both classifiers push until the step ends. A schedule that stops
 a step once p(target) >= 0.9 (``early-exit``, ``fast``) trusts the classifier's confidence, so a
 classifier that is confident too early steers less. Per image: the verdicts of
-:func:`l2s.shapes_world.image_verdicts`, the number of classifier evaluations (forward+backward)
+:func:`l2s.shapes.world.image_verdicts`, the number of classifier evaluations (forward+backward)
 the loop ran, and p(target) at the first one. Each pos-only row is compared with the dual row of
 the same schedule on the same (prompt, seed) images by a sign test.
 
@@ -41,7 +41,7 @@ def steer_and_judge(steerer, specs, seeds, schedule, detector, progress=None, do
 
     Images already in ``done`` are taken from it, not steered again; ``on_image(key, record)`` is
     called for each image steered here."""
-    from l2s.shapes_world import image_verdicts
+    from l2s.shapes import image_verdicts
 
     out = {}
     for i, spec in enumerate(specs):
@@ -68,7 +68,7 @@ def steer_and_judge(steerer, specs, seeds, schedule, detector, progress=None, do
 def table(results: dict[str, dict[str, dict[str, dict]]]) -> list[str]:
     """Markdown rows: one per schedule and classifier; pos-only rows paired with dual."""
     from l2s.evaluation import paired_comparison
-    from l2s.shapes_world import VERDICTS
+    from l2s.shapes import VERDICTS
 
     def rate(images, key):
         hits = sum(bool(v[key]) for v in images.values())
@@ -142,12 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from l2s.benchmark import shapes_multi_relation_prompts, shapes_position_prompts
+    from l2s.evaluation import shapes_multi_relation_prompts, shapes_position_prompts
     from l2s.errors import L2SError
     from l2s.shapes import ShapesDetector
     from l2s.classifier import RelationClassifier
-    from l2s.shapes_model import load_shapes_pipeline
-    from l2s.shapes_world import named_schedule, shipped_assets, steer_shapes_pipeline
+    from l2s.shapes import load_shapes_pipeline
+    from l2s.shapes.world import named_schedule, shipped_assets, steer_shapes_pipeline
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -4,7 +4,7 @@ development prompts (never the bench's). Prints one table.
     python bench/shapes_step_size.py --model DIR --classifier DIR --step-sizes 5,0.5,1,1.5,2,3
     python bench/shapes_step_size.py --step-sizes 1 --true-cfg 1,2
 
-This is how `l2s.shapes_world.SHAPES_STEP_SIZE` was examined, and `SHAPES_TRUE_CFG` steered
+This is how `l2s.shapes.world.SHAPES_STEP_SIZE` was examined, and `SHAPES_TRUE_CFG` steered
 (prompt seed 7, 48 two-object prompts, image seeds 0-1, the reference schedule: 16 iterations on
 steps 0-5 of 12; only the step size, or the plain steps' true CFG scale, changes). Rows are every
 step size with every guidance scale; the first row is the reference. Per image: **strict**
@@ -37,10 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from l2s.benchmark import shapes_position_prompts
+    from l2s.evaluation import shapes_position_prompts
     from l2s.evaluation import paired_comparison
     from l2s.shapes import ShapesDetector
-    from l2s.shapes_world import SHAPES_TRUE_CFG, VERDICTS, image_verdicts, load_shapes_steerer
+    from l2s.shapes.world import SHAPES_TRUE_CFG, VERDICTS, image_verdicts, load_shapes_steerer
 
     if args.threads:
         torch.set_num_threads(args.threads)

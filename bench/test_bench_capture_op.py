@@ -21,7 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before diffusers is imported: ne
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from l2s import ops  # noqa: E402
+import l2s.ops.selected_softmax as ops  # noqa: E402
 from l2s.capture import selected_text_attention, token_group_selector  # noqa: E402
 
 THREADS = int(os.environ.get("L2S_BENCH_THREADS", "1"))

@@ -23,7 +23,7 @@ from l2s.engines import (  # noqa: E402
     export_transformer_onnx,
     make_plain_step_engine,
 )
-from l2s.testing import tiny_flux_pipeline  # noqa: E402
+from l2s.demo import tiny_flux_pipeline  # noqa: E402
 
 pytest.importorskip("onnxruntime", reason="the onnxruntime benchmark needs the 'engines' extra")
 

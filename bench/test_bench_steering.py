@@ -26,7 +26,7 @@ from gpu_flux_dev import (ForwardCounter, classifier_gradient, image_steps, inte
                           one_iteration_schedule)
 from l2s.classifier import ClassifierConfig, RelationClassifier
 from l2s.pipelines import SteeringPipeline, compile_classifier, wrap_pipeline
-from l2s.testing import tiny_classifier_for, tiny_flux_pipeline
+from l2s.demo import tiny_classifier_for, tiny_flux_pipeline
 
 PROMPT = "a cat above a dog"
 SIDE = 32             # pixels: the tiny VAE does not downsample, so a 16x16 token grid (+ 512 T5 tokens)

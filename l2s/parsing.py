@@ -34,9 +34,18 @@ from spacy.matcher import Matcher, PhraseMatcher
 from spacy.tokens import Doc, Span, Token
 from spacy.util import filter_spans
 
-from .errors import PromptError
-from .relations import (ABOVE, BELOW, BOTTOM_LEFT_OF, BOTTOM_RIGHT_OF, LEFT_OF,
-                        NON_DIRECTIONAL, RIGHT_OF, TOP_LEFT_OF, TOP_RIGHT_OF)
+from l2s.errors import PromptError
+from l2s.relations import (
+    ABOVE,
+    BELOW,
+    BOTTOM_LEFT_OF,
+    BOTTOM_RIGHT_OF,
+    LEFT_OF,
+    NON_DIRECTIONAL,
+    RIGHT_OF,
+    TOP_LEFT_OF,
+    TOP_RIGHT_OF,
+)
 
 __all__ = ["Triplet", "NonDirectional", "ParsedPrompt", "parse_prompt", "parse_cli_json"]
 

@@ -6,7 +6,7 @@ one place that maps between them.
 """
 from __future__ import annotations
 
-from .errors import UnsupportedRelationError
+from l2s.errors import UnsupportedRelationError
 
 LEFT_OF, RIGHT_OF, ABOVE, BELOW = "left of", "right of", "above", "below"
 TOP_LEFT_OF, TOP_RIGHT_OF = "top-left of", "top-right of"

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import FluxTransformer2DModel, UNet2DConditionModel
 
-import l2s.capture as capture_module
+import l2s.capture.installer as capture_module
 from l2s.capture import AttentionCapture, CapturedMaps, ExplicitAttentionReference
 from l2s.errors import L2SError, TokenizationError
 

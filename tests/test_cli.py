@@ -8,7 +8,7 @@ import torch
 
 from l2s.cli import main
 from l2s.classifier import RelationClassifier
-from l2s.testing import save_pipeline, tiny_classifier_config, tiny_classifier_for, tiny_flux_pipeline
+from l2s.demo import save_pipeline, tiny_classifier_config, tiny_classifier_for, tiny_flux_pipeline
 
 
 def run(argv, capsys):
@@ -98,7 +98,7 @@ def test_generate_from_saved_model_and_classifier(saved, capsys, tmp_path):
 
 
 def test_true_cfg_reaches_the_flux_pipeline_and_is_refused_for_sd(saved, capsys, tmp_path):
-    from l2s.testing import tiny_sd_pipeline
+    from l2s.demo import tiny_sd_pipeline
 
     code, _, err = run(["generate", "a cat above a dog", "--model", str(saved / "pipe"),
                         "--classifier", str(saved / "good"), "--dtype", "fp32", "--device", "cpu",

@@ -12,13 +12,23 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from l2s.data import (
-    AttentionMapDataset, RelationSample, balance_samples, coco_samples, diagonal_relation, gqa_samples,
-    load_dataset_meta, make_data_main, make_dataset, prompt_pair_samples, resize_map_dataset, split_of,
+from l2s.training import (
+    AttentionMapDataset,
+    RelationSample,
+    balance_samples,
+    coco_samples,
+    diagonal_relation,
+    gqa_samples,
+    load_dataset_meta,
+    make_data_main,
+    make_dataset,
+    prompt_pair_samples,
+    resize_map_dataset,
+    split_of,
     write_map_dataset,
 )
 from l2s.errors import L2SError
-from l2s.testing import tiny_flux_pipeline, tiny_sd_pipeline
+from l2s.demo import tiny_flux_pipeline, tiny_sd_pipeline
 
 SEQ = 64  # short T5 padding keeps the tiny inversions fast
 
@@ -252,10 +262,10 @@ def test_gqa_samples_keep_unambiguous_spatial_relations_and_attributes():
 
 
 def test_gqa_without_wordnet_warns_and_skips_the_hypernym_filter(caplog, monkeypatch):
-    import l2s.data as data
+    import l2s.training.dataset as data
 
     monkeypatch.setattr(data, "wordnet_is_a", lambda: None)
-    with caplog.at_level(logging.WARNING, logger="l2s.data"):
+    with caplog.at_level(logging.WARNING, logger="l2s.training.dataset"):
         samples = gqa_samples(_gqa_graphs(), "/gqa")
     assert "WordNet is not available" in caplog.text
     assert ("cat", "left of", "dog") in {(s.subject, s.relation, s.object) for s in samples}
@@ -312,7 +322,7 @@ def test_prompt_pairs_use_the_parser(tmp_path, caplog):
              {"image": "c.png", "prompt": "a red ball above a box", "image_id": "cee"}]
     path = tmp_path / "pairs.jsonl"
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    with caplog.at_level(logging.WARNING, logger="l2s.data"):
+    with caplog.at_level(logging.WARNING, logger="l2s.training.dataset"):
         samples = prompt_pair_samples(path, tmp_path)
     assert [(s.image_id, s.subject, s.relation, s.object) for s in samples] == [
         ("a", "cat", "left of", "dog"), ("cee", "red ball", "above", "box")]

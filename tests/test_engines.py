@@ -22,7 +22,7 @@ from l2s.engines import (
     weight_fingerprint,
 )
 from l2s.engines import factory
-from l2s.testing import tiny_flux_pipeline
+from l2s.demo import tiny_flux_pipeline
 
 onnx = pytest.importorskip("onnx", reason="the ONNX tests need the 'engines' extra (onnx)")
 pytest.importorskip("onnxruntime", reason="the ONNX tests need the 'engines' extra (onnxruntime)")

@@ -8,10 +8,17 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-import l2s.train
-from l2s.benchmark import (
-    geneval_metadata, parse_seeds, read_prompt_file, resolve_prompt_set, run_eval,
-    score_image_folder, shapes_multi_relation_prompts, shapes_position_prompts, spec_from_metadata,
+import l2s.training.train
+from l2s.evaluation import (
+    geneval_metadata,
+    parse_seeds,
+    read_prompt_file,
+    resolve_prompt_set,
+    run_eval,
+    score_image_folder,
+    shapes_multi_relation_prompts,
+    shapes_position_prompts,
+    spec_from_metadata,
 )
 from l2s.cli import main
 from l2s.errors import L2SError
@@ -390,19 +397,19 @@ def test_subcommand_help(argv, options, capsys):
 
 def test_delegated_subcommand_gets_the_remaining_arguments(monkeypatch, capsys):
     received = []
-    monkeypatch.setattr(l2s.train, "train_main", lambda argv: received.append(argv) or 7)
+    monkeypatch.setattr(l2s.training.train, "train_main", lambda argv: received.append(argv) or 7)
     assert main(["train", "data", "--out", "x"]) == 7 and received == [["data", "--out", "x"]]
 
     def refuse(argv):
         raise L2SError("no such dataset")
 
-    monkeypatch.setattr(l2s.train, "train_main", refuse)
+    monkeypatch.setattr(l2s.training.train, "train_main", refuse)
     code, _, err = run(["train", "data", "--out", "x"], capsys)
     assert code == 2 and error_lines(err) == ["l2s: error: no such dataset"]
 
 
 def test_missing_delegated_function_is_a_clear_error(monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "l2s.data", types.ModuleType("l2s.data"))
+    monkeypatch.setitem(sys.modules, "l2s.training.dataset", types.ModuleType("l2s.training.dataset"))
     code, _, err = run(["make-data", "--help"], capsys)
     assert code == 2
     (line,) = error_lines(err)
@@ -411,7 +418,7 @@ def test_missing_delegated_function_is_a_clear_error(monkeypatch, capsys):
 
 def test_model_folder_naming_a_missing_l2s_module_is_refused(tmp_path, capsys):
     from l2s.classifier import RelationClassifier
-    from l2s.testing import tiny_classifier_config
+    from l2s.demo import tiny_classifier_config
 
     RelationClassifier(tiny_classifier_config(channels=4)).save(tmp_path / "clf")
     model = tmp_path / "model"

@@ -9,13 +9,34 @@ from PIL import Image
 
 from l2s.errors import L2SError, ModelLoadError, UnsupportedRelationError
 from l2s.evaluation import (
-    COCO_CLASSES, L2S_COCO_OBJECTS, MIXED_OBJECTS, MULTI_RELATION_PATTERNS, OOD_OBJECTS, Detection,
-    PromptSpec, RelationCheck, TransformersDetector, best_detection_per_label, box_iou,
-    clipseg_mask_to_box, contact_sheet, evaluate_images, geneval_position_prompts, geneval_relations,
-    PairedComparison, label_components, multi_relation_prompts, normalise_relation, paired_comparison, score_image,
-    t2i_compbench_image_score, t2i_compbench_scale, t2i_compbench_score, with_article,
+    COCO_CLASSES,
+    L2S_COCO_OBJECTS,
+    MIXED_OBJECTS,
+    MULTI_RELATION_PATTERNS,
+    OOD_OBJECTS,
+    Detection,
+    PromptSpec,
+    RelationCheck,
+    TransformersDetector,
+    best_detection_per_label,
+    box_iou,
+    clipseg_mask_to_box,
+    contact_sheet,
+    evaluate_images,
+    geneval_position_prompts,
+    geneval_relations,
+    PairedComparison,
+    label_components,
+    multi_relation_prompts,
+    normalise_relation,
+    paired_comparison,
+    score_image,
+    t2i_compbench_image_score,
+    t2i_compbench_scale,
+    t2i_compbench_score,
+    with_article,
 )
-from l2s.evaluation import _label_components_numpy
+from l2s.evaluation.scoring import _label_components_numpy
 from l2s.shapes import ShapesDetector, render, scene_for_relation
 
 

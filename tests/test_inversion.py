@@ -10,11 +10,16 @@ from PIL import Image
 
 from l2s.capture import AttentionCapture
 from l2s.errors import L2SError, TokenizationError
-from l2s.inversion import (
-    default_image_size, dual_invert, flux_sigmas, invert_and_capture, rf_inversion_mix, training_prompts,
+from l2s.training import (
+    default_image_size,
+    dual_invert,
+    flux_sigmas,
+    invert_and_capture,
+    rf_inversion_mix,
+    training_prompts,
 )
 from l2s.relations import DIAGONAL_CLASSES, PUBLISHED_CLASSES
-from l2s.testing import tiny_flux_pipeline, tiny_sd_pipeline
+from l2s.demo import tiny_flux_pipeline, tiny_sd_pipeline
 
 SEQ = 64  # shorter T5 padding than the published 512 keeps the tiny runs fast; nothing depends on it
 

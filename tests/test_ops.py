@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from l2s import ops
+import l2s.ops.selected_softmax as ops
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HAS_TRITON = importlib.util.find_spec("triton") is not None
@@ -305,7 +305,7 @@ _INTERPRETER_SCRIPT = textwrap.dedent(
     import json, math, os, sys
     assert os.environ["TRITON_INTERPRET"] == "1"
     import torch
-    from l2s import ops
+    import l2s.ops.selected_softmax as ops
     from l2s.kernels import selected_softmax as kernels
 
     torch.manual_seed(0)

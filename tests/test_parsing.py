@@ -7,7 +7,7 @@ import json
 import pytest
 
 from l2s.errors import L2SError, PromptError
-from l2s.parsing import (NonDirectional, ParsedPrompt, Triplet, parse_cli_json, parse_prompt)
+from l2s.parsing import NonDirectional, ParsedPrompt, Triplet, parse_cli_json, parse_prompt
 from l2s.relations import CANONICAL
 
 # (prompt, expected steerable triplets, expected non-directional triplets)

@@ -2,12 +2,11 @@
 import pytest
 import torch
 
-import l2s.pipelines as pipelines
+import l2s.pipelines.base as pipelines
 from l2s.errors import ClassifierMismatchError, UnsupportedRelationError, UsageError
 from l2s.pipelines import FluxSteeringPipeline, SDSteeringPipeline, wrap_pipeline
 from l2s.steer import custom_schedule, reference_schedule
-from l2s.testing import (tiny_classifier_config, tiny_classifier_for, tiny_flux_pipeline,
-                         tiny_sd_pipeline)
+from l2s.demo import tiny_classifier_config, tiny_classifier_for, tiny_flux_pipeline, tiny_sd_pipeline
 from l2s.classifier import RelationClassifier
 
 
@@ -207,7 +206,7 @@ def test_unknown_mode_is_refused(flux):
 
 def test_from_pretrained_loads_local_folders(tmp_path):
     from l2s.pipelines import SteeringPipeline
-    from l2s.testing import save_pipeline
+    from l2s.demo import save_pipeline
 
     for name, pipe in (("flux", tiny_flux_pipeline(seed=0)), ("sd", tiny_sd_pipeline(seed=0))):
         save_pipeline(pipe, tmp_path / name)

@@ -9,8 +9,18 @@ from l2s.errors import L2SError, UnsupportedRelationError
 from l2s.evaluation import Detector, geneval_relations
 from l2s.relations import DIAGONAL, DIRECTIONAL
 from l2s.shapes import (
-    BACKGROUND, COLOURS, GAP, SHAPES, Scene, SceneObject, ShapesDetector, random_scene, render,
-    render_array, scene_for_relation, shape_template,
+    BACKGROUND,
+    COLOURS,
+    GAP,
+    SHAPES,
+    Scene,
+    SceneObject,
+    ShapesDetector,
+    random_scene,
+    render,
+    render_array,
+    scene_for_relation,
+    shape_template,
 )
 
 

@@ -11,7 +11,7 @@ from diffusers import FluxPipeline
 
 from l2s.errors import ModelLoadError, TokenizationError
 from l2s.shapes import COLOURS, SHAPES, random_scene, render_array
-from l2s.shapes_model import (
+from l2s.shapes import (
     SHIPPED_MODEL_DIR,
     TINY_CONFIG,
     PixelShuffleVAE,
@@ -76,7 +76,7 @@ def test_t5_window_is_independent_of_max_sequence_length(tiny_pipe):
 def test_pipeline_saves_and_reloads_offline(tiny_pipe, tmp_path):
     tiny_pipe.save_pretrained(tmp_path, safe_serialization=True)
     index = json.loads((tmp_path / "model_index.json").read_text())
-    assert index["vae"] == ["l2s.shapes_model", "PixelShuffleVAE"]
+    assert index["vae"] == ["l2s.shapes.model", "PixelShuffleVAE"]
     assert list(tmp_path.glob("*/*.bin")) == []  # safetensors only
 
     def sample(pipe):
@@ -339,7 +339,7 @@ def test_shipped_model_draws_the_named_colours():
     """The shipped model puts both named colours on the canvas (its shapes are rougher: the strict
     colour-and-shape rate is measured by the bench, bench/results/shapes_accuracy.md)."""
     from l2s.shapes import ShapesDetector
-    from l2s.shapes_world import SHAPES_STEPS
+    from l2s.shapes import SHAPES_STEPS
 
     if not (SHIPPED_MODEL_DIR / "model_index.json").is_file():
         pytest.skip(f"no shipped shapes model in {SHIPPED_MODEL_DIR}")

@@ -9,14 +9,14 @@ import pytest
 import torch
 from PIL import Image
 
-from l2s import shapes_world
+import l2s.shapes.world as shapes_world
 from l2s.evaluation import PairedComparison, geneval_relations
 from l2s.relations import NEUTRAL, canonical_class
 
 
 @pytest.fixture(scope="module")
 def tiny_shapes_pipe():
-    from l2s.shapes_model import TINY_CONFIG, build_shapes_pipeline
+    from l2s.shapes import TINY_CONFIG, build_shapes_pipeline
 
     torch.manual_seed(0)
     return build_shapes_pipeline(TINY_CONFIG, seed=0)
@@ -62,9 +62,9 @@ def test_schedule_and_presets():
 
 
 def test_shapes_steerer_uses_the_worlds_sampling_settings(tiny_shapes_pipe, tmp_path):
-    from l2s import cli
-    from l2s.shapes_model import is_shapes_pipeline
-    from l2s.testing import tiny_flux_pipeline
+    import l2s.cli.app as cli
+    from l2s.shapes import is_shapes_pipeline
+    from l2s.demo import tiny_flux_pipeline
 
     assert is_shapes_pipeline(tiny_shapes_pipe) and not is_shapes_pipeline(tiny_flux_pipeline(seed=0))
     classifier = _tiny_shapes_classifier(tiny_shapes_pipe)
@@ -98,7 +98,7 @@ def test_shapes_steerer_uses_the_worlds_sampling_settings(tiny_shapes_pipe, tmp_
 
 def test_make_data_and_train_dual_and_ablation(tiny_shapes_pipe, tmp_path, capsys):
     from l2s.classifier import RelationClassifier
-    from l2s.data import AttentionMapDataset, load_dataset_meta
+    from l2s.training import AttentionMapDataset, load_dataset_meta
 
     summary = shapes_world.make_shapes_data(tiny_shapes_pipe, tmp_path / "data", 12, seed=0, progress=False,
                                             val_fraction=0.3)
@@ -130,7 +130,7 @@ def test_make_data_and_train_dual_and_ablation(tiny_shapes_pipe, tmp_path, capsy
     assert len(train_pos) * 2 == len(train_dual)
 
     # Leakage check: per-record hits on the held-out maps, paired between the two classifiers.
-    from l2s.train import compare_classifiers, record_hits, relation_leakage
+    from l2s.training import compare_classifiers, record_hits, relation_leakage
 
     hits = record_hits(model, tmp_path / "data", batch_size=5)  # several batches
     val = AttentionMapDataset(tmp_path / "data", "val", model.config.timesteps)
@@ -193,8 +193,8 @@ def test_a_model_with_finer_tokens_goes_through_the_same_data_classifier_and_ste
     from dataclasses import replace
 
     from l2s.classifier import RelationClassifier
-    from l2s.data import load_dataset_meta
-    from l2s.shapes_model import TINY_CONFIG, build_shapes_pipeline
+    from l2s.training import load_dataset_meta
+    from l2s.shapes import TINY_CONFIG, build_shapes_pipeline
 
     pipe = build_shapes_pipeline(replace(TINY_CONFIG, vae_factor=1), seed=0)
     shapes_world.make_shapes_data(pipe, tmp_path / "data", 8, seed=0, progress=False, val_fraction=0.3)
@@ -215,7 +215,7 @@ def test_shapes_images_keep_their_size_whatever_the_classifier_grid():
     not the 64 px that the classifier's grid would imply at its 4x4-pixel tokens (how the
     found-rate script samples models other than the shipped one)."""
     from l2s.classifier import RelationClassifier
-    from l2s.shapes_model import TINY_CONFIG, build_shapes_pipeline
+    from l2s.shapes import TINY_CONFIG, build_shapes_pipeline
 
     shipped = RelationClassifier.load(shapes_world.shipped_assets().classifier)
     assert shipped.config.orig_map_size == 16
@@ -231,8 +231,8 @@ def test_a_model_trained_at_another_size_is_inverted_and_sampled_at_its_own_size
     make-data inverts scenes of that side and the steerer draws at it; the shipped model reads 32."""
     from dataclasses import replace
 
-    from l2s.data import load_dataset_meta
-    from l2s.shapes_model import TINY_CONFIG, build_shapes_pipeline, load_shapes_pipeline
+    from l2s.training import load_dataset_meta
+    from l2s.shapes import TINY_CONFIG, build_shapes_pipeline, load_shapes_pipeline
 
     build_shapes_pipeline(replace(TINY_CONFIG, image_size=48), seed=0).save_pretrained(tmp_path / "model")
     pipe = load_shapes_pipeline(tmp_path / "model")
@@ -323,7 +323,7 @@ def test_bench_records_its_sampling_and_resumes_only_with_it(tiny_shapes_pipe, t
     # every image's found verdict is recorded, and is the image re-judged (so bench runs pair on it)
     from PIL import Image
 
-    from l2s.benchmark import shapes_position_prompts
+    from l2s.evaluation import shapes_position_prompts
     from l2s.shapes import ShapesDetector
 
     steered = results["parts"][0]["modes"]["steered"]
@@ -366,7 +366,7 @@ def test_ood_prompts_use_held_out_words():
 
 
 def test_generate_falls_back_loudly_without_assets(monkeypatch, tmp_path, capsys):
-    from l2s import cli
+    import l2s.cli.app as cli
 
     monkeypatch.setattr(shapes_world, "shipped_assets", lambda root=None: shapes_world.ShippedAssets(
         tmp_path / "none", tmp_path / "none" / "c", tmp_path / "none" / "a"))
@@ -385,12 +385,12 @@ needs_assets = pytest.mark.skipif(not ASSETS.available,
 
 @needs_assets
 def test_shipped_model_steering_beats_base():
-    from l2s.benchmark import _score
+    from l2s.evaluation.runs import _score
     from l2s.shapes import ShapesDetector
 
     steerer = shapes_world.load_shapes_steerer()
     detector = ShapesDetector()
-    from l2s.benchmark import shapes_position_prompts
+    from l2s.evaluation import shapes_position_prompts
 
     specs = shapes_position_prompts(n=16, seed=7)
     correct = {False: 0, True: 0}
@@ -404,7 +404,7 @@ def test_shipped_model_steering_beats_base():
 
 @needs_assets
 def test_generate_default_writes_everything(tmp_path):
-    from l2s import cli
+    import l2s.cli.app as cli
 
     out = tmp_path / "gen"
     assert cli.main(["generate", "a red circle to the left of a blue square", "--out", str(out), "--quiet"]) == 0
@@ -418,7 +418,7 @@ def test_generate_default_writes_everything(tmp_path):
 
 def _tiny_shapes_classifier(pipe):
     """A random relation classifier shaped for the shapes world's maps (8x8, its trained steps)."""
-    from l2s.testing import tiny_classifier_for
+    from l2s.demo import tiny_classifier_for
 
     return tiny_classifier_for(pipe, seed=0, orig_map_size=8, timesteps=shapes_world.SHAPES_STORE_STEPS,
                                num_timesteps=shapes_world.SHAPES_STEPS)
@@ -506,7 +506,7 @@ def test_found_rate_by_shape_counts_each_object_under_its_shape():
 
 
 def test_found_rate_samples_with_the_steps_asked_for(tiny_shapes_pipe):
-    from l2s.benchmark import shapes_position_prompts
+    from l2s.evaluation import shapes_position_prompts
     from l2s.shapes import ShapesDetector
 
     found_rate = _bench_module("shapes_found_rate")
@@ -639,7 +639,7 @@ def test_leakage_steering_script_resumes_an_interrupted_run(tiny_shapes_pipe, tm
 def test_leakage_steering_script_steers_multi_relation_prompts(tiny_shapes_pipe, tmp_path, capsys, monkeypatch):
     import json
 
-    from l2s.benchmark import shapes_multi_relation_prompts
+    from l2s.evaluation import shapes_multi_relation_prompts
 
     tiny_shapes_pipe.save_pretrained(tmp_path / "model")
     _tiny_shapes_classifier(tiny_shapes_pipe).save(tmp_path / "clf")
@@ -773,7 +773,7 @@ def test_bench_header_names_the_models_it_ran(tmp_path):
     settings = {"pipeline": str(assets.pipeline), "seeds": [1], "scale": 1.0, "position_prompts": 1,
                 "classifiers": {"dual": str(assets.classifier), "pos_only": str(assets.ablation_classifier)}}
     shipped = shapes_world.write_bench_results({"parts": [part], "settings": settings}, tmp_path / "a.md")
-    assert "Shipped shapes model + classifiers (`l2s/assets/shapes`)" in shipped.read_text()
+    assert "Shipped shapes model + classifiers (`l2s/shapes/assets`)" in shipped.read_text()
     settings["pipeline"] = "/tmp/candidate"
     other = shapes_world.write_bench_results({"parts": [part], "settings": settings}, tmp_path / "b.md").read_text()
     assert "Shipped" not in other and "Shapes model `/tmp/candidate` with classifiers" in other

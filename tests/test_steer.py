@@ -4,8 +4,13 @@ import math
 import pytest
 import torch
 
-from l2s.steer import (SteeringDiagnostics, custom_schedule, published_loss_target,
-                       reference_schedule, refine_latents)
+from l2s.steer import (
+    SteeringDiagnostics,
+    custom_schedule,
+    published_loss_target,
+    reference_schedule,
+    refine_latents,
+)
 
 
 def test_reference_schedules_follow_the_published_settings():

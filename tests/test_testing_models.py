@@ -8,7 +8,7 @@ import pytest
 import torch
 from diffusers import FluxPipeline, StableDiffusionPipeline
 
-from l2s.testing import (
+from l2s.demo import (
     COCO_CLASSES,
     COLOUR_WORDS,
     RELATION_WORDS,

@@ -10,10 +10,10 @@ import torch
 from safetensors.torch import load_file
 
 from l2s.classifier import ClassifierConfig, RelationClassifier
-from l2s.data import AttentionMapDataset, write_map_dataset
+from l2s.training import AttentionMapDataset, write_map_dataset
 from l2s.errors import ClassifierMismatchError, L2SError
 from l2s.relations import PUBLISHED_CLASSES
-from l2s.train import leakage_line, relation_leakage, train_classifier, train_main
+from l2s.training import leakage_line, relation_leakage, train_classifier, train_main
 
 CLASSES = PUBLISHED_CLASSES  # above, below, is, to the left of, to the right of
 CHANNELS, SIDE = 8, 16

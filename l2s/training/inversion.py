@@ -34,10 +34,10 @@ from torch import Tensor
 
 from diffusers.utils.torch_utils import randn_tensor
 
-from .capture import AttentionCapture
-from .errors import L2SError, UnsupportedRelationError
-from .relations import NEUTRAL, PROMPT_PHRASE, PUBLISHED_CLASSES, canonical_class
-from .tokens import check_prompt_length, token_groups
+from l2s.capture import AttentionCapture
+from l2s.errors import L2SError, UnsupportedRelationError
+from l2s.relations import NEUTRAL, PROMPT_PHRASE, PUBLISHED_CLASSES, canonical_class
+from l2s.tokens import check_prompt_length, token_groups
 
 __all__ = [
     "DEFAULT_STEPS",

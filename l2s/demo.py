@@ -30,7 +30,7 @@ from transformers import (
     T5TokenizerFast,
 )
 
-from .evaluation import COCO_CLASSES as GENEVAL_COCO_CLASSES  # one home for the list
+from l2s.evaluation import COCO_CLASSES as GENEVAL_COCO_CLASSES  # one home for the list
 
 CLIP_MAX_LENGTH = 77
 T5_MAX_LENGTH = 512
@@ -380,7 +380,7 @@ def save_pipeline(pipe, path: str | Path) -> Path:
 def tiny_classifier_config(channels: int, timesteps: tuple[int, ...] = (1, 3), num_timesteps: int = 4,
                            orig_map_size: int | None = 16):
     """A small relation classifier (same architecture, narrow) for tiny pipelines and unit tests."""
-    from .classifier import ClassifierConfig
+    from l2s.classifier import ClassifierConfig
 
     return ClassifierConfig(
         channels=channels, timesteps=timesteps, num_timesteps=num_timesteps,
@@ -391,8 +391,8 @@ def tiny_classifier_config(channels: int, timesteps: tuple[int, ...] = (1, 3), n
 
 def tiny_classifier_for(pipe, seed: int = 0, **config_overrides):
     """A randomly initialised tiny classifier whose channel count fits ``pipe``'s denoiser."""
-    from .capture import AttentionCapture
-    from .classifier import RelationClassifier
+    from l2s.capture import AttentionCapture
+    from l2s.classifier import RelationClassifier
 
     denoiser = getattr(pipe, "transformer", None) or pipe.unet
     capture = AttentionCapture(denoiser)

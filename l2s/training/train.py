@@ -40,10 +40,10 @@ from torch import nn
 from torch.utils.data import DataLoader, RandomSampler
 from tqdm.auto import tqdm
 
-from .classifier import ClassifierConfig, RelationClassifier, preset
-from .data import AttentionMapDataset, load_dataset_meta
-from .errors import ClassifierMismatchError, L2SError
-from .evaluation import PairedComparison, paired_comparison
+from l2s.classifier import ClassifierConfig, RelationClassifier, preset
+from .dataset import AttentionMapDataset, load_dataset_meta
+from l2s.errors import ClassifierMismatchError, L2SError
+from l2s.evaluation import PairedComparison, paired_comparison
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +280,7 @@ def train_classifier(
     """Train a :class:`RelationClassifier` on the ``train`` split, validating on ``val``.
 
     Args:
-        dataset_dir: a map dataset (:func:`l2s.data.make_dataset`).
+        dataset_dir: a map dataset (:func:`l2s.training.dataset.make_dataset`).
         out_dir: where ``best/``, ``last/`` and ``log.jsonl`` go.
         config: a :class:`ClassifierConfig` (must fit the dataset's channels and map size) or a
             preset name ("flux-dev", "flux-schnell", "sd14", "sd21") completed from the dataset.

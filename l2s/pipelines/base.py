@@ -22,14 +22,20 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .capture import AttentionCapture, ExplicitAttentionReference
-from .classifier import RelationClassifier, step_index_for
-from .errors import ClassifierMismatchError, ModelLoadError, UsageError
-from .parsing import ParsedPrompt, parse_prompt
-from .relations import class_index
-from .steer import (Schedule, SteeringDiagnostics, preset_steps, refine_latents,
-                    schedule_preset, validate_step_size)
-from .tokens import check_prompt_length, token_groups
+from l2s.capture import AttentionCapture, ExplicitAttentionReference
+from l2s.classifier import RelationClassifier, step_index_for
+from l2s.errors import ClassifierMismatchError, ModelLoadError, UsageError
+from l2s.parsing import ParsedPrompt, parse_prompt
+from l2s.relations import class_index
+from l2s.steer import (
+    Schedule,
+    SteeringDiagnostics,
+    preset_steps,
+    refine_latents,
+    schedule_preset,
+    validate_step_size,
+)
+from l2s.tokens import check_prompt_length, token_groups
 
 
 @dataclass(frozen=True)
@@ -577,17 +583,24 @@ def wrap_pipeline(pipe, classifier: RelationClassifier, schedule: Schedule | Non
     raise TypeError(f"cannot steer a {type(pipe).__name__}: expected a FLUX or Stable Diffusion pipeline")
 
 
+# Folders saved before the package layout name a component's old module; alias it to the new one.
+_MOVED_COMPONENT_MODULES = {"l2s.shapes_model": "l2s.shapes.model"}
+
+
 def _import_l2s_components(model_index: dict, path: Path) -> None:
     """Import the l2s modules a pipeline folder names (the shapes world's pixel VAE, ...):
     diffusers finds custom component classes only in modules that are already imported."""
     import importlib
+    import sys
 
     for value in model_index.values():
         if isinstance(value, list) and value and isinstance(value[0], str) and value[0].startswith("l2s."):
+            name = value[0]
             try:
-                importlib.import_module(value[0])
+                module = importlib.import_module(_MOVED_COMPONENT_MODULES.get(name, name))
             except ImportError as error:
-                raise ModelLoadError(f"{path} needs {value[0]}, which cannot be imported: {error}") from None
+                raise ModelLoadError(f"{path} needs {name}, which cannot be imported: {error}") from None
+            sys.modules.setdefault(name, module)
 
 
 def load_diffusers_pipeline(path: str | Path, torch_dtype: torch.dtype | None = None):

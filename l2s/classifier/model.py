@@ -28,8 +28,8 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
-from .errors import ClassifierMismatchError, ModelLoadError
-from .relations import PUBLISHED_CLASSES
+from l2s.errors import ClassifierMismatchError, ModelLoadError
+from l2s.relations import PUBLISHED_CLASSES
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"

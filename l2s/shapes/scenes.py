@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .errors import L2SError, UnsupportedRelationError
-from .evaluation import Box, Detection, Detector, geneval_relations, label_components
-from .relations import DIAGONAL, DIRECTIONAL, PROMPT_PHRASE, canonical_class
+from l2s.errors import L2SError, UnsupportedRelationError
+from l2s.evaluation import Box, Detection, Detector, geneval_relations, label_components
+from l2s.relations import DIAGONAL, DIRECTIONAL, PROMPT_PHRASE, canonical_class
 
 SHAPES = ("circle", "square", "triangle", "diamond")
 # Far apart in RGB (min pairwise distance ≈ 116, ≥ 200 from the background) so nearest-colour

@@ -19,13 +19,13 @@ classification and steering run through exactly the same code as real FLUX:
   grid of 4x4-pixel tokens (16x16 of 2x2 pixels at factor 1, the shipped model).
 * ``scheduler``: :class:`~diffusers.FlowMatchEulerDiscreteScheduler` with schnell's settings
   (shift 1, no dynamic shifting), so the sampler's sigmas are ``linspace(1, 1/steps, steps)``.
-  The model is not step-distilled: sample it with ~12 steps (``l2s.shapes_world.SHAPES_STEPS``).
+  The model is not step-distilled: sample it with ~12 steps (``l2s.shapes.world.SHAPES_STEPS``).
 
 Training captions name every object ("a red circle, a blue square and a green triangle") but
 state a relation only rarely (``--relation-caption-rate``), so, like real models, the model draws
 the named objects but places them largely regardless of the relation words.
 
-Loading: ``save_pretrained`` records the VAE and T5 encoder as ``["l2s.shapes_model", ...]`` in
+Loading: ``save_pretrained`` records the VAE and T5 encoder as ``["l2s.shapes.model", ...]`` in
 ``model_index.json``; diffusers resolves such custom classes from ``sys.modules``, so
 ``FluxPipeline.from_pretrained(dir)`` works once this module is imported (it never imports a
 module just because a model folder names it). :func:`load_shapes_pipeline` does both.
@@ -67,14 +67,14 @@ from transformers import (
     T5TokenizerFast,
 )
 
-from .errors import L2SError, ModelLoadError, TokenizationError
-from .relations import NON_DIRECTIONAL, PROMPT_PHRASE, PUBLISHED_CLASSES
-from .testing import sentencepiece_t5_tokenizer, tiny_clip_tokenizer
+from l2s.errors import L2SError, ModelLoadError, TokenizationError
+from l2s.relations import NON_DIRECTIONAL, PROMPT_PHRASE, PUBLISHED_CLASSES
+from l2s.demo import sentencepiece_t5_tokenizer, tiny_clip_tokenizer
 
 # T5 tokens the model reads: the longest shapes caption ("a photo of a red circle to the left of
 # a blue square. a green triangle and a yellow diamond") is 23 tokens with </s>.
 TEXT_WINDOW = 32
-SHIPPED_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "shapes"
+SHIPPED_MODEL_DIR = Path(__file__).resolve().parent / "assets"
 
 # --------------------------------------------------------------------------------------------
 # Tokenizers
@@ -97,7 +97,7 @@ _WORD_SCORE, _SPACE_SCORE, _CHAR_SCORE = -8.0, -10.0, -12.0
 
 def shapes_vocabulary() -> list[str]:
     """Whole words of the shapes T5 tokenizer, in id order (after ``<pad>``, ``</s>``, ``<unk>``)."""
-    from .shapes import COLOURS, SHAPES
+    from .scenes import COLOURS, SHAPES
 
     phrases = list(_RELATION_PHRASES) + list(NON_DIRECTIONAL) + list(PUBLISHED_CLASSES)
     phrases += list(PROMPT_PHRASE.values())
@@ -313,9 +313,9 @@ def build_shapes_pipeline(config: ShapesModelConfig = ShapesModelConfig(), seed:
 
 def load_shapes_pipeline(path: str | Path | None = None, device: str | torch.device | None = None,
                          torch_dtype: torch.dtype | None = None) -> FluxPipeline:
-    """Load a saved shapes-world pipeline (default: the model shipped in ``l2s/assets/shapes``).
+    """Load a saved shapes-world pipeline (default: the model shipped in ``l2s/shapes/assets``).
 
-    Plain ``FluxPipeline.from_pretrained(path)`` works too once :mod:`l2s.shapes_model` is imported
+    Plain ``FluxPipeline.from_pretrained(path)`` works too once :mod:`l2s.shapes.model` is imported
     (diffusers finds the custom VAE and T5 classes in ``sys.modules``); this also never goes online.
     """
     path = Path(path) if path is not None else SHIPPED_MODEL_DIR
@@ -382,7 +382,7 @@ def render_dataset(count: int, seed: int, size: int, relation_caption_rate: floa
     """Render ``count`` seeded random scenes of :mod:`l2s.shapes` with their captions."""
     from tqdm.auto import tqdm
 
-    from .shapes import random_scene, render_array
+    from .scenes import random_scene, render_array
 
     rng = np.random.default_rng(seed)
     images = np.empty((count, size, size, 3), dtype=np.uint8)
@@ -760,7 +760,7 @@ def export(trainer: ShapesTrainer, directory: Path, device: str, command: str | 
     import diffusers
     import transformers
 
-    from .shapes_world import SHAPES_STEPS  # the sampling settings live with the rest of the world's
+    from .world import SHAPES_STEPS  # the sampling settings live with the rest of the world's
 
     pipe = trainer.ema_pipeline()
     pipe.save_pretrained(directory, safe_serialization=True)
@@ -804,9 +804,9 @@ def _training_markdown(record: dict) -> str:
     return f"""# Shapes-world FLUX model
 
 A FLUX-architecture text-to-image model of `l2s.shapes` scenes, {origin} by
-`l2s.shapes_model` (rectified flow, EMA weights exported). Load it with
-`l2s.shapes_model.load_shapes_pipeline(dir)` (or `FluxPipeline.from_pretrained(dir)` after
-`import l2s.shapes_model`) and sample at {s['size']}x{s['size']} with 12 steps (it is not step-distilled: 4 steps leave blurry blobs).
+`l2s.shapes.model` (rectified flow, EMA weights exported). Load it with
+`l2s.shapes.model.load_shapes_pipeline(dir)` (or `FluxPipeline.from_pretrained(dir)` after
+`import l2s.shapes.model`) and sample at {s['size']}x{s['size']} with 12 steps (it is not step-distilled: 4 steps leave blurry blobs).
 
 - command: `{record['command']}`{continued}
 - seed {record['seed']}, {record['steps']} steps (of {record['planned_steps']} planned) of batch {s['batch_size']}, lr {s['lr']} (warm-up
@@ -928,6 +928,6 @@ def train_model_main(argv: Sequence[str] | None = None) -> int:
 if __name__ == "__main__":
     # Run through the importable module: classes defined in ``__main__`` would be recorded as
     # ["__main__", ...] in model_index.json and could not be loaded again.
-    from l2s.shapes_model import train_model_main as _main
+    from .model import train_model_main as _main
 
     raise SystemExit(_main())

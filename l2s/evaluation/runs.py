@@ -42,13 +42,28 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .errors import L2SError, UnsupportedRelationError
-from .evaluation import (
-    GENEVAL, GENEVAL_POSITIONS, MULTI_RELATION_PATTERNS, RULES, T2I_COMPBENCH, CheckResult,
-    Detection, Detector, ImageResult, PromptSpec, RelationCheck, Summary, _unique_prompts,
-    contact_sheet, geneval_position_prompts, multi_relation_prompts, score_image, summarise,
+from l2s.errors import L2SError, UnsupportedRelationError
+from .scoring import (
+    GENEVAL,
+    GENEVAL_POSITIONS,
+    MULTI_RELATION_PATTERNS,
+    RULES,
+    T2I_COMPBENCH,
+    CheckResult,
+    Detection,
+    Detector,
+    ImageResult,
+    PromptSpec,
+    RelationCheck,
+    Summary,
+    _unique_prompts,
+    contact_sheet,
+    geneval_position_prompts,
+    multi_relation_prompts,
+    score_image,
+    summarise,
 )
-from .relations import DIAGONAL, DIRECTIONAL, NON_DIRECTIONAL, PROMPT_PHRASE
+from l2s.relations import DIAGONAL, DIRECTIONAL, NON_DIRECTIONAL, PROMPT_PHRASE
 
 BASE, STEERED, IMAGES = "base", "steered", "images"
 MODES = (BASE, STEERED)
@@ -67,7 +82,7 @@ PROMPT_SET_HELP = ("geneval (GenEval-style position prompts over COCO classes), 
 # ----------------------------------------------------------------------------------------------
 
 def _shapes_palette(shapes: Sequence[str] | None, colours: Sequence[str] | None) -> tuple[list[str], list[str]]:
-    from .shapes import COLOURS, SHAPES
+    from l2s.shapes import COLOURS, SHAPES
 
     shapes, colours = list(shapes or SHAPES), list(colours or COLOURS)
     unknown = [s for s in shapes if s not in SHAPES] + [c for c in colours if c not in COLOURS]
@@ -221,7 +236,7 @@ def read_prompt_file(path: str | Path) -> tuple[list[PromptSpec], int]:
 
 
 def _spec_from_text(prompt: str) -> PromptSpec | None:
-    from .parsing import parse_prompt
+    from l2s.parsing import parse_prompt
 
     parsed = parse_prompt(prompt)
     checks = [RelationCheck(t.subject, t.relation, t.object) for t in parsed.triplets]
@@ -293,10 +308,10 @@ def load_detector(name: str, threshold: float = 0.3, device: str = "cpu") -> Det
     """``"shapes"``: the exact shapes-world detector; otherwise a local transformers detector
     directory (OWLv2, OWL-ViT, Grounding DINO, CLIPSeg) with confidence ``threshold``."""
     if name == "shapes":
-        from .shapes import ShapesDetector
+        from l2s.shapes import ShapesDetector
 
         return ShapesDetector()
-    from .evaluation import TransformersDetector
+    from .scoring import TransformersDetector
 
     return TransformersDetector(name, threshold=threshold, device=device)
 

@@ -1,15 +1,15 @@
 """Shapes-world recipes: the relation classifier of the shapes model, its steering schedule and
 the benchmark that shows steering works end to end.
 
-The shapes model (:mod:`l2s.shapes_model`) draws the objects a prompt names but mostly ignores the
+The shapes model (:mod:`l2s.shapes.model`) draws the objects a prompt names but mostly ignores the
 relation words, like real text-to-image models. Everything here runs the project's own pipeline on
 it, exactly as on a real FLUX model:
 
 * :func:`shapes_relation_samples` / :func:`make_shapes_data`: rendered two-object scenes with one
   clean relation, plus neutral "is" samples (shape + colour: "A red circle", maps of ``circle`` and
-  ``red``), dual-inverted with :func:`l2s.data.make_dataset` at the step indices steering reads.
+  ``red``), dual-inverted with :func:`l2s.training.dataset.make_dataset` at the step indices steering reads.
   Some colours / shapes are held out of the classifier's data for the out-of-distribution check.
-* :func:`train_shapes_classifier`: :func:`l2s.train.train_classifier` with a small config
+* :func:`train_shapes_classifier`: :func:`l2s.training.train.train_classifier` with a small config
   (:func:`shapes_classifier_config`) that trains on a CPU (about half an hour for the shipped
   data); ``dual=False`` trains the leakage ablation on the ``pos`` prompts only.
 * :func:`named_schedule`: the published schedules of :mod:`l2s.steer` for this 12-step model
@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import L2SError
-from .relations import DIRECTIONAL, NEUTRAL, PUBLISHED_CLASSES
+from l2s.errors import L2SError
+from l2s.relations import DIRECTIONAL, NEUTRAL, PUBLISHED_CLASSES
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +95,8 @@ class ShippedAssets:
 
 
 def shipped_assets(root: str | Path | None = None) -> ShippedAssets:
-    """Where the default shapes model lives (``l2s/assets/shapes`` unless ``root`` is given)."""
-    from .shapes_model import SHIPPED_MODEL_DIR
+    """Where the default shapes model lives (``l2s/shapes/assets`` unless ``root`` is given)."""
+    from .model import SHIPPED_MODEL_DIR
 
     root = Path(root) if root is not None else SHIPPED_MODEL_DIR
     return ShippedAssets(root, root / CLASSIFIER_DIR, root / ABLATION_CLASSIFIER_DIR)
@@ -105,8 +105,8 @@ def shipped_assets(root: str | Path | None = None) -> ShippedAssets:
 def load_shapes_steerer(pipeline_dir: str | Path | None = None, classifier: str | Path | None = None,
                         schedule=None, true_cfg_scale: float | None = None, step_size: float | None = None):
     """The shapes pipeline wrapped for steering (default: the shipped model + classifier)."""
-    from .classifier import RelationClassifier
-    from .shapes_model import load_shapes_pipeline
+    from l2s.classifier import RelationClassifier
+    from .model import load_shapes_pipeline
 
     assets = shipped_assets()
     pipe = load_shapes_pipeline(pipeline_dir or assets.pipeline)
@@ -122,7 +122,7 @@ def steer_shapes_pipeline(pipe, classifier, schedule=None, mode: str = "fast",
     ``true_cfg_scale`` / ``step_size`` are given) and the published rule for multi-step models, so
     the default ``"reference"`` schedule is 16 iterations on the first half of the steps (and
     presets follow the same rule)."""
-    from .pipelines import wrap_pipeline
+    from l2s.pipelines import wrap_pipeline
 
     scale = SHAPES_TRUE_CFG if true_cfg_scale is None else true_cfg_scale
     return wrap_pipeline(pipe, classifier, schedule, mode, family=SHAPES_FAMILY, steps=SHAPES_STEPS,
@@ -137,7 +137,7 @@ def steer_shapes_pipeline(pipe, classifier, schedule=None, mode: str = "fast",
 def named_schedule(name: str, num_steps: int = SHAPES_STEPS, step_size: float = SHAPES_STEP_SIZE):
     """A preset of :mod:`l2s.steer` by name, by the published rule for multi-step models, with the
     shapes world's step size."""
-    from .steer import schedule_preset
+    from l2s.steer import schedule_preset
 
     return schedule_preset(name, SHAPES_FAMILY, num_steps, step_size)
 
@@ -148,7 +148,7 @@ def named_schedule(name: str, num_steps: int = SHAPES_STEPS, step_size: float = 
 
 
 def _palette(exclude_colours: Sequence[str], exclude_shapes: Sequence[str]) -> tuple[list[str], list[str]]:
-    from .shapes import COLOURS, SHAPES
+    from .scenes import COLOURS, SHAPES
 
     shapes = [s for s in SHAPES if s not in exclude_shapes]
     colours = [c for c in COLOURS if c not in exclude_colours]
@@ -162,7 +162,7 @@ def shapes_relation_samples(n_scenes: int, seed: int = 0, *, size: int = SHAPES_
                             neutral_fraction: float = 0.25,
                             exclude_colours: Sequence[str] = HELD_OUT_COLOURS,
                             exclude_shapes: Sequence[str] = HELD_OUT_SHAPES) -> list:
-    """Labelled :class:`~l2s.data.RelationSample` s of ``n_scenes`` rendered two-object scenes.
+    """Labelled :class:`~l2s.training.dataset.RelationSample` s of ``n_scenes`` rendered two-object scenes.
 
     Each scene draws two distinct (colour, shape) objects and one of the four directions uniformly,
     and places them so that exactly that direction holds (:func:`l2s.shapes.scene_for_relation`):
@@ -170,8 +170,8 @@ def shapes_relation_samples(n_scenes: int, seed: int = 0, *, size: int = SHAPES_
     a neutral sample ("circle", "is", "red"), i.e. the prompt "A red circle" with maps of the noun
     and its colour. Images are in memory (PIL); ids are ``shapes-<seed>-<k>``.
     """
-    from .data import RelationSample
-    from .shapes import render, scene_for_relation
+    from l2s.training import RelationSample
+    from .scenes import render, scene_for_relation
 
     shapes, colours = _palette(exclude_colours, exclude_shapes)
     kinds = [(s, c) for s in shapes for c in colours]
@@ -210,9 +210,9 @@ def make_shapes_data(pipe, out_dir: str | Path, n_scenes: int, seed: int = 0, *,
     :data:`SHAPES_STORE_STEPS` (the indices the steered steps read), images of the model's
     :func:`image_size` and maps of its token grid (32 px and 16x16 for the shipped model: no
     resampling); resumable like
-    :func:`l2s.data.make_dataset` (``kwargs`` go there).
+    :func:`l2s.training.dataset.make_dataset` (``kwargs`` go there).
     """
-    from .data import make_dataset
+    from l2s.training import make_dataset
 
     samples = shapes_relation_samples(n_scenes, seed, size=image_size(pipe), exclude_colours=exclude_colours,
                                       exclude_shapes=exclude_shapes)
@@ -242,8 +242,8 @@ SHAPES_CLASSIFIER_EPOCHS = 40
 
 def shapes_classifier_config(dataset_dir: str | Path, **overrides: Any):
     """The schnell preset resized by :data:`SHAPES_CLASSIFIER_SIZES`, completed from the dataset."""
-    from .classifier import preset
-    from .data import load_dataset_meta
+    from l2s.classifier import preset
+    from l2s.training import load_dataset_meta
 
     meta = load_dataset_meta(dataset_dir)
     fields = dict(SHAPES_CLASSIFIER_SIZES, class_names=tuple(meta["class_names"]), map_size=meta["map_size"],
@@ -257,7 +257,7 @@ def train_shapes_classifier(dataset_dir: str | Path, out_dir: str | Path, *, dua
                             epochs: int = SHAPES_CLASSIFIER_EPOCHS, lr: float = SHAPES_CLASSIFIER_LR,
                             batch_size: int = 64, seed: int = 0, progress: bool = True, **overrides: Any):
     """Train the shapes classifier (``dual=False``: pos prompts only, the leakage ablation)."""
-    from .train import train_classifier
+    from l2s.training import train_classifier
 
     config = shapes_classifier_config(dataset_dir, **overrides)
     return train_classifier(dataset_dir, out_dir, config, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
@@ -276,7 +276,7 @@ def colour_only(spec):
     will not accept; with distinct colours per prompt, the colour blobs alone still show where
     the model put each object, which is what steering controls.
     """
-    from .evaluation import PromptSpec, RelationCheck
+    from l2s.evaluation import PromptSpec, RelationCheck
 
     def colour(label: str) -> str:
         return label.split()[0]
@@ -288,7 +288,7 @@ def colour_only(spec):
 def ood_position_prompts(n: int, seed: int = 0, held_colours: Sequence[str] = HELD_OUT_COLOURS,
                          held_shapes: Sequence[str] = HELD_OUT_SHAPES) -> list:
     """Two-object prompts in which at least one object has a held-out colour or shape."""
-    from .benchmark import shapes_position_prompts
+    from l2s.evaluation import shapes_position_prompts
 
     pool = shapes_position_prompts(n=400, seed=seed)
     held = set(held_colours) | set(held_shapes)
@@ -318,7 +318,7 @@ def bench_parts(scale: float = 1.0, seeds: Sequence[int] = BENCH_SEEDS, prompt_s
     two-object one (``position_prompts``, GenEval's 100) and the ablation, which steers the same
     prompts and seeds as the main one; at least 4 prompts each. Every part steers with the
     published reference schedule unless it is a preset row."""
-    from .benchmark import shapes_multi_relation_prompts, shapes_position_prompts
+    from l2s.evaluation import shapes_multi_relation_prompts, shapes_position_prompts
 
     def n(count: int) -> int:
         return max(4, int(round(count * scale)))
@@ -355,7 +355,7 @@ def run_shapes_bench(out_dir: str | Path, *, pipeline_dir: str | Path | None = N
                      progress: bool = True) -> dict:
     """Run every bench part (``parts``: keys to keep) into ``out_dir`` and return the results.
 
-    Each part is a :func:`l2s.benchmark.run_eval` run in ``out_dir/<key>`` (resumable). Returns
+    Each part is a :func:`l2s.evaluation.runs.run_eval` run in ``out_dir/<key>`` (resumable). Returns
     ``{"parts": [...], "settings": {...}}`` with accuracy per mode and per relation and the
     generation wall time per image. ``true_cfg_scale``: the sampling guidance (default
     :data:`SHAPES_TRUE_CFG`), the same for base and steered images; ``step_size``: the steering
@@ -363,10 +363,10 @@ def run_shapes_bench(out_dir: str | Path, *, pipeline_dir: str | Path | None = N
     classifiers' map dataset) it also compares the dual and pos-only classifiers on its held-out maps, per prompt type
     (``"classifier_comparison"``): the leakage check before any steering.
     """
-    from .benchmark import run_eval
-    from .classifier import RelationClassifier
-    from .shapes import ShapesDetector
-    from .shapes_model import load_shapes_pipeline
+    from l2s.evaluation import run_eval
+    from l2s.classifier import RelationClassifier
+    from .scenes import ShapesDetector
+    from .model import load_shapes_pipeline
 
     assets = shipped_assets()
     pipeline_dir = Path(pipeline_dir or assets.pipeline)
@@ -427,9 +427,9 @@ def run_shapes_bench(out_dir: str | Path, *, pipeline_dir: str | Path | None = N
 
 def classifier_comparison(classifiers: dict[str, str | Path], classifier_data: str | Path) -> dict:
     """The dual and pos-only classifiers on their data's held-out maps, before any steering: paired
-    against each other per prompt type, and each one's relation leakage (``l2s.train.relation_leakage``)."""
-    from .classifier import RelationClassifier
-    from .train import compare_hits, leakage_from_hits, record_hits
+    against each other per prompt type, and each one's relation leakage (``l2s.training.train.relation_leakage``)."""
+    from l2s.classifier import RelationClassifier
+    from l2s.training import compare_hits, leakage_from_hits, record_hits
 
     hits = {name: record_hits(RelationClassifier.load(classifiers[name]), classifier_data)
             for name in ("dual", "pos_only")}  # one pass per classifier serves both measures
@@ -442,7 +442,7 @@ def classifier_comparison(classifiers: dict[str, str | Path], classifier_data: s
 
 def _mode_scores(records: Sequence, specs: Sequence, detector) -> dict:
     """Strict (colour + shape) and colour-only accuracy of one mode's images, with timings."""
-    from .evaluation import summarise
+    from l2s.evaluation import summarise
 
     s = summarise([r.result for r in records], "geneval")
     seconds = [r.meta.get("generate_s") for r in records if r.meta.get("generate_s") is not None]
@@ -467,7 +467,7 @@ def _colour_scores(records: Sequence, specs: Sequence, detector) -> dict:
     """Colour-only accuracy (:func:`colour_only`) of a mode's saved images, overall and per relation."""
     from PIL import Image
 
-    from .benchmark import _score
+    from l2s.evaluation.runs import _score
 
     per_relation, by_image, found_by_image = {}, {}, {}
     for record in records:
@@ -495,7 +495,7 @@ VERDICTS = ("strict", "colour", "found")
 def image_verdicts(detector, image, spec) -> dict[str, bool]:
     """One image's :data:`VERDICTS`: the GenEval rule on colour and shape (strict), the rule on the
     colour blobs alone, and whether every object was found in its colour and shape."""
-    from .benchmark import _score
+    from l2s.evaluation.runs import _score
 
     return {"strict": _score(detector, image, spec, "geneval", "dev")[0].correct,
             "colour": _score(detector, image, colour_only(spec), "geneval", "dev")[0].correct,
@@ -570,7 +570,7 @@ def _benched_models(settings: dict) -> str:
     given = (settings.get("pipeline"), *(settings.get("classifiers") or {}).values())
     if all(path is not None for path in given) and \
             [Path(path).resolve() for path in given] == [path.resolve() for path in shipped]:
-        return "Shipped shapes model + classifiers (`l2s/assets/shapes`)"
+        return "Shipped shapes model + classifiers (`l2s/shapes/assets`)"
     classifiers = " and ".join(f"`{path}`" for path in (settings.get("classifiers") or {}).values())
     return f"Shapes model `{settings.get('pipeline')}` with classifiers {classifiers} (not all the shipped ones)"
 
@@ -607,8 +607,8 @@ def write_bench_results(results: dict, markdown: str | Path, command: str | None
 def target_summary(results: dict) -> str:
     """The issue's targets against what was measured (both metrics), as Markdown bullets; the
     comparisons that share images are paired and carry an exact sign-test p-value."""
-    from .evaluation import PairedComparison, paired_comparison
-    from .train import leakage_by_step
+    from l2s.evaluation import PairedComparison, paired_comparison
+    from l2s.training import leakage_by_step
 
     parts = {p["key"]: p["modes"] for p in results["parts"]}
     lines = ["## Targets (measured, not adjusted)", ""]
@@ -716,7 +716,7 @@ def make_data_main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     import torch
 
-    from .shapes_model import load_shapes_pipeline
+    from .model import load_shapes_pipeline
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -746,7 +746,7 @@ def train_classifier_main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     result = train_shapes_classifier(args.data, args.out, dual=not args.no_dual, epochs=args.epochs, lr=args.lr,
                                      seed=args.seed, progress=not args.quiet)
-    from .train import validation_report
+    from l2s.training import validation_report
 
     print(f"best epoch {result.best_epoch}: val accuracy {result.best_val_accuracy:.3f}; weights in {result.best_dir}")
     for line in validation_report(result.best_dir, args.data):
@@ -780,7 +780,7 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     import torch
 
-    from .benchmark import parse_seeds
+    from l2s.evaluation import parse_seeds
 
     if args.threads:
         torch.set_num_threads(args.threads)

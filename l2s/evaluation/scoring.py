@@ -28,10 +28,22 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .errors import L2SError, ModelLoadError, UnsupportedRelationError
-from .relations import (
-    ABOVE, BELOW, BOTTOM_LEFT_OF, BOTTOM_RIGHT_OF, DIAGONAL, DIRECTIONAL, LEFT_OF, NEUTRAL,
-    NON_DIRECTIONAL, PROMPT_PHRASE, RIGHT_OF, TOP_LEFT_OF, TOP_RIGHT_OF, canonical_class,
+from l2s.errors import L2SError, ModelLoadError, UnsupportedRelationError
+from l2s.relations import (
+    ABOVE,
+    BELOW,
+    BOTTOM_LEFT_OF,
+    BOTTOM_RIGHT_OF,
+    DIAGONAL,
+    DIRECTIONAL,
+    LEFT_OF,
+    NEUTRAL,
+    NON_DIRECTIONAL,
+    PROMPT_PHRASE,
+    RIGHT_OF,
+    TOP_LEFT_OF,
+    TOP_RIGHT_OF,
+    canonical_class,
 )
 
 Box = tuple[float, float, float, float]

@@ -2,11 +2,11 @@
 ``shapes train-model | make-data | train-classifier | bench``.
 
 ``l2s generate`` without ``--model`` runs the shipped shapes-world model and classifier
-(``l2s/assets/shapes``, see :mod:`l2s.shapes_world`); ``--model tiny`` is the random demo.
+(``l2s/shapes/assets``, see :mod:`l2s.shapes.world`); ``--model tiny`` is the random demo.
 
 Bad input ends with one line on stderr (``l2s: error: ...``) and exit code 2, never a silent
 wrong image. ``make-data``, ``train`` and ``shapes train-model`` hand their arguments to the
-modules that own them (``l2s.data``, ``l2s.train``, ``l2s.shapes_model``), imported only when used.
+modules that own them (``l2s.training.dataset``, ``l2s.training.train``, ``l2s.shapes.model``), imported only when used.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import L2SError, ModelLoadError, UsageError
+from l2s.errors import L2SError, ModelLoadError, UsageError
 
 EXIT_USAGE = 2
 TRUE_CFG_HELP = ("FLUX only: classifier-free guidance against an empty prompt on the plain steps, as "
@@ -28,7 +28,7 @@ STEP_SIZE_HELP = ("steering step size (default: the published one per model, 5 f
 
 
 def _cmd_parse(args: argparse.Namespace) -> int:
-    from .parsing import parse_cli_json, parse_prompt
+    from l2s.parsing import parse_cli_json, parse_prompt
 
     prompts = [line.rstrip("\n") for line in sys.stdin] if args.prompt == "-" else [args.prompt]
     for prompt in prompts:
@@ -48,7 +48,7 @@ def _versions() -> dict:
     import torch
     import transformers
 
-    from . import __version__
+    from l2s import __version__
 
     info = {"l2s": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
             "transformers": transformers.__version__, "python": platform.python_version()}
@@ -64,14 +64,14 @@ def _load(args: argparse.Namespace):
     """(steering pipeline, description of what was loaded)."""
     import torch
 
-    from .classifier import RelationClassifier
-    from .pipelines import load_diffusers_pipeline, wrap_pipeline
+    from l2s.classifier import RelationClassifier
+    from l2s.pipelines import load_diffusers_pipeline, wrap_pipeline
 
     true_cfg = getattr(args, "true_cfg", None)
     step_size = getattr(args, "step_size", None)
     flux_options = {} if true_cfg is None else {"true_cfg_scale": true_cfg}
     if args.model is None:
-        from .shapes_world import load_shapes_steerer, shipped_assets
+        from l2s.shapes.world import load_shapes_steerer, shipped_assets
 
         assets = shipped_assets()
         if assets.available:
@@ -82,7 +82,7 @@ def _load(args: argparse.Namespace):
               "tiny RANDOM demo model: images are noise and steering means nothing", file=sys.stderr)
         args.model = "tiny"
     if args.model == "tiny":
-        from .testing import tiny_classifier_for, tiny_flux_pipeline
+        from l2s.demo import tiny_classifier_for, tiny_flux_pipeline
 
         pipe = tiny_flux_pipeline(seed=0)
         if args.classifier:
@@ -104,10 +104,10 @@ def _load(args: argparse.Namespace):
     pipe = load_diffusers_pipeline(args.model, torch_dtype=dtype)
     pipe.to(args.device)
     source = f"{args.model}; classifier {args.classifier}"
-    from .shapes_model import is_shapes_pipeline
+    from l2s.shapes import is_shapes_pipeline
 
     if is_shapes_pipeline(pipe):  # a model from 'l2s shapes train-model': its own sampling settings
-        from .shapes_world import steer_shapes_pipeline
+        from l2s.shapes import steer_shapes_pipeline
 
         return steer_shapes_pipeline(pipe, classifier, true_cfg_scale=true_cfg, step_size=step_size), source
     if flux_options and not hasattr(pipe, "transformer"):
@@ -132,7 +132,7 @@ def _side_by_side(left, right, min_side: int = 256):
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from .parsing import parse_prompt
+    from l2s.parsing import parse_prompt
 
     started = time.perf_counter()
     parse_prompt(args.prompt)          # reject a bad prompt before loading any model
@@ -155,7 +155,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         _side_by_side(baseline.images[0], result.images[0]).save(out / "comparison.png")
         report["timings_s"]["unsteered_total"] = baseline.timings["total"]
     if plan.steered and result.diagnostics.records:
-        from .shapes_world import probability_plot
+        from l2s.shapes import probability_plot
 
         probability_plot(result.diagnostics.records).save(out / "probability.png")
     report["timings_s"]["command_total"] = time.perf_counter() - started
@@ -165,7 +165,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from . import benchmark
+    import l2s.evaluation.runs as benchmark
 
     detector_name = args.detector
     if args.images:
@@ -212,16 +212,16 @@ def _detector_id(args: argparse.Namespace) -> str:
 
 # Subcommands owned by other modules: (argv prefix, module, function, help line).
 _DELEGATED = (
-    (("make-data",), "l2s.data", "make_data_main",
+    (("make-data",), "l2s.training.dataset", "make_data_main",
      "build the classifier's training data (attention maps of dual inversions)"),
-    (("train",), "l2s.train", "train_main", "train the relation classifier on a 'make-data' dataset"),
-    (("shapes", "train-model"), "l2s.shapes_model", "train_model_main",
+    (("train",), "l2s.training.train", "train_main", "train the relation classifier on a 'make-data' dataset"),
+    (("shapes", "train-model"), "l2s.shapes.model", "train_model_main",
      "train the shapes-world text-to-image model (from scratch, or continue one: --init-from)"),
-    (("shapes", "make-data"), "l2s.shapes_world", "make_data_main",
+    (("shapes", "make-data"), "l2s.shapes.world", "make_data_main",
      "dual-inverted attention maps of rendered shapes scenes (the classifier's data)"),
-    (("shapes", "train-classifier"), "l2s.shapes_world", "train_classifier_main",
+    (("shapes", "train-classifier"), "l2s.shapes.world", "train_classifier_main",
      "train the shapes-world relation classifier (small config; --no-dual: leakage ablation)"),
-    (("shapes", "bench"), "l2s.shapes_world", "bench_main",
+    (("shapes", "bench"), "l2s.shapes.world", "bench_main",
      "base vs steered spatial accuracy of the shapes model (writes the results table)"),
 )
 
@@ -254,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="generate an image with relation steering")
     g.add_argument("prompt")
     g.add_argument("--model", default=None,
-                   help="default: the shipped shapes-world model and classifier (l2s/assets/shapes); "
+                   help="default: the shipped shapes-world model and classifier (l2s/shapes/assets); "
                         "'tiny' (random tiny FLUX, offline demo) or a local diffusers pipeline dir")
     g.add_argument("--classifier", help="classifier dir (safetensors + config.json) or published .pth")
     g.add_argument("--seed", type=int, default=0)
@@ -293,7 +293,7 @@ def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_eval_parser(sub) -> None:
-    from .evaluation import RULES
+    from l2s.evaluation import RULES
 
     e = sub.add_parser(
         "eval", help="measure spatial accuracy: generate with and without steering, detect, score",
@@ -338,7 +338,7 @@ def _add_eval_parser(sub) -> None:
 
 
 def _prompt_set_help() -> str:
-    from .benchmark import PROMPT_SET_HELP
+    from l2s.evaluation import PROMPT_SET_HELP
 
     return PROMPT_SET_HELP
 

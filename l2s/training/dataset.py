@@ -10,7 +10,7 @@ Sources of labelled relations (each yields :class:`RelationSample`s):
   45-degree sectors of the box-centre angle; heavily overlapping boxes are discarded.
 * :func:`prompt_pair_samples` — (image, prompt) pairs whose prompt the relation parser understands.
 
-:func:`make_dataset` inverts every sample twice (``pos``/``neg`` prompts, :func:`l2s.inversion.dual_invert`)
+:func:`make_dataset` inverts every sample twice (``pos``/``neg`` prompts, :func:`l2s.training.inversion.dual_invert`)
 and writes::
 
     out_dir/
@@ -50,10 +50,18 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .errors import L2SError, PromptError, TokenizationError
-from .relations import (
-    DIAGONAL, DIAGONAL_CLASSES, DIRECTIONAL, NEUTRAL, PUBLISHED_CLASSES, TOP_LEFT_OF, TOP_RIGHT_OF,
-    BOTTOM_LEFT_OF, BOTTOM_RIGHT_OF, canonical_class,
+from l2s.errors import L2SError, PromptError, TokenizationError
+from l2s.relations import (
+    DIAGONAL,
+    DIAGONAL_CLASSES,
+    DIRECTIONAL,
+    NEUTRAL,
+    PUBLISHED_CLASSES,
+    TOP_LEFT_OF,
+    TOP_RIGHT_OF,
+    BOTTOM_LEFT_OF,
+    BOTTOM_RIGHT_OF,
+    canonical_class,
 )
 
 log = logging.getLogger(__name__)
@@ -246,7 +254,7 @@ def diagonal_relation(box_a: Sequence[float], box_b: Sequence[float], sector_wid
 
 def _geneval_rule() -> Callable:
     try:
-        from .evaluation import geneval_relations
+        from l2s.evaluation import geneval_relations
     except ImportError as error:  # pragma: no cover - the module ships with l2s
         raise L2SError(f"the GenEval rule (l2s.evaluation) is unavailable: {error}") from None
     return geneval_relations
@@ -268,7 +276,7 @@ def coco_samples(
     exactly one of left/right/above/below holds, and for ``diagonal=True`` the box-centre angle
     sector (:func:`diagonal_relation`). Images are ``images_dir/<file_name>``.
     """
-    from .evaluation import box_iou
+    from l2s.evaluation import box_iou
 
     data = instances if isinstance(instances, dict) else _load_json(instances)
     try:
@@ -321,7 +329,7 @@ def prompt_pair_samples(pairs: str | Path | Iterable, images_dir: str | Path | N
     prompts without one are logged and skipped. Relative image paths resolve against
     ``images_dir``.
     """
-    from .parsing import parse_prompt
+    from l2s.parsing import parse_prompt
 
     if isinstance(pairs, (str, Path)):
         entries = []
@@ -558,9 +566,17 @@ def make_dataset(
     arguments resumes; ``limit`` (first N samples) may grow between calls. ``on_sample(i)`` is
     called after sample ``i`` was processed (before its chunk is committed).
     """
-    from .capture import AttentionCapture
-    from .inversion import (DEFAULT_STEPS, DEFAULT_STORE_STEPS, _check_store_steps, _denoiser, default_image_size,
-                            dual_invert, map_grid, pipeline_family)
+    from l2s.capture import AttentionCapture
+    from .inversion import (
+        DEFAULT_STEPS,
+        DEFAULT_STORE_STEPS,
+        _check_store_steps,
+        _denoiser,
+        default_image_size,
+        dual_invert,
+        map_grid,
+        pipeline_family,
+    )
 
     if dtype not in _DTYPES:
         raise L2SError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
@@ -741,7 +757,7 @@ def resize_map_dataset(source_dir: str | Path, out_dir: str | Path, map_size: in
     have stored it with that ``map_size`` (:func:`l2s.capture.resize_maps_for_classifier`: bilinear,
     renormalised), the same records and splits: to ask what a classifier reads at another grain
     without inverting again. The copy's settings name the source's settings hash."""
-    from .capture import resize_maps_for_classifier
+    from l2s.capture import resize_maps_for_classifier
 
     meta = load_dataset_meta(source_dir)
     grid = int(meta["map_size"])
@@ -844,13 +860,13 @@ class AttentionMapDataset(torch.utils.data.Dataset):
 
 
 def _load_pipe(model: str, device: str, torch_dtype: str):
-    from . import testing
+    import l2s.demo as testing
 
     tiny = {"tiny": testing.tiny_flux_pipeline, "tiny-flux": testing.tiny_flux_pipeline,
             "tiny-dev": lambda: testing.tiny_flux_pipeline(guidance_embeds=True), "tiny-sd": testing.tiny_sd_pipeline}
     if model in tiny:
         return tiny[model]().to(device)
-    from .pipelines import load_diffusers_pipeline
+    from l2s.pipelines import load_diffusers_pipeline
 
     pipe = load_diffusers_pipeline(model, torch_dtype=_DTYPES[torch_dtype])
     return pipe.to(device)

@@ -108,7 +108,7 @@ def _selector_width(num_groups: int, head_dim: int, device: torch.device, backen
 def _map_attention(backend: str, query, text_key, selector, attn_mask=None) -> torch.Tensor:
     """The maps through the chosen backend: fused SDPA with a selector value, or l2s.ops' kernel."""
     if backend == "native":
-        from .ops import selected_text_attention as native
+        from l2s.ops import selected_text_attention as native
 
         return native(query, text_key, selector, attn_mask=attn_mask)
     return selected_text_attention(query, text_key, selector, attn_mask=attn_mask)

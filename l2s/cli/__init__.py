@@ -1,0 +1,5 @@
+"""The `l2s` command line."""
+
+from .app import main
+
+__all__ = ["main"]
