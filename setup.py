@@ -8,7 +8,8 @@ Install torch first (``pip install -r requirements.txt``), then::
 Environment knobs: ``L2S_BUILD_CUDA=1`` compiles csrc/cuda/*.cu (needs nvcc);
 ``L2S_CUDA_ARCHS`` picks the CUDA architectures (default "80;90"); ``L2S_BUILD_TYPE``
 (default Release); ``L2S_NATIVE_ARCH=1`` adds -march=native; ``L2S_SKIP_TORCH_CHECK=1``
-skips the check that torch is importable.
+skips the check that torch is importable; ``L2S_SKIP_NATIVE=1`` builds without ``l2s_fast`` (only to
+check the packaged files quickly: the CPU path of ``l2s.ops`` needs the native module).
 """
 
 from __future__ import annotations
@@ -133,7 +134,7 @@ setup(
     packages=find_packages(include=["l2s", "l2s.*"]),
     package_data={"l2s.shapes": ["assets/**/*"]},
     include_package_data=True,
-    ext_modules=[CMakeExtension("l2s_fast")],
+    ext_modules=[] if env_flag("L2S_SKIP_NATIVE") else [CMakeExtension("l2s_fast")],
     cmdclass={"build_ext": CMakeBuild},
     # No torch here on purpose (see require_torch); accelerate is an extra because it depends
     # on torch and would pull a CUDA build into an environment that lacks one.

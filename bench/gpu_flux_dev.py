@@ -16,11 +16,11 @@ timing, peak memory above what was allocated before the measurement):
 * a plain transformer forward (no gradient);
 * one steering iteration (forward with capture, classifier, backward to the latent, update), in
   ``reference`` mode (explicit attention, eager fp32 classifier, host-side stop test) and ``fast``
-  mode: the pipeline's own ``refine_latents`` call, timed where the pipeline makes it;
-* the classifier's forward + backward to its maps, eager fp32 vs ``l2s.pipelines.compile_classifier``
+  mode: the pipeline's own refinement call, timed through its ``refine`` hook;
+* the classifier's forward + backward to its maps, eager fp32 vs ``l2s.steer.compile_classifier``
   (bf16 under CUDA graphs on a GPU);
 * one layer's map capture, forward + backward: explicit softmax vs the SDPA selector
-  (``l2s.capture.selected_text_attention``) vs the native op (``l2s.ops.selected_text_softmax``);
+  (``l2s.ops.selected_text_attention``) vs the native op (``l2s.ops.selected_text_softmax``);
 * whole images (``--image-resolutions``): the denoising loop of a full steered generation, from the
   first transformer call to the VAE decode, for reference mode + reference schedule, then fast mode
   with every ``--presets`` schedule.
@@ -29,7 +29,8 @@ It prints one markdown table (times, speed-ups against the reference row of the 
 in the same run, peak memory) under a header naming the GPU and library versions, and writes it to
 ``--out``. ``--tiny`` runs the same code on the CPU with a tiny architecture (a smoke test).
 
-Usage (device machine)::
+Usage (device machine), from the repository root; the script imports ``l2s`` from its own
+checkout, so no install is needed::
 
     python bench/gpu_flux_dev.py --resolutions 512 1024 --dtype bf16 --iterations 10
     python bench/gpu_flux_dev.py --tiny            # CPU smoke run
@@ -54,20 +55,31 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before diffusers is imported: never download
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if __name__ == "__main__" and sys.path[0] != str(REPO_ROOT):
+    # Run as a script from a checkout (no install): its own l2s comes first on the path.
+    sys.path.insert(0, str(REPO_ROOT))
+
 import torch  # noqa: E402
 
-import l2s.pipelines.base as pipelines  # noqa: E402
-from l2s.capture.installer import _selector_width, selected_text_attention, token_group_selector  # noqa: E402
+import l2s  # noqa: E402
 from l2s.classifier import RelationClassifier  # noqa: E402
 from l2s.classifier import preset as classifier_preset  # noqa: E402
-from l2s.pipelines import FluxSteeringPipeline, compile_classifier  # noqa: E402
-from l2s.steer import PRESETS, custom_schedule, preset_steps  # noqa: E402
 from l2s.demo import CLIP_VOCAB_SIZE, T5_VOCAB_SIZE, tiny_clip_tokenizer, tiny_t5_tokenizer  # noqa: E402
+from l2s.ops import (  # noqa: E402
+    cuda_backend,
+    selected_text_attention,
+    selected_text_softmax,
+    selector_width,
+    token_group_selector,
+)
+from l2s.pipelines import FluxSteeringPipeline  # noqa: E402
+from l2s.steer import PRESETS, compile_classifier, custom_schedule, differentiable_sdpa, preset_steps  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 DEFAULT_PROMPT = "a photo of a cat to the left of a dog"
-# The capture-op rows: three object words, one of them two sub-word tokens (as SPEC §8's measurement).
+# The capture-op rows: three object words, one of them two sub-word tokens.
 CAPTURE_GROUPS = ((2,), (5, 6), (9,))
 PUBLISHED_STEPS = 50      # FLUX.1-dev's default number of denoising steps
 STEP_SIZE = 5.0           # the published FLUX step size (used by the one-iteration schedule)
@@ -185,24 +197,24 @@ def random_classifier(arch: Architecture, seed: int = 0) -> RelationClassifier:
 # ------------------------------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def intercept_refinement(handler: Callable) -> Iterator[None]:
-    """Route the steering pipelines' ``refine_latents`` calls through ``handler``.
+def intercept_refinement(steerer, handler: Callable) -> Iterator[None]:
+    """Route ``steerer``'s refinement calls (its ``refine`` hook) through ``handler``.
 
     ``handler(refine, latents, step, log_prob_fn, schedule, num_relations, diagnostics, **kwargs)``
     gets the real function first and must return what it returns. This lets a benchmark time the
-    pipeline's own refinement call (capture installed, its log-prob closure, its mode's options)
-    without re-implementing any of it.
+    pipeline's own refinement call (capture installed, its objective at the step, its mode's
+    options) without re-implementing any of it.
     """
-    original = pipelines.refine_latents
+    original = steerer.refine
 
     def hook(*args, **kwargs):
         return handler(original, *args, **kwargs)
 
-    pipelines.refine_latents = hook
+    steerer.refine = hook
     try:
         yield
     finally:
-        pipelines.refine_latents = original
+        steerer.refine = original
 
 
 class ForwardCounter:
@@ -333,7 +345,7 @@ def one_iteration_schedule():
 
 def measure_iteration(steerer: FluxSteeringPipeline, clock: Clock, resolution: int, prompt: str,
                       warmup: int, repeats: int) -> Row:
-    """One steering iteration exactly as the pipeline runs it (its own ``refine_latents`` call)."""
+    """One steering iteration exactly as the pipeline runs it (its own refinement call)."""
     row = Row(resolution, "steering iteration (fwd+bwd to latent)", f"{steerer.mode.name} mode",
               baseline=steerer.mode.name == "reference")
 
@@ -349,7 +361,7 @@ def measure_iteration(steerer: FluxSteeringPipeline, clock: Clock, resolution: i
         return refine(latents, step, log_prob, schedule, num_relations, diagnostics, **kwargs)
 
     def run():
-        with intercept_refinement(time_refinement):
+        with intercept_refinement(steerer, time_refinement):
             result = steerer(prompt, num_inference_steps=1, height=resolution, width=resolution,
                              schedule=one_iteration_schedule(), progress=False)
         row.note = f"p(target) {result.diagnostics.records[-1].target_probability[0]:.3f}"
@@ -395,7 +407,7 @@ def measure_plain_forward(steerer: FluxSteeringPipeline, clock: Clock, resolutio
 def classifier_gradient(call, maps: torch.Tensor, steps: torch.Tensor, target: int) -> torch.Tensor:
     """Gradient of -log p(target) w.r.t. the maps: the classifier's share of a steering iteration."""
     x = maps.detach().requires_grad_(True)
-    # The classifier's attention layers run SDPA and are differentiated: no cuDNN backward (SPEC §8).
+    # The classifier's attention layers run SDPA and are differentiated: no cuDNN backward.
     with differentiable_sdpa(maps.device):
         log_prob = torch.log_softmax(call(x, steps).float(), dim=-1)[:, target]
     (grad,) = torch.autograd.grad(-log_prob.sum(), x)
@@ -436,21 +448,16 @@ def measure_classifier(classifier: RelationClassifier, device: torch.device, dty
 
 def capture_op_variants(device: torch.device) -> dict[str, Callable]:
     """name -> f(q, k, selector (T, G), padded selector (T, W)) -> (B, H, N, G) maps."""
-    variants: dict[str, Callable] = {
+    return {
         # What reference mode does: materialise the text logits, softmax, average the group columns.
         "explicit softmax": lambda q, k, sel, padded: (
             (q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5).softmax(dim=-1) @ sel.to(q.dtype)),
         # What fast mode's capture processors do (padded as they pad it).
         "SDPA selector (l2s.capture)": lambda q, k, sel, padded: (
             selected_text_attention(q, k, padded)[..., : sel.shape[1]]),
+        # The custom op; an unbuilt kernel fails its row only (see guarded).
+        "native op (l2s.ops)": lambda q, k, sel, padded: selected_text_softmax(q, k, sel),
     }
-    try:
-        import l2s.ops.selected_softmax as ops
-    except Exception as error:  # an unbuilt extension must not stop the other rows
-        variants["native op (l2s.ops)"] = f"not importable: {type(error).__name__}: {error}"
-    else:
-        variants["native op (l2s.ops)"] = lambda q, k, sel, padded: ops.selected_text_softmax(q, k, sel)
-    return variants
 
 
 def measure_capture_op(arch: Architecture, resolution: int, device: torch.device, dtype: torch.dtype,
@@ -464,7 +471,7 @@ def measure_capture_op(arch: Architecture, resolution: int, device: torch.device
                     requires_grad=True)
     selector = token_group_selector(CAPTURE_GROUPS, arch.max_sequence_length, device=device, dtype=dtype)
     padded = token_group_selector(CAPTURE_GROUPS, arch.max_sequence_length,
-                                  _selector_width(len(CAPTURE_GROUPS), arch.head_dim, device),
+                                  selector_width(len(CAPTURE_GROUPS), arch.head_dim, device),
                                   device=device, dtype=dtype)
     grad_out = torch.randn(1, arch.heads, tokens, len(CAPTURE_GROUPS), device=device, dtype=dtype)
     group = f"capture op, one layer fwd+bwd ({arch.heads} heads, {tokens}x{arch.max_sequence_length})"
@@ -472,28 +479,16 @@ def measure_capture_op(arch: Architecture, resolution: int, device: torch.device
     for name, fn in capture_op_variants(device).items():
         row = Row(resolution, group, name, baseline=name == "explicit softmax")
         rows.append(row)
-        if isinstance(fn, str):
-            row.note = fn
-            continue
 
         def step(fn=fn):
-            # Differentiated pass: keep cuDNN's SDPA backward out (it failed on the H100, SPEC §8).
+            # Differentiated pass: keep cuDNN's SDPA backward out (it failed on an H100).
             with differentiable_sdpa(device):
                 torch.autograd.grad(fn(q, k, selector, padded), (q, k), grad_out)
 
         row.ms, row.peak_extra = guarded(row, lambda: clock.measure(step, warmup, repeats))
-        if name.startswith("native") and device.type == "cuda":
-            import l2s.ops.selected_softmax as ops
-            row.note = f"backend {ops._cuda_backend()}" if row.ms is not None else row.note
+        if name.startswith("native") and device.type == "cuda" and row.ms is not None:
+            row.note = f"backend {cuda_backend()}"
     return rows
-
-
-def differentiable_sdpa(device: torch.device):
-    """Flash / memory-efficient SDPA only (math as a last resort) for passes that are differentiated."""
-    if device.type != "cuda":
-        return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 def image_steps(preset: str, steps_for_50: int) -> int:
@@ -614,7 +609,7 @@ def render_report(rows: Sequence[Row], args: argparse.Namespace, arch: Architect
         f"# Steering benchmark: {arch.name} architecture, random weights",
         "",
         f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}; device: {device_name(device)}",
-        f"- versions: {_versions(device)}",
+        f"- versions: {_versions(device)}; l2s from {Path(l2s.__file__).parent}",
         f"- transformer: {t['num_layers']} double + {t['num_single_layers']} single blocks, "
         f"{arch.heads} heads x {arch.head_dim}, joint attention dim {t['joint_attention_dim']}, "
         f"random {args.dtype} weights"
@@ -688,6 +683,42 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def measure_micro(steerers: dict, classifier: RelationClassifier, arch: Architecture,
+                  device: torch.device, dtype: torch.dtype, clock: Clock,
+                  args: argparse.Namespace) -> list[Row]:
+    """Per resolution: plain forward, one steering iteration per mode, capture op; then the classifier."""
+    rows: list[Row] = []
+    for resolution in args.resolutions:
+        rows.append(measure_plain_forward(steerers["fast"], clock, resolution, args.prompt,
+                                          args.warmup, args.iterations))
+        for mode in ("reference", "fast"):
+            rows.append(measure_iteration(steerers[mode], clock, resolution, args.prompt,
+                                          args.warmup, args.iterations))
+        rows.extend(measure_capture_op(arch, resolution, device, dtype, clock, args.warmup,
+                                       args.iterations))
+        print(f"micro measurements at {resolution}² done", file=sys.stderr)
+    rows.extend(measure_classifier(classifier, device, dtype, clock, args.warmup, args.iterations))
+    return rows
+
+
+def measure_images(steerers: dict, clock: Clock, args: argparse.Namespace) -> list[Row]:
+    """Whole images: reference mode + reference schedule, then fast mode with every preset."""
+    rows: list[Row] = []
+    presets = ["reference"] + [p for p in args.presets if p != "reference"]
+    for resolution in args.image_resolutions:
+        for mode in ("reference", "fast"):
+            warm = Row(resolution, "warm-up", mode)
+            guarded(warm, lambda mode=mode: warm_up(steerers[mode], resolution, args.prompt, args.warmup))
+            if warm.note:
+                print(f"warm-up {mode} at {resolution}²: {warm.note}", file=sys.stderr)
+        runs = [("reference", "reference")] + [("fast", p) for p in presets]
+        for mode, preset in runs:
+            rows.append(measure_image(steerers[mode], preset, image_steps(preset, args.image_steps),
+                                      resolution, args.prompt, clock))
+            print(f"whole image {mode}/{preset} at {resolution}²: {rows[-1].ms} ms", file=sys.stderr)
+    return rows
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
@@ -710,29 +741,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     rows: list[Row] = []
     if not args.no_micro:
-        for resolution in args.resolutions:
-            rows.append(measure_plain_forward(steerers["fast"], clock, resolution, args.prompt,
-                                              args.warmup, args.iterations))
-            for mode in ("reference", "fast"):
-                rows.append(measure_iteration(steerers[mode], clock, resolution, args.prompt,
-                                              args.warmup, args.iterations))
-            rows.extend(measure_capture_op(arch, resolution, device, dtype, clock, args.warmup,
-                                           args.iterations))
-            print(f"micro measurements at {resolution}² done", file=sys.stderr)
-        rows.extend(measure_classifier(classifier, device, dtype, clock, args.warmup, args.iterations))
-
-    presets = ["reference"] + [p for p in args.presets if p != "reference"]
-    for resolution in args.image_resolutions:
-        for mode in ("reference", "fast"):
-            warm = Row(resolution, "warm-up", mode)
-            guarded(warm, lambda mode=mode: warm_up(steerers[mode], resolution, args.prompt, args.warmup))
-            if warm.note:
-                print(f"warm-up {mode} at {resolution}²: {warm.note}", file=sys.stderr)
-        runs = [("reference", "reference")] + [("fast", p) for p in presets]
-        for mode, preset in runs:
-            rows.append(measure_image(steerers[mode], preset, image_steps(preset, args.image_steps),
-                                      resolution, args.prompt, clock))
-            print(f"whole image {mode}/{preset} at {resolution}²: {rows[-1].ms} ms", file=sys.stderr)
+        rows.extend(measure_micro(steerers, classifier, arch, device, dtype, clock, args))
+    rows.extend(measure_images(steerers, clock, args))
 
     report = render_report(rows, args, arch, device, resident, argv)
     out = args.out or default_out_path(arch, device)

@@ -21,8 +21,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before diffusers is imported: ne
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-import l2s.ops.selected_softmax as ops  # noqa: E402
-from l2s.capture import selected_text_attention, token_group_selector  # noqa: E402
+import l2s.ops as ops  # noqa: E402
+from l2s.ops import selected_text_attention, token_group_selector  # noqa: E402
 
 THREADS = int(os.environ.get("L2S_BENCH_THREADS", "1"))
 GROUPS = [[3, 4], [9], [20, 21, 22]]  # sub-word tokens of three object words
@@ -94,7 +94,7 @@ def _run(benchmark, method: str, device: str) -> None:
     benchmark.group = f"capture fwd+bwd, {device}: B{B} H{H} N{N} T{T} D{D} G{len(GROUPS)} {dtype}"
     benchmark.extra_info["method"] = method
     if method == "native" and device == "cuda":
-        benchmark.extra_info["backend"] = ops._cuda_backend()
+        benchmark.extra_info["backend"] = ops.cuda_backend()
     benchmark(_forward_backward, method, q, k, selector, padded, grad_out)
 
 

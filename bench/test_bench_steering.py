@@ -5,8 +5,8 @@ Three groups, each timing code the pipelines run (nothing re-implemented here):
 * ``classifier``: the relation classifier's forward + backward to its maps, eager fp32 vs
   :func:`l2s.pipelines.compile_classifier` (a small custom config, so compiling stays short);
 * ``iteration``: one steering iteration (transformer forward with map capture, classifier, backward
-  to the latent, update) in ``reference`` and ``fast`` mode: the pipeline's own ``refine_latents``
-  call on a 1-step, 1-iteration schedule, timed where the pipeline makes it;
+  to the latent, update) in ``reference`` and ``fast`` mode: the pipeline's own refinement call
+  on a 1-step, 1-iteration schedule, timed through the pipeline's ``refine`` hook;
 * ``generation``: a whole steered generation per schedule preset in fast mode, plus the reference
   preset in reference mode.
 
@@ -113,7 +113,7 @@ def test_steered_iteration(benchmark, mode, tiny_dev):
         benchmark.extra_info["forwards"] = counter.count
         return benchmark.pedantic(iteration, rounds=ITERATION_ROUNDS, warmup_rounds=1)
 
-    with intercept_refinement(time_refinement):
+    with intercept_refinement(steerer, time_refinement):
         result = steerer(PROMPT, num_inference_steps=1, height=SIDE, width=SIDE,
                          schedule=one_iteration_schedule(), progress=False)
 

@@ -4,7 +4,7 @@
 //
 // q (B,H,N,D) image queries, k (B,H,T,D) text keys, selector (T,G) token weights, all
 // contiguous float32. The (N,T) probability matrix is never stored: each query row is
-// streamed over the T keys (see reference/performance.md section 2.4 for the backward).
+// streamed over the T keys; the backward recomputes them blockwise from the row log-sum-exp.
 #pragma once
 
 #include <cstdint>

@@ -8,7 +8,7 @@ Forward: one program per (query tile, b·h) streams the T text keys in tiles wit
 softmax (running max ``m``, running denominator ``l``, running ``P @ selector``), so only
 ``BLOCK_N × BLOCK_T`` logits live at a time, in registers.
 
-Backward (reference/performance.md §2.4; the FlashAttention-2 identity with dP = dO·selectorᵀ):
+Backward (the FlashAttention-2 identity with dP = dO·selectorᵀ):
     dS = P ∘ (dP − Δ),  Δ_n = Σ_t P_nt dP_nt = rowsum(dO ∘ O)_n,
     dQ = scale · dS·K,  dK = scale · dSᵀ·Q.
 * ``_backward_dq_kernel`` (per query tile): pass 1 over T recomputes the row log-sum-exp and Δ
@@ -20,8 +20,11 @@ Backward (reference/performance.md §2.4; the FlashAttention-2 identity with dP 
 Logits are kept in base 2 (``exp2`` with ``scale·log2 e`` folded into the logits), as flash
 kernels do; every accumulation is float32 whatever the input dtype (float16, bfloat16, float32).
 
+The PyTorch reference of both passes is at the top of this file: :func:`selected_softmax_ref`
+(its autograd is the backward's reference) and :func:`selected_softmax_lse_ref`.
+
 With ``TRITON_INTERPRET=1`` set before this module is imported, Triton's interpreter runs these
-kernels on CPU tensors (that is how tests/test_ops.py checks them on machines without a GPU).
+kernels on CPU tensors (that is how the tests check them on machines without a GPU).
 """
 
 from __future__ import annotations
@@ -36,6 +39,30 @@ LOG2E = 1.4426950408889634
 MAX_HEAD_DIM = 256
 MAX_GROUPS = 128
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+# ------------------------------------------------------------------------------------------------
+# PyTorch reference
+# ------------------------------------------------------------------------------------------------
+
+
+def selected_softmax_ref(q: torch.Tensor, k: torch.Tensor, selector: torch.Tensor, scale: float) -> torch.Tensor:
+    """What :func:`selected_softmax_forward` computes: ``softmax_t(q kᵀ · scale) @ selector``.
+
+    Materialises the (B, H, N, T) probabilities, in the inputs' dtype (pass float64 for a reference).
+    """
+    probs = torch.softmax(q @ k.transpose(-1, -2) * scale, dim=-1)
+    return probs @ selector.to(dtype=probs.dtype)
+
+
+def selected_softmax_lse_ref(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+    """The ``return_lse`` output: per-row natural log-sum-exp of the text logits, ``(B, H, N)``."""
+    return torch.logsumexp(q @ k.transpose(-1, -2) * scale, dim=-1)
+
+
+# ------------------------------------------------------------------------------------------------
+# Kernels
+# ------------------------------------------------------------------------------------------------
 
 
 @triton.jit
@@ -94,6 +121,37 @@ def _forward_kernel(
 
 
 @triton.jit
+def _lse_and_delta(
+    q, do, k_base, Sel, stride_kt, stride_kd, offs_d, offs_g, d_mask, g_mask, T, G, qk_scale,
+    BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Pass 1 of the dq kernel: base-2 row log-sum-exp and Δ = Σ_t P_t dP_t of one query tile.
+
+    Both online over T (u is Σ exp(s - m) dP, rescaled like l), so Δ needs no O.
+    """
+    m_i = tl.full([BLOCK_N], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_N], dtype=tl.float32)
+    u_i = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for t0 in range(0, T, BLOCK_T):
+        offs_t = t0 + tl.arange(0, BLOCK_T)
+        t_mask = offs_t < T
+        k_t = tl.load(k_base + offs_t[None, :] * stride_kt + offs_d[:, None] * stride_kd,
+                      mask=d_mask[:, None] & t_mask[None, :], other=0.0)
+        s = tl.dot(q, k_t, input_precision=DOT_PRECISION) * qk_scale
+        s = tl.where(t_mask[None, :], s, float("-inf"))
+        sel_t = tl.load(Sel + offs_t[None, :] * G + offs_g[:, None],
+                        mask=g_mask[:, None] & t_mask[None, :], other=0.0)           # (G, BLOCK_T)
+        dp = tl.dot(do, sel_t, input_precision=DOT_PRECISION)                        # (BLOCK_N, BLOCK_T)
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        u_i = u_i * alpha + tl.sum(p * dp, 1)
+        m_i = m_new
+    return m_i + tl.log2(l_i), u_i / l_i
+
+
+@triton.jit
 def _backward_dq_kernel(
     Q, K, Sel, DO, DQ, Lse, Delta,
     stride_qb, stride_qh, stride_qn, stride_qd,
@@ -123,28 +181,8 @@ def _backward_dq_kernel(
     do = tl.load(do_base + offs_n[:, None] * stride_on + offs_g[None, :] * stride_og,
                  mask=n_mask[:, None] & g_mask[None, :], other=0.0)                  # (BLOCK_N, G)
 
-    # Pass 1: log-sum-exp and Δ = Σ_t P_t dP_t, both online (u is Σ exp(s - m) dP, rescaled like l).
-    m_i = tl.full([BLOCK_N], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_N], dtype=tl.float32)
-    u_i = tl.zeros([BLOCK_N], dtype=tl.float32)
-    for t0 in range(0, T, BLOCK_T):
-        offs_t = t0 + tl.arange(0, BLOCK_T)
-        t_mask = offs_t < T
-        k_t = tl.load(k_base + offs_t[None, :] * stride_kt + offs_d[:, None] * stride_kd,
-                      mask=d_mask[:, None] & t_mask[None, :], other=0.0)
-        s = tl.dot(q, k_t, input_precision=DOT_PRECISION) * qk_scale
-        s = tl.where(t_mask[None, :], s, float("-inf"))
-        sel_t = tl.load(Sel + offs_t[None, :] * G + offs_g[:, None],
-                        mask=g_mask[:, None] & t_mask[None, :], other=0.0)           # (G, BLOCK_T)
-        dp = tl.dot(do, sel_t, input_precision=DOT_PRECISION)                        # (BLOCK_N, BLOCK_T)
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        u_i = u_i * alpha + tl.sum(p * dp, 1)
-        m_i = m_new
-    lse = m_i + tl.log2(l_i)
-    delta = u_i / l_i
+    lse, delta = _lse_and_delta(q, do, k_base, Sel, stride_kt, stride_kd, offs_d, offs_g, d_mask, g_mask,
+                                T, G, qk_scale, BLOCK_N, BLOCK_T, DOT_PRECISION)
     tl.store(Lse + pid_bh.to(tl.int64) * N + offs_n, lse, mask=n_mask)
     tl.store(Delta + pid_bh.to(tl.int64) * N + offs_n, delta, mask=n_mask)
 
@@ -255,9 +293,8 @@ def _tile_meta(q: torch.Tensor, D: int, G: int) -> dict:
 def _launch_config(dtype: torch.dtype, block_n: int | None, block_t: int | None, num_warps: int | None) -> tuple[int, int, int]:
     """Tile sizes and warps; explicit arguments win.
 
-    Chosen from ptxas resource reports of these kernels compiled offline for sm_90 at head dim 128
-    (not tuned on a GPU): 16-bit inputs use 64×64 tiles on 4 warps with no spills (≤ 248
-    registers); float32's IEEE dots are FMA loops that spill at that size, so 32×32 on 8 warps.
+    At head dim 128 on sm_90, 16-bit inputs fit 64×64 tiles on 4 warps without register spills;
+    float32's IEEE dots are FMA loops that spill at that size, so 32×32 on 8 warps.
     """
     default_n, default_t, default_warps = (32, 32, 8) if dtype == torch.float32 else (64, 64, 4)
     return block_n or default_n, block_t or default_t, num_warps or default_warps

@@ -1,9 +1,9 @@
 """Tiny random diffusion pipelines for tests and offline CLI runs.
 
-No model weights can be downloaded here, so every component (tokenizers included) is built in code
-from the small configurations diffusers' own tests use. The pipelines produce noise, but their
-shapes, attention layout and tokenisation behave like the real FLUX / Stable Diffusion ones, which is
-all that capture, steering and the CLI need to be exercised end to end.
+No model weights can be downloaded here, so every component is built in code from the small
+configurations diffusers' own tests use (tokenizers by :mod:`l2s.tokenizers`). The pipelines
+produce noise, but their shapes, attention layout and tokenisation behave like the real FLUX /
+Stable Diffusion ones, which is all that capture, steering and the CLI need to be exercised end to end.
 
 Sizes to remember:
   * FLUX: the one-block VAE does not downsample (scale factor 1) and FLUX packs 2x2 latent patches,
@@ -16,7 +16,6 @@ Sizes to remember:
 from __future__ import annotations
 
 import contextlib
-import string
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,9 +30,8 @@ from transformers import (
 )
 
 from l2s.evaluation import COCO_CLASSES as GENEVAL_COCO_CLASSES  # one home for the list
+from l2s.tokenizers import byte_level_clip_tokenizer, word_t5_tokenizer
 
-CLIP_MAX_LENGTH = 77
-T5_MAX_LENGTH = 512
 # The tiny T5 encoder's embedding table; the tokenizer (words + 100 sentinel ids) must fit inside.
 T5_VOCAB_SIZE = 1103
 CLIP_VOCAB_SIZE = 1000
@@ -43,50 +41,10 @@ CLIP_VOCAB_SIZE = 1000
 # --------------------------------------------------------------------------------------------
 
 
-def _byte_level_alphabet() -> list[str]:
-    """The 256 printable stand-ins byte-level BPE uses for raw bytes (GPT-2's table).
-
-    transformers 5 no longer exports this helper, hence the local copy.
-    """
-    printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    byte_values = printable[:]
-    code_points = printable[:]
-    shift = 0
-    for byte in range(256):
-        if byte not in printable:
-            byte_values.append(byte)
-            code_points.append(256 + shift)
-            shift += 1
-    return [chr(c) for _, c in sorted(zip(byte_values, code_points))]
-
-
 def tiny_clip_tokenizer(merges: list[tuple[str, str]] | None = None) -> CLIPTokenizer:
-    """A character-level CLIP tokenizer (transformers' fast, ``tokenizers``-backed CLIPTokenizer).
-
-    Vocabulary: the 256 byte-level characters, the same with the ``</w>`` end-of-word suffix, then
-    ``<|startoftext|>`` (512) and ``<|endoftext|>`` (513, also padding). As in real CLIP the two
-    special tokens have the highest ids, which the text model's legacy pooling (``eos_token_id=2``:
-    arg-max of the ids) relies on to find the end token. With no merges every character is one
-    token, so a word like "teddy bear" spans many tokens.
-
-    ``merges``: optional BPE merges, e.g. ``[("t", "e"), ("te", "d")]``; each merge result is
-    appended to the vocabulary (ids from 514 on) so real sub-word tokens can be tested.
-    """
-    alphabet = _byte_level_alphabet()
-    vocab: dict[str, int] = {}
-    for token in alphabet + [c + "</w>" for c in alphabet] + ["<|startoftext|>", "<|endoftext|>"]:
-        vocab[token] = len(vocab)
-    merges = list(merges or [])
-    for left, right in merges:
-        vocab.setdefault(left + right, len(vocab))
-    if len(vocab) > CLIP_VOCAB_SIZE:
-        raise ValueError(f"CLIP vocabulary of {len(vocab)} exceeds the text model's {CLIP_VOCAB_SIZE}")
-    # model_max_length must be set: the default (a huge int) overflows when truncating.
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=CLIP_MAX_LENGTH)
+    """The tiny pipelines' character-level CLIP tokenizer (:func:`l2s.tokenizers.byte_level_clip_tokenizer`),
+    sized for their CLIP text model: at most :data:`CLIP_VOCAB_SIZE` tokens with ``merges``."""
+    return byte_level_clip_tokenizer(merges, max_vocab_size=CLIP_VOCAB_SIZE)
 
 
 # The 80 COCO class names as GenEval spells them ("computer mouse", "tv remote", ...): their words
@@ -158,23 +116,6 @@ def tiny_t5_word_list() -> list[str]:
 
 # Sentence starters that also get a capitalised piece (T5 is case-sensitive).
 _CAPITALISED = ("a", "an", "the", "one", "two", "three", "this", "there", "photo", "it")
-# Unigram log-probabilities: a known word always beats spelling it out, so only unknown words
-# fall back to the stray "▁" piece + characters, like sentencepiece does for rare words.
-_WORD_SCORE, _SPACE_SCORE, _CHAR_SCORE = -8.0, -10.0, -12.0
-
-
-def sentencepiece_t5_tokenizer(pieces: dict[str, float], extra_ids: int = 100) -> T5TokenizerFast:
-    """A T5 tokenizer (sentencepiece-style Unigram model, ``▁`` marks a word start) built in code.
-
-    ``<pad>``=0, ``</s>``=1, ``<unk>``=2 as in T5, then ``pieces`` (piece -> log-probability) in
-    the given order, then ``extra_ids`` sentinel tokens. It appends ``</s>``, has no start token,
-    reports exact character offsets and survives ``save_pretrained``/``from_pretrained``.
-    (A ``tokenizers`` WordLevel model wrapped in T5TokenizerFast tokenises the same way but does
-    not reload: transformers 5's T5Tokenizer rebuilds a Unigram model from the saved vocabulary.)
-    """
-    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
-    vocab += [(piece, score) for piece, score in pieces.items() if piece not in {"<pad>", "</s>", "<unk>"}]
-    return T5TokenizerFast(vocab=vocab, extra_ids=extra_ids, model_max_length=T5_MAX_LENGTH)
 
 
 def tiny_t5_tokenizer() -> T5TokenizerFast:
@@ -185,12 +126,7 @@ def tiny_t5_tokenizer() -> T5TokenizerFast:
     punctuation), and anything else is ``<unk>``. With T5's 100 sentinel tokens the vocabulary
     stays below the tiny encoder's 1103 embeddings. ``model_max_length`` 512.
     """
-    pieces: dict[str, float] = {"▁": _SPACE_SCORE}
-    for word in tiny_t5_word_list() + [w.capitalize() for w in _CAPITALISED]:
-        pieces.setdefault("▁" + word, _WORD_SCORE)
-    for char in string.ascii_letters + string.digits + string.punctuation:
-        pieces.setdefault(char, _CHAR_SCORE)
-    tokenizer = sentencepiece_t5_tokenizer(pieces)
+    tokenizer = word_t5_tokenizer(tiny_t5_word_list(), _CAPITALISED)
     if len(tokenizer) > T5_VOCAB_SIZE:
         raise AssertionError(f"tiny T5 vocabulary {len(tokenizer)} exceeds {T5_VOCAB_SIZE}")
     return tokenizer

@@ -9,7 +9,8 @@ import string
 import pytest
 
 from l2s.errors import TokenizationError
-from l2s.demo import sentencepiece_t5_tokenizer, tiny_clip_tokenizer, tiny_t5_tokenizer
+from l2s.demo import tiny_clip_tokenizer, tiny_t5_tokenizer
+from l2s.tokenizers import sentencepiece_t5_tokenizer
 from l2s.tokens import (
     TokenGroup,
     check_prompt_length,

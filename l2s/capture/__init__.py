@@ -1,19 +1,18 @@
-"""l2s.capture."""
+"""l2s.capture: differentiable capture of token-selected cross-attention maps (FLUX, SD UNets).
 
-from .installer import (
-    AttentionCapture,
-    CapturedMaps,
-    ExplicitAttentionReference,
-    resize_maps_for_classifier,
-    selected_text_attention,
-    token_group_selector,
-)
+:class:`AttentionCapture` installs map-recording processors (:mod:`.flux`, :mod:`.unet`);
+:class:`ExplicitAttentionReference` is the published explicit-softmax reference mode;
+:meth:`CapturedMaps.classifier_input` turns the maps into the relation classifier's input.
+"""
+
+from .installer import CAPTURE_BACKENDS, AttentionCapture, ExplicitAttentionReference
+from .maps import CapturedMaps, LayerMaps, resize_maps_for_classifier
 
 __all__ = [
+    "CAPTURE_BACKENDS",
     "AttentionCapture",
     "CapturedMaps",
     "ExplicitAttentionReference",
+    "LayerMaps",
     "resize_maps_for_classifier",
-    "selected_text_attention",
-    "token_group_selector",
 ]

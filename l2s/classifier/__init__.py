@@ -1,13 +1,7 @@
-"""l2s.classifier."""
+"""l2s.classifier: the relation classifier, its configuration and its checkpoint formats."""
 
-from .model import (
-    ClassifierConfig,
-    RelationClassifier,
-    convert_published_checkpoint,
-    load_published_checkpoint,
-    preset,
-    step_index_for,
-)
+from .config import ClassifierConfig, preset, step_index_for
+from .model import RelationClassifier, convert_published_checkpoint, load_published_checkpoint
 
 __all__ = [
     "ClassifierConfig",

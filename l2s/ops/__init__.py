@@ -1,7 +1,87 @@
-"""l2s.ops."""
+"""l2s.ops: token-selected text-softmax maps ``softmax_T(q kᵀ · scale) @ selector``.
 
-from .selected_softmax import selected_text_attention
+Two backends compute the same maps and gradients:
+
+* ``"sdpa"``: fused SDPA with the ``(T, W)`` selector as value matrix (:mod:`.sdpa`);
+* ``"native"``: the custom op ``l2s::selected_text_softmax`` (:mod:`.selected_softmax`), whose
+  kernels :mod:`.dispatch` picks: l2s_fast on CPU, Triton or l2s_fast's CUDA kernels on a GPU,
+  the exact blockwise PyTorch path (:mod:`.blockwise`) for float64.
+
+Explicit PyTorch formulas: :func:`selected_text_softmax_reference`,
+:func:`selected_text_attention_reference`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from . import selected_softmax as _registration  # noqa: F401  (registers torch.ops.l2s.*)
+from .dispatch import CUDA_BACKEND_ENV, CUDA_BACKENDS, available_backends, cuda_backend
+from .reference import check_inputs as _check_inputs
+from .reference import selected_text_softmax_reference
+from .sdpa import sdpa_selected_text_attention, selected_text_attention_reference
+from .selector import selector_width, token_group_selector
 
 __all__ = [
+    "ATTENTION_BACKENDS",
+    "CUDA_BACKENDS",
+    "CUDA_BACKEND_ENV",
+    "available_backends",
+    "cuda_backend",
     "selected_text_attention",
+    "selected_text_attention_reference",
+    "selected_text_softmax",
+    "selected_text_softmax_reference",
+    "selector_width",
+    "token_group_selector",
 ]
+
+ATTENTION_BACKENDS = ("sdpa", "native")
+
+
+def selected_text_softmax(q: Tensor, k: Tensor, selector: Tensor, scale: float | None = None) -> Tensor:
+    """Token-selected text-softmax maps ``softmax_T(q kᵀ · scale) @ selector`` via the native op.
+
+    Args:
+        q: ``(B, H, N, D)`` image queries (any strides).
+        k: ``(B, H, T, D)`` text keys, same dtype and device as ``q``.
+        selector: ``(T, G)`` token weights per group (:func:`token_group_selector`).
+        scale: logit scale; default ``1/√D`` (SDPA's).
+
+    Returns:
+        ``(B, H, N, G)`` maps in q's dtype; differentiable w.r.t. q, k (and selector).
+    """
+    _check_inputs(q, k, selector)
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    return torch.ops.l2s.selected_text_softmax(q, k, selector, float(scale))
+
+
+def selected_text_attention(
+    query: Tensor,
+    text_key: Tensor,
+    selector: Tensor,
+    attn_mask: Tensor | None = None,
+    backend: str = "sdpa",
+) -> Tensor:
+    """Token-averaged text-softmax attention maps ``softmax(q kᵀ/√d) @ selector``.
+
+    Args:
+        query: ``(B, H, N, D)`` image queries (after the model's norms and RoPE).
+        text_key: ``(B, H, T, D)`` text keys.
+        selector: ``(T, W)`` from :func:`token_group_selector` (``W`` may include zero padding).
+        attn_mask: optional SDPA mask over the text keys (SD passes the model's own mask).
+        backend: ``"sdpa"`` (fused SDPA, selector as value) or ``"native"`` (the custom op). The
+            native op takes no mask: with ``attn_mask`` the call goes to SDPA, same maths.
+
+    Returns:
+        ``(B, H, N, W)`` maps; the columns past the real groups are zero.
+    """
+    if backend not in ATTENTION_BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {ATTENTION_BACKENDS}")
+    if backend == "native" and attn_mask is None:
+        return selected_text_softmax(query, text_key, selector)
+    return sdpa_selected_text_attention(query, text_key, selector, attn_mask=attn_mask)

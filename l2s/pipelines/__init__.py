@@ -1,18 +1,21 @@
-"""l2s.pipelines."""
+"""l2s.pipelines: steered generation on diffusers pipelines, one module per model family.
 
-from .base import (
-    FluxSteeringPipeline,
-    SDSteeringPipeline,
-    SteeringPipeline,
-    compile_classifier,
-    load_diffusers_pipeline,
-    wrap_pipeline,
-)
+:mod:`.base` holds the model-independent data path, :mod:`.flux` and :mod:`.stable_diffusion` the
+families' denoising loops, :mod:`.loading` local folders and :func:`wrap_pipeline`.
+"""
+
+from l2s.steer import compile_classifier
+
+from .base import SteeringPipeline, SteeringResult
+from .flux import FluxSteeringPipeline  # noqa: I001 (registers with wrap_pipeline before SD)
+from .stable_diffusion import SDSteeringPipeline
+from .loading import load_diffusers_pipeline, wrap_pipeline
 
 __all__ = [
     "FluxSteeringPipeline",
     "SDSteeringPipeline",
     "SteeringPipeline",
+    "SteeringResult",
     "compile_classifier",
     "load_diffusers_pipeline",
     "wrap_pipeline",

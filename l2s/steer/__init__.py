@@ -1,25 +1,44 @@
-"""l2s.steer."""
+"""l2s.steer: test-time steering of a latent, independent of the diffusion model's loop.
 
+:class:`SteeringPlan` says what a prompt steers, :class:`SteeringObjective` computes log p(target
+relation) of a latent through the denoiser's maps and the classifier, :func:`refine_latents`
+takes gradient steps on it, and a :class:`Schedule` (or a preset) says on which steps and how hard.
+"""
+
+from .objective import (
+    MODES,
+    ExecutionMode,
+    SteeringObjective,
+    compile_classifier,
+    differentiable_sdpa,
+    execution_mode,
+)
+from .plan import SteeringPlan
+from .presets import PRESETS, Preset, preset_steps, schedule_preset
+from .refine import IterationRecord, LogProbFn, SteeringDiagnostics, refine_latents
 from .schedule import (
-    IterationRecord,
-    PRESETS,
     Schedule,
-    SteeringDiagnostics,
     custom_schedule,
-    preset_steps,
     published_loss_target,
     reference_schedule,
-    refine_latents,
-    schedule_preset,
     validate_step_size,
 )
 
 __all__ = [
+    "ExecutionMode",
     "IterationRecord",
+    "LogProbFn",
+    "MODES",
     "PRESETS",
+    "Preset",
     "Schedule",
     "SteeringDiagnostics",
+    "SteeringObjective",
+    "SteeringPlan",
+    "compile_classifier",
     "custom_schedule",
+    "differentiable_sdpa",
+    "execution_mode",
     "preset_steps",
     "published_loss_target",
     "reference_schedule",

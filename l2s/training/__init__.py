@@ -1,48 +1,63 @@
-"""l2s.training."""
+"""l2s.training: the relation classifier's training data (labelled relations, dual inversions,
+sharded map datasets) and its training, with the relation-leakage measures."""
 
-from .dataset import (
-    AttentionMapDataset,
-    RelationSample,
-    balance_samples,
-    coco_samples,
-    diagonal_relation,
-    gqa_samples,
-    load_dataset_meta,
-    make_data_main,
-    make_dataset,
-    prompt_pair_samples,
-    resize_map_dataset,
-    split_of,
-    write_map_dataset,
-)
-from .inversion import (
+from .dataset import DatasetSummary, dataset_summary, make_dataset
+from .flux_inversion import flux_sigmas, rf_inversion_mix
+from .gqa import GQA_ATTRIBUTES, gqa_samples, wordnet_is_a
+from .inversion import DualRecord, TrainingPrompt, dual_invert, invert_and_capture, training_prompts
+from .inversion_utils import (
+    DEFAULT_STEPS,
+    DEFAULT_STORE_STEPS,
+    InversionResult,
     default_image_size,
-    dual_invert,
-    flux_sigmas,
-    invert_and_capture,
-    rf_inversion_mix,
-    training_prompts,
+    map_grid,
+    pipeline_family,
+    psnr,
 )
-from .train import (
+from .leakage import (
     compare_classifiers,
     compare_hits,
     leakage_by_step,
     leakage_from_hits,
+    leakage_gap,
     leakage_line,
     record_hits,
     relation_leakage,
-    train_classifier,
-    train_main,
     validation_report,
 )
+from .map_dataset import resize_map_dataset, write_map_dataset
+from .reader import AttentionMapDataset
+from .sources import (
+    RelationSample,
+    balance_samples,
+    coco_samples,
+    diagonal_relation,
+    prompt_pair_samples,
+    sample_seed,
+    split_of,
+)
+from .store import MAP_DTYPES, load_dataset_meta
+from .train import DEFAULT_EPOCHS, DEFAULT_LR, TrainResult, train_classifier
 
 __all__ = [
     "AttentionMapDataset",
+    "DEFAULT_EPOCHS",
+    "DEFAULT_LR",
+    "DEFAULT_STEPS",
+    "DEFAULT_STORE_STEPS",
+    "DatasetSummary",
+    "DualRecord",
+    "GQA_ATTRIBUTES",
+    "InversionResult",
+    "MAP_DTYPES",
     "RelationSample",
+    "TrainResult",
+    "TrainingPrompt",
     "balance_samples",
     "coco_samples",
     "compare_classifiers",
     "compare_hits",
+    "dataset_summary",
     "default_image_size",
     "diagonal_relation",
     "dual_invert",
@@ -51,19 +66,23 @@ __all__ = [
     "invert_and_capture",
     "leakage_by_step",
     "leakage_from_hits",
+    "leakage_gap",
     "leakage_line",
     "load_dataset_meta",
-    "make_data_main",
     "make_dataset",
+    "map_grid",
+    "pipeline_family",
     "prompt_pair_samples",
+    "psnr",
     "record_hits",
     "relation_leakage",
     "resize_map_dataset",
     "rf_inversion_mix",
+    "sample_seed",
     "split_of",
     "train_classifier",
-    "train_main",
     "training_prompts",
     "validation_report",
+    "wordnet_is_a",
     "write_map_dataset",
 ]

@@ -1,5 +1,5 @@
 // Host emulation of the CUDA features csrc/cuda/selected_softmax.cu uses, so its kernels can be
-// checked on machines without a GPU (tests/test_ops.py::test_cuda_kernels_in_host_emulation).
+// checked on machines without a GPU (tests/ops/test_native.py::test_cuda_kernels_in_host_emulation).
 //
 // One std::thread per CUDA thread, block by block; std::barrier implements __syncthreads and
 // __syncwarp, a per-warp buffer implements __shfl_xor_sync. A missing barrier shows up as a

@@ -1,0 +1,65 @@
+"""Pytest setup shared by tests/ and bench/: offline Hugging Face, one thread, seeded RNGs, marker skips."""
+
+from __future__ import annotations
+
+import os
+
+# Before anything imports huggingface_hub / transformers / diffusers: tests never download.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+# Engines cache exports on disk: keep the tests' exports out of the user's cache, in a folder
+# removed when the session ends (each run used to leave one behind in the temp dir).
+if "L2S_ENGINE_CACHE" not in os.environ:
+    import atexit  # noqa: E402
+    import shutil  # noqa: E402
+    import tempfile  # noqa: E402
+
+    _engine_cache = tempfile.mkdtemp(prefix="l2s-engine-cache-")
+    os.environ["L2S_ENGINE_CACHE"] = _engine_cache
+    atexit.register(shutil.rmtree, _engine_cache, ignore_errors=True)
+
+import random  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# Tiny test models gain nothing from a second thread, and two threads on a busy 2-core machine
+# can be ~10x slower (OpenMP spin contention); L2S_TEST_THREADS overrides.
+torch.set_num_threads(int(os.environ.get("L2S_TEST_THREADS", "1")))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--runslow", action="store_true", default=False,
+        help="run tests marked slow (same as L2S_RUN_SLOW=1)",
+    )
+
+
+def _run_slow(config: pytest.Config) -> bool:
+    return bool(config.getoption("--runslow")) or os.environ.get("L2S_RUN_SLOW") == "1"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    skip_slow = None
+    if not _run_slow(config):
+        skip_slow = pytest.mark.skip(reason="slow test: run with --runslow or L2S_RUN_SLOW=1")
+    skip_gpu = None
+    if not torch.cuda.is_available():
+        skip_gpu = pytest.mark.skip(
+            reason=f"needs a CUDA device: torch.cuda.is_available() is False (torch {torch.__version__})"
+        )
+    for item in items:
+        if skip_slow is not None and "slow" in item.keywords:
+            item.add_marker(skip_slow)
+        if skip_gpu is not None and "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything() -> None:
+    """Every test starts from the same RNG state, whatever ran before it."""
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)

@@ -1,0 +1,24 @@
+"""Spatial accuracy of the shapes-world model, base vs steered (thin wrapper of `l2s shapes bench`).
+
+    python experiments/scripts/shapes_accuracy.py [--scale 0.5] [--out /tmp/shapes-bench]
+
+writes bench/results/shapes_accuracy.md (+ .json) and prints the table.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from l2s.cli.shapes import bench_main  # noqa: E402
+
+# The shipped model's table lives with the benchmarks, where the README cites it.
+RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "shapes_accuracy.md"
+
+if __name__ == "__main__":
+    argv = sys.argv[1:]
+    if "--results" not in argv:
+        argv += ["--results", str(RESULTS)]
+    sys.exit(bench_main(argv))

@@ -1,0 +1,107 @@
+"""Which model ``generate`` and ``eval`` run, and how they sample: loading the steering pipeline.
+
+Without ``--model`` the shipped shapes-world model and classifier run (``l2s/shapes/assets``);
+``--model tiny`` is the random demo; a directory is a diffusers pipeline.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from l2s.errors import L2SError, ModelLoadError, UsageError
+
+TRUE_CFG_HELP = ("FLUX only: classifier-free guidance against an empty prompt on the plain steps, as "
+                 "diffusers' true_cfg_scale (default: 1 = none; the shapes world's own for its models)")
+STEP_SIZE_HELP = ("steering step size (default: the published one per model, 5 for FLUX and SD 2.1, 7.5 for "
+                  "SD 1.4; the shapes world's own for its models)")
+
+
+def add_sampling_args(parser: argparse.ArgumentParser) -> None:
+    """How images are sampled and steered: shared by ``generate`` and ``eval``."""
+    parser.add_argument("--steps", type=int, help="denoising steps (default: the model's published setting)")
+    parser.add_argument("--height", type=int)
+    parser.add_argument("--width", type=int)
+    parser.add_argument("--guidance", type=float, help="guidance scale (default: published per model)")
+    parser.add_argument("--true-cfg", type=float, metavar="SCALE", help=TRUE_CFG_HELP)
+    parser.add_argument("--step-size", type=float, metavar="ALPHA", help=STEP_SIZE_HELP)
+
+
+def default_device() -> str:
+    """"cuda" when a GPU is usable, else "cpu"."""
+    try:
+        import torch
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"
+
+
+def load_steerer(args: argparse.Namespace):
+    """(steering pipeline, description of what was loaded) for ``--model`` and ``--classifier``."""
+    true_cfg = getattr(args, "true_cfg", None)
+    step_size = getattr(args, "step_size", None)
+    if args.model is None:
+        loaded = _shipped_model(args, true_cfg, step_size)
+        if loaded is not None:
+            return loaded
+        args.model = "tiny"
+    flux_options = {} if true_cfg is None else {"true_cfg_scale": true_cfg}
+    if args.model == "tiny":
+        return _tiny_model(args, step_size, flux_options)
+    return _model_dir(args, true_cfg, step_size, flux_options)
+
+
+def _shipped_model(args: argparse.Namespace, true_cfg: float | None, step_size: float | None):
+    """The shipped shapes-world model (the default), or None after saying it is missing."""
+    from l2s.shapes import load_shapes_steerer, shipped_assets
+
+    assets = shipped_assets()
+    if assets.available:
+        classifier = args.classifier or assets.classifier
+        return (load_shapes_steerer(assets.pipeline, classifier, true_cfg_scale=true_cfg, step_size=step_size),
+                f"shipped shapes-world model {assets.pipeline}; classifier {classifier}")
+    print(f"l2s: NOTE: the shipped shapes model is missing ({assets.pipeline}); falling back to the "
+          "tiny RANDOM demo model: images are noise and steering means nothing", file=sys.stderr)
+    return None
+
+
+def _tiny_model(args: argparse.Namespace, step_size: float | None, flux_options: dict):
+    from l2s.classifier import RelationClassifier
+    from l2s.demo import tiny_classifier_for, tiny_flux_pipeline
+    from l2s.pipelines import wrap_pipeline
+
+    pipe = tiny_flux_pipeline(seed=0)
+    if args.classifier:
+        classifier = RelationClassifier.load(args.classifier)
+        source = f"classifier {args.classifier}"
+    else:
+        classifier = tiny_classifier_for(pipe, seed=0)
+        source = "random untrained classifier (tiny demo: steering runs, results mean nothing)"
+    return (wrap_pipeline(pipe, classifier, step_size=step_size, **flux_options),
+            f"tiny random FLUX pipeline; {source}")
+
+
+def _model_dir(args: argparse.Namespace, true_cfg: float | None, step_size: float | None, flux_options: dict):
+    import torch
+
+    from l2s.classifier import RelationClassifier
+    from l2s.pipelines import load_diffusers_pipeline, wrap_pipeline
+
+    # Cheap checks first: a bad path should not cost loading a multi-GB pipeline.
+    if not (Path(args.model) / "model_index.json").is_file():
+        raise ModelLoadError(f"no diffusers pipeline at {args.model} (model_index.json missing)")
+    if not args.classifier:
+        raise L2SError("--classifier PATH is required with --model PATH")
+    classifier = RelationClassifier.load(args.classifier)
+    dtype_name = args.dtype if args.dtype != "auto" else ("bf16" if str(args.device).startswith("cuda") else "fp32")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype_name]
+    pipe = load_diffusers_pipeline(args.model, torch_dtype=dtype)
+    pipe.to(args.device)
+    source = f"{args.model}; classifier {args.classifier}"
+    from l2s.shapes import is_shapes_pipeline, steer_shapes_pipeline
+
+    if is_shapes_pipeline(pipe):  # a model from 'l2s shapes train-model': its own sampling settings
+        return steer_shapes_pipeline(pipe, classifier, true_cfg_scale=true_cfg, step_size=step_size), source
+    if flux_options and not hasattr(pipe, "transformer"):
+        raise UsageError("--true-cfg applies to FLUX models; Stable Diffusion's guidance is --guidance")
+    return wrap_pipeline(pipe, classifier, step_size=step_size, **flux_options), source

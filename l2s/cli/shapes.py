@@ -1,0 +1,272 @@
+"""``l2s shapes ...``: train the shapes model, make its classifier's data, train the classifier, bench.
+
+Thin front ends: parse the arguments, call :mod:`l2s.shapes`, print what was made.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from l2s.errors import L2SError
+
+# --------------------------------------------------------------------------------------------
+# l2s shapes train-model
+# --------------------------------------------------------------------------------------------
+
+
+def _parse_pair(text: str) -> tuple[int, int]:
+    low, _, high = text.partition("-")
+    return int(low), int(high or low)
+
+
+def build_train_model_parser() -> argparse.ArgumentParser:
+    from l2s.shapes import TrainSettings
+
+    parser = argparse.ArgumentParser(
+        prog="l2s shapes train-model",
+        description="Train the shapes-world FLUX model (rectified flow) and export it as a diffusers pipeline.")
+    defaults = TrainSettings()
+    parser.add_argument("--out", required=True, type=Path, help="run directory (checkpoint, data cache, pipeline/)")
+    parser.add_argument("--steps", type=int, default=defaults.steps, help="total optimiser steps")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate (AdamW)")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--scenes", type=int, default=defaults.scenes, help="pre-rendered training scenes")
+    parser.add_argument("--size", type=int, default=defaults.size, help="image side in pixels")
+    parser.add_argument("--objects", type=_parse_pair, default=defaults.n_objects, metavar="LOW-HIGH",
+                        help="objects per scene (default 2-4)")
+    parser.add_argument("--object-sizes", type=_parse_pair, default=defaults.object_sizes, metavar="LOW-HIGH",
+                        help="object side in pixels (default 8-12)")
+    parser.add_argument("--relation-caption-rate", type=float, default=defaults.relation_caption_rate,
+                        help="fraction of captions that state a relation (default 0.15)")
+    parser.add_argument("--sigma-sampling", choices=("logit-normal", "uniform"), default=defaults.sigma_sampling)
+    parser.add_argument("--ema-decay", type=float, default=defaults.ema_decay)
+    parser.add_argument("--warmup", type=int, default=defaults.warmup)
+    parser.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
+    parser.add_argument("--final-lr-fraction", type=float, default=defaults.final_lr_fraction,
+                        help="cosine decay target as a fraction of --lr (1 = constant after warm-up)")
+    _add_model_options(parser)
+    _add_run_options(parser)
+    return parser
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", choices=("default", "tiny"), default="default",
+                        help="model size (tiny: for tests); the options below override it")
+    parser.add_argument("--heads", type=int, default=None, help="transformer attention heads")
+    parser.add_argument("--head-dim", type=int, default=None, help="transformer head dimension")
+    parser.add_argument("--double-layers", type=int, default=None, help="FLUX double-stream blocks")
+    parser.add_argument("--single-layers", type=int, default=None, help="FLUX single-stream blocks")
+    parser.add_argument("--vae-factor", type=int, default=None,
+                        help="pixels per latent side (space-to-depth); FLUX packs 2x2 latents into a token, "
+                             "so a token covers 2*F pixels a side (default 2)")
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                        help="continue from OUT/checkpoint.pt when present (default on)")
+    parser.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
+                        help="stop after this many minutes and export the weights so far; the same "
+                             "command later resumes and completes the run")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (1 is fastest on a busy 2-core machine)")
+    parser.add_argument("--init-from", type=Path, default=None, metavar="PIPELINE_DIR",
+                        help="start from the transformer and T5 weights of a saved shapes pipeline "
+                             "(continue a finished run with a new schedule); same model options required")
+    parser.add_argument("--grow", action="store_true",
+                        help="with --init-from: the new model may have more --double-layers/--single-layers; "
+                             "the saved blocks come first and each new block starts as an identity")
+    parser.add_argument("--repatch", action="store_true",
+                        help="with --init-from: the new model may have another --vae-factor; everything but "
+                             "the patch embedding and output projection is loaded")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def train_settings_from_args(args: argparse.Namespace):
+    """The :class:`~l2s.shapes.TrainSettings` of parsed ``train-model`` arguments."""
+    from l2s.shapes import TINY_CONFIG, ShapesModelConfig, TrainSettings, rope_axes_for
+
+    model = asdict(TINY_CONFIG if args.preset == "tiny" else ShapesModelConfig())
+    overrides = {"num_heads": args.heads, "head_dim": args.head_dim, "double_layers": args.double_layers,
+                 "single_layers": args.single_layers, "vae_factor": args.vae_factor}
+    model.update({k: v for k, v in overrides.items() if v is not None}, image_size=args.size)
+    if args.head_dim is not None:
+        model["rope_axes"] = rope_axes_for(args.head_dim)
+    model = ShapesModelConfig.from_dict(model)
+    if args.size % (2 * model.vae_factor):
+        raise L2SError(f"--size must be a multiple of {2 * model.vae_factor}")
+    return TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                         scenes=args.scenes, size=args.size, n_objects=tuple(args.objects),
+                         object_sizes=tuple(args.object_sizes),
+                         relation_caption_rate=args.relation_caption_rate, sigma_sampling=args.sigma_sampling,
+                         ema_decay=args.ema_decay, warmup=args.warmup, checkpoint_every=args.checkpoint_every,
+                         final_lr_fraction=args.final_lr_fraction,
+                         init_from=str(args.init_from.resolve()) if args.init_from else None,
+                         grow=args.grow, repatch=args.repatch,
+                         model=asdict(model))
+
+
+def _check_train_args(args: argparse.Namespace) -> None:
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise L2SError("--device cuda but torch.cuda.is_available() is False")
+    if args.grow and args.init_from is None:
+        raise L2SError("--grow needs --init-from (the shallower pipeline to grow)")
+    if args.repatch and args.init_from is None:
+        raise L2SError("--repatch needs --init-from (the pipeline whose blocks start the run)")
+    if args.repatch and args.grow:
+        raise L2SError("--repatch and --grow cannot be combined (grow first, or repatch first)")
+
+
+def train_model_main(argv: Sequence[str] | None = None) -> int:
+    """``l2s shapes train-model``: train (resuming by default) and export the pipeline."""
+    import torch
+
+    from l2s.shapes import train
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_train_model_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    _check_train_args(args)
+    settings = train_settings_from_args(args)
+    command = "l2s shapes train-model " + " ".join(shlex.quote(a) for a in argv)
+    trainer = train(settings, args.out, device=args.device, resume=args.resume,
+                    progress=not args.no_progress, command=command,
+                    time_limit_s=None if args.time_limit is None else 60 * args.time_limit)
+    status = "" if trainer.step >= settings.steps else f" of {settings.steps} (time limit; rerun to resume)"
+    print(f"trained {trainer.step} steps{status}, loss {trainer.last_loss:.4f}; pipeline in {args.out / 'pipeline'}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# l2s shapes make-data / train-classifier
+# --------------------------------------------------------------------------------------------
+
+
+def build_make_data_parser() -> argparse.ArgumentParser:
+    from l2s.shapes import make_shapes_data
+
+    p = argparse.ArgumentParser(prog="l2s shapes make-data", description=make_shapes_data.__doc__)
+    p.add_argument("--model", help="shapes pipeline dir (default: the shipped model)")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--scenes", type=int, default=2400, help="two-object scenes to invert (default 2400)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-dual", action="store_true", help="pos prompts only")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def make_data_main(argv: Sequence[str] | None = None) -> int:
+    """``l2s shapes make-data``: dual-inverted attention maps of rendered shapes scenes."""
+    import torch
+
+    from l2s.shapes import load_shapes_pipeline, make_shapes_data
+
+    args = build_make_data_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pipe = load_shapes_pipeline(args.model)
+    summary = make_shapes_data(pipe, args.out, args.scenes, args.seed, dual=not args.no_dual,
+                               progress=not args.quiet)
+    print(f"{summary.records} records of {summary.samples_done} samples ({summary.skipped} skipped) in {args.out}")
+    return 0
+
+
+def build_train_classifier_parser() -> argparse.ArgumentParser:
+    from l2s.shapes import SHAPES_CLASSIFIER_EPOCHS, SHAPES_CLASSIFIER_LR
+
+    p = argparse.ArgumentParser(prog="l2s shapes train-classifier",
+                                description="Train the shapes-world relation classifier (small config).")
+    p.add_argument("--data", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--no-dual", action="store_true", help="train on pos prompts only (leakage ablation)")
+    p.add_argument("--epochs", type=int, default=SHAPES_CLASSIFIER_EPOCHS)
+    p.add_argument("--lr", type=float, default=SHAPES_CLASSIFIER_LR)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def train_classifier_main(argv: Sequence[str] | None = None) -> int:
+    """``l2s shapes train-classifier``: the small shapes classifier on a make-data dataset."""
+    import torch
+
+    from l2s.shapes import train_shapes_classifier
+    from l2s.training import validation_report
+
+    args = build_train_classifier_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = train_shapes_classifier(args.data, args.out, dual=not args.no_dual, epochs=args.epochs, lr=args.lr,
+                                     seed=args.seed, progress=not args.quiet)
+    print(f"best epoch {result.best_epoch}: val accuracy {result.best_val_accuracy:.3f}; weights in {result.best_dir}")
+    for line in validation_report(result.best_dir, args.data):
+        print(f"best checkpoint, {line}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# l2s shapes bench
+# --------------------------------------------------------------------------------------------
+
+
+def build_bench_parser() -> argparse.ArgumentParser:
+    from l2s.shapes import BENCH_SEEDS, SHAPES_STEP_SIZE, SHAPES_TRUE_CFG, run_shapes_bench
+
+    p = argparse.ArgumentParser(prog="l2s shapes bench", description=run_shapes_bench.__doc__)
+    p.add_argument("--model", type=Path, help="shapes pipeline dir (default: the shipped model)")
+    p.add_argument("--classifier", type=Path, help="dual classifier dir (default: shipped)")
+    p.add_argument("--ablation-classifier", type=Path, help="pos-only classifier dir (default: shipped)")
+    p.add_argument("--out", type=Path, default=Path("l2s-shapes-bench"), help="run directory (images, resumable)")
+    p.add_argument("--results", type=Path, help="write the Markdown table here (and .json beside it)")
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="multiply the prompt counts of every part but the two-object one (quick runs)")
+    p.add_argument("--position-prompts", type=int, default=100, help="two-object prompts (default 100)")
+    p.add_argument("--seeds", default=",".join(str(s) for s in BENCH_SEEDS))
+    p.add_argument("--parts", help="comma-separated part keys to run (default all)")
+    p.add_argument("--classifier-data", type=Path,
+                   help="the classifiers' map dataset (l2s shapes make-data): also compare dual and pos-only "
+                        "on its held-out maps per prompt type (leakage check)")
+    p.add_argument("--true-cfg", type=float, metavar="SCALE",
+                   help=f"sampling guidance against the empty caption (default {SHAPES_TRUE_CFG}; 1 = none)")
+    p.add_argument("--step-size", type=float, metavar="ALPHA",
+                   help=f"steering step size of every part (default {SHAPES_STEP_SIZE:g})")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def bench_main(argv: Sequence[str] | None = None) -> int:
+    """``l2s shapes bench``: base vs steered accuracy of the shapes model; prints one table."""
+    import torch
+
+    from l2s.evaluation import parse_seeds
+    from l2s.shapes import (
+        bench_table,
+        run_shapes_bench,
+        write_bench_results,
+    )
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_bench_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results = run_shapes_bench(args.out, pipeline_dir=args.model, classifier=args.classifier,
+                               ablation_classifier=args.ablation_classifier, scale=args.scale,
+                               seeds=parse_seeds(args.seeds), parts=args.parts.split(",") if args.parts else None,
+                               position_prompts=args.position_prompts, classifier_data=args.classifier_data,
+                               true_cfg_scale=args.true_cfg, step_size=args.step_size, progress=not args.quiet)
+    print(bench_table(results))
+    if args.results:
+        command = "l2s shapes bench " + " ".join(shlex.quote(a) for a in argv)
+        print(f"l2s: wrote {write_bench_results(results, args.results, command)}", file=sys.stderr)
+    return 0

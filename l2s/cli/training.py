@@ -1,0 +1,175 @@
+"""``l2s make-data`` and ``l2s train``: build the classifier's training data, and train it."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from l2s.errors import L2SError
+from l2s.relations import DIAGONAL, DIAGONAL_CLASSES, DIRECTIONAL, PUBLISHED_CLASSES
+from l2s.training import (
+    DEFAULT_LR,
+    MAP_DTYPES,
+    balance_samples,
+    coco_samples,
+    gqa_samples,
+    load_dataset_meta,
+    make_dataset,
+    prompt_pair_samples,
+    train_classifier,
+    validation_report,
+)
+
+from .models import default_device
+
+# ``--model`` names of the random tiny pipelines (offline).
+_TINY_MODELS = ("tiny", "tiny-flux", "tiny-dev", "tiny-sd")
+
+
+def _load_pipe(model: str, device: str, torch_dtype: str):
+    if model in _TINY_MODELS:
+        import l2s.demo as demo
+
+        tiny = {"tiny": demo.tiny_flux_pipeline, "tiny-flux": demo.tiny_flux_pipeline,
+                "tiny-dev": lambda: demo.tiny_flux_pipeline(guidance_embeds=True), "tiny-sd": demo.tiny_sd_pipeline}
+        return tiny[model]().to(device)
+    from l2s.pipelines import load_diffusers_pipeline
+
+    pipe = load_diffusers_pipeline(model, torch_dtype=MAP_DTYPES[torch_dtype])
+    return pipe.to(device)
+
+
+def build_make_data_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="l2s make-data",
+        description="Build the relation classifier's training data: invert labelled images twice (with the "
+                    "true relation word and with a wrong one, both labelled with the true relation) and store "
+                    "the attention maps recorded while reconstructing them. Resumable: rerun the same command "
+                    "after an interruption.")
+    p.add_argument("--model", default="tiny",
+                   help="'tiny' / 'tiny-dev' / 'tiny-sd' (random tiny pipelines, offline) or a local diffusers "
+                        "FLUX or Stable Diffusion directory")
+    p.add_argument("--source", choices=("gqa", "coco", "pairs"), required=True,
+                   help="gqa: GQA scene graphs; coco: COCO instances JSON; pairs: JSONL of {image, prompt}")
+    p.add_argument("--annotations", nargs="+", required=True,
+                   help="scene-graph JSON file(s) (gqa; several are merged), instances JSON (coco) or JSONL (pairs)")
+    p.add_argument("--images", help="image directory (gqa: <image_id>.jpg; coco: file_name; pairs: relative paths)")
+    p.add_argument("--out", required=True, help="output dataset directory (resumed if it exists)")
+    p.add_argument("--classes", choices=("published", "diagonal"), default="published",
+                   help="class set: published 5 classes (above, below, is, to the left of, to the right of) "
+                        "or the diagonal classifier's")
+    p.add_argument("--steps", type=int, help="sampling steps (default: 4 schnell, 50 dev/SD)")
+    p.add_argument("--store-steps", type=int, nargs="+",
+                   help="step indices whose maps are stored (default: schnell 1 3; dev/SD 5 10 15 20 25 49)")
+    p.add_argument("--size", type=int, help="square image side (default: 256 schnell, 512 dev/SD)")
+    p.add_argument("--no-dual", action="store_true",
+                   help="invert only with the correct relation word (leakage ablation; not recommended)")
+    p.add_argument("--seed", type=int, default=0, help="seeds splits, wrong-relation draws and inversion noise")
+    p.add_argument("--limit", type=int, help="use only the first N samples (may grow between resumed runs)")
+    p.add_argument("--max-per-class", type=int, help="balance: at most N samples per relation (seeded)")
+    p.add_argument("--val-fraction", type=float, default=0.15, help="share of source images in the val split")
+    p.add_argument("--shard-size", type=int, default=16, help="samples per shard / commit")
+    p.add_argument("--dtype", choices=tuple(MAP_DTYPES), default="float16", help="storage dtype of the maps")
+    p.add_argument("--min-psnr", type=float,
+                   help="drop samples whose reconstruction PSNR is lower (published: 20 FLUX, 19.5 SD)")
+    p.add_argument("--gamma", type=float, default=1.0, help="RF-Inversion inversion controller strength (FLUX)")
+    p.add_argument("--eta", type=float, default=1.0, help="RF-Inversion reconstruction controller strength (FLUX)")
+    p.add_argument("--max-iou", type=float, default=0.3, help="coco: discard box pairs overlapping more than this")
+    p.add_argument("--device", default=default_device())
+    p.add_argument("--torch-dtype", choices=tuple(MAP_DTYPES), default="float32",
+                   help="weights dtype for --model PATH (FLUX on GPU: bfloat16, as published)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+
+def make_data_main(argv: Sequence[str] | None = None) -> int:
+    """``l2s make-data``: returns the exit code (2 with one error line for bad input)."""
+    args = build_make_data_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="l2s: %(message)s")
+    try:
+        samples = _labelled_samples(args)
+        pipe = _load_pipe(args.model, args.device, args.torch_dtype)
+        summary = make_dataset(
+            samples, pipe, args.out, class_names=PUBLISHED_CLASSES if args.classes == "published" else DIAGONAL_CLASSES,
+            steps=args.steps, store_steps=args.store_steps, size=args.size, dual=not args.no_dual, seed=args.seed,
+            val_fraction=args.val_fraction, shard_size=args.shard_size, dtype=args.dtype, min_psnr=args.min_psnr,
+            gamma=args.gamma, eta=args.eta, model_name=args.model, limit=args.limit, progress=not args.quiet)
+    except L2SError as error:
+        print(f"l2s: error: {error}", file=sys.stderr)
+        return 2
+    print(f"l2s: {summary.records} records from {summary.samples_done} samples "
+          f"({summary.skipped} skipped; {summary.split_records}) in {summary.out_dir}", file=sys.stderr)
+    return 0
+
+
+def _labelled_samples(args: argparse.Namespace) -> list:
+    """The labelled relations of ``--source`` / ``--annotations``, balanced when asked."""
+    images = args.images or "."
+    if args.source == "gqa":
+        samples = gqa_samples(args.annotations, images,
+                              relations=DIAGONAL if args.classes == "diagonal" else DIRECTIONAL)
+    elif args.source == "coco":
+        samples = []
+        for path in args.annotations:
+            samples += coco_samples(path, images, diagonal=args.classes == "diagonal", max_iou=args.max_iou)
+    else:
+        samples = []
+        for path in args.annotations:
+            samples += prompt_pair_samples(path, args.images)
+    if args.max_per_class:
+        samples = balance_samples(samples, args.max_per_class, args.seed)
+    if not samples:
+        raise L2SError("the annotations gave no usable labelled relation")
+    return samples
+
+
+def build_train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="l2s train",
+        description="Train the relation classifier on a map dataset made by 'l2s make-data'. Writes the best-"
+                    "validation checkpoint to OUT/best (load it with --classifier OUT/best), the latest epoch to "
+                    "OUT/last (rerunning the same command resumes from it) and per-epoch metrics to OUT/log.jsonl.")
+    p.add_argument("dataset", metavar="DATASET", help="dataset directory written by 'l2s make-data'")
+    p.add_argument("--out", required=True, help="output directory for checkpoints and the log")
+    p.add_argument("--preset", default=None,
+                   help="classifier preset: flux-dev, flux-schnell, sd14 or sd21 (default: the dataset's model "
+                        "family); channels, classes and map size come from the dataset")
+    p.add_argument("--epochs", type=int, help="total epoch limit (default: 200 FLUX, 150 SD1.4, 100 SD2.1)")
+    p.add_argument("--batch-size", type=int, default=64, help="training batch size (default 64)")
+    p.add_argument("--lr", type=float, help="learning rate (default: 5e-5 FLUX, 1e-4 SD)")
+    p.add_argument("--seed", type=int, default=0, help="seeds initial weights, shuffling and dropout")
+    p.add_argument("--device", default=default_device())
+    p.add_argument("--only-pos", action="store_true",
+                   help="train on correct-relation prompts only (leakage ablation; not recommended)")
+    p.add_argument("--no-resume", action="store_true", help="start over even if OUT/last exists")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+
+def train_main(argv: Sequence[str] | None = None) -> int:
+    """``l2s train``: returns the exit code (2 with one error line for bad input)."""
+    args = build_train_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="l2s: %(message)s")
+    try:
+        meta = load_dataset_meta(args.dataset)
+        name = args.preset or meta.get("model_family")
+        if name not in DEFAULT_LR:
+            raise L2SError(f"choose a classifier --preset (flux-dev, flux-schnell, sd14, sd21); the dataset's "
+                           f"model family is {meta.get('model_family')!r}")
+        result = train_classifier(args.dataset, args.out, name, epochs=args.epochs, batch_size=args.batch_size,
+                                  lr=args.lr, seed=args.seed, device=args.device, resume=not args.no_resume,
+                                  prompt_types=("pos",) if args.only_pos else None, num_workers=args.workers,
+                                  progress=not args.quiet)
+    except (L2SError, ValueError) as error:
+        print(f"l2s: error: {error}", file=sys.stderr)
+        return 2
+    print(f"l2s: best epoch {result.best_epoch}: val loss {result.best_val_loss:.4f}, val accuracy "
+          f"{result.best_val_accuracy:.3f} ({result.epochs_run} epochs"
+          f"{', stopped early' if result.stopped_early else ''}); checkpoint {result.best_dir}", file=sys.stderr)
+    for line in validation_report(result.best_dir, args.dataset, args.device):
+        print(f"l2s: {line}", file=sys.stderr)
+    return 0

@@ -1,0 +1,54 @@
+"""A run directory's files: their names, atomic JSON, and one scored image's record."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from .detectors import Detector
+from .specs import ImageResult, PromptSpec, score_image
+
+BASE, STEERED, IMAGES = "base", "steered", "images"
+MODES = (BASE, STEERED)
+RUN_FILE, PROMPTS_FILE, RESULTS_FILE, SUMMARY_FILE = "run.json", "prompts.jsonl", "results.jsonl", "summary.json"
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write atomically: a reader (or a resumed run) never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any | None:
+    """The parsed file, or None when it is missing or unreadable."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+@dataclass
+class ImageRecord:
+    """One scored image: its result, the PNG it came from and its run metadata."""
+
+    result: ImageResult
+    image_path: Path
+    meta: dict[str, Any]
+    status: str  # "generated" (then scored), "scored" (an existing image), "rescored" or "resumed"
+
+
+def detect_and_score(detector: Detector, image: Image.Image, spec: PromptSpec, rule: str,
+                     name: str) -> tuple[ImageResult, float]:
+    """Detect ``spec``'s objects in ``image`` and score its checks under ``rule``; the result
+    carries the prompt, tag and ``name``. Also returns the seconds it took."""
+    started = time.perf_counter()
+    detections = detector.detect(image, spec.objects)
+    result = score_image(detections, spec.checks, rule=rule, image_size=image.size)
+    result.prompt, result.tag, result.name = spec.prompt, spec.tag, name
+    return result, time.perf_counter() - started

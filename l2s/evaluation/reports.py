@@ -1,0 +1,128 @@
+"""Reports of evaluation runs: per-mode scores, the comparison table and the files they go to."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .pictures import contact_sheet
+from .records import BASE, RESULTS_FILE, STEERED, SUMMARY_FILE, ImageRecord, write_json
+from .stats import Summary
+
+SHEET_PAGE = 64  # images per contact-sheet page
+
+
+def _mean(values: Iterable[float]) -> float:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else 0.0
+
+
+@dataclass
+class ModeReport:
+    """Scores of one mode (base, steered, or a scored image folder)."""
+
+    summary: Summary
+    records: list[ImageRecord] = field(repr=False)
+
+    @property
+    def generate_s_per_image(self) -> float:
+        return _mean(r.meta.get("generate_s") for r in self.records)
+
+    @property
+    def score_s_per_image(self) -> float:
+        return _mean(r.meta.get("score_s") for r in self.records)
+
+    def status_counts(self) -> dict[str, int]:
+        """How many images were generated, scored, re-scored or resumed in this call."""
+        return dict(Counter(r.status for r in self.records))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.summary.to_dict(), "generate_s_per_image": self.generate_s_per_image,
+                "score_s_per_image": self.score_s_per_image, "status_counts": self.status_counts()}
+
+
+@dataclass
+class EvalReport:
+    """A whole run: one :class:`ModeReport` per mode, the settings and the wall time."""
+
+    modes: dict[str, ModeReport]
+    settings: dict[str, Any]
+    wall_time_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"settings": self.settings, "wall_time_s": self.wall_time_s,
+                                "modes": {name: m.to_dict() for name, m in self.modes.items()}}
+        if BASE in self.modes and STEERED in self.modes:
+            data["accuracy_gain"] = self.modes[STEERED].summary.accuracy - self.modes[BASE].summary.accuracy
+        return data
+
+    def table(self) -> str:
+        """Printable comparison: overall, per tag, per relation; one column per mode."""
+        names = list(self.modes)
+        rows = self._rows()
+        first = max(len(r[0]) for r in rows)
+        width = max([len(n) for n in names] + [len(c) for _, cells in rows for c in cells])
+        lines = [f"{'':<{first}}  " + "  ".join(f"{n:>{width}}" for n in names),
+                 "-" * (first + (width + 2) * len(names))]
+        lines += [f"{label:<{first}}  " + "  ".join(f"{c:>{width}}" for c in cells) for label, cells in rows]
+        if BASE in self.modes and STEERED in self.modes:
+            gain = self.to_dict()["accuracy_gain"]
+            lines.append(f"{'steered - base accuracy':<{first}}  {gain:+.3f}")
+        lines.append(f"{'wall time':<{first}}  {self.wall_time_s:.1f} s")
+        return "\n".join(lines)
+
+    def _rows(self) -> list[tuple[str, list[str]]]:
+        """(label, one cell per mode) of every row of :meth:`table`."""
+        names = list(self.modes)
+        summaries = [self.modes[n].summary for n in names]
+        rows: list[tuple[str, list[str]]] = [("overall (images)", [_cell((s.n_correct, s.n_images)) for s in summaries])]
+        tags = sorted({t for s in summaries for t in s.per_tag})
+        if len(tags) > 1:
+            rows += [(f"tag {t}", [_cell(s.per_tag.get(t)) for s in summaries]) for t in tags]
+        relations = sorted({r for s in summaries for r in s.per_relation})
+        rows += [(f"relation {r}", [_cell(s.per_relation.get(r)) for s in summaries]) for r in relations]
+        rows.append(("prompts with any correct", [_cell((s.n_prompts_any_correct, s.n_prompts)) for s in summaries]))
+        rows.append((f"mean score ({summaries[0].rule})" if summaries else "mean score",
+                     [f"{s.mean_score:.3f}" for s in summaries]))
+        if any(self.modes[n].generate_s_per_image for n in names):
+            rows.append(("generation s/image", [f"{self.modes[n].generate_s_per_image:.3f}" for n in names]))
+        rows.append(("scoring s/image", [f"{self.modes[n].score_s_per_image:.3f}" for n in names]))
+        return rows
+
+
+def _cell(pair: Sequence[int] | None) -> str:
+    if not pair:
+        return "-"
+    correct, total = pair
+    return f"{correct}/{total} {correct / total if total else 0.0:.3f}"
+
+
+def write_outputs(out: Path, report: EvalReport, contact_sheets: bool, columns: int = 8) -> list[Path]:
+    """results.jsonl, summary.json and the contact sheets (images interleaved across modes)."""
+    with open(out / RESULTS_FILE, "w", encoding="utf-8") as lines:
+        for mode in report.modes.values():
+            for record in mode.records:
+                lines.write(json.dumps({**record.result.to_dict(), "meta": record.meta}, default=str) + "\n")
+    write_json(out / SUMMARY_FILE, report.to_dict())
+    for stale in out.glob("contact_sheet_*.png"):  # a smaller rerun must not leave old pages behind
+        stale.unlink()
+    if not contact_sheets:
+        return []
+    # Interleave so that the same prompt and seed sit side by side in every mode.
+    per_mode = [m.records for m in report.modes.values()]
+    tiles = [(name, r) for group in zip(*per_mode) for name, r in zip(report.modes, group)]
+    pages = [tiles[i:i + SHEET_PAGE] for i in range(0, len(tiles), SHEET_PAGE)]
+    paths = []
+    for number, page in enumerate(pages, 1):
+        images = [Image.open(r.image_path).convert("RGB") for _, r in page]
+        labelled = [replace(r.result, prompt=f"[{name} s{r.meta.get('seed', '?')}] {r.result.prompt}")
+                    for name, r in page]
+        paths.append(contact_sheet(images, labelled, out / f"contact_sheet_{number:02d}.png", columns=columns))
+    return paths
+

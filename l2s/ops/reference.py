@@ -1,0 +1,39 @@
+"""The formula every backend of the selected text softmax computes, and the inputs it accepts.
+
+Per head, the maps Learn-to-Steer's classifier reads are
+
+    maps = softmax over the T text keys of (q_img · k_txtᵀ · scale), times a (T, G) selector
+
+(the selector averages each object word's sub-word tokens).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def selected_text_softmax_reference(q: Tensor, k: Tensor, selector: Tensor, scale: float) -> Tensor:
+    """The explicit formula ``softmax(q kᵀ · scale, over T) @ selector``; materialises (B, H, N, T)."""
+    probs = torch.softmax(q @ k.transpose(-1, -2) * scale, dim=-1)
+    return probs @ selector.to(dtype=probs.dtype)
+
+
+def check_inputs(q: Tensor, k: Tensor, selector: Tensor) -> None:
+    """Raise ValueError/TypeError with a one-line reason unless q, k, selector fit the op."""
+    if q.dim() != 4 or k.dim() != 4 or selector.dim() != 2:
+        raise ValueError(
+            "selected_text_softmax expects q (B, H, N, D), k (B, H, T, D), selector (T, G); got "
+            f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(selector.shape)}"
+        )
+    batch, heads, _, head_dim = q.shape
+    if (k.shape[0], k.shape[1], k.shape[3]) != (batch, heads, head_dim):
+        raise ValueError(f"k {tuple(k.shape)} must match q {tuple(q.shape)} in batch, heads and head dim")
+    if selector.shape[0] != k.shape[2]:
+        raise ValueError(f"{k.shape[2]} text keys but a selector over {selector.shape[0]} tokens")
+    if k.shape[2] == 0:
+        raise ValueError("no text keys (T = 0): the text softmax is undefined")
+    if not (q.dtype.is_floating_point and selector.dtype.is_floating_point) or k.dtype != q.dtype:
+        raise TypeError(f"q and k must share one floating dtype (got {q.dtype}, {k.dtype}); selector {selector.dtype}")
+    if not (q.device == k.device == selector.device):
+        raise ValueError(f"q, k, selector on different devices: {q.device}, {k.device}, {selector.device}")

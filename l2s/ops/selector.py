@@ -1,0 +1,43 @@
+"""The ``(T, W)`` selector that turns text-softmax probabilities into per-object maps."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+def token_group_selector(
+    groups: Sequence[Sequence[int]],
+    text_len: int,
+    width: int | None = None,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Build the ``(text_len, width)`` selector matrix: column ``g`` holds ``1/n_g`` on group ``g``'s tokens.
+
+    ``width`` (default ``len(groups)``) pads with zero columns, which some SDPA kernels need.
+    """
+    width = len(groups) if width is None else width
+    if width < len(groups):
+        raise ValueError(f"selector width {width} < number of groups {len(groups)}")
+    selector = torch.zeros(text_len, width, device=device, dtype=dtype)
+    for column, tokens in enumerate(groups):
+        selector[list(tokens), column] = 1.0 / len(tokens)
+    return selector
+
+
+def selector_width(num_groups: int, head_dim: int, device: torch.device, backend: str = "sdpa") -> int:
+    """Value width that lets a fused SDPA kernel (not the math backend) compute the maps.
+
+    CUDA's memory-efficient kernel accepts a value head dim different from q/k's, in multiples of 8.
+    On CPU the only fused kernel (flash) needs value dim == q/k dim, so the selector is padded to the
+    head dim there; with a narrower value, torch falls back to the math backend, which keeps the full
+    probability tensor for backward.
+    """
+    if device.type == "cuda":
+        return max(8, -(-num_groups // 8) * 8)
+    if backend == "native":                      # l2s_fast's CPU kernel: no padding needed
+        return num_groups
+    return max(head_dim, num_groups)

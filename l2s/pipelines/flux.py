@@ -1,0 +1,220 @@
+"""FLUX.1-dev / schnell: maps from every double and single block over the T5 tokens."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from l2s.engines import make_plain_step_engine
+from l2s.errors import UsageError
+
+from .base import SteeringPipeline
+from .loading import steering_family
+
+
+@dataclass
+class _FluxConditioning:
+    """Everything but the latent and timestep that a FLUX transformer call takes."""
+
+    text: tuple[torch.Tensor, torch.Tensor]                 # (prompt embeddings, pooled)
+    negative: tuple[torch.Tensor, torch.Tensor] | None      # the same for true CFG's negative prompt
+    text_ids: torch.Tensor
+    image_ids: torch.Tensor
+    guidance: torch.Tensor | None
+
+    def inputs(self, z: torch.Tensor, timestep: torch.Tensor, text=None) -> dict:
+        text = self.text if text is None else text
+        return dict(hidden_states=z, timestep=timestep / 1000, guidance=self.guidance,
+                    pooled_projections=text[1], encoder_hidden_states=text[0],
+                    txt_ids=self.text_ids, img_ids=self.image_ids)
+
+
+@steering_family
+class FluxSteeringPipeline(SteeringPipeline):
+    """FLUX.1-dev / schnell: maps from every double and single block over the T5 tokens.
+
+    ``true_cfg_scale`` > 1 turns on classifier-free guidance against ``negative_prompt`` on the
+    plain forwards, as diffusers' ``FluxPipeline(true_cfg_scale=...)`` does (off by default: the
+    published models use none). Steering reads the conditional pass only, so the classifier's
+    maps are the same either way.
+    """
+
+    denoiser_attr = "transformer"
+
+    def __init__(self, pipe, classifier, schedule=None, mode: str = "fast",
+                 max_sequence_length: int = 512, engine: str = "auto", *,
+                 family: str | None = None, steps: int | None = None,
+                 true_cfg_scale: float = 1.0, negative_prompt: str = "", step_size: float | None = None,
+                 size: int | None = None):
+        super().__init__(pipe, classifier, schedule, mode, step_size)
+        if size is not None and (not isinstance(size, int) or size <= 0):
+            raise UsageError(f"size must be a positive number of pixels, got {size!r}")
+        self._default_size = size
+        if not (isinstance(true_cfg_scale, (int, float)) and math.isfinite(true_cfg_scale) and true_cfg_scale > 0):
+            raise UsageError(f"true_cfg_scale must be a positive number (1 = no guidance), got {true_cfg_scale!r}")
+        self.true_cfg_scale = float(true_cfg_scale)
+        self.negative_prompt = negative_prompt
+        self.max_sequence_length = max_sequence_length
+        self.engine_kind = "eager" if mode == "reference" else engine
+        # Whose published settings (schedule rule, steps) apply: dev has a guidance embedding,
+        # schnell not. A FLUX-architecture model that is neither (the shapes world's undistilled
+        # 12-step model) names its family and default step count.
+        self.family = family or ("flux-dev" if pipe.transformer.config.guidance_embeds else "flux-schnell")
+        self._default_steps = steps
+        self._explicit_family = family is not None
+
+    @classmethod
+    def accepts(cls, pipe) -> bool:
+        return hasattr(pipe, "transformer") and hasattr(pipe, "tokenizer_2")
+
+    @classmethod
+    def wrap(cls, pipe, classifier, schedule=None, mode: str = "fast", step_size: float | None = None,
+             **options) -> "FluxSteeringPipeline":
+        return cls(pipe, classifier, schedule, mode, step_size=step_size, **options)
+
+    @property
+    def label(self) -> str:
+        if self._explicit_family:  # a FLUX-architecture model that is neither dev nor schnell
+            return f"flux ({self.family} rule, {self.default_steps()} steps)"
+        return self.family
+
+    def map_tokenizer(self):
+        return self.pipe.tokenizer_2, self.max_sequence_length
+
+    @property
+    def uses_true_cfg(self) -> bool:
+        return self.true_cfg_scale != 1.0
+
+    def sampling_options(self) -> dict:
+        if not self.uses_true_cfg:
+            return {"true_cfg_scale": 1.0}
+        return {"true_cfg_scale": self.true_cfg_scale, "negative_prompt": self.negative_prompt}
+
+    def plain_engine(self, example_inputs: dict):
+        """The engine for plain steps at these input shapes, built once and cached.
+
+        "auto" picks TensorRT where installed (CUDA), else a compiled, CUDA-graphed transformer,
+        else eager on CPU; ``engine.reason`` says which and why (also in the report).
+        """
+        key = tuple((k, tuple(v.shape), v.dtype) for k, v in example_inputs.items()
+                    if isinstance(v, torch.Tensor))
+        if key not in self._engines:
+            self._engines[key] = make_plain_step_engine(self.pipe.transformer, example_inputs,
+                                                        kind=self.engine_kind)
+        self._last_engine = self._engines[key]
+        return self._last_engine
+
+    def default_steps(self) -> int:
+        return self._default_steps or (50 if self.family == "flux-dev" else 4)
+
+    def default_size(self) -> int:
+        # A model that names its own size (a shapes model's training size, whatever its token grid)
+        # keeps it: deriving it from the classifier would sample another resolution when the
+        # classifier was made for another token grid.
+        if self._default_size is not None:
+            return self._default_size
+        # Published: latent token grid 32 (dev, 512 px) or 16 (schnell, 256 px), scaled to this VAE.
+        grid = self.classifier.config.orig_map_size or (32 if self.family == "flux-dev" else 16)
+        return grid * self.pipe.vae_scale_factor * 2
+
+    # ---- generation ---------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, prompt, plan, *, steps, height, width, guidance_scale, seed, num_images,
+                 schedule, diagnostics, latents, progress):
+        height, width = self._image_size(height, width)
+        if guidance_scale is None:
+            guidance_scale = 3.5 if self.family == "flux-dev" else 0.0
+        text, negative, text_ids = self._encode(prompt, num_images)
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        latents, image_ids = self.pipe.prepare_latents(
+            num_images, self.pipe.transformer.config.in_channels // 4, height, width,
+            text[0].dtype, self.device, generator, latents)
+        if schedule is not None:
+            self.check_classifier()
+        timesteps = self._timesteps(steps, latents.shape[1])
+        guidance = None
+        if self.pipe.transformer.config.guidance_embeds:
+            guidance = torch.full([num_images], guidance_scale, device=self.device, dtype=torch.float32)
+        conditioning = _FluxConditioning(text, negative, text_ids, image_ids, guidance)
+        multiple = self.pipe.vae_scale_factor * 2
+        latent_hw = (height // multiple, width // multiple)
+        latents = self._denoise(latents, timesteps, conditioning, plan, schedule, latent_hw,
+                                diagnostics, progress)
+        return self._decode(latents, height, width)
+
+    def _image_size(self, height: int | None, width: int | None) -> tuple[int, int]:
+        height = height or self.default_size()
+        width = width or self.default_size()
+        multiple = self.pipe.vae_scale_factor * 2
+        if height % multiple or width % multiple:
+            raise UsageError(f"height and width must be multiples of {multiple} for this model")
+        return height, width
+
+    def _encode(self, prompt: str, num_images: int):
+        """(prompt embeddings, pooled), the negative prompt's (None without true CFG), text ids."""
+        prompt_embeds, pooled, text_ids = self.pipe.encode_prompt(
+            prompt=prompt, prompt_2=None, device=self.device, num_images_per_prompt=num_images,
+            max_sequence_length=self.max_sequence_length)
+        negative = None
+        if self.uses_true_cfg:
+            negative_embeds, negative_pooled, _ = self.pipe.encode_prompt(
+                prompt=self.negative_prompt, prompt_2=None, device=self.device,
+                num_images_per_prompt=num_images, max_sequence_length=self.max_sequence_length)
+            negative = (negative_embeds, negative_pooled)
+        return (prompt_embeds, pooled), negative, text_ids
+
+    def _timesteps(self, steps: int, image_seq_len: int) -> torch.Tensor:
+        """The scheduler's timesteps, shifted for the image size as diffusers' FluxPipeline does."""
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
+
+        config = self.pipe.scheduler.config
+        sigmas = np.linspace(1.0, 1 / steps, steps)
+        mu = calculate_shift(image_seq_len, config.get("base_image_seq_len", 256),
+                             config.get("max_image_seq_len", 4096), config.get("base_shift", 0.5),
+                             config.get("max_shift", 1.15))
+        timesteps, _ = retrieve_timesteps(self.pipe.scheduler, steps, self.device, sigmas=sigmas, mu=mu)
+        self.pipe.scheduler.set_begin_index(0)
+        return timesteps
+
+    def _denoise(self, latents, timesteps, conditioning: _FluxConditioning, plan, schedule,
+                 latent_hw, diagnostics, progress) -> torch.Tensor:
+        """The denoising loop: on steered steps refine the latent first, then a plain step."""
+        transformer, text_len = self.pipe.transformer, conditioning.text[0].shape[1]
+
+        def denoise(z: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+            with transformer.cache_context("cond"):
+                return transformer(**conditioning.inputs(z, timestep), return_dict=False)[0]
+
+        with self._progress(len(timesteps), progress) as bar:
+            for i, t in enumerate(timesteps):
+                timestep = t.expand(latents.shape[0]).to(latents.dtype)
+                latents = self._steer_if_scheduled(latents, i, plan, schedule,
+                                                   lambda z: denoise(z, timestep), text_len,
+                                                   latent_hw, diagnostics, bar)
+                noise_pred = self._plain_prediction(latents, timestep, conditioning)
+                latents = self.pipe.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
+                bar.update()
+        return latents
+
+    def _plain_prediction(self, latents, timestep, conditioning: _FluxConditioning) -> torch.Tensor:
+        """The plain forward on the engine (TensorRT / compiled / eager, see l2s.engines), with
+        true CFG against the negative prompt when it is on."""
+        transformer = self.pipe.transformer
+        step_inputs = conditioning.inputs(latents, timestep)
+        with transformer.cache_context("cond"):
+            noise_pred = self.plain_engine(step_inputs)(**step_inputs)
+        if conditioning.negative is not None:
+            negative_inputs = conditioning.inputs(latents, timestep, conditioning.negative)
+            with transformer.cache_context("uncond"):
+                negative_pred = self.plain_engine(negative_inputs)(**negative_inputs)
+            noise_pred = negative_pred + self.true_cfg_scale * (noise_pred - negative_pred)
+        return noise_pred
+
+    def _decode(self, latents: torch.Tensor, height: int, width: int) -> list:
+        pipe = self.pipe
+        latents = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
+        latents = latents / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
+        image = pipe.vae.decode(latents.to(pipe.vae.dtype), return_dict=False)[0]
+        return pipe.image_processor.postprocess(image, output_type="pil")

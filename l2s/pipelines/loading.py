@@ -1,0 +1,88 @@
+"""From diffusers pipelines to steering pipelines: loading local folders and wrapping pipelines."""
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from l2s.classifier import RelationClassifier
+from l2s.errors import ModelLoadError
+from l2s.steer import Schedule
+
+# Steering pipeline classes wrap_pipeline can pick, in the order it asks them (`accepts(pipe)`);
+# each family module adds its class with @steering_family.
+_FAMILIES: list = []
+
+# Folders saved before the package layout name a component's old module; alias it to the new one.
+_MOVED_COMPONENT_MODULES = {"l2s.shapes_model": "l2s.shapes.model"}
+
+
+def steering_family(cls):
+    """Class decorator: lets :func:`wrap_pipeline` pick ``cls`` for the pipelines it accepts."""
+    _FAMILIES.append(cls)
+    return cls
+
+
+def wrap_pipeline(pipe, classifier: RelationClassifier, schedule: Schedule | None = None,
+                  mode: str = "fast", step_size: float | None = None, **flux_options):
+    """Wrap an existing diffusers ``FluxPipeline`` or ``StableDiffusionPipeline``.
+
+    ``mode`` picks the implementation ("fast" or the published "reference"); both steer alike.
+    ``step_size`` replaces the published step size of the named schedules (default: published).
+    ``flux_options`` go to :class:`FluxSteeringPipeline` (``family``, ``steps``, ``engine``, ...).
+    """
+    for family in _FAMILIES:
+        if family.accepts(pipe):
+            return family.wrap(pipe, classifier, schedule, mode, step_size, **flux_options)
+    raise TypeError(f"cannot steer a {type(pipe).__name__}: expected a FLUX or Stable Diffusion pipeline")
+
+
+def _import_l2s_components(model_index: dict, path: Path) -> None:
+    """Import the l2s modules a pipeline folder names (the shapes world's pixel VAE, ...):
+    diffusers finds custom component classes only in modules that are already imported."""
+    for value in model_index.values():
+        if isinstance(value, list) and value and isinstance(value[0], str) and value[0].startswith("l2s."):
+            name = value[0]
+            try:
+                module = importlib.import_module(_MOVED_COMPONENT_MODULES.get(name, name))
+            except ImportError as error:
+                raise ModelLoadError(f"{path} needs {name}, which cannot be imported: {error}") from None
+            sys.modules.setdefault(name, module)
+
+
+def _read_model_index(path: Path) -> tuple[dict, str]:
+    index = path / "model_index.json"
+    if not index.is_file():
+        raise ModelLoadError(f"no diffusers pipeline at {path} (model_index.json missing)")
+    try:
+        model_index = json.loads(index.read_text())
+        return model_index, model_index["_class_name"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ModelLoadError(f"corrupt model_index.json in {path}: {e}") from None
+
+
+def load_diffusers_pipeline(path: str | Path, torch_dtype: torch.dtype | None = None):
+    """Load a FLUX or SD pipeline from a local diffusers directory; never contacts a hub."""
+    import diffusers
+
+    path = Path(path)
+    model_index, class_name = _read_model_index(path)
+    _import_l2s_components(model_index, path)
+    kinds = {"FluxPipeline": diffusers.FluxPipeline,
+             "StableDiffusionPipeline": diffusers.StableDiffusionPipeline}
+    if class_name not in kinds:
+        raise ModelLoadError(f"{path} holds a {class_name}; l2s steers {', '.join(kinds)}")
+    kwargs: dict[str, Any] = {"local_files_only": True}
+    if torch_dtype is not None:
+        kwargs["dtype"] = torch_dtype
+    if class_name == "StableDiffusionPipeline":
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    try:
+        return kinds[class_name].from_pretrained(str(path), **kwargs)
+    except Exception as e:  # diffusers raises many kinds on damaged folders
+        raise ModelLoadError(f"could not load the pipeline at {path}: {type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''}") from None

@@ -1,0 +1,232 @@
+"""The shapes bench: base vs steered spatial accuracy of the shapes model, end to end.
+
+Two-object, multi-relation and held-out-vocabulary prompts, every schedule preset, and the
+leakage ablation (a classifier trained on ``pos`` prompts only), each judged by the GenEval rule
+with :class:`~l2s.shapes.ShapesDetector`, strictly and on colours alone (:mod:`.verdicts`).
+Tables and targets: :mod:`.bench_report`.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .detector import ShapesDetector
+from .model import load_shapes_pipeline
+from .prompts import ood_position_prompts, shapes_multi_relation_prompts, shapes_position_prompts
+from .recipes import SHAPES_STEP_SIZE, named_schedule, shipped_assets, steer_shapes_pipeline
+from .verdicts import all_objects_found, colour_only, judge
+
+BENCH_PROMPT_SEED = 0
+BENCH_SEEDS = (100, 101, 102, 103)
+
+
+@dataclass
+class BenchPart:
+    """One row group of the bench: a prompt set evaluated in some modes with one setting."""
+
+    key: str
+    label: str
+    specs: list
+    seeds: tuple[int, ...]
+    modes: tuple[str, ...]
+    schedule: Any = None
+    classifier: str = "dual"
+
+
+def bench_parts(scale: float = 1.0, seeds: Sequence[int] = BENCH_SEEDS, prompt_seed: int = BENCH_PROMPT_SEED,
+                presets: Sequence[str] = ("front-loaded", "front-loaded-20", "early-exit", "fast"),
+                position_prompts: int = 100) -> list[BenchPart]:
+    """The bench's parts; ``scale`` < 1 shrinks the prompt counts of every part but the main
+    two-object one (``position_prompts``, GenEval's 100) and the ablation, which steers the same
+    prompts and seeds as the main one; at least 4 prompts each. Every part steers with the
+    published reference schedule unless it is a preset row."""
+    def n(count: int) -> int:
+        return max(4, int(round(count * scale)))
+
+    seeds = tuple(seeds)
+    main = "reference"
+    both = ("base", "steered")
+    position = shapes_position_prompts(n=position_prompts, seed=prompt_seed)
+    parts = [BenchPart("position", "two objects (GenEval position)", position, seeds, both, main)]
+    parts.append(BenchPart("multi_3_2", "multi 3 obj / 2 rel",
+                           shapes_multi_relation_prompts(3, 2, n=n(32), seed=prompt_seed), seeds[:2], both, main))
+    parts.append(BenchPart("multi_4_3", "multi 4 obj / 3 rel",
+                           shapes_multi_relation_prompts(4, 3, n=n(24), seed=prompt_seed), seeds[:2], both, main))
+    # The ablation steers the main row's prompts and seeds, so the dual/pos-only comparison is
+    # paired image for image at full size.
+    parts.append(BenchPart("ablation", "two objects, pos-only classifier (no dual)", position, seeds,
+                           ("steered",), main, classifier="pos_only"))
+    for name in presets:
+        parts.append(BenchPart(f"preset_{name}", f"two objects, preset {name}", position[:n(32)], seeds[:2],
+                               ("steered",), name))
+    parts.append(BenchPart("ood", "held-out colour/shape (cyan, diamond)",
+                           ood_position_prompts(n(50), seed=prompt_seed), seeds[:2], both, main))
+    return parts
+
+
+@dataclass
+class _BenchRun:
+    """What the parts of one bench run share: the model, a steerer per classifier (made when first
+    needed) and the two-object part's records, which the parts that only steer reuse."""
+
+    pipe: Any
+    pipeline_dir: Path
+    classifiers: dict[str, Path]
+    true_cfg_scale: float | None
+    step_size: float
+    detector: ShapesDetector = field(default_factory=ShapesDetector)
+    steerers: dict[str, Any] = field(default_factory=dict)
+    position_records: dict[str, list] = field(default_factory=dict)
+
+    def steerer(self, classifier: str):
+        from l2s.classifier import RelationClassifier
+
+        if classifier not in self.steerers:
+            self.steerers[classifier] = steer_shapes_pipeline(
+                self.pipe, RelationClassifier.load(self.classifiers[classifier]),
+                true_cfg_scale=self.true_cfg_scale, step_size=self.step_size)
+        return self.steerers[classifier]
+
+    def sampling(self) -> dict | None:
+        """The sampling options of the first steerer made (all share them)."""
+        return next(iter(self.steerers.values())).sampling_options() if self.steerers else None
+
+
+def run_shapes_bench(out_dir: str | Path, *, pipeline_dir: str | Path | None = None,
+                     classifier: str | Path | None = None, ablation_classifier: str | Path | None = None,
+                     scale: float = 1.0, seeds: Sequence[int] = BENCH_SEEDS, parts: Sequence[str] | None = None,
+                     position_prompts: int = 100, classifier_data: str | Path | None = None,
+                     true_cfg_scale: float | None = None, step_size: float | None = None,
+                     progress: bool = True) -> dict:
+    """Run every bench part (``parts``: keys to keep) into ``out_dir`` and return the results.
+
+    Each part is a :func:`l2s.evaluation.run_eval` run in ``out_dir/<key>`` (resumable). Returns
+    ``{"parts": [...], "settings": {...}}`` with accuracy per mode and per relation and the
+    generation wall time per image. ``true_cfg_scale``: the sampling guidance (default
+    :data:`~l2s.shapes.recipes.SHAPES_TRUE_CFG`), the same for base and steered images;
+    ``step_size``: the steering step size of every part (default
+    :data:`~l2s.shapes.recipes.SHAPES_STEP_SIZE`). With ``classifier_data`` (the classifiers' map
+    dataset) it also compares the dual and pos-only classifiers on its held-out maps, per prompt
+    type (``"classifier_comparison"``): the leakage check before any steering.
+    """
+    assets = shipped_assets()
+    pipeline_dir = Path(pipeline_dir or assets.pipeline)
+    classifiers = {"dual": Path(classifier or assets.classifier),
+                   "pos_only": Path(ablation_classifier or assets.ablation_classifier)}
+    run = _BenchRun(load_shapes_pipeline(pipeline_dir), pipeline_dir, classifiers, true_cfg_scale,
+                    SHAPES_STEP_SIZE if step_size is None else step_size)
+    started = time.perf_counter()
+    results = [_run_part(run, part, Path(out_dir), progress)
+               for part in bench_parts(scale, seeds, position_prompts=position_prompts)
+               if parts is None or part.key in parts]
+    comparison = None
+    if classifier_data is not None:
+        comparison = classifier_comparison(classifiers, classifier_data)
+    settings = {"pipeline": str(pipeline_dir), "classifiers": {k: str(v) for k, v in classifiers.items()},
+                "scale": scale, "position_prompts": position_prompts, "step_size": run.step_size,
+                "sampling": run.sampling(), "seeds": list(seeds),
+                "wall_time_s": round(time.perf_counter() - started, 1)}
+    return {"parts": results, "classifier_comparison": comparison, "settings": settings}
+
+
+def _run_part(run: _BenchRun, part: BenchPart, out: Path, progress: bool) -> dict:
+    """Generate and judge one part (resumable :func:`l2s.evaluation.run_eval` run in ``out/<key>``)."""
+    from l2s.evaluation import run_eval
+
+    steerer = run.steerer(part.classifier)
+    schedule = _schedule_for(part.schedule, run.step_size)
+    settings = {"pipeline": str(run.pipeline_dir), "classifier": str(run.classifiers[part.classifier]),
+                "schedule": json.loads(json.dumps(schedule.to_json())), "part": part.key,  # as stored
+                "sampling": steerer.sampling_options()}
+    report = run_eval(steerer, part.specs, run.detector, out / part.key, seeds=part.seeds, modes=part.modes,
+                      schedule=schedule, settings=settings, detector_name="shapes",
+                      contact_sheets=part.key == "position", progress=progress)
+    modes = {mode: _mode_scores(mode_report.records, part.specs, run.detector)
+             for mode, mode_report in report.modes.items()}
+    copied_modes: list[str] = []
+    if part.key == "position":
+        run.position_records = {mode: mode_report.records for mode, mode_report in report.modes.items()}
+    elif "base" not in modes and run.position_records:
+        copied_modes = _copy_position_modes(run, part, modes)
+    return {"key": part.key, "label": part.label, "n_prompts": len(part.specs), "seeds": list(part.seeds),
+            "schedule": schedule.name, "classifier": part.classifier, "modes": modes,
+            "copied_modes": copied_modes}
+
+
+def _schedule_for(name: str | Any, step_size: float):
+    """A preset by name (with the run's step size), or the schedule object itself."""
+    return named_schedule(name, step_size=step_size) if isinstance(name, str) else name
+
+
+def _copy_position_modes(run: _BenchRun, part: BenchPart, modes: dict) -> list[str]:
+    """A part that only steers takes the two-object run's images of the same prompts and seeds:
+    its base, and its reference dual-classifier steering, so every row compares like with like."""
+    def subset(records):
+        return [r for r in records if int(r.meta["prompt_index"]) < len(part.specs)
+                and int(r.meta["seed"]) in part.seeds]
+
+    modes["base"] = _mode_scores(subset(run.position_records["base"]), part.specs, run.detector)
+    modes["reference_dual"] = _mode_scores(subset(run.position_records["steered"]), part.specs, run.detector)
+    return ["base", "reference_dual"]
+
+
+def classifier_comparison(classifiers: dict[str, str | Path], classifier_data: str | Path) -> dict:
+    """The dual and pos-only classifiers on their data's held-out maps, before any steering: paired
+    against each other per prompt type, and each one's relation leakage (:func:`l2s.training.relation_leakage`)."""
+    from l2s.classifier import RelationClassifier
+    from l2s.training import compare_hits, leakage_from_hits, record_hits
+
+    hits = {name: record_hits(RelationClassifier.load(classifiers[name]), classifier_data)
+            for name in ("dual", "pos_only")}  # one pass per classifier serves both measures
+    by_type = compare_hits(hits["dual"], hits["pos_only"])
+    return {"data": str(classifier_data), "split": "val",
+            "by_prompt_type": {kind: c.to_dict() for kind, c in by_type.items()},
+            "leakage": {name: {step: c.to_dict() for step, c in leakage_from_hits(h, classifier_data).items()}
+                        for name, h in hits.items()}}
+
+
+def _mode_scores(records: Sequence, specs: Sequence, detector) -> dict:
+    """Strict (colour + shape) and colour-only accuracy of one mode's images, with timings."""
+    from l2s.evaluation import summarise
+
+    s = summarise([r.result for r in records], "geneval")
+    seconds = [r.meta.get("generate_s") for r in records if r.meta.get("generate_s") is not None]
+    return {"accuracy": s.accuracy, "n_images": s.n_images, "n_correct": s.n_correct,
+            "correct_by_image": {image_key(r): bool(r.result.correct) for r in records},
+            "per_relation": {r: list(v) for r, v in s.per_relation.items()},
+            "generate_s_per_image": float(np.mean(seconds)) if seconds else 0.0,
+            **_colour_scores(records, specs, detector)}
+
+
+def image_key(record) -> str:
+    """Identifies an image across modes and parts: its prompt and seed."""
+    return f"{int(record.meta['prompt_index'])}/{int(record.meta['seed'])}"
+
+
+def _colour_scores(records: Sequence, specs: Sequence, detector) -> dict:
+    """Colour-only accuracy (:func:`colour_only`) of a mode's saved images, overall and per relation."""
+    per_relation, by_image, found_by_image = {}, {}, {}
+    for record in records:
+        key = image_key(record)
+        strict_spec = specs[int(record.meta["prompt_index"])]
+        spec = colour_only(strict_spec)
+        with Image.open(record.image_path) as image:
+            image = image.convert("RGB")
+            result = judge(detector, image, spec)
+            found_by_image[key] = all_objects_found(detector, image, strict_spec)
+        by_image[key] = bool(result.correct)
+        for check, check_result in zip(spec.checks, result.checks):
+            pair = per_relation.setdefault(check.relation, [0, 0])
+            pair[0] += int(check_result.holds)
+            pair[1] += 1
+    correct, found = sum(by_image.values()), sum(found_by_image.values())
+    return {"colour_accuracy": correct / len(records) if records else 0.0, "colour_n_correct": correct,
+            "colour_correct_by_image": by_image, "colour_per_relation": per_relation,
+            "objects_found": found / len(records) if records else 0.0, "objects_found_by_image": found_by_image}

@@ -1,0 +1,208 @@
+"""Shapes-world recipes: how the shapes model is sampled and steered, and how its classifier is made.
+
+The shapes model (:mod:`.model`) draws the objects a prompt names but mostly ignores the
+relation words, like real text-to-image models. Everything here runs the project's own pipeline
+on it, exactly as on a real FLUX model:
+
+* :func:`steer_shapes_pipeline` / :func:`load_shapes_steerer`: the model wrapped with its sampling
+  settings; :func:`shipped_assets`: where the default model and classifiers live.
+* :func:`named_schedule`: the published schedules of :mod:`l2s.steer` for this 12-step model, with
+  its step size :data:`SHAPES_STEP_SIZE`.
+* :func:`shapes_relation_samples` / :func:`make_shapes_data`: rendered two-object scenes with one
+  clean relation, plus neutral "is" samples (shape + colour: "A red circle", maps of ``circle``
+  and ``red``), dual-inverted with :func:`l2s.training.make_dataset` at the step indices steering
+  reads. Some colours / shapes are held out of the classifier's data for the out-of-distribution check.
+* :func:`train_shapes_classifier`: :func:`l2s.training.train_classifier` with a small config
+  (:func:`shapes_classifier_config`) that trains on a CPU; ``dual=False`` trains the leakage
+  ablation on the ``pos`` prompts only.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from l2s.errors import L2SError
+from l2s.relations import DIRECTIONAL, NEUTRAL, PUBLISHED_CLASSES
+
+from .model import SHIPPED_MODEL_DIR, image_size, load_shapes_pipeline, token_grid
+from .scenes import COLOURS, SHAPES, render, scene_for_relation
+
+# Not step-distilled (4 Euler steps leave blurry blobs): 12 steps, the first half steered.
+SHAPES_STEPS = 12
+# Guidance 2 against the empty caption on the plain steps, base and steered alike
+# (FluxSteeringPipeline's true_cfg_scale; 1 = none): objects come out in their colour and shape
+# more often, for one more transformer pass per plain step.
+SHAPES_TRUE_CFG = 2.0
+SHAPES_FAMILY = "flux-dev"     # whose published schedule rule applies (steer steps 0-5 of 12)
+SHAPES_STEP_SIZE = 1.0         # steering step size of every named schedule (FLUX's presets use 5)
+SHAPES_STORE_STEPS = (1, 3, 5)  # trained step indices; steered steps 0-1 -> 1, 2-3 -> 3, 4-5 -> 5
+SHAPES_IMAGE_SIZE = 32         # the shipped model's; a model's own is image_size(pipe)
+SHAPES_OBJECT_SIZES = (8, 12)  # as the model's training scenes
+# Held out of the classifier's training data, to test generalisation to unseen words.
+HELD_OUT_COLOURS = ("cyan",)
+HELD_OUT_SHAPES = ("diamond",)
+
+CLASSIFIER_DIR = "classifier"                  # inside the shipped pipeline folder
+ABLATION_CLASSIFIER_DIR = "classifier_pos_only"
+
+# The published FLUX preset (d_model 256, 4 + 4 layers) is sized for 1368 maps of 16x16; the
+# shapes model has 20 maps, and a 2-core CPU must train its classifier within a session.
+SHAPES_CLASSIFIER_SIZES = dict(d_model=128, extractor_layers=2, extractor_heads=4, extractor_ff=256,
+                               pool_heads=4, head_layers=2, head_heads=4, head_ff=256, fc_dims=(128, 64),
+                               dropout=0.1)
+SHAPES_CLASSIFIER_LR = 3e-4    # higher rates tend to stall on a validation plateau on these maps
+SHAPES_CLASSIFIER_EPOCHS = 40
+
+
+# --------------------------------------------------------------------------------------------
+# The shipped model and its sampling settings
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShippedAssets:
+    """The shipped shapes pipeline and its classifiers (paths; may not exist)."""
+
+    pipeline: Path
+    classifier: Path
+    ablation_classifier: Path
+
+    @property
+    def available(self) -> bool:
+        return (self.pipeline / "model_index.json").is_file() and (self.classifier / "config.json").is_file()
+
+
+def shipped_assets(root: str | Path | None = None) -> ShippedAssets:
+    """Where the default shapes model lives (``l2s/shapes/assets`` unless ``root`` is given)."""
+    root = Path(root) if root is not None else SHIPPED_MODEL_DIR
+    return ShippedAssets(root, root / CLASSIFIER_DIR, root / ABLATION_CLASSIFIER_DIR)
+
+
+def load_shapes_steerer(pipeline_dir: str | Path | None = None, classifier: str | Path | None = None,
+                        schedule=None, true_cfg_scale: float | None = None, step_size: float | None = None):
+    """The shapes pipeline wrapped for steering (default: the shipped model + classifier)."""
+    from l2s.classifier import RelationClassifier
+
+    assets = shipped_assets()
+    pipe = load_shapes_pipeline(pipeline_dir or assets.pipeline)
+    model = RelationClassifier.load(classifier or assets.classifier)
+    return steer_shapes_pipeline(pipe, model, schedule, true_cfg_scale=true_cfg_scale, step_size=step_size)
+
+
+def steer_shapes_pipeline(pipe, classifier, schedule=None, mode: str = "fast",
+                          true_cfg_scale: float | None = None, step_size: float | None = None):
+    """Wrap a shapes pipeline with the shapes world's sampling settings: the model's training
+    size (:func:`image_size`, whatever the classifier's map grid), :data:`SHAPES_STEPS` steps, guidance
+    :data:`SHAPES_TRUE_CFG` and step size :data:`SHAPES_STEP_SIZE` (unless
+    ``true_cfg_scale`` / ``step_size`` are given) and the published rule for multi-step models, so
+    the default ``"reference"`` schedule is 16 iterations on the first half of the steps (and
+    presets follow the same rule)."""
+    from l2s.pipelines import wrap_pipeline
+
+    scale = SHAPES_TRUE_CFG if true_cfg_scale is None else true_cfg_scale
+    return wrap_pipeline(pipe, classifier, schedule, mode, family=SHAPES_FAMILY, steps=SHAPES_STEPS,
+                         size=image_size(pipe), true_cfg_scale=scale,
+                         step_size=SHAPES_STEP_SIZE if step_size is None else step_size)
+
+
+def named_schedule(name: str, num_steps: int = SHAPES_STEPS, step_size: float = SHAPES_STEP_SIZE):
+    """A preset of :mod:`l2s.steer` by name, by the published rule for multi-step models, with the
+    shapes world's step size."""
+    from l2s.steer import schedule_preset
+
+    return schedule_preset(name, SHAPES_FAMILY, num_steps, step_size)
+
+
+# --------------------------------------------------------------------------------------------
+# The classifier's data and training
+# --------------------------------------------------------------------------------------------
+
+
+def _palette(exclude_colours: Sequence[str], exclude_shapes: Sequence[str]) -> tuple[list[str], list[str]]:
+    shapes = [s for s in SHAPES if s not in exclude_shapes]
+    colours = [c for c in COLOURS if c not in exclude_colours]
+    if not shapes or len(colours) < 1 or len(shapes) * len(colours) < 2:
+        raise L2SError("holding out that much leaves fewer than two distinct objects")
+    return shapes, colours
+
+
+def shapes_relation_samples(n_scenes: int, seed: int = 0, *, size: int = SHAPES_IMAGE_SIZE,
+                            object_sizes: tuple[int, int] = SHAPES_OBJECT_SIZES,
+                            neutral_fraction: float = 0.25,
+                            exclude_colours: Sequence[str] = HELD_OUT_COLOURS,
+                            exclude_shapes: Sequence[str] = HELD_OUT_SHAPES) -> list:
+    """Labelled :class:`~l2s.training.RelationSample` s of ``n_scenes`` rendered two-object scenes.
+
+    Each scene draws two distinct (colour, shape) objects and one of the four directions uniformly,
+    and places them so that exactly that direction holds (:func:`l2s.shapes.scene_for_relation`):
+    sample ("red circle", relation, "blue square"). A ``neutral_fraction`` of the scenes also give
+    a neutral sample ("circle", "is", "red"), i.e. the prompt "A red circle" with maps of the noun
+    and its colour. Images are in memory (PIL); ids are ``shapes-<seed>-<k>``.
+    """
+    from l2s.training import RelationSample
+
+    shapes, colours = _palette(exclude_colours, exclude_shapes)
+    kinds = [(s, c) for s in shapes for c in colours]
+    rng = np.random.default_rng(seed)
+    samples = []
+    for k in range(n_scenes):
+        a, b = (kinds[i] for i in rng.choice(len(kinds), size=2, replace=False))
+        relation = DIRECTIONAL[int(rng.integers(len(DIRECTIONAL)))]
+        scene = scene_for_relation(rng, a, relation, b, size=size, min_size=object_sizes[0],
+                                   max_size=object_sizes[1])
+        image = render(scene)
+        image_id = f"shapes-{seed}-{k}"
+        subject, obj = scene.objects[0], scene.objects[1]
+        samples.append(RelationSample(image_id, image, subject.name, relation, obj.name, "shapes"))
+        if rng.random() < neutral_fraction:
+            samples.append(RelationSample(image_id, image, subject.shape, NEUTRAL, subject.colour, "shapes"))
+    return samples
+
+
+def make_shapes_data(pipe, out_dir: str | Path, n_scenes: int, seed: int = 0, *, dual: bool = True,
+                     exclude_colours: Sequence[str] = HELD_OUT_COLOURS,
+                     exclude_shapes: Sequence[str] = HELD_OUT_SHAPES, progress: bool = True, **kwargs: Any):
+    """Dual-invert :func:`shapes_relation_samples` with the shapes ``pipe`` into a map dataset.
+
+    Inverts over the model's :data:`SHAPES_STEPS` sampling steps and stores the maps at
+    :data:`SHAPES_STORE_STEPS` (the indices the steered steps read), images of the model's
+    :func:`image_size` and maps of its token grid (32 px and 16x16 for the shipped model: no
+    resampling); resumable like :func:`l2s.training.make_dataset` (``kwargs`` go there).
+    """
+    from l2s.training import make_dataset
+
+    samples = shapes_relation_samples(n_scenes, seed, size=image_size(pipe), exclude_colours=exclude_colours,
+                                      exclude_shapes=exclude_shapes)
+    settings = dict(class_names=PUBLISHED_CLASSES, steps=SHAPES_STEPS, store_steps=SHAPES_STORE_STEPS,
+                    size=image_size(pipe), map_size=token_grid(pipe), dual=dual, seed=seed,
+                    model_name="shapes-world", progress=progress, shard_size=256)
+    settings.update(kwargs)
+    return make_dataset(samples, pipe, out_dir, **settings)
+
+
+def shapes_classifier_config(dataset_dir: str | Path, **overrides: Any):
+    """The schnell preset resized by :data:`SHAPES_CLASSIFIER_SIZES`, completed from the dataset."""
+    from l2s.classifier import preset
+    from l2s.training import load_dataset_meta
+
+    meta = load_dataset_meta(dataset_dir)
+    fields = dict(SHAPES_CLASSIFIER_SIZES, class_names=tuple(meta["class_names"]), map_size=meta["map_size"],
+                  orig_map_size=meta.get("orig_map_size"), layer_layout=meta.get("layer_layout"),
+                  timesteps=tuple(meta["store_steps"]), num_timesteps=meta["num_steps"])
+    fields.update(overrides)
+    return preset("flux-schnell", channels=meta["channels"], **fields)
+
+
+def train_shapes_classifier(dataset_dir: str | Path, out_dir: str | Path, *, dual: bool = True,
+                            epochs: int = SHAPES_CLASSIFIER_EPOCHS, lr: float = SHAPES_CLASSIFIER_LR,
+                            batch_size: int = 64, seed: int = 0, progress: bool = True, **overrides: Any):
+    """Train the shapes classifier (``dual=False``: pos prompts only, the leakage ablation)."""
+    from l2s.training import train_classifier
+
+    config = shapes_classifier_config(dataset_dir, **overrides)
+    return train_classifier(dataset_dir, out_dir, config, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                            prompt_types=None if dual else ("pos",), progress=progress)

@@ -1,0 +1,74 @@
+"""Read a map dataset: :class:`AttentionMapDataset`, a split of its committed records."""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from l2s.errors import L2SError
+from .store import MANIFEST_FILE, PROGRESS_FILE, load_dataset_meta, read_jsonl
+
+
+class AttentionMapDataset(torch.utils.data.Dataset):
+    """A split of a map dataset: items are ``(maps (2, C, m, m) float32, step index, label index)``.
+
+    Maps are read lazily from the memory-mapped shards (safetensors), so the dataset never holds
+    more than the requested item in memory; shard handles are reopened in each DataLoader worker.
+
+    Args:
+        dataset_dir: directory written by :func:`make_dataset` / :func:`write_map_dataset`.
+        split: "train", "val", or None for all records.
+        timesteps: keep only these step indices (the classifier's trained steps).
+        prompt_types: keep only these prompt types (e.g. ``("pos",)`` for the leakage ablation).
+        class_names: label indices refer to this order (default: the dataset's own).
+    """
+
+    def __init__(self, dataset_dir: str | Path, split: str | None = "train", timesteps: Sequence[int] | None = None,
+                 prompt_types: Sequence[str] | None = None, class_names: Sequence[str] | None = None) -> None:
+        self.dataset_dir = Path(dataset_dir)
+        self.meta = load_dataset_meta(self.dataset_dir)
+        self.class_names = tuple(class_names or self.meta["class_names"])
+        committed = json.loads((self.dataset_dir / PROGRESS_FILE).read_text())["chunks"] \
+            if (self.dataset_dir / PROGRESS_FILE).exists() else {}
+        rows = [r for r in read_jsonl(self.dataset_dir / MANIFEST_FILE) if str(r.get("chunk")) in committed]
+        if split is not None:
+            rows = [r for r in rows if r["split"] == split]
+        if timesteps is not None:
+            wanted = {int(t) for t in timesteps}
+            rows = [r for r in rows if int(r["timestep"]) in wanted]
+        if prompt_types is not None:
+            rows = [r for r in rows if r["prompt_type"] in set(prompt_types)]
+        unknown = sorted({r["label"] for r in rows} - set(self.class_names))
+        if unknown:
+            raise L2SError(f"dataset labels {unknown} are not classes of the classifier "
+                           f"({', '.join(self.class_names)})")
+        self.records = rows
+        self._labels = [self.class_names.index(r["label"]) for r in rows]
+        self._handles: dict[str, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _shard(self, name: str):
+        from safetensors import safe_open
+
+        if name not in self._handles:
+            self._handles[name] = safe_open(str(self.dataset_dir / name), framework="pt")
+        return self._handles[name]
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int, int]:
+        row = self.records[index]
+        maps = self._shard(row["shard"]).get_tensor(row["key"]).float()
+        return maps, int(row["timestep"]), self._labels[index]
+
+    def labels(self) -> list[int]:
+        return list(self._labels)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_handles"] = {}  # file handles do not cross process boundaries
+        return state

@@ -1,0 +1,202 @@
+"""``l2s eval``: the shapes world's prompt sets, scoring a GenEval folder, runs on the tiny model, errors."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from l2s.cli import main
+from l2s.cli.evaluate import prompt_sets
+from l2s.evaluation import PromptSpec, RelationCheck, resolve_prompt_set, spec_from_metadata
+from l2s.pipelines import SteeringPipeline
+from l2s.shapes import render, scene_for_relation
+
+
+def run(argv, capsys):
+    code = main(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def error_lines(err):
+    return [line for line in err.splitlines() if line.startswith("l2s: error:")]
+
+
+def test_eval_names_the_shapes_worlds_prompt_sets():
+    specs, _ = resolve_prompt_set("shapes:3,2", 4, sets=prompt_sets())
+    assert all(s.tag == "3obj_2rel" for s in specs)
+    assert len(resolve_prompt_set("shapes", sets=prompt_sets())[0]) == 100
+
+
+# ---------------------------------------------------------------------------------------------
+# --images: a hand-made GenEval folder
+# ---------------------------------------------------------------------------------------------
+
+def _sample(folder, name, subject, relation, obj, seed):
+    scene = scene_for_relation(np.random.default_rng(seed), subject, relation, obj, size=48)
+    (folder / "samples").mkdir(parents=True, exist_ok=True)
+    render(scene).save(folder / "samples" / name)
+
+
+def test_score_geneval_folder_and_resume(tmp_path, capsys):
+    images = tmp_path / "geneval"
+    red_circle, blue_square = ("circle", "red"), ("square", "blue")
+    first = images / "00000"
+    first.mkdir(parents=True)
+    (first / "metadata.jsonl").write_text(json.dumps(
+        {"tag": "position", "include": [{"class": "blue square", "count": 1},
+                                        {"class": "red circle", "count": 1, "position": ["left of", 0]}],
+         "prompt": "a photo of a red circle left of a blue square"}) + "\n")
+    _sample(first, "0000.png", red_circle, "left of", blue_square, 0)
+    _sample(first, "0001.png", red_circle, "right of", blue_square, 1)   # wrong side
+    _sample(first, "extra.png", red_circle, "right of", blue_square, 2)  # not \d+.png: ignored
+    second = images / "00001"
+    second.mkdir()
+    (second / "metadata.jsonl").write_text(json.dumps(PromptSpec(
+        "a green triangle above a yellow diamond",
+        (RelationCheck("green triangle", "above", "yellow diamond"),)).to_dict()) + "\n")
+    _sample(second, "0000.png", ("triangle", "green"), "above", ("diamond", "yellow"), 3)
+    _sample(second, "0003.png", ("triangle", "green"), "above", ("diamond", "yellow"), 4)
+    counting = images / "00002"
+    counting.mkdir()
+    (counting / "metadata.jsonl").write_text('{"tag": "counting", "include": [{"class": "red circle", '
+                                             '"count": 2}], "prompt": "two red circles"}\n')
+    _sample(counting, "0000.png", red_circle, "left of", blue_square, 5)
+
+    out = tmp_path / "scores"
+    code, stdout, err = run(["eval", "--images", str(images), "--out", str(out), "--quiet"], capsys)
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    scored = summary["modes"]["images"]
+    assert (scored["n_correct"], scored["n_images"], scored["accuracy"]) == (3, 4, 0.75)
+    assert scored["per_relation"]["left of"] == {"holds": 1, "total": 2, "accuracy": 0.5}
+    assert summary["settings"]["folders_without_position"] == 1
+    assert "3/4 0.750" in stdout
+    wrong = json.loads((out / "images/00000/samples/0001.json").read_text())
+    assert wrong["correct"] is False and "right of" in wrong["reason"]
+    assert (out / "contact_sheet_01.png").is_file()
+
+    code, _, _ = run(["eval", "--images", str(images), "--out", str(out), "--quiet"], capsys)
+    assert code == 0
+    assert json.loads((out / "summary.json").read_text())["modes"]["images"]["status_counts"] == {"resumed": 4}
+
+    code, _, _ = run(["eval", "--images", str(images), "--out", str(out), "--quiet", "--rule", "t2i_compbench"], capsys)
+    again = json.loads((out / "summary.json").read_text())["modes"]["images"]
+    assert code == 0 and again["status_counts"] == {"rescored": 4} and again["n_correct"] == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# The command on the tiny model
+# ---------------------------------------------------------------------------------------------
+
+TINY_RUN = ["eval", "--prompts", "shapes", "--n-prompts", "2", "--seeds", "0", "--steps", "2", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval") / "run"
+    code = main(TINY_RUN + ["--out", str(out)])
+    assert code == 0
+    return out
+
+
+def test_eval_tiny_writes_the_run(tiny_run):
+    prompts = [json.loads(line) for line in (tiny_run / "prompts.jsonl").read_text().splitlines()]
+    assert len(prompts) == 2
+    records = [json.loads(line) for line in (tiny_run / "results.jsonl").read_text().splitlines()]
+    assert len(records) == 4
+    for mode in ("base", "steered"):
+        for index, prompt in enumerate(prompts):
+            folder = tiny_run / mode / f"{index:05d}"
+            assert (folder / "samples" / "0000.png").is_file()
+            assert spec_from_metadata(json.loads((folder / "metadata.jsonl").read_text())).prompt == prompt["prompt"]
+            record = json.loads((folder / "samples" / "0000.json").read_text())
+            assert record["prompt"] == prompt["prompt"] and record["meta"]["seed"] == 0
+            # schnell's reference schedule: 16 refinement iterations at step 0 when steered.
+            assert record["meta"]["iterations"] == (16 if mode == "steered" else 0)
+            assert record["meta"]["steered"] is (mode == "steered")
+            assert record["meta"]["generate_s"] > 0
+    summary = json.loads((tiny_run / "summary.json").read_text())
+    for mode in ("base", "steered"):
+        mine = [r for r in records if r["meta"]["mode"] == mode]
+        assert summary["modes"][mode]["n_images"] == 2
+        assert summary["modes"][mode]["n_correct"] == sum(r["correct"] for r in mine)
+    assert summary["settings"]["steps"] == 2 and summary["settings"]["detector"] == "shapes"
+    assert (tiny_run / "contact_sheet_01.png").is_file()
+
+
+def test_eval_resumes_and_refuses_other_settings(tiny_run, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run, out)
+    (out / "base" / "00001" / "samples" / "0000.json").unlink()
+    calls = []
+    original = SteeringPipeline.__call__
+
+    def counting(self, prompt, **kwargs):
+        calls.append((prompt, kwargs["seed"], kwargs["steer"]))
+        return original(self, prompt, **kwargs)
+
+    monkeypatch.setattr(SteeringPipeline, "__call__", counting)
+    code, stdout, err = run(TINY_RUN + ["--out", str(out)], capsys)
+    assert code == 0, err
+    assert len(calls) == 1 and calls[0][1:] == (0, False)
+    assert "base" in stdout and "steered" in stdout and "relation" in stdout and "s/image" in stdout
+    counts = json.loads((out / "summary.json").read_text())["modes"]
+    assert counts["base"]["status_counts"] == {"resumed": 1, "generated": 1}
+    assert counts["steered"]["status_counts"] == {"resumed": 2}
+
+    code, _, err = run(TINY_RUN[:-2] + ["3", "--quiet", "--out", str(out)], capsys)
+    assert code == 2 and len(calls) == 1
+    (line,) = error_lines(err)
+    assert "steps: 2 -> 3" in line
+    # images steered with another step size are not mixed in either
+    code, _, err = run(TINY_RUN + ["--step-size", "1", "--out", str(out)], capsys)
+    assert code == 2 and len(calls) == 1
+    (line,) = error_lines(err)
+    assert "step_size: None -> 1.0" in line
+    run_file = out / "run.json"
+    recorded = json.loads(run_file.read_text())
+    del recorded["generation"]["step_size"]          # as written before the setting existed
+    run_file.write_text(json.dumps(recorded))
+    code, _, err = run(TINY_RUN + ["--out", str(out)], capsys)
+    assert code == 2 and "step_size: (not recorded) -> None" in error_lines(err)[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv, message", [
+    (["--prompts", "nosuch"], "--prompts"),
+    (["--prompts", "multi:3"], "multi:N_OBJ,N_REL"),
+    (["--prompts", "multi:9,9"], "no prompt pattern"),
+    (["--prompts", "shapes:3,2,1"], "--prompts"),
+    (["--seeds", "0,x"], "--seeds"),
+    (["--n-prompts", "0"], "--n-prompts"),
+    (["--prompts", "geneval"], "--detector PATH"),
+    (["--detector", "/nonexistent/owl"], "no detector checkpoint"),
+    (["--images", "/nonexistent/dir"], "no such directory"),
+])
+def test_bad_eval_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(SteeringPipeline, "__call__", lambda *a, **k: pytest.fail("must not generate"))
+    code, _, err = run(["eval", "--out", str(tmp_path / "o"), "--quiet"] + argv, capsys)
+    assert code == 2
+    (line,) = error_lines(err)
+    assert message in line, line
+    assert not (tmp_path / "o" / "base").exists()
+
+
+def test_model_folder_naming_a_missing_l2s_module_is_refused(tmp_path, capsys):
+    from l2s.classifier import RelationClassifier
+    from l2s.demo import tiny_classifier_config
+
+    RelationClassifier(tiny_classifier_config(channels=4)).save(tmp_path / "clf")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model_index.json").write_text(json.dumps(
+        {"_class_name": "FluxPipeline", "vae": ["l2s.no_such_module", "PixelShuffleVAE"]}))
+    code, _, err = run(["eval", "--model", str(model), "--classifier", str(tmp_path / "clf"), "--n-prompts", "1",
+                        "--seeds", "0", "--out", str(tmp_path / "o"), "--quiet"], capsys)
+    assert code == 2
+    (line,) = error_lines(err)
+    assert "l2s.no_such_module" in line

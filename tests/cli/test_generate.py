@@ -1,0 +1,122 @@
+"""``l2s generate`` on the tiny model and saved models, and every bad input."""
+import json
+
+import pytest
+import torch
+
+from l2s.cli import main
+from l2s.classifier import RelationClassifier
+from l2s.demo import save_pipeline, tiny_classifier_config, tiny_classifier_for, tiny_flux_pipeline
+
+
+def run(argv, capsys):
+    code = main(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_generate_tiny_end_to_end(tmp_path, capsys):
+    code, _, err = run(["generate", "a cat to the left of a dog", "--model", "tiny",
+                        "--out", str(tmp_path), "--quiet", "--seed", "1"], capsys)
+    assert code == 0, err
+    for name in ("image.png", "image_unsteered.png", "comparison.png", "report.json"):
+        assert (tmp_path / name).is_file(), name
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["relations"] == [{"subject": "cat", "relation": "left of", "object": "dog"}]
+    assert report["steered"] is True
+    assert len(report["steps"]["0"]) == 16                   # schnell reference: 16 forwards at step 0
+    assert report["versions"]["torch"] == torch.__version__
+    assert report["timings_s"]["total"] > 0
+
+
+def test_generate_unsteerable_prompt_says_so(tmp_path, capsys):
+    code, _, err = run(["generate", "a cat next to a dog", "--model", "tiny", "--out", str(tmp_path),
+                        "--quiet"], capsys)
+    assert code == 0
+    assert "unsteered" in err
+    assert not (tmp_path / "image_unsteered.png").exists()
+    assert json.loads((tmp_path / "report.json").read_text())["steered"] is False
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    pipe = tiny_flux_pipeline(seed=0)
+    save_pipeline(pipe, root / "pipe")
+    tiny_classifier_for(pipe, seed=0).save(root / "good")
+    wrong = RelationClassifier(tiny_classifier_config(channels=7))
+    wrong.save(root / "wrong")
+    return root
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", ""], "empty"),
+    (["generate", "   "], "empty"),
+    (["generate", "left of a dog"], "left of"),
+    (["generate", "a cat above"], "above"),
+    (["generate", "a cat above a dog " + "and a very long tail " * 150], "tokens"),
+    (["generate", "a cat above a dog", "--model", "/nonexistent/model"], "model_index.json"),
+    (["generate", "a cat above a dog", "--classifier", "/nonexistent/clf"], "nonexistent"),
+])
+def test_bad_input_fails_with_one_line(argv, message, capsys, tmp_path):
+    code, out, err = run(argv + ["--out", str(tmp_path), "--quiet"], capsys)
+    assert code == 2
+    lines = [l for l in err.splitlines() if l.startswith("l2s: error:")]
+    assert len(lines) == 1 and message in lines[0], err
+    assert not (tmp_path / "image.png").exists()
+
+
+def test_model_path_without_classifier_is_refused(saved, capsys, tmp_path):
+    code, _, err = run(["generate", "a cat above a dog", "--model", str(saved / "pipe"),
+                        "--out", str(tmp_path)], capsys)
+    assert code == 2 and "--classifier" in err
+
+
+def test_generate_from_saved_model_and_classifier(saved, capsys, tmp_path):
+    code, _, err = run(["generate", "a cat above a dog", "--model", str(saved / "pipe"),
+                        "--classifier", str(saved / "good"), "--dtype", "fp32", "--device", "cpu",
+                        "--out", str(tmp_path), "--quiet", "--no-baseline"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "image.png").is_file() and not (tmp_path / "image_unsteered.png").exists()
+
+
+def test_true_cfg_reaches_the_flux_pipeline_and_is_refused_for_sd(saved, capsys, tmp_path):
+    from l2s.demo import tiny_sd_pipeline
+
+    code, _, err = run(["generate", "a cat above a dog", "--model", str(saved / "pipe"),
+                        "--classifier", str(saved / "good"), "--dtype", "fp32", "--device", "cpu",
+                        "--true-cfg", "2", "--out", str(tmp_path / "flux"), "--quiet", "--no-baseline"], capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "flux" / "report.json").read_text())
+    assert report["sampling"] == {"true_cfg_scale": 2.0, "negative_prompt": ""}
+    sd = tiny_sd_pipeline(seed=0)
+    save_pipeline(sd, tmp_path / "sd")
+    tiny_classifier_for(sd, seed=0).save(tmp_path / "sd_clf")
+    code, _, err = run(["generate", "a cat above a dog", "--model", str(tmp_path / "sd"),
+                        "--classifier", str(tmp_path / "sd_clf"), "--dtype", "fp32", "--device", "cpu",
+                        "--true-cfg", "2", "--out", str(tmp_path / "sd_out"), "--quiet"], capsys)
+    assert code == 2 and "--true-cfg applies to FLUX" in err
+
+
+def test_mismatched_classifier_is_refused(saved, capsys, tmp_path):
+    code, _, err = run(["generate", "a cat above a dog", "--model", str(saved / "pipe"),
+                        "--classifier", str(saved / "wrong"), "--dtype", "fp32", "--device", "cpu",
+                        "--out", str(tmp_path), "--quiet"], capsys)
+    assert code == 2 and "maps per object" in err
+
+
+def test_corrupt_model_and_classifier_files_are_refused(saved, capsys, tmp_path):
+    bad_model = tmp_path / "bad_model"
+    bad_model.mkdir()
+    (bad_model / "model_index.json").write_text("{not json")
+    code, _, err = run(["generate", "a cat above a dog", "--model", str(bad_model),
+                        "--classifier", str(saved / "good"), "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "corrupt" in err
+
+    bad_clf = tmp_path / "bad_clf"
+    bad_clf.mkdir()
+    (bad_clf / "config.json").write_text("{}")
+    (bad_clf / "model.safetensors").write_bytes(b"garbage")
+    code, _, err = run(["generate", "a cat above a dog", "--classifier", str(bad_clf),
+                        "--out", str(tmp_path / "o2")], capsys)
+    assert code == 2 and err.count("\n") >= 1 and "l2s: error:" in err

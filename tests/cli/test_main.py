@@ -1,0 +1,56 @@
+"""The ``l2s`` entry point: subcommand help and the front ends that parse their own arguments."""
+import sys
+import types
+
+import pytest
+
+import l2s.cli.training
+from l2s.cli import main
+from l2s.errors import L2SError
+
+
+def run(argv, capsys):
+    code = main(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def error_lines(err):
+    return [line for line in err.splitlines() if line.startswith("l2s: error:")]
+
+
+@pytest.mark.parametrize("argv, options", [
+    (["make-data", "--help"], ["--source", "--annotations", "--out"]),
+    (["train", "--help"], ["--out", "--epochs", "DATASET"]),
+    (["eval", "--help"], ["--prompts", "--seeds", "--mode", "--detector", "--classifier", "--images", "--rule"]),
+    (["shapes", "train-model", "--help"], ["--out", "--steps"]),
+])
+def test_subcommand_help(argv, options, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: l2s " + argv[0])
+    for option in options:
+        assert option in text, option
+
+
+def test_delegated_subcommand_gets_the_remaining_arguments(monkeypatch, capsys):
+    received = []
+    monkeypatch.setattr(l2s.cli.training, "train_main", lambda argv: received.append(argv) or 7)
+    assert main(["train", "data", "--out", "x"]) == 7 and received == [["data", "--out", "x"]]
+
+    def refuse(argv):
+        raise L2SError("no such dataset")
+
+    monkeypatch.setattr(l2s.cli.training, "train_main", refuse)
+    code, _, err = run(["train", "data", "--out", "x"], capsys)
+    assert code == 2 and error_lines(err) == ["l2s: error: no such dataset"]
+
+
+def test_missing_delegated_function_is_a_clear_error(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "l2s.cli.training", types.ModuleType("l2s.cli.training"))
+    code, _, err = run(["make-data", "--help"], capsys)
+    assert code == 2
+    (line,) = error_lines(err)
+    assert "'l2s make-data' is not available" in line and "make_data_main" in line

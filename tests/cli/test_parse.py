@@ -1,0 +1,27 @@
+"""``l2s parse``: triplets of one prompt, or of every line of stdin."""
+import io
+import json
+import sys
+
+from l2s.cli import main
+
+
+def run(argv, capsys):
+    code = main(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_parse_json(capsys):
+    code, out, _ = run(["parse", "--json", "a photo of a dog right of a teddy bear"], capsys)
+    assert code == 0
+    assert json.loads(out) == [{"subject": "dog", "relation": "right of", "object": "teddy bear"}]
+
+
+def test_parse_json_from_stdin(capsys, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("a cat above a dog\na cat next to a dog\n"))
+    code, out, _ = run(["parse", "--json", "-"], capsys)
+    lines = out.strip().splitlines()
+    assert code == 0 and len(lines) == 2
+    assert json.loads(lines[0])[0]["relation"] == "above"
+    assert json.loads(lines[1]) == []

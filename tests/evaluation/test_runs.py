@@ -1,0 +1,149 @@
+"""Evaluation runs: scoring recorded images, run_eval with a fake generator, reports and contact sheets."""
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from l2s.evaluation import (
+    Detection,
+    PromptSpec,
+    RelationCheck,
+    contact_sheet,
+    evaluate_images,
+    run_eval,
+    score_image_folder,
+)
+from l2s.parsing import parse_prompt
+from l2s.shapes import ShapesDetector, render, scene_for_relation, shapes_position_prompts
+from l2s.steer import SteeringDiagnostics
+
+
+# ---------------------------------------------------------------- scoring recorded images
+
+def _shapes_records():
+    rng = np.random.default_rng(0)
+    records = []
+    for k, relation in enumerate(["left of", "right of", "above", "below", "above", "left of"]):
+        scene = scene_for_relation(rng, ("circle", "red"), relation, ("square", "blue"), size=48)
+        claimed = "below" if k == 5 else relation  # the last prompt lies: its image must fail
+        spec = PromptSpec(f"a photo of a red circle {claimed} a blue square",
+                          (RelationCheck("red circle", claimed, "blue square"),), tag=f"t{k % 2}")
+        records.append((render(scene), spec, {"name": f"img{k}", "seed": k}))
+    return records
+
+
+def test_evaluate_images_writes_results_and_summary(tmp_path):
+    records = _shapes_records()
+    summary = evaluate_images(records, ShapesDetector(), tmp_path)
+    assert (summary.n_images, summary.n_correct) == (6, 5)
+    assert summary.accuracy == pytest.approx(5 / 6)
+    assert summary.per_relation["below"] == [1, 2] and summary.per_relation["left of"] == [1, 1]
+    assert summary.per_tag == {"t0": [3, 3], "t1": [2, 3]}
+    per_image = json.loads((tmp_path / "img5.json").read_text())
+    assert per_image["correct"] is False and per_image["meta"] == {"seed": 5}
+    assert per_image["checks"][0]["found"] == ["left of"]
+    lines = (tmp_path / "results.jsonl").read_text().splitlines()
+    assert [json.loads(line)["name"] for line in lines] == [f"img{k}" for k in range(6)]
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["accuracy"] == pytest.approx(5 / 6)
+    assert saved["n_prompts"] == 4 and saved["n_prompts_any_correct"] == 4  # repeated prompts group
+    table = summary.table()
+    assert "overall (images)" in table and "relation below" in table and "0.833" in table
+
+
+def test_contact_sheet_draws_pass_and_fail(tmp_path):
+    records = _shapes_records()
+    summary = evaluate_images(records, ShapesDetector(), tmp_path / "run")
+    path = contact_sheet([r[0] for r in records], summary.results, tmp_path / "sheet.png", columns=4, scale=2)
+    sheet = Image.open(path)
+    assert sheet.format == "PNG"
+    cell_w = 48 * 2 + 8
+    assert sheet.width == 4 * cell_w and sheet.height % 2 == 0
+    cell_h = sheet.height // 2
+    assert sheet.getpixel((1, 1)) == (0, 170, 0)  # first image passes: green border
+    assert sheet.getpixel((cell_w + 1, cell_h + 1)) == (210, 0, 0)  # sixth fails: red border
+    with pytest.raises(ValueError):
+        contact_sheet([records[0][0]], [], tmp_path / "bad.png")
+
+
+# ---------------------------------------------------------------- run_eval with a fake generator: the numbers
+
+class FixedBoxes:
+    """Stub detector: the first label of every prompt at the left, the second at the right."""
+
+    def detect(self, image, labels):
+        boxes = [(0.0, 20.0, 10.0, 30.0), (40.0, 20.0, 50.0, 30.0)]
+        return {label: Detection(label, box, 0.9) for label, box in zip(labels, boxes)}
+
+
+class SceneSteerer:
+    """Stands in for a SteeringPipeline: draws the prompt's two shapes, in the prompted relation when
+    steered and in the opposite one otherwise, so the shapes detector must score base 0, steered 1."""
+
+    OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+
+    def __init__(self):
+        self.calls = []
+
+    def plan(self, prompt):
+        return parse_prompt(prompt)
+
+    def __call__(self, prompt, *, seed, steer, **kwargs):
+        self.calls.append((prompt, seed, steer))
+        (t,) = parse_prompt(prompt).triplets
+        relation = t.relation if steer else self.OPPOSITE[t.relation]
+        scene = scene_for_relation(np.random.default_rng(seed), tuple(t.subject.split()[::-1]), relation,
+                                   tuple(t.object.split()[::-1]), size=48)
+        return SimpleNamespace(images=[render(scene)], timings={"total": 0.25},
+                               plan=SimpleNamespace(steered=True, parsed=parse_prompt(prompt)),
+                               diagnostics=SteeringDiagnostics())
+
+
+def test_summary_numbers_with_fixed_boxes(tmp_path):
+    specs = [PromptSpec("a red circle to the left of a blue square", (RelationCheck("red circle", "left of", "blue square"),)),
+             PromptSpec("a red circle above a blue square", (RelationCheck("red circle", "above", "blue square"),)),
+             PromptSpec("a green diamond to the right of a cyan circle",
+                        (RelationCheck("green diamond", "right of", "cyan circle"),), tag="other")]
+    report = run_eval(SceneSteerer(), specs, FixedBoxes(), tmp_path, seeds=[0, 1], progress=False,
+                      settings={"model": "fake"}, detector_name="fixed")
+    for mode in ("base", "steered"):
+        summary = report.modes[mode].summary
+        assert (summary.n_correct, summary.n_images) == (2, 6)
+        assert summary.per_relation == {"left of": [2, 2], "above": [0, 2], "right of": [0, 2]}
+        assert summary.per_tag == {"position": [2, 4], "other": [0, 2]}
+        assert (summary.n_prompts_any_correct, summary.n_prompts) == (1, 3)
+        assert report.modes[mode].generate_s_per_image == pytest.approx(0.25)
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["modes"]["steered"]["accuracy"] == pytest.approx(1 / 3)
+    assert saved["modes"]["base"]["per_relation"]["above"] == {"holds": 0, "total": 2, "accuracy": 0.0}
+    assert saved["accuracy_gain"] == 0.0
+    table = report.table()
+    assert "relation above" in table and "2/6 0.333" in table and "tag other" in table
+    lines = (tmp_path / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 12 and sum(json.loads(line)["correct"] for line in lines) == 4
+
+
+def test_shapes_detector_scores_base_against_steered(tmp_path):
+    specs = shapes_position_prompts(3, seed=0)
+    steerer = SceneSteerer()
+    report = run_eval(steerer, specs, ShapesDetector(), tmp_path, seeds=[0, 5], progress=False,
+                      settings={"model": "fake"}, detector_name="shapes")
+    assert report.modes["base"].summary.accuracy == 0.0
+    assert report.modes["steered"].summary.accuracy == 1.0
+    assert report.to_dict()["accuracy_gain"] == 1.0
+    # Same seeds in both modes, interleaved per prompt and seed.
+    assert steerer.calls[:4] == [(specs[0].prompt, 0, False), (specs[0].prompt, 0, True),
+                                 (specs[0].prompt, 5, False), (specs[0].prompt, 5, True)]
+    assert sorted(p.name for p in (tmp_path / "steered" / "00002" / "samples").iterdir()) == [
+        "0000.json", "0000.png", "0005.json", "0005.png"]
+    record = json.loads((tmp_path / "steered/00001/samples/0005.json").read_text())
+    assert record["prompt"] == specs[1].prompt and record["correct"] is True
+    assert record["meta"]["image"] == "steered/00001/samples/0005.png"
+    assert (tmp_path / "contact_sheet_01.png").is_file()
+
+    # Rescoring an existing run folder gives the same verdicts.
+    rescored = score_image_folder(tmp_path / "steered", ShapesDetector(), tmp_path / "rescored",
+                                  detector_name="shapes", progress=False, contact_sheets=False)
+    assert rescored.modes["images"].summary.n_correct == 6

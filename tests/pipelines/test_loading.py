@@ -1,0 +1,20 @@
+"""Loading local diffusers folders into steering pipelines."""
+import torch
+
+from l2s.demo import tiny_classifier_for, tiny_flux_pipeline, tiny_sd_pipeline
+from l2s.steer import custom_schedule
+
+
+def test_from_pretrained_loads_local_folders(tmp_path):
+    from l2s.pipelines import SteeringPipeline
+    from l2s.demo import save_pipeline
+
+    for name, pipe in (("flux", tiny_flux_pipeline(seed=0)), ("sd", tiny_sd_pipeline(seed=0))):
+        save_pipeline(pipe, tmp_path / name)
+        tiny_classifier_for(pipe, seed=0).save(tmp_path / f"{name}-clf")
+        steerer = SteeringPipeline.from_pretrained(tmp_path / name, tmp_path / f"{name}-clf",
+                                                   torch_dtype=torch.float32)
+        result = steerer("a cat above a dog", num_inference_steps=2, height=32, width=32,
+                         schedule=custom_schedule(2, steered=[0], iterations=1, step_size=0.1),
+                         progress=False)
+        assert result.images[0].size == (32, 32) and result.diagnostics.records

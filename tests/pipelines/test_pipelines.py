@@ -1,0 +1,264 @@
+"""Steered generation end to end on tiny random FLUX and SD pipelines."""
+import pytest
+import torch
+
+from l2s.errors import ClassifierMismatchError, UnsupportedRelationError, UsageError
+from l2s.pipelines import FluxSteeringPipeline, SDSteeringPipeline, wrap_pipeline
+from l2s.steer import custom_schedule, reference_schedule
+from l2s.demo import tiny_classifier_config, tiny_classifier_for, tiny_flux_pipeline, tiny_sd_pipeline
+from l2s.classifier import RelationClassifier
+
+
+def _sensitive(classifier, gain=3000.0):
+    """A random classifier reads maps of ~1/T per pixel; amplify its input so maps matter."""
+    with torch.no_grad():
+        classifier.object_extractor.input_projection.weight.mul_(gain)
+    return classifier
+
+
+@pytest.fixture(scope="module")
+def flux():
+    pipe = tiny_flux_pipeline(num_layers=2, num_single_layers=2, seed=0)
+    return wrap_pipeline(pipe, _sensitive(tiny_classifier_for(pipe, seed=1)))
+
+
+@pytest.fixture(scope="module")
+def sd():
+    pipe = tiny_sd_pipeline(seed=0)
+    return wrap_pipeline(pipe, _sensitive(tiny_classifier_for(pipe, seed=1)))
+
+
+def _losses(result, step):
+    return [r.loss[0] for r in result.diagnostics.for_step(step)]
+
+
+def test_wrap_picks_the_model_family(flux, sd):
+    assert isinstance(flux, FluxSteeringPipeline) and flux.family == "flux-schnell"
+    assert isinstance(sd, SDSteeringPipeline) and sd.family == "sd14"
+    dev = wrap_pipeline(tiny_flux_pipeline(seed=0, guidance_embeds=True),
+                        tiny_classifier_for(tiny_flux_pipeline(seed=0), seed=0))
+    assert dev.family == "flux-dev"
+    assert all(not p.requires_grad for p in flux.pipe.transformer.parameters())
+    # Progress bars name the family; a model given its family and steps names the rule it follows.
+    assert flux.label == "flux-schnell" and sd.label == "sd14"
+    named = wrap_pipeline(tiny_flux_pipeline(seed=0), tiny_classifier_for(tiny_flux_pipeline(seed=0), seed=0),
+                          family="flux-dev", steps=12)
+    assert named.family == "flux-dev" and named.default_steps() == 12
+    assert named.label == "flux (flux-dev rule, 12 steps)"
+
+
+def test_step_size_applies_to_named_schedules_only(flux):
+    gentle = wrap_pipeline(flux.pipe, flux.classifier, step_size=0.5)
+    kwargs = dict(num_inference_steps=2, height=32, width=32, seed=3, progress=False)
+    result = gentle("a cat above a dog", schedule="reference", **kwargs)
+    assert set(result.schedule.step_sizes) == {0.5} and tuple(result.report()["schedule"]["step_sizes"]) == (0.5, 0.5)
+    published = flux("a cat above a dog", schedule="reference", **kwargs)
+    assert set(published.schedule.step_sizes) == {5.0}
+    # same noise and losses before the first update; the step size changes what the update does
+    assert _losses(result, 0)[0] == pytest.approx(_losses(published, 0)[0], rel=1e-6)
+    assert list(result.images[0].tobytes()) != list(published.images[0].tobytes())
+    own = custom_schedule(2, steered=[0], iterations=2, step_size=2.0)
+    assert set(gentle("a cat above a dog", schedule=own, **kwargs).schedule.step_sizes) == {2.0}
+
+
+@pytest.mark.parametrize("step_size", [0.0, -2.0, float("nan"), "1", True])
+def test_step_size_must_be_a_positive_number(flux, step_size):
+    with pytest.raises(UsageError, match="step size"):
+        wrap_pipeline(flux.pipe, flux.classifier, step_size=step_size)
+
+
+def test_plan_maps_objects_to_tokens_and_classes(flux):
+    plan = flux.plan("a photo of a red cat to the left of a teddy bear")
+    assert plan.phrases == ["red cat", "teddy bear"]
+    assert plan.pairs == [(0, 1)]
+    assert plan.class_indices == [3]             # "to the left of" in the published class order
+    assert len(plan.token_indices[1]) == 2       # "teddy" + "bear" in the tiny T5 vocabulary
+    assert not flux.plan("a cat next to a dog").steered
+
+
+@pytest.mark.parametrize("which, step_size", [("flux", 1.0), ("sd", 5.0)])
+def test_steering_lowers_the_loss_at_the_steered_step(which, step_size, flux, sd):
+    steerer = flux if which == "flux" else sd
+    schedule = custom_schedule(2, steered=[0], iterations=5, step_size=step_size)
+    result = steerer("a cat above a dog", num_inference_steps=2, height=32, width=32,
+                     schedule=schedule, progress=False)
+    losses = _losses(result, 0)
+    assert len(losses) == 5
+    assert losses[-1] < losses[0]                            # the target probability rose
+    assert all(b < a for a, b in zip(losses, losses[1:]))    # monotonically at this step size
+    assert result.images[0].size == (32, 32)
+
+
+def test_multi_relation_alternation_visits_each_relation(flux):
+    schedule = custom_schedule(2, steered=[0, 1], iterations=5, step_size=0.01)
+    result = flux("a frog above a cat below a dog", num_inference_steps=2, height=32, width=32,
+                  schedule=schedule, progress=False)
+    for step in (0, 1):
+        assert [r.relation for r in result.diagnostics.for_step(step)] == [0, 1, 0, 1, 0]
+    assert result.plan.phrases == ["frog", "cat", "dog"]
+    assert result.plan.pairs == [(0, 1), (1, 2)]
+
+
+def test_schnell_reference_only_changes_the_initial_noise(flux, monkeypatch):
+    calls = []
+    original = flux.refine
+
+    def spy(latents, step, *args, **kwargs):
+        out = original(latents, step, *args, **kwargs)
+        calls.append((step, latents.clone(), out.clone()))
+        return out
+
+    monkeypatch.setattr(flux, "refine", spy)
+    steered = flux("a cat above a dog", height=32, width=32, seed=3, progress=False)
+    assert steered.schedule.name == "reference" and steered.schedule.num_steps == 4
+    assert [c[0] for c in calls] == [0]                       # step 0 only
+    initial, refined = calls[0][1], calls[0][2]
+    plain = flux("a cat above a dog", height=32, width=32, seed=3, steer=False, progress=False)
+    assert not torch.equal(initial, refined)
+    # Running the plain sampler from the refined noise reproduces the steered image exactly.
+    from_refined = flux("a cat above a dog", height=32, width=32, seed=3, steer=False,
+                        latents=refined, progress=False)
+    assert list(from_refined.images[0].tobytes()) == list(steered.images[0].tobytes())
+    assert list(plain.images[0].tobytes()) != list(steered.images[0].tobytes())
+
+
+def test_same_seed_gives_the_same_unsteered_image(flux):
+    a = flux("a cat above a dog", height=32, width=32, seed=5, steer=False, progress=False)
+    b = flux("a cat above a dog", height=32, width=32, seed=5, steer=False, progress=False)
+    assert list(a.images[0].tobytes()) == list(b.images[0].tobytes())
+    assert not a.diagnostics.records
+
+
+def test_unsteerable_prompt_runs_unsteered(flux):
+    result = flux("a cat next to a dog", height=32, width=32, progress=False)
+    assert result.schedule is None and not result.diagnostics.records
+    assert "next to" in result.report()["note"] or result.report()["non_directional"]
+
+
+def test_report_contains_relations_tokens_and_probabilities(flux):
+    schedule = custom_schedule(2, steered=[0], iterations=1, step_size=0.01)
+    report = flux("a cat above a dog", num_inference_steps=2, height=32, width=32,
+                  schedule=schedule, progress=False).report()
+    assert report["relations"] == [{"subject": "cat", "relation": "above", "object": "dog"}]
+    assert set(report["token_indices"]) == {"cat", "dog"}
+    probs = report["steps"]["0"][0]["target_probability"]
+    assert len(probs) == 1 and 0.0 < probs[0] < 1.0
+
+
+def test_classifier_channel_mismatch_is_refused(flux):
+    wrong = RelationClassifier(tiny_classifier_config(channels=flux.map_channels() + 1)).eval()
+    steerer = wrap_pipeline(flux.pipe, wrong)
+    with pytest.raises(ClassifierMismatchError, match="maps per object"):
+        steerer("a cat above a dog", height=32, width=32, progress=False)
+    # the failed call left the user's pipeline stock
+    assert type(flux.pipe.transformer.transformer_blocks[0].attn.processor).__name__ == "FluxAttnProcessor"
+
+
+def test_diagonal_relation_with_a_four_direction_classifier_is_refused(flux):
+    with pytest.raises(UnsupportedRelationError):
+        flux.plan("a cat top-left of a dog")
+
+
+def test_schedule_length_must_match_steps(flux):
+    with pytest.raises(UsageError):
+        flux("a cat above a dog", num_inference_steps=3, schedule=reference_schedule("flux-schnell", 4),
+             height=32, width=32, progress=False)
+
+
+def test_non_finite_classifier_skips_updates_and_reports_it():
+    pipe = tiny_flux_pipeline(seed=0)
+    classifier = tiny_classifier_for(pipe, seed=0)
+    with torch.no_grad():
+        next(classifier.parameters()).fill_(float("nan"))
+    steerer = wrap_pipeline(pipe, classifier)
+    result = steerer("a cat above a dog", height=32, width=32, progress=False)
+    assert result.report()["non_finite_events"] == 1
+    assert result.images[0].size == (32, 32)                     # still generated, unsteered
+    plain = steerer("a cat above a dog", height=32, width=32, steer=False, progress=False)
+    assert list(plain.images[0].tobytes()) == list(result.images[0].tobytes())
+
+
+@pytest.mark.parametrize("which", ["flux", "sd"])
+def test_fast_and_reference_modes_steer_identically(which, flux, sd):
+    base = flux if which == "flux" else sd
+    reference = wrap_pipeline(base.pipe, base.classifier, mode="reference")
+    assert reference.mode.name == "reference" and base.mode.name == "fast"
+    schedule = custom_schedule(2, steered=[0, 1], iterations=3, step_size=1.0)
+    kwargs = dict(num_inference_steps=2, height=32, width=32, schedule=schedule, seed=7,
+                  progress=False)
+    fast_result = base("a cat above a dog", **kwargs)
+    ref_result = reference("a cat above a dog", **kwargs)
+    trajectory = lambda r: [(x.step, x.iteration, x.relation) for x in r.diagnostics.records if x.updated]
+    assert trajectory(fast_result) == trajectory(ref_result)
+    fast_p = [x.target_probability[0] for x in fast_result.diagnostics.records if x.updated]
+    ref_p = [x.target_probability[0] for x in ref_result.diagnostics.records if x.updated]
+    assert fast_p == pytest.approx(ref_p, rel=1e-4, abs=1e-6)
+    a = torch.tensor(list(fast_result.images[0].tobytes()), dtype=torch.float)
+    b = torch.tensor(list(ref_result.images[0].tobytes()), dtype=torch.float)
+    assert (a - b).abs().max() <= 1.0                      # uint8 rounding at most
+
+
+def test_unknown_mode_is_refused(flux):
+    with pytest.raises(UsageError):
+        wrap_pipeline(flux.pipe, flux.classifier, mode="turbo")
+
+
+def test_schedule_presets_by_name(flux):
+    result = flux("a cat above a dog", schedule="early-exit", height=32, width=32, progress=False)
+    assert result.schedule.name == "early-exit" and result.schedule.num_steps == 4
+    with pytest.raises(UsageError, match="preset"):
+        flux("a cat above a dog", schedule="warp", height=32, width=32, progress=False)
+
+
+def test_plain_steps_run_on_the_engine_and_steered_steps_on_autograd():
+    """An ONNX Runtime engine refuses non-stock processors: it can only serve plain steps if the
+    capture is off the model outside steered steps. Images match the eager engine."""
+    pipe = tiny_flux_pipeline(seed=0)
+    classifier = _sensitive(tiny_classifier_for(pipe, seed=1))
+    schedule = custom_schedule(3, steered=[0], iterations=2, step_size=1.0)
+    kwargs = dict(num_inference_steps=3, height=32, width=32, schedule=schedule, seed=2, progress=False)
+    eager = FluxSteeringPipeline(pipe, classifier, engine="eager")("a cat above a dog", **kwargs)
+    onnx = FluxSteeringPipeline(pipe, classifier, engine="onnxruntime")("a cat above a dog", **kwargs)
+    assert eager.engine["name"].startswith("eager") and "onnx" in onnx.engine["name"]
+    assert onnx.report()["plain_step_engine"] == onnx.engine
+    assert [r.loss for r in onnx.diagnostics.records] == [r.loss for r in eager.diagnostics.records]
+    a = torch.tensor(list(eager.images[0].tobytes()), dtype=torch.float)
+    b = torch.tensor(list(onnx.images[0].tobytes()), dtype=torch.float)
+    assert (a - b).abs().max() <= 2.0
+
+
+def test_true_cfg_matches_diffusers_flux_pipeline():
+    """Unsteered generation with true CFG is diffusers' FluxPipeline(true_cfg_scale=...) image."""
+    pipe = tiny_flux_pipeline(seed=0)
+    classifier = tiny_classifier_for(pipe, seed=1)
+    kwargs = dict(num_inference_steps=3, height=32, width=32)
+    ours = FluxSteeringPipeline(pipe, classifier, engine="eager", true_cfg_scale=2.5)(
+        "a cat above a dog", steer=False, seed=4, progress=False, **kwargs)
+    pipe.set_progress_bar_config(disable=True)
+    theirs = pipe("a cat above a dog", true_cfg_scale=2.5, negative_prompt="", output_type="np",
+                  generator=torch.Generator().manual_seed(4), max_sequence_length=512, **kwargs).images[0]
+    plain = FluxSteeringPipeline(pipe, classifier, engine="eager")(
+        "a cat above a dog", steer=False, seed=4, progress=False, **kwargs)
+    a = torch.tensor(list(ours.images[0].tobytes()), dtype=torch.float)
+    b = torch.from_numpy(theirs).flatten().mul(255).round()
+    assert (a - b).abs().max() <= 1.0
+    c = torch.tensor(list(plain.images[0].tobytes()), dtype=torch.float)
+    assert (a - c).abs().max() >= 3      # guidance changed the image (the tiny model reads text weakly)
+    assert ours.report()["sampling"] == {"true_cfg_scale": 2.5, "negative_prompt": ""}
+    assert plain.report()["sampling"] == {"true_cfg_scale": 1.0}
+
+
+def test_true_cfg_leaves_the_steering_loss_alone(flux):
+    """Steering reads the conditional pass only: at the first step (same noise) the losses match."""
+    cfg = FluxSteeringPipeline(flux.pipe, flux.classifier, true_cfg_scale=3.0)
+    schedule = custom_schedule(3, steered=[0], iterations=2, step_size=1.0)
+    kwargs = dict(num_inference_steps=3, height=32, width=32, schedule=schedule, seed=2, progress=False)
+    with_cfg, without = cfg("a cat above a dog", **kwargs), flux("a cat above a dog", **kwargs)
+    assert _losses(with_cfg, 0) == pytest.approx(_losses(without, 0), rel=1e-5)
+    assert list(with_cfg.images[0].tobytes()) != list(without.images[0].tobytes())
+
+
+@pytest.mark.parametrize("scale", [0.0, -1.0, float("nan"), "2"])
+def test_true_cfg_scale_must_be_positive(flux, scale):
+    with pytest.raises(UsageError, match="true_cfg_scale"):
+        FluxSteeringPipeline(flux.pipe, flux.classifier, true_cfg_scale=scale)

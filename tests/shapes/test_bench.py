@@ -1,0 +1,137 @@
+"""The shapes bench: its parts, judging on colours, the results table, targets and header."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import l2s.shapes as shapes_world
+from l2s.evaluation import PairedComparison
+
+
+@pytest.fixture(scope="module")
+def tiny_shapes_pipe():
+    from l2s.shapes import TINY_CONFIG, build_shapes_pipeline
+
+    torch.manual_seed(0)
+    return build_shapes_pipeline(TINY_CONFIG, seed=0)
+
+
+def test_bench_table_reports_every_part_and_relation():
+    part = lambda key, modes: {"key": key, "label": key, "n_prompts": 4, "seeds": [1], "schedule": "s",
+                               "classifier": "dual", "modes": modes}
+    base = {"accuracy": 0.25, "n_images": 4, "n_correct": 1, "per_relation": {"left of": [1, 2], "above": [0, 2]},
+            "generate_s_per_image": 0.1, "colour_accuracy": 0.25, "colour_n_correct": 1,
+            "colour_per_relation": {"left of": [1, 2], "above": [0, 2]}}
+    steered = {"accuracy": 0.5, "n_images": 4, "n_correct": 2, "per_relation": {"left of": [2, 2], "above": [0, 2]},
+               "generate_s_per_image": 0.5, "colour_accuracy": 0.75, "colour_n_correct": 3,
+               "colour_per_relation": {"left of": [2, 2], "above": [1, 2]}}
+    # Per-image correctness (keys "prompt/seed") for the paired comparisons.
+    base["correct_by_image"] = {"0/1": True, "1/1": False, "2/1": False, "3/1": False}
+    base["colour_correct_by_image"] = {"0/1": True, "1/1": False, "2/1": False, "3/1": False}
+    steered["correct_by_image"] = {"0/1": True, "1/1": True, "2/1": False, "3/1": False}
+    steered["colour_correct_by_image"] = {"0/1": True, "1/1": True, "2/1": True, "3/1": False}
+    results = {"parts": [part("position", {"base": base, "steered": steered}),
+                         part("ablation", {"steered": base, "base": base, "reference_dual": steered})], "settings": {}}
+    table = shapes_world.bench_table(results)
+    assert "0.250 (1/4)" in table and "0.750 (3/4)" in table and "3.00x" in table
+    assert "| left of | 0.500 (1/2) | 1.000 (2/2) | 0.500 (1/2) | 1.000 (2/2) |" in table
+    assert "| above | 0.000 (0/2) | 0.000 (0/2) | 0.000 (0/2) | 0.500 (1/2) |" in table
+    ablation_row = next(line for line in table.splitlines() if line.startswith("| ablation"))
+    assert ablation_row.count("0.750 (3/4)") == 1 and "1.00x" in ablation_row  # reference dual, same images
+    summary = shapes_world.target_summary(results)
+    assert "colour: base 0.250 (target <= 0.35: met), steered 0.750 (target >= 0.75: met; >= 3x base: 3.00x, met)" in summary
+    # Two images right with dual only, none with pos-only only: p = 0.5, not measurable.
+    assert ("dual vs pos-only classifier, colour, paired on 4 images: 0.750 vs 0.250; right with dual only 2, "
+            "with pos-only only 0, sign test p = 0.5 (target dual measurably better, p < 0.05: missed)") in summary
+    assert "steered vs base, two objects, strict, paired on 4 images: right only when steered 1, only in base 0" in summary
+    results["classifier_comparison"] = {"split": "val", "by_prompt_type": {"neg": {
+        "n_pairs": 200, "a_correct": 180, "b_correct": 160, "a_only": 25, "b_only": 5, "p_value": 0.0003}}}
+    assert ("neg prompts, paired on 200 maps: 0.900 vs 0.800; right with dual only 25, with pos-only only 5, "
+            "sign test p = 0.0003") in shapes_world.target_summary(results)
+    def pairs(a, b, a_only, b_only):
+        return PairedComparison(100, a, b, a_only, b_only).to_dict()
+
+    results["classifier_comparison"]["leakage"] = {
+        "dual": {"all": pairs(90, 89, 3, 2), "1": pairs(44, 44, 1, 1), "3": pairs(46, 45, 2, 1)},
+        "pos_only": {"all": pairs(92, 70, 24, 2), "1": pairs(47, 30, 18, 1), "3": pairs(45, 40, 6, 1)}}
+    summary = shapes_world.target_summary(results)
+    assert ("- relation leakage of the pos-only classifier (held-out accuracy on an image's maps inverted with "
+            "the true word minus with a wrong one, paired on 100 maps): +0.220, sign test p = 1.05e-05; by step index: "
+            "1 +0.170 (p = 7.6e-05), 3 +0.050 (p = 0.12)") in summary
+    assert "- relation leakage of the dual classifier (" in summary
+
+
+def test_bench_records_its_sampling_and_resumes_only_with_it(tiny_shapes_pipe, tmp_path):
+    from l2s.errors import L2SError
+
+    tiny_shapes_pipe.save_pretrained(tmp_path / "model")
+    _tiny_shapes_classifier(tiny_shapes_pipe).save(tmp_path / "clf")
+    kwargs = dict(pipeline_dir=tmp_path / "model", classifier=tmp_path / "clf", ablation_classifier=tmp_path / "clf",
+                  parts=["position"], position_prompts=2, seeds=(0,), progress=False)
+    results = shapes_world.run_shapes_bench(tmp_path / "out", true_cfg_scale=2.0, **kwargs)
+    assert results["settings"]["sampling"] == {"true_cfg_scale": 2.0, "negative_prompt": ""}
+    assert results["parts"][0]["modes"]["steered"]["n_images"] == 2
+    # every image's found verdict is recorded, and is the image re-judged (so bench runs pair on it)
+    from PIL import Image
+
+    from l2s.shapes import shapes_position_prompts
+    from l2s.shapes import ShapesDetector
+
+    steered = results["parts"][0]["modes"]["steered"]
+    specs = shapes_position_prompts(n=2, seed=0)
+    for key, found in steered["objects_found_by_image"].items():
+        index, seed = key.split("/")
+        path = tmp_path / "out" / "position" / "steered" / f"{int(index):05d}" / "samples" / f"{int(seed):04d}.png"
+        with Image.open(path) as image:
+            assert found == shapes_world.all_objects_found(ShapesDetector(), image.convert("RGB"), specs[int(index)])
+    assert steered["objects_found"] == sum(steered["objects_found_by_image"].values()) / 2
+    markdown = shapes_world.write_bench_results(results, tmp_path / "bench.md").read_text()
+    assert "true CFG 2 against the empty caption (base and steered alike)" in markdown
+    with pytest.raises(L2SError, match="sampling"):   # images made with other guidance are not mixed in
+        shapes_world.run_shapes_bench(tmp_path / "out", true_cfg_scale=1.0, **kwargs)
+    assert results["settings"]["step_size"] == shapes_world.SHAPES_STEP_SIZE
+    with pytest.raises(L2SError, match="schedule"):   # nor images steered with another step size
+        shapes_world.run_shapes_bench(tmp_path / "out", true_cfg_scale=2.0, step_size=0.5, **kwargs)
+    gentle = shapes_world.run_shapes_bench(tmp_path / "gentle", true_cfg_scale=2.0, step_size=0.5,
+                                           **{**kwargs, "parts": ["position", "ablation"]})
+    assert gentle["settings"]["step_size"] == 0.5
+    # The ablation steers only; it carries the two-object part's base and dual images, and says so.
+    assert [(p["key"], p["copied_modes"]) for p in gentle["parts"]] == [
+        ("position", []), ("ablation", ["base", "reference_dual"])]
+    assert "steering step size 0.5" in shapes_world.write_bench_results(gentle, tmp_path / "g.md").read_text()
+
+
+def test_colour_only_judges_colour_blobs():
+    from l2s.evaluation import PromptSpec, RelationCheck
+
+    spec = PromptSpec("a red circle to the left of a blue square", (RelationCheck("red circle", "left of", "blue square"),))
+    colour = shapes_world.colour_only(spec)
+    assert colour.prompt == spec.prompt and colour.objects == ("red", "blue")
+    assert colour.checks[0].relation == spec.checks[0].relation
+
+
+def test_ood_prompts_use_held_out_words():
+    specs = shapes_world.ood_position_prompts(10)
+    assert len(specs) == 10
+    assert all({"cyan", "diamond"} & set(s.prompt.split()) for s in specs)
+
+
+def test_bench_header_names_the_models_it_ran(tmp_path):
+    assets = shapes_world.shipped_assets()
+    part = {"key": "ood", "label": "held out", "n_prompts": 1, "seeds": [1], "schedule": "reference",
+            "classifier": "dual", "modes": {}}
+    settings = {"pipeline": str(assets.pipeline), "seeds": [1], "scale": 1.0, "position_prompts": 1,
+                "classifiers": {"dual": str(assets.classifier), "pos_only": str(assets.ablation_classifier)}}
+    shipped = shapes_world.write_bench_results({"parts": [part], "settings": settings}, tmp_path / "a.md")
+    assert "Shipped shapes model + classifiers (`l2s/shapes/assets`)" in shipped.read_text()
+    settings["pipeline"] = "/tmp/candidate"
+    other = shapes_world.write_bench_results({"parts": [part], "settings": settings}, tmp_path / "b.md").read_text()
+    assert "Shipped" not in other and "Shapes model `/tmp/candidate` with classifiers" in other
+
+
+def _tiny_shapes_classifier(pipe):
+    """A random relation classifier shaped for the shapes world's maps (8x8, its trained steps)."""
+    from l2s.demo import tiny_classifier_for
+
+    return tiny_classifier_for(pipe, seed=0, orig_map_size=8, timesteps=shapes_world.SHAPES_STORE_STEPS,
+                               num_timesteps=shapes_world.SHAPES_STEPS)

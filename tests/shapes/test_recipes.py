@@ -1,0 +1,308 @@
+"""Shapes-world recipes (sampling settings, schedules, classifier data and training) and the shipped default."""
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import l2s.shapes as shapes_world
+from l2s.cli.shapes import train_classifier_main
+from l2s.evaluation import geneval_relations, probability_plot
+from l2s.relations import NEUTRAL, canonical_class
+
+
+@pytest.fixture(scope="module")
+def tiny_shapes_pipe():
+    from l2s.shapes import TINY_CONFIG, build_shapes_pipeline
+
+    torch.manual_seed(0)
+    return build_shapes_pipeline(TINY_CONFIG, seed=0)
+
+
+def test_relation_samples_hold_their_relation_and_leave_out_held_words():
+    samples = shapes_world.shapes_relation_samples(40, seed=3, neutral_fraction=0.5)
+    spatial = [s for s in samples if canonical_class(s.relation) != NEUTRAL]
+    neutral = [s for s in samples if canonical_class(s.relation) == NEUTRAL]
+    assert len(spatial) == 40 and neutral
+    assert {canonical_class(s.relation) for s in spatial} == {"left of", "right of", "above", "below"}
+    words = " ".join(f"{s.subject} {s.object}" for s in samples).split()
+    assert "cyan" not in words and "diamond" not in words
+    from l2s.shapes import ShapesDetector
+
+    detector = ShapesDetector()
+    for s in spatial[:10]:
+        assert s.image.size == (32, 32)
+        found = detector.detect(s.image, [s.subject, s.object])
+        rels = geneval_relations(found[s.subject].box, found[s.object].box)
+        assert canonical_class(s.relation) in rels
+    for s in neutral:  # noun and its colour, from the same image as a spatial sample
+        assert s.subject in ("circle", "square", "triangle") and s.object in ("red", "green", "blue", "yellow", "purple")
+    # same seed, same samples
+    again = shapes_world.shapes_relation_samples(40, seed=3, neutral_fraction=0.5)
+    assert [s.key for s in again] == [s.key for s in samples]
+
+
+def test_schedule_and_presets():
+    from l2s.classifier import step_index_for
+
+    reference = shapes_world.named_schedule("reference")
+    # published rule for multi-step models: 16 iterations, step size 5, the first half of the steps
+    assert reference.steered_steps == list(range(shapes_world.SHAPES_STEPS // 2))
+    assert set(reference.iterations[: shapes_world.SHAPES_STEPS // 2]) == {16}
+    assert set(reference.step_sizes) == {shapes_world.SHAPES_STEP_SIZE}
+    assert set(shapes_world.named_schedule("fast", step_size=0.5).step_sizes) == {0.5}
+    front = shapes_world.named_schedule("front-loaded")
+    assert front.steered_steps == reference.steered_steps and front.max_forwards() < reference.max_forwards()
+    # every steered step maps to a stored step index the classifier is trained on
+    for step in reference.steered_steps:
+        assert step_index_for(step, shapes_world.SHAPES_STORE_STEPS) in shapes_world.SHAPES_STORE_STEPS
+
+
+def test_shapes_steerer_uses_the_worlds_sampling_settings(tiny_shapes_pipe, tmp_path):
+    import l2s.cli as cli
+    from l2s.cli.models import load_steerer
+    from l2s.shapes import is_shapes_pipeline
+    from l2s.demo import tiny_flux_pipeline
+
+    assert is_shapes_pipeline(tiny_shapes_pipe) and not is_shapes_pipeline(tiny_flux_pipeline(seed=0))
+    classifier = _tiny_shapes_classifier(tiny_shapes_pipe)
+    steerer = shapes_world.steer_shapes_pipeline(tiny_shapes_pipe, classifier)
+    result = steerer("a red circle to the left of a blue square", progress=False)
+    assert len(result.schedule.iterations) == shapes_world.SHAPES_STEPS
+    assert result.schedule == shapes_world.named_schedule("reference")
+    assert {r.step for r in result.diagnostics.records} == set(range(shapes_world.SHAPES_STEPS // 2))
+    assert result.report()["sampling"]["true_cfg_scale"] == shapes_world.SHAPES_TRUE_CFG
+    # --steps re-derives the published rule for that many steps (first half steered)
+    eight = steerer("a red circle to the left of a blue square", num_inference_steps=8, progress=False)
+    assert eight.schedule.steered_steps == [0, 1, 2, 3]
+    # 'l2s generate/eval --model DIR' on a saved shapes model picks the same settings
+    tiny_shapes_pipe.save_pretrained(tmp_path / "model")
+    classifier.save(tmp_path / "clf")
+    args = cli.build_parser().parse_args(["generate", "x", "--model", str(tmp_path / "model"),
+                                          "--classifier", str(tmp_path / "clf"), "--dtype", "fp32"])
+    loaded, _ = load_steerer(args)
+    assert loaded.family == shapes_world.SHAPES_FAMILY and loaded.default_steps() == shapes_world.SHAPES_STEPS
+    assert loaded.true_cfg_scale == shapes_world.SHAPES_TRUE_CFG
+    loaded, _ = load_steerer(cli.build_parser().parse_args(
+        ["eval", "--model", str(tmp_path / "model"), "--classifier", str(tmp_path / "clf"), "--true-cfg", "1"]))
+    assert loaded.true_cfg_scale == 1.0 and loaded.family == shapes_world.SHAPES_FAMILY
+    assert loaded.step_size == shapes_world.SHAPES_STEP_SIZE
+    loaded, _ = load_steerer(cli.build_parser().parse_args(
+        ["generate", "x", "--model", str(tmp_path / "model"), "--classifier", str(tmp_path / "clf"),
+         "--step-size", "0.25"]))
+    assert loaded.step_size == 0.25
+    assert set(loaded("a red circle to the left of a blue square", progress=False).schedule.step_sizes) == {0.25}
+
+
+def test_make_data_and_train_dual_and_ablation(tiny_shapes_pipe, tmp_path, capsys):
+    from l2s.classifier import RelationClassifier
+    from l2s.training import AttentionMapDataset, load_dataset_meta
+
+    summary = shapes_world.make_shapes_data(tiny_shapes_pipe, tmp_path / "data", 12, seed=0, progress=False,
+                                            val_fraction=0.3)
+    meta = load_dataset_meta(tmp_path / "data")
+    assert meta["store_steps"] == list(shapes_world.SHAPES_STORE_STEPS) and meta["map_size"] == 8
+    assert meta["num_steps"] == shapes_world.SHAPES_STEPS
+    records = AttentionMapDataset(tmp_path / "data", None).records
+    assert summary.skipped == 0
+    assert {r["prompt_type"] for r in records} == {"pos", "neg"}
+    for r in records:
+        if r["prompt_type"] == "neg":
+            assert r["relation_word"] != r["label"]
+    neutral = [r for r in records if r["label"] == "is"]
+    assert all(r["prompt_type"] == "neg" or r["prompt"].count(" ") == 2 for r in neutral)
+
+    small = dict(d_model=32, extractor_layers=1, head_layers=1, extractor_ff=32, head_ff=32, fc_dims=(16, 8))
+    dual = shapes_world.train_shapes_classifier(tmp_path / "data", tmp_path / "dual", epochs=1, progress=False,
+                                                **small)
+    ablation = shapes_world.train_shapes_classifier(tmp_path / "data", tmp_path / "pos", dual=False, epochs=1,
+                                                    progress=False, **small)
+    model = RelationClassifier.load(dual.best_dir)
+    assert model.config.timesteps == shapes_world.SHAPES_STORE_STEPS and model.config.d_model == 32
+    assert model.config.map_size == 8 and model.config.num_timesteps == shapes_world.SHAPES_STEPS
+    assert dual.history and ablation.history
+    # the ablation sees only pos records: half as many
+    train_dual = AttentionMapDataset(tmp_path / "data", "train", shapes_world.SHAPES_STORE_STEPS)
+    train_pos = AttentionMapDataset(tmp_path / "data", "train", shapes_world.SHAPES_STORE_STEPS,
+                                    prompt_types=("pos",))
+    assert len(train_pos) * 2 == len(train_dual)
+
+    # Leakage check: per-record hits on the held-out maps, paired between the two classifiers.
+    from l2s.training import compare_classifiers, record_hits, relation_leakage
+
+    hits = record_hits(model, tmp_path / "data", batch_size=5)  # several batches
+    val = AttentionMapDataset(tmp_path / "data", "val", model.config.timesteps)
+    assert len(val) > 10
+    assert set(hits) == {"pos", "neg"} and sum(len(v) for v in hits.values()) == len(val)
+    with torch.no_grad():
+        direct = sum(int(model(m[None], torch.tensor([t])).argmax() == y) for m, t, y in val)
+    assert sum(sum(v.values()) for v in hits.values()) == direct
+    ablation_model = RelationClassifier.load(ablation.best_dir)
+    comparison = compare_classifiers(model, ablation_model, tmp_path / "data")
+    assert set(comparison) == {"pos", "neg"}
+    assert comparison["neg"].n_pairs == len(hits["neg"]) and comparison["neg"].a_correct == sum(hits["neg"].values())
+    itself = compare_classifiers(model, model, tmp_path / "data")["pos"]
+    assert itself.a_only == itself.b_only == 0 and itself.p_value == 1.0
+    # The bench's record of it: the same pairs, and each classifier's leakage on the same images.
+    recorded = shapes_world.classifier_comparison({"dual": dual.best_dir, "pos_only": ablation.best_dir},
+                                                  tmp_path / "data")
+    assert recorded["by_prompt_type"]["neg"] == comparison["neg"].to_dict()
+    leakage = relation_leakage(ablation_model, tmp_path / "data")
+    assert recorded["leakage"]["pos_only"] == {step: c.to_dict() for step, c in leakage.items()}
+    assert set(leakage) == {"all", *map(str, shapes_world.SHAPES_STORE_STEPS)}
+    steps = [str(step) for step in shapes_world.SHAPES_STORE_STEPS]
+    assert leakage["all"].n_pairs == len(hits["neg"]) == sum(leakage[step].n_pairs for step in steps)
+    # The CLI reports the same per-prompt-type accuracy (the pos-only one is also scored on neg maps).
+    capsys.readouterr()
+    assert train_classifier_main(["--data", str(tmp_path / "data"), "--out", str(tmp_path / "cli"),
+                                               "--no-dual", "--epochs", "1", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    counts = {kind: len(h) for kind, h in hits.items()}
+    assert re.search(rf"val accuracy by prompt type: neg \d\.\d{{3}} \({counts['neg']}\), "
+                     rf"pos \d\.\d{{3}} \({counts['pos']}\)", printed), printed
+    leakage = re.search(r"best checkpoint, relation leakage \(val accuracy with the true word minus a wrong one, "
+                        r"same images\): [+-]\d\.\d{3} \(p = .+\), right only with the true word \d+, only with a "
+                        r"wrong one \d+; by step index: (.+)$", printed, re.MULTILINE)
+    assert leakage, printed
+    steps = [str(step) for step in shapes_world.SHAPES_STORE_STEPS]
+    assert [part.split()[0] for part in leakage.group(1).split(", ")] == steps
+
+
+def test_a_model_with_finer_tokens_goes_through_the_same_data_classifier_and_steering(tmp_path):
+    """vae_factor 1 (tokens of 2x2 pixels): 16x16 maps from inversion to steering, no special case."""
+    from dataclasses import replace
+
+    from l2s.classifier import RelationClassifier
+    from l2s.training import load_dataset_meta
+    from l2s.shapes import TINY_CONFIG, build_shapes_pipeline
+
+    pipe = build_shapes_pipeline(replace(TINY_CONFIG, vae_factor=1), seed=0)
+    shapes_world.make_shapes_data(pipe, tmp_path / "data", 8, seed=0, progress=False, val_fraction=0.3)
+    assert load_dataset_meta(tmp_path / "data")["map_size"] == 16
+    small = dict(d_model=32, extractor_layers=1, head_layers=1, extractor_ff=32, head_ff=32, fc_dims=(16, 8))
+    run = shapes_world.train_shapes_classifier(tmp_path / "data", tmp_path / "dual", epochs=1, progress=False,
+                                               **small)
+    classifier = RelationClassifier.load(run.best_dir)
+    assert classifier.config.map_size == 16
+    result = shapes_world.steer_shapes_pipeline(pipe, classifier)(
+        "a red circle to the left of a blue square", progress=False)
+    assert {r.step for r in result.diagnostics.records} == set(range(shapes_world.SHAPES_STEPS // 2))
+    assert result.images[0].size == (32, 32)
+
+
+def test_shapes_images_keep_their_size_whatever_the_classifier_grid():
+    """A coarser-token model sampled beside the shipped classifier (16x16 maps) draws 32 px images,
+    not the 64 px that the classifier's grid would imply at its 4x4-pixel tokens (how the
+    found-rate script samples models other than the shipped one)."""
+    from l2s.classifier import RelationClassifier
+    from l2s.shapes import TINY_CONFIG, build_shapes_pipeline
+
+    shipped = RelationClassifier.load(shapes_world.shipped_assets().classifier)
+    assert shipped.config.orig_map_size == 16
+    coarse = build_shapes_pipeline(TINY_CONFIG, seed=0)
+    assert shapes_world.token_grid(coarse) == 8
+    steerer = shapes_world.steer_shapes_pipeline(coarse, shipped)
+    image = steerer("a red circle to the left of a blue square", steer=False, progress=False).images[0]
+    assert image.size == (shapes_world.SHAPES_IMAGE_SIZE,) * 2
+
+
+def test_a_model_trained_at_another_size_is_inverted_and_sampled_at_its_own_size(tmp_path):
+    """The image side travels with the saved model (its VAE config), not the world's 32 px:
+    make-data inverts scenes of that side and the steerer draws at it; the shipped model reads 32."""
+    from dataclasses import replace
+
+    from l2s.training import load_dataset_meta
+    from l2s.shapes import TINY_CONFIG, build_shapes_pipeline, load_shapes_pipeline
+
+    build_shapes_pipeline(replace(TINY_CONFIG, image_size=48), seed=0).save_pretrained(tmp_path / "model")
+    pipe = load_shapes_pipeline(tmp_path / "model")
+    assert (shapes_world.image_size(pipe), shapes_world.token_grid(pipe)) == (48, 12)
+    shapes_world.make_shapes_data(pipe, tmp_path / "data", 4, seed=0, progress=False, val_fraction=0.3)
+    meta = load_dataset_meta(tmp_path / "data")
+    assert (meta["settings"]["size"], meta["orig_map_size"], meta["map_size"]) == (48, 12, 12)
+    steerer = shapes_world.steer_shapes_pipeline(pipe, _tiny_shapes_classifier(pipe))
+    image = steerer("a red circle to the left of a blue square", steer=False, progress=False).images[0]
+    assert image.size == (48, 48)
+    assert shapes_world.image_size(load_shapes_pipeline()) == shapes_world.SHAPES_IMAGE_SIZE
+    # a folder saved before the VAE config had the field reads the world's 32
+    vae_config = tmp_path / "model" / "vae" / "config.json"
+    vae_config.write_text(json.dumps({k: v for k, v in json.loads(vae_config.read_text()).items()
+                                      if k != "sample_size"}))
+    assert shapes_world.image_size(load_shapes_pipeline(tmp_path / "model")) == shapes_world.SHAPES_IMAGE_SIZE
+
+
+def test_probability_plot_draws_each_relation():
+    from l2s.steer import IterationRecord
+
+    records = [IterationRecord(step=s, iteration=k, relation=k % 2, loss=[1.0], target_probability=[p],
+                               updated=True) for s, (k, p) in enumerate([(0, 0.1), (1, 0.2), (2, 0.8), (3, 0.95)])]
+    image = probability_plot(records)
+    pixels = np.asarray(image)
+    assert image.size == (360, 200)
+    red = ((pixels[..., 0] > 200) & (pixels[..., 1] < 80)).sum()
+    blue = ((pixels[..., 2] > 200) & (pixels[..., 0] < 80)).sum()
+    assert red > 10 and blue > 10
+    assert np.asarray(probability_plot([])).std() > 0  # axes even with no records
+
+
+def test_generate_falls_back_loudly_without_assets(monkeypatch, tmp_path, capsys):
+    import l2s.cli as cli
+
+    monkeypatch.setattr(shapes_world, "shipped_assets", lambda root=None: shapes_world.ShippedAssets(
+        tmp_path / "none", tmp_path / "none" / "c", tmp_path / "none" / "a"))
+    assert cli.main(["generate", "a red circle to the left of a blue square", "--out", str(tmp_path / "o"),
+                     "--quiet", "--no-baseline"]) == 0
+    assert "tiny RANDOM demo model" in capsys.readouterr().err
+    assert (tmp_path / "o" / "image.png").is_file()
+
+
+# ---- the shipped model -------------------------------------------------------------------------
+
+ASSETS = shapes_world.shipped_assets()
+needs_assets = pytest.mark.skipif(not ASSETS.available,
+                                  reason=f"shipped shapes model/classifier missing in {ASSETS.pipeline}")
+
+
+@needs_assets
+def test_shipped_model_steering_beats_base():
+    from l2s.evaluation import detect_and_score as _score
+    from l2s.shapes import ShapesDetector
+
+    steerer = shapes_world.load_shapes_steerer()
+    detector = ShapesDetector()
+    from l2s.shapes import shapes_position_prompts
+
+    specs = shapes_position_prompts(n=16, seed=7)
+    correct = {False: 0, True: 0}
+    for index, spec in enumerate(specs):
+        for steer in (False, True):
+            image = steerer(spec.prompt, seed=500 + index, steer=steer, progress=False).images[0]
+            # colour-only judging: it measures placement, which steering controls; shapes are the model's
+            correct[steer] += _score(detector, image, shapes_world.colour_only(spec), "geneval", "t")[0].correct
+    assert correct[True] > correct[False], correct
+
+
+@needs_assets
+def test_generate_default_writes_everything(tmp_path):
+    import l2s.cli as cli
+
+    out = tmp_path / "gen"
+    assert cli.main(["generate", "a red circle to the left of a blue square", "--out", str(out), "--quiet"]) == 0
+    for name in ("image.png", "image_unsteered.png", "comparison.png", "probability.png", "report.json"):
+        assert (out / name).is_file(), name
+    report = json.loads((out / "report.json").read_text())
+    assert "shapes" in report["model"]
+    assert Image.open(out / "comparison.png").width >= 256 * 2
+    assert Image.open(out / "image.png").size == (32, 32)
+
+
+def _tiny_shapes_classifier(pipe):
+    """A random relation classifier shaped for the shapes world's maps (8x8, its trained steps)."""
+    from l2s.demo import tiny_classifier_for
+
+    return tiny_classifier_for(pipe, seed=0, orig_map_size=8, timesteps=shapes_world.SHAPES_STORE_STEPS,
+                               num_timesteps=shapes_world.SHAPES_STEPS)

@@ -1,0 +1,133 @@
+"""The refinement loop, on synthetic differentiable losses (no diffusion model)."""
+import math
+
+import pytest
+import torch
+
+from l2s.steer import SteeringDiagnostics, custom_schedule, published_loss_target, refine_latents
+
+
+def _quadratic_log_prob(centres):
+    """log p = -||z - c_r||^2 per image: its maximum is at relation r's centre."""
+    def log_prob(z, r):
+        return -((z - centres[r]) ** 2).flatten(1).sum(1)
+    return log_prob
+
+
+def test_loop_runs_each_iteration_with_an_update_and_lowers_the_loss():
+    torch.manual_seed(0)
+    z0 = torch.randn(1, 3, 4, 4)
+    centre = torch.zeros_like(z0)
+    schedule = custom_schedule(4, steered=[0], iterations=4, step_size=0.1)
+    diag = SteeringDiagnostics()
+    z = refine_latents(z0, 0, _quadratic_log_prob([centre]), schedule, 1, diag)
+    records = diag.for_step(0)
+    assert [r.iteration for r in records] == [0, 1, 2, 3]        # one evaluation per iteration
+    assert all(r.updated for r in records)                        # the last update is applied blind
+    losses = [r.loss[0] for r in records]
+    assert all(b < a for a, b in zip(losses, losses[1:]))
+    # closed form: each update multiplies (z - c) by (1 - 2 * alpha)
+    assert torch.allclose(z, z0 * 0.8 ** 4, atol=1e-6)
+    assert not z.requires_grad
+
+
+def test_published_update_has_no_normalisation_or_clipping():
+    z0 = torch.full((1, 2), 10.0)
+    schedule = custom_schedule(1, steered=[0], iterations=1, step_size=0.25)
+    z = refine_latents(z0, 0, _quadratic_log_prob([torch.zeros(1, 2)]), schedule, 1)
+    # grad of ||z||^2 is 2z = 20: z - 0.25 * 20 = 5 exactly
+    assert torch.allclose(z, torch.full((1, 2), 5.0))
+
+
+def test_multiple_relations_alternate_and_restart_each_step():
+    centres = [torch.zeros(1, 2), torch.ones(1, 2), -torch.ones(1, 2)]
+    schedule = custom_schedule(3, steered=[0, 1], iterations=5, step_size=0.01)
+    diag = SteeringDiagnostics()
+    z = torch.full((1, 2), 3.0)
+    for step in (0, 1):
+        z = refine_latents(z, step, _quadratic_log_prob(centres), schedule, 3, diag)
+    assert [r.relation for r in diag.for_step(0)] == [0, 1, 2, 0, 1]
+    assert [r.relation for r in diag.for_step(1)] == [0, 1, 2, 0, 1]
+
+
+def test_early_exit_when_loss_reaches_target():
+    # log p = 0 exactly at the centre: loss 0 <= any target -> stop without updating.
+    schedule = custom_schedule(1, steered=[0], iterations=15, step_size=0.1)
+    diag = SteeringDiagnostics()
+    z0 = torch.zeros(1, 2)
+    z = refine_latents(z0, 0, _quadratic_log_prob([torch.zeros(1, 2)]), schedule, 1, diag)
+    assert len(diag.records) == 1 and not diag.records[0].updated
+    assert torch.equal(z, z0)
+    assert published_loss_target(0) == 1e-5 and published_loss_target(30) == 7e-5
+
+
+def test_exit_probability_threshold_stops_a_step():
+    def log_prob(z, r):
+        return torch.log(torch.sigmoid(z.sum(1)))      # p rises as z grows
+    schedule = custom_schedule(1, steered=[0], iterations=50, step_size=1.0, exit_probability=0.9)
+    diag = SteeringDiagnostics()
+    refine_latents(torch.zeros(1, 1), 0, log_prob, schedule, 1, diag)
+    assert diag.records[-1].target_probability[0] >= 0.9
+    assert len(diag.records) < 51
+
+
+def test_batch_images_are_independent_and_stop_individually():
+    centre = torch.zeros(2, 2)
+    z0 = torch.tensor([[0.0, 0.0], [2.0, 2.0]])     # image 0 already satisfied
+    schedule = custom_schedule(1, steered=[0], iterations=3, step_size=0.1)
+    z = refine_latents(z0, 0, _quadratic_log_prob([centre]), schedule, 1)
+    assert torch.equal(z[0], z0[0])                   # untouched
+    single = refine_latents(z0[1:], 0, _quadratic_log_prob([centre[1:]]), schedule, 1)
+    assert torch.allclose(z[1:], single)              # same as steering it alone
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_non_finite_loss_skips_the_update_and_is_recorded(bad):
+    def log_prob(z, r):
+        return z.sum(1) * bad
+    schedule = custom_schedule(1, steered=[0], iterations=5, step_size=0.1)
+    diag = SteeringDiagnostics()
+    z0 = torch.ones(1, 2)
+    z = refine_latents(z0, 0, log_prob, schedule, 1, diag)
+    assert torch.equal(z, z0)
+    assert len(diag.non_finite_events()) == 1 and not diag.records[0].updated
+
+
+def test_non_finite_gradient_skips_the_update():
+    def log_prob(z, r):
+        return -torch.sqrt(z.abs()).sum(1) - 1.0     # d/dz sqrt|z| is inf at 0
+    schedule = custom_schedule(1, steered=[0], iterations=5, step_size=0.1)
+    diag = SteeringDiagnostics()
+    z0 = torch.zeros(1, 2)
+    assert torch.equal(refine_latents(z0, 0, log_prob, schedule, 1, diag), z0)
+    assert diag.records[0].non_finite
+
+
+@pytest.mark.parametrize("exit_probability", [None, 0.5])
+def test_deferred_sync_gives_the_same_latents_as_the_reference_loop(exit_probability):
+    torch.manual_seed(0)
+    centres = [torch.randn(3, 4), torch.randn(3, 4)]
+
+    def log_prob(z, r):                      # images reach the target at different iterations
+        return torch.log(torch.sigmoid(4.0 - ((z - centres[r]) ** 2).sum(1)))
+
+    z0 = torch.randn(3, 4) * 2
+    schedule = custom_schedule(1, steered=[0], iterations=12, step_size=0.05,
+                               exit_probability=exit_probability)
+    eager, deferred = SteeringDiagnostics(), SteeringDiagnostics()
+    a = refine_latents(z0, 0, log_prob, schedule, 2, eager)
+    b = refine_latents(z0, 0, log_prob, schedule, 2, deferred, sync_each_iteration=False)
+    assert torch.equal(a, b)
+    updated = lambda d: [(r.iteration, r.loss) for r in d.records if r.updated]
+    assert updated(eager) == updated(deferred)
+    assert len(deferred.records) <= len(eager.records) + 2        # at most a late iteration or two
+
+
+def test_an_image_that_reached_its_target_stays_done_for_the_step():
+    # relation 0 is satisfied at once, relation 1 never: batch-1 published loop stops at k=0.
+    def log_prob(z, r):
+        return torch.zeros(z.shape[0]) + 0.0 * z.sum(1) if r == 0 else -10.0 + 0.0 * z.sum(1)
+    schedule = custom_schedule(1, steered=[0], iterations=6, step_size=0.1)
+    diag = SteeringDiagnostics()
+    refine_latents(torch.ones(2, 2), 0, log_prob, schedule, 2, diag)
+    assert len(diag.records) == 1 and not diag.records[0].updated

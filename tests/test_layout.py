@@ -1,0 +1,162 @@
+"""The package reads along its data path: no import circles, no lower layer importing a higher one.
+
+Every import in l2s/ counts, those inside functions included (a circle hidden in a function is
+still a circle). Layers, lowest first; a module may import its own layer and those below it.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "l2s"
+
+LAYERS = (
+    ("l2s", "l2s.errors", "l2s.relations"),
+    ("l2s.parsing", "l2s.tokens", "l2s.tokenizers"),
+    ("l2s.ops", "l2s.kernels"),
+    ("l2s.capture",),
+    ("l2s.classifier",),
+    ("l2s.steer",),
+    ("l2s.engines",),
+    ("l2s.pipelines",),
+    ("l2s.evaluation",),
+    ("l2s.training",),
+    ("l2s.shapes",),
+    ("l2s.demo",),
+    ("l2s.cli",),
+)
+
+
+def layer_of(module: str) -> int:
+    """Layer of a dotted module name: that of its longest listed prefix."""
+    best, rank = -1, None
+    for index, names in enumerate(LAYERS):
+        for name in names:
+            if (module == name or module.startswith(name + ".")) and len(name) > best:
+                best, rank = len(name), index
+    if rank is None:
+        raise AssertionError(f"{module} is in no layer of tests/test_layout.py: add it")
+    return rank
+
+
+def module_files() -> dict[str, Path]:
+    """Dotted name -> file of every module of the package (kernels/ and engines/ via their links)."""
+    files = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        files[".".join(parts)] = path
+    return files
+
+
+def imported_modules(name: str, path: Path, known: set[str]) -> set[str]:
+    """l2s modules that ``name`` imports anywhere in its file (package faces count as modules)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            # `from pkg import sub` imports the submodule when there is one, else a name of pkg.
+            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names]
+        else:
+            continue
+        for target in targets:
+            while target and target not in known:  # l2s.x.y.attr -> l2s.x.y
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                found.add(target)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    files = module_files()
+    return {name: imported_modules(name, path, set(files)) for name, path in files.items()}
+
+
+def test_every_module_has_a_layer():
+    for name in module_files():
+        layer_of(name)
+
+
+def test_no_module_imports_a_higher_layer():
+    wrong = [f"{name} (layer {layer_of(name)}) imports {target} (layer {layer_of(target)})"
+             for name, targets in import_graph().items() for target in sorted(targets)
+             if layer_of(target) > layer_of(name)]
+    assert not wrong, "\n".join(wrong)
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in graph.get(node, ()):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_no_import_circles():
+    assert _cycles(import_graph()) == []
+
+
+def test_the_cycle_finder_finds_a_circle():
+    # Guards the test above: a two-module circle and a three-module one are both reported.
+    graph = {"a": {"b"}, "b": {"a"}, "c": {"d"}, "d": {"e"}, "e": {"c"}, "f": {"a"}}
+    assert sorted(_cycles(graph)) == [["a", "b"], ["c", "d", "e"]]
+
+
+def test_the_layer_rule_sees_imports_inside_functions(tmp_path):
+    source = tmp_path / "mod.py"
+    source.write_text("def f():\n    from l2s.cli import main\n    from .steer import Schedule\n")
+    known = {"l2s.cli", "l2s.steer", "l2s.capture", "l2s.capture.steer"}
+    # relative to l2s.capture.mod, `.steer` is l2s.capture.steer; relative to l2s.mod, l2s.steer
+    assert imported_modules("l2s.capture.mod", source, known) == {"l2s.cli", "l2s.capture.steer"}
+    assert imported_modules("l2s.mod", source, known) == {"l2s.cli", "l2s.steer"}
+    assert layer_of("l2s.cli") > layer_of("l2s.capture.steer")
+
+
+def test_the_library_never_imports_research_or_tests():
+    outside = {"experiments", "bench", "tests", "conftest", "gpu_flux_dev"}
+    for name, path in module_files().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            modules = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            assert not {m.split(".")[0] for m in modules} & outside, f"{name} imports {modules}"
+
+
+@pytest.mark.parametrize("name", ["kernels", "engines"])
+def test_top_level_code_folders_import_as_l2s_subpackages_from_the_checkout(name):
+    import importlib
+
+    module = importlib.import_module(f"l2s.{name}")
+    assert Path(module.__file__).resolve().parent == ROOT / name

@@ -1,0 +1,262 @@
+"""Resumable map-dataset creation, the dataset reader, conversions and ``l2s make-data``."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from l2s.cli.training import make_data_main
+from l2s.training import (
+    AttentionMapDataset,
+    RelationSample,
+    load_dataset_meta,
+    make_dataset,
+    resize_map_dataset,
+    split_of,
+    write_map_dataset,
+)
+from l2s.errors import L2SError
+from l2s.demo import tiny_flux_pipeline, tiny_sd_pipeline
+
+SEQ = 64  # short T5 padding keeps the tiny inversions fast
+
+
+RELATIONS = ("left of", "above", "below", "right of")
+
+
+@pytest.fixture(scope="module")
+def flux():
+    return tiny_flux_pipeline(seed=0)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.RandomState(0)
+    for i in range(6):
+        Image.fromarray((rng.rand(32, 32, 3) * 255).astype("uint8")).save(root / f"img{i}.png")
+    (root / "broken.png").write_bytes(b"this is not a PNG file")
+    return root
+
+
+def _samples(images: Path) -> list[RelationSample]:
+    samples = [RelationSample(f"img{i}", images / f"img{i}.png", "cat", RELATIONS[i % 4], "dog", "test")
+               for i in range(6)]
+    samples.insert(2, RelationSample("broken", images / "broken.png", "cat", "left of", "dog", "test"))
+    # A second relation of img0 (must share img0's split) and a neutral attribute sample.
+    samples.append(RelationSample("img0", images / "img0.png", "dog", "right of", "cat", "test"))
+    samples.append(RelationSample("img1", images / "img1.png", "car", "is", "white", "test"))
+    samples.append(RelationSample("img9", images / "missing.png", "cat", "above", "dog", "test"))
+    return samples
+
+
+MAKE = dict(steps=4, store_steps=(1, 3), size=32, shard_size=3, val_fraction=0.5, seed=7,
+            max_sequence_length=SEQ, progress=False)
+
+
+def _manifest(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+
+
+def _all_maps(out: Path) -> dict[str, torch.Tensor]:
+    maps = {}
+    for shard in sorted((out / "shards").glob("*.safetensors")):
+        maps.update(load_file(str(shard)))
+    return maps
+
+
+@pytest.fixture(scope="module")
+def full_run(flux, images, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("full")
+    make_dataset(_samples(images), flux, out, **MAKE)
+    return out
+
+
+def test_interrupted_creation_resumes_to_the_same_dataset(flux, images, full_run, tmp_path):
+    out = tmp_path / "resumed"
+
+    class Killed(Exception):
+        pass
+
+    def kill_at(index):
+        def hook(i):
+            if i == index:
+                raise Killed
+
+        return hook
+
+    # Killed while processing chunk 2 (samples 6-8): chunks 0 and 1 are committed.
+    with pytest.raises(Killed):
+        make_dataset(_samples(images), flux, out, on_sample=kill_at(7), **MAKE)
+    committed = json.loads((out / "progress.json").read_text())["chunks"]
+    assert sorted(committed) == ["0", "1"]
+    # What a kill between "shard renamed" and "progress written" leaves: an uncommitted shard,
+    # its manifest lines, a torn line and a temporary file.
+    save_file({"bogus": torch.zeros(1)}, str(out / "shards" / "shard-00002.safetensors"))
+    stray = dict(_manifest(out)[0], chunk=2, shard="shards/shard-00002.safetensors", sample_id="bogus", key="bogus")
+    with open(out / "manifest.jsonl", "a") as handle:
+        handle.write(json.dumps(stray) + "\n" + '{"sample_id": "torn')
+    (out / "shards" / "shard-00003.safetensors.tmp").write_bytes(b"partial")
+    # And a committed shard that went missing: its chunk must be redone, not lost.
+    (out / "shards" / "shard-00000.safetensors").unlink()
+
+    summary = make_dataset(_samples(images), flux, out, **MAKE)
+
+    expected, got = _manifest(full_run), _manifest(out)
+    by_id = lambda rows: sorted(rows, key=lambda r: r["sample_id"])  # noqa: E731
+    assert by_id(got) == by_id(expected)
+    assert len({r["sample_id"] for r in got}) == len(got)  # nothing duplicated
+    reference, resumed = _all_maps(full_run), _all_maps(out)
+    assert sorted(resumed) == sorted(reference)
+    for key, tensor in reference.items():
+        assert resumed[key].dtype == tensor.dtype == torch.float16
+        assert torch.equal(resumed[key], tensor), key
+    assert not list((out / "shards").glob("*.tmp"))
+    assert summary.records == len(expected) and summary.skipped == 2
+    # A finished dataset resumes to a no-op.
+    again = make_dataset(_samples(images), flux, out, **MAKE)
+    assert again.records == summary.records and _manifest(out) == got
+
+
+def test_records_are_dual_and_labelled_with_the_true_relation(full_run):
+    rows = _manifest(full_run)
+    meta = json.loads((full_run / "dataset.json").read_text())
+    # 8 readable samples x (pos + neg) x 2 stored steps.
+    assert len(rows) == 8 * 2 * 2
+    assert meta["channels"] == 4 and meta["store_steps"] == [1, 3] and meta["map_size"] == 16
+    by_sample: dict[str, list[dict]] = {}
+    for r in rows:
+        by_sample.setdefault(r["sample_key"], []).append(r)
+        assert r["label_index"] == meta["class_names"].index(r["label"])
+        if not (r["label"] == "is" and r["prompt_type"] == "pos"):  # "A white car" has no relation word
+            assert f" {r['relation_word']} a " in r["prompt"]
+    for key, group in by_sample.items():
+        assert {r["prompt_type"] for r in group} == {"pos", "neg"}
+        assert len({r["label"] for r in group}) == 1  # both prompts keep the true label
+        pos = [r for r in group if r["prompt_type"] == "pos"]
+        neg = [r for r in group if r["prompt_type"] == "neg"]
+        assert all(r["relation_word"] == r["label"] for r in pos)
+        assert all(r["relation_word"] != r["label"] for r in neg)
+        assert sorted(r["timestep"] for r in pos) == [1, 3]
+    neutral = by_sample["test:img1:car|is|white"]
+    assert {r["prompt"] for r in neutral if r["prompt_type"] == "pos"} == {"A white car"}
+    assert all((r["subject"], r["object"]) == ("car", "white") for r in neutral)
+
+
+def test_unreadable_images_are_skipped_with_a_reason(full_run):
+    skipped = [json.loads(line) for line in (full_run / "skipped.jsonl").read_text().splitlines()]
+    reasons = {s["image_id"]: s["reason"] for s in skipped}
+    assert set(reasons) == {"broken", "img9"}
+    assert "unreadable image" in reasons["broken"] and "not found" in reasons["img9"]
+    assert not any(r["image_id"] in reasons for r in _manifest(full_run))
+
+
+def test_splits_are_by_source_image(full_run):
+    rows = _manifest(full_run)
+    splits: dict[str, set[str]] = {}
+    for r in rows:
+        splits.setdefault(r["image_id"], set()).add(r["split"])
+    assert all(len(s) == 1 for s in splits.values())
+    assert {r["split"] for r in rows} == {"train", "val"}
+    assert len([r for r in rows if r["image_id"] == "img0"]) == 8  # its two relations, same split
+    ids = [f"image-{i}" for i in range(2000)]
+    val = [i for i in ids if split_of(i, 0, 0.2) == "val"]
+    assert 0.17 < len(val) / len(ids) < 0.23
+    assert val == [i for i in ids if split_of(i, 0, 0.2) == "val"]  # deterministic
+    assert val != [i for i in ids if split_of(i, 1, 0.2) == "val"]  # seeded
+
+
+def test_dataset_reader_filters_and_returns_float_maps(full_run):
+    everything = AttentionMapDataset(full_run, split=None)
+    assert len(everything) == 32
+    maps, step, label = everything[0]
+    assert maps.shape == (2, 4, 16, 16) and maps.dtype == torch.float32 and step in (1, 3)
+    stored = load_file(str(full_run / everything.records[0]["shard"]))[everything.records[0]["key"]]
+    assert torch.equal(maps, stored.float())
+    train = AttentionMapDataset(full_run, "train", timesteps=[3], prompt_types=["pos"])
+    assert len(train) > 0 and all(r["timestep"] == 3 and r["prompt_type"] == "pos" and r["split"] == "train"
+                                  for r in train.records)
+    with pytest.raises(L2SError, match="not classes"):
+        AttentionMapDataset(full_run, None, class_names=("above", "below"))
+
+
+def test_resuming_with_other_settings_is_refused(flux, images, full_run, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(full_run, copy)
+    with pytest.raises(L2SError, match="other settings.*dual"):
+        make_dataset(_samples(images), flux, copy, **{**MAKE, "dual": False})
+
+
+def test_no_dual_writes_only_correct_prompts(flux, images, tmp_path):
+    samples = [s for s in _samples(images) if s.image_id in ("img0", "img3")]
+    make_dataset(samples, flux, tmp_path / "pos", **{**MAKE, "dual": False, "dtype": "float32"})
+    rows = _manifest(tmp_path / "pos")
+    assert len(rows) == 3 * 2 and {r["prompt_type"] for r in rows} == {"pos"}
+    assert all(t.dtype == torch.float32 for t in _all_maps(tmp_path / "pos").values())
+
+
+def test_sd_dataset_and_psnr_filter(images, tmp_path):
+    sd = tiny_sd_pipeline(seed=0)
+    samples = [RelationSample("img0", images / "img0.png", "cat", "above", "dog", "test")]
+    settings = dict(steps=4, store_steps=(1, 3), size=32, num_iter=2, progress=False)
+    summary = make_dataset(samples, sd, tmp_path / "sd", **settings)
+    meta = json.loads((tmp_path / "sd" / "dataset.json").read_text())
+    assert summary.records == 4 and meta["channels"] == 14 and meta["model_family"] == "sd14"
+    for maps in _all_maps(tmp_path / "sd").values():
+        assert maps.shape == (2, 14, 16, 16)
+        assert torch.allclose(maps.float().sum(dim=(-2, -1)), torch.ones(2, 14), atol=1e-2)  # renormalised
+    strict = make_dataset(samples, sd, tmp_path / "strict", min_psnr=99.0, **settings)
+    assert strict.records == 0 and strict.skipped == 1
+    assert "PSNR" in (tmp_path / "strict" / "skipped.jsonl").read_text()
+
+
+def test_make_data_cli(images, tmp_path, capsys):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"image": "img0.png", "prompt": "a cat above a dog"}) + "\n")
+    out = tmp_path / "cli"
+    code = make_data_main(["--model", "tiny", "--source", "pairs", "--annotations", str(pairs), "--images",
+                           str(images), "--out", str(out), "--steps", "4", "--store-steps", "1", "3", "--quiet"])
+    assert code == 0
+    assert len(_manifest(out)) == 4 and "4 records" in capsys.readouterr().err
+    assert make_data_main(["--source", "coco", "--annotations", str(tmp_path / "nope.json"), "--out",
+                           str(out)]) == 2
+    assert "annotation file not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        make_data_main(["--help"])
+    assert exit_info.value.code == 0
+    assert "--no-dual" in capsys.readouterr().out
+
+
+def test_a_dataset_resized_to_another_grain_keeps_its_records_and_resizes_as_capture_does(tmp_path):
+    from l2s.capture import resize_maps_for_classifier
+
+    g = torch.Generator().manual_seed(0)
+    maps = torch.rand(6, 2, 3, 16, 16, generator=g)
+    records = [{"label": "above" if i % 2 else "below", "timestep": (1, 3)[i % 2], "split": ("train", "val")[i // 4],
+                "prompt_type": ("pos", "neg")[i % 2], "sample_key": f"image-{i // 2}"} for i in range(6)]
+    layout = [["transformer_blocks.0.attn", 3, [16, 16]]]
+    source = write_map_dataset(tmp_path / "16", records, maps, class_names=["above", "below"], shard_size=4,
+                               num_steps=4, model_family="flux-schnell", layer_layout=layout)
+    resized = resize_map_dataset(source, tmp_path / "8", 8, shard_size=5)  # other shard boundaries
+    meta, source_meta = load_dataset_meta(resized), load_dataset_meta(source)
+    assert meta["map_size"] == 8 and meta["orig_map_size"] == 16 and meta["layer_layout"] == layout
+    assert meta["store_steps"] == [1, 3] and meta["num_steps"] == 4 and meta["model_family"] == "flux-schnell"
+    assert meta["settings"]["resized_from"] == source_meta["settings_hash"]
+    assert meta["settings"]["synthetic"] is True  # passed on from the source (make-data datasets: False)
+    before, after = AttentionMapDataset(source, None), AttentionMapDataset(resized, None)
+    assert len(after) == 6
+    for i in range(6):
+        kept = ("sample_id", "key", "split", "prompt_type", "sample_key", "label", "timestep")
+        assert {k: after.records[i][k] for k in kept} == {k: before.records[i][k] for k in kept}
+        m, step, label = after[i]
+        assert (step, label) == before[i][1:] and m.shape == (2, 3, 8, 8)
+        expected = resize_maps_for_classifier([(maps[i], (16, 16))], 8)
+        assert torch.allclose(m, expected) and torch.allclose(m.sum(dim=(-2, -1)), torch.ones(2, 3), atol=1e-4)
+    with pytest.raises(L2SError, match="already has 16x16 maps"):
+        resize_map_dataset(source, tmp_path / "again", 16)
