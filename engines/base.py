@@ -30,7 +30,9 @@ FLUX_TENSOR_INPUTS: tuple[str, ...] = (
 # Non-tensor keywords the pipelines pass; accepted so an engine is a drop-in for the transformer.
 PASS_THROUGH_KEYWORDS: tuple[str, ...] = ("joint_attention_kwargs", "return_dict")
 
-ENGINE_KINDS: tuple[str, ...] = ("auto", "eager", "compile", "cuda-graph", "onnxruntime", "tensorrt")
+ENGINE_KINDS: tuple[str, ...] = (
+    "auto", "eager", "compile", "compile-cuda-graph", "cuda-graph", "onnxruntime", "tensorrt",
+)
 
 
 class EngineError(L2SError):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -19,12 +18,14 @@ from .base import (
     relative_error,
     tensor_inputs,
 )
-from .cache import attention_processor_names
-from .onnx_export import DEFAULT_OPSET, Exporter, OnnxRuntimeEngine, export_transformer_onnx
+from .cache import attention_processor_names, default_cache_dir, read_meta
+from .onnx_export import DEFAULT_OPSET, Exporter, OnnxRuntimeEngine, export_transformer_onnx, onnx_cache_entry
 from .tensorrt_engine import (
     DEFAULT_OPTIMIZATION_LEVEL,
     TensorRTEngine,
     build_tensorrt_plan,
+    cached_plan_path,
+    plan_options,
     tensorrt_import_error,
 )
 from .torch_engines import CompiledEngine, CudaGraphEngine, EagerEngine
@@ -34,8 +35,21 @@ logger = logging.getLogger(__name__)
 # Relative (norm-wise) error allowed against eager on the example inputs. Float32 engines differ
 # from eager only in reduction order; half-precision ones also in rounding of fused ops.
 DEFAULT_TOLERANCE = {torch.float32: 1e-3, torch.float16: 2e-2, torch.bfloat16: 5e-2}
-# On CUDA, "auto" without TensorRT compiles like this and replays a CUDA graph (static shapes).
-AUTO_CUDA_COMPILE_MODE = "max-autotune-no-cudagraphs"
+# "compile-cuda-graph" compiles like this, then replays a CUDA graph (plain steps have static shapes).
+CUDA_GRAPH_COMPILE_MODE = "max-autotune-no-cudagraphs"
+AUTO_EAGER_REASON = ("no engine was asked for and none is cached for these shapes, so plain steps run eager; "
+                     "ask for one (compile, compile-cuda-graph, cuda-graph, tensorrt) to build it once")
+# What a build costs, said before it starts (in words: the time depends on the model and machine).
+BUILD_COSTS = {
+    "compile": "a cold torch.compile of the whole {params}-parameter transformer (the longest step of a "
+               "first run on a large model); kernels are cached in {compile_cache} for later runs",
+    "compile-cuda-graph": "a cold torch.compile (max-autotune) of the whole {params}-parameter transformer, "
+                          "then one CUDA graph capture; kernels are cached in {compile_cache}",
+    "cuda-graph": "two warm-up forwards and one CUDA graph capture (a graph lives in this process only)",
+    "onnxruntime": "an ONNX export of the {params}-parameter transformer unless one is cached in {cache}",
+    "tensorrt": "an ONNX export and a TensorRT build of the {params}-parameter transformer (the slowest "
+                "engine to build) unless both are cached in {cache}",
+}
 
 
 def make_plain_step_engine(
@@ -58,17 +72,18 @@ def make_plain_step_engine(
     ``example_inputs`` are the keywords of one ``transformer(...)`` call (tensor arguments; None,
     ``joint_attention_kwargs`` and ``return_dict`` are ignored). ``kind``:
 
-    * ``"auto"``: TensorRT when ``import tensorrt`` works and the model is on CUDA; else on CUDA
-      ``torch.compile`` (``max-autotune-no-cudagraphs``) replayed as a CUDA graph; on CPU eager.
-      A candidate that fails to build or to verify is skipped, and the reason says so (and warns).
+    * ``"auto"``: eager, unless a TensorRT plan for this model and these shapes is already cached
+      on disk (and TensorRT and CUDA are here): it never starts a build on its own.
     * ``"eager"``, ``"compile"`` (``compile_backend``/``compile_mode``/``regional_compile``),
-      ``"cuda-graph"`` (eager forward captured once), ``"onnxruntime"`` (CPU, for verification),
-      ``"tensorrt"``: exactly that engine, or :class:`EngineError`.
+      ``"compile-cuda-graph"`` (compiled, replayed as a CUDA graph), ``"cuda-graph"`` (eager
+      forward captured once), ``"onnxruntime"`` (CPU, for verification), ``"tensorrt"``: exactly
+      that engine, or :class:`EngineError`. A build first logs one line with its expected cost.
 
     Unless ``verify=False``, a non-eager engine is run once on the example inputs and compared with
     eager; a relative error above ``tolerance`` (default by dtype, see ``DEFAULT_TOLERANCE``) raises.
     This also moves compilation/capture out of the first denoising step. ``cache_dir`` holds
-    ONNX exports and TensorRT plans (default :func:`~l2s.engines.cache.default_cache_dir`).
+    ONNX exports and TensorRT plans (default :func:`~l2s.engines.cache.default_cache_dir`);
+    compiled kernels go to torch's on-disk compile cache.
 
     The result's ``name`` says what runs, ``reason`` why it was chosen and how it was checked.
     """
@@ -87,49 +102,48 @@ def make_plain_step_engine(
         tensorrt_optimization_level=tensorrt_optimization_level,
     )
     check = dict(verify=verify, tolerance=tolerance)
-    if kind != "auto":
-        return _verified(_build(kind, transformer, inputs, "requested explicitly", **options), transformer, inputs, **check)
-
-    skipped: list[str] = []
-    for candidate, reason, overrides in _auto_candidates(device):
-        if skipped:
-            reason = f"{reason}; skipped {'; '.join(skipped)}"
-        try:
-            engine = _build(candidate, transformer, inputs, reason, **{**options, **overrides})
-            return _verified(engine, transformer, inputs, **check)
-        except Exception as error:  # noqa: BLE001 - any failure of a faster engine is reported, then skipped
-            if candidate == "eager":
-                raise
-            skipped.append(f"{candidate} ({type(error).__name__}: {error})")
-            warnings.warn(f"plain-step engine {candidate!r} unavailable, trying the next: {error}", stacklevel=2)
-    raise AssertionError("unreachable: eager is always the last candidate")
+    if kind == "auto":
+        return _cached_or_eager(transformer, inputs, device, options, check)
+    announce_build(kind, transformer, inputs, cache_dir)
+    return _verified(_build(kind, transformer, inputs, "requested explicitly", **options), transformer, inputs, **check)
 
 
-def _auto_candidates(device: torch.device) -> list[tuple[str, str, dict[str, Any]]]:
-    """(kind, reason, option overrides) in order of preference for ``device``; eager comes last."""
-    if device.type != "cuda":
-        return [(
-            "eager",
-            f"the transformer is on {device.type}: TensorRT and CUDA graphs need CUDA, and a cold "
-            "torch.compile (~30 s on 2 CPU cores even for a 1-block model) is not repaid by a few "
-            "plain steps; ask for kind='compile' to compile anyway",
-            {},
-        )]
-    candidates: list[tuple[str, str, dict[str, Any]]] = []
-    problem = tensorrt_import_error()
-    if problem is None:
-        candidates.append(("tensorrt", "TensorRT is importable and the transformer is on CUDA", {}))
-        compile_reason = "TensorRT failed"
-    else:
-        compile_reason = f"TensorRT is not importable ({problem})"
-    candidates.append((
-        "compile-cuda-graph",
-        f"{compile_reason}; on CUDA torch.compile ({AUTO_CUDA_COMPILE_MODE}) replayed as a CUDA graph "
-        "since plain steps have static shapes",
-        {"compile_mode": AUTO_CUDA_COMPILE_MODE},
-    ))
-    candidates.append(("eager", "every faster engine failed on this machine", {}))
-    return candidates
+def _cached_or_eager(transformer: torch.nn.Module, inputs: dict[str, torch.Tensor], device: torch.device,
+                     options: dict[str, Any], check: dict[str, Any]) -> PlainStepEngine:
+    """"auto": a TensorRT plan already on disk for these shapes, else eager; never a new build."""
+    plan = cached_tensorrt_plan(transformer, inputs, device, options["cache_dir"], options["opset"],
+                                options["tensorrt_optimization_level"])
+    if plan is not None:
+        logger.info("plain-step engine: reusing the cached TensorRT plan %s", plan)
+        engine = _build("tensorrt", transformer, inputs, f"a TensorRT plan for these shapes is cached at {plan}",
+                        **options)
+        return _verified(engine, transformer, inputs, **check)
+    return EagerEngine(transformer, AUTO_EAGER_REASON)
+
+
+def cached_tensorrt_plan(transformer: torch.nn.Module, inputs: dict[str, torch.Tensor], device: torch.device,
+                         cache_dir: str | Path | None, opset: int = DEFAULT_OPSET,
+                         optimization_level: int = DEFAULT_OPTIMIZATION_LEVEL) -> Path | None:
+    """The cached TensorRT plan for ``transformer`` at these inputs, when one exists and can run here."""
+    if device.type != "cuda" or tensorrt_import_error() is not None:
+        return None
+    export_key, export_dir = onnx_cache_entry(transformer, InputSignature.from_inputs(inputs), cache_dir, opset)
+    if read_meta(export_dir) is None:
+        return None
+    root = Path(cache_dir) if cache_dir is not None else export_dir.parent
+    return cached_plan_path(export_key, plan_options(optimization_level), root)
+
+
+def announce_build(kind: str, transformer: torch.nn.Module, inputs: dict[str, torch.Tensor],
+                   cache_dir: str | Path | None) -> None:
+    """One log line (a warning: on stderr by default) before a build, saying what it will cost."""
+    if kind == "eager":
+        return
+    millions = sum(p.numel() for p in transformer.parameters()) / 1e6
+    where = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cost = BUILD_COSTS[kind].format(params=f"{millions:,.1f}M", cache=where, compile_cache=compile_cache_dir())
+    logger.warning("l2s: building the %s plain-step engine for %s: expected cost: %s",
+                   kind, InputSignature.from_inputs(inputs).describe(), cost)
 
 
 def _build(
@@ -150,6 +164,7 @@ def _build(
     if kind == "eager":
         return EagerEngine(transformer, reason)
     if kind == "compile":
+        enable_compile_cache()
         return CompiledEngine(transformer, compile_backend, compile_mode, regional=regional_compile, reason=reason)
     if kind in ("cuda-graph", "compile-cuda-graph", "onnxruntime", "tensorrt"):
         _refuse_custom_processors(transformer, kind)
@@ -158,7 +173,9 @@ def _build(
         return CudaGraphEngine(EagerEngine(transformer)._forward, signature, "cuda-graph", reason)
     if kind == "compile-cuda-graph":
         _require_cuda(transformer, kind)
-        compiled = CompiledEngine(transformer, compile_backend, compile_mode, regional=regional_compile)
+        enable_compile_cache()
+        compiled = CompiledEngine(transformer, compile_backend, compile_mode or CUDA_GRAPH_COMPILE_MODE,
+                                  regional=regional_compile)
         engine = CudaGraphEngine(compiled._forward, signature, f"{compiled.name}+cuda-graph", reason)
         engine.kind = "compile"
         return engine
@@ -201,6 +218,22 @@ def _verified(
     engine.reason = f"{engine.reason}; matches eager on the example inputs (relative error {error:.1e} <= {limit:.0e})"
     logger.info("plain-step engine %s: %s", engine.name, engine.reason)
     return engine
+
+
+def enable_compile_cache() -> None:
+    """Keep compiled kernels and their backward graphs in torch's on-disk compile cache."""
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+
+    inductor_config.fx_graph_cache = True
+    functorch_config.enable_autograd_cache = True
+
+
+def compile_cache_dir() -> str:
+    """Where torch's inductor keeps compiled kernels (``TORCHINDUCTOR_CACHE_DIR`` or its default)."""
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    return cache_dir()
 
 
 def _describe_export(export: Any) -> str:

@@ -71,6 +71,15 @@ class OnnxExport:
         return self.path.parent
 
 
+def onnx_cache_entry(transformer: torch.nn.Module, signature: InputSignature,
+                     cache_dir: str | Path | None, opset: int = DEFAULT_OPSET) -> tuple[str, Path]:
+    """(key, directory) of the cached export of ``transformer`` for ``signature`` (present or not)."""
+    # The exporter is not part of the key: both give the same function, verified at build time.
+    key = model_cache_key(transformer, signature, {"artefact": "onnx", "opset": opset})
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return key, root / f"onnx-{key}"
+
+
 def export_transformer_onnx(
     transformer: torch.nn.Module,
     example_inputs: Mapping[str, Any],
@@ -87,10 +96,7 @@ def export_transformer_onnx(
     _require_onnx()
     inputs = tensor_inputs(example_inputs)
     signature = InputSignature.from_inputs(inputs)
-    # The exporter is not part of the key: both give the same function, verified at build time.
-    key = model_cache_key(transformer, signature, {"artefact": "onnx", "opset": opset})
-    entry = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    entry = entry / f"onnx-{key}"
+    key, entry = onnx_cache_entry(transformer, signature, cache_dir, opset)
     meta = read_meta(entry)
     if meta is not None and (entry / ONNX_FILE).is_file():
         logger.info("reusing ONNX export %s", entry)

@@ -63,6 +63,36 @@ class TensorRTPlan:
     seconds: float
 
 
+def plan_options(optimization_level: int = DEFAULT_OPTIMIZATION_LEVEL, strongly_typed: bool = True,
+                 extra_precisions: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Everything besides the export that a plan depends on (its cache key), for this GPU."""
+    trt = require_tensorrt()
+    device = torch.cuda.current_device()
+    return {
+        "artefact": "tensorrt",
+        "optimization_level": optimization_level,
+        "strongly_typed": strongly_typed,
+        "extra_precisions": sorted(extra_precisions),
+        "gpu": torch.cuda.get_device_name(device),
+        "capability": torch.cuda.get_device_capability(device),
+        "tensorrt": trt.__version__,
+    }
+
+
+def plan_cache_entry(export_key: str, options: dict[str, Any], root: str | Path) -> tuple[str, Path]:
+    """(key, directory) of the cached plan built from export ``export_key`` with ``options``."""
+    key = derived_key(export_key, options)
+    return key, Path(root) / f"tensorrt-{key}"
+
+
+def cached_plan_path(export_key: str, options: dict[str, Any], root: str | Path) -> Path | None:
+    """The plan file when a complete plan for this export and options is cached, else None."""
+    _, entry = plan_cache_entry(export_key, options, root)
+    if read_meta(entry) is not None and (entry / PLAN_FILE).is_file():
+        return entry / PLAN_FILE
+    return None
+
+
 def build_tensorrt_plan(
     export: OnnxExport,
     cache_dir: str | Path | None = None,
@@ -86,19 +116,8 @@ def build_tensorrt_plan(
             "a strongly typed build keeps the ONNX precisions: export in bf16/fp16 instead, or pass "
             "strongly_typed=False to let the builder lower float32 layers"
         )
-    device = torch.cuda.current_device()
-    options = {
-        "artefact": "tensorrt",
-        "optimization_level": optimization_level,
-        "strongly_typed": strongly_typed,
-        "extra_precisions": sorted(extra_precisions),
-        "gpu": torch.cuda.get_device_name(device),
-        "capability": torch.cuda.get_device_capability(device),
-        "tensorrt": trt.__version__,
-    }
-    key = derived_key(export.key, options)
-    root = Path(cache_dir) if cache_dir is not None else export.directory.parent
-    entry = root / f"tensorrt-{key}"
+    options = plan_options(optimization_level, strongly_typed, extra_precisions)
+    key, entry = plan_cache_entry(export.key, options, cache_dir if cache_dir is not None else export.directory.parent)
     if read_meta(entry) is not None and (entry / PLAN_FILE).is_file():
         return TensorRTPlan(entry / PLAN_FILE, key, export.signature, True, 0.0)
 

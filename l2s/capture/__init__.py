@@ -5,8 +5,9 @@
 :meth:`CapturedMaps.classifier_input` turns the maps into the relation classifier's input.
 """
 
-from .installer import CAPTURE_BACKENDS, AttentionCapture, ExplicitAttentionReference
+from .installer import CAPTURE_BACKENDS, AttentionCapture, ExplicitAttentionReference, map_spec
 from .maps import CapturedMaps, LayerMaps, resize_maps_for_classifier
+from .recording import MapSpec
 
 __all__ = [
     "CAPTURE_BACKENDS",
@@ -14,5 +15,7 @@ __all__ = [
     "CapturedMaps",
     "ExplicitAttentionReference",
     "LayerMaps",
+    "MapSpec",
+    "map_spec",
     "resize_maps_for_classifier",
 ]

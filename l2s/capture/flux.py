@@ -92,7 +92,10 @@ class FluxCaptureProcessor(CaptureProcessorMixin):
         model_text_len: int | None,
     ) -> torch.Tensor:
         """Joint attention on ``[B, S, H, D]`` (text first) as the stock processor, plus the maps."""
-        hidden_states = dispatch_attention_fn(
+        # Maps first: a forward cut after this layer stops inside _record_maps, before the joint
+        # attention, which nothing downstream of the maps needs.
+        self._record_maps(query, key, model_text_len)
+        return dispatch_attention_fn(
             query,
             key,
             value,
@@ -100,13 +103,17 @@ class FluxCaptureProcessor(CaptureProcessorMixin):
             backend=self._attention_backend,
             parallel_config=self._parallel_config,
         )
+
+    # Per-layer bookkeeping (layer name, request, early stop) stays out of compiled blocks, so one
+    # compiled block serves every layer (see l2s.steer's "fast+compiled" mode).
+    @torch.compiler.disable
+    def _record_maps(self, query: torch.Tensor, key: torch.Tensor, model_text_len: int | None) -> None:
         spec, captured = self._map_request()
         if spec is not None:
             text_len = self._text_len(spec, model_text_len, query.shape[1])
             image_query = query[:, text_len:].transpose(1, 2)
             text_key = key[:, :text_len].transpose(1, 2)
             self._store(spec, captured, self._selected_maps(spec, image_query, text_key))
-        return hidden_states
 
 
 class FluxExplicitReferenceProcessor(FluxCaptureProcessor):

@@ -76,6 +76,14 @@ def _normalise_groups(groups: Sequence[Sequence[int]], text_len: int) -> tuple[t
     return tuple(normalised)
 
 
+def map_spec(groups: Sequence[Sequence[int]], text_len: int, latent_hw: tuple[int, int]) -> MapSpec:
+    """A validated recording request: token groups, text length and full-resolution token grid."""
+    latent_hw = tuple(int(side) for side in latent_hw)
+    if len(latent_hw) != 2 or min(latent_hw) <= 0:
+        raise L2SError(f"latent_hw must be two positive sizes, got {latent_hw}")
+    return MapSpec(_normalise_groups(groups, text_len), int(text_len), latent_hw)
+
+
 class AttentionCapture:
     """Installs map-recording attention processors on a FLUX transformer or an SD UNet.
 
@@ -231,14 +239,17 @@ class AttentionCapture:
         gradient path of the maps); the block then ends normally and the model call returns
         nothing.  Not for use with gradient checkpointing.
         """
+        with self.recording_spec(map_spec(groups, text_len, latent_hw), stop_after_last) as captured:
+            yield captured
+
+    @contextmanager
+    def recording_spec(self, spec: MapSpec, stop_after_last: bool = False) -> Iterator[CapturedMaps]:
+        """:meth:`recording` for a spec made once by :func:`map_spec` (its selectors are built once
+        and reused by every recording that shares it, e.g. all iterations of a steered prompt)."""
         if not self._installed:
             raise L2SError("this AttentionCapture was removed; create a new one")
         if self._state.spec is not None:
             raise L2SError("recording() is already active on this capture")
-        latent_hw = tuple(int(side) for side in latent_hw)
-        if len(latent_hw) != 2 or min(latent_hw) <= 0:
-            raise L2SError(f"latent_hw must be two positive sizes, got {latent_hw}")
-        spec = MapSpec(_normalise_groups(groups, text_len), int(text_len), latent_hw)
         captured = CapturedMaps(spec.groups, spec.text_len)
         self._state.spec, self._state.captured = spec, captured
         self._state.stop_after = self.layer_names[-1] if stop_after_last else None

@@ -93,7 +93,8 @@ class CapturedMaps:
         per_layer = []
         for layer in self.layers:
             batch, heads, _, _ = layer.maps.shape
-            pair = layer.maps[..., [subject, obj]]  # (B, H, N, 2)
-            pair = pair.permute(0, 3, 1, 2).reshape(batch, 2, heads, *layer.grid)
+            # Two basic selects, not a list index: no index tensor copied to the device per layer.
+            pair = torch.stack((layer.maps[..., subject], layer.maps[..., obj]), dim=1)  # (B, 2, H, N)
+            pair = pair.reshape(batch, 2, heads, *layer.grid)
             per_layer.append((pair, layer.grid))
         return resize_maps_for_classifier(per_layer, map_size)

@@ -18,9 +18,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from l2s.capture import CAPTURE_BACKENDS
 from l2s.classifier import RelationClassifier
 from l2s.errors import ClassifierMismatchError, UsageError
 from l2s.steer import (
+    DEFAULT_CAPTURE_BACKEND,
     ExecutionMode,
     Schedule,
     SteeringDiagnostics,
@@ -63,6 +65,12 @@ class SteeringResult:
         }
 
 
+def _checked_capture_backend(backend: str) -> str:
+    if backend not in CAPTURE_BACKENDS:
+        raise UsageError(f"unknown capture backend {backend!r}; expected one of {', '.join(CAPTURE_BACKENDS)}")
+    return backend
+
+
 def _checked_step_size(step_size: float) -> float:
     try:
         return validate_step_size(step_size)
@@ -83,9 +91,11 @@ class SteeringPipeline:
     refine = staticmethod(refine_latents)
 
     def __init__(self, pipe, classifier: RelationClassifier, schedule: Schedule | None = None,
-                 mode: str = "fast", step_size: float | None = None):
+                 mode: str = "fast", step_size: float | None = None,
+                 capture_backend: str = DEFAULT_CAPTURE_BACKEND):
         self.pipe = pipe
-        self.objective = SteeringObjective(self.denoiser, classifier, mode)
+        self.objective = SteeringObjective(self.denoiser, classifier, mode,
+                                           _checked_capture_backend(capture_backend))
         self.schedule = schedule
         # Step size of the named schedules (presets); None: the family's published one.
         self.step_size = None if step_size is None else _checked_step_size(step_size)
@@ -96,6 +106,7 @@ class SteeringPipeline:
                 module.requires_grad_(False)
         self._engines: dict = {}              # plain-step engines by input shapes
         self._last_engine = None
+        self._steering_seconds = 0.0          # time in steered steps during the current call
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -105,24 +116,27 @@ class SteeringPipeline:
 
     @classmethod
     def wrap(cls, pipe, classifier: RelationClassifier, schedule: Schedule | None = None,
-             mode: str = "fast", step_size: float | None = None, **options) -> "SteeringPipeline":
+             mode: str = "fast", step_size: float | None = None,
+             capture_backend: str = DEFAULT_CAPTURE_BACKEND, **options) -> "SteeringPipeline":
         """This family's wrapper of ``pipe`` (see :func:`wrap_pipeline`); no extra options here."""
         if options:
             raise TypeError(f"options {sorted(options)} apply to FLUX pipelines only")
-        return cls(pipe, classifier, schedule, mode, step_size)
+        return cls(pipe, classifier, schedule, mode, step_size, capture_backend)
 
     @classmethod
     def from_pretrained(cls, model_path: str | Path, classifier: RelationClassifier | str | Path,
                         torch_dtype: torch.dtype | None = None, device: str | None = None,
                         schedule: Schedule | None = None, mode: str = "fast",
-                        step_size: float | None = None) -> "SteeringPipeline":
+                        step_size: float | None = None,
+                        capture_backend: str = DEFAULT_CAPTURE_BACKEND) -> "SteeringPipeline":
         """Load a diffusers pipeline from a local directory (never a hub) and wrap it."""
         pipe = load_diffusers_pipeline(model_path, torch_dtype=torch_dtype)
         if device:
             pipe.to(device)
         if not isinstance(classifier, RelationClassifier):
             classifier = RelationClassifier.load(classifier)
-        return wrap_pipeline(pipe, classifier, schedule, mode, step_size=step_size)
+        return wrap_pipeline(pipe, classifier, schedule, mode, step_size=step_size,
+                             capture_backend=capture_backend)
 
     @property
     def denoiser(self) -> torch.nn.Module:
@@ -147,7 +161,7 @@ class SteeringPipeline:
 
     @capture_backend.setter
     def capture_backend(self, backend: str) -> None:
-        self.objective.capture_backend = backend
+        self.objective.capture_backend = _checked_capture_backend(backend)
 
     def map_channels(self) -> int:
         """Maps per object this model provides (captured layers x heads)."""
@@ -180,9 +194,11 @@ class SteeringPipeline:
         The capture processors are on the model only for the duration of this step, so plain
         steps run the stock model (or an engine built from it).
         """
+        started = time.perf_counter()
         with self.objective.at_step(plan, step, run_denoiser, text_len, latent_hw) as log_prob:
-            return self.refine(latents, step, log_prob, schedule, len(plan.pairs), diagnostics,
-                               sync_each_iteration=self.mode.sync_each_iteration)
+            latents = self.refine(latents, step, log_prob, schedule, len(plan.pairs), diagnostics)
+        self._steering_seconds += time.perf_counter() - started
+        return latents
 
     def _steer_if_scheduled(self, latents: torch.Tensor, step: int, plan: SteeringPlan,
                             schedule: Schedule | None, run_denoiser, text_len: int,
@@ -211,6 +227,7 @@ class SteeringPipeline:
         ``latents`` replaces the seeded initial noise (in the pipeline's own latent layout).
         """
         t0 = time.perf_counter()
+        self._steering_seconds, compiled_before = 0.0, self.objective.compile_seconds
         plan = self.plan(prompt)
         schedule, steps = self._resolve_schedule(schedule, num_inference_steps)
         if not (steer and plan.steered):
@@ -220,7 +237,9 @@ class SteeringPipeline:
                                guidance_scale=guidance_scale, seed=seed, num_images=num_images,
                                schedule=schedule, diagnostics=diagnostics,
                                latents=latents, progress=progress)
-        timings = {"total": time.perf_counter() - t0}
+        timings = {"total": time.perf_counter() - t0, "steering": self._steering_seconds}
+        if self.objective.compile_seconds > compiled_before:   # a cold compile ran in this call
+            timings["steering_compile_s"] = self.objective.compile_seconds - compiled_before
         engine = self._last_engine
         return SteeringResult(images=images, plan=plan, schedule=schedule,
                               diagnostics=diagnostics, timings=timings,

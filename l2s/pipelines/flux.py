@@ -9,6 +9,7 @@ import torch
 
 from l2s.engines import make_plain_step_engine
 from l2s.errors import UsageError
+from l2s.steer import DEFAULT_CAPTURE_BACKEND
 
 from .base import SteeringPipeline
 from .loading import steering_family
@@ -47,8 +48,8 @@ class FluxSteeringPipeline(SteeringPipeline):
                  max_sequence_length: int = 512, engine: str = "auto", *,
                  family: str | None = None, steps: int | None = None,
                  true_cfg_scale: float = 1.0, negative_prompt: str = "", step_size: float | None = None,
-                 size: int | None = None):
-        super().__init__(pipe, classifier, schedule, mode, step_size)
+                 size: int | None = None, capture_backend: str = DEFAULT_CAPTURE_BACKEND):
+        super().__init__(pipe, classifier, schedule, mode, step_size, capture_backend)
         if size is not None and (not isinstance(size, int) or size <= 0):
             raise UsageError(f"size must be a positive number of pixels, got {size!r}")
         self._default_size = size
@@ -57,7 +58,7 @@ class FluxSteeringPipeline(SteeringPipeline):
         self.true_cfg_scale = float(true_cfg_scale)
         self.negative_prompt = negative_prompt
         self.max_sequence_length = max_sequence_length
-        self.engine_kind = "eager" if mode == "reference" else engine
+        self.engine_kind = "eager" if self.mode.name == "reference" else engine
         # Whose published settings (schedule rule, steps) apply: dev has a guidance embedding,
         # schnell not. A FLUX-architecture model that is neither (the shapes world's undistilled
         # 12-step model) names its family and default step count.
@@ -71,8 +72,9 @@ class FluxSteeringPipeline(SteeringPipeline):
 
     @classmethod
     def wrap(cls, pipe, classifier, schedule=None, mode: str = "fast", step_size: float | None = None,
-             **options) -> "FluxSteeringPipeline":
-        return cls(pipe, classifier, schedule, mode, step_size=step_size, **options)
+             capture_backend: str = DEFAULT_CAPTURE_BACKEND, **options) -> "FluxSteeringPipeline":
+        return cls(pipe, classifier, schedule, mode, step_size=step_size, capture_backend=capture_backend,
+                   **options)
 
     @property
     def label(self) -> str:
@@ -95,8 +97,9 @@ class FluxSteeringPipeline(SteeringPipeline):
     def plain_engine(self, example_inputs: dict):
         """The engine for plain steps at these input shapes, built once and cached.
 
-        "auto" picks TensorRT where installed (CUDA), else a compiled, CUDA-graphed transformer,
-        else eager on CPU; ``engine.reason`` says which and why (also in the report).
+        "auto" runs eager unless an engine for these shapes is already cached on disk; any other
+        kind (``l2s.engines.ENGINE_KINDS``) is built, announced with its expected cost, and cached.
+        ``engine.reason`` says which and why (also in the report).
         """
         key = tuple((k, tuple(v.shape), v.dtype) for k, v in example_inputs.items()
                     if isinstance(v, torch.Tensor))

@@ -11,7 +11,7 @@ import torch
 
 from l2s.classifier import RelationClassifier
 from l2s.errors import ModelLoadError
-from l2s.steer import Schedule
+from l2s.steer import DEFAULT_CAPTURE_BACKEND, Schedule
 
 # Steering pipeline classes wrap_pipeline can pick, in the order it asks them (`accepts(pipe)`);
 # each family module adds its class with @steering_family.
@@ -28,16 +28,19 @@ def steering_family(cls):
 
 
 def wrap_pipeline(pipe, classifier: RelationClassifier, schedule: Schedule | None = None,
-                  mode: str = "fast", step_size: float | None = None, **flux_options):
+                  mode: str = "fast", step_size: float | None = None,
+                  capture_backend: str = DEFAULT_CAPTURE_BACKEND, **flux_options):
     """Wrap an existing diffusers ``FluxPipeline`` or ``StableDiffusionPipeline``.
 
-    ``mode`` picks the implementation ("fast" or the published "reference"); both steer alike.
-    ``step_size`` replaces the published step size of the named schedules (default: published).
-    ``flux_options`` go to :class:`FluxSteeringPipeline` (``family``, ``steps``, ``engine``, ...).
+    ``mode`` picks the implementation (``l2s.steer.MODES``: "fast", the published "reference",
+    "fast+compiled" ...); all steer alike. ``step_size`` replaces the published step size of the
+    named schedules (default: published). ``capture_backend`` is how the fast modes compute maps
+    ("sdpa" or "native"). ``flux_options`` go to :class:`FluxSteeringPipeline` (``family``,
+    ``steps``, ``engine``, ...).
     """
     for family in _FAMILIES:
         if family.accepts(pipe):
-            return family.wrap(pipe, classifier, schedule, mode, step_size, **flux_options)
+            return family.wrap(pipe, classifier, schedule, mode, step_size, capture_backend, **flux_options)
     raise TypeError(f"cannot steer a {type(pipe).__name__}: expected a FLUX or Stable Diffusion pipeline")
 
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from l2s.steer import DEFAULT_CAPTURE_BACKEND
+
 from .base import SteeringPipeline
 from .loading import steering_family
 
@@ -13,8 +15,9 @@ class SDSteeringPipeline(SteeringPipeline):
 
     denoiser_attr = "unet"
 
-    def __init__(self, pipe, classifier, schedule=None, mode: str = "fast", step_size: float | None = None):
-        super().__init__(pipe, classifier, schedule, mode, step_size)
+    def __init__(self, pipe, classifier, schedule=None, mode: str = "fast", step_size: float | None = None,
+                 capture_backend: str = DEFAULT_CAPTURE_BACKEND):
+        super().__init__(pipe, classifier, schedule, mode, step_size, capture_backend)
         self.family = "sd21" if pipe.unet.config.cross_attention_dim == 1024 else "sd14"
 
     @classmethod

@@ -5,9 +5,12 @@ relation) of a latent through the denoiser's maps and the classifier, :func:`ref
 takes gradient steps on it, and a :class:`Schedule` (or a preset) says on which steps and how hard.
 """
 
+from .compiled import CompiledBlocks
 from .objective import (
+    DEFAULT_CAPTURE_BACKEND,
     MODES,
     ExecutionMode,
+    PreparedPlan,
     SteeringObjective,
     compile_classifier,
     differentiable_sdpa,
@@ -25,11 +28,14 @@ from .schedule import (
 )
 
 __all__ = [
+    "DEFAULT_CAPTURE_BACKEND",
+    "CompiledBlocks",
     "ExecutionMode",
     "IterationRecord",
     "LogProbFn",
     "MODES",
     "PRESETS",
+    "PreparedPlan",
     "Preset",
     "Schedule",
     "SteeringDiagnostics",

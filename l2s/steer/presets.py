@@ -41,9 +41,21 @@ PRESETS = {
 }
 
 
+# The families' published denoising steps, which a preset's ``steps`` recommendation replaces.
+PUBLISHED_STEPS = {"flux-dev": 50, "flux-schnell": 4, "sd14": 50, "sd21": 50}
+
+
 def preset_steps(name: str, family: str, default: int) -> int:
-    """Denoising steps a preset recommends for ``family`` (``default`` when it has no opinion)."""
-    return _preset(name).steps.get(family, default)
+    """Denoising steps a preset recommends for a model of ``family`` that samples ``default`` steps.
+
+    The recommendation is for the family's published step count; a model with its own default (a
+    shapes-world model under the flux-dev rule, say) gets the same fraction of its own steps.
+    ``default`` when the preset has no opinion.
+    """
+    recommended = _preset(name).steps.get(family)
+    if recommended is None:
+        return default
+    return max(1, round(default * recommended / PUBLISHED_STEPS[family]))
 
 
 def _preset(name: str) -> Preset:

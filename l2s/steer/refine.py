@@ -7,6 +7,12 @@ step's target. With several relations the target alternates: iteration ``k`` opt
 ``k mod n``, restarting at relation 0 on every step. The model-specific part (run the denoiser
 with map capture, classify) is the ``log_prob_fn`` handed in, e.g. a
 :class:`~l2s.steer.objective.SteeringObjective` bound to the step.
+
+Host synchronisation: an iteration (forward, classifier, backward, update) never waits on the
+device. The loop reads one flag per iteration, "is any image still active?", right after the
+forward and before the backward: that is the one place where the answer saves work (the backward
+and the rest of the step), so an exiting step runs exactly the forwards and backwards of the
+published loop and nothing more. Diagnostics stay on the device and are read once per step.
 """
 from __future__ import annotations
 
@@ -49,9 +55,13 @@ class SteeringDiagnostics:
 LogProbFn = Callable[[torch.Tensor, int], torch.Tensor]
 
 
+def any_active(active: torch.Tensor) -> bool:
+    """The loop's one host read per iteration: does any image still need a backward and update?"""
+    return bool(active.any())
+
+
 def refine_latents(latents: torch.Tensor, step: int, log_prob_fn: LogProbFn, schedule: Schedule,
-                   num_relations: int, diagnostics: SteeringDiagnostics | None = None, *,
-                   sync_each_iteration: bool = True) -> torch.Tensor:
+                   num_relations: int, diagnostics: SteeringDiagnostics | None = None) -> torch.Tensor:
     """Refine ``latents`` at denoising ``step`` by the published loop; returns new (detached) latents.
 
     Images of a batch are independent and each follows the batch-1 published loop exactly: the
@@ -60,44 +70,37 @@ def refine_latents(latents: torch.Tensor, step: int, log_prob_fn: LogProbFn, sch
     probability reaches ``schedule.exit_probability``), or when its loss or gradient is non-finite
     (the update is skipped and recorded in ``diagnostics``).
 
-    ``sync_each_iteration=False`` is the fast path: the stop tests stay on the device as masks and
-    the host learns that every image is done one iteration late, so the GPU never waits on the
-    CPU inside the loop; the result is identical, at the cost of at most one wasted iteration.
+    The update runs on a float32 master copy of the latent (a bf16 latent would round away
+    updates smaller than ~0.4 % of its magnitude); the result is cast back to ``latents.dtype``.
     """
     if num_relations < 1:
         raise ValueError("refine_latents needs at least one relation")
     step_size = schedule.step_sizes[step]
+    master = latents.detach().float()
     done = torch.zeros(latents.shape[0], dtype=torch.bool, device=latents.device)
-    previous_all_done: torch.Tensor | None = None
     pending: list[tuple] = []
     for k in range(schedule.iterations[step]):
         relation = k % num_relations
         with torch.enable_grad():
-            z = latents.detach().clone().requires_grad_(True)
+            z = master.detach().to(latents.dtype).requires_grad_(True)
             log_prob = log_prob_fn(z, relation)
             loss = -log_prob
             active = _still_active(loss, log_prob, done, schedule, step)
-            if sync_each_iteration and not bool(active.any()):
-                pending.append((k, relation, loss, log_prob, active, torch.zeros_like(active)))
+            if not any_active(active):
+                pending.append((k, relation, loss.detach(), log_prob.detach(), torch.zeros_like(active),
+                                torch.zeros_like(active)))
                 break
             (grad,) = torch.autograd.grad(loss.sum(), z)
+        grad = grad.float()
         finite = torch.isfinite(loss.detach()) & torch.isfinite(grad).flatten(1).all(1)
         update = active & finite
         mask = update.view(-1, *([1] * (grad.dim() - 1)))
-        latents = torch.where(mask, z.detach() - step_size * grad, z.detach())
+        master = torch.where(mask, master - step_size * grad, master)
         done |= ~update
-        pending.append((k, relation, loss, log_prob, update, active & ~finite))
-        if sync_each_iteration:
-            if bool(done.all()):
-                break
-        else:
-            # Test the previous iteration's flag: it is ready long before this one's.
-            if previous_all_done is not None and bool(previous_all_done):
-                break
-            previous_all_done = done.all()
-    if diagnostics is not None:
+        pending.append((k, relation, loss.detach(), log_prob.detach(), update, active & ~finite))
+    if diagnostics is not None and pending:
         _record(diagnostics, step, pending)
-    return latents.detach()
+    return master.to(latents.dtype)
 
 
 def _still_active(loss: torch.Tensor, log_prob: torch.Tensor, done: torch.Tensor,
@@ -112,10 +115,12 @@ def _still_active(loss: torch.Tensor, log_prob: torch.Tensor, done: torch.Tensor
 
 
 def _record(diagnostics: SteeringDiagnostics, step: int, pending: list[tuple]) -> None:
-    """Copy the loop's per-iteration tensors to host records (once, after the loop)."""
-    for k, relation, loss, log_prob, update, non_finite in pending:
+    """Copy the step's per-iteration tensors to host records in one transfer, after the loop."""
+    columns = [[entry[2].float(), entry[3].float().exp(), entry[4].float(), entry[5].float()]
+               for entry in pending]
+    loss, probability, update, non_finite = torch.stack([torch.stack(c) for c in columns]).cpu().unbind(1)
+    for row, (k, relation, *_) in enumerate(pending):
         diagnostics.records.append(IterationRecord(
             step=step, iteration=k, relation=relation,
-            loss=[float(x) for x in loss.detach().float().cpu()],
-            target_probability=[float(x) for x in log_prob.detach().float().exp().cpu()],
-            updated=bool(update.any()), non_finite=bool(non_finite.any())))
+            loss=loss[row].tolist(), target_probability=probability[row].tolist(),
+            updated=bool(update[row].any()), non_finite=bool(non_finite[row].any())))

@@ -22,6 +22,7 @@ from l2s.engines import (
     weight_fingerprint,
 )
 from l2s.engines import factory
+from l2s.engines.tensorrt_engine import plan_cache_entry
 from l2s.demo import tiny_flux_pipeline
 
 onnx = pytest.importorskip("onnx", reason="the ONNX tests need the 'engines' extra (onnx)")
@@ -135,12 +136,63 @@ def test_bfloat16_export_keeps_bfloat16_types(tmp_path):
         OnnxRuntimeEngine(export)
 
 
-def test_auto_on_cpu_picks_eager_and_says_why(transformer, inputs):
-    engine = make_plain_step_engine(transformer, inputs, kind="auto")
+def test_auto_runs_eager_and_says_why(transformer, inputs, caplog):
+    with caplog.at_level("INFO", logger="l2s.engines"):
+        engine = make_plain_step_engine(transformer, inputs, kind="auto")
     assert isinstance(engine, PlainStepEngine)
     assert engine.kind == "eager" and engine.name == "eager"
-    assert "cpu" in engine.reason and "TensorRT" in engine.reason
+    assert "none is cached" in engine.reason and "ask for one" in engine.reason
+    assert not caplog.records                           # nothing was built, so nothing announced
     torch.testing.assert_close(engine(**inputs, return_dict=False), eager_sample(transformer, inputs), rtol=0, atol=0)
+
+
+def test_auto_never_builds_even_where_tensorrt_could(transformer, inputs, tmp_path, monkeypatch):
+    # Stand-in for a CUDA machine with TensorRT: auto probes the cache and, finding nothing, stays eager.
+    probes = []
+    monkeypatch.setattr(factory, "cached_tensorrt_plan", lambda *args: probes.append(args) or None)
+    monkeypatch.setattr(factory, "_build", lambda *a, **k: pytest.fail("auto must not build an engine"))
+    engine = make_plain_step_engine(transformer, inputs, cache_dir=tmp_path)
+    assert engine.kind == "eager" and len(probes) == 1 and probes[0][3] == tmp_path
+
+
+def test_auto_reuses_a_cached_engine(transformer, inputs, exported, cache_dir, monkeypatch):
+    # A plan on disk is what auto takes; onnxruntime (CPU) stands in for TensorRT's runner here.
+    built = []
+    original = factory._build
+
+    def build(kind, *args, **kwargs):
+        built.append(kind)
+        return original("onnxruntime", *args, **kwargs)
+
+    monkeypatch.setattr(factory, "cached_tensorrt_plan", lambda *args: exported.path)
+    monkeypatch.setattr(factory, "_build", build)
+    engine = make_plain_step_engine(transformer, inputs, cache_dir=cache_dir)
+    assert built == ["tensorrt"] and engine.kind == "onnxruntime"
+    assert f"cached at {exported.path}" in engine.reason and "matches eager" in engine.reason
+
+
+def test_the_tensorrt_cache_probe_needs_cuda_and_a_cached_export(transformer, inputs, exported, cache_dir,
+                                                                   monkeypatch, tmp_path):
+    assert factory.cached_tensorrt_plan(transformer, inputs, torch.device("cpu"), cache_dir) is None
+    monkeypatch.setattr(factory, "tensorrt_import_error", lambda: None)
+    monkeypatch.setattr(factory, "plan_options", lambda level: {"artefact": "tensorrt", "gpu": "stand-in"})
+    cuda = torch.device("cuda", 0)
+    assert factory.cached_tensorrt_plan(transformer, inputs, cuda, tmp_path) is None    # no export there
+    assert factory.cached_tensorrt_plan(transformer, inputs, cuda, cache_dir) is None   # export, no plan
+    _, plan_dir = plan_cache_entry(exported.key, {"artefact": "tensorrt", "gpu": "stand-in"}, cache_dir)
+    plan_dir.mkdir()
+    (plan_dir / "engine.plan").write_bytes(b"plan")
+    (plan_dir / "meta.json").write_text("{}")
+    assert factory.cached_tensorrt_plan(transformer, inputs, cuda, cache_dir) == plan_dir / "engine.plan"
+
+
+def test_an_explicit_build_announces_its_cost_once(transformer, inputs, caplog):
+    with caplog.at_level("WARNING", logger="l2s.engines"):
+        make_plain_step_engine(transformer, inputs, kind="compile", compile_backend="aot_eager")
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1
+    assert lines[0].startswith("l2s: building the compile plain-step engine for hidden_states[")
+    assert "expected cost: a cold torch.compile" in lines[0] and "cached in" in lines[0]
 
 
 def test_compile_engine_matches_eager(transformer):
@@ -178,26 +230,6 @@ def test_verification_rejects_an_engine_that_disagrees_with_eager(exported, tran
     # onnxruntime differs from eager by ~1e-7 (reduction order): a zero tolerance must trip.
     with pytest.raises(EngineError, match="disagrees with eager"):
         make_plain_step_engine(transformer, inputs, kind="onnxruntime", cache_dir=cache_dir, tolerance=0.0)
-
-
-def test_auto_reports_a_skipped_engine_instead_of_hiding_it(exported, transformer, inputs, cache_dir, monkeypatch):
-    # Stand-in for a CUDA machine whose first choice fails verification: zero tolerance trips it.
-    candidates = [("onnxruntime", "first choice", {}), ("eager", "fallback", {})]
-    monkeypatch.setattr(factory, "_auto_candidates", lambda device: candidates)
-    with pytest.warns(UserWarning, match="'onnxruntime' unavailable"):
-        engine = make_plain_step_engine(transformer, inputs, cache_dir=cache_dir, tolerance=0.0)
-    assert engine.kind == "eager"
-    assert engine.reason.startswith("fallback; skipped onnxruntime (EngineError:")
-    assert "disagrees with eager" in engine.reason
-
-
-def test_auto_on_cuda_without_tensorrt_plans_compile_with_cuda_graphs(monkeypatch):
-    monkeypatch.setitem(sys.modules, "tensorrt", None)
-    kinds = [kind for kind, _, _ in factory._auto_candidates(torch.device("cuda", 0))]
-    assert kinds == ["compile-cuda-graph", "eager"]
-    kind, reason, overrides = factory._auto_candidates(torch.device("cuda", 0))[0]
-    assert "TensorRT is not importable" in reason
-    assert overrides == {"compile_mode": "max-autotune-no-cudagraphs"}
 
 
 def test_bad_requests_raise_clear_errors(transformer, inputs):
@@ -252,11 +284,13 @@ def test_tensorrt_engine_matches_eager_and_reuses_its_plan(tmp_path):
     model = tiny_flux_pipeline(num_layers=1, num_single_layers=1, guidance_embeds=True).transformer
     model = model.to("cuda", torch.bfloat16)
     inputs = example_flux_inputs(model)
-    engine = make_plain_step_engine(model, inputs, kind="auto", cache_dir=tmp_path)
-    assert engine.kind == "tensorrt" and "TensorRT is importable" in engine.reason
+    assert make_plain_step_engine(model, inputs, kind="auto", cache_dir=tmp_path).kind == "eager"
+    engine = make_plain_step_engine(model, inputs, kind="tensorrt", cache_dir=tmp_path)
+    assert engine.kind == "tensorrt" and "requested explicitly" in engine.reason
     fresh = example_flux_inputs(model, seed=1)
     actual, expected = engine(**fresh), eager_sample(model, fresh)
     assert actual.dtype == torch.bfloat16 and actual.shape == expected.shape
     assert (actual.float() - expected.float()).norm() / expected.float().norm() < 5e-2
-    again = make_plain_step_engine(model, inputs, kind="tensorrt", cache_dir=tmp_path)
+    again = make_plain_step_engine(model, inputs, kind="auto", cache_dir=tmp_path)    # found on disk
+    assert again.kind == "tensorrt" and "is cached at" in again.reason
     assert "reused cached plan" in again.reason and "reused cached ONNX export" in again.reason

@@ -17,6 +17,10 @@ def test_presets_trade_iterations_as_documented():
     assert schedule_preset("early-exit", "flux-dev", 50).exit_probability == 0.9
     fast = schedule_preset("fast", "flux-dev", preset_steps("fast", "flux-dev", 50))
     assert fast.num_steps == 28 and fast.steered_steps == list(range(14))
+    assert preset_steps("fast", "sd21", 50) == 30 and preset_steps("early-exit", "sd21", 50) == 50
+    # A model with its own step count (the shapes world: 12 under the flux-dev rule) keeps the
+    # preset's fraction, fewer steps than its default, never more.
+    assert preset_steps("fast", "flux-dev", 12) == 7 and preset_steps("fast", "flux-dev", 1) == 1
     # schnell: only the initial noise either way
     assert schedule_preset("fast", "flux-schnell", 4).steered_steps == [0]
     assert all(p.trades for p in PRESETS.values())

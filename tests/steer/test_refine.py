@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+import l2s.steer.refine as refine_module
 from l2s.steer import SteeringDiagnostics, custom_schedule, published_loss_target, refine_latents
 
 
@@ -104,23 +105,40 @@ def test_non_finite_gradient_skips_the_update():
 
 
 @pytest.mark.parametrize("exit_probability", [None, 0.5])
-def test_deferred_sync_gives_the_same_latents_as_the_reference_loop(exit_probability):
+def test_one_host_read_per_iteration_and_no_backward_after_the_exit(exit_probability, monkeypatch):
     torch.manual_seed(0)
     centres = [torch.randn(3, 4), torch.randn(3, 4)]
+    forwards, backwards, reads = [], [], []
 
     def log_prob(z, r):                      # images reach the target at different iterations
-        return torch.log(torch.sigmoid(4.0 - ((z - centres[r]) ** 2).sum(1)))
+        forwards.append(r)
+        z.register_hook(lambda g: backwards.append(r))
+        return torch.nn.functional.logsigmoid(25.0 - 5.0 * ((z - centres[r]) ** 2).sum(1))
 
+    original = refine_module.any_active
+    monkeypatch.setattr(refine_module, "any_active", lambda active: reads.append(1) or original(active))
     z0 = torch.randn(3, 4) * 2
-    schedule = custom_schedule(1, steered=[0], iterations=12, step_size=0.05,
+    schedule = custom_schedule(1, steered=[0], iterations=40, step_size=0.05,
                                exit_probability=exit_probability)
-    eager, deferred = SteeringDiagnostics(), SteeringDiagnostics()
-    a = refine_latents(z0, 0, log_prob, schedule, 2, eager)
-    b = refine_latents(z0, 0, log_prob, schedule, 2, deferred, sync_each_iteration=False)
-    assert torch.equal(a, b)
-    updated = lambda d: [(r.iteration, r.loss) for r in d.records if r.updated]
-    assert updated(eager) == updated(deferred)
-    assert len(deferred.records) <= len(eager.records) + 2        # at most a late iteration or two
+    diag = SteeringDiagnostics()
+    refine_latents(z0, 0, log_prob, schedule, 2, diag)
+    assert len(reads) == len(forwards) == len(diag.records)      # one read per evaluation
+    assert len(forwards) < schedule.iterations[0]                 # every image exited early ...
+    assert len(backwards) == len(forwards) - 1                    # ... and the exit ran no backward
+    assert not diag.records[-1].updated and all(r.updated for r in diag.records[:-1])
+
+
+def test_the_update_runs_on_a_float32_master_latent():
+    # A bf16 latent of magnitude 1 cannot hold a step of 1e-3: bf16 has 8 bits of mantissa.
+    def log_prob(z, r):
+        return -(z.float() * 1e-3).sum(1) - 1.0
+
+    schedule = custom_schedule(1, steered=[0], iterations=8, step_size=1.0)
+    z0 = torch.ones(1, 4, dtype=torch.bfloat16)
+    z = refine_latents(z0, 0, log_prob, schedule, 1)
+    assert z.dtype == torch.bfloat16
+    assert torch.equal(z, torch.full((1, 4), 1.0 - 8e-3).to(torch.bfloat16))   # 8 steps add up
+    assert not torch.equal(z, z0)
 
 
 def test_an_image_that_reached_its_target_stays_done_for_the_step():
