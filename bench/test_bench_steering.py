@@ -1,18 +1,21 @@
 """CPU benchmarks of steering on tiny random models (pytest-benchmark): a regression gate for the fast path.
 
-Three groups, each timing code the pipelines run (nothing re-implemented here):
+Four groups, each timing code the pipelines run (nothing re-implemented here):
 
 * ``classifier``: the relation classifier's forward + backward to its maps, eager fp32 vs
   :func:`l2s.pipelines.compile_classifier` (a small custom config, so compiling stays short);
 * ``iteration``: one steering iteration (transformer forward with map capture, classifier, backward
-  to the latent, update) in ``reference`` and ``fast`` mode: the pipeline's own refinement call
-  on a 1-step, 1-iteration schedule, timed through the pipeline's ``refine`` hook;
-* ``generation``: a whole steered generation per schedule preset in fast mode, plus the reference
-  preset in reference mode.
+  to the latent, update) in ``reference``, ``fast`` and ``fast+compiled`` mode: the pipeline's own
+  refinement call on a 1-step, 1-iteration schedule, timed through the pipeline's ``refine`` hook;
+* ``capture``: the same fast iteration with each capture backend ("sdpa", "native"): the
+  measurement behind ``l2s.steer.DEFAULT_CAPTURE_BACKEND``;
+* ``generation``: a whole steered generation per schedule preset in fast mode, plus the published
+  schedule in reference and fast+compiled mode.
 
-``extra_info`` records transformer forwards executed and the last target probability.
-Run ``python -m pytest bench/test_bench_steering.py`` (about a minute; the first run also compiles
-the classifier, later runs hit torch's compile cache); see bench/README.md for the regression gate.
+``extra_info`` records transformer forwards executed, the last target probability and, for the
+compiled mode, the cold compile (first forward + backward) in seconds. Run
+``python -m pytest bench/test_bench_steering.py`` (a few minutes: the first run compiles; later
+runs hit torch's compile cache); see bench/README.md for the regression gate.
 """
 from __future__ import annotations
 
@@ -22,11 +25,12 @@ import time
 import pytest
 import torch
 
-from gpu_flux_dev import (ForwardCounter, classifier_gradient, image_steps, intercept_refinement,
-                          one_iteration_schedule)
+from flux_bench.micro import classifier_gradient
+from flux_bench.steering import image_steps, one_iteration_schedule
+from flux_bench.timing import ForwardCounter, intercept_refinement
 from l2s.classifier import ClassifierConfig, RelationClassifier
-from l2s.pipelines import SteeringPipeline, compile_classifier, wrap_pipeline
 from l2s.demo import tiny_classifier_for, tiny_flux_pipeline
+from l2s.pipelines import SteeringPipeline, compile_classifier, wrap_pipeline
 
 PROMPT = "a cat above a dog"
 SIDE = 32             # pixels: the tiny VAE does not downsample, so a 16x16 token grid (+ 512 T5 tokens)
@@ -42,7 +46,7 @@ BENCH_CLASSIFIER = ClassifierConfig(
     fc_dims=(64, 32), model_family="custom")
 
 GENERATIONS = [("fast", preset) for preset in ("reference", "front-loaded", "early-exit", "fast")]
-GENERATIONS.append(("reference", "reference"))
+GENERATIONS += [("reference", "reference"), ("fast+compiled", "reference")]
 
 
 def make_responsive(classifier: RelationClassifier) -> RelationClassifier:
@@ -65,9 +69,9 @@ def tiny_dev():
     return pipe, make_responsive(tiny_classifier_for(pipe, seed=1))
 
 
-def make_steerer(tiny_dev, mode: str) -> SteeringPipeline:
+def make_steerer(tiny_dev, mode: str, **options) -> SteeringPipeline:
     pipe, classifier = tiny_dev
-    return wrap_pipeline(pipe, copy.deepcopy(classifier), mode=mode)
+    return wrap_pipeline(pipe, copy.deepcopy(classifier), mode=mode, **options)
 
 
 # ---- classifier -----------------------------------------------------------------------------
@@ -96,20 +100,19 @@ def test_classifier_forward_backward(benchmark, variant):
 
 # ---- one steering iteration -------------------------------------------------------------------
 
-@pytest.mark.parametrize("mode", ["reference", "fast"])
-def test_steered_iteration(benchmark, mode, tiny_dev):
-    benchmark.group = "iteration"
-    steerer = make_steerer(tiny_dev, mode)
+def time_one_iteration(benchmark, steerer: SteeringPipeline) -> None:
+    """Benchmark the pipeline's own refinement call on a 1-iteration schedule, then check it."""
     calls = []
 
-    def time_refinement(refine, latents, step, log_prob, schedule, num_relations, diagnostics=None,
-                        **kwargs):
+    def time_refinement(refine, latents, step, log_prob, schedule, num_relations, diagnostics=None):
         def iteration():
             calls.append(step)
-            return refine(latents, step, log_prob, schedule, num_relations, diagnostics, **kwargs)
+            return refine(latents, step, log_prob, schedule, num_relations, diagnostics)
 
+        started = time.perf_counter()
         with ForwardCounter(steerer.pipe.transformer) as counter:
-            iteration()
+            iteration()                                  # the compiled mode compiles here
+        benchmark.extra_info["first_call_s"] = round(time.perf_counter() - started, 2)
         benchmark.extra_info["forwards"] = counter.count
         return benchmark.pedantic(iteration, rounds=ITERATION_ROUNDS, warmup_rounds=1)
 
@@ -119,11 +122,25 @@ def test_steered_iteration(benchmark, mode, tiny_dev):
 
     records = result.diagnostics.records
     benchmark.extra_info["target_probability"] = records[-1].target_probability[0]
+    if "steering_compile_s" in result.timings:
+        benchmark.extra_info["compile_s"] = round(result.timings["steering_compile_s"], 1)
     assert benchmark.extra_info["forwards"] == 1      # one (possibly cut) forward per iteration
     assert len(records) == len(calls) >= 2            # every timed call was one real iteration
     assert all(r.updated and not r.non_finite for r in records)
     first = records[0].target_probability[0]          # same latent in, same probability out
     assert all(r.target_probability[0] == pytest.approx(first, rel=1e-5) for r in records)
+
+
+@pytest.mark.parametrize("mode", ["reference", "fast", "fast+compiled"])
+def test_steered_iteration(benchmark, mode, tiny_dev):
+    benchmark.group = "iteration"
+    time_one_iteration(benchmark, make_steerer(tiny_dev, mode))
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "native"])
+def test_capture_backend_iteration(benchmark, backend, tiny_dev):
+    benchmark.group = "capture"
+    time_one_iteration(benchmark, make_steerer(tiny_dev, "fast", capture_backend=backend))
 
 
 # ---- whole generations --------------------------------------------------------------------------
@@ -151,6 +168,6 @@ def test_steered_generation(benchmark, mode, preset, tiny_dev):
     assert counter.count == len(records) + steps   # one forward per loss evaluation + one per step
     if schedule.exit_probability is None:          # published loss targets: never reached here
         assert len(records) == schedule.max_forwards()
-    else:
+    else:                                          # an exit costs no extra pass (see tests/pipelines)
         assert len(records) <= schedule.max_forwards()
     assert not result.diagnostics.non_finite_events()

@@ -8,6 +8,8 @@ from typing import Any, Mapping
 from l2s.errors import ModelLoadError
 from l2s.relations import PUBLISHED_CLASSES
 
+from .layouts import first_blocks, flux_layout, layout_channels_count
+
 FORMAT_VERSION = 1
 
 MODEL_FAMILIES = ("flux-dev", "flux-schnell", "sd14", "sd21", "custom")
@@ -134,17 +136,33 @@ def _family_name(name: str) -> str:
     return _PRESET_ALIASES.get(key, key)
 
 
-def preset(name: str, channels: int | None = None, **overrides: Any) -> ClassifierConfig:
+def preset(name: str, channels: int | None = None, layers: int | None = None, **overrides: Any) -> ClassifierConfig:
     """The published configuration for ``name`` ("flux-dev", "flux-schnell", "sd14", "sd21").
 
     ``channels`` defaults to the family's map count; ``overrides`` replace any other field.
+    ``layers=K`` (FLUX families): a classifier of the first K of the transformer's 57 blocks
+    (``layer_layout`` names them, ``channels`` is 24 K), so steering cuts the forward after block K.
     """
     family = _family_name(name)
     if family not in _PRESETS:
         raise ValueError(f"unknown classifier preset {name!r} (expected one of {', '.join(_PRESETS)})")
     fields = dict(_PRESETS[family], model_family=family)
     fields.update(overrides)
+    if layers is not None:
+        fields["layer_layout"], channels = _first_flux_blocks(family, layers, channels, fields["orig_map_size"])
     return ClassifierConfig(channels=FAMILY_CHANNELS[family] if channels is None else channels, **fields)
+
+
+def _first_flux_blocks(family: str, layers: int, channels: int | None, grid: int | None) -> tuple[list, int]:
+    """The layout of FLUX's first ``layers`` blocks and its channel count (checked against ``channels``)."""
+    if not family.startswith("flux"):
+        raise ValueError(f"layers= is defined for the FLUX presets, not {family!r}: give layer_layout instead")
+    side = grid or 32
+    layout = first_blocks(flux_layout(grid=(side, side)), layers)
+    count = layout_channels_count(layout)
+    if channels is not None and channels != count:
+        raise ValueError(f"the first {layers} FLUX blocks give {count} channels, not {channels}")
+    return layout, count
 
 
 def step_index_for(step: int, trained: tuple[int, ...]) -> int:

@@ -1,8 +1,10 @@
-"""Smoke tests of bench/gpu_flux_dev.py: its --tiny CPU run produces the full report table, and
-run as a script from a checkout it imports that checkout's l2s."""
+"""bench/gpu_flux_dev.py on the CPU (``--tiny``): every row written as measured, one change per row,
+a responsive classifier, early exit, a time budget, and a run from a copy of the checkout that
+needs no spaCy."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -13,12 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from l2s.steer import PRESETS
-
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "bench" / "gpu_flux_dev.py"
-COLUMNS = ["resolution", "measurement", "variant", "time (ms)", "speed-up vs ref",
-           "peak extra memory (GiB)", "transformer forwards", "notes"]
+COLUMNS = ["resolution", "measurement", "variant", "time (ms)", "speed-up", "peak extra memory (GiB)",
+           "transformer forwards", "notes"]
+QUICK = ["--tiny", "--no-compile", "--repeats", "1", "--warmup", "0"]
 
 
 @pytest.fixture(scope="module")
@@ -31,94 +32,141 @@ def script():
     sys.modules.pop(spec.name, None)
 
 
-def run_tiny(script, tmp_path: Path, capsys, *extra: str) -> tuple[str, list[dict]]:
-    """Run the script in-process; returns the written report and its table rows as dicts."""
-    out = tmp_path / "report.md"
+def run_tiny(script, tmp_path: Path, capsys, *extra: str) -> tuple[str, list[dict], list[dict]]:
+    """Run the script in-process; returns the report, its table rows as dicts and its JSON lines."""
     threads = torch.get_num_threads()
     try:
-        assert script.main(["--tiny", "--out", str(out), *extra]) == 0
+        assert script.main([*QUICK, "--out", str(tmp_path), *extra]) == 0
     finally:
         torch.set_num_threads(threads)          # --tiny pins one thread; leave the session as it was
-    report = out.read_text()
-    assert report in capsys.readouterr().out    # what is printed is what is written
+    (report_path,) = tmp_path.glob("tiny_*.md")
+    report = report_path.read_text()
+    printed = capsys.readouterr().out
     lines = [line for line in report.splitlines() if line.startswith("|")]
+    assert all(line in printed for line in lines)   # what is printed is what is written
     header = [cell.strip() for cell in lines[0].strip("|").split("|")]
     assert header == COLUMNS
-    assert sum(line.startswith("|") for line in report.splitlines()) == len(lines)   # ONE table
     rows = [dict(zip(header, (cell.strip() for cell in line.strip("|").split("|")))) for line in lines[2:]]
-    return report, rows
+    records = [json.loads(line) for line in report_path.with_suffix(".jsonl").read_text().splitlines()]
+    assert [r["variant"] for r in records] == [r["variant"] for r in rows]
+    return report, rows, records
 
 
-def check_ratios(rows: list[dict]) -> None:
-    """Every timed row has a speed-up against its group's reference row of the same resolution."""
-    baselines = {(r["resolution"], r["measurement"]): float(r["time (ms)"])
-                 for r in rows if r["speed-up vs ref"] == "1.00x (ref)"}
+def check_speed_ups(rows: list[dict]) -> None:
+    """Each speed-up is the named row's time (same resolution and measurement) over this row's."""
     for r in rows:
         assert "failed" not in r["notes"] and "NON-FINITE" not in r["notes"], r
-        ms = float(r["time (ms)"])
-        assert ms > 0
-        base = baselines.get((r["resolution"], r["measurement"]))
-        if r["measurement"].startswith("transformer forward"):
-            assert r["speed-up vs ref"] == "-"
-        elif r["speed-up vs ref"] != "1.00x (ref)":
-            assert base is not None, r
-            assert float(r["speed-up vs ref"].rstrip("x")) == pytest.approx(base / ms, rel=0.02, abs=0.01)
+        match = re.fullmatch(r"(\d+\.\d\d)x vs (.+)", r["speed-up"])
+        if r["speed-up"] in ("ref", "n/a") or match is None:
+            assert r["speed-up"] in ("ref", "n/a"), r
+            continue
+        (base,) = [b for b in rows if (b["resolution"], b["measurement"], b["variant"]) ==
+                   (r["resolution"], r["measurement"], match.group(2))]
+        assert rows.index(base) < rows.index(r)         # measured before, in the same run
+        assert float(match.group(1)) == pytest.approx(float(base["time (ms)"]) / float(r["time (ms)"]),
+                                                      rel=0.02, abs=0.01)
 
 
-def image_rows(rows: list[dict], resolution: str) -> dict[str, dict]:
-    return {r["variant"]: r for r in rows
-            if r["measurement"] == "whole image, denoising loop" and r["resolution"] == resolution}
+def test_rows_isolate_one_change_each(script, tmp_path, capsys):
+    report, rows, records = run_tiny(script, tmp_path, capsys, "--layers", "1", "2", "--presets", "early-exit", "fast")
+    check_speed_ups(rows)
+    variants = {(r["measurement"].split(" (")[0].split(",")[0], r["variant"]): r for r in rows}
+    iteration = "steering iteration"
+    assert variants[(iteration, "fast mode (capture sdpa)")]["speed-up"].endswith("vs reference mode")
+    for k in (1, 2):
+        row = variants[(iteration, f"fast + classifier of the first {k} blocks")]
+        assert row["speed-up"].endswith("vs fast mode (capture sdpa)") and row["transformer forwards"] == "1"
+    assert variants[("classifier fwd+bwd to maps", "eager bf16")]["speed-up"].endswith("vs eager fp32")
+    for name in ("SDPA selector", "native op"):
+        assert variants[("capture", name)]["speed-up"].endswith("vs explicit softmax")
+    assert all(r["peak_extra"] is None for r in records)     # CPU: no CUDA memory statistics
+    assert "l2s from" in report and "command: `python bench/gpu_flux_dev.py --tiny" in report
 
 
-def test_whole_image_rows_count_every_forward(script, tmp_path, capsys):
-    report, rows = run_tiny(script, tmp_path, capsys, "--no-micro", "--image-resolutions", "64",
-                            "--presets", "front-loaded", "fast", "--image-steps", "4")
-    images = image_rows(rows, "64²")
+def test_whole_images_count_every_forward_and_exit_early(script, tmp_path, capsys):
+    report, rows, _ = run_tiny(script, tmp_path, capsys, "--no-micro", "--presets", "reference", "early-exit", "fast")
+    check_speed_ups(rows)
+    images = {r["variant"]: r for r in rows}
     assert list(images) == ["reference mode, reference schedule", "fast mode, reference schedule",
-                            "fast mode, front-loaded schedule", "fast mode, fast schedule"]
-    assert len(rows) == 4
-    check_ratios(rows)
-    for row in images.values():
+                            "fast mode, early-exit schedule", "fast mode, fast schedule"]
+    counts = {}
+    for name, row in images.items():
         steps, iterations = map(int, re.match(r"(\d+) steps, (\d+) steering iterations", row["notes"]).groups())
         assert int(row["transformer forwards"]) == steps + iterations
-    # 4 steps: steps 0-1 steered, 16 iterations each (published schedule, targets never reached).
-    assert images["reference mode, reference schedule"]["notes"].startswith("4 steps, 32 steering iterations")
-    assert images["fast mode, fast schedule"]["notes"].startswith("2 steps, ")     # 28/50 of 4
-    assert "tiny FLUX-dev-shaped" in report and "versions: torch" in report
+        counts[name] = iterations
+    # 4 steps: steps 0-1 steered, 16 iterations each by the published schedule.
+    assert counts["reference mode, reference schedule"] == 32
+    # The responsive classifier crosses p >= 0.9, so early exit saves iterations.
+    assert counts["fast mode, early-exit schedule"] < counts["fast mode, reference schedule"]
+    assert re.search(r"p\(target\) at 64² step 0: 0\.\d\d( -> \d\.\d\d)+ \(reaches 0\.9 at evaluation \d\)", report)
 
 
-@pytest.mark.slow
-def test_tiny_run_reports_every_row(script, tmp_path, capsys):
-    report, rows = run_tiny(script, tmp_path, capsys)
-    measured = {(r["resolution"], r["measurement"].split(" (")[0].split(",")[0], r["variant"]) for r in rows}
-    for resolution in ("64²", "128²"):
-        assert (resolution, "transformer forward", "stock diffusers") in measured
-        for mode in ("reference", "fast"):
-            assert (resolution, "steering iteration", f"{mode} mode") in measured
-        for variant in ("explicit softmax", "SDPA selector (l2s.capture)", "native op (l2s.ops)"):
-            assert (resolution, "capture op", variant) in measured
-    assert ("-", "classifier fwd+bwd to maps", "eager fp32") in measured
-    assert ("-", "classifier fwd+bwd to maps", "torch.compile float32 (default mode)") in measured
-    images = image_rows(rows, "64²")                       # whole images: the smallest resolution
-    assert list(images) == (["reference mode, reference schedule"]
-                            + [f"fast mode, {preset} schedule" for preset in PRESETS])
-    assert len(rows) == 2 * (1 + 2 + 3) + 2 + 1 + len(PRESETS)
-    check_ratios(rows)
-    iterations = [r for r in rows if r["measurement"].startswith("steering iteration")]
-    assert all(r["transformer forwards"] == "1" for r in iterations)
+def test_a_spent_budget_skips_rows_and_says_so(script, tmp_path, capsys):
+    _, rows, records = run_tiny(script, tmp_path, capsys, "--budget-s", "0", "--layers", "--presets", "fast")
+    assert rows and all(r["notes"].startswith("skipped: time budget") for r in rows)
+    assert all(r["ms"] is None for r in records)
 
 
-def test_script_imports_l2s_from_its_own_checkout(tmp_path):
-    """A copy of the checkout whose l2s is not the installed one: the script must time that copy."""
+def test_row_writer_appends_each_row_at_once(tmp_path, capsys):
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from flux_bench.report import Row, RowWriter
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    writer = RowWriter(tmp_path / "r.md", "# header")
+    writer.write(Row(512, "g", "a", ms=10.0))
+    assert (tmp_path / "r.md").read_text().splitlines()[-1].startswith("| 512² | g | a | 10.00 | ref |")
+    writer.write(Row(512, "g", "b", ms=4.0, against="a"))
+    assert "| 2.50x vs a |" in (tmp_path / "r.md").read_text().splitlines()[-1]
+    assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 2
+
+
+def test_runs_from_a_copy_of_the_checkout_without_spacy(tmp_path):
+    """A copy of the checkout whose l2s is not the installed one: the script must time that copy,
+    and nothing on its path may import spaCy (the GPU machine has none)."""
     checkout = tmp_path / "checkout"
     (checkout / "bench").mkdir(parents=True)
     shutil.copy(SCRIPT, checkout / "bench" / SCRIPT.name)
+    shutil.copytree(ROOT / "bench" / "flux_bench", checkout / "bench" / "flux_bench",
+                    ignore=shutil.ignore_patterns("__pycache__"))
     (checkout / "l2s").symlink_to(ROOT / "l2s", target_is_directory=True)
-    out = tmp_path / "report.md"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    # No measurements: --no-micro and no whole-image resolutions; the report header still names l2s.
-    subprocess.run([sys.executable, str(checkout / "bench" / SCRIPT.name), "--tiny", "--no-micro",
-                    "--image-resolutions", "--out", str(out)],
-                   cwd=tmp_path, env=env, check=True, capture_output=True, timeout=600)
-    imported = re.search(r"l2s from (\S+)", out.read_text()).group(1)
+    # Run the script as __main__, then fail if spaCy was imported on the way.
+    probe = (f"import runpy, sys; sys.argv = [{str(checkout / 'bench' / SCRIPT.name)!r}, *sys.argv[1:]]\n"
+             "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+             "except SystemExit as e:\n    assert not e.code, e.code\n"
+             "assert 'spacy' not in sys.modules, 'spaCy was imported'\n")
+    subprocess.run([sys.executable, "-c", probe, *QUICK, "--no-micro", "--presets", "fast", "--layers",
+                    "--out", str(tmp_path / "out")], cwd=tmp_path, env=env, check=True, capture_output=True,
+                   timeout=600)
+    (report,) = (tmp_path / "out").glob("tiny_*.md")
+    imported = re.search(r"l2s from (\S+)", report.read_text()).group(1)
     assert imported == str(checkout / "l2s")        # not the installed (or the original) l2s
+
+
+def test_tiny_runs_write_outside_the_tracked_tree(script):
+    args = script.parse_args(["--tiny"])
+    path = script.report_path(args, "tiny", torch.device("cpu"))
+    assert path.parent == ROOT / "out" / "gpu_flux_dev"
+    quick = script.parse_args(["--tiny", "--quick"])
+    assert quick.budget_s == 330 and quick.presets == ["fast", "early-exit", "front-loaded"]
+    assert not quick.reference_images
+
+
+@pytest.mark.slow
+def test_tiny_run_with_compiles_reports_every_row(script, tmp_path, capsys):
+    threads = torch.get_num_threads()
+    try:
+        assert script.main(["--tiny", "--out", str(tmp_path), "--presets", "fast"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    (report,) = tmp_path.glob("tiny_*.md")
+    text = report.read_text()
+    from l2s.steer import MODES
+
+    expected = ["| compiled blocks (regional torch.compile) |", "| compiled bf16 |"]
+    if "fast+compiled" in MODES:        # the compiled steering mode, iteration and image
+        expected += ["| fast+compiled (capture sdpa) | ", "| fast+compiled mode, fast schedule |"]
+    for variant in expected:
+        assert variant in text
+    assert "failed" not in text and "cold compile + first call" in text

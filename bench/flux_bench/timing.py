@@ -1,0 +1,175 @@
+"""Timing, memory and counting helpers, and the hook that times the pipeline's own refinement call."""
+from __future__ import annotations
+
+import contextlib
+import gc
+import statistics
+import time
+from collections.abc import Callable, Iterator
+
+import torch
+
+from .report import Row
+
+
+class Clock:
+    """Wall time of work on ``device``: CUDA events on a GPU, perf_counter on the CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def mark(self):
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def elapsed_ms(self, start, end) -> float:
+        if self.cuda:
+            return start.elapsed_time(end)
+        return (end - start) * 1e3
+
+    @contextlib.contextmanager
+    def memory(self) -> Iterator[dict]:
+        """Yields a dict that gets ``peak_extra``: peak bytes allocated above the starting level."""
+        out: dict = {"peak_extra": None}
+        if self.cuda:
+            self.sync()
+            base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+        try:
+            yield out
+        finally:
+            if self.cuda:
+                self.sync()
+                out["peak_extra"] = torch.cuda.max_memory_allocated() - base
+
+    def measure(self, fn: Callable[[], object], warmup: int, repeats: int) -> tuple[float, int | None]:
+        """(median milliseconds, peak extra bytes) of ``fn`` over ``repeats`` runs after ``warmup``."""
+        for _ in range(warmup):
+            fn()
+        with self.memory() as mem:
+            spans = []
+            for _ in range(repeats):
+                start = self.mark()
+                fn()
+                spans.append((start, self.mark()))
+            self.sync()
+        return statistics.median(self.elapsed_ms(a, b) for a, b in spans), mem["peak_extra"]
+
+
+def timed_first_call(fn: Callable[[], object], clock: Clock) -> float:
+    """Seconds of one call including its compile / capture (the cold cost)."""
+    clock.sync()
+    started = time.perf_counter()
+    fn()
+    clock.sync()
+    return time.perf_counter() - started
+
+
+class LoopSpan:
+    """Times a generation's denoising loop: first transformer call -> start of the VAE decode."""
+
+    def __init__(self, pipe, clock: Clock) -> None:
+        self.clock = clock
+        self.start = self.end = None
+        self._handles = [
+            pipe.transformer.register_forward_pre_hook(self._on_transformer),
+            pipe.vae.decoder.register_forward_pre_hook(self._on_decode),
+        ]
+
+    def _on_transformer(self, module, args):
+        if self.start is None:
+            self.start = self.clock.mark()
+
+    def _on_decode(self, module, args):
+        self.end = self.clock.mark()
+
+    def elapsed_ms(self) -> float:
+        self.clock.sync()
+        return self.clock.elapsed_ms(self.start, self.end)
+
+    def __enter__(self) -> "LoopSpan":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+class ForwardCounter:
+    """Counts calls of a module's forward (also those cut short after the last captured layer)."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.count = 0
+        self.first_call_kwargs: dict | None = None
+        self._handle = module.register_forward_pre_hook(self._on_call, with_kwargs=True)
+
+    def _on_call(self, module, args, kwargs):
+        if self.first_call_kwargs is None:
+            self.first_call_kwargs = {k: v.detach() if torch.is_tensor(v) else v for k, v in kwargs.items()}
+        self.count += 1
+
+    def __enter__(self) -> "ForwardCounter":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._handle.remove()
+
+
+@contextlib.contextmanager
+def intercept_refinement(steerer, handler: Callable) -> Iterator[None]:
+    """Route ``steerer``'s refinement calls (its ``refine`` hook) through ``handler``.
+
+    ``handler(refine, latents, step, log_prob_fn, schedule, num_relations, diagnostics, **kwargs)``
+    gets the real function first and must return what it returns, so a benchmark times the
+    pipeline's own refinement call (capture installed, its objective at the step, its mode's
+    options) without re-implementing any of it.
+    """
+    original = steerer.refine
+
+    def hook(*args, **kwargs):
+        return handler(original, *args, **kwargs)
+
+    steerer.refine = hook
+    try:
+        yield
+    finally:
+        steerer.refine = original
+
+
+class Budget:
+    """Seconds a run may take; rows started after it are skipped (and say so), not measured."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds
+        self.started = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def spent(self) -> bool:
+        return self.seconds is not None and self.elapsed() > self.seconds
+
+
+def guarded(row: Row, measure: Callable[[], tuple], budget: Budget | None = None) -> tuple:
+    """Run one measurement; out-of-memory, a failure or a spent budget becomes the row's note."""
+    if budget is not None and budget.spent():
+        row.note = f"skipped: time budget ({budget.seconds:.0f} s) spent"
+        return None, None
+    try:
+        return measure()
+    except torch.cuda.OutOfMemoryError:
+        row.note = "out of memory"
+    except Exception as error:  # one broken path must not hide every other number
+        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        row.note = f"failed: {type(error).__name__}: {message}"[:300]
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return None, None
