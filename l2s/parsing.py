@@ -27,12 +27,14 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import spacy
-from spacy.language import Language
-from spacy.matcher import Matcher, PhraseMatcher
-from spacy.tokens import Doc, Span, Token
-from spacy.util import filter_spans
+# spaCy is imported when a prompt is first parsed, not with this module: code that passes token
+# positions itself (the GPU benchmark, a machine without spaCy) imports l2s.steer without it.
+if TYPE_CHECKING:
+    from spacy.language import Language
+    from spacy.matcher import Matcher, PhraseMatcher
+    from spacy.tokens import Doc, Token
 
 from l2s.errors import PromptError
 from l2s.relations import (
@@ -266,6 +268,9 @@ class _Matchers:
 
 @functools.lru_cache(maxsize=1)
 def _matchers() -> _Matchers:
+    import spacy
+    from spacy.matcher import Matcher, PhraseMatcher
+
     nlp = spacy.blank("en")
     # The default English tokenizer leaves "cat;and" whole; a ";" always separates clauses here.
     infixes = list(nlp.Defaults.infixes) + [r";"]
@@ -309,6 +314,8 @@ class _Words:
     """
 
     def __init__(self, prompt: str, nlp: Language):
+        from spacy.tokens import Doc
+
         kept = [t for t in nlp.make_doc(prompt) if not t.is_space]
         self.prompt = prompt
         self.doc = Doc(nlp.vocab, words=[t.text for t in kept], spaces=[True] * len(kept))
@@ -393,6 +400,9 @@ def parse_prompt(prompt: str) -> ParsedPrompt:
         raise PromptError(f"prompt must be a string, got {type(prompt).__name__}")
     if not prompt.strip():
         raise PromptError("prompt is empty")
+    from spacy.tokens import Span
+    from spacy.util import filter_spans
+
     matchers = _matchers()
     words = _Words(prompt, matchers.nlp)
     doc = words.doc

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "l2s"
 
 LAYERS = (
-    ("l2s", "l2s.errors", "l2s.relations"),
+    ("l2s", "l2s.errors", "l2s.files", "l2s.relations"),
     ("l2s.parsing", "l2s.tokens", "l2s.tokenizers"),
     ("l2s.ops", "l2s.kernels"),
     ("l2s.capture",),
@@ -24,6 +24,8 @@ LAYERS = (
     ("l2s.pipelines",),
     ("l2s.evaluation",),
     ("l2s.training",),
+    ("l2s.reward",),
+    ("l2s.grpo",),
     ("l2s.shapes",),
     ("l2s.demo",),
     ("l2s.cli",),

@@ -2,12 +2,14 @@
 ``shapes train-model | make-data | train-classifier | bench``.
 
 Bad input ends with one line on stderr (``l2s: error: ...``) and exit code 2, never a silent
-wrong image. The front ends that parse their own arguments (``make-data``, ``train``: :mod:`.training`;
+wrong image; running out of memory is such a line too. Ctrl-C ends with one line and exit code
+130: every long command resumes when rerun. The front ends that parse their own arguments (``make-data``, ``train``: :mod:`.training`;
 ``shapes ...``: :mod:`.shapes`) are imported only when they run.
 """
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from l2s.errors import L2SError
@@ -15,6 +17,8 @@ from l2s.errors import L2SError
 from . import evaluate, generate, parse
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+INTERRUPTED = "l2s: interrupted; rerun the same command to resume"
 
 # Subcommands whose front end parses its own arguments: (argv prefix, help line).
 FRONT_ENDS = (
@@ -26,6 +30,9 @@ FRONT_ENDS = (
     (("shapes", "train-classifier"),
      "train the shapes-world relation classifier (small config; --no-dual: leakage ablation)"),
     (("shapes", "bench"), "base vs steered spatial accuracy of the shapes model (writes the results table)"),
+    (("shapes", "grpo"), "GRPO-tune the shapes model's LoRA adapter for a spatial reward (rule or SpatialScore)"),
+    (("shapes", "reward-data"), "preference pairs for the spatial reward model (flipped relations, exact check)"),
+    (("shapes", "train-reward"), "train the SpatialScore reward model on 'reward-data' pairs"),
 )
 
 
@@ -35,6 +42,12 @@ def _front_end(command: tuple[str, ...]):
         from .training import make_data_main as entry
     elif command == ("train",):
         from .training import train_main as entry
+    elif command == ("shapes", "grpo"):
+        from .grpo import grpo_main as entry
+    elif command == ("shapes", "reward-data"):
+        from .reward import reward_data_main as entry
+    elif command == ("shapes", "train-reward"):
+        from .reward import train_reward_main as entry
     else:
         from . import shapes
 
@@ -50,10 +63,37 @@ def _run_front_end(command: tuple[str, ...], argv: list[str]) -> int:
     except (ImportError, AttributeError) as error:
         print(f"l2s: error: '{name}' is not available in this installation ({error})", file=sys.stderr)
         return EXIT_USAGE
+    return _guarded(lambda: int(entry(argv) or 0))
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """torch reports a failed allocation as a RuntimeError (CPU) or OutOfMemoryError (CUDA)."""
+    text = str(error)
+    return isinstance(error, MemoryError) or (isinstance(error, RuntimeError) and (
+        "out of memory" in text or "can't allocate memory" in text or "not enough memory" in text))
+
+
+def _say_interrupted() -> None:
+    # On a terminal the line starts after the progress bar that ^C cut short.
+    print(("\n" if sys.stderr.isatty() else "") + INTERRUPTED, file=sys.stderr)
+
+
+def _guarded(work) -> int:
+    """Run ``work()``; user errors, running out of memory and Ctrl-C become one stderr line."""
     try:
-        return int(entry(argv) or 0)
+        return work()
     except L2SError as error:
         print(f"l2s: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        _say_interrupted()
+        return EXIT_INTERRUPTED
+    except (MemoryError, RuntimeError) as error:
+        if not _out_of_memory(error):
+            raise
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        print(f"l2s: error: out of memory ({first[:200]}); use smaller sizes, batches or counts",
+              file=sys.stderr)
         return EXIT_USAGE
 
 
@@ -80,18 +120,20 @@ def build_parser(full_eval: bool = True) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    for command, _ in FRONT_ENDS:
-        if tuple(argv[:len(command)]) == command:
-            return _run_front_end(command, argv[len(command):])
-    args = build_parser(full_eval=argv[:1] == ["eval"]).parse_args(argv)
+    # The libraries' warnings (a damaged chunk redone, an image made again) as "l2s: ..." lines.
+    logging.basicConfig(level=logging.WARNING, format="l2s: %(message)s")
     try:
-        return args.func(args)
-    except L2SError as e:
-        print(f"l2s: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        for command, _ in FRONT_ENDS:
+            if tuple(argv[:len(command)]) == command:
+                return _run_front_end(command, argv[len(command):])
+        args = build_parser(full_eval=argv[:1] == ["eval"]).parse_args(argv)
+    except KeyboardInterrupt:  # while the libraries import
+        _say_interrupted()
+        return EXIT_INTERRUPTED
+    return _guarded(lambda: args.func(args))
 
 
-__all__ = ["EXIT_USAGE", "FRONT_ENDS", "build_parser", "main"]
+__all__ = ["EXIT_INTERRUPTED", "EXIT_USAGE", "FRONT_ENDS", "build_parser", "main"]
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from .models import add_sampling_args, default_device, load_steerer
+from .models import add_sampling_args, add_speed_args, default_device, load_steerer
 
 EVAL_HELP = "measure spatial accuracy: generate with and without steering, detect, score"
 EVAL_DESCRIPTION = (
@@ -66,12 +66,13 @@ def add_parser(sub, full: bool = True) -> None:
                    help="detection confidence threshold (default: GenEval's 0.3)")
     e.add_argument("--rule", choices=RULES, default="geneval", help="scoring rule (default geneval)")
     add_sampling_args(e)
-    e.add_argument("--schedule", choices=("reference",), default="reference",
-                   help="steering schedule (default: reference, the published one)")
+    add_speed_args(e)
     e.add_argument("--images", metavar="DIR",
                    help="score this GenEval-layout folder (<digits>/metadata.jsonl, <digits>/samples/<n>.png) "
                         "instead of generating")
     e.add_argument("--out", default="l2s-eval", help="output directory (default: l2s-eval)")
+    e.add_argument("--restart", action="store_true",
+                   help="start over: remove the run already in --out (also the way out of a damaged one)")
     e.add_argument("--contact-sheet", action=argparse.BooleanOptionalAction, default=True,
                    help="write contact_sheet_NN.png with boxes and pass/fail (default on)")
     e.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
@@ -81,9 +82,22 @@ def add_parser(sub, full: bool = True) -> None:
     e.set_defaults(func=run)
 
 
+def _check_args(args: argparse.Namespace) -> None:
+    """The options that need no file or model, before any work."""
+    from l2s.errors import L2SError
+    from l2s.training.options import check_device
+
+    if args.n_prompts is not None and args.n_prompts < 1:
+        raise L2SError(f"--n-prompts must be at least 1, got {args.n_prompts}")
+    if not 0.0 <= args.detector_threshold <= 1.0:
+        raise L2SError(f"--detector-threshold must be in [0, 1], got {args.detector_threshold}")
+    check_device(args.device)
+
+
 def run(args: argparse.Namespace) -> int:
     from l2s.evaluation import RESULTS_FILE, SUMMARY_FILE
 
+    _check_args(args)
     report = _score_folder(args) if args.images else _generate_and_score(args)
     print(report.table())
     print(f"l2s: wrote {Path(args.out) / SUMMARY_FILE} and {Path(args.out) / RESULTS_FILE}", file=sys.stderr)
@@ -92,20 +106,34 @@ def run(args: argparse.Namespace) -> int:
 
 def _score_folder(args: argparse.Namespace):
     from l2s.evaluation import load_detector, score_image_folder
+    from l2s.files import output_lock
 
-    detector = load_detector(args.detector, args.detector_threshold, args.device, named=named_detectors())
-    return score_image_folder(args.images, detector, args.out, rule=args.rule, detector_name=_detector_id(args),
-                              contact_sheets=args.contact_sheet, progress=not args.quiet)
+    with output_lock(args.out):  # a second run into --out is refused before the detector loads
+        detector = load_detector(args.detector, args.detector_threshold, args.device, named=named_detectors())
+        return score_image_folder(args.images, detector, args.out, rule=args.rule,
+                                  detector_name=_detector_id(args), contact_sheets=args.contact_sheet,
+                                  progress=not args.quiet, restart=args.restart)
 
 
 def _generate_and_score(args: argparse.Namespace):
-    from l2s.evaluation import MODES, check_scorable, load_detector, parse_seeds, resolve_prompt_set, run_eval
+    from l2s.evaluation import parse_seeds, resolve_prompt_set
+    from l2s.files import output_lock
 
     # Everything that can be wrong with the request is checked before a model is loaded.
     specs, skipped = resolve_prompt_set(args.prompts, args.n_prompts, args.prompt_seed, sets=prompt_sets())
     if skipped:
         print(f"l2s: skipped {skipped} prompts of {args.prompts} without a spatial relation", file=sys.stderr)
     seeds = parse_seeds(args.seeds)
+    with output_lock(args.out):  # a second run into --out is refused before any model loads
+        return _run_locked(args, specs, seeds)
+
+
+def _run_locked(args: argparse.Namespace, specs, seeds):
+    from l2s.evaluation import MODES, check_scorable, load_detector, run_eval
+    from l2s.evaluation.runs import read_run_file
+
+    if not args.restart:
+        read_run_file(args.out)  # a damaged run.json is refused before any model loads
     detector = load_detector(args.detector, args.detector_threshold, args.device, named=named_detectors())
     check_scorable(specs, args.rule, detector)
     steerer, source = load_steerer(args)
@@ -121,9 +149,9 @@ def _generate_and_score(args: argparse.Namespace):
     return run_eval(
         steerer, specs, detector, args.out, seeds=seeds, modes=modes, rule=args.rule,
         num_inference_steps=args.steps, height=args.height, width=args.width,
-        guidance_scale=args.guidance, schedule=None,  # "reference": the pipeline's published schedule
+        guidance_scale=args.guidance, schedule=args.schedule,
         settings=settings, detector_name=_detector_id(args), contact_sheets=args.contact_sheet,
-        progress=not args.quiet)
+        progress=not args.quiet, restart=args.restart)
 
 
 def _detector_id(args: argparse.Namespace) -> str:

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from .models import add_sampling_args, default_device, load_steerer
+from .models import add_sampling_args, add_speed_args, default_device, load_steerer
 
 
 def add_parser(sub) -> None:
@@ -22,8 +22,11 @@ def add_parser(sub) -> None:
                    help="default: the shipped shapes-world model and classifier (l2s/shapes/assets); "
                         "'tiny' (random tiny FLUX, offline demo) or a local diffusers pipeline dir")
     g.add_argument("--classifier", help="classifier dir (safetensors + config.json) or published .pth")
+    g.add_argument("--lora", metavar="DIR", help="a LoRA adapter (peft folder, e.g. from 'l2s shapes grpo --out DIR') "
+                   "merged into the FLUX transformer before steering")
     g.add_argument("--seed", type=int, default=0)
     add_sampling_args(g)
+    add_speed_args(g)
     g.add_argument("--no-steer", action="store_true", help="generate without steering")
     g.add_argument("--no-baseline", action="store_true",
                    help="do not also write the unsteered image with the same seed")
@@ -45,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"l2s: model: {source}", file=sys.stderr)
     kwargs = dict(num_inference_steps=args.steps, height=args.height, width=args.width,
                   guidance_scale=args.guidance, seed=args.seed, progress=not args.quiet)
-    result = steerer(args.prompt, steer=not args.no_steer, **kwargs)
+    result = steerer(args.prompt, steer=not args.no_steer, schedule=args.schedule, **kwargs)
     plan = result.plan
     if not plan.steered:
         print(f"l2s: {plan.parsed.describe()}", file=sys.stderr)

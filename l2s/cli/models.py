@@ -27,6 +27,40 @@ def add_sampling_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--step-size", type=float, metavar="ALPHA", help=STEP_SIZE_HELP)
 
 
+# Names the library defines (l2s.steer.PRESETS, l2s.capture.CAPTURE_BACKENDS, l2s.engines.ENGINE_KINDS),
+# spelled out here so that --help needs no torch import; tests/cli/test_generate.py checks they agree.
+SCHEDULES = ("reference", "front-loaded", "front-loaded-20", "early-exit", "fast")
+CAPTURE_BACKENDS = ("sdpa", "native")
+ENGINES = ("auto", "eager", "compile", "compile-cuda-graph", "cuda-graph", "onnxruntime", "tensorrt")
+
+
+def add_speed_args(parser: argparse.ArgumentParser) -> None:
+    """Which schedule steers and what runs it: shared by ``generate`` and ``eval``."""
+    parser.add_argument("--schedule", choices=SCHEDULES, default="reference",
+                        help="steering schedule: reference (default, the published one) or a cheaper "
+                             "preset (see docs/usage.md: what each trades)")
+    parser.add_argument("--capture-backend", choices=CAPTURE_BACKENDS,
+                        help="how steered passes compute the attention maps: sdpa (default) or native "
+                             "(the l2s::selected_text_softmax op); same maps")
+    parser.add_argument("--engine", choices=ENGINES, default="auto",
+                        help="FLUX plain (unsteered) steps: auto (default: eager unless an engine for "
+                             "these shapes is cached on disk) or an engine to build once and cache")
+
+
+def apply_speed_args(steerer, args: argparse.Namespace) -> None:
+    """Set ``--capture-backend`` and ``--engine`` on a loaded steering pipeline."""
+    backend = getattr(args, "capture_backend", None)
+    if backend is not None:
+        steerer.capture_backend = backend
+    engine = getattr(args, "engine", "auto")
+    if not hasattr(steerer, "engine_kind"):
+        if engine != "auto":
+            raise UsageError("--engine applies to FLUX models; Stable Diffusion's plain steps run eager")
+        return
+    if steerer.mode.name != "reference":       # reference mode runs eager, as published
+        steerer.engine_kind = engine
+
+
 def default_device() -> str:
     """"cuda" when a GPU is usable, else "cpu"."""
     try:
@@ -37,7 +71,14 @@ def default_device() -> str:
 
 
 def load_steerer(args: argparse.Namespace):
-    """(steering pipeline, description of what was loaded) for ``--model`` and ``--classifier``."""
+    """(steering pipeline, description of what was loaded) for ``--model`` and ``--classifier``,
+    with ``--capture-backend`` and ``--engine`` applied."""
+    steerer, source = _load_steerer(args)
+    apply_speed_args(steerer, args)
+    return steerer, source
+
+
+def _load_steerer(args: argparse.Namespace):
     true_cfg = getattr(args, "true_cfg", None)
     step_size = getattr(args, "step_size", None)
     if args.model is None:
@@ -51,6 +92,15 @@ def load_steerer(args: argparse.Namespace):
     return _model_dir(args, true_cfg, step_size, flux_options)
 
 
+def _with_lora(pipe, args: argparse.Namespace):
+    """``--lora DIR``: the adapter merged into the transformer before anything wraps the pipeline."""
+    if getattr(args, "lora", None):
+        from l2s.grpo import apply_lora
+
+        apply_lora(pipe, args.lora)
+    return pipe
+
+
 def _shipped_model(args: argparse.Namespace, true_cfg: float | None, step_size: float | None):
     """The shipped shapes-world model (the default), or None after saying it is missing."""
     from l2s.shapes import load_shapes_steerer, shipped_assets
@@ -58,7 +108,8 @@ def _shipped_model(args: argparse.Namespace, true_cfg: float | None, step_size: 
     assets = shipped_assets()
     if assets.available:
         classifier = args.classifier or assets.classifier
-        return (load_shapes_steerer(assets.pipeline, classifier, true_cfg_scale=true_cfg, step_size=step_size),
+        return (load_shapes_steerer(assets.pipeline, classifier, true_cfg_scale=true_cfg, step_size=step_size,
+                                    lora=getattr(args, "lora", None)),
                 f"shipped shapes-world model {assets.pipeline}; classifier {classifier}")
     print(f"l2s: NOTE: the shipped shapes model is missing ({assets.pipeline}); falling back to the "
           "tiny RANDOM demo model: images are noise and steering means nothing", file=sys.stderr)
@@ -70,7 +121,7 @@ def _tiny_model(args: argparse.Namespace, step_size: float | None, flux_options:
     from l2s.demo import tiny_classifier_for, tiny_flux_pipeline
     from l2s.pipelines import wrap_pipeline
 
-    pipe = tiny_flux_pipeline(seed=0)
+    pipe = _with_lora(tiny_flux_pipeline(seed=0), args)
     if args.classifier:
         classifier = RelationClassifier.load(args.classifier)
         source = f"classifier {args.classifier}"
@@ -95,7 +146,7 @@ def _model_dir(args: argparse.Namespace, true_cfg: float | None, step_size: floa
     classifier = RelationClassifier.load(args.classifier)
     dtype_name = args.dtype if args.dtype != "auto" else ("bf16" if str(args.device).startswith("cuda") else "fp32")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype_name]
-    pipe = load_diffusers_pipeline(args.model, torch_dtype=dtype)
+    pipe = _with_lora(load_diffusers_pipeline(args.model, torch_dtype=dtype), args)
     pipe.to(args.device)
     source = f"{args.model}; classifier {args.classifier}"
     from l2s.shapes import is_shapes_pipeline, steer_shapes_pipeline

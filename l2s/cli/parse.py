@@ -5,6 +5,8 @@ import argparse
 import json
 import sys
 
+from l2s.errors import L2SError
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("parse", help="extract (subject, relation, object) triplets from prompts")
@@ -13,10 +15,37 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _stdin_prompts() -> list[str]:
+    """Every line of stdin, read and decoded (strict UTF-8) before any prompt is parsed."""
+    stream = getattr(sys.stdin, "buffer", None)
+    if stream is None:  # a text stream already (tests, embedding)
+        return [line.rstrip("\n") for line in sys.stdin]
+    lines = stream.read().split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    prompts = []
+    for number, raw in enumerate(lines, 1):
+        try:
+            prompts.append(raw.decode("utf-8").rstrip("\r"))
+        except UnicodeDecodeError as error:
+            raise L2SError(f"stdin line {number} is not UTF-8 text (byte {error.start + 1}: "
+                           f"{raw[error.start:error.start + 1]!r})") from None
+    return prompts
+
+
+def _checked(prompt: str) -> str:
+    try:
+        prompt.encode("utf-8")  # undecodable bytes of argv arrive as lone surrogates
+    except UnicodeEncodeError:
+        raise L2SError("the prompt is not UTF-8 text") from None
+    return prompt
+
+
 def run(args: argparse.Namespace) -> int:
     from l2s.parsing import parse_cli_json, parse_prompt
 
-    prompts = [line.rstrip("\n") for line in sys.stdin] if args.prompt == "-" else [args.prompt]
+    prompts = _stdin_prompts() if args.prompt == "-" else [args.prompt]
+    prompts = [_checked(prompt) for prompt in prompts]
     for prompt in prompts:
         if args.json:
             print(json.dumps(parse_cli_json(prompt)))

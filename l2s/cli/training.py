@@ -7,11 +7,14 @@ import sys
 from collections.abc import Sequence
 
 from l2s.errors import L2SError
+from l2s.files import output_lock
 from l2s.relations import DIAGONAL, DIAGONAL_CLASSES, DIRECTIONAL, PUBLISHED_CLASSES
 from l2s.training import (
     DEFAULT_LR,
     MAP_DTYPES,
     balance_samples,
+    check_make_data_options,
+    check_training_options,
     coco_samples,
     gqa_samples,
     load_dataset_meta,
@@ -20,6 +23,7 @@ from l2s.training import (
     train_classifier,
     validation_report,
 )
+from l2s.training.options import check_device
 
 from .models import default_device
 
@@ -79,9 +83,24 @@ def build_make_data_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=default_device())
     p.add_argument("--torch-dtype", choices=tuple(MAP_DTYPES), default="float32",
                    help="weights dtype for --model PATH (FLUX on GPU: bfloat16, as published)")
+    p.add_argument("--layers", type=int, metavar="K",
+                   help="store only the first K blocks' maps (for classifiers of the first K blocks; a dataset "
+                        "of every layer, the default, serves any K)")
+    p.add_argument("--restart", action="store_true",
+                   help="start over: remove the dataset already in --out (also the way out of a damaged one)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
+
+def _check_make_data_args(args: argparse.Namespace) -> None:
+    """Every option, before the annotations are read or a model is loaded."""
+    check_make_data_options(dtype=args.dtype, val_fraction=args.val_fraction, shard_size=args.shard_size,
+                            steps=args.steps, size=args.size, limit=args.limit, min_psnr=args.min_psnr,
+                            gamma=args.gamma, eta=args.eta, store_steps=args.store_steps,
+                            max_per_class=args.max_per_class)
+    if not 0.0 <= args.max_iou <= 1.0:
+        raise L2SError(f"--max-iou must be in [0, 1], got {args.max_iou}")
+    check_device(args.device)
 
 
 def make_data_main(argv: Sequence[str] | None = None) -> int:
@@ -89,13 +108,17 @@ def make_data_main(argv: Sequence[str] | None = None) -> int:
     args = build_make_data_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="l2s: %(message)s")
     try:
-        samples = _labelled_samples(args)
-        pipe = _load_pipe(args.model, args.device, args.torch_dtype)
-        summary = make_dataset(
-            samples, pipe, args.out, class_names=PUBLISHED_CLASSES if args.classes == "published" else DIAGONAL_CLASSES,
-            steps=args.steps, store_steps=args.store_steps, size=args.size, dual=not args.no_dual, seed=args.seed,
-            val_fraction=args.val_fraction, shard_size=args.shard_size, dtype=args.dtype, min_psnr=args.min_psnr,
-            gamma=args.gamma, eta=args.eta, model_name=args.model, limit=args.limit, progress=not args.quiet)
+        _check_make_data_args(args)
+        with output_lock(args.out):  # a second writer is refused here, before any work
+            samples = _labelled_samples(args)
+            pipe = _load_pipe(args.model, args.device, args.torch_dtype)
+            summary = make_dataset(
+                samples, pipe, args.out,
+                class_names=PUBLISHED_CLASSES if args.classes == "published" else DIAGONAL_CLASSES,
+                steps=args.steps, store_steps=args.store_steps, size=args.size, dual=not args.no_dual,
+                seed=args.seed, val_fraction=args.val_fraction, shard_size=args.shard_size, dtype=args.dtype,
+                min_psnr=args.min_psnr, gamma=args.gamma, eta=args.eta, model_name=args.model, limit=args.limit,
+                progress=not args.quiet, restart=args.restart, layers=args.layers)
     except L2SError as error:
         print(f"l2s: error: {error}", file=sys.stderr)
         return 2
@@ -106,7 +129,7 @@ def make_data_main(argv: Sequence[str] | None = None) -> int:
 
 def _labelled_samples(args: argparse.Namespace) -> list:
     """The labelled relations of ``--source`` / ``--annotations``, balanced when asked."""
-    images = args.images or "."
+    images = args.images if args.images is not None else "."
     if args.source == "gqa":
         samples = gqa_samples(args.annotations, images,
                               relations=DIAGONAL if args.classes == "diagonal" else DIRECTIONAL)
@@ -118,7 +141,7 @@ def _labelled_samples(args: argparse.Namespace) -> list:
         samples = []
         for path in args.annotations:
             samples += prompt_pair_samples(path, args.images)
-    if args.max_per_class:
+    if args.max_per_class is not None:
         samples = balance_samples(samples, args.max_per_class, args.seed)
     if not samples:
         raise L2SError("the annotations gave no usable labelled relation")
@@ -143,11 +166,14 @@ def build_train_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=default_device())
     p.add_argument("--only-pos", action="store_true",
                    help="train on correct-relation prompts only (leakage ablation; not recommended)")
-    p.add_argument("--no-resume", action="store_true", help="start over even if OUT/last exists")
+    p.add_argument("--restart", "--no-resume", dest="restart", action="store_true",
+                   help="start over: remove OUT's checkpoints and log (also the way out of a damaged state)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--layers", type=int, metavar="K",
+                   help="a classifier of the model's first K blocks only (FLUX.1: of 57): steering then cuts "
+                        "the forward and the backward after block K; read from the same dataset")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
-
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:
@@ -155,15 +181,17 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     args = build_train_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="l2s: %(message)s")
     try:
+        check_training_options(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                               num_workers=args.workers, device=args.device)
         meta = load_dataset_meta(args.dataset)
-        name = args.preset or meta.get("model_family")
+        name = args.preset if args.preset is not None else meta.get("model_family")
         if name not in DEFAULT_LR:
             raise L2SError(f"choose a classifier --preset (flux-dev, flux-schnell, sd14, sd21); the dataset's "
                            f"model family is {meta.get('model_family')!r}")
         result = train_classifier(args.dataset, args.out, name, epochs=args.epochs, batch_size=args.batch_size,
-                                  lr=args.lr, seed=args.seed, device=args.device, resume=not args.no_resume,
+                                  lr=args.lr, seed=args.seed, device=args.device, resume=not args.restart,
                                   prompt_types=("pos",) if args.only_pos else None, num_workers=args.workers,
-                                  progress=not args.quiet)
+                                  progress=not args.quiet, layers=args.layers)
     except (L2SError, ValueError) as error:
         print(f"l2s: error: {error}", file=sys.stderr)
         return 2

@@ -46,7 +46,8 @@ from .prompts import (
 )
 from .records import MODES, RESULTS_FILE, SUMMARY_FILE, ImageRecord, detect_and_score
 from .reports import EvalReport, ModeReport
-from .runs import check_scorable, evaluate_images, run_eval, score_image_folder
+from .folders import score_image_folder
+from .runs import check_scorable, evaluate_images, run_eval
 from .specs import CheckResult, ImageResult, PromptSpec, RelationCheck, result_from_record, score_image
 from .stats import PairedComparison, Summary, paired_comparison, summarise
 

@@ -62,6 +62,9 @@ def read_prompt_file(path: str | Path) -> tuple[list[PromptSpec], int]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as error:
         raise L2SError(f"cannot read the prompt file {path}: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        line = path.read_bytes()[:error.start].count(b"\n") + 1
+        raise L2SError(f"the prompt file {path} is not UTF-8 text (line {line})") from None
     specs: list[PromptSpec] = []
     skipped = 0
     for number, line in enumerate(lines, 1):

@@ -227,6 +227,9 @@ def _bad_prompt_set(name: str, sets: Mapping[str, PromptSet]) -> L2SError:
     return L2SError(f"bad --prompts {name!r}: not a prompt set ({', '.join(names)}) nor an existing file")
 
 
+MAX_SEEDS = 100_000  # one image per prompt and seed: more is a typo, not a run
+
+
 def parse_seeds(text: str) -> list[int]:
     """Seeds from ``"0,1,2,3"`` or ranges ``"0-3"`` (inclusive), mixed freely; no duplicates."""
     seeds: list[int] = []
@@ -238,6 +241,10 @@ def parse_seeds(text: str) -> list[int]:
         low, high = int(match.group(1)), int(match.group(2) or match.group(1))
         if high < low:
             raise L2SError(f"bad --seeds range {part!r}: the end is before the start")
+        if high >= 2 ** 64:
+            raise L2SError(f"bad --seeds {part!r}: seeds must be below 2**64")
+        if len(seeds) + high - low + 1 > MAX_SEEDS:
+            raise L2SError(f"bad --seeds {text!r}: more than {MAX_SEEDS} seeds")
         seeds.extend(range(low, high + 1))
     if len(set(seeds)) != len(seeds):
         raise L2SError(f"bad --seeds {text!r}: a seed is repeated")

@@ -1,14 +1,16 @@
 """A run directory's files: their names, atomic JSON, and one scored image's record."""
 from __future__ import annotations
 
+import io
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
+
+from l2s.files import atomic_write_bytes, atomic_write_text
 
 from .detectors import Detector
 from .specs import ImageResult, PromptSpec, score_image
@@ -20,17 +22,33 @@ RUN_FILE, PROMPTS_FILE, RESULTS_FILE, SUMMARY_FILE = "run.json", "prompts.jsonl"
 
 def write_json(path: Path, data: Any) -> None:
     """Write atomically: a reader (or a resumed run) never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2, default=str))
 
 
 def read_json(path: Path) -> Any | None:
-    """The parsed file, or None when it is missing or unreadable."""
+    """The parsed file, or None when it is missing or unreadable (an image record: the image is
+    then made again)."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+
+
+def save_png(image: Image.Image, path: Path) -> None:
+    """Write a PNG atomically: a run killed midway leaves the old file or none, never half of one."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def png_problem(path: Path) -> str | None:
+    """Why the image file at ``path`` cannot be trusted (it does not decode), or None."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except Exception as error:  # PIL's decoders raise many types (OSError, SyntaxError, zlib.error, ...)
+        return f"{type(error).__name__}: {error}"
+    return None
 
 
 @dataclass

@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from l2s.errors import L2SError
+from l2s.files import atomic_write_text
 from .pictures import contact_sheet
 from .records import BASE, RESULTS_FILE, STEERED, SUMMARY_FILE, ImageRecord, write_json
 from .stats import Summary
@@ -103,12 +105,19 @@ def _cell(pair: Sequence[int] | None) -> str:
     return f"{correct}/{total} {correct / total if total else 0.0:.3f}"
 
 
+def _open(path: Path) -> Image.Image:
+    try:
+        return Image.open(path).convert("RGB")
+    except Exception as error:  # PIL's decoders raise many types
+        raise L2SError(f"cannot read the image {path} for the contact sheet ({type(error).__name__}: "
+                       f"{error}); rerun the same command to make it again") from None
+
+
 def write_outputs(out: Path, report: EvalReport, contact_sheets: bool, columns: int = 8) -> list[Path]:
     """results.jsonl, summary.json and the contact sheets (images interleaved across modes)."""
-    with open(out / RESULTS_FILE, "w", encoding="utf-8") as lines:
-        for mode in report.modes.values():
-            for record in mode.records:
-                lines.write(json.dumps({**record.result.to_dict(), "meta": record.meta}, default=str) + "\n")
+    atomic_write_text(out / RESULTS_FILE, "".join(
+        json.dumps({**record.result.to_dict(), "meta": record.meta}, default=str) + "\n"
+        for mode in report.modes.values() for record in mode.records))
     write_json(out / SUMMARY_FILE, report.to_dict())
     for stale in out.glob("contact_sheet_*.png"):  # a smaller rerun must not leave old pages behind
         stale.unlink()
@@ -120,7 +129,7 @@ def write_outputs(out: Path, report: EvalReport, contact_sheets: bool, columns: 
     pages = [tiles[i:i + SHEET_PAGE] for i in range(0, len(tiles), SHEET_PAGE)]
     paths = []
     for number, page in enumerate(pages, 1):
-        images = [Image.open(r.image_path).convert("RGB") for _, r in page]
+        images = [_open(r.image_path) for _, r in page]
         labelled = [replace(r.result, prompt=f"[{name} s{r.meta.get('seed', '?')}] {r.result.prompt}")
                     for name, r in page]
         paths.append(contact_sheet(images, labelled, out / f"contact_sheet_{number:02d}.png", columns=columns))

@@ -1,7 +1,7 @@
 """Spatial-accuracy runs: generate every prompt with and without steering, score, report.
 
-:func:`run_eval` generates, then scores; :func:`score_image_folder` scores a GenEval-layout
-folder that something else generated; :func:`evaluate_images` scores images given in memory.
+:func:`run_eval` generates, then scores; :func:`evaluate_images` scores images given in memory
+(:mod:`.folders` scores a GenEval-layout folder that something else generated).
 
 A run directory::
 
@@ -17,16 +17,20 @@ A run directory::
       contact_sheet_01.png ...          images with their boxes; green border = pass, red = fail
 
 The image folders follow GenEval's layout, so GenEval's own evaluator, or
-:func:`score_image_folder` on ``OUT/base``, can score them again with another detector.
+:func:`l2s.evaluation.score_image_folder` on ``OUT/base``, can score them again with another
+detector.
 
-Resuming: an image's JSON is written after its PNG (atomically), so it marks a finished image.
-A rerun skips images whose JSON was made with the same rule and detector, re-scores images
-whose JSON used another one, and generates the rest.
+Resuming: an image's JSON is written after its PNG (both atomically), so it marks a finished
+image. A rerun skips images whose JSON was made with the same rule and detector and whose PNG
+still decodes, re-scores images whose JSON used another one, and generates the rest. A run
+directory is locked while a run writes it (a second run is refused); a damaged ``run.json`` is
+an error (``restart=True``, ``--restart``: start the run over).
 """
 from __future__ import annotations
 
 import json
-import re
+import logging
+import shutil
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -38,27 +42,32 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from l2s.errors import L2SError
+from l2s.files import DamagedFileError, atomic_write_text, output_lock, read_state_json
 from l2s.relations import DIAGONAL, NON_DIRECTIONAL
 from .detectors import Detector
 from .geometry import GENEVAL, RULES, T2I_COMPBENCH
-from .prompt_files import geneval_metadata, spec_from_metadata
+from .prompt_files import geneval_metadata
 from .records import (
     IMAGES,
     MODES,
     PROMPTS_FILE,
+    RESULTS_FILE,
     RUN_FILE,
     STEERED,
+    SUMMARY_FILE,
     ImageRecord,
     detect_and_score,
+    png_problem,
     read_json,
+    save_png,
     write_json,
 )
 from .reports import EvalReport, ModeReport, write_outputs
 from .specs import ImageResult, PromptSpec, check_rule, result_from_record
 from .stats import Summary, summarise
 
-_DIGITS = re.compile(r"^\d+$")
-_SAMPLE = re.compile(r"^\d+\.png$")  # GenEval scores only these files
+log = logging.getLogger(__name__)
+
 
 
 def check_scorable(specs: Sequence[PromptSpec], rule: str, detector: Detector | None = None) -> None:
@@ -131,24 +140,44 @@ def run_eval(steerer, specs: Sequence[PromptSpec], detector: Detector, out_dir: 
              num_inference_steps: int | None = None, height: int | None = None, width: int | None = None,
              guidance_scale: float | None = None, schedule=None, settings: dict[str, Any] | None = None,
              detector_name: str = "custom", contact_sheets: bool = True,
-             progress: bool = True) -> EvalReport:
+             progress: bool = True, restart: bool = False) -> EvalReport:
     """Generate every (prompt, seed) in every mode with ``steerer``, score, and write the run.
 
     ``steerer`` is a :class:`l2s.pipelines.SteeringPipeline`; mode ``"base"`` generates with
     ``steer=False``, ``"steered"`` with steering, from the same seed. ``settings`` (JSON-able)
     identify how images are made: a run directory resumes only with the same settings.
     ``detector_name`` and ``rule`` identify the scoring: images scored otherwise are re-scored.
+    ``restart``: remove a previous run in ``out_dir`` first.
     """
     modes = list(dict.fromkeys(modes))
     _check_request(steerer, specs, seeds, modes, rule, detector)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    _claim_run_dir(out, dict(settings or {}))
-    with open(out / PROMPTS_FILE, "w", encoding="utf-8") as lines:
-        lines.writelines(json.dumps(spec.to_dict()) + "\n" for spec in specs)
-    run = _Run(steerer, detector, out, rule, {"rule": rule, "detector": detector_name},
-               dict(num_inference_steps=num_inference_steps, height=height, width=width,
-                    guidance_scale=guidance_scale, schedule=schedule, progress=False))
+    with output_lock(out):
+        if restart:
+            clear_run(out)
+        _claim_run_dir(out, dict(settings or {}))
+        atomic_write_text(out / PROMPTS_FILE, "".join(json.dumps(spec.to_dict()) + "\n" for spec in specs))
+        return _generate_run(steerer, specs, detector, out, seeds, modes, rule, settings, detector_name,
+                             contact_sheets, progress, dict(num_inference_steps=num_inference_steps, height=height,
+                                                            width=width, guidance_scale=guidance_scale,
+                                                            schedule=schedule, progress=False))
+
+
+def clear_run(out: Path) -> None:
+    """Remove what a run wrote in ``out`` (``--restart``); anything else there is kept."""
+    for name in (RUN_FILE, PROMPTS_FILE, RESULTS_FILE, SUMMARY_FILE):
+        (out / name).unlink(missing_ok=True)
+    for folder in (*MODES, IMAGES):
+        shutil.rmtree(out / folder, ignore_errors=True)
+    for sheet in out.glob("contact_sheet_*.png"):
+        sheet.unlink()
+
+
+def _generate_run(steerer, specs: Sequence[PromptSpec], detector: Detector, out: Path, seeds: Sequence[int],
+                  modes: list[str], rule: str, settings: dict[str, Any] | None, detector_name: str,
+                  contact_sheets: bool, progress: bool, generate: dict[str, Any]) -> EvalReport:
+    """The images of :func:`run_eval` (made, re-scored or resumed), then its report files."""
+    run = _Run(steerer, detector, out, rule, {"rule": rule, "detector": detector_name}, generate)
     started = time.perf_counter()
     records: dict[str, list[ImageRecord]] = {mode: [] for mode in modes}
     jobs = [(index, seed, mode) for index in range(len(specs)) for seed in seeds for mode in modes]
@@ -174,6 +203,11 @@ def _check_request(steerer, specs: Sequence[PromptSpec], seeds: Sequence[int], m
         raise L2SError("no prompts to evaluate")
     if not seeds:
         raise L2SError("no seeds: give at least one")
+    for seed in seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 64:
+            raise L2SError(f"seeds must be integers in [0, 2**64), got {seed!r}")
+    if len(set(seeds)) != len(seeds):
+        raise L2SError("a seed is repeated: each (prompt, seed) image is made once")
     check_scorable(specs, rule, detector)
     # Every prompt must parse and fit the tokenizer.
     for index, spec in enumerate(specs):
@@ -183,9 +217,22 @@ def _check_request(steerer, specs: Sequence[PromptSpec], seeds: Sequence[int], m
             raise L2SError(f"prompt {index} ({spec.prompt!r}): {error}") from None
 
 
+def read_run_file(out: str | Path) -> dict | None:
+    """The ``run.json`` of a run directory (None for a new one); a damaged or missing one beside
+    images is an error saying how to recover (images whose settings are unknown are never reused)."""
+    out = Path(out)
+    fix = "rerun with --restart (restart=True) to start the run over, or use another --out"
+    previous = read_state_json(out / RUN_FILE, fix=fix)
+    if previous is not None and not isinstance(previous, dict):
+        raise DamagedFileError(f"{out / RUN_FILE} is damaged (not a JSON object); {fix}")
+    if previous is None and any((out / mode).is_dir() for mode in MODES):
+        raise DamagedFileError(f"{out / RUN_FILE} is missing but {out} holds images; {fix}")
+    return previous
+
+
 def _claim_run_dir(out: Path, settings: dict[str, Any]) -> None:
     """Record the generation settings, or check a resumed run used the same ones."""
-    previous = read_json(out / RUN_FILE)
+    previous = read_run_file(out)
     if previous is not None and previous.get("generation") != settings:
         old = previous.get("generation") or {}
 
@@ -203,26 +250,38 @@ def _run_image(run: _Run, spec: PromptSpec, index: int, seed: int, mode: str) ->
     """One image of a run: resumed from its record, re-scored, or generated and scored."""
     folder = run.out / mode / f"{index:05d}"
     (folder / "samples").mkdir(parents=True, exist_ok=True)
-    (folder / "metadata.jsonl").write_text(json.dumps(geneval_metadata(spec)) + "\n", encoding="utf-8")
+    atomic_write_text(folder / "metadata.jsonl", json.dumps(geneval_metadata(spec)) + "\n")
     png = folder / "samples" / f"{seed:04d}.png"
     record_path = png.with_suffix(".json")
     previous = read_json(record_path)
     if previous is not None and previous.get("prompt") != spec.prompt:
         raise L2SError(f"{record_path} was made for the prompt {previous.get('prompt')!r}, not "
                        f"{spec.prompt!r}; use another --out for other prompts")
-    if previous is not None and previous.get("scoring") == run.scoring and png.is_file():
+    if previous is not None and not _trusted_png(png):
+        previous = None  # made again below: generation is seeded, so it is the same image
+    if previous is not None and previous.get("scoring") == run.scoring:
         return ImageRecord(result_from_record(previous), png, previous["meta"], "resumed")
-    if previous is not None and png.is_file():
+    if previous is not None:
         image, meta, status = Image.open(png).convert("RGB"), previous["meta"], "rescored"
     else:
         generated = run.steerer(spec.prompt, seed=seed, steer=mode == STEERED, **run.generate)
         image, status = generated.images[0], "generated"
-        image.save(png)
+        save_png(image, png)
         meta = {"mode": mode, "prompt_index": index, "seed": seed, "image": str(png.relative_to(run.out)),
                 "generate_s": generated.timings["total"], **_steering_meta(generated, mode)}
     result, meta["score_s"] = detect_and_score(run.detector, image, spec, run.rule, f"{mode}/{index:05d}/{seed:04d}")
     write_json(record_path, {**result.to_dict(), "meta": meta, "scoring": run.scoring})
     return ImageRecord(result, png, meta, status)
+
+
+def _trusted_png(png: Path) -> bool:
+    """Whether a resumed image's PNG is there and decodes (a damaged one is logged)."""
+    if not png.is_file():
+        return False
+    problem = png_problem(png)
+    if problem:
+        log.warning("%s is damaged (%s): making it again", png, problem)
+    return problem is None
 
 
 def _steering_meta(steering_result, mode: str) -> dict[str, Any]:
@@ -239,79 +298,3 @@ def _steering_meta(steering_result, mode: str) -> dict[str, Any]:
         "target_probability_first": [first[k] for k in sorted(first)],
         "target_probability_last": [last[k] for k in sorted(last)],
     }
-
-
-# ----------------------------------------------------------------------------------------------
-# Score an existing image folder
-# ----------------------------------------------------------------------------------------------
-
-def score_image_folder(images_dir: str | Path, detector: Detector, out_dir: str | Path, *,
-                       rule: str = GENEVAL, detector_name: str = "custom", contact_sheets: bool = True,
-                       progress: bool = True) -> EvalReport:
-    """Score a GenEval-layout folder (``<digits>/metadata.jsonl`` + ``<digits>/samples/<digits>.png``).
-
-    Folders whose metadata has no position clause (GenEval's other tasks) are skipped. Per-image
-    records go to ``OUT/images/<folder>/samples/<n>.json`` (a rerun with the same rule and
-    detector skips them), plus ``results.jsonl``, ``summary.json`` and contact sheets in OUT.
-    """
-    images_dir, out = Path(images_dir), Path(out_dir)
-    jobs, skipped = _folder_jobs(images_dir)
-    check_scorable([spec for _, spec, _ in jobs], rule, detector)
-    out.mkdir(parents=True, exist_ok=True)
-    scoring = {"rule": rule, "detector": detector_name}
-    started = time.perf_counter()
-    records = [_score_sample(folder, spec, png, out, detector, rule, scoring)
-               for folder, spec, png in tqdm(jobs, desc="l2s eval", unit="img", disable=not progress)]
-    report = EvalReport(modes={IMAGES: ModeReport(summarise([r.result for r in records], rule), records)},
-                        settings={"images": str(images_dir.resolve()), "folders_without_position": skipped,
-                                  **scoring},
-                        wall_time_s=time.perf_counter() - started)
-    write_outputs(out, report, contact_sheets)
-    return report
-
-
-def _folder_jobs(images_dir: Path) -> tuple[list[tuple[Path, PromptSpec, Path]], int]:
-    """(prompt folder, spec, PNG) of every position-prompt sample, and the folders skipped."""
-    if not images_dir.is_dir():
-        raise L2SError(f"--images {images_dir}: no such directory")
-    folders = sorted(p for p in images_dir.iterdir() if p.is_dir() and _DIGITS.match(p.name)
-                     and (p / "metadata.jsonl").is_file())
-    if not folders:
-        raise L2SError(f"no GenEval image folders (<digits>/metadata.jsonl) in {images_dir}")
-    jobs: list[tuple[Path, PromptSpec, Path]] = []
-    skipped = 0
-    for folder in folders:
-        first_line = (folder / "metadata.jsonl").read_text(encoding="utf-8").splitlines()[:1]
-        try:
-            spec = spec_from_metadata(json.loads(first_line[0])) if first_line else None
-        except (ValueError, KeyError, IndexError, TypeError) as error:
-            raise L2SError(f"{folder / 'metadata.jsonl'}: not a GenEval metadata or PromptSpec line ({error})") from None
-        if spec is None:
-            skipped += 1
-            continue
-        samples = sorted((p for p in (folder / "samples").glob("*.png") if _SAMPLE.match(p.name)),
-                         key=lambda p: int(p.stem))
-        jobs += [(folder, spec, png) for png in samples]
-    if not jobs:
-        raise L2SError(f"no position-prompt images in {images_dir} ({skipped} folders without a position clause)")
-    return jobs, skipped
-
-
-def _score_sample(folder: Path, spec: PromptSpec, png: Path, out: Path, detector: Detector, rule: str,
-                  scoring: dict[str, str]) -> ImageRecord:
-    """One image of a folder: resumed from its record, or scored."""
-    record_path = out / IMAGES / folder.name / "samples" / f"{png.stem}.json"
-    previous = read_json(record_path)
-    if (previous is not None and previous.get("scoring") == scoring
-            and previous["meta"].get("image") == str(png.resolve())):
-        return ImageRecord(result_from_record(previous), png, previous["meta"], "resumed")
-    try:
-        image = Image.open(png).convert("RGB")
-    except OSError as error:
-        raise L2SError(f"cannot read the image {png}: {error}") from None
-    result, score_s = detect_and_score(detector, image, spec, rule, f"{folder.name}/{png.stem}")
-    meta = {"mode": IMAGES, "folder": folder.name, "seed": int(png.stem), "image": str(png.resolve()),
-            "score_s": score_s}
-    record_path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(record_path, {**result.to_dict(), "meta": meta, "scoring": scoring})
-    return ImageRecord(result, png, meta, "rescored" if previous else "scored")

@@ -1,7 +1,7 @@
 """l2s.training: the relation classifier's training data (labelled relations, dual inversions,
 sharded map datasets) and its training, with the relation-leakage measures."""
 
-from .dataset import DatasetSummary, dataset_summary, make_dataset
+from .dataset import DatasetSummary, check_make_data_options, dataset_summary, make_dataset
 from .flux_inversion import flux_sigmas, rf_inversion_mix
 from .gqa import GQA_ATTRIBUTES, gqa_samples, wordnet_is_a
 from .inversion import DualRecord, TrainingPrompt, dual_invert, invert_and_capture, training_prompts
@@ -25,6 +25,7 @@ from .leakage import (
     relation_leakage,
     validation_report,
 )
+from .layers import dataset_channels, first_blocks_of_dataset, with_first_blocks
 from .map_dataset import resize_map_dataset, write_map_dataset
 from .reader import AttentionMapDataset
 from .sources import (
@@ -36,8 +37,15 @@ from .sources import (
     sample_seed,
     split_of,
 )
-from .store import MAP_DTYPES, load_dataset_meta
-from .train import DEFAULT_EPOCHS, DEFAULT_LR, TrainResult, train_classifier
+from .store import MAP_DTYPES, load_dataset_meta, verify_dataset
+from .train import (
+    DEFAULT_EPOCHS,
+    DEFAULT_LR,
+    TrainingDivergedError,
+    TrainResult,
+    check_training_options,
+    train_classifier,
+)
 
 __all__ = [
     "AttentionMapDataset",
@@ -53,14 +61,19 @@ __all__ = [
     "RelationSample",
     "TrainResult",
     "TrainingPrompt",
+    "TrainingDivergedError",
     "balance_samples",
+    "check_make_data_options",
+    "check_training_options",
     "coco_samples",
     "compare_classifiers",
     "compare_hits",
+    "dataset_channels",
     "dataset_summary",
     "default_image_size",
     "diagonal_relation",
     "dual_invert",
+    "first_blocks_of_dataset",
     "flux_sigmas",
     "gqa_samples",
     "invert_and_capture",
@@ -83,6 +96,8 @@ __all__ = [
     "train_classifier",
     "training_prompts",
     "validation_report",
+    "verify_dataset",
+    "with_first_blocks",
     "wordnet_is_a",
     "write_map_dataset",
 ]

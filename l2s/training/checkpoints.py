@@ -9,15 +9,22 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 from pathlib import Path
 
 import torch
 
 from l2s.classifier import RelationClassifier
+from l2s.errors import L2SError
+from l2s.files import DamagedFileError, atomic_write_text, fsync_append, read_jsonl_lines
 
 LOG_FILE, STATE_FILE, TRAINING_FILE = "log.jsonl", "state.pt", "training.json"
 BEST_DIR, LAST_DIR = "best", "last"
+# What torch.load, load_state_dict and Generator.set_state raise on a damaged resume state.
+DAMAGED = (RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError, IndexError, AttributeError,
+           pickle.UnpicklingError, L2SError)
+RESTART = "rerun with --restart (resume=False) to train from the start"
 
 
 def atomic_dir(target: Path, write) -> None:
@@ -65,32 +72,47 @@ def resume_state(optimizer, scheduler, shuffle: torch.Generator, counters: dict,
     return state
 
 
-def read_log(path: Path) -> list[dict]:
-    """The log's rows up to the first torn line."""
-    rows = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
+def read_log(path: Path, fix: str) -> list[dict]:
+    """The log's rows; a torn last line (a kill mid-append) is left out, a damaged line before it
+    is a :class:`~l2s.files.DamagedFileError` naming the line (ending with ``fix``)."""
+    rows = [row for _, row in read_jsonl_lines(path, fix=fix)]
+    for number, row in enumerate(rows, 1):
+        if not isinstance(row.get("epoch"), int):
+            raise DamagedFileError(f"{path}: row {number} has no epoch number; {fix}")
     return rows
 
 
 def rewrite_log(path: Path, rows: list[dict]) -> None:
     """Replace the log with ``rows`` atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def append_log(path: Path, row: dict) -> None:
     """Append one row and sync it to disk."""
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(row) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    fsync_append(path, [json.dumps(row) + "\n"])
 
 
-# --------------------------------------------------------------------------------------------
-# CLI: l2s train
+def prepare_out_dir(out_dir: Path, settings: dict, resume: bool) -> dict | None:
+    """Recover interrupted checkpoint swaps; the resume state of ``last/`` (checked against
+    ``settings``) when resuming, else clear a previous run. Returns the state or None."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    best_dir, last_dir, log_path = out_dir / BEST_DIR, out_dir / LAST_DIR, out_dir / LOG_FILE
+    for directory in (best_dir, last_dir):
+        recover_dir(directory)
+    if resume and (last_dir / STATE_FILE).is_file():
+        try:
+            state = torch.load(last_dir / STATE_FILE, map_location="cpu", weights_only=True)
+            saved = json.loads(state["settings"])
+        except DAMAGED as error:
+            raise DamagedFileError(f"{last_dir / STATE_FILE} is damaged ({type(error).__name__}); "
+                                   f"{RESTART}") from None
+        if saved != json.loads(json.dumps(settings)):
+            differing = sorted(k for k in settings if saved.get(k) != json.loads(json.dumps(settings)).get(k))
+            raise L2SError(f"{out_dir} holds a run with other settings ({', '.join(differing)}); "
+                           f"pass resume=False / --restart to start over, or use another output directory")
+        return state
+    if not resume:
+        for stale in (best_dir, last_dir):
+            shutil.rmtree(stale, ignore_errors=True)
+        log_path.unlink(missing_ok=True)
+    return None

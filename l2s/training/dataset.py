@@ -21,9 +21,10 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from l2s.capture import AttentionCapture
 from l2s.errors import L2SError, TokenizationError
+from l2s.files import output_lock, read_jsonl_lines
 from l2s.relations import PUBLISHED_CLASSES, canonical_class
+from .layers import first_layers_capture
 from .inversion import dual_invert
 from .inversion_utils import (
     DEFAULT_STEPS,
@@ -31,21 +32,20 @@ from .inversion_utils import (
     check_store_steps,
     default_image_size,
     denoiser,
+    grid_unit,
     map_grid,
     pipeline_family,
 )
+from .options import check_make_data_options
 from .sources import RelationSample, digest, sample_seed, split_of
-from .store import (
-    MANIFEST_FILE,
-    MAP_DTYPES,
-    SKIPPED_FILE,
-    DatasetWriter,
-    dataset_meta,
-    read_jsonl,
-    shard_name,
-)
+from .store import MAP_DTYPES, REDO, SKIPPED_FILE, committed_rows, dataset_meta, read_progress, shard_name
+from .writer import DatasetWriter
 
 log = logging.getLogger(__name__)
+
+# The largest map grid make_dataset accepts: 8x the published FLUX-dev grid (32); a larger image
+# does not fit in memory while its attention is recorded.
+MAX_MAP_GRID = 256
 
 
 class _Skip(Exception):
@@ -100,6 +100,8 @@ def make_dataset(
     limit: int | None = None,
     progress: bool = True,
     on_sample: Callable[[int], None] | None = None,
+    restart: bool = False,
+    layers: int | None = None,
 ) -> DatasetSummary:
     """Dual-invert every sample with ``pipe`` and write (or resume) a map dataset in ``out_dir``.
 
@@ -109,35 +111,57 @@ def make_dataset(
     ``class_names`` and (with ``min_psnr``) poor reconstructions are skipped and logged in
     ``skipped.jsonl``. ``shard_size`` samples make one chunk (one shard, one commit). Maps are
     stored as ``dtype`` ("float16", "bfloat16" or "float32"). Calling again with the same
-    arguments resumes; ``limit`` (first N samples) may grow between calls. ``on_sample(i)`` is
-    called after sample ``i`` was processed (before its chunk is committed).
+    arguments resumes (damaged chunks are redone); ``limit`` (first N samples) may grow between
+    calls; ``restart`` removes a dataset already in ``out_dir`` first. ``on_sample(i)`` is called
+    after sample ``i`` was processed (before its chunk is committed). ``out_dir`` is locked while
+    this runs: a second writer is refused (:class:`l2s.files.FolderBusyError`). ``layers=K``
+    stores only the model's first K attention layers (blocks): data for classifiers of the first K
+    blocks only, K/57 of the size on FLUX (a dataset of every layer serves any K, :mod:`.layers`).
     """
-    _check_options(dtype, val_fraction, shard_size)
+    check_make_data_options(dtype=dtype, val_fraction=val_fraction, shard_size=shard_size, steps=steps, size=size,
+                            limit=limit, min_psnr=min_psnr, gamma=gamma, eta=eta, num_iter=num_iter,
+                            map_size=map_size, max_sequence_length=max_sequence_length)
     family = pipeline_family(pipe)
-    steps = int(steps or DEFAULT_STEPS[family])
+    steps = int(steps if steps is not None else DEFAULT_STEPS[family])
     store = check_store_steps(DEFAULT_STORE_STEPS[family] if store_steps is None else store_steps, steps)
-    size = int(size or default_image_size(pipe))
+    size = int(size if size is not None else default_image_size(pipe))
+    if size % grid_unit(pipe):
+        raise L2SError(f"size must be a multiple of {grid_unit(pipe)} pixels for this model, got {size}")
+    if size // grid_unit(pipe) > MAX_MAP_GRID:  # refused here: past it, the machine kills the job unannounced
+        raise L2SError(f"size {size} gives {size // grid_unit(pipe)}x{size // grid_unit(pipe)} attention maps; at "
+                       f"most {MAX_MAP_GRID}x{MAX_MAP_GRID} ({MAX_MAP_GRID * grid_unit(pipe)} px) for this model")
     class_names = tuple(class_names)
     items = _unique_samples(samples, limit)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    capture = AttentionCapture(denoiser(pipe))
+    with output_lock(out_dir):
+        _write_dataset(items, pipe, out_dir, restart, on_sample, progress, dict(
+            model_family=family, model=model_name, class_names=list(class_names), steps=steps,
+            store_steps=list(store), size=size, dual=dual, seed=seed, val_fraction=val_fraction,
+            shard_size=shard_size, dtype=dtype, min_psnr=min_psnr, gamma=gamma, eta=eta,
+            num_iter=num_iter, map_size=map_size, max_sequence_length=max_sequence_length,
+            **({} if layers is None else {"layers": int(layers)})))
+    return dataset_summary(out_dir)
+
+
+def _write_dataset(items: list[RelationSample], pipe, out_dir: Path, restart: bool,
+                   on_sample: Callable[[int], None] | None, progress: bool, settings: dict) -> None:
+    """Invert and commit every chunk of ``items`` that ``out_dir`` does not hold yet."""
+    s = settings
+    class_names, store, steps, shard_size = tuple(s["class_names"]), s["store_steps"], s["steps"], s["shard_size"]
+    capture = first_layers_capture(denoiser(pipe), s.get("layers"))
     try:
-        latent_hw = map_grid(pipe, size)
-        settings = dict(model_family=family, model=model_name, class_names=list(class_names), steps=steps,
-                        store_steps=list(store), size=size, dual=dual, seed=seed, val_fraction=val_fraction,
-                        shard_size=shard_size, dtype=dtype, min_psnr=min_psnr, gamma=gamma, eta=eta,
-                        num_iter=num_iter, map_size=map_size, max_sequence_length=max_sequence_length)
-        extra = dict(channels=capture.channels(), map_size=map_size, orig_map_size=latent_hw[0],
+        latent_hw = map_grid(pipe, s["size"])
+        extra = dict(channels=capture.channels(), map_size=s["map_size"], orig_map_size=latent_hw[0],
                      class_names=list(class_names), store_steps=list(store), num_steps=steps,
-                     model_family=family,
+                     model_family=s["model_family"],
                      layer_layout=[[name, heads, list(hw)] for name, heads, hw in capture.layer_layout(latent_hw)])
-        writer = DatasetWriter(out_dir, dataset_meta(settings, extra))
+        writer = DatasetWriter(out_dir, dataset_meta(settings, extra), restart=restart)
         chunks = [items[i:i + shard_size] for i in range(0, len(items), shard_size)]
         _check_resumed_chunks(writer, chunks, out_dir)
-        job = _Job(pipe, class_names, seed, dual, val_fraction, min_psnr, dtype,
-                   dict(steps=steps, store_steps=store, size=size, gamma=gamma, eta=eta, num_iter=num_iter,
-                        map_size=map_size, max_sequence_length=max_sequence_length, capture=capture))
+        job = _Job(pipe, class_names, s["seed"], s["dual"], s["val_fraction"], s["min_psnr"], s["dtype"],
+                   dict(steps=steps, store_steps=store, size=s["size"], gamma=s["gamma"], eta=s["eta"],
+                        num_iter=s["num_iter"], map_size=s["map_size"],
+                        max_sequence_length=s["max_sequence_length"], capture=capture))
         done = sum(len(members) for c, members in enumerate(chunks) if c in writer.committed)
         with tqdm(total=len(items), initial=done, disable=not progress, desc="l2s make-data", unit="sample") as bar:
             for chunk, members in enumerate(chunks):
@@ -145,16 +169,6 @@ def make_dataset(
                     _write_chunk(writer, job, chunk, members, chunk * shard_size, bar, on_sample)
     finally:
         capture.remove()
-    return dataset_summary(out_dir)
-
-
-def _check_options(dtype: str, val_fraction: float, shard_size: int) -> None:
-    if dtype not in MAP_DTYPES:
-        raise L2SError(f"dtype must be one of {', '.join(MAP_DTYPES)}, got {dtype!r}")
-    if not 0.0 <= val_fraction < 1.0:
-        raise L2SError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    if shard_size < 1:
-        raise L2SError(f"shard_size must be positive, got {shard_size}")
 
 
 def _unique_samples(samples: Iterable[RelationSample], limit: int | None) -> list[RelationSample]:
@@ -251,10 +265,11 @@ def _sample_records(sample: RelationSample, job: _Job) -> list[tuple[dict, Tenso
 
 
 def dataset_summary(out_dir: str | Path) -> DatasetSummary:
-    """Counts of a (possibly partial) dataset directory."""
+    """Counts of the committed chunks of a (possibly partial) dataset directory."""
     out_dir = Path(out_dir)
-    manifest = read_jsonl(out_dir / MANIFEST_FILE)
-    skipped = read_jsonl(out_dir / SKIPPED_FILE)
+    manifest = committed_rows(out_dir)
+    chunks = read_progress(out_dir)["chunks"]
+    skipped = [r for _, r in read_jsonl_lines(out_dir / SKIPPED_FILE, fix=REDO) if r.get("chunk") in chunks]
     keys = {r["sample_key"] for r in manifest} | {r["key"] for r in skipped}
     return DatasetSummary(out_dir, len(manifest), len(keys), len(skipped),
                           dict(Counter(r["split"] for r in manifest)))

@@ -66,12 +66,14 @@ def default_image_size(pipe) -> int:
     return pipe.unet.config.sample_size * pipe.vae_scale_factor
 
 
+def grid_unit(pipe) -> int:
+    """Pixels per attention-map cell: FLUX packs 2x2 latents into a token."""
+    return 2 * pipe.vae_scale_factor if is_flux(pipe) else pipe.vae_scale_factor
+
+
 def map_grid(pipe, size: int) -> tuple[int, int]:
     """The ``latent_hw`` the attention capture needs for a ``size`` x ``size`` image."""
-    if is_flux(pipe):
-        multiple = 2 * pipe.vae_scale_factor
-        return size // multiple, size // multiple
-    return size // pipe.vae_scale_factor, size // pipe.vae_scale_factor
+    return size // grid_unit(pipe), size // grid_unit(pipe)
 
 
 def psnr(reconstruction: Tensor, reference: Tensor) -> float:

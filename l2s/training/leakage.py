@@ -34,7 +34,8 @@ def record_hits(model: RelationClassifier, dataset_dir: str | Path, split: str |
     """Whether ``model`` classifies each record of a dataset split right, grouped by prompt type
     (``"pos"``: the prompt had the true relation word, ``"neg"``: a wrong one). Records are keyed
     by shard and key, so the hits of two classifiers on the same dataset pair up."""
-    dataset = AttentionMapDataset(dataset_dir, split, model.config.timesteps, None, model.config.class_names)
+    dataset = AttentionMapDataset(dataset_dir, split, model.config.timesteps, None, model.config.class_names,
+                                  model.config.layer_layout)
     model = model.to(device).eval()
     hits: dict[str, dict[str, bool]] = defaultdict(dict)
     rows = iter(dataset.records)  # the loader keeps the dataset's order

@@ -9,9 +9,11 @@ import torch
 from torch import Tensor
 
 from l2s.errors import L2SError
+from l2s.files import output_lock
 from .reader import AttentionMapDataset
 from .sources import digest
-from .store import MAP_DTYPES, META_FILE, DatasetWriter, dataset_meta, load_dataset_meta, shard_name
+from .store import MAP_DTYPES, META_FILE, dataset_meta, load_dataset_meta, shard_name
+from .writer import DatasetWriter
 
 
 def write_map_dataset(out_dir: str | Path, records: Sequence[dict], maps: Tensor, *, class_names: Sequence[str],
@@ -29,6 +31,15 @@ def write_map_dataset(out_dir: str | Path, records: Sequence[dict], maps: Tensor
     the map size) and ``layer_layout``.
     """
     out_dir = Path(out_dir)
+    with output_lock(out_dir):
+        return _write_map_dataset(out_dir, records, maps, class_names, channels, map_size, store_steps, num_steps,
+                                  model_family, shard_size, dtype, extra, orig_map_size, layer_layout)
+
+
+def _write_map_dataset(out_dir: Path, records: Sequence[dict], maps: Tensor, class_names: Sequence[str],
+                       channels: int | None, map_size: int | None, store_steps: Sequence[int] | None,
+                       num_steps: int | None, model_family: str, shard_size: int, dtype: str, extra: dict | None,
+                       orig_map_size: int | None, layer_layout: list | None) -> Path:
     if (out_dir / META_FILE).exists():
         raise L2SError(f"{out_dir} already holds a dataset")
     if len(records) != maps.shape[0]:

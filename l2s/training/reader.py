@@ -1,7 +1,6 @@
 """Read a map dataset: :class:`AttentionMapDataset`, a split of its committed records."""
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -10,7 +9,9 @@ import torch
 from torch import Tensor
 
 from l2s.errors import L2SError
-from .store import MANIFEST_FILE, PROGRESS_FILE, load_dataset_meta, read_jsonl
+from l2s.files import DamagedFileError
+from .layers import dataset_channels
+from .store import REDO, committed_rows, load_dataset_meta
 
 
 class AttentionMapDataset(torch.utils.data.Dataset):
@@ -25,16 +26,19 @@ class AttentionMapDataset(torch.utils.data.Dataset):
         timesteps: keep only these step indices (the classifier's trained steps).
         prompt_types: keep only these prompt types (e.g. ``("pos",)`` for the leakage ablation).
         class_names: label indices refer to this order (default: the dataset's own).
+        layers: a classifier's ``layer_layout``: keep only those layers' channels (a classifier of
+            the first K blocks trained on maps of every layer; :mod:`.layers`).
     """
 
     def __init__(self, dataset_dir: str | Path, split: str | None = "train", timesteps: Sequence[int] | None = None,
-                 prompt_types: Sequence[str] | None = None, class_names: Sequence[str] | None = None) -> None:
+                 prompt_types: Sequence[str] | None = None, class_names: Sequence[str] | None = None,
+                 layers: Sequence[Sequence] | None = None) -> None:
         self.dataset_dir = Path(dataset_dir)
         self.meta = load_dataset_meta(self.dataset_dir)
         self.class_names = tuple(class_names or self.meta["class_names"])
-        committed = json.loads((self.dataset_dir / PROGRESS_FILE).read_text())["chunks"] \
-            if (self.dataset_dir / PROGRESS_FILE).exists() else {}
-        rows = [r for r in read_jsonl(self.dataset_dir / MANIFEST_FILE) if str(r.get("chunk")) in committed]
+        channels = dataset_channels(self.meta, layers)
+        self._channels = None if channels is None else torch.tensor(channels)
+        rows = committed_rows(self.dataset_dir)  # damaged lines or shards are errors, never dropped quietly
         if split is not None:
             rows = [r for r in rows if r["split"] == split]
         if timesteps is not None:
@@ -62,7 +66,13 @@ class AttentionMapDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[Tensor, int, int]:
         row = self.records[index]
-        maps = self._shard(row["shard"]).get_tensor(row["key"]).float()
+        try:
+            maps = self._shard(row["shard"]).get_tensor(row["key"]).float()
+        except Exception as error:  # safetensors raises its own error types for damaged files
+            raise DamagedFileError(f"{self.dataset_dir / row['shard']}: cannot read {row['key']} "
+                                   f"({type(error).__name__}: {error}); {REDO}") from None
+        if self._channels is not None:
+            maps = maps[:, self._channels]
         return maps, int(row["timestep"]), self._labels[index]
 
     def labels(self) -> list[int]:

@@ -1,4 +1,4 @@
-"""The on-disk format of a map dataset, and the writer that commits it chunk by chunk.
+"""The on-disk format of a map dataset, and how it is read back and checked.
 
 A dataset directory::
 
@@ -6,29 +6,25 @@ A dataset directory::
       dataset.json        settings, channels, class names (written once; checked on resume)
       manifest.jsonl      one line per (prompt, stored step): ids, prompt, label, split, shard, key
       skipped.jsonl       samples that produced nothing, with the reason
-      progress.json       the commit record (which chunks are complete)
+      progress.json       the commit record: per complete chunk its line counts and its shard's
+                          size and SHA-256
       shards/shard-00000.safetensors   maps (2, C, m, m) of one chunk of samples, key = sample id
 
-A chunk is committed by (1) writing its shard to a temporary file and renaming it, (2) appending
-its manifest / skipped lines, (3) atomically rewriting ``progress.json``. A restarted writer drops
-everything not covered by a commit (stray shards, torn or uncommitted manifest lines, lines whose
-shard vanished), so exactly those chunks are redone.
+:class:`~l2s.training.writer.DatasetWriter` commits chunk by chunk. Readers trust only committed
+chunks, and only when their lines and shard match the commit record: a damaged line or shard is
+an error naming the file (and line), and rerunning the ``make-data`` command redoes that chunk.
 """
 from __future__ import annotations
 
 import json
-import logging
-import os
 from collections import Counter
 from pathlib import Path
 
 import torch
-from torch import Tensor
 
 from l2s.errors import L2SError
+from l2s.files import DamagedFileError, file_sha256, read_jsonl_lines, read_state_json
 from .sources import digest
-
-log = logging.getLogger(__name__)
 
 FORMAT = "l2s-attention-maps"
 FORMAT_VERSION = 1
@@ -38,40 +34,6 @@ SHARD_DIR = "shards"
 SPLITS = ("train", "val")
 # Storage dtypes of the maps (and weight dtypes of the pipelines that make them).
 MAP_DTYPES = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
-def fsync_append(path: Path, lines: list[str]) -> None:
-    """Append ``lines`` in one write and sync them to disk."""
-    if not lines:
-        return
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write("".join(lines))  # one write: a kill leaves whole lines or a torn last line
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` so a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Parsed lines; a torn (unparsable) line and everything after it are ignored."""
-    rows = []
-    if not path.exists():
-        return rows
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-    return rows
 
 
 def shard_name(chunk: int) -> str:
@@ -86,82 +48,107 @@ def dataset_meta(settings: dict, extra: dict) -> dict:
             "settings_hash": settings_hash}
 
 
+
+# Fields every manifest line has (readers rely on them).
+ROW_FIELDS = ("key", "shard", "split", "timestep", "label", "prompt_type")
+# How to recover from damage, said in every error about a dataset.
+REDO = "rerun the 'l2s make-data' command that wrote it (it redoes damaged chunks), or start over with --restart"
+
+
 def load_dataset_meta(dataset_dir: str | Path) -> dict:
-    """The ``dataset.json`` of a map dataset (raises ``L2SError`` when absent or foreign)."""
+    """The ``dataset.json`` of a map dataset (raises ``L2SError`` when absent, damaged or foreign)."""
     path = Path(dataset_dir) / META_FILE
     if not path.is_file():
         raise L2SError(f"{dataset_dir} is not an l2s map dataset ({META_FILE} missing)")
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise L2SError(f"cannot read {path}: {error}") from None
-    if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+    meta = read_state_json(path, fix=f"delete it and {REDO}")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
         raise L2SError(f"{path} is not a version-{FORMAT_VERSION} l2s map dataset")
     return meta
 
 
-class DatasetWriter:
-    """Commits chunks of records (shard + manifest lines + skipped lines) and recovers on restart."""
+def read_progress(dataset_dir: Path) -> dict:
+    """``progress.json``: ``{"settings_hash": ..., "chunks": {chunk: record}}`` (empty when absent)."""
+    path = dataset_dir / PROGRESS_FILE
+    fix = "without it no chunk can be trusted: rerun the 'l2s make-data' command with --restart to start over"
+    progress = read_state_json(path, fix=fix)
+    if progress is None:
+        return {"chunks": {}}
+    chunks = progress.get("chunks") if isinstance(progress, dict) else None
+    if not isinstance(chunks, dict) or not all(
+            isinstance(info, dict) and isinstance(info.get("records"), int) and isinstance(info.get("skipped"), int)
+            and str(key).isdigit() for key, info in chunks.items()):
+        raise DamagedFileError(f"{path} is damaged (not a commit record); {fix}")
+    return {**progress, "chunks": {int(key): info for key, info in chunks.items()}}
 
-    def __init__(self, out_dir: Path, meta: dict) -> None:
-        self.out_dir = out_dir
-        (out_dir / SHARD_DIR).mkdir(parents=True, exist_ok=True)
-        meta_path = out_dir / META_FILE
-        if meta_path.exists():
-            existing = json.loads(meta_path.read_text())
-            if existing.get("settings_hash") != meta["settings_hash"]:
-                before = existing.get("settings", {})
-                differing = sorted(k for k in meta["settings"] if before.get(k) != meta["settings"][k])
-                raise L2SError(f"{out_dir} holds a dataset made with other settings "
-                               f"({', '.join(differing) or 'format'}); use a new output directory or the same "
-                               f"settings to resume")
-        else:
-            atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
-        self.meta = meta
-        self.committed = self._recover()
 
-    def _recover(self) -> dict[int, dict]:
-        """Drop everything not covered by progress.json; return the committed chunks."""
-        progress_path = self.out_dir / PROGRESS_FILE
-        committed = {int(k): v for k, v in json.loads(progress_path.read_text())["chunks"].items()} \
-            if progress_path.exists() else {}
-        manifest = [r for r in read_jsonl(self.out_dir / MANIFEST_FILE) if r.get("chunk") in committed]
-        skipped = [r for r in read_jsonl(self.out_dir / SKIPPED_FILE) if r.get("chunk") in committed]
-        # A committed chunk is intact only if its shard exists and all its lines are there.
-        have = Counter(r["chunk"] for r in manifest if (self.out_dir / r["shard"]).exists())
-        have_skipped = Counter(r["chunk"] for r in skipped)
-        for chunk, info in list(committed.items()):
-            if have[chunk] != info["records"] or have_skipped[chunk] != info["skipped"]:
-                log.warning("chunk %d is incomplete on disk (missing shard or lines): redoing it", chunk)
-                del committed[chunk]
-        manifest = [r for r in manifest if r["chunk"] in committed]
-        skipped = [r for r in skipped if r["chunk"] in committed]
-        atomic_write_text(self.out_dir / MANIFEST_FILE, "".join(json.dumps(r) + "\n" for r in manifest))
-        atomic_write_text(self.out_dir / SKIPPED_FILE, "".join(json.dumps(r) + "\n" for r in skipped))
-        keep = {shard_name(c) for c in committed}
-        for path in (self.out_dir / SHARD_DIR).iterdir():
-            if f"{SHARD_DIR}/{path.name}" not in keep:
-                path.unlink()  # uncommitted shard or temporary file of a killed write
-        self._write_progress(committed)
-        return committed
+def shard_problem(path: Path, info: dict, full: bool) -> str | None:
+    """Why the committed shard ``path`` cannot be trusted, or None. Checks its size against the
+    commit record (or, for records without one, its safetensors header against its size) and,
+    when ``full``, its SHA-256."""
+    if not path.is_file():
+        return "missing"
+    size = path.stat().st_size
+    if "bytes" in info:
+        if size != info["bytes"]:
+            return f"{size} bytes, {info['bytes']} committed"
+    else:
+        problem = _header_problem(path, size)
+        if problem:
+            return problem
+    if full and "sha256" in info and file_sha256(path) != info["sha256"]:
+        return "checksum differs from the committed one"
+    return None
 
-    def _write_progress(self, committed: dict[int, dict]) -> None:
-        atomic_write_text(self.out_dir / PROGRESS_FILE,
-                          json.dumps({"chunks": {str(k): committed[k] for k in sorted(committed)}}) + "\n")
 
-    def commit(self, chunk: int, items_hash: str, records: list[dict], tensors: dict[str, Tensor],
-               skipped: list[dict]) -> None:
-        from safetensors.torch import save_file
+def _header_problem(path: Path, size: int) -> str | None:
+    """A safetensors file is an 8-byte header length, a JSON header and the tensor data it lists."""
+    try:
+        with open(path, "rb") as handle:
+            length = int.from_bytes(handle.read(8), "little")
+            if size < 8 or not 0 < length <= size - 8:
+                return "truncated header"
+            header = json.loads(handle.read(length))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as error:
+        return f"unreadable header ({type(error).__name__})"
+    if 8 + length + end != size:
+        return f"{size} bytes, its header describes {8 + length + end}"
+    return None
 
-        if tensors:
-            final = self.out_dir / shard_name(chunk)
-            tmp = final.with_name(final.name + ".tmp")
-            save_file(tensors, str(tmp), metadata={"format": FORMAT, "chunk": str(chunk)})
-            with open(tmp, "rb") as handle:
-                os.fsync(handle.fileno())
-            os.replace(tmp, final)
-        fsync_append(self.out_dir / MANIFEST_FILE, [json.dumps(r) + "\n" for r in records])
-        fsync_append(self.out_dir / SKIPPED_FILE, [json.dumps(r) + "\n" for r in skipped])
-        self.committed[chunk] = {"records": len(records), "skipped": len(skipped), "items": items_hash}
-        self._write_progress(self.committed)  # the commit point
 
+def committed_rows(dataset_dir: str | Path, full_check: bool = False) -> list[dict]:
+    """The manifest rows of every committed chunk, after checking that nothing of them is damaged:
+    every line parses (a torn last line of an unfinished commit is left out), each chunk has as
+    many lines as committed, keys are unique and each shard passes :func:`shard_problem`
+    (``full_check``: its checksum too). Raises :class:`~l2s.files.DamagedFileError` naming the
+    file, line or shard."""
+    dataset_dir = Path(dataset_dir)
+    chunks = read_progress(dataset_dir)["chunks"]
+    manifest = dataset_dir / MANIFEST_FILE
+    rows = [(n, r) for n, r in read_jsonl_lines(manifest, fix=REDO) if r.get("chunk") in chunks]
+    counts = Counter(r["chunk"] for _, r in rows)
+    seen: dict[str, int] = {}
+    for number, row in rows:
+        key = row.get("key")
+        missing = [field for field in ROW_FIELDS if field not in row]
+        if missing or not isinstance(key, str) or not isinstance(row["shard"], str):
+            raise DamagedFileError(f"{manifest} line {number} is not a record (missing or bad "
+                                   f"{', '.join(missing) or 'key or shard'}); {REDO}")
+        if key in seen:
+            raise DamagedFileError(f"{manifest} line {number} repeats the record of line {seen[key]} "
+                                   f"({key}); {REDO}")
+        seen[key] = number
+    for chunk, info in sorted(chunks.items()):
+        if counts[chunk] != info["records"]:
+            raise DamagedFileError(f"{manifest} has {counts[chunk]} lines of chunk {chunk}, "
+                                   f"{info['records']} were committed; {REDO}")
+        problem = shard_problem(dataset_dir / shard_name(chunk), info, full_check) if info["records"] else None
+        if problem:
+            raise DamagedFileError(f"{dataset_dir / shard_name(chunk)} is damaged ({problem}); {REDO}")
+    return [r for _, r in rows]
+
+
+def verify_dataset(dataset_dir: str | Path) -> int:
+    """Check every committed line and shard of a dataset, checksums included; the record count."""
+    load_dataset_meta(dataset_dir)
+    return len(committed_rows(dataset_dir, full_check=True))

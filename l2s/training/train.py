@@ -9,14 +9,15 @@ the one with the best validation loss, and the validation loss is the mean over 
 The output directory is described in :mod:`.checkpoints`. Resuming (``resume=True``, the default)
 continues from ``last/`` and gives exactly the weights an uninterrupted run would have: the
 shuffling generator, the global RNG (dropout) and every optimizer / scheduler / early-stopping
-counter are restored.
+counter are restored. The output directory is locked while training runs, the dataset's shards
+are checked against their checksums before the first epoch, and a loss that stops being finite
+ends training at once (:class:`TrainingDivergedError`), before anything of that epoch is saved.
 """
 from __future__ import annotations
 
 import json
 import logging
 import math
-import shutil
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -31,20 +32,24 @@ from tqdm.auto import tqdm
 
 from l2s.classifier import ClassifierConfig, RelationClassifier, preset
 from l2s.errors import ClassifierMismatchError, L2SError
+from l2s.files import DamagedFileError, output_lock
 from .checkpoints import (
     BEST_DIR,
+    DAMAGED,
     LAST_DIR,
     LOG_FILE,
-    STATE_FILE,
+    RESTART,
     append_log,
+    prepare_out_dir,
     read_log,
-    recover_dir,
     resume_state,
     rewrite_log,
     save_checkpoint,
 )
+from .layers import dataset_channels, with_first_blocks
+from .options import check_training_options
 from .reader import AttentionMapDataset
-from .store import load_dataset_meta
+from .store import load_dataset_meta, verify_dataset
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +60,10 @@ VAL_BATCH_SIZE = 256
 # Per-family learning rates and epoch limits; their keys are the classifier presets.
 DEFAULT_LR = {"flux-dev": 5e-5, "flux-schnell": 5e-5, "sd14": 1e-4, "sd21": 1e-4}
 DEFAULT_EPOCHS = {"flux-dev": 200, "flux-schnell": 200, "sd14": 150, "sd21": 100}
+
+
+class TrainingDivergedError(L2SError):
+    """The loss stopped being finite; nothing of the epoch it happened in was saved."""
 
 
 @dataclass
@@ -72,8 +81,9 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
 
 
-def _resolve_config(config: ClassifierConfig | str, meta: dict) -> ClassifierConfig:
-    """The classifier config, checked against (or, for a preset name, completed from) the dataset."""
+def _resolve_config(config: ClassifierConfig | str, meta: dict, layers: int | None = None) -> ClassifierConfig:
+    """The classifier config, checked against (or, for a preset name, completed from) the dataset;
+    ``layers=K``: a classifier of the dataset's first K layers (:mod:`.layers`)."""
     if isinstance(config, str):
         overrides = dict(class_names=tuple(meta["class_names"]), map_size=meta["map_size"])
         if meta.get("orig_map_size"):
@@ -81,9 +91,13 @@ def _resolve_config(config: ClassifierConfig | str, meta: dict) -> ClassifierCon
         if meta.get("layer_layout"):
             overrides["layer_layout"] = meta["layer_layout"]
         config = preset(config, channels=meta["channels"], **overrides)
-    if config.channels != meta["channels"]:
+    if layers is not None:
+        config = with_first_blocks(config, meta, layers)
+    selected = dataset_channels(meta, config.layer_layout)
+    available = meta["channels"] if selected is None else len(selected)
+    if config.channels != available:
         raise ClassifierMismatchError(f"the classifier takes {config.channels} maps per object but the dataset "
-                                      f"has {meta['channels']}")
+                                      f"has {available}")
     if config.map_size != meta["map_size"]:
         raise ClassifierMismatchError(f"the classifier takes {config.map_size}x{config.map_size} maps but the "
                                       f"dataset has {meta['map_size']}x{meta['map_size']}")
@@ -160,6 +174,7 @@ def train_classifier(
     prompt_types: Sequence[str] | None = None,
     num_workers: int = 0,
     progress: bool = True,
+    layers: int | None = None,
 ) -> TrainResult:
     """Train a :class:`RelationClassifier` on the ``train`` split, validating on ``val``.
 
@@ -174,22 +189,35 @@ def train_classifier(
         lr: AdamW learning rate (default 5e-5 FLUX / 1e-4 SD; a "custom" family gets the SD defaults).
         seed: seeds the initial weights, shuffling and dropout.
         device: torch device.
-        resume: continue from ``out_dir/last`` when it exists (else start over).
+        resume: continue from ``out_dir/last`` when it exists; False: start over (``--restart``).
         prompt_types: train only on these prompt types (e.g. ``("pos",)``: the leakage ablation).
         num_workers: DataLoader workers.
         progress: show a tqdm bar over epochs.
+        layers: train a classifier of the dataset's first ``layers`` layers only (one attention
+            layer per transformer block: steering then cuts the forward after that block).
     """
+    check_training_options(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, num_workers=num_workers,
+                           device=device)
     dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
     meta = load_dataset_meta(dataset_dir)
-    config = _resolve_config(config, meta)
+    config = _resolve_config(config, meta, layers)
     family = _family(config)
     lr = float(lr if lr is not None else DEFAULT_LR[family])
     max_epochs = int(epochs if epochs is not None else DEFAULT_EPOCHS[family])
-    if batch_size < 1 or max_epochs < 1:
-        raise L2SError("batch_size and epochs must be positive")
-    train_set, val_set = _splits(dataset_dir, config, prompt_types)
-    settings = _training_settings(config, meta, lr, batch_size, seed, prompt_types)
-    state = _prepare_out_dir(out_dir, settings, resume)
+    with output_lock(out_dir):  # a second writer is refused before the dataset is read
+        train_set, val_set = _splits(dataset_dir, config, prompt_types)
+        verify_dataset(dataset_dir)  # every shard against its checksum, once, before any epoch
+        settings = _training_settings(config, meta, lr, batch_size, seed, prompt_types)
+        state = prepare_out_dir(out_dir, settings, resume)
+        return _train(dataset_dir, out_dir, config, train_set, val_set, settings, state, max_epochs, seed, device,
+                      num_workers, progress)
+
+
+def _train(dataset_dir: Path, out_dir: Path, config: ClassifierConfig, train_set: AttentionMapDataset,
+           val_set: AttentionMapDataset, settings: dict, state: dict | None, max_epochs: int, seed: int,
+           device: str, num_workers: int, progress: bool) -> TrainResult:
+    """The epochs of :func:`train_classifier`, from ``state`` (a resumed run) or from the start."""
+    lr, batch_size = settings["lr"], settings["batch_size"]
     best_dir, last_dir, log_path = out_dir / BEST_DIR, out_dir / LAST_DIR, out_dir / LOG_FILE
 
     # fork_rng: training uses the global RNG (dropout) without disturbing the caller's stream.
@@ -198,8 +226,12 @@ def train_classifier(
         torch.manual_seed(seed)
         run = _Training.start(config, lr, seed, device)
         if state is not None:
-            run.restore(state, last_dir, devices)
-        history = [row for row in read_log(log_path) if row["epoch"] <= run.counters["epoch"]]
+            try:
+                run.restore(state, last_dir, devices)
+            except DAMAGED as error:
+                raise DamagedFileError(f"the resume state in {last_dir} is damaged ({type(error).__name__}: "
+                                       f"{str(error)[:200]}); {RESTART}") from None
+        history = [row for row in read_log(log_path, RESTART) if row["epoch"] <= run.counters["epoch"]]
         rewrite_log(log_path, history)  # drop lines of an epoch whose state never got saved
         train_loader = DataLoader(train_set, batch_size=batch_size,
                                   sampler=RandomSampler(train_set, generator=run.shuffle), num_workers=num_workers)
@@ -230,35 +262,15 @@ def train_classifier(
 def _splits(dataset_dir: Path, config: ClassifierConfig,
             prompt_types: Sequence[str] | None) -> tuple[AttentionMapDataset, AttentionMapDataset]:
     """The train and val splits at the classifier's step indices (neither may be empty)."""
-    train_set = AttentionMapDataset(dataset_dir, "train", config.timesteps, prompt_types, config.class_names)
-    val_set = AttentionMapDataset(dataset_dir, "val", config.timesteps, prompt_types, config.class_names)
+    train_set = AttentionMapDataset(dataset_dir, "train", config.timesteps, prompt_types, config.class_names,
+                                    config.layer_layout)
+    val_set = AttentionMapDataset(dataset_dir, "val", config.timesteps, prompt_types, config.class_names,
+                                  config.layer_layout)
     if len(train_set) == 0:
         raise L2SError(f"no training samples in {dataset_dir} at step indices {list(config.timesteps)}")
     if len(val_set) == 0:
         raise L2SError(f"no validation samples in {dataset_dir} at step indices {list(config.timesteps)}")
     return train_set, val_set
-
-
-def _prepare_out_dir(out_dir: Path, settings: dict, resume: bool) -> dict | None:
-    """Recover interrupted checkpoint swaps; the resume state of ``last/`` (checked against
-    ``settings``) when resuming, else clear a previous run. Returns the state or None."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    best_dir, last_dir, log_path = out_dir / BEST_DIR, out_dir / LAST_DIR, out_dir / LOG_FILE
-    for directory in (best_dir, last_dir):
-        recover_dir(directory)
-    if resume and (last_dir / STATE_FILE).is_file():
-        state = torch.load(last_dir / STATE_FILE, map_location="cpu", weights_only=True)
-        saved = json.loads(state["settings"])
-        if saved != json.loads(json.dumps(settings)):
-            differing = sorted(k for k in settings if saved.get(k) != json.loads(json.dumps(settings)).get(k))
-            raise L2SError(f"{out_dir} holds a run with other settings ({', '.join(differing)}); "
-                           f"pass resume=False / --no-resume to start over, or use another output directory")
-        return state
-    if not resume:
-        for stale in (best_dir, last_dir):
-            shutil.rmtree(stale, ignore_errors=True)
-        log_path.unlink(missing_ok=True)
-    return None
 
 
 @dataclass
@@ -304,12 +316,16 @@ class _Training:
             maps, steps, labels = maps.to(device), steps.to(device), labels.to(device)
             logits = model(maps, steps)
             loss = loss_fn(logits, labels)
+            if not torch.isfinite(loss):
+                self._diverged("training", loss.item(), maps)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
             tally.add(loss.item() * len(labels), logits, labels, steps)
         train = tally.summary()
         val = _evaluate(model, val_loader, device)
+        if not math.isfinite(val["loss"]):
+            self._diverged("validation", val["loss"], None)
         self.scheduler.step(val["loss"])
         counters["epoch"] += 1
         improved = val["loss"] < counters["best_val_loss"]
@@ -325,3 +341,14 @@ class _Training:
                 "val_loss": val["loss"], "val_accuracy": val["accuracy"],
                 "val_accuracy_per_step": val["per_step"], "best": improved,
                 "seconds": round(time.perf_counter() - started, 3)}
+
+    def _diverged(self, which: str, loss: float, maps: torch.Tensor | None) -> None:
+        """Stop at once: say in which epoch, and whether the data or the learning rate is to blame."""
+        epoch = self.counters["epoch"] + 1
+        if maps is not None and not torch.isfinite(maps).all():
+            raise TrainingDivergedError(f"epoch {epoch}: the dataset holds non-finite maps (the {which} loss "
+                                        f"is {loss}); remake the dataset")
+        lr = self.optimizer.param_groups[0]["lr"]
+        raise TrainingDivergedError(f"training diverged in epoch {epoch}: the {which} loss is {loss} at "
+                                    f"learning rate {lr:g}; nothing of epoch {epoch} was saved; lower the "
+                                    f"learning rate (--lr) and start over (--restart)")

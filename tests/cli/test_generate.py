@@ -120,3 +120,73 @@ def test_corrupt_model_and_classifier_files_are_refused(saved, capsys, tmp_path)
     code, _, err = run(["generate", "a cat above a dog", "--classifier", str(bad_clf),
                         "--out", str(tmp_path / "o2")], capsys)
     assert code == 2 and err.count("\n") >= 1 and "l2s: error:" in err
+
+
+def test_the_cli_names_agree_with_the_library():
+    from l2s.capture import CAPTURE_BACKENDS
+    from l2s.cli.models import CAPTURE_BACKENDS as CLI_BACKENDS
+    from l2s.cli.models import ENGINES, SCHEDULES
+    from l2s.engines import ENGINE_KINDS
+    from l2s.steer import PRESETS
+
+    assert SCHEDULES == tuple(PRESETS) and CLI_BACKENDS == tuple(CAPTURE_BACKENDS)
+    assert ENGINES == tuple(ENGINE_KINDS)
+
+
+def test_schedule_capture_backend_and_engine_reach_the_pipeline(tmp_path, capsys):
+    code, _, err = run(["generate", "a cat to the left of a dog", "--model", "tiny", "--out", str(tmp_path),
+                        "--quiet", "--no-baseline", "--schedule", "front-loaded", "--steps", "10",
+                        "--capture-backend", "native", "--engine", "eager"], capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["schedule"]["name"] == "front-loaded"
+    assert report["schedule"]["iterations"] == [16] + [0] * 9       # schnell rule: step 0 only
+    assert report["plain_step_engine"]["name"] == "eager"
+    assert "requested explicitly" in report["plain_step_engine"]["reason"]
+
+
+def test_default_engine_is_eager_and_says_why(tmp_path, capsys):
+    code, _, err = run(["generate", "a cat to the left of a dog", "--model", "tiny", "--out", str(tmp_path),
+                        "--quiet", "--no-baseline", "--schedule", "fast"], capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["schedule"]["name"] == "fast" and report["plain_step_engine"]["name"] == "eager"
+    assert "none is cached" in report["plain_step_engine"]["reason"]
+
+
+@pytest.mark.parametrize("option, value", [("--schedule", "fastest"), ("--capture-backend", "cuda"),
+                                           ("--engine", "turbo")])
+def test_unknown_speed_options_are_refused(option, value, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "a cat above a dog", "--model", "tiny", "--out", str(tmp_path), option, value])
+    assert exit_info.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def test_engine_is_refused_for_stable_diffusion(tmp_path, capsys):
+    from l2s.demo import tiny_sd_pipeline
+
+    sd = tiny_sd_pipeline(seed=0)
+    save_pipeline(sd, tmp_path / "sd")
+    tiny_classifier_for(sd, seed=0).save(tmp_path / "sd_clf")
+    code, _, err = run(["generate", "a cat above a dog", "--model", str(tmp_path / "sd"),
+                        "--classifier", str(tmp_path / "sd_clf"), "--dtype", "fp32", "--device", "cpu",
+                        "--engine", "compile", "--out", str(tmp_path / "out"), "--quiet"], capsys)
+    assert code == 2 and "--engine applies to FLUX" in err
+
+
+def test_eval_takes_the_schedule_too(tmp_path, capsys, monkeypatch):
+    from l2s.pipelines import SteeringPipeline
+
+    asked, call = [], SteeringPipeline.__call__
+
+    def spy(self, prompt, **kwargs):
+        asked.append(kwargs.get("schedule"))
+        return call(self, prompt, **kwargs)
+
+    monkeypatch.setattr(SteeringPipeline, "__call__", spy)
+    out = tmp_path / "run"
+    code = main(["eval", "--prompts", "shapes", "--n-prompts", "1", "--seeds", "0", "--steps", "2", "--quiet",
+                 "--mode", "steered", "--schedule", "early-exit", "--engine", "eager", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    assert asked == ["early-exit"]
+    assert json.loads((out / "summary.json").read_text())["settings"]["schedule"] == "early-exit"

@@ -1,0 +1,107 @@
+"""Score a GenEval-layout image folder that something else generated (``l2s eval --images``)."""
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+from PIL import Image
+from tqdm.auto import tqdm
+
+from l2s.errors import L2SError
+from l2s.files import output_lock
+from .detectors import Detector
+from .geometry import GENEVAL
+from .prompt_files import spec_from_metadata
+from .records import IMAGES, ImageRecord, detect_and_score, png_problem, read_json, write_json
+from .reports import EvalReport, ModeReport, write_outputs
+from .runs import check_scorable, clear_run
+from .specs import PromptSpec, result_from_record
+from .stats import summarise
+
+_DIGITS = re.compile(r"^\d+$")
+_SAMPLE = re.compile(r"^\d+\.png$")  # GenEval scores only these files
+
+
+def score_image_folder(images_dir: str | Path, detector: Detector, out_dir: str | Path, *,
+                       rule: str = GENEVAL, detector_name: str = "custom", contact_sheets: bool = True,
+                       progress: bool = True, restart: bool = False) -> EvalReport:
+    """Score a GenEval-layout folder (``<digits>/metadata.jsonl`` + ``<digits>/samples/<digits>.png``).
+
+    Folders whose metadata has no position clause (GenEval's other tasks) are skipped. Per-image
+    records go to ``OUT/images/<folder>/samples/<n>.json`` (a rerun with the same rule and
+    detector skips them), plus ``results.jsonl``, ``summary.json`` and contact sheets in OUT
+    (locked while this runs; ``restart``: remove previous records first).
+    """
+    images_dir, out = Path(images_dir), Path(out_dir)
+    jobs, skipped = _folder_jobs(images_dir)
+    check_scorable([spec for _, spec, _ in jobs], rule, detector)
+    with output_lock(out):
+        if restart:
+            clear_run(out)
+        return _score_folder_jobs(images_dir, jobs, skipped, out, detector, rule, detector_name, contact_sheets,
+                                  progress)
+
+
+def _score_folder_jobs(images_dir: Path, jobs: list[tuple[Path, PromptSpec, Path]], skipped: int, out: Path,
+                       detector: Detector, rule: str, detector_name: str, contact_sheets: bool,
+                       progress: bool) -> EvalReport:
+    scoring = {"rule": rule, "detector": detector_name}
+    started = time.perf_counter()
+    records = [_score_sample(folder, spec, png, out, detector, rule, scoring)
+               for folder, spec, png in tqdm(jobs, desc="l2s eval", unit="img", disable=not progress)]
+    report = EvalReport(modes={IMAGES: ModeReport(summarise([r.result for r in records], rule), records)},
+                        settings={"images": str(images_dir.resolve()), "folders_without_position": skipped,
+                                  **scoring},
+                        wall_time_s=time.perf_counter() - started)
+    write_outputs(out, report, contact_sheets)
+    return report
+
+
+def _folder_jobs(images_dir: Path) -> tuple[list[tuple[Path, PromptSpec, Path]], int]:
+    """(prompt folder, spec, PNG) of every position-prompt sample, and the folders skipped."""
+    if not images_dir.is_dir():
+        raise L2SError(f"--images {images_dir}: no such directory")
+    folders = sorted(p for p in images_dir.iterdir() if p.is_dir() and _DIGITS.match(p.name)
+                     and (p / "metadata.jsonl").is_file())
+    if not folders:
+        raise L2SError(f"no GenEval image folders (<digits>/metadata.jsonl) in {images_dir}")
+    jobs: list[tuple[Path, PromptSpec, Path]] = []
+    skipped = 0
+    for folder in folders:
+        try:
+            first_line = (folder / "metadata.jsonl").read_text(encoding="utf-8").splitlines()[:1]
+            spec = spec_from_metadata(json.loads(first_line[0])) if first_line else None
+        except (ValueError, KeyError, IndexError, TypeError) as error:
+            raise L2SError(f"{folder / 'metadata.jsonl'}: not a GenEval metadata or PromptSpec line "
+                           f"({error})") from None
+        if spec is None:
+            skipped += 1
+            continue
+        samples = sorted((p for p in (folder / "samples").glob("*.png") if _SAMPLE.match(p.name)),
+                         key=lambda p: int(p.stem))
+        jobs += [(folder, spec, png) for png in samples]
+    if not jobs:
+        raise L2SError(f"no position-prompt images in {images_dir} ({skipped} folders without a position clause)")
+    return jobs, skipped
+
+
+def _score_sample(folder: Path, spec: PromptSpec, png: Path, out: Path, detector: Detector, rule: str,
+                  scoring: dict[str, str]) -> ImageRecord:
+    """One image of a folder: resumed from its record, or scored."""
+    record_path = out / IMAGES / folder.name / "samples" / f"{png.stem}.json"
+    previous = read_json(record_path)
+    if (previous is not None and previous.get("scoring") == scoring
+            and previous["meta"].get("image") == str(png.resolve()) and png_problem(png) is None):
+        return ImageRecord(result_from_record(previous), png, previous["meta"], "resumed")
+    problem = png_problem(png)
+    if problem:
+        raise L2SError(f"cannot read the image {png} ({problem})")
+    image = Image.open(png).convert("RGB")
+    result, score_s = detect_and_score(detector, image, spec, rule, f"{folder.name}/{png.stem}")
+    meta = {"mode": IMAGES, "folder": folder.name, "seed": int(png.stem), "image": str(png.resolve()),
+            "score_s": score_s}
+    record_path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(record_path, {**result.to_dict(), "meta": meta, "scoring": scoring})
+    return ImageRecord(result, png, meta, "rescored" if previous else "scored")

@@ -1,0 +1,226 @@
+"""Output folders that nothing is lost in: one writer at a time, atomic writes, checksums, and
+state files that fail with a line saying how to recover.
+
+:func:`output_lock` takes an advisory exclusive lock (``flock``) on ``FOLDER/.l2s.lock`` and
+writes the holder's pid into it; a second writer is refused at once. The kernel drops the lock
+when its holder dies, even by SIGKILL, so a stale lock file never blocks a resumed run. POSIX
+only: where ``fcntl`` is missing the lock is not taken.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from l2s.errors import L2SError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX
+    fcntl = None
+
+LOCK_FILE = ".l2s.lock"
+_HELD: dict[Path, list[int]] = {}  # resolved folder -> [lock fd, depth]: a process may nest its own locks
+
+
+class FolderBusyError(L2SError):
+    """Another process is writing the output folder."""
+
+
+class DamagedFileError(L2SError):
+    """A state file cannot be read back; the message names it and says how to recover."""
+
+
+def prepare_output_dir(folder: str | Path, label: str = "output folder") -> Path:
+    """Create ``folder`` (and parents) or say in one line why it cannot be an output folder."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise L2SError(f"{label} {folder} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise L2SError(f"cannot create the {label} {folder}: {error.strerror or error}") from None
+    return folder
+
+
+@contextmanager
+def output_lock(folder: str | Path, label: str = "output folder") -> Iterator[Path]:
+    """Hold the exclusive lock of ``folder`` (created when missing) for the ``with`` block.
+
+    Raises :class:`FolderBusyError` naming the holder's pid when another process holds it, and
+    :class:`~l2s.errors.L2SError` when the folder cannot be created or written. Nested calls of
+    one process on the same folder share the lock.
+    """
+    folder = prepare_output_dir(folder, label)
+    key = folder.resolve()
+    if key in _HELD:
+        _HELD[key][1] += 1
+        try:
+            yield folder
+        finally:
+            _HELD[key][1] -= 1
+        return
+    fd = _acquire(folder, label)
+    _HELD[key] = [fd, 1]
+    try:
+        yield folder
+    finally:
+        del _HELD[key]
+        try:
+            os.ftruncate(fd, 0)  # the pid of a holder that is gone would only mislead
+        finally:
+            os.close(fd)  # closing drops the flock
+
+
+def _acquire(folder: Path, label: str) -> int:
+    path = folder / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise L2SError(f"cannot write to the {label} {folder}: {error.strerror or error}") from None
+    if fcntl is None:  # pragma: no cover - not POSIX
+        return fd
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 200, 0).decode("utf-8", "replace").split("\n")[0].strip() or "unknown"
+        os.close(fd)
+        raise FolderBusyError(f"{folder} is being written by another l2s process (pid {holder}); wait for it "
+                              f"to finish, or use another {label}") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+# ----------------------------------------------------------------------------------------------
+# Atomic writes
+# ----------------------------------------------------------------------------------------------
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems cannot sync a directory; the rename itself is still atomic
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that a reader, or a run killed midway, never sees half a file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """:func:`atomic_write_bytes` of UTF-8 text."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, data: Any, indent: int | None = 2) -> None:
+    """:func:`atomic_write_text` of ``data`` as JSON (and a final newline)."""
+    atomic_write_text(path, json.dumps(data, indent=indent, default=str) + "\n")
+
+
+def fsync_append(path: str | Path, lines: list[str]) -> None:
+    """Append ``lines`` in one write and sync them: a kill leaves whole lines or a torn last line."""
+    if not lines:
+        return
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write("".join(lines))
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading state back
+# ----------------------------------------------------------------------------------------------
+
+def read_state_json(path: str | Path, fix: str) -> Any | None:
+    """The parsed JSON file, None when it does not exist; :class:`DamagedFileError` (ending with
+    ``fix``, how to recover) when it exists but cannot be read or parsed."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as error:
+        raise DamagedFileError(f"{path} is damaged ({_reason(error)}); {fix}") from None
+    try:
+        return json.loads(text)
+    except ValueError as error:
+        raise DamagedFileError(f"{path} is damaged ({_reason(error)}); {fix}") from None
+
+
+def read_jsonl_lines(path: str | Path, fix: str, torn_tail_ok: bool = True) -> list[tuple[int, dict]]:
+    """``(line number, object)`` of every line of a JSON-lines file ([] when it does not exist).
+
+    A line that is not a JSON object is a :class:`DamagedFileError` naming the file and line
+    (ending with ``fix``), never a silent stop. ``torn_tail_ok``: a last line without its newline
+    that does not parse is what a writer killed mid-append leaves; it is left out instead.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    except OSError as error:
+        raise DamagedFileError(f"{path} cannot be read ({_reason(error)}); {fix}") from None
+    lines = data.split(b"\n")
+    rows = []
+    for number, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as error:
+            if torn_tail_ok and number == len(lines):  # no newline after it: a torn append
+                break
+            raise DamagedFileError(f"{path} line {number} is damaged ({_reason(error)}); {fix}") from None
+        if not isinstance(row, dict):
+            raise DamagedFileError(f"{path} line {number} is not a JSON object; {fix}")
+        rows.append((number, row))
+    return rows
+
+
+def _reason(error: Exception) -> str:
+    text = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+__all__ = [
+    "DamagedFileError",
+    "FolderBusyError",
+    "LOCK_FILE",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "file_sha256",
+    "fsync_append",
+    "output_lock",
+    "prepare_output_dir",
+    "read_jsonl_lines",
+    "read_state_json",
+]

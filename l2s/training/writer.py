@@ -1,0 +1,155 @@
+"""Write a map dataset (format: :mod:`.store`) chunk by chunk, and recover after a crash or a kill.
+
+A chunk is committed by (1) writing its shard to a temporary file and renaming it, (2) appending
+its manifest / skipped lines, (3) atomically rewriting ``progress.json`` with the lines' counts
+and the shard's size and SHA-256. A restarted writer checks every committed chunk against that
+record and drops everything else (stray shards, torn or uncommitted lines, damaged shards), so
+exactly the missing or damaged chunks are redone.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from collections import Counter
+from pathlib import Path
+
+from torch import Tensor
+
+from l2s.errors import L2SError
+from l2s.files import (
+    DamagedFileError,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    fsync_append,
+    read_state_json,
+)
+from .store import (
+    FORMAT,
+    MANIFEST_FILE,
+    META_FILE,
+    PROGRESS_FILE,
+    SHARD_DIR,
+    SKIPPED_FILE,
+    read_progress,
+    shard_name,
+    shard_problem,
+)
+
+log = logging.getLogger(__name__)
+
+
+def clear_dataset(out_dir: Path) -> None:
+    """Remove a dataset's files from ``out_dir`` (``--restart``); anything else there is kept."""
+    for name in (META_FILE, MANIFEST_FILE, SKIPPED_FILE, PROGRESS_FILE):
+        (out_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(out_dir / SHARD_DIR, ignore_errors=True)
+
+
+def salvage_jsonl(path: Path) -> list[dict]:
+    """The lines of ``path`` that parse; a damaged line is logged (its chunk gets redone), a torn
+    last line (a kill mid-append) is dropped quietly."""
+    if not path.exists():
+        return []
+    lines = path.read_bytes().split(b"\n")
+    rows = []
+    for number, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+        elif number != len(lines):
+            log.warning("%s line %d is damaged: its chunk is redone", path, number)
+    return rows
+
+
+class DatasetWriter:
+    """Commits chunks of records (shard + manifest lines + skipped lines) and recovers on restart.
+
+    ``restart``: remove a previous dataset in ``out_dir`` first. The caller holds ``out_dir``'s
+    lock (:func:`l2s.files.output_lock`): one writer at a time.
+    """
+
+    def __init__(self, out_dir: Path, meta: dict, restart: bool = False) -> None:
+        self.out_dir = out_dir
+        if restart:
+            clear_dataset(out_dir)
+        (out_dir / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+        self._claim(meta)
+        self.meta = meta
+        self.committed = self._recover()
+
+    def _claim(self, meta: dict) -> None:
+        """Write ``dataset.json``, or check that the dataset there was made with these settings."""
+        meta_path = self.out_dir / META_FILE
+        existing = read_state_json(meta_path, fix="delete it and rerun the same command (it is written again), "
+                                                  "or start over with --restart")
+        if existing is not None and not isinstance(existing, dict):
+            raise DamagedFileError(f"{meta_path} is damaged (not a JSON object); delete it and rerun the same "
+                                   "command, or start over with --restart")
+        if existing is not None and existing.get("settings_hash") != meta["settings_hash"]:
+            before = existing.get("settings", {})
+            differing = sorted(k for k in meta["settings"] if before.get(k) != meta["settings"][k])
+            raise L2SError(f"{self.out_dir} holds a dataset made with other settings "
+                           f"({', '.join(differing) or 'format'}); use a new output directory or the same "
+                           f"settings to resume (or start over with --restart)")
+        recorded = read_progress(self.out_dir).get("settings_hash")
+        if recorded is not None and recorded != meta["settings_hash"]:
+            raise L2SError(f"{self.out_dir / PROGRESS_FILE} records chunks made with other settings; use the "
+                           "settings that made them to resume, or start over with --restart")
+        if existing is None:
+            atomic_write_json(meta_path, meta)
+
+    def _recover(self) -> dict[int, dict]:
+        """Drop everything not covered by progress.json, or damaged; return the intact chunks."""
+        committed = read_progress(self.out_dir)["chunks"]
+        manifest = [r for r in salvage_jsonl(self.out_dir / MANIFEST_FILE) if r.get("chunk") in committed]
+        skipped = [r for r in salvage_jsonl(self.out_dir / SKIPPED_FILE) if r.get("chunk") in committed]
+        have, have_skipped = Counter(r["chunk"] for r in manifest), Counter(r["chunk"] for r in skipped)
+        for chunk, info in sorted(committed.items()):
+            if have[chunk] != info["records"] or have_skipped[chunk] != info["skipped"]:
+                problem = f"{have[chunk]} of {info['records']} manifest lines, {have_skipped[chunk]} of " \
+                          f"{info['skipped']} skipped lines"
+            else:
+                problem = shard_problem(self.out_dir / shard_name(chunk), info, full=True) if info["records"] else None
+            if problem:
+                log.warning("chunk %d cannot be trusted (%s): redoing it", chunk, problem)
+                del committed[chunk]
+        manifest = [r for r in manifest if r["chunk"] in committed]
+        skipped = [r for r in skipped if r["chunk"] in committed]
+        atomic_write_text(self.out_dir / MANIFEST_FILE, "".join(json.dumps(r) + "\n" for r in manifest))
+        atomic_write_text(self.out_dir / SKIPPED_FILE, "".join(json.dumps(r) + "\n" for r in skipped))
+        keep = {shard_name(c) for c in committed}
+        for path in (self.out_dir / SHARD_DIR).iterdir():
+            if f"{SHARD_DIR}/{path.name}" not in keep:
+                path.unlink()  # uncommitted or damaged shard, or the temporary file of a killed write
+        self._write_progress(committed)
+        return committed
+
+    def _write_progress(self, committed: dict[int, dict]) -> None:
+        atomic_write_json(self.out_dir / PROGRESS_FILE,
+                          {"settings_hash": self.meta["settings_hash"],
+                           "chunks": {str(k): committed[k] for k in sorted(committed)}}, indent=None)
+
+    def commit(self, chunk: int, items_hash: str, records: list[dict], tensors: dict[str, Tensor],
+               skipped: list[dict]) -> None:
+        """Write one chunk: shard, then lines, then the commit record (the commit point)."""
+        from safetensors.torch import save
+
+        info = {"records": len(records), "skipped": len(skipped), "items": items_hash}
+        if tensors:
+            # One metadata key: safetensors writes several in a random order, and a redone chunk
+            # must be the same bytes as the first time.
+            data = save(tensors, metadata={"format": FORMAT})
+            atomic_write_bytes(self.out_dir / shard_name(chunk), data)
+            info.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+        fsync_append(self.out_dir / MANIFEST_FILE, [json.dumps(r) + "\n" for r in records])
+        fsync_append(self.out_dir / SKIPPED_FILE, [json.dumps(r) + "\n" for r in skipped])
+        self.committed[chunk] = info
+        self._write_progress(self.committed)

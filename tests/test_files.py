@@ -1,0 +1,107 @@
+"""l2s.files: the output-folder lock (across real processes), atomic writes and damaged state files."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from l2s.errors import L2SError
+from l2s.files import (
+    LOCK_FILE,
+    DamagedFileError,
+    FolderBusyError,
+    atomic_write_bytes,
+    output_lock,
+    read_jsonl_lines,
+    read_state_json,
+)
+
+HOLD = """
+import sys, time
+from l2s.files import output_lock
+with output_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+def _holder(folder: Path) -> subprocess.Popen:
+    """Another process that takes the folder's lock and keeps it."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_second_process_is_refused_with_the_holders_pid_and_a_killed_holder_frees_the_folder(tmp_path):
+    folder = tmp_path / "out"
+    holder = _holder(folder)
+    try:
+        with pytest.raises(FolderBusyError, match=rf"being written by another l2s process \(pid {holder.pid}\)"):
+            with output_lock(folder):
+                pytest.fail("entered a folder another process holds")
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    # The lock file (with the dead holder's pid) stays behind; the kernel dropped the lock itself.
+    assert (folder / LOCK_FILE).read_text().strip() == str(holder.pid)
+    with output_lock(folder):
+        assert (folder / LOCK_FILE).read_text().strip() == str(os.getpid())
+    assert (folder / LOCK_FILE).read_text() == ""  # released: no pid left to mislead
+
+
+def test_one_process_may_nest_its_own_lock(tmp_path):
+    with output_lock(tmp_path / "out"):
+        with output_lock(tmp_path / "out" / ".." / "out"):  # the same folder, spelled otherwise
+            pass
+        holder = subprocess.run([sys.executable, "-c", HOLD, str(tmp_path / "out")], capture_output=True,
+                                text=True, timeout=60)
+        assert holder.returncode != 0 and "FolderBusyError" in holder.stderr  # still held after the inner exit
+
+
+def test_unusable_output_folders_are_one_line_errors(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(L2SError, match="is a file, not a folder"):
+        with output_lock(tmp_path / "file"):
+            pass
+    with pytest.raises(L2SError, match="cannot create"):
+        with output_lock(tmp_path / "file" / "below"):
+            pass
+
+
+def test_atomic_write_leaves_no_temporary_file(tmp_path):
+    atomic_write_bytes(tmp_path / "a.bin", b"one")
+    atomic_write_bytes(tmp_path / "a.bin", b"two")
+    assert (tmp_path / "a.bin").read_bytes() == b"two" and sorted(p.name for p in tmp_path.iterdir()) == ["a.bin"]
+
+
+def test_jsonl_damage_names_the_line_and_a_torn_last_line_is_what_a_kill_leaves(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"a": 1}\n{"a": 2}\n{"a": 3')
+    assert [row for _, row in read_jsonl_lines(path, fix="fix it")] == [{"a": 1}, {"a": 2}]
+    with pytest.raises(DamagedFileError, match=r"rows.jsonl line 3 is damaged .*; fix it"):
+        read_jsonl_lines(path, fix="fix it", torn_tail_ok=False)
+    path.write_text('{"a": 1}\n{"a": \n{"a": 3}\n')
+    with pytest.raises(DamagedFileError, match="line 2 is damaged"):
+        read_jsonl_lines(path, fix="fix it")
+    path.write_text('{"a": 1}\n[1, 2]\n')
+    with pytest.raises(DamagedFileError, match="line 2 is not a JSON object"):
+        read_jsonl_lines(path, fix="fix it")
+    assert read_jsonl_lines(tmp_path / "missing.jsonl", fix="") == []
+
+
+def test_a_damaged_state_file_says_how_to_recover(tmp_path):
+    assert read_state_json(tmp_path / "missing.json", fix="x") is None
+    (tmp_path / "state.json").write_bytes(b'{"chunks": {"0": ')
+    with pytest.raises(DamagedFileError, match=r"state.json is damaged \(JSONDecodeError.*\); use --restart"):
+        read_state_json(tmp_path / "state.json", fix="use --restart")
+    (tmp_path / "state.json").write_bytes(b"\xff\xfe")
+    with pytest.raises(DamagedFileError, match="UnicodeDecodeError"):
+        read_state_json(tmp_path / "state.json", fix="")
+    (tmp_path / "state.json").write_text(json.dumps({"ok": True}))
+    assert read_state_json(tmp_path / "state.json", fix="") == {"ok": True}
+
