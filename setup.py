@@ -153,6 +153,8 @@ setup(
     extras_require={
         "engines": ["onnx>=1.17,<2", "onnxruntime>=1.20,<2", "onnxscript>=0.5,<1"],
         "accelerate": ["accelerate>=1.0,<2"],
+        # GRPO fine-tuning (l2s.grpo) and --lora; like accelerate, peft depends on torch.
+        "grpo": ["peft>=0.17,<1", "accelerate>=1.0,<2"],
         "test": ["pytest>=8,<10", "pytest-benchmark>=5,<6"],
     },
     entry_points={"console_scripts": ["l2s = l2s.cli:main"]},

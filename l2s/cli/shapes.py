@@ -159,6 +159,8 @@ def build_make_data_parser() -> argparse.ArgumentParser:
     p.add_argument("--scenes", type=int, default=2400, help="two-object scenes to invert (default 2400)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-dual", action="store_true", help="pos prompts only")
+    p.add_argument("--layers", type=int, metavar="K",
+                   help="store only the first K blocks' maps (default: every layer, which serves any K)")
     p.add_argument("--threads", type=int)
     p.add_argument("--quiet", action="store_true")
     return p
@@ -173,9 +175,12 @@ def make_data_main(argv: Sequence[str] | None = None) -> int:
     args = build_make_data_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    pipe = load_shapes_pipeline(args.model)
-    summary = make_shapes_data(pipe, args.out, args.scenes, args.seed, dual=not args.no_dual,
-                               progress=not args.quiet)
+    from l2s.files import output_lock
+
+    with output_lock(args.out):  # a second writer is refused before the model loads
+        pipe = load_shapes_pipeline(args.model)
+        summary = make_shapes_data(pipe, args.out, args.scenes, args.seed, dual=not args.no_dual,
+                                   progress=not args.quiet, layers=args.layers)
     print(f"{summary.records} records of {summary.samples_done} samples ({summary.skipped} skipped) in {args.out}")
     return 0
 
@@ -188,6 +193,9 @@ def build_train_classifier_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--no-dual", action="store_true", help="train on pos prompts only (leakage ablation)")
+    p.add_argument("--layers", type=int, metavar="K",
+                   help="a classifier of the model's first K blocks only (steering then cuts the forward "
+                        "after block K); read from the same data (default: every layer the data holds)")
     p.add_argument("--epochs", type=int, default=SHAPES_CLASSIFIER_EPOCHS)
     p.add_argument("--lr", type=float, default=SHAPES_CLASSIFIER_LR)
     p.add_argument("--seed", type=int, default=0)
@@ -207,7 +215,7 @@ def train_classifier_main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     result = train_shapes_classifier(args.data, args.out, dual=not args.no_dual, epochs=args.epochs, lr=args.lr,
-                                     seed=args.seed, progress=not args.quiet)
+                                     seed=args.seed, progress=not args.quiet, layers=args.layers)
     print(f"best epoch {result.best_epoch}: val accuracy {result.best_val_accuracy:.3f}; weights in {result.best_dir}")
     for line in validation_report(result.best_dir, args.data):
         print(f"best checkpoint, {line}")
@@ -226,6 +234,9 @@ def build_bench_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, help="shapes pipeline dir (default: the shipped model)")
     p.add_argument("--classifier", type=Path, help="dual classifier dir (default: shipped)")
     p.add_argument("--ablation-classifier", type=Path, help="pos-only classifier dir (default: shipped)")
+    p.add_argument("--lora", type=Path, metavar="DIR",
+                   help="a LoRA adapter (l2s shapes grpo --out DIR) merged into the model: base = the tuned "
+                        "model, steered = the tuned model steered")
     p.add_argument("--out", type=Path, default=Path("l2s-shapes-bench"), help="run directory (images, resumable)")
     p.add_argument("--results", type=Path, help="write the Markdown table here (and .json beside it)")
     p.add_argument("--scale", type=float, default=1.0,
@@ -264,7 +275,8 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
                                ablation_classifier=args.ablation_classifier, scale=args.scale,
                                seeds=parse_seeds(args.seeds), parts=args.parts.split(",") if args.parts else None,
                                position_prompts=args.position_prompts, classifier_data=args.classifier_data,
-                               true_cfg_scale=args.true_cfg, step_size=args.step_size, progress=not args.quiet)
+                               true_cfg_scale=args.true_cfg, step_size=args.step_size, progress=not args.quiet,
+                               lora=args.lora)
     print(bench_table(results))
     if args.results:
         command = "l2s shapes bench " + " ".join(shlex.quote(a) for a in argv)

@@ -63,6 +63,8 @@ from .surgery import grow_transformer, repatch_transformer
 from .tokenizer import TEXT_WINDOW, shapes_t5_tokenizer, shapes_vocabulary, tokenize_t5
 from .trainer import ShapesTrainer, TrainSettings, learning_rate, train
 from .verdicts import VERDICTS, all_objects_found, colour_only, image_verdicts, objects_found
+from .reward_data import PairSettings, make_reward_pairs
+from .rule_reward import RuleReward
 
 __all__ = [
     "BACKGROUND",
@@ -74,6 +76,7 @@ __all__ = [
     "HELD_OUT_COLOURS",
     "HELD_OUT_SHAPES",
     "PixelShuffleVAE",
+    "PairSettings",
     "SHAPES",
     "SHAPES_CLASSIFIER_EPOCHS",
     "SHAPES_CLASSIFIER_LR",
@@ -85,6 +88,7 @@ __all__ = [
     "SHAPES_STORE_STEPS",
     "SHAPES_TRUE_CFG",
     "SHIPPED_MODEL_DIR",
+    "RuleReward",
     "Scene",
     "SceneDataset",
     "SceneObject",
@@ -113,6 +117,7 @@ __all__ = [
     "load_or_render_dataset",
     "load_shapes_pipeline",
     "load_shapes_steerer",
+    "make_reward_pairs",
     "make_shapes_data",
     "named_schedule",
     "objects_found",

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from l2s.files import output_lock
 from .detector import ShapesDetector
 from .model import load_shapes_pipeline
 from .prompts import ood_position_prompts, shapes_multi_relation_prompts, shapes_position_prompts
@@ -84,6 +85,7 @@ class _BenchRun:
     detector: ShapesDetector = field(default_factory=ShapesDetector)
     steerers: dict[str, Any] = field(default_factory=dict)
     position_records: dict[str, list] = field(default_factory=dict)
+    lora: str | None = None   # a LoRA adapter merged into the model (a GRPO-tuned row)
 
     def steerer(self, classifier: str):
         from l2s.classifier import RelationClassifier
@@ -104,7 +106,7 @@ def run_shapes_bench(out_dir: str | Path, *, pipeline_dir: str | Path | None = N
                      scale: float = 1.0, seeds: Sequence[int] = BENCH_SEEDS, parts: Sequence[str] | None = None,
                      position_prompts: int = 100, classifier_data: str | Path | None = None,
                      true_cfg_scale: float | None = None, step_size: float | None = None,
-                     progress: bool = True) -> dict:
+                     progress: bool = True, lora: str | Path | None = None) -> dict:
     """Run every bench part (``parts``: keys to keep) into ``out_dir`` and return the results.
 
     Each part is a :func:`l2s.evaluation.run_eval` run in ``out_dir/<key>`` (resumable). Returns
@@ -114,14 +116,31 @@ def run_shapes_bench(out_dir: str | Path, *, pipeline_dir: str | Path | None = N
     ``step_size``: the steering step size of every part (default
     :data:`~l2s.shapes.recipes.SHAPES_STEP_SIZE`). With ``classifier_data`` (the classifiers' map
     dataset) it also compares the dual and pos-only classifiers on its held-out maps, per prompt
-    type (``"classifier_comparison"``): the leakage check before any steering.
+    type (``"classifier_comparison"``): the leakage check before any steering. ``lora``: a LoRA
+    adapter (``l2s shapes grpo``) merged into the model first: its base mode is the tuned model,
+    its steered mode the tuned model steered.
     """
+    with output_lock(out_dir):  # one bench per run directory: a second one is refused before any work
+        return _run_bench(out_dir, pipeline_dir, classifier, ablation_classifier, scale, seeds, parts,
+                          position_prompts, classifier_data, true_cfg_scale, step_size, progress, lora)
+
+
+def _run_bench(out_dir: str | Path, pipeline_dir: str | Path | None, classifier: str | Path | None,
+               ablation_classifier: str | Path | None, scale: float, seeds: Sequence[int],
+               parts: Sequence[str] | None, position_prompts: int, classifier_data: str | Path | None,
+               true_cfg_scale: float | None, step_size: float | None, progress: bool,
+               lora: str | Path | None = None) -> dict:
     assets = shipped_assets()
     pipeline_dir = Path(pipeline_dir or assets.pipeline)
     classifiers = {"dual": Path(classifier or assets.classifier),
                    "pos_only": Path(ablation_classifier or assets.ablation_classifier)}
-    run = _BenchRun(load_shapes_pipeline(pipeline_dir), pipeline_dir, classifiers, true_cfg_scale,
-                    SHAPES_STEP_SIZE if step_size is None else step_size)
+    pipe = load_shapes_pipeline(pipeline_dir)
+    if lora is not None:
+        from l2s.grpo import apply_lora
+
+        apply_lora(pipe, lora)
+    run = _BenchRun(pipe, pipeline_dir, classifiers, true_cfg_scale,
+                    SHAPES_STEP_SIZE if step_size is None else step_size, lora=None if lora is None else str(lora))
     started = time.perf_counter()
     results = [_run_part(run, part, Path(out_dir), progress)
                for part in bench_parts(scale, seeds, position_prompts=position_prompts)
@@ -131,7 +150,7 @@ def run_shapes_bench(out_dir: str | Path, *, pipeline_dir: str | Path | None = N
         comparison = classifier_comparison(classifiers, classifier_data)
     settings = {"pipeline": str(pipeline_dir), "classifiers": {k: str(v) for k, v in classifiers.items()},
                 "scale": scale, "position_prompts": position_prompts, "step_size": run.step_size,
-                "sampling": run.sampling(), "seeds": list(seeds),
+                "sampling": run.sampling(), "seeds": list(seeds), "lora": run.lora,
                 "wall_time_s": round(time.perf_counter() - started, 1)}
     return {"parts": results, "classifier_comparison": comparison, "settings": settings}
 
@@ -144,7 +163,7 @@ def _run_part(run: _BenchRun, part: BenchPart, out: Path, progress: bool) -> dic
     schedule = _schedule_for(part.schedule, run.step_size)
     settings = {"pipeline": str(run.pipeline_dir), "classifier": str(run.classifiers[part.classifier]),
                 "schedule": json.loads(json.dumps(schedule.to_json())), "part": part.key,  # as stored
-                "sampling": steerer.sampling_options()}
+                "sampling": steerer.sampling_options(), **({"lora": run.lora} if run.lora else {})}
     report = run_eval(steerer, part.specs, run.detector, out / part.key, seeds=part.seeds, modes=part.modes,
                       schedule=schedule, settings=settings, detector_name="shapes",
                       contact_sheets=part.key == "position", progress=progress)

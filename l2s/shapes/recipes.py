@@ -83,12 +83,18 @@ def shipped_assets(root: str | Path | None = None) -> ShippedAssets:
 
 
 def load_shapes_steerer(pipeline_dir: str | Path | None = None, classifier: str | Path | None = None,
-                        schedule=None, true_cfg_scale: float | None = None, step_size: float | None = None):
-    """The shapes pipeline wrapped for steering (default: the shipped model + classifier)."""
+                        schedule=None, true_cfg_scale: float | None = None, step_size: float | None = None,
+                        lora: str | Path | None = None):
+    """The shapes pipeline wrapped for steering (default: the shipped model + classifier);
+    ``lora``: a LoRA adapter folder merged into its transformer first."""
     from l2s.classifier import RelationClassifier
 
     assets = shipped_assets()
     pipe = load_shapes_pipeline(pipeline_dir or assets.pipeline)
+    if lora is not None:
+        from l2s.grpo import apply_lora
+
+        apply_lora(pipe, lora)
     model = RelationClassifier.load(classifier or assets.classifier)
     return steer_shapes_pipeline(pipe, model, schedule, true_cfg_scale=true_cfg_scale, step_size=step_size)
 
@@ -184,25 +190,29 @@ def make_shapes_data(pipe, out_dir: str | Path, n_scenes: int, seed: int = 0, *,
     return make_dataset(samples, pipe, out_dir, **settings)
 
 
-def shapes_classifier_config(dataset_dir: str | Path, **overrides: Any):
-    """The schnell preset resized by :data:`SHAPES_CLASSIFIER_SIZES`, completed from the dataset."""
+def shapes_classifier_config(dataset_dir: str | Path, layers: int | None = None, **overrides: Any):
+    """The schnell preset resized by :data:`SHAPES_CLASSIFIER_SIZES`, completed from the dataset;
+    ``layers=K``: reading only the model's first K blocks (of the dataset's layers)."""
     from l2s.classifier import preset
-    from l2s.training import load_dataset_meta
+    from l2s.training import load_dataset_meta, with_first_blocks
 
     meta = load_dataset_meta(dataset_dir)
     fields = dict(SHAPES_CLASSIFIER_SIZES, class_names=tuple(meta["class_names"]), map_size=meta["map_size"],
                   orig_map_size=meta.get("orig_map_size"), layer_layout=meta.get("layer_layout"),
                   timesteps=tuple(meta["store_steps"]), num_timesteps=meta["num_steps"])
     fields.update(overrides)
-    return preset("flux-schnell", channels=meta["channels"], **fields)
+    config = preset("flux-schnell", channels=meta["channels"], **fields)
+    return config if layers is None else with_first_blocks(config, meta, layers)
 
 
 def train_shapes_classifier(dataset_dir: str | Path, out_dir: str | Path, *, dual: bool = True,
                             epochs: int = SHAPES_CLASSIFIER_EPOCHS, lr: float = SHAPES_CLASSIFIER_LR,
-                            batch_size: int = 64, seed: int = 0, progress: bool = True, **overrides: Any):
-    """Train the shapes classifier (``dual=False``: pos prompts only, the leakage ablation)."""
+                            batch_size: int = 64, seed: int = 0, progress: bool = True, layers: int | None = None,
+                            **overrides: Any):
+    """Train the shapes classifier (``dual=False``: pos prompts only, the leakage ablation;
+    ``layers=K``: a classifier of the first K blocks, read from the same maps)."""
     from l2s.training import train_classifier
 
-    config = shapes_classifier_config(dataset_dir, **overrides)
+    config = shapes_classifier_config(dataset_dir, layers, **overrides)
     return train_classifier(dataset_dir, out_dir, config, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                             prompt_types=None if dual else ("pos",), progress=progress)

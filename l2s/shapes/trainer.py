@@ -13,6 +13,7 @@ from diffusers import FluxPipeline, FluxTransformer2DModel
 from transformers import CLIPTextModel
 
 from l2s.errors import L2SError, ModelLoadError
+from l2s.files import output_lock
 
 from .data import SceneDataset, atomic_save, load_or_render_dataset
 from .export import export
@@ -240,9 +241,15 @@ def train(settings: TrainSettings, out: Path, device: str = "cpu", resume: bool 
     exports the EMA weights reached so far (``training.json`` says ``"completed": false``); running
     the same command again resumes and finishes the run.
     """
+    out = Path(out)
+    with output_lock(out):  # one trainer per run directory: a second one is refused before any work
+        return _train(settings, out, device, resume, progress, command, stop_at_step, time_limit_s)
+
+
+def _train(settings: TrainSettings, out: Path, device: str, resume: bool, progress: bool, command: str | None,
+           stop_at_step: int | None, time_limit_s: float | None) -> ShapesTrainer:
     from tqdm.auto import tqdm
 
-    out = Path(out)
     torch.manual_seed(settings.seed)
     dataset = load_or_render_dataset(out, count=settings.scenes, seed=settings.seed, size=settings.size,
                                      relation_caption_rate=settings.relation_caption_rate,

@@ -1,0 +1,114 @@
+"""``l2s shapes grpo``: GRPO-tune the shapes model's LoRA adapter for a spatial reward.
+
+A thin front end over :func:`l2s.shapes.tuning.train_shapes_grpo`. Runs on one process, or
+data-parallel: ``accelerate launch --multi_gpu --num_processes N -m l2s.cli shapes grpo ...``
+(on a machine without CUDA too: the processes then run on the CPU and talk over gloo;
+accelerate's ``--cpu`` flag alone would start a single process).
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from l2s.errors import L2SError
+
+REWARDS_HELP = ("'rule' (exact detector + GenEval rule, 1 when the image passes its prompt) or a trained "
+                "SpatialScore folder (l2s shapes train-reward): its mean score is the reward")
+
+
+def build_grpo_parser() -> argparse.ArgumentParser:
+    from l2s.grpo import GRPOSettings
+
+    d = GRPOSettings()
+    p = argparse.ArgumentParser(prog="l2s shapes grpo", description=(
+        "GRPO (Flow-GRPO's algorithm) on the shapes model: SDE sampling with log-probabilities, groups per "
+        "prompt, top-k filtering, clipped ratio objective, KL to the base model, LoRA adapter with EMA. "
+        "Writes OUT/adapter (load it with --lora OUT), OUT/log.jsonl and a checkpoint per epoch; rerun the "
+        "same command to resume."))
+    p.add_argument("--out", required=True, type=Path, help="run folder (checkpoint, log, adapters)")
+    p.add_argument("--reward", required=True, help=REWARDS_HELP)
+    p.add_argument("--model", type=Path, help="shapes pipeline folder (default: the shipped model)")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--prompts-per-epoch", type=int, default=d.prompts_per_epoch)
+    p.add_argument("--group-size", type=int, default=d.group_size, help="images per prompt (at least 12)")
+    p.add_argument("--top-k", type=int, default=d.top_k, help="keep the k best and k worst of each group")
+    p.add_argument("--no-top-k", action="store_true", help="train on every image of a group (ablation)")
+    p.add_argument("--beta", type=float, default=d.beta, help="weight of the KL to the base model")
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--noise-level", type=float, default=d.noise_level, help="SDE noise level a")
+    p.add_argument("--sde-steps", type=int, help="SDE (trained) steps from the start (default: all but the last)")
+    p.add_argument("--true-cfg", type=float, help="sampling guidance (default: the shapes recipe's)")
+    p.add_argument("--clip-range", type=float, default=d.clip_range)
+    p.add_argument("--adv-std", choices=("group", "global"), default=d.std, help="spread advantages divide by")
+    p.add_argument("--optimizer-steps", type=int, default=d.optimizer_steps, help="AdamW steps per epoch")
+    p.add_argument("--lora-rank", type=int, default=d.lora_rank)
+    p.add_argument("--lora-alpha", type=float, default=d.lora_alpha)
+    p.add_argument("--ema-decay", type=float, default=d.ema_decay)
+    p.add_argument("--chunk", type=int, default=d.chunk, help="images per transformer call")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--no-resume", action="store_true", help="start afresh even when OUT has a checkpoint")
+    p.add_argument("--threads", type=int, help="torch CPU threads per process")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def settings_from_args(args: argparse.Namespace, pipe=None):
+    """The run's :class:`~l2s.grpo.GRPOSettings` (shapes sampling recipe + the options)."""
+    from l2s.shapes.tuning import shapes_grpo_settings
+
+    overrides = dict(epochs=args.epochs, prompts_per_epoch=args.prompts_per_epoch, group_size=args.group_size,
+                     top_k=None if args.no_top_k else args.top_k, beta=args.beta, lr=args.lr,
+                     noise_level=args.noise_level, sde_steps=args.sde_steps, clip_range=args.clip_range,
+                     std=args.adv_std, optimizer_steps=args.optimizer_steps, lora_rank=args.lora_rank,
+                     lora_alpha=args.lora_alpha, ema_decay=args.ema_decay, chunk=args.chunk, seed=args.seed)
+    if args.true_cfg is not None:
+        overrides["true_cfg"] = args.true_cfg
+    return shapes_grpo_settings(pipe, **overrides)
+
+
+def load_reward(name: str, device: str):
+    """The reward callable ``--reward`` names."""
+    if name == "rule":
+        from l2s.shapes.rule_reward import RuleReward
+
+        return RuleReward("strict")
+    folder = Path(name)
+    if not folder.is_dir():
+        raise L2SError(f"--reward {name}: neither 'rule' nor a SpatialScore folder")
+    from l2s.reward import load_reward_model
+
+    return load_reward_model(folder, device=device)
+
+
+def grpo_main(argv: Sequence[str] | None = None) -> int:
+    """``l2s shapes grpo``: train (resuming by default) and save the adapter."""
+    import torch
+    from accelerate import Accelerator
+
+    from l2s.shapes import load_shapes_pipeline
+    from l2s.shapes.tuning import train_shapes_grpo
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_grpo_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise L2SError("--device cuda but torch.cuda.is_available() is False")
+    accelerator = Accelerator(cpu=args.device == "cpu")
+    settings_from_args(args).check(accelerator.num_processes)   # bad settings fail before anything loads
+    reward = load_reward(args.reward, str(accelerator.device))
+    pipe = load_shapes_pipeline(args.model)
+    settings = settings_from_args(args, pipe)
+    command = "l2s shapes grpo " + " ".join(shlex.quote(a) for a in argv)
+    result = train_shapes_grpo(args.out, reward, pipe=pipe, settings=settings,
+                               resume=not args.no_resume, progress=not args.quiet, command=command,
+                               accelerator=accelerator)
+    if accelerator.is_main_process:
+        last = result.records[-1] if result.records else {}
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in last.items() if k.startswith("eval_") and isinstance(v, float))
+        print(f"{result.epochs_done} epochs; {shown}; adapter in {args.out / 'adapter'} (load with --lora {args.out})")
+    return 0

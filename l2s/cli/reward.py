@@ -1,0 +1,147 @@
+"""``l2s shapes reward-data`` and ``l2s shapes train-reward``: the spatial reward model's preference
+pairs and its training. Thin front ends over :mod:`l2s.shapes.reward_data` and :mod:`l2s.reward`."""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from l2s.errors import L2SError
+
+
+def _patterns(text: str) -> dict:
+    """``2,1=0.35;3,2=0.35`` -> {"2,1": 0.35, "3,2": 0.35}."""
+    try:
+        return {key.strip(): float(value) for key, _, value in (item.partition("=") for item in text.split(";"))}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected OBJ,REL=WEIGHT;... got {text!r}") from None
+
+
+def build_reward_data_parser() -> argparse.ArgumentParser:
+    from l2s.shapes.reward_data import PairSettings
+
+    d = PairSettings()
+    p = argparse.ArgumentParser(prog="l2s shapes reward-data", description=(
+        "Preference pairs for the spatial reward model: shapes-model images of the same objects, one "
+        "showing the prompt, one showing it with 1 or 2-3 relations flipped, both checked by the exact "
+        "detector. Sharded and resumable: rerun the same command to continue or to add pairs."))
+    p.add_argument("--out", required=True, type=Path, help="pair folder (manifest, shards/, progress.json)")
+    p.add_argument("--pairs", required=True, type=int, help="stop once this many training pairs exist")
+    p.add_argument("--model", type=Path, default=None, help="shapes pipeline folder (default: the shipped one)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--families-per-shard", type=int, default=d.families_per_shard)
+    p.add_argument("--images-per-family", type=int, default=d.images_per_family,
+                   help="seeds drawn per set of objects; pairs are matched among them")
+    p.add_argument("--patterns", type=_patterns, default=d.patterns, metavar="OBJ,REL=W;...",
+                   help="weights of the prompt patterns (default %(default)s)")
+    p.add_argument("--heldout-fraction", type=float, default=d.heldout_fraction,
+                   help="share of object sets whose pairs are held out (split by prompt)")
+    p.add_argument("--include-held-out-vocabulary", action="store_true",
+                   help="also draw the colour and shape held out of every training set (cyan, diamond)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per generation batch")
+    p.add_argument("--max-shards", type=int, default=None, help="stop after this many shards in all")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def reward_data_main(argv: Sequence[str] | None = None) -> int:
+    """``l2s shapes reward-data``: make (or extend) a pair folder; prints the pair counts."""
+    import torch
+
+    from l2s.shapes import load_shapes_pipeline
+    from l2s.shapes.reward_data import PairSettings, make_reward_pairs
+
+    args = build_reward_data_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.pairs < 1 or args.batch_size < 1:
+        raise L2SError("--pairs and --batch-size must be positive")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise L2SError("--device cuda but torch.cuda.is_available() is False")
+    settings = PairSettings(seed=args.seed, families_per_shard=args.families_per_shard,
+                            images_per_family=args.images_per_family, patterns=args.patterns,
+                            heldout_fraction=args.heldout_fraction,
+                            include_held_out_vocabulary=args.include_held_out_vocabulary)
+    settings.check()
+    pipe = load_shapes_pipeline(args.model, device=args.device)
+    counts = make_reward_pairs(args.out, args.pairs, settings=settings, pipe=pipe, batch_size=args.batch_size,
+                               max_shards=args.max_shards, progress=not args.no_progress)
+    print(json.dumps(counts, sort_keys=True))
+    return 0
+
+
+def build_train_reward_parser() -> argparse.ArgumentParser:
+    from l2s.reward import LOSSES, RewardTrainSettings
+
+    d = RewardTrainSettings()
+    p = argparse.ArgumentParser(prog="l2s shapes train-reward", description=(
+        "Train the SpatialScore reward model (image + prompt -> Gaussian score) on 'reward-data' pairs; "
+        "resumes from OUT/last by default; writes OUT/best, OUT/log.jsonl and OUT/results.json (held-out "
+        "pairwise accuracy, by 1 vs 2-3 flipped relations)."))
+    p.add_argument("--data", required=True, type=Path, help="pair folder made by 'l2s shapes reward-data'")
+    p.add_argument("--out", required=True, type=Path, help="run folder")
+    p.add_argument("--loss", choices=LOSSES, default=d.loss,
+                   help="uncertainty: Gaussian scores, P(win) = Phi(dmu / sqrt(s_w^2 + s_l^2)); bt: plain Bradley-Terry")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="pairs per step")
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--no-mirror", action="store_true",
+                   help="train each pair only under its prompt (default: also under the perturbed prompt, winner "
+                        "and loser swapped)")
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction,
+                   help="share of training object sets kept for model selection")
+    p.add_argument("--d-model", type=int, default=None, help="model width (default 64)")
+    p.add_argument("--joint-layers", type=int, default=None, help="image-text layers of the reward token (default 2)")
+    p.add_argument("--restart", action="store_true", help="start over instead of resuming OUT/last")
+    p.add_argument("--stop-after", type=int, default=None, metavar="EPOCHS",
+                   help="stop after this many epochs of this call; the same command continues")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def _headline(results: dict) -> str:
+    if not results.get("finished"):
+        return f"l2s: stopped after epoch {results['epochs_done']}; rerun the same command to continue"
+    heldout = results.get("heldout")
+    if not heldout:
+        return "l2s: trained; the pair folder has no held-out pairs to score"
+    flips = heldout["prompt"]["flips"]
+    parts = [f"{name} flip{'s' if name != '1' else ''} {v['accuracy']:.3f} (n={v['n']})" for name, v in flips.items()]
+    return (f"held-out pairwise accuracy {heldout['prompt']['all']['accuracy']:.3f} "
+            f"(n={heldout['prompt']['all']['n']}; {', '.join(parts)}); best epoch {results['best_epoch']}")
+
+
+def train_reward_main(argv: Sequence[str] | None = None) -> int:
+    """``l2s shapes train-reward``: train (resuming by default); prints the held-out accuracy."""
+    import torch
+
+    from l2s.reward import RewardTrainSettings, train_reward_model
+    from l2s.shapes import shapes_t5_tokenizer
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_train_reward_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise L2SError("--device cuda but torch.cuda.is_available() is False")
+    model = {k: v for k, v in (("d_model", args.d_model), ("joint_layers", args.joint_layers)) if v is not None}
+    settings = RewardTrainSettings(loss=args.loss, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                                   weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
+                                   mirror=not args.no_mirror, val_fraction=args.val_fraction, seed=args.seed,
+                                   model=model)
+    command = "l2s shapes train-reward " + " ".join(shlex.quote(a) for a in argv)
+    results = train_reward_model(args.data, args.out, shapes_t5_tokenizer(), settings, device=args.device,
+                                 resume=not args.restart, progress=not args.no_progress, command=command,
+                                 stop_after=args.stop_after)
+    print(_headline(results))
+    return 0

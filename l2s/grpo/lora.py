@@ -1,0 +1,67 @@
+"""LoRA adapters (peft) on a FluxTransformer2DModel: add, save, load onto a pipeline.
+
+The adapter covers the attention projections (image and text streams: q, k, v, outputs) and the
+feed-forward projections of every double-stream block, and the q, k, v, MLP-in and output
+projections of every single-stream block; the embeddings, norms and the final projection stay
+frozen. A saved adapter is a peft folder (``adapter_config.json`` + ``adapter_model.safetensors``);
+:func:`apply_lora` merges it into the pipeline's transformer, so the pipeline stays a plain
+diffusers pipeline (steering, capture and engines see ordinary Linear layers).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from l2s.errors import ModelLoadError, UsageError
+
+# peft matches a string pattern against whole module names (re.fullmatch).
+LORA_TARGETS = (r".*(transformer_blocks|single_transformer_blocks)\.\d+\."
+                r"(attn\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)"
+                r"|ff\.net\.(0\.proj|2)|ff_context\.net\.(0\.proj|2)|proj_mlp|proj_out)")
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def add_lora(transformer, rank: int, alpha: float, seed: int = 0):
+    """Wrap ``transformer`` in a :class:`peft.PeftModel` with a fresh adapter (A Gaussian, B zero,
+    so it starts as the base model; A drawn from ``seed`` so every process starts identical)."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=LORA_TARGETS, init_lora_weights="gaussian",
+                        lora_dropout=0.0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return get_peft_model(transformer, config)
+
+
+def adapter_parameters(model) -> dict[str, torch.nn.Parameter]:
+    """The trainable (adapter) parameters of a peft model, by name."""
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def adapter_dir(folder: str | Path) -> Path:
+    """``folder`` when it holds an adapter, else its ``adapter/`` (a GRPO run's output folder)."""
+    folder = Path(folder)
+    for candidate in (folder, folder / "adapter"):
+        if (candidate / ADAPTER_CONFIG).is_file():
+            return candidate
+    raise ModelLoadError(f"no LoRA adapter at {folder} ({ADAPTER_CONFIG} missing); "
+                         "a GRPO run writes it to OUT/adapter (`l2s shapes grpo --out OUT`)")
+
+
+def apply_lora(pipe, folder: str | Path):
+    """Load the adapter in ``folder`` onto ``pipe.transformer`` and merge it into the weights.
+
+    Returns ``pipe`` (modified in place); its transformer is again a plain diffusers model.
+    """
+    from peft import PeftModel
+
+    if getattr(pipe, "transformer", None) is None:
+        raise UsageError("a LoRA adapter from l2s.grpo applies to FLUX pipelines (a transformer denoiser)")
+    path = adapter_dir(folder)
+    try:
+        model = PeftModel.from_pretrained(pipe.transformer, str(path), is_trainable=False)
+    except (ValueError, KeyError, RuntimeError, OSError) as error:
+        raise ModelLoadError(f"the LoRA adapter in {path} does not fit this model: {error}") from None
+    pipe.transformer = model.merge_and_unload()
+    return pipe

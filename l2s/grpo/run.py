@@ -1,0 +1,191 @@
+"""A GRPO run: epochs, evaluation, checkpoints, the training log and the saved adapters.
+
+``train_grpo`` writes into ``out``: ``checkpoint.pt`` after every epoch (adapter, optimiser, EMA,
+RNG, epoch), ``log.jsonl`` (one line per epoch: rewards, KL, ratios, held-out accuracy and
+reward-model score of the EMA weights, seconds), ``adapter/`` (EMA weights, what evaluation and
+``--lora`` use) and ``adapter_raw/`` (the live weights), both peft folders, and ``grpo.json``.
+Rerunning the same call resumes after the last finished epoch. In a data-parallel run only the
+main process writes.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from l2s.errors import L2SError
+from l2s.files import (
+    atomic_write_json,
+    atomic_write_text,
+    fsync_append,
+    output_lock,
+    read_jsonl_lines,
+)
+
+from .settings import GRPOSettings
+from .trainer import GRPOTrainer, seeds_for
+
+CHECKPOINT, LOG = "checkpoint.pt", "log.jsonl"
+
+
+@dataclass
+class GRPOResult:
+    """What a call of :func:`train_grpo` leaves: epochs finished and the log's records."""
+
+    epochs_done: int
+    records: list[dict]
+    out: Path
+
+
+def epoch_prompts(pool: list[str], settings: GRPOSettings, epoch: int, rank: int, world: int) -> list[str]:
+    """This process's share of the epoch's prompts, drawn without replacement from ``pool``."""
+    if len(pool) < settings.prompts_per_epoch:
+        raise L2SError(f"{len(pool)} training prompts; an epoch needs {settings.prompts_per_epoch}")
+    order = np.random.default_rng([settings.seed, epoch]).permutation(len(pool))[:settings.prompts_per_epoch]
+    share = settings.prompts_per_epoch // world
+    return [pool[i] for i in order[rank * share:(rank + 1) * share]]
+
+
+def run_epoch(trainer: GRPOTrainer, pool: list[str], epoch: int, progress: bool) -> dict:
+    """Sample, score and train one epoch on this process; returns the epoch's (all-process) stats."""
+    from tqdm.auto import tqdm
+
+    s, acc = trainer.settings, trainer.acc
+    prompts = epoch_prompts(pool, s, epoch, acc.process_index, acc.num_processes)
+    seeds = seeds_for(s.seed, epoch, acc.process_index, count=len(prompts) * s.group_size)
+    started = time.perf_counter()
+    chunks = -(-len(seeds) // s.chunk)
+    with tqdm(total=chunks * s.steps, desc=f"epoch {epoch} sampling", leave=False, disable=not progress) as bar:
+        rollout, cond = trainer.rollout(prompts, seeds, s.noise_level, bar)
+    rewards = trainer.score(trainer.reward, rollout, prompts).reshape(len(prompts), s.group_size)
+    advantages, keep = trainer.advantages(rewards)
+    sampled = time.perf_counter()
+    generator = torch.Generator().manual_seed(seeds_for(s.seed, epoch, acc.process_index, 1, count=1)[0])
+    rows = int((advantages != 0).sum())
+    with tqdm(total=rows * s.trained_steps, desc=f"epoch {epoch} training", leave=False,
+              disable=not progress) as bar:
+        stats = trainer.train(rollout, advantages, cond, generator, bar)
+    all_rewards = acc.gather(rewards)
+    flat_groups = acc.gather((rewards.max(dim=1).values == rewards.min(dim=1).values).float())
+    return {"epoch": epoch, "reward_mean": float(all_rewards.mean()), "reward_std": float(all_rewards.std()),
+            "groups_without_spread": int(flat_groups.sum()), "kept_fraction": float(keep.float().mean()),
+            **stats, "trained_rows": int(acc.reduce(torch.tensor(stats["trained_rows"]), reduction="sum")),
+            "optimizer_steps": trainer.optimizer_steps, "sampling_s": round(sampled - started, 2),
+            "training_s": round(time.perf_counter() - sampled, 2)}
+
+
+def evaluate(trainer: GRPOTrainer, prompts: list[str], evaluators: dict, reward) -> dict:
+    """Deterministic (ODE) images of the EMA weights at the settings' eval seeds: each evaluator's
+    mean (``eval_<name>``: held-out accuracies) and the training reward's (``eval_reward``)."""
+    started = time.perf_counter()
+    seeds = [seed for _ in prompts for seed in trainer.settings.eval_seeds]
+    with trainer.ema.applied():
+        rollout, _ = trainer.rollout(prompts, seeds, 0.0)
+    result = {f"eval_{name}": float(trainer.score(fn, rollout, prompts).mean()) for name, fn in evaluators.items()}
+    result["eval_reward"] = float(trainer.score(reward, rollout, prompts).mean())
+    return {**result, "eval_images": len(seeds), "eval_s": round(time.perf_counter() - started, 2)}
+
+
+def train_grpo(pipe, reward, settings: GRPOSettings, out: str | Path, train_prompts: list[str], *,
+               eval_prompts: list[str] | None = None, evaluators: dict | None = None, resume: bool = True,
+               progress: bool = True, command: str | None = None, accelerator=None,
+               stop_after: int | None = None) -> GRPOResult:
+    """GRPO-train a LoRA adapter on ``pipe`` (any diffusers FluxPipeline) for ``reward`` (any
+    callable ``reward(images, prompts) -> (B,) tensor``, higher is better).
+
+    ``train_prompts``: the pool each epoch draws from; ``eval_prompts`` + ``evaluators`` (name ->
+    callable like ``reward``, e.g. exact 0/1 judges): held-out accuracies logged before training
+    (epoch 0) and after every epoch. ``stop_after``: end this call after that many
+    epochs, as an interruption would (a later call resumes). ``accelerator``: an
+    :class:`accelerate.Accelerator` (default: one for this machine; under ``accelerate launch``
+    every process runs this function and they split each epoch's prompts).
+    """
+    from accelerate import Accelerator
+
+    acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    settings.check(acc.num_processes)
+    out = Path(out)
+    lock = output_lock(out) if acc.is_main_process else contextlib.nullcontext()
+    with lock:
+        trainer = GRPOTrainer(pipe, reward, settings, acc)
+        if not resume and acc.is_main_process:  # a fresh start: the old run's log would mislead
+            (out / LOG).unlink(missing_ok=True)
+        acc.wait_for_everyone()
+        start = _resume(trainer, out) if resume else 0
+        return _epochs(trainer, out, train_prompts, eval_prompts, evaluators or {}, start, progress, command, stop_after)
+
+
+def _epochs(trainer: GRPOTrainer, out: Path, pool, eval_prompts, evaluators: dict, start: int, progress: bool,
+            command: str | None, stop_after: int | None) -> GRPOResult:
+    from tqdm.auto import tqdm
+
+    s, acc = trainer.settings, trainer.acc
+    main = acc.is_main_process
+    evaluating = bool(eval_prompts) and bool(evaluators)
+    if start == 0 and main and evaluating and not (out / LOG).exists():
+        baseline = evaluate(trainer, eval_prompts, evaluators, trainer.reward)
+        fsync_append(out / LOG, [json.dumps({"epoch": 0, **baseline}) + "\n"])
+    last = s.epochs if stop_after is None else min(s.epochs, start + stop_after)
+    with tqdm(total=s.epochs, initial=start, desc="GRPO epochs", disable=not (progress and main)) as bar:
+        for epoch in range(start + 1, last + 1):
+            record = run_epoch(trainer, pool, epoch, progress and main)
+            if main:
+                if evaluating:
+                    record.update(evaluate(trainer, eval_prompts, evaluators, trainer.reward))
+                _save(trainer, out, epoch, command)
+                fsync_append(out / LOG, [json.dumps(record) + "\n"])
+            acc.wait_for_everyone()
+            bar.update()
+            shown = {k: f"{v:.3f}" for k, v in record.items()
+                     if k.startswith("eval_") and isinstance(v, float) and not k.endswith("_s")}
+            bar.set_postfix({"reward": f"{record['reward_mean']:.3f}", **shown}, refresh=False)
+    records = [r for _, r in read_jsonl_lines(out / LOG, fix="delete it to start the log afresh")] \
+        if (out / LOG).exists() else []
+    return GRPOResult(last, records, out)
+
+
+def _save(trainer: GRPOTrainer, out: Path, epoch: int, command: str | None) -> None:
+    """Checkpoint first (what a resume needs), then the adapters and the run's description."""
+    tmp = out / (CHECKPOINT + ".tmp")
+    torch.save({"epoch": epoch, "settings": json.dumps(trainer.settings.run_identity()), **trainer.state()}, tmp)
+    os.replace(tmp, out / CHECKPOINT)
+    with trainer.ema.applied():
+        _save_adapter(trainer.model, out / "adapter")
+    _save_adapter(trainer.model, out / "adapter_raw")
+    atomic_write_json(out / "grpo.json", {"epochs_done": epoch, "settings": trainer.settings.run_identity(),
+                                          "epochs": trainer.settings.epochs, "command": command,
+                                          "adapter": "adapter (EMA weights); adapter_raw: live weights",
+                                          "processes": trainer.acc.num_processes})
+
+
+def _save_adapter(model, folder: Path) -> None:
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp))
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+
+
+def _resume(trainer: GRPOTrainer, out: Path) -> int:
+    """Load ``out/checkpoint.pt`` when present; returns the last finished epoch (0 when none)."""
+    path = out / CHECKPOINT
+    if not path.is_file():
+        return 0
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if json.loads(state["settings"]) != trainer.settings.run_identity():
+        raise L2SError(f"{path} was written by a run with other settings; use another --out "
+                       "or --no-resume to start afresh")
+    trainer.load_state(state)
+    epoch = int(state["epoch"])
+    if trainer.acc.is_main_process and (out / LOG).exists():  # drop lines of epochs the checkpoint lacks
+        lines = read_jsonl_lines(out / LOG, fix="delete it to start the log afresh")
+        kept = [json.dumps(r) for _, r in lines if int(r["epoch"]) <= epoch]
+        atomic_write_text(out / LOG, "".join(line + "\n" for line in kept))
+    return epoch

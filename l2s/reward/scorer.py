@@ -1,0 +1,94 @@
+"""A saved SpatialScore as a reward callable: ``scorer(images, prompts) -> (B,) mean scores``.
+
+A reward-model folder holds the model (``config.json``, ``model.safetensors``) and the tokenizer
+it reads prompts with (``tokenizer/``), so it loads with nothing else: :func:`load_reward_model`.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from l2s.errors import L2SError, ModelLoadError
+
+from .model import SpatialScore
+from .protocol import Images
+
+TOKENIZER_DIR = "tokenizer"
+
+
+def images_to_tensor(images: Images, size: int | None = None) -> torch.Tensor:
+    """(B, 3, S, S) float in [0, 1] from PIL images, (B, H, W, 3) uint8 or (B, 3, H, W) float tensors;
+    resized to ``size`` (bilinear) when it differs."""
+    if isinstance(images, torch.Tensor):
+        x = images
+        if x.dtype == torch.uint8:
+            x = x.permute(0, 3, 1, 2).float() / 255 if x.shape[-1] == 3 else x.float() / 255
+        x = x.float()
+    else:
+        arrays = [np.asarray(image.convert("RGB"), dtype=np.uint8) for image in images]
+        if not arrays:
+            raise L2SError("no images to score")
+        x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise L2SError(f"images must be RGB, got a tensor of shape {tuple(x.shape)}")
+    if size is not None and x.shape[-1] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return x
+
+
+def tokenize(tokenizer, prompts: Sequence[str], length: int) -> torch.Tensor:
+    """(B, length) ids, padded; a prompt longer than ``length`` tokens is an error, not a silent cut."""
+    ids = tokenizer(list(prompts), padding="max_length", max_length=length, truncation=False,
+                    return_tensors="pt").input_ids
+    if ids.shape[1] > length:
+        raise L2SError(f"a prompt needs {ids.shape[1]} tokens; the reward model reads at most {length}")
+    return ids
+
+
+class SpatialScorer:
+    """A :class:`~l2s.reward.RewardFn`: the model's mean score of each image under its prompt."""
+
+    def __init__(self, model: SpatialScore, tokenizer, batch_size: int = 256) -> None:
+        self.model, self.tokenizer, self.batch_size = model.eval(), tokenizer, batch_size
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def score(self, images: Images, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, log_var), each (B,) float32 on the CPU."""
+        x = images_to_tensor(images, self.model.config.image_size)
+        if x.shape[0] != len(prompts):
+            raise L2SError(f"{x.shape[0]} images but {len(prompts)} prompts")
+        ids = tokenize(self.tokenizer, prompts, self.model.config.text_len)
+        means, log_vars = [], []
+        for start in range(0, x.shape[0], self.batch_size):
+            part = slice(start, start + self.batch_size)
+            mean, log_var = self.model(x[part].to(self.device), ids[part].to(self.device))
+            means.append(mean.float().cpu())
+            log_vars.append(log_var.float().cpu())
+        return torch.cat(means), torch.cat(log_vars)
+
+    def __call__(self, images: Images, prompts: Sequence[str]) -> torch.Tensor:
+        return self.score(images, prompts)[0]
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        folder = self.model.save_pretrained(folder)
+        self.tokenizer.save_pretrained(str(folder / TOKENIZER_DIR))
+        return folder
+
+
+def load_reward_model(folder: str | Path, device: str | torch.device = "cpu") -> SpatialScorer:
+    """The :class:`SpatialScorer` saved in ``folder`` (by ``l2s shapes train-reward``)."""
+    from transformers import AutoTokenizer
+
+    folder = Path(folder)
+    if not (folder / TOKENIZER_DIR).is_dir():
+        raise ModelLoadError(f"no reward model at {folder} ({TOKENIZER_DIR}/ missing)")
+    model = SpatialScore.from_pretrained(folder, device=device)
+    return SpatialScorer(model, AutoTokenizer.from_pretrained(str(folder / TOKENIZER_DIR), local_files_only=True))

@@ -1,0 +1,234 @@
+"""Training a SpatialScore on preference pairs, resumable epoch by epoch.
+
+    out/
+      best/       the reward model with the best validation accuracy (SpatialScorer.save_pretrained)
+      last/       the latest epoch's model + state.pt (optimizer, schedule, RNG, counters) to resume
+      log.jsonl   one line per epoch: loss, train / validation pairwise accuracy, seconds
+      results.json  the best model's accuracy on the held-out pairs (written at the end)
+
+Validation pairs are carved out of the training split by object set (``group`` of a record:
+its ``objects`` field, else its prompt), so model selection never looks at the held-out split,
+which is scored once, at the end. With ``mirror`` every pair also trains in the other direction:
+under the perturbed prompt the loser is the image that should win.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from l2s.errors import L2SError
+from l2s.files import output_lock
+from l2s.training.checkpoints import append_log, atomic_dir, prepare_out_dir, read_log, rewrite_log
+
+from .evaluate import evaluate_judge, pair_scores, accuracy
+from .losses import LOSSES, pair_loss
+from .model import SpatialScore, SpatialScoreConfig
+from .pairs import PairSet, load_pairs
+from .scorer import SpatialScorer, images_to_tensor, tokenize
+
+STATE_FILE = "state.pt"
+
+
+@dataclass
+class RewardTrainSettings:
+    loss: str = "uncertainty"
+    epochs: int = 12
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    mirror: bool = True
+    val_fraction: float = 0.05
+    seed: int = 0
+    model: dict = field(default_factory=dict)   # SpatialScoreConfig overrides
+
+    def check(self) -> None:
+        if self.loss not in LOSSES:
+            raise L2SError(f"unknown loss {self.loss!r} (choose {', '.join(LOSSES)})")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or not 0 <= self.val_fraction < 1:
+            raise L2SError("need epochs >= 1, batch size >= 1, lr > 0 and 0 <= val fraction < 1")
+
+
+def group_of(record: dict) -> str:
+    return record.get("objects") or record["prompt"]
+
+
+def validation_split(pairs: PairSet, fraction: float, seed: int) -> tuple[PairSet, PairSet]:
+    """(train, validation) by a salted hash of each record's group: whole groups on one side."""
+    def held(record: dict) -> bool:
+        digest = hashlib.sha1(f"{seed}|val|{group_of(record)}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2 ** 64 < fraction
+
+    flags = [held(r) for r in pairs.records]
+    return (pairs.subset([i for i, f in enumerate(flags) if not f]), pairs.subset([i for i, f in enumerate(flags) if f]))
+
+
+class _Examples:
+    """Training examples (pair, direction) as tensors: images stay uint8 until a batch is drawn."""
+
+    def __init__(self, pairs: PairSet, tokenizer, text_len: int, mirror: bool) -> None:
+        self.images = pairs.images
+        ids = tokenize(tokenizer, pairs.prompts, text_len)
+        self.winner, self.loser, self.ids = pairs.winner, pairs.loser, ids
+        if mirror:
+            flipped = tokenize(tokenizer, [r["perturbed"] for r in pairs.records], text_len)
+            self.winner, self.loser = torch.cat([pairs.winner, pairs.loser]), torch.cat([pairs.loser, pairs.winner])
+            self.ids = torch.cat([ids, flipped])
+
+    def __len__(self) -> int:
+        return int(self.winner.numel())
+
+    def batch(self, index: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return (images_to_tensor(self.images[self.winner[index]]).to(device),
+                images_to_tensor(self.images[self.loser[index]]).to(device), self.ids[index].to(device))
+
+
+def _schedule(optimizer, warmup: int, total: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _validation_accuracy(scorer: SpatialScorer, pairs: PairSet) -> float | None:
+    if len(pairs) == 0:
+        return None
+    scorer.model.eval()
+    result = accuracy(*pair_scores(scorer, pairs))["accuracy"]
+    scorer.model.train()
+    return result
+
+
+def _save(directory: Path, scorer: SpatialScorer, state: dict | None = None) -> None:
+    def write(tmp: Path) -> None:
+        scorer.save_pretrained(tmp)
+        if state is not None:
+            torch.save(state, tmp / STATE_FILE)
+
+    atomic_dir(directory, write)
+
+
+def train_reward_model(data: str | Path, out: str | Path, tokenizer, settings: RewardTrainSettings | None = None, *,
+                       device: str = "cpu", resume: bool = True, progress: bool = True,
+                       command: str | None = None, stop_after: int | None = None) -> dict:
+    """Train a :class:`~l2s.reward.SpatialScore` on the pair folder ``data`` into ``out``.
+
+    ``tokenizer``: a ``transformers`` tokenizer for the prompts (saved with the model). Resumes
+    from ``out/last`` unless ``resume`` is False; ``stop_after``: end after that many epochs of
+    this call (the same command continues). Returns the results (also ``out/results.json``
+    once every epoch has run).
+    """
+    settings = settings or RewardTrainSettings()
+    settings.check()
+    out = Path(out)
+    with output_lock(out, "reward-model folder"):
+        train_pairs, val_pairs = validation_split(load_pairs(data, "train"), settings.val_fraction, settings.seed)
+        if len(train_pairs) == 0:
+            raise L2SError(f"{data} has no training pairs")
+        config = SpatialScoreConfig.from_dict({"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
+                                               "image_size": int(train_pairs.images.shape[1]), **settings.model})
+        record = {**asdict(settings), "data": str(Path(data).resolve()), "train_pairs": len(train_pairs)}
+        state = prepare_out_dir(out, record, resume)
+        torch.manual_seed(settings.seed)   # the initial weights (a resumed run loads its own)
+        run = _Run(SpatialScorer(SpatialScore(config).to(device), tokenizer), settings, record, device)
+        run.start(_Examples(train_pairs, tokenizer, config.text_len, settings.mirror), state)
+        if state is None:
+            rewrite_log(out / "log.jsonl", [])
+        run.epochs(out, val_pairs, progress, stop_after)
+        if run.epoch < settings.epochs:
+            return {"finished": False, "epochs_done": run.epoch}
+        return finish(out, data, command, record)
+
+
+def finish(out: Path, data: str | Path, command: str | None, record: dict) -> dict:
+    """Score the best model on the held-out pairs; write ``results.json``."""
+    from .scorer import load_reward_model
+
+    best = load_reward_model(out / "best")
+    heldout = load_pairs(data, "heldout")
+    log = read_log(out / "log.jsonl", fix="delete log.jsonl and rerun")
+    results = {"finished": True, "command": command, "settings": record, "heldout_pairs": len(heldout),
+               "best_epoch": max(log, key=lambda r: (r["val_accuracy"] or 0, -r["epoch"]))["epoch"] if log else None,
+               "heldout": evaluate_judge(best, heldout) if len(heldout) else None}
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    return results
+
+
+class _Run:
+    """The mutable part of one training run: model, optimiser, schedule, counters."""
+
+    def __init__(self, scorer: SpatialScorer, settings: RewardTrainSettings, record: dict, device: str) -> None:
+        self.scorer, self.settings, self.record, self.device = scorer, settings, record, device
+        self.model = scorer.model.train()
+        self.epoch, self.best = 0, -1.0
+
+    def start(self, examples: _Examples, state: dict | None) -> None:
+        s = self.settings
+        self.examples = examples
+        self.steps_per_epoch = max(1, math.ceil(len(examples) / s.batch_size))
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+        self.schedule = _schedule(self.optimizer, s.warmup_steps, s.epochs * self.steps_per_epoch)
+        if state is not None:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.schedule.load_state_dict(json.loads(state["schedule"]))
+            counters = json.loads(state["counters"])
+            self.epoch, self.best = counters["epoch"], counters["best"]
+
+    def epochs(self, out: Path, val_pairs: PairSet, progress: bool, stop_after: int | None) -> None:
+        s, ran = self.settings, 0
+        bar = tqdm(total=s.epochs * self.steps_per_epoch, initial=self.epoch * self.steps_per_epoch,
+                   desc="l2s train-reward", unit="step", disable=not progress)
+        try:
+            while self.epoch < s.epochs and (stop_after is None or ran < stop_after):
+                row = self.one_epoch(bar)
+                row["val_accuracy"] = _validation_accuracy(self.scorer, val_pairs)
+                self.epoch += 1
+                ran += 1
+                row["epoch"] = self.epoch
+                if row["val_accuracy"] is None or row["val_accuracy"] > self.best:
+                    self.best = row["val_accuracy"] if row["val_accuracy"] is not None else self.best
+                    _save(out / "best", self.scorer)
+                _save(out / "last", self.scorer, self.state())
+                append_log(out / "log.jsonl", row)
+                bar.set_postfix({"loss": f"{row['loss']:.3f}", "val": row["val_accuracy"]}, refresh=False)
+        finally:
+            bar.close()
+
+    def one_epoch(self, bar) -> dict:
+        s, started = self.settings, time.perf_counter()
+        order = torch.randperm(len(self.examples), generator=torch.Generator().manual_seed(s.seed * 1000 + self.epoch))
+        total, right, seen = 0.0, 0, 0
+        for start in range(0, len(order), s.batch_size):
+            index = order[start:start + s.batch_size]
+            images_w, images_l, ids = self.examples.batch(index, self.device)
+            text = self.model.encode_text(ids)
+            winner, loser = self.model(images_w, text=text), self.model(images_l, text=text)
+            loss = pair_loss(s.loss, winner, loser)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.grad_clip)
+            self.optimizer.step()
+            self.schedule.step()
+            total += float(loss.detach()) * len(index)
+            right += int((winner[0] > loser[0]).sum())
+            seen += len(index)
+            bar.update()
+        return {"loss": total / seen, "train_accuracy": right / seen, "lr": self.schedule.get_last_lr()[0],
+                "seconds": round(time.perf_counter() - started, 1)}
+
+    def state(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "schedule": json.dumps(self.schedule.state_dict()),
+                "counters": json.dumps({"epoch": self.epoch, "best": self.best}),
+                "settings": json.dumps(self.record)}

@@ -1,0 +1,229 @@
+"""Preference pairs for a spatial reward model, made by the shapes model and judged exactly.
+
+The recipe follows the preference data of spatial reward models (prompts of several objects and
+relations; a perturbed copy of each prompt with 1, or 2-3, relations flipped and nothing else;
+both rendered by a generator; each pair checked). A pair is ``(prompt P, winner, loser)``:
+
+* **winner**: a shapes-model image that satisfies P (GenEval rule, strict: every object found
+  with its colour and shape and every relation of P holding);
+* **loser**: a shapes-model image of the same objects that satisfies P' = P with k relations
+  flipped (left <-> right, above <-> below), and so violates P in exactly those k relations;
+  the check confirms that it fails P.
+
+Both are judged against P, the prompt the pair carries (``prompt``); ``perturbed`` is P'. The
+exact detector plays the human check on both images.
+
+Where the images come from. The shapes model draws the objects a prompt names but not where
+the relation words put them: the same seed under P and P' gives nearly the same picture, so
+pairs of one seed almost never pass the check. Images are therefore pooled per *family*: one set
+of objects in one chain pattern, ``images_per_family`` seeds, each generated (unsteered, with the
+recipe's sampler) from the family's prompt with relations drawn at random. The detector reads
+which relations each picture shows; pairs match a picture showing P with another showing P'. Each
+image is a winner in at most ``uses_per_image`` pairs (for another prompt each time) and a loser
+in at most as many, and no two images are paired twice; every record keeps both seeds and the
+prompts the images were generated from.
+
+Splits are by prompt: a family's pairs go to the held-out split when a hash of its unordered
+object set falls under ``heldout_fraction``, so a held-out prompt, or any prompt naming the same
+objects, never occurs in training. Flip counts are drawn 1 or 2-3 with equal odds when the chain
+has more than one relation. Shards of ``families_per_shard`` families are committed atomically
+(:mod:`l2s.reward.pairs`), every shard's draws seeded by (seed, shard), so a rerun resumes after
+the last whole shard and makes the same pairs.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from l2s.errors import L2SError
+from l2s.evaluation import geneval_relations
+from l2s.files import output_lock
+from l2s.reward.pairs import check_manifest, done_shards, load_pairs, write_progress, write_shard
+from l2s.relations import DIRECTIONAL
+
+from .batch_sampling import sample_images
+from .detector import ShapesDetector
+from .model import load_shapes_pipeline
+from .recipes import SHAPES_STEPS, SHAPES_TRUE_CFG
+from .reward_prompts import PAIR_PATTERNS, Chain, pair_palette, random_chain
+from .verdicts import judge
+
+MULTI_FLIPS = "2-3"
+
+
+@dataclass
+class PairSettings:
+    """What a pair folder is made with (all stored in its manifest; a resume must match)."""
+
+    seed: int = 0
+    families_per_shard: int = 16
+    images_per_family: int = 16
+    uses_per_image: int = 2
+    patterns: dict = field(default_factory=lambda: {"2,1": 0.35, "3,2": 0.45, "4,2": 0.1, "4,3": 0.1})
+    heldout_fraction: float = 0.1
+    include_held_out_vocabulary: bool = False
+    steps: int = SHAPES_STEPS
+    true_cfg_scale: float = SHAPES_TRUE_CFG
+
+    def check(self) -> None:
+        keys = {f"{o},{r}" for o, r in PAIR_PATTERNS}
+        if not self.patterns or set(self.patterns) - keys or min(self.patterns.values()) < 0:
+            raise L2SError(f"pattern weights must use {', '.join(sorted(keys))} with weights >= 0")
+        if not 0 <= self.heldout_fraction < 1 or self.images_per_family < 2 or self.families_per_shard < 1 \
+                or self.uses_per_image < 1:
+            raise L2SError("need 0 <= heldout fraction < 1, at least 2 images per family, 1 family per shard, 1 use per image")
+
+
+def split_of(chain: Chain, fraction: float) -> str:
+    """``heldout`` for a stable ``fraction`` of object sets (order and relations ignored), else ``train``."""
+    key = "|".join(sorted(chain.names)).encode()
+    value = int.from_bytes(hashlib.sha1(key).digest()[:8], "big") / 2 ** 64
+    return "heldout" if value < fraction else "train"
+
+
+def shown_relations(detector: ShapesDetector, image: Image.Image, chain: Chain) -> list[set[str]] | None:
+    """Per chained pair, the directions that hold in ``image`` (GenEval rule on the detected
+    boxes); None when an object is missing."""
+    found = detector.detect(image, list(dict.fromkeys(chain.names)))
+    if any(d is None for d in found.values()):
+        return None
+    return [geneval_relations(found[a].box, found[b].box) & set(DIRECTIONAL) for a, b in chain.pairs()]
+
+
+def _flip_sets(rng: np.random.Generator, n_relations: int) -> list[tuple[int, ...]]:
+    """Flip index sets to try, the drawn category (1 or 2-3 flips) first, shuffled within each."""
+    singles = [(i,) for i in range(n_relations)]
+    multis = [c for k in range(2, n_relations + 1) for c in itertools.combinations(range(n_relations), k)]
+    rng.shuffle(singles)
+    rng.shuffle(multis)
+    return singles + multis if not multis or rng.random() < 0.5 else multis + singles
+
+
+def match_family(rng: np.random.Generator, chain: Chain, shown: Sequence[list[set[str]] | None],
+                 uses: int = 1) -> list[tuple]:
+    """(winner, loser, relations of P, flip indices) matches among a family's images: each image a
+    winner at most ``uses`` times (for another prompt each time) and a loser at most ``uses``
+    times; no two images are paired twice."""
+    assignments = [set(itertools.product(*s)) if s is not None else set() for s in shown]
+    as_loser, prompts_of, paired, out = [0] * len(shown), [set() for _ in shown], set(), []
+    for _ in range(uses):
+        for w in map(int, rng.permutation(len(shown))):
+            options = sorted(assignments[w] - prompts_of[w])
+            if not options:
+                continue
+            relations = options[int(rng.integers(len(options)))]
+            for flips in _flip_sets(rng, len(relations)):
+                target = chain.with_relations(relations).flipped(flips).relations
+                losers = [int(l) for l in rng.permutation(len(shown)) if l != w and as_loser[l] < uses
+                          and target in assignments[l] and frozenset((w, int(l))) not in paired]
+                if losers:
+                    as_loser[losers[0]] += 1
+                    prompts_of[w].add(relations)
+                    paired.add(frozenset((w, losers[0])))
+                    out.append((w, losers[0], relations, flips))
+                    break
+    return out
+
+
+def family_chain(settings: PairSettings, rng: np.random.Generator) -> Chain:
+    shapes, colours = pair_palette(settings.include_held_out_vocabulary)
+    keys = sorted(settings.patterns)
+    weights = np.array([settings.patterns[k] for k in keys], dtype=float)
+    objects, relations = map(int, keys[int(rng.choice(len(keys), p=weights / weights.sum()))].split(","))
+    return random_chain(rng, objects, relations, shapes, colours)
+
+
+def image_seed(settings: PairSettings, shard: int, family: int, image: int) -> int:
+    return settings.seed * 10 ** 10 + shard * 10 ** 5 + family * 100 + image
+
+
+def plan_shard(settings: PairSettings, shard: int) -> list[tuple[Chain, list[Chain], list[int]]]:
+    """Per family of the shard: its chain, the prompt chain of each image, each image's seed."""
+    rng = np.random.default_rng([settings.seed, shard])
+    plan = []
+    for j in range(settings.families_per_shard):
+        chain = family_chain(settings, rng)
+        sources = [chain.with_relations([DIRECTIONAL[int(i)] for i in rng.integers(4, size=len(chain.relations))])
+                   for _ in range(settings.images_per_family)]
+        plan.append((chain, sources, [image_seed(settings, shard, j, i) for i in range(settings.images_per_family)]))
+    return plan
+
+
+def make_shard(pipe, settings: PairSettings, shard: int, detector: ShapesDetector,
+               batch_size: int = 32, progress=None) -> tuple[np.ndarray, list[dict]]:
+    """Images and pair records of one shard (nothing written)."""
+    plan = plan_shard(settings, shard)
+    prompts = [source.prompt for _, sources, _ in plan for source in sources]
+    seeds = [s for _, _, family_seeds in plan for s in family_seeds]
+    images = sample_images(pipe, prompts, seeds, steps=settings.steps, true_cfg_scale=settings.true_cfg_scale,
+                           batch_size=batch_size, progress=progress)
+    rng = np.random.default_rng([settings.seed, shard, 1])
+    records, n = [], settings.images_per_family
+    for j, (chain, sources, family_seeds) in enumerate(plan):
+        pictures = [Image.fromarray(images[j * n + i]) for i in range(n)]
+        shown = [shown_relations(detector, picture, chain) for picture in pictures]
+        for w, l, relations, flips in match_family(rng, chain, shown, settings.uses_per_image):
+            good, bad = chain.with_relations(relations), chain.with_relations(relations).flipped(flips)
+            # The exact check of the recipe: the winner satisfies P, the loser P' and not P.
+            if not (judge(detector, pictures[w], good.spec()).correct and judge(detector, pictures[l], bad.spec()).correct
+                    and not judge(detector, pictures[l], good.spec()).correct):
+                continue
+            records.append({"prompt": good.prompt, "perturbed": bad.prompt, "winner": j * n + w, "loser": j * n + l,
+                            "flips": len(flips), "flipped": list(flips), "pattern": chain.pattern,
+                            "objects": chain.objects_key, "split": split_of(chain, settings.heldout_fraction),
+                            "family": f"{shard}-{j}", "winner_seed": family_seeds[w], "loser_seed": family_seeds[l],
+                            "winner_generated_from": sources[w].prompt, "loser_generated_from": sources[l].prompt})
+    return images, records
+
+
+def pair_counts(records: Sequence[dict]) -> dict:
+    counts: dict = {}
+    for r in records:
+        for key in (r["split"], f"{r['split']}/{'1' if r['flips'] == 1 else MULTI_FLIPS}"):
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def make_reward_pairs(out: str | Path, train_pairs: int, *, settings: PairSettings | None = None, pipe=None,
+                      pipeline_dir: str | Path | None = None, batch_size: int = 32, max_shards: int | None = None,
+                      progress: bool = True) -> dict:
+    """Make shards into ``out`` until it holds ``train_pairs`` training pairs (or ``max_shards``
+    shards); resumes after the last whole shard. Returns the pair counts per split and flips."""
+    settings = settings or PairSettings()
+    settings.check()
+    with output_lock(out, "pair folder"):
+        check_manifest(out, asdict(settings))
+        counts = pair_counts(load_pairs(out).records) if done_shards(out) else {}
+        if counts.get("train", 0) >= train_pairs:
+            return counts
+        pipe = pipe if pipe is not None else load_shapes_pipeline(pipeline_dir)
+        pipe.set_progress_bar_config(disable=True)
+        detector = ShapesDetector()
+        shard = max(done_shards(out), default=-1) + 1
+        bar = tqdm(total=train_pairs, initial=min(counts.get("train", 0), train_pairs), desc="l2s reward-data",
+                   unit="pair", disable=not progress)
+        quiet = logging.getLogger("diffusers.pipelines.flux.pipeline_flux")
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)   # CLIP's 77-token notice, on every batch of long prompts
+        try:
+            while counts.get("train", 0) < train_pairs and (max_shards is None or shard < max_shards):
+                images, records = make_shard(pipe, settings, shard, detector, batch_size)
+                write_shard(out, shard, images, records)
+                for key, value in pair_counts(records).items():
+                    counts[key] = counts.get(key, 0) + value
+                write_progress(out, counts)
+                bar.update(min(counts.get("train", 0), train_pairs) - bar.n)
+                bar.set_postfix({"shard": shard, "heldout": counts.get("heldout", 0)}, refresh=False)
+                shard += 1
+        finally:
+            quiet.setLevel(level)
+            bar.close()
+        return counts

@@ -1,0 +1,76 @@
+"""GRPO fine-tuning of the shapes model: its prompts, its exact judges and its sampling settings.
+
+:func:`l2s.grpo.train_grpo` is model-agnostic; this module fixes what the shapes world adds:
+
+* :func:`grpo_prompt_split` — two-object prompts to train on and a small dev set for the log,
+  both without the held-out colour and shape and without any prompt of the bench's two-object
+  part, so the bench measures prompts the tuned model never trained on (its seeds differ too);
+* the dev log's judges are :class:`~l2s.shapes.rule_reward.RuleReward` (the exact detector +
+  GenEval rule, 0/1): strict, colours only, and every object found;
+* :func:`shapes_grpo_settings` — the shapes recipe's sampling (12 steps, true CFG 2, its image
+  size), so the policy GRPO trains is the sampler the bench evaluates;
+* :func:`train_shapes_grpo` — the run, logging the three judges on the dev prompts every epoch.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from l2s.errors import L2SError
+
+from .bench import BENCH_PROMPT_SEED
+from .model import image_size, load_shapes_pipeline
+from .prompts import shapes_position_prompts
+from .recipes import HELD_OUT_COLOURS, HELD_OUT_SHAPES, SHAPES_STEPS, SHAPES_TRUE_CFG
+from .rule_reward import RuleReward
+from .scenes import COLOURS, SHAPES
+
+GRPO_PROMPT_SEED = 1   # the bench draws with BENCH_PROMPT_SEED (0)
+GRPO_DEV_PROMPTS = 32
+JUDGES = ("strict", "colour", "found")
+
+
+def grpo_prompt_split(dev: int = GRPO_DEV_PROMPTS, seed: int = GRPO_PROMPT_SEED,
+                      bench_prompts: int = 100) -> tuple[list, list]:
+    """(train, dev) two-object :class:`~l2s.evaluation.PromptSpec` lists, disjoint from each
+    other and from the bench's first ``bench_prompts`` two-object prompts; every in-vocabulary
+    prompt (held-out colour and shape excluded) not in the bench is in one of them."""
+    shapes = [s for s in SHAPES if s not in HELD_OUT_SHAPES]
+    colours = [c for c in COLOURS if c not in HELD_OUT_COLOURS]
+    every = shapes_position_prompts(n=len(colours) * (len(colours) - 1) * len(shapes) ** 2 * 4, seed=seed,
+                                    shapes=shapes, colours=colours)
+    bench = {spec.prompt for spec in shapes_position_prompts(n=bench_prompts, seed=BENCH_PROMPT_SEED)}
+    pool = [spec for spec in every if spec.prompt not in bench]
+    if dev >= len(pool):
+        raise L2SError(f"only {len(pool)} prompts outside the bench; asked for {dev} dev prompts")
+    return pool[dev:], pool[:dev]
+
+
+def shapes_grpo_settings(pipe=None, **overrides):
+    """:class:`~l2s.grpo.GRPOSettings` with the shapes recipe's sampling (at ``pipe``'s image size;
+    without ``pipe`` the size is left to the run); ``overrides`` win."""
+    from l2s.grpo import GRPOSettings
+
+    base = GRPOSettings(steps=SHAPES_STEPS, true_cfg=SHAPES_TRUE_CFG, max_sequence_length=32,
+                        size=None if pipe is None else image_size(pipe))
+    return replace(base, **overrides)
+
+
+def train_shapes_grpo(out: str | Path, reward, *, pipe=None, pipeline_dir: str | Path | None = None, settings=None,
+                      resume: bool = True, progress: bool = True, command: str | None = None,
+                      stop_after: int | None = None, accelerator=None, **overrides):
+    """GRPO-tune the shapes model ``pipe`` (default: loaded from ``pipeline_dir``, else the
+    shipped one) for ``reward`` into ``out``.
+
+    ``settings``: a :class:`~l2s.grpo.GRPOSettings` (default :func:`shapes_grpo_settings` with
+    ``overrides``). The dev prompts are judged every epoch by the three :data:`JUDGES`.
+    """
+    from l2s.grpo import train_grpo
+
+    pipe = pipe if pipe is not None else load_shapes_pipeline(pipeline_dir)
+    settings = settings or shapes_grpo_settings(pipe, **overrides)
+    train, dev = grpo_prompt_split()
+    judges = {name: RuleReward(name) for name in JUDGES}
+    return train_grpo(pipe, reward, settings, out, [spec.prompt for spec in train],
+                      eval_prompts=[spec.prompt for spec in dev], evaluators=judges, resume=resume,
+                      progress=progress, command=command, accelerator=accelerator, stop_after=stop_after)

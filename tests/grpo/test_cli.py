@@ -1,0 +1,124 @@
+"""``l2s shapes grpo`` end to end on a tiny model, and tuned adapters in ``generate`` and ``bench``."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import l2s.shapes as shapes_world
+from l2s.cli import main
+from l2s.grpo import add_lora
+
+from .conftest import make_tiny_pipe
+
+
+def run(argv, capsys):
+    code = main(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A tiny shapes model (16 px), a classifier shaped for it, and an adapter that changes its images."""
+    from l2s.demo import tiny_classifier_for
+
+    root = tmp_path_factory.mktemp("grpo-cli")
+    pipe = make_tiny_pipe()
+    pipe.save_pretrained(root / "model")
+    tiny_classifier_for(pipe, seed=0, orig_map_size=4, timesteps=shapes_world.SHAPES_STORE_STEPS,
+                        num_timesteps=shapes_world.SHAPES_STEPS).save(root / "clf")
+    model = add_lora(pipe.transformer, rank=4, alpha=8)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(len(name)))
+    model.save_pretrained(str(root / "strong" / "adapter"))
+    return root
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--group-size", "8"], "at least 12"),
+    (["--top-k", "13"], "top-k"),
+    (["--reward", "/nonexistent/reward"], "neither 'rule' nor"),
+])
+def test_bad_grpo_options_fail_with_one_line(saved, tmp_path, capsys, argv, message):
+    base = ["shapes", "grpo", "--out", str(tmp_path / "out"), "--model", str(saved / "model"), "--reward", "rule"]
+    code, _, err = run(base + argv, capsys)
+    assert code == 2 and err.startswith("l2s: error:") and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_grpo_cli_trains_an_epoch_and_its_adapter_loads_in_generate(saved, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["shapes", "grpo", "--out", str(out), "--model", str(saved / "model"), "--reward", "rule",
+            "--epochs", "1", "--prompts-per-epoch", "1", "--group-size", "12", "--top-k", "3", "--quiet"]
+    code, stdout, err = run(argv, capsys)
+    assert code == 0, err
+    assert "1 epochs" in stdout and "eval_strict" in stdout
+    lines = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [0, 1]
+    description = json.loads((out / "grpo.json").read_text())
+    assert description["settings"]["steps"] == shapes_world.SHAPES_STEPS
+    assert description["settings"]["true_cfg"] == shapes_world.SHAPES_TRUE_CFG
+    assert description["command"].startswith("l2s shapes grpo --out")
+    code, _, err = run(["generate", "a red circle to the left of a blue square", "--model", str(saved / "model"),
+                        "--classifier", str(saved / "clf"), "--lora", str(out), "--dtype", "fp32",
+                        "--device", "cpu", "--out", str(tmp_path / "gen"), "--quiet", "--no-steer"], capsys)
+    assert code == 0, err
+
+
+def _generate(saved, tmp_path, capsys, name, *extra):
+    code, _, err = run(["generate", "a red circle to the left of a blue square", "--model", str(saved / "model"),
+                        "--classifier", str(saved / "clf"), "--dtype", "fp32", "--device", "cpu", "--no-steer",
+                        "--out", str(tmp_path / name), "--quiet", *extra], capsys)
+    assert code == 0, err
+    return np.asarray(Image.open(tmp_path / name / "image.png"))
+
+
+def test_generate_lora_changes_the_image_and_a_bad_adapter_is_one_line(saved, tmp_path, capsys):
+    plain = _generate(saved, tmp_path, capsys, "plain")
+    tuned = _generate(saved, tmp_path, capsys, "tuned", "--lora", str(saved / "strong"))
+    assert not np.array_equal(plain, tuned)
+    code, _, err = run(["generate", "a red circle to the left of a blue square", "--model", str(saved / "model"),
+                        "--classifier", str(saved / "clf"), "--lora", str(tmp_path), "--out", str(tmp_path / "x"),
+                        "--quiet"], capsys)
+    assert code == 2 and "adapter_config.json missing" in err
+
+
+def test_bench_lora_benches_the_tuned_model_and_keeps_its_images_apart(saved, tmp_path):
+    from l2s.errors import L2SError
+
+    kwargs = dict(pipeline_dir=saved / "model", classifier=saved / "clf", ablation_classifier=saved / "clf",
+                  parts=["position"], position_prompts=1, seeds=(0,), progress=False)
+    tuned = shapes_world.run_shapes_bench(tmp_path / "tuned", lora=saved / "strong", **kwargs)
+    assert tuned["settings"]["lora"] == str(saved / "strong")
+    plain = shapes_world.run_shapes_bench(tmp_path / "plain", **kwargs)
+    assert plain["settings"]["lora"] is None
+
+    def image(folder):
+        path = folder / "position" / "base" / "00000" / "samples" / "0000.png"
+        return np.asarray(Image.open(path))
+
+    assert not np.array_equal(image(tmp_path / "tuned"), image(tmp_path / "plain"))
+    with pytest.raises(L2SError, match="lora"):     # a tuned model's images are never mixed with the base's
+        shapes_world.run_shapes_bench(tmp_path / "tuned", **kwargs)
+
+
+def test_grpo_cli_trains_for_a_saved_spatial_score(saved, tmp_path, capsys):
+    from l2s.reward import SpatialScore, SpatialScoreConfig, SpatialScorer
+    from l2s.shapes import shapes_t5_tokenizer
+
+    tokenizer = shapes_t5_tokenizer()
+    torch.manual_seed(0)
+    model = SpatialScore(SpatialScoreConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                                            image_size=16))
+    SpatialScorer(model, tokenizer).save_pretrained(tmp_path / "score")
+    out = tmp_path / "run"
+    code, _, err = run(["shapes", "grpo", "--out", str(out), "--model", str(saved / "model"),
+                        "--reward", str(tmp_path / "score"), "--epochs", "1", "--prompts-per-epoch", "1",
+                        "--group-size", "12", "--no-top-k", "--quiet"], capsys)
+    assert code == 0, err
+    record = json.loads((out / "log.jsonl").read_text().splitlines()[-1])
+    assert record["trained_rows"] == 12 and record["kept_fraction"] == 1.0     # a learned score has spread
+    assert json.loads((out / "grpo.json").read_text())["settings"]["top_k"] is None

@@ -1,0 +1,108 @@
+"""A GRPO run: its files and log, resumption, refusals, and the data-parallel arithmetic."""
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from l2s.errors import L2SError
+from l2s.grpo import GRPOTrainer, epoch_prompts, run_epoch, train_grpo
+
+from .conftest import PROMPTS, make_tiny_pipe, redness, tiny_settings
+from .test_rollout import OneProcess
+
+
+def _run(out, settings, **kwargs):
+    return train_grpo(make_tiny_pipe(), redness, settings, out, PROMPTS, eval_prompts=PROMPTS[:1],
+                      evaluators={"red": redness}, progress=False, accelerator=OneProcess(), **kwargs)
+
+
+def _weights(folder):
+    return load_file(str(folder / "adapter_model.safetensors"))
+
+
+def test_a_run_writes_adapters_log_and_checkpoint_and_resumes_exactly(tmp_path):
+    settings = tiny_settings()
+    whole = _run(tmp_path / "whole", settings, command="l2s shapes grpo ...")
+    assert whole.epochs_done == 2
+    assert [r["epoch"] for r in whole.records] == [0, 1, 2]
+    first = whole.records[1]
+    assert first["first_ratio"] == 1.0 and first["trained_rows"] == 2 * 6 and first["optimizer_steps"] == 2
+    for key in ("reward_mean", "kl", "eval_red", "eval_reward", "sampling_s", "training_s"):
+        assert key in first
+    description = json.loads((tmp_path / "whole" / "grpo.json").read_text())
+    assert description["epochs_done"] == 2 and description["command"] == "l2s shapes grpo ..."
+    # EMA and live adapters differ once trained; both are peft folders.
+    ema, raw = _weights(tmp_path / "whole" / "adapter"), _weights(tmp_path / "whole" / "adapter_raw")
+    assert set(ema) == set(raw) and any(not torch.equal(ema[k], raw[k]) for k in ema)
+
+    _run(tmp_path / "split", settings, stop_after=1)
+    resumed = _run(tmp_path / "split", settings)
+    assert [r["epoch"] for r in resumed.records] == [0, 1, 2]
+    for name in ("adapter", "adapter_raw"):
+        a, b = _weights(tmp_path / "whole" / name), _weights(tmp_path / "split" / name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    drop = {"sampling_s", "training_s", "eval_s"}
+    assert [{k: v for k, v in r.items() if k not in drop} for r in resumed.records] == \
+           [{k: v for k, v in r.items() if k not in drop} for r in whole.records]
+
+
+def test_more_epochs_continue_a_finished_run_and_other_settings_are_refused(tmp_path):
+    settings = tiny_settings(epochs=1)
+    _run(tmp_path, settings)
+    longer = _run(tmp_path, replace(settings, epochs=2))
+    assert [r["epoch"] for r in longer.records] == [0, 1, 2]
+    with pytest.raises(L2SError, match="other settings"):
+        _run(tmp_path, replace(settings, epochs=3, beta=0.5))
+    fresh = _run(tmp_path, replace(settings, beta=0.5), resume=False)
+    assert [r["epoch"] for r in fresh.records] == [0, 1]
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(group_size=8), "at least 12"),
+    (dict(top_k=7), "top-k"),
+    (dict(sde_steps=9), "sde_steps"),
+    (dict(std="batch"), "advantage std"),
+    (dict(lr=0.0), "lr must be positive"),
+])
+def test_settings_that_cannot_work_are_refused_before_any_work(tmp_path, change, message):
+    with pytest.raises(L2SError, match=message):
+        _run(tmp_path, tiny_settings(**change))
+    assert not (tmp_path / "log.jsonl").exists()
+
+
+def test_prompts_split_evenly_and_disjointly_over_processes():
+    settings = tiny_settings(prompts_per_epoch=4)
+    shares = [epoch_prompts(PROMPTS * 3, settings, epoch=5, rank=r, world=2) for r in range(2)]
+    whole = epoch_prompts(PROMPTS * 3, settings, epoch=5, rank=0, world=1)
+    assert shares[0] + shares[1] == whole and len(shares[0]) == 2
+    with pytest.raises(L2SError, match="divide evenly"):
+        tiny_settings(prompts_per_epoch=3).check(world_size=2)
+
+
+class TwinProcesses(OneProcess):
+    """Rank 0 of two processes whose twin sees exactly what it sees: sums double, gathers repeat."""
+
+    num_processes = 2
+
+    def reduce(self, tensor, reduction="sum"):
+        return tensor * 2 if reduction == "sum" else tensor
+
+    def gather(self, tensor):
+        return torch.cat([tensor, tensor])
+
+
+def test_the_data_parallel_path_averages_over_processes_like_one_process():
+    # Two processes with one prompt each (the twin's gradient equal to ours) must step exactly as one
+    # process with that one prompt: the per-process loss is scaled by the all-process row count and
+    # the gradients are summed over processes before clipping and the optimiser step.
+    states = []
+    for accelerator, per_epoch in ((TwinProcesses(), 2), (OneProcess(), 1)):
+        trainer = GRPOTrainer(make_tiny_pipe(), redness, tiny_settings(prompts_per_epoch=per_epoch), accelerator)
+        record = run_epoch(trainer, PROMPTS, epoch=1, progress=False)
+        states.append((trainer.state()["adapter"], record))
+    (twin, twin_record), (single, single_record) = states
+    assert all(torch.equal(twin[k], single[k]) for k in twin)
+    assert twin_record["trained_rows"] == 2 * single_record["trained_rows"]
+    assert twin_record["reward_mean"] == pytest.approx(single_record["reward_mean"])

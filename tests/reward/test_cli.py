@@ -1,0 +1,33 @@
+"""``l2s shapes reward-data`` / ``train-reward``: user errors are one line and exit 2; a run resumes."""
+from __future__ import annotations
+
+import json
+
+from l2s.cli import EXIT_USAGE, main
+
+from .conftest import make_blob_pairs
+
+
+def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys):
+    cases = [["shapes", "train-reward", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "rm")],
+             ["shapes", "reward-data", "--out", str(tmp_path / "p"), "--pairs", "0"],
+             ["shapes", "reward-data", "--out", str(tmp_path / "p"), "--pairs", "5", "--heldout-fraction", "1.5"],
+             ["shapes", "reward-data", "--out", str(tmp_path / "p"), "--pairs", "5", "--patterns", "9,9=1"]]
+    for argv in cases:
+        assert main(argv) == EXIT_USAGE
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("l2s: error: "), err
+
+
+def test_train_reward_trains_reports_and_continues_a_stopped_run(tmp_path, capsys):
+    make_blob_pairs(tmp_path / "pairs", n=64, heldout_every=3)   # held-out pairs of 1 and of 2 flips
+    argv = ["shapes", "train-reward", "--data", str(tmp_path / "pairs"), "--out", str(tmp_path / "rm"),
+            "--epochs", "2", "--d-model", "16", "--loss", "bt", "--no-progress"]
+    assert main(argv + ["--stop-after", "1"]) == 0
+    assert "stopped after epoch 1" in capsys.readouterr().out
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "held-out pairwise accuracy" in out and "1 flip" in out and "2-3 flips" in out
+    results = json.loads((tmp_path / "rm" / "results.json").read_text())
+    assert results["settings"]["loss"] == "bt" and results["command"].startswith("l2s shapes train-reward")
+    assert len((tmp_path / "rm" / "log.jsonl").read_text().splitlines()) == 2

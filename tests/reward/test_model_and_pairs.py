@@ -1,0 +1,100 @@
+"""SpatialScore's outputs and persistence, the reward-callable face, and the pair store."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from l2s.errors import L2SError, ModelLoadError
+from l2s.files import DamagedFileError
+from l2s.reward import (
+    RewardFn,
+    SpatialScore,
+    SpatialScoreConfig,
+    SpatialScorer,
+    evaluate_judge,
+    images_to_tensor,
+    load_pairs,
+    load_reward_model,
+)
+from l2s.reward.pairs import check_manifest, done_shards, shard_paths
+
+from .conftest import TINY_MODEL, make_blob_pairs
+
+
+def _model(tokenizer, **extra) -> SpatialScore:
+    torch.manual_seed(0)
+    config = SpatialScoreConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, image_size=16,
+                                **{**TINY_MODEL, **extra})
+    return SpatialScore(config)
+
+
+def test_the_model_scores_each_image_with_a_mean_and_a_finite_spread(tokenizer):
+    model = _model(tokenizer)
+    ids = tokenizer(["a blob on the left", "a blob"], padding="max_length", max_length=32, return_tensors="pt").input_ids
+    mean, log_var = model(torch.rand(2, 3, 16, 16), ids)
+    assert mean.shape == log_var.shape == (2,) and torch.isfinite(log_var).all()
+    # The text is read: another prompt for the same image changes the score.
+    image = torch.rand(1, 3, 16, 16).expand(2, -1, -1, -1)
+    assert model(image, ids)[0][0] != model(image, ids)[0][1]
+
+
+def test_save_and_load_round_trip(tmp_path, tokenizer):
+    scorer = SpatialScorer(_model(tokenizer, extra={"note": "x"}), tokenizer)
+    scorer.save_pretrained(tmp_path / "rm")
+    assert (tmp_path / "rm" / "model.safetensors").is_file() and (tmp_path / "rm" / "config.json").is_file()
+    loaded = load_reward_model(tmp_path / "rm")
+    assert loaded.model.config == scorer.model.config and isinstance(loaded, RewardFn)
+    images = [Image.fromarray(np.random.default_rng(i).integers(0, 255, (16, 16, 3), dtype=np.uint8)) for i in range(3)]
+    prompts = ["a blob on the left", "a blob on the right", "a blob"]
+    scores = loaded(images, prompts)
+    assert scores.dtype == torch.float32 and scores.shape == (3,)
+    assert torch.allclose(scores, scorer(images, prompts))
+    with pytest.raises(ModelLoadError):
+        load_reward_model(tmp_path)
+    with pytest.raises(L2SError):
+        loaded(images, prompts[:2])
+
+
+def test_images_to_tensor_takes_pil_uint8_and_float_images_alike():
+    array = np.random.default_rng(0).integers(0, 255, (2, 8, 8, 3), dtype=np.uint8)
+    from_pil = images_to_tensor([Image.fromarray(a) for a in array])
+    from_uint8 = images_to_tensor(torch.from_numpy(array))
+    assert from_pil.shape == (2, 3, 8, 8) and torch.equal(from_pil, from_uint8)
+    assert torch.equal(images_to_tensor(from_pil), from_pil)
+    assert images_to_tensor(from_pil, size=16).shape == (2, 3, 16, 16)
+
+
+def test_pair_folders_read_back_by_split_and_skip_unfinished_shards(tmp_path):
+    make_blob_pairs(tmp_path, n=64)
+    every, train, heldout = load_pairs(tmp_path), load_pairs(tmp_path, "train"), load_pairs(tmp_path, "heldout")
+    assert len(every) == 64 == len(train) + len(heldout) and {r["split"] for r in heldout.records} == {"heldout"}
+    assert every.images.shape == (128, 16, 16, 3) and every.images.dtype == torch.uint8
+    # The winner index of every record points at its own shard's image (offsets added).
+    assert int(every.winner[40]) == 2 * 40 and int(every.loser[40]) == 2 * 40 + 1
+    shard_paths(tmp_path, 5)[0].write_bytes(b"half")          # images of a shard killed before its pairs
+    assert done_shards(tmp_path) == [0, 1] and len(load_pairs(tmp_path)) == 64
+    shard_paths(tmp_path, 1)[0].write_bytes(b"torn")
+    with pytest.raises(DamagedFileError):
+        load_pairs(tmp_path)
+    with pytest.raises(L2SError, match="other settings"):
+        check_manifest(tmp_path, {"synthetic": "blobs", "seed": 1})
+
+
+def test_a_judge_that_sees_the_blob_is_right_on_every_pair_and_its_opposite_on_none(tmp_path):
+    make_blob_pairs(tmp_path, n=32)
+    pairs = load_pairs(tmp_path)
+
+    def judge(images, prompts):  # red mass in the half the prompt names
+        red = images[:, 0] - images[:, 1]
+        left, right = red[..., :8].sum(dim=(1, 2)), red[..., 8:].sum(dim=(1, 2))
+        return torch.stack([l if p.endswith("left") else r for l, r, p in zip(left, right, prompts)])
+
+    result = evaluate_judge(judge, pairs)
+    assert result["prompt"]["all"]["accuracy"] == 1.0 and result["mirror"]["all"]["accuracy"] == 1.0
+    assert set(result["prompt"]["flips"]) == {"1", "2-3"}
+    inverted = evaluate_judge(lambda i, p: -judge(i, p), pairs, mirror=False)
+    assert inverted["prompt"]["all"]["accuracy"] == 0.0
+    ties = evaluate_judge(lambda i, p: torch.zeros(len(p)), pairs, mirror=False)
+    assert ties["prompt"]["all"]["accuracy"] == 0.5 and ties["prompt"]["all"]["ties"] == 32

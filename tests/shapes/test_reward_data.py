@@ -1,0 +1,210 @@
+"""Preference pairs of the shapes world: flips, the exact check, splits by prompt, resuming; the rule reward."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+import l2s.shapes.reward_data as reward_data
+from l2s.errors import L2SError
+from l2s.relations import PROMPT_PHRASE
+from l2s.reward import load_pairs
+from l2s.reward.pairs import shard_paths
+from l2s.shapes import TINY_CONFIG, build_shapes_pipeline
+from l2s.shapes.batch_sampling import sample_images
+from l2s.shapes.reward_data import PairSettings, make_reward_pairs, match_family, split_of
+from l2s.shapes.reward_prompts import OPPOSITE, PAIR_PATTERNS, Chain, pair_palette, parse_chain, random_chain
+from l2s.shapes.rule_reward import RuleReward, to_pil
+from l2s.shapes.scenes import COLOURS, Scene, SceneObject, render_array
+
+# ---- prompts and flips ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pattern", PAIR_PATTERNS)
+def test_a_flip_reverses_the_chosen_relations_and_keeps_everything_else(pattern):
+    rng = np.random.default_rng(3)
+    chain = random_chain(rng, *pattern, *pair_palette())
+    for flips in ([0], list(range(len(chain.relations)))):
+        flipped = chain.flipped(flips)
+        assert flipped.names == chain.names and flipped.chains == chain.chains
+        for i, (old, new) in enumerate(zip(chain.relations, flipped.relations)):
+            assert new == (OPPOSITE[old] if i in flips else old)
+        # The words differ only where a relation phrase was replaced by its opposite.
+        a, b = chain.prompt, flipped.prompt
+        for i in flips:
+            a = a.replace(PROMPT_PHRASE[chain.relations[i]], "REL", 1)
+            b = b.replace(PROMPT_PHRASE[flipped.relations[i]], "REL", 1)
+        assert a == b
+        assert parse_chain(flipped.prompt) == flipped and parse_chain(chain.prompt) == chain
+
+
+def test_parse_chain_refuses_what_is_not_a_shapes_prompt():
+    for prompt in ("a dog to the left of a cat", "a red circle", "a red circle to the left of a blue"):
+        with pytest.raises(L2SError):
+            parse_chain(prompt)
+    assert parse_chain("A photo of a red circle above a blue square.").relations == ("above",)
+
+
+def test_split_is_by_object_set_whatever_the_order_and_relations():
+    chain = Chain(("red circle", "blue square"), (2,), ("left of",))
+    same = Chain(("blue square", "red circle"), (2,), ("above",))
+    assert split_of(chain, 0.5) == split_of(same, 0.5)
+    names = [f"{c} circle" for c in COLOURS]
+    splits = {split_of(Chain((a, b), (2,), ("left of",)), 0.5) for a in names for b in names if a != b}
+    assert splits == {"train", "heldout"}
+
+
+def test_match_family_pairs_an_image_showing_p_with_one_showing_a_flip_of_it():
+    chain = Chain(("red circle", "blue square", "green triangle"), (3,), ("left of", "above"))
+    shown = [[{"left of"}, {"above"}], [{"right of"}, {"below"}], [{"right of", "above"}, {"above"}], None,
+             [{"left of"}, {"below"}]]
+    for uses in (1, 2):
+        matches = match_family(np.random.default_rng(0), chain, shown, uses)
+        winners, losers = [m[0] for m in matches], [m[1] for m in matches]
+        assert matches and 3 not in winners + losers
+        assert max(winners.count(i) for i in winners) <= uses and max(losers.count(i) for i in losers) <= uses
+        assert len({frozenset(m[:2]) for m in matches}) == len(matches)          # no image pair twice
+        assert len({(m[0], m[2]) for m in matches}) == len(matches)              # a winner's prompts differ
+        for w, l, relations, flips in matches:
+            target = chain.with_relations(relations).flipped(flips).relations
+            assert all(r in s for r, s in zip(relations, shown[w])) and all(r in s for r, s in zip(target, shown[l]))
+    assert len(match_family(np.random.default_rng(0), chain, shown, 2)) > len(match_family(np.random.default_rng(0), chain, shown, 1))
+
+
+# ---- making pairs (rendered stand-in for the sampler) ---------------------------------------
+
+
+def _rendered(pipe, prompts, seeds, **_):
+    """Scenes of each prompt's objects at seeded random places: a sampler whose pictures follow no
+    relation words, like the shapes model's."""
+    out = []
+    for prompt, seed in zip(prompts, seeds):
+        rng = np.random.default_rng(seed)
+        cells = rng.permutation(9)
+        objects = []
+        for name, cell in zip(parse_chain(prompt).names, cells):
+            colour, shape = name.split()
+            x, y = 2 + 10 * (cell % 3), 2 + 10 * (cell // 3)
+            objects.append(SceneObject(shape, colour, (x, y, x + 8, y + 8)))
+        out.append(render_array(Scene(32, objects)))
+    return np.stack(out)
+
+
+class _Pipe:
+    def set_progress_bar_config(self, **_):
+        pass
+
+
+@pytest.fixture
+def rendered_sampler(monkeypatch):
+    monkeypatch.setattr(reward_data, "sample_images", _rendered)
+
+
+SMALL = PairSettings(families_per_shard=4, images_per_family=8, heldout_fraction=0.3)
+
+
+def test_every_pair_passes_the_exact_check_and_flips_only_relations(tmp_path, rendered_sampler):
+    counts = make_reward_pairs(tmp_path, 10 ** 6, settings=SMALL, pipe=_Pipe(), max_shards=3, progress=False)
+    pairs = load_pairs(tmp_path)
+    assert len(pairs) == counts["train"] + counts.get("heldout", 0) > 0
+    assert {r["flips"] for r in pairs.records} >= {1, 2}
+    rule = RuleReward()
+    winners = to_pil(pairs.images[pairs.winner].permute(0, 3, 1, 2).float() / 255)
+    losers = to_pil(pairs.images[pairs.loser].permute(0, 3, 1, 2).float() / 255)
+    assert rule(winners, pairs.prompts).tolist() == [1.0] * len(pairs)
+    assert rule(losers, pairs.prompts).tolist() == [0.0] * len(pairs)
+    assert rule(losers, [r["perturbed"] for r in pairs.records]).tolist() == [1.0] * len(pairs)
+    for r in pairs.records:
+        good, bad = parse_chain(r["prompt"]), parse_chain(r["perturbed"])
+        assert good.flipped(r["flipped"]) == bad and len(r["flipped"]) == r["flips"]
+    # Held out by prompt: no set of objects has pairs on both sides.
+    sides = {}
+    for r in pairs.records:
+        sides.setdefault(frozenset(parse_chain(r["prompt"]).names), set()).add(r["split"])
+    assert all(len(s) == 1 for s in sides.values()) and {r["split"] for r in pairs.records} == {"train", "heldout"}
+
+
+def test_an_interrupted_run_resumes_to_the_same_pairs(tmp_path, rendered_sampler):
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    make_reward_pairs(whole, 10 ** 6, settings=SMALL, pipe=_Pipe(), max_shards=3, progress=False)
+    make_reward_pairs(parts, 10 ** 6, settings=SMALL, pipe=_Pipe(), max_shards=2, progress=False)
+    # A kill while shard 2 was being written: its images are there, its pair lines are not.
+    images, _ = shard_paths(whole, 2)
+    shard_paths(parts, 2)[0].write_bytes(images.read_bytes()[:100])
+    make_reward_pairs(parts, 10 ** 6, settings=SMALL, pipe=_Pipe(), max_shards=3, progress=False)
+    a, b = load_pairs(whole), load_pairs(parts)
+    assert a.records == b.records and torch.equal(a.images, b.images)
+    with pytest.raises(L2SError, match="other settings"):
+        make_reward_pairs(parts, 10 ** 6, settings=replace(SMALL, seed=1), pipe=_Pipe(), max_shards=4, progress=False)
+
+
+def test_the_run_stops_once_it_has_the_training_pairs_asked_for(tmp_path, rendered_sampler):
+    counts = make_reward_pairs(tmp_path, 5, settings=SMALL, pipe=_Pipe(), progress=False)
+    assert counts["train"] >= 5
+    assert make_reward_pairs(tmp_path, 5, settings=SMALL, pipe=_Pipe(), progress=False) == counts
+
+
+# ---- the batched sampler and the rule reward ------------------------------------------------
+
+
+def test_batched_sampling_reproduces_one_image_calls():
+    pipe = build_shapes_pipeline(replace(TINY_CONFIG, image_size=16), seed=0)
+    pipe.set_progress_bar_config(disable=True)
+    prompts, seeds = ["a red circle to the left of a blue square", "a green triangle above a yellow square"], [5, 9]
+    batch = sample_images(pipe, prompts, seeds, steps=3, true_cfg_scale=2.0)
+    for prompt, seed, image in zip(prompts, seeds, batch):
+        single = pipe(prompt, negative_prompt="", true_cfg_scale=2.0, num_inference_steps=3, height=16, width=16,
+                      generator=torch.Generator().manual_seed(seed)).images[0]
+        assert np.array_equal(np.asarray(single), image)
+
+
+def test_rule_reward_reads_any_shapes_prompt_and_takes_tensors():
+    scene = Scene(32, [SceneObject("circle", "red", (2, 12, 10, 20)), SceneObject("square", "blue", (14, 12, 22, 20)),
+                       SceneObject("triangle", "green", (14, 24, 22, 31))])
+    image = torch.from_numpy(np.array(render_array(scene))).permute(2, 0, 1)[None].float() / 255
+    rule = RuleReward()
+    prompts = ["a red circle to the left of a blue square", "a red circle to the right of a blue square",
+               "a red circle to the left of a blue square above a green triangle",
+               "a red circle to the left of a blue square and a green triangle below a red circle"]
+    assert rule(image.expand(4, -1, -1, -1), prompts).tolist() == [1.0, 0.0, 1.0, 1.0]
+    assert RuleReward("found")(image, ["a red circle to the right of a blue square"]).tolist() == [1.0]
+    with pytest.raises(L2SError):
+        rule(image, ["a red circle left of a dog"])
+
+
+class _SureOfLeft(torch.nn.Module):
+    """A stand-in classifier that always says "to the left of" (checks class lookup and summing)."""
+
+    def __init__(self):
+        super().__init__()
+        from l2s.relations import PUBLISHED_CLASSES
+
+        self.config = type("Config", (), {"class_names": PUBLISHED_CLASSES})()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.steps = []
+
+    def step_index(self, step):
+        return step
+
+    def forward(self, maps, step_index):
+        self.steps.append(step_index)
+        logits = torch.full((maps.shape[0], 5), -20.0)
+        logits[:, self.config.class_names.index("to the left of")] = 20.0
+        return logits
+
+
+def test_classifier_judge_inverts_each_image_and_sums_the_prompted_relations_log_probabilities():
+    from l2s.shapes.classifier_judge import ClassifierJudge
+
+    pipe = build_shapes_pipeline(replace(TINY_CONFIG, image_size=16), seed=0)
+    classifier = _SureOfLeft()
+    judge = ClassifierJudge(pipe, classifier, steps=4, store_steps=(1, 3))
+    images = torch.rand(3, 3, 16, 16)
+    prompts = ["a red circle to the left of a blue square", "a red circle to the right of a blue square",
+               "a red circle to the left of a blue square to the right of a green triangle"]
+    scores = judge(images, prompts)
+    assert scores[0] > -1e-6 and scores[1] == pytest.approx(-40.0, abs=1e-3)
+    assert scores[2] == pytest.approx(-40.0, abs=1e-3)   # one pair of two is wrong
+    assert sorted(set(classifier.steps)) == [1, 3]
