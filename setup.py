@@ -1,15 +1,13 @@
-"""Build and install l2s: the Python package plus the native module ``l2s_fast`` (CMake + pybind11).
+"""The native module ``l2s_fast`` (C++/pybind11, built by CMake); the metadata is in pyproject.toml.
 
-Install torch first (``pip install -r requirements.txt``), then::
+    pip install .                              # build isolation fetches setuptools, pybind11, cmake
+    pip install -e . --no-build-isolation      # development, with those installed (requirements.txt)
 
-    pip install -e . --no-build-isolation      # development
-    pip install . --no-build-isolation         # regular install
-
+``l2s_fast`` takes numpy arrays and does not link libtorch, so the build needs no torch.
 Environment knobs: ``L2S_BUILD_CUDA=1`` compiles csrc/cuda/*.cu (needs nvcc);
 ``L2S_CUDA_ARCHS`` picks the CUDA architectures (default "80;90"); ``L2S_BUILD_TYPE``
-(default Release); ``L2S_NATIVE_ARCH=1`` adds -march=native; ``L2S_SKIP_TORCH_CHECK=1``
-skips the check that torch is importable; ``L2S_SKIP_NATIVE=1`` builds without ``l2s_fast`` (only to
-check the packaged files quickly: the CPU path of ``l2s.ops`` needs the native module).
+(default Release); ``L2S_NATIVE_ARCH=1`` adds -march=native; ``L2S_SKIP_NATIVE=1`` builds without
+``l2s_fast`` (only to check the packaged files quickly: the CPU path of ``l2s.ops`` needs it).
 """
 
 from __future__ import annotations
@@ -21,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from setuptools import Extension, find_packages, setup
+from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
@@ -41,28 +39,8 @@ def read_version() -> str:
     return match.group(1)
 
 
-def require_torch() -> None:
-    """Fail early and clearly when torch is missing.
-
-    torch is not in install_requires on purpose: a bare ``torch`` requirement resolved by pip
-    downloads a multi-GB CUDA build. It must be installed first, from requirements.txt.
-    """
-    if env_flag("L2S_SKIP_TORCH_CHECK"):
-        return
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        sys.exit(
-            "l2s needs PyTorch, which is not importable here. Install it first with "
-            "`pip install -r requirements.txt` (pins torch==2.13.0), then run "
-            "`pip install --no-build-isolation .` (without --no-build-isolation the build runs "
-            "in an isolated environment that cannot see torch). "
-            "Set L2S_SKIP_TORCH_CHECK=1 to build anyway."
-        )
-
-
 def find_cmake() -> str:
-    """The PyPI ``cmake`` package when installed (pinned in requirements.txt), else PATH."""
+    """The PyPI ``cmake`` package when installed (a build requirement), else PATH."""
     try:
         import cmake
 
@@ -92,7 +70,6 @@ class CMakeBuild(build_ext):
         if not isinstance(ext, CMakeExtension):
             super().build_extension(ext)
             return
-        require_torch()
         import pybind11
 
         output = Path(self.get_ext_fullpath(ext.name)).resolve()
@@ -122,41 +99,7 @@ class CMakeBuild(build_ext):
 
 
 setup(
-    name="l2s",
-    version=read_version(),
-    description=(
-        "Learn-to-Steer: spatial-relation steering of text-to-image diffusion "
-        "from cross-attention maps, fast"
-    ),
-    python_requires=">=3.10",
-    # kernels/ and engines/ sit at the repository top level; l2s/kernels and l2s/engines are
-    # symlinks to them, so a checkout, an editable install and a wheel all import l2s.kernels.
-    packages=find_packages(include=["l2s", "l2s.*"]),
-    package_data={"l2s.shapes": ["assets/**/*"]},
-    include_package_data=True,
     ext_modules=[] if env_flag("L2S_SKIP_NATIVE") else [CMakeExtension("l2s_fast")],
     cmdclass={"build_ext": CMakeBuild},
-    # No torch here on purpose (see require_torch); accelerate is an extra because it depends
-    # on torch and would pull a CUDA build into an environment that lacks one.
-    install_requires=[
-        "diffusers>=0.42,<0.50",
-        "transformers>=5.0,<6",
-        "tokenizers>=0.23,<0.24",
-        "huggingface-hub>=1.32,<3",
-        "safetensors>=0.8,<1",
-        "spacy>=3.8,<4",
-        "tqdm>=4.66,<5",
-        "numpy>=1.26,<3",
-        "pillow>=10,<14",
-        "sentencepiece>=0.2,<1",
-    ],
-    extras_require={
-        "engines": ["onnx>=1.17,<2", "onnxruntime>=1.20,<2", "onnxscript>=0.5,<1"],
-        "accelerate": ["accelerate>=1.0,<2"],
-        # GRPO fine-tuning (l2s.grpo) and --lora; like accelerate, peft depends on torch.
-        "grpo": ["peft>=0.17,<1", "accelerate>=1.0,<2"],
-        "test": ["pytest>=8,<10", "pytest-benchmark>=5,<6"],
-    },
-    entry_points={"console_scripts": ["l2s = l2s.cli:main"]},
     zip_safe=False,
 )

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Install l2s with its pinned requirements (CPU torch from requirements.txt first), then run the tests.
+# Install l2s with its pinned requirements (CPU torch first), then run the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# CPU torch first, from PyTorch's CPU index (PyPI's torch for Linux is a CUDA build); same pin as requirements.txt.
+python -m pip install -q "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu
 python -m pip install -q -r requirements.txt
 python -m pip install -q --no-build-isolation -e .
 python -m pytest -q "$@"

@@ -11,7 +11,8 @@ names, same buffers), so a published ``.pth`` checkpoint loads with ``strict=Tru
   pre-norm transformer on that length-1 sequence, appends a small step embedding and classifies
   with an MLP.
 
-Our own on-disk format is a directory with ``model.safetensors`` and ``config.json``.
+Our own on-disk format is a directory with ``model.safetensors`` and ``config.json``;
+``save_pretrained`` / ``from_pretrained`` / ``push_to_hub`` add the hub's terms (:mod:`.hub`).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from torch import Tensor, nn
 from l2s.errors import ClassifierMismatchError, ModelLoadError
 
 from .config import ClassifierConfig, step_index_for
+from .hub import ClassifierHubMixin, looks_like_hub_id, read_training_record
 from .published import read_published_checkpoint
 
 WEIGHTS_FILE = "model.safetensors"
@@ -117,7 +119,7 @@ class RelationHead(nn.Module):
         return self.fc(x)
 
 
-class RelationClassifier(nn.Module):
+class RelationClassifier(nn.Module, ClassifierHubMixin):
     """Classifies the relation between a subject and an object from their attention maps."""
 
     def __init__(self, config: ClassifierConfig) -> None:
@@ -151,6 +153,15 @@ class RelationClassifier(nn.Module):
         obj = self.object_extractor(maps[:, 1], step_index)
         return self.relation_classifier(torch.stack([subject, obj], dim=1), step_index)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the weights are (what diffusers pipelines ask of their components)."""
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
     def step_index(self, step: int) -> int:
         """The step index to pass to :meth:`forward` at sampling step ``step``."""
         return step_index_for(step, self.config.timesteps)
@@ -168,7 +179,8 @@ class RelationClassifier(nn.Module):
     @classmethod
     def load(cls, path: str | Path, map_location: str | torch.device = "cpu",
              channels: int | None = None) -> "RelationClassifier":
-        """Load a classifier in eval mode from our directory format or a published ``.pth``.
+        """Load a classifier in eval mode from our directory format, a published ``.pth``, or a
+        hub id already in the local Hugging Face cache (never downloaded: :meth:`from_pretrained` does).
 
         ``path`` may be the directory, a file inside it, or a published checkpoint file (detected
         automatically; ``channels`` then applies as in :func:`load_published_checkpoint`).
@@ -176,11 +188,20 @@ class RelationClassifier(nn.Module):
         """
         path = Path(path)
         if not path.exists():
+            if looks_like_hub_id(str(path)):
+                return cls.from_pretrained(str(path), local_files_only=True, map_location=map_location)
             raise ModelLoadError(f"classifier not found: {path}")
         if path.is_file() and path.name not in (WEIGHTS_FILE, CONFIG_FILE):
             return load_published_checkpoint(path, map_location=map_location, channels=channels)
         directory = path if path.is_dir() else path.parent
-        return _load_directory(directory, map_location)
+        return load_classifier_folder(directory, map_location)
+
+
+def load_classifier_folder(directory: Path, map_location: str | torch.device = "cpu") -> RelationClassifier:
+    """A classifier folder (``model.safetensors`` + ``config.json``; ``training.json`` when recorded)."""
+    model = _load_directory(Path(directory), map_location)
+    model.training_record = read_training_record(directory)
+    return model
 
 
 def _load_directory(directory: Path, map_location: str | torch.device) -> RelationClassifier:
@@ -238,8 +259,10 @@ def load_published_checkpoint(path: str | Path, map_location: str | torch.device
 
 def convert_published_checkpoint(pth_path: str | Path, out_dir: str | Path,
                                  channels: int | None = None) -> Path:
-    """Convert a published ``.pth`` to our ``model.safetensors`` + ``config.json`` directory."""
+    """Convert a published ``.pth`` to a classifier folder (``model.safetensors``, ``config.json``, a
+    model card): what :meth:`RelationClassifier.from_pretrained` and ``push_to_hub`` take."""
     model = load_published_checkpoint(pth_path, channels=channels)
+    model.training_record = {"source": f"the published Learn-to-Steer checkpoint {Path(pth_path).name}"}
     out_dir = Path(out_dir)
-    model.save(out_dir)
+    model.save_pretrained(out_dir)
     return out_dir

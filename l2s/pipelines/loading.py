@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from l2s.classifier import RelationClassifier
+from l2s.classifier.hub import looks_like_hub_id, not_cached
 from l2s.errors import ModelLoadError
 from l2s.steer import DEFAULT_CAPTURE_BACKEND, Schedule
 
@@ -68,11 +69,26 @@ def _read_model_index(path: Path) -> tuple[dict, str]:
         raise ModelLoadError(f"corrupt model_index.json in {path}: {e}") from None
 
 
+def pipeline_folder(name_or_path: str | Path) -> Path:
+    """A pipeline's local folder: ``name_or_path`` itself, or a hub id's snapshot in the local
+    Hugging Face cache (``HF_HOME``). Never downloads: base models weigh many GB."""
+    path = Path(name_or_path)
+    if path.exists() or not looks_like_hub_id(str(name_or_path)):
+        return path
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(str(name_or_path), local_files_only=True))
+    except Exception:  # not in the cache (LocalEntryNotFoundError) or not a valid id
+        raise ModelLoadError(not_cached(str(name_or_path), "model")) from None
+
+
 def load_diffusers_pipeline(path: str | Path, torch_dtype: torch.dtype | None = None):
-    """Load a FLUX or SD pipeline from a local diffusers directory; never contacts a hub."""
+    """Load a FLUX or SD pipeline from a local diffusers directory, or a hub id in the local
+    cache (:func:`pipeline_folder`); never contacts a hub."""
     import diffusers
 
-    path = Path(path)
+    path = pipeline_folder(path)
     model_index, class_name = _read_model_index(path)
     _import_l2s_components(model_index, path)
     kinds = {"FluxPipeline": diffusers.FluxPipeline,

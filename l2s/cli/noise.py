@@ -1,0 +1,63 @@
+"""What the libraries print that says nothing to an l2s user, and ``--quiet``.
+
+transformers warns, for every image processor a pipeline names, that torchvision is missing and
+that it uses the PIL processor instead, which is all l2s needs: that line never shows. Under
+``--quiet`` the libraries' log lines below errors, their warnings and their loading bars are off too.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+
+_TORCHVISION_FALLBACK = "requires torchvision (not installed); falling back to"
+LIBRARIES = ("diffusers", "transformers", "huggingface_hub", "accelerate", "peft", "torch")
+
+
+class _DropTorchvisionFallback(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return _TORCHVISION_FALLBACK not in record.getMessage()
+
+
+def drop_pure_noise() -> None:
+    """Filter transformers' torchvision fallback warning (no import of transformers needed)."""
+    logger = logging.getLogger("transformers.utils.import_utils")
+    if not any(isinstance(f, _DropTorchvisionFallback) for f in logger.filters):
+        logger.addFilter(_DropTorchvisionFallback())
+
+
+def _progress_bar_switches() -> list:
+    """(is_enabled, enable, disable) of diffusers' and transformers' loading bars."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    return [(m.is_progress_bar_enabled, m.enable_progress_bar, m.disable_progress_bar)
+            for m in (diffusers_logging, transformers_logging)]
+
+
+@contextlib.contextmanager
+def quiet_libraries(quiet: bool = True):
+    """Within: the libraries' warnings, log lines below errors and loading bars off (when ``quiet``);
+    everything as it was after."""
+    if not quiet:
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in LIBRARIES]
+    levels = [logger.level for logger in loggers]
+    switches = _progress_bar_switches()
+    enabled = [is_enabled() for is_enabled, _, _ in switches]
+    try:
+        with warnings.catch_warnings():
+            for name in LIBRARIES:
+                warnings.filterwarnings("ignore", module=rf"{name}(\.|$)")
+            for logger in loggers:
+                logger.setLevel(logging.ERROR)
+            for _, _, disable in switches:
+                disable()
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+        for (_, enable, _), was_enabled in zip(switches, enabled):
+            if was_enabled:
+                enable()

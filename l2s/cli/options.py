@@ -1,0 +1,85 @@
+"""Options every model-loading command spells alike: ``--dtype`` and ``--device``.
+
+Both resolve only when a command runs, so ``--help`` needs no torch import.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+DTYPES = ("auto", "fp32", "bf16", "fp16")
+# Spellings of earlier releases (make-data's --torch-dtype took torch's names).
+_LONG_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+LONG_NAMES = {short: long for long, short in _LONG_NAMES.items()}  # fp16 -> float16
+DTYPE_HELP = "weights dtype (default auto: the model's published dtype on CUDA, FLUX bf16 and SD fp32; fp32 on CPU)"
+
+
+def deprecated(message: str) -> None:
+    print(f"l2s: warning: {message}", file=sys.stderr)
+
+
+class _DeprecatedDtype(argparse.Action):
+    """``--torch-dtype NAME``: the old spelling of ``--dtype``, still read, with a warning."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        name = _LONG_NAMES.get(value, value)
+        if name not in DTYPES:
+            parser.error(f"argument {option_string}: invalid choice: {value!r} (choose from {', '.join(DTYPES)})")
+        deprecated(f"{option_string} is deprecated; use --dtype {name}")
+        setattr(namespace, self.dest, name)
+
+
+class _DtypeOrOldMapDtype(argparse.Action):
+    """make-data's ``--dtype``: the weights dtype; torch's long names, its meaning in earlier
+    releases, still set the maps' storage dtype (``--map-dtype``), with a warning."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        if value in _LONG_NAMES:
+            deprecated(f"--dtype {value} (the maps' storage dtype) is now --map-dtype {_LONG_NAMES[value]}; "
+                       "--dtype is the weights dtype")
+            namespace.map_dtype = _LONG_NAMES[value]
+        elif value in DTYPES:
+            setattr(namespace, self.dest, value)
+        else:
+            parser.error(f"argument --dtype: invalid choice: {value!r} (choose from {', '.join(DTYPES)})")
+
+
+def add_dtype_arg(parser: argparse.ArgumentParser, help: str = DTYPE_HELP, old_map_dtype: bool = False) -> None:
+    """``--dtype {auto,fp32,bf16,fp16}`` and its hidden old spelling ``--torch-dtype``; with
+    ``old_map_dtype`` (make-data) ``--dtype float16`` etc. still mean the maps' storage dtype."""
+    if old_map_dtype:
+        parser.add_argument("--dtype", action=_DtypeOrOldMapDtype, default="auto", metavar="{" + ",".join(DTYPES) + "}",
+                            help=help)
+    else:
+        parser.add_argument("--dtype", choices=DTYPES, default="auto", help=help)
+    parser.add_argument("--torch-dtype", dest="dtype", action=_DeprecatedDtype, help=argparse.SUPPRESS)
+
+
+def add_device_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when a GPU is usable)")
+
+
+def default_device() -> str:
+    """"cuda" when a GPU is usable, else "cpu"."""
+    try:
+        import torch
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"
+
+
+def resolve_device(args: argparse.Namespace) -> str:
+    """``args.device``, the default filled in (and kept) when none was given."""
+    if getattr(args, "device", None) is None:
+        args.device = default_device()
+    return args.device
+
+
+def torch_dtype(name: str, device: str, family: str | None = None):
+    """The torch dtype of ``--dtype NAME`` for a model of ``family`` ("flux", "sd" or None) on ``device``."""
+    import torch
+
+    if name == "auto":
+        on_gpu = not str(device).startswith("cpu")
+        name = "fp32" if not on_gpu or family == "sd" else "bf16"
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]

@@ -1,0 +1,25 @@
+"""The last line of a command: every file it wrote."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def wrote_line(out: Path, names: list[str]) -> str:
+    """``l2s: wrote a, b and c in OUT``."""
+    listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+    return f"l2s: wrote {listed} in {out}"
+
+
+def folder_outputs(out: Path) -> list[str]:
+    """The files of a run folder: those at its top by name, those below counted per folder
+    (``base/: 8 images with their records``); hidden files (the lock) left out."""
+    out = Path(out)
+    names = sorted(p.name for p in out.iterdir() if p.is_file() and not p.name.startswith("."))
+    for folder in sorted(p for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = [p for p in folder.rglob("*") if p.is_file()]
+        images = sum(p.suffix == ".png" for p in files)
+        if images:
+            names.append(f"{folder.name}/: {images} images with their records ({len(files) - images} files)")
+        elif files:
+            names.append(f"{folder.name}/: {len(files)} files")
+    return names

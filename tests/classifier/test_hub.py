@@ -1,0 +1,109 @@
+"""Classifiers on the hub's terms: save_pretrained / from_pretrained (folder or hub id through a local
+cache made here, offline), the model card, the published converter, and one-line errors."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from huggingface_hub import ModelCard, constants
+
+from l2s.classifier import RelationClassifier, convert_published_checkpoint
+from l2s.errors import ModelLoadError
+
+from .helpers import C, random_maps, tiny_model
+from .test_published import published_checkpoint
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+TRAINING = {"dataset": "/data/runs/gqa-flux-maps", "train_samples": 900, "val_samples": 150, "epoch": 40,
+            "best_epoch": 31, "best_val_accuracy": 0.8734}
+
+
+def same_logits(a: RelationClassifier, b: RelationClassifier) -> bool:
+    maps, steps = random_maps(), torch.tensor([1, 3, 5])
+    with torch.no_grad():
+        return torch.equal(a(maps, steps), b(maps, steps))
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """An empty Hugging Face cache (what HF_HOME/hub holds), offline as every test is (conftest)."""
+    cache = tmp_path / "hf-home" / "hub"
+    cache.mkdir(parents=True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return cache
+
+
+def cached_snapshot(cache, repo_id: str):
+    """The folder a download of ``repo_id`` at ``main`` fills, as huggingface_hub lays it out."""
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(COMMIT)
+    snapshot = repo / "snapshots" / COMMIT
+    snapshot.mkdir(parents=True)
+    return snapshot
+
+
+def test_save_pretrained_writes_our_format_and_a_card(tmp_path):
+    model = tiny_model(seed=1)
+    model.save_pretrained(tmp_path / "clf", model_card_kwargs={"training": TRAINING})
+    assert sorted(p.name for p in (tmp_path / "clf").iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert json.loads((tmp_path / "clf" / "config.json").read_text()) == model.config.to_json()
+    card = ModelCard.load(tmp_path / "clf" / "README.md")
+    assert card.data.license == "apache-2.0" and card.data.library_name == "l2s"
+    assert f"{C} maps per object" in card.text and "`to the left of`" in card.text
+    assert "validation accuracy: 0.873" in card.text and "`gqa-flux-maps` (900 training, 150 validation" in card.text
+    assert "/data/runs" not in card.text  # no machine folder on a public card
+    assert same_logits(model, RelationClassifier.from_pretrained(tmp_path / "clf"))
+
+
+def test_folders_written_by_save_still_load(tmp_path):
+    model = tiny_model(seed=2)
+    model.save(tmp_path / "old")
+    for loaded in (RelationClassifier.from_pretrained(tmp_path / "old"), RelationClassifier.load(tmp_path / "old")):
+        assert same_logits(model, loaded) and loaded.training_record is None
+
+
+def test_training_record_travels_with_the_folder(tmp_path):
+    model = tiny_model(seed=3)
+    model.save(tmp_path / "run")
+    (tmp_path / "run" / "training.json").write_text(json.dumps(TRAINING))  # what `l2s train` writes beside
+    loaded = RelationClassifier.load(tmp_path / "run")
+    assert loaded.training_record == TRAINING
+    loaded.save_pretrained(tmp_path / "again")
+    assert json.loads((tmp_path / "again" / "training.json").read_text()) == TRAINING
+    assert "validation accuracy: 0.873" in (tmp_path / "again" / "README.md").read_text()
+
+
+def test_hub_id_loads_from_the_local_cache_offline(hub_cache):
+    model = tiny_model(seed=4)
+    model.training_record = TRAINING  # written as training.json beside the weights
+    model.save_pretrained(cached_snapshot(hub_cache, "someone/l2s-clf"))
+    for loaded in (RelationClassifier.from_pretrained("someone/l2s-clf"), RelationClassifier.load("someone/l2s-clf")):
+        assert same_logits(model, loaded)
+        assert loaded.training_record["best_val_accuracy"] == TRAINING["best_val_accuracy"]
+
+
+def test_hub_id_missing_from_the_cache_is_one_line_saying_how_to_get_it(hub_cache):
+    for load in (RelationClassifier.from_pretrained, RelationClassifier.load):
+        with pytest.raises(ModelLoadError) as error:
+            load("someone/absent")
+        message = str(error.value)
+        assert "\n" not in message and "`hf download someone/absent`" in message and str(hub_cache) in message
+
+
+def test_push_to_hub_sends_nothing_offline(tmp_path, hub_cache):
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    with pytest.raises(OfflineModeIsEnabled):
+        tiny_model().push_to_hub("someone/l2s-clf")
+
+
+def test_published_converter_writes_a_hub_folder(tmp_path):
+    source = tiny_model(seed=5)
+    torch.save(published_checkpoint(source), tmp_path / "sd14.pth")
+    out = convert_published_checkpoint(tmp_path / "sd14.pth", tmp_path / "converted", channels=C)
+    assert {"README.md", "config.json", "model.safetensors", "training.json"} <= {p.name for p in out.iterdir()}
+    assert "published Learn-to-Steer checkpoint sd14.pth" in (out / "README.md").read_text()
+    assert same_logits(source, RelationClassifier.from_pretrained(out))

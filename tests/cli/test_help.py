@@ -1,0 +1,48 @@
+"""``l2s --version``, ``python -m l2s``, help without torch, and readable help for every command."""
+import re
+import subprocess
+import sys
+
+import pytest
+
+from l2s import __version__
+from l2s.cli import FRONT_ENDS, main
+
+COMMANDS = [("parse",), ("generate",), ("eval",), *(command for command, _ in FRONT_ENDS), ("shapes",)]
+HEAVY = ("torch", "diffusers", "transformers", "numpy")
+
+
+def help_text(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_version(capsys):
+    assert help_text(["--version"], capsys).strip() == f"l2s {__version__}"
+
+
+def test_python_dash_m_l2s_is_the_command():
+    result = subprocess.run([sys.executable, "-m", "l2s", "--version"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == f"l2s {__version__}"
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["generate", "--help"], ["parse", "--help"]])
+def test_help_imports_no_torch(argv):
+    script = ("import sys\nfrom l2s.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+              f"print([m for m in {HEAVY!r} if m in sys.modules])")
+    result = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_every_command_has_readable_help(command, capsys):
+    text = help_text([*command, "--help"], capsys)
+    assert text.startswith("usage: l2s " + " ".join(command))
+    assert not re.search(r":(func|data|mod|class|meth):|``", text), "a raw docstring in --help"
+    if command != ("shapes",):
+        assert "\nexamples:\n" in text and f"  l2s {' '.join(command)}" in text
+    description = text.split("\n\n")[1]
+    assert len(description) > 40 and not description.startswith(("positional", "options"))

@@ -1,0 +1,58 @@
+"""--quiet: only l2s's own lines (the libraries' loading bars and log lines off, then restored);
+transformers' torchvision-fallback warning never shows; the last line names every file written."""
+import logging
+import subprocess
+import sys
+
+from l2s.cli.noise import quiet_libraries
+from l2s.cli.outputs import folder_outputs, wrote_line
+
+MARK = "=== quiet ==="
+# The shipped shapes model loads from its folder (diffusers' and transformers' loading bars);
+# no steering and two steps keep it short.
+SCRIPT = f"""
+import sys
+from l2s.cli import main
+base = ["generate", "a red circle to the left of a blue square", "--no-steer", "--steps", "2", "--device", "cpu"]
+assert main(base + ["--out", sys.argv[1]]) == 0
+print({MARK!r}, file=sys.stderr, flush=True)
+assert main(base + ["--out", sys.argv[2], "--quiet"]) == 0
+"""
+
+
+def test_quiet_generate_prints_only_l2s_lines(tmp_path):
+    result = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "a"), str(tmp_path / "b")],
+                            capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    loud, quiet = result.stderr.split(MARK + "\n")
+    assert "Loading pipeline components" in loud  # the noise --quiet is there to remove
+    assert "requires torchvision" not in result.stderr + result.stdout
+    lines = [line.strip() for line in quiet.replace("\r", "\n").splitlines() if line.strip()]
+    assert lines and all(line.startswith("l2s: ") for line in lines), lines
+    assert lines[-1] == f"l2s: wrote image.png and report.json in {tmp_path / 'b'}"
+
+
+def test_quiet_libraries_restores_what_it_changed():
+    from diffusers.utils import logging as diffusers_logging
+
+    logger = logging.getLogger("diffusers")
+    level, bars = logger.level, diffusers_logging.is_progress_bar_enabled()
+    with quiet_libraries():
+        assert logger.level == logging.ERROR and not diffusers_logging.is_progress_bar_enabled()
+    assert (logger.level, diffusers_logging.is_progress_bar_enabled()) == (level, bars)
+
+
+def test_run_folder_outputs_name_every_file(tmp_path):
+    for name in ("summary.json", "results.jsonl", "contact_sheet_01.png", ".l2s.lock"):
+        (tmp_path / name).write_text("x")
+    for index in range(3):
+        samples = tmp_path / "steered" / f"{index:05d}" / "samples"
+        samples.mkdir(parents=True)
+        (samples / "0000.png").write_text("x")
+        (samples / "0000.json").write_text("x")
+        (samples.parent / "metadata.jsonl").write_text("x")
+    names = folder_outputs(tmp_path)
+    assert names == ["contact_sheet_01.png", "results.jsonl", "summary.json",
+                     "steered/: 3 images with their records (6 files)"]
+    assert wrote_line(tmp_path, ["a.png"]) == f"l2s: wrote a.png in {tmp_path}"
+    assert wrote_line(tmp_path, ["a", "b", "c"]) == f"l2s: wrote a, b and c in {tmp_path}"
