@@ -9,7 +9,9 @@ at position 0 and end token; T5: no start token, ``</s>`` appended), so index ``
 Tokens are matched to words by character offsets rather than by re-tokenising the word and
 searching for its ids, so a word whose tokens depend on context (BPE merges across a prefix,
 sentencepiece's stray ``▁`` piece) still maps exactly, and an object that is absent or cut off
-by truncation is an error instead of a silent wrong index.
+by truncation is an error instead of a silent wrong index. A phrase that occurs more than once is
+steered by occurrence (:func:`mention_groups`), and :func:`mention_warnings` says in one line each
+when steering is doubtful (a repeated phrase, words the vocabulary lacks).
 """
 
 from __future__ import annotations
@@ -149,3 +151,102 @@ def token_groups(
         TokenGroup(phrase, phrase_token_indices(tokenizer, prompt, spans[_phrase_key(phrase)], max_length))
         for phrase in phrases
     ]
+
+
+def mention_groups(
+    tokenizer, prompt: str, mentions: Sequence[tuple[str, tuple[int, int]]], max_length: int
+) -> tuple[list[TokenGroup], list[int]]:
+    """Token groups of object mentions ``(phrase, character span where it was found)``, and the
+    index of each mention's group.
+
+    Steered by occurrence: a phrase mentioned at two or more occurrences ("a red circle left of a
+    red circle") gets one group per occurrence, its own tokens, labelled ``"red circle"``,
+    ``"red circle #2"``, ... in text order; mentions of one occurrence (the middle of a chain, "a
+    frog above a cat below a dog") share a group. Any other phrase maps as :func:`token_groups`
+    does (also when a span does not hold its phrase: relations given without positions).
+    """
+    spans: dict[str, list[tuple[int, int]]] = {}
+    for phrase, span in mentions:
+        key, (start, end) = _phrase_key(phrase), span
+        if 0 <= start < end <= len(prompt) and _phrase_key(prompt[start:end]) == key:
+            spans.setdefault(key, [])
+            if tuple(span) not in spans[key]:
+                spans[key].append(tuple(span))
+    repeated = {key: sorted(found) for key, found in spans.items() if len(found) > 1}
+    single = list(dict.fromkeys(p for p, _ in mentions if _phrase_key(p) not in repeated))
+    by_phrase = dict(zip(map(_phrase_key, single), token_groups(tokenizer, prompt, single, max_length)))
+    groups: list[TokenGroup] = []
+    where: dict[tuple, int] = {}
+    index = []
+    for phrase, span in mentions:
+        key = _phrase_key(phrase)
+        slot = (key, tuple(span)) if key in repeated else (key,)
+        if slot not in where:
+            where[slot] = len(groups)
+            groups.append(by_phrase[key] if key not in repeated else _occurrence_group(
+                tokenizer, prompt, phrase, repeated[key], tuple(span), max_length))
+        index.append(where[slot])
+    return groups, index
+
+
+def _occurrence_group(tokenizer, prompt: str, phrase: str, occurrences: list[tuple[int, int]],
+                      span: tuple[int, int], max_length: int) -> TokenGroup:
+    n = occurrences.index(span) + 1
+    label = phrase if n == 1 else f"{phrase} #{n}"
+    return TokenGroup(label, phrase_token_indices(tokenizer, prompt, span, max_length))
+
+
+def unrepresented_words(tokenizer, prompt: str, char_span: tuple[int, int]) -> list[tuple[str, str]]:
+    """``(word, why)`` for each word of ``prompt[char_span]`` that the tokenizer has no token for:
+    ``"unknown token"`` (``<unk>``: emoji in a sentencepiece vocabulary), ``"spelled letter by
+    letter"`` (a word of two or more characters cut into one-character pieces: a word the
+    vocabulary lacks) or ``"split into bytes"`` (byte-level pieces that are no text on their own).
+    Maps read at such tokens do not name the object."""
+    start, end = char_span
+    full = _encode(tokenizer, prompt)
+    unknown = getattr(tokenizer, "unk_token_id", None)
+    problems = []
+    for word in re.finditer(r"\S+", prompt[start:end]):
+        first, last = start + word.start(), start + word.end()
+        pieces = [(s, e, token_id) for (s, e), special, token_id in
+                  zip(full["offset_mapping"], full["special_tokens_mask"], full["input_ids"])
+                  if (not special or token_id == unknown) and s < last and e > first and e > s]
+        texts = [tokenizer.decode([token_id]) for _, _, token_id in pieces]
+        if any(token_id == unknown for _, _, token_id in pieces):
+            problems.append((word.group(), "unknown token"))
+        elif any("\ufffd" in text for text in texts):
+            problems.append((word.group(), "split into bytes"))
+        else:
+            letters = [(s, e) for (s, e, _), text in zip(pieces, texts) if text.strip()]
+            if last - first > 1 and len(letters) > 1 and all(e - s == 1 for s, e in letters):
+                problems.append((word.group(), "spelled letter by letter"))
+    return problems
+
+
+def mention_warnings(
+    tokenizer, prompt: str, mentions: Sequence[tuple[str, tuple[int, int]]], index: Sequence[int]
+) -> list[str]:
+    """One line per kind of doubtful steering in :func:`mention_groups`' result: a phrase steered at
+    several occurrences, a relation whose two objects are one group, words the tokenizer lacks."""
+    lines = []
+    occurrences: dict[str, set[int]] = {}
+    for (phrase, _), group in zip(mentions, index):
+        occurrences.setdefault(_phrase_key(phrase), set()).add(group)
+    repeated = [f"{phrase!r} occurs {len(found)} times" for phrase, found in occurrences.items() if len(found) > 1]
+    if repeated:
+        lines.append(f"{', '.join(repeated)} in the prompt: each mention is steered on the tokens of its "
+                     "own occurrence (the n-th mention on the n-th occurrence)")
+    selves = [mentions[2 * k][0] for k in range(len(index) // 2) if index[2 * k] == index[2 * k + 1]]
+    if selves:
+        lines.append(f"{', '.join(map(repr, selves))} is related to itself (both objects are the same "
+                     "tokens): that relation's steering means nothing")
+    found: dict[str, str] = {}
+    for phrase, span in mentions:
+        if not (0 <= span[0] < span[1] <= len(prompt)) or _phrase_key(prompt[span[0]:span[1]]) != _phrase_key(phrase):
+            span = first_occurrence_span(prompt, phrase)
+        found.update(unrepresented_words(tokenizer, prompt, span))
+    if found:
+        words = ", ".join(f"{word!r} ({why})" for word, why in found.items())
+        lines.append(f"the model's tokenizer has no token for {words}: steering reads maps of tokens "
+                     "that do not name these objects")
+    return lines

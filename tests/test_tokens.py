@@ -15,9 +15,12 @@ from l2s.tokens import (
     TokenGroup,
     check_prompt_length,
     first_occurrence_span,
+    mention_groups,
+    mention_warnings,
     occurrence_spans,
     phrase_token_indices,
     token_groups,
+    unrepresented_words,
 )
 
 CLIP_LEN, T5_LEN = 77, 512
@@ -184,3 +187,55 @@ def test_span_without_tokens_or_outside_prompt_raises(clip, t5):
             phrase_token_indices(tokenizer, prompt, (5, 40), 77)
     with pytest.raises(TokenizationError, match="giraffe"):
         token_groups(t5, prompt, ["cat", "giraffe"], T5_LEN)
+
+
+# ---- mentions: repeated phrases by occurrence, words the vocabulary lacks ----------------------
+
+
+def _mentions(prompt):
+    from l2s.parsing import parse_prompt
+
+    return [m for t in parse_prompt(prompt).triplets
+            for m in ((t.subject, t.subject_span), (t.object, t.object_span))]
+
+
+def test_a_repeated_phrase_is_steered_by_occurrence(t5):
+    prompt = "a red circle left of a red circle"
+    mentions = _mentions(prompt)
+    groups, index = mention_groups(t5, prompt, mentions, T5_LEN)
+    assert [g.phrase for g in groups] == ["red circle", "red circle #2"] and index == [0, 1]
+    assert [decoded(t5, prompt, g.indices, T5_LEN) for g in groups] == [["red", "circle"]] * 2
+    assert groups[0].indices != groups[1].indices        # two circles, two maps
+    (line,) = mention_warnings(t5, prompt, mentions, index)
+    assert "'red circle' occurs 2 times" in line and "n-th mention on the n-th occurrence" in line
+
+
+def test_one_occurrence_mentioned_twice_is_one_group(t5):
+    prompt = "a frog above a cat below a dog"                   # "cat" is one object in two relations
+    mentions = _mentions(prompt)
+    groups, index = mention_groups(t5, prompt, mentions, T5_LEN)
+    assert index == [0, 1, 1, 2] and [g.phrase for g in groups] == ["frog", "cat", "dog"]
+    assert not any("occurs" in line for line in mention_warnings(t5, prompt, mentions, index))
+
+
+def test_relations_given_without_positions_map_as_before_and_a_self_relation_is_named(t5):
+    prompt = "a red circle left of a red circle"
+    span = first_occurrence_span(prompt, "red circle")
+    mentions = [("red circle", span), ("red circle", span)]
+    groups, index = mention_groups(t5, prompt, mentions, T5_LEN)
+    assert index == [0, 0] and groups[0].indices == (1, 2)
+    (line,) = mention_warnings(t5, prompt, mentions, index)
+    assert "'red circle' is related to itself" in line
+
+
+def test_words_the_vocabulary_lacks_are_named(t5):
+    prompt = "a zorb left of a \U0001F992 and a cat"
+    assert unrepresented_words(t5, prompt, first_occurrence_span(prompt, "zorb")) == [
+        ("zorb", "spelled letter by letter")]
+    assert unrepresented_words(t5, prompt, first_occurrence_span(prompt, "\U0001F992")) == [
+        ("\U0001F992", "unknown token")]
+    assert unrepresented_words(t5, prompt, first_occurrence_span(prompt, "cat")) == []
+    short = "a zorb left of a \U0001F992"
+    lines = mention_warnings(t5, short, _mentions(short), [0, 1])
+    assert lines == ["the model's tokenizer has no token for 'zorb' (spelled letter by letter), "
+                     "'\U0001F992' (unknown token): steering reads maps of tokens that do not name these objects"]

@@ -7,7 +7,9 @@ the named objects but places them largely regardless of the relation words.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,8 @@ import torch
 
 from .scenes import Scene, random_scene, render_array
 from .tokenizer import TEXT_WINDOW, shapes_t5_tokenizer, tokenize_t5
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -41,14 +45,14 @@ def scene_caption(scene: Scene, rng: np.random.Generator, relation_caption_rate:
 
 def render_dataset(count: int, seed: int, size: int, relation_caption_rate: float,
                    n_objects: tuple[int, int], object_sizes: tuple[int, int],
-                   window: int = TEXT_WINDOW) -> SceneDataset:
+                   window: int = TEXT_WINDOW, progress: bool = True) -> SceneDataset:
     """Render ``count`` seeded random scenes of :mod:`l2s.shapes` with their captions."""
     from tqdm.auto import tqdm
 
     rng = np.random.default_rng(seed)
     images = np.empty((count, size, size, 3), dtype=np.uint8)
     captions, scenes, stated = [], [], []
-    for k in tqdm(range(count), desc="rendering scenes", leave=False, mininterval=2):
+    for k in tqdm(range(count), desc="rendering scenes", leave=False, mininterval=2, disable=not progress):
         scene = random_scene(rng, size=size, n_objects=n_objects, min_size=object_sizes[0],
                              max_size=object_sizes[1])
         images[k] = render_array(scene)
@@ -60,15 +64,19 @@ def render_dataset(count: int, seed: int, size: int, relation_caption_rate: floa
     return SceneDataset(torch.from_numpy(images), captions, token_ids, scenes, torch.tensor(stated))
 
 
-def load_or_render_dataset(cache_dir: Path, **kwargs: Any) -> SceneDataset:
-    """:func:`render_dataset`, cached as a ``.pt`` file named after its settings."""
+def load_or_render_dataset(cache_dir: Path, progress: bool = True, **kwargs: Any) -> SceneDataset:
+    """:func:`render_dataset`, cached as a ``.pt`` file named after its settings (a damaged cache
+    file is rendered again)."""
     key = "-".join(f"{k}{v}" for k, v in sorted(kwargs.items())).replace(" ", "").replace(",", "_")
     path = cache_dir / f"scenes-{key}.pt"
     if path.is_file():
-        data = torch.load(path, weights_only=True)
-        return SceneDataset(data["images"], data["captions"], data["token_ids"],
-                            json.loads(data["scenes"]), data["relation_stated"])
-    dataset = render_dataset(**kwargs)
+        try:
+            data = torch.load(path, weights_only=True)
+            return SceneDataset(data["images"], data["captions"], data["token_ids"],
+                                json.loads(data["scenes"]), data["relation_stated"])
+        except (RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError, pickle.UnpicklingError) as error:
+            log.warning("%s is damaged (%s): rendering the scenes again", path, type(error).__name__)
+    dataset = render_dataset(**kwargs, progress=progress)
     cache_dir.mkdir(parents=True, exist_ok=True)
     atomic_save({"images": dataset.images, "captions": dataset.captions, "token_ids": dataset.token_ids,
                  "scenes": json.dumps(dataset.scenes), "relation_stated": dataset.relation_stated}, path)

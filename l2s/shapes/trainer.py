@@ -13,7 +13,8 @@ from diffusers import FluxPipeline, FluxTransformer2DModel
 from transformers import CLIPTextModel
 
 from l2s.errors import L2SError, ModelLoadError
-from l2s.files import output_lock
+from l2s.files import DamagedFileError, output_lock
+from l2s.training.checkpoints import DAMAGED
 
 from .data import SceneDataset, atomic_save, load_or_render_dataset
 from .export import export
@@ -198,13 +199,24 @@ class ShapesTrainer:
         atomic_save(self.state(), path)
 
     def load_checkpoint(self, path: Path) -> None:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        stored = json.loads(state["settings"])
+        """Continue from ``path``; a damaged file (truncated, garbled, not ours) is one line saying
+        how to recover, never a traceback."""
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            stored = json.loads(state["settings"])
+        except DAMAGED as error:
+            raise _damaged(path, error) from None
         stored.setdefault("grow", False)  # checkpoints from before --grow existed
         stored.setdefault("repatch", False)  # ... or --repatch
         if stored != self.settings.run_identity():
             raise L2SError(f"{path} was written by a run with other settings; use another --out "
-                           "or --no-resume to start afresh")
+                           "or --restart to start afresh")
+        try:
+            self._restore(state)
+        except DAMAGED as error:
+            raise _damaged(path, error) from None
+
+    def _restore(self, state: dict) -> None:
         for name, module in self.trained.items():
             module.load_state_dict(state["weights"][name])
             for key, value in state["ema"][name].items():
@@ -229,6 +241,11 @@ class ShapesTrainer:
         return pipe
 
 
+def _damaged(path: Path, error: Exception) -> DamagedFileError:
+    return DamagedFileError(f"{path} is damaged ({type(error).__name__}); rerun with --restart (resume=False) "
+                            f"to train from the start, or delete {path}")
+
+
 def train(settings: TrainSettings, out: Path, device: str = "cpu", resume: bool = True,
           progress: bool = True, command: str | None = None, stop_at_step: int | None = None,
           time_limit_s: float | None = None) -> ShapesTrainer:
@@ -251,7 +268,7 @@ def _train(settings: TrainSettings, out: Path, device: str, resume: bool, progre
     from tqdm.auto import tqdm
 
     torch.manual_seed(settings.seed)
-    dataset = load_or_render_dataset(out, count=settings.scenes, seed=settings.seed, size=settings.size,
+    dataset = load_or_render_dataset(out, progress, count=settings.scenes, seed=settings.seed, size=settings.size,
                                      relation_caption_rate=settings.relation_caption_rate,
                                      n_objects=tuple(settings.n_objects),
                                      object_sizes=tuple(settings.object_sizes),

@@ -27,7 +27,8 @@ from l2s.training import write_map_dataset
 
 ENTRY = "import sys; from l2s.cli import main; sys.exit(main())"
 N_SAMPLES, SHARD = 16, 2
-EVAL = ["eval", "--prompts", "shapes", "--n-prompts", "4", "--seeds", "0-1", "--steps", "2", "--quiet"]
+EVAL = ["eval", "--model", "tiny", "--prompts", "shapes", "--n-prompts", "4", "--seeds", "0-1", "--steps", "2",
+        "--quiet"]
 N_IMAGES = 4 * 2 * 2  # prompts x seeds x (base, steered)
 
 

@@ -279,3 +279,24 @@ def test_model_size_options_build_a_consistent_transformer():
     assert sum(model["rope_axes"]) == 48
     pipe = build_shapes_pipeline(replace(TINY_CONFIG, head_dim=48, rope_axes=tuple(model["rope_axes"])))
     assert pipe.transformer.config.attention_head_dim == 48
+
+
+def test_a_damaged_checkpoint_is_one_line_saying_how_to_recover(tmp_path, capsys):
+    from l2s.cli import main
+
+    out = tmp_path / "run"
+    argv = ["shapes", "train-model", "--out", str(out), "--steps", "2", "--batch-size", "4", "--scenes", "16",
+            "--size", "16", "--objects", "2-2", "--object-sizes", "4-6", "--preset", "tiny", "--no-progress"]
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(b"PK\x03\x04 torn")
+    assert main(argv) == 2
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("l2s:")]
+    assert line.startswith(f"l2s: error: {out / 'checkpoint.pt'} is damaged (")
+    assert line.endswith(f"rerun with --restart (resume=False) to train from the start, or delete {out / 'checkpoint.pt'}")
+    assert main(argv + ["--restart"]) == 0                  # --restart starts over, as --no-resume
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 2
+    del state["optimizer"]                                  # a checkpoint of ours, missing a part
+    torch.save(state, out / "checkpoint.pt")
+    assert main(argv[:5] + ["3"] + argv[6:]) == 2           # a longer run resumes from it: refused
+    assert "checkpoint.pt is damaged (KeyError)" in capsys.readouterr().err

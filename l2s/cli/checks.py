@@ -1,0 +1,47 @@
+"""Options of ``generate`` and ``eval`` checked before any work: ranges, types, the device.
+
+The messages are those of the Python API (:mod:`l2s.pipelines.arguments`), with the option's
+name in place of the argument's; a value is never silently replaced by a default.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+
+
+def check_sampling_args(args: argparse.Namespace) -> None:
+    """``--steps``, ``--height``, ``--width``, ``--guidance``, ``--true-cfg``, ``--step-size``,
+    ``--seed`` and ``--device``: one ``l2s: error:`` line for the first that cannot work."""
+    from l2s.errors import UsageError
+    from l2s.pipelines.arguments import finite_number, positive_int, seed_value
+    from l2s.training.options import check_device
+
+    for option in ("steps", "height", "width"):
+        value = getattr(args, option, None)
+        if value is not None:
+            positive_int(value, f"--{option}")
+    if getattr(args, "guidance", None) is not None:
+        finite_number(args.guidance, "--guidance")
+    true_cfg = getattr(args, "true_cfg", None)
+    if true_cfg is not None and not finite_number(true_cfg, "--true-cfg") > 0:
+        raise UsageError(f"--true-cfg must be a positive number (1 = no guidance), got {true_cfg!r}")
+    step_size = getattr(args, "step_size", None)
+    if step_size is not None and not finite_number(step_size, "--step-size") > 0:
+        raise UsageError(f"--step-size must be a positive finite number, got {step_size!r}")
+    if hasattr(args, "seed"):
+        seed_value(args.seed, "--seed")
+    if getattr(args, "device", None) is not None:
+        check_device(args.device)
+
+
+# What ``generate`` may write; a rerun into the same folder removes those it does not write again,
+# so the folder never shows a comparison or plot of an earlier run beside this run's report.
+GENERATE_OUTPUTS = ("image.png", "image_unsteered.png", "comparison.png", "probability.png", "report.json")
+
+
+def remove_stale_outputs(out) -> None:
+    from pathlib import Path
+
+    for name in GENERATE_OUTPUTS:
+        (Path(out) / name).unlink(missing_ok=True)
+    shutil.rmtree(Path(out) / "maps", ignore_errors=True)   # grids of an earlier --save-maps run

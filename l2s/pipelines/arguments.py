@@ -1,0 +1,122 @@
+"""The steering pipelines' arguments, checked before any work, with the messages the CLI gives.
+
+Every check raises :class:`~l2s.errors.UsageError` naming the argument (``num_inference_steps``
+here, ``--steps`` on the command line: the same sentence). Nothing is replaced by a default:
+``0`` steps or ``height=0`` is an error, not "the model's default". Also here: the warnings a
+steered call gives before it runs (doubtful token mapping, maps resampled to another grid).
+"""
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+
+from l2s.classifier import RelationClassifier
+from l2s.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+
+def positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UsageError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def finite_number(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise UsageError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def seed_value(value, name: str = "seed") -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2 ** 64:
+        raise UsageError(f"{name} must be an integer in [0, 2**64), got {value!r}")
+    return value
+
+
+def check_classifier_argument(classifier) -> RelationClassifier:
+    """``classifier`` itself, or an error saying what a steering pipeline needs instead."""
+    if not isinstance(classifier, RelationClassifier):
+        shown = repr(classifier) if isinstance(classifier, (str, type(None))) else type(classifier).__name__
+        raise UsageError(f"classifier must be a RelationClassifier, got {shown}; load one with "
+                         "l2s.classifier.RelationClassifier.load(path)")
+    return classifier
+
+
+def check_call(steerer, prompt, *, num_inference_steps, height, width, guidance_scale, seed, num_images,
+               steer, schedule, latents, progress) -> None:
+    """Refuse a ``SteeringPipeline.__call__`` whose arguments cannot work, before any work."""
+    from l2s.steer import Schedule
+
+    if not isinstance(prompt, str):
+        raise UsageError(f"prompt must be a string, got {type(prompt).__name__}")
+    for name, value in (("num_inference_steps", num_inference_steps), ("height", height), ("width", width)):
+        if value is not None:
+            positive_int(value, name)
+    if guidance_scale is not None:
+        finite_number(guidance_scale, "guidance_scale")
+    seed_value(seed)
+    positive_int(num_images, "num_images")
+    for name, value in (("steer", steer), ("progress", progress)):
+        if not isinstance(value, bool):
+            raise UsageError(f"{name} must be True or False, got {value!r}")
+    if schedule is not None and not isinstance(schedule, (str, Schedule)):
+        raise UsageError(f"schedule must be a preset name or an l2s.steer.Schedule, got {type(schedule).__name__}")
+    if latents is not None:
+        check_latents(latents, expected_latents_shape(steerer, height, width, num_images))
+
+
+def expected_latents_shape(steerer, height: int | None, width: int | None, num_images: int) -> tuple[int, ...]:
+    """The initial latents a call of ``steerer`` takes, in the pipeline's own layout (FLUX: packed
+    2x2 patches, ``(images, tokens, channels)``; SD: ``(images, channels, h, w)``)."""
+    pipe = steerer.pipe
+    if hasattr(pipe, "transformer"):
+        side = steerer.default_size()
+        multiple = pipe.vae_scale_factor * 2
+        height, width = (side if height is None else height), (side if width is None else width)
+        return (num_images, (height // multiple) * (width // multiple), pipe.transformer.config.in_channels)
+    side = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    height, width = (side if height is None else height), (side if width is None else width)
+    factor = pipe.vae_scale_factor
+    return (num_images, pipe.unet.config.in_channels, height // factor, width // factor)
+
+
+def check_latents(latents, shape: tuple[int, ...]) -> None:
+    if not isinstance(latents, torch.Tensor) or not latents.is_floating_point():
+        raise UsageError(f"latents must be a floating-point torch.Tensor, got {type(latents).__name__}")
+    if tuple(latents.shape) != tuple(shape):
+        raise UsageError(f"latents have shape {tuple(latents.shape)}; this call needs {tuple(shape)} "
+                         "(images, then the pipeline's own latent layout)")
+    if not bool(torch.isfinite(latents).all()):
+        raise UsageError("latents contain non-finite values (NaN or inf)")
+
+
+def announce_steering(steerer, plan, height: int | None, width: int | None) -> None:
+    """Log, one line each, what makes this call's steering doubtful (see ``docs/usage.md``); a
+    pipeline says each line once (an evaluation steers one prompt for many seeds)."""
+    said = steerer.__dict__.setdefault("_l2s_warned", set())
+    for line in [*plan.warnings, map_grid_warning(steerer, height, width)]:
+        if line and line not in said:
+            said.add(line)
+            log.warning("warning: %s", line)
+
+
+def map_grid_warning(steerer, height: int | None, width: int | None) -> str | None:
+    """A line when the classifier was trained on maps of another token grid than this FLUX model
+    gives at this size: the maps are resampled to the classifier's size, which keeps where things
+    are but not how sharp; steering still runs (the published FLUX.1-dev classifier itself reads
+    32x32 grids resampled to 16x16)."""
+    pipe, config = steerer.pipe, steerer.classifier.config
+    if not hasattr(pipe, "transformer"):
+        return None  # SD's maps come from layers of several resolutions: no single grid
+    side, multiple = steerer.default_size(), pipe.vae_scale_factor * 2
+    height, width = (side if height is None else height), (side if width is None else width)
+    grid, trained = (height // multiple, width // multiple), config.orig_map_size or config.map_size
+    if grid == (trained, trained):
+        return None
+    how = "read as" if grid == (config.map_size, config.map_size) else "resampled to"
+    return (f"the classifier was trained on maps of a {trained}x{trained} token grid, but this model at "
+            f"{height}x{width} px gives {grid[0]}x{grid[1]}: its maps are {how} the classifier's "
+            f"{config.map_size}x{config.map_size} input (steering may be weaker)")
