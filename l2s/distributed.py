@@ -1,0 +1,164 @@
+"""Runs spread over processes and machines: ``torchrun`` or ``accelerate launch`` start N copies
+of one command, and each copy does its share of the work.
+
+The launchers say who a process is in ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; :func:`world`
+joins their process group on first use (gloo for the small objects the processes exchange, and
+NCCL for CUDA tensors when there is a GPU) and, without a launcher, is a world of one process, so
+code written for N processes runs unchanged in one.
+
+An output folder of a spread run is locked by rank 0 alone (:func:`output_lock` here): the other
+ranks learn its verdict before any work, so a second, independent run into the folder is refused
+in every one of its processes, and a dead rank ends the whole group through the launcher, which
+drops the lock with its holder.
+"""
+from __future__ import annotations
+
+import atexit
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+from l2s import files
+
+T = TypeVar("T")
+# Ranks wait for the slowest one at the end of a run, which can take hours on a big job; a rank
+# that dies ends the group through the launcher, not through this timeout.
+WAIT = timedelta(hours=24)
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the processes of one run (``size`` 1: a run on its own)."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def spread(self) -> bool:
+        return self.size > 1
+
+    def share(self, items: Sequence[T]) -> list[T]:
+        """This rank's items: every ``size``-th one from position ``rank`` (deterministic)."""
+        return list(items[self.rank::self.size])
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order, on every rank (picklable objects)."""
+        if not self.spread:
+            return [obj]
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank."""
+        if not self.spread:
+            return obj
+        import torch.distributed as dist
+
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def sum_(self, tensors: Sequence[Any]) -> None:
+        """Replace each tensor (all on one device) by its sum over the ranks, in one all-reduce."""
+        if not self.spread or not tensors:
+            return
+        import torch.distributed as dist
+        from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+        flat = _flatten_dense_tensors(list(tensors))
+        dist.all_reduce(flat)
+        for tensor, summed in zip(tensors, _unflatten_dense_tensors(flat, list(tensors))):
+            tensor.copy_(summed)
+
+    def barrier(self) -> None:
+        if self.spread:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def on_main(self, work: Callable[[], T]) -> T:
+        """``work()`` on rank 0 only; its result, or the user error it raised, on every rank."""
+        from l2s.errors import L2SError
+
+        outcome: tuple[str, Any] = ("ok", None)
+        if self.is_main:
+            try:
+                outcome = ("ok", work())
+            except L2SError as error:
+                outcome = ("error", error)
+        kind, value = self.broadcast(outcome)
+        if kind == "error":
+            if not self.is_main:
+                value.l2s_shared = True  # rank 0 says it already; see l2s.cli
+            raise value
+        return value
+
+    def device(self, device: str) -> str:
+        """``device`` for this rank: a bare ``cuda`` becomes this machine's GPU ``cuda:LOCAL_RANK``."""
+        return f"cuda:{self.local_rank}" if self.spread and device == "cuda" else device
+
+
+_WORLD: World | None = None
+
+
+def world() -> World:
+    """This process's :class:`World`; joins the launcher's process group on the first call."""
+    global _WORLD
+    if _WORLD is None:
+        _WORLD = _join()
+    return _WORLD
+
+
+def _join() -> World:
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return World()
+    import torch
+    import torch.distributed as dist
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        backend = "gloo"
+        if torch.cuda.is_available() and dist.is_nccl_available():
+            torch.cuda.set_device(local_rank)
+            backend = "cpu:gloo,cuda:nccl"
+        dist.init_process_group(backend, timeout=WAIT)
+        atexit.register(_leave)
+    return World(dist.get_rank(), dist.get_world_size(), local_rank)
+
+
+def _leave() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+@contextmanager
+def output_lock(folder: str | Path, label: str = "output folder") -> Iterator[Path]:
+    """:func:`l2s.files.output_lock` for a run of every rank: rank 0 holds the folder's lock, the
+    others wait for its verdict (a refusal is raised on every rank). Every rank calls it, in the
+    same order; the block ends with every rank done before rank 0 lets go."""
+    group = world()
+    if not group.spread:
+        with files.output_lock(folder, label) as held:
+            yield held
+        return
+    with ExitStack() as stack:
+        held = group.on_main(lambda: stack.enter_context(files.output_lock(folder, label)))
+        yield held
+        group.barrier()  # left out when the block raises: the launcher then ends the other ranks
+
+
+__all__ = ["World", "output_lock", "world"]

@@ -1,0 +1,63 @@
+"""bench/throughput.py: batch rows on the tiny FLUX (a row per batch size, speed-up against batch
+1, a refused batch says why), and the commands of its ``eval`` rows."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def script():
+    spec = importlib.util.spec_from_file_location("l2s_bench_throughput", ROOT / "bench" / "throughput.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+def _rows(text: str) -> list[list[str]]:
+    return [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()
+            if line.startswith("| tiny-flux")]
+
+
+def test_batch_rows_on_the_tiny_flux(script, tmp_path, capsys):
+    threads = torch.get_num_threads()
+    try:
+        assert script.main(["batch", "--models", "tiny-flux", "--batch-sizes", "1", "2", "--images", "2",
+                            "--json", str(tmp_path / "rows.json")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    rows = _rows(capsys.readouterr().out)
+    assert [(r[1], r[2]) for r in rows] == [("plain", "1"), ("plain", "2"), ("steered", "1"), ("steered", "2")]
+    for kind, batch, images, _, per_s, speedup in ((r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows):
+        if speedup.startswith("skipped"):
+            assert kind == "steered" and batch != "1"  # only a batched steering call may be refused
+            continue
+        assert images == "2" and float(per_s) > 0
+        assert (speedup == "1.00x") == (batch == "1")
+
+
+def test_a_refused_batch_is_a_row_that_says_why(script):
+    from l2s.errors import UsageError
+
+    class Refusing:
+        def __call__(self, prompt, *, num_images, **kwargs):
+            raise UsageError("steering takes one image at a time")
+
+    assert script.measure_batch(Refusing(), 4, 8, True) == {
+        "skipped": "UsageError: steering takes one image at a time"}
+
+
+def test_eval_rows_run_the_same_command_alone_and_under_torchrun(script, tmp_path):
+    alone = script.eval_command(1, ["--model", "tiny"], tmp_path / "a")
+    spread = script.eval_command(2, ["--model", "tiny"], tmp_path / "b")
+    assert alone[1:3] == ["-m", "l2s.cli"]
+    assert spread[1:7] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m"]
+    assert alone[3:-1] == spread[8:-1] == ["eval", "--model", "tiny", "--quiet", "--out"]

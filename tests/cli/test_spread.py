@@ -1,0 +1,282 @@
+"""``l2s eval``, ``make-data``, ``train`` and ``shapes bench`` spread over 2 CPU processes by
+``torchrun`` (gloo): the same result as one process, and a run whose rank was killed (SIGKILL)
+resumes to it. Each test starts ``torchrun`` (two processes, ~10-30 s of imports on a busy
+2-core machine), so they are marked slow; tests/test_distributed.py keeps a 2-process test of the
+plumbing in the default suite.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from l2s.cli import main
+from l2s.files import LOCK_FILE
+from tests.cli.test_reliability import EVAL, _dataset_fingerprint, _eval_fingerprint
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "L2S_TEST_THREADS": "1", "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
+
+
+def _launch(args: list[str]) -> subprocess.Popen:
+    """``torchrun --standalone --nproc_per_node 2 ARGS`` (``-m l2s.cli ...`` or a script)."""
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT)
+
+
+def _spread(argv: list[str]) -> str:
+    """Run ``l2s ARGV`` on two processes to the end; its stdout."""
+    proc = _launch(["-m", "l2s.cli", *argv])
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    return out
+
+
+def _kill_a_rank_when(condition, proc: subprocess.Popen, out: Path, timeout: float = 300) -> None:
+    """SIGKILL rank 1 (not rank 0, the holder of ``out``'s lock) once ``condition()``; the
+    launcher then ends rank 0."""
+    psutil = pytest.importorskip("psutil")
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended before a rank could be killed: {proc.communicate()[1][-2000:]}")
+        assert time.monotonic() < deadline, "timed out waiting for the run to get going"
+        time.sleep(0.02)
+    holder = int((out / LOCK_FILE).read_text().split()[0])
+    (other,) = [w for w in psutil.Process(proc.pid).children() if w.pid != holder]
+    os.kill(other.pid, signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "SIGKILL" in err
+
+
+def _summary(out: Path) -> dict:
+    """summary.json without what differs between runs (timings, and how many images were resumed)."""
+    summary = json.loads((out / "summary.json").read_text())
+    summary.pop("wall_time_s")
+    for mode in summary["modes"].values():
+        for key in ("generate_s_per_image", "score_s_per_image", "status_counts"):
+            mode.pop(key)
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# eval
+# ---------------------------------------------------------------------------------------------
+
+EVAL6 = [a if a != "4" else "6" for a in EVAL]  # 6 prompts x 2 seeds x 2 modes: 24 images
+
+
+@pytest.fixture(scope="module")
+def one_process_eval(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("eval") / "run"
+    assert main(EVAL6 + ["--out", str(out)]) == 0
+    return out
+
+
+def test_eval_on_two_processes_writes_what_one_process_writes(one_process_eval, tmp_path):
+    out = tmp_path / "run"
+    stdout = _spread(EVAL6 + ["--out", str(out)])
+    assert stdout.count("overall (images)") == 1  # the report is printed once, by rank 0
+    assert _summary(out) == _summary(one_process_eval)
+    assert _eval_fingerprint(out) == _eval_fingerprint(one_process_eval)  # same PNGs, records, order
+
+
+def test_eval_resumes_after_a_rank_is_killed(one_process_eval, tmp_path):
+    out = tmp_path / "run"
+    proc = _launch(["-m", "l2s.cli", *EVAL6, "--out", str(out)])
+    _kill_a_rank_when(lambda: len(list(out.glob("*/*/samples/*.json"))) >= 4, proc, out)
+    finished = len(list(out.glob("*/*/samples/*.json")))
+    assert 4 <= finished < 24
+    _spread(EVAL6 + ["--out", str(out)])  # the same command resumes; the dead group's lock is gone
+    counts = json.loads((out / "summary.json").read_text())["modes"]
+    assert sum(m["status_counts"].get("resumed", 0) for m in counts.values()) == finished
+    assert _summary(out) == _summary(one_process_eval)
+    assert _eval_fingerprint(out) == _eval_fingerprint(one_process_eval)
+
+
+def test_eval_under_accelerate_launch_writes_what_one_process_writes(one_process_eval, tmp_path):
+    launcher = shutil.which("accelerate")
+    if launcher is None:
+        pytest.skip("the accelerate launcher is not installed")
+    out = tmp_path / "run"
+    # accelerate 1.15's --cpu alone starts one process; --multi_gpu starts two, gloo on a CPU machine.
+    done = subprocess.run([launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29531",
+                           "-m", "l2s.cli", *EVAL6, "--out", str(out)],
+                          capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _eval_fingerprint(out) == _eval_fingerprint(one_process_eval)
+
+
+# ---------------------------------------------------------------------------------------------
+# make-data
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def make_data(tmp_path_factory) -> tuple[list[str], Path]:
+    """make-data's arguments (16 pairs of noise images, 8 chunks) and its one-process dataset."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("pairs")
+    rng = np.random.RandomState(0)
+    relations = ("above", "below", "to the left of", "to the right of")
+    with open(root / "pairs.jsonl", "w") as lines:
+        for i in range(16):
+            Image.fromarray((rng.rand(32, 32, 3) * 255).astype("uint8")).save(root / f"img{i}.png")
+            lines.write(json.dumps({"image": f"img{i}.png", "prompt": f"a cat {relations[i % 4]} a dog"}) + "\n")
+    argv = ["make-data", "--model", "tiny", "--source", "pairs", "--annotations", str(root / "pairs.jsonl"),
+            "--images", str(root), "--steps", "4", "--store-steps", "1", "3", "--size", "32", "--shard-size", "2",
+            "--device", "cpu", "--quiet"]
+    reference = tmp_path_factory.mktemp("reference") / "data"
+    assert main(argv + ["--out", str(reference)]) == 0
+    return argv, reference
+
+
+def test_make_data_on_two_processes_writes_the_one_process_dataset(make_data, tmp_path):
+    argv, reference = make_data
+    out = tmp_path / "data"
+    _spread(argv + ["--out", str(out)])
+    assert _dataset_fingerprint(out) == _dataset_fingerprint(reference)
+
+
+def test_make_data_resumes_after_a_rank_is_killed(make_data, tmp_path):
+    argv, reference = make_data
+    out = tmp_path / "data"
+    proc = _launch(["-m", "l2s.cli", *argv, "--out", str(out)])
+
+    def committed() -> int:
+        try:
+            return len(json.loads((out / "progress.json").read_text())["chunks"])
+        except (OSError, ValueError):
+            return 0
+
+    _kill_a_rank_when(lambda: committed() >= 2, proc, out)
+    assert committed() < 8
+    _spread(argv + ["--out", str(out)])
+    assert _dataset_fingerprint(out) == _dataset_fingerprint(reference)
+
+
+# ---------------------------------------------------------------------------------------------
+# train
+# ---------------------------------------------------------------------------------------------
+
+TRAIN = textwrap.dedent('''
+    import sys
+    sys.path.insert(0, sys.argv[1])
+    from tests.training.test_train import _config
+    from l2s.training import train_classifier
+
+    data, out, dropout, epochs = sys.argv[2], sys.argv[3], float(sys.argv[4]), int(sys.argv[5])
+    train_classifier(data, out, _config(dropout=dropout), epochs=epochs, batch_size=16, lr=1e-3, progress=False)
+''')
+
+
+@pytest.fixture(scope="module")
+def train_data(tmp_path_factory) -> Path:
+    import torch
+
+    from tests.training.test_train import _synthetic, _write
+
+    g = torch.Generator().manual_seed(0)
+    root = tmp_path_factory.mktemp("train")
+    (root / "train.py").write_text(TRAIN)
+    # 101 training maps in batches of 16: the last global batch has 5, split 3 + 2.
+    return _write(root / "data", [_synthetic(101, g, "train"), _synthetic(37, g, "val")])
+
+
+def _train(data: Path, out: Path, dropout: float, epochs: int, processes: int) -> None:
+    script = [str(data.parent / "train.py"), str(ROOT), str(data), str(out), str(dropout), str(epochs)]
+    if processes == 1:
+        done = subprocess.run([sys.executable, *script], capture_output=True, text=True, env=_env(), timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return
+    proc = _launch(script)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+
+
+def _log(out: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
+            for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def test_training_on_two_processes_takes_the_one_process_steps(train_data, tmp_path):
+    """Without dropout: the same global batches, the same mean-loss gradient, so the same losses
+    and predictions as one process up to float rounding (not the same bits: summed in another order)."""
+    import torch
+
+    from l2s.classifier import RelationClassifier
+    from l2s.training import AttentionMapDataset
+
+    _train(train_data, tmp_path / "one", 0.0, 3, 1)
+    _train(train_data, tmp_path / "two", 0.0, 3, 2)
+    one, two = _log(tmp_path / "one"), _log(tmp_path / "two")
+    assert [r["epoch"] for r in two] == [1, 2, 3]
+    for a, b in zip(one, two):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)
+        assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-5)
+        assert (a["train_accuracy"], a["val_accuracy"], a["best"]) == (b["train_accuracy"], b["val_accuracy"], b["best"])
+    val = AttentionMapDataset(train_data, "val", timesteps=(1, 3))
+    maps = torch.stack([val[i][0] for i in range(len(val))])
+    steps = torch.tensor([val[i][1] for i in range(len(val))])
+    with torch.no_grad():
+        logits = [RelationClassifier.load(tmp_path / run / "last").eval()(maps, steps) for run in ("one", "two")]
+    assert torch.allclose(logits[0], logits[1], atol=1e-5)
+
+
+def test_training_resumes_after_a_rank_is_killed(train_data, tmp_path):
+    """With dropout (each rank's own masks, resumed per rank): a killed and resumed 2-process run
+    gives the uninterrupted 2-process run's weights bit for bit."""
+    from safetensors.torch import load_file
+
+    epochs = 40
+    _train(train_data, tmp_path / "whole", 0.3, epochs, 2)
+    out = tmp_path / "killed"
+    proc = _launch([str(train_data.parent / "train.py"), str(ROOT), str(train_data), str(out), "0.3", str(epochs)])
+    log = out / "log.jsonl"
+    _kill_a_rank_when(lambda: log.is_file() and len(log.read_text().splitlines()) >= 2, proc, out)
+    whole = _log(tmp_path / "whole")
+    assert 2 <= len(_log(out)) < len(whole)
+    _train(train_data, out, 0.3, epochs, 2)
+    assert _log(out) == whole
+    weights = [load_file(tmp_path / run / "last" / "model.safetensors") for run in ("whole", "killed")]
+    assert all(weights[0][k].equal(weights[1][k]) for k in weights[0])
+    settings = json.loads((out / "last" / "training.json").read_text())
+    assert settings["processes"] == 2  # resuming with another number of processes is refused
+
+
+# ---------------------------------------------------------------------------------------------
+# shapes bench
+# ---------------------------------------------------------------------------------------------
+
+def test_shapes_bench_on_two_processes_gives_the_one_process_table(tmp_path, capsys):
+    from l2s.shapes import shipped_assets
+
+    if not shipped_assets().available:
+        pytest.skip("the shipped shapes model is missing")
+    argv = ["shapes", "bench", "--parts", "position", "--position-prompts", "2", "--seeds", "100", "--quiet"]
+    assert main(argv + ["--out", str(tmp_path / "one"), "--results", str(tmp_path / "one.md")]) == 0
+    one_table = capsys.readouterr().out
+    two_table = _spread(argv + ["--out", str(tmp_path / "two"), "--results", str(tmp_path / "two.md")])
+
+    def scores(path: Path) -> list[dict]:
+        parts = json.loads(path.with_suffix(".json").read_text())["parts"]
+        return [{mode: {k: v for k, v in scores.items() if k != "generate_s_per_image"}
+                 for mode, scores in part["modes"].items()} for part in parts]
+
+    assert scores(tmp_path / "two.md") == scores(tmp_path / "one.md")
+    assert one_table.count("| part |") == two_table.count("| part |") == 1  # printed by rank 0 only

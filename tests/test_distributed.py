@@ -1,0 +1,116 @@
+"""l2s.distributed: a world of one without a launcher; under ``torchrun`` with 2 CPU processes
+(gloo): shares, gathers, rank 0's errors on every rank, gradient sums, and the output lock that
+rank 0 holds for the group (a second, independent writer is refused while the group runs)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from l2s.distributed import World, output_lock, world
+from l2s.errors import L2SError
+from l2s.files import LOCK_FILE
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def torchrun(args: list[str], processes: int = 2, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node N ARGS`` with one thread per process."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "L2S_TEST_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node", str(processes), *args],
+                          capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
+
+
+def test_without_a_launcher_the_world_is_one_process(tmp_path):
+    group = world()
+    assert (group.rank, group.size, group.is_main, group.spread) == (0, 1, True, False)
+    assert group.share([1, 2, 3]) == [1, 2, 3] and group.gather("x") == ["x"] and group.broadcast(5) == 5
+    assert group.device("cuda") == "cuda" and group.on_main(lambda: 7) == 7
+    with output_lock(tmp_path / "out") as held:
+        assert (held / LOCK_FILE).read_text().strip() == str(os.getpid())
+
+
+def test_a_rank_takes_every_nth_item():
+    assert World(1, 3).share(list("abcdefg")) == ["b", "e"]
+    assert World(1, 2, 1).device("cuda") == "cuda:1" and World(1, 2, 1).device("cpu") == "cpu"
+
+
+SCRIPT = textwrap.dedent('''
+    import json, subprocess, sys
+    from pathlib import Path
+    import torch
+    from l2s.distributed import output_lock, world
+    from l2s.errors import L2SError
+    from l2s.files import FolderBusyError
+
+    held, free, report = sys.argv[1:4]
+    group = world()
+    out = {"rank": group.rank, "size": group.size, "share": group.share(list(range(7))),
+           "gather": group.gather(group.rank * 10), "broadcast": group.broadcast(f"from rank {group.rank}")}
+    def refuse():
+        raise L2SError("rank 0 says no")
+    try:
+        group.on_main(refuse)
+    except L2SError as error:
+        out["error"] = [str(error), getattr(error, "l2s_shared", False)]
+    grads = [torch.full((2,), float(group.rank + 1)), torch.tensor([10.0 * (group.rank + 1)])]
+    group.sum_(grads)
+    out["sum"] = [t.tolist() for t in grads]
+    try:
+        with output_lock(held):
+            out["busy"] = None
+    except FolderBusyError as error:
+        out["busy"] = [str(error), getattr(error, "l2s_shared", False)]
+    with output_lock(free):
+        out["holder"] = (Path(free) / ".l2s.lock").read_text().strip()
+        if group.rank == 1:  # an independent writer while the group holds the folder
+            second = "from l2s.files import output_lock\\nwith output_lock(%r): pass" % free
+            out["second"] = subprocess.run([sys.executable, "-c", second], capture_output=True, text=True).stderr
+    out["pid"] = __import__("os").getpid()
+    Path(report, f"rank{group.rank}.json").write_text(json.dumps(out))
+''')
+
+
+def test_two_processes_share_gather_and_lock_as_one_group(tmp_path):
+    (tmp_path / "script.py").write_text(SCRIPT)
+    held, free = tmp_path / "held", tmp_path / "free"
+    hold = "import sys, time\nfrom l2s.files import output_lock\nwith output_lock(sys.argv[1]):\n" \
+           "    print('held', flush=True); time.sleep(120)\n"
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(held)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        done = torchrun([str(tmp_path / "script.py"), str(held), str(free), str(tmp_path)])
+    finally:
+        holder.kill()
+        holder.wait()
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [r["size"] for r in ranks] == [2, 2]
+    assert ranks[0]["share"] == [0, 2, 4, 6] and ranks[1]["share"] == [1, 3, 5]
+    assert ranks[0]["gather"] == ranks[1]["gather"] == [0, 10]
+    assert ranks[0]["broadcast"] == ranks[1]["broadcast"] == "from rank 0"
+    assert ranks[0]["error"] == ["rank 0 says no", False] and ranks[1]["error"] == ["rank 0 says no", True]
+    assert ranks[0]["sum"] == ranks[1]["sum"] == [[3.0, 3.0], [30.0]]
+    # A folder another process writes is refused on every rank, naming that process.
+    for rank in ranks:
+        assert f"(pid {holder.pid})" in rank["busy"][0]
+    # Rank 0 holds the group's folder; an independent writer is refused while the group runs.
+    assert ranks[0]["holder"] == ranks[1]["holder"] == str(ranks[0]["pid"])
+    assert "FolderBusyError" in ranks[1]["second"] and f"(pid {ranks[0]['pid']})" in ranks[1]["second"]
+    assert (free / LOCK_FILE).read_text() == ""  # let go when the group ended
+
+
+def test_sums_are_a_no_op_alone():
+    grads = [torch.ones(3)]
+    world().sum_(grads)
+    assert grads[0].tolist() == [1.0, 1.0, 1.0]
+    with pytest.raises(L2SError, match="no"):
+        world().on_main(lambda: (_ for _ in ()).throw(L2SError("no")))
