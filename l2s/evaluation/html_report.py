@@ -1,0 +1,174 @@
+"""``report.html`` of an evaluation run: accuracy with Wilson intervals, the paired sign test of
+steered against base, the per-relation table, the contact sheets and the worst failures.
+
+The page is one self-contained file next to ``summary.json``; images are linked relative to it,
+so the run folder can be moved or served as it is. ``report`` is an
+:class:`~l2s.evaluation.reports.EvalReport` (which writes this page).
+"""
+from __future__ import annotations
+
+import html
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from l2s.files import atomic_write_text
+
+from .records import BASE, STEERED, ImageRecord
+from .stats import paired_comparison, wilson_interval
+
+REPORT_FILE = "report.html"
+WORST_FAILURES = 12   # failures shown with their images
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 72em; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.7em; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+th { background: #f2f2f2; }
+.sheet { max-width: 100%; border: 1px solid #ccc; }
+.failures { display: flex; flex-wrap: wrap; gap: 1em; }
+figure { margin: 0; width: 17em; }
+figure img { width: 7.5em; image-rendering: pixelated; border: 3px solid #c00; }
+figure img.ok { border-color: #0a0; }
+figcaption { font-size: 0.85em; }
+.note { color: #555; font-size: 0.9em; }
+"""
+
+
+def write_html_report(out: Path, report, sheets: Sequence[Path]) -> Path:
+    """Write ``out/report.html`` for ``report`` (``sheets``: its contact-sheet PNGs) atomically."""
+    path = Path(out) / REPORT_FILE
+    atomic_write_text(path, render_html(report, sheets, Path(out)))
+    return path
+
+
+def render_html(report, sheets: Sequence[Path], out: Path) -> str:
+    """The page's HTML; image links are relative to ``out``."""
+    first = next(iter(report.modes.values()), None)
+    rule = first.summary.rule if first else ""
+    body = [f"<h1>l2s eval: spatial accuracy ({_e(rule)} rule)</h1>",
+            _summary(report), _paired(report), _relations(report), _sheets(sheets, out),
+            _failures(report, out), _settings(report)]
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>l2s eval report</title><style>{_STYLE}</style></head>\n<body>\n"
+            + "\n".join(part for part in body if part) + "\n</body></html>\n")
+
+
+def _e(value) -> str:
+    return html.escape(str(value))
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence], css_id: str) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    lines = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<table id="{css_id}"><thead><tr>{head}</tr></thead><tbody>{lines}</tbody></table>'
+
+
+def _proportion(correct: int, total: int) -> tuple[str, str]:
+    """("k/n = 0.625", "[0.31, 0.86]"): the share and its 95% Wilson interval."""
+    low, high = wilson_interval(correct, total)
+    share = correct / total if total else 0.0
+    return f"{correct}/{total} = {share:.3f}", f"[{low:.3f}, {high:.3f}]"
+
+
+def _summary(report) -> str:
+    rows = []
+    for name, mode in report.modes.items():
+        s = mode.summary
+        share, interval = _proportion(s.n_correct, s.n_images)
+        prompts, _ = _proportion(s.n_prompts_any_correct, s.n_prompts)
+        rows.append((name, share, interval, f"{s.mean_score:.3f}", prompts, f"{mode.generate_s_per_image:.3f}"))
+    header = ("mode", "correct images", "95% Wilson interval", "mean score", "prompts with any correct",
+              "generation s/image")
+    return "<h2>Summary</h2>" + _table(header, rows, "summary")
+
+
+def _pair_key(record: ImageRecord):
+    meta = record.meta
+    return meta.get("prompt_index", record.result.prompt), meta.get("seed", record.result.name)
+
+
+def _paired(report) -> str:
+    if BASE not in report.modes or STEERED not in report.modes:
+        return ""
+    correct = {mode: {_pair_key(r): r.result.correct for r in report.modes[mode].records}
+               for mode in (STEERED, BASE)}
+    c = paired_comparison(correct[STEERED], correct[BASE])
+    rows = [("same prompt and seed", c.n_pairs), ("steered right, base wrong", c.a_only),
+            ("base right, steered wrong", c.b_only),
+            ("accuracy gain (steered - base)", f"{(c.a_correct - c.b_correct) / max(c.n_pairs, 1):+.3f}"),
+            ("sign test p (two-sided, exact)", f"{c.p_value:.4g}")]
+    note = ("<p class=\"note\">The sign test (McNemar's exact test) uses the discordant pairs only: the "
+            "chance of a split at least this uneven if steering made no difference.</p>")
+    return "<h2>Steered against base, paired</h2>" + _table(("pairs", "value"), rows, "paired") + note
+
+
+def _relations(report) -> str:
+    names = list(report.modes)
+    relations = sorted({r for m in report.modes.values() for r in m.summary.per_relation})
+    rows = []
+    for relation in relations:
+        row = [relation]
+        for name in names:
+            pair = report.modes[name].summary.per_relation.get(relation)
+            row += list(_proportion(*pair)) if pair else ["-", "-"]
+        rows.append(row)
+    header = ["relation"] + [f"{n} {what}" for n in names for what in ("holds", "95% interval")]
+    return "<h2>Per relation</h2>" + _table(header, rows, "relations")
+
+
+def _sheets(sheets: Sequence[Path], out: Path) -> str:
+    if not sheets:
+        return ""
+    images = "".join(f'<p><img class="sheet" src="{_e(_rel(p, out))}" alt="contact sheet {k}"></p>'
+                     for k, p in enumerate(sheets, 1))
+    return ("<h2>Contact sheets</h2><p class=\"note\">Boxes: detections; green border: correct, red: "
+            "wrong.</p>" + images)
+
+
+def _failures(report, out: Path) -> str:
+    """The failures of the steered mode (else the only one): regressions first, then lowest score."""
+    name = STEERED if STEERED in report.modes else next(iter(report.modes), None)
+    if name is None:
+        return ""
+    base = report.modes.get(BASE) if name != BASE else None
+    base_right = {_pair_key(r): r for r in base.records} if base else {}
+    failed = [r for r in report.modes[name].records if not r.result.correct]
+    failed.sort(key=lambda r: (not _right(base_right.get(_pair_key(r))), r.result.score))
+    if not failed:
+        return f"<h2>Worst failures ({_e(name)})</h2><p>None: every image is correct.</p>"
+    figures = [_figure(r, base_right.get(_pair_key(r)), out) for r in failed[:WORST_FAILURES]]
+    return (f"<h2>Worst failures ({_e(name)}): {min(len(failed), WORST_FAILURES)} of {len(failed)}</h2>"
+            "<p class=\"note\">Images the base mode got right come first, then the lowest scores.</p>"
+            f"<div class=\"failures\">{''.join(figures)}</div>")
+
+
+def _right(record: ImageRecord | None) -> bool:
+    return record is not None and record.result.correct
+
+
+def _figure(record: ImageRecord, base: ImageRecord | None, out: Path) -> str:
+    result = record.result
+    images = f'<img src="{_e(_rel(record.image_path, out))}" alt="{_e(result.name)}">'
+    caption = f"<b>{_e(result.prompt)}</b><br>seed {_e(record.meta.get('seed', '?'))} · score {result.score:.2f}"
+    caption += f"<br>{_e(result.reason)}"
+    if base is not None:
+        css = "ok" if base.result.correct else ""
+        images += f' <img class="{css}" src="{_e(_rel(base.image_path, out))}" alt="base {_e(base.result.name)}">'
+        caption += f"<br>left: steered; right: base ({'correct' if base.result.correct else 'wrong'})"
+    return f"<figure>{images}<figcaption>{caption}</figcaption></figure>"
+
+
+def _settings(report) -> str:
+    text = json.dumps(report.settings, indent=2, default=str)
+    return (f"<h2>Settings</h2><p>wall time {report.wall_time_s:.1f} s</p>"
+            f"<details><summary>run settings</summary><pre>{_e(text)}</pre></details>")
+
+
+def _rel(path: Path, out: Path) -> str:
+    """``path`` relative to the page, with forward slashes (a URL)."""
+    return Path(os.path.relpath(Path(path).resolve(), Path(out).resolve())).as_posix()
+
+

@@ -1,0 +1,199 @@
+"""FLUX with relation steering as a diffusers pipeline: ``FluxPipeline``'s call, steered."""
+# No `from __future__ import annotations`: diffusers reads __init__'s annotations as classes.
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import (
+    AutoencoderKL,
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
+)
+from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
+from diffusers.utils import BaseOutput
+from transformers import (
+    CLIPImageProcessor,
+    CLIPTextModel,
+    CLIPTokenizer,
+    CLIPVisionModelWithProjection,
+    T5EncoderModel,
+    T5TokenizerFast,
+)
+
+from l2s.classifier import RelationClassifier
+from l2s.errors import UsageError
+from l2s.steer import DEFAULT_CAPTURE_BACKEND, Schedule, SteeringPlan
+
+from ..flux import _FluxConditioning
+from .plans import PromptSteering, plan_prompts
+from .steering import RelationSteeringMixin, callback_inputs, steering_callback
+
+
+@dataclass
+class FluxRelationSteeringOutput(BaseOutput):
+    """``images`` as ``FluxPipelineOutput`` has them; ``steering``: one
+    :class:`~l2s.pipelines.native.plans.PromptSteering` per prompt (plan, schedule, diagnostics;
+    ``.to_json()`` for a report)."""
+
+    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
+    steering: list[PromptSteering] | None = None
+
+
+class FluxRelationSteeringPipeline(RelationSteeringMixin, FluxPipeline):
+    r"""``FluxPipeline`` that steers the spatial relations of the prompt with a relation classifier.
+
+    Build it on a loaded pipeline (same modules, no copies)::
+
+        pipe = FluxRelationSteeringPipeline.from_pipe(flux_pipe, classifier=RelationClassifier.load(path))
+        image = pipe("a dog to the left of a cat", generator=torch.Generator().manual_seed(0)).images[0]
+
+    The call takes every ``FluxPipeline`` argument and returns its images plus ``steering`` (what
+    was steered and how the target probability moved). Steering arguments: ``relations``
+    (``[("dog", "left of", "cat")]``, or one such list per prompt: skips the parser), ``steer``
+    (False: the stock pipeline's output), ``steering_schedule`` (a preset name or a
+    :class:`~l2s.steer.Schedule`; default the pipeline's ``steering_schedule``, "reference").
+
+    During a call the transformer and the classifier are frozen (``requires_grad_(False)``) and the
+    classifier is in eval mode; the transformer's attention processors are swapped for capturing
+    ones during steered forwards only. All of it is restored when the call returns or raises.
+    """
+
+    _optional_components = [*FluxPipeline._optional_components, "classifier"]
+    _exclude_from_cpu_offload = [*FluxPipeline._exclude_from_cpu_offload, "classifier"]
+    denoiser_name = "transformer"
+
+    def __init__(self, scheduler: FlowMatchEulerDiscreteScheduler, vae: AutoencoderKL,
+                 text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer, text_encoder_2: T5EncoderModel,
+                 tokenizer_2: T5TokenizerFast, transformer: FluxTransformer2DModel,
+                 image_encoder: CLIPVisionModelWithProjection = None,
+                 feature_extractor: CLIPImageProcessor = None, classifier: RelationClassifier = None,
+                 steering_schedule: str = "reference", steering_step_size: float = None,
+                 steering_mode: str = "fast", capture_backend: str = DEFAULT_CAPTURE_BACKEND,
+                 steering_family: str = None):
+        super().__init__(scheduler, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2, transformer,
+                         image_encoder, feature_extractor)
+        self._register_steering(classifier, steering_schedule, steering_step_size, steering_mode,
+                                capture_backend, steering_family)
+
+    def steering_family(self) -> str:
+        """Whose published schedule applies: dev (guidance embedding) or schnell, unless configured."""
+        if self.config.steering_family:
+            return self.config.steering_family
+        return "flux-dev" if self.transformer.config.guidance_embeds else "flux-schnell"
+
+    @torch.no_grad()
+    def __call__(self, prompt: str | list[str] = None, prompt_2: str | list[str] | None = None,
+                 negative_prompt: str | list[str] = None, negative_prompt_2: str | list[str] | None = None,
+                 true_cfg_scale: float = 1.0, height: int | None = None, width: int | None = None,
+                 num_inference_steps: int = 28, sigmas: list[float] | None = None,
+                 guidance_scale: float = 3.5, num_images_per_prompt: int = 1, generator=None,
+                 latents: torch.Tensor | None = None, output_type: str = "pil", return_dict: bool = True,
+                 joint_attention_kwargs: dict[str, Any] | None = None, callback_on_step_end=None,
+                 callback_on_step_end_tensor_inputs: list[str] = ("latents",),
+                 max_sequence_length: int = 512, *, relations=None, steer: bool = True,
+                 steering_schedule: Schedule | str | None = None, **kwargs):
+        """``FluxPipeline.__call__`` with steering (see the class); extra keywords go to it as they are."""
+        if prompt is None or kwargs.get("prompt_embeds") is not None:
+            raise UsageError("steering reads the prompt's words: pass prompt= and no prompt_embeds "
+                             "(embeddings alone cannot be steered; use FluxPipeline for that)")
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        height = height or self.default_sample_size * self.vae_scale_factor
+        width = width or self.default_sample_size * self.vae_scale_factor
+        schedule = self.steering_schedule_for(steering_schedule, num_inference_steps) if steer else None
+        steerings = plan_prompts(prompts, relations, num_images_per_prompt,
+                                 lambda parsed: self._plan(parsed, max_sequence_length), schedule)
+        lora_scale = (joint_attention_kwargs or {}).get("scale")
+        text = self.encode_prompt(prompt=prompts, prompt_2=prompt_2, device=self._execution_device,
+                                  num_images_per_prompt=num_images_per_prompt,
+                                  max_sequence_length=max_sequence_length, lora_scale=lora_scale)
+        negative = kwargs.pop("negative_prompt_embeds", None), kwargs.pop("negative_pooled_prompt_embeds", None)
+        if true_cfg_scale > 1 and negative_prompt is not None:
+            negative = self._encode_negative(negative_prompt, negative_prompt_2, len(prompts),
+                                             num_images_per_prompt, max_sequence_length, lora_scale)
+        with self.borrowed_modules():
+            steer_at = self._steerer(text, steerings, height, width, guidance_scale, joint_attention_kwargs)
+            steered_steps = {s for st in steerings if st.schedule for s in st.schedule.steered_steps}
+            if steered_steps:
+                self.objective()      # a classifier that does not fit fails before any work
+            if 0 in steered_steps:
+                latents = self._steered_start(latents, text, height, width, num_inference_steps, sigmas,
+                                              generator, steer_at)
+            output = super().__call__(
+                prompt_embeds=text[0], pooled_prompt_embeds=text[1],
+                negative_prompt_embeds=negative[0], negative_pooled_prompt_embeds=negative[1],
+                true_cfg_scale=true_cfg_scale, height=height, width=width,
+                num_inference_steps=num_inference_steps, sigmas=sigmas, guidance_scale=guidance_scale,
+                num_images_per_prompt=1, generator=generator, latents=latents, output_type=output_type,
+                return_dict=True, joint_attention_kwargs=joint_attention_kwargs,
+                callback_on_step_end=steering_callback(callback_on_step_end, steer_at, steered_steps - {0}),
+                callback_on_step_end_tensor_inputs=callback_inputs(callback_on_step_end,
+                                                                   callback_on_step_end_tensor_inputs),
+                max_sequence_length=max_sequence_length, **kwargs)
+        if not return_dict:
+            return output.images, steerings
+        return FluxRelationSteeringOutput(images=output.images, steering=steerings)
+
+    # ---- steering -------------------------------------------------------------------------
+    def _plan(self, parsed, max_sequence_length: int) -> SteeringPlan:
+        """The plan over the T5 tokens, which FLUX's maps are read over."""
+        return SteeringPlan.from_parsed(parsed, self.tokenizer_2, max_sequence_length,
+                                        self.steering_classifier().config.class_names)
+
+    def _encode_negative(self, negative_prompt, negative_prompt_2, count: int, per_prompt: int,
+                         max_sequence_length: int, lora_scale):
+        """The negative prompt's (embeddings, pooled), one per prompt (a single string serves all)."""
+        if isinstance(negative_prompt, str):
+            negative_prompt = [negative_prompt] * count
+        embeds, pooled, _ = self.encode_prompt(prompt=negative_prompt, prompt_2=negative_prompt_2,
+                                               device=self._execution_device,
+                                               num_images_per_prompt=per_prompt,
+                                               max_sequence_length=max_sequence_length, lora_scale=lora_scale)
+        return embeds, pooled
+
+    def _steerer(self, text, steerings, height: int, width: int, guidance_scale: float, joint_kwargs):
+        """``steer(latents, step)``: refine the rows of every prompt steered at ``step``."""
+        prompt_embeds, pooled, text_ids = text
+        grid = (int(height) // (self.vae_scale_factor * 2), int(width) // (self.vae_scale_factor * 2))
+        image_ids = self._prepare_latent_image_ids(prompt_embeds.shape[0], grid[0], grid[1],
+                                                   self._execution_device, prompt_embeds.dtype)
+        guidance = None
+        if self.transformer.config.guidance_embeds:
+            guidance = torch.full([prompt_embeds.shape[0]], guidance_scale, device=self._execution_device,
+                                  dtype=torch.float32)
+
+        def steer(latents: torch.Tensor, step: int) -> torch.Tensor:
+            t = self.scheduler.timesteps[step]
+            denoiser = self.steering_denoiser
+
+            def inputs(rows: slice, z: torch.Tensor) -> dict:
+                conditioning = _FluxConditioning((prompt_embeds[rows], pooled[rows]), None, text_ids, image_ids,
+                                                 None if guidance is None else guidance[rows])
+                return conditioning.inputs(z, t.expand(z.shape[0]).to(z.dtype))
+
+            def run_rows(rows: slice, z: torch.Tensor):
+                with denoiser.cache_context("cond"):
+                    return denoiser(**inputs(rows, z), joint_attention_kwargs=joint_kwargs, return_dict=False)[0]
+
+            # The steered forward takes the stock inputs only: extra attention kwargs keep the stock one.
+            return self.steer_rows(latents, step, steerings, run_rows, prompt_embeds.shape[1], grid,
+                                   None if joint_kwargs else inputs)
+
+        return steer
+
+    def _steered_start(self, latents, text, height: int, width: int, steps: int, sigmas, generator, steer_at):
+        """The initial latents (drawn from ``generator`` as the stock call would), steered at step 0."""
+        batch = text[0].shape[0]
+        latents, _ = self.prepare_latents(batch, self.transformer.config.in_channels // 4, height, width,
+                                          text[0].dtype, self._execution_device, generator, latents)
+        sigmas = np.linspace(1.0, 1 / steps, steps) if sigmas is None else sigmas
+        if getattr(self.scheduler.config, "use_flow_sigmas", False):
+            sigmas = None
+        config = self.scheduler.config
+        mu = calculate_shift(latents.shape[1], config.get("base_image_seq_len", 256),
+                             config.get("max_image_seq_len", 4096), config.get("base_shift", 0.5),
+                             config.get("max_shift", 1.15))
+        retrieve_timesteps(self.scheduler, steps, self._execution_device, sigmas=sigmas, mu=mu)
+        return steer_at(latents, 0)

@@ -1,0 +1,237 @@
+"""What the diffusers-native steering pipelines share: the objective, borrowed modules, the callback.
+
+A native pipeline is the family's stock diffusers pipeline plus steering. Its ``__call__`` runs the
+stock ``__call__`` unchanged and steers inside it: step 0 on the initial latents before the loop,
+step ``i + 1`` from the ``callback_on_step_end`` of step ``i`` (under ``torch.enable_grad``), so
+every stock feature (output types, CFG, progress bar configuration, offload hooks) behaves as stock.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+import torch
+
+from l2s.errors import UsageError
+from l2s.steer import (
+    DEFAULT_CAPTURE_BACKEND,
+    DenoiserCall,
+    Schedule,
+    SteeringObjective,
+    refine_latents,
+    schedule_preset,
+    validate_step_size,
+)
+
+from .plans import PromptSteering
+
+
+def unwrapped(module: torch.nn.Module) -> torch.nn.Module:
+    """The module itself, or the module that ``torch.compile`` wrapped."""
+    return getattr(module, "_orig_mod", module)
+
+
+class PipelineObjective(SteeringObjective):
+    """The steering objective on the pipeline's *execution* device (where cpu offload runs the model),
+    not the device the weights rest on."""
+
+    def __init__(self, pipe, denoiser: torch.nn.Module, classifier, mode: str, capture_backend: str) -> None:
+        self._pipe = pipe
+        super().__init__(denoiser, classifier, mode, capture_backend)
+
+    @property
+    def device(self) -> torch.device:
+        return self._pipe._execution_device
+
+
+@contextlib.contextmanager
+def borrowed(frozen: list[torch.nn.Module], evaluated: list[torch.nn.Module],
+             denoiser: torch.nn.Module) -> Iterator[None]:
+    """Freeze ``frozen`` and put ``evaluated`` in eval mode for the duration of a call, then put back
+    exactly what the user had: every parameter's ``requires_grad``, every submodule's train/eval
+    mode, and the denoiser's attention processors."""
+    flags = [(p, p.requires_grad) for module in frozen for p in module.parameters()]
+    modes = [(m, m.training) for module in evaluated for m in module.modules()]
+    processors = dict(denoiser.attn_processors) if hasattr(denoiser, "attn_processors") else None
+    try:
+        for module in frozen:
+            module.requires_grad_(False)
+        for module in evaluated:
+            module.eval()
+        yield
+    finally:
+        for parameter, flag in flags:
+            parameter.requires_grad_(flag)
+        for module, training in modes:
+            module.training = training
+        if processors is not None and any(a is not b for a, b in zip(denoiser.attn_processors.values(),
+                                                                       processors.values())):
+            denoiser.set_attn_processor(processors)
+
+
+def resolve_schedule(schedule: Schedule | str, family: str, steps: int, step_size: float | None) -> Schedule:
+    """A preset name resolved for ``family`` over ``steps`` denoising steps, or a schedule that fits."""
+    if isinstance(schedule, str):
+        try:
+            return schedule_preset(schedule, family, steps, step_size)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+    if not isinstance(schedule, Schedule):
+        raise UsageError(f"steering_schedule must be a preset name or a Schedule, got {type(schedule).__name__}")
+    if schedule.num_steps != steps:
+        raise UsageError(f"schedule {schedule.name!r} covers {schedule.num_steps} steps, "
+                         f"generation uses {steps}")
+    return schedule
+
+
+def checked_step_size(step_size: float | None) -> float | None:
+    if step_size is None:
+        return None
+    try:
+        return validate_step_size(step_size)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
+# steer_rows(latents, step) -> latents: steer the images of every prompt steered at ``step``.
+SteerFn = Callable[[torch.Tensor, int], torch.Tensor]
+
+
+def steering_callback(user_callback, steer: SteerFn, steered_steps: set[int]):
+    """A ``callback_on_step_end`` that runs the user's callback, then steers the next step's latents."""
+    def on_step_end(pipe, step: int, timestep, callback_kwargs: dict) -> dict:
+        outputs = dict(user_callback(pipe, step, timestep, callback_kwargs) or {}) if user_callback else {}
+        if step + 1 in steered_steps and not pipe.interrupt:
+            outputs["latents"] = steer(outputs.get("latents", callback_kwargs["latents"]), step + 1)
+        return outputs
+
+    return on_step_end
+
+
+def callback_inputs(user_callback, tensor_inputs) -> list[str]:
+    """The tensors the stock loop hands the callback: the user's, plus the latents steering needs."""
+    from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+
+    if isinstance(user_callback, (PipelineCallback, MultiPipelineCallbacks)):
+        tensor_inputs = user_callback.tensor_inputs
+    names = list(tensor_inputs or [])
+    return names if "latents" in names else ["latents", *names]
+
+
+class RelationSteeringMixin:
+    """The family-independent half of a native steering pipeline (mixed into a diffusers pipeline).
+
+    The family class provides ``steering_family()`` (the published settings that apply) and its
+    ``__call__``; the mixin keeps one steering objective per (denoiser, classifier) and refines
+    the latent rows of each steered prompt.
+    """
+
+    denoiser_name: str
+    _steering_objective: PipelineObjective | None = None
+
+    def _register_steering(self, classifier, steering_schedule, steering_step_size, steering_mode,
+                           capture_backend, steering_family) -> None:
+        self.register_modules(classifier=classifier)
+        self.register_to_config(steering_schedule=steering_schedule,
+                                steering_step_size=checked_step_size(steering_step_size),
+                                steering_mode=steering_mode, capture_backend=capture_backend,
+                                steering_family=steering_family)
+
+    @classmethod
+    def from_pipe(cls, pipeline, **kwargs):
+        """This pipeline on ``pipeline``'s modules (shared, not copied), plus ``classifier=`` and the
+        steering options. Components of any class are taken over (a custom VAE, a compiled model).
+
+        Unlike ``DiffusionPipeline.from_pipe``, which casts the shared modules to float32 unless told
+        otherwise, the modules keep their dtypes; ``torch_dtype=`` casts them, as there.
+        """
+        dtype = kwargs.pop("torch_dtype", None) or kwargs.pop("dtype", None)
+        expected, optional = cls._get_signature_keys(cls)
+        unknown = sorted(set(kwargs) - set(expected) - set(optional))
+        if unknown:
+            raise TypeError(f"{cls.__name__}.from_pipe() got unexpected arguments {unknown}")
+        components = {k: v for k, v in pipeline.components.items() if k in expected}
+        options = {k: v for k, v in pipeline.config.items() if k in optional}   # e.g. requires_safety_checker
+        new = cls(**{**components, **options, **kwargs})
+        if pipeline.config.get("_name_or_path") is not None:
+            new.register_to_config(_name_or_path=pipeline.config["_name_or_path"])
+        if dtype is not None:
+            new.to(dtype=dtype)
+        return new
+
+    @property
+    def steering_denoiser(self) -> torch.nn.Module:
+        """The denoiser that steered passes run: the user's, unwrapped from ``torch.compile``."""
+        return unwrapped(getattr(self, self.denoiser_name))
+
+    def steering_classifier(self):
+        """The relation classifier; a ``UsageError`` saying how to add one when there is none."""
+        classifier = getattr(self, "classifier", None)
+        if classifier is None:
+            raise UsageError("this pipeline has no relation classifier: build it with "
+                             f"{type(self).__name__}.from_pipe(pipe, classifier=...) or pass steer=False")
+        return classifier
+
+    def objective(self) -> PipelineObjective:
+        """The steering objective for the current denoiser and classifier (made once, then kept)."""
+        classifier = self.steering_classifier()
+        denoiser, cached = self.steering_denoiser, self._steering_objective
+        if cached is None or cached.denoiser is not denoiser or cached.classifier is not classifier:
+            backend = self.config.capture_backend or DEFAULT_CAPTURE_BACKEND
+            self._steering_objective = PipelineObjective(self, denoiser, classifier,
+                                                         self.config.steering_mode or "fast", backend)
+            self._check_channels(self._steering_objective)
+        return self._steering_objective
+
+    def _check_channels(self, objective: PipelineObjective) -> None:
+        from l2s.errors import ClassifierMismatchError
+
+        expected, provided = objective.classifier.config.channels, objective.map_channels()
+        if expected != provided:
+            raise ClassifierMismatchError(
+                f"classifier expects {expected} maps per object but this {type(self).__name__} provides "
+                f"{provided} (layers x heads); use a classifier trained for this model")
+
+    def borrowed_modules(self):
+        """What a steered call freezes (and restores after): the denoiser and the classifier."""
+        classifier = [self.classifier] if getattr(self, "classifier", None) is not None else []
+        return borrowed([self.steering_denoiser, *classifier], classifier, self.steering_denoiser)
+
+    def steering_schedule_for(self, schedule, steps: int) -> Schedule:
+        schedule = self.config.steering_schedule if schedule is None else schedule
+        return resolve_schedule(schedule or "reference", self.steering_family(), steps,
+                                self.config.steering_step_size)
+
+    def steer_rows(self, latents: torch.Tensor, step: int, steerings: list[PromptSteering],
+                   run_rows: Callable[[slice, torch.Tensor], object], text_len: int,
+                   latent_hw: tuple[int, int], inputs: Callable[[slice, torch.Tensor], dict] | None = None,
+                   ) -> torch.Tensor:
+        """Refine the latent rows of every prompt steered at ``step`` (each prompt with its own plan).
+
+        ``run_rows(rows, z)`` runs the conditional denoiser forward of those batch rows on ``z``;
+        ``inputs(rows, z)`` (FLUX) gives its keyword arguments, for the steered forward.
+        """
+        objective, latents = self.objective(), latents.clone()
+        self._onload_denoiser()
+        for steering in steerings:
+            if steering.schedule is None or not steering.schedule.is_steered(step):
+                continue
+            rows = slice(steering.rows.start, steering.rows.stop)
+            plan = steering.plan
+            call = DenoiserCall(lambda z, r=rows: run_rows(r, z),
+                                None if inputs is None else (lambda z, r=rows: inputs(r, z)))
+            with objective.at_step(plan, step, call, text_len, latent_hw) as log_prob:
+                latents[rows] = refine_latents(latents[rows], step, log_prob, steering.schedule,
+                                               len(plan.pairs), steering.diagnostics)
+        return latents
+
+    def _onload_denoiser(self) -> None:
+        """With cpu offload hooked on a compiled wrapper, move the model to the execution device
+        before steered passes, which run the module inside the wrapper (the hook's own move)."""
+        outer = getattr(self, self.denoiser_name)
+        hook = getattr(outer, "_hf_hook", None)       # (a wrapper hands on its module's attributes)
+        if outer is not unwrapped(outer) and hasattr(hook, "pre_forward"):
+            hook.pre_forward(outer)
+
+    def steering_family(self) -> str:
+        raise NotImplementedError

@@ -1,0 +1,67 @@
+"""Training curves in TensorBoard, through accelerate's trackers, when tensorboard is installed.
+
+Every epoch's row of ``log.jsonl`` also goes to ``OUT/tensorboard/<run>/`` (its numbers as scalars,
+at the epoch as step): ``tensorboard --logdir OUT/tensorboard``. Without the ``tensorboard``
+package (``pip install "l2s[tensorboard]"``) nothing is written and the JSONL log is the record.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+TENSORBOARD_DIR = "tensorboard"
+RUN_NAME = "classifier"
+
+_trackers: dict[Path, object] = {}   # one writer per output folder for the life of the process
+
+
+def tensorboard_available() -> bool:
+    from accelerate.utils import is_tensorboard_available
+
+    return is_tensorboard_available()
+
+
+def scalars(row: dict, prefix: str = "") -> dict[str, float]:
+    """The numbers of a log row, nested dicts flattened to ``outer/inner`` (strings, lists dropped)."""
+    flat: dict[str, float] = {}
+    for key, value in row.items():
+        if isinstance(value, dict):
+            flat.update(scalars(value, f"{prefix}{key}/"))
+        elif isinstance(value, (bool, int, float)) and value is not None:
+            flat[f"{prefix}{key}"] = float(value)
+    return flat
+
+
+def log_epoch(out_dir: str | Path, row: dict, run_name: str = RUN_NAME) -> bool:
+    """Log ``row`` (one epoch of ``log.jsonl``; its ``epoch`` is the step) under ``out_dir``.
+
+    Returns whether it was logged (False without tensorboard).
+    """
+    if not tensorboard_available():
+        return False
+    folder = Path(out_dir).resolve() / TENSORBOARD_DIR
+    if folder not in _trackers:
+        from accelerate.tracking import TensorBoardTracker
+
+        tracker = TensorBoardTracker(run_name, folder)
+        tracker.start()
+        _trackers[folder] = tracker
+    values = scalars({k: v for k, v in row.items() if k != "epoch"})
+    _trackers[folder].log(values, step=int(row.get("epoch", 0)))
+    return True
+
+
+def close_trackers() -> None:
+    """Close every open writer (their files are already flushed after each epoch)."""
+    while _trackers:
+        _trackers.popitem()[1].finish()
+
+
+def clear_tensorboard(out_dir: str | Path) -> None:
+    """Remove ``out_dir``'s TensorBoard logs (a run started over), closing its writer first."""
+    import shutil
+
+    folder = Path(out_dir).resolve() / TENSORBOARD_DIR
+    tracker = _trackers.pop(folder, None)
+    if tracker is not None:
+        tracker.finish()
+    shutil.rmtree(folder, ignore_errors=True)

@@ -1,0 +1,192 @@
+"""The diffusers-native FLUX steering pipeline against stock diffusers, on a tiny random FLUX."""
+import numpy as np
+import pytest
+import torch
+from diffusers import DiffusionPipeline
+
+from l2s.demo import save_pipeline, tiny_classifier_for, tiny_flux_pipeline
+from l2s.errors import PromptError, TokenizationError, UsageError
+from l2s.pipelines.native import FluxRelationSteeringPipeline, custom_pipeline_file
+
+SIZE = dict(height=32, width=32)
+PROMPTS = ["a cat above a dog", "a dog to the left of a cat"]
+
+
+def _generators(count, seed=0):
+    return [torch.Generator().manual_seed(seed + k) for k in range(count)]
+
+
+@pytest.fixture()
+def stock():
+    pipe = tiny_flux_pipeline(num_layers=1, num_single_layers=1, seed=0)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture()
+def classifier(stock):
+    classifier = tiny_classifier_for(stock, seed=1)
+    with torch.no_grad():   # a random classifier reads maps of ~1/T per pixel: amplify them
+        classifier.object_extractor.input_projection.weight.mul_(3000.0)
+    return classifier
+
+
+@pytest.fixture()
+def pipe(stock, classifier):
+    pipe = FluxRelationSteeringPipeline.from_pipe(stock, classifier=classifier)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _state(pipe):
+    """Everything a call must leave as it found it: requires_grad, training modes, processors."""
+    modules = [pipe.transformer, pipe.classifier]
+    return ([p.requires_grad for m in modules for p in m.parameters()],
+            [m.training for m in pipe.classifier.modules()],
+            list(pipe.transformer.attn_processors.values()))
+
+
+def test_from_pipe_shares_the_modules_and_keeps_their_dtype(stock, classifier):
+    stock.transformer.to(torch.bfloat16)
+    pipe = FluxRelationSteeringPipeline.from_pipe(stock, classifier=classifier, steering_step_size=2.0)
+    assert pipe.transformer is stock.transformer and pipe.vae is stock.vae and pipe.classifier is classifier
+    assert pipe.transformer.dtype == torch.bfloat16 and pipe.vae.dtype == torch.float32
+    assert pipe.config.steering_step_size == 2.0 and pipe.steering_family() == "flux-schnell"
+    with pytest.raises(TypeError, match="unexpected"):
+        FluxRelationSteeringPipeline.from_pipe(stock, classifer=classifier)
+
+
+def test_unsteered_output_equals_stock_flux(stock, pipe):
+    kwargs = dict(num_inference_steps=2, num_images_per_prompt=2, output_type="np", **SIZE)
+    expected = stock(PROMPTS, generator=_generators(4), **kwargs).images
+    assert np.array_equal(pipe(PROMPTS, generator=_generators(4), steer=False, **kwargs).images, expected)
+    # A prompt without a relation takes the steering path and steers nothing.
+    expected = stock("a cat", generator=torch.Generator().manual_seed(3), **kwargs).images
+    result = pipe("a cat", generator=torch.Generator().manual_seed(3), **kwargs)
+    assert np.array_equal(result.images, expected) and not result.steering[0].steered
+    assert result.steering[0].to_json()["steered_reason"] == "no spatial relation found: generating unsteered"
+    # Per-call true CFG against a negative prompt, and a shorter T5 sequence, as stock does them.
+    cfg = dict(negative_prompt="a blurry photo", true_cfg_scale=2.0, max_sequence_length=32,
+               num_inference_steps=2, output_type="np", **SIZE)
+    expected = stock("a cat above a dog", generator=torch.Generator().manual_seed(5), **cfg).images
+    got = pipe("a cat above a dog", generator=torch.Generator().manual_seed(5), steer=False, **cfg).images
+    assert np.array_equal(got, expected)
+
+
+def test_diffusers_style_script_steers_with_offload_and_a_compiled_transformer(pipe):
+    # The acceptance script: cpu offload hooks, a compiled transformer, a list of prompts, several
+    # images per prompt, a generator per image, numpy output and a step-end callback.
+    pipe.enable_model_cpu_offload(device="cpu")
+    pipe.transformer = torch.compile(pipe.transformer, backend="eager")
+    seen = []
+
+    def on_step_end(p, step, timestep, tensors):
+        seen.append((step, tuple(tensors["latents"].shape)))
+        return tensors
+
+    kwargs = dict(num_inference_steps=3, num_images_per_prompt=2, output_type="np", **SIZE)
+    steered = pipe(PROMPTS, generator=_generators(4), callback_on_step_end=on_step_end, **kwargs)
+    assert [step for step, _ in seen] == [0, 1, 2] and steered.images.shape == (4, 32, 32, 3)
+    plain = pipe(PROMPTS, generator=_generators(4), steer=False, **kwargs)
+    assert not np.array_equal(steered.images, plain.images)
+    for steering in steered.steering:
+        first, last = steering.diagnostics.for_step(0)[0], steering.diagnostics.for_step(0)[-1]
+        assert all(b > a for a, b in zip(first.target_probability, last.target_probability))
+        report = steering.to_json()
+        assert report["steps"]["0"][0]["iteration"] == 0 and report["steered"] and report["steering_updates"] > 0
+
+
+def test_offload_hooked_on_a_compiled_transformer(pipe):
+    # Compiled first, then offloaded: the hook sits on the wrapper, steering runs the module inside.
+    pipe.transformer = torch.compile(pipe.transformer, backend="eager")
+    pipe.enable_model_cpu_offload(device="cpu")
+
+    def moves_in(**call):
+        """How often the offload hook moves the transformer during one call (the hooks are remade
+        after every call, so each call gets a fresh spy)."""
+        hook, moves = pipe.transformer._hf_hook, []
+        move = hook.pre_forward
+        hook.pre_forward = lambda module, *args, **kwargs: moves.append(module) or move(module, *args, **kwargs)
+        result = pipe("a cat above a dog", num_inference_steps=2, output_type="np", **SIZE, **call)
+        return result, len(moves)
+
+    _, plain = moves_in(steer=False)
+    result, steered = moves_in()
+    # One more move to the execution device: before the steered step's passes (step 0).
+    assert result.steering[0].outcome.steered and (plain, steered) == (2, 3)
+
+
+def test_later_steps_are_steered_from_the_callback(pipe, classifier):
+    from l2s.steer import custom_schedule
+
+    schedule = custom_schedule(3, steered=[1, 2], iterations=2, step_size=1.0)
+    result = pipe("a cat above a dog", generator=torch.Generator().manual_seed(0), num_inference_steps=3,
+                  steering_schedule=schedule, output_type="latent", **SIZE)
+    assert sorted({r.step for r in result.steering[0].diagnostics.records}) == [1, 2]
+    assert result.images.shape == (1, 256, 4)     # packed latents, as FluxPipeline returns them
+
+
+def test_the_users_modules_are_left_as_they_were(pipe):
+    from peft import LoraConfig
+
+    pipe.transformer.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=["to_q", "to_k", "to_v"],
+                                            init_lora_weights=False))
+    pipe.classifier.train()
+    before = _state(pipe)
+    assert any(before[0]) and any(before[1])
+    pipe("a cat above a dog", generator=torch.Generator().manual_seed(0), num_inference_steps=2, **SIZE)
+    assert _state(pipe) == before
+
+    def fail(*args):
+        raise RuntimeError("stop")
+
+    from l2s.steer import custom_schedule
+    with pytest.raises(RuntimeError, match="stop"):
+        pipe("a cat above a dog", num_inference_steps=2, callback_on_step_end=fail,
+             steering_schedule=custom_schedule(2, steered=[1], iterations=1, step_size=1.0), **SIZE)
+    assert _state(pipe) == before
+
+
+def test_relations_given_skip_the_parser(pipe):
+    prompt = "to the left of a cat there is a dog"
+    with pytest.raises(PromptError):
+        pipe(prompt, num_inference_steps=2, **SIZE)
+    result = pipe(prompt, relations=[("dog", "left of", "cat")], num_inference_steps=2, output_type="np", **SIZE)
+    plan = result.steering[0].plan
+    assert plan.phrases == ["dog", "cat"] and plan.steered and result.steering[0].diagnostics.records
+    with pytest.raises(TokenizationError, match="bird"):
+        pipe(prompt, relations=[("bird", "above", "cat")], num_inference_steps=2, **SIZE)
+    with pytest.raises(PromptError, match="one list per prompt"):
+        pipe(PROMPTS, relations=[[("cat", "above", "dog")]], num_inference_steps=2, **SIZE)
+
+
+def test_return_dict_false_and_missing_classifier(stock, pipe):
+    images, steering = pipe("a cat above a dog", num_inference_steps=2, return_dict=False, output_type="pt", **SIZE)
+    assert isinstance(images, torch.Tensor) and images.shape == (1, 3, 32, 32) and steering[0].steered
+    bare = FluxRelationSteeringPipeline.from_pipe(stock)
+    with pytest.raises(UsageError, match="classifier"):
+        bare("a cat above a dog", num_inference_steps=2, **SIZE)
+    assert bare("a cat above a dog", num_inference_steps=2, steer=False, **SIZE).images
+
+
+def test_bf16_steers(pipe):
+    pipe.to(torch.bfloat16)
+    result = pipe("a cat above a dog", generator=torch.Generator().manual_seed(0), num_inference_steps=2,
+                  output_type="np", **SIZE)
+    records = result.steering[0].diagnostics.for_step(0)
+    assert records and all(np.isfinite(r.loss).all() for r in records) and not any(r.non_finite for r in records)
+
+
+def test_loads_as_a_diffusers_custom_pipeline(stock, classifier, tmp_path, monkeypatch):
+    import sys
+
+    import diffusers.utils.dynamic_modules_utils as dynamic
+
+    monkeypatch.setattr(dynamic, "HF_MODULES_CACHE", str(tmp_path / "modules"))   # not the user's cache
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    save_pipeline(stock, tmp_path / "flux")
+    pipe = DiffusionPipeline.from_pretrained(tmp_path / "flux", custom_pipeline=custom_pipeline_file("flux"),
+                                             trust_remote_code=True, classifier=classifier)
+    assert type(pipe).__name__ == "FluxRelationSteeringPipeline" and pipe.classifier is classifier
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe("a cat above a dog", num_inference_steps=2, **SIZE).steering[0].steered

@@ -1,0 +1,85 @@
+"""The diffusers-native Stable Diffusion steering pipeline against stock diffusers, on a tiny random SD."""
+import numpy as np
+import pytest
+import torch
+from diffusers import EulerDiscreteScheduler
+
+from l2s.demo import tiny_classifier_for, tiny_sd_pipeline
+from l2s.pipelines.native import StableDiffusionRelationSteeringPipeline
+
+SIZE = dict(height=32, width=32)
+PROMPTS = ["a cat above a dog", "a dog to the left of a cat"]
+
+
+@pytest.fixture(scope="module")
+def stock():
+    pipe = tiny_sd_pipeline(seed=0)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def pipe(stock):
+    classifier = tiny_classifier_for(stock, seed=1)
+    with torch.no_grad():   # a random classifier reads maps of ~1/T per pixel: amplify them
+        classifier.object_extractor.input_projection.weight.mul_(3000.0)
+    pipe = StableDiffusionRelationSteeringPipeline.from_pipe(stock, classifier=classifier)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _generators(count):
+    return [torch.Generator().manual_seed(k) for k in range(count)]
+
+
+def test_unsteered_output_equals_stock_sd(stock, pipe):
+    kwargs = dict(num_inference_steps=2, num_images_per_prompt=2, output_type="np", **SIZE)
+    expected = stock(PROMPTS, generator=_generators(4), negative_prompt=["blurry"] * 2, **kwargs).images
+    # one negative prompt string serves every prompt (stock SD wants a list as long as the prompts)
+    got = pipe(PROMPTS, generator=_generators(4), negative_prompt="blurry", steer=False, **kwargs).images
+    assert np.array_equal(got, expected)
+    assert pipe.config.requires_safety_checker is False and pipe.steering_family() == "sd14"
+
+
+def test_steers_each_prompt_and_restores_the_unet(pipe):
+    before = [p.requires_grad for p in pipe.unet.parameters()], list(pipe.unet.attn_processors.values())
+    seen = []
+    kwargs = dict(num_inference_steps=2, num_images_per_prompt=2, output_type="np", **SIZE)
+    steered = pipe(PROMPTS, generator=_generators(4), callback_on_step_end=lambda p, i, t, kw: seen.append(i) or kw,
+                   **kwargs)
+    plain = pipe(PROMPTS, generator=_generators(4), steer=False, **kwargs)
+    assert seen == [0, 1] and not np.array_equal(steered.images, plain.images)
+    for steering in steered.steering:
+        records = steering.diagnostics.for_step(0)
+        assert all(b > a for a, b in zip(records[0].target_probability, records[-1].target_probability))
+    assert ([p.requires_grad for p in pipe.unet.parameters()], list(pipe.unet.attn_processors.values())) == before
+
+
+def test_steers_later_steps_under_another_scheduler(stock, pipe):
+    from l2s.steer import custom_schedule
+
+    euler = StableDiffusionRelationSteeringPipeline.from_pipe(
+        pipe, scheduler=EulerDiscreteScheduler.from_config(stock.scheduler.config))
+    euler.set_progress_bar_config(disable=True)
+    result = euler("a dog below a cat", relations=[("dog", "below", "cat")], num_inference_steps=3,
+                   steering_schedule=custom_schedule(3, steered=[0, 2], iterations=2, step_size=5.0),
+                   generator=torch.Generator().manual_seed(0), output_type="np", **SIZE)
+    assert sorted({r.step for r in result.steering[0].diagnostics.records}) == [0, 2]
+    assert np.isfinite(result.images).all()
+
+
+def test_loads_as_a_diffusers_custom_pipeline(stock, pipe, tmp_path, monkeypatch):
+    import sys
+
+    import diffusers.utils.dynamic_modules_utils as dynamic
+    from diffusers import DiffusionPipeline
+
+    from l2s.demo import save_pipeline
+    from l2s.pipelines.native import custom_pipeline_file
+
+    monkeypatch.setattr(dynamic, "HF_MODULES_CACHE", str(tmp_path / "modules"))   # not the user's cache
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    save_pipeline(stock, tmp_path / "sd")
+    loaded = DiffusionPipeline.from_pretrained(tmp_path / "sd", custom_pipeline=custom_pipeline_file("stable-diffusion"),
+                                               trust_remote_code=True, classifier=pipe.classifier)
+    assert type(loaded).__name__ == "StableDiffusionRelationSteeringPipeline" and loaded.steering_family() == "sd14"

@@ -1,0 +1,45 @@
+"""Training logs to TensorBoard through accelerate's tracker when tensorboard is installed."""
+import json
+
+import pytest
+import torch
+
+from l2s.training import tracking, train_classifier
+from tests.training.test_train import _config, _synthetic, _write
+
+
+def test_scalars_flatten_a_log_row():
+    row = {"epoch": 3, "val_loss": 0.5, "best": True, "val_accuracy_per_step": {"1": 0.75, "3": 0.5},
+           "note": "text", "lr": 1e-3}
+    assert tracking.scalars(row) == {"epoch": 3.0, "val_loss": 0.5, "best": 1.0, "val_accuracy_per_step/1": 0.75,
+                                     "val_accuracy_per_step/3": 0.5, "lr": 1e-3}
+
+
+def test_without_tensorboard_nothing_is_written(tmp_path, monkeypatch):
+    monkeypatch.setattr(tracking, "tensorboard_available", lambda: False)
+    assert not tracking.log_epoch(tmp_path, {"epoch": 1, "val_loss": 0.5})
+    assert not (tmp_path / tracking.TENSORBOARD_DIR).exists()
+
+
+@pytest.mark.skipif(not tracking.tensorboard_available(),
+                    reason="tensorboard is not installed (optional: pip install 'l2s[tensorboard]')")
+def test_training_writes_each_epoch_to_tensorboard(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    g = torch.Generator().manual_seed(0)
+    dataset = _write(tmp_path / "data", [_synthetic(64, g, "train"), _synthetic(32, g, "val")])
+    train_classifier(dataset, tmp_path / "run", _config(), epochs=2, batch_size=32, progress=False)
+    tracking.close_trackers()
+    events = EventAccumulator(str(tmp_path / "run" / tracking.TENSORBOARD_DIR / tracking.RUN_NAME))
+    events.Reload()
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    loss = events.Scalars("val_loss")
+    assert [e.step for e in loss] == [1, 2]
+    assert [e.value for e in loss] == pytest.approx([row["val_loss"] for row in log])
+    assert "val_accuracy_per_step/1" in events.Tags()["scalars"]
+    # Starting over removes the old curves.
+    train_classifier(dataset, tmp_path / "run", _config(), epochs=1, batch_size=32, progress=False, resume=False)
+    tracking.close_trackers()
+    events = EventAccumulator(str(tmp_path / "run" / tracking.TENSORBOARD_DIR / tracking.RUN_NAME))
+    events.Reload()
+    assert [e.step for e in events.Scalars("val_loss")] == [1]
