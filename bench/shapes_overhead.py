@@ -8,6 +8,7 @@ once per mode. ``--json PATH`` also writes the rows.
 
     python bench/shapes_overhead.py                       # fast mode, every preset, 8 images each
     python bench/shapes_overhead.py --modes fast reference fast+compiled --images 4
+    python bench/shapes_overhead.py --timer cpu           # CPU seconds: steadier on a shared machine
 """
 from __future__ import annotations
 
@@ -33,17 +34,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--schedules", nargs="+", default=list(PRESETS), choices=list(PRESETS))
     parser.add_argument("--modes", nargs="+", default=["fast"], choices=list(MODES))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--timer", choices=("wall", "cpu"), default="wall",
+                        help="wall time, or this process's CPU time (one thread: its own work, "
+                             "steadier when other jobs share the machine)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     return parser.parse_args(argv)
 
 
-def seconds_per_image(steerer, n: int, **call) -> tuple[float, int]:
+def seconds_per_image(steerer, n: int, clock=time.perf_counter, **call) -> tuple[float, int]:
     """(seconds per image, steering forwards per image) over ``n`` prompt/seed pairs."""
-    forwards, started = 0, time.perf_counter()
+    forwards, started = 0, clock()
     for i in range(n):
         result = steerer(PROMPTS[i % len(PROMPTS)], seed=i, progress=False, **call)
         forwards += len(result.diagnostics.records)
-    return (time.perf_counter() - started) / n, forwards // n
+    return (clock() - started) / n, forwards // n
 
 
 def measure_mode(mode: str, args: argparse.Namespace):
@@ -53,9 +57,10 @@ def measure_mode(mode: str, args: argparse.Namespace):
     shipped = load_shapes_steerer()
     steerer = steer_shapes_pipeline(shipped.pipe, shipped.classifier, mode=mode)
     steerer(PROMPTS[0], seed=99, progress=False)           # warm up (the compiled mode compiles here)
-    unsteered, _ = seconds_per_image(steerer, args.images, steer=False)
+    clock = time.process_time if args.timer == "cpu" else time.perf_counter
+    unsteered, _ = seconds_per_image(steerer, args.images, clock, steer=False)
     for schedule in args.schedules:
-        steered, forwards = seconds_per_image(steerer, args.images, schedule=schedule)
+        steered, forwards = seconds_per_image(steerer, args.images, clock, schedule=schedule)
         yield {"mode": mode, "schedule": schedule, "steered_s": steered, "unsteered_s": unsteered,
                "overhead": steered / unsteered, "steering_forwards": forwards}
 
@@ -64,7 +69,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"shipped shapes model, CPU, {args.threads} thread(s), {args.images} images per row, "
-          f"torch {torch.__version__}\n")
+          f"{args.timer} time, torch {torch.__version__}\n")
     print("| " + " | ".join(COLUMNS) + " |")
     print("|" + "---|" * len(COLUMNS))
     rows = []

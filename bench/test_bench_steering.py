@@ -5,8 +5,12 @@ Four groups, each timing code the pipelines run (nothing re-implemented here):
 * ``classifier``: the relation classifier's forward + backward to its maps, eager fp32 vs
   :func:`l2s.pipelines.compile_classifier` (a small custom config, so compiling stays short);
 * ``iteration``: one steering iteration (transformer forward with map capture, classifier, backward
-  to the latent, update) in ``reference``, ``fast`` and ``fast+compiled`` mode: the pipeline's own
-  refinement call on a 1-step, 1-iteration schedule, timed through the pipeline's ``refine`` hook;
+  to the latent, update) in ``reference``, ``fast`` and ``fast+compiled`` mode, and ``fast`` on the
+  stock forward with capture processors (what ``fast`` ran before l2s's FLUX steered forward): the
+  pipeline's own refinement call on a 1-step, 1-iteration schedule, timed through its ``refine`` hook;
+* ``iteration`` also times the attention floor: the fused attention forward + backward that an exact
+  fast iteration cannot skip (every block's joint attention before the last captured layer, every
+  captured layer's maps), alone, at the same shapes;
 * ``capture``: the same fast iteration with each capture backend ("sdpa", "native"): the
   measurement behind ``l2s.steer.DEFAULT_CAPTURE_BACKEND``;
 * ``generation``: a whole steered generation per schedule preset in fast mode, plus the published
@@ -20,17 +24,21 @@ runs hit torch's compile cache); see bench/README.md for the regression gate.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from flux_bench.micro import classifier_gradient
 from flux_bench.steering import image_steps, one_iteration_schedule
 from flux_bench.timing import ForwardCounter, intercept_refinement
 from l2s.classifier import ClassifierConfig, RelationClassifier
 from l2s.demo import tiny_classifier_for, tiny_flux_pipeline
+from l2s.ops import selected_text_attention, selector_width, token_group_selector
 from l2s.pipelines import SteeringPipeline, compile_classifier, wrap_pipeline
+from l2s.steer import MODES
 
 PROMPT = "a cat above a dog"
 SIDE = 32             # pixels: the tiny VAE does not downsample, so a 16x16 token grid (+ 512 T5 tokens)
@@ -45,6 +53,10 @@ BENCH_CLASSIFIER = ClassifierConfig(
     extractor_heads=4, extractor_ff=128, pool_heads=4, head_layers=2, head_heads=4, head_ff=128,
     fc_dims=(64, 32), model_family="custom")
 
+# ``fast`` on the stock FLUX forward with capture processors: isolates the steered forward's share.
+STOCK_FORWARD = dataclasses.replace(MODES["fast"], name="fast-stock-forward", steered_forward=False)
+ITERATION_MODES = {"reference": "reference", "fast-stock-forward": STOCK_FORWARD, "fast": "fast",
+                   "fast+compiled": "fast+compiled"}
 GENERATIONS = [("fast", preset) for preset in ("reference", "front-loaded", "early-exit", "fast")]
 GENERATIONS += [("reference", "reference"), ("fast+compiled", "reference")]
 
@@ -131,10 +143,37 @@ def time_one_iteration(benchmark, steerer: SteeringPipeline) -> None:
     assert all(r.target_probability[0] == pytest.approx(first, rel=1e-5) for r in records)
 
 
-@pytest.mark.parametrize("mode", ["reference", "fast", "fast+compiled"])
+@pytest.mark.parametrize("mode", list(ITERATION_MODES))
 def test_steered_iteration(benchmark, mode, tiny_dev):
     benchmark.group = "iteration"
-    time_one_iteration(benchmark, make_steerer(tiny_dev, mode))
+    steerer = make_steerer(tiny_dev, ITERATION_MODES[mode])
+    time_one_iteration(benchmark, steerer)
+    runs_steered_forward = steerer.objective._steered is not None
+    assert runs_steered_forward == (mode not in ("reference", "fast-stock-forward"))
+
+
+def test_attention_floor(benchmark, tiny_dev):
+    """The fused attention an exact fast iteration cannot skip, alone: forward + backward of the joint
+    attention of each block before the last captured layer and of each captured layer's maps, at
+    the tiny model's shapes (selector padded as the capture pads it). Its time / the reference
+    iteration's is the best ratio any exact fast path could reach with these kernels."""
+    benchmark.group = "iteration"
+    attn = tiny_dev[0].transformer.transformer_blocks[0].attn
+    heads, dim, text, image = attn.heads, attn.head_dim, 512, (SIDE // 2) ** 2
+    layers = len(tiny_dev[0].transformer.transformer_blocks) + len(tiny_dev[0].transformer.single_transformer_blocks)
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, heads, text + image, dim, generator=generator).requires_grad_(True) for _ in range(3))
+    selector = token_group_selector([[2], [5]], text, selector_width(2, dim, q.device))
+
+    def attention():
+        for _ in range(layers - 1):                        # joint attention: every block before the last
+            torch.autograd.grad(F.scaled_dot_product_attention(q, k, v).sum(), (q, k, v))
+        for _ in range(layers):                            # every layer's maps
+            maps = selected_text_attention(q[:, :, text:], k[:, :, :text], selector)
+            torch.autograd.grad(maps.sum(), (q, k))
+
+    benchmark.pedantic(attention, rounds=ITERATION_ROUNDS, warmup_rounds=1)
+    benchmark.extra_info.update(joint_layers=layers - 1, map_layers=layers, sequence=text + image)
 
 
 @pytest.mark.parametrize("backend", ["sdpa", "native"])
@@ -153,7 +192,7 @@ def test_steered_generation(benchmark, mode, preset, tiny_dev):
 
     with ForwardCounter(steerer.pipe.transformer) as counter:
         def generate():
-            counter.count = 0
+            counter.reset()
             return steerer(PROMPT, num_inference_steps=steps, height=SIDE, width=SIDE,
                            schedule=preset, seed=0, progress=False)
 

@@ -6,6 +6,7 @@ still a circle). Layers, lowest first; a module may import its own layer and tho
 from __future__ import annotations
 
 import ast
+import os
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "l2s"
 
 LAYERS = (
-    ("l2s", "l2s.errors", "l2s.files", "l2s.relations"),
+    ("l2s", "l2s.errors", "l2s.files", "l2s.relations", "l2s.distributed"),
     ("l2s.parsing", "l2s.tokens", "l2s.tokenizers"),
     ("l2s.ops", "l2s.kernels"),
     ("l2s.capture",),
@@ -28,7 +29,7 @@ LAYERS = (
     ("l2s.grpo",),
     ("l2s.shapes",),
     ("l2s.demo",),
-    ("l2s.cli",),
+    ("l2s.cli", "l2s.__main__"),
 )
 
 
@@ -47,7 +48,10 @@ def layer_of(module: str) -> int:
 def module_files() -> dict[str, Path]:
     """Dotted name -> file of every module of the package (kernels/ and engines/ via their links)."""
     files = {}
-    for path in sorted(PACKAGE.rglob("*.py")):
+    # os.walk with followlinks: Path.rglob skips the kernels/ and engines/ links before Python 3.13.
+    paths = [Path(root) / name for root, _, names in os.walk(PACKAGE, followlinks=True)
+             for name in names if name.endswith(".py")]
+    for path in sorted(paths):
         parts = list(path.relative_to(ROOT).with_suffix("").parts)
         if parts[-1] == "__init__":
             parts = parts[:-1]

@@ -32,7 +32,7 @@ def uncompile(module: torch.nn.Module) -> None:
 
 def transformer_inputs(steerer, resolution: int, prompt: str, batch: int) -> dict:
     """The keyword arguments the pipeline passes to the transformer at this resolution (step 0)."""
-    with ForwardCounter(steerer.pipe.transformer) as counter:
+    with ForwardCounter(steerer.pipe.transformer, record_kwargs=True) as counter:
         steerer(prompt, num_inference_steps=1, height=resolution, width=resolution, steer=False,
                 num_images=batch, progress=False)
     return counter.first_call_kwargs

@@ -103,23 +103,45 @@ class LoopSpan:
 
 
 class ForwardCounter:
-    """Counts calls of a module's forward (also those cut short after the last captured layer)."""
+    """Counts a FLUX transformer's passes (also those cut short after the last captured layer).
 
-    def __init__(self, module: torch.nn.Module) -> None:
-        self.count = 0
+    It counts calls of the latent's input embedding (``x_embedder``), which the stock forward and
+    l2s's steered forward both make once per pass: a hook on the transformer itself would make
+    steering fall back to the stock forward (see ``l2s.capture.steered_forward_unsupported``).
+    The count is a tensor on the model's device, so a compiled steered pass counts too (the hook
+    is traced into its graph) without a Python integer that the graph would specialise on.
+    ``record_kwargs=True`` also keeps the keyword arguments of the first stock forward call (that
+    hook is on the transformer: use it on unsteered runs).
+    """
+
+    def __init__(self, module: torch.nn.Module, record_kwargs: bool = False) -> None:
         self.first_call_kwargs: dict | None = None
-        self._handle = module.register_forward_pre_hook(self._on_call, with_kwargs=True)
+        counted = getattr(module, "x_embedder", module)
+        self._passes = torch.zeros((), dtype=torch.long, device=next(module.parameters()).device)
+        self._handles = [counted.register_forward_pre_hook(self._on_pass)]
+        if record_kwargs:
+            self._handles.append(module.register_forward_pre_hook(self._on_call, with_kwargs=True))
+
+    @property
+    def count(self) -> int:
+        return int(self._passes)
+
+    def reset(self) -> None:
+        self._passes.zero_()
+
+    def _on_pass(self, module, args):
+        self._passes += 1
 
     def _on_call(self, module, args, kwargs):
         if self.first_call_kwargs is None:
             self.first_call_kwargs = {k: v.detach() if torch.is_tensor(v) else v for k, v in kwargs.items()}
-        self.count += 1
 
     def __enter__(self) -> "ForwardCounter":
         return self
 
     def __exit__(self, *exc_info) -> None:
-        self._handle.remove()
+        for handle in self._handles:
+            handle.remove()
 
 
 @contextlib.contextmanager

@@ -59,6 +59,19 @@ def resize_maps_for_classifier(
     return torch.cat(resized, dim=-3)
 
 
+def pair_input(layer_maps: Sequence[torch.Tensor], grid: tuple[int, int], pair: torch.Tensor,
+               map_size: int) -> torch.Tensor:
+    """The classifier's ``(B, 2, C, map_size, map_size)`` input from per-layer ``(B, H, N, W)`` maps
+    on one token ``grid`` (FLUX), for groups ``pair`` = (subject, object): a device tensor, so
+    that a relation's choice is data, not a constant a compiled graph would specialise on."""
+    per_layer = []
+    for maps in layer_maps:
+        batch, heads = maps.shape[:2]
+        chosen = maps.index_select(-1, pair).permute(0, 3, 1, 2)                   # (B, 2, H, N)
+        per_layer.append((chosen.reshape(batch, 2, heads, *grid), grid))
+    return resize_maps_for_classifier(per_layer, map_size)
+
+
 class CapturedMaps:
     """The maps recorded by one :meth:`AttentionCapture.recording` block (latest forward pass)."""
 

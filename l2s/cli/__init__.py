@@ -12,11 +12,20 @@ import argparse
 import logging
 import sys
 
+from l2s import __version__
 from l2s.errors import L2SError
 
 from . import evaluate, generate, parse
+from .noise import drop_pure_noise, quiet_libraries
 
 EXIT_USAGE = 2
+EXAMPLES = """examples:
+  l2s generate "a red circle to the left of a blue square"         # the shipped shapes-world model
+  l2s generate "a dog right of a teddy bear" --model /models/FLUX.1-dev --classifier /models/l2s-flux-dev
+  l2s eval --n-prompts 20 --seeds 0-3 --out l2s-eval                # accuracy, base vs steered
+  l2s parse "a photo of a dog right of a teddy bear"
+
+'l2s COMMAND --help' tells each command's options; --quiet keeps only l2s's own lines."""
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 INTERRUPTED = "l2s: interrupted; rerun the same command to resume"
 
@@ -83,7 +92,8 @@ def _guarded(work) -> int:
     try:
         return work()
     except L2SError as error:
-        print(f"l2s: error: {error}", file=sys.stderr)
+        if not getattr(error, "l2s_shared", False):  # rank 0 of a spread run said it already
+            print(f"l2s: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         _say_interrupted()
@@ -101,8 +111,10 @@ def build_parser(full_eval: bool = True) -> argparse.ArgumentParser:
     """The ``l2s`` parser. ``full_eval=False`` leaves out the ``eval`` options (cheaper when
     another subcommand runs)."""
     p = argparse.ArgumentParser(prog="l2s", description="Learn-to-Steer: spatial relations in "
-                                "text-to-image diffusion, steered by a learned relation classifier.")
-    sub = p.add_subparsers(dest="command", required=True)
+                                "text-to-image diffusion, steered by a learned relation classifier.",
+                                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"l2s {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     parse.add_parser(sub)
     generate.add_parser(sub)
     evaluate.add_parser(sub, full=full_eval)
@@ -110,8 +122,11 @@ def build_parser(full_eval: bool = True) -> argparse.ArgumentParser:
     for command, help_text in FRONT_ENDS:
         if len(command) == 1:
             sub.add_parser(command[0], help=help_text, add_help=False)
-    shapes = sub.add_parser("shapes", help="the synthetic shapes world (see 'l2s shapes train-model --help')")
-    shapes_sub = shapes.add_subparsers(dest="shapes_command", required=True)
+    shapes = sub.add_parser("shapes", help="the synthetic shapes world: train its model and classifier, bench, tune",
+                            description="The shapes world: coloured shapes on small canvases, with an exact "
+                                        "detector, so the whole loop runs offline. 'l2s shapes COMMAND --help' "
+                                        "tells each command's options.")
+    shapes_sub = shapes.add_subparsers(dest="shapes_command", required=True, metavar="COMMAND")
     for command, help_text in FRONT_ENDS:
         if command[0] == "shapes":
             shapes_sub.add_parser(command[1], help=help_text, add_help=False)
@@ -122,14 +137,20 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # The libraries' warnings (a damaged chunk redone, an image made again) as "l2s: ..." lines.
     logging.basicConfig(level=logging.WARNING, format="l2s: %(message)s")
+    drop_pure_noise()
     try:
-        for command, _ in FRONT_ENDS:
-            if tuple(argv[:len(command)]) == command:
-                return _run_front_end(command, argv[len(command):])
-        args = build_parser(full_eval=argv[:1] == ["eval"]).parse_args(argv)
+        with quiet_libraries("--quiet" in argv):
+            return _dispatch(argv)
     except KeyboardInterrupt:  # while the libraries import
         _say_interrupted()
         return EXIT_INTERRUPTED
+
+
+def _dispatch(argv: list[str]) -> int:
+    for command, _ in FRONT_ENDS:
+        if tuple(argv[:len(command)]) == command:
+            return _run_front_end(command, argv[len(command):])
+    args = build_parser(full_eval=argv[:1] == ["eval"]).parse_args(argv)
     return _guarded(lambda: args.func(args))
 
 

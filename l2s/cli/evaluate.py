@@ -8,12 +8,26 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
-from .models import add_sampling_args, add_speed_args, default_device, load_steerer
+from .models import add_sampling_args, add_speed_args, load_steerer
+from .options import add_device_arg, add_dtype_arg, resolve_device
+from .outputs import folder_outputs, wrote_line
+from .relations import EVAL_HELP as RELATIONS_HELP
+from .relations import add_relations_arg, given_parse, parse_relations, steer_given_relations
 
 EVAL_HELP = "measure spatial accuracy: generate with and without steering, detect, score"
+EVAL_EXAMPLES = """examples:
+  l2s eval --n-prompts 20 --seeds 0-3 --out l2s-eval          # shipped shapes model, shapes prompts
+  l2s eval --prompts paraphrases.jsonl --relations checks --out runs/paraphrases   # no parser
+  l2s eval --prompts geneval --model /models/FLUX.1-dev --classifier /models/l2s-flux-dev \\
+      --detector /models/owlv2 --out runs/geneval
+  l2s eval --images runs/geneval/steered --detector /models/owlv2 --out runs/rescored
+
+writes results.jsonl, summary.json, run.json, contact sheets and the images in GenEval's layout;
+rerunning the same command resumes."""
 EVAL_DESCRIPTION = (
     "Generate every prompt for every seed, unsteered (base) and steered from the same seed, "
     "detect the objects, score each relation (GenEval's or T2I-CompBench's rule) and report "
@@ -45,7 +59,8 @@ def add_parser(sub, full: bool = True) -> None:
         return
     from l2s.evaluation import RULES, prompt_set_help
 
-    e = sub.add_parser("eval", help=EVAL_HELP, description=EVAL_DESCRIPTION)
+    e = sub.add_parser("eval", help=EVAL_HELP, description=textwrap.fill(EVAL_DESCRIPTION, 100),
+                       epilog=EVAL_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     e.add_argument("--prompts", default="shapes", metavar="SET",
                    help="prompt set (default: shapes): " + prompt_set_help(prompt_sets()))
     e.add_argument("--n-prompts", type=int, metavar="N",
@@ -55,10 +70,13 @@ def add_parser(sub, full: bool = True) -> None:
                    help="image seeds, one image per prompt and seed, e.g. 0,1,2,3 or 0-3 (default: GenEval's 4)")
     e.add_argument("--mode", choices=("base", "steered", "both"), default="both",
                    help="unsteered, steered, or both from the same seeds (default)")
-    e.add_argument("--model", default="tiny",
-                   help="'tiny' (random tiny FLUX, offline demo) or a local diffusers pipeline dir "
-                        "(FLUX, Stable Diffusion, or a shapes-world model from 'l2s shapes train-model')")
-    e.add_argument("--classifier", help="classifier dir (from 'l2s train': OUT/best) or published .pth")
+    e.add_argument("--model", default=None,
+                   help="default: the shipped shapes-world model and classifier (as generate); 'tiny' (random "
+                        "tiny FLUX, offline demo), a local diffusers pipeline folder (FLUX, Stable Diffusion, or "
+                        "a shapes-world model from 'l2s shapes train-model') or a hub id in the local cache")
+    e.add_argument("--classifier", help="classifier folder (from 'l2s train': OUT/best), hub id in the local "
+                                        "cache, or published .pth")
+    add_relations_arg(e, RELATIONS_HELP)
     e.add_argument("--detector", default="shapes",
                    help="'shapes' (exact detector of the shapes world, default) or a local transformers "
                         "detector dir (OWLv2, OWL-ViT, Grounding DINO, CLIPSeg)")
@@ -75,10 +93,9 @@ def add_parser(sub, full: bool = True) -> None:
                    help="start over: remove the run already in --out (also the way out of a damaged one)")
     e.add_argument("--contact-sheet", action=argparse.BooleanOptionalAction, default=True,
                    help="write contact_sheet_NN.png with boxes and pass/fail (default on)")
-    e.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
-                   help="weights dtype for --model PATH (auto: bf16 on CUDA, fp32 on CPU)")
-    e.add_argument("--device", default=default_device())
-    e.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_dtype_arg(e)
+    add_device_arg(e)
+    e.add_argument("--quiet", action="store_true", help="no progress bars, only l2s's own lines")
     e.set_defaults(func=run)
 
 
@@ -87,26 +104,34 @@ def _check_args(args: argparse.Namespace) -> None:
     from l2s.errors import L2SError
     from l2s.training.options import check_device
 
+    from .checks import check_sampling_args
+
     if args.n_prompts is not None and args.n_prompts < 1:
         raise L2SError(f"--n-prompts must be at least 1, got {args.n_prompts}")
     if not 0.0 <= args.detector_threshold <= 1.0:
         raise L2SError(f"--detector-threshold must be in [0, 1], got {args.detector_threshold}")
-    check_device(args.device)
+    check_device(resolve_device(args))
+    check_sampling_args(args)  # --steps, --height, ...: ranges, never a default in their place
+    if args.relations and args.images:
+        raise L2SError("--relations steers generated images; --images only scores a folder")
 
 
 def run(args: argparse.Namespace) -> int:
-    from l2s.evaluation import RESULTS_FILE, SUMMARY_FILE
+    from l2s.distributed import world
 
     _check_args(args)
+    group = world()  # under torchrun / accelerate launch: this process's share of the images
+    args.device = group.device(args.device)
     report = _score_folder(args) if args.images else _generate_and_score(args)
-    print(report.table())
-    print(f"l2s: wrote {Path(args.out) / SUMMARY_FILE} and {Path(args.out) / RESULTS_FILE}", file=sys.stderr)
+    if group.is_main:
+        print(report.table())
+        print(wrote_line(Path(args.out), folder_outputs(Path(args.out))), file=sys.stderr)
     return 0
 
 
 def _score_folder(args: argparse.Namespace):
+    from l2s.distributed import output_lock
     from l2s.evaluation import load_detector, score_image_folder
-    from l2s.files import output_lock
 
     with output_lock(args.out):  # a second run into --out is refused before the detector loads
         detector = load_detector(args.detector, args.detector_threshold, args.device, named=named_detectors())
@@ -116,19 +141,35 @@ def _score_folder(args: argparse.Namespace):
 
 
 def _generate_and_score(args: argparse.Namespace):
+    from l2s.distributed import output_lock, world
     from l2s.evaluation import parse_seeds, resolve_prompt_set
-    from l2s.files import output_lock
 
     # Everything that can be wrong with the request is checked before a model is loaded.
     specs, skipped = resolve_prompt_set(args.prompts, args.n_prompts, args.prompt_seed, sets=prompt_sets())
-    if skipped:
+    if skipped and world().is_main:
         print(f"l2s: skipped {skipped} prompts of {args.prompts} without a spatial relation", file=sys.stderr)
     seeds = parse_seeds(args.seeds)
+    relations_of = _given_relations(args.relations, specs)
     with output_lock(args.out):  # a second run into --out is refused before any model loads
-        return _run_locked(args, specs, seeds)
+        return _run_locked(args, specs, seeds, relations_of)
 
 
-def _run_locked(args: argparse.Namespace, specs, seeds):
+def _given_relations(text: str | None, specs):
+    """``--relations``: prompt -> relations to steer (checked against every prompt now), or None."""
+    if not text:
+        return None
+    if text.strip() == "checks":
+        given = {spec.prompt: [(c.subject, c.relation, c.object) for c in spec.checks] for spec in specs}
+    else:
+        relations = parse_relations(text)
+        given = {spec.prompt: relations for spec in specs}
+    for prompt, relations in given.items():
+        given_parse(prompt, relations)
+    return given.get
+
+
+def _run_locked(args: argparse.Namespace, specs, seeds, relations_of=None):
+    from l2s.distributed import world
     from l2s.evaluation import MODES, check_scorable, load_detector, run_eval
     from l2s.evaluation.runs import read_run_file
 
@@ -137,7 +178,10 @@ def _run_locked(args: argparse.Namespace, specs, seeds):
     detector = load_detector(args.detector, args.detector_threshold, args.device, named=named_detectors())
     check_scorable(specs, args.rule, detector)
     steerer, source = load_steerer(args)
-    print(f"l2s: model: {source}", file=sys.stderr)
+    if relations_of is not None:
+        steer_given_relations(steerer, relations_of)
+    if world().is_main:
+        print(f"l2s: model: {source}", file=sys.stderr)
     modes = MODES if args.mode == "both" else (args.mode,)
     # How images are made: a resumed run must match these exactly.
     settings = {"model": args.model, "classifier": args.classifier, "prompts": args.prompts,
@@ -145,7 +189,11 @@ def _run_locked(args: argparse.Namespace, specs, seeds):
                 "height": args.height, "width": args.width, "guidance": args.guidance,
                 "sampling": steerer.sampling_options(), "schedule": args.schedule,
                 "step_size": steerer.step_size,
-                "dtype": args.dtype if args.model != "tiny" else None}
+                # What runs the steps changes pixels too (kernels' rounding): the effective choices.
+                "engine": getattr(steerer, "engine_kind", None), "capture_backend": steerer.capture_backend,
+                "dtype": args.dtype if args.model not in (None, "tiny") else None}
+    if args.relations:  # recorded only when given, so runs made before the option still resume
+        settings["relations"] = args.relations
     return run_eval(
         steerer, specs, detector, args.out, seeds=seeds, modes=modes, rule=args.rule,
         num_inference_steps=args.steps, height=args.height, width=args.width,

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from l2s.errors import L2SError
 
+from .help import command_parser
+
 REWARDS_HELP = ("'rule' (exact detector + GenEval rule, 1 when the image passes its prompt) or a trained "
                 "SpatialScore folder (l2s shapes train-reward): its mean score is the reward")
 
@@ -23,11 +25,14 @@ def build_grpo_parser() -> argparse.ArgumentParser:
     from l2s.grpo import GRPOSettings
 
     d = GRPOSettings()
-    p = argparse.ArgumentParser(prog="l2s shapes grpo", description=(
+    p = command_parser("l2s shapes grpo", (
         "GRPO (Flow-GRPO's algorithm) on the shapes model: SDE sampling with log-probabilities, groups per "
         "prompt, top-k filtering, clipped ratio objective, KL to the base model, LoRA adapter with EMA. "
         "Writes OUT/adapter (load it with --lora OUT), OUT/log.jsonl and a checkpoint per epoch; rerun the "
-        "same command to resume."))
+        "same command to resume. Needs the [train] extra (peft, accelerate)."),
+        ["l2s shapes grpo --reward rule --out runs/grpo-rule               # exact detector + GenEval rule",
+         "l2s shapes grpo --reward runs/spatial-score --out runs/grpo-ss   # a trained SpatialScore",
+         "accelerate launch --multi_gpu --num_processes 2 -m l2s.cli shapes grpo --reward rule --out runs/grpo"])
     p.add_argument("--out", required=True, type=Path, help="run folder (checkpoint, log, adapters)")
     p.add_argument("--reward", required=True, help=REWARDS_HELP)
     p.add_argument("--model", type=Path, help="shapes pipeline folder (default: the shipped model)")

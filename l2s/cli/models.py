@@ -1,7 +1,8 @@
 """Which model ``generate`` and ``eval`` run, and how they sample: loading the steering pipeline.
 
 Without ``--model`` the shipped shapes-world model and classifier run (``l2s/shapes/assets``);
-``--model tiny`` is the random demo; a directory is a diffusers pipeline.
+``--model tiny`` is the random demo; a directory (or a hub id in the local Hugging Face cache) is a
+diffusers pipeline.
 """
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import sys
 from pathlib import Path
 
 from l2s.errors import L2SError, ModelLoadError, UsageError
+
+from .options import resolve_device, torch_dtype
 
 TRUE_CFG_HELP = ("FLUX only: classifier-free guidance against an empty prompt on the plain steps, as "
                  "diffusers' true_cfg_scale (default: 1 = none; the shapes world's own for its models)")
@@ -61,15 +64,6 @@ def apply_speed_args(steerer, args: argparse.Namespace) -> None:
         steerer.engine_kind = engine
 
 
-def default_device() -> str:
-    """"cuda" when a GPU is usable, else "cpu"."""
-    try:
-        import torch
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    except ImportError:
-        return "cpu"
-
-
 def load_steerer(args: argparse.Namespace):
     """(steering pipeline, description of what was loaded) for ``--model`` and ``--classifier``,
     with ``--capture-backend`` and ``--engine`` applied."""
@@ -92,6 +86,17 @@ def _load_steerer(args: argparse.Namespace):
     return _model_dir(args, true_cfg, step_size, flux_options)
 
 
+def pipeline_family(folder: Path) -> str | None:
+    """"sd" or "flux" from a pipeline folder's model_index.json (None when it does not say)."""
+    import json
+
+    try:
+        name = json.loads((Path(folder) / "model_index.json").read_text()).get("_class_name", "")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return "sd" if "StableDiffusion" in name else "flux" if "Flux" in name else None
+
+
 def _with_lora(pipe, args: argparse.Namespace):
     """``--lora DIR``: the adapter merged into the transformer before anything wraps the pipeline."""
     if getattr(args, "lora", None):
@@ -109,7 +114,7 @@ def _shipped_model(args: argparse.Namespace, true_cfg: float | None, step_size: 
     if assets.available:
         classifier = args.classifier or assets.classifier
         return (load_shapes_steerer(assets.pipeline, classifier, true_cfg_scale=true_cfg, step_size=step_size,
-                                    lora=getattr(args, "lora", None)),
+                                    lora=getattr(args, "lora", None), device=resolve_device(args)),
                 f"shipped shapes-world model {assets.pipeline}; classifier {classifier}")
     print(f"l2s: NOTE: the shipped shapes model is missing ({assets.pipeline}); falling back to the "
           "tiny RANDOM demo model: images are noise and steering means nothing", file=sys.stderr)
@@ -121,7 +126,7 @@ def _tiny_model(args: argparse.Namespace, step_size: float | None, flux_options:
     from l2s.demo import tiny_classifier_for, tiny_flux_pipeline
     from l2s.pipelines import wrap_pipeline
 
-    pipe = _with_lora(tiny_flux_pipeline(seed=0), args)
+    pipe = _with_lora(tiny_flux_pipeline(seed=0), args).to(resolve_device(args))
     if args.classifier:
         classifier = RelationClassifier.load(args.classifier)
         source = f"classifier {args.classifier}"
@@ -133,20 +138,19 @@ def _tiny_model(args: argparse.Namespace, step_size: float | None, flux_options:
 
 
 def _model_dir(args: argparse.Namespace, true_cfg: float | None, step_size: float | None, flux_options: dict):
-    import torch
-
     from l2s.classifier import RelationClassifier
     from l2s.pipelines import load_diffusers_pipeline, wrap_pipeline
+    from l2s.pipelines.loading import pipeline_folder
 
     # Cheap checks first: a bad path should not cost loading a multi-GB pipeline.
-    if not (Path(args.model) / "model_index.json").is_file():
+    folder = pipeline_folder(args.model)  # a folder, or a hub id found in the local cache
+    if not (folder / "model_index.json").is_file():
         raise ModelLoadError(f"no diffusers pipeline at {args.model} (model_index.json missing)")
     if not args.classifier:
         raise L2SError("--classifier PATH is required with --model PATH")
     classifier = RelationClassifier.load(args.classifier)
-    dtype_name = args.dtype if args.dtype != "auto" else ("bf16" if str(args.device).startswith("cuda") else "fp32")
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype_name]
-    pipe = _with_lora(load_diffusers_pipeline(args.model, torch_dtype=dtype), args)
+    dtype = torch_dtype(args.dtype, resolve_device(args), pipeline_family(folder))
+    pipe = _with_lora(load_diffusers_pipeline(folder, torch_dtype=dtype), args)
     pipe.to(args.device)
     source = f"{args.model}; classifier {args.classifier}"
     from l2s.shapes import is_shapes_pipeline, steer_shapes_pipeline

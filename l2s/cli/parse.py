@@ -7,9 +7,17 @@ import sys
 
 from l2s.errors import L2SError
 
+EXAMPLES = """examples:
+  l2s parse "a photo of a dog right of a teddy bear"       # dog | right of | teddy bear
+  l2s parse --json "a frog above a sneaker below a teapot"
+  printf 'a cat left of a dog\\na cup above a book\\n' | l2s parse --json -"""
+
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("parse", help="extract (subject, relation, object) triplets from prompts")
+    p = sub.add_parser("parse", help="extract (subject, relation, object) triplets from prompts",
+                       description="Print the (subject, relation, object) triplets the relation parser reads in "
+                                   "a prompt: what generate and eval steer unless --relations says otherwise.",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("prompt", help="the prompt, or - to read one prompt per line from stdin")
     p.add_argument("--json", action="store_true", help="print one JSON array per prompt")
     p.set_defaults(func=run)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from l2s.errors import L2SError
 
+from .help import command_parser
+
 
 def _patterns(text: str) -> dict:
     """``2,1=0.35;3,2=0.35`` -> {"2,1": 0.35, "3,2": 0.35}."""
@@ -24,10 +26,12 @@ def build_reward_data_parser() -> argparse.ArgumentParser:
     from l2s.shapes.reward_data import PairSettings
 
     d = PairSettings()
-    p = argparse.ArgumentParser(prog="l2s shapes reward-data", description=(
+    p = command_parser("l2s shapes reward-data", (
         "Preference pairs for the spatial reward model: shapes-model images of the same objects, one "
         "showing the prompt, one showing it with 1 or 2-3 relations flipped, both checked by the exact "
-        "detector. Sharded and resumable: rerun the same command to continue or to add pairs."))
+        "detector. Sharded and resumable: rerun the same command to continue or to add pairs."),
+        ["l2s shapes reward-data --out runs/pairs --pairs 2000",
+         "l2s shapes reward-data --out runs/pairs --pairs 4000 --threads 2   # add pairs to the same folder"])
     p.add_argument("--out", required=True, type=Path, help="pair folder (manifest, shards/, progress.json)")
     p.add_argument("--pairs", required=True, type=int, help="stop once this many training pairs exist")
     p.add_argument("--model", type=Path, default=None, help="shapes pipeline folder (default: the shipped one)")
@@ -79,10 +83,12 @@ def build_train_reward_parser() -> argparse.ArgumentParser:
     from l2s.reward import LOSSES, RewardTrainSettings
 
     d = RewardTrainSettings()
-    p = argparse.ArgumentParser(prog="l2s shapes train-reward", description=(
+    p = command_parser("l2s shapes train-reward", (
         "Train the SpatialScore reward model (image + prompt -> Gaussian score) on 'reward-data' pairs; "
         "resumes from OUT/last by default; writes OUT/best, OUT/log.jsonl and OUT/results.json (held-out "
-        "pairwise accuracy, by 1 vs 2-3 flipped relations)."))
+        "pairwise accuracy, by 1 vs 2-3 flipped relations)."),
+        ["l2s shapes train-reward --data runs/pairs --out runs/spatial-score",
+         "l2s shapes train-reward --data runs/pairs --out runs/bt --loss bt   # plain Bradley-Terry"])
     p.add_argument("--data", required=True, type=Path, help="pair folder made by 'l2s shapes reward-data'")
     p.add_argument("--out", required=True, type=Path, help="run folder")
     p.add_argument("--loss", choices=LOSSES, default=d.loss,

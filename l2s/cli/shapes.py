@@ -13,6 +13,8 @@ from pathlib import Path
 
 from l2s.errors import L2SError
 
+from .help import command_parser
+
 # --------------------------------------------------------------------------------------------
 # l2s shapes train-model
 # --------------------------------------------------------------------------------------------
@@ -26,9 +28,14 @@ def _parse_pair(text: str) -> tuple[int, int]:
 def build_train_model_parser() -> argparse.ArgumentParser:
     from l2s.shapes import TrainSettings
 
-    parser = argparse.ArgumentParser(
-        prog="l2s shapes train-model",
-        description="Train the shapes-world FLUX model (rectified flow) and export it as a diffusers pipeline.")
+    parser = command_parser(
+        "l2s shapes train-model",
+        "Train the shapes-world FLUX model (rectified flow) from scratch, or continue a saved one (--init-from), "
+        "and export it as a diffusers pipeline in OUT/pipeline. Resumes from OUT/checkpoint.pt by default.",
+        ["l2s shapes train-model --out runs/shapes-model",
+         "l2s shapes train-model --out runs/tiny --preset tiny --steps 200 --scenes 500 --time-limit 10",
+         "l2s shapes train-model --out runs/s2 --init-from runs/shapes-model/pipeline --steps 8000 --lr 5e-4"],
+        "The exact commands that made the shipped model: l2s/shapes/assets/TRAINING.md.")
     defaults = TrainSettings()
     parser.add_argument("--out", required=True, type=Path, help="run directory (checkpoint, data cache, pipeline/)")
     parser.add_argument("--steps", type=int, default=defaults.steps, help="total optimiser steps")
@@ -70,6 +77,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                         help="continue from OUT/checkpoint.pt when present (default on)")
+    parser.add_argument("--restart", dest="resume", action="store_false",
+                        help="start over, as --no-resume (the name the other long commands use)")
     parser.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
                         help="stop after this many minutes and export the weights so far; the same "
                              "command later resumes and completes the run")
@@ -151,9 +160,14 @@ def train_model_main(argv: Sequence[str] | None = None) -> int:
 
 
 def build_make_data_parser() -> argparse.ArgumentParser:
-    from l2s.shapes import make_shapes_data
-
-    p = argparse.ArgumentParser(prog="l2s shapes make-data", description=make_shapes_data.__doc__)
+    p = command_parser(
+        "l2s shapes make-data",
+        "The shapes classifier's training data: render two-object scenes, invert each with the shapes model "
+        "twice (its caption with the true relation word and with a wrong one, both labelled with the true "
+        "relation) and store the attention maps recorded while reconstructing them. Resumable: rerun the same "
+        "command after an interruption.",
+        ["l2s shapes make-data --out runs/shapes-maps --scenes 2400          # the shipped model",
+         "l2s shapes make-data --model runs/shapes-model/pipeline --out runs/shapes-maps --quiet"])
     p.add_argument("--model", help="shapes pipeline dir (default: the shipped model)")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--scenes", type=int, default=2400, help="two-object scenes to invert (default 2400)")
@@ -162,7 +176,7 @@ def build_make_data_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=int, metavar="K",
                    help="store only the first K blocks' maps (default: every layer, which serves any K)")
     p.add_argument("--threads", type=int)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, only l2s's own lines")
     return p
 
 
@@ -175,21 +189,26 @@ def make_data_main(argv: Sequence[str] | None = None) -> int:
     args = build_make_data_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from l2s.files import output_lock
+    from l2s.distributed import output_lock, world
 
     with output_lock(args.out):  # a second writer is refused before the model loads
         pipe = load_shapes_pipeline(args.model)
         summary = make_shapes_data(pipe, args.out, args.scenes, args.seed, dual=not args.no_dual,
                                    progress=not args.quiet, layers=args.layers)
-    print(f"{summary.records} records of {summary.samples_done} samples ({summary.skipped} skipped) in {args.out}")
+    if world().is_main:
+        print(f"{summary.records} records of {summary.samples_done} samples ({summary.skipped} skipped) in {args.out}")
     return 0
 
 
 def build_train_classifier_parser() -> argparse.ArgumentParser:
     from l2s.shapes import SHAPES_CLASSIFIER_EPOCHS, SHAPES_CLASSIFIER_LR
 
-    p = argparse.ArgumentParser(prog="l2s shapes train-classifier",
-                                description="Train the shapes-world relation classifier (small config).")
+    p = command_parser(
+        "l2s shapes train-classifier",
+        "Train the shapes-world relation classifier (small config) on a 'l2s shapes make-data' dataset; writes "
+        "OUT/best (load it with --classifier OUT/best) and reports its validation accuracy per prompt type.",
+        ["l2s shapes train-classifier --data runs/shapes-maps --out runs/shapes-classifier --epochs 40",
+         "l2s shapes train-classifier --data runs/shapes-maps --out runs/shapes-classifier-k2 --layers 2"])
     p.add_argument("--data", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--no-dual", action="store_true", help="train on pos prompts only (leakage ablation)")
@@ -200,7 +219,7 @@ def build_train_classifier_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=SHAPES_CLASSIFIER_LR)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, only l2s's own lines")
     return p
 
 
@@ -216,6 +235,10 @@ def train_classifier_main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     result = train_shapes_classifier(args.data, args.out, dual=not args.no_dual, epochs=args.epochs, lr=args.lr,
                                      seed=args.seed, progress=not args.quiet, layers=args.layers)
+    from l2s.distributed import world
+
+    if not world().is_main:
+        return 0
     print(f"best epoch {result.best_epoch}: val accuracy {result.best_val_accuracy:.3f}; weights in {result.best_dir}")
     for line in validation_report(result.best_dir, args.data):
         print(f"best checkpoint, {line}")
@@ -228,9 +251,16 @@ def train_classifier_main(argv: Sequence[str] | None = None) -> int:
 
 
 def build_bench_parser() -> argparse.ArgumentParser:
-    from l2s.shapes import BENCH_SEEDS, SHAPES_STEP_SIZE, SHAPES_TRUE_CFG, run_shapes_bench
+    from l2s.shapes import BENCH_SEEDS, SHAPES_STEP_SIZE, SHAPES_TRUE_CFG
 
-    p = argparse.ArgumentParser(prog="l2s shapes bench", description=run_shapes_bench.__doc__)
+    p = command_parser(
+        "l2s shapes bench",
+        "Base against steered spatial accuracy of a shapes model, part by part (two-object positions, "
+        "multi-relation prompts, held-out words, ...): each part an 'l2s eval' run in OUT/<part> (resumable), "
+        "the same seeds for both modes. Prints one table; --results also writes it as Markdown and JSON.",
+        ["l2s shapes bench --out runs/bench --scale 0.25 --seeds 0,1",
+         "l2s shapes bench --lora runs/grpo-ss --out runs/bench-grpo-ss   # base = tuned, steered = tuned + steering",
+         "l2s shapes bench --results bench/results/shapes_accuracy.md"])
     p.add_argument("--model", type=Path, help="shapes pipeline dir (default: the shipped model)")
     p.add_argument("--classifier", type=Path, help="dual classifier dir (default: shipped)")
     p.add_argument("--ablation-classifier", type=Path, help="pos-only classifier dir (default: shipped)")
@@ -252,7 +282,7 @@ def build_bench_parser() -> argparse.ArgumentParser:
     p.add_argument("--step-size", type=float, metavar="ALPHA",
                    help=f"steering step size of every part (default {SHAPES_STEP_SIZE:g})")
     p.add_argument("--threads", type=int)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, only l2s's own lines")
     return p
 
 
@@ -277,6 +307,10 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
                                position_prompts=args.position_prompts, classifier_data=args.classifier_data,
                                true_cfg_scale=args.true_cfg, step_size=args.step_size, progress=not args.quiet,
                                lora=args.lora)
+    from l2s.distributed import world
+
+    if not world().is_main:
+        return 0
     print(bench_table(results))
     if args.results:
         command = "l2s shapes bench " + " ".join(shlex.quote(a) for a in argv)

@@ -7,11 +7,10 @@ import sys
 from collections.abc import Sequence
 
 from l2s.errors import L2SError
-from l2s.files import output_lock
+from l2s.distributed import output_lock, world
 from l2s.relations import DIAGONAL, DIAGONAL_CLASSES, DIRECTIONAL, PUBLISHED_CLASSES
 from l2s.training import (
     DEFAULT_LR,
-    MAP_DTYPES,
     balance_samples,
     check_make_data_options,
     check_training_options,
@@ -25,13 +24,14 @@ from l2s.training import (
 )
 from l2s.training.options import check_device
 
-from .models import default_device
+from .help import command_parser
+from .options import LONG_NAMES, add_device_arg, add_dtype_arg, resolve_device, torch_dtype
 
 # ``--model`` names of the random tiny pipelines (offline).
 _TINY_MODELS = ("tiny", "tiny-flux", "tiny-dev", "tiny-sd")
 
 
-def _load_pipe(model: str, device: str, torch_dtype: str):
+def _load_pipe(model: str, device: str, dtype: str):
     if model in _TINY_MODELS:
         import l2s.demo as demo
 
@@ -39,18 +39,24 @@ def _load_pipe(model: str, device: str, torch_dtype: str):
                 "tiny-dev": lambda: demo.tiny_flux_pipeline(guidance_embeds=True), "tiny-sd": demo.tiny_sd_pipeline}
         return tiny[model]().to(device)
     from l2s.pipelines import load_diffusers_pipeline
+    from l2s.pipelines.loading import pipeline_folder
 
-    pipe = load_diffusers_pipeline(model, torch_dtype=MAP_DTYPES[torch_dtype])
+    from .models import pipeline_family
+
+    folder = pipeline_folder(model)  # a folder, or a hub id found in the local cache
+    pipe = load_diffusers_pipeline(folder, torch_dtype=torch_dtype(dtype, device, pipeline_family(folder)))
     return pipe.to(device)
 
 
 def build_make_data_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="l2s make-data",
-        description="Build the relation classifier's training data: invert labelled images twice (with the "
-                    "true relation word and with a wrong one, both labelled with the true relation) and store "
-                    "the attention maps recorded while reconstructing them. Resumable: rerun the same command "
-                    "after an interruption.")
+    p = command_parser(
+        "l2s make-data",
+        "Build the relation classifier's training data: invert labelled images twice (with the true relation "
+        "word and with a wrong one, both labelled with the true relation) and store the attention maps recorded "
+        "while reconstructing them. Resumable: rerun the same command after an interruption.",
+        ["l2s make-data --model /models/FLUX.1-schnell --dtype bf16 --source coco \\",
+         "    --annotations /data/coco/instances_train2017.json --images /data/coco/train2017 --out runs/maps",
+         "l2s make-data --source pairs --annotations pairs.jsonl --images photos/ --out runs/tiny-maps  # tiny model"])
     p.add_argument("--model", default="tiny",
                    help="'tiny' / 'tiny-dev' / 'tiny-sd' (random tiny pipelines, offline) or a local diffusers "
                         "FLUX or Stable Diffusion directory")
@@ -74,15 +80,14 @@ def build_make_data_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-per-class", type=int, help="balance: at most N samples per relation (seeded)")
     p.add_argument("--val-fraction", type=float, default=0.15, help="share of source images in the val split")
     p.add_argument("--shard-size", type=int, default=16, help="samples per shard / commit")
-    p.add_argument("--dtype", choices=tuple(MAP_DTYPES), default="float16", help="storage dtype of the maps")
+    p.add_argument("--map-dtype", choices=tuple(LONG_NAMES), default="fp16", help="storage dtype of the maps")
     p.add_argument("--min-psnr", type=float,
                    help="drop samples whose reconstruction PSNR is lower (published: 20 FLUX, 19.5 SD)")
     p.add_argument("--gamma", type=float, default=1.0, help="RF-Inversion inversion controller strength (FLUX)")
     p.add_argument("--eta", type=float, default=1.0, help="RF-Inversion reconstruction controller strength (FLUX)")
     p.add_argument("--max-iou", type=float, default=0.3, help="coco: discard box pairs overlapping more than this")
-    p.add_argument("--device", default=default_device())
-    p.add_argument("--torch-dtype", choices=tuple(MAP_DTYPES), default="float32",
-                   help="weights dtype for --model PATH (FLUX on GPU: bfloat16, as published)")
+    add_device_arg(p)
+    add_dtype_arg(p, old_map_dtype=True)
     p.add_argument("--layers", type=int, metavar="K",
                    help="store only the first K blocks' maps (for classifiers of the first K blocks; a dataset "
                         "of every layer, the default, serves any K)")
@@ -94,13 +99,13 @@ def build_make_data_parser() -> argparse.ArgumentParser:
 
 def _check_make_data_args(args: argparse.Namespace) -> None:
     """Every option, before the annotations are read or a model is loaded."""
-    check_make_data_options(dtype=args.dtype, val_fraction=args.val_fraction, shard_size=args.shard_size,
+    check_make_data_options(dtype=LONG_NAMES[args.map_dtype], val_fraction=args.val_fraction, shard_size=args.shard_size,
                             steps=args.steps, size=args.size, limit=args.limit, min_psnr=args.min_psnr,
                             gamma=args.gamma, eta=args.eta, store_steps=args.store_steps,
                             max_per_class=args.max_per_class)
     if not 0.0 <= args.max_iou <= 1.0:
         raise L2SError(f"--max-iou must be in [0, 1], got {args.max_iou}")
-    check_device(args.device)
+    check_device(resolve_device(args))
 
 
 def make_data_main(argv: Sequence[str] | None = None) -> int:
@@ -109,22 +114,31 @@ def make_data_main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="l2s: %(message)s")
     try:
         _check_make_data_args(args)
+        args.device = world().device(args.device)  # under torchrun / accelerate launch: this rank's GPU
         with output_lock(args.out):  # a second writer is refused here, before any work
             samples = _labelled_samples(args)
-            pipe = _load_pipe(args.model, args.device, args.torch_dtype)
+            pipe = _load_pipe(args.model, args.device, args.dtype)
             summary = make_dataset(
                 samples, pipe, args.out,
                 class_names=PUBLISHED_CLASSES if args.classes == "published" else DIAGONAL_CLASSES,
                 steps=args.steps, store_steps=args.store_steps, size=args.size, dual=not args.no_dual,
-                seed=args.seed, val_fraction=args.val_fraction, shard_size=args.shard_size, dtype=args.dtype,
+                seed=args.seed, val_fraction=args.val_fraction, shard_size=args.shard_size, dtype=LONG_NAMES[args.map_dtype],
                 min_psnr=args.min_psnr, gamma=args.gamma, eta=args.eta, model_name=args.model, limit=args.limit,
                 progress=not args.quiet, restart=args.restart, layers=args.layers)
     except L2SError as error:
-        print(f"l2s: error: {error}", file=sys.stderr)
-        return 2
+        return _say_error(error)
+    if not world().is_main:
+        return 0
     print(f"l2s: {summary.records} records from {summary.samples_done} samples "
           f"({summary.skipped} skipped; {summary.split_records}) in {summary.out_dir}", file=sys.stderr)
     return 0
+
+
+def _say_error(error: Exception) -> int:
+    """One error line (rank 0 alone for an error every rank of a spread run shares); exit code 2."""
+    if not getattr(error, "l2s_shared", False):
+        print(f"l2s: error: {error}", file=sys.stderr)
+    return 2
 
 
 def _labelled_samples(args: argparse.Namespace) -> list:
@@ -149,11 +163,14 @@ def _labelled_samples(args: argparse.Namespace) -> list:
 
 
 def build_train_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="l2s train",
-        description="Train the relation classifier on a map dataset made by 'l2s make-data'. Writes the best-"
-                    "validation checkpoint to OUT/best (load it with --classifier OUT/best), the latest epoch to "
-                    "OUT/last (rerunning the same command resumes from it) and per-epoch metrics to OUT/log.jsonl.")
+    p = command_parser(
+        "l2s train",
+        "Train the relation classifier on a map dataset made by 'l2s make-data'. Writes the best-validation "
+        "checkpoint to OUT/best (a hub-ready folder with a model card: load it with --classifier OUT/best), the "
+        "latest epoch to OUT/last (rerunning the same command resumes from it) and per-epoch metrics to "
+        "OUT/log.jsonl.",
+        ["l2s train runs/maps --out runs/classifier",
+         "l2s train runs/maps --out runs/classifier-k8 --layers 8 --epochs 100"])
     p.add_argument("dataset", metavar="DATASET", help="dataset directory written by 'l2s make-data'")
     p.add_argument("--out", required=True, help="output directory for checkpoints and the log")
     p.add_argument("--preset", default=None,
@@ -163,7 +180,7 @@ def build_train_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="training batch size (default 64)")
     p.add_argument("--lr", type=float, help="learning rate (default: 5e-5 FLUX, 1e-4 SD)")
     p.add_argument("--seed", type=int, default=0, help="seeds initial weights, shuffling and dropout")
-    p.add_argument("--device", default=default_device())
+    add_device_arg(p)
     p.add_argument("--only-pos", action="store_true",
                    help="train on correct-relation prompts only (leakage ablation; not recommended)")
     p.add_argument("--restart", "--no-resume", dest="restart", action="store_true",
@@ -182,7 +199,8 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="l2s: %(message)s")
     try:
         check_training_options(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                               num_workers=args.workers, device=args.device)
+                               num_workers=args.workers, device=resolve_device(args))
+        args.device = world().device(args.device)
         meta = load_dataset_meta(args.dataset)
         name = args.preset if args.preset is not None else meta.get("model_family")
         if name not in DEFAULT_LR:
@@ -193,8 +211,9 @@ def train_main(argv: Sequence[str] | None = None) -> int:
                                   prompt_types=("pos",) if args.only_pos else None, num_workers=args.workers,
                                   progress=not args.quiet, layers=args.layers)
     except (L2SError, ValueError) as error:
-        print(f"l2s: error: {error}", file=sys.stderr)
-        return 2
+        return _say_error(error)
+    if not world().is_main:
+        return 0
     print(f"l2s: best epoch {result.best_epoch}: val loss {result.best_val_loss:.4f}, val accuracy "
           f"{result.best_val_accuracy:.3f} ({result.epochs_run} epochs"
           f"{', stopped early' if result.stopped_early else ''}); checkpoint {result.best_dir}", file=sys.stderr)

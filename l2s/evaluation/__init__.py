@@ -49,7 +49,7 @@ from .reports import EvalReport, ModeReport
 from .folders import score_image_folder
 from .runs import check_scorable, evaluate_images, run_eval
 from .specs import CheckResult, ImageResult, PromptSpec, RelationCheck, result_from_record, score_image
-from .stats import PairedComparison, Summary, paired_comparison, summarise
+from .stats import PairedComparison, Summary, paired_comparison, summarise, wilson_interval
 
 __all__ = [
     "Box",
@@ -113,5 +113,6 @@ __all__ = [
     "t2i_compbench_scale",
     "t2i_compbench_score",
     "unique_prompts",
+    "wilson_interval",
     "with_article",
 ]

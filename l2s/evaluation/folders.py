@@ -10,7 +10,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from l2s.errors import L2SError
-from l2s.files import output_lock
+from l2s.distributed import output_lock, world
 from .detectors import Detector
 from .geometry import GENEVAL
 from .prompt_files import spec_from_metadata
@@ -39,7 +39,7 @@ def score_image_folder(images_dir: str | Path, detector: Detector, out_dir: str 
     check_scorable([spec for _, spec, _ in jobs], rule, detector)
     with output_lock(out):
         if restart:
-            clear_run(out)
+            world().on_main(lambda: clear_run(out))
         return _score_folder_jobs(images_dir, jobs, skipped, out, detector, rule, detector_name, contact_sheets,
                                   progress)
 
@@ -49,13 +49,19 @@ def _score_folder_jobs(images_dir: Path, jobs: list[tuple[Path, PromptSpec, Path
                        progress: bool) -> EvalReport:
     scoring = {"rule": rule, "detector": detector_name}
     started = time.perf_counter()
-    records = [_score_sample(folder, spec, png, out, detector, rule, scoring)
-               for folder, spec, png in tqdm(jobs, desc="l2s eval", unit="img", disable=not progress)]
+    group = world()  # spread over processes: each scores every N-th image, rank 0 writes the report
+    mine = group.share(list(enumerate(jobs)))
+    scored = [(position, _score_sample(folder, spec, png, out, detector, rule, scoring))
+              for position, (folder, spec, png) in tqdm(mine, desc="l2s eval", unit="img",
+                                                       disable=not (progress and group.is_main))]
+    records = [record for _, record in sorted((item for share in group.gather(scored) for item in share),
+                                              key=lambda item: item[0])]
     report = EvalReport(modes={IMAGES: ModeReport(summarise([r.result for r in records], rule), records)},
                         settings={"images": str(images_dir.resolve()), "folders_without_position": skipped,
                                   **scoring},
                         wall_time_s=time.perf_counter() - started)
-    write_outputs(out, report, contact_sheets)
+    if group.is_main:
+        write_outputs(out, report, contact_sheets)
     return report
 
 

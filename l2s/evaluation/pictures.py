@@ -11,7 +11,8 @@ from PIL import Image, ImageDraw, ImageFont
 from .specs import ImageResult
 
 _BOX_COLOURS = ((255, 140, 0), (0, 160, 255), (200, 0, 200), (120, 80, 0), (0, 120, 60))
-_LINE_COLOURS = ((220, 40, 40), (40, 80, 220), (40, 170, 60), (150, 50, 200))
+_LINE_COLOURS = ((220, 40, 40), (40, 80, 220), (40, 170, 60), (150, 50, 200), (230, 130, 0),
+                 (0, 150, 160), (120, 70, 30), (200, 60, 150))
 
 
 def contact_sheet(images: Sequence[Image.Image], results: Sequence[ImageResult], path: str | Path,
@@ -62,36 +63,80 @@ def _boxed_tile(image: Image.Image, result: ImageResult, scale: float, font) -> 
     return tile
 
 
-def probability_plot(records: Sequence, width: int = 360, height: int = 200) -> Image.Image:
-    """A PNG-ready PIL plot of p(target relation) of the first image over the steering iterations
-    (one line per relation, grey separators between denoising steps), drawn with PIL only.
+def probability_plot(records: Sequence, width: int = 480, height: int = 260) -> Image.Image:
+    """A PNG-ready PIL plot of p(target relation) over the steering iterations, one curve per image.
 
-    ``records`` are steering diagnostics records (``step``, ``relation``, ``target_probability``).
+    The x axis is divided into the steered denoising steps (labelled, shaded alternately), each
+    holding that step's refinement iterations; colours tell images apart, marker shapes relations.
+    ``records`` are steering diagnostics records (``step``, ``relation``, ``target_probability``
+    with one value per image). Drawn with PIL only.
     """
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
-    left, right, top, bottom = 34, width - 10, 18, height - 22
-    draw.rectangle([left, top, right, bottom], outline=(120, 120, 120))
-    for value in (0.0, 0.5, 1.0):
+    left, right, top, bottom = 38, width - 12, 22, height - 40
+    draw.text((left, 4), "p(target relation) while steering", fill="black")
+    for value in (0.0, 0.25, 0.5, 0.75, 1.0):
         y = bottom - value * (bottom - top)
-        draw.line([left - 3, y, left, y], fill=(120, 120, 120))
-        draw.text((2, y - 6), f"{value:.1f}", fill="black")
-    draw.text((left, 3), "p(target relation) while steering", fill="black")
-    draw.text((left, bottom + 6), "iteration (grey lines: next denoising step)", fill=(90, 90, 90))
+        draw.line([left, y, right, y], fill=(225, 225, 225))
+        draw.text((4, y - 6), f"{value:.2f}", fill="black")
     records = list(records)
-    if not records:
-        return image
-    xs = [left + (right - left) * (k + 0.5) / len(records) for k in range(len(records))]
-    for k in range(1, len(records)):
-        if records[k].step != records[k - 1].step:
-            x = (xs[k] + xs[k - 1]) / 2
-            draw.line([x, top, x, bottom], fill=(190, 190, 190))
+    xs = [left + (right - left) * (k + 0.5) / max(len(records), 1) for k in range(len(records))]
+    _step_axis(draw, records, xs, (left, right, top, bottom))
+    draw.rectangle([left, top, right, bottom], outline=(120, 120, 120))
+    draw.text((left, height - 14), "denoising step (refinement iterations within each step)", fill=(90, 90, 90))
+    images = len(records[0].target_probability) if records else 0
     for relation in sorted({r.relation for r in records}):
-        points = [(x, bottom - float(r.target_probability[0]) * (bottom - top))
-                  for x, r in zip(xs, records) if r.relation == relation]
-        colour = _LINE_COLOURS[relation % len(_LINE_COLOURS)]
-        if len(points) > 1:
-            draw.line(points, fill=colour, width=2)
-        for x, y in points:
-            draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
+        for index in range(images):
+            points = [(x, bottom - float(r.target_probability[index]) * (bottom - top))
+                      for x, r in zip(xs, records) if r.relation == relation]
+            _curve(draw, points, _LINE_COLOURS[index % len(_LINE_COLOURS)], relation)
+    _legend(draw, images, len({r.relation for r in records}), right, bottom)
     return image
+
+
+def _step_axis(draw: ImageDraw.ImageDraw, records: list, xs: list[float], box: tuple) -> None:
+    """Shade every other step's iterations and label each step under the axis."""
+    left, right, top, bottom = box
+    spans: list[list] = []                      # [step, first x, last x]
+    for x, r in zip(xs, records):
+        if spans and spans[-1][0] == r.step:
+            spans[-1][2] = x
+        else:
+            spans.append([r.step, x, x])
+    half = (right - left) / max(len(records), 1) / 2
+    every = max(1, len(spans) // 12)            # at most ~12 labels
+    for k, (step, first, last) in enumerate(spans):
+        if k % 2:
+            draw.rectangle([first - half, top, last + half, bottom], fill=(244, 244, 250))
+        draw.line([first - half, bottom, first - half, bottom + 4], fill=(120, 120, 120))
+        if k % every == 0:
+            draw.text(((first + last) / 2 - 4, bottom + 6), str(step), fill="black")
+
+
+def _curve(draw: ImageDraw.ImageDraw, points: list[tuple[float, float]], colour, relation: int) -> None:
+    if len(points) > 1:
+        draw.line(points, fill=colour, width=2)
+    for x, y in points:
+        _marker(draw, x, y, colour, relation)
+
+
+def _marker(draw: ImageDraw.ImageDraw, x: float, y: float, colour, relation: int) -> None:
+    """Relation 0: disc, 1: square, 2: triangle, then again."""
+    shape, r = relation % 3, 2.5
+    if shape == 0:
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=colour)
+    elif shape == 1:
+        draw.rectangle([x - r, y - r, x + r, y + r], fill=colour)
+    else:
+        draw.polygon([(x, y - r - 1), (x - r - 1, y + r), (x + r + 1, y + r)], fill=colour)
+
+
+def _legend(draw: ImageDraw.ImageDraw, images: int, relations: int, right: float, bottom: float) -> None:
+    """Bottom right, where curves that rise rarely are."""
+    entries = [(f"image {k + 1}", _LINE_COLOURS[k % len(_LINE_COLOURS)], 0) for k in range(min(images, 8))]
+    if relations > 1:
+        entries += [(f"relation {k + 1}", (90, 90, 90), k) for k in range(relations)]
+    for row, (label, colour, relation) in enumerate(entries):
+        y = bottom - 8 - (len(entries) - 1 - row) * 12
+        _marker(draw, right - 70, y, colour, relation)
+        draw.text((right - 62, y - 6), label, fill=colour)

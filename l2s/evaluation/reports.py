@@ -13,6 +13,7 @@ from PIL import Image
 
 from l2s.errors import L2SError
 from l2s.files import atomic_write_text
+from .html_report import write_html_report
 from .pictures import contact_sheet
 from .records import BASE, RESULTS_FILE, STEERED, SUMMARY_FILE, ImageRecord, write_json
 from .stats import Summary
@@ -114,15 +115,20 @@ def _open(path: Path) -> Image.Image:
 
 
 def write_outputs(out: Path, report: EvalReport, contact_sheets: bool, columns: int = 8) -> list[Path]:
-    """results.jsonl, summary.json and the contact sheets (images interleaved across modes)."""
+    """results.jsonl, summary.json, the contact sheets (images interleaved across modes) and
+    report.html (:mod:`.html_report`)."""
     atomic_write_text(out / RESULTS_FILE, "".join(
         json.dumps({**record.result.to_dict(), "meta": record.meta}, default=str) + "\n"
         for mode in report.modes.values() for record in mode.records))
     write_json(out / SUMMARY_FILE, report.to_dict())
     for stale in out.glob("contact_sheet_*.png"):  # a smaller rerun must not leave old pages behind
         stale.unlink()
-    if not contact_sheets:
-        return []
+    sheets = _contact_sheets(out, report, columns) if contact_sheets else []
+    write_html_report(out, report, sheets)
+    return sheets
+
+
+def _contact_sheets(out: Path, report: EvalReport, columns: int) -> list[Path]:
     # Interleave so that the same prompt and seed sit side by side in every mode.
     per_mode = [m.records for m in report.modes.values()]
     tiles = [(name, r) for group in zip(*per_mode) for name, r in zip(report.modes, group)]

@@ -25,6 +25,11 @@ image. A rerun skips images whose JSON was made with the same rule and detector 
 still decodes, re-scores images whose JSON used another one, and generates the rest. A run
 directory is locked while a run writes it (a second run is refused); a damaged ``run.json`` is
 an error (``restart=True``, ``--restart``: start the run over).
+
+Spread over processes (``torchrun`` / ``accelerate launch``, :mod:`l2s.distributed`): rank 0
+prepares the directory and holds its lock; each rank makes every N-th (prompt, seed) pair, both
+modes of it; the records are gathered and rank 0 writes the report, the same as one process's.
+A run resumes with any number of processes: the per-image records are the state.
 """
 from __future__ import annotations
 
@@ -37,12 +42,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
 from l2s.errors import L2SError
-from l2s.files import DamagedFileError, atomic_write_text, output_lock, read_state_json
+from l2s.distributed import output_lock, world
+from l2s.files import DamagedFileError, atomic_write_text, read_state_json
 from l2s.relations import DIAGONAL, NON_DIRECTIONAL
 from .detectors import Detector
 from .geometry import GENEVAL, RULES, T2I_COMPBENCH
@@ -153,19 +158,30 @@ def run_eval(steerer, specs: Sequence[PromptSpec], detector: Detector, out_dir: 
     _check_request(steerer, specs, seeds, modes, rule, detector)
     out = Path(out_dir)
     with output_lock(out):
-        if restart:
-            clear_run(out)
-        _claim_run_dir(out, dict(settings or {}))
-        atomic_write_text(out / PROMPTS_FILE, "".join(json.dumps(spec.to_dict()) + "\n" for spec in specs))
+        world().on_main(lambda: _prepare_run_dir(out, specs, modes, dict(settings or {}), restart))
         return _generate_run(steerer, specs, detector, out, seeds, modes, rule, settings, detector_name,
                              contact_sheets, progress, dict(num_inference_steps=num_inference_steps, height=height,
                                                             width=width, guidance_scale=guidance_scale,
                                                             schedule=schedule, progress=False))
 
 
+def _prepare_run_dir(out: Path, specs: Sequence[PromptSpec], modes: list[str], settings: dict[str, Any],
+                     restart: bool) -> None:
+    """Everything of a run directory but its images (rank 0 of a spread run writes it alone)."""
+    if restart:
+        clear_run(out)
+    _claim_run_dir(out, settings)
+    atomic_write_text(out / PROMPTS_FILE, "".join(json.dumps(spec.to_dict()) + "\n" for spec in specs))
+    for mode in modes:
+        for index, spec in enumerate(specs):
+            folder = out / mode / f"{index:05d}"
+            (folder / "samples").mkdir(parents=True, exist_ok=True)
+            atomic_write_text(folder / "metadata.jsonl", json.dumps(geneval_metadata(spec)) + "\n")
+
+
 def clear_run(out: Path) -> None:
     """Remove what a run wrote in ``out`` (``--restart``); anything else there is kept."""
-    for name in (RUN_FILE, PROMPTS_FILE, RESULTS_FILE, SUMMARY_FILE):
+    for name in (RUN_FILE, PROMPTS_FILE, RESULTS_FILE, SUMMARY_FILE, "report.html"):
         (out / name).unlink(missing_ok=True)
     for folder in (*MODES, IMAGES):
         shutil.rmtree(out / folder, ignore_errors=True)
@@ -179,19 +195,56 @@ def _generate_run(steerer, specs: Sequence[PromptSpec], detector: Detector, out:
     """The images of :func:`run_eval` (made, re-scored or resumed), then its report files."""
     run = _Run(steerer, detector, out, rule, {"rule": rule, "detector": detector_name}, generate)
     started = time.perf_counter()
-    records: dict[str, list[ImageRecord]] = {mode: [] for mode in modes}
-    jobs = [(index, seed, mode) for index in range(len(specs)) for seed in seeds for mode in modes]
-    with tqdm(total=len(jobs), desc="l2s eval", unit="img", disable=not progress) as bar:
-        for index, seed, mode in jobs:
-            records[mode].append(_run_image(run, specs[index], index, seed, mode))
-            bar.update()
-            bar.set_postfix({m: f"{np.mean([r.result.correct for r in rs]):.2f}" for m, rs in records.items() if rs})
+    group = world()
+    pairs = [(index, seed) for index in range(len(specs)) for seed in seeds]
+    mine = _my_pairs(out, pairs, modes, group)
+    desc = f"l2s eval (rank 0 of {group.size})" if group.spread else "l2s eval"
+    with tqdm(total=len(mine) * len(modes), desc=desc, unit="img", disable=not (progress and group.is_main)) as bar:
+        made = _make_share(run, specs, pairs, mine, modes, bar)
+    everything = sorted((item for share in group.gather(made) for item in share), key=lambda item: item[0])
+    records = {mode: [r for _, k, r in everything if k == mode] for mode in modes}
     report = EvalReport(
         modes={mode: ModeReport(summarise([r.result for r in rs], rule), rs) for mode, rs in records.items()},
         settings={**(settings or {}), "seeds": list(seeds), "modes": modes, "n_prompts": len(specs), **run.scoring},
         wall_time_s=time.perf_counter() - started)
-    write_outputs(out, report, contact_sheets, columns=8)
+    if group.is_main:
+        write_outputs(out, report, contact_sheets, columns=8)
     return report
+
+
+def _make_share(run: _Run, specs: Sequence[PromptSpec], pairs: list[tuple[int, int]], mine: list[int],
+                modes: list[str], bar) -> list[tuple[int, str, ImageRecord]]:
+    """This rank's images, as (position of the pair, mode, record)."""
+    made = []
+    tally = {mode: [0, 0] for mode in modes}  # correct, images
+    for position in mine:
+        index, seed = pairs[position]
+        for mode in modes:
+            record = _run_image(run, specs[index], index, seed, mode)
+            made.append((position, mode, record))
+            tally[mode][0] += int(record.result.correct)
+            tally[mode][1] += 1
+            bar.update()
+            bar.set_postfix({m: f"{c / n:.2f}" for m, (c, n) in tally.items() if n})
+    return made
+
+
+def _my_pairs(out: Path, pairs: list[tuple[int, int]], modes: list[str], group) -> list[int]:
+    """Positions of the (prompt, seed) pairs this rank makes, both modes of a pair on one rank.
+
+    Pairs left to make and pairs a previous run finished (their records mark them) are dealt out
+    separately, every ``size``-th one to each rank, so a resumed run's work stays balanced.
+    """
+    if not group.spread:
+        return list(range(len(pairs)))
+
+    def finished() -> list[bool]:
+        return [all((out / mode / f"{index:05d}" / "samples" / f"{seed:04d}.json").is_file() for mode in modes)
+                for index, seed in pairs]
+
+    done = group.on_main(finished)
+    return sorted(group.share([p for p in range(len(pairs)) if not done[p]])
+                  + group.share([p for p in range(len(pairs)) if done[p]]))
 
 
 def _check_request(steerer, specs: Sequence[PromptSpec], seeds: Sequence[int], modes: list[str], rule: str,
@@ -248,10 +301,7 @@ def _claim_run_dir(out: Path, settings: dict[str, Any]) -> None:
 
 def _run_image(run: _Run, spec: PromptSpec, index: int, seed: int, mode: str) -> ImageRecord:
     """One image of a run: resumed from its record, re-scored, or generated and scored."""
-    folder = run.out / mode / f"{index:05d}"
-    (folder / "samples").mkdir(parents=True, exist_ok=True)
-    atomic_write_text(folder / "metadata.jsonl", json.dumps(geneval_metadata(spec)) + "\n")
-    png = folder / "samples" / f"{seed:04d}.png"
+    png = run.out / mode / f"{index:05d}" / "samples" / f"{seed:04d}.png"
     record_path = png.with_suffix(".json")
     previous = read_json(record_path)
     if previous is not None and previous.get("prompt") != spec.prompt:
@@ -292,7 +342,7 @@ def _steering_meta(steering_result, mode: str) -> dict[str, Any]:
         first.setdefault(record.relation, record.target_probability[0])
         last[record.relation] = record.target_probability[0]
     return {
-        "steered": mode == STEERED and plan.steered,
+        "steered": mode == STEERED and (getattr(steering_result, "outcome", None) or plan).steered,  # what ran
         "parsed_relations": [t.to_dict() for t in plan.parsed.triplets],
         "iterations": len(steering_result.diagnostics.records),
         "target_probability_first": [first[k] for k in sorted(first)],

@@ -1,7 +1,6 @@
 """Statistics of evaluation runs: per-run summaries and paired comparisons of two settings."""
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -97,11 +96,12 @@ class PairedComparison:
 
     @property
     def p_value(self) -> float:
+        from scipy.stats import binomtest
+
         discordant = self.a_only + self.b_only
         if discordant == 0:
             return 1.0
-        tail = sum(math.comb(discordant, k) for k in range(min(self.a_only, self.b_only) + 1))
-        return min(1.0, 2 * tail / 2 ** discordant)
+        return float(binomtest(self.a_only, discordant, 0.5).pvalue)
 
     def a_better(self, alpha: float = 0.05) -> bool:
         """``a`` measurably better: more pairs won alone, and the split unlikely under no difference."""
@@ -120,3 +120,13 @@ def paired_comparison(a: dict[str, bool], b: dict[str, bool]) -> PairedCompariso
         n_pairs=len(keys), a_correct=sum(bool(a[k]) for k in keys), b_correct=sum(bool(b[k]) for k in keys),
         a_only=sum(bool(a[k]) and not b[k] for k in keys), b_only=sum(bool(b[k]) and not a[k] for k in keys))
 
+
+
+def wilson_interval(successes: int, total: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The Wilson score interval of a proportion (``scipy.stats.binomtest``); (0, 1) with no trials."""
+    from scipy.stats import binomtest
+
+    if total == 0:
+        return 0.0, 1.0
+    interval = binomtest(successes, total).proportion_ci(confidence, method="wilson")
+    return float(interval.low), float(interval.high)

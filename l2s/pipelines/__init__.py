@@ -1,7 +1,8 @@
 """l2s.pipelines: steered generation on diffusers pipelines, one module per model family.
 
 :mod:`.base` holds the model-independent data path, :mod:`.flux` and :mod:`.stable_diffusion` the
-families' denoising loops, :mod:`.loading` local folders and :func:`wrap_pipeline`.
+families' denoising loops, :mod:`.loading` local folders and :func:`wrap_pipeline`; :mod:`.native`
+the same steering as diffusers pipelines (``FluxRelationSteeringPipeline.from_pipe(pipe, classifier=...)``).
 """
 
 from l2s.steer import compile_classifier
@@ -10,13 +11,17 @@ from .base import SteeringPipeline, SteeringResult
 from .flux import FluxSteeringPipeline  # noqa: I001 (registers with wrap_pipeline before SD)
 from .stable_diffusion import SDSteeringPipeline
 from .loading import load_diffusers_pipeline, wrap_pipeline
+from .native import FluxRelationSteeringPipeline, StableDiffusionRelationSteeringPipeline, custom_pipeline_file
 
 __all__ = [
+    "FluxRelationSteeringPipeline",
     "FluxSteeringPipeline",
     "SDSteeringPipeline",
+    "StableDiffusionRelationSteeringPipeline",
     "SteeringPipeline",
     "SteeringResult",
     "compile_classifier",
+    "custom_pipeline_file",
     "load_diffusers_pipeline",
     "wrap_pipeline",
 ]

@@ -27,13 +27,16 @@ from l2s.steer import (
     Schedule,
     SteeringDiagnostics,
     SteeringObjective,
+    SteeringOutcome,
     SteeringPlan,
     preset_steps,
     refine_latents,
     schedule_preset,
+    steering_outcome,
     validate_step_size,
 )
 
+from .arguments import announce_steering, check_call, check_classifier_argument
 from .loading import load_diffusers_pipeline, wrap_pipeline
 
 
@@ -46,6 +49,7 @@ class SteeringResult:
     timings: dict[str, float]
     engine: dict | None = None        # the plain-step engine used: {"name", "reason"}
     sampling: dict = field(default_factory=dict)  # model-specific sampling options in effect
+    outcome: SteeringOutcome | None = None  # what steering did (the plan says what it would do)
 
     def report(self) -> dict:
         per_step: dict[int, list[dict]] = {}
@@ -56,6 +60,7 @@ class SteeringResult:
                  "non_finite": r.non_finite})
         return {
             **self.plan.to_json(),
+            **(self.outcome.to_json() if self.outcome else {}),
             "schedule": self.schedule.to_json() if self.schedule else None,
             "steps": {str(k): v for k, v in per_step.items()},
             "non_finite_events": len(self.diagnostics.non_finite_events()),
@@ -94,6 +99,7 @@ class SteeringPipeline:
                  mode: str = "fast", step_size: float | None = None,
                  capture_backend: str = DEFAULT_CAPTURE_BACKEND):
         self.pipe = pipe
+        check_classifier_argument(classifier)
         self.objective = SteeringObjective(self.denoiser, classifier, mode,
                                            _checked_capture_backend(capture_backend))
         self.schedule = schedule
@@ -227,11 +233,16 @@ class SteeringPipeline:
         ``latents`` replaces the seeded initial noise (in the pipeline's own latent layout).
         """
         t0 = time.perf_counter()
+        check_call(self, prompt, num_inference_steps=num_inference_steps, height=height, width=width,
+                   guidance_scale=guidance_scale, seed=seed, num_images=num_images, steer=steer,
+                   schedule=schedule, latents=latents, progress=progress)
         self._steering_seconds, compiled_before = 0.0, self.objective.compile_seconds
         plan = self.plan(prompt)
         schedule, steps = self._resolve_schedule(schedule, num_inference_steps)
         if not (steer and plan.steered):
             schedule = None
+        else:
+            announce_steering(self, plan, height, width)
         diagnostics = SteeringDiagnostics()
         images = self.generate(prompt, plan, steps=steps, height=height, width=width,
                                guidance_scale=guidance_scale, seed=seed, num_images=num_images,
@@ -244,7 +255,8 @@ class SteeringPipeline:
         return SteeringResult(images=images, plan=plan, schedule=schedule,
                               diagnostics=diagnostics, timings=timings,
                               engine={"name": engine.name, "reason": engine.reason} if engine else None,
-                              sampling=self.sampling_options())
+                              sampling=self.sampling_options(),
+                              outcome=steering_outcome(plan, schedule, diagnostics, steer))
 
     def _resolve_schedule(self, schedule: Schedule | str | None,
                           num_inference_steps: int | None) -> tuple[Schedule, int]:

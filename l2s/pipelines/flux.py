@@ -9,7 +9,7 @@ import torch
 
 from l2s.engines import make_plain_step_engine
 from l2s.errors import UsageError
-from l2s.steer import DEFAULT_CAPTURE_BACKEND
+from l2s.steer import DEFAULT_CAPTURE_BACKEND, DenoiserCall
 
 from .base import SteeringPipeline
 from .loading import steering_family
@@ -186,15 +186,17 @@ class FluxSteeringPipeline(SteeringPipeline):
         """The denoising loop: on steered steps refine the latent first, then a plain step."""
         transformer, text_len = self.pipe.transformer, conditioning.text[0].shape[1]
 
-        def denoise(z: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-            with transformer.cache_context("cond"):
-                return transformer(**conditioning.inputs(z, timestep), return_dict=False)[0]
+        def denoiser(timestep: torch.Tensor) -> DenoiserCall:
+            def run(z: torch.Tensor) -> torch.Tensor:
+                with transformer.cache_context("cond"):
+                    return transformer(**conditioning.inputs(z, timestep), return_dict=False)[0]
+
+            return DenoiserCall(run, lambda z: conditioning.inputs(z, timestep))
 
         with self._progress(len(timesteps), progress) as bar:
             for i, t in enumerate(timesteps):
                 timestep = t.expand(latents.shape[0]).to(latents.dtype)
-                latents = self._steer_if_scheduled(latents, i, plan, schedule,
-                                                   lambda z: denoise(z, timestep), text_len,
+                latents = self._steer_if_scheduled(latents, i, plan, schedule, denoiser(timestep), text_len,
                                                    latent_hw, diagnostics, bar)
                 noise_pred = self._plain_prediction(latents, timestep, conditioning)
                 latents = self.pipe.scheduler.step(noise_pred, t, latents, return_dict=False)[0]

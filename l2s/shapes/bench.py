@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from l2s.files import output_lock
+from l2s.distributed import output_lock, world
 from .detector import ShapesDetector
 from .model import load_shapes_pipeline
 from .prompts import ood_position_prompts, shapes_multi_relation_prompts, shapes_position_prompts
@@ -109,7 +109,8 @@ def run_shapes_bench(out_dir: str | Path, *, pipeline_dir: str | Path | None = N
                      progress: bool = True, lora: str | Path | None = None) -> dict:
     """Run every bench part (``parts``: keys to keep) into ``out_dir`` and return the results.
 
-    Each part is a :func:`l2s.evaluation.run_eval` run in ``out_dir/<key>`` (resumable). Returns
+    Each part is a :func:`l2s.evaluation.run_eval` run in ``out_dir/<key>`` (resumable; spread
+    over the processes of ``torchrun`` / ``accelerate launch`` when started by one). Returns
     ``{"parts": [...], "settings": {...}}`` with accuracy per mode and per relation and the
     generation wall time per image. ``true_cfg_scale``: the sampling guidance (default
     :data:`~l2s.shapes.recipes.SHAPES_TRUE_CFG`), the same for base and steered images;
@@ -147,7 +148,7 @@ def _run_bench(out_dir: str | Path, pipeline_dir: str | Path | None, classifier:
                if parts is None or part.key in parts]
     comparison = None
     if classifier_data is not None:
-        comparison = classifier_comparison(classifiers, classifier_data)
+        comparison = world().on_main(lambda: classifier_comparison(classifiers, classifier_data))
     settings = {"pipeline": str(pipeline_dir), "classifiers": {k: str(v) for k, v in classifiers.items()},
                 "scale": scale, "position_prompts": position_prompts, "step_size": run.step_size,
                 "sampling": run.sampling(), "seeds": list(seeds), "lora": run.lora,

@@ -84,13 +84,13 @@ def shipped_assets(root: str | Path | None = None) -> ShippedAssets:
 
 def load_shapes_steerer(pipeline_dir: str | Path | None = None, classifier: str | Path | None = None,
                         schedule=None, true_cfg_scale: float | None = None, step_size: float | None = None,
-                        lora: str | Path | None = None):
-    """The shapes pipeline wrapped for steering (default: the shipped model + classifier);
-    ``lora``: a LoRA adapter folder merged into its transformer first."""
+                        lora: str | Path | None = None, device: str | None = None):
+    """The shapes pipeline wrapped for steering (default: the shipped model + classifier) on
+    ``device`` (default: the CPU); ``lora``: a LoRA adapter folder merged into its transformer first."""
     from l2s.classifier import RelationClassifier
 
     assets = shipped_assets()
-    pipe = load_shapes_pipeline(pipeline_dir or assets.pipeline)
+    pipe = load_shapes_pipeline(pipeline_dir or assets.pipeline, device=device)
     if lora is not None:
         from l2s.grpo import apply_lora
 

@@ -5,17 +5,17 @@ relation) of a latent through the denoiser's maps and the classifier, :func:`ref
 takes gradient steps on it, and a :class:`Schedule` (or a preset) says on which steps and how hard.
 """
 
-from .compiled import CompiledBlocks
-from .objective import (
+from .compiled import CompiledSteering
+from .modes import (
     DEFAULT_CAPTURE_BACKEND,
     MODES,
     ExecutionMode,
-    PreparedPlan,
-    SteeringObjective,
     compile_classifier,
     differentiable_sdpa,
     execution_mode,
 )
+from .objective import DenoiserCall, PreparedPlan, SteeringObjective
+from .outcome import SteeringOutcome, disabled_by, steering_outcome
 from .plan import SteeringPlan
 from .presets import PRESETS, Preset, preset_steps, schedule_preset
 from .refine import IterationRecord, LogProbFn, SteeringDiagnostics, refine_latents
@@ -29,7 +29,8 @@ from .schedule import (
 
 __all__ = [
     "DEFAULT_CAPTURE_BACKEND",
-    "CompiledBlocks",
+    "CompiledSteering",
+    "DenoiserCall",
     "ExecutionMode",
     "IterationRecord",
     "LogProbFn",
@@ -40,15 +41,18 @@ __all__ = [
     "Schedule",
     "SteeringDiagnostics",
     "SteeringObjective",
+    "SteeringOutcome",
     "SteeringPlan",
     "compile_classifier",
     "custom_schedule",
     "differentiable_sdpa",
+    "disabled_by",
     "execution_mode",
     "preset_steps",
     "published_loss_target",
     "reference_schedule",
     "refine_latents",
     "schedule_preset",
+    "steering_outcome",
     "validate_step_size",
 ]

@@ -1,21 +1,19 @@
-"""Regional ``torch.compile`` of the transformer blocks that steered passes run (forward + backward).
+"""``torch.compile`` of a whole steering evaluation: the FLUX steered forward, the classifier, and
+(through AOTAutograd) their backward, each one graph.
 
-One compiled function per block class serves every block of that class (weights are graph
-inputs), so FLUX.1-dev's 19 double and 38 single blocks compile two graphs, not 57; the capture
-processors keep their per-layer bookkeeping outside the graph (``torch.compiler.disable``), so a
-layer's name never becomes a guard. The compiled forwards are swapped in only while a steered step
-runs: plain steps keep the stock blocks (or their engine).
+The steered forward (:class:`~l2s.capture.FluxSteeredForward`) is a plain function of tensors:
+every index-like input (token selector, the relation's group pair and class, the classifier's
+step) is a device tensor made once per prompt and the step's constants are tensors too, so one
+compiled graph serves every prompt, relation and step of a resolution; only a new input shape
+compiles again. The compile cache is enabled so a second process reuses the kernels.
 """
 from __future__ import annotations
 
-import contextlib
 import time
 import types
-from typing import Iterator
+from collections.abc import Callable
 
 import torch
-
-from l2s.errors import UsageError
 
 
 def enable_compile_cache() -> None:
@@ -28,54 +26,35 @@ def enable_compile_cache() -> None:
     functorch_config.enable_autograd_cache = True
 
 
-def repeated_blocks(denoiser: torch.nn.Module) -> list[torch.nn.Module]:
-    """The denoiser's repeated blocks (diffusers' ``_repeated_blocks``) in module order."""
-    names = set(getattr(denoiser, "_repeated_blocks", None) or ())
-    return [module for module in denoiser.modules() if type(module).__name__ in names]
+def own_code(fn: Callable) -> Callable:
+    """``fn`` with a code object of its own. Dynamo keeps compiled graphs (and counts recompiles
+    against its limit) per code object, and every evaluation closes over its own model and
+    classifier, which its guards check: without this, the ninth steering pipeline of a process
+    would exceed the recompile limit and fail."""
+    return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__,
+                              fn.__closure__)
 
 
-class CompiledBlocks:
-    """Compiled forwards of a FLUX transformer's blocks, active inside :meth:`active` only.
+class CompiledSteering:
+    """``fn`` compiled for static shapes (``backend``/``mode`` as ``torch.compile`` takes them;
+    ``mode="reduce-overhead"`` replays CUDA graphs). :attr:`cold_seconds` sums the wall time of
+    the first forward + backward at each new latent shape: the cold compile plus that pass."""
 
-    ``backend``/``mode`` go to ``torch.compile`` (``mode="reduce-overhead"`` replays CUDA graphs on
-    CUDA, where steered passes have static shapes). :attr:`cold_seconds` sums the wall time of
-    the first forward + backward at each new input shape: the cold compile plus that pass.
-    """
-
-    def __init__(self, denoiser: torch.nn.Module, backend: str = "inductor", mode: str | None = None) -> None:
-        from diffusers import FluxTransformer2DModel
-
-        if not isinstance(denoiser, FluxTransformer2DModel):
-            raise UsageError(f"compiled steering supports FLUX transformers, not {type(denoiser).__name__}; "
-                             "use mode='fast'")
-        self.blocks = repeated_blocks(denoiser)
-        options = {"backend": backend, "dynamic": False}
+    def __init__(self, fn: Callable, backend: str = "inductor", mode: str | None = None) -> None:
+        options = {"backend": backend, "dynamic": False, "fullgraph": True}
         if mode is not None:
             options["mode"] = mode
         if backend == "inductor":
             enable_compile_cache()
-        self._forwards = {cls: torch.compile(cls.forward, **options) for cls in {type(b) for b in self.blocks}}
+        self.fn = torch.compile(own_code(fn), **options)
         self._seen: set[tuple] = set()
         self.cold_seconds = 0.0
 
-    @contextlib.contextmanager
-    def active(self) -> Iterator[None]:
-        """Route the blocks' forwards through their compiled functions inside this block."""
-        # A forward set on the instance (an offload hook, say) is what the compiled one replaces
-        # and what comes back afterwards.
-        previous = [block.__dict__.get("forward") for block in self.blocks]
-        for block in self.blocks:
-            block.forward = types.MethodType(self._forwards[type(block)], block)
-        try:
-            yield
-        finally:
-            for block, forward in zip(self.blocks, previous):
-                if forward is None:
-                    del block.forward
-                else:
-                    block.forward = forward
+    def __call__(self, z: torch.Tensor, *args) -> torch.Tensor:
+        self._time_if_cold(z)
+        return self.fn(z, *args)
 
-    def time_if_cold(self, z: torch.Tensor) -> None:
+    def _time_if_cold(self, z: torch.Tensor) -> None:
         """If ``z``'s shape is new, time from now to the end of its backward (a hook on its grad)."""
         signature = (tuple(z.shape), z.dtype, z.device)
         if signature in self._seen or not z.requires_grad:

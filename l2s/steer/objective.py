@@ -3,110 +3,78 @@
 One evaluation reads along the data path: run the denoiser on ``z`` with map capture installed
 -> the subject's and object's token-group maps -> the classifier's input -> classify ->
 ``log_softmax`` at the relation's class. :func:`~l2s.steer.refine.refine_latents` differentiates
-it with respect to ``z``. Everything index-like a prompt needs (the capture's token-group
-selectors, the classifier's step tensor) is made once per prompt on the denoiser's device
-(:class:`PreparedPlan`), so an iteration copies nothing from the host.
+it with respect to ``z``. On FLUX the fast modes run l2s's steered forward instead of the stock
+model with capture processors (:mod:`.steered`). Everything index-like a prompt needs (token-group
+selectors, each relation's group pair and class, the classifier's step tensor) is made once per
+prompt on the denoiser's device (:class:`PreparedPlan`), so an iteration copies nothing from the host.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 import torch
 
-from l2s.capture import AttentionCapture, CapturedMaps, ExplicitAttentionReference, MapSpec, map_spec
+from l2s.capture import AttentionCapture, CapturedMaps, MapSpec, map_spec
 from l2s.classifier import RelationClassifier, step_index_for
 from l2s.errors import UsageError
 
-from .compiled import CompiledBlocks
+from .modes import (
+    DEFAULT_CAPTURE_BACKEND,
+    ExecutionMode,
+    compile_classifier,
+    differentiable_sdpa,
+    execution_mode,
+)
 from .plan import SteeringPlan
 from .refine import LogProbFn
+from .steered import SteeredEvaluation
 
-DEFAULT_CAPTURE_BACKEND = "sdpa"  # CPU: a steering iteration takes half the time of "native" (bench group "capture")
 
+@dataclass
+class DenoiserCall:
+    """The conditional denoiser forward of one denoising step, as a function of the latent ``z``.
 
-@dataclass(frozen=True)
-class ExecutionMode:
-    """How a steered iteration is executed; every mode computes the same steering.
-
-    ``reference`` is the published approach (explicit joint attention with materialised logits in
-    every layer, eager fp32 classifier, full forward); it is kept to validate and benchmark
-    ``fast`` (fused token-selected capture, forward cut after the last captured layer, compiled
-    classifier on CUDA) and ``fast+compiled`` (``fast`` with the transformer blocks of steered
-    passes under regional ``torch.compile``, FLUX only; the first pass at each shape compiles).
+    ``run(z)`` runs the model (with the capture's processors when they are installed).
+    ``inputs(z)``, where given, returns a FLUX transformer's keyword arguments for ``z``: with it
+    the fast modes run :class:`~l2s.capture.FluxSteeredForward` on them instead.
     """
 
-    name: str
-    capture_cls: type
-    stop_after_last_layer: bool
-    compile_classifier: bool | None       # None: compile where it pays (CUDA)
-    compile_blocks: bool = False
-    compile_backend: str = "inductor"
-    compile_mode: str | None = None       # "reduce-overhead": CUDA graphs (static shapes, CUDA only)
+    run: Callable[[torch.Tensor], object]
+    inputs: Callable[[torch.Tensor], dict] | None = None
 
-
-MODES = {
-    "reference": ExecutionMode("reference", ExplicitAttentionReference, stop_after_last_layer=False,
-                               compile_classifier=False),
-    "fast": ExecutionMode("fast", AttentionCapture, stop_after_last_layer=True, compile_classifier=None),
-    "fast+compiled": ExecutionMode("fast+compiled", AttentionCapture, stop_after_last_layer=True,
-                                   compile_classifier=None, compile_blocks=True),
-    "fast+cudagraphs": ExecutionMode("fast+cudagraphs", AttentionCapture, stop_after_last_layer=True,
-                                     compile_classifier=None, compile_blocks=True,
-                                     compile_mode="reduce-overhead"),
-}
-
-
-def execution_mode(mode: str | ExecutionMode) -> ExecutionMode:
-    """``mode`` itself, or the mode of that name; ``UsageError`` for an unknown name."""
-    if isinstance(mode, ExecutionMode):
-        return mode
-    if mode not in MODES:
-        raise UsageError(f"unknown execution mode {mode!r}; expected one of {', '.join(MODES)}")
-    return MODES[mode]
-
-
-def compile_classifier(classifier: RelationClassifier, device: torch.device,
-                       dtype: torch.dtype | None = None):
-    """The classifier's forward (and its backward to the maps) compiled for static shapes.
-
-    On CUDA it runs in bf16 under CUDA graphs (``reduce-overhead``): the eager fp32 classifier is
-    launch-bound (tens of ms for ~5 M parameters). Returns a callable with the module's signature.
-    """
-    if dtype is not None:
-        classifier = copy.deepcopy(classifier).to(dtype)     # leave the caller's fp32 model alone
-    mode = "reduce-overhead" if device.type == "cuda" else None
-    return torch.compile(classifier, dynamic=False, mode=mode)
-
-
-def differentiable_sdpa(device: torch.device):
-    """SDPA limited to the flash / memory-efficient / math kernels, for passes that are differentiated.
-
-    cuDNN's SDPA backward failed for FLUX on an H100, so it is kept out of every backward pass.
-    """
-    if device.type != "cuda":
-        return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+    def __call__(self, z: torch.Tensor) -> object:
+        return self.run(z)
 
 
 @dataclass
 class PreparedPlan:
     """A plan's device-side indices, made once per prompt: the recording spec (whose selectors
-    are built on first use and then reused) and the classifier's step tensors."""
+    are built on first use and then reused), each relation's (subject, object) group pair and
+    class index, and the classifier's step tensors."""
 
     plan: SteeringPlan
     spec: MapSpec
     device: torch.device
     _steps: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+    _pairs: list[torch.Tensor] = field(init=False)
+    _classes: list[torch.Tensor] = field(init=False)
 
     def steps(self, step_index: int, batch: int) -> torch.Tensor:
         key = (step_index, batch)
         if key not in self._steps:
             self._steps[key] = torch.full((batch,), step_index, dtype=torch.long, device=self.device)
         return self._steps[key]
+
+    def __post_init__(self) -> None:
+        self._pairs = [torch.tensor(pair, device=self.device) for pair in self.plan.pairs]
+        self._classes = [torch.tensor([c], device=self.device) for c in self.plan.class_indices]
+
+    def relation(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(group pair (2,), class index (1,)) of relation ``index``, as long tensors on the device."""
+        return self._pairs[index], self._classes[index]
 
 
 class SteeringObjective:
@@ -127,11 +95,15 @@ class SteeringObjective:
         self._classify = None                 # the (possibly compiled) classifier call
         self._prepared: PreparedPlan | None = None
         self.classifier.to(self.device)
-        self.compiled_blocks = None
-        if self.mode.compile_blocks:
+        self._steered: SteeredEvaluation | None = None
+        if self.mode.compile_steering:
+            from diffusers import FluxTransformer2DModel
+
+            if not isinstance(denoiser, FluxTransformer2DModel):
+                raise UsageError(f"mode {self.mode.name!r} compiles FLUX's steered forward; "
+                                 f"{type(denoiser).__name__} has none: use mode='fast'")
             if self.mode.compile_mode == "reduce-overhead" and self.device.type != "cuda":
                 raise UsageError(f"mode {self.mode.name!r} replays CUDA graphs and needs the model on CUDA")
-            self.compiled_blocks = CompiledBlocks(denoiser, self.mode.compile_backend, self.mode.compile_mode)
 
     @property
     def device(self) -> torch.device:
@@ -140,16 +112,18 @@ class SteeringObjective:
     @property
     def compile_seconds(self) -> float:
         """Cold compile time so far (first forward + backward at each new shape); 0 if nothing compiles."""
-        return self.compiled_blocks.cold_seconds if self.compiled_blocks is not None else 0.0
+        return self._steered.compile_seconds if self._steered is not None else 0.0
+
+    def _layers(self) -> list[str] | None:
+        # A classifier trained on a subset of layers names them; capture (and run) only those.
+        layout = self.classifier.config.layer_layout
+        return [entry[0] for entry in layout] if layout else None
 
     def new_capture(self) -> AttentionCapture:
         """A capture for this mode, to install with ``with``; it runs only the layers it needs."""
-        # A classifier trained on a subset of layers names them; capture (and run) only those.
-        layout = self.classifier.config.layer_layout
-        layers = [entry[0] for entry in layout] if layout else None
         if self.mode.capture_cls is AttentionCapture:
-            return AttentionCapture(self.denoiser, layers=layers, backend=self.capture_backend)
-        return self.mode.capture_cls(self.denoiser, layers=layers)
+            return AttentionCapture(self.denoiser, layers=self._layers(), backend=self.capture_backend)
+        return self.mode.capture_cls(self.denoiser, layers=self._layers())
 
     def map_channels(self) -> int:
         """Maps per object the denoiser provides (captured layers x heads)."""
@@ -180,24 +154,49 @@ class SteeringObjective:
     @contextlib.contextmanager
     def at_step(self, plan: SteeringPlan, step: int, run_denoiser: Callable[[torch.Tensor], object],
                 text_len: int, latent_hw: tuple[int, int]) -> Iterator[LogProbFn]:
-        """Yields ``log_prob(z, relation)`` -> (B,) for denoising ``step``, capture installed.
+        """Yields ``log_prob(z, relation)`` -> (B,) for denoising ``step``.
 
-        ``run_denoiser(z)`` runs the step's denoiser forward (conditional pass) on ``z``;
-        ``text_len`` and ``latent_hw`` are its text length and latent token grid. The capture (and
-        in ``fast+compiled`` the compiled blocks) is on the denoiser only inside this block, so
-        plain steps run the stock model.
+        ``run_denoiser(z)`` runs the step's denoiser forward (conditional pass) on ``z`` (a
+        :class:`DenoiserCall` with ``inputs`` lets the fast modes run FLUX's steered forward);
+        ``text_len`` and ``latent_hw`` are its text length and latent token grid. Capture
+        processors are on the denoiser only inside this block, so plain steps run the stock model.
         """
         prepared = self.prepare(plan, text_len, latent_hw)
         step_index = step_index_for(step, tuple(self.classifier.config.timesteps))
-        compiled = self.compiled_blocks.active() if self.compiled_blocks else contextlib.nullcontext()
-        with self.new_capture() as capture, compiled:
+        steered = self._steered_evaluation(getattr(run_denoiser, "inputs", None))
+        if steered is not None:
+            yield steered.log_prob_fn(prepared, step_index, run_denoiser.inputs)
+            return
+        with self.new_capture() as capture:
             def log_prob(z: torch.Tensor, relation: int) -> torch.Tensor:
-                if self.compiled_blocks is not None:
-                    self.compiled_blocks.time_if_cold(z)
                 maps = self._forward(capture, prepared.spec, z, run_denoiser)
                 return self._log_prob(maps, prepared, relation, step_index)
 
             yield log_prob
+
+    def _steered_evaluation(self, inputs) -> SteeredEvaluation | None:
+        """The FLUX steered-forward evaluation where this mode runs one, else None (stock + capture)."""
+        if not self.mode.steered_forward:
+            return None
+        reason = SteeredEvaluation.unsupported(self.denoiser, inputs)
+        if reason is not None:
+            if self.mode.compile_steering:
+                raise UsageError(f"mode {self.mode.name!r} needs FLUX's steered forward, but {reason}; "
+                                 "use mode='fast'")
+            return None
+        cached = self._steered
+        if cached is None or cached.backend != self.capture_backend:
+            classify = self._graph_classifier() if self.mode.compile_steering else self.classify
+            self._steered = SteeredEvaluation(self.denoiser, self._layers(), self.capture_backend, classify,
+                                              self.classifier.config.map_size, self.mode)
+        return self._steered
+
+    def _graph_classifier(self) -> torch.nn.Module:
+        """The classifier inside a compiled iteration: in bf16 where ``classify`` would compile it
+        (CUDA), else the fp32 module."""
+        if self.device.type == "cuda" and self.mode.compile_classifier is not False:
+            return copy.deepcopy(self.classifier).to(torch.bfloat16)   # leave the caller's model alone
+        return self.classifier
 
     def _forward(self, capture: AttentionCapture, spec: MapSpec, z: torch.Tensor,
                  run_denoiser: Callable[[torch.Tensor], object]) -> CapturedMaps:

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 from l2s.parsing import ParsedPrompt, parse_prompt
 from l2s.relations import class_index
-from l2s.tokens import check_prompt_length, token_groups
+from l2s.tokens import check_prompt_length, mention_groups, mention_warnings
 
 
 @dataclass
@@ -17,26 +17,30 @@ class SteeringPlan:
     token_indices: list[tuple[int, ...]] = field(default_factory=list)
     pairs: list[tuple[int, int]] = field(default_factory=list)       # (subject group, object group) per relation
     class_indices: list[int] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # repeated objects, words the tokenizer lacks
 
     @classmethod
     def from_prompt(cls, prompt: str, tokenizer, max_length: int,
                     class_names: tuple[str, ...]) -> "SteeringPlan":
         """Parse ``prompt``, map each object phrase to the tokens of ``tokenizer`` (the one whose
         tokens the maps are read over), and each relation to its index in ``class_names``."""
-        parsed = parse_prompt(prompt)
+        return cls.from_parsed(parse_prompt(prompt), tokenizer, max_length, class_names)
+
+    @classmethod
+    def from_parsed(cls, parsed: ParsedPrompt, tokenizer, max_length: int,
+                    class_names: tuple[str, ...]) -> "SteeringPlan":
+        """:meth:`from_prompt` for relations already found (by the parser, or given by the user)."""
+        prompt = parsed.prompt
         check_prompt_length(tokenizer, prompt, max_length)
         plan = cls(parsed=parsed)
         if not parsed.steerable:
             return plan
-        phrases: list[str] = []
-        for t in parsed.triplets:
-            for phrase in (t.subject, t.object):
-                if phrase not in phrases:
-                    phrases.append(phrase)
-        groups = token_groups(tokenizer, prompt, phrases, max_length)
-        plan.phrases = phrases
+        mentions = [m for t in parsed.triplets for m in ((t.subject, t.subject_span), (t.object, t.object_span))]
+        groups, index = mention_groups(tokenizer, prompt, mentions, max_length)
+        plan.phrases = [g.phrase for g in groups]
         plan.token_indices = [g.indices for g in groups]
-        plan.pairs = [(phrases.index(t.subject), phrases.index(t.object)) for t in parsed.triplets]
+        plan.pairs = list(zip(index[0::2], index[1::2]))
+        plan.warnings = mention_warnings(tokenizer, prompt, mentions, index)
         plan.class_indices = [class_index(t.relation, class_names) for t in parsed.triplets]
         return plan
 
@@ -53,4 +57,5 @@ class SteeringPlan:
             "class_indices": self.class_indices,
             "steered": self.steered,
             "note": self.parsed.describe(),
+            "warnings": self.warnings,
         }

@@ -77,6 +77,7 @@ def refine_latents(latents: torch.Tensor, step: int, log_prob_fn: LogProbFn, sch
         raise ValueError("refine_latents needs at least one relation")
     step_size = schedule.step_sizes[step]
     master = latents.detach().float()
+    before = master  # the latent before the last update (the guard's undo)
     done = torch.zeros(latents.shape[0], dtype=torch.bool, device=latents.device)
     pending: list[tuple] = []
     for k in range(schedule.iterations[step]):
@@ -92,10 +93,20 @@ def refine_latents(latents: torch.Tensor, step: int, log_prob_fn: LogProbFn, sch
                 break
             (grad,) = torch.autograd.grad(loss.sum(), z)
         grad = grad.float()
-        finite = torch.isfinite(loss.detach()) & torch.isfinite(grad).flatten(1).all(1)
+        # Guard, on the device (no host read): a non-finite loss or gradient here means the previous
+        # update led somewhere unusable, so it is undone. An update is not made when its latent (in
+        # the latent's dtype) is non-finite or so large that its squares overflow, as the model's
+        # normalisations would: the last update of a step is applied without a loss to check it.
+        evaluated = torch.isfinite(loss.detach()) & torch.isfinite(grad).flatten(1).all(1)
+        if pending:
+            undo = pending[-1][4] & active & ~evaluated
+            master = torch.where(undo.view(-1, *([1] * (grad.dim() - 1))), before, master)
+            pending[-1] = (*pending[-1][:4], pending[-1][4] & ~undo, pending[-1][5])
+        stepped = master - step_size * grad
+        finite = evaluated & torch.isfinite(stepped.to(latents.dtype).float().square().flatten(1).sum(1))
         update = active & finite
         mask = update.view(-1, *([1] * (grad.dim() - 1)))
-        master = torch.where(mask, master - step_size * grad, master)
+        before, master = master, torch.where(mask, stepped, master)
         done |= ~update
         pending.append((k, relation, loss.detach(), log_prob.detach(), update, active & ~finite))
     if diagnostics is not None and pending:

@@ -1,7 +1,7 @@
 """Checkpoints and the epoch log of a training run, written so a crash never leaves half a file.
 
     out_dir/
-      best/   model.safetensors + config.json (RelationClassifier.save) + training.json
+      best/   model.safetensors + config.json + README.md (RelationClassifier.save_pretrained) + training.json
       last/   the same for the latest epoch + state.pt (optimizer, scheduler, RNG, counters) to resume
       log.jsonl   one line per epoch: loss / accuracy, train and val, overall and per step index
 """
@@ -18,6 +18,7 @@ import torch
 from l2s.classifier import RelationClassifier
 from l2s.errors import L2SError
 from l2s.files import DamagedFileError, atomic_write_text, fsync_append, read_jsonl_lines
+from .tracking import clear_tensorboard
 
 LOG_FILE, STATE_FILE, TRAINING_FILE = "log.jsonl", "state.pt", "training.json"
 BEST_DIR, LAST_DIR = "best", "last"
@@ -50,7 +51,8 @@ def recover_dir(target: Path) -> None:
 def save_checkpoint(directory: Path, model: RelationClassifier, training: dict, state: dict | None = None) -> None:
     """The model, its training record and (for ``last/``) the resume state, swapped in atomically."""
     def write(tmp: Path) -> None:
-        model.save(tmp)
+        # Weights, config.json and a model card naming the data and the accuracy (a hub-ready folder).
+        model.save_pretrained(tmp, model_card_kwargs={"training": training})
         # ClassifierConfig has no field for the training settings: they live beside config.json.
         (tmp / TRAINING_FILE).write_text(json.dumps(training, indent=2) + "\n")
         if state is not None:
@@ -100,19 +102,27 @@ def prepare_out_dir(out_dir: Path, settings: dict, resume: bool) -> dict | None:
     for directory in (best_dir, last_dir):
         recover_dir(directory)
     if resume and (last_dir / STATE_FILE).is_file():
-        try:
-            state = torch.load(last_dir / STATE_FILE, map_location="cpu", weights_only=True)
-            saved = json.loads(state["settings"])
-        except DAMAGED as error:
-            raise DamagedFileError(f"{last_dir / STATE_FILE} is damaged ({type(error).__name__}); "
-                                   f"{RESTART}") from None
-        if saved != json.loads(json.dumps(settings)):
-            differing = sorted(k for k in settings if saved.get(k) != json.loads(json.dumps(settings)).get(k))
-            raise L2SError(f"{out_dir} holds a run with other settings ({', '.join(differing)}); "
-                           f"pass resume=False / --restart to start over, or use another output directory")
-        return state
+        return read_resume_state(out_dir, settings)
     if not resume:
         for stale in (best_dir, last_dir):
             shutil.rmtree(stale, ignore_errors=True)
         log_path.unlink(missing_ok=True)
+        clear_tensorboard(out_dir)
     return None
+
+
+def read_resume_state(out_dir: Path, settings: dict) -> dict:
+    """The resume state of ``out_dir/last``, checked against ``settings`` (read-only: the other
+    ranks of a spread run read it after rank 0's :func:`prepare_out_dir`)."""
+    last_dir = out_dir / LAST_DIR
+    try:
+        state = torch.load(last_dir / STATE_FILE, map_location="cpu", weights_only=True)
+        saved = json.loads(state["settings"])
+    except DAMAGED as error:
+        raise DamagedFileError(f"{last_dir / STATE_FILE} is damaged ({type(error).__name__}); "
+                               f"{RESTART}") from None
+    if saved != json.loads(json.dumps(settings)):
+        differing = sorted(k for k in settings if saved.get(k) != json.loads(json.dumps(settings)).get(k))
+        raise L2SError(f"{out_dir} holds a run with other settings ({', '.join(differing)}); "
+                       f"pass resume=False / --restart to start over, or use another output directory")
+    return state

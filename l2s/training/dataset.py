@@ -22,7 +22,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from l2s.errors import L2SError, TokenizationError
-from l2s.files import output_lock, read_jsonl_lines
+from l2s.distributed import output_lock, world
+from l2s.files import read_jsonl_lines
 from l2s.relations import PUBLISHED_CLASSES, canonical_class
 from .layers import first_layers_capture
 from .inversion import dual_invert
@@ -39,7 +40,7 @@ from .inversion_utils import (
 from .options import check_make_data_options
 from .sources import RelationSample, digest, sample_seed, split_of
 from .store import MAP_DTYPES, REDO, SKIPPED_FILE, committed_rows, dataset_meta, read_progress, shard_name
-from .writer import DatasetWriter
+from .writer import DatasetWriter, write_shard
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,12 @@ def make_dataset(
 
 def _write_dataset(items: list[RelationSample], pipe, out_dir: Path, restart: bool,
                    on_sample: Callable[[int], None] | None, progress: bool, settings: dict) -> None:
-    """Invert and commit every chunk of ``items`` that ``out_dir`` does not hold yet."""
+    """Invert and commit every chunk of ``items`` that ``out_dir`` does not hold yet.
+
+    Spread over processes (:mod:`l2s.distributed`), the chunks left are dealt out in rounds, one
+    per rank: each rank inverts its chunk and writes its shard, and rank 0 commits them all in
+    chunk order, so the dataset is the one a single process writes.
+    """
     s = settings
     class_names, store, steps, shard_size = tuple(s["class_names"]), s["store_steps"], s["steps"], s["shard_size"]
     capture = first_layers_capture(denoiser(pipe), s.get("layers"))
@@ -155,20 +161,40 @@ def _write_dataset(items: list[RelationSample], pipe, out_dir: Path, restart: bo
                      class_names=list(class_names), store_steps=list(store), num_steps=steps,
                      model_family=s["model_family"],
                      layer_layout=[[name, heads, list(hw)] for name, heads, hw in capture.layer_layout(latent_hw)])
-        writer = DatasetWriter(out_dir, dataset_meta(settings, extra), restart=restart)
+        writer: list[DatasetWriter] = []  # rank 0's, the only process that commits
+
+        def open_writer() -> dict[int, dict]:
+            writer.append(DatasetWriter(out_dir, dataset_meta(settings, extra), restart=restart))
+            return writer[0].committed
+
+        committed = world().on_main(open_writer)
         chunks = [items[i:i + shard_size] for i in range(0, len(items), shard_size)]
-        _check_resumed_chunks(writer, chunks, out_dir)
+        _check_resumed_chunks(committed, chunks, out_dir)
         job = _Job(pipe, class_names, s["seed"], s["dual"], s["val_fraction"], s["min_psnr"], s["dtype"],
                    dict(steps=steps, store_steps=store, size=s["size"], gamma=s["gamma"], eta=s["eta"],
                         num_iter=s["num_iter"], map_size=s["map_size"],
-                        max_sequence_length=s["max_sequence_length"], capture=capture))
-        done = sum(len(members) for c, members in enumerate(chunks) if c in writer.committed)
-        with tqdm(total=len(items), initial=done, disable=not progress, desc="l2s make-data", unit="sample") as bar:
-            for chunk, members in enumerate(chunks):
-                if chunk not in writer.committed:
-                    _write_chunk(writer, job, chunk, members, chunk * shard_size, bar, on_sample)
+                        max_sequence_length=s["max_sequence_length"], capture=capture), out_dir, shard_size, on_sample)
+        _write_chunks(writer[0] if writer else None, job, chunks, committed, progress)
     finally:
         capture.remove()
+
+
+def _write_chunks(writer: DatasetWriter | None, job: _Job, chunks: list[list[RelationSample]],
+                  committed: dict[int, dict], progress: bool) -> None:
+    """The chunks not yet committed, one per rank per round; rank 0 (``writer``) commits each round."""
+    group = world()
+    pending = [c for c in range(len(chunks)) if c not in committed]
+    done = sum(len(members) for c, members in enumerate(chunks) if c in committed)
+    with tqdm(total=sum(map(len, chunks)), initial=done, disable=not (progress and group.is_main),
+              desc="l2s make-data", unit="sample") as bar:
+        for start in range(0, len(pending), group.size):
+            turn = pending[start:start + group.size]
+            chunk = turn[group.rank] if group.rank < len(turn) else None
+            made = None if chunk is None else _invert_chunk(job, chunk, chunks[chunk], bar)
+            for share in group.gather(made):
+                if share is not None and writer is not None:
+                    writer.record(*share)
+                    bar.update(0 if share[0] == chunk else len(chunks[share[0]]))
 
 
 def _unique_samples(samples: Iterable[RelationSample], limit: int | None) -> list[RelationSample]:
@@ -192,24 +218,27 @@ class _Job:
     min_psnr: float | None
     dtype: str
     inversion: dict[str, Any]  # keyword arguments of dual_invert
+    out_dir: Path
+    shard_size: int
+    on_sample: Callable[[int], None] | None = None
 
 
 def _items_hash(members: Sequence[RelationSample]) -> str:
     return digest("\n".join(s.key for s in members))[:16]
 
 
-def _check_resumed_chunks(writer: DatasetWriter, chunks: list[list[RelationSample]], out_dir: Path) -> None:
+def _check_resumed_chunks(committed: dict[int, dict], chunks: list[list[RelationSample]], out_dir: Path) -> None:
     """A resumed run must pass the same samples, in the same order, as the run that wrote ``out_dir``."""
     for chunk, members in enumerate(chunks):
-        info = writer.committed.get(chunk)
+        info = committed.get(chunk)
         if info is not None and info.get("items") != _items_hash(members):
             raise L2SError(f"the samples of chunk {chunk} differ from the run that wrote {out_dir}; "
                            f"pass the same samples in the same order to resume")
 
 
-def _write_chunk(writer: DatasetWriter, job: _Job, chunk: int, members: list[RelationSample], first_index: int,
-                 bar, on_sample: Callable[[int], None] | None) -> None:
-    """Invert the samples of one chunk and commit their records (or why each was skipped)."""
+def _invert_chunk(job: _Job, chunk: int, members: list[RelationSample], bar) -> tuple:
+    """Invert the samples of one chunk and write its shard; what its commit needs:
+    ``(chunk, shard info, records, skipped)`` (why each skipped sample was skipped)."""
     records, tensors, skipped = [], {}, []
     for offset, sample in enumerate(members):
         try:
@@ -222,9 +251,9 @@ def _write_chunk(writer: DatasetWriter, job: _Job, chunk: int, members: list[Rel
                             "reason": str(reason), "chunk": chunk})
             log.warning("skipped %s: %s", sample.key, reason)
         bar.update()
-        if on_sample is not None:
-            on_sample(first_index + offset)
-    writer.commit(chunk, _items_hash(members), records, tensors, skipped)
+        if job.on_sample is not None:
+            job.on_sample(chunk * job.shard_size + offset)
+    return chunk, write_shard(job.out_dir, chunk, _items_hash(members), tensors), records, skipped
 
 
 def _sample_records(sample: RelationSample, job: _Job) -> list[tuple[dict, Tensor]]:

@@ -32,7 +32,8 @@ from tqdm.auto import tqdm
 
 from l2s.classifier import ClassifierConfig, RelationClassifier, preset
 from l2s.errors import ClassifierMismatchError, L2SError
-from l2s.files import DamagedFileError, output_lock
+from l2s.distributed import World, output_lock, world
+from l2s.files import DamagedFileError
 from .checkpoints import (
     BEST_DIR,
     DAMAGED,
@@ -42,14 +43,25 @@ from .checkpoints import (
     append_log,
     prepare_out_dir,
     read_log,
+    read_resume_state,
     resume_state,
     rewrite_log,
     save_checkpoint,
 )
 from .layers import dataset_channels, with_first_blocks
 from .options import check_training_options
+from .parallel import (
+    RankBatches,
+    collate_slice,
+    global_batch_size,
+    restore_rng,
+    rng_states,
+    seed_dropout,
+    val_share,
+)
 from .reader import AttentionMapDataset
 from .store import load_dataset_meta, verify_dataset
+from .tracking import log_epoch
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +141,18 @@ class _EpochTally:
             self.per_step[step][0] += int(hit)
             self.per_step[step][1] += 1
 
+    def merged(self, group: World) -> _EpochTally:
+        """The tally of every rank's batches (the same on every rank)."""
+        if not group.spread:
+            return self
+        merged = _EpochTally()
+        for loss_sum, per_step in group.gather((self.loss_sum, dict(self.per_step))):
+            merged.loss_sum += loss_sum
+            for step, (correct, seen) in per_step.items():
+                merged.per_step[step][0] += correct
+                merged.per_step[step][1] += seen
+        return merged
+
     def summary(self) -> dict:
         total = sum(n for _, n in self.per_step.values())
         if total == 0:
@@ -146,7 +170,7 @@ def _evaluate(model: nn.Module, loader: DataLoader, device: str) -> dict:
         maps, steps, labels = maps.to(device), steps.to(device), labels.to(device)
         logits = model(maps, steps)
         tally.add(nn.functional.cross_entropy(logits, labels, reduction="sum").item(), logits, labels, steps)
-    return tally.summary()
+    return tally.merged(world()).summary()
 
 
 def _training_settings(config: ClassifierConfig, meta: dict, lr: float, batch_size: int, seed: int,
@@ -204,11 +228,15 @@ def train_classifier(
     family = _family(config)
     lr = float(lr if lr is not None else DEFAULT_LR[family])
     max_epochs = int(epochs if epochs is not None else DEFAULT_EPOCHS[family])
+    group = world()
     with output_lock(out_dir):  # a second writer is refused before the dataset is read
         train_set, val_set = _splits(dataset_dir, config, prompt_types)
-        verify_dataset(dataset_dir)  # every shard against its checksum, once, before any epoch
+        group.on_main(lambda: verify_dataset(dataset_dir))  # every shard's checksum, once, before any epoch
         settings = _training_settings(config, meta, lr, batch_size, seed, prompt_types)
-        state = prepare_out_dir(out_dir, settings, resume)
+        if group.spread:  # each rank's dropout stream is resumed, so a resumed run needs as many ranks
+            settings["processes"] = group.size
+        resumed = group.on_main(lambda: prepare_out_dir(out_dir, settings, resume) is not None)
+        state = read_resume_state(out_dir, settings) if resumed else None
         return _train(dataset_dir, out_dir, config, train_set, val_set, settings, state, max_epochs, seed, device,
                       num_workers, progress)
 
@@ -222,9 +250,11 @@ def _train(dataset_dir: Path, out_dir: Path, config: ClassifierConfig, train_set
 
     # fork_rng: training uses the global RNG (dropout) without disturbing the caller's stream.
     devices = [torch.device(device).index or 0] if torch.device(device).type == "cuda" else []
+    group = world()
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         run = _Training.start(config, lr, seed, device)
+        seed_dropout(seed, group)
         if state is not None:
             try:
                 run.restore(state, last_dir, devices)
@@ -232,12 +262,11 @@ def _train(dataset_dir: Path, out_dir: Path, config: ClassifierConfig, train_set
                 raise DamagedFileError(f"the resume state in {last_dir} is damaged ({type(error).__name__}: "
                                        f"{str(error)[:200]}); {RESTART}") from None
         history = [row for row in read_log(log_path, RESTART) if row["epoch"] <= run.counters["epoch"]]
-        rewrite_log(log_path, history)  # drop lines of an epoch whose state never got saved
-        train_loader = DataLoader(train_set, batch_size=batch_size,
-                                  sampler=RandomSampler(train_set, generator=run.shuffle), num_workers=num_workers)
-        val_loader = DataLoader(val_set, batch_size=VAL_BATCH_SIZE, shuffle=False, num_workers=num_workers)
+        if group.is_main:
+            rewrite_log(log_path, history)  # drop lines of an epoch whose state never got saved
+        train_loader, val_loader = _loaders(train_set, val_set, run.shuffle, batch_size, num_workers, group)
         counters = run.counters
-        with tqdm(total=max_epochs, initial=min(counters["epoch"], max_epochs), disable=not progress,
+        with tqdm(total=max_epochs, initial=min(counters["epoch"], max_epochs), disable=not (progress and group.is_main),
                   desc="l2s train", unit="epoch") as bar:
             while counters["epoch"] < max_epochs and not counters["stopped_early"]:
                 row = run.epoch(train_loader, val_loader, device)
@@ -247,16 +276,40 @@ def _train(dataset_dir: Path, out_dir: Path, config: ClassifierConfig, train_set
                             "best_val_loss": counters["best_val_loss"],
                             "best_val_accuracy": counters["best_val_accuracy"],
                             "train_samples": len(train_set), "val_samples": len(val_set)}
-                if row["best"]:
-                    save_checkpoint(best_dir, run.model, training)
-                append_log(log_path, row)
-                save_checkpoint(last_dir, run.model, training, resume_state(
-                    run.optimizer, run.scheduler, run.shuffle, counters, settings, devices))
+                rank_rngs = group.gather(rng_states(devices)) if group.spread else None
+                if group.is_main:
+                    _save_epoch(run, row, training, rank_rngs, out_dir, settings, devices)
                 bar.set_postfix(train_acc=f"{row['train_accuracy']:.3f}", val_acc=f"{row['val_accuracy']:.3f}",
                                 val_loss=f"{row['val_loss']:.4f}")
                 bar.update()
     return TrainResult(out_dir, best_dir, last_dir, counters["best_epoch"], counters["best_val_loss"],
                        counters["best_val_accuracy"], counters["epoch"], counters["stopped_early"], history)
+
+
+def _loaders(train_set: AttentionMapDataset, val_set: AttentionMapDataset, shuffle: torch.Generator, batch_size: int,
+             num_workers: int, group: World) -> tuple[DataLoader, DataLoader]:
+    """The epoch's batches in the seeded order; a spread run's rank gets its slice of each (:mod:`.parallel`)."""
+    order = RandomSampler(train_set, generator=shuffle)
+    if not group.spread:
+        train = DataLoader(train_set, batch_size=batch_size, sampler=order, num_workers=num_workers)
+    else:
+        train = DataLoader(train_set, batch_sampler=RankBatches(order, batch_size, group), collate_fn=collate_slice,
+                           num_workers=num_workers)
+    val = DataLoader(val_share(val_set, group), batch_size=VAL_BATCH_SIZE, shuffle=False, num_workers=num_workers)
+    return train, val
+
+
+def _save_epoch(run: _Training, row: dict, training: dict, rank_rngs: list | None, out_dir: Path, settings: dict,
+                devices: list[int]) -> None:
+    """The epoch's checkpoints and log line (rank 0 of a spread run writes them alone)."""
+    if row["best"]:
+        save_checkpoint(out_dir / BEST_DIR, run.model, training)
+    append_log(out_dir / LOG_FILE, row)
+    log_epoch(out_dir, row)            # TensorBoard too, when it is installed (.tracking)
+    state = resume_state(run.optimizer, run.scheduler, run.shuffle, run.counters, settings, devices)
+    if rank_rngs is not None:
+        state["rank_rngs"] = rank_rngs
+    save_checkpoint(out_dir / LAST_DIR, run.model, training, state)
 
 
 def _splits(dataset_dir: Path, config: ClassifierConfig,
@@ -300,9 +353,7 @@ class _Training:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(json.loads(state["scheduler"]))
         self.shuffle.set_state(state["shuffle_rng"])
-        torch.set_rng_state(state["cpu_rng"])
-        if devices and "cuda_rng" in state:
-            torch.cuda.set_rng_state(state["cuda_rng"], devices[0])
+        restore_rng(state, world(), devices)
         self.counters.update(json.loads(state["counters"]))
 
     def epoch(self, train_loader: DataLoader, val_loader: DataLoader, device: str) -> dict:
@@ -311,18 +362,14 @@ class _Training:
         model, counters = self.model, self.counters
         model.train()
         tally = _EpochTally()
-        loss_fn = nn.CrossEntropyLoss()
-        for maps, steps, labels in train_loader:
-            maps, steps, labels = maps.to(device), steps.to(device), labels.to(device)
-            logits = model(maps, steps)
-            loss = loss_fn(logits, labels)
-            if not torch.isfinite(loss):
-                self._diverged("training", loss.item(), maps)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            tally.add(loss.item() * len(labels), logits, labels, steps)
-        train = tally.summary()
+        group = world()
+        size, total = train_loader.batch_sampler.batch_size, len(train_loader.dataset)
+        for number, batch in enumerate(train_loader):
+            if group.spread:
+                self._shared_step(batch, global_batch_size(number, size, total), tally, device, group)
+            else:
+                self._step(batch, tally, device)
+        train = tally.merged(group).summary()
         val = _evaluate(model, val_loader, device)
         if not math.isfinite(val["loss"]):
             self._diverged("validation", val["loss"], None)
@@ -341,6 +388,40 @@ class _Training:
                 "val_loss": val["loss"], "val_accuracy": val["accuracy"],
                 "val_accuracy_per_step": val["per_step"], "best": improved,
                 "seconds": round(time.perf_counter() - started, 3)}
+
+    def _step(self, batch: list[torch.Tensor], tally: _EpochTally, device: str) -> None:
+        """One optimizer step on one batch."""
+        maps, steps, labels = (t.to(device) for t in batch)
+        logits = self.model(maps, steps)
+        loss = nn.functional.cross_entropy(logits, labels)
+        if not torch.isfinite(loss):
+            self._diverged("training", loss.item(), maps)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        tally.add(loss.item() * len(labels), logits, labels, steps)
+
+    def _shared_step(self, batch: list[torch.Tensor] | None, batch_total: int, tally: _EpochTally, device: str,
+                     group: World) -> None:
+        """This rank's slice of a global batch (``batch_total`` samples; None: an empty slice): its
+        summed loss over ``batch_total``, gradients summed over the ranks, then the common step."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum, maps = torch.zeros((), device=device), None
+        if batch is not None:
+            maps, steps, labels = (t.to(device) for t in batch)
+            logits = self.model(maps, steps)
+            loss_sum = nn.functional.cross_entropy(logits, labels, reduction="sum")
+            (loss_sum / batch_total).backward()
+            tally.add(loss_sum.item(), logits, labels, steps)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        summed = loss_sum.detach().reshape(1).clone()
+        group.sum_([p.grad for p in params] + [summed])
+        if not torch.isfinite(summed).all():
+            self._diverged("training", summed.item() / batch_total, maps)
+        self.optimizer.step()
 
     def _diverged(self, which: str, loss: float, maps: torch.Tensor | None) -> None:
         """Stop at once: say in which epoch, and whether the data or the learning rate is to blame."""

@@ -140,16 +140,28 @@ class DatasetWriter:
     def commit(self, chunk: int, items_hash: str, records: list[dict], tensors: dict[str, Tensor],
                skipped: list[dict]) -> None:
         """Write one chunk: shard, then lines, then the commit record (the commit point)."""
-        from safetensors.torch import save
+        self.record(chunk, write_shard(self.out_dir, chunk, items_hash, tensors), records, skipped)
 
-        info = {"records": len(records), "skipped": len(skipped), "items": items_hash}
-        if tensors:
-            # One metadata key: safetensors writes several in a random order, and a redone chunk
-            # must be the same bytes as the first time.
-            data = save(tensors, metadata={"format": FORMAT})
-            atomic_write_bytes(self.out_dir / shard_name(chunk), data)
-            info.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    def record(self, chunk: int, info: dict, records: list[dict], skipped: list[dict]) -> None:
+        """Commit a chunk whose shard :func:`write_shard` wrote (``info`` is what it returned):
+        its lines, then the commit record."""
+        info = {"records": len(records), "skipped": len(skipped), **info}
         fsync_append(self.out_dir / MANIFEST_FILE, [json.dumps(r) + "\n" for r in records])
         fsync_append(self.out_dir / SKIPPED_FILE, [json.dumps(r) + "\n" for r in skipped])
         self.committed[chunk] = info
         self._write_progress(self.committed)
+
+
+def write_shard(out_dir: Path, chunk: int, items_hash: str, tensors: dict[str, Tensor]) -> dict:
+    """Write a chunk's shard (none when it has no maps), before its commit; any process of a
+    spread run may write its own chunks' shards. Returns the chunk's commit fields so far."""
+    from safetensors.torch import save
+
+    info = {"items": items_hash}
+    if tensors:
+        # One metadata key: safetensors writes several in a random order, and a redone chunk
+        # must be the same bytes as the first time.
+        data = save(tensors, metadata={"format": FORMAT})
+        atomic_write_bytes(out_dir / shard_name(chunk), data)
+        info.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    return info

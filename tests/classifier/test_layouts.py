@@ -82,9 +82,10 @@ def test_steering_with_a_first_block_classifier_runs_only_that_block():
     steerer = wrap_pipeline(pipe, classifier)
     calls = {"first": 0, "last": 0}
     blocks = pipe.transformer.transformer_blocks
-    # Pre-hooks: a cut forward stops inside block 0, so its forward hook would not run.
-    hooks = [blocks[0].register_forward_pre_hook(lambda *a: calls.__setitem__("first", calls["first"] + 1)),
-             pipe.transformer.single_transformer_blocks[0].register_forward_pre_hook(
+    # Each pass projects the queries of a block it runs (the steered forward calls the blocks'
+    # submodules, not the blocks: a hook on the transformer or a block would not see it).
+    hooks = [blocks[0].attn.to_q.register_forward_pre_hook(lambda *a: calls.__setitem__("first", calls["first"] + 1)),
+             pipe.transformer.single_transformer_blocks[0].attn.to_q.register_forward_pre_hook(
                  lambda *a: calls.__setitem__("last", calls["last"] + 1))]
     try:
         schedule = custom_schedule(2, steered=[0], iterations=3, step_size=1.0)

@@ -89,7 +89,8 @@ def test_score_geneval_folder_and_resume(tmp_path, capsys):
 # The command on the tiny model
 # ---------------------------------------------------------------------------------------------
 
-TINY_RUN = ["eval", "--prompts", "shapes", "--n-prompts", "2", "--seeds", "0", "--steps", "2", "--quiet"]
+TINY_RUN = ["eval", "--model", "tiny", "--prompts", "shapes", "--n-prompts", "2", "--seeds", "0", "--steps", "2",
+            "--quiet"]
 
 
 @pytest.fixture(scope="module")
@@ -154,6 +155,14 @@ def test_eval_resumes_and_refuses_other_settings(tiny_run, tmp_path, capsys, mon
     assert code == 2 and len(calls) == 1
     (line,) = error_lines(err)
     assert "step_size: None -> 1.0" in line
+    # nor images of another schedule, capture backend or plain-step engine (they change pixels)
+    for option, value, change in [("--schedule", "fast", "schedule: 'reference' -> 'fast'"),
+                                  ("--capture-backend", "native", "capture_backend: 'sdpa' -> 'native'"),
+                                  ("--engine", "compile", "engine: 'auto' -> 'compile'")]:
+        code, _, err = run(TINY_RUN + [option, value, "--out", str(out)], capsys)
+        assert code == 2 and len(calls) == 1
+        (line,) = error_lines(err)
+        assert change in line, line
     run_file = out / "run.json"
     recorded = json.loads(run_file.read_text())
     del recorded["generation"]["step_size"]          # as written before the setting existed

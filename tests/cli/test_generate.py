@@ -185,7 +185,7 @@ def test_eval_takes_the_schedule_too(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(SteeringPipeline, "__call__", spy)
     out = tmp_path / "run"
-    code = main(["eval", "--prompts", "shapes", "--n-prompts", "1", "--seeds", "0", "--steps", "2", "--quiet",
+    code = main(["eval", "--model", "tiny", "--prompts", "shapes", "--n-prompts", "1", "--seeds", "0", "--steps", "2", "--quiet",
                  "--mode", "steered", "--schedule", "early-exit", "--engine", "eager", "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     assert asked == ["early-exit"]

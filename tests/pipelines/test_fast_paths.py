@@ -72,24 +72,43 @@ def test_inductor_compiled_mode_steers_like_fast(pipe_and_classifier):
     assert first.timings["steering_compile_s"] > 0
 
 
-def test_compiled_blocks_run_only_during_steered_steps_and_report_the_cold_compile(pipe_and_classifier):
-    s = steerer(pipe_and_classifier, COMPILED_FOR_TESTS)
-    blocks = s.objective.compiled_blocks.blocks
-    assert len(blocks) == 4                                  # 2 double + 2 single, two compiled functions
-    seen = []
-    original = s.refine
+def test_fast_mode_runs_the_steered_forward_and_the_stock_one_where_it_cannot(pipe_and_classifier):
+    """A hook on the transformer keeps the stock forward (with the capture): the same steering."""
+    lean = steerer(pipe_and_classifier, "fast")
+    expected = trajectory(run(lean))
+    assert lean.objective._steered is not None
+    handle = lean.pipe.transformer.register_forward_pre_hook(lambda *a: None)
+    try:
+        stock = steerer(pipe_and_classifier, "fast")
+        assert trajectory(run(stock)) == pytest.approx(expected, rel=1e-6, abs=1e-7)
+        assert stock.objective._steered is None
+        with pytest.raises(UsageError, match="steered forward.*hooked"):
+            run(steerer(pipe_and_classifier, COMPILED_FOR_TESTS))
+    finally:
+        handle.remove()
 
-    def spy(*args, **kwargs):
-        seen.append(all("forward" in b.__dict__ for b in blocks))
-        return original(*args, **kwargs)
 
-    s.refine = spy
-    first, again = run(s), run(s, prompt="a dog to the left of a cat", seed=1)
-    assert seen and all(seen)                                # compiled forwards inside steered steps ...
-    assert not any("forward" in b.__dict__ for b in blocks)  # ... and the stock ones afterwards
+def test_compiled_steering_is_one_graph_for_every_prompt_relation_and_step(pipe_and_classifier):
+    """Index-like inputs are device tensors and the step's constants are inputs: one compiled graph
+    serves a second prompt with three objects and two relations (other groups, other classes)."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    counter = CompileCounterWithBackend("aot_eager")
+    mode = dataclasses.replace(COMPILED_FOR_TESTS, compile_backend=counter)
+    s = steerer(pipe_and_classifier, mode)
+    with torch._dynamo.config.patch(recompile_limit=1):      # a recompile would fail (fullgraph)
+        first = run(s)
+        again = run(s, prompt="a frog above a cat below a dog", seed=1)
+        # another pipeline compiles its own graph, not a recompile of this one's
+        run(steerer(pipe_and_classifier, mode))
+    assert again.plan.pairs == [(0, 1), (1, 2)] and {r.relation for r in again.diagnostics.records} == {0, 1}
+    assert counter.frame_count == 2                          # one trace per pipeline, never again
     assert first.timings["steering_compile_s"] > 0
     assert "steering_compile_s" not in again.timings         # nothing compiled for the second prompt
     assert 0 < again.timings["steering"] <= again.timings["total"]
+    # the steered forward never swaps processors: plain steps run the stock model as it was
+    assert all(type(m.processor).__name__ == "FluxAttnProcessor"
+               for m in s.pipe.transformer.modules() if hasattr(m, "processor"))
 
 
 def test_compiled_modes_are_refused_where_they_cannot_run(pipe_and_classifier):

@@ -210,6 +210,19 @@ def test_schedule_presets_by_name(flux):
         flux("a cat above a dog", schedule="warp", height=32, width=32, progress=False)
 
 
+def test_fast_preset_samples_its_fraction_of_the_models_own_steps(flux, monkeypatch):
+    """``fast`` recommends 28 of FLUX.1-dev's 50 steps; a model with its own default (the shapes
+    world: 12 steps under the flux-dev rule) samples 28/50 of that, 7, never more than its default."""
+    named = wrap_pipeline(flux.pipe, flux.classifier, family="flux-dev", steps=12)
+    calls, step = [], named.pipe.scheduler.step
+    monkeypatch.setattr(named.pipe.scheduler, "step", lambda *a, **k: calls.append(1) or step(*a, **k))
+    result = named("a cat above a dog", schedule="fast", height=32, width=32, progress=False)
+    assert result.schedule.num_steps == 7 and len(calls) == 7
+    assert result.schedule.iterations == (16, 1, 1, 1, 0, 0, 0)       # front 10 %: one heavy step
+    assert named("a cat above a dog", schedule="fast", num_inference_steps=3, height=32, width=32,
+                 progress=False).schedule.num_steps == 3                  # --steps overrides it
+
+
 def test_plain_steps_run_on_the_engine_and_steered_steps_on_autograd():
     """An ONNX Runtime engine refuses non-stock processors: it can only serve plain steps if the
     capture is off the model outside steered steps. Images match the eager engine."""

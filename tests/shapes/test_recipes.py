@@ -11,7 +11,7 @@ from PIL import Image
 
 import l2s.shapes as shapes_world
 from l2s.cli.shapes import train_classifier_main
-from l2s.evaluation import geneval_relations, probability_plot
+from l2s.evaluation import geneval_relations
 from l2s.relations import NEUTRAL, canonical_class
 
 
@@ -233,20 +233,6 @@ def test_a_model_trained_at_another_size_is_inverted_and_sampled_at_its_own_size
     vae_config.write_text(json.dumps({k: v for k, v in json.loads(vae_config.read_text()).items()
                                       if k != "sample_size"}))
     assert shapes_world.image_size(load_shapes_pipeline(tmp_path / "model")) == shapes_world.SHAPES_IMAGE_SIZE
-
-
-def test_probability_plot_draws_each_relation():
-    from l2s.steer import IterationRecord
-
-    records = [IterationRecord(step=s, iteration=k, relation=k % 2, loss=[1.0], target_probability=[p],
-                               updated=True) for s, (k, p) in enumerate([(0, 0.1), (1, 0.2), (2, 0.8), (3, 0.95)])]
-    image = probability_plot(records)
-    pixels = np.asarray(image)
-    assert image.size == (360, 200)
-    red = ((pixels[..., 0] > 200) & (pixels[..., 1] < 80)).sum()
-    blue = ((pixels[..., 2] > 200) & (pixels[..., 0] < 80)).sum()
-    assert red > 10 and blue > 10
-    assert np.asarray(probability_plot([])).std() > 0  # axes even with no records
 
 
 def test_generate_falls_back_loudly_without_assets(monkeypatch, tmp_path, capsys):

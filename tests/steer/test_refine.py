@@ -149,3 +149,46 @@ def test_an_image_that_reached_its_target_stays_done_for_the_step():
     diag = SteeringDiagnostics()
     refine_latents(torch.ones(2, 2), 0, log_prob, schedule, 2, diag)
     assert len(diag.records) == 1 and not diag.records[0].updated
+
+
+def test_an_update_whose_latent_is_not_finite_is_not_made():
+    # A step of 1e5 is fine in float32 but overflows a float16 latent: the update is refused.
+    def log_prob(z, r):
+        return -z.float().sum(1) - 1.0
+
+    schedule = custom_schedule(1, steered=[0], iterations=3, step_size=1e5)
+    diag = SteeringDiagnostics()
+    z0 = torch.ones(1, 4, dtype=torch.float16)
+    assert torch.equal(refine_latents(z0, 0, log_prob, schedule, 1, diag), z0)
+    assert diag.records[0].non_finite and not diag.records[0].updated
+    assert len(diag.non_finite_events()) == 1
+
+
+def test_an_update_that_leads_to_a_non_finite_loss_is_undone():
+    # log p is NaN wherever |z| > 10: a step that lands there is taken back, per image.
+    def log_prob(z, r):
+        value = -(z ** 2).sum(1)
+        return torch.where((z.abs() > 10).any(1), torch.full_like(value, math.nan), value)
+
+    schedule = custom_schedule(1, steered=[0], iterations=6, step_size=10.0)
+    diag = SteeringDiagnostics()
+    z0 = torch.tensor([[1.0], [0.1]])
+    z = refine_latents(z0, 0, log_prob, schedule, 1, diag)
+    # Image 0: 1 -> -19 (NaN next): undone, stays 1. Image 1: 0.1 -> -1.9 (kept) -> 36.1 (undone).
+    assert torch.allclose(z, torch.tensor([[1.0], [-1.9]]))
+    # Iteration 0 is kept for image 1 only, iteration 1's update is undone, then both images stop.
+    assert [r.updated for r in diag.records] == [True, False, False, False]
+    assert [r.non_finite for r in diag.records] == [False, True, True, False]
+
+
+def test_the_last_update_of_a_step_is_refused_when_its_latent_would_overflow_the_model():
+    # One iteration: the update has no later loss to check it. A latent of 1e25 is finite in float32,
+    # but its squares (what a normalisation computes) are not: the update is not made.
+    def log_prob(z, r):
+        return -z.sum(1) - 1.0
+
+    z0 = torch.ones(1, 4)
+    diag = SteeringDiagnostics()
+    assert torch.equal(refine_latents(z0, 0, log_prob, custom_schedule(1, [0], 1, 1e25), 1, diag), z0)
+    assert diag.records[0].non_finite and not diag.records[0].updated
+    assert torch.equal(refine_latents(z0, 0, log_prob, custom_schedule(1, [0], 1, 1e3), 1), z0 - 1e3)

@@ -1,0 +1,115 @@
+"""The blocks of diffusers' FLUX transformer, computed the same way, for steered passes only.
+
+Each function does what ``FluxTransformerBlock`` / ``FluxSingleTransformerBlock`` and their stock
+``FluxAttnProcessor`` do (same submodules, same operations in the same order, so eager results
+are bit for bit the stock ones), with two differences a steered pass needs:
+
+* the adaLN modulation of each block (a function of the timestep embedding only) comes in
+  precomputed (``mods``): it is the same for every iteration of a denoising step;
+* the maps of the layer are returned, and the last captured layer (``maps_only``) computes only
+  its image queries and text keys: the maps need nothing else from it.
+"""
+from __future__ import annotations
+
+import torch
+from diffusers.models.attention_dispatch import dispatch_attention_fn
+from diffusers.models.embeddings import apply_rotary_emb
+
+from l2s.ops import selected_text_attention
+
+Rope = tuple[torch.Tensor, torch.Tensor]
+
+
+def modulations(norm: torch.nn.Module, temb: torch.Tensor, parts: int) -> tuple[torch.Tensor, ...]:
+    """What ``AdaLayerNormZero`` (6 parts) / ``AdaLayerNormZeroSingle`` (3) derive from ``temb``."""
+    return norm.linear(norm.silu(temb)).chunk(parts, dim=1)
+
+
+def _modulated(normed: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return normed * (1 + scale[:, None]) + shift[:, None]
+
+
+def _heads(x: torch.Tensor, attn) -> torch.Tensor:
+    return x.unflatten(-1, (-1, attn.head_dim))
+
+
+def _rope(x: torch.Tensor, rope: Rope, rows: slice) -> torch.Tensor:
+    return apply_rotary_emb(x, (rope[0][rows], rope[1][rows]), sequence_dim=1)
+
+
+def layer_maps(query: torch.Tensor, key: torch.Tensor, text_len: int, selector: torch.Tensor,
+               backend: str) -> torch.Tensor:
+    """``(B, H, N, W)`` maps (one column per selector column: the groups, then zero padding) from
+    ``[B, S, H, D]`` joint queries and keys (text first), or from the image queries and text keys
+    alone (``text_len=0``)."""
+    image_query = query[:, text_len:] if text_len else query
+    text_key = key[:, :text_len] if text_len else key
+    return selected_text_attention(image_query.transpose(1, 2), text_key.transpose(1, 2), selector,
+                                   backend=backend)
+
+
+def _attend(attn, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    processor = attn.processor
+    out = dispatch_attention_fn(query, key, value, attn_mask=None, backend=processor._attention_backend,
+                                parallel_config=processor._parallel_config)
+    return out.flatten(2, 3).to(query.dtype)
+
+
+def double_block(block, hidden: torch.Tensor, text: torch.Tensor, mods: tuple[torch.Tensor, ...], rope: Rope,
+                 capture: tuple, maps_only: bool):
+    """``(text, hidden, maps)`` after one double-stream block; ``capture`` is ``(selector, backend)``
+    or None (a layer the classifier does not read). ``maps_only``: ``(None, None, maps)``."""
+    shift, scale, gate, shift_mlp, scale_mlp, gate_mlp = mods[:6]
+    c_shift, c_scale, c_gate, c_shift_mlp, c_scale_mlp, c_gate_mlp = mods[6:]
+    attn, text_len = block.attn, text.shape[1]
+    norm_hidden = _modulated(block.norm1.norm(hidden), shift, scale)
+    norm_text = _modulated(block.norm1_context.norm(text), c_shift, c_scale)
+    if maps_only:
+        query = _rope(attn.norm_q(_heads(attn.to_q(norm_hidden), attn)), rope, slice(text_len, None))
+        key = _rope(attn.norm_added_k(_heads(attn.add_k_proj(norm_text), attn)), rope, slice(0, text_len))
+        return None, None, layer_maps(query, key, 0, *capture)
+    query = attn.norm_q(_heads(attn.to_q(norm_hidden), attn))
+    key = attn.norm_k(_heads(attn.to_k(norm_hidden), attn))
+    value = _heads(attn.to_v(norm_hidden), attn)
+    text_query = attn.norm_added_q(_heads(attn.add_q_proj(norm_text), attn))
+    text_key = attn.norm_added_k(_heads(attn.add_k_proj(norm_text), attn))
+    text_value = _heads(attn.add_v_proj(norm_text), attn)
+    query = apply_rotary_emb(torch.cat([text_query, query], dim=1), rope, sequence_dim=1)
+    key = apply_rotary_emb(torch.cat([text_key, key], dim=1), rope, sequence_dim=1)
+    value = torch.cat([text_value, value], dim=1)
+    maps = layer_maps(query, key, text_len, *capture) if capture is not None else None
+    text_out, out = _attend(attn, query, key, value).split_with_sizes(
+        [text_len, hidden.shape[1]], dim=1)
+    out = attn.to_out[1](attn.to_out[0](out.contiguous()))
+    text_out = attn.to_add_out(text_out.contiguous())
+
+    hidden = hidden + gate.unsqueeze(1) * out
+    hidden = hidden + gate_mlp.unsqueeze(1) * block.ff(_modulated(block.norm2(hidden), shift_mlp, scale_mlp))
+    text = text + c_gate.unsqueeze(1) * text_out
+    text = text + c_gate_mlp.unsqueeze(1) * block.ff_context(
+        _modulated(block.norm2_context(text), c_shift_mlp, c_scale_mlp))
+    return _clipped(text), hidden, maps      # the stock block clips only the text stream
+
+
+def _clipped(x: torch.Tensor) -> torch.Tensor:
+    return x.clip(-65504, 65504) if x.dtype == torch.float16 else x
+
+
+def single_block(block, joint: torch.Tensor, mods: tuple[torch.Tensor, ...], rope: Rope, text_len: int,
+                 capture: tuple, maps_only: bool):
+    """``(joint, maps)`` after one single-stream block on ``joint`` = cat(text, image) (the stock
+    blocks split and re-join it between blocks: the same tensor); ``maps_only``: ``(None, maps)``."""
+    shift, scale, gate = mods
+    attn = block.attn
+    norm_joint = _modulated(block.norm.norm(joint), shift, scale)
+    if maps_only:
+        query = _rope(attn.norm_q(_heads(attn.to_q(norm_joint[:, text_len:]), attn)), rope, slice(text_len, None))
+        key = _rope(attn.norm_k(_heads(attn.to_k(norm_joint[:, :text_len]), attn)), rope, slice(0, text_len))
+        return None, layer_maps(query, key, 0, *capture)
+    mlp = block.act_mlp(block.proj_mlp(norm_joint))
+    query = apply_rotary_emb(attn.norm_q(_heads(attn.to_q(norm_joint), attn)), rope, sequence_dim=1)
+    key = apply_rotary_emb(attn.norm_k(_heads(attn.to_k(norm_joint), attn)), rope, sequence_dim=1)
+    value = _heads(attn.to_v(norm_joint), attn)
+    maps = layer_maps(query, key, text_len, *capture) if capture is not None else None
+    out = torch.cat([_attend(attn, query, key, value), mlp], dim=2)
+    return _clipped(joint + gate.unsqueeze(1) * block.proj_out(out)), maps

@@ -1,0 +1,117 @@
+"""FLUX's steered forward against the capture on the stock forward: same maps, same gradients,
+only what the maps need computed, and the stock forward kept wherever it cannot stand in."""
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import FluxTransformer2DModel
+
+from l2s.capture import (
+    AttentionCapture,
+    FluxSteeredForward,
+    map_spec,
+    steered_forward_unsupported,
+)
+from l2s.engines import example_flux_inputs
+from l2s.errors import L2SError
+
+GRID, TEXT_LEN, GROUPS = (4, 6), 10, [[1], [3, 4], [7]]   # non-square grid, a two-token object
+# Float rounding aside (the same operations in the same order: bit for bit on this CPU).
+SAME = {"rtol": 1e-6, "atol": 1e-7}
+
+
+def tiny_flux(guidance_embeds: bool) -> FluxTransformer2DModel:
+    torch.manual_seed(0)
+    model = FluxTransformer2DModel(patch_size=1, in_channels=4, num_layers=2, num_single_layers=2,
+                                   attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                   pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
+                                   guidance_embeds=guidance_embeds)
+    return model.eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["schnell-like", "dev-like"])
+def model_and_inputs(request):
+    model = tiny_flux(request.param)
+    return model, example_flux_inputs(model, batch_size=2, latent_grid=GRID, text_tokens=TEXT_LEN)
+
+
+def weighted_sum(maps: list[torch.Tensor]) -> torch.Tensor:
+    weights = torch.Generator().manual_seed(3)
+    return sum((m * torch.rand(m.shape, generator=weights)).sum() for m in maps)
+
+
+def captured(model, inputs, layers):
+    z = inputs["hidden_states"].clone().requires_grad_(True)
+    with AttentionCapture(model, layers=layers) as capture, \
+            capture.recording(GROUPS, TEXT_LEN, GRID, stop_after_last=True) as maps:
+        model(**{**inputs, "hidden_states": z})
+    layer_maps = [layer.maps for layer in maps.layers]
+    return layer_maps, torch.autograd.grad(weighted_sum(layer_maps), z)[0]
+
+
+def steered(model, inputs, layers):
+    forward = FluxSteeredForward(model, layers)
+    selector = map_spec(GROUPS, TEXT_LEN, GRID).selector(16, torch.device("cpu"), torch.float32)
+    z = inputs["hidden_states"].clone().requires_grad_(True)
+    layer_maps = [m[..., : len(GROUPS)] for m in forward.maps(z, forward.constants(inputs), selector)]
+    return layer_maps, torch.autograd.grad(weighted_sum(layer_maps), z)[0]
+
+
+@pytest.mark.parametrize("layers", [
+    None,                                                             # all four, the last a single block
+    ["transformer_blocks.0.attn"],                                    # first block only: maps only
+    ["transformer_blocks.0.attn", "transformer_blocks.1.attn", "single_transformer_blocks.0.attn"],
+    ["transformer_blocks.1.attn", "single_transformer_blocks.1.attn"],   # layers skipped in between
+])
+def test_steered_forward_gives_the_captures_maps_and_latent_gradient(model_and_inputs, layers):
+    model, inputs = model_and_inputs
+    expected_maps, expected_grad = captured(model, inputs, layers)
+    maps, grad = steered(model, inputs, layers)
+    assert len(maps) == len(expected_maps) == (len(layers) if layers else 4)
+    for got, expected in zip(maps, expected_maps):
+        torch.testing.assert_close(got, expected, **SAME)
+    torch.testing.assert_close(grad, expected_grad, **SAME)
+    assert grad.abs().sum() > 0
+
+
+def test_only_what_the_maps_need_runs(model_and_inputs):
+    """Step constants are made once (not per pass); the last captured layer projects no values and
+    runs no MLP; nothing after it runs."""
+    model, inputs = model_and_inputs
+    forward = FluxSteeredForward(model, ["transformer_blocks.0.attn", "single_transformer_blocks.0.attn"])
+    constants = forward.constants(inputs)
+    last, after = model.single_transformer_blocks[0], model.single_transformer_blocks[1]
+    watched = {"time embedding": model.time_text_embed, "text embedding": model.context_embedder,
+               "last values": last.attn.to_v, "last MLP": last.proj_mlp, "next block": after.attn.to_q,
+               "output head": model.proj_out, "latent embedding": model.x_embedder}
+    calls = {name: 0 for name in watched}
+    hooks = [module.register_forward_pre_hook(lambda *a, n=name: calls.__setitem__(n, calls[n] + 1))
+             for name, module in watched.items()]
+    try:
+        selector = map_spec(GROUPS, TEXT_LEN, GRID).selector(16, torch.device("cpu"), torch.float32)
+        for _ in range(3):
+            forward.maps(inputs["hidden_states"], constants, selector)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert calls == {name: 3 if name == "latent embedding" else 0 for name in watched}
+
+
+def test_the_stock_forward_is_kept_where_the_steered_one_cannot_stand_in():
+    from diffusers.models.attention_processor import AttnProcessor
+
+    from l2s.demo import tiny_sd_pipeline
+
+    model = tiny_flux(False)
+    assert steered_forward_unsupported(model) is None
+    handle = model.register_forward_pre_hook(lambda *a: None)
+    assert "hooked" in steered_forward_unsupported(model)
+    handle.remove()
+    model.gradient_checkpointing = True
+    assert "checkpointing" in steered_forward_unsupported(model)
+    model.gradient_checkpointing = False
+    model.transformer_blocks[1].attn.set_processor(AttnProcessor())
+    assert "processor" in steered_forward_unsupported(model)
+    with pytest.raises(L2SError, match="cannot run this transformer"):
+        FluxSteeredForward(model)
+    assert "not a FLUX transformer" in steered_forward_unsupported(tiny_sd_pipeline(seed=0).unet)
