@@ -122,7 +122,7 @@ def time_one_iteration(benchmark, steerer: SteeringPipeline) -> None:
             return refine(latents, step, log_prob, schedule, num_relations, diagnostics)
 
         started = time.perf_counter()
-        with ForwardCounter(steerer.pipe.transformer) as counter:
+        with ForwardCounter(steerer.pipe.transformer, steerer=steerer) as counter:
             iteration()                                  # the compiled mode compiles here
         benchmark.extra_info["first_call_s"] = round(time.perf_counter() - started, 2)
         benchmark.extra_info["forwards"] = counter.count
@@ -190,7 +190,7 @@ def test_steered_generation(benchmark, mode, preset, tiny_dev):
     steerer = make_steerer(tiny_dev, mode)
     steps = image_steps(preset, STEPS_FOR_50)
 
-    with ForwardCounter(steerer.pipe.transformer) as counter:
+    with ForwardCounter(steerer.pipe.transformer, steerer=steerer) as counter:
         def generate():
             counter.reset()
             return steerer(PROMPT, num_inference_steps=steps, height=SIDE, width=SIDE,

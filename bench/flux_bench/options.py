@@ -139,7 +139,7 @@ def header(args, arch, device: torch.device, resident: int | None, calibration: 
         f"- plain-step engine of whole images: {args.engine}; capture backend of fast mode: {args.capture_backend}",
         f"- times: median of {args.repeats} runs after {args.warmup} warm-up runs "
         f"({'CUDA events' if device.type == 'cuda' else 'perf_counter'}); whole images: one run after a warm-up, "
-        "the denoising loop only (first transformer call to VAE decode); memory: peak allocated above the level "
+        "the denoising loop only (end of prompt encoding to VAE decode); memory: peak allocated above the level "
         "before the measurement",
         "- speed-up: the named row's time / this row's time, same run; each row changes one thing from it",
         f"- command: `python bench/gpu_flux_dev.py {' '.join(argv)}`"

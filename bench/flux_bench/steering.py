@@ -59,7 +59,7 @@ def iteration_row(steerer, clock: Clock, resolution: int, args, budget: Budget, 
             row.note += "; NON-FINITE loss or gradient"
         return row.ms, row.peak_extra
 
-    with ForwardCounter(steerer.pipe.transformer) as counter:
+    with ForwardCounter(steerer.pipe.transformer, steerer=steerer) as counter:
         guarded(row, run, budget)
     return row
 
@@ -123,7 +123,7 @@ def image_row(steerer, preset: str, steps: int, resolution: int, clock: Clock, a
 
     def generate():
         with clock.memory() as mem, LoopSpan(steerer.pipe, clock) as span, \
-                ForwardCounter(steerer.pipe.transformer) as counter:
+                ForwardCounter(steerer.pipe.transformer, steerer=steerer) as counter:
             result = steerer(PROMPT, num_inference_steps=steps, height=resolution, width=resolution,
                              schedule=preset, seed=0, num_images=args.batch_size, progress=False)
         ms = span.elapsed_ms()

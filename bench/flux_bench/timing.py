@@ -73,19 +73,23 @@ def timed_first_call(fn: Callable[[], object], clock: Clock) -> float:
 
 
 class LoopSpan:
-    """Times a generation's denoising loop: first transformer call -> start of the VAE decode."""
+    """Times a generation's denoising loop: end of the prompt encoding -> start of the VAE decode.
+
+    The start is marked by the T5 encoder, not by the transformer: a hook on the transformer would
+    make steering fall back to the stock forward, and the first pass may be a compiled one.
+    """
 
     def __init__(self, pipe, clock: Clock) -> None:
         self.clock = clock
         self.start = self.end = None
+        encoder = getattr(pipe, "text_encoder_2", None) or pipe.text_encoder
         self._handles = [
-            pipe.transformer.register_forward_pre_hook(self._on_transformer),
+            encoder.register_forward_hook(self._on_encoded),
             pipe.vae.decoder.register_forward_pre_hook(self._on_decode),
         ]
 
-    def _on_transformer(self, module, args):
-        if self.start is None:
-            self.start = self.clock.mark()
+    def _on_encoded(self, module, args, output):
+        self.start = self.clock.mark()              # the last encoding (the negative prompt's) wins
 
     def _on_decode(self, module, args):
         self.end = self.clock.mark()
@@ -108,29 +112,38 @@ class ForwardCounter:
     It counts calls of the latent's input embedding (``x_embedder``), which the stock forward and
     l2s's steered forward both make once per pass: a hook on the transformer itself would make
     steering fall back to the stock forward (see ``l2s.capture.steered_forward_unsupported``).
-    The count is a tensor on the model's device, so a compiled steered pass counts too (the hook
-    is traced into its graph) without a Python integer that the graph would specialise on.
+    Passes of a compiled steered evaluation are counted by its ``CompiledSteering.calls`` (give
+    ``steerer``): the hook stays out of compiled graphs, which a Python counter in them would
+    recompile and a tensor one would keep from being replayed as a CUDA graph.
     ``record_kwargs=True`` also keeps the keyword arguments of the first stock forward call (that
     hook is on the transformer: use it on unsteered runs).
     """
 
-    def __init__(self, module: torch.nn.Module, record_kwargs: bool = False) -> None:
+    def __init__(self, module: torch.nn.Module, record_kwargs: bool = False, steerer=None) -> None:
         self.first_call_kwargs: dict | None = None
+        self._steerer = steerer
+        self._eager, self._compiled_start = 0, self._compiled_calls()
         counted = getattr(module, "x_embedder", module)
-        self._passes = torch.zeros((), dtype=torch.long, device=next(module.parameters()).device)
         self._handles = [counted.register_forward_pre_hook(self._on_pass)]
         if record_kwargs:
             self._handles.append(module.register_forward_pre_hook(self._on_call, with_kwargs=True))
 
     @property
     def count(self) -> int:
-        return int(self._passes)
+        return self._eager + self._compiled_calls() - self._compiled_start
 
     def reset(self) -> None:
-        self._passes.zero_()
+        self._eager, self._compiled_start = 0, self._compiled_calls()
+
+    def _compiled_calls(self) -> int:
+        steered = getattr(getattr(self._steerer, "objective", None), "_steered", None)
+        compiled = getattr(steered, "compiled", None)
+        return compiled.calls if compiled is not None else 0
 
     def _on_pass(self, module, args):
-        self._passes += 1
+        if torch.compiler.is_compiling():       # a compiled steered pass: its CompiledSteering counts it
+            return
+        self._eager += 1
 
     def _on_call(self, module, args, kwargs):
         if self.first_call_kwargs is None:

@@ -2,7 +2,7 @@
 
 Each function does what ``FluxTransformerBlock`` / ``FluxSingleTransformerBlock`` and their stock
 ``FluxAttnProcessor`` do (same submodules, same operations in the same order, so eager results
-are bit for bit the stock ones), with two differences a steered pass needs:
+are the stock ones, bit for bit on CPU), with two differences a steered pass needs:
 
 * the adaLN modulation of each block (a function of the timestep embedding only) comes in
   precomputed (``mods``): it is the same for every iteration of a denoising step;

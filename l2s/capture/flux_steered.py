@@ -2,7 +2,8 @@
 
 The fast steering modes run this in place of the stock ``FluxTransformer2DModel`` call with
 capture processors. It computes what the stock forward computes up to the last captured layer
-(same modules, same operations: in eager mode the maps are bit for bit the capture's), except that
+(same modules, same operations in the same order: the capture's maps and gradients, bit for bit
+in eager mode on CPU), except that
 
 * what does not depend on the latent within one denoising step (the timestep / guidance / pooled
   text embedding and every block's adaLN modulation made from it, the embedded text, the rotary

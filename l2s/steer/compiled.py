@@ -38,7 +38,8 @@ def own_code(fn: Callable) -> Callable:
 class CompiledSteering:
     """``fn`` compiled for static shapes (``backend``/``mode`` as ``torch.compile`` takes them;
     ``mode="reduce-overhead"`` replays CUDA graphs). :attr:`cold_seconds` sums the wall time of
-    the first forward + backward at each new latent shape: the cold compile plus that pass."""
+    the first forward + backward at each new latent shape: the cold compile plus that pass;
+    :attr:`calls` counts the passes run through it."""
 
     def __init__(self, fn: Callable, backend: str = "inductor", mode: str | None = None) -> None:
         options = {"backend": backend, "dynamic": False, "fullgraph": True}
@@ -49,8 +50,10 @@ class CompiledSteering:
         self.fn = torch.compile(own_code(fn), **options)
         self._seen: set[tuple] = set()
         self.cold_seconds = 0.0
+        self.calls = 0
 
     def __call__(self, z: torch.Tensor, *args) -> torch.Tensor:
+        self.calls += 1
         self._time_if_cold(z)
         return self.fn(z, *args)
 
