@@ -15,7 +15,9 @@ Rows, each changing one thing from the row it names (speed-up = that row's time 
   (``--layers``: the forward stops after block K, so the backward is short) -> fast with compiled
   blocks;
 * the classifier's forward + backward to its maps: eager fp32 -> bf16 -> compiled -> CUDA graphs;
-* whole images per schedule: reference mode + published schedule, fast mode with each preset.
+* whole images per schedule: reference mode + published schedule, fast mode with each preset;
+* images per second against batch size (``--throughput-batches``): one call of B images with B
+  seeds, plain and steered (fast mode, ``fast`` preset), time per image vs batch 1.
 
 The classifier has the published FLUX.1-dev sizes and random weights, plus a calibrated term that
 makes p(target) respond to steering (``flux_bench/steering_setup.py``), so early exit behaves as
@@ -71,6 +73,7 @@ from flux_bench.steering_setup import (
     responsive_classifier,
     use_explicit_plan,
 )
+from flux_bench.throughput import throughput_rows
 from flux_bench.timing import Budget, Clock, ForwardCounter, intercept_refinement
 
 from l2s.capture import AttentionCapture
@@ -140,6 +143,10 @@ def all_rows(steerers: dict, classifier, arch, device, dtype, clock: Clock, args
     for resolution in args.image_resolutions:
         runs = image_runs(steerers, args.presets, args.reference_images, compiled=False)
         yield from image_rows(steerers, clock, resolution, runs, args, budget)
+    for resolution in args.image_resolutions:
+        if args.throughput_batches:
+            yield from throughput_rows(steerers["fast"], clock, resolution, image_steps("fast", args.image_steps),
+                                       args, budget)
     for resolution in resolutions:
         yield from compiled_forwards[resolution]          # the forward compiles first: its cold time is its own
         yield from compiled_iteration_rows(steerers, clock, resolution, args, budget)

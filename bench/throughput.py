@@ -1,11 +1,12 @@
 """Throughput on CPU: images per second against batch size, and ``l2s eval`` spread over processes.
 
 ``batch``: the shipped shapes model and the tiny random FLUX, plain (unsteered) and steered, B
-images per pipeline call for every B of ``--batch-sizes``. Each row makes ``--images`` images
-(rounded up to whole batches) after one warm-up call, and prints a Markdown row as soon as it is
-measured: seconds per image, images per second and the speed-up over batch 1 of the same model
-and kind. A steered batch the steering pipeline refuses (batched steering is issue 33, part 1)
-prints a row saying why instead of a number.
+images per pipeline call for every B of ``--batch-sizes``: B different prompts, each with its own
+seed (one call, as ``l2s eval`` batches). Each row makes ``--images`` images (rounded up to whole
+batches) after one warm-up call, and prints a Markdown row as soon as it is measured: seconds per
+image, images per second and the speed-up over batch 1 of the same model and kind. ``--timer
+cpu`` counts this process's CPU seconds instead of wall time (steadier on a shared machine with
+one thread). A batch the pipeline refuses prints a row saying why instead of a number.
 
 ``eval``: the same ``l2s eval`` command in 1 process and spread over N (``torchrun --standalone
 --nproc_per_node N``), each from an empty output folder; the wall time of the whole command
@@ -44,6 +45,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     batch.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 2, 4, 8, 16])
     batch.add_argument("--images", type=int, default=16, help="images per row (default 16)")
     batch.add_argument("--threads", type=int, default=1)
+    batch.add_argument("--mode", default="fast", help="steering execution mode (default fast)")
+    batch.add_argument("--timer", choices=["wall", "cpu"], default="wall",
+                       help="wall time, or this process's CPU time (default wall)")
     batch.add_argument("--json", type=Path, help="also write the rows here")
     spread = sub.add_parser("eval", help="l2s eval in 1 process against N processes")
     spread.add_argument("--processes", nargs="+", type=int, default=[1, 2])
@@ -63,50 +67,53 @@ def _table_head(columns) -> None:
 # batch
 # ---------------------------------------------------------------------------------------------
 
-def load_model(name: str):
-    """The steering pipeline of a ``--models`` name."""
+def load_model(name: str, mode: str = "fast"):
+    """The steering pipeline of a ``--models`` name, in execution ``mode``."""
     if name == "shapes":
         from l2s.shapes import load_shapes_steerer
 
-        return load_shapes_steerer()
+        return load_shapes_steerer(mode=mode)
     from l2s.demo import tiny_classifier_for, tiny_flux_pipeline
     from l2s.pipelines import wrap_pipeline
 
     pipe = tiny_flux_pipeline(seed=0)
-    return wrap_pipeline(pipe, tiny_classifier_for(pipe, seed=0))
+    return wrap_pipeline(pipe, tiny_classifier_for(pipe, seed=0), mode=mode)
 
 
 def make_batch(steerer, batch: int, call: int, steered: bool) -> int:
-    """One pipeline call of ``batch`` images; the images it made."""
-    result = steerer(PROMPTS[call % len(PROMPTS)], seed=call, steer=steered, num_images=batch, progress=False)
+    """One pipeline call of ``batch`` images, each of its own prompt and seed; the images it made."""
+    first = call * batch
+    prompts = [PROMPTS[(first + i) % len(PROMPTS)] for i in range(batch)]
+    result = steerer(prompts, seed=[first + i for i in range(batch)], steer=steered, progress=False)
     return len(result.images)
 
 
-def measure_batch(steerer, batch: int, images: int, steered: bool) -> dict:
+def measure_batch(steerer, batch: int, images: int, steered: bool, clock=time.perf_counter) -> dict:
     """Seconds per image over ``images`` images (whole batches) after one warm-up call, or why not."""
     from l2s.errors import L2SError
 
     try:
-        made = make_batch(steerer, batch, 10_000, steered)
+        made = make_batch(steerer, batch, 1_000, steered)
     except (L2SError, NotImplementedError, ValueError) as error:
         return {"skipped": f"{type(error).__name__}: {str(error).splitlines()[0][:120]}"}
     if made != batch:
         return {"skipped": f"asked for {batch} images, the pipeline made {made}"}
     calls = -(-images // batch)
-    started = time.perf_counter()
+    started = clock()
     made = sum(make_batch(steerer, batch, call, steered) for call in range(calls))
-    seconds = time.perf_counter() - started
+    seconds = clock() - started
     return {"images": made, "s_per_image": seconds / made, "images_per_s": made / seconds}
 
 
 def batch_rows(args: argparse.Namespace):
+    clock = time.process_time if args.timer == "cpu" else time.perf_counter
     for name in args.models:
-        steerer = load_model(name)
+        steerer = load_model(name, args.mode)
         for kind in args.kinds:
             first = None
             for batch in args.batch_sizes:
-                row = {"model": name, "kind": kind, "batch": batch,
-                       **measure_batch(steerer, batch, args.images, kind == "steered")}
+                row = {"model": name if args.mode == "fast" else f"{name} ({args.mode})", "kind": kind, "batch": batch,
+                       **measure_batch(steerer, batch, args.images, kind == "steered", clock)}
                 if "images_per_s" in row:
                     first = first or row["images_per_s"]
                     row["speedup"] = row["images_per_s"] / first

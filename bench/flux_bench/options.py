@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also time an iteration with a classifier of the first K blocks, per K "
                         "(default 1 4 19 38; quick 1 4 19; tiny 1 2; none: no such rows)")
     p.add_argument("--batch-size", type=int, default=1, help="images per prompt (default 1)")
+    p.add_argument("--throughput-batches", type=int, nargs="*", metavar="B",
+                   help="batch sizes of the images-per-second rows (fast mode, `fast` preset, B seeds per call; "
+                        "default 1 2 4 8; quick 1 4; tiny 1 2; none: no such rows)")
     p.add_argument("--resolutions", type=int, nargs="+", help="sides in pixels (default 512 1024; quick 512; tiny 64)")
     p.add_argument("--image-resolutions", type=int, nargs="*",
                    help="whole-image sides (default: the smallest resolution; give none to skip)")
@@ -73,6 +76,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.image_resolutions = [min(args.resolutions)]
     if args.presets is None:
         args.presets = QUICK_PRESETS if quick else list(PRESETS)
+    if args.throughput_batches is None:
+        args.throughput_batches = [1, 2] if tiny else [1, 4] if quick else [1, 2, 4, 8]
+    if any(b < 1 for b in args.throughput_batches):
+        parser.error("--throughput-batches must be positive")
     if args.layers is None:
         args.layers = [1, 2] if tiny else [1, 4, 19] if quick else [1, 4, 19, 38]
     args.dtype = args.dtype or ("fp32" if tiny else "bf16")

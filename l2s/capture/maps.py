@@ -59,16 +59,26 @@ def resize_maps_for_classifier(
     return torch.cat(resized, dim=-3)
 
 
+def select_pair(maps: torch.Tensor, pair: torch.Tensor) -> torch.Tensor:
+    """``(B, H, N, W)`` group maps -> ``(B, 2, H, N)``: the groups ``pair`` names, either one
+    (subject, object) for every image, shape ``(2,)``, or one per image, shape ``(B, 2)``."""
+    if pair.dim() == 1:
+        chosen = maps.index_select(-1, pair)
+    else:
+        batch, heads, tokens = maps.shape[:3]
+        chosen = maps.gather(-1, pair.view(batch, 1, 1, 2).expand(batch, heads, tokens, 2))
+    return chosen.permute(0, 3, 1, 2)
+
+
 def pair_input(layer_maps: Sequence[torch.Tensor], grid: tuple[int, int], pair: torch.Tensor,
                map_size: int) -> torch.Tensor:
     """The classifier's ``(B, 2, C, map_size, map_size)`` input from per-layer ``(B, H, N, W)`` maps
-    on one token ``grid`` (FLUX), for groups ``pair`` = (subject, object): a device tensor, so
-    that a relation's choice is data, not a constant a compiled graph would specialise on."""
+    on one token ``grid`` (FLUX), for the groups ``pair`` (see :func:`select_pair`): a device
+    tensor, so that a relation's choice is data, not a constant a compiled graph would specialise on."""
     per_layer = []
     for maps in layer_maps:
         batch, heads = maps.shape[:2]
-        chosen = maps.index_select(-1, pair).permute(0, 3, 1, 2)                   # (B, 2, H, N)
-        per_layer.append((chosen.reshape(batch, 2, heads, *grid), grid))
+        per_layer.append((select_pair(maps, pair).reshape(batch, 2, heads, *grid), grid))
     return resize_maps_for_classifier(per_layer, map_size)
 
 
@@ -98,11 +108,7 @@ class CapturedMaps:
             ``(B, 2, C, map_size, map_size)`` float32; index 0 is ``subject``, 1 is ``obj``; channels
             as in :func:`resize_maps_for_classifier`. Differentiable w.r.t. the recorded latent.
         """
-        if not self.layers:
-            raise L2SError("no attention maps were recorded: run the model inside AttentionCapture.recording()")
-        for group in (subject, obj):
-            if not 0 <= group < len(self.groups):
-                raise L2SError(f"group index {group} out of range: {len(self.groups)} token groups were recorded")
+        self._check_recorded((subject, obj))
         per_layer = []
         for layer in self.layers:
             batch, heads, _, _ = layer.maps.shape
@@ -111,3 +117,19 @@ class CapturedMaps:
             pair = pair.reshape(batch, 2, heads, *layer.grid)
             per_layer.append((pair, layer.grid))
         return resize_maps_for_classifier(per_layer, map_size)
+
+    def pair_input(self, pair: torch.Tensor, map_size: int = 16) -> torch.Tensor:
+        """:meth:`classifier_input` for a ``(B, 2)`` device tensor of each image's own groups."""
+        self._check_recorded(())
+        per_layer = []
+        for layer in self.layers:
+            batch, heads, _, _ = layer.maps.shape
+            per_layer.append((select_pair(layer.maps, pair).reshape(batch, 2, heads, *layer.grid), layer.grid))
+        return resize_maps_for_classifier(per_layer, map_size)
+
+    def _check_recorded(self, groups: Sequence[int]) -> None:
+        if not self.layers:
+            raise L2SError("no attention maps were recorded: run the model inside AttentionCapture.recording()")
+        for group in groups:
+            if not 0 <= group < len(self.groups):
+                raise L2SError(f"group index {group} out of range: {len(self.groups)} token groups were recorded")

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import shutil
 
+from .batches import remove_stale_image_folders
+
 
 def check_sampling_args(args: argparse.Namespace) -> None:
     """``--steps``, ``--height``, ``--width``, ``--guidance``, ``--true-cfg``, ``--step-size``,
@@ -35,7 +37,8 @@ def check_sampling_args(args: argparse.Namespace) -> None:
 
 
 # What ``generate`` may write; a rerun into the same folder removes those it does not write again,
-# so the folder never shows a comparison or plot of an earlier run beside this run's report.
+# so the folder never shows a comparison or plot of an earlier run beside this run's report (nor a
+# multi-image run's index.json and pNN-sSSSS/ folders).
 GENERATE_OUTPUTS = ("image.png", "image_unsteered.png", "comparison.png", "probability.png", "report.json")
 
 
@@ -45,3 +48,4 @@ def remove_stale_outputs(out) -> None:
     for name in GENERATE_OUTPUTS:
         (Path(out) / name).unlink(missing_ok=True)
     shutil.rmtree(Path(out) / "maps", ignore_errors=True)   # grids of an earlier --save-maps run
+    remove_stale_image_folders(out)

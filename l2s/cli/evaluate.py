@@ -70,6 +70,9 @@ def add_parser(sub, full: bool = True) -> None:
                    help="image seeds, one image per prompt and seed, e.g. 0,1,2,3 or 0-3 (default: GenEval's 4)")
     e.add_argument("--mode", choices=("base", "steered", "both"), default="both",
                    help="unsteered, steered, or both from the same seeds (default)")
+    e.add_argument("--batch-size", type=int, default=4, metavar="N",
+                   help="images generated together in one steering call, each as if made alone (default 4; "
+                        "larger batches use more memory for the steering backward)")
     e.add_argument("--model", default=None,
                    help="default: the shipped shapes-world model and classifier (as generate); 'tiny' (random "
                         "tiny FLUX, offline demo), a local diffusers pipeline folder (FLUX, Stable Diffusion, or "
@@ -102,10 +105,12 @@ def add_parser(sub, full: bool = True) -> None:
 def _check_args(args: argparse.Namespace) -> None:
     """The options that need no file or model, before any work."""
     from l2s.errors import L2SError
+    from l2s.pipelines.arguments import positive_int
     from l2s.training.options import check_device
 
     from .checks import check_sampling_args
 
+    positive_int(args.batch_size, "--batch-size")
     if args.n_prompts is not None and args.n_prompts < 1:
         raise L2SError(f"--n-prompts must be at least 1, got {args.n_prompts}")
     if not 0.0 <= args.detector_threshold <= 1.0:
@@ -199,7 +204,7 @@ def _run_locked(args: argparse.Namespace, specs, seeds, relations_of=None):
         num_inference_steps=args.steps, height=args.height, width=args.width,
         guidance_scale=args.guidance, schedule=args.schedule,
         settings=settings, detector_name=_detector_id(args), contact_sheets=args.contact_sheet,
-        progress=not args.quiet, restart=args.restart)
+        progress=not args.quiet, restart=args.restart, batch_size=args.batch_size)
 
 
 def _detector_id(args: argparse.Namespace) -> str:

@@ -36,23 +36,11 @@ def parse_relations(text: str) -> RelationList:
 
 def given_parse(prompt: str, relations: RelationList):
     """The relations as if the parser had read them in ``prompt`` (each object must occur in it)."""
-    from l2s.pipelines.native.plans import parsed_from_relations
+    from l2s.steer import parsed_from_relations
 
     return parsed_from_relations(prompt, relations)
 
 
 def steer_given_relations(steerer, relations_of: Callable[[str], RelationList | None]) -> None:
     """Make ``steerer`` plan each prompt with ``relations_of(prompt)`` (the parser's when None)."""
-    from l2s.steer import SteeringPlan
-
-    parser_plan = steerer.plan
-
-    def plan(prompt: str):
-        relations = relations_of(prompt)
-        if relations is None:
-            return parser_plan(prompt)
-        tokenizer, max_length = steerer.map_tokenizer()
-        return SteeringPlan.from_parsed(given_parse(prompt, relations), tokenizer, max_length,
-                                        steerer.classifier.config.class_names)
-
-    steerer.plan = plan  # the pipeline asks self.plan(prompt) once per call
+    steerer.given_relations = relations_of

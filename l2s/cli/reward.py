@@ -89,7 +89,8 @@ def build_train_reward_parser() -> argparse.ArgumentParser:
         "pairwise accuracy, by 1 vs 2-3 flipped relations)."),
         ["l2s shapes train-reward --data runs/pairs --out runs/spatial-score",
          "l2s shapes train-reward --data runs/pairs --out runs/bt --loss bt   # plain Bradley-Terry"])
-    p.add_argument("--data", required=True, type=Path, help="pair folder made by 'l2s shapes reward-data'")
+    p.add_argument("--data", required=True, type=Path, nargs="+",
+                   help="pair folder(s) made by 'l2s shapes reward-data' (several: their pairs together)")
     p.add_argument("--out", required=True, type=Path, help="run folder")
     p.add_argument("--loss", choices=LOSSES, default=d.loss,
                    help="uncertainty: Gaussian scores, P(win) = Phi(dmu / sqrt(s_w^2 + s_l^2)); bt: plain Bradley-Terry")

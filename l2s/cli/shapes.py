@@ -252,6 +252,7 @@ def train_classifier_main(argv: Sequence[str] | None = None) -> int:
 
 def build_bench_parser() -> argparse.ArgumentParser:
     from l2s.shapes import BENCH_SEEDS, SHAPES_STEP_SIZE, SHAPES_TRUE_CFG
+    from l2s.shapes.bench import BENCH_BATCH_SIZE
 
     p = command_parser(
         "l2s shapes bench",
@@ -273,6 +274,9 @@ def build_bench_parser() -> argparse.ArgumentParser:
                    help="multiply the prompt counts of every part but the two-object one (quick runs)")
     p.add_argument("--position-prompts", type=int, default=100, help="two-object prompts (default 100)")
     p.add_argument("--seeds", default=",".join(str(s) for s in BENCH_SEEDS))
+    p.add_argument("--batch-size", type=int, default=BENCH_BATCH_SIZE, metavar="N",
+                   help=f"images generated together in one steering call, each as if made alone (default "
+                        f"{BENCH_BATCH_SIZE}; larger batches use more memory for the steering backward)")
     p.add_argument("--parts", help="comma-separated part keys to run (default all)")
     p.add_argument("--classifier-data", type=Path,
                    help="the classifiers' map dataset (l2s shapes make-data): also compare dual and pos-only "
@@ -291,6 +295,7 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     from l2s.evaluation import parse_seeds
+    from l2s.pipelines.arguments import positive_int
     from l2s.shapes import (
         bench_table,
         run_shapes_bench,
@@ -299,6 +304,7 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_bench_parser().parse_args(argv)
+    positive_int(args.batch_size, "--batch-size")
     if args.threads:
         torch.set_num_threads(args.threads)
     results = run_shapes_bench(args.out, pipeline_dir=args.model, classifier=args.classifier,
@@ -306,7 +312,7 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
                                seeds=parse_seeds(args.seeds), parts=args.parts.split(",") if args.parts else None,
                                position_prompts=args.position_prompts, classifier_data=args.classifier_data,
                                true_cfg_scale=args.true_cfg, step_size=args.step_size, progress=not args.quiet,
-                               lora=args.lora)
+                               lora=args.lora, batch_size=args.batch_size)
     from l2s.distributed import world
 
     if not world().is_main:

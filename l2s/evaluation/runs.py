@@ -24,7 +24,9 @@ Resuming: an image's JSON is written after its PNG (both atomically), so it mark
 image. A rerun skips images whose JSON was made with the same rule and detector and whose PNG
 still decodes, re-scores images whose JSON used another one, and generates the rest. A run
 directory is locked while a run writes it (a second run is refused); a damaged ``run.json`` is
-an error (``restart=True``, ``--restart``: start the run over).
+an error (``restart=True``, ``--restart``: start the run over). The images still to make are made
+``batch_size`` per steering call; the batch size is not a setting of the run (a batched image is
+the image made alone), so a run resumes with any.
 
 Spread over processes (``torchrun`` / ``accelerate launch``, :mod:`l2s.distributed`): rank 0
 prepares the directory and holds its lock; each rank makes every N-th (prompt, seed) pair, both
@@ -45,7 +47,7 @@ from typing import Any
 from PIL import Image
 from tqdm.auto import tqdm
 
-from l2s.errors import L2SError
+from l2s.errors import L2SError, UsageError
 from l2s.distributed import output_lock, world
 from l2s.files import DamagedFileError, atomic_write_text, read_state_json
 from l2s.relations import DIAGONAL, NON_DIRECTIONAL
@@ -138,6 +140,7 @@ class _Run:
     rule: str
     scoring: dict[str, str]
     generate: dict[str, Any]
+    batch_size: int = 1
 
 
 def run_eval(steerer, specs: Sequence[PromptSpec], detector: Detector, out_dir: str | Path, *,
@@ -145,24 +148,26 @@ def run_eval(steerer, specs: Sequence[PromptSpec], detector: Detector, out_dir: 
              num_inference_steps: int | None = None, height: int | None = None, width: int | None = None,
              guidance_scale: float | None = None, schedule=None, settings: dict[str, Any] | None = None,
              detector_name: str = "custom", contact_sheets: bool = True,
-             progress: bool = True, restart: bool = False) -> EvalReport:
+             progress: bool = True, restart: bool = False, batch_size: int = 1) -> EvalReport:
     """Generate every (prompt, seed) in every mode with ``steerer``, score, and write the run.
 
     ``steerer`` is a :class:`l2s.pipelines.SteeringPipeline`; mode ``"base"`` generates with
     ``steer=False``, ``"steered"`` with steering, from the same seed. ``settings`` (JSON-able)
     identify how images are made: a run directory resumes only with the same settings.
     ``detector_name`` and ``rule`` identify the scoring: images scored otherwise are re-scored.
-    ``restart``: remove a previous run in ``out_dir`` first.
+    ``restart``: remove a previous run in ``out_dir`` first. ``batch_size``: images made per
+    steering call (a list of prompts and seeds, each image as if made alone; more use more memory
+    for the steering backward); 1: one call per image.
     """
     modes = list(dict.fromkeys(modes))
-    _check_request(steerer, specs, seeds, modes, rule, detector)
+    _check_request(steerer, specs, seeds, modes, rule, detector, batch_size)
     out = Path(out_dir)
     with output_lock(out):
         world().on_main(lambda: _prepare_run_dir(out, specs, modes, dict(settings or {}), restart))
-        return _generate_run(steerer, specs, detector, out, seeds, modes, rule, settings, detector_name,
-                             contact_sheets, progress, dict(num_inference_steps=num_inference_steps, height=height,
-                                                            width=width, guidance_scale=guidance_scale,
-                                                            schedule=schedule, progress=False))
+        generate = dict(num_inference_steps=num_inference_steps, height=height, width=width,
+                        guidance_scale=guidance_scale, schedule=schedule, progress=False)
+        run = _Run(steerer, detector, out, rule, {"rule": rule, "detector": detector_name}, generate, batch_size)
+        return _generate_run(run, specs, seeds, modes, settings, contact_sheets, progress)
 
 
 def _prepare_run_dir(out: Path, specs: Sequence[PromptSpec], modes: list[str], settings: dict[str, Any],
@@ -189,11 +194,10 @@ def clear_run(out: Path) -> None:
         sheet.unlink()
 
 
-def _generate_run(steerer, specs: Sequence[PromptSpec], detector: Detector, out: Path, seeds: Sequence[int],
-                  modes: list[str], rule: str, settings: dict[str, Any] | None, detector_name: str,
-                  contact_sheets: bool, progress: bool, generate: dict[str, Any]) -> EvalReport:
+def _generate_run(run: _Run, specs: Sequence[PromptSpec], seeds: Sequence[int], modes: list[str],
+                  settings: dict[str, Any] | None, contact_sheets: bool, progress: bool) -> EvalReport:
     """The images of :func:`run_eval` (made, re-scored or resumed), then its report files."""
-    run = _Run(steerer, detector, out, rule, {"rule": rule, "detector": detector_name}, generate)
+    out, rule = run.out, run.rule
     started = time.perf_counter()
     group = world()
     pairs = [(index, seed) for index in range(len(specs)) for seed in seeds]
@@ -214,19 +218,36 @@ def _generate_run(steerer, specs: Sequence[PromptSpec], detector: Detector, out:
 
 def _make_share(run: _Run, specs: Sequence[PromptSpec], pairs: list[tuple[int, int]], mine: list[int],
                 modes: list[str], bar) -> list[tuple[int, str, ImageRecord]]:
-    """This rank's images, as (position of the pair, mode, record)."""
-    made = []
+    """This rank's images, as (position of the pair, mode, record): those a previous run made are
+    resumed or re-scored first; the rest are generated ``run.batch_size`` per steering call, the
+    chunks of both modes taking turns (a killed run leaves both modes of its first pairs)."""
+    made: list[tuple[int, str, ImageRecord]] = []
     tally = {mode: [0, 0] for mode in modes}  # correct, images
+
+    def add(position: int, mode: str, record: ImageRecord) -> None:
+        made.append((position, mode, record))
+        tally[mode][0] += int(record.result.correct)
+        tally[mode][1] += 1
+        bar.update()
+        bar.set_postfix({m: f"{c / n:.2f}" for m, (c, n) in tally.items() if n})
+
+    todo: dict[str, list[int]] = {mode: [] for mode in modes}
     for position in mine:
         index, seed = pairs[position]
         for mode in modes:
-            record = _run_image(run, specs[index], index, seed, mode)
-            made.append((position, mode, record))
-            tally[mode][0] += int(record.result.correct)
-            tally[mode][1] += 1
-            bar.update()
-            bar.set_postfix({m: f"{c / n:.2f}" for m, (c, n) in tally.items() if n})
-    return made
+            record = _existing_image(run, specs[index], index, seed, mode)
+            if record is None:
+                todo[mode].append(position)
+            else:
+                add(position, mode, record)
+    size = run.batch_size
+    chunks = {mode: [todo[mode][k:k + size] for k in range(0, len(todo[mode]), size)] for mode in modes}
+    for k in range(max(len(c) for c in chunks.values())):
+        for mode in modes:
+            if k < len(chunks[mode]):
+                for position, record in _generate_chunk(run, specs, pairs, chunks[mode][k], mode):
+                    add(position, mode, record)
+    return sorted(made, key=lambda item: (item[0], modes.index(item[1])))
 
 
 def _my_pairs(out: Path, pairs: list[tuple[int, int]], modes: list[str], group) -> list[int]:
@@ -248,8 +269,10 @@ def _my_pairs(out: Path, pairs: list[tuple[int, int]], modes: list[str], group) 
 
 
 def _check_request(steerer, specs: Sequence[PromptSpec], seeds: Sequence[int], modes: list[str], rule: str,
-                   detector: Detector) -> None:
+                   detector: Detector, batch_size: int = 1) -> None:
     """Everything that can be wrong with a run, checked before the first (slow) image is made."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise UsageError(f"batch_size must be a positive integer, got {batch_size!r}")
     if not modes or any(m not in MODES for m in modes):
         raise L2SError(f"modes must be among {', '.join(MODES)}, got {modes}")
     if not specs:
@@ -299,28 +322,57 @@ def _claim_run_dir(out: Path, settings: dict[str, Any]) -> None:
     write_json(out / RUN_FILE, {"generation": settings})
 
 
-def _run_image(run: _Run, spec: PromptSpec, index: int, seed: int, mode: str) -> ImageRecord:
-    """One image of a run: resumed from its record, re-scored, or generated and scored."""
-    png = run.out / mode / f"{index:05d}" / "samples" / f"{seed:04d}.png"
+def _image_png(run: _Run, index: int, seed: int, mode: str) -> Path:
+    return run.out / mode / f"{index:05d}" / "samples" / f"{seed:04d}.png"
+
+
+def _existing_image(run: _Run, spec: PromptSpec, index: int, seed: int, mode: str) -> ImageRecord | None:
+    """An image a previous run made: resumed from its record or re-scored; None: generate it."""
+    png = _image_png(run, index, seed, mode)
     record_path = png.with_suffix(".json")
     previous = read_json(record_path)
     if previous is not None and previous.get("prompt") != spec.prompt:
         raise L2SError(f"{record_path} was made for the prompt {previous.get('prompt')!r}, not "
                        f"{spec.prompt!r}; use another --out for other prompts")
-    if previous is not None and not _trusted_png(png):
-        previous = None  # made again below: generation is seeded, so it is the same image
-    if previous is not None and previous.get("scoring") == run.scoring:
+    if previous is None or not _trusted_png(png):
+        return None  # made (again): generation is seeded, so it is the same image
+    if previous.get("scoring") == run.scoring:
         return ImageRecord(result_from_record(previous), png, previous["meta"], "resumed")
-    if previous is not None:
-        image, meta, status = Image.open(png).convert("RGB"), previous["meta"], "rescored"
+    return _score_image(run, spec, index, seed, mode, Image.open(png).convert("RGB"), previous["meta"], "rescored")
+
+
+def _generate_chunk(run: _Run, specs: Sequence[PromptSpec], pairs: list[tuple[int, int]], positions: list[int],
+                    mode: str) -> list[tuple[int, ImageRecord]]:
+    """The images of ``positions`` in ``mode``: one steering call (one image: today's single call,
+    several: a batch of prompts and seeds), then each one saved, scored and recorded."""
+    jobs = [(position, *pairs[position]) for position in positions]  # (position, prompt index, seed)
+    prompts, seeds = [specs[index].prompt for _, index, _ in jobs], [seed for _, _, seed in jobs]
+    if len(jobs) == 1:
+        generated = run.steerer(prompts[0], seed=seeds[0], steer=mode == STEERED, **run.generate)
+        views = [_steering_meta(generated.plan, getattr(generated, "outcome", None),
+                                generated.diagnostics.records, mode)]
     else:
-        generated = run.steerer(spec.prompt, seed=seed, steer=mode == STEERED, **run.generate)
-        image, status = generated.images[0], "generated"
+        generated = run.steerer(prompts, seed=seeds, steer=mode == STEERED, **run.generate)
+        views = [_steering_meta(plan, outcome, generated.diagnostics.for_image(i).records if plan.steered else [],
+                                mode)
+                 for i, (plan, outcome) in enumerate(zip(generated.plans, generated.outcomes))]
+    seconds = generated.timings["total"] / len(jobs)
+    made = []
+    for (position, index, seed), image, steering in zip(jobs, generated.images, views):
+        png = _image_png(run, index, seed, mode)
         save_png(image, png)
         meta = {"mode": mode, "prompt_index": index, "seed": seed, "image": str(png.relative_to(run.out)),
-                "generate_s": generated.timings["total"], **_steering_meta(generated, mode)}
+                "generate_s": seconds, "batch": len(jobs), **steering}
+        made.append((position, _score_image(run, specs[index], index, seed, mode, image, meta, "generated")))
+    return made
+
+
+def _score_image(run: _Run, spec: PromptSpec, index: int, seed: int, mode: str, image: Image.Image,
+                 meta: dict[str, Any], status: str) -> ImageRecord:
+    """Detect and score an image, and write its record (after its PNG: the record marks it done)."""
+    png = _image_png(run, index, seed, mode)
     result, meta["score_s"] = detect_and_score(run.detector, image, spec, run.rule, f"{mode}/{index:05d}/{seed:04d}")
-    write_json(record_path, {**result.to_dict(), "meta": meta, "scoring": run.scoring})
+    write_json(png.with_suffix(".json"), {**result.to_dict(), "meta": meta, "scoring": run.scoring})
     return ImageRecord(result, png, meta, status)
 
 
@@ -334,17 +386,17 @@ def _trusted_png(png: Path) -> bool:
     return problem is None
 
 
-def _steering_meta(steering_result, mode: str) -> dict[str, Any]:
-    plan = steering_result.plan
+def _steering_meta(plan, outcome, records, mode: str) -> dict[str, Any]:
+    """What steering did to one image: its plan, outcome and iteration records (as if alone)."""
     first: dict[int, float] = {}
     last: dict[int, float] = {}
-    for record in steering_result.diagnostics.records:
+    for record in records:
         first.setdefault(record.relation, record.target_probability[0])
         last[record.relation] = record.target_probability[0]
     return {
-        "steered": mode == STEERED and (getattr(steering_result, "outcome", None) or plan).steered,  # what ran
+        "steered": mode == STEERED and (outcome or plan).steered,  # what ran
         "parsed_relations": [t.to_dict() for t in plan.parsed.triplets],
-        "iterations": len(steering_result.diagnostics.records),
+        "iterations": len(records),
         "target_probability_first": [first[k] for k in sorted(first)],
         "target_probability_last": [last[k] for k in sorted(last)],
     }

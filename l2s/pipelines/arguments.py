@@ -50,14 +50,12 @@ def check_call(steerer, prompt, *, num_inference_steps, height, width, guidance_
     """Refuse a ``SteeringPipeline.__call__`` whose arguments cannot work, before any work."""
     from l2s.steer import Schedule
 
-    if not isinstance(prompt, str):
-        raise UsageError(f"prompt must be a string, got {type(prompt).__name__}")
+    images = len(image_batch(prompt, seed, num_images) or ()) or num_images
     for name, value in (("num_inference_steps", num_inference_steps), ("height", height), ("width", width)):
         if value is not None:
             positive_int(value, name)
     if guidance_scale is not None:
         finite_number(guidance_scale, "guidance_scale")
-    seed_value(seed)
     positive_int(num_images, "num_images")
     for name, value in (("steer", steer), ("progress", progress)):
         if not isinstance(value, bool):
@@ -65,7 +63,29 @@ def check_call(steerer, prompt, *, num_inference_steps, height, width, guidance_
     if schedule is not None and not isinstance(schedule, (str, Schedule)):
         raise UsageError(f"schedule must be a preset name or an l2s.steer.Schedule, got {type(schedule).__name__}")
     if latents is not None:
-        check_latents(latents, expected_latents_shape(steerer, height, width, num_images))
+        check_latents(latents, expected_latents_shape(steerer, height, width, images))
+
+
+def image_batch(prompt, seed, num_images: int = 1) -> list[tuple[str, int]] | None:
+    """One (prompt, seed) per image when ``prompt`` or ``seed`` is a list (the other one then a
+    list of the same length, or one value for every image); None for one prompt and one seed."""
+    prompts = list(prompt) if isinstance(prompt, (list, tuple)) else None
+    seeds = list(seed) if isinstance(seed, (list, tuple)) else None
+    for text in prompts if prompts is not None else [prompt]:
+        if not isinstance(text, str):
+            raise UsageError(f"prompt must be a string or a list of strings, got {type(text).__name__}")
+    for value in seeds if seeds is not None else [seed]:
+        seed_value(value)
+    if prompts is None and seeds is None:
+        return None
+    if not (prompts if prompts is not None else seeds):
+        raise UsageError("prompt and seed lists must not be empty")
+    if prompts is not None and seeds is not None and len(prompts) != len(seeds):
+        raise UsageError(f"{len(prompts)} prompts but {len(seeds)} seeds: give one seed per prompt, or one seed")
+    if num_images != 1:
+        raise UsageError("num_images must be 1 when prompt or seed is a list (one image per entry)")
+    count = len(prompts if prompts is not None else seeds)
+    return list(zip(prompts or [prompt] * count, seeds or [seed] * count))
 
 
 def expected_latents_shape(steerer, height: int | None, width: int | None, num_images: int) -> tuple[int, ...]:

@@ -12,6 +12,7 @@ callback runs under ``no_grad``, so steering needs its own loop.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,12 +24,14 @@ from l2s.classifier import RelationClassifier
 from l2s.errors import ClassifierMismatchError, UsageError
 from l2s.steer import (
     DEFAULT_CAPTURE_BACKEND,
+    BatchPlan,
     ExecutionMode,
     Schedule,
     SteeringDiagnostics,
     SteeringObjective,
     SteeringOutcome,
     SteeringPlan,
+    parsed_from_relations,
     preset_steps,
     refine_latents,
     schedule_preset,
@@ -36,38 +39,68 @@ from l2s.steer import (
     validate_step_size,
 )
 
-from .arguments import announce_steering, check_call, check_classifier_argument
+from .arguments import (
+    announce_steering,
+    check_call,
+    check_classifier_argument,
+    image_batch,
+)
 from .loading import load_diffusers_pipeline, wrap_pipeline
 
 
 @dataclass
 class SteeringResult:
     images: list  # PIL images
-    plan: SteeringPlan
+    plan: SteeringPlan  # the prompt's plan (a batch of prompts: the first image's; see ``plans``)
     schedule: Schedule | None
     diagnostics: SteeringDiagnostics
     timings: dict[str, float]
     engine: dict | None = None        # the plain-step engine used: {"name", "reason"}
     sampling: dict = field(default_factory=dict)  # model-specific sampling options in effect
     outcome: SteeringOutcome | None = None  # what steering did (the plan says what it would do)
+    plans: list[SteeringPlan] | None = None          # a batch of prompts: one plan per image
+    outcomes: list[SteeringOutcome] | None = None    # ... and what steering did to each
 
     def report(self) -> dict:
+        """The call's report: one prompt's plan, schedule and every iteration's per-image values
+        (a batch of prompts: ``{"images": reports()}``)."""
+        if self.plans is not None:
+            return {"images": self.reports()}
+        return self._report(self.plan, self.outcome, self.diagnostics)
+
+    def reports(self) -> list[dict]:
+        """One report per image, as a call for that image alone would give it."""
+        plans = self.plans or [self.plan] * len(self.images)
+        outcomes = self.outcomes or [self.outcome] * len(self.images)
+        return [self._report(plan, outcome, self.diagnostics.for_image(i) if plan.steered else SteeringDiagnostics())
+                for i, (plan, outcome) in enumerate(zip(plans, outcomes))]
+
+    def _report(self, plan: SteeringPlan, outcome: SteeringOutcome | None,
+                diagnostics: SteeringDiagnostics) -> dict:
         per_step: dict[int, list[dict]] = {}
-        for r in self.diagnostics.records:
+        for r in diagnostics.records:
             per_step.setdefault(r.step, []).append(
                 {"iteration": r.iteration, "relation": r.relation, "loss": r.loss,
                  "target_probability": r.target_probability, "updated": r.updated,
                  "non_finite": r.non_finite})
         return {
-            **self.plan.to_json(),
-            **(self.outcome.to_json() if self.outcome else {}),
-            "schedule": self.schedule.to_json() if self.schedule else None,
+            **plan.to_json(),
+            **(outcome.to_json() if outcome else {}),
+            "schedule": self.schedule.to_json() if self.schedule and plan.steered else None,
             "steps": {str(k): v for k, v in per_step.items()},
-            "non_finite_events": len(self.diagnostics.non_finite_events()),
+            "non_finite_events": len(diagnostics.non_finite_events()),
             "plain_step_engine": self.engine,
             "sampling": self.sampling,
             "timings_s": self.timings,
         }
+
+
+def seeded_generators(seed: int | list[int]) -> torch.Generator | list[torch.Generator]:
+    """CPU generators for the initial noise: one seed's for all images, or one per image (diffusers
+    then draws each image's noise alone, so it equals that seed's single-image noise)."""
+    if isinstance(seed, (list, tuple)):
+        return [torch.Generator(device="cpu").manual_seed(s) for s in seed]
+    return torch.Generator(device="cpu").manual_seed(seed)
 
 
 def _checked_capture_backend(backend: str) -> str:
@@ -110,6 +143,9 @@ class SteeringPipeline:
             module = getattr(pipe, name, None)
             if module is not None:
                 module.requires_grad_(False)
+        # prompt -> the relations to steer instead of the parser's ((subject, relation, object)
+        # items, see ``l2s.steer.parsed_from_relations``), or None for the parser's.
+        self.given_relations: Callable[[str], list | None] | None = None
         self._engines: dict = {}              # plain-step engines by input shapes
         self._last_engine = None
         self._steering_seconds = 0.0          # time in steered steps during the current call
@@ -179,9 +215,14 @@ class SteeringPipeline:
 
     # ---- shared data path ---------------------------------------------------------------
     def plan(self, prompt: str) -> SteeringPlan:
-        """Parse the prompt, map each object phrase to tokens, and check the classifier fits."""
+        """Parse the prompt (or take :attr:`given_relations`' relations for it), map each object
+        phrase to tokens, and check the classifier fits."""
         tokenizer, max_length = self.map_tokenizer()
-        return SteeringPlan.from_prompt(prompt, tokenizer, max_length, self.classifier.config.class_names)
+        names = self.classifier.config.class_names
+        given = self.given_relations(prompt) if self.given_relations is not None else None
+        if given is None:
+            return SteeringPlan.from_prompt(prompt, tokenizer, max_length, names)
+        return SteeringPlan.from_parsed(parsed_from_relations(prompt, given), tokenizer, max_length, names)
 
     def check_classifier(self) -> None:
         cfg = self.classifier.config
@@ -192,7 +233,7 @@ class SteeringPipeline:
                 f"{self.family} model provides {channels} (layers x heads); use a classifier trained "
                 f"for this model")
 
-    def steer_step(self, latents: torch.Tensor, step: int, plan: SteeringPlan, schedule: Schedule,
+    def steer_step(self, latents: torch.Tensor, step: int, plan: SteeringPlan | BatchPlan, schedule: Schedule,
                    run_denoiser, text_len: int, latent_hw: tuple[int, int],
                    diagnostics: SteeringDiagnostics) -> torch.Tensor:
         """Refine ``latents`` at a steered ``step``: capture -> classify -> gradient step(s).
@@ -202,7 +243,8 @@ class SteeringPipeline:
         """
         started = time.perf_counter()
         with self.objective.at_step(plan, step, run_denoiser, text_len, latent_hw) as log_prob:
-            latents = self.refine(latents, step, log_prob, schedule, len(plan.pairs), diagnostics)
+            counts = plan.counts if isinstance(plan, BatchPlan) else len(plan.pairs)
+            latents = self.refine(latents, step, log_prob, schedule, counts, diagnostics)
         self._steering_seconds += time.perf_counter() - started
         return latents
 
@@ -220,13 +262,16 @@ class SteeringPipeline:
             bar.set_postfix(p=f"{min(last[-1].target_probability):.3f}")
         return latents
 
-    def __call__(self, prompt: str, *, num_inference_steps: int | None = None,
+    def __call__(self, prompt: str | list[str], *, num_inference_steps: int | None = None,
                  height: int | None = None, width: int | None = None,
-                 guidance_scale: float | None = None, seed: int = 0, num_images: int = 1,
+                 guidance_scale: float | None = None, seed: int | list[int] = 0, num_images: int = 1,
                  steer: bool = True, schedule: Schedule | str | None = None,
                  latents: torch.Tensor | None = None, progress: bool = True) -> SteeringResult:
         """Generate ``num_images`` images of ``prompt``; steered when it has a directional relation.
 
+        A list of prompts and/or seeds makes one image per entry (one seed for every prompt, or one
+        per prompt), steered together in one batch: each image follows its own prompt's plan,
+        exits on its own, and comes out as a call for it alone with its seed would make it.
         ``schedule`` is a :class:`Schedule` or a preset name (``l2s.steer.PRESETS``; default the
         published "reference"); a preset also picks the number of steps unless given, and takes
         the pipeline's ``step_size`` when one was set (a :class:`Schedule` keeps its own).
@@ -237,26 +282,43 @@ class SteeringPipeline:
                    guidance_scale=guidance_scale, seed=seed, num_images=num_images, steer=steer,
                    schedule=schedule, latents=latents, progress=progress)
         self._steering_seconds, compiled_before = 0.0, self.objective.compile_seconds
-        plan = self.plan(prompt)
+        batch = image_batch(prompt, seed, num_images)
+        plans = None if batch is None else self._plans([p for p, _ in batch])
+        plan = self.plan(prompt) if batch is None else BatchPlan(plans)
         schedule, steps = self._resolve_schedule(schedule, num_inference_steps)
         if not (steer and plan.steered):
             schedule = None
         else:
-            announce_steering(self, plan, height, width)
+            for each in plans or [plan]:
+                announce_steering(self, each, height, width)
         diagnostics = SteeringDiagnostics()
-        images = self.generate(prompt, plan, steps=steps, height=height, width=width,
-                               guidance_scale=guidance_scale, seed=seed, num_images=num_images,
-                               schedule=schedule, diagnostics=diagnostics,
-                               latents=latents, progress=progress)
+        images = self.generate(prompt if batch is None else [p for p, _ in batch], plan, steps=steps,
+                               height=height, width=width, guidance_scale=guidance_scale,
+                               seed=seed if batch is None else [s for _, s in batch],
+                               num_images=num_images if batch is None else len(batch),
+                               schedule=schedule, diagnostics=diagnostics, latents=latents, progress=progress)
         timings = {"total": time.perf_counter() - t0, "steering": self._steering_seconds}
         if self.objective.compile_seconds > compiled_before:   # a cold compile ran in this call
             timings["steering_compile_s"] = self.objective.compile_seconds - compiled_before
         engine = self._last_engine
-        return SteeringResult(images=images, plan=plan, schedule=schedule,
+        outcomes = None if plans is None else [
+            steering_outcome(p, schedule, diagnostics.for_image(i) if p.steered else SteeringDiagnostics(), steer)
+            for i, p in enumerate(plans)]
+        first = plan if plans is None else plans[0]
+        return SteeringResult(images=images, plan=first, schedule=schedule,
                               diagnostics=diagnostics, timings=timings,
                               engine={"name": engine.name, "reason": engine.reason} if engine else None,
                               sampling=self.sampling_options(),
-                              outcome=steering_outcome(plan, schedule, diagnostics, steer))
+                              outcome=outcomes[0] if outcomes else steering_outcome(plan, schedule, diagnostics, steer),
+                              plans=plans, outcomes=outcomes)
+
+    def _plans(self, prompts: list[str]) -> list[SteeringPlan]:
+        """One plan per image (a prompt met twice is planned once)."""
+        made: dict[str, SteeringPlan] = {}
+        for text in prompts:
+            if text not in made:
+                made[text] = self.plan(text)
+        return [made[text] for text in prompts]
 
     def _resolve_schedule(self, schedule: Schedule | str | None,
                           num_inference_steps: int | None) -> tuple[Schedule, int]:

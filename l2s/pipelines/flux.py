@@ -11,7 +11,7 @@ from l2s.engines import make_plain_step_engine
 from l2s.errors import UsageError
 from l2s.steer import DEFAULT_CAPTURE_BACKEND, DenoiserCall
 
-from .base import SteeringPipeline
+from .base import SteeringPipeline, seeded_generators
 from .loading import steering_family
 
 
@@ -130,10 +130,9 @@ class FluxSteeringPipeline(SteeringPipeline):
         if guidance_scale is None:
             guidance_scale = 3.5 if self.family == "flux-dev" else 0.0
         text, negative, text_ids = self._encode(prompt, num_images)
-        generator = torch.Generator(device="cpu").manual_seed(seed)
         latents, image_ids = self.pipe.prepare_latents(
             num_images, self.pipe.transformer.config.in_channels // 4, height, width,
-            text[0].dtype, self.device, generator, latents)
+            text[0].dtype, self.device, seeded_generators(seed), latents)
         if schedule is not None:
             self.check_classifier()
         timesteps = self._timesteps(steps, latents.shape[1])
@@ -155,10 +154,12 @@ class FluxSteeringPipeline(SteeringPipeline):
             raise UsageError(f"height and width must be multiples of {multiple} for this model")
         return height, width
 
-    def _encode(self, prompt: str, num_images: int):
-        """(prompt embeddings, pooled), the negative prompt's (None without true CFG), text ids."""
+    def _encode(self, prompt: str | list[str], num_images: int):
+        """(prompt embeddings, pooled), the negative prompt's (None without true CFG), text ids;
+        ``num_images`` of one prompt, or one image per prompt of a list."""
         prompt_embeds, pooled, text_ids = self.pipe.encode_prompt(
-            prompt=prompt, prompt_2=None, device=self.device, num_images_per_prompt=num_images,
+            prompt=prompt, prompt_2=None, device=self.device,
+            num_images_per_prompt=num_images if isinstance(prompt, str) else 1,
             max_sequence_length=self.max_sequence_length)
         negative = None
         if self.uses_true_cfg:

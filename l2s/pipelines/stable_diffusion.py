@@ -5,7 +5,7 @@ import torch
 
 from l2s.steer import DEFAULT_CAPTURE_BACKEND
 
-from .base import SteeringPipeline
+from .base import SteeringPipeline, seeded_generators
 from .loading import steering_family
 
 
@@ -38,11 +38,11 @@ class SDSteeringPipeline(SteeringPipeline):
         width = width or pipe.unet.config.sample_size * pipe.vae_scale_factor
         if guidance_scale is None:
             guidance_scale = 7.5
-        cond, uncond = pipe.encode_prompt(prompt, device, num_images, guidance_scale > 1.0)
+        per_prompt = num_images if isinstance(prompt, str) else 1   # a list: one image per prompt
+        cond, uncond = pipe.encode_prompt(prompt, device, per_prompt, guidance_scale > 1.0)
         pipe.scheduler.set_timesteps(steps, device=device)
-        generator = torch.Generator(device="cpu").manual_seed(seed)
         latents = pipe.prepare_latents(num_images, pipe.unet.config.in_channels, height, width,
-                                       cond.dtype, device, generator, latents)
+                                       cond.dtype, device, seeded_generators(seed), latents)
         if schedule is not None:
             self.check_classifier()
         latents = self._denoise(latents, cond, uncond, guidance_scale, plan, schedule, diagnostics,

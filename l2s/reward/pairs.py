@@ -111,23 +111,29 @@ def read_shard(folder: str | Path, index: int) -> tuple[torch.Tensor, list[dict]
     return images, records
 
 
-def load_pairs(folder: str | Path, split: str | None = None) -> PairSet:
-    """Every committed pair of ``folder`` (``split``: only that split), images shared in one tensor."""
-    if not (Path(folder) / MANIFEST).is_file():
-        raise L2SError(f"{folder} is not a preference-pair folder ({MANIFEST} missing)")
+def load_pairs(folder: str | Path | Sequence[str | Path], split: str | None = None) -> PairSet:
+    """Every committed pair of ``folder`` (``split``: only that split), images shared in one tensor;
+    a list of folders (e.g. made with different ``--seed``) gives their pairs together, in order."""
+    folders = [folder] if isinstance(folder, (str, Path)) else list(folder)
+    if not folders:
+        raise L2SError("no pair folder given")
     if split is not None and split not in SPLITS:
         raise L2SError(f"unknown split {split!r} (choose {', '.join(SPLITS)})")
     images, winner, loser, records, offset = [], [], [], [], 0
-    for index in done_shards(folder):
-        shard_images, shard_records = read_shard(folder, index)
-        for record in shard_records:
-            if split is None or record["split"] == split:
-                winner.append(record["winner"] + offset)
-                loser.append(record["loser"] + offset)
-                records.append(record)
-        images.append(shard_images)
-        offset += shard_images.shape[0]
-    if not images:
-        raise L2SError(f"{folder} has no finished shard yet")
+    for one in folders:
+        if not (Path(one) / MANIFEST).is_file():
+            raise L2SError(f"{one} is not a preference-pair folder ({MANIFEST} missing)")
+        shards = done_shards(one)
+        if not shards:
+            raise L2SError(f"{one} has no finished shard yet")
+        for index in shards:
+            shard_images, shard_records = read_shard(one, index)
+            for record in shard_records:
+                if split is None or record["split"] == split:
+                    winner.append(record["winner"] + offset)
+                    loser.append(record["loser"] + offset)
+                    records.append(record)
+            images.append(shard_images)
+            offset += shard_images.shape[0]
     return PairSet(torch.cat(images), torch.tensor(winner, dtype=torch.long), torch.tensor(loser, dtype=torch.long),
                    records)

@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -118,7 +119,7 @@ def _save(directory: Path, scorer: SpatialScorer, state: dict | None = None) -> 
     atomic_dir(directory, write)
 
 
-def train_reward_model(data: str | Path, out: str | Path, tokenizer, settings: RewardTrainSettings | None = None, *,
+def train_reward_model(data: str | Path | Sequence[str | Path], out: str | Path, tokenizer, settings: RewardTrainSettings | None = None, *,
                        device: str = "cpu", resume: bool = True, progress: bool = True,
                        command: str | None = None, stop_after: int | None = None) -> dict:
     """Train a :class:`~l2s.reward.SpatialScore` on the pair folder ``data`` into ``out``.
@@ -137,7 +138,9 @@ def train_reward_model(data: str | Path, out: str | Path, tokenizer, settings: R
             raise L2SError(f"{data} has no training pairs")
         config = SpatialScoreConfig.from_dict({"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
                                                "image_size": int(train_pairs.images.shape[1]), **settings.model})
-        record = {**asdict(settings), "data": str(Path(data).resolve()), "train_pairs": len(train_pairs)}
+        folders = [data] if isinstance(data, (str, Path)) else list(data)
+        record = {**asdict(settings), "data": [str(Path(f).resolve()) for f in folders] if len(folders) > 1
+                  else str(Path(folders[0]).resolve()), "train_pairs": len(train_pairs)}
         state = prepare_out_dir(out, record, resume)
         torch.manual_seed(settings.seed)   # the initial weights (a resumed run loads its own)
         run = _Run(SpatialScorer(SpatialScore(config).to(device), tokenizer), settings, record, device)
@@ -150,7 +153,7 @@ def train_reward_model(data: str | Path, out: str | Path, tokenizer, settings: R
         return finish(out, data, command, record)
 
 
-def finish(out: Path, data: str | Path, command: str | None, record: dict) -> dict:
+def finish(out: Path, data: str | Path | Sequence[str | Path], command: str | None, record: dict) -> dict:
     """Score the best model on the held-out pairs; write ``results.json``."""
     from .scorer import load_reward_model
 

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from l2s.distributed import output_lock, world
+from l2s.errors import UsageError
 from .detector import ShapesDetector
 from .model import load_shapes_pipeline
 from .prompts import ood_position_prompts, shapes_multi_relation_prompts, shapes_position_prompts
@@ -26,6 +27,7 @@ from .verdicts import all_objects_found, colour_only, judge
 
 BENCH_PROMPT_SEED = 0
 BENCH_SEEDS = (100, 101, 102, 103)
+BENCH_BATCH_SIZE = 16   # images per steering call: the shapes model is small, a batch costs little memory
 
 
 @dataclass
@@ -86,6 +88,7 @@ class _BenchRun:
     steerers: dict[str, Any] = field(default_factory=dict)
     position_records: dict[str, list] = field(default_factory=dict)
     lora: str | None = None   # a LoRA adapter merged into the model (a GRPO-tuned row)
+    batch_size: int = BENCH_BATCH_SIZE
 
     def steerer(self, classifier: str):
         from l2s.classifier import RelationClassifier
@@ -106,7 +109,8 @@ def run_shapes_bench(out_dir: str | Path, *, pipeline_dir: str | Path | None = N
                      scale: float = 1.0, seeds: Sequence[int] = BENCH_SEEDS, parts: Sequence[str] | None = None,
                      position_prompts: int = 100, classifier_data: str | Path | None = None,
                      true_cfg_scale: float | None = None, step_size: float | None = None,
-                     progress: bool = True, lora: str | Path | None = None) -> dict:
+                     progress: bool = True, lora: str | Path | None = None,
+                     batch_size: int = BENCH_BATCH_SIZE) -> dict:
     """Run every bench part (``parts``: keys to keep) into ``out_dir`` and return the results.
 
     Each part is a :func:`l2s.evaluation.run_eval` run in ``out_dir/<key>`` (resumable; spread
@@ -119,18 +123,22 @@ def run_shapes_bench(out_dir: str | Path, *, pipeline_dir: str | Path | None = N
     dataset) it also compares the dual and pos-only classifiers on its held-out maps, per prompt
     type (``"classifier_comparison"``): the leakage check before any steering. ``lora``: a LoRA
     adapter (``l2s shapes grpo``) merged into the model first: its base mode is the tuned model,
-    its steered mode the tuned model steered.
+    its steered mode the tuned model steered. ``batch_size``: images per steering call
+    (:func:`~l2s.evaluation.run_eval`'s; 1: one call per image).
     """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise UsageError(f"batch_size must be a positive integer, got {batch_size!r}")  # before any model loads
     with output_lock(out_dir):  # one bench per run directory: a second one is refused before any work
         return _run_bench(out_dir, pipeline_dir, classifier, ablation_classifier, scale, seeds, parts,
-                          position_prompts, classifier_data, true_cfg_scale, step_size, progress, lora)
+                          position_prompts, classifier_data, true_cfg_scale, step_size, progress, lora,
+                          batch_size)
 
 
 def _run_bench(out_dir: str | Path, pipeline_dir: str | Path | None, classifier: str | Path | None,
                ablation_classifier: str | Path | None, scale: float, seeds: Sequence[int],
                parts: Sequence[str] | None, position_prompts: int, classifier_data: str | Path | None,
                true_cfg_scale: float | None, step_size: float | None, progress: bool,
-               lora: str | Path | None = None) -> dict:
+               lora: str | Path | None = None, batch_size: int = BENCH_BATCH_SIZE) -> dict:
     assets = shipped_assets()
     pipeline_dir = Path(pipeline_dir or assets.pipeline)
     classifiers = {"dual": Path(classifier or assets.classifier),
@@ -141,7 +149,8 @@ def _run_bench(out_dir: str | Path, pipeline_dir: str | Path | None, classifier:
 
         apply_lora(pipe, lora)
     run = _BenchRun(pipe, pipeline_dir, classifiers, true_cfg_scale,
-                    SHAPES_STEP_SIZE if step_size is None else step_size, lora=None if lora is None else str(lora))
+                    SHAPES_STEP_SIZE if step_size is None else step_size, lora=None if lora is None else str(lora),
+                    batch_size=batch_size)
     started = time.perf_counter()
     results = [_run_part(run, part, Path(out_dir), progress)
                for part in bench_parts(scale, seeds, position_prompts=position_prompts)
@@ -167,7 +176,7 @@ def _run_part(run: _BenchRun, part: BenchPart, out: Path, progress: bool) -> dic
                 "sampling": steerer.sampling_options(), **({"lora": run.lora} if run.lora else {})}
     report = run_eval(steerer, part.specs, run.detector, out / part.key, seeds=part.seeds, modes=part.modes,
                       schedule=schedule, settings=settings, detector_name="shapes",
-                      contact_sheets=part.key == "position", progress=progress)
+                      contact_sheets=part.key == "position", progress=progress, batch_size=run.batch_size)
     modes = {mode: _mode_scores(mode_report.records, part.specs, run.detector)
              for mode, mode_report in report.modes.items()}
     copied_modes: list[str] = []

@@ -84,9 +84,10 @@ def shipped_assets(root: str | Path | None = None) -> ShippedAssets:
 
 def load_shapes_steerer(pipeline_dir: str | Path | None = None, classifier: str | Path | None = None,
                         schedule=None, true_cfg_scale: float | None = None, step_size: float | None = None,
-                        lora: str | Path | None = None, device: str | None = None):
+                        lora: str | Path | None = None, device: str | None = None, mode: str = "fast"):
     """The shapes pipeline wrapped for steering (default: the shipped model + classifier) on
-    ``device`` (default: the CPU); ``lora``: a LoRA adapter folder merged into its transformer first."""
+    ``device`` (default: the CPU) in execution ``mode``; ``lora``: a LoRA adapter folder merged
+    into its transformer first."""
     from l2s.classifier import RelationClassifier
 
     assets = shipped_assets()
@@ -96,7 +97,7 @@ def load_shapes_steerer(pipeline_dir: str | Path | None = None, classifier: str 
 
         apply_lora(pipe, lora)
     model = RelationClassifier.load(classifier or assets.classifier)
-    return steer_shapes_pipeline(pipe, model, schedule, true_cfg_scale=true_cfg_scale, step_size=step_size)
+    return steer_shapes_pipeline(pipe, model, schedule, mode, true_cfg_scale=true_cfg_scale, step_size=step_size)
 
 
 def steer_shapes_pipeline(pipe, classifier, schedule=None, mode: str = "fast",

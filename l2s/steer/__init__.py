@@ -1,10 +1,11 @@
 """l2s.steer: test-time steering of a latent, independent of the diffusion model's loop.
 
-:class:`SteeringPlan` says what a prompt steers, :class:`SteeringObjective` computes log p(target
+:class:`SteeringPlan` says what a prompt steers (:class:`BatchPlan`: one per image of a batch), :class:`SteeringObjective` computes log p(target
 relation) of a latent through the denoiser's maps and the classifier, :func:`refine_latents`
 takes gradient steps on it, and a :class:`Schedule` (or a preset) says on which steps and how hard.
 """
 
+from .batch import BatchPlan
 from .compiled import CompiledSteering
 from .modes import (
     DEFAULT_CAPTURE_BACKEND,
@@ -16,7 +17,7 @@ from .modes import (
 )
 from .objective import DenoiserCall, PreparedPlan, SteeringObjective
 from .outcome import SteeringOutcome, disabled_by, steering_outcome
-from .plan import SteeringPlan
+from .plan import RelationLike, SteeringPlan, parsed_from_relations
 from .presets import PRESETS, Preset, preset_steps, schedule_preset
 from .refine import IterationRecord, LogProbFn, SteeringDiagnostics, refine_latents
 from .schedule import (
@@ -28,6 +29,7 @@ from .schedule import (
 )
 
 __all__ = [
+    "BatchPlan",
     "DEFAULT_CAPTURE_BACKEND",
     "CompiledSteering",
     "DenoiserCall",
@@ -37,6 +39,7 @@ __all__ = [
     "MODES",
     "PRESETS",
     "PreparedPlan",
+    "RelationLike",
     "Preset",
     "Schedule",
     "SteeringDiagnostics",
@@ -48,6 +51,7 @@ __all__ = [
     "differentiable_sdpa",
     "disabled_by",
     "execution_mode",
+    "parsed_from_relations",
     "preset_steps",
     "published_loss_target",
     "reference_schedule",

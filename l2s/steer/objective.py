@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -28,6 +28,7 @@ from .modes import (
     differentiable_sdpa,
     execution_mode,
 )
+from .batch import BatchPlan
 from .plan import SteeringPlan
 from .refine import LogProbFn
 from .steered import SteeredEvaluation
@@ -51,16 +52,15 @@ class DenoiserCall:
 
 @dataclass
 class PreparedPlan:
-    """A plan's device-side indices, made once per prompt: the recording spec (whose selectors
-    are built on first use and then reused), each relation's (subject, object) group pair and
-    class index, and the classifier's step tensors."""
+    """A plan's device-side indices, made once per prompt (or batch of prompts): the recording spec
+    (whose selectors are built on first use and then reused), each iteration's per-image group
+    pairs and classes, and the classifier's step tensors."""
 
-    plan: SteeringPlan
+    plan: SteeringPlan | BatchPlan
     spec: MapSpec
     device: torch.device
     _steps: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
-    _pairs: list[torch.Tensor] = field(init=False)
-    _classes: list[torch.Tensor] = field(init=False)
+    _rows: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
     def steps(self, step_index: int, batch: int) -> torch.Tensor:
         key = (step_index, batch)
@@ -68,13 +68,20 @@ class PreparedPlan:
             self._steps[key] = torch.full((batch,), step_index, dtype=torch.long, device=self.device)
         return self._steps[key]
 
-    def __post_init__(self) -> None:
-        self._pairs = [torch.tensor(pair, device=self.device) for pair in self.plan.pairs]
-        self._classes = [torch.tensor([c], device=self.device) for c in self.plan.class_indices]
-
-    def relation(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(group pair (2,), class index (1,)) of relation ``index``, as long tensors on the device."""
-        return self._pairs[index], self._classes[index]
+    def relation(self, relation: int | Sequence[int], batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(group pairs (B, 2), classes (B,)) as long device tensors: ``relation`` is the index
+        every image reads, or one index per image (a :class:`BatchPlan`)."""
+        key = (relation if isinstance(relation, int) else tuple(relation), batch)
+        if key not in self._rows:
+            if isinstance(self.plan, BatchPlan):
+                relations = (relation,) * batch if isinstance(relation, int) else relation
+                pairs, classes = BatchPlan.of(self.plan, batch).rows(relations)
+            else:
+                pairs = [self.plan.pairs[relation]] * batch
+                classes = [self.plan.class_indices[relation]] * batch
+            self._rows[key] = (torch.tensor(pairs, dtype=torch.long, device=self.device),
+                               torch.tensor(classes, dtype=torch.long, device=self.device))
+        return self._rows[key]
 
 
 class SteeringObjective:
@@ -130,7 +137,7 @@ class SteeringObjective:
         with self.new_capture() as capture:
             return capture.channels()
 
-    def prepare(self, plan: SteeringPlan, text_len: int, latent_hw: tuple[int, int]) -> PreparedPlan:
+    def prepare(self, plan: SteeringPlan | BatchPlan, text_len: int, latent_hw: tuple[int, int]) -> PreparedPlan:
         """The plan's :class:`PreparedPlan`, made on its first steered step and kept for the others."""
         cached = self._prepared
         if (cached is None or cached.plan is not plan or cached.spec.text_len != text_len
@@ -152,9 +159,10 @@ class SteeringObjective:
         return self._classify(maps, steps).float()
 
     @contextlib.contextmanager
-    def at_step(self, plan: SteeringPlan, step: int, run_denoiser: Callable[[torch.Tensor], object],
+    def at_step(self, plan: SteeringPlan | BatchPlan, step: int, run_denoiser: Callable[[torch.Tensor], object],
                 text_len: int, latent_hw: tuple[int, int]) -> Iterator[LogProbFn]:
-        """Yields ``log_prob(z, relation)`` -> (B,) for denoising ``step``.
+        """Yields ``log_prob(z, relation)`` -> (B,) for denoising ``step``; ``relation`` is one index
+        for every image, or one per image when ``plan`` is a :class:`BatchPlan`.
 
         ``run_denoiser(z)`` runs the step's denoiser forward (conditional pass) on ``z`` (a
         :class:`DenoiserCall` with ``inputs`` lets the fast modes run FLUX's steered forward);
@@ -168,7 +176,7 @@ class SteeringObjective:
             yield steered.log_prob_fn(prepared, step_index, run_denoiser.inputs)
             return
         with self.new_capture() as capture:
-            def log_prob(z: torch.Tensor, relation: int) -> torch.Tensor:
+            def log_prob(z: torch.Tensor, relation: int | Sequence[int]) -> torch.Tensor:
                 maps = self._forward(capture, prepared.spec, z, run_denoiser)
                 return self._log_prob(maps, prepared, relation, step_index)
 
@@ -205,12 +213,18 @@ class SteeringObjective:
             run_denoiser(z)
         return maps
 
-    def _log_prob(self, maps: CapturedMaps, prepared: PreparedPlan, relation: int,
+    def _log_prob(self, maps: CapturedMaps, prepared: PreparedPlan, relation: int | Sequence[int],
                   step_index: int) -> torch.Tensor:
-        plan = prepared.plan
-        subject, obj = plan.pairs[relation]
-        x = maps.classifier_input(subject, obj, map_size=self.classifier.config.map_size)
-        steps = prepared.steps(step_index, x.shape[0])
-        with differentiable_sdpa(x.device):      # the classifier's attention is differentiated too
-            logits = self.classify(x, steps)
-        return torch.log_softmax(logits, dim=-1)[:, plan.class_indices[relation]]
+        batch = maps.layers[0].maps.shape[0] if maps.layers else 0
+        if isinstance(relation, int) and not isinstance(prepared.plan, BatchPlan):
+            subject, obj = prepared.plan.pairs[relation]   # one prompt: the published reads, unchanged
+            x = maps.classifier_input(subject, obj, map_size=self.classifier.config.map_size)
+            class_index = prepared.plan.class_indices[relation]
+            with differentiable_sdpa(x.device):      # the classifier's attention is differentiated too
+                logits = self.classify(x, prepared.steps(step_index, batch))
+            return torch.log_softmax(logits, dim=-1)[:, class_index]
+        pair, classes = prepared.relation(relation, batch)
+        x = maps.pair_input(pair, map_size=self.classifier.config.map_size)
+        with differentiable_sdpa(x.device):
+            logits = self.classify(x, prepared.steps(step_index, batch))
+        return torch.log_softmax(logits, dim=-1).gather(1, classes.view(-1, 1)).squeeze(1)

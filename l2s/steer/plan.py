@@ -1,11 +1,16 @@
 """What a prompt asks to steer: its relations, the token groups of their objects, their classes."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from l2s.parsing import ParsedPrompt, parse_prompt
-from l2s.relations import class_index
-from l2s.tokens import check_prompt_length, mention_groups, mention_warnings
+from l2s.errors import PromptError, UnsupportedRelationError
+from l2s.parsing import ParsedPrompt, Triplet, parse_prompt
+from l2s.relations import NEUTRAL, canonical_class, class_index
+from l2s.tokens import check_prompt_length, first_occurrence_span, mention_groups, mention_warnings
+
+# One relation as a user writes it: ("dog", "left of", "cat") or {"subject", "relation", "object"}.
+RelationLike = Sequence[str] | dict
 
 
 @dataclass
@@ -59,3 +64,24 @@ class SteeringPlan:
             "note": self.parsed.describe(),
             "warnings": self.warnings,
         }
+
+
+def parsed_from_relations(prompt: str, relations: Sequence[RelationLike]) -> ParsedPrompt:
+    """``relations`` as if the parser had found them in ``prompt`` (each object must occur in it).
+
+    A relation is ``(subject, relation, object)`` or a dict with those keys; the relation may be
+    spelled as a classifier class ("to the left of") or canonically ("left of").
+    """
+    triplets = []
+    for item in relations:
+        if isinstance(item, dict):
+            item = (item.get("subject"), item.get("relation"), item.get("object"))
+        if isinstance(item, str) or len(item) != 3 or not all(isinstance(x, str) and x.strip() for x in item):
+            raise PromptError(f"a relation is (subject, relation, object), three non-empty strings; got {item!r}")
+        subject, relation, obj = (x.strip() for x in item)
+        canonical = canonical_class(relation)
+        if canonical == NEUTRAL:
+            raise UnsupportedRelationError(f"{relation!r} is not a spatial relation that can be steered")
+        triplets.append(Triplet(subject, canonical, obj, first_occurrence_span(prompt, subject), (0, 0),
+                                first_occurrence_span(prompt, obj)))
+    return ParsedPrompt(prompt, triplets=triplets)

@@ -16,8 +16,8 @@ published loop and nothing more. Diagnostics stay on the device and are read onc
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import torch
 
@@ -28,11 +28,24 @@ from .schedule import Schedule
 class IterationRecord:
     step: int
     iteration: int
-    relation: int                 # index into the prompt's relation list
+    relation: int | list[int]     # index into the prompt's relation list (per image in a mixed batch)
     loss: list[float]             # per image
     target_probability: list[float]
-    updated: bool
-    non_finite: bool = False
+    updated: bool                 # any image's update was kept
+    non_finite: bool = False      # any image's update was rejected for non-finite values
+    image_updated: list[bool] | None = None      # the same per image
+    image_non_finite: list[bool] | None = None
+    image_active: list[bool] | None = None       # per image: still refined at this iteration
+
+    def for_image(self, index: int) -> IterationRecord:
+        """This record as image ``index`` alone would have it."""
+        updated = self.updated if self.image_updated is None else self.image_updated[index]
+        non_finite = self.non_finite if self.image_non_finite is None else self.image_non_finite[index]
+        relation = self.relation[index] if isinstance(self.relation, list) else self.relation
+        active = None if self.image_active is None else [self.image_active[index]]
+        return IterationRecord(self.step, self.iteration, relation, [self.loss[index]],
+                               [self.target_probability[index]], updated, non_finite, [updated], [non_finite],
+                               active)
 
 
 @dataclass
@@ -47,12 +60,26 @@ class SteeringDiagnostics:
     def non_finite_events(self) -> list[IterationRecord]:
         return [r for r in self.records if r.non_finite]
 
+    def for_image(self, index: int) -> SteeringDiagnostics:
+        """The records as image ``index`` of the batch alone would have them: in each step, up to
+        and including the first iteration at which it was no longer refined (where it, alone,
+        would have left the step's loop)."""
+        kept, exited = [], set()
+        for record in self.records:
+            if record.step in exited:
+                continue
+            kept.append(record.for_image(index))
+            if record.image_active is not None and not record.image_active[index]:
+                exited.add(record.step)
+        return SteeringDiagnostics(kept)
+
     def to_json(self) -> list[dict]:
         return [asdict(r) for r in self.records]
 
 
-# log_prob_fn(z, relation_index) -> per-image log-probability of the target class, shape (B,)
-LogProbFn = Callable[[torch.Tensor, int], torch.Tensor]
+# log_prob_fn(z, relation) -> per-image log-probability of the target class, shape (B,); relation is
+# one index for every image, or a tuple of one per image (a batch of prompts, see refine_latents).
+LogProbFn = Callable[[torch.Tensor, "int | tuple[int, ...]"], torch.Tensor]
 
 
 def any_active(active: torch.Tensor) -> bool:
@@ -61,7 +88,8 @@ def any_active(active: torch.Tensor) -> bool:
 
 
 def refine_latents(latents: torch.Tensor, step: int, log_prob_fn: LogProbFn, schedule: Schedule,
-                   num_relations: int, diagnostics: SteeringDiagnostics | None = None) -> torch.Tensor:
+                   num_relations: int | Sequence[int],
+                   diagnostics: SteeringDiagnostics | None = None) -> torch.Tensor:
     """Refine ``latents`` at denoising ``step`` by the published loop; returns new (detached) latents.
 
     Images of a batch are independent and each follows the batch-1 published loop exactly: the
@@ -70,18 +98,20 @@ def refine_latents(latents: torch.Tensor, step: int, log_prob_fn: LogProbFn, sch
     probability reaches ``schedule.exit_probability``), or when its loss or gradient is non-finite
     (the update is skipped and recorded in ``diagnostics``).
 
+    ``num_relations``: the prompt's relation count, or one count per image when the images have
+    different prompts; then iteration ``k`` hands ``log_prob_fn`` the tuple of ``k mod n_i`` and an
+    image with no relation is never updated.
+
     The update runs on a float32 master copy of the latent (a bf16 latent would round away
     updates smaller than ~0.4 % of its magnitude); the result is cast back to ``latents.dtype``.
     """
-    if num_relations < 1:
-        raise ValueError("refine_latents needs at least one relation")
+    relation_at, done = _relations(num_relations, latents)
     step_size = schedule.step_sizes[step]
     master = latents.detach().float()
     before = master  # the latent before the last update (the guard's undo)
-    done = torch.zeros(latents.shape[0], dtype=torch.bool, device=latents.device)
     pending: list[tuple] = []
     for k in range(schedule.iterations[step]):
-        relation = k % num_relations
+        relation = relation_at(k)
         with torch.enable_grad():
             z = master.detach().to(latents.dtype).requires_grad_(True)
             log_prob = log_prob_fn(z, relation)
@@ -89,7 +119,7 @@ def refine_latents(latents: torch.Tensor, step: int, log_prob_fn: LogProbFn, sch
             active = _still_active(loss, log_prob, done, schedule, step)
             if not any_active(active):
                 pending.append((k, relation, loss.detach(), log_prob.detach(), torch.zeros_like(active),
-                                torch.zeros_like(active)))
+                                torch.zeros_like(active), active))
                 break
             (grad,) = torch.autograd.grad(loss.sum(), z)
         grad = grad.float()
@@ -101,17 +131,33 @@ def refine_latents(latents: torch.Tensor, step: int, log_prob_fn: LogProbFn, sch
         if pending:
             undo = pending[-1][4] & active & ~evaluated
             master = torch.where(undo.view(-1, *([1] * (grad.dim() - 1))), before, master)
-            pending[-1] = (*pending[-1][:4], pending[-1][4] & ~undo, pending[-1][5])
+            pending[-1] = (*pending[-1][:4], pending[-1][4] & ~undo, *pending[-1][5:])
         stepped = master - step_size * grad
         finite = evaluated & torch.isfinite(stepped.to(latents.dtype).float().square().flatten(1).sum(1))
         update = active & finite
         mask = update.view(-1, *([1] * (grad.dim() - 1)))
         before, master = master, torch.where(mask, stepped, master)
         done |= ~update
-        pending.append((k, relation, loss.detach(), log_prob.detach(), update, active & ~finite))
+        pending.append((k, relation, loss.detach(), log_prob.detach(), update, active & ~finite, active))
     if diagnostics is not None and pending:
         _record(diagnostics, step, pending)
     return master.to(latents.dtype)
+
+
+def _relations(num_relations: int | Sequence[int], latents: torch.Tensor):
+    """(iteration -> the relation argument of ``log_prob_fn``, the initial "done" mask: images
+    without a relation are done from the start)."""
+    per_image = not isinstance(num_relations, int)
+    counts = list(num_relations) if per_image else [num_relations]
+    if per_image and len(counts) != latents.shape[0]:
+        raise ValueError(f"{len(counts)} relation counts for {latents.shape[0]} images")
+    if max(counts, default=0) < 1 or min(counts) < 0:
+        raise ValueError("refine_latents needs at least one relation")
+    done = torch.tensor([n == 0 for n in counts] if per_image else [False] * latents.shape[0],
+                        device=latents.device)
+    if per_image:
+        return (lambda k: tuple(k % n if n else 0 for n in counts)), done
+    return (lambda k: k % num_relations), done
 
 
 def _still_active(loss: torch.Tensor, log_prob: torch.Tensor, done: torch.Tensor,
@@ -127,11 +173,14 @@ def _still_active(loss: torch.Tensor, log_prob: torch.Tensor, done: torch.Tensor
 
 def _record(diagnostics: SteeringDiagnostics, step: int, pending: list[tuple]) -> None:
     """Copy the step's per-iteration tensors to host records in one transfer, after the loop."""
-    columns = [[entry[2].float(), entry[3].float().exp(), entry[4].float(), entry[5].float()]
+    columns = [[entry[2].float(), entry[3].float().exp(), entry[4].float(), entry[5].float(), entry[6].float()]
                for entry in pending]
-    loss, probability, update, non_finite = torch.stack([torch.stack(c) for c in columns]).cpu().unbind(1)
+    loss, probability, update, non_finite, active = torch.stack([torch.stack(c) for c in columns]).cpu().unbind(1)
     for row, (k, relation, *_) in enumerate(pending):
         diagnostics.records.append(IterationRecord(
-            step=step, iteration=k, relation=relation,
+            step=step, iteration=k, relation=list(relation) if isinstance(relation, tuple) else relation,
             loss=loss[row].tolist(), target_probability=probability[row].tolist(),
-            updated=bool(update[row].any()), non_finite=bool(non_finite[row].any())))
+            updated=bool(update[row].any()), non_finite=bool(non_finite[row].any()),
+            image_updated=[bool(u) for u in update[row].tolist()],
+            image_non_finite=[bool(n) for n in non_finite[row].tolist()],
+            image_active=[bool(a) for a in active[row].tolist()]))

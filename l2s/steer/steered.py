@@ -27,10 +27,10 @@ from .refine import LogProbFn
 
 def _evaluation(forward: FluxSteeredForward, classify: Callable, map_size: int) -> Callable:
     def evaluate(z: torch.Tensor, constants: StepConstants, selector: torch.Tensor, pair: torch.Tensor,
-                 class_index: torch.Tensor, steps: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+                 classes: torch.Tensor, steps: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         maps = forward.maps(z, constants, selector)
         logits = classify(pair_input(maps, grid, pair, map_size), steps).float()
-        return torch.log_softmax(logits, dim=-1).index_select(1, class_index).squeeze(1)
+        return torch.log_softmax(logits, dim=-1).gather(1, classes.view(-1, 1)).squeeze(1)
 
     return evaluate
 
@@ -68,12 +68,12 @@ class SteeredEvaluation:
                                           transformer.x_embedder.weight.dtype, self.backend)
         constants: list[StepConstants] = []
 
-        def log_prob(z: torch.Tensor, relation: int) -> torch.Tensor:
+        def log_prob(z: torch.Tensor, relation) -> torch.Tensor:
             if not constants:
                 constants.append(self._constants(inputs(z), prepared.spec, z))
-            pair, class_index = prepared.relation(relation)
+            pair, classes = prepared.relation(relation, z.shape[0])
             with differentiable_sdpa(z.device):
-                return self._evaluate(z, constants[0], selector, pair, class_index,
+                return self._evaluate(z, constants[0], selector, pair, classes,
                                       prepared.steps(step_index, z.shape[0]), prepared.spec.latent_hw)
 
         return log_prob

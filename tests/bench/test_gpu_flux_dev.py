@@ -86,7 +86,7 @@ def test_rows_isolate_one_change_each(script, tmp_path, capsys):
 def test_whole_images_count_every_forward_and_exit_early(script, tmp_path, capsys):
     report, rows, _ = run_tiny(script, tmp_path, capsys, "--no-micro", "--presets", "reference", "early-exit", "fast")
     check_speed_ups(rows)
-    images = {r["variant"]: r for r in rows}
+    images = {r["variant"]: r for r in rows if r["measurement"].startswith("whole image, denoising loop")}
     assert list(images) == ["reference mode, reference schedule", "fast mode, reference schedule",
                             "fast mode, early-exit schedule", "fast mode, fast schedule"]
     counts = {}
@@ -99,6 +99,17 @@ def test_whole_images_count_every_forward_and_exit_early(script, tmp_path, capsy
     # The responsive classifier crosses p >= 0.9, so early exit saves iterations.
     assert counts["fast mode, early-exit schedule"] < counts["fast mode, reference schedule"]
     assert re.search(r"p\(target\) at 64² step 0: 0\.\d\d( -> \d\.\d\d)+ \(reaches 0\.9 at evaluation \d\)", report)
+
+
+def test_throughput_rows_time_one_call_of_b_seeds_against_batch_1(script, tmp_path, capsys):
+    _, rows, _ = run_tiny(script, tmp_path, capsys, "--no-micro", "--presets", "fast", "--throughput-batches", "1", "2")
+    check_speed_ups(rows)
+    batches = [r for r in rows if r["measurement"].startswith("whole image per batch size")]
+    assert [r["variant"] for r in batches] == ["plain, batch 1", "plain, batch 2", "steered, fast preset, batch 1",
+                                               "steered, fast preset, batch 2"]
+    assert all(float(r["time (ms)"]) > 0 for r in batches)
+    assert batches[1]["speed-up"].endswith("vs plain, batch 1") and "2 images per call" in batches[1]["notes"]
+    assert batches[3]["speed-up"].endswith("vs steered, fast preset, batch 1")
 
 
 def test_a_spent_budget_skips_rows_and_says_so(script, tmp_path, capsys):

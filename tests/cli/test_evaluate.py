@@ -117,6 +117,7 @@ def test_eval_tiny_writes_the_run(tiny_run):
             assert record["meta"]["iterations"] == (16 if mode == "steered" else 0)
             assert record["meta"]["steered"] is (mode == "steered")
             assert record["meta"]["generate_s"] > 0
+            assert record["meta"]["batch"] == 2  # --batch-size 4 by default: both prompts in one call
     summary = json.loads((tiny_run / "summary.json").read_text())
     for mode in ("base", "steered"):
         mine = [r for r in records if r["meta"]["mode"] == mode]
@@ -182,6 +183,7 @@ def test_eval_resumes_and_refuses_other_settings(tiny_run, tmp_path, capsys, mon
     (["--prompts", "shapes:3,2,1"], "--prompts"),
     (["--seeds", "0,x"], "--seeds"),
     (["--n-prompts", "0"], "--n-prompts"),
+    (["--batch-size", "0"], "--batch-size must be a positive integer"),
     (["--prompts", "geneval"], "--detector PATH"),
     (["--detector", "/nonexistent/owl"], "no detector checkpoint"),
     (["--images", "/nonexistent/dir"], "no such directory"),
@@ -209,3 +211,36 @@ def test_model_folder_naming_a_missing_l2s_module_is_refused(tmp_path, capsys):
     assert code == 2
     (line,) = error_lines(err)
     assert "l2s.no_such_module" in line
+
+
+def test_batch_size_option_reaches_run_eval_and_shapes_bench(tmp_path, capsys, monkeypatch):
+    import l2s.evaluation
+    import l2s.shapes
+
+    class Reached(Exception):
+        pass
+
+    seen = []
+
+    def capture(*args, **kwargs):
+        seen.append(kwargs["batch_size"])
+        raise Reached
+
+    monkeypatch.setattr(l2s.evaluation, "run_eval", capture)
+    monkeypatch.setattr(l2s.shapes, "run_shapes_bench", capture)
+    for argv in (["eval", "--model", "tiny", "--n-prompts", "1", "--quiet", "--out", str(tmp_path / "e")],
+                 ["shapes", "bench", "--out", str(tmp_path / "b")]):
+        for extra in ([], ["--batch-size", "3"]):
+            with pytest.raises(Reached):
+                main(argv + extra)
+    assert seen == [4, 3, 16, 3]
+    code, _, err = run(["shapes", "bench", "--batch-size", "-2", "--out", str(tmp_path / "b")], capsys)
+    assert code == 2 and error_lines(err) == ["l2s: error: --batch-size must be a positive integer, got -2"]
+    assert "more memory" in main_help(["eval", "--help"], capsys) and "more memory" in main_help(
+        ["shapes", "bench", "--help"], capsys)
+
+
+def main_help(argv, capsys):
+    with pytest.raises(SystemExit):
+        main(argv)
+    return " ".join(capsys.readouterr().out.split())

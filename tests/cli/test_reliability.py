@@ -166,14 +166,29 @@ def _finished_images(out: Path) -> int:
     return len(list(out.glob("*/*/samples/*.json")))
 
 
+class _Probabilities(tuple):
+    """A record's steering probabilities, equal within float rounding: a resumed or spread run
+    batches other images together (``--batch-size``), and the classifier's batch of another size
+    rounds the last bits differently (the images are the same)."""
+
+    def __eq__(self, other):
+        return len(self) == len(other) and np.allclose(self, other, rtol=1e-5, atol=1e-7)
+
+    def __ne__(self, other):
+        return not self == other
+
+    __hash__ = tuple.__hash__
+
+
 def _eval_fingerprint(out: Path) -> tuple[dict[str, str], list[dict]]:
-    """PNG bytes per image, and every image's record without its timings."""
+    """PNG bytes per image, and every image's record without its timings and batch size."""
     pngs = {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(out.glob("*/*/samples/*.png"))}
     records = []
     for line in (out / "results.jsonl").read_text().splitlines():
         record = json.loads(line)
-        record["meta"] = {k: v for k, v in record["meta"].items() if k not in ("generate_s", "score_s")}
+        record["meta"] = {k: _Probabilities(v) if k.startswith("target_probability") else v
+                          for k, v in record["meta"].items() if k not in ("generate_s", "score_s", "batch")}
         records.append(record)
     return pngs, records
 

@@ -147,3 +147,145 @@ def test_shapes_detector_scores_base_against_steered(tmp_path):
     rescored = score_image_folder(tmp_path / "steered", ShapesDetector(), tmp_path / "rescored",
                                   detector_name="shapes", progress=False, contact_sheets=False)
     assert rescored.modes["images"].summary.n_correct == 6
+
+
+# ---------------------------------------------------------------- run_eval in batches on a tiny FLUX model
+
+class Calls:
+    """Wraps a steerer: records every call; with ``stop_after`` calls made, the next one raises
+    :class:`Stopped` (a run killed between two batches)."""
+
+    def __init__(self, steerer, stop_after=None):
+        self.steerer, self.stop_after, self.calls = steerer, stop_after, []
+
+    def plan(self, prompt):
+        return self.steerer.plan(prompt)
+
+    def __call__(self, prompt, *, seed, steer, **kwargs):
+        if len(self.calls) == self.stop_after:
+            raise Stopped
+        self.calls.append((prompt, seed, steer))
+        return self.steerer(prompt, seed=seed, steer=steer, **kwargs)
+
+
+class Stopped(Exception):
+    pass
+
+
+TINY_SEEDS = [0, 1]
+
+
+@pytest.fixture(scope="module")
+def tiny_eval():
+    """A tiny FLUX steerer whose classifier is sensitive enough that images reach the first step's
+    loss target after different numbers of iterations (so a batch's images exit on their own)."""
+    import dataclasses
+
+    import torch
+
+    from l2s.demo import tiny_classifier_for, tiny_flux_pipeline
+    from l2s.pipelines import wrap_pipeline
+    from l2s.steer import custom_schedule
+
+    pipe = tiny_flux_pipeline(num_layers=1, num_single_layers=1, seed=0)
+    classifier = tiny_classifier_for(pipe, seed=1)
+    with torch.no_grad():
+        classifier.object_extractor.input_projection.weight.mul_(3000.0)
+    schedule = custom_schedule(2, steered=[0, 1], iterations=4, step_size=1.0)
+    schedule = dataclasses.replace(schedule, loss_targets=(2.15, *schedule.loss_targets[1:]))
+    specs = shapes_position_prompts(4, seed=0)
+    kwargs = dict(seeds=TINY_SEEDS, num_inference_steps=2, height=32, width=32, schedule=schedule,
+                  progress=False, contact_sheets=False, settings={"model": "tiny"}, detector_name="shapes")
+    return wrap_pipeline(pipe, classifier), specs, kwargs
+
+
+@pytest.fixture(scope="module")
+def one_at_a_time(tiny_eval, tmp_path_factory):
+    """The run made one image per call (batch_size 1): the reference of the batched runs."""
+    steerer, specs, kwargs = tiny_eval
+    out = tmp_path_factory.mktemp("one") / "run"
+    calls = Calls(steerer)
+    run_eval(calls, specs, ShapesDetector(), out, batch_size=1, **kwargs)
+    return out, calls.calls
+
+
+def _records(out):
+    """results.jsonl without timings and batch sizes (how the images were grouped), and the
+    steering probabilities apart (a batch's classifier rounds differently in the last bits)."""
+    records, probabilities = [], []
+    for line in (out / "results.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        meta = record["meta"]
+        for key in ("generate_s", "score_s", "batch", "target_probability_first", "target_probability_last"):
+            if key.startswith("target"):
+                probabilities.append(meta.pop(key))
+            else:
+                meta.pop(key)
+        records.append(record)
+    return records, probabilities
+
+
+def _summary(out):
+    summary = json.loads((out / "summary.json").read_text())
+    summary.pop("wall_time_s")
+    for mode in summary["modes"].values():
+        for key in ("generate_s_per_image", "score_s_per_image", "status_counts"):
+            mode.pop(key)
+    return summary
+
+
+def _assert_same_run(out, reference):
+    assert _summary(out) == _summary(reference)
+    (records, probabilities), (expected, expected_probabilities) = _records(out), _records(reference)
+    assert records == expected
+    for mine, theirs in zip(probabilities, expected_probabilities, strict=True):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-5, atol=1e-7)
+    pngs = sorted(p.relative_to(reference) for p in reference.glob("*/*/samples/*.png"))
+    assert pngs == sorted(p.relative_to(out) for p in out.glob("*/*/samples/*.png")) and len(pngs) == 16
+    for png in pngs:
+        a, b = (np.asarray(Image.open(root / png), dtype=np.int16) for root in (out, reference))
+        assert np.abs(a - b).max() <= 1, png
+
+
+def test_batched_run_makes_the_run_of_one_image_per_call(tiny_eval, one_at_a_time, tmp_path):
+    steerer, specs, kwargs = tiny_eval
+    reference, single_calls = one_at_a_time
+    # batch_size 1: today's calls, one prompt and one seed each, both modes of a pair in turn
+    assert single_calls[:2] == [(specs[0].prompt, 0, False), (specs[0].prompt, 0, True)] and len(single_calls) == 16
+    assert all(isinstance(prompt, str) for prompt, _, _ in single_calls)
+    calls = Calls(steerer)
+    report = run_eval(calls, specs, ShapesDetector(), tmp_path, batch_size=3, **kwargs)
+    # 8 (prompt, seed) pairs per mode: batches of 3, 3 and 2, the modes taking turns
+    assert [(len(prompts), steer) for prompts, _, steer in calls.calls] == [
+        (3, False), (3, True), (3, False), (3, True), (2, False), (2, True)]
+    assert calls.calls[0][:2] == ([specs[0].prompt] * 2 + [specs[1].prompt], [0, 1, 0])
+    _assert_same_run(tmp_path, reference)
+    steered = report.modes["steered"].records
+    assert [r.meta["batch"] for r in steered] == [3, 3, 3, 3, 3, 3, 2, 2]
+    assert len({r.meta["iterations"] for r in steered}) > 1  # the images of a batch exit on their own
+    assert steered[0].meta["generate_s"] == steered[1].meta["generate_s"]  # the batch's time, shared
+
+
+def test_batched_run_resumes_without_making_finished_images_again(tiny_eval, one_at_a_time, tmp_path):
+    steerer, specs, kwargs = tiny_eval
+    reference, _ = one_at_a_time
+    with pytest.raises(Stopped):   # killed after the first batch: three base images are finished
+        run_eval(Calls(steerer, stop_after=1), specs, ShapesDetector(), tmp_path, batch_size=3, **kwargs)
+    assert len(list(tmp_path.glob("*/*/samples/*.json"))) == 3
+    calls = Calls(steerer)
+    report = run_eval(calls, specs, ShapesDetector(), tmp_path, batch_size=3, **kwargs)
+    finished = {(specs[index].prompt, seed, False) for index, seed in [(0, 0), (0, 1), (1, 0)]}
+    made = {(prompt, seed, steer) for prompts, seeds, steer in calls.calls for prompt, seed in zip(prompts, seeds)}
+    assert len(made) == 13 and not made & finished
+    assert [len(prompts) for prompts, _, _ in calls.calls] == [3, 3, 2, 3, 2]  # base: 5 left, steered: 8
+    assert report.modes["base"].status_counts() == {"resumed": 3, "generated": 5}
+    _assert_same_run(tmp_path, reference)
+
+
+@pytest.mark.parametrize("size", [0, -1, 1.5, True])
+def test_batch_size_must_be_a_positive_integer(size, tmp_path):
+    from l2s.errors import UsageError
+
+    with pytest.raises(UsageError, match="batch_size must be a positive integer"):
+        run_eval(SceneSteerer(), shapes_position_prompts(1, seed=0), ShapesDetector(), tmp_path, batch_size=size)
+    assert not (tmp_path / "base").exists()

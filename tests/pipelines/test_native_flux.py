@@ -190,3 +190,69 @@ def test_loads_as_a_diffusers_custom_pipeline(stock, classifier, tmp_path, monke
     assert type(pipe).__name__ == "FluxRelationSteeringPipeline" and pipe.classifier is classifier
     pipe.set_progress_bar_config(disable=True)
     assert pipe("a cat above a dog", num_inference_steps=2, **SIZE).steering[0].steered
+
+
+def _count_steering_forwards(monkeypatch):
+    """Record (step, rows) of every steering forward (one log-probability evaluation each)."""
+    from l2s.pipelines.native import steering
+
+    forwards, refine = [], steering.refine_latents
+
+    def counted(latents, step, log_prob, *args):
+        def counting(z, relation):
+            forwards.append((step, z.shape[0]))
+            return log_prob(z, relation)
+
+        return refine(latents, step, counting, *args)
+
+    monkeypatch.setattr(steering, "refine_latents", counted)
+    return forwards
+
+
+def _assert_same_report(batched: dict, alone: dict):
+    """The same report but for the image indices (rows of another batch), probabilities within 1e-4."""
+    batched, alone = dict(batched), dict(alone)
+    steps, own_steps = batched.pop("steps"), alone.pop("steps")
+    batched.pop("images"), alone.pop("images")
+    assert batched == alone and steps.keys() == own_steps.keys()
+    for step in steps:
+        assert len(steps[step]) == len(own_steps[step])
+        for record, own in zip(steps[step], own_steps[step]):
+            exact = ("iteration", "relation", "updated", "non_finite")
+            assert {k: record[k] for k in exact} == {k: own[k] for k in exact}
+            np.testing.assert_allclose(record["target_probability"], own["target_probability"], atol=1e-4)
+            np.testing.assert_allclose(record["loss"], own["loss"], rtol=1e-3)
+
+
+def test_the_prompts_of_a_call_are_steered_in_one_batch(pipe, monkeypatch):
+    from l2s.steer import custom_schedule
+
+    # One relation, none, two relations; two images each, so the steered rows are 0-1 and 4-5. The
+    # exit probability makes images leave a step's loop at different iterations.
+    prompts = ["a cat above a dog", "a cat", "a dog to the left of a cat and a cat above a bird"]
+    schedule = custom_schedule(3, steered=[0, 1], iterations=6, step_size=1.0, exit_probability=0.21)
+    kwargs = dict(num_inference_steps=3, num_images_per_prompt=2, steering_schedule=schedule,
+                  output_type="np", **SIZE)
+    forwards = _count_steering_forwards(monkeypatch)
+    together = pipe(prompts, generator=_generators(6), **kwargs)
+    batched = list(forwards)
+    alone = []
+    for k, prompt in enumerate(prompts):
+        forwards.clear()
+        alone.append((pipe(prompt, generator=_generators(2, seed=2 * k), **kwargs), list(forwards)))
+    for k, (single, _) in enumerate(alone):
+        assert np.abs(together.images[2 * k:2 * k + 2] - single.images).max() <= 1 / 255
+        report = together.steering[k].to_json()
+        assert report["images"] == [2 * k, 2 * k + 1]
+        _assert_same_report(report, single.steering[0].to_json())
+    assert [s.steered for s in together.steering] == [True, False, True]
+    # Exits differ between the prompts, so each prompt's records were cut from the batch's at its own exit.
+    records = [[len(s.diagnostics.for_step(step)) for step in (0, 1)] for s in together.steering]
+    assert records[0] != records[2]
+    # One steering forward per iteration over all four steered rows: as many as the prompt that
+    # iterates longest needs alone, fewer than the prompts need one by one.
+    assert {rows for _, rows in batched} == {4}
+    for step in (0, 1):
+        per_prompt = [sum(1 for s, _ in own if s == step) for _, own in alone]
+        assert sum(1 for s, _ in batched if s == step) == max(per_prompt)
+    assert len(batched) < sum(len(own) for _, own in alone)

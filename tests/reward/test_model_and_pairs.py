@@ -98,3 +98,15 @@ def test_a_judge_that_sees_the_blob_is_right_on_every_pair_and_its_opposite_on_n
     assert inverted["prompt"]["all"]["accuracy"] == 0.0
     ties = evaluate_judge(lambda i, p: torch.zeros(len(p)), pairs, mirror=False)
     assert ties["prompt"]["all"]["accuracy"] == 0.5 and ties["prompt"]["all"]["ties"] == 32
+
+
+def test_several_pair_folders_read_as_one(tmp_path):
+    make_blob_pairs(tmp_path / "a", n=64)
+    make_blob_pairs(tmp_path / "b", n=64)
+    both, one = load_pairs([tmp_path / "a", tmp_path / "b"]), load_pairs(tmp_path / "a")
+    assert len(both) == 128 and both.images.shape[0] == 2 * one.images.shape[0]
+    # the second folder's indices point past the first folder's images, at the same pictures
+    assert torch.equal(both.images[both.winner[64 + 5]], load_pairs(tmp_path / "b").images[one.winner[5]])
+    assert len(load_pairs([tmp_path / "a", tmp_path / "b"], "heldout")) == 2 * len(load_pairs(tmp_path / "a", "heldout"))
+    with pytest.raises(L2SError, match="not a preference-pair folder"):
+        load_pairs([tmp_path / "a", tmp_path / "missing"])

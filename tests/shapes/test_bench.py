@@ -71,6 +71,10 @@ def test_bench_records_its_sampling_and_resumes_only_with_it(tiny_shapes_pipe, t
     results = shapes_world.run_shapes_bench(tmp_path / "out", true_cfg_scale=2.0, **kwargs)
     assert results["settings"]["sampling"] == {"true_cfg_scale": 2.0, "negative_prompt": ""}
     assert results["parts"][0]["modes"]["steered"]["n_images"] == 2
+    import json
+
+    record = json.loads((tmp_path / "out/position/steered/00001/samples/0000.json").read_text())
+    assert record["meta"]["batch"] == 2   # batches of up to 16 by default: both prompts in one call
     # every image's found verdict is recorded, and is the image re-judged (so bench runs pair on it)
     from PIL import Image
 
@@ -135,3 +139,11 @@ def _tiny_shapes_classifier(pipe):
 
     return tiny_classifier_for(pipe, seed=0, orig_map_size=8, timesteps=shapes_world.SHAPES_STORE_STEPS,
                                num_timesteps=shapes_world.SHAPES_STEPS)
+
+
+def test_bench_batch_size_is_checked_before_any_work(tmp_path):
+    from l2s.errors import UsageError
+
+    with pytest.raises(UsageError, match="batch_size must be a positive integer, got 0"):
+        shapes_world.run_shapes_bench(tmp_path / "out", batch_size=0)
+    assert not (tmp_path / "out").exists()

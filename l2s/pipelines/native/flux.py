@@ -28,8 +28,8 @@ from l2s.errors import UsageError
 from l2s.steer import DEFAULT_CAPTURE_BACKEND, Schedule, SteeringPlan
 
 from ..flux import _FluxConditioning
-from .plans import PromptSteering, plan_prompts
-from .steering import RelationSteeringMixin, callback_inputs, steering_callback
+from .plans import PromptSteering, SteeredRows, plan_prompts
+from .steering import RelationSteeringMixin, Rows, callback_inputs, steering_callback
 
 
 @dataclass
@@ -154,7 +154,8 @@ class FluxRelationSteeringPipeline(RelationSteeringMixin, FluxPipeline):
         return embeds, pooled
 
     def _steerer(self, text, steerings, height: int, width: int, guidance_scale: float, joint_kwargs):
-        """``steer(latents, step)``: refine the rows of every prompt steered at ``step``."""
+        """``steer(latents, step)``: refine the rows of every prompt steered at ``step``, together."""
+        steered = SteeredRows.of(steerings)
         prompt_embeds, pooled, text_ids = text
         grid = (int(height) // (self.vae_scale_factor * 2), int(width) // (self.vae_scale_factor * 2))
         image_ids = self._prepare_latent_image_ids(prompt_embeds.shape[0], grid[0], grid[1],
@@ -168,17 +169,17 @@ class FluxRelationSteeringPipeline(RelationSteeringMixin, FluxPipeline):
             t = self.scheduler.timesteps[step]
             denoiser = self.steering_denoiser
 
-            def inputs(rows: slice, z: torch.Tensor) -> dict:
+            def inputs(rows: Rows, z: torch.Tensor) -> dict:
                 conditioning = _FluxConditioning((prompt_embeds[rows], pooled[rows]), None, text_ids, image_ids,
                                                  None if guidance is None else guidance[rows])
                 return conditioning.inputs(z, t.expand(z.shape[0]).to(z.dtype))
 
-            def run_rows(rows: slice, z: torch.Tensor):
+            def run_rows(rows: Rows, z: torch.Tensor):
                 with denoiser.cache_context("cond"):
                     return denoiser(**inputs(rows, z), joint_attention_kwargs=joint_kwargs, return_dict=False)[0]
 
             # The steered forward takes the stock inputs only: extra attention kwargs keep the stock one.
-            return self.steer_rows(latents, step, steerings, run_rows, prompt_embeds.shape[1], grid,
+            return self.steer_rows(latents, step, steered, run_rows, prompt_embeds.shape[1], grid,
                                    None if joint_kwargs else inputs)
 
         return steer

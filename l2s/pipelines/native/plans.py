@@ -1,44 +1,20 @@
 """What each prompt of a diffusers-style call steers: the parser's relations, or the user's own."""
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from l2s.errors import PromptError, UnsupportedRelationError
-from l2s.parsing import ParsedPrompt, Triplet, parse_prompt
-from l2s.relations import NEUTRAL, canonical_class
+from l2s.errors import PromptError
+from l2s.parsing import ParsedPrompt, parse_prompt
 from l2s.steer import (
+    BatchPlan,
+    IterationRecord,
     Schedule,
     SteeringDiagnostics,
     SteeringOutcome,
     SteeringPlan,
+    parsed_from_relations,
     steering_outcome,
 )
-from l2s.tokens import first_occurrence_span
-
-# One relation as a user writes it: ("dog", "left of", "cat") or {"subject", "relation", "object"}.
-RelationLike = Sequence[str] | dict
-
-
-def parsed_from_relations(prompt: str, relations: Sequence[RelationLike]) -> ParsedPrompt:
-    """``relations`` as if the parser had found them in ``prompt`` (each object must occur in it).
-
-    A relation is ``(subject, relation, object)`` or a dict with those keys; the relation may be
-    spelled as a classifier class ("to the left of") or canonically ("left of").
-    """
-    triplets = []
-    for item in relations:
-        if isinstance(item, dict):
-            item = (item.get("subject"), item.get("relation"), item.get("object"))
-        if isinstance(item, str) or len(item) != 3 or not all(isinstance(x, str) and x.strip() for x in item):
-            raise PromptError(f"a relation is (subject, relation, object), three non-empty strings; got {item!r}")
-        subject, relation, obj = (x.strip() for x in item)
-        canonical = canonical_class(relation)
-        if canonical == NEUTRAL:
-            raise UnsupportedRelationError(f"{relation!r} is not a spatial relation that can be steered")
-        triplets.append(Triplet(subject, canonical, obj, first_occurrence_span(prompt, subject), (0, 0),
-                                first_occurrence_span(prompt, obj)))
-    return ParsedPrompt(prompt, triplets=triplets)
 
 
 def _per_prompt(relations, count: int) -> list:
@@ -108,3 +84,65 @@ def plan_prompts(prompts: list[str], relations, images_per_prompt: int, plan_one
         steerings.append(PromptSteering(prompt, rows, plan, schedule if plan.steered else None,
                                         requested=schedule is not None))
     return steerings
+
+
+@dataclass
+class SteeredRows:
+    """The steered prompts of a call, refined together in one batch: their rows of the call's batch,
+    one plan over those rows (the prompt's own when it is the only one, else a :class:`BatchPlan`
+    with each prompt's plan once per image) and the schedule they share."""
+
+    steerings: list[PromptSteering]
+    rows: slice | list[int]
+    plan: SteeringPlan | BatchPlan
+    schedule: Schedule
+
+    @classmethod
+    def of(cls, steerings: list[PromptSteering]) -> SteeredRows | None:
+        """The steered prompts of ``steerings`` (None: none is steered)."""
+        steered = [s for s in steerings if s.schedule is not None]
+        if not steered:
+            return None
+        schedule = steered[0].schedule
+        # plan_prompts gives every steered prompt the call's one schedule: one loop can serve them all.
+        assert all(s.schedule is schedule for s in steered), "the prompts of a call share one schedule"
+        indices = [i for s in steered for i in s.rows]
+        contiguous = indices == list(range(indices[0], indices[-1] + 1))
+        rows = slice(indices[0], indices[-1] + 1) if contiguous else indices
+        plan = steered[0].plan if len(steered) == 1 else BatchPlan([s.plan for s in steered for _ in s.rows])
+        return cls(steered, rows, plan, schedule)
+
+    @property
+    def counts(self) -> int | list[int]:
+        """``refine_latents``'s ``num_relations``: the prompt's count, or one per image."""
+        return self.plan.counts if isinstance(self.plan, BatchPlan) else len(self.plan.pairs)
+
+    def record(self, diagnostics: SteeringDiagnostics) -> None:
+        """Add to each prompt's diagnostics the records of its own images in ``diagnostics`` (the
+        batch's), as a call steering that prompt alone would have made them."""
+        start = 0
+        for steering in self.steerings:
+            columns = list(range(start, start + len(steering.rows)))
+            steering.diagnostics.records.extend(prompt_records(diagnostics.records, columns))
+            start += len(steering.rows)
+
+
+def prompt_records(records: list[IterationRecord], columns: list[int]) -> list[IterationRecord]:
+    """``records`` of a batch restricted to the images in ``columns`` (one prompt's, so one relation
+    index): in each step, up to and including the first iteration at which none of them was still
+    refined, where a loop over those images alone stops."""
+    kept, exited = [], set()
+    for r in records:
+        if r.step in exited:
+            continue
+
+        def pick(values: list) -> list:
+            return [values[c] for c in columns]
+
+        updated, non_finite, active = pick(r.image_updated), pick(r.image_non_finite), pick(r.image_active)
+        relation = r.relation[columns[0]] if isinstance(r.relation, list) else r.relation
+        kept.append(IterationRecord(r.step, r.iteration, relation, pick(r.loss), pick(r.target_probability),
+                                    any(updated), any(non_finite), updated, non_finite, active))
+        if not any(active):
+            exited.add(r.step)
+    return kept

@@ -23,8 +23,8 @@ from l2s.classifier import RelationClassifier
 from l2s.errors import UsageError
 from l2s.steer import DEFAULT_CAPTURE_BACKEND, Schedule, SteeringPlan
 
-from .plans import PromptSteering, plan_prompts
-from .steering import RelationSteeringMixin, callback_inputs, steering_callback
+from .plans import PromptSteering, SteeredRows, plan_prompts
+from .steering import RelationSteeringMixin, Rows, callback_inputs, steering_callback
 
 
 @dataclass
@@ -120,7 +120,8 @@ class StableDiffusionRelationSteeringPipeline(RelationSteeringMixin, StableDiffu
                                         self.steering_classifier().config.class_names)
 
     def _steerer(self, cond: torch.Tensor, steerings, guidance_scale: float, cross_attention_kwargs):
-        """``steer(latents, step)``: refine the rows of every prompt steered at ``step``."""
+        """``steer(latents, step)``: refine the rows of every prompt steered at ``step``, together."""
+        steered = SteeredRows.of(steerings)
         timestep_cond = None
         if self.unet.config.time_cond_proj_dim is not None:
             scale = torch.tensor(guidance_scale - 1).repeat(cond.shape[0])
@@ -130,13 +131,13 @@ class StableDiffusionRelationSteeringPipeline(RelationSteeringMixin, StableDiffu
         def steer(latents: torch.Tensor, step: int) -> torch.Tensor:
             t, unet = self.scheduler.timesteps[step], self.steering_denoiser
 
-            def run_rows(rows: slice, z: torch.Tensor):
+            def run_rows(rows: Rows, z: torch.Tensor):
                 extra = None if timestep_cond is None else timestep_cond[rows].to(z.dtype)
                 return unet(self.scheduler.scale_model_input(z, t), t, encoder_hidden_states=cond[rows],
                             timestep_cond=extra, cross_attention_kwargs=cross_attention_kwargs,
                             return_dict=False)[0]
 
-            return self.steer_rows(latents, step, steerings, run_rows, cond.shape[1], tuple(latents.shape[-2:]))
+            return self.steer_rows(latents, step, steered, run_rows, cond.shape[1], tuple(latents.shape[-2:]))
 
         return steer
 

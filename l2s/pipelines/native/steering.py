@@ -17,13 +17,17 @@ from l2s.steer import (
     DEFAULT_CAPTURE_BACKEND,
     DenoiserCall,
     Schedule,
+    SteeringDiagnostics,
     SteeringObjective,
     refine_latents,
     schedule_preset,
     validate_step_size,
 )
 
-from .plans import PromptSteering
+from .plans import SteeredRows
+
+# The batch rows a steered forward runs: a slice, or the indices of non-adjacent prompts' rows.
+Rows = slice | list[int]
 
 
 def unwrapped(module: torch.nn.Module) -> torch.nn.Module:
@@ -123,7 +127,7 @@ class RelationSteeringMixin:
 
     The family class provides ``steering_family()`` (the published settings that apply) and its
     ``__call__``; the mixin keeps one steering objective per (denoiser, classifier) and refines
-    the latent rows of each steered prompt.
+    the latent rows of the steered prompts, together.
     """
 
     denoiser_name: str
@@ -202,27 +206,26 @@ class RelationSteeringMixin:
         return resolve_schedule(schedule or "reference", self.steering_family(), steps,
                                 self.config.steering_step_size)
 
-    def steer_rows(self, latents: torch.Tensor, step: int, steerings: list[PromptSteering],
-                   run_rows: Callable[[slice, torch.Tensor], object], text_len: int,
-                   latent_hw: tuple[int, int], inputs: Callable[[slice, torch.Tensor], dict] | None = None,
+    def steer_rows(self, latents: torch.Tensor, step: int, steered: SteeredRows | None,
+                   run_rows: Callable[[Rows, torch.Tensor], object], text_len: int,
+                   latent_hw: tuple[int, int], inputs: Callable[[Rows, torch.Tensor], dict] | None = None,
                    ) -> torch.Tensor:
-        """Refine the latent rows of every prompt steered at ``step`` (each prompt with its own plan).
+        """Refine the latent rows of every prompt steered at ``step`` in one batch (each image with
+        its prompt's plan and its own exit), then hand each prompt its images' records.
 
         ``run_rows(rows, z)`` runs the conditional denoiser forward of those batch rows on ``z``;
         ``inputs(rows, z)`` (FLUX) gives its keyword arguments, for the steered forward.
         """
-        objective, latents = self.objective(), latents.clone()
+        if steered is None or not steered.schedule.is_steered(step):
+            return latents
+        objective, latents, rows = self.objective(), latents.clone(), steered.rows
         self._onload_denoiser()
-        for steering in steerings:
-            if steering.schedule is None or not steering.schedule.is_steered(step):
-                continue
-            rows = slice(steering.rows.start, steering.rows.stop)
-            plan = steering.plan
-            call = DenoiserCall(lambda z, r=rows: run_rows(r, z),
-                                None if inputs is None else (lambda z, r=rows: inputs(r, z)))
-            with objective.at_step(plan, step, call, text_len, latent_hw) as log_prob:
-                latents[rows] = refine_latents(latents[rows], step, log_prob, steering.schedule,
-                                               len(plan.pairs), steering.diagnostics)
+        call = DenoiserCall(lambda z: run_rows(rows, z), None if inputs is None else (lambda z: inputs(rows, z)))
+        diagnostics = SteeringDiagnostics()
+        with objective.at_step(steered.plan, step, call, text_len, latent_hw) as log_prob:
+            latents[rows] = refine_latents(latents[rows], step, log_prob, steered.schedule, steered.counts,
+                                           diagnostics)
+        steered.record(diagnostics)
         return latents
 
     def _onload_denoiser(self) -> None:

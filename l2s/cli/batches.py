@@ -1,0 +1,98 @@
+"""``l2s generate`` with several prompts and seeds: which images, in which folders, in which batches.
+
+One image per prompt and seed. One image keeps the single-image layout (image.png, report.json in
+``--out``); more get a folder each, ``pNN-sSSSS`` (prompt number, seed), and ``index.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from l2s.errors import UsageError
+from l2s.files import atomic_write_json
+
+FOLDER_PATTERN = re.compile(r"p\d+-s\d+")   # what a rerun may remove as an earlier run's image folder
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    prompt_number: int
+    prompt: str
+    seed: int
+    folder: str   # below --out; "" for a single image (today's layout)
+
+
+def read_prompt_file(path: str) -> list[str]:
+    """``--prompts FILE``: one prompt a line, UTF-8, blank lines ignored."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise UsageError(f"--prompts {path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except OSError as error:
+        raise UsageError(f"--prompts {path}: cannot read it ({error.strerror or error})") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def prompts_of(args: argparse.Namespace) -> list[str]:
+    """The positional prompts, then those of ``--prompts FILE``."""
+    prompts = list(args.prompt) + (read_prompt_file(args.prompts) if args.prompts else [])
+    if not prompts:
+        raise UsageError("no prompt: give PROMPT (one or more) or --prompts FILE"
+                         + (f" ({args.prompts} has no non-blank line)" if args.prompts else ""))
+    return prompts
+
+
+def seeds_of(args: argparse.Namespace) -> list[int]:
+    """``--seeds 0-3,10`` or ``--seed N`` (default 0); sets ``args.seed`` when only the default applies."""
+    from l2s.evaluation import parse_seeds
+
+    if args.seeds is None:
+        if args.seed is None:
+            args.seed = 0
+        return [args.seed]
+    if args.seed is not None:
+        raise UsageError("give --seed N or --seeds LIST, not both")
+    seeds = parse_seeds(args.seeds)
+    args.seed = seeds[0]
+    return seeds
+
+
+def image_jobs(prompts: list[str], seeds: list[int]) -> list[ImageJob]:
+    """Every prompt with every seed, prompt-major; folders named when there is more than one image."""
+    pairs = [(number, prompt, seed) for number, prompt in enumerate(prompts) for seed in seeds]
+    if len(pairs) == 1:
+        return [ImageJob(0, prompts[0], seeds[0], "")]
+    prompt_width = max(2, len(str(len(prompts) - 1)))
+    seed_width = max(4, len(str(max(seeds))))
+    return [ImageJob(number, prompt, seed, f"p{number:0{prompt_width}d}-s{seed:0{seed_width}d}")
+            for number, prompt, seed in pairs]
+
+
+def batches(jobs: list[ImageJob], size: int) -> list[list[ImageJob]]:
+    return [jobs[start:start + size] for start in range(0, len(jobs), size)]
+
+
+def remove_stale_image_folders(out: Path) -> None:
+    """An earlier multi-image run's ``index.json`` and ``pNN-sSSSS/`` folders."""
+    import shutil
+
+    out = Path(out)
+    (out / "index.json").unlink(missing_ok=True)
+    if out.is_dir():
+        for folder in out.iterdir():
+            if folder.is_dir() and FOLDER_PATTERN.fullmatch(folder.name):
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+def write_index(out: Path, source: str, batch_size: int, entries: list[dict], seconds: float) -> None:
+    index = {"model": source, "batch_size": batch_size, "images": entries,
+             "timings_s": {"command_total": seconds}}
+    atomic_write_json(Path(out) / "index.json", index)
+
+
+def folders_line(out: Path, jobs: list[ImageJob], names: list[str]) -> str:
+    """``l2s: wrote 4 image folders p00-s0000/ to p01-s0001/ (image.png, report.json) and index.json in OUT``."""
+    span = f"{jobs[0].folder}/ to {jobs[-1].folder}/"
+    return f"l2s: wrote {len(jobs)} image folders {span} ({', '.join(names)}) and index.json in {out}"

@@ -1,0 +1,132 @@
+"""``l2s generate`` with several prompts and seeds: one batched steering call per --batch-size images,
+a folder per image equal to a single-image run, index.json, and every bad list refused first."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import l2s.cli.generate
+from l2s.cli import main
+from l2s.pipelines import SteeringPipeline
+
+TINY = ["--model", "tiny", "--quiet"]
+PROMPTS = ["a cat to the left of a dog", "a cup above a book"]
+
+
+def run(argv, capsys):
+    code = main(argv)
+    return code, [line for line in capsys.readouterr().err.splitlines() if line.startswith("l2s:")]
+
+
+def pixels(path):
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+def iterations(report):
+    return {step: len(records) for step, records in report["steps"].items()}
+
+
+def visible(folder):
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """(prompt, seed, steer) of every steering-pipeline call."""
+    seen, original = [], SteeringPipeline.__call__
+
+    def spy(self, prompt, **kwargs):
+        seen.append((prompt, kwargs.get("seed"), kwargs.get("steer", True)))
+        return original(self, prompt, **kwargs)
+
+    monkeypatch.setattr(SteeringPipeline, "__call__", spy)
+    return seen
+
+
+def test_prompts_times_seeds_equal_single_image_runs(tmp_path, capsys, calls):
+    out = tmp_path / "many"
+    code, lines = run(["generate", *PROMPTS, "--seeds", "0-1", "--batch-size", "3", "--out", str(out), *TINY], capsys)
+    assert code == 0, lines
+    folders = ["p00-s0000", "p00-s0001", "p01-s0000", "p01-s0001"]
+    assert visible(out) == ["index.json", *folders]
+    assert lines[-1].startswith("l2s: wrote 4 image folders p00-s0000/ to p01-s0001/ (image.png")
+    # one steering call per batch of 3, one unsteered call per batch for its steered images
+    steered_calls = [(p, s) for p, s, steer in calls if steer]
+    assert steered_calls == [(PROMPTS[:1] * 2 + PROMPTS[1:], [0, 1, 0]), (PROMPTS[1:], [1])]
+    index = json.loads((out / "index.json").read_text())
+    expected = [(p, s, f"p0{i}-s000{s}") for i, p in enumerate(PROMPTS) for s in (0, 1)]
+    assert [(e["prompt"], e["seed"], e["folder"]) for e in index["images"]] == expected
+    for prompt, seed, folder in expected:
+        single = tmp_path / folder
+        code, lines = run(["generate", prompt, "--seed", str(seed), "--out", str(single), *TINY], capsys)
+        assert code == 0, lines
+        assert visible(out / folder) == visible(single)
+        for name in ("image.png", "image_unsteered.png"):
+            difference = np.abs(pixels(out / folder / name) - pixels(single / name)).max()
+            assert difference <= 1, (folder, name, difference)
+        report, alone = (json.loads((f / "report.json").read_text()) for f in (out / folder, single))
+        assert (report["prompt"], report["seed"], report["steered"]) == (prompt, seed, alone["steered"])
+        assert iterations(report) == iterations(alone) and report["relations"] == alone["relations"]
+        assert next(e for e in index["images"] if e["folder"] == folder)["steered"] == report["steered"]
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    monkeypatch.setattr(l2s.cli.generate, "load_steerer", lambda args: pytest.fail("loaded a model"))
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--seeds=-1"], "bad --seeds '-1': use non-negative integers"),
+    (["--seeds", "0-x"], "bad --seeds '0-x'"),
+    (["--seeds", ""], "bad --seeds ''"),
+    (["--seeds", "3-1"], "bad --seeds range '3-1': the end is before the start"),
+    (["--seeds", "1,4,1"], "a seed is repeated"),
+    (["--seeds", "0-3,2"], "a seed is repeated"),
+    (["--seeds", f"0,{2 ** 64}"], "seeds must be below 2**64"),
+    (["--seeds", "0-1", "--seed", "3"], "give --seed N or --seeds LIST, not both"),
+    (["--seeds", "0-1", "--batch-size", "0"], "--batch-size must be a positive integer, got 0"),
+    (["--seeds", "0-1", "--save-maps"], "--save-maps writes one image's maps"),
+    (["--prompts", "/nonexistent/prompts.txt"], "--prompts /nonexistent/prompts.txt: cannot read it"),
+])
+def test_bad_lists_fail_with_one_line_before_any_work(options, message, no_model, tmp_path, capsys):
+    code, lines = run(["generate", *PROMPTS, "--out", str(tmp_path / "o"), *TINY, *options], capsys)
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("l2s: error: ") and message in lines[0], lines
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_prompts_and_prompt_files_fail_with_one_line(no_model, tmp_path, capsys):
+    (tmp_path / "latin1.txt").write_bytes("a caf\xe9 left of a dog\n".encode("latin-1"))
+    (tmp_path / "blank.txt").write_text("\n  \n")
+    for argv, message in [
+        (["--prompts", str(tmp_path / "latin1.txt")], "not UTF-8 text"),
+        (["--prompts", str(tmp_path / "blank.txt")], "has no non-blank line"),
+        ([], "no prompt: give PROMPT (one or more) or --prompts FILE"),
+        ([PROMPTS[0], "left of a dog"], "prompt 1 ('left of a dog'): "),
+        ([*PROMPTS, "--relations", "cat,left of,dog"], "prompt 1 ('a cup above a book'): "),
+    ]:
+        code, lines = run(["generate", *argv, "--out", str(tmp_path / "o"), *TINY], capsys)
+        assert code == 2 and len(lines) == 1 and message in lines[0], (argv, lines)
+    assert not (tmp_path / "o").exists()
+
+
+def test_prompt_file_order_warnings_per_image_and_reruns(tmp_path, capsys, calls):
+    (tmp_path / "prompts.txt").write_text("\na cat next to a dog\n\n  a cup above a book  \n", encoding="utf-8")
+    out = tmp_path / "o"
+    code, lines = run(["generate", PROMPTS[0], "--prompts", str(tmp_path / "prompts.txt"), "--seeds", "3,10",
+                       "--steps", "1", "--no-steer", "--out", str(out), *TINY], capsys)
+    assert code == 0, lines
+    index = json.loads((out / "index.json").read_text())["images"]
+    assert [(e["prompt"], e["seed"], e["folder"]) for e in index] == [
+        (PROMPTS[0], 3, "p00-s0003"), (PROMPTS[0], 10, "p00-s0010"), ("a cat next to a dog", 3, "p01-s0003"),
+        ("a cat next to a dog", 10, "p01-s0010"), (PROMPTS[1], 3, "p02-s0003"), (PROMPTS[1], 10, "p02-s0010")]
+    assert len(calls) == 1 and not any(e["steered"] for e in index)      # --no-steer: one call, no baseline
+    said = [line for line in lines if "unsteered" in line]                # the prompt without a direction
+    assert [line.split(":")[1].strip() for line in said] == ["p01-s0003", "p01-s0010"]
+    assert visible(out / "p01-s0003") == ["image.png", "report.json"]
+    # a single-image rerun into the folder keeps today's layout, the earlier run's folders gone
+    code, lines = run(["generate", PROMPTS[0], "--seeds", "5", "--steps", "1", "--no-steer", "--out", str(out),
+                       *TINY], capsys)
+    assert code == 0 and visible(out) == ["image.png", "report.json"]
+    assert json.loads((out / "report.json").read_text())["seed"] == 5
