@@ -142,16 +142,9 @@ def eval_command(processes: int, eval_args: list[str], out: Path) -> list[str]:
     return [*launcher, "eval", *eval_args, "--quiet", "--out", str(out)]
 
 
-def comparable(summary: dict) -> dict:
-    """A summary without what differs between equal runs: timings and resume counts."""
-    summary = {k: v for k, v in summary.items() if k != "wall_time_s"}
-    summary["modes"] = {name: {k: v for k, v in mode.items()
-                               if k not in ("generate_s_per_image", "score_s_per_image", "status_counts")}
-                        for name, mode in summary["modes"].items()}
-    return summary
-
-
 def eval_rows(args: argparse.Namespace):
+    from l2s.evaluation import comparable_summary
+
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     first = None
     for processes in args.processes:
@@ -165,7 +158,7 @@ def eval_rows(args: argparse.Namespace):
         summary = json.loads((out / "summary.json").read_text())
         images = sum(mode["n_images"] for mode in summary["modes"].values())
         row = {"processes": processes, "threads": args.threads, "images": images, "command_s": wall,
-               "run_s": summary["wall_time_s"], "summary": comparable(summary)}
+               "run_s": summary["wall_time_s"], "summary": comparable_summary(summary)}
         first = first or row
         row["speedup"] = first["command_s"] / wall
         row["same_summary"] = row["summary"] == first["summary"]

@@ -400,48 +400,20 @@ def parse_prompt(prompt: str) -> ParsedPrompt:
         raise PromptError(f"prompt must be a string, got {type(prompt).__name__}")
     if not prompt.strip():
         raise PromptError("prompt is empty")
-    from spacy.tokens import Span
-    from spacy.util import filter_spans
-
-    matchers = _matchers()
-    words = _Words(prompt, matchers.nlp)
-    doc = words.doc
-    begin = _prefix_end(words, matchers)
-    found = [Span(doc, start, end, label=label)
-             for label, start, end in matchers.relations(doc) if start >= begin]
-    # Longest non-overlapping matches, in order; an idiom wins over the relation word inside it.
-    relation_spans = [s for s in filter_spans(found) if s.label_ != _IDIOM_LABEL]
-    protected = {i for _, start, end in matchers.protected(doc) for i in range(start, end)}
-
+    words = _Words(prompt, _matchers().nlp)
+    doc, (begin, relation_spans, protected) = words.doc, _relation_spans(words)
     result = ParsedPrompt(prompt)
     previous_subject: _Phrase | None = None
     for k, rel in enumerate(relation_spans):
         steerable = rel.label_ != _NON_DIRECTIONAL_LABEL
-        written = words.text(rel.start, rel.end)
-        rel_span = words.char_span(rel.start, rel.end)
-
-        gap_start = relation_spans[k - 1].end if k else begin
-        before = _clauses(doc, gap_start, rel.start, protected)
-        if k == 0:
-            # Nothing to coordinate with: take the last clause that names something.
-            subject = next((p for p in (_noun_phrase(c, words) for c in reversed(before))
-                            if p is not None), None)
-        else:
-            subject = _noun_phrase(before[-1], words)
-            if subject is None and len(before) > 1 and steerable:
-                # "a cat left of a dog and above a ball": the cat is also above the ball.
-                subject = previous_subject
-
+        written, rel_span = words.text(rel.start, rel.end), words.char_span(rel.start, rel.end)
+        before = _clauses(doc, relation_spans[k - 1].end if k else begin, rel.start, protected)
+        subject = _subject(before, words, previous_subject if k and steerable else None, first=k == 0)
         gap_end = relation_spans[k + 1].start if k + 1 < len(relation_spans) else len(doc)
         obj = _noun_phrase(_clauses(doc, rel.end, gap_end, protected)[0], words)
-
         if subject is None or obj is None:
             if steerable and rel.text.lower() not in _ADVERBIAL_RELATION_WORDS:
-                missing, where = ("subject", "before") if subject is None else ("object", "after")
-                one_line = " ".join(written.split())
-                raise PromptError(
-                    f"relation {one_line!r} at character {rel_span[0]} has no {missing} {where} "
-                    f"it (write e.g. 'a cat {one_line.lower()} a dog')")
+                raise _missing_argument(written, rel_span, "subject" if subject is None else "object")
             # A dangling adverb or non-directional word ("a cat jumping over"): nothing to report.
             previous_subject = subject
             continue
@@ -453,6 +425,40 @@ def parse_prompt(prompt: str) -> ParsedPrompt:
                                                          subject.span, rel_span, obj.span))
         previous_subject = subject
     return result
+
+
+def _relation_spans(words: _Words):
+    """(where relations may start, the relation word spans in order, protected token indices)."""
+    from spacy.tokens import Span
+    from spacy.util import filter_spans
+
+    matchers, doc = _matchers(), words.doc
+    begin = _prefix_end(words, matchers)
+    found = [Span(doc, start, end, label=label)
+             for label, start, end in matchers.relations(doc) if start >= begin]
+    # Longest non-overlapping matches, in order; an idiom wins over the relation word inside it.
+    spans = [s for s in filter_spans(found) if s.label_ != _IDIOM_LABEL]
+    protected = {i for _, start, end in matchers.protected(doc) for i in range(start, end)}
+    return begin, spans, protected
+
+
+def _subject(before: list, words: _Words, coordinated: _Phrase | None, first: bool) -> _Phrase | None:
+    """The subject of a relation from the clauses ``before`` it (see :func:`parse_prompt`)."""
+    if first:
+        # Nothing to coordinate with: take the last clause that names something.
+        return next((p for p in (_noun_phrase(c, words) for c in reversed(before)) if p is not None), None)
+    subject = _noun_phrase(before[-1], words)
+    if subject is None and len(before) > 1:
+        # "a cat left of a dog and above a ball": the cat is also above the ball.
+        subject = coordinated
+    return subject
+
+
+def _missing_argument(written: str, rel_span: tuple[int, int], missing: str) -> PromptError:
+    where = "before" if missing == "subject" else "after"
+    one_line = " ".join(written.split())
+    return PromptError(f"relation {one_line!r} at character {rel_span[0]} has no {missing} {where} "
+                       f"it (write e.g. 'a cat {one_line.lower()} a dog')")
 
 
 def parse_cli_json(prompt: str) -> list[dict]:

@@ -50,6 +50,20 @@ class ModeReport:
                 "score_s_per_image": self.score_s_per_image, "status_counts": self.status_counts()}
 
 
+# What differs between two runs of the same prompts and seeds: timings and how images were reached.
+RUN_DEPENDENT = ("generate_s_per_image", "score_s_per_image", "status_counts")
+
+
+def comparable_summary(summary: dict[str, Any]) -> dict[str, Any]:
+    """A ``summary.json`` without what differs between equal runs (wall time, per-image timings,
+    resume counts): two runs of the same prompts and seeds, batched, resumed or spread over
+    processes, compare equal."""
+    summary = {k: v for k, v in summary.items() if k != "wall_time_s"}
+    summary["modes"] = {name: {k: v for k, v in mode.items() if k not in RUN_DEPENDENT}
+                        for name, mode in summary.get("modes", {}).items()}
+    return summary
+
+
 @dataclass
 class EvalReport:
     """A whole run: one :class:`ModeReport` per mode, the settings and the wall time."""

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from l2s.cli import main
+from l2s.evaluation import comparable_summary
 from l2s.files import LOCK_FILE
 from tests.cli.test_reliability import EVAL, _dataset_fingerprint, _eval_fingerprint
 
@@ -64,12 +65,7 @@ def _kill_a_rank_when(condition, proc: subprocess.Popen, out: Path, timeout: flo
 
 def _summary(out: Path) -> dict:
     """summary.json without what differs between runs (timings, and how many images were resumed)."""
-    summary = json.loads((out / "summary.json").read_text())
-    summary.pop("wall_time_s")
-    for mode in summary["modes"].values():
-        for key in ("generate_s_per_image", "score_s_per_image", "status_counts"):
-            mode.pop(key)
-    return summary
+    return comparable_summary(json.loads((out / "summary.json").read_text()))
 
 
 # ---------------------------------------------------------------------------------------------
