@@ -135,6 +135,17 @@ def atomic_write_json(path: str | Path, data: Any, indent: int | None = 2) -> No
     atomic_write_text(path, json.dumps(data, indent=indent, default=str) + "\n")
 
 
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` of ``obj`` written as :func:`atomic_write_bytes`: whole or not at all."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
 def fsync_append(path: str | Path, lines: list[str]) -> None:
     """Append ``lines`` in one write and sync them: a kill leaves whole lines or a torn last line."""
     if not lines:

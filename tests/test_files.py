@@ -105,3 +105,17 @@ def test_a_damaged_state_file_says_how_to_recover(tmp_path):
     (tmp_path / "state.json").write_text(json.dumps({"ok": True}))
     assert read_state_json(tmp_path / "state.json", fix="") == {"ok": True}
 
+
+
+def test_atomic_torch_save_is_whole_or_nothing(tmp_path):
+    import torch
+
+    from l2s.files import atomic_torch_save
+
+    path = tmp_path / "state.pt"
+    atomic_torch_save({"x": torch.arange(3)}, path)
+    assert torch.equal(torch.load(path, weights_only=True)["x"], torch.arange(3))
+    with pytest.raises(Exception):
+        atomic_torch_save({"x": lambda: 0}, path)      # cannot be pickled: nothing is written
+    assert torch.equal(torch.load(path, weights_only=True)["x"], torch.arange(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]

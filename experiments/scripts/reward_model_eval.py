@@ -91,7 +91,7 @@ def run(args) -> dict:
     torch.set_num_threads(args.threads)
     heldout = load_pairs(args.data, "heldout")
     scorers = {name: load_reward_model(path) for name, path in (m.split("=", 1) for m in args.model)}
-    results = {"data": str(args.data), "heldout_pairs": len(heldout), "models": {}, "judges": {}}
+    results = {"data": [str(d) for d in args.data], "heldout_pairs": len(heldout), "models": {}, "judges": {}}
     for name, scorer in scorers.items():
         results["models"][name] = {"path": dict(m.split("=", 1) for m in args.model)[name],
                                    **evaluate_judge(scorer, heldout)}
@@ -114,7 +114,7 @@ def run(args) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", required=True, type=Path, help="pair folder (l2s shapes reward-data)")
+    p.add_argument("--data", required=True, type=Path, nargs="+", help="pair folder(s) (l2s shapes reward-data)")
     p.add_argument("--model", action="append", default=[], metavar="NAME=DIR", help="a trained reward model")
     p.add_argument("--pipeline", type=Path, default=None, help="shapes pipeline for inversion (default shipped)")
     p.add_argument("--classifier", type=Path, default=None, help="steering classifier (default shipped)")

@@ -22,6 +22,7 @@ import torch
 
 from l2s.errors import L2SError
 from l2s.files import (
+    atomic_torch_save,
     atomic_write_json,
     atomic_write_text,
     fsync_append,
@@ -153,9 +154,8 @@ def _epochs(trainer: GRPOTrainer, out: Path, pool, eval_prompts, evaluators: dic
 
 def _save(trainer: GRPOTrainer, out: Path, epoch: int, command: str | None) -> None:
     """Checkpoint first (what a resume needs), then the adapters and the run's description."""
-    tmp = out / (CHECKPOINT + ".tmp")
-    torch.save({"epoch": epoch, "settings": json.dumps(trainer.settings.run_identity()), **trainer.state()}, tmp)
-    os.replace(tmp, out / CHECKPOINT)
+    atomic_torch_save({"epoch": epoch, "settings": json.dumps(trainer.settings.run_identity()), **trainer.state()},
+                      out / CHECKPOINT)
     with trainer.ema.applied():
         _save_adapter(trainer.model, out / "adapter")
     _save_adapter(trainer.model, out / "adapter_raw")

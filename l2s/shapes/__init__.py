@@ -1,70 +1,110 @@
 """l2s.shapes: a synthetic world of flat coloured shapes, its exact detector, a tiny FLUX model
-trained on it, and the recipes and bench that show steering works end to end."""
+trained on it, and the recipes and bench that show steering works end to end.
 
-from .bench import BENCH_PROMPT_SEED, BENCH_SEEDS, BenchPart, bench_parts, classifier_comparison, run_shapes_bench
-from .bench_report import (
-    bench_table,
-    target_summary,
-    write_bench_results,
-)
-from .data import SceneDataset, load_or_render_dataset, render_dataset, scene_caption
-from .detector import ShapesDetector
-from .export import export, training_markdown
-from .model import (
-    SHIPPED_MODEL_DIR,
-    TINY_CONFIG,
-    PixelShuffleVAE,
-    ShapesModelConfig,
-    ShapesT5EncoderModel,
-    build_shapes_pipeline,
-    image_size,
-    images_to_latents,
-    is_shapes_pipeline,
-    load_shapes_pipeline,
-    rope_axes_for,
-    token_grid,
-)
-from .prompts import SHAPES_PROMPT_SET, ood_position_prompts, shapes_multi_relation_prompts, shapes_position_prompts
-from .recipes import (
-    HELD_OUT_COLOURS,
-    HELD_OUT_SHAPES,
-    SHAPES_CLASSIFIER_EPOCHS,
-    SHAPES_CLASSIFIER_LR,
-    SHAPES_FAMILY,
-    SHAPES_IMAGE_SIZE,
-    SHAPES_STEP_SIZE,
-    SHAPES_STEPS,
-    SHAPES_STORE_STEPS,
-    SHAPES_TRUE_CFG,
-    ShippedAssets,
-    load_shapes_steerer,
-    make_shapes_data,
-    named_schedule,
-    shapes_classifier_config,
-    shapes_relation_samples,
-    shipped_assets,
-    steer_shapes_pipeline,
-    train_shapes_classifier,
-)
-from .scenes import (
-    BACKGROUND,
-    COLOURS,
-    GAP,
-    SHAPES,
-    Scene,
-    SceneObject,
-    random_scene,
-    render,
-    render_array,
-    scene_for_relation,
-    shape_template,
-)
-from .surgery import grow_transformer, repatch_transformer
-from .tokenizer import TEXT_WINDOW, shapes_t5_tokenizer, shapes_vocabulary, tokenize_t5
-from .trainer import ShapesTrainer, TrainSettings, learning_rate, train
-from .verdicts import VERDICTS, all_objects_found, colour_only, image_verdicts, objects_found
-from .reward_data import PairSettings, make_reward_pairs
-from .rule_reward import RuleReward
+Names load with their module on first use (PEP 562), so ``import l2s.shapes`` and the
+command line's ``--help`` stay fast: the model module pulls in diffusers and transformers.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# name -> the submodule that defines it
+_WHERE = {
+    "BENCH_PROMPT_SEED": "bench",
+    "BENCH_SEEDS": "bench",
+    "BenchPart": "bench",
+    "bench_parts": "bench",
+    "classifier_comparison": "bench",
+    "run_shapes_bench": "bench",
+    "bench_table": "bench_report",
+    "target_summary": "bench_report",
+    "write_bench_results": "bench_report",
+    "SceneDataset": "data",
+    "load_or_render_dataset": "data",
+    "render_dataset": "data",
+    "scene_caption": "data",
+    "ShapesDetector": "detector",
+    "export": "export",
+    "training_markdown": "export",
+    "SHIPPED_MODEL_DIR": "model",
+    "TINY_CONFIG": "model",
+    "PixelShuffleVAE": "model",
+    "ShapesModelConfig": "model",
+    "ShapesT5EncoderModel": "model",
+    "build_shapes_pipeline": "model",
+    "image_size": "model",
+    "images_to_latents": "model",
+    "is_shapes_pipeline": "model",
+    "load_shapes_pipeline": "model",
+    "rope_axes_for": "model",
+    "token_grid": "model",
+    "SHAPES_PROMPT_SET": "prompts",
+    "ood_position_prompts": "prompts",
+    "shapes_multi_relation_prompts": "prompts",
+    "shapes_position_prompts": "prompts",
+    "HELD_OUT_COLOURS": "recipes",
+    "HELD_OUT_SHAPES": "recipes",
+    "SHAPES_CLASSIFIER_EPOCHS": "recipes",
+    "SHAPES_CLASSIFIER_LR": "recipes",
+    "SHAPES_FAMILY": "recipes",
+    "SHAPES_IMAGE_SIZE": "recipes",
+    "SHAPES_STEP_SIZE": "recipes",
+    "SHAPES_STEPS": "recipes",
+    "SHAPES_STORE_STEPS": "recipes",
+    "SHAPES_TRUE_CFG": "recipes",
+    "ShippedAssets": "recipes",
+    "load_shapes_steerer": "recipes",
+    "make_shapes_data": "recipes",
+    "named_schedule": "recipes",
+    "shapes_classifier_config": "recipes",
+    "shapes_relation_samples": "recipes",
+    "shipped_assets": "recipes",
+    "steer_shapes_pipeline": "recipes",
+    "train_shapes_classifier": "recipes",
+    "BACKGROUND": "scenes",
+    "COLOURS": "scenes",
+    "GAP": "scenes",
+    "SHAPES": "scenes",
+    "Scene": "scenes",
+    "SceneObject": "scenes",
+    "random_scene": "scenes",
+    "render": "scenes",
+    "render_array": "scenes",
+    "scene_for_relation": "scenes",
+    "shape_template": "scenes",
+    "grow_transformer": "surgery",
+    "repatch_transformer": "surgery",
+    "TEXT_WINDOW": "tokenizer",
+    "shapes_t5_tokenizer": "tokenizer",
+    "shapes_vocabulary": "tokenizer",
+    "tokenize_t5": "tokenizer",
+    "ShapesTrainer": "trainer",
+    "TrainSettings": "trainer",
+    "learning_rate": "trainer",
+    "train": "trainer",
+    "VERDICTS": "verdicts",
+    "all_objects_found": "verdicts",
+    "colour_only": "verdicts",
+    "image_verdicts": "verdicts",
+    "objects_found": "verdicts",
+    "PairSettings": "reward_data",
+    "make_reward_pairs": "reward_data",
+    "RuleReward": "rule_reward",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))
+
 
 __all__ = [
     "BACKGROUND",

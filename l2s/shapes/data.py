@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from l2s.files import atomic_torch_save
 
 from .scenes import Scene, random_scene, render_array
 from .tokenizer import TEXT_WINDOW, shapes_t5_tokenizer, tokenize_t5
@@ -86,6 +87,4 @@ def load_or_render_dataset(cache_dir: Path, progress: bool = True, **kwargs: Any
 def atomic_save(obj: Any, path: Path) -> None:
     """torch.save through a temporary file, so an interrupted write never corrupts ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_torch_save(obj, path)

@@ -28,7 +28,6 @@ import numpy as np
 from l2s.errors import L2SError
 from l2s.relations import DIRECTIONAL, NEUTRAL, PUBLISHED_CLASSES
 
-from .model import SHIPPED_MODEL_DIR, image_size, load_shapes_pipeline, token_grid
 from .scenes import COLOURS, SHAPES, render, scene_for_relation
 
 # Not step-distilled (4 Euler steps leave blurry blobs): 12 steps, the first half steered.
@@ -78,6 +77,7 @@ class ShippedAssets:
 
 def shipped_assets(root: str | Path | None = None) -> ShippedAssets:
     """Where the default shapes model lives (``l2s/shapes/assets`` unless ``root`` is given)."""
+    from .model import SHIPPED_MODEL_DIR  # the model module imports diffusers: load it when used
     root = Path(root) if root is not None else SHIPPED_MODEL_DIR
     return ShippedAssets(root, root / CLASSIFIER_DIR, root / ABLATION_CLASSIFIER_DIR)
 
@@ -88,6 +88,7 @@ def load_shapes_steerer(pipeline_dir: str | Path | None = None, classifier: str 
     """The shapes pipeline wrapped for steering (default: the shipped model + classifier) on
     ``device`` (default: the CPU) in execution ``mode``; ``lora``: a LoRA adapter folder merged
     into its transformer first."""
+    from .model import load_shapes_pipeline  # the model module imports diffusers: load it when used
     from l2s.classifier import RelationClassifier
 
     assets = shipped_assets()
@@ -108,6 +109,7 @@ def steer_shapes_pipeline(pipe, classifier, schedule=None, mode: str = "fast",
     ``true_cfg_scale`` / ``step_size`` are given) and the published rule for multi-step models, so
     the default ``"reference"`` schedule is 16 iterations on the first half of the steps (and
     presets follow the same rule)."""
+    from .model import image_size  # the model module imports diffusers: load it when used
     from l2s.pipelines import wrap_pipeline
 
     scale = SHAPES_TRUE_CFG if true_cfg_scale is None else true_cfg_scale
@@ -180,6 +182,7 @@ def make_shapes_data(pipe, out_dir: str | Path, n_scenes: int, seed: int = 0, *,
     :func:`image_size` and maps of its token grid (32 px and 16x16 for the shipped model: no
     resampling); resumable like :func:`l2s.training.make_dataset` (``kwargs`` go there).
     """
+    from .model import image_size, token_grid  # the model module imports diffusers: load it when used
     from l2s.training import make_dataset
 
     samples = shapes_relation_samples(n_scenes, seed, size=image_size(pipe), exclude_colours=exclude_colours,
