@@ -21,10 +21,13 @@ REWARDS_HELP = ("'rule' (exact detector + GenEval rule, 1 when the image passes 
                 "SpatialScore folder (l2s shapes train-reward): its mean score is the reward")
 
 
-def build_grpo_parser() -> argparse.ArgumentParser:
+def _grpo_settings():
     from l2s.grpo import GRPOSettings
 
-    d = GRPOSettings()
+    return GRPOSettings()
+
+
+def build_grpo_parser() -> argparse.ArgumentParser:
     p = command_parser("l2s shapes grpo", (
         "GRPO (Flow-GRPO's algorithm) on the shapes model: SDE sampling with log-probabilities, groups per "
         "prompt, top-k filtering, clipped ratio objective, KL to the base model, LoRA adapter with EMA. "
@@ -32,28 +35,29 @@ def build_grpo_parser() -> argparse.ArgumentParser:
         "same command to resume. Needs the [train] extra (peft, accelerate)."),
         ["l2s shapes grpo --reward rule --out runs/grpo-rule               # exact detector + GenEval rule",
          "l2s shapes grpo --reward runs/spatial-score --out runs/grpo-ss   # a trained SpatialScore",
-         "accelerate launch --multi_gpu --num_processes 2 -m l2s.cli shapes grpo --reward rule --out runs/grpo"])
+         "accelerate launch --multi_gpu --num_processes 2 -m l2s.cli shapes grpo --reward rule --out runs/grpo"],
+        settings=_grpo_settings)
     p.add_argument("--out", required=True, type=Path, help="run folder (checkpoint, log, adapters)")
     p.add_argument("--reward", required=True, help=REWARDS_HELP)
     p.add_argument("--model", type=Path, help="shapes pipeline folder (default: the shipped model)")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--prompts-per-epoch", type=int, default=d.prompts_per_epoch)
-    p.add_argument("--group-size", type=int, default=d.group_size, help="images per prompt (at least 12)")
-    p.add_argument("--top-k", type=int, default=d.top_k, help="keep the k best and k worst of each group")
+    p.add_setting("--epochs", type=int)
+    p.add_setting("--prompts-per-epoch", type=int)
+    p.add_setting("--group-size", type=int, help="images per prompt (at least 12)")
+    p.add_setting("--top-k", type=int, help="keep the k best and k worst of each group")
     p.add_argument("--no-top-k", action="store_true", help="train on every image of a group (ablation)")
-    p.add_argument("--beta", type=float, default=d.beta, help="weight of the KL to the base model")
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--noise-level", type=float, default=d.noise_level, help="SDE noise level a")
+    p.add_setting("--beta", type=float, help="weight of the KL to the base model")
+    p.add_setting("--lr", type=float)
+    p.add_setting("--noise-level", type=float, help="SDE noise level a")
     p.add_argument("--sde-steps", type=int, help="SDE (trained) steps from the start (default: all but the last)")
     p.add_argument("--true-cfg", type=float, help="sampling guidance (default: the shapes recipe's)")
-    p.add_argument("--clip-range", type=float, default=d.clip_range)
-    p.add_argument("--adv-std", choices=("group", "global"), default=d.std, help="spread advantages divide by")
-    p.add_argument("--optimizer-steps", type=int, default=d.optimizer_steps, help="AdamW steps per epoch")
-    p.add_argument("--lora-rank", type=int, default=d.lora_rank)
-    p.add_argument("--lora-alpha", type=float, default=d.lora_alpha)
-    p.add_argument("--ema-decay", type=float, default=d.ema_decay)
-    p.add_argument("--chunk", type=int, default=d.chunk, help="images per transformer call")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_setting("--clip-range", type=float)
+    p.add_setting("--adv-std", choices=("group", "global"), field="std", help="spread advantages divide by")
+    p.add_setting("--optimizer-steps", type=int, help="AdamW steps per epoch")
+    p.add_setting("--lora-rank", type=int)
+    p.add_setting("--lora-alpha", type=float)
+    p.add_setting("--ema-decay", type=float)
+    p.add_setting("--chunk", type=int, help="images per transformer call")
+    p.add_setting("--seed", type=int)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--no-resume", action="store_true", help="start afresh even when OUT has a checkpoint")
     p.add_argument("--threads", type=int, help="torch CPU threads per process")
@@ -91,14 +95,14 @@ def load_reward(name: str, device: str):
 
 def grpo_main(argv: Sequence[str] | None = None) -> int:
     """``l2s shapes grpo``: train (resuming by default) and save the adapter."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_grpo_parser().parse_args(argv)
     import torch
     from accelerate import Accelerator
 
     from l2s.shapes import load_shapes_pipeline
     from l2s.shapes.tuning import train_shapes_grpo
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_grpo_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():

@@ -3,12 +3,45 @@ from __future__ import annotations
 
 import argparse
 import textwrap
+from collections.abc import Callable
+from typing import Any
 
 
-def command_parser(prog: str, description: str, examples: list[str], note: str = "") -> argparse.ArgumentParser:
-    """An ``argparse`` parser whose help ends with ``examples`` (one command each) and ``note``."""
+class SettingsParser(argparse.ArgumentParser):
+    """A parser whose :meth:`add_setting` options default to the fields of a settings object made
+    only after parsing: the settings classes live beside torch, which ``--help`` must not import."""
+
+    def __init__(self, *args, settings: Callable[[], Any], **kwargs):
+        super().__init__(*args, **kwargs)
+        self._settings = settings
+        self._fields: dict[str, str] = {}  # dest -> field of the settings object
+
+    def add_setting(self, *flags: str, field: str | None = None, **kwargs) -> argparse.Action:
+        """An option whose default is the settings' ``field`` (default: the option's dest); its help
+        must not show the default."""
+        action = self.add_argument(*flags, default=argparse.SUPPRESS, **kwargs)
+        self._fields[action.dest] = field or action.dest
+        return action
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        missing = {dest: name for dest, name in self._fields.items() if not hasattr(namespace, dest)}
+        if missing:
+            settings = self._settings()
+            for dest, name in missing.items():
+                setattr(namespace, dest, getattr(settings, name))
+        return namespace, extras
+
+
+def command_parser(prog: str, description: str, examples: list[str], note: str = "",
+                   settings: Callable[[], Any] | None = None) -> argparse.ArgumentParser:
+    """An ``argparse`` parser whose help ends with ``examples`` (one command each) and ``note``;
+    a :class:`SettingsParser` when ``settings`` makes the defaults."""
     epilog = "examples:\n" + "\n".join(f"  {line}" for line in examples)
     if note:
         epilog += "\n\n" + textwrap.fill(note, 100)
-    return argparse.ArgumentParser(prog=prog, description=textwrap.fill(description, 100), epilog=epilog,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    kwargs = dict(prog=prog, description=textwrap.fill(description, 100), epilog=epilog,
+                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    if settings is None:
+        return argparse.ArgumentParser(**kwargs)
+    return SettingsParser(settings=settings, **kwargs)

@@ -22,27 +22,33 @@ def _patterns(text: str) -> dict:
         raise argparse.ArgumentTypeError(f"expected OBJ,REL=WEIGHT;... got {text!r}") from None
 
 
-def build_reward_data_parser() -> argparse.ArgumentParser:
+def _pair_settings():
     from l2s.shapes.reward_data import PairSettings
 
-    d = PairSettings()
+    return PairSettings()
+
+
+def build_reward_data_parser() -> argparse.ArgumentParser:
+    from l2s.shapes.reward_prompts import PAIR_PATTERN_WEIGHTS
+
     p = command_parser("l2s shapes reward-data", (
         "Preference pairs for the spatial reward model: shapes-model images of the same objects, one "
         "showing the prompt, one showing it with 1 or 2-3 relations flipped, both checked by the exact "
         "detector. Sharded and resumable: rerun the same command to continue or to add pairs."),
         ["l2s shapes reward-data --out runs/pairs --pairs 2000",
-         "l2s shapes reward-data --out runs/pairs --pairs 4000 --threads 2   # add pairs to the same folder"])
+         "l2s shapes reward-data --out runs/pairs --pairs 4000 --threads 2   # add pairs to the same folder"],
+        settings=_pair_settings)
     p.add_argument("--out", required=True, type=Path, help="pair folder (manifest, shards/, progress.json)")
     p.add_argument("--pairs", required=True, type=int, help="stop once this many training pairs exist")
     p.add_argument("--model", type=Path, default=None, help="shapes pipeline folder (default: the shipped one)")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--families-per-shard", type=int, default=d.families_per_shard)
-    p.add_argument("--images-per-family", type=int, default=d.images_per_family,
-                   help="seeds drawn per set of objects; pairs are matched among them")
-    p.add_argument("--patterns", type=_patterns, default=d.patterns, metavar="OBJ,REL=W;...",
+    p.add_setting("--seed", type=int)
+    p.add_setting("--families-per-shard", type=int)
+    p.add_setting("--images-per-family", type=int,
+                  help="seeds drawn per set of objects; pairs are matched among them")
+    p.add_argument("--patterns", type=_patterns, default=dict(PAIR_PATTERN_WEIGHTS), metavar="OBJ,REL=W;...",
                    help="weights of the prompt patterns (default %(default)s)")
-    p.add_argument("--heldout-fraction", type=float, default=d.heldout_fraction,
-                   help="share of object sets whose pairs are held out (split by prompt)")
+    p.add_setting("--heldout-fraction", type=float,
+                  help="share of object sets whose pairs are held out (split by prompt)")
     p.add_argument("--include-held-out-vocabulary", action="store_true",
                    help="also draw the colour and shape held out of every training set (cyan, diamond)")
     p.add_argument("--batch-size", type=int, default=32, help="images per generation batch")
@@ -55,12 +61,12 @@ def build_reward_data_parser() -> argparse.ArgumentParser:
 
 def reward_data_main(argv: Sequence[str] | None = None) -> int:
     """``l2s shapes reward-data``: make (or extend) a pair folder; prints the pair counts."""
+    args = build_reward_data_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     import torch
 
     from l2s.shapes import load_shapes_pipeline
     from l2s.shapes.reward_data import PairSettings, make_reward_pairs
 
-    args = build_reward_data_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.pairs < 1 or args.batch_size < 1:
@@ -80,7 +86,7 @@ def reward_data_main(argv: Sequence[str] | None = None) -> int:
 
 
 def build_train_reward_parser() -> argparse.ArgumentParser:
-    from l2s.reward import LOSSES, RewardTrainSettings
+    from l2s.reward.settings import LOSSES, RewardTrainSettings
 
     d = RewardTrainSettings()
     p = command_parser("l2s shapes train-reward", (
@@ -130,13 +136,13 @@ def _headline(results: dict) -> str:
 
 def train_reward_main(argv: Sequence[str] | None = None) -> int:
     """``l2s shapes train-reward``: train (resuming by default); prints the held-out accuracy."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_train_reward_parser().parse_args(argv)
     import torch
 
     from l2s.reward import RewardTrainSettings, train_reward_model
     from l2s.shapes import shapes_t5_tokenizer
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_train_reward_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():

@@ -25,9 +25,13 @@ def _parse_pair(text: str) -> tuple[int, int]:
     return int(low), int(high or low)
 
 
-def build_train_model_parser() -> argparse.ArgumentParser:
+def _train_settings():
     from l2s.shapes import TrainSettings
 
+    return TrainSettings()
+
+
+def build_train_model_parser() -> argparse.ArgumentParser:
     parser = command_parser(
         "l2s shapes train-model",
         "Train the shapes-world FLUX model (rectified flow) from scratch, or continue a saved one (--init-from), "
@@ -35,28 +39,28 @@ def build_train_model_parser() -> argparse.ArgumentParser:
         ["l2s shapes train-model --out runs/shapes-model",
          "l2s shapes train-model --out runs/tiny --preset tiny --steps 200 --scenes 500 --time-limit 10",
          "l2s shapes train-model --out runs/s2 --init-from runs/shapes-model/pipeline --steps 8000 --lr 5e-4"],
-        "The exact commands that made the shipped model: l2s/shapes/assets/TRAINING.md.")
-    defaults = TrainSettings()
+        "The exact commands that made the shipped model: l2s/shapes/assets/TRAINING.md.",
+        settings=_train_settings)
     parser.add_argument("--out", required=True, type=Path, help="run directory (checkpoint, data cache, pipeline/)")
-    parser.add_argument("--steps", type=int, default=defaults.steps, help="total optimiser steps")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate (AdamW)")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_setting("--steps", type=int, help="total optimiser steps")
+    parser.add_setting("--batch-size", type=int)
+    parser.add_setting("--lr", type=float, help="peak learning rate (AdamW)")
+    parser.add_setting("--seed", type=int)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--scenes", type=int, default=defaults.scenes, help="pre-rendered training scenes")
-    parser.add_argument("--size", type=int, default=defaults.size, help="image side in pixels")
-    parser.add_argument("--objects", type=_parse_pair, default=defaults.n_objects, metavar="LOW-HIGH",
-                        help="objects per scene (default 2-4)")
-    parser.add_argument("--object-sizes", type=_parse_pair, default=defaults.object_sizes, metavar="LOW-HIGH",
-                        help="object side in pixels (default 8-12)")
-    parser.add_argument("--relation-caption-rate", type=float, default=defaults.relation_caption_rate,
-                        help="fraction of captions that state a relation (default 0.15)")
-    parser.add_argument("--sigma-sampling", choices=("logit-normal", "uniform"), default=defaults.sigma_sampling)
-    parser.add_argument("--ema-decay", type=float, default=defaults.ema_decay)
-    parser.add_argument("--warmup", type=int, default=defaults.warmup)
-    parser.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
-    parser.add_argument("--final-lr-fraction", type=float, default=defaults.final_lr_fraction,
-                        help="cosine decay target as a fraction of --lr (1 = constant after warm-up)")
+    parser.add_setting("--scenes", type=int, help="pre-rendered training scenes")
+    parser.add_setting("--size", type=int, help="image side in pixels")
+    parser.add_setting("--objects", type=_parse_pair, field="n_objects", metavar="LOW-HIGH",
+                       help="objects per scene (default 2-4)")
+    parser.add_setting("--object-sizes", type=_parse_pair, metavar="LOW-HIGH",
+                       help="object side in pixels (default 8-12)")
+    parser.add_setting("--relation-caption-rate", type=float,
+                       help="fraction of captions that state a relation (default 0.15)")
+    parser.add_setting("--sigma-sampling", choices=("logit-normal", "uniform"))
+    parser.add_setting("--ema-decay", type=float)
+    parser.add_setting("--warmup", type=int)
+    parser.add_setting("--checkpoint-every", type=int)
+    parser.add_setting("--final-lr-fraction", type=float,
+                       help="cosine decay target as a fraction of --lr (1 = constant after warm-up)")
     _add_model_options(parser)
     _add_run_options(parser)
     return parser
@@ -135,12 +139,12 @@ def _check_train_args(args: argparse.Namespace) -> None:
 
 def train_model_main(argv: Sequence[str] | None = None) -> int:
     """``l2s shapes train-model``: train (resuming by default) and export the pipeline."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_train_model_parser().parse_args(argv)
     import torch
 
     from l2s.shapes import train
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_train_model_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     _check_train_args(args)
@@ -182,11 +186,11 @@ def build_make_data_parser() -> argparse.ArgumentParser:
 
 def make_data_main(argv: Sequence[str] | None = None) -> int:
     """``l2s shapes make-data``: dual-inverted attention maps of rendered shapes scenes."""
+    args = build_make_data_parser().parse_args(argv)
     import torch
 
     from l2s.shapes import load_shapes_pipeline, make_shapes_data
 
-    args = build_make_data_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     from l2s.distributed import output_lock, world
@@ -225,12 +229,12 @@ def build_train_classifier_parser() -> argparse.ArgumentParser:
 
 def train_classifier_main(argv: Sequence[str] | None = None) -> int:
     """``l2s shapes train-classifier``: the small shapes classifier on a make-data dataset."""
+    args = build_train_classifier_parser().parse_args(argv)
     import torch
 
     from l2s.shapes import train_shapes_classifier
     from l2s.training import validation_report
 
-    args = build_train_classifier_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     result = train_shapes_classifier(args.data, args.out, dual=not args.no_dual, epochs=args.epochs, lr=args.lr,
@@ -251,8 +255,7 @@ def train_classifier_main(argv: Sequence[str] | None = None) -> int:
 
 
 def build_bench_parser() -> argparse.ArgumentParser:
-    from l2s.shapes import BENCH_SEEDS, SHAPES_STEP_SIZE, SHAPES_TRUE_CFG
-    from l2s.shapes.bench import BENCH_BATCH_SIZE
+    from l2s.shapes.recipes import BENCH_BATCH_SIZE, BENCH_SEEDS, SHAPES_STEP_SIZE, SHAPES_TRUE_CFG
 
     p = command_parser(
         "l2s shapes bench",
@@ -292,18 +295,14 @@ def build_bench_parser() -> argparse.ArgumentParser:
 
 def bench_main(argv: Sequence[str] | None = None) -> int:
     """``l2s shapes bench``: base vs steered accuracy of the shapes model; prints one table."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_bench_parser().parse_args(argv)
     import torch
 
     from l2s.evaluation import parse_seeds
     from l2s.pipelines.arguments import positive_int
-    from l2s.shapes import (
-        bench_table,
-        run_shapes_bench,
-        write_bench_results,
-    )
+    from l2s.shapes import bench_table, run_shapes_bench, write_bench_results
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_bench_parser().parse_args(argv)
     positive_int(args.batch_size, "--batch-size")
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -1,4 +1,7 @@
-"""``l2s make-data`` and ``l2s train``: build the classifier's training data, and train it."""
+"""``l2s make-data`` and ``l2s train``: build the classifier's training data, and train it.
+
+:mod:`l2s.training` (torch, diffusers) is imported after the arguments are parsed: ``--help`` is at once.
+"""
 from __future__ import annotations
 
 import argparse
@@ -9,20 +12,6 @@ from collections.abc import Sequence
 from l2s.errors import L2SError
 from l2s.distributed import output_lock, world
 from l2s.relations import DIAGONAL, DIAGONAL_CLASSES, DIRECTIONAL, PUBLISHED_CLASSES
-from l2s.training import (
-    DEFAULT_LR,
-    balance_samples,
-    check_make_data_options,
-    check_training_options,
-    coco_samples,
-    gqa_samples,
-    load_dataset_meta,
-    make_dataset,
-    prompt_pair_samples,
-    train_classifier,
-    validation_report,
-)
-from l2s.training.options import check_device
 
 from .help import command_parser
 from .options import LONG_NAMES, add_device_arg, add_dtype_arg, resolve_device, torch_dtype
@@ -99,6 +88,9 @@ def build_make_data_parser() -> argparse.ArgumentParser:
 
 def _check_make_data_args(args: argparse.Namespace) -> None:
     """Every option, before the annotations are read or a model is loaded."""
+    from l2s.training import check_make_data_options
+    from l2s.training.options import check_device
+
     check_make_data_options(dtype=LONG_NAMES[args.map_dtype], val_fraction=args.val_fraction, shard_size=args.shard_size,
                             steps=args.steps, size=args.size, limit=args.limit, min_psnr=args.min_psnr,
                             gamma=args.gamma, eta=args.eta, store_steps=args.store_steps,
@@ -114,6 +106,8 @@ def make_data_main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="l2s: %(message)s")
     try:
         _check_make_data_args(args)
+        from l2s.training import make_dataset
+
         args.device = world().device(args.device)  # under torchrun / accelerate launch: this rank's GPU
         with output_lock(args.out):  # a second writer is refused here, before any work
             samples = _labelled_samples(args)
@@ -143,6 +137,8 @@ def _say_error(error: Exception) -> int:
 
 def _labelled_samples(args: argparse.Namespace) -> list:
     """The labelled relations of ``--source`` / ``--annotations``, balanced when asked."""
+    from l2s.training import balance_samples, coco_samples, gqa_samples, prompt_pair_samples
+
     images = args.images if args.images is not None else "."
     if args.source == "gqa":
         samples = gqa_samples(args.annotations, images,
@@ -196,6 +192,8 @@ def build_train_parser() -> argparse.ArgumentParser:
 def train_main(argv: Sequence[str] | None = None) -> int:
     """``l2s train``: returns the exit code (2 with one error line for bad input)."""
     args = build_train_parser().parse_args(argv)
+    from l2s.training import DEFAULT_LR, check_training_options, load_dataset_meta, train_classifier, validation_report
+
     logging.basicConfig(level=logging.WARNING, format="l2s: %(message)s")
     try:
         check_training_options(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,

@@ -9,16 +9,53 @@ exact rule (:mod:`l2s.shapes.reward_data`, :mod:`l2s.shapes.rule_reward`). Parts
 * :mod:`.losses` — the uncertainty-aware Bradley-Terry loss and plain Bradley-Terry;
 * :mod:`.train` — resumable training with validation-based selection;
 * :mod:`.scorer` — a saved model as a reward callable (:func:`load_reward_model`);
-* :mod:`.evaluate` — pairwise accuracy of any judge, by flips and by prompt pattern.
-"""
+* :mod:`.evaluate` — pairwise accuracy of any judge, by flips and by prompt pattern;
+* :mod:`.settings` — the loss names and :class:`RewardTrainSettings` (no torch).
 
-from .evaluate import accuracy, evaluate_judge, pair_scores
-from .losses import LOSSES, bradley_terry_loss, pair_loss, uncertainty_loss, win_probability
-from .model import SpatialScore, SpatialScoreConfig
-from .pairs import PairSet, load_pairs
-from .protocol import Images, RewardFn
-from .scorer import SpatialScorer, images_to_tensor, load_reward_model
-from .train import RewardTrainSettings, train_reward_model, validation_split
+Names load with their module on first use (PEP 562), so ``import l2s.reward`` and the command
+line's ``--help`` stay fast.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# name -> the submodule that defines it
+_WHERE = {
+    "accuracy": "evaluate",
+    "evaluate_judge": "evaluate",
+    "pair_scores": "evaluate",
+    "bradley_terry_loss": "losses",
+    "pair_loss": "losses",
+    "uncertainty_loss": "losses",
+    "win_probability": "losses",
+    "SpatialScore": "model",
+    "SpatialScoreConfig": "model",
+    "PairSet": "pairs",
+    "load_pairs": "pairs",
+    "Images": "protocol",
+    "RewardFn": "protocol",
+    "SpatialScorer": "scorer",
+    "images_to_tensor": "scorer",
+    "load_reward_model": "scorer",
+    "LOSSES": "settings",
+    "RewardTrainSettings": "settings",
+    "train_reward_model": "train",
+    "validation_split": "train",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))
+
 
 __all__ = [
     "Images",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-LOSSES = ("uncertainty", "bt")
+from .settings import LOSSES
 
 
 def bradley_terry_loss(mean_w: torch.Tensor, mean_l: torch.Tensor) -> torch.Tensor:

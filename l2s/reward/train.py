@@ -18,7 +18,7 @@ import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -29,33 +29,13 @@ from l2s.files import output_lock
 from l2s.training.checkpoints import append_log, atomic_dir, prepare_out_dir, read_log, rewrite_log
 
 from .evaluate import evaluate_judge, pair_scores, accuracy
-from .losses import LOSSES, pair_loss
+from .losses import pair_loss
 from .model import SpatialScore, SpatialScoreConfig
 from .pairs import PairSet, load_pairs
 from .scorer import SpatialScorer, images_to_tensor, tokenize
+from .settings import RewardTrainSettings
 
 STATE_FILE = "state.pt"
-
-
-@dataclass
-class RewardTrainSettings:
-    loss: str = "uncertainty"
-    epochs: int = 12
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_steps: int = 100
-    grad_clip: float = 1.0
-    mirror: bool = True
-    val_fraction: float = 0.05
-    seed: int = 0
-    model: dict = field(default_factory=dict)   # SpatialScoreConfig overrides
-
-    def check(self) -> None:
-        if self.loss not in LOSSES:
-            raise L2SError(f"unknown loss {self.loss!r} (choose {', '.join(LOSSES)})")
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or not 0 <= self.val_fraction < 1:
-            raise L2SError("need epochs >= 1, batch size >= 1, lr > 0 and 0 <= val fraction < 1")
 
 
 def group_of(record: dict) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 # name -> the submodule that defines it
 _WHERE = {
     "BENCH_PROMPT_SEED": "bench",
-    "BENCH_SEEDS": "bench",
+    "BENCH_SEEDS": "recipes",
     "BenchPart": "bench",
     "bench_parts": "bench",
     "classifier_comparison": "bench",

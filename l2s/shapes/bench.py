@@ -22,12 +22,11 @@ from l2s.errors import UsageError
 from .detector import ShapesDetector
 from .model import load_shapes_pipeline
 from .prompts import ood_position_prompts, shapes_multi_relation_prompts, shapes_position_prompts
-from .recipes import SHAPES_STEP_SIZE, named_schedule, shipped_assets, steer_shapes_pipeline
+from .recipes import (BENCH_BATCH_SIZE, BENCH_SEEDS, SHAPES_STEP_SIZE, named_schedule, shipped_assets,
+                      steer_shapes_pipeline)
 from .verdicts import all_objects_found, colour_only, judge
 
 BENCH_PROMPT_SEED = 0
-BENCH_SEEDS = (100, 101, 102, 103)
-BENCH_BATCH_SIZE = 16   # images per steering call: the shapes model is small, a batch costs little memory
 
 
 @dataclass

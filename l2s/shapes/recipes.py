@@ -38,6 +38,9 @@ SHAPES_STEPS = 12
 SHAPES_TRUE_CFG = 2.0
 SHAPES_FAMILY = "flux-dev"     # whose published schedule rule applies (steer steps 0-5 of 12)
 SHAPES_STEP_SIZE = 1.0         # steering step size of every named schedule (FLUX's presets use 5)
+# The bench's (l2s.shapes.bench) image seeds and batch; here, light, for 'l2s shapes bench --help'.
+BENCH_SEEDS = (100, 101, 102, 103)
+BENCH_BATCH_SIZE = 16   # images per steering call: the shapes model is small, a batch costs little memory
 SHAPES_STORE_STEPS = (1, 3, 5)  # trained step indices; steered steps 0-1 -> 1, 2-3 -> 3, 4-5 -> 5
 SHAPES_IMAGE_SIZE = 32         # the shipped model's; a model's own is image_size(pipe)
 SHAPES_OBJECT_SIZES = (8, 12)  # as the model's training scenes

@@ -53,7 +53,7 @@ from .batch_sampling import sample_images
 from .detector import ShapesDetector
 from .model import load_shapes_pipeline
 from .recipes import SHAPES_STEPS, SHAPES_TRUE_CFG
-from .reward_prompts import PAIR_PATTERNS, Chain, pair_palette, random_chain
+from .reward_prompts import PAIR_PATTERN_WEIGHTS, PAIR_PATTERNS, Chain, pair_palette, random_chain
 from .verdicts import judge
 
 MULTI_FLIPS = "2-3"
@@ -67,7 +67,7 @@ class PairSettings:
     families_per_shard: int = 16
     images_per_family: int = 16
     uses_per_image: int = 2
-    patterns: dict = field(default_factory=lambda: {"2,1": 0.35, "3,2": 0.45, "4,2": 0.1, "4,3": 0.1})
+    patterns: dict = field(default_factory=lambda: dict(PAIR_PATTERN_WEIGHTS))
     heldout_fraction: float = 0.1
     include_held_out_vocabulary: bool = False
     steps: int = SHAPES_STEPS

@@ -24,6 +24,8 @@ from .scenes import COLOURS, SHAPES
 OPPOSITE = {LEFT_OF: RIGHT_OF, RIGHT_OF: LEFT_OF, ABOVE: BELOW, BELOW: ABOVE}
 # (objects, relations) of the pairs' prompts: 2-4 objects, 1-3 relations.
 PAIR_PATTERNS = ((2, 1), (3, 2), (4, 2), (4, 3))
+# Default weights of those patterns (PairSettings.patterns), keyed "OBJ,REL".
+PAIR_PATTERN_WEIGHTS = {"2,1": 0.35, "3,2": 0.45, "4,2": 0.1, "4,3": 0.1}
 
 
 @dataclass(frozen=True)

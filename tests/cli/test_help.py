@@ -28,13 +28,25 @@ def test_python_dash_m_l2s_is_the_command():
     assert result.returncode == 0 and result.stdout.strip() == f"l2s {__version__}"
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["generate", "--help"], ["parse", "--help"]])
-def test_help_imports_no_torch(argv):
+def modules_after_help(argv: list[str], names) -> str:
+    """Which of ``names`` a fresh interpreter holds after ``l2s ARGV`` printed its help (the list's repr)."""
     script = ("import sys\nfrom l2s.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
-              f"print([m for m in {HEAVY!r} if m in sys.modules])")
+              f"print([m for m in {tuple(names)!r} if m in sys.modules])")
     result = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().splitlines()[-1] == "[]"
+    assert result.stdout.startswith("usage: l2s"), result.stdout + result.stderr
+    return result.stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["generate", "--help"], ["parse", "--help"]])
+def test_help_imports_no_torch(argv):
+    assert modules_after_help(argv, HEAVY) == "[]"
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_every_command_help_imports_no_model_library(command):
+    """'l2s COMMAND --help' answers at once: torch, diffusers and transformers load after parsing."""
+    assert modules_after_help([*command, "--help"], ("torch", "diffusers", "transformers")) == "[]"
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
