@@ -17,8 +17,7 @@ line's ``--help`` stay fast.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from l2s.lazy import lazy_names
 
 # name -> the submodule that defines it
 _WHERE = {
@@ -45,17 +44,7 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_WHERE))
-
+__getattr__, __dir__ = lazy_names(__name__, _WHERE, globals())
 
 __all__ = [
     "Images",
