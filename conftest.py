@@ -30,6 +30,9 @@ import torch  # noqa: E402
 torch.set_num_threads(int(os.environ.get("L2S_TEST_THREADS", "1")))
 
 
+pytest_plugins = ["tests.hub_cache"]   # the `hub_cache` fixture of the hub tests
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--runslow", action="store_true", default=False,

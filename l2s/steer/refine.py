@@ -37,15 +37,18 @@ class IterationRecord:
     image_non_finite: list[bool] | None = None
     image_active: list[bool] | None = None       # per image: still refined at this iteration
 
-    def for_image(self, index: int) -> IterationRecord:
-        """This record as image ``index`` alone would have it."""
-        updated = self.updated if self.image_updated is None else self.image_updated[index]
-        non_finite = self.non_finite if self.image_non_finite is None else self.image_non_finite[index]
-        relation = self.relation[index] if isinstance(self.relation, list) else self.relation
-        active = None if self.image_active is None else [self.image_active[index]]
-        return IterationRecord(self.step, self.iteration, relation, [self.loss[index]],
-                               [self.target_probability[index]], updated, non_finite, [updated], [non_finite],
-                               active)
+    def for_images(self, columns: Sequence[int]) -> IterationRecord:
+        """This record as the images ``columns`` of the batch alone would have it (one prompt's
+        images: they share its relation index)."""
+        def pick(values: list | None, whole):
+            return [whole] * len(columns) if values is None else [values[c] for c in columns]
+
+        updated, non_finite = pick(self.image_updated, self.updated), pick(self.image_non_finite, self.non_finite)
+        relation = self.relation[columns[0]] if isinstance(self.relation, list) else self.relation
+        active = None if self.image_active is None else pick(self.image_active, None)
+        return IterationRecord(self.step, self.iteration, relation, pick(self.loss, None),
+                               pick(self.target_probability, None), any(updated), any(non_finite),
+                               updated, non_finite, active)
 
 
 @dataclass
@@ -61,15 +64,19 @@ class SteeringDiagnostics:
         return [r for r in self.records if r.non_finite]
 
     def for_image(self, index: int) -> SteeringDiagnostics:
-        """The records as image ``index`` of the batch alone would have them: in each step, up to
-        and including the first iteration at which it was no longer refined (where it, alone,
-        would have left the step's loop)."""
+        """The records as image ``index`` of the batch alone would have them."""
+        return self.for_images([index])
+
+    def for_images(self, columns: Sequence[int]) -> SteeringDiagnostics:
+        """The records as a batch of the images ``columns`` alone would have them: in each step,
+        up to and including the first iteration at which none of them was still refined (where
+        their own loop would have left the step)."""
         kept, exited = [], set()
         for record in self.records:
             if record.step in exited:
                 continue
-            kept.append(record.for_image(index))
-            if record.image_active is not None and not record.image_active[index]:
+            kept.append(record.for_images(columns))
+            if record.image_active is not None and not any(record.image_active[c] for c in columns):
                 exited.add(record.step)
         return SteeringDiagnostics(kept)
 

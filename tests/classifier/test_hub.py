@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from huggingface_hub import ModelCard, constants
+from huggingface_hub import ModelCard
 
 from l2s.classifier import RelationClassifier, convert_published_checkpoint
 from l2s.errors import ModelLoadError
@@ -23,16 +23,6 @@ def same_logits(a: RelationClassifier, b: RelationClassifier) -> bool:
     maps, steps = random_maps(), torch.tensor([1, 3, 5])
     with torch.no_grad():
         return torch.equal(a(maps, steps), b(maps, steps))
-
-
-@pytest.fixture
-def hub_cache(tmp_path, monkeypatch):
-    """An empty Hugging Face cache (what HF_HOME/hub holds), offline as every test is (conftest)."""
-    cache = tmp_path / "hf-home" / "hub"
-    cache.mkdir(parents=True)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    return cache
 
 
 def cached_snapshot(cache, repo_id: str):

@@ -3,7 +3,6 @@ downloaded; an id not in the cache is one line saying how to get it."""
 from __future__ import annotations
 
 import pytest
-from huggingface_hub import constants
 
 from l2s.demo import save_pipeline, tiny_flux_pipeline
 from l2s.errors import ModelLoadError
@@ -11,15 +10,6 @@ from l2s.pipelines import load_diffusers_pipeline
 from l2s.pipelines.loading import pipeline_folder
 
 COMMIT = "89abcdef0123456789abcdef0123456789abcdef"
-
-
-@pytest.fixture
-def hub_cache(tmp_path, monkeypatch):
-    cache = tmp_path / "hf-home" / "hub"
-    cache.mkdir(parents=True)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    return cache
 
 
 def test_hub_id_in_the_local_cache_loads(hub_cache):

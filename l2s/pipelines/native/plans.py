@@ -7,7 +7,6 @@ from l2s.errors import PromptError
 from l2s.parsing import ParsedPrompt, parse_prompt
 from l2s.steer import (
     BatchPlan,
-    IterationRecord,
     Schedule,
     SteeringDiagnostics,
     SteeringOutcome,
@@ -123,26 +122,5 @@ class SteeredRows:
         start = 0
         for steering in self.steerings:
             columns = list(range(start, start + len(steering.rows)))
-            steering.diagnostics.records.extend(prompt_records(diagnostics.records, columns))
+            steering.diagnostics.records.extend(diagnostics.for_images(columns).records)
             start += len(steering.rows)
-
-
-def prompt_records(records: list[IterationRecord], columns: list[int]) -> list[IterationRecord]:
-    """``records`` of a batch restricted to the images in ``columns`` (one prompt's, so one relation
-    index): in each step, up to and including the first iteration at which none of them was still
-    refined, where a loop over those images alone stops."""
-    kept, exited = [], set()
-    for r in records:
-        if r.step in exited:
-            continue
-
-        def pick(values: list) -> list:
-            return [values[c] for c in columns]
-
-        updated, non_finite, active = pick(r.image_updated), pick(r.image_non_finite), pick(r.image_active)
-        relation = r.relation[columns[0]] if isinstance(r.relation, list) else r.relation
-        kept.append(IterationRecord(r.step, r.iteration, relation, pick(r.loss), pick(r.target_probability),
-                                    any(updated), any(non_finite), updated, non_finite, active))
-        if not any(active):
-            exited.add(r.step)
-    return kept
