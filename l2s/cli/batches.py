@@ -86,9 +86,38 @@ def remove_stale_image_folders(out: Path) -> None:
                 shutil.rmtree(folder, ignore_errors=True)
 
 
-def write_index(out: Path, source: str, batch_size: int, entries: list[dict], seconds: float) -> None:
-    index = {"model": source, "batch_size": batch_size, "images": entries,
-             "timings_s": {"command_total": seconds}}
+# Options that do not change an image: a rerun that differs only in them may resume.
+NOT_IMAGE_SETTINGS = {"out", "quiet", "batch_size", "func", "prompt", "prompts", "seed", "seeds", "command"}
+
+
+def image_settings(args: argparse.Namespace) -> dict:
+    """What makes the images (model, sampling, steering options), as index.json keeps it."""
+    return {k: v if isinstance(v, (bool, int, float, type(None))) else str(v)
+            for k, v in sorted(vars(args).items()) if k not in NOT_IMAGE_SETTINGS}
+
+
+def resumable_entries(out: Path, settings: dict, jobs: list[ImageJob]) -> list[dict] | None:
+    """The finished images of an interrupted run of the same images and settings, else None."""
+    import json
+
+    try:
+        index = json.loads((Path(out) / "index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    planned = [[job.prompt, job.seed, job.folder] for job in jobs]
+    if index.get("complete", True) or index.get("settings") != settings or index.get("jobs") != planned:
+        return None
+    return [e for e in index.get("images", []) if (Path(out) / e["folder"] / "report.json").is_file()]
+
+
+def write_index(out: Path, source: str, batch_size: int, entries: list[dict], jobs: list[ImageJob],
+                settings: dict, seconds: float) -> None:
+    """Rewritten after every batch, so an interrupted run still lists what it finished (and resumes)."""
+    order = {job.folder: i for i, job in enumerate(jobs)}
+    index = {"model": source, "batch_size": batch_size, "complete": len(entries) == len(jobs),
+             "images_planned": len(jobs), "images": sorted(entries, key=lambda e: order[e["folder"]]),
+             "timings_s": {"command_total": seconds}, "settings": settings,
+             "jobs": [[job.prompt, job.seed, job.folder] for job in jobs]}
     atomic_write_json(Path(out) / "index.json", index)
 
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from l2s.errors import L2SError, UsageError
 
-from .batches import batches, folders_line, image_jobs, prompts_of, seeds_of, write_index
+from .batches import (batches, folders_line, image_jobs, image_settings, prompts_of, resumable_entries, seeds_of,
+                      write_index)
 from .checks import check_sampling_args, remove_stale_outputs
 from .models import add_sampling_args, add_speed_args, load_steerer
 from .options import add_device_arg, add_dtype_arg
@@ -181,21 +182,28 @@ def _write_images(folder: Path, image, baseline, records) -> list[str]:
 
 
 def _generate_many(args: argparse.Namespace, relations, jobs, started: float) -> int:
-    """Every (prompt, seed) of ``jobs``, ``--batch-size`` per steering call; a folder each and index.json."""
+    """Every (prompt, seed) of ``jobs``, ``--batch-size`` per steering call; a folder each and index.json.
+    An interrupted run of the same images and settings resumes after its finished images."""
+    out, settings = Path(args.out), image_settings(args)
+    entries = resumable_entries(out, settings, jobs)
+    if entries is None:
+        remove_stale_outputs(out)
+        entries = []
+    elif entries:
+        print(f"l2s: resuming: {len(entries)} of {len(jobs)} images already in {out}", file=sys.stderr)
+    done = {e["folder"] for e in entries}
     steerer, source = _load(args, relations)
-    out = Path(args.out)
-    remove_stale_outputs(out)
     context = {"relations_from": "--relations" if relations else "parser", "model": source}
-    versions, entries, names = _versions(), [], []
-    for batch in batches(jobs, args.batch_size):
+    versions, names = _versions(), []
+    for batch in batches([job for job in jobs if job.folder not in done], args.batch_size):
         for job, report, written in _generate_batch(steerer, args, batch, out):
             report = {"prompt": job.prompt, **context, "seed": job.seed, **report, "versions": versions}
             (out / job.folder / "report.json").write_text(json.dumps(report, indent=2))
             names += [name for name in written + ["report.json"] if name not in names]
             entries.append({"prompt": job.prompt, "seed": job.seed, "folder": job.folder,
                             "steered": report["steered"]})
-    write_index(out, source, args.batch_size, entries, time.perf_counter() - started)
-    print(folders_line(out, jobs, names), file=sys.stderr)
+        write_index(out, source, args.batch_size, entries, jobs, settings, time.perf_counter() - started)
+    print(folders_line(out, jobs, names or sorted(p.name for p in (out / jobs[0].folder).iterdir())), file=sys.stderr)
     return 0
 
 

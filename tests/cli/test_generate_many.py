@@ -72,6 +72,41 @@ def test_prompts_times_seeds_equal_single_image_runs(tmp_path, capsys, calls):
         assert next(e for e in index["images"] if e["folder"] == folder)["steered"] == report["steered"]
 
 
+def test_an_interrupted_run_lists_its_finished_images_and_the_same_command_resumes(tmp_path, capsys, monkeypatch):
+    original, seen, interrupt = SteeringPipeline.__call__, [], [True]
+
+    def second_batch_fails(self, prompt, **kwargs):
+        seen.append((prompt, kwargs.get("seed")))
+        if len(seen) == 2 and interrupt:
+            interrupt.clear()
+            raise KeyboardInterrupt
+        return original(self, prompt, **kwargs)
+
+    monkeypatch.setattr(SteeringPipeline, "__call__", second_batch_fails)
+    out = tmp_path / "o"
+    argv = ["generate", *PROMPTS, "--seeds", "0-1", "--batch-size", "2", "--steps", "1", "--no-steer",
+            "--out", str(out), *TINY]
+    code, lines = run(argv, capsys)
+    assert code == 130 and lines[-1] == "l2s: interrupted; rerun the same command to resume"
+    index = json.loads((out / "index.json").read_text())
+    assert not index["complete"] and index["images_planned"] == 4
+    assert [e["folder"] for e in index["images"]] == ["p00-s0000", "p00-s0001"]
+    assert visible(out) == ["index.json", "p00-s0000", "p00-s0001"]
+    first = (out / "p00-s0000" / "image.png").stat().st_mtime_ns
+    code, lines = run(argv + ["--batch-size", "4"], capsys)   # the batch size does not change an image
+    assert code == 0 and lines[0] == f"l2s: resuming: 2 of 4 images already in {out}", lines
+    assert seen[2:] == [(PROMPTS[1:] * 2, [0, 1])]             # only the two missing images
+    index = json.loads((out / "index.json").read_text())
+    assert index["complete"] and [e["folder"] for e in index["images"]] == [
+        "p00-s0000", "p00-s0001", "p01-s0000", "p01-s0001"]
+    assert (out / "p00-s0000" / "image.png").stat().st_mtime_ns == first
+    # other settings (here the step count) start over, as does a rerun of a finished run
+    for options in (["--steps", "2"], ["--steps", "2"]):
+        seen.clear()
+        code, lines = run(argv + options, capsys)
+        assert code == 0 and not any("resuming" in line for line in lines) and len(seen) == 2
+
+
 @pytest.fixture
 def no_model(monkeypatch):
     monkeypatch.setattr(l2s.cli.generate, "load_steerer", lambda args: pytest.fail("loaded a model"))
