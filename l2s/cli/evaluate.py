@@ -12,7 +12,7 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
-from .models import add_sampling_args, add_speed_args, load_steerer
+from .models import add_model_args, add_sampling_args, add_speed_args, load_steerer
 from .options import add_device_arg, add_dtype_arg, resolve_device
 from .outputs import folder_outputs, wrote_line
 from .relations import EVAL_HELP as RELATIONS_HELP
@@ -73,12 +73,7 @@ def add_parser(sub, full: bool = True) -> None:
     e.add_argument("--batch-size", type=int, default=4, metavar="N",
                    help="images generated together in one steering call, each as if made alone (default 4; "
                         "larger batches use more memory for the steering backward)")
-    e.add_argument("--model", default=None,
-                   help="default: the shipped shapes-world model and classifier (as generate); 'tiny' (random "
-                        "tiny FLUX, offline demo), a local diffusers pipeline folder (FLUX, Stable Diffusion, or "
-                        "a shapes-world model from 'l2s shapes train-model') or a hub id in the local cache")
-    e.add_argument("--classifier", help="classifier folder (from 'l2s train': OUT/best), hub id in the local "
-                                        "cache, or published .pth")
+    add_model_args(e, lora=False)
     add_relations_arg(e, RELATIONS_HELP)
     e.add_argument("--detector", default="shapes",
                    help="'shapes' (exact detector of the shapes world, default) or a local transformers "

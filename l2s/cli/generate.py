@@ -19,7 +19,7 @@ from l2s.errors import L2SError, UsageError
 from .batches import (batches, folders_line, image_jobs, image_settings, prompts_of, resumable_entries, seeds_of,
                       write_index)
 from .checks import check_sampling_args, remove_stale_outputs
-from .models import add_sampling_args, add_speed_args, load_steerer
+from .models import add_model_args, add_sampling_args, add_speed_args, load_steerer
 from .options import add_device_arg, add_dtype_arg
 from .outputs import wrote_line
 from .relations import add_relations_arg, given_parse, parse_relations, steer_given_relations
@@ -46,15 +46,8 @@ def add_parser(sub) -> None:
     g.add_argument("prompt", nargs="*", help="the prompt; several make one image per prompt and seed")
     g.add_argument("--prompts", metavar="FILE",
                    help="prompts from a file, one a line (UTF-8, blank lines ignored), after any PROMPT given")
-    g.add_argument("--model", default=None,
-                   help="default: the shipped shapes-world model and classifier (l2s/shapes/assets); "
-                        "'tiny' (random tiny FLUX, offline demo), a local diffusers pipeline folder, or a hub "
-                        "id in the local Hugging Face cache")
-    g.add_argument("--classifier", help="classifier folder (safetensors + config.json), hub id in the local "
-                                        "cache, or published .pth")
+    add_model_args(g)
     add_relations_arg(g)
-    g.add_argument("--lora", metavar="DIR", help="a LoRA adapter (peft folder, e.g. from 'l2s shapes grpo --out DIR') "
-                   "merged into the FLUX transformer before steering")
     g.add_argument("--seed", type=int, default=None, help="the seed (default 0)")
     g.add_argument("--seeds", metavar="LIST",
                    help="several seeds, e.g. 0-7, 1,4,9 or 0-3,10: one image per prompt and seed")

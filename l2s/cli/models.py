@@ -20,6 +20,20 @@ STEP_SIZE_HELP = ("steering step size (default: the published one per model, 5 f
                   "SD 1.4; the shapes world's own for its models)")
 
 
+def add_model_args(parser: argparse.ArgumentParser, lora: bool = True) -> None:
+    """``--model``, ``--classifier`` (and ``--lora``): which model steers, shared by ``generate`` and ``eval``."""
+    parser.add_argument("--model", default=None,
+                        help="default: the shipped shapes-world model and classifier (l2s/shapes/assets); 'tiny' "
+                             "(random tiny FLUX, offline demo), a local diffusers pipeline folder (FLUX, Stable "
+                             "Diffusion, or a shapes-world model from 'l2s shapes train-model') or a hub id in "
+                             "the local Hugging Face cache")
+    parser.add_argument("--classifier", help="classifier folder (from 'l2s train': OUT/best, safetensors + "
+                                             "config.json), hub id in the local cache, or published .pth")
+    if lora:
+        parser.add_argument("--lora", metavar="DIR", help="a LoRA adapter (peft folder, e.g. from 'l2s shapes grpo "
+                                                          "--out DIR') merged into the FLUX transformer before steering")
+
+
 def add_sampling_args(parser: argparse.ArgumentParser) -> None:
     """How images are sampled and steered: shared by ``generate`` and ``eval``."""
     parser.add_argument("--steps", type=int, help="denoising steps (default: the model's published setting)")
