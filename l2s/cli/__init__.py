@@ -39,6 +39,7 @@ FRONT_ENDS = (
     (("shapes", "train-classifier"),
      "train the shapes-world relation classifier (small config; --no-dual: leakage ablation)"),
     (("shapes", "bench"), "base vs steered spatial accuracy of the shapes model (writes the results table)"),
+    (("shapes", "compare"), "steering against fine-tuning: one table from bench results, with training cost"),
     (("shapes", "grpo"), "GRPO-tune the shapes model's LoRA adapter for a spatial reward (rule or SpatialScore)"),
     (("shapes", "reward-data"), "preference pairs for the spatial reward model (flipped relations, exact check)"),
     (("shapes", "train-reward"), "train the SpatialScore reward model on 'reward-data' pairs"),
@@ -61,7 +62,8 @@ def _front_end(command: tuple[str, ...]):
         from . import shapes
 
         entry = {"train-model": shapes.train_model_main, "make-data": shapes.make_data_main,
-                 "train-classifier": shapes.train_classifier_main, "bench": shapes.bench_main}[command[1]]
+                 "train-classifier": shapes.train_classifier_main, "bench": shapes.bench_main,
+                 "compare": shapes.compare_main}[command[1]]
     return entry
 
 

@@ -113,6 +113,10 @@ def build_train_reward_parser() -> argparse.ArgumentParser:
                    help="share of training object sets kept for model selection")
     p.add_argument("--d-model", type=int, default=None, help="model width (default 64)")
     p.add_argument("--joint-layers", type=int, default=None, help="image-text layers of the reward token (default 2)")
+    p.add_argument("--grounding-layers", type=int, default=None,
+                   help="text-to-image lookups that return where each word's object is (default 0)")
+    p.add_argument("--channels", type=_channels, default=None, metavar="C1,C2,...",
+                   help="conv widths; each after the first halves the grid (default 16,32,64,64: a 4x4 grid)")
     p.add_argument("--restart", action="store_true", help="start over instead of resuming OUT/last")
     p.add_argument("--stop-after", type=int, default=None, metavar="EPOCHS",
                    help="stop after this many epochs of this call; the same command continues")
@@ -120,6 +124,16 @@ def build_train_reward_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
+
+
+def _channels(text: str) -> list[int]:
+    try:
+        widths = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated widths like 16,32,64, got {text!r}") from None
+    if not widths or min(widths) < 8 or any(w % 8 for w in widths):
+        raise argparse.ArgumentTypeError("each width must be a multiple of 8 (the conv blocks use 8 groups)")
+    return widths
 
 
 def _headline(results: dict) -> str:
@@ -147,7 +161,8 @@ def train_reward_main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise L2SError("--device cuda but torch.cuda.is_available() is False")
-    model = {k: v for k, v in (("d_model", args.d_model), ("joint_layers", args.joint_layers)) if v is not None}
+    model = {k: v for k, v in (("d_model", args.d_model), ("joint_layers", args.joint_layers),
+                               ("grounding_layers", args.grounding_layers), ("channels", args.channels)) if v is not None}
     settings = RewardTrainSettings(loss=args.loss, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                    weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
                                    mirror=not args.no_mirror, val_fraction=args.val_fraction, seed=args.seed,

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from l2s.errors import L2SError
+from l2s.errors import L2SError, UsageError
 
 from .help import command_parser
 
@@ -271,6 +271,9 @@ def build_bench_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora", type=Path, metavar="DIR",
                    help="a LoRA adapter (l2s shapes grpo --out DIR) merged into the model: base = the tuned "
                         "model, steered = the tuned model steered")
+    p.add_argument("--reward-model", type=Path, metavar="DIR",
+                   help="a SpatialScore (l2s shapes train-reward --out DIR/best): also report its mean score and "
+                        "how well it ranks correct images above wrong ones, per part and mode (reward hacking)")
     p.add_argument("--out", type=Path, default=Path("l2s-shapes-bench"), help="run directory (images, resumable)")
     p.add_argument("--results", type=Path, help="write the Markdown table here (and .json beside it)")
     p.add_argument("--scale", type=float, default=1.0,
@@ -311,7 +314,7 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
                                seeds=parse_seeds(args.seeds), parts=args.parts.split(",") if args.parts else None,
                                position_prompts=args.position_prompts, classifier_data=args.classifier_data,
                                true_cfg_scale=args.true_cfg, step_size=args.step_size, progress=not args.quiet,
-                               lora=args.lora, batch_size=args.batch_size)
+                               lora=args.lora, batch_size=args.batch_size, reward_model=args.reward_model)
     from l2s.distributed import world
 
     if not world().is_main:
@@ -320,4 +323,42 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
     if args.results:
         command = "l2s shapes bench " + " ".join(shlex.quote(a) for a in argv)
         print(f"l2s: wrote {write_bench_results(results, args.results, command)}", file=sys.stderr)
+    return 0
+
+
+def build_compare_parser() -> argparse.ArgumentParser:
+    p = command_parser(
+        "l2s shapes compare",
+        "Steering against fine-tuning in one table, from bench results JSON files (l2s shapes bench --results "
+        "X.md writes X.json): base and steering from the untuned bench, then each tuned adapter alone and with "
+        "steering, with its training CPU-hours (from the GRPO run's log) and the break-even image count.",
+        ["l2s shapes compare --bench runs/base.json --tuned GRPO-rule=runs/rule.json,runs/grpo-rule "
+         "--tuned GRPO-SS=runs/ss.json,runs/grpo-ss --out experiments/results/steer_vs_tune.md"])
+    p.add_argument("--bench", required=True, type=Path, help="results JSON of the untuned model's bench")
+    p.add_argument("--tuned", action="append", default=[], metavar="NAME=JSON[,GRPO_RUN]",
+                   help="a tuned model's bench results (l2s shapes bench --lora ...) and the GRPO run folder "
+                        "whose log gives its training cost; repeat for each")
+    p.add_argument("--out", type=Path, help="also write the table here (Markdown)")
+    return p
+
+
+def compare_main(argv: Sequence[str] | None = None) -> int:
+    """``l2s shapes compare``: one table of base, steering and tuned rows; prints it."""
+    args = build_compare_parser().parse_args(argv)
+    from l2s.shapes.compare import Tuned, comparison_table, read_bench, training_cpu_seconds
+
+    tuned = []
+    for item in args.tuned:
+        name, _, sources = item.partition("=")
+        bench, _, run = sources.partition(",")
+        if not name or not bench:
+            raise UsageError(f"bad --tuned {item!r}: use NAME=JSON or NAME=JSON,GRPO_RUN")
+        tuned.append(Tuned(name, read_bench(bench), training_cpu_seconds(run) if run else None))
+    table = comparison_table(read_bench(args.bench), tuned)
+    print(table)
+    if args.out:
+        from l2s.files import atomic_write_text
+
+        atomic_write_text(args.out, table + "\n")
+        print(f"l2s: wrote {args.out}", file=sys.stderr)
     return 0

@@ -45,7 +45,7 @@ from .prompts import (
     with_article,
 )
 from .records import MODES, RESULTS_FILE, SUMMARY_FILE, ImageRecord, detect_and_score
-from .reports import EvalReport, ModeReport, comparable_summary
+from .reports import RUN_DEPENDENT_META, EvalReport, ModeReport, comparable_summary
 from .folders import score_image_folder
 from .runs import check_scorable, evaluate_images, run_eval
 from .specs import CheckResult, ImageResult, PromptSpec, RelationCheck, result_from_record, score_image
@@ -54,6 +54,7 @@ from .stats import PairedComparison, Summary, paired_comparison, summarise, wils
 __all__ = [
     "Box",
     "comparable_summary",
+    "RUN_DEPENDENT_META",
     "COCO_CLASSES",
     "CheckResult",
     "DEFAULT_PROMPT_COUNT",

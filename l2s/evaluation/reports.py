@@ -38,6 +38,11 @@ class ModeReport:
         return _mean(r.meta.get("generate_s") for r in self.records)
 
     @property
+    def generate_cpu_s_per_image(self) -> float:
+        """CPU seconds (all threads) per generated image; 0 for runs recorded before it was kept."""
+        return _mean(r.meta.get("generate_cpu_s") for r in self.records)
+
+    @property
     def score_s_per_image(self) -> float:
         return _mean(r.meta.get("score_s") for r in self.records)
 
@@ -47,11 +52,14 @@ class ModeReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.summary.to_dict(), "generate_s_per_image": self.generate_s_per_image,
+                "generate_cpu_s_per_image": self.generate_cpu_s_per_image,
                 "score_s_per_image": self.score_s_per_image, "status_counts": self.status_counts()}
 
 
 # What differs between two runs of the same prompts and seeds: timings and how images were reached.
-RUN_DEPENDENT = ("generate_s_per_image", "score_s_per_image", "status_counts")
+RUN_DEPENDENT = ("generate_s_per_image", "generate_cpu_s_per_image", "score_s_per_image", "status_counts")
+# The same for one image's record ``meta``: timings and the batch it was made in.
+RUN_DEPENDENT_META = ("generate_s", "generate_cpu_s", "score_s", "batch")
 
 
 def comparable_summary(summary: dict[str, Any]) -> dict[str, Any]:

@@ -347,6 +347,7 @@ def _generate_chunk(run: _Run, specs: Sequence[PromptSpec], pairs: list[tuple[in
     several: a batch of prompts and seeds), then each one saved, scored and recorded."""
     jobs = [(position, *pairs[position]) for position in positions]  # (position, prompt index, seed)
     prompts, seeds = [specs[index].prompt for _, index, _ in jobs], [seed for _, _, seed in jobs]
+    cpu_started = time.process_time()   # every thread of this process: what steering costs a CPU
     if len(jobs) == 1:
         generated = run.steerer(prompts[0], seed=seeds[0], steer=mode == STEERED, **run.generate)
         views = [_steering_meta(generated.plan, getattr(generated, "outcome", None),
@@ -357,12 +358,13 @@ def _generate_chunk(run: _Run, specs: Sequence[PromptSpec], pairs: list[tuple[in
                                 mode)
                  for i, (plan, outcome) in enumerate(zip(generated.plans, generated.outcomes))]
     seconds = generated.timings["total"] / len(jobs)
+    cpu_seconds = (time.process_time() - cpu_started) / len(jobs)
     made = []
     for (position, index, seed), image, steering in zip(jobs, generated.images, views):
         png = _image_png(run, index, seed, mode)
         save_png(image, png)
         meta = {"mode": mode, "prompt_index": index, "seed": seed, "image": str(png.relative_to(run.out)),
-                "generate_s": seconds, "batch": len(jobs), **steering}
+                "generate_s": seconds, "generate_cpu_s": cpu_seconds, "batch": len(jobs), **steering}
         made.append((position, _score_image(run, specs[index], index, seed, mode, image, meta, "generated")))
     return made
 

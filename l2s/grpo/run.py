@@ -2,7 +2,7 @@
 
 ``train_grpo`` writes into ``out``: ``checkpoint.pt`` after every epoch (adapter, optimiser, EMA,
 RNG, epoch), ``log.jsonl`` (one line per epoch: rewards, KL, ratios, held-out accuracy and
-reward-model score of the EMA weights, seconds), ``adapter/`` (EMA weights, what evaluation and
+reward-model score of the EMA weights, wall and CPU seconds), ``adapter/`` (EMA weights, what evaluation and
 ``--lora`` use) and ``adapter_raw/`` (the live weights), both peft folders, and ``grpo.json``.
 Rerunning the same call resumes after the last finished epoch. In a data-parallel run only the
 main process writes.
@@ -61,7 +61,7 @@ def run_epoch(trainer: GRPOTrainer, pool: list[str], epoch: int, progress: bool)
     s, acc = trainer.settings, trainer.acc
     prompts = epoch_prompts(pool, s, epoch, acc.process_index, acc.num_processes)
     seeds = seeds_for(s.seed, epoch, acc.process_index, count=len(prompts) * s.group_size)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     chunks = -(-len(seeds) // s.chunk)
     with tqdm(total=chunks * s.steps, desc=f"epoch {epoch} sampling", leave=False, disable=not progress) as bar:
         rollout, cond = trainer.rollout(prompts, seeds, s.noise_level, bar)
@@ -75,11 +75,13 @@ def run_epoch(trainer: GRPOTrainer, pool: list[str], epoch: int, progress: bool)
         stats = trainer.train(rollout, advantages, cond, generator, bar)
     all_rewards = acc.gather(rewards)
     flat_groups = acc.gather((rewards.max(dim=1).values == rewards.min(dim=1).values).float())
+    # CPU seconds of every process (all threads): the training cost a comparison with steering reads
+    cpu = float(acc.reduce(torch.tensor(time.process_time() - cpu_started, dtype=torch.float64), reduction="sum"))
     return {"epoch": epoch, "reward_mean": float(all_rewards.mean()), "reward_std": float(all_rewards.std()),
             "groups_without_spread": int(flat_groups.sum()), "kept_fraction": float(keep.float().mean()),
             **stats, "trained_rows": int(acc.reduce(torch.tensor(stats["trained_rows"]), reduction="sum")),
             "optimizer_steps": trainer.optimizer_steps, "sampling_s": round(sampled - started, 2),
-            "training_s": round(time.perf_counter() - sampled, 2)}
+            "training_s": round(time.perf_counter() - sampled, 2), "cpu_s": round(cpu, 2)}
 
 
 def evaluate(trainer: GRPOTrainer, prompts: list[str], evaluators: dict, reward) -> dict:

@@ -2,8 +2,11 @@
 
 The image goes through a CNN with coordinate channels (where things are is the whole point) to a
 grid of tokens with learned positions; the prompt's token ids through an embedding and a small
-transformer. A learned reward token then attends, with every image and text token, in a few joint
-transformer layers, and a head reads it out as (mean, log-variance). The mean is the reward.
+transformer. With ``grounding_layers`` > 0 each text token then looks up what it names in the
+image (:class:`Grounding`: cross-attention that also returns, per head, the attended grid
+position), so relation words can compare the places of their objects. A learned reward token
+attends, with every image and text token, in a few joint transformer layers, and a head reads it
+out as (mean, log-variance). The mean is the reward.
 Weights save as safetensors beside a ``config.json`` (:meth:`SpatialScore.save_pretrained`).
 """
 from __future__ import annotations
@@ -35,6 +38,7 @@ class SpatialScoreConfig:
     heads: int = 4
     text_layers: int = 2
     joint_layers: int = 2
+    grounding_layers: int = 0   # text -> image lookups before the joint layers (0: none)
     ff_mult: int = 4
     dropout: float = 0.0
     extra: dict = field(default_factory=dict)   # free-form notes kept with the weights
@@ -77,6 +81,31 @@ class ImageEncoder(nn.Module):
         return self.project(x.flatten(2).transpose(1, 2)) + self.position
 
 
+class Grounding(nn.Module):
+    """Text tokens attend over image tokens; each gets back the content it found and, per head,
+    the expected (x, y) of where it looked: an explicit place, not one the layers must decode."""
+
+    def __init__(self, config: SpatialScoreConfig) -> None:
+        super().__init__()
+        d, self.heads = config.d_model, config.heads
+        self.norm_text, self.norm_image = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.query, self.key, self.value = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+        self.out = nn.Linear(d + 2 * self.heads, d)
+        g = config.grid
+        axis = (torch.arange(g, dtype=torch.float32) + 0.5) / g * 2 - 1
+        ys, xs = torch.meshgrid(axis, axis, indexing="ij")
+        self.register_buffer("places", torch.stack([xs.flatten(), ys.flatten()], dim=-1), persistent=False)
+
+    def forward(self, text: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        (b, t, d), h = text.shape, self.heads
+        split = lambda x: x.view(b, x.shape[1], h, d // h).transpose(1, 2)   # noqa: E731
+        q, image_n = split(self.query(self.norm_text(text))), self.norm_image(image)
+        weights = torch.softmax(q @ split(self.key(image_n)).transpose(-1, -2) / (d // h) ** 0.5, dim=-1)
+        content = (weights @ split(self.value(image_n))).transpose(1, 2).reshape(b, t, d)
+        places = (weights @ self.places).transpose(1, 2).reshape(b, t, 2 * h)
+        return text + self.out(torch.cat([content, places], dim=-1))
+
+
 class SpatialScore(nn.Module):
     """``model(images, input_ids) -> (mean, log_var)``, each (B,)."""
 
@@ -90,6 +119,7 @@ class SpatialScore(nn.Module):
         self.text = _layers(config, config.text_layers)
         self.kind = nn.Parameter(torch.randn(3, d) * 0.02)       # reward, text, image token types
         self.reward_token = nn.Parameter(torch.randn(1, 1, d) * 0.02)
+        self.grounding = nn.ModuleList(Grounding(config) for _ in range(config.grounding_layers))
         self.joint = _layers(config, config.joint_layers)
         self.head = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(), nn.Linear(d, 2))
 
@@ -106,6 +136,8 @@ class SpatialScore(nn.Module):
         """Score ``images`` against ``input_ids`` (or an :meth:`encode_text` result, to reuse it)."""
         text, pad = text if text is not None else self.encode_text(input_ids)
         pictures = self.image(images)
+        for layer in self.grounding:
+            text = layer(text, pictures)
         reward = self.reward_token.expand(images.shape[0], -1, -1)
         tokens = torch.cat([reward + self.kind[0], text + self.kind[1], pictures + self.kind[2]], dim=1)
         mask = torch.cat([torch.zeros_like(pad[:, :1]), pad, torch.zeros_like(pad[:, :1]).expand(-1, pictures.shape[1])],

@@ -19,6 +19,8 @@ from PIL import Image
 
 from l2s.distributed import output_lock, world
 from l2s.errors import UsageError
+from . import bench_plain as plain_part
+from .bench_reward import reward_columns
 from .detector import ShapesDetector
 from .model import load_shapes_pipeline
 from .prompts import ood_position_prompts, shapes_multi_relation_prompts, shapes_position_prompts
@@ -27,6 +29,7 @@ from .recipes import (BENCH_BATCH_SIZE, BENCH_SEEDS, SHAPES_STEP_SIZE, named_sch
 from .verdicts import all_objects_found, colour_only, judge
 
 BENCH_PROMPT_SEED = 0
+PLAIN_PROMPTS = 50   # the no-relation part's prompts at scale 1 (x the bench's seeds)
 
 
 @dataclass
@@ -88,6 +91,7 @@ class _BenchRun:
     position_records: dict[str, list] = field(default_factory=dict)
     lora: str | None = None   # a LoRA adapter merged into the model (a GRPO-tuned row)
     batch_size: int = BENCH_BATCH_SIZE
+    scorer: Any = None        # a reward model scoring every generated image (bench_reward)
 
     def steerer(self, classifier: str):
         from l2s.classifier import RelationClassifier
@@ -109,13 +113,14 @@ def run_shapes_bench(out_dir: str | Path, *, pipeline_dir: str | Path | None = N
                      position_prompts: int = 100, classifier_data: str | Path | None = None,
                      true_cfg_scale: float | None = None, step_size: float | None = None,
                      progress: bool = True, lora: str | Path | None = None,
-                     batch_size: int = BENCH_BATCH_SIZE) -> dict:
+                     batch_size: int = BENCH_BATCH_SIZE, reward_model: str | Path | None = None) -> dict:
     """Run every bench part (``parts``: keys to keep) into ``out_dir`` and return the results.
 
     Each part is a :func:`l2s.evaluation.run_eval` run in ``out_dir/<key>`` (resumable; spread
     over the processes of ``torchrun`` / ``accelerate launch`` when started by one). Returns
-    ``{"parts": [...], "settings": {...}}`` with accuracy per mode and per relation and the
-    generation wall time per image. ``true_cfg_scale``: the sampling guidance (default
+    ``{"parts": [...], "no_relation": {...}, "settings": {...}}`` with accuracy per mode and per
+    relation and the generation wall and CPU time per image (``no_relation``:
+    :mod:`.bench_plain`, prompts without a relation, unsteered). ``true_cfg_scale``: the sampling guidance (default
     :data:`~l2s.shapes.recipes.SHAPES_TRUE_CFG`), the same for base and steered images;
     ``step_size``: the steering step size of every part (default
     :data:`~l2s.shapes.recipes.SHAPES_STEP_SIZE`). With ``classifier_data`` (the classifiers' map
@@ -123,21 +128,28 @@ def run_shapes_bench(out_dir: str | Path, *, pipeline_dir: str | Path | None = N
     type (``"classifier_comparison"``): the leakage check before any steering. ``lora``: a LoRA
     adapter (``l2s shapes grpo``) merged into the model first: its base mode is the tuned model,
     its steered mode the tuned model steered. ``batch_size``: images per steering call
-    (:func:`~l2s.evaluation.run_eval`'s; 1: one call per image).
+    (:func:`~l2s.evaluation.run_eval`'s; 1: one call per image). ``reward_model``: a SpatialScore
+    folder (``l2s shapes train-reward``) whose mean score and AUC against the exact verdict every
+    generated mode also reports (:mod:`.bench_reward`).
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise UsageError(f"batch_size must be a positive integer, got {batch_size!r}")  # before any model loads
+    known = [part.key for part in bench_parts(scale, seeds, position_prompts=position_prompts)] + [plain_part.KEY]
+    unknown = sorted(set(parts or ()) - set(known))
+    if unknown:
+        raise UsageError(f"unknown bench part {', '.join(unknown)} (parts: {', '.join(known)})")
     with output_lock(out_dir):  # one bench per run directory: a second one is refused before any work
         return _run_bench(out_dir, pipeline_dir, classifier, ablation_classifier, scale, seeds, parts,
                           position_prompts, classifier_data, true_cfg_scale, step_size, progress, lora,
-                          batch_size)
+                          batch_size, reward_model)
 
 
 def _run_bench(out_dir: str | Path, pipeline_dir: str | Path | None, classifier: str | Path | None,
                ablation_classifier: str | Path | None, scale: float, seeds: Sequence[int],
                parts: Sequence[str] | None, position_prompts: int, classifier_data: str | Path | None,
                true_cfg_scale: float | None, step_size: float | None, progress: bool,
-               lora: str | Path | None = None, batch_size: int = BENCH_BATCH_SIZE) -> dict:
+               lora: str | Path | None = None, batch_size: int = BENCH_BATCH_SIZE,
+               reward_model: str | Path | None = None) -> dict:
     assets = shipped_assets()
     pipeline_dir = Path(pipeline_dir or assets.pipeline)
     classifiers = {"dual": Path(classifier or assets.classifier),
@@ -150,18 +162,27 @@ def _run_bench(out_dir: str | Path, pipeline_dir: str | Path | None, classifier:
     run = _BenchRun(pipe, pipeline_dir, classifiers, true_cfg_scale,
                     SHAPES_STEP_SIZE if step_size is None else step_size, lora=None if lora is None else str(lora),
                     batch_size=batch_size)
+    if reward_model is not None:
+        from l2s.reward import load_reward_model
+
+        run.scorer = load_reward_model(reward_model)
     started = time.perf_counter()
     results = [_run_part(run, part, Path(out_dir), progress)
                for part in bench_parts(scale, seeds, position_prompts=position_prompts)
                if parts is None or part.key in parts]
+    plain = None
+    if parts is None or plain_part.KEY in parts:
+        prompts = plain_part.plain_prompts(max(4, int(round(PLAIN_PROMPTS * scale))), prompt_seed=BENCH_PROMPT_SEED)
+        plain = plain_part.run_plain_part(run.steerer("dual"), run.detector, prompts, seeds, Path(out_dir), batch_size)
     comparison = None
     if classifier_data is not None:
         comparison = world().on_main(lambda: classifier_comparison(classifiers, classifier_data))
     settings = {"pipeline": str(pipeline_dir), "classifiers": {k: str(v) for k, v in classifiers.items()},
                 "scale": scale, "position_prompts": position_prompts, "step_size": run.step_size,
                 "sampling": run.sampling(), "seeds": list(seeds), "lora": run.lora,
+                "reward_model": None if reward_model is None else str(reward_model),
                 "wall_time_s": round(time.perf_counter() - started, 1)}
-    return {"parts": results, "classifier_comparison": comparison, "settings": settings}
+    return {"parts": results, "no_relation": plain, "classifier_comparison": comparison, "settings": settings}
 
 
 def _run_part(run: _BenchRun, part: BenchPart, out: Path, progress: bool) -> dict:
@@ -178,6 +199,9 @@ def _run_part(run: _BenchRun, part: BenchPart, out: Path, progress: bool) -> dic
                       contact_sheets=part.key == "position", progress=progress, batch_size=run.batch_size)
     modes = {mode: _mode_scores(mode_report.records, part.specs, run.detector)
              for mode, mode_report in report.modes.items()}
+    if run.scorer is not None:
+        for mode, mode_report in report.modes.items():
+            modes[mode].update(reward_columns(run.scorer, mode_report.records, part.specs, out / part.key))
     copied_modes: list[str] = []
     if part.key == "position":
         run.position_records = {mode: mode_report.records for mode, mode_report in report.modes.items()}
@@ -226,10 +250,12 @@ def _mode_scores(records: Sequence, specs: Sequence, detector) -> dict:
 
     s = summarise([r.result for r in records], "geneval")
     seconds = [r.meta.get("generate_s") for r in records if r.meta.get("generate_s") is not None]
+    cpu = [r.meta["generate_cpu_s"] for r in records if r.meta.get("generate_cpu_s") is not None]
     return {"accuracy": s.accuracy, "n_images": s.n_images, "n_correct": s.n_correct,
             "correct_by_image": {image_key(r): bool(r.result.correct) for r in records},
             "per_relation": {r: list(v) for r, v in s.per_relation.items()},
             "generate_s_per_image": float(np.mean(seconds)) if seconds else 0.0,
+            "generate_cpu_s_per_image": float(np.mean(cpu)) if cpu else None,
             **_colour_scores(records, specs, detector)}
 
 

@@ -57,7 +57,32 @@ def bench_table(results: dict) -> str:
     position = _position_part(results)
     if position:
         lines += ["", *_relation_rows(position["modes"])]
+    if results.get("no_relation"):
+        lines += ["", *plain_rows(results["no_relation"])]
+    if any("reward_mean" in m for p in results["parts"] for m in p["modes"].values()):
+        lines += ["", *reward_rows(results)]
     return "\n".join(lines)
+
+
+def reward_rows(results: dict) -> list[str]:
+    """The reward model's mean score beside exact accuracy, per part and generated mode."""
+    lines = ["| reward model vs exact | mode | strict accuracy | mean reward score | AUC (correct above wrong) |",
+             "|---|---|---|---|---|"]
+    for p in results["parts"]:
+        for mode, m in p["modes"].items():
+            if "reward_mean" in m:
+                auc = f"{m['reward_auc']:.3f}" if m.get("reward_auc") is not None else "-"
+                lines.append(f"| {p['label']} | {mode} | {m['accuracy']:.3f} | {m['reward_mean']:.3f} | {auc} |")
+    return lines
+
+
+def plain_rows(plain: dict) -> list[str]:
+    """The no-relation part (:mod:`.bench_plain`): what the model draws when no place is asked for."""
+    spread = f"{plain['position_spread']:.3f}" if plain.get("position_spread") is not None else "-"
+    return ["| no relation (unsteered) | prompts x seeds | objects found (colour + shape) | objects found (colour) | "
+            "position spread across seeds |", "|---|---|---|---|---|",
+            f"| two objects | {plain['n_prompts']}x{len(plain['seeds'])} | {plain['objects_found']:.3f} | "
+            f"{plain['colours_found']:.3f} | {spread} |"]
 
 
 def _relation_rows(modes: dict) -> list[str]:

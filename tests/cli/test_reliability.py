@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from l2s.cli import INTERRUPTED, main
+from l2s.evaluation import RUN_DEPENDENT_META
 from l2s.relations import PUBLISHED_CLASSES
 from l2s.training import write_map_dataset
 
@@ -188,7 +189,7 @@ def _eval_fingerprint(out: Path) -> tuple[dict[str, str], list[dict]]:
     for line in (out / "results.jsonl").read_text().splitlines():
         record = json.loads(line)
         record["meta"] = {k: _Probabilities(v) if k.startswith("target_probability") else v
-                          for k, v in record["meta"].items() if k not in ("generate_s", "score_s", "batch")}
+                          for k, v in record["meta"].items() if k not in RUN_DEPENDENT_META}
         records.append(record)
     return pngs, records
 

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from l2s.evaluation import (
+    RUN_DEPENDENT_META,
     comparable_summary,
     Detection,
     PromptSpec,
@@ -217,11 +218,9 @@ def _records(out):
     for line in (out / "results.jsonl").read_text().splitlines():
         record = json.loads(line)
         meta = record["meta"]
-        for key in ("generate_s", "score_s", "batch", "target_probability_first", "target_probability_last"):
-            if key.startswith("target"):
-                probabilities.append(meta.pop(key))
-            else:
-                meta.pop(key)
+        probabilities += [meta.pop("target_probability_first"), meta.pop("target_probability_last")]
+        for key in RUN_DEPENDENT_META:
+            meta.pop(key)
         records.append(record)
     return records, probabilities
 

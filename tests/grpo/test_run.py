@@ -31,6 +31,7 @@ def test_a_run_writes_adapters_log_and_checkpoint_and_resumes_exactly(tmp_path):
     assert first["first_ratio"] == 1.0 and first["trained_rows"] == 2 * 6 and first["optimizer_steps"] == 2
     for key in ("reward_mean", "kl", "eval_red", "eval_reward", "sampling_s", "training_s"):
         assert key in first
+    assert 0 < first["cpu_s"] < 10 * (first["sampling_s"] + first["training_s"]) + 1   # seconds, not ms or ns
     description = json.loads((tmp_path / "whole" / "grpo.json").read_text())
     assert description["epochs_done"] == 2 and description["command"] == "l2s shapes grpo ..."
     # EMA and live adapters differ once trained; both are peft folders.
@@ -43,7 +44,7 @@ def test_a_run_writes_adapters_log_and_checkpoint_and_resumes_exactly(tmp_path):
     for name in ("adapter", "adapter_raw"):
         a, b = _weights(tmp_path / "whole" / name), _weights(tmp_path / "split" / name)
         assert all(torch.equal(a[k], b[k]) for k in a), name
-    drop = {"sampling_s", "training_s", "eval_s"}
+    drop = {"sampling_s", "training_s", "eval_s", "cpu_s"}
     assert [{k: v for k, v in r.items() if k not in drop} for r in resumed.records] == \
            [{k: v for k, v in r.items() if k not in drop} for r in whole.records]
 

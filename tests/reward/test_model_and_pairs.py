@@ -40,6 +40,34 @@ def test_the_model_scores_each_image_with_a_mean_and_a_finite_spread(tokenizer):
     assert model(image, ids)[0][0] != model(image, ids)[0][1]
 
 
+def test_grounding_returns_the_place_of_the_image_token_a_word_finds(tokenizer):
+    from l2s.reward.model import Grounding
+
+    config = SpatialScoreConfig(d_model=16, heads=2, channels=(8, 16, 16), image_size=16)   # a 4x4 grid
+    layer = Grounding(config)
+    pattern = torch.tensor([1.0, -1.0] * 8)   # mean 0, variance 1: LayerNorm leaves it as it is
+    with torch.no_grad():
+        for linear in (layer.query, layer.key, layer.value, layer.out):
+            linear.weight.zero_(), linear.bias.zero_()
+        layer.query.bias.copy_(6 * pattern)
+        layer.key.weight.copy_(torch.eye(16))
+        layer.out.weight[0, 16], layer.out.weight[1, 17] = 1.0, 1.0   # head 0's (x, y) -> features 0, 1
+    image = torch.zeros(1, 16, 16)
+    image[0, 6] = pattern   # grid row 1, column 2
+    moved = layer(torch.zeros(1, 3, 16), image)
+    assert torch.allclose(moved[0, :, :2], torch.tensor([0.25, -0.25]).expand(3, 2), atol=1e-3)
+    assert torch.count_nonzero(moved[0, :, 2:]) == 0
+
+
+def test_a_grounded_model_saves_and_loads(tmp_path, tokenizer):
+    scorer = SpatialScorer(_model(tokenizer, grounding_layers=2), tokenizer)
+    scorer.save_pretrained(tmp_path / "rm")
+    loaded = load_reward_model(tmp_path / "rm")
+    assert loaded.model.config.grounding_layers == 2 and len(loaded.model.grounding) == 2
+    images, prompts = torch.rand(2, 3, 16, 16), ["a blob on the left", "a blob"]
+    assert torch.allclose(loaded(images, prompts), scorer(images, prompts))
+
+
 def test_save_and_load_round_trip(tmp_path, tokenizer):
     scorer = SpatialScorer(_model(tokenizer, extra={"note": "x"}), tokenizer)
     scorer.save_pretrained(tmp_path / "rm")

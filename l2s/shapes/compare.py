@@ -1,0 +1,95 @@
+"""Steering against fine-tuning in one table, from ``l2s shapes bench --results`` JSON files.
+
+The untuned bench gives two rows (base, steering); each bench of a tuned adapter
+(``l2s shapes bench --lora RUN/adapter``) two more (tuned; tuned + steering), with the training
+cost read from the GRPO run's ``log.jsonl`` (CPU seconds of every process, every epoch). The
+break-even image count is the training cost over what steering adds per image (CPU seconds,
+two-object part, steered minus base): below it, steering each image costs less than training.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from l2s.errors import UsageError
+
+COLUMNS = ("two obj strict", "two obj colour", "multi 3/2 colour", "multi 4/3 colour", "held-out colour",
+           "no rel: found", "no rel: colours", "no rel: spread", "reward score", "reward AUC",
+           "training CPU-h", "extra CPU-s/img", "break-even images")
+
+
+@dataclass
+class Tuned:
+    """A tuned row's sources: its bench results and (optionally) the GRPO run that made the adapter."""
+
+    name: str
+    bench: dict
+    training_cpu_s: float | None
+
+
+def read_bench(path: str | Path) -> dict:
+    """A bench results JSON (written beside ``--results X.md``)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise UsageError(f"{path}: not a bench results JSON ({error})") from None
+    if not isinstance(data, dict) or "parts" not in data:
+        raise UsageError(f"{path}: not a bench results JSON (no 'parts'; write one with l2s shapes bench --results)")
+    return data
+
+
+def training_cpu_seconds(run: str | Path) -> float:
+    """The summed ``cpu_s`` of a GRPO run's epochs (every process)."""
+    path = Path(run) / "log.jsonl"
+    try:
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, ValueError) as error:
+        raise UsageError(f"{path}: cannot read the GRPO log ({error})") from None
+    epochs = [r for r in rows if r.get("epoch", 0) > 0]
+    if not epochs or any("cpu_s" not in r for r in epochs):
+        raise UsageError(f"{path}: no epochs with CPU seconds (runs before 'cpu_s' was logged cannot be costed)")
+    return float(sum(r["cpu_s"] for r in epochs))
+
+
+def _part(bench: dict, key: str) -> dict:
+    return next((p["modes"] for p in bench["parts"] if p["key"] == key), {})
+
+
+def _cell(value, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _row(bench: dict, mode: str, steering_cpu: float | None, training_cpu: float | None) -> list[str]:
+    """One method's cells; ``steering_cpu``: what steering adds per image to the untuned model."""
+    position, plain = _part(bench, "position").get(mode, {}), bench.get("no_relation") or {}
+    colour = [_part(bench, key).get(mode, {}).get("colour_accuracy") for key in ("multi_3_2", "multi_4_3", "ood")]
+    with_steering = mode == "steered"
+    extra_cpu = _extra_cpu(bench) if with_steering else 0.0
+    cost = training_cpu / 3600 if training_cpu is not None else None
+    break_even = training_cpu / steering_cpu if training_cpu is not None and steering_cpu and not with_steering \
+        else None
+    return [_cell(position.get("accuracy")), _cell(position.get("colour_accuracy")), *map(_cell, colour),
+            # the no-relation part is unsteered: a steered row shows its model's values
+            _cell(plain.get("objects_found")), _cell(plain.get("colours_found")), _cell(plain.get("position_spread")),
+            _cell(position.get("reward_mean")), _cell(position.get("reward_auc")),
+            _cell(cost, 2), _cell(extra_cpu, 2), _cell(break_even, 0)]
+
+
+def _extra_cpu(bench: dict) -> float | None:
+    modes = _part(bench, "position")
+    base, steered = (modes.get(m, {}).get("generate_cpu_s_per_image") for m in ("base", "steered"))
+    return steered - base if base is not None and steered is not None else None
+
+
+def comparison_table(untuned: dict, tuned: list[Tuned]) -> str:
+    """The Markdown table: base, steering, then each tuned model alone and with steering."""
+    steering_cpu = _extra_cpu(untuned)
+    lines = ["| method | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    rows = [("base", untuned, "base", None), ("steering", untuned, "steered", None)]
+    for t in tuned:
+        rows += [(t.name, t.bench, "base", t.training_cpu_s), (f"{t.name} + steering", t.bench, "steered", t.training_cpu_s)]
+    for name, bench, mode, training in rows:
+        if mode in _part(bench, "position"):
+            lines.append(f"| {name} | " + " | ".join(_row(bench, mode, steering_cpu, training)) + " |")
+    return "\n".join(lines)
