@@ -96,23 +96,40 @@ def image_settings(args: argparse.Namespace) -> dict:
             for k, v in sorted(vars(args).items()) if k not in NOT_IMAGE_SETTINGS}
 
 
-def resumable_entries(out: Path, settings: dict, jobs: list[ImageJob]) -> list[dict] | None:
-    """The finished images of an interrupted run of the same images and settings, else None."""
+@dataclass
+class Resume:
+    """What an earlier, interrupted run in ``--out`` leaves this one."""
+
+    entries: list[dict] | None   # its finished images (None: start over)
+    seconds: float = 0.0         # the time its calls took
+    why_not: str | None = None   # why it cannot be resumed, when there is one
+
+
+def resume_state(out: Path, settings: dict, jobs: list[ImageJob]) -> Resume:
+    """The finished images of an interrupted run of the same images and settings."""
     import json
 
     try:
         index = json.loads((Path(out) / "index.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None
-    planned = [[job.prompt, job.seed, job.folder] for job in jobs]
-    if index.get("complete", True) or index.get("settings") != settings or index.get("jobs") != planned:
-        return None
-    return [e for e in index.get("images", []) if (Path(out) / e["folder"] / "report.json").is_file()]
+        return Resume(None)
+    if index.get("complete", True):
+        return Resume(None)
+    if index.get("jobs") != [[job.prompt, job.seed, job.folder] for job in jobs]:
+        return Resume(None, why_not="other prompts or seeds")
+    earlier = index.get("settings") or {}
+    changed = [f"{k}: {earlier.get(k)} -> {settings.get(k)}" for k in sorted(set(earlier) | set(settings))
+               if earlier.get(k) != settings.get(k)]
+    if changed:
+        return Resume(None, why_not="other settings (" + "; ".join(changed) + ")")
+    entries = [e for e in index.get("images", []) if (Path(out) / e["folder"] / "report.json").is_file()]
+    return Resume(entries, float((index.get("timings_s") or {}).get("command_total", 0.0)))
 
 
 def write_index(out: Path, source: str, batch_size: int, entries: list[dict], jobs: list[ImageJob],
                 settings: dict, seconds: float) -> None:
-    """Rewritten after every batch, so an interrupted run still lists what it finished (and resumes)."""
+    """Rewritten after every batch, so an interrupted run still lists what it finished (and resumes);
+    ``seconds``: every call's time, a resumed run's earlier calls included."""
     order = {job.folder: i for i, job in enumerate(jobs)}
     index = {"model": source, "batch_size": batch_size, "complete": len(entries) == len(jobs),
              "images_planned": len(jobs), "images": sorted(entries, key=lambda e: order[e["folder"]]),

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from l2s.errors import L2SError, UsageError
 
-from .batches import (batches, folders_line, image_jobs, image_settings, prompts_of, resumable_entries, seeds_of,
+from .batches import (batches, folders_line, image_jobs, image_settings, prompts_of, resume_state, seeds_of,
                       write_index)
 from .checks import check_sampling_args, remove_stale_outputs
 from .models import add_model_args, add_sampling_args, add_speed_args, load_steerer
@@ -178,14 +178,16 @@ def _generate_many(args: argparse.Namespace, relations, jobs, started: float) ->
     """Every (prompt, seed) of ``jobs``, ``--batch-size`` per steering call; a folder each and index.json.
     An interrupted run of the same images and settings resumes after its finished images."""
     out, settings = Path(args.out), image_settings(args)
-    entries = resumable_entries(out, settings, jobs)
-    if entries is None:
+    steerer, source = _load(args, relations)   # first: a model that fails to load removes nothing
+    resume = resume_state(out, settings, jobs)
+    if resume.why_not:
+        print(f"l2s: starting over: the interrupted run in {out} had {resume.why_not}", file=sys.stderr)
+    if resume.entries is None:
         remove_stale_outputs(out)
-        entries = []
-    elif entries:
-        print(f"l2s: resuming: {len(entries)} of {len(jobs)} images already in {out}", file=sys.stderr)
+    elif resume.entries:
+        print(f"l2s: resuming: {len(resume.entries)} of {len(jobs)} images already in {out}", file=sys.stderr)
+    entries = resume.entries or []
     done = {e["folder"] for e in entries}
-    steerer, source = _load(args, relations)
     context = {"relations_from": "--relations" if relations else "parser", "model": source}
     versions, names = _versions(), []
     for batch in batches([job for job in jobs if job.folder not in done], args.batch_size):
@@ -195,8 +197,9 @@ def _generate_many(args: argparse.Namespace, relations, jobs, started: float) ->
             names += [name for name in written + ["report.json"] if name not in names]
             entries.append({"prompt": job.prompt, "seed": job.seed, "folder": job.folder,
                             "steered": report["steered"]})
-        write_index(out, source, args.batch_size, entries, jobs, settings, time.perf_counter() - started)
-    print(folders_line(out, jobs, names or sorted(p.name for p in (out / jobs[0].folder).iterdir())), file=sys.stderr)
+        write_index(out, source, args.batch_size, entries, jobs, settings,
+                    resume.seconds + time.perf_counter() - started)
+    print(folders_line(out, jobs, names), file=sys.stderr)
     return 0
 
 

@@ -359,6 +359,7 @@ def compare_main(argv: Sequence[str] | None = None) -> int:
     if args.out:
         from l2s.files import atomic_write_text
 
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(args.out, table + "\n")
         print(f"l2s: wrote {args.out}", file=sys.stderr)
     return 0

@@ -73,13 +73,16 @@ def run_epoch(trainer: GRPOTrainer, pool: list[str], epoch: int, progress: bool)
     with tqdm(total=rows * s.trained_steps, desc=f"epoch {epoch} training", leave=False,
               disable=not progress) as bar:
         stats = trainer.train(rollout, advantages, cond, generator, bar)
-    all_rewards = acc.gather(rewards)
-    flat_groups = acc.gather((rewards.max(dim=1).values == rewards.min(dim=1).values).float())
+    # collectives on the accelerator's device: NCCL (multi-GPU) has no CPU tensors
+    all_rewards = acc.gather(rewards.to(acc.device))
+    flat_groups = acc.gather((rewards.max(dim=1).values == rewards.min(dim=1).values).float().to(acc.device))
     # CPU seconds of every process (all threads): the training cost a comparison with steering reads
-    cpu = float(acc.reduce(torch.tensor(time.process_time() - cpu_started, dtype=torch.float64), reduction="sum"))
+    cpu = float(acc.reduce(torch.tensor(time.process_time() - cpu_started, dtype=torch.float64, device=acc.device),
+                           reduction="sum"))
     return {"epoch": epoch, "reward_mean": float(all_rewards.mean()), "reward_std": float(all_rewards.std()),
             "groups_without_spread": int(flat_groups.sum()), "kept_fraction": float(keep.float().mean()),
-            **stats, "trained_rows": int(acc.reduce(torch.tensor(stats["trained_rows"]), reduction="sum")),
+            **stats, "trained_rows": int(acc.reduce(torch.tensor(stats["trained_rows"], device=acc.device),
+                                                  reduction="sum")),
             "optimizer_steps": trainer.optimizer_steps, "sampling_s": round(sampled - started, 2),
             "training_s": round(time.perf_counter() - sampled, 2), "cpu_s": round(cpu, 2)}
 

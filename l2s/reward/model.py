@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from l2s.errors import ModelLoadError
+from l2s.errors import L2SError, ModelLoadError
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -42,6 +42,12 @@ class SpatialScoreConfig:
     ff_mult: int = 4
     dropout: float = 0.0
     extra: dict = field(default_factory=dict)   # free-form notes kept with the weights
+
+    def __post_init__(self) -> None:
+        halvings = 2 ** (len(self.channels) - 1)
+        if not self.channels or self.image_size % halvings or self.image_size // halvings < 1:
+            raise L2SError(f"{len(self.channels)} conv widths halve a {self.image_size}-px image "
+                           f"{len(self.channels) - 1} times: that is no whole grid (use fewer widths)")
 
     @property
     def grid(self) -> int:

@@ -84,10 +84,13 @@ class SpatialScorer:
 
 
 def load_reward_model(folder: str | Path, device: str | torch.device = "cpu") -> SpatialScorer:
-    """The :class:`SpatialScorer` saved in ``folder`` (by ``l2s shapes train-reward``)."""
+    """The :class:`SpatialScorer` saved in ``folder``, or in its ``best/`` (a ``l2s shapes
+    train-reward`` run folder: the model with the best validation accuracy)."""
     from transformers import AutoTokenizer
 
     folder = Path(folder)
+    if not (folder / TOKENIZER_DIR).is_dir() and (folder / "best" / TOKENIZER_DIR).is_dir():
+        folder = folder / "best"
     if not (folder / TOKENIZER_DIR).is_dir():
         raise ModelLoadError(f"no reward model at {folder} ({TOKENIZER_DIR}/ missing)")
     model = SpatialScore.from_pretrained(folder, device=device)

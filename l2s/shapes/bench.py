@@ -173,7 +173,9 @@ def _run_bench(out_dir: str | Path, pipeline_dir: str | Path | None, classifier:
     plain = None
     if parts is None or plain_part.KEY in parts:
         prompts = plain_part.plain_prompts(max(4, int(round(PLAIN_PROMPTS * scale))), prompt_seed=BENCH_PROMPT_SEED)
-        plain = plain_part.run_plain_part(run.steerer("dual"), run.detector, prompts, seeds, Path(out_dir), batch_size)
+        steerer = run.steerer("dual")
+        settings = {"pipeline": str(pipeline_dir), "lora": run.lora, "sampling": steerer.sampling_options()}
+        plain = plain_part.run_plain_part(steerer, run.detector, prompts, seeds, Path(out_dir), batch_size, settings)
     comparison = None
     if classifier_data is not None:
         comparison = world().on_main(lambda: classifier_comparison(classifiers, classifier_data))
@@ -201,7 +203,8 @@ def _run_part(run: _BenchRun, part: BenchPart, out: Path, progress: bool) -> dic
              for mode, mode_report in report.modes.items()}
     if run.scorer is not None:
         for mode, mode_report in report.modes.items():
-            modes[mode].update(reward_columns(run.scorer, mode_report.records, part.specs, out / part.key))
+            modes[mode].update(world().on_main(   # one process scores; all get the columns
+                lambda records=mode_report.records: reward_columns(run.scorer, records, part.specs, out / part.key)))
     copied_modes: list[str] = []
     if part.key == "position":
         run.position_records = {mode: mode_report.records for mode, mode_report in report.modes.items()}

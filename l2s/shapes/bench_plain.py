@@ -9,6 +9,7 @@ the processes of ``torchrun`` / ``accelerate launch`` like the other parts.
 """
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ from PIL import Image
 from l2s.distributed import world
 from l2s.errors import L2SError
 from l2s.evaluation.records import save_png
+from l2s.files import atomic_write_json
 
 from .scenes import COLOURS, SHAPES
 
@@ -38,10 +40,12 @@ def plain_prompts(n: int, prompt_seed: int = 0) -> list[tuple[str, tuple[str, st
 
 
 def run_plain_part(steerer, detector, prompts: Sequence[tuple[str, tuple[str, str]]], seeds: Sequence[int],
-                   out: Path, batch_size: int) -> dict:
-    """Generate (or reuse) every prompt x seed image unsteered and measure the row."""
+                   out: Path, batch_size: int, settings: dict | None = None) -> dict:
+    """Generate (or reuse) every prompt x seed image unsteered and measure the row; ``settings``
+    (model, adapter, sampling) are recorded, and images made with other ones are never reused."""
     folder = Path(out) / KEY
     folder.mkdir(parents=True, exist_ok=True)
+    world().on_main(lambda: _claim(folder, settings or {}))
     jobs = [(i, seed, folder / f"{i:04d}-{seed:05d}.png") for i in range(len(prompts)) for seed in seeds]
     group = world()
     missing = [job for job in group.share(jobs) if not job[2].is_file()]
@@ -52,6 +56,19 @@ def run_plain_part(steerer, detector, prompts: Sequence[tuple[str, tuple[str, st
             save_png(image, png)
     group.barrier()
     return plain_scores(detector, prompts, seeds, folder)
+
+
+def _claim(folder: Path, settings: dict) -> None:
+    path = folder / "settings.json"
+    settings = json.loads(json.dumps(settings))   # as stored
+    if path.is_file():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        if changed:
+            raise L2SError(f"{folder} holds images made with other settings ({', '.join(changed)}); "
+                           "use another --out, or the same settings to resume it")
+    else:
+        atomic_write_json(path, settings)
 
 
 def plain_scores(detector, prompts, seeds: Sequence[int], folder: Path) -> dict:

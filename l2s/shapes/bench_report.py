@@ -71,8 +71,8 @@ def reward_rows(results: dict) -> list[str]:
     for p in results["parts"]:
         for mode, m in p["modes"].items():
             if "reward_mean" in m:
-                auc = f"{m['reward_auc']:.3f}" if m.get("reward_auc") is not None else "-"
-                lines.append(f"| {p['label']} | {mode} | {m['accuracy']:.3f} | {m['reward_mean']:.3f} | {auc} |")
+                auc, mean = (f"{m[k]:.3f}" if m.get(k) is not None else "-" for k in ("reward_auc", "reward_mean"))
+                lines.append(f"| {p['label']} | {mode} | {m['accuracy']:.3f} | {mean} | {auc} |")
     return lines
 
 

@@ -16,7 +16,7 @@ from l2s.errors import UsageError
 
 COLUMNS = ("two obj strict", "two obj colour", "multi 3/2 colour", "multi 4/3 colour", "held-out colour",
            "no rel: found", "no rel: colours", "no rel: spread", "reward score", "reward AUC",
-           "training CPU-h", "extra CPU-s/img", "break-even images")
+           "GRPO CPU-h", "extra CPU-s/img", "break-even images")
 
 
 @dataclass
@@ -40,16 +40,42 @@ def read_bench(path: str | Path) -> dict:
 
 
 def training_cpu_seconds(run: str | Path) -> float:
-    """The summed ``cpu_s`` of a GRPO run's epochs (every process)."""
+    """The summed ``cpu_s`` of a GRPO run's epochs (every process): GRPO only, not the reward
+    model's pairs and training, which a SpatialScore run also paid for."""
     path = Path(run) / "log.jsonl"
     try:
         rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except (OSError, ValueError) as error:
-        raise UsageError(f"{path}: cannot read the GRPO log ({error})") from None
+        done = json.loads((Path(run) / "grpo.json").read_text(encoding="utf-8"))["epochs_done"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise UsageError(f"{run}: cannot read the GRPO run's log.jsonl and grpo.json ({error})") from None
     epochs = [r for r in rows if r.get("epoch", 0) > 0]
     if not epochs or any("cpu_s" not in r for r in epochs):
         raise UsageError(f"{path}: no epochs with CPU seconds (runs before 'cpu_s' was logged cannot be costed)")
+    if sorted(r["epoch"] for r in epochs) != list(range(1, done + 1)):
+        raise UsageError(f"{path}: logs epochs {sorted(r['epoch'] for r in epochs)} but the run finished "
+                         f"{done}: its cost would be wrong (an epoch's line was lost)")
     return float(sum(r["cpu_s"] for r in epochs))
+
+
+# What two benches must share for their rows to compare like with like.
+SHARED_SETTINGS = ("pipeline", "scale", "seeds", "position_prompts", "sampling", "step_size", "reward_model")
+
+
+def check_comparable(untuned: dict, tuned: list[Tuned]) -> None:
+    """Refuse benches of other prompts, seeds or sampling, an untuned bench that was tuned, and
+    a tuned one that was not (one line each)."""
+    base = untuned.get("settings") or {}
+    if base.get("lora"):
+        raise UsageError(f"--bench is a bench of a tuned model (--lora {base['lora']}); give the untuned one")
+    if "position" not in {p.get("key") for p in untuned["parts"]}:
+        raise UsageError("--bench has no two-object part (key 'position'): nothing to compare")
+    for t in tuned:
+        settings = t.bench.get("settings") or {}
+        if not settings.get("lora"):
+            raise UsageError(f"--tuned {t.name}: its bench ran without --lora (not a tuned model)")
+        differ = [k for k in SHARED_SETTINGS if settings.get(k) != base.get(k)]
+        if differ:
+            raise UsageError(f"--tuned {t.name}: its bench differs from --bench in {', '.join(differ)}")
 
 
 def _part(bench: dict, key: str) -> dict:
@@ -67,8 +93,8 @@ def _row(bench: dict, mode: str, steering_cpu: float | None, training_cpu: float
     with_steering = mode == "steered"
     extra_cpu = _extra_cpu(bench) if with_steering else 0.0
     cost = training_cpu / 3600 if training_cpu is not None else None
-    break_even = training_cpu / steering_cpu if training_cpu is not None and steering_cpu and not with_steering \
-        else None
+    break_even = (training_cpu / steering_cpu if training_cpu is not None and steering_cpu and steering_cpu > 0
+                  and not with_steering else None)   # steering measured as free: no break-even
     return [_cell(position.get("accuracy")), _cell(position.get("colour_accuracy")), *map(_cell, colour),
             # the no-relation part is unsteered: a steered row shows its model's values
             _cell(plain.get("objects_found")), _cell(plain.get("colours_found")), _cell(plain.get("position_spread")),
@@ -84,6 +110,7 @@ def _extra_cpu(bench: dict) -> float | None:
 
 def comparison_table(untuned: dict, tuned: list[Tuned]) -> str:
     """The Markdown table: base, steering, then each tuned model alone and with steering."""
+    check_comparable(untuned, tuned)
     steering_cpu = _extra_cpu(untuned)
     lines = ["| method | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     rows = [("base", untuned, "base", None), ("steering", untuned, "steered", None)]

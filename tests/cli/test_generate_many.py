@@ -94,17 +94,38 @@ def test_an_interrupted_run_lists_its_finished_images_and_the_same_command_resum
     assert visible(out) == ["index.json", "p00-s0000", "p00-s0001"]
     first = (out / "p00-s0000" / "image.png").stat().st_mtime_ns
     code, lines = run(argv + ["--batch-size", "4"], capsys)   # the batch size does not change an image
-    assert code == 0 and lines[0] == f"l2s: resuming: 2 of 4 images already in {out}", lines
+    assert code == 0 and f"l2s: resuming: 2 of 4 images already in {out}" in lines, lines
     assert seen[2:] == [(PROMPTS[1:] * 2, [0, 1])]             # only the two missing images
     index = json.loads((out / "index.json").read_text())
     assert index["complete"] and [e["folder"] for e in index["images"]] == [
         "p00-s0000", "p00-s0001", "p01-s0000", "p01-s0001"]
     assert (out / "p00-s0000" / "image.png").stat().st_mtime_ns == first
-    # other settings (here the step count) start over, as does a rerun of a finished run
-    for options in (["--steps", "2"], ["--steps", "2"]):
-        seen.clear()
-        code, lines = run(argv + options, capsys)
-        assert code == 0 and not any("resuming" in line for line in lines) and len(seen) == 2
+    # a model that fails to load removes nothing; a rerun of a finished run starts over
+    code, lines = run(argv + ["--classifier", str(tmp_path / "missing")], capsys)
+    assert code == 2 and visible(out) == ["index.json", "p00-s0000", "p00-s0001", "p01-s0000", "p01-s0001"]
+    seen.clear()
+    code, lines = run(argv, capsys)
+    assert code == 0 and not any("resuming" in line or "starting over" in line for line in lines) and len(seen) == 2
+
+
+def test_an_interrupted_run_with_other_settings_starts_over_and_says_why(tmp_path, capsys, monkeypatch):
+    original, seen = SteeringPipeline.__call__, []
+
+    def first_batch_only(self, prompt, **kwargs):
+        seen.append(prompt)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+        return original(self, prompt, **kwargs)
+
+    monkeypatch.setattr(SteeringPipeline, "__call__", first_batch_only)
+    out = tmp_path / "o"
+    argv = ["generate", *PROMPTS, "--seeds", "0-1", "--batch-size", "2", "--no-steer", "--out", str(out), *TINY]
+    assert run(argv + ["--steps", "1"], capsys)[0] == 130
+    monkeypatch.setattr(SteeringPipeline, "__call__", original)
+    code, lines = run(argv + ["--steps", "2"], capsys)
+    assert code == 0 and f"l2s: starting over: the interrupted run in {out} had other settings (steps: 1 -> 2)" in lines
+    index = json.loads((out / "index.json").read_text())
+    assert index["complete"] and index["settings"]["steps"] == 2 and len(index["images"]) == 4
 
 
 @pytest.fixture

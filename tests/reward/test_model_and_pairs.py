@@ -59,6 +59,12 @@ def test_grounding_returns_the_place_of_the_image_token_a_word_finds(tokenizer):
     assert torch.count_nonzero(moved[0, :, 2:]) == 0
 
 
+def test_a_config_whose_convs_leave_no_grid_is_refused():
+    with pytest.raises(L2SError, match="7 conv widths halve a 32-px image 6 times"):
+        SpatialScoreConfig(image_size=32, channels=(8,) * 7)
+    assert SpatialScoreConfig(image_size=32, channels=(8,) * 6).grid == 1
+
+
 def test_a_grounded_model_saves_and_loads(tmp_path, tokenizer):
     scorer = SpatialScorer(_model(tokenizer, grounding_layers=2), tokenizer)
     scorer.save_pretrained(tmp_path / "rm")
@@ -81,6 +87,8 @@ def test_save_and_load_round_trip(tmp_path, tokenizer):
     assert torch.allclose(scores, scorer(images, prompts))
     with pytest.raises(ModelLoadError):
         load_reward_model(tmp_path)
+    scorer.save_pretrained(tmp_path / "run" / "best")   # a train-reward run folder loads its best/
+    assert torch.allclose(load_reward_model(tmp_path / "run")(images, prompts), scores)
     with pytest.raises(L2SError):
         loaded(images, prompts[:2])
 

@@ -53,6 +53,10 @@ def test_the_part_generates_each_image_once_unsteered(tiny_shapes_pipe, tmp_path
     finally:
         type(steerer).__call__ = original
     assert calls == [(4, False), (2, False)] and first == again and first["n_objects"] == 12
+    from l2s.errors import L2SError
+
+    with pytest.raises(L2SError, match=r"holds images made with other settings \(lora\)"):
+        run_plain_part(steerer, ShapesDetector(), prompts, (0, 1), tmp_path, 4, {"lora": "runs/grpo"})
     assert len(list((tmp_path / "no_relation").glob("*.png"))) == 6
 
 
