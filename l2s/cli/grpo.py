@@ -17,8 +17,9 @@ from l2s.errors import L2SError
 
 from .help import command_parser
 
-REWARDS_HELP = ("'rule' (exact detector + GenEval rule, 1 when the image passes its prompt) or a trained "
-                "SpatialScore folder (l2s shapes train-reward): its mean score is the reward")
+REWARDS_HELP = ("'rule' (exact detector + GenEval rule, 1 when the image passes its prompt), 'spatialscore' (the "
+                "shipped SpatialScore reward model) or a trained SpatialScore folder (l2s shapes train-reward): its "
+                "mean score is the reward")
 
 
 def _grpo_settings():
@@ -86,8 +87,15 @@ def load_reward(name: str, device: str):
 
         return RuleReward("strict")
     folder = Path(name)
-    if not folder.is_dir():
-        raise L2SError(f"--reward {name}: neither 'rule' nor a SpatialScore folder")
+    if name == "spatialscore":
+        from l2s.shapes import shipped_assets
+
+        folder = shipped_assets().spatial_score
+        if not folder.is_dir():
+            raise L2SError(f"--reward spatialscore: no SpatialScore ships in this installation ({folder} missing); "
+                           "train one with 'l2s shapes train-reward' and give its folder")
+    elif not folder.is_dir():
+        raise L2SError(f"--reward {name}: neither 'rule', 'spatialscore' nor a SpatialScore folder")
     from l2s.reward import load_reward_model
 
     return load_reward_model(folder, device=device)

@@ -113,6 +113,9 @@ def build_train_reward_parser() -> argparse.ArgumentParser:
                    help="share of training object sets kept for model selection")
     p.add_argument("--d-model", type=int, default=None, help="model width (default 64)")
     p.add_argument("--joint-layers", type=int, default=None, help="image-text layers of the reward token (default 2)")
+    p.add_argument("--design", choices=("joint", "relational"), default=None,
+                   help="joint (default): a reward token attends over every text and image token; relational: "
+                        "each parsed clause's subject and object look up their places, a head reads the relation")
     p.add_argument("--grounding-layers", type=int, default=None,
                    help="text-to-image lookups that return where each word's object is (default 0)")
     p.add_argument("--channels", type=_channels, default=None, metavar="C1,C2,...",
@@ -162,7 +165,8 @@ def train_reward_main(argv: Sequence[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise L2SError("--device cuda but torch.cuda.is_available() is False")
     model = {k: v for k, v in (("d_model", args.d_model), ("joint_layers", args.joint_layers),
-                               ("grounding_layers", args.grounding_layers), ("channels", args.channels)) if v is not None}
+                               ("grounding_layers", args.grounding_layers), ("channels", args.channels),
+                               ("design", args.design)) if v is not None}
     settings = RewardTrainSettings(loss=args.loss, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                    weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
                                    mirror=not args.no_mirror, val_fraction=args.val_fraction, seed=args.seed,

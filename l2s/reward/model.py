@@ -1,5 +1,7 @@
 """SpatialScore: a small reward model that reads an image and a prompt and returns a Gaussian score.
 
+Two designs (``SpatialScoreConfig.design``): "joint" (below) and "relational"
+(:mod:`.relational`: parsed clauses look up their objects' places; a head reads the relation).
 The image goes through a CNN with coordinate channels (where things are is the whole point) to a
 grid of tokens with learned positions; the prompt's token ids through an embedding and a small
 transformer. With ``grounding_layers`` > 0 each text token then looks up what it names in the
@@ -22,9 +24,13 @@ from torch import nn
 
 from l2s.errors import L2SError, ModelLoadError
 
+from .relational import RelationalHead, grid_places
+from .text import PromptBatch
+
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 LOG_VAR_RANGE = (-8.0, 8.0)   # keeps the spread finite whatever the loss pushes it to
+DESIGNS = ("joint", "relational")
 
 
 @dataclass
@@ -39,11 +45,14 @@ class SpatialScoreConfig:
     text_layers: int = 2
     joint_layers: int = 2
     grounding_layers: int = 0   # text -> image lookups before the joint layers (0: none)
+    design: str = "joint"       # "joint": reward token over all tokens; "relational": parsed clauses
     ff_mult: int = 4
     dropout: float = 0.0
     extra: dict = field(default_factory=dict)   # free-form notes kept with the weights
 
     def __post_init__(self) -> None:
+        if self.design not in DESIGNS:
+            raise L2SError(f"unknown SpatialScore design {self.design!r} (choose {', '.join(DESIGNS)})")
         halvings = 2 ** (len(self.channels) - 1)
         if not self.channels or self.image_size % halvings or self.image_size // halvings < 1:
             raise L2SError(f"{len(self.channels)} conv widths halve a {self.image_size}-px image "
@@ -97,10 +106,7 @@ class Grounding(nn.Module):
         self.norm_text, self.norm_image = nn.LayerNorm(d), nn.LayerNorm(d)
         self.query, self.key, self.value = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
         self.out = nn.Linear(d + 2 * self.heads, d)
-        g = config.grid
-        axis = (torch.arange(g, dtype=torch.float32) + 0.5) / g * 2 - 1
-        ys, xs = torch.meshgrid(axis, axis, indexing="ij")
-        self.register_buffer("places", torch.stack([xs.flatten(), ys.flatten()], dim=-1), persistent=False)
+        self.register_buffer("places", grid_places(config.grid), persistent=False)
 
     def forward(self, text: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         (b, t, d), h = text.shape, self.heads
@@ -113,7 +119,7 @@ class Grounding(nn.Module):
 
 
 class SpatialScore(nn.Module):
-    """``model(images, input_ids) -> (mean, log_var)``, each (B,)."""
+    """``model(images, prompts) -> (mean, log_var)``, each (B,)."""
 
     def __init__(self, config: SpatialScoreConfig) -> None:
         super().__init__()
@@ -123,25 +129,36 @@ class SpatialScore(nn.Module):
         self.embed = nn.Embedding(config.vocab_size, d, padding_idx=config.pad_token_id)
         self.text_position = nn.Parameter(torch.randn(config.text_len, d) * 0.02)
         self.text = _layers(config, config.text_layers)
+        if config.design == "relational":
+            self.relational = RelationalHead(d, config.heads, config.grid)
+            return
         self.kind = nn.Parameter(torch.randn(3, d) * 0.02)       # reward, text, image token types
         self.reward_token = nn.Parameter(torch.randn(1, 1, d) * 0.02)
         self.grounding = nn.ModuleList(Grounding(config) for _ in range(config.grounding_layers))
         self.joint = _layers(config, config.joint_layers)
         self.head = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(), nn.Linear(d, 2))
 
-    def encode_text(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(text tokens, padding mask) of ``input_ids``; trailing columns of padding are dropped."""
+    def encode_text(self, prompts: torch.Tensor | PromptBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(text tokens, padding mask) of ``prompts`` (ids or a :class:`PromptBatch`); trailing
+        columns of padding are dropped."""
+        input_ids = prompts.ids if isinstance(prompts, PromptBatch) else prompts
         ids = input_ids[:, :self.config.text_len]
         used = int((ids != self.config.pad_token_id).any(dim=0).nonzero().max()) + 1 if ids.numel() else 1
         ids = ids[:, :max(used, 1)]
         pad = ids == self.config.pad_token_id
         return self.text(self.embed(ids) + self.text_position[:ids.shape[1]], src_key_padding_mask=pad), pad
 
-    def forward(self, images: torch.Tensor, input_ids: torch.Tensor | None = None,
+    def forward(self, images: torch.Tensor, prompts: torch.Tensor | PromptBatch | None = None,
                 text: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Score ``images`` against ``input_ids`` (or an :meth:`encode_text` result, to reuse it)."""
-        text, pad = text if text is not None else self.encode_text(input_ids)
+        """Score ``images`` against ``prompts`` (token ids, or a :class:`PromptBatch` for the
+        relational design), reusing ``text`` (an :meth:`encode_text` result) when given."""
+        text, pad = text if text is not None else self.encode_text(prompts)
         pictures = self.image(images)
+        if self.config.design == "relational":
+            if not isinstance(prompts, PromptBatch):
+                raise L2SError("the relational SpatialScore reads a PromptBatch (prompt_batch(...)), not bare ids")
+            mean, log_var = self.relational(text, pictures, prompts)
+            return mean, log_var.clamp(*LOG_VAR_RANGE)
         for layer in self.grounding:
             text = layer(text, pictures)
         reward = self.reward_token.expand(images.shape[0], -1, -1)

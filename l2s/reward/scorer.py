@@ -16,6 +16,7 @@ from l2s.errors import L2SError, ModelLoadError
 
 from .model import SpatialScore
 from .protocol import Images
+from .text import PromptBatch, prompt_batch
 
 TOKENIZER_DIR = "tokenizer"
 
@@ -40,15 +41,6 @@ def images_to_tensor(images: Images, size: int | None = None) -> torch.Tensor:
     return x
 
 
-def tokenize(tokenizer, prompts: Sequence[str], length: int) -> torch.Tensor:
-    """(B, length) ids, padded; a prompt longer than ``length`` tokens is an error, not a silent cut."""
-    ids = tokenizer(list(prompts), padding="max_length", max_length=length, truncation=False,
-                    return_tensors="pt").input_ids
-    if ids.shape[1] > length:
-        raise L2SError(f"a prompt needs {ids.shape[1]} tokens; the reward model reads at most {length}")
-    return ids
-
-
 class SpatialScorer:
     """A :class:`~l2s.reward.RewardFn`: the model's mean score of each image under its prompt."""
 
@@ -65,14 +57,19 @@ class SpatialScorer:
         x = images_to_tensor(images, self.model.config.image_size)
         if x.shape[0] != len(prompts):
             raise L2SError(f"{x.shape[0]} images but {len(prompts)} prompts")
-        ids = tokenize(self.tokenizer, prompts, self.model.config.text_len)
+        batch = self.prompt_batch(prompts)
         means, log_vars = [], []
         for start in range(0, x.shape[0], self.batch_size):
             part = slice(start, start + self.batch_size)
-            mean, log_var = self.model(x[part].to(self.device), ids[part].to(self.device))
+            mean, log_var = self.model(x[part].to(self.device), batch[part].to(self.device))
             means.append(mean.float().cpu())
             log_vars.append(log_var.float().cpu())
         return torch.cat(means), torch.cat(log_vars)
+
+    def prompt_batch(self, prompts: Sequence[str]) -> PromptBatch:
+        """``prompts`` as the model reads them (parsed into clauses for the relational design)."""
+        config = self.model.config
+        return prompt_batch(self.tokenizer, prompts, config.text_len, clauses=config.design == "relational")
 
     def __call__(self, images: Images, prompts: Sequence[str]) -> torch.Tensor:
         return self.score(images, prompts)[0]

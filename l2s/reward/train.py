@@ -32,7 +32,8 @@ from .evaluate import evaluate_judge, pair_scores, accuracy
 from .losses import pair_loss
 from .model import SpatialScore, SpatialScoreConfig
 from .pairs import PairSet, load_pairs
-from .scorer import SpatialScorer, images_to_tensor, tokenize
+from .scorer import SpatialScorer, images_to_tensor
+from .text import PromptBatch
 from .settings import RewardTrainSettings
 
 STATE_FILE = "state.pt"
@@ -55,21 +56,20 @@ def validation_split(pairs: PairSet, fraction: float, seed: int) -> tuple[PairSe
 class _Examples:
     """Training examples (pair, direction) as tensors: images stay uint8 until a batch is drawn."""
 
-    def __init__(self, pairs: PairSet, tokenizer, text_len: int, mirror: bool) -> None:
+    def __init__(self, pairs: PairSet, scorer: SpatialScorer, mirror: bool) -> None:
         self.images = pairs.images
-        ids = tokenize(tokenizer, pairs.prompts, text_len)
-        self.winner, self.loser, self.ids = pairs.winner, pairs.loser, ids
+        self.winner, self.loser, self.prompts = pairs.winner, pairs.loser, scorer.prompt_batch(pairs.prompts)
         if mirror:
-            flipped = tokenize(tokenizer, [r["perturbed"] for r in pairs.records], text_len)
+            flipped = scorer.prompt_batch([r["perturbed"] for r in pairs.records])
             self.winner, self.loser = torch.cat([pairs.winner, pairs.loser]), torch.cat([pairs.loser, pairs.winner])
-            self.ids = torch.cat([ids, flipped])
+            self.prompts = PromptBatch.cat([self.prompts, flipped])
 
     def __len__(self) -> int:
         return int(self.winner.numel())
 
-    def batch(self, index: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def batch(self, index: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor, PromptBatch]:
         return (images_to_tensor(self.images[self.winner[index]]).to(device),
-                images_to_tensor(self.images[self.loser[index]]).to(device), self.ids[index].to(device))
+                images_to_tensor(self.images[self.loser[index]]).to(device), self.prompts[index].to(device))
 
 
 def _schedule(optimizer, warmup: int, total: int):
@@ -124,7 +124,7 @@ def train_reward_model(data: str | Path | Sequence[str | Path], out: str | Path,
         state = prepare_out_dir(out, record, resume)
         torch.manual_seed(settings.seed)   # the initial weights (a resumed run loads its own)
         run = _Run(SpatialScorer(SpatialScore(config).to(device), tokenizer), settings, record, device)
-        run.start(_Examples(train_pairs, tokenizer, config.text_len, settings.mirror), state)
+        run.start(_Examples(train_pairs, run.scorer, settings.mirror), state)
         if state is None:
             rewrite_log(out / "log.jsonl", [])
         run.epochs(out, val_pairs, progress, stop_after)
@@ -194,9 +194,9 @@ class _Run:
         total, right, seen = 0.0, 0, 0
         for start in range(0, len(order), s.batch_size):
             index = order[start:start + s.batch_size]
-            images_w, images_l, ids = self.examples.batch(index, self.device)
-            text = self.model.encode_text(ids)
-            winner, loser = self.model(images_w, text=text), self.model(images_l, text=text)
+            images_w, images_l, prompts = self.examples.batch(index, self.device)
+            text = self.model.encode_text(prompts)
+            winner, loser = self.model(images_w, prompts, text=text), self.model(images_l, prompts, text=text)
             loss = pair_loss(s.loss, winner, loser)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()

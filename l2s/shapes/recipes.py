@@ -77,6 +77,14 @@ class ShippedAssets:
     def available(self) -> bool:
         return (self.pipeline / "model_index.json").is_file() and (self.classifier / "config.json").is_file()
 
+    @property
+    def spatial_score(self) -> Path:
+        """The shipped SpatialScore reward model (``l2s shapes grpo --reward spatialscore``), when shipped."""
+        return self.pipeline / SPATIAL_SCORE_DIR
+
+
+SPATIAL_SCORE_DIR = "spatial_score"
+
 
 def shipped_assets(root: str | Path | None = None) -> ShippedAssets:
     """Where the default shapes model lives (``l2s/shapes/assets`` unless ``root`` is given)."""

@@ -41,12 +41,24 @@ def saved(tmp_path_factory):
 @pytest.mark.parametrize("argv, message", [
     (["--group-size", "8"], "at least 12"),
     (["--top-k", "13"], "top-k"),
-    (["--reward", "/nonexistent/reward"], "neither 'rule' nor"),
+    (["--reward", "/nonexistent/reward"], "neither 'rule', 'spatialscore' nor"),
 ])
 def test_bad_grpo_options_fail_with_one_line(saved, tmp_path, capsys, argv, message):
     base = ["shapes", "grpo", "--out", str(tmp_path / "out"), "--model", str(saved / "model"), "--reward", "rule"]
     code, _, err = run(base + argv, capsys)
     assert code == 2 and err.startswith("l2s: error:") and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_shipped_spatialscore_is_named_and_its_absence_is_one_line(monkeypatch):
+    import l2s.shapes.recipes
+    from l2s.cli.grpo import load_reward
+    from l2s.errors import L2SError
+
+    if l2s.shapes.shipped_assets().spatial_score.is_dir():
+        assert load_reward("spatialscore", "cpu").model.config.design == "relational"
+    monkeypatch.setattr(l2s.shapes.recipes, "SPATIAL_SCORE_DIR", "not_shipped")
+    with pytest.raises(L2SError, match="--reward spatialscore: no SpatialScore ships in this installation"):
+        load_reward("spatialscore", "cpu")
 
 
 def test_grpo_cli_trains_an_epoch_and_its_adapter_loads_in_generate(saved, tmp_path, capsys):

@@ -65,6 +65,30 @@ def test_a_config_whose_convs_leave_no_grid_is_refused():
     assert SpatialScoreConfig(image_size=32, channels=(8,) * 6).grid == 1
 
 
+def test_the_relational_design_scores_each_parsed_clause(tmp_path):
+    from l2s.reward.text import RELATIONS, prompt_batch
+    from l2s.shapes import shapes_t5_tokenizer
+
+    tokenizer = shapes_t5_tokenizer()
+    torch.manual_seed(0)
+    config = SpatialScoreConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, image_size=16,
+                                d_model=16, heads=2, text_layers=1, channels=(8, 16), design="relational")
+    scorer = SpatialScorer(SpatialScore(config), tokenizer)
+    prompts = ["a red circle to the left of a blue square", "a red circle above a green square and a blue square "
+               "below a green square", "a red circle and a blue square"]
+    batch = prompt_batch(tokenizer, prompts, 32)
+    assert batch.relations.tolist() == [[RELATIONS.index("left of"), -1],
+                                        [RELATIONS.index("above"), RELATIONS.index("below")], [-1, -1]]
+    assert torch.allclose(batch.phrases.sum(-1)[batch.relations >= 0], torch.ones(3, 2))   # weights of a phrase sum to 1
+    mean, log_var = scorer.score(torch.rand(3, 3, 16, 16), prompts)
+    assert mean[0] < 0 and mean[1] < mean[0] and mean[2] == 0 and torch.isfinite(log_var).all()   # sum of log p per clause
+    with pytest.raises(L2SError, match="reads a PromptBatch"):
+        scorer.model(torch.rand(1, 3, 16, 16), batch.ids[:1])
+    scorer.save_pretrained(tmp_path / "rm")
+    images = torch.rand(3, 3, 16, 16)
+    assert torch.allclose(load_reward_model(tmp_path / "rm")(images, prompts), scorer(images, prompts))
+
+
 def test_a_grounded_model_saves_and_loads(tmp_path, tokenizer):
     scorer = SpatialScorer(_model(tokenizer, grounding_layers=2), tokenizer)
     scorer.save_pretrained(tmp_path / "rm")

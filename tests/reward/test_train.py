@@ -63,3 +63,14 @@ def test_bad_settings_are_refused(tmp_path, tokenizer):
             train_reward_model(tmp_path / "pairs", tmp_path / "rm", tokenizer, _settings(**bad), progress=False)
     with pytest.raises(L2SError):
         train_reward_model(tmp_path / "nothing", tmp_path / "rm", tokenizer, _settings(), progress=False)
+
+
+def test_the_relational_design_trains_saves_and_scores_through_the_same_run(tmp_path, tokenizer):
+    # blob prompts have no parsed relation: every score is 0, so this checks the path, not learning
+    # (tests/reward/test_relational_learns.py shows that)
+    make_blob_pairs(tmp_path / "pairs", n=32)
+    model = {**TINY_MODEL, "design": "relational"}
+    results = train_reward_model(tmp_path / "pairs", tmp_path / "rm", tokenizer, _settings(epochs=1, model=model),
+                                 progress=False)
+    assert results["finished"] and results["heldout"]["prompt"]["all"]["accuracy"] == 0.5   # ties count half
+    assert load_reward_model(tmp_path / "rm").model.config.design == "relational"
