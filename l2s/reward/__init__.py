@@ -6,6 +6,8 @@ exact rule (:mod:`l2s.shapes.reward_data`, :mod:`l2s.shapes.rule_reward`). Parts
 
 * :mod:`.pairs` — preference pairs on disk (sharded, atomic) and in memory (:class:`PairSet`);
 * :mod:`.model` — :class:`SpatialScore`: image + prompt -> Gaussian score (mean, log-variance);
+* :mod:`.relational` — its relational design: parsed clauses look up their objects' places;
+* :mod:`.text` — prompts as the model reads them (:class:`PromptBatch`: ids, clause phrases, relations);
 * :mod:`.losses` — the uncertainty-aware Bradley-Terry loss and plain Bradley-Terry;
 * :mod:`.train` — resumable training with validation-based selection;
 * :mod:`.scorer` — a saved model as a reward callable (:func:`load_reward_model`);
@@ -35,6 +37,8 @@ _WHERE = {
     "Images": "protocol",
     "RewardFn": "protocol",
     "SpatialScorer": "scorer",
+    "PromptBatch": "text",
+    "prompt_batch": "text",
     "images_to_tensor": "scorer",
     "load_reward_model": "scorer",
     "LOSSES": "settings",
@@ -50,6 +54,7 @@ __all__ = [
     "Images",
     "LOSSES",
     "PairSet",
+    "PromptBatch",
     "RewardFn",
     "RewardTrainSettings",
     "SpatialScore",
@@ -63,6 +68,7 @@ __all__ = [
     "load_reward_model",
     "pair_loss",
     "pair_scores",
+    "prompt_batch",
     "train_reward_model",
     "uncertainty_loss",
     "validation_split",

@@ -53,6 +53,8 @@ class SpatialScoreConfig:
     def __post_init__(self) -> None:
         if self.design not in DESIGNS:
             raise L2SError(f"unknown SpatialScore design {self.design!r} (choose {', '.join(DESIGNS)})")
+        if self.design == "relational" and self.grounding_layers:
+            raise L2SError("grounding layers belong to the joint design; the relational one looks places up itself")
         halvings = 2 ** (len(self.channels) - 1)
         if not self.channels or self.image_size % halvings or self.image_size // halvings < 1:
             raise L2SError(f"{len(self.channels)} conv widths halve a {self.image_size}-px image "

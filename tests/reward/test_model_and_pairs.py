@@ -63,6 +63,10 @@ def test_a_config_whose_convs_leave_no_grid_is_refused():
     with pytest.raises(L2SError, match="7 conv widths halve a 32-px image 6 times"):
         SpatialScoreConfig(image_size=32, channels=(8,) * 7)
     assert SpatialScoreConfig(image_size=32, channels=(8,) * 6).grid == 1
+    with pytest.raises(L2SError, match="unknown SpatialScore design 'graph'"):
+        SpatialScoreConfig(design="graph")
+    with pytest.raises(L2SError, match="grounding layers belong to the joint design"):
+        SpatialScoreConfig(design="relational", grounding_layers=1)
 
 
 def test_the_relational_design_scores_each_parsed_clause(tmp_path):
