@@ -37,7 +37,8 @@ EXAMPLES = """examples:
       --seeds 0-7 --batch-size 8 --out many/
 
 writes image.png (steered), image_unsteered.png, comparison.png, probability.png and report.json;
-several images: one folder each (many/p00-s0000/, ...) holding those files, and many/index.json."""
+several images: one folder each (many/p00-s0000/, ...) holding those files, and many/index.json
+(rewritten after every batch: rerunning an interrupted command resumes after its finished images)."""
 
 
 def add_parser(sub) -> None:
