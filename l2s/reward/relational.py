@@ -37,7 +37,7 @@ class RelationalHead(nn.Module):
     def forward(self, text: torch.Tensor, image: torch.Tensor, prompts: PromptBatch) -> tuple[torch.Tensor, torch.Tensor]:
         (b, t, d), h = text.shape, self.heads
         clauses = prompts.relations.shape[1]
-        phrases = prompts.phrases[..., :t].reshape(b, clauses * 2, t) @ text            # (B, 2C, d)
+        phrases = prompts.phrases[..., :t].reshape(b, clauses * 2, t).to(text.dtype) @ text            # (B, 2C, d)
         q = self.query(phrases).view(b, clauses * 2, h, d // h).transpose(1, 2)         # (B, h, 2C, d/h)
         k = self.key(self.norm_image(image)).view(b, -1, h, d // h).transpose(1, 2)    # (B, h, N, d/h)
         weights = torch.softmax(q @ k.transpose(-1, -2) / (d // h) ** 0.5, dim=-1)
@@ -46,5 +46,6 @@ class RelationalHead(nn.Module):
         used = prompts.relations >= 0
         log_p = torch.log_softmax(out[..., :-1], dim=-1).gather(-1, prompts.relations.clamp(min=0)[..., None])[..., 0]
         mean = (log_p * used).sum(dim=1)
-        spread = self.base_log_var.exp() + (out[..., -1].exp() * used).sum(dim=1)
-        return mean, spread.log()
+        # log(exp(base) + sum of the used clauses' exp(s_c)), without overflow or inf * 0
+        terms = out[..., -1].masked_fill(~used, float("-inf"))
+        return mean, torch.logsumexp(torch.cat([self.base_log_var.expand(b, 1), terms], dim=1), dim=1)

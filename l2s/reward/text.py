@@ -52,7 +52,9 @@ def tokenize(tokenizer, prompts: Sequence[str], length: int) -> torch.Tensor:
     ids = tokenizer(list(prompts), padding="max_length", max_length=length, truncation=False,
                     return_tensors="pt").input_ids
     if ids.shape[1] > length:
-        raise L2SError(f"a prompt needs {ids.shape[1]} tokens; the reward model reads at most {length}")
+        longest = max(prompts, key=lambda p: len(tokenizer(p).input_ids))
+        raise L2SError(f"a prompt needs {ids.shape[1]} tokens; the reward model reads at most {length} "
+                       f"(e.g. {longest!r})")
     return ids
 
 
@@ -67,10 +69,18 @@ def _clauses(tokenizer, prompt: str, length: int) -> tuple[tuple[tuple[int, ...]
                  for t in parse_prompt(prompt).triplets if t.relation in RELATIONS)
 
 
+def _named(tokenizer, prompt: str, length: int):
+    """:func:`_clauses`, its error naming the prompt (one of thousands, in a pair set)."""
+    try:
+        return _clauses(tokenizer, prompt, length)
+    except L2SError as error:
+        raise type(error)(f"reward prompt {prompt!r}: {error}") from None
+
+
 def prompt_batch(tokenizer, prompts: Sequence[str], length: int, clauses: bool = True) -> PromptBatch:
     """The :class:`PromptBatch` of ``prompts``; ``clauses=False``: ids only (the joint design)."""
     ids = tokenize(tokenizer, prompts, length)
-    found = [_clauses(tokenizer, p, length) for p in prompts] if clauses else [() for _ in prompts]
+    found = [_named(tokenizer, p, length) for p in prompts] if clauses else [() for _ in prompts]
     width = max((len(c) for c in found), default=0)
     phrases = torch.zeros(len(prompts), width, 2, ids.shape[1])
     relations = torch.full((len(prompts), width), -1, dtype=torch.long)

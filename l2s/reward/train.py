@@ -53,12 +53,24 @@ def validation_split(pairs: PairSet, fraction: float, seed: int) -> tuple[PairSe
     return (pairs.subset([i for i, f in enumerate(flags) if not f]), pairs.subset([i for i, f in enumerate(flags) if f]))
 
 
+def check_prompts(scorer: SpatialScorer, sets: Sequence[PairSet]) -> None:
+    """Read every prompt and perturbed prompt of ``sets`` as the model will (parse, tokenize)."""
+    for pairs in sets:
+        if len(pairs):
+            scorer.prompt_batch([text for r in pairs.records for text in (r["prompt"], r["perturbed"])])
+
+
 class _Examples:
     """Training examples (pair, direction) as tensors: images stay uint8 until a batch is drawn."""
 
     def __init__(self, pairs: PairSet, scorer: SpatialScorer, mirror: bool) -> None:
         self.images = pairs.images
         self.winner, self.loser, self.prompts = pairs.winner, pairs.loser, scorer.prompt_batch(pairs.prompts)
+        if scorer.model.config.design == "relational":
+            unread = [p for p, n in zip(pairs.prompts, (self.prompts.relations >= 0).sum(1).tolist()) if n == 0]
+            if unread:
+                raise L2SError(f"{len(unread)} training prompts have no left/right/above/below clause the relational "
+                               f"design reads (they would all score 0), e.g. {unread[0]!r}")
         if mirror:
             flipped = scorer.prompt_batch([r["perturbed"] for r in pairs.records])
             self.winner, self.loser = torch.cat([pairs.winner, pairs.loser]), torch.cat([pairs.loser, pairs.winner])
@@ -121,10 +133,14 @@ def train_reward_model(data: str | Path | Sequence[str | Path], out: str | Path,
         folders = [data] if isinstance(data, (str, Path)) else list(data)
         record = {**asdict(settings), "data": [str(Path(f).resolve()) for f in folders] if len(folders) > 1
                   else str(Path(folders[0]).resolve()), "train_pairs": len(train_pairs)}
-        state = prepare_out_dir(out, record, resume)
         torch.manual_seed(settings.seed)   # the initial weights (a resumed run loads its own)
-        run = _Run(SpatialScorer(SpatialScore(config).to(device), tokenizer), settings, record, device)
-        run.start(_Examples(train_pairs, run.scorer, settings.mirror), state)
+        scorer = SpatialScorer(SpatialScore(config).to(device), tokenizer)
+        # Every prompt read before the folder is touched: a bad one fails now, not after the epochs
+        examples = _Examples(train_pairs, scorer, settings.mirror)
+        check_prompts(scorer, [val_pairs, load_pairs(data, "heldout")])
+        state = prepare_out_dir(out, record, resume)
+        run = _Run(scorer, settings, record, device)
+        run.start(examples, state)
         if state is None:
             rewrite_log(out / "log.jsonl", [])
         run.epochs(out, val_pairs, progress, stop_after)

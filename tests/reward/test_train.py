@@ -65,12 +65,12 @@ def test_bad_settings_are_refused(tmp_path, tokenizer):
         train_reward_model(tmp_path / "nothing", tmp_path / "rm", tokenizer, _settings(), progress=False)
 
 
-def test_the_relational_design_trains_saves_and_scores_through_the_same_run(tmp_path, tokenizer):
-    # blob prompts have no parsed relation: every score is 0, so this checks the path, not learning
-    # (tests/reward/test_relational_learns.py shows that)
-    make_blob_pairs(tmp_path / "pairs", n=32)
+def test_the_relational_design_refuses_prompts_it_cannot_read_before_touching_the_run(tmp_path, tokenizer):
+    make_blob_pairs(tmp_path / "pairs", n=32)   # "a blob on the left": no clause a relational model reads
     model = {**TINY_MODEL, "design": "relational"}
-    results = train_reward_model(tmp_path / "pairs", tmp_path / "rm", tokenizer, _settings(epochs=1, model=model),
-                                 progress=False)
-    assert results["finished"] and results["heldout"]["prompt"]["all"]["accuracy"] == 0.5   # ties count half
-    assert load_reward_model(tmp_path / "rm").model.config.design == "relational"
+    train_reward_model(tmp_path / "pairs", tmp_path / "rm", tokenizer, _settings(epochs=1), progress=False)
+    before = (tmp_path / "rm" / "log.jsonl").read_text()
+    with pytest.raises(L2SError, match=r"\d+ training prompts have no left/right/above/below clause .* 'a blob on the"):
+        train_reward_model(tmp_path / "pairs", tmp_path / "rm", tokenizer, _settings(epochs=1, model=model),
+                           progress=False, resume=False)
+    assert (tmp_path / "rm" / "log.jsonl").read_text() == before   # the earlier run is intact
