@@ -114,12 +114,13 @@ def build_train_reward_parser() -> argparse.ArgumentParser:
     p.add_argument("--d-model", type=int, default=None, help="model width (default 64)")
     p.add_argument("--joint-layers", type=int, default=None, help="image-text layers of the reward token (default 2)")
     p.add_argument("--design", choices=("joint", "relational"), default=None,
-                   help="joint (default): a reward token attends over every text and image token; relational: "
-                        "each parsed clause's subject and object look up their places, a head reads the relation")
+                   help="relational (default): each parsed clause's subject and object look up their places and a "
+                        "head reads the relation; joint: a reward token attends over every text and image token")
     p.add_argument("--grounding-layers", type=int, default=None,
                    help="text-to-image lookups that return where each word's object is (default 0)")
     p.add_argument("--channels", type=_channels, default=None, metavar="C1,C2,...",
-                   help="conv widths; each after the first halves the grid (default 16,32,64,64: a 4x4 grid)")
+                   help="conv widths; each after the first halves the grid (default 16,32,64: an 8x8 grid of a "
+                        "32-px image)")
     p.add_argument("--restart", action="store_true", help="start over instead of resuming OUT/last")
     p.add_argument("--stop-after", type=int, default=None, metavar="EPOCHS",
                    help="stop after this many epochs of this call; the same command continues")
@@ -170,7 +171,7 @@ def train_reward_main(argv: Sequence[str] | None = None) -> int:
     settings = RewardTrainSettings(loss=args.loss, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                    weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
                                    mirror=not args.no_mirror, val_fraction=args.val_fraction, seed=args.seed,
-                                   model=model)
+                                   model={**RewardTrainSettings().model, **model})
     command = "l2s shapes train-reward " + " ".join(shlex.quote(a) for a in argv)
     results = train_reward_model(args.data, args.out, shapes_t5_tokenizer(), settings, device=args.device,
                                  resume=not args.restart, progress=not args.no_progress, command=command,

@@ -272,8 +272,9 @@ def build_bench_parser() -> argparse.ArgumentParser:
                    help="a LoRA adapter (l2s shapes grpo --out DIR) merged into the model: base = the tuned "
                         "model, steered = the tuned model steered")
     p.add_argument("--reward-model", type=Path, metavar="DIR",
-                   help="a SpatialScore (l2s shapes train-reward --out DIR/best): also report its mean score and "
-                        "how well it ranks correct images above wrong ones, per part and mode (reward hacking)")
+                   help="a SpatialScore ('spatialscore': the shipped one; or a l2s shapes train-reward folder): also "
+                        "report its mean score and how well it ranks correct images above wrong ones, per part and "
+                        "mode (reward hacking)")
     p.add_argument("--out", type=Path, default=Path("l2s-shapes-bench"), help="run directory (images, resumable)")
     p.add_argument("--results", type=Path, help="write the Markdown table here (and .json beside it)")
     p.add_argument("--scale", type=float, default=1.0,

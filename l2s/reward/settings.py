@@ -23,7 +23,9 @@ class RewardTrainSettings:
     mirror: bool = True
     val_fraction: float = 0.05
     seed: int = 0
-    model: dict = field(default_factory=dict)   # SpatialScoreConfig overrides
+    # SpatialScoreConfig overrides; the relational design on an 8x8 grid is the one that learns
+    # (experiments/notebook/reward-model.md, sections 6-7)
+    model: dict = field(default_factory=lambda: {"design": "relational", "channels": [16, 32, 64]})
 
     def check(self) -> None:
         if self.loss not in LOSSES:

@@ -129,7 +129,7 @@ def run_shapes_bench(out_dir: str | Path, *, pipeline_dir: str | Path | None = N
     adapter (``l2s shapes grpo``) merged into the model first: its base mode is the tuned model,
     its steered mode the tuned model steered. ``batch_size``: images per steering call
     (:func:`~l2s.evaluation.run_eval`'s; 1: one call per image). ``reward_model``: a SpatialScore
-    folder (``l2s shapes train-reward``) whose mean score and AUC against the exact verdict every
+    folder (``l2s shapes train-reward``; ``"spatialscore"``: the shipped one) whose mean score and AUC against the exact verdict every
     generated mode also reports (:mod:`.bench_reward`).
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -165,7 +165,8 @@ def _run_bench(out_dir: str | Path, pipeline_dir: str | Path | None, classifier:
     if reward_model is not None:
         from l2s.reward import load_reward_model
 
-        run.scorer = load_reward_model(reward_model)
+        shipped = str(reward_model) == "spatialscore"
+        run.scorer = load_reward_model(assets.spatial_score if shipped else reward_model)
     started = time.perf_counter()
     results = [_run_part(run, part, Path(out_dir), progress)
                for part in bench_parts(scale, seeds, position_prompts=position_prompts)

@@ -21,8 +21,9 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys):
 
 def test_train_reward_trains_reports_and_continues_a_stopped_run(tmp_path, capsys):
     make_blob_pairs(tmp_path / "pairs", n=64, heldout_every=3)   # held-out pairs of 1 and of 2 flips
+    # blob prompts ("a blob on the left") have no clause the default relational design reads
     argv = ["shapes", "train-reward", "--data", str(tmp_path / "pairs"), "--out", str(tmp_path / "rm"),
-            "--epochs", "2", "--d-model", "16", "--loss", "bt", "--no-progress"]
+            "--epochs", "2", "--d-model", "16", "--loss", "bt", "--no-progress", "--design", "joint"]
     assert main(argv + ["--stop-after", "1"]) == 0
     assert "stopped after epoch 1" in capsys.readouterr().out
     assert main(argv) == 0

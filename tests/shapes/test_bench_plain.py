@@ -116,3 +116,7 @@ def test_the_bench_scores_its_images_with_a_reward_model(tiny_shapes_pipe, tmp_p
     assert results["no_relation"]["n_prompts"] == 4 and results["settings"]["reward_model"] == str(tmp_path / "rm")
     table = write_bench_results(results, tmp_path / "bench.md").read_text()
     assert "| reward model vs exact | mode |" in table and "| no relation (unsteered) |" in table
+    shipped = run_shapes_bench(tmp_path / "out", pipeline_dir=tmp_path / "model", classifier=tmp_path / "clf",
+                               ablation_classifier=tmp_path / "clf", parts=["position"], position_prompts=2,
+                               seeds=(0, 1), progress=False, reward_model="spatialscore")   # same images, resumed
+    assert all(mode["reward_mean"] <= 0 for mode in shipped["parts"][0]["modes"].values())   # sums of log p
