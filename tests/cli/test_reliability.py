@@ -26,7 +26,10 @@ from l2s.evaluation import RUN_DEPENDENT_META
 from l2s.relations import PUBLISHED_CLASSES
 from l2s.training import write_map_dataset
 
-ENTRY = "import sys; from l2s.cli import main; sys.exit(main())"
+# A test run started in the background (cmd &) passes SIGINT on ignored, and Python then installs
+# no Ctrl-C handler; the child restores it, as an interactive shell's child would have it.
+ENTRY = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+         "from l2s.cli import main; sys.exit(main())")
 N_SAMPLES, SHARD = 16, 2
 EVAL = ["eval", "--model", "tiny", "--prompts", "shapes", "--n-prompts", "4", "--seeds", "0-1", "--steps", "2",
         "--quiet"]
