@@ -137,7 +137,8 @@ def train_reward_model(data: str | Path | Sequence[str | Path], out: str | Path,
         scorer = SpatialScorer(SpatialScore(config).to(device), tokenizer)
         # Every prompt read before the folder is touched: a bad one fails now, not after the epochs
         examples = _Examples(train_pairs, scorer, settings.mirror)
-        check_prompts(scorer, [val_pairs, load_pairs(data, "heldout")])
+        heldout = load_pairs(data, "heldout")   # read once: checked now, scored at the end
+        check_prompts(scorer, [val_pairs, heldout])
         state = prepare_out_dir(out, record, resume)
         run = _Run(scorer, settings, record, device)
         run.start(examples, state)
@@ -146,15 +147,14 @@ def train_reward_model(data: str | Path | Sequence[str | Path], out: str | Path,
         run.epochs(out, val_pairs, progress, stop_after)
         if run.epoch < settings.epochs:
             return {"finished": False, "epochs_done": run.epoch}
-        return finish(out, data, command, record)
+        return finish(out, heldout, command, record)
 
 
-def finish(out: Path, data: str | Path | Sequence[str | Path], command: str | None, record: dict) -> dict:
+def finish(out: Path, heldout: PairSet, command: str | None, record: dict) -> dict:
     """Score the best model on the held-out pairs; write ``results.json``."""
     from .scorer import load_reward_model
 
     best = load_reward_model(out / "best")
-    heldout = load_pairs(data, "heldout")
     log = read_log(out / "log.jsonl", fix="delete log.jsonl and rerun")
     results = {"finished": True, "command": command, "settings": record, "heldout_pairs": len(heldout),
                "best_epoch": max(log, key=lambda r: (r["val_accuracy"] or 0, -r["epoch"]))["epoch"] if log else None,
