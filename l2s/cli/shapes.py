@@ -285,6 +285,9 @@ def build_bench_parser() -> argparse.ArgumentParser:
                    help=f"images generated together in one steering call, each as if made alone (default "
                         f"{BENCH_BATCH_SIZE}; larger batches use more memory for the steering backward)")
     p.add_argument("--parts", help="comma-separated part keys to run (default all)")
+    p.add_argument("--modes", default="base,steered",
+                   help="modes to generate: base, steered or both (default); e.g. base alone for a tuned "
+                        "model compared without steering")
     p.add_argument("--classifier-data", type=Path,
                    help="the classifiers' map dataset (l2s shapes make-data): also compare dual and pos-only "
                         "on its held-out maps per prompt type (leakage check)")
@@ -315,7 +318,8 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
                                seeds=parse_seeds(args.seeds), parts=args.parts.split(",") if args.parts else None,
                                position_prompts=args.position_prompts, classifier_data=args.classifier_data,
                                true_cfg_scale=args.true_cfg, step_size=args.step_size, progress=not args.quiet,
-                               lora=args.lora, batch_size=args.batch_size, reward_model=args.reward_model)
+                               lora=args.lora, batch_size=args.batch_size, reward_model=args.reward_model,
+                               modes=[m.strip() for m in args.modes.split(",") if m.strip()])
     from l2s.distributed import world
 
     if not world().is_main:

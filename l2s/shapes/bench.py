@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from .recipes import (BENCH_BATCH_SIZE, BENCH_SEEDS, SHAPES_STEP_SIZE, named_sch
 from .verdicts import all_objects_found, colour_only, judge
 
 BENCH_PROMPT_SEED = 0
+BOTH_MODES = ("base", "steered")
 PLAIN_PROMPTS = 50   # the no-relation part's prompts at scale 1 (x the bench's seeds)
 
 
@@ -57,7 +58,7 @@ def bench_parts(scale: float = 1.0, seeds: Sequence[int] = BENCH_SEEDS, prompt_s
 
     seeds = tuple(seeds)
     main = "reference"
-    both = ("base", "steered")
+    both = BOTH_MODES
     position = shapes_position_prompts(n=position_prompts, seed=prompt_seed)
     parts = [BenchPart("position", "two objects (GenEval position)", position, seeds, both, main)]
     parts.append(BenchPart("multi_3_2", "multi 3 obj / 2 rel",
@@ -113,7 +114,8 @@ def run_shapes_bench(out_dir: str | Path, *, pipeline_dir: str | Path | None = N
                      position_prompts: int = 100, classifier_data: str | Path | None = None,
                      true_cfg_scale: float | None = None, step_size: float | None = None,
                      progress: bool = True, lora: str | Path | None = None,
-                     batch_size: int = BENCH_BATCH_SIZE, reward_model: str | Path | None = None) -> dict:
+                     batch_size: int = BENCH_BATCH_SIZE, reward_model: str | Path | None = None,
+                     modes: Sequence[str] | None = None) -> dict:
     """Run every bench part (``parts``: keys to keep) into ``out_dir`` and return the results.
 
     Each part is a :func:`l2s.evaluation.run_eval` run in ``out_dir/<key>`` (resumable; spread
@@ -130,7 +132,9 @@ def run_shapes_bench(out_dir: str | Path, *, pipeline_dir: str | Path | None = N
     its steered mode the tuned model steered. ``batch_size``: images per steering call
     (:func:`~l2s.evaluation.run_eval`'s; 1: one call per image). ``reward_model``: a SpatialScore
     folder (``l2s shapes train-reward``; ``"spatialscore"``: the shipped one) whose mean score and AUC against the exact verdict every
-    generated mode also reports (:mod:`.bench_reward`).
+    generated mode also reports (:mod:`.bench_reward`). ``modes``: the modes to generate (default
+    both; ``("base",)`` for a tuned row that the comparison reads without steering); a part with
+    none of them is skipped, or refused when ``parts`` names it.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise UsageError(f"batch_size must be a positive integer, got {batch_size!r}")  # before any model loads
@@ -138,10 +142,26 @@ def run_shapes_bench(out_dir: str | Path, *, pipeline_dir: str | Path | None = N
     unknown = sorted(set(parts or ()) - set(known))
     if unknown:
         raise UsageError(f"unknown bench part {', '.join(unknown)} (parts: {', '.join(known)})")
+    modes = _check_modes(modes, bench_parts(scale, seeds, position_prompts=position_prompts), parts)
     with output_lock(out_dir):  # one bench per run directory: a second one is refused before any work
         return _run_bench(out_dir, pipeline_dir, classifier, ablation_classifier, scale, seeds, parts,
                           position_prompts, classifier_data, true_cfg_scale, step_size, progress, lora,
-                          batch_size, reward_model)
+                          batch_size, reward_model, modes)
+
+
+def _check_modes(modes: Sequence[str] | None, all_parts: Sequence[BenchPart], parts: Sequence[str] | None) -> tuple:
+    """The modes to generate, checked before any model loads (one line per mistake)."""
+    if modes is not None and not modes:
+        raise UsageError(f"no bench mode given (modes: {', '.join(BOTH_MODES)})")
+    modes = tuple(modes or BOTH_MODES)
+    wrong = sorted(set(modes) - set(BOTH_MODES))
+    if wrong:
+        raise UsageError(f"unknown bench mode {', '.join(wrong)} (modes: {', '.join(BOTH_MODES)})")
+    idle = [p for p in all_parts if parts and p.key in parts and not set(p.modes) & set(modes)]
+    if idle:
+        raise UsageError(f"bench part {idle[0].key} generates only {', '.join(idle[0].modes)} images, not "
+                         f"{', '.join(modes)}: drop it from --parts or add the mode")
+    return modes
 
 
 def _run_bench(out_dir: str | Path, pipeline_dir: str | Path | None, classifier: str | Path | None,
@@ -149,7 +169,7 @@ def _run_bench(out_dir: str | Path, pipeline_dir: str | Path | None, classifier:
                parts: Sequence[str] | None, position_prompts: int, classifier_data: str | Path | None,
                true_cfg_scale: float | None, step_size: float | None, progress: bool,
                lora: str | Path | None = None, batch_size: int = BENCH_BATCH_SIZE,
-               reward_model: str | Path | None = None) -> dict:
+               reward_model: str | Path | None = None, modes: tuple = None) -> dict:
     assets = shipped_assets()
     pipeline_dir = Path(pipeline_dir or assets.pipeline)
     classifiers = {"dual": Path(classifier or assets.classifier),
@@ -168,9 +188,10 @@ def _run_bench(out_dir: str | Path, pipeline_dir: str | Path | None, classifier:
         shipped = str(reward_model) == "spatialscore"
         run.scorer = load_reward_model(assets.spatial_score if shipped else reward_model)
     started = time.perf_counter()
-    results = [_run_part(run, part, Path(out_dir), progress)
-               for part in bench_parts(scale, seeds, position_prompts=position_prompts)
-               if parts is None or part.key in parts]
+    chosen = [replace(part, modes=tuple(m for m in part.modes if m in (modes or BOTH_MODES)))
+              for part in bench_parts(scale, seeds, position_prompts=position_prompts)
+              if parts is None or part.key in parts]
+    results = [_run_part(run, part, Path(out_dir), progress) for part in chosen if part.modes]
     plain = None
     if parts is None or plain_part.KEY in parts:
         prompts = plain_part.plain_prompts(max(4, int(round(PLAIN_PROMPTS * scale))), prompt_seed=BENCH_PROMPT_SEED)
@@ -184,7 +205,7 @@ def _run_bench(out_dir: str | Path, pipeline_dir: str | Path | None, classifier:
                 "scale": scale, "position_prompts": position_prompts, "step_size": run.step_size,
                 "sampling": run.sampling(), "seeds": list(seeds), "lora": run.lora,
                 "reward_model": None if reward_model is None else str(reward_model),
-                "wall_time_s": round(time.perf_counter() - started, 1)}
+                "modes": list(modes or BOTH_MODES), "wall_time_s": round(time.perf_counter() - started, 1)}
     return {"parts": results, "no_relation": plain, "classifier_comparison": comparison, "settings": settings}
 
 
@@ -228,9 +249,11 @@ def _copy_position_modes(run: _BenchRun, part: BenchPart, modes: dict) -> list[s
         return [r for r in records if int(r.meta["prompt_index"]) < len(part.specs)
                 and int(r.meta["seed"]) in part.seeds]
 
-    modes["base"] = _mode_scores(subset(run.position_records["base"]), part.specs, run.detector)
-    modes["reference_dual"] = _mode_scores(subset(run.position_records["steered"]), part.specs, run.detector)
-    return ["base", "reference_dual"]
+    copied = {"base": "base", "reference_dual": "steered"}
+    copied = {name: mode for name, mode in copied.items() if mode in run.position_records}
+    for name, mode in copied.items():
+        modes[name] = _mode_scores(subset(run.position_records[mode]), part.specs, run.detector)
+    return list(copied)
 
 
 def classifier_comparison(classifiers: dict[str, str | Path], classifier_data: str | Path) -> dict:

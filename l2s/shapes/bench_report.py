@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .bench import BENCH_PROMPT_SEED
+from .bench import BENCH_PROMPT_SEED, BOTH_MODES
 from .recipes import SHAPES_STEPS, shipped_assets
 
 # The bench's targets: base at most 0.35, steered at least 0.75 and 3x base (two objects), and
@@ -30,7 +30,7 @@ def _position_part(results: dict) -> dict | None:
 
 def _found_rate(results: dict) -> float:
     position = _position_part(results)
-    return position["modes"]["base"].get("objects_found", float("nan")) if position else float("nan")
+    return position["modes"].get("base", {}).get("objects_found", float("nan")) if position else float("nan")
 
 
 def bench_table(results: dict) -> str:
@@ -160,12 +160,13 @@ def target_summary(results: dict) -> str:
     comparison = results.get("classifier_comparison") or {}
     position = parts.get("position")
     lines = ["## Targets (measured, not adjusted)", ""]
-    lines += _position_targets(position) if position else []
-    lines += _multi_target(parts["multi_3_2"]) if parts.get("multi_3_2") else []
+    both = set(BOTH_MODES)   # the targets compare steered with base: a one-mode bench has none
+    lines += _position_targets(position) if position and both <= set(position) else []
+    lines += _multi_target(parts["multi_3_2"]) if "steered" in parts.get("multi_3_2", {}) else []
     lines += _ablation_lines(parts.get("ablation") or {})
     lines += _map_comparison_lines(comparison)
     lines += _leakage_lines(comparison)
-    lines += _steered_vs_base_lines(position) if position else []
+    lines += _steered_vs_base_lines(position) if position and both <= set(position) else []
     return "\n".join(lines)
 
 

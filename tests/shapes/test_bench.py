@@ -147,3 +147,29 @@ def test_bench_batch_size_is_checked_before_any_work(tmp_path):
     with pytest.raises(UsageError, match="batch_size must be a positive integer, got 0"):
         shapes_world.run_shapes_bench(tmp_path / "out", batch_size=0)
     assert not (tmp_path / "out").exists()
+
+
+def test_bench_modes_are_checked_before_any_work(tmp_path):
+    from l2s.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"unknown bench mode steerd \(modes: base, steered\)"):
+        shapes_world.run_shapes_bench(tmp_path / "out", modes=["steerd"])
+    with pytest.raises(UsageError, match="bench part ablation generates only steered images, not base"):
+        shapes_world.run_shapes_bench(tmp_path / "out", modes=["base"], parts=["position", "ablation"])
+    with pytest.raises(UsageError, match="no bench mode given"):
+        shapes_world.run_shapes_bench(tmp_path / "out", modes=[])
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_base_only_bench_generates_no_steered_image(tiny_shapes_pipe, tmp_path):
+    tiny_shapes_pipe.save_pretrained(tmp_path / "model")
+    _tiny_shapes_classifier(tiny_shapes_pipe).save(tmp_path / "clf")
+    results = shapes_world.run_shapes_bench(
+        tmp_path / "out", pipeline_dir=tmp_path / "model", classifier=tmp_path / "clf",
+        ablation_classifier=tmp_path / "clf", parts=["position", "multi_3_2"], position_prompts=2, seeds=(0,),
+        scale=0.01, progress=False, modes=["base"])
+    assert [(p["key"], sorted(p["modes"])) for p in results["parts"]] == [("position", ["base"]), ("multi_3_2", ["base"])]
+    assert results["settings"]["modes"] == ["base"]
+    assert not (tmp_path / "out/position/steered").exists() and (tmp_path / "out/position/base").is_dir()
+    markdown = shapes_world.write_bench_results(results, tmp_path / "bench.md").read_text()
+    assert "steered" not in markdown.split("## Targets")[1]   # no steered-vs-base target without steered images
