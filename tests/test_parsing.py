@@ -317,12 +317,12 @@ def test_parsed_prompt_steerable_follows_triplets():
 
 
 def test_parsing_is_deterministic_and_matchers_are_built_once():
-    from l2s import parsing
+    from l2s.parsing.matchers import spacy_matchers
     prompt = "a photo of a kite below a cake to the right of a vase and a fork above a bench"
     first = parse_prompt(prompt)
-    parsing._matchers.cache_clear()
+    spacy_matchers.cache_clear()
     second = parse_prompt(prompt)
     for _ in range(20):
         parse_prompt(prompt)
     assert first == second
-    assert parsing._matchers.cache_info().misses == 1
+    assert spacy_matchers.cache_info().misses == 1

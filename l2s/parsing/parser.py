@@ -1,0 +1,88 @@
+"""``parse_prompt``: the relations of a prompt, in order (see the package docstring for how)."""
+from __future__ import annotations
+
+from l2s.errors import PromptError
+from .matchers import spacy_matchers
+from .phrases import Phrase, Words, clauses, noun_phrase, prefix_end
+from .results import NonDirectional, ParsedPrompt, Triplet
+from .vocabulary import ADVERBIAL_RELATION_WORDS, IDIOM_LABEL, NON_DIRECTIONAL_LABEL
+
+
+def parse_prompt(prompt: str) -> ParsedPrompt:
+    """Extract every spatial relation of ``prompt``, in order of appearance.
+
+    Directional and diagonal relations become ``Triplet``s (canonical relation names); "next to",
+    "near" and the like become ``NonDirectional`` entries.  A prompt with no relation parses to an
+    empty, non-steerable result.
+
+    Raises ``PromptError`` when the prompt is empty or a directional relation lacks its subject
+    ("left of a dog") or its object ("a cat above").
+    """
+    if not isinstance(prompt, str):
+        raise PromptError(f"prompt must be a string, got {type(prompt).__name__}")
+    if not prompt.strip():
+        raise PromptError("prompt is empty")
+    words = Words(prompt, spacy_matchers().nlp)
+    doc, (begin, relation_spans, protected) = words.doc, _relation_spans(words)
+    result = ParsedPrompt(prompt)
+    previous_subject: Phrase | None = None
+    for k, rel in enumerate(relation_spans):
+        steerable = rel.label_ != NON_DIRECTIONAL_LABEL
+        written, rel_span = words.text(rel.start, rel.end), words.char_span(rel.start, rel.end)
+        before = clauses(doc, relation_spans[k - 1].end if k else begin, rel.start, protected)
+        subject = _subject(before, words, previous_subject if k and steerable else None, first=k == 0)
+        gap_end = relation_spans[k + 1].start if k + 1 < len(relation_spans) else len(doc)
+        obj = noun_phrase(clauses(doc, rel.end, gap_end, protected)[0], words)
+        if subject is None or obj is None:
+            if steerable and rel.text.lower() not in ADVERBIAL_RELATION_WORDS:
+                raise _missing_argument(written, rel_span, "subject" if subject is None else "object")
+            # A dangling adverb or non-directional word ("a cat jumping over"): nothing to report.
+            previous_subject = subject
+            continue
+        if steerable:
+            result.triplets.append(Triplet(subject.text, rel.label_, obj.text,
+                                           subject.span, rel_span, obj.span))
+        else:
+            result.non_directional.append(NonDirectional(subject.text, written, obj.text,
+                                                         subject.span, rel_span, obj.span))
+        previous_subject = subject
+    return result
+
+
+def _relation_spans(words: Words):
+    """(where relations may start, the relation word spans in order, protected token indices)."""
+    from spacy.tokens import Span
+    from spacy.util import filter_spans
+
+    matchers, doc = spacy_matchers(), words.doc
+    begin = prefix_end(words, matchers)
+    found = [Span(doc, start, end, label=label)
+             for label, start, end in matchers.relations(doc) if start >= begin]
+    # Longest non-overlapping matches, in order; an idiom wins over the relation word inside it.
+    spans = [s for s in filter_spans(found) if s.label_ != IDIOM_LABEL]
+    protected = {i for _, start, end in matchers.protected(doc) for i in range(start, end)}
+    return begin, spans, protected
+
+
+def _subject(before: list, words: Words, coordinated: Phrase | None, first: bool) -> Phrase | None:
+    """The subject of a relation from the clauses ``before`` it (see :func:`parse_prompt`)."""
+    if first:
+        # Nothing to coordinate with: take the last clause that names something.
+        return next((p for p in (noun_phrase(c, words) for c in reversed(before)) if p is not None), None)
+    subject = noun_phrase(before[-1], words)
+    if subject is None and len(before) > 1:
+        # "a cat left of a dog and above a ball": the cat is also above the ball.
+        subject = coordinated
+    return subject
+
+
+def _missing_argument(written: str, rel_span: tuple[int, int], missing: str) -> PromptError:
+    where = "before" if missing == "subject" else "after"
+    one_line = " ".join(written.split())
+    return PromptError(f"relation {one_line!r} at character {rel_span[0]} has no {missing} {where} "
+                       f"it (write e.g. 'a cat {one_line.lower()} a dog')")
+
+
+def parse_cli_json(prompt: str) -> list[dict]:
+    """What ``l2s parse --json`` prints: ``[{"subject", "relation", "object"}, ...]``."""
+    return [t.to_dict() for t in parse_prompt(prompt).triplets]

@@ -1,0 +1,73 @@
+"""What the parser returns: triplets (steered), non-directional relations (reported) and the prompt's
+parse as a whole."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+CharSpan = tuple[int, int]
+
+
+
+
+@dataclass(frozen=True)
+class _RelationPhrases:
+    """Subject, relation and object as found in a prompt, each with its ``[start, end)`` character
+    range in the original prompt; ``subject``/``object`` are phrases as written (article removed,
+    adjectives kept)."""
+
+    subject: str
+    relation: str
+    object: str
+    subject_span: CharSpan
+    relation_span: CharSpan
+    object_span: CharSpan
+
+    def to_dict(self) -> dict:
+        """``{"subject", "relation", "object"}``: what ``l2s parse --json`` prints."""
+        return {"subject": self.subject, "relation": self.relation, "object": self.object}
+
+
+@dataclass(frozen=True)
+class Triplet(_RelationPhrases):
+    """One steerable relation: ``subject`` is ``relation`` (canonical) of ``object``."""
+
+    def as_json_full(self) -> dict:
+        """``to_dict()`` plus ``"spans"``: ``{"subject": [s, e], "relation": .., "object": ..}``."""
+        return {**self.to_dict(), "spans": {"subject": list(self.subject_span),
+                                            "relation": list(self.relation_span),
+                                            "object": list(self.object_span)}}
+
+
+@dataclass(frozen=True)
+class NonDirectional(_RelationPhrases):
+    """A relation without direction ("a cat next to a dog"): reported, never steered.
+
+    ``relation`` is the phrase as written in the prompt ("next to", "on side of").
+    """
+
+
+@dataclass
+class ParsedPrompt:
+    """Everything the parser found in one prompt."""
+
+    prompt: str
+    triplets: list[Triplet] = field(default_factory=list)
+    non_directional: list[NonDirectional] = field(default_factory=list)
+
+    @property
+    def steerable(self) -> bool:
+        """True when the prompt has at least one directional or diagonal relation."""
+        return bool(self.triplets)
+
+    def describe(self) -> str:
+        """One human-readable line saying what will be steered."""
+        ignored = "; ".join(f"{r.subject} {r.relation} {r.object}" for r in self.non_directional)
+        if not self.triplets:
+            if ignored:
+                return (f"no directional relation found (non-directional, not steered: {ignored}): "
+                        "generating unsteered")
+            return "no spatial relation found: generating unsteered"
+        count = len(self.triplets)
+        steered = "; ".join(f"{t.subject} {t.relation} {t.object}" for t in self.triplets)
+        line = f"steering {count} relation{'s' if count > 1 else ''}: {steered}"
+        return f"{line} (not steered: {ignored})" if ignored else line
