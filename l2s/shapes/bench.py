@@ -169,7 +169,7 @@ def _run_bench(out_dir: str | Path, pipeline_dir: str | Path | None, classifier:
                parts: Sequence[str] | None, position_prompts: int, classifier_data: str | Path | None,
                true_cfg_scale: float | None, step_size: float | None, progress: bool,
                lora: str | Path | None = None, batch_size: int = BENCH_BATCH_SIZE,
-               reward_model: str | Path | None = None, modes: tuple = None) -> dict:
+               reward_model: str | Path | None = None, modes: tuple | None = None) -> dict:
     assets = shipped_assets()
     pipeline_dir = Path(pipeline_dir or assets.pipeline)
     classifiers = {"dual": Path(classifier or assets.classifier),
