@@ -161,19 +161,33 @@ def _save(trainer: GRPOTrainer, out: Path, epoch: int, command: str | None) -> N
     """Checkpoint first (what a resume needs), then the adapters and the run's description."""
     atomic_torch_save({"epoch": epoch, "settings": json.dumps(trainer.settings.run_identity()), **trainer.state()},
                       out / CHECKPOINT)
+    card = _adapter_card(trainer, epoch, command)
     with trainer.ema.applied():
-        _save_adapter(trainer.model, out / "adapter")
-    _save_adapter(trainer.model, out / "adapter_raw")
+        _save_adapter(trainer.model, out / "adapter", card("EMA weights (what evaluation uses)"))
+    _save_adapter(trainer.model, out / "adapter_raw", card("Live weights (not averaged)"))
     atomic_write_json(out / "grpo.json", {"epochs_done": epoch, "settings": trainer.settings.run_identity(),
                                           "epochs": trainer.settings.epochs, "command": command,
                                           "adapter": "adapter (EMA weights); adapter_raw: live weights",
                                           "processes": trainer.acc.num_processes})
 
 
-def _save_adapter(model, folder: Path) -> None:
+def _adapter_card(trainer: GRPOTrainer, epoch: int, command: str | None):
+    """The adapter's README (instead of peft's empty template): what made it and how to load it."""
+    settings = json.dumps(trainer.settings.run_identity(), indent=2)
+    made_by = f"    {command}" if command else "    (train_grpo called from Python)"
+
+    def card(weights: str) -> str:
+        return (f"# LoRA adapter from a GRPO run\n\n{weights} after epoch {epoch} of "
+                f"{trainer.settings.epochs}, trained by:\n\n{made_by}\n\nLoad it with `l2s generate --lora DIR` "
+                f"(or `l2s.grpo.apply_lora(pipe, DIR)`). Settings:\n\n```json\n{settings}\n```\n")
+    return card
+
+
+def _save_adapter(model, folder: Path, card: str) -> None:
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(str(tmp))
+    (tmp / "README.md").write_text(card, encoding="utf-8")
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
 

@@ -37,6 +37,9 @@ def test_a_run_writes_adapters_log_and_checkpoint_and_resumes_exactly(tmp_path):
     # EMA and live adapters differ once trained; both are peft folders.
     ema, raw = _weights(tmp_path / "whole" / "adapter"), _weights(tmp_path / "whole" / "adapter_raw")
     assert set(ema) == set(raw) and any(not torch.equal(ema[k], raw[k]) for k in ema)
+    card = (tmp_path / "whole" / "adapter" / "README.md").read_text()   # ours, not peft's empty template
+    assert "EMA weights" in card and "epoch 2 of 2" in card and "l2s shapes grpo ..." in card
+    assert "More Information Needed" not in card and "Live weights" in (tmp_path / "whole/adapter_raw/README.md").read_text()
 
     _run(tmp_path / "split", settings, stop_after=1)
     resumed = _run(tmp_path / "split", settings)
