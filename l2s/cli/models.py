@@ -30,8 +30,9 @@ def add_model_args(parser: argparse.ArgumentParser, lora: bool = True) -> None:
     parser.add_argument("--classifier", help="classifier folder (from 'l2s train': OUT/best, safetensors + "
                                              "config.json), hub id in the local cache, or published .pth")
     if lora:
-        parser.add_argument("--lora", metavar="DIR", help="a LoRA adapter (peft folder, e.g. from 'l2s shapes grpo "
-                                                          "--out DIR') merged into the FLUX transformer before steering")
+        parser.add_argument("--lora", metavar="DIR",
+                            help="a LoRA adapter (peft folder, e.g. from 'l2s shapes grpo --out DIR') merged into the "
+                                 "FLUX transformer before steering; 'shapes-grpo': the shipped shapes-world adapter")
 
 
 def add_sampling_args(parser: argparse.ArgumentParser) -> None:
@@ -115,8 +116,9 @@ def _with_lora(pipe, args: argparse.Namespace):
     """``--lora DIR``: the adapter merged into the transformer before anything wraps the pipeline."""
     if getattr(args, "lora", None):
         from l2s.grpo import apply_lora
+        from l2s.shapes.recipes import lora_folder
 
-        apply_lora(pipe, args.lora)
+        apply_lora(pipe, lora_folder(args.lora))
     return pipe
 
 

@@ -269,8 +269,8 @@ def build_bench_parser() -> argparse.ArgumentParser:
     p.add_argument("--classifier", type=Path, help="dual classifier dir (default: shipped)")
     p.add_argument("--ablation-classifier", type=Path, help="pos-only classifier dir (default: shipped)")
     p.add_argument("--lora", type=Path, metavar="DIR",
-                   help="a LoRA adapter (l2s shapes grpo --out DIR) merged into the model: base = the tuned "
-                        "model, steered = the tuned model steered")
+                   help="a LoRA adapter (l2s shapes grpo --out DIR; 'shapes-grpo': the shipped one) merged into "
+                        "the model: base = the tuned model, steered = the tuned model steered")
     p.add_argument("--reward-model", type=Path, metavar="DIR",
                    help="a SpatialScore ('spatialscore': the shipped one; or a l2s shapes train-reward folder): also "
                         "report its mean score and how well it ranks correct images above wrong ones, per part and "

@@ -24,7 +24,7 @@ from .bench_reward import reward_columns
 from .detector import ShapesDetector
 from .model import load_shapes_pipeline
 from .prompts import ood_position_prompts, shapes_multi_relation_prompts, shapes_position_prompts
-from .recipes import (BENCH_BATCH_SIZE, BENCH_SEEDS, SHAPES_STEP_SIZE, named_schedule, shipped_assets,
+from .recipes import (BENCH_BATCH_SIZE, BENCH_SEEDS, SHAPES_STEP_SIZE, lora_folder, named_schedule, shipped_assets,
                       steer_shapes_pipeline)
 from .verdicts import all_objects_found, colour_only, judge
 
@@ -178,7 +178,7 @@ def _run_bench(out_dir: str | Path, pipeline_dir: str | Path | None, classifier:
     if lora is not None:
         from l2s.grpo import apply_lora
 
-        apply_lora(pipe, lora)
+        apply_lora(pipe, lora_folder(lora))
     run = _BenchRun(pipe, pipeline_dir, classifiers, true_cfg_scale,
                     SHAPES_STEP_SIZE if step_size is None else step_size, lora=None if lora is None else str(lora),
                     batch_size=batch_size)

@@ -82,8 +82,22 @@ class ShippedAssets:
         """The shipped SpatialScore reward model (``l2s shapes grpo --reward spatialscore``), when shipped."""
         return self.pipeline / SPATIAL_SCORE_DIR
 
+    @property
+    def grpo_adapter(self) -> Path:
+        """The shipped GRPO LoRA adapter (``--lora shapes-grpo``), when shipped."""
+        return self.pipeline / GRPO_ADAPTER_DIR
+
 
 SPATIAL_SCORE_DIR = "spatial_score"
+GRPO_ADAPTER_DIR = "grpo_adapter"
+SHIPPED_LORA = "shapes-grpo"   # the name --lora takes for the shipped adapter
+
+
+def lora_folder(lora: str | Path | None) -> Path | None:
+    """A ``--lora`` value as a folder: ``shapes-grpo`` is the shipped adapter, anything else a path."""
+    if lora is None:
+        return None
+    return shipped_assets().grpo_adapter if str(lora) == SHIPPED_LORA else Path(lora)
 
 
 def shipped_assets(root: str | Path | None = None) -> ShippedAssets:
@@ -107,7 +121,7 @@ def load_shapes_steerer(pipeline_dir: str | Path | None = None, classifier: str 
     if lora is not None:
         from l2s.grpo import apply_lora
 
-        apply_lora(pipe, lora)
+        apply_lora(pipe, lora_folder(lora))
     model = RelationClassifier.load(classifier or assets.classifier)
     return steer_shapes_pipeline(pipe, model, schedule, mode, true_cfg_scale=true_cfg_scale, step_size=step_size)
 

@@ -173,3 +173,12 @@ def test_a_base_only_bench_generates_no_steered_image(tiny_shapes_pipe, tmp_path
     assert not (tmp_path / "out/position/steered").exists() and (tmp_path / "out/position/base").is_dir()
     markdown = shapes_world.write_bench_results(results, tmp_path / "bench.md").read_text()
     assert "steered" not in markdown.split("## Targets")[1]   # no steered-vs-base target without steered images
+
+
+def test_the_shipped_adapter_has_a_name():
+    from pathlib import Path
+
+    from l2s.shapes.recipes import SHIPPED_LORA, lora_folder, shipped_assets
+
+    assert lora_folder(SHIPPED_LORA) == shipped_assets().grpo_adapter
+    assert lora_folder("runs/grpo-ss") == Path("runs/grpo-ss") and lora_folder(None) is None
