@@ -61,6 +61,9 @@ def build_grpo_parser() -> argparse.ArgumentParser:
     p.add_setting("--seed", type=int)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--no-resume", action="store_true", help="start afresh even when OUT has a checkpoint")
+    p.add_argument("--eval-every", type=int, default=1, metavar="N",
+                   help="judge the dev prompts after every N-th epoch and the last (default 1); training is the "
+                        "same whatever N, so a resumed run may change it")
     p.add_argument("--threads", type=int, help="torch CPU threads per process")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -108,6 +111,7 @@ def grpo_main(argv: Sequence[str] | None = None) -> int:
     import torch
     from accelerate import Accelerator
 
+    from l2s.pipelines.arguments import positive_int
     from l2s.shapes import load_shapes_pipeline
     from l2s.shapes.tuning import train_shapes_grpo
 
@@ -117,13 +121,14 @@ def grpo_main(argv: Sequence[str] | None = None) -> int:
         raise L2SError("--device cuda but torch.cuda.is_available() is False")
     accelerator = Accelerator(cpu=args.device == "cpu")
     settings_from_args(args).check(accelerator.num_processes)   # bad settings fail before anything loads
+    positive_int(args.eval_every, "--eval-every")
     reward = load_reward(args.reward, str(accelerator.device))
     pipe = load_shapes_pipeline(args.model)
     settings = settings_from_args(args, pipe)
     command = "l2s shapes grpo " + " ".join(shlex.quote(a) for a in argv)
     result = train_shapes_grpo(args.out, reward, pipe=pipe, settings=settings,
                                resume=not args.no_resume, progress=not args.quiet, command=command,
-                               accelerator=accelerator)
+                               accelerator=accelerator, eval_every=args.eval_every)
     if accelerator.is_main_process:
         last = result.records[-1] if result.records else {}
         shown = ", ".join(f"{k} {v:.3f}" for k, v in last.items() if k.startswith("eval_") and isinstance(v, float))

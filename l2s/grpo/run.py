@@ -29,6 +29,7 @@ from l2s.files import (
     output_lock,
     read_jsonl_lines,
 )
+from l2s.pipelines.arguments import positive_int
 
 from .settings import GRPOSettings
 from .trainer import GRPOTrainer, seeds_for
@@ -102,13 +103,14 @@ def evaluate(trainer: GRPOTrainer, prompts: list[str], evaluators: dict, reward)
 def train_grpo(pipe, reward, settings: GRPOSettings, out: str | Path, train_prompts: list[str], *,
                eval_prompts: list[str] | None = None, evaluators: dict | None = None, resume: bool = True,
                progress: bool = True, command: str | None = None, accelerator=None,
-               stop_after: int | None = None) -> GRPOResult:
+               stop_after: int | None = None, eval_every: int = 1) -> GRPOResult:
     """GRPO-train a LoRA adapter on ``pipe`` (any diffusers FluxPipeline) for ``reward`` (any
     callable ``reward(images, prompts) -> (B,) tensor``, higher is better).
 
     ``train_prompts``: the pool each epoch draws from; ``eval_prompts`` + ``evaluators`` (name ->
     callable like ``reward``, e.g. exact 0/1 judges): held-out accuracies logged before training
-    (epoch 0) and after every epoch. ``stop_after``: end this call after that many
+    (epoch 0) and after every ``eval_every``-th epoch and the last one (evaluation does not change
+    training: a run resumed with another cadence trains the same). ``stop_after``: end this call after that many
     epochs, as an interruption would (a later call resumes). ``accelerator``: an
     :class:`accelerate.Accelerator` (default: one for this machine; under ``accelerate launch``
     every process runs this function and they split each epoch's prompts).
@@ -117,6 +119,7 @@ def train_grpo(pipe, reward, settings: GRPOSettings, out: str | Path, train_prom
 
     acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
     settings.check(acc.num_processes)
+    positive_int(eval_every, "eval_every")
     out = Path(out)
     lock = output_lock(out) if acc.is_main_process else contextlib.nullcontext()
     with lock:
@@ -125,11 +128,12 @@ def train_grpo(pipe, reward, settings: GRPOSettings, out: str | Path, train_prom
             (out / LOG).unlink(missing_ok=True)
         acc.wait_for_everyone()
         start = _resume(trainer, out) if resume else 0
-        return _epochs(trainer, out, train_prompts, eval_prompts, evaluators or {}, start, progress, command, stop_after)
+        return _epochs(trainer, out, train_prompts, eval_prompts, evaluators or {}, start, progress, command,
+                       stop_after, eval_every)
 
 
 def _epochs(trainer: GRPOTrainer, out: Path, pool, eval_prompts, evaluators: dict, start: int, progress: bool,
-            command: str | None, stop_after: int | None) -> GRPOResult:
+            command: str | None, stop_after: int | None, eval_every: int = 1) -> GRPOResult:
     from tqdm.auto import tqdm
 
     s, acc = trainer.settings, trainer.acc
@@ -143,7 +147,7 @@ def _epochs(trainer: GRPOTrainer, out: Path, pool, eval_prompts, evaluators: dic
         for epoch in range(start + 1, last + 1):
             record = run_epoch(trainer, pool, epoch, progress and main)
             if main:
-                if evaluating:
+                if evaluating and (epoch % eval_every == 0 or epoch == s.epochs):
                     record.update(evaluate(trainer, eval_prompts, evaluators, trainer.reward))
                 _save(trainer, out, epoch, command)
                 fsync_append(out / LOG, [json.dumps(record) + "\n"])

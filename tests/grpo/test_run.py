@@ -110,3 +110,10 @@ def test_the_data_parallel_path_averages_over_processes_like_one_process():
     assert all(torch.equal(twin[k], single[k]) for k in twin)
     assert twin_record["trained_rows"] == 2 * single_record["trained_rows"]
     assert twin_record["reward_mean"] == pytest.approx(single_record["reward_mean"])
+
+
+def test_the_dev_prompts_are_judged_every_nth_epoch_and_the_last(tmp_path):
+    run = _run(tmp_path / "run", tiny_settings(epochs=3), eval_every=2)
+    assert [("eval_red" in r) for r in run.records] == [True, False, True, True]   # epochs 0, 1, 2, 3
+    with pytest.raises(L2SError, match="eval_every must be a positive integer, got 0"):
+        _run(tmp_path / "other", tiny_settings(), eval_every=0)
