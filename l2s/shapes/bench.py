@@ -197,7 +197,8 @@ def _run_bench(out_dir: str | Path, pipeline_dir: str | Path | None, classifier:
         prompts = plain_part.plain_prompts(max(4, int(round(PLAIN_PROMPTS * scale))), prompt_seed=BENCH_PROMPT_SEED)
         steerer = run.steerer("dual")
         settings = {"pipeline": str(pipeline_dir), "lora": run.lora, "sampling": steerer.sampling_options()}
-        plain = plain_part.run_plain_part(steerer, run.detector, prompts, seeds, Path(out_dir), batch_size, settings)
+        plain = plain_part.run_plain_part(steerer, run.detector, prompts, seeds, Path(out_dir), batch_size, settings,
+                                          progress)
     comparison = None
     if classifier_data is not None:
         comparison = world().on_main(lambda: classifier_comparison(classifiers, classifier_data))

@@ -40,20 +40,26 @@ def plain_prompts(n: int, prompt_seed: int = 0) -> list[tuple[str, tuple[str, st
 
 
 def run_plain_part(steerer, detector, prompts: Sequence[tuple[str, tuple[str, str]]], seeds: Sequence[int],
-                   out: Path, batch_size: int, settings: dict | None = None) -> dict:
+                   out: Path, batch_size: int, settings: dict | None = None, progress: bool = True) -> dict:
     """Generate (or reuse) every prompt x seed image unsteered and measure the row; ``settings``
-    (model, adapter, sampling) are recorded, and images made with other ones are never reused."""
+    (model, adapter, sampling) are recorded, and images made with other ones are never reused.
+    ``progress``: one bar over the images (none per image)."""
+    from tqdm.auto import tqdm
+
     folder = Path(out) / KEY
     folder.mkdir(parents=True, exist_ok=True)
     world().on_main(lambda: _claim(folder, settings or {}))
     jobs = [(i, seed, folder / f"{i:04d}-{seed:05d}.png") for i in range(len(prompts)) for seed in seeds]
     group = world()
     missing = [job for job in group.share(jobs) if not job[2].is_file()]
-    for start in range(0, len(missing), batch_size):
-        chunk = missing[start:start + batch_size]
-        result = steerer([prompts[i][0] for i, _, _ in chunk], seed=[seed for _, seed, _ in chunk], steer=False)
-        for (_, _, png), image in zip(chunk, result.images):
-            save_png(image, png)
+    with tqdm(total=len(missing), desc="no relation", unit="img", disable=not (progress and group.is_main)) as bar:
+        for start in range(0, len(missing), batch_size):
+            chunk = missing[start:start + batch_size]
+            result = steerer([prompts[i][0] for i, _, _ in chunk], seed=[seed for _, seed, _ in chunk], steer=False,
+                             progress=False)
+            for (_, _, png), image in zip(chunk, result.images):
+                save_png(image, png)
+            bar.update(len(chunk))
     group.barrier()
     return plain_scores(detector, prompts, seeds, folder)
 

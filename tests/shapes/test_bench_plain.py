@@ -42,7 +42,7 @@ def test_the_part_generates_each_image_once_unsteered(tiny_shapes_pipe, tmp_path
     original = type(steerer).__call__
 
     def spy(self, prompt, **kwargs):
-        calls.append((len(prompt), kwargs["steer"]))
+        calls.append((len(prompt), kwargs["steer"], kwargs.get("progress")))   # no bar per image
         return original(self, prompt, **kwargs)
 
     type(steerer).__call__ = spy
@@ -52,7 +52,7 @@ def test_the_part_generates_each_image_once_unsteered(tiny_shapes_pipe, tmp_path
         again = run_plain_part(steerer, ShapesDetector(), prompts, (0, 1), tmp_path, batch_size=4)
     finally:
         type(steerer).__call__ = original
-    assert calls == [(4, False), (2, False)] and first == again and first["n_objects"] == 12
+    assert calls == [(4, False, False), (2, False, False)] and first == again and first["n_objects"] == 12
     from l2s.errors import L2SError
 
     with pytest.raises(L2SError, match=r"holds images made with other settings \(lora\)"):
