@@ -93,7 +93,9 @@ def _relation_rows(modes: dict) -> list[str]:
                        | {r for m in modes.values() for r in m.get("colour_per_relation", {})})
 
     def cell(mode: str, key: str, relation: str) -> str:
-        c, t = modes.get(mode, {}).get(key, {}).get(relation, (0, 0))
+        if mode not in modes:   # a one-mode bench
+            return "-"
+        c, t = modes[mode].get(key, {}).get(relation, (0, 0))
         return f"{c / t if t else 0:.3f} ({c}/{t})"
 
     for r in relations:

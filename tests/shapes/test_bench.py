@@ -173,6 +173,7 @@ def test_a_base_only_bench_generates_no_steered_image(tiny_shapes_pipe, tmp_path
     assert not (tmp_path / "out/position/steered").exists() and (tmp_path / "out/position/base").is_dir()
     markdown = shapes_world.write_bench_results(results, tmp_path / "bench.md").read_text()
     assert "steered" not in markdown.split("## Targets")[1]   # no steered-vs-base target without steered images
+    assert "(0/0)" not in markdown   # a mode not generated reads '-', not an empty 0.000
 
 
 def test_the_shipped_adapter_has_a_name():
