@@ -14,7 +14,7 @@ from pathlib import Path
 
 from l2s.errors import UsageError
 
-COLUMNS = ("two obj strict", "two obj colour", "multi 3/2 colour", "multi 4/3 colour", "held-out colour",
+COLUMNS = ("two obj strict", "two obj colour", "two obj found", "multi 3/2 colour", "multi 4/3 colour", "held-out colour",
            "no rel: found", "no rel: colours", "no rel: spread", "reward score", "reward AUC",
            "GRPO CPU-h", "extra CPU-s/img", "break-even images")
 
@@ -95,7 +95,8 @@ def _row(bench: dict, mode: str, steering_cpu: float | None, training_cpu: float
     cost = training_cpu / 3600 if training_cpu is not None else None
     break_even = (training_cpu / steering_cpu if training_cpu is not None and steering_cpu and steering_cpu > 0
                   and not with_steering else None)   # steering measured as free: no break-even
-    return [_cell(position.get("accuracy")), _cell(position.get("colour_accuracy")), *map(_cell, colour),
+    return [_cell(position.get("accuracy")), _cell(position.get("colour_accuracy")),
+            _cell(position.get("objects_found")), *map(_cell, colour),
             # the no-relation part is unsteered: a steered row shows its model's values
             _cell(plain.get("objects_found")), _cell(plain.get("colours_found")), _cell(plain.get("position_spread")),
             _cell(position.get("reward_mean")), _cell(position.get("reward_auc")),

@@ -9,8 +9,8 @@ import pytest
 from l2s.cli import main
 
 
-def _mode(strict, colour, cpu, reward=None):
-    mode = {"accuracy": strict, "colour_accuracy": colour, "generate_cpu_s_per_image": cpu}
+def _mode(strict, colour, cpu, reward=None, found=0.97):
+    mode = {"accuracy": strict, "colour_accuracy": colour, "generate_cpu_s_per_image": cpu, "objects_found": found}
     return mode if reward is None else {**mode, "reward_mean": reward, "reward_auc": 0.9}
 
 
@@ -35,7 +35,8 @@ def cells(line):
 
 def test_rows_costs_and_break_even(tmp_path, capsys):
     (tmp_path / "base.json").write_text(json.dumps(_bench(_mode(0.3, 0.3, 1.0, 0.1), _mode(0.9, 0.95, 4.0, 0.5))))
-    (tmp_path / "ss.json").write_text(json.dumps(_bench(_mode(0.6, 0.7, 1.1), _mode(0.95, 0.97, 3.1), 0.8, "ss")))
+    (tmp_path / "ss.json").write_text(json.dumps(_bench(_mode(0.6, 0.7, 1.1, found=0.91), _mode(0.95, 0.97, 3.1), 0.8,
+                                                        "ss")))
     log = [{"epoch": 0, "eval_strict": 0.3}, {"epoch": 1, "cpu_s": 5400.0}, {"epoch": 2, "cpu_s": 1800.0}]
     run = _grpo_run(tmp_path / "grpo", log, 2)
     code = main(["shapes", "compare", "--bench", str(tmp_path / "base.json"),
@@ -50,6 +51,7 @@ def test_rows_costs_and_break_even(tmp_path, capsys):
     # 7200 CPU-s of training over steering's 3 extra CPU-s per image: 2400 images
     assert rows["GRPO-SS"]["GRPO CPU-h"] == "2.00" and rows["GRPO-SS"]["break-even images"] == "2400"
     assert rows["GRPO-SS"]["no rel: found"] == "0.800" and rows["GRPO-SS"]["reward score"] == "-"
+    assert rows["GRPO-SS"]["two obj found"] == "0.910" and rows["base"]["two obj found"] == "0.970"
     assert rows["GRPO-SS + steering"]["extra CPU-s/img"] == "2.00" and rows["GRPO-SS + steering"]["break-even images"] == "-"
     assert (tmp_path / "new" / "t.md").read_text().strip() == "\n".join(lines)
 
