@@ -198,7 +198,8 @@ def test_wheel_ships_the_shapes_model(wheel_names):
                 "text_encoder_2/model.safetensors", "tokenizer/tokenizer.json", "tokenizer_2/tokenizer.json",
                 "classifier/config.json", "classifier/model.safetensors",
                 "classifier_pos_only/config.json", "classifier_pos_only/model.safetensors",
-                "spatial_score/config.json", "spatial_score/model.safetensors", "spatial_score/tokenizer/tokenizer.json"]
+                "spatial_score/config.json", "spatial_score/model.safetensors", "spatial_score/tokenizer/tokenizer.json",
+                "grpo_adapter/adapter_config.json", "grpo_adapter/adapter_model.safetensors"]
     for name in required:
         assert f"l2s/shapes/assets/{name}" in wheel_names, name
     on_disk = {p.relative_to(ROOT).as_posix() for p in ASSETS.rglob("*") if p.is_file()}

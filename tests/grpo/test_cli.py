@@ -134,3 +134,13 @@ def test_grpo_cli_trains_for_a_saved_spatial_score(saved, tmp_path, capsys):
     record = json.loads((out / "log.jsonl").read_text().splitlines()[-1])
     assert record["trained_rows"] == 12 and record["kept_fraction"] == 1.0     # a learned score has spread
     assert json.loads((out / "grpo.json").read_text())["settings"]["top_k"] is None
+
+
+def test_the_shipped_adapter_loads_by_name_and_changes_the_image(tmp_path, capsys):
+    images = []
+    for name, extra in (("plain", ()), ("tuned", ("--lora", "shapes-grpo"))):
+        code, _, err = run(["generate", "a red circle to the left of a blue square", "--no-steer", "--seed", "0",
+                            "--out", str(tmp_path / name), "--quiet", *extra], capsys)
+        assert code == 0, err
+        images.append(np.asarray(Image.open(tmp_path / name / "image.png")))
+    assert not np.array_equal(*images)
