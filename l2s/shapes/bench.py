@@ -138,11 +138,12 @@ def run_shapes_bench(out_dir: str | Path, *, pipeline_dir: str | Path | None = N
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise UsageError(f"batch_size must be a positive integer, got {batch_size!r}")  # before any model loads
-    known = [part.key for part in bench_parts(scale, seeds, position_prompts=position_prompts)] + [plain_part.KEY]
+    all_parts = bench_parts(scale, seeds, position_prompts=position_prompts)
+    known = [part.key for part in all_parts] + [plain_part.KEY]
     unknown = sorted(set(parts or ()) - set(known))
     if unknown:
         raise UsageError(f"unknown bench part {', '.join(unknown)} (parts: {', '.join(known)})")
-    modes = _check_modes(modes, bench_parts(scale, seeds, position_prompts=position_prompts), parts)
+    modes = _check_modes(modes, all_parts, parts)
     with output_lock(out_dir):  # one bench per run directory: a second one is refused before any work
         return _run_bench(out_dir, pipeline_dir, classifier, ablation_classifier, scale, seeds, parts,
                           position_prompts, classifier_data, true_cfg_scale, step_size, progress, lora,
@@ -188,7 +189,8 @@ def _run_bench(out_dir: str | Path, pipeline_dir: str | Path | None, classifier:
         shipped = str(reward_model) == "spatialscore"
         run.scorer = load_reward_model(assets.spatial_score if shipped else reward_model)
     started = time.perf_counter()
-    chosen = [replace(part, modes=tuple(m for m in part.modes if m in (modes or BOTH_MODES)))
+    modes = modes or BOTH_MODES
+    chosen = [replace(part, modes=tuple(m for m in part.modes if m in modes))
               for part in bench_parts(scale, seeds, position_prompts=position_prompts)
               if parts is None or part.key in parts]
     results = [_run_part(run, part, Path(out_dir), progress) for part in chosen if part.modes]
@@ -206,7 +208,7 @@ def _run_bench(out_dir: str | Path, pipeline_dir: str | Path | None, classifier:
                 "scale": scale, "position_prompts": position_prompts, "step_size": run.step_size,
                 "sampling": run.sampling(), "seeds": list(seeds), "lora": run.lora,
                 "reward_model": None if reward_model is None else str(reward_model),
-                "modes": list(modes or BOTH_MODES), "wall_time_s": round(time.perf_counter() - started, 1)}
+                "modes": list(modes), "wall_time_s": round(time.perf_counter() - started, 1)}
     return {"parts": results, "no_relation": plain, "classifier_comparison": comparison, "settings": settings}
 
 
