@@ -19,6 +19,9 @@ if [ ! -d "$WORK/code" ]; then
   mv "$WORK/code.tmp" "$WORK/code"
 fi
 export PYTHONPATH="$WORK/code${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1
+# `python -m` puts the working directory first on sys.path: run from WORK, never from a checkout.
+cd "$WORK"
+python -c 'import l2s, sys; sys.exit(0 if l2s.__file__.startswith(sys.argv[1]) else f"l2s comes from {l2s.__file__}, not the frozen copy")' "$WORK/code/"
 l2s() { python -m l2s.cli "$@"; }
 ASSETS="$WORK/code/l2s/shapes/assets"
 say() { echo "[$(date -u +%H:%M:%S)] $*"; }
