@@ -9,6 +9,7 @@ once per mode. ``--json PATH`` also writes the rows.
     python bench/shapes_overhead.py                       # fast mode, every preset, 8 images each
     python bench/shapes_overhead.py --modes fast reference fast+compiled --images 4
     python bench/shapes_overhead.py --timer cpu           # CPU seconds: steadier on a shared machine
+    python bench/shapes_overhead.py --classifier RUN/best # another classifier (e.g. of the first K blocks)
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--timer", choices=("wall", "cpu"), default="wall",
                         help="wall time, or this process's CPU time (one thread: its own work, "
                              "steadier when other jobs share the machine)")
+    parser.add_argument("--classifier", type=Path, help="classifier folder (default: the shipped one)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     return parser.parse_args(argv)
 
@@ -54,7 +56,7 @@ def measure_mode(mode: str, args: argparse.Namespace):
     """Rows for one execution mode: unsteered once, then every schedule steered."""
     from l2s.shapes import load_shapes_steerer, steer_shapes_pipeline
 
-    shipped = load_shapes_steerer()
+    shipped = load_shapes_steerer(classifier=args.classifier)
     steerer = steer_shapes_pipeline(shipped.pipe, shipped.classifier, mode=mode)
     steerer(PROMPTS[0], seed=99, progress=False)           # warm up (the compiled mode compiles here)
     clock = time.process_time if args.timer == "cpu" else time.perf_counter
@@ -68,7 +70,8 @@ def measure_mode(mode: str, args: argparse.Namespace):
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"shipped shapes model, CPU, {args.threads} thread(s), {args.images} images per row, "
+    print(f"shipped shapes model, classifier {args.classifier or 'shipped'}, CPU, {args.threads} thread(s), "
+          f"{args.images} images per row, "
           f"{args.timer} time, torch {torch.__version__}\n")
     print("| " + " | ".join(COLUMNS) + " |")
     print("|" + "---|" * len(COLUMNS))
