@@ -8,6 +8,7 @@
 # of the commit it starts from (WORK/code), so later work in the tree cannot change a running
 # experiment. Ends with the table of experiments/scripts/shapes_layers_table.py in WORK/table.md.
 set -euo pipefail
+trap 'kill 0' INT TERM   # stopping the driver stops its process pools too
 WORK=$(realpath -m "${1:?usage: layers_k.sh WORK [JOBS]}")
 JOBS=${2:-2}
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
