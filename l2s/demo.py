@@ -1,6 +1,6 @@
 """Tiny random diffusion pipelines for tests and offline CLI runs.
 
-No model weights can be downloaded here, so every component is built in code from the small
+Every component is built in code (so tests and demos run offline) from the small
 configurations diffusers' own tests use (tokenizers by :mod:`l2s.tokenizers`). The pipelines
 produce noise, but their shapes, attention layout and tokenisation behave like the real FLUX /
 Stable Diffusion ones, which is all that capture, steering and the CLI need to be exercised end to end.

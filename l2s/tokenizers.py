@@ -1,6 +1,6 @@
 """Tokenizers built in code: a sentencepiece-style T5 tokenizer from a word list, a byte-level CLIP one.
 
-No tokenizer files can be downloaded here, so the demo pipelines (:mod:`l2s.demo`) and the shapes
+Built in code so that everything runs offline: the demo pipelines (:mod:`l2s.demo`) and the shapes
 model (:mod:`l2s.shapes`) build theirs from these. Both are transformers' fast tokenizers and
 survive ``save_pretrained``/``from_pretrained``.
 """

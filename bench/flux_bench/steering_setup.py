@@ -132,7 +132,7 @@ def calibrate(steerer, classifier: ResponsiveClassifier, resolution: int, step_s
     # One update moves the gap in proportion to the gain (the gradient scales with it), and the
     # logit by gain x gap: the logit's rise per iteration grows with gain^2. The rise slows as p
     # nears 1, so the gain grows until p(target) crosses 0.9 within the trajectory (a few tries).
-    gain = math.sqrt(LOGIT_PER_ITERATION * probe / moved)
+    gain, crossed = math.sqrt(LOGIT_PER_ITERATION * probe / moved), None
     for attempt in range(4):
         if attempt:
             gain *= 1.5 if crossed is None else 0.75

@@ -1,5 +1,5 @@
-"""The ``l2s`` command line: ``parse``, ``generate``, ``eval``, ``make-data``, ``train`` and
-``shapes train-model | make-data | train-classifier | bench``.
+"""The ``l2s`` command line: ``parse``, ``generate``, ``eval``, ``make-data``, ``train`` and the
+shapes world's ``shapes ...`` commands (``l2s shapes --help`` lists them).
 
 Bad input ends with one line on stderr (``l2s: error: ...``) and exit code 2, never a silent
 wrong image; running out of memory is such a line too. Ctrl-C ends with one line and exit code

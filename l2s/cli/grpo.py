@@ -117,8 +117,9 @@ def grpo_main(argv: Sequence[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise L2SError("--device cuda but torch.cuda.is_available() is False")
+    from l2s.training.options import check_device
+
+    check_device(args.device)
     accelerator = Accelerator(cpu=args.device == "cpu")
     settings_from_args(args).check(accelerator.num_processes)   # bad settings fail before anything loads
     positive_int(args.eval_every, "--eval-every")

@@ -71,8 +71,9 @@ def reward_data_main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if args.pairs < 1 or args.batch_size < 1:
         raise L2SError("--pairs and --batch-size must be positive")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise L2SError("--device cuda but torch.cuda.is_available() is False")
+    from l2s.training.options import check_device
+
+    check_device(args.device)
     settings = PairSettings(seed=args.seed, families_per_shard=args.families_per_shard,
                             images_per_family=args.images_per_family, patterns=args.patterns,
                             heldout_fraction=args.heldout_fraction,
@@ -163,8 +164,9 @@ def train_reward_main(argv: Sequence[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise L2SError("--device cuda but torch.cuda.is_available() is False")
+    from l2s.training.options import check_device
+
+    check_device(args.device)
     model = {k: v for k, v in (("d_model", args.d_model), ("joint_layers", args.joint_layers),
                                ("grounding_layers", args.grounding_layers), ("channels", args.channels),
                                ("design", args.design)) if v is not None}

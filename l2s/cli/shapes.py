@@ -87,7 +87,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
                         help="stop after this many minutes and export the weights so far; the same "
                              "command later resumes and completes the run")
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (1 is fastest on a busy 2-core machine)")
+                        help="torch CPU threads (default: torch's)")
     parser.add_argument("--init-from", type=Path, default=None, metavar="PIPELINE_DIR",
                         help="start from the transformer and T5 weights of a saved shapes pipeline "
                              "(continue a finished run with a new schedule); same model options required")
@@ -125,10 +125,9 @@ def train_settings_from_args(args: argparse.Namespace):
 
 
 def _check_train_args(args: argparse.Namespace) -> None:
-    import torch
+    from l2s.training.options import check_device
 
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise L2SError("--device cuda but torch.cuda.is_available() is False")
+    check_device(args.device)
     if args.grow and args.init_from is None:
         raise L2SError("--grow needs --init-from (the shallower pipeline to grow)")
     if args.repatch and args.init_from is None:
@@ -264,7 +263,7 @@ def build_bench_parser() -> argparse.ArgumentParser:
         "the same seeds for both modes. Prints one table; --results also writes it as Markdown and JSON.",
         ["l2s shapes bench --out runs/bench --scale 0.25 --seeds 0,1",
          "l2s shapes bench --lora runs/grpo-ss --out runs/bench-grpo-ss   # base = tuned, steered = tuned + steering",
-         "l2s shapes bench --results bench/results/shapes_accuracy.md"])
+         "l2s shapes bench --results runs/shapes_accuracy.md"])
     p.add_argument("--model", type=Path, help="shapes pipeline dir (default: the shipped model)")
     p.add_argument("--classifier", type=Path, help="dual classifier dir (default: shipped)")
     p.add_argument("--ablation-classifier", type=Path, help="pos-only classifier dir (default: shipped)")
@@ -338,7 +337,7 @@ def build_compare_parser() -> argparse.ArgumentParser:
         "X.md writes X.json): base and steering from the untuned bench, then each tuned adapter alone and with "
         "steering, with its training CPU-hours (from the GRPO run's log) and the break-even image count.",
         ["l2s shapes compare --bench runs/base.json --tuned GRPO-rule=runs/rule.json,runs/grpo-rule "
-         "--tuned GRPO-SS=runs/ss.json,runs/grpo-ss --out experiments/results/steer_vs_tune.md"])
+         "--tuned GRPO-SS=runs/ss.json,runs/grpo-ss --out runs/steer_vs_tune.md"])
     p.add_argument("--bench", required=True, type=Path, help="results JSON of the untuned model's bench")
     p.add_argument("--tuned", action="append", default=[], metavar="NAME=JSON[,GRPO_RUN]",
                    help="a tuned model's bench results (l2s shapes bench --lora ...) and the GRPO run folder "

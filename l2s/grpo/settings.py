@@ -62,6 +62,8 @@ class GRPOSettings:
                            "smaller groups collapse")
         if self.top_k is not None and not 1 <= self.top_k <= self.group_size // 2:
             raise L2SError(f"top-k must be between 1 and half the group ({self.group_size // 2}), got {self.top_k}")
+        if self.steps < 2:
+            raise L2SError(f"GRPO samples with at least 2 steps (the last is a plain ODE step), got {self.steps}")
         if not 1 <= self.trained_steps <= self.steps:
             raise L2SError(f"sde_steps must be between 1 and steps ({self.steps}), got {self.trained_steps}")
         if self.std not in STD_MODES:

@@ -2,9 +2,8 @@
 
 Rule-based on ``spacy.blank("en")`` (tokenizer only, no trained model to download): a
 ``PhraseMatcher`` over the relation vocabulary finds every relation phrase; the text between two
-relation phrases is object text.  This is deterministic, and on the benchmark templates it is more
-accurate than a statistical parse (which tags "teddy bear" PROPN PROPN, reads "right of" as a noun,
-and needed a substring "exceptions" table that renamed "dog" to "hot dog").
+relation phrases is object text. Deterministic, and independent of a statistical tagger's
+reading of multi-word objects ("teddy bear") or relation phrases ("right of").
 
 How a prompt is read:
 

@@ -3,9 +3,8 @@ they are in the image, and a head reads the relation from the two places.
 
 Score = the sum over the prompt's clauses of log p(prompted relation | the two places), a spread
 per clause besides. A generic joint transformer has to discover that binding (which object is the
-subject, where it is, how the two places compare) from pairwise preferences alone, and in the
-shapes world it does not leave chance; with the binding given by the prompt's parse, only the
-lookups and the comparison are learned.
+subject, where it is, how the two places compare) from pairwise preferences alone; with the
+binding given by the prompt's parse, only the lookups and the comparison are learned.
 """
 from __future__ import annotations
 

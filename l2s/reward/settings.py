@@ -23,8 +23,7 @@ class RewardTrainSettings:
     mirror: bool = True
     val_fraction: float = 0.05
     seed: int = 0
-    # SpatialScoreConfig overrides; the relational design on an 8x8 grid is the one that learns
-    # (experiments/notebook/reward-model.md, sections 6-7)
+    # SpatialScoreConfig overrides: the relational design (l2s.reward.relational) on an 8x8 grid
     model: dict = field(default_factory=lambda: {"design": "relational", "channels": [16, 32, 64]})
 
     def check(self) -> None:

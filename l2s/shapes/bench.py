@@ -22,7 +22,7 @@ from l2s.errors import UsageError
 from . import bench_plain as plain_part
 from .bench_reward import reward_columns
 from .detector import ShapesDetector
-from .model import load_shapes_pipeline
+from .model import image_size, load_shapes_pipeline
 from .prompts import ood_position_prompts, shapes_multi_relation_prompts, shapes_position_prompts
 from .recipes import (BENCH_BATCH_SIZE, BENCH_SEEDS, SHAPES_STEP_SIZE, lora_folder, named_schedule, shipped_assets,
                       steer_shapes_pipeline)
@@ -208,7 +208,7 @@ def _run_bench(out_dir: str | Path, pipeline_dir: str | Path | None, classifier:
                 "scale": scale, "position_prompts": position_prompts, "step_size": run.step_size,
                 "sampling": run.sampling(), "seeds": list(seeds), "lora": run.lora,
                 "reward_model": None if reward_model is None else str(reward_model),
-                "modes": list(modes), "wall_time_s": round(time.perf_counter() - started, 1)}
+                "modes": list(modes), "image_size": image_size(run.pipe), "wall_time_s": round(time.perf_counter() - started, 1)}
     return {"parts": results, "no_relation": plain, "classifier_comparison": comparison, "settings": settings}
 
 

@@ -125,7 +125,7 @@ def _bench_header(results: dict, command: str | None) -> list[str]:
     steering = f"steering step size {step_size:g}, " if step_size is not None else ""
     return ["# Shapes world: spatial accuracy, base vs steered", "",
             f"{_benched_models(settings)}, {SHAPES_STEPS} steps, {guidance} "
-            f"(base and steered alike), {steering}32x32, CPU. "
+            f"(base and steered alike), {steering}{_size(settings)}CPU. "
             "GenEval rule with `l2s.shapes.ShapesDetector`; image seeds "
             f"{settings['seeds']}, prompt seed {BENCH_PROMPT_SEED}, none of them used while building "
             "the model or classifiers. Two metrics: **strict** = the detector must find each object with "
@@ -189,6 +189,11 @@ def _multi_target(multi: dict) -> list[str]:
             f"{colour:.3f} (target >= {MULTI_TARGET}: {_met(colour >= MULTI_TARGET)})"]
 
 
+def _size(settings: dict) -> str:
+    size = settings.get("image_size")   # results of older versions do not record it
+    return f"{size}x{size}, " if size else ""
+
+
 def _ablation_lines(ablation: dict) -> list[str]:
     """Dual vs pos-only classifier steering, paired on the same images."""
     from l2s.evaluation import paired_comparison
@@ -198,6 +203,8 @@ def _ablation_lines(ablation: dict) -> list[str]:
     lines = []
     for metric, key in (("colour", "colour_correct_by_image"), ("strict", "correct_by_image")):
         c = paired_comparison(ablation["reference_dual"][key], ablation["steered"][key])
+        if not c.n_pairs:
+            continue
         lines.append(f"- dual vs pos-only classifier, {metric}, paired on {c.n_pairs} images: "
                      f"{c.a_correct / c.n_pairs:.3f} vs {c.b_correct / c.n_pairs:.3f}; right with dual only "
                      f"{c.a_only}, with pos-only only {c.b_only}, sign test p = {c.p_value:.3g} "
@@ -210,6 +217,8 @@ def _map_comparison_lines(comparison: dict) -> list[str]:
     lines = []
     for kind, c in (comparison.get("by_prompt_type") or {}).items():
         n = c["n_pairs"]
+        if not n:
+            continue
         lines.append(f"- dual vs pos-only classifier on held-out maps ({comparison['split']} split of the classifier "
                      f"data), {kind} prompts, paired on {n} maps: {c['a_correct'] / n:.3f} vs "
                      f"{c['b_correct'] / n:.3f}; right with dual only {c['a_only']}, with pos-only only "
@@ -228,6 +237,8 @@ def _leakage_lines(comparison: dict) -> list[str]:
             leakage = {step: PairedComparison(**{k: v for k, v in c.items() if k != "p_value"})
                        for step, c in recorded.items()}
             c = leakage["all"]
+            if not c.n_pairs:
+                continue
             lines.append(f"- relation leakage of the {name.replace('_', '-')} classifier (held-out accuracy on an "
                          f"image's maps inverted with the true word minus with a wrong one, paired on {c.n_pairs} "
                          f"maps): {(c.a_correct - c.b_correct) / c.n_pairs:+.3f}, sign test p = {c.p_value:.3g}; "

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from l2s.errors import UsageError
+from l2s.files import read_jsonl_lines
 
 COLUMNS = ("two obj strict", "two obj colour", "two obj found", "multi 3/2 colour", "multi 4/3 colour", "held-out colour",
            "no rel: found", "no rel: colours", "no rel: spread", "reward score", "reward AUC",
@@ -44,7 +45,7 @@ def training_cpu_seconds(run: str | Path) -> float:
     model's pairs and training, which a SpatialScore run also paid for."""
     path = Path(run) / "log.jsonl"
     try:
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows = [row for _, row in read_jsonl_lines(path, "run the GRPO command again to rewrite it")]
         done = json.loads((Path(run) / "grpo.json").read_text(encoding="utf-8"))["epochs_done"]
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise UsageError(f"{run}: cannot read the GRPO run's log.jsonl and grpo.json ({error})") from None

@@ -1,7 +1,7 @@
 """A tiny FLUX-architecture text-to-image model of the shapes world.
 
-No real FLUX or Stable Diffusion weights can be downloaded in this environment, so to show that
-steering improves spatial accuracy l2s trains its own small model of :mod:`l2s.shapes` scenes
+To show that steering improves spatial accuracy where no real FLUX or Stable Diffusion weights
+are at hand, l2s trains its own small model of :mod:`l2s.shapes` scenes
 (:mod:`.trainer`). It is an ordinary diffusers :class:`~diffusers.FluxPipeline`, so generation,
 attention capture, classification and steering run through exactly the same code as real FLUX:
 
@@ -161,8 +161,8 @@ class ShapesModelConfig:
     text_window: int = TEXT_WINDOW
     clip_dim: int = 32
     clip_layers: int = 1
-    # Pixels in [-1, 1] are mostly background (0.92; data mean 0.74, std 0.46): centre and scale
-    # them to about unit variance, as the FLUX VAE's shift/scale factors do for its latents.
+    # Pixels in [-1, 1] are mostly background: centre and scale them to about unit variance,
+    # as the FLUX VAE's shift/scale factors do for its latents.
     latent_shift: float = 0.74
     latent_scale: float = 2.15
 

@@ -64,7 +64,7 @@ def compile_classifier(classifier: RelationClassifier, device: torch.device,
     """The classifier's forward (and its backward to the maps) compiled for static shapes.
 
     On CUDA it runs in bf16 under CUDA graphs (``reduce-overhead``): the eager fp32 classifier is
-    launch-bound (tens of ms for ~5 M parameters). Returns a callable with the module's signature.
+    launch-bound. Returns a callable with the module's signature.
     """
     if dtype is not None:
         classifier = copy.deepcopy(classifier).to(dtype)     # leave the caller's fp32 model alone

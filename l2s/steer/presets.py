@@ -24,11 +24,10 @@ PRESETS = {
         "schnell: step 0); nothing traded"),
     "front-loaded": Preset(
         "front-loaded", "16 iterations on the first 10% of steps, then 1 per steered step: "
-        "~3.5x fewer forward+backward passes; the paper reports SD2.1 90 s -> 25 s at validation "
-        "accuracy 0.65 -> 0.60", front_fraction=0.10),
+        "~3.5x fewer forward+backward passes, for somewhat weaker steering", front_fraction=0.10),
     "front-loaded-20": Preset(
-        "front-loaded-20", "as front-loaded over the first 20% of steps: the paper reports SD2.1 "
-        "35 s and accuracy back to ~0.65", front_fraction=0.20),
+        "front-loaded-20", "as front-loaded over the first 20% of steps: more of the steering "
+        "strength back, at more cost", front_fraction=0.20),
     "early-exit": Preset(
         "early-exit", "published iterations, but a step stops once p(target) >= 0.9 (the published "
         "targets, p >= 0.99993, are almost never reached); easy prompts stop after a few "

@@ -82,9 +82,11 @@ def invert_and_capture(
         tensor, and the reconstruction PSNR.
     """
     family = pipeline_family(pipe)
-    steps = int(steps or DEFAULT_STEPS[family])
+    steps = int(DEFAULT_STEPS[family] if steps is None else steps)
+    size = int(default_image_size(pipe) if size is None else size)
+    if steps < 1 or size < 1:
+        raise L2SError(f"steps and size must be positive (got steps={steps}, size={size})")
     store = check_store_steps(DEFAULT_STORE_STEPS[family] if store_steps is None else store_steps, steps)
-    size = int(size or default_image_size(pipe))
     if not pairs_phrases:
         raise L2SError("no (subject, object) pairs to record")
     if method not in ("auto", "exact", "ode"):

@@ -67,6 +67,7 @@ def test_more_epochs_continue_a_finished_run_and_other_settings_are_refused(tmp_
     (dict(group_size=8), "at least 12"),
     (dict(top_k=7), "top-k"),
     (dict(sde_steps=9), "sde_steps"),
+    (dict(steps=1), "at least 2 steps"),
     (dict(std="batch"), "advantage std"),
     (dict(lr=0.0), "lr must be positive"),
 ])

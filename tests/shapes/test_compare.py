@@ -78,3 +78,12 @@ def test_sources_that_do_not_compare_fail_with_one_line(bench, tuned, message, t
     code = main(["shapes", "compare", "--bench", str(tmp_path / f"{bench}.json"), "--tuned", tuned])
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("l2s:")]
     assert code == 2 and len(err) == 1 and message in err[0], err
+
+
+def test_the_cost_reads_a_log_whose_last_line_was_torn_by_a_kill(tmp_path):
+    from l2s.shapes.compare import training_cpu_seconds
+
+    run = _grpo_run(tmp_path / "run", [{"epoch": 0}, {"epoch": 1, "cpu_s": 3.0}, {"epoch": 2, "cpu_s": 4.0}], 2)
+    with open(run / "log.jsonl", "a") as log:
+        log.write('{"epoch": 3, "cpu')          # a writer killed mid-line: epoch 3 never finished
+    assert training_cpu_seconds(run) == 7.0

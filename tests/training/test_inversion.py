@@ -183,3 +183,6 @@ def test_bad_requests_raise_clear_errors(flux, image):
         _flux(flux, image, pairs=[("cat", "horse")])
     with pytest.raises(L2SError, match="multiple of 2"):
         _flux(flux, image, size=33)
+    for zero in (dict(steps=0), dict(size=0)):   # 0 is refused, never replaced by the default
+        with pytest.raises(L2SError, match="must be positive"):
+            _flux(flux, image, **zero)
