@@ -171,7 +171,7 @@ def _given_relations(text: str | None, specs):
 def _run_locked(args: argparse.Namespace, specs, seeds, relations_of=None):
     from l2s.distributed import world
     from l2s.evaluation import MODES, check_scorable, load_detector, run_eval
-    from l2s.evaluation.runs import read_run_file
+    from l2s.evaluation.run_dir import read_run_file
 
     if not args.restart:
         read_run_file(args.out)  # a damaged run.json is refused before any model loads

@@ -16,7 +16,8 @@ from .geometry import GENEVAL
 from .prompt_files import spec_from_metadata
 from .records import IMAGES, ImageRecord, detect_and_score, png_problem, read_json, write_json
 from .reports import EvalReport, ModeReport, write_outputs
-from .runs import check_scorable, clear_run
+from .run_dir import clear_run
+from .runs import check_scorable
 from .specs import PromptSpec, result_from_record
 from .stats import summarise
 

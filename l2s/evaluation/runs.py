@@ -3,22 +3,7 @@
 :func:`run_eval` generates, then scores; :func:`evaluate_images` scores images given in memory
 (:mod:`.folders` scores a GenEval-layout folder that something else generated).
 
-A run directory::
-
-    OUT/
-      run.json                          the generation settings (a resumed run must match them)
-      prompts.jsonl                     the prompts with their checks (PromptSpec.to_dict lines)
-      base/00000/metadata.jsonl         GenEval's layout: one folder per prompt ...
-      base/00000/samples/0000.png       ... one PNG per seed (the file name is the seed)
-      base/00000/samples/0000.json      that image's detections, checks, verdict, timings
-      steered/...                       the same prompts and seeds, steered
-      results.jsonl                     every image's record
-      summary.json                      per mode: accuracy, per relation / tag, seconds per image
-      contact_sheet_01.png ...          images with their boxes; green border = pass, red = fail
-
-The image folders follow GenEval's layout, so GenEval's own evaluator, or
-:func:`l2s.evaluation.score_image_folder` on ``OUT/base``, can score them again with another
-detector.
+The run directory's layout and settings check: :mod:`.run_dir`.
 
 Resuming: an image's JSON is written after its PNG (both atomically), so it marks a finished
 image. A rerun skips images whose JSON was made with the same rule and detector and whose PNG
@@ -37,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -49,27 +33,20 @@ from tqdm.auto import tqdm
 
 from l2s.errors import L2SError, UsageError
 from l2s.distributed import output_lock, world
-from l2s.files import DamagedFileError, atomic_write_text, read_state_json
 from l2s.relations import DIAGONAL, NON_DIRECTIONAL
 from .detectors import Detector
 from .geometry import GENEVAL, RULES, T2I_COMPBENCH
-from .prompt_files import geneval_metadata
 from .records import (
-    IMAGES,
     MODES,
-    PROMPTS_FILE,
-    RESULTS_FILE,
-    RUN_FILE,
     STEERED,
-    SUMMARY_FILE,
     ImageRecord,
     detect_and_score,
-    png_problem,
     read_json,
     save_png,
     write_json,
 )
 from .reports import EvalReport, ModeReport, write_outputs
+from .run_dir import prepare_run_dir, trusted_png
 from .specs import ImageResult, PromptSpec, check_rule, result_from_record
 from .stats import Summary, summarise
 
@@ -163,35 +140,11 @@ def run_eval(steerer, specs: Sequence[PromptSpec], detector: Detector, out_dir: 
     _check_request(steerer, specs, seeds, modes, rule, detector, batch_size)
     out = Path(out_dir)
     with output_lock(out):
-        world().on_main(lambda: _prepare_run_dir(out, specs, modes, dict(settings or {}), restart))
+        world().on_main(lambda: prepare_run_dir(out, specs, modes, dict(settings or {}), restart))
         generate = dict(num_inference_steps=num_inference_steps, height=height, width=width,
                         guidance_scale=guidance_scale, schedule=schedule, progress=False)
         run = _Run(steerer, detector, out, rule, {"rule": rule, "detector": detector_name}, generate, batch_size)
         return _generate_run(run, specs, seeds, modes, settings, contact_sheets, progress)
-
-
-def _prepare_run_dir(out: Path, specs: Sequence[PromptSpec], modes: list[str], settings: dict[str, Any],
-                     restart: bool) -> None:
-    """Everything of a run directory but its images (rank 0 of a spread run writes it alone)."""
-    if restart:
-        clear_run(out)
-    _claim_run_dir(out, settings)
-    atomic_write_text(out / PROMPTS_FILE, "".join(json.dumps(spec.to_dict()) + "\n" for spec in specs))
-    for mode in modes:
-        for index, spec in enumerate(specs):
-            folder = out / mode / f"{index:05d}"
-            (folder / "samples").mkdir(parents=True, exist_ok=True)
-            atomic_write_text(folder / "metadata.jsonl", json.dumps(geneval_metadata(spec)) + "\n")
-
-
-def clear_run(out: Path) -> None:
-    """Remove what a run wrote in ``out`` (``--restart``); anything else there is kept."""
-    for name in (RUN_FILE, PROMPTS_FILE, RESULTS_FILE, SUMMARY_FILE, "report.html"):
-        (out / name).unlink(missing_ok=True)
-    for folder in (*MODES, IMAGES):
-        shutil.rmtree(out / folder, ignore_errors=True)
-    for sheet in out.glob("contact_sheet_*.png"):
-        sheet.unlink()
 
 
 def _generate_run(run: _Run, specs: Sequence[PromptSpec], seeds: Sequence[int], modes: list[str],
@@ -293,35 +246,6 @@ def _check_request(steerer, specs: Sequence[PromptSpec], seeds: Sequence[int], m
             raise L2SError(f"prompt {index} ({spec.prompt!r}): {error}") from None
 
 
-def read_run_file(out: str | Path) -> dict | None:
-    """The ``run.json`` of a run directory (None for a new one); a damaged or missing one beside
-    images is an error saying how to recover (images whose settings are unknown are never reused)."""
-    out = Path(out)
-    fix = "rerun with --restart (restart=True) to start the run over, or use another --out"
-    previous = read_state_json(out / RUN_FILE, fix=fix)
-    if previous is not None and not isinstance(previous, dict):
-        raise DamagedFileError(f"{out / RUN_FILE} is damaged (not a JSON object); {fix}")
-    if previous is None and any((out / mode).is_dir() for mode in MODES):
-        raise DamagedFileError(f"{out / RUN_FILE} is missing but {out} holds images; {fix}")
-    return previous
-
-
-def _claim_run_dir(out: Path, settings: dict[str, Any]) -> None:
-    """Record the generation settings, or check a resumed run used the same ones."""
-    previous = read_run_file(out)
-    if previous is not None and previous.get("generation") != settings:
-        old = previous.get("generation") or {}
-
-        def shown(d: dict, k: str) -> str:  # a setting an older version did not record says so
-            return repr(d[k]) if k in d else "(not recorded)"
-
-        changed = sorted(k for k in set(old) | set(settings) if shown(old, k) != shown(settings, k))
-        details = ", ".join(f"{k}: {shown(old, k)} -> {shown(settings, k)}" for k in changed)
-        raise L2SError(f"{out} holds a run made with other settings ({details}); "
-                       "use another --out, or the same settings to resume it")
-    write_json(out / RUN_FILE, {"generation": settings})
-
-
 def _image_png(run: _Run, index: int, seed: int, mode: str) -> Path:
     return run.out / mode / f"{index:05d}" / "samples" / f"{seed:04d}.png"
 
@@ -334,7 +258,7 @@ def _existing_image(run: _Run, spec: PromptSpec, index: int, seed: int, mode: st
     if previous is not None and previous.get("prompt") != spec.prompt:
         raise L2SError(f"{record_path} was made for the prompt {previous.get('prompt')!r}, not "
                        f"{spec.prompt!r}; use another --out for other prompts")
-    if previous is None or not _trusted_png(png):
+    if previous is None or not trusted_png(png):
         return None  # made (again): generation is seeded, so it is the same image
     if previous.get("scoring") == run.scoring:
         return ImageRecord(result_from_record(previous), png, previous["meta"], "resumed")
@@ -376,16 +300,6 @@ def _score_image(run: _Run, spec: PromptSpec, index: int, seed: int, mode: str, 
     result, meta["score_s"] = detect_and_score(run.detector, image, spec, run.rule, f"{mode}/{index:05d}/{seed:04d}")
     write_json(png.with_suffix(".json"), {**result.to_dict(), "meta": meta, "scoring": run.scoring})
     return ImageRecord(result, png, meta, status)
-
-
-def _trusted_png(png: Path) -> bool:
-    """Whether a resumed image's PNG is there and decodes (a damaged one is logged)."""
-    if not png.is_file():
-        return False
-    problem = png_problem(png)
-    if problem:
-        log.warning("%s is damaged (%s): making it again", png, problem)
-    return problem is None
 
 
 def _steering_meta(plan, outcome, records, mode: str) -> dict[str, Any]:

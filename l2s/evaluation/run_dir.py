@@ -1,0 +1,98 @@
+"""A run directory of :func:`l2s.evaluation.run_eval`: its layout, its settings check, clearing it.
+
+A run directory::
+
+    OUT/
+      run.json                          the generation settings (a resumed run must match them)
+      prompts.jsonl                     the prompts with their checks (PromptSpec.to_dict lines)
+      base/00000/metadata.jsonl         GenEval's layout: one folder per prompt ...
+      base/00000/samples/0000.png       ... one PNG per seed (the file name is the seed)
+      base/00000/samples/0000.json      that image's detections, checks, verdict, timings
+      steered/...                       the same prompts and seeds, steered
+      results.jsonl                     every image's record
+      summary.json                      per mode: accuracy, per relation / tag, seconds per image
+      contact_sheet_01.png ...          images with their boxes; green border = pass, red = fail
+
+The image folders follow GenEval's layout, so GenEval's own evaluator, or
+:func:`l2s.evaluation.score_image_folder` on ``OUT/base``, can score them again with another
+detector.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from l2s.errors import L2SError
+from l2s.files import DamagedFileError, atomic_write_text, read_state_json
+from .prompt_files import geneval_metadata
+from .records import IMAGES, MODES, PROMPTS_FILE, RESULTS_FILE, RUN_FILE, SUMMARY_FILE, png_problem, write_json
+from .specs import PromptSpec
+
+log = logging.getLogger(__name__)
+
+
+def prepare_run_dir(out: Path, specs: Sequence[PromptSpec], modes: list[str], settings: dict[str, Any],
+                     restart: bool) -> None:
+    """Everything of a run directory but its images (rank 0 of a spread run writes it alone)."""
+    if restart:
+        clear_run(out)
+    claim_run_dir(out, settings)
+    atomic_write_text(out / PROMPTS_FILE, "".join(json.dumps(spec.to_dict()) + "\n" for spec in specs))
+    for mode in modes:
+        for index, spec in enumerate(specs):
+            folder = out / mode / f"{index:05d}"
+            (folder / "samples").mkdir(parents=True, exist_ok=True)
+            atomic_write_text(folder / "metadata.jsonl", json.dumps(geneval_metadata(spec)) + "\n")
+
+
+def clear_run(out: Path) -> None:
+    """Remove what a run wrote in ``out`` (``--restart``); anything else there is kept."""
+    for name in (RUN_FILE, PROMPTS_FILE, RESULTS_FILE, SUMMARY_FILE, "report.html"):
+        (out / name).unlink(missing_ok=True)
+    for folder in (*MODES, IMAGES):
+        shutil.rmtree(out / folder, ignore_errors=True)
+    for sheet in out.glob("contact_sheet_*.png"):
+        sheet.unlink()
+
+
+def read_run_file(out: str | Path) -> dict | None:
+    """The ``run.json`` of a run directory (None for a new one); a damaged or missing one beside
+    images is an error saying how to recover (images whose settings are unknown are never reused)."""
+    out = Path(out)
+    fix = "rerun with --restart (restart=True) to start the run over, or use another --out"
+    previous = read_state_json(out / RUN_FILE, fix=fix)
+    if previous is not None and not isinstance(previous, dict):
+        raise DamagedFileError(f"{out / RUN_FILE} is damaged (not a JSON object); {fix}")
+    if previous is None and any((out / mode).is_dir() for mode in MODES):
+        raise DamagedFileError(f"{out / RUN_FILE} is missing but {out} holds images; {fix}")
+    return previous
+
+
+def claim_run_dir(out: Path, settings: dict[str, Any]) -> None:
+    """Record the generation settings, or check a resumed run used the same ones."""
+    previous = read_run_file(out)
+    if previous is not None and previous.get("generation") != settings:
+        old = previous.get("generation") or {}
+
+        def shown(d: dict, k: str) -> str:  # a setting an older version did not record says so
+            return repr(d[k]) if k in d else "(not recorded)"
+
+        changed = sorted(k for k in set(old) | set(settings) if shown(old, k) != shown(settings, k))
+        details = ", ".join(f"{k}: {shown(old, k)} -> {shown(settings, k)}" for k in changed)
+        raise L2SError(f"{out} holds a run made with other settings ({details}); "
+                       "use another --out, or the same settings to resume it")
+    write_json(out / RUN_FILE, {"generation": settings})
+
+
+def trusted_png(png: Path) -> bool:
+    """Whether a resumed image's PNG is there and decodes (a damaged one is logged)."""
+    if not png.is_file():
+        return False
+    problem = png_problem(png)
+    if problem:
+        log.warning("%s is damaged (%s): making it again", png, problem)
+    return problem is None
