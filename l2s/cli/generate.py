@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
 
 from l2s.errors import L2SError, UsageError
+from l2s.versions import software_versions
 
 from .batches import (batches, folders_line, image_jobs, image_settings, prompts_of, resume_state, seeds_of,
                       write_index)
@@ -141,7 +141,7 @@ def _generate(args: argparse.Namespace, prompt: str, relations, started: float) 
     out = Path(args.out)
     remove_stale_outputs(out)
     report = {"prompt": prompt, "relations_from": "--relations" if relations else "parser",
-              "model": source, "seed": args.seed, **result.report(), "versions": _versions()}
+              "model": source, "seed": args.seed, **result.report(), "versions": software_versions()}
     baseline = None
     if steered and not args.no_baseline:
         baseline = steerer(prompt, steer=False, **kwargs)
@@ -161,13 +161,13 @@ def _generate(args: argparse.Namespace, prompt: str, relations, started: float) 
 def _write_images(folder: Path, image, baseline, records) -> list[str]:
     """image.png; the unsteered image and the comparison when given; the probability plot of a
     steered image's records. The names written."""
-    from l2s.evaluation import probability_plot
+    from l2s.evaluation import probability_plot, side_by_side
 
     image.save(folder / "image.png")
     written = ["image.png"]
     if baseline is not None:
         baseline.save(folder / "image_unsteered.png")
-        _side_by_side(baseline, image).save(folder / "comparison.png")
+        side_by_side(baseline, image).save(folder / "comparison.png")
         written += ["image_unsteered.png", "comparison.png"]
     if records:
         probability_plot(records).save(folder / "probability.png")
@@ -190,7 +190,7 @@ def _generate_many(args: argparse.Namespace, relations, jobs, started: float) ->
     entries = resume.entries or []
     done = {e["folder"] for e in entries}
     context = {"relations_from": "--relations" if relations else "parser", "model": source}
-    versions, names = _versions(), []
+    versions, names = software_versions(), []
     for batch in batches([job for job in jobs if job.folder not in done], args.batch_size):
         for job, report, written in _generate_batch(steerer, args, batch, out):
             report = {"prompt": job.prompt, **context, "seed": job.seed, **report, "versions": versions}
@@ -230,37 +230,3 @@ def _generate_batch(steerer, args: argparse.Namespace, batch, out: Path):
             report["timings_s"]["unsteered_total"] = baseline.timings["total"]
         report["batch"] = {"images": len(batch), "position": i}
         yield job, report, written
-
-
-def _versions() -> dict:
-    import diffusers
-    import torch
-    import transformers
-
-    from l2s import __version__
-
-    info = {"l2s": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
-            "transformers": transformers.__version__, "python": platform.python_version()}
-    try:
-        import l2s_fast
-        info["l2s_fast"] = l2s_fast.__version__
-    except ImportError:
-        info["l2s_fast"] = None
-    return info
-
-
-def _side_by_side(left, right, min_side: int = 256):
-    """The unsteered and steered images side by side, enlarged to at least ``min_side`` pixels."""
-    from PIL import Image, ImageDraw
-
-    scale = max(1, -(-min_side // max(left.width, left.height)))
-    a = left.resize((left.width * scale, left.height * scale), Image.NEAREST)
-    b = right.resize((right.width * scale, right.height * scale), Image.NEAREST)
-    pad, label = 8, 18
-    sheet = Image.new("RGB", (a.width + b.width + 3 * pad, a.height + 2 * pad + label), "white")
-    sheet.paste(a, (pad, pad + label))
-    sheet.paste(b, (2 * pad + a.width, pad + label))
-    draw = ImageDraw.Draw(sheet)
-    draw.text((pad, 4), "unsteered", fill="black")
-    draw.text((2 * pad + a.width, 4), "steered", fill="black")
-    return sheet

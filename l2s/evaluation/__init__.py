@@ -23,7 +23,7 @@ from .geometry import (
     t2i_compbench_scale,
     t2i_compbench_score,
 )
-from .pictures import contact_sheet, probability_plot
+from .pictures import contact_sheet, probability_plot, side_by_side
 from .prompt_files import geneval_metadata, read_prompt_file, spec_from_metadata
 from .prompts import (
     COCO_CLASSES,
@@ -102,6 +102,7 @@ __all__ = [
     "paired_comparison",
     "parse_seeds",
     "probability_plot",
+    "side_by_side",
     "prompt_set_help",
     "read_prompt_file",
     "resolve_prompt_set",

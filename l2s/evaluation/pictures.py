@@ -140,3 +140,18 @@ def _legend(draw: ImageDraw.ImageDraw, images: int, relations: int, right: float
         y = bottom - 8 - (len(entries) - 1 - row) * 12
         _marker(draw, right - 70, y, colour, relation)
         draw.text((right - 62, y - 6), label, fill=colour)
+
+
+def side_by_side(left, right, min_side: int = 256):
+    """The unsteered and steered images side by side, enlarged to at least ``min_side`` pixels."""
+    scale = max(1, -(-min_side // max(left.width, left.height)))
+    a = left.resize((left.width * scale, left.height * scale), Image.NEAREST)
+    b = right.resize((right.width * scale, right.height * scale), Image.NEAREST)
+    pad, label = 8, 18
+    sheet = Image.new("RGB", (a.width + b.width + 3 * pad, a.height + 2 * pad + label), "white")
+    sheet.paste(a, (pad, pad + label))
+    sheet.paste(b, (2 * pad + a.width, pad + label))
+    draw = ImageDraw.Draw(sheet)
+    draw.text((pad, 4), "unsteered", fill="black")
+    draw.text((2 * pad + a.width, 4), "steered", fill="black")
+    return sheet

@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import json
-import platform
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
+from l2s.versions import software_versions
 
 from .recipes import SHAPES_STEPS
 
@@ -24,9 +23,6 @@ def export(trainer, directory: Path, device: str, command: str | None) -> Path:
 
 def training_record(trainer, device: str, command: str | None) -> dict:
     """What ``training.json`` records: the command, settings, losses, time and library versions."""
-    import diffusers
-    import transformers
-
     settings = trainer.settings
     params = sum(p.numel() for m in trainer.trained.values() for p in m.parameters())
     return {
@@ -41,8 +37,7 @@ def training_record(trainer, device: str, command: str | None) -> dict:
         "device": device,
         "trained_parameters": params,
         "settings": asdict(settings),
-        "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
-                     "transformers": transformers.__version__, "python": platform.python_version()},
+        "versions": software_versions(),
         "sampling": {"height": settings.size, "width": settings.size, "num_inference_steps": SHAPES_STEPS,
                      "guidance_scale": "ignored (no guidance embedding)",
                      "text_window": settings.model["text_window"]},

@@ -54,3 +54,15 @@ def test_attention_grid_puts_each_objects_map_where_it_attends(tmp_path):
     paths = save_attention_grids(image, steps, tmp_path / "maps")
     assert [p.name for p in paths] == ["step_00.png"]
     assert Image.open(paths[0]).size == attention_grid(image, 0, ["red cat", "dog"], before, after).size
+
+
+def test_side_by_side_enlarges_small_images_and_keeps_left_and_right():
+    from PIL import Image
+
+    from l2s.evaluation import side_by_side
+
+    left, right = Image.new("RGB", (32, 32), "red"), Image.new("RGB", (32, 32), "blue")
+    sheet = side_by_side(left, right, min_side=256)
+    assert sheet.height > 256 and sheet.width > 2 * 256     # enlarged 8x, plus margins and labels
+    assert sheet.getpixel((8 + 128, sheet.height // 2)) == (255, 0, 0)
+    assert sheet.getpixel((sheet.width - 8 - 128, sheet.height // 2)) == (0, 0, 255)
