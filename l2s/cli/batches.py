@@ -109,10 +109,15 @@ def resume_state(out: Path, settings: dict, jobs: list[ImageJob]) -> Resume:
     """The finished images of an interrupted run of the same images and settings."""
     import json
 
-    try:
-        index = json.loads((Path(out) / "index.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    path = Path(out) / "index.json"
+    if not path.is_file():
         return Resume(None)
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return Resume(None, why_not="an index.json that cannot be read")
+    if not isinstance(index, dict):
+        return Resume(None, why_not="an index.json that is not a JSON object")
     if index.get("complete", True):
         return Resume(None)
     if index.get("jobs") != [[job.prompt, job.seed, job.folder] for job in jobs]:

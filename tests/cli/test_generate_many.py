@@ -186,3 +186,13 @@ def test_prompt_file_order_warnings_per_image_and_reruns(tmp_path, capsys, calls
                        *TINY], capsys)
     assert code == 0 and visible(out) == ["image.png", "report.json"]
     assert json.loads((out / "report.json").read_text())["seed"] == 5
+
+
+def test_a_damaged_index_is_named_when_the_run_starts_over(tmp_path):
+    from l2s.cli.batches import resume_state
+
+    assert resume_state(tmp_path, {}, []).why_not is None          # no index: a new run, nothing to say
+    (tmp_path / "index.json").write_text('{"complete": fal')      # torn by a kill mid-write
+    assert resume_state(tmp_path, {}, []).why_not == "an index.json that cannot be read"
+    (tmp_path / "index.json").write_text("[1, 2]")
+    assert resume_state(tmp_path, {}, []).why_not == "an index.json that is not a JSON object"
