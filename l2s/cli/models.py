@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from l2s.errors import L2SError, ModelLoadError, UsageError
 
@@ -101,17 +100,6 @@ def _load_steerer(args: argparse.Namespace):
     return _model_dir(args, true_cfg, step_size, flux_options)
 
 
-def pipeline_family(folder: Path) -> str | None:
-    """"sd" or "flux" from a pipeline folder's model_index.json (None when it does not say)."""
-    import json
-
-    try:
-        name = json.loads((Path(folder) / "model_index.json").read_text()).get("_class_name", "")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return "sd" if "StableDiffusion" in name else "flux" if "Flux" in name else None
-
-
 def _with_lora(pipe, args: argparse.Namespace):
     """``--lora DIR``: the adapter merged into the transformer before anything wraps the pipeline."""
     if getattr(args, "lora", None):
@@ -156,7 +144,7 @@ def _tiny_model(args: argparse.Namespace, step_size: float | None, flux_options:
 def _model_dir(args: argparse.Namespace, true_cfg: float | None, step_size: float | None, flux_options: dict):
     from l2s.classifier import RelationClassifier
     from l2s.pipelines import load_diffusers_pipeline, wrap_pipeline
-    from l2s.pipelines.loading import pipeline_folder
+    from l2s.pipelines.loading import folder_family, pipeline_folder
 
     # Cheap checks first: a bad path should not cost loading a multi-GB pipeline.
     folder = pipeline_folder(args.model)  # a folder, or a hub id found in the local cache
@@ -165,7 +153,7 @@ def _model_dir(args: argparse.Namespace, true_cfg: float | None, step_size: floa
     if not args.classifier:
         raise L2SError("--classifier PATH is required with --model PATH")
     classifier = RelationClassifier.load(args.classifier)
-    dtype = torch_dtype(args.dtype, resolve_device(args), pipeline_family(folder))
+    dtype = torch_dtype(args.dtype, resolve_device(args), folder_family(folder))
     pipe = _with_lora(load_diffusers_pipeline(folder, torch_dtype=dtype), args)
     pipe.to(args.device)
     source = f"{args.model}; classifier {args.classifier}"

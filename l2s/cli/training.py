@@ -28,12 +28,10 @@ def _load_pipe(model: str, device: str, dtype: str):
                 "tiny-dev": lambda: demo.tiny_flux_pipeline(guidance_embeds=True), "tiny-sd": demo.tiny_sd_pipeline}
         return tiny[model]().to(device)
     from l2s.pipelines import load_diffusers_pipeline
-    from l2s.pipelines.loading import pipeline_folder
-
-    from .models import pipeline_family
+    from l2s.pipelines.loading import folder_family, pipeline_folder
 
     folder = pipeline_folder(model)  # a folder, or a hub id found in the local cache
-    pipe = load_diffusers_pipeline(folder, torch_dtype=torch_dtype(dtype, device, pipeline_family(folder)))
+    pipe = load_diffusers_pipeline(folder, torch_dtype=torch_dtype(dtype, device, folder_family(folder)))
     return pipe.to(device)
 
 

@@ -69,6 +69,16 @@ def _read_model_index(path: Path) -> tuple[dict, str]:
         raise ModelLoadError(f"corrupt model_index.json in {path}: {e}") from None
 
 
+def folder_family(folder: str | Path) -> str | None:
+    """"sd" or "flux" from a pipeline folder's model_index.json (None when it does not say)."""
+    try:
+        _, name = _read_model_index(Path(folder))
+    except ModelLoadError:
+        return None
+    name = name if isinstance(name, str) else ""
+    return "sd" if "StableDiffusion" in name else "flux" if "Flux" in name else None
+
+
 def pipeline_folder(name_or_path: str | Path) -> Path:
     """A pipeline's local folder: ``name_or_path`` itself, or a hub id's snapshot in the local
     Hugging Face cache (``HF_HOME``). Never downloads: base models weigh many GB."""

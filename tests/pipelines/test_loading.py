@@ -18,3 +18,18 @@ def test_from_pretrained_loads_local_folders(tmp_path):
                          schedule=custom_schedule(2, steered=[0], iterations=1, step_size=0.1),
                          progress=False)
         assert result.images[0].size == (32, 32) and result.diagnostics.records
+
+
+def test_folder_family_reads_model_index_and_says_none_when_it_cannot(tmp_path):
+    import json
+
+    from l2s.pipelines.loading import folder_family
+
+    for name, family in (("FluxPipeline", "flux"), ("StableDiffusionPipeline", "sd"), ("OtherPipeline", None)):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "model_index.json").write_text(json.dumps({"_class_name": name}))
+        assert folder_family(folder) == family
+    (tmp_path / "torn").mkdir()
+    (tmp_path / "torn" / "model_index.json").write_text('{"_class_na')
+    assert folder_family(tmp_path / "torn") is None and folder_family(tmp_path / "absent") is None
