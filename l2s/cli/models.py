@@ -27,7 +27,8 @@ def add_model_args(parser: argparse.ArgumentParser, lora: bool = True) -> None:
                              "Diffusion, or a shapes-world model from 'l2s shapes train-model') or a hub id in "
                              "the local Hugging Face cache")
     parser.add_argument("--classifier", help="classifier folder (from 'l2s train': OUT/best, safetensors + "
-                                             "config.json), hub id in the local cache, or published .pth")
+                                             "config.json), hub id in the local cache, published .pth, or a "
+                                             "shipped shapes-world classifier: " + ", ".join(SHIPPED_CLASSIFIER_NAMES))
     if lora:
         parser.add_argument("--lora", metavar="DIR",
                             help="a LoRA adapter (peft folder, e.g. from 'l2s shapes grpo --out DIR') merged into the "
@@ -43,6 +44,9 @@ def add_sampling_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--true-cfg", type=float, metavar="SCALE", help=TRUE_CFG_HELP)
     parser.add_argument("--step-size", type=float, metavar="ALPHA", help=STEP_SIZE_HELP)
 
+
+# The names of l2s.shapes.recipes.SHIPPED_CLASSIFIERS (for --help without importing it; a test checks).
+SHIPPED_CLASSIFIER_NAMES = ("shapes", "shapes-pos-only")
 
 # Names the library defines (l2s.steer.PRESETS, l2s.capture.CAPTURE_BACKENDS, l2s.engines.ENGINE_KINDS),
 # spelled out here so that --help needs no torch import; tests/cli/test_generate.py checks they agree.
@@ -87,6 +91,9 @@ def load_steerer(args: argparse.Namespace):
 
 
 def _load_steerer(args: argparse.Namespace):
+    from l2s.shapes.recipes import classifier_folder
+
+    args.classifier = classifier_folder(args.classifier)   # a shipped classifier's name -> its folder
     true_cfg = getattr(args, "true_cfg", None)
     step_size = getattr(args, "step_size", None)
     if args.model is None:

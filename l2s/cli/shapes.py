@@ -265,8 +265,9 @@ def build_bench_parser() -> argparse.ArgumentParser:
          "l2s shapes bench --lora runs/grpo-ss --out runs/bench-grpo-ss   # base = tuned, steered = tuned + steering",
          "l2s shapes bench --results runs/shapes_accuracy.md"])
     p.add_argument("--model", type=Path, help="shapes pipeline dir (default: the shipped model)")
-    p.add_argument("--classifier", type=Path, help="dual classifier dir (default: shipped)")
-    p.add_argument("--ablation-classifier", type=Path, help="pos-only classifier dir (default: shipped)")
+    p.add_argument("--classifier", help="dual classifier dir or shipped name (default: the shipped 'shapes')")
+    p.add_argument("--ablation-classifier", help="pos-only classifier dir or shipped name (default: the shipped "
+                                                 "'shapes-pos-only')")
     p.add_argument("--lora", type=Path, metavar="DIR",
                    help="a LoRA adapter (l2s shapes grpo --out DIR; 'shapes-grpo': the shipped one) merged into "
                         "the model: base = the tuned model, steered = the tuned model steered")

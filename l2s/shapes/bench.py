@@ -24,8 +24,8 @@ from .bench_reward import reward_columns
 from .detector import ShapesDetector
 from .model import image_size, load_shapes_pipeline
 from .prompts import ood_position_prompts, shapes_multi_relation_prompts, shapes_position_prompts
-from .recipes import (BENCH_BATCH_SIZE, BENCH_SEEDS, SHAPES_STEP_SIZE, lora_folder, named_schedule, shipped_assets,
-                      steer_shapes_pipeline)
+from .recipes import (BENCH_BATCH_SIZE, BENCH_SEEDS, SHAPES_STEP_SIZE, classifier_folder, lora_folder,
+                      named_schedule, shipped_assets, steer_shapes_pipeline)
 from .verdicts import all_objects_found, colour_only, judge
 
 BENCH_PROMPT_SEED = 0
@@ -173,8 +173,8 @@ def _run_bench(out_dir: str | Path, pipeline_dir: str | Path | None, classifier:
                reward_model: str | Path | None = None, modes: tuple | None = None) -> dict:
     assets = shipped_assets()
     pipeline_dir = Path(pipeline_dir or assets.pipeline)
-    classifiers = {"dual": Path(classifier or assets.classifier),
-                   "pos_only": Path(ablation_classifier or assets.ablation_classifier)}
+    classifiers = {"dual": Path(classifier_folder(classifier) or assets.classifier),
+                   "pos_only": Path(classifier_folder(ablation_classifier) or assets.ablation_classifier)}
     pipe = load_shapes_pipeline(pipeline_dir)
     if lora is not None:
         from l2s.grpo import apply_lora

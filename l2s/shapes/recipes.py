@@ -93,6 +93,19 @@ GRPO_ADAPTER_DIR = "grpo_adapter"
 SHIPPED_LORA = "shapes-grpo"   # the name --lora takes for the shipped adapter
 
 
+# --classifier names of the shipped classifiers (in the shipped pipeline folder); anything else is
+# a folder or hub id.
+SHIPPED_CLASSIFIERS = {"shapes": CLASSIFIER_DIR, "shapes-pos-only": ABLATION_CLASSIFIER_DIR}
+
+
+def classifier_folder(classifier: str | Path | None) -> str | Path | None:
+    """A ``--classifier`` value: a shipped classifier's folder for its name (:data:`SHIPPED_CLASSIFIERS`),
+    anything else unchanged."""
+    if classifier is not None and str(classifier) in SHIPPED_CLASSIFIERS:
+        return shipped_assets().pipeline / SHIPPED_CLASSIFIERS[str(classifier)]
+    return classifier
+
+
 def lora_folder(lora: str | Path | None) -> Path | None:
     """A ``--lora`` value as a folder: ``shapes-grpo`` is the shipped adapter, anything else a path."""
     if lora is None:
@@ -122,7 +135,7 @@ def load_shapes_steerer(pipeline_dir: str | Path | None = None, classifier: str 
         from l2s.grpo import apply_lora
 
         apply_lora(pipe, lora_folder(lora))
-    model = RelationClassifier.load(classifier or assets.classifier)
+    model = RelationClassifier.load(classifier_folder(classifier) or assets.classifier)
     return steer_shapes_pipeline(pipe, model, schedule, mode, true_cfg_scale=true_cfg_scale, step_size=step_size)
 
 

@@ -125,12 +125,13 @@ def test_corrupt_model_and_classifier_files_are_refused(saved, capsys, tmp_path)
 def test_the_cli_names_agree_with_the_library():
     from l2s.capture import CAPTURE_BACKENDS
     from l2s.cli.models import CAPTURE_BACKENDS as CLI_BACKENDS
-    from l2s.cli.models import ENGINES, SCHEDULES
+    from l2s.cli.models import ENGINES, SCHEDULES, SHIPPED_CLASSIFIER_NAMES
     from l2s.engines import ENGINE_KINDS
+    from l2s.shapes.recipes import SHIPPED_CLASSIFIERS
     from l2s.steer import PRESETS
 
     assert SCHEDULES == tuple(PRESETS) and CLI_BACKENDS == tuple(CAPTURE_BACKENDS)
-    assert ENGINES == tuple(ENGINE_KINDS)
+    assert ENGINES == tuple(ENGINE_KINDS) and SHIPPED_CLASSIFIER_NAMES == tuple(SHIPPED_CLASSIFIERS)
 
 
 def test_schedule_capture_backend_and_engine_reach_the_pipeline(tmp_path, capsys):

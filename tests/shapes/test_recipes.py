@@ -292,3 +292,26 @@ def _tiny_shapes_classifier(pipe):
 
     return tiny_classifier_for(pipe, seed=0, orig_map_size=8, timesteps=shapes_world.SHAPES_STORE_STEPS,
                                num_timesteps=shapes_world.SHAPES_STEPS)
+
+
+def test_shipped_classifiers_load_by_name(tmp_path, capsys):
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from l2s.cli import main
+    from l2s.shapes.recipes import SHIPPED_CLASSIFIERS, classifier_folder, shipped_assets
+
+    assert classifier_folder("shapes-pos-only") == shipped_assets().ablation_classifier
+    assert classifier_folder("runs/clf") == "runs/clf" and classifier_folder(None) is None
+    assert all((classifier_folder(name) / "config.json").is_file() for name in SHIPPED_CLASSIFIERS)
+    images = {}
+    for name in ("shapes", "shapes-pos-only"):
+        out = tmp_path / name
+        assert main(["generate", "a red circle to the left of a blue square", "--classifier", name, "--seed", "0",
+                     "--schedule", "fast", "--no-baseline", "--out", str(out), "--quiet"]) == 0
+        report = json.loads((out / "report.json").read_text())
+        assert str(classifier_folder(name)) in report["model"]
+        images[name] = np.asarray(Image.open(out / "image.png"))
+    assert not np.array_equal(images["shapes"], images["shapes-pos-only"])   # another classifier steered
