@@ -44,6 +44,7 @@ class BenchPart:
     modes: tuple[str, ...]
     schedule: Any = None
     classifier: str = "dual"
+    position_subset: bool = False   # steers a subset of the two-object part's prompts and seeds
 
 
 def bench_parts(scale: float = 1.0, seeds: Sequence[int] = BENCH_SEEDS, prompt_seed: int = BENCH_PROMPT_SEED,
@@ -68,10 +69,10 @@ def bench_parts(scale: float = 1.0, seeds: Sequence[int] = BENCH_SEEDS, prompt_s
     # The ablation steers the main row's prompts and seeds, so the dual/pos-only comparison is
     # paired image for image at full size.
     parts.append(BenchPart("ablation", "two objects, pos-only classifier (no dual)", position, seeds,
-                           ("steered",), main, classifier="pos_only"))
+                           ("steered",), main, classifier="pos_only", position_subset=True))
     for name in presets:
         parts.append(BenchPart(f"preset_{name}", f"two objects, preset {name}", position[:n(32)], seeds[:2],
-                               ("steered",), name))
+                               ("steered",), name, position_subset=True))
     parts.append(BenchPart("ood", "held-out colour/shape (cyan, diamond)",
                            ood_position_prompts(n(50), seed=prompt_seed), seeds[:2], both, main))
     return parts
@@ -233,7 +234,7 @@ def _run_part(run: _BenchRun, part: BenchPart, out: Path, progress: bool) -> dic
     copied_modes: list[str] = []
     if part.key == "position":
         run.position_records = {mode: mode_report.records for mode, mode_report in report.modes.items()}
-    elif "base" not in modes and run.position_records:
+    elif part.position_subset and run.position_records:
         copied_modes = _copy_position_modes(run, part, modes)
     return {"key": part.key, "label": part.label, "n_prompts": len(part.specs), "seeds": list(part.seeds),
             "schedule": schedule.name, "classifier": part.classifier, "modes": modes,

@@ -28,9 +28,12 @@ def _position_part(results: dict) -> dict | None:
     return next((p for p in results["parts"] if p["key"] == "position"), None)
 
 
-def _found_rate(results: dict) -> float:
+def _found_clause(results: dict) -> str:
+    """How often the base model draws both objects with their shapes (empty without base images)."""
     position = _position_part(results)
-    return position["modes"].get("base", {}).get("objects_found", float("nan")) if position else float("nan")
+    found = (position or {}).get("modes", {}).get("base", {}).get("objects_found")
+    return "" if found is None else (f" (base, two objects: all objects found with their shapes in {found:.0%} of "
+                                     "images)")
 
 
 def bench_table(results: dict) -> str:
@@ -131,8 +134,8 @@ def _bench_header(results: dict, command: str | None) -> list[str]:
             "the model or classifiers. Two metrics: **strict** = the detector must find each object with "
             "its colour *and* shape (GenEval); **colour** = the same rule on the colour blobs only "
             "(prompts use distinct colours). This small model draws colours in place more reliably than "
-            f"shapes the strict detector accepts (base, two objects: all objects found with their shapes in "
-            f"{_found_rate(results):.0%} of images), so strict accuracy is capped by image quality; the "
+            f"shapes the strict detector accepts{_found_clause(results)}, so strict accuracy is capped by image "
+            "quality; the "
             "colour metric measures placement, which is what steering controls.", "",
             f"Prompt counts of the multi-relation, preset and held-out rows scaled by "
             f"`--scale {settings.get('scale')}`; the two-object row and the ablation (same prompts "

@@ -176,6 +176,21 @@ def test_a_base_only_bench_generates_no_steered_image(tiny_shapes_pipe, tmp_path
     assert "(0/0)" not in markdown   # a mode not generated reads '-', not an empty 0.000
 
 
+def test_a_steered_only_bench_copies_two_object_images_only_into_parts_of_the_same_prompts(tiny_shapes_pipe,
+                                                                                           tmp_path):
+    tiny_shapes_pipe.save_pretrained(tmp_path / "model")
+    _tiny_shapes_classifier(tiny_shapes_pipe).save(tmp_path / "clf")
+    results = shapes_world.run_shapes_bench(
+        tmp_path / "out", pipeline_dir=tmp_path / "model", classifier=tmp_path / "clf",
+        ablation_classifier=tmp_path / "clf", parts=["position", "multi_3_2", "ablation"], position_prompts=2,
+        seeds=(0,), scale=0.01, progress=False, modes=["steered"])
+    copied = {p["key"]: (p["copied_modes"], sorted(p["modes"])) for p in results["parts"]}
+    assert copied == {"position": ([], ["steered"]), "multi_3_2": ([], ["steered"]),   # other prompts: nothing
+                      "ablation": (["reference_dual"], ["reference_dual", "steered"])}
+    markdown = shapes_world.write_bench_results(results, tmp_path / "bench.md").read_text()
+    assert "nan" not in markdown and "objects found with their shapes" not in markdown   # no base images
+
+
 def test_the_shipped_adapter_has_a_name():
     from pathlib import Path
 
