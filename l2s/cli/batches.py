@@ -87,7 +87,8 @@ def remove_stale_image_folders(out: Path) -> None:
 
 
 # Options that do not change an image: a rerun that differs only in them may resume.
-NOT_IMAGE_SETTINGS = {"out", "quiet", "batch_size", "func", "prompt", "prompts", "seed", "seeds", "command"}
+NOT_IMAGE_SETTINGS = {"out", "quiet", "batch_size", "func", "prompt", "prompts", "seed", "seeds", "command",
+                      "restart"}
 
 
 def image_settings(args: argparse.Namespace) -> dict:
@@ -103,6 +104,7 @@ class Resume:
     entries: list[dict] | None   # its finished images (None: start over)
     seconds: float = 0.0         # the time its calls took
     why_not: str | None = None   # why it cannot be resumed, when there is one
+    finished: bool = False       # it made every image already
 
 
 def resume_state(out: Path, settings: dict, jobs: list[ImageJob]) -> Resume:
@@ -118,8 +120,6 @@ def resume_state(out: Path, settings: dict, jobs: list[ImageJob]) -> Resume:
         return Resume(None, why_not="an index.json that cannot be read")
     if not isinstance(index, dict):
         return Resume(None, why_not="an index.json that is not a JSON object")
-    if index.get("complete", True):
-        return Resume(None)
     if index.get("jobs") != [[job.prompt, job.seed, job.folder] for job in jobs]:
         return Resume(None, why_not="other prompts or seeds")
     earlier = index.get("settings") or {}
@@ -128,7 +128,8 @@ def resume_state(out: Path, settings: dict, jobs: list[ImageJob]) -> Resume:
     if changed:
         return Resume(None, why_not="other settings (" + "; ".join(changed) + ")")
     entries = [e for e in index.get("images", []) if (Path(out) / e["folder"] / "report.json").is_file()]
-    return Resume(entries, float((index.get("timings_s") or {}).get("command_total", 0.0)))
+    seconds = float((index.get("timings_s") or {}).get("command_total", 0.0))
+    return Resume(entries, seconds, finished=len(entries) == len(jobs))
 
 
 def write_index(out: Path, source: str, batch_size: int, entries: list[dict], jobs: list[ImageJob],

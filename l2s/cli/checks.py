@@ -36,10 +36,24 @@ def check_sampling_args(args: argparse.Namespace) -> None:
         check_device(args.device)
 
 
-# What ``generate`` may write; a rerun into the same folder removes those it does not write again,
-# so the folder never shows a comparison or plot of an earlier run beside this run's report (nor a
-# multi-image run's index.json and pNN-sSSSS/ folders).
+# What ``generate`` may write. A one-image rerun into the same folder replaces them (and removes
+# those it does not write again, so no plot of an earlier run sits beside this run's report); an
+# earlier multi-image run there is replaced only with --restart.
 GENERATE_OUTPUTS = ("image.png", "image_unsteered.png", "comparison.png", "probability.png", "report.json")
+
+
+def earlier_outputs(out, several: bool = False) -> list[str]:
+    """What an earlier ``generate`` left in ``out`` (names; ``several``: only a multi-image run's)."""
+    from pathlib import Path
+
+    from .batches import FOLDER_PATTERN
+
+    out = Path(out)
+    if not out.is_dir():
+        return []
+    names = [name for name in ("index.json", *(() if several else GENERATE_OUTPUTS)) if (out / name).exists()]
+    folders = sorted(f.name + "/" for f in out.iterdir() if f.is_dir() and FOLDER_PATTERN.fullmatch(f.name))
+    return names + (folders[:1] + [f"... {len(folders)} image folders"] if len(folders) > 1 else folders)
 
 
 def remove_stale_outputs(out) -> None:

@@ -16,9 +16,9 @@ from pathlib import Path
 from l2s.errors import L2SError, UsageError
 from l2s.versions import software_versions
 
-from .batches import (batches, folders_line, image_jobs, image_settings, prompts_of, resume_state, seeds_of,
-                      write_index)
-from .checks import check_sampling_args, remove_stale_outputs
+from .batches import (Resume, batches, folders_line, image_jobs, image_settings, prompts_of, resume_state,
+                      seeds_of, write_index)
+from .checks import check_sampling_args, earlier_outputs, remove_stale_outputs
 from .models import add_model_args, add_sampling_args, add_speed_args, load_steerer
 from .options import add_device_arg, add_dtype_arg
 from .outputs import wrote_line
@@ -38,7 +38,8 @@ EXAMPLES = """examples:
 
 writes image.png (steered), image_unsteered.png, comparison.png, probability.png and report.json;
 several images: one folder each (many/p00-s0000/, ...) holding those files, and many/index.json
-(rewritten after every batch: rerunning an interrupted command resumes after its finished images)."""
+(rewritten after every batch: rerunning an interrupted command resumes after its finished images;
+images of other prompts, seeds or settings in --out are replaced only with --restart)."""
 
 
 def add_parser(sub) -> None:
@@ -64,6 +65,9 @@ def add_parser(sub) -> None:
                         "map (what the classifier reads) before and after steering, over the image "
                         "(one prompt and one seed only)")
     g.add_argument("--out", default="l2s-out", help="output directory (default: l2s-out)")
+    g.add_argument("--restart", action="store_true",
+                   help="replace what an earlier run of other images or settings wrote in --out (without it, "
+                        "such a run is refused, and a finished run of the same images is left as it is)")
     add_dtype_arg(g)
     add_device_arg(g)
     g.add_argument("--quiet", action="store_true", help="no progress bars, only l2s's own lines")
@@ -124,11 +128,18 @@ def _say(plan, outcome, args: argparse.Namespace, where: str = "") -> None:
         print(f"l2s: warning: {where}{outcome.warning()}", file=sys.stderr)
 
 
+def _refuse_earlier(out: Path, what: str) -> None:
+    raise UsageError(f"{out} holds {what}; use another --out, or --restart to replace it")
+
+
 def _generate(args: argparse.Namespace, prompt: str, relations, started: float) -> int:
     from l2s.evaluation.attention_pictures import save_attention_grids, step_notes
     from l2s.pipelines.attention_maps import MapRecorder
     from l2s.steer import disabled_by
 
+    several = earlier_outputs(args.out, several=True)
+    if several and not args.restart:   # one image replaces one image, never an earlier run of many
+        _refuse_earlier(Path(args.out), f"an earlier run of several images ({', '.join(several)})")
     steerer, source = _load(args, relations)
     kwargs = dict(_sampling(args), seed=args.seed)
     recorder = MapRecorder(steerer) if args.save_maps else None
@@ -179,10 +190,16 @@ def _generate_many(args: argparse.Namespace, relations, jobs, started: float) ->
     """Every (prompt, seed) of ``jobs``, ``--batch-size`` per steering call; a folder each and index.json.
     An interrupted run of the same images and settings resumes after its finished images."""
     out, settings = Path(args.out), image_settings(args)
-    steerer, source = _load(args, relations)   # first: a model that fails to load removes nothing
-    resume = resume_state(out, settings, jobs)
+    resume = Resume(None) if args.restart else resume_state(out, settings, jobs)
+    if resume.finished:
+        print(f"l2s: all {len(jobs)} images are already in {out} (same prompts, seeds and settings); "
+              "--restart makes them again", file=sys.stderr)
+        return 0
     if resume.why_not:
-        print(f"l2s: starting over: the interrupted run in {out} had {resume.why_not}", file=sys.stderr)
+        _refuse_earlier(out, f"an earlier run with {resume.why_not}")
+    if resume.entries is None and earlier_outputs(out) and not args.restart:
+        _refuse_earlier(out, f"the outputs of an earlier run ({', '.join(earlier_outputs(out))})")
+    steerer, source = _load(args, relations)   # first: a model that fails to load removes nothing
     if resume.entries is None:
         remove_stale_outputs(out)
     elif resume.entries:

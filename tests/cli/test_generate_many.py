@@ -100,15 +100,19 @@ def test_an_interrupted_run_lists_its_finished_images_and_the_same_command_resum
     assert index["complete"] and [e["folder"] for e in index["images"]] == [
         "p00-s0000", "p00-s0001", "p01-s0000", "p01-s0001"]
     assert (out / "p00-s0000" / "image.png").stat().st_mtime_ns == first
-    # a model that fails to load removes nothing; a rerun of a finished run starts over
-    code, lines = run(argv + ["--classifier", str(tmp_path / "missing")], capsys)
+    # a model that fails to load removes nothing; a finished run is left as it is unless --restart
+    code, lines = run(argv + ["--classifier", str(tmp_path / "missing"), "--restart"], capsys)
     assert code == 2 and visible(out) == ["index.json", "p00-s0000", "p00-s0001", "p01-s0000", "p01-s0001"]
     seen.clear()
     code, lines = run(argv, capsys)
-    assert code == 0 and not any("resuming" in line or "starting over" in line for line in lines) and len(seen) == 2
+    assert code == 0 and lines[-1] == (f"l2s: all 4 images are already in {out} (same prompts, seeds and settings); "
+                                       "--restart makes them again") and not seen
+    assert (out / "p00-s0000" / "image.png").stat().st_mtime_ns == first
+    code, lines = run(argv + ["--restart"], capsys)
+    assert code == 0 and not any("resuming" in line for line in lines) and len(seen) == 2
 
 
-def test_an_interrupted_run_with_other_settings_starts_over_and_says_why(tmp_path, capsys, monkeypatch):
+def test_an_earlier_run_of_other_settings_or_images_is_replaced_only_with_restart(tmp_path, capsys, monkeypatch):
     original, seen = SteeringPipeline.__call__, []
 
     def first_batch_only(self, prompt, **kwargs):
@@ -123,9 +127,19 @@ def test_an_interrupted_run_with_other_settings_starts_over_and_says_why(tmp_pat
     assert run(argv + ["--steps", "1"], capsys)[0] == 130
     monkeypatch.setattr(SteeringPipeline, "__call__", original)
     code, lines = run(argv + ["--steps", "2"], capsys)
-    assert code == 0 and f"l2s: starting over: the interrupted run in {out} had other settings (steps: 1 -> 2)" in lines
+    assert code == 2 and lines[-1] == (f"l2s: error: {out} holds an earlier run with other settings (steps: 1 -> 2); "
+                                       "use another --out, or --restart to replace it")
+    assert json.loads((out / "index.json").read_text())["settings"]["steps"] == 1     # nothing removed
+    code, lines = run(argv + ["--steps", "2", "--restart"], capsys)
+    assert code == 0
     index = json.loads((out / "index.json").read_text())
     assert index["complete"] and index["settings"]["steps"] == 2 and len(index["images"]) == 4
+    # a finished run of other seeds, and one image, are refused too: nothing of an earlier run is lost
+    code, lines = run([*argv[:4], "0", *argv[5:], "--steps", "2"], capsys)
+    assert code == 2 and "holds an earlier run with other prompts or seeds" in lines[-1]
+    code, lines = run(["generate", PROMPTS[0], "--no-steer", "--out", str(out), *TINY], capsys)
+    assert code == 2 and "holds an earlier run of several images (index.json, p00-s0000/, ... 4 image folders)" in lines[-1]
+    assert len(json.loads((out / "index.json").read_text())["images"]) == 4
 
 
 @pytest.fixture
@@ -181,9 +195,10 @@ def test_prompt_file_order_warnings_per_image_and_reruns(tmp_path, capsys, calls
     said = [line for line in lines if "unsteered" in line]                # the prompt without a direction
     assert [line.split(":")[1].strip() for line in said] == ["p01-s0003", "p01-s0010"]
     assert visible(out / "p01-s0003") == ["image.png", "report.json"]
-    # a single-image rerun into the folder keeps today's layout, the earlier run's folders gone
-    code, lines = run(["generate", PROMPTS[0], "--seeds", "5", "--steps", "1", "--no-steer", "--out", str(out),
-                       *TINY], capsys)
+    # a single-image run into the folder replaces the earlier run only with --restart, then has today's layout
+    single = ["generate", PROMPTS[0], "--seeds", "5", "--steps", "1", "--no-steer", "--out", str(out), *TINY]
+    assert run(single, capsys)[0] == 2 and (out / "index.json").is_file()
+    code, lines = run(single + ["--restart"], capsys)
     assert code == 0 and visible(out) == ["image.png", "report.json"]
     assert json.loads((out / "report.json").read_text())["seed"] == 5
 
