@@ -73,7 +73,7 @@ def add_parser(sub, full: bool = True) -> None:
     e.add_argument("--batch-size", type=int, default=4, metavar="N",
                    help="images generated together in one steering call, each as if made alone (default 4; "
                         "larger batches use more memory for the steering backward)")
-    add_model_args(e, lora=False)
+    add_model_args(e)
     add_relations_arg(e, RELATIONS_HELP)
     e.add_argument("--detector", default="shapes",
                    help="'shapes' (exact detector of the shapes world, default) or a local transformers "
@@ -194,6 +194,10 @@ def _run_locked(args: argparse.Namespace, specs, seeds, relations_of=None):
                 "dtype": args.dtype if args.model not in (None, "tiny") else None}
     if args.relations:  # recorded only when given, so runs made before the option still resume
         settings["relations"] = args.relations
+    if args.lora:
+        from l2s.shapes.recipes import lora_folder
+
+        settings["lora"] = str(lora_folder(args.lora))
     return run_eval(
         steerer, specs, detector, args.out, seeds=seeds, modes=modes, rule=args.rule,
         num_inference_steps=args.steps, height=args.height, width=args.width,

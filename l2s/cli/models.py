@@ -19,8 +19,8 @@ STEP_SIZE_HELP = ("steering step size (default: the published one per model, 5 f
                   "SD 1.4; the shapes world's own for its models)")
 
 
-def add_model_args(parser: argparse.ArgumentParser, lora: bool = True) -> None:
-    """``--model``, ``--classifier`` (and ``--lora``): which model steers, shared by ``generate`` and ``eval``."""
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """``--model``, ``--classifier`` and ``--lora``: which model steers, shared by ``generate`` and ``eval``."""
     parser.add_argument("--model", default=None,
                         help="default: the shipped shapes-world model and classifier (l2s/shapes/assets); 'tiny' "
                              "(random tiny FLUX, offline demo), a local diffusers pipeline folder (FLUX, Stable "
@@ -29,10 +29,9 @@ def add_model_args(parser: argparse.ArgumentParser, lora: bool = True) -> None:
     parser.add_argument("--classifier", help="classifier folder (from 'l2s train': OUT/best, safetensors + "
                                              "config.json), hub id in the local cache, published .pth, or a "
                                              "shipped shapes-world classifier: " + ", ".join(SHIPPED_CLASSIFIER_NAMES))
-    if lora:
-        parser.add_argument("--lora", metavar="DIR",
-                            help="a LoRA adapter (peft folder, e.g. from 'l2s shapes grpo --out DIR') merged into the "
-                                 "FLUX transformer before steering; 'shapes-grpo': the shipped shapes-world adapter")
+    parser.add_argument("--lora", metavar="DIR",
+                        help="a LoRA adapter (peft folder, e.g. from 'l2s shapes grpo --out DIR') merged into the "
+                             "FLUX transformer before steering; 'shapes-grpo': the shipped shapes-world adapter")
 
 
 def add_sampling_args(parser: argparse.ArgumentParser) -> None:
@@ -87,6 +86,10 @@ def load_steerer(args: argparse.Namespace):
     with ``--capture-backend`` and ``--engine`` applied."""
     steerer, source = _load_steerer(args)
     apply_speed_args(steerer, args)
+    if getattr(args, "lora", None):
+        from l2s.shapes.recipes import lora_folder
+
+        source += f"; LoRA adapter {lora_folder(args.lora)}"
     return steerer, source
 
 

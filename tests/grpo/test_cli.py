@@ -143,4 +143,16 @@ def test_the_shipped_adapter_loads_by_name_and_changes_the_image(tmp_path, capsy
                             "--out", str(tmp_path / name), "--quiet", *extra], capsys)
         assert code == 0, err
         images.append(np.asarray(Image.open(tmp_path / name / "image.png")))
+        model = json.loads((tmp_path / name / "report.json").read_text())["model"]
+        assert ("LoRA adapter" in model and "grpo_adapter" in model) == bool(extra)   # the report says which
     assert not np.array_equal(*images)
+
+
+def test_eval_takes_a_lora_and_records_it_in_the_run(tmp_path, capsys):
+    out = tmp_path / "e"
+    argv = ["eval", "--n-prompts", "1", "--seeds", "0", "--mode", "base", "--quiet", "--out", str(out)]
+    code, _, err = run(argv + ["--lora", "shapes-grpo"], capsys)
+    assert code == 0, err
+    assert json.loads((out / "run.json").read_text())["generation"]["lora"].endswith("grpo_adapter")
+    code, _, err = run(argv, capsys)   # the same folder without the adapter: other settings, refused
+    assert code == 2 and "lora" in err
