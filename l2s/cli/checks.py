@@ -22,8 +22,8 @@ def check_sampling_args(args: argparse.Namespace) -> None:
         value = getattr(args, option, None)
         if value is not None:
             positive_int(value, f"--{option}")
-    if getattr(args, "guidance", None) is not None:
-        finite_number(args.guidance, "--guidance")
+    if getattr(args, "guidance", None) is not None and finite_number(args.guidance, "--guidance") < 0:
+        raise UsageError(f"--guidance must be 0 or more, got {args.guidance!r}")
     true_cfg = getattr(args, "true_cfg", None)
     if true_cfg is not None and not finite_number(true_cfg, "--true-cfg") > 0:
         raise UsageError(f"--true-cfg must be a positive number (1 = no guidance), got {true_cfg!r}")

@@ -120,12 +120,20 @@ def _with_lora(pipe, args: argparse.Namespace):
     return pipe
 
 
+def _no_guidance_embedding(args: argparse.Namespace) -> None:
+    """The shapes models have no guidance embedding: --guidance would be silently ignored."""
+    if getattr(args, "guidance", None) is not None:
+        raise UsageError("--guidance does nothing on a shapes-world model (it has no guidance embedding); its "
+                         "classifier-free guidance is --true-cfg")
+
+
 def _shipped_model(args: argparse.Namespace, true_cfg: float | None, step_size: float | None):
     """The shipped shapes-world model (the default), or None after saying it is missing."""
     from l2s.shapes import load_shapes_steerer, shipped_assets
 
     assets = shipped_assets()
     if assets.available:
+        _no_guidance_embedding(args)
         classifier = args.classifier or assets.classifier
         return (load_shapes_steerer(assets.pipeline, classifier, true_cfg_scale=true_cfg, step_size=step_size,
                                     lora=getattr(args, "lora", None), device=resolve_device(args)),
@@ -170,6 +178,7 @@ def _model_dir(args: argparse.Namespace, true_cfg: float | None, step_size: floa
     from l2s.shapes import is_shapes_pipeline, steer_shapes_pipeline
 
     if is_shapes_pipeline(pipe):  # a model from 'l2s shapes train-model': its own sampling settings
+        _no_guidance_embedding(args)
         return steer_shapes_pipeline(pipe, classifier, true_cfg_scale=true_cfg, step_size=step_size), source
     if flux_options and not hasattr(pipe, "transformer"):
         raise UsageError("--true-cfg applies to FLUX models; Stable Diffusion's guidance is --guidance")

@@ -41,6 +41,7 @@ def no_model(monkeypatch):
     (["--height", "0"], "--height must be a positive integer, got 0"),
     (["--width", "-8"], "--width must be a positive integer, got -8"),
     (["--guidance", "nan"], "--guidance must be a finite number, got nan"),
+    (["--guidance", "-3"], "--guidance must be 0 or more, got -3.0"),
     (["--step-size", "0"], "--step-size must be a positive finite number, got 0.0"),
     (["--true-cfg", "-1"], "--true-cfg must be a positive number"),
     (["--seed", str(2 ** 64)], "--seed must be an integer in [0, 2**64)"),
@@ -53,6 +54,16 @@ def test_options_are_checked_before_any_work(options, message, model, no_model, 
     code, lines = run(["generate", "a cat above a dog", "--out", str(tmp_path / "o"), *model, *options], capsys)
     assert code == 2 and len(lines) == 1 and lines[0].startswith("l2s: error: ") and message in lines[0]
     assert not (tmp_path / "o").exists()
+
+
+def test_guidance_is_refused_on_the_shapes_model_that_has_no_guidance_embedding(tmp_path, capsys, monkeypatch):
+    import l2s.shapes
+
+    monkeypatch.setattr(l2s.shapes, "load_shapes_steerer", lambda *a, **k: pytest.fail("loaded the model"))
+    code, lines = run(["generate", "a red circle left of a blue square", "--guidance", "3.5",
+                       "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and lines == ["l2s: error: --guidance does nothing on a shapes-world model (it has no guidance "
+                                   "embedding); its classifier-free guidance is --true-cfg"]
 
 
 def test_an_unusable_out_is_refused_before_any_work(no_model, tmp_path, capsys):
