@@ -16,6 +16,7 @@ from l2s import __version__
 from l2s.errors import L2SError
 
 from . import evaluate, generate, parse
+from .help import OneLineParser
 from .noise import drop_pure_noise, quiet_libraries
 
 EXIT_USAGE = 2
@@ -112,7 +113,7 @@ def _guarded(work) -> int:
 def build_parser(full_eval: bool = True) -> argparse.ArgumentParser:
     """The ``l2s`` parser. ``full_eval=False`` leaves out the ``eval`` options (cheaper when
     another subcommand runs)."""
-    p = argparse.ArgumentParser(prog="l2s", description="Learn-to-Steer: spatial relations in "
+    p = OneLineParser(prog="l2s", description="Learn-to-Steer: spatial relations in "
                                 "text-to-image diffusion, steered by a learned relation classifier.",
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"l2s {__version__}")
@@ -152,7 +153,11 @@ def _dispatch(argv: list[str]) -> int:
     for command, _ in FRONT_ENDS:
         if tuple(argv[:len(command)]) == command:
             return _run_front_end(command, argv[len(command):])
-    args = build_parser(full_eval=argv[:1] == ["eval"]).parse_args(argv)
+    parser = build_parser(full_eval=argv[:1] == ["eval"])
+    args, extras = parser.parse_known_args(argv)
+    if extras:   # named with the subcommand whose --help lists what it takes
+        command = " ".join(["l2s", args.command, *([args.shapes_command] if args.command == "shapes" else [])])
+        parser.exit(EXIT_USAGE, f"l2s: error: unrecognized arguments: {' '.join(extras)} (see '{command} --help')\n")
     return _guarded(lambda: args.func(args))
 
 

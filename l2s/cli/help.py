@@ -7,7 +7,14 @@ from collections.abc import Callable
 from typing import Any
 
 
-class SettingsParser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line and exit code 2, like every other bad input (not argparse's usage block)."""
+
+    def error(self, message: str):
+        self.exit(2, f"l2s: error: {message} (see '{self.prog} --help')\n")
+
+
+class SettingsParser(OneLineParser):
     """A parser whose :meth:`add_setting` options default to the fields of a settings object made
     only after parsing: the settings classes live beside torch, which ``--help`` must not import."""
 
@@ -43,5 +50,5 @@ def command_parser(prog: str, description: str, examples: list[str], note: str =
     kwargs = dict(prog=prog, description=textwrap.fill(description, 100), epilog=epilog,
                   formatter_class=argparse.RawDescriptionHelpFormatter)
     if settings is None:
-        return argparse.ArgumentParser(**kwargs)
+        return OneLineParser(**kwargs)
     return SettingsParser(settings=settings, **kwargs)

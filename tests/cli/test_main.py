@@ -54,3 +54,18 @@ def test_missing_delegated_function_is_a_clear_error(monkeypatch, capsys):
     assert code == 2
     (line,) = error_lines(err)
     assert "'l2s make-data' is not available" in line and "make_data_main" in line
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "x", "--schedule", "fastt"], "argument --schedule: invalid choice: 'fastt'"),
+    (["generate", "--steps", "abc", "x"], "argument --steps: invalid int value: 'abc'"),
+    (["eval", "--lorra", "x"], "unrecognized arguments: --lorra x (see 'l2s eval --help')"),
+    (["shapes", "bench", "--bogus"], "unrecognized arguments: --bogus (see 'l2s shapes bench --help')"),
+    (["shapes", "train-classifier"], "the following arguments are required: --data, --out"),
+    (["bogus"], "argument COMMAND: invalid choice: 'bogus'"),
+])
+def test_usage_errors_are_one_line_with_exit_code_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and err.startswith("l2s: error: ") and message in err
