@@ -133,6 +133,8 @@ def map_grid_warning(steerer, height: int | None, width: int | None) -> str | No
         return None  # SD's maps come from layers of several resolutions: no single grid
     side, multiple = steerer.default_size(), pipe.vae_scale_factor * 2
     height, width = (side if height is None else height), (side if width is None else width)
+    if height % multiple or width % multiple:
+        return None  # a size the model refuses: its error comes instead
     grid, trained = (height // multiple, width // multiple), config.orig_map_size or config.map_size
     if grid == (trained, trained):
         return None

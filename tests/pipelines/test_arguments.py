@@ -124,6 +124,10 @@ def test_maps_of_another_grid_are_resampled_with_one_warning(pipe, caplog):
     assert record.getMessage() == (
         "warning: the classifier was trained on maps of a 8x8 token grid, but this model at 32x32 px gives "
         "16x16: its maps are resampled to the classifier's 8x8 input (steering may be weaker)")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="l2s"), pytest.raises(UsageError, match="multiples of"):
+        steerer(PROMPT, height=33, width=32, **kwargs)   # a size the model refuses: its error, no warning first
+    assert not caplog.records
 
 
 def test_doubtful_token_mapping_is_logged_when_steering(flux, caplog):
