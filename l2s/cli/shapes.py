@@ -5,6 +5,7 @@ Thin front ends: parse the arguments, call :mod:`l2s.shapes`, print what was mad
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import sys
 from collections.abc import Sequence
@@ -275,16 +276,22 @@ def build_bench_parser() -> argparse.ArgumentParser:
                    help="a SpatialScore ('spatialscore': the shipped one; or a l2s shapes train-reward folder): also "
                         "report its mean score and how well it ranks correct images above wrong ones, per part and "
                         "mode (reward hacking)")
-    p.add_argument("--out", type=Path, default=Path("l2s-shapes-bench"), help="run directory (images, resumable)")
+    p.add_argument("--out", type=Path, default=Path("l2s-shapes-bench"),
+                   help="run directory (images, resumable; default l2s-shapes-bench)")
     p.add_argument("--results", type=Path, help="write the Markdown table here (and .json beside it)")
     p.add_argument("--scale", type=float, default=1.0,
-                   help="multiply the prompt counts of every part but the two-object one (quick runs)")
+                   help="multiply the prompt counts of every part but the two-object one (default 1; at least 4 "
+                        "prompts a part; smaller for quick runs)")
     p.add_argument("--position-prompts", type=int, default=100, help="two-object prompts (default 100)")
-    p.add_argument("--seeds", default=",".join(str(s) for s in BENCH_SEEDS))
+    p.add_argument("--seeds", default=",".join(str(s) for s in BENCH_SEEDS),
+                   help=f"image seeds (default {','.join(str(s) for s in BENCH_SEEDS)}; the multi-relation, preset "
+                        "and held-out parts use the first two)")
     p.add_argument("--batch-size", type=int, default=BENCH_BATCH_SIZE, metavar="N",
                    help=f"images generated together in one steering call, each as if made alone (default "
                         f"{BENCH_BATCH_SIZE}; larger batches use more memory for the steering backward)")
-    p.add_argument("--parts", help="comma-separated part keys to run (default all)")
+    p.add_argument("--parts", help="comma-separated part keys to run (default all): position, multi_3_2, multi_4_3, "
+                                    "ablation, preset_front-loaded, preset_front-loaded-20, preset_early-exit, "
+                                    "preset_fast, ood, no_relation")
     p.add_argument("--modes", default="base,steered",
                    help="modes to generate: base, steered or both (default); e.g. base alone for a tuned "
                         "model compared without steering")
@@ -311,6 +318,9 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
     from l2s.shapes import bench_table, run_shapes_bench, write_bench_results
 
     positive_int(args.batch_size, "--batch-size")
+    positive_int(args.position_prompts, "--position-prompts")
+    if not (math.isfinite(args.scale) and args.scale > 0):
+        raise UsageError(f"--scale must be a positive number, got {args.scale!r}")
     if args.threads:
         torch.set_num_threads(args.threads)
     results = run_shapes_bench(args.out, pipeline_dir=args.model, classifier=args.classifier,

@@ -8,6 +8,7 @@ Tables and targets: :mod:`.bench_report`.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -139,6 +140,8 @@ def run_shapes_bench(out_dir: str | Path, *, pipeline_dir: str | Path | None = N
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise UsageError(f"batch_size must be a positive integer, got {batch_size!r}")  # before any model loads
+    _check_counts(scale, position_prompts, seeds)
+    _check_classifiers(classifier, ablation_classifier)
     all_parts = bench_parts(scale, seeds, position_prompts=position_prompts)
     known = [part.key for part in all_parts] + [plain_part.KEY]
     unknown = sorted(set(parts or ()) - set(known))
@@ -149,6 +152,23 @@ def run_shapes_bench(out_dir: str | Path, *, pipeline_dir: str | Path | None = N
         return _run_bench(out_dir, pipeline_dir, classifier, ablation_classifier, scale, seeds, parts,
                           position_prompts, classifier_data, true_cfg_scale, step_size, progress, lora,
                           batch_size, reward_model, modes)
+
+
+def _check_counts(scale: float, position_prompts: int, seeds: Sequence[int]) -> None:
+    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+        raise UsageError(f"scale must be a positive number, got {scale!r}")
+    if isinstance(position_prompts, bool) or not isinstance(position_prompts, int) or position_prompts < 1:
+        raise UsageError(f"position_prompts must be a positive integer, got {position_prompts!r}")
+    if not len(seeds):
+        raise UsageError("no image seeds given")
+
+
+def _check_classifiers(*classifiers: str | Path | None) -> None:
+    """A classifier folder that is not there fails before the run directory is made."""
+    for given in classifiers:
+        folder = classifier_folder(given)
+        if folder is not None and not (Path(folder) / "config.json").is_file():
+            raise UsageError(f"no classifier at {given} (config.json missing)")
 
 
 def _check_modes(modes: Sequence[str] | None, all_parts: Sequence[BenchPart], parts: Sequence[str] | None) -> tuple:

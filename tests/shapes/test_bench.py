@@ -149,6 +149,36 @@ def test_bench_batch_size_is_checked_before_any_work(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(scale=0.0), "scale must be a positive number, got 0.0"),
+    (dict(scale=float("nan")), "scale must be a positive number"),
+    (dict(position_prompts=0), "position_prompts must be a positive integer, got 0"),
+    (dict(seeds=()), "no image seeds given"),
+    (dict(classifier="/nonexistent"), "no classifier at /nonexistent"),
+    (dict(ablation_classifier="shapes-typo"), "no classifier at shapes-typo"),
+])
+def test_bench_counts_and_classifiers_are_checked_before_any_work(kwargs, message, tmp_path):
+    from l2s.errors import UsageError
+
+    with pytest.raises(UsageError, match=message):
+        shapes_world.run_shapes_bench(tmp_path / "out", **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
+def test_bench_cli_names_the_option_and_lists_every_part(tmp_path, capsys):
+    from l2s.cli import main
+    from l2s.cli.shapes import build_bench_parser
+    from l2s.shapes import bench_plain
+
+    for option, value in (("--scale", "0"), ("--position-prompts", "0")):
+        assert main(["shapes", "bench", option, value, "--out", str(tmp_path / "o")]) == 2
+        assert f"l2s: error: {option} must be a positive" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    help_text = " ".join(build_bench_parser().format_help().split())
+    for key in [p.key for p in shapes_world.bench_parts()] + [bench_plain.KEY]:
+        assert key in help_text, key
+
+
 def test_bench_modes_are_checked_before_any_work(tmp_path):
     from l2s.errors import UsageError
 
