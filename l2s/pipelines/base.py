@@ -262,6 +262,11 @@ class SteeringPipeline:
             bar.set_postfix(p=f"{min(last[-1].target_probability):.3f}")
         return latents
 
+    def warm_up(self, prompt: str, **kwargs) -> None:
+        """One unsteered image, thrown away: the one-time costs of a first call (allocations, kernel
+        choices, lazy imports) that would otherwise be charged to the first timed images."""
+        self(prompt, steer=False, **{**kwargs, "progress": False, "schedule": None})
+
     def __call__(self, prompt: str | list[str], *, num_inference_steps: int | None = None,
                  height: int | None = None, width: int | None = None,
                  guidance_scale: float | None = None, seed: int | list[int] = 0, num_images: int = 1,

@@ -284,3 +284,23 @@ def test_batch_size_must_be_a_positive_integer(size, tmp_path):
     with pytest.raises(UsageError, match="batch_size must be a positive integer"):
         run_eval(SceneSteerer(), shapes_position_prompts(1, seed=0), ShapesDetector(), tmp_path, batch_size=size)
     assert not (tmp_path / "base").exists()
+
+
+def test_one_untimed_warm_up_image_before_the_first_generated_one_and_none_on_a_finished_run(tmp_path):
+    class WarmedSteerer(SceneSteerer):
+        def __init__(self):
+            super().__init__()
+            self.warm_ups = []
+
+        def warm_up(self, prompt, **kwargs):
+            self.warm_ups.append((prompt, kwargs["seed"], len(self.calls)))
+
+    specs = shapes_position_prompts(2, seed=0)
+    steerer = WarmedSteerer()
+    run_eval(steerer, specs, ShapesDetector(), tmp_path, seeds=[3, 4], progress=False, settings={"model": "fake"},
+             detector_name="shapes", batch_size=1)
+    assert steerer.warm_ups == [(specs[0].prompt, 3, 0)]     # the first image's prompt and seed, before any call
+    again = WarmedSteerer()
+    run_eval(again, specs, ShapesDetector(), tmp_path, seeds=[3, 4], progress=False, settings={"model": "fake"},
+             detector_name="shapes")
+    assert again.warm_ups == [] and again.calls == []        # every image resumed: nothing to warm up for

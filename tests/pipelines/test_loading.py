@@ -33,3 +33,15 @@ def test_folder_family_reads_model_index_and_says_none_when_it_cannot(tmp_path):
     (tmp_path / "torn").mkdir()
     (tmp_path / "torn" / "model_index.json").write_text('{"_class_na')
     assert folder_family(tmp_path / "torn") is None and folder_family(tmp_path / "absent") is None
+
+
+def test_warm_up_makes_one_unsteered_image_quietly(monkeypatch):
+    from l2s.pipelines import SteeringPipeline, wrap_pipeline
+
+    pipe = tiny_flux_pipeline(seed=0)
+    steerer = wrap_pipeline(pipe, tiny_classifier_for(pipe, seed=0))
+    seen = []
+    monkeypatch.setattr(SteeringPipeline, "__call__", lambda self, prompt, **kwargs: seen.append((prompt, kwargs)))
+    steerer.warm_up("a cat above a dog", seed=3, num_inference_steps=2, schedule="fast", progress=True)
+    assert seen == [("a cat above a dog", dict(seed=3, num_inference_steps=2, schedule=None, progress=False,
+                                               steer=False))]
