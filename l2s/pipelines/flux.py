@@ -79,7 +79,7 @@ class FluxSteeringPipeline(SteeringPipeline):
     @property
     def label(self) -> str:
         if self._explicit_family:  # a FLUX-architecture model that is neither dev nor schnell
-            return f"flux ({self.family} rule, {self.default_steps()} steps)"
+            return f"flux ({self.family} rule)"   # the bar's total shows the steps of each call
         return self.family
 
     def map_tokenizer(self):

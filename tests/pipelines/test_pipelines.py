@@ -44,7 +44,7 @@ def test_wrap_picks_the_model_family(flux, sd):
     named = wrap_pipeline(tiny_flux_pipeline(seed=0), tiny_classifier_for(tiny_flux_pipeline(seed=0), seed=0),
                           family="flux-dev", steps=12)
     assert named.family == "flux-dev" and named.default_steps() == 12
-    assert named.label == "flux (flux-dev rule, 12 steps)"
+    assert named.label == "flux (flux-dev rule)"
 
 
 def test_step_size_applies_to_named_schedules_only(flux):
