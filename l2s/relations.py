@@ -6,6 +6,8 @@ one place that maps between them.
 """
 from __future__ import annotations
 
+import difflib
+
 from l2s.errors import UnsupportedRelationError
 
 LEFT_OF, RIGHT_OF, ABOVE, BELOW = "left of", "right of", "above", "below"
@@ -52,7 +54,9 @@ def canonical_class(name: str) -> str:
     """Canonical relation (or ``"is"``) for a class name as stored in a checkpoint."""
     key = name.strip().lower()
     if key not in _CLASS_ALIASES:
-        raise UnsupportedRelationError(f"unknown relation class name {name!r}")
+        close = difflib.get_close_matches(key, list(_CLASS_ALIASES), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(CANONICAL + (NEUTRAL,))})"
+        raise UnsupportedRelationError(f"unknown relation class name {name!r}{hint}")
     return _CLASS_ALIASES[key]
 
 

@@ -93,9 +93,21 @@ def load_steerer(args: argparse.Namespace):
     return steerer, source
 
 
+def _near_shipped_name(classifier: str | None) -> None:
+    """A --classifier that is no path but close to a shipped classifier's name: say which was meant."""
+    import difflib
+    from pathlib import Path
+
+    if classifier and not Path(classifier).exists() and classifier not in SHIPPED_CLASSIFIER_NAMES:
+        close = difflib.get_close_matches(classifier, SHIPPED_CLASSIFIER_NAMES, n=1)
+        if close:
+            raise ModelLoadError(f"classifier not found: {classifier} (did you mean the shipped {close[0]!r}?)")
+
+
 def _load_steerer(args: argparse.Namespace):
     from l2s.shapes.recipes import classifier_folder
 
+    _near_shipped_name(args.classifier)
     args.classifier = classifier_folder(args.classifier)   # a shipped classifier's name -> its folder
     true_cfg = getattr(args, "true_cfg", None)
     step_size = getattr(args, "step_size", None)

@@ -72,3 +72,13 @@ def test_relations_naming_an_absent_object_fail_before_loading(tmp_path, capsys,
     code = main(["generate", UNREADABLE, "--relations", "dog,left of,horse", "--out", str(tmp_path), "--quiet"])
     (line,) = error_lines(capsys.readouterr().err)
     assert code == 2 and "horse" in line
+
+
+def test_a_misspelt_relation_or_shipped_classifier_name_gets_a_suggestion(tmp_path, capsys):
+    from l2s.cli import main
+
+    argv = ["generate", "a red circle left of a blue square", "--out", str(tmp_path / "o"), "--quiet"]
+    assert main(argv + ["--relations", "red circle,leftof,blue square"]) == 2
+    assert "unknown relation class name 'leftof' (did you mean 'left of'?)" in capsys.readouterr().err
+    assert main(argv + ["--classifier", "shapes-pos-onyl"]) == 2
+    assert "classifier not found: shapes-pos-onyl (did you mean the shipped 'shapes-pos-only'?)" in capsys.readouterr().err
