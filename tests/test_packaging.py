@@ -198,6 +198,7 @@ def test_wheel_ships_the_shapes_model(wheel_names):
                 "text_encoder_2/model.safetensors", "tokenizer/tokenizer.json", "tokenizer_2/tokenizer.json",
                 "classifier/config.json", "classifier/model.safetensors",
                 "classifier_pos_only/config.json", "classifier_pos_only/model.safetensors",
+                "classifier_k4/config.json", "classifier_k4/model.safetensors",
                 "spatial_score/config.json", "spatial_score/model.safetensors", "spatial_score/tokenizer/tokenizer.json",
                 "grpo_adapter/adapter_config.json", "grpo_adapter/adapter_model.safetensors"]
     for name in required:

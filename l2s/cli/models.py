@@ -45,7 +45,7 @@ def add_sampling_args(parser: argparse.ArgumentParser) -> None:
 
 
 # The names of l2s.shapes.recipes.SHIPPED_CLASSIFIERS (for --help without importing it; a test checks).
-SHIPPED_CLASSIFIER_NAMES = ("shapes", "shapes-pos-only")
+SHIPPED_CLASSIFIER_NAMES = ("shapes", "shapes-pos-only", "shapes-k4")
 
 # Names the library defines (l2s.steer.PRESETS, l2s.capture.CAPTURE_BACKENDS, l2s.engines.ENGINE_KINDS),
 # spelled out here so that --help needs no torch import; tests/cli/test_generate.py checks they agree.

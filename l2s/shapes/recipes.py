@@ -50,6 +50,7 @@ HELD_OUT_SHAPES = ("diamond",)
 
 CLASSIFIER_DIR = "classifier"                  # inside the shipped pipeline folder
 ABLATION_CLASSIFIER_DIR = "classifier_pos_only"
+FIRST_BLOCKS_CLASSIFIER_DIR = "classifier_k4"  # reads the first 4 of the model's 5 blocks: a shorter backward
 
 # The published FLUX preset (d_model 256, 4 + 4 layers) is sized for 1368 maps of 16x16; the
 # shapes model has 20 maps, and a 2-core CPU must train its classifier within a session.
@@ -95,7 +96,8 @@ SHIPPED_LORA = "shapes-grpo"   # the name --lora takes for the shipped adapter
 
 # --classifier names of the shipped classifiers (in the shipped pipeline folder); anything else is
 # a folder or hub id.
-SHIPPED_CLASSIFIERS = {"shapes": CLASSIFIER_DIR, "shapes-pos-only": ABLATION_CLASSIFIER_DIR}
+SHIPPED_CLASSIFIERS = {"shapes": CLASSIFIER_DIR, "shapes-pos-only": ABLATION_CLASSIFIER_DIR,
+                       "shapes-k4": FIRST_BLOCKS_CLASSIFIER_DIR}
 
 
 def classifier_folder(classifier: str | Path | None) -> str | Path | None:
