@@ -306,6 +306,11 @@ def test_shipped_classifiers_load_by_name(tmp_path, capsys):
     assert classifier_folder("shapes-pos-only") == shipped_assets().ablation_classifier
     assert classifier_folder("runs/clf") == "runs/clf" and classifier_folder(None) is None
     assert all((classifier_folder(name) / "config.json").is_file() for name in SHIPPED_CLASSIFIERS)
+    from l2s.classifier import RelationClassifier
+
+    layout = RelationClassifier.load(classifier_folder("shapes-k4")).config.layer_layout   # the first 4 blocks
+    assert [entry[0] for entry in layout] == ["transformer_blocks.0.attn", "transformer_blocks.1.attn",
+                                              "single_transformer_blocks.0.attn", "single_transformer_blocks.1.attn"]
     images = {}
     for name in ("shapes", "shapes-pos-only"):
         out = tmp_path / name
