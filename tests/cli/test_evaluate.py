@@ -141,19 +141,20 @@ def test_eval_resumes_and_refuses_other_settings(tiny_run, tmp_path, capsys, mon
     monkeypatch.setattr(SteeringPipeline, "__call__", counting)
     code, stdout, err = run(TINY_RUN + ["--out", str(out)], capsys)
     assert code == 0, err
-    assert len(calls) == 1 and calls[0][1:] == (0, False)
+    # the untimed warm-up image, then the one missing image: the same prompt and seed, unsteered
+    assert len(calls) == 2 and calls[0] == calls[1] and calls[1][1:] == (0, False)
     assert "base" in stdout and "steered" in stdout and "relation" in stdout and "s/image" in stdout
     counts = json.loads((out / "summary.json").read_text())["modes"]
     assert counts["base"]["status_counts"] == {"resumed": 1, "generated": 1}
     assert counts["steered"]["status_counts"] == {"resumed": 2}
 
     code, _, err = run(TINY_RUN[:-2] + ["3", "--quiet", "--out", str(out)], capsys)
-    assert code == 2 and len(calls) == 1
+    assert code == 2 and len(calls) == 2   # refused: nothing generated
     (line,) = error_lines(err)
     assert "steps: 2 -> 3" in line
     # images steered with another step size are not mixed in either
     code, _, err = run(TINY_RUN + ["--step-size", "1", "--out", str(out)], capsys)
-    assert code == 2 and len(calls) == 1
+    assert code == 2 and len(calls) == 2   # refused: nothing generated
     (line,) = error_lines(err)
     assert "step_size: None -> 1.0" in line
     # nor images of another schedule, capture backend or plain-step engine (they change pixels)
@@ -161,7 +162,7 @@ def test_eval_resumes_and_refuses_other_settings(tiny_run, tmp_path, capsys, mon
                                   ("--capture-backend", "native", "capture_backend: 'sdpa' -> 'native'"),
                                   ("--engine", "compile", "engine: 'auto' -> 'compile'")]:
         code, _, err = run(TINY_RUN + [option, value, "--out", str(out)], capsys)
-        assert code == 2 and len(calls) == 1
+        assert code == 2 and len(calls) == 2   # refused: nothing generated
         (line,) = error_lines(err)
         assert change in line, line
     run_file = out / "run.json"
