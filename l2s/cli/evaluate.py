@@ -197,7 +197,7 @@ def _run_locked(args: argparse.Namespace, specs, seeds, relations_of=None):
     if args.lora:
         from l2s.shapes.recipes import lora_folder
 
-        settings["lora"] = str(lora_folder(args.lora))
+        settings["lora"] = str(lora_folder(args.lora).resolve())
     return run_eval(
         steerer, specs, detector, args.out, seeds=seeds, modes=modes, rule=args.rule,
         num_inference_steps=args.steps, height=args.height, width=args.width,

@@ -38,8 +38,9 @@ EXAMPLES = """examples:
 
 writes image.png (steered), image_unsteered.png, comparison.png, probability.png and report.json;
 several images: one folder each (many/p00-s0000/, ...) holding those files, and many/index.json
-(rewritten after every batch: rerunning an interrupted command resumes after its finished images;
-images of other prompts, seeds or settings in --out are replaced only with --restart)."""
+(written before the first batch and after every one: rerunning an interrupted command resumes after
+its finished images; a run of other prompts, seeds or settings in --out is replaced only with
+--restart)."""
 
 
 def add_parser(sub) -> None:
@@ -66,8 +67,9 @@ def add_parser(sub) -> None:
                         "(one prompt and one seed only)")
     g.add_argument("--out", default="l2s-out", help="output directory (default: l2s-out)")
     g.add_argument("--restart", action="store_true",
-                   help="replace what an earlier run of other images or settings wrote in --out (without it, "
-                        "such a run is refused, and a finished run of the same images is left as it is)")
+                   help="several images: replace an earlier run of other images or settings in --out (without "
+                        "it, such a run is refused, and a finished run of the same images is left as it is); one "
+                        "image replaces an earlier one-image result in any case")
     add_dtype_arg(g)
     add_device_arg(g)
     g.add_argument("--quiet", action="store_true", help="no progress bars, only l2s's own lines")
@@ -202,6 +204,7 @@ def _generate_many(args: argparse.Namespace, relations, jobs, started: float) ->
     steerer, source = _load(args, relations)   # first: a model that fails to load removes nothing
     if resume.entries is None:
         remove_stale_outputs(out)
+        write_index(out, source, args.batch_size, [], jobs, settings, 0.0)   # a kill in the first batch resumes
     elif resume.entries:
         print(f"l2s: resuming: {len(resume.entries)} of {len(jobs)} images already in {out}", file=sys.stderr)
     entries = resume.entries or []

@@ -98,7 +98,8 @@ def _near_shipped_name(classifier: str | None) -> None:
     import difflib
     from pathlib import Path
 
-    if classifier and not Path(classifier).exists() and classifier not in SHIPPED_CLASSIFIER_NAMES:
+    if classifier and "/" not in classifier and not Path(classifier).exists() \
+            and classifier not in SHIPPED_CLASSIFIER_NAMES:   # paths and hub ids ("org/name") are not names
         close = difflib.get_close_matches(classifier, SHIPPED_CLASSIFIER_NAMES, n=1)
         if close:
             raise ModelLoadError(f"classifier not found: {classifier} (did you mean the shipped {close[0]!r}?)")
@@ -108,7 +109,8 @@ def _load_steerer(args: argparse.Namespace):
     from l2s.shapes.recipes import classifier_folder
 
     _near_shipped_name(args.classifier)
-    args.classifier = classifier_folder(args.classifier)   # a shipped classifier's name -> its folder
+    resolved = classifier_folder(args.classifier)   # a shipped classifier's name -> its folder (a string:
+    args.classifier = None if resolved is None else str(resolved)   # run settings are JSON)
     true_cfg = getattr(args, "true_cfg", None)
     step_size = getattr(args, "step_size", None)
     if args.model is None:

@@ -195,9 +195,9 @@ def _make_share(run: _Run, specs: Sequence[PromptSpec], pairs: list[tuple[int, i
                 add(position, mode, record)
     size = run.batch_size
     chunks = {mode: [todo[mode][k:k + size] for k in range(0, len(todo[mode]), size)] for mode in modes}
-    first = next((todo[mode][0] for mode in modes if todo[mode]), None)
-    if first is not None and hasattr(run.steerer, "warm_up"):   # untimed: per-image times are steady-state
-        run.steerer.warm_up(specs[pairs[first][0]].prompt, seed=pairs[first][1], **run.generate)
+    for mode in (m for m in modes if todo[m] and hasattr(run.steerer, "warm_up")):   # untimed: steady-state times
+        index, seed = pairs[todo[mode][0]]
+        run.steerer.warm_up(specs[index].prompt, steer=mode == STEERED, seed=seed, **run.generate)
     for k in range(max(len(c) for c in chunks.values())):
         for mode in modes:
             if k < len(chunks[mode]):

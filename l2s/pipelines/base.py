@@ -262,10 +262,11 @@ class SteeringPipeline:
             bar.set_postfix(p=f"{min(last[-1].target_probability):.3f}")
         return latents
 
-    def warm_up(self, prompt: str, **kwargs) -> None:
-        """One unsteered image, thrown away: the one-time costs of a first call (allocations, kernel
-        choices, lazy imports) that would otherwise be charged to the first timed images."""
-        self(prompt, steer=False, **{**kwargs, "progress": False, "schedule": None})
+    def warm_up(self, prompt: str, steer: bool = False, **kwargs) -> None:
+        """One image, thrown away: the one-time costs of a first call (allocations, kernel choices,
+        lazy imports; steered: the capture, the classifier's and compiled modes' first passes) that
+        would otherwise be charged to the first timed images. Steered, it runs the cheap "fast" preset."""
+        self(prompt, steer=steer, **{**kwargs, "progress": False, "schedule": "fast" if steer else None})
 
     def __call__(self, prompt: str | list[str], *, num_inference_steps: int | None = None,
                  height: int | None = None, width: int | None = None,

@@ -101,10 +101,10 @@ SHIPPED_CLASSIFIERS = {"shapes": CLASSIFIER_DIR, "shapes-pos-only": ABLATION_CLA
 
 
 def classifier_folder(classifier: str | Path | None) -> str | Path | None:
-    """A ``--classifier`` value: a shipped classifier's folder for its name (:data:`SHIPPED_CLASSIFIERS`),
-    anything else unchanged."""
-    if classifier is not None and str(classifier) in SHIPPED_CLASSIFIERS:
-        return shipped_assets().pipeline / SHIPPED_CLASSIFIERS[str(classifier)]
+    """A ``--classifier`` value: a shipped classifier's folder for its name (:data:`SHIPPED_CLASSIFIERS`,
+    unless a folder of that name exists here), anything else unchanged."""
+    if classifier is not None and str(classifier) in SHIPPED_CLASSIFIERS and not Path(classifier).exists():
+        return shipped_assets().pipeline / SHIPPED_CLASSIFIERS[str(classifier)]   # a folder of that name wins
     return classifier
 
 

@@ -189,5 +189,5 @@ def test_eval_takes_the_schedule_too(tmp_path, capsys, monkeypatch):
     code = main(["eval", "--model", "tiny", "--prompts", "shapes", "--n-prompts", "1", "--seeds", "0", "--steps", "2", "--quiet",
                  "--mode", "steered", "--schedule", "early-exit", "--engine", "eager", "--out", str(out)])
     assert code == 0, capsys.readouterr().err
-    assert asked == [None, "early-exit"]   # the untimed unsteered warm-up image, then the steered one
+    assert asked == ["fast", "early-exit"]   # the untimed steered warm-up image (cheap preset), then the image
     assert json.loads((out / "summary.json").read_text())["settings"]["schedule"] == "early-exit"

@@ -211,3 +211,20 @@ def test_a_damaged_index_is_named_when_the_run_starts_over(tmp_path):
     assert resume_state(tmp_path, {}, []).why_not == "an index.json that cannot be read"
     (tmp_path / "index.json").write_text("[1, 2]")
     assert resume_state(tmp_path, {}, []).why_not == "an index.json that is not a JSON object"
+
+
+def test_a_run_killed_in_its_first_batch_resumes(tmp_path, capsys, monkeypatch):
+    original = SteeringPipeline.__call__
+
+    def killed(self, prompt, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(SteeringPipeline, "__call__", killed)
+    out = tmp_path / "o"
+    argv = ["generate", *PROMPTS, "--seeds", "0-1", "--steps", "1", "--no-steer", "--out", str(out), *TINY]
+    assert run(argv, capsys)[0] == 130
+    index = json.loads((out / "index.json").read_text())      # written before the first batch
+    assert not index["complete"] and index["images"] == [] and index["images_planned"] == 4
+    monkeypatch.setattr(SteeringPipeline, "__call__", original)
+    code, lines = run(argv, capsys)
+    assert code == 0 and json.loads((out / "index.json").read_text())["complete"], lines

@@ -292,14 +292,15 @@ def test_one_untimed_warm_up_image_before_the_first_generated_one_and_none_on_a_
             super().__init__()
             self.warm_ups = []
 
-        def warm_up(self, prompt, **kwargs):
-            self.warm_ups.append((prompt, kwargs["seed"], len(self.calls)))
+        def warm_up(self, prompt, steer=False, **kwargs):
+            self.warm_ups.append((prompt, kwargs["seed"], steer, len(self.calls)))
 
     specs = shapes_position_prompts(2, seed=0)
     steerer = WarmedSteerer()
     run_eval(steerer, specs, ShapesDetector(), tmp_path, seeds=[3, 4], progress=False, settings={"model": "fake"},
              detector_name="shapes", batch_size=1)
-    assert steerer.warm_ups == [(specs[0].prompt, 3, 0)]     # the first image's prompt and seed, before any call
+    # per mode, the first image's prompt and seed, before any call
+    assert steerer.warm_ups == [(specs[0].prompt, 3, False, 0), (specs[0].prompt, 3, True, 0)]
     again = WarmedSteerer()
     run_eval(again, specs, ShapesDetector(), tmp_path, seeds=[3, 4], progress=False, settings={"model": "fake"},
              detector_name="shapes")

@@ -42,6 +42,9 @@ def test_warm_up_makes_one_unsteered_image_quietly(monkeypatch):
     steerer = wrap_pipeline(pipe, tiny_classifier_for(pipe, seed=0))
     seen = []
     monkeypatch.setattr(SteeringPipeline, "__call__", lambda self, prompt, **kwargs: seen.append((prompt, kwargs)))
-    steerer.warm_up("a cat above a dog", seed=3, num_inference_steps=2, schedule="fast", progress=True)
+    steerer.warm_up("a cat above a dog", seed=3, num_inference_steps=2, schedule="reference", progress=True)
+    steerer.warm_up("a cat above a dog", steer=True, seed=3, num_inference_steps=2, schedule="reference")
     assert seen == [("a cat above a dog", dict(seed=3, num_inference_steps=2, schedule=None, progress=False,
-                                               steer=False))]
+                                               steer=False)),
+                    ("a cat above a dog", dict(seed=3, num_inference_steps=2, schedule="fast", progress=False,
+                                               steer=True))]
