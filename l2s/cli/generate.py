@@ -161,6 +161,12 @@ def _generate(args: argparse.Namespace, prompt: str, relations, started: float) 
         report["timings_s"]["unsteered_total"] = baseline.timings["total"]
     written = _write_images(out, result.images[0], baseline and baseline.images[0],
                             result.diagnostics.records if steered else None)
+    verdicts = _verdicts(steerer, prompt, result.images[0], baseline and baseline.images[0])
+    if verdicts:
+        report["verdict"] = verdicts
+        print("l2s: shapes detector, GenEval rule: " + "; ".join(
+            f"{name}.png {'shows' if holds else 'does not show'} the prompt's relations"
+            for name, holds in verdicts.items()), file=sys.stderr)
     if recorder is not None and recorder.steps:
         maps = save_attention_grids(result.images[0], recorder.steps, out / "maps",
                                     notes=step_notes(result.diagnostics.records))
@@ -169,6 +175,26 @@ def _generate(args: argparse.Namespace, prompt: str, relations, started: float) 
     (out / "report.json").write_text(json.dumps(report, indent=2))
     print(wrote_line(out, written + ["report.json"]), file=sys.stderr)
     return 0
+
+
+def _verdicts(steerer, prompt: str, image, unsteered) -> dict[str, bool] | None:
+    """On a shapes-world model, whether each image shows the prompt's relations (the exact detector);
+    None elsewhere, or for a prompt the detector cannot judge."""
+    from l2s.shapes import is_shapes_pipeline, prompt_verdict
+
+    if not is_shapes_pipeline(steerer.pipe) or (holds := prompt_verdict(image, prompt)) is None:
+        return None
+    return {"image": holds, **({} if unsteered is None else {"image_unsteered": prompt_verdict(unsteered, prompt)})}
+
+
+def _verdict_line(entries: list[dict]) -> str | None:
+    judged = [e for e in entries if "verdict" in e]
+    if not judged:
+        return None
+    line = (f"l2s: shapes detector, GenEval rule: {sum(e['verdict']['image'] for e in judged)} of {len(judged)} "
+            "images show their prompt's relations")
+    baselines = [e["verdict"]["image_unsteered"] for e in judged if "image_unsteered" in e["verdict"]]
+    return line + (f" (their unsteered images: {sum(baselines)} of {len(baselines)})" if baselines else "")
 
 
 def _write_images(folder: Path, image, baseline, records) -> list[str]:
@@ -217,9 +243,11 @@ def _generate_many(args: argparse.Namespace, relations, jobs, started: float) ->
             (out / job.folder / "report.json").write_text(json.dumps(report, indent=2))
             names += [name for name in written + ["report.json"] if name not in names]
             entries.append({"prompt": job.prompt, "seed": job.seed, "folder": job.folder,
-                            "steered": report["steered"]})
+                            "steered": report["steered"], **({"verdict": report["verdict"]} if "verdict" in report else {})})
         write_index(out, source, args.batch_size, entries, jobs, settings,
                     resume.seconds + time.perf_counter() - started)
+    if _verdict_line(entries):
+        print(_verdict_line(entries), file=sys.stderr)
     print(folders_line(out, jobs, names), file=sys.stderr)
     return 0
 
@@ -244,6 +272,9 @@ def _generate_batch(steerer, args: argparse.Namespace, batch, out: Path):
         unsteered = baseline.images[steered.index(i)] if baseline and i in steered else None
         written = _write_images(out / job.folder, result.images[i], unsteered,
                                 result.diagnostics.for_image(i).records if i in steered else None)
+        verdicts = _verdicts(steerer, job.prompt, result.images[i], unsteered)
+        if verdicts:
+            report["verdict"] = verdicts
         # timings_s are the whole batch call's: "batch" says how many images shared it
         report["timings_s"] = dict(report["timings_s"])
         if baseline is not None:

@@ -24,7 +24,7 @@ from .geometry import (
     t2i_compbench_score,
 )
 from .pictures import contact_sheet, probability_plot, side_by_side
-from .prompt_files import geneval_metadata, read_prompt_file, spec_from_metadata
+from .prompt_files import geneval_metadata, read_prompt_file, spec_from_metadata, spec_from_prompt
 from .prompts import (
     COCO_CLASSES,
     DEFAULT_PROMPT_COUNT,
@@ -111,6 +111,7 @@ __all__ = [
     "score_image",
     "score_image_folder",
     "spec_from_metadata",
+    "spec_from_prompt",
     "summarise",
     "t2i_compbench_image_score",
     "t2i_compbench_scale",

@@ -70,7 +70,7 @@ def read_prompt_file(path: str | Path) -> tuple[list[PromptSpec], int]:
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
-        spec = _spec_from_json_line(path, number, line) if path.suffix == ".jsonl" else _spec_from_text(line.strip())
+        spec = _spec_from_json_line(path, number, line) if path.suffix == ".jsonl" else spec_from_prompt(line.strip())
         if spec is None:
             skipped += 1
         else:
@@ -87,7 +87,8 @@ def _spec_from_json_line(path: Path, number: int, line: str) -> PromptSpec | Non
         raise L2SError(f"{path}:{number}: not a GenEval metadata or PromptSpec line ({error})") from None
 
 
-def _spec_from_text(prompt: str) -> PromptSpec | None:
+def spec_from_prompt(prompt: str) -> PromptSpec | None:
+    """The checks of a prompt's parsed relations (None when it has none)."""
     from l2s.parsing import parse_prompt
 
     parsed = parse_prompt(prompt)

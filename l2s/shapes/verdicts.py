@@ -40,6 +40,27 @@ def objects_found(detector, image, spec: PromptSpec) -> dict[str, bool]:
     return {label: d is not None for label, d in detector.detect(image, list(spec.objects)).items()}
 
 
+def prompt_verdict(image, prompt: str) -> bool | None:
+    """Whether ``image`` shows ``prompt``'s relations by the exact shapes detector and GenEval's rule
+    (colour and shape); None when the prompt names no directional relation, or objects that are not
+    '<colour> <shape>' of the shapes world."""
+    from l2s.errors import L2SError
+    from l2s.evaluation import spec_from_prompt
+    from l2s.relations import NON_DIRECTIONAL
+
+    from .detector import ShapesDetector
+
+    spec, detector = spec_from_prompt(prompt), ShapesDetector()
+    if spec is None or any(check.relation in NON_DIRECTIONAL for check in spec.checks):
+        return None
+    try:
+        for label in spec.objects:
+            detector.parse_label(label)
+    except L2SError:
+        return None
+    return judge(detector, image, spec).correct
+
+
 def all_objects_found(detector, image, spec: PromptSpec) -> bool:
     """Whether every object of ``spec`` is detected (with its colour and shape, for the strict labels)."""
     return all(objects_found(detector, image, spec).values())

@@ -334,3 +334,38 @@ def test_a_shipped_name_resumes_an_eval_run_and_never_shadows_a_folder_or_hub_id
     monkeypatch.chdir(tmp_path)
     (tmp_path / "shapes").mkdir()
     assert classifier_folder("shapes") == "shapes"   # a folder of that name here wins
+
+
+def test_generate_on_the_shapes_model_says_whether_each_image_shows_the_relation(tmp_path, capsys):
+    from l2s.cli import main
+    from l2s.shapes import prompt_verdict
+    from l2s.shapes.scenes import render, scene_for_relation
+
+    scene = scene_for_relation(np.random.default_rng(0), ("circle", "red"), "left of", ("square", "blue"), size=32)
+    image = render(scene)
+    assert prompt_verdict(image, "a red circle to the left of a blue square") is True
+    assert prompt_verdict(image, "a red circle to the right of a blue square") is False
+    assert prompt_verdict(image, "a cat to the left of a dog") is None          # not shapes-world objects
+    assert prompt_verdict(image, "a red circle") is None                         # no relation to judge
+    out = tmp_path / "g"
+    assert main(["generate", "a red circle to the left of a blue square", "--schedule", "fast", "--out", str(out),
+                 "--quiet"]) == 0
+    verdict = json.loads((out / "report.json").read_text())["verdict"]
+    detector_says = {name: prompt_verdict(Image.open(out / f"{name}.png").convert("RGB"),
+                                          "a red circle to the left of a blue square")
+                     for name in ("image", "image_unsteered")}
+    assert verdict == detector_says
+    assert "l2s: shapes detector, GenEval rule: image.png " in capsys.readouterr().err
+
+
+def test_a_multi_image_run_on_the_shapes_model_counts_the_images_that_show_their_relation(tmp_path, capsys):
+    from l2s.cli import main
+
+    out = tmp_path / "m"
+    assert main(["generate", "a red circle to the left of a blue square", "a green triangle above a yellow square",
+                 "--seeds", "0", "--schedule", "fast", "--no-baseline", "--out", str(out), "--quiet"]) == 0
+    entries = json.loads((out / "index.json").read_text())["images"]
+    holds = [e["verdict"]["image"] for e in entries]
+    assert len(holds) == 2 and all("image_unsteered" not in e["verdict"] for e in entries)   # no baselines made
+    assert f"l2s: shapes detector, GenEval rule: {sum(holds)} of 2 images show their prompt's relations" \
+        in capsys.readouterr().err.splitlines()
