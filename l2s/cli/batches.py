@@ -78,12 +78,15 @@ def remove_stale_image_folders(out: Path) -> None:
     """An earlier multi-image run's ``index.json`` and ``pNN-sSSSS/`` folders."""
     import shutil
 
+    (Path(out) / "index.json").unlink(missing_ok=True)
+    for folder in image_folders(out):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def image_folders(out: Path) -> list[Path]:
+    """An earlier multi-image run's ``pNN-sSSSS/`` folders in ``out``, sorted."""
     out = Path(out)
-    (out / "index.json").unlink(missing_ok=True)
-    if out.is_dir():
-        for folder in out.iterdir():
-            if folder.is_dir() and FOLDER_PATTERN.fullmatch(folder.name):
-                shutil.rmtree(folder, ignore_errors=True)
+    return sorted(f for f in out.iterdir() if f.is_dir() and FOLDER_PATTERN.fullmatch(f.name)) if out.is_dir() else []
 
 
 # Options that do not change an image: a rerun that differs only in them may resume.

@@ -46,13 +46,11 @@ def earlier_outputs(out, several: bool = False) -> list[str]:
     """What an earlier ``generate`` left in ``out`` (names; ``several``: only a multi-image run's)."""
     from pathlib import Path
 
-    from .batches import FOLDER_PATTERN
+    from .batches import image_folders
 
     out = Path(out)
-    if not out.is_dir():
-        return []
     names = [name for name in ("index.json", *(() if several else GENERATE_OUTPUTS)) if (out / name).exists()]
-    folders = sorted(f.name + "/" for f in out.iterdir() if f.is_dir() and FOLDER_PATTERN.fullmatch(f.name))
+    folders = [f.name + "/" for f in image_folders(out)]
     return names + (folders[:1] + [f"... {len(folders)} image folders"] if len(folders) > 1 else folders)
 
 

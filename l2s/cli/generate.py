@@ -225,8 +225,9 @@ def _generate_many(args: argparse.Namespace, relations, jobs, started: float) ->
         return 0
     if resume.why_not:
         _refuse_earlier(out, f"an earlier run with {resume.why_not}")
-    if resume.entries is None and earlier_outputs(out) and not args.restart:
-        _refuse_earlier(out, f"the outputs of an earlier run ({', '.join(earlier_outputs(out))})")
+    earlier = [] if resume.entries is not None or args.restart else earlier_outputs(out)
+    if earlier:
+        _refuse_earlier(out, f"the outputs of an earlier run ({', '.join(earlier)})")
     steerer, source = _load(args, relations)   # first: a model that fails to load removes nothing
     if resume.entries is None:
         remove_stale_outputs(out)
@@ -246,8 +247,8 @@ def _generate_many(args: argparse.Namespace, relations, jobs, started: float) ->
                             "steered": report["steered"], **({"verdict": report["verdict"]} if "verdict" in report else {})})
         write_index(out, source, args.batch_size, entries, jobs, settings,
                     resume.seconds + time.perf_counter() - started)
-    if _verdict_line(entries):
-        print(_verdict_line(entries), file=sys.stderr)
+    if verdict_line := _verdict_line(entries):
+        print(verdict_line, file=sys.stderr)
     print(folders_line(out, jobs, names), file=sys.stderr)
     return 0
 

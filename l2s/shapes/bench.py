@@ -20,6 +20,7 @@ from PIL import Image
 
 from l2s.distributed import output_lock, world
 from l2s.errors import UsageError
+from l2s.pipelines.arguments import positive_int
 from . import bench_plain as plain_part
 from .bench_reward import reward_columns
 from .detector import ShapesDetector
@@ -138,9 +139,9 @@ def run_shapes_bench(out_dir: str | Path, *, pipeline_dir: str | Path | None = N
     both; ``("base",)`` for a tuned row that the comparison reads without steering); a part with
     none of them is skipped, or refused when ``parts`` names it.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise UsageError(f"batch_size must be a positive integer, got {batch_size!r}")  # before any model loads
+    positive_int(batch_size, "batch_size")   # every check before any model loads
     _check_counts(scale, position_prompts, seeds)
+    classifier, ablation_classifier = classifier_folder(classifier), classifier_folder(ablation_classifier)
     _check_classifiers(classifier, ablation_classifier)
     all_parts = bench_parts(scale, seeds, position_prompts=position_prompts)
     known = [part.key for part in all_parts] + [plain_part.KEY]
@@ -157,18 +158,16 @@ def run_shapes_bench(out_dir: str | Path, *, pipeline_dir: str | Path | None = N
 def _check_counts(scale: float, position_prompts: int, seeds: Sequence[int]) -> None:
     if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
         raise UsageError(f"scale must be a positive number, got {scale!r}")
-    if isinstance(position_prompts, bool) or not isinstance(position_prompts, int) or position_prompts < 1:
-        raise UsageError(f"position_prompts must be a positive integer, got {position_prompts!r}")
+    positive_int(position_prompts, "position_prompts")
     if not len(seeds):
         raise UsageError("no image seeds given")
 
 
 def _check_classifiers(*classifiers: str | Path | None) -> None:
     """A classifier folder that is not there fails before the run directory is made."""
-    for given in classifiers:
-        folder = classifier_folder(given)
+    for folder in classifiers:
         if folder is not None and not (Path(folder) / "config.json").is_file():
-            raise UsageError(f"no classifier at {given} (config.json missing)")
+            raise UsageError(f"no classifier at {folder} (config.json missing)")
 
 
 def _check_modes(modes: Sequence[str] | None, all_parts: Sequence[BenchPart], parts: Sequence[str] | None) -> tuple:
@@ -194,8 +193,8 @@ def _run_bench(out_dir: str | Path, pipeline_dir: str | Path | None, classifier:
                reward_model: str | Path | None = None, modes: tuple | None = None) -> dict:
     assets = shipped_assets()
     pipeline_dir = Path(pipeline_dir or assets.pipeline)
-    classifiers = {"dual": Path(classifier_folder(classifier) or assets.classifier),
-                   "pos_only": Path(classifier_folder(ablation_classifier) or assets.ablation_classifier)}
+    classifiers = {"dual": Path(classifier or assets.classifier),
+                   "pos_only": Path(ablation_classifier or assets.ablation_classifier)}
     pipe = load_shapes_pipeline(pipeline_dir)
     if lora is not None:
         from l2s.grpo import apply_lora
