@@ -45,17 +45,15 @@ def prompt_verdict(image, prompt: str) -> bool | None:
     (colour and shape); None when the prompt names no directional relation, or objects that are not
     '<colour> <shape>' of the shapes world."""
     from l2s.errors import L2SError
-    from l2s.evaluation import spec_from_prompt
-    from l2s.relations import NON_DIRECTIONAL
+    from l2s.evaluation import GENEVAL, check_scorable, spec_from_prompt
 
     from .detector import ShapesDetector
 
     spec, detector = spec_from_prompt(prompt), ShapesDetector()
-    if spec is None or any(check.relation in NON_DIRECTIONAL for check in spec.checks):
+    if spec is None:
         return None
     try:
-        for label in spec.objects:
-            detector.parse_label(label)
+        check_scorable([spec], GENEVAL, detector)   # what eval refuses to score gets no verdict here
     except L2SError:
         return None
     return judge(detector, image, spec).correct
