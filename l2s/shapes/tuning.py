@@ -58,21 +58,24 @@ def shapes_grpo_settings(pipe=None, **overrides):
 
 def train_shapes_grpo(out: str | Path, reward, *, pipe=None, pipeline_dir: str | Path | None = None, settings=None,
                       resume: bool = True, progress: bool = True, command: str | None = None,
-                      stop_after: int | None = None, accelerator=None, eval_every: int = 1, **overrides):
+                      stop_after: int | None = None, accelerator=None, eval_every: int = 1,
+                      prompts: tuple[list[str], list[str]] | None = None, **overrides):
     """GRPO-tune the shapes model ``pipe`` (default: loaded from ``pipeline_dir``, else the
     shipped one) for ``reward`` into ``out``.
 
     ``settings``: a :class:`~l2s.grpo.GRPOSettings` (default :func:`shapes_grpo_settings` with
-    ``overrides``). The dev prompts are judged every ``eval_every``-th epoch (and the last) by the
-    three :data:`JUDGES`.
+    ``overrides``). ``prompts``: (train, dev) prompt lists (default :func:`grpo_prompt_split`). The
+    dev prompts are judged every ``eval_every``-th epoch (and the last) by the three :data:`JUDGES`.
     """
     from l2s.grpo import train_grpo
 
     pipe = pipe if pipe is not None else load_shapes_pipeline(pipeline_dir)
     settings = settings or shapes_grpo_settings(pipe, **overrides)
-    train, dev = grpo_prompt_split()
+    if prompts is None:
+        train, dev = ([spec.prompt for spec in part] for part in grpo_prompt_split())
+    else:
+        train, dev = (list(part) for part in prompts)
     judges = {name: RuleReward(name) for name in JUDGES}
-    return train_grpo(pipe, reward, settings, out, [spec.prompt for spec in train],
-                      eval_prompts=[spec.prompt for spec in dev], evaluators=judges, resume=resume,
+    return train_grpo(pipe, reward, settings, out, train, eval_prompts=dev, evaluators=judges, resume=resume,
                       progress=progress, command=command, accelerator=accelerator, stop_after=stop_after,
                       eval_every=eval_every)

@@ -118,3 +118,20 @@ def test_the_dev_prompts_are_judged_every_nth_epoch_and_the_last(tmp_path):
     assert [("eval_red" in r) for r in run.records] == [True, False, True, True]   # epochs 0, 1, 2, 3
     with pytest.raises(L2SError, match="eval_every must be a positive integer, got 0"):
         _run(tmp_path / "other", tiny_settings(), eval_every=0)
+
+
+def test_the_shapes_run_trains_and_judges_the_prompts_it_is_given(tmp_path):
+    from l2s.shapes.tuning import train_shapes_grpo
+
+    seen = []
+
+    def reward(images, prompts):
+        seen.extend(prompts)
+        return redness(images, prompts)
+
+    train, dev = ["a red circle to the left of a blue square"], ["a green triangle above a yellow square"]
+    run = train_shapes_grpo(tmp_path / "run", reward, pipe=make_tiny_pipe(), settings=tiny_settings(epochs=1, prompts_per_epoch=1),
+                            prompts=(train, dev), progress=False, accelerator=OneProcess())
+    settings = tiny_settings()
+    assert seen == dev * len(settings.eval_seeds) + train * settings.group_size + dev * len(settings.eval_seeds)
+    assert run.records[0]["eval_images"] == len(settings.eval_seeds)
