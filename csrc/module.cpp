@@ -133,7 +133,7 @@ py::dict build_info() {
 
 // ------------------------------------------------------------------------------------------------
 // CUDA entry points: raw device pointers, sizes and a cudaStream_t, all as Python integers (the
-// caller, l2s/ops.py, owns the torch tensors and keeps them alive). Always bound, so a CPU-only
+// caller, l2s/ops/native.py, owns the torch tensors and keeps them alive). Always bound, so a CPU-only
 // build answers with a clear error instead of a missing attribute.
 // ------------------------------------------------------------------------------------------------
 

@@ -112,24 +112,42 @@ def derived_key(parent_key: str, options: Mapping[str, Any]) -> str:
 
 
 @contextmanager
-def staged_entry(final_dir: Path) -> Iterator[Path]:
+def staged_entry(final_dir: Path, required: tuple[str, ...] = ()) -> Iterator[Path]:
     """Yield a fresh scratch directory that becomes ``final_dir`` only if the block succeeds.
 
     A crash mid-export leaves no half-written entry behind, and two processes racing for the same
-    key both end with a complete entry.
+    key both end with a complete entry. An existing entry that is not complete (no readable
+    meta.json, or a ``required`` file missing) is replaced; a complete one (a lost race) is kept.
     """
     final_dir.parent.mkdir(parents=True, exist_ok=True)
     scratch = final_dir.parent / f".partial-{final_dir.name}-{uuid.uuid4().hex[:8]}"
     scratch.mkdir()
     try:
         yield scratch
+        if final_dir.is_dir() and not entry_complete(final_dir, required):
+            _discard(final_dir)
         try:
             os.replace(scratch, final_dir)
         except OSError:
-            if not final_dir.is_dir():  # not a lost race: a real failure
+            if not entry_complete(final_dir, required):  # not a lost race: a real failure
                 raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def entry_complete(entry_dir: Path, required: tuple[str, ...] = ()) -> bool:
+    """Whether a cache entry has its meta.json and every ``required`` file."""
+    return read_meta(entry_dir) is not None and all((entry_dir / name).is_file() for name in required)
+
+
+def _discard(entry_dir: Path) -> None:
+    # Renamed first, so a racing process never sees (or deletes) half of it.
+    aside = entry_dir.parent / f".stale-{entry_dir.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        os.replace(entry_dir, aside)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def write_meta(entry_dir: Path, meta: Mapping[str, Any]) -> None:

@@ -108,7 +108,7 @@ def export_transformer_onnx(
     order = ("dynamo", "legacy") if exporter == "auto" else (exporter,)
     failures: list[str] = []
     start = time.perf_counter()
-    with staged_entry(entry) as scratch:
+    with staged_entry(entry, (ONNX_FILE,)) as scratch:
         for name in order:
             try:
                 _export(transformer, inputs, scratch / ONNX_FILE, opset, name)

@@ -145,7 +145,7 @@ def build_tensorrt_plan(
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise EngineError(f"TensorRT failed to build an engine from {export.path} (see its log above)")
-    with staged_entry(entry) as scratch:
+    with staged_entry(entry, (PLAN_FILE,)) as scratch:
         (scratch / PLAN_FILE).write_bytes(bytes(serialized))
         write_meta(scratch, {"key": key, "onnx_key": export.key, "inputs": export.signature.describe(), **options})
     seconds = time.perf_counter() - start

@@ -147,13 +147,34 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
 
 
 def fsync_append(path: str | Path, lines: list[str]) -> None:
-    """Append ``lines`` in one write and sync them: a kill leaves whole lines or a torn last line."""
+    """Append ``lines`` in one write and sync them: a kill leaves whole lines or a torn last line,
+    which the next append drops first (readers skip it; text after it would make it a damaged line)."""
     if not lines:
         return
+    _drop_torn_tail(Path(path))
     with open(path, "a", encoding="utf-8") as handle:
         handle.write("".join(lines))
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Cut ``path`` back to its last newline when it does not end with one."""
+    try:
+        with open(path, "rb+") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            if not size or (handle.seek(size - 1), handle.read(1))[1] == b"\n":
+                return
+            start = max(0, size - (1 << 20))
+            while True:      # search backwards, a block at a time, for the last newline
+                handle.seek(start)
+                cut = handle.read(size - start).rfind(b"\n")
+                if cut >= 0 or start == 0:
+                    break
+                start = max(0, start - (1 << 20))
+            handle.truncate(start + cut + 1 if cut >= 0 else 0)
+    except FileNotFoundError:
+        return
 
 
 def file_sha256(path: str | Path) -> str:

@@ -16,6 +16,7 @@ from l2s.files import (
     DamagedFileError,
     FolderBusyError,
     atomic_write_bytes,
+    fsync_append,
     output_lock,
     read_jsonl_lines,
     read_state_json,
@@ -92,6 +93,19 @@ def test_jsonl_damage_names_the_line_and_a_torn_last_line_is_what_a_kill_leaves(
     with pytest.raises(DamagedFileError, match="line 2 is not a JSON object"):
         read_jsonl_lines(path, fix="fix it")
     assert read_jsonl_lines(tmp_path / "missing.jsonl", fix="") == []
+
+
+def test_an_append_after_a_torn_last_line_drops_it_first(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"a": 1}\n{"a": 2')                 # a writer killed mid-append
+    fsync_append(path, ['{"a": 3}\n'])
+    assert path.read_text() == '{"a": 1}\n{"a": 3}\n'
+    path.write_text('{"a": ')                             # torn first line
+    fsync_append(path, ['{"a": 4}\n'])
+    assert [row for _, row in read_jsonl_lines(path, fix="")] == [{"a": 4}]
+    fsync_append(tmp_path / "new.jsonl", ['{"a": 5}\n'])  # a new file, and whole lines, are left alone
+    fsync_append(tmp_path / "new.jsonl", ['{"a": 6}\n'])
+    assert (tmp_path / "new.jsonl").read_text() == '{"a": 5}\n{"a": 6}\n'
 
 
 def test_a_damaged_state_file_says_how_to_recover(tmp_path):

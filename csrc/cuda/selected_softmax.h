@@ -11,7 +11,7 @@
 
 namespace l2s {
 
-// Element type codes shared with l2s/ops.py (_CUDA_DTYPE_CODES).
+// Element type codes shared with l2s/ops/native.py (_CUDA_DTYPE_CODES).
 enum class CudaDType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 
 // Limits of the kernels' register/shared-memory tiles.

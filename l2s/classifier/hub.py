@@ -17,7 +17,6 @@ from huggingface_hub import ModelCard, ModelCardData, PyTorchModelHubMixin
 from l2s.errors import ModelLoadError
 
 TRAINING_FILE = "training.json"  # the training run's record (settings, data, accuracy)
-CARD_FILE = "README.md"
 
 
 class ClassifierHubMixin(PyTorchModelHubMixin, library_name="l2s", license="apache-2.0",

@@ -190,9 +190,6 @@ def prompt_set_help(sets: Mapping[str, PromptSet] = PROMPT_SETS) -> str:
     return ", ".join(forms) + ", or " + _FILE_HELP
 
 
-PROMPT_SET_HELP = prompt_set_help()
-
-
 def resolve_prompt_set(name: str, n: int | None = None, seed: int = 0,
                        sets: Mapping[str, PromptSet] = PROMPT_SETS) -> tuple[list[PromptSpec], int]:
     """The prompts named by ``--prompts`` (a set of ``sets``, see :func:`prompt_set_help`, or a

@@ -85,8 +85,8 @@ def predict_velocity(model, latents: torch.Tensor, timestep: torch.Tensor, cond:
 
     With true CFG the conditional and empty-prompt rows go through one forward of 2B rows, the
     same arrangement at sampling and at training. A row's output does not depend on the other rows
-    of its batch once the batch has :data:`MIN_BATCH` rows (measured on CPU: batches of 1-3 rows
-    take other kernels and differ in the last bits), so fewer rows are padded: a trajectory is then
+    of its batch once the batch has :data:`MIN_BATCH` rows (smaller batches may take other kernels,
+    which differ in the last bits), so fewer rows are padded: a trajectory is then
     re-scored bit for bit whatever chunks sampling and training cut it into.
     """
     dtype = cond.embeds.dtype

@@ -8,7 +8,7 @@ from l2s.errors import L2SError
 
 from .advantages import STD_MODES
 
-MIN_GROUP = 12  # Flow-GRPO's ablation: groups of 6 and 12 collapsed, 24 trained stably
+MIN_GROUP = 12  # below this a group's mean and spread are too noisy for advantages; 24 is the default
 
 
 @dataclass
@@ -59,7 +59,7 @@ class GRPOSettings:
         """Raise :class:`L2SError` naming the first setting that cannot work."""
         if self.group_size < MIN_GROUP:
             raise L2SError(f"GRPO needs groups of at least {MIN_GROUP} images per prompt (got {self.group_size}): "
-                           "smaller groups collapse")
+                           "smaller groups give advantages too noisy to train on")
         if self.top_k is not None and not 1 <= self.top_k <= self.group_size // 2:
             raise L2SError(f"top-k must be between 1 and half the group ({self.group_size // 2}), got {self.top_k}")
         if self.steps < 2:

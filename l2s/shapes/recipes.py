@@ -57,7 +57,7 @@ FIRST_BLOCKS_CLASSIFIER_DIR = "classifier_k4"  # reads the first 4 of the model'
 SHAPES_CLASSIFIER_SIZES = dict(d_model=128, extractor_layers=2, extractor_heads=4, extractor_ff=256,
                                pool_heads=4, head_layers=2, head_heads=4, head_ff=256, fc_dims=(128, 64),
                                dropout=0.1)
-SHAPES_CLASSIFIER_LR = 3e-4    # higher rates tend to stall on a validation plateau on these maps
+SHAPES_CLASSIFIER_LR = 3e-4    # the rate the shipped classifiers were trained with (assets/TRAINING.md)
 SHAPES_CLASSIFIER_EPOCHS = 40
 
 

@@ -169,6 +169,7 @@ class SteeringObjective:
         ``text_len`` and ``latent_hw`` are its text length and latent token grid. Capture
         processors are on the denoiser only inside this block, so plain steps run the stock model.
         """
+        self._follow_denoiser()
         prepared = self.prepare(plan, text_len, latent_hw)
         step_index = step_index_for(step, tuple(self.classifier.config.timesteps))
         steered = self._steered_evaluation(getattr(run_denoiser, "inputs", None))
@@ -181,6 +182,14 @@ class SteeringObjective:
                 return self._log_prob(maps, prepared, relation, step_index)
 
             yield log_prob
+
+    def _follow_denoiser(self) -> None:
+        """Move the classifier to where the denoiser is now (a pipeline may be moved after wrapping);
+        the classifier calls made for the old device are dropped."""
+        device = self.device
+        if next(self.classifier.parameters()).device != device:
+            self.classifier.to(device)
+            self._classify, self._steered = None, None
 
     def _steered_evaluation(self, inputs) -> SteeredEvaluation | None:
         """The FLUX steered-forward evaluation where this mode runs one, else None (stock + capture)."""

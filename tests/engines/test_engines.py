@@ -294,3 +294,20 @@ def test_tensorrt_engine_matches_eager_and_reuses_its_plan(tmp_path):
     again = make_plain_step_engine(model, inputs, kind="auto", cache_dir=tmp_path)    # found on disk
     assert again.kind == "tensorrt" and "is cached at" in again.reason
     assert "reused cached plan" in again.reason and "reused cached ONNX export" in again.reason
+
+
+def test_a_damaged_cache_entry_is_replaced_and_a_complete_one_kept(tmp_path):
+    from l2s.engines.cache import entry_complete, staged_entry, write_meta
+
+    entry = tmp_path / "key"
+    entry.mkdir()
+    (entry / "junk").write_text("left by a crash")           # no meta.json: not an entry
+    with staged_entry(entry, ("model.onnx",)) as scratch:
+        (scratch / "model.onnx").write_text("new")
+        write_meta(scratch, {"key": "key"})
+    assert entry_complete(entry, ("model.onnx",)) and not (entry / "junk").exists()
+    with staged_entry(entry, ("model.onnx",)) as scratch:   # a racing process finished first: keep it
+        (scratch / "model.onnx").write_text("other")
+        write_meta(scratch, {"key": "key"})
+    assert (entry / "model.onnx").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["key"]  # no scratch or stale folder left

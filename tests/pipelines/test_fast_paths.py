@@ -246,3 +246,14 @@ def test_no_host_sync_inside_a_steered_iteration_on_cuda(mode):
     finally:
         refine_module.any_active, refine_module._record = any_active, record
     assert len(result.diagnostics.records) == 8
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["reference", "fast"])
+def test_the_classifier_follows_a_pipeline_moved_after_wrapping(pipe_and_classifier, mode):
+    pipe = tiny_flux_pipeline(num_layers=2, num_single_layers=2, guidance_embeds=True, seed=0)
+    s = wrap_pipeline(pipe, copy.deepcopy(pipe_and_classifier[1]), mode=mode)
+    on_cpu = trajectory(run(s))
+    s.pipe.to("cuda")        # without following, CUDA maps would meet a CPU classifier
+    assert len(trajectory(run(s))) == len(on_cpu)
+    assert next(s.objective.classifier.parameters()).device.type == "cuda"
