@@ -6,9 +6,6 @@ name in place of the argument's; a value is never silently replaced by a default
 from __future__ import annotations
 
 import argparse
-import shutil
-
-from .batches import remove_stale_image_folders
 
 
 def check_sampling_args(args: argparse.Namespace) -> None:
@@ -34,30 +31,3 @@ def check_sampling_args(args: argparse.Namespace) -> None:
         seed_value(args.seed, "--seed")
     if getattr(args, "device", None) is not None:
         check_device(args.device)
-
-
-# What ``generate`` may write. A one-image rerun into the same folder replaces them (and removes
-# those it does not write again, so no plot of an earlier run sits beside this run's report); an
-# earlier multi-image run there is replaced only with --restart.
-GENERATE_OUTPUTS = ("image.png", "image_unsteered.png", "comparison.png", "probability.png", "report.json")
-
-
-def earlier_outputs(out, several: bool = False) -> list[str]:
-    """What an earlier ``generate`` left in ``out`` (names; ``several``: only a multi-image run's)."""
-    from pathlib import Path
-
-    from .batches import image_folders
-
-    out = Path(out)
-    names = [name for name in ("index.json", *(() if several else GENERATE_OUTPUTS)) if (out / name).exists()]
-    folders = [f.name + "/" for f in image_folders(out)]
-    return names + (folders[:1] + [f"... {len(folders)} image folders"] if len(folders) > 1 else folders)
-
-
-def remove_stale_outputs(out) -> None:
-    from pathlib import Path
-
-    for name in GENERATE_OUTPUTS:
-        (Path(out) / name).unlink(missing_ok=True)
-    shutil.rmtree(Path(out) / "maps", ignore_errors=True)   # grids of an earlier --save-maps run
-    remove_stale_image_folders(out)

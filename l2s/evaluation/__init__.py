@@ -46,11 +46,19 @@ from .prompts import (
 from .records import MODES, RESULTS_FILE, SUMMARY_FILE, ImageRecord, detect_and_score
 from .reports import RUN_DEPENDENT_META, EvalReport, ModeReport, comparable_summary
 from .folders import score_image_folder
+from .generation import GenerateOptions, generate_image, generate_images
+from .image_runs import ImageJob, image_jobs, open_image_run
 from .runs import check_scorable, evaluate_images, run_eval
 from .specs import CheckResult, ImageResult, PromptSpec, RelationCheck, result_from_record, score_image
 from .stats import PairedComparison, Summary, paired_comparison, summarise, wilson_interval
 
 __all__ = [
+    "GenerateOptions",
+    "ImageJob",
+    "generate_image",
+    "generate_images",
+    "image_jobs",
+    "open_image_run",
     "Box",
     "comparable_summary",
     "RUN_DEPENDENT_META",

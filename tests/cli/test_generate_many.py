@@ -204,7 +204,7 @@ def test_prompt_file_order_warnings_per_image_and_reruns(tmp_path, capsys, calls
 
 
 def test_a_damaged_index_is_named_when_the_run_starts_over(tmp_path):
-    from l2s.cli.batches import resume_state
+    from l2s.evaluation.image_runs import resume_state
 
     assert resume_state(tmp_path, {}, []).why_not is None          # no index: a new run, nothing to say
     (tmp_path / "index.json").write_text('{"complete": fal')      # torn by a kill mid-write

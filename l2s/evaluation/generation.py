@@ -1,0 +1,157 @@
+"""Generate images into a folder: steered, the unsteered image of the same seed beside it, reports.
+
+:func:`generate_image` writes one image's files into the folder itself; :func:`generate_images`
+makes one image per :class:`~.image_runs.ImageJob`, ``batch_size`` per steering call, each in its
+own sub-folder, with ``index.json`` rewritten after every batch (:mod:`.image_runs`). Lines meant
+for a person (why an image is not steered, steering's warnings) go to ``say``.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from l2s.versions import software_versions
+
+from .image_runs import ImageJob, Resume, batches, remove_earlier_outputs, write_index
+from .pictures import probability_plot, side_by_side
+
+Judge = Callable[[object, str], "bool | None"]   # (image, prompt) -> holds (None: cannot judge)
+
+
+@dataclass
+class GenerateOptions:
+    """How each image is made: steered or not, its unsteered twin, the schedule and the sampling
+    keyword arguments of the steering pipeline call; ``judge`` (optional) gives a verdict per image;
+    ``context`` is copied into every report."""
+
+    steer: bool = True
+    baseline: bool = True
+    schedule: object = None
+    sampling: dict = field(default_factory=dict)
+    judge: Judge | None = None
+    context: dict = field(default_factory=dict)
+    disabled_by: str = "steer=False"   # how a report names an unsteered run
+
+
+def _silent(line: str) -> None:
+    return None
+
+
+def write_images(folder: Path, image, baseline, records) -> list[str]:
+    """image.png; the unsteered image and the comparison when given; the probability plot of a
+    steered image's records. The names written."""
+    image.save(folder / "image.png")
+    written = ["image.png"]
+    if baseline is not None:
+        baseline.save(folder / "image_unsteered.png")
+        side_by_side(baseline, image).save(folder / "comparison.png")
+        written += ["image_unsteered.png", "comparison.png"]
+    if records:
+        probability_plot(records).save(folder / "probability.png")
+        written.append("probability.png")
+    return written
+
+
+def verdicts(judge: Judge | None, prompt: str, image, unsteered) -> dict[str, bool] | None:
+    """Whether each image shows the prompt's relations by ``judge`` (None: no judge, or it cannot judge)."""
+    if judge is None or (holds := judge(image, prompt)) is None:
+        return None
+    return {"image": holds, **({} if unsteered is None else {"image_unsteered": judge(unsteered, prompt)})}
+
+
+def _say_outcome(say, plan, outcome, options: GenerateOptions, where: str = "") -> None:
+    if not plan.steered:
+        say(f"{where}{plan.parsed.describe()}")
+    elif outcome.warning() and options.steer:
+        say(f"warning: {where}{outcome.warning()}")
+
+
+def generate_image(steerer, prompt: str, seed: int, out: Path, options: GenerateOptions,
+                   recorder=None, say: Callable[[str], None] = _silent) -> tuple[dict, list[str]]:
+    """One image (and its unsteered twin) into ``out``, replacing an earlier one-image result there:
+    (its report, the names written). ``recorder``: a :class:`~l2s.pipelines.attention_maps.MapRecorder`
+    attached to ``steerer``, whose maps are drawn into ``out/maps``."""
+    from l2s.steer import disabled_by
+
+    from .attention_pictures import save_attention_grids, step_notes
+
+    kwargs = dict(options.sampling, seed=seed)
+    result = steerer(prompt, steer=options.steer, schedule=options.schedule, **kwargs)
+    if recorder is not None:
+        recorder.detach()
+    result.outcome = disabled_by(result.outcome, options.disabled_by)
+    steered = result.outcome.steered   # what ran: no update kept means no steered image
+    _say_outcome(say, result.plan, result.outcome, options)
+    out = Path(out)
+    remove_earlier_outputs(out)
+    report = {"prompt": prompt, **options.context, "seed": seed, **result.report(), "versions": software_versions()}
+    baseline = None
+    if steered and options.baseline:
+        baseline = steerer(prompt, steer=False, **kwargs)
+        report["timings_s"]["unsteered_total"] = baseline.timings["total"]
+    written = write_images(out, result.images[0], baseline and baseline.images[0],
+                           result.diagnostics.records if steered else None)
+    if found := verdicts(options.judge, prompt, result.images[0], baseline and baseline.images[0]):
+        report["verdict"] = found
+    if recorder is not None and recorder.steps:
+        maps = save_attention_grids(result.images[0], recorder.steps, out / "maps",
+                                    notes=step_notes(result.diagnostics.records))
+        written += [str(path.relative_to(out)) for path in maps]
+    return report, written
+
+
+def generate_images(steerer, jobs: list[ImageJob], out: Path, options: GenerateOptions, *, resume: Resume,
+                    source: str, settings: dict, batch_size: int, started: float | None = None,
+                    say: Callable[[str], None] = _silent) -> tuple[list[dict], list[str]]:
+    """Every job not finished in ``resume`` (:func:`~.image_runs.open_image_run`), ``batch_size``
+    per steering call: (index entries of every image, the file names written per folder)."""
+    out, started = Path(out), time.perf_counter() if started is None else started
+    if resume.entries is None:
+        remove_earlier_outputs(out)
+        write_index(out, source, batch_size, [], jobs, settings, 0.0)   # a kill in the first batch resumes
+    elif resume.entries:
+        say(f"resuming: {len(resume.entries)} of {len(jobs)} images already in {out}")
+    entries = list(resume.entries or [])
+    done, versions, names = {e["folder"] for e in entries}, software_versions(), []
+    for batch in batches([job for job in jobs if job.folder not in done], batch_size):
+        for job, report, written in generate_batch(steerer, batch, out, options, say):
+            report = {"prompt": job.prompt, **options.context, "seed": job.seed, **report, "versions": versions}
+            (out / job.folder / "report.json").write_text(json.dumps(report, indent=2))
+            names += [name for name in written + ["report.json"] if name not in names]
+            entries.append({"prompt": job.prompt, "seed": job.seed, "folder": job.folder, "steered": report["steered"],
+                            **({"verdict": report["verdict"]} if "verdict" in report else {})})
+        write_index(out, source, batch_size, entries, jobs, settings, resume.seconds + time.perf_counter() - started)
+    return entries, names
+
+
+def generate_batch(steerer, batch: list[ImageJob], out: Path, options: GenerateOptions,
+                   say: Callable[[str], None] = _silent):
+    """One steering call for the batch (and one unsteered call for its steered images): per image,
+    (job, its report, the files written in its folder)."""
+    from l2s.steer import disabled_by
+
+    result = steerer([job.prompt for job in batch], seed=[job.seed for job in batch], steer=options.steer,
+                     schedule=options.schedule, **options.sampling)
+    result.outcomes = [disabled_by(outcome, options.disabled_by) for outcome in result.outcomes]
+    steered = [i for i, outcome in enumerate(result.outcomes) if outcome.steered]
+    baseline = None
+    if steered and options.baseline:
+        baseline = steerer([batch[i].prompt for i in steered], seed=[batch[i].seed for i in steered],
+                           steer=False, **options.sampling)
+    for i, (job, report) in enumerate(zip(batch, result.reports())):
+        _say_outcome(say, result.plans[i], result.outcomes[i], options, where=f"{job.folder}: ")
+        (out / job.folder).mkdir(parents=True, exist_ok=True)
+        unsteered = baseline.images[steered.index(i)] if baseline and i in steered else None
+        written = write_images(out / job.folder, result.images[i], unsteered,
+                               result.diagnostics.for_image(i).records if i in steered else None)
+        if found := verdicts(options.judge, job.prompt, result.images[i], unsteered):
+            report["verdict"] = found
+        # timings_s are the whole batch call's: "batch" says how many images shared it
+        report["timings_s"] = dict(report["timings_s"])
+        if baseline is not None:
+            report["timings_s"]["unsteered_total"] = baseline.timings["total"]
+        report["batch"] = {"images": len(batch), "position": i}
+        yield job, report, written

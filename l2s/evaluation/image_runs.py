@@ -1,0 +1,133 @@
+"""A folder of generated images: which images, in which sub-folders, and resuming an interrupted run.
+
+One image per prompt and seed. One image keeps the single-image layout (image.png, report.json in
+the folder); more get a sub-folder each, ``pNN-sSSSS`` (prompt number, seed), and ``index.json``,
+rewritten after every batch so that a rerun of the same images and settings resumes after its
+finished ones and a run of other images is never silently mixed in.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from l2s.errors import UsageError
+from l2s.files import atomic_write_json
+
+INDEX_FILE = "index.json"
+FOLDER_PATTERN = re.compile(r"p\d+-s\d+")   # what a rerun may remove as an earlier run's image folder
+# What one image writes. A one-image rerun into the same folder replaces them (and removes those it
+# does not write again, so no plot of an earlier run sits beside this run's report).
+IMAGE_OUTPUTS = ("image.png", "image_unsteered.png", "comparison.png", "probability.png", "report.json")
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    prompt_number: int
+    prompt: str
+    seed: int
+    folder: str   # below the run folder; "" for a single image
+
+
+def image_jobs(prompts: list[str], seeds: list[int]) -> list[ImageJob]:
+    """Every prompt with every seed, prompt-major; folders named when there is more than one image."""
+    pairs = [(number, prompt, seed) for number, prompt in enumerate(prompts) for seed in seeds]
+    if len(pairs) == 1:
+        return [ImageJob(0, prompts[0], seeds[0], "")]
+    prompt_width = max(2, len(str(len(prompts) - 1)))
+    seed_width = max(4, len(str(max(seeds))))
+    return [ImageJob(number, prompt, seed, f"p{number:0{prompt_width}d}-s{seed:0{seed_width}d}")
+            for number, prompt, seed in pairs]
+
+
+def batches(jobs: list[ImageJob], size: int) -> list[list[ImageJob]]:
+    return [jobs[start:start + size] for start in range(0, len(jobs), size)]
+
+
+def image_folders(out: Path) -> list[Path]:
+    """An earlier multi-image run's ``pNN-sSSSS/`` folders in ``out``, sorted."""
+    out = Path(out)
+    return sorted(f for f in out.iterdir() if f.is_dir() and FOLDER_PATTERN.fullmatch(f.name)) if out.is_dir() else []
+
+
+def earlier_outputs(out: Path, several: bool = False) -> list[str]:
+    """What an earlier run left in ``out`` (names; ``several``: only a multi-image run's)."""
+    out = Path(out)
+    names = [name for name in (INDEX_FILE, *(() if several else IMAGE_OUTPUTS)) if (out / name).exists()]
+    folders = [f.name + "/" for f in image_folders(out)]
+    return names + (folders[:1] + [f"... {len(folders)} image folders"] if len(folders) > 1 else folders)
+
+
+def remove_earlier_outputs(out: Path) -> None:
+    """Everything :func:`earlier_outputs` names, and an earlier one-image run's map grids."""
+    out = Path(out)
+    for name in (INDEX_FILE, *IMAGE_OUTPUTS):
+        (out / name).unlink(missing_ok=True)
+    shutil.rmtree(out / "maps", ignore_errors=True)
+    for folder in image_folders(out):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def refuse_earlier(out: Path, what: str) -> None:
+    raise UsageError(f"{out} holds {what}; use another --out, or --restart to replace it")
+
+
+@dataclass
+class Resume:
+    """What an earlier, interrupted run in the folder leaves this one."""
+
+    entries: list[dict] | None   # its finished images (None: start over)
+    seconds: float = 0.0         # the time its calls took
+    why_not: str | None = None   # why it cannot be resumed, when there is one
+    finished: bool = False       # it made every image already
+
+
+def resume_state(out: Path, settings: dict, jobs: list[ImageJob]) -> Resume:
+    """The finished images of an interrupted run of the same images and settings."""
+    path = Path(out) / INDEX_FILE
+    if not path.is_file():
+        return Resume(None)
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return Resume(None, why_not="an index.json that cannot be read")
+    if not isinstance(index, dict):
+        return Resume(None, why_not="an index.json that is not a JSON object")
+    if index.get("jobs") != [[job.prompt, job.seed, job.folder] for job in jobs]:
+        return Resume(None, why_not="other prompts or seeds")
+    earlier = index.get("settings") or {}
+    changed = [f"{k}: {earlier.get(k)} -> {settings.get(k)}" for k in sorted(set(earlier) | set(settings))
+               if earlier.get(k) != settings.get(k)]
+    if changed:
+        return Resume(None, why_not="other settings (" + "; ".join(changed) + ")")
+    entries = [e for e in index.get("images", []) if (Path(out) / e["folder"] / "report.json").is_file()]
+    seconds = float((index.get("timings_s") or {}).get("command_total", 0.0))
+    return Resume(entries, seconds, finished=len(entries) == len(jobs))
+
+
+def open_image_run(out: Path, jobs: list[ImageJob], settings: dict, restart: bool) -> Resume:
+    """The run folder's state for ``jobs`` made with ``settings``, checked before any model loads:
+    an earlier run of other images or settings (or other outputs) is refused unless ``restart``."""
+    resume = Resume(None) if restart else resume_state(out, settings, jobs)
+    if resume.finished:
+        return resume
+    if resume.why_not:
+        refuse_earlier(Path(out), f"an earlier run with {resume.why_not}")
+    earlier = [] if resume.entries is not None or restart else earlier_outputs(out)
+    if earlier:
+        refuse_earlier(Path(out), f"the outputs of an earlier run ({', '.join(earlier)})")
+    return resume
+
+
+def write_index(out: Path, source: str, batch_size: int, entries: list[dict], jobs: list[ImageJob],
+                settings: dict, seconds: float) -> None:
+    """Rewritten after every batch, so an interrupted run still lists what it finished (and resumes);
+    ``seconds``: every call's time, a resumed run's earlier calls included."""
+    order = {job.folder: i for i, job in enumerate(jobs)}
+    index = {"model": source, "batch_size": batch_size, "complete": len(entries) == len(jobs),
+             "images_planned": len(jobs), "images": sorted(entries, key=lambda e: order[e["folder"]]),
+             "timings_s": {"command_total": seconds}, "settings": settings,
+             "jobs": [[job.prompt, job.seed, job.folder] for job in jobs]}
+    atomic_write_json(Path(out) / INDEX_FILE, index)

@@ -1,0 +1,44 @@
+"""``l2s.evaluation.generate_images``: the library behind ``l2s generate``'s multi-image runs."""
+import json
+
+import pytest
+
+from l2s.demo import tiny_classifier_for, tiny_flux_pipeline
+from l2s.errors import UsageError
+from l2s.evaluation import GenerateOptions, generate_images, image_jobs, open_image_run
+from l2s.pipelines import wrap_pipeline
+from l2s.steer import custom_schedule
+
+PROMPTS = ["a cat above a dog", "a cup"]
+
+
+@pytest.fixture(scope="module")
+def steerer():
+    pipe = tiny_flux_pipeline(num_layers=1, num_single_layers=1, guidance_embeds=True, seed=0)
+    return wrap_pipeline(pipe, tiny_classifier_for(pipe, seed=1))
+
+
+def test_a_run_writes_a_folder_per_image_resumes_and_refuses_other_images(steerer, tmp_path):
+    jobs, settings = image_jobs(PROMPTS, [0, 1]), {"model": "tiny"}
+    options = GenerateOptions(schedule=custom_schedule(2, steered=[0], iterations=1, step_size=1.0),
+                              sampling={"num_inference_steps": 2, "height": 32, "width": 32, "progress": False},
+                              judge=lambda image, prompt: "cat" in prompt or None, context={"model": "tiny"})
+    said = []
+    entries, names = generate_images(steerer, jobs, tmp_path, options, resume=open_image_run(tmp_path, jobs, settings, False),
+                                     source="tiny", settings=settings, batch_size=3, say=said.append)
+    assert [e["folder"] for e in entries] == [job.folder for job in jobs]
+    assert [e["steered"] for e in entries] == [True, True, False, False]       # "a cup" has no relation
+    assert [("verdict" in e) for e in entries] == [True, True, False, False]
+    assert "image_unsteered.png" in names and (tmp_path / jobs[0].folder / "comparison.png").is_file()
+    assert not (tmp_path / jobs[2].folder / "image_unsteered.png").exists()
+    assert any("p01-s0000" in line for line in said)                           # why it is not steered
+    index = json.loads((tmp_path / "index.json").read_text())
+    assert index["complete"] and index["images_planned"] == 4
+    report = json.loads((tmp_path / jobs[0].folder / "report.json").read_text())
+    assert report["model"] == "tiny" and report["batch"] == {"images": 3, "position": 0}
+    assert open_image_run(tmp_path, jobs, settings, False).finished
+    with pytest.raises(UsageError, match="other settings"):
+        open_image_run(tmp_path, jobs, {"model": "other"}, False)
+    with pytest.raises(UsageError, match="other prompts or seeds"):
+        open_image_run(tmp_path, image_jobs(PROMPTS, [0]), settings, False)
+    assert open_image_run(tmp_path, image_jobs(PROMPTS, [0]), settings, True).entries is None
