@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from l2s.errors import UsageError
-from l2s.evaluation.image_runs import ImageJob
+
+if TYPE_CHECKING:
+    from l2s.evaluation.image_runs import ImageJob
 
 
 def read_prompt_file(path: str) -> list[str]:

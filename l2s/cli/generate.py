@@ -14,8 +14,6 @@ import time
 from pathlib import Path
 
 from l2s.errors import L2SError, UsageError
-from l2s.evaluation.generation import GenerateOptions, generate_image, generate_images
-from l2s.evaluation.image_runs import earlier_outputs, image_jobs, open_image_run, refuse_earlier
 
 from .batches import folders_line, image_settings, prompts_of, seeds_of
 from .checks import check_sampling_args
@@ -77,6 +75,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from l2s.evaluation.image_runs import image_jobs
     from l2s.files import output_lock
     from l2s.pipelines.arguments import positive_int
 
@@ -121,7 +120,8 @@ def _say(line: str) -> None:
     print(f"l2s: {line}", file=sys.stderr)
 
 
-def _options(args: argparse.Namespace, steerer, source: str, relations) -> GenerateOptions:
+def _options(args: argparse.Namespace, steerer, source: str, relations):
+    from l2s.evaluation.generation import GenerateOptions
     from l2s.shapes import is_shapes_pipeline, prompt_verdict
 
     sampling = {"num_inference_steps": args.steps, "height": args.height, "width": args.width,
@@ -133,6 +133,8 @@ def _options(args: argparse.Namespace, steerer, source: str, relations) -> Gener
 
 
 def _generate(args: argparse.Namespace, prompt: str, relations, started: float) -> int:
+    from l2s.evaluation.generation import generate_image
+    from l2s.evaluation.image_runs import earlier_outputs, refuse_earlier
     from l2s.pipelines.attention_maps import MapRecorder
 
     several = earlier_outputs(args.out, several=True)
@@ -166,6 +168,9 @@ def _verdict_line(entries: list[dict]) -> str | None:
 def _generate_many(args: argparse.Namespace, relations, jobs, started: float) -> int:
     """Every (prompt, seed) of ``jobs``, ``--batch-size`` per steering call; a folder each and index.json.
     An interrupted run of the same images and settings resumes after its finished images."""
+    from l2s.evaluation.generation import generate_images
+    from l2s.evaluation.image_runs import open_image_run
+
     out, settings = Path(args.out), image_settings(args)
     resume = open_image_run(out, jobs, settings, args.restart)
     if resume.finished:
