@@ -38,10 +38,10 @@ from .sources import (
     split_of,
 )
 from .store import MAP_DTYPES, load_dataset_meta, verify_dataset
+from .epochs import TrainingDivergedError
 from .train import (
     DEFAULT_EPOCHS,
     DEFAULT_LR,
-    TrainingDivergedError,
     TrainResult,
     check_training_options,
     train_classifier,

@@ -11,26 +11,20 @@ continues from ``last/`` and gives exactly the weights an uninterrupted run woul
 shuffling generator, the global RNG (dropout) and every optimizer / scheduler / early-stopping
 counter are restored. The output directory is locked while training runs, the dataset's shards
 are checked against their checksums before the first epoch, and a loss that stops being finite
-ends training at once (:class:`TrainingDivergedError`), before anything of that epoch is saved.
+ends training at once (:class:`~.epochs.TrainingDivergedError`), before anything of that epoch is saved.
 """
 from __future__ import annotations
 
-import json
 import logging
-import math
-import time
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, RandomSampler
 from tqdm.auto import tqdm
 
-from l2s.classifier import ClassifierConfig, RelationClassifier, preset
+from l2s.classifier import ClassifierConfig, preset
 from l2s.errors import ClassifierMismatchError, L2SError
 from l2s.distributed import World, output_lock, world
 from l2s.files import DamagedFileError
@@ -49,12 +43,18 @@ from .checkpoints import (
     save_checkpoint,
 )
 from .layers import dataset_channels, with_first_blocks
+from .epochs import (
+    EARLY_STOPPING_PATIENCE,
+    LR_FACTOR,
+    LR_PATIENCE,
+    MIN_LR,
+    WEIGHT_DECAY,
+    _Training,
+)
 from .options import check_training_options
 from .parallel import (
     RankBatches,
     collate_slice,
-    global_batch_size,
-    restore_rng,
     rng_states,
     seed_dropout,
     val_share,
@@ -65,17 +65,10 @@ from .tracking import log_epoch
 
 log = logging.getLogger(__name__)
 
-WEIGHT_DECAY = 0.05
-LR_FACTOR, LR_PATIENCE, MIN_LR = 0.5, 5, 1e-6
-EARLY_STOPPING_PATIENCE = 10
 VAL_BATCH_SIZE = 256
 # Per-family learning rates and epoch limits; their keys are the classifier presets.
 DEFAULT_LR = {"flux-dev": 5e-5, "flux-schnell": 5e-5, "sd14": 1e-4, "sd21": 1e-4}
 DEFAULT_EPOCHS = {"flux-dev": 200, "flux-schnell": 200, "sd14": 150, "sd21": 100}
-
-
-class TrainingDivergedError(L2SError):
-    """The loss stopped being finite; nothing of the epoch it happened in was saved."""
 
 
 @dataclass
@@ -125,52 +118,6 @@ def _resolve_config(config: ClassifierConfig | str, meta: dict, layers: int | No
 
 def _family(config: ClassifierConfig) -> str:
     return config.model_family if config.model_family in DEFAULT_LR else "sd14"
-
-
-class _EpochTally:
-    """Loss and accuracy over an epoch's batches, overall and per step index."""
-
-    def __init__(self) -> None:
-        self.loss_sum = 0.0
-        self.per_step: dict[int, list[int]] = defaultdict(lambda: [0, 0])  # step -> [correct, seen]
-
-    def add(self, loss_sum: float, logits: torch.Tensor, labels: torch.Tensor, steps: torch.Tensor) -> None:
-        self.loss_sum += loss_sum
-        hits = (logits.argmax(dim=1) == labels).tolist()
-        for step, hit in zip(steps.tolist(), hits):
-            self.per_step[step][0] += int(hit)
-            self.per_step[step][1] += 1
-
-    def merged(self, group: World) -> _EpochTally:
-        """The tally of every rank's batches (the same on every rank)."""
-        if not group.spread:
-            return self
-        merged = _EpochTally()
-        for loss_sum, per_step in group.gather((self.loss_sum, dict(self.per_step))):
-            merged.loss_sum += loss_sum
-            for step, (correct, seen) in per_step.items():
-                merged.per_step[step][0] += correct
-                merged.per_step[step][1] += seen
-        return merged
-
-    def summary(self) -> dict:
-        total = sum(n for _, n in self.per_step.values())
-        if total == 0:
-            return {"loss": float("nan"), "accuracy": float("nan"), "per_step": {}}
-        correct = sum(c for c, _ in self.per_step.values())
-        return {"loss": self.loss_sum / total, "accuracy": correct / total,
-                "per_step": {str(s): c / n for s, (c, n) in sorted(self.per_step.items())}}
-
-
-@torch.no_grad()
-def _evaluate(model: nn.Module, loader: DataLoader, device: str) -> dict:
-    model.eval()
-    tally = _EpochTally()
-    for maps, steps, labels in loader:
-        maps, steps, labels = maps.to(device), steps.to(device), labels.to(device)
-        logits = model(maps, steps)
-        tally.add(nn.functional.cross_entropy(logits, labels, reduction="sum").item(), logits, labels, steps)
-    return tally.merged(world()).summary()
 
 
 def _training_settings(config: ClassifierConfig, meta: dict, lr: float, batch_size: int, seed: int,
@@ -326,110 +273,3 @@ def _splits(dataset_dir: Path, config: ClassifierConfig,
     return train_set, val_set
 
 
-@dataclass
-class _Training:
-    """What an epoch changes: the model, optimizer, scheduler, shuffling generator and counters."""
-
-    model: RelationClassifier
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-    shuffle: torch.Generator
-    counters: dict
-
-    @classmethod
-    def start(cls, config: ClassifierConfig, lr: float, seed: int, device: str) -> _Training:
-        model = RelationClassifier(config).to(device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=WEIGHT_DECAY)
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=LR_FACTOR,
-                                                               patience=LR_PATIENCE, min_lr=MIN_LR, threshold=0.0)
-        shuffle = torch.Generator().manual_seed(seed)
-        counters = {"epoch": 0, "best_epoch": 0, "best_val_loss": math.inf, "best_val_accuracy": 0.0,
-                    "bad_epochs": 0, "stopped_early": False}
-        return cls(model, optimizer, scheduler, shuffle, counters)
-
-    def restore(self, state: dict, last_dir: Path, devices: list[int]) -> None:
-        """Continue from ``last/``: weights, optimizer, scheduler, RNG streams and counters."""
-        self.model.load_state_dict(RelationClassifier.load(last_dir).state_dict())
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(json.loads(state["scheduler"]))
-        self.shuffle.set_state(state["shuffle_rng"])
-        restore_rng(state, world(), devices)
-        self.counters.update(json.loads(state["counters"]))
-
-    def epoch(self, train_loader: DataLoader, val_loader: DataLoader, device: str) -> dict:
-        """Train one epoch, validate, step the scheduler and the early stopping; the log row."""
-        started = time.perf_counter()
-        model, counters = self.model, self.counters
-        model.train()
-        tally = _EpochTally()
-        group = world()
-        size, total = train_loader.batch_sampler.batch_size, len(train_loader.dataset)
-        for number, batch in enumerate(train_loader):
-            if group.spread:
-                self._shared_step(batch, global_batch_size(number, size, total), tally, device, group)
-            else:
-                self._step(batch, tally, device)
-        train = tally.merged(group).summary()
-        val = _evaluate(model, val_loader, device)
-        if not math.isfinite(val["loss"]):
-            self._diverged("validation", val["loss"], None)
-        self.scheduler.step(val["loss"])
-        counters["epoch"] += 1
-        improved = val["loss"] < counters["best_val_loss"]
-        if improved:
-            counters.update(best_epoch=counters["epoch"], best_val_loss=val["loss"],
-                            best_val_accuracy=val["accuracy"], bad_epochs=0)
-        else:
-            counters["bad_epochs"] += 1
-            counters["stopped_early"] = counters["bad_epochs"] >= EARLY_STOPPING_PATIENCE
-        return {"epoch": counters["epoch"], "lr": self.optimizer.param_groups[0]["lr"],
-                "train_loss": train["loss"], "train_accuracy": train["accuracy"],
-                "train_accuracy_per_step": train["per_step"],
-                "val_loss": val["loss"], "val_accuracy": val["accuracy"],
-                "val_accuracy_per_step": val["per_step"], "best": improved,
-                "seconds": round(time.perf_counter() - started, 3)}
-
-    def _step(self, batch: list[torch.Tensor], tally: _EpochTally, device: str) -> None:
-        """One optimizer step on one batch."""
-        maps, steps, labels = (t.to(device) for t in batch)
-        logits = self.model(maps, steps)
-        loss = nn.functional.cross_entropy(logits, labels)
-        if not torch.isfinite(loss):
-            self._diverged("training", loss.item(), maps)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        tally.add(loss.item() * len(labels), logits, labels, steps)
-
-    def _shared_step(self, batch: list[torch.Tensor] | None, batch_total: int, tally: _EpochTally, device: str,
-                     group: World) -> None:
-        """This rank's slice of a global batch (``batch_total`` samples; None: an empty slice): its
-        summed loss over ``batch_total``, gradients summed over the ranks, then the common step."""
-        self.optimizer.zero_grad(set_to_none=True)
-        loss_sum, maps = torch.zeros((), device=device), None
-        if batch is not None:
-            maps, steps, labels = (t.to(device) for t in batch)
-            logits = self.model(maps, steps)
-            loss_sum = nn.functional.cross_entropy(logits, labels, reduction="sum")
-            (loss_sum / batch_total).backward()
-            tally.add(loss_sum.item(), logits, labels, steps)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        summed = loss_sum.detach().reshape(1).clone()
-        group.sum_([p.grad for p in params] + [summed])
-        if not torch.isfinite(summed).all():
-            self._diverged("training", summed.item() / batch_total, maps)
-        self.optimizer.step()
-
-    def _diverged(self, which: str, loss: float, maps: torch.Tensor | None) -> None:
-        """Stop at once: say in which epoch, and whether the data or the learning rate is to blame."""
-        epoch = self.counters["epoch"] + 1
-        if maps is not None and not torch.isfinite(maps).all():
-            raise TrainingDivergedError(f"epoch {epoch}: the dataset holds non-finite maps (the {which} loss "
-                                        f"is {loss}); remake the dataset")
-        lr = self.optimizer.param_groups[0]["lr"]
-        raise TrainingDivergedError(f"training diverged in epoch {epoch}: the {which} loss is {loss} at "
-                                    f"learning rate {lr:g}; nothing of epoch {epoch} was saved; lower the "
-                                    f"learning rate (--lr) and start over (--restart)")
