@@ -150,6 +150,19 @@ def test_opcheck_backward():
     torch.library.opcheck(torch.ops.l2s.selected_text_softmax_backward, (torch.randn(1, 2, 5, 3), q, k, selector, 0.5))
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_opcheck_on_cuda(dtype):
+    """The CUDA kernels (Triton, or l2s_fast's) agree with the fake kernels and autograd registration."""
+    q, k, selector = (t.cuda() for t in random_inputs(1, 2, 37, 130, 16, 3, dtype=dtype))
+    q.requires_grad_()
+    k.requires_grad_()
+    torch.library.opcheck(torch.ops.l2s.selected_text_softmax, (q, k, selector, 0.25))
+    grad_out = torch.randn(1, 2, 37, 3, device="cuda", dtype=dtype)
+    torch.library.opcheck(torch.ops.l2s.selected_text_softmax_backward,
+                          (grad_out, q.detach(), k.detach(), selector, 0.25))
+
+
 def test_fake_tensor_gives_shape_and_dtype():
     from torch._subclasses.fake_tensor import FakeTensorMode
 
