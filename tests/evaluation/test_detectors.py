@@ -14,19 +14,17 @@ from l2s.evaluation import (
     clipseg_mask_to_box,
     label_components,
 )
-from l2s.evaluation.components import _label_components_numpy
 
 
-def test_label_components_numpy_fallback_matches_scipy():
-    rng = np.random.default_rng(0)
-    for connectivity in (4, 8):
-        mask = rng.random((30, 40)) > 0.55
-        labels, count = label_components(mask, connectivity)
-        fallback, fallback_count = _label_components_numpy(mask, connectivity)
-        assert count == fallback_count > 1
-        # same partition: a one-to-one map between the two labellings
-        pairs = set(zip(labels[mask].tolist(), fallback[mask].tolist()))
-        assert len(pairs) == count
+def test_label_components_counts_4_and_8_connected_blobs():
+    mask = np.zeros((6, 6), bool)
+    mask[0, 0] = mask[1, 1] = True          # diagonal neighbours: one blob at 8, two at 4
+    mask[4:6, 3:6] = True
+    labels, count = label_components(mask, 8)
+    assert count == 2 and labels[0, 0] == labels[1, 1] != labels[5, 5] and labels[3, 3] == 0
+    assert label_components(mask, 4)[1] == 3
+    with pytest.raises(ValueError, match="connectivity must be 4 or 8"):
+        label_components(mask, 6)
 
 
 def test_clipseg_mask_to_box_keeps_largest_component_and_rescales():
