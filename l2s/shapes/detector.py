@@ -123,13 +123,6 @@ def _template_iou(mask: np.ndarray, shape: str) -> float:
 
 
 def _component_slices(labels: np.ndarray, count: int) -> list[tuple[slice, slice] | None]:
-    """Bounding slices of components 1..count (scipy's ``find_objects`` when available)."""
-    try:
-        from scipy import ndimage
-    except ImportError:
-        slices = []
-        for index in range(1, count + 1):
-            ys, xs = np.nonzero(labels == index)
-            slices.append((slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1)) if len(ys) else None)
-        return slices
+    """Bounding slices of components 1..count (``scipy.ndimage.find_objects``)."""
+    from scipy import ndimage   # imported when used, like label_components
     return ndimage.find_objects(labels, max_label=count)

@@ -79,15 +79,3 @@ def test_detector_ignores_foreign_colours_and_wrong_shapes():
     assert found["green"].box == (40, 40, 60, 50)
     assert found["green circle"] is None and found["red"] is None
 
-
-def test_detector_without_scipy(monkeypatch):
-    """The numpy fallbacks (labelling, component boxes) give the same detections."""
-    rng = np.random.default_rng(4)
-    scenes = [random_scene(rng, size=40) for _ in range(10)]
-    expected = [ShapesDetector().detect(render(s), [o.name for o in s.objects]) for s in scenes]
-    monkeypatch.setitem(__import__("sys").modules, "scipy", None)  # makes `from scipy import ...` fail
-    with pytest.raises(ImportError):
-        from scipy import ndimage  # noqa: F401
-    for scene, want in zip(scenes, expected):
-        assert ShapesDetector().detect(render(scene), [o.name for o in scene.objects]) == want
-        assert all(want[o.name].box == o.box for o in scene.objects)
