@@ -92,3 +92,21 @@ def _fresh_transformer_output(rollout, cond):
     pipe = make_tiny_pipe()
     with torch.no_grad():
         return pipe.transformer(**_inputs(pipe, rollout, cond))[0]
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_one_update_moves_log_probs_the_way_the_advantages_point(sign):
+    """A small step raises sum(A * log p) over the trained rows: the objective's sign is right."""
+    from .conftest import make_tiny_pipe
+
+    settings = tiny_settings(optimizer_steps=1, lr=1e-4, beta=0.0, top_k=None)
+    trainer = GRPOTrainer(make_tiny_pipe(), redness, settings, OneProcess())
+    rollout, cond = trainer.rollout(PROMPTS[:2], list(range(200, 224)), settings.noise_level)
+    advantages = sign * torch.tensor([1.0, -1.0, 0.5, -0.5] * 6).reshape(2, 12)
+    trainer.train(rollout, advantages, cond, torch.Generator().manual_seed(0))
+    rows = torch.arange(24)
+    with torch.no_grad():
+        new = torch.stack([trainer.step_terms(rollout, rows, j, cond, False)[0].log_prob
+                           for j in range(settings.trained_steps)], dim=1)
+    gain = (advantages.reshape(-1, 1) * (new - rollout.log_probs)).sum()
+    assert gain > 0
