@@ -186,6 +186,30 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+CONTENT_DIGEST_LIMIT = 64 << 20   # larger files (weight shards of GBs) count by size and mtime
+
+
+def weights_digest(path: str | Path) -> str | None:
+    """A short fingerprint of a weights file or folder: a retrained adapter or classifier saved at
+    the same path gets another one. Files up to 64 MiB count by content (a copy keeps its
+    fingerprint), larger ones by size and modification time (hashing GBs would cost minutes).
+    None when ``path`` is not a local file or folder (a hub id)."""
+    root = Path(path)
+    if not root.exists():
+        return None
+    files = [root] if root.is_file() else sorted(   # hidden files (a lock's pid) are not weights
+        f for f in root.rglob("*") if f.is_file() and not any(p.startswith(".") for p in f.relative_to(root).parts))
+    digest = hashlib.sha256()
+    for file in files:
+        stat = file.stat()
+        name = file.name if file == root else file.relative_to(root).as_posix()
+        if stat.st_size <= CONTENT_DIGEST_LIMIT:
+            identity = file_sha256(file)
+        else:
+            identity = f"{stat.st_size}:{stat.st_mtime_ns}"
+        digest.update(f"{name}\0{identity}\0".encode())
+    return digest.hexdigest()[:16]
+
 # ----------------------------------------------------------------------------------------------
 # Reading state back
 # ----------------------------------------------------------------------------------------------
@@ -255,4 +279,5 @@ __all__ = [
     "prepare_output_dir",
     "read_jsonl_lines",
     "read_state_json",
+    "weights_digest",
 ]

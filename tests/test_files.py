@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -133,3 +134,20 @@ def test_atomic_torch_save_is_whole_or_nothing(tmp_path):
         atomic_torch_save({"x": lambda: 0}, path)      # cannot be pickled: nothing is written
     assert torch.equal(torch.load(path, weights_only=True)["x"], torch.arange(3))
     assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]
+
+
+def test_weights_digest_follows_content_not_copies_and_skips_hidden_files(tmp_path):
+    from l2s.files import weights_digest
+
+    folder = tmp_path / "adapter"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "weights.bin").write_bytes(b"abc")
+    (folder / "sub" / "config.json").write_text("{}")
+    first = weights_digest(folder)
+    shutil.copytree(folder, tmp_path / "copy")
+    (tmp_path / "copy" / ".l2s.lock").write_text("1234")
+    assert weights_digest(tmp_path / "copy") == first
+    (folder / "weights.bin").write_bytes(b"abd")
+    assert weights_digest(folder) != first
+    assert weights_digest(folder / "weights.bin") != weights_digest(tmp_path / "copy" / "weights.bin")
+    assert weights_digest(tmp_path / "missing") is None

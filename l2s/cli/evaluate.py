@@ -12,7 +12,7 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
-from .models import add_model_args, add_sampling_args, add_speed_args, load_steerer
+from .models import add_model_args, add_sampling_args, add_speed_args, load_steerer, weights_digests
 from .options import add_device_arg, add_dtype_arg, resolve_device
 from .outputs import folder_outputs, wrote_line
 from .relations import EVAL_HELP as RELATIONS_HELP
@@ -192,6 +192,7 @@ def _run_locked(args: argparse.Namespace, specs, seeds, relations_of=None):
                 # What runs the steps changes pixels too (kernels' rounding): the effective choices.
                 "engine": getattr(steerer, "engine_kind", None), "capture_backend": steerer.capture_backend,
                 "dtype": args.dtype if args.model not in (None, "tiny") else None}
+    settings.update(weights_digests(args))   # the same paths with retrained weights are other settings
     if args.relations:  # recorded only when given, so runs made before the option still resume
         settings["relations"] = args.relations
     if args.lora:

@@ -17,7 +17,7 @@ from l2s.errors import L2SError, UsageError
 
 from .batches import folders_line, image_settings, prompts_of, seeds_of
 from .checks import check_sampling_args
-from .models import add_model_args, add_sampling_args, add_speed_args, load_steerer
+from .models import add_model_args, add_sampling_args, add_speed_args, load_steerer, weights_digests
 from .options import add_device_arg, add_dtype_arg
 from .outputs import wrote_line
 from .relations import add_relations_arg, given_parse, parse_relations, steer_given_relations
@@ -171,7 +171,7 @@ def _generate_many(args: argparse.Namespace, relations, jobs, started: float) ->
     from l2s.evaluation.generation import generate_images
     from l2s.evaluation.image_runs import open_image_run
 
-    out, settings = Path(args.out), image_settings(args)
+    out, settings = Path(args.out), {**image_settings(args), **weights_digests(args)}
     resume = open_image_run(out, jobs, settings, args.restart)
     if resume.finished:
         _say(f"all {len(jobs)} images are already in {out} (same prompts, seeds and settings); "

@@ -93,6 +93,25 @@ def load_steerer(args: argparse.Namespace):
     return steerer, source
 
 
+def weights_digests(args: argparse.Namespace) -> dict:
+    """Fingerprints of the local weights behind --model, --classifier and --lora (shipped names
+    resolved), for a run's settings: a retrained classifier or adapter saved at the same path must
+    not resume an earlier run's images. Hub ids and the random tiny model have none."""
+    from pathlib import Path
+
+    from l2s.files import weights_digest
+    from l2s.pipelines.loading import pipeline_digest
+    from l2s.shapes.recipes import classifier_folder, lora_folder, shipped_assets
+
+    shipped = args.model is None and shipped_assets().available
+    model = shipped_assets().pipeline if shipped else (None if args.model in (None, "tiny") else Path(args.model))
+    classifier = classifier_folder(args.classifier) or (shipped_assets().classifier if shipped else None)
+    found = {"model_digest": pipeline_digest(model) if model is not None else None,
+             "classifier_digest": weights_digest(classifier) if classifier is not None else None,
+             "lora_digest": weights_digest(lora_folder(args.lora)) if getattr(args, "lora", None) else None}
+    return {key: value for key, value in found.items() if value is not None}
+
+
 def _near_shipped_name(classifier: str | None) -> None:
     """A --classifier that is no path but close to a shipped classifier's name: say which was meant."""
     import difflib

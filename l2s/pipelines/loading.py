@@ -93,6 +93,25 @@ def pipeline_folder(name_or_path: str | Path) -> Path:
         raise ModelLoadError(not_cached(str(name_or_path), "model")) from None
 
 
+def pipeline_digest(folder: str | Path) -> str | None:
+    """A pipeline folder's weights fingerprint (:func:`l2s.files.weights_digest`): model_index.json
+    and the component folders it names, not whatever else sits beside them (the shapes world's
+    classifiers). None when the folder does not exist."""
+    import hashlib
+
+    from l2s.files import weights_digest
+
+    folder = Path(folder)
+    try:
+        names = sorted(k for k in json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+                       if (folder / k).is_dir())
+    except (OSError, ValueError, TypeError):   # not a pipeline index loading would accept: the folder as it is
+        return weights_digest(folder)
+    parts = [f"model_index.json={weights_digest(folder / 'model_index.json')}"]
+    parts += [f"{name}={weights_digest(folder / name)}" for name in names]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
 def load_diffusers_pipeline(path: str | Path, torch_dtype: torch.dtype | None = None):
     """Load a FLUX or SD pipeline from a local diffusers directory, or a hub id in the local
     cache (:func:`pipeline_folder`); never contacts a hub."""

@@ -20,7 +20,9 @@ from PIL import Image
 
 from l2s.distributed import output_lock, world
 from l2s.errors import UsageError
+from l2s.files import weights_digest
 from l2s.pipelines.arguments import positive_int
+from l2s.pipelines.loading import pipeline_digest
 from . import bench_plain as plain_part
 from .bench_reward import reward_columns
 from .detector import ShapesDetector
@@ -218,7 +220,8 @@ def _run_bench(out_dir: str | Path, pipeline_dir: str | Path | None, classifier:
     if parts is None or plain_part.KEY in parts:
         prompts = plain_part.plain_prompts(max(4, int(round(PLAIN_PROMPTS * scale))), prompt_seed=BENCH_PROMPT_SEED)
         steerer = run.steerer("dual")
-        settings = {"pipeline": str(pipeline_dir), "lora": run.lora, "sampling": steerer.sampling_options()}
+        settings = {"pipeline": str(pipeline_dir), "lora": run.lora, "sampling": steerer.sampling_options(),
+                    **_digests(run)}
         plain = plain_part.run_plain_part(steerer, run.detector, prompts, seeds, Path(out_dir), batch_size, settings,
                                           progress)
     comparison = None
@@ -232,6 +235,14 @@ def _run_bench(out_dir: str | Path, pipeline_dir: str | Path | None, classifier:
     return {"parts": results, "no_relation": plain, "classifier_comparison": comparison, "settings": settings}
 
 
+def _digests(run: _BenchRun, classifier: str | Path | None = None) -> dict:
+    """Weights fingerprints for a part's settings: retrained weights at the same paths never resume."""
+    found = {"pipeline_digest": pipeline_digest(run.pipeline_dir),
+             "classifier_digest": None if classifier is None else weights_digest(classifier),
+             "lora_digest": None if run.lora is None else weights_digest(lora_folder(run.lora))}
+    return {key: value for key, value in found.items() if value is not None}
+
+
 def _run_part(run: _BenchRun, part: BenchPart, out: Path, progress: bool) -> dict:
     """Generate and judge one part (resumable :func:`l2s.evaluation.run_eval` run in ``out/<key>``)."""
     from l2s.evaluation import run_eval
@@ -240,7 +251,8 @@ def _run_part(run: _BenchRun, part: BenchPart, out: Path, progress: bool) -> dic
     schedule = _schedule_for(part.schedule, run.step_size)
     settings = {"pipeline": str(run.pipeline_dir), "classifier": str(run.classifiers[part.classifier]),
                 "schedule": json.loads(json.dumps(schedule.to_json())), "part": part.key,  # as stored
-                "sampling": steerer.sampling_options(), **({"lora": run.lora} if run.lora else {})}
+                "sampling": steerer.sampling_options(), **({"lora": run.lora} if run.lora else {}),
+                **_digests(run, run.classifiers[part.classifier])}
     report = run_eval(steerer, part.specs, run.detector, out / part.key, seeds=part.seeds, modes=part.modes,
                       schedule=schedule, settings=settings, detector_name="shapes",
                       contact_sheets=part.key == "position", progress=progress, batch_size=run.batch_size)

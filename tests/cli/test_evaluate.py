@@ -173,6 +173,19 @@ def test_eval_resumes_and_refuses_other_settings(tiny_run, tmp_path, capsys, mon
     assert code == 2 and "step_size: (not recorded) -> None" in error_lines(err)[0]
 
 
+
+def test_eval_refuses_to_resume_with_a_classifier_retrained_at_the_same_path(tmp_path, capsys):
+    from l2s.demo import tiny_classifier_for, tiny_flux_pipeline
+
+    folder, out = tmp_path / "classifier", tmp_path / "run"
+    tiny_classifier_for(tiny_flux_pipeline(seed=0), seed=0).save(folder)
+    argv = TINY_RUN + ["--mode", "steered", "--classifier", str(folder), "--out", str(out)]
+    assert run(argv, capsys)[0] == 0
+    assert run(argv, capsys)[0] == 0                                       # the same weights resume
+    tiny_classifier_for(tiny_flux_pipeline(seed=0), seed=1).save(folder)   # retrained into the same folder
+    code, _, err = run(argv, capsys)
+    assert code == 2 and "classifier_digest: " in error_lines(err)[0]
+
 # ---------------------------------------------------------------------------------------------
 # Errors
 # ---------------------------------------------------------------------------------------------

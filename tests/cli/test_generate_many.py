@@ -228,3 +228,19 @@ def test_a_run_killed_in_its_first_batch_resumes(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(SteeringPipeline, "__call__", original)
     code, lines = run(argv, capsys)
     assert code == 0 and json.loads((out / "index.json").read_text())["complete"], lines
+
+
+def test_a_classifier_retrained_at_the_same_path_does_not_resume_the_earlier_images(tmp_path, capsys):
+    from l2s.demo import tiny_classifier_for, tiny_flux_pipeline
+
+    folder = tmp_path / "classifier"
+    tiny_classifier_for(tiny_flux_pipeline(seed=0), seed=0).save(folder)
+    out = tmp_path / "o"
+    argv = ["generate", PROMPTS[0], "--seeds", "0-1", "--steps", "2", "--no-baseline", "--classifier", str(folder),
+            "--out", str(out), *TINY]
+    assert run(argv, capsys)[0] == 0
+    assert "already in" in run(argv, capsys)[1][-1]                        # the same weights: nothing to do
+    tiny_classifier_for(tiny_flux_pipeline(seed=0), seed=1).save(folder)   # retrained into the same folder
+    code, lines = run(argv, capsys)
+    assert code == 2 and "holds an earlier run with other settings (classifier_digest: " in lines[-1], lines
+    assert run(argv + ["--restart"], capsys)[0] == 0

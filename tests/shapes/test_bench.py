@@ -96,6 +96,9 @@ def test_bench_records_its_sampling_and_resumes_only_with_it(tiny_shapes_pipe, t
     assert results["settings"]["step_size"] == shapes_world.SHAPES_STEP_SIZE
     with pytest.raises(L2SError, match="schedule"):   # nor images steered with another step size
         shapes_world.run_shapes_bench(tmp_path / "out", true_cfg_scale=2.0, step_size=0.5, **kwargs)
+    _tiny_shapes_classifier(tiny_shapes_pipe, seed=1).save(tmp_path / "clf")   # retrained at the same path
+    with pytest.raises(L2SError, match="classifier_digest"):
+        shapes_world.run_shapes_bench(tmp_path / "out", true_cfg_scale=2.0, **kwargs)
     gentle = shapes_world.run_shapes_bench(tmp_path / "gentle", true_cfg_scale=2.0, step_size=0.5,
                                            **{**kwargs, "parts": ["position", "ablation"]})
     assert gentle["settings"]["step_size"] == 0.5
@@ -133,11 +136,11 @@ def test_bench_header_names_the_models_it_ran(tmp_path):
     assert "Shipped" not in other and "Shapes model `/tmp/candidate` with classifiers" in other
 
 
-def _tiny_shapes_classifier(pipe):
+def _tiny_shapes_classifier(pipe, seed=0):
     """A random relation classifier shaped for the shapes world's maps (8x8, its trained steps)."""
     from l2s.demo import tiny_classifier_for
 
-    return tiny_classifier_for(pipe, seed=0, orig_map_size=8, timesteps=shapes_world.SHAPES_STORE_STEPS,
+    return tiny_classifier_for(pipe, seed=seed, orig_map_size=8, timesteps=shapes_world.SHAPES_STORE_STEPS,
                                num_timesteps=shapes_world.SHAPES_STEPS)
 
 
