@@ -172,9 +172,22 @@ def _drop_torn_tail(path: Path) -> None:
                 if cut >= 0 or start == 0:
                     break
                 start = max(0, start - (1 << 20))
-            handle.truncate(start + cut + 1 if cut >= 0 else 0)
+            keep = start + cut + 1 if cut >= 0 else 0
+            handle.seek(keep)
+            if _is_json_object(handle.read()):   # a whole record that only lost its newline: readers keep it
+                handle.seek(0, os.SEEK_END)
+                handle.write(b"\n")
+            else:
+                handle.truncate(keep)
     except FileNotFoundError:
         return
+
+
+def _is_json_object(data: bytes) -> bool:
+    try:
+        return isinstance(json.loads(data), dict)
+    except ValueError:
+        return False
 
 
 def file_sha256(path: str | Path) -> str:
@@ -209,6 +222,13 @@ def weights_digest(path: str | Path) -> str | None:
             identity = f"{stat.st_size}:{stat.st_mtime_ns}"
         digest.update(f"{name}\0{identity}\0".encode())
     return digest.hexdigest()[:16]
+
+
+def unrecorded_digests(earlier: dict, settings: dict) -> dict:
+    """``settings`` without the ``*_digest`` keys ``earlier`` lacks: a run recorded before weights
+    were fingerprinted still resumes (only a recorded fingerprint that differs refuses)."""
+    return {k: v for k, v in settings.items() if not (k.endswith("_digest") and k not in earlier)}
+
 
 # ----------------------------------------------------------------------------------------------
 # Reading state back
@@ -279,5 +299,6 @@ __all__ = [
     "prepare_output_dir",
     "read_jsonl_lines",
     "read_state_json",
+    "unrecorded_digests",
     "weights_digest",
 ]

@@ -151,3 +151,15 @@ def test_weights_digest_follows_content_not_copies_and_skips_hidden_files(tmp_pa
     assert weights_digest(folder) != first
     assert weights_digest(folder / "weights.bin") != weights_digest(tmp_path / "copy" / "weights.bin")
     assert weights_digest(tmp_path / "missing") is None
+
+
+def test_runs_recorded_before_fingerprints_still_resume_and_a_whole_last_record_is_kept(tmp_path):
+    from l2s.files import fsync_append, unrecorded_digests
+
+    earlier = {"steps": 2}
+    assert unrecorded_digests(earlier, {"steps": 2, "lora_digest": "ab"}) == earlier
+    assert unrecorded_digests({**earlier, "lora_digest": "cd"}, {"steps": 2, "lora_digest": "ab"})["lora_digest"] == "ab"
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"epoch": 1}\n{"epoch": 2}')        # the last record lost only its newline
+    fsync_append(log, ['{"epoch": 3}'])
+    assert log.read_text().splitlines() == ['{"epoch": 1}', '{"epoch": 2}', '{"epoch": 3}']

@@ -16,6 +16,7 @@ from pathlib import Path
 from l2s.errors import L2SError
 
 from .help import command_parser
+from .options import thread_count
 
 REWARDS_HELP = ("'rule' (exact detector + GenEval rule, 1 when the image passes its prompt), 'spatialscore' (the "
                 "shipped SpatialScore reward model) or a trained SpatialScore folder (l2s shapes train-reward): its "
@@ -64,7 +65,7 @@ def build_grpo_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=1, metavar="N",
                    help="judge the dev prompts after every N-th epoch and the last (default 1); training is the "
                         "same whatever N, so a resumed run may change it")
-    p.add_argument("--threads", type=int, help="torch CPU threads per process")
+    p.add_argument("--threads", type=thread_count, help="torch CPU threads per process")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 

@@ -100,15 +100,18 @@ def weights_digests(args: argparse.Namespace) -> dict:
     from pathlib import Path
 
     from l2s.files import weights_digest
+    from l2s.grpo.lora import lora_digest
     from l2s.pipelines.loading import pipeline_digest
     from l2s.shapes.recipes import classifier_folder, lora_folder, shipped_assets
 
     shipped = args.model is None and shipped_assets().available
     model = shipped_assets().pipeline if shipped else (None if args.model in (None, "tiny") else Path(args.model))
     classifier = classifier_folder(args.classifier) or (shipped_assets().classifier if shipped else None)
+    if classifier is not None and Path(classifier).is_file() and Path(classifier).suffix != ".pth":
+        classifier = Path(classifier).parent   # OUT/best/config.json loads the whole folder
     found = {"model_digest": pipeline_digest(model) if model is not None else None,
              "classifier_digest": weights_digest(classifier) if classifier is not None else None,
-             "lora_digest": weights_digest(lora_folder(args.lora)) if getattr(args, "lora", None) else None}
+             "lora_digest": lora_digest(lora_folder(args.lora)) if getattr(args, "lora", None) else None}
     return {key: value for key, value in found.items() if value is not None}
 
 

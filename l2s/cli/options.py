@@ -83,3 +83,14 @@ def torch_dtype(name: str, device: str, family: str | None = None):
         on_gpu = not str(device).startswith("cpu")
         name = "fp32" if not on_gpu or family == "sd" else "bf16"
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def thread_count(text: str) -> int:
+    """``--threads``: a positive integer (argparse type; torch refuses 0 and negative counts)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value

@@ -12,6 +12,7 @@ from pathlib import Path
 from l2s.errors import L2SError
 
 from .help import command_parser
+from .options import thread_count
 
 
 def _patterns(text: str) -> dict:
@@ -53,7 +54,7 @@ def build_reward_data_parser() -> argparse.ArgumentParser:
                    help="also draw the colour and shape held out of every training set (cyan, diamond)")
     p.add_argument("--batch-size", type=int, default=32, help="images per generation batch")
     p.add_argument("--max-shards", type=int, default=None, help="stop after this many shards in all")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=thread_count, default=None, help="torch CPU threads")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -125,7 +126,7 @@ def build_train_reward_parser() -> argparse.ArgumentParser:
     p.add_argument("--restart", action="store_true", help="start over instead of resuming OUT/last")
     p.add_argument("--stop-after", type=int, default=None, metavar="EPOCHS",
                    help="stop after this many epochs of this call; the same command continues")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=thread_count, default=None, help="torch CPU threads")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p

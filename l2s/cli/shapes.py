@@ -15,6 +15,7 @@ from pathlib import Path
 from l2s.errors import L2SError, UsageError
 
 from .help import command_parser
+from .options import thread_count
 
 # --------------------------------------------------------------------------------------------
 # l2s shapes train-model
@@ -87,7 +88,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
                         help="stop after this many minutes and export the weights so far; the same "
                              "command later resumes and completes the run")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--threads", type=thread_count, default=None,
                         help="torch CPU threads (default: torch's)")
     parser.add_argument("--init-from", type=Path, default=None, metavar="PIPELINE_DIR",
                         help="start from the transformer and T5 weights of a saved shapes pipeline "
@@ -179,7 +180,7 @@ def build_make_data_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-dual", action="store_true", help="pos prompts only")
     p.add_argument("--layers", type=int, metavar="K",
                    help="store only the first K blocks' maps (default: every layer, which serves any K)")
-    p.add_argument("--threads", type=int)
+    p.add_argument("--threads", type=thread_count)
     p.add_argument("--quiet", action="store_true", help="no progress bars, only l2s's own lines")
     return p
 
@@ -222,7 +223,7 @@ def build_train_classifier_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=SHAPES_CLASSIFIER_EPOCHS)
     p.add_argument("--lr", type=float, default=SHAPES_CLASSIFIER_LR)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int)
+    p.add_argument("--threads", type=thread_count)
     p.add_argument("--quiet", action="store_true", help="no progress bars, only l2s's own lines")
     return p
 
@@ -302,7 +303,7 @@ def build_bench_parser() -> argparse.ArgumentParser:
                    help=f"sampling guidance against the empty caption (default {SHAPES_TRUE_CFG}; 1 = none)")
     p.add_argument("--step-size", type=float, metavar="ALPHA",
                    help=f"steering step size of every part (default {SHAPES_STEP_SIZE:g})")
-    p.add_argument("--threads", type=int)
+    p.add_argument("--threads", type=thread_count)
     p.add_argument("--quiet", action="store_true", help="no progress bars, only l2s's own lines")
     return p
 

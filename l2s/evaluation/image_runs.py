@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from l2s.errors import UsageError
-from l2s.files import atomic_write_json
+from l2s.files import atomic_write_json, unrecorded_digests
 
 INDEX_FILE = "index.json"
 FOLDER_PATTERN = re.compile(r"p\d+-s\d+")   # what a rerun may remove as an earlier run's image folder
@@ -98,8 +98,9 @@ def resume_state(out: Path, settings: dict, jobs: list[ImageJob]) -> Resume:
     if index.get("jobs") != [[job.prompt, job.seed, job.folder] for job in jobs]:
         return Resume(None, why_not="other prompts or seeds")
     earlier = index.get("settings") or {}
-    changed = [f"{k}: {earlier.get(k)} -> {settings.get(k)}" for k in sorted(set(earlier) | set(settings))
-               if earlier.get(k) != settings.get(k)]
+    compared = unrecorded_digests(earlier, settings)
+    changed = [f"{k}: {earlier.get(k)} -> {compared.get(k)}" for k in sorted(set(earlier) | set(compared))
+               if earlier.get(k) != compared.get(k)]
     if changed:
         return Resume(None, why_not="other settings (" + "; ".join(changed) + ")")
     entries = [e for e in index.get("images", []) if (Path(out) / e["folder"] / "report.json").is_file()]

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from l2s.errors import L2SError
-from l2s.files import DamagedFileError, atomic_write_text, read_state_json
+from l2s.files import DamagedFileError, atomic_write_text, read_state_json, unrecorded_digests
 from .prompt_files import geneval_metadata
 from .records import IMAGES, MODES, PROMPTS_FILE, RESULTS_FILE, RUN_FILE, SUMMARY_FILE, png_problem, write_json
 from .specs import PromptSpec
@@ -75,14 +75,15 @@ def read_run_file(out: str | Path) -> dict | None:
 def claim_run_dir(out: Path, settings: dict[str, Any]) -> None:
     """Record the generation settings, or check a resumed run used the same ones."""
     previous = read_run_file(out)
-    if previous is not None and previous.get("generation") != settings:
-        old = previous.get("generation") or {}
+    old = (previous or {}).get("generation") or {}
+    if previous is not None and old != unrecorded_digests(old, settings):
 
         def shown(d: dict, k: str) -> str:  # a setting an older version did not record says so
             return repr(d[k]) if k in d else "(not recorded)"
 
-        changed = sorted(k for k in set(old) | set(settings) if shown(old, k) != shown(settings, k))
-        details = ", ".join(f"{k}: {shown(old, k)} -> {shown(settings, k)}" for k in changed)
+        settings_shown = unrecorded_digests(old, settings)
+        changed = sorted(k for k in set(old) | set(settings_shown) if shown(old, k) != shown(settings_shown, k))
+        details = ", ".join(f"{k}: {shown(old, k)} -> {shown(settings_shown, k)}" for k in changed)
         raise L2SError(f"{out} holds a run made with other settings ({details}); "
                        "use another --out, or the same settings to resume it")
     write_json(out / RUN_FILE, {"generation": settings})

@@ -39,6 +39,17 @@ def adapter_parameters(model) -> dict[str, torch.nn.Parameter]:
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
+def lora_digest(folder: str | Path) -> str | None:
+    """The fingerprint of the adapter ``folder`` loads (its ``adapter/`` for a GRPO run folder, not
+    the run's checkpoint and log); None where there is no adapter."""
+    from l2s.files import weights_digest
+
+    try:
+        return weights_digest(adapter_dir(folder))
+    except ModelLoadError:
+        return None
+
+
 def adapter_dir(folder: str | Path) -> Path:
     """``folder`` when it holds an adapter, else its ``adapter/`` (a GRPO run's output folder)."""
     folder = Path(folder)

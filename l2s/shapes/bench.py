@@ -237,9 +237,11 @@ def _run_bench(out_dir: str | Path, pipeline_dir: str | Path | None, classifier:
 
 def _digests(run: _BenchRun, classifier: str | Path | None = None) -> dict:
     """Weights fingerprints for a part's settings: retrained weights at the same paths never resume."""
+    from l2s.grpo.lora import lora_digest   # imported when used, as apply_lora is
+
     found = {"pipeline_digest": pipeline_digest(run.pipeline_dir),
              "classifier_digest": None if classifier is None else weights_digest(classifier),
-             "lora_digest": None if run.lora is None else weights_digest(lora_folder(run.lora))}
+             "lora_digest": None if run.lora is None else lora_digest(lora_folder(run.lora))}
     return {key: value for key, value in found.items() if value is not None}
 
 

@@ -38,6 +38,13 @@ def saved(tmp_path_factory):
     return root
 
 
+@pytest.mark.parametrize("command", [["shapes", "grpo"], ["shapes", "bench"], ["shapes", "train-reward"]])
+def test_a_thread_count_below_one_is_a_usage_error(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(command + ["--threads", "0"])
+    assert exit_.value.code == 2 and "--threads: expected a positive integer, got 0" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--group-size", "8"], "at least 12"),
     (["--top-k", "13"], "top-k"),
