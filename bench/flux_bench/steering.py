@@ -116,9 +116,9 @@ def warm_up(steerer, resolution: int, args) -> None:
 
 
 def image_row(steerer, preset: str, steps: int, resolution: int, clock: Clock, args, budget: Budget,
-              against: str | None) -> Row:
+              against: str | None, name: str | None = None) -> Row:
     """The denoising loop of one steered generation with schedule preset ``preset``."""
-    row = Row(resolution, "whole image, denoising loop", f"{steerer.mode.name} mode, {preset} schedule",
+    row = Row(resolution, "whole image, denoising loop", f"{name or steerer.mode.name + ' mode'}, {preset} schedule",
               against=against)
 
     def generate():
@@ -143,24 +143,27 @@ def image_row(steerer, preset: str, steps: int, resolution: int, clock: Clock, a
 
 def image_runs(steerers: dict, presets: list[str], reference: bool, compiled: bool) -> list[tuple[str, str]]:
     """(mode, preset) of the whole images: reference mode + published schedule (``reference``),
-    fast mode with every preset; with ``compiled``, instead the cheapest preset (``fast`` if given,
-    else the last) in each compiled mode ``steerers`` holds."""
+    fast mode with every preset, then the cheapest preset (``fast`` if given, else the last) with
+    each first-K-blocks classifier; with ``compiled``, instead the cheapest preset in each compiled
+    mode ``steerers`` holds."""
+    cheapest = "fast" if "fast" in presets else presets[-1] if presets else None
     if compiled:
-        cheapest = "fast" if "fast" in presets else presets[-1] if presets else None
         return [(mode, cheapest) for mode in COMPILED_MODES if mode in steerers and cheapest]
+    layered = [(key, cheapest) for key in steerers if isinstance(key, tuple) and key[0] == "layers" and cheapest]
     return ([("reference", "reference")] if reference and "reference" in steerers else []) + [
-        ("fast", p) for p in presets]
+        ("fast", p) for p in presets] + layered
 
 
 def image_rows(steerers: dict, clock: Clock, resolution: int, runs: list[tuple[str, str]], args,
                budget: Budget) -> Iterator[Row]:
     """One whole image per (mode, preset) of ``runs`` (:func:`image_runs`), after a warm-up per mode."""
     for mode in dict.fromkeys(mode for mode, _ in runs):
-        warm = Row(resolution, "warm-up", mode)
+        warm = Row(resolution, "warm-up", str(mode))
         guarded(warm, lambda mode=mode: warm_up(steerers[mode], resolution, args), budget)
     for mode, preset in runs:
+        name = f"fast + classifier of the first {mode[1]} blocks" if isinstance(mode, tuple) else None
         yield image_row(steerers[mode], preset, image_steps(preset, args.image_steps), resolution, clock, args,
-                        budget, _image_against(mode, preset, runs))
+                        budget, _image_against(mode, preset, runs), name)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
@@ -168,7 +171,7 @@ def image_rows(steerers: dict, clock: Clock, resolution: int, runs: list[tuple[s
 def _image_against(mode: str, preset: str, runs: list[tuple[str, str]]) -> str | None:
     """The row an image row is compared with: fast/published vs reference/published, other fast
     presets vs fast/published, a compiled mode vs fast with the same preset."""
-    if mode in COMPILED_MODES:
+    if mode in COMPILED_MODES or isinstance(mode, tuple):       # compiled, or first-K-blocks classifier
         return f"fast mode, {preset} schedule"
     if mode == "fast" and preset == "reference":
         return "reference mode, reference schedule" if ("reference", "reference") in runs else None

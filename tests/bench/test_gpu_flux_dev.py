@@ -88,7 +88,12 @@ def test_whole_images_count_every_forward_and_exit_early(script, tmp_path, capsy
     check_speed_ups(rows)
     images = {r["variant"]: r for r in rows if r["measurement"].startswith("whole image, denoising loop")}
     assert list(images) == ["reference mode, reference schedule", "fast mode, reference schedule",
-                            "fast mode, early-exit schedule", "fast mode, fast schedule"]
+                            "fast mode, early-exit schedule", "fast mode, fast schedule",
+                            "fast + classifier of the first 1 blocks, fast schedule",
+                            "fast + classifier of the first 2 blocks, fast schedule"]
+    for k in (1, 2):     # the cheapest preset per first-K-blocks classifier, against all blocks
+        row = images[f"fast + classifier of the first {k} blocks, fast schedule"]
+        assert row["speed-up"].endswith("vs fast mode, fast schedule")
     counts = {}
     for name, row in images.items():
         steps, iterations = map(int, re.match(r"(\d+) steps, (\d+) steering iterations", row["notes"]).groups())
