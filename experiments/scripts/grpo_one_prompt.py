@@ -1,8 +1,10 @@
-"""GRPO on a single shapes prompt (diagnostic D1 of experiments/notebook/grpo.md), then the
-prompt's strict accuracy before and after, paired by seed.
+"""GRPO on one shapes prompt or a few, each seen every epoch (diagnostics D1-D3 of
+experiments/notebook/grpo.md), then each prompt's strict accuracy before and after, paired by seed,
+and the same for held-out prompts never trained.
 
     python experiments/scripts/grpo_one_prompt.py --out RUN_A
     python experiments/scripts/grpo_one_prompt.py --out RUN_B --clip-range 1e-3
+    python experiments/scripts/grpo_one_prompt.py --out RUN_C --prompt P1 --prompt P2 --held-out P3
     python experiments/scripts/grpo_one_prompt.py --out RUN_A --judge-only   # the table again
 
 Trains with the library loop (``l2s.grpo.train_grpo``: the CLI draws from the whole prompt pool),
@@ -26,14 +28,18 @@ PROMPT = "a red circle to the left of a blue square"
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--prompt", default=PROMPT)
+    p.add_argument("--prompt", action="append", help=f"a trained prompt (repeat; default {PROMPT!r})")
+    p.add_argument("--held-out", action="append", default=[], help="a judged, never trained prompt (repeat); "
+                   "the run's dev monitor judges these (default: the trained prompts)")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--clip-range", type=float, default=1e-4)
     p.add_argument("--seeds", default="1000-1063", help="judging seeds (l2s generate --seeds)")
     p.add_argument("--eval-every", type=int, default=5)
     p.add_argument("--judge-only", action="store_true")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.prompt = args.prompt or [PROMPT]
+    return args
 
 
 def train(args: argparse.Namespace) -> None:
@@ -44,34 +50,59 @@ def train(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(1)
     first, last = (int(x) for x in args.seeds.split("-"))
-    train_shapes_grpo(args.out, RuleReward("strict"), prompts=([args.prompt], [args.prompt]),
-                      progress=False, epochs=args.epochs, prompts_per_epoch=1, lr=args.lr, clip_range=args.clip_range,
+    dev = args.held_out or args.prompt
+    train_shapes_grpo(args.out, RuleReward("strict"), prompts=(list(args.prompt), list(dev)),
+                      progress=False, epochs=args.epochs, prompts_per_epoch=len(args.prompt), lr=args.lr,
+                      clip_range=args.clip_range,
                       eval_seeds=tuple(range(first, last + 1)), eval_every=args.eval_every)
 
 
-def verdicts(folder: Path, args: argparse.Namespace, lora: Path | None) -> dict[int, bool]:
-    """Seed -> strict verdict of the unsteered image, generated once into ``folder``."""
-    command = [sys.executable, "-m", "l2s.cli", "generate", args.prompt, "--no-steer", "--seeds", args.seeds,
+def verdicts(folder: Path, prompt: str, args: argparse.Namespace, lora: Path | None) -> dict[int, bool]:
+    """Seed -> strict verdict of ``prompt``'s unsteered image, generated once into ``folder``."""
+    command = [sys.executable, "-m", "l2s.cli", "generate", prompt, "--no-steer", "--seeds", args.seeds,
                "--out", str(folder), "--quiet"] + (["--lora", str(lora)] if lora else [])
     subprocess.run(command, check=True)
     entries = json.loads((folder / "index.json").read_text())["images"]
     return {e["seed"]: e["verdict"]["image"] for e in entries}
 
 
-def main(argv=None) -> int:
+def paired(base: list[dict[int, bool]], tuned: list[dict[int, bool]]) -> dict:
+    """Accuracies and the sign test over (prompt, seed) pairs of ``base`` vs ``tuned``."""
     from scipy.stats import binomtest
 
+    pairs = [(b[s], t[s]) for b, t in zip(base, tuned) for s in b]
+    up = sum(t and not b for b, t in pairs)
+    down = sum(b and not t for b, t in pairs)
+    return {"base": sum(b for b, _ in pairs) / len(pairs), "tuned": sum(t for _, t in pairs) / len(pairs),
+            "right_only_tuned": up, "right_only_base": down,
+            "sign_test_p": binomtest(up, up + down).pvalue if up + down else 1.0}
+
+
+def judge(prompts: list[str], args: argparse.Namespace) -> dict:
+    """Per-prompt and pooled paired verdicts; each prompt's images in its own folders (a single
+    prompt keeps D1/D2's folder names)."""
+    def folders(i: int) -> tuple[Path, Path]:
+        suffix = "" if len(args.prompt) == 1 and not args.held_out else f"_{i}"
+        return args.out.parent / f"base_judged{suffix}", args.out / f"judged{suffix}"
+
+    everything = args.prompt + args.held_out
+    base, tuned = [], []
+    for prompt in prompts:
+        base_dir, tuned_dir = folders(everything.index(prompt))
+        base.append(verdicts(base_dir, prompt, args, None))
+        tuned.append(verdicts(tuned_dir, prompt, args, args.out / "adapter"))
+    return {"pooled": paired(base, tuned),
+            "per_prompt": {p: paired([b], [t]) for p, b, t in zip(prompts, base, tuned)}}
+
+
+def main(argv=None) -> int:
     args = parse_args(argv)
     if not args.judge_only:
         train(args)
-    base = verdicts(args.out.parent / "base_judged", args, None)
-    tuned = verdicts(args.out / "judged", args, args.out / "adapter")
-    up = sum(tuned[s] and not base[s] for s in base)
-    down = sum(base[s] and not tuned[s] for s in base)
-    p = binomtest(up, up + down).pvalue if up + down else 1.0
-    result = {"prompt": args.prompt, "seeds": args.seeds, "base": sum(base.values()) / len(base),
-              "tuned": sum(tuned.values()) / len(tuned), "right_only_tuned": up, "right_only_base": down,
-              "sign_test_p": p, "clip_range": args.clip_range, "lr": args.lr, "epochs": args.epochs}
+    result = {"seeds": args.seeds, "clip_range": args.clip_range, "lr": args.lr, "epochs": args.epochs,
+              "trained": judge(args.prompt, args)}
+    if args.held_out:
+        result["held_out"] = judge(args.held_out, args)
     (args.out / "judged.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
     return 0
