@@ -153,6 +153,27 @@ def test_weights_digest_follows_content_not_copies_and_skips_hidden_files(tmp_pa
     assert weights_digest(tmp_path / "missing") is None
 
 
+def test_weights_digest_of_large_files_follows_size_and_mtime_not_content(tmp_path, monkeypatch):
+    import os
+
+    import l2s.files
+    from l2s.files import weights_digest
+
+    monkeypatch.setattr(l2s.files, "CONTENT_DIGEST_LIMIT", 2)     # every file here counts as large
+    shard = tmp_path / "shard.bin"
+    shard.write_bytes(b"abc")
+    os.utime(shard, ns=(1_000_000_000, 1_000_000_000))
+    first = weights_digest(shard)
+    shard.write_bytes(b"abd")                                      # same size and time: not seen (by design)
+    os.utime(shard, ns=(1_000_000_000, 1_000_000_000))
+    assert weights_digest(shard) == first
+    os.utime(shard, ns=(2_000_000_000, 2_000_000_000))            # saved again: seen
+    assert weights_digest(shard) != first
+    shard.write_bytes(b"abcd")
+    os.utime(shard, ns=(1_000_000_000, 1_000_000_000))            # another size: seen
+    assert weights_digest(shard) != first
+
+
 def test_runs_recorded_before_fingerprints_still_resume_and_a_whole_last_record_is_kept(tmp_path):
     from l2s.files import fsync_append, unrecorded_digests
 

@@ -85,9 +85,11 @@ def _out_of_memory(error: BaseException) -> bool:
         "out of memory" in text or "can't allocate memory" in text or "not enough memory" in text))
 
 
-def _say_interrupted() -> None:
-    # On a terminal the line starts after the progress bar that ^C cut short.
-    print(("\n" if sys.stderr.isatty() else "") + INTERRUPTED, file=sys.stderr)
+def _say_interrupted(error: KeyboardInterrupt) -> None:
+    # On a terminal the line starts after the progress bar that ^C cut short. A command with
+    # nothing to resume names what to do instead (``l2s_message``).
+    line = getattr(error, "l2s_message", None) or INTERRUPTED
+    print(("\n" if sys.stderr.isatty() else "") + line, file=sys.stderr)
 
 
 def _guarded(work) -> int:
@@ -98,8 +100,8 @@ def _guarded(work) -> int:
         if not getattr(error, "l2s_shared", False):  # rank 0 of a spread run said it already
             print(f"l2s: error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        _say_interrupted()
+    except KeyboardInterrupt as error:
+        _say_interrupted(error)
         return EXIT_INTERRUPTED
     except (MemoryError, RuntimeError) as error:
         if not _out_of_memory(error):
@@ -144,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with quiet_libraries("--quiet" in argv):
             return _dispatch(argv)
-    except KeyboardInterrupt:  # while the libraries import
-        _say_interrupted()
+    except KeyboardInterrupt as error:  # while the libraries import
+        _say_interrupted(error)
         return EXIT_INTERRUPTED
 
 

@@ -1,4 +1,4 @@
-"""Options of ``generate`` and ``eval`` checked before any work: ranges, types, the device.
+"""Options checked before any work: ranges, types, the device, input and output paths.
 
 The messages are those of the Python API (:mod:`l2s.pipelines.arguments`), with the option's
 name in place of the argument's; a value is never silently replaced by a default.
@@ -31,3 +31,33 @@ def check_sampling_args(args: argparse.Namespace) -> None:
         seed_value(args.seed, "--seed")
     if getattr(args, "device", None) is not None:
         check_device(args.device)
+
+
+def check_output_file(path, flag: str) -> None:
+    """``flag``'s file can be written (its folder made if missing), checked before the work that
+    fills it, so a bad path fails in a second instead of after the run."""
+    import os
+    from pathlib import Path
+
+    from l2s.errors import UsageError
+
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{flag} {path}: is a folder; give a file path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"{flag} {path}: cannot make its folder ({error.strerror})") from None
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UsageError(f"{flag} {path}: not writable")
+
+
+def check_input_paths(paths, flag: str, folder: bool = False) -> None:
+    """Each of ``paths`` exists (a folder with ``folder``), before any model loads."""
+    from pathlib import Path
+
+    from l2s.errors import UsageError
+
+    for path in [paths] if isinstance(paths, (str, Path)) else paths:
+        if not (Path(path).is_dir() if folder else Path(path).is_file()):
+            raise UsageError(f"{flag} {path}: no such {'folder' if folder else 'file'}")

@@ -12,8 +12,9 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
-from .models import add_model_args, add_sampling_args, add_speed_args, load_steerer, weights_digests
-from .options import add_device_arg, add_dtype_arg, resolve_device
+from .models import (add_model_args, add_sampling_args, add_speed_args, check_image_size, load_steerer,
+                     weights_digests)
+from .options import add_device_arg, add_dtype_arg, add_threads_arg, resolve_device, use_threads
 from .outputs import folder_outputs, wrote_line
 from .relations import EVAL_HELP as RELATIONS_HELP
 from .relations import add_relations_arg, given_parse, parse_relations, steer_given_relations
@@ -93,6 +94,7 @@ def add_parser(sub, full: bool = True) -> None:
                    help="write contact_sheet_NN.png with boxes and pass/fail (default on)")
     add_dtype_arg(e)
     add_device_arg(e)
+    add_threads_arg(e)
     e.add_argument("--quiet", action="store_true", help="no progress bars, only l2s's own lines")
     e.set_defaults(func=run)
 
@@ -112,14 +114,19 @@ def _check_args(args: argparse.Namespace) -> None:
         raise L2SError(f"--detector-threshold must be in [0, 1], got {args.detector_threshold}")
     check_device(resolve_device(args))
     check_sampling_args(args)  # --steps, --height, ...: ranges, never a default in their place
+    check_image_size(args)
     if args.relations and args.images:
         raise L2SError("--relations steers generated images; --images only scores a folder")
 
 
 def run(args: argparse.Namespace) -> int:
     from l2s.distributed import world
+    from l2s.evaluation.run_dir import refuse_generate_outputs
 
     _check_args(args)
+    if not args.images:                # before any model loads
+        refuse_generate_outputs(args.out)
+    use_threads(args)
     group = world()  # under torchrun / accelerate launch: this process's share of the images
     args.device = group.device(args.device)
     report = _score_folder(args) if args.images else _generate_and_score(args)

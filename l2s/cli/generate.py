@@ -17,8 +17,9 @@ from l2s.errors import L2SError, UsageError
 
 from .batches import folders_line, image_settings, prompts_of, seeds_of
 from .checks import check_sampling_args
-from .models import add_model_args, add_sampling_args, add_speed_args, load_steerer, weights_digests
-from .options import add_device_arg, add_dtype_arg
+from .models import (add_model_args, add_sampling_args, add_speed_args, check_image_size, load_steerer,
+                     weights_digests)
+from .options import add_device_arg, add_dtype_arg, add_threads_arg, use_threads
 from .outputs import wrote_line
 from .relations import add_relations_arg, given_parse, parse_relations, steer_given_relations
 
@@ -70,19 +71,23 @@ def add_parser(sub) -> None:
                         "image replaces an earlier one-image result in any case")
     add_dtype_arg(g)
     add_device_arg(g)
+    add_threads_arg(g)
     g.add_argument("--quiet", action="store_true", help="no progress bars, only l2s's own lines")
     g.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from l2s.evaluation.image_runs import image_jobs
+    from l2s.evaluation.records import RUN_FILE
     from l2s.files import output_lock
     from l2s.pipelines.arguments import positive_int
 
     started = time.perf_counter()
     prompts, seeds = prompts_of(args), seeds_of(args)
     check_sampling_args(args)          # every option, before any work
+    check_image_size(args)
     positive_int(args.batch_size, "--batch-size")
+    use_threads(args)
     jobs = image_jobs(prompts, seeds)
     if len(jobs) > 1 and args.save_maps:
         raise UsageError(f"--save-maps writes one image's maps: use it with one prompt and one seed "
@@ -91,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
     for number, prompt in enumerate(prompts):   # a bad prompt fails before any model loads
         _check_prompt(prompt, relations, number if len(prompts) > 1 else None)
     with output_lock(args.out):        # --out writable (and ours alone) before any model loads
+        if (Path(args.out) / RUN_FILE).exists():   # --restart replaces generate's files only
+            raise UsageError(f"{args.out} holds an 'l2s eval' run ({RUN_FILE}); use another --out")
         if len(jobs) == 1:
             return _generate(args, prompts[0], relations, started)
         return _generate_many(args, relations, jobs, started)
@@ -143,8 +150,12 @@ def _generate(args: argparse.Namespace, prompt: str, relations, started: float) 
     steerer, source = _load(args, relations)
     recorder = MapRecorder(steerer) if args.save_maps else None
     out = Path(args.out)
-    report, written = generate_image(steerer, prompt, args.seed, out, _options(args, steerer, source, relations),
-                                     recorder, say=_say)
+    try:
+        report, written = generate_image(steerer, prompt, args.seed, out, _options(args, steerer, source, relations),
+                                         recorder, say=_say)
+    except KeyboardInterrupt as error:   # one image is made whole or not at all: nothing to resume
+        error.l2s_message = "l2s: interrupted; the image was not written (rerun the command to make it)"
+        raise
     if "verdict" in report:
         _say("shapes detector, GenEval rule: " + "; ".join(
             f"{name}.png {'shows' if holds else 'does not show'} the prompt's relations"

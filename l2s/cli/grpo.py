@@ -16,7 +16,7 @@ from pathlib import Path
 from l2s.errors import L2SError
 
 from .help import command_parser
-from .options import thread_count
+from .options import add_threads_arg, use_threads
 
 REWARDS_HELP = ("'rule' (exact detector + GenEval rule, 1 when the image passes its prompt), 'spatialscore' (the "
                 "shipped SpatialScore reward model) or a trained SpatialScore folder (l2s shapes train-reward): its "
@@ -65,7 +65,7 @@ def build_grpo_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=1, metavar="N",
                    help="judge the dev prompts after every N-th epoch and the last (default 1); training is the "
                         "same whatever N, so a resumed run may change it")
-    p.add_argument("--threads", type=thread_count, help="torch CPU threads per process")
+    add_threads_arg(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -109,15 +109,13 @@ def grpo_main(argv: Sequence[str] | None = None) -> int:
     """``l2s shapes grpo``: train (resuming by default) and save the adapter."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_grpo_parser().parse_args(argv)
-    import torch
     from accelerate import Accelerator
 
     from l2s.pipelines.arguments import positive_int
     from l2s.shapes import load_shapes_pipeline
     from l2s.shapes.tuning import train_shapes_grpo
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    use_threads(args)
     from l2s.training.options import check_device
 
     check_device(args.device)

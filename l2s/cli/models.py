@@ -93,26 +93,50 @@ def load_steerer(args: argparse.Namespace):
     return steerer, source
 
 
-def weights_digests(args: argparse.Namespace) -> dict:
-    """Fingerprints of the local weights behind --model, --classifier and --lora (shipped names
-    resolved), for a run's settings: a retrained classifier or adapter saved at the same path must
-    not resume an earlier run's images. Hub ids and the random tiny model have none."""
+def model_folder(args: argparse.Namespace):
+    """The local pipeline folder ``--model`` names (the shipped one by default), before loading;
+    None for the tiny models built in code and hub ids not in the local cache."""
     from pathlib import Path
 
-    from l2s.files import weights_digest
-    from l2s.grpo.lora import lora_digest
-    from l2s.pipelines.loading import pipeline_digest
-    from l2s.shapes.recipes import classifier_folder, lora_folder, shipped_assets
+    from l2s.errors import L2SError
+    from l2s.pipelines.loading import pipeline_folder
+    from l2s.shapes.recipes import shipped_assets
+
+    if args.model is None:
+        return shipped_assets().pipeline if shipped_assets().available else None
+    if str(args.model).startswith("tiny"):
+        return None
+    try:
+        folder = pipeline_folder(args.model)
+    except L2SError:
+        return None                    # loading says why, in its own words
+    return folder if Path(folder).is_dir() else None
+
+
+def check_image_size(args: argparse.Namespace) -> None:
+    """``--height`` / ``--width`` fit the model's latent grid, checked before it loads."""
+    from l2s.errors import UsageError
+    from l2s.pipelines.loading import size_multiple
+
+    if getattr(args, "height", None) is None and getattr(args, "width", None) is None:
+        return
+    folder = model_folder(args)
+    multiple = size_multiple(folder) if folder is not None else None
+    for flag, value in (("--height", getattr(args, "height", None)), ("--width", getattr(args, "width", None))):
+        if multiple and value is not None and value % multiple:
+            raise UsageError(f"{flag} must be a multiple of {multiple} for this model, got {value}")
+
+
+def weights_digests(args: argparse.Namespace) -> dict:
+    """Fingerprints of the local weights behind --model, --classifier and --lora (shipped names
+    resolved, hub ids by their local snapshot), for a run's settings: a retrained classifier or
+    adapter saved at the same path must not resume an earlier run's images. The random tiny
+    models have none."""
+    from l2s.shapes.recipes import shipped_assets, weights_fingerprints
 
     shipped = args.model is None and shipped_assets().available
-    model = shipped_assets().pipeline if shipped else (None if args.model in (None, "tiny") else Path(args.model))
-    classifier = classifier_folder(args.classifier) or (shipped_assets().classifier if shipped else None)
-    if classifier is not None and Path(classifier).is_file() and Path(classifier).suffix != ".pth":
-        classifier = Path(classifier).parent   # OUT/best/config.json loads the whole folder
-    found = {"model_digest": pipeline_digest(model) if model is not None else None,
-             "classifier_digest": weights_digest(classifier) if classifier is not None else None,
-             "lora_digest": lora_digest(lora_folder(args.lora)) if getattr(args, "lora", None) else None}
-    return {key: value for key, value in found.items() if value is not None}
+    classifier = args.classifier if args.classifier is not None or not shipped else shipped_assets().classifier
+    return weights_fingerprints(model_folder(args), classifier, getattr(args, "lora", None))
 
 
 def _near_shipped_name(classifier: str | None) -> None:

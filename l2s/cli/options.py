@@ -94,3 +94,19 @@ def thread_count(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
     return value
+
+
+THREADS_HELP = "torch CPU threads of this process (default: torch's, one per core)"
+
+
+def add_threads_arg(parser: argparse.ArgumentParser, help: str = THREADS_HELP) -> None:
+    """``--threads N``; a command applies it with :func:`use_threads` before its work."""
+    parser.add_argument("--threads", type=thread_count, default=None, help=help)
+
+
+def use_threads(args: argparse.Namespace) -> None:
+    """Set torch's CPU threads from ``--threads`` (nothing when it was not given)."""
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)

@@ -12,7 +12,7 @@ from pathlib import Path
 from l2s.errors import L2SError
 
 from .help import command_parser
-from .options import thread_count
+from .options import add_threads_arg, use_threads
 
 
 def _patterns(text: str) -> dict:
@@ -54,7 +54,7 @@ def build_reward_data_parser() -> argparse.ArgumentParser:
                    help="also draw the colour and shape held out of every training set (cyan, diamond)")
     p.add_argument("--batch-size", type=int, default=32, help="images per generation batch")
     p.add_argument("--max-shards", type=int, default=None, help="stop after this many shards in all")
-    p.add_argument("--threads", type=thread_count, default=None, help="torch CPU threads")
+    add_threads_arg(p)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -63,13 +63,11 @@ def build_reward_data_parser() -> argparse.ArgumentParser:
 def reward_data_main(argv: Sequence[str] | None = None) -> int:
     """``l2s shapes reward-data``: make (or extend) a pair folder; prints the pair counts."""
     args = build_reward_data_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    import torch
 
     from l2s.shapes import load_shapes_pipeline
     from l2s.shapes.reward_data import PairSettings, make_reward_pairs
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    use_threads(args)
     if args.pairs < 1 or args.batch_size < 1:
         raise L2SError("--pairs and --batch-size must be positive")
     from l2s.training.options import check_device
@@ -126,7 +124,7 @@ def build_train_reward_parser() -> argparse.ArgumentParser:
     p.add_argument("--restart", action="store_true", help="start over instead of resuming OUT/last")
     p.add_argument("--stop-after", type=int, default=None, metavar="EPOCHS",
                    help="stop after this many epochs of this call; the same command continues")
-    p.add_argument("--threads", type=thread_count, default=None, help="torch CPU threads")
+    add_threads_arg(p)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -158,13 +156,11 @@ def train_reward_main(argv: Sequence[str] | None = None) -> int:
     """``l2s shapes train-reward``: train (resuming by default); prints the held-out accuracy."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_train_reward_parser().parse_args(argv)
-    import torch
 
     from l2s.reward import RewardTrainSettings, train_reward_model
     from l2s.shapes import shapes_t5_tokenizer
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    use_threads(args)
     from l2s.training.options import check_device
 
     check_device(args.device)

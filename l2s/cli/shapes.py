@@ -14,8 +14,9 @@ from pathlib import Path
 
 from l2s.errors import L2SError, UsageError
 
+from .checks import check_output_file
 from .help import command_parser
-from .options import thread_count
+from .options import add_threads_arg, use_threads
 
 # --------------------------------------------------------------------------------------------
 # l2s shapes train-model
@@ -88,8 +89,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
                         help="stop after this many minutes and export the weights so far; the same "
                              "command later resumes and completes the run")
-    parser.add_argument("--threads", type=thread_count, default=None,
-                        help="torch CPU threads (default: torch's)")
+    add_threads_arg(parser)
     parser.add_argument("--init-from", type=Path, default=None, metavar="PIPELINE_DIR",
                         help="start from the transformer and T5 weights of a saved shapes pipeline "
                              "(continue a finished run with a new schedule); same model options required")
@@ -142,12 +142,10 @@ def train_model_main(argv: Sequence[str] | None = None) -> int:
     """``l2s shapes train-model``: train (resuming by default) and export the pipeline."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_train_model_parser().parse_args(argv)
-    import torch
 
     from l2s.shapes import train
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    use_threads(args)
     _check_train_args(args)
     settings = train_settings_from_args(args)
     command = "l2s shapes train-model " + " ".join(shlex.quote(a) for a in argv)
@@ -180,7 +178,7 @@ def build_make_data_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-dual", action="store_true", help="pos prompts only")
     p.add_argument("--layers", type=int, metavar="K",
                    help="store only the first K blocks' maps (default: every layer, which serves any K)")
-    p.add_argument("--threads", type=thread_count)
+    add_threads_arg(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars, only l2s's own lines")
     return p
 
@@ -188,12 +186,10 @@ def build_make_data_parser() -> argparse.ArgumentParser:
 def make_data_main(argv: Sequence[str] | None = None) -> int:
     """``l2s shapes make-data``: dual-inverted attention maps of rendered shapes scenes."""
     args = build_make_data_parser().parse_args(argv)
-    import torch
 
     from l2s.shapes import load_shapes_pipeline, make_shapes_data
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    use_threads(args)
     from l2s.distributed import output_lock, world
 
     with output_lock(args.out):  # a second writer is refused before the model loads
@@ -223,7 +219,7 @@ def build_train_classifier_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=SHAPES_CLASSIFIER_EPOCHS)
     p.add_argument("--lr", type=float, default=SHAPES_CLASSIFIER_LR)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=thread_count)
+    add_threads_arg(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars, only l2s's own lines")
     return p
 
@@ -231,13 +227,11 @@ def build_train_classifier_parser() -> argparse.ArgumentParser:
 def train_classifier_main(argv: Sequence[str] | None = None) -> int:
     """``l2s shapes train-classifier``: the small shapes classifier on a make-data dataset."""
     args = build_train_classifier_parser().parse_args(argv)
-    import torch
 
     from l2s.shapes import train_shapes_classifier
     from l2s.training import validation_report
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    use_threads(args)
     result = train_shapes_classifier(args.data, args.out, dual=not args.no_dual, epochs=args.epochs, lr=args.lr,
                                      seed=args.seed, progress=not args.quiet, layers=args.layers)
     from l2s.distributed import world
@@ -303,7 +297,7 @@ def build_bench_parser() -> argparse.ArgumentParser:
                    help=f"sampling guidance against the empty caption (default {SHAPES_TRUE_CFG}; 1 = none)")
     p.add_argument("--step-size", type=float, metavar="ALPHA",
                    help=f"steering step size of every part (default {SHAPES_STEP_SIZE:g})")
-    p.add_argument("--threads", type=thread_count)
+    add_threads_arg(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars, only l2s's own lines")
     return p
 
@@ -312,7 +306,6 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
     """``l2s shapes bench``: base vs steered accuracy of the shapes model; prints one table."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_bench_parser().parse_args(argv)
-    import torch
 
     from l2s.evaluation import parse_seeds
     from l2s.pipelines.arguments import positive_int
@@ -322,8 +315,9 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
     positive_int(args.position_prompts, "--position-prompts")
     if not (math.isfinite(args.scale) and args.scale > 0):
         raise UsageError(f"--scale must be a positive number, got {args.scale!r}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.results:
+        check_output_file(args.results, "--results")
+    use_threads(args)
     results = run_shapes_bench(args.out, pipeline_dir=args.model, classifier=args.classifier,
                                ablation_classifier=args.ablation_classifier, scale=args.scale,
                                seeds=parse_seeds(args.seeds), parts=args.parts.split(",") if args.parts else None,

@@ -14,7 +14,8 @@ from l2s.distributed import output_lock, world
 from l2s.relations import DIAGONAL, DIAGONAL_CLASSES, DIRECTIONAL, PUBLISHED_CLASSES
 
 from .help import command_parser
-from .options import LONG_NAMES, add_device_arg, add_dtype_arg, resolve_device, torch_dtype
+from .options import (LONG_NAMES, add_device_arg, add_dtype_arg, add_threads_arg, resolve_device, torch_dtype,
+                      use_threads)
 
 # ``--model`` names of the random tiny pipelines (offline).
 _TINY_MODELS = ("tiny", "tiny-flux", "tiny-dev", "tiny-sd")
@@ -74,6 +75,7 @@ def build_make_data_parser() -> argparse.ArgumentParser:
     p.add_argument("--eta", type=float, default=1.0, help="RF-Inversion reconstruction controller strength (FLUX)")
     p.add_argument("--max-iou", type=float, default=0.3, help="coco: discard box pairs overlapping more than this")
     add_device_arg(p)
+    add_threads_arg(p)
     add_dtype_arg(p, old_map_dtype=True)
     p.add_argument("--layers", type=int, metavar="K",
                    help="store only the first K blocks' maps (for classifiers of the first K blocks; a dataset "
@@ -89,6 +91,8 @@ def _check_make_data_args(args: argparse.Namespace) -> None:
     from l2s.training import check_make_data_options
     from l2s.training.options import check_device
 
+    from .checks import check_input_paths
+
     check_make_data_options(dtype=LONG_NAMES[args.map_dtype], val_fraction=args.val_fraction, shard_size=args.shard_size,
                             steps=args.steps, size=args.size, limit=args.limit, min_psnr=args.min_psnr,
                             gamma=args.gamma, eta=args.eta, store_steps=args.store_steps,
@@ -96,6 +100,9 @@ def _check_make_data_args(args: argparse.Namespace) -> None:
     if not 0.0 <= args.max_iou <= 1.0:
         raise L2SError(f"--max-iou must be in [0, 1], got {args.max_iou}")
     check_device(resolve_device(args))
+    check_input_paths(args.annotations, "--annotations")
+    if args.images is not None:
+        check_input_paths(args.images, "--images", folder=True)
 
 
 def make_data_main(argv: Sequence[str] | None = None) -> int:
@@ -104,6 +111,7 @@ def make_data_main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="l2s: %(message)s")
     try:
         _check_make_data_args(args)
+        use_threads(args)
         from l2s.training import make_dataset
 
         args.device = world().device(args.device)  # under torchrun / accelerate launch: this rank's GPU
@@ -123,6 +131,8 @@ def make_data_main(argv: Sequence[str] | None = None) -> int:
         return 0
     print(f"l2s: {summary.records} records from {summary.samples_done} samples "
           f"({summary.skipped} skipped; {summary.split_records}) in {summary.out_dir}", file=sys.stderr)
+    if summary.records == 0:
+        return _say_error(L2SError("no sample gave a record (every one was skipped: see the lines above)"))
     return 0
 
 
@@ -175,6 +185,7 @@ def build_train_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="learning rate (default: 5e-5 FLUX, 1e-4 SD)")
     p.add_argument("--seed", type=int, default=0, help="seeds initial weights, shuffling and dropout")
     add_device_arg(p)
+    add_threads_arg(p)
     p.add_argument("--only-pos", action="store_true",
                    help="train on correct-relation prompts only (leakage ablation; not recommended)")
     p.add_argument("--restart", "--no-resume", dest="restart", action="store_true",
@@ -196,6 +207,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     try:
         check_training_options(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                                num_workers=args.workers, device=resolve_device(args))
+        use_threads(args)
         args.device = world().device(args.device)
         meta = load_dataset_meta(args.dataset)
         name = args.preset if args.preset is not None else meta.get("model_family")

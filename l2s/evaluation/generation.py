@@ -63,8 +63,9 @@ def verdicts(judge: Judge | None, prompt: str, image, unsteered) -> dict[str, bo
 
 
 def _say_outcome(say, plan, outcome, options: GenerateOptions, where: str = "") -> None:
-    if not plan.steered:
-        say(f"{where}{plan.parsed.describe()}")
+    if not plan.steered:          # steering asked for and none possible: a warning
+        if options.steer:
+            say(f"warning: {where}{plan.parsed.describe()}")
     elif outcome.warning() and options.steer:
         say(f"warning: {where}{outcome.warning()}")
 

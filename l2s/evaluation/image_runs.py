@@ -84,6 +84,25 @@ class Resume:
     finished: bool = False       # it made every image already
 
 
+def _other_jobs(earlier, wanted: list[list]) -> str:
+    """How an earlier run's images differ from this one's, in a few words."""
+    if not isinstance(earlier, list) or not all(isinstance(j, list) and len(j) == 3 for j in earlier):
+        return "other prompts or seeds (its index.json lists none)"
+    def described(jobs):
+        prompts = list(dict.fromkeys(j[0] for j in jobs))
+        seeds = sorted({j[1] for j in jobs}, key=str)
+        return prompts, seeds
+    (old_prompts, old_seeds), (new_prompts, new_seeds) = described(earlier), described(wanted)
+    parts = []
+    if old_prompts != new_prompts:
+        first = old_prompts[0] if old_prompts else "none"
+        parts.append(f"its {len(old_prompts)} prompt(s) begin with {first!r}")
+    if old_seeds != new_seeds:
+        shown = ", ".join(map(str, old_seeds[:6])) + (", ..." if len(old_seeds) > 6 else "")
+        parts.append(f"its seeds are {shown}")
+    return "other prompts or seeds (" + ("; ".join(parts) or "another order") + ")"
+
+
 def resume_state(out: Path, settings: dict, jobs: list[ImageJob]) -> Resume:
     """The finished images of an interrupted run of the same images and settings."""
     path = Path(out) / INDEX_FILE
@@ -95,8 +114,9 @@ def resume_state(out: Path, settings: dict, jobs: list[ImageJob]) -> Resume:
         return Resume(None, why_not="an index.json that cannot be read")
     if not isinstance(index, dict):
         return Resume(None, why_not="an index.json that is not a JSON object")
-    if index.get("jobs") != [[job.prompt, job.seed, job.folder] for job in jobs]:
-        return Resume(None, why_not="other prompts or seeds")
+    wanted = [[job.prompt, job.seed, job.folder] for job in jobs]
+    if index.get("jobs") != wanted:
+        return Resume(None, why_not=_other_jobs(index.get("jobs"), wanted))
     earlier = index.get("settings") or {}
     compared = unrecorded_digests(earlier, settings)
     changed = [f"{k}: {earlier.get(k)} -> {compared.get(k)}" for k in sorted(set(earlier) | set(compared))

@@ -28,6 +28,7 @@ from typing import Any
 
 from l2s.errors import L2SError
 from l2s.files import DamagedFileError, atomic_write_text, read_state_json, unrecorded_digests
+from .image_runs import earlier_outputs
 from .prompt_files import geneval_metadata
 from .records import IMAGES, MODES, PROMPTS_FILE, RESULTS_FILE, RUN_FILE, SUMMARY_FILE, png_problem, write_json
 from .specs import PromptSpec
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 def prepare_run_dir(out: Path, specs: Sequence[PromptSpec], modes: list[str], settings: dict[str, Any],
                      restart: bool) -> None:
     """Everything of a run directory but its images (rank 0 of a spread run writes it alone)."""
+    refuse_generate_outputs(out)
     if restart:
         clear_run(out)
     claim_run_dir(out, settings)
@@ -47,6 +49,14 @@ def prepare_run_dir(out: Path, specs: Sequence[PromptSpec], modes: list[str], se
             folder = out / mode / f"{index:05d}"
             (folder / "samples").mkdir(parents=True, exist_ok=True)
             atomic_write_text(folder / "metadata.jsonl", json.dumps(geneval_metadata(spec)) + "\n")
+
+
+def refuse_generate_outputs(out: str | Path) -> None:
+    """An eval run never goes into a folder of ``l2s generate`` images: ``--restart`` clears an
+    eval run's files only, so the two would mix."""
+    made_by_generate = earlier_outputs(Path(out))
+    if made_by_generate:
+        raise L2SError(f"{out} holds images of 'l2s generate' ({', '.join(made_by_generate)}); use another --out")
 
 
 def clear_run(out: Path) -> None:

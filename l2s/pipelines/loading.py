@@ -79,6 +79,21 @@ def folder_family(folder: str | Path) -> str | None:
     return "sd" if "StableDiffusion" in name else "flux" if "Flux" in name else None
 
 
+def size_multiple(folder: str | Path) -> int | None:
+    """What image sides must be a multiple of for the pipeline in ``folder`` (its VAE's scale
+    factor, x2 for FLUX's 2x2 latent packing), read from its configs before it loads; None when
+    they do not say."""
+    family = folder_family(folder)
+    try:
+        channels = json.loads((Path(folder) / "vae" / "config.json").read_text())["block_out_channels"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if family is None or not isinstance(channels, list) or not channels:
+        return None
+    factor = 2 ** (len(channels) - 1)          # diffusers' vae_scale_factor
+    return factor * 2 if family == "flux" else factor
+
+
 def pipeline_folder(name_or_path: str | Path) -> Path:
     """A pipeline's local folder: ``name_or_path`` itself, or a hub id's snapshot in the local
     Hugging Face cache (``HF_HOME``). Never downloads: base models weigh many GB."""

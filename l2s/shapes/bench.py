@@ -20,16 +20,14 @@ from PIL import Image
 
 from l2s.distributed import output_lock, world
 from l2s.errors import UsageError
-from l2s.files import weights_digest
 from l2s.pipelines.arguments import positive_int
-from l2s.pipelines.loading import pipeline_digest
 from . import bench_plain as plain_part
 from .bench_reward import reward_columns
 from .detector import ShapesDetector
 from .model import image_size, load_shapes_pipeline
 from .prompts import ood_position_prompts, shapes_multi_relation_prompts, shapes_position_prompts
 from .recipes import (BENCH_BATCH_SIZE, BENCH_SEEDS, SHAPES_STEP_SIZE, classifier_folder, lora_folder,
-                      named_schedule, shipped_assets, steer_shapes_pipeline)
+                      named_schedule, shipped_assets, steer_shapes_pipeline, weights_fingerprints)
 from .verdicts import all_objects_found, colour_only, judge
 
 BENCH_PROMPT_SEED = 0
@@ -237,12 +235,7 @@ def _run_bench(out_dir: str | Path, pipeline_dir: str | Path | None, classifier:
 
 def _digests(run: _BenchRun, classifier: str | Path | None = None) -> dict:
     """Weights fingerprints for a part's settings: retrained weights at the same paths never resume."""
-    from l2s.grpo.lora import lora_digest   # imported when used, as apply_lora is
-
-    found = {"pipeline_digest": pipeline_digest(run.pipeline_dir),
-             "classifier_digest": None if classifier is None else weights_digest(classifier),
-             "lora_digest": None if run.lora is None else lora_digest(lora_folder(run.lora))}
-    return {key: value for key, value in found.items() if value is not None}
+    return weights_fingerprints(run.pipeline_dir, classifier, run.lora, pipeline_key="pipeline_digest")
 
 
 def _run_part(run: _BenchRun, part: BenchPart, out: Path, progress: bool) -> dict:

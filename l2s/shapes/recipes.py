@@ -115,6 +115,25 @@ def lora_folder(lora: str | Path | None) -> Path | None:
     return shipped_assets().grpo_adapter if str(lora) == SHIPPED_LORA else Path(lora)
 
 
+def weights_fingerprints(pipeline: str | Path | None = None, classifier: str | Path | None = None,
+                         lora: str | Path | None = None, pipeline_key: str = "model_digest") -> dict:
+    """Fingerprints of the local weights a run uses, for its recorded settings, so weights retrained
+    at the same paths never resume its images: the pipeline folder (under ``pipeline_key``), the
+    classifier (shipped names resolved; a file stands for its folder) and the LoRA adapter. A key
+    is absent where there is nothing local to fingerprint (hub ids, the random tiny model)."""
+    from l2s.files import weights_digest
+    from l2s.grpo.lora import lora_digest
+    from l2s.pipelines.loading import pipeline_digest
+
+    classifier = classifier_folder(classifier)
+    if classifier is not None and Path(classifier).is_file() and Path(classifier).suffix != ".pth":
+        classifier = Path(classifier).parent   # OUT/best/config.json loads the whole folder
+    found = {pipeline_key: None if pipeline is None else pipeline_digest(pipeline),
+             "classifier_digest": None if classifier is None else weights_digest(classifier),
+             "lora_digest": None if lora is None else lora_digest(lora_folder(lora))}
+    return {key: value for key, value in found.items() if value is not None}
+
+
 def shipped_assets(root: str | Path | None = None) -> ShippedAssets:
     """Where the default shapes model lives (``l2s/shapes/assets`` unless ``root`` is given)."""
     from .model import SHIPPED_MODEL_DIR  # the model module imports diffusers: load it when used

@@ -191,3 +191,11 @@ def test_eval_takes_the_schedule_too(tmp_path, capsys, monkeypatch):
     assert code == 0, capsys.readouterr().err
     assert asked == ["fast", "early-exit"]   # the untimed steered warm-up image (cheap preset), then the image
     assert json.loads((out / "summary.json").read_text())["settings"]["schedule"] == "early-exit"
+
+
+def test_a_prompt_without_a_relation_warns_only_when_steering_was_asked_for(tmp_path, capsys):
+    base = ["generate", "a cat", "--model", "tiny", "--steps", "1", "--quiet"]
+    code, _, err = run(base + ["--out", str(tmp_path / "a")], capsys)
+    assert code == 0 and "l2s: warning: no spatial relation found: generating unsteered" in err.splitlines()
+    code, _, err = run(base + ["--no-steer", "--out", str(tmp_path / "b")], capsys)
+    assert code == 0 and "no spatial relation" not in err

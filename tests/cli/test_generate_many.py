@@ -136,7 +136,7 @@ def test_an_earlier_run_of_other_settings_or_images_is_replaced_only_with_restar
     assert index["complete"] and index["settings"]["steps"] == 2 and len(index["images"]) == 4
     # a finished run of other seeds, and one image, are refused too: nothing of an earlier run is lost
     code, lines = run([*argv[:4], "0", *argv[5:], "--steps", "2"], capsys)
-    assert code == 2 and "holds an earlier run with other prompts or seeds" in lines[-1]
+    assert code == 2 and "holds an earlier run with other prompts or seeds (its seeds are 0, 1)" in lines[-1]
     code, lines = run(["generate", PROMPTS[0], "--no-steer", "--out", str(out), *TINY], capsys)
     assert code == 2 and "holds an earlier run of several images (index.json, p00-s0000/, ... 4 image folders)" in lines[-1]
     assert len(json.loads((out / "index.json").read_text())["images"]) == 4
@@ -192,8 +192,12 @@ def test_prompt_file_order_warnings_per_image_and_reruns(tmp_path, capsys, calls
         (PROMPTS[0], 3, "p00-s0003"), (PROMPTS[0], 10, "p00-s0010"), ("a cat next to a dog", 3, "p01-s0003"),
         ("a cat next to a dog", 10, "p01-s0010"), (PROMPTS[1], 3, "p02-s0003"), (PROMPTS[1], 10, "p02-s0010")]
     assert len(calls) == 1 and not any(e["steered"] for e in index)      # --no-steer: one call, no baseline
+    assert not [line for line in lines if "unsteered" in line]      # --no-steer: no steering to miss
+    code, lines = run(["generate", "--prompts", str(tmp_path / "prompts.txt"), "--seeds", "3,10", "--steps", "1",
+                       "--no-baseline", "--out", str(tmp_path / "steered"), *TINY], capsys)
     said = [line for line in lines if "unsteered" in line]                # the prompt without a direction
-    assert [line.split(":")[1].strip() for line in said] == ["p01-s0003", "p01-s0010"]
+    assert code == 0 and [line.split(":")[1:3] for line in said] == [[" warning", " p00-s0003"],
+                                                                      [" warning", " p00-s0010"]], lines
     assert visible(out / "p01-s0003") == ["image.png", "report.json"]
     # a single-image run into the folder replaces the earlier run only with --restart, then has today's layout
     single = ["generate", PROMPTS[0], "--seeds", "5", "--steps", "1", "--no-steer", "--out", str(out), *TINY]
@@ -244,3 +248,24 @@ def test_a_classifier_retrained_at_the_same_path_does_not_resume_the_earlier_ima
     code, lines = run(argv, capsys)
     assert code == 2 and "holds an earlier run with other settings (classifier_digest: " in lines[-1], lines
     assert run(argv + ["--restart"], capsys)[0] == 0
+
+
+def test_generate_and_eval_never_share_a_folder(tmp_path, capsys, monkeypatch):
+    import l2s.cli.evaluate
+    import l2s.cli.generate
+
+    for module in (l2s.cli.evaluate, l2s.cli.generate):
+        monkeypatch.setattr(module, "load_steerer", lambda *a, **k: pytest.fail("loaded a model"))
+    made = tmp_path / "made"
+    (made / "p00-s0000").mkdir(parents=True)
+    (made / "index.json").write_text("{}")
+    code, lines = run(["eval", "--out", str(made), "--restart", *TINY], capsys)
+    assert code == 2 and lines[-1] == (f"l2s: error: {made} holds images of 'l2s generate' (index.json, "
+                                       "p00-s0000/); use another --out")
+    evaluated = tmp_path / "evaluated"
+    evaluated.mkdir()
+    (evaluated / "run.json").write_text("{}")
+    for argv in ([PROMPTS[0]], [*PROMPTS, "--seeds", "0-1"]):     # one image, and several
+        code, lines = run(["generate", *argv, "--restart", "--out", str(evaluated), *TINY], capsys)
+        assert code == 2 and lines[-1] == f"l2s: error: {evaluated} holds an 'l2s eval' run (run.json); use another --out"
+    assert sorted(p.name for p in evaluated.iterdir() if not p.name.startswith(".")) == ["run.json"]

@@ -63,3 +63,56 @@ def test_eval_and_generate_default_to_the_shipped_model(command, monkeypatch):
     args = parse(command)
     assert args.model is None
     assert models._load_steerer(args) == ("shipped", "shipped model")
+
+
+THREADED = [["generate", "a cat left of a dog"], ["eval"], ["make-data"] + MAKE_DATA, ["train", "maps", "--out", "clf"],
+            ["shapes", "bench", "--out", "b"], ["shapes", "grpo", "--out", "g", "--reward", "rule"]]
+
+
+@pytest.mark.parametrize("command", THREADED, ids=lambda c: " ".join(c[:2]))
+def test_every_model_command_takes_threads_and_refuses_below_one(command, capsys):
+    from l2s.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(command + ["--threads", "0"])
+    assert exit_.value.code == 2 and "--threads: expected a positive integer, got 0" in capsys.readouterr().err
+
+
+def test_generate_threads_set_torch_threads(tmp_path, monkeypatch, capsys):
+    from l2s.cli import main
+
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    code = main(["generate", "a cat to the left of a dog", "--model", "tiny", "--steps", "1", "--no-baseline",
+                 "--threads", "1", "--quiet", "--out", str(tmp_path)])
+    assert code == 0, capsys.readouterr().err
+    assert calls == [1]
+
+
+def test_image_sides_are_checked_against_the_model_before_it_loads(tmp_path, monkeypatch, capsys):
+    import l2s.cli.evaluate
+    import l2s.cli.generate
+    from l2s.cli import main
+
+    for module in (l2s.cli.evaluate, l2s.cli.generate):
+        monkeypatch.setattr(module, "load_steerer", lambda *a, **k: pytest.fail("loaded a model"))
+    assert main(["generate", "a red circle to the left of a blue square", "--height", "33",
+                 "--out", str(tmp_path / "g")]) == 2           # the shipped shapes model: sides of 2 pixels
+    assert "l2s: error: --height must be a multiple of 2 for this model, got 33" in capsys.readouterr().err
+    assert main(["eval", "--width", "31", "--out", str(tmp_path / "e")]) == 2
+    assert "l2s: error: --width must be a multiple of 2 for this model, got 31" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("pipeline, channels, multiple", [("FluxPipeline", [128, 256, 512, 512], 16),
+                                                          ("StableDiffusionPipeline", [128, 256, 512, 512], 8),
+                                                          ("FluxPipeline", None, None)])
+def test_size_multiple_reads_the_vae_config(tmp_path, pipeline, channels, multiple):
+    import json
+
+    from l2s.pipelines.loading import size_multiple
+
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": pipeline}))
+    if channels is not None:
+        (tmp_path / "vae").mkdir()
+        (tmp_path / "vae" / "config.json").write_text(json.dumps({"block_out_channels": channels}))
+    assert size_multiple(tmp_path) == multiple

@@ -240,7 +240,7 @@ def test_eval_killed_with_sigkill_resumes_and_remakes_a_damaged_image(uninterrup
 # ---------------------------------------------------------------------------------------------
 
 def _raising(error: BaseException):
-    def entry(argv):
+    def entry(*args, **kwargs):
         raise error
 
     return entry
@@ -259,6 +259,16 @@ def test_interrupts_and_exhausted_memory_are_one_line(error, code, message, monk
     assert main(["train", "data", "--out", "x"]) == code
     (line,) = [x for x in capsys.readouterr().err.splitlines() if x]
     assert line.startswith(message), line
+
+
+def test_an_interrupted_single_image_says_nothing_was_written_not_resume(monkeypatch, tmp_path, capsys):
+    import l2s.evaluation.generation
+
+    monkeypatch.setattr(l2s.evaluation.generation, "generate_image", _raising(KeyboardInterrupt()))
+    assert main(["generate", "a cat to the left of a dog", "--model", "tiny", "--quiet",
+                 "--out", str(tmp_path)]) == 130
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("l2s: interrupted")]
+    assert lines == ["l2s: interrupted; the image was not written (rerun the command to make it)"]
 
 
 def test_other_runtime_errors_are_not_hidden(monkeypatch):
@@ -339,6 +349,7 @@ def test_every_long_command_refuses_a_folder_another_process_writes(tmp_path, ca
     data = write_map_dataset(tmp_path / "data", records, torch.rand(2, 2, 4, 16, 16), class_names=PUBLISHED_CLASSES,
                              num_steps=4)
     out = tmp_path / "held"
+    (tmp_path / "none.jsonl").write_text("")             # exists: the paths are checked before the lock
     holder = subprocess.Popen([sys.executable, "-c", hold, str(out)], stdout=subprocess.PIPE, text=True)
     commands = [
         ["make-data", "--source", "pairs", "--annotations", str(tmp_path / "none.jsonl"), "--out", str(out)],

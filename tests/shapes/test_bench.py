@@ -176,6 +176,11 @@ def test_bench_cli_names_the_option_and_lists_every_part(tmp_path, capsys):
     for option, value in (("--scale", "0"), ("--position-prompts", "0")):
         assert main(["shapes", "bench", option, value, "--out", str(tmp_path / "o")]) == 2
         assert f"l2s: error: {option} must be a positive" in capsys.readouterr().err
+    (tmp_path / "a-file").write_text("x")
+    for results, message in ((tmp_path, "is a folder; give a file path"),
+                             (tmp_path / "a-file" / "table.md", "cannot make its folder")):
+        assert main(["shapes", "bench", "--results", str(results), "--out", str(tmp_path / "o")]) == 2
+        assert f"l2s: error: --results {results}: {message}" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
     help_text = " ".join(build_bench_parser().format_help().split())
     for key in [p.key for p in shapes_world.bench_parts()] + [bench_plain.KEY]:

@@ -369,3 +369,21 @@ def test_a_multi_image_run_on_the_shapes_model_counts_the_images_that_show_their
     assert len(holds) == 2 and all("image_unsteered" not in e["verdict"] for e in entries)   # no baselines made
     assert f"l2s: shapes detector, GenEval rule: {sum(holds)} of 2 images show their prompt's relations" \
         in capsys.readouterr().err.splitlines()
+
+
+def test_weights_fingerprints_name_each_local_weight_and_skip_the_rest(tmp_path):
+    from l2s.shapes.recipes import weights_fingerprints
+
+    classifier = tmp_path / "clf"
+    classifier.mkdir()
+    (classifier / "config.json").write_text("{}")
+    (classifier / "model.safetensors").write_bytes(b"w1")
+    found = weights_fingerprints(tmp_path / "missing-pipeline", classifier / "config.json")
+    assert set(found) == {"classifier_digest"}                     # no pipeline folder, no adapter: no keys
+    assert found == weights_fingerprints(None, classifier)         # a classifier's file stands for its folder
+    (classifier / "model.safetensors").write_bytes(b"w2")           # retrained at the same path
+    assert weights_fingerprints(None, classifier) != found
+    pipeline = tmp_path / "pipe"
+    pipeline.mkdir()
+    (pipeline / "model_index.json").write_text("{}")
+    assert set(weights_fingerprints(pipeline, pipeline_key="pipeline_digest")) == {"pipeline_digest"}

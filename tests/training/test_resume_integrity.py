@@ -197,6 +197,8 @@ def _pairs(tmp_path: Path, images: Path) -> Path:
     (["--min-psnr", "nan"], "min_psnr must be a finite number"),
     (["--store-steps", "-1"], "store_steps must be step indices"),
     (["--max-iou", "2"], "--max-iou must be in [0, 1]"),
+    (["--annotations", "/nonexistent/pairs.jsonl"], "--annotations /nonexistent/pairs.jsonl: no such file"),
+    (["--images", "/nonexistent/images"], "--images /nonexistent/images: no such folder"),
     (["--device", "bogus"], "device 'bogus' is not a torch device"),
     (["--device", "cuda:7"] if torch.cuda.device_count() < 8 else ["--device", "cuda:99"], "device 'cuda:"),
 ])
@@ -210,6 +212,18 @@ def test_make_data_options_are_checked_before_any_work(options, message, samples
     (line,) = [x for x in err.splitlines() if x.startswith("l2s: error:")]
     assert message in line, line
     assert not (tmp_path / "out").exists()
+
+
+def test_make_data_where_every_sample_is_skipped_is_an_error(samples, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    pairs = _pairs(tmp_path, tmp_path / "empty")
+    code = make_data_main(["--model", "tiny", "--source", "pairs", "--annotations", str(pairs), "--images",
+                           str(tmp_path / "empty"), "--steps", "4", "--store-steps", "1", "3", "--size", "32",
+                           "--quiet", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.strip().splitlines()[-1] == ("l2s: error: no sample gave a record (every one was skipped: "
+                                            "see the lines above)")
 
 
 def test_make_data_out_must_be_a_writable_folder_and_restart_starts_over(samples, tmp_path, capsys):
