@@ -25,7 +25,7 @@ from .base import (
     reject_attention_kwargs,
     tensor_inputs,
 )
-from .cache import default_cache_dir, model_cache_key, read_meta, staged_entry, write_meta
+from .cache import default_cache_dir, entry_complete, model_cache_key, read_meta, staged_entry, write_meta
 
 logger = logging.getLogger(__name__)
 
@@ -97,8 +97,8 @@ def export_transformer_onnx(
     inputs = tensor_inputs(example_inputs)
     signature = InputSignature.from_inputs(inputs)
     key, entry = onnx_cache_entry(transformer, signature, cache_dir, opset)
-    meta = read_meta(entry)
-    if meta is not None and (entry / ONNX_FILE).is_file():
+    if entry_complete(entry, (ONNX_FILE,)):
+        meta = read_meta(entry)
         logger.info("reusing ONNX export %s", entry)
         return OnnxExport(
             entry / ONNX_FILE, key, signature, meta["exporter"], opset, True, 0.0,

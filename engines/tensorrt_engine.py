@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from .base import EngineError, InputSignature, reject_attention_kwargs, tensor_inputs
-from .cache import derived_key, read_meta, staged_entry, write_meta
+from .cache import derived_key, entry_complete, staged_entry, write_meta
 from .onnx_export import OUTPUT_NAME, OnnxExport
 
 logger = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ def plan_cache_entry(export_key: str, options: dict[str, Any], root: str | Path)
 def cached_plan_path(export_key: str, options: dict[str, Any], root: str | Path) -> Path | None:
     """The plan file when a complete plan for this export and options is cached, else None."""
     _, entry = plan_cache_entry(export_key, options, root)
-    if read_meta(entry) is not None and (entry / PLAN_FILE).is_file():
+    if entry_complete(entry, (PLAN_FILE,)):
         return entry / PLAN_FILE
     return None
 
@@ -118,7 +118,7 @@ def build_tensorrt_plan(
         )
     options = plan_options(optimization_level, strongly_typed, extra_precisions)
     key, entry = plan_cache_entry(export.key, options, cache_dir if cache_dir is not None else export.directory.parent)
-    if read_meta(entry) is not None and (entry / PLAN_FILE).is_file():
+    if entry_complete(entry, (PLAN_FILE,)):
         return TensorRTPlan(entry / PLAN_FILE, key, export.signature, True, 0.0)
 
     start = time.perf_counter()

@@ -254,6 +254,19 @@ def test_no_host_sync_inside_a_steered_iteration_on_cuda(mode):
     assert len(result.diagnostics.records) == 8
 
 
+def test_the_classifier_follows_the_denoisers_device_and_drops_its_old_calls(pipe_and_classifier, monkeypatch):
+    """The CPU half of the GPU test below: a denoiser now elsewhere (here "meta") moves the
+    classifier there and drops the classifier calls made for the old device."""
+    s = given_plan(steerer(pipe_and_classifier, "fast"))
+    run(s)                                                     # builds the device's classifier calls
+    objective = s.objective
+    assert objective._steered is not None
+    monkeypatch.setattr(type(objective), "device", property(lambda self: torch.device("meta")))
+    objective._follow_denoiser()
+    assert next(objective.classifier.parameters()).device.type == "meta"
+    assert objective._classify is None and objective._steered is None
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("mode", ["reference", "fast"])
 def test_the_classifier_follows_a_pipeline_moved_after_wrapping(pipe_and_classifier, mode):
