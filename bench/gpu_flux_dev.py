@@ -164,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     arch = TINY if args.tiny else FLUX_DEV
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
-    clock, budget = Clock(device), Budget(args.budget_s)
+    clock, budget = Clock(device), Budget(args.budget_s, args.hard_limit_s)
 
     pipe = build_flux_pipeline(arch, device, dtype)
     resident = torch.cuda.memory_allocated() if device.type == "cuda" else None

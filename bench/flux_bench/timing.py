@@ -179,26 +179,64 @@ def intercept_refinement(steerer, handler: Callable) -> Iterator[None]:
 
 
 class Budget:
-    """Seconds a run may take; rows started after it are skipped (and say so), not measured."""
+    """Seconds a run may take; rows started after it are skipped (and say so), not measured. With
+    ``hard_seconds`` a row still running at that point is stopped (a cold compile or a hang must
+    not take the run past its limit)."""
 
-    def __init__(self, seconds: float | None) -> None:
-        self.seconds = seconds
+    def __init__(self, seconds: float | None, hard_seconds: float | None = None) -> None:
+        self.seconds, self.hard_seconds = seconds, hard_seconds
         self.started = time.perf_counter()
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
 
     def spent(self) -> bool:
-        return self.seconds is not None and self.elapsed() > self.seconds
+        limits = [limit for limit in (self.seconds, self.hard_seconds) if limit is not None]
+        return bool(limits) and self.elapsed() > min(limits)
+
+    def left(self) -> float | None:
+        """Seconds until the hard limit (None: no hard limit)."""
+        return None if self.hard_seconds is None else self.hard_seconds - self.elapsed()
+
+
+class RowStopped(Exception):
+    """A row still running at the run's hard limit."""
+
+
+@contextlib.contextmanager
+def deadline(seconds: float | None) -> Iterator[None]:
+    """Raise :class:`RowStopped` in this (main) thread after ``seconds``; nothing when None or
+    where signals cannot be used (another thread, Windows)."""
+    import signal
+    import threading
+
+    if seconds is None or not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise RowStopped(f"stopped at the run's hard limit after {seconds:.0f} s in this row")
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.01))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def guarded(row: Row, measure: Callable[[], tuple], budget: Budget | None = None) -> tuple:
     """Run one measurement; out-of-memory, a failure or a spent budget becomes the row's note."""
     if budget is not None and budget.spent():
-        row.note = f"skipped: time budget ({budget.seconds:.0f} s) spent"
+        limit = budget.seconds if budget.seconds is not None else budget.hard_seconds
+        row.note = f"skipped: time budget ({limit:.0f} s) spent"
         return None, None
     try:
-        return measure()
+        with deadline(budget.left() if budget is not None else None):
+            return measure()
+    except RowStopped as error:
+        row.note = str(error)
     except torch.cuda.OutOfMemoryError:
         row.note = "out of memory"
     except Exception as error:  # one broken path must not hide every other number

@@ -123,6 +123,24 @@ def test_a_spent_budget_skips_rows_and_says_so(script, tmp_path, capsys):
     assert all(r["ms"] is None for r in records)
 
 
+def test_a_row_running_at_the_hard_limit_is_stopped_and_says_so():
+    import time
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from flux_bench.report import Row
+        from flux_bench.timing import Budget, guarded
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    row, budget, started = Row(512, "g", "hang"), Budget(None, hard_seconds=0.3), time.perf_counter()
+    assert guarded(row, lambda: (time.sleep(5), (1.0, 0.0))[1], budget) == (None, None)
+    assert time.perf_counter() - started < 2.5
+    assert row.note.startswith("stopped at the run's hard limit")
+    later = Row(512, "g", "next")
+    assert guarded(later, lambda: (1.0, 0.0), budget) == (None, None)      # past the limit: not started
+    assert later.note == "skipped: time budget (0 s) spent"
+
+
 def test_row_writer_appends_each_row_at_once(tmp_path, capsys):
     sys.path.insert(0, str(ROOT / "bench"))
     try:
@@ -165,7 +183,7 @@ def test_tiny_runs_write_outside_the_tracked_tree(script):
     path = script.report_path(args, "tiny", torch.device("cpu"))
     assert path.parent == ROOT / "out" / "gpu_flux_dev"
     quick = script.parse_args(["--tiny", "--quick"])
-    assert quick.budget_s == 330 and quick.presets == ["fast", "early-exit", "front-loaded"]
+    assert quick.budget_s == 330 and quick.hard_limit_s == 345 and quick.presets == ["fast", "early-exit"]
     assert not quick.reference_images
 
 
