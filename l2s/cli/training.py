@@ -21,6 +21,11 @@ from .options import (LONG_NAMES, add_device_arg, add_dtype_arg, add_threads_arg
 _TINY_MODELS = ("tiny", "tiny-flux", "tiny-dev", "tiny-sd")
 
 
+def flag_of(renamed: dict[str, str]):
+    """A library argument's name as this command's flag (``batch_size`` -> ``--batch-size``)."""
+    return lambda name: renamed.get(name, "--" + name.replace("_", "-"))
+
+
 def _load_pipe(model: str, device: str, dtype: str):
     if model in _TINY_MODELS:
         import l2s.demo as demo
@@ -96,7 +101,7 @@ def _check_make_data_args(args: argparse.Namespace) -> None:
     check_make_data_options(dtype=LONG_NAMES[args.map_dtype], val_fraction=args.val_fraction, shard_size=args.shard_size,
                             steps=args.steps, size=args.size, limit=args.limit, min_psnr=args.min_psnr,
                             gamma=args.gamma, eta=args.eta, store_steps=args.store_steps,
-                            max_per_class=args.max_per_class)
+                            max_per_class=args.max_per_class, spelled=flag_of({"dtype": "--map-dtype"}))
     if not 0.0 <= args.max_iou <= 1.0:
         raise L2SError(f"--max-iou must be in [0, 1], got {args.max_iou}")
     check_device(resolve_device(args))
@@ -206,7 +211,8 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="l2s: %(message)s")
     try:
         check_training_options(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                               num_workers=args.workers, device=resolve_device(args))
+                               num_workers=args.workers, device=resolve_device(args),
+                               spelled=flag_of({"num_workers": "--workers"}))
         use_threads(args)
         args.device = world().device(args.device)
         meta = load_dataset_meta(args.dataset)

@@ -188,14 +188,14 @@ def _pairs(tmp_path: Path, images: Path) -> Path:
 
 
 @pytest.mark.parametrize("options, message", [
-    (["--steps", "0"], "steps must be a positive integer, got 0"),
-    (["--size", "0"], "size must be a positive integer, got 0"),
-    (["--shard-size", "0"], "shard_size must be a positive integer"),
-    (["--limit", "0"], "limit must be a positive integer"),
-    (["--max-per-class", "0"], "max_per_class must be a positive integer"),
-    (["--val-fraction", "1"], "val_fraction must be in [0, 1)"),
-    (["--min-psnr", "nan"], "min_psnr must be a finite number"),
-    (["--store-steps", "-1"], "store_steps must be step indices"),
+    (["--steps", "0"], "--steps must be a positive integer, got 0"),
+    (["--size", "0"], "--size must be a positive integer, got 0"),
+    (["--shard-size", "0"], "--shard-size must be a positive integer"),
+    (["--limit", "0"], "--limit must be a positive integer"),
+    (["--max-per-class", "0"], "--max-per-class must be a positive integer"),
+    (["--val-fraction", "1"], "--val-fraction must be in [0, 1)"),
+    (["--min-psnr", "nan"], "--min-psnr must be a finite number"),
+    (["--store-steps", "-1"], "--store-steps must be step indices"),
     (["--max-iou", "2"], "--max-iou must be in [0, 1]"),
     (["--annotations", "/nonexistent/pairs.jsonl"], "--annotations /nonexistent/pairs.jsonl: no such file"),
     (["--images", "/nonexistent/images"], "--images /nonexistent/images: no such folder"),
@@ -300,14 +300,14 @@ def test_train_cli_lr_1e12_is_one_error_line(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("options, message", [
-    (["--epochs", "0"], "epochs must be an integer >= 1, got 0"),
-    (["--batch-size", "0"], "batch_size must be an integer >= 1"),
-    (["--lr", "0"], "lr must be a positive finite number"),
-    (["--lr", "nan"], "lr must be a positive finite number"),
-    (["--lr", "inf"], "lr must be a positive finite number"),
-    (["--seed", str(2 ** 64)], "seed must be an integer in [0, 2**64)"),
-    (["--seed", "-1"], "seed must be an integer in [0, 2**64)"),
-    (["--workers", "-1"], "num_workers must be an integer >= 0"),
+    (["--epochs", "0"], "--epochs must be an integer >= 1, got 0"),
+    (["--batch-size", "0"], "--batch-size must be an integer >= 1"),
+    (["--lr", "0"], "--lr must be a positive finite number"),
+    (["--lr", "nan"], "--lr must be a positive finite number"),
+    (["--lr", "inf"], "--lr must be a positive finite number"),
+    (["--seed", str(2 ** 64)], "--seed must be an integer in [0, 2**64)"),
+    (["--seed", "-1"], "--seed must be an integer in [0, 2**64)"),
+    (["--workers", "-1"], "--workers must be an integer >= 0"),
     (["--device", "bogus"], "is not a torch device"),
     (["--preset", ""], "choose a classifier --preset"),
 ])
