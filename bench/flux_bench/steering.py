@@ -158,14 +158,18 @@ def image_rows(steerers: dict, clock: Clock, resolution: int, runs: list[tuple[s
                budget: Budget) -> Iterator[Row]:
     """One whole image per (mode, preset) of ``runs`` (:func:`image_runs`), after a warm-up per mode."""
     for mode in dict.fromkeys(mode for mode, _ in runs):
-        warm = Row(resolution, "warm-up", str(mode))
+        warm = Row(resolution, "warm-up", _run_name(mode) or f"{mode} mode")
         guarded(warm, lambda mode=mode: warm_up(steerers[mode], resolution, args), budget)
     for mode, preset in runs:
-        name = f"fast + classifier of the first {mode[1]} blocks" if isinstance(mode, tuple) else None
         yield image_row(steerers[mode], preset, image_steps(preset, args.image_steps), resolution, clock, args,
-                        budget, _image_against(mode, preset, runs), name)
+                        budget, _image_against(mode, preset, runs), _run_name(mode))
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def _run_name(mode) -> str | None:
+    """A first-K-blocks steerer's row name (None: a mode's own name)."""
+    return f"fast + classifier of the first {mode[1]} blocks" if isinstance(mode, tuple) else None
 
 
 def _image_against(mode: str, preset: str, runs: list[tuple[str, str]]) -> str | None:

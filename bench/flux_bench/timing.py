@@ -199,8 +199,9 @@ class Budget:
         return None if self.hard_seconds is None else self.hard_seconds - self.elapsed()
 
 
-class RowStopped(Exception):
-    """A row still running at the run's hard limit."""
+class RowStopped(BaseException):
+    """A row still running at the run's hard limit (not an Exception: code that catches those
+    must not swallow it)."""
 
 
 @contextlib.contextmanager

@@ -59,5 +59,5 @@ def check_input_paths(paths, flag: str, folder: bool = False) -> None:
     from l2s.errors import UsageError
 
     for path in [paths] if isinstance(paths, (str, Path)) else paths:
-        if not (Path(path).is_dir() if folder else Path(path).is_file()):
+        if not (Path(path).is_dir() if folder else Path(path).exists() and not Path(path).is_dir()):  # pipes too
             raise UsageError(f"{flag} {path}: no such {'folder' if folder else 'file'}")

@@ -124,8 +124,7 @@ def run(args: argparse.Namespace) -> int:
     from l2s.evaluation.run_dir import refuse_generate_outputs
 
     _check_args(args)
-    if not args.images:                # before any model loads
-        refuse_generate_outputs(args.out)
+    refuse_generate_outputs(args.out)  # before any model loads (scoring --images writes into --out too)
     use_threads(args)
     group = world()  # under torchrun / accelerate launch: this process's share of the images
     args.device = group.device(args.device)

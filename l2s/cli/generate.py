@@ -78,7 +78,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from l2s.evaluation.image_runs import image_jobs
-    from l2s.evaluation.records import RUN_FILE
+    from l2s.evaluation.records import RESULTS_FILE, RUN_FILE, SUMMARY_FILE
     from l2s.files import output_lock
     from l2s.pipelines.arguments import positive_int
 
@@ -96,10 +96,15 @@ def run(args: argparse.Namespace) -> int:
     for number, prompt in enumerate(prompts):   # a bad prompt fails before any model loads
         _check_prompt(prompt, relations, number if len(prompts) > 1 else None)
     with output_lock(args.out):        # --out writable (and ours alone) before any model loads
-        if (Path(args.out) / RUN_FILE).exists():   # --restart replaces generate's files only
-            raise UsageError(f"{args.out} holds an 'l2s eval' run ({RUN_FILE}); use another --out")
+        evaluated = [name for name in (RUN_FILE, SUMMARY_FILE, RESULTS_FILE) if (Path(args.out) / name).exists()]
+        if evaluated:                  # --restart replaces generate's files only
+            raise UsageError(f"{args.out} holds an 'l2s eval' run ({', '.join(evaluated)}); use another --out")
         if len(jobs) == 1:
-            return _generate(args, prompts[0], relations, started)
+            try:
+                return _generate(args, prompts[0], relations, started)
+            except KeyboardInterrupt as error:     # one image has no partial state to resume from
+                error.l2s_message = "l2s: interrupted; one image has nothing to resume: rerun the command to make it"
+                raise
         return _generate_many(args, relations, jobs, started)
 
 
@@ -150,12 +155,8 @@ def _generate(args: argparse.Namespace, prompt: str, relations, started: float) 
     steerer, source = _load(args, relations)
     recorder = MapRecorder(steerer) if args.save_maps else None
     out = Path(args.out)
-    try:
-        report, written = generate_image(steerer, prompt, args.seed, out, _options(args, steerer, source, relations),
-                                         recorder, say=_say)
-    except KeyboardInterrupt as error:   # one image is made whole or not at all: nothing to resume
-        error.l2s_message = "l2s: interrupted; the image was not written (rerun the command to make it)"
-        raise
+    report, written = generate_image(steerer, prompt, args.seed, out, _options(args, steerer, source, relations),
+                                     recorder, say=_say)
     if "verdict" in report:
         _say("shapes detector, GenEval rule: " + "; ".join(
             f"{name}.png {'shows' if holds else 'does not show'} the prompt's relations"

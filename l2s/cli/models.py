@@ -104,7 +104,7 @@ def model_folder(args: argparse.Namespace):
 
     if args.model is None:
         return shipped_assets().pipeline if shipped_assets().available else None
-    if str(args.model).startswith("tiny"):
+    if args.model == "tiny":           # built in code; any other name is a folder or hub id
         return None
     try:
         folder = pipeline_folder(args.model)
@@ -129,9 +129,9 @@ def check_image_size(args: argparse.Namespace) -> None:
 
 def weights_digests(args: argparse.Namespace) -> dict:
     """Fingerprints of the local weights behind --model, --classifier and --lora (shipped names
-    resolved, hub ids by their local snapshot), for a run's settings: a retrained classifier or
-    adapter saved at the same path must not resume an earlier run's images. The random tiny
-    models have none."""
+    resolved; a --model hub id by its local snapshot, a --classifier hub id not at all), for a
+    run's settings: a retrained classifier or adapter saved at the same path must not resume an
+    earlier run's images. The random tiny model has none."""
     from l2s.shapes.recipes import shipped_assets, weights_fingerprints
 
     shipped = args.model is None and shipped_assets().available

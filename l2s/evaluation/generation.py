@@ -87,12 +87,12 @@ def generate_image(steerer, prompt: str, seed: int, out: Path, options: Generate
     steered = result.outcome.steered   # what ran: no update kept means no steered image
     _say_outcome(say, result.plan, result.outcome, options)
     out = Path(out)
-    remove_earlier_outputs(out)
     report = {"prompt": prompt, **options.context, "seed": seed, **result.report(), "versions": software_versions()}
     baseline = None
     if steered and options.baseline:
         baseline = steerer(prompt, steer=False, **kwargs)
         report["timings_s"]["unsteered_total"] = baseline.timings["total"]
+    remove_earlier_outputs(out)      # only now: an interrupted generation leaves the earlier image
     written = write_images(out, result.images[0], baseline and baseline.images[0],
                            result.diagnostics.records if steered else None)
     if found := verdicts(options.judge, prompt, result.images[0], baseline and baseline.images[0]):

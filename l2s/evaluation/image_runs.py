@@ -86,8 +86,9 @@ class Resume:
 
 def _other_jobs(earlier, wanted: list[list]) -> str:
     """How an earlier run's images differ from this one's, in a few words."""
-    if not isinstance(earlier, list) or not all(isinstance(j, list) and len(j) == 3 for j in earlier):
-        return "other prompts or seeds (its index.json lists none)"
+    if not earlier or not isinstance(earlier, list) or not all(
+            isinstance(j, list) and len(j) == 3 and isinstance(j[0], str) and isinstance(j[1], int) for j in earlier):
+        return "other prompts or seeds (its index.json lists none it can name)"
     def described(jobs):
         prompts = list(dict.fromkeys(j[0] for j in jobs))
         seeds = sorted({j[1] for j in jobs}, key=str)
@@ -100,7 +101,7 @@ def _other_jobs(earlier, wanted: list[list]) -> str:
     if old_seeds != new_seeds:
         shown = ", ".join(map(str, old_seeds[:6])) + (", ..." if len(old_seeds) > 6 else "")
         parts.append(f"its seeds are {shown}")
-    return "other prompts or seeds (" + ("; ".join(parts) or "another order") + ")"
+    return "other prompts or seeds (" + ("; ".join(parts) or "the same ones in another order or folders") + ")"
 
 
 def resume_state(out: Path, settings: dict, jobs: list[ImageJob]) -> Resume:

@@ -54,7 +54,9 @@ def prepare_run_dir(out: Path, specs: Sequence[PromptSpec], modes: list[str], se
 def refuse_generate_outputs(out: str | Path) -> None:
     """An eval run never goes into a folder of ``l2s generate`` images: ``--restart`` clears an
     eval run's files only, so the two would mix."""
-    made_by_generate = earlier_outputs(Path(out))
+    out = Path(out)
+    one_image = ["image.png", "report.json"] if all((out / n).is_file() for n in ("image.png", "report.json")) else []
+    made_by_generate = one_image + earlier_outputs(out, several=True)
     if made_by_generate:
         raise L2SError(f"{out} holds images of 'l2s generate' ({', '.join(made_by_generate)}); use another --out")
 

@@ -269,3 +269,9 @@ def test_generate_and_eval_never_share_a_folder(tmp_path, capsys, monkeypatch):
         code, lines = run(["generate", *argv, "--restart", "--out", str(evaluated), *TINY], capsys)
         assert code == 2 and lines[-1] == f"l2s: error: {evaluated} holds an 'l2s eval' run (run.json); use another --out"
     assert sorted(p.name for p in evaluated.iterdir() if not p.name.startswith(".")) == ["run.json"]
+    from l2s.errors import L2SError
+    from l2s.evaluation.run_dir import prepare_run_dir
+
+    with pytest.raises(L2SError, match="holds images of 'l2s generate'"):   # the library's eval too
+        prepare_run_dir(made, [], [], {}, restart=True)
+    assert (made / "index.json").is_file()

@@ -261,14 +261,34 @@ def test_interrupts_and_exhausted_memory_are_one_line(error, code, message, monk
     assert line.startswith(message), line
 
 
-def test_an_interrupted_single_image_says_nothing_was_written_not_resume(monkeypatch, tmp_path, capsys):
+def test_an_interrupted_single_image_says_there_is_nothing_to_resume(monkeypatch, tmp_path, capsys):
     import l2s.evaluation.generation
 
     monkeypatch.setattr(l2s.evaluation.generation, "generate_image", _raising(KeyboardInterrupt()))
     assert main(["generate", "a cat to the left of a dog", "--model", "tiny", "--quiet",
                  "--out", str(tmp_path)]) == 130
     lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("l2s: interrupted")]
-    assert lines == ["l2s: interrupted; the image was not written (rerun the command to make it)"]
+    assert lines == ["l2s: interrupted; one image has nothing to resume: rerun the command to make it"]
+
+
+def test_an_interrupted_rerun_keeps_the_earlier_image(monkeypatch, tmp_path, capsys):
+    from l2s.pipelines.base import SteeringPipeline
+
+    argv = ["generate", "a cat to the left of a dog", "--model", "tiny", "--steps", "1", "--quiet", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    before = {name: (tmp_path / name).read_bytes() for name in ("image.png", "report.json")}
+    original, calls = SteeringPipeline.__call__, []
+
+    def interrupted_baseline(self, *args, **kwargs):   # the steered call runs, the unsteered one is cut
+        calls.append(kwargs.get("steer"))
+        if kwargs.get("steer") is False:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(SteeringPipeline, "__call__", interrupted_baseline)
+    assert main(argv + ["--seed", "7"]) == 130
+    assert False in calls
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
 
 
 def test_other_runtime_errors_are_not_hidden(monkeypatch):
