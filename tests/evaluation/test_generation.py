@@ -42,3 +42,19 @@ def test_a_run_writes_a_folder_per_image_resumes_and_refuses_other_images(steere
     with pytest.raises(UsageError, match="other prompts or seeds"):
         open_image_run(tmp_path, image_jobs(PROMPTS, [0]), settings, False)
     assert open_image_run(tmp_path, image_jobs(PROMPTS, [0]), settings, True).entries is None
+
+
+@pytest.mark.parametrize("jobs, why", [
+    ([], "other prompts or seeds (its index.json lists none it can name)"),
+    ([[["a list"], 1, "p00-s0001"]], "other prompts or seeds (its index.json lists none it can name)"),
+    ([["a cat", 3, "p00-s0003"]], "other prompts or seeds (its seeds are 3)"),
+    ([["a dog", 1, "p00-s0001"]], "other prompts or seeds (its 1 prompt(s) begin with 'a dog')"),
+    ([["a cat", 1, "p07-s0001"]], "other prompts or seeds (the same ones in another order or folders)"),
+])
+def test_a_run_of_other_images_is_named_by_what_differs(tmp_path, jobs, why):
+    import json
+
+    from l2s.evaluation.image_runs import image_jobs, resume_state
+
+    (tmp_path / "index.json").write_text(json.dumps({"jobs": jobs, "settings": {}}))
+    assert resume_state(tmp_path, {}, image_jobs(["a cat"], [1])).why_not == why
