@@ -124,9 +124,10 @@ def run(args: argparse.Namespace) -> int:
     from l2s.evaluation.run_dir import refuse_generate_outputs
 
     _check_args(args)
-    refuse_generate_outputs(args.out)  # before any model loads (scoring --images writes into --out too)
     use_threads(args)
     group = world()  # under torchrun / accelerate launch: this process's share of the images
+    # Before any model loads (scoring --images writes into --out too); rank 0 alone says so.
+    group.on_main(lambda: refuse_generate_outputs(args.out))
     args.device = group.device(args.device)
     report = _score_folder(args) if args.images else _generate_and_score(args)
     if group.is_main:

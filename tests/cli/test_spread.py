@@ -90,6 +90,16 @@ def test_eval_on_two_processes_writes_what_one_process_writes(one_process_eval, 
     assert _eval_fingerprint(out) == _eval_fingerprint(one_process_eval)  # same PNGs, records, order
 
 
+def test_eval_refusing_a_generate_folder_says_so_once_on_two_processes(tmp_path):
+    made = tmp_path / "made"
+    (made / "p00-s0000").mkdir(parents=True)
+    (made / "index.json").write_text("{}")
+    proc = _launch(["-m", "l2s.cli", *EVAL, "--out", str(made)])
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode != 0
+    assert err.count("holds images of 'l2s generate'") == 1, err[-2000:]
+
+
 def test_eval_resumes_after_a_rank_is_killed(one_process_eval, tmp_path):
     out = tmp_path / "run"
     proc = _launch(["-m", "l2s.cli", *EVAL6, "--out", str(out)])
