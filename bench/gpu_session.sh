@@ -15,7 +15,7 @@ case "${1:-}" in
     nvidia-smi -L
     python3 bench/gpu_flux_dev.py --quick --out "$OUT" "${@:2}" 2>&1 | tee "$OUT/bench.log" ;;
   tests)
-    L2S_BUILD_CUDA=1 timeout 240 python3 -m pip install -q --no-build-isolation --no-deps -e . 2>&1 \
+    L2S_BUILD_CUDA=1 L2S_CUDA_ARCHS=${L2S_CUDA_ARCHS:-90} timeout 240 python3 -m pip install -q --no-build-isolation --no-deps -e . 2>&1 \
         | tail -20 | tee "$OUT/build.log"
     timeout 300 python3 -m pytest -m gpu -rA -p no:cacheprovider --continue-on-collection-errors tests/ \
         2>&1 | tee "$OUT/gpu_tests.log" | tail -40 ;;
