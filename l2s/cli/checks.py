@@ -48,7 +48,13 @@ def check_output_file(path, flag: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UsageError(f"{flag} {path}: cannot make its folder ({error.strerror})") from None
-    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+    probe = path.parent / f".{path.name}.{os.getpid()}.l2s-write-check"   # one per process (torchrun ranks)
+    try:                               # os.access says yes to root on read-only and virtual folders
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise UsageError(f"{flag} {path}: cannot write in its folder ({error.strerror})") from None
+    if path.exists() and not os.access(path, os.W_OK):
         raise UsageError(f"{flag} {path}: not writable")
 
 

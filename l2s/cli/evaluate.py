@@ -138,9 +138,14 @@ def run(args: argparse.Namespace) -> int:
 
 def _score_folder(args: argparse.Namespace):
     from l2s.distributed import output_lock
+    from l2s.errors import L2SError
     from l2s.evaluation import load_detector, score_image_folder
+    from l2s.evaluation.records import RUN_FILE
 
     with output_lock(args.out):  # a second run into --out is refused before the detector loads
+        if (Path(args.out) / RUN_FILE).exists():   # scoring would replace that run's summary and report
+            raise L2SError(f"{args.out} holds an 'l2s eval' run that generated its images ({RUN_FILE}); "
+                           "score --images into another --out")
         detector = load_detector(args.detector, args.detector_threshold, args.device, named=named_detectors())
         return score_image_folder(args.images, detector, args.out, rule=args.rule,
                                   detector_name=_detector_id(args), contact_sheets=args.contact_sheet,

@@ -316,11 +316,17 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
     if not (math.isfinite(args.scale) and args.scale > 0):
         raise UsageError(f"--scale must be a positive number, got {args.scale!r}")
     if args.results:
+        if args.results.suffix == ".json":
+            raise UsageError(f"--results {args.results}: give the Markdown file's path; its JSON is written beside "
+                             "it with the suffix .json")
         check_output_file(args.results, "--results")
+    parts = None if args.parts is None else [key.strip() for key in args.parts.split(",") if key.strip()]
+    if parts == []:
+        raise UsageError("--parts: no part given (leave it out to run every part)")
     use_threads(args)
     results = run_shapes_bench(args.out, pipeline_dir=args.model, classifier=args.classifier,
                                ablation_classifier=args.ablation_classifier, scale=args.scale,
-                               seeds=parse_seeds(args.seeds), parts=args.parts.split(",") if args.parts else None,
+                               seeds=parse_seeds(args.seeds), parts=parts,
                                position_prompts=args.position_prompts, classifier_data=args.classifier_data,
                                true_cfg_scale=args.true_cfg, step_size=args.step_size, progress=not args.quiet,
                                lora=args.lora, batch_size=args.batch_size, reward_model=args.reward_model,
@@ -332,7 +338,8 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
     print(bench_table(results))
     if args.results:
         command = "l2s shapes bench " + " ".join(shlex.quote(a) for a in argv)
-        print(f"l2s: wrote {write_bench_results(results, args.results, command)}", file=sys.stderr)
+        markdown = write_bench_results(results, args.results, command)
+        print(f"l2s: wrote {markdown} and {markdown.with_suffix('.json')}", file=sys.stderr)
     return 0
 
 

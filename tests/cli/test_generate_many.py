@@ -268,6 +268,9 @@ def test_generate_and_eval_never_share_a_folder(tmp_path, capsys, monkeypatch):
     for argv in ([PROMPTS[0]], [*PROMPTS, "--seeds", "0-1"]):     # one image, and several
         code, lines = run(["generate", *argv, "--restart", "--out", str(evaluated), *TINY], capsys)
         assert code == 2 and lines[-1] == f"l2s: error: {evaluated} holds an 'l2s eval' run (run.json); use another --out"
+    (tmp_path / "images").mkdir()
+    code, lines = run(["eval", "--images", str(tmp_path / "images"), "--out", str(evaluated), "--quiet"], capsys)
+    assert code == 2 and "holds an 'l2s eval' run that generated its images (run.json)" in lines[-1]
     assert sorted(p.name for p in evaluated.iterdir() if not p.name.startswith(".")) == ["run.json"]
     from l2s.errors import L2SError
     from l2s.evaluation.run_dir import prepare_run_dir

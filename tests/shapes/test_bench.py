@@ -1,6 +1,8 @@
 """The shapes bench: its parts, judging on colours, the results table, targets and header."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -177,10 +179,15 @@ def test_bench_cli_names_the_option_and_lists_every_part(tmp_path, capsys):
         assert main(["shapes", "bench", option, value, "--out", str(tmp_path / "o")]) == 2
         assert f"l2s: error: {option} must be a positive" in capsys.readouterr().err
     (tmp_path / "a-file").write_text("x")
-    for results, message in ((tmp_path, "is a folder; give a file path"),
-                             (tmp_path / "a-file" / "table.md", "cannot make its folder")):
+    refused = [(tmp_path, "is a folder; give a file path"), (tmp_path / "a-file" / "table.md", "cannot make its folder"),
+               (tmp_path / "table.json", "give the Markdown file's path")]
+    if Path("/proc/self").is_dir():    # a folder that takes no new files, even from root
+        refused.append((Path("/proc/l2s-table.md"), "cannot write in its folder"))
+    for results, message in refused:
         assert main(["shapes", "bench", "--results", str(results), "--out", str(tmp_path / "o")]) == 2
         assert f"l2s: error: --results {results}: {message}" in capsys.readouterr().err
+    assert main(["shapes", "bench", "--parts", " ,", "--out", str(tmp_path / "o")]) == 2
+    assert "l2s: error: --parts: no part given" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
     help_text = " ".join(build_bench_parser().format_help().split())
     for key in [p.key for p in shapes_world.bench_parts()] + [bench_plain.KEY]:
