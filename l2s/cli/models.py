@@ -37,8 +37,10 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 def add_sampling_args(parser: argparse.ArgumentParser) -> None:
     """How images are sampled and steered: shared by ``generate`` and ``eval``."""
     parser.add_argument("--steps", type=int, help="denoising steps (default: the model's published setting)")
-    parser.add_argument("--height", type=int)
-    parser.add_argument("--width", type=int)
+    parser.add_argument("--height", type=int, help="image height in pixels (default: the classifier's training "
+                        "resolution, e.g. 512 FLUX.1-dev, 32 the shapes model; a multiple of the model's latent "
+                        "cell, checked before it loads)")
+    parser.add_argument("--width", type=int, help="image width in pixels (default and rule as --height)")
     parser.add_argument("--guidance", type=float, help="guidance scale (default: published per model)")
     parser.add_argument("--true-cfg", type=float, metavar="SCALE", help=TRUE_CFG_HELP)
     parser.add_argument("--step-size", type=float, metavar="ALPHA", help=STEP_SIZE_HELP)

@@ -276,8 +276,9 @@ def build_bench_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", type=Path, help="write the Markdown table here (and .json beside it)")
     p.add_argument("--scale", type=float, default=1.0,
                    help="multiply the prompt counts of every part but the two-object one (default 1; at least 4 "
-                        "prompts a part; smaller for quick runs)")
-    p.add_argument("--position-prompts", type=int, default=100, help="two-object prompts (default 100)")
+                        "prompts a part); a quick run also lowers --position-prompts")
+    p.add_argument("--position-prompts", type=int, default=100,
+                   help="two-object prompts (default 100; --scale leaves this part alone)")
     p.add_argument("--seeds", default=",".join(str(s) for s in BENCH_SEEDS),
                    help=f"image seeds (default {','.join(str(s) for s in BENCH_SEEDS)}; the multi-relation, preset "
                         "and held-out parts use the first two)")

@@ -138,6 +138,10 @@ def make_data_main(argv: Sequence[str] | None = None) -> int:
           f"({summary.skipped} skipped; {summary.split_records}) in {summary.out_dir}", file=sys.stderr)
     if summary.records == 0:
         return _say_error(L2SError("no sample gave a record (every one was skipped: see the lines above)"))
+    if not (summary.split_records or {}).get("val"):
+        print(f"l2s: warning: no validation records (--val-fraction {args.val_fraction} of "
+              f"{summary.samples_done} samples); 'l2s train' needs some: add samples or raise --val-fraction",
+              file=sys.stderr)
     return 0
 
 

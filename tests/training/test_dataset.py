@@ -223,7 +223,9 @@ def test_make_data_cli(images, tmp_path, capsys):
     code = make_data_main(["--model", "tiny", "--source", "pairs", "--annotations", str(pairs), "--images",
                            str(images), "--out", str(out), "--steps", "4", "--store-steps", "1", "3", "--quiet"])
     assert code == 0
-    assert len(_manifest(out)) == 4 and "4 records" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert len(_manifest(out)) == 4 and "4 records" in err
+    assert "l2s: warning: no validation records (--val-fraction 0.15 of 1 samples)" in err   # one image: train only
     assert make_data_main(["--source", "coco", "--annotations", str(tmp_path / "nope.json"), "--out",
                            str(out)]) == 2
     assert f"--annotations {tmp_path / 'nope.json'}: no such file" in capsys.readouterr().err
