@@ -50,7 +50,21 @@ MAX_MAP_GRID = 256
 
 
 class _Skip(Exception):
-    """A sample that produces no records; the message is the reason logged in skipped.jsonl."""
+    """A sample that produces no records; the message is the reason logged in skipped.jsonl.
+    ``file``: the image file at fault; a rerun tries the sample again once that file has changed."""
+
+    def __init__(self, reason: str, file: Path | None = None) -> None:
+        super().__init__(reason)
+        self.file = file
+
+
+def _file_state(path: str | Path) -> list[int] | None:
+    """(size, mtime) of a file, None when there is none: what tells a fixed image file."""
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
 
 
 @dataclass
@@ -72,9 +86,9 @@ def _load_image(sample: RelationSample) -> Image.Image:
             image.load()
             return image.convert("RGB")
     except FileNotFoundError:
-        raise _Skip(f"image not found: {sample.image}") from None
+        raise _Skip(f"image not found: {sample.image}", sample.image) from None
     except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise _Skip(f"unreadable image {sample.image}: {type(error).__name__}: {error}") from None
+        raise _Skip(f"unreadable image {sample.image}: {type(error).__name__}: {error}", sample.image) from None
 
 
 def make_dataset(
@@ -167,9 +181,14 @@ def _write_dataset(items: list[RelationSample], pipe, out_dir: Path, restart: bo
             writer.append(DatasetWriter(out_dir, dataset_meta(settings, extra), restart=restart))
             return writer[0].committed
 
-        committed = world().on_main(open_writer)
         chunks = [items[i:i + shard_size] for i in range(0, len(items), shard_size)]
-        _check_resumed_chunks(committed, chunks, out_dir)
+
+        def open_and_check() -> dict[int, dict]:
+            _check_resumed_chunks(open_writer(), chunks, out_dir)
+            writer[0].redo(_chunks_to_retry(out_dir, chunks, writer[0].committed))
+            return writer[0].committed
+
+        committed = world().on_main(open_and_check)
         job = _Job(pipe, class_names, s["seed"], s["dual"], s["val_fraction"], s["min_psnr"], s["dtype"],
                    dict(steps=steps, store_steps=store, size=s["size"], gamma=s["gamma"], eta=s["eta"],
                         num_iter=s["num_iter"], map_size=s["map_size"],
@@ -236,6 +255,20 @@ def _check_resumed_chunks(committed: dict[int, dict], chunks: list[list[Relation
                            f"pass the same samples in the same order to resume")
 
 
+def _chunks_to_retry(out_dir: Path, chunks: list[list[RelationSample]], committed: dict[int, dict]) -> list[int]:
+    """Committed chunks with a sample skipped for its image file, where that file has appeared or
+    changed since: a rerun after the images were fixed makes their records instead of keeping
+    the skip."""
+    files = {s.key: s.image for members in chunks for s in members if isinstance(s.image, (str, Path))}
+    retry = {r["chunk"] for _, r in read_jsonl_lines(out_dir / SKIPPED_FILE, fix=REDO)
+             if "file_state" in r and r.get("chunk") in committed and r["key"] in files
+             and _file_state(files[r["key"]]) not in (None, r["file_state"])}
+    if retry:
+        log.warning("retrying %d chunk(s) with samples whose image files were missing or unreadable",
+                    len(retry))
+    return sorted(retry)
+
+
 def _invert_chunk(job: _Job, chunk: int, members: list[RelationSample], bar) -> tuple:
     """Invert the samples of one chunk and write its shard; what its commit needs:
     ``(chunk, shard info, records, skipped)`` (why each skipped sample was skipped)."""
@@ -248,7 +281,8 @@ def _invert_chunk(job: _Job, chunk: int, members: list[RelationSample], bar) -> 
                 tensors[record["key"]] = maps.to(MAP_DTYPES[job.dtype]).contiguous()
         except _Skip as reason:
             skipped.append({"key": sample.key, "image_id": sample.image_id, "source": sample.source,
-                            "reason": str(reason), "chunk": chunk})
+                            "reason": str(reason), "chunk": chunk,
+                            **({} if reason.file is None else {"file_state": _file_state(reason.file)})})
             log.warning("skipped %s: %s", sample.key, reason)
         bar.update()
         if job.on_sample is not None:

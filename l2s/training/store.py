@@ -126,6 +126,7 @@ def committed_rows(dataset_dir: str | Path, full_check: bool = False) -> list[di
     chunks = read_progress(dataset_dir)["chunks"]
     manifest = dataset_dir / MANIFEST_FILE
     rows = [(n, r) for n, r in read_jsonl_lines(manifest, fix=REDO) if r.get("chunk") in chunks]
+    rows.sort(key=lambda numbered: numbered[1]["chunk"])  # a chunk redone on a rerun was appended last
     counts = Counter(r["chunk"] for _, r in rows)
     seen: dict[str, int] = {}
     for number, row in rows:

@@ -121,6 +121,22 @@ class DatasetWriter:
             if problem:
                 log.warning("chunk %d cannot be trusted (%s): redoing it", chunk, problem)
                 del committed[chunk]
+        self._keep(committed, manifest, skipped)
+        return committed
+
+    def redo(self, chunks: list[int]) -> None:
+        """Uncommit ``chunks`` (their lines and shards go), so that this run makes them again."""
+        if not chunks:
+            return
+        for chunk in chunks:
+            self.committed.pop(chunk, None)
+        self._keep(self.committed, salvage_jsonl(self.out_dir / MANIFEST_FILE),
+                   salvage_jsonl(self.out_dir / SKIPPED_FILE))
+
+    def _keep(self, committed: dict[int, dict], manifest: list[dict], skipped: list[dict]) -> None:
+        """Rewrite the progress, lines and shards of ``out_dir`` to hold only ``committed`` (the
+        progress first: a kill in between leaves lines no commit covers, which are dropped)."""
+        self._write_progress(committed)
         manifest = [r for r in manifest if r["chunk"] in committed]
         skipped = [r for r in skipped if r["chunk"] in committed]
         atomic_write_text(self.out_dir / MANIFEST_FILE, "".join(json.dumps(r) + "\n" for r in manifest))
@@ -129,8 +145,6 @@ class DatasetWriter:
         for path in (self.out_dir / SHARD_DIR).iterdir():
             if f"{SHARD_DIR}/{path.name}" not in keep:
                 path.unlink()  # uncommitted or damaged shard, or the temporary file of a killed write
-        self._write_progress(committed)
-        return committed
 
     def _write_progress(self, committed: dict[int, dict]) -> None:
         atomic_write_json(self.out_dir / PROGRESS_FILE,

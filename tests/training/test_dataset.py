@@ -22,6 +22,7 @@ from l2s.training import (
     write_map_dataset,
 )
 from l2s.errors import L2SError
+from l2s.training.store import committed_rows
 from l2s.demo import tiny_flux_pipeline, tiny_sd_pipeline
 
 SEQ = 64  # short T5 padding keeps the tiny inversions fast
@@ -122,6 +123,27 @@ def test_interrupted_creation_resumes_to_the_same_dataset(flux, images, full_run
     # A finished dataset resumes to a no-op.
     again = make_dataset(_samples(images), flux, out, **MAKE)
     assert again.records == summary.records and _manifest(out) == got
+
+
+def test_a_rerun_retries_samples_whose_image_file_was_fixed(flux, images, full_run, tmp_path, caplog):
+    folder = tmp_path / "images"
+    shutil.copytree(images, folder)
+    out, samples = tmp_path / "data", _samples(folder)
+    first = make_dataset(samples, flux, out, **MAKE)
+    assert first.skipped == 2  # broken.png and missing.png
+    shards = {p.name: p.read_bytes() for p in (out / "shards").glob("*.safetensors")}
+    again = make_dataset(samples, flux, out, **MAKE)  # nothing changed: nothing is redone
+    assert again.skipped == 2 and {p.name: p.read_bytes() for p in (out / "shards").glob("*.safetensors")} == shards
+    shutil.copy(folder / "img3.png", folder / "missing.png")
+    caplog.clear()
+    fixed = make_dataset(samples, flux, out, **MAKE)
+    assert "retrying 1 chunk" in caplog.text
+    skipped = [json.loads(line) for line in (out / "skipped.jsonl").read_text().splitlines()]
+    assert [s["image_id"] for s in skipped] == ["broken"]
+    assert fixed.skipped == 1 and fixed.records == first.records + 4  # dual, two stored steps
+    assert {r["image_id"] for r in _manifest(out)} >= {"img9"}
+    chunks = [r["chunk"] for r in committed_rows(out, full_check=True)]
+    assert len(chunks) == fixed.records and chunks == sorted(chunks)
 
 
 def test_records_are_dual_and_labelled_with_the_true_relation(full_run):
