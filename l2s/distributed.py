@@ -146,17 +146,17 @@ def _leave() -> None:
 
 
 @contextmanager
-def output_lock(folder: str | Path, label: str = "output folder") -> Iterator[Path]:
+def output_lock(folder: str | Path, label: str = "output folder", kind: str | None = None) -> Iterator[Path]:
     """:func:`l2s.files.output_lock` for a run of every rank: rank 0 holds the folder's lock, the
     others wait for its verdict (a refusal is raised on every rank). Every rank calls it, in the
     same order; the block ends with every rank done before rank 0 lets go."""
     group = world()
     if not group.spread:
-        with files.output_lock(folder, label) as held:
+        with files.output_lock(folder, label, kind) as held:
             yield held
         return
     with ExitStack() as stack:
-        held = group.on_main(lambda: stack.enter_context(files.output_lock(folder, label)))
+        held = group.on_main(lambda: stack.enter_context(files.output_lock(folder, label, kind)))
         yield held
         group.barrier()  # left out when the block raises: the launcher then ends the other ranks
 

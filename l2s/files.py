@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-from collections.abc import Iterator
+import shutil
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,22 @@ try:
 except ImportError:  # pragma: no cover - not POSIX
     fcntl = None
 
+log = logging.getLogger(__name__)
 LOCK_FILE = ".l2s.lock"
+KIND_FILE = ".l2s.kind"  # what kind of output a folder holds: another kind is refused
+# The kinds of output folder, as a refusal names them. Each command's --restart clears its own
+# files only, so two kinds in one folder would mix for good.
+OUTPUT_KINDS = {
+    "generate": "images of 'l2s generate'",
+    "eval": "an evaluation run ('l2s eval')",
+    "make-data": "a map dataset ('make-data')",
+    "train": "a classifier training run ('l2s train' / 'l2s shapes train-classifier')",
+    "train-model": "a shapes-model training run ('l2s shapes train-model')",
+    "bench": "a shapes bench run ('l2s shapes bench')",
+    "reward-data": "preference pairs ('l2s shapes reward-data')",
+    "train-reward": "a reward-model run ('l2s shapes train-reward')",
+    "grpo": "a GRPO run ('l2s shapes grpo')",
+}
 _HELD: dict[Path, list[int]] = {}  # resolved folder -> [lock fd, depth]: a process may nest its own locks
 
 
@@ -48,16 +65,19 @@ def prepare_output_dir(folder: str | Path, label: str = "output folder") -> Path
 
 
 @contextmanager
-def output_lock(folder: str | Path, label: str = "output folder") -> Iterator[Path]:
+def output_lock(folder: str | Path, label: str = "output folder", kind: str | None = None) -> Iterator[Path]:
     """Hold the exclusive lock of ``folder`` (created when missing) for the ``with`` block.
 
     Raises :class:`FolderBusyError` naming the holder's pid when another process holds it, and
     :class:`~l2s.errors.L2SError` when the folder cannot be created or written. Nested calls of
-    one process on the same folder share the lock.
+    one process on the same folder share the lock. ``kind`` (a key of :data:`OUTPUT_KINDS`):
+    the folder is marked as holding that kind of output, and one marked with another is refused.
     """
     folder = prepare_output_dir(folder, label)
     key = folder.resolve()
     if key in _HELD:
+        if kind is not None:
+            claim_kind(folder, kind)
         _HELD[key][1] += 1
         try:
             yield folder
@@ -67,6 +87,8 @@ def output_lock(folder: str | Path, label: str = "output folder") -> Iterator[Pa
     fd = _acquire(folder, label)
     _HELD[key] = [fd, 1]
     try:
+        if kind is not None:
+            claim_kind(folder, kind)
         yield folder
     finally:
         del _HELD[key]
@@ -74,6 +96,43 @@ def output_lock(folder: str | Path, label: str = "output folder") -> Iterator[Pa
             os.ftruncate(fd, 0)  # the pid of a holder that is gone would only mislead
         finally:
             os.close(fd)  # closing drops the flock
+
+
+def claim_kind(folder: Path, kind: str) -> None:
+    """Mark ``folder`` as holding ``kind`` output, or refuse it when it is marked with another.
+    Only a new (empty) folder is marked: unmarked files there are left to the command's checks."""
+    if kind not in OUTPUT_KINDS:
+        raise ValueError(f"unknown output kind {kind!r}; expected one of {', '.join(OUTPUT_KINDS)}")
+    try:
+        marked = (folder / KIND_FILE).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        marked = None
+    except (OSError, UnicodeDecodeError):
+        marked = "unreadable"
+    if marked == kind:
+        return
+    if marked is not None:
+        held = OUTPUT_KINDS.get(marked, f"another kind of output ({KIND_FILE} says {marked!r})")
+        raise L2SError(f"{folder} holds {held}; this run writes {OUTPUT_KINDS[kind]}: use another --out")
+    if all(entry.name in (LOCK_FILE, KIND_FILE) for entry in folder.iterdir()):
+        atomic_write_text(folder / KIND_FILE, kind + "\n")
+
+
+def remove_outputs(folder: str | Path, names: Sequence[str], why: str) -> list[str]:
+    """Remove the files and folders ``names`` from ``folder``, saying in one warning line which
+    were there: a fresh start never removes an earlier run's files unannounced."""
+    folder = Path(folder)
+    present = [name + "/" if (folder / name).is_dir() else name for name in names if (folder / name).exists()]
+    for name in present:
+        path = folder / name.rstrip("/")
+        if name.endswith("/"):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    if present:
+        shown = ", ".join(present[:6]) + (f" and {len(present) - 6} more" if len(present) > 6 else "")
+        log.warning("%s: removed %s from %s", why, shown, folder)
+    return present
 
 
 def _acquire(folder: Path, label: str) -> int:
@@ -289,7 +348,11 @@ def _reason(error: Exception) -> str:
 __all__ = [
     "DamagedFileError",
     "FolderBusyError",
+    "KIND_FILE",
     "LOCK_FILE",
+    "OUTPUT_KINDS",
+    "claim_kind",
+    "remove_outputs",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",

@@ -13,6 +13,7 @@ import pytest
 
 from l2s.errors import L2SError
 from l2s.files import (
+    KIND_FILE,
     LOCK_FILE,
     DamagedFileError,
     FolderBusyError,
@@ -21,6 +22,7 @@ from l2s.files import (
     output_lock,
     read_jsonl_lines,
     read_state_json,
+    remove_outputs,
 )
 
 HOLD = """
@@ -73,6 +75,54 @@ def test_unusable_output_folders_are_one_line_errors(tmp_path):
     with pytest.raises(L2SError, match="cannot create"):
         with output_lock(tmp_path / "file" / "below"):
             pass
+
+
+def test_a_folder_holds_one_kind_of_output(tmp_path):
+    out = tmp_path / "out"
+    with output_lock(out, kind="make-data"):
+        (out / "dataset.json").write_text("{}")
+        with output_lock(out, kind="make-data"):   # the library under the CLI: the same kind
+            pass
+    assert (out / KIND_FILE).read_text() == "make-data\n"
+    with output_lock(out, kind="make-data"):       # a rerun of its own kind
+        pass
+    for other in ("train", "grpo", "eval"):
+        with pytest.raises(L2SError, match=r"holds a map dataset \('make-data'\); this run writes .*use another --out"):
+            with output_lock(out, kind=other):
+                pytest.fail("entered a folder of another kind")
+    with pytest.raises(L2SError, match="holds a map dataset"):
+        with output_lock(tmp_path / "new", kind="train"):
+            with output_lock(tmp_path / "new", kind="train"):
+                pass
+            with output_lock(out, kind="train"):       # nested, another folder
+                pass
+    with pytest.raises(ValueError, match="unknown output kind"):
+        with output_lock(tmp_path / "x", kind="typo"):
+            pass
+
+
+def test_a_folder_with_unmarked_files_is_not_marked(tmp_path):
+    # Files of a run made before folders were marked (or a user's own): the command's checks decide.
+    (tmp_path / "run.json").write_text("{}")
+    with output_lock(tmp_path, kind="generate"):
+        pass
+    assert not (tmp_path / KIND_FILE).exists()
+    (tmp_path / KIND_FILE).write_text("something-new\n")
+    with pytest.raises(L2SError, match="another kind of output"):
+        with output_lock(tmp_path, kind="generate"):
+            pass
+
+
+def test_removing_an_earlier_run_says_what_went_in_one_line(tmp_path, caplog):
+    (tmp_path / "log.jsonl").write_text("{}")
+    (tmp_path / "best").mkdir()
+    (tmp_path / "best" / "model.safetensors").write_text("x")
+    (tmp_path / "mine.txt").write_text("kept")
+    assert remove_outputs(tmp_path, ["best", "last", "log.jsonl"], "starting over") == ["best/", "log.jsonl"]
+    assert caplog.messages == [f"starting over: removed best/, log.jsonl from {tmp_path}"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt"]
+    caplog.clear()
+    assert remove_outputs(tmp_path, ["best", "log.jsonl"], "starting over") == [] and not caplog.messages
 
 
 def test_atomic_write_leaves_no_temporary_file(tmp_path):

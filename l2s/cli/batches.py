@@ -58,7 +58,10 @@ def image_settings(args: argparse.Namespace) -> dict:
             for k, v in sorted(vars(args).items()) if k not in NOT_IMAGE_SETTINGS}
 
 
-def folders_line(out: Path, jobs: list[ImageJob], names: list[str]) -> str:
-    """``l2s: wrote 4 image folders p00-s0000/ to p01-s0001/ (image.png, report.json) and index.json in OUT``."""
+def folders_line(out: Path, jobs: list[ImageJob], names: list[str], resumed: int = 0) -> str:
+    """``l2s: wrote 4 image folders p00-s0000/ to p01-s0001/ (image.png, report.json) and index.json in OUT``;
+    after a resume, how many of them this run made (``resumed`` were there already)."""
     span = f"{jobs[0].folder}/ to {jobs[-1].folder}/"
-    return f"l2s: wrote {len(jobs)} image folders {span} ({', '.join(names)}) and index.json in {out}"
+    count = f"{len(jobs)} image folders" if not resumed else \
+        f"{len(jobs) - resumed} of the {len(jobs)} image folders ({resumed} were there already)"
+    return f"l2s: wrote {count} {span} ({', '.join(names)}) and index.json in {out}"

@@ -15,6 +15,8 @@ def check_sampling_args(args: argparse.Namespace) -> None:
     from l2s.pipelines.arguments import finite_number, positive_int, seed_value
     from l2s.training.options import check_device
 
+    from .options import flag_of
+
     for option in ("steps", "height", "width"):
         value = getattr(args, option, None)
         if value is not None:
@@ -30,7 +32,7 @@ def check_sampling_args(args: argparse.Namespace) -> None:
     if hasattr(args, "seed"):
         seed_value(args.seed, "--seed")
     if getattr(args, "device", None) is not None:
-        check_device(args.device)
+        check_device(args.device, flag_of())
 
 
 def check_output_file(path, flag: str) -> None:

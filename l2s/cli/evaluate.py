@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .models import (add_model_args, add_sampling_args, add_speed_args, check_image_size, load_steerer,
                      weights_digests)
-from .options import add_device_arg, add_dtype_arg, add_threads_arg, resolve_device, use_threads
+from .options import add_device_arg, add_dtype_arg, add_threads_arg, flag_of, resolve_device, use_threads
 from .outputs import folder_outputs, wrote_line
 from .relations import EVAL_HELP as RELATIONS_HELP
 from .relations import add_relations_arg, given_parse, parse_relations, steer_given_relations
@@ -58,32 +58,17 @@ def add_parser(sub, full: bool = True) -> None:
     if not full:
         sub.add_parser("eval", help=EVAL_HELP, add_help=False)
         return
-    from l2s.evaluation import RULES, prompt_set_help
+    from l2s.evaluation import RULES
 
     e = sub.add_parser("eval", help=EVAL_HELP, description=textwrap.fill(EVAL_DESCRIPTION, 100),
                        epilog=EVAL_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    e.add_argument("--prompts", default="shapes", metavar="SET",
-                   help="prompt set (default: shapes): " + prompt_set_help(prompt_sets()))
-    e.add_argument("--n-prompts", type=int, metavar="N",
-                   help="number of prompts (default: 100 for generated sets, the whole file for a file)")
-    e.add_argument("--prompt-seed", type=int, default=0, help="seed of the generated prompt sets (default 0)")
-    e.add_argument("--seeds", default="0,1,2,3",
-                   help="image seeds, one image per prompt and seed, e.g. 0,1,2,3 or 0-3 (default: GenEval's 4)")
-    e.add_argument("--mode", choices=("base", "steered", "both"), default="both",
-                   help="unsteered, steered, or both from the same seeds (default)")
-    e.add_argument("--batch-size", type=int, default=4, metavar="N",
-                   help="images generated together in one steering call, each as if made alone (default 4; "
-                        "larger batches use more memory for the steering backward)")
-    add_model_args(e)
-    add_relations_arg(e, RELATIONS_HELP)
+    generation = _add_generation_args(e)
     e.add_argument("--detector", default="shapes",
                    help="'shapes' (exact detector of the shapes world, default) or a local transformers "
                         "detector dir (OWLv2, OWL-ViT, Grounding DINO, CLIPSeg)")
     e.add_argument("--detector-threshold", type=float, default=0.3,
                    help="detection confidence threshold (default: GenEval's 0.3)")
     e.add_argument("--rule", choices=RULES, default="geneval", help="scoring rule (default geneval)")
-    add_sampling_args(e)
-    add_speed_args(e)
     e.add_argument("--images", metavar="DIR",
                    help="score this GenEval-layout folder (<digits>/metadata.jsonl, <digits>/samples/<n>.png) "
                         "instead of generating")
@@ -96,7 +81,32 @@ def add_parser(sub, full: bool = True) -> None:
     add_device_arg(e)
     add_threads_arg(e)
     e.add_argument("--quiet", action="store_true", help="no progress bars, only l2s's own lines")
-    e.set_defaults(func=run)
+    e.set_defaults(func=run, generation_defaults=generation)
+
+
+def _add_generation_args(e: argparse.ArgumentParser) -> dict:
+    """The options that make the images, in their own help section; {dest: (flag, default)} of
+    each, so that scoring a folder (--images) can refuse them."""
+    from l2s.evaluation import prompt_set_help
+
+    g = e.add_argument_group("generating the images (not with --images)")
+    g.add_argument("--prompts", default="shapes", metavar="SET",
+                   help="prompt set (default: shapes): " + prompt_set_help(prompt_sets()))
+    g.add_argument("--n-prompts", type=int, metavar="N",
+                   help="number of prompts (default: 100 for generated sets, the whole file for a file)")
+    g.add_argument("--prompt-seed", type=int, default=0, help="seed of the generated prompt sets (default 0)")
+    g.add_argument("--seeds", default="0,1,2,3",
+                   help="image seeds, one image per prompt and seed, e.g. 0,1,2,3 or 0-3 (default: GenEval's 4)")
+    g.add_argument("--mode", choices=("base", "steered", "both"), default="both",
+                   help="unsteered, steered, or both from the same seeds (default)")
+    g.add_argument("--batch-size", type=int, default=4, metavar="N",
+                   help="images generated together in one steering call, each as if made alone (default 4; "
+                        "larger batches use more memory for the steering backward)")
+    add_model_args(g)
+    add_relations_arg(g, RELATIONS_HELP)
+    add_sampling_args(g)
+    add_speed_args(g)
+    return {a.dest: (a.option_strings[-1], a.default) for a in g._group_actions}
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -112,11 +122,13 @@ def _check_args(args: argparse.Namespace) -> None:
         raise L2SError(f"--n-prompts must be at least 1, got {args.n_prompts}")
     if not 0.0 <= args.detector_threshold <= 1.0:
         raise L2SError(f"--detector-threshold must be in [0, 1], got {args.detector_threshold}")
-    check_device(resolve_device(args))
+    check_device(resolve_device(args), flag_of())
     check_sampling_args(args)  # --steps, --height, ...: ranges, never a default in their place
     check_image_size(args)
-    if args.relations and args.images:
-        raise L2SError("--relations steers generated images; --images only scores a folder")
+    given = [flag for dest, (flag, default) in args.generation_defaults.items() if getattr(args, dest) != default]
+    if args.images and given:
+        raise L2SError(f"--images only scores the images in that folder: {', '.join(given)} would make images "
+                       "(leave them out, or generate without --images)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -142,7 +154,7 @@ def _score_folder(args: argparse.Namespace):
     from l2s.evaluation import load_detector, score_image_folder
     from l2s.evaluation.records import RUN_FILE
 
-    with output_lock(args.out):  # a second run into --out is refused before the detector loads
+    with output_lock(args.out, kind="eval"):  # a second run into --out is refused before the detector loads
         if (Path(args.out) / RUN_FILE).exists():   # scoring would replace that run's summary and report
             raise L2SError(f"{args.out} holds an 'l2s eval' run that generated its images ({RUN_FILE}); "
                            "score --images into another --out")
@@ -162,7 +174,7 @@ def _generate_and_score(args: argparse.Namespace):
         print(f"l2s: skipped {skipped} prompts of {args.prompts} without a spatial relation", file=sys.stderr)
     seeds = parse_seeds(args.seeds)
     relations_of = _given_relations(args.relations, specs)
-    with output_lock(args.out):  # a second run into --out is refused before any model loads
+    with output_lock(args.out, kind="eval"):  # a second run into --out is refused before any model loads
         return _run_locked(args, specs, seeds, relations_of)
 
 

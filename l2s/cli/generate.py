@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     relations = parse_relations(args.relations) if args.relations else None
     for number, prompt in enumerate(prompts):   # a bad prompt fails before any model loads
         _check_prompt(prompt, relations, number if len(prompts) > 1 else None)
-    with output_lock(args.out):        # --out writable (and ours alone) before any model loads
+    with output_lock(args.out, kind="generate"):        # --out writable (and ours alone) before any model loads
         evaluated = [name for name in (RUN_FILE, SUMMARY_FILE, RESULTS_FILE) if (Path(args.out) / name).exists()]
         if evaluated:                  # --restart replaces generate's files only
             raise UsageError(f"{args.out} holds an 'l2s eval' run ({', '.join(evaluated)}); use another --out")
@@ -195,5 +195,5 @@ def _generate_many(args: argparse.Namespace, relations, jobs, started: float) ->
                                      started=started, say=_say)
     if verdict_line := _verdict_line(entries):
         print(verdict_line, file=sys.stderr)
-    print(folders_line(out, jobs, names), file=sys.stderr)
+    print(folders_line(out, jobs, names, resumed=len(resume.entries or [])), file=sys.stderr)
     return 0

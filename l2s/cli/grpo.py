@@ -16,7 +16,7 @@ from pathlib import Path
 from l2s.errors import L2SError
 
 from .help import command_parser
-from .options import add_threads_arg, use_threads
+from .options import add_threads_arg, flag_of, use_threads
 
 REWARDS_HELP = ("'rule' (exact detector + GenEval rule, 1 when the image passes its prompt), 'spatialscore' (the "
                 "shipped SpatialScore reward model) or a trained SpatialScore folder (l2s shapes train-reward): its "
@@ -118,7 +118,7 @@ def grpo_main(argv: Sequence[str] | None = None) -> int:
     use_threads(args)
     from l2s.training.options import check_device
 
-    check_device(args.device)
+    check_device(args.device, flag_of())
     accelerator = Accelerator(cpu=args.device == "cpu")
     settings_from_args(args).check(accelerator.num_processes)   # bad settings fail before anything loads
     positive_int(args.eval_every, "--eval-every")

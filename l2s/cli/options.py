@@ -44,6 +44,11 @@ class _DtypeOrOldMapDtype(argparse.Action):
             parser.error(f"argument --dtype: invalid choice: {value!r} (choose from {', '.join(DTYPES)})")
 
 
+def flag_of(renamed: dict[str, str] | None = None):
+    """A library argument's name as this command's flag (``batch_size`` -> ``--batch-size``)."""
+    return lambda name: (renamed or {}).get(name, "--" + name.replace("_", "-"))
+
+
 def add_dtype_arg(parser: argparse.ArgumentParser, help: str = DTYPE_HELP, old_map_dtype: bool = False) -> None:
     """``--dtype {auto,fp32,bf16,fp16}`` and its hidden old spelling ``--torch-dtype``; with
     ``old_map_dtype`` (make-data) ``--dtype float16`` etc. still mean the maps' storage dtype."""

@@ -12,7 +12,7 @@ from pathlib import Path
 from l2s.errors import L2SError
 
 from .help import command_parser
-from .options import add_threads_arg, use_threads
+from .options import add_threads_arg, flag_of, use_threads
 
 
 def _patterns(text: str) -> dict:
@@ -72,7 +72,7 @@ def reward_data_main(argv: Sequence[str] | None = None) -> int:
         raise L2SError("--pairs and --batch-size must be positive")
     from l2s.training.options import check_device
 
-    check_device(args.device)
+    check_device(args.device, flag_of())
     settings = PairSettings(seed=args.seed, families_per_shard=args.families_per_shard,
                             images_per_family=args.images_per_family, patterns=args.patterns,
                             heldout_fraction=args.heldout_fraction,
@@ -163,7 +163,7 @@ def train_reward_main(argv: Sequence[str] | None = None) -> int:
     use_threads(args)
     from l2s.training.options import check_device
 
-    check_device(args.device)
+    check_device(args.device, flag_of())
     model = {k: v for k, v in (("d_model", args.d_model), ("joint_layers", args.joint_layers),
                                ("grounding_layers", args.grounding_layers), ("channels", args.channels),
                                ("design", args.design)) if v is not None}

@@ -16,7 +16,7 @@ from l2s.errors import L2SError, UsageError
 
 from .checks import check_output_file
 from .help import command_parser
-from .options import add_threads_arg, use_threads
+from .options import add_threads_arg, flag_of, use_threads
 
 # --------------------------------------------------------------------------------------------
 # l2s shapes train-model
@@ -129,7 +129,7 @@ def train_settings_from_args(args: argparse.Namespace):
 def _check_train_args(args: argparse.Namespace) -> None:
     from l2s.training.options import check_device
 
-    check_device(args.device)
+    check_device(args.device, flag_of())
     if args.grow and args.init_from is None:
         raise L2SError("--grow needs --init-from (the shallower pipeline to grow)")
     if args.repatch and args.init_from is None:
@@ -192,7 +192,7 @@ def make_data_main(argv: Sequence[str] | None = None) -> int:
     use_threads(args)
     from l2s.distributed import output_lock, world
 
-    with output_lock(args.out):  # a second writer is refused before the model loads
+    with output_lock(args.out, kind="make-data"):  # a second writer is refused before the model loads
         pipe = load_shapes_pipeline(args.model)
         summary = make_shapes_data(pipe, args.out, args.scenes, args.seed, dual=not args.no_dual,
                                    progress=not args.quiet, layers=args.layers)

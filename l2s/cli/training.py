@@ -14,16 +14,11 @@ from l2s.distributed import output_lock, world
 from l2s.relations import DIAGONAL, DIAGONAL_CLASSES, DIRECTIONAL, PUBLISHED_CLASSES
 
 from .help import command_parser
-from .options import (LONG_NAMES, add_device_arg, add_dtype_arg, add_threads_arg, resolve_device, torch_dtype,
+from .options import (LONG_NAMES, add_device_arg, flag_of, add_dtype_arg, add_threads_arg, resolve_device, torch_dtype,
                       use_threads)
 
 # ``--model`` names of the random tiny pipelines (offline).
 _TINY_MODELS = ("tiny", "tiny-flux", "tiny-dev", "tiny-sd")
-
-
-def flag_of(renamed: dict[str, str]):
-    """A library argument's name as this command's flag (``batch_size`` -> ``--batch-size``)."""
-    return lambda name: renamed.get(name, "--" + name.replace("_", "-"))
 
 
 def _load_pipe(model: str, device: str, dtype: str):
@@ -104,7 +99,7 @@ def _check_make_data_args(args: argparse.Namespace) -> None:
                             max_per_class=args.max_per_class, spelled=flag_of({"dtype": "--map-dtype"}))
     if not 0.0 <= args.max_iou <= 1.0:
         raise L2SError(f"--max-iou must be in [0, 1], got {args.max_iou}")
-    check_device(resolve_device(args))
+    check_device(resolve_device(args), flag_of())
     check_input_paths(args.annotations, "--annotations")
     if args.images is not None:
         check_input_paths(args.images, "--images", folder=True)
@@ -120,7 +115,7 @@ def make_data_main(argv: Sequence[str] | None = None) -> int:
         from l2s.training import make_dataset
 
         args.device = world().device(args.device)  # under torchrun / accelerate launch: this rank's GPU
-        with output_lock(args.out):  # a second writer is refused here, before any work
+        with output_lock(args.out, kind="make-data"):  # a second writer is refused here, before any work
             samples = _labelled_samples(args)
             pipe = _load_pipe(args.model, args.device, args.dtype)
             summary = make_dataset(
@@ -129,7 +124,8 @@ def make_data_main(argv: Sequence[str] | None = None) -> int:
                 steps=args.steps, store_steps=args.store_steps, size=args.size, dual=not args.no_dual,
                 seed=args.seed, val_fraction=args.val_fraction, shard_size=args.shard_size, dtype=LONG_NAMES[args.map_dtype],
                 min_psnr=args.min_psnr, gamma=args.gamma, eta=args.eta, model_name=args.model, limit=args.limit,
-                progress=not args.quiet, restart=args.restart, layers=args.layers)
+                progress=not args.quiet, restart=args.restart, layers=args.layers,
+                spelled=flag_of({"dtype": "--map-dtype"}))
     except L2SError as error:
         return _say_error(error)
     if not world().is_main:

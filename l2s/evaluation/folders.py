@@ -38,7 +38,7 @@ def score_image_folder(images_dir: str | Path, detector: Detector, out_dir: str 
     images_dir, out = Path(images_dir), Path(out_dir)
     jobs, skipped = _folder_jobs(images_dir)
     check_scorable([spec for _, spec, _ in jobs], rule, detector)
-    with output_lock(out):
+    with output_lock(out, kind="eval"):
         if restart:
             world().on_main(lambda: clear_run(out))
         return _score_folder_jobs(images_dir, jobs, skipped, out, detector, rule, detector_name, contact_sheets,

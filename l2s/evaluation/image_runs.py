@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from l2s.errors import UsageError
-from l2s.files import atomic_write_json, unrecorded_digests
+from l2s.files import atomic_write_json, remove_outputs, unrecorded_digests
 
 INDEX_FILE = "index.json"
 FOLDER_PATTERN = re.compile(r"p\d+-s\d+")   # what a rerun may remove as an earlier run's image folder
@@ -61,13 +60,11 @@ def earlier_outputs(out: Path, several: bool = False) -> list[str]:
 
 
 def remove_earlier_outputs(out: Path) -> None:
-    """Everything :func:`earlier_outputs` names, and an earlier one-image run's map grids."""
+    """Everything :func:`earlier_outputs` names, and an earlier one-image run's map grids (one
+    line says what went)."""
     out = Path(out)
-    for name in (INDEX_FILE, *IMAGE_OUTPUTS):
-        (out / name).unlink(missing_ok=True)
-    shutil.rmtree(out / "maps", ignore_errors=True)
-    for folder in image_folders(out):
-        shutil.rmtree(folder, ignore_errors=True)
+    remove_outputs(out, [INDEX_FILE, *IMAGE_OUTPUTS, "maps", *(f.name for f in image_folders(out))],
+                   "replacing an earlier run's images")
 
 
 def refuse_earlier(out: Path, what: str) -> None:

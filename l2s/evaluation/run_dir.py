@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from l2s.errors import L2SError
-from l2s.files import DamagedFileError, atomic_write_text, read_state_json, unrecorded_digests
+from l2s.files import DamagedFileError, atomic_write_text, read_state_json, remove_outputs, unrecorded_digests
 from .image_runs import earlier_outputs
 from .prompt_files import geneval_metadata
 from .records import IMAGES, MODES, PROMPTS_FILE, RESULTS_FILE, RUN_FILE, SUMMARY_FILE, png_problem, write_json
@@ -63,12 +62,9 @@ def refuse_generate_outputs(out: str | Path) -> None:
 
 def clear_run(out: Path) -> None:
     """Remove what a run wrote in ``out`` (``--restart``); anything else there is kept."""
-    for name in (RUN_FILE, PROMPTS_FILE, RESULTS_FILE, SUMMARY_FILE, "report.html"):
-        (out / name).unlink(missing_ok=True)
-    for folder in (*MODES, IMAGES):
-        shutil.rmtree(out / folder, ignore_errors=True)
-    for sheet in out.glob("contact_sheet_*.png"):
-        sheet.unlink()
+    sheets = sorted(sheet.name for sheet in out.glob("contact_sheet_*.png"))
+    remove_outputs(out, [RUN_FILE, PROMPTS_FILE, RESULTS_FILE, SUMMARY_FILE, "report.html", *MODES, IMAGES, *sheets],
+                   "starting the evaluation over")
 
 
 def read_run_file(out: str | Path) -> dict | None:

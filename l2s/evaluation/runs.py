@@ -139,7 +139,7 @@ def run_eval(steerer, specs: Sequence[PromptSpec], detector: Detector, out_dir: 
     modes = list(dict.fromkeys(modes))
     _check_request(steerer, specs, seeds, modes, rule, detector, batch_size)
     out = Path(out_dir)
-    with output_lock(out):
+    with output_lock(out, kind="eval"):
         world().on_main(lambda: prepare_run_dir(out, specs, modes, dict(settings or {}), restart))
         generate = dict(num_inference_steps=num_inference_steps, height=height, width=width,
                         guidance_scale=guidance_scale, schedule=schedule, progress=False)

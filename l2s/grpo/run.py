@@ -28,6 +28,7 @@ from l2s.files import (
     fsync_append,
     output_lock,
     read_jsonl_lines,
+    remove_outputs,
 )
 from l2s.pipelines.arguments import positive_int
 
@@ -121,11 +122,11 @@ def train_grpo(pipe, reward, settings: GRPOSettings, out: str | Path, train_prom
     settings.check(acc.num_processes)
     positive_int(eval_every, "eval_every")
     out = Path(out)
-    lock = output_lock(out) if acc.is_main_process else contextlib.nullcontext()
+    lock = output_lock(out, kind="grpo") if acc.is_main_process else contextlib.nullcontext()
     with lock:
         trainer = GRPOTrainer(pipe, reward, settings, acc)
-        if not resume and acc.is_main_process:  # a fresh start: the old run's log would mislead
-            (out / LOG).unlink(missing_ok=True)
+        if not resume and acc.is_main_process:  # a fresh start: a kill before its first epoch must not resume the old run
+            remove_outputs(out, [CHECKPOINT, LOG, "grpo.json", "adapter", "adapter_raw"], "starting the GRPO run over")
         acc.wait_for_everyone()
         start = _resume(trainer, out) if resume else 0
         return _epochs(trainer, out, train_prompts, eval_prompts, evaluators or {}, start, progress, command,

@@ -124,7 +124,7 @@ def train_reward_model(data: str | Path | Sequence[str | Path], out: str | Path,
     settings = settings or RewardTrainSettings()
     settings.check()
     out = Path(out)
-    with output_lock(out, "reward-model folder"):
+    with output_lock(out, "reward-model folder", kind="train-reward"):
         train_pairs, val_pairs = validation_split(load_pairs(data, "train"), settings.val_fraction, settings.seed)
         if len(train_pairs) == 0:
             raise L2SError(f"{data} has no training pairs")

@@ -149,7 +149,7 @@ def run_shapes_bench(out_dir: str | Path, *, pipeline_dir: str | Path | None = N
     if unknown:
         raise UsageError(f"unknown bench part {', '.join(unknown)} (parts: {', '.join(known)})")
     modes = _check_modes(modes, all_parts, parts)
-    with output_lock(out_dir):  # one bench per run directory: a second one is refused before any work
+    with output_lock(out_dir, kind="bench"):  # one bench per run directory: a second one is refused before any work
         return _run_bench(out_dir, pipeline_dir, classifier, ablation_classifier, scale, seeds, parts,
                           position_prompts, classifier_data, true_cfg_scale, step_size, progress, lora,
                           batch_size, reward_model, modes)

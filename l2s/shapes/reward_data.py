@@ -199,7 +199,7 @@ def make_reward_pairs(out: str | Path, train_pairs: int, *, settings: PairSettin
     shards); resumes after the last whole shard. Returns the pair counts per split and flips."""
     settings = settings or PairSettings()
     settings.check()
-    with output_lock(out, "pair folder"):
+    with output_lock(out, "pair folder", kind="reward-data"):
         check_manifest(out, asdict(settings))
         counts = pair_counts(load_pairs(out).records) if done_shards(out) else {}
         if counts.get("train", 0) >= train_pairs:

@@ -13,7 +13,7 @@ from diffusers import FluxPipeline, FluxTransformer2DModel
 from transformers import CLIPTextModel
 
 from l2s.errors import L2SError, ModelLoadError
-from l2s.files import DamagedFileError, output_lock
+from l2s.files import DamagedFileError, output_lock, remove_outputs
 from l2s.training.checkpoints import DAMAGED
 
 from .data import SceneDataset, atomic_save, load_or_render_dataset
@@ -259,7 +259,7 @@ def train(settings: TrainSettings, out: Path, device: str = "cpu", resume: bool 
     the same command again resumes and finishes the run.
     """
     out = Path(out)
-    with output_lock(out):  # one trainer per run directory: a second one is refused before any work
+    with output_lock(out, kind="train-model"):  # one trainer per run directory: a second one is refused before any work
         return _train(settings, out, device, resume, progress, command, stop_at_step, time_limit_s)
 
 
@@ -277,6 +277,8 @@ def _train(settings: TrainSettings, out: Path, device: str, resume: bool, progre
     checkpoint = out / "checkpoint.pt"
     if resume and checkpoint.is_file():
         trainer.load_checkpoint(checkpoint)
+    elif not resume:   # a kill before the first checkpoint must not resume the old run
+        remove_outputs(out, [checkpoint.name, "pipeline"], "starting the training over")
     bar = tqdm(total=settings.steps, initial=trainer.step, desc="training", disable=not progress,
                mininterval=5, dynamic_ncols=True)
     started_run = time.monotonic()

@@ -17,7 +17,7 @@ import torch
 
 from l2s.classifier import RelationClassifier
 from l2s.errors import L2SError
-from l2s.files import DamagedFileError, atomic_write_text, fsync_append, read_jsonl_lines
+from l2s.files import DamagedFileError, atomic_write_text, fsync_append, read_jsonl_lines, remove_outputs
 from .tracking import clear_tensorboard
 
 LOG_FILE, STATE_FILE, TRAINING_FILE = "log.jsonl", "state.pt", "training.json"
@@ -104,9 +104,7 @@ def prepare_out_dir(out_dir: Path, settings: dict, resume: bool) -> dict | None:
     if resume and (last_dir / STATE_FILE).is_file():
         return read_resume_state(out_dir, settings)
     if not resume:
-        for stale in (best_dir, last_dir):
-            shutil.rmtree(stale, ignore_errors=True)
-        log_path.unlink(missing_ok=True)
+        remove_outputs(out_dir, [best_dir.name, last_dir.name, log_path.name], "starting the training over")
         clear_tensorboard(out_dir)
     return None
 

@@ -117,6 +117,7 @@ def make_dataset(
     on_sample: Callable[[int], None] | None = None,
     restart: bool = False,
     layers: int | None = None,
+    spelled: Callable[[str], str] = str,
 ) -> DatasetSummary:
     """Dual-invert every sample with ``pipe`` and write (or resume) a map dataset in ``out_dir``.
 
@@ -132,23 +133,24 @@ def make_dataset(
     this runs: a second writer is refused (:class:`l2s.files.FolderBusyError`). ``layers=K``
     stores only the model's first K attention layers (blocks): data for classifiers of the first K
     blocks only, K/57 of the size on FLUX (a dataset of every layer serves any K, :mod:`.layers`).
+    Errors name an argument as ``spelled`` writes it (a CLI passes its flags).
     """
     check_make_data_options(dtype=dtype, val_fraction=val_fraction, shard_size=shard_size, steps=steps, size=size,
                             limit=limit, min_psnr=min_psnr, gamma=gamma, eta=eta, num_iter=num_iter,
-                            map_size=map_size, max_sequence_length=max_sequence_length)
+                            map_size=map_size, max_sequence_length=max_sequence_length, spelled=spelled)
     family = pipeline_family(pipe)
     steps = int(steps if steps is not None else DEFAULT_STEPS[family])
-    store = check_store_steps(DEFAULT_STORE_STEPS[family] if store_steps is None else store_steps, steps)
+    store = check_store_steps(DEFAULT_STORE_STEPS[family] if store_steps is None else store_steps, steps, spelled)
     size = int(size if size is not None else default_image_size(pipe))
     if size % grid_unit(pipe):
-        raise L2SError(f"size must be a multiple of {grid_unit(pipe)} pixels for this model, got {size}")
+        raise L2SError(f"{spelled('size')} must be a multiple of {grid_unit(pipe)} pixels for this model, got {size}")
     if size // grid_unit(pipe) > MAX_MAP_GRID:  # refused here: past it, the machine kills the job unannounced
-        raise L2SError(f"size {size} gives {size // grid_unit(pipe)}x{size // grid_unit(pipe)} attention maps; at "
+        raise L2SError(f"{spelled('size')} {size} gives {size // grid_unit(pipe)}x{size // grid_unit(pipe)} attention maps; at "
                        f"most {MAX_MAP_GRID}x{MAX_MAP_GRID} ({MAX_MAP_GRID * grid_unit(pipe)} px) for this model")
     class_names = tuple(class_names)
     items = _unique_samples(samples, limit)
     out_dir = Path(out_dir)
-    with output_lock(out_dir):
+    with output_lock(out_dir, kind="make-data"):
         _write_dataset(items, pipe, out_dir, restart, on_sample, progress, dict(
             model_family=family, model=model_name, class_names=list(class_names), steps=steps,
             store_steps=list(store), size=size, dual=dual, seed=seed, val_fraction=val_fraction,

@@ -101,13 +101,15 @@ def phrase_groups(pairs_phrases: Sequence[tuple[str, str]]) -> tuple[list[str], 
     return phrases, [(phrases.index(s), phrases.index(o)) for s, o in pairs_phrases]
 
 
-def check_store_steps(store_steps: Sequence[int], steps: int) -> tuple[int, ...]:
-    """The sorted unique step indices to store maps at (``L2SError`` when outside ``[0, steps)``)."""
+def check_store_steps(store_steps: Sequence[int], steps: int, spelled=str) -> tuple[int, ...]:
+    """The sorted unique step indices to store maps at (``L2SError`` when outside ``[0, steps)``,
+    naming the arguments as ``spelled`` writes them)."""
     store = tuple(sorted(set(int(s) for s in store_steps)))
     if not store:
-        raise L2SError("no step indices to store maps at")
+        raise L2SError(f"{spelled('store_steps')}: no step indices to store maps at")
     if store[0] < 0 or store[-1] >= steps:
-        raise L2SError(f"stored step indices {store} must lie in [0, {steps}) for {steps} steps")
+        raise L2SError(f"{spelled('store_steps')} {' '.join(map(str, store))} must lie in [0, {steps}) for "
+                       f"{spelled('steps')} {steps}")
     return store
 
 

@@ -31,7 +31,7 @@ def write_map_dataset(out_dir: str | Path, records: Sequence[dict], maps: Tensor
     the map size) and ``layer_layout``.
     """
     out_dir = Path(out_dir)
-    with output_lock(out_dir):
+    with output_lock(out_dir, kind="make-data"):
         return _write_map_dataset(out_dir, records, maps, class_names, channels, map_size, store_steps, num_steps,
                                   model_family, shard_size, dtype, extra, orig_map_size, layer_layout)
 

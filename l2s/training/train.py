@@ -176,7 +176,7 @@ def train_classifier(
     lr = float(lr if lr is not None else DEFAULT_LR[family])
     max_epochs = int(epochs if epochs is not None else DEFAULT_EPOCHS[family])
     group = world()
-    with output_lock(out_dir):  # a second writer is refused before the dataset is read
+    with output_lock(out_dir, kind="train"):  # a second writer is refused before the dataset is read
         train_set, val_set = _splits(dataset_dir, config, prompt_types)
         group.on_main(lambda: verify_dataset(dataset_dir))  # every shard's checksum, once, before any epoch
         settings = _training_settings(config, meta, lr, batch_size, seed, prompt_types)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from l2s.files import (
     atomic_write_json,
     atomic_write_text,
     fsync_append,
+    remove_outputs,
     read_state_json,
 )
 from .store import (
@@ -43,9 +43,8 @@ log = logging.getLogger(__name__)
 
 def clear_dataset(out_dir: Path) -> None:
     """Remove a dataset's files from ``out_dir`` (``--restart``); anything else there is kept."""
-    for name in (META_FILE, MANIFEST_FILE, SKIPPED_FILE, PROGRESS_FILE):
-        (out_dir / name).unlink(missing_ok=True)
-    shutil.rmtree(out_dir / SHARD_DIR, ignore_errors=True)
+    remove_outputs(out_dir, [META_FILE, MANIFEST_FILE, SKIPPED_FILE, PROGRESS_FILE, SHARD_DIR],
+                   "starting the dataset over")
 
 
 def salvage_jsonl(path: Path) -> list[dict]:

@@ -201,6 +201,9 @@ def test_eval_refuses_to_resume_with_a_classifier_retrained_at_the_same_path(tmp
     (["--prompts", "geneval"], "--detector PATH"),
     (["--detector", "/nonexistent/owl"], "no detector checkpoint"),
     (["--images", "/nonexistent/dir"], "no such directory"),
+    (["--images", ".", "--seeds", "0-1", "--schedule", "fast"], "--images only scores the images in that folder: "
+                                                               "--seeds, --schedule would make images"),
+    (["--images", ".", "--relations", "a,left of,b"], "--relations would make images"),
 ])
 def test_bad_eval_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(SteeringPipeline, "__call__", lambda *a, **k: pytest.fail("must not generate"))

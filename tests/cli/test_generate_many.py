@@ -95,6 +95,7 @@ def test_an_interrupted_run_lists_its_finished_images_and_the_same_command_resum
     first = (out / "p00-s0000" / "image.png").stat().st_mtime_ns
     code, lines = run(argv + ["--batch-size", "4"], capsys)   # the batch size does not change an image
     assert code == 0 and f"l2s: resuming: 2 of 4 images already in {out}" in lines, lines
+    assert lines[-1].startswith("l2s: wrote 2 of the 4 image folders (2 were there already) p00-s0000/ to p01-s0001/")
     assert seen[2:] == [(PROMPTS[1:] * 2, [0, 1])]             # only the two missing images
     index = json.loads((out / "index.json").read_text())
     assert index["complete"] and [e["folder"] for e in index["images"]] == [

@@ -63,6 +63,17 @@ def test_more_epochs_continue_a_finished_run_and_other_settings_are_refused(tmp_
     assert [r["epoch"] for r in fresh.records] == [0, 1]
 
 
+def test_a_fresh_start_killed_before_its_first_epoch_never_resumes_the_old_run(tmp_path, caplog):
+    settings = tiny_settings(epochs=1)
+    _run(tmp_path, settings)
+    caplog.clear()
+    stopped = _run(tmp_path, settings, resume=False, stop_after=0)   # a kill before epoch 1 ended
+    assert "starting the GRPO run over: removed checkpoint.pt, log.jsonl, grpo.json, adapter/, adapter_raw/" in caplog.text
+    assert not (tmp_path / "checkpoint.pt").exists() and not (tmp_path / "adapter").exists()
+    rerun = _run(tmp_path, settings)            # starts at epoch 1 again: nothing of the old run is left
+    assert [r["epoch"] for r in rerun.records] == [0, 1]
+
+
 @pytest.mark.parametrize("change, message", [
     (dict(group_size=8), "at least 12"),
     (dict(top_k=7), "top-k"),

@@ -34,7 +34,7 @@ def test_found_rates_and_position_spread_on_scenes_with_known_places(tmp_path):
     assert scores["position_spread"] == pytest.approx(0.0625)
 
 
-def test_the_part_generates_each_image_once_unsteered(tiny_shapes_pipe, tmp_path):
+def test_the_part_generates_each_image_once_unsteered(tiny_shapes_pipe, tmp_path, monkeypatch):
     from l2s.shapes import steer_shapes_pipeline
 
     steerer = steer_shapes_pipeline(tiny_shapes_pipe, _tiny_shapes_classifier(tiny_shapes_pipe))
@@ -45,13 +45,13 @@ def test_the_part_generates_each_image_once_unsteered(tiny_shapes_pipe, tmp_path
         calls.append((len(prompt), kwargs["steer"], kwargs.get("progress")))   # no bar per image
         return original(self, prompt, **kwargs)
 
-    type(steerer).__call__ = spy
-    try:
-        prompts = plain_prompts(3)
-        first = run_plain_part(steerer, ShapesDetector(), prompts, (0, 1), tmp_path, batch_size=4)
-        again = run_plain_part(steerer, ShapesDetector(), prompts, (0, 1), tmp_path, batch_size=4)
-    finally:
-        type(steerer).__call__ = original
+    # monkeypatch, not an assignment: undoing it must leave the class inheriting __call__ again
+    # (an assigned copy would hide later patches of the base class from every other test)
+    monkeypatch.setattr(type(steerer), "__call__", spy)
+    prompts = plain_prompts(3)
+    first = run_plain_part(steerer, ShapesDetector(), prompts, (0, 1), tmp_path, batch_size=4)
+    again = run_plain_part(steerer, ShapesDetector(), prompts, (0, 1), tmp_path, batch_size=4)
+    monkeypatch.undo()
     assert calls == [(4, False, False), (2, False, False)] and first == again and first["n_objects"] == 12
     from l2s.errors import L2SError
 

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from l2s.cli.training import make_data_main
+from l2s.cli.training import make_data_main, train_main
 from l2s.training import (
     AttentionMapDataset,
     RelationSample,
@@ -248,6 +248,16 @@ def test_make_data_cli(images, tmp_path, capsys):
     err = capsys.readouterr().err
     assert len(_manifest(out)) == 4 and "4 records" in err
     assert "l2s: warning: no validation records (--val-fraction 0.15 of 1 samples)" in err   # one image: train only
+    assert train_main([str(out), "--out", str(out), "--quiet"]) == 2   # the dataset's own folder
+    assert f"l2s: error: {out} holds a map dataset ('make-data'); this run writes a classifier training run" \
+        in capsys.readouterr().err
+    common = ["--model", "tiny", "--source", "pairs", "--annotations", str(pairs), "--images", str(images),
+              "--steps", "4", "--quiet"]
+    for flags, said in ((["--size", "33"], "--size must be a multiple of 2 pixels"),
+                        (["--store-steps", "9"], "--store-steps 9 must lie in [0, 4) for --steps 4"),
+                        (["--device", "cuda:7"], "--device 'cuda:7': ")):
+        assert make_data_main([*common, "--out", str(tmp_path / "other"), *flags]) == 2
+        assert said in capsys.readouterr().err.splitlines()[-1], flags
     assert make_data_main(["--source", "coco", "--annotations", str(tmp_path / "nope.json"), "--out",
                            str(out)]) == 2
     assert f"--annotations {tmp_path / 'nope.json'}: no such file" in capsys.readouterr().err

@@ -175,7 +175,7 @@ def test_dual_inversion_labels_both_prompts_with_the_true_relation(flux, image):
 
 
 def test_bad_requests_raise_clear_errors(flux, image):
-    with pytest.raises(L2SError, match="stored step"):
+    with pytest.raises(L2SError, match=r"store_steps 1 4 must lie in \[0, 4\) for steps 4"):
         _flux(flux, image, store_steps=(1, 4))
     with pytest.raises(L2SError, match="gamma = eta = 1"):
         _flux(flux, image, method="exact", gamma=0.5)
