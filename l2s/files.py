@@ -100,7 +100,8 @@ def output_lock(folder: str | Path, label: str = "output folder", kind: str | No
 
 def claim_kind(folder: Path, kind: str) -> None:
     """Mark ``folder`` as holding ``kind`` output, or refuse it when it is marked with another.
-    Only a new (empty) folder is marked: unmarked files there are left to the command's checks."""
+    Only a folder with nothing else in it is marked (or marked again: a run that failed before
+    writing anything leaves no claim); other unmarked files are left to the command's checks."""
     if kind not in OUTPUT_KINDS:
         raise ValueError(f"unknown output kind {kind!r}; expected one of {', '.join(OUTPUT_KINDS)}")
     try:
@@ -108,14 +109,18 @@ def claim_kind(folder: Path, kind: str) -> None:
     except FileNotFoundError:
         marked = None
     except (OSError, UnicodeDecodeError):
-        marked = "unreadable"
+        marked = ""
     if marked == kind:
         return
-    if marked is not None:
-        held = OUTPUT_KINDS.get(marked, f"another kind of output ({KIND_FILE} says {marked!r})")
-        raise L2SError(f"{folder} holds {held}; this run writes {OUTPUT_KINDS[kind]}: use another --out")
     if all(entry.name in (LOCK_FILE, KIND_FILE) for entry in folder.iterdir()):
         atomic_write_text(folder / KIND_FILE, kind + "\n")
+        return
+    if marked in OUTPUT_KINDS:
+        raise L2SError(f"{folder} holds {OUTPUT_KINDS[marked]}; this run writes {OUTPUT_KINDS[kind]}: "
+                       "use another --out")
+    if marked is not None:
+        raise DamagedFileError(f"{folder / KIND_FILE} names no kind of output l2s knows ({marked!r}); delete it "
+                               "if the folder holds this command's output, or use another --out")
 
 
 def remove_outputs(folder: str | Path, names: Sequence[str], why: str) -> list[str]:

@@ -108,9 +108,19 @@ def test_a_folder_with_unmarked_files_is_not_marked(tmp_path):
         pass
     assert not (tmp_path / KIND_FILE).exists()
     (tmp_path / KIND_FILE).write_text("something-new\n")
-    with pytest.raises(L2SError, match="another kind of output"):
+    with pytest.raises(DamagedFileError, match="names no kind of output l2s knows .'something-new'.; delete it"):
         with output_lock(tmp_path, kind="generate"):
             pass
+
+
+def test_a_run_that_wrote_nothing_leaves_no_claim(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(L2SError, match="bad data"):
+        with output_lock(out, kind="train"):
+            raise L2SError("bad data")      # failed before writing anything
+    with output_lock(out, kind="make-data"):
+        (out / "dataset.json").write_text("{}")
+    assert (out / KIND_FILE).read_text() == "make-data\n"
 
 
 def test_removing_an_earlier_run_says_what_went_in_one_line(tmp_path, caplog):

@@ -122,6 +122,7 @@ def train_grpo(pipe, reward, settings: GRPOSettings, out: str | Path, train_prom
     settings.check(acc.num_processes)
     positive_int(eval_every, "eval_every")
     out = Path(out)
+    # Rank 0 alone holds the lock; when it refuses, the launcher ends the other ranks.
     lock = output_lock(out, kind="grpo") if acc.is_main_process else contextlib.nullcontext()
     with lock:
         trainer = GRPOTrainer(pipe, reward, settings, acc)
@@ -198,16 +199,17 @@ def _save_adapter(model, folder: Path, card: str) -> None:
 
 
 def _resume(trainer: GRPOTrainer, out: Path) -> int:
-    """Load ``out/checkpoint.pt`` when present; returns the last finished epoch (0 when none)."""
+    """Load ``out/checkpoint.pt`` when present; returns the last finished epoch (0 when none). Log
+    lines of later epochs go: without a checkpoint, those of an earlier run cut short."""
     path = out / CHECKPOINT
-    if not path.is_file():
-        return 0
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if json.loads(state["settings"]) != trainer.settings.run_identity():
-        raise L2SError(f"{path} was written by a run with other settings; use another --out "
-                       "or --no-resume to start afresh")
-    trainer.load_state(state)
-    epoch = int(state["epoch"])
+    epoch = 0
+    if path.is_file():
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if json.loads(state["settings"]) != trainer.settings.run_identity():
+            raise L2SError(f"{path} was written by a run with other settings; use another --out "
+                           "or --no-resume to start afresh")
+        trainer.load_state(state)
+        epoch = int(state["epoch"])
     if trainer.acc.is_main_process and (out / LOG).exists():  # drop lines of epochs the checkpoint lacks
         lines = read_jsonl_lines(out / LOG, fix="delete it to start the log afresh")
         kept = [json.dumps(r) for _, r in lines if int(r["epoch"]) <= epoch]

@@ -267,6 +267,9 @@ def _train(settings: TrainSettings, out: Path, device: str, resume: bool, progre
            stop_at_step: int | None, time_limit_s: float | None) -> ShapesTrainer:
     from tqdm.auto import tqdm
 
+    checkpoint = out / "checkpoint.pt"
+    if not resume:   # first: a kill before the first new checkpoint must not resume the old run
+        remove_outputs(out, [checkpoint.name], "starting the training over")
     torch.manual_seed(settings.seed)
     dataset = load_or_render_dataset(out, progress, count=settings.scenes, seed=settings.seed, size=settings.size,
                                      relation_caption_rate=settings.relation_caption_rate,
@@ -274,11 +277,8 @@ def _train(settings: TrainSettings, out: Path, device: str, resume: bool, progre
                                      object_sizes=tuple(settings.object_sizes),
                                      window=settings.model["text_window"])
     trainer = ShapesTrainer(settings, dataset, device)
-    checkpoint = out / "checkpoint.pt"
     if resume and checkpoint.is_file():
         trainer.load_checkpoint(checkpoint)
-    elif not resume:   # a kill before the first checkpoint must not resume the old run
-        remove_outputs(out, [checkpoint.name, "pipeline"], "starting the training over")
     bar = tqdm(total=settings.steps, initial=trainer.step, desc="training", disable=not progress,
                mininterval=5, dynamic_ncols=True)
     started_run = time.monotonic()

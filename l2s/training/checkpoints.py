@@ -104,7 +104,8 @@ def prepare_out_dir(out_dir: Path, settings: dict, resume: bool) -> dict | None:
     if resume and (last_dir / STATE_FILE).is_file():
         return read_resume_state(out_dir, settings)
     if not resume:
-        remove_outputs(out_dir, [best_dir.name, last_dir.name, log_path.name], "starting the training over")
+        # last/ first: a kill part-way must not leave a run that resumes
+        remove_outputs(out_dir, [last_dir.name, best_dir.name, log_path.name], "starting the training over")
         clear_tensorboard(out_dir)
     return None
 

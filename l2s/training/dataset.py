@@ -10,6 +10,7 @@ order, so an interrupted and resumed job writes the same bytes as an uninterrupt
 from __future__ import annotations
 
 import logging
+import os
 import random
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -51,18 +52,19 @@ MAX_MAP_GRID = 256
 
 class _Skip(Exception):
     """A sample that produces no records; the message is the reason logged in skipped.jsonl.
-    ``file``: the image file at fault; a rerun tries the sample again once that file has changed."""
+    ``file_state``: for an image file at fault, its state before it was read (a rerun tries the
+    sample again once that has changed); None otherwise."""
 
-    def __init__(self, reason: str, file: Path | None = None) -> None:
+    def __init__(self, reason: str, file_state: list[int] | None | bool = False) -> None:
         super().__init__(reason)
-        self.file = file
+        self.file_state = file_state   # False: not about a file
 
 
-def _file_state(path: str | Path) -> list[int] | None:
+def _file_state(path) -> list[int] | None:
     """(size, mtime) of a file, None when there is none: what tells a fixed image file."""
     try:
-        st = Path(path).stat()
-    except OSError:
+        st = os.stat(path)
+    except (OSError, ValueError, TypeError):
         return None
     return [st.st_size, st.st_mtime_ns]
 
@@ -81,14 +83,16 @@ class DatasetSummary:
 def _load_image(sample: RelationSample) -> Image.Image:
     if isinstance(sample.image, Image.Image):
         return sample.image
+    # Read before the open: a file still being copied in is retried once it is whole.
+    state = _file_state(sample.image) if isinstance(sample.image, (str, os.PathLike)) else False
     try:
         with Image.open(sample.image) as image:
             image.load()
             return image.convert("RGB")
     except FileNotFoundError:
-        raise _Skip(f"image not found: {sample.image}", sample.image) from None
+        raise _Skip(f"image not found: {sample.image}", state) from None
     except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise _Skip(f"unreadable image {sample.image}: {type(error).__name__}: {error}", sample.image) from None
+        raise _Skip(f"unreadable image {sample.image}: {type(error).__name__}: {error}", state) from None
 
 
 def make_dataset(
@@ -261,7 +265,7 @@ def _chunks_to_retry(out_dir: Path, chunks: list[list[RelationSample]], committe
     """Committed chunks with a sample skipped for its image file, where that file has appeared or
     changed since: a rerun after the images were fixed makes their records instead of keeping
     the skip."""
-    files = {s.key: s.image for members in chunks for s in members if isinstance(s.image, (str, Path))}
+    files = {s.key: s.image for members in chunks for s in members if isinstance(s.image, (str, os.PathLike))}
     retry = {r["chunk"] for _, r in read_jsonl_lines(out_dir / SKIPPED_FILE, fix=REDO)
              if "file_state" in r and r.get("chunk") in committed and r["key"] in files
              and _file_state(files[r["key"]]) not in (None, r["file_state"])}
@@ -284,7 +288,7 @@ def _invert_chunk(job: _Job, chunk: int, members: list[RelationSample], bar) -> 
         except _Skip as reason:
             skipped.append({"key": sample.key, "image_id": sample.image_id, "source": sample.source,
                             "reason": str(reason), "chunk": chunk,
-                            **({} if reason.file is None else {"file_state": _file_state(reason.file)})})
+                            **({} if reason.file_state is False else {"file_state": reason.file_state})})
             log.warning("skipped %s: %s", sample.key, reason)
         bar.update()
         if job.on_sample is not None:

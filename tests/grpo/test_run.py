@@ -72,6 +72,9 @@ def test_a_fresh_start_killed_before_its_first_epoch_never_resumes_the_old_run(t
     assert not (tmp_path / "checkpoint.pt").exists() and not (tmp_path / "adapter").exists()
     rerun = _run(tmp_path, settings)            # starts at epoch 1 again: nothing of the old run is left
     assert [r["epoch"] for r in rerun.records] == [0, 1]
+    (tmp_path / "checkpoint.pt").unlink()       # a start-over killed after the checkpoint went, before the log
+    again = _run(tmp_path, settings)
+    assert [r["epoch"] for r in again.records] == [0, 1]    # the old epoch's line went with its checkpoint
 
 
 @pytest.mark.parametrize("change, message", [

@@ -131,6 +131,26 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
         train(replace(settings, steps=6, grow=True), tmp_path / "resumed", progress=False)
 
 
+def test_a_start_over_killed_before_its_first_checkpoint_does_not_resume_the_old_run(tmp_path, monkeypatch, caplog):
+    import l2s.shapes.trainer as trainer_module
+
+    settings = tiny_settings()
+    train(settings, tmp_path, progress=False, stop_at_step=2)
+
+    class Killed(Exception):
+        pass
+
+    def killed(*args, **kwargs):
+        raise Killed
+
+    monkeypatch.setattr(trainer_module, "load_or_render_dataset", killed)   # killed while rendering
+    with pytest.raises(Killed):
+        train(replace(settings, lr=1e-4), tmp_path, progress=False, resume=False)
+    assert "starting the training over: removed checkpoint.pt" in caplog.text
+    monkeypatch.undo()
+    assert train(replace(settings, lr=1e-4), tmp_path, progress=False, stop_at_step=1).step == 1   # a new run
+
+
 def test_train_command_exports_a_loadable_pipeline(tmp_path, capsys):
     out = tmp_path / "run"
     code = train_model_main(["--out", str(out), "--steps", "2", "--batch-size", "4", "--scenes", "16",

@@ -134,14 +134,15 @@ def test_a_rerun_retries_samples_whose_image_file_was_fixed(flux, images, full_r
     shards = {p.name: p.read_bytes() for p in (out / "shards").glob("*.safetensors")}
     again = make_dataset(samples, flux, out, **MAKE)  # nothing changed: nothing is redone
     assert again.skipped == 2 and {p.name: p.read_bytes() for p in (out / "shards").glob("*.safetensors")} == shards
-    shutil.copy(folder / "img3.png", folder / "missing.png")
+    shutil.copy(folder / "img3.png", folder / "broken.png")   # chunk 0 of 4: redone, its lines appended
     caplog.clear()
     fixed = make_dataset(samples, flux, out, **MAKE)
     assert "retrying 1 chunk" in caplog.text
     skipped = [json.loads(line) for line in (out / "skipped.jsonl").read_text().splitlines()]
-    assert [s["image_id"] for s in skipped] == ["broken"]
+    assert [s["image_id"] for s in skipped] == ["img9"]
     assert fixed.skipped == 1 and fixed.records == first.records + 4  # dual, two stored steps
-    assert {r["image_id"] for r in _manifest(out)} >= {"img9"}
+    assert {r["image_id"] for r in _manifest(out)} >= {"broken"}
+    assert [r["chunk"] for r in _manifest(out)][-1] == 0      # the file's order; readers see chunk order
     chunks = [r["chunk"] for r in committed_rows(out, full_check=True)]
     assert len(chunks) == fixed.records and chunks == sorted(chunks)
 
