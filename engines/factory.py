@@ -142,7 +142,7 @@ def announce_build(kind: str, transformer: torch.nn.Module, inputs: dict[str, to
     millions = sum(p.numel() for p in transformer.parameters()) / 1e6
     where = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     cost = BUILD_COSTS[kind].format(params=f"{millions:,.1f}M", cache=where, compile_cache=compile_cache_dir())
-    logger.warning("l2s: building the %s plain-step engine for %s: expected cost: %s",
+    logger.warning("building the %s plain-step engine for %s: expected cost: %s",
                    kind, InputSignature.from_inputs(inputs).describe(), cost)
 
 

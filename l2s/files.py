@@ -73,6 +73,7 @@ def output_lock(folder: str | Path, label: str = "output folder", kind: str | No
     one process on the same folder share the lock. ``kind`` (a key of :data:`OUTPUT_KINDS`):
     the folder is marked as holding that kind of output, and one marked with another is refused.
     """
+    created = not Path(folder).exists()
     folder = prepare_output_dir(folder, label)
     key = folder.resolve()
     if key in _HELD:
@@ -94,14 +95,30 @@ def output_lock(folder: str | Path, label: str = "output folder", kind: str | No
         del _HELD[key]
         try:
             os.ftruncate(fd, 0)  # the pid of a holder that is gone would only mislead
+            if created:
+                _remove_if_unused(folder)
         finally:
             os.close(fd)  # closing drops the flock
 
 
+def _remove_if_unused(folder: Path) -> None:
+    """A folder this lock created that holds nothing but the lock and marker (the run failed
+    before writing) goes again: a failed command leaves no trace."""
+    if any(entry.name not in (LOCK_FILE, KIND_FILE) for entry in folder.iterdir()):
+        return
+    for name in (KIND_FILE, LOCK_FILE):
+        (folder / name).unlink(missing_ok=True)
+    try:
+        folder.rmdir()
+    except OSError:
+        pass  # something appeared meanwhile: keep it
+
+
 def claim_kind(folder: Path, kind: str) -> None:
-    """Mark ``folder`` as holding ``kind`` output, or refuse it when it is marked with another.
-    Only a folder with nothing else in it is marked (or marked again: a run that failed before
-    writing anything leaves no claim); other unmarked files are left to the command's checks."""
+    """Mark ``folder`` as holding ``kind`` output, or refuse it when it is marked with another or
+    holds files l2s did not mark: a command never writes over (or clears) what it did not make.
+    A folder with nothing but l2s's lock and marker (a run that failed before writing) is marked anew;
+    hidden files (``.DS_Store``) do not count."""
     if kind not in OUTPUT_KINDS:
         raise ValueError(f"unknown output kind {kind!r}; expected one of {', '.join(OUTPUT_KINDS)}")
     try:
@@ -112,7 +129,8 @@ def claim_kind(folder: Path, kind: str) -> None:
         marked = ""
     if marked == kind:
         return
-    if all(entry.name in (LOCK_FILE, KIND_FILE) for entry in folder.iterdir()):
+    held = sorted(entry.name for entry in folder.iterdir() if not entry.name.startswith("."))
+    if not held:
         atomic_write_text(folder / KIND_FILE, kind + "\n")
         return
     if marked in OUTPUT_KINDS:
@@ -121,6 +139,9 @@ def claim_kind(folder: Path, kind: str) -> None:
     if marked is not None:
         raise DamagedFileError(f"{folder / KIND_FILE} names no kind of output l2s knows ({marked!r}); delete it "
                                "if the folder holds this command's output, or use another --out")
+    shown = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
+    raise L2SError(f"{folder} holds files l2s did not write ({shown}): use an empty or new --out (an l2s run "
+                   f"from before output folders were marked is adopted by: echo {kind} > {folder / KIND_FILE})")
 
 
 def remove_outputs(folder: str | Path, names: Sequence[str], why: str) -> list[str]:

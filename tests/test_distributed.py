@@ -82,6 +82,7 @@ SCRIPT = textwrap.dedent('''
 def test_two_processes_share_gather_and_lock_as_one_group(tmp_path):
     (tmp_path / "script.py").write_text(SCRIPT)
     held, free = tmp_path / "held", tmp_path / "free"
+    free.mkdir()   # the user's folder: its lock file stays after the run (a folder the lock made would go)
     hold = "import sys, time\nfrom l2s.files import output_lock\nwith output_lock(sys.argv[1]):\n" \
            "    print('held', flush=True); time.sleep(120)\n"
     holder = subprocess.Popen([sys.executable, "-c", hold, str(held)], stdout=subprocess.PIPE, text=True)

@@ -101,16 +101,29 @@ def test_a_folder_holds_one_kind_of_output(tmp_path):
             pass
 
 
-def test_a_folder_with_unmarked_files_is_not_marked(tmp_path):
-    # Files of a run made before folders were marked (or a user's own): the command's checks decide.
-    (tmp_path / "run.json").write_text("{}")
+def test_a_folder_with_files_l2s_did_not_mark_is_refused(tmp_path):
+    # A user's own files (or a run from before folders were marked): never written over or cleared.
+    (tmp_path / "image.png").write_text("mine")
+    (tmp_path / "report.json").write_text("{}")
+    with pytest.raises(L2SError, match=r"holds files l2s did not write \(image.png, report.json\): use an empty "
+                                       r"or new --out .*echo generate > .*\.l2s\.kind"):
+        with output_lock(tmp_path, kind="generate"):
+            pytest.fail("entered a folder of the user's files")
+    assert not (tmp_path / KIND_FILE).exists() and (tmp_path / "image.png").read_text() == "mine"
+    (tmp_path / KIND_FILE).write_text("generate\n")        # adopted as the hint says
     with output_lock(tmp_path, kind="generate"):
         pass
-    assert not (tmp_path / KIND_FILE).exists()
     (tmp_path / KIND_FILE).write_text("something-new\n")
     with pytest.raises(DamagedFileError, match="names no kind of output l2s knows .'something-new'.; delete it"):
         with output_lock(tmp_path, kind="generate"):
             pass
+
+
+def test_hidden_files_do_not_make_a_folder_taken(tmp_path):
+    (tmp_path / ".DS_Store").write_text("x")
+    with output_lock(tmp_path, kind="eval"):
+        pass
+    assert (tmp_path / KIND_FILE).read_text() == "eval\n"
 
 
 def test_a_run_that_wrote_nothing_leaves_no_claim(tmp_path):
@@ -118,6 +131,12 @@ def test_a_run_that_wrote_nothing_leaves_no_claim(tmp_path):
     with pytest.raises(L2SError, match="bad data"):
         with output_lock(out, kind="train"):
             raise L2SError("bad data")      # failed before writing anything
+    assert not out.exists()                 # the folder it made went again
+    out.mkdir()                             # the user's own empty folder stays, claimable by any kind
+    with pytest.raises(L2SError, match="bad data"):
+        with output_lock(out, kind="train"):
+            raise L2SError("bad data")
+    assert out.is_dir()
     with output_lock(out, kind="make-data"):
         (out / "dataset.json").write_text("{}")
     assert (out / KIND_FILE).read_text() == "make-data\n"

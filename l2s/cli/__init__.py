@@ -26,7 +26,7 @@ EXAMPLES = """examples:
   l2s eval --n-prompts 20 --seeds 0-3 --out l2s-eval                # accuracy, base vs steered
   l2s parse "a photo of a dog right of a teddy bear"
 
-'l2s COMMAND --help' tells each command's options; --quiet keeps only l2s's own lines."""
+'l2s COMMAND --help' tells each command's options (a command's --quiet keeps only l2s's own lines)."""
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 INTERRUPTED = "l2s: interrupted; rerun the same command to resume"
 

@@ -12,15 +12,16 @@ def check_sampling_args(args: argparse.Namespace) -> None:
     """``--steps``, ``--height``, ``--width``, ``--guidance``, ``--true-cfg``, ``--step-size``,
     ``--seed`` and ``--device``: one ``l2s: error:`` line for the first that cannot work."""
     from l2s.errors import UsageError
-    from l2s.pipelines.arguments import finite_number, positive_int, seed_value
+    from l2s.pipelines.arguments import finite_number, image_side, positive_int, seed_value
     from l2s.training.options import check_device
 
     from .options import flag_of
 
-    for option in ("steps", "height", "width"):
-        value = getattr(args, option, None)
-        if value is not None:
-            positive_int(value, f"--{option}")
+    if getattr(args, "steps", None) is not None:
+        positive_int(args.steps, "--steps")
+    for option in ("height", "width"):
+        if getattr(args, option, None) is not None:
+            image_side(getattr(args, option), f"--{option}")
     if getattr(args, "guidance", None) is not None and finite_number(args.guidance, "--guidance") < 0:
         raise UsageError(f"--guidance must be 0 or more, got {args.guidance!r}")
     true_cfg = getattr(args, "true_cfg", None)
@@ -33,6 +34,23 @@ def check_sampling_args(args: argparse.Namespace) -> None:
         seed_value(args.seed, "--seed")
     if getattr(args, "device", None) is not None:
         check_device(args.device, flag_of())
+    _check_engine(args)
+
+
+# Plain-step engines that run on a GPU only: refused before a model loads, not after.
+CUDA_ENGINES = ("cuda-graph", "compile-cuda-graph", "tensorrt")
+
+
+def _check_engine(args: argparse.Namespace) -> None:
+    from l2s.errors import UsageError
+
+    from .options import default_device
+
+    engine = getattr(args, "engine", None)
+    if engine in CUDA_ENGINES:
+        device = getattr(args, "device", None) or default_device()
+        if not str(device).startswith("cuda"):
+            raise UsageError(f"--engine {engine} runs on CUDA only; this run's device is {device}")
 
 
 def check_output_file(path, flag: str) -> None:

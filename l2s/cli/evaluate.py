@@ -144,8 +144,29 @@ def run(args: argparse.Namespace) -> int:
     report = _score_folder(args) if args.images else _generate_and_score(args)
     if group.is_main:
         print(report.table())
+        for line in _resumed_lines(report, args.out):
+            print(line, file=sys.stderr)
         print(wrote_line(Path(args.out), folder_outputs(Path(args.out))), file=sys.stderr)
     return 0
+
+
+def _resumed_lines(report, out) -> list[str]:
+    """What a rerun took from the earlier run (the table may be mostly, or all, its images) and
+    which earlier scores it replaced."""
+    records = [record for mode in report.modes.values() for record in mode.records]
+    kept = sum(record.status == "resumed" for record in records)
+    rescored = sum(record.status == "rescored" for record in records)
+    lines = []
+    if records and kept == len(records):
+        lines.append(f"l2s: all {kept} images were already scored in {out} (same prompts, seeds and settings): the "
+                     "table is theirs; --restart makes them again")
+    elif kept:
+        lines.append(f"l2s: resumed: {kept} of the {len(records)} images were already scored in {out}; this run "
+                     "made the rest")
+    if rescored:
+        lines.append(f"l2s: rescored {rescored} images in {out} whose earlier scores used another rule or detector "
+                     "(those scores are replaced)")
+    return lines
 
 
 def _score_folder(args: argparse.Namespace):
@@ -180,7 +201,7 @@ def _generate_and_score(args: argparse.Namespace):
 
 def _given_relations(text: str | None, specs):
     """``--relations``: prompt -> relations to steer (checked against every prompt now), or None."""
-    if not text:
+    if text is None:
         return None
     if text.strip() == "checks":
         given = {spec.prompt: [(c.subject, c.relation, c.object) for c in spec.checks] for spec in specs}

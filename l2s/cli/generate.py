@@ -92,7 +92,9 @@ def run(args: argparse.Namespace) -> int:
     if len(jobs) > 1 and args.save_maps:
         raise UsageError(f"--save-maps writes one image's maps: use it with one prompt and one seed "
                          f"(this run makes {len(jobs)} images)")
-    relations = parse_relations(args.relations) if args.relations else None
+    if args.save_maps and args.no_steer:
+        raise UsageError("--save-maps records the steered steps' maps: there are none with --no-steer")
+    relations = parse_relations(args.relations) if args.relations is not None else None
     for number, prompt in enumerate(prompts):   # a bad prompt fails before any model loads
         _check_prompt(prompt, relations, number if len(prompts) > 1 else None)
     with output_lock(args.out, kind="generate"):        # --out writable (and ours alone) before any model loads

@@ -60,8 +60,9 @@ def build_grpo_parser() -> argparse.ArgumentParser:
     p.add_setting("--ema-decay", type=float)
     p.add_setting("--chunk", type=int, help="images per transformer call")
     p.add_setting("--seed", type=int)
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--no-resume", action="store_true", help="start afresh even when OUT has a checkpoint")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    p.add_argument("--restart", "--no-resume", dest="no_resume", action="store_true",
+                   help="start afresh even when OUT has a checkpoint (removes it, the log and the adapters)")
     p.add_argument("--eval-every", type=int, default=1, metavar="N",
                    help="judge the dev prompts after every N-th epoch and the last (default 1); training is the "
                         "same whatever N, so a resumed run may change it")
@@ -120,7 +121,8 @@ def grpo_main(argv: Sequence[str] | None = None) -> int:
 
     check_device(args.device, flag_of())
     accelerator = Accelerator(cpu=args.device == "cpu")
-    settings_from_args(args).check(accelerator.num_processes)   # bad settings fail before anything loads
+    settings_from_args(args).check(accelerator.num_processes,   # bad settings fail before anything loads
+                                   flag_of({"std": "--adv-std"}))
     positive_int(args.eval_every, "--eval-every")
     reward = load_reward(args.reward, str(accelerator.device))
     pipe = load_shapes_pipeline(args.model)

@@ -3,7 +3,6 @@ pairs and its training. Thin front ends over :mod:`l2s.shapes.reward_data` and :
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 from collections.abc import Sequence
@@ -55,7 +54,7 @@ def build_reward_data_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32, help="images per generation batch")
     p.add_argument("--max-shards", type=int, default=None, help="stop after this many shards in all")
     add_threads_arg(p)
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -81,8 +80,17 @@ def reward_data_main(argv: Sequence[str] | None = None) -> int:
     pipe = load_shapes_pipeline(args.model, device=args.device)
     counts = make_reward_pairs(args.out, args.pairs, settings=settings, pipe=pipe, batch_size=args.batch_size,
                                max_shards=args.max_shards, progress=not args.no_progress)
-    print(json.dumps(counts, sort_keys=True))
+    print(_pairs_line(counts, args.out))
     return 0
+
+
+def _pairs_line(counts: dict, out) -> str:
+    """``l2s: 20000 training pairs (1 flip: 9800, 2-3 flips: 10200), 2000 held out (...), in OUT``."""
+    def split(name: str, label: str) -> str:
+        flips = ", ".join(f"{key.split('/')[1]} flip{'' if key.endswith('/1') else 's'}: {counts[key]}"
+                          for key in sorted(counts) if key.startswith(name + "/"))
+        return f"{counts.get(name, 0)} {label}" + (f" ({flips})" if flips else "")
+    return f"l2s: {split('train', 'training pairs')}, {split('heldout', 'held out')}, in {out}"
 
 
 def build_train_reward_parser() -> argparse.ArgumentParser:
@@ -125,7 +133,7 @@ def build_train_reward_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-after", type=int, default=None, metavar="EPOCHS",
                    help="stop after this many epochs of this call; the same command continues")
     add_threads_arg(p)
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 

@@ -24,8 +24,15 @@ from .options import add_threads_arg, flag_of, use_threads
 
 
 def _parse_pair(text: str) -> tuple[int, int]:
+    """LOW-HIGH (or one number N for N-N), 1 <= LOW <= HIGH: argparse says what is wrong in one line."""
     low, _, high = text.partition("-")
-    return int(low), int(high or low)
+    try:
+        pair = int(low), int(high or low)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not LOW-HIGH (two whole numbers, e.g. 2-4)") from None
+    if not 1 <= pair[0] <= pair[1]:
+        raise argparse.ArgumentTypeError(f"{text!r}: LOW-HIGH needs 1 <= LOW <= HIGH")
+    return pair
 
 
 def _train_settings():
@@ -49,7 +56,7 @@ def build_train_model_parser() -> argparse.ArgumentParser:
     parser.add_setting("--batch-size", type=int)
     parser.add_setting("--lr", type=float, help="peak learning rate (AdamW)")
     parser.add_setting("--seed", type=int)
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     parser.add_setting("--scenes", type=int, help="pre-rendered training scenes")
     parser.add_setting("--size", type=int, help="image side in pixels")
     parser.add_setting("--objects", type=_parse_pair, field="n_objects", metavar="LOW-HIGH",
@@ -130,12 +137,34 @@ def _check_train_args(args: argparse.Namespace) -> None:
     from l2s.training.options import check_device
 
     check_device(args.device, flag_of())
+    _check_train_values(args)
     if args.grow and args.init_from is None:
         raise L2SError("--grow needs --init-from (the shallower pipeline to grow)")
     if args.repatch and args.init_from is None:
         raise L2SError("--repatch needs --init-from (the pipeline whose blocks start the run)")
     if args.repatch and args.grow:
         raise L2SError("--repatch and --grow cannot be combined (grow first, or repatch first)")
+
+
+def _check_train_values(args: argparse.Namespace) -> None:
+    """Numbers that cannot train (0 steps, a negative rate, ...) fail before any scene is rendered."""
+    from l2s.pipelines.arguments import finite_number, positive_int
+
+    flag = flag_of()
+
+    if args.steps == 0 and args.init_from is None:   # 0 steps exports --init-from's weights as they are
+        raise UsageError("--steps 0 exports the --init-from pipeline without training: give --init-from, or steps")
+    for dest in ("batch_size", "scenes", "size", "checkpoint_every", "heads", "head_dim", "vae_factor"):
+        if getattr(args, dest) is not None:
+            positive_int(getattr(args, dest), flag(dest))
+    for dest in ("steps", "double_layers", "single_layers", "warmup"):
+        if getattr(args, dest) is not None and (not isinstance(getattr(args, dest), int) or getattr(args, dest) < 0):
+            raise UsageError(f"{flag(dest)} must be 0 or more, got {getattr(args, dest)}")
+    if not finite_number(args.lr, "--lr") > 0:
+        raise UsageError(f"--lr must be a positive number, got {args.lr}")
+    for dest in ("ema_decay", "relation_caption_rate", "final_lr_fraction"):  # fractions
+        if not 0 <= finite_number(getattr(args, dest), flag(dest)) <= 1:
+            raise UsageError(f"{flag(dest)} must be between 0 and 1, got {getattr(args, dest)}")
 
 
 def train_model_main(argv: Sequence[str] | None = None) -> int:
@@ -153,7 +182,8 @@ def train_model_main(argv: Sequence[str] | None = None) -> int:
                     progress=not args.no_progress, command=command,
                     time_limit_s=None if args.time_limit is None else 60 * args.time_limit)
     status = "" if trainer.step >= settings.steps else f" of {settings.steps} (time limit; rerun to resume)"
-    print(f"trained {trainer.step} steps{status}, loss {trainer.last_loss:.4f}; pipeline in {args.out / 'pipeline'}")
+    print(f"l2s: trained {trainer.step} steps{status}, loss {trainer.last_loss:.4f}; "
+          f"pipeline in {args.out / 'pipeline'}")
     return 0
 
 
@@ -178,6 +208,8 @@ def build_make_data_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-dual", action="store_true", help="pos prompts only")
     p.add_argument("--layers", type=int, metavar="K",
                    help="store only the first K blocks' maps (default: every layer, which serves any K)")
+    p.add_argument("--restart", action="store_true",
+                   help="start over: remove the dataset already in --out (also the way out of a damaged one)")
     add_threads_arg(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars, only l2s's own lines")
     return p
@@ -191,13 +223,15 @@ def make_data_main(argv: Sequence[str] | None = None) -> int:
 
     use_threads(args)
     from l2s.distributed import output_lock, world
+    from l2s.pipelines.arguments import positive_int
 
+    positive_int(args.scenes, "--scenes")
     with output_lock(args.out, kind="make-data"):  # a second writer is refused before the model loads
         pipe = load_shapes_pipeline(args.model)
         summary = make_shapes_data(pipe, args.out, args.scenes, args.seed, dual=not args.no_dual,
-                                   progress=not args.quiet, layers=args.layers)
+                                   progress=not args.quiet, layers=args.layers, restart=args.restart)
     if world().is_main:
-        print(f"{summary.records} records of {summary.samples_done} samples ({summary.skipped} skipped) in {args.out}")
+        print(summary.line())
     return 0
 
 
@@ -219,6 +253,8 @@ def build_train_classifier_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=SHAPES_CLASSIFIER_EPOCHS)
     p.add_argument("--lr", type=float, default=SHAPES_CLASSIFIER_LR)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--restart", action="store_true",
+                   help="start over: remove OUT's checkpoints and log (also the way out of a damaged state)")
     add_threads_arg(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars, only l2s's own lines")
     return p
@@ -233,14 +269,18 @@ def train_classifier_main(argv: Sequence[str] | None = None) -> int:
 
     use_threads(args)
     result = train_shapes_classifier(args.data, args.out, dual=not args.no_dual, epochs=args.epochs, lr=args.lr,
-                                     seed=args.seed, progress=not args.quiet, layers=args.layers)
+                                     seed=args.seed, progress=not args.quiet, layers=args.layers,
+                                     resume=not args.restart)
     from l2s.distributed import world
 
     if not world().is_main:
         return 0
-    print(f"best epoch {result.best_epoch}: val accuracy {result.best_val_accuracy:.3f}; weights in {result.best_dir}")
+    if resumed := result.resume_line():
+        print(resumed)
+    print(f"l2s: best epoch {result.best_epoch}: val accuracy {result.best_val_accuracy:.3f}; "
+          f"weights in {result.best_dir}")
     for line in validation_report(result.best_dir, args.data):
-        print(f"best checkpoint, {line}")
+        print(f"l2s: best checkpoint, {line}")
     return 0
 
 

@@ -130,8 +130,7 @@ def make_data_main(argv: Sequence[str] | None = None) -> int:
         return _say_error(error)
     if not world().is_main:
         return 0
-    print(f"l2s: {summary.records} records from {summary.samples_done} samples "
-          f"({summary.skipped} skipped; {summary.split_records}) in {summary.out_dir}", file=sys.stderr)
+    print(summary.line(), file=sys.stderr)
     if summary.records == 0:
         return _say_error(L2SError("no sample gave a record (every one was skipped: see the lines above)"))
     if not (summary.split_records or {}).get("val"):
@@ -228,6 +227,8 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         return _say_error(error)
     if not world().is_main:
         return 0
+    if resumed := result.resume_line():
+        print(resumed, file=sys.stderr)
     print(f"l2s: best epoch {result.best_epoch}: val loss {result.best_val_loss:.4f}, val accuracy "
           f"{result.best_val_accuracy:.3f} ({result.epochs_run} epochs"
           f"{', stopped early' if result.stopped_early else ''}); checkpoint {result.best_dir}", file=sys.stderr)

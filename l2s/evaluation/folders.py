@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from .runs import check_scorable
 from .specs import PromptSpec, result_from_record
 from .stats import summarise
 
+log = logging.getLogger(__name__)
 _DIGITS = re.compile(r"^\d+$")
 _SAMPLE = re.compile(r"^\d+\.png$")  # GenEval scores only these files
 
@@ -75,7 +77,7 @@ def _folder_jobs(images_dir: Path) -> tuple[list[tuple[Path, PromptSpec, Path]],
     if not folders:
         raise L2SError(f"no GenEval image folders (<digits>/metadata.jsonl) in {images_dir}")
     jobs: list[tuple[Path, PromptSpec, Path]] = []
-    skipped = 0
+    skipped, without_images = 0, []
     for folder in folders:
         try:
             first_line = (folder / "metadata.jsonl").read_text(encoding="utf-8").splitlines()[:1]
@@ -89,6 +91,12 @@ def _folder_jobs(images_dir: Path) -> tuple[list[tuple[Path, PromptSpec, Path]],
         samples = sorted((p for p in (folder / "samples").glob("*.png") if _SAMPLE.match(p.name)),
                          key=lambda p: int(p.stem))
         jobs += [(folder, spec, png) for png in samples]
+        if not samples:
+            without_images.append(folder.name)
+    if without_images:  # GenEval scores samples/<n>.png only: say so rather than shrink the count silently
+        shown = ", ".join(without_images[:5]) + (" ..." if len(without_images) > 5 else "")
+        log.warning("warning: %d position-prompt folders have no samples/<n>.png and are not scored: %s",
+                    len(without_images), shown)
     if not jobs:
         raise L2SError(f"no position-prompt images in {images_dir} ({skipped} folders without a position clause)")
     return jobs, skipped

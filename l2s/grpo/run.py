@@ -205,9 +205,11 @@ def _resume(trainer: GRPOTrainer, out: Path) -> int:
     epoch = 0
     if path.is_file():
         state = torch.load(path, map_location="cpu", weights_only=True)
-        if json.loads(state["settings"]) != trainer.settings.run_identity():
-            raise L2SError(f"{path} was written by a run with other settings; use another --out "
-                           "or --no-resume to start afresh")
+        stored, identity = json.loads(state["settings"]), trainer.settings.run_identity()
+        if stored != identity:
+            differing = sorted(k for k in {**stored, **identity} if stored.get(k) != identity.get(k))
+            raise L2SError(f"{path} was written by a run with other settings ({', '.join(differing)}); "
+                           "use another --out or --restart to start afresh")
         trainer.load_state(state)
         epoch = int(state["epoch"])
     if trainer.acc.is_main_process and (out / LOG).exists():  # drop lines of epochs the checkpoint lacks

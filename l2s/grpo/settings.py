@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from l2s.errors import L2SError
@@ -55,30 +56,33 @@ class GRPOSettings:
     def trained_steps(self) -> int:
         return self.steps - 1 if self.sde_steps is None else self.sde_steps
 
-    def check(self, world_size: int = 1) -> None:
-        """Raise :class:`L2SError` naming the first setting that cannot work."""
+    def check(self, world_size: int = 1, spelled: Callable[[str], str] = str) -> None:
+        """Raise :class:`L2SError` naming the first setting that cannot work (``spelled``: a
+        setting's name as the caller's user knows it, e.g. its command-line flag)."""
         if self.group_size < MIN_GROUP:
-            raise L2SError(f"GRPO needs groups of at least {MIN_GROUP} images per prompt (got {self.group_size}): "
-                           "smaller groups give advantages too noisy to train on")
+            raise L2SError(f"GRPO needs groups of at least {MIN_GROUP} images per prompt ({spelled('group_size')} "
+                           f"{self.group_size}): smaller groups give advantages too noisy to train on")
         if self.top_k is not None and not 1 <= self.top_k <= self.group_size // 2:
-            raise L2SError(f"top-k must be between 1 and half the group ({self.group_size // 2}), got {self.top_k}")
+            raise L2SError(f"{spelled('top_k')} must be between 1 and half the group ({self.group_size // 2}), "
+                           f"got {self.top_k}")
         if self.steps < 2:
             raise L2SError(f"GRPO samples with at least 2 steps (the last is a plain ODE step), got {self.steps}")
         if not 1 <= self.trained_steps <= self.steps:
-            raise L2SError(f"sde_steps must be between 1 and steps ({self.steps}), got {self.trained_steps}")
+            raise L2SError(f"{spelled('sde_steps')} must be between 1 and steps ({self.steps}), "
+                           f"got {self.trained_steps}")
         if self.std not in STD_MODES:
             raise L2SError(f"unknown advantage std {self.std!r} (choose {', '.join(STD_MODES)})")
         if self.prompts_per_epoch % world_size:
-            raise L2SError(f"prompts per epoch ({self.prompts_per_epoch}) must divide evenly over "
+            raise L2SError(f"{spelled('prompts_per_epoch')} ({self.prompts_per_epoch}) must divide evenly over "
                            f"{world_size} processes")
-        positive = {"epochs": self.epochs, "prompts_per_epoch": self.prompts_per_epoch, "lr": self.lr,
-                    "noise_level": self.noise_level, "clip_range": self.clip_range, "chunk": self.chunk,
-                    "optimizer_steps": self.optimizer_steps, "lora_rank": self.lora_rank, "true_cfg": self.true_cfg}
-        for name, value in positive.items():
-            if not value > 0:
-                raise L2SError(f"{name} must be positive, got {value}")
-        if self.beta < 0 or not 0 <= self.ema_decay < 1:
-            raise L2SError("beta must be >= 0 and ema_decay in [0, 1)")
+        for name in ("epochs", "prompts_per_epoch", "lr", "noise_level", "clip_range", "chunk", "optimizer_steps",
+                     "lora_rank", "true_cfg"):
+            if not getattr(self, name) > 0:
+                raise L2SError(f"{spelled(name)} must be positive, got {getattr(self, name)}")
+        if self.beta < 0:
+            raise L2SError(f"{spelled('beta')} must be 0 or more, got {self.beta}")
+        if not 0 <= self.ema_decay < 1:
+            raise L2SError(f"{spelled('ema_decay')} must be in [0, 1), got {self.ema_decay}")
 
     def run_identity(self) -> dict:
         """The settings that must match to resume (the epoch count may grow)."""

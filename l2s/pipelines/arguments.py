@@ -24,6 +24,18 @@ def positive_int(value, name: str) -> int:
     return value
 
 
+# Far past any supported model's trained size (FLUX.1: 2 MP): a larger side would not fail, it would
+# run for hours or exhaust memory.
+MAX_SIDE = 4096
+
+
+def image_side(value, name: str) -> int:
+    positive_int(value, name)
+    if value > MAX_SIDE:
+        raise UsageError(f"{name} must be at most {MAX_SIDE} pixels, got {value}")
+    return value
+
+
 def finite_number(value, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise UsageError(f"{name} must be a finite number, got {value!r}")
@@ -51,9 +63,11 @@ def check_call(steerer, prompt, *, num_inference_steps, height, width, guidance_
     from l2s.steer import Schedule
 
     images = len(image_batch(prompt, seed, num_images) or ()) or num_images
-    for name, value in (("num_inference_steps", num_inference_steps), ("height", height), ("width", width)):
+    if num_inference_steps is not None:
+        positive_int(num_inference_steps, "num_inference_steps")
+    for name, value in (("height", height), ("width", width)):
         if value is not None:
-            positive_int(value, name)
+            image_side(value, name)
     if guidance_scale is not None:
         finite_number(guidance_scale, "guidance_scale")
     positive_int(num_images, "num_images")

@@ -151,12 +151,12 @@ def load_shapes_steerer(pipeline_dir: str | Path | None = None, classifier: str 
     from l2s.classifier import RelationClassifier
 
     assets = shipped_assets()
+    model = RelationClassifier.load(classifier_folder(classifier) or assets.classifier)  # small: a bad one fails first
     pipe = load_shapes_pipeline(pipeline_dir or assets.pipeline, device=device)
     if lora is not None:
         from l2s.grpo import apply_lora
 
         apply_lora(pipe, lora_folder(lora))
-    model = RelationClassifier.load(classifier_folder(classifier) or assets.classifier)
     return steer_shapes_pipeline(pipe, model, schedule, mode, true_cfg_scale=true_cfg_scale, step_size=step_size)
 
 
@@ -271,11 +271,11 @@ def shapes_classifier_config(dataset_dir: str | Path, layers: int | None = None,
 def train_shapes_classifier(dataset_dir: str | Path, out_dir: str | Path, *, dual: bool = True,
                             epochs: int = SHAPES_CLASSIFIER_EPOCHS, lr: float = SHAPES_CLASSIFIER_LR,
                             batch_size: int = 64, seed: int = 0, progress: bool = True, layers: int | None = None,
-                            **overrides: Any):
+                            resume: bool = True, **overrides: Any):
     """Train the shapes classifier (``dual=False``: pos prompts only, the leakage ablation;
     ``layers=K``: a classifier of the first K blocks, read from the same maps)."""
     from l2s.training import train_classifier
 
     config = shapes_classifier_config(dataset_dir, layers, **overrides)
     return train_classifier(dataset_dir, out_dir, config, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                            prompt_types=None if dual else ("pos",), progress=progress)
+                            prompt_types=None if dual else ("pos",), progress=progress, resume=resume)

@@ -208,9 +208,10 @@ class ShapesTrainer:
             raise _damaged(path, error) from None
         stored.setdefault("grow", False)  # checkpoints from before --grow existed
         stored.setdefault("repatch", False)  # ... or --repatch
-        if stored != self.settings.run_identity():
-            raise L2SError(f"{path} was written by a run with other settings; use another --out "
-                           "or --restart to start afresh")
+        if stored != (identity := self.settings.run_identity()):
+            differing = sorted(k for k in {**stored, **identity} if stored.get(k) != identity.get(k))
+            raise L2SError(f"{path} was written by a run with other settings ({', '.join(differing)}); "
+                           "use another --out or --restart to start afresh")
         try:
             self._restore(state)
         except DAMAGED as error:
@@ -242,7 +243,8 @@ class ShapesTrainer:
 
 
 def _damaged(path: Path, error: Exception) -> DamagedFileError:
-    return DamagedFileError(f"{path} is damaged ({type(error).__name__}); rerun with --restart (resume=False) "
+    return DamagedFileError(f"{path} is damaged ({type(error).__name__}); rerun with --restart "
+                            "(resume=False in Python) "
                             f"to train from the start, or delete {path}")
 
 

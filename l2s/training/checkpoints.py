@@ -25,7 +25,7 @@ BEST_DIR, LAST_DIR = "best", "last"
 # What torch.load, load_state_dict and Generator.set_state raise on a damaged resume state.
 DAMAGED = (RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError, IndexError, AttributeError,
            pickle.UnpicklingError, L2SError)
-RESTART = "rerun with --restart (resume=False) to train from the start"
+RESTART = "rerun with --restart (resume=False in Python) to train from the start"
 
 
 def atomic_dir(target: Path, write) -> None:
@@ -123,5 +123,5 @@ def read_resume_state(out_dir: Path, settings: dict) -> dict:
     if saved != json.loads(json.dumps(settings)):
         differing = sorted(k for k in settings if saved.get(k) != json.loads(json.dumps(settings)).get(k))
         raise L2SError(f"{out_dir} holds a run with other settings ({', '.join(differing)}); "
-                       f"pass resume=False / --restart to start over, or use another output directory")
+                       f"rerun with --restart (resume=False in Python) to start over, or use another --out")
     return state

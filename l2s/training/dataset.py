@@ -79,6 +79,13 @@ class DatasetSummary:
     skipped: int
     split_records: dict[str, int] = field(default_factory=dict)
 
+    def line(self) -> str:
+        """``l2s: 3054 records (a map stack per stored step and prompt) from 509 samples (0 skipped;
+        train 2598, val 456) in OUT``."""
+        splits = "".join(f", {name} {count}" for name, count in sorted(self.split_records.items()))
+        return (f"l2s: {self.records} records (a map stack per stored step and prompt) from {self.samples_done} "
+                f"samples ({self.skipped} skipped{splits}) in {self.out_dir}")
+
 
 def _load_image(sample: RelationSample) -> Image.Image:
     if isinstance(sample.image, Image.Image):
@@ -190,8 +197,8 @@ def _write_dataset(items: list[RelationSample], pipe, out_dir: Path, restart: bo
         chunks = [items[i:i + shard_size] for i in range(0, len(items), shard_size)]
 
         def open_and_check() -> dict[int, dict]:
-            _check_resumed_chunks(open_writer(), chunks, out_dir)
-            writer[0].redo(_chunks_to_retry(out_dir, chunks, writer[0].committed))
+            grown = _check_resumed_chunks(open_writer(), chunks, out_dir)
+            writer[0].redo(sorted({*grown, *_chunks_to_retry(out_dir, chunks, writer[0].committed)}))
             return writer[0].committed
 
         committed = world().on_main(open_and_check)
@@ -252,13 +259,23 @@ def _items_hash(members: Sequence[RelationSample]) -> str:
     return digest("\n".join(s.key for s in members))[:16]
 
 
-def _check_resumed_chunks(committed: dict[int, dict], chunks: list[list[RelationSample]], out_dir: Path) -> None:
-    """A resumed run must pass the same samples, in the same order, as the run that wrote ``out_dir``."""
+def _check_resumed_chunks(committed: dict[int, dict], chunks: list[list[RelationSample]], out_dir: Path) -> list[int]:
+    """A resumed run must pass the samples of the run that wrote ``out_dir``, in the same order,
+    and may add more after them: returns the chunks that grew (the earlier run's last, partial
+    one), to make again with their new samples."""
+    grown = []
     for chunk, members in enumerate(chunks):
         info = committed.get(chunk)
-        if info is not None and info.get("items") != _items_hash(members):
-            raise L2SError(f"the samples of chunk {chunk} differ from the run that wrote {out_dir}; "
-                           f"pass the same samples in the same order to resume")
+        if info is None or info.get("items") == _items_hash(members):
+            continue
+        earlier = (info.get("items") == _items_hash(members[:n]) for n in range(1, len(members)))
+        if chunk == max(committed) and any(earlier):
+            grown.append(chunk)
+            continue
+        raise L2SError(f"the samples of chunk {chunk} differ from those of the run that wrote {out_dir} (other inputs "
+                       "or seed?); pass the same samples in the same order, more may follow them, to resume, or "
+                       "start over with --restart")
+    return grown
 
 
 def _chunks_to_retry(out_dir: Path, chunks: list[list[RelationSample]], committed: dict[int, dict]) -> list[int]:

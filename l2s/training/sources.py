@@ -188,13 +188,16 @@ def prompt_pair_samples(pairs: str | Path | Iterable, images_dir: str | Path | N
     from l2s.parsing import parse_prompt
 
     samples: list[RelationSample] = []
-    for entry in _read_pairs(pairs):
+    entries = _read_pairs(pairs)
+    skipped = 0
+    for where, entry in entries:
         if isinstance(entry, dict):
             image, prompt, image_id = entry.get("image"), entry.get("prompt"), entry.get("image_id")
         else:
             (image, prompt), image_id = entry, None
         if image is None or not isinstance(prompt, str):
-            log.warning("skipping pair without image or prompt: %r", entry)
+            log.warning("warning: %s: skipped: no image or prompt in %r", where, entry)
+            skipped += 1
             continue
         if isinstance(image, (str, Path)):
             image = Path(image)
@@ -202,29 +205,34 @@ def prompt_pair_samples(pairs: str | Path | Iterable, images_dir: str | Path | N
                 image = Path(images_dir) / image
             image_id = image_id or image.stem
         elif image_id is None:
-            raise L2SError("in-memory images need an 'image_id'")
+            raise L2SError(f"{where}: in-memory images need an 'image_id'")
         try:
-            parsed = parse_prompt(prompt)
+            triplets = parse_prompt(prompt).triplets
         except PromptError as error:
-            log.warning("skipping %s: %s", image_id, error)
-            continue
-        if not parsed.triplets:
-            log.warning("skipping %s: no spatial relation in %r", image_id, prompt)
-        for t in parsed.triplets:
+            triplets, reason = (), str(error)
+        else:
+            reason = f"no spatial relation in {prompt!r}"
+        if not triplets:
+            log.warning("warning: %s (%s): skipped: %s", where, image_id, reason)
+            skipped += 1
+        for t in triplets:
             samples.append(RelationSample(str(image_id), image, t.subject, t.relation, t.object, "pairs"))
+    if skipped:
+        log.warning("warning: %d of %d pairs skipped before inversion (the lines above say why)", skipped, len(entries))
     return samples
 
 
-def _read_pairs(pairs: str | Path | Iterable) -> list:
-    """The entries of a JSONL pairs file, or the given iterable's."""
+def _read_pairs(pairs: str | Path | Iterable) -> list[tuple[str, Any]]:
+    """(where, entry) of each entry of a JSONL pairs file (``FILE line N``) or of the given iterable
+    (``pair N``)."""
     if not isinstance(pairs, (str, Path)):
-        return list(pairs)
+        return [(f"pair {number}", entry) for number, entry in enumerate(pairs, 1)]
     entries = []
     with open(pairs, encoding="utf-8") as handle:
         for number, line in enumerate(handle, 1):
             if line.strip():
                 try:
-                    entries.append(json.loads(line))
+                    entries.append((f"{pairs} line {number}", json.loads(line)))
                 except json.JSONDecodeError:
                     raise L2SError(f"{pairs}:{number}: not a JSON line") from None
     return entries

@@ -84,6 +84,16 @@ class TrainResult:
     epochs_run: int  # epochs completed in total (including those of resumed runs)
     stopped_early: bool
     history: list[dict] = field(default_factory=list)
+    epochs_resumed: int = 0  # epochs an earlier run had finished when this one started
+
+    def resume_line(self) -> str | None:
+        """``l2s: ...`` saying what this run took from an earlier one in its folder, or None."""
+        if not self.epochs_resumed:
+            return None
+        if self.epochs_resumed == self.epochs_run:
+            return (f"l2s: {self.out_dir} holds a finished run ({self.epochs_run} epochs): the result is its; more "
+                    "--epochs continue it, --restart trains again")
+        return f"l2s: resumed after epoch {self.epochs_resumed} of the earlier run in {self.out_dir}"
 
 
 def _resolve_config(config: ClassifierConfig | str, meta: dict, layers: int | None = None) -> ClassifierConfig:
@@ -213,6 +223,7 @@ def _train(dataset_dir: Path, out_dir: Path, config: ClassifierConfig, train_set
             rewrite_log(log_path, history)  # drop lines of an epoch whose state never got saved
         train_loader, val_loader = _loaders(train_set, val_set, run.shuffle, batch_size, num_workers, group)
         counters = run.counters
+        resumed_at = counters["epoch"]
         with tqdm(total=max_epochs, initial=min(counters["epoch"], max_epochs), disable=not (progress and group.is_main),
                   desc="l2s train", unit="epoch") as bar:
             while counters["epoch"] < max_epochs and not counters["stopped_early"]:
@@ -230,7 +241,8 @@ def _train(dataset_dir: Path, out_dir: Path, config: ClassifierConfig, train_set
                                 val_loss=f"{row['val_loss']:.4f}")
                 bar.update()
     return TrainResult(out_dir, best_dir, last_dir, counters["best_epoch"], counters["best_val_loss"],
-                       counters["best_val_accuracy"], counters["epoch"], counters["stopped_early"], history)
+                       counters["best_val_accuracy"], counters["epoch"], counters["stopped_early"], history,
+                       resumed_at)
 
 
 def _loaders(train_set: AttentionMapDataset, val_set: AttentionMapDataset, shuffle: torch.Generator, batch_size: int,

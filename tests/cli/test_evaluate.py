@@ -4,6 +4,7 @@ import shutil
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from l2s.cli import main
 from l2s.cli.evaluate import prompt_sets
@@ -38,7 +39,7 @@ def _sample(folder, name, subject, relation, obj, seed):
     render(scene).save(folder / "samples" / name)
 
 
-def test_score_geneval_folder_and_resume(tmp_path, capsys):
+def test_score_geneval_folder_and_resume(tmp_path, capsys, caplog):
     images = tmp_path / "geneval"
     red_circle, blue_square = ("circle", "red"), ("square", "blue")
     first = images / "00000"
@@ -62,10 +63,17 @@ def test_score_geneval_folder_and_resume(tmp_path, capsys):
     (counting / "metadata.jsonl").write_text('{"tag": "counting", "include": [{"class": "red circle", '
                                              '"count": 2}], "prompt": "two red circles"}\n')
     _sample(counting, "0000.png", red_circle, "left of", blue_square, 5)
+    jpeg_only = images / "00003"                                            # GenEval scores PNGs only
+    shutil.copytree(first, jpeg_only)
+    for png in (jpeg_only / "samples").glob("*.png"):
+        Image.open(png).save(png.with_suffix(".jpg"))
+        png.unlink()
 
     out = tmp_path / "scores"
     code, stdout, err = run(["eval", "--images", str(images), "--out", str(out), "--quiet"], capsys)
     assert code == 0, err
+    assert [r.getMessage() for r in caplog.records if "samples/<n>.png" in r.getMessage()] == [
+        "warning: 1 position-prompt folders have no samples/<n>.png and are not scored: 00003"]
     summary = json.loads((out / "summary.json").read_text())
     scored = summary["modes"]["images"]
     assert (scored["n_correct"], scored["n_images"], scored["accuracy"]) == (3, 4, 0.75)
@@ -76,13 +84,18 @@ def test_score_geneval_folder_and_resume(tmp_path, capsys):
     assert wrong["correct"] is False and "right of" in wrong["reason"]
     assert (out / "contact_sheet_01.png").is_file()
 
-    code, _, _ = run(["eval", "--images", str(images), "--out", str(out), "--quiet"], capsys)
+    code, _, err = run(["eval", "--images", str(images), "--out", str(out), "--quiet"], capsys)
     assert code == 0
     assert json.loads((out / "summary.json").read_text())["modes"]["images"]["status_counts"] == {"resumed": 4}
+    assert (f"l2s: all 4 images were already scored in {out} (same prompts, seeds and settings): the table is "
+            "theirs; --restart makes them again") in err.splitlines()
 
-    code, _, _ = run(["eval", "--images", str(images), "--out", str(out), "--quiet", "--rule", "t2i_compbench"], capsys)
+    code, _, err = run(["eval", "--images", str(images), "--out", str(out), "--quiet", "--rule", "t2i_compbench"],
+                       capsys)
     again = json.loads((out / "summary.json").read_text())["modes"]["images"]
     assert code == 0 and again["status_counts"] == {"rescored": 4} and again["n_correct"] == 3
+    assert (f"l2s: rescored 4 images in {out} whose earlier scores used another rule or detector (those scores are "
+            "replaced)") in err.splitlines()
 
 
 # ---------------------------------------------------------------------------------------------

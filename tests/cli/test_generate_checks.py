@@ -9,6 +9,7 @@ import l2s.cli.generate
 from l2s.classifier import RelationClassifier
 from l2s.cli import main
 from l2s.demo import tiny_classifier_for, tiny_flux_pipeline
+from l2s.files import KIND_FILE
 from l2s.pipelines import SteeringPipeline
 
 TINY = ["--model", "tiny", "--quiet"]
@@ -39,6 +40,7 @@ def no_model(monkeypatch):
     (["--steps", "0"], "--steps must be a positive integer, got 0"),
     (["--steps", "-3"], "--steps must be a positive integer, got -3"),
     (["--height", "0"], "--height must be a positive integer, got 0"),
+    (["--width", "100000"], "--width must be at most 4096 pixels, got 100000"),
     (["--width", "-8"], "--width must be a positive integer, got -8"),
     (["--guidance", "nan"], "--guidance must be a finite number, got nan"),
     (["--guidance", "-3"], "--guidance must be 0 or more, got -3.0"),
@@ -46,8 +48,11 @@ def no_model(monkeypatch):
     (["--true-cfg", "-1"], "--true-cfg must be a positive number"),
     (["--seed", str(2 ** 64)], "--seed must be an integer in [0, 2**64)"),
     (["--device", "bogus"], "device 'bogus' is not a torch device"),
+    (["--relations", ""], "--relations names no relation"),
+    (["--no-steer", "--save-maps"], "--save-maps records the steered steps' maps: there are none with --no-steer"),
     pytest.param(["--device", "cuda"], "device 'cuda': CUDA is not available on this machine",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
+    (["--engine", "tensorrt", "--device", "cpu"], "--engine tensorrt runs on CUDA only; this run's device is cpu"),
 ])
 @pytest.mark.parametrize("model", [[], TINY])   # the default shapes model too: nothing is ignored
 def test_options_are_checked_before_any_work(options, message, model, no_model, tmp_path, capsys):
@@ -83,6 +88,7 @@ def test_no_steer_generates_once_and_writes_no_steered_files(tmp_path, capsys, m
     monkeypatch.setattr(SteeringPipeline, "__call__", lambda self, *a, **k: calls.append(k) or original(self, *a, **k))
     out = tmp_path / "o"
     (out).mkdir()
+    (out / KIND_FILE).write_text("generate\n")                          # an earlier run of generate
     (out / "comparison.png").write_bytes(b"from an earlier run")
     code, lines = run(["generate", "a cat left of a dog", "--out", str(out), "--no-steer", "--steps", "2", *TINY],
                       capsys)

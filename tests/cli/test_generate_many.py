@@ -8,6 +8,7 @@ from PIL import Image
 
 import l2s.cli.generate
 from l2s.cli import main
+from l2s.files import KIND_FILE
 from l2s.pipelines import SteeringPipeline
 
 TINY = ["--model", "tiny", "--quiet"]
@@ -260,15 +261,18 @@ def test_generate_and_eval_never_share_a_folder(tmp_path, capsys, monkeypatch):
     made = tmp_path / "made"
     (made / "p00-s0000").mkdir(parents=True)
     (made / "index.json").write_text("{}")
+    (made / KIND_FILE).write_text("generate\n")
     code, lines = run(["eval", "--out", str(made), "--restart", *TINY], capsys)
     assert code == 2 and lines[-1] == (f"l2s: error: {made} holds images of 'l2s generate' (index.json, "
                                        "p00-s0000/); use another --out")
     evaluated = tmp_path / "evaluated"
     evaluated.mkdir()
     (evaluated / "run.json").write_text("{}")
+    (evaluated / KIND_FILE).write_text("eval\n")
     for argv in ([PROMPTS[0]], [*PROMPTS, "--seeds", "0-1"]):     # one image, and several
         code, lines = run(["generate", *argv, "--restart", "--out", str(evaluated), *TINY], capsys)
-        assert code == 2 and lines[-1] == f"l2s: error: {evaluated} holds an 'l2s eval' run (run.json); use another --out"
+        assert code == 2 and lines[-1] == (f"l2s: error: {evaluated} holds an evaluation run ('l2s eval'); this run "
+                                           "writes images of 'l2s generate': use another --out")
     (tmp_path / "images").mkdir()
     code, lines = run(["eval", "--images", str(tmp_path / "images"), "--out", str(evaluated), "--quiet"], capsys)
     assert code == 2 and "holds an 'l2s eval' run that generated its images (run.json)" in lines[-1]

@@ -191,7 +191,7 @@ def test_an_explicit_build_announces_its_cost_once(transformer, inputs, caplog):
         make_plain_step_engine(transformer, inputs, kind="compile", compile_backend="aot_eager")
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1
-    assert lines[0].startswith("l2s: building the compile plain-step engine for hidden_states[")
+    assert lines[0].startswith("building the compile plain-step engine for hidden_states[")
     assert "expected cost: a cold torch.compile" in lines[0] and "cached in" in lines[0]
 
 

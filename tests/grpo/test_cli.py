@@ -47,7 +47,9 @@ def test_a_thread_count_below_one_is_a_usage_error(command, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--group-size", "8"], "at least 12"),
-    (["--top-k", "13"], "top-k"),
+    (["--top-k", "13"], "--top-k must be between 1 and half the group (12), got 13"),
+    (["--epochs", "0"], "--epochs must be positive, got 0"),
+    (["--beta", "-1"], "--beta must be 0 or more, got -1.0"),
     (["--reward", "/nonexistent/reward"], "neither 'rule', 'spatialscore' nor"),
 ])
 def test_bad_grpo_options_fail_with_one_line(saved, tmp_path, capsys, argv, message):

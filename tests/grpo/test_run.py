@@ -57,7 +57,7 @@ def test_more_epochs_continue_a_finished_run_and_other_settings_are_refused(tmp_
     _run(tmp_path, settings)
     longer = _run(tmp_path, replace(settings, epochs=2))
     assert [r["epoch"] for r in longer.records] == [0, 1, 2]
-    with pytest.raises(L2SError, match="other settings"):
+    with pytest.raises(L2SError, match=r"other settings \(beta\); use another --out or --restart"):
         _run(tmp_path, replace(settings, epochs=3, beta=0.5))
     fresh = _run(tmp_path, replace(settings, beta=0.5), resume=False)
     assert [r["epoch"] for r in fresh.records] == [0, 1]
@@ -79,7 +79,8 @@ def test_a_fresh_start_killed_before_its_first_epoch_never_resumes_the_old_run(t
 
 @pytest.mark.parametrize("change, message", [
     (dict(group_size=8), "at least 12"),
-    (dict(top_k=7), "top-k"),
+    (dict(top_k=7), "top_k must be between 1 and half the group"),
+    (dict(ema_decay=1.0), r"ema_decay must be in \[0, 1\), got 1.0"),
     (dict(sde_steps=9), "sde_steps"),
     (dict(steps=1), "at least 2 steps"),
     (dict(std="batch"), "advantage std"),

@@ -32,3 +32,12 @@ def test_train_reward_trains_reports_and_continues_a_stopped_run(tmp_path, capsy
     results = json.loads((tmp_path / "rm" / "results.json").read_text())
     assert results["settings"]["loss"] == "bt" and results["command"].startswith("l2s shapes train-reward")
     assert len((tmp_path / "rm" / "log.jsonl").read_text().splitlines()) == 2
+
+
+def test_reward_data_ends_with_a_sentence_of_its_counts():
+    from l2s.cli.reward import _pairs_line
+
+    counts = {"train": 30, "train/1": 10, "train/2-3": 20, "heldout": 4, "heldout/1": 4}
+    assert _pairs_line(counts, "pairs") == ("l2s: 30 training pairs (1 flip: 10, 2-3 flips: 20), "
+                                            "4 held out (1 flip: 4), in pairs")
+    assert _pairs_line({}, "p") == "l2s: 0 training pairs, 0 held out, in p"

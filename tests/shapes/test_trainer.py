@@ -117,7 +117,7 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
     assert again.step == 4 and json.loads((tmp_path / "resumed" / "pipeline" / "training.json").read_text())[
         "final_loss_smoothed"] == straight.smoothed_loss
     # A resumed run with different settings must not silently mix them.
-    with pytest.raises(Exception, match="other settings"):
+    with pytest.raises(Exception, match=r"other settings \(lr\); use another --out or --restart"):
         train(replace(settings, lr=1e-4, steps=6), tmp_path / "resumed", progress=False)
     # A checkpoint written before --grow and --repatch existed (neither in its settings) still resumes.
     checkpoint = tmp_path / "resumed" / "checkpoint.pt"
@@ -308,11 +308,13 @@ def test_a_damaged_checkpoint_is_one_line_saying_how_to_recover(tmp_path, capsys
     argv = ["shapes", "train-model", "--out", str(out), "--steps", "2", "--batch-size", "4", "--scenes", "16",
             "--size", "16", "--objects", "2-2", "--object-sizes", "4-6", "--preset", "tiny", "--no-progress"]
     out.mkdir()
+    (out / ".l2s.kind").write_text("train-model\n")
     (out / "checkpoint.pt").write_bytes(b"PK\x03\x04 torn")
     assert main(argv) == 2
     (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("l2s:")]
     assert line.startswith(f"l2s: error: {out / 'checkpoint.pt'} is damaged (")
-    assert line.endswith(f"rerun with --restart (resume=False) to train from the start, or delete {out / 'checkpoint.pt'}")
+    assert line.endswith("rerun with --restart (resume=False in Python) to train from the start, "
+                         f"or delete {out / 'checkpoint.pt'}")
     assert main(argv + ["--restart"]) == 0                  # --restart starts over, as --no-resume
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert state["step"] == 2

@@ -209,6 +209,22 @@ def test_dataset_reader_filters_and_returns_float_maps(full_run):
         AttentionMapDataset(full_run, None, class_names=("above", "below"))
 
 
+def test_a_rerun_with_more_samples_grows_the_dataset_to_the_one_made_at_once(flux, images, full_run, tmp_path):
+    out = tmp_path / "grown"
+    make_dataset(_samples(images)[:7], flux, out, **MAKE)          # chunks of 3, 3 and a partial 1
+    summary = make_dataset(_samples(images), flux, out, **MAKE)    # the partial chunk is made again, whole
+    by_id = lambda rows: sorted(rows, key=lambda r: r["sample_id"])  # noqa: E731
+    assert by_id(_manifest(out)) == by_id(_manifest(full_run))
+    reference, grown = _all_maps(full_run), _all_maps(out)
+    assert sorted(grown) == sorted(reference) and all(torch.equal(grown[k], v) for k, v in reference.items())
+    assert summary.records == len(_manifest(full_run))
+    reordered = _samples(images)
+    reordered[0], reordered[1] = reordered[1], reordered[0]
+    with pytest.raises(L2SError, match=r"the samples of chunk 0 differ from those of the run that wrote .*"
+                                       r"more may follow them, to resume, or start over with --restart"):
+        make_dataset(reordered, flux, out, **MAKE)
+
+
 def test_resuming_with_other_settings_is_refused(flux, images, full_run, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(full_run, copy)

@@ -118,7 +118,7 @@ def test_a_changed_byte_is_caught_by_the_checksum_before_training(flux, samples,
         verify_dataset(copy)  # ... the checksum does not, and training checks it first
     with pytest.raises(DamagedFileError, match="checksum"):
         train_classifier(copy, tmp_path / "run", "flux-schnell", epochs=1, progress=False)
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".l2s.kind", ".l2s.lock"]  # no checkpoint, no log
+    assert not (tmp_path / "run").exists()  # no checkpoint, no log: the folder it made went again
     assert _remake(flux, samples, copy) == [2]
     assert _fingerprint(copy) == _fingerprint(reference)
 

@@ -119,7 +119,9 @@ def test_prompt_pairs_use_the_parser(tmp_path, caplog):
     assert [(s.image_id, s.subject, s.relation, s.object) for s in samples] == [
         ("a", "cat", "left of", "dog"), ("cee", "red ball", "above", "box")]
     assert samples[0].image == tmp_path / "a.png"
-    assert "no spatial relation" in caplog.text
+    assert [r.getMessage() for r in caplog.records] == [
+        f"warning: {path} line 2 (b): skipped: no spatial relation in 'a cat and a dog'",
+        "warning: 1 of 3 pairs skipped before inversion (the lines above say why)"]
 
 
 def test_balance_prefers_distinct_images():

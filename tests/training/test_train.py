@@ -227,6 +227,8 @@ def test_resumed_training_ends_identical_to_an_uninterrupted_run(tmp_path):
     train_classifier(dataset, tmp_path / "resumed", config, epochs=2, **kwargs)
     resumed = train_classifier(dataset, tmp_path / "resumed", config, epochs=4, **kwargs)
     assert resumed.epochs_run == straight.epochs_run == 4
+    assert straight.resume_line() is None
+    assert resumed.resume_line() == f"l2s: resumed after epoch 2 of the earlier run in {tmp_path / 'resumed'}"
     for kind in ("last", "best"):
         a, b = _weights(tmp_path / "straight" / kind), _weights(tmp_path / "resumed" / kind)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), kind
@@ -237,7 +239,10 @@ def test_resumed_training_ends_identical_to_an_uninterrupted_run(tmp_path):
     assert not torch.equal(_weights(other.last_dir)["relation_classifier.fc.0.weight"],
                            _weights(straight.last_dir)["relation_classifier.fc.0.weight"])
     # A finished run resumes to a no-op; other settings are refused; resume=False starts over.
-    assert train_classifier(dataset, tmp_path / "resumed", config, epochs=4, **kwargs).epochs_run == 4
+    finished = train_classifier(dataset, tmp_path / "resumed", config, epochs=4, **kwargs)
+    assert finished.epochs_run == 4 and finished.resume_line().endswith("holds a finished run (4 epochs): the "
+                                                                        "result is its; more --epochs continue it, "
+                                                                        "--restart trains again")
     with pytest.raises(L2SError, match="other settings.*lr"):
         train_classifier(dataset, tmp_path / "resumed", config, epochs=5, **{**kwargs, "lr": 1e-3})
     fresh = train_classifier(dataset, tmp_path / "resumed", config, epochs=1, resume=False, **kwargs)
