@@ -10,6 +10,7 @@ NVIDIA's ``tensorrt`` wheel and a CUDA GPU.
 """
 
 from .base import (
+    CUDA_ONLY_KINDS,
     ENGINE_KINDS,
     FLUX_TENSOR_INPUTS,
     EngineError,
@@ -37,6 +38,7 @@ from .tensorrt_engine import (
 from .torch_engines import CompiledEngine, CudaGraphEngine, EagerEngine
 
 __all__ = [
+    "CUDA_ONLY_KINDS",
     "ENGINE_KINDS",
     "FLUX_TENSOR_INPUTS",
     "DEFAULT_TOLERANCE",

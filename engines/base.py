@@ -33,6 +33,7 @@ PASS_THROUGH_KEYWORDS: tuple[str, ...] = ("joint_attention_kwargs", "return_dict
 ENGINE_KINDS: tuple[str, ...] = (
     "auto", "eager", "compile", "compile-cuda-graph", "cuda-graph", "onnxruntime", "tensorrt",
 )
+CUDA_ONLY_KINDS: tuple[str, ...] = ("compile-cuda-graph", "cuda-graph", "tensorrt")  # refused on other devices
 
 
 class EngineError(L2SError):

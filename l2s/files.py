@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import shlex
 import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -72,8 +73,9 @@ def output_lock(folder: str | Path, label: str = "output folder", kind: str | No
     :class:`~l2s.errors.L2SError` when the folder cannot be created or written. Nested calls of
     one process on the same folder share the lock. ``kind`` (a key of :data:`OUTPUT_KINDS`):
     the folder is marked as holding that kind of output, and one marked with another is refused.
+    A block that fails before writing anything removes the folders this call created.
     """
-    created = not Path(folder).exists()
+    created = _missing_folders(Path(folder))
     folder = prepare_output_dir(folder, label)
     key = folder.resolve()
     if key in _HELD:
@@ -87,31 +89,50 @@ def output_lock(folder: str | Path, label: str = "output folder", kind: str | No
         return
     fd = _acquire(folder, label)
     _HELD[key] = [fd, 1]
+    failed = True
     try:
         if kind is not None:
             claim_kind(folder, kind)
         yield folder
+        failed = False
     finally:
         del _HELD[key]
         try:
             os.ftruncate(fd, 0)  # the pid of a holder that is gone would only mislead
-            if created:
-                _remove_if_unused(folder)
+            if failed and created:
+                _remove_if_unused(created, kind)
         finally:
             os.close(fd)  # closing drops the flock
 
 
-def _remove_if_unused(folder: Path) -> None:
-    """A folder this lock created that holds nothing but the lock and marker (the run failed
-    before writing) goes again: a failed command leaves no trace."""
-    if any(entry.name not in (LOCK_FILE, KIND_FILE) for entry in folder.iterdir()):
-        return
-    for name in (KIND_FILE, LOCK_FILE):
-        (folder / name).unlink(missing_ok=True)
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _remove_if_unused(created: list[Path], kind: str | None) -> None:
+    """Folders a failed run created, when the deepest holds nothing but the lock and marker:
+    a failed command leaves no trace. Never raises (the run's own error is the one to see)."""
+    folder = created[0]
     try:
-        folder.rmdir()
+        if any(entry.name not in (LOCK_FILE, KIND_FILE) for entry in folder.iterdir()):
+            return
+        (folder / LOCK_FILE).unlink(missing_ok=True)
+        try:
+            folder.joinpath(KIND_FILE).unlink(missing_ok=True)
+            folder.rmdir()
+        except OSError:     # something appeared meanwhile: it stays, marked as before
+            if kind is not None:
+                atomic_write_text(folder / KIND_FILE, kind + "\n")
+            return
+        for parent in created[1:]:
+            parent.rmdir()  # stops (OSError) at the first that holds something
     except OSError:
-        pass  # something appeared meanwhile: keep it
+        pass
 
 
 def claim_kind(folder: Path, kind: str) -> None:
@@ -141,7 +162,8 @@ def claim_kind(folder: Path, kind: str) -> None:
                                "if the folder holds this command's output, or use another --out")
     shown = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
     raise L2SError(f"{folder} holds files l2s did not write ({shown}): use an empty or new --out (an l2s run "
-                   f"from before output folders were marked is adopted by: echo {kind} > {folder / KIND_FILE})")
+                   f"from before output folders were marked is adopted by: echo {kind} > "
+                   f"{shlex.quote(str(folder / KIND_FILE))})")
 
 
 def remove_outputs(folder: str | Path, names: Sequence[str], why: str) -> list[str]:
@@ -176,9 +198,21 @@ def _acquire(folder: Path, label: str) -> int:
         os.close(fd)
         raise FolderBusyError(f"{folder} is being written by another l2s process (pid {holder}); wait for it "
                               f"to finish, or use another {label}") from None
+    if not _same_file(fd, path):   # a failed run removed the folder meanwhile: its lock is no lock
+        os.close(fd)
+        raise FolderBusyError(f"{folder} was removed by another l2s process while this one opened it; run the "
+                              "command again")
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        held, there = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (held.st_dev, held.st_ino) == (there.st_dev, there.st_ino)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -309,6 +343,13 @@ def weights_digest(path: str | Path) -> str | None:
     return digest.hexdigest()[:16]
 
 
+def changed_settings(saved: dict, current: dict) -> list[str]:
+    """The keys whose values differ between a saved run's settings and this run's (JSON-compared:
+    a tuple equals the list it was saved as), for a refusal that names them."""
+    current = json.loads(json.dumps(current))
+    return sorted(k for k in {**saved, **current} if saved.get(k) != current.get(k))
+
+
 def unrecorded_digests(earlier: dict, settings: dict) -> dict:
     """``settings`` without the ``*_digest`` keys ``earlier`` lacks: a run recorded before weights
     were fingerprinted still resumes (only a recorded fingerprint that differs refuses)."""
@@ -377,6 +418,7 @@ __all__ = [
     "KIND_FILE",
     "LOCK_FILE",
     "OUTPUT_KINDS",
+    "changed_settings",
     "claim_kind",
     "remove_outputs",
     "atomic_write_bytes",

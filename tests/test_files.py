@@ -132,6 +132,13 @@ def test_a_run_that_wrote_nothing_leaves_no_claim(tmp_path):
         with output_lock(out, kind="train"):
             raise L2SError("bad data")      # failed before writing anything
     assert not out.exists()                 # the folder it made went again
+    with pytest.raises(L2SError, match="bad data"):
+        with output_lock(tmp_path / "a" / "b" / "out", kind="train"):
+            raise L2SError("bad data")
+    assert not (tmp_path / "a").exists()    # with the parents it made
+    with output_lock(tmp_path / "quiet", kind="train"):
+        pass                                # a run that succeeded without writing keeps its folder
+    assert (tmp_path / "quiet" / KIND_FILE).is_file()
     out.mkdir()                             # the user's own empty folder stays, claimable by any kind
     with pytest.raises(L2SError, match="bad data"):
         with output_lock(out, kind="train"):
@@ -263,3 +270,20 @@ def test_runs_recorded_before_fingerprints_still_resume_and_a_whole_last_record_
     log.write_text('{"epoch": 1}\n{"epoch": 2}')        # the last record lost only its newline
     fsync_append(log, ['{"epoch": 3}'])
     assert log.read_text().splitlines() == ['{"epoch": 1}', '{"epoch": 2}', '{"epoch": 3}']
+
+
+def test_a_lock_on_a_folder_removed_meanwhile_is_refused(tmp_path, monkeypatch):
+    import l2s.files
+
+    out = tmp_path / "out"
+    out.mkdir()
+    real_open = os.open
+
+    def open_then_lose_the_folder(path, *args):   # another run's cleanup between open and flock
+        fd = real_open(path, *args)
+        os.unlink(path)
+        return fd
+    monkeypatch.setattr(l2s.files.os, "open", open_then_lose_the_folder)
+    with pytest.raises(FolderBusyError, match="was removed by another l2s process while this one opened it"):
+        with output_lock(out, kind="eval"):
+            pytest.fail("held a lock on a removed file")

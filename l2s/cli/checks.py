@@ -37,20 +37,21 @@ def check_sampling_args(args: argparse.Namespace) -> None:
     _check_engine(args)
 
 
-# Plain-step engines that run on a GPU only: refused before a model loads, not after.
-CUDA_ENGINES = ("cuda-graph", "compile-cuda-graph", "tensorrt")
-
-
 def _check_engine(args: argparse.Namespace) -> None:
+    """A GPU-only plain-step engine on another device is refused before a model loads, not after."""
+    engine = getattr(args, "engine", None)
+    if engine is None or engine in ("auto", "eager"):
+        return
+    import torch
+
+    from l2s.engines import CUDA_ONLY_KINDS
     from l2s.errors import UsageError
 
     from .options import default_device
 
-    engine = getattr(args, "engine", None)
-    if engine in CUDA_ENGINES:
-        device = getattr(args, "device", None) or default_device()
-        if not str(device).startswith("cuda"):
-            raise UsageError(f"--engine {engine} runs on CUDA only; this run's device is {device}")
+    device = getattr(args, "device", None) or default_device()
+    if engine in CUDA_ONLY_KINDS and torch.device(device).type != "cuda":
+        raise UsageError(f"--engine {engine} runs on CUDA only; this run's device is {device}")
 
 
 def check_output_file(path, flag: str) -> None:

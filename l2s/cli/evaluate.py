@@ -158,11 +158,10 @@ def _resumed_lines(report, out) -> list[str]:
     rescored = sum(record.status == "rescored" for record in records)
     lines = []
     if records and kept == len(records):
-        lines.append(f"l2s: all {kept} images were already scored in {out} (same prompts, seeds and settings): the "
-                     "table is theirs; --restart makes them again")
+        lines.append(f"l2s: all {kept} images were already scored in {out} (same images and settings): the table is "
+                     "theirs; --restart starts the run over")
     elif kept:
-        lines.append(f"l2s: resumed: {kept} of the {len(records)} images were already scored in {out}; this run "
-                     "made the rest")
+        lines.append(f"l2s: resumed: {kept} of the {len(records)} images were already scored in {out}")
     if rescored:
         lines.append(f"l2s: rescored {rescored} images in {out} whose earlier scores used another rule or detector "
                      "(those scores are replaced)")

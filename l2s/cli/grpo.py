@@ -60,7 +60,9 @@ def build_grpo_parser() -> argparse.ArgumentParser:
     p.add_setting("--ema-decay", type=float)
     p.add_setting("--chunk", type=int, help="images per transformer call")
     p.add_setting("--seed", type=int)
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="cpu or cuda (accelerate places the run: pick the GPU with CUDA_VISIBLE_DEVICES, several "
+                        "with accelerate launch; default: cpu)")
     p.add_argument("--restart", "--no-resume", dest="no_resume", action="store_true",
                    help="start afresh even when OUT has a checkpoint (removes it, the log and the adapters)")
     p.add_argument("--eval-every", type=int, default=1, metavar="N",
@@ -134,5 +136,5 @@ def grpo_main(argv: Sequence[str] | None = None) -> int:
     if accelerator.is_main_process:
         last = result.records[-1] if result.records else {}
         shown = ", ".join(f"{k} {v:.3f}" for k, v in last.items() if k.startswith("eval_") and isinstance(v, float))
-        print(f"{result.epochs_done} epochs; {shown}; adapter in {args.out / 'adapter'} (load with --lora {args.out})")
+        print(f"l2s: {result.epochs_done} epochs; {shown}; adapter in {args.out / 'adapter'} (load with --lora {args.out})")
     return 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import shlex
 import sys
 from collections.abc import Sequence
@@ -25,14 +26,13 @@ from .options import add_threads_arg, flag_of, use_threads
 
 def _parse_pair(text: str) -> tuple[int, int]:
     """LOW-HIGH (or one number N for N-N), 1 <= LOW <= HIGH: argparse says what is wrong in one line."""
-    low, _, high = text.partition("-")
-    try:
-        pair = int(low), int(high or low)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not LOW-HIGH (two whole numbers, e.g. 2-4)") from None
-    if not 1 <= pair[0] <= pair[1]:
+    match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", text)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not LOW-HIGH (two whole numbers, e.g. 2-4) or one number")
+    low, high = int(match[1]), int(match[2] or match[1])
+    if not 1 <= low <= high:
         raise argparse.ArgumentTypeError(f"{text!r}: LOW-HIGH needs 1 <= LOW <= HIGH")
-    return pair
+    return low, high
 
 
 def _train_settings():

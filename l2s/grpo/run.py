@@ -25,6 +25,7 @@ from l2s.files import (
     atomic_torch_save,
     atomic_write_json,
     atomic_write_text,
+    changed_settings,
     fsync_append,
     output_lock,
     read_jsonl_lines,
@@ -205,9 +206,7 @@ def _resume(trainer: GRPOTrainer, out: Path) -> int:
     epoch = 0
     if path.is_file():
         state = torch.load(path, map_location="cpu", weights_only=True)
-        stored, identity = json.loads(state["settings"]), trainer.settings.run_identity()
-        if stored != identity:
-            differing = sorted(k for k in {**stored, **identity} if stored.get(k) != identity.get(k))
+        if differing := changed_settings(json.loads(state["settings"]), trainer.settings.run_identity()):
             raise L2SError(f"{path} was written by a run with other settings ({', '.join(differing)}); "
                            "use another --out or --restart to start afresh")
         trainer.load_state(state)

@@ -13,7 +13,7 @@ from diffusers import FluxPipeline, FluxTransformer2DModel
 from transformers import CLIPTextModel
 
 from l2s.errors import L2SError, ModelLoadError
-from l2s.files import DamagedFileError, output_lock, remove_outputs
+from l2s.files import DamagedFileError, changed_settings, output_lock, remove_outputs
 from l2s.training.checkpoints import DAMAGED
 
 from .data import SceneDataset, atomic_save, load_or_render_dataset
@@ -208,8 +208,7 @@ class ShapesTrainer:
             raise _damaged(path, error) from None
         stored.setdefault("grow", False)  # checkpoints from before --grow existed
         stored.setdefault("repatch", False)  # ... or --repatch
-        if stored != (identity := self.settings.run_identity()):
-            differing = sorted(k for k in {**stored, **identity} if stored.get(k) != identity.get(k))
+        if differing := changed_settings(stored, self.settings.run_identity()):
             raise L2SError(f"{path} was written by a run with other settings ({', '.join(differing)}); "
                            "use another --out or --restart to start afresh")
         try:

@@ -17,7 +17,8 @@ import torch
 
 from l2s.classifier import RelationClassifier
 from l2s.errors import L2SError
-from l2s.files import DamagedFileError, atomic_write_text, fsync_append, read_jsonl_lines, remove_outputs
+from l2s.files import (DamagedFileError, atomic_write_text, changed_settings, fsync_append, read_jsonl_lines,
+                       remove_outputs)
 from .tracking import clear_tensorboard
 
 LOG_FILE, STATE_FILE, TRAINING_FILE = "log.jsonl", "state.pt", "training.json"
@@ -120,8 +121,7 @@ def read_resume_state(out_dir: Path, settings: dict) -> dict:
     except DAMAGED as error:
         raise DamagedFileError(f"{last_dir / STATE_FILE} is damaged ({type(error).__name__}); "
                                f"{RESTART}") from None
-    if saved != json.loads(json.dumps(settings)):
-        differing = sorted(k for k in settings if saved.get(k) != json.loads(json.dumps(settings)).get(k))
+    if differing := changed_settings(saved, settings):
         raise L2SError(f"{out_dir} holds a run with other settings ({', '.join(differing)}); "
                        f"rerun with --restart (resume=False in Python) to start over, or use another --out")
     return state

@@ -263,6 +263,9 @@ def _check_resumed_chunks(committed: dict[int, dict], chunks: list[list[Relation
     """A resumed run must pass the samples of the run that wrote ``out_dir``, in the same order,
     and may add more after them: returns the chunks that grew (the earlier run's last, partial
     one), to make again with their new samples."""
+    if committed and max(committed) >= len(chunks):
+        raise L2SError(f"the run that wrote {out_dir} had more samples than this one ({max(committed) + 1} chunks "
+                       f"against {len(chunks)}); pass them all to resume, or start over with --restart")
     grown = []
     for chunk, members in enumerate(chunks):
         info = committed.get(chunk)

@@ -90,6 +90,9 @@ class TrainResult:
         """``l2s: ...`` saying what this run took from an earlier one in its folder, or None."""
         if not self.epochs_resumed:
             return None
+        if self.epochs_resumed == self.epochs_run and self.stopped_early:
+            return (f"l2s: {self.out_dir} holds a run that stopped early after {self.epochs_run} epochs (validation "
+                    "stopped improving): the result is its; --restart trains again")
         if self.epochs_resumed == self.epochs_run:
             return (f"l2s: {self.out_dir} holds a finished run ({self.epochs_run} epochs): the result is its; more "
                     "--epochs continue it, --restart trains again")

@@ -87,8 +87,8 @@ def test_score_geneval_folder_and_resume(tmp_path, capsys, caplog):
     code, _, err = run(["eval", "--images", str(images), "--out", str(out), "--quiet"], capsys)
     assert code == 0
     assert json.loads((out / "summary.json").read_text())["modes"]["images"]["status_counts"] == {"resumed": 4}
-    assert (f"l2s: all 4 images were already scored in {out} (same prompts, seeds and settings): the table is "
-            "theirs; --restart makes them again") in err.splitlines()
+    assert (f"l2s: all 4 images were already scored in {out} (same images and settings): the table is theirs; "
+            "--restart starts the run over") in err.splitlines()
 
     code, _, err = run(["eval", "--images", str(images), "--out", str(out), "--quiet", "--rule", "t2i_compbench"],
                        capsys)

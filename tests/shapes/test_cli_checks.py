@@ -16,6 +16,7 @@ def _one_error_line(err: str) -> str:
     (["--objects", "4-2"], "argument --objects: '4-2': LOW-HIGH needs 1 <= LOW <= HIGH"),
     (["--objects", "0-9"], "argument --objects: '0-9': LOW-HIGH needs 1 <= LOW <= HIGH"),
     (["--object-sizes", "a-b"], "argument --object-sizes: 'a-b' is not LOW-HIGH"),
+    (["--objects", "2-"], "argument --objects: '2-' is not LOW-HIGH"),
     (["--steps", "0"], "--steps 0 exports the --init-from pipeline without training: give --init-from, or steps"),
     (["--steps", "-1"], "--steps must be 0 or more, got -1"),
     (["--scenes", "-3"], "--scenes must be a positive integer, got -3"),
@@ -23,7 +24,10 @@ def _one_error_line(err: str) -> str:
     (["--ema-decay", "1.5"], "--ema-decay must be between 0 and 1, got 1.5"),
     (["--double-layers", "-1"], "--double-layers must be 0 or more, got -1"),
 ])
-def test_train_model_refuses_numbers_that_cannot_train(options, message, tmp_path, capsys):
+def test_train_model_refuses_numbers_that_cannot_train(options, message, tmp_path, capsys, monkeypatch):
+    import l2s.shapes
+
+    monkeypatch.setattr(l2s.shapes, "train", lambda *a, **k: pytest.fail("started training"))
     argv = ["shapes", "train-model", "--out", str(tmp_path / "run"), "--preset", "tiny", "--no-progress", *options]
     try:
         code = main(argv)
@@ -33,7 +37,10 @@ def test_train_model_refuses_numbers_that_cannot_train(options, message, tmp_pat
     assert not (tmp_path / "run").exists()
 
 
-def test_make_data_refuses_no_scenes(tmp_path, capsys):
+def test_make_data_refuses_no_scenes(tmp_path, capsys, monkeypatch):
+    import l2s.shapes
+
+    monkeypatch.setattr(l2s.shapes, "load_shapes_pipeline", lambda *a, **k: pytest.fail("loaded the model"))
     assert main(["shapes", "make-data", "--out", str(tmp_path / "maps"), "--scenes", "0"]) == 2
     assert "--scenes must be a positive integer, got 0" in _one_error_line(capsys.readouterr().err)
     assert not (tmp_path / "maps").exists()

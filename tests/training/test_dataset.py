@@ -223,6 +223,12 @@ def test_a_rerun_with_more_samples_grows_the_dataset_to_the_one_made_at_once(flu
     with pytest.raises(L2SError, match=r"the samples of chunk 0 differ from those of the run that wrote .*"
                                        r"more may follow them, to resume, or start over with --restart"):
         make_dataset(reordered, flux, out, **MAKE)
+    with pytest.raises(L2SError, match=r"had more samples than this one \(4 chunks against 2\); pass them all"):
+        make_dataset(_samples(images)[:6], flux, out, **MAKE)     # fewer samples, ending on a chunk boundary
+    whole = tmp_path / "whole-chunks"
+    make_dataset(_samples(images)[:6], flux, whole, **MAKE)        # the earlier run's last chunk was full
+    make_dataset(_samples(images), flux, whole, **MAKE)
+    assert by_id(_manifest(whole)) == by_id(_manifest(full_run))
 
 
 def test_resuming_with_other_settings_is_refused(flux, images, full_run, tmp_path):

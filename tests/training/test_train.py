@@ -278,3 +278,12 @@ def test_train_cli_uses_a_preset_sized_from_the_dataset(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         train_main(["--help"])
     assert exit_info.value.code == 0 and "--preset" in capsys.readouterr().out
+
+
+def test_a_rerun_of_a_run_that_stopped_early_says_so(tmp_path):
+    from l2s.training.train import TrainResult
+
+    result = TrainResult(tmp_path, tmp_path / "best", tmp_path / "last", 3, 0.5, 0.9, 7, True, [], epochs_resumed=7)
+    assert result.resume_line() == (f"l2s: {tmp_path} holds a run that stopped early after 7 epochs (validation "
+                                    "stopped improving): the result is its; --restart trains again")
+    assert TrainResult(tmp_path, tmp_path, tmp_path, 3, 0.5, 0.9, 7, False, [], 0).resume_line() is None
