@@ -12,13 +12,13 @@ def check_sampling_args(args: argparse.Namespace) -> None:
     """``--steps``, ``--height``, ``--width``, ``--guidance``, ``--true-cfg``, ``--step-size``,
     ``--seed`` and ``--device``: one ``l2s: error:`` line for the first that cannot work."""
     from l2s.errors import UsageError
-    from l2s.pipelines.arguments import finite_number, image_side, positive_int, seed_value
+    from l2s.pipelines.arguments import finite_number, image_side, seed_value, step_count
     from l2s.training.options import check_device
 
     from .options import flag_of
 
     if getattr(args, "steps", None) is not None:
-        positive_int(args.steps, "--steps")
+        step_count(args.steps, "--steps")
     for option in ("height", "width"):
         if getattr(args, option, None) is not None:
             image_side(getattr(args, option), f"--{option}")

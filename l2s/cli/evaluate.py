@@ -112,7 +112,7 @@ def _add_generation_args(e: argparse.ArgumentParser) -> dict:
 def _check_args(args: argparse.Namespace) -> None:
     """The options that need no file or model, before any work."""
     from l2s.errors import L2SError
-    from l2s.pipelines.arguments import positive_int
+    from l2s.pipelines.arguments import positive_int, seed_value
     from l2s.training.options import check_device
 
     from .checks import check_sampling_args
@@ -124,6 +124,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise L2SError(f"--detector-threshold must be in [0, 1], got {args.detector_threshold}")
     check_device(resolve_device(args), flag_of())
     check_sampling_args(args)  # --steps, --height, ...: ranges, never a default in their place
+    seed_value(args.prompt_seed, "--prompt-seed")
     check_image_size(args)
     given = [flag for dest, (flag, default) in args.generation_defaults.items() if getattr(args, dest) != default]
     if args.images and given:

@@ -132,7 +132,7 @@ def grpo_main(argv: Sequence[str] | None = None) -> int:
     command = "l2s shapes grpo " + " ".join(shlex.quote(a) for a in argv)
     result = train_shapes_grpo(args.out, reward, pipe=pipe, settings=settings,
                                resume=not args.no_resume, progress=not args.quiet, command=command,
-                               accelerator=accelerator, eval_every=args.eval_every)
+                               accelerator=accelerator, eval_every=args.eval_every, reward_name=args.reward)
     if accelerator.is_main_process:
         last = result.records[-1] if result.records else {}
         shown = ", ".join(f"{k} {v:.3f}" for k, v in last.items() if k.startswith("eval_") and isinstance(v, float))

@@ -64,6 +64,7 @@ def reward_data_main(argv: Sequence[str] | None = None) -> int:
     args = build_reward_data_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
 
     from l2s.shapes import load_shapes_pipeline
+    from l2s.pipelines.arguments import seed_value
     from l2s.shapes.reward_data import PairSettings, make_reward_pairs
 
     use_threads(args)
@@ -72,6 +73,7 @@ def reward_data_main(argv: Sequence[str] | None = None) -> int:
     from l2s.training.options import check_device
 
     check_device(args.device, flag_of())
+    seed_value(args.seed, "--seed")
     settings = PairSettings(seed=args.seed, families_per_shard=args.families_per_shard,
                             images_per_family=args.images_per_family, patterns=args.patterns,
                             heldout_fraction=args.heldout_fraction,
@@ -165,6 +167,7 @@ def train_reward_main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_train_reward_parser().parse_args(argv)
 
+    from l2s.pipelines.arguments import seed_value
     from l2s.reward import RewardTrainSettings, train_reward_model
     from l2s.shapes import shapes_t5_tokenizer
 
@@ -172,6 +175,7 @@ def train_reward_main(argv: Sequence[str] | None = None) -> int:
     from l2s.training.options import check_device
 
     check_device(args.device, flag_of())
+    seed_value(args.seed, "--seed")
     model = {k: v for k, v in (("d_model", args.d_model), ("joint_layers", args.joint_layers),
                                ("grounding_layers", args.grounding_layers), ("channels", args.channels),
                                ("design", args.design)) if v is not None}

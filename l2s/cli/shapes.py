@@ -148,9 +148,10 @@ def _check_train_args(args: argparse.Namespace) -> None:
 
 def _check_train_values(args: argparse.Namespace) -> None:
     """Numbers that cannot train (0 steps, a negative rate, ...) fail before any scene is rendered."""
-    from l2s.pipelines.arguments import finite_number, positive_int
+    from l2s.pipelines.arguments import finite_number, positive_int, seed_value
 
     flag = flag_of()
+    seed_value(args.seed, "--seed")
 
     if args.steps == 0 and args.init_from is None:   # 0 steps exports --init-from's weights as they are
         raise UsageError("--steps 0 exports the --init-from pipeline without training: give --init-from, or steps")
@@ -223,9 +224,10 @@ def make_data_main(argv: Sequence[str] | None = None) -> int:
 
     use_threads(args)
     from l2s.distributed import output_lock, world
-    from l2s.pipelines.arguments import positive_int
+    from l2s.pipelines.arguments import positive_int, seed_value
 
     positive_int(args.scenes, "--scenes")
+    seed_value(args.seed, "--seed")
     with output_lock(args.out, kind="make-data"):  # a second writer is refused before the model loads
         pipe = load_shapes_pipeline(args.model)
         summary = make_shapes_data(pipe, args.out, args.scenes, args.seed, dual=not args.no_dual,

@@ -29,6 +29,7 @@ from l2s.files import (
     fsync_append,
     output_lock,
     read_jsonl_lines,
+    read_state_json,
     remove_outputs,
 )
 from l2s.pipelines.arguments import positive_int
@@ -105,7 +106,7 @@ def evaluate(trainer: GRPOTrainer, prompts: list[str], evaluators: dict, reward)
 def train_grpo(pipe, reward, settings: GRPOSettings, out: str | Path, train_prompts: list[str], *,
                eval_prompts: list[str] | None = None, evaluators: dict | None = None, resume: bool = True,
                progress: bool = True, command: str | None = None, accelerator=None,
-               stop_after: int | None = None, eval_every: int = 1) -> GRPOResult:
+               stop_after: int | None = None, eval_every: int = 1, reward_name: str | None = None) -> GRPOResult:
     """GRPO-train a LoRA adapter on ``pipe`` (any diffusers FluxPipeline) for ``reward`` (any
     callable ``reward(images, prompts) -> (B,) tensor``, higher is better).
 
@@ -113,7 +114,8 @@ def train_grpo(pipe, reward, settings: GRPOSettings, out: str | Path, train_prom
     callable like ``reward``, e.g. exact 0/1 judges): held-out accuracies logged before training
     (epoch 0) and after every ``eval_every``-th epoch and the last one (evaluation does not change
     training: a run resumed with another cadence trains the same). ``stop_after``: end this call after that many
-    epochs, as an interruption would (a later call resumes). ``accelerator``: an
+    epochs, as an interruption would (a later call resumes). ``reward_name``: what ``reward`` is, kept
+    in grpo.json: resuming with another is refused (a run must not mix rewards). ``accelerator``: an
     :class:`accelerate.Accelerator` (default: one for this machine; under ``accelerate launch``
     every process runs this function and they split each epoch's prompts).
     """
@@ -130,6 +132,7 @@ def train_grpo(pipe, reward, settings: GRPOSettings, out: str | Path, train_prom
         if not resume and acc.is_main_process:  # a fresh start: a kill before its first epoch must not resume the old run
             remove_outputs(out, [CHECKPOINT, LOG, "grpo.json", "adapter", "adapter_raw"], "starting the GRPO run over")
         acc.wait_for_everyone()
+        trainer.reward_name = reward_name
         start = _resume(trainer, out) if resume else 0
         return _epochs(trainer, out, train_prompts, eval_prompts, evaluators or {}, start, progress, command,
                        stop_after, eval_every)
@@ -175,7 +178,7 @@ def _save(trainer: GRPOTrainer, out: Path, epoch: int, command: str | None) -> N
     atomic_write_json(out / "grpo.json", {"epochs_done": epoch, "settings": trainer.settings.run_identity(),
                                           "epochs": trainer.settings.epochs, "command": command,
                                           "adapter": "adapter (EMA weights); adapter_raw: live weights",
-                                          "processes": trainer.acc.num_processes})
+                                          "processes": trainer.acc.num_processes, "reward": trainer.reward_name})
 
 
 def _adapter_card(trainer: GRPOTrainer, epoch: int, command: str | None):
@@ -199,12 +202,23 @@ def _save_adapter(model, folder: Path, card: str) -> None:
     os.replace(tmp, folder)
 
 
+def _check_reward(out: Path, name: str | None) -> None:
+    """A run resumed with another reward would train on two: refused (runs from before the reward
+    was recorded, or without a name, are not checked)."""
+    record = read_state_json(out / "grpo.json", fix="use --restart to start afresh") if name else None
+    earlier = record.get("reward") if isinstance(record, dict) else None
+    if earlier is not None and earlier != name:
+        raise L2SError(f"{out} holds a GRPO run trained with the reward {earlier!r}; this run asks for {name!r}: "
+                       "use another --out or --restart to start afresh")
+
+
 def _resume(trainer: GRPOTrainer, out: Path) -> int:
     """Load ``out/checkpoint.pt`` when present; returns the last finished epoch (0 when none). Log
     lines of later epochs go: without a checkpoint, those of an earlier run cut short."""
     path = out / CHECKPOINT
     epoch = 0
     if path.is_file():
+        _check_reward(out, trainer.reward_name)
         state = torch.load(path, map_location="cpu", weights_only=True)
         if differing := changed_settings(json.loads(state["settings"]), trainer.settings.run_identity()):
             raise L2SError(f"{path} was written by a run with other settings ({', '.join(differing)}); "

@@ -79,6 +79,8 @@ class GRPOSettings:
                      "lora_rank", "true_cfg"):
             if not getattr(self, name) > 0:
                 raise L2SError(f"{spelled(name)} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.seed < 2 ** 32:
+            raise L2SError(f"{spelled('seed')} must be an integer in [0, 2**32), got {self.seed}")
         if self.beta < 0:
             raise L2SError(f"{spelled('beta')} must be 0 or more, got {self.beta}")
         if not 0 <= self.ema_decay < 1:

@@ -29,6 +29,17 @@ def positive_int(value, name: str) -> int:
 MAX_SIDE = 4096
 
 
+# Far past any schedule's step count (FLUX.1-dev: 50): more would not fail but fill memory.
+MAX_STEPS = 1000
+
+
+def step_count(value, name: str) -> int:
+    positive_int(value, name)
+    if value > MAX_STEPS:
+        raise UsageError(f"{name} must be at most {MAX_STEPS}, got {value}")
+    return value
+
+
 def image_side(value, name: str) -> int:
     positive_int(value, name)
     if value > MAX_SIDE:
@@ -64,7 +75,7 @@ def check_call(steerer, prompt, *, num_inference_steps, height, width, guidance_
 
     images = len(image_batch(prompt, seed, num_images) or ()) or num_images
     if num_inference_steps is not None:
-        positive_int(num_inference_steps, "num_inference_steps")
+        step_count(num_inference_steps, "num_inference_steps")
     for name, value in (("height", height), ("width", width)):
         if value is not None:
             image_side(value, name)

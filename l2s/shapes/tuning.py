@@ -59,13 +59,15 @@ def shapes_grpo_settings(pipe=None, **overrides):
 def train_shapes_grpo(out: str | Path, reward, *, pipe=None, pipeline_dir: str | Path | None = None, settings=None,
                       resume: bool = True, progress: bool = True, command: str | None = None,
                       stop_after: int | None = None, accelerator=None, eval_every: int = 1,
-                      prompts: tuple[list[str], list[str]] | None = None, **overrides):
+                      prompts: tuple[list[str], list[str]] | None = None, reward_name: str | None = None,
+                      **overrides):
     """GRPO-tune the shapes model ``pipe`` (default: loaded from ``pipeline_dir``, else the
     shipped one) for ``reward`` into ``out``.
 
     ``settings``: a :class:`~l2s.grpo.GRPOSettings` (default :func:`shapes_grpo_settings` with
     ``overrides``). ``prompts``: (train, dev) prompt lists (default :func:`grpo_prompt_split`). The
     dev prompts are judged every ``eval_every``-th epoch (and the last) by the three :data:`JUDGES`.
+    ``reward_name``: what ``reward`` is (recorded; a resumed run with another is refused).
     """
     from l2s.grpo import train_grpo
 
@@ -78,4 +80,4 @@ def train_shapes_grpo(out: str | Path, reward, *, pipe=None, pipeline_dir: str |
     judges = {name: RuleReward(name) for name in JUDGES}
     return train_grpo(pipe, reward, settings, out, train, eval_prompts=dev, evaluators=judges, resume=resume,
                       progress=progress, command=command, accelerator=accelerator, stop_after=stop_after,
-                      eval_every=eval_every)
+                      eval_every=eval_every, reward_name=reward_name)

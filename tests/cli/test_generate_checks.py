@@ -41,6 +41,7 @@ def no_model(monkeypatch):
     (["--steps", "-3"], "--steps must be a positive integer, got -3"),
     (["--height", "0"], "--height must be a positive integer, got 0"),
     (["--width", "100000"], "--width must be at most 4096 pixels, got 100000"),
+    (["--steps", "100000000"], "--steps must be at most 1000, got 100000000"),
     (["--width", "-8"], "--width must be a positive integer, got -8"),
     (["--guidance", "nan"], "--guidance must be a finite number, got nan"),
     (["--guidance", "-3"], "--guidance must be 0 or more, got -3.0"),

@@ -49,6 +49,7 @@ def test_a_thread_count_below_one_is_a_usage_error(command, capsys):
     (["--group-size", "8"], "at least 12"),
     (["--top-k", "13"], "--top-k must be between 1 and half the group (12), got 13"),
     (["--epochs", "0"], "--epochs must be positive, got 0"),
+    (["--seed", "-1"], "--seed must be an integer in [0, 2**32), got -1"),
     (["--beta", "-1"], "--beta must be 0 or more, got -1.0"),
     (["--reward", "/nonexistent/reward"], "neither 'rule', 'spatialscore' nor"),
 ])

@@ -59,6 +59,11 @@ def test_more_epochs_continue_a_finished_run_and_other_settings_are_refused(tmp_
     assert [r["epoch"] for r in longer.records] == [0, 1, 2]
     with pytest.raises(L2SError, match=r"other settings \(beta\); use another --out or --restart"):
         _run(tmp_path, replace(settings, epochs=3, beta=0.5))
+    named = replace(settings, epochs=2)
+    assert _run(tmp_path / "named", named, reward_name="redness").epochs_done == 2
+    with pytest.raises(L2SError, match=r"trained with the reward 'redness'; this run asks for 'blueness'"):
+        _run(tmp_path / "named", replace(named, epochs=3), reward_name="blueness")
+    assert _run(tmp_path / "named", replace(named, epochs=3), reward_name="redness").epochs_done == 3
     fresh = _run(tmp_path, replace(settings, beta=0.5), resume=False)
     assert [r["epoch"] for r in fresh.records] == [0, 1]
 

@@ -34,6 +34,7 @@ def flux(pipe):
     (dict(height=0), "height must be a positive integer, got 0"),
     (dict(width=-32), "width must be a positive integer, got -32"),
     (dict(height=100000), "height must be at most 4096 pixels, got 100000"),
+    (dict(num_inference_steps=10 ** 8), "num_inference_steps must be at most 1000, got 100000000"),
     (dict(guidance_scale="high"), "guidance_scale must be a finite number, got 'high'"),
     (dict(guidance_scale=math.nan), "guidance_scale must be a finite number"),
     (dict(steer="yes"), "steer must be True or False"),

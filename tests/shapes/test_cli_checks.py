@@ -23,6 +23,7 @@ def _one_error_line(err: str) -> str:
     (["--lr", "-1"], "--lr must be a positive number, got -1.0"),
     (["--ema-decay", "1.5"], "--ema-decay must be between 0 and 1, got 1.5"),
     (["--double-layers", "-1"], "--double-layers must be 0 or more, got -1"),
+    (["--seed", "-1"], "--seed must be an integer in [0, 2**64), got -1"),
 ])
 def test_train_model_refuses_numbers_that_cannot_train(options, message, tmp_path, capsys, monkeypatch):
     import l2s.shapes
@@ -43,6 +44,8 @@ def test_make_data_refuses_no_scenes(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(l2s.shapes, "load_shapes_pipeline", lambda *a, **k: pytest.fail("loaded the model"))
     assert main(["shapes", "make-data", "--out", str(tmp_path / "maps"), "--scenes", "0"]) == 2
     assert "--scenes must be a positive integer, got 0" in _one_error_line(capsys.readouterr().err)
+    assert main(["shapes", "make-data", "--out", str(tmp_path / "maps"), "--seed", "-1"]) == 2
+    assert "--seed must be an integer in [0, 2**64), got -1" in _one_error_line(capsys.readouterr().err)
     assert not (tmp_path / "maps").exists()
 
 
