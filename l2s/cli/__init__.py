@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="l2s: %(message)s")
     drop_pure_noise()
     try:
-        with quiet_libraries("--quiet" in argv):
+        with quiet_libraries("--quiet" in argv or "--no-progress" in argv):
             return _dispatch(argv)
     except KeyboardInterrupt as error:  # while the libraries import
         _say_interrupted(error)

@@ -50,17 +50,29 @@ def _checked(prompt: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from l2s.errors import PromptError
+
+    if args.prompt != "-":
+        _print_parse(_checked(args.prompt), args.json)
+        return 0
+    for number, prompt in enumerate(_stdin_prompts(), 1):   # a bad line is named and skipped: the rest still parse
+        try:
+            _print_parse(_checked(prompt), args.json)
+        except PromptError as error:
+            print(f"l2s: warning: stdin line {number}: {error}", file=sys.stderr)
+            if args.json:
+                print("[]")   # one array per input line, so outputs stay aligned with inputs
+    return 0
+
+
+def _print_parse(prompt: str, as_json: bool) -> None:
     from l2s.parsing import parse_cli_json, parse_prompt
 
-    prompts = _stdin_prompts() if args.prompt == "-" else [args.prompt]
-    prompts = [_checked(prompt) for prompt in prompts]
-    for prompt in prompts:
-        if args.json:
-            print(json.dumps(parse_cli_json(prompt)))
-        else:
-            parsed = parse_prompt(prompt)
-            for t in parsed.triplets:
-                print(f"{t.subject} | {t.relation} | {t.object}")
-            if not parsed.triplets:
-                print(parsed.describe())
-    return 0
+    if as_json:
+        print(json.dumps(parse_cli_json(prompt)))
+        return
+    parsed = parse_prompt(prompt)
+    for t in parsed.triplets:
+        print(f"{t.subject} | {t.relation} | {t.object}")
+    if not parsed.triplets:   # generate would run unsteered; parse only says what it read
+        print(parsed.describe().removesuffix(": generating unsteered"))

@@ -55,7 +55,7 @@ def build_reward_data_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-shards", type=int, default=None, help="stop after this many shards in all")
     add_threads_arg(p)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", "--quiet", action="store_true", help="no progress bar (--quiet: the same)")
     return p
 
 
@@ -136,7 +136,7 @@ def build_train_reward_parser() -> argparse.ArgumentParser:
                    help="stop after this many epochs of this call; the same command continues")
     add_threads_arg(p)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", "--quiet", action="store_true", help="no progress bar (--quiet: the same)")
     return p
 
 
@@ -183,6 +183,7 @@ def train_reward_main(argv: Sequence[str] | None = None) -> int:
                                    weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
                                    mirror=not args.no_mirror, val_fraction=args.val_fraction, seed=args.seed,
                                    model={**RewardTrainSettings().model, **model})
+    settings.check(flag_of())   # one line naming the flag, before the data loads
     command = "l2s shapes train-reward " + " ".join(shlex.quote(a) for a in argv)
     results = train_reward_model(args.data, args.out, shapes_t5_tokenizer(), settings, device=args.device,
                                  resume=not args.restart, progress=not args.no_progress, command=command,

@@ -106,7 +106,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repatch", action="store_true",
                         help="with --init-from: the new model may have another --vae-factor; everything but "
                              "the patch embedding and output projection is loaded")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-progress", "--quiet", action="store_true", help="no progress bar (--quiet: the same)")
 
 
 def train_settings_from_args(args: argparse.Namespace):

@@ -4,6 +4,7 @@ No torch here, so ``l2s shapes train-reward --help`` can show the choices and de
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from l2s.errors import L2SError
@@ -26,8 +27,27 @@ class RewardTrainSettings:
     # SpatialScoreConfig overrides: the relational design (l2s.reward.relational) on an 8x8 grid
     model: dict = field(default_factory=lambda: {"design": "relational", "channels": [16, 32, 64]})
 
-    def check(self) -> None:
+    def check(self, spelled: Callable[[str], str] = str) -> None:
+        """Raise :class:`L2SError` naming the first setting that cannot work (``spelled``: its name
+        as the caller's user knows it, e.g. the command-line flag)."""
         if self.loss not in LOSSES:
             raise L2SError(f"unknown loss {self.loss!r} (choose {', '.join(LOSSES)})")
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or not 0 <= self.val_fraction < 1:
-            raise L2SError("need epochs >= 1, batch size >= 1, lr > 0 and 0 <= val fraction < 1")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise L2SError(f"{spelled(name)} must be at least 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise L2SError(f"{spelled('lr')} must be positive, got {self.lr}")
+        for name in ("weight_decay", "warmup_steps", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise L2SError(f"{spelled(name)} must be 0 or more, got {getattr(self, name)}")
+        if not 0 <= self.val_fraction < 1:
+            raise L2SError(f"{spelled('val_fraction')} must be in [0, 1), got {self.val_fraction}")
+        for name in ("d_model", "joint_layers", "grounding_layers"):
+            value = self.model.get(name)
+            if value is not None and value < (1 if name == "d_model" else 0):
+                raise L2SError(f"{spelled(name)} must be {'at least 1' if name == 'd_model' else '0 or more'}, "
+                               f"got {value}")
+        heads = self.model.get("heads", 4)
+        if self.model.get("d_model", heads) % heads:
+            raise L2SError(f"{spelled('d_model')} must be a multiple of the {heads} attention heads, "
+                           f"got {self.model['d_model']}")

@@ -25,3 +25,16 @@ def test_parse_json_from_stdin(capsys, monkeypatch):
     assert code == 0 and len(lines) == 2
     assert json.loads(lines[0])[0]["relation"] == "above"
     assert json.loads(lines[1]) == []
+
+
+def test_a_bad_stdin_line_is_named_and_the_rest_still_parse(capsys, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("a cat above a dog\n\na cup left of a book\n"))
+    code, out, err = run(["parse", "--json", "-"], capsys)
+    assert code == 0 and [json.loads(line) for line in out.splitlines()][1:] == [
+        [], [{"subject": "cup", "relation": "left of", "object": "book"}]]     # one array per input line
+    assert err.splitlines() == ["l2s: warning: stdin line 2: prompt is empty"]
+
+
+def test_parse_says_what_it_read_not_what_generate_would_do(capsys):
+    code, out, _ = run(["parse", "a red circle"], capsys)
+    assert code == 0 and out == "no spatial relation found\n"

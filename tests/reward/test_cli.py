@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from l2s.cli import EXIT_USAGE, main
 
 from .conftest import make_blob_pairs
@@ -17,6 +19,18 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys):
         assert main(argv) == EXIT_USAGE
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("l2s: error: "), err
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--weight-decay", "-1"], "--weight-decay must be 0 or more, got -1.0"),
+    (["--d-model", "7"], "--d-model must be a multiple of the 4 attention heads, got 7"),
+    (["--epochs", "0"], "--epochs must be at least 1, got 0"),
+    (["--joint-layers", "-1"], "--joint-layers must be 0 or more, got -1"),
+])
+def test_train_reward_names_the_flag_that_cannot_work_before_reading_data(option, message, tmp_path, capsys):
+    argv = ["shapes", "train-reward", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "rm"), *option]
+    assert main(argv) == EXIT_USAGE
+    assert capsys.readouterr().err.strip().splitlines() == [f"l2s: error: {message}"]
 
 
 def test_train_reward_trains_reports_and_continues_a_stopped_run(tmp_path, capsys):
