@@ -14,7 +14,8 @@ from pathlib import Path
 
 from .models import (add_model_args, add_sampling_args, add_speed_args, check_image_size, load_steerer,
                      weights_digests)
-from .options import add_device_arg, add_dtype_arg, add_threads_arg, flag_of, resolve_device, use_threads
+from .options import (add_device_arg, add_dtype_arg, add_threads_arg, flag_of, out_text, resolve_device,
+                      use_threads)
 from .outputs import folder_outputs, wrote_line
 from .relations import EVAL_HELP as RELATIONS_HELP
 from .relations import add_relations_arg, given_parse, parse_relations, steer_given_relations
@@ -72,7 +73,7 @@ def add_parser(sub, full: bool = True) -> None:
     e.add_argument("--images", metavar="DIR",
                    help="score this GenEval-layout folder (<digits>/metadata.jsonl, <digits>/samples/<n>.png) "
                         "instead of generating")
-    e.add_argument("--out", default="l2s-eval", help="output directory (default: l2s-eval)")
+    e.add_argument("--out", type=out_text, default="l2s-eval", help="output directory (default: l2s-eval)")
     e.add_argument("--restart", action="store_true",
                    help="start over: remove the run already in --out (also the way out of a damaged one)")
     e.add_argument("--contact-sheet", action=argparse.BooleanOptionalAction, default=True,
@@ -159,13 +160,14 @@ def _resumed_lines(report, out) -> list[str]:
     rescored = sum(record.status == "rescored" for record in records)
     lines = []
     if records and kept == len(records):
-        lines.append(f"l2s: all {kept} images were already scored in {out} (same images and settings): the table is "
+        which = "the one image was" if kept == 1 else f"all {kept} images were"
+        lines.append(f"l2s: {which} already scored in {out} (same images and settings): the table is "
                      "theirs; --restart starts the run over")
     elif kept:
         lines.append(f"l2s: resumed: {kept} of the {len(records)} images were already scored in {out}")
     if rescored:
-        lines.append(f"l2s: rescored {rescored} images in {out} whose earlier scores used another rule or detector "
-                     "(those scores are replaced)")
+        lines.append(f"l2s: rescored {rescored} image{'s' * (rescored != 1)} in {out} whose earlier scores used "
+                     "another rule or detector (those scores are replaced)")
     return lines
 
 
@@ -216,10 +218,11 @@ def _given_relations(text: str | None, specs):
 def _run_locked(args: argparse.Namespace, specs, seeds, relations_of=None):
     from l2s.distributed import world
     from l2s.evaluation import MODES, check_scorable, load_detector, run_eval
-    from l2s.evaluation.run_dir import read_run_file
+    from l2s.evaluation.run_dir import refuse_changed_settings
 
-    if not args.restart:
-        read_run_file(args.out)  # a damaged run.json is refused before any model loads
+    settings = _request_settings(args)
+    if not args.restart:   # a damaged run.json, or other settings, refused before any model loads
+        refuse_changed_settings(args.out, settings, not_yet=STEERER_SETTINGS)
     detector = load_detector(args.detector, args.detector_threshold, args.device, named=named_detectors())
     check_scorable(specs, args.rule, detector)
     steerer, source = load_steerer(args)
@@ -228,14 +231,26 @@ def _run_locked(args: argparse.Namespace, specs, seeds, relations_of=None):
     if world().is_main:
         print(f"l2s: model: {source}", file=sys.stderr)
     modes = MODES if args.mode == "both" else (args.mode,)
-    # How images are made: a resumed run must match these exactly.
+    # What runs the steps changes pixels too (kernels' rounding): the effective choices.
+    settings.update(zip(STEERER_SETTINGS, (steerer.sampling_options(), steerer.step_size,
+                                           getattr(steerer, "engine_kind", None), steerer.capture_backend)))
+    return run_eval(
+        steerer, specs, detector, args.out, seeds=seeds, modes=modes, rule=args.rule,
+        num_inference_steps=args.steps, height=args.height, width=args.width,
+        guidance_scale=args.guidance, schedule=args.schedule,
+        settings=settings, detector_name=_detector_id(args), contact_sheets=args.contact_sheet,
+        progress=not args.quiet, restart=args.restart, batch_size=args.batch_size)
+
+
+STEERER_SETTINGS = ("sampling", "step_size", "engine", "capture_backend")   # known once the model loads
+
+
+def _request_settings(args: argparse.Namespace) -> dict:
+    """How images are made, as far as the command line says before a model loads (a resumed run
+    must match these exactly; the loaded steerer adds its effective sampling and kernels)."""
     settings = {"model": args.model, "classifier": args.classifier, "prompts": args.prompts,
                 "n_prompts": args.n_prompts, "prompt_seed": args.prompt_seed, "steps": args.steps,
-                "height": args.height, "width": args.width, "guidance": args.guidance,
-                "sampling": steerer.sampling_options(), "schedule": args.schedule,
-                "step_size": steerer.step_size,
-                # What runs the steps changes pixels too (kernels' rounding): the effective choices.
-                "engine": getattr(steerer, "engine_kind", None), "capture_backend": steerer.capture_backend,
+                "height": args.height, "width": args.width, "guidance": args.guidance, "schedule": args.schedule,
                 "dtype": args.dtype if args.model not in (None, "tiny") else None}
     settings.update(weights_digests(args))   # the same paths with retrained weights are other settings
     if args.relations:  # recorded only when given, so runs made before the option still resume
@@ -244,12 +259,7 @@ def _run_locked(args: argparse.Namespace, specs, seeds, relations_of=None):
         from l2s.shapes.recipes import lora_folder
 
         settings["lora"] = str(lora_folder(args.lora).resolve())
-    return run_eval(
-        steerer, specs, detector, args.out, seeds=seeds, modes=modes, rule=args.rule,
-        num_inference_steps=args.steps, height=args.height, width=args.width,
-        guidance_scale=args.guidance, schedule=args.schedule,
-        settings=settings, detector_name=_detector_id(args), contact_sheets=args.contact_sheet,
-        progress=not args.quiet, restart=args.restart, batch_size=args.batch_size)
+    return settings
 
 
 def _detector_id(args: argparse.Namespace) -> str:

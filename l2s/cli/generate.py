@@ -19,7 +19,7 @@ from .batches import folders_line, image_settings, prompts_of, seeds_of
 from .checks import check_sampling_args
 from .models import (add_model_args, add_sampling_args, add_speed_args, check_image_size, load_steerer,
                      weights_digests)
-from .options import add_device_arg, add_dtype_arg, add_threads_arg, use_threads
+from .options import add_device_arg, add_dtype_arg, add_threads_arg, out_text, use_threads
 from .outputs import wrote_line
 from .relations import add_relations_arg, given_parse, parse_relations, steer_given_relations
 
@@ -64,7 +64,7 @@ def add_parser(sub) -> None:
                    help="also write maps/step_NN.png: at every steered step, each object's cross-attention "
                         "map (what the classifier reads) before and after steering, over the image "
                         "(one prompt and one seed only)")
-    g.add_argument("--out", default="l2s-out", help="output directory (default: l2s-out)")
+    g.add_argument("--out", type=out_text, default="l2s-out", help="output directory (default: l2s-out)")
     g.add_argument("--restart", action="store_true",
                    help="several images: replace an earlier run of other images or settings in --out (without "
                         "it, such a run is refused, and a finished run of the same images is left as it is); one "

@@ -16,7 +16,7 @@ from pathlib import Path
 from l2s.errors import L2SError
 
 from .help import command_parser
-from .options import add_threads_arg, flag_of, use_threads
+from .options import add_threads_arg, flag_of, out_path, use_threads
 
 REWARDS_HELP = ("'rule' (exact detector + GenEval rule, 1 when the image passes its prompt), 'spatialscore' (the "
                 "shipped SpatialScore reward model) or a trained SpatialScore folder (l2s shapes train-reward): its "
@@ -39,14 +39,15 @@ def build_grpo_parser() -> argparse.ArgumentParser:
          "l2s shapes grpo --reward runs/spatial-score --out runs/grpo-ss   # a trained SpatialScore",
          "accelerate launch --multi_gpu --num_processes 2 -m l2s.cli shapes grpo --reward rule --out runs/grpo"],
         settings=_grpo_settings)
-    p.add_argument("--out", required=True, type=Path, help="run folder (checkpoint, log, adapters)")
+    p.add_argument("--out", required=True, type=out_path, help="run folder (checkpoint, log, adapters)")
     p.add_argument("--reward", required=True, help=REWARDS_HELP)
     p.add_argument("--model", type=Path, help="shapes pipeline folder (default: the shipped model)")
     p.add_setting("--epochs", type=int)
     p.add_setting("--prompts-per-epoch", type=int)
     p.add_setting("--group-size", type=int, help="images per prompt (at least 12)")
-    p.add_setting("--top-k", type=int, help="keep the k best and k worst of each group")
-    p.add_argument("--no-top-k", action="store_true", help="train on every image of a group (ablation)")
+    top_k = p.add_mutually_exclusive_group()
+    p.add_setting("--top-k", type=int, group=top_k, help="keep the k best and k worst of each group")
+    top_k.add_argument("--no-top-k", action="store_true", help="train on every image of a group (ablation)")
     p.add_setting("--beta", type=float, help="weight of the KL to the base model")
     p.add_setting("--lr", type=float)
     p.add_setting("--noise-level", type=float, help="SDE noise level a")
@@ -136,5 +137,6 @@ def grpo_main(argv: Sequence[str] | None = None) -> int:
     if accelerator.is_main_process:
         last = result.records[-1] if result.records else {}
         shown = ", ".join(f"{k} {v:.3f}" for k, v in last.items() if k.startswith("eval_") and isinstance(v, float))
-        print(f"l2s: {result.epochs_done} epochs; {shown}; adapter in {args.out / 'adapter'} (load with --lora {args.out})")
+        epochs = f"{result.epochs_done} epoch{'s' * (result.epochs_done != 1)}"
+        print(f"l2s: {epochs}; {shown}; adapter in {args.out / 'adapter'} (load with --lora {args.out})")
     return 0

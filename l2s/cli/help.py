@@ -23,10 +23,10 @@ class SettingsParser(OneLineParser):
         self._settings = settings
         self._fields: dict[str, str] = {}  # dest -> field of the settings object
 
-    def add_setting(self, *flags: str, field: str | None = None, **kwargs) -> argparse.Action:
-        """An option whose default is the settings' ``field`` (default: the option's dest); its help
-        must not show the default."""
-        action = self.add_argument(*flags, default=argparse.SUPPRESS, **kwargs)
+    def add_setting(self, *flags: str, field: str | None = None, group=None, **kwargs) -> argparse.Action:
+        """An option whose default is the settings' ``field`` (default: the option's dest), added to
+        ``group`` when given (e.g. a mutually exclusive one); its help must not show the default."""
+        action = (group or self).add_argument(*flags, default=argparse.SUPPRESS, **kwargs)
         self._fields[action.dest] = field or action.dest
         return action
 

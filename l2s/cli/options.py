@@ -5,6 +5,7 @@ Both resolve only when a command runs, so ``--help`` needs no torch import.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import sys
 
 DTYPES = ("auto", "fp32", "bf16", "fp16")
@@ -90,14 +91,29 @@ def torch_dtype(name: str, device: str, family: str | None = None):
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
+def out_text(text: str) -> str:
+    """``--out`` (argparse type): refuses an empty path, which would mean the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path would write into the current folder: name a folder "
+                                         "(. for the current one)")
+    return text
+
+
+def out_path(text: str) -> Path:
+    return Path(out_text(text))
+
+
+MAX_THREADS = 1024
+
+
 def thread_count(text: str) -> int:
-    """``--threads``: a positive integer (argparse type; torch refuses 0 and negative counts)."""
+    """``--threads``: a whole number from 1 to ``MAX_THREADS`` (argparse type)."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1 to {MAX_THREADS}, got {text!r}") from None
+    if not 1 <= value <= MAX_THREADS:   # torch tries to allocate any count (100000: MemoryError)
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1 to {MAX_THREADS}, got {value}")
     return value
 
 

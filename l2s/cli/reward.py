@@ -11,7 +11,7 @@ from pathlib import Path
 from l2s.errors import L2SError
 
 from .help import command_parser
-from .options import add_threads_arg, flag_of, use_threads
+from .options import add_threads_arg, flag_of, out_path, use_threads
 
 
 def _patterns(text: str) -> dict:
@@ -38,7 +38,7 @@ def build_reward_data_parser() -> argparse.ArgumentParser:
         ["l2s shapes reward-data --out runs/pairs --pairs 2000",
          "l2s shapes reward-data --out runs/pairs --pairs 4000 --threads 2   # add pairs to the same folder"],
         settings=_pair_settings)
-    p.add_argument("--out", required=True, type=Path, help="pair folder (manifest, shards/, progress.json)")
+    p.add_argument("--out", required=True, type=out_path, help="pair folder (manifest, shards/, progress.json)")
     p.add_argument("--pairs", required=True, type=int, help="stop once this many training pairs exist")
     p.add_argument("--model", type=Path, default=None, help="shapes pipeline folder (default: the shipped one)")
     p.add_setting("--seed", type=int)
@@ -53,6 +53,7 @@ def build_reward_data_parser() -> argparse.ArgumentParser:
                    help="also draw the colour and shape held out of every training set (cyan, diamond)")
     p.add_argument("--batch-size", type=int, default=32, help="images per generation batch")
     p.add_argument("--max-shards", type=int, default=None, help="stop after this many shards in all")
+    p.add_argument("--restart", action="store_true", help="remove the folder's pairs and start over")
     add_threads_arg(p)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     p.add_argument("--no-progress", "--quiet", action="store_true", help="no progress bar (--quiet: the same)")
@@ -68,8 +69,9 @@ def reward_data_main(argv: Sequence[str] | None = None) -> int:
     from l2s.shapes.reward_data import PairSettings, make_reward_pairs
 
     use_threads(args)
-    if args.pairs < 1 or args.batch_size < 1:
-        raise L2SError("--pairs and --batch-size must be positive")
+    for flag, value in (("--pairs", args.pairs), ("--batch-size", args.batch_size), ("--max-shards", args.max_shards)):
+        if value is not None and value < 1:
+            raise L2SError(f"{flag} must be at least 1, got {value}")
     from l2s.training.options import check_device
 
     check_device(args.device, flag_of())
@@ -78,10 +80,10 @@ def reward_data_main(argv: Sequence[str] | None = None) -> int:
                             images_per_family=args.images_per_family, patterns=args.patterns,
                             heldout_fraction=args.heldout_fraction,
                             include_held_out_vocabulary=args.include_held_out_vocabulary)
-    settings.check()
+    settings.check(flag_of({"uses_per_image": "uses per image"}))
     pipe = load_shapes_pipeline(args.model, device=args.device)
     counts = make_reward_pairs(args.out, args.pairs, settings=settings, pipe=pipe, batch_size=args.batch_size,
-                               max_shards=args.max_shards, progress=not args.no_progress)
+                               max_shards=args.max_shards, progress=not args.no_progress, restart=args.restart)
     print(_pairs_line(counts, args.out))
     return 0
 
@@ -107,7 +109,7 @@ def build_train_reward_parser() -> argparse.ArgumentParser:
          "l2s shapes train-reward --data runs/pairs --out runs/bt --loss bt   # plain Bradley-Terry"])
     p.add_argument("--data", required=True, type=Path, nargs="+",
                    help="pair folder(s) made by 'l2s shapes reward-data' (several: their pairs together)")
-    p.add_argument("--out", required=True, type=Path, help="run folder")
+    p.add_argument("--out", required=True, type=out_path, help="run folder")
     p.add_argument("--loss", choices=LOSSES, default=d.loss,
                    help="uncertainty: Gaussian scores, P(win) = Phi(dmu / sqrt(s_w^2 + s_l^2)); bt: plain Bradley-Terry")
     p.add_argument("--epochs", type=int, default=d.epochs)

@@ -17,7 +17,7 @@ from l2s.errors import L2SError, UsageError
 
 from .checks import check_output_file
 from .help import command_parser
-from .options import add_threads_arg, flag_of, use_threads
+from .options import add_threads_arg, flag_of, out_path, use_threads
 
 # --------------------------------------------------------------------------------------------
 # l2s shapes train-model
@@ -51,7 +51,7 @@ def build_train_model_parser() -> argparse.ArgumentParser:
          "l2s shapes train-model --out runs/s2 --init-from runs/shapes-model/pipeline --steps 8000 --lr 5e-4"],
         "The exact commands that made the shipped model: l2s/shapes/assets/TRAINING.md.",
         settings=_train_settings)
-    parser.add_argument("--out", required=True, type=Path, help="run directory (checkpoint, data cache, pipeline/)")
+    parser.add_argument("--out", required=True, type=out_path, help="run directory (checkpoint, data cache, pipeline/)")
     parser.add_setting("--steps", type=int, help="total optimiser steps")
     parser.add_setting("--batch-size", type=int)
     parser.add_setting("--lr", type=float, help="peak learning rate (AdamW)")
@@ -120,6 +120,9 @@ def train_settings_from_args(args: argparse.Namespace):
     if args.head_dim is not None:
         model["rope_axes"] = rope_axes_for(args.head_dim)
     model = ShapesModelConfig.from_dict(model)
+    if model.double_layers + model.single_layers == 0:
+        raise UsageError("--double-layers and --single-layers leave the model without a block: give one of them "
+                         "1 or more")
     if args.size % (2 * model.vae_factor):
         raise L2SError(f"--size must be a multiple of {2 * model.vae_factor}")
     return TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
@@ -161,6 +164,8 @@ def _check_train_values(args: argparse.Namespace) -> None:
     for dest in ("steps", "double_layers", "single_layers", "warmup"):
         if getattr(args, dest) is not None and (not isinstance(getattr(args, dest), int) or getattr(args, dest) < 0):
             raise UsageError(f"{flag(dest)} must be 0 or more, got {getattr(args, dest)}")
+    if args.time_limit is not None and not finite_number(args.time_limit, "--time-limit") > 0:
+        raise UsageError(f"--time-limit must be a positive number of minutes, got {args.time_limit}")
     if not finite_number(args.lr, "--lr") > 0:
         raise UsageError(f"--lr must be a positive number, got {args.lr}")
     for dest in ("ema_decay", "relation_caption_rate", "final_lr_fraction"):  # fractions
@@ -182,10 +187,24 @@ def train_model_main(argv: Sequence[str] | None = None) -> int:
     trainer = train(settings, args.out, device=args.device, resume=args.resume,
                     progress=not args.no_progress, command=command,
                     time_limit_s=None if args.time_limit is None else 60 * args.time_limit)
-    status = "" if trainer.step >= settings.steps else f" of {settings.steps} (time limit; rerun to resume)"
-    print(f"l2s: trained {trainer.step} steps{status}, loss {trainer.last_loss:.4f}; "
-          f"pipeline in {args.out / 'pipeline'}")
+    print(_trained_line(trainer, settings.steps, args.out / "pipeline"))
     return 0
+
+
+def _steps(n: int) -> str:
+    return f"{n} step{'s' * (n != 1)}"
+
+
+def _trained_line(trainer, steps: int, pipeline: Path) -> str:
+    """What this call did: trained, resumed, or found a finished run (whose pipeline it exported again)."""
+    if trainer.steps_resumed and trainer.steps_resumed >= steps:   # (--steps 0 --init-from: a new export)
+        more = f", more than --steps {steps}" if trainer.steps_resumed > steps else ""
+        return (f"l2s: {pipeline.parent} holds a finished run of {_steps(trainer.steps_resumed)}{more} (loss "
+                f"{trainer.last_loss:.4f}): nothing to train; its pipeline is exported again to {pipeline}; more "
+                "--steps continue it, --restart trains again")
+    status = "" if trainer.step >= steps else f" of {steps} (time limit; rerun to resume)"
+    resumed = f", resumed after step {trainer.steps_resumed}" if trainer.steps_resumed else ""
+    return f"l2s: trained {_steps(trainer.step)}{status}{resumed}, loss {trainer.last_loss:.4f}; pipeline in {pipeline}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -203,7 +222,7 @@ def build_make_data_parser() -> argparse.ArgumentParser:
         ["l2s shapes make-data --out runs/shapes-maps --scenes 2400          # the shipped model",
          "l2s shapes make-data --model runs/shapes-model/pipeline --out runs/shapes-maps --quiet"])
     p.add_argument("--model", help="shapes pipeline dir (default: the shipped model)")
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--out", required=True, type=out_path)
     p.add_argument("--scenes", type=int, default=2400, help="two-object scenes to invert (default 2400)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-dual", action="store_true", help="pos prompts only")
@@ -247,7 +266,7 @@ def build_train_classifier_parser() -> argparse.ArgumentParser:
         ["l2s shapes train-classifier --data runs/shapes-maps --out runs/shapes-classifier --epochs 40",
          "l2s shapes train-classifier --data runs/shapes-maps --out runs/shapes-classifier-k2 --layers 2"])
     p.add_argument("--data", required=True, type=Path)
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--out", required=True, type=out_path)
     p.add_argument("--no-dual", action="store_true", help="train on pos prompts only (leakage ablation)")
     p.add_argument("--layers", type=int, metavar="K",
                    help="a classifier of the model's first K blocks only (steering then cuts the forward "
@@ -313,7 +332,7 @@ def build_bench_parser() -> argparse.ArgumentParser:
                    help="a SpatialScore ('spatialscore': the shipped one; or a l2s shapes train-reward folder): also "
                         "report its mean score and how well it ranks correct images above wrong ones, per part and "
                         "mode (reward hacking)")
-    p.add_argument("--out", type=Path, default=Path("l2s-shapes-bench"),
+    p.add_argument("--out", type=out_path, default=Path("l2s-shapes-bench"),
                    help="run directory (images, resumable; default l2s-shapes-bench)")
     p.add_argument("--results", type=Path, help="write the Markdown table here (and .json beside it)")
     p.add_argument("--scale", type=float, default=1.0,
@@ -398,7 +417,7 @@ def build_compare_parser() -> argparse.ArgumentParser:
     p.add_argument("--tuned", action="append", default=[], metavar="NAME=JSON[,GRPO_RUN]",
                    help="a tuned model's bench results (l2s shapes bench --lora ...) and the GRPO run folder "
                         "whose log gives its training cost; repeat for each")
-    p.add_argument("--out", type=Path, help="also write the table here (Markdown)")
+    p.add_argument("--out", type=out_path, help="also write the table here (Markdown)")
     return p
 
 

@@ -14,8 +14,8 @@ from l2s.distributed import output_lock, world
 from l2s.relations import DIAGONAL, DIAGONAL_CLASSES, DIRECTIONAL, PUBLISHED_CLASSES
 
 from .help import command_parser
-from .options import (LONG_NAMES, add_device_arg, flag_of, add_dtype_arg, add_threads_arg, resolve_device, torch_dtype,
-                      use_threads)
+from .options import (LONG_NAMES, add_device_arg, add_dtype_arg, add_threads_arg, flag_of, out_text, resolve_device,
+                      torch_dtype, use_threads)
 
 # ``--model`` names of the random tiny pipelines (offline).
 _TINY_MODELS = ("tiny", "tiny-flux", "tiny-dev", "tiny-sd")
@@ -53,7 +53,7 @@ def build_make_data_parser() -> argparse.ArgumentParser:
     p.add_argument("--annotations", nargs="+", required=True,
                    help="scene-graph JSON file(s) (gqa; several are merged), instances JSON (coco) or JSONL (pairs)")
     p.add_argument("--images", help="image directory (gqa: <image_id>.jpg; coco: file_name; pairs: relative paths)")
-    p.add_argument("--out", required=True, help="output dataset directory (resumed if it exists)")
+    p.add_argument("--out", type=out_text, required=True, help="output dataset directory (resumed if it exists)")
     p.add_argument("--classes", choices=("published", "diagonal"), default="published",
                    help="class set: published 5 classes (above, below, is, to the left of, to the right of) "
                         "or the diagonal classifier's")
@@ -180,7 +180,7 @@ def build_train_parser() -> argparse.ArgumentParser:
         ["l2s train runs/maps --out runs/classifier",
          "l2s train runs/maps --out runs/classifier-k8 --layers 8 --epochs 100"])
     p.add_argument("dataset", metavar="DATASET", help="dataset directory written by 'l2s make-data'")
-    p.add_argument("--out", required=True, help="output directory for checkpoints and the log")
+    p.add_argument("--out", type=out_text, required=True, help="output directory for checkpoints and the log")
     p.add_argument("--preset", default=None,
                    help="classifier preset: flux-dev, flux-schnell, sd14 or sd21 (default: the dataset's model "
                         "family); channels, classes and map size come from the dataset")

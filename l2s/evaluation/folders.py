@@ -71,7 +71,8 @@ def _score_folder_jobs(images_dir: Path, jobs: list[tuple[Path, PromptSpec, Path
 def _folder_jobs(images_dir: Path) -> tuple[list[tuple[Path, PromptSpec, Path]], int]:
     """(prompt folder, spec, PNG) of every position-prompt sample, and the folders skipped."""
     if not images_dir.is_dir():
-        raise L2SError(f"--images {images_dir}: no such directory")
+        what = "is a file, not a folder of GenEval image folders" if images_dir.exists() else "no such folder"
+        raise L2SError(f"--images {images_dir}: {what}")
     folders = sorted(p for p in images_dir.iterdir() if p.is_dir() and _DIGITS.match(p.name)
                      and (p / "metadata.jsonl").is_file())
     if not folders:

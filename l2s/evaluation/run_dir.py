@@ -82,19 +82,30 @@ def read_run_file(out: str | Path) -> dict | None:
 
 def claim_run_dir(out: Path, settings: dict[str, Any]) -> None:
     """Record the generation settings, or check a resumed run used the same ones."""
+    refuse_changed_settings(out, settings)
+    write_json(out / RUN_FILE, {"generation": settings})
+
+
+def refuse_changed_settings(out: str | Path, settings: dict[str, Any], not_yet: Sequence[str] = ()) -> None:
+    """Refuse resuming the run in ``out`` with other generation ``settings``; ``not_yet``: keys
+    left out of the comparison (those a caller knows only later, e.g. once a model loads)."""
     previous = read_run_file(out)
     old = (previous or {}).get("generation") or {}
-    if previous is not None and old != unrecorded_digests(old, settings):
+    if not isinstance(old, dict):
+        raise DamagedFileError(f"{Path(out) / RUN_FILE} is damaged (its generation settings are not a JSON object); "
+                               "rerun with --restart (restart=True) to start the run over, or use another --out")
+    old = {k: v for k, v in old.items() if k not in not_yet}
+    settings_shown = unrecorded_digests(old, settings)
+    if previous is None or old == settings_shown:
+        return
 
-        def shown(d: dict, k: str) -> str:  # a setting an older version did not record says so
-            return repr(d[k]) if k in d else "(not recorded)"
+    def shown(d: dict, k: str) -> str:  # a setting an older version did not record says so
+        return repr(d[k]) if k in d else "(not recorded)"
 
-        settings_shown = unrecorded_digests(old, settings)
-        changed = sorted(k for k in set(old) | set(settings_shown) if shown(old, k) != shown(settings_shown, k))
-        details = ", ".join(f"{k}: {shown(old, k)} -> {shown(settings_shown, k)}" for k in changed)
-        raise L2SError(f"{out} holds a run made with other settings ({details}); "
-                       "use another --out, or the same settings to resume it")
-    write_json(out / RUN_FILE, {"generation": settings})
+    changed = sorted(k for k in set(old) | set(settings_shown) if shown(old, k) != shown(settings_shown, k))
+    details = ", ".join(f"{k}: {shown(old, k)} -> {shown(settings_shown, k)}" for k in changed)
+    raise L2SError(f"{out} holds a run made with other settings ({details}); "
+                   "use another --out, or the same settings to resume it")
 
 
 def trusted_png(png: Path) -> bool:

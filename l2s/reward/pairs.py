@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save
 
 from l2s.errors import L2SError
 from l2s.files import (DamagedFileError, atomic_write_bytes, atomic_write_json, atomic_write_text, prepare_output_dir,
-                       read_state_json)
+                       read_state_json, remove_outputs)
 
 MANIFEST = "manifest.json"
 PROGRESS = "progress.json"
@@ -76,7 +76,7 @@ def done_shards(folder: str | Path) -> list[int]:
 def check_manifest(folder: str | Path, settings: dict) -> None:
     """Write the manifest of a new folder, or refuse to extend one made with other settings."""
     path = prepare_output_dir(folder, "pair folder") / MANIFEST
-    data = read_state_json(path, fix=f"delete {path.parent} to start again")
+    data = read_state_json(path, fix="rerun with --restart (restart=True in Python) to start the pairs over")
     wanted = {"format": FORMAT, "settings": json.loads(json.dumps(settings))}
     if data is None:
         atomic_write_json(path, wanted)
@@ -84,7 +84,12 @@ def check_manifest(folder: str | Path, settings: dict) -> None:
         changed = sorted(k for k in set(data.get("settings", {})) | set(wanted["settings"])
                          if data.get("settings", {}).get(k) != wanted["settings"].get(k))
         raise L2SError(f"{path.parent} holds pairs made with other settings ({', '.join(changed) or 'format'}); "
-                       "rerun with the same ones to resume, or use another --out")
+                       "rerun with the same ones to resume, --restart to start over, or use another --out")
+
+
+def clear_pairs(folder: str | Path) -> None:
+    """Remove a pair folder's own files (a fresh start); anything else there is kept."""
+    remove_outputs(folder, [MANIFEST, PROGRESS, SHARDS], "starting the pairs over")
 
 
 def write_shard(folder: str | Path, index: int, images: np.ndarray, pairs: Iterable[dict]) -> None:

@@ -35,7 +35,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 from l2s.errors import L2SError
 from l2s.evaluation import geneval_relations
 from l2s.files import output_lock
-from l2s.reward.pairs import check_manifest, done_shards, load_pairs, write_progress, write_shard
+from l2s.reward.pairs import check_manifest, clear_pairs, done_shards, load_pairs, write_progress, write_shard
 from l2s.relations import DIRECTIONAL
 
 from .batch_sampling import sample_images
@@ -73,13 +73,21 @@ class PairSettings:
     steps: int = SHAPES_STEPS
     true_cfg_scale: float = SHAPES_TRUE_CFG
 
-    def check(self) -> None:
+    def check(self, spelled: Callable[[str], str] = str) -> None:
+        """Raise :class:`L2SError` naming the first setting that cannot work (``spelled``: its name
+        as the caller's user knows it, e.g. the command-line flag)."""
         keys = {f"{o},{r}" for o, r in PAIR_PATTERNS}
-        if not self.patterns or set(self.patterns) - keys or min(self.patterns.values()) < 0:
-            raise L2SError(f"pattern weights must use {', '.join(sorted(keys))} with weights >= 0")
-        if not 0 <= self.heldout_fraction < 1 or self.images_per_family < 2 or self.families_per_shard < 1 \
-                or self.uses_per_image < 1:
-            raise L2SError("need 0 <= heldout fraction < 1, at least 2 images per family, 1 family per shard, 1 use per image")
+        if not self.patterns or set(self.patterns) - keys or min(self.patterns.values()) < 0 \
+                or not sum(self.patterns.values()) > 0:
+            raise L2SError(f"{spelled('patterns')} must weigh {', '.join(sorted(keys))} with weights >= 0, "
+                           "not all 0")
+        if not 0 <= self.heldout_fraction < 1:
+            raise L2SError(f"{spelled('heldout_fraction')} must be in [0, 1), got {self.heldout_fraction}")
+        for name, least in (("images_per_family", 2), ("families_per_shard", 1), ("uses_per_image", 1)):
+            if getattr(self, name) < least:
+                raise L2SError(f"{spelled(name)} must be at least {least}, got {getattr(self, name)}")
+        if not 0 <= self.seed < 10 ** 9:   # image seeds are seed * 10**10 + ...: they must stay below 2**64
+            raise L2SError(f"{spelled('seed')} must be in [0, 10**9), got {self.seed}")
 
 
 def split_of(chain: Chain, fraction: float) -> str:
@@ -194,12 +202,17 @@ def pair_counts(records: Sequence[dict]) -> dict:
 
 def make_reward_pairs(out: str | Path, train_pairs: int, *, settings: PairSettings | None = None, pipe=None,
                       pipeline_dir: str | Path | None = None, batch_size: int = 32, max_shards: int | None = None,
-                      progress: bool = True) -> dict:
+                      progress: bool = True, restart: bool = False) -> dict:
     """Make shards into ``out`` until it holds ``train_pairs`` training pairs (or ``max_shards``
-    shards); resumes after the last whole shard. Returns the pair counts per split and flips."""
+    shards); resumes after the last whole shard (``restart``: removes the folder's pairs first).
+    Returns the pair counts per split and flips."""
     settings = settings or PairSettings()
     settings.check()
+    if max_shards is not None and max_shards < 1:
+        raise L2SError(f"max_shards must be at least 1, got {max_shards}")
     with output_lock(out, "pair folder", kind="reward-data"):
+        if restart:
+            clear_pairs(out)
         check_manifest(out, asdict(settings))
         counts = pair_counts(load_pairs(out).records) if done_shards(out) else {}
         if counts.get("train", 0) >= train_pairs:

@@ -99,6 +99,7 @@ class ShapesTrainer:
         # One generator for batches, noise and sigmas: its state makes resumption exact.
         self.generator = torch.Generator(device=self.device).manual_seed(settings.seed)
         self.step = 0
+        self.steps_resumed = 0   # steps an earlier run had made when this call started
         self.last_loss = float("nan")
         self.smoothed_loss: float | None = None  # running mean of the loss, kept across resumes
         self.elapsed = 0.0
@@ -280,6 +281,7 @@ def _train(settings: TrainSettings, out: Path, device: str, resume: bool, progre
     trainer = ShapesTrainer(settings, dataset, device)
     if resume and checkpoint.is_file():
         trainer.load_checkpoint(checkpoint)
+        trainer.steps_resumed = trainer.step
     bar = tqdm(total=settings.steps, initial=trainer.step, desc="training", disable=not progress,
                mininterval=5, dynamic_ncols=True)
     started_run = time.monotonic()

@@ -121,7 +121,12 @@ def read_resume_state(out_dir: Path, settings: dict) -> dict:
     except DAMAGED as error:
         raise DamagedFileError(f"{last_dir / STATE_FILE} is damaged ({type(error).__name__}); "
                                f"{RESTART}") from None
-    if differing := changed_settings(saved, settings):
+    differing = changed_settings(saved, settings)
+    if differing == ["epochs"] and "epochs" in settings:   # the reward model's schedule spans the run
+        raise L2SError(f"{out_dir} holds a run laid out for {saved['epochs']} epochs (its learning-rate schedule "
+                       f"depends on it); rerun with --epochs {saved['epochs']} to resume it, or --restart "
+                       f"(resume=False in Python) to train {settings['epochs']} from the start")
+    if differing:
         raise L2SError(f"{out_dir} holds a run with other settings ({', '.join(differing)}); "
                        f"rerun with --restart (resume=False in Python) to start over, or use another --out")
     return state

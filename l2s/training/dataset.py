@@ -14,7 +14,7 @@ import os
 import random
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -78,13 +78,16 @@ class DatasetSummary:
     samples_done: int
     skipped: int
     split_records: dict[str, int] = field(default_factory=dict)
+    samples_resumed: int = 0  # samples an earlier run had committed when this call started
 
     def line(self) -> str:
         """``l2s: 3054 records (a map stack per stored step and prompt) from 509 samples (0 skipped;
-        train 2598, val 456) in OUT``."""
+        train 2598, val 456) in OUT`` and, after a resume, how many samples were there before."""
         splits = "".join(f", {name} {count}" for name, count in sorted(self.split_records.items()))
+        resumed = (f"; {self.samples_resumed} of them an earlier run had made (resumed)"
+                   if self.samples_resumed else "")
         return (f"l2s: {self.records} records (a map stack per stored step and prompt) from {self.samples_done} "
-                f"samples ({self.skipped} skipped{splits}) in {self.out_dir}")
+                f"samples ({self.skipped} skipped{splits}) in {self.out_dir}{resumed}")
 
 
 def _load_image(sample: RelationSample) -> Image.Image:
@@ -162,18 +165,19 @@ def make_dataset(
     items = _unique_samples(samples, limit)
     out_dir = Path(out_dir)
     with output_lock(out_dir, kind="make-data"):
-        _write_dataset(items, pipe, out_dir, restart, on_sample, progress, dict(
+        resumed = _write_dataset(items, pipe, out_dir, restart, on_sample, progress, dict(
             model_family=family, model=model_name, class_names=list(class_names), steps=steps,
             store_steps=list(store), size=size, dual=dual, seed=seed, val_fraction=val_fraction,
             shard_size=shard_size, dtype=dtype, min_psnr=min_psnr, gamma=gamma, eta=eta,
             num_iter=num_iter, map_size=map_size, max_sequence_length=max_sequence_length,
             **({} if layers is None else {"layers": int(layers)})))
-    return dataset_summary(out_dir)
+    return replace(dataset_summary(out_dir), samples_resumed=resumed)
 
 
 def _write_dataset(items: list[RelationSample], pipe, out_dir: Path, restart: bool,
-                   on_sample: Callable[[int], None] | None, progress: bool, settings: dict) -> None:
-    """Invert and commit every chunk of ``items`` that ``out_dir`` does not hold yet.
+                   on_sample: Callable[[int], None] | None, progress: bool, settings: dict) -> int:
+    """Invert and commit every chunk of ``items`` that ``out_dir`` does not hold yet; returns how
+    many samples it held already.
 
     Spread over processes (:mod:`l2s.distributed`), the chunks left are dealt out in rounds, one
     per rank: each rank inverts its chunk and writes its shard, and rank 0 commits them all in
@@ -206,14 +210,15 @@ def _write_dataset(items: list[RelationSample], pipe, out_dir: Path, restart: bo
                    dict(steps=steps, store_steps=store, size=s["size"], gamma=s["gamma"], eta=s["eta"],
                         num_iter=s["num_iter"], map_size=s["map_size"],
                         max_sequence_length=s["max_sequence_length"], capture=capture), out_dir, shard_size, on_sample)
-        _write_chunks(writer[0] if writer else None, job, chunks, committed, progress)
+        return _write_chunks(writer[0] if writer else None, job, chunks, committed, progress)
     finally:
         capture.remove()
 
 
 def _write_chunks(writer: DatasetWriter | None, job: _Job, chunks: list[list[RelationSample]],
-                  committed: dict[int, dict], progress: bool) -> None:
-    """The chunks not yet committed, one per rank per round; rank 0 (``writer``) commits each round."""
+                  committed: dict[int, dict], progress: bool) -> int:
+    """The chunks not yet committed, one per rank per round; rank 0 (``writer``) commits each round.
+    Returns the samples of the chunks committed before."""
     group = world()
     pending = [c for c in range(len(chunks)) if c not in committed]
     done = sum(len(members) for c, members in enumerate(chunks) if c in committed)
@@ -227,6 +232,7 @@ def _write_chunks(writer: DatasetWriter | None, job: _Job, chunks: list[list[Rel
                 if share is not None and writer is not None:
                     writer.record(*share)
                     bar.update(0 if share[0] == chunk else len(chunks[share[0]]))
+    return done
 
 
 def _unique_samples(samples: Iterable[RelationSample], limit: int | None) -> list[RelationSample]:

@@ -31,6 +31,9 @@ def check_make_data_options(*, dtype: str = "float16", val_fraction: float = 0.1
     for name, value in dict(min_psnr=min_psnr, gamma=gamma, eta=eta).items():
         if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)):
             raise L2SError(f"{spelled(name)} must be a finite number, got {value!r}")
+    for name, value in dict(gamma=gamma, eta=eta).items():   # they blend two velocities: beyond 1 extrapolates
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise L2SError(f"{spelled(name)} must be in [0, 1] (an RF-Inversion controller strength), got {value}")
     if store_steps is not None and any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in store_steps):
         raise L2SError(f"{spelled('store_steps')} must be step indices (integers >= 0), got {list(store_steps)}")
 

@@ -59,7 +59,10 @@ def load_dataset_meta(dataset_dir: str | Path) -> dict:
     """The ``dataset.json`` of a map dataset (raises ``L2SError`` when absent, damaged or foreign)."""
     path = Path(dataset_dir) / META_FILE
     if not path.is_file():
-        raise L2SError(f"{dataset_dir} is not an l2s map dataset ({META_FILE} missing)")
+        folder = Path(dataset_dir)
+        why = "no such folder" if not folder.exists() else "a file, not a folder" if not folder.is_dir() \
+            else f"{META_FILE} missing"
+        raise L2SError(f"{dataset_dir} is not an l2s map dataset ({why}; 'l2s make-data' writes one)")
     meta = read_state_json(path, fix=f"delete it and {REDO}")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
         raise L2SError(f"{path} is not a version-{FORMAT_VERSION} l2s map dataset")

@@ -90,11 +90,12 @@ class TrainResult:
         """``l2s: ...`` saying what this run took from an earlier one in its folder, or None."""
         if not self.epochs_resumed:
             return None
+        epochs = f"{self.epochs_run} epoch{'s' * (self.epochs_run != 1)}"
         if self.epochs_resumed == self.epochs_run and self.stopped_early:
-            return (f"l2s: {self.out_dir} holds a run that stopped early after {self.epochs_run} epochs (validation "
+            return (f"l2s: {self.out_dir} holds a run that stopped early after {epochs} (validation "
                     "stopped improving): the result is its; --restart trains again")
         if self.epochs_resumed == self.epochs_run:
-            return (f"l2s: {self.out_dir} holds a finished run ({self.epochs_run} epochs): the result is its; more "
+            return (f"l2s: {self.out_dir} holds a finished run ({epochs}): the result is its; more "
                     "--epochs continue it, --restart trains again")
         return f"l2s: resumed after epoch {self.epochs_resumed} of the earlier run in {self.out_dir}"
 

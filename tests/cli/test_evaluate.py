@@ -161,7 +161,11 @@ def test_eval_resumes_and_refuses_other_settings(tiny_run, tmp_path, capsys, mon
     assert counts["base"]["status_counts"] == {"resumed": 1, "generated": 1}
     assert counts["steered"]["status_counts"] == {"resumed": 2}
 
-    code, _, err = run(TINY_RUN[:-2] + ["3", "--quiet", "--out", str(out)], capsys)
+    import l2s.cli.evaluate as cli_evaluate
+
+    with monkeypatch.context() as patched:   # what the command line says is refused before any load
+        patched.setattr(cli_evaluate, "load_steerer", lambda *a: pytest.fail("loaded the model"))
+        code, _, err = run(TINY_RUN[:-2] + ["3", "--quiet", "--out", str(out)], capsys)
     assert code == 2 and len(calls) == 2   # refused: nothing generated
     (line,) = error_lines(err)
     assert "steps: 2 -> 3" in line
@@ -213,7 +217,8 @@ def test_eval_refuses_to_resume_with_a_classifier_retrained_at_the_same_path(tmp
     (["--batch-size", "0"], "--batch-size must be a positive integer"),
     (["--prompts", "geneval"], "--detector PATH"),
     (["--detector", "/nonexistent/owl"], "no detector checkpoint"),
-    (["--images", "/nonexistent/dir"], "no such directory"),
+    (["--images", "/nonexistent/dir"], "--images /nonexistent/dir: no such folder"),
+    (["--images", __file__], "is a file, not a folder of GenEval image folders"),
     (["--images", ".", "--seeds", "0-1", "--schedule", "fast"], "--images only scores the images in that folder: "
                                                                "--seeds, --schedule would make images"),
     (["--images", ".", "--relations", "a,left of,b"], "--relations would make images"),

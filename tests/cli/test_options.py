@@ -75,7 +75,8 @@ def test_every_model_command_takes_threads_and_refuses_below_one(command, capsys
 
     with pytest.raises(SystemExit) as exit_:
         main(command + ["--threads", "0"])
-    assert exit_.value.code == 2 and "--threads: expected a positive integer, got 0" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "--threads: expected a whole number from 1 to 1024, got 0" in err
 
 
 def test_generate_threads_set_torch_threads(tmp_path, monkeypatch, capsys):
@@ -137,3 +138,18 @@ def test_model_folder_is_local_or_none_and_only_tiny_is_built_in_code(tmp_path, 
                     ignore=shutil.ignore_patterns("classifier*", "grpo*", "spatial*"))
     assert Path(model_folder(args("tiny-shapes"))).resolve() == (tmp_path / "tiny-shapes").resolve()
     assert "model_digest" in weights_digests(args("tiny-shapes"))   # a folder, whatever its name
+
+
+OUT_COMMANDS = [["generate", "a cat left of a dog"], ["eval"], ["make-data"] + MAKE_DATA, ["train", "maps"],
+                ["shapes", "bench"], ["shapes", "grpo", "--reward", "rule"], ["shapes", "make-data"],
+                ["shapes", "reward-data", "--pairs", "1"], ["shapes", "train-model"]]
+
+
+@pytest.mark.parametrize("command", OUT_COMMANDS, ids=lambda c: " ".join(c[:2]))
+def test_an_empty_out_is_refused_not_taken_as_the_current_folder(command, capsys):
+    from l2s.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(command + ["--out", " "])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "argument --out: an empty path would write into the current folder" in err

@@ -305,3 +305,20 @@ def test_one_untimed_warm_up_image_before_the_first_generated_one_and_none_on_a_
     run_eval(again, specs, ShapesDetector(), tmp_path, seeds=[3, 4], progress=False, settings={"model": "fake"},
              detector_name="shapes")
     assert again.warm_ups == [] and again.calls == []        # every image resumed: nothing to warm up for
+
+
+def test_settings_known_before_a_model_loads_are_compared_then(tmp_path):
+    from l2s.errors import L2SError
+    from l2s.evaluation.run_dir import refuse_changed_settings
+    from l2s.files import DamagedFileError
+
+    (tmp_path / "run.json").write_text(json.dumps({"generation": {"steps": 2, "relations": "a,above,b",
+                                                                  "engine": "eager"}}))
+    refuse_changed_settings(tmp_path, {"steps": 2, "relations": "a,above,b"}, not_yet=("engine",))
+    with pytest.raises(L2SError, match=r"relations: 'a,above,b' -> \(not recorded\)"):   # dropped since
+        refuse_changed_settings(tmp_path, {"steps": 2}, not_yet=("engine",))
+    with pytest.raises(L2SError, match="engine: 'eager' -> 'compile'"):
+        refuse_changed_settings(tmp_path, {"steps": 2, "relations": "a,above,b", "engine": "compile"})
+    (tmp_path / "run.json").write_text(json.dumps({"generation": [1]}))
+    with pytest.raises(DamagedFileError, match="generation settings are not a JSON object"):
+        refuse_changed_settings(tmp_path, {"steps": 2})

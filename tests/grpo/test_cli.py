@@ -42,7 +42,14 @@ def saved(tmp_path_factory):
 def test_a_thread_count_below_one_is_a_usage_error(command, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(command + ["--threads", "0"])
-    assert exit_.value.code == 2 and "--threads: expected a positive integer, got 0" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "--threads: expected a whole number from 1 to 1024, got 0" in err
+
+
+def test_top_k_and_no_top_k_cannot_both_be_given(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["shapes", "grpo", "--out", "o", "--reward", "rule", "--top-k", "3", "--no-top-k"])
+    assert exit_.value.code == 2 and "argument --no-top-k: not allowed with argument --top-k" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -77,7 +84,7 @@ def test_grpo_cli_trains_an_epoch_and_its_adapter_loads_in_generate(saved, tmp_p
             "--epochs", "1", "--prompts-per-epoch", "1", "--group-size", "12", "--top-k", "3", "--quiet"]
     code, stdout, err = run(argv, capsys)
     assert code == 0, err
-    assert "1 epochs" in stdout and "eval_strict" in stdout
+    assert "l2s: 1 epoch; " in stdout and "eval_strict" in stdout
     lines = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [0, 1]
     description = json.loads((out / "grpo.json").read_text())

@@ -33,6 +33,22 @@ def test_train_reward_names_the_flag_that_cannot_work_before_reading_data(option
     assert capsys.readouterr().err.strip().splitlines() == [f"l2s: error: {message}"]
 
 
+@pytest.mark.parametrize("option, message", [
+    (["--heldout-fraction", "1.5"], "--heldout-fraction must be in [0, 1), got 1.5"),
+    (["--images-per-family", "1"], "--images-per-family must be at least 2, got 1"),
+    (["--families-per-shard", "0"], "--families-per-shard must be at least 1, got 0"),
+    (["--patterns", "2,1=0"], "--patterns must weigh"),
+    (["--seed", "1000000000"], "--seed must be in [0, 10**9), got 1000000000"),
+    (["--max-shards", "0"], "--max-shards must be at least 1, got 0"),
+])
+def test_reward_data_names_the_flag_that_cannot_work_before_any_work(option, message, tmp_path, capsys):
+    argv = ["shapes", "reward-data", "--out", str(tmp_path / "p"), "--pairs", "5", *option]
+    assert main(argv) == EXIT_USAGE
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"l2s: error: {message}"), err
+    assert not (tmp_path / "p").exists()
+
+
 def test_train_reward_trains_reports_and_continues_a_stopped_run(tmp_path, capsys):
     make_blob_pairs(tmp_path / "pairs", n=64, heldout_every=3)   # held-out pairs of 1 and of 2 flips
     # blob prompts ("a blob on the left") have no clause the default relational design reads

@@ -46,6 +46,9 @@ def test_a_stopped_run_resumes_where_it_stopped_and_refuses_other_settings(tmp_p
     assert done["heldout"] == straight["heldout"]
     with pytest.raises(L2SError, match="other settings"):
         train_reward_model(tmp_path / "pairs", tmp_path / "rm", tokenizer, _settings(epochs=3, lr=1e-2), progress=False)
+    with pytest.raises(L2SError, match=r"laid out for 3 epochs .* --epochs 3 to resume it, or --restart .* to train 5 "
+                                       r"from the start"):
+        train_reward_model(tmp_path / "pairs", tmp_path / "rm", tokenizer, _settings(epochs=5), progress=False)
 
 
 def test_validation_pairs_are_whole_groups_of_the_training_split(tmp_path):

@@ -24,6 +24,10 @@ def _one_error_line(err: str) -> str:
     (["--ema-decay", "1.5"], "--ema-decay must be between 0 and 1, got 1.5"),
     (["--double-layers", "-1"], "--double-layers must be 0 or more, got -1"),
     (["--seed", "-1"], "--seed must be an integer in [0, 2**64), got -1"),
+    (["--double-layers", "0", "--single-layers", "0"], "leave the model without a block"),
+    (["--time-limit", "0"], "--time-limit must be a positive number of minutes, got 0.0"),
+    (["--time-limit", "-1"], "--time-limit must be a positive number of minutes, got -1.0"),
+    (["--threads", "100000"], "--threads: expected a whole number from 1 to 1024, got 100000"),
 ])
 def test_train_model_refuses_numbers_that_cannot_train(options, message, tmp_path, capsys, monkeypatch):
     import l2s.shapes

@@ -11,7 +11,7 @@ import l2s.shapes.reward_data as reward_data
 from l2s.errors import L2SError
 from l2s.relations import PROMPT_PHRASE
 from l2s.reward import load_pairs
-from l2s.reward.pairs import shard_paths
+from l2s.reward.pairs import done_shards, shard_paths
 from l2s.shapes import TINY_CONFIG, build_shapes_pipeline
 from l2s.shapes.batch_sampling import sample_images
 from l2s.shapes.reward_data import PairSettings, make_reward_pairs, match_family, split_of
@@ -138,6 +138,17 @@ def test_an_interrupted_run_resumes_to_the_same_pairs(tmp_path, rendered_sampler
     assert a.records == b.records and torch.equal(a.images, b.images)
     with pytest.raises(L2SError, match="other settings"):
         make_reward_pairs(parts, 10 ** 6, settings=replace(SMALL, seed=1), pipe=_Pipe(), max_shards=4, progress=False)
+
+
+def test_restart_replaces_a_folder_of_other_settings_and_keeps_other_files(tmp_path, rendered_sampler):
+    make_reward_pairs(tmp_path, 10 ** 6, settings=SMALL, pipe=_Pipe(), max_shards=2, progress=False)
+    (tmp_path / "notes.txt").write_text("mine")
+    other = replace(SMALL, seed=1)
+    make_reward_pairs(tmp_path, 10 ** 6, settings=other, pipe=_Pipe(), max_shards=1, progress=False, restart=True)
+    fresh = tmp_path / "fresh"
+    make_reward_pairs(fresh, 10 ** 6, settings=other, pipe=_Pipe(), max_shards=1, progress=False)
+    assert done_shards(tmp_path) == [0] and (tmp_path / "notes.txt").read_text() == "mine"
+    assert load_pairs(tmp_path).records == load_pairs(fresh).records
 
 
 def test_the_run_stops_once_it_has_the_training_pairs_asked_for(tmp_path, rendered_sampler):

@@ -322,3 +322,23 @@ def test_a_damaged_checkpoint_is_one_line_saying_how_to_recover(tmp_path, capsys
     torch.save(state, out / "checkpoint.pt")
     assert main(argv[:5] + ["3"] + argv[6:]) == 2           # a longer run resumes from it: refused
     assert "checkpoint.pt is damaged (KeyError)" in capsys.readouterr().err
+
+
+def test_the_command_says_whether_it_trained_resumed_or_found_a_finished_run(tmp_path, capsys):
+    from l2s.cli import main
+
+    out = tmp_path / "run"
+    argv = ["shapes", "train-model", "--out", str(out), "--steps", "1", "--batch-size", "4", "--scenes", "16",
+            "--size", "16", "--objects", "2-2", "--object-sizes", "4-6", "--preset", "tiny", "--no-progress"]
+    assert main(argv) == 0
+    assert capsys.readouterr().out.startswith("l2s: trained 1 step, loss ")
+    assert main(argv) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"l2s: {out} holds a finished run of 1 step (loss ") and line.endswith(
+        f"nothing to train; its pipeline is exported again to {out / 'pipeline'}; more --steps continue it, "
+        "--restart trains again")
+    assert main(argv[:5] + ["2"] + argv[6:]) == 0
+    assert ", resumed after step 1, loss " in capsys.readouterr().out
+    exported = ["--out", str(tmp_path / "export"), "--steps", "0", "--init-from", str(out / "pipeline")]
+    assert main(argv[:2] + exported + argv[6:]) == 0           # a new run exporting --init-from
+    assert capsys.readouterr().out.startswith("l2s: trained 0 steps, loss ")

@@ -120,9 +120,13 @@ def test_interrupted_creation_resumes_to_the_same_dataset(flux, images, full_run
         assert torch.equal(resumed[key], tensor), key
     assert not list((out / "shards").glob("*.tmp"))
     assert summary.records == len(expected) and summary.skipped == 2
+    assert summary.samples_resumed == 3      # chunk 1 kept; chunk 0 lost its shard and was made again
+    assert summary.line().endswith(f"in {out}; 3 of them an earlier run had made (resumed)")
     # A finished dataset resumes to a no-op.
     again = make_dataset(_samples(images), flux, out, **MAKE)
     assert again.records == summary.records and _manifest(out) == got
+    assert again.samples_resumed == again.samples_done and "(resumed)" in again.line()
+    assert "resumed" not in make_dataset(_samples(images), flux, tmp_path / "new", **MAKE).line()
 
 
 def test_a_rerun_retries_samples_whose_image_file_was_fixed(flux, images, full_run, tmp_path, caplog):

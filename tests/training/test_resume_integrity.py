@@ -195,6 +195,8 @@ def _pairs(tmp_path: Path, images: Path) -> Path:
     (["--max-per-class", "0"], "--max-per-class must be a positive integer"),
     (["--val-fraction", "1"], "--val-fraction must be in [0, 1)"),
     (["--min-psnr", "nan"], "--min-psnr must be a finite number"),
+    (["--gamma", "-1"], "--gamma must be in [0, 1] (an RF-Inversion controller strength), got -1.0"),
+    (["--eta", "1.5"], "--eta must be in [0, 1]"),
     (["--store-steps", "-1"], "--store-steps must be step indices"),
     (["--max-iou", "2"], "--max-iou must be in [0, 1]"),
     (["--annotations", "/nonexistent/pairs.jsonl"], "--annotations /nonexistent/pairs.jsonl: no such file"),

@@ -274,7 +274,9 @@ def test_train_cli_uses_a_preset_sized_from_the_dataset(tmp_path, capsys):
     training = json.loads((tmp_path / "run" / "best" / "training.json").read_text())
     assert training["lr"] == 5e-5 and training["batch_size"] == 8
     assert train_main([str(tmp_path), "--out", str(tmp_path / "x")]) == 2  # not a dataset
-    assert "not an l2s map dataset" in capsys.readouterr().err
+    assert "not an l2s map dataset (dataset.json missing; 'l2s make-data' writes one)" in capsys.readouterr().err
+    assert train_main([str(tmp_path / "nodir"), "--out", str(tmp_path / "x")]) == 2
+    assert "nodir is not an l2s map dataset (no such folder;" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         train_main(["--help"])
     assert exit_info.value.code == 0 and "--preset" in capsys.readouterr().out
