@@ -69,6 +69,9 @@ def build_grpo_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=1, metavar="N",
                    help="judge the dev prompts after every N-th epoch and the last (default 1); training is the "
                         "same whatever N, so a resumed run may change it")
+    p.add_argument("--keep-evaluated", action="store_true",
+                   help="also keep the adapter of every judged epoch in OUT/evaluated/epoch-NNNN (bench any of them "
+                        "later with --lora; OUT/adapter is only the latest)")
     add_threads_arg(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -133,7 +136,8 @@ def grpo_main(argv: Sequence[str] | None = None) -> int:
     command = "l2s shapes grpo " + " ".join(shlex.quote(a) for a in argv)
     result = train_shapes_grpo(args.out, reward, pipe=pipe, settings=settings,
                                resume=not args.no_resume, progress=not args.quiet, command=command,
-                               accelerator=accelerator, eval_every=args.eval_every, reward_name=args.reward)
+                               accelerator=accelerator, eval_every=args.eval_every, reward_name=args.reward,
+                               keep_evaluated=args.keep_evaluated)
     if accelerator.is_main_process:
         last = result.records[-1] if result.records else {}
         shown = ", ".join(f"{k} {v:.3f}" for k, v in last.items() if k.startswith("eval_") and isinstance(v, float))

@@ -3,7 +3,8 @@
 ``train_grpo`` writes into ``out``: ``checkpoint.pt`` after every epoch (adapter, optimiser, EMA,
 RNG, epoch), ``log.jsonl`` (one line per epoch: rewards, KL, ratios, held-out accuracy and
 reward-model score of the EMA weights, wall and CPU seconds), ``adapter/`` (EMA weights, what evaluation and
-``--lora`` use) and ``adapter_raw/`` (the live weights), both peft folders, and ``grpo.json``.
+``--lora`` use) and ``adapter_raw/`` (the live weights), both peft folders, and ``grpo.json``; with
+``keep_evaluated``, ``evaluated/epoch-NNNN/`` holds the EMA adapter of every judged epoch too.
 Rerunning the same call resumes after the last finished epoch. In a data-parallel run only the
 main process writes.
 """
@@ -37,7 +38,7 @@ from l2s.pipelines.arguments import positive_int
 from .settings import GRPOSettings
 from .trainer import GRPOTrainer, seeds_for
 
-CHECKPOINT, LOG = "checkpoint.pt", "log.jsonl"
+CHECKPOINT, LOG, EVALUATED = "checkpoint.pt", "log.jsonl", "evaluated"
 
 
 @dataclass
@@ -106,7 +107,8 @@ def evaluate(trainer: GRPOTrainer, prompts: list[str], evaluators: dict, reward)
 def train_grpo(pipe, reward, settings: GRPOSettings, out: str | Path, train_prompts: list[str], *,
                eval_prompts: list[str] | None = None, evaluators: dict | None = None, resume: bool = True,
                progress: bool = True, command: str | None = None, accelerator=None,
-               stop_after: int | None = None, eval_every: int = 1, reward_name: str | None = None) -> GRPOResult:
+               stop_after: int | None = None, eval_every: int = 1, reward_name: str | None = None,
+               keep_evaluated: bool = False) -> GRPOResult:
     """GRPO-train a LoRA adapter on ``pipe`` (any diffusers FluxPipeline) for ``reward`` (any
     callable ``reward(images, prompts) -> (B,) tensor``, higher is better).
 
@@ -115,7 +117,9 @@ def train_grpo(pipe, reward, settings: GRPOSettings, out: str | Path, train_prom
     (epoch 0) and after every ``eval_every``-th epoch and the last one (evaluation does not change
     training: a run resumed with another cadence trains the same). ``stop_after``: end this call after that many
     epochs, as an interruption would (a later call resumes). ``reward_name``: what ``reward`` is, kept
-    in grpo.json: resuming with another is refused (a run must not mix rewards). ``accelerator``: an
+    in grpo.json: resuming with another is refused (a run must not mix rewards). ``keep_evaluated``:
+    keep each judged epoch's EMA adapter, so that any of them can be benched later (``adapter/`` is
+    only the latest). ``accelerator``: an
     :class:`accelerate.Accelerator` (default: one for this machine; under ``accelerate launch``
     every process runs this function and they split each epoch's prompts).
     """
@@ -130,16 +134,18 @@ def train_grpo(pipe, reward, settings: GRPOSettings, out: str | Path, train_prom
     with lock:
         trainer = GRPOTrainer(pipe, reward, settings, acc)
         if not resume and acc.is_main_process:  # a fresh start: a kill before its first epoch must not resume the old run
-            remove_outputs(out, [CHECKPOINT, LOG, "grpo.json", "adapter", "adapter_raw"], "starting the GRPO run over")
+            remove_outputs(out, [CHECKPOINT, LOG, "grpo.json", "adapter", "adapter_raw", EVALUATED],
+                           "starting the GRPO run over")
         acc.wait_for_everyone()
         trainer.reward_name = reward_name
         start = _resume(trainer, out) if resume else 0
         return _epochs(trainer, out, train_prompts, eval_prompts, evaluators or {}, start, progress, command,
-                       stop_after, eval_every)
+                       stop_after, eval_every, keep_evaluated)
 
 
 def _epochs(trainer: GRPOTrainer, out: Path, pool, eval_prompts, evaluators: dict, start: int, progress: bool,
-            command: str | None, stop_after: int | None, eval_every: int = 1) -> GRPOResult:
+            command: str | None, stop_after: int | None, eval_every: int = 1,
+            keep_evaluated: bool = False) -> GRPOResult:
     from tqdm.auto import tqdm
 
     s, acc = trainer.settings, trainer.acc
@@ -153,9 +159,10 @@ def _epochs(trainer: GRPOTrainer, out: Path, pool, eval_prompts, evaluators: dic
         for epoch in range(start + 1, last + 1):
             record = run_epoch(trainer, pool, epoch, progress and main)
             if main:
-                if evaluating and (epoch % eval_every == 0 or epoch == s.epochs):
+                judged = evaluating and (epoch % eval_every == 0 or epoch == s.epochs)
+                if judged:
                     record.update(evaluate(trainer, eval_prompts, evaluators, trainer.reward))
-                _save(trainer, out, epoch, command)
+                _save(trainer, out, epoch, command, keep=judged and keep_evaluated)
                 fsync_append(out / LOG, [json.dumps(record) + "\n"])
             acc.wait_for_everyone()
             bar.update()
@@ -167,13 +174,17 @@ def _epochs(trainer: GRPOTrainer, out: Path, pool, eval_prompts, evaluators: dic
     return GRPOResult(last, records, out)
 
 
-def _save(trainer: GRPOTrainer, out: Path, epoch: int, command: str | None) -> None:
-    """Checkpoint first (what a resume needs), then the adapters and the run's description."""
+def _save(trainer: GRPOTrainer, out: Path, epoch: int, command: str | None, keep: bool = False) -> None:
+    """Checkpoint first (what a resume needs), then the adapters (``keep``: this epoch's EMA one
+    also under ``evaluated/``) and the run's description."""
     atomic_torch_save({"epoch": epoch, "settings": json.dumps(trainer.settings.run_identity()), **trainer.state()},
                       out / CHECKPOINT)
     card = _adapter_card(trainer, epoch, command)
     with trainer.ema.applied():
         _save_adapter(trainer.model, out / "adapter", card("EMA weights (what evaluation uses)"))
+        if keep:
+            (out / EVALUATED).mkdir(exist_ok=True)
+            _save_adapter(trainer.model, out / EVALUATED / f"epoch-{epoch:04d}", card("EMA weights (judged)"))
     _save_adapter(trainer.model, out / "adapter_raw", card("Live weights (not averaged)"))
     atomic_write_json(out / "grpo.json", {"epochs_done": epoch, "settings": trainer.settings.run_identity(),
                                           "epochs": trainer.settings.epochs, "command": command,

@@ -60,14 +60,15 @@ def train_shapes_grpo(out: str | Path, reward, *, pipe=None, pipeline_dir: str |
                       resume: bool = True, progress: bool = True, command: str | None = None,
                       stop_after: int | None = None, accelerator=None, eval_every: int = 1,
                       prompts: tuple[list[str], list[str]] | None = None, reward_name: str | None = None,
-                      **overrides):
+                      keep_evaluated: bool = False, **overrides):
     """GRPO-tune the shapes model ``pipe`` (default: loaded from ``pipeline_dir``, else the
     shipped one) for ``reward`` into ``out``.
 
     ``settings``: a :class:`~l2s.grpo.GRPOSettings` (default :func:`shapes_grpo_settings` with
     ``overrides``). ``prompts``: (train, dev) prompt lists (default :func:`grpo_prompt_split`). The
     dev prompts are judged every ``eval_every``-th epoch (and the last) by the three :data:`JUDGES`.
-    ``reward_name``: what ``reward`` is (recorded; a resumed run with another is refused).
+    ``reward_name``: what ``reward`` is (recorded; a resumed run with another is refused);
+    ``keep_evaluated``: keep every judged epoch's adapter (:func:`l2s.grpo.train_grpo`).
     """
     from l2s.grpo import train_grpo
 
@@ -80,4 +81,4 @@ def train_shapes_grpo(out: str | Path, reward, *, pipe=None, pipeline_dir: str |
     judges = {name: RuleReward(name) for name in JUDGES}
     return train_grpo(pipe, reward, settings, out, train, eval_prompts=dev, evaluators=judges, resume=resume,
                       progress=progress, command=command, accelerator=accelerator, stop_after=stop_after,
-                      eval_every=eval_every, reward_name=reward_name)
+                      eval_every=eval_every, reward_name=reward_name, keep_evaluated=keep_evaluated)

@@ -81,9 +81,11 @@ def test_the_shipped_spatialscore_is_named_and_its_absence_is_one_line(monkeypat
 def test_grpo_cli_trains_an_epoch_and_its_adapter_loads_in_generate(saved, tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["shapes", "grpo", "--out", str(out), "--model", str(saved / "model"), "--reward", "rule",
-            "--epochs", "1", "--prompts-per-epoch", "1", "--group-size", "12", "--top-k", "3", "--quiet"]
+            "--epochs", "1", "--prompts-per-epoch", "1", "--group-size", "12", "--top-k", "3", "--quiet",
+            "--keep-evaluated"]
     code, stdout, err = run(argv, capsys)
     assert code == 0, err
+    assert (out / "evaluated" / "epoch-0001" / "adapter_model.safetensors").is_file()
     assert "l2s: 1 epoch; " in stdout and "eval_strict" in stdout
     lines = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [0, 1]

@@ -140,6 +140,20 @@ def test_the_dev_prompts_are_judged_every_nth_epoch_and_the_last(tmp_path):
         _run(tmp_path / "other", tiny_settings(), eval_every=0)
 
 
+def test_keep_evaluated_keeps_the_adapter_of_every_judged_epoch(tmp_path):
+    run = _run(tmp_path / "run", tiny_settings(epochs=3), eval_every=2, keep_evaluated=True)
+    kept = sorted(p.name for p in (tmp_path / "run" / "evaluated").iterdir())
+    assert kept == ["epoch-0002", "epoch-0003"] and run.epochs_done == 3   # judged: 2 and the last
+    last, latest = _weights(tmp_path / "run" / "evaluated" / "epoch-0003"), _weights(tmp_path / "run" / "adapter")
+    assert all(torch.equal(last[k], latest[k]) for k in latest)
+    second = _weights(tmp_path / "run" / "evaluated" / "epoch-0002")
+    assert any(not torch.equal(second[k], latest[k]) for k in latest)
+    assert "after epoch 2 of 3" in (tmp_path / "run" / "evaluated" / "epoch-0002" / "README.md").read_text()
+    assert not (_run(tmp_path / "plain", tiny_settings()).out / "evaluated").exists()     # only when asked
+    _run(tmp_path / "run", tiny_settings(epochs=3), resume=False)           # a fresh start removes them
+    assert not (tmp_path / "run" / "evaluated").exists()
+
+
 def test_the_shapes_run_trains_and_judges_the_prompts_it_is_given(tmp_path):
     from l2s.shapes.tuning import train_shapes_grpo
 
