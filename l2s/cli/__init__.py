@@ -18,6 +18,7 @@ from l2s.errors import L2SError
 from . import evaluate, generate, parse
 from .help import OneLineParser
 from .noise import drop_pure_noise, quiet_libraries
+from .outputs import error_line
 
 EXIT_USAGE = 2
 EXAMPLES = """examples:
@@ -98,7 +99,7 @@ def _guarded(work) -> int:
         return work()
     except L2SError as error:
         if not getattr(error, "l2s_shared", False):  # rank 0 of a spread run said it already
-            print(f"l2s: error: {error}", file=sys.stderr)
+            print(error_line(error), file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt as error:
         _say_interrupted(error)

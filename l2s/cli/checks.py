@@ -88,3 +88,48 @@ def check_input_paths(paths, flag: str, folder: bool = False) -> None:
     for path in [paths] if isinstance(paths, (str, Path)) else paths:
         if not (Path(path).is_dir() if folder else Path(path).exists() and not Path(path).is_dir()):  # pipes too
             raise UsageError(f"{flag} {path}: no such {'folder' if folder else 'file'}")
+
+
+def check_report_file(path, flag: str, header: str, inputs=(), beside=None) -> None:
+    """``flag``'s Markdown report may be written: a new file or one this command wrote (its first
+    line starts with ``header``), never one of ``inputs``, never inside an l2s run folder (its
+    command owns what is there). ``beside``: ``(suffix, is_ours)`` for a file written next to it."""
+    from pathlib import Path
+
+    from l2s.errors import UsageError
+
+    path = Path(path)
+    if path.suffix != ".md" and not path.is_dir():   # a folder is named as such by check_output_file
+        raise UsageError(f"{flag} {path}: give a Markdown file's path (ending in .md)")
+    owner = _run_folder_above(path)
+    if owner is not None:               # checked before check_output_file makes any folder
+        raise UsageError(f"{flag} {path}: inside {owner}, an l2s run folder that its command owns; write the report "
+                         "elsewhere")
+    check_output_file(path, flag)
+    targets = [path] + ([path.with_suffix(beside[0])] if beside else [])
+    for target in targets:
+        if any(target.resolve() == Path(source).resolve() for source in inputs):
+            raise UsageError(f"{flag} {path}: would overwrite {target}, an input of this command")
+    if path.exists() and path.stat().st_size and not _first_line(path).startswith(header):
+        raise UsageError(f"{flag} {path}: exists and is not a report of this command; delete it or give a new path")
+    if beside and targets[1].exists() and not beside[1](targets[1]):
+        raise UsageError(f"{flag} {path}: {targets[1]} beside it exists and is not this command's; delete it or "
+                         "give a new path")
+
+
+def _run_folder_above(path):
+    """The nearest folder above ``path`` marked as holding an l2s command's output, or None."""
+    from l2s.files import KIND_FILE
+
+    for folder in path.resolve().parents:
+        if (folder / KIND_FILE).is_file():
+            return folder
+    return None
+
+
+def _first_line(path) -> str:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.readline()
+    except (OSError, UnicodeDecodeError):
+        return ""

@@ -73,7 +73,7 @@ def build_grpo_parser() -> argparse.ArgumentParser:
                    help="also keep the adapter of every judged epoch in OUT/evaluated/epoch-NNNN (bench any of them "
                         "later with --lora; OUT/adapter is only the latest)")
     add_threads_arg(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", "--no-progress", action="store_true", help="no progress bars (--no-progress: the same)")
     return p
 
 

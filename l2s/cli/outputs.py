@@ -1,7 +1,17 @@
-"""The last line of a command: every file it wrote."""
+"""The last line of a command: every file it wrote, or its error."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
+
+# The library's messages name the Python argument beside the flag ("--restart (resume=False in
+# Python)"); a command-line user only needs the flag.
+_PYTHON_HINT = re.compile(r" \((?:resume|restart)=(?:True|False)(?: in Python)?\)")
+
+
+def error_line(error: Exception) -> str:
+    """``l2s: error: ...`` for a user error, worded for the command line."""
+    return "l2s: error: " + _PYTHON_HINT.sub("", str(error))
 
 
 def wrote_line(out: Path, names: list[str]) -> str:

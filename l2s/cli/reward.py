@@ -85,6 +85,9 @@ def reward_data_main(argv: Sequence[str] | None = None) -> int:
     counts = make_reward_pairs(args.out, args.pairs, settings=settings, pipe=pipe, batch_size=args.batch_size,
                                max_shards=args.max_shards, progress=not args.no_progress, restart=args.restart)
     print(_pairs_line(counts, args.out))
+    if counts.get("train", 0) < args.pairs:
+        print(f"l2s: stopped by --max-shards {args.max_shards} before --pairs {args.pairs}: rerun with a larger "
+              "--max-shards (or without it) to make the rest", file=sys.stderr)
     return 0
 
 
@@ -160,7 +163,7 @@ def _headline(results: dict) -> str:
         return "l2s: trained; the pair folder has no held-out pairs to score"
     flips = heldout["prompt"]["flips"]
     parts = [f"{name} flip{'s' if name != '1' else ''} {v['accuracy']:.3f} (n={v['n']})" for name, v in flips.items()]
-    return (f"held-out pairwise accuracy {heldout['prompt']['all']['accuracy']:.3f} "
+    return (f"l2s: held-out pairwise accuracy {heldout['prompt']['all']['accuracy']:.3f} "
             f"(n={heldout['prompt']['all']['n']}; {', '.join(parts)}); best epoch {results['best_epoch']}")
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from l2s.errors import L2SError, UsageError
 
-from .checks import check_output_file
+from .checks import check_report_file
 from .help import command_parser
 from .options import add_threads_arg, flag_of, out_path, use_threads
 
@@ -378,10 +378,11 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
     if not (math.isfinite(args.scale) and args.scale > 0):
         raise UsageError(f"--scale must be a positive number, got {args.scale!r}")
     if args.results:
-        if args.results.suffix == ".json":
-            raise UsageError(f"--results {args.results}: give the Markdown file's path; its JSON is written beside "
-                             "it with the suffix .json")
-        check_output_file(args.results, "--results")
+        from l2s.shapes.bench_report import BENCH_TITLE, is_bench_results
+
+        if args.out.resolve() in args.results.resolve().parents:
+            raise UsageError(f"--results {args.results}: inside --out {args.out}, the run folder; write it elsewhere")
+        check_report_file(args.results, "--results", BENCH_TITLE, beside=(".json", is_bench_results))
     parts = None if args.parts is None else [key.strip() for key in args.parts.split(",") if key.strip()]
     if parts == []:
         raise UsageError("--parts: no part given (leave it out to run every part)")
@@ -424,15 +425,19 @@ def build_compare_parser() -> argparse.ArgumentParser:
 def compare_main(argv: Sequence[str] | None = None) -> int:
     """``l2s shapes compare``: one table of base, steering and tuned rows; prints it."""
     args = build_compare_parser().parse_args(argv)
-    from l2s.shapes.compare import Tuned, comparison_table, read_bench, training_cpu_seconds
+    from l2s.shapes.compare import TABLE_START, Tuned, comparison_table, read_bench, training_cpu_seconds
 
-    tuned = []
+    sources = []
     for item in args.tuned:
-        name, _, sources = item.partition("=")
-        bench, _, run = sources.partition(",")
+        name, _, paths = item.partition("=")
+        bench, _, run = paths.partition(",")
         if not name or not bench:
             raise UsageError(f"bad --tuned {item!r}: use NAME=JSON or NAME=JSON,GRPO_RUN")
-        tuned.append(Tuned(name, read_bench(bench), training_cpu_seconds(run) if run else None))
+        sources.append((name, bench, run))
+    if args.out:
+        inputs = [args.bench] + [path for _, bench, run in sources for path in (bench, run) if path]
+        check_report_file(args.out, "--out", TABLE_START, inputs=inputs)
+    tuned = [Tuned(name, read_bench(bench), training_cpu_seconds(run) if run else None) for name, bench, run in sources]
     table = comparison_table(read_bench(args.bench), tuned)
     print(table)
     if args.out:

@@ -16,6 +16,7 @@ from l2s.relations import DIAGONAL, DIAGONAL_CLASSES, DIRECTIONAL, PUBLISHED_CLA
 from .help import command_parser
 from .options import (LONG_NAMES, add_device_arg, add_dtype_arg, add_threads_arg, flag_of, out_text, resolve_device,
                       torch_dtype, use_threads)
+from .outputs import error_line
 
 # ``--model`` names of the random tiny pipelines (offline).
 _TINY_MODELS = ("tiny", "tiny-flux", "tiny-dev", "tiny-sd")
@@ -143,7 +144,7 @@ def make_data_main(argv: Sequence[str] | None = None) -> int:
 def _say_error(error: Exception) -> int:
     """One error line (rank 0 alone for an error every rank of a spread run shares); exit code 2."""
     if not getattr(error, "l2s_shared", False):
-        print(f"l2s: error: {error}", file=sys.stderr)
+        print(error_line(error), file=sys.stderr)
     return 2
 
 

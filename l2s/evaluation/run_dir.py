@@ -99,8 +99,8 @@ def refuse_changed_settings(out: str | Path, settings: dict[str, Any], not_yet: 
     if previous is None or old == settings_shown:
         return
 
-    def shown(d: dict, k: str) -> str:  # a setting an older version did not record says so
-        return repr(d[k]) if k in d else "(not recorded)"
+    def shown(d: dict, k: str) -> str:  # a setting left out (no LoRA) or not recorded
+        return repr(d[k]) if k in d else "(absent)"
 
     changed = sorted(k for k in set(old) | set(settings_shown) if shown(old, k) != shown(settings_shown, k))
     details = ", ".join(f"{k}: {shown(old, k)} -> {shown(settings_shown, k)}" for k in changed)

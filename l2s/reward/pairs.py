@@ -116,6 +116,16 @@ def read_shard(folder: str | Path, index: int) -> tuple[torch.Tensor, list[dict]
     return images, records
 
 
+def _refuse_repeated(folders: list) -> None:
+    """A folder given twice would count its pairs twice: refused rather than silently weighted."""
+    seen: dict[Path, str | Path] = {}
+    for one in folders:
+        first = seen.setdefault(Path(one).resolve(), one)
+        if first is not one:
+            again = f" (as {first})" if str(first) != str(one) else ""
+            raise L2SError(f"pair folder {one} is given twice{again}: its pairs would count twice")
+
+
 def load_pairs(folder: str | Path | Sequence[str | Path], split: str | None = None) -> PairSet:
     """Every committed pair of ``folder`` (``split``: only that split), images shared in one tensor;
     a list of folders (e.g. made with different ``--seed``) gives their pairs together, in order."""
@@ -124,6 +134,7 @@ def load_pairs(folder: str | Path | Sequence[str | Path], split: str | None = No
         raise L2SError("no pair folder given")
     if split is not None and split not in SPLITS:
         raise L2SError(f"unknown split {split!r} (choose {', '.join(SPLITS)})")
+    _refuse_repeated(folders)
     images, winner, loser, records, offset = [], [], [], [], 0
     for one in folders:
         if not (Path(one) / MANIFEST).is_file():

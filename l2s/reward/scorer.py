@@ -89,6 +89,23 @@ def load_reward_model(folder: str | Path, device: str | torch.device = "cpu") ->
     if not (folder / TOKENIZER_DIR).is_dir() and (folder / "best" / TOKENIZER_DIR).is_dir():
         folder = folder / "best"
     if not (folder / TOKENIZER_DIR).is_dir():
-        raise ModelLoadError(f"no reward model at {folder} ({TOKENIZER_DIR}/ missing)")
+        raise ModelLoadError(f"no reward model at {folder}: {_what_is_there(folder)}")
     model = SpatialScore.from_pretrained(folder, device=device)
     return SpatialScorer(model, AutoTokenizer.from_pretrained(str(folder / TOKENIZER_DIR), local_files_only=True))
+
+
+def _what_is_there(folder: Path) -> str:
+    """Why ``folder`` is no reward model, in words: another command's output, or what is missing."""
+    from l2s.files import KIND_FILE, OUTPUT_KINDS
+
+    try:
+        kind = (folder / KIND_FILE).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        kind = None
+    if kind in OUTPUT_KINDS and kind != "train-reward":
+        return f"it holds {OUTPUT_KINDS[kind]}; give a 'l2s shapes train-reward' folder"
+    if not folder.is_dir():
+        return "not a folder" if folder.exists() else "no such folder"
+    if kind == "train-reward":
+        return "this train-reward run has saved no model yet (rerun its command to train it)"
+    return f"{TOKENIZER_DIR}/ missing (not a saved SpatialScore)"

@@ -200,7 +200,10 @@ class _Run:
                     _save(out / "best", self.scorer)
                 _save(out / "last", self.scorer, self.state())
                 append_log(out / "log.jsonl", row)
-                bar.set_postfix({"loss": f"{row['loss']:.3f}", "val": row["val_accuracy"]}, refresh=False)
+                shown = {"loss": f"{row['loss']:.3f}"}
+                if row["val_accuracy"] is not None:     # no validation pairs: nothing to show
+                    shown["val"] = f"{row['val_accuracy']:.3f}"
+                bar.set_postfix(shown, refresh=False)
         finally:
             bar.close()
 

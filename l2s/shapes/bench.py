@@ -229,7 +229,8 @@ def _run_bench(out_dir: str | Path, pipeline_dir: str | Path | None, classifier:
                 "scale": scale, "position_prompts": position_prompts, "step_size": run.step_size,
                 "sampling": run.sampling(), "seeds": list(seeds), "lora": run.lora,
                 "reward_model": None if reward_model is None else str(reward_model),
-                "modes": list(modes), "image_size": image_size(run.pipe), "wall_time_s": round(time.perf_counter() - started, 1)}
+                "modes": list(modes), "image_size": image_size(run.pipe), **_digests(run),
+                "wall_time_s": round(time.perf_counter() - started, 1)}
     return {"parts": results, "no_relation": plain, "classifier_comparison": comparison, "settings": settings}
 
 

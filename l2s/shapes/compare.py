@@ -15,6 +15,7 @@ from pathlib import Path
 from l2s.errors import UsageError
 from l2s.files import read_jsonl_lines
 
+TABLE_START = "| method | "   # the first line of every comparison table begins so
 COLUMNS = ("two obj strict", "two obj colour", "two obj found", "multi 3/2 colour", "multi 4/3 colour", "held-out colour",
            "no rel: found", "no rel: colours", "no rel: spread", "reward score", "reward AUC",
            "GRPO CPU-h", "extra CPU-s/img", "break-even images")
@@ -74,9 +75,26 @@ def check_comparable(untuned: dict, tuned: list[Tuned]) -> None:
         settings = t.bench.get("settings") or {}
         if not settings.get("lora"):
             raise UsageError(f"--tuned {t.name}: its bench ran without --lora (not a tuned model)")
-        differ = [k for k in SHARED_SETTINGS if settings.get(k) != base.get(k)]
+        differ = [k for k in SHARED_SETTINGS if k != "pipeline" and settings.get(k) != base.get(k)]
+        if not _same_pipeline(settings, base):
+            differ.insert(0, "pipeline")
         if differ:
             raise UsageError(f"--tuned {t.name}: its bench differs from --bench in {', '.join(differ)}")
+
+
+def _same_pipeline(a: dict, b: dict) -> bool:
+    """Whether two benches ran one model: their recorded weights digests when both have one (a
+    model retrained in place differs); else the same path, or for a copy at another path, the
+    digests of both folders as they are now (older benches recorded none)."""
+    from l2s.pipelines.loading import pipeline_digest
+
+    if a.get("pipeline_digest") and b.get("pipeline_digest"):
+        return a["pipeline_digest"] == b["pipeline_digest"]
+    if a.get("pipeline") == b.get("pipeline"):
+        return True
+    digests = [s.get("pipeline_digest") or (pipeline_digest(s["pipeline"]) if s.get("pipeline") else None)
+               for s in (a, b)]
+    return None not in digests and digests[0] == digests[1]
 
 
 def _part(bench: dict, key: str) -> dict:
@@ -114,7 +132,7 @@ def comparison_table(untuned: dict, tuned: list[Tuned]) -> str:
     """The Markdown table: base, steering, then each tuned model alone and with steering."""
     check_comparable(untuned, tuned)
     steering_cpu = _extra_cpu(untuned)
-    lines = ["| method | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    lines = [TABLE_START + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     rows = [("base", untuned, "base", None), ("steering", untuned, "steered", None)]
     for t in tuned:
         rows += [(t.name, t.bench, "base", t.training_cpu_s), (f"{t.name} + steering", t.bench, "steered", t.training_cpu_s)]

@@ -77,8 +77,11 @@ class PairSettings:
         """Raise :class:`L2SError` naming the first setting that cannot work (``spelled``: its name
         as the caller's user knows it, e.g. the command-line flag)."""
         keys = {f"{o},{r}" for o, r in PAIR_PATTERNS}
-        if not self.patterns or set(self.patterns) - keys or min(self.patterns.values()) < 0 \
-                or not sum(self.patterns.values()) > 0:
+        unknown = sorted(set(self.patterns or ()) - keys)
+        if unknown:
+            raise L2SError(f"{spelled('patterns')}: unknown pattern{'s' if len(unknown) > 1 else ''} "
+                           f"{', '.join(unknown)} (OBJECTS,RELATIONS; known: {'; '.join(sorted(keys))})")
+        if not self.patterns or min(self.patterns.values()) < 0 or not sum(self.patterns.values()) > 0:
             raise L2SError(f"{spelled('patterns')} must weigh {', '.join(sorted(keys))} with weights >= 0, "
                            "not all 0")
         if not 0 <= self.heldout_fraction < 1:

@@ -187,7 +187,7 @@ def test_eval_resumes_and_refuses_other_settings(tiny_run, tmp_path, capsys, mon
     del recorded["generation"]["step_size"]          # as written before the setting existed
     run_file.write_text(json.dumps(recorded))
     code, _, err = run(TINY_RUN + ["--out", str(out)], capsys)
-    assert code == 2 and "step_size: (not recorded) -> None" in error_lines(err)[0]
+    assert code == 2 and "step_size: (absent) -> None" in error_lines(err)[0]
 
 
 

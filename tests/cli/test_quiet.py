@@ -56,3 +56,15 @@ def test_run_folder_outputs_name_every_file(tmp_path):
                      "steered/: 3 images with their records (6 files)"]
     assert wrote_line(tmp_path, ["a.png"]) == f"l2s: wrote a.png in {tmp_path}"
     assert wrote_line(tmp_path, ["a", "b", "c"]) == f"l2s: wrote a, b and c in {tmp_path}"
+
+
+def test_error_lines_name_the_flag_not_the_python_argument():
+    from l2s.cli.outputs import error_line
+    from l2s.errors import L2SError
+    from l2s.training.checkpoints import RESTART
+
+    expected = "l2s: error: x is damaged; rerun with --restart to train from the start"
+    assert error_line(L2SError(f"x is damaged; {RESTART}")) == expected
+    assert error_line(L2SError("rerun with --restart (restart=True) to start over")) == \
+        "l2s: error: rerun with --restart to start over"
+    assert error_line(L2SError("a (resume=False) b")) == "l2s: error: a b"

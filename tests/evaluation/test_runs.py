@@ -315,7 +315,7 @@ def test_settings_known_before_a_model_loads_are_compared_then(tmp_path):
     (tmp_path / "run.json").write_text(json.dumps({"generation": {"steps": 2, "relations": "a,above,b",
                                                                   "engine": "eager"}}))
     refuse_changed_settings(tmp_path, {"steps": 2, "relations": "a,above,b"}, not_yet=("engine",))
-    with pytest.raises(L2SError, match=r"relations: 'a,above,b' -> \(not recorded\)"):   # dropped since
+    with pytest.raises(L2SError, match=r"relations: 'a,above,b' -> \(absent\)"):   # dropped since
         refuse_changed_settings(tmp_path, {"steps": 2}, not_yet=("engine",))
     with pytest.raises(L2SError, match="engine: 'eager' -> 'compile'"):
         refuse_changed_settings(tmp_path, {"steps": 2, "relations": "a,above,b", "engine": "compile"})

@@ -52,6 +52,14 @@ def test_top_k_and_no_top_k_cannot_both_be_given(capsys):
     assert exit_.value.code == 2 and "argument --no-top-k: not allowed with argument --top-k" in capsys.readouterr().err
 
 
+def test_no_progress_is_quiet_as_in_the_other_commands():
+    from l2s.cli.grpo import build_grpo_parser
+
+    parse = build_grpo_parser().parse_args
+    base = ["--out", "o", "--reward", "rule"]
+    assert parse(base + ["--no-progress"]).quiet and parse(base + ["--quiet"]).quiet and not parse(base).quiet
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--group-size", "8"], "at least 12"),
     (["--top-k", "13"], "--top-k must be between 1 and half the group (12), got 13"),

@@ -38,6 +38,7 @@ def test_train_reward_names_the_flag_that_cannot_work_before_reading_data(option
     (["--images-per-family", "1"], "--images-per-family must be at least 2, got 1"),
     (["--families-per-shard", "0"], "--families-per-shard must be at least 1, got 0"),
     (["--patterns", "2,1=0"], "--patterns must weigh"),
+    (["--patterns", "5,1=1"], "--patterns: unknown pattern 5,1 (OBJECTS,RELATIONS; known: 2,1; 3,2; 4,2; 4,3)"),
     (["--seed", "1000000000"], "--seed must be in [0, 10**9), got 1000000000"),
     (["--max-shards", "0"], "--max-shards must be at least 1, got 0"),
 ])
@@ -47,6 +48,17 @@ def test_reward_data_names_the_flag_that_cannot_work_before_any_work(option, mes
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"l2s: error: {message}"), err
     assert not (tmp_path / "p").exists()
+
+
+def test_train_reward_refuses_a_pair_folder_given_twice(tmp_path, capsys):
+    (tmp_path / "pairs").mkdir()
+    argv = ["shapes", "train-reward", "--data", str(tmp_path / "pairs"), str(tmp_path / "x" / ".." / "pairs"),
+            "--out", str(tmp_path / "rm")]
+    assert main(argv) == EXIT_USAGE
+    err = capsys.readouterr().err.strip().splitlines()
+    again, first = tmp_path / "x" / ".." / "pairs", tmp_path / "pairs"
+    assert err == [f"l2s: error: pair folder {again} is given twice (as {first}): its pairs would count twice"]
+    assert not (tmp_path / "rm").exists()
 
 
 def test_train_reward_trains_reports_and_continues_a_stopped_run(tmp_path, capsys):

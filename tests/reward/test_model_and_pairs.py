@@ -113,8 +113,14 @@ def test_save_and_load_round_trip(tmp_path, tokenizer):
     scores = loaded(images, prompts)
     assert scores.dtype == torch.float32 and scores.shape == (3,)
     assert torch.allclose(scores, scorer(images, prompts))
-    with pytest.raises(ModelLoadError):
+    with pytest.raises(ModelLoadError, match="tokenizer/ missing"):
         load_reward_model(tmp_path)
+    (tmp_path / "grpo").mkdir()
+    (tmp_path / "grpo" / ".l2s.kind").write_text("grpo\n")
+    with pytest.raises(ModelLoadError, match=r"it holds a GRPO run \('l2s shapes grpo'\); give a 'l2s shapes train"):
+        load_reward_model(tmp_path / "grpo")
+    with pytest.raises(ModelLoadError, match="no such folder"):
+        load_reward_model(tmp_path / "none")
     scorer.save_pretrained(tmp_path / "run" / "best")   # a train-reward run folder loads its best/
     assert torch.allclose(load_reward_model(tmp_path / "run")(images, prompts), scores)
     with pytest.raises(L2SError):

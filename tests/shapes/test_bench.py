@@ -136,6 +136,10 @@ def test_bench_header_names_the_models_it_ran(tmp_path):
     settings["pipeline"] = "/tmp/candidate"
     other = shapes_world.write_bench_results({"parts": [part], "settings": settings}, tmp_path / "b.md").read_text()
     assert "Shipped" not in other and "Shapes model `/tmp/candidate` with classifiers" in other
+    assert "LoRA" not in other
+    settings["lora"] = "ss"
+    tuned = shapes_world.write_bench_results({"parts": [part], "settings": settings}, tmp_path / "c.md").read_text()
+    assert "LoRA adapter `ss` merged into the model" in tuned
 
 
 def _tiny_shapes_classifier(pipe, seed=0):
@@ -180,7 +184,8 @@ def test_bench_cli_names_the_option_and_lists_every_part(tmp_path, capsys):
         assert f"l2s: error: {option} must be a positive" in capsys.readouterr().err
     (tmp_path / "a-file").write_text("x")
     refused = [(tmp_path, "is a folder; give a file path"), (tmp_path / "a-file" / "table.md", "cannot make its folder"),
-               (tmp_path / "table.json", "give the Markdown file's path")]
+               (tmp_path / "table.json", "give a Markdown file's path (ending in .md)"),
+               (tmp_path / "table.txt", "give a Markdown file's path (ending in .md)")]
     if Path("/proc/self").is_dir():    # a folder that takes no new files, even from root
         refused.append((Path("/proc/l2s-table.md"), "cannot write in its folder"))
     for results, message in refused:
@@ -243,3 +248,26 @@ def test_the_shipped_adapter_has_a_name():
 
     assert lora_folder(SHIPPED_LORA) == shipped_assets().grpo_adapter
     assert lora_folder("runs/grpo-ss") == Path("runs/grpo-ss") and lora_folder(None) is None
+
+
+def test_bench_results_never_replace_another_commands_files(tmp_path, capsys):
+    from l2s.cli import main
+
+    run = tmp_path / "grpo"
+    run.mkdir()
+    (run / ".l2s.kind").write_text("grpo\n")
+    (tmp_path / "grpo.json").write_text('{"epochs_done": 3}')
+    (tmp_path / "notes.md").write_text("# notes\n")
+    refused = [(tmp_path / "grpo.md", f"{tmp_path / 'grpo.json'} beside it exists and is not this command's"),
+               (tmp_path / "notes.md", "exists and is not a report of this command"),
+               (run / "t.md", "an l2s run folder that its command owns"),
+               (tmp_path / "o" / "t.md", f"inside --out {tmp_path / 'o'}, the run folder")]
+    for results, message in refused:
+        assert main(["shapes", "bench", "--results", str(results), "--out", str(tmp_path / "o")]) == 2
+        assert message in capsys.readouterr().err
+    assert (tmp_path / "grpo.json").read_text() == '{"epochs_done": 3}' and not (tmp_path / "o").exists()
+    from l2s.cli.checks import check_report_file
+    from l2s.shapes.bench_report import BENCH_TITLE, is_bench_results
+
+    written = shapes_world.write_bench_results({"parts": [], "settings": {"seeds": [1]}}, tmp_path / "old.md")
+    check_report_file(written, "--results", BENCH_TITLE, beside=(".json", is_bench_results))   # its own: replaced

@@ -3,10 +3,12 @@ and the break-even image count computed from the logged CPU seconds."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
 from l2s.cli import main
+from l2s.shapes import shipped_assets
 
 
 def _mode(strict, colour, cpu, reward=None, found=0.97):
@@ -87,3 +89,65 @@ def test_the_cost_reads_a_log_whose_last_line_was_torn_by_a_kill(tmp_path):
     with open(run / "log.jsonl", "a") as log:
         log.write('{"epoch": 3, "cpu')          # a writer killed mid-line: epoch 3 never finished
     assert training_cpu_seconds(run) == 7.0
+
+
+def test_out_never_replaces_an_input_or_another_commands_file(tmp_path, capsys):
+    modes = (_mode(0.3, 0.3, 1.0), _mode(0.9, 0.9, 4.0))
+    (tmp_path / "base.json").write_text(json.dumps(_bench(*modes)))
+    (tmp_path / "tuned.json").write_text(json.dumps(_bench(*modes, lora="ss")))
+    run = _grpo_run(tmp_path / "grpo", [{"epoch": 1, "cpu_s": 3.0}], 1)
+    (run / ".l2s.kind").write_text("grpo\n")
+    (tmp_path / "notes.md").write_text("# my notes\n")
+    argv = ["shapes", "compare", "--bench", str(tmp_path / "base.json"), "--tuned", f"X={tmp_path / 'tuned.json'},{run}"]
+    refused = [(tmp_path / "base.json", "give a Markdown file's path (ending in .md)"),
+               (run / "grpo.json", "give a Markdown file's path"),
+               (tmp_path, "is a folder; give a file path"),
+               (run / "table.md", f"inside {run.resolve()}, an l2s run folder"),
+               (tmp_path / "notes.md", "exists and is not a report of this command")]
+    for out, message in refused:
+        assert main(argv + ["--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"l2s: error: --out {out}: {message}" in err, err
+    assert (tmp_path / "notes.md").read_text() == "# my notes\n"
+    assert json.loads((run / "grpo.json").read_text()) == {"epochs_done": 1}
+    assert not (run / "table.md").exists()
+    assert main(argv + ["--out", str(tmp_path / "t.md")]) == 0
+    assert main(argv + ["--out", str(tmp_path / "t.md")]) == 0    # its own table is replaced
+    assert (tmp_path / "t.md").read_text().startswith("| method | ")
+
+
+def test_benches_of_one_model_compare_by_weights_digest_wherever_it_lay(tmp_path, capsys):
+    modes = (_mode(0.3, 0.3, 1.0), _mode(0.9, 0.9, 4.0))
+    base, tuned = _bench(*modes), _bench(*modes, lora="ss")
+    for name, bench in (("base", base), ("tuned", tuned)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(bench))
+    argv = ["shapes", "compare", "--bench", str(tmp_path / "base.json"), "--tuned", f"X={tmp_path / 'tuned.json'}"]
+
+    def compare(base_settings, tuned_settings):
+        (tmp_path / "base.json").write_text(json.dumps({**base, "settings": {**base["settings"], **base_settings}}))
+        (tmp_path / "tuned.json").write_text(json.dumps({**tuned, "settings": {**tuned["settings"], **tuned_settings}}))
+        code = main(argv)
+        return code, capsys.readouterr().err
+
+    assert compare({"pipeline": "/a", "pipeline_digest": "d1"}, {"pipeline": "/copy", "pipeline_digest": "d1"})[0] == 0
+    code, err = compare({"pipeline": "/a", "pipeline_digest": "d1"}, {"pipeline": "/a", "pipeline_digest": "d2"})
+    assert code == 2 and "its bench differs from --bench in pipeline" in err     # retrained in place
+    code, err = compare({"pipeline": "/a"}, {"pipeline": "/nowhere"})               # nothing to tell them apart by
+    assert code == 2 and "differs from --bench in pipeline" in err
+    shipped = shipped_assets().pipeline
+    copy = tmp_path / "copy"
+    shutil.copytree(shipped, copy, ignore=shutil.ignore_patterns("classifier*", "grpo_adapter", "spatial_score"))
+    assert compare({"pipeline": str(shipped)}, {"pipeline": str(copy)})[0] == 0      # older benches: the folders
+    (copy / "model_index.json").write_text((copy / "model_index.json").read_text() + " ")
+    assert compare({"pipeline": str(shipped)}, {"pipeline": str(copy)})[0] == 2
+
+
+def test_out_refuses_an_input_and_takes_an_empty_file(tmp_path, capsys):
+    modes = (_mode(0.3, 0.3, 1.0), _mode(0.9, 0.9, 4.0))
+    (tmp_path / "base.md").write_text(json.dumps(_bench(*modes)))     # a results JSON under another name
+    argv = ["shapes", "compare", "--bench", str(tmp_path / "base.md")]
+    assert main(argv + ["--out", str(tmp_path / "base.md")]) == 2
+    assert f"would overwrite {tmp_path / 'base.md'}, an input of this command" in capsys.readouterr().err
+    (tmp_path / "empty.md").write_text("")
+    assert main(argv + ["--out", str(tmp_path / "empty.md")]) == 0
+    assert (tmp_path / "empty.md").read_text().startswith("| method | ")

@@ -219,3 +219,18 @@ def test_classifier_judge_inverts_each_image_and_sums_the_prompted_relations_log
     assert scores[0] > -1e-6 and scores[1] == pytest.approx(-40.0, abs=1e-3)
     assert scores[2] == pytest.approx(-40.0, abs=1e-3)   # one pair of two is wrong
     assert sorted(set(classifier.steps)) == [1, 3]
+
+
+def test_cli_says_when_max_shards_stopped_it_short_of_pairs(tmp_path, rendered_sampler, monkeypatch, capsys):
+    import l2s.shapes
+    from l2s.cli import main
+
+    monkeypatch.setattr(l2s.shapes, "load_shapes_pipeline", lambda *_, **__: _Pipe())
+    argv = ["shapes", "reward-data", "--out", str(tmp_path / "p"), "--pairs", "100000", "--families-per-shard", "4",
+            "--images-per-family", "8", "--max-shards", "1", "--quiet"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("l2s: ") and "training pairs" in captured.out
+    assert "l2s: stopped by --max-shards 1 before --pairs 100000: rerun with a larger --max-shards" in captured.err
+    assert main(argv[:5] + ["1"] + argv[6:]) == 0   # enough pairs already: no such line
+    assert "stopped by" not in capsys.readouterr().err

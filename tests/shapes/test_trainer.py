@@ -313,7 +313,7 @@ def test_a_damaged_checkpoint_is_one_line_saying_how_to_recover(tmp_path, capsys
     assert main(argv) == 2
     (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("l2s:")]
     assert line.startswith(f"l2s: error: {out / 'checkpoint.pt'} is damaged (")
-    assert line.endswith("rerun with --restart (resume=False in Python) to train from the start, "
+    assert line.endswith("rerun with --restart to train from the start, "
                          f"or delete {out / 'checkpoint.pt'}")
     assert main(argv + ["--restart"]) == 0                  # --restart starts over, as --no-resume
     state = torch.load(out / "checkpoint.pt", weights_only=True)
