@@ -69,14 +69,20 @@ THREADED = [["generate", "a cat left of a dog"], ["eval"], ["make-data"] + MAKE_
             ["shapes", "bench", "--out", "b"], ["shapes", "grpo", "--out", "g", "--reward", "rule"]]
 
 
-@pytest.mark.parametrize("command", THREADED, ids=lambda c: " ".join(c[:2]))
-def test_every_model_command_takes_threads_and_refuses_below_one(command, capsys):
+def _argparse_refusal(argv, capsys) -> str:
+    """The stderr of a command line argparse refuses (exit code 2)."""
     from l2s.cli import main
 
     with pytest.raises(SystemExit) as exit_:
-        main(command + ["--threads", "0"])
-    err = capsys.readouterr().err
-    assert exit_.value.code == 2 and "--threads: expected a whole number from 1 to 1024, got 0" in err
+        main(argv)
+    assert exit_.value.code == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", THREADED, ids=lambda c: " ".join(c[:2]))
+def test_every_model_command_takes_threads_and_refuses_below_one(command, capsys):
+    err = _argparse_refusal(command + ["--threads", "0"], capsys)
+    assert "--threads: expected a whole number from 1 to 1024, got 0" in err
 
 
 def test_generate_threads_set_torch_threads(tmp_path, monkeypatch, capsys):
@@ -147,9 +153,5 @@ OUT_COMMANDS = [["generate", "a cat left of a dog"], ["eval"], ["make-data"] + M
 
 @pytest.mark.parametrize("command", OUT_COMMANDS, ids=lambda c: " ".join(c[:2]))
 def test_an_empty_out_is_refused_not_taken_as_the_current_folder(command, capsys):
-    from l2s.cli import main
-
-    with pytest.raises(SystemExit) as exit_:
-        main(command + ["--out", " "])
-    err = capsys.readouterr().err
-    assert exit_.value.code == 2 and "argument --out: an empty path would write into the current folder" in err
+    err = _argparse_refusal(command + ["--out", " "], capsys)
+    assert "argument --out: an empty path would write into the current folder" in err
