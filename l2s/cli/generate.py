@@ -17,8 +17,8 @@ from l2s.errors import L2SError, UsageError
 
 from .batches import folders_line, image_settings, prompts_of, seeds_of
 from .checks import check_sampling_args
-from .models import (add_model_args, add_sampling_args, add_speed_args, check_image_size, load_steerer,
-                     weights_digests)
+from .models import (add_model_args, add_sampling_args, add_speed_args, check_image_size, check_model_dtype,
+                     load_steerer, weights_digests)
 from .options import add_device_arg, add_dtype_arg, add_threads_arg, out_text, use_threads
 from .outputs import wrote_line
 from .relations import add_relations_arg, given_parse, parse_relations, steer_given_relations
@@ -86,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
     prompts, seeds = prompts_of(args), seeds_of(args)
     check_sampling_args(args)          # every option, before any work
     check_image_size(args)
+    check_model_dtype(args)
     positive_int(args.batch_size, "--batch-size")
     use_threads(args)
     jobs = image_jobs(prompts, seeds)

@@ -115,6 +115,15 @@ def model_folder(args: argparse.Namespace):
     return folder if Path(folder).is_dir() else None
 
 
+def check_model_dtype(args: argparse.Namespace) -> None:
+    """``--dtype`` loads a model folder in that precision; the shipped and tiny models are built
+    in fp32, so another value there is refused rather than silently ignored."""
+    dtype = getattr(args, "dtype", "auto")
+    if args.model in (None, "tiny") and dtype not in ("auto", "fp32"):
+        which = "the tiny demo model" if args.model == "tiny" else "the shipped shapes model"
+        raise UsageError(f"--dtype {dtype}: {which} runs in fp32 only (--dtype applies to --model PATH)")
+
+
 def check_image_size(args: argparse.Namespace) -> None:
     """``--height`` / ``--width`` fit the model's latent grid, checked before it loads."""
     from l2s.errors import UsageError
@@ -200,7 +209,7 @@ def _shipped_model(args: argparse.Namespace, true_cfg: float | None, step_size: 
         return (load_shapes_steerer(assets.pipeline, classifier, true_cfg_scale=true_cfg, step_size=step_size,
                                     lora=getattr(args, "lora", None), device=resolve_device(args)),
                 f"shipped shapes-world model {assets.pipeline}; classifier {classifier}")
-    print(f"l2s: NOTE: the shipped shapes model is missing ({assets.pipeline}); falling back to the "
+    print(f"l2s: warning: the shipped shapes model is missing ({assets.pipeline}); falling back to the "
           "tiny RANDOM demo model: images are noise and steering means nothing", file=sys.stderr)
     return None
 

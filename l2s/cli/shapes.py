@@ -386,6 +386,13 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
     parts = None if args.parts is None else [key.strip() for key in args.parts.split(",") if key.strip()]
     if parts == []:
         raise UsageError("--parts: no part given (leave it out to run every part)")
+    if args.classifier_data is not None:     # read at the end: a bad folder fails now, not after the images
+        from l2s.training.store import load_dataset_meta
+
+        try:
+            load_dataset_meta(args.classifier_data)
+        except L2SError as error:
+            raise UsageError(f"--classifier-data: {error}") from None
     use_threads(args)
     results = run_shapes_bench(args.out, pipeline_dir=args.model, classifier=args.classifier,
                                ablation_classifier=args.ablation_classifier, scale=args.scale,

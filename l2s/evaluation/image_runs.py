@@ -20,6 +20,7 @@ FOLDER_PATTERN = re.compile(r"p\d+-s\d+")   # what a rerun may remove as an earl
 # What one image writes. A one-image rerun into the same folder replaces them (and removes those it
 # does not write again, so no plot of an earlier run sits beside this run's report).
 IMAGE_OUTPUTS = ("image.png", "image_unsteered.png", "comparison.png", "probability.png", "report.json")
+MAPS_DIR = "maps"   # --save-maps grids: step_NN.png
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,13 @@ def remove_earlier_outputs(out: Path) -> None:
     """Everything :func:`earlier_outputs` names, and an earlier one-image run's map grids (one
     line says what went)."""
     out = Path(out)
-    remove_outputs(out, [INDEX_FILE, *IMAGE_OUTPUTS, "maps", *(f.name for f in image_folders(out))],
+    maps = [f"{MAPS_DIR}/{p.name}" for p in sorted((out / MAPS_DIR).glob("step_*.png"))]  # ours only: a user's stay
+    remove_outputs(out, [INDEX_FILE, *IMAGE_OUTPUTS, *maps, *(f.name for f in image_folders(out))],
                    "replacing an earlier run's images")
+    try:
+        (out / MAPS_DIR).rmdir()
+    except OSError:                    # missing, or holding what the user put there
+        pass
 
 
 def refuse_earlier(out: Path, what: str) -> None:

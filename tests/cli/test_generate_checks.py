@@ -50,6 +50,7 @@ def no_model(monkeypatch):
     (["--seed", str(2 ** 64)], "--seed must be an integer in [0, 2**64)"),
     (["--device", "bogus"], "device 'bogus' is not a torch device"),
     (["--relations", ""], "--relations names no relation"),
+    (["--dtype", "bf16"], "runs in fp32 only (--dtype applies to --model PATH)"),
     (["--no-steer", "--save-maps"], "--save-maps records the steered steps' maps: there are none with --no-steer"),
     pytest.param(["--device", "cuda"], "device 'cuda': CUDA is not available on this machine",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),

@@ -58,3 +58,19 @@ def test_a_run_of_other_images_is_named_by_what_differs(tmp_path, jobs, why):
 
     (tmp_path / "index.json").write_text(json.dumps({"jobs": jobs, "settings": {}}))
     assert resume_state(tmp_path, {}, image_jobs(["a cat"], [1])).why_not == why
+
+
+def test_replacing_an_earlier_image_removes_its_map_grids_and_nothing_of_the_users(tmp_path):
+    from l2s.evaluation.image_runs import remove_earlier_outputs
+
+    (tmp_path / "maps" / "sub").mkdir(parents=True)
+    for name in ("image.png", "maps/step_00.png", "maps/step_01.png", "maps/sub/keep.txt", "extra.txt"):
+        (tmp_path / name).write_text("x")
+    remove_earlier_outputs(tmp_path)
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert left == ["extra.txt", "maps/sub/keep.txt"]
+    (tmp_path / "maps" / "sub" / "keep.txt").unlink()
+    (tmp_path / "maps" / "sub").rmdir()
+    (tmp_path / "maps" / "step_02.png").write_text("x")
+    remove_earlier_outputs(tmp_path)
+    assert not (tmp_path / "maps").exists()      # emptied of ours: the folder goes too

@@ -193,6 +193,9 @@ def test_bench_cli_names_the_option_and_lists_every_part(tmp_path, capsys):
         assert f"l2s: error: --results {results}: {message}" in capsys.readouterr().err
     assert main(["shapes", "bench", "--parts", " ,", "--out", str(tmp_path / "o")]) == 2
     assert "l2s: error: --parts: no part given" in capsys.readouterr().err
+    assert main(["shapes", "bench", "--classifier-data", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
+    assert f"l2s: error: --classifier-data: {tmp_path / 'none'} is not an l2s map dataset (no such folder" in \
+        capsys.readouterr().err
     assert not (tmp_path / "o").exists()
     help_text = " ".join(build_bench_parser().format_help().split())
     for key in [p.key for p in shapes_world.bench_parts()] + [bench_plain.KEY]:
