@@ -195,7 +195,8 @@ def _generate_and_score(args: argparse.Namespace):
     # Everything that can be wrong with the request is checked before a model is loaded.
     specs, skipped = resolve_prompt_set(args.prompts, args.n_prompts, args.prompt_seed, sets=prompt_sets())
     if skipped and world().is_main:
-        print(f"l2s: skipped {skipped} prompts of {args.prompts} without a spatial relation", file=sys.stderr)
+        print(f"l2s: skipped {skipped} prompt{'s' if skipped != 1 else ''} of {args.prompts} without a spatial "
+              "relation", file=sys.stderr)
     seeds = parse_seeds(args.seeds)
     relations_of = _given_relations(args.relations, specs)
     with output_lock(args.out, kind="eval"):  # a second run into --out is refused before any model loads

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from l2s.errors import L2SError, UsageError
 
-from .checks import check_report_file
+from .checks import check_report_file, check_sampling_args
 from .help import command_parser
 from .options import add_threads_arg, flag_of, out_path, use_threads
 
@@ -350,8 +350,8 @@ def build_bench_parser() -> argparse.ArgumentParser:
                                     "ablation, preset_front-loaded, preset_front-loaded-20, preset_early-exit, "
                                     "preset_fast, ood, no_relation")
     p.add_argument("--modes", default="base,steered",
-                   help="modes to generate: base, steered or both (default); e.g. base alone for a tuned "
-                        "model compared without steering")
+                   help="comma-separated modes to generate, of base and steered (default base,steered); e.g. "
+                        "base alone for a tuned model compared without steering")
     p.add_argument("--classifier-data", type=Path,
                    help="the classifiers' map dataset (l2s shapes make-data): also compare dual and pos-only "
                         "on its held-out maps per prompt type (leakage check)")
@@ -375,6 +375,7 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
 
     positive_int(args.batch_size, "--batch-size")
     positive_int(args.position_prompts, "--position-prompts")
+    check_sampling_args(args)           # --true-cfg, --step-size: named before any work
     if not (math.isfinite(args.scale) and args.scale > 0):
         raise UsageError(f"--scale must be a positive number, got {args.scale!r}")
     if args.results:

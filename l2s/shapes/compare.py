@@ -35,7 +35,8 @@ def read_bench(path: str | Path) -> dict:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
-        raise UsageError(f"{path}: not a bench results JSON ({error})") from None
+        hint = f"; its JSON is {Path(path).with_suffix('.json')}" if Path(path).suffix == ".md" else ""
+        raise UsageError(f"{path}: not a bench results JSON ({error}){hint}") from None
     if not isinstance(data, dict) or "parts" not in data:
         raise UsageError(f"{path}: not a bench results JSON (no 'parts'; write one with l2s shapes bench --results)")
     return data

@@ -179,7 +179,7 @@ def test_bench_cli_names_the_option_and_lists_every_part(tmp_path, capsys):
     from l2s.cli.shapes import build_bench_parser
     from l2s.shapes import bench_plain
 
-    for option, value in (("--scale", "0"), ("--position-prompts", "0")):
+    for option, value in (("--scale", "0"), ("--position-prompts", "0"), ("--step-size", "0"), ("--true-cfg", "-1")):
         assert main(["shapes", "bench", option, value, "--out", str(tmp_path / "o")]) == 2
         assert f"l2s: error: {option} must be a positive" in capsys.readouterr().err
     (tmp_path / "a-file").write_text("x")

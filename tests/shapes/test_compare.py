@@ -148,6 +148,11 @@ def test_out_refuses_an_input_and_takes_an_empty_file(tmp_path, capsys):
     argv = ["shapes", "compare", "--bench", str(tmp_path / "base.md")]
     assert main(argv + ["--out", str(tmp_path / "base.md")]) == 2
     assert f"would overwrite {tmp_path / 'base.md'}, an input of this command" in capsys.readouterr().err
+    (tmp_path / "table.md").write_text("| method |\n")
+    assert main(["shapes", "compare", "--bench", str(tmp_path / "table.md")]) == 2
+    err = capsys.readouterr().err
+    assert "not a bench results JSON (Expecting value: line 1 column 1 (char 0))" in err
+    assert f"; its JSON is {tmp_path / 'table.json'}" in err
     (tmp_path / "empty.md").write_text("")
     assert main(argv + ["--out", str(tmp_path / "empty.md")]) == 0
     assert (tmp_path / "empty.md").read_text().startswith("| method | ")
