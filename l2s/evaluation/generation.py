@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from l2s.errors import L2SError
 from l2s.versions import software_versions
 
 from .image_runs import ImageJob, Resume, batches, remove_earlier_outputs, write_index
@@ -104,12 +105,27 @@ def generate_image(steerer, prompt: str, seed: int, out: Path, options: Generate
     return report, written
 
 
+def _check_prompts_fit(pipe, jobs: list[ImageJob]) -> None:
+    """A text encoder with a fixed window (the shapes model's ``fit_window``) would refuse a longer
+    prompt only when its batch runs: every distinct prompt is tried against it first."""
+    encoder = getattr(pipe, "text_encoder_2", None)
+    fit = getattr(encoder, "fit_window", None)
+    if fit is None:
+        return
+    for number, prompt in enumerate(dict.fromkeys(job.prompt for job in jobs)):
+        try:
+            fit(pipe.tokenizer_2([prompt], return_tensors="pt").input_ids, fill=encoder.config.pad_token_id)
+        except L2SError as error:
+            raise type(error)(f"prompt {number} ({prompt!r}): {error}") from None
+
+
 def generate_images(steerer, jobs: list[ImageJob], out: Path, options: GenerateOptions, *, resume: Resume,
                     source: str, settings: dict, batch_size: int, started: float | None = None,
                     say: Callable[[str], None] = _silent) -> tuple[list[dict], list[str]]:
     """Every job not finished in ``resume`` (:func:`~.image_runs.open_image_run`), ``batch_size``
     per steering call: (index entries of every image, the file names written per folder)."""
     out, started = Path(out), time.perf_counter() if started is None else started
+    _check_prompts_fit(getattr(steerer, "pipe", None), jobs)    # before the folder is touched: a bad prompt leaves nothing behind
     if resume.entries is None:
         remove_earlier_outputs(out)
         write_index(out, source, batch_size, [], jobs, settings, 0.0)   # a kill in the first batch resumes

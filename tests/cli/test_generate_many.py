@@ -283,3 +283,15 @@ def test_generate_and_eval_never_share_a_folder(tmp_path, capsys, monkeypatch):
     with pytest.raises(L2SError, match="holds images of 'l2s generate'"):   # the library's eval too
         prepare_run_dir(made, [], [], {}, restart=True)
     assert (made / "index.json").is_file()
+
+
+def test_a_prompt_longer_than_the_shapes_window_fails_before_the_folder_is_touched(tmp_path, capsys):
+    long = "a red circle left of a blue square " + "and a green triangle " * 8
+    out = tmp_path / "o"
+    code, lines = run(["generate", "a red circle left of a blue square", long, "--steps", "1", "--out", str(out),
+                       "--quiet"], capsys)
+    errors = [line for line in lines if line.startswith("l2s: error:")]
+    assert code == 2 and len(errors) == 1, lines
+    assert errors[0].startswith(f"l2s: error: prompt 1 ({long!r}): the prompt needs ")
+    assert errors[0].endswith("T5 tokens; the shapes model reads at most 32")
+    assert not out.exists()          # no index of a run that never started, so the corrected rerun is not refused
