@@ -125,7 +125,7 @@ def generate_images(steerer, jobs: list[ImageJob], out: Path, options: GenerateO
     """Every job not finished in ``resume`` (:func:`~.image_runs.open_image_run`), ``batch_size``
     per steering call: (index entries of every image, the file names written per folder)."""
     out, started = Path(out), time.perf_counter() if started is None else started
-    _check_prompts_fit(getattr(steerer, "pipe", None), jobs)    # before the folder is touched: a bad prompt leaves nothing behind
+    _check_prompts_fit(getattr(steerer, "pipe", None), jobs)    # before the folder is touched
     if resume.entries is None:
         remove_earlier_outputs(out)
         write_index(out, source, batch_size, [], jobs, settings, 0.0)   # a kill in the first batch resumes
