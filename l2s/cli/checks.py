@@ -90,10 +90,11 @@ def check_input_paths(paths, flag: str, folder: bool = False) -> None:
             raise UsageError(f"{flag} {path}: no such {'folder' if folder else 'file'}")
 
 
-def check_report_file(path, flag: str, header: str, inputs=(), beside=None) -> None:
+def check_report_file(path, flag: str, header: str, inputs=(), beside=None, run_folder=None) -> None:
     """``flag``'s Markdown report may be written: a new file or one this command wrote (its first
     line starts with ``header``), never one of ``inputs``, never inside an l2s run folder (its
-    command owns what is there). ``beside``: ``(suffix, is_ours)`` for a file written next to it."""
+    command owns what is there), this command's own ``run_folder`` included, marked yet or not.
+    ``beside``: ``(suffix, is_ours)`` for a file written next to it."""
     from pathlib import Path
 
     from l2s.errors import UsageError
@@ -101,7 +102,7 @@ def check_report_file(path, flag: str, header: str, inputs=(), beside=None) -> N
     path = Path(path)
     if path.suffix != ".md" and not path.is_dir():   # a folder is named as such by check_output_file
         raise UsageError(f"{flag} {path}: give a Markdown file's path (ending in .md)")
-    owner = _run_folder_above(path)
+    owner = _run_folder_above(path, run_folder)
     if owner is not None:               # checked before check_output_file makes any folder
         raise UsageError(f"{flag} {path}: inside {owner}, an l2s run folder that its command owns; write the report "
                          "elsewhere")
@@ -117,12 +118,16 @@ def check_report_file(path, flag: str, header: str, inputs=(), beside=None) -> N
                          "give a new path")
 
 
-def _run_folder_above(path):
-    """The nearest folder above ``path`` marked as holding an l2s command's output, or None."""
+def _run_folder_above(path, run_folder=None):
+    """The nearest folder above ``path`` that is ``run_folder`` or marked as holding an l2s
+    command's output, or None."""
+    from pathlib import Path
+
     from l2s.files import KIND_FILE
 
+    own = None if run_folder is None else Path(run_folder).resolve()
     for folder in path.resolve().parents:
-        if (folder / KIND_FILE).is_file():
+        if folder == own or (folder / KIND_FILE).is_file():
             return folder
     return None
 

@@ -381,9 +381,8 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
     if args.results:
         from l2s.shapes.bench_report import BENCH_TITLE, is_bench_results
 
-        if args.out.resolve() in args.results.resolve().parents:
-            raise UsageError(f"--results {args.results}: inside --out {args.out}, the run folder; write it elsewhere")
-        check_report_file(args.results, "--results", BENCH_TITLE, beside=(".json", is_bench_results))
+        check_report_file(args.results, "--results", BENCH_TITLE, beside=(".json", is_bench_results),
+                          run_folder=args.out)
     parts = None if args.parts is None else [key.strip() for key in args.parts.split(",") if key.strip()]
     if parts == []:
         raise UsageError("--parts: no part given (leave it out to run every part)")

@@ -16,7 +16,7 @@ from pathlib import Path
 from l2s.errors import L2SError
 from l2s.versions import software_versions
 
-from .image_runs import ImageJob, Resume, batches, remove_earlier_outputs, write_index
+from .image_runs import MAPS_DIR, ImageJob, Resume, batches, remove_earlier_outputs, write_index
 from .pictures import probability_plot, side_by_side
 
 Judge = Callable[[object, str], "bool | None"]   # (image, prompt) -> holds (None: cannot judge)
@@ -99,7 +99,7 @@ def generate_image(steerer, prompt: str, seed: int, out: Path, options: Generate
     if found := verdicts(options.judge, prompt, result.images[0], baseline and baseline.images[0]):
         report["verdict"] = found
     if recorder is not None and recorder.steps:
-        maps = save_attention_grids(result.images[0], recorder.steps, out / "maps",
+        maps = save_attention_grids(result.images[0], recorder.steps, out / MAPS_DIR,
                                     notes=step_notes(result.diagnostics.records))
         written += [str(path.relative_to(out)) for path in maps]
     return report, written

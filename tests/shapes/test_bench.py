@@ -264,7 +264,7 @@ def test_bench_results_never_replace_another_commands_files(tmp_path, capsys):
     refused = [(tmp_path / "grpo.md", f"{tmp_path / 'grpo.json'} beside it exists and is not this command's"),
                (tmp_path / "notes.md", "exists and is not a report of this command"),
                (run / "t.md", "an l2s run folder that its command owns"),
-               (tmp_path / "o" / "t.md", f"inside --out {tmp_path / 'o'}, the run folder")]
+               (tmp_path / "o" / "t.md", f"inside {(tmp_path / 'o').resolve()}, an l2s run folder")]
     for results, message in refused:
         assert main(["shapes", "bench", "--results", str(results), "--out", str(tmp_path / "o")]) == 2
         assert message in capsys.readouterr().err
