@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from l2s.errors import L2SError
 from l2s.versions import software_versions
 
@@ -133,15 +135,24 @@ def generate_images(steerer, jobs: list[ImageJob], out: Path, options: GenerateO
         say(f"resuming: {len(resume.entries)} of {len(jobs)} images already in {out}")
     entries = list(resume.entries or [])
     done, versions, names = {e["folder"] for e in entries}, software_versions(), []
-    for batch in batches([job for job in jobs if job.folder not in done], batch_size):
-        for job, report, written in generate_batch(steerer, batch, out, options, say):
-            report = {"prompt": job.prompt, **options.context, "seed": job.seed, **report, "versions": versions}
-            (out / job.folder / "report.json").write_text(json.dumps(report, indent=2))
-            names += [name for name in written + ["report.json"] if name not in names]
-            entries.append({"prompt": job.prompt, "seed": job.seed, "folder": job.folder, "steered": report["steered"],
-                            **({"verdict": report["verdict"]} if "verdict" in report else {})})
-        write_index(out, source, batch_size, entries, jobs, settings, resume.seconds + time.perf_counter() - started)
+    with _images_bar(len(jobs), len(done), options) as bar:   # each call's own bar of steps shows below it
+        for batch in batches([job for job in jobs if job.folder not in done], batch_size):
+            for job, report, written in generate_batch(steerer, batch, out, options, say):
+                report = {"prompt": job.prompt, **options.context, "seed": job.seed, **report, "versions": versions}
+                (out / job.folder / "report.json").write_text(json.dumps(report, indent=2))
+                names += [name for name in written + ["report.json"] if name not in names]
+                entries.append({"prompt": job.prompt, "seed": job.seed, "folder": job.folder,
+                                "steered": report["steered"],
+                                **({"verdict": report["verdict"]} if "verdict" in report else {})})
+                bar.update()
+            write_index(out, source, batch_size, entries, jobs, settings,
+                        resume.seconds + time.perf_counter() - started)
     return entries, names
+
+
+def _images_bar(total: int, done: int, options: GenerateOptions) -> tqdm:
+    shown = options.sampling.get("progress", True) and total > 1
+    return tqdm(total=total, initial=done, desc="l2s generate", unit="img", disable=not shown)
 
 
 def generate_batch(steerer, batch: list[ImageJob], out: Path, options: GenerateOptions,

@@ -86,9 +86,12 @@ def claim_run_dir(out: Path, settings: dict[str, Any]) -> None:
     write_json(out / RUN_FILE, {"generation": settings})
 
 
-def refuse_changed_settings(out: str | Path, settings: dict[str, Any], not_yet: Sequence[str] = ()) -> None:
+def refuse_changed_settings(out: str | Path, settings: dict[str, Any], not_yet: Sequence[str] = (),
+                            fix: str = "use another --out, the same settings to resume it, or --restart "
+                                       "(restart=True) to start it over") -> None:
     """Refuse resuming the run in ``out`` with other generation ``settings``; ``not_yet``: keys
-    left out of the comparison (those a caller knows only later, e.g. once a model loads)."""
+    left out of the comparison (those a caller knows only later, e.g. once a model loads); ``fix``:
+    the error's way out, in the caller's words."""
     previous = read_run_file(out)
     old = (previous or {}).get("generation") or {}
     if not isinstance(old, dict):
@@ -104,8 +107,7 @@ def refuse_changed_settings(out: str | Path, settings: dict[str, Any], not_yet: 
 
     changed = sorted(k for k in set(old) | set(settings_shown) if shown(old, k) != shown(settings_shown, k))
     details = ", ".join(f"{k}: {shown(old, k)} -> {shown(settings_shown, k)}" for k in changed)
-    raise L2SError(f"{out} holds a run made with other settings ({details}); "
-                   "use another --out, or the same settings to resume it")
+    raise L2SError(f"{out} holds a run made with other settings ({details}); {fix}")
 
 
 def trusted_png(png: Path) -> bool:

@@ -173,11 +173,12 @@ def _check_classifiers(*classifiers: str | Path | None) -> None:
 def _check_modes(modes: Sequence[str] | None, all_parts: Sequence[BenchPart], parts: Sequence[str] | None) -> tuple:
     """The modes to generate, checked before any model loads (one line per mistake)."""
     if modes is not None and not modes:
-        raise UsageError(f"no bench mode given (modes: {', '.join(BOTH_MODES)})")
+        raise UsageError(f"no bench mode given (--modes takes {','.join(BOTH_MODES)} or one of them)")
     modes = tuple(modes or BOTH_MODES)
     wrong = sorted(set(modes) - set(BOTH_MODES))
     if wrong:
-        raise UsageError(f"unknown bench mode {', '.join(wrong)} (modes: {', '.join(BOTH_MODES)})")
+        raise UsageError(f"unknown bench mode {', '.join(wrong)} (--modes takes {','.join(BOTH_MODES)} "
+                         "or one of them)")
     idle = [p for p in all_parts if parts and p.key in parts and not set(p.modes) & set(modes)]
     if idle:
         raise UsageError(f"bench part {idle[0].key} generates only {', '.join(idle[0].modes)} images, not "
@@ -242,6 +243,7 @@ def _digests(run: _BenchRun, classifier: str | Path | None = None) -> dict:
 def _run_part(run: _BenchRun, part: BenchPart, out: Path, progress: bool) -> dict:
     """Generate and judge one part (resumable :func:`l2s.evaluation.run_eval` run in ``out/<key>``)."""
     from l2s.evaluation import run_eval
+    from l2s.evaluation.run_dir import refuse_changed_settings
 
     steerer = run.steerer(part.classifier)
     schedule = _schedule_for(part.schedule, run.step_size)
@@ -249,6 +251,8 @@ def _run_part(run: _BenchRun, part: BenchPart, out: Path, progress: bool) -> dic
                 "schedule": json.loads(json.dumps(schedule.to_json())), "part": part.key,  # as stored
                 "sampling": steerer.sampling_options(), **({"lora": run.lora} if run.lora else {}),
                 **_digests(run, run.classifiers[part.classifier])}
+    world().on_main(lambda: refuse_changed_settings(   # in the bench's words: it has no --restart
+        out / part.key, settings, fix="use another --out, or the same settings to resume it"))
     report = run_eval(steerer, part.specs, run.detector, out / part.key, seeds=part.seeds, modes=part.modes,
                       schedule=schedule, settings=settings, detector_name="shapes",
                       contact_sheets=part.key == "position", progress=progress, batch_size=run.batch_size)

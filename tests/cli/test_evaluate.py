@@ -168,7 +168,7 @@ def test_eval_resumes_and_refuses_other_settings(tiny_run, tmp_path, capsys, mon
         code, _, err = run(TINY_RUN[:-2] + ["3", "--quiet", "--out", str(out)], capsys)
     assert code == 2 and len(calls) == 2   # refused: nothing generated
     (line,) = error_lines(err)
-    assert "steps: 2 -> 3" in line
+    assert "steps: 2 -> 3" in line and line.endswith("or --restart to start it over"), line
     # images steered with another step size are not mixed in either
     code, _, err = run(TINY_RUN + ["--step-size", "1", "--out", str(out)], capsys)
     assert code == 2 and len(calls) == 2   # refused: nothing generated
@@ -181,7 +181,7 @@ def test_eval_resumes_and_refuses_other_settings(tiny_run, tmp_path, capsys, mon
         code, _, err = run(TINY_RUN + [option, value, "--out", str(out)], capsys)
         assert code == 2 and len(calls) == 2   # refused: nothing generated
         (line,) = error_lines(err)
-        assert change in line, line
+        assert change in line and line.endswith("or --restart to start it over"), line
     run_file = out / "run.json"
     recorded = json.loads(run_file.read_text())
     del recorded["generation"]["step_size"]          # as written before the setting existed

@@ -295,3 +295,14 @@ def test_a_prompt_longer_than_the_shapes_window_fails_before_the_folder_is_touch
     assert errors[0].startswith(f"l2s: error: prompt 1 ({long!r}): the prompt needs ")
     assert errors[0].endswith("T5 tokens; the shapes model reads at most 32")
     assert not out.exists()          # no index of a run that never started, so the corrected rerun is not refused
+
+
+def test_several_images_show_one_bar_over_the_images(tmp_path, capsys):
+    out = tmp_path / "many"
+    assert main(["generate", PROMPTS[0], "--seeds", "0-2", "--batch-size", "2", "--model", "tiny",
+                 "--no-baseline", "--out", str(out)]) == 0
+    err = capsys.readouterr().err.replace("\r", "\n")
+    assert "l2s generate: 100%" in err and "3/3" in err, err
+    assert main(["generate", PROMPTS[0], "--seeds", "0-3", "--model", "tiny", "--no-baseline",
+                 "--quiet", "--out", str(tmp_path / "quiet")]) == 0
+    assert "l2s generate" not in capsys.readouterr().err   # --quiet: none

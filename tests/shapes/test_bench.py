@@ -96,7 +96,8 @@ def test_bench_records_its_sampling_and_resumes_only_with_it(tiny_shapes_pipe, t
     with pytest.raises(L2SError, match="sampling"):   # images made with other guidance are not mixed in
         shapes_world.run_shapes_bench(tmp_path / "out", true_cfg_scale=1.0, **kwargs)
     assert results["settings"]["step_size"] == shapes_world.SHAPES_STEP_SIZE
-    with pytest.raises(L2SError, match="schedule"):   # nor images steered with another step size
+    # nor images steered with another step size (in the bench's words: it has no --restart)
+    with pytest.raises(L2SError, match=r"schedule.*; use another --out, or the same settings to resume it$"):
         shapes_world.run_shapes_bench(tmp_path / "out", true_cfg_scale=2.0, step_size=0.5, **kwargs)
     _tiny_shapes_classifier(tiny_shapes_pipe, seed=1).save(tmp_path / "clf")   # retrained at the same path
     with pytest.raises(L2SError, match="classifier_digest"):
@@ -205,7 +206,7 @@ def test_bench_cli_names_the_option_and_lists_every_part(tmp_path, capsys):
 def test_bench_modes_are_checked_before_any_work(tmp_path):
     from l2s.errors import UsageError
 
-    with pytest.raises(UsageError, match=r"unknown bench mode steerd \(modes: base, steered\)"):
+    with pytest.raises(UsageError, match=r"unknown bench mode steerd \(--modes takes base,steered or one of them\)$"):
         shapes_world.run_shapes_bench(tmp_path / "out", modes=["steerd"])
     with pytest.raises(UsageError, match="bench part ablation generates only steered images, not base"):
         shapes_world.run_shapes_bench(tmp_path / "out", modes=["base"], parts=["position", "ablation"])
