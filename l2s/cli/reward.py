@@ -11,6 +11,7 @@ from pathlib import Path
 from l2s.errors import L2SError
 
 from .help import command_parser
+from .outputs import folder_outputs, wrote_line
 from .options import add_threads_arg, flag_of, out_path, use_threads
 
 
@@ -194,4 +195,10 @@ def train_reward_main(argv: Sequence[str] | None = None) -> int:
                                  resume=not args.restart, progress=not args.no_progress, command=command,
                                  stop_after=args.stop_after)
     print(_headline(results))
+    out, epochs = Path(args.out), settings.epochs
+    if results["finished"] and results["epochs_before"] >= epochs:   # only its results were written again
+        print(f"l2s: {out} held a finished run of {epochs} epoch{'s' * (epochs != 1)}: its best model was scored "
+              "again; --restart trains again", file=sys.stderr)
+    print(wrote_line(out, ["results.json"] if results["epochs_before"] >= epochs else folder_outputs(out)),
+          file=sys.stderr)
     return 0

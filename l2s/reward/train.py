@@ -119,7 +119,7 @@ def train_reward_model(data: str | Path | Sequence[str | Path], out: str | Path,
     ``tokenizer``: a ``transformers`` tokenizer for the prompts (saved with the model). Resumes
     from ``out/last`` unless ``resume`` is False; ``stop_after``: end after that many epochs of
     this call (the same command continues). Returns the results (also ``out/results.json``
-    once every epoch has run).
+    once every epoch has run) and ``epochs_before``, the epochs an earlier call had run.
     """
     settings = settings or RewardTrainSettings()
     settings.check()
@@ -142,12 +142,13 @@ def train_reward_model(data: str | Path | Sequence[str | Path], out: str | Path,
         state = prepare_out_dir(out, record, resume)
         run = _Run(scorer, settings, record, device)
         run.start(examples, state)
+        before = run.epoch   # a finished run resumes at its end: it is only scored again
         if state is None:
             rewrite_log(out / "log.jsonl", [])
         run.epochs(out, val_pairs, progress, stop_after)
         if run.epoch < settings.epochs:
-            return {"finished": False, "epochs_done": run.epoch}
-        return finish(out, heldout, command, record)
+            return {"finished": False, "epochs_done": run.epoch, "epochs_before": before}
+        return {**finish(out, heldout, command, record), "epochs_before": before}
 
 
 def finish(out: Path, heldout: PairSet, command: str | None, record: dict) -> dict:

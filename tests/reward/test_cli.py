@@ -69,10 +69,16 @@ def test_train_reward_trains_reports_and_continues_a_stopped_run(tmp_path, capsy
     assert main(argv + ["--stop-after", "1"]) == 0
     assert "stopped after epoch 1" in capsys.readouterr().out
     assert main(argv) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert "held-out pairwise accuracy" in out and "1 flip" in out and "2-3 flips" in out
+    assert err.splitlines()[-1].startswith("l2s: wrote ") and "results.json" in err and "finished" not in err
     results = json.loads((tmp_path / "rm" / "results.json").read_text())
     assert results["settings"]["loss"] == "bt" and results["command"].startswith("l2s shapes train-reward")
+    assert len((tmp_path / "rm" / "log.jsonl").read_text().splitlines()) == 2
+    assert main(argv) == 0   # a finished run is scored again, and says so
+    err = capsys.readouterr().err.splitlines()
+    assert err[-2].startswith(f"l2s: {tmp_path / 'rm'} held a finished run of 2 epochs: its best model was scored")
+    assert err[-1] == f"l2s: wrote results.json in {tmp_path / 'rm'}"
     assert len((tmp_path / "rm" / "log.jsonl").read_text().splitlines()) == 2
 
 

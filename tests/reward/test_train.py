@@ -36,11 +36,11 @@ def test_a_stopped_run_resumes_where_it_stopped_and_refuses_other_settings(tmp_p
     make_blob_pairs(tmp_path / "pairs", n=64)
     first = train_reward_model(tmp_path / "pairs", tmp_path / "rm", tokenizer, _settings(epochs=3), progress=False,
                                stop_after=1)
-    assert first == {"finished": False, "epochs_done": 1}
+    assert first == {"finished": False, "epochs_done": 1, "epochs_before": 0}
     done = train_reward_model(tmp_path / "pairs", tmp_path / "rm", tokenizer, _settings(epochs=3), progress=False)
     straight = train_reward_model(tmp_path / "pairs", tmp_path / "again", tokenizer, _settings(epochs=3), progress=False)
     log = lambda d: [json.loads(l) for l in (tmp_path / d / "log.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in log("rm")] == [1, 2, 3]
+    assert [r["epoch"] for r in log("rm")] == [1, 2, 3] and done["epochs_before"] == 1
     # Resumed and uninterrupted runs train alike: same losses epoch by epoch, same result.
     assert [round(r["loss"], 5) for r in log("rm")] == [round(r["loss"], 5) for r in log("again")]
     assert done["heldout"] == straight["heldout"]
