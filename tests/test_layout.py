@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "l2s"
 
 LAYERS = (
-    ("l2s", "l2s.errors", "l2s.files", "l2s.relations", "l2s.distributed", "l2s.lazy"),
+    ("l2s", "l2s.errors", "l2s.files", "l2s.relations", "l2s.distributed", "l2s.lazy", "l2s.devices"),
     ("l2s.parsing", "l2s.tokens", "l2s.tokenizers"),
     ("l2s.ops", "l2s.kernels"),
     ("l2s.capture",),

@@ -13,7 +13,7 @@ def check_sampling_args(args: argparse.Namespace) -> None:
     ``--seed`` and ``--device``: one ``l2s: error:`` line for the first that cannot work."""
     from l2s.errors import UsageError
     from l2s.pipelines.arguments import finite_number, image_side, seed_value, step_count
-    from l2s.training.options import check_device
+    from l2s.devices import check_device
 
     from .options import flag_of
 

@@ -123,7 +123,7 @@ def grpo_main(argv: Sequence[str] | None = None) -> int:
     from l2s.shapes.tuning import train_shapes_grpo
 
     use_threads(args)
-    from l2s.training.options import check_device
+    from l2s.devices import check_device
 
     check_device(args.device, flag_of())
     accelerator = Accelerator(cpu=args.device == "cpu")

@@ -73,7 +73,7 @@ def reward_data_main(argv: Sequence[str] | None = None) -> int:
     for flag, value in (("--pairs", args.pairs), ("--batch-size", args.batch_size), ("--max-shards", args.max_shards)):
         if value is not None and value < 1:
             raise L2SError(f"{flag} must be at least 1, got {value}")
-    from l2s.training.options import check_device
+    from l2s.devices import check_device
 
     check_device(args.device, flag_of())
     seed_value(args.seed, "--seed")
@@ -178,7 +178,7 @@ def train_reward_main(argv: Sequence[str] | None = None) -> int:
     from l2s.shapes import shapes_t5_tokenizer
 
     use_threads(args)
-    from l2s.training.options import check_device
+    from l2s.devices import check_device
 
     check_device(args.device, flag_of())
     seed_value(args.seed, "--seed")

@@ -137,7 +137,7 @@ def train_settings_from_args(args: argparse.Namespace):
 
 
 def _check_train_args(args: argparse.Namespace) -> None:
-    from l2s.training.options import check_device
+    from l2s.devices import check_device
 
     check_device(args.device, flag_of())
     _check_train_values(args)

@@ -90,7 +90,7 @@ def build_make_data_parser() -> argparse.ArgumentParser:
 def _check_make_data_args(args: argparse.Namespace) -> None:
     """Every option, before the annotations are read or a model is loaded."""
     from l2s.training import check_make_data_options
-    from l2s.training.options import check_device
+    from l2s.devices import check_device
 
     from .checks import check_input_paths
 

@@ -33,6 +33,7 @@ class ImageJob:
 
 def image_jobs(prompts: list[str], seeds: list[int]) -> list[ImageJob]:
     """Every prompt with every seed, prompt-major; folders named when there is more than one image."""
+    _check_job_lists(prompts, seeds)
     pairs = [(number, prompt, seed) for number, prompt in enumerate(prompts) for seed in seeds]
     if len(pairs) == 1:
         return [ImageJob(0, prompts[0], seeds[0], "")]
@@ -40,6 +41,20 @@ def image_jobs(prompts: list[str], seeds: list[int]) -> list[ImageJob]:
     seed_width = max(4, len(str(max(seeds))))
     return [ImageJob(number, prompt, seed, f"p{number:0{prompt_width}d}-s{seed:0{seed_width}d}")
             for number, prompt, seed in pairs]
+
+
+def _check_job_lists(prompts, seeds) -> None:
+    """Lists of prompts and of distinct seeds (a lone string would be taken letter by letter)."""
+    from l2s.pipelines.arguments import seed_value   # the pipelines import torch: not at --help time
+
+    if isinstance(prompts, str) or not prompts or not all(isinstance(p, str) for p in prompts):
+        raise UsageError(f"prompts must be a non-empty list of strings, got {prompts!r}")
+    if isinstance(seeds, int) or not seeds:
+        raise UsageError(f"seeds must be a non-empty list of integers, got {seeds!r}")
+    for seed in seeds:
+        seed_value(seed, "seeds")
+    if len(set(seeds)) != len(seeds):
+        raise UsageError("a seed is repeated: each (prompt, seed) image is made once")
 
 
 def batches(jobs: list[ImageJob], size: int) -> list[list[ImageJob]]:
@@ -155,4 +170,5 @@ def write_index(out: Path, source: str, batch_size: int, entries: list[dict], jo
              "images_planned": len(jobs), "images": sorted(entries, key=lambda e: order[e["folder"]]),
              "timings_s": {"command_total": seconds}, "settings": settings,
              "jobs": [[job.prompt, job.seed, job.folder] for job in jobs]}
+    Path(out).mkdir(parents=True, exist_ok=True)
     atomic_write_json(Path(out) / INDEX_FILE, index)

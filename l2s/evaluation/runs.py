@@ -233,6 +233,10 @@ def _check_request(steerer, specs: Sequence[PromptSpec], seeds: Sequence[int], m
         raise L2SError(f"modes must be among {', '.join(MODES)}, got {modes}")
     if not specs:
         raise L2SError("no prompts to evaluate")
+    for index, spec in enumerate(specs):
+        if not isinstance(spec, PromptSpec):   # spec_from_prompt's None: a prompt with nothing to score
+            raise UsageError(f"prompt {index}: expected a PromptSpec, got {spec!r} (spec_from_prompt gives "
+                             "None for a prompt without a relation: leave such prompts out)")
     if not seeds:
         raise L2SError("no seeds: give at least one")
     for seed in seeds:

@@ -79,8 +79,8 @@ def check_call(steerer, prompt, *, num_inference_steps, height, width, guidance_
     for name, value in (("height", height), ("width", width)):
         if value is not None:
             image_side(value, name)
-    if guidance_scale is not None:
-        finite_number(guidance_scale, "guidance_scale")
+    if guidance_scale is not None and finite_number(guidance_scale, "guidance_scale") < 0:
+        raise UsageError(f"guidance_scale must be 0 or more, got {guidance_scale!r}")
     positive_int(num_images, "num_images")
     for name, value in (("steer", steer), ("progress", progress)):
         if not isinstance(value, bool):
@@ -141,26 +141,37 @@ def check_latents(latents, shape: tuple[int, ...]) -> None:
 def announce_steering(steerer, plan, height: int | None, width: int | None) -> None:
     """Log, one line each, what makes this call's steering doubtful (see ``docs/usage.md``); a
     pipeline says each line once (an evaluation steers one prompt for many seeds)."""
-    said = steerer.__dict__.setdefault("_l2s_warned", set())
-    for line in [*plan.warnings, map_grid_warning(steerer, height, width)]:
+    say_once(steerer, [*plan.warnings, map_grid_warning(steerer, height, width)])
+
+
+def say_once(owner, lines) -> None:
+    """Log each line (None: nothing) the first time ``owner`` (a pipeline) says it."""
+    said = owner.__dict__.setdefault("_l2s_warned", set())
+    for line in lines:
         if line and line not in said:
             said.add(line)
             log.warning("warning: %s", line)
 
 
 def map_grid_warning(steerer, height: int | None, width: int | None) -> str | None:
-    """A line when the classifier was trained on maps of another token grid than this FLUX model
-    gives at this size: the maps are resampled to the classifier's size, which keeps where things
-    are but not how sharp; steering still runs (the published FLUX.1-dev classifier itself reads
-    32x32 grids resampled to 16x16)."""
-    pipe, config = steerer.pipe, steerer.classifier.config
+    """:func:`grid_mismatch_warning` of a steering pipeline at this size (None for SD: its maps
+    come from layers of several resolutions, no single grid)."""
+    pipe = steerer.pipe
     if not hasattr(pipe, "transformer"):
-        return None  # SD's maps come from layers of several resolutions: no single grid
+        return None
     side, multiple = steerer.default_size(), pipe.vae_scale_factor * 2
     height, width = (side if height is None else height), (side if width is None else width)
     if height % multiple or width % multiple:
         return None  # a size the model refuses: its error comes instead
-    grid, trained = (height // multiple, width // multiple), config.orig_map_size or config.map_size
+    return grid_mismatch_warning((height // multiple, width // multiple), steerer.classifier.config, height, width)
+
+
+def grid_mismatch_warning(grid: tuple[int, int], config, height: int, width: int) -> str | None:
+    """A line when the classifier was trained on maps of another token grid than a FLUX model
+    gives at this size: the maps are resampled to the classifier's size, which keeps where things
+    are but not how sharp; steering still runs (the published FLUX.1-dev classifier itself reads
+    32x32 grids resampled to 16x16)."""
+    trained = config.orig_map_size or config.map_size
     if grid == (trained, trained):
         return None
     how = "read as" if grid == (config.map_size, config.map_size) else "resampled to"

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from l2s.capture import CAPTURE_BACKENDS
 from l2s.classifier import RelationClassifier
+from l2s.devices import check_device
 from l2s.errors import ClassifierMismatchError, UsageError
 from l2s.steer import (
     DEFAULT_CAPTURE_BACKEND,
@@ -34,6 +35,7 @@ from l2s.steer import (
     parsed_from_relations,
     preset_steps,
     refine_latents,
+    relations_per_prompt,
     schedule_preset,
     steering_outcome,
     validate_step_size,
@@ -44,6 +46,7 @@ from .arguments import (
     check_call,
     check_classifier_argument,
     image_batch,
+    map_grid_warning,
 )
 from .loading import load_diffusers_pipeline, wrap_pipeline
 
@@ -57,9 +60,10 @@ class SteeringResult:
     timings: dict[str, float]
     engine: dict | None = None        # the plain-step engine used: {"name", "reason"}
     sampling: dict = field(default_factory=dict)  # model-specific sampling options in effect
-    outcome: SteeringOutcome | None = None  # what steering did (the plan says what it would do)
+    outcome: SteeringOutcome | None = None  # what steering did (a batch: the first image's; see ``outcomes``)
     plans: list[SteeringPlan] | None = None          # a batch of prompts: one plan per image
     outcomes: list[SteeringOutcome] | None = None    # ... and what steering did to each
+    warnings: list[str] = field(default_factory=list)  # the call's own (the maps' grid), for steered images
 
     def report(self) -> dict:
         """The call's report: one prompt's plan, schedule and every iteration's per-image values
@@ -85,6 +89,7 @@ class SteeringResult:
                  "non_finite": r.non_finite})
         return {
             **plan.to_json(),
+            "warnings": [*plan.warnings, *(self.warnings if plan.steered else [])],
             **(outcome.to_json() if outcome else {}),
             "schedule": self.schedule.to_json() if self.schedule and plan.steered else None,
             "steps": {str(k): v for k, v in per_step.items()},
@@ -93,6 +98,19 @@ class SteeringResult:
             "sampling": self.sampling,
             "timings_s": self.timings,
         }
+
+
+def _relations_by_prompt(prompt: str | list[str], relations) -> dict[str, list | None]:
+    """A call's ``relations`` per prompt text (empty when none are given)."""
+    if relations is None:
+        return {}
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    given: dict[str, list | None] = {}
+    for text, each in zip(prompts, relations_per_prompt(relations, len(prompts))):
+        if text in given and given[text] != each:
+            raise UsageError(f"prompt {text!r} is given twice with other relations")
+        given[text] = each
+    return given
 
 
 def seeded_generators(seed: int | list[int]) -> torch.Generator | list[torch.Generator]:
@@ -172,6 +190,8 @@ class SteeringPipeline:
                         step_size: float | None = None,
                         capture_backend: str = DEFAULT_CAPTURE_BACKEND) -> "SteeringPipeline":
         """Load a diffusers pipeline from a local directory (never a hub) and wrap it."""
+        if device is not None:
+            check_device(device)     # before minutes of loading
         pipe = load_diffusers_pipeline(model_path, torch_dtype=torch_dtype)
         if device:
             pipe.to(device)
@@ -214,12 +234,14 @@ class SteeringPipeline:
         return self.objective.classify(maps, steps)
 
     # ---- shared data path ---------------------------------------------------------------
-    def plan(self, prompt: str) -> SteeringPlan:
-        """Parse the prompt (or take :attr:`given_relations`' relations for it), map each object
-        phrase to tokens, and check the classifier fits."""
+    def plan(self, prompt: str, relations: list | None = None) -> SteeringPlan:
+        """Parse the prompt (or take ``relations``, else :attr:`given_relations`' relations for it),
+        map each object phrase to tokens, and check the classifier fits."""
         tokenizer, max_length = self.map_tokenizer()
         names = self.classifier.config.class_names
-        given = self.given_relations(prompt) if self.given_relations is not None else None
+        given = relations
+        if given is None and self.given_relations is not None:
+            given = self.given_relations(prompt)
         if given is None:
             return SteeringPlan.from_prompt(prompt, tokenizer, max_length, names)
         return SteeringPlan.from_parsed(parsed_from_relations(prompt, given), tokenizer, max_length, names)
@@ -272,7 +294,8 @@ class SteeringPipeline:
                  height: int | None = None, width: int | None = None,
                  guidance_scale: float | None = None, seed: int | list[int] = 0, num_images: int = 1,
                  steer: bool = True, schedule: Schedule | str | None = None,
-                 latents: torch.Tensor | None = None, progress: bool = True) -> SteeringResult:
+                 latents: torch.Tensor | None = None, progress: bool = True,
+                 relations: list | None = None) -> SteeringResult:
         """Generate ``num_images`` images of ``prompt``; steered when it has a directional relation.
 
         A list of prompts and/or seeds makes one image per entry (one seed for every prompt, or one
@@ -282,6 +305,8 @@ class SteeringPipeline:
         published "reference"); a preset also picks the number of steps unless given, and takes
         the pipeline's ``step_size`` when one was set (a :class:`Schedule` keeps its own).
         ``latents`` replaces the seeded initial noise (in the pipeline's own latent layout).
+        ``relations`` (``[("dog", "left of", "cat")]``, one list for all prompts or one per prompt;
+        ``[]`` steers nothing, ``None`` the parser's) replaces the parser's relations.
         """
         t0 = time.perf_counter()
         check_call(self, prompt, num_inference_steps=num_inference_steps, height=height, width=width,
@@ -289,8 +314,9 @@ class SteeringPipeline:
                    schedule=schedule, latents=latents, progress=progress)
         self._steering_seconds, compiled_before = 0.0, self.objective.compile_seconds
         batch = image_batch(prompt, seed, num_images)
-        plans = None if batch is None else self._plans([p for p, _ in batch])
-        plan = self.plan(prompt) if batch is None else BatchPlan(plans)
+        given = _relations_by_prompt(prompt, relations)
+        plans = None if batch is None else self._plans([p for p, _ in batch], given)
+        plan = self.plan(prompt, given.get(prompt)) if batch is None else BatchPlan(plans)
         schedule, steps = self._resolve_schedule(schedule, num_inference_steps)
         if not (steer and plan.steered):
             schedule = None
@@ -311,19 +337,20 @@ class SteeringPipeline:
             steering_outcome(p, schedule, diagnostics.for_image(i) if p.steered else SteeringDiagnostics(), steer)
             for i, p in enumerate(plans)]
         first = plan if plans is None else plans[0]
+        grid = map_grid_warning(self, height, width) if schedule is not None else None
         return SteeringResult(images=images, plan=first, schedule=schedule,
                               diagnostics=diagnostics, timings=timings,
                               engine={"name": engine.name, "reason": engine.reason} if engine else None,
                               sampling=self.sampling_options(),
                               outcome=outcomes[0] if outcomes else steering_outcome(plan, schedule, diagnostics, steer),
-                              plans=plans, outcomes=outcomes)
+                              plans=plans, outcomes=outcomes, warnings=[grid] if grid else [])
 
-    def _plans(self, prompts: list[str]) -> list[SteeringPlan]:
-        """One plan per image (a prompt met twice is planned once)."""
+    def _plans(self, prompts: list[str], given: dict[str, list | None]) -> list[SteeringPlan]:
+        """One plan per image (a prompt met twice is planned once); ``given``: relations by prompt."""
         made: dict[str, SteeringPlan] = {}
         for text in prompts:
             if text not in made:
-                made[text] = self.plan(text)
+                made[text] = self.plan(text, given.get(text))
         return [made[text] for text in prompts]
 
     def _resolve_schedule(self, schedule: Schedule | str | None,

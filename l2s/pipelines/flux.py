@@ -7,12 +7,25 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from l2s.engines import make_plain_step_engine
+from l2s.engines import ENGINE_KINDS, make_plain_step_engine
 from l2s.errors import UsageError
 from l2s.steer import DEFAULT_CAPTURE_BACKEND, DenoiserCall
 
 from .base import SteeringPipeline, seeded_generators
 from .loading import steering_family
+
+
+FLUX_FAMILIES = ("flux-dev", "flux-schnell")   # whose published rule (schedule, steps) applies
+
+
+def _check_flux_options(family, steps, engine) -> None:
+    """Refused at wrap time, before any image: a typo would otherwise surface mid-call or never."""
+    if family is not None and family not in FLUX_FAMILIES:
+        raise UsageError(f"family must be one of {', '.join(FLUX_FAMILIES)}, got {family!r}")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0):
+        raise UsageError(f"steps must be a positive whole number of denoising steps, got {steps!r}")
+    if engine not in ENGINE_KINDS:
+        raise UsageError(f"engine must be one of {', '.join(ENGINE_KINDS)}, got {engine!r}")
 
 
 @dataclass
@@ -50,6 +63,7 @@ class FluxSteeringPipeline(SteeringPipeline):
                  true_cfg_scale: float = 1.0, negative_prompt: str = "", step_size: float | None = None,
                  size: int | None = None, capture_backend: str = DEFAULT_CAPTURE_BACKEND):
         super().__init__(pipe, classifier, schedule, mode, step_size, capture_backend)
+        _check_flux_options(family, steps, engine)
         if size is not None and (not isinstance(size, int) or size <= 0):
             raise UsageError(f"size must be a positive number of pixels, got {size!r}")
         self._default_size = size
@@ -110,7 +124,9 @@ class FluxSteeringPipeline(SteeringPipeline):
         return self._last_engine
 
     def default_steps(self) -> int:
-        return self._default_steps or (50 if self.family == "flux-dev" else 4)
+        if self._default_steps is not None:
+            return self._default_steps
+        return 50 if self.family == "flux-dev" else 4
 
     def default_size(self) -> int:
         # A model that names its own size (a shapes model's training size, whatever its token grid)

@@ -11,7 +11,7 @@ import torch
 
 from l2s.classifier import RelationClassifier
 from l2s.classifier.hub import looks_like_hub_id, not_cached
-from l2s.errors import ModelLoadError
+from l2s.errors import ModelLoadError, UsageError
 from l2s.steer import DEFAULT_CAPTURE_BACKEND, Schedule
 
 # Steering pipeline classes wrap_pipeline can pick, in the order it asks them (`accepts(pipe)`);
@@ -22,10 +22,31 @@ _FAMILIES: list = []
 _MOVED_COMPONENT_MODULES = {"l2s.shapes_model": "l2s.shapes.model"}
 
 
+# Functions pipe -> dict | None: a kind of model's own wrap_pipeline defaults (family, steps, size,
+# true_cfg_scale, step_size); registered by the module that defines the model's components.
+_MODEL_DEFAULTS: list = []
+
+
 def steering_family(cls):
     """Class decorator: lets :func:`wrap_pipeline` pick ``cls`` for the pipelines it accepts."""
     _FAMILIES.append(cls)
     return cls
+
+
+def steering_defaults(provider):
+    """Decorator: ``provider(pipe)`` gives the :func:`wrap_pipeline` options a kind of model samples
+    with (or None for other models), used where the caller names none."""
+    _MODEL_DEFAULTS.append(provider)
+    return provider
+
+
+def model_steering_defaults(pipe) -> dict:
+    """The options the first provider that knows ``pipe`` gives (empty for a published model)."""
+    for provider in _MODEL_DEFAULTS:
+        found = provider(pipe)
+        if found is not None:
+            return dict(found)
+    return {}
 
 
 def wrap_pipeline(pipe, classifier: RelationClassifier, schedule: Schedule | None = None,
@@ -36,9 +57,16 @@ def wrap_pipeline(pipe, classifier: RelationClassifier, schedule: Schedule | Non
     ``mode`` picks the implementation (``l2s.steer.MODES``: "fast", the published "reference",
     "fast+compiled" ...); all steer alike. ``step_size`` replaces the published step size of the
     named schedules (default: published). ``capture_backend`` is how the fast modes compute maps
-    ("sdpa" or "native"). ``flux_options`` go to :class:`FluxSteeringPipeline` (``family``,
-    ``steps``, ``engine``, ...).
+    ("sdpa" or "native"). ``flux_options`` go to :class:`FluxSteeringPipeline`: ``family``
+    ("flux-dev" or "flux-schnell": whose published schedule rule and steps apply), ``steps``,
+    ``size``, ``engine`` (``l2s.engines.ENGINE_KINDS``), ``true_cfg_scale``, ``negative_prompt``,
+    ``max_sequence_length``. A model that names its own defaults (the shapes world's, see
+    :func:`steering_defaults`) gets them for every option not given.
     """
+    defaults = model_steering_defaults(pipe)
+    own_step_size = defaults.pop("step_size", None)
+    step_size = own_step_size if step_size is None else step_size
+    flux_options = {**defaults, **flux_options}
     for family in _FAMILIES:
         if family.accepts(pipe):
             return family.wrap(pipe, classifier, schedule, mode, step_size, capture_backend, **flux_options)
@@ -132,6 +160,9 @@ def load_diffusers_pipeline(path: str | Path, torch_dtype: torch.dtype | None = 
     cache (:func:`pipeline_folder`); never contacts a hub."""
     import diffusers
 
+    if torch_dtype is not None and not isinstance(torch_dtype, torch.dtype):
+        raise UsageError(f"torch_dtype must be a torch.dtype (torch.bfloat16, torch.float16, torch.float32), "
+                         f"got {torch_dtype!r}")
     path = pipeline_folder(path)
     model_index, class_name = _read_model_index(path)
     _import_l2s_components(model_index, path)

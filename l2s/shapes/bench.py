@@ -126,9 +126,9 @@ def run_shapes_bench(out_dir: str | Path, *, pipeline_dir: str | Path | None = N
     ``{"parts": [...], "no_relation": {...}, "settings": {...}}`` with accuracy per mode and per
     relation and the generation wall and CPU time per image (``no_relation``:
     :mod:`.bench_plain`, prompts without a relation, unsteered). ``true_cfg_scale``: the sampling guidance (default
-    :data:`~l2s.shapes.recipes.SHAPES_TRUE_CFG`), the same for base and steered images;
+    :data:`~l2s.shapes.settings.SHAPES_TRUE_CFG`), the same for base and steered images;
     ``step_size``: the steering step size of every part (default
-    :data:`~l2s.shapes.recipes.SHAPES_STEP_SIZE`). With ``classifier_data`` (the classifiers' map
+    :data:`~l2s.shapes.settings.SHAPES_STEP_SIZE`). With ``classifier_data`` (the classifiers' map
     dataset) it also compares the dual and pos-only classifiers on its held-out maps, per prompt
     type (``"classifier_comparison"``): the leakage check before any steering. ``lora``: a LoRA
     adapter (``l2s shapes grpo``) merged into the model first: its base mode is the tuned model,

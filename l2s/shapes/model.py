@@ -19,7 +19,7 @@ attention capture, classification and steering run through exactly the same code
   grid of 4x4-pixel tokens (16x16 of 2x2 pixels at factor 1, the shipped model).
 * ``scheduler``: :class:`~diffusers.FlowMatchEulerDiscreteScheduler` with schnell's settings
   (shift 1, no dynamic shifting), so the sampler's sigmas are ``linspace(1, 1/steps, steps)``.
-  The model is not step-distilled: sample it with :data:`l2s.shapes.recipes.SHAPES_STEPS` steps.
+  The model is not step-distilled: sample it with :data:`l2s.shapes.settings.SHAPES_STEPS` steps.
 
 Loading: ``save_pretrained`` records the VAE and T5 encoder as ``["l2s.shapes.model", ...]`` in
 ``model_index.json`` (the module that defines them, so they must stay here); diffusers resolves
@@ -55,9 +55,12 @@ from transformers import (
     T5EncoderModel,
 )
 
+from l2s.devices import check_device
 from l2s.errors import L2SError, ModelLoadError, TokenizationError
+from l2s.pipelines.loading import steering_defaults
 from l2s.tokenizers import byte_level_clip_tokenizer
 
+from .settings import SHAPES_FAMILY, SHAPES_STEP_SIZE, SHAPES_STEPS, SHAPES_TRUE_CFG
 from .tokenizer import TEXT_WINDOW, shapes_t5_tokenizer
 
 SHIPPED_MODEL_DIR = Path(__file__).resolve().parent / "assets"
@@ -265,6 +268,8 @@ def load_shapes_pipeline(path: str | Path | None = None, device: str | torch.dev
     (diffusers finds the custom VAE and T5 classes in ``sys.modules``); this also never goes online.
     """
     path = Path(path) if path is not None else SHIPPED_MODEL_DIR
+    if device is not None:
+        check_device(device)
     if not (path / "model_index.json").is_file():
         raise ModelLoadError(f"no shapes-world pipeline at {path} (model_index.json missing); "
                              "train one with `l2s shapes train-model --out DIR`")
@@ -286,6 +291,16 @@ def load_shapes_pipeline(path: str | Path | None = None, device: str | torch.dev
 def is_shapes_pipeline(pipe) -> bool:
     """Whether ``pipe`` is a shapes-world model (its VAE is the parameter-free pixel map)."""
     return isinstance(getattr(pipe, "vae", None), PixelShuffleVAE)
+
+
+@steering_defaults
+def _shapes_steering_defaults(pipe) -> dict | None:
+    """How a shapes model is sampled and steered when wrapped without options (its training size,
+    steps, guidance, the published multi-step rule and the shapes world's step size)."""
+    if not is_shapes_pipeline(pipe):
+        return None
+    return dict(family=SHAPES_FAMILY, steps=SHAPES_STEPS, size=image_size(pipe), true_cfg_scale=SHAPES_TRUE_CFG,
+                step_size=SHAPES_STEP_SIZE)
 
 
 def image_size(pipe) -> int:

@@ -29,15 +29,8 @@ from l2s.errors import L2SError
 from l2s.relations import DIRECTIONAL, NEUTRAL, PUBLISHED_CLASSES
 
 from .scenes import COLOURS, SHAPES, render, scene_for_relation
+from .settings import SHAPES_FAMILY, SHAPES_STEP_SIZE, SHAPES_STEPS, SHAPES_TRUE_CFG
 
-# Not step-distilled (4 Euler steps leave blurry blobs): 12 steps, the first half steered.
-SHAPES_STEPS = 12
-# Guidance 2 against the empty caption on the plain steps, base and steered alike
-# (FluxSteeringPipeline's true_cfg_scale; 1 = none): objects come out in their colour and shape
-# more often, for one more transformer pass per plain step.
-SHAPES_TRUE_CFG = 2.0
-SHAPES_FAMILY = "flux-dev"     # whose published schedule rule applies (steer steps 0-5 of 12)
-SHAPES_STEP_SIZE = 1.0         # steering step size of every named schedule (FLUX's presets use 5)
 # The bench's (l2s.shapes.bench) image seeds and batch; here, light, for 'l2s shapes bench --help'.
 BENCH_SEEDS = (100, 101, 102, 103)
 BENCH_BATCH_SIZE = 16   # images per steering call: the shapes model is small, a batch costs little memory
@@ -162,19 +155,20 @@ def load_shapes_steerer(pipeline_dir: str | Path | None = None, classifier: str 
 
 def steer_shapes_pipeline(pipe, classifier, schedule=None, mode: str = "fast",
                           true_cfg_scale: float | None = None, step_size: float | None = None):
-    """Wrap a shapes pipeline with the shapes world's sampling settings: the model's training
-    size (:func:`image_size`, whatever the classifier's map grid), :data:`SHAPES_STEPS` steps, guidance
-    :data:`SHAPES_TRUE_CFG` and step size :data:`SHAPES_STEP_SIZE` (unless
-    ``true_cfg_scale`` / ``step_size`` are given) and the published rule for multi-step models, so
-    the default ``"reference"`` schedule is 16 iterations on the first half of the steps (and
-    presets follow the same rule)."""
-    from .model import image_size  # the model module imports diffusers: load it when used
+    """Wrap a shapes pipeline with the shapes world's sampling settings, as ``wrap_pipeline`` does
+    for any shapes model: the model's training size (whatever the classifier's map grid),
+    :data:`SHAPES_STEPS` steps, guidance :data:`SHAPES_TRUE_CFG` and step size
+    :data:`SHAPES_STEP_SIZE` (unless ``true_cfg_scale`` / ``step_size`` are given) and the published
+    rule for multi-step models, so the default ``"reference"`` schedule is 16 iterations on the
+    first half of the steps (and presets follow the same rule)."""
     from l2s.pipelines import wrap_pipeline
 
-    scale = SHAPES_TRUE_CFG if true_cfg_scale is None else true_cfg_scale
-    return wrap_pipeline(pipe, classifier, schedule, mode, family=SHAPES_FAMILY, steps=SHAPES_STEPS,
-                         size=image_size(pipe), true_cfg_scale=scale,
-                         step_size=SHAPES_STEP_SIZE if step_size is None else step_size)
+    from .model import is_shapes_pipeline  # the model module imports diffusers: load it when used
+
+    if not is_shapes_pipeline(pipe):
+        raise L2SError(f"not a shapes-world pipeline (its VAE is a {type(getattr(pipe, 'vae', None)).__name__})")
+    given = {"true_cfg_scale": true_cfg_scale} if true_cfg_scale is not None else {}
+    return wrap_pipeline(pipe, classifier, schedule, mode, step_size=step_size, **given)
 
 
 def named_schedule(name: str, num_steps: int = SHAPES_STEPS, step_size: float = SHAPES_STEP_SIZE):

@@ -17,7 +17,7 @@ from .modes import (
 )
 from .objective import DenoiserCall, PreparedPlan, SteeringObjective
 from .outcome import SteeringOutcome, disabled_by, steering_outcome
-from .plan import RelationLike, SteeringPlan, parsed_from_relations
+from .plan import RelationLike, SteeringPlan, parsed_from_relations, relations_per_prompt
 from .presets import PRESETS, Preset, preset_steps, schedule_preset
 from .refine import IterationRecord, LogProbFn, SteeringDiagnostics, refine_latents
 from .schedule import (
@@ -52,6 +52,7 @@ __all__ = [
     "disabled_by",
     "execution_mode",
     "parsed_from_relations",
+    "relations_per_prompt",
     "preset_steps",
     "published_loss_target",
     "reference_schedule",

@@ -85,3 +85,23 @@ def parsed_from_relations(prompt: str, relations: Sequence[RelationLike]) -> Par
         triplets.append(Triplet(subject, canonical, obj, first_occurrence_span(prompt, subject), (0, 0),
                                 first_occurrence_span(prompt, obj)))
     return ParsedPrompt(prompt, triplets=triplets)
+
+
+def relations_per_prompt(relations, count: int) -> list:
+    """``relations`` for each of ``count`` prompts: one list for all, or one list per prompt (an
+    entry ``[]``: steer nothing in that prompt; ``None``: the parser's relations)."""
+    if relations is None:
+        return [None] * count
+    relations = list(relations)
+    nested = bool(relations) and all(_one_prompts_relations(r) for r in relations)
+    if not nested:
+        return [relations] * count
+    if len(relations) != count:
+        raise PromptError(f"relations has {len(relations)} lists for {count} prompts; give one list per "
+                          "prompt, or one list for all")
+    return relations
+
+
+def _one_prompts_relations(entry) -> bool:
+    """Whether ``entry`` is one prompt's list (of relations, or empty, or None), not one relation."""
+    return entry is None or (isinstance(entry, (list, tuple)) and not any(isinstance(x, str) for x in entry))

@@ -5,8 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
-import torch
-
+from l2s.devices import check_device
 from l2s.errors import L2SError
 from .store import MAP_DTYPES
 
@@ -51,22 +50,3 @@ def check_training_options(*, epochs: int | None = None, batch_size: int = 64, l
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 64:
         raise L2SError(f"{spelled('seed')} must be an integer in [0, 2**64), got {seed!r}")
     check_device(device, spelled)
-
-
-def check_device(device: str, spelled: Callable[[str], str] = str) -> None:
-    """``L2SError`` unless ``device`` names a torch device that this machine has (the message names
-    the argument as ``spelled`` writes it)."""
-    device_is = f"{spelled('device')} {device!r}"
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise L2SError(f"{device_is} is not a torch device (cpu, cuda, cuda:N, mps)") from None
-    if parsed.type == "cuda":
-        if not torch.cuda.is_available():
-            raise L2SError(f"{device_is}: CUDA is not available on this machine")
-        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
-            raise L2SError(f"{device_is}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    elif parsed.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise L2SError(f"{device_is}: MPS is not available on this machine")
-    elif parsed.type not in ("cpu", "cuda", "mps"):
-        raise L2SError(f"{device_is} is not supported (cpu, cuda, cuda:N, mps)")

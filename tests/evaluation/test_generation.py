@@ -19,6 +19,7 @@ def steerer():
 
 
 def test_a_run_writes_a_folder_per_image_resumes_and_refuses_other_images(steerer, tmp_path):
+    tmp_path = tmp_path / "many"      # not there yet: the run makes it
     jobs, settings = image_jobs(PROMPTS, [0, 1]), {"model": "tiny"}
     options = GenerateOptions(schedule=custom_schedule(2, steered=[0], iterations=1, step_size=1.0),
                               sampling={"num_inference_steps": 2, "height": 32, "width": 32, "progress": False},
@@ -74,3 +75,15 @@ def test_replacing_an_earlier_image_removes_its_map_grids_and_nothing_of_the_use
     (tmp_path / "maps" / "step_02.png").write_text("x")
     remove_earlier_outputs(tmp_path)
     assert not (tmp_path / "maps").exists()      # emptied of ours: the folder goes too
+
+
+@pytest.mark.parametrize("prompts, seeds, message", [
+    ("a cat above a dog", [0], "prompts must be a non-empty list of strings"),
+    ([], [0], "prompts must be a non-empty list"),
+    (["a cat"], 3, "seeds must be a non-empty list of integers"),
+    (["a cat"], [1, "2"], r"seeds must be an integer in \[0, 2\*\*64\), got '2'"),
+    (["a cat"], [1, 1], "a seed is repeated"),
+])
+def test_image_jobs_refuses_what_would_make_other_images_than_asked(prompts, seeds, message):
+    with pytest.raises(UsageError, match=message):
+        image_jobs(prompts, seeds)

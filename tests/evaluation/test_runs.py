@@ -286,6 +286,16 @@ def test_batch_size_must_be_a_positive_integer(size, tmp_path):
     assert not (tmp_path / "base").exists()
 
 
+def test_a_prompt_without_a_spec_is_refused_by_its_number(tmp_path):
+    from l2s.errors import UsageError
+    from l2s.evaluation import spec_from_prompt
+
+    specs = [*shapes_position_prompts(1, seed=0), spec_from_prompt("a red circle")]   # no relation: None
+    with pytest.raises(UsageError, match=r"prompt 1: expected a PromptSpec, got None \(spec_from_prompt"):
+        run_eval(SceneSteerer(), specs, ShapesDetector(), tmp_path)
+    assert not (tmp_path / "base").exists()
+
+
 def test_one_untimed_warm_up_image_before_the_first_generated_one_and_none_on_a_finished_run(tmp_path):
     class WarmedSteerer(SceneSteerer):
         def __init__(self):

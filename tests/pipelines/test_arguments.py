@@ -37,6 +37,7 @@ def flux(pipe):
     (dict(num_inference_steps=10 ** 8), "num_inference_steps must be at most 1000, got 100000000"),
     (dict(guidance_scale="high"), "guidance_scale must be a finite number, got 'high'"),
     (dict(guidance_scale=math.nan), "guidance_scale must be a finite number"),
+    (dict(guidance_scale=-1.0), r"guidance_scale must be 0 or more, got -1.0"),
     (dict(steer="yes"), "steer must be True or False"),
     (dict(schedule=3), "schedule must be a preset name or an l2s.steer.Schedule"),
     (dict(latents=torch.zeros(1, 5, 4)), "latents have shape (1, 5, 4); this call needs (1, 256, 4)"),
@@ -118,14 +119,17 @@ def test_maps_of_another_grid_are_resampled_with_one_warning(pipe, caplog):
     steerer = wrap_pipeline(pipe, RelationClassifier(config).eval())
     kwargs = dict(num_inference_steps=1, schedule="front-loaded", progress=False)
     with caplog.at_level(logging.WARNING, logger="l2s"):
-        steerer(PROMPT, **kwargs)              # default size: the classifier's own 8x8 grid (16 px)
+        own = steerer(PROMPT, **kwargs)        # default size: the classifier's own 8x8 grid (16 px)
         assert not caplog.records
         steerer(PROMPT, height=32, width=32, **kwargs)
-        steerer(PROMPT, height=32, width=32, seed=1, **kwargs)
+        again = steerer(PROMPT, height=32, width=32, seed=1, **kwargs)
     (record,) = caplog.records                 # said once per pipeline
-    assert record.getMessage() == (
-        "warning: the classifier was trained on maps of a 8x8 token grid, but this model at 32x32 px gives "
-        "16x16: its maps are resampled to the classifier's 8x8 input (steering may be weaker)")
+    line = ("the classifier was trained on maps of a 8x8 token grid, but this model at 32x32 px gives "
+            "16x16: its maps are resampled to the classifier's 8x8 input (steering may be weaker)")
+    assert record.getMessage() == "warning: " + line
+    assert own.report()["warnings"] == [] and again.report()["warnings"] == [line]   # every report says it
+    unsteered = steerer(PROMPT, height=32, width=32, steer=False, num_inference_steps=1, progress=False)
+    assert unsteered.report()["warnings"] == []
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="l2s"), pytest.raises(UsageError, match="multiples of"):
         steerer(PROMPT, height=33, width=32, **kwargs)   # a size the model refuses: its error, no warning first

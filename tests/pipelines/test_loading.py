@@ -48,3 +48,36 @@ def test_warm_up_makes_one_unsteered_image_quietly(monkeypatch):
                                                steer=False)),
                     ("a cat above a dog", dict(seed=3, num_inference_steps=2, schedule="fast", progress=False,
                                                steer=True))]
+
+
+def test_from_pretrained_refuses_a_bad_device_or_dtype_before_loading(tmp_path):
+    import pytest
+
+    from l2s.errors import L2SError, UsageError
+    from l2s.pipelines import SteeringPipeline
+
+    absent = tmp_path / "not-loaded"            # a load would fail with "no diffusers pipeline"
+    with pytest.raises(L2SError, match="'bogus' is not a torch device"):
+        SteeringPipeline.from_pretrained(absent, "clf", device="bogus")
+    if not torch.cuda.is_available():
+        with pytest.raises(L2SError, match="CUDA is not available"):
+            SteeringPipeline.from_pretrained(absent, "clf", device="cuda")
+    with pytest.raises(UsageError, match="torch_dtype must be a torch.dtype .* got 'bf16'"):
+        SteeringPipeline.from_pretrained(absent, "clf", torch_dtype="bf16")
+
+
+def test_wrap_pipeline_refuses_flux_options_it_cannot_use():
+    import pytest
+
+    from l2s.errors import UsageError
+    from l2s.pipelines import wrap_pipeline
+
+    pipe = tiny_flux_pipeline(num_layers=1, num_single_layers=1, seed=0)
+    classifier = tiny_classifier_for(pipe, seed=0)
+    for options, message in (({"steps": -3}, "steps must be a positive whole number"),
+                             ({"steps": 0}, "got 0"), ({"steps": 2.5}, "got 2.5"),
+                             ({"family": "flux-pro"}, "family must be one of flux-dev, flux-schnell"),
+                             ({"engine": "fastest"}, "engine must be one of auto, eager")):
+        with pytest.raises(UsageError, match=message):
+            wrap_pipeline(pipe, classifier, **options)
+    assert wrap_pipeline(pipe, classifier, steps=7, family="flux-dev").default_steps() == 7

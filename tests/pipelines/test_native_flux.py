@@ -160,6 +160,14 @@ def test_relations_given_skip_the_parser(pipe):
         pipe(PROMPTS, relations=[[("cat", "above", "dog")]], num_inference_steps=2, **SIZE)
 
 
+@pytest.mark.parametrize("first", [[], None])
+def test_a_prompts_own_relations_may_be_empty_or_left_to_the_parser(pipe, first):
+    prompts = ["a cat above a dog", "to the left of a cat there is a dog"]
+    result = pipe(prompts, relations=[first, [("dog", "left of", "cat")]], num_inference_steps=2, **SIZE)
+    assert result.steering[0].steered == (first is None)     # None: the parser's "cat above dog"
+    assert result.steering[1].steered and result.steering[1].plan.phrases == ["dog", "cat"]
+
+
 def test_return_dict_false_and_missing_classifier(stock, pipe):
     images, steering = pipe("a cat above a dog", num_inference_steps=2, return_dict=False, output_type="pt", **SIZE)
     assert isinstance(images, torch.Tensor) and images.shape == (1, 3, 32, 32) and steering[0].steered
@@ -256,3 +264,20 @@ def test_the_prompts_of_a_call_are_steered_in_one_batch(pipe, monkeypatch):
         per_prompt = [sum(1 for s, _ in own if s == step) for _, own in alone]
         assert sum(1 for s, _ in batched if s == step) == max(per_prompt)
     assert len(batched) < sum(len(own) for _, own in alone)
+
+
+def test_maps_of_another_grid_are_said_once_and_reported_per_steered_prompt(stock, caplog):
+    import dataclasses
+    import logging
+
+    from l2s.classifier import RelationClassifier
+
+    config = dataclasses.replace(tiny_classifier_for(stock).config, orig_map_size=8, map_size=8)
+    pipe = FluxRelationSteeringPipeline.from_pipe(stock, classifier=RelationClassifier(config).eval())
+    with caplog.at_level(logging.WARNING, logger="l2s"):
+        out = pipe(["a cat above a dog", "a cup"], num_inference_steps=1, **SIZE)    # 16x16 tokens at 32 px
+        pipe("a cat above a dog", num_inference_steps=1, **SIZE)
+    (record,) = caplog.records
+    assert "trained on maps of a 8x8 token grid, but this model at 32x32 px gives 16x16" in record.getMessage()
+    reports = [steering.to_json() for steering in out.steering]
+    assert len(reports[0]["warnings"]) == 1 and reports[1]["warnings"] == []       # "a cup" is not steered

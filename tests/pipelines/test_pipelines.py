@@ -135,6 +135,25 @@ def test_unsteerable_prompt_runs_unsteered(flux):
     assert "next to" in result.report()["note"] or result.report()["non_directional"]
 
 
+def test_relations_given_to_the_call_replace_the_parsers(flux):
+    from l2s.errors import PromptError
+
+    kwargs = dict(num_inference_steps=2, height=32, width=32, progress=False,
+                  schedule=custom_schedule(2, steered=[0], iterations=1, step_size=0.01))
+    hard = "to the left of a cat there is a dog"                  # the parser finds no subject first
+    with pytest.raises(PromptError):
+        flux(hard, **kwargs)
+    one = flux(hard, relations=[("dog", "left of", "cat")], **kwargs)
+    assert one.plan.phrases == ["dog", "cat"] and one.outcome.steered
+    batch = flux(["a cat above a dog", hard, "a cup above a book"],
+                 relations=[[], [("dog", "left of", "cat")], None], **kwargs)
+    assert [outcome.steered for outcome in batch.outcomes] == [False, True, True]   # None: the parser's
+    with pytest.raises(PromptError, match="2 lists for 3 prompts"):
+        flux(["a", "b", "c"], relations=[[], []], **kwargs)
+    with pytest.raises(UsageError, match="given twice with other relations"):
+        flux([hard, hard], relations=[[("dog", "left of", "cat")], []], **kwargs)
+
+
 def test_report_contains_relations_tokens_and_probabilities(flux):
     schedule = custom_schedule(2, steered=[0], iterations=1, step_size=0.01)
     report = flux("a cat above a dog", num_inference_steps=2, height=32, width=32,

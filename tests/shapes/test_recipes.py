@@ -387,3 +387,31 @@ def test_weights_fingerprints_name_each_local_weight_and_skip_the_rest(tmp_path)
     pipeline.mkdir()
     (pipeline / "model_index.json").write_text("{}")
     assert set(weights_fingerprints(pipeline, pipeline_key="pipeline_digest")) == {"pipeline_digest"}
+
+
+def test_wrap_pipeline_gives_a_shapes_model_its_own_settings_unless_told_otherwise(tiny_shapes_pipe):
+    from l2s.demo import tiny_flux_pipeline
+    from l2s.errors import L2SError
+    from l2s.pipelines import wrap_pipeline
+
+    classifier = _tiny_shapes_classifier(tiny_shapes_pipe)
+    plain = wrap_pipeline(tiny_shapes_pipe, classifier)
+    assert (plain.family, plain.default_steps(), plain.true_cfg_scale, plain.step_size) == (
+        shapes_world.SHAPES_FAMILY, shapes_world.SHAPES_STEPS, shapes_world.SHAPES_TRUE_CFG,
+        shapes_world.SHAPES_STEP_SIZE)
+    assert plain.default_size() == shapes_world.image_size(tiny_shapes_pipe)
+    told = wrap_pipeline(tiny_shapes_pipe, classifier, step_size=3.0, steps=4, true_cfg_scale=1.0)
+    assert (told.default_steps(), told.true_cfg_scale, told.step_size) == (4, 1.0, 3.0)
+    with pytest.raises(L2SError, match="not a shapes-world pipeline"):
+        shapes_world.steer_shapes_pipeline(tiny_flux_pipeline(num_layers=1, num_single_layers=1, seed=0), classifier)
+
+
+def test_the_native_pipeline_takes_a_shapes_models_family_and_step_size_unless_told(tiny_shapes_pipe):
+    from l2s.pipelines import FluxRelationSteeringPipeline
+
+    classifier = _tiny_shapes_classifier(tiny_shapes_pipe)
+    native = FluxRelationSteeringPipeline.from_pipe(tiny_shapes_pipe, classifier=classifier)
+    assert native.steering_family() == shapes_world.SHAPES_FAMILY       # not schnell's: no guidance embedding
+    assert native.config.steering_step_size == shapes_world.SHAPES_STEP_SIZE
+    told = FluxRelationSteeringPipeline.from_pipe(tiny_shapes_pipe, classifier=classifier, steering_step_size=2.0)
+    assert told.config.steering_step_size == 2.0

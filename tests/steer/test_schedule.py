@@ -25,3 +25,8 @@ def test_reference_schedules_follow_the_published_settings():
 def test_schedule_rejects_bad_settings():
     with pytest.raises(ValueError):
         custom_schedule(4, steered=[0], iterations=1, step_size=-1.0)
+    with pytest.raises(ValueError, match=r"steered steps \[-1, 7\] are outside 0..3 of a 4-step schedule"):
+        custom_schedule(4, steered=[0, 7, -1], iterations=1, step_size=1.0)
+    with pytest.raises(ValueError, match="num_steps must be a positive integer, got 0"):
+        custom_schedule(0, steered=[], iterations=1, step_size=1.0)
+    assert custom_schedule(4, steered=[3], iterations=2, step_size=1.0).iterations == (0, 0, 0, 2)

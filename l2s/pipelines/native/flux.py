@@ -27,6 +27,7 @@ from l2s.classifier import RelationClassifier
 from l2s.errors import UsageError
 from l2s.steer import DEFAULT_CAPTURE_BACKEND, Schedule, SteeringPlan
 
+from ..arguments import grid_mismatch_warning
 from ..flux import _FluxConditioning
 from .plans import PromptSteering, SteeredRows, plan_prompts
 from .steering import RelationSteeringMixin, Rows, callback_inputs, steering_callback
@@ -105,6 +106,7 @@ class FluxRelationSteeringPipeline(RelationSteeringMixin, FluxPipeline):
         schedule = self.steering_schedule_for(steering_schedule, num_inference_steps) if steer else None
         steerings = plan_prompts(prompts, relations, num_images_per_prompt,
                                  lambda parsed: self._plan(parsed, max_sequence_length), schedule)
+        self._announce(steerings, self._grid_warning(steerings, height, width))
         lora_scale = (joint_attention_kwargs or {}).get("scale")
         text = self.encode_prompt(prompt=prompts, prompt_2=prompt_2, device=self._execution_device,
                                   num_images_per_prompt=num_images_per_prompt,
@@ -137,6 +139,14 @@ class FluxRelationSteeringPipeline(RelationSteeringMixin, FluxPipeline):
         return FluxRelationSteeringOutput(images=output.images, steering=steerings)
 
     # ---- steering -------------------------------------------------------------------------
+    def _grid_warning(self, steerings, height: int, width: int) -> str | None:
+        """The maps' grid at this size against the classifier's (None when nothing is steered)."""
+        if not any(steering.steered for steering in steerings):
+            return None
+        multiple = self.vae_scale_factor * 2
+        return grid_mismatch_warning((int(height) // multiple, int(width) // multiple),
+                                     self.steering_classifier().config, height, width)
+
     def _plan(self, parsed, max_sequence_length: int) -> SteeringPlan:
         """The plan over the T5 tokens, which FLUX's maps are read over."""
         return SteeringPlan.from_parsed(parsed, self.tokenizer_2, max_sequence_length,

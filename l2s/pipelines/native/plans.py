@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from l2s.errors import PromptError
 from l2s.parsing import ParsedPrompt, parse_prompt
 from l2s.steer import (
     BatchPlan,
@@ -12,23 +11,9 @@ from l2s.steer import (
     SteeringOutcome,
     SteeringPlan,
     parsed_from_relations,
+    relations_per_prompt,
     steering_outcome,
 )
-
-
-def _per_prompt(relations, count: int) -> list:
-    """``relations`` for each of ``count`` prompts: one list for all, or one list per prompt."""
-    if relations is None:
-        return [None] * count
-    relations = list(relations)
-    nested = bool(relations) and all(isinstance(r, (list, tuple)) and r and not isinstance(r[0], str)
-                                     for r in relations)
-    if not nested:
-        return [relations] * count
-    if len(relations) != count:
-        raise PromptError(f"relations has {len(relations)} lists for {count} prompts; give one list per "
-                          "prompt, or one list for all")
-    return relations
 
 
 @dataclass
@@ -41,6 +26,7 @@ class PromptSteering:
     schedule: Schedule | None
     diagnostics: SteeringDiagnostics = field(default_factory=SteeringDiagnostics)
     requested: bool = True          # False: the call had steer=False
+    warnings: list[str] = field(default_factory=list)   # the call's own (the maps' grid), beside the plan's
 
     @property
     def steered(self) -> bool:
@@ -61,7 +47,7 @@ class PromptSteering:
                  "target_probability": r.target_probability, "updated": r.updated,
                  "non_finite": r.non_finite})
         return {"prompt": self.prompt, "images": list(self.rows), **self.plan.to_json(),
-                **self.outcome.to_json(), "schedule": self.schedule.to_json() if self.schedule else None,
+                "warnings": [*self.plan.warnings, *self.warnings], **self.outcome.to_json(), "schedule": self.schedule.to_json() if self.schedule else None,
                 "steps": per_step}
 
 
@@ -73,7 +59,7 @@ def plan_prompts(prompts: list[str], relations, images_per_prompt: int, plan_one
     ``schedule`` None: nothing is steered, and prompts are not parsed.
     """
     steerings = []
-    for k, (prompt, given) in enumerate(zip(prompts, _per_prompt(relations, len(prompts)))):
+    for k, (prompt, given) in enumerate(zip(prompts, relations_per_prompt(relations, len(prompts)))):
         if schedule is None:       # not steering: the prompt need not even parse
             plan = SteeringPlan(parsed=ParsedPrompt(prompt))
         else:

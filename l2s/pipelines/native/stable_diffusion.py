@@ -86,6 +86,7 @@ class StableDiffusionRelationSteeringPipeline(RelationSteeringMixin, StableDiffu
         width = width or self.unet.config.sample_size * self.vae_scale_factor
         schedule = self.steering_schedule_for(steering_schedule, num_inference_steps) if steer else None
         steerings = plan_prompts(prompts, relations, num_images_per_prompt, self._plan, schedule)
+        self._announce(steerings)
         steered_steps = {s for st in steerings if st.schedule for s in st.schedule.steered_steps}
         with self.borrowed_modules():
             steer_at = None

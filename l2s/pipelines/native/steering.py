@@ -24,7 +24,9 @@ from l2s.steer import (
     validate_step_size,
 )
 
-from .plans import SteeredRows
+from ..arguments import say_once
+from ..loading import model_steering_defaults
+from .plans import PromptSteering, SteeredRows
 
 # The batch rows a steered forward runs: a slice, or the indices of non-adjacent prompts' rows.
 Rows = slice | list[int]
@@ -122,6 +124,14 @@ def callback_inputs(user_callback, tensor_inputs) -> list[str]:
     return names if "latents" in names else ["latents", *names]
 
 
+def _model_options(pipeline, optional) -> dict:
+    """The steering family and step size a kind of model names for itself (a shapes model's), as
+    ``wrap_pipeline`` gives them; the caller's options replace them."""
+    defaults = model_steering_defaults(pipeline)
+    named = {"steering_family": defaults.get("family"), "steering_step_size": defaults.get("step_size")}
+    return {k: v for k, v in named.items() if v is not None and k in optional}
+
+
 class RelationSteeringMixin:
     """The family-independent half of a native steering pipeline (mixed into a diffusers pipeline).
 
@@ -141,6 +151,14 @@ class RelationSteeringMixin:
                                 steering_mode=steering_mode, capture_backend=capture_backend,
                                 steering_family=steering_family)
 
+    def _announce(self, steerings: list[PromptSteering], grid_line: str | None = None) -> None:
+        """Log what makes this call's steering doubtful, once per pipeline; ``grid_line`` (the
+        maps' grid) also goes in each steered prompt's report, beside its plan's warnings."""
+        for steering in steerings:
+            if steering.steered:
+                steering.warnings += [grid_line] if grid_line else []
+                say_once(self, [*steering.plan.warnings, grid_line])
+
     @classmethod
     def from_pipe(cls, pipeline, **kwargs):
         """This pipeline on ``pipeline``'s modules (shared, not copied), plus ``classifier=`` and the
@@ -156,7 +174,7 @@ class RelationSteeringMixin:
             raise TypeError(f"{cls.__name__}.from_pipe() got unexpected arguments {unknown}")
         components = {k: v for k, v in pipeline.components.items() if k in expected}
         options = {k: v for k, v in pipeline.config.items() if k in optional}   # e.g. requires_safety_checker
-        new = cls(**{**components, **options, **kwargs})
+        new = cls(**{**components, **_model_options(pipeline, optional), **options, **kwargs})
         if pipeline.config.get("_name_or_path") is not None:
             new.register_to_config(_name_or_path=pipeline.config["_name_or_path"])
         if dtype is not None:
