@@ -47,8 +47,8 @@ class PromptSteering:
                  "target_probability": r.target_probability, "updated": r.updated,
                  "non_finite": r.non_finite})
         return {"prompt": self.prompt, "images": list(self.rows), **self.plan.to_json(),
-                "warnings": [*self.plan.warnings, *self.warnings], **self.outcome.to_json(), "schedule": self.schedule.to_json() if self.schedule else None,
-                "steps": per_step}
+                "warnings": [*self.plan.warnings, *self.warnings], **self.outcome.to_json(),
+                "schedule": self.schedule.to_json() if self.schedule else None, "steps": per_step}
 
 
 def plan_prompts(prompts: list[str], relations, images_per_prompt: int, plan_one,
