@@ -15,13 +15,15 @@ def check_device(device: str, spelled: Callable[[str], str] = str) -> None:
     try:
         parsed = torch.device(device)
     except (RuntimeError, TypeError):
-        raise L2SError(f"{device_is} is not a torch device (cpu, cuda, cuda:N, mps)") from None
+        raise L2SError(f"{device_is} is not a torch device (cpu, cuda, cuda:N, mps, xpu)") from None
     if parsed.type == "cuda":
         if not torch.cuda.is_available():
             raise L2SError(f"{device_is}: CUDA is not available on this machine")
         if parsed.index is not None and parsed.index >= torch.cuda.device_count():
             raise L2SError(f"{device_is}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    elif parsed.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise L2SError(f"{device_is}: MPS is not available on this machine")
-    elif parsed.type not in ("cpu", "cuda", "mps"):
-        raise L2SError(f"{device_is} is not supported (cpu, cuda, cuda:N, mps)")
+    elif parsed.type != "cpu":   # mps, xpu, ...: torch's own module for the kind says if it is here
+        available = getattr(getattr(torch, parsed.type, None), "is_available", None)
+        if available is None:
+            raise L2SError(f"{device_is} is not supported (cpu, cuda, cuda:N, mps, xpu)")
+        if not available():
+            raise L2SError(f"{device_is}: {parsed.type.upper()} is not available on this machine")

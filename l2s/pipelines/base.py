@@ -107,10 +107,17 @@ def _relations_by_prompt(prompt: str | list[str], relations) -> dict[str, list |
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     given: dict[str, list | None] = {}
     for text, each in zip(prompts, relations_per_prompt(relations, len(prompts))):
-        if text in given and given[text] != each:
+        if text in given and _spelled_alike(given[text]) != _spelled_alike(each):
             raise UsageError(f"prompt {text!r} is given twice with other relations")
         given[text] = each
     return given
+
+
+def _spelled_alike(relations):
+    """``relations`` compared as written, lists and tuples alike (None: the parser's)."""
+    if relations is None:
+        return None
+    return [tuple(sorted(r.items())) if isinstance(r, dict) else tuple(r) for r in relations]
 
 
 def seeded_generators(seed: int | list[int]) -> torch.Generator | list[torch.Generator]:
@@ -322,7 +329,8 @@ class SteeringPipeline:
             schedule = None
         else:
             for each in plans or [plan]:
-                announce_steering(self, each, height, width)
+                if each.steered:      # an unsteered prompt of the batch has nothing to doubt
+                    announce_steering(self, each, height, width)
         diagnostics = SteeringDiagnostics()
         images = self.generate(prompt if batch is None else [p for p, _ in batch], plan, steps=steps,
                                height=height, width=width, guidance_scale=guidance_scale,

@@ -62,8 +62,8 @@ class FluxSteeringPipeline(SteeringPipeline):
                  family: str | None = None, steps: int | None = None,
                  true_cfg_scale: float = 1.0, negative_prompt: str = "", step_size: float | None = None,
                  size: int | None = None, capture_backend: str = DEFAULT_CAPTURE_BACKEND):
-        super().__init__(pipe, classifier, schedule, mode, step_size, capture_backend)
         _check_flux_options(family, steps, engine)
+        super().__init__(pipe, classifier, schedule, mode, step_size, capture_backend)
         if size is not None and (not isinstance(size, int) or size <= 0):
             raise UsageError(f"size must be a positive number of pixels, got {size!r}")
         self._default_size = size

@@ -92,6 +92,8 @@ def relations_per_prompt(relations, count: int) -> list:
     entry ``[]``: steer nothing in that prompt; ``None``: the parser's relations)."""
     if relations is None:
         return [None] * count
+    if isinstance(relations, str):
+        raise PromptError(f"relations is a list of (subject, relation, object), got the string {relations!r}")
     relations = list(relations)
     nested = bool(relations) and all(_one_prompts_relations(r) for r in relations)
     if not nested:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
@@ -98,12 +99,12 @@ def custom_schedule(num_steps: int, steered: Sequence[int], iterations: int, ste
                     name: str = "custom", exit_probability: float | None = None) -> Schedule:
     """A schedule with ``iterations`` updates on each step in ``steered`` (published loss targets)."""
     validate_step_size(step_size)
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+    if isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Integral) or num_steps < 1:
         raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
-    outside = sorted(i for i in set(steered) if not 0 <= i < num_steps)
+    num_steps, steered = int(num_steps), set(steered)
+    outside = sorted(i for i in steered if not 0 <= i < num_steps)
     if outside:   # would never be steered: a typo, or a schedule made for more steps
         raise ValueError(f"steered steps {outside} are outside 0..{num_steps - 1} of a {num_steps}-step schedule")
-    steered = set(steered)
     return Schedule(
         name=name,
         iterations=tuple(iterations if i in steered else 0 for i in range(num_steps)),

@@ -43,10 +43,6 @@ def test_help_imports_no_torch(argv):
     assert modules_after_help(argv, HEAVY) == "[]"
 
 
-def test_eval_help_imports_no_model_library():
-    assert modules_after_help(["eval", "--help"], HEAVY[:3]) == "[]"   # its prompt lists need numpy
-
-
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
 def test_every_command_help_imports_no_model_library(command):
     """'l2s COMMAND --help' answers at once: torch, diffusers and transformers load after parsing."""

@@ -152,6 +152,10 @@ def test_relations_given_to_the_call_replace_the_parsers(flux):
         flux(["a", "b", "c"], relations=[[], []], **kwargs)
     with pytest.raises(UsageError, match="given twice with other relations"):
         flux([hard, hard], relations=[[("dog", "left of", "cat")], []], **kwargs)
+    twice = flux([hard, hard], relations=[[("dog", "left of", "cat")], (["dog", "left of", "cat"],)], **kwargs)
+    assert [outcome.steered for outcome in twice.outcomes] == [True, True]      # the same, spelled otherwise
+    with pytest.raises(PromptError, match="got the string 'dog, left of, cat'"):
+        flux(hard, relations="dog, left of, cat", **kwargs)
 
 
 def test_report_contains_relations_tokens_and_probabilities(flux):

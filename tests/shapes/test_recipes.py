@@ -411,7 +411,11 @@ def test_the_native_pipeline_takes_a_shapes_models_family_and_step_size_unless_t
 
     classifier = _tiny_shapes_classifier(tiny_shapes_pipe)
     native = FluxRelationSteeringPipeline.from_pipe(tiny_shapes_pipe, classifier=classifier)
-    assert native.steering_family() == shapes_world.SHAPES_FAMILY       # not schnell's: no guidance embedding
-    assert native.config.steering_step_size == shapes_world.SHAPES_STEP_SIZE
-    told = FluxRelationSteeringPipeline.from_pipe(tiny_shapes_pipe, classifier=classifier, steering_step_size=2.0)
-    assert told.config.steering_step_size == 2.0
+    built = FluxRelationSteeringPipeline(**tiny_shapes_pipe.components, classifier=classifier)
+    for pipe in (native, built, FluxRelationSteeringPipeline.from_pipe(built)):
+        assert pipe.steering_family() == shapes_world.SHAPES_FAMILY    # not schnell's: no guidance embedding
+        schedule = pipe.steering_schedule_for("reference", shapes_world.SHAPES_STEPS)
+        assert schedule.steered_steps == list(range(6)) and set(schedule.step_sizes) == {shapes_world.SHAPES_STEP_SIZE}
+    told = FluxRelationSteeringPipeline.from_pipe(tiny_shapes_pipe, classifier=classifier, steering_step_size=2.0,
+                                                  steering_family="flux-schnell")
+    assert told.steering_family() == "flux-schnell" and told.steering_step_size() == 2.0

@@ -30,3 +30,4 @@ def test_schedule_rejects_bad_settings():
     with pytest.raises(ValueError, match="num_steps must be a positive integer, got 0"):
         custom_schedule(0, steered=[], iterations=1, step_size=1.0)
     assert custom_schedule(4, steered=[3], iterations=2, step_size=1.0).iterations == (0, 0, 0, 2)
+    assert custom_schedule(3, steered=(i for i in [0, 1]), iterations=2, step_size=1.0).iterations == (2, 2, 0)

@@ -29,6 +29,7 @@ from l2s.steer import DEFAULT_CAPTURE_BACKEND, Schedule, SteeringPlan
 
 from ..arguments import grid_mismatch_warning
 from ..flux import _FluxConditioning
+from ..loading import model_steering_defaults
 from .plans import PromptSteering, SteeredRows, plan_prompts
 from .steering import RelationSteeringMixin, Rows, callback_inputs, steering_callback
 
@@ -80,9 +81,12 @@ class FluxRelationSteeringPipeline(RelationSteeringMixin, FluxPipeline):
                                 capture_backend, steering_family)
 
     def steering_family(self) -> str:
-        """Whose published schedule applies: dev (guidance embedding) or schnell, unless configured."""
+        """Whose published schedule applies: configured, else the model's own (a shapes model's), else
+        dev (guidance embedding) or schnell."""
         if self.config.steering_family:
             return self.config.steering_family
+        if own := model_steering_defaults(self).get("family"):
+            return own
         return "flux-dev" if self.transformer.config.guidance_embeds else "flux-schnell"
 
     @torch.no_grad()

@@ -124,14 +124,6 @@ def callback_inputs(user_callback, tensor_inputs) -> list[str]:
     return names if "latents" in names else ["latents", *names]
 
 
-def _model_options(pipeline, optional) -> dict:
-    """The steering family and step size a kind of model names for itself (a shapes model's), as
-    ``wrap_pipeline`` gives them; the caller's options replace them."""
-    defaults = model_steering_defaults(pipeline)
-    named = {"steering_family": defaults.get("family"), "steering_step_size": defaults.get("step_size")}
-    return {k: v for k, v in named.items() if v is not None and k in optional}
-
-
 class RelationSteeringMixin:
     """The family-independent half of a native steering pipeline (mixed into a diffusers pipeline).
 
@@ -174,7 +166,7 @@ class RelationSteeringMixin:
             raise TypeError(f"{cls.__name__}.from_pipe() got unexpected arguments {unknown}")
         components = {k: v for k, v in pipeline.components.items() if k in expected}
         options = {k: v for k, v in pipeline.config.items() if k in optional}   # e.g. requires_safety_checker
-        new = cls(**{**components, **_model_options(pipeline, optional), **options, **kwargs})
+        new = cls(**{**components, **options, **kwargs})
         if pipeline.config.get("_name_or_path") is not None:
             new.register_to_config(_name_or_path=pipeline.config["_name_or_path"])
         if dtype is not None:
@@ -221,8 +213,14 @@ class RelationSteeringMixin:
 
     def steering_schedule_for(self, schedule, steps: int) -> Schedule:
         schedule = self.config.steering_schedule if schedule is None else schedule
-        return resolve_schedule(schedule or "reference", self.steering_family(), steps,
-                                self.config.steering_step_size)
+        return resolve_schedule(schedule or "reference", self.steering_family(), steps, self.steering_step_size())
+
+    def steering_step_size(self) -> float | None:
+        """The named schedules' step size: configured, else the model's own (a shapes model's, as
+        ``wrap_pipeline`` gives it), else None (the family's published one)."""
+        if self.config.steering_step_size is not None:
+            return self.config.steering_step_size
+        return model_steering_defaults(self).get("step_size")
 
     def steer_rows(self, latents: torch.Tensor, step: int, steered: SteeredRows | None,
                    run_rows: Callable[[Rows, torch.Tensor], object], text_len: int,
