@@ -174,14 +174,11 @@ def _resumed_lines(report, out) -> list[str]:
 
 def _score_folder(args: argparse.Namespace):
     from l2s.distributed import output_lock
-    from l2s.errors import L2SError
     from l2s.evaluation import load_detector, score_image_folder
-    from l2s.evaluation.records import RUN_FILE
+    from l2s.evaluation.folders import check_scoring_folder
 
     with output_lock(args.out, kind="eval"):  # a second run into --out is refused before the detector loads
-        if (Path(args.out) / RUN_FILE).exists():   # scoring would replace that run's summary and report
-            raise L2SError(f"{args.out} holds an 'l2s eval' run that generated its images ({RUN_FILE}); "
-                           "score --images into another --out")
+        check_scoring_folder(args.images, args.out, args.restart)
         detector = load_detector(args.detector, args.detector_threshold, args.device, named=named_detectors())
         return score_image_folder(args.images, detector, args.out, rule=args.rule,
                                   detector_name=_detector_id(args), contact_sheets=args.contact_sheet,

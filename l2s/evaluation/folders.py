@@ -15,7 +15,7 @@ from l2s.distributed import output_lock, world
 from .detectors import Detector
 from .geometry import GENEVAL
 from .prompt_files import spec_from_metadata
-from .records import IMAGES, ImageRecord, detect_and_score, png_problem, read_json, write_json
+from .records import IMAGES, MODES, RUN_FILE, ImageRecord, detect_and_score, png_problem, read_json, write_json
 from .reports import EvalReport, ModeReport, write_outputs
 from .run_dir import clear_run
 from .runs import check_scorable
@@ -41,10 +41,24 @@ def score_image_folder(images_dir: str | Path, detector: Detector, out_dir: str 
     jobs, skipped = _folder_jobs(images_dir)
     check_scorable([spec for _, spec, _ in jobs], rule, detector)
     with output_lock(out, kind="eval"):
+        check_scoring_folder(images_dir, out, restart)
         if restart:
             world().on_main(lambda: clear_run(out))
         return _score_folder_jobs(images_dir, jobs, skipped, out, detector, rule, detector_name, contact_sheets,
                                   progress)
+
+
+def check_scoring_folder(images_dir: str | Path, out: str | Path, restart: bool = False) -> None:
+    """Refuse an ``out`` whose run scoring would replace (an ``l2s eval`` run that generated its
+    images: its summary and report), or whose restart would remove the images to score."""
+    images_dir, out = Path(images_dir), Path(out)
+    if (out / RUN_FILE).exists():
+        raise L2SError(f"{out} holds an 'l2s eval' run that generated its images ({RUN_FILE}): scoring "
+                       "would replace its summary; score the images into another folder (--out)")
+    owned = [out / name for name in (*MODES, IMAGES)]    # what a restart removes
+    if restart and any(images_dir.resolve().is_relative_to(path.resolve()) for path in owned):
+        raise L2SError(f"restarting {out} would remove {images_dir}, the images to score; score them into "
+                       "another folder (--out)")
 
 
 def _score_folder_jobs(images_dir: Path, jobs: list[tuple[Path, PromptSpec, Path]], skipped: int, out: Path,

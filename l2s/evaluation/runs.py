@@ -130,19 +130,23 @@ def run_eval(steerer, specs: Sequence[PromptSpec], detector: Detector, out_dir: 
 
     ``steerer`` is a :class:`l2s.pipelines.SteeringPipeline`; mode ``"base"`` generates with
     ``steer=False``, ``"steered"`` with steering, from the same seed. ``settings`` (JSON-able)
-    identify how images are made: a run directory resumes only with the same settings.
+    identify how images are made (default: this call's sampling arguments, steps to schedule): a
+    run directory resumes only with the same settings.
     ``detector_name`` and ``rule`` identify the scoring: images scored otherwise are re-scored.
     ``restart``: remove a previous run in ``out_dir`` first. ``batch_size``: images made per
     steering call (a list of prompts and seeds, each image as if made alone; more use more memory
     for the steering backward); 1: one call per image.
     """
     modes = list(dict.fromkeys(modes))
-    _check_request(steerer, specs, seeds, modes, rule, detector, batch_size)
+    generate = dict(num_inference_steps=num_inference_steps, height=height, width=width,
+                    guidance_scale=guidance_scale, schedule=schedule)
+    _check_request(steerer, specs, seeds, modes, rule, detector, batch_size, generate)
+    if settings is None:   # a rerun with other sampling arguments is another run, not a resume
+        settings = {k: v.to_json() if hasattr(v, "to_json") else v for k, v in generate.items()}
     out = Path(out_dir)
     with output_lock(out, kind="eval"):
-        world().on_main(lambda: prepare_run_dir(out, specs, modes, dict(settings or {}), restart))
-        generate = dict(num_inference_steps=num_inference_steps, height=height, width=width,
-                        guidance_scale=guidance_scale, schedule=schedule, progress=False)
+        world().on_main(lambda: prepare_run_dir(out, specs, modes, dict(settings), restart))
+        generate["progress"] = False
         run = _Run(steerer, detector, out, rule, {"rule": rule, "detector": detector_name}, generate, batch_size)
         return _generate_run(run, specs, seeds, modes, settings, contact_sheets, progress)
 
@@ -225,8 +229,13 @@ def _my_pairs(out: Path, pairs: list[tuple[int, int]], modes: list[str], group) 
 
 
 def _check_request(steerer, specs: Sequence[PromptSpec], seeds: Sequence[int], modes: list[str], rule: str,
-                   detector: Detector, batch_size: int = 1) -> None:
-    """Everything that can be wrong with a run, checked before the first (slow) image is made."""
+                   detector: Detector, batch_size: int = 1, generate: dict | None = None) -> None:
+    """Everything that can be wrong with a run, checked before the first (slow) image is made
+    (and before its folder is claimed)."""
+    if not callable(getattr(detector, "detect", None)):
+        raise UsageError(f"detector must have a detect(image, labels) method, got {type(detector).__name__}")
+    if isinstance(seeds, (int, str)):
+        raise UsageError(f"seeds must be a list of integers, got {seeds!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise UsageError(f"batch_size must be a positive integer, got {batch_size!r}")
     if not modes or any(m not in MODES for m in modes):
@@ -251,6 +260,9 @@ def _check_request(steerer, specs: Sequence[PromptSpec], seeds: Sequence[int], m
             steerer.plan(spec.prompt)
         except L2SError as error:
             raise L2SError(f"prompt {index} ({spec.prompt!r}): {error}") from None
+    check_arguments = getattr(steerer, "check_arguments", None)   # a SteeringPipeline's; stand-ins may lack it
+    if check_arguments is not None:
+        check_arguments(specs[0].prompt, seed=seeds[0], steer=STEERED in modes, **(generate or {}))
 
 
 def _image_png(run: _Run, index: int, seed: int, mode: str) -> Path:

@@ -253,6 +253,18 @@ class SteeringPipeline:
             return SteeringPlan.from_prompt(prompt, tokenizer, max_length, names)
         return SteeringPlan.from_parsed(parsed_from_relations(prompt, given), tokenizer, max_length, names)
 
+    def check_arguments(self, prompt: str, *, num_inference_steps: int | None = None, height: int | None = None,
+                        width: int | None = None, guidance_scale: float | None = None,
+                        schedule: Schedule | str | None = None, seed: int = 0, steer: bool = True) -> None:
+        """Refuse now what a call with these arguments would refuse (its options, the schedule, the
+        size, a classifier that does not fit): a run checks before it claims a folder."""
+        check_call(self, prompt, num_inference_steps=num_inference_steps, height=height, width=width,
+                   guidance_scale=guidance_scale, seed=seed, num_images=1, steer=steer, schedule=schedule,
+                   latents=None, progress=False)
+        self._resolve_schedule(schedule, num_inference_steps)
+        if steer:
+            self.check_classifier()
+
     def check_classifier(self) -> None:
         cfg = self.classifier.config
         channels = self.map_channels()

@@ -162,6 +162,10 @@ class FluxSteeringPipeline(SteeringPipeline):
                                 diagnostics, progress)
         return self._decode(latents, height, width)
 
+    def check_arguments(self, prompt: str, *, height: int | None = None, width: int | None = None, **call) -> None:
+        super().check_arguments(prompt, height=height, width=width, **call)
+        self._image_size(height, width)
+
     def _image_size(self, height: int | None, width: int | None) -> tuple[int, int]:
         height = height or self.default_size()
         width = width or self.default_size()

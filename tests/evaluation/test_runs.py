@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from l2s.errors import L2SError
 from l2s.evaluation import (
     RUN_DEPENDENT_META,
     comparable_summary,
@@ -149,6 +150,17 @@ def test_shapes_detector_scores_base_against_steered(tmp_path):
     rescored = score_image_folder(tmp_path / "steered", ShapesDetector(), tmp_path / "rescored",
                                   detector_name="shapes", progress=False, contact_sheets=False)
     assert rescored.modes["images"].summary.n_correct == 6
+    # Scoring into the run's own folder would replace its summary; restarting it would remove the images.
+    kept = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    for restart in (False, True):
+        with pytest.raises(L2SError, match="holds an 'l2s eval' run that generated its images"):
+            score_image_folder(tmp_path / "steered", ShapesDetector(), tmp_path, progress=False, restart=restart)
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == kept
+    rescored_images = tmp_path / "rescored" / "images"       # the records of the rescoring above
+    (tmp_path / "steered").rename(rescored_images / "mine")
+    with pytest.raises(L2SError, match="would remove .*mine, the images to score"):
+        score_image_folder(rescored_images / "mine", ShapesDetector(), tmp_path / "rescored", restart=True)
+    assert (rescored_images / "mine" / "00002" / "samples" / "0005.png").is_file()
 
 
 # ---------------------------------------------------------------- run_eval in batches on a tiny FLUX model
@@ -284,6 +296,42 @@ def test_batch_size_must_be_a_positive_integer(size, tmp_path):
     with pytest.raises(UsageError, match="batch_size must be a positive integer"):
         run_eval(SceneSteerer(), shapes_position_prompts(1, seed=0), ShapesDetector(), tmp_path, batch_size=size)
     assert not (tmp_path / "base").exists()
+
+
+def test_what_a_call_would_refuse_is_refused_before_the_run_folder_is_made(tiny_eval, tmp_path):
+    import dataclasses
+
+    from l2s.classifier import RelationClassifier
+    from l2s.errors import ClassifierMismatchError, UsageError
+    from l2s.pipelines import wrap_pipeline
+
+    steerer, specs, kwargs = tiny_eval
+    call = dict(seeds=[0], num_inference_steps=2, height=32, width=32, progress=False)
+    for change, error, message in (
+            (dict(num_inference_steps=0), UsageError, "num_inference_steps must be a positive integer"),
+            (dict(height=33), UsageError, "multiples of"),
+            (dict(schedule="bogus"), UsageError, "bogus"),
+            (dict(seeds=0), UsageError, "seeds must be a list of integers, got 0")):
+        with pytest.raises(error, match=message):
+            run_eval(steerer, specs[:1], ShapesDetector(), tmp_path / "run", **{**call, **change})
+    with pytest.raises(UsageError, match="detector must have a detect"):
+        run_eval(steerer, specs[:1], None, tmp_path / "run", **call)
+    config = dataclasses.replace(steerer.classifier.config, channels=steerer.classifier.config.channels + 1)
+    unfit = wrap_pipeline(steerer.pipe, RelationClassifier(config).eval())
+    with pytest.raises(ClassifierMismatchError, match="maps per object"):
+        run_eval(unfit, specs[:1], ShapesDetector(), tmp_path / "run", **call)
+    assert not (tmp_path / "run").exists()
+
+
+def test_without_settings_a_run_is_known_by_its_sampling_arguments(tiny_eval, tmp_path):
+    steerer, specs, _ = tiny_eval
+    call = dict(seeds=[0], num_inference_steps=2, height=32, width=32, progress=False, contact_sheets=False,
+                modes=["base"])
+    run_eval(steerer, specs[:1], ShapesDetector(), tmp_path, **call)
+    with pytest.raises(L2SError, match=r"other settings \(height: 32 -> 16, width: 32 -> 16\)"):
+        run_eval(steerer, specs[:1], ShapesDetector(), tmp_path, **{**call, "height": 16, "width": 16})
+    assert run_eval(steerer, specs[:1], ShapesDetector(), tmp_path, **call).modes["base"].status_counts() == {
+        "resumed": 1}
 
 
 def test_a_prompt_without_a_spec_is_refused_by_its_number(tmp_path):
