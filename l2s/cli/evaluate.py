@@ -221,6 +221,7 @@ def _run_locked(args: argparse.Namespace, specs, seeds, relations_of=None):
 
     settings = _request_settings(args)
     if not args.restart:   # a damaged run.json, or other settings, refused before any model loads
+        settings = _spelled_as_before(args.out, settings)
         refuse_changed_settings(args.out, settings, not_yet=STEERER_SETTINGS)
     detector = load_detector(args.detector, args.detector_threshold, args.device, named=named_detectors())
     check_scorable(specs, args.rule, detector)
@@ -247,7 +248,8 @@ STEERER_SETTINGS = ("sampling", "step_size", "engine", "capture_backend")   # kn
 def _request_settings(args: argparse.Namespace) -> dict:
     """How images are made, as far as the command line says before a model loads (a resumed run
     must match these exactly; the loaded steerer adds its effective sampling and kernels)."""
-    settings = {"model": args.model, "classifier": args.classifier, "prompts": args.prompts,
+    settings = {"model": _canonical(args.model), "classifier": _canonical_classifier(args.classifier, args.model),
+                "prompts": _canonical(args.prompts),
                 "n_prompts": args.n_prompts, "prompt_seed": args.prompt_seed, "steps": args.steps,
                 "height": args.height, "width": args.width, "guidance": args.guidance, "schedule": args.schedule,
                 "dtype": args.dtype if args.model not in (None, "tiny") else None}
@@ -259,6 +261,34 @@ def _request_settings(args: argparse.Namespace) -> dict:
 
         settings["lora"] = str(lora_folder(args.lora).resolve())
     return settings
+
+
+def _canonical(value: str | None) -> str | None:
+    """A local path as its absolute path (``./clf/`` and ``clf`` are one setting); names as given."""
+    return str(Path(value).resolve()) if value is not None and Path(value).exists() else value
+
+
+def _canonical_classifier(value: str | None, model: str | None) -> str | None:
+    """The shipped model's default classifier by its name: ``--classifier shapes`` is the default."""
+    return _canonical("shapes" if value is None and model is None else value)
+
+
+def _spelled_as_before(out: str, settings: dict) -> dict:
+    """``settings`` with the earlier run's spelling of each path setting that names the same thing
+    (runs recorded before paths were made absolute resume as they did)."""
+    from l2s.errors import L2SError
+    from l2s.evaluation.run_dir import read_run_file
+
+    try:
+        earlier = (read_run_file(out) or {}).get("generation")
+    except L2SError:
+        return settings      # a damaged run.json: refuse_changed_settings says so
+    if not isinstance(earlier, dict):
+        return settings
+    named = {"model": _canonical, "prompts": _canonical,
+             "classifier": lambda value: _canonical_classifier(value, earlier.get("model"))}
+    same = {k: earlier[k] for k, canonical in named.items() if k in earlier and canonical(earlier[k]) == settings[k]}
+    return {**settings, **same}
 
 
 def _detector_id(args: argparse.Namespace) -> str:

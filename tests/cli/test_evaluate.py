@@ -191,7 +191,7 @@ def test_eval_resumes_and_refuses_other_settings(tiny_run, tmp_path, capsys, mon
 
 
 
-def test_eval_refuses_to_resume_with_a_classifier_retrained_at_the_same_path(tmp_path, capsys):
+def test_eval_refuses_to_resume_with_a_classifier_retrained_at_the_same_path(tmp_path, capsys, monkeypatch):
     from l2s.demo import tiny_classifier_for, tiny_flux_pipeline
 
     folder, out = tmp_path / "classifier", tmp_path / "run"
@@ -199,9 +199,26 @@ def test_eval_refuses_to_resume_with_a_classifier_retrained_at_the_same_path(tmp
     argv = TINY_RUN + ["--mode", "steered", "--classifier", str(folder), "--out", str(out)]
     assert run(argv, capsys)[0] == 0
     assert run(argv, capsys)[0] == 0                                       # the same weights resume
+    monkeypatch.chdir(tmp_path)
+    for spelled in ("classifier", "./classifier/"):                        # the same folder, spelled otherwise
+        code, _, err = run(TINY_RUN + ["--mode", "steered", "--classifier", spelled, "--out", "run"], capsys)
+        assert code == 0, err
+    recorded = json.loads((out / "run.json").read_text())
+    recorded["generation"]["classifier"] = "./classifier"                  # as runs recorded it before
+    (out / "run.json").write_text(json.dumps(recorded))
+    assert run(argv, capsys)[0] == 0
     tiny_classifier_for(tiny_flux_pipeline(seed=0), seed=1).save(folder)   # retrained into the same folder
     code, _, err = run(argv, capsys)
     assert code == 2 and "classifier_digest: " in error_lines(err)[0]
+
+def test_the_shipped_classifier_named_is_the_default_one(tmp_path, capsys):
+    argv = ["eval", "--n-prompts", "1", "--seeds", "0", "--mode", "base", "--quiet", "--out", str(tmp_path / "run")]
+    assert run(argv, capsys)[0] == 0
+    code, _, err = run(argv + ["--classifier", "shapes"], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["modes"]["base"]["status_counts"] == {
+        "resumed": 1}
+
 
 # ---------------------------------------------------------------------------------------------
 # Errors
