@@ -151,7 +151,8 @@ def make_dataset(
     """
     check_make_data_options(dtype=dtype, val_fraction=val_fraction, shard_size=shard_size, steps=steps, size=size,
                             limit=limit, min_psnr=min_psnr, gamma=gamma, eta=eta, num_iter=num_iter,
-                            map_size=map_size, max_sequence_length=max_sequence_length, spelled=spelled)
+                            map_size=map_size, max_sequence_length=max_sequence_length, store_steps=store_steps,
+                            seed=seed, dual=dual, class_names=class_names, spelled=spelled)
     family = pipeline_family(pipe)
     steps = int(steps if steps is not None else DEFAULT_STEPS[family])
     store = check_store_steps(DEFAULT_STORE_STEPS[family] if store_steps is None else store_steps, steps, spelled)

@@ -15,13 +15,20 @@ def check_make_data_options(*, dtype: str = "float16", val_fraction: float = 0.1
                             min_psnr: float | None = None, gamma: float = 1.0, eta: float = 1.0,
                             num_iter: int = 5, map_size: int = 16, max_sequence_length: int = 512,
                             store_steps: Sequence[int] | None = None, max_per_class: int | None = None,
+                            seed: int = 0, dual: bool = True, class_names: Sequence[str] = ("above",),
                             spelled: Callable[[str], str] = str) -> None:
     """Refuse, before any work, options :func:`make_dataset` cannot use (one ``L2SError`` line
     naming the option as ``spelled`` writes an argument's name: a CLI passes its flags)."""
     if dtype not in MAP_DTYPES:
         raise L2SError(f"{spelled('dtype')} must be one of {', '.join(MAP_DTYPES)}, got {dtype!r}")
-    if not (isinstance(val_fraction, (int, float)) and 0.0 <= val_fraction < 1.0):
-        raise L2SError(f"{spelled('val_fraction')} must be in [0, 1), got {val_fraction}")
+    if isinstance(val_fraction, bool) or not (isinstance(val_fraction, (int, float)) and 0.0 <= val_fraction < 1.0):
+        raise L2SError(f"{spelled('val_fraction')} must be a number in [0, 1), got {val_fraction!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 64:
+        raise L2SError(f"{spelled('seed')} must be an integer in [0, 2**64), got {seed!r}")
+    if not isinstance(dual, bool):
+        raise L2SError(f"{spelled('dual')} must be True or False, got {dual!r}")
+    if isinstance(class_names, str) or not class_names or not all(isinstance(c, str) for c in class_names):
+        raise L2SError(f"{spelled('class_names')} must be a list of relation names, got {class_names!r}")
     positive = dict(shard_size=shard_size, steps=steps, size=size, limit=limit, num_iter=num_iter,
                     map_size=map_size, max_sequence_length=max_sequence_length, max_per_class=max_per_class)
     for name, value in positive.items():

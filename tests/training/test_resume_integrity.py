@@ -193,11 +193,12 @@ def _pairs(tmp_path: Path, images: Path) -> Path:
     (["--shard-size", "0"], "--shard-size must be a positive integer"),
     (["--limit", "0"], "--limit must be a positive integer"),
     (["--max-per-class", "0"], "--max-per-class must be a positive integer"),
-    (["--val-fraction", "1"], "--val-fraction must be in [0, 1)"),
+    (["--val-fraction", "1"], "--val-fraction must be a number in [0, 1)"),
     (["--min-psnr", "nan"], "--min-psnr must be a finite number"),
     (["--gamma", "-1"], "--gamma must be in [0, 1] (an RF-Inversion controller strength), got -1.0"),
     (["--eta", "1.5"], "--eta must be in [0, 1]"),
     (["--store-steps", "-1"], "--store-steps must be step indices"),
+    (["--seed", "-1"], "--seed must be an integer in [0, 2**64), got -1"),
     (["--max-iou", "2"], "--max-iou must be in [0, 1]"),
     (["--annotations", "/nonexistent/pairs.jsonl"], "--annotations /nonexistent/pairs.jsonl: no such file"),
     (["--images", "/nonexistent/images"], "--images /nonexistent/images: no such folder"),
@@ -213,6 +214,21 @@ def test_make_data_options_are_checked_before_any_work(options, message, samples
     assert code == 2
     (line,) = [x for x in err.splitlines() if x.startswith("l2s: error:")]
     assert message in line, line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("option, message", [
+    (dict(store_steps=[0.5]), r"store_steps must be step indices \(integers >= 0\), got \[0.5\]"),
+    (dict(class_names="above"), "class_names must be a list of relation names, got 'above'"),
+    (dict(seed=-1), r"seed must be an integer in \[0, 2\*\*64\), got -1"),
+    (dict(dual="no"), "dual must be True or False, got 'no'"),
+    (dict(val_fraction="0.1"), r"val_fraction must be a number in \[0, 1\), got '0.1'"),
+])
+def test_make_dataset_refuses_what_it_would_store_wrongly(option, message, samples, tmp_path):
+    from l2s.training import make_dataset
+
+    with pytest.raises(L2SError, match=message):      # before the model is even looked at
+        make_dataset(samples, None, tmp_path / "out", **{**MAKE, **option})
     assert not (tmp_path / "out").exists()
 
 
