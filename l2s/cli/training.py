@@ -211,7 +211,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="l2s: %(message)s")
     try:
         check_training_options(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                               num_workers=args.workers, device=resolve_device(args),
+                               num_workers=args.workers, device=resolve_device(args), layers=args.layers,
                                spelled=flag_of({"num_workers": "--workers"}))
         use_threads(args)
         args.device = world().device(args.device)

@@ -44,12 +44,22 @@ def check_make_data_options(*, dtype: str = "float16", val_fraction: float = 0.1
         raise L2SError(f"{spelled('store_steps')} must be step indices (integers >= 0), got {list(store_steps)}")
 
 
+PROMPT_TYPES = ("pos", "neg")   # a map of the true relation word, and of a wrong one (dual inversion)
+
+
 def check_training_options(*, epochs: int | None = None, batch_size: int = 64, lr: float | None = None,
-                           seed: int = 0, num_workers: int = 0, device: str = "cpu",
+                           seed: int = 0, num_workers: int = 0, device: str = "cpu", layers: int | None = None,
+                           resume: bool = True, prompt_types: Sequence[str] | None = None,
                            spelled: Callable[[str], str] = str) -> None:
     """Refuse, before any work, options :func:`train_classifier` cannot use (one ``L2SError`` line
     naming the option as ``spelled`` writes an argument's name)."""
-    for name, value, low in (("epochs", epochs, 1), ("batch_size", batch_size, 1), ("num_workers", num_workers, 0)):
+    if not isinstance(resume, bool):
+        raise L2SError(f"{spelled('resume')} must be True or False, got {resume!r}")
+    if prompt_types is not None and (isinstance(prompt_types, str) or not prompt_types
+                                     or any(t not in PROMPT_TYPES for t in prompt_types)):
+        raise L2SError(f"{spelled('prompt_types')} must be a list of {' and '.join(PROMPT_TYPES)}, got {prompt_types!r}")
+    for name, value, low in (("epochs", epochs, 1), ("batch_size", batch_size, 1), ("num_workers", num_workers, 0),
+                             ("layers", layers, 1)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
             raise L2SError(f"{spelled(name)} must be an integer >= {low}, got {value!r}")
     if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):

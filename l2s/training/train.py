@@ -103,13 +103,20 @@ class TrainResult:
 def _resolve_config(config: ClassifierConfig | str, meta: dict, layers: int | None = None) -> ClassifierConfig:
     """The classifier config, checked against (or, for a preset name, completed from) the dataset;
     ``layers=K``: a classifier of the dataset's first K layers (:mod:`.layers`)."""
+    if not isinstance(config, (str, ClassifierConfig)):
+        raise L2SError(f"config must be a ClassifierConfig or a preset name, got {type(config).__name__}")
     if isinstance(config, str):
         overrides = dict(class_names=tuple(meta["class_names"]), map_size=meta["map_size"])
         if meta.get("orig_map_size"):
             overrides["orig_map_size"] = meta["orig_map_size"]
         if meta.get("layer_layout"):
             overrides["layer_layout"] = meta["layer_layout"]
-        config = preset(config, channels=meta["channels"], **overrides)
+        if meta.get("store_steps") and meta.get("num_steps"):   # the steps the dataset has maps of
+            overrides.update(timesteps=tuple(meta["store_steps"]), num_timesteps=meta["num_steps"])
+        try:
+            config = preset(config, channels=meta["channels"], **overrides)
+        except ValueError as error:    # an unknown preset name
+            raise L2SError(str(error)) from None
     if layers is not None:
         config = with_first_blocks(config, meta, layers)
     selected = dataset_channels(meta, config.layer_layout)
@@ -167,7 +174,8 @@ def train_classifier(
         dataset_dir: a map dataset (:func:`l2s.training.make_dataset`).
         out_dir: where ``best/``, ``last/`` and ``log.jsonl`` go.
         config: a :class:`ClassifierConfig` (must fit the dataset's channels and map size) or a
-            preset name ("flux-dev", "flux-schnell", "sd14", "sd21") completed from the dataset.
+            preset name ("flux-dev", "flux-schnell", "sd14", "sd21") completed from the dataset
+            (its classes, map size, layers, and the step indices it stored maps at).
         epochs: the total epoch limit (default 200 FLUX / 150 SD1.4 / 100 SD2.1); a resumed run
             continues up to this many epochs in total.
         batch_size: training batch (published 64; validation uses 256).
@@ -182,7 +190,7 @@ def train_classifier(
             layer per transformer block: steering then cuts the forward after that block).
     """
     check_training_options(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, num_workers=num_workers,
-                           device=device)
+                           device=device, layers=layers, resume=resume, prompt_types=prompt_types)
     dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
     meta = load_dataset_meta(dataset_dir)
     config = _resolve_config(config, meta, layers)

@@ -328,6 +328,7 @@ def test_train_cli_lr_1e12_is_one_error_line(tmp_path, capsys):
     (["--workers", "-1"], "--workers must be an integer >= 0"),
     (["--device", "bogus"], "is not a torch device"),
     (["--preset", ""], "choose a classifier --preset"),
+    (["--layers", "0"], "--layers must be an integer >= 1, got 0"),
 ])
 def test_train_options_are_checked_before_any_work(options, message, tmp_path, capsys):
     data = _synthetic(tmp_path)
@@ -337,6 +338,32 @@ def test_train_options_are_checked_before_any_work(options, message, tmp_path, c
     (line,) = [x for x in err.splitlines() if x.startswith("l2s: error:")]
     assert message in line, line
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("option, message", [
+    (dict(config="bogus"), "unknown classifier preset 'bogus'"),
+    (dict(config=None), "config must be a ClassifierConfig or a preset name, got NoneType"),
+    (dict(layers=1.5), "layers must be an integer >= 1, got 1.5"),
+    (dict(resume="no"), "resume must be True or False, got 'no'"),
+    (dict(prompt_types="pos"), "prompt_types must be a list of pos and neg, got 'pos'"),
+    (dict(prompt_types=("pos", "bogus")), "prompt_types must be a list of pos and neg"),
+])
+def test_train_classifier_refuses_what_it_would_misread(option, message, tmp_path):
+    from l2s.training import train_classifier
+
+    data = _synthetic(tmp_path)
+    with pytest.raises(L2SError, match=message):
+        train_classifier(data, tmp_path / "run", **{"config": "flux-schnell", "epochs": 1, **option})
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_preset_takes_the_step_indices_the_dataset_stored(tmp_path):
+    from l2s.training.train import _resolve_config
+
+    meta = {"channels": CHANNELS, "class_names": ["above", "below"], "map_size": 16, "store_steps": [0, 1],
+            "num_steps": 2}
+    config = _resolve_config("flux-dev", meta)
+    assert config.timesteps == (0, 1) and config.num_timesteps == 2      # not dev's published (5, ..., 49) of 50
 
 
 def test_damaged_training_state_says_how_to_recover(tmp_path, capsys):
