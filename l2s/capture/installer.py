@@ -28,7 +28,7 @@ from diffusers import FluxTransformer2DModel, UNet2DConditionModel
 from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
 from diffusers.models.transformers.transformer_flux import FluxAttention, FluxAttnProcessor
 
-from l2s.errors import L2SError, TokenizationError
+from l2s.errors import ClassifierMismatchError, L2SError, TokenizationError
 from l2s.ops import ATTENTION_BACKENDS
 
 from .flux import FluxCaptureProcessor, FluxExplicitReferenceProcessor
@@ -139,7 +139,10 @@ class AttentionCapture:
             wanted = [name.removesuffix(".processor") for name in layers]
             unknown = [name for name in wanted if name not in candidates]
             if unknown:
-                raise L2SError(f"not capturable attention layers of {type(model).__name__}: {unknown}")
+                shown = unknown if len(unknown) <= 3 else [*unknown[:3], f"... {len(unknown) - 3} more"]
+                raise ClassifierMismatchError(
+                    f"this {type(model).__name__} has no attention layers {shown} to capture: the maps asked "
+                    "for (a classifier's layer layout) are another model's; use a classifier trained for this model")
             candidates = {name: candidates[name] for name in wanted}
         if not candidates:
             raise L2SError(f"{type(model).__name__} has no attention layers to capture")

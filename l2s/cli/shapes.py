@@ -286,8 +286,9 @@ def train_classifier_main(argv: Sequence[str] | None = None) -> int:
     args = build_train_classifier_parser().parse_args(argv)
 
     from l2s.shapes import train_shapes_classifier
-    from l2s.training import validation_report
+    from l2s.training import check_training_options, validation_report
 
+    check_training_options(epochs=args.epochs, lr=args.lr, seed=args.seed, layers=args.layers, spelled=flag_of())
     use_threads(args)
     result = train_shapes_classifier(args.data, args.out, dual=not args.no_dual, epochs=args.epochs, lr=args.lr,
                                      seed=args.seed, progress=not args.quiet, layers=args.layers,

@@ -11,7 +11,7 @@ from diffusers import FluxTransformer2DModel, UNet2DConditionModel
 
 import l2s.capture.recording as capture_module
 from l2s.capture import AttentionCapture, ExplicitAttentionReference
-from l2s.errors import L2SError, TokenizationError
+from l2s.errors import ClassifierMismatchError, L2SError, TokenizationError
 
 TOL = dict(rtol=0.0, atol=1e-5)
 
@@ -201,7 +201,8 @@ def test_flux_layer_subset_in_execution_order(flux, flux_inputs):
         with capture.recording(FLUX_GROUPS, FLUX_TEXT_LEN, FLUX_GRID) as captured:
             run_flux(flux, flux_inputs)
     assert [layer.name for layer in captured.layers] == capture.layer_names
-    with pytest.raises(L2SError, match="not capturable"):
+    with pytest.raises(ClassifierMismatchError, match=r"has no attention layers \['transformer_blocks.9.attn'\] "
+                                                      "to capture.*use a classifier trained for this model"):
         AttentionCapture(flux, layers=["transformer_blocks.9.attn"])
 
 

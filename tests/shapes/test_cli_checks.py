@@ -42,6 +42,17 @@ def test_train_model_refuses_numbers_that_cannot_train(options, message, tmp_pat
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("options, message", [
+    (["--epochs", "0"], "--epochs must be an integer >= 1, got 0"),
+    (["--layers", "0"], "--layers must be an integer >= 1, got 0"),
+    (["--lr", "nan"], "--lr must be a positive finite number, got nan"),
+])
+def test_train_classifier_names_the_flag_of_a_number_that_cannot_train(options, message, tmp_path, capsys):
+    code = main(["shapes", "train-classifier", "--data", str(tmp_path), "--out", str(tmp_path / "c"), *options])
+    assert code == 2 and _one_error_line(capsys.readouterr().err) == f"l2s: error: {message}"
+    assert not (tmp_path / "c").exists()
+
+
 def test_make_data_refuses_no_scenes(tmp_path, capsys, monkeypatch):
     import l2s.shapes
 
