@@ -87,6 +87,7 @@ def output_lock(folder: str | Path, label: str = "output folder", kind: str | No
         finally:
             _HELD[key][1] -= 1
         return
+    lock_was_there = (folder / LOCK_FILE).exists()
     fd = _acquire(folder, label)
     _HELD[key] = [fd, 1]
     failed = True
@@ -101,6 +102,8 @@ def output_lock(folder: str | Path, label: str = "output folder", kind: str | No
             os.ftruncate(fd, 0)  # the pid of a holder that is gone would only mislead
             if failed and created:
                 _remove_if_unused(created, kind)
+            elif failed and not lock_was_there and not (folder / KIND_FILE).exists():
+                (folder / LOCK_FILE).unlink(missing_ok=True)   # a user's folder refused: leave it as it was
         finally:
             os.close(fd)  # closing drops the flock
 

@@ -110,6 +110,7 @@ def test_a_folder_with_files_l2s_did_not_mark_is_refused(tmp_path):
         with output_lock(tmp_path, kind="generate"):
             pytest.fail("entered a folder of the user's files")
     assert not (tmp_path / KIND_FILE).exists() and (tmp_path / "image.png").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["image.png", "report.json"]   # not even a lock file
     (tmp_path / KIND_FILE).write_text("generate\n")        # adopted as the hint says
     with output_lock(tmp_path, kind="generate"):
         pass
