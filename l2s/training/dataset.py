@@ -164,6 +164,8 @@ def make_dataset(
                        f"most {MAX_MAP_GRID}x{MAX_MAP_GRID} ({MAX_MAP_GRID * grid_unit(pipe)} px) for this model")
     class_names = tuple(class_names)
     items = _unique_samples(samples, limit)
+    if not isinstance(out_dir, (str, Path)):
+        raise L2SError(f"{spelled('out_dir')} must be a folder path, got {out_dir!r}")
     out_dir = Path(out_dir)
     with output_lock(out_dir, kind="make-data"):
         resumed = _write_dataset(items, pipe, out_dir, restart, on_sample, progress, dict(
@@ -240,7 +242,11 @@ def _unique_samples(samples: Iterable[RelationSample], limit: int | None) -> lis
     """The first ``limit`` unique samples in the given order (a relation listed twice would
     duplicate records)."""
     unique: dict[str, RelationSample] = {}
-    for s in samples:
+    if samples is None or isinstance(samples, (str, dict)):
+        raise L2SError(f"samples must be RelationSample items (l2s.training.RelationSample), got {samples!r}")
+    for number, s in enumerate(samples):
+        if not isinstance(s, RelationSample):
+            raise L2SError(f"sample {number} is a {type(s).__name__}, not an l2s.training.RelationSample")
         unique.setdefault(s.key, s)
     return list(unique.values())[: limit if limit is not None else None]
 

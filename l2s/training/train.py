@@ -191,6 +191,9 @@ def train_classifier(
     """
     check_training_options(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, num_workers=num_workers,
                            device=device, layers=layers, resume=resume, prompt_types=prompt_types)
+    for name, folder in (("dataset_dir", dataset_dir), ("out_dir", out_dir)):
+        if not isinstance(folder, (str, Path)):
+            raise L2SError(f"{name} must be a folder path, got {folder!r}")
     dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
     meta = load_dataset_meta(dataset_dir)
     config = _resolve_config(config, meta, layers)

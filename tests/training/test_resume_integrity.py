@@ -232,6 +232,18 @@ def test_make_dataset_refuses_what_it_would_store_wrongly(option, message, sampl
     assert not (tmp_path / "out").exists()
 
 
+def test_make_dataset_refuses_samples_and_folders_of_another_type(flux, samples, tmp_path):
+    from l2s.training import make_dataset
+
+    for given, message in (([{"key": "a"}], "sample 0 is a dict, not an l2s.training.RelationSample"),
+                           (None, "samples must be RelationSample items")):
+        with pytest.raises(L2SError, match=message):
+            make_dataset(given, flux, tmp_path / "out", **MAKE)
+    with pytest.raises(L2SError, match="out_dir must be a folder path, got None"):
+        make_dataset(samples, flux, None, **MAKE)
+    assert not (tmp_path / "out").exists()
+
+
 def test_make_data_where_every_sample_is_skipped_is_an_error(samples, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     pairs = _pairs(tmp_path, tmp_path / "empty")
@@ -347,13 +359,14 @@ def test_train_options_are_checked_before_any_work(options, message, tmp_path, c
     (dict(resume="no"), "resume must be True or False, got 'no'"),
     (dict(prompt_types="pos"), "prompt_types must be a list of pos and neg, got 'pos'"),
     (dict(prompt_types=("pos", "bogus")), "prompt_types must be a list of pos and neg"),
+    (dict(out_dir=None), "out_dir must be a folder path, got None"),
 ])
 def test_train_classifier_refuses_what_it_would_misread(option, message, tmp_path):
     from l2s.training import train_classifier
 
     data = _synthetic(tmp_path)
     with pytest.raises(L2SError, match=message):
-        train_classifier(data, tmp_path / "run", **{"config": "flux-schnell", "epochs": 1, **option})
+        train_classifier(data, **{"out_dir": tmp_path / "run", "config": "flux-schnell", "epochs": 1, **option})
     assert not (tmp_path / "run").exists()
 
 
