@@ -94,7 +94,8 @@ class DatasetWriter:
                                    "command, or start over with --restart")
         if existing is not None and existing.get("settings_hash") != meta["settings_hash"]:
             before = existing.get("settings", {})
-            differing = sorted(k for k in meta["settings"] if before.get(k) != meta["settings"][k])
+            differing = [f"{k}: {before.get(k)!r} -> {meta['settings'][k]!r}"   # dtype: the maps' (--map-dtype)
+                         for k in sorted(meta["settings"]) if before.get(k) != meta["settings"][k]]
             raise L2SError(f"{self.out_dir} holds a dataset made with other settings "
                            f"({', '.join(differing) or 'format'}); use a new output directory or the same "
                            f"settings to resume (or start over with --restart)")

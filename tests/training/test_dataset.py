@@ -238,8 +238,10 @@ def test_a_rerun_with_more_samples_grows_the_dataset_to_the_one_made_at_once(flu
 def test_resuming_with_other_settings_is_refused(flux, images, full_run, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(full_run, copy)
-    with pytest.raises(L2SError, match="other settings.*dual"):
+    with pytest.raises(L2SError, match=r"other settings \(dual: True -> False\)"):
         make_dataset(_samples(images), flux, copy, **{**MAKE, "dual": False})
+    with pytest.raises(L2SError, match=r"other settings \(dtype: 'float16' -> 'float32'\)"):
+        make_dataset(_samples(images), flux, copy, **{**MAKE, "dtype": "float32"})
 
 
 def test_no_dual_writes_only_correct_prompts(flux, images, tmp_path):
