@@ -195,8 +195,9 @@ class SteeringPipeline:
                         torch_dtype: torch.dtype | None = None, device: str | None = None,
                         schedule: Schedule | None = None, mode: str = "fast",
                         step_size: float | None = None,
-                        capture_backend: str = DEFAULT_CAPTURE_BACKEND) -> "SteeringPipeline":
-        """Load a diffusers pipeline from a local directory (never a hub) and wrap it."""
+                        capture_backend: str = DEFAULT_CAPTURE_BACKEND, **flux_options) -> "SteeringPipeline":
+        """Load a diffusers pipeline from a local directory (never a hub) and wrap it
+        (``flux_options``: as :func:`wrap_pipeline`'s, e.g. ``engine="compile"``)."""
         if device is not None:
             check_device(device)     # before minutes of loading
         pipe = load_diffusers_pipeline(model_path, torch_dtype=torch_dtype)
@@ -205,7 +206,7 @@ class SteeringPipeline:
         if not isinstance(classifier, RelationClassifier):
             classifier = RelationClassifier.load(classifier)
         return wrap_pipeline(pipe, classifier, schedule, mode, step_size=step_size,
-                             capture_backend=capture_backend)
+                             capture_backend=capture_backend, **flux_options)
 
     @property
     def denoiser(self) -> torch.nn.Module:

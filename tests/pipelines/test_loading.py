@@ -81,3 +81,14 @@ def test_wrap_pipeline_refuses_flux_options_it_cannot_use():
         with pytest.raises(UsageError, match=message):
             wrap_pipeline(pipe, classifier, **options)
     assert wrap_pipeline(pipe, classifier, steps=7, family="flux-dev").default_steps() == 7
+
+
+def test_from_pretrained_passes_flux_options_on(tmp_path):
+    from l2s.demo import save_pipeline
+    from l2s.pipelines import SteeringPipeline
+
+    pipe = tiny_flux_pipeline(num_layers=1, num_single_layers=1, seed=0)
+    save_pipeline(pipe, tmp_path / "flux")
+    steerer = SteeringPipeline.from_pretrained(tmp_path / "flux", tiny_classifier_for(pipe, seed=0), engine="eager",
+                                               steps=3, family="flux-dev")
+    assert (steerer.engine_kind, steerer.default_steps(), steerer.family) == ("eager", 3, "flux-dev")
