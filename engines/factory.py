@@ -9,6 +9,7 @@ from typing import Any, Mapping
 import torch
 
 from .base import (
+    CUDA_ONLY_KINDS,
     ENGINE_KINDS,
     EngineError,
     InputSignature,
@@ -101,11 +102,33 @@ def make_plain_step_engine(
         cache_dir=cache_dir, opset=opset, exporter=exporter,
         tensorrt_optimization_level=tensorrt_optimization_level,
     )
+    if tolerance is not None and not (isinstance(tolerance, (int, float)) and not isinstance(tolerance, bool)
+                                      and tolerance >= 0):
+        raise EngineError(f"tolerance must be a number >= 0, got {tolerance!r}")
     check = dict(verify=verify, tolerance=tolerance)
     if kind == "auto":
         return _cached_or_eager(transformer, inputs, device, options, check)
+    refuse_unbuildable(kind, transformer, inputs)
     announce_build(kind, transformer, inputs, cache_dir)
-    return _verified(_build(kind, transformer, inputs, "requested explicitly", **options), transformer, inputs, **check)
+    # Eager's answer first: a regional compile changes the transformer's blocks in place.
+    expected = EagerEngine(transformer)(**inputs) if verify and kind != "eager" else None
+    engine = _build(kind, transformer, inputs, "requested explicitly", **options)
+    return _verified(engine, transformer, inputs, expected=expected, **check)
+
+
+def refuse_unbuildable(kind: str, transformer: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> None:
+    """What would refuse ``kind`` here, refused before its cost is announced or paid (an export of
+    FLUX.1-dev writes ~24 GB before onnxruntime could say it takes no bfloat16)."""
+    if kind in CUDA_ONLY_KINDS:
+        _require_cuda(transformer, kind)
+    problem = tensorrt_import_error() if kind == "tensorrt" else None
+    if problem is not None:
+        raise EngineError(f"TensorRT is not importable ({problem}); use kind='compile' or 'eager'")
+    if kind == "onnxruntime":
+        unsupported = sorted(name for name, t in inputs.items() if t.dtype == torch.bfloat16)
+        if unsupported or model_dtype(transformer) == torch.bfloat16:
+            raise EngineError(f"onnxruntime takes no bfloat16 (numpy has none): the transformer or inputs "
+                              f"{unsupported or ''} are bfloat16; verify a float32 export")
 
 
 def _cached_or_eager(transformer: torch.nn.Module, inputs: dict[str, torch.Tensor], device: torch.device,
@@ -169,10 +192,8 @@ def _build(
     if kind in ("cuda-graph", "compile-cuda-graph", "onnxruntime", "tensorrt"):
         _refuse_custom_processors(transformer, kind)
     if kind == "cuda-graph":
-        _require_cuda(transformer, kind)
         return CudaGraphEngine(EagerEngine(transformer)._forward, signature, "cuda-graph", reason)
     if kind == "compile-cuda-graph":
-        _require_cuda(transformer, kind)
         enable_compile_cache()
         compiled = CompiledEngine(transformer, compile_backend, compile_mode or CUDA_GRAPH_COMPILE_MODE,
                                   regional=regional_compile)
@@ -182,11 +203,7 @@ def _build(
     if kind == "onnxruntime":
         export = export_transformer_onnx(transformer, inputs, cache_dir, opset, exporter)
         return OnnxRuntimeEngine(export, reason=f"{reason}; {_describe_export(export)}")
-    if kind == "tensorrt":
-        _require_cuda(transformer, kind)
-        problem = tensorrt_import_error()
-        if problem is not None:  # before the (slow) export
-            raise EngineError(f"TensorRT is not importable ({problem}); use kind='compile' or 'eager'")
+    if kind == "tensorrt":    # refuse_unbuildable has checked CUDA and TensorRT
         export = export_transformer_onnx(transformer, inputs, cache_dir, opset, exporter)
         plan = build_tensorrt_plan(export, cache_dir, optimization_level=tensorrt_optimization_level)
         plan_note = "reused cached plan" if plan.reused else f"built plan in {plan.seconds:.0f} s"
@@ -201,12 +218,15 @@ def _verified(
     *,
     verify: bool,
     tolerance: float | None,
+    expected: torch.Tensor | None = None,
 ) -> PlainStepEngine:
-    """Run ``engine`` once against eager on ``inputs``; record the error in ``reason`` or raise."""
+    """Run ``engine`` once against eager on ``inputs`` (``expected``: eager's output, taken before
+    the build); record the error in ``reason`` or raise."""
     if not verify or isinstance(engine, EagerEngine):
         return engine
     limit = tolerance if tolerance is not None else DEFAULT_TOLERANCE.get(model_dtype(transformer), 1e-3)
-    expected = EagerEngine(transformer)(**inputs)
+    if expected is None:
+        expected = EagerEngine(transformer)(**inputs)
     actual = engine(**inputs)
     if actual.shape != expected.shape:
         raise EngineError(f"{engine.name} returned shape {list(actual.shape)}, eager {list(expected.shape)}")

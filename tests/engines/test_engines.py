@@ -243,6 +243,50 @@ def test_bad_requests_raise_clear_errors(transformer, inputs):
         make_plain_step_engine(transformer, inputs, kind="tensorrt")
 
 
+def test_what_cannot_be_built_here_is_refused_before_its_cost_is_announced(transformer, inputs, tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="l2s"):
+        for kind in ("cuda-graph", "compile-cuda-graph", "tensorrt"):
+            with pytest.raises(EngineError, match="needs the transformer on CUDA"):
+                make_plain_step_engine(transformer, inputs, kind=kind)
+    assert not caplog.records                                  # no "building ... expected cost" line
+    bf16 = {name: t.to(torch.bfloat16) if t.is_floating_point() else t for name, t in inputs.items()}
+    with pytest.raises(EngineError, match="onnxruntime takes no bfloat16"):
+        make_plain_step_engine(transformer.to(torch.bfloat16), bf16, kind="onnxruntime", cache_dir=tmp_path)
+    transformer.to(torch.float32)
+    assert not any(tmp_path.iterdir())                         # refused before the export
+    with pytest.raises(EngineError, match="tolerance must be a number >= 0, got '1e-3'"):
+        make_plain_step_engine(transformer, inputs, kind="compile", tolerance="1e-3")
+
+
+def test_an_engine_is_checked_against_eager_as_it_was_before_the_build(transformer, inputs, monkeypatch):
+    import l2s.engines.factory as factory
+    from l2s.engines import EagerEngine
+
+    class InPlace:      # not an EagerEngine: those are not checked
+        name, reason = "in-place", "test"
+
+        def __init__(self, model):
+            self.run = EagerEngine(model)
+
+        def __call__(self, **call):
+            return self.run(**call)
+
+    def build_in_place(kind, model, example, reason, **options):   # as a regional compile does: the model changes
+        with torch.no_grad():
+            model.proj_out.bias.add_(1.0)
+        return InPlace(model)
+
+    monkeypatch.setattr(factory, "_build", build_in_place)
+    try:
+        with pytest.raises(EngineError, match="in-place disagrees with eager"):
+            make_plain_step_engine(transformer, inputs, kind="compile")
+    finally:
+        with torch.no_grad():
+            transformer.proj_out.bias.sub_(1.0)
+
+
 def test_missing_tensorrt_is_reported_not_hidden(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # makes `import tensorrt` fail
     assert "tensorrt" in tensorrt_import_error()
