@@ -1,19 +1,22 @@
 """FLUX.1-dev / schnell: maps from every double and single block over the T5 tokens."""
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from l2s.engines import ENGINE_KINDS, make_plain_step_engine
+from l2s.engines import CUDA_ONLY_KINDS, ENGINE_KINDS, EagerEngine, make_plain_step_engine, weight_fingerprint
 from l2s.errors import UsageError
 from l2s.steer import DEFAULT_CAPTURE_BACKEND, DenoiserCall
 
 from .base import SteeringPipeline, seeded_generators
 from .loading import steering_family
 
+
+log = logging.getLogger(__name__)
 
 FLUX_FAMILIES = ("flux-dev", "flux-schnell")   # whose published rule (schedule, steps) applies
 
@@ -72,11 +75,15 @@ class FluxSteeringPipeline(SteeringPipeline):
         self.true_cfg_scale = float(true_cfg_scale)
         self.negative_prompt = negative_prompt
         self.max_sequence_length = max_sequence_length
+        if self.mode.name == "reference" and engine not in ("auto", "eager"):
+            raise UsageError(f"mode 'reference' runs every step eagerly, as the published code does: engine "
+                             f"{engine!r} needs one of the fast modes")
         self.engine_kind = "eager" if self.mode.name == "reference" else engine
         # Whose published settings (schedule rule, steps) apply: dev has a guidance embedding,
         # schnell not. A FLUX-architecture model that is neither (the shapes world's undistilled
         # 12-step model) names its family and default step count.
         self.family = family or ("flux-dev" if pipe.transformer.config.guidance_embeds else "flux-schnell")
+        self._engine_weights: str | None = None   # fingerprint of the weights the frozen engines were built from
         self._default_steps = steps
         self._explicit_family = family is not None
 
@@ -118,10 +125,20 @@ class FluxSteeringPipeline(SteeringPipeline):
         key = tuple((k, tuple(v.shape), v.dtype) for k, v in example_inputs.items()
                     if isinstance(v, torch.Tensor))
         if key not in self._engines:
-            self._engines[key] = make_plain_step_engine(self.pipe.transformer, example_inputs,
-                                                        kind=self.engine_kind)
+            engine = make_plain_step_engine(self.pipe.transformer, example_inputs, kind=self.engine_kind)
+            if not isinstance(engine, EagerEngine) and self._engine_weights is None:
+                self._engine_weights = weight_fingerprint(self.pipe.transformer)
+            self._engines[key] = engine
         self._last_engine = self._engines[key]
         return self._last_engine
+
+    def _drop_stale_engines(self) -> None:
+        """Engines built from other weights than the transformer holds now (a LoRA fused since,
+        weights loaded or changed in place) are built again: an export or plan keeps the old ones."""
+        if self._engine_weights is not None and weight_fingerprint(self.pipe.transformer) != self._engine_weights:
+            log.info("the transformer's weights changed since its plain-step engines were built: building them again")
+            self._engines.clear()
+            self._engine_weights = None
 
     def default_steps(self) -> int:
         if self._default_steps is not None:
@@ -143,6 +160,8 @@ class FluxSteeringPipeline(SteeringPipeline):
     def generate(self, prompt, plan, *, steps, height, width, guidance_scale, seed, num_images,
                  schedule, diagnostics, latents, progress):
         height, width = self._image_size(height, width)
+        self._check_engine_device()
+        self._drop_stale_engines()
         if guidance_scale is None:
             guidance_scale = 3.5 if self.family == "flux-dev" else 0.0
         text, negative, text_ids = self._encode(prompt, num_images)
@@ -165,6 +184,12 @@ class FluxSteeringPipeline(SteeringPipeline):
     def check_arguments(self, prompt: str, *, height: int | None = None, width: int | None = None, **call) -> None:
         super().check_arguments(prompt, height=height, width=width, **call)
         self._image_size(height, width)
+        self._check_engine_device()
+
+    def _check_engine_device(self) -> None:
+        """A CUDA-only engine with the model elsewhere, refused before step 0's steering runs."""
+        if self.engine_kind in CUDA_ONLY_KINDS and self.device.type != "cuda":
+            raise UsageError(f"engine {self.engine_kind!r} needs the model on CUDA; it is on {self.device}")
 
     def _image_size(self, height: int | None, width: int | None) -> tuple[int, int]:
         height = height or self.default_size()

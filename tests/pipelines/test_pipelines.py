@@ -261,6 +261,29 @@ def test_plain_steps_run_on_the_engine_and_steered_steps_on_autograd():
     a = torch.tensor(list(eager.images[0].tobytes()), dtype=torch.float)
     b = torch.tensor(list(onnx.images[0].tobytes()), dtype=torch.float)
     assert (a - b).abs().max() <= 2.0
+    # Weights changed in place (as peft merges a LoRA): the exported engine is built again from them.
+    onnx_steerer = FluxSteeringPipeline(pipe, classifier, engine="onnxruntime")
+    onnx_steerer("a cat above a dog", **kwargs)
+    pipe.transformer.proj_out.weight.data *= 3
+    try:
+        changed = [FluxSteeringPipeline(pipe, classifier, engine="eager")("a cat above a dog", **kwargs),
+                   onnx_steerer("a cat above a dog", **kwargs)]
+    finally:
+        pipe.transformer.proj_out.weight.data /= 3
+    a, b = (torch.tensor(list(r.images[0].tobytes()), dtype=torch.float) for r in changed)
+    assert (a - b).abs().max() <= 2.0
+
+
+def test_an_engine_the_call_cannot_run_is_refused_before_any_steering():
+    pipe = tiny_flux_pipeline(num_layers=1, num_single_layers=1, seed=0)
+    classifier = tiny_classifier_for(pipe, seed=1)
+    with pytest.raises(UsageError, match="mode 'reference' runs every step eagerly.*engine 'compile'"):
+        FluxSteeringPipeline(pipe, classifier, mode="reference", engine="compile")
+    if not torch.cuda.is_available():
+        steerer = FluxSteeringPipeline(pipe, classifier, engine="cuda-graph")     # the model may move to CUDA later
+        with pytest.raises(UsageError, match="engine 'cuda-graph' needs the model on CUDA; it is on cpu"):
+            steerer("a cat above a dog", num_inference_steps=2, height=32, width=32, progress=False)
+        assert not steerer._engines
 
 
 def test_true_cfg_matches_diffusers_flux_pipeline():
