@@ -77,6 +77,7 @@ void selected_text_softmax_forward_cpu(const SelectedTextSoftmaxShape& s, const 
       std::fill(acc.begin(), acc.end(), 0.0f);
       for (int64_t t = 0; t < T; ++t) {
         const float logit = scale * dot(q_row, k_head + t * D, D);
+        if (logit == -std::numeric_limits<float>::infinity()) continue;  // p = 0; exp(-inf - -inf) is NaN
         if (logit > m) {
           const float rescale = std::exp(m - logit);  // 0 on the first key (m = -inf)
           l *= rescale;

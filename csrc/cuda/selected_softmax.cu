@@ -144,7 +144,7 @@ forward_kernel(const scalar_t* __restrict__ q, const scalar_t* __restrict__ k,
     if (active && t0 + lane < T) {
       const float logit = dot_shared(q_row, k_tile + lane * k_stride, D);
       const float rescale = running.update(logit);
-      const float p = exp2f(logit - running.max);
+      const float p = logit == -INFINITY ? 0.0f : exp2f(logit - running.max);  // a masked key
       denom = denom * rescale + p;
       const float* sel_row = sel_tile + lane * g_stride;
 #pragma unroll
@@ -213,7 +213,7 @@ backward_dq_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __rest
       for (int g = 0; g < MAX_G; ++g)
         if (g < G) dp = fmaf(dout[g], sel_row[g], dp);
       const float rescale = running.update(logit);
-      const float p = exp2f(logit - running.max);
+      const float p = logit == -INFINITY ? 0.0f : exp2f(logit - running.max);  // a masked key
       denom = denom * rescale + p;
       u = u * rescale + p * dp;
     }

@@ -120,6 +120,17 @@ def test_large_logits_stay_finite_and_exact():
     torch.testing.assert_close(torch.from_numpy(dk).double(), expected_dk, atol=1e-3, rtol=1e-4)
 
 
+@pytest.mark.parametrize("masked", [0, 3])
+def test_a_key_masked_with_minus_infinity_counts_for_nothing_wherever_it_is(masked):
+    """A key whose logit is -inf (a masked token) gets probability 0, the first key too (where the
+    running max is still -inf and exp(-inf - -inf) would be NaN)."""
+    q, k, selector = random_inputs(1, 1, 3, 5, 4, 2)
+    q = q.abs() + 0.1
+    k[0, 0, masked] = -math.inf                                  # every logit of that key is -inf
+    out = l2s_fast.selected_text_softmax_forward(q.numpy(), k.numpy(), selector.numpy(), 0.5)
+    close(out, reference(q.double(), k.double(), selector.double(), 0.5))
+
+
 def test_float64_and_strided_inputs_are_converted():
     q, k, selector = random_inputs(2, 3, 6, 7, 4, 2)
     expected = l2s_fast.selected_text_softmax_forward(q.numpy(), k.numpy(), selector.numpy(), 0.5)
