@@ -55,8 +55,8 @@ def selected_text_softmax(q: Tensor, k: Tensor, selector: Tensor, scale: float |
         ``(B, H, N, G)`` maps in q's dtype; differentiable w.r.t. q, k (and selector).
     """
     _check_inputs(q, k, selector)
-    if scale is None:
-        scale = 1.0 / math.sqrt(q.shape[-1])
+    if scale is None:   # D = 0: every logit is 0 whatever the scale
+        scale = 1.0 / math.sqrt(q.shape[-1]) if q.shape[-1] else 1.0
     return torch.ops.l2s.selected_text_softmax(q, k, selector, float(scale))
 
 

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from . import native
 from .blockwise import blockwise_backward, blockwise_forward
-from .reference import check_inputs
+from .reference import check_grad_out, check_inputs
 
 CUDA_BACKEND_ENV = "L2S_CAPTURE_CUDA_BACKEND"
 CUDA_BACKENDS = ("triton", "l2s_fast_cuda")
@@ -95,7 +95,7 @@ def forward_cpu(q: Tensor, k: Tensor, selector: Tensor, scale: float) -> Tensor:
 
 
 def backward_cpu(grad_out: Tensor, q: Tensor, k: Tensor, selector: Tensor, scale: float) -> tuple[Tensor, Tensor]:
-    check_inputs(q, k, selector)
+    check_grad_out(grad_out, q, k, selector)
     if q.dtype == torch.float64:
         return blockwise_backward(grad_out.to(torch.float64), q, k, selector, scale)
     return native.cpu_backward(grad_out, q, k, selector, scale)
@@ -113,7 +113,7 @@ def forward_cuda(q: Tensor, k: Tensor, selector: Tensor, scale: float) -> Tensor
 
 
 def backward_cuda(grad_out: Tensor, q: Tensor, k: Tensor, selector: Tensor, scale: float) -> tuple[Tensor, Tensor]:
-    check_inputs(q, k, selector)
+    check_grad_out(grad_out, q, k, selector)
     if q.dtype == torch.float64:
         return blockwise_backward(grad_out.to(torch.float64), q, k, selector, scale)
     if q.dtype not in _NATIVE_DTYPES:

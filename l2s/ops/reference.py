@@ -33,7 +33,20 @@ def check_inputs(q: Tensor, k: Tensor, selector: Tensor) -> None:
         raise ValueError(f"{k.shape[2]} text keys but a selector over {selector.shape[0]} tokens")
     if k.shape[2] == 0:
         raise ValueError("no text keys (T = 0): the text softmax is undefined")
-    if not (q.dtype.is_floating_point and selector.dtype.is_floating_point) or k.dtype != q.dtype:
-        raise TypeError(f"q and k must share one floating dtype (got {q.dtype}, {k.dtype}); selector {selector.dtype}")
+    if not q.dtype.is_floating_point or k.dtype != q.dtype:
+        raise TypeError(f"q and k must share one floating dtype (got {q.dtype}, {k.dtype})")
+    if not selector.dtype.is_floating_point:
+        raise TypeError(f"the selector must be a floating-point tensor (got {selector.dtype})")
     if not (q.device == k.device == selector.device):
         raise ValueError(f"q, k, selector on different devices: {q.device}, {k.device}, {selector.device}")
+
+
+def check_grad_out(grad_out: Tensor, q: Tensor, k: Tensor, selector: Tensor) -> None:
+    """:func:`check_inputs`, and ``grad_out`` of the forward's shape, on q's device, floating point."""
+    check_inputs(q, k, selector)
+    expected = (*q.shape[:3], selector.shape[1])
+    if tuple(grad_out.shape) != expected:
+        raise ValueError(f"grad_out has shape {tuple(grad_out.shape)}; the forward's output is {expected}")
+    if grad_out.device != q.device or not grad_out.dtype.is_floating_point:
+        raise ValueError(f"grad_out must be a floating-point tensor on {q.device}, got {grad_out.dtype} on "
+                         f"{grad_out.device}")

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from .blockwise import selector_grad
 from .dispatch import backward_cpu, backward_cuda, forward_cpu, forward_cuda
-from .reference import check_inputs
+from .reference import check_grad_out, check_inputs
 
 
 @torch.library.custom_op("l2s::selected_text_softmax", mutates_args=(), device_types="cpu")
@@ -43,7 +43,7 @@ _selected_text_softmax_backward_op.register_kernel("cuda")(backward_cuda)
 
 @_selected_text_softmax_backward_op.register_fake
 def _(grad_out: Tensor, q: Tensor, k: Tensor, selector: Tensor, scale: float) -> tuple[Tensor, Tensor]:
-    check_inputs(q, k, selector)
+    check_grad_out(grad_out, q, k, selector)
     return q.new_empty(q.shape), k.new_empty(k.shape)
 
 

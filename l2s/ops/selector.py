@@ -24,7 +24,11 @@ def token_group_selector(
         raise ValueError(f"selector width {width} < number of groups {len(groups)}")
     selector = torch.zeros(text_len, width, device=device, dtype=dtype)
     for column, tokens in enumerate(groups):
-        selector[list(tokens), column] = 1.0 / len(tokens)
+        tokens = list(tokens)
+        if not tokens or len(set(tokens)) != len(tokens) or not all(0 <= t < text_len for t in tokens):
+            # an empty group has no map, a repeated token would weigh twice, a negative one wrap around
+            raise ValueError(f"token group {column} must be distinct token indices in [0, {text_len}), got {tokens}")
+        selector[tokens, column] = 1.0 / len(tokens)
     return selector
 
 

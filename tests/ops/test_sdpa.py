@@ -108,3 +108,30 @@ def test_native_capture_matches_the_sdpa_selector_baseline_on_gpu(dtype):
     tol = 1e-4 if dtype == torch.float32 else 3e-2
     for native, baseline in zip(*results):
         assert (native - baseline).norm() <= tol * baseline.norm()
+
+
+@pytest.mark.parametrize("groups", [[[]], [[1, 1, 2]], [[1, -1]], [[0, 6]]])
+def test_a_token_group_that_would_not_average_its_tokens_is_refused(groups):
+    with pytest.raises(ValueError, match="must be distinct token indices in \\[0, 6\\)"):
+        token_group_selector(groups, text_len=6)
+
+
+def test_the_backward_op_refuses_a_grad_out_that_does_not_fit():
+    q, k = torch.randn(1, 2, 3, 4), torch.randn(1, 2, 5, 4)
+    selector = token_group_selector([[0], [2, 3]], text_len=5)
+    for grad_out, message in ((torch.ones(1, 2, 3, 3), r"grad_out has shape \(1, 2, 3, 3\); the forward's output "
+                                                       r"is \(1, 2, 3, 2\)"),
+                              (torch.ones(1, 2, 3, 2, device="meta"), "grad_out must be a floating-point tensor on cpu"),
+                              (torch.ones(1, 2, 3, 2, dtype=torch.long), "grad_out must be a floating-point")):
+        with pytest.raises(ValueError, match=message):
+            torch.ops.l2s.selected_text_softmax_backward(grad_out, q, k, selector, 0.5)
+    with pytest.raises(TypeError, match=r"the selector must be a floating-point tensor \(got torch.int64\)"):
+        torch.ops.l2s.selected_text_softmax(q, k, selector.long(), 0.5)
+
+
+def test_a_zero_head_dim_takes_a_default_scale_and_averages_the_keys():
+    from l2s.ops import selected_text_softmax
+
+    selector = token_group_selector([[0], [1, 2]], text_len=3)
+    out = selected_text_softmax(torch.randn(1, 1, 2, 0), torch.randn(1, 1, 3, 0), selector)
+    torch.testing.assert_close(out, torch.full((1, 1, 2, 2), 1 / 3))
