@@ -142,5 +142,8 @@ def grpo_main(argv: Sequence[str] | None = None) -> int:
         last = result.records[-1] if result.records else {}
         shown = ", ".join(f"{k} {v:.3f}" for k, v in last.items() if k.startswith("eval_") and isinstance(v, float))
         epochs = f"{result.epochs_done} epoch{'s' * (result.epochs_done != 1)}"
+        if result.epochs_before >= result.epochs_done:
+            print(f"l2s: {args.out} already holds {epochs} (--epochs {settings.epochs} asks for no more): nothing "
+                  "ran; its last logged epoch:", file=sys.stderr)
         print(f"l2s: {epochs}; {shown}; adapter in {args.out / 'adapter'} (load with --lora {args.out})")
     return 0

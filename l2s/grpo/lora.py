@@ -73,6 +73,15 @@ def apply_lora(pipe, folder: str | Path):
     try:
         model = PeftModel.from_pretrained(pipe.transformer, str(path), is_trainable=False)
     except (ValueError, KeyError, RuntimeError, OSError) as error:
-        raise ModelLoadError(f"the LoRA adapter in {path} does not fit this model: {error}") from None
+        raise ModelLoadError(f"the LoRA adapter in {path} does not fit this model ({_first_problem(error)}); "
+                             "it was trained for another one") from None
     pipe.transformer = model.merge_and_unload()
     return pipe
+
+
+def _first_problem(error: Exception) -> str:
+    """peft's error in one line: its first specific line (a size mismatch), and how many more."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    detail = [line for line in lines[1:] if not line.startswith("Error(s)")] or lines or [type(error).__name__]
+    more = f"; {len(detail) - 1} more like it" if len(detail) > 1 else ""
+    return detail[0].rstrip(".") + more

@@ -48,6 +48,7 @@ class GRPOResult:
     epochs_done: int
     records: list[dict]
     out: Path
+    epochs_before: int = 0      # finished by an earlier call (a resume)
 
 
 def epoch_prompts(pool: list[str], settings: GRPOSettings, epoch: int, rank: int, world: int) -> list[str]:
@@ -154,7 +155,7 @@ def _epochs(trainer: GRPOTrainer, out: Path, pool, eval_prompts, evaluators: dic
     if start == 0 and main and evaluating and not (out / LOG).exists():
         baseline = evaluate(trainer, eval_prompts, evaluators, trainer.reward)
         fsync_append(out / LOG, [json.dumps({"epoch": 0, **baseline}) + "\n"])
-    last = s.epochs if stop_after is None else min(s.epochs, start + stop_after)
+    last = max(start, s.epochs if stop_after is None else min(s.epochs, start + stop_after))   # done: never fewer
     with tqdm(total=s.epochs, initial=start, desc="GRPO epochs", disable=not (progress and main)) as bar:
         for epoch in range(start + 1, last + 1):
             record = run_epoch(trainer, pool, epoch, progress and main)
@@ -162,8 +163,10 @@ def _epochs(trainer: GRPOTrainer, out: Path, pool, eval_prompts, evaluators: dic
                 judged = evaluating and (epoch % eval_every == 0 or epoch == s.epochs)
                 if judged:
                     record.update(evaluate(trainer, eval_prompts, evaluators, trainer.reward))
-                _save(trainer, out, epoch, command, keep=judged and keep_evaluated)
+                # The log line, the adapters, then the checkpoint: the checkpoint commits the epoch, and a
+                # resume drops what came after the last one (a line or adapters of an epoch cut short).
                 fsync_append(out / LOG, [json.dumps(record) + "\n"])
+                _save(trainer, out, epoch, command, keep=judged and keep_evaluated)
             acc.wait_for_everyone()
             bar.update()
             shown = {k: f"{v:.3f}" for k, v in record.items()
@@ -171,14 +174,12 @@ def _epochs(trainer: GRPOTrainer, out: Path, pool, eval_prompts, evaluators: dic
             bar.set_postfix({"reward": f"{record['reward_mean']:.3f}", **shown}, refresh=False)
     records = [r for _, r in read_jsonl_lines(out / LOG, fix="delete it to start the log afresh")] \
         if (out / LOG).exists() else []
-    return GRPOResult(last, records, out)
+    return GRPOResult(last, records, out, start)
 
 
 def _save(trainer: GRPOTrainer, out: Path, epoch: int, command: str | None, keep: bool = False) -> None:
-    """Checkpoint first (what a resume needs), then the adapters (``keep``: this epoch's EMA one
-    also under ``evaluated/``) and the run's description."""
-    atomic_torch_save({"epoch": epoch, "settings": json.dumps(trainer.settings.run_identity()), **trainer.state()},
-                      out / CHECKPOINT)
+    """The adapters (``keep``: this epoch's EMA one also under ``evaluated/``), the run's
+    description, and last the checkpoint, which commits the epoch (an interrupted save is redone)."""
     card = _adapter_card(trainer, epoch, command)
     with trainer.ema.applied():
         _save_adapter(trainer.model, out / "adapter", card("EMA weights (what evaluation uses)"))
@@ -190,6 +191,8 @@ def _save(trainer: GRPOTrainer, out: Path, epoch: int, command: str | None, keep
                                           "epochs": trainer.settings.epochs, "command": command,
                                           "adapter": "adapter (EMA weights); adapter_raw: live weights",
                                           "processes": trainer.acc.num_processes, "reward": trainer.reward_name})
+    atomic_torch_save({"epoch": epoch, "settings": json.dumps(trainer.settings.run_identity()), **trainer.state()},
+                      out / CHECKPOINT)
 
 
 def _adapter_card(trainer: GRPOTrainer, epoch: int, command: str | None):

@@ -158,10 +158,20 @@ def finish(out: Path, heldout: PairSet, command: str | None, record: dict) -> di
     best = load_reward_model(out / "best")
     log = read_log(out / "log.jsonl", fix="delete log.jsonl and rerun")
     results = {"finished": True, "command": command, "settings": record, "heldout_pairs": len(heldout),
-               "best_epoch": max(log, key=lambda r: (r["val_accuracy"] or 0, -r["epoch"]))["epoch"] if log else None,
+               "best_epoch": _best_epoch(log),
                "heldout": evaluate_judge(best, heldout) if len(heldout) else None}
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     return results
+
+
+def _best_epoch(log: list[dict]) -> int | None:
+    """The epoch whose model ``best/`` holds: the first with the highest validation accuracy, or the
+    last when there are no validation pairs (then every epoch replaces it)."""
+    if not log:
+        return None
+    if all(r["val_accuracy"] is None for r in log):
+        return log[-1]["epoch"]
+    return max(log, key=lambda r: (r["val_accuracy"] or 0, -r["epoch"]))["epoch"]
 
 
 class _Run:

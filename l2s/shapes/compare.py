@@ -70,8 +70,12 @@ def check_comparable(untuned: dict, tuned: list[Tuned]) -> None:
     base = untuned.get("settings") or {}
     if base.get("lora"):
         raise UsageError(f"--bench is a bench of a tuned model (--lora {base['lora']}); give the untuned one")
-    if "position" not in {p.get("key") for p in untuned["parts"]}:
+    position = next((p for p in untuned["parts"] if p.get("key") == "position"), None)
+    if position is None:
         raise UsageError("--bench has no two-object part (key 'position'): nothing to compare")
+    if "steered" not in (position.get("modes") or {}):
+        raise UsageError("--bench has no steered images of the two-object part (benched with --modes base): the "
+                         "steering row and the break-even need them; bench it with --modes base,steered")
     for t in tuned:
         settings = t.bench.get("settings") or {}
         if not settings.get("lora"):

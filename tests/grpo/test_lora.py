@@ -62,5 +62,6 @@ def test_missing_or_foreign_adapters_are_refused(tmp_path):
     from l2s.shapes import TINY_CONFIG, build_shapes_pipeline
 
     wider = build_shapes_pipeline(replace(TINY_CONFIG, image_size=16, head_dim=24, rope_axes=(4, 10, 10)))
-    with pytest.raises(ModelLoadError, match="does not fit"):
+    with pytest.raises(ModelLoadError, match=r"does not fit this model \(size mismatch for .* more like it\)") as refused:
         apply_lora(wider, tmp_path / "a")
+    assert "\n" not in str(refused.value)                  # one line, not one per tensor

@@ -82,6 +82,33 @@ def test_a_fresh_start_killed_before_its_first_epoch_never_resumes_the_old_run(t
     assert [r["epoch"] for r in again.records] == [0, 1]    # the old epoch's line went with its checkpoint
 
 
+def test_a_run_interrupted_while_it_saves_an_epoch_redoes_that_epoch_and_loses_no_line(tmp_path, monkeypatch):
+    import l2s.grpo.run as grpo_run
+
+    settings = tiny_settings()
+    whole = _run(tmp_path / "whole", settings)
+    saved = grpo_run._save_adapter
+    calls = []
+
+    def interrupted(model, folder, card):     # Ctrl-C while epoch 2's adapters are written
+        calls.append(folder.name)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        saved(model, folder, card)
+
+    monkeypatch.setattr(grpo_run, "_save_adapter", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "split", settings)
+    monkeypatch.setattr(grpo_run, "_save_adapter", saved)
+    resumed = _run(tmp_path / "split", settings)
+    assert resumed.epochs_before == 1 and [r["epoch"] for r in resumed.records] == [0, 1, 2]
+    drop = {"sampling_s", "training_s", "eval_s", "cpu_s"}
+    assert [{k: v for k, v in r.items() if k not in drop} for r in resumed.records] == \
+           [{k: v for k, v in r.items() if k not in drop} for r in whole.records]
+    fewer = _run(tmp_path / "split", replace(settings, epochs=1))      # asks for fewer than are done
+    assert (fewer.epochs_done, fewer.epochs_before) == (2, 2)
+
+
 @pytest.mark.parametrize("change, message", [
     (dict(group_size=8), "at least 12"),
     (dict(top_k=7), "top_k must be between 1 and half the group"),

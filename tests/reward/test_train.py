@@ -77,3 +77,12 @@ def test_the_relational_design_refuses_prompts_it_cannot_read_before_touching_th
         train_reward_model(tmp_path / "pairs", tmp_path / "rm", tokenizer, _settings(epochs=1, model=model),
                            progress=False, resume=False)
     assert (tmp_path / "rm" / "log.jsonl").read_text() == before   # the earlier run is intact
+
+
+def test_the_best_epoch_is_the_one_best_holds():
+    from l2s.reward.train import _best_epoch
+
+    assert _best_epoch([{"epoch": 1, "val_accuracy": None}, {"epoch": 2, "val_accuracy": None}]) == 2  # no val
+    assert _best_epoch([{"epoch": 1, "val_accuracy": 0.8}, {"epoch": 2, "val_accuracy": 0.9},
+                        {"epoch": 3, "val_accuracy": 0.9}]) == 2       # the first to reach it: later ties are not saved
+    assert _best_epoch([]) is None

@@ -67,12 +67,16 @@ def test_rows_costs_and_break_even(tmp_path, capsys):
     ("base", "X={base}", "--tuned X: its bench ran without --lora"),
     ("base", "X={other_seeds}", "--tuned X: its bench differs from --bench in seeds"),
     ("tuned", "X={tuned}", "--bench is a bench of a tuned model (--lora ss)"),
+    ("base_only", "X={tuned}", "--bench has no steered images of the two-object part (benched with --modes base)"),
 ])
 def test_sources_that_do_not_compare_fail_with_one_line(bench, tuned, message, tmp_path, capsys):
     modes = (_mode(0.3, 0.3, 1.0), _mode(0.9, 0.9, 4.0))
     for name, data in (("base", _bench(*modes)), ("tuned", _bench(*modes, lora="ss")),
                        ("other_seeds", _bench(*modes, lora="ss", seeds=(0, 1)))):
         (tmp_path / f"{name}.json").write_text(json.dumps(data))
+    base_only = _bench(*modes)
+    del base_only["parts"][0]["modes"]["steered"]
+    (tmp_path / "base_only.json").write_text(json.dumps(base_only))
     _grpo_run(tmp_path / "old", [{"epoch": 1, "training_s": 3}], 1)
     _grpo_run(tmp_path / "lost", [{"epoch": 1, "cpu_s": 3}], 2)
     tuned = tuned.format(base=tmp_path / "base.json", tuned=tmp_path / "tuned.json",
