@@ -42,9 +42,9 @@ AUTO_EAGER_REASON = ("no engine was asked for and none is cached for these shape
                      "ask for one (compile, compile-cuda-graph, cuda-graph, tensorrt) to build it once")
 # What a build costs, said before it starts (in words: the time depends on the model and machine).
 BUILD_COSTS = {
-    "compile": "a cold torch.compile of the whole {params}-parameter transformer (the longest step of a "
+    "compile": "a cold torch.compile of the {whole} {params}-parameter transformer (the longest step of a "
                "first run on a large model); kernels are cached in {compile_cache} for later runs",
-    "compile-cuda-graph": "a cold torch.compile (max-autotune) of the whole {params}-parameter transformer, "
+    "compile-cuda-graph": "a cold torch.compile (max-autotune) of the {whole} {params}-parameter transformer, "
                           "then one CUDA graph capture; kernels are cached in {compile_cache}",
     "cuda-graph": "two warm-up forwards and one CUDA graph capture (a graph lives in this process only)",
     "onnxruntime": "an ONNX export of the {params}-parameter transformer unless one is cached in {cache}",
@@ -109,7 +109,7 @@ def make_plain_step_engine(
     if kind == "auto":
         return _cached_or_eager(transformer, inputs, device, options, check)
     refuse_unbuildable(kind, transformer, inputs)
-    announce_build(kind, transformer, inputs, cache_dir)
+    announce_build(kind, transformer, inputs, cache_dir, regional_compile)
     # Eager's answer first: a regional compile changes the transformer's blocks in place.
     expected = EagerEngine(transformer)(**inputs) if verify and kind != "eager" else None
     engine = _build(kind, transformer, inputs, "requested explicitly", **options)
@@ -158,13 +158,15 @@ def cached_tensorrt_plan(transformer: torch.nn.Module, inputs: dict[str, torch.T
 
 
 def announce_build(kind: str, transformer: torch.nn.Module, inputs: dict[str, torch.Tensor],
-                   cache_dir: str | Path | None) -> None:
+                   cache_dir: str | Path | None, regional: bool = False) -> None:
     """One log line (a warning: on stderr by default) before a build, saying what it will cost."""
     if kind == "eager":
         return
     millions = sum(p.numel() for p in transformer.parameters()) / 1e6
     where = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    cost = BUILD_COSTS[kind].format(params=f"{millions:,.1f}M", cache=where, compile_cache=compile_cache_dir())
+    whole = "repeated blocks (compiled once per block kind) of the" if regional else "whole"
+    cost = BUILD_COSTS[kind].format(params=f"{millions:,.1f}M", cache=where, compile_cache=compile_cache_dir(),
+                                    whole=whole)
     logger.warning("building the %s plain-step engine for %s: expected cost: %s",
                    kind, InputSignature.from_inputs(inputs).describe(), cost)
 

@@ -39,7 +39,8 @@ def _l2s_fast_cuda_usable() -> bool:
 
 
 def cuda_backend() -> str:
-    """The CUDA backend to run: the forced one, else Triton, else l2s_fast's CUDA kernels."""
+    """The backend CUDA tensors run on: the forced one, else Triton, else l2s_fast's CUDA kernels
+    (on a machine without CUDA, the one they would run on: see ``available_backends()``)."""
     forced = os.environ.get(CUDA_BACKEND_ENV, "").strip()
     if forced:
         if forced not in CUDA_BACKENDS:

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 FLUX_FAMILIES = ("flux-dev", "flux-schnell")   # whose published rule (schedule, steps) applies
 
 
-def _check_flux_options(family, steps, engine) -> None:
+def _check_flux_options(family, steps, engine, size, true_cfg_scale, mode) -> None:
     """Refused at wrap time, before any image: a typo would otherwise surface mid-call or never."""
     if family is not None and family not in FLUX_FAMILIES:
         raise UsageError(f"family must be one of {', '.join(FLUX_FAMILIES)}, got {family!r}")
@@ -29,6 +29,13 @@ def _check_flux_options(family, steps, engine) -> None:
         raise UsageError(f"steps must be a positive whole number of denoising steps, got {steps!r}")
     if engine not in ENGINE_KINDS:
         raise UsageError(f"engine must be one of {', '.join(ENGINE_KINDS)}, got {engine!r}")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
+        raise UsageError(f"size must be a positive number of pixels, got {size!r}")
+    if not (isinstance(true_cfg_scale, (int, float)) and math.isfinite(true_cfg_scale) and true_cfg_scale > 0):
+        raise UsageError(f"true_cfg_scale must be a positive number (1 = no guidance), got {true_cfg_scale!r}")
+    if getattr(mode, "name", mode) == "reference" and engine not in ("auto", "eager"):
+        raise UsageError(f"mode 'reference' runs every step eagerly, as the published code does: engine "
+                         f"{engine!r} needs one of the fast modes")
 
 
 @dataclass
@@ -65,19 +72,12 @@ class FluxSteeringPipeline(SteeringPipeline):
                  family: str | None = None, steps: int | None = None,
                  true_cfg_scale: float = 1.0, negative_prompt: str = "", step_size: float | None = None,
                  size: int | None = None, capture_backend: str = DEFAULT_CAPTURE_BACKEND):
-        _check_flux_options(family, steps, engine)
+        _check_flux_options(family, steps, engine, size, true_cfg_scale, mode)
         super().__init__(pipe, classifier, schedule, mode, step_size, capture_backend)
-        if size is not None and (not isinstance(size, int) or size <= 0):
-            raise UsageError(f"size must be a positive number of pixels, got {size!r}")
         self._default_size = size
-        if not (isinstance(true_cfg_scale, (int, float)) and math.isfinite(true_cfg_scale) and true_cfg_scale > 0):
-            raise UsageError(f"true_cfg_scale must be a positive number (1 = no guidance), got {true_cfg_scale!r}")
         self.true_cfg_scale = float(true_cfg_scale)
         self.negative_prompt = negative_prompt
         self.max_sequence_length = max_sequence_length
-        if self.mode.name == "reference" and engine not in ("auto", "eager"):
-            raise UsageError(f"mode 'reference' runs every step eagerly, as the published code does: engine "
-                             f"{engine!r} needs one of the fast modes")
         self.engine_kind = "eager" if self.mode.name == "reference" else engine
         # Whose published settings (schedule rule, steps) apply: dev has a guidance embedding,
         # schnell not. A FLUX-architecture model that is neither (the shapes world's undistilled
