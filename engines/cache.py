@@ -52,9 +52,12 @@ def weight_fingerprint(module: torch.nn.Module) -> str:
         step = max(1, flat.numel() // FINGERPRINT_SAMPLES)
         sample = flat[::step][:FINGERPRINT_SAMPLES].to(torch.float64)
         total = flat.sum(dtype=torch.float64).reshape(1) if flat.is_floating_point() else flat.double().sum().reshape(1)
-        statistics.append(torch.cat([total, sample]).cpu())
+        statistics.append(torch.cat([total, sample]))
     if statistics:
-        digest.update(torch.cat(statistics).numpy().tobytes())
+        # One transfer per device, in state-dict order (the same bytes as one transfer per tensor).
+        same_device = len({t.device for t in statistics}) == 1
+        host = torch.cat(statistics).cpu() if same_device else torch.cat([t.cpu() for t in statistics])
+        digest.update(host.numpy().tobytes())
     return digest.hexdigest()
 
 

@@ -141,8 +141,8 @@ class AttentionCapture:
             if unknown:
                 shown = unknown if len(unknown) <= 3 else [*unknown[:3], f"... {len(unknown) - 3} more"]
                 raise ClassifierMismatchError(
-                    f"this {type(model).__name__} has no attention layers {shown} to capture: the maps asked "
-                    "for (a classifier's layer layout) are another model's; use a classifier trained for this model")
+                    f"this {type(model).__name__} has no attention layers {shown} to capture: they are another "
+                    "model's (a classifier that reads them was trained for it; use one trained for this model)")
             candidates = {name: candidates[name] for name in wanted}
         if not candidates:
             raise L2SError(f"{type(model).__name__} has no attention layers to capture")

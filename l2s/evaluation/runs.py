@@ -46,7 +46,7 @@ from .records import (
     write_json,
 )
 from .reports import EvalReport, ModeReport, write_outputs
-from .run_dir import prepare_run_dir, trusted_png
+from .run_dir import prepare_run_dir, read_run_file, trusted_png
 from .specs import ImageResult, PromptSpec, check_rule, result_from_record
 from .stats import Summary, summarise
 
@@ -142,13 +142,25 @@ def run_eval(steerer, specs: Sequence[PromptSpec], detector: Detector, out_dir: 
                     guidance_scale=guidance_scale, schedule=schedule)
     _check_request(steerer, specs, seeds, modes, rule, detector, batch_size, generate)
     if settings is None:   # a rerun with other sampling arguments is another run, not a resume
-        settings = {k: v.to_json() if hasattr(v, "to_json") else v for k, v in generate.items()}
+        settings = _call_settings(out_dir, generate)
     out = Path(out_dir)
     with output_lock(out, kind="eval"):
         world().on_main(lambda: prepare_run_dir(out, specs, modes, dict(settings), restart))
         generate["progress"] = False
         run = _Run(steerer, detector, out, rule, {"rule": rule, "detector": detector_name}, generate, batch_size)
         return _generate_run(run, specs, seeds, modes, settings, contact_sheets, progress)
+
+
+def _call_settings(out_dir: str | Path, generate: dict) -> dict:
+    """A run's settings from its call's sampling arguments; ``{}`` for a run recorded before they
+    were (it resumes as it did)."""
+    try:
+        earlier = (read_run_file(out_dir) or {}).get("generation")
+    except L2SError:
+        earlier = None      # a damaged run.json: preparing the folder says so
+    if earlier == {}:
+        return {}
+    return {k: v.to_json() if hasattr(v, "to_json") else v for k, v in generate.items()}
 
 
 def _generate_run(run: _Run, specs: Sequence[PromptSpec], seeds: Sequence[int], modes: list[str],

@@ -8,7 +8,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from l2s.engines import CUDA_ONLY_KINDS, ENGINE_KINDS, EagerEngine, make_plain_step_engine, weight_fingerprint
+from l2s.engines import (
+    CUDA_ONLY_KINDS,
+    ENGINE_KINDS,
+    CudaGraphEngine,
+    OnnxRuntimeEngine,
+    TensorRTEngine,
+    make_plain_step_engine,
+    weight_fingerprint,
+)
 from l2s.errors import UsageError
 from l2s.steer import DEFAULT_CAPTURE_BACKEND, DenoiserCall
 
@@ -17,6 +25,10 @@ from .loading import steering_family
 
 
 log = logging.getLogger(__name__)
+
+# Engines that hold the weights as they were built (an export, a plan, captured addresses); eager and
+# compiled engines read the live parameters.
+FROZEN_ENGINES = (OnnxRuntimeEngine, TensorRTEngine, CudaGraphEngine)
 
 FLUX_FAMILIES = ("flux-dev", "flux-schnell")   # whose published rule (schedule, steps) applies
 
@@ -126,7 +138,7 @@ class FluxSteeringPipeline(SteeringPipeline):
                     if isinstance(v, torch.Tensor))
         if key not in self._engines:
             engine = make_plain_step_engine(self.pipe.transformer, example_inputs, kind=self.engine_kind)
-            if not isinstance(engine, EagerEngine) and self._engine_weights is None:
+            if isinstance(engine, FROZEN_ENGINES) and self._engine_weights is None:
                 self._engine_weights = weight_fingerprint(self.pipe.transformer)
             self._engines[key] = engine
         self._last_engine = self._engines[key]

@@ -202,7 +202,7 @@ def test_flux_layer_subset_in_execution_order(flux, flux_inputs):
             run_flux(flux, flux_inputs)
     assert [layer.name for layer in captured.layers] == capture.layer_names
     with pytest.raises(ClassifierMismatchError, match=r"has no attention layers \['transformer_blocks.9.attn'\] "
-                                                      "to capture.*use a classifier trained for this model"):
+                                                      "to capture.*use one trained for this model"):
         AttentionCapture(flux, layers=["transformer_blocks.9.attn"])
 
 

@@ -332,6 +332,10 @@ def test_without_settings_a_run_is_known_by_its_sampling_arguments(tiny_eval, tm
         run_eval(steerer, specs[:1], ShapesDetector(), tmp_path, **{**call, "height": 16, "width": 16})
     assert run_eval(steerer, specs[:1], ShapesDetector(), tmp_path, **call).modes["base"].status_counts() == {
         "resumed": 1}
+    recorded = json.loads((tmp_path / "run.json").read_text())
+    (tmp_path / "run.json").write_text(json.dumps({**recorded, "generation": {}}))   # as runs recorded it before
+    assert run_eval(steerer, specs[:1], ShapesDetector(), tmp_path, **call).modes["base"].status_counts() == {
+        "resumed": 1}
 
 
 def test_a_prompt_without_a_spec_is_refused_by_its_number(tmp_path):
