@@ -102,10 +102,11 @@ def _forward_kernel(
                       mask=d_mask[:, None] & t_mask[None, :], other=0.0)            # (D, BLOCK_T)
         s = tl.dot(q, k_t, input_precision=DOT_PRECISION) * qk_scale              # base-2 logits
         s = tl.where(t_mask[None, :], s, float("-inf"))
-        # Every tile holds at least one real key, so m_new is finite and alpha = 0 on tile one.
+        # While every key so far is masked (-inf) m_new is -inf: m_ref keeps exp2 off -inf - -inf (NaN).
         m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
+        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_ref)
+        p = tl.exp2(s - m_ref[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         sel = tl.load(Sel + offs_t[:, None] * G + offs_g[None, :],
                       mask=t_mask[:, None] & g_mask[None, :], other=0.0)             # (BLOCK_T, G)
@@ -143,8 +144,9 @@ def _lse_and_delta(
                         mask=g_mask[:, None] & t_mask[None, :], other=0.0)           # (G, BLOCK_T)
         dp = tl.dot(do, sel_t, input_precision=DOT_PRECISION)                        # (BLOCK_N, BLOCK_T)
         m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
+        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)     # as in the forward: masked keys so far
+        alpha = tl.exp2(m_i - m_ref)
+        p = tl.exp2(s - m_ref[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         u_i = u_i * alpha + tl.sum(p * dp, 1)
         m_i = m_new

@@ -59,6 +59,15 @@ _INTERPRETER_SCRIPT = textwrap.dedent(
             "out": err(out, expected.detach()), "lse": err(lse, lse_expected),
             "grad_q": err(grad_q, q64.grad), "grad_k": err(grad_k, k64.grad),
         })
+    # A first tile of masked keys (-inf logits): they count for nothing (the forward; the reference's
+    # gradient is NaN there, 0 x -inf).
+    q = torch.rand(1, 1, 5, 16) + 0.1
+    k = torch.randn(1, 1, 77, 16)
+    k[:, :, :40] = -math.inf
+    selector = torch.rand(77, 3)
+    out = dispatch.forward_cuda(q, k, selector, 0.25)
+    expected = kernels.selected_softmax_ref(q.double(), k.double(), selector.double(), 0.25)
+    results.append({"case": "masked first tile", "out": (out.double() - expected).abs().max().item()})
     print(json.dumps(results))
     """
 )
@@ -82,7 +91,9 @@ def interpreter_results():
 def test_triton_kernels_match_reference_in_the_interpreter(interpreter_results):
     """bfloat16 is not covered here: Triton 3.9's interpreter multiplies bfloat16 tiles as raw
     uint16 in tl.dot (its numpy bf16 stand-in), so only the GPU tests check bfloat16."""
-    assert len(interpreter_results) == 5
+    assert len(interpreter_results) == 6
+    masked = interpreter_results.pop()
+    assert masked["case"] == "masked first tile" and masked["out"] < 1e-5, masked
     for result in interpreter_results:
         tol = 1e-5 if result["case"][-1] == "torch.float32" else 5e-2
         assert result["backend"] == "triton"
