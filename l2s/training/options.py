@@ -23,8 +23,7 @@ def check_make_data_options(*, dtype: str = "float16", val_fraction: float = 0.1
         raise L2SError(f"{spelled('dtype')} must be one of {', '.join(MAP_DTYPES)}, got {dtype!r}")
     if isinstance(val_fraction, bool) or not (isinstance(val_fraction, (int, float)) and 0.0 <= val_fraction < 1.0):
         raise L2SError(f"{spelled('val_fraction')} must be a number in [0, 1), got {val_fraction!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 64:
-        raise L2SError(f"{spelled('seed')} must be an integer in [0, 2**64), got {seed!r}")
+    _check_seed(seed, spelled)
     if not isinstance(dual, bool):
         raise L2SError(f"{spelled('dual')} must be True or False, got {dual!r}")
     if isinstance(class_names, str) or not class_names or not all(isinstance(c, str) for c in class_names):
@@ -64,6 +63,10 @@ def check_training_options(*, epochs: int | None = None, batch_size: int = 64, l
             raise L2SError(f"{spelled(name)} must be an integer >= {low}, got {value!r}")
     if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise L2SError(f"{spelled('lr')} must be a positive finite number, got {lr!r}")
+    _check_seed(seed, spelled)
+    check_device(device, spelled)
+
+
+def _check_seed(seed, spelled: Callable[[str], str]) -> None:
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 64:
         raise L2SError(f"{spelled('seed')} must be an integer in [0, 2**64), got {seed!r}")
-    check_device(device, spelled)
