@@ -100,8 +100,6 @@ class World:
                 outcome = ("error", error)
         kind, value = self.broadcast(outcome)
         if kind == "error":
-            if not self.is_main:
-                value.l2s_shared = True  # rank 0 says it already; see l2s.cli
             raise value
         return value
 
@@ -113,6 +111,39 @@ class World:
 _WORLD: World | None = None
 
 
+def launched() -> bool:
+    """Whether a launcher started this process as one of several (read from the environment:
+    nothing is joined or imported)."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+
+
+def says_errors() -> bool:
+    """Whether this process prints the run's error lines: each machine's first process alone
+    (``LOCAL_RANK`` 0), so every machine's terminal shows an error once, and a machine whose
+    processes fail on their own (a missing local model) still says why."""
+    return not launched() or int(os.environ.get("LOCAL_RANK", "0") or 0) == 0
+
+
+def refuse_different_commands(argv: Sequence[str]) -> None:
+    """A spread run whose processes were started with different arguments would share out
+    different work (or wait forever for a rank that finished early): refused on every rank."""
+    if not launched():
+        return
+    from collections import Counter
+
+    from l2s.errors import UsageError
+
+    commands = world().gather(list(argv))
+    for rank, command in enumerate(commands):
+        if command != commands[0]:
+            only_here = " ".join((Counter(command) - Counter(commands[0])).elements()) or "nothing"
+            only_main = " ".join((Counter(commands[0]) - Counter(command)).elements()) or "nothing"
+            detail = (f"rank {rank} alone: {only_here}; rank 0 alone: {only_main}" if only_here != only_main
+                      else f"rank {rank} has them in another order")
+            raise UsageError(f"the processes of this run were started with different arguments ({detail}): "
+                             "start every process with the same command")
+
+
 def world() -> World:
     """This process's :class:`World`; joins the launcher's process group on the first call."""
     global _WORLD
@@ -122,7 +153,7 @@ def world() -> World:
 
 
 def _join() -> World:
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if not launched():
         return World()
     import torch
     import torch.distributed as dist
@@ -161,4 +192,4 @@ def output_lock(folder: str | Path, label: str = "output folder", kind: str | No
         group.barrier()  # left out when the block raises: the launcher then ends the other ranks
 
 
-__all__ = ["World", "output_lock", "world"]
+__all__ = ["World", "launched", "output_lock", "refuse_different_commands", "says_errors", "world"]

@@ -1,6 +1,6 @@
 """l2s.distributed: a world of one without a launcher; under ``torchrun`` with 2 CPU processes
-(gloo): shares, gathers, rank 0's errors on every rank, gradient sums, and the output lock that
-rank 0 holds for the group (a second, independent writer is refused while the group runs)."""
+(gloo): shares, gathers, rank 0's errors on every rank, gradient sums, a refusal of processes
+started with different arguments, and the output lock that rank 0 holds for the group (a second, independent writer is refused while the group runs)."""
 from __future__ import annotations
 
 import json
@@ -47,8 +47,8 @@ SCRIPT = textwrap.dedent('''
     import json, subprocess, sys
     from pathlib import Path
     import torch
-    from l2s.distributed import output_lock, world
-    from l2s.errors import L2SError
+    from l2s.distributed import output_lock, refuse_different_commands, says_errors, world
+    from l2s.errors import L2SError, UsageError
     from l2s.files import FolderBusyError
 
     held, free, report = sys.argv[1:4]
@@ -60,7 +60,13 @@ SCRIPT = textwrap.dedent('''
     try:
         group.on_main(refuse)
     except L2SError as error:
-        out["error"] = [str(error), getattr(error, "l2s_shared", False)]
+        out["error"] = str(error)
+    refuse_different_commands(["eval", "--seeds", "0-1"])         # the same command: nothing to say
+    try:
+        refuse_different_commands(["eval", "--seeds", "0-1" if group.rank == 0 else "2-3"])
+    except UsageError as error:
+        out["different"] = str(error)
+    out["says_errors"] = says_errors()
     grads = [torch.full((2,), float(group.rank + 1)), torch.tensor([10.0 * (group.rank + 1)])]
     group.sum_(grads)
     out["sum"] = [t.tolist() for t in grads]
@@ -68,7 +74,7 @@ SCRIPT = textwrap.dedent('''
         with output_lock(held):
             out["busy"] = None
     except FolderBusyError as error:
-        out["busy"] = [str(error), getattr(error, "l2s_shared", False)]
+        out["busy"] = str(error)
     with output_lock(free):
         out["holder"] = (Path(free) / ".l2s.lock").read_text().strip()
         if group.rank == 1:  # an independent writer while the group holds the folder
@@ -98,11 +104,16 @@ def test_two_processes_share_gather_and_lock_as_one_group(tmp_path):
     assert ranks[0]["share"] == [0, 2, 4, 6] and ranks[1]["share"] == [1, 3, 5]
     assert ranks[0]["gather"] == ranks[1]["gather"] == [0, 10]
     assert ranks[0]["broadcast"] == ranks[1]["broadcast"] == "from rank 0"
-    assert ranks[0]["error"] == ["rank 0 says no", False] and ranks[1]["error"] == ["rank 0 says no", True]
+    assert ranks[0]["error"] == ranks[1]["error"] == "rank 0 says no"
     assert ranks[0]["sum"] == ranks[1]["sum"] == [[3.0, 3.0], [30.0]]
+    # Processes started with different arguments are refused on every rank; one of them says so.
+    assert ranks[0]["different"] == ranks[1]["different"] == (
+        "the processes of this run were started with different arguments (rank 1 alone: 2-3; rank 0 alone: "
+        "0-1): start every process with the same command")
+    assert [r["says_errors"] for r in ranks] == [True, False]
     # A folder another process writes is refused on every rank, naming that process.
     for rank in ranks:
-        assert f"(pid {holder.pid})" in rank["busy"][0]
+        assert f"(pid {holder.pid})" in rank["busy"]
     # Rank 0 holds the group's folder; an independent writer is refused while the group runs.
     assert ranks[0]["holder"] == ranks[1]["holder"] == str(ranks[0]["pid"])
     assert "FolderBusyError" in ranks[1]["second"] and f"(pid {ranks[0]['pid']})" in ranks[1]["second"]

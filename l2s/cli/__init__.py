@@ -13,6 +13,7 @@ import logging
 import sys
 
 from l2s import __version__
+from l2s.distributed import launched, refuse_different_commands, says_errors
 from l2s.errors import L2SError
 
 from . import evaluate, generate, parse
@@ -90,7 +91,8 @@ def _say_interrupted(error: KeyboardInterrupt) -> None:
     # On a terminal the line starts after the progress bar that ^C cut short. A command with
     # nothing to resume names what to do instead (``l2s_message``).
     line = getattr(error, "l2s_message", None) or INTERRUPTED
-    print(("\n" if sys.stderr.isatty() else "") + line, file=sys.stderr)
+    if says_errors():
+        print(("\n" if sys.stderr.isatty() else "") + line, file=sys.stderr)
 
 
 def _guarded(work) -> int:
@@ -98,7 +100,7 @@ def _guarded(work) -> int:
     try:
         return work()
     except L2SError as error:
-        if not getattr(error, "l2s_shared", False):  # rank 0 of a spread run said it already
+        if says_errors():  # a spread run's ranks share their errors: one line per machine
             print(error_line(error), file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt as error:
@@ -153,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(argv: list[str]) -> int:
+    if launched() and _guarded(lambda: refuse_different_commands(argv)):
+        return EXIT_USAGE
     for command, _ in FRONT_ENDS:
         if tuple(argv[:len(command)]) == command:
             return _run_front_end(command, argv[len(command):])
@@ -160,7 +164,8 @@ def _dispatch(argv: list[str]) -> int:
     args, extras = parser.parse_known_args(argv)
     if extras:   # named with the subcommand whose --help lists what it takes
         command = " ".join(["l2s", args.command, *([args.shapes_command] if args.command == "shapes" else [])])
-        parser.exit(EXIT_USAGE, f"l2s: error: unrecognized arguments: {' '.join(extras)} (see '{command} --help')\n")
+        message = f"l2s: error: unrecognized arguments: {' '.join(extras)} (see '{command} --help')\n"
+        parser.exit(EXIT_USAGE, message if says_errors() else None)
     return _guarded(lambda: args.func(args))
 
 

@@ -11,7 +11,9 @@ class OneLineParser(argparse.ArgumentParser):
     """Usage errors as one line and exit code 2, like every other bad input (not argparse's usage block)."""
 
     def error(self, message: str):
-        self.exit(2, f"l2s: error: {message} (see '{self.prog} --help')\n")
+        from l2s.distributed import says_errors  # a spread run's ranks: one line per machine
+
+        self.exit(2, f"l2s: error: {message} (see '{self.prog} --help')\n" if says_errors() else None)
 
 
 class SettingsParser(OneLineParser):

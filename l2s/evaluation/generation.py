@@ -93,7 +93,7 @@ def generate_image(steerer, prompt: str, seed: int, out: Path, options: Generate
     report = {"prompt": prompt, **options.context, "seed": seed, **result.report(), "versions": software_versions()}
     baseline = None
     if steered and options.baseline:
-        baseline = steerer(prompt, steer=False, **kwargs)
+        baseline = steerer(prompt, steer=False, schedule=options.schedule, **kwargs)  # the same sampling
         report["timings_s"]["unsteered_total"] = baseline.timings["total"]
     remove_earlier_outputs(out)      # only now: an interrupted generation leaves the earlier image
     written = write_images(out, result.images[0], baseline and baseline.images[0],
@@ -168,7 +168,7 @@ def generate_batch(steerer, batch: list[ImageJob], out: Path, options: GenerateO
     baseline = None
     if steered and options.baseline:
         baseline = steerer([batch[i].prompt for i in steered], seed=[batch[i].seed for i in steered],
-                           steer=False, **options.sampling)
+                           steer=False, schedule=options.schedule, **options.sampling)
     for i, (job, report) in enumerate(zip(batch, result.reports())):
         _say_outcome(say, result.plans[i], result.outcomes[i], options, where=f"{job.folder}: ")
         (out / job.folder).mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,10 @@
 """``l2s generate`` on the tiny model and saved models, and every bad input."""
 import json
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from l2s.cli import main
 from l2s.classifier import RelationClassifier
@@ -199,3 +201,17 @@ def test_a_prompt_without_a_relation_warns_only_when_steering_was_asked_for(tmp_
     assert code == 0 and "l2s: warning: no spatial relation found: generating unsteered" in err.splitlines()
     code, _, err = run(base + ["--no-steer", "--out", str(tmp_path / "b")], capsys)
     assert code == 0 and "no spatial relation" not in err
+
+
+@pytest.mark.parametrize("seeds", [None, "0-1"])
+def test_the_unsteered_image_is_sampled_by_the_schedule_as_the_steered_one(seeds, tmp_path, capsys):
+    # The shapes model's `fast` preset samples 7 of its 12 steps: its unsteered twin must too.
+    prompt, many = "a red circle to the left of a blue square", ["--seeds", seeds] if seeds else ["--seed", "0"]
+    for name, extra in (("steered", []), ("plain", ["--no-steer"])):
+        code, _, err = run(["generate", prompt, "--schedule", "fast", *many, "--out", str(tmp_path / name),
+                            "--quiet", *extra], capsys)
+        assert code == 0, err
+    folder = "p00-s0000" if seeds else "."
+    twin = Image.open(tmp_path / "steered" / folder / "image_unsteered.png")
+    plain = Image.open(tmp_path / "plain" / folder / "image.png")
+    assert np.array_equal(np.asarray(twin), np.asarray(plain))

@@ -100,6 +100,22 @@ def test_eval_refusing_a_generate_folder_says_so_once_on_two_processes(tmp_path)
     assert err.count("holds images of 'l2s generate'") == 1, err[-2000:]
 
 
+def test_a_usage_error_is_said_once_and_ranks_started_differently_are_refused(tmp_path):
+    proc = _launch(["-m", "l2s.cli", *[a if a != "0-1" else "x" for a in EVAL], "--out", str(tmp_path / "bad")])
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode != 0 and err.count("l2s: error: bad --seeds 'x'") == 1, err[-2000:]
+    script = tmp_path / "rank1_differs.py"    # the same command, but rank 1 asks for other seeds
+    script.write_text("import os, sys\nfrom l2s.cli import main\n"
+                      "extra = ['--seeds', '2-3'] if os.environ['RANK'] == '1' else []\n"
+                      "sys.exit(main(sys.argv[1:] + extra))\n")
+    proc = _launch([str(script), *EVAL, "--out", str(tmp_path / "run")])
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode != 0 and "exitcode  : 2" in err, err[-2000:]
+    assert err.count("l2s: error: the processes of this run were started with different arguments "
+                     "(rank 1 alone: --seeds 2-3; rank 0 alone: nothing)") == 1, err[-2000:]
+    assert not (tmp_path / "run").exists()      # refused before anything was claimed or made
+
+
 def test_eval_resumes_after_a_rank_is_killed(one_process_eval, tmp_path):
     out = tmp_path / "run"
     proc = _launch(["-m", "l2s.cli", *EVAL6, "--out", str(out)])
