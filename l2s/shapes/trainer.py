@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -284,21 +288,51 @@ def _train(settings: TrainSettings, out: Path, device: str, resume: bool, progre
         trainer.steps_resumed = trainer.step
     bar = tqdm(total=settings.steps, initial=trainer.step, desc="training", disable=not progress,
                mininterval=5, dynamic_ncols=True)
+    if trainer.steps_resumed and trainer.step < settings.steps and progress:
+        bar.write(f"l2s: resuming after step {trainer.step} of {settings.steps}")
     started_run = time.monotonic()
-    while trainer.step < settings.steps:
-        if stop_at_step is not None and trainer.step >= stop_at_step:
-            trainer.save_checkpoint(checkpoint)
-            bar.close()
-            return trainer
-        if time_limit_s is not None and time.monotonic() - started_run > time_limit_s:
-            trainer.save_checkpoint(checkpoint)
-            break
-        _timed_step(trainer, bar)
-        if trainer.step % settings.checkpoint_every == 0 or trainer.step == settings.steps:
-            trainer.save_checkpoint(checkpoint)
+    with _interrupt_between_steps() as interrupted:
+        while trainer.step < settings.steps:
+            if stop_at_step is not None and trainer.step >= stop_at_step:
+                trainer.save_checkpoint(checkpoint)
+                bar.close()
+                return trainer
+            if time_limit_s is not None and time.monotonic() - started_run > time_limit_s:
+                trainer.save_checkpoint(checkpoint)
+                break
+            _timed_step(trainer, bar)
+            if interrupted():
+                trainer.save_checkpoint(checkpoint)
+                bar.close()
+                stop = KeyboardInterrupt()
+                stop.l2s_message = f"l2s: interrupted after step {trainer.step} (saved); rerun the same command to resume"
+                raise stop
+            if trainer.step % settings.checkpoint_every == 0 or trainer.step == settings.steps:
+                trainer.save_checkpoint(checkpoint)
     bar.close()
     export(trainer, out / "pipeline", device=device, command=command)
     return trainer
+
+
+@contextmanager
+def _interrupt_between_steps() -> Iterator[Callable[[], bool]]:
+    """A first Ctrl-C ends the run after the step it fell in (the caller saves every finished step
+    then); a second one stops at once. Outside the main thread signals cannot be caught: no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    asked: list[int] = []
+
+    def ask(signum, frame) -> None:
+        if asked:
+            raise KeyboardInterrupt
+        asked.append(signum)
+
+    previous = signal.signal(signal.SIGINT, ask)
+    try:
+        yield lambda: bool(asked)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _timed_step(trainer: ShapesTrainer, bar) -> None:

@@ -27,6 +27,9 @@ BEST_DIR, LAST_DIR = "best", "last"
 DAMAGED = (RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError, IndexError, AttributeError,
            pickle.UnpicklingError, L2SError)
 RESTART = "rerun with --restart (resume=False in Python) to train from the start"
+# Settings recorded since a release: a run saved without one resumes as before.
+RECORDED_LATER = ("dataset_records",)
+UNRECORDED = {"processes": 1}   # what a run saved without the key ran with
 
 
 def atomic_dir(target: Path, write) -> None:
@@ -121,12 +124,25 @@ def read_resume_state(out_dir: Path, settings: dict) -> dict:
     except DAMAGED as error:
         raise DamagedFileError(f"{last_dir / STATE_FILE} is damaged ({type(error).__name__}); "
                                f"{RESTART}") from None
+    settings = {k: v for k, v in settings.items() if k in saved or k not in RECORDED_LATER}
     differing = changed_settings(saved, settings)
     if differing == ["epochs"] and "epochs" in settings:   # the reward model's schedule spans the run
         raise L2SError(f"{out_dir} holds a run laid out for {saved['epochs']} epochs (its learning-rate schedule "
                        f"depends on it); rerun with --epochs {saved['epochs']} to resume it, or --restart "
                        f"(resume=False in Python) to train {settings['epochs']} from the start")
     if differing:
-        raise L2SError(f"{out_dir} holds a run with other settings ({', '.join(differing)}); "
+        raise L2SError(f"{out_dir} holds a run with other settings ({_changes(saved, settings, differing)}); "
                        f"rerun with --restart (resume=False in Python) to start over, or use another --out")
     return state
+
+
+def _changes(saved: dict, settings: dict, keys: list[str]) -> str:
+    """``key: old -> new`` per differing setting (long values, such as the classifier's config, by name alone)."""
+    current = json.loads(json.dumps(settings))
+
+    def shown(d: dict, k: str) -> str:
+        value = d.get(k, UNRECORDED.get(k, "(absent)"))
+        return value if isinstance(value, str) and value.startswith("(") else repr(value)
+
+    parts = [f"{k}: {shown(saved, k)} -> {shown(current, k)}" for k in keys]
+    return ", ".join(part if len(part) <= 80 else part.split(":")[0] for part in parts)

@@ -205,6 +205,7 @@ def train_classifier(
         train_set, val_set = _splits(dataset_dir, config, prompt_types)
         group.on_main(lambda: verify_dataset(dataset_dir))  # every shard's checksum, once, before any epoch
         settings = _training_settings(config, meta, lr, batch_size, seed, prompt_types)
+        settings["dataset_records"] = {"train": len(train_set), "val": len(val_set)}   # a grown dataset differs
         if group.spread:  # each rank's dropout stream is resumed, so a resumed run needs as many ranks
             settings["processes"] = group.size
         resumed = group.on_main(lambda: prepare_out_dir(out_dir, settings, resume) is not None)

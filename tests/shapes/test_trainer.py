@@ -342,3 +342,29 @@ def test_the_command_says_whether_it_trained_resumed_or_found_a_finished_run(tmp
     exported = ["--out", str(tmp_path / "export"), "--steps", "0", "--init-from", str(out / "pipeline")]
     assert main(argv[:2] + exported + argv[6:]) == 0           # a new run exporting --init-from
     assert capsys.readouterr().out.startswith("l2s: trained 0 steps, loss ")
+
+
+def test_ctrl_c_saves_every_finished_step(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    settings = replace(tiny_settings(), checkpoint_every=1000)     # no scheduled checkpoint before the end
+    straight = train(settings, tmp_path / "straight", progress=False)
+    step = ShapesTrainer.train_step
+
+    def interrupted_in_step_3(trainer):
+        if trainer.step == 2:
+            os.kill(os.getpid(), signal.SIGINT)     # lands inside the step: it finishes first
+        return step(trainer)
+
+    monkeypatch.setattr(ShapesTrainer, "train_step", interrupted_in_step_3)
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        train(settings, tmp_path / "resumed", progress=False)
+    assert stopped.value.l2s_message.startswith("l2s: interrupted after step 3 (saved)")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler     # the handler is put back
+    monkeypatch.setattr(ShapesTrainer, "train_step", step)
+    resumed = train(settings, tmp_path / "resumed", progress=False)
+    assert resumed.steps_resumed == 3 and resumed.step == 4
+    for name, module in straight.trained.items():
+        for key, value in module.state_dict().items():
+            assert torch.equal(value, resumed.trained[name].state_dict()[key]), key

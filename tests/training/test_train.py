@@ -289,3 +289,23 @@ def test_a_rerun_of_a_run_that_stopped_early_says_so(tmp_path):
     assert result.resume_line() == (f"l2s: {tmp_path} holds a run that stopped early after 7 epochs (validation "
                                     "stopped improving): the result is its; --restart trains again")
     assert TrainResult(tmp_path, tmp_path, tmp_path, 3, 0.5, 0.9, 7, False, [], 0).resume_line() is None
+
+
+def test_a_grown_dataset_is_refused_on_resume_and_older_runs_still_resume(tmp_path):
+    from l2s.training.checkpoints import STATE_FILE
+
+    g = torch.Generator().manual_seed(5)
+    train, val = _synthetic(40, g, "train"), _synthetic(20, g, "val")
+    dataset = _write(tmp_path / "data", [train, val])
+    grown = _write(tmp_path / "grown", [train, _synthetic(40, g, "train"), val])   # same settings, more maps
+    kwargs = dict(batch_size=16, lr=3e-3, seed=0, progress=False)
+    train_classifier(dataset, tmp_path / "run", _config(), epochs=1, **kwargs)
+    message = r"other settings \(dataset_records: \{'train': 40, 'val': 20\} -> \{'train': 80, 'val': 20\}\)"
+    with pytest.raises(L2SError, match=message):
+        train_classifier(grown, tmp_path / "run", _config(), epochs=2, **kwargs)
+    # A run saved before the record counts were: resumes as it did.
+    path = tmp_path / "run" / "last" / STATE_FILE
+    state = torch.load(path, weights_only=True)
+    state["settings"] = json.dumps({k: v for k, v in json.loads(state["settings"]).items() if k != "dataset_records"})
+    torch.save(state, path)
+    assert train_classifier(dataset, tmp_path / "run", _config(), epochs=2, **kwargs).epochs_resumed == 1
