@@ -163,10 +163,17 @@ def claim_kind(folder: Path, kind: str) -> None:
     if marked is not None:
         raise DamagedFileError(f"{folder / KIND_FILE} names no kind of output l2s knows ({marked!r}); delete it "
                                "if the folder holds this command's output, or use another --out")
-    shown = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
+    shown = first_names(held, 3)
     raise L2SError(f"{folder} holds files l2s did not write ({shown}): use an empty or new --out (an l2s run "
                    f"from before output folders were marked is adopted by: echo {kind} > "
                    f"{shlex.quote(str(folder / KIND_FILE))})")
+
+
+def first_names(names: Sequence[str], most: int) -> str:
+    """``a, b, c and 4 more``: at most ``most`` names (all of them when one more would be left)."""
+    if len(names) <= most + 1:
+        return ", ".join(names)
+    return ", ".join(names[:most]) + f" and {len(names) - most} more"
 
 
 def remove_outputs(folder: str | Path, names: Sequence[str], why: str) -> list[str]:
@@ -181,8 +188,7 @@ def remove_outputs(folder: str | Path, names: Sequence[str], why: str) -> list[s
         else:
             path.unlink(missing_ok=True)
     if present:
-        shown = ", ".join(present[:6]) + (f" and {len(present) - 6} more" if len(present) > 6 else "")
-        log.warning("%s: removed %s from %s", why, shown, folder)
+        log.warning("%s: removed %s from %s", why, first_names(present, 6), folder)
     return present
 
 

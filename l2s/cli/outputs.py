@@ -20,16 +20,21 @@ def wrote_line(out: Path, names: list[str]) -> str:
     return f"l2s: wrote {listed} in {out}"
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def folder_outputs(out: Path) -> list[str]:
     """The files of a run folder: those at its top by name, those below counted per folder
-    (``base/: 8 images with their records``); hidden files (the lock) left out."""
+    (``base/: 8 images and 16 record files``); hidden files (the lock) left out."""
     out = Path(out)
     names = sorted(p.name for p in out.iterdir() if p.is_file() and not p.name.startswith("."))
     for folder in sorted(p for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")):
         files = [p for p in folder.rglob("*") if p.is_file()]
         images = sum(p.suffix == ".png" for p in files)
         if images:
-            names.append(f"{folder.name}/: {images} images with their records ({len(files) - images} files)")
+            records = len(files) - images
+            names.append(f"{folder.name}/: {_count(images, 'image')} and {_count(records, 'record file')}")
         elif files:
-            names.append(f"{folder.name}/: {len(files)} files")
+            names.append(f"{folder.name}/: {_count(len(files), 'file')}")
     return names

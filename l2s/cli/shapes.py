@@ -406,6 +406,10 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
 
     if not world().is_main:
         return 0
+    counts = [part.get("images", {}) for part in results["parts"]]
+    resumed, total = sum(c.get("resumed", 0) for c in counts), sum(c.get("total", 0) for c in counts)
+    if resumed:
+        print(f"l2s: resumed: {resumed} of the {total} images were already made in {args.out}", file=sys.stderr)
     print(bench_table(results))
     if args.results:
         command = "l2s shapes bench " + " ".join(shlex.quote(a) for a in argv)

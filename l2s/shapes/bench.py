@@ -267,9 +267,11 @@ def _run_part(run: _BenchRun, part: BenchPart, out: Path, progress: bool) -> dic
         run.position_records = {mode: mode_report.records for mode, mode_report in report.modes.items()}
     elif part.position_subset and run.position_records:
         copied_modes = _copy_position_modes(run, part, modes)
+    records = [record for mode_report in report.modes.values() for record in mode_report.records]
     return {"key": part.key, "label": part.label, "n_prompts": len(part.specs), "seeds": list(part.seeds),
             "schedule": schedule.name, "classifier": part.classifier, "modes": modes,
-            "copied_modes": copied_modes}
+            "copied_modes": copied_modes,
+            "images": {"total": len(records), "resumed": sum(r.status == "resumed" for r in records)}}
 
 
 def _schedule_for(name: str | Any, step_size: float):

@@ -53,7 +53,7 @@ def test_run_folder_outputs_name_every_file(tmp_path):
         (samples.parent / "metadata.jsonl").write_text("x")
     names = folder_outputs(tmp_path)
     assert names == ["contact_sheet_01.png", "results.jsonl", "summary.json",
-                     "steered/: 3 images with their records (6 files)"]
+                     "steered/: 3 images and 6 record files"]
     assert wrote_line(tmp_path, ["a.png"]) == f"l2s: wrote a.png in {tmp_path}"
     assert wrote_line(tmp_path, ["a", "b", "c"]) == f"l2s: wrote a, b and c in {tmp_path}"
 

@@ -73,6 +73,9 @@ def test_bench_records_its_sampling_and_resumes_only_with_it(tiny_shapes_pipe, t
     results = shapes_world.run_shapes_bench(tmp_path / "out", true_cfg_scale=2.0, **kwargs)
     assert results["settings"]["sampling"] == {"true_cfg_scale": 2.0, "negative_prompt": ""}
     assert results["parts"][0]["modes"]["steered"]["n_images"] == 2
+    assert results["parts"][0]["images"] == {"total": 4, "resumed": 0}
+    again = shapes_world.run_shapes_bench(tmp_path / "out", true_cfg_scale=2.0, **kwargs)
+    assert again["parts"][0]["images"] == {"total": 4, "resumed": 4}     # the CLI says so
     import json
 
     record = json.loads((tmp_path / "out/position/steered/00001/samples/0000.json").read_text())
