@@ -101,8 +101,8 @@ def _add_generation_args(e: argparse.ArgumentParser) -> dict:
     g.add_argument("--mode", choices=("base", "steered", "both"), default="both",
                    help="unsteered, steered, or both from the same seeds (default)")
     g.add_argument("--batch-size", type=int, default=4, metavar="N",
-                   help="images generated together in one steering call, each as if made alone (default 4; "
-                        "larger batches use more memory for the steering backward)")
+                   help="images generated together in one steering call, each as if made alone to float "
+                        "rounding (default 4; larger batches use more memory for the steering backward)")
     add_model_args(g)
     add_relations_arg(g, RELATIONS_HELP)
     add_sampling_args(g)

@@ -345,8 +345,9 @@ def build_bench_parser() -> argparse.ArgumentParser:
                    help=f"image seeds (default {','.join(str(s) for s in BENCH_SEEDS)}; the multi-relation, preset "
                         "and held-out parts use the first two)")
     p.add_argument("--batch-size", type=int, default=BENCH_BATCH_SIZE, metavar="N",
-                   help=f"images generated together in one steering call, each as if made alone (default "
-                        f"{BENCH_BATCH_SIZE}; larger batches use more memory for the steering backward)")
+                   help=f"images generated together in one steering call, each as if made alone to float "
+                        f"rounding (default {BENCH_BATCH_SIZE}; larger batches use more memory for the steering "
+                        "backward)")
     p.add_argument("--parts", help="comma-separated part keys to run (default all): position, multi_3_2, multi_4_3, "
                                     "ablation, preset_front-loaded, preset_front-loaded-20, preset_early-exit, "
                                     "preset_fast, ood, no_relation")

@@ -218,8 +218,11 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         meta = load_dataset_meta(args.dataset)
         name = args.preset if args.preset is not None else meta.get("model_family")
         if name not in DEFAULT_LR:
-            raise L2SError(f"choose a classifier --preset (flux-dev, flux-schnell, sd14, sd21); the dataset's "
-                           f"model family is {meta.get('model_family')!r}")
+            presets = ", ".join(DEFAULT_LR)
+            if args.preset is not None:
+                raise L2SError(f"unknown classifier --preset {args.preset!r} (presets: {presets})")
+            raise L2SError(f"the dataset's model family {meta.get('model_family')!r} has no classifier preset: "
+                           f"choose one with --preset ({presets})")
         result = train_classifier(args.dataset, args.out, name, epochs=args.epochs, batch_size=args.batch_size,
                                   lr=args.lr, seed=args.seed, device=args.device, resume=not args.restart,
                                   prompt_types=("pos",) if args.only_pos else None, num_workers=args.workers,

@@ -54,11 +54,11 @@ def check_scoring_folder(images_dir: str | Path, out: str | Path, restart: bool 
     images_dir, out = Path(images_dir), Path(out)
     if (out / RUN_FILE).exists():
         raise L2SError(f"{out} holds an 'l2s eval' run that generated its images ({RUN_FILE}): scoring "
-                       "would replace its summary; score the images into another folder (--out)")
+                       "would replace its summary; score the images into another output folder")
     owned = [out / name for name in (*MODES, IMAGES)]    # what a restart removes
     if restart and any(images_dir.resolve().is_relative_to(path.resolve()) for path in owned):
         raise L2SError(f"restarting {out} would remove {images_dir}, the images to score; score them into "
-                       "another folder (--out)")
+                       "another output folder")
 
 
 def _score_folder_jobs(images_dir: Path, jobs: list[tuple[Path, PromptSpec, Path]], skipped: int, out: Path,

@@ -163,7 +163,8 @@ def _figure(record: ImageRecord, base: ImageRecord | None, out: Path) -> str:
 
 def _settings(report) -> str:
     text = json.dumps(report.settings, indent=2, default=str)
-    return (f"<h2>Settings</h2><p>wall time {report.wall_time_s:.1f} s</p>"
+    return (f"<h2>Settings</h2><p>wall time of the call that wrote this report {report.wall_time_s:.1f} s "
+            "(a resumed run's earlier calls not included)</p>"
             f"<details><summary>run settings</summary><pre>{_e(text)}</pre></details>")
 
 

@@ -74,7 +74,8 @@ def comparable_summary(summary: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass
 class EvalReport:
-    """A whole run: one :class:`ModeReport` per mode, the settings and the wall time."""
+    """A whole run: one :class:`ModeReport` per mode, the settings and the wall time of the call that
+    made the report (a resumed run's earlier calls not included)."""
 
     modes: dict[str, ModeReport]
     settings: dict[str, Any]
@@ -99,7 +100,7 @@ class EvalReport:
         if BASE in self.modes and STEERED in self.modes:
             gain = self.to_dict()["accuracy_gain"]
             lines.append(f"{'steered - base accuracy':<{first}}  {gain:+.3f}")
-        lines.append(f"{'wall time':<{first}}  {self.wall_time_s:.1f} s")
+        lines.append(f"{'wall time, this call':<{first}}  {self.wall_time_s:.1f} s")
         return "\n".join(lines)
 
     def _rows(self) -> list[tuple[str, list[str]]]:

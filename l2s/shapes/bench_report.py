@@ -196,10 +196,10 @@ def _position_targets(position: dict) -> list[str]:
     lines = []
     for metric, key in (("strict", "accuracy"), ("colour", "colour_accuracy")):
         base, steered = position["base"][key], position["steered"][key]
-        ratio = steered / base if base else float("inf")
+        ratio = f"{steered / base:.2f}x" if base else "no ratio to a base of 0"
         lines.append(f"- {metric}: base {base:.3f} (target <= {BASE_TARGET}: {_met(base <= BASE_TARGET)}), "
                      f"steered {steered:.3f} (target >= {STEERED_TARGET}: {_met(steered >= STEERED_TARGET)}; "
-                     f">= {RATIO_TARGET}x base: {ratio:.2f}x, {_met(ratio >= RATIO_TARGET)})")
+                     f">= {RATIO_TARGET}x base: {ratio}, {_met(steered >= RATIO_TARGET * base)})")
     return lines
 
 

@@ -61,6 +61,11 @@ def test_bench_table_reports_every_part_and_relation():
             "the true word minus with a wrong one, paired on 100 maps): +0.220, sign test p = 1.05e-05; by step index: "
             "1 +0.170 (p = 7.6e-05), 3 +0.050 (p = 0.12)") in summary
     assert "- relation leakage of the dual classifier (" in summary
+    # A base of 0 (a tiny bench) has no ratio; any steered accuracy is above 3x it.
+    results["parts"][0]["modes"]["base"] = {**base, "accuracy": 0.0, "colour_accuracy": 0.0}
+    summary = shapes_world.target_summary(results)
+    assert "strict: base 0.000 (target <= 0.35: met), steered 0.500 (target >= 0.75: missed; >= 3x base: no " \
+           "ratio to a base of 0, met)" in summary and "inf" not in summary
 
 
 def test_bench_records_its_sampling_and_resumes_only_with_it(tiny_shapes_pipe, tmp_path):

@@ -339,7 +339,8 @@ def test_train_cli_lr_1e12_is_one_error_line(tmp_path, capsys):
     (["--seed", "-1"], "--seed must be an integer in [0, 2**64)"),
     (["--workers", "-1"], "--workers must be an integer >= 0"),
     (["--device", "bogus"], "is not a torch device"),
-    (["--preset", ""], "choose a classifier --preset"),
+    (["--preset", ""], "unknown classifier --preset '' (presets: flux-dev, flux-schnell, sd14, sd21)"),
+    (["--preset", "bogus"], "unknown classifier --preset 'bogus' (presets: flux-dev,"),
     (["--layers", "0"], "--layers must be an integer >= 1, got 0"),
 ])
 def test_train_options_are_checked_before_any_work(options, message, tmp_path, capsys):
