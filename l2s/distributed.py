@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import socket
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ T = TypeVar("T")
 # Ranks wait for the slowest one at the end of a run, which can take hours on a big job; a rank
 # that dies ends the group through the launcher, not through this timeout.
 WAIT = timedelta(hours=24)
+SAID_WAIT = timedelta(seconds=3)   # how long a process waits to learn its machine said its line
 
 
 @dataclass(frozen=True)
@@ -117,11 +119,44 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
 
 
-def says_errors() -> bool:
-    """Whether this process prints the run's error lines: each machine's first process alone
-    (``LOCAL_RANK`` 0), so every machine's terminal shows an error once, and a machine whose
-    processes fail on their own (a missing local model) still says why."""
-    return not launched() or int(os.environ.get("LOCAL_RANK", "0") or 0) == 0
+def line_to_say(line: str) -> str | None:
+    """What this process prints of the line it ends on (an error, an interruption); None: nothing.
+
+    Without a joined group every process says its own. In a spread run each machine's first
+    process (``LOCAL_RANK`` 0) says it, and another says it only if that one did not say the same
+    within :data:`SAID_WAIT` (then naming its rank): an error every process meets shows once per
+    machine, and an error of one process alone is never lost."""
+    store = _store()
+    if store is None:
+        return line
+    key = f"l2s/said/{socket.gethostname()}"
+    if int(os.environ.get("LOCAL_RANK", "0") or 0) == 0:
+        try:
+            store.set(key, line)
+        except Exception:  # noqa: BLE001 - a store already gone: the line is said anyway
+            pass
+        return line
+    try:
+        store.wait([key], SAID_WAIT)
+        if store.get(key).decode() == line:
+            return None
+    except Exception:  # noqa: BLE001 - nothing said in time, or the store is gone
+        pass
+    rank = os.environ.get("RANK", "?")
+    return line.replace("l2s: error: ", f"l2s: error: rank {rank}: ", 1) if line.startswith("l2s: error: ") \
+        else f"l2s: rank {rank}: {line.removeprefix('l2s: ')}"
+
+
+def _store():
+    """The joined group's key-value store (the launcher's), None when this process joined none."""
+    if _WORLD is None or not _WORLD.spread:
+        return None
+    try:
+        from torch.distributed.distributed_c10d import _get_default_store
+
+        return _get_default_store()
+    except Exception:  # noqa: BLE001 - no store: every process says its own lines
+        return None
 
 
 def refuse_different_commands(argv: Sequence[str]) -> None:
@@ -133,7 +168,12 @@ def refuse_different_commands(argv: Sequence[str]) -> None:
 
     from l2s.errors import UsageError
 
-    commands = world().gather(list(argv))
+    try:
+        group = world()
+    except (ValueError, RuntimeError) as error:   # e.g. WORLD_SIZE set without a launcher's address
+        raise UsageError(f"cannot join the launcher's processes ({str(error).splitlines()[0][:200]}): start "
+                         "the command with torchrun or accelerate launch, or without WORLD_SIZE") from None
+    commands = group.gather(list(argv))
     for rank, command in enumerate(commands):
         if command != commands[0]:
             only_here = " ".join((Counter(command) - Counter(commands[0])).elements()) or "nothing"
@@ -192,4 +232,4 @@ def output_lock(folder: str | Path, label: str = "output folder", kind: str | No
         group.barrier()  # left out when the block raises: the launcher then ends the other ranks
 
 
-__all__ = ["World", "launched", "output_lock", "refuse_different_commands", "says_errors", "world"]
+__all__ = ["World", "launched", "output_lock", "line_to_say", "refuse_different_commands", "world"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from l2s.distributed import World, output_lock, world
+from l2s.distributed import World, line_to_say, output_lock, world
 from l2s.errors import L2SError
 from l2s.files import LOCK_FILE
 
@@ -47,7 +47,7 @@ SCRIPT = textwrap.dedent('''
     import json, subprocess, sys
     from pathlib import Path
     import torch
-    from l2s.distributed import output_lock, refuse_different_commands, says_errors, world
+    from l2s.distributed import line_to_say, output_lock, refuse_different_commands, world
     from l2s.errors import L2SError, UsageError
     from l2s.files import FolderBusyError
 
@@ -66,7 +66,12 @@ SCRIPT = textwrap.dedent('''
         refuse_different_commands(["eval", "--seeds", "0-1" if group.rank == 0 else "2-3"])
     except UsageError as error:
         out["different"] = str(error)
-    out["says_errors"] = says_errors()
+    # An error line: rank 0 says it; rank 1 stays silent on the same line, names itself on its own.
+    out["said"] = [line_to_say("l2s: error: for all")] if group.rank == 0 else []
+    group.barrier()
+    if group.rank == 1:
+        out["said"] = [line_to_say("l2s: error: for all"), line_to_say("l2s: error: mine"),
+                       line_to_say("l2s: interrupted")]
     grads = [torch.full((2,), float(group.rank + 1)), torch.tensor([10.0 * (group.rank + 1)])]
     group.sum_(grads)
     out["sum"] = [t.tolist() for t in grads]
@@ -110,7 +115,9 @@ def test_two_processes_share_gather_and_lock_as_one_group(tmp_path):
     assert ranks[0]["different"] == ranks[1]["different"] == (
         "the processes of this run were started with different arguments (rank 1 alone: 2-3; rank 0 alone: "
         "0-1): start every process with the same command")
-    assert [r["says_errors"] for r in ranks] == [True, False]
+    assert ranks[0]["said"] == ["l2s: error: for all"]
+    assert ranks[1]["said"] == [None, "l2s: error: rank 1: mine", "l2s: rank 1: interrupted"]
+    assert line_to_say("l2s: error: alone") == "l2s: error: alone"   # no group: every process says its own
     # A folder another process writes is refused on every rank, naming that process.
     for rank in ranks:
         assert f"(pid {holder.pid})" in rank["busy"]

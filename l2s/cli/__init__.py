@@ -13,7 +13,7 @@ import logging
 import sys
 
 from l2s import __version__
-from l2s.distributed import launched, refuse_different_commands, says_errors
+from l2s.distributed import launched, line_to_say, refuse_different_commands
 from l2s.errors import L2SError
 
 from . import evaluate, generate, parse
@@ -32,6 +32,9 @@ EXAMPLES = """examples:
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 INTERRUPTED = "l2s: interrupted; rerun the same command to resume"
 
+# Commands that share their work over the processes of torchrun / accelerate launch.
+SPREAD_COMMANDS = (("eval",), ("make-data",), ("train",), ("shapes", "make-data"), ("shapes", "train-classifier"),
+                   ("shapes", "bench"))
 # Subcommands whose front end parses its own arguments: (argv prefix, help line).
 FRONT_ENDS = (
     (("make-data",), "build the classifier's training data (attention maps of dual inversions)"),
@@ -75,7 +78,7 @@ def _run_front_end(command: tuple[str, ...], argv: list[str]) -> int:
     try:
         entry = _front_end(command)
     except (ImportError, AttributeError) as error:
-        print(f"l2s: error: '{name}' is not available in this installation ({error})", file=sys.stderr)
+        _say(f"l2s: error: '{name}' is not available in this installation ({error})")
         return EXIT_USAGE
     return _guarded(lambda: int(entry(argv) or 0))
 
@@ -90,9 +93,15 @@ def _out_of_memory(error: BaseException) -> bool:
 def _say_interrupted(error: KeyboardInterrupt) -> None:
     # On a terminal the line starts after the progress bar that ^C cut short. A command with
     # nothing to resume names what to do instead (``l2s_message``).
-    line = getattr(error, "l2s_message", None) or INTERRUPTED
-    if says_errors():
+    line = line_to_say(getattr(error, "l2s_message", None) or INTERRUPTED)   # a spread run: once per machine
+    if line:
         print(("\n" if sys.stderr.isatty() else "") + line, file=sys.stderr)
+
+
+def _say(line: str) -> None:
+    """One stderr line; in a spread run once per machine unless a process met it alone."""
+    if said := line_to_say(line):
+        print(said, file=sys.stderr)
 
 
 def _guarded(work) -> int:
@@ -100,8 +109,7 @@ def _guarded(work) -> int:
     try:
         return work()
     except L2SError as error:
-        if says_errors():  # a spread run's ranks share their errors: one line per machine
-            print(error_line(error), file=sys.stderr)
+        _say(error_line(error))
         return EXIT_USAGE
     except KeyboardInterrupt as error:
         _say_interrupted(error)
@@ -110,8 +118,7 @@ def _guarded(work) -> int:
         if not _out_of_memory(error):
             raise
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
-        print(f"l2s: error: out of memory ({first[:200]}); use smaller sizes, batches or counts",
-              file=sys.stderr)
+        _say(f"l2s: error: out of memory ({first[:200]}); use smaller sizes, batches or counts")
         return EXIT_USAGE
 
 
@@ -154,9 +161,19 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
+def _spreads(argv: list[str]) -> bool:
+    """Whether ``argv`` runs a command that shares its work over a launcher's processes (its
+    processes must be started alike; help and version join nothing)."""
+    if {"-h", "--help", "--version"} & set(argv):
+        return False
+    return any(tuple(argv[:len(command)]) == command for command in SPREAD_COMMANDS)
+
+
 def _dispatch(argv: list[str]) -> int:
-    if launched() and _guarded(lambda: refuse_different_commands(argv)):
-        return EXIT_USAGE
+    if launched() and _spreads(argv):
+        refused = _guarded(lambda: refuse_different_commands(argv))
+        if refused:
+            return refused
     for command, _ in FRONT_ENDS:
         if tuple(argv[:len(command)]) == command:
             return _run_front_end(command, argv[len(command):])
@@ -164,8 +181,8 @@ def _dispatch(argv: list[str]) -> int:
     args, extras = parser.parse_known_args(argv)
     if extras:   # named with the subcommand whose --help lists what it takes
         command = " ".join(["l2s", args.command, *([args.shapes_command] if args.command == "shapes" else [])])
-        message = f"l2s: error: unrecognized arguments: {' '.join(extras)} (see '{command} --help')\n"
-        parser.exit(EXIT_USAGE, message if says_errors() else None)
+        said = line_to_say(f"l2s: error: unrecognized arguments: {' '.join(extras)} (see '{command} --help')")
+        parser.exit(EXIT_USAGE, f"{said}\n" if said else None)
     return _guarded(lambda: args.func(args))
 
 

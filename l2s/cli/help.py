@@ -11,9 +11,10 @@ class OneLineParser(argparse.ArgumentParser):
     """Usage errors as one line and exit code 2, like every other bad input (not argparse's usage block)."""
 
     def error(self, message: str):
-        from l2s.distributed import says_errors  # a spread run's ranks: one line per machine
+        from l2s.distributed import line_to_say  # a spread run: once per machine
 
-        self.exit(2, f"l2s: error: {message} (see '{self.prog} --help')\n" if says_errors() else None)
+        said = line_to_say(f"l2s: error: {message} (see '{self.prog} --help')")
+        self.exit(2, f"{said}\n" if said else None)
 
 
 class SettingsParser(OneLineParser):

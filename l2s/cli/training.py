@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from l2s.errors import L2SError
-from l2s.distributed import output_lock, says_errors, world
+from l2s.distributed import line_to_say, output_lock, world
 from l2s.relations import DIAGONAL, DIAGONAL_CLASSES, DIRECTIONAL, PUBLISHED_CLASSES
 
 from .help import command_parser
@@ -142,9 +142,9 @@ def make_data_main(argv: Sequence[str] | None = None) -> int:
 
 
 def _say_error(error: Exception) -> int:
-    """One error line (rank 0 alone for an error every rank of a spread run shares); exit code 2."""
-    if says_errors():
-        print(error_line(error), file=sys.stderr)
+    """One error line (once per machine for an error every process of a spread run meets); exit code 2."""
+    if said := line_to_say(error_line(error)):
+        print(said, file=sys.stderr)
     return 2
 
 

@@ -271,7 +271,7 @@ def _run_part(run: _BenchRun, part: BenchPart, out: Path, progress: bool) -> dic
     return {"key": part.key, "label": part.label, "n_prompts": len(part.specs), "seeds": list(part.seeds),
             "schedule": schedule.name, "classifier": part.classifier, "modes": modes,
             "copied_modes": copied_modes,
-            "images": {"total": len(records), "resumed": sum(r.status == "resumed" for r in records)}}
+            "images": {"total": len(records), "resumed": sum(r.status in ("resumed", "rescored") for r in records)}}
 
 
 def _schedule_for(name: str | Any, step_size: float):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -318,7 +319,8 @@ def _train(settings: TrainSettings, out: Path, device: str, resume: bool, progre
 def _interrupt_between_steps() -> Iterator[Callable[[], bool]]:
     """A first Ctrl-C ends the run after the step it fell in (the caller saves every finished step
     then); a second one stops at once. Outside the main thread signals cannot be caught: no-op."""
-    if threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, None):   # ignored, or not Python's to change
         yield lambda: False
         return
     asked: list[int] = []
@@ -327,6 +329,7 @@ def _interrupt_between_steps() -> Iterator[Callable[[], bool]]:
         if asked:
             raise KeyboardInterrupt
         asked.append(signum)
+        print("\nl2s: finishing this training step to save it (Ctrl-C again stops at once)", file=sys.stderr)
 
     previous = signal.signal(signal.SIGINT, ask)
     try:

@@ -137,12 +137,20 @@ def read_resume_state(out_dir: Path, settings: dict) -> dict:
 
 
 def _changes(saved: dict, settings: dict, keys: list[str]) -> str:
-    """``key: old -> new`` per differing setting (long values, such as the classifier's config, by name alone)."""
+    """``key: old -> new`` per differing setting, ``key.sub: old -> new`` inside a mapping (long
+    values, such as the classifier's config, by name alone)."""
     current = json.loads(json.dumps(settings))
+    parts = []
+    for key in keys:
+        old, new = saved.get(key, UNRECORDED.get(key)), current.get(key, UNRECORDED.get(key))
+        if isinstance(old, dict) and isinstance(new, dict):
+            parts += [_change(f"{key}.{sub}", old.get(sub), new.get(sub))
+                      for sub in sorted(set(old) | set(new)) if old.get(sub) != new.get(sub)]
+        else:
+            parts.append(_change(key, old, new))
+    return ", ".join(parts)
 
-    def shown(d: dict, k: str) -> str:
-        value = d.get(k, UNRECORDED.get(k, "(absent)"))
-        return value if isinstance(value, str) and value.startswith("(") else repr(value)
 
-    parts = [f"{k}: {shown(saved, k)} -> {shown(current, k)}" for k in keys]
-    return ", ".join(part if len(part) <= 80 else part.split(":")[0] for part in parts)
+def _change(name: str, old, new) -> str:
+    part = f"{name}: {'(absent)' if old is None else repr(old)} -> {'(absent)' if new is None else repr(new)}"
+    return part if len(part) <= 80 else name

@@ -114,6 +114,15 @@ def test_a_usage_error_is_said_once_and_ranks_started_differently_are_refused(tm
     assert err.count("l2s: error: the processes of this run were started with different arguments "
                      "(rank 1 alone: --seeds 2-3; rank 0 alone: nothing)") == 1, err[-2000:]
     assert not (tmp_path / "run").exists()      # refused before anything was claimed or made
+    script = tmp_path / "rank1_fails.py"      # an error of rank 1 alone is said, naming the rank
+    script.write_text("import os, sys\nfrom l2s.cli import main\nfrom l2s.errors import L2SError\n"
+                      "import l2s.evaluation.runs as runs\n"
+                      "def fail(*args):\n    raise L2SError('a damaged record only rank 1 reads')\n"
+                      "if os.environ['RANK'] == '1':\n    runs._make_share = fail\n"
+                      "sys.exit(main(sys.argv[1:]))\n")
+    proc = _launch([str(script), *EVAL, "--out", str(tmp_path / "own")])
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode != 0 and "l2s: error: rank 1: a damaged record only rank 1 reads" in err, err[-2000:]
 
 
 def test_eval_resumes_after_a_rank_is_killed(one_process_eval, tmp_path):

@@ -362,6 +362,18 @@ def test_ctrl_c_saves_every_finished_step(tmp_path, monkeypatch):
         train(settings, tmp_path / "resumed", progress=False)
     assert stopped.value.l2s_message.startswith("l2s: interrupted after step 3 (saved)")
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler     # the handler is put back
+    # A second Ctrl-C in the same step stops at once: nothing of that step is saved.
+    def interrupted_twice(trainer):
+        if trainer.step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(trainer)
+
+    monkeypatch.setattr(ShapesTrainer, "train_step", interrupted_twice)
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        train(settings, tmp_path / "resumed", progress=False)
+    assert not hasattr(stopped.value, "l2s_message")
+    assert torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)["step"] == 3
     monkeypatch.setattr(ShapesTrainer, "train_step", step)
     resumed = train(settings, tmp_path / "resumed", progress=False)
     assert resumed.steps_resumed == 3 and resumed.step == 4
