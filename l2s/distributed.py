@@ -16,6 +16,8 @@ from __future__ import annotations
 import atexit
 import os
 import socket
+import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -119,43 +121,63 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
 
 
-def line_to_say(line: str) -> str | None:
-    """What this process prints of the line it ends on (an error, an interruption); None: nothing.
+def first_on_machine() -> bool:
+    """Whether this process is its machine's first (``LOCAL_RANK`` 0; any process of no launcher)."""
+    return int(os.environ.get("LOCAL_RANK", "0") or 0) == 0 if launched() else True
 
-    Without a joined group every process says its own. In a spread run each machine's first
-    process (``LOCAL_RANK`` 0) says it, and another says it only if that one did not say the same
-    within :data:`SAID_WAIT` (then naming its rank): an error every process meets shows once per
-    machine, and an error of one process alone is never lost."""
-    store = _store()
-    if store is None:
+
+def line_to_say(line: str) -> str | None:
+    """What this process prints of the error line it ends on; None: nothing.
+
+    Alone, a process says its own. Under a launcher each machine's first process (``LOCAL_RANK``
+    0) says it; another says it only if that one did not say the same within :data:`SAID_WAIT`
+    (then naming its rank), so an error every process meets shows once per machine and one
+    process's own error is not lost. Without a joined group to compare through (an error before
+    joining), the first process alone says it."""
+    if not launched():
         return line
-    key = f"l2s/said/{socket.gethostname()}"
-    if int(os.environ.get("LOCAL_RANK", "0") or 0) == 0:
-        try:
-            store.set(key, line)
-        except Exception:  # noqa: BLE001 - a store already gone: the line is said anyway
-            pass
+    store, key = _store(), f"l2s/said/{os.environ.get('GROUP_RANK') or socket.gethostname()}"
+    if first_on_machine():
+        if store is not None:
+            _quietly(lambda: store.set(key, line))
         return line
-    try:
-        store.wait([key], SAID_WAIT)
-        if store.get(key).decode() == line:
-            return None
-    except Exception:  # noqa: BLE001 - nothing said in time, or the store is gone
-        pass
+    if store is None or _said_on_machine(store, key, line):
+        return None
     rank = os.environ.get("RANK", "?")
-    return line.replace("l2s: error: ", f"l2s: error: rank {rank}: ", 1) if line.startswith("l2s: error: ") \
-        else f"l2s: rank {rank}: {line.removeprefix('l2s: ')}"
+    return line.replace("l2s: error: ", f"l2s: error: rank {rank}: ", 1)
+
+
+def _said_on_machine(store, key: str, line: str) -> bool:
+    """Whether this machine's first process says ``line`` within :data:`SAID_WAIT` (polled: a
+    blocking wait would hold off Ctrl-C and log the store's timeout)."""
+    deadline = time.monotonic() + SAID_WAIT.total_seconds()
+    while time.monotonic() < deadline:
+        if _quietly(lambda: store.check([key]) and store.get(key).decode() == line):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _quietly(call):
+    try:
+        return call()
+    except Exception:  # noqa: BLE001 - a store that is gone: as if nothing were said
+        return None
 
 
 def _store():
     """The joined group's key-value store (the launcher's), None when this process joined none."""
-    if _WORLD is None or not _WORLD.spread:
+    if "torch.distributed" not in sys.modules:
+        return None
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
         return None
     try:
         from torch.distributed.distributed_c10d import _get_default_store
 
         return _get_default_store()
-    except Exception:  # noqa: BLE001 - no store: every process says its own lines
+    except Exception:  # noqa: BLE001 - no store to compare through
         return None
 
 
@@ -232,4 +254,4 @@ def output_lock(folder: str | Path, label: str = "output folder", kind: str | No
         group.barrier()  # left out when the block raises: the launcher then ends the other ranks
 
 
-__all__ = ["World", "launched", "output_lock", "line_to_say", "refuse_different_commands", "world"]
+__all__ = ["World", "first_on_machine", "launched", "output_lock", "line_to_say", "refuse_different_commands", "world"]

@@ -44,7 +44,7 @@ def test_a_rank_takes_every_nth_item():
 
 
 SCRIPT = textwrap.dedent('''
-    import json, subprocess, sys
+    import json, subprocess, sys, time
     from pathlib import Path
     import torch
     from l2s.distributed import line_to_say, output_lock, refuse_different_commands, world
@@ -70,8 +70,11 @@ SCRIPT = textwrap.dedent('''
     out["said"] = [line_to_say("l2s: error: for all")] if group.rank == 0 else []
     group.barrier()
     if group.rank == 1:
-        out["said"] = [line_to_say("l2s: error: for all"), line_to_say("l2s: error: mine"),
-                       line_to_say("l2s: interrupted")]
+        out["said"] = [line_to_say("l2s: error: for all"), line_to_say("l2s: error: mine")]
+    group.barrier()
+    if group.rank == 0:       # rank 1 asks before rank 0 says the same line: it waits, then stays silent
+        time.sleep(0.5)
+    out["said"].append(line_to_say("l2s: error: late"))
     grads = [torch.full((2,), float(group.rank + 1)), torch.tensor([10.0 * (group.rank + 1)])]
     group.sum_(grads)
     out["sum"] = [t.tolist() for t in grads]
@@ -115,8 +118,8 @@ def test_two_processes_share_gather_and_lock_as_one_group(tmp_path):
     assert ranks[0]["different"] == ranks[1]["different"] == (
         "the processes of this run were started with different arguments (rank 1 alone: 2-3; rank 0 alone: "
         "0-1): start every process with the same command")
-    assert ranks[0]["said"] == ["l2s: error: for all"]
-    assert ranks[1]["said"] == [None, "l2s: error: rank 1: mine", "l2s: rank 1: interrupted"]
+    assert ranks[0]["said"] == ["l2s: error: for all", "l2s: error: late"]
+    assert ranks[1]["said"] == [None, "l2s: error: rank 1: mine", None]
     assert line_to_say("l2s: error: alone") == "l2s: error: alone"   # no group: every process says its own
     # A folder another process writes is refused on every rank, naming that process.
     for rank in ranks:

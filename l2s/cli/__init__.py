@@ -13,7 +13,7 @@ import logging
 import sys
 
 from l2s import __version__
-from l2s.distributed import launched, line_to_say, refuse_different_commands
+from l2s.distributed import first_on_machine, launched, line_to_say, refuse_different_commands
 from l2s.errors import L2SError
 
 from . import evaluate, generate, parse
@@ -90,12 +90,20 @@ def _out_of_memory(error: BaseException) -> bool:
         "out of memory" in text or "can't allocate memory" in text or "not enough memory" in text))
 
 
+def _peer_gone(error: BaseException) -> bool:
+    """A collective that failed because another process of the group ended (gloo / NCCL)."""
+    text = str(error)
+    return any(c.__name__ in ("DistBackendError", "DistNetworkError") for c in type(error).__mro__) or (
+        "Connection closed by peer" in text or "Connection reset by peer" in text)
+
+
 def _say_interrupted(error: KeyboardInterrupt) -> None:
     # On a terminal the line starts after the progress bar that ^C cut short. A command with
     # nothing to resume names what to do instead (``l2s_message``).
-    line = line_to_say(getattr(error, "l2s_message", None) or INTERRUPTED)   # a spread run: once per machine
-    if line:
-        print(("\n" if sys.stderr.isatty() else "") + line, file=sys.stderr)
+    if not first_on_machine():   # a launcher passes Ctrl-C to every process: the first says it
+        return
+    line = getattr(error, "l2s_message", None) or INTERRUPTED
+    print(("\n" if sys.stderr.isatty() else "") + line, file=sys.stderr)
 
 
 def _say(line: str) -> None:
@@ -115,6 +123,9 @@ def _guarded(work) -> int:
         _say_interrupted(error)
         return EXIT_INTERRUPTED
     except (MemoryError, RuntimeError) as error:
+        if launched() and _peer_gone(error):   # another process failed and said why; the launcher ends this one
+            _say("l2s: error: another process of this run stopped (its line is above)")
+            return 1
         if not _out_of_memory(error):
             raise
         first = str(error).splitlines()[0] if str(error) else type(error).__name__

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -329,7 +329,7 @@ def _interrupt_between_steps() -> Iterator[Callable[[], bool]]:
         if asked:
             raise KeyboardInterrupt
         asked.append(signum)
-        print("\nl2s: finishing this training step to save it (Ctrl-C again stops at once)", file=sys.stderr)
+        os.write(2, b"\nl2s: finishing this training step to save it (Ctrl-C again stops at once)\n")  # reentrant
 
     previous = signal.signal(signal.SIGINT, ask)
     try:

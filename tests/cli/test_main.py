@@ -69,3 +69,26 @@ def test_usage_errors_are_one_line_with_exit_code_2(argv, message, capsys):
         main(argv)
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.count("\n") == 1 and err.startswith("l2s: error: ") and message in err
+
+
+def test_under_a_launcher_a_failed_peer_and_ctrl_c_are_said_once(monkeypatch, capsys):
+    from l2s.cli import _guarded
+
+    def peer_gone():
+        raise RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer")
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")     # no group joined: the machine's first process says it
+    assert _guarded(peer_gone) == 1 and _guarded(interrupted) == 130
+    assert capsys.readouterr().err.splitlines() == [
+        "l2s: error: another process of this run stopped (its line is above)",
+        "l2s: interrupted; rerun the same command to resume"]
+    monkeypatch.setenv("LOCAL_RANK", "1")     # the others stay silent
+    assert _guarded(peer_gone) == 1 and _guarded(interrupted) == 130
+    assert capsys.readouterr().err == ""
+    monkeypatch.delenv("WORLD_SIZE")          # alone, such an error is a real one
+    with pytest.raises(RuntimeError, match="closed by peer"):
+        _guarded(peer_gone)
