@@ -450,7 +450,12 @@ def compare_main(argv: Sequence[str] | None = None) -> int:
     if args.out:
         inputs = [args.bench] + [path for _, bench, run in sources for path in (bench, run) if path]
         check_report_file(args.out, "--out", TABLE_START, inputs=inputs)
-    tuned = [Tuned(name, read_bench(bench), training_cpu_seconds(run) if run else None) for name, bench, run in sources]
+    names = [name for name, _, _ in sources]
+    if len(set(names)) < len(names):
+        raise UsageError(f"--tuned: the name {next(n for n in names if names.count(n) > 1)!r} is given twice "
+                         "(each row needs its own)")
+    tuned = [Tuned(name, read_bench(bench), training_cpu_seconds(run) if run else None, run or None)
+             for name, bench, run in sources]
     table = comparison_table(read_bench(args.bench), tuned)
     print(table)
     if args.out:

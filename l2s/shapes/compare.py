@@ -28,6 +28,7 @@ class Tuned:
     name: str
     bench: dict
     training_cpu_s: float | None
+    run: str | Path | None = None    # the GRPO run folder whose cost the row carries
 
 
 def read_bench(path: str | Path) -> dict:
@@ -83,8 +84,39 @@ def check_comparable(untuned: dict, tuned: list[Tuned]) -> None:
         differ = [k for k in SHARED_SETTINGS if k != "pipeline" and settings.get(k) != base.get(k)]
         if not _same_pipeline(settings, base):
             differ.insert(0, "pipeline")
+        if not _same_classifier(settings, base):
+            differ.append("steering classifier")
         if differ:
             raise UsageError(f"--tuned {t.name}: its bench differs from --bench in {', '.join(differ)}")
+        _check_run_made_adapter(t, settings)
+
+
+def _check_run_made_adapter(t: Tuned, settings: dict) -> None:
+    """A GRPO run whose adapter is not the one the bench recorded would cost another row."""
+    from l2s.grpo.lora import lora_digest
+
+    if t.run is not None and settings.get("lora_digest") and lora_digest(t.run) != settings["lora_digest"]:
+        raise UsageError(f"--tuned {t.name}: the GRPO run {t.run} did not make the adapter its bench used "
+                         f"(--lora {settings['lora']}): give the run that made it")
+
+
+SHIPPED_CLASSIFIER_TAIL = ("l2s", "shapes", "assets", "classifier")
+
+
+def _same_classifier(a: dict, b: dict) -> bool:
+    """Whether two benches steered with one classifier: the same folder, the shipped one in two
+    checkouts, or two folders whose weights are the same now."""
+    from l2s.shapes.recipes import weights_fingerprints
+
+    paths = [(s.get("classifiers") or {}).get("dual") for s in (a, b)]
+    if None in paths or paths[0] == paths[1]:
+        return True          # benches from before the classifiers were recorded: nothing to compare
+    if all(Path(p).parts[-4:] == SHIPPED_CLASSIFIER_TAIL for p in paths):
+        return True
+    if not all(Path(p, "config.json").is_file() for p in paths):
+        return False
+    digests = [weights_fingerprints(classifier=p).get("classifier_digest") for p in paths]
+    return digests[0] is not None and digests[0] == digests[1]
 
 
 def _same_pipeline(a: dict, b: dict) -> bool:

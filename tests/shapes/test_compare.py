@@ -160,3 +160,26 @@ def test_out_refuses_an_input_and_takes_an_empty_file(tmp_path, capsys):
     (tmp_path / "empty.md").write_text("")
     assert main(argv + ["--out", str(tmp_path / "empty.md")]) == 0
     assert (tmp_path / "empty.md").read_text().startswith("| method | ")
+
+
+def test_a_tuned_row_shares_the_steering_classifier_and_costs_its_own_run(tmp_path, capsys):
+    modes = (_mode(0.3, 0.3, 1.0), _mode(0.9, 0.9, 4.0))
+    base, tuned = _bench(*modes), _bench(*modes, lora="ss")
+    base["settings"]["classifiers"] = {"dual": "/one/checkout/l2s/shapes/assets/classifier"}
+    run = _grpo_run(tmp_path / "run", [{"epoch": 1, "cpu_s": 3}], 1)
+
+    def compare(classifier, *extra, digest=None, name="X"):
+        tuned["settings"].update(classifiers={"dual": classifier}, lora_digest=digest)
+        (tmp_path / "base.json").write_text(json.dumps(base))
+        (tmp_path / "tuned.json").write_text(json.dumps(tuned))
+        code = main(["shapes", "compare", "--bench", str(tmp_path / "base.json"),
+                     "--tuned", f"{name}={tmp_path / 'tuned.json'},{run}", *extra])
+        return code, [line for line in capsys.readouterr().err.splitlines() if line.startswith("l2s:")]
+
+    assert compare("/another/checkout/l2s/shapes/assets/classifier")[0] == 0     # the shipped one, elsewhere
+    code, err = compare(str(shipped_assets().ablation_classifier))
+    assert code == 2 and err == ["l2s: error: --tuned X: its bench differs from --bench in steering classifier"]
+    code, err = compare("/another/checkout/l2s/shapes/assets/classifier", digest="0123abcd")
+    assert code == 2 and f"the GRPO run {run} did not make the adapter its bench used (--lora ss)" in err[0]
+    code, err = compare("/another/checkout/l2s/shapes/assets/classifier", "--tuned", f"X={tmp_path / 'tuned.json'}")
+    assert code == 2 and err == ["l2s: error: --tuned: the name 'X' is given twice (each row needs its own)"]
