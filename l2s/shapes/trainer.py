@@ -306,7 +306,8 @@ def _train(settings: TrainSettings, out: Path, device: str, resume: bool, progre
                 trainer.save_checkpoint(checkpoint)
                 bar.close()
                 stop = KeyboardInterrupt()
-                stop.l2s_message = f"l2s: interrupted after step {trainer.step} (saved); rerun the same command to resume"
+                stop.l2s_message = (f"l2s: interrupted after step {trainer.step} (saved); rerun the same command "
+                                    "to resume")
                 raise stop
             if trainer.step % settings.checkpoint_every == 0 or trainer.step == settings.steps:
                 trainer.save_checkpoint(checkpoint)
