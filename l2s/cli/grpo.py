@@ -112,6 +112,21 @@ def load_reward(name: str, device: str):
     return load_reward_model(folder, device=device)
 
 
+def reward_identity(name: str) -> str:
+    """What a run records of ``--reward``: ``rule`` / ``spatialscore`` by name, a folder as the
+    model it loads (absolute, its ``best/`` for a run folder) with its weights' fingerprint, so
+    however it is spelled the same model resumes and a model retrained in place does not."""
+    if name in ("rule", "spatialscore"):
+        return name
+    from l2s.files import weights_digest
+    from l2s.reward.scorer import TOKENIZER_DIR
+
+    folder = Path(name).resolve()
+    if not (folder / TOKENIZER_DIR).is_dir() and (folder / "best" / TOKENIZER_DIR).is_dir():
+        folder = folder / "best"
+    return f"{folder} (weights {weights_digest(folder)})"
+
+
 def grpo_main(argv: Sequence[str] | None = None) -> int:
     """``l2s shapes grpo``: train (resuming by default) and save the adapter."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -136,7 +151,8 @@ def grpo_main(argv: Sequence[str] | None = None) -> int:
     command = "l2s shapes grpo " + " ".join(shlex.quote(a) for a in argv)
     result = train_shapes_grpo(args.out, reward, pipe=pipe, settings=settings,
                                resume=not args.no_resume, progress=not args.quiet, command=command,
-                               accelerator=accelerator, eval_every=args.eval_every, reward_name=args.reward,
+                               accelerator=accelerator, eval_every=args.eval_every,
+                               reward_name=reward_identity(args.reward),
                                keep_evaluated=args.keep_evaluated)
     if accelerator.is_main_process:
         last = result.records[-1] if result.records else {}

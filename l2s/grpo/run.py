@@ -93,13 +93,17 @@ def run_epoch(trainer: GRPOTrainer, pool: list[str], epoch: int, progress: bool)
             "training_s": round(time.perf_counter() - sampled, 2), "cpu_s": round(cpu, 2)}
 
 
-def evaluate(trainer: GRPOTrainer, prompts: list[str], evaluators: dict, reward) -> dict:
+def evaluate(trainer: GRPOTrainer, prompts: list[str], evaluators: dict, reward, progress: bool = False,
+             label: str = "dev") -> dict:
     """Deterministic (ODE) images of the EMA weights at the settings' eval seeds: each evaluator's
     mean (``eval_<name>``: held-out accuracies) and the training reward's (``eval_reward``)."""
-    started = time.perf_counter()
-    seeds = [seed for _ in prompts for seed in trainer.settings.eval_seeds]
-    with trainer.ema.applied():
-        rollout, _ = trainer.rollout(prompts, seeds, 0.0)
+    from tqdm.auto import tqdm
+
+    started, s = time.perf_counter(), trainer.settings
+    seeds = [seed for _ in prompts for seed in s.eval_seeds]
+    total = -(-len(seeds) // s.chunk) * s.steps
+    with trainer.ema.applied(), tqdm(total=total, desc=f"{label} images", leave=False, disable=not progress) as bar:
+        rollout, _ = trainer.rollout(prompts, seeds, 0.0, bar)
     result = {f"eval_{name}": float(trainer.score(fn, rollout, prompts).mean()) for name, fn in evaluators.items()}
     result["eval_reward"] = float(trainer.score(reward, rollout, prompts).mean())
     return {**result, "eval_images": len(seeds), "eval_s": round(time.perf_counter() - started, 2)}
@@ -153,7 +157,7 @@ def _epochs(trainer: GRPOTrainer, out: Path, pool, eval_prompts, evaluators: dic
     main = acc.is_main_process
     evaluating = bool(eval_prompts) and bool(evaluators)
     if start == 0 and main and evaluating and not (out / LOG).exists():
-        baseline = evaluate(trainer, eval_prompts, evaluators, trainer.reward)
+        baseline = evaluate(trainer, eval_prompts, evaluators, trainer.reward, progress, "dev (epoch 0)")
         fsync_append(out / LOG, [json.dumps({"epoch": 0, **baseline}) + "\n"])
     last = max(start, s.epochs if stop_after is None else min(s.epochs, start + stop_after))   # done: never fewer
     with tqdm(total=s.epochs, initial=start, desc="GRPO epochs", disable=not (progress and main)) as bar:
@@ -162,7 +166,8 @@ def _epochs(trainer: GRPOTrainer, out: Path, pool, eval_prompts, evaluators: dic
             if main:
                 judged = evaluating and (epoch % eval_every == 0 or epoch == s.epochs)
                 if judged:
-                    record.update(evaluate(trainer, eval_prompts, evaluators, trainer.reward))
+                    record.update(evaluate(trainer, eval_prompts, evaluators, trainer.reward, progress,
+                                           f"dev (epoch {epoch})"))
                 # The log line, the adapters, then the checkpoint: the checkpoint commits the epoch, and a
                 # resume drops what came after the last one (a line or adapters of an epoch cut short).
                 fsync_append(out / LOG, [json.dumps(record) + "\n"])
@@ -221,9 +226,18 @@ def _check_reward(out: Path, name: str | None) -> None:
     was recorded, or without a name, are not checked)."""
     record = read_state_json(out / "grpo.json", fix="use --restart to start afresh") if name else None
     earlier = record.get("reward") if isinstance(record, dict) else None
-    if earlier is not None and earlier != name:
+    if earlier is not None and not _same_reward(earlier, name):
         raise L2SError(f"{out} holds a GRPO run trained with the reward {earlier!r}; this run asks for {name!r}: "
                        "use another --out or --restart to start afresh")
+
+
+def _same_reward(earlier: str, name: str) -> bool:
+    """Runs recorded a reward folder as typed before its identity was (``PATH (weights ...)``):
+    those resume with the same folder however it is spelled now."""
+    if earlier == name or " (weights " in earlier or " (weights " not in name:
+        return earlier == name
+    typed = Path(earlier).resolve()
+    return str(typed) == name.split(" (weights ")[0] or str(typed / "best") == name.split(" (weights ")[0]
 
 
 def _resume(trainer: GRPOTrainer, out: Path) -> int:
