@@ -359,6 +359,26 @@ def changed_settings(saved: dict, current: dict) -> list[str]:
     return sorted(k for k in {**saved, **current} if saved.get(k) != current.get(k))
 
 
+def described_changes(saved: dict, current: dict, keys: Sequence[str], unrecorded: dict | None = None) -> str:
+    """``key: old -> new`` per differing setting, ``key.sub: old -> new`` inside a mapping (long
+    values by name alone); ``unrecorded``: what a run saved without a key ran with."""
+    current, unrecorded = json.loads(json.dumps(current)), unrecorded or {}
+    parts = []
+    for key in keys:
+        old, new = saved.get(key, unrecorded.get(key)), current.get(key, unrecorded.get(key))
+        if isinstance(old, dict) and isinstance(new, dict):
+            parts += [_change(f"{key}.{sub}", old.get(sub), new.get(sub))
+                      for sub in sorted(set(old) | set(new)) if old.get(sub) != new.get(sub)]
+        else:
+            parts.append(_change(key, old, new))
+    return ", ".join(parts)
+
+
+def _change(name: str, old, new) -> str:
+    part = f"{name}: {'(absent)' if old is None else repr(old)} -> {'(absent)' if new is None else repr(new)}"
+    return part if len(part) <= 80 else name
+
+
 def unrecorded_digests(earlier: dict, settings: dict) -> dict:
     """``settings`` without the ``*_digest`` keys ``earlier`` lacks: a run recorded before weights
     were fingerprinted still resumes (only a recorded fingerprint that differs refuses)."""
@@ -429,6 +449,7 @@ __all__ = [
     "OUTPUT_KINDS",
     "changed_settings",
     "claim_kind",
+    "described_changes",
     "remove_outputs",
     "atomic_write_bytes",
     "atomic_write_json",

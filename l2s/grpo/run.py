@@ -27,6 +27,7 @@ from l2s.files import (
     atomic_write_json,
     atomic_write_text,
     changed_settings,
+    described_changes,
     fsync_append,
     output_lock,
     read_jsonl_lines,
@@ -248,8 +249,10 @@ def _resume(trainer: GRPOTrainer, out: Path) -> int:
     if path.is_file():
         _check_reward(out, trainer.reward_name)
         state = torch.load(path, map_location="cpu", weights_only=True)
-        if differing := changed_settings(json.loads(state["settings"]), trainer.settings.run_identity()):
-            raise L2SError(f"{path} was written by a run with other settings ({', '.join(differing)}); "
+        saved, current = json.loads(state["settings"]), trainer.settings.run_identity()
+        if differing := changed_settings(saved, current):
+            raise L2SError(f"{path} was written by a run with other settings "
+                           f"({described_changes(saved, current, differing)}); "
                            "use another --out or --restart to start afresh")
         trainer.load_state(state)
         epoch = int(state["epoch"])

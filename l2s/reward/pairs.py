@@ -24,8 +24,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from l2s.errors import L2SError
-from l2s.files import (DamagedFileError, atomic_write_bytes, atomic_write_json, atomic_write_text, prepare_output_dir,
-                       read_state_json, remove_outputs)
+from l2s.files import (DamagedFileError, atomic_write_bytes, atomic_write_json, atomic_write_text, described_changes,
+                       prepare_output_dir, read_state_json, remove_outputs)
 
 MANIFEST = "manifest.json"
 PROGRESS = "progress.json"
@@ -83,7 +83,8 @@ def check_manifest(folder: str | Path, settings: dict) -> None:
     elif data != wanted:
         changed = sorted(k for k in set(data.get("settings", {})) | set(wanted["settings"])
                          if data.get("settings", {}).get(k) != wanted["settings"].get(k))
-        raise L2SError(f"{path.parent} holds pairs made with other settings ({', '.join(changed) or 'format'}); "
+        shown = described_changes(data.get("settings", {}), wanted["settings"], changed) or "format"
+        raise L2SError(f"{path.parent} holds pairs made with other settings ({shown}); "
                        "rerun with the same ones to resume, --restart to start over, or use another --out")
 
 

@@ -17,8 +17,8 @@ import torch
 
 from l2s.classifier import RelationClassifier
 from l2s.errors import L2SError
-from l2s.files import (DamagedFileError, atomic_write_text, changed_settings, fsync_append, read_jsonl_lines,
-                       remove_outputs)
+from l2s.files import (DamagedFileError, atomic_write_text, changed_settings, described_changes, fsync_append,
+                       read_jsonl_lines, remove_outputs)
 from .tracking import clear_tensorboard
 
 LOG_FILE, STATE_FILE, TRAINING_FILE = "log.jsonl", "state.pt", "training.json"
@@ -131,26 +131,7 @@ def read_resume_state(out_dir: Path, settings: dict) -> dict:
                        f"depends on it); rerun with --epochs {saved['epochs']} to resume it, or --restart "
                        f"(resume=False in Python) to train {settings['epochs']} from the start")
     if differing:
-        raise L2SError(f"{out_dir} holds a run with other settings ({_changes(saved, settings, differing)}); "
+        changes = described_changes(saved, settings, differing, UNRECORDED)
+        raise L2SError(f"{out_dir} holds a run with other settings ({changes}); "
                        f"rerun with --restart (resume=False in Python) to start over, or use another --out")
     return state
-
-
-def _changes(saved: dict, settings: dict, keys: list[str]) -> str:
-    """``key: old -> new`` per differing setting, ``key.sub: old -> new`` inside a mapping (long
-    values, such as the classifier's config, by name alone)."""
-    current = json.loads(json.dumps(settings))
-    parts = []
-    for key in keys:
-        old, new = saved.get(key, UNRECORDED.get(key)), current.get(key, UNRECORDED.get(key))
-        if isinstance(old, dict) and isinstance(new, dict):
-            parts += [_change(f"{key}.{sub}", old.get(sub), new.get(sub))
-                      for sub in sorted(set(old) | set(new)) if old.get(sub) != new.get(sub)]
-        else:
-            parts.append(_change(key, old, new))
-    return ", ".join(parts)
-
-
-def _change(name: str, old, new) -> str:
-    part = f"{name}: {'(absent)' if old is None else repr(old)} -> {'(absent)' if new is None else repr(new)}"
-    return part if len(part) <= 80 else name

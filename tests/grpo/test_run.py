@@ -57,7 +57,7 @@ def test_more_epochs_continue_a_finished_run_and_other_settings_are_refused(tmp_
     _run(tmp_path, settings)
     longer = _run(tmp_path, replace(settings, epochs=2))
     assert [r["epoch"] for r in longer.records] == [0, 1, 2]
-    with pytest.raises(L2SError, match=r"other settings \(beta\); use another --out or --restart"):
+    with pytest.raises(L2SError, match=r"other settings \(beta: 0.01 -> 0.5\); use another --out or --restart"):
         _run(tmp_path, replace(settings, epochs=3, beta=0.5))
     named = replace(settings, epochs=2)
     assert _run(tmp_path / "named", named, reward_name="redness").epochs_done == 2
