@@ -86,6 +86,9 @@ def reward_data_main(argv: Sequence[str] | None = None) -> int:
     counts = make_reward_pairs(args.out, args.pairs, settings=settings, pipe=pipe, batch_size=args.batch_size,
                                max_shards=args.max_shards, progress=not args.no_progress, restart=args.restart)
     print(_pairs_line(counts, args.out))
+    if not counts.get("heldout"):
+        print(f"l2s: warning: no held-out pairs (--heldout-fraction {args.heldout_fraction}): 'train-reward' will "
+              "have no held-out accuracy to report; make more pairs or raise --heldout-fraction", file=sys.stderr)
     if counts.get("train", 0) < args.pairs:
         print(f"l2s: stopped by --max-shards {args.max_shards} before --pairs {args.pairs}: rerun with a larger "
               "--max-shards (or without it) to make the rest", file=sys.stderr)

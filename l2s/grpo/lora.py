@@ -56,7 +56,8 @@ def adapter_dir(folder: str | Path) -> Path:
     for candidate in (folder, folder / "adapter"):
         if (candidate / ADAPTER_CONFIG).is_file():
             return candidate
-    raise ModelLoadError(f"no LoRA adapter at {folder} ({ADAPTER_CONFIG} missing); "
+    why = f"{ADAPTER_CONFIG} missing" if folder.is_dir() else "not a folder" if folder.exists() else "no such folder"
+    raise ModelLoadError(f"no LoRA adapter at {folder} ({why}); "
                          "a GRPO run writes it to OUT/adapter (`l2s shapes grpo --out OUT`)")
 
 

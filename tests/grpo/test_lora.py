@@ -55,6 +55,8 @@ def test_a_fresh_adapter_is_the_base_model_and_a_saved_one_loads_merged(tiny_pip
 def test_missing_or_foreign_adapters_are_refused(tmp_path):
     with pytest.raises(ModelLoadError, match="adapter_config.json missing"):
         adapter_dir(tmp_path)
+    with pytest.raises(ModelLoadError, match=r"no LoRA adapter at \S+ \(no such folder\)"):
+        adapter_dir(tmp_path / "nope")
     other = add_lora(make_tiny_pipe().transformer, rank=4, alpha=8)
     other.save_pretrained(str(tmp_path / "a"))
     from dataclasses import replace
