@@ -156,10 +156,13 @@ def grpo_main(argv: Sequence[str] | None = None) -> int:
                                keep_evaluated=args.keep_evaluated)
     if accelerator.is_main_process:
         last = result.records[-1] if result.records else {}
-        shown = ", ".join(f"{k} {v:.3f}" for k, v in last.items() if k.startswith("eval_") and isinstance(v, float))
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in last.items()
+                          if k.startswith("eval_") and not k.endswith("_s") and isinstance(v, float))
         epochs = f"{result.epochs_done} epoch{'s' * (result.epochs_done != 1)}"
         if result.epochs_before >= result.epochs_done:
             print(f"l2s: {args.out} already holds {epochs} (--epochs {settings.epochs} asks for no more): nothing "
                   "ran; its last logged epoch:", file=sys.stderr)
+        elif result.epochs_before:
+            print(f"l2s: resumed after epoch {result.epochs_before} of the earlier run in {args.out}", file=sys.stderr)
         print(f"l2s: {epochs}; {shown}; adapter in {args.out / 'adapter'} (load with --lora {args.out})")
     return 0

@@ -94,9 +94,13 @@ def test_grpo_cli_trains_an_epoch_and_its_adapter_loads_in_generate(saved, tmp_p
     code, stdout, err = run(argv, capsys)
     assert code == 0, err
     assert (out / "evaluated" / "epoch-0001" / "adapter_model.safetensors").is_file()
-    assert "l2s: 1 epoch; " in stdout and "eval_strict" in stdout
+    assert "l2s: 1 epoch; " in stdout and "eval_strict" in stdout and "eval_s " not in stdout
+    assert "resumed" not in err
+    more = argv[:argv.index("--epochs") + 1] + ["2"] + argv[argv.index("--epochs") + 2:]
+    code, stdout, err = run(more, capsys)    # --epochs 2 continues it
+    assert code == 0 and f"l2s: resumed after epoch 1 of the earlier run in {out}" in err, err
     lines = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in lines] == [0, 1]
+    assert [r["epoch"] for r in lines] == [0, 1, 2]
     description = json.loads((out / "grpo.json").read_text())
     assert description["settings"]["steps"] == shapes_world.SHAPES_STEPS
     assert description["settings"]["true_cfg"] == shapes_world.SHAPES_TRUE_CFG
