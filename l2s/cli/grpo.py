@@ -119,11 +119,9 @@ def reward_identity(name: str) -> str:
     if name in ("rule", "spatialscore"):
         return name
     from l2s.files import weights_digest
-    from l2s.reward.scorer import TOKENIZER_DIR
+    from l2s.reward.scorer import reward_model_folder
 
-    folder = Path(name).resolve()
-    if not (folder / TOKENIZER_DIR).is_dir() and (folder / "best" / TOKENIZER_DIR).is_dir():
-        folder = folder / "best"
+    folder = reward_model_folder(Path(name).resolve())
     return f"{folder} (weights {weights_digest(folder)})"
 
 

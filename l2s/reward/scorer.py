@@ -80,14 +80,20 @@ class SpatialScorer:
         return folder
 
 
+def reward_model_folder(folder: str | Path) -> Path:
+    """The folder a reward model loads from: ``folder``, or its ``best/`` (a train-reward run)."""
+    folder = Path(folder)
+    if not (folder / TOKENIZER_DIR).is_dir() and (folder / "best" / TOKENIZER_DIR).is_dir():
+        return folder / "best"
+    return folder
+
+
 def load_reward_model(folder: str | Path, device: str | torch.device = "cpu") -> SpatialScorer:
     """The :class:`SpatialScorer` saved in ``folder``, or in its ``best/`` (a ``l2s shapes
     train-reward`` run folder: the model with the best validation accuracy)."""
     from transformers import AutoTokenizer
 
-    folder = Path(folder)
-    if not (folder / TOKENIZER_DIR).is_dir() and (folder / "best" / TOKENIZER_DIR).is_dir():
-        folder = folder / "best"
+    folder = reward_model_folder(folder)
     if not (folder / TOKENIZER_DIR).is_dir():
         raise ModelLoadError(f"no reward model at {folder}: {_what_is_there(folder)}")
     model = SpatialScore.from_pretrained(folder, device=device)
