@@ -90,22 +90,21 @@ def output_lock(folder: str | Path, label: str = "output folder", kind: str | No
     lock_was_there = (folder / LOCK_FILE).exists()
     fd = _acquire(folder, label)
     _HELD[key] = [fd, 1]
-    failed = True
     try:
         if kind is not None:
             claim_kind(folder, kind)
         yield folder
-        failed = False
+    except BaseException as error:
+        if created and _remove_if_unused(created, kind):
+            if isinstance(error, KeyboardInterrupt) and not hasattr(error, "l2s_message"):
+                error.l2s_message = f"l2s: interrupted before anything was saved in {folder}; rerun the command to start"
+        elif not created and not lock_was_there and not (folder / KIND_FILE).exists():
+            (folder / LOCK_FILE).unlink(missing_ok=True)   # a user's folder refused: leave it as it was
+        raise
     finally:
         del _HELD[key]
-        try:
-            os.ftruncate(fd, 0)  # the pid of a holder that is gone would only mislead
-            if failed and created:
-                _remove_if_unused(created, kind)
-            elif failed and not lock_was_there and not (folder / KIND_FILE).exists():
-                (folder / LOCK_FILE).unlink(missing_ok=True)   # a user's folder refused: leave it as it was
-        finally:
-            os.close(fd)  # closing drops the flock
+        os.ftruncate(fd, 0)  # the pid of a holder that is gone would only mislead
+        os.close(fd)  # closing drops the flock
 
 
 def _missing_folders(folder: Path) -> list[Path]:
@@ -117,13 +116,14 @@ def _missing_folders(folder: Path) -> list[Path]:
     return missing
 
 
-def _remove_if_unused(created: list[Path], kind: str | None) -> None:
+def _remove_if_unused(created: list[Path], kind: str | None) -> bool:
     """Folders a failed run created, when the deepest holds nothing but the lock and marker:
-    a failed command leaves no trace. Never raises (the run's own error is the one to see)."""
+    a failed command leaves no trace. True when removed; never raises (the run's own error is
+    the one to see)."""
     folder = created[0]
     try:
         if any(entry.name not in (LOCK_FILE, KIND_FILE) for entry in folder.iterdir()):
-            return
+            return False
         (folder / LOCK_FILE).unlink(missing_ok=True)
         try:
             folder.joinpath(KIND_FILE).unlink(missing_ok=True)
@@ -131,11 +131,12 @@ def _remove_if_unused(created: list[Path], kind: str | None) -> None:
         except OSError:     # something appeared meanwhile: it stays, marked as before
             if kind is not None:
                 atomic_write_text(folder / KIND_FILE, kind + "\n")
-            return
+            return False
         for parent in created[1:]:
             parent.rmdir()  # stops (OSError) at the first that holds something
     except OSError:
         pass
+    return not folder.exists()
 
 
 def claim_kind(folder: Path, kind: str) -> None:

@@ -150,6 +150,18 @@ def test_a_run_that_wrote_nothing_leaves_no_claim(tmp_path):
     assert (out / KIND_FILE).read_text() == "make-data\n"
 
 
+def test_ctrl_c_before_anything_was_saved_says_there_is_nothing_to_resume(tmp_path):
+    with pytest.raises(KeyboardInterrupt) as caught:
+        with output_lock(tmp_path / "new", kind="train"):
+            raise KeyboardInterrupt
+    assert "before anything was saved" in caught.value.l2s_message and not (tmp_path / "new").exists()
+    with pytest.raises(KeyboardInterrupt) as caught:
+        with output_lock(tmp_path / "kept", kind="train") as out:
+            (out / "log.jsonl").write_text("{}\n")
+            raise KeyboardInterrupt
+    assert not hasattr(caught.value, "l2s_message")     # the generic "rerun to resume" line is right
+
+
 def test_removing_an_earlier_run_says_what_went_in_one_line(tmp_path, caplog):
     (tmp_path / "log.jsonl").write_text("{}")
     (tmp_path / "best").mkdir()
