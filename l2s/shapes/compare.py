@@ -5,6 +5,7 @@ The untuned bench gives two rows (base, steering); each bench of a tuned adapter
 cost read from the GRPO run's ``log.jsonl`` (CPU seconds of every process, every epoch). The
 break-even image count is the training cost over what steering adds per image (CPU seconds,
 two-object part, steered minus base): below it, steering each image costs less than training.
+A tuned model less accurate than steering (two-object colour) has none: "never".
 """
 from __future__ import annotations
 
@@ -142,21 +143,32 @@ def _cell(value, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def _row(bench: dict, mode: str, steering_cpu: float | None, training_cpu: float | None) -> list[str]:
-    """One method's cells; ``steering_cpu``: what steering adds per image to the untuned model."""
+def _row(bench: dict, mode: str, steering: dict, training_cpu: float | None) -> list[str]:
+    """One method's cells; ``steering``: the untuned model's steered two-object results."""
     position, plain = _part(bench, "position").get(mode, {}), bench.get("no_relation") or {}
     colour = [_part(bench, key).get(mode, {}).get("colour_accuracy") for key in ("multi_3_2", "multi_4_3", "ood")]
     with_steering = mode == "steered"
     extra_cpu = _extra_cpu(bench) if with_steering else 0.0
     cost = training_cpu / 3600 if training_cpu is not None else None
-    break_even = (training_cpu / steering_cpu if training_cpu is not None and steering_cpu and steering_cpu > 0
-                  and not with_steering else None)   # steering measured as free: no break-even
     return [_cell(position.get("accuracy")), _cell(position.get("colour_accuracy")),
             _cell(position.get("objects_found")), *map(_cell, colour),
             # the no-relation part is unsteered: a steered row shows its model's values
             _cell(plain.get("objects_found")), _cell(plain.get("colours_found")), _cell(plain.get("position_spread")),
             _cell(position.get("reward_mean")), _cell(position.get("reward_auc")),
-            _cell(cost, 2), _cell(extra_cpu, 2), _cell(break_even, 0)]
+            _cell(cost, 2), _cell(extra_cpu, 2),
+            _break_even(position, steering, training_cpu) if not with_steering else "-"]
+
+
+def _break_even(tuned: dict, steering: dict, training_cpu: float | None) -> str:
+    """Images after which training costs less than steering each one; "never" when the tuned
+    model places objects worse than steering (less cost buys less accuracy)."""
+    extra, accuracy = steering.get("extra_cpu"), tuned.get("colour_accuracy")
+    if training_cpu is None or not extra or extra <= 0:    # steering measured as free: no break-even
+        return "-"
+    reached = steering.get("colour_accuracy")
+    if accuracy is not None and reached is not None and accuracy < reached:
+        return "never"
+    return _cell(training_cpu / extra, 0)
 
 
 def _extra_cpu(bench: dict) -> float | None:
@@ -168,12 +180,12 @@ def _extra_cpu(bench: dict) -> float | None:
 def comparison_table(untuned: dict, tuned: list[Tuned]) -> str:
     """The Markdown table: base, steering, then each tuned model alone and with steering."""
     check_comparable(untuned, tuned)
-    steering_cpu = _extra_cpu(untuned)
+    steering = {**_part(untuned, "position").get("steered", {}), "extra_cpu": _extra_cpu(untuned)}
     lines = [TABLE_START + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     rows = [("base", untuned, "base", None), ("steering", untuned, "steered", None)]
     for t in tuned:
         rows += [(t.name, t.bench, "base", t.training_cpu_s), (f"{t.name} + steering", t.bench, "steered", t.training_cpu_s)]
     for name, bench, mode, training in rows:
         if mode in _part(bench, "position"):
-            lines.append(f"| {name} | " + " | ".join(_row(bench, mode, steering_cpu, training)) + " |")
+            lines.append(f"| {name} | " + " | ".join(_row(bench, mode, steering, training)) + " |")
     return "\n".join(lines)
