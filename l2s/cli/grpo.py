@@ -112,19 +112,6 @@ def load_reward(name: str, device: str):
     return load_reward_model(folder, device=device)
 
 
-def reward_identity(name: str) -> str:
-    """What a run records of ``--reward``: ``rule`` / ``spatialscore`` by name, a folder as the
-    model it loads (absolute, its ``best/`` for a run folder) with its weights' fingerprint, so
-    however it is spelled the same model resumes and a model retrained in place does not."""
-    if name in ("rule", "spatialscore"):
-        return name
-    from l2s.files import weights_digest
-    from l2s.reward.scorer import reward_model_folder
-
-    folder = reward_model_folder(Path(name).resolve())
-    return f"{folder} (weights {weights_digest(folder)})"
-
-
 def grpo_main(argv: Sequence[str] | None = None) -> int:
     """``l2s shapes grpo``: train (resuming by default) and save the adapter."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -132,6 +119,7 @@ def grpo_main(argv: Sequence[str] | None = None) -> int:
     from accelerate import Accelerator
 
     from l2s.pipelines.arguments import positive_int
+    from l2s.reward.identity import reward_identity
     from l2s.shapes import load_shapes_pipeline
     from l2s.shapes.tuning import train_shapes_grpo
 

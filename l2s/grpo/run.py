@@ -35,6 +35,7 @@ from l2s.files import (
     remove_outputs,
 )
 from l2s.pipelines.arguments import positive_int
+from l2s.reward.identity import same_reward
 
 from .settings import GRPOSettings
 from .trainer import GRPOTrainer, seeds_for
@@ -227,18 +228,9 @@ def _check_reward(out: Path, name: str | None) -> None:
     was recorded, or without a name, are not checked)."""
     record = read_state_json(out / "grpo.json", fix="use --restart to start afresh") if name else None
     earlier = record.get("reward") if isinstance(record, dict) else None
-    if earlier is not None and not _same_reward(earlier, name):
+    if earlier is not None and not same_reward(earlier, name):
         raise L2SError(f"{out} holds a GRPO run trained with the reward {earlier!r}; this run asks for {name!r}: "
                        "use another --out or --restart to start afresh")
-
-
-def _same_reward(earlier: str, name: str) -> bool:
-    """Runs recorded a reward folder as typed before its identity was (``PATH (weights ...)``):
-    those resume with the same folder however it is spelled now."""
-    if earlier == name or " (weights " in earlier or " (weights " not in name:
-        return earlier == name
-    typed = Path(earlier).resolve()
-    return str(typed) == name.split(" (weights ")[0] or str(typed / "best") == name.split(" (weights ")[0]
 
 
 def _resume(trainer: GRPOTrainer, out: Path) -> int:

@@ -14,11 +14,11 @@ import torch.nn.functional as F
 
 from l2s.errors import L2SError, ModelLoadError
 
+from .identity import TOKENIZER_DIR, reward_model_folder
 from .model import SpatialScore
 from .protocol import Images
 from .text import PromptBatch, prompt_batch
 
-TOKENIZER_DIR = "tokenizer"
 
 
 def images_to_tensor(images: Images, size: int | None = None) -> torch.Tensor:
@@ -78,14 +78,6 @@ class SpatialScorer:
         folder = self.model.save_pretrained(folder)
         self.tokenizer.save_pretrained(str(folder / TOKENIZER_DIR))
         return folder
-
-
-def reward_model_folder(folder: str | Path) -> Path:
-    """The folder a reward model loads from: ``folder``, or its ``best/`` (a train-reward run)."""
-    folder = Path(folder)
-    if not (folder / TOKENIZER_DIR).is_dir() and (folder / "best" / TOKENIZER_DIR).is_dir():
-        return folder / "best"
-    return folder
 
 
 def load_reward_model(folder: str | Path, device: str | torch.device = "cpu") -> SpatialScorer:

@@ -206,6 +206,7 @@ def _run_bench(out_dir: str | Path, pipeline_dir: str | Path | None, classifier:
                     batch_size=batch_size)
     if reward_model is not None:
         from l2s.reward import load_reward_model
+        from l2s.reward.identity import reward_identity
 
         shipped = str(reward_model) == "spatialscore"
         run.scorer = load_reward_model(assets.spatial_score if shipped else reward_model)
@@ -229,7 +230,7 @@ def _run_bench(out_dir: str | Path, pipeline_dir: str | Path | None, classifier:
     settings = {"pipeline": str(pipeline_dir), "classifiers": {k: str(v) for k, v in classifiers.items()},
                 "scale": scale, "position_prompts": position_prompts, "step_size": run.step_size,
                 "sampling": run.sampling(), "seeds": list(seeds), "lora": run.lora,
-                "reward_model": None if reward_model is None else str(reward_model),
+                "reward_model": None if reward_model is None else reward_identity(str(reward_model)),
                 "modes": list(modes), "image_size": image_size(run.pipe), **_digests(run),
                 "wall_time_s": round(time.perf_counter() - started, 1)}
     return {"parts": results, "no_relation": plain, "classifier_comparison": comparison, "settings": settings}

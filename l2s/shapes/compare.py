@@ -15,6 +15,7 @@ from pathlib import Path
 
 from l2s.errors import UsageError
 from l2s.files import read_jsonl_lines
+from l2s.reward.identity import same_reward
 
 TABLE_START = "| method | "   # the first line of every comparison table begins so
 COLUMNS = ("two obj strict", "two obj colour", "two obj found", "multi 3/2 colour", "multi 4/3 colour", "held-out colour",
@@ -82,7 +83,9 @@ def check_comparable(untuned: dict, tuned: list[Tuned]) -> None:
         settings = t.bench.get("settings") or {}
         if not settings.get("lora"):
             raise UsageError(f"--tuned {t.name}: its bench ran without --lora (not a tuned model)")
-        differ = [k for k in SHARED_SETTINGS if k != "pipeline" and settings.get(k) != base.get(k)]
+        differ = [k for k in SHARED_SETTINGS if k not in ("pipeline", "reward_model") and settings.get(k) != base.get(k)]
+        if not same_reward(base.get("reward_model"), settings.get("reward_model")):
+            differ.append("reward_model")
         if not _same_pipeline(settings, base):
             differ.insert(0, "pipeline")
         if not _same_classifier(settings, base):

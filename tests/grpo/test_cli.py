@@ -187,20 +187,3 @@ def test_eval_takes_a_lora_and_records_it_in_the_run(tmp_path, capsys):
     assert json.loads((out / "run.json").read_text())["generation"]["lora"].endswith("grpo_adapter")
     code, _, err = run(argv, capsys)   # the same folder without the adapter: other settings, refused
     assert code == 2 and "lora" in err
-
-
-def test_a_reward_folder_is_known_by_the_model_it_loads_and_its_weights(tmp_path, monkeypatch):
-    from l2s.cli.grpo import reward_identity
-    from l2s.grpo.run import _same_reward
-
-    best = tmp_path / "ss" / "best"
-    (best / "tokenizer").mkdir(parents=True)
-    (best / "model.safetensors").write_bytes(b"first")
-    monkeypatch.chdir(tmp_path)
-    named = reward_identity("ss")
-    assert named.startswith(f"{best} (weights ") and reward_identity("ss/best/") == named == reward_identity(str(best))
-    assert reward_identity("rule") == "rule"
-    (best / "model.safetensors").write_bytes(b"retrained")           # retrained in place: another reward
-    assert reward_identity("ss") != named and not _same_reward(named, reward_identity("ss"))
-    assert _same_reward("ss/best", named) and _same_reward("ss", named)   # recorded as typed, before
-    assert not _same_reward("other", named) and not _same_reward("rule", named)

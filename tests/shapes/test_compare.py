@@ -8,6 +8,7 @@ import shutil
 import pytest
 
 from l2s.cli import main
+from l2s.errors import UsageError
 from l2s.shapes import shipped_assets
 
 
@@ -188,3 +189,24 @@ def test_a_tuned_row_shares_the_steering_classifier_and_costs_its_own_run(tmp_pa
     assert code == 2 and f"the GRPO run {run} did not make the adapter its bench used (--lora ss)" in err[0]
     code, err = compare("/another/checkout/l2s/shapes/assets/classifier", "--tuned", f"X={tmp_path / 'tuned.json'}")
     assert code == 2 and err == ["l2s: error: --tuned: the name 'X' is given twice (each row needs its own)"]
+
+
+def test_benches_that_scored_with_one_reward_model_compare_however_it_was_typed(tmp_path, monkeypatch):
+    from l2s.reward.identity import reward_identity
+    from l2s.shapes.compare import Tuned, check_comparable
+
+    best = tmp_path / "ss" / "best"
+    (best / "tokenizer").mkdir(parents=True)
+    (best / "model.safetensors").write_bytes(b"first")
+    monkeypatch.chdir(tmp_path)
+    position = {"key": "position", "modes": {"base": {}, "steered": {}}}
+
+    def bench(reward, lora=None):
+        return {"parts": [position], "settings": {"pipeline": "p", "reward_model": reward, "lora": lora}}
+
+    before = reward_identity("ss/best")
+    check_comparable(bench("ss"), [Tuned("t", bench(reward_identity("ss/"), "a"), None)])   # typed, then recorded
+    check_comparable(bench(before), [Tuned("t", bench(reward_identity("./ss"), "a"), None)])
+    (best / "model.safetensors").write_bytes(b"retrained")         # the tuned bench scored with another model
+    with pytest.raises(UsageError, match="differs from --bench in reward_model"):
+        check_comparable(bench(before), [Tuned("t", bench(reward_identity("ss"), "a"), None)])

@@ -1,0 +1,40 @@
+"""Which reward model a run used, recorded so that however its folder is spelled the same model
+is recognised, and a model retrained in place is not (no torch)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+TOKENIZER_DIR = "tokenizer"
+NAMED_REWARDS = ("rule", "spatialscore")   # the exact rule and the shipped SpatialScore
+_WEIGHTS = " (weights "
+
+
+def reward_model_folder(folder: str | Path) -> Path:
+    """The folder a reward model loads from: ``folder``, or its ``best/`` (a train-reward run)."""
+    folder = Path(folder)
+    if not (folder / TOKENIZER_DIR).is_dir() and (folder / "best" / TOKENIZER_DIR).is_dir():
+        return folder / "best"
+    return folder
+
+
+def reward_identity(name: str) -> str:
+    """``rule`` / ``spatialscore`` by name; a folder as the model it loads (absolute, its
+    ``best/`` for a run folder) with its weights' fingerprint."""
+    if name in NAMED_REWARDS:
+        return name
+    from l2s.files import weights_digest
+
+    folder = reward_model_folder(Path(name).resolve())
+    return f"{folder}{_WEIGHTS}{weights_digest(folder)})"
+
+
+def same_reward(earlier: str | None, now: str | None) -> bool:
+    """Whether two recorded rewards are one model. Records made before identities were (a
+    folder as typed) match the identity of that folder as it resolves now."""
+    if earlier == now or earlier is None or now is None:
+        return earlier == now
+    if _WEIGHTS in earlier and _WEIGHTS in now or _WEIGHTS not in earlier and _WEIGHTS not in now:
+        return False
+    typed, recorded = (earlier, now) if _WEIGHTS in now else (now, earlier)
+    folder = recorded.split(_WEIGHTS)[0]
+    return typed not in NAMED_REWARDS and folder in (str(Path(typed).resolve()), str(Path(typed).resolve() / "best"))

@@ -1,0 +1,20 @@
+"""l2s.reward.identity: a reward model is known by the folder it loads and its weights, however typed."""
+from __future__ import annotations
+
+from l2s.reward.identity import reward_identity, same_reward
+
+
+def test_a_reward_folder_is_known_by_the_model_it_loads_and_its_weights(tmp_path, monkeypatch):
+    best = tmp_path / "ss" / "best"
+    (best / "tokenizer").mkdir(parents=True)
+    (best / "model.safetensors").write_bytes(b"first")
+    monkeypatch.chdir(tmp_path)
+    named = reward_identity("ss")
+    assert named.startswith(f"{best} (weights ") and reward_identity("ss/best/") == named == reward_identity(str(best))
+    assert reward_identity("rule") == "rule"
+    (best / "model.safetensors").write_bytes(b"retrained")           # retrained in place: another reward
+    assert reward_identity("ss") != named and not same_reward(named, reward_identity("ss"))
+    assert same_reward("ss/best", named) and same_reward("ss", named)   # recorded as typed, before
+    assert not same_reward("other", named) and not same_reward("rule", named)
+    assert same_reward(named, "ss") and same_reward(None, None) and not same_reward(None, named)   # either order
+
