@@ -32,6 +32,7 @@ T = TypeVar("T")
 # that dies ends the group through the launcher, not through this timeout.
 WAIT = timedelta(hours=24)
 SAID_WAIT = timedelta(seconds=3)   # how long a process waits to learn its machine said its line
+JOIN_NOTICE = timedelta(seconds=30)   # a join slower than this says what it waits for
 
 
 @dataclass(frozen=True)
@@ -226,9 +227,28 @@ def _join() -> World:
         if torch.cuda.is_available() and dist.is_nccl_available():
             torch.cuda.set_device(local_rank)
             backend = "cpu:gloo,cuda:nccl"
-        dist.init_process_group(backend, timeout=WAIT)
+        with _notice_if_slow(JOIN_NOTICE):
+            dist.init_process_group(backend, timeout=WAIT)
         atexit.register(_leave)
     return World(dist.get_rank(), dist.get_world_size(), local_rank)
+
+
+@contextmanager
+def _notice_if_slow(after: timedelta) -> Iterator[None]:
+    """A join waits up to :data:`WAIT` for the other processes (machines of one job may start
+    minutes apart): past ``after``, one line says where it waits, so a wrong address shows."""
+    import threading
+
+    where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+    line = (f"l2s: rank {os.environ.get('RANK', '?')} is waiting for the {os.environ.get('WORLD_SIZE')} processes "
+            f"of this run to meet at {where} (MASTER_ADDR:MASTER_PORT); Ctrl-C stops it")
+    timer = threading.Timer(after.total_seconds(), lambda: print(line, file=sys.stderr, flush=True))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 def _leave() -> None:

@@ -137,3 +137,37 @@ def test_sums_are_a_no_op_alone():
     assert grads[0].tolist() == [1.0, 1.0, 1.0]
     with pytest.raises(L2SError, match="no"):
         world().on_main(lambda: (_ for _ in ()).throw(L2SError("no")))
+
+
+def test_a_join_that_waits_says_where_it_waits():
+    """A rank whose master never comes (here: nobody listens on the port) says after the notice
+    delay where it waits; it goes on waiting until stopped."""
+    with __import__("socket").socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]   # free once closed: nobody listens there
+    code = ("from datetime import timedelta\nimport l2s.distributed as d\n"
+            "d.JOIN_NOTICE = timedelta(seconds=1)\nd.world()\n")
+    env = {**os.environ, "RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(port), "PYTHONPATH": str(ROOT)}
+    # ``timeout`` ends the wait if the line never comes, so a missing notice fails instead of hanging.
+    waiting = subprocess.Popen(["timeout", "-s", "KILL", "30", sys.executable, "-c", code],
+                               stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        lines = iter(waiting.stderr.readline, "")
+        line = next((x.strip() for x in lines if x.startswith("l2s:")), None)
+    finally:
+        waiting.kill()
+        waiting.wait()
+    assert line == (f"l2s: rank 1 is waiting for the 2 processes of this run to meet at 127.0.0.1:{port} "
+                    "(MASTER_ADDR:MASTER_PORT); Ctrl-C stops it")
+
+
+def test_a_quick_join_says_nothing(capsys):
+    from datetime import timedelta
+
+    from l2s.distributed import _notice_if_slow
+
+    with _notice_if_slow(timedelta(seconds=0.2)):
+        pass
+    __import__("time").sleep(0.4)
+    assert capsys.readouterr().err == ""
