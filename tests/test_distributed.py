@@ -1,7 +1,8 @@
 """l2s.distributed: a world of one without a launcher; under ``torchrun`` with 2 CPU processes
 (gloo): shares, gathers, rank 0's errors on every rank, gradient sums, a refusal of processes
 started with different arguments, which process says an error line, and the output lock that rank 0
-holds for the group (a second, independent writer is refused while the group runs)."""
+holds for the group (a second, independent writer is refused while the group runs); a join that
+waits long says where it waits."""
 from __future__ import annotations
 
 import json
