@@ -25,7 +25,7 @@ from l2s.engines import (  # noqa: E402
 )
 from l2s.demo import tiny_flux_pipeline  # noqa: E402
 
-pytest.importorskip("onnxruntime", reason="the onnxruntime benchmark needs the 'engines' extra")
+pytest.importorskip("onnxruntime", reason="the onnxruntime benchmark needs the 'onnx' extra")
 
 THREADS = int(os.environ.get("L2S_BENCH_THREADS", "1"))
 COMPILE_BACKEND = os.environ.get("L2S_BENCH_COMPILE_BACKEND", "inductor")

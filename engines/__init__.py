@@ -5,7 +5,7 @@ eager transformer; steered steps always stay in PyTorch. :func:`make_plain_step_
 (eager, torch.compile, CUDA graph, onnxruntime or TensorRT), checks it against eager, and says in
 ``engine.name`` / ``engine.reason`` what runs and why.
 
-The exporters need the optional ``engines`` extra (onnx, onnxruntime, onnxscript); TensorRT needs
+The exporters need the optional ``onnx`` extra (onnx, onnxruntime, onnxscript); TensorRT needs
 NVIDIA's ``tensorrt`` wheel and a CUDA GPU.
 """
 
@@ -21,7 +21,7 @@ from .base import (
     relative_error,
 )
 from .cache import default_cache_dir, model_cache_key, weight_fingerprint
-from .factory import DEFAULT_TOLERANCE, make_plain_step_engine
+from .factory import DEFAULT_TOLERANCE, check_engine_request, make_plain_step_engine
 from .onnx_export import (
     OnnxExport,
     OnnxRuntimeEngine,
@@ -55,6 +55,7 @@ __all__ = [
     "TensorRTPlan",
     "TensorSpec",
     "build_tensorrt_plan",
+    "check_engine_request",
     "default_cache_dir",
     "example_flux_inputs",
     "export_transformer_onnx",

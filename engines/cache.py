@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import uuid
 from contextlib import contextmanager
 from importlib import metadata
@@ -21,8 +22,9 @@ import torch
 
 from .base import InputSignature
 
-# Bump when the layout of a cache entry or the meaning of its files changes.
-CACHE_FORMAT = 1
+# Bump when the layout of a cache entry or the meaning of its files changes (2: meta.json lists
+# its files' sizes, so a truncated or missing file marks the entry incomplete).
+CACHE_FORMAT = 2
 # Elements sampled per tensor for the fingerprint; with the float64 sums this catches any
 # fine-tune or LoRA fusion while reading each tensor once (cheap even for 12B parameters on GPU).
 FINGERPRINT_SAMPLES = 64
@@ -34,6 +36,27 @@ def default_cache_dir() -> Path:
         return Path(os.environ["L2S_ENGINE_CACHE"])
     base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     return base / "l2s" / "engines"
+
+
+def usable_cache_dir(cache_dir: str | Path | None) -> Path:
+    """``cache_dir`` (default :func:`default_cache_dir`), made if missing and checked writable,
+    so an unusable one is refused before an export is paid for."""
+    from .base import EngineError
+
+    where = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    named = f"L2S_ENGINE_CACHE={where}" if cache_dir is None and os.environ.get("L2S_ENGINE_CACHE") else str(where)
+    probe = where / f".write-check-{socket.gethostname()}-{os.getpid()}"
+    if where.exists() and not where.is_dir():
+        raise EngineError(f"the engine cache {named} cannot be used (it is a file): set L2S_ENGINE_CACHE to a "
+                          "writable folder")
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")   # os.access says yes to root on read-only folders
+        probe.unlink()
+    except OSError as error:
+        raise EngineError(f"the engine cache {named} cannot be used ({error.strerror or error}): "
+                          "set L2S_ENGINE_CACHE to a writable folder") from None
+    return where
 
 
 @torch.no_grad()
@@ -123,7 +146,8 @@ def staged_entry(final_dir: Path, required: tuple[str, ...] = ()) -> Iterator[Pa
     meta.json, or a ``required`` file missing) is replaced; a complete one (a lost race) is kept.
     """
     final_dir.parent.mkdir(parents=True, exist_ok=True)
-    scratch = final_dir.parent / f".partial-{final_dir.name}-{uuid.uuid4().hex[:8]}"
+    _sweep_leftovers(final_dir.parent)
+    scratch = final_dir.parent / f".partial-{final_dir.name}-{_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     scratch.mkdir()
     try:
         yield scratch
@@ -139,8 +163,44 @@ def staged_entry(final_dir: Path, required: tuple[str, ...] = ()) -> Iterator[Pa
 
 
 def entry_complete(entry_dir: Path, required: tuple[str, ...] = ()) -> bool:
-    """Whether a cache entry has its meta.json and every ``required`` file."""
-    return read_meta(entry_dir) is not None and all((entry_dir / name).is_file() for name in required)
+    """Whether a cache entry has its meta.json, every ``required`` file, and every file meta.json
+    lists at its recorded size (a truncated copy or a lost data file is not complete)."""
+    meta = read_meta(entry_dir)
+    if meta is None or not isinstance(meta.get("files"), dict):
+        return False
+    if not all(name in meta["files"] for name in required):
+        return False
+    return all(_size(entry_dir / name) == size for name, size in meta["files"].items())
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size if path.is_file() else None
+    except OSError:
+        return None
+
+
+# Scratch folders name their maker, so a later build can remove those whose process died (killed
+# mid-export) without touching a live build on this or another machine sharing the cache.
+def _host() -> str:
+    return socket.gethostname().replace("-", "_")
+
+
+def _sweep_leftovers(root: Path) -> None:
+    for path in root.glob(".partial-*"):
+        parts = path.name.rsplit("-", 3)    # .partial-<entry>-<host>-<pid>-<hex>
+        if len(parts) == 4 and parts[1] == _host() and parts[2].isdigit() and not _alive(int(parts[2])):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _discard(entry_dir: Path) -> None:
@@ -154,15 +214,19 @@ def _discard(entry_dir: Path) -> None:
 
 
 def write_meta(entry_dir: Path, meta: Mapping[str, Any]) -> None:
-    (entry_dir / "meta.json").write_text(json.dumps(dict(meta), indent=2, sort_keys=True, default=str))
+    """Write meta.json, listing the entry's other files with their sizes (written last: the entry's
+    files are all there when this is called)."""
+    files = {p.name: p.stat().st_size for p in sorted(entry_dir.iterdir()) if p.is_file() and p.name != "meta.json"}
+    (entry_dir / "meta.json").write_text(json.dumps({**meta, "files": files}, indent=2, sort_keys=True, default=str))
 
 
 def read_meta(entry_dir: Path) -> dict[str, Any] | None:
-    """The entry's meta.json, or None when the entry is absent or incomplete."""
+    """The entry's meta.json, or None when the entry is absent or it is unreadable or no object."""
     path = entry_dir / "meta.json"
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
+    return meta if isinstance(meta, dict) else None

@@ -19,8 +19,17 @@ from .base import (
     relative_error,
     tensor_inputs,
 )
-from .cache import attention_processor_names, default_cache_dir, read_meta
-from .onnx_export import DEFAULT_OPSET, Exporter, OnnxRuntimeEngine, export_transformer_onnx, onnx_cache_entry
+from .cache import attention_processor_names, default_cache_dir, entry_complete, usable_cache_dir
+from .onnx_export import (
+    DEFAULT_OPSET,
+    EXPORTERS,
+    ONNX_FILE,
+    Exporter,
+    OnnxRuntimeEngine,
+    export_transformer_onnx,
+    onnx_cache_entry,
+    require_onnx_packages,
+)
 from .tensorrt_engine import (
     DEFAULT_OPTIMIZATION_LEVEL,
     TensorRTEngine,
@@ -108,7 +117,7 @@ def make_plain_step_engine(
     check = dict(verify=verify, tolerance=tolerance)
     if kind == "auto":
         return _cached_or_eager(transformer, inputs, device, options, check)
-    refuse_unbuildable(kind, transformer, inputs)
+    refuse_unbuildable(kind, transformer, inputs, cache_dir, exporter)
     announce_build(kind, transformer, inputs, cache_dir, regional_compile)
     # Eager's answer first: a regional compile changes the transformer's blocks in place.
     expected = EagerEngine(transformer)(**inputs) if verify and kind != "eager" else None
@@ -116,19 +125,43 @@ def make_plain_step_engine(
     return _verified(engine, transformer, inputs, expected=expected, **check)
 
 
-def refuse_unbuildable(kind: str, transformer: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> None:
-    """What would refuse ``kind`` here, refused before its cost is announced or paid (an export of
-    FLUX.1-dev writes ~24 GB before onnxruntime could say it takes no bfloat16)."""
-    if kind in CUDA_ONLY_KINDS:
-        _require_cuda(transformer, kind)
+def check_engine_request(kind: str, device: torch.device | str, dtype: torch.dtype | None = None,
+                         cache_dir: str | Path | None = None, exporter: str = "auto") -> None:
+    """Refuse an engine that cannot be built for a model on ``device`` in ``dtype`` (None: not known
+    yet), before a model loads or a step runs: an unknown kind or exporter, a CUDA engine elsewhere,
+    onnxruntime off CPU or in bfloat16, a missing package, an unusable cache folder."""
+    if kind not in ENGINE_KINDS:
+        raise EngineError(f"unknown engine kind {kind!r}: choose one of {', '.join(ENGINE_KINDS)}")
+    device = torch.device(device)
+    if kind in CUDA_ONLY_KINDS and device.type != "cuda":
+        raise EngineError(f"the {kind} engine needs the model on CUDA; it is on {device}")
+    if kind == "onnxruntime" and device.type != "cpu":
+        raise EngineError(f"the onnxruntime engine runs on CPU (to verify an export); the model is on {device}: "
+                          "use tensorrt or compile on a GPU")
+    if kind == "onnxruntime" and dtype == torch.bfloat16:
+        raise EngineError("onnxruntime takes no bfloat16 (numpy has none): load the model in float32 to verify "
+                          "an export")
+    if kind not in ("onnxruntime", "tensorrt"):
+        return
+    if exporter not in EXPORTERS:
+        raise EngineError(f"unknown ONNX exporter {exporter!r}: use {', '.join(EXPORTERS)}")
+    require_onnx_packages(runtime=kind == "onnxruntime")
     problem = tensorrt_import_error() if kind == "tensorrt" else None
     if problem is not None:
         raise EngineError(f"TensorRT is not importable ({problem}); use kind='compile' or 'eager'")
+    usable_cache_dir(cache_dir)
+
+
+def refuse_unbuildable(kind: str, transformer: torch.nn.Module, inputs: dict[str, torch.Tensor],
+                       cache_dir: str | Path | None = None, exporter: str = "auto") -> None:
+    """What would refuse ``kind`` here, refused before its cost is announced or paid (an export of
+    FLUX.1-dev writes ~24 GB before onnxruntime could say it takes no bfloat16)."""
+    check_engine_request(kind, model_device(transformer), model_dtype(transformer), cache_dir, exporter)
     if kind == "onnxruntime":
         unsupported = sorted(name for name, t in inputs.items() if t.dtype == torch.bfloat16)
-        if unsupported or model_dtype(transformer) == torch.bfloat16:
-            raise EngineError(f"onnxruntime takes no bfloat16 (numpy has none): the transformer or inputs "
-                              f"{unsupported or ''} are bfloat16; verify a float32 export")
+        if unsupported:
+            raise EngineError(f"onnxruntime takes no bfloat16 (numpy has none): the inputs {unsupported} are "
+                              "bfloat16; verify a float32 export")
 
 
 def _cached_or_eager(transformer: torch.nn.Module, inputs: dict[str, torch.Tensor], device: torch.device,
@@ -151,7 +184,7 @@ def cached_tensorrt_plan(transformer: torch.nn.Module, inputs: dict[str, torch.T
     if device.type != "cuda" or tensorrt_import_error() is not None:
         return None
     export_key, export_dir = onnx_cache_entry(transformer, InputSignature.from_inputs(inputs), cache_dir, opset)
-    if read_meta(export_dir) is None:
+    if not entry_complete(export_dir, (ONNX_FILE,)):
         return None
     root = Path(cache_dir) if cache_dir is not None else export_dir.parent
     return cached_plan_path(export_key, plan_options(optimization_level), root)
@@ -261,12 +294,6 @@ def compile_cache_dir() -> str:
 def _describe_export(export: Any) -> str:
     how = "reused cached ONNX export" if export.reused else f"exported ONNX in {export.seconds:.1f} s"
     return f"{how} ({export.exporter} exporter, opset {export.opset}) {export.path}"
-
-
-def _require_cuda(transformer: torch.nn.Module, kind: str) -> None:
-    device = model_device(transformer)
-    if device.type != "cuda":
-        raise EngineError(f"the {kind} engine needs the transformer on CUDA; it is on {device}")
 
 
 def _refuse_custom_processors(transformer: torch.nn.Module, kind: str) -> None:

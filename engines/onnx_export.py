@@ -35,6 +35,7 @@ OUTPUT_NAME = "sample"
 # NVIDIA's FLUX TensorRT demo exports at opset 19; newer opsets add ops TensorRT may not parse.
 DEFAULT_OPSET = 19
 Exporter = Literal["auto", "dynamo", "legacy"]
+EXPORTERS: tuple[str, ...] = ("auto", "dynamo", "legacy")
 
 
 class PositionalSampleModule(torch.nn.Module):
@@ -93,7 +94,9 @@ def export_transformer_onnx(
     output is ``sample``. Weights go to ``model.onnx.data`` beside ``model.onnx``. ``exporter="auto"``
     tries the dynamo exporter, then the legacy one; the one used is recorded in the result.
     """
-    _require_onnx()
+    require_onnx_packages()
+    if exporter not in EXPORTERS:
+        raise EngineError(f"unknown ONNX exporter {exporter!r}: use {', '.join(EXPORTERS)}")
     inputs = tensor_inputs(example_inputs)
     signature = InputSignature.from_inputs(inputs)
     key, entry = onnx_cache_entry(transformer, signature, cache_dir, opset)
@@ -101,7 +104,7 @@ def export_transformer_onnx(
         meta = read_meta(entry)
         logger.info("reusing ONNX export %s", entry)
         return OnnxExport(
-            entry / ONNX_FILE, key, signature, meta["exporter"], opset, True, 0.0,
+            entry / ONNX_FILE, key, signature, meta.get("exporter", "unrecorded"), opset, True, 0.0,
             tuple(meta.get("failed_exporters", ())),
         )
 
@@ -163,13 +166,16 @@ def _export(
     )
 
 
-def _require_onnx() -> None:
-    try:
-        import onnx  # noqa: F401
-    except ImportError as error:
-        raise EngineError(
-            f"ONNX export needs the 'onnx' package ({error}); install l2s with the 'engines' extra"
-        ) from error
+def require_onnx_packages(runtime: bool = False) -> None:
+    """The packages an export (and, with ``runtime``, the onnxruntime engine) needs, or one line
+    naming the extra that installs them (checked before any export work)."""
+    from importlib.util import find_spec
+
+    names = ("onnx", "onnxscript", "onnxruntime") if runtime else ("onnx", "onnxscript")
+    missing = [name for name in names if find_spec(name) is None]
+    if missing:
+        raise EngineError(f"ONNX engines need {', '.join(missing)}, not installed here: "
+                          "pip install 'l2s[onnx]'")
 
 
 class OnnxRuntimeEngine:
@@ -191,7 +197,7 @@ class OnnxRuntimeEngine:
         try:
             import onnxruntime
         except ImportError as error:
-            raise EngineError(f"the onnxruntime engine needs the 'onnxruntime' package ({error})") from error
+            raise EngineError(f"the onnxruntime engine needs onnxruntime ({error}): pip install 'l2s[onnx]'") from error
         unsupported = [s.name for s in export.signature.specs if s.dtype not in _NUMPY_DTYPES]
         if unsupported:
             raise EngineError(

@@ -49,13 +49,24 @@ def seeds_of(args: argparse.Namespace) -> list[int]:
 
 # Options that do not change an image: a rerun that differs only in them may resume.
 NOT_IMAGE_SETTINGS = {"out", "quiet", "batch_size", "func", "prompt", "prompts", "seed", "seeds", "command",
-                      "restart"}
+                      "restart", "threads"}
 
 
 def image_settings(args: argparse.Namespace) -> dict:
-    """What makes the images (model, sampling, steering options), as index.json keeps it."""
+    """What makes the images (model, sampling, steering options), as index.json keeps it: defaults
+    resolved, so naming the default (``--device cpu`` on a CPU machine) is the same setting."""
     return {k: v if isinstance(v, (bool, int, float, type(None))) else str(v)
-            for k, v in sorted(vars(args).items()) if k not in NOT_IMAGE_SETTINGS}
+            for k, v in sorted(vars(args).items()) if k not in NOT_IMAGE_SETTINGS} | {
+        k: getattr(args, k, None) or default for k, default in unset_defaults().items()}
+
+
+def unset_defaults() -> dict:
+    """What an unset ``--device`` and ``--capture-backend`` stand for on this machine."""
+    from l2s.steer.modes import DEFAULT_CAPTURE_BACKEND
+
+    from .options import default_device
+
+    return {"device": default_device(), "capture_backend": DEFAULT_CAPTURE_BACKEND}
 
 
 def folders_line(out: Path, jobs: list[ImageJob], names: list[str], resumed: int = 0) -> str:

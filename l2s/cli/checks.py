@@ -38,20 +38,20 @@ def check_sampling_args(args: argparse.Namespace) -> None:
 
 
 def _check_engine(args: argparse.Namespace) -> None:
-    """A GPU-only plain-step engine on another device is refused before a model loads, not after."""
+    """An engine that cannot be built on this run's device (CUDA-only kinds elsewhere, onnxruntime
+    off CPU, a missing package, an unusable engine cache) is refused before a model loads."""
     engine = getattr(args, "engine", None)
     if engine is None or engine in ("auto", "eager"):
         return
-    import torch
-
-    from l2s.engines import CUDA_ONLY_KINDS
+    from l2s.engines import EngineError, check_engine_request
     from l2s.errors import UsageError
 
     from .options import default_device
 
-    device = getattr(args, "device", None) or default_device()
-    if engine in CUDA_ONLY_KINDS and torch.device(device).type != "cuda":
-        raise UsageError(f"--engine {engine} runs on CUDA only; this run's device is {device}")
+    try:
+        check_engine_request(engine, getattr(args, "device", None) or default_device())
+    except EngineError as error:
+        raise UsageError(f"--engine {engine}: {error}") from None
 
 
 def check_output_file(path, flag: str) -> None:

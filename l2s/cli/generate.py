@@ -15,7 +15,7 @@ from pathlib import Path
 
 from l2s.errors import L2SError, UsageError
 
-from .batches import folders_line, image_settings, prompts_of, seeds_of
+from .batches import NOT_IMAGE_SETTINGS, folders_line, image_settings, prompts_of, seeds_of, unset_defaults
 from .checks import check_sampling_args
 from .models import (add_model_args, add_sampling_args, add_speed_args, check_image_size, check_model_dtype,
                      load_steerer, weights_digests)
@@ -187,7 +187,8 @@ def _generate_many(args: argparse.Namespace, relations, jobs, started: float) ->
     from l2s.evaluation.image_runs import open_image_run
 
     out, settings = Path(args.out), {**image_settings(args), **weights_digests(args)}
-    resume = open_image_run(out, jobs, settings, args.restart)
+    resume = open_image_run(out, jobs, settings, args.restart, unset_means=unset_defaults(),
+                            not_compared=frozenset(NOT_IMAGE_SETTINGS))
     if resume.finished:
         _say(f"all {len(jobs)} images are already in {out} (same prompts, seeds and settings); "
              "--restart makes them again")

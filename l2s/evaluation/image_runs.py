@@ -122,8 +122,11 @@ def _other_jobs(earlier, wanted: list[list]) -> str:
     return "other prompts or seeds (" + ("; ".join(parts) or "the same ones in another order or folders") + ")"
 
 
-def resume_state(out: Path, settings: dict, jobs: list[ImageJob]) -> Resume:
-    """The finished images of an interrupted run of the same images and settings."""
+def resume_state(out: Path, settings: dict, jobs: list[ImageJob], unset_means: dict | None = None,
+                 not_compared: frozenset = frozenset()) -> Resume:
+    """The finished images of an interrupted run of the same images and settings. An earlier
+    record's None for a key of ``unset_means`` stands for that value (the default it resolved to);
+    keys in ``not_compared`` (recorded by earlier versions, no effect on images) are ignored."""
     path = Path(out) / INDEX_FILE
     if not path.is_file():
         return Resume(None)
@@ -136,7 +139,8 @@ def resume_state(out: Path, settings: dict, jobs: list[ImageJob]) -> Resume:
     wanted = [[job.prompt, job.seed, job.folder] for job in jobs]
     if index.get("jobs") != wanted:
         return Resume(None, why_not=_other_jobs(index.get("jobs"), wanted))
-    earlier = index.get("settings") or {}
+    earlier = {k: (unset_means or {}).get(k) if v is None else v
+               for k, v in (index.get("settings") or {}).items() if k not in not_compared}
     compared = unrecorded_digests(earlier, settings)
     changed = [f"{k}: {earlier.get(k)} -> {compared.get(k)}" for k in sorted(set(earlier) | set(compared))
                if earlier.get(k) != compared.get(k)]
@@ -147,10 +151,11 @@ def resume_state(out: Path, settings: dict, jobs: list[ImageJob]) -> Resume:
     return Resume(entries, seconds, finished=len(entries) == len(jobs))
 
 
-def open_image_run(out: Path, jobs: list[ImageJob], settings: dict, restart: bool) -> Resume:
+def open_image_run(out: Path, jobs: list[ImageJob], settings: dict, restart: bool, **compare) -> Resume:
     """The run folder's state for ``jobs`` made with ``settings``, checked before any model loads:
-    an earlier run of other images or settings (or other outputs) is refused unless ``restart``."""
-    resume = Resume(None) if restart else resume_state(out, settings, jobs)
+    an earlier run of other images or settings (or other outputs) is refused unless ``restart``
+    (``compare``: see :func:`resume_state`)."""
+    resume = Resume(None) if restart else resume_state(out, settings, jobs, **compare)
     if resume.finished:
         return resume
     if resume.why_not:

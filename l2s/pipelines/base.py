@@ -185,7 +185,10 @@ class SteeringPipeline:
     def wrap(cls, pipe, classifier: RelationClassifier, schedule: Schedule | None = None,
              mode: str = "fast", step_size: float | None = None,
              capture_backend: str = DEFAULT_CAPTURE_BACKEND, **options) -> "SteeringPipeline":
-        """This family's wrapper of ``pipe`` (see :func:`wrap_pipeline`); no extra options here."""
+        """This family's wrapper of ``pipe`` (see :func:`wrap_pipeline`); no extra options here
+        but ``engine`` "auto" or "eager" (what runs its plain steps anyway)."""
+        if options.get("engine", "auto") in ("auto", "eager"):
+            options.pop("engine", None)
         if options:
             raise TypeError(f"options {sorted(options)} apply to FLUX pipelines only")
         return cls(pipe, classifier, schedule, mode, step_size, capture_backend)

@@ -9,11 +9,12 @@ import numpy as np
 import torch
 
 from l2s.engines import (
-    CUDA_ONLY_KINDS,
     ENGINE_KINDS,
     CudaGraphEngine,
+    EngineError,
     OnnxRuntimeEngine,
     TensorRTEngine,
+    check_engine_request,
     make_plain_step_engine,
     weight_fingerprint,
 )
@@ -90,7 +91,7 @@ class FluxSteeringPipeline(SteeringPipeline):
         self.true_cfg_scale = float(true_cfg_scale)
         self.negative_prompt = negative_prompt
         self.max_sequence_length = max_sequence_length
-        self.engine_kind = "eager" if self.mode.name == "reference" else engine
+        self.engine_kind = engine
         # Whose published settings (schedule rule, steps) apply: dev has a guidance embedding,
         # schnell not. A FLUX-architecture model that is neither (the shapes world's undistilled
         # 12-step model) names its family and default step count.
@@ -102,6 +103,23 @@ class FluxSteeringPipeline(SteeringPipeline):
     @classmethod
     def accepts(cls, pipe) -> bool:
         return hasattr(pipe, "transformer") and hasattr(pipe, "tokenizer_2")
+
+    @property
+    def engine_kind(self) -> str:
+        """What runs plain steps (``l2s.engines.ENGINE_KINDS``); reference mode runs eager."""
+        return self._engine_kind
+
+    @engine_kind.setter
+    def engine_kind(self, kind: str) -> None:
+        if kind not in ENGINE_KINDS:
+            raise UsageError(f"engine must be one of {', '.join(ENGINE_KINDS)}, got {kind!r}")
+        if self.mode.name == "reference" and kind not in ("auto", "eager"):
+            raise UsageError(f"mode 'reference' runs every step eagerly, as the published code does: engine "
+                             f"{kind!r} needs one of the fast modes")
+        kind = "eager" if self.mode.name == "reference" else kind
+        if kind != getattr(self, "_engine_kind", kind):
+            self._engines.clear()   # engines of the former kind would be reused by shape
+        self._engine_kind = kind
 
     @classmethod
     def wrap(cls, pipe, classifier, schedule=None, mode: str = "fast", step_size: float | None = None,
@@ -172,7 +190,7 @@ class FluxSteeringPipeline(SteeringPipeline):
     def generate(self, prompt, plan, *, steps, height, width, guidance_scale, seed, num_images,
                  schedule, diagnostics, latents, progress):
         height, width = self._image_size(height, width)
-        self._check_engine_device()
+        self._check_engine()
         self._drop_stale_engines()
         if guidance_scale is None:
             guidance_scale = 3.5 if self.family == "flux-dev" else 0.0
@@ -196,12 +214,15 @@ class FluxSteeringPipeline(SteeringPipeline):
     def check_arguments(self, prompt: str, *, height: int | None = None, width: int | None = None, **call) -> None:
         super().check_arguments(prompt, height=height, width=width, **call)
         self._image_size(height, width)
-        self._check_engine_device()
+        self._check_engine()
 
-    def _check_engine_device(self) -> None:
-        """A CUDA-only engine with the model elsewhere, refused before step 0's steering runs."""
-        if self.engine_kind in CUDA_ONLY_KINDS and self.device.type != "cuda":
-            raise UsageError(f"engine {self.engine_kind!r} needs the model on CUDA; it is on {self.device}")
+    def _check_engine(self) -> None:
+        """An engine that cannot be built here (device, dtype, packages, cache folder), refused
+        before step 0's steering runs rather than at the first plain step."""
+        try:
+            check_engine_request(self.engine_kind, self.device, self.pipe.transformer.dtype)
+        except EngineError as error:
+            raise UsageError(str(error)) from None
 
     def _image_size(self, height: int | None, width: int | None) -> tuple[int, int]:
         height = height or self.default_size()

@@ -306,3 +306,19 @@ def test_several_images_show_one_bar_over_the_images(tmp_path, capsys):
     assert main(["generate", PROMPTS[0], "--seeds", "0-3", "--model", "tiny", "--no-baseline",
                  "--quiet", "--out", str(tmp_path / "quiet")]) == 0
     assert "l2s generate" not in capsys.readouterr().err   # --quiet: none
+
+
+def test_naming_a_default_or_other_threads_still_resumes_and_older_records_do_too(tmp_path, capsys):
+    out = tmp_path / "o"
+    argv = ["generate", PROMPTS[0], "--seeds", "0-1", "--steps", "1", "--no-steer", "--out", str(out), *TINY]
+    assert run(argv, capsys)[0] == 0
+    done = f"l2s: all 2 images are already in {out}"
+    same = ["--device", "cpu", "--capture-backend", "sdpa", "--threads", "1"]
+    assert run(argv + same, capsys)[1][-1].startswith(done)
+    # An index.json written before defaults were resolved (device and capture backend unset, threads kept).
+    index = json.loads((out / "index.json").read_text())
+    index["settings"].update(device=None, capture_backend=None, threads=2)
+    (out / "index.json").write_text(json.dumps(index))
+    assert run(argv, capsys)[1][-1].startswith(done)
+    code, lines = run(argv + ["--capture-backend", "native"], capsys)
+    assert code == 2 and "(capture_backend: sdpa -> native)" in lines[-1], lines

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import sys
 
 import pytest
@@ -22,11 +23,12 @@ from l2s.engines import (
     weight_fingerprint,
 )
 from l2s.engines import factory
+from l2s.engines.cache import write_meta
 from l2s.engines.tensorrt_engine import plan_cache_entry
 from l2s.demo import tiny_flux_pipeline
 
-onnx = pytest.importorskip("onnx", reason="the ONNX tests need the 'engines' extra (onnx)")
-pytest.importorskip("onnxruntime", reason="the ONNX tests need the 'engines' extra (onnxruntime)")
+onnx = pytest.importorskip("onnx", reason="the ONNX tests need the 'onnx' extra (onnx)")
+pytest.importorskip("onnxruntime", reason="the ONNX tests need the 'onnx' extra (onnxruntime)")
 
 TENSORRT_SKIP_REASON = "TensorRT is not importable here (NVIDIA's tensorrt wheel and a CUDA GPU are needed)"
 
@@ -183,6 +185,8 @@ def test_the_tensorrt_cache_probe_needs_cuda_and_a_cached_export(transformer, in
     plan_dir.mkdir()
     (plan_dir / "engine.plan").write_bytes(b"plan")
     (plan_dir / "meta.json").write_text("{}")
+    assert factory.cached_tensorrt_plan(transformer, inputs, cuda, cache_dir) is None   # meta lists no files
+    write_meta(plan_dir, {"key": "stand-in"})
     assert factory.cached_tensorrt_plan(transformer, inputs, cuda, cache_dir) == plan_dir / "engine.plan"
 
 
@@ -237,9 +241,9 @@ def test_bad_requests_raise_clear_errors(transformer, inputs):
         make_plain_step_engine(transformer, inputs, kind="turbo")
     with pytest.raises(EngineError, match="unexpected transformer inputs"):
         make_plain_step_engine(transformer, {**inputs, "latents": inputs["hidden_states"]}, kind="eager")
-    with pytest.raises(EngineError, match="needs the transformer on CUDA"):
+    with pytest.raises(EngineError, match="needs the model on CUDA"):
         make_plain_step_engine(transformer, inputs, kind="cuda-graph")
-    with pytest.raises(EngineError, match="needs the transformer on CUDA"):
+    with pytest.raises(EngineError, match="needs the model on CUDA"):
         make_plain_step_engine(transformer, inputs, kind="tensorrt")
 
 
@@ -248,7 +252,7 @@ def test_what_cannot_be_built_here_is_refused_before_its_cost_is_announced(trans
 
     with caplog.at_level(logging.WARNING, logger="l2s"):
         for kind in ("cuda-graph", "compile-cuda-graph", "tensorrt"):
-            with pytest.raises(EngineError, match="needs the transformer on CUDA"):
+            with pytest.raises(EngineError, match="needs the model on CUDA"):
                 make_plain_step_engine(transformer, inputs, kind=kind)
     assert not caplog.records                                  # no "building ... expected cost" line
     bf16 = {name: t.to(torch.bfloat16) if t.is_floating_point() else t for name, t in inputs.items()}
@@ -355,3 +359,81 @@ def test_a_damaged_cache_entry_is_replaced_and_a_complete_one_kept(tmp_path):
         write_meta(scratch, {"key": "key"})
     assert (entry / "model.onnx").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["key"]  # no scratch or stale folder left
+
+
+@pytest.mark.parametrize("damage", ["truncated graph", "lost data file", "empty meta"])
+def test_a_damaged_export_is_exported_again(transformer, inputs, tmp_path, damage):
+    first = export_transformer_onnx(transformer, inputs, tmp_path)
+    entry = first.directory
+    if damage == "truncated graph":
+        data = (entry / "model.onnx").read_bytes()
+        (entry / "model.onnx").write_bytes(data[: len(data) // 2])
+    elif damage == "lost data file":
+        (entry / "model.onnx.data").unlink()
+    else:
+        (entry / "meta.json").write_text("{}")
+    again = export_transformer_onnx(transformer, inputs, tmp_path)
+    assert not again.reused and again.path == first.path
+    torch.testing.assert_close(OnnxRuntimeEngine(again)(**inputs), eager_sample(transformer, inputs),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_an_unusable_cache_folder_is_refused_before_any_export(transformer, inputs, tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setattr(torch.onnx, "export", lambda *a, **k: pytest.fail("exported into an unusable cache"))
+    monkeypatch.setenv("L2S_ENGINE_CACHE", str(blocker))
+    with pytest.raises(EngineError, match=rf"the engine cache L2S_ENGINE_CACHE={blocker} cannot be used"):
+        make_plain_step_engine(transformer, inputs, kind="onnxruntime")
+    with pytest.raises(EngineError, match=rf"the engine cache {blocker}/sub cannot be used"):
+        make_plain_step_engine(transformer, inputs, kind="onnxruntime", cache_dir=blocker / "sub")
+
+
+def test_requests_that_cannot_work_are_refused_without_a_model():
+    from l2s.engines import check_engine_request
+
+    check_engine_request("compile", "cpu")
+    with pytest.raises(EngineError, match="unknown engine kind 'turbo'"):
+        check_engine_request("turbo", "cpu")
+    with pytest.raises(EngineError, match="the onnxruntime engine runs on CPU"):
+        check_engine_request("onnxruntime", "cuda")
+    with pytest.raises(EngineError, match="onnxruntime takes no bfloat16"):
+        check_engine_request("onnxruntime", "cpu", torch.bfloat16)
+    with pytest.raises(EngineError, match="unknown ONNX exporter 'fast'"):
+        check_engine_request("onnxruntime", "cpu", exporter="fast")
+
+
+def test_missing_onnx_packages_are_named_with_their_extra(monkeypatch, tmp_path):
+    import importlib.util
+
+    from l2s.engines import check_engine_request
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("onnxscript", "onnxruntime") else real(name, *a))
+    with pytest.raises(EngineError, match=r"^ONNX engines need onnxscript, onnxruntime, not installed here: "
+                                          r"pip install 'l2s\[onnx\]'$"):
+        check_engine_request("onnxruntime", "cpu", cache_dir=tmp_path)
+
+
+def test_a_killed_build_leaves_no_folder_behind_once_another_build_runs(tmp_path):
+    import socket
+    import subprocess
+
+    from l2s.engines.cache import staged_entry, write_meta
+
+    host = socket.gethostname().replace("-", "_")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    leftovers = {
+        "killed": tmp_path / f".partial-onnx-k1-{host}-{dead}-0badc0de",
+        "running here": tmp_path / f".partial-onnx-k2-{host}-{os.getpid()}-0badc0de",
+        "another machine's": tmp_path / f".partial-onnx-k3-elsewhere-{dead}-0badc0de",
+    }
+    for folder in leftovers.values():
+        folder.mkdir()
+    with staged_entry(tmp_path / "onnx-k4", ("model.onnx",)) as scratch:
+        (scratch / "model.onnx").write_text("graph")
+        write_meta(scratch, {"key": "k4"})
+    assert not leftovers["killed"].exists()
+    assert leftovers["running here"].exists() and leftovers["another machine's"].exists()

@@ -281,9 +281,29 @@ def test_an_engine_the_call_cannot_run_is_refused_before_any_steering():
         FluxSteeringPipeline(pipe, classifier, mode="reference", engine="compile")
     if not torch.cuda.is_available():
         steerer = FluxSteeringPipeline(pipe, classifier, engine="cuda-graph")     # the model may move to CUDA later
-        with pytest.raises(UsageError, match="engine 'cuda-graph' needs the model on CUDA; it is on cpu"):
+        with pytest.raises(UsageError, match="the cuda-graph engine needs the model on CUDA; it is on cpu"):
             steerer("a cat above a dog", num_inference_steps=2, height=32, width=32, progress=False)
         assert not steerer._engines
+    # Set after wrapping, the engine is checked as at wrapping time.
+    steerer = FluxSteeringPipeline(pipe, classifier, engine="eager")
+    with pytest.raises(UsageError, match="engine must be one of auto, eager.*got 'turbo'"):
+        steerer.engine_kind = "turbo"
+    steerer.engine_kind = "compile"
+    assert steerer.engine_kind == "compile"
+    reference = FluxSteeringPipeline(pipe, classifier, mode="reference")
+    with pytest.raises(UsageError, match="mode 'reference' runs every step eagerly"):
+        reference.engine_kind = "compile"
+
+
+def test_stable_diffusion_takes_the_default_engine_and_refuses_others():
+    from l2s.demo import tiny_sd_pipeline
+    from l2s.pipelines import wrap_pipeline
+
+    pipe = tiny_sd_pipeline(seed=0)
+    classifier = tiny_classifier_for(pipe, seed=1)
+    assert wrap_pipeline(pipe, classifier, engine="auto").capture_backend == "sdpa"
+    with pytest.raises(TypeError, match=r"options \['engine'\] apply to FLUX pipelines only"):
+        wrap_pipeline(pipe, classifier, engine="compile")
 
 
 def test_true_cfg_matches_diffusers_flux_pipeline():
