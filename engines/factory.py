@@ -48,7 +48,7 @@ DEFAULT_TOLERANCE = {torch.float32: 1e-3, torch.float16: 2e-2, torch.bfloat16: 5
 # "compile-cuda-graph" compiles like this, then replays a CUDA graph (plain steps have static shapes).
 CUDA_GRAPH_COMPILE_MODE = "max-autotune-no-cudagraphs"
 AUTO_EAGER_REASON = ("no engine was asked for and none is cached for these shapes, so plain steps run eager; "
-                     "ask for one (compile, compile-cuda-graph, cuda-graph, tensorrt) to build it once")
+                     "ask for one (compile, compile-cuda-graph, cuda-graph, onnxruntime, tensorrt) to build it once")
 # What a build costs, said before it starts (in words: the time depends on the model and machine).
 BUILD_COSTS = {
     "compile": "a cold torch.compile of the {whole} {params}-parameter transformer (the longest step of a "

@@ -12,6 +12,7 @@ import contextlib
 import io
 import logging
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -144,8 +145,11 @@ def _export(
     module = PositionalSampleModule(transformer, tuple(inputs)).eval()
     args = tuple(inputs.values())
     common = dict(input_names=list(inputs), output_names=[OUTPUT_NAME], opset_version=opset)
-    # The exporters print progress lines; the caller logs one line instead.
-    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+    # The exporters print progress lines, and torch's own deprecation notices (not the user's to
+    # act on); the caller logs one line instead.
+    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
         if exporter == "dynamo":
             torch.onnx.export(module, args, str(path), dynamo=True, external_data=True, **common)
         elif exporter == "legacy":

@@ -61,12 +61,12 @@ def image_settings(args: argparse.Namespace) -> dict:
 
 
 def unset_defaults() -> dict:
-    """What an unset ``--device`` and ``--capture-backend`` stand for on this machine."""
+    """What an unset ``--device``, ``--capture-backend`` and ``--execution`` stand for on this machine."""
     from l2s.steer.modes import DEFAULT_CAPTURE_BACKEND
 
     from .options import default_device
 
-    return {"device": default_device(), "capture_backend": DEFAULT_CAPTURE_BACKEND}
+    return {"device": default_device(), "capture_backend": DEFAULT_CAPTURE_BACKEND, "execution": "fast"}
 
 
 def folders_line(out: Path, jobs: list[ImageJob], names: list[str], resumed: int = 0) -> str:

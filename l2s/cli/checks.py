@@ -34,7 +34,21 @@ def check_sampling_args(args: argparse.Namespace) -> None:
         seed_value(args.seed, "--seed")
     if getattr(args, "device", None) is not None:
         check_device(args.device, flag_of())
+    _check_execution(args)
     _check_engine(args)
+
+
+def _check_execution(args: argparse.Namespace) -> None:
+    """``--execution fast+cudagraphs`` replays CUDA graphs: refused on another device before a model loads."""
+    if getattr(args, "execution", None) != "fast+cudagraphs":
+        return
+    from l2s.errors import UsageError
+
+    from .options import default_device
+
+    device = getattr(args, "device", None) or default_device()
+    if not str(device).startswith("cuda"):
+        raise UsageError(f"--execution fast+cudagraphs replays CUDA graphs: this run's device is {device}")
 
 
 def _check_engine(args: argparse.Namespace) -> None:
@@ -48,8 +62,12 @@ def _check_engine(args: argparse.Namespace) -> None:
 
     from .options import default_device
 
+    device = getattr(args, "device", None) or default_device()
+    if getattr(args, "execution", None) == "reference":
+        raise UsageError(f"--execution reference runs every step eagerly, as published: --engine {engine} needs a "
+                         "fast --execution")
     try:
-        check_engine_request(engine, getattr(args, "device", None) or default_device())
+        check_engine_request(engine, device)
     except EngineError as error:
         raise UsageError(f"--engine {engine}: {error}") from None
 

@@ -256,6 +256,8 @@ def _request_settings(args: argparse.Namespace) -> dict:
     settings.update(weights_digests(args))   # the same paths with retrained weights are other settings
     if args.relations:  # recorded only when given, so runs made before the option still resume
         settings["relations"] = args.relations
+    if args.execution not in (None, "fast"):   # likewise: "fast" is what runs made before it used
+        settings["execution"] = args.execution
     if args.lora:
         from l2s.shapes.recipes import lora_folder
 

@@ -52,6 +52,7 @@ SHIPPED_CLASSIFIER_NAMES = ("shapes", "shapes-pos-only", "shapes-k4")
 # Names the library defines (l2s.steer.PRESETS, l2s.capture.CAPTURE_BACKENDS, l2s.engines.ENGINE_KINDS),
 # spelled out here so that --help needs no torch import; tests/cli/test_generate.py checks they agree.
 SCHEDULES = ("reference", "front-loaded", "front-loaded-20", "early-exit", "fast")
+EXECUTION_MODES = ("fast", "fast+compiled", "fast+cudagraphs", "reference")   # l2s.steer.MODES
 CAPTURE_BACKENDS = ("sdpa", "native")
 ENGINES = ("auto", "eager", "compile", "compile-cuda-graph", "cuda-graph", "onnxruntime", "tensorrt")
 
@@ -61,6 +62,11 @@ def add_speed_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--schedule", choices=SCHEDULES, default="reference",
                         help="steering schedule: reference (default, the published one) or a cheaper "
                              "preset (see docs/usage.md: what each trades)")
+    parser.add_argument("--execution", choices=EXECUTION_MODES,
+                        help="how steered iterations run: fast (default), fast+compiled (FLUX: the whole "
+                             "iteration under torch.compile; the first image compiles), fast+cudagraphs "
+                             "(the same replayed as CUDA graphs, CUDA only) or reference (the published "
+                             "implementation, every step eager); all steer alike")
     parser.add_argument("--capture-backend", choices=CAPTURE_BACKENDS,
                         help="how steered passes compute the attention maps: sdpa (default) or native "
                              "(the l2s::selected_text_softmax op); same maps")
@@ -70,17 +76,18 @@ def add_speed_args(parser: argparse.ArgumentParser) -> None:
 
 
 def apply_speed_args(steerer, args: argparse.Namespace) -> None:
-    """Set ``--capture-backend`` and ``--engine`` on a loaded steering pipeline."""
+    """Set ``--execution``, ``--capture-backend`` and ``--engine`` on a loaded steering pipeline."""
+    engine = getattr(args, "engine", "auto")
+    if getattr(args, "execution", None) is not None:   # checked with the other options (cli.checks)
+        steerer.mode = args.execution
     backend = getattr(args, "capture_backend", None)
     if backend is not None:
         steerer.capture_backend = backend
-    engine = getattr(args, "engine", "auto")
     if not hasattr(steerer, "engine_kind"):
         if engine != "auto":
             raise UsageError("--engine applies to FLUX models; Stable Diffusion's plain steps run eager")
         return
-    if steerer.mode.name != "reference":       # reference mode runs eager, as published
-        steerer.engine_kind = engine
+    steerer.engine_kind = engine
 
 
 def load_steerer(args: argparse.Namespace):

@@ -32,6 +32,7 @@ from l2s.steer import (
     SteeringObjective,
     SteeringOutcome,
     SteeringPlan,
+    execution_mode,
     parsed_from_relations,
     preset_steps,
     refine_latents,
@@ -60,6 +61,7 @@ class SteeringResult:
     timings: dict[str, float]
     engine: dict | None = None        # the plain-step engine used: {"name", "reason"}
     sampling: dict = field(default_factory=dict)  # model-specific sampling options in effect
+    execution: dict = field(default_factory=dict)  # how steered steps ran: {"mode", "capture_backend"}
     outcome: SteeringOutcome | None = None  # what steering did (a batch: the first image's; see ``outcomes``)
     plans: list[SteeringPlan] | None = None          # a batch of prompts: one plan per image
     outcomes: list[SteeringOutcome] | None = None    # ... and what steering did to each
@@ -96,6 +98,7 @@ class SteeringResult:
             "non_finite_events": len(diagnostics.non_finite_events()),
             "plain_step_engine": self.engine,
             "sampling": self.sampling,
+            "execution": self.execution,
             "timings_s": self.timings,
         }
 
@@ -172,6 +175,7 @@ class SteeringPipeline:
         # items, see ``l2s.steer.parsed_from_relations``), or None for the parser's.
         self.given_relations: Callable[[str], list | None] | None = None
         self._engines: dict = {}              # plain-step engines by input shapes
+        self.engine_build_seconds = 0.0       # time spent building them, over this pipeline's life
         self._last_engine = None
         self._steering_seconds = 0.0          # time in steered steps during the current call
 
@@ -225,7 +229,16 @@ class SteeringPipeline:
 
     @property
     def mode(self) -> ExecutionMode:
+        """How steered iterations run (``l2s.steer.MODES``); every mode steers alike."""
         return self.objective.mode
+
+    @mode.setter
+    def mode(self, mode: str | ExecutionMode) -> None:
+        self._check_mode(execution_mode(mode))
+        self.objective = SteeringObjective(self.denoiser, self.classifier, mode, self.capture_backend)
+
+    def _check_mode(self, mode: ExecutionMode) -> None:
+        """What a family refuses before ``mode`` replaces the current one (nothing here)."""
 
     @property
     def capture_backend(self) -> str:
@@ -336,6 +349,7 @@ class SteeringPipeline:
                    guidance_scale=guidance_scale, seed=seed, num_images=num_images, steer=steer,
                    schedule=schedule, latents=latents, progress=progress)
         self._steering_seconds, compiled_before = 0.0, self.objective.compile_seconds
+        built_before = self.engine_build_seconds
         batch = image_batch(prompt, seed, num_images)
         given = _relations_by_prompt(prompt, relations)
         plans = None if batch is None else self._plans([p for p, _ in batch], given)
@@ -356,6 +370,8 @@ class SteeringPipeline:
         timings = {"total": time.perf_counter() - t0, "steering": self._steering_seconds}
         if self.objective.compile_seconds > compiled_before:   # a cold compile ran in this call
             timings["steering_compile_s"] = self.objective.compile_seconds - compiled_before
+        if self.engine_build_seconds > built_before:          # a plain-step engine was built in this call
+            timings["plain_engine_build_s"] = self.engine_build_seconds - built_before
         engine = self._last_engine
         outcomes = None if plans is None else [
             steering_outcome(p, schedule, diagnostics.for_image(i) if p.steered else SteeringDiagnostics(), steer)
@@ -366,6 +382,7 @@ class SteeringPipeline:
                               diagnostics=diagnostics, timings=timings,
                               engine={"name": engine.name, "reason": engine.reason} if engine else None,
                               sampling=self.sampling_options(),
+                              execution={"mode": self.mode.name, "capture_backend": self.capture_backend},
                               outcome=outcomes[0] if outcomes else steering_outcome(plan, schedule, diagnostics, steer),
                               plans=plans, outcomes=outcomes, warnings=[grid] if grid else [])
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -104,10 +105,15 @@ class FluxSteeringPipeline(SteeringPipeline):
     def accepts(cls, pipe) -> bool:
         return hasattr(pipe, "transformer") and hasattr(pipe, "tokenizer_2")
 
+    def _check_mode(self, mode) -> None:
+        if mode.name == "reference" and self.engine_kind not in ("auto", "eager"):
+            raise UsageError(f"mode 'reference' runs every step eagerly, as the published code does: set "
+                             f"engine_kind to 'eager' (not {self.engine_kind!r}) first")
+
     @property
     def engine_kind(self) -> str:
         """What runs plain steps (``l2s.engines.ENGINE_KINDS``); reference mode runs eager."""
-        return self._engine_kind
+        return "eager" if self.mode.name == "reference" else self._engine_kind
 
     @engine_kind.setter
     def engine_kind(self, kind: str) -> None:
@@ -116,9 +122,6 @@ class FluxSteeringPipeline(SteeringPipeline):
         if self.mode.name == "reference" and kind not in ("auto", "eager"):
             raise UsageError(f"mode 'reference' runs every step eagerly, as the published code does: engine "
                              f"{kind!r} needs one of the fast modes")
-        kind = "eager" if self.mode.name == "reference" else kind
-        if kind != getattr(self, "_engine_kind", kind):
-            self._engines.clear()   # engines of the former kind would be reused by shape
         self._engine_kind = kind
 
     @classmethod
@@ -152,10 +155,13 @@ class FluxSteeringPipeline(SteeringPipeline):
         kind (``l2s.engines.ENGINE_KINDS``) is built, announced with its expected cost, and cached.
         ``engine.reason`` says which and why (also in the report).
         """
-        key = tuple((k, tuple(v.shape), v.dtype) for k, v in example_inputs.items()
-                    if isinstance(v, torch.Tensor))
+        key = (self.engine_kind, *((k, tuple(v.shape), v.dtype) for k, v in example_inputs.items()
+                                   if isinstance(v, torch.Tensor)))
         if key not in self._engines:
+            started = time.perf_counter()
             engine = make_plain_step_engine(self.pipe.transformer, example_inputs, kind=self.engine_kind)
+            if engine.kind != "eager":    # eager builds nothing
+                self.engine_build_seconds += time.perf_counter() - started
             if isinstance(engine, FROZEN_ENGINES) and self._engine_weights is None:
                 self._engine_weights = weight_fingerprint(self.pipe.transformer)
             self._engines[key] = engine

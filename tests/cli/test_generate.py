@@ -127,13 +127,14 @@ def test_corrupt_model_and_classifier_files_are_refused(saved, capsys, tmp_path)
 def test_the_cli_names_agree_with_the_library():
     from l2s.capture import CAPTURE_BACKENDS
     from l2s.cli.models import CAPTURE_BACKENDS as CLI_BACKENDS
-    from l2s.cli.models import ENGINES, SCHEDULES, SHIPPED_CLASSIFIER_NAMES
+    from l2s.cli.models import ENGINES, EXECUTION_MODES, SCHEDULES, SHIPPED_CLASSIFIER_NAMES
     from l2s.engines import ENGINE_KINDS
     from l2s.shapes.recipes import SHIPPED_CLASSIFIERS
-    from l2s.steer import PRESETS
+    from l2s.steer import MODES, PRESETS
 
     assert SCHEDULES == tuple(PRESETS) and CLI_BACKENDS == tuple(CAPTURE_BACKENDS)
     assert ENGINES == tuple(ENGINE_KINDS) and SHIPPED_CLASSIFIER_NAMES == tuple(SHIPPED_CLASSIFIERS)
+    assert sorted(EXECUTION_MODES) == sorted(MODES) and EXECUTION_MODES[0] == "fast"
 
 
 def test_schedule_capture_backend_and_engine_reach_the_pipeline(tmp_path, capsys):
@@ -146,6 +147,26 @@ def test_schedule_capture_backend_and_engine_reach_the_pipeline(tmp_path, capsys
     assert report["schedule"]["iterations"] == [16] + [0] * 9       # schnell rule: step 0 only
     assert report["plain_step_engine"]["name"] == "eager"
     assert "requested explicitly" in report["plain_step_engine"]["reason"]
+    assert report["execution"] == {"mode": "fast", "capture_backend": "native"}
+
+
+def test_execution_mode_reaches_the_pipeline_and_impossible_ones_are_refused_first(tmp_path, capsys, monkeypatch):
+    import l2s.cli.generate
+
+    code, _, err = run(["generate", "a cat to the left of a dog", "--model", "tiny", "--out", str(tmp_path / "r"),
+                        "--quiet", "--no-baseline", "--steps", "2", "--execution", "reference"], capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["execution"]["mode"] == "reference" and report["plain_step_engine"]["name"] == "eager"
+    monkeypatch.setattr(l2s.cli.generate, "load_steerer", lambda *a, **k: pytest.fail("loaded a model"))
+    for extra, said in ((["--execution", "reference", "--engine", "compile"],
+                         "--execution reference runs every step eagerly, as published: --engine compile needs a "
+                         "fast --execution"),
+                        (["--execution", "fast+cudagraphs", "--device", "cpu"],
+                         "--execution fast+cudagraphs replays CUDA graphs: this run's device is cpu")):
+        code, _, err = run(["generate", "a cat above a dog", "--model", "tiny", "--out", str(tmp_path / "x"),
+                            *extra], capsys)
+        assert code == 2 and err.strip().splitlines()[-1] == f"l2s: error: {said}", err
 
 
 def test_default_engine_is_eager_and_says_why(tmp_path, capsys):
@@ -158,7 +179,7 @@ def test_default_engine_is_eager_and_says_why(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("option, value", [("--schedule", "fastest"), ("--capture-backend", "cuda"),
-                                           ("--engine", "turbo")])
+                                           ("--engine", "turbo"), ("--execution", "faster")])
 def test_unknown_speed_options_are_refused(option, value, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["generate", "a cat above a dog", "--model", "tiny", "--out", str(tmp_path), option, value])

@@ -257,6 +257,8 @@ def test_plain_steps_run_on_the_engine_and_steered_steps_on_autograd():
     onnx = FluxSteeringPipeline(pipe, classifier, engine="onnxruntime")("a cat above a dog", **kwargs)
     assert eager.engine["name"].startswith("eager") and "onnx" in onnx.engine["name"]
     assert onnx.report()["plain_step_engine"] == onnx.engine
+    assert onnx.report()["execution"] == {"mode": "fast", "capture_backend": "sdpa"}
+    assert onnx.timings["plain_engine_build_s"] > 0 and "plain_engine_build_s" not in eager.timings
     assert [r.loss for r in onnx.diagnostics.records] == [r.loss for r in eager.diagnostics.records]
     a = torch.tensor(list(eager.images[0].tobytes()), dtype=torch.float)
     b = torch.tensor(list(onnx.images[0].tobytes()), dtype=torch.float)
@@ -264,6 +266,7 @@ def test_plain_steps_run_on_the_engine_and_steered_steps_on_autograd():
     # Weights changed in place (as peft merges a LoRA): the exported engine is built again from them.
     onnx_steerer = FluxSteeringPipeline(pipe, classifier, engine="onnxruntime")
     onnx_steerer("a cat above a dog", **kwargs)
+    assert "plain_engine_build_s" not in onnx_steerer("a cat above a dog", **kwargs).timings   # built once
     pipe.transformer.proj_out.weight.data *= 3
     try:
         changed = [FluxSteeringPipeline(pipe, classifier, engine="eager")("a cat above a dog", **kwargs),
@@ -293,6 +296,15 @@ def test_an_engine_the_call_cannot_run_is_refused_before_any_steering():
     reference = FluxSteeringPipeline(pipe, classifier, mode="reference")
     with pytest.raises(UsageError, match="mode 'reference' runs every step eagerly"):
         reference.engine_kind = "compile"
+    # The mode changes after wrapping too; reference takes no built engine, and then runs eager.
+    with pytest.raises(UsageError, match="set engine_kind to 'eager' \\(not 'compile'\\) first"):
+        steerer.mode = "reference"
+    assert steerer.mode.name == "fast"
+    steerer.engine_kind = "auto"
+    steerer.mode = "reference"
+    assert (steerer.mode.name, steerer.objective.mode.name, steerer.engine_kind) == ("reference", "reference", "eager")
+    with pytest.raises(UsageError, match="unknown execution mode 'turbo'"):
+        steerer.mode = "turbo"
 
 
 def test_stable_diffusion_takes_the_default_engine_and_refuses_others():
