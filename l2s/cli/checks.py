@@ -39,10 +39,16 @@ def check_sampling_args(args: argparse.Namespace) -> None:
 
 
 def _check_execution(args: argparse.Namespace) -> None:
-    """``--execution fast+cudagraphs`` replays CUDA graphs: refused on another device before a model loads."""
-    if getattr(args, "execution", None) != "fast+cudagraphs":
-        return
+    """``--execution fast+cudagraphs`` replays CUDA graphs: refused on another device before a model
+    loads; ``reference`` computes its maps one way only (no ``--capture-backend native``)."""
     from l2s.errors import UsageError
+
+    execution = getattr(args, "execution", None)
+    if execution == "reference" and getattr(args, "capture_backend", None) not in (None, "sdpa"):
+        raise UsageError(f"--capture-backend {args.capture_backend} applies to the fast modes: --execution "
+                         "reference computes its maps as the published code does")
+    if execution != "fast+cudagraphs":
+        return
 
     from .options import default_device
 

@@ -14,6 +14,7 @@ Explicit PyTorch formulas: :func:`selected_text_softmax_reference`,
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import Tensor
@@ -52,12 +53,37 @@ def selected_text_softmax(q: Tensor, k: Tensor, selector: Tensor, scale: float |
         scale: logit scale; default ``1/√D`` (SDPA's).
 
     Returns:
-        ``(B, H, N, G)`` maps in q's dtype; differentiable w.r.t. q, k (and selector).
+        ``(B, H, N, G)`` maps in q's dtype (under autocast: autocast's dtype, as SDPA's); first-order
+        reverse-mode differentiable w.r.t. q, k and selector (``backward``, ``torch.autograd.grad``).
+        Forward mode (``torch.func.jvp``, forward AD) is refused; ``torch.func.grad``/``jacrev`` and
+        double backward are not supported: use :func:`selected_text_softmax_reference` for those.
     """
+    q, k = _autocast(q, k)
     _check_inputs(q, k, selector)
+    _refuse_forward_mode(q, k, selector)
     if scale is None:   # D = 0: every logit is 0 whatever the scale
         scale = 1.0 / math.sqrt(q.shape[-1]) if q.shape[-1] else 1.0
+    if not isinstance(scale, numbers.Real) or isinstance(scale, bool):
+        raise TypeError(f"scale must be a Python number, got {type(scale).__name__}")
     return torch.ops.l2s.selected_text_softmax(q, k, selector, float(scale))
+
+
+def _autocast(q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+    """q and k in autocast's dtype where it is on (SDPA, the other backend, is cast the same way)."""
+    device = q.device.type
+    if q.dtype.is_floating_point and torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+        return q.to(dtype), k.to(dtype)
+    return q, k
+
+
+def _refuse_forward_mode(*tensors: Tensor) -> None:
+    # The op has a reverse-mode formula only; forward mode would silently give a zero tangent.
+    if torch.compiler.is_compiling():
+        return
+    if any(torch.autograd.forward_ad.unpack_dual(t).tangent is not None for t in tensors):
+        raise NotImplementedError("l2s::selected_text_softmax has no forward-mode derivative (jvp): use "
+                                  "selected_text_softmax_reference")
 
 
 def selected_text_attention(
@@ -84,4 +110,5 @@ def selected_text_attention(
         raise ValueError(f"unknown backend {backend!r}; expected one of {ATTENTION_BACKENDS}")
     if backend == "native" and attn_mask is None:
         return selected_text_softmax(query, text_key, selector)
+    _check_inputs(*_autocast(query, text_key), selector)   # both backends refuse the same inputs
     return sdpa_selected_text_attention(query, text_key, selector, attn_mask=attn_mask)

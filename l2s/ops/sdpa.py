@@ -21,15 +21,22 @@ def selected_text_attention_reference(
     """The explicit formula: SDPA's masked softmax of ``q kᵀ/√d`` over T, times the selector.
 
     Materialises the ``(B, H, N, T)`` probabilities; a boolean mask keeps the True keys, a float
-    mask is added to the logits (SDPA's conventions).
+    mask is added to the logits, and a row the mask hides entirely is zero (SDPA's conventions).
     """
     scores = query @ text_key.transpose(-1, -2) * query.shape[-1] ** -0.5
+    probs_of_nothing = None
     if attn_mask is not None:
         if attn_mask.dtype == torch.bool:
             scores = scores.masked_fill(~attn_mask, float("-inf"))
+            probs_of_nothing = ~attn_mask.any(dim=-1, keepdim=True)
         else:
             scores = scores + attn_mask
-    return scores.softmax(dim=-1) @ selector.to(dtype=scores.dtype)
+            probs_of_nothing = torch.isneginf(attn_mask).all(dim=-1, keepdim=True)
+    if probs_of_nothing is not None:   # a finite row first, so neither pass sees 0/0
+        probs = scores.masked_fill(probs_of_nothing, 0.0).softmax(dim=-1).masked_fill(probs_of_nothing, 0.0)
+    else:
+        probs = scores.softmax(dim=-1)
+    return probs @ selector.to(dtype=probs.dtype)
 
 
 def sdpa_selected_text_attention(

@@ -19,20 +19,23 @@ def token_group_selector(
 
     ``width`` (default ``len(groups)``) pads with zero columns, which some SDPA kernels need.
     """
+    if not dtype.is_floating_point:   # 1/n would truncate to 0 in an integer selector
+        raise TypeError(f"the selector holds token weights 1/n: give a floating dtype, got {dtype}")
     width = len(groups) if width is None else width
     if width < len(groups):
         raise ValueError(f"selector width {width} < number of groups {len(groups)}")
     selector = torch.zeros(text_len, width, device=device, dtype=dtype)
     for column, tokens in enumerate(groups):
         tokens = list(tokens)
-        if not tokens or len(set(tokens)) != len(tokens) or not all(0 <= t < text_len for t in tokens):
+        whole = all(hasattr(t, "__index__") and not isinstance(t, bool) for t in tokens)   # ints, numpy ints
+        if not tokens or not whole or len(set(tokens)) != len(tokens) or not all(0 <= t < text_len for t in tokens):
             # an empty group has no map, a repeated token would weigh twice, a negative one wrap around
             raise ValueError(f"token group {column} must be distinct token indices in [0, {text_len}), got {tokens}")
         selector[tokens, column] = 1.0 / len(tokens)
     return selector
 
 
-def selector_width(num_groups: int, head_dim: int, device: torch.device, backend: str = "sdpa") -> int:
+def selector_width(num_groups: int, head_dim: int, device: torch.device | str, backend: str = "sdpa") -> int:
     """Value width that lets a fused SDPA kernel (not the math backend) compute the maps.
 
     CUDA's memory-efficient kernel accepts a value head dim different from q/k's, in multiples of 8.
@@ -40,7 +43,9 @@ def selector_width(num_groups: int, head_dim: int, device: torch.device, backend
     head dim there; with a narrower value, torch falls back to the math backend, which keeps the full
     probability tensor for backward.
     """
-    if device.type == "cuda":
+    if backend not in ("sdpa", "native"):
+        raise ValueError(f"unknown backend {backend!r}; expected one of ('sdpa', 'native')")
+    if torch.device(device).type == "cuda":
         return max(8, -(-num_groups // 8) * 8)
     if backend == "native":                      # l2s_fast's CPU kernel: no padding needed
         return num_groups

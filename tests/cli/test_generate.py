@@ -163,7 +163,10 @@ def test_execution_mode_reaches_the_pipeline_and_impossible_ones_are_refused_fir
                          "--execution reference runs every step eagerly, as published: --engine compile needs a "
                          "fast --execution"),
                         (["--execution", "fast+cudagraphs", "--device", "cpu"],
-                         "--execution fast+cudagraphs replays CUDA graphs: this run's device is cpu")):
+                         "--execution fast+cudagraphs replays CUDA graphs: this run's device is cpu"),
+                        (["--execution", "reference", "--capture-backend", "native"],
+                         "--capture-backend native applies to the fast modes: --execution reference computes its "
+                         "maps as the published code does")):
         code, _, err = run(["generate", "a cat above a dog", "--model", "tiny", "--out", str(tmp_path / "x"),
                             *extra], capsys)
         assert code == 2 and err.strip().splitlines()[-1] == f"l2s: error: {said}", err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -20,6 +21,9 @@ MASKS = {
     "no mask": None,
     "bool key padding": torch.tensor([True, True, False, True, False, True]).view(1, 1, 1, 6),
     "float bias": torch.linspace(-2.0, 1.0, 6).view(1, 1, 1, 6),
+    # A query row that sees no key: SDPA gives zero maps and zero gradients there.
+    "bool, a row hidden": torch.ones(1, 1, 7, 6, dtype=torch.bool).index_fill(2, torch.tensor([2]), False),
+    "float, a row hidden": torch.zeros(1, 1, 7, 6).index_fill(2, torch.tensor([2]), float("-inf")),
 }
 
 
@@ -38,6 +42,32 @@ def test_sdpa_backend_forward_and_backward_match_reference(mask):
         results.append((out.detach(), q64.grad, k64.grad))
     for actual, wanted in zip(*results):
         torch.testing.assert_close(actual, wanted, atol=1e-12, rtol=1e-12)
+    assert all(t.isfinite().all() for t in results[1])
+
+
+def test_both_backends_refuse_the_same_inputs():
+    q, k, _ = random_inputs(1, 2, 3, 5, 4, 1)
+    selector = token_group_selector([[0], [2, 3]], text_len=5)
+    bad = {"3-D query": (q[0], k[0], selector), "no text keys": (q, k[:, :, :0], selector[:0]),
+           "float64 keys": (q, k.double(), selector), "integer selector": (q, k, selector.long())}
+    for name, inputs in bad.items():
+        said = []
+        for backend in ("sdpa", "native"):
+            with pytest.raises((ValueError, TypeError)) as error:
+                selected_text_attention(*inputs, backend=backend)
+            said.append(str(error.value))
+        assert said[0] == said[1], name
+
+
+def test_under_autocast_both_backends_give_autocast_maps():
+    q, k, _ = random_inputs(1, 2, 3, 5, 4, 1)
+    selector = token_group_selector([[0], [2, 3]], text_len=5)
+    layer = torch.nn.Linear(4, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        query = layer(q)                         # bf16, the keys still float32
+        maps = [selected_text_attention(query, k, selector, backend=b) for b in ("sdpa", "native")]
+    assert [m.dtype for m in maps] == [torch.bfloat16] * 2
+    torch.testing.assert_close(maps[0].float(), maps[1].float(), atol=2e-2, rtol=2e-2)
 
 
 def test_sdpa_backend_gradcheck_float64():
@@ -59,6 +89,14 @@ def test_token_group_selector_and_its_width():
     assert selector_width(3, 64, torch.device("cpu")) == 64
     assert selector_width(3, 64, torch.device("cpu"), backend="native") == 3
     assert selector_width(9, 64, torch.device("cuda")) == 16
+    assert selector_width(3, 64, "cpu") == 64 and selector_width(9, 64, "cuda") == 16   # names, as torch takes
+    with pytest.raises(ValueError, match="unknown backend 'bogus'"):
+        selector_width(3, 64, "cpu", backend="bogus")
+    with pytest.raises(TypeError, match="give a floating dtype, got torch.int64"):
+        token_group_selector([[0, 1]], text_len=4, dtype=torch.long)             # 1/2 would be 0
+    with pytest.raises(ValueError, match=r"distinct token indices in \[0, 4\), got \[True\]"):
+        token_group_selector([[True]], text_len=4)
+    assert torch.equal(token_group_selector([[np.int64(1)]], text_len=2), torch.tensor([[0.0], [1.0]]))
 
 
 def test_unknown_backend_is_rejected():

@@ -222,6 +222,23 @@ def test_mixed_dtypes_are_rejected():
     q, k, selector = random_inputs(1, 1, 2, 3, 4, 1)
     with pytest.raises(TypeError, match="share one floating dtype"):
         ops.selected_text_softmax(q, k.double(), selector)
+    with pytest.raises(TypeError, match="scale must be a Python number, got Tensor"):
+        ops.selected_text_softmax(q, k, selector, torch.tensor(0.5))   # compiled, it would fail deep inside
+
+
+def test_forward_mode_is_refused_not_silently_zero():
+    """The op has a reverse-mode formula only: a jvp would otherwise come back as zeros."""
+    import torch.autograd.forward_ad as fwAD
+
+    q, k, selector = random_inputs(1, 2, 3, 5, 4, 2)
+    tangent = torch.randn_like(q)
+    with pytest.raises(NotImplementedError, match="no forward-mode derivative"):
+        torch.func.jvp(lambda a: ops.selected_text_softmax(a, k, selector), (q,), (tangent,))
+    with fwAD.dual_level(), pytest.raises(NotImplementedError, match="no forward-mode derivative"):
+        ops.selected_text_softmax(fwAD.make_dual(q, tangent), k, selector)
+    # The reference it points to has one.
+    _, jvp = torch.func.jvp(lambda a: ops.selected_text_softmax_reference(a, k, selector, 0.5), (q,), (tangent,))
+    assert jvp.abs().sum() > 0
 
 
 def test_available_backends_report_this_machine():

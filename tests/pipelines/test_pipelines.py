@@ -305,6 +305,17 @@ def test_an_engine_the_call_cannot_run_is_refused_before_any_steering():
     assert (steerer.mode.name, steerer.objective.mode.name, steerer.engine_kind) == ("reference", "reference", "eager")
     with pytest.raises(UsageError, match="unknown execution mode 'turbo'"):
         steerer.mode = "turbo"
+    # What the call would refuse or ignore is refused when the pipeline is made or changed.
+    with pytest.raises(UsageError, match="unknown schedule 'bogus'; expected a Schedule or one of reference"):
+        FluxSteeringPipeline(pipe, classifier, schedule="bogus")
+    with pytest.raises(UsageError, match="capture backend 'native' applies to the fast modes"):
+        FluxSteeringPipeline(pipe, classifier, mode="reference", capture_backend="native")
+    with pytest.raises(UsageError, match="capture backend 'native' applies to the fast modes"):
+        steerer.capture_backend = "native"                      # steerer is in reference mode now
+    native = FluxSteeringPipeline(pipe, classifier, capture_backend="native")
+    with pytest.raises(UsageError, match="capture backend 'native' applies to the fast modes"):
+        native.mode = "reference"
+    assert native.mode.name == "fast"
 
 
 def test_stable_diffusion_takes_the_default_engine_and_refuses_others():

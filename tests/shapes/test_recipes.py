@@ -419,3 +419,9 @@ def test_the_native_pipeline_takes_a_shapes_models_family_and_step_size_unless_t
     told = FluxRelationSteeringPipeline.from_pipe(tiny_shapes_pipe, classifier=classifier, steering_step_size=2.0,
                                                   steering_family="flux-schnell")
     assert told.steering_family() == "flux-schnell" and told.steering_step_size() == 2.0
+
+
+@needs_assets
+def test_the_shipped_steerer_takes_the_speed_options():
+    steerer = shapes_world.load_shapes_steerer(engine="eager", capture_backend="native", mode="fast+compiled")
+    assert (steerer.engine_kind, steerer.capture_backend, steerer.mode.name) == ("eager", "native", "fast+compiled")
