@@ -21,8 +21,20 @@ namespace py = pybind11;
 
 namespace {
 
-// float32, C-contiguous; anything else (float64, strided views) is converted by a copy.
+// float32, C-contiguous; other real dtypes (float64, integers) and strided views are copied.
 using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
+
+// forcecast alone would drop a complex array's imaginary part or read booleans as numbers.
+FloatArray real_array(const py::object& value, const char* name) {
+  const py::array array = py::array::ensure(value);   // numpy arrays and anything with __array__
+  if (!array) throw py::type_error(std::string(name) + " must be an array");
+  const char kind = array.dtype().kind();
+  if (kind != 'f' && kind != 'i' && kind != 'u') {
+    throw py::type_error(std::string(name) + " must hold real numbers (float or integer), got dtype " +
+                         std::string(py::str(array.dtype())));
+  }
+  return FloatArray::ensure(array);
+}
 
 void require_ndim(const FloatArray& array, py::ssize_t ndim, const char* name, const char* layout) {
   if (array.ndim() != ndim) {
@@ -51,8 +63,10 @@ l2s::SelectedTextSoftmaxShape checked_shape(const FloatArray& q, const FloatArra
   return {q.shape(0), q.shape(1), q.shape(2), k.shape(2), q.shape(3), selector.shape(1)};
 }
 
-FloatArray forward(const FloatArray& q, const FloatArray& k, const FloatArray& selector,
+FloatArray forward(const py::object& q_in, const py::object& k_in, const py::object& selector_in,
                    float scale) {
+  const FloatArray q = real_array(q_in, "q"), k = real_array(k_in, "k");
+  const FloatArray selector = real_array(selector_in, "selector");
   const auto s = checked_shape(q, k, selector);
   FloatArray out({s.batch, s.heads, s.queries, s.groups});
   {
@@ -63,9 +77,11 @@ FloatArray forward(const FloatArray& q, const FloatArray& k, const FloatArray& s
   return out;
 }
 
-std::pair<FloatArray, FloatArray> backward(const FloatArray& grad_out, const FloatArray& q,
-                                           const FloatArray& k, const FloatArray& selector,
+std::pair<FloatArray, FloatArray> backward(const py::object& grad_out_in, const py::object& q_in,
+                                           const py::object& k_in, const py::object& selector_in,
                                            float scale) {
+  const FloatArray grad_out = real_array(grad_out_in, "grad_out"), q = real_array(q_in, "q");
+  const FloatArray k = real_array(k_in, "k"), selector = real_array(selector_in, "selector");
   const auto s = checked_shape(q, k, selector);
   require_ndim(grad_out, 4, "grad_out", "(B, H, N, G)");
   const std::vector<py::ssize_t> want{s.batch, s.heads, s.queries, s.groups};
@@ -224,8 +240,8 @@ PYBIND11_MODULE(l2s_fast, m) {
         R"doc(Token-selected text-softmax maps: softmax_T(q k^T scale) @ selector.
 
 q: (B, H, N, D) image queries; k: (B, H, T, D) text keys; selector: (T, G) weights of the
-text tokens per group. Inputs are read as C-contiguous float32 (other dtypes and strided
-arrays are copied). Returns out: (B, H, N, G) float32. Never stores the (N, T) probabilities.)doc");
+text tokens per group. Inputs are read as C-contiguous float32 (other real dtypes and strided
+arrays are copied; complex, boolean and object arrays are refused). Returns out: (B, H, N, G) float32. Never stores the (N, T) probabilities.)doc");
 
   m.def("selected_text_softmax_backward", &backward, py::arg("grad_out"), py::arg("q"),
         py::arg("k"), py::arg("selector"), py::arg("scale"),

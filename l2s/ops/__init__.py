@@ -57,6 +57,10 @@ def selected_text_softmax(q: Tensor, k: Tensor, selector: Tensor, scale: float |
         reverse-mode differentiable w.r.t. q, k and selector (``backward``, ``torch.autograd.grad``).
         Forward mode (``torch.func.jvp``, forward AD) is refused; ``torch.func.grad``/``jacrev`` and
         double backward are not supported: use :func:`selected_text_softmax_reference` for those.
+
+    Limits by kernel (:mod:`.dispatch` picks): CPU (l2s_fast) any D and G, computed in float32
+    (float64 exactly, blockwise); CUDA in float32/float16/bfloat16 only, Triton D <= 256 and G <= 128,
+    l2s_fast's CUDA kernels 1 <= D <= 256, G <= 32 and B·H <= 65535. Beyond them a one-line error.
     """
     q, k = _autocast(q, k)
     _check_inputs(q, k, selector)

@@ -148,6 +148,16 @@ def test_float64_and_strided_inputs_are_converted():
     )
 
 
+@pytest.mark.parametrize("dtype", [np.complex64, np.bool_, object])
+def test_arrays_that_are_not_real_numbers_are_refused(dtype):
+    """A plain cast would drop an imaginary part or read booleans as 0/1 without a word."""
+    q, k, selector = (t.numpy() for t in random_inputs(1, 2, 3, 5, 4, 2))
+    with pytest.raises(TypeError, match=r"^q must hold real numbers \(float or integer\), got dtype"):
+        l2s_fast.selected_text_softmax_forward(q.astype(dtype), k, selector, 0.5)
+    with pytest.raises(TypeError, match=r"^grad_out must hold real numbers"):
+        l2s_fast.selected_text_softmax_backward(np.ones((1, 2, 3, 2), dtype), q, k, selector, 0.5)
+
+
 @pytest.mark.parametrize(
     ("q_shape", "k_shape", "sel_shape", "message"),
     [
