@@ -11,6 +11,7 @@ import json
 import os
 import pickle
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -29,6 +30,7 @@ DAMAGED = (RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError, Ind
 RESTART = "rerun with --restart (resume=False in Python) to train from the start"
 # Settings recorded since a release: a run saved without one resumes as before.
 RECORDED_LATER = ("dataset_records",)
+Finished = Callable[[dict], bool]   # whether a run's counters say it has nothing left to train
 UNRECORDED = {"processes": 1}   # what a run saved without the key ran with
 
 
@@ -98,15 +100,16 @@ def append_log(path: Path, row: dict) -> None:
     fsync_append(path, [json.dumps(row) + "\n"])
 
 
-def prepare_out_dir(out_dir: Path, settings: dict, resume: bool) -> dict | None:
+def prepare_out_dir(out_dir: Path, settings: dict, resume: bool, finished: Finished | None = None) -> dict | None:
     """Recover interrupted checkpoint swaps; the resume state of ``last/`` (checked against
-    ``settings``) when resuming, else clear a previous run. Returns the state or None."""
+    ``settings``, see :func:`read_resume_state`) when resuming, else clear a previous run.
+    Returns the state or None."""
     out_dir.mkdir(parents=True, exist_ok=True)
     best_dir, last_dir, log_path = out_dir / BEST_DIR, out_dir / LAST_DIR, out_dir / LOG_FILE
     for directory in (best_dir, last_dir):
         recover_dir(directory)
     if resume and (last_dir / STATE_FILE).is_file():
-        return read_resume_state(out_dir, settings)
+        return read_resume_state(out_dir, settings, finished)
     if not resume:
         # last/ first: a kill part-way must not leave a run that resumes
         remove_outputs(out_dir, [last_dir.name, best_dir.name, log_path.name], "starting the training over")
@@ -114,9 +117,10 @@ def prepare_out_dir(out_dir: Path, settings: dict, resume: bool) -> dict | None:
     return None
 
 
-def read_resume_state(out_dir: Path, settings: dict) -> dict:
+def read_resume_state(out_dir: Path, settings: dict, finished: Finished | None = None) -> dict:
     """The resume state of ``out_dir/last``, checked against ``settings`` (read-only: the other
-    ranks of a spread run read it after rank 0's :func:`prepare_out_dir`)."""
+    ranks of a spread run read it after rank 0's :func:`prepare_out_dir`). A run that ``finished``
+    (its counters say so) is its result whatever number of processes asks again."""
     last_dir = out_dir / LAST_DIR
     try:
         state = torch.load(last_dir / STATE_FILE, map_location="cpu", weights_only=True)
@@ -126,6 +130,8 @@ def read_resume_state(out_dir: Path, settings: dict) -> dict:
                                f"{RESTART}") from None
     settings = {k: v for k, v in settings.items() if k in saved or k not in RECORDED_LATER}
     differing = changed_settings(saved, settings)
+    if differing == ["processes"] and finished is not None and finished(json.loads(state["counters"])):
+        return state
     if differing == ["epochs"] and "epochs" in settings:   # the reward model's schedule spans the run
         raise L2SError(f"{out_dir} holds a run laid out for {saved['epochs']} epochs (its learning-rate schedule "
                        f"depends on it); rerun with --epochs {saved['epochs']} to resume it, or --restart "

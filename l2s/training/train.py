@@ -208,8 +208,9 @@ def train_classifier(
         settings["dataset_records"] = {"train": len(train_set), "val": len(val_set)}   # a grown dataset differs
         if group.spread:  # each rank's dropout stream is resumed, so a resumed run needs as many ranks
             settings["processes"] = group.size
-        resumed = group.on_main(lambda: prepare_out_dir(out_dir, settings, resume) is not None)
-        state = read_resume_state(out_dir, settings) if resumed else None
+        finished = lambda counters: counters["stopped_early"] or counters["epoch"] >= max_epochs  # noqa: E731
+        resumed = group.on_main(lambda: prepare_out_dir(out_dir, settings, resume, finished) is not None)
+        state = read_resume_state(out_dir, settings, finished) if resumed else None
         return _train(dataset_dir, out_dir, config, train_set, val_set, settings, state, max_epochs, seed, device,
                       num_workers, progress)
 

@@ -258,6 +258,10 @@ def test_training_on_two_processes_takes_the_one_process_steps(train_data, tmp_p
     _train(train_data, tmp_path / "one", 0.0, 3, 1)
     _train(train_data, tmp_path / "two", 0.0, 3, 2)
     one, two = _log(tmp_path / "one"), _log(tmp_path / "two")
+    # A finished run is its result, whatever number of processes runs the command again.
+    _train(train_data, tmp_path / "one", 0.0, 3, 2)
+    _train(train_data, tmp_path / "two", 0.0, 3, 1)
+    assert (_log(tmp_path / "one"), _log(tmp_path / "two")) == (one, two)
     assert [r["epoch"] for r in two] == [1, 2, 3]
     for a, b in zip(one, two):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)
