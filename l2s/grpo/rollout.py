@@ -18,7 +18,10 @@ import torch
 
 from .sde import sde_step
 
-MIN_BATCH = 4
+# Rows below which CPU GEMMs may pick other kernels (other last bits): 4 sufficed on the machine it
+# was first set on, 12 on a later Xeon; every call is padded to this many rows so a row's output
+# never depends on its batch.
+MIN_BATCH = 16
 
 
 @dataclass
