@@ -51,10 +51,10 @@ AUTO_EAGER_REASON = ("no engine was asked for and none is cached for these shape
                      "ask for one (compile, compile-cuda-graph, cuda-graph, onnxruntime, tensorrt) to build it once")
 # What a build costs, said before it starts (in words: the time depends on the model and machine).
 BUILD_COSTS = {
-    "compile": "a cold torch.compile of the {whole} {params}-parameter transformer (the longest step of a "
-               "first run on a large model); kernels are cached in {compile_cache} for later runs",
-    "compile-cuda-graph": "a cold torch.compile (max-autotune) of the {whole} {params}-parameter transformer, "
-                          "then one CUDA graph capture; kernels are cached in {compile_cache}",
+    "compile": "a torch.compile of the {whole} {params}-parameter transformer (cold: the longest step of a "
+               "first run on a large model; warm from the kernels cached in {compile_cache}: much less)",
+    "compile-cuda-graph": "a torch.compile (max-autotune) of the {whole} {params}-parameter transformer "
+                          "(cold, or warm from {compile_cache}), then one CUDA graph capture",
     "cuda-graph": "two warm-up forwards and one CUDA graph capture (a graph lives in this process only)",
     "onnxruntime": "an ONNX export of the {params}-parameter transformer unless one is cached in {cache}",
     "tensorrt": "an ONNX export and a TensorRT build of the {params}-parameter transformer (the slowest "
@@ -195,6 +195,9 @@ def announce_build(kind: str, transformer: torch.nn.Module, inputs: dict[str, to
     """One log line (a warning: on stderr by default) before a build, saying what it will cost."""
     if kind == "eager":
         return
+    if kind == "onnxruntime" and entry_complete(onnx_cache_entry(transformer, InputSignature.from_inputs(inputs),
+                                                                 cache_dir)[1], (ONNX_FILE,)):
+        return                    # nothing to build: the export is reused (its reason says so)
     millions = sum(p.numel() for p in transformer.parameters()) / 1e6
     where = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     whole = "repeated blocks (compiled once per block kind) of the" if regional else "whole"

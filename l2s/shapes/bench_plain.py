@@ -52,7 +52,8 @@ def run_plain_part(steerer, detector, prompts: Sequence[tuple[str, tuple[str, st
     jobs = [(i, seed, folder / f"{i:04d}-{seed:05d}.png") for i in range(len(prompts)) for seed in seeds]
     group = world()
     missing = [job for job in group.share(jobs) if not job[2].is_file()]
-    with tqdm(total=len(missing), desc="no relation", unit="img", disable=not (progress and group.is_main)) as bar:
+    shown = progress and group.is_main and bool(missing)   # a finished part draws no empty bar
+    with tqdm(total=len(missing), desc="no relation", unit="img", disable=not shown) as bar:
         for start in range(0, len(missing), batch_size):
             chunk = missing[start:start + batch_size]
             result = steerer([prompts[i][0] for i, _, _ in chunk], seed=[seed for _, seed, _ in chunk], steer=False,

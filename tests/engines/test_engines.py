@@ -196,7 +196,13 @@ def test_an_explicit_build_announces_its_cost_once(transformer, inputs, caplog):
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1
     assert lines[0].startswith("building the compile plain-step engine for hidden_states[")
-    assert "expected cost: a cold torch.compile" in lines[0] and "cached in" in lines[0]
+    assert "expected cost: a torch.compile" in lines[0] and "cached in" in lines[0]
+
+
+def test_an_engine_whose_export_is_cached_announces_no_build(exported, transformer, inputs, cache_dir, caplog):
+    with caplog.at_level("WARNING", logger="l2s.engines"):
+        engine = make_plain_step_engine(transformer, inputs, kind="onnxruntime", cache_dir=cache_dir)
+    assert not caplog.records and "reused cached ONNX export" in engine.reason
 
 
 def test_compile_engine_matches_eager(transformer):
