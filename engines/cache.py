@@ -22,9 +22,9 @@ import torch
 
 from .base import InputSignature
 
-# Bump when the layout of a cache entry or the meaning of its files changes (2: meta.json lists
-# its files' sizes, so a truncated or missing file marks the entry incomplete).
-CACHE_FORMAT = 2
+# Bump when the layout of a cache entry or the meaning of its files changes (it changes every key,
+# so every cached export and plan is built again).
+CACHE_FORMAT = 1
 # Elements sampled per tensor for the fingerprint; with the float64 sums this catches any
 # fine-tune or LoRA fusion while reading each tensor once (cheap even for 12B parameters on GPU).
 FINGERPRINT_SAMPLES = 64
@@ -38,25 +38,41 @@ def default_cache_dir() -> Path:
     return base / "l2s" / "engines"
 
 
+def cache_path_problem(cache_dir: str | Path | None) -> None:
+    """Refuse a cache folder that cannot exist (a file in its place or its path), without writing."""
+    from .base import EngineError
+
+    where = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    existing = next((p for p in (where, *where.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        what = "it is a file" if existing == where else f"{existing} is a file"
+        raise EngineError(f"the engine cache {_named(cache_dir, where)} cannot be used ({what}): {_advice(cache_dir)}")
+
+
 def usable_cache_dir(cache_dir: str | Path | None) -> Path:
     """``cache_dir`` (default :func:`default_cache_dir`), made if missing and checked writable,
     so an unusable one is refused before an export is paid for."""
     from .base import EngineError
 
+    cache_path_problem(cache_dir)
     where = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    named = f"L2S_ENGINE_CACHE={where}" if cache_dir is None and os.environ.get("L2S_ENGINE_CACHE") else str(where)
     probe = where / f".write-check-{socket.gethostname()}-{os.getpid()}"
-    if where.exists() and not where.is_dir():
-        raise EngineError(f"the engine cache {named} cannot be used (it is a file): set L2S_ENGINE_CACHE to a "
-                          "writable folder")
     try:
         where.mkdir(parents=True, exist_ok=True)
         probe.write_bytes(b"")   # os.access says yes to root on read-only folders
         probe.unlink()
     except OSError as error:
-        raise EngineError(f"the engine cache {named} cannot be used ({error.strerror or error}): "
-                          "set L2S_ENGINE_CACHE to a writable folder") from None
+        raise EngineError(f"the engine cache {_named(cache_dir, where)} cannot be used "
+                          f"({error.strerror or error}): {_advice(cache_dir)}") from None
     return where
+
+
+def _named(cache_dir: str | Path | None, where: Path) -> str:
+    return f"L2S_ENGINE_CACHE={where}" if cache_dir is None and os.environ.get("L2S_ENGINE_CACHE") else str(where)
+
+
+def _advice(cache_dir: str | Path | None) -> str:
+    return "pass a writable cache_dir" if cache_dir is not None else "set L2S_ENGINE_CACHE to a writable folder"
 
 
 @torch.no_grad()
@@ -163,14 +179,14 @@ def staged_entry(final_dir: Path, required: tuple[str, ...] = ()) -> Iterator[Pa
 
 
 def entry_complete(entry_dir: Path, required: tuple[str, ...] = ()) -> bool:
-    """Whether a cache entry has its meta.json, every ``required`` file, and every file meta.json
-    lists at its recorded size (a truncated copy or a lost data file is not complete)."""
+    """Whether a cache entry has its meta.json (naming its key), every ``required`` file, and every
+    file meta.json lists at its recorded size (a truncated copy or a lost data file is not
+    complete; entries written before sizes were listed are checked for their files alone)."""
     meta = read_meta(entry_dir)
-    if meta is None or not isinstance(meta.get("files"), dict):
+    if meta is None or "key" not in meta or not all((entry_dir / name).is_file() for name in required):
         return False
-    if not all(name in meta["files"] for name in required):
-        return False
-    return all(_size(entry_dir / name) == size for name, size in meta["files"].items())
+    files = meta.get("files", {})
+    return isinstance(files, dict) and all(_size(entry_dir / name) == size for name, size in files.items())
 
 
 def _size(path: Path) -> int | None:

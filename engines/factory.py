@@ -19,16 +19,23 @@ from .base import (
     relative_error,
     tensor_inputs,
 )
-from .cache import attention_processor_names, default_cache_dir, entry_complete, usable_cache_dir
+from .cache import (
+    attention_processor_names,
+    cache_path_problem,
+    default_cache_dir,
+    entry_complete,
+    usable_cache_dir,
+)
 from .onnx_export import (
     DEFAULT_OPSET,
     EXPORTERS,
     ONNX_FILE,
     Exporter,
     OnnxRuntimeEngine,
+    export_packages,
     export_transformer_onnx,
     onnx_cache_entry,
-    require_onnx_packages,
+    require_packages,
 )
 from .tensorrt_engine import (
     DEFAULT_OPTIMIZATION_LEVEL,
@@ -56,7 +63,7 @@ BUILD_COSTS = {
     "compile-cuda-graph": "a torch.compile (max-autotune) of the {whole} {params}-parameter transformer "
                           "(cold, or warm from {compile_cache}), then one CUDA graph capture",
     "cuda-graph": "two warm-up forwards and one CUDA graph capture (a graph lives in this process only)",
-    "onnxruntime": "an ONNX export of the {params}-parameter transformer unless one is cached in {cache}",
+    "onnxruntime": "an ONNX export of the {params}-parameter transformer, cached in {cache}",
     "tensorrt": "an ONNX export and a TensorRT build of the {params}-parameter transformer (the slowest "
                 "engine to build) unless both are cached in {cache}",
 }
@@ -117,8 +124,9 @@ def make_plain_step_engine(
     check = dict(verify=verify, tolerance=tolerance)
     if kind == "auto":
         return _cached_or_eager(transformer, inputs, device, options, check)
-    refuse_unbuildable(kind, transformer, inputs, cache_dir, exporter)
-    announce_build(kind, transformer, inputs, cache_dir, regional_compile)
+    cached = refuse_unbuildable(kind, transformer, inputs, cache_dir, exporter, opset, tensorrt_optimization_level)
+    if not cached:
+        announce_build(kind, transformer, inputs, cache_dir, regional_compile)
     # Eager's answer first: a regional compile changes the transformer's blocks in place.
     expected = EagerEngine(transformer)(**inputs) if verify and kind != "eager" else None
     engine = _build(kind, transformer, inputs, "requested explicitly", **options)
@@ -127,9 +135,10 @@ def make_plain_step_engine(
 
 def check_engine_request(kind: str, device: torch.device | str, dtype: torch.dtype | None = None,
                          cache_dir: str | Path | None = None, exporter: str = "auto") -> None:
-    """Refuse an engine that cannot be built for a model on ``device`` in ``dtype`` (None: not known
+    """Refuse an engine that cannot run for a model on ``device`` in ``dtype`` (None: not known
     yet), before a model loads or a step runs: an unknown kind or exporter, a CUDA engine elsewhere,
-    onnxruntime off CPU or in bfloat16, a missing package, an unusable cache folder."""
+    onnxruntime off CPU or in bfloat16, its runtime not installed, a file where the cache folder
+    goes. Writes nothing (what only a build needs is checked by :func:`refuse_unbuildable`)."""
     if kind not in ENGINE_KINDS:
         raise EngineError(f"unknown engine kind {kind!r}: choose one of {', '.join(ENGINE_KINDS)}")
     device = torch.device(device)
@@ -145,23 +154,38 @@ def check_engine_request(kind: str, device: torch.device | str, dtype: torch.dty
         return
     if exporter not in EXPORTERS:
         raise EngineError(f"unknown ONNX exporter {exporter!r}: use {', '.join(EXPORTERS)}")
-    require_onnx_packages(runtime=kind == "onnxruntime")
+    if kind == "onnxruntime":
+        require_packages("onnxruntime")
     problem = tensorrt_import_error() if kind == "tensorrt" else None
     if problem is not None:
         raise EngineError(f"TensorRT is not importable ({problem}); use kind='compile' or 'eager'")
-    usable_cache_dir(cache_dir)
+    cache_path_problem(cache_dir)
 
 
 def refuse_unbuildable(kind: str, transformer: torch.nn.Module, inputs: dict[str, torch.Tensor],
-                       cache_dir: str | Path | None = None, exporter: str = "auto") -> None:
+                       cache_dir: str | Path | None = None, exporter: str = "auto", opset: int = DEFAULT_OPSET,
+                       optimization_level: int = DEFAULT_OPTIMIZATION_LEVEL) -> bool:
     """What would refuse ``kind`` here, refused before its cost is announced or paid (an export of
-    FLUX.1-dev writes ~24 GB before onnxruntime could say it takes no bfloat16)."""
+    FLUX.1-dev writes ~24 GB before onnxruntime could say it takes no bfloat16). Returns whether
+    the engine is already cached (then a read-only cache and no exporter packages will do)."""
     check_engine_request(kind, model_device(transformer), model_dtype(transformer), cache_dir, exporter)
     if kind == "onnxruntime":
         unsupported = sorted(name for name, t in inputs.items() if t.dtype == torch.bfloat16)
         if unsupported:
             raise EngineError(f"onnxruntime takes no bfloat16 (numpy has none): the inputs {unsupported} are "
                               "bfloat16; verify a float32 export")
+    if kind not in ("onnxruntime", "tensorrt"):
+        return False
+    if kind == "tensorrt":
+        cached = cached_tensorrt_plan(transformer, inputs, model_device(transformer), cache_dir, opset,
+                                      optimization_level) is not None
+    else:
+        _, entry = onnx_cache_entry(transformer, InputSignature.from_inputs(inputs), cache_dir, opset)
+        cached = entry_complete(entry, (ONNX_FILE,))
+    if not cached:
+        require_packages(*export_packages(exporter))
+        usable_cache_dir(cache_dir)
+    return cached
 
 
 def _cached_or_eager(transformer: torch.nn.Module, inputs: dict[str, torch.Tensor], device: torch.device,
@@ -195,9 +219,6 @@ def announce_build(kind: str, transformer: torch.nn.Module, inputs: dict[str, to
     """One log line (a warning: on stderr by default) before a build, saying what it will cost."""
     if kind == "eager":
         return
-    if kind == "onnxruntime" and entry_complete(onnx_cache_entry(transformer, InputSignature.from_inputs(inputs),
-                                                                 cache_dir)[1], (ONNX_FILE,)):
-        return                    # nothing to build: the export is reused (its reason says so)
     millions = sum(p.numel() for p in transformer.parameters()) / 1e6
     where = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     whole = "repeated blocks (compiled once per block kind) of the" if regional else "whole"

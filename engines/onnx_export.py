@@ -15,7 +15,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal, Mapping, get_args
 
 import torch
 
@@ -36,7 +36,7 @@ OUTPUT_NAME = "sample"
 # NVIDIA's FLUX TensorRT demo exports at opset 19; newer opsets add ops TensorRT may not parse.
 DEFAULT_OPSET = 19
 Exporter = Literal["auto", "dynamo", "legacy"]
-EXPORTERS: tuple[str, ...] = ("auto", "dynamo", "legacy")
+EXPORTERS: tuple[str, ...] = get_args(Exporter)
 
 
 class PositionalSampleModule(torch.nn.Module):
@@ -95,7 +95,6 @@ def export_transformer_onnx(
     output is ``sample``. Weights go to ``model.onnx.data`` beside ``model.onnx``. ``exporter="auto"``
     tries the dynamo exporter, then the legacy one; the one used is recorded in the result.
     """
-    require_onnx_packages()
     if exporter not in EXPORTERS:
         raise EngineError(f"unknown ONNX exporter {exporter!r}: use {', '.join(EXPORTERS)}")
     inputs = tensor_inputs(example_inputs)
@@ -109,6 +108,7 @@ def export_transformer_onnx(
             tuple(meta.get("failed_exporters", ())),
         )
 
+    require_packages(*export_packages(exporter))
     order = ("dynamo", "legacy") if exporter == "auto" else (exporter,)
     failures: list[str] = []
     start = time.perf_counter()
@@ -170,16 +170,19 @@ def _export(
     )
 
 
-def require_onnx_packages(runtime: bool = False) -> None:
-    """The packages an export (and, with ``runtime``, the onnxruntime engine) needs, or one line
-    naming the extra that installs them (checked before any export work)."""
+def require_packages(*names: str) -> None:
+    """One line naming the extra that installs the missing ones of ``names`` (checked before any
+    export work)."""
     from importlib.util import find_spec
 
-    names = ("onnx", "onnxscript", "onnxruntime") if runtime else ("onnx", "onnxscript")
     missing = [name for name in names if find_spec(name) is None]
     if missing:
-        raise EngineError(f"ONNX engines need {', '.join(missing)}, not installed here: "
-                          "pip install 'l2s[onnx]'")
+        raise EngineError(f"ONNX engines need {', '.join(missing)}, not installed here: pip install 'l2s[onnx]'")
+
+
+def export_packages(exporter: str) -> tuple[str, ...]:
+    """What an export with ``exporter`` imports (the legacy TorchScript exporter needs no onnxscript)."""
+    return ("onnx",) if exporter == "legacy" else ("onnx", "onnxscript")
 
 
 class OnnxRuntimeEngine:

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -150,14 +152,17 @@ def test_a_join_that_waits_says_where_it_waits():
             "d.JOIN_NOTICE = timedelta(seconds=1)\nd.world()\n")
     env = {**os.environ, "RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
            "MASTER_PORT": str(port), "PYTHONPATH": str(ROOT)}
-    # ``timeout`` ends the wait if the line never comes, so a missing notice fails instead of hanging.
-    waiting = subprocess.Popen(["timeout", "-s", "KILL", "30", sys.executable, "-c", code],
-                               stderr=subprocess.PIPE, text=True, env=env)
+    # Its own session, so the kill reaches every process it started; the reader gives up after 30 s,
+    # so a missing notice fails instead of hanging.
+    waiting = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True, env=env,
+                               start_new_session=True)
+    timer = threading.Timer(30, os.killpg, (waiting.pid, signal.SIGKILL))
+    timer.start()
     try:
-        lines = iter(waiting.stderr.readline, "")
-        line = next((x.strip() for x in lines if x.startswith("l2s:")), None)
+        line = next((x.strip() for x in iter(waiting.stderr.readline, "") if x.startswith("l2s:")), None)
     finally:
-        waiting.kill()
+        timer.cancel()
+        os.killpg(waiting.pid, signal.SIGKILL)
         waiting.wait()
     assert line == (f"l2s: rank 1 is waiting for the 2 processes of this run to meet at 127.0.0.1:{port} "
                     "(MASTER_ADDR:MASTER_PORT); Ctrl-C stops it")

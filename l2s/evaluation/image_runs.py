@@ -125,7 +125,7 @@ def _other_jobs(earlier, wanted: list[list]) -> str:
 def resume_state(out: Path, settings: dict, jobs: list[ImageJob], unset_means: dict | None = None,
                  not_compared: frozenset = frozenset()) -> Resume:
     """The finished images of an interrupted run of the same images and settings. An earlier
-    record's None for a key of ``unset_means`` stands for that value (the default it resolved to);
+    record's None (or no entry) for a key of ``unset_means`` stands for that value (its default);
     keys in ``not_compared`` (recorded by earlier versions, no effect on images) are ignored."""
     path = Path(out) / INDEX_FILE
     if not path.is_file():
@@ -139,8 +139,8 @@ def resume_state(out: Path, settings: dict, jobs: list[ImageJob], unset_means: d
     wanted = [[job.prompt, job.seed, job.folder] for job in jobs]
     if index.get("jobs") != wanted:
         return Resume(None, why_not=_other_jobs(index.get("jobs"), wanted))
-    earlier = {k: (unset_means or {}).get(k) if v is None else v
-               for k, v in (index.get("settings") or {}).items() if k not in not_compared}
+    recorded = {**dict.fromkeys(unset_means or {}), **(index.get("settings") or {})}   # a key added since: unset
+    earlier = {k: (unset_means or {}).get(k) if v is None else v for k, v in recorded.items() if k not in not_compared}
     compared = unrecorded_digests(earlier, settings)
     changed = [f"{k}: {earlier.get(k)} -> {compared.get(k)}" for k in sorted(set(earlier) | set(compared))
                if earlier.get(k) != compared.get(k)]

@@ -73,9 +73,10 @@ def selected_text_softmax(q: Tensor, k: Tensor, selector: Tensor, scale: float |
 
 
 def _autocast(q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
-    """q and k in autocast's dtype where it is on (SDPA, the other backend, is cast the same way)."""
+    """q and k in autocast's dtype where it is on (SDPA, the other backend, is cast the same way;
+    like autocast, float64 is left alone)."""
     device = q.device.type
-    if q.dtype.is_floating_point and torch.is_autocast_enabled(device):
+    if q.dtype.is_floating_point and q.dtype != torch.float64 and torch.is_autocast_enabled(device):
         dtype = torch.get_autocast_dtype(device)
         return q.to(dtype), k.to(dtype)
     return q, k

@@ -247,6 +247,8 @@ class SteeringPipeline:
 
     @mode.setter
     def mode(self, mode: str | ExecutionMode) -> None:
+        if execution_mode(mode) == self.mode:
+            return                          # keep what the current objective compiled
         self._check_mode(execution_mode(mode))
         _checked_capture_backend(self.capture_backend, mode)
         self.objective = SteeringObjective(self.denoiser, self.classifier, mode, self.capture_backend)

@@ -35,21 +35,22 @@ FROZEN_ENGINES = (OnnxRuntimeEngine, TensorRTEngine, CudaGraphEngine)
 FLUX_FAMILIES = ("flux-dev", "flux-schnell")   # whose published rule (schedule, steps) applies
 
 
-def _check_flux_options(family, steps, engine, size, true_cfg_scale, mode) -> None:
+def _check_flux_options(family, steps, size, true_cfg_scale) -> None:
     """Refused at wrap time, before any image: a typo would otherwise surface mid-call or never."""
     if family is not None and family not in FLUX_FAMILIES:
         raise UsageError(f"family must be one of {', '.join(FLUX_FAMILIES)}, got {family!r}")
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0):
         raise UsageError(f"steps must be a positive whole number of denoising steps, got {steps!r}")
-    if engine not in ENGINE_KINDS:
-        raise UsageError(f"engine must be one of {', '.join(ENGINE_KINDS)}, got {engine!r}")
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
         raise UsageError(f"size must be a positive number of pixels, got {size!r}")
     if not (isinstance(true_cfg_scale, (int, float)) and math.isfinite(true_cfg_scale) and true_cfg_scale > 0):
         raise UsageError(f"true_cfg_scale must be a positive number (1 = no guidance), got {true_cfg_scale!r}")
-    if getattr(mode, "name", mode) == "reference" and engine not in ("auto", "eager"):
+
+
+def _refuse_reference_engine(mode_name: str, kind: str) -> None:
+    if mode_name == "reference" and kind not in ("auto", "eager"):
         raise UsageError(f"mode 'reference' runs every step eagerly, as the published code does: engine "
-                         f"{engine!r} needs one of the fast modes")
+                         f"{kind!r} needs one of the fast modes")
 
 
 @dataclass
@@ -86,7 +87,7 @@ class FluxSteeringPipeline(SteeringPipeline):
                  family: str | None = None, steps: int | None = None,
                  true_cfg_scale: float = 1.0, negative_prompt: str = "", step_size: float | None = None,
                  size: int | None = None, capture_backend: str = DEFAULT_CAPTURE_BACKEND):
-        _check_flux_options(family, steps, engine, size, true_cfg_scale, mode)
+        _check_flux_options(family, steps, size, true_cfg_scale)
         super().__init__(pipe, classifier, schedule, mode, step_size, capture_backend)
         self._default_size = size
         self.true_cfg_scale = float(true_cfg_scale)
@@ -106,9 +107,7 @@ class FluxSteeringPipeline(SteeringPipeline):
         return hasattr(pipe, "transformer") and hasattr(pipe, "tokenizer_2")
 
     def _check_mode(self, mode) -> None:
-        if mode.name == "reference" and self.engine_kind not in ("auto", "eager"):
-            raise UsageError(f"mode 'reference' runs every step eagerly, as the published code does: set "
-                             f"engine_kind to 'eager' (not {self.engine_kind!r}) first")
+        _refuse_reference_engine(mode.name, self.engine_kind)
 
     @property
     def engine_kind(self) -> str:
@@ -119,9 +118,7 @@ class FluxSteeringPipeline(SteeringPipeline):
     def engine_kind(self, kind: str) -> None:
         if kind not in ENGINE_KINDS:
             raise UsageError(f"engine must be one of {', '.join(ENGINE_KINDS)}, got {kind!r}")
-        if self.mode.name == "reference" and kind not in ("auto", "eager"):
-            raise UsageError(f"mode 'reference' runs every step eagerly, as the published code does: engine "
-                             f"{kind!r} needs one of the fast modes")
+        _refuse_reference_engine(self.mode.name, kind)
         self._engine_kind = kind
 
     @classmethod

@@ -164,7 +164,7 @@ def _row(bench: dict, mode: str, steering: dict, training_cpu: float | None) -> 
 
 def _break_even(tuned: dict, steering: dict, training_cpu: float | None) -> str:
     """Images after which training costs less than steering each one; "never" when the tuned
-    model places objects worse than steering (less cost buys less accuracy)."""
+    model's two-object colour accuracy is below steering's (less cost buys less accuracy)."""
     extra, accuracy = steering.get("extra_cpu"), tuned.get("colour_accuracy")
     if training_cpu is None or not extra or extra <= 0:    # steering measured as free: no break-even
         return "-"

@@ -315,9 +315,11 @@ def test_naming_a_default_or_other_threads_still_resumes_and_older_records_do_to
     done = f"l2s: all 2 images are already in {out}"
     same = ["--device", "cpu", "--capture-backend", "sdpa", "--threads", "1"]
     assert run(argv + same, capsys)[1][-1].startswith(done)
-    # An index.json written before defaults were resolved (device and capture backend unset, threads kept).
+    # An index.json written before defaults were resolved (device and capture backend unset, threads kept)
+    # and before --execution existed.
     index = json.loads((out / "index.json").read_text())
     index["settings"].update(device=None, capture_backend=None, threads=2)
+    del index["settings"]["execution"]
     (out / "index.json").write_text(json.dumps(index))
     assert run(argv, capsys)[1][-1].startswith(done)
     code, lines = run(argv + ["--capture-backend", "native"], capsys)

@@ -263,8 +263,8 @@ def test_what_cannot_be_built_here_is_refused_before_its_cost_is_announced(trans
     assert not caplog.records                                  # no "building ... expected cost" line
     bf16 = {name: t.to(torch.bfloat16) if t.is_floating_point() else t for name, t in inputs.items()}
     with pytest.raises(EngineError, match="onnxruntime takes no bfloat16"):
-        make_plain_step_engine(transformer.to(torch.bfloat16), bf16, kind="onnxruntime", cache_dir=tmp_path)
-    transformer.to(torch.float32)
+        make_plain_step_engine(copy.deepcopy(transformer).to(torch.bfloat16), bf16, kind="onnxruntime",
+                               cache_dir=tmp_path)
     assert not any(tmp_path.iterdir())                         # refused before the export
     with pytest.raises(EngineError, match="tolerance must be a number >= 0, got '1e-3'"):
         make_plain_step_engine(transformer, inputs, kind="compile", tolerance="1e-3")
@@ -289,12 +289,13 @@ def test_an_engine_is_checked_against_eager_as_it_was_before_the_build(transform
         return InPlace(model)
 
     monkeypatch.setattr(factory, "_build", build_in_place)
+    saved = transformer.proj_out.bias.detach().clone()   # restored bit for bit: later tests reuse its export
     try:
         with pytest.raises(EngineError, match="in-place disagrees with eager"):
             make_plain_step_engine(transformer, inputs, kind="compile")
     finally:
         with torch.no_grad():
-            transformer.proj_out.bias.sub_(1.0)
+            transformer.proj_out.bias.copy_(saved)
 
 
 def test_missing_tensorrt_is_reported_not_hidden(monkeypatch):
@@ -391,8 +392,15 @@ def test_an_unusable_cache_folder_is_refused_before_any_export(transformer, inpu
     monkeypatch.setenv("L2S_ENGINE_CACHE", str(blocker))
     with pytest.raises(EngineError, match=rf"the engine cache L2S_ENGINE_CACHE={blocker} cannot be used"):
         make_plain_step_engine(transformer, inputs, kind="onnxruntime")
-    with pytest.raises(EngineError, match=rf"the engine cache {blocker}/sub cannot be used"):
+    with pytest.raises(EngineError, match=rf"the engine cache {blocker}/sub cannot be used \({blocker} is a file\): "
+                                          "pass a writable cache_dir"):
         make_plain_step_engine(transformer, inputs, kind="onnxruntime", cache_dir=blocker / "sub")
+
+
+def test_a_read_only_cache_that_holds_the_export_is_used(transformer, inputs, exported, cache_dir, monkeypatch):
+    monkeypatch.setattr(factory, "usable_cache_dir", lambda where: pytest.fail("probed a cache it only reads"))
+    engine = make_plain_step_engine(transformer, inputs, kind="onnxruntime", cache_dir=cache_dir)
+    assert "reused cached ONNX export" in engine.reason
 
 
 def test_requests_that_cannot_work_are_refused_without_a_model():
@@ -409,17 +417,26 @@ def test_requests_that_cannot_work_are_refused_without_a_model():
         check_engine_request("onnxruntime", "cpu", exporter="fast")
 
 
-def test_missing_onnx_packages_are_named_with_their_extra(monkeypatch, tmp_path):
+def test_missing_onnx_packages_are_named_with_their_extra(transformer, inputs, exported, cache_dir, monkeypatch,
+                                                          tmp_path):
     import importlib.util
 
     from l2s.engines import check_engine_request
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name in ("onnxscript", "onnxruntime") else real(name, *a))
-    with pytest.raises(EngineError, match=r"^ONNX engines need onnxscript, onnxruntime, not installed here: "
+    missing = {"onnxruntime"}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in missing else real(name, *a))
+    with pytest.raises(EngineError, match=r"^ONNX engines need onnxruntime, not installed here: "
                                           r"pip install 'l2s\[onnx\]'$"):
-        check_engine_request("onnxruntime", "cpu", cache_dir=tmp_path)
+        check_engine_request("onnxruntime", "cpu")
+    # The exporter's packages are needed only when there is something to export.
+    missing = {"onnx", "onnxscript"}
+    with pytest.raises(EngineError, match=r"^ONNX engines need onnx, onnxscript, not installed here"):
+        make_plain_step_engine(transformer, inputs, kind="onnxruntime", cache_dir=tmp_path)
+    with pytest.raises(EngineError, match=r"^ONNX engines need onnx, not installed here"):
+        make_plain_step_engine(transformer, inputs, kind="onnxruntime", cache_dir=tmp_path, exporter="legacy")
+    assert "reused cached ONNX export" in make_plain_step_engine(transformer, inputs, kind="onnxruntime",
+                                                                 cache_dir=cache_dir).reason
 
 
 def test_a_killed_build_leaves_no_folder_behind_once_another_build_runs(tmp_path):

@@ -297,10 +297,13 @@ def test_an_engine_the_call_cannot_run_is_refused_before_any_steering():
     with pytest.raises(UsageError, match="mode 'reference' runs every step eagerly"):
         reference.engine_kind = "compile"
     # The mode changes after wrapping too; reference takes no built engine, and then runs eager.
-    with pytest.raises(UsageError, match="set engine_kind to 'eager' \\(not 'compile'\\) first"):
+    with pytest.raises(UsageError, match="mode 'reference' runs every step eagerly.*engine 'compile' needs one of"):
         steerer.mode = "reference"
     assert steerer.mode.name == "fast"
     steerer.engine_kind = "auto"
+    objective = steerer.objective
+    steerer.mode = "fast"                  # unchanged: what it compiled is kept
+    assert steerer.objective is objective
     steerer.mode = "reference"
     assert (steerer.mode.name, steerer.objective.mode.name, steerer.engine_kind) == ("reference", "reference", "eager")
     with pytest.raises(UsageError, match="unknown execution mode 'turbo'"):
