@@ -69,7 +69,8 @@ def test_under_autocast_both_backends_give_autocast_maps():
     assert [m.dtype for m in maps] == [torch.bfloat16] * 2
     torch.testing.assert_close(maps[0].float(), maps[1].float(), atol=2e-2, rtol=2e-2)
     with torch.autocast("cpu", dtype=torch.bfloat16):   # autocast leaves float64 alone, and so do both
-        wide = [selected_text_attention(q.double(), k.double(), selector.double(), backend=b) for b in ("sdpa", "native")]
+        wide = [selected_text_attention(q.double(), k.double(), selector.double(), backend=b)
+                for b in ("sdpa", "native")]
     assert [m.dtype for m in wide] == [torch.float64] * 2
 
 
