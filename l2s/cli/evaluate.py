@@ -94,7 +94,8 @@ def _add_generation_args(e: argparse.ArgumentParser) -> dict:
     g.add_argument("--prompts", default="shapes", metavar="SET",
                    help="prompt set (default: shapes): " + prompt_set_help(prompt_sets()))
     g.add_argument("--n-prompts", type=int, metavar="N",
-                   help="number of prompts (default: 100 for generated sets, the whole file for a file)")
+                   help="number of prompts (default: 100 for generated sets, the whole file for a file); a "
+                        "larger N in the same --out adds prompts and keeps the images made")
     g.add_argument("--prompt-seed", type=int, default=0, help="seed of the generated prompt sets (default 0)")
     g.add_argument("--seeds", default="0,1,2,3",
                    help="image seeds, one image per prompt and seed, e.g. 0,1,2,3 or 0-3 (default: GenEval's 4)")

@@ -86,6 +86,11 @@ def claim_run_dir(out: Path, settings: dict[str, Any]) -> None:
     write_json(out / RUN_FILE, {"generation": settings})
 
 
+# Settings a resumed run may raise: more prompts of a generated set, whose first ones are the
+# earlier run's (each image's record names its prompt, so one that differs is refused there).
+GROWABLE = ("n_prompts",)
+
+
 def refuse_changed_settings(out: str | Path, settings: dict[str, Any], not_yet: Sequence[str] = (),
                             fix: str = "use another --out, the same settings to resume it, or --restart "
                                        "(restart=True) to start it over") -> None:
@@ -99,6 +104,9 @@ def refuse_changed_settings(out: str | Path, settings: dict[str, Any], not_yet: 
                                "rerun with --restart (restart=True) to start the run over, or use another --out")
     old = {k: v for k, v in old.items() if k not in not_yet}
     settings_shown = unrecorded_digests(old, settings)
+    for key in GROWABLE:
+        if _grows(old.get(key), settings_shown.get(key)):
+            old[key] = settings_shown[key]
     if previous is None or old == settings_shown:
         return
 
@@ -108,6 +116,10 @@ def refuse_changed_settings(out: str | Path, settings: dict[str, Any], not_yet: 
     changed = sorted(k for k in set(old) | set(settings_shown) if shown(old, k) != shown(settings_shown, k))
     details = ", ".join(f"{k}: {shown(old, k)} -> {shown(settings_shown, k)}" for k in changed)
     raise L2SError(f"{out} holds a run made with other settings ({details}); {fix}")
+
+
+def _grows(old: Any, new: Any) -> bool:
+    return all(isinstance(v, int) and not isinstance(v, bool) for v in (old, new)) and new > old
 
 
 def trusted_png(png: Path) -> bool:

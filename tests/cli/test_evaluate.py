@@ -191,6 +191,20 @@ def test_eval_resumes_and_refuses_other_settings(tiny_run, tmp_path, capsys, mon
 
 
 
+def test_eval_grows_its_prompt_set_and_keeps_the_images_it_has(tiny_run, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run, out)
+    grown = [*TINY_RUN[:6], "3", *TINY_RUN[7:], "--out", str(out)]
+    assert grown[5:7] == ["--n-prompts", "3"]
+    code, _, err = run(grown, capsys)
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())["modes"]
+    assert summary["base"]["status_counts"] == {"resumed": 2, "generated": 1}
+    assert json.loads((out / "run.json").read_text())["generation"]["n_prompts"] == 3
+    code, _, err = run([*TINY_RUN[:6], "2", *TINY_RUN[7:], "--out", str(out)], capsys)   # fewer: refused
+    assert code == 2 and "n_prompts: 3 -> 2" in error_lines(err)[0]
+
+
 def test_eval_refuses_to_resume_with_a_classifier_retrained_at_the_same_path(tmp_path, capsys, monkeypatch):
     from l2s.demo import tiny_classifier_for, tiny_flux_pipeline
 
