@@ -38,7 +38,7 @@ def default_cache_dir() -> Path:
     return base / "l2s" / "engines"
 
 
-def cache_path_problem(cache_dir: str | Path | None) -> None:
+def check_cache_path(cache_dir: str | Path | None) -> None:
     """Refuse a cache folder that cannot exist (a file in its place or its path), without writing."""
     from .base import EngineError
 
@@ -54,7 +54,7 @@ def usable_cache_dir(cache_dir: str | Path | None) -> Path:
     so an unusable one is refused before an export is paid for."""
     from .base import EngineError
 
-    cache_path_problem(cache_dir)
+    check_cache_path(cache_dir)
     where = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     probe = where / f".write-check-{socket.gethostname()}-{os.getpid()}"
     try:
@@ -196,13 +196,13 @@ def _size(path: Path) -> int | None:
         return None
 
 
-# Scratch folders name their maker, so a later build can remove those whose process died (killed
-# mid-export) without touching a live build on this or another machine sharing the cache.
 def _host() -> str:
     return socket.gethostname().replace("-", "_")
 
 
 def _sweep_leftovers(root: Path) -> None:
+    """Scratch folders name their maker, so a build removes those whose process died (killed
+    mid-export) without touching a live build on this or another machine sharing the cache."""
     for path in root.glob(".partial-*"):
         parts = path.name.rsplit("-", 3)    # .partial-<entry>-<host>-<pid>-<hex>
         if len(parts) == 4 and parts[1] == _host() and parts[2].isdigit() and not _alive(int(parts[2])):
@@ -211,11 +211,11 @@ def _sweep_leftovers(root: Path) -> None:
 
 def _alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)       # PermissionError: alive, another user's
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
     return True
 
 

@@ -21,7 +21,7 @@ from .base import (
 )
 from .cache import (
     attention_processor_names,
-    cache_path_problem,
+    check_cache_path,
     default_cache_dir,
     entry_complete,
     usable_cache_dir,
@@ -159,7 +159,7 @@ def check_engine_request(kind: str, device: torch.device | str, dtype: torch.dty
     problem = tensorrt_import_error() if kind == "tensorrt" else None
     if problem is not None:
         raise EngineError(f"TensorRT is not importable ({problem}); use kind='compile' or 'eager'")
-    cache_path_problem(cache_dir)
+    check_cache_path(cache_dir)
 
 
 def refuse_unbuildable(kind: str, transformer: torch.nn.Module, inputs: dict[str, torch.Tensor],
