@@ -241,7 +241,8 @@ PYBIND11_MODULE(l2s_fast, m) {
 
 q: (B, H, N, D) image queries; k: (B, H, T, D) text keys; selector: (T, G) weights of the
 text tokens per group. Inputs are read as C-contiguous float32 (other real dtypes and strided
-arrays are copied; complex, boolean and object arrays are refused). Returns out: (B, H, N, G) float32. Never stores the (N, T) probabilities.)doc");
+arrays are copied; complex, boolean and object arrays are refused). Returns out: (B, H, N, G)
+float32. Never stores the (N, T) probabilities.)doc");
 
   m.def("selected_text_softmax_backward", &backward, py::arg("grad_out"), py::arg("q"),
         py::arg("k"), py::arg("selector"), py::arg("scale"),

@@ -97,7 +97,8 @@ def output_lock(folder: str | Path, label: str = "output folder", kind: str | No
     except BaseException as error:
         if created and _remove_if_unused(created, kind):
             if isinstance(error, KeyboardInterrupt) and not hasattr(error, "l2s_message"):
-                error.l2s_message = f"l2s: interrupted before anything was saved in {folder}; rerun the command to start"
+                error.l2s_message = (f"l2s: interrupted before anything was saved in {folder}; "
+                                     "rerun the command to start")
         elif not created and not lock_was_there and not (folder / KIND_FILE).exists():
             (folder / LOCK_FILE).unlink(missing_ok=True)   # a user's folder refused: leave it as it was
         raise

@@ -424,8 +424,8 @@ def build_compare_parser() -> argparse.ArgumentParser:
         "l2s shapes compare",
         "Steering against fine-tuning in one table, from bench results JSON files (l2s shapes bench --results "
         "X.md writes X.json): base and steering from the untuned bench, then each tuned adapter alone and with "
-        "steering, with its training CPU-hours (from the GRPO run's log) and the break-even image count (\"never\" when the tuned "
-        "model alone is less accurate than steering).",
+        "steering, with its training CPU-hours (from the GRPO run's log) and the break-even image count "
+        "(\"never\" when the tuned model alone is less accurate than steering).",
         ["l2s shapes compare --bench runs/base.json --tuned GRPO-rule=runs/rule.json,runs/grpo-rule "
          "--tuned GRPO-SS=runs/ss.json,runs/grpo-ss --out runs/steer_vs_tune.md"])
     p.add_argument("--bench", required=True, type=Path, help="results JSON of the untuned model's bench")

@@ -83,7 +83,8 @@ def check_comparable(untuned: dict, tuned: list[Tuned]) -> None:
         settings = t.bench.get("settings") or {}
         if not settings.get("lora"):
             raise UsageError(f"--tuned {t.name}: its bench ran without --lora (not a tuned model)")
-        differ = [k for k in SHARED_SETTINGS if k not in ("pipeline", "reward_model") and settings.get(k) != base.get(k)]
+        differ = [k for k in SHARED_SETTINGS
+                  if k not in ("pipeline", "reward_model") and settings.get(k) != base.get(k)]
         if not same_reward(base.get("reward_model"), settings.get("reward_model")):
             differ.append("reward_model")
         if not _same_pipeline(settings, base):

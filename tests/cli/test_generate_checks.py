@@ -54,7 +54,8 @@ def no_model(monkeypatch):
     (["--no-steer", "--save-maps"], "--save-maps records the steered steps' maps: there are none with --no-steer"),
     pytest.param(["--device", "cuda"], "device 'cuda': CUDA is not available on this machine",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
-    (["--engine", "tensorrt", "--device", "cpu"], "--engine tensorrt: the tensorrt engine needs the model on CUDA; it is on cpu"),
+    (["--engine", "tensorrt", "--device", "cpu"],
+     "--engine tensorrt: the tensorrt engine needs the model on CUDA; it is on cpu"),
 ])
 @pytest.mark.parametrize("model", [[], TINY])   # the default shapes model too: nothing is ignored
 def test_options_are_checked_before_any_work(options, message, model, no_model, tmp_path, capsys):
