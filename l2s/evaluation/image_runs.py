@@ -139,8 +139,9 @@ def resume_state(out: Path, settings: dict, jobs: list[ImageJob], unset_means: d
     wanted = [[job.prompt, job.seed, job.folder] for job in jobs]
     if index.get("jobs") != wanted:
         return Resume(None, why_not=_other_jobs(index.get("jobs"), wanted))
-    recorded = {**dict.fromkeys(unset_means or {}), **(index.get("settings") or {})}   # a key added since: unset
-    earlier = {k: (unset_means or {}).get(k) if v is None else v for k, v in recorded.items() if k not in not_compared}
+    defaults = unset_means or {}
+    recorded = {**dict.fromkeys(defaults), **(index.get("settings") or {})}   # a key added since: unset
+    earlier = {k: defaults.get(k) if v is None else v for k, v in recorded.items() if k not in not_compared}
     compared = unrecorded_digests(earlier, settings)
     changed = [f"{k}: {earlier.get(k)} -> {compared.get(k)}" for k in sorted(set(earlier) | set(compared))
                if earlier.get(k) != compared.get(k)]

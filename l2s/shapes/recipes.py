@@ -137,10 +137,10 @@ def shipped_assets(root: str | Path | None = None) -> ShippedAssets:
 def load_shapes_steerer(pipeline_dir: str | Path | None = None, classifier: str | Path | None = None,
                         schedule=None, true_cfg_scale: float | None = None, step_size: float | None = None,
                         lora: str | Path | None = None, device: str | None = None, mode: str = "fast",
-                        engine: str = "auto", capture_backend: str = "sdpa"):
+                        engine: str = "auto", capture_backend: str | None = None):
     """The shapes pipeline wrapped for steering (default: the shipped model + classifier) on
     ``device`` (default: the CPU) in execution ``mode``; ``lora``: a LoRA adapter folder merged
-    into its transformer first; ``engine`` and ``capture_backend`` as
+    into its transformer first; ``engine`` and ``capture_backend`` (None: the library's default) as
     :func:`~l2s.pipelines.wrap_pipeline` takes them."""
     from .model import load_shapes_pipeline  # the model module imports diffusers: load it when used
     from l2s.classifier import RelationClassifier
@@ -158,7 +158,7 @@ def load_shapes_steerer(pipeline_dir: str | Path | None = None, classifier: str 
 
 def steer_shapes_pipeline(pipe, classifier, schedule=None, mode: str = "fast",
                           true_cfg_scale: float | None = None, step_size: float | None = None,
-                          engine: str = "auto", capture_backend: str = "sdpa"):
+                          engine: str = "auto", capture_backend: str | None = None):
     """Wrap a shapes pipeline with the shapes world's sampling settings, as ``wrap_pipeline`` does
     for any shapes model: the model's training size (whatever the classifier's map grid),
     :data:`SHAPES_STEPS` steps, guidance :data:`SHAPES_TRUE_CFG` and step size
@@ -171,9 +171,9 @@ def steer_shapes_pipeline(pipe, classifier, schedule=None, mode: str = "fast",
 
     if not is_shapes_pipeline(pipe):
         raise L2SError(f"not a shapes-world pipeline (its VAE is a {type(getattr(pipe, 'vae', None)).__name__})")
-    given = {"true_cfg_scale": true_cfg_scale} if true_cfg_scale is not None else {}
-    return wrap_pipeline(pipe, classifier, schedule, mode, step_size=step_size, capture_backend=capture_backend,
-                         engine=engine, **given)
+    given = {"true_cfg_scale": true_cfg_scale, "capture_backend": capture_backend}
+    return wrap_pipeline(pipe, classifier, schedule, mode, step_size=step_size, engine=engine,
+                         **{k: v for k, v in given.items() if v is not None})
 
 
 def named_schedule(name: str, num_steps: int = SHAPES_STEPS, step_size: float = SHAPES_STEP_SIZE):
