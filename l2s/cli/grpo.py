@@ -24,7 +24,7 @@ REWARDS_HELP = ("'rule' (exact detector + GenEval rule, 1 when the image passes 
 
 
 def _grpo_settings():
-    from l2s.grpo import GRPOSettings
+    from l2s.grpo.settings import GRPOSettings
 
     return GRPOSettings()
 

@@ -18,29 +18,32 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 class SettingsParser(OneLineParser):
-    """A parser whose :meth:`add_setting` options default to the fields of a settings object made
-    only after parsing: the settings classes live beside torch, which ``--help`` must not import."""
+    """A parser whose :meth:`add_setting` options default to the fields of a settings object (a
+    torch-free dataclass, so ``--help`` stays fast) and say that default in their help."""
 
     def __init__(self, *args, settings: Callable[[], Any], **kwargs):
         super().__init__(*args, **kwargs)
-        self._settings = settings
-        self._fields: dict[str, str] = {}  # dest -> field of the settings object
+        self.settings = settings()
+        self.setting_fields: dict[str, str] = {}   # dest -> field of the settings object
 
     def add_setting(self, *flags: str, field: str | None = None, group=None, **kwargs) -> argparse.Action:
         """An option whose default is the settings' ``field`` (default: the option's dest), added to
-        ``group`` when given (e.g. a mutually exclusive one); its help must not show the default."""
-        action = (group or self).add_argument(*flags, default=argparse.SUPPRESS, **kwargs)
-        self._fields[action.dest] = field or action.dest
+        ``group`` when given (e.g. a mutually exclusive one)."""
+        action = (group or self).add_argument(*flags, **kwargs)
+        self.setting_fields[action.dest] = field or action.dest
+        action.default = getattr(self.settings, self.setting_fields[action.dest])
+        said = shown_default(action.default)
+        action.help = f"{action.help} (default: {said})" if action.help else f"default: {said}"
         return action
 
-    def parse_known_args(self, args=None, namespace=None):
-        namespace, extras = super().parse_known_args(args, namespace)
-        missing = {dest: name for dest, name in self._fields.items() if not hasattr(namespace, dest)}
-        if missing:
-            settings = self._settings()
-            for dest, name in missing.items():
-                setattr(namespace, dest, getattr(settings, name))
-        return namespace, extras
+
+def shown_default(value: Any) -> str:
+    """A default as a user would type it: ``2-4`` for a (low, high) pair, ``none`` for None."""
+    if value is None:
+        return "none"
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        return f"{value[0]}-{value[1]}"
+    return str(value)
 
 
 def command_parser(prog: str, description: str, examples: list[str], note: str = "",

@@ -24,7 +24,7 @@ def _patterns(text: str) -> dict:
 
 
 def _pair_settings():
-    from l2s.shapes.reward_data import PairSettings
+    from l2s.shapes.pair_settings import PairSettings
 
     return PairSettings()
 
@@ -107,28 +107,28 @@ def _pairs_line(counts: dict, out) -> str:
 def build_train_reward_parser() -> argparse.ArgumentParser:
     from l2s.reward.settings import LOSSES, RewardTrainSettings
 
-    d = RewardTrainSettings()
     p = command_parser("l2s shapes train-reward", (
         "Train the SpatialScore reward model (image + prompt -> Gaussian score) on 'reward-data' pairs; "
         "resumes from OUT/last by default; writes OUT/best, OUT/log.jsonl and OUT/results.json (held-out "
         "pairwise accuracy, by 1 vs 2-3 flipped relations)."),
         ["l2s shapes train-reward --data runs/pairs --out runs/spatial-score",
-         "l2s shapes train-reward --data runs/pairs --out runs/bt --loss bt   # plain Bradley-Terry"])
+         "l2s shapes train-reward --data runs/pairs --out runs/bt --loss bt   # plain Bradley-Terry"],
+        settings=RewardTrainSettings)
     p.add_argument("--data", required=True, type=Path, nargs="+",
                    help="pair folder(s) made by 'l2s shapes reward-data' (several: their pairs together)")
     p.add_argument("--out", required=True, type=out_path, help="run folder")
-    p.add_argument("--loss", choices=LOSSES, default=d.loss,
+    p.add_setting("--loss", choices=LOSSES,
                    help="uncertainty: Gaussian scores, P(win) = Phi(dmu / sqrt(s_w^2 + s_l^2)); bt: plain Bradley-Terry")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="pairs per step")
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_setting("--epochs", type=int)
+    p.add_setting("--batch-size", type=int, help="pairs per step")
+    p.add_setting("--lr", type=float)
+    p.add_setting("--weight-decay", type=float)
+    p.add_setting("--warmup-steps", type=int)
+    p.add_setting("--seed", type=int)
     p.add_argument("--no-mirror", action="store_true",
                    help="train each pair only under its prompt (default: also under the perturbed prompt, winner "
                         "and loser swapped)")
-    p.add_argument("--val-fraction", type=float, default=d.val_fraction,
+    p.add_setting("--val-fraction", type=float,
                    help="share of training object sets kept for model selection")
     p.add_argument("--d-model", type=int, default=None, help="model width (default 64)")
     p.add_argument("--joint-layers", type=int, default=None, help="image-text layers of the reward token (default 2)")

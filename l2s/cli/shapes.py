@@ -36,7 +36,7 @@ def _parse_pair(text: str) -> tuple[int, int]:
 
 
 def _train_settings():
-    from l2s.shapes import TrainSettings
+    from l2s.shapes.configs import TrainSettings
 
     return TrainSettings()
 
@@ -60,11 +60,11 @@ def build_train_model_parser() -> argparse.ArgumentParser:
     parser.add_setting("--scenes", type=int, help="pre-rendered training scenes")
     parser.add_setting("--size", type=int, help="image side in pixels")
     parser.add_setting("--objects", type=_parse_pair, field="n_objects", metavar="LOW-HIGH",
-                       help="objects per scene (default 2-4)")
+                       help="objects per scene")
     parser.add_setting("--object-sizes", type=_parse_pair, metavar="LOW-HIGH",
-                       help="object side in pixels (default 8-12)")
+                       help="object side in pixels")
     parser.add_setting("--relation-caption-rate", type=float,
-                       help="fraction of captions that state a relation (default 0.15)")
+                       help="fraction of captions that state a relation")
     parser.add_setting("--sigma-sampling", choices=("logit-normal", "uniform"))
     parser.add_setting("--ema-decay", type=float)
     parser.add_setting("--warmup", type=int)

@@ -10,26 +10,49 @@ and :func:`apply_lora` loads one onto a pipeline. Parts, in the order a run uses
 * :mod:`.objective` — the clipped ratio objective with the KL penalty;
 * :mod:`.lora`, :mod:`.ema` — the adapter and its moving average;
 * :mod:`.trainer`, :mod:`.run` — epochs, data parallelism (accelerate), checkpoints, the log.
+Names load with their module on first use (PEP 562), so ``import l2s.grpo`` and the command
+line's ``--help`` stay fast.
 """
+from __future__ import annotations
 
-from .advantages import STD_MODES, centred_rewards, group_advantages, top_k_mask
-from .ema import AdapterEMA
-from .lora import LORA_TARGETS, adapter_dir, adapter_parameters, add_lora, apply_lora
-from .objective import LossTerms, grpo_loss
-from .rollout import (
-    Conditioning,
-    Rollout,
-    Schedule,
-    decode,
-    encode_prompts,
-    flow_schedule,
-    predict_velocity,
-    sample,
-)
-from .run import GRPOResult, epoch_prompts, evaluate, run_epoch, train_grpo
-from .sde import SDEStep, noise_scale, sde_step, step_kl
-from .settings import MIN_GROUP, GRPOSettings
-from .trainer import GRPOTrainer, seeds_for
+from l2s.lazy import lazy_names
+
+# name -> the submodule that defines it
+_WHERE = {
+    "STD_MODES": "settings",
+    "centred_rewards": "advantages",
+    "group_advantages": "advantages",
+    "top_k_mask": "advantages",
+    "AdapterEMA": "ema",
+    "LORA_TARGETS": "lora",
+    "adapter_dir": "lora",
+    "adapter_parameters": "lora",
+    "add_lora": "lora",
+    "apply_lora": "lora",
+    "LossTerms": "objective",
+    "grpo_loss": "objective",
+    "Conditioning": "rollout",
+    "Rollout": "rollout",
+    "Schedule": "rollout",
+    "decode": "rollout",
+    "encode_prompts": "rollout",
+    "flow_schedule": "rollout",
+    "predict_velocity": "rollout",
+    "sample": "rollout",
+    "GRPOResult": "run",
+    "epoch_prompts": "run",
+    "evaluate": "run",
+    "run_epoch": "run",
+    "train_grpo": "run",
+    "SDEStep": "sde",
+    "noise_scale": "sde",
+    "sde_step": "sde",
+    "step_kl": "sde",
+    "MIN_GROUP": "settings",
+    "GRPOSettings": "settings",
+    "GRPOTrainer": "trainer",
+    "seeds_for": "trainer",
+}
 
 __all__ = [
     "LORA_TARGETS",
@@ -66,3 +89,5 @@ __all__ = [
     "top_k_mask",
     "train_grpo",
 ]
+
+__getattr__, __dir__ = lazy_names(__name__, _WHERE, globals())

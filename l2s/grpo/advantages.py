@@ -13,7 +13,7 @@ import torch
 
 from l2s.errors import L2SError
 
-STD_MODES = ("group", "global")
+from .settings import STD_MODES
 
 
 def top_k_mask(rewards: torch.Tensor, k: int | None) -> torch.Tensor:

@@ -7,8 +7,7 @@ from dataclasses import asdict, dataclass
 
 from l2s.errors import L2SError
 
-from .advantages import STD_MODES
-
+STD_MODES = ("group", "global")   # what advantages divide by: each group's spread, or one for all
 MIN_GROUP = 12  # below this a group's mean and spread are too noisy for advantages; 24 is the default
 
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,10 +55,11 @@ from transformers import (
 )
 
 from l2s.devices import check_device
-from l2s.errors import L2SError, ModelLoadError, TokenizationError
+from l2s.errors import ModelLoadError, TokenizationError
 from l2s.pipelines.loading import steering_defaults
 from l2s.tokenizers import byte_level_clip_tokenizer
 
+from .configs import ShapesModelConfig
 from .settings import SHAPES_FAMILY, SHAPES_STEP_SIZE, SHAPES_STEPS, SHAPES_TRUE_CFG
 from .tokenizer import TEXT_WINDOW, shapes_t5_tokenizer
 
@@ -144,54 +144,6 @@ class ShapesT5EncoderModel(T5EncoderModel):
         if attention_mask is not None:
             attention_mask = self.fit_window(attention_mask, 0)
         return super().forward(input_ids, attention_mask, *args, **kwargs)
-
-
-@dataclass
-class ShapesModelConfig:
-    """Sizes of the shapes-world model (defaults: the shipped model)."""
-
-    image_size: int = 32
-    vae_factor: int = 2           # space-to-depth; FLUX packs 2x2 more -> tokens of 4x4 pixels
-    num_heads: int = 4
-    head_dim: int = 32            # transformer width = num_heads * head_dim
-    double_layers: int = 2
-    single_layers: int = 3
-    rope_axes: tuple[int, int, int] = (8, 12, 12)   # sums to head_dim; axis 0 is FLUX's unused id
-    text_dim: int = 64
-    text_layers: int = 2
-    text_heads: int = 4
-    text_ff: int = 128
-    text_window: int = TEXT_WINDOW
-    clip_dim: int = 32
-    clip_layers: int = 1
-    # Pixels in [-1, 1] are mostly background: centre and scale them to about unit variance,
-    # as the FLUX VAE's shift/scale factors do for its latents.
-    latent_shift: float = 0.74
-    latent_scale: float = 2.15
-
-    @property
-    def width(self) -> int:
-        return self.num_heads * self.head_dim
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ShapesModelConfig:
-        data = dict(data)
-        data["rope_axes"] = tuple(data["rope_axes"])
-        return cls(**data)
-
-
-def rope_axes_for(head_dim: int) -> tuple[int, int, int]:
-    """RoPE split of a head: FLUX's unused first axis gets the remainder, rows and columns ~3/8 each."""
-    side = max(2, round(3 * head_dim / 16) * 2)
-    if head_dim - 2 * side < 2 or head_dim % 2:
-        raise L2SError(f"head dimension {head_dim} is too small or odd for FLUX's 3-axis RoPE")
-    return (head_dim - 2 * side, side, side)
-
-
-# Presets for tests (tiny) and the default trained model.
-TINY_CONFIG = ShapesModelConfig(num_heads=2, head_dim=16, double_layers=1, single_layers=1,
-                                rope_axes=(4, 4, 8), text_dim=32, text_layers=1, text_heads=2,
-                                text_ff=32, clip_dim=16, clip_layers=1)
 
 
 def _seeded_module(seed: int, build):

@@ -10,11 +10,9 @@ from l2s.errors import TokenizationError
 from l2s.relations import NON_DIRECTIONAL, PROMPT_PHRASE, PUBLISHED_CLASSES
 from l2s.tokenizers import word_t5_tokenizer
 
+from .configs import TEXT_WINDOW
 from .scenes import COLOURS, SHAPES
 
-# T5 tokens the model reads: the longest shapes caption ("a photo of a red circle to the left of
-# a blue square. a green triangle and a yellow diamond") is 23 tokens with </s>.
-TEXT_WINDOW = 32
 
 # Relation phrasings of the benchmarks (GenEval, T2I-CompBench) and of l2s.relations, so that
 # evaluation prompts tokenise to whole words even when training never used them.

@@ -9,7 +9,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -23,41 +22,9 @@ from l2s.training.checkpoints import DAMAGED
 
 from .data import SceneDataset, atomic_save, load_or_render_dataset
 from .export import export
+from .configs import TrainSettings
 from .model import ShapesModelConfig, ShapesT5EncoderModel, build_shapes_pipeline, images_to_latents
 from .surgery import grow_transformer, repatch_transformer
-
-
-@dataclass
-class TrainSettings:
-    """Everything that determines a training run (stored in checkpoints and training.json)."""
-
-    steps: int = 5000
-    batch_size: int = 32
-    lr: float = 1e-3
-    warmup: int = 200
-    final_lr_fraction: float = 0.1
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    sigma_sampling: str = "logit-normal"
-    seed: int = 0
-    scenes: int = 40000
-    size: int = 32
-    n_objects: tuple[int, int] = (2, 4)
-    object_sizes: tuple[int, int] = (8, 12)
-    relation_caption_rate: float = 0.15
-    checkpoint_every: int = 250
-    init_from: str | None = None  # a shapes pipeline folder whose weights start the run
-    grow: bool = False  # init_from may have fewer blocks: append the missing ones as identities
-    repatch: bool = False  # init_from may have another vae_factor: fresh patch embedding and output
-    model: dict = field(default_factory=lambda: asdict(ShapesModelConfig()))
-
-    def run_identity(self) -> dict:
-        """Settings that must match to resume a run (the step count may grow)."""
-        data = asdict(self)
-        for key in ("steps", "checkpoint_every"):
-            data.pop(key)
-        return json.loads(json.dumps(data))
 
 
 def learning_rate(settings: TrainSettings, step: int) -> float:

@@ -58,3 +58,28 @@ def test_every_command_has_readable_help(command, capsys):
         assert "\nexamples:\n" in text and f"  l2s {' '.join(command)}" in text
     description = text.split("\n\n")[1]
     assert len(description) > 40 and not description.startswith(("positional", "options"))
+
+
+def _settings_parsers():
+    from l2s.cli.grpo import build_grpo_parser
+    from l2s.cli.reward import build_reward_data_parser, build_train_reward_parser
+    from l2s.cli.shapes import build_train_model_parser
+
+    return {"shapes train-model": build_train_model_parser, "shapes grpo": build_grpo_parser,
+            "shapes reward-data": build_reward_data_parser, "shapes train-reward": build_train_reward_parser}
+
+
+@pytest.mark.parametrize("name", sorted(_settings_parsers()))
+def test_settings_options_take_and_show_the_settings_defaults(name):
+    """Each option backed by a settings field defaults to that field and says so in --help."""
+    from l2s.cli.help import shown_default
+
+    parser = _settings_parsers()[name]()
+    assert parser.setting_fields, "no option reads the settings"
+    actions = {action.dest: action for action in parser._actions}
+    for dest, field in parser.setting_fields.items():
+        value = getattr(parser.settings, field)
+        assert parser.get_default(dest) == value, dest
+        assert actions[dest].help.endswith(f"default: {shown_default(value)})") or \
+            actions[dest].help == f"default: {shown_default(value)}", actions[dest].help
+    assert "default: 0.0003" in " ".join(parser.format_help().split()) or name != "shapes grpo"
