@@ -15,10 +15,11 @@ import sys
 from l2s import __version__
 from l2s.distributed import first_on_machine, launched, line_to_say, refuse_different_commands
 from l2s.errors import L2SError
+from l2s.quiet import drop_pure_noise
 
 from . import evaluate, generate, parse
 from .help import OneLineParser
-from .noise import drop_pure_noise, quiet_libraries
+from .noise import quiet_libraries
 from .outputs import error_line
 
 EXIT_USAGE = 2

@@ -1,29 +1,11 @@
-"""What the libraries print that says nothing to an l2s user, and ``--quiet``.
-
-transformers warns, for every image processor a pipeline names, that torchvision is missing and
-that it uses the PIL processor instead, which is all l2s needs: that line never shows. Under
-``--quiet`` the libraries' log lines below errors, their warnings and their loading bars are off too.
-"""
+"""``--quiet``: the libraries' log lines below errors, their warnings and their loading bars off."""
 from __future__ import annotations
 
 import contextlib
 import logging
 import warnings
 
-_TORCHVISION_FALLBACK = "requires torchvision (not installed); falling back to"
 LIBRARIES = ("diffusers", "transformers", "huggingface_hub", "accelerate", "peft", "torch")
-
-
-class _DropTorchvisionFallback(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return _TORCHVISION_FALLBACK not in record.getMessage()
-
-
-def drop_pure_noise() -> None:
-    """Filter transformers' torchvision fallback warning (no import of transformers needed)."""
-    logger = logging.getLogger("transformers.utils.import_utils")
-    if not any(isinstance(f, _DropTorchvisionFallback) for f in logger.filters):
-        logger.addFilter(_DropTorchvisionFallback())
 
 
 def _progress_bar_switches() -> list:

@@ -5,6 +5,7 @@ families' denoising loops, :mod:`.loading` local folders and :func:`wrap_pipelin
 the same steering as diffusers pipelines (``FluxRelationSteeringPipeline.from_pipe(pipe, classifier=...)``).
 """
 
+import l2s.quiet  # noqa: F401  (drops transformers' torchvision notice before diffusers loads)
 from l2s.steer import compile_classifier
 
 from .base import SteeringPipeline, SteeringResult

@@ -6,6 +6,7 @@ command line's ``--help`` stay fast: the model module pulls in diffusers and tra
 """
 from __future__ import annotations
 
+import l2s.quiet  # noqa: F401  (drops transformers' torchvision notice before diffusers loads)
 from l2s.lazy import lazy_names
 
 # name -> the submodule that defines it

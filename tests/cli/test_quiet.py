@@ -68,3 +68,15 @@ def test_error_lines_name_the_flag_not_the_python_argument():
     assert error_line(L2SError("rerun with --restart (restart=True) to start over")) == \
         "l2s: error: rerun with --restart to start over"
     assert error_line(L2SError("a (resume=False) b")) == "l2s: error: a b"
+
+
+def test_library_loading_shows_no_torchvision_notice():
+    """Outside the command line too: loading the shipped model through the library (and a wrapped
+    diffusers pipeline) does not pass transformers' torchvision notice on to the user."""
+    script = ("import l2s.pipelines\nfrom l2s.shapes import load_shapes_steerer\nload_shapes_steerer()\n"
+              "import transformers; print(transformers.utils.is_torchvision_available())")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    if result.stdout.strip().splitlines()[-1] == "True":
+        return  # with torchvision installed there is no notice to drop
+    assert "requires torchvision" not in result.stderr + result.stdout
