@@ -50,18 +50,17 @@ def log_epoch(out_dir: str | Path, row: dict, run_name: str = RUN_NAME) -> bool:
     return True
 
 
-def close_trackers() -> None:
-    """Close every open writer (their files are already flushed after each epoch)."""
-    while _trackers:
-        _trackers.popitem()[1].finish()
+def close_tracker(out_dir: str | Path) -> None:
+    """Close ``out_dir``'s writer if one is open (its run ended or failed): a process that trains
+    many runs keeps no file open per finished run."""
+    tracker = _trackers.pop(Path(out_dir).resolve() / TENSORBOARD_DIR, None)
+    if tracker is not None:
+        tracker.finish()
 
 
 def clear_tensorboard(out_dir: str | Path) -> None:
     """Remove ``out_dir``'s TensorBoard logs (a run started over), closing its writer first."""
     import shutil
 
-    folder = Path(out_dir).resolve() / TENSORBOARD_DIR
-    tracker = _trackers.pop(folder, None)
-    if tracker is not None:
-        tracker.finish()
-    shutil.rmtree(folder, ignore_errors=True)
+    close_tracker(out_dir)
+    shutil.rmtree(Path(out_dir).resolve() / TENSORBOARD_DIR, ignore_errors=True)

@@ -61,7 +61,7 @@ from .parallel import (
 )
 from .reader import AttentionMapDataset
 from .store import load_dataset_meta, verify_dataset
-from .tracking import log_epoch
+from .tracking import close_tracker, log_epoch
 
 log = logging.getLogger(__name__)
 
@@ -211,8 +211,11 @@ def train_classifier(
         finished = lambda counters: counters["stopped_early"] or counters["epoch"] >= max_epochs  # noqa: E731
         resumed = group.on_main(lambda: prepare_out_dir(out_dir, settings, resume, finished) is not None)
         state = read_resume_state(out_dir, settings, finished) if resumed else None
-        return _train(dataset_dir, out_dir, config, train_set, val_set, settings, state, max_epochs, seed, device,
-                      num_workers, progress)
+        try:
+            return _train(dataset_dir, out_dir, config, train_set, val_set, settings, state, max_epochs, seed,
+                          device, num_workers, progress)
+        finally:
+            close_tracker(out_dir)
 
 
 def _train(dataset_dir: Path, out_dir: Path, config: ClassifierConfig, train_set: AttentionMapDataset,

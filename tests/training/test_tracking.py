@@ -29,7 +29,6 @@ def test_training_writes_each_epoch_to_tensorboard(tmp_path):
     g = torch.Generator().manual_seed(0)
     dataset = _write(tmp_path / "data", [_synthetic(64, g, "train"), _synthetic(32, g, "val")])
     train_classifier(dataset, tmp_path / "run", _config(), epochs=2, batch_size=32, progress=False)
-    tracking.close_trackers()
     events = EventAccumulator(str(tmp_path / "run" / tracking.TENSORBOARD_DIR / tracking.RUN_NAME))
     events.Reload()
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
@@ -39,7 +38,38 @@ def test_training_writes_each_epoch_to_tensorboard(tmp_path):
     assert "val_accuracy_per_step/1" in events.Tags()["scalars"]
     # Starting over removes the old curves.
     train_classifier(dataset, tmp_path / "run", _config(), epochs=1, batch_size=32, progress=False, resume=False)
-    tracking.close_trackers()
     events = EventAccumulator(str(tmp_path / "run" / tracking.TENSORBOARD_DIR / tracking.RUN_NAME))
     events.Reload()
     assert [e.step for e in events.Scalars("val_loss")] == [1]
+
+
+class _FakeTracker:
+    """Stands in for accelerate's TensorBoardTracker: records what a run did to its writer."""
+    made: list = []
+
+    def __init__(self, run_name, folder):
+        self.folder, self.steps, self.finished = folder, [], False
+        _FakeTracker.made.append(self)
+
+    def start(self):
+        pass
+
+    def log(self, values, step):
+        self.steps.append(step)
+
+    def finish(self):
+        self.finished = True
+
+
+def test_a_finished_run_closes_its_writer(tmp_path, monkeypatch):
+    import accelerate.tracking
+
+    monkeypatch.setattr(tracking, "tensorboard_available", lambda: True)
+    monkeypatch.setattr(accelerate.tracking, "TensorBoardTracker", _FakeTracker)
+    monkeypatch.setattr(_FakeTracker, "made", [])
+    g = torch.Generator().manual_seed(0)
+    dataset = _write(tmp_path / "data", [_synthetic(64, g, "train"), _synthetic(32, g, "val")])
+    train_classifier(dataset, tmp_path / "run", _config(), epochs=2, batch_size=32, progress=False)
+    [writer] = _FakeTracker.made
+    assert writer.steps == [1, 2] and writer.finished
+    assert not tracking._trackers
