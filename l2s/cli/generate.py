@@ -8,12 +8,12 @@ shapes-world model and classifier (``l2s/shapes/assets``); ``--model tiny`` is t
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 from l2s.errors import L2SError, UsageError
+from l2s.files import atomic_write_json
 
 from .batches import NOT_IMAGE_SETTINGS, folders_line, image_settings, prompts_of, seeds_of, unset_defaults
 from .checks import check_sampling_args
@@ -165,7 +165,7 @@ def _generate(args: argparse.Namespace, prompt: str, relations, started: float) 
             f"{name}.png {'shows' if holds else 'does not show'} the prompt's relations"
             for name, holds in report["verdict"].items()))
     report["timings_s"]["command_total"] = time.perf_counter() - started
-    (out / "report.json").write_text(json.dumps(report, indent=2))
+    atomic_write_json(out / "report.json", report)
     print(wrote_line(out, written + ["report.json"]), file=sys.stderr)
     return 0
 
