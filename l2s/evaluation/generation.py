@@ -16,6 +16,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from l2s.errors import L2SError
+from l2s.files import atomic_write_json
 from l2s.versions import software_versions
 
 from .image_runs import MAPS_DIR, ImageJob, Resume, batches, remove_earlier_outputs, write_index
@@ -139,7 +140,7 @@ def generate_images(steerer, jobs: list[ImageJob], out: Path, options: GenerateO
         for batch in batches([job for job in jobs if job.folder not in done], batch_size):
             for job, report, written in generate_batch(steerer, batch, out, options, say):
                 report = {"prompt": job.prompt, **options.context, "seed": job.seed, **report, "versions": versions}
-                (out / job.folder / "report.json").write_text(json.dumps(report, indent=2))
+                atomic_write_json(out / job.folder / "report.json", report)
                 names += [name for name in written + ["report.json"] if name not in names]
                 entries.append({"prompt": job.prompt, "seed": job.seed, "folder": job.folder,
                                 "steered": report["steered"],

@@ -32,6 +32,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from l2s.errors import L2SError, UsageError
+from l2s.files import atomic_write_json
 from l2s.distributed import output_lock, world
 from l2s.relations import DIAGONAL, NON_DIRECTIONAL
 from .detectors import Detector
@@ -96,10 +97,10 @@ def evaluate_images(records: Iterable[tuple[Image.Image, PromptSpec, dict[str, A
             result, _ = detect_and_score(detector, image, spec, rule, name)
             results.append(result)
             record = {**result.to_dict(), "meta": meta}
-            (out_dir / f"{name}.json").write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
+            atomic_write_json(out_dir / f"{name}.json", record)
             lines.write(json.dumps(record, default=str) + "\n")
     summary = summarise(results, rule)
-    (out_dir / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2), encoding="utf-8")
+    atomic_write_json(out_dir / "summary.json", summary.to_dict())
     return summary
 
 

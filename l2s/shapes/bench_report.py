@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from l2s.files import atomic_write_json, atomic_write_text
+
 from .bench import BENCH_PROMPT_SEED, BOTH_MODES
 from .recipes import SHAPES_STEPS, shipped_assets
 
@@ -165,9 +167,9 @@ def write_bench_results(results: dict, markdown: str | Path, command: str | None
     """Write the Markdown table (and the JSON beside it)."""
     markdown = Path(markdown)
     markdown.parent.mkdir(parents=True, exist_ok=True)
-    markdown.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    atomic_write_json(markdown.with_suffix(".json"), results)
     header = _bench_header(results, command)
-    markdown.write_text("\n".join(header) + bench_table(results) + "\n\n" + target_summary(results) + "\n")
+    atomic_write_text(markdown, "\n".join(header) + bench_table(results) + "\n\n" + target_summary(results) + "\n")
     return markdown
 
 
