@@ -41,6 +41,18 @@ class Schedule:
         n = len(self.iterations)
         if not (len(self.step_sizes) == len(self.loss_targets) == n):
             raise ValueError("schedule lists must all have one entry per denoising step")
+        if n == 0:
+            raise ValueError("a schedule needs at least one denoising step")
+        # Stored as plain tuples of Python numbers: reports and comparisons see what was meant.
+        object.__setattr__(self, "iterations", tuple(_count(i, step) for step, i in enumerate(self.iterations)))
+        object.__setattr__(self, "step_sizes", tuple(
+            _step_size(a, step, self.iterations[step]) for step, a in enumerate(self.step_sizes)))
+        object.__setattr__(self, "loss_targets", tuple(_loss_target(t, step) for step, t in enumerate(self.loss_targets)))
+        if self.exit_probability is not None:
+            p = self.exit_probability
+            if not _real(p) or not 0 < p <= 1:
+                raise ValueError(f"exit_probability must be in (0, 1] or None, got {p!r}")
+            object.__setattr__(self, "exit_probability", float(p))
 
     @property
     def num_steps(self) -> int:
@@ -61,15 +73,43 @@ class Schedule:
         return asdict(self)
 
 
+def _real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _count(value, step: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"iterations[{step}] must be a whole number >= 0, got {value!r}")
+    return int(value)
+
+
+def _step_size(value, step: int, iterations: int) -> float:
+    # Negative sizes would climb the loss: steer away from the relation while reporting "steered".
+    if not _real(value) or value < 0 or (iterations and value == 0):
+        raise ValueError(f"step_sizes[{step}] must be a finite number > 0 on a steered step, got {value!r}")
+    return float(value)
+
+
+def _loss_target(value, step: int) -> float:
+    if not _real(value) or value < 0:
+        raise ValueError(f"loss_targets[{step}] must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
 def published_loss_target(step: int) -> float:
     return _PUBLISHED_LOSS_TARGETS[step] if step < len(_PUBLISHED_LOSS_TARGETS) else _PUBLISHED_LATE_TARGET
 
 
 def validate_step_size(step_size: float) -> float:
-    number = isinstance(step_size, (int, float)) and not isinstance(step_size, bool)
-    if not number or not math.isfinite(step_size) or step_size <= 0:
+    if not _real(step_size) or step_size <= 0:
         raise ValueError(f"step size must be a positive finite number, got {step_size!r}")
     return float(step_size)
+
+
+def _num_steps(num_steps) -> int:
+    if isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Integral) or num_steps < 1:
+        raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
+    return int(num_steps)
 
 
 def reference_schedule(family: str, num_steps: int, step_size: float | None = None) -> Schedule:
@@ -81,6 +121,7 @@ def reference_schedule(family: str, num_steps: int, step_size: float | None = No
     """
     if family not in _PUBLISHED:
         raise ValueError(f"unknown model family {family!r}; expected one of {sorted(_PUBLISHED)}")
+    num_steps = _num_steps(num_steps)
     settings = _PUBLISHED[family]
     end = 1 if family == "flux-schnell" else (num_steps + 1) // 2
     end = min(end, num_steps)
@@ -99,9 +140,7 @@ def custom_schedule(num_steps: int, steered: Sequence[int], iterations: int, ste
                     name: str = "custom", exit_probability: float | None = None) -> Schedule:
     """A schedule with ``iterations`` updates on each step in ``steered`` (published loss targets)."""
     validate_step_size(step_size)
-    if isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Integral) or num_steps < 1:
-        raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
-    num_steps, steered = int(num_steps), set(steered)
+    num_steps, steered = _num_steps(num_steps), set(steered)
     outside = sorted(i for i in steered if not 0 <= i < num_steps)
     if outside:   # would never be steered: a typo, or a schedule made for more steps
         raise ValueError(f"steered steps {outside} are outside 0..{num_steps - 1} of a {num_steps}-step schedule")

@@ -31,3 +31,45 @@ def test_schedule_rejects_bad_settings():
         custom_schedule(0, steered=[], iterations=1, step_size=1.0)
     assert custom_schedule(4, steered=[3], iterations=2, step_size=1.0).iterations == (0, 0, 0, 2)
     assert custom_schedule(3, steered=(i for i in [0, 1]), iterations=2, step_size=1.0).iterations == (2, 2, 0)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(step_sizes=(-1.0, 1.0)), r"step_sizes\[0\] must be a finite number > 0 on a steered step, got -1.0"),
+    (dict(step_sizes=(0.0, 1.0)), r"step_sizes\[0\]"),
+    (dict(step_sizes=(float("nan"), 1.0)), r"step_sizes\[0\]"),
+    (dict(loss_targets=(float("nan"), 1e-5)), r"loss_targets\[0\] must be a finite number >= 0"),
+    (dict(loss_targets=(-1.0, 1e-5)), r"loss_targets\[0\]"),
+    (dict(iterations=(1.5, 0)), r"iterations\[0\] must be a whole number >= 0, got 1.5"),
+    (dict(iterations=(-2, 0)), r"iterations\[0\]"),
+    (dict(iterations=(True, 0)), r"iterations\[0\]"),
+    (dict(exit_probability=2.0), r"exit_probability must be in \(0, 1\] or None, got 2.0"),
+    (dict(exit_probability=float("nan")), r"exit_probability"),
+    (dict(iterations=(), step_sizes=(), loss_targets=()), "at least one denoising step"),
+])
+def test_a_schedule_refuses_settings_that_would_steer_wrongly(change, message):
+    from l2s.steer import Schedule
+
+    fields = {**dict(name="x", iterations=(4, 0), step_sizes=(1.0, 1.0), loss_targets=(1e-5, 1e-5)), **change}
+    with pytest.raises(ValueError, match=message):
+        Schedule(**fields)
+
+
+def test_a_schedule_keeps_plain_numbers_and_takes_numpy_ones():
+    import numpy as np
+
+    from l2s.steer import Schedule
+
+    schedule = Schedule("x", [np.int64(2), 0], [np.float32(0.5), 0.0], [1e-5, 1e-5], exit_probability=np.float64(0.9))
+    assert schedule.iterations == (2, 0) and type(schedule.iterations[0]) is int
+    assert schedule.step_sizes == (0.5, 0.0) and schedule.exit_probability == 0.9   # 0 is fine on a plain step
+    assert custom_schedule(np.int64(3), [0], 1, 1.0).num_steps == 3
+
+
+@pytest.mark.parametrize("steps", [0, -3, 2.5])
+def test_published_schedules_need_a_positive_step_count(steps):
+    from l2s.steer import schedule_preset
+
+    with pytest.raises(ValueError, match="num_steps must be a positive integer"):
+        reference_schedule("flux-dev", steps)
+    with pytest.raises(ValueError, match="num_steps must be a positive integer"):
+        schedule_preset("fast", "flux-dev", steps)
