@@ -11,6 +11,8 @@ callback runs under ``no_grad``, so steering needs its own loop.
 """
 from __future__ import annotations
 
+import functools
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -157,6 +159,22 @@ def _checked_step_size(step_size: float) -> float:
         raise UsageError(str(e)) from None
 
 
+def one_call_at_a_time(method):
+    """Refuse a second call on the same pipeline while one runs (another thread's): the diffusers
+    pipeline's scheduler and the capture hold per-call state, so two calls would mix their steps."""
+    @functools.wraps(method)
+    def guarded(self, *args, **kwargs):
+        lock = self.__dict__.setdefault("_call_lock", threading.Lock())
+        if not lock.acquire(blocking=False):
+            raise UsageError("this steering pipeline is already generating (a call from another thread?): one "
+                             "call at a time per pipeline; give each thread its own loaded pipeline")
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            lock.release()
+    return guarded
+
+
 class SteeringPipeline:
     """Wraps a diffusers pipeline and a relation classifier; subclasses supply the model loop.
 
@@ -207,7 +225,7 @@ class SteeringPipeline:
         if options.get("engine", "auto") in ("auto", "eager"):
             options.pop("engine", None)
         if options:
-            raise TypeError(f"options {sorted(options)} apply to FLUX pipelines only")
+            raise UsageError(f"options {sorted(options)} apply to FLUX pipelines only")
         return cls(pipe, classifier, schedule, mode, step_size, capture_backend)
 
     @classmethod
@@ -342,6 +360,7 @@ class SteeringPipeline:
         would otherwise be charged to the first timed images. Steered, it runs the cheap "fast" preset."""
         self(prompt, steer=steer, **{**kwargs, "progress": False, "schedule": "fast" if steer else None})
 
+    @one_call_at_a_time
     def __call__(self, prompt: str | list[str], *, num_inference_steps: int | None = None,
                  height: int | None = None, width: int | None = None,
                  guidance_scale: float | None = None, seed: int | list[int] = 0, num_images: int = 1,
@@ -374,6 +393,9 @@ class SteeringPipeline:
         if not (steer and plan.steered):
             schedule = None
         else:
+            if torch.is_inference_mode_enabled():
+                raise UsageError("steering differentiates through the model: call it outside "
+                                 "torch.inference_mode() (torch.no_grad() around it is fine)")
             for each in plans or [plan]:
                 if each.steered:      # an unsteered prompt of the batch has nothing to doubt
                     announce_steering(self, each, height, width)

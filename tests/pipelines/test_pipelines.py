@@ -328,7 +328,7 @@ def test_stable_diffusion_takes_the_default_engine_and_refuses_others():
     pipe = tiny_sd_pipeline(seed=0)
     classifier = tiny_classifier_for(pipe, seed=1)
     assert wrap_pipeline(pipe, classifier, engine="auto").capture_backend == "sdpa"
-    with pytest.raises(TypeError, match=r"options \['engine'\] apply to FLUX pipelines only"):
+    with pytest.raises(UsageError, match=r"options \['engine'\] apply to FLUX pipelines only"):
         wrap_pipeline(pipe, classifier, engine="compile")
 
 
@@ -367,3 +367,40 @@ def test_true_cfg_leaves_the_steering_loss_alone(flux):
 def test_true_cfg_scale_must_be_positive(flux, scale):
     with pytest.raises(UsageError, match="true_cfg_scale"):
         FluxSteeringPipeline(flux.pipe, flux.classifier, true_cfg_scale=scale)
+
+
+def test_a_second_call_while_one_runs_is_refused_and_the_first_finishes(flux):
+    """Calls from two threads on one pipeline would share its scheduler: the second is refused."""
+    import threading
+
+    started, release, outcome = threading.Event(), threading.Event(), {}
+
+    def slow_callback(*_):   # holds the first call inside its denoising loop
+        started.set()
+        release.wait(60)
+
+    def first():
+        outcome["first"] = flux("a cat above a dog", num_inference_steps=2, height=32, width=32, progress=False)
+
+    original = flux.refine
+    flux.refine = lambda *a, **k: (slow_callback(), original(*a, **k))[1]
+    try:
+        worker = threading.Thread(target=first)
+        worker.start()
+        assert started.wait(60)
+        with pytest.raises(UsageError, match="already generating"):
+            flux("a cat above a dog", num_inference_steps=2, height=32, width=32, progress=False)
+        release.set()
+        worker.join(120)
+    finally:
+        del flux.refine
+    assert outcome["first"].images
+    assert flux("a cat above a dog", num_inference_steps=2, height=32, width=32, progress=False).images
+
+
+def test_steering_under_inference_mode_is_one_clear_error(flux):
+    with torch.inference_mode(), pytest.raises(UsageError, match=r"outside torch.inference_mode\(\)"):
+        flux("a cat above a dog", num_inference_steps=2, height=32, width=32, progress=False)
+    with torch.inference_mode():   # nothing to differentiate: fine
+        assert flux("a cat above a dog", num_inference_steps=2, height=32, width=32, steer=False,
+                    progress=False).images
