@@ -68,6 +68,30 @@ def check_classifier_argument(classifier) -> RelationClassifier:
     return classifier
 
 
+def checked_capture_backend(backend: str, mode="fast") -> str:
+    """``backend`` if the fast modes know it and ``mode`` (a name or ExecutionMode) computes maps with it."""
+    from l2s.capture import CAPTURE_BACKENDS
+    from l2s.steer import DEFAULT_CAPTURE_BACKEND, execution_mode
+
+    if backend not in CAPTURE_BACKENDS:
+        raise UsageError(f"unknown capture backend {backend!r}; expected one of {', '.join(CAPTURE_BACKENDS)}")
+    if backend != DEFAULT_CAPTURE_BACKEND and execution_mode(mode).name == "reference":
+        raise UsageError(f"capture backend {backend!r} applies to the fast modes: mode 'reference' computes "
+                         "its maps as the published code does")
+    return backend
+
+
+def checked_schedule(schedule: Schedule | str | None) -> Schedule | str | None:
+    """A preset name is checked when the pipeline is made, not at its first call."""
+    from l2s.steer import PRESETS, Schedule
+
+    if isinstance(schedule, str) and schedule not in PRESETS:
+        raise UsageError(f"unknown schedule {schedule!r}; expected a Schedule or one of {', '.join(PRESETS)}")
+    if not isinstance(schedule, (Schedule, str, type(None))):
+        raise UsageError(f"schedule must be a Schedule or a preset name, got {type(schedule).__name__}")
+    return schedule
+
+
 def check_call(steerer, prompt, *, num_inference_steps, height, width, guidance_scale, seed, num_images,
                steer, schedule, latents, progress) -> None:
     """Refuse a ``SteeringPipeline.__call__`` whose arguments cannot work, before any work."""

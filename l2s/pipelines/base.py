@@ -21,13 +21,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from l2s.capture import CAPTURE_BACKENDS
 from l2s.classifier import RelationClassifier
 from l2s.devices import check_device
 from l2s.errors import ClassifierMismatchError, UsageError
 from l2s.steer import (
     DEFAULT_CAPTURE_BACKEND,
-    PRESETS,
     BatchPlan,
     ExecutionMode,
     Schedule,
@@ -49,6 +47,8 @@ from .arguments import (
     announce_steering,
     check_call,
     check_classifier_argument,
+    checked_capture_backend,
+    checked_schedule,
     image_batch,
     map_grid_warning,
 )
@@ -134,24 +134,6 @@ def seeded_generators(seed: int | list[int]) -> torch.Generator | list[torch.Gen
     return torch.Generator(device="cpu").manual_seed(seed)
 
 
-def _checked_capture_backend(backend: str, mode: str | ExecutionMode = "fast") -> str:
-    if backend not in CAPTURE_BACKENDS:
-        raise UsageError(f"unknown capture backend {backend!r}; expected one of {', '.join(CAPTURE_BACKENDS)}")
-    if backend != DEFAULT_CAPTURE_BACKEND and execution_mode(mode).name == "reference":
-        raise UsageError(f"capture backend {backend!r} applies to the fast modes: mode 'reference' computes "
-                         "its maps as the published code does")
-    return backend
-
-
-def _checked_schedule(schedule: Schedule | str | None) -> Schedule | str | None:
-    """A preset name is checked when the pipeline is made, not at its first call."""
-    if isinstance(schedule, str) and schedule not in PRESETS:
-        raise UsageError(f"unknown schedule {schedule!r}; expected a Schedule or one of {', '.join(PRESETS)}")
-    if not isinstance(schedule, (Schedule, str, type(None))):
-        raise UsageError(f"schedule must be a Schedule or a preset name, got {type(schedule).__name__}")
-    return schedule
-
-
 def _checked_step_size(step_size: float) -> float:
     try:
         return validate_step_size(step_size)
@@ -193,8 +175,8 @@ class SteeringPipeline:
         self.pipe = pipe
         check_classifier_argument(classifier)
         self.objective = SteeringObjective(self.denoiser, classifier, mode,
-                                           _checked_capture_backend(capture_backend, mode))
-        self.schedule = _checked_schedule(schedule)
+                                           checked_capture_backend(capture_backend, mode))
+        self.schedule = checked_schedule(schedule)
         # Step size of the named schedules (presets); None: the family's published one.
         self.step_size = None if step_size is None else _checked_step_size(step_size)
         # Steering differentiates w.r.t. the latent only: freeze every weight.
@@ -268,7 +250,7 @@ class SteeringPipeline:
         if execution_mode(mode) == self.mode:
             return                          # keep what the current objective compiled
         self._check_mode(execution_mode(mode))
-        _checked_capture_backend(self.capture_backend, mode)
+        checked_capture_backend(self.capture_backend, mode)
         self.objective = SteeringObjective(self.denoiser, self.classifier, mode, self.capture_backend)
 
     def _check_mode(self, mode: ExecutionMode) -> None:
@@ -281,7 +263,7 @@ class SteeringPipeline:
 
     @capture_backend.setter
     def capture_backend(self, backend: str) -> None:
-        self.objective.capture_backend = _checked_capture_backend(backend, self.mode)
+        self.objective.capture_backend = checked_capture_backend(backend, self.mode)
 
     def map_channels(self) -> int:
         """Maps per object this model provides (captured layers x heads)."""

@@ -281,3 +281,41 @@ def test_maps_of_another_grid_are_said_once_and_reported_per_steered_prompt(stoc
     assert "trained on maps of a 8x8 token grid, but this model at 32x32 px gives 16x16" in record.getMessage()
     reports = [steering.to_json() for steering in out.steering]
     assert len(reports[0]["warnings"]) == 1 and reports[1]["warnings"] == []       # "a cup" is not steered
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(classifier="/models/clf"), "classifier must be a RelationClassifier, got '/models/clf'"),
+    (dict(classifier=torch.nn.Linear(2, 2)), "classifier must be a RelationClassifier, got Linear"),
+    (dict(steering_mode="fastest"), "unknown execution mode 'fastest'"),
+    (dict(capture_backend="cuda-magic"), "unknown capture backend 'cuda-magic'"),
+    (dict(steering_mode="reference", capture_backend="native"), "applies to the fast modes"),
+    (dict(steering_family="flux-pro"), "steering_family must be one of flux-dev, flux-schnell, got 'flux-pro'"),
+    (dict(steering_schedule="fastest"), "unknown schedule 'fastest'"),
+    (dict(torch_dtype="bf16"), "torch_dtype must be a torch.dtype"),
+])
+def test_from_pipe_refuses_bad_steering_options_at_once(stock, classifier, options, message):
+    with pytest.raises(UsageError, match=message):
+        FluxRelationSteeringPipeline.from_pipe(stock, **{"classifier": classifier, **options})
+
+
+@pytest.mark.parametrize("call, message", [
+    (dict(prompt=[]), "prompt must be a string or a non-empty list of strings, got \\[\\]"),
+    (dict(prompt=5), "prompt must be a string or a non-empty list of strings, got 5"),
+    (dict(prompt="a cat above a dog", steer="no"), "steer must be True or False, got 'no'"),
+    (dict(prompt="a cat above a dog", steer=None), "steer must be True or False, got None"),
+])
+def test_a_call_refuses_bad_prompts_and_steer_values(pipe, call, message):
+    with pytest.raises(UsageError, match=message):
+        pipe(num_inference_steps=2, **SIZE, **call)
+
+
+def test_a_classifier_that_does_not_fit_is_refused_on_every_call(stock, classifier):
+    from l2s.classifier import RelationClassifier
+    from l2s.demo import tiny_classifier_config
+    from l2s.errors import ClassifierMismatchError
+
+    wrong = RelationClassifier(tiny_classifier_config(channels=classifier.config.channels + 1))
+    pipe = FluxRelationSteeringPipeline.from_pipe(stock, classifier=wrong)
+    for _ in range(2):
+        with pytest.raises(ClassifierMismatchError, match="maps per object"):
+            pipe("a cat above a dog", num_inference_steps=2, **SIZE)

@@ -28,10 +28,10 @@ from l2s.errors import UsageError
 from l2s.steer import DEFAULT_CAPTURE_BACKEND, Schedule, SteeringPlan
 
 from ..arguments import grid_mismatch_warning
-from ..flux import _FluxConditioning
+from ..flux import FLUX_FAMILIES, _FluxConditioning
 from ..loading import model_steering_defaults
 from .plans import PromptSteering, SteeredRows, plan_prompts
-from .steering import RelationSteeringMixin, Rows, callback_inputs, steering_callback
+from .steering import RelationSteeringMixin, Rows, callback_inputs, checked_prompts, steering_callback
 
 
 @dataclass
@@ -66,6 +66,7 @@ class FluxRelationSteeringPipeline(RelationSteeringMixin, FluxPipeline):
     _optional_components = [*FluxPipeline._optional_components, "classifier"]
     _exclude_from_cpu_offload = [*FluxPipeline._exclude_from_cpu_offload, "classifier"]
     denoiser_name = "transformer"
+    steering_families = FLUX_FAMILIES
 
     def __init__(self, scheduler: FlowMatchEulerDiscreteScheduler, vae: AutoencoderKL,
                  text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer, text_encoder_2: T5EncoderModel,
@@ -104,7 +105,7 @@ class FluxRelationSteeringPipeline(RelationSteeringMixin, FluxPipeline):
         if prompt is None or kwargs.get("prompt_embeds") is not None:
             raise UsageError("steering reads the prompt's words: pass prompt= and no prompt_embeds "
                              "(embeddings alone cannot be steered; use FluxPipeline for that)")
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        prompts = checked_prompts(prompt, steer)
         height = height or self.default_sample_size * self.vae_scale_factor
         width = width or self.default_sample_size * self.vae_scale_factor
         schedule = self.steering_schedule_for(steering_schedule, num_inference_steps) if steer else None

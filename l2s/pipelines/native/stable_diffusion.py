@@ -24,7 +24,7 @@ from l2s.errors import UsageError
 from l2s.steer import DEFAULT_CAPTURE_BACKEND, Schedule, SteeringPlan
 
 from .plans import PromptSteering, SteeredRows, plan_prompts
-from .steering import RelationSteeringMixin, Rows, callback_inputs, steering_callback
+from .steering import RelationSteeringMixin, Rows, callback_inputs, checked_prompts, steering_callback
 
 
 @dataclass
@@ -48,6 +48,7 @@ class StableDiffusionRelationSteeringPipeline(RelationSteeringMixin, StableDiffu
     _optional_components = [*StableDiffusionPipeline._optional_components, "classifier"]
     _exclude_from_cpu_offload = [*StableDiffusionPipeline._exclude_from_cpu_offload, "classifier"]
     denoiser_name = "unet"
+    steering_families = ("sd14", "sd21")
 
     def __init__(self, vae: AutoencoderKL, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
                  unet: UNet2DConditionModel, scheduler: KarrasDiffusionSchedulers,
@@ -79,7 +80,7 @@ class StableDiffusionRelationSteeringPipeline(RelationSteeringMixin, StableDiffu
         if prompt is None:
             raise UsageError("steering reads the prompt's words: pass prompt= (prompt_embeds alone cannot "
                              "be steered; use StableDiffusionPipeline for that)")
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        prompts = checked_prompts(prompt, steer)
         if isinstance(negative_prompt, str) and not isinstance(prompt, str):
             negative_prompt = [negative_prompt] * len(prompts)      # one negative prompt for all
         height = height or self.unet.config.sample_size * self.vae_scale_factor

@@ -19,12 +19,13 @@ from l2s.steer import (
     Schedule,
     SteeringDiagnostics,
     SteeringObjective,
+    execution_mode,
     refine_latents,
     schedule_preset,
     validate_step_size,
 )
 
-from ..arguments import say_once
+from ..arguments import check_classifier_argument, checked_capture_backend, checked_schedule, say_once
 from ..loading import model_steering_defaults
 from .plans import PromptSteering, SteeredRows
 
@@ -90,6 +91,16 @@ def resolve_schedule(schedule: Schedule | str, family: str, steps: int, step_siz
     return schedule
 
 
+def checked_prompts(prompt, steer) -> list[str]:
+    """The call's prompts as a list; a ``UsageError`` for what the stock call would fail on deep inside."""
+    if not isinstance(steer, bool):
+        raise UsageError(f"steer must be True or False, got {steer!r}")
+    prompts = [prompt] if isinstance(prompt, str) else prompt
+    if not isinstance(prompts, (list, tuple)) or not prompts or not all(isinstance(p, str) for p in prompts):
+        raise UsageError(f"prompt must be a string or a non-empty list of strings, got {prompt!r:.80}")
+    return list(prompts)
+
+
 def checked_step_size(step_size: float | None) -> float | None:
     if step_size is None:
         return None
@@ -133,10 +144,20 @@ class RelationSteeringMixin:
     """
 
     denoiser_name: str
+    steering_families: tuple[str, ...]      # whose published settings may be named
     _steering_objective: PipelineObjective | None = None
 
     def _register_steering(self, classifier, steering_schedule, steering_step_size, steering_mode,
                            capture_backend, steering_family) -> None:
+        # Checked here, not at the first steered call (after the prompts were encoded).
+        if classifier is not None:     # None: an unsteered pipeline until one is set
+            check_classifier_argument(classifier)
+        execution_mode(steering_mode or "fast")
+        checked_capture_backend(capture_backend or DEFAULT_CAPTURE_BACKEND, steering_mode or "fast")
+        checked_schedule(steering_schedule)
+        if steering_family is not None and steering_family not in self.steering_families:
+            raise UsageError(f"steering_family must be one of {', '.join(self.steering_families)}, "
+                             f"got {steering_family!r}")
         self.register_modules(classifier=classifier)
         self.register_to_config(steering_schedule=steering_schedule,
                                 steering_step_size=checked_step_size(steering_step_size),
@@ -160,6 +181,8 @@ class RelationSteeringMixin:
         otherwise, the modules keep their dtypes; ``torch_dtype=`` casts them, as there.
         """
         dtype = kwargs.pop("torch_dtype", None) or kwargs.pop("dtype", None)
+        if dtype is not None and not isinstance(dtype, torch.dtype):
+            raise UsageError(f"torch_dtype must be a torch.dtype (e.g. torch.bfloat16), got {dtype!r}")
         expected, optional = cls._get_signature_keys(cls)
         unknown = sorted(set(kwargs) - set(expected) - set(optional))
         if unknown:
@@ -192,9 +215,9 @@ class RelationSteeringMixin:
         denoiser, cached = self.steering_denoiser, self._steering_objective
         if cached is None or cached.denoiser is not denoiser or cached.classifier is not classifier:
             backend = self.config.capture_backend or DEFAULT_CAPTURE_BACKEND
-            self._steering_objective = PipelineObjective(self, denoiser, classifier,
-                                                         self.config.steering_mode or "fast", backend)
-            self._check_channels(self._steering_objective)
+            objective = PipelineObjective(self, denoiser, classifier, self.config.steering_mode or "fast", backend)
+            self._check_channels(objective)     # kept only once it fits: every call checks until then
+            self._steering_objective = objective
         return self._steering_objective
 
     def _check_channels(self, objective: PipelineObjective) -> None:
