@@ -26,13 +26,23 @@ def token_group_selector(
         raise ValueError(f"selector width {width} < number of groups {len(groups)}")
     selector = torch.zeros(text_len, width, device=device, dtype=dtype)
     for column, tokens in enumerate(groups):
-        tokens = list(tokens)
-        whole = all(hasattr(t, "__index__") and not isinstance(t, bool) for t in tokens)   # ints, numpy ints
-        if not tokens or not whole or len(set(tokens)) != len(tokens) or not all(0 <= t < text_len for t in tokens):
+        tokens = _indices(tokens)
+        if not tokens or len(set(tokens)) != len(tokens) or not all(0 <= t < text_len for t in tokens):
             # an empty group has no map, a repeated token would weigh twice, a negative one wrap around
             raise ValueError(f"token group {column} must be distinct token indices in [0, {text_len}), got {tokens}")
         selector[tokens, column] = 1.0 / len(tokens)
     return selector
+
+
+def _indices(tokens) -> list:
+    """Plain ints of a group (ints, numpy ints, an integer tensor); as given when any is not a whole number."""
+    if isinstance(tokens, torch.Tensor):
+        integer = not (tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool)
+        tokens = tokens.tolist() if integer else [tokens]
+    tokens = list(tokens)
+    if all(hasattr(t, "__index__") and not isinstance(t, (bool, torch.Tensor)) for t in tokens):
+        return [t.__index__() for t in tokens]
+    raise ValueError(f"token groups hold whole token indices, got {tokens}")
 
 
 def selector_width(num_groups: int, head_dim: int, device: torch.device | str, backend: str = "sdpa") -> int:

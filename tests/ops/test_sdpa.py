@@ -98,8 +98,13 @@ def test_token_group_selector_and_its_width():
         selector_width(3, 64, "cpu", backend="bogus")
     with pytest.raises(TypeError, match="give a floating dtype, got torch.int64"):
         token_group_selector([[0, 1]], text_len=4, dtype=torch.long)             # 1/2 would be 0
-    with pytest.raises(ValueError, match=r"distinct token indices in \[0, 4\), got \[True\]"):
+    with pytest.raises(ValueError, match=r"whole token indices, got \[True\]"):
         token_group_selector([[True]], text_len=4)
+    with pytest.raises(ValueError, match=r"distinct token indices in \[0, 4\), got \[1, 1\]"):
+        token_group_selector([torch.tensor([1, 1])], text_len=4)        # a tensor group: checked as a list
+    with pytest.raises(ValueError, match="whole token indices"):
+        token_group_selector([torch.tensor([1.0])], text_len=4)
+    assert torch.equal(token_group_selector([torch.tensor([0, 1])], text_len=2), torch.tensor([[0.5], [0.5]]))
     assert torch.equal(token_group_selector([[np.int64(1)]], text_len=2), torch.tensor([[0.0], [1.0]]))
 
 
