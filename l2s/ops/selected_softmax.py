@@ -4,7 +4,8 @@ Each op has its CPU and CUDA kernels (:mod:`.dispatch`) and, beside them, a fake
 works under ``torch.compile``. The forward's autograd formula calls the backward op, so both stay
 one opaque node each in compiled graphs. The backward recomputes the probabilities blockwise,
 including the softmax normaliser's term (the gradient is dense over all T keys); it never stores
-the (N, T) probabilities.
+the (N, T) probabilities. There is no forward-mode formula: called as ``torch.ops.l2s.*``, a jvp
+gets a zero tangent; :func:`l2s.ops.selected_text_softmax` refuses forward mode instead.
 """
 
 from __future__ import annotations
