@@ -18,9 +18,14 @@ from l2s.errors import UsageError
 log = logging.getLogger(__name__)
 
 
+def _numpy_hint(value) -> str:
+    """Reports are JSON: numbers must be Python's own, so a numpy scalar is refused with the fix."""
+    return f" ({type(value).__name__}: pass int(...) or float(...))" if type(value).__module__ == "numpy" else ""
+
+
 def positive_int(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise UsageError(f"{name} must be a positive integer, got {value!r}")
+        raise UsageError(f"{name} must be a positive integer, got {value!r}{_numpy_hint(value)}")
     return value
 
 
@@ -49,13 +54,13 @@ def image_side(value, name: str) -> int:
 
 def finite_number(value, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise UsageError(f"{name} must be a finite number, got {value!r}")
+        raise UsageError(f"{name} must be a finite number, got {value!r}{_numpy_hint(value)}")
     return float(value)
 
 
 def seed_value(value, name: str = "seed") -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2 ** 64:
-        raise UsageError(f"{name} must be an integer in [0, 2**64), got {value!r}")
+        raise UsageError(f"{name} must be an integer in [0, 2**64), got {value!r}{_numpy_hint(value)}")
     return value
 
 

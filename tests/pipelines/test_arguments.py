@@ -29,6 +29,8 @@ def flux(pipe):
     (dict(seed="1"), "seed must be an integer in [0, 2**64), got '1'"),
     (dict(seed=2 ** 64), "seed must be an integer in [0, 2**64)"),
     (dict(seed=1.5), "seed must be an integer"),
+    (dict(seed=np.int64(3)), "seed must be an integer in [0, 2**64), got np.int64(3) (int64: pass int(...)"),
+    (dict(guidance_scale=np.float32(3.0)), "(float32: pass int(...) or float(...))"),
     (dict(num_inference_steps="4"), "num_inference_steps must be a positive integer, got '4'"),
     (dict(num_inference_steps=0), "num_inference_steps must be a positive integer, got 0"),
     (dict(height=0), "height must be a positive integer, got 0"),
