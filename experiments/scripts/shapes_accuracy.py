@@ -2,7 +2,8 @@
 
     python experiments/scripts/shapes_accuracy.py [--scale 0.5] [--out /tmp/shapes-bench]
 
-writes bench/results/shapes_accuracy.md (+ .json) and prints the table.
+writes bench/results/shapes_accuracy.md (+ .json) and prints the table, then the project's
+targets against it (`shapes_targets.py`) into experiments/results/shapes_accuracy_targets.md.
 """
 from __future__ import annotations
 
@@ -14,11 +15,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from l2s.cli.shapes import bench_main  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from shapes_targets import main as targets_main  # noqa: E402
+
 # The shipped model's table lives with the benchmarks, where the README cites it.
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "shapes_accuracy.md"
+TARGETS = Path(__file__).resolve().parents[1] / "results" / "shapes_accuracy_targets.md"
 
 if __name__ == "__main__":
     argv = sys.argv[1:]
     if "--results" not in argv:
         argv += ["--results", str(RESULTS)]
-    sys.exit(bench_main(argv))
+    status = bench_main(argv)
+    results = Path(argv[argv.index("--results") + 1]).with_suffix(".json")
+    sys.exit(status or targets_main([str(results), "--out", str(TARGETS)]))

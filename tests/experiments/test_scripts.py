@@ -398,3 +398,22 @@ def test_compare_script_compares_copied_images_once():
     rows = compare.compare_results(new, old)
     assert [(r["part"], r["mode"]) for r in rows[::2]] == [("position", "steered"), ("position", "base"),
                                                            ("ablation", "steered"), ("ablation", "reference_dual")]
+
+
+def test_shapes_targets_judge_a_bench_result(tmp_path):
+    targets = _script_module("shapes_targets")
+    modes = lambda base, steered: {  # noqa: E731
+        "base": {"accuracy": base, "colour_accuracy": base}, "steered": {"accuracy": steered, "colour_accuracy": steered}}
+    results = {"parts": [{"key": "position", "modes": modes(0.25, 0.75)},
+                         {"key": "multi_3_2", "modes": modes(0.1, 0.4)}]}
+    summary = targets.target_summary(results)
+    assert "colour: base 0.250 (target <= 0.35: met), steered 0.750 (target >= 0.75: met; >= 3x base: 3.00x, met)" \
+        in summary
+    assert "multi 3/2 steered: strict 0.400, colour 0.400 (target >= 0.5: missed)" in summary
+    results["parts"][0]["modes"] = modes(0.0, 0.5)   # a base of 0 has no ratio; any steered is above 3x it
+    assert "strict: base 0.000 (target <= 0.35: met), steered 0.500 (target >= 0.75: missed; >= 3x base: no " \
+           "ratio to a base of 0, met)" in targets.target_summary(results)
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(results))
+    assert targets.main([str(path), "--out", str(tmp_path / "t.md")]) == 0
+    assert "target >= 0.75: missed" in (tmp_path / "t.md").read_text()
