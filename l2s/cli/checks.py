@@ -12,7 +12,7 @@ def check_sampling_args(args: argparse.Namespace) -> None:
     """``--steps``, ``--height``, ``--width``, ``--guidance``, ``--true-cfg``, ``--step-size``,
     ``--seed`` and ``--device``: one ``l2s: error:`` line for the first that cannot work."""
     from l2s.errors import UsageError
-    from l2s.pipelines.arguments import finite_number, image_side, seed_value, step_count
+    from l2s.values import finite_number, image_side, seed_value, step_count
     from l2s.devices import check_device
 
     from .options import flag_of

@@ -114,7 +114,7 @@ def _add_generation_args(e: argparse.ArgumentParser) -> dict:
 def _check_args(args: argparse.Namespace) -> None:
     """The options that need no file or model, before any work."""
     from l2s.errors import L2SError
-    from l2s.pipelines.arguments import positive_int, seed_value
+    from l2s.values import positive_int, seed_value
     from l2s.devices import check_device
 
     from .checks import check_sampling_args

@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     from l2s.evaluation.image_runs import image_jobs
     from l2s.evaluation.records import RESULTS_FILE, RUN_FILE, SUMMARY_FILE
     from l2s.files import output_lock
-    from l2s.pipelines.arguments import positive_int
+    from l2s.values import positive_int
 
     started = time.perf_counter()
     prompts, seeds = prompts_of(args), seeds_of(args)

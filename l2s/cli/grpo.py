@@ -118,7 +118,7 @@ def grpo_main(argv: Sequence[str] | None = None) -> int:
     args = build_grpo_parser().parse_args(argv)
     from accelerate import Accelerator
 
-    from l2s.pipelines.arguments import positive_int
+    from l2s.values import positive_int
     from l2s.reward.identity import reward_identity
     from l2s.shapes import load_shapes_pipeline
     from l2s.shapes.tuning import train_shapes_grpo

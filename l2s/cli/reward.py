@@ -66,7 +66,7 @@ def reward_data_main(argv: Sequence[str] | None = None) -> int:
     args = build_reward_data_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
 
     from l2s.shapes import load_shapes_pipeline
-    from l2s.pipelines.arguments import seed_value
+    from l2s.values import seed_value
     from l2s.shapes.reward_data import PairSettings, make_reward_pairs
 
     use_threads(args)
@@ -176,7 +176,7 @@ def train_reward_main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_train_reward_parser().parse_args(argv)
 
-    from l2s.pipelines.arguments import seed_value
+    from l2s.values import seed_value
     from l2s.reward import RewardTrainSettings, train_reward_model
     from l2s.shapes import shapes_t5_tokenizer
 

@@ -151,7 +151,7 @@ def _check_train_args(args: argparse.Namespace) -> None:
 
 def _check_train_values(args: argparse.Namespace) -> None:
     """Numbers that cannot train (0 steps, a negative rate, ...) fail before any scene is rendered."""
-    from l2s.pipelines.arguments import finite_number, positive_int, seed_value
+    from l2s.values import finite_number, positive_int, seed_value
 
     flag = flag_of()
     seed_value(args.seed, "--seed")
@@ -243,7 +243,7 @@ def make_data_main(argv: Sequence[str] | None = None) -> int:
 
     use_threads(args)
     from l2s.distributed import output_lock, world
-    from l2s.pipelines.arguments import positive_int, seed_value
+    from l2s.values import positive_int, seed_value
 
     positive_int(args.scenes, "--scenes")
     seed_value(args.seed, "--seed")
@@ -372,7 +372,7 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
     args = build_bench_parser().parse_args(argv)
 
     from l2s.evaluation import parse_seeds
-    from l2s.pipelines.arguments import positive_int
+    from l2s.values import positive_int
     from l2s.shapes import bench_table, run_shapes_bench, write_bench_results
 
     positive_int(args.batch_size, "--batch-size")

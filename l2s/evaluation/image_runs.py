@@ -45,7 +45,7 @@ def image_jobs(prompts: list[str], seeds: list[int]) -> list[ImageJob]:
 
 def _check_job_lists(prompts, seeds) -> None:
     """Lists of prompts and of distinct seeds (a lone string would be taken letter by letter)."""
-    from l2s.pipelines.arguments import seed_value   # the pipelines import torch: not at --help time
+    from l2s.values import seed_value
 
     if isinstance(prompts, str) or not prompts or not all(isinstance(p, str) for p in prompts):
         raise UsageError(f"prompts must be a non-empty list of strings, got {prompts!r}")

@@ -34,7 +34,7 @@ from l2s.files import (
     read_state_json,
     remove_outputs,
 )
-from l2s.pipelines.arguments import positive_int
+from l2s.values import positive_int
 from l2s.reward.identity import same_reward
 
 from .settings import GRPOSettings

@@ -8,60 +8,14 @@ steered call gives before it runs (doubtful token mapping, maps resampled to ano
 from __future__ import annotations
 
 import logging
-import math
 
 import torch
 
 from l2s.classifier import RelationClassifier
 from l2s.errors import UsageError
+from l2s.values import finite_number, image_side, positive_int, seed_value, step_count
 
 log = logging.getLogger(__name__)
-
-
-def _numpy_hint(value) -> str:
-    """Reports are JSON: numbers must be Python's own, so a numpy scalar is refused with the fix."""
-    return f" ({type(value).__name__}: pass int(...) or float(...))" if type(value).__module__ == "numpy" else ""
-
-
-def positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise UsageError(f"{name} must be a positive integer, got {value!r}{_numpy_hint(value)}")
-    return value
-
-
-# Far past any supported model's trained size (FLUX.1: 2 MP): a larger side would not fail, it would
-# run for hours or exhaust memory.
-MAX_SIDE = 4096
-
-
-# Far past any schedule's step count (FLUX.1-dev: 50): more would not fail but fill memory.
-MAX_STEPS = 1000
-
-
-def step_count(value, name: str) -> int:
-    positive_int(value, name)
-    if value > MAX_STEPS:
-        raise UsageError(f"{name} must be at most {MAX_STEPS}, got {value}")
-    return value
-
-
-def image_side(value, name: str) -> int:
-    positive_int(value, name)
-    if value > MAX_SIDE:
-        raise UsageError(f"{name} must be at most {MAX_SIDE} pixels, got {value}")
-    return value
-
-
-def finite_number(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise UsageError(f"{name} must be a finite number, got {value!r}{_numpy_hint(value)}")
-    return float(value)
-
-
-def seed_value(value, name: str = "seed") -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2 ** 64:
-        raise UsageError(f"{name} must be an integer in [0, 2**64), got {value!r}{_numpy_hint(value)}")
-    return value
 
 
 def check_classifier_argument(classifier) -> RelationClassifier:

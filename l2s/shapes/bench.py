@@ -20,7 +20,7 @@ from PIL import Image
 
 from l2s.distributed import output_lock, world
 from l2s.errors import UsageError
-from l2s.pipelines.arguments import positive_int
+from l2s.values import positive_int
 from . import bench_plain as plain_part
 from .bench_reward import reward_columns
 from .detector import ShapesDetector
