@@ -13,7 +13,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from l2s.cli.shapes import bench_main  # noqa: E402
+from l2s.cli.shapes_bench import bench_main  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from shapes_targets import main as targets_main  # noqa: E402

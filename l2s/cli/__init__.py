@@ -3,8 +3,10 @@ shapes world's ``shapes ...`` commands (``l2s shapes --help`` lists them).
 
 Bad input ends with one line on stderr (``l2s: error: ...``) and exit code 2, never a silent
 wrong image; running out of memory is such a line too. Ctrl-C ends with one line and exit code
-130: every long command resumes when rerun. The front ends that parse their own arguments (``make-data``, ``train``: :mod:`.training`;
-``shapes ...``: :mod:`.shapes`) are imported only when they run.
+130: every long command resumes when rerun. The front ends that parse their own arguments
+(``make-data``, ``train``: :mod:`.training`; ``shapes ...``: :mod:`.shapes_model`,
+:mod:`.shapes_classifier`, :mod:`.shapes_bench`, :mod:`.grpo`, :mod:`.reward`) are imported only
+when they run.
 """
 from __future__ import annotations
 
@@ -65,12 +67,16 @@ def _front_end(command: tuple[str, ...]):
         from .reward import reward_data_main as entry
     elif command == ("shapes", "train-reward"):
         from .reward import train_reward_main as entry
+    elif command == ("shapes", "train-model"):
+        from .shapes_model import train_model_main as entry
+    elif command == ("shapes", "make-data"):
+        from .shapes_classifier import make_data_main as entry
+    elif command == ("shapes", "train-classifier"):
+        from .shapes_classifier import train_classifier_main as entry
+    elif command == ("shapes", "bench"):
+        from .shapes_bench import bench_main as entry
     else:
-        from . import shapes
-
-        entry = {"train-model": shapes.train_model_main, "make-data": shapes.make_data_main,
-                 "train-classifier": shapes.train_classifier_main, "bench": shapes.bench_main,
-                 "compare": shapes.compare_main}[command[1]]
+        from .shapes_bench import compare_main as entry
     return entry
 
 

@@ -63,7 +63,7 @@ def test_every_command_has_readable_help(command, capsys):
 def _settings_parsers():
     from l2s.cli.grpo import build_grpo_parser
     from l2s.cli.reward import build_reward_data_parser, build_train_reward_parser
-    from l2s.cli.shapes import build_train_model_parser
+    from l2s.cli.shapes_model import build_train_model_parser
 
     return {"shapes train-model": build_train_model_parser, "shapes grpo": build_grpo_parser,
             "shapes reward-data": build_reward_data_parser, "shapes train-reward": build_train_reward_parser}

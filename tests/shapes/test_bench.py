@@ -180,7 +180,7 @@ def test_bench_counts_and_classifiers_are_checked_before_any_work(kwargs, messag
 
 def test_bench_cli_names_the_option_and_lists_every_part(tmp_path, capsys):
     from l2s.cli import main
-    from l2s.cli.shapes import build_bench_parser
+    from l2s.cli.shapes_bench import build_bench_parser
     from l2s.shapes import bench_plain
 
     for option, value in (("--scale", "0"), ("--position-prompts", "0"), ("--step-size", "0"), ("--true-cfg", "-1")):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from l2s.classifier import RelationClassifier
-from l2s.cli.shapes import build_make_data_parser, train_classifier_main
+from l2s.cli.shapes_classifier import build_make_data_parser, train_classifier_main
 from l2s.relations import PUBLISHED_CLASSES
 from l2s.training import write_map_dataset
 

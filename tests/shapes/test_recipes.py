@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 import l2s.shapes as shapes_world
-from l2s.cli.shapes import train_classifier_main
+from l2s.cli.shapes_classifier import train_classifier_main
 from l2s.evaluation import geneval_relations
 from l2s.relations import NEUTRAL, canonical_class
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from diffusers import FluxPipeline
 
-from l2s.cli.shapes import build_train_model_parser as build_arg_parser
-from l2s.cli.shapes import train_model_main
-from l2s.cli.shapes import train_settings_from_args as settings_from_args
+from l2s.cli.shapes_model import build_train_model_parser as build_arg_parser
+from l2s.cli.shapes_model import train_model_main
+from l2s.cli.shapes_model import train_settings_from_args as settings_from_args
 from l2s.errors import ModelLoadError
 from l2s.shapes import (
     TINY_CONFIG,

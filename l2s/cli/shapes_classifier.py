@@ -1,0 +1,108 @@
+"""``l2s shapes make-data`` and ``l2s shapes train-classifier``: the shapes classifier's map data
+and its training.
+
+Thin front ends: parse the arguments, call :mod:`l2s.shapes`, print what was made.
+"""
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+
+from .help import command_parser
+from .options import add_threads_arg, flag_of, out_path, use_threads
+
+
+def build_make_data_parser() -> argparse.ArgumentParser:
+    p = command_parser(
+        "l2s shapes make-data",
+        "The shapes classifier's training data: render two-object scenes, invert each with the shapes model "
+        "twice (its caption with the true relation word and with a wrong one, both labelled with the true "
+        "relation) and store the attention maps recorded while reconstructing them. Resumable: rerun the same "
+        "command after an interruption.",
+        ["l2s shapes make-data --out runs/shapes-maps --scenes 2400          # the shipped model",
+         "l2s shapes make-data --model runs/shapes-model/pipeline --out runs/shapes-maps --quiet"])
+    p.add_argument("--model", help="shapes pipeline dir (default: the shipped model)")
+    p.add_argument("--out", required=True, type=out_path)
+    p.add_argument("--scenes", type=int, default=2400, help="two-object scenes to invert (default 2400)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-dual", action="store_true", help="pos prompts only")
+    p.add_argument("--layers", type=int, metavar="K",
+                   help="store only the first K blocks' maps (default: every layer, which serves any K)")
+    p.add_argument("--restart", action="store_true",
+                   help="start over: remove the dataset already in --out (also the way out of a damaged one)")
+    add_threads_arg(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bars, only l2s's own lines")
+    return p
+
+
+def make_data_main(argv: Sequence[str] | None = None) -> int:
+    """``l2s shapes make-data``: dual-inverted attention maps of rendered shapes scenes."""
+    args = build_make_data_parser().parse_args(argv)
+
+    from l2s.shapes import load_shapes_pipeline, make_shapes_data
+
+    use_threads(args)
+    from l2s.distributed import output_lock, world
+    from l2s.values import positive_int, seed_value
+
+    positive_int(args.scenes, "--scenes")
+    seed_value(args.seed, "--seed")
+    with output_lock(args.out, kind="make-data"):  # a second writer is refused before the model loads
+        pipe = load_shapes_pipeline(args.model)
+        summary = make_shapes_data(pipe, args.out, args.scenes, args.seed, dual=not args.no_dual,
+                                   progress=not args.quiet, layers=args.layers, restart=args.restart)
+    if world().is_main:
+        print(summary.line())
+    return 0
+
+
+def build_train_classifier_parser() -> argparse.ArgumentParser:
+    from l2s.shapes import SHAPES_CLASSIFIER_EPOCHS, SHAPES_CLASSIFIER_LR
+
+    p = command_parser(
+        "l2s shapes train-classifier",
+        "Train the shapes-world relation classifier (small config) on a 'l2s shapes make-data' dataset; writes "
+        "OUT/best (load it with --classifier OUT/best) and reports its validation accuracy per prompt type.",
+        ["l2s shapes train-classifier --data runs/shapes-maps --out runs/shapes-classifier --epochs 40",
+         "l2s shapes train-classifier --data runs/shapes-maps --out runs/shapes-classifier-k2 --layers 2"])
+    p.add_argument("--data", required=True, type=Path)
+    p.add_argument("--out", required=True, type=out_path)
+    p.add_argument("--no-dual", action="store_true", help="train on pos prompts only (leakage ablation)")
+    p.add_argument("--layers", type=int, metavar="K",
+                   help="a classifier of the model's first K blocks only (steering then cuts the forward "
+                        "after block K); read from the same data (default: every layer the data holds)")
+    p.add_argument("--epochs", type=int, default=SHAPES_CLASSIFIER_EPOCHS)
+    p.add_argument("--lr", type=float, default=SHAPES_CLASSIFIER_LR)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--restart", action="store_true",
+                   help="start over: remove OUT's checkpoints and log (also the way out of a damaged state)")
+    add_threads_arg(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bars, only l2s's own lines")
+    return p
+
+
+def train_classifier_main(argv: Sequence[str] | None = None) -> int:
+    """``l2s shapes train-classifier``: the small shapes classifier on a make-data dataset."""
+    args = build_train_classifier_parser().parse_args(argv)
+
+    from l2s.shapes import train_shapes_classifier
+    from l2s.training import check_training_options, validation_report
+
+    check_training_options(epochs=args.epochs, lr=args.lr, seed=args.seed, layers=args.layers, spelled=flag_of())
+    use_threads(args)
+    result = train_shapes_classifier(args.data, args.out, dual=not args.no_dual, epochs=args.epochs, lr=args.lr,
+                                     seed=args.seed, progress=not args.quiet, layers=args.layers,
+                                     resume=not args.restart)
+    from l2s.distributed import world
+
+    if not world().is_main:
+        return 0
+    if resumed := result.resume_line():
+        print(resumed)
+    print(f"l2s: best epoch {result.best_epoch}: val accuracy {result.best_val_accuracy:.3f}; "
+          f"weights in {result.best_dir}")
+    for line in validation_report(result.best_dir, args.data):
+        print(f"l2s: best checkpoint, {line}")
+    return 0
