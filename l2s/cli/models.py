@@ -60,8 +60,10 @@ ENGINES = ("auto", "eager", "compile", "compile-cuda-graph", "cuda-graph", "onnx
 def add_speed_args(parser: argparse.ArgumentParser) -> None:
     """Which schedule steers and what runs it: shared by ``generate`` and ``eval``."""
     parser.add_argument("--schedule", choices=SCHEDULES, default="reference",
-                        help="steering schedule: reference (default, the published one) or a cheaper "
-                             "preset (see docs/usage.md: what each trades)")
+                        help="steering schedule: reference (default, the published one: 16 iterations on "
+                             "each steered step), front-loaded / front-loaded-20 (16 only on the first 10 / 20%% "
+                             "of steps, then 1), early-exit (a step stops at p(target) >= 0.9) or fast "
+                             "(front-loaded + early exit + fewer denoising steps)")
     parser.add_argument("--execution", choices=EXECUTION_MODES,
                         help="how steered iterations run: fast (default), fast+compiled (FLUX: the whole "
                              "iteration under torch.compile; the first image compiles), fast+cudagraphs "

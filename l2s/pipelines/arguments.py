@@ -122,7 +122,7 @@ def check_latents(latents, shape: tuple[int, ...]) -> None:
 
 
 def announce_steering(steerer, plan, height: int | None, width: int | None) -> None:
-    """Log, one line each, what makes this call's steering doubtful (see ``docs/usage.md``); a
+    """Log, one line each, what makes this call's steering doubtful (the plan's warnings, the maps' grid); a
     pipeline says each line once (an evaluation steers one prompt for many seeds)."""
     say_once(steerer, [*plan.warnings, map_grid_warning(steerer, height, width)])
 
