@@ -16,7 +16,7 @@ PACKAGE = ROOT / "l2s"
 
 LAYERS = (
     ("l2s", "l2s.errors", "l2s.files", "l2s.relations", "l2s.distributed", "l2s.lazy", "l2s.devices", "l2s.versions",
-     "l2s.quiet", "l2s.values"),
+     "l2s.quiet", "l2s.values", "l2s.run_folders"),
     ("l2s.parsing", "l2s.tokens", "l2s.tokenizers"),
     ("l2s.ops", "l2s.kernels"),
     ("l2s.capture",),

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from l2s.errors import L2SError
 from l2s.files import output_lock
-from l2s.training.checkpoints import append_log, atomic_dir, prepare_out_dir, read_log, rewrite_log
+from l2s.run_folders import append_log, atomic_dir, prepare_out_dir, read_log, rewrite_log
 
 from .evaluate import evaluate_judge, pair_scores, accuracy
 from .losses import pair_loss

@@ -18,7 +18,7 @@ from transformers import CLIPTextModel
 
 from l2s.errors import L2SError, ModelLoadError
 from l2s.files import DamagedFileError, changed_settings, output_lock, remove_outputs
-from l2s.training.checkpoints import DAMAGED
+from l2s.run_folders import DAMAGED
 
 from .data import SceneDataset, atomic_save, load_or_render_dataset
 from .export import export

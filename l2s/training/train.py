@@ -28,20 +28,19 @@ from l2s.classifier import ClassifierConfig, preset
 from l2s.errors import ClassifierMismatchError, L2SError
 from l2s.distributed import World, output_lock, world
 from l2s.files import DamagedFileError
-from .checkpoints import (
+from l2s.run_folders import (
     BEST_DIR,
     DAMAGED,
     LAST_DIR,
     LOG_FILE,
     RESTART,
     append_log,
-    prepare_out_dir,
     read_log,
     read_resume_state,
-    resume_state,
     rewrite_log,
-    save_checkpoint,
 )
+
+from .checkpoints import prepare_out_dir, resume_state, save_checkpoint
 from .layers import dataset_channels, with_first_blocks
 from .epochs import (
     EARLY_STOPPING_PATIENCE,

@@ -61,7 +61,7 @@ def test_run_folder_outputs_name_every_file(tmp_path):
 def test_error_lines_name_the_flag_not_the_python_argument():
     from l2s.cli.outputs import error_line
     from l2s.errors import L2SError
-    from l2s.training.checkpoints import RESTART
+    from l2s.run_folders import RESTART
 
     expected = "l2s: error: x is damaged; rerun with --restart to train from the start"
     assert error_line(L2SError(f"x is damaged; {RESTART}")) == expected

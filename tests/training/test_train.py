@@ -292,7 +292,7 @@ def test_a_rerun_of_a_run_that_stopped_early_says_so(tmp_path):
 
 
 def test_a_grown_dataset_is_refused_on_resume_and_older_runs_still_resume(tmp_path):
-    from l2s.training.checkpoints import STATE_FILE
+    from l2s.run_folders import STATE_FILE
 
     g = torch.Generator().manual_seed(5)
     train, val = _synthetic(40, g, "train"), _synthetic(20, g, "val")
