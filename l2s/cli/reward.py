@@ -176,8 +176,8 @@ def train_reward_main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_train_reward_parser().parse_args(argv)
 
-    from l2s.values import seed_value
     from l2s.reward import RewardTrainSettings, train_reward_model
+    from l2s.values import positive_int, seed_value
     from l2s.shapes import shapes_t5_tokenizer
 
     use_threads(args)
@@ -185,6 +185,8 @@ def train_reward_main(argv: Sequence[str] | None = None) -> int:
 
     check_device(args.device, flag_of())
     seed_value(args.seed, "--seed")
+    if args.stop_after is not None:
+        positive_int(args.stop_after, "--stop-after")
     model = {k: v for k, v in (("d_model", args.d_model), ("joint_layers", args.joint_layers),
                                ("grounding_layers", args.grounding_layers), ("channels", args.channels),
                                ("design", args.design)) if v is not None}

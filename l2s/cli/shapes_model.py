@@ -83,9 +83,10 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+    resume = parser.add_mutually_exclusive_group()     # --resume --restart: neither may silently win
+    resume.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                         help="continue from OUT/checkpoint.pt when present (default on)")
-    parser.add_argument("--restart", dest="resume", action="store_false",
+    resume.add_argument("--restart", dest="resume", action="store_false",
                         help="start over, as --no-resume (the name the other long commands use)")
     parser.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
                         help="stop after this many minutes and export the weights so far; the same "
@@ -118,7 +119,8 @@ def train_settings_from_args(args: argparse.Namespace):
         raise UsageError("--double-layers and --single-layers leave the model without a block: give one of them "
                          "1 or more")
     if args.size % (2 * model.vae_factor):
-        raise L2SError(f"--size must be a multiple of {2 * model.vae_factor}")
+        raise L2SError(f"--size ({args.size}) must be a multiple of 2 x the VAE factor ({model.vae_factor}): "
+                       f"{2 * model.vae_factor}; change --size or --vae-factor")
     return TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                          scenes=args.scenes, size=args.size, n_objects=tuple(args.objects),
                          object_sizes=tuple(args.object_sizes),
@@ -141,6 +143,9 @@ def _check_train_args(args: argparse.Namespace) -> None:
         raise L2SError("--repatch needs --init-from (the pipeline whose blocks start the run)")
     if args.repatch and args.grow:
         raise L2SError("--repatch and --grow cannot be combined (grow first, or repatch first)")
+    if args.init_from is not None and not (args.init_from / "model_index.json").is_file():
+        raise UsageError(f"--init-from: no shapes-world pipeline at {args.init_from} (model_index.json missing); "
+                         "give the pipeline/ folder of an earlier train-model run")
 
 
 def _check_train_values(args: argparse.Namespace) -> None:

@@ -135,6 +135,8 @@ def train_grpo(pipe, reward, settings: GRPOSettings, out: str | Path, train_prom
     acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
     settings.check(acc.num_processes)
     positive_int(eval_every, "eval_every")
+    if stop_after is not None:
+        positive_int(stop_after, "stop_after")
     out = Path(out)
     # Rank 0 alone holds the lock; when it refuses, the launcher ends the other ranks.
     lock = output_lock(out, kind="grpo") if acc.is_main_process else contextlib.nullcontext()

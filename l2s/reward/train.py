@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from l2s.errors import L2SError
 from l2s.files import output_lock
 from l2s.run_folders import append_log, atomic_dir, prepare_out_dir, read_log, rewrite_log
+from l2s.values import positive_int
 
 from .evaluate import evaluate_judge, pair_scores, accuracy
 from .losses import pair_loss
@@ -123,6 +124,8 @@ def train_reward_model(data: str | Path | Sequence[str | Path], out: str | Path,
     """
     settings = settings or RewardTrainSettings()
     settings.check()
+    if stop_after is not None:
+        positive_int(stop_after, "stop_after")
     out = Path(out)
     with output_lock(out, "reward-model folder", kind="train-reward"):
         train_pairs, val_pairs = validation_split(load_pairs(data, "train"), settings.val_fraction, settings.seed)

@@ -66,6 +66,10 @@ def test_train_reward_trains_reports_and_continues_a_stopped_run(tmp_path, capsy
     # blob prompts ("a blob on the left") have no clause the default relational design reads
     argv = ["shapes", "train-reward", "--data", str(tmp_path / "pairs"), "--out", str(tmp_path / "rm"),
             "--epochs", "2", "--d-model", "16", "--loss", "bt", "--no-progress", "--design", "joint"]
+    for bad in ("0", "-1"):     # a call that would train nothing is refused before any file is made
+        assert main(argv + ["--stop-after", bad]) == EXIT_USAGE
+        assert f"--stop-after must be a positive integer, got {bad}" in capsys.readouterr().err
+    assert not (tmp_path / "rm").exists()
     assert main(argv + ["--stop-after", "1"]) == 0
     assert "stopped after epoch 1" in capsys.readouterr().out
     assert main(argv) == 0

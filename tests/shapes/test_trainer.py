@@ -12,7 +12,7 @@ from diffusers import FluxPipeline
 from l2s.cli.shapes_model import build_train_model_parser as build_arg_parser
 from l2s.cli.shapes_model import train_model_main
 from l2s.cli.shapes_model import train_settings_from_args as settings_from_args
-from l2s.errors import ModelLoadError
+from l2s.errors import L2SError, ModelLoadError, UsageError
 from l2s.shapes import (
     TINY_CONFIG,
     ShapesTrainer,
@@ -380,3 +380,18 @@ def test_ctrl_c_saves_every_finished_step(tmp_path, monkeypatch):
     for name, module in straight.trained.items():
         for key, value in module.state_dict().items():
             assert torch.equal(value, resumed.trained[name].state_dict()[key]), key
+
+
+def test_train_model_refuses_before_any_work(tmp_path, capsys):
+    """Conflicting resume options, a missing --init-from pipeline and a size the VAE factor does not
+    divide end with one line, before a scene is rendered or a folder made."""
+    base = ["--out", str(tmp_path / "run"), "--preset", "tiny", "--no-progress", "--steps", "2", "--scenes", "10"]
+    for flags in (["--resume", "--restart"], ["--restart", "--resume"]):
+        with pytest.raises(SystemExit) as exit_info:
+            train_model_main(base + flags)
+        assert exit_info.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+    with pytest.raises(UsageError, match=r"--init-from: no shapes-world pipeline at .*nope"):
+        train_model_main(base + ["--init-from", str(tmp_path / "nope")])
+    with pytest.raises(L2SError, match=r"--size \(32\) must be a multiple of 2 x the VAE factor \(3\): 6"):
+        train_model_main(base + ["--vae-factor", "3"])
+    assert not (tmp_path / "run").exists()
