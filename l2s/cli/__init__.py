@@ -11,8 +11,11 @@ when they run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
+import threading
 
 from l2s import __version__
 from l2s.distributed import first_on_machine, launched, line_to_say, refuse_different_commands
@@ -33,6 +36,7 @@ EXAMPLES = """examples:
 
 'l2s COMMAND --help' tells each command's options (a command's --quiet keeps only l2s's own lines)."""
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+EXIT_TERMINATED = 143   # 128 + SIGTERM
 INTERRUPTED = "l2s: interrupted; rerun the same command to resume"
 
 # Commands that share their work over the processes of torchrun / accelerate launch.
@@ -104,6 +108,35 @@ def _peer_gone(error: BaseException) -> bool:
         "Connection closed by peer" in text or "Connection reset by peer" in text)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, a container's or scheduler's stop) taken as Ctrl-C: every
+    command saves what it has, as after Ctrl-C, and the same command resumes."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """Within: SIGTERM raises :class:`Terminated` (signals reach only the main thread)."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) in (signal.SIG_IGN, None):
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupted_exit(error: KeyboardInterrupt) -> int:
+    _say_interrupted(error)
+    terminated = isinstance(error, Terminated) or getattr(error, "signum", None) == signal.SIGTERM
+    return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+
+
 def _say_interrupted(error: KeyboardInterrupt) -> None:
     # On a terminal the line starts after the progress bar that ^C cut short. A command with
     # nothing to resume names what to do instead (``l2s_message``).
@@ -127,8 +160,7 @@ def _guarded(work) -> int:
         _say(error_line(error))
         return EXIT_USAGE
     except KeyboardInterrupt as error:
-        _say_interrupted(error)
-        return EXIT_INTERRUPTED
+        return _interrupted_exit(error)
     except (MemoryError, RuntimeError) as error:
         if launched() and _peer_gone(error):   # another process failed and said why; the launcher ends this one
             _say("l2s: error: another process of this run stopped (its line is above)")
@@ -172,11 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="l2s: %(message)s")
     drop_pure_noise()
     try:
-        with quiet_libraries("--quiet" in argv or "--no-progress" in argv):
+        with _sigterm_as_interrupt(), quiet_libraries("--quiet" in argv or "--no-progress" in argv):
             return _dispatch(argv)
     except KeyboardInterrupt as error:  # while the libraries import
-        _say_interrupted(error)
-        return EXIT_INTERRUPTED
+        return _interrupted_exit(error)
 
 
 def _spreads(argv: list[str]) -> bool:
@@ -204,7 +235,7 @@ def _dispatch(argv: list[str]) -> int:
     return _guarded(lambda: args.func(args))
 
 
-__all__ = ["EXIT_INTERRUPTED", "EXIT_USAGE", "FRONT_ENDS", "build_parser", "main"]
+__all__ = ["EXIT_INTERRUPTED", "EXIT_TERMINATED", "EXIT_USAGE", "FRONT_ENDS", "build_parser", "main"]
 
 
 if __name__ == "__main__":

@@ -275,6 +275,7 @@ def _train(settings: TrainSettings, out: Path, device: str, resume: bool, progre
                 stop = KeyboardInterrupt()
                 stop.l2s_message = (f"l2s: interrupted after step {trainer.step} (saved); rerun the same command "
                                     "to resume")
+                stop.signum = interrupted.signum
                 raise stop
             if trainer.step % settings.checkpoint_every == 0 or trainer.step == settings.steps:
                 trainer.save_checkpoint(checkpoint)
@@ -285,10 +286,12 @@ def _train(settings: TrainSettings, out: Path, device: str, resume: bool, progre
 
 @contextmanager
 def _interrupt_between_steps() -> Iterator[Callable[[], bool]]:
-    """A first Ctrl-C ends the run after the step it fell in (the caller saves every finished step
-    then); a second one stops at once. Outside the main thread signals cannot be caught: no-op."""
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, None):   # ignored, or not Python's to change
+    """A first Ctrl-C or SIGTERM (a scheduler's or container's stop) ends the run after the step it
+    fell in (the caller saves every finished step then); a second one stops at once. Outside the
+    main thread signals cannot be caught: no-op."""
+    signals = [s for s in (signal.SIGINT, signal.SIGTERM)
+               if signal.getsignal(s) not in (signal.SIG_IGN, None)]   # ignored, or not Python's to change
+    if threading.current_thread() is not threading.main_thread() or not signals:
         yield lambda: False
         return
     asked: list[int] = []
@@ -297,13 +300,19 @@ def _interrupt_between_steps() -> Iterator[Callable[[], bool]]:
         if asked:
             raise KeyboardInterrupt
         asked.append(signum)
-        os.write(2, b"\nl2s: finishing this training step to save it (Ctrl-C again stops at once)\n")  # reentrant
+        again = "Ctrl-C again" if signum == signal.SIGINT else "a second signal"
+        os.write(2, f"\nl2s: finishing this training step to save it ({again} stops at once)\n".encode())  # reentrant
 
-    previous = signal.signal(signal.SIGINT, ask)
+    def interrupted() -> bool:
+        interrupted.signum = asked[0] if asked else None
+        return bool(asked)
+
+    previous = {s: signal.signal(s, ask) for s in signals}
     try:
-        yield lambda: bool(asked)
+        yield interrupted
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def _timed_step(trainer: ShapesTrainer, bar) -> None:

@@ -155,6 +155,22 @@ def test_make_data_killed_with_sigkill_resumes_to_the_uninterrupted_dataset(make
     assert _dataset_fingerprint(out) == _dataset_fingerprint(uninterrupted_dataset)
 
 
+def test_make_data_stopped_with_sigterm_says_so_and_resumes(make_data_args, uninterrupted_dataset, tmp_path):
+    """SIGTERM (kill, timeout, a container's or scheduler's stop) ends like Ctrl-C: one line, exit 143,
+    everything committed kept, and the same command completes the same dataset."""
+    out = tmp_path / "data"
+    argv = make_data_args + ["--out", str(out)]
+    proc = _start(argv)
+    _wait_for(lambda: _committed(out) >= 1, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err and [line for line in err.splitlines() if line.startswith("l2s:")][-1] == INTERRUPTED
+    assert 1 <= _committed(out) < N_SAMPLES // SHARD
+    assert main(argv) == 0
+    assert _dataset_fingerprint(out) == _dataset_fingerprint(uninterrupted_dataset)
+
+
 # ---------------------------------------------------------------------------------------------
 # eval on the tiny model
 # ---------------------------------------------------------------------------------------------

@@ -369,6 +369,17 @@ def test_ctrl_c_saves_every_finished_step(tmp_path, monkeypatch):
             os.kill(os.getpid(), signal.SIGINT)
         return step(trainer)
 
+    # SIGTERM (a scheduler's stop) saves the same way, and says which signal it was.
+    def terminated_in_step_4(trainer):
+        if trainer.step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return step(trainer)
+
+    monkeypatch.setattr(ShapesTrainer, "train_step", terminated_in_step_4)
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        train(settings, tmp_path / "terminated", progress=False)
+    assert stopped.value.l2s_message.startswith("l2s: interrupted after step 4 (saved)")
+    assert stopped.value.signum == signal.SIGTERM and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     monkeypatch.setattr(ShapesTrainer, "train_step", interrupted_twice)
     with pytest.raises(KeyboardInterrupt) as stopped:
         train(settings, tmp_path / "resumed", progress=False)
