@@ -9,6 +9,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from l2s.shapes.settings import SHAPES_SHARD_SIZE
 
 from .help import command_parser
 from .options import add_threads_arg, flag_of, out_path, use_threads
@@ -26,10 +27,13 @@ def build_make_data_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="shapes pipeline dir (default: the shipped model)")
     p.add_argument("--out", required=True, type=out_path)
     p.add_argument("--scenes", type=int, default=2400, help="two-object scenes to invert (default 2400)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the scenes and the wrong relation words (default 0)")
     p.add_argument("--no-dual", action="store_true", help="pos prompts only")
     p.add_argument("--layers", type=int, metavar="K",
                    help="store only the first K blocks' maps (default: every layer, which serves any K)")
+    p.add_argument("--shard-size", type=int, default=SHAPES_SHARD_SIZE,
+                   help=f"scenes per committed chunk: an interruption loses at most this many (default "
+                        f"{SHAPES_SHARD_SIZE}; a run resumes with the size it started with)")
     p.add_argument("--restart", action="store_true",
                    help="start over: remove the dataset already in --out (also the way out of a damaged one)")
     add_threads_arg(p)
@@ -48,11 +52,13 @@ def make_data_main(argv: Sequence[str] | None = None) -> int:
     from l2s.values import positive_int, seed_value
 
     positive_int(args.scenes, "--scenes")
+    positive_int(args.shard_size, "--shard-size")
     seed_value(args.seed, "--seed")
     with output_lock(args.out, kind="make-data"):  # a second writer is refused before the model loads
         pipe = load_shapes_pipeline(args.model)
         summary = make_shapes_data(pipe, args.out, args.scenes, args.seed, dual=not args.no_dual,
-                                   progress=not args.quiet, layers=args.layers, restart=args.restart)
+                                   progress=not args.quiet, layers=args.layers, restart=args.restart,
+                                   shard_size=args.shard_size)
     if world().is_main:
         print(summary.line())
     return 0

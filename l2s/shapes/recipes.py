@@ -29,7 +29,7 @@ from l2s.errors import L2SError
 from l2s.relations import DIRECTIONAL, NEUTRAL, PUBLISHED_CLASSES
 
 from .scenes import COLOURS, SHAPES, render, scene_for_relation
-from .settings import SHAPES_FAMILY, SHAPES_STEP_SIZE, SHAPES_STEPS, SHAPES_TRUE_CFG
+from .settings import SHAPES_FAMILY, SHAPES_SHARD_SIZE, SHAPES_STEP_SIZE, SHAPES_STEPS, SHAPES_TRUE_CFG
 
 # The bench's (l2s.shapes.bench) image seeds and batch; here, light, for 'l2s shapes bench --help'.
 BENCH_SEEDS = (100, 101, 102, 103)
@@ -247,7 +247,7 @@ def make_shapes_data(pipe, out_dir: str | Path, n_scenes: int, seed: int = 0, *,
                                       exclude_shapes=exclude_shapes)
     settings = dict(class_names=PUBLISHED_CLASSES, steps=SHAPES_STEPS, store_steps=SHAPES_STORE_STEPS,
                     size=image_size(pipe), map_size=token_grid(pipe), dual=dual, seed=seed,
-                    model_name="shapes-world", progress=progress, shard_size=256)
+                    model_name="shapes-world", progress=progress, shard_size=SHAPES_SHARD_SIZE)
     settings.update(kwargs)
     return make_dataset(samples, pipe, out_dir, **settings)
 

@@ -61,6 +61,8 @@ def test_make_data_refuses_no_scenes(tmp_path, capsys, monkeypatch):
     assert "--scenes must be a positive integer, got 0" in _one_error_line(capsys.readouterr().err)
     assert main(["shapes", "make-data", "--out", str(tmp_path / "maps"), "--seed", "-1"]) == 2
     assert "--seed must be an integer in [0, 2**64), got -1" in _one_error_line(capsys.readouterr().err)
+    assert main(["shapes", "make-data", "--out", str(tmp_path / "maps"), "--shard-size", "0"]) == 2
+    assert "--shard-size must be a positive integer, got 0" in _one_error_line(capsys.readouterr().err)
     assert not (tmp_path / "maps").exists()
 
 
@@ -84,6 +86,7 @@ def test_make_data_and_train_classifier_start_over_with_restart(tmp_path, monkey
         assert main(["shapes", "train-classifier", "--data", str(tmp_path), "--out", str(tmp_path / f"c{restart}"),
                      *flag]) == 2
         assert calls["make-data"]["restart"] is restart and calls["train-classifier"]["resume"] is not restart
+        assert calls["make-data"]["shard_size"] == 256     # the chunk the shipped classifiers' maps were made in
         assert capsys.readouterr().err.count("l2s: error: stopped by the test") == 2
 
 
