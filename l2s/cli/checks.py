@@ -36,6 +36,20 @@ def check_sampling_args(args: argparse.Namespace) -> None:
         check_device(args.device, flag_of())
     _check_execution(args)
     _check_engine(args)
+    _check_weights(args)
+
+
+def _check_weights(args: argparse.Namespace) -> None:
+    """``--lora`` and ``--reward-model`` name folders that hold what they must, before a model loads."""
+    if getattr(args, "lora", None):
+        from l2s.grpo.lora import adapter_dir
+        from l2s.shapes.recipes import lora_folder
+
+        adapter_dir(lora_folder(args.lora))
+    if getattr(args, "reward_model", None):
+        from l2s.reward.scorer import check_reward_model_folder
+
+        check_reward_model_folder(args.reward_model)
 
 
 def _check_execution(args: argparse.Namespace) -> None:

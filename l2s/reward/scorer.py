@@ -80,14 +80,21 @@ class SpatialScorer:
         return folder
 
 
+def check_reward_model_folder(folder: str | Path) -> Path:
+    """The folder a reward model loads from (``folder`` or its ``best/``), or a ``ModelLoadError``
+    saying what is there instead; nothing is loaded."""
+    folder = reward_model_folder(folder)
+    if not (folder / TOKENIZER_DIR).is_dir():
+        raise ModelLoadError(f"no reward model at {folder}: {_what_is_there(folder)}")
+    return folder
+
+
 def load_reward_model(folder: str | Path, device: str | torch.device = "cpu") -> SpatialScorer:
     """The :class:`SpatialScorer` saved in ``folder``, or in its ``best/`` (a ``l2s shapes
     train-reward`` run folder: the model with the best validation accuracy)."""
     from transformers import AutoTokenizer
 
-    folder = reward_model_folder(folder)
-    if not (folder / TOKENIZER_DIR).is_dir():
-        raise ModelLoadError(f"no reward model at {folder}: {_what_is_there(folder)}")
+    folder = check_reward_model_folder(folder)
     model = SpatialScore.from_pretrained(folder, device=device)
     return SpatialScorer(model, AutoTokenizer.from_pretrained(str(folder / TOKENIZER_DIR), local_files_only=True))
 

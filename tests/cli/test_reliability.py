@@ -337,6 +337,7 @@ def test_parse_refuses_text_that_is_not_utf8(monkeypatch, capsys):
     (["--detector-threshold", "2"], "--detector-threshold must be in [0, 1]"),
     (["--device", "bogus"], "is not a torch device"),
     (["--prompts", "BINARY"], "is not UTF-8 text (line 2)"),
+    (["--lora", "NOPE"], "no LoRA adapter at"),
 ])
 def test_eval_options_are_checked_before_any_work(options, message, tmp_path, capsys, monkeypatch):
     import l2s.cli.evaluate
@@ -344,7 +345,7 @@ def test_eval_options_are_checked_before_any_work(options, message, tmp_path, ca
     monkeypatch.setattr(l2s.cli.evaluate, "load_steerer", lambda args: pytest.fail("loaded a model"))
     binary = tmp_path / "prompts.txt"
     binary.write_bytes(b"a cat left of a dog\n\x89PNG\r\n\x1a\n\x00\xff")
-    options = [str(binary) if o == "BINARY" else o for o in options]
+    options = [str(binary) if o == "BINARY" else str(tmp_path / "nope") if o == "NOPE" else o for o in options]
     assert main(["eval", "--out", str(tmp_path / "o"), "--quiet"] + options) == 2
     (line,) = _error_lines(capsys.readouterr().err)
     assert message in line, line
@@ -409,3 +410,17 @@ def test_every_long_command_refuses_a_folder_another_process_writes(tmp_path, ca
         holder.kill()
         holder.wait()
     assert sorted(p.name for p in out.iterdir()) == [".l2s.lock"]  # nobody wrote anything
+
+
+def test_generate_and_bench_check_weight_folders_before_loading_a_model(tmp_path, capsys, monkeypatch):
+    """A --lora or --reward-model folder that holds nothing is named before minutes of model loading."""
+    import l2s.cli.generate
+    import l2s.shapes
+
+    monkeypatch.setattr(l2s.cli.generate, "load_steerer", lambda *a, **k: pytest.fail("loaded a model"))
+    monkeypatch.setattr(l2s.shapes, "load_shapes_pipeline", lambda *a, **k: pytest.fail("loaded a model"))
+    assert main(["generate", "a cat left of a dog", "--lora", str(tmp_path / "nope"), "--out", str(tmp_path / "g")]) == 2
+    assert "no LoRA adapter at" in _error_lines(capsys.readouterr().err)[0]
+    assert main(["shapes", "bench", "--reward-model", str(tmp_path / "nope"), "--out", str(tmp_path / "b")]) == 2
+    assert "no reward model at" in _error_lines(capsys.readouterr().err)[0]
+    assert not (tmp_path / "g").exists() and not (tmp_path / "b").exists()
