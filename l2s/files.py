@@ -367,17 +367,21 @@ def described_changes(saved: dict, current: dict, keys: Sequence[str], unrecorde
     current, unrecorded = json.loads(json.dumps(current)), unrecorded or {}
     parts = []
     for key in keys:
-        old, new = saved.get(key, unrecorded.get(key)), current.get(key, unrecorded.get(key))
+        old, new = saved.get(key, unrecorded.get(key, _ABSENT)), current.get(key, unrecorded.get(key, _ABSENT))
         if isinstance(old, dict) and isinstance(new, dict):
-            parts += [_change(f"{key}.{sub}", old.get(sub), new.get(sub))
-                      for sub in sorted(set(old) | set(new)) if old.get(sub) != new.get(sub)]
+            parts += [_change(f"{key}.{sub}", old.get(sub, _ABSENT), new.get(sub, _ABSENT))
+                      for sub in sorted(set(old) | set(new)) if old.get(sub, _ABSENT) != new.get(sub, _ABSENT)]
         else:
             parts.append(_change(key, old, new))
     return ", ".join(parts)
 
 
+_ABSENT = object()   # a setting a record does not hold (None is a value: "not set")
+
+
 def _change(name: str, old, new) -> str:
-    part = f"{name}: {'(absent)' if old is None else repr(old)} -> {'(absent)' if new is None else repr(new)}"
+    shown = lambda value: "(absent)" if value is _ABSENT else repr(value)  # noqa: E731
+    part = f"{name}: {shown(old)} -> {shown(new)}"
     return part if len(part) <= 80 else name
 
 

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from l2s.errors import L2SError
-from l2s.files import DamagedFileError, atomic_write_text, read_state_json, remove_outputs, unrecorded_digests
+from l2s.files import (DamagedFileError, atomic_write_text, described_changes, read_state_json, remove_outputs,
+                       unrecorded_digests)
 from .image_runs import earlier_outputs
 from .prompt_files import geneval_metadata
 from .records import IMAGES, MODES, PROMPTS_FILE, RESULTS_FILE, RUN_FILE, SUMMARY_FILE, png_problem, write_json
@@ -110,12 +111,11 @@ def refuse_changed_settings(out: str | Path, settings: dict[str, Any], not_yet: 
     if previous is None or old == settings_shown:
         return
 
-    def shown(d: dict, k: str) -> str:  # a setting left out (no LoRA) or not recorded
-        return repr(d[k]) if k in d else "(absent)"
-
-    changed = sorted(k for k in set(old) | set(settings_shown) if shown(old, k) != shown(settings_shown, k))
-    details = ", ".join(f"{k}: {shown(old, k)} -> {shown(settings_shown, k)}" for k in changed)
-    raise L2SError(f"{out} holds a run made with other settings ({details}); {fix}")
+    changed = sorted(k for k in set(old) | set(settings_shown) if (k in old, old.get(k)) !=
+                     (k in settings_shown, settings_shown.get(k)))
+    # Nested settings by their changed entries, long values by name: one readable line.
+    raise L2SError(f"{out} holds a run made with other settings "
+                   f"({described_changes(old, settings_shown, changed)}); {fix}")
 
 
 def _grows(old: Any, new: Any) -> bool:

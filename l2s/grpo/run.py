@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from l2s.errors import L2SError
+from l2s.errors import L2SError, UsageError
 from l2s.files import (
     atomic_torch_save,
     atomic_write_json,
@@ -135,8 +135,8 @@ def train_grpo(pipe, reward, settings: GRPOSettings, out: str | Path, train_prom
     acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
     settings.check(acc.num_processes)
     positive_int(eval_every, "eval_every")
-    if stop_after is not None:
-        positive_int(stop_after, "stop_after")
+    if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int) or stop_after < 0):
+        raise UsageError(f"stop_after must be a whole number of epochs >= 0 (0: prepare only), got {stop_after!r}")
     out = Path(out)
     # Rank 0 alone holds the lock; when it refuses, the launcher ends the other ranks.
     lock = output_lock(out, kind="grpo") if acc.is_main_process else contextlib.nullcontext()

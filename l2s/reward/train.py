@@ -24,10 +24,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from l2s.errors import L2SError
+from l2s.errors import L2SError, UsageError
 from l2s.files import output_lock
 from l2s.run_folders import append_log, atomic_dir, prepare_out_dir, read_log, rewrite_log
-from l2s.values import positive_int
 
 from .evaluate import evaluate_judge, pair_scores, accuracy
 from .losses import pair_loss
@@ -124,8 +123,8 @@ def train_reward_model(data: str | Path | Sequence[str | Path], out: str | Path,
     """
     settings = settings or RewardTrainSettings()
     settings.check()
-    if stop_after is not None:
-        positive_int(stop_after, "stop_after")
+    if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int) or stop_after < 0):
+        raise UsageError(f"stop_after must be a whole number of epochs >= 0 (0: prepare only), got {stop_after!r}")
     out = Path(out)
     with output_lock(out, "reward-model folder", kind="train-reward"):
         train_pairs, val_pairs = validation_split(load_pairs(data, "train"), settings.val_fraction, settings.seed)
