@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import textwrap
 from collections.abc import Callable
 from typing import Any
@@ -46,6 +47,25 @@ def shown_default(value: Any) -> str:
     return str(value)
 
 
+class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions as written, and each option's default after its help unless the help says it
+    (flags that are off by default, and options without a default, say nothing)."""
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if _default_to_show(action) and "default" not in (action.help or ""):
+            action = copy.copy(action)    # the parser's own action keeps its help
+            said = f"default: {shown_default(action.default)}".replace("%", "%%")
+            action.help = f"{action.help} ({said})" if action.help else said
+        return super()._format_action(action)
+
+
+def _default_to_show(action: argparse.Action) -> bool:
+    quiet = isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._HelpAction,
+                                argparse._VersionAction, argparse._CountAction))
+    hidden = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+    return bool(action.option_strings) and not quiet and not hidden
+
+
 def command_parser(prog: str, description: str, examples: list[str], note: str = "",
                    settings: Callable[[], Any] | None = None) -> argparse.ArgumentParser:
     """An ``argparse`` parser whose help ends with ``examples`` (one command each) and ``note``;
@@ -54,7 +74,7 @@ def command_parser(prog: str, description: str, examples: list[str], note: str =
     if note:
         epilog += "\n\n" + textwrap.fill(note, 100)
     kwargs = dict(prog=prog, description=textwrap.fill(description, 100), epilog=epilog,
-                  formatter_class=argparse.RawDescriptionHelpFormatter)
+                  formatter_class=DefaultsHelpFormatter)
     if settings is None:
         return OneLineParser(**kwargs)
     return SettingsParser(settings=settings, **kwargs)

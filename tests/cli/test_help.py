@@ -83,3 +83,28 @@ def test_settings_options_take_and_show_the_settings_defaults(name):
         assert actions[dest].help.endswith(f"default: {shown_default(value)})") or \
             actions[dest].help == f"default: {shown_default(value)}", actions[dest].help
     assert "default: 0.0003" in " ".join(parser.format_help().split()) or name != "shapes grpo"
+
+
+def _front_end_parsers():
+    from l2s.cli import grpo, reward, shapes_bench, shapes_classifier, shapes_model, training
+
+    return {"make-data": training.build_make_data_parser, "train": training.build_train_parser,
+            "shapes train-model": shapes_model.build_train_model_parser,
+            "shapes make-data": shapes_classifier.build_make_data_parser,
+            "shapes train-classifier": shapes_classifier.build_train_classifier_parser,
+            "shapes bench": shapes_bench.build_bench_parser, "shapes compare": shapes_bench.build_compare_parser,
+            "shapes grpo": grpo.build_grpo_parser, "shapes reward-data": reward.build_reward_data_parser,
+            "shapes train-reward": reward.build_train_reward_parser}
+
+
+@pytest.mark.parametrize("name", sorted(_front_end_parsers()))
+def test_every_option_with_a_default_says_it_in_help(name):
+    import argparse
+
+    parser = _front_end_parsers()[name]()
+    for action in parser._actions:
+        flags = isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._HelpAction))
+        no_default = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if action.option_strings and not flags and not no_default:
+            shown = " ".join(parser._get_formatter()._format_action(action).split())
+            assert "default" in shown, (name, action.option_strings, shown)
