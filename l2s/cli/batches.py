@@ -71,8 +71,16 @@ def unset_defaults() -> dict:
 
 def folders_line(out: Path, jobs: list[ImageJob], names: list[str], resumed: int = 0) -> str:
     """``l2s: wrote 4 image folders p00-s0000/ to p01-s0001/ (image.png, report.json) and index.json in OUT``;
-    after a resume, how many of them this run made (``resumed`` were there already)."""
+    files only some folders hold (the steered images' comparison, say) are named as such; after a
+    resume, how many of the folders this run made (``resumed`` were there already)."""
     span = f"{jobs[0].folder}/ to {jobs[-1].folder}/"
     count = f"{len(jobs)} image folders" if not resumed else \
         f"{len(jobs) - resumed} of the {len(jobs)} image folders ({resumed} were there already)"
-    return f"l2s: wrote {count} {span} ({', '.join(names)}) and index.json in {out}"
+    holding = {name: sum((out / job.folder / name).is_file() for job in jobs) for name in names}
+    everywhere = [name for name in names if holding[name] == len(jobs)]
+    some = [name for name in names if 0 < holding[name] < len(jobs)]
+    files = ", ".join(everywhere)
+    if some:
+        counts = {holding[name] for name in some}
+        files += f"; {', '.join(some)} in {counts.pop() if len(counts) == 1 else 'some'} of them"
+    return f"l2s: wrote {count} {span} ({files}) and index.json in {out}"

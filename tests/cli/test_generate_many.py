@@ -324,3 +324,13 @@ def test_naming_a_default_or_other_threads_still_resumes_and_older_records_do_to
     assert run(argv, capsys)[1][-1].startswith(done)
     code, lines = run(argv + ["--capture-backend", "native"], capsys)
     assert code == 2 and "(capture_backend: sdpa -> native)" in lines[-1], lines
+
+
+def test_the_last_line_names_what_only_some_folders_hold(tmp_path, capsys):
+    """An unsteered prompt's folder holds no comparison: the line does not claim every folder has one."""
+    out = tmp_path / "mixed"
+    code, lines = run(["generate", PROMPTS[0], "a blue square", "--seeds", "0", "--out", str(out), *TINY], capsys)
+    assert code == 0, lines
+    assert sorted(p.name for p in (out / "p01-s0000").iterdir()) == ["image.png", "report.json"]
+    assert lines[-1] == (f"l2s: wrote 2 image folders p00-s0000/ to p01-s0000/ (image.png, report.json; "
+                         f"image_unsteered.png, comparison.png, probability.png in 1 of them) and index.json in {out}")
