@@ -70,7 +70,13 @@ def read_prompt_file(path: str | Path) -> tuple[list[PromptSpec], int]:
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
-        spec = _spec_from_json_line(path, number, line) if path.suffix == ".jsonl" else spec_from_prompt(line.strip())
+        if path.suffix == ".jsonl":
+            spec = _spec_from_json_line(path, number, line)
+        else:
+            try:
+                spec = spec_from_prompt(line.strip())
+            except L2SError as error:    # the file's line, as .jsonl errors name theirs
+                raise type(error)(f"{path}:{number} ({line.strip()!r}): {error}") from None
         if spec is None:
             skipped += 1
         else:

@@ -52,3 +52,11 @@ def test_read_prompt_file_accepts_geneval_promptspec_and_plain_lines(tmp_path):
     bad.write_text('{"prompt": "x", "checks": [{"subject": "a", "relation": "left of"}]}\n')
     with pytest.raises(L2SError, match="bad.jsonl:1"):
         read_prompt_file(bad)
+
+
+def test_a_bad_plain_line_is_named_by_file_and_line(tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_text("a cat above a dog\n\na red circle to the left of\n")
+    with pytest.raises(L2SError, match=r"prompts.txt:3 \('a red circle to the left of'\): relation 'to the left of' "
+                                       r"at character 13 has no object after it"):
+        read_prompt_file(path)
