@@ -6,6 +6,7 @@ Thin front ends: parse the arguments, call :mod:`l2s.shapes`, print what was mad
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -61,6 +62,8 @@ def make_data_main(argv: Sequence[str] | None = None) -> int:
                                    shard_size=args.shard_size)
     if world().is_main:
         print(summary.line())
+        if warning := summary.warning("make more scenes (--scenes)"):
+            print(warning, file=sys.stderr)
     return 0
 
 

@@ -132,6 +132,8 @@ def make_data_main(argv: Sequence[str] | None = None) -> int:
     if not world().is_main:
         return 0
     print(summary.line(), file=sys.stderr)
+    if warning := summary.warning("add samples (--limit, more annotations) or raise --val-fraction"):
+        print(warning, file=sys.stderr)
     if summary.records == 0:
         return _say_error(L2SError("no sample gave a record (every one was skipped: see the lines above)"))
     if not (summary.split_records or {}).get("val"):

@@ -89,6 +89,14 @@ class DatasetSummary:
         return (f"l2s: {self.records} records (a map stack per stored step and prompt) from {self.samples_done} "
                 f"samples ({self.skipped} skipped{splits}) in {self.out_dir}{resumed}")
 
+    def warning(self, more: str) -> str | None:
+        """A line when a split is empty (training needs both); ``more``: how to make more samples."""
+        empty = [name for name in ("train", "val") if not self.split_records.get(name)]
+        if not empty or not self.records:
+            return None
+        return (f"l2s: warning: the {' and '.join(empty)} split{'s are' if len(empty) > 1 else ' is'} empty: "
+                f"training needs both; {more}")
+
 
 def _load_image(sample: RelationSample) -> Image.Image:
     if isinstance(sample.image, Image.Image):

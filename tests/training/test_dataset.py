@@ -323,3 +323,16 @@ def test_a_dataset_resized_to_another_grain_keeps_its_records_and_resizes_as_cap
         assert torch.allclose(m, expected) and torch.allclose(m.sum(dim=(-2, -1)), torch.ones(2, 3), atol=1e-4)
     with pytest.raises(L2SError, match="already has 16x16 maps"):
         resize_map_dataset(source, tmp_path / "again", 16)
+
+
+def test_the_summary_warns_of_an_empty_split():
+    from pathlib import Path
+
+    from l2s.training import DatasetSummary
+
+    summary = DatasetSummary(Path("maps"), records=48, samples_done=8, skipped=0, split_records={"train": 48})
+    assert summary.warning("make more scenes (--scenes)") == (
+        "l2s: warning: the val split is empty: training needs both; make more scenes (--scenes)")
+    both = DatasetSummary(Path("maps"), records=48, samples_done=8, skipped=0, split_records={"train": 40, "val": 8})
+    assert both.warning("x") is None
+    assert DatasetSummary(Path("maps"), records=0, samples_done=0, skipped=3).warning("x") is None   # said otherwise
