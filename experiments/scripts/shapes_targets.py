@@ -70,7 +70,8 @@ def main(argv=None) -> int:
     summary = target_summary(json.loads(args.results.read_text()))
     print(summary)
     if args.out:
-        args.out.write_text(f"# Shapes bench targets: {args.results}\n\n" + summary.split("\n", 2)[2] + "\n")
+        bullets = "\n".join(summary.splitlines()[2:]) or "(no part of this bench has a target)"
+        args.out.write_text(f"# Shapes bench targets: {args.results}\n\n{bullets}\n")
     return 0
 
 

@@ -79,8 +79,10 @@ def _front_end(command: tuple[str, ...]):
         from .shapes_classifier import train_classifier_main as entry
     elif command == ("shapes", "bench"):
         from .shapes_bench import bench_main as entry
-    else:
+    elif command == ("shapes", "compare"):
         from .shapes_bench import compare_main as entry
+    else:
+        raise ValueError(f"no front end for {' '.join(command)!r}")
     return entry
 
 
@@ -115,8 +117,10 @@ class Terminated(KeyboardInterrupt):
 
 @contextlib.contextmanager
 def _sigterm_as_interrupt():
-    """Within: SIGTERM raises :class:`Terminated` (signals reach only the main thread)."""
-    if threading.current_thread() is not threading.main_thread() or \
+    """Within: SIGTERM raises :class:`Terminated` (signals reach only the main thread). Not in a
+    launched rank: launchers stop the other ranks with SIGTERM when one fails, and a rank blocked
+    in a collective must die at once, not after the launcher's grace period."""
+    if launched() or threading.current_thread() is not threading.main_thread() or \
             signal.getsignal(signal.SIGTERM) in (signal.SIG_IGN, None):
         yield
         return

@@ -79,8 +79,9 @@ def folders_line(out: Path, jobs: list[ImageJob], names: list[str], resumed: int
     holding = {name: sum((out / job.folder / name).is_file() for job in jobs) for name in names}
     everywhere = [name for name in names if holding[name] == len(jobs)]
     some = [name for name in names if 0 < holding[name] < len(jobs)]
-    files = ", ".join(everywhere)
+    parts = [", ".join(everywhere)] if everywhere else []
     if some:
         counts = {holding[name] for name in some}
-        files += f"; {', '.join(some)} in {counts.pop() if len(counts) == 1 else 'some'} of them"
+        parts.append(f"{', '.join(some)} in {counts.pop() if len(counts) == 1 else 'some'} of them")
+    files = "; ".join(parts)
     return f"l2s: wrote {count} {span} ({files}) and index.json in {out}"

@@ -48,8 +48,9 @@ def _check_weights(args: argparse.Namespace) -> None:
         adapter_dir(lora_folder(args.lora))
     if getattr(args, "reward_model", None):
         from l2s.reward.scorer import check_reward_model_folder
+        from l2s.shapes.recipes import reward_model_path
 
-        check_reward_model_folder(args.reward_model)
+        check_reward_model_folder(reward_model_path(args.reward_model))
 
 
 def _check_execution(args: argparse.Namespace) -> None:

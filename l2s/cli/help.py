@@ -26,23 +26,35 @@ class SettingsParser(OneLineParser):
         super().__init__(*args, **kwargs)
         self.settings = settings()
         self.setting_fields: dict[str, str] = {}   # dest -> field of the settings object
+        self.setting_defaults: dict[str, Any] = {}
 
     def add_setting(self, *flags: str, field: str | None = None, group=None, **kwargs) -> argparse.Action:
         """An option whose default is the settings' ``field`` (default: the option's dest), added to
         ``group`` when given (e.g. a mutually exclusive one)."""
-        action = (group or self).add_argument(*flags, **kwargs)
+        # In a group the default is filled in after parsing: argparse takes a value that *is* the
+        # default object (a small int) for "not given", and would let a conflicting option pass.
+        action = (group or self).add_argument(*flags, default=argparse.SUPPRESS, **kwargs)
         self.setting_fields[action.dest] = field or action.dest
-        action.default = getattr(self.settings, self.setting_fields[action.dest])
-        said = shown_default(action.default)
+        value = self.setting_defaults[action.dest] = getattr(self.settings, self.setting_fields[action.dest])
+        if group is None:
+            action.default = value
+        said = shown_default(value)
         action.help = f"{action.help} (default: {said})" if action.help else f"default: {said}"
         return action
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        for dest, value in self.setting_defaults.items():
+            if not hasattr(namespace, dest):
+                setattr(namespace, dest, value)
+        return namespace, extras
 
 
 def shown_default(value: Any) -> str:
     """A default as a user would type it: ``2-4`` for a (low, high) pair, ``none`` for None."""
     if value is None:
         return "none"
-    if isinstance(value, (tuple, list)) and len(value) == 2:
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, int) for v in value):
         return f"{value[0]}-{value[1]}"
     return str(value)
 
@@ -62,7 +74,8 @@ class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter):
 def _default_to_show(action: argparse.Action) -> bool:
     quiet = isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._HelpAction,
                                 argparse._VersionAction, argparse._CountAction))
-    hidden = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+    hidden = action.default is None or action.default is False or action.default == argparse.SUPPRESS or \
+        (isinstance(action.default, (list, tuple, dict)) and not action.default)   # an empty --tuned list
     return bool(action.option_strings) and not quiet and not hidden
 
 

@@ -118,7 +118,7 @@ def build_train_reward_parser() -> argparse.ArgumentParser:
                    help="pair folder(s) made by 'l2s shapes reward-data' (several: their pairs together)")
     p.add_argument("--out", required=True, type=out_path, help="run folder")
     p.add_setting("--loss", choices=LOSSES,
-                   help="uncertainty: Gaussian scores, P(win) = Phi(dmu / sqrt(s_w^2 + s_l^2)); bt: plain Bradley-Terry")
+                  help="uncertainty: Gaussian scores, P(win) = Phi(dmu / sqrt(s_w^2 + s_l^2)); bt: plain Bradley-Terry")
     p.add_setting("--epochs", type=int)
     p.add_setting("--batch-size", type=int, help="pairs per step")
     p.add_setting("--lr", type=float)
@@ -129,7 +129,7 @@ def build_train_reward_parser() -> argparse.ArgumentParser:
                    help="train each pair only under its prompt (default: also under the perturbed prompt, winner "
                         "and loser swapped)")
     p.add_setting("--val-fraction", type=float,
-                   help="share of training object sets kept for model selection")
+                  help="share of training object sets kept for model selection")
     p.add_argument("--d-model", type=int, default=None, help="model width (default 64)")
     p.add_argument("--joint-layers", type=int, default=None, help="image-text layers of the reward token (default 2)")
     p.add_argument("--design", choices=("joint", "relational"), default=None,

@@ -34,7 +34,7 @@ def build_make_data_parser() -> argparse.ArgumentParser:
                    help="store only the first K blocks' maps (default: every layer, which serves any K)")
     p.add_argument("--shard-size", type=int, default=SHAPES_SHARD_SIZE,
                    help=f"scenes per committed chunk: an interruption loses at most this many (default "
-                        f"{SHAPES_SHARD_SIZE}; a run resumes with the size it started with)")
+                        f"{SHAPES_SHARD_SIZE}; resume with the same size: another is refused)")
     p.add_argument("--restart", action="store_true",
                    help="start over: remove the dataset already in --out (also the way out of a damaged one)")
     add_threads_arg(p)

@@ -71,7 +71,8 @@ def build_make_data_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=int, default=16, help="samples per shard / commit")
     p.add_argument("--map-dtype", choices=tuple(LONG_NAMES), default="fp16", help="storage dtype of the maps")
     p.add_argument("--min-psnr", type=float,
-                   help="drop samples whose reconstruction PSNR is lower (default: no filter; published: 20 FLUX, 19.5 SD)")
+                   help="drop samples whose reconstruction PSNR is lower (default: no filter; published: 20 FLUX, "
+                        "19.5 SD)")
     p.add_argument("--gamma", type=float, default=1.0, help="RF-Inversion inversion controller strength (FLUX)")
     p.add_argument("--eta", type=float, default=1.0, help="RF-Inversion reconstruction controller strength (FLUX)")
     p.add_argument("--max-iou", type=float, default=0.3, help="coco: discard box pairs overlapping more than this")
@@ -132,8 +133,6 @@ def make_data_main(argv: Sequence[str] | None = None) -> int:
     if not world().is_main:
         return 0
     print(summary.line(), file=sys.stderr)
-    if warning := summary.warning("add samples (--limit, more annotations) or raise --val-fraction"):
-        print(warning, file=sys.stderr)
     if summary.records == 0:
         return _say_error(L2SError("no sample gave a record (every one was skipped: see the lines above)"))
     if not (summary.split_records or {}).get("val"):

@@ -7,7 +7,6 @@ for a person (why an image is not steered, steering's warnings) go to ``say``.
 """
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field

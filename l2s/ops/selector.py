@@ -35,11 +35,14 @@ def token_group_selector(
 
 
 def _indices(tokens) -> list:
-    """Plain ints of a group (ints, numpy ints, an integer tensor); as given when any is not a whole number."""
+    """A group's token indices as plain ints (ints, numpy ints, an integer tensor or its 0-d
+    elements); a ``ValueError`` when any is not a whole number (a float or a bool)."""
+    def integer(t) -> bool:
+        return not (t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool)
+
     if isinstance(tokens, torch.Tensor):
-        integer = not (tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool)
-        tokens = tokens.tolist() if integer else [tokens]
-    tokens = list(tokens)
+        tokens = tokens.tolist() if integer(tokens) else [tokens]
+    tokens = [t.item() if isinstance(t, torch.Tensor) and t.ndim == 0 and integer(t) else t for t in tokens]
     if all(hasattr(t, "__index__") and not isinstance(t, (bool, torch.Tensor)) for t in tokens):
         return [t.__index__() for t in tokens]
     raise ValueError(f"token groups hold whole token indices, got {tokens}")

@@ -8,12 +8,16 @@ steered call gives before it runs (doubtful token mapping, maps resampled to ano
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import torch
 
 from l2s.classifier import RelationClassifier
 from l2s.errors import UsageError
 from l2s.values import finite_number, image_side, positive_int, seed_value, step_count
+
+if TYPE_CHECKING:
+    from l2s.steer import Schedule
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Two-object, multi-relation and held-out-vocabulary prompts, every schedule preset, and the
 leakage ablation (a classifier trained on ``pos`` prompts only), each judged by the GenEval rule
 with :class:`~l2s.shapes.ShapesDetector`, strictly and on colours alone (:mod:`.verdicts`).
-Tables and targets: :mod:`.bench_report`.
+Tables and paired comparisons: :mod:`.bench_report`.
 """
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ from .detector import ShapesDetector
 from .model import image_size, load_shapes_pipeline
 from .prompts import ood_position_prompts, shapes_multi_relation_prompts, shapes_position_prompts
 from .recipes import (BENCH_BATCH_SIZE, BENCH_SEEDS, SHAPES_STEP_SIZE, classifier_folder, lora_folder,
-                      named_schedule, shipped_assets, steer_shapes_pipeline, weights_fingerprints)
+                      named_schedule, reward_model_path, shipped_assets, steer_shapes_pipeline,
+                      weights_fingerprints)
 from .verdicts import all_objects_found, colour_only, judge
 
 BENCH_PROMPT_SEED = 0
@@ -208,8 +209,7 @@ def _run_bench(out_dir: str | Path, pipeline_dir: str | Path | None, classifier:
         from l2s.reward import load_reward_model
         from l2s.reward.identity import reward_identity
 
-        shipped = str(reward_model) == "spatialscore"
-        run.scorer = load_reward_model(assets.spatial_score if shipped else reward_model)
+        run.scorer = load_reward_model(reward_model_path(reward_model))
     started = time.perf_counter()
     modes = modes or BOTH_MODES
     chosen = [replace(part, modes=tuple(m for m in part.modes if m in modes))

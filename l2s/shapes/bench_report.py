@@ -11,6 +11,7 @@ from .recipes import SHAPES_STEPS, shipped_assets
 
 BENCH_TITLE = "# Shapes world: spatial accuracy, base vs steered"   # the first line of every --results table
 
+
 def _acc(mode: dict | None, colour: bool = False) -> str:
     if not mode:
         return "-"

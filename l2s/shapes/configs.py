@@ -61,7 +61,6 @@ TINY_CONFIG = ShapesModelConfig(num_heads=2, head_dim=16, double_layers=1, singl
                                 text_ff=32, clip_dim=16, clip_layers=1)
 
 
-
 @dataclass
 class TrainSettings:
     """Everything that determines a training run (stored in checkpoints and training.json)."""

@@ -101,6 +101,14 @@ def classifier_folder(classifier: str | Path | None) -> str | Path | None:
     return classifier
 
 
+SHIPPED_REWARD = "spatialscore"
+
+
+def reward_model_path(reward_model: str | Path) -> Path:
+    """A ``--reward-model`` value as a folder: ``spatialscore`` is the shipped one, anything else a path."""
+    return shipped_assets().spatial_score if str(reward_model) == SHIPPED_REWARD else Path(reward_model)
+
+
 def lora_folder(lora: str | Path | None) -> Path | None:
     """A ``--lora`` value as a folder: ``shapes-grpo`` is the shipped adapter, anything else a path."""
     if lora is None:

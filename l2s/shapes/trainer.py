@@ -298,7 +298,9 @@ def _interrupt_between_steps() -> Iterator[Callable[[], bool]]:
 
     def ask(signum, frame) -> None:
         if asked:
-            raise KeyboardInterrupt
+            stop = KeyboardInterrupt()
+            stop.signum = signum       # the command line's exit code names the signal
+            raise stop
         asked.append(signum)
         again = "Ctrl-C again" if signum == signal.SIGINT else "a second signal"
         os.write(2, f"\nl2s: finishing this training step to save it ({again} stops at once)\n".encode())  # reentrant

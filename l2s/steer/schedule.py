@@ -47,7 +47,8 @@ class Schedule:
         object.__setattr__(self, "iterations", tuple(_count(i, step) for step, i in enumerate(self.iterations)))
         object.__setattr__(self, "step_sizes", tuple(
             _step_size(a, step, self.iterations[step]) for step, a in enumerate(self.step_sizes)))
-        object.__setattr__(self, "loss_targets", tuple(_loss_target(t, step) for step, t in enumerate(self.loss_targets)))
+        object.__setattr__(self, "loss_targets",
+                           tuple(_loss_target(t, step) for step, t in enumerate(self.loss_targets)))
         if self.exit_probability is not None:
             p = self.exit_probability
             if not _real(p) or not 0 < p <= 1:

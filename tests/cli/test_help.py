@@ -79,7 +79,7 @@ def test_settings_options_take_and_show_the_settings_defaults(name):
     actions = {action.dest: action for action in parser._actions}
     for dest, field in parser.setting_fields.items():
         value = getattr(parser.settings, field)
-        assert parser.get_default(dest) == value, dest
+        assert parser.setting_defaults[dest] == value, dest
         assert actions[dest].help.endswith(f"default: {shown_default(value)})") or \
             actions[dest].help == f"default: {shown_default(value)}", actions[dest].help
     assert "default: 0.0003" in " ".join(parser.format_help().split()) or name != "shapes grpo"
@@ -104,7 +104,20 @@ def test_every_option_with_a_default_says_it_in_help(name):
     parser = _front_end_parsers()[name]()
     for action in parser._actions:
         flags = isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._HelpAction))
-        no_default = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        no_default = action.default is None or action.default is False or action.default == argparse.SUPPRESS \
+            or action.default == []        # an append option given nothing: nothing to say
         if action.option_strings and not flags and not no_default:
             shown = " ".join(parser._get_formatter()._format_action(action).split())
             assert "default" in shown, (name, action.option_strings, shown)
+
+
+def test_a_setting_in_an_either_or_group_keeps_its_conflict_and_its_default(capsys):
+    """--top-k 6 (the default's own value) with --no-top-k is still refused; left out, it is 6."""
+    from l2s.cli.grpo import build_grpo_parser
+
+    parser = build_grpo_parser()
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args(["--out", "o", "--reward", "rule", "--top-k", "6", "--no-top-k"])
+    assert exit_info.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+    assert parser.parse_args(["--out", "o", "--reward", "rule"]).top_k == 6
+    assert parser.parse_args(["--out", "o", "--reward", "rule", "--no-top-k"]).no_top_k

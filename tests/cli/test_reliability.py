@@ -419,8 +419,18 @@ def test_generate_and_bench_check_weight_folders_before_loading_a_model(tmp_path
 
     monkeypatch.setattr(l2s.cli.generate, "load_steerer", lambda *a, **k: pytest.fail("loaded a model"))
     monkeypatch.setattr(l2s.shapes, "load_shapes_pipeline", lambda *a, **k: pytest.fail("loaded a model"))
-    assert main(["generate", "a cat left of a dog", "--lora", str(tmp_path / "nope"), "--out", str(tmp_path / "g")]) == 2
+    lora = ["--lora", str(tmp_path / "nope")]
+    assert main(["generate", "a cat left of a dog", *lora, "--out", str(tmp_path / "g")]) == 2
     assert "no LoRA adapter at" in _error_lines(capsys.readouterr().err)[0]
     assert main(["shapes", "bench", "--reward-model", str(tmp_path / "nope"), "--out", str(tmp_path / "b")]) == 2
     assert "no reward model at" in _error_lines(capsys.readouterr().err)[0]
     assert not (tmp_path / "g").exists() and not (tmp_path / "b").exists()
+
+
+def test_the_shipped_weight_names_pass_the_folder_checks():
+    """--reward-model spatialscore and --lora shapes-grpo name the shipped weights, not folders."""
+    import argparse
+
+    from l2s.cli.checks import _check_weights
+
+    _check_weights(argparse.Namespace(reward_model="spatialscore", lora="shapes-grpo"))

@@ -403,7 +403,8 @@ def test_compare_script_compares_copied_images_once():
 def test_shapes_targets_judge_a_bench_result(tmp_path):
     targets = _script_module("shapes_targets")
     modes = lambda base, steered: {  # noqa: E731
-        "base": {"accuracy": base, "colour_accuracy": base}, "steered": {"accuracy": steered, "colour_accuracy": steered}}
+        "base": {"accuracy": base, "colour_accuracy": base},
+        "steered": {"accuracy": steered, "colour_accuracy": steered}}
     results = {"parts": [{"key": "position", "modes": modes(0.25, 0.75)},
                          {"key": "multi_3_2", "modes": modes(0.1, 0.4)}]}
     summary = targets.target_summary(results)
@@ -417,3 +418,6 @@ def test_shapes_targets_judge_a_bench_result(tmp_path):
     path.write_text(json.dumps(results))
     assert targets.main([str(path), "--out", str(tmp_path / "t.md")]) == 0
     assert "target >= 0.75: missed" in (tmp_path / "t.md").read_text()
+    path.write_text(json.dumps({"parts": [{"key": "position", "modes": {"base": modes(0.2, 0.2)["base"]}}]}))
+    assert targets.main([str(path), "--out", str(tmp_path / "none.md")]) == 0     # a base-only bench: no target
+    assert "(no part of this bench has a target)" in (tmp_path / "none.md").read_text()
