@@ -14,13 +14,29 @@ if TYPE_CHECKING:
 
 def read_prompt_file(path: str) -> list[str]:
     """``--prompts FILE``: one prompt a line, UTF-8, blank lines ignored."""
+    return [text for _, text in numbered_prompt_lines(path)]
+
+
+def numbered_prompt_lines(path: str) -> list[tuple[int, str]]:
+    """(line number, prompt) of each non-blank line of ``--prompts FILE``."""
+    if Path(path).suffix == ".jsonl":   # each JSON line would become a prompt, braces and all
+        raise UsageError(f"--prompts {path}: generate reads one prompt a line (plain text); a .jsonl of GenEval "
+                         "metadata or PromptSpec lines is for 'l2s eval --prompts'")
     try:
         text = Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
         raise UsageError(f"--prompts {path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
     except OSError as error:
         raise UsageError(f"--prompts {path}: cannot read it ({error.strerror or error})") from None
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    return [(number, line.strip()) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+
+
+def prompt_labels(args: argparse.Namespace) -> list[str]:
+    """How an error names each prompt of :func:`prompts_of`: ``prompt N`` (its folder's number)
+    for a PROMPT argument, ``FILE:LINE`` for a line of ``--prompts FILE``."""
+    given = [f"prompt {i}" for i in range(len(args.prompt))]
+    lines = numbered_prompt_lines(args.prompts) if args.prompts else []
+    return given + [f"{args.prompts}:{number}" for number, _ in lines]
 
 
 def prompts_of(args: argparse.Namespace) -> list[str]:

@@ -15,7 +15,8 @@ from pathlib import Path
 from l2s.errors import L2SError, UsageError
 from l2s.files import atomic_write_json
 
-from .batches import NOT_IMAGE_SETTINGS, folders_line, image_settings, prompts_of, seeds_of, unset_defaults
+from .batches import (NOT_IMAGE_SETTINGS, folders_line, image_settings, prompt_labels, prompts_of, seeds_of,
+                      unset_defaults)
 from .checks import check_sampling_args
 from .models import (add_model_args, add_sampling_args, add_speed_args, check_image_size, check_model_dtype,
                      load_steerer, weights_digests)
@@ -96,8 +97,9 @@ def run(args: argparse.Namespace) -> int:
     if args.save_maps and args.no_steer:
         raise UsageError("--save-maps records the steered steps' maps: there are none with --no-steer")
     relations = parse_relations(args.relations) if args.relations is not None else None
-    for number, prompt in enumerate(prompts):   # a bad prompt fails before any model loads
-        _check_prompt(prompt, relations, number if len(prompts) > 1 else None)
+    labels = prompt_labels(args)
+    for label, prompt in zip(labels, prompts):   # a bad prompt fails before any model loads
+        _check_prompt(prompt, relations, label if len(prompts) > 1 or args.prompts else None)
     with output_lock(args.out, kind="generate"):        # --out writable (and ours alone) before any model loads
         evaluated = [name for name in (RUN_FILE, SUMMARY_FILE, RESULTS_FILE) if (Path(args.out) / name).exists()]
         if evaluated:                  # --restart replaces generate's files only
@@ -111,16 +113,16 @@ def run(args: argparse.Namespace) -> int:
         return _generate_many(args, relations, jobs, started)
 
 
-def _check_prompt(prompt: str, relations, number: int | None) -> None:
+def _check_prompt(prompt: str, relations, label: str | None) -> None:
     """The prompt parses (or holds the --relations objects); among several, the error names it."""
     from l2s.parsing import parse_prompt
 
     try:
         given_parse(prompt, relations) if relations else parse_prompt(prompt)
     except L2SError as error:
-        if number is None:
+        if label is None:
             raise
-        raise type(error)(f"prompt {number} ({prompt!r}): {error}") from None
+        raise type(error)(f"{label} ({prompt!r}): {error}") from None
 
 
 def _load(args: argparse.Namespace, relations):

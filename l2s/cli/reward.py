@@ -47,7 +47,8 @@ def build_reward_data_parser() -> argparse.ArgumentParser:
     p.add_setting("--images-per-family", type=int,
                   help="seeds drawn per set of objects; pairs are matched among them")
     p.add_argument("--patterns", type=_patterns, default=dict(PAIR_PATTERN_WEIGHTS), metavar="OBJ,REL=W;...",
-                   help="weights of the prompt patterns (default %(default)s)")
+                   help="weights of the prompt patterns (default: "
+                        + ";".join(f"{key}={weight:g}" for key, weight in PAIR_PATTERN_WEIGHTS.items()) + ")")
     p.add_setting("--heldout-fraction", type=float,
                   help="share of object sets whose pairs are held out (split by prompt)")
     p.add_argument("--include-held-out-vocabulary", action="store_true",

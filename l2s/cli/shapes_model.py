@@ -83,10 +83,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
-    resume = parser.add_mutually_exclusive_group()     # --resume --restart: neither may silently win
-    resume.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+    parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                         help="continue from OUT/checkpoint.pt when present (default on)")
-    resume.add_argument("--restart", dest="resume", action="store_false",
+    parser.add_argument("--restart", dest="resume", action="store_false",
                         help="start over, as --no-resume (the name the other long commands use)")
     parser.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
                         help="stop after this many minutes and export the weights so far; the same "
@@ -176,6 +175,8 @@ def train_model_main(argv: Sequence[str] | None = None) -> int:
     """``l2s shapes train-model``: train (resuming by default) and export the pipeline."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_train_model_parser().parse_args(argv)
+    if "--resume" in argv and "--restart" in argv:   # opposites: neither may silently win by its place
+        raise UsageError("--resume and --restart contradict each other: give one")
 
     from l2s.shapes import train
 

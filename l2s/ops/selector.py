@@ -41,7 +41,9 @@ def _indices(tokens) -> list:
         return not (t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool)
 
     if isinstance(tokens, torch.Tensor):
-        tokens = tokens.tolist() if integer(tokens) else [tokens]
+        tokens = tokens.reshape(-1).tolist() if integer(tokens) else [tokens]
+    elif isinstance(tokens, (str, bytes)) or not hasattr(tokens, "__iter__"):
+        raise ValueError(f"a token group is a sequence of token indices, got {tokens!r}")
     tokens = [t.item() if isinstance(t, torch.Tensor) and t.ndim == 0 and integer(t) else t for t in tokens]
     if all(hasattr(t, "__index__") and not isinstance(t, (bool, torch.Tensor)) for t in tokens):
         return [t.__index__() for t in tokens]

@@ -11,8 +11,6 @@ callback runs under ``no_grad``, so steering needs its own loop.
 """
 from __future__ import annotations
 
-import functools
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,6 +50,7 @@ from .arguments import (
     image_batch,
     map_grid_warning,
 )
+from .guards import one_call_at_a_time, refuse_inference_mode
 from .loading import load_diffusers_pipeline, wrap_pipeline
 
 
@@ -139,22 +138,6 @@ def _checked_step_size(step_size: float) -> float:
         return validate_step_size(step_size)
     except ValueError as e:
         raise UsageError(str(e)) from None
-
-
-def one_call_at_a_time(method):
-    """Refuse a second call on the same pipeline while one runs (another thread's): the diffusers
-    pipeline's scheduler and the capture hold per-call state, so two calls would mix their steps."""
-    @functools.wraps(method)
-    def guarded(self, *args, **kwargs):
-        lock = self.__dict__.setdefault("_call_lock", threading.Lock())
-        if not lock.acquire(blocking=False):
-            raise UsageError("this steering pipeline is already generating (a call from another thread?): one "
-                             "call at a time per pipeline; give each thread its own loaded pipeline")
-        try:
-            return method(self, *args, **kwargs)
-        finally:
-            lock.release()
-    return guarded
 
 
 class SteeringPipeline:
@@ -375,9 +358,7 @@ class SteeringPipeline:
         if not (steer and plan.steered):
             schedule = None
         else:
-            if torch.is_inference_mode_enabled():
-                raise UsageError("steering differentiates through the model: call it outside "
-                                 "torch.inference_mode() (torch.no_grad() around it is fine)")
+            refuse_inference_mode()
             for each in plans or [plan]:
                 if each.steered:      # an unsteered prompt of the batch has nothing to doubt
                     announce_steering(self, each, height, width)

@@ -87,7 +87,7 @@ def _count(value, step: int) -> int:
 def _step_size(value, step: int, iterations: int) -> float:
     # Negative sizes would climb the loss: steer away from the relation while reporting "steered".
     if not _real(value) or value < 0 or (iterations and value == 0):
-        raise ValueError(f"step_sizes[{step}] must be a finite number > 0 on a steered step, got {value!r}")
+        raise ValueError(f"step_sizes[{step}] must be finite and >= 0 (> 0 on a steered step), got {value!r}")
     return float(value)
 
 

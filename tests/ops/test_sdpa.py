@@ -108,6 +108,9 @@ def test_token_group_selector_and_its_width():
     assert torch.equal(token_group_selector([list(torch.tensor([0, 1]))], text_len=2), torch.tensor([[0.5], [0.5]]))
     with pytest.raises(ValueError, match="distinct"):
         token_group_selector([list(torch.tensor([1, 1]))], text_len=2)
+    with pytest.raises(ValueError, match="a token group is a sequence of token indices, got 3"):
+        token_group_selector([3], text_len=4)
+    assert torch.equal(token_group_selector([torch.tensor(1)], text_len=2), torch.tensor([[0.0], [1.0]]))
     assert torch.equal(token_group_selector([[np.int64(1)]], text_len=2), torch.tensor([[0.0], [1.0]]))
 
 

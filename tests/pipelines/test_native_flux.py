@@ -319,3 +319,31 @@ def test_a_classifier_that_does_not_fit_is_refused_on_every_call(stock, classifi
     for _ in range(2):
         with pytest.raises(ClassifierMismatchError, match="maps per object"):
             pipe("a cat above a dog", num_inference_steps=2, **SIZE)
+
+
+def test_a_native_call_needs_autograd_and_runs_one_at_a_time(pipe):
+    import threading
+
+    with torch.inference_mode(), pytest.raises(UsageError, match=r"outside torch.inference_mode\(\)"):
+        pipe("a cat above a dog", num_inference_steps=2, **SIZE)
+    started, release, outcome = threading.Event(), threading.Event(), {}
+
+    def hold(p, step, timestep, tensors):     # keeps the first call inside its loop
+        started.set()
+        release.wait(60)
+        return tensors
+
+    def first():
+        outcome["images"] = pipe("a cat above a dog", num_inference_steps=2, callback_on_step_end=hold,
+                                 output_type="np", **SIZE).images
+
+    worker = threading.Thread(target=first)
+    worker.start()
+    assert started.wait(60)
+    try:
+        with pytest.raises(UsageError, match="already generating"):
+            pipe("a cat above a dog", num_inference_steps=2, **SIZE)
+    finally:
+        release.set()
+        worker.join(120)
+    assert outcome["images"].shape[0] == 1

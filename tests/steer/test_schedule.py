@@ -34,7 +34,7 @@ def test_schedule_rejects_bad_settings():
 
 
 @pytest.mark.parametrize("change, message", [
-    (dict(step_sizes=(-1.0, 1.0)), r"step_sizes\[0\] must be a finite number > 0 on a steered step, got -1.0"),
+    (dict(step_sizes=(-1.0, 1.0)), r"step_sizes\[0\] must be finite and >= 0 \(> 0 on a steered step\), got -1.0"),
     (dict(step_sizes=(0.0, 1.0)), r"step_sizes\[0\]"),
     (dict(step_sizes=(float("nan"), 1.0)), r"step_sizes\[0\]"),
     (dict(loss_targets=(float("nan"), 1e-5)), r"loss_targets\[0\] must be a finite number >= 0"),

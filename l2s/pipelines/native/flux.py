@@ -29,6 +29,7 @@ from l2s.steer import DEFAULT_CAPTURE_BACKEND, Schedule, SteeringPlan
 
 from ..arguments import grid_mismatch_warning
 from ..flux import FLUX_FAMILIES, _FluxConditioning
+from ..guards import one_call_at_a_time, refuse_inference_mode
 from ..loading import model_steering_defaults
 from .plans import PromptSteering, SteeredRows, plan_prompts
 from .steering import RelationSteeringMixin, Rows, callback_inputs, checked_prompts, steering_callback
@@ -90,6 +91,7 @@ class FluxRelationSteeringPipeline(RelationSteeringMixin, FluxPipeline):
             return own
         return "flux-dev" if self.transformer.config.guidance_embeds else "flux-schnell"
 
+    @one_call_at_a_time
     @torch.no_grad()
     def __call__(self, prompt: str | list[str] = None, prompt_2: str | list[str] | None = None,
                  negative_prompt: str | list[str] = None, negative_prompt_2: str | list[str] | None = None,
@@ -124,6 +126,7 @@ class FluxRelationSteeringPipeline(RelationSteeringMixin, FluxPipeline):
             steer_at = self._steerer(text, steerings, height, width, guidance_scale, joint_attention_kwargs)
             steered_steps = {s for st in steerings if st.schedule for s in st.schedule.steered_steps}
             if steered_steps:
+                refuse_inference_mode()
                 self.objective()      # a classifier that does not fit fails before any work
             if 0 in steered_steps:
                 latents = self._steered_start(latents, text, height, width, num_inference_steps, sigmas,

@@ -23,6 +23,7 @@ from l2s.classifier import RelationClassifier
 from l2s.errors import UsageError
 from l2s.steer import DEFAULT_CAPTURE_BACKEND, Schedule, SteeringPlan
 
+from ..guards import one_call_at_a_time, refuse_inference_mode
 from .plans import PromptSteering, SteeredRows, plan_prompts
 from .steering import RelationSteeringMixin, Rows, callback_inputs, checked_prompts, steering_callback
 
@@ -67,6 +68,7 @@ class StableDiffusionRelationSteeringPipeline(RelationSteeringMixin, StableDiffu
             return self.config.steering_family
         return "sd21" if self.unet.config.cross_attention_dim == 1024 else "sd14"
 
+    @one_call_at_a_time
     @torch.no_grad()
     def __call__(self, prompt: str | list[str] = None, height: int | None = None, width: int | None = None,
                  num_inference_steps: int = 50, timesteps: list[int] = None, sigmas: list[float] = None,
@@ -92,6 +94,7 @@ class StableDiffusionRelationSteeringPipeline(RelationSteeringMixin, StableDiffu
         with self.borrowed_modules():
             steer_at = None
             if steered_steps:
+                refuse_inference_mode()
                 self.objective()      # a classifier that does not fit fails before any work
                 cond, _ = self.encode_prompt(prompts, self._execution_device, num_images_per_prompt, False,
                                              lora_scale=(cross_attention_kwargs or {}).get("scale"),
