@@ -171,8 +171,12 @@ def test_bad_lists_fail_with_one_line_before_any_work(options, message, no_model
 def test_bad_prompts_and_prompt_files_fail_with_one_line(no_model, tmp_path, capsys):
     (tmp_path / "latin1.txt").write_bytes("a caf\xe9 left of a dog\n".encode("latin-1"))
     (tmp_path / "blank.txt").write_text("\n  \n")
+    (tmp_path / "bad.txt").write_text("a cat above a dog\n\nleft of a dog\n")
+    (tmp_path / "meta.jsonl").write_text('{"prompt": "a cat above a dog"}\n')
     for argv, message in [
         (["--prompts", str(tmp_path / "latin1.txt")], "not UTF-8 text"),
+        (["--prompts", str(tmp_path / "bad.txt")], f"{tmp_path / 'bad.txt'}:3 ('left of a dog'): "),
+        (["--prompts", str(tmp_path / "meta.jsonl")], "generate reads one prompt a line (plain text)"),
         (["--prompts", str(tmp_path / "blank.txt")], "has no non-blank line"),
         ([], "no prompt: give PROMPT (one or more) or --prompts FILE"),
         ([PROMPTS[0], "left of a dog"], "prompt 1 ('left of a dog'): "),
