@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import logging
 import signal
 import sys
@@ -59,31 +60,20 @@ FRONT_ENDS = (
 )
 
 
+# Front end -> (module of l2s.cli, its main), imported only when the command runs.
+_ENTRIES = {("make-data",): ("training", "make_data_main"), ("train",): ("training", "train_main"),
+            ("shapes", "grpo"): ("grpo", "grpo_main"), ("shapes", "reward-data"): ("reward", "reward_data_main"),
+            ("shapes", "train-reward"): ("reward", "train_reward_main"),
+            ("shapes", "train-model"): ("shapes_model", "train_model_main"),
+            ("shapes", "make-data"): ("shapes_classifier", "make_data_main"),
+            ("shapes", "train-classifier"): ("shapes_classifier", "train_classifier_main"),
+            ("shapes", "bench"): ("shapes_bench", "bench_main"), ("shapes", "compare"): ("shapes_bench", "compare_main")}
+
+
 def _front_end(command: tuple[str, ...]):
     """The ``main(argv)`` of a front end in :data:`FRONT_ENDS`."""
-    if command == ("make-data",):
-        from .training import make_data_main as entry
-    elif command == ("train",):
-        from .training import train_main as entry
-    elif command == ("shapes", "grpo"):
-        from .grpo import grpo_main as entry
-    elif command == ("shapes", "reward-data"):
-        from .reward import reward_data_main as entry
-    elif command == ("shapes", "train-reward"):
-        from .reward import train_reward_main as entry
-    elif command == ("shapes", "train-model"):
-        from .shapes_model import train_model_main as entry
-    elif command == ("shapes", "make-data"):
-        from .shapes_classifier import make_data_main as entry
-    elif command == ("shapes", "train-classifier"):
-        from .shapes_classifier import train_classifier_main as entry
-    elif command == ("shapes", "bench"):
-        from .shapes_bench import bench_main as entry
-    elif command == ("shapes", "compare"):
-        from .shapes_bench import compare_main as entry
-    else:
-        raise ValueError(f"no front end for {' '.join(command)!r}")
-    return entry
+    module, name = _ENTRIES[command]
+    return getattr(importlib.import_module(f".{module}", __name__), name)
 
 
 def _run_front_end(command: tuple[str, ...], argv: list[str]) -> int:
@@ -110,14 +100,11 @@ def _peer_gone(error: BaseException) -> bool:
         "Connection closed by peer" in text or "Connection reset by peer" in text)
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (``kill``, ``timeout``, a container's or scheduler's stop) taken as Ctrl-C: every
-    command saves what it has, as after Ctrl-C, and the same command resumes."""
-
-
 @contextlib.contextmanager
 def _sigterm_as_interrupt():
-    """Within: SIGTERM raises :class:`Terminated` (signals reach only the main thread). Not in a
+    """Within: SIGTERM (``kill``, ``timeout``, a container's or scheduler's stop) is taken as Ctrl-C,
+    a ``KeyboardInterrupt`` whose ``signum`` names it, so every command saves what it has and the
+    same command resumes (signals reach only the main thread). Not in a
     launched rank: launchers stop the other ranks with SIGTERM when one fails, and a rank blocked
     in a collective must die at once, not after the launcher's grace period."""
     if launched() or threading.current_thread() is not threading.main_thread() or \
@@ -126,7 +113,9 @@ def _sigterm_as_interrupt():
         return
 
     def stop(signum, frame):
-        raise Terminated
+        interrupt = KeyboardInterrupt()
+        interrupt.signum = signum
+        raise interrupt
 
     previous = signal.signal(signal.SIGTERM, stop)
     try:
@@ -137,8 +126,7 @@ def _sigterm_as_interrupt():
 
 def _interrupted_exit(error: KeyboardInterrupt) -> int:
     _say_interrupted(error)
-    terminated = isinstance(error, Terminated) or getattr(error, "signum", None) == signal.SIGTERM
-    return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+    return EXIT_TERMINATED if getattr(error, "signum", None) == signal.SIGTERM else EXIT_INTERRUPTED
 
 
 def _say_interrupted(error: KeyboardInterrupt) -> None:

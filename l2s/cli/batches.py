@@ -12,13 +12,8 @@ if TYPE_CHECKING:
     from l2s.evaluation.image_runs import ImageJob
 
 
-def read_prompt_file(path: str) -> list[str]:
-    """``--prompts FILE``: one prompt a line, UTF-8, blank lines ignored."""
-    return [text for _, text in numbered_prompt_lines(path)]
-
-
 def numbered_prompt_lines(path: str) -> list[tuple[int, str]]:
-    """(line number, prompt) of each non-blank line of ``--prompts FILE``."""
+    """(line number, prompt) of each non-blank line of ``--prompts FILE`` (UTF-8, one prompt a line)."""
     if Path(path).suffix == ".jsonl":   # each JSON line would become a prompt, braces and all
         raise UsageError(f"--prompts {path}: generate reads one prompt a line (plain text); a .jsonl of GenEval "
                          "metadata or PromptSpec lines is for 'l2s eval --prompts'")
@@ -31,17 +26,12 @@ def numbered_prompt_lines(path: str) -> list[tuple[int, str]]:
     return [(number, line.strip()) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
 
 
-def prompt_labels(args: argparse.Namespace) -> list[str]:
-    """How an error names each prompt of :func:`prompts_of`: ``prompt N`` (its folder's number)
-    for a PROMPT argument, ``FILE:LINE`` for a line of ``--prompts FILE``."""
-    given = [f"prompt {i}" for i in range(len(args.prompt))]
+def labelled_prompts(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(label, prompt): the positional prompts, then those of ``--prompts FILE``; an error names a
+    prompt by its label, ``prompt N`` (its folder's number) or ``FILE:LINE``."""
+    given = [(f"prompt {i}", prompt) for i, prompt in enumerate(args.prompt)]
     lines = numbered_prompt_lines(args.prompts) if args.prompts else []
-    return given + [f"{args.prompts}:{number}" for number, _ in lines]
-
-
-def prompts_of(args: argparse.Namespace) -> list[str]:
-    """The positional prompts, then those of ``--prompts FILE``."""
-    prompts = list(args.prompt) + (read_prompt_file(args.prompts) if args.prompts else [])
+    prompts = given + [(f"{args.prompts}:{number}", prompt) for number, prompt in lines]
     if not prompts:
         raise UsageError("no prompt: give PROMPT (one or more) or --prompts FILE"
                          + (f" ({args.prompts} has no non-blank line)" if args.prompts else ""))

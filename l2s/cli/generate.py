@@ -15,8 +15,7 @@ from pathlib import Path
 from l2s.errors import L2SError, UsageError
 from l2s.files import atomic_write_json
 
-from .batches import (NOT_IMAGE_SETTINGS, folders_line, image_settings, prompt_labels, prompts_of, seeds_of,
-                      unset_defaults)
+from .batches import NOT_IMAGE_SETTINGS, folders_line, image_settings, labelled_prompts, seeds_of, unset_defaults
 from .checks import check_sampling_args
 from .models import (add_model_args, add_sampling_args, add_speed_args, check_image_size, check_model_dtype,
                      load_steerer, weights_digests)
@@ -84,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     from l2s.values import positive_int
 
     started = time.perf_counter()
-    prompts, seeds = prompts_of(args), seeds_of(args)
+    labelled, seeds = labelled_prompts(args), seeds_of(args)
+    prompts = [prompt for _, prompt in labelled]
     check_sampling_args(args)          # every option, before any work
     check_image_size(args)
     check_model_dtype(args)
@@ -97,8 +97,7 @@ def run(args: argparse.Namespace) -> int:
     if args.save_maps and args.no_steer:
         raise UsageError("--save-maps records the steered steps' maps: there are none with --no-steer")
     relations = parse_relations(args.relations) if args.relations is not None else None
-    labels = prompt_labels(args)
-    for label, prompt in zip(labels, prompts):   # a bad prompt fails before any model loads
+    for label, prompt in labelled:   # a bad prompt fails before any model loads
         _check_prompt(prompt, relations, label if len(prompts) > 1 or args.prompts else None)
     with output_lock(args.out, kind="generate"):        # --out writable (and ours alone) before any model loads
         evaluated = [name for name in (RUN_FILE, SUMMARY_FILE, RESULTS_FILE) if (Path(args.out) / name).exists()]

@@ -97,11 +97,10 @@ def load_reward(name: str, device: str):
         from l2s.shapes.rule_reward import RuleReward
 
         return RuleReward("strict")
-    folder = Path(name)
-    if name == "spatialscore":
-        from l2s.shapes import shipped_assets
+    from l2s.shapes.recipes import SHIPPED_REWARD, reward_model_path
 
-        folder = shipped_assets().spatial_score
+    folder = reward_model_path(name)
+    if name == SHIPPED_REWARD:
         if not folder.is_dir():
             raise L2SError(f"--reward spatialscore: no SpatialScore ships in this installation ({folder} missing); "
                            "train one with 'l2s shapes train-reward' and give its folder")

@@ -37,9 +37,10 @@ class SettingsParser(OneLineParser):
         self.setting_fields[action.dest] = field or action.dest
         value = self.setting_defaults[action.dest] = getattr(self.settings, self.setting_fields[action.dest])
         if group is None:
-            action.default = value
-        said = shown_default(value)
-        action.help = f"{action.help} (default: {said})" if action.help else f"default: {said}"
+            action.default = value        # DefaultsHelpFormatter shows it
+        else:                             # a suppressed default the formatter cannot see: say it here
+            said = shown_default(value)
+            action.help = f"{action.help} (default: {said})" if action.help else f"default: {said}"
         return action
 
     def parse_known_args(self, args=None, namespace=None):
