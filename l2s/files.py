@@ -382,7 +382,11 @@ _ABSENT = object()   # a setting a record does not hold (None is a value: "not s
 def _change(name: str, old, new) -> str:
     shown = lambda value: "(absent)" if value is _ABSENT else repr(value)  # noqa: E731
     part = f"{name}: {shown(old)} -> {shown(new)}"
-    return part if len(part) <= 80 else name
+    if len(part) <= 80:
+        return part
+    if isinstance(old, list) and isinstance(new, list) and len(old) != len(new):
+        return f"{name}: {len(old)} entries -> {len(new)} entries"   # e.g. a classifier's layers
+    return name
 
 
 def unrecorded_digests(earlier: dict, settings: dict) -> dict:

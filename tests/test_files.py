@@ -18,6 +18,7 @@ from l2s.files import (
     DamagedFileError,
     FolderBusyError,
     atomic_write_bytes,
+    described_changes,
     fsync_append,
     output_lock,
     read_jsonl_lines,
@@ -300,3 +301,14 @@ def test_a_lock_on_a_folder_removed_meanwhile_is_refused(tmp_path, monkeypatch):
     with pytest.raises(FolderBusyError, match="was removed by another l2s process while this one opened it"):
         with output_lock(out, kind="eval"):
             pytest.fail("held a lock on a removed file")
+
+
+def test_described_changes_names_each_change_and_counts_long_lists():
+    saved = {"lr": 0.001, "classifier": {"channels": 20, "layer_layout": [f"block.{i}.attn" for i in range(5)]}}
+    current = {"lr": 0.002, "classifier": {"channels": 16, "layer_layout": [f"block.{i}.attn" for i in range(4)]}}
+    shown = described_changes(saved, current, ["classifier", "lr"])
+    assert shown == ("classifier.channels: 20 -> 16, classifier.layer_layout: 5 entries -> 4 entries, "
+                     "lr: 0.001 -> 0.002")
+    same_length = {"classifier": {"layer_layout": [f"other.{i}.attn" for i in range(5)]}}
+    assert described_changes(saved, same_length, ["classifier"]) == \
+        "classifier.channels: 20 -> (absent), classifier.layer_layout"      # same length: the name alone

@@ -43,14 +43,31 @@ def _check_weights(args: argparse.Namespace) -> None:
     """``--lora`` and ``--reward-model`` name folders that hold what they must, before a model loads."""
     if getattr(args, "lora", None):
         from l2s.grpo.lora import adapter_dir
-        from l2s.shapes.recipes import lora_folder
+        from l2s.shapes.recipes import SHIPPED_LORA, lora_folder
 
+        refuse_near_shipped_name(args.lora, [SHIPPED_LORA], "LoRA adapter")
         adapter_dir(lora_folder(args.lora))
     if getattr(args, "reward_model", None):
         from l2s.reward.scorer import check_reward_model_folder
-        from l2s.shapes.recipes import reward_model_path
+        from l2s.shapes.recipes import SHIPPED_REWARD, reward_model_path
 
+        refuse_near_shipped_name(args.reward_model, [SHIPPED_REWARD], "reward model")
         check_reward_model_folder(reward_model_path(args.reward_model))
+
+
+def refuse_near_shipped_name(value, shipped: list[str], what: str) -> None:
+    """A value that is no path but close to a shipped name (``shapes-k5``, ``spatialscor``): one
+    line saying which was meant, in place of "no such folder"."""
+    import difflib
+    from pathlib import Path
+
+    from l2s.errors import ModelLoadError
+
+    value = None if value is None else str(value)
+    if value and "/" not in value and not Path(value).exists() and value not in shipped:   # "org/name": a hub id
+        close = difflib.get_close_matches(value, shipped, n=1)
+        if close:
+            raise ModelLoadError(f"{what} not found: {value} (did you mean {close[0]!r}?)")
 
 
 def _check_execution(args: argparse.Namespace) -> None:

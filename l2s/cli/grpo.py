@@ -15,6 +15,7 @@ from pathlib import Path
 
 from l2s.errors import L2SError
 
+from .checks import refuse_near_shipped_name
 from .help import command_parser
 from .options import add_threads_arg, flag_of, out_path, use_threads
 
@@ -105,6 +106,7 @@ def load_reward(name: str, device: str):
             raise L2SError(f"--reward spatialscore: no SpatialScore ships in this installation ({folder} missing); "
                            "train one with 'l2s shapes train-reward' and give its folder")
     elif not folder.is_dir():
+        refuse_near_shipped_name(name, ["rule", SHIPPED_REWARD], "--reward")
         raise L2SError(f"--reward {name}: neither 'rule', 'spatialscore' nor a SpatialScore folder")
     from l2s.reward import load_reward_model
 

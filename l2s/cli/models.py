@@ -11,6 +11,7 @@ import sys
 
 from l2s.errors import L2SError, ModelLoadError, UsageError
 
+from .checks import refuse_near_shipped_name
 from .options import resolve_device, torch_dtype
 
 TRUE_CFG_HELP = ("FLUX only: classifier-free guidance against an empty prompt on the plain steps, as "
@@ -159,22 +160,10 @@ def weights_digests(args: argparse.Namespace) -> dict:
     return weights_fingerprints(model_folder(args), classifier, getattr(args, "lora", None))
 
 
-def _near_shipped_name(classifier: str | None) -> None:
-    """A --classifier that is no path but close to a shipped classifier's name: say which was meant."""
-    import difflib
-    from pathlib import Path
-
-    if classifier and "/" not in classifier and not Path(classifier).exists() \
-            and classifier not in SHIPPED_CLASSIFIER_NAMES:   # paths and hub ids ("org/name") are not names
-        close = difflib.get_close_matches(classifier, SHIPPED_CLASSIFIER_NAMES, n=1)
-        if close:
-            raise ModelLoadError(f"classifier not found: {classifier} (did you mean the shipped {close[0]!r}?)")
-
-
 def _load_steerer(args: argparse.Namespace):
     from l2s.shapes.recipes import classifier_folder
 
-    _near_shipped_name(args.classifier)
+    refuse_near_shipped_name(args.classifier, SHIPPED_CLASSIFIER_NAMES, "classifier")
     resolved = classifier_folder(args.classifier)   # a shipped classifier's name -> its folder (a string:
     args.classifier = None if resolved is None else str(resolved)   # run settings are JSON)
     true_cfg = getattr(args, "true_cfg", None)

@@ -81,4 +81,4 @@ def test_a_misspelt_relation_or_shipped_classifier_name_gets_a_suggestion(tmp_pa
     assert main(argv + ["--relations", "red circle,leftof,blue square"]) == 2
     assert "unknown relation class name 'leftof' (did you mean 'left of'?)" in capsys.readouterr().err
     assert main(argv + ["--classifier", "shapes-pos-onyl"]) == 2
-    assert "classifier not found: shapes-pos-onyl (did you mean the shipped 'shapes-pos-only'?)" in capsys.readouterr().err
+    assert "classifier not found: shapes-pos-onyl (did you mean 'shapes-pos-only'?)" in capsys.readouterr().err

@@ -434,3 +434,19 @@ def test_the_shipped_weight_names_pass_the_folder_checks():
     from l2s.cli.checks import _check_weights
 
     _check_weights(argparse.Namespace(reward_model="spatialscore", lora="shapes-grpo"))
+
+
+def test_misspelt_shipped_weight_names_get_a_suggestion(tmp_path, capsys):
+    """--lora shapes-grp / --reward-model spatialscor say which shipped name was meant."""
+    import argparse
+
+    from l2s.cli.checks import _check_weights
+    from l2s.errors import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match=r"LoRA adapter not found: shapes-grp \(did you mean 'shapes-grpo'\?\)"):
+        _check_weights(argparse.Namespace(lora="shapes-grp"))
+    with pytest.raises(ModelLoadError, match=r"reward model not found: spatialscor \(did you mean 'spatialscore'\?\)"):
+        _check_weights(argparse.Namespace(reward_model=Path("spatialscor")))
+    (tmp_path / "spatialscor").mkdir()         # an existing folder of that name is a path, not a typo
+    with pytest.raises(ModelLoadError, match="no reward model at"):
+        _check_weights(argparse.Namespace(reward_model=str(tmp_path / "spatialscor")))
