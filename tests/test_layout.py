@@ -69,6 +69,8 @@ def imported_modules(name: str, path: Path, known: set[str]) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
+        elif _dynamic_import(node):              # importlib.import_module("l2s.x") / __import__("l2s.x")
+            targets = [node.args[0].value]
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
@@ -84,6 +86,16 @@ def imported_modules(name: str, path: Path, known: set[str]) -> set[str]:
             if target and target != name:
                 found.add(target)
     return found
+
+
+def _dynamic_import(node: ast.AST) -> bool:
+    """A call of ``import_module`` or ``__import__`` whose first argument is a literal ``l2s`` name."""
+    if not isinstance(node, ast.Call) or not node.args or not isinstance(node.args[0], ast.Constant):
+        return False
+    func = node.func
+    called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+    name = node.args[0].value
+    return called in ("import_module", "__import__") and isinstance(name, str) and name.startswith("l2s.")
 
 
 def import_graph() -> dict[str, set[str]]:
@@ -152,6 +164,14 @@ def test_the_layer_rule_sees_imports_inside_functions(tmp_path):
     assert imported_modules("l2s.capture.mod", source, known) == {"l2s.cli", "l2s.capture.steer"}
     assert imported_modules("l2s.mod", source, known) == {"l2s.cli", "l2s.steer"}
     assert layer_of("l2s.cli") > layer_of("l2s.capture.steer")
+
+
+def test_the_layer_rule_sees_imports_by_name(tmp_path):
+    source = tmp_path / "mod.py"
+    source.write_text("import importlib\ndef f(name):\n    importlib.import_module('l2s.shapes.model')\n"
+                      "    __import__('l2s.cli')\n    importlib.import_module(name)\n")
+    known = {"l2s.cli", "l2s.shapes", "l2s.shapes.model"}
+    assert imported_modules("l2s.pipelines.mod", source, known) == {"l2s.cli", "l2s.shapes.model"}
 
 
 def test_the_library_never_imports_research_or_tests():

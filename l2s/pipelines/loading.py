@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +16,6 @@ from l2s.steer import DEFAULT_CAPTURE_BACKEND, Schedule
 # Steering pipeline classes wrap_pipeline can pick, in the order it asks them (`accepts(pipe)`);
 # each family module adds its class with @steering_family.
 _FAMILIES: list = []
-
-# Folders saved before the package layout name a component's old module; alias it to the new one.
-_MOVED_COMPONENT_MODULES = {"l2s.shapes_model": "l2s.shapes.model"}
 
 
 # Functions pipe -> dict | None: a kind of model's own wrap_pipeline defaults (family, steps, size,
@@ -80,10 +76,9 @@ def _import_l2s_components(model_index: dict, path: Path) -> None:
         if isinstance(value, list) and value and isinstance(value[0], str) and value[0].startswith("l2s."):
             name = value[0]
             try:
-                module = importlib.import_module(_MOVED_COMPONENT_MODULES.get(name, name))
+                importlib.import_module(name)
             except ImportError as error:
                 raise ModelLoadError(f"{path} needs {name}, which cannot be imported: {error}") from None
-            sys.modules.setdefault(name, module)
 
 
 def _read_model_index(path: Path) -> tuple[dict, str]:
