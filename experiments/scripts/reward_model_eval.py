@@ -85,7 +85,7 @@ def run(args) -> dict:
     from l2s.classifier import RelationClassifier
     from l2s.reward import evaluate_judge, load_pairs, load_reward_model, pair_scores
     from l2s.shapes import load_shapes_pipeline, shipped_assets
-    from l2s.shapes.classifier_judge import ClassifierJudge
+    from classifier_judge import ClassifierJudge   # this script's folder is on sys.path
     from l2s.shapes.rule_reward import RuleReward
 
     torch.set_num_threads(args.threads)

@@ -17,6 +17,12 @@ from pathlib import Path
 BASE_TARGET, STEERED_TARGET, RATIO_TARGET, MULTI_TARGET, ALPHA = 0.35, 0.75, 3, 0.5, 0.05
 
 
+def measurably_better(c) -> bool:
+    """The first setting of a paired comparison measurably better: more pairs won alone, and the
+    split unlikely under no difference (sign test, p < ALPHA)."""
+    return c.a_only > c.b_only and c.p_value < ALPHA
+
+
 def _met(ok: bool) -> str:
     return "met" if ok else "missed"
 
@@ -46,7 +52,7 @@ def ablation_lines(ablation: dict) -> list[str]:
         c = paired_comparison(ablation["reference_dual"][key], ablation["steered"][key])
         if c.n_pairs:
             lines.append(f"- dual vs pos-only classifier, {metric}: sign test p = {c.p_value:.3g} "
-                         f"(target dual measurably better, p < {ALPHA}: {_met(c.a_better(ALPHA))})")
+                         f"(target dual measurably better, p < {ALPHA}: {_met(measurably_better(c))})")
     return lines
 
 

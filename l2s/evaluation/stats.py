@@ -103,10 +103,6 @@ class PairedComparison:
             return 1.0
         return float(binomtest(self.a_only, discordant, 0.5).pvalue)
 
-    def a_better(self, alpha: float = 0.05) -> bool:
-        """``a`` measurably better: more pairs won alone, and the split unlikely under no difference."""
-        return self.a_only > self.b_only and self.p_value < alpha
-
     def to_dict(self) -> dict[str, Any]:
         return {"n_pairs": self.n_pairs, "a_correct": self.a_correct, "b_correct": self.b_correct,
                 "a_only": self.a_only, "b_only": self.b_only, "p_value": self.p_value}

@@ -11,8 +11,8 @@ from l2s.capture import AttentionCapture, ExplicitAttentionReference
 from l2s.classifier import RelationClassifier
 from l2s.errors import UsageError
 
-# Measured faster on both: CPU, a steering iteration in half the time of "native" (bench group
-# "capture"); H200, one layer's capture fwd+bwd in 0.42-0.52 ms vs Triton's 0.85-1.2 (bench/results).
+# Why "sdpa": it measured faster than "native" on CPU (the bench group "capture") and on a GPU
+# (the capture rows of bench/gpu_flux_dev.py's report in bench/results).
 DEFAULT_CAPTURE_BACKEND = "sdpa"
 
 

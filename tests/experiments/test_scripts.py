@@ -421,3 +421,50 @@ def test_shapes_targets_judge_a_bench_result(tmp_path):
     path.write_text(json.dumps({"parts": [{"key": "position", "modes": {"base": modes(0.2, 0.2)["base"]}}]}))
     assert targets.main([str(path), "--out", str(tmp_path / "none.md")]) == 0     # a base-only bench: no target
     assert "(no part of this bench has a target)" in (tmp_path / "none.md").read_text()
+
+
+class _SureOfLeft(torch.nn.Module):
+    """A stand-in classifier that always says "to the left of" (checks class lookup and summing)."""
+
+    def __init__(self):
+        super().__init__()
+        from l2s.relations import PUBLISHED_CLASSES
+
+        self.config = type("Config", (), {"class_names": PUBLISHED_CLASSES})()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.steps = []
+
+    def step_index(self, step):
+        return step
+
+    def forward(self, maps, step_index):
+        self.steps.append(step_index)
+        logits = torch.full((maps.shape[0], 5), -20.0)
+        logits[:, self.config.class_names.index("to the left of")] = 20.0
+        return logits
+
+
+def test_classifier_judge_inverts_each_image_and_sums_the_prompted_relations_log_probabilities():
+    from dataclasses import replace
+
+    from l2s.shapes import TINY_CONFIG, build_shapes_pipeline
+
+    pipe = build_shapes_pipeline(replace(TINY_CONFIG, image_size=16), seed=0)
+    classifier = _SureOfLeft()
+    judge = _script_module("classifier_judge").ClassifierJudge(pipe, classifier, steps=4, store_steps=(1, 3))
+    images = torch.rand(3, 3, 16, 16)
+    prompts = ["a red circle to the left of a blue square", "a red circle to the right of a blue square",
+               "a red circle to the left of a blue square to the right of a green triangle"]
+    scores = judge(images, prompts)
+    assert scores[0] > -1e-6 and scores[1] == pytest.approx(-40.0, abs=1e-3)
+    assert scores[2] == pytest.approx(-40.0, abs=1e-3)   # one pair of two is wrong
+    assert sorted(set(classifier.steps)) == [1, 3]
+
+
+def test_measurably_better_needs_the_first_setting_ahead_and_a_small_sign_test_p():
+    from l2s.evaluation import PairedComparison
+
+    better = _script_module("shapes_targets").measurably_better
+    assert better(PairedComparison(100, 0, 0, 12, 1))          # p ~ 0.003
+    assert not better(PairedComparison(100, 0, 0, 1, 12))      # the second is the better one
+    assert not better(PairedComparison(100, 0, 0, 6, 2))       # p ~ 0.29: not measurable

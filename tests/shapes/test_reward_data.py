@@ -185,42 +185,6 @@ def test_rule_reward_reads_any_shapes_prompt_and_takes_tensors():
         rule(image, ["a red circle left of a dog"])
 
 
-class _SureOfLeft(torch.nn.Module):
-    """A stand-in classifier that always says "to the left of" (checks class lookup and summing)."""
-
-    def __init__(self):
-        super().__init__()
-        from l2s.relations import PUBLISHED_CLASSES
-
-        self.config = type("Config", (), {"class_names": PUBLISHED_CLASSES})()
-        self.weight = torch.nn.Parameter(torch.zeros(1))
-        self.steps = []
-
-    def step_index(self, step):
-        return step
-
-    def forward(self, maps, step_index):
-        self.steps.append(step_index)
-        logits = torch.full((maps.shape[0], 5), -20.0)
-        logits[:, self.config.class_names.index("to the left of")] = 20.0
-        return logits
-
-
-def test_classifier_judge_inverts_each_image_and_sums_the_prompted_relations_log_probabilities():
-    from l2s.shapes.classifier_judge import ClassifierJudge
-
-    pipe = build_shapes_pipeline(replace(TINY_CONFIG, image_size=16), seed=0)
-    classifier = _SureOfLeft()
-    judge = ClassifierJudge(pipe, classifier, steps=4, store_steps=(1, 3))
-    images = torch.rand(3, 3, 16, 16)
-    prompts = ["a red circle to the left of a blue square", "a red circle to the right of a blue square",
-               "a red circle to the left of a blue square to the right of a green triangle"]
-    scores = judge(images, prompts)
-    assert scores[0] > -1e-6 and scores[1] == pytest.approx(-40.0, abs=1e-3)
-    assert scores[2] == pytest.approx(-40.0, abs=1e-3)   # one pair of two is wrong
-    assert sorted(set(classifier.steps)) == [1, 3]
-
-
 def test_cli_says_when_max_shards_stopped_it_short_of_pairs(tmp_path, rendered_sampler, monkeypatch, capsys):
     import l2s.shapes
     from l2s.cli import main

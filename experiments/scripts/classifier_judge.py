@@ -1,4 +1,5 @@
-"""The steering classifier as a judge of finished images: how sure it is of the prompted relations.
+"""The steering classifier as a judge of finished images: how sure it is of the prompted relations
+(the judge `reward_model_eval.py` sets beside the reward models).
 
 The classifier reads attention maps, not pixels, so an image is first inverted with its prompt
 exactly as the classifier's training images were (RF-Inversion, closed form: one transformer
@@ -14,10 +15,10 @@ import torch
 
 from l2s.relations import class_index
 
-from .model import image_size, token_grid
-from .recipes import SHAPES_STEPS, SHAPES_STORE_STEPS
-from .reward_prompts import parse_chain
-from .rule_reward import to_pil
+from l2s.shapes.model import image_size, token_grid
+from l2s.shapes.recipes import SHAPES_STEPS, SHAPES_STORE_STEPS
+from l2s.shapes.reward_prompts import parse_chain
+from l2s.shapes.rule_reward import to_pil
 
 
 class ClassifierJudge:
