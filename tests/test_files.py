@@ -259,7 +259,7 @@ def test_weights_digest_of_large_files_follows_size_and_mtime_not_content(tmp_pa
     import l2s.files
     from l2s.files import weights_digest
 
-    monkeypatch.setattr(l2s.files, "CONTENT_DIGEST_LIMIT", 2)     # every file here counts as large
+    monkeypatch.setattr(l2s.files.digests, "CONTENT_DIGEST_LIMIT", 2)     # every file here counts as large
     shard = tmp_path / "shard.bin"
     shard.write_bytes(b"abc")
     os.utime(shard, ns=(1_000_000_000, 1_000_000_000))
@@ -297,7 +297,7 @@ def test_a_lock_on_a_folder_removed_meanwhile_is_refused(tmp_path, monkeypatch):
         fd = real_open(path, *args)
         os.unlink(path)
         return fd
-    monkeypatch.setattr(l2s.files.os, "open", open_then_lose_the_folder)
+    monkeypatch.setattr(l2s.files.folders.os, "open", open_then_lose_the_folder)
     with pytest.raises(FolderBusyError, match="was removed by another l2s process while this one opened it"):
         with output_lock(out, kind="eval"):
             pytest.fail("held a lock on a removed file")

@@ -1,0 +1,97 @@
+"""Writes that a reader, or a run killed midway, never sees half done: whole files replaced
+atomically, and JSON-lines appends whose torn last line the next append drops."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems cannot sync a directory; the rename itself is still atomic
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that a reader, or a run killed midway, never sees half a file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """:func:`atomic_write_bytes` of UTF-8 text."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, data: Any, indent: int | None = 2) -> None:
+    """:func:`atomic_write_text` of ``data`` as JSON (and a final newline)."""
+    atomic_write_text(path, json.dumps(data, indent=indent, default=str) + "\n")
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` of ``obj`` written as :func:`atomic_write_bytes`: whole or not at all."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def fsync_append(path: str | Path, lines: list[str]) -> None:
+    """Append ``lines`` in one write and sync them: a kill leaves whole lines or a torn last line,
+    which the next append drops first (readers skip it; text after it would make it a damaged line)."""
+    if not lines:
+        return
+    _drop_torn_tail(Path(path))
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write("".join(lines))
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Cut ``path`` back to its last newline when it does not end with one."""
+    try:
+        with open(path, "rb+") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            if not size or (handle.seek(size - 1), handle.read(1))[1] == b"\n":
+                return
+            start = max(0, size - (1 << 20))
+            while True:      # search backwards, a block at a time, for the last newline
+                handle.seek(start)
+                cut = handle.read(size - start).rfind(b"\n")
+                if cut >= 0 or start == 0:
+                    break
+                start = max(0, start - (1 << 20))
+            keep = start + cut + 1 if cut >= 0 else 0
+            handle.seek(keep)
+            if _is_json_object(handle.read()):   # a whole record that only lost its newline: readers keep it
+                handle.seek(0, os.SEEK_END)
+                handle.write(b"\n")
+            else:
+                handle.truncate(keep)
+    except FileNotFoundError:
+        return
+
+
+def _is_json_object(data: bytes) -> bool:
+    try:
+        return isinstance(json.loads(data), dict)
+    except ValueError:
+        return False
