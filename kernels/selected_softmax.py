@@ -33,6 +33,8 @@ import torch
 import triton
 import triton.language as tl
 
+from l2s.ops.reference import selected_text_softmax_reference
+
 LOG2E = 1.4426950408889634
 
 # Limits of the register tiles below (a (BLOCK, D) q/k tile and a (BLOCK, G) selector tile).
@@ -46,13 +48,9 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # ------------------------------------------------------------------------------------------------
 
 
-def selected_softmax_ref(q: torch.Tensor, k: torch.Tensor, selector: torch.Tensor, scale: float) -> torch.Tensor:
-    """What :func:`selected_softmax_forward` computes: ``softmax_t(q kᵀ · scale) @ selector``.
-
-    Materialises the (B, H, N, T) probabilities, in the inputs' dtype (pass float64 for a reference).
-    """
-    probs = torch.softmax(q @ k.transpose(-1, -2) * scale, dim=-1)
-    return probs @ selector.to(dtype=probs.dtype)
+# What :func:`selected_softmax_forward` computes, ``softmax_t(q kᵀ · scale) @ selector``: the op's own
+# reference (materialises the (B, H, N, T) probabilities in the inputs' dtype; pass float64).
+selected_softmax_ref = selected_text_softmax_reference
 
 
 def selected_softmax_lse_ref(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
