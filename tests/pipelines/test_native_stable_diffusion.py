@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 import torch
-from diffusers import EulerDiscreteScheduler
+from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
 
 from l2s.demo import tiny_classifier_for, tiny_sd_pipeline
 from l2s.pipelines.native import StableDiffusionRelationSteeringPipeline
@@ -66,6 +66,23 @@ def test_steers_later_steps_under_another_scheduler(stock, pipe):
                    generator=torch.Generator().manual_seed(0), output_type="np", **SIZE)
     assert sorted({r.step for r in result.steering[0].diagnostics.records}) == [0, 2]
     assert np.isfinite(result.images).all()
+
+
+def test_steered_start_draws_the_noise_at_the_called_schedules_scale(stock, pipe):
+    """A sigma-scaled scheduler (Euler, "leading" spacing) holds the previous call's sigmas until
+    this call sets its own: the start must use this call's, so a vanishing step size gives the
+    stock image whatever ran before."""
+    euler = StableDiffusionRelationSteeringPipeline.from_pipe(
+        pipe, scheduler=EulerDiscreteScheduler.from_config(stock.scheduler.config, timestep_spacing="leading"),
+        steering_step_size=1e-30)
+    euler.set_progress_bar_config(disable=True)
+    plain = StableDiffusionPipeline(**{k: v for k, v in euler.components.items() if k != "classifier"})
+    plain.set_progress_bar_config(disable=True)
+    kwargs = dict(num_inference_steps=4, output_type="np", **SIZE)
+    euler(PROMPTS[0], generator=torch.Generator().manual_seed(0), num_inference_steps=50, output_type="np", **SIZE)
+    steered = euler(PROMPTS[0], generator=torch.Generator().manual_seed(0), **kwargs).images
+    expected = plain(PROMPTS[0], generator=torch.Generator().manual_seed(0), **kwargs).images
+    assert np.abs(steered - expected).max() < 1e-5
 
 
 def test_loads_as_a_diffusers_custom_pipeline(stock, pipe, tmp_path, monkeypatch):

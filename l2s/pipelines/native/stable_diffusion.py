@@ -150,7 +150,8 @@ class StableDiffusionRelationSteeringPipeline(RelationSteeringMixin, StableDiffu
                        steer_at):
         """The initial latents (drawn from ``generator`` as the stock call would), steered at step 0,
         in the unscaled form the stock call takes."""
+        # The timesteps first: a sigma-scaled scheduler's init_noise_sigma is that of the schedule it holds.
+        retrieve_timesteps(self.scheduler, steps, self._execution_device, timesteps, sigmas)
         latents = self.prepare_latents(cond.shape[0], self.unet.config.in_channels, height, width, cond.dtype,
                                        self._execution_device, generator, latents)
-        retrieve_timesteps(self.scheduler, steps, self._execution_device, timesteps, sigmas)
         return steer_at(latents, 0) / self.scheduler.init_noise_sigma
