@@ -11,19 +11,44 @@ from l2s.errors import UsageError
 
 
 def one_call_at_a_time(method):
-    """Refuse a second call on the same pipeline while one runs (another thread's): the diffusers
-    pipeline's scheduler and the capture hold per-call state, so two calls would mix their steps."""
+    """Refuse a second steering call while one runs (another thread's) on the same pipeline or on
+    another built over the same modules (``from_pipe`` views, ``wrap_pipeline`` of one pipe share
+    the denoiser and scheduler): the scheduler and the capture hold per-call state, so two calls
+    would mix their steps."""
     @functools.wraps(method)
     def guarded(self, *args, **kwargs):
-        lock = self.__dict__.setdefault("_call_lock", threading.Lock())
-        if not lock.acquire(blocking=False):
-            raise UsageError("this steering pipeline is already generating (a call from another thread?): one "
-                             "call at a time per pipeline; give each thread its own loaded pipeline")
+        held = []
         try:
+            for owner in _call_state(self):
+                lock = _lock_of(owner)
+                if not lock.acquire(blocking=False):
+                    raise UsageError("this steering pipeline, or another built over the same modules, is already "
+                                     "generating (a call from another thread?): one call at a time per set of "
+                                     "modules; give each thread its own loaded pipeline")
+                held.append(lock)
             return method(self, *args, **kwargs)
         finally:
-            lock.release()
+            for lock in reversed(held):
+                lock.release()
     return guarded
+
+
+_LOCKS_GUARD = threading.Lock()   # makes each object's lock exactly once
+
+
+def _lock_of(owner) -> threading.Lock:
+    with _LOCKS_GUARD:
+        return owner.__dict__.setdefault("_l2s_call_lock", threading.Lock())
+
+
+def _call_state(pipe) -> list:
+    """The objects a steering call changes: the pipeline, its denoiser (processors, requires_grad)
+    and its scheduler (timesteps), whichever surface holds them."""
+    inner = getattr(pipe, "pipe", pipe)       # SteeringPipeline wraps a diffusers pipeline
+    denoiser = getattr(pipe, "steering_denoiser", None) or getattr(pipe, "denoiser", None)
+    found = [pipe, denoiser, getattr(inner, "scheduler", None)]
+    unique = {id(o): o for o in found if o is not None and hasattr(o, "__dict__")}
+    return sorted(unique.values(), key=id)   # one order for every caller: no lock-order deadlock
 
 
 def refuse_inference_mode() -> None:

@@ -347,3 +347,34 @@ def test_a_native_call_needs_autograd_and_runs_one_at_a_time(pipe):
         release.set()
         worker.join(120)
     assert outcome["images"].shape[0] == 1
+
+
+def test_views_over_the_same_modules_run_one_steering_call_at_a_time(pipe):
+    """Two from_pipe views share the transformer and scheduler: a call on one while the other runs is
+    refused (before, both failed with an IndexError from the shared scheduler)."""
+    import threading
+
+    view = FluxRelationSteeringPipeline.from_pipe(pipe)
+    view.set_progress_bar_config(disable=True)
+    started, release, outcome = threading.Event(), threading.Event(), {}
+
+    def hold(p, step, timestep, tensors):
+        started.set()
+        release.wait(60)
+        return tensors
+
+    def first():
+        outcome["images"] = pipe("a cat above a dog", num_inference_steps=2, callback_on_step_end=hold,
+                                 output_type="np", **SIZE).images
+
+    worker = threading.Thread(target=first)
+    worker.start()
+    assert started.wait(60)
+    try:
+        with pytest.raises(UsageError, match="already generating"):
+            view("a cat above a dog", num_inference_steps=2, **SIZE)
+    finally:
+        release.set()
+        worker.join(120)
+    assert outcome["images"].shape[0] == 1
+    assert view("a cat above a dog", num_inference_steps=2, output_type="np", **SIZE).images.shape[0] == 1

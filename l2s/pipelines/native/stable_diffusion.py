@@ -41,7 +41,8 @@ class StableDiffusionRelationSteeringPipeline(RelationSteeringMixin, StableDiffu
 
     Same construction, arguments, output and guarantees as
     :class:`~l2s.pipelines.native.FluxRelationSteeringPipeline` (``from_pipe(pipe, classifier=...)``,
-    ``relations=``, ``steer=``, ``steering_schedule=``); the maps are read over the CLIP tokens
+    ``relations=``, ``steer=``, ``steering_schedule=``), except that ``return_dict=False`` gives
+    ``(images, nsfw_content_detected, steering)`` as stock SD does; the maps are read over the CLIP tokens
     from the UNet's cross-attention layers, on the conditional pass only (no CFG batch), as published.
     During a call the UNet and the classifier are frozen and restored afterwards.
     """
