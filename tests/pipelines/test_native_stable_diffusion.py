@@ -100,3 +100,10 @@ def test_loads_as_a_diffusers_custom_pipeline(stock, pipe, tmp_path, monkeypatch
     loaded = DiffusionPipeline.from_pretrained(tmp_path / "sd", custom_pipeline=custom_pipeline_file("stable-diffusion"),
                                                trust_remote_code=True, classifier=pipe.classifier)
     assert type(loaded).__name__ == "StableDiffusionRelationSteeringPipeline" and loaded.steering_family() == "sd14"
+
+
+def test_from_pipe_refuses_a_mode_that_compiles_flux_only(stock):
+    from l2s.errors import UsageError
+
+    with pytest.raises(UsageError, match="compiles FLUX's steered forward.*steering_mode='fast'"):
+        StableDiffusionRelationSteeringPipeline.from_pipe(stock, steering_mode="fast+compiled")

@@ -152,7 +152,9 @@ class RelationSteeringMixin:
         # Checked here, not at the first steered call (after the prompts were encoded).
         if classifier is not None:     # None: an unsteered pipeline until one is set
             check_classifier_argument(classifier)
-        execution_mode(steering_mode or "fast")
+        if execution_mode(steering_mode or "fast").compile_steering and self.denoiser_name != "transformer":
+            raise UsageError(f"steering_mode {steering_mode!r} compiles FLUX's steered forward; "
+                             f"{type(self).__name__} has none: use steering_mode='fast'")
         checked_capture_backend(capture_backend or DEFAULT_CAPTURE_BACKEND, steering_mode or "fast")
         checked_schedule(steering_schedule)
         if steering_family is not None and steering_family not in self.steering_families:
