@@ -76,6 +76,8 @@ def _autocast(q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
     """q and k in autocast's dtype where it is on (SDPA, the other backend, is cast the same way;
     like autocast, float64 is left alone)."""
     device = q.device.type
+    if not torch.amp.is_autocast_available(device):   # e.g. meta tensors (shape-only tracing)
+        return q, k
     if q.dtype.is_floating_point and q.dtype != torch.float64 and torch.is_autocast_enabled(device):
         dtype = torch.get_autocast_dtype(device)
         return q.to(dtype), k.to(dtype)

@@ -174,6 +174,14 @@ def test_fake_tensor_gives_shape_and_dtype():
     assert grad_q.shape == q.shape and grad_k.shape == k.shape
 
 
+def test_the_public_wrappers_give_shapes_of_meta_tensors():
+    from l2s.ops import selected_text_attention, selected_text_softmax
+
+    q, k, selector = (torch.empty(*shape, device="meta") for shape in ((1, 2, 3, 4), (1, 2, 5, 4), (5, 2)))
+    assert selected_text_softmax(q, k, selector).shape == (1, 2, 3, 2)
+    assert selected_text_attention(q, k, selector).shape == (1, 2, 3, 2)
+
+
 @pytest.mark.filterwarnings("ignore:Your compiler for AOTAutograd is returning a function:UserWarning")
 def test_torch_compile_fullgraph_with_gradients():
     from torch._dynamo.testing import AotEagerAndRecordGraphs
