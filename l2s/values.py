@@ -7,9 +7,9 @@ import math
 from l2s.errors import UsageError
 
 
-def _numpy_hint(value) -> str:
+def _numpy_hint(value, cast: str = "int(...)") -> str:
     """Reports are JSON: numbers must be Python's own, so a numpy scalar is refused with the fix."""
-    return f" ({type(value).__name__}: pass int(...) or float(...))" if type(value).__module__ == "numpy" else ""
+    return f" ({type(value).__name__}: pass {cast})" if type(value).__module__ == "numpy" else ""
 
 
 def positive_int(value, name: str) -> int:
@@ -43,7 +43,7 @@ def image_side(value, name: str) -> int:
 
 def finite_number(value, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise UsageError(f"{name} must be a finite number, got {value!r}{_numpy_hint(value)}")
+        raise UsageError(f"{name} must be a finite number, got {value!r}{_numpy_hint(value, 'float(...)')}")
     return float(value)
 
 
