@@ -131,12 +131,18 @@ def announce_steering(steerer, plan, height: int | None, width: int | None) -> N
     say_once(steerer, [*plan.warnings, map_grid_warning(steerer, height, width)])
 
 
+SAID_LINES_KEPT = 1024   # a service's free-text prompts make new lines forever: the oldest are forgotten
+
+
 def say_once(owner, lines) -> None:
-    """Log each line (None: nothing) the first time ``owner`` (a pipeline) says it."""
-    said = owner.__dict__.setdefault("_l2s_warned", set())
+    """Log each line (None: nothing) the first time ``owner`` (a pipeline) says it (of the last
+    :data:`SAID_LINES_KEPT` distinct lines)."""
+    said = owner.__dict__.setdefault("_l2s_warned", {})     # a dict keeps the order lines were said in
     for line in lines:
         if line and line not in said:
-            said.add(line)
+            said[line] = None
+            if len(said) > SAID_LINES_KEPT:
+                del said[next(iter(said))]
             log.warning("warning: %s", line)
 
 

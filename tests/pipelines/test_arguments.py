@@ -147,3 +147,16 @@ def test_doubtful_token_mapping_is_logged_when_steering(flux, caplog):
     (record,) = caplog.records
     assert "'red circle' occurs 2 times" in record.getMessage()
     assert result.plan.pairs == [(0, 1)] and result.report()["warnings"] == [record.getMessage()[len("warning: "):]]
+
+
+def test_say_once_says_each_line_once_and_keeps_a_bounded_memory(caplog, monkeypatch):
+    import l2s.pipelines.arguments as arguments
+
+    monkeypatch.setattr(arguments, "SAID_LINES_KEPT", 3)
+    owner = type("Pipe", (), {})()
+    with caplog.at_level("WARNING", logger="l2s"):
+        arguments.say_once(owner, ["a", None, "a", "b"])
+        arguments.say_once(owner, ["c", "d", "b"])     # "a" is forgotten once "d" comes
+        arguments.say_once(owner, ["a"])
+    assert [r.getMessage() for r in caplog.records] == [f"warning: {x}" for x in "abcda"]
+    assert len(owner._l2s_warned) == 3
