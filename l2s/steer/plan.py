@@ -5,8 +5,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from l2s.errors import PromptError, UnsupportedRelationError
-from l2s.parsing import ParsedPrompt, Triplet, parse_prompt
-from l2s.relations import NEUTRAL, canonical_class, class_index
+from l2s.parsing import NON_DIRECTIONAL_PHRASES, NonDirectional, ParsedPrompt, Triplet, parse_prompt
+from l2s.relations import CANONICAL, NEUTRAL, canonical_class, class_index
 from l2s.tokens import check_prompt_length, first_occurrence_span, mention_groups, mention_warnings
 
 # One relation as a user writes it: ("dog", "left of", "cat") or {"subject", "relation", "object"}.
@@ -70,21 +70,36 @@ def parsed_from_relations(prompt: str, relations: Sequence[RelationLike]) -> Par
     """``relations`` as if the parser had found them in ``prompt`` (each object must occur in it).
 
     A relation is ``(subject, relation, object)`` or a dict with those keys; the relation may be
-    spelled as a classifier class ("to the left of") or canonically ("left of").
+    spelled as a classifier class ("to the left of") or canonically ("left of"). A non-directional
+    one ("next to", "behind") is reported, not steered, as the parser's are.
     """
-    triplets = []
+    parsed = ParsedPrompt(prompt)
     for item in relations:
         if isinstance(item, dict):
             item = (item.get("subject"), item.get("relation"), item.get("object"))
         if isinstance(item, str) or len(item) != 3 or not all(isinstance(x, str) and x.strip() for x in item):
             raise PromptError(f"a relation is (subject, relation, object), three non-empty strings; got {item!r}")
         subject, relation, obj = (x.strip() for x in item)
+        spans = first_occurrence_span(prompt, subject), (0, 0), first_occurrence_span(prompt, obj)
+        if relation.lower() in NON_DIRECTIONAL_PHRASES:
+            parsed.non_directional.append(NonDirectional(subject, relation, obj, *spans))
+            continue
+        parsed.triplets.append(Triplet(subject, _steerable_class(relation), obj, *spans))
+    return parsed
+
+
+def _steerable_class(relation: str) -> str:
+    """The canonical class of a relation to steer; the error names what can be given instead."""
+    steerable = f"steerable: {', '.join(CANONICAL)}; reported unsteered: {', '.join(NON_DIRECTIONAL_PHRASES)}"
+    try:
         canonical = canonical_class(relation)
-        if canonical == NEUTRAL:
-            raise UnsupportedRelationError(f"{relation!r} is not a spatial relation that can be steered")
-        triplets.append(Triplet(subject, canonical, obj, first_occurrence_span(prompt, subject), (0, 0),
-                                first_occurrence_span(prompt, obj)))
-    return ParsedPrompt(prompt, triplets=triplets)
+    except UnsupportedRelationError as error:
+        if "did you mean" in str(error):
+            raise
+        raise UnsupportedRelationError(f"unknown relation {relation!r} ({steerable})") from None
+    if canonical == NEUTRAL:
+        raise UnsupportedRelationError(f"{relation!r} is not a spatial relation ({steerable})")
+    return canonical
 
 
 def relations_per_prompt(relations, count: int) -> list:

@@ -175,6 +175,23 @@ def test_return_dict_false_and_missing_classifier(stock, pipe):
     with pytest.raises(UsageError, match="classifier"):
         bare("a cat above a dog", num_inference_steps=2, **SIZE)
     assert bare("a cat above a dog", num_inference_steps=2, steer=False, **SIZE).images
+    unsteered = bare(["a cat", "a cat next to a dog"], num_inference_steps=2, **SIZE)   # nothing to steer
+    assert len(unsteered.images) == 2 and not any(s.steered for s in unsteered.steering)
+
+
+def test_given_non_directional_relations_are_reported_not_steered(pipe):
+    from l2s.errors import UnsupportedRelationError
+
+    prompt = "a cat next to a dog above a bird"
+    result = pipe(prompt, relations=[("cat", "next to", "dog"), ("dog", "above", "bird")], num_inference_steps=2,
+                  output_type="np", **SIZE)
+    report = result.steering[0].to_json()
+    assert [r["relation"] for r in report["relations"]] == ["above"]
+    assert [r["relation"] for r in report["non_directional"]] == ["next to"]
+    only_near = pipe(prompt, relations=[("cat", "near", "dog")], num_inference_steps=2, output_type="np", **SIZE)
+    assert not only_near.steering[0].steered
+    with pytest.raises(UnsupportedRelationError, match=r"'is' is not a spatial relation \(steerable: left of"):
+        pipe(prompt, relations=[("cat", "is", "dog")], num_inference_steps=2, **SIZE)
 
 
 def test_bf16_steers(pipe):

@@ -64,7 +64,8 @@ def plan_prompts(prompts: list[str], relations, images_per_prompt: int, plan_one
             plan = SteeringPlan(parsed=ParsedPrompt(prompt))
         else:
             parsed = parse_prompt(prompt) if given is None else parsed_from_relations(prompt, given)
-            plan = plan_one(parsed)
+            # nothing to steer: no classifier is asked (a pipeline without one makes such images)
+            plan = plan_one(parsed) if parsed.steerable else SteeringPlan(parsed=parsed)
         rows = range(k * images_per_prompt, (k + 1) * images_per_prompt)
         steerings.append(PromptSteering(prompt, rows, plan, schedule if plan.steered else None,
                                         requested=schedule is not None))
