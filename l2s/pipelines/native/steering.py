@@ -8,6 +8,7 @@ every stock feature (output types, CFG, progress bar configuration, offload hook
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Iterator
 
 import torch
@@ -28,6 +29,8 @@ from l2s.steer import (
 from ..arguments import check_classifier_argument, checked_capture_backend, checked_schedule, say_once
 from ..loading import model_steering_defaults
 from .plans import PromptSteering, SteeredRows
+
+log = logging.getLogger(__name__)
 
 # The batch rows a steered forward runs: a slice, or the indices of non-adjacent prompts' rows.
 Rows = slice | list[int]
@@ -197,6 +200,20 @@ class RelationSteeringMixin:
         if dtype is not None:
             new.to(dtype=dtype)
         return new
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """The stock ``save_pretrained`` of every module but the classifier, which diffusers cannot
+        save: reload with ``from_pretrained(dir, classifier=RelationClassifier.load(...))``."""
+        classifier = getattr(self, "classifier", None)
+        if classifier is None:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        self.register_modules(classifier=None)     # not a diffusers component: left out, not warned about
+        try:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        finally:
+            self.register_modules(classifier=classifier)
+            log.info("%s: the relation classifier is not saved with the pipeline; save it with its own "
+                     "save() and pass classifier= to from_pretrained", save_directory)
 
     @property
     def steering_denoiser(self) -> torch.nn.Module:
