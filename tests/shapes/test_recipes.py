@@ -421,6 +421,27 @@ def test_the_native_pipeline_takes_a_shapes_models_family_and_step_size_unless_t
     assert told.steering_family() == "flux-schnell" and told.steering_step_size() == 2.0
 
 
+def test_the_native_pipeline_samples_a_shapes_model_as_it_was_trained_unless_told(tiny_shapes_pipe):
+    """Size, steps and true CFG against the empty caption: the model's own for arguments not given."""
+    import numpy as np
+
+    from l2s.pipelines import FluxRelationSteeringPipeline
+
+    native = FluxRelationSteeringPipeline.from_pipe(tiny_shapes_pipe, classifier=_tiny_shapes_classifier(tiny_shapes_pipe))
+    native.set_progress_bar_config(disable=True)
+    steps, side = [], shapes_world.image_size(tiny_shapes_pipe)
+    record = lambda p, i, t, kw: steps.append(i) or kw     # noqa: E731
+    prompt, seed = "a red circle to the left of a blue square", lambda: torch.Generator().manual_seed(0)
+    default = native(prompt, steer=False, generator=seed(), output_type="np", callback_on_step_end=record).images
+    told = native(prompt, steer=False, generator=seed(), output_type="np", height=side, width=side,
+                  num_inference_steps=shapes_world.SHAPES_STEPS, true_cfg_scale=shapes_world.SHAPES_TRUE_CFG,
+                  negative_prompt="").images
+    assert default.shape[1:3] == (side, side) and len(steps) == shapes_world.SHAPES_STEPS
+    assert np.array_equal(default, told)
+    plain = native(prompt, steer=False, generator=seed(), output_type="np", true_cfg_scale=1.0).images
+    assert not np.array_equal(default, plain)      # true CFG 1 asked: no guidance
+
+
 @needs_assets
 def test_the_shipped_steerer_takes_the_speed_options():
     steerer = shapes_world.load_shapes_steerer(engine="eager", capture_backend="native", mode="fast+compiled")

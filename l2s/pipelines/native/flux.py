@@ -95,8 +95,8 @@ class FluxRelationSteeringPipeline(RelationSteeringMixin, FluxPipeline):
     @torch.no_grad()
     def __call__(self, prompt: str | list[str] = None, prompt_2: str | list[str] | None = None,
                  negative_prompt: str | list[str] = None, negative_prompt_2: str | list[str] | None = None,
-                 true_cfg_scale: float = 1.0, height: int | None = None, width: int | None = None,
-                 num_inference_steps: int = 28, sigmas: list[float] | None = None,
+                 true_cfg_scale: float | None = None, height: int | None = None, width: int | None = None,
+                 num_inference_steps: int | None = None, sigmas: list[float] | None = None,
                  guidance_scale: float = 3.5, num_images_per_prompt: int = 1, generator=None,
                  latents: torch.Tensor | None = None, output_type: str = "pil", return_dict: bool = True,
                  joint_attention_kwargs: dict[str, Any] | None = None, callback_on_step_end=None,
@@ -108,8 +108,8 @@ class FluxRelationSteeringPipeline(RelationSteeringMixin, FluxPipeline):
             raise UsageError("steering reads the prompt's words: pass prompt= and no prompt_embeds "
                              "(embeddings alone cannot be steered; use FluxPipeline for that)")
         prompts = checked_prompts(prompt, steer)
-        height = height or self.default_sample_size * self.vae_scale_factor
-        width = width or self.default_sample_size * self.vae_scale_factor
+        height, width, num_inference_steps, true_cfg_scale, negative_prompt = self._sampling_defaults(
+            height, width, num_inference_steps, true_cfg_scale, negative_prompt)
         schedule = self.steering_schedule_for(steering_schedule, num_inference_steps) if steer else None
         steerings = plan_prompts(prompts, relations, num_images_per_prompt,
                                  lambda parsed: self._plan(parsed, max_sequence_length), schedule)
@@ -145,6 +145,18 @@ class FluxRelationSteeringPipeline(RelationSteeringMixin, FluxPipeline):
         if not return_dict:
             return output.images, steerings
         return FluxRelationSteeringOutput(images=output.images, steering=steerings)
+
+    def _sampling_defaults(self, height, width, steps, true_cfg_scale, negative_prompt):
+        """What the caller left out: the model's own sampling (a shapes model's size, steps and
+        guidance against the empty caption, as ``wrap_pipeline`` gives them), else the stock call's."""
+        own = model_steering_defaults(self)
+        side = own.get("size") or self.default_sample_size * self.vae_scale_factor
+        if true_cfg_scale is None:
+            true_cfg_scale = own.get("true_cfg_scale", 1.0)
+            if true_cfg_scale > 1 and negative_prompt is None:
+                negative_prompt = ""
+        steps = own.get("steps", 28) if steps is None else steps
+        return height or side, width or side, steps, true_cfg_scale, negative_prompt
 
     # ---- steering -------------------------------------------------------------------------
     def _grid_warning(self, steerings, height: int, width: int) -> str | None:
