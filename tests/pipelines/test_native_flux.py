@@ -194,6 +194,11 @@ def test_given_non_directional_relations_are_reported_not_steered(pipe):
         pipe(prompt, relations=[("cat", "is", "dog")], num_inference_steps=2, **SIZE)
 
 
+def test_a_negative_prompt_list_of_another_length_is_named(pipe):
+    with pytest.raises(UsageError, match="negative_prompt has 2 entries for 1 prompts"):
+        pipe("a cat above a dog", negative_prompt=["x", "y"], true_cfg_scale=2.0, num_inference_steps=2, **SIZE)
+
+
 def test_bf16_steers(pipe):
     pipe.to(torch.bfloat16)
     result = pipe("a cat above a dog", generator=torch.Generator().manual_seed(0), num_inference_steps=2,

@@ -177,6 +177,9 @@ class FluxRelationSteeringPipeline(RelationSteeringMixin, FluxPipeline):
         """The negative prompt's (embeddings, pooled), one per prompt (a single string serves all)."""
         if isinstance(negative_prompt, str):
             negative_prompt = [negative_prompt] * count
+        if len(negative_prompt) != count:
+            raise UsageError(f"negative_prompt has {len(negative_prompt)} entries for {count} prompts: give one "
+                             "string for all, or one per prompt")
         embeds, pooled, _ = self.encode_prompt(prompt=negative_prompt, prompt_2=negative_prompt_2,
                                                device=self._execution_device,
                                                num_images_per_prompt=per_prompt,
