@@ -6,6 +6,7 @@ name in place of the argument's; a value is never silently replaced by a default
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 
 
 def check_sampling_args(args: argparse.Namespace) -> None:
@@ -55,7 +56,7 @@ def _check_weights(args: argparse.Namespace) -> None:
         check_reward_model_folder(reward_model_path(args.reward_model))
 
 
-def refuse_near_shipped_name(value, shipped: list[str], what: str) -> None:
+def refuse_near_shipped_name(value, shipped: Sequence[str], what: str) -> None:
     """A value that is no path but close to a shipped name (``shapes-k5``, ``spatialscor``): one
     line saying which was meant, in place of "no such folder"."""
     import difflib

@@ -324,13 +324,14 @@ def test_shipped_classifiers_load_by_name(tmp_path, capsys):
 
 def test_a_shipped_name_resumes_an_eval_run_and_never_shadows_a_folder_or_hub_id(tmp_path, capsys, monkeypatch):
     from l2s.cli import main
-    from l2s.cli.models import _near_shipped_name
+    from l2s.cli.checks import refuse_near_shipped_name
+    from l2s.cli.models import SHIPPED_CLASSIFIER_NAMES
     from l2s.shapes.recipes import classifier_folder
 
     argv = ["eval", "--n-prompts", "1", "--seeds", "0", "--mode", "base", "--classifier", "shapes-k4", "--quiet",
             "--out", str(tmp_path / "e")]
     assert main(argv) == 0 and main(argv) == 0, capsys.readouterr().err   # the same settings: resumed
-    _near_shipped_name("org/shapes")          # a hub id is not a misspelt name
+    refuse_near_shipped_name("org/shapes", SHIPPED_CLASSIFIER_NAMES, "classifier")   # a hub id is no misspelt name
     monkeypatch.chdir(tmp_path)
     (tmp_path / "shapes").mkdir()
     assert classifier_folder("shapes") == "shapes"   # a folder of that name here wins
