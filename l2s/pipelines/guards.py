@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import weakref
 
 import torch
 
@@ -33,12 +34,18 @@ def one_call_at_a_time(method):
     return guarded
 
 
-_LOCKS_GUARD = threading.Lock()   # makes each object's lock exactly once
+# Each object's lock, kept beside it (not in it: a module with a lock attribute could no longer be
+# deep-copied or pickled); _LOCKS_GUARD makes each lock exactly once.
+_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
 
 
 def _lock_of(owner) -> threading.Lock:
     with _LOCKS_GUARD:
-        return owner.__dict__.setdefault("_l2s_call_lock", threading.Lock())
+        lock = _LOCKS.get(owner)
+        if lock is None:
+            lock = _LOCKS[owner] = threading.Lock()
+        return lock
 
 
 def _call_state(pipe) -> list:
@@ -47,7 +54,7 @@ def _call_state(pipe) -> list:
     inner = getattr(pipe, "pipe", pipe)       # SteeringPipeline wraps a diffusers pipeline
     denoiser = getattr(pipe, "steering_denoiser", None) or getattr(pipe, "denoiser", None)
     found = [pipe, denoiser, getattr(inner, "scheduler", None)]
-    unique = {id(o): o for o in found if o is not None and hasattr(o, "__dict__")}
+    unique = {id(o): o for o in found if o is not None}
     return sorted(unique.values(), key=id)   # one order for every caller: no lock-order deadlock
 
 

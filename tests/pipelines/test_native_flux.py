@@ -411,3 +411,11 @@ def test_views_over_the_same_modules_run_one_steering_call_at_a_time(pipe):
         worker.join(120)
     assert outcome["images"].shape[0] == 1
     assert view("a cat above a dog", num_inference_steps=2, output_type="np", **SIZE).images.shape[0] == 1
+
+
+def test_a_steered_call_leaves_the_modules_copyable(pipe):
+    import copy
+
+    pipe("a cat above a dog", num_inference_steps=2, output_type="np", **SIZE)
+    copy.deepcopy(pipe.transformer)
+    copy.deepcopy(pipe.scheduler)
