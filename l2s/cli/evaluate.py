@@ -218,12 +218,14 @@ def _given_relations(text: str | None, specs):
 def _run_locked(args: argparse.Namespace, specs, seeds, relations_of=None):
     from l2s.distributed import world
     from l2s.evaluation import MODES, check_scorable, load_detector, run_eval
-    from l2s.evaluation.run_dir import refuse_changed_settings
+    from l2s.evaluation.run_dir import refuse_changed_settings, refuse_fewer_images
 
     settings = _request_settings(args)
-    if not args.restart:   # a damaged run.json, or other settings, refused before any model loads
+    modes = MODES if args.mode == "both" else (args.mode,)
+    if not args.restart:   # a damaged run.json, other settings or fewer images: refused before any model loads
         settings = _spelled_as_before(args.out, settings)
         refuse_changed_settings(args.out, settings, not_yet=STEERER_SETTINGS)
+        refuse_fewer_images(args.out, seeds, modes)
     detector = load_detector(args.detector, args.detector_threshold, args.device, named=named_detectors())
     check_scorable(specs, args.rule, detector)
     steerer, source = load_steerer(args)
@@ -231,7 +233,6 @@ def _run_locked(args: argparse.Namespace, specs, seeds, relations_of=None):
         steer_given_relations(steerer, relations_of)
     if world().is_main:
         print(f"l2s: model: {source}", file=sys.stderr)
-    modes = MODES if args.mode == "both" else (args.mode,)
     # What runs the steps changes pixels too (kernels' rounding): the effective choices.
     settings.update(zip(STEERER_SETTINGS, (steerer.sampling_options(), steerer.step_size,
                                            getattr(steerer, "engine_kind", None), steerer.capture_backend)))

@@ -37,12 +37,12 @@ log = logging.getLogger(__name__)
 
 
 def prepare_run_dir(out: Path, specs: Sequence[PromptSpec], modes: list[str], settings: dict[str, Any],
-                     restart: bool) -> None:
+                     restart: bool, seeds: Sequence[int] = ()) -> None:
     """Everything of a run directory but its images (rank 0 of a spread run writes it alone)."""
     refuse_generate_outputs(out)
     if restart:
         clear_run(out)
-    claim_run_dir(out, settings)
+    claim_run_dir(out, settings, seeds, modes)
     atomic_write_text(out / PROMPTS_FILE, "".join(json.dumps(spec.to_dict()) + "\n" for spec in specs))
     for mode in modes:
         for index, spec in enumerate(specs):
@@ -81,10 +81,38 @@ def read_run_file(out: str | Path) -> dict | None:
     return previous
 
 
-def claim_run_dir(out: Path, settings: dict[str, Any]) -> None:
-    """Record the generation settings, or check a resumed run used the same ones."""
+def claim_run_dir(out: Path, settings: dict[str, Any], seeds: Sequence[int] = (), modes: Sequence[str] = ()) -> None:
+    """Record the generation settings and the seeds and modes the run covers, or check a resumed
+    run used the same settings and asks for all of its images (more grow it)."""
     refuse_changed_settings(out, settings)
-    write_json(out / RUN_FILE, {"generation": settings})
+    covered = refuse_fewer_images(out, seeds, modes)
+    write_json(out / RUN_FILE, {"generation": settings, "covered": covered})
+
+
+def refuse_fewer_images(out: str | Path, seeds: Sequence[int], modes: Sequence[str]) -> dict:
+    """The seeds and modes the run in ``out`` covers with this request's added; a request for fewer
+    is refused (its summary would replace the run's with that of a part of its images)."""
+    previous = read_run_file(out) or {}
+    old = previous.get("covered") if isinstance(previous.get("covered"), dict) else {}
+    old_seeds, old_modes = list(old.get("seeds") or []), list(old.get("modes") or [])
+    missing_seeds = [s for s in old_seeds if s not in seeds]
+    missing_modes = [m for m in old_modes if m not in modes]
+    if missing_seeds or missing_modes:
+        asked = ", ".join(x for x in (missing_seeds and "--seeds " + _seed_list(old_seeds),
+                                       missing_modes and "--mode " + ("both" if len(old_modes) > 1 else old_modes[0]))
+                          if x)
+        raise L2SError(f"{out} holds a run of seeds {_seed_list(old_seeds)} in mode{'s' * (len(old_modes) > 1)} "
+                       f"{' and '.join(old_modes)}; this "
+                       f"request leaves some out, and its summary would cover only those: rerun with {asked} "
+                       "(more seeds grow the run), or use another --out")
+    return {"seeds": sorted(set(old_seeds) | set(seeds)), "modes": [m for m in MODES if m in {*old_modes, *modes}]}
+
+
+def _seed_list(seeds: Sequence[int]) -> str:
+    seeds = sorted(seeds)
+    if len(seeds) > 1 and seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ",".join(map(str, seeds))
 
 
 # Settings a resumed run may raise: more prompts of a generated set, whose first ones are the

@@ -146,7 +146,7 @@ def run_eval(steerer, specs: Sequence[PromptSpec], detector: Detector, out_dir: 
         settings = _call_settings(out_dir, generate)
     out = Path(out_dir)
     with output_lock(out, kind="eval"):
-        world().on_main(lambda: prepare_run_dir(out, specs, modes, dict(settings), restart))
+        world().on_main(lambda: prepare_run_dir(out, specs, modes, dict(settings), restart, seeds))
         generate["progress"] = False
         run = _Run(steerer, detector, out, rule, {"rule": rule, "detector": detector_name}, generate, batch_size)
         return _generate_run(run, specs, seeds, modes, settings, contact_sheets, progress)

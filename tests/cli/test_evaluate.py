@@ -205,6 +205,21 @@ def test_eval_grows_its_prompt_set_and_keeps_the_images_it_has(tiny_run, tmp_pat
     assert code == 2 and "n_prompts: 3 -> 2" in error_lines(err)[0]
 
 
+def test_eval_refuses_a_request_for_fewer_seeds_or_modes_and_keeps_its_summary(tiny_run, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run, out)
+    before = (out / "summary.json").read_text()
+    seeds = TINY_RUN.index("--seeds") + 1
+    for changed, fix in (([*TINY_RUN[:seeds], "1", *TINY_RUN[seeds + 1:]], "--seeds 0"),
+                         ([*TINY_RUN, "--mode", "steered"], "--mode both")):
+        code, _, err = run(changed + ["--out", str(out)], capsys)
+        (line,) = error_lines(err)
+        assert code == 2 and "holds a run of seeds 0 in modes base and steered" in line and f"rerun with {fix}" in line
+    assert (out / "summary.json").read_text() == before
+    code, _, err = run(TINY_RUN + ["--out", str(out)], capsys)      # all of them: resumed as before
+    assert code == 0, err
+
+
 def test_eval_refuses_to_resume_with_a_classifier_retrained_at_the_same_path(tmp_path, capsys, monkeypatch):
     from l2s.demo import tiny_classifier_for, tiny_flux_pipeline
 
