@@ -148,10 +148,17 @@ def run(args: argparse.Namespace) -> int:
     report = _score_folder(args) if args.images else _generate_and_score(args)
     if group.is_main:
         print(report.table())
-        for line in _resumed_lines(report, args.out):
+        for line in _resumed_lines(report, args.out) + _warning_lines(report):
             print(line, file=sys.stderr)
         print(wrote_line(Path(args.out), folder_outputs(Path(args.out))), file=sys.stderr)
     return 0
+
+
+def _warning_lines(report) -> list[str]:
+    """What made steering doubtful in this table's images (said again under it: a resumed run's
+    images were steered in an earlier call, whose lines scrolled away)."""
+    return [f"l2s: warning: {mode} images: {line}" for mode, part in report.modes.items()
+            if hasattr(part, "warnings") for line in part.warnings()]
 
 
 def _resumed_lines(report, out) -> list[str]:

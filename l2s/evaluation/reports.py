@@ -46,6 +46,10 @@ class ModeReport:
     def score_s_per_image(self) -> float:
         return _mean(r.meta.get("score_s") for r in self.records)
 
+    def warnings(self) -> list[str]:
+        """What made this mode's steering doubtful (resampled maps, ...), each line once."""
+        return list(dict.fromkeys(w for r in self.records for w in r.meta.get("warnings") or []))
+
     def status_counts(self) -> dict[str, int]:
         """How many images were generated, scored, re-scored or resumed in this call."""
         return dict(Counter(r.status for r in self.records))
@@ -53,7 +57,8 @@ class ModeReport:
     def to_dict(self) -> dict[str, Any]:
         return {**self.summary.to_dict(), "generate_s_per_image": self.generate_s_per_image,
                 "generate_cpu_s_per_image": self.generate_cpu_s_per_image,
-                "score_s_per_image": self.score_s_per_image, "status_counts": self.status_counts()}
+                "score_s_per_image": self.score_s_per_image, "status_counts": self.status_counts(),
+                "warnings": self.warnings()}
 
 
 # What differs between two runs of the same prompts and seeds: timings and how images were reached.

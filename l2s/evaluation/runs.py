@@ -307,11 +307,11 @@ def _generate_chunk(run: _Run, specs: Sequence[PromptSpec], pairs: list[tuple[in
     if len(jobs) == 1:
         generated = run.steerer(prompts[0], seed=seeds[0], steer=mode == STEERED, **run.generate)
         views = [_steering_meta(generated.plan, getattr(generated, "outcome", None),
-                                generated.diagnostics.records, mode)]
+                                generated.diagnostics.records, mode, getattr(generated, "warnings", ()))]
     else:
         generated = run.steerer(prompts, seed=seeds, steer=mode == STEERED, **run.generate)
         views = [_steering_meta(plan, outcome, generated.diagnostics.for_image(i).records if plan.steered else [],
-                                mode)
+                                mode, getattr(generated, "warnings", ()))
                  for i, (plan, outcome) in enumerate(zip(generated.plans, generated.outcomes))]
     seconds = generated.timings["total"] / len(jobs)
     cpu_seconds = (time.process_time() - cpu_started) / len(jobs)
@@ -334,8 +334,9 @@ def _score_image(run: _Run, spec: PromptSpec, index: int, seed: int, mode: str, 
     return ImageRecord(result, png, meta, status)
 
 
-def _steering_meta(plan, outcome, records, mode: str) -> dict[str, Any]:
-    """What steering did to one image: its plan, outcome and iteration records (as if alone)."""
+def _steering_meta(plan, outcome, records, mode: str, call_warnings=()) -> dict[str, Any]:
+    """What steering did to one image: its plan, outcome, iteration records (as if alone) and what
+    made it doubtful (the plan's warnings and the call's, e.g. resampled maps)."""
     first: dict[int, float] = {}
     last: dict[int, float] = {}
     for record in records:
@@ -347,4 +348,5 @@ def _steering_meta(plan, outcome, records, mode: str) -> dict[str, Any]:
         "iterations": len(records),
         "target_probability_first": [first[k] for k in sorted(first)],
         "target_probability_last": [last[k] for k in sorted(last)],
+        "warnings": [*getattr(plan, "warnings", []), *call_warnings] if mode == STEERED and plan.steered else [],
     }

@@ -325,3 +325,17 @@ def main_help(argv, capsys):
     with pytest.raises(SystemExit):
         main(argv)
     return " ".join(capsys.readouterr().out.split())
+
+
+def test_eval_records_and_repeats_what_made_steering_doubtful(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, _, err = run(TINY_RUN + ["--height", "48", "--out", str(out)], capsys)
+    assert code == 0, err
+    modes = json.loads((out / "summary.json").read_text())["modes"]
+    assert modes["base"]["warnings"] == [] and len(modes["steered"]["warnings"]) == 1
+    assert "maps are resampled" in modes["steered"]["warnings"][0]
+    assert f"l2s: warning: steered images: {modes['steered']['warnings'][0]}" in err.splitlines()
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert all(bool(r["meta"]["warnings"]) == (r["meta"]["mode"] == "steered") for r in records)
+    code, _, err = run(TINY_RUN + ["--height", "48", "--out", str(out)], capsys)     # resumed: said again
+    assert code == 0 and "l2s: warning: steered images: " in err
