@@ -97,12 +97,46 @@ def load_steerer(args: argparse.Namespace):
     """(steering pipeline, description of what was loaded) for ``--model`` and ``--classifier``,
     with ``--capture-backend`` and ``--engine`` applied."""
     steerer, source = _load_steerer(args)
+    if args.classifier:
+        _check_fit(steerer, args.classifier)
     apply_speed_args(steerer, args)
     if getattr(args, "lora", None):
         from l2s.shapes.recipes import lora_folder
 
         source += f"; LoRA adapter {lora_folder(args.lora)}"
     return steerer, source
+
+
+def _check_fit(steerer, classifier: str) -> None:
+    """A classifier made for another model is refused naming the model its training data came from
+    (recorded beside an ``l2s train`` run's weights), so the fix is in the message."""
+    from l2s.errors import ClassifierMismatchError
+
+    try:
+        getattr(steerer, "check_classifier", lambda: None)()
+    except ClassifierMismatchError as error:
+        model = trained_on(classifier)
+        if model is None:
+            raise
+        option = "no --model (the shipped shapes model)" if model == "shapes-world" else f"--model {model}"
+        raise ClassifierMismatchError(f"{error}; {classifier} was trained on maps of the model {model!r}: "
+                                      f"pass {option}") from None
+
+
+def trained_on(classifier: str) -> str | None:
+    """The model whose maps trained ``classifier`` (a training run's weights folder), as its dataset
+    recorded it; None when nothing says."""
+    import json
+    from pathlib import Path
+
+    folder = Path(classifier) if Path(classifier).is_dir() else Path(classifier).parent
+    try:
+        training = json.loads((folder / "training.json").read_text())
+        dataset = json.loads((Path(training["dataset"]) / "dataset.json").read_text())
+        model = dataset["settings"]["model"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return model if isinstance(model, str) else None
 
 
 def model_folder(args: argparse.Namespace):

@@ -286,9 +286,8 @@ class SteeringPipeline:
         channels = self.map_channels()
         if cfg.channels != channels:
             raise ClassifierMismatchError(
-                f"classifier expects {cfg.channels} maps per object but this "
-                f"{self.family} model provides {channels} (layers x heads); use a classifier trained "
-                f"for this model")
+                f"classifier expects {cfg.channels} maps per object but this model provides {channels} "
+                "(layers x heads); use a classifier trained for this model")
 
     def steer_step(self, latents: torch.Tensor, step: int, plan: SteeringPlan | BatchPlan, schedule: Schedule,
                    run_denoiser, text_len: int, latent_hw: tuple[int, int],

@@ -339,3 +339,21 @@ def test_eval_records_and_repeats_what_made_steering_doubtful(tmp_path, capsys):
     assert all(bool(r["meta"]["warnings"]) == (r["meta"]["mode"] == "steered") for r in records)
     code, _, err = run(TINY_RUN + ["--height", "48", "--out", str(out)], capsys)     # resumed: said again
     assert code == 0 and "l2s: warning: steered images: " in err
+
+
+def test_a_classifier_of_another_model_is_refused_naming_the_model_it_was_trained_for(tmp_path, capsys):
+    from l2s.demo import tiny_classifier_for, tiny_flux_pipeline
+
+    weights, data = tmp_path / "run" / "best", tmp_path / "maps"
+    tiny_classifier_for(tiny_flux_pipeline(seed=0), seed=0).save(weights)
+    data.mkdir()
+    (data / "dataset.json").write_text(json.dumps({"settings": {"model": "tiny"}}))
+    (weights / "training.json").write_text(json.dumps({"dataset": str(data)}))
+    argv = ["eval", "--n-prompts", "1", "--seeds", "0", "--quiet", "--classifier", str(weights), "--out",
+            str(tmp_path / "e")]
+    code, _, err = run(argv, capsys)          # the default model is the shipped shapes one
+    (line,) = error_lines(err)
+    assert code == 2 and line.endswith(f"{weights} was trained on maps of the model 'tiny': pass --model tiny"), line
+    (weights / "training.json").unlink()      # nothing says: the plain refusal
+    code, _, err = run(argv, capsys)
+    assert code == 2 and error_lines(err)[0].endswith("use a classifier trained for this model")
