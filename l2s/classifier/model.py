@@ -188,7 +188,8 @@ class RelationClassifier(nn.Module, ClassifierHubMixin):
         """
         path = Path(path)
         if not path.exists():
-            if looks_like_hub_id(str(path)):
+            # "runs/clf" is a path whose folder "runs" is here, not a hub repository of an owner "runs"
+            if looks_like_hub_id(str(path)) and not Path(str(path).split("/")[0]).is_dir():
                 return cls.from_pretrained(str(path), local_files_only=True, map_location=map_location)
             raise ModelLoadError(f"classifier not found: {path}")
         if path.is_file() and path.name not in (WEIGHTS_FILE, CONFIG_FILE):
@@ -211,6 +212,9 @@ def _load_directory(directory: Path, map_location: str | torch.device) -> Relati
     config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
     for required in (config_path, weights_path):
         if not required.is_file():
+            if (directory / "best" / CONFIG_FILE).is_file():
+                raise ModelLoadError(f"{directory} is a training run, not a classifier: use {directory / 'best'} "
+                                     f"(the best epoch's weights) or {directory / 'last'}")
             raise ModelLoadError(f"classifier directory {directory} has no {required.name}")
     try:
         config_data = json.loads(config_path.read_text())

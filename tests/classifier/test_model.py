@@ -194,3 +194,13 @@ def test_missing_and_corrupt_files_raise_model_load_error(tmp_path):
     with pytest.raises(ModelLoadError, match="wrong shape: object_extractor.transformer.layers.0.linear1") as info:
         RelationClassifier.load(directory)
     assert "\n" not in str(info.value)
+
+
+def test_a_training_run_or_a_misspelt_local_path_is_named_as_such(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    tiny_model().save(run / "best")
+    with pytest.raises(ModelLoadError, match=r"is a training run, not a classifier: use .*run/best"):
+        RelationClassifier.load(run)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelLoadError, match=r"^classifier not found: run/nonexist$"):   # "run" is a folder here
+        RelationClassifier.load("run/nonexist")
