@@ -185,7 +185,7 @@ def remove_outputs(folder: str | Path, names: Sequence[str], why: str) -> list[s
         else:
             path.unlink(missing_ok=True)
     if present:
-        log.warning("%s: removed %s from %s", why, first_names(present, 6), folder)
+        log.warning("%s: removed %s from %s", why, first_names(present, 10), folder)
     return present
 
 
