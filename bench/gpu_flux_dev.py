@@ -34,6 +34,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -99,6 +100,13 @@ def first_blocks_config(pipe, config, k: int):
     return dataclasses.replace(config, layer_layout=layout, channels=sum(entry[1] for entry in layout))
 
 
+def short_calibration(line: str) -> str:
+    """A first-K classifier's calibration, shortened for the header: its gain and where it reaches 0.9."""
+    gain = line.split(";")[0]
+    where = re.search(r"\((reaches 0\.9 at evaluation \d+|stays below 0\.9)\)$", line)
+    return f"{gain}, {where.group(1)}" if where else line
+
+
 def make_steerers(pipe, arch, args, calibration_resolution: int | None) -> tuple[dict, object, str]:
     """The steerers of every row (a plan given, not parsed), the base classifier and the calibration."""
     def steerer(classifier, mode: str, engine: str = "eager"):
@@ -118,9 +126,10 @@ def make_steerers(pipe, arch, args, calibration_resolution: int | None) -> tuple
     # Fast mode may compile (and convert) its classifier: each steerer gets its own copy.
     steerers["fast"] = steerer(copy.deepcopy(classifier), "fast", args.engine)
     for k in args.layers:
-        if not 1 <= k <= arch.layers:
-            raise SystemExit(f"--layers {k}: the transformer has {arch.layers} blocks; choose 1 to {arch.layers}")
         layered = responsive_classifier(first_blocks_config(pipe, config, k))
+        if calibration_resolution is not None:     # as the main classifier: so its images exit early too
+            calibrated = calibrate(steerer(layered, "reference"), layered, calibration_resolution, STEP_SIZE)
+            calibration += f"; first {k} blocks: {short_calibration(calibrated)}"
         steerers[("layers", k)] = steerer(layered, "fast")
     for mode in COMPILED_MODES:     # the compiled steering modes this l2s has (CUDA graphs: on CUDA)
         if mode in MODES and not args.no_compile and (mode != "fast+cudagraphs" or args.device.startswith("cuda")):

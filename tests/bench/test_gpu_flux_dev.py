@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from l2s.steer.presets import schedule_preset
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "bench" / "gpu_flux_dev.py"
 COLUMNS = ["resolution", "measurement", "variant", "time (ms)", "speed-up", "peak extra memory (GiB)",
@@ -103,6 +105,13 @@ def test_whole_images_count_every_forward_and_exit_early(script, tmp_path, capsy
     assert counts["reference mode, reference schedule"] == 32
     # The responsive classifier crosses p >= 0.9, so early exit saves iterations.
     assert counts["fast mode, early-exit schedule"] < counts["fast mode, reference schedule"]
+    # Each first-K classifier is calibrated too: its row exits early as its comparison row does,
+    # so the two differ only in the classifier's blocks.
+    cap = sum(schedule_preset("fast", "flux-dev", 2).iterations)      # 2 steps: --image-steps 4 x 28/50
+    for name in [n for n in images if n.endswith("fast schedule") and "reference" not in n]:
+        assert counts[name] < cap, (name, counts[name])
+        assert float(re.search(r"last p\(target\) (\d\.\d+)", images[name]["notes"]).group(1)) >= 0.9, name
+    assert re.search(r"; first 1 blocks: gain \S+, reaches 0\.9 at evaluation \d", report)
     assert re.search(r"p\(target\) at 64² step 0: 0\.\d\d( -> \d\.\d\d)+ \(reaches 0\.9 at evaluation \d\)", report)
 
 
