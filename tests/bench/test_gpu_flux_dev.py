@@ -118,7 +118,7 @@ def test_whole_images_count_every_forward_and_exit_early(script, tmp_path, capsy
 def test_throughput_rows_time_one_call_of_b_seeds_against_batch_1(script, tmp_path, capsys):
     _, rows, _ = run_tiny(script, tmp_path, capsys, "--no-micro", "--presets", "fast", "--throughput-batches", "1", "2")
     check_speed_ups(rows)
-    batches = [r for r in rows if r["measurement"].startswith("whole image per batch size")]
+    batches = [r for r in rows if r["measurement"].startswith("whole image per batch size, denoising loop")]
     assert [r["variant"] for r in batches] == ["plain, batch 1", "plain, batch 2", "steered, fast preset, batch 1",
                                                "steered, fast preset, batch 2"]
     assert all(float(r["time (ms)"]) > 0 for r in batches)
@@ -130,6 +130,54 @@ def test_a_spent_budget_skips_rows_and_says_so(script, tmp_path, capsys):
     _, rows, records = run_tiny(script, tmp_path, capsys, "--budget-s", "0", "--layers", "--presets", "fast")
     assert rows and all(r["notes"].startswith("skipped: time budget") for r in rows)
     assert all(r["ms"] is None for r in records)
+
+
+def test_a_failed_row_makes_the_run_exit_1_and_the_last_line_counts_it(script, tmp_path, capsys, monkeypatch):
+    from flux_bench.report import Row
+    from flux_bench.timing import Budget, guarded
+
+    def broken_and_late_rows(*args, **kwargs):
+        broken, late = Row(0, "g", "broken"), Row(0, "g", "late")
+        guarded(broken, lambda: 1 / 0)                       # a row that fails
+        guarded(late, lambda: (1.0, None), Budget(0.0))      # and one past the budget: not a failure
+        yield from (broken, late)
+
+    monkeypatch.setattr(script, "classifier_rows", broken_and_late_rows)
+    threads = torch.get_num_threads()
+    try:
+        code = script.main([*QUICK, "--layers", "--image-resolutions", "--out", str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 1
+    (last,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Finished in")]
+    assert "1 failed, 1 skipped" in last
+
+
+@pytest.mark.parametrize("options, named", [
+    (["--repeats", "0"], "--repeats"), (["--image-steps", "0"], "--image-steps"), (["--threads", "0"], "--threads"),
+    (["--warmup", "-1"], "--warmup"), (["--batch-size", "0"], "--batch-size"), (["--layers", "4"], "--layers 4"),
+    (["--layers", "0"], "--layers 0"), (["--throughput-batches", "0"], "--throughput-batches"),
+    (["--resolutions", "0"], "resolution 0"), (["--engine", "cuda-graph"], "--engine cuda-graph"),
+    (["--engine", "tensorrt"], "--engine tensorrt"), (["--device", "cuda:0"], "no CUDA device")])
+def test_bad_options_are_refused_in_one_line_naming_them(script, capsys, options, named):
+    if named == "no CUDA device" and torch.cuda.is_available():
+        pytest.skip("CUDA is here")
+    with pytest.raises(SystemExit) as exit_info:
+        script.parse_args(["--tiny", *options])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()          # one line, no usage first
+    assert named in line and line.count(" --") <= 1     # it names this option, no other
+
+
+def test_a_run_without_cuda_says_so_in_one_line(script, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is here")
+    with pytest.raises(SystemExit) as exit_info:
+        script.parse_args(["--quick"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "python bench/gpu_flux_dev.py: error: no CUDA device here: run on the device machine, or use --tiny "
+        "for a CPU smoke run"]
 
 
 def test_a_row_running_at_the_hard_limit_is_stopped_and_says_so():
