@@ -111,6 +111,19 @@ def short_calibration(line: str) -> str:
     return f"{gain}, {where.group(1)}" if where else line
 
 
+def first_blocks_steerers(pipe, config, args, steerer, calibration_resolution: int | None) -> tuple[dict, str]:
+    """("layers", K) -> a fast steerer whose classifier reads the first K blocks, per ``--layers`` K,
+    each calibrated as the main classifier (so its images exit early too); and their calibrations."""
+    steerers, calibration = {}, ""
+    for k in args.layers:
+        layered = responsive_classifier(first_blocks_config(pipe, config, k))
+        if calibration_resolution is not None:
+            calibrated = calibrate(steerer(layered, "reference"), layered, calibration_resolution, STEP_SIZE)
+            calibration += f"; first {k} blocks: {short_calibration(calibrated)}"
+        steerers[("layers", k)] = steerer(layered, "fast", args.engine)
+    return steerers, calibration
+
+
 def make_steerers(pipe, arch, args, calibration_resolution: int | None) -> tuple[dict, object, str]:
     """The steerers of every row (a plan given, not parsed), the base classifier and the calibration."""
     def steerer(classifier, mode: str, engine: str = "eager"):
@@ -130,12 +143,9 @@ def make_steerers(pipe, arch, args, calibration_resolution: int | None) -> tuple
         calibration = calibrate(steerers["reference"], classifier, calibration_resolution, STEP_SIZE)
     # Fast mode may compile (and convert) its classifier: each steerer gets its own copy.
     steerers["fast"] = steerer(copy.deepcopy(classifier), "fast", args.engine)
-    for k in args.layers:
-        layered = responsive_classifier(first_blocks_config(pipe, config, k))
-        if calibration_resolution is not None:     # as the main classifier: so its images exit early too
-            calibrated = calibrate(steerer(layered, "reference"), layered, calibration_resolution, STEP_SIZE)
-            calibration += f"; first {k} blocks: {short_calibration(calibrated)}"
-        steerers[("layers", k)] = steerer(layered, "fast", args.engine)
+    layered, calibrated = first_blocks_steerers(pipe, config, args, steerer, calibration_resolution)
+    steerers.update(layered)
+    calibration += calibrated
     for mode in COMPILED_MODES:     # the compiled steering modes this l2s has (CUDA graphs: on CUDA)
         if mode in MODES and not args.no_compile and (mode != "fast+cudagraphs" or args.device.startswith("cuda")):
             steerers[mode] = steerer(copy.deepcopy(steerers["fast"].classifier), mode, args.engine)
