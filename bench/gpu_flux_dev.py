@@ -17,7 +17,11 @@ Rows, each changing one thing from the row it names (speed-up = that row's time 
 * the classifier's forward + backward to its maps: eager fp32 -> bf16 -> compiled -> CUDA graphs;
 * whole images per schedule: reference mode + published schedule, fast mode with each preset;
 * images per second against batch size (``--throughput-batches``): one call of B images with B
-  seeds, plain and steered (fast mode, ``fast`` preset), time per image vs batch 1.
+  seeds, plain and steered (fast mode, ``fast`` preset), the denoising loop's time per image vs the
+  first batch size given.
+
+Exit status: 2 for a bad option (one line), 1 when any row failed, else 0 (rows the time budget
+cut are not failures).
 
 The classifier has the published FLUX.1-dev sizes and random weights, plus a calibrated term that
 makes p(target) respond to steering (``flux_bench/steering_setup.py``), so early exit behaves as
@@ -34,6 +38,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -99,6 +104,26 @@ def first_blocks_config(pipe, config, k: int):
     return dataclasses.replace(config, layer_layout=layout, channels=sum(entry[1] for entry in layout))
 
 
+def short_calibration(line: str) -> str:
+    """A first-K classifier's calibration, shortened for the header: its gain and where it reaches 0.9."""
+    gain = line.split(";")[0]
+    where = re.search(r"\((reaches 0\.9 at evaluation \d+|stays below 0\.9)\)$", line)
+    return f"{gain}, {where.group(1)}" if where else line
+
+
+def first_blocks_steerers(pipe, config, args, steerer, calibration_resolution: int | None) -> tuple[dict, str]:
+    """("layers", K) -> a fast steerer whose classifier reads the first K blocks, per ``--layers`` K,
+    each calibrated as the main classifier (so its images exit early too); and their calibrations."""
+    steerers, calibration = {}, ""
+    for k in args.layers:
+        layered = responsive_classifier(first_blocks_config(pipe, config, k))
+        if calibration_resolution is not None:
+            calibrated = calibrate(steerer(layered, "reference"), layered, calibration_resolution, STEP_SIZE)
+            calibration += f"; first {k} blocks: {short_calibration(calibrated)}"
+        steerers[("layers", k)] = steerer(layered, "fast", args.engine)
+    return steerers, calibration
+
+
 def make_steerers(pipe, arch, args, calibration_resolution: int | None) -> tuple[dict, object, str]:
     """The steerers of every row (a plan given, not parsed), the base classifier and the calibration."""
     def steerer(classifier, mode: str, engine: str = "eager"):
@@ -110,6 +135,7 @@ def make_steerers(pipe, arch, args, calibration_resolution: int | None) -> tuple
 
     config = classifier_preset("flux-dev", channels=arch.layers * arch.heads, **arch.classifier_overrides)
     classifier = responsive_classifier(config)
+    # --engine runs the plain steps of every fast-mode steerer, so image rows differ in one thing each.
     steerers = {"reference": steerer(classifier, "reference"),       # eager classifier: calibrated through it
                 "plain": steerer(classifier, "fast")}                # the forward rows' inputs (eager engine)
     calibration = "not calibrated (no whole images in this run)"
@@ -117,14 +143,12 @@ def make_steerers(pipe, arch, args, calibration_resolution: int | None) -> tuple
         calibration = calibrate(steerers["reference"], classifier, calibration_resolution, STEP_SIZE)
     # Fast mode may compile (and convert) its classifier: each steerer gets its own copy.
     steerers["fast"] = steerer(copy.deepcopy(classifier), "fast", args.engine)
-    for k in args.layers:
-        if not 1 <= k <= arch.layers:
-            raise SystemExit(f"--layers {k}: the transformer has {arch.layers} blocks; choose 1 to {arch.layers}")
-        layered = responsive_classifier(first_blocks_config(pipe, config, k))
-        steerers[("layers", k)] = steerer(layered, "fast")
+    layered, calibrated = first_blocks_steerers(pipe, config, args, steerer, calibration_resolution)
+    steerers.update(layered)
+    calibration += calibrated
     for mode in COMPILED_MODES:     # the compiled steering modes this l2s has (CUDA graphs: on CUDA)
         if mode in MODES and not args.no_compile and (mode != "fast+cudagraphs" or args.device.startswith("cuda")):
-            steerers[mode] = steerer(copy.deepcopy(steerers["fast"].classifier), mode)
+            steerers[mode] = steerer(copy.deepcopy(steerers["fast"].classifier), mode, args.engine)
     if args.no_reference:
         steerers.pop("reference")
     return steerers, classifier, calibration
@@ -175,9 +199,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     writer = RowWriter(out, header(args, arch, device, resident, calibration, argv))
     for row in all_rows(steerers, classifier, arch, device, dtype, clock, args, budget):
         writer.write(row)
-    writer.footer([f"Finished in {budget.elapsed():.0f} s (build {arch.name} included)."])
+    counts = writer.counts()
+    writer.footer([f"Finished in {budget.elapsed():.0f} s (build {arch.name} included): {summary(counts)}."])
     print(f"written to {out} and {out.with_suffix('.jsonl')}", file=sys.stderr)
-    return 0
+    return 1 if counts["failed"] else 0     # rows cut by the time budget are not failures
+
+
+def summary(counts: dict[str, int]) -> str:
+    """The run's rows in one phrase: how many measured, failed, and cut by the time budget."""
+    return (f"{counts['measured']} rows measured, {counts['failed']} failed, {counts['skipped']} skipped "
+            f"and {counts['stopped']} stopped by the time budget")
 
 
 if __name__ == "__main__":

@@ -2,9 +2,11 @@
 
 For every schedule preset (and each ``--modes`` execution mode) it generates the same prompts and
 seeds steered and unsteered in one process, one thread, and prints one markdown row per
-(mode, schedule) as soon as it is measured: seconds per image both ways, their ratio, and the
-steering forwards per image. The unsteered images are the same for every schedule, so they are timed
-once per mode. ``--json PATH`` also writes the rows.
+(mode, schedule) as soon as it is measured: the denoising steps, seconds per image both ways, their
+ratio, and the steering forwards per image (a mean: it need not be whole). Both ways sample the
+schedule's own step count (the ``fast`` preset samples fewer steps than the model's default), so
+the overhead is steering's alone; the unsteered images are timed once per mode and step count.
+``--json PATH`` also writes the rows.
 
     python bench/shapes_overhead.py                       # fast mode, every preset, 8 images each
     python bench/shapes_overhead.py --modes fast reference fast+compiled --images 4
@@ -23,14 +25,21 @@ import torch
 
 PROMPTS = ("a red circle to the left of a blue square", "a green triangle above a yellow diamond",
            "a blue square to the right of a red circle", "a yellow diamond below a green triangle")
-COLUMNS = ("mode", "schedule", "steered s/img", "unsteered s/img", "overhead (steered / unsteered)",
-           "steering forwards/img")
+COLUMNS = ("mode", "schedule", "steps", "steered s/img", "unsteered s/img (same steps)",
+           "overhead (steered / unsteered)", "steering forwards/img")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Bad arguments are one line on stderr and exit 2, not the whole usage first."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     from l2s.steer import MODES, PRESETS
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=8, help="images per schedule (default 8)")
     parser.add_argument("--schedules", nargs="+", default=list(PRESETS), choices=list(PRESETS))
     parser.add_argument("--modes", nargs="+", default=["fast"], choices=list(MODES))
@@ -40,31 +49,45 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "steadier when other jobs share the machine)")
     parser.add_argument("--classifier", type=Path, help="classifier folder (default: the shipped one)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for option, value in (("--images", args.images), ("--threads", args.threads)):
+        if value < 1:
+            parser.error(f"{option} must be positive, got {value}")
+    return args
 
 
-def seconds_per_image(steerer, n: int, clock=time.perf_counter, **call) -> tuple[float, int]:
-    """(seconds per image, steering forwards per image) over ``n`` prompt/seed pairs."""
+def seconds_per_image(steerer, n: int, clock=time.perf_counter, **call) -> tuple[float, float]:
+    """(seconds per image, mean steering forwards per image) over ``n`` prompt/seed pairs."""
     forwards, started = 0, clock()
     for i in range(n):
         result = steerer(PROMPTS[i % len(PROMPTS)], seed=i, progress=False, **call)
         forwards += len(result.diagnostics.records)
-    return (clock() - started) / n, forwards // n
+    return (clock() - started) / n, forwards / n
+
+
+def schedule_steps(steerer, schedule: str) -> int:
+    """The denoising steps ``steerer`` samples with preset ``schedule`` (``fast``: fewer than its default)."""
+    from l2s.steer import preset_steps
+
+    return preset_steps(schedule, steerer.family, steerer.default_steps())
 
 
 def measure_mode(mode: str, args: argparse.Namespace):
-    """Rows for one execution mode: unsteered once, then every schedule steered."""
+    """Rows for one execution mode: every schedule steered, against unsteered at the same step count."""
     from l2s.shapes import load_shapes_steerer, steer_shapes_pipeline
 
     shipped = load_shapes_steerer(classifier=args.classifier)
     steerer = steer_shapes_pipeline(shipped.pipe, shipped.classifier, mode=mode)
     steerer(PROMPTS[0], seed=99, progress=False)           # warm up (the compiled mode compiles here)
     clock = time.process_time if args.timer == "cpu" else time.perf_counter
-    unsteered, _ = seconds_per_image(steerer, args.images, clock, steer=False)
+    unsteered: dict[int, float] = {}                       # steps -> seconds per image, timed once each
     for schedule in args.schedules:
-        steered, forwards = seconds_per_image(steerer, args.images, clock, schedule=schedule)
-        yield {"mode": mode, "schedule": schedule, "steered_s": steered, "unsteered_s": unsteered,
-               "overhead": steered / unsteered, "steering_forwards": forwards}
+        steps = schedule_steps(steerer, schedule)
+        if steps not in unsteered:
+            unsteered[steps], _ = seconds_per_image(steerer, args.images, clock, steer=False, num_inference_steps=steps)
+        steered, forwards = seconds_per_image(steerer, args.images, clock, schedule=schedule, num_inference_steps=steps)
+        yield {"mode": mode, "schedule": schedule, "steps": steps, "steered_s": steered,
+               "unsteered_s": unsteered[steps], "overhead": steered / unsteered[steps], "steering_forwards": forwards}
 
 
 def main(argv=None) -> int:
@@ -79,8 +102,8 @@ def main(argv=None) -> int:
     for mode in args.modes:
         for row in measure_mode(mode, args):
             rows.append(row)
-            print(f"| {row['mode']} | {row['schedule']} | {row['steered_s']:.3f} | {row['unsteered_s']:.3f} | "
-                  f"{row['overhead']:.2f} | {row['steering_forwards']} |", flush=True)
+            print(f"| {row['mode']} | {row['schedule']} | {row['steps']} | {row['steered_s']:.3f} | "
+                  f"{row['unsteered_s']:.3f} | {row['overhead']:.2f} | {row['steering_forwards']:.2f} |", flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     return 0

@@ -25,8 +25,6 @@ from l2s.engines import (  # noqa: E402
 )
 from l2s.demo import tiny_flux_pipeline  # noqa: E402
 
-pytest.importorskip("onnxruntime", reason="the onnxruntime benchmark needs the 'onnx' extra")
-
 THREADS = int(os.environ.get("L2S_BENCH_THREADS", "1"))
 COMPILE_BACKEND = os.environ.get("L2S_BENCH_COMPILE_BACKEND", "inductor")
 GROUP = "plain step, tiny FLUX (2+2 blocks, 64 image + 16 text tokens), CPU"
@@ -62,6 +60,8 @@ def test_compiled(benchmark, model_and_inputs):
 
 
 def test_onnxruntime(benchmark, model_and_inputs, tmp_path_factory):
+    # Skipped here only: the eager and compiled benchmarks need no onnxruntime.
+    pytest.importorskip("onnxruntime", reason="the onnxruntime benchmark needs the 'onnx' extra")
     model, inputs, reference = model_and_inputs
     export = export_transformer_onnx(model, inputs, tmp_path_factory.mktemp("onnx"))
     run_and_check(benchmark, OnnxRuntimeEngine(export, threads=THREADS), inputs, reference)

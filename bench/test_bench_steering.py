@@ -30,13 +30,19 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from flux_bench.micro import classifier_gradient
 from flux_bench.steering import image_steps, one_iteration_schedule
 from flux_bench.timing import ForwardCounter, intercept_refinement
 from l2s.classifier import ClassifierConfig, RelationClassifier
 from l2s.demo import tiny_classifier_for, tiny_flux_pipeline
-from l2s.ops import selected_text_attention, selector_width, token_group_selector
+from l2s.ops import (
+    selected_text_attention,
+    selected_text_attention_reference,
+    selector_width,
+    token_group_selector,
+)
 from l2s.pipelines import SteeringPipeline, compile_classifier, wrap_pipeline
 from l2s.steer import MODES
 
@@ -166,20 +172,80 @@ def test_attention_floor(benchmark, tiny_dev):
     selector = token_group_selector([[2], [5]], text, selector_width(2, dim, q.device))
 
     def attention():
+        joint = maps = None
         for _ in range(layers - 1):                        # joint attention: every block before the last
-            torch.autograd.grad(F.scaled_dot_product_attention(q, k, v).sum(), (q, k, v))
+            joint = torch.autograd.grad(F.scaled_dot_product_attention(q, k, v).sum(), (q, k, v))
         for _ in range(layers):                            # every layer's maps
             maps = selected_text_attention(q[:, :, text:], k[:, :, :text], selector)
-            torch.autograd.grad(maps.sum(), (q, k))
+            maps = (maps.detach(), *torch.autograd.grad(maps.sum(), (q, k)))
+        return joint, maps
 
-    benchmark.pedantic(attention, rounds=ITERATION_ROUNDS, warmup_rounds=1)
+    joint, maps = benchmark.pedantic(attention, rounds=ITERATION_ROUNDS, warmup_rounds=1)
     benchmark.extra_info.update(joint_layers=layers - 1, map_layers=layers, sequence=text + image)
+    # What was timed computes what it stands for: the explicit formulas' values and gradients (fp32).
+    expected_joint, expected_maps = explicit_attention_floor(q, k, v, selector, text)
+    for got, expected in zip((*joint, *maps), (*expected_joint, *expected_maps)):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def explicit_attention_floor(q, k, v, selector, text: int) -> tuple[tuple, tuple]:
+    """The attention floor's kernels by their explicit formulas: (joint attention's gradients to
+    q, k, v), (the selected maps, their gradients to q, k)."""
+    q, k, v = (t.detach().requires_grad_(True) for t in (q, k, v))
+    joint = torch.softmax(q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5, dim=-1) @ v
+    joint_grads = torch.autograd.grad(joint.sum(), (q, k, v))
+    maps = selected_text_attention_reference(q[:, :, text:], k[:, :, :text], selector)
+    return joint_grads, (maps.detach(), *torch.autograd.grad(maps.sum(), (q, k)))
+
+
+# The op of the "native" capture backend (forward, backward); the "sdpa" backend runs neither.
+NATIVE_OPS = {"l2s::selected_text_softmax", "l2s::selected_text_softmax_backward"}
 
 
 @pytest.mark.parametrize("backend", ["sdpa", "native"])
 def test_capture_backend_iteration(benchmark, backend, tiny_dev):
     benchmark.group = "capture"
-    time_one_iteration(benchmark, make_steerer(tiny_dev, "fast", capture_backend=backend))
+    steerer = make_steerer(tiny_dev, "fast", capture_backend=backend)
+    time_one_iteration(benchmark, steerer)
+    # The named backend is the one that ran, and both backends steer alike (fp32 tolerance).
+    value, gradient, ops = evaluate_once(steerer)
+    assert (NATIVE_OPS <= ops) if backend == "native" else not (NATIVE_OPS & ops), sorted(ops)
+    other = make_steerer(tiny_dev, "fast", capture_backend="native" if backend == "sdpa" else "sdpa")
+    other_value, other_gradient, _ = evaluate_once(other)
+    torch.testing.assert_close(value, other_value, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(gradient, other_gradient, rtol=1e-4, atol=1e-5)
+    assert gradient.abs().sum() > 0
+
+
+class OpNames(TorchDispatchMode):
+    """Records the name of every op that runs under it (``l2s::selected_text_softmax``, ...)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.add(func._schema.name)
+        return func(*args, **(kwargs or {}))
+
+
+def evaluate_once(steerer: SteeringPipeline) -> tuple[torch.Tensor, torch.Tensor, set[str]]:
+    """log p(target) at step 0 of a seeded generation, its gradient to the latent, and the ops that
+    ran for them: the pipeline's own evaluation, taken from inside its refinement call."""
+    found = {}
+
+    def evaluate(refine, latents, step, log_prob, schedule, num_relations, diagnostics=None):
+        z = latents.detach().clone().requires_grad_(True)
+        with torch.enable_grad(), OpNames() as ops:      # the pipeline generates under no_grad
+            value = log_prob(z, 0)
+            (gradient,) = torch.autograd.grad(value.sum(), z)
+        found.update(value=value.detach(), gradient=gradient, ops=ops.names)
+        return refine(latents, step, log_prob, schedule, num_relations, diagnostics)
+
+    with intercept_refinement(steerer, evaluate):
+        steerer(PROMPT, num_inference_steps=1, height=SIDE, width=SIDE, schedule=one_iteration_schedule(),
+                seed=0, progress=False)
+    return found["value"], found["gradient"], found["ops"]
 
 
 # ---- whole generations --------------------------------------------------------------------------

@@ -4,7 +4,8 @@
 images per pipeline call for every B of ``--batch-sizes``: B different prompts, each with its own
 seed (one call, as ``l2s eval`` batches). Each row makes ``--images`` images (rounded up to whole
 batches) after one warm-up call, and prints a Markdown row as soon as it is measured: seconds per
-image, images per second and the speed-up over batch 1 of the same model and kind. ``--timer
+image, images per second and the speed-up over the first batch size measured of the same model and
+kind (the cell names it: batch 1 when ``--batch-sizes`` starts with 1). ``--timer
 cpu`` counts this process's CPU seconds instead of wall time (steadier on a shared machine with
 one thread). A batch the pipeline refuses prints a row saying why instead of a number.
 
@@ -31,13 +32,22 @@ from pathlib import Path
 
 PROMPTS = ("a red circle to the left of a blue square", "a green triangle above a yellow diamond",
            "a blue square to the right of a red circle", "a yellow diamond below a green triangle")
-BATCH_COLUMNS = ("model", "kind", "batch", "images", "s/image", "images/s", "vs batch 1")
+BATCH_COLUMNS = ("model", "kind", "batch", "images", "s/image", "images/s", "speed-up (vs first batch measured)")
 EVAL_COLUMNS = ("processes", "threads each", "images", "command wall s", "run wall s", "images/s (command)",
                 "images/s (run)", "vs first row (command)", "same summary as first row")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Bad arguments are one line on stderr and exit 2, not the whole usage first (subcommands too)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from l2s.steer import MODES
+
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
     batch = sub.add_parser("batch", help="images per second against batch size")
     batch.add_argument("--models", nargs="+", default=["shapes", "tiny-flux"], choices=["shapes", "tiny-flux"])
@@ -45,7 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     batch.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 2, 4, 8, 16])
     batch.add_argument("--images", type=int, default=16, help="images per row (default 16)")
     batch.add_argument("--threads", type=int, default=1)
-    batch.add_argument("--mode", default="fast", help="steering execution mode (default fast)")
+    batch.add_argument("--mode", default="fast", choices=list(MODES), help="steering execution mode (default fast)")
     batch.add_argument("--timer", choices=["wall", "cpu"], default="wall",
                        help="wall time, or this process's CPU time (default wall)")
     batch.add_argument("--json", type=Path, help="also write the rows here")
@@ -55,7 +65,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     spread.add_argument("--work", type=Path, default=Path("out/throughput"), help="output folders go here")
     spread.add_argument("--json", type=Path, help="also write the rows here")
     spread.add_argument("eval_args", nargs="*", help="after --: l2s eval options (--out is set here)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    problem = count_problem(args)
+    if problem is not None:
+        parser.error(problem)
+    return args
+
+
+def count_problem(args: argparse.Namespace) -> str | None:
+    """The first count option below 1, as one line naming it (None: all fine); before a model loads."""
+    counts = {"--threads": [args.threads]}
+    if args.what == "batch":
+        counts.update({"--images": [args.images], "--batch-sizes": args.batch_sizes})
+    else:
+        counts["--processes"] = args.processes
+    for option, values in counts.items():
+        if any(v < 1 for v in values):
+            return f"{option} must be positive, got {' '.join(map(str, values))}"
+    return None
 
 
 def _table_head(columns) -> None:
@@ -110,13 +137,13 @@ def batch_rows(args: argparse.Namespace):
     for name in args.models:
         steerer = load_model(name, args.mode)
         for kind in args.kinds:
-            first = None
+            first = None        # the first batch size measured (not refused): each row's base
             for batch in args.batch_sizes:
                 row = {"model": name if args.mode == "fast" else f"{name} ({args.mode})", "kind": kind, "batch": batch,
                        **measure_batch(steerer, batch, args.images, kind == "steered", clock)}
                 if "images_per_s" in row:
-                    first = first or row["images_per_s"]
-                    row["speedup"] = row["images_per_s"] / first
+                    first = first or row
+                    row["speedup"], row["speedup_vs_batch"] = row["images_per_s"] / first["images_per_s"], first["batch"]
                 yield row
 
 
@@ -125,7 +152,7 @@ def print_batch_row(row: dict) -> None:
         cells = [row["model"], row["kind"], str(row["batch"]), "-", "-", "-", f"skipped: {row['skipped']}"]
     else:
         cells = [row["model"], row["kind"], str(row["batch"]), str(row["images"]), f"{row['s_per_image']:.3f}",
-                 f"{row['images_per_s']:.2f}", f"{row['speedup']:.2f}x"]
+                 f"{row['images_per_s']:.2f}", f"{row['speedup']:.2f}x vs batch {row['speedup_vs_batch']}"]
     print("| " + " | ".join(cells) + " |", flush=True)
 
 

@@ -11,10 +11,11 @@ from pathlib import Path
 import torch
 
 import l2s
-from l2s.engines.base import ENGINE_KINDS
+from l2s.engines import ENGINE_KINDS, EngineError, check_engine_request
 from l2s.ops import ATTENTION_BACKENDS
 from l2s.steer import PRESETS
 
+from .arch import FLUX_DEV, TINY
 from .steering import PUBLISHED_STEPS
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -27,15 +28,23 @@ QUICK_BUDGET_S = 330      # rows not started by then are skipped ...
 QUICK_HARD_S = 345        # ... and one still running then is stopped, so --quick ends within 6 minutes
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Bad arguments are one line on stderr and exit 2, not the whole usage first."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python bench/gpu_flux_dev.py",
+    p = OneLineParser(prog="python bench/gpu_flux_dev.py",
                                 description="What steering costs on the FLUX.1-dev architecture (random weights).")
     p.add_argument("--tiny", action="store_true", help="tiny architecture on the CPU (smoke run; defaults change)")
     p.add_argument("--quick", action="store_true",
                    help=f"512² only, fewer repeats, no reference-mode or published-schedule images, presets "
                         f"{' '.join(QUICK_PRESETS)}, stop starting rows after {QUICK_BUDGET_S} s (< 6 min on an H100)")
     p.add_argument("--engine", choices=ENGINE_KINDS, default="eager",
-                   help="plain-step engine of the whole-image runs (default eager)")
+                   help="plain-step engine of the whole-image runs, every fast mode (default eager; "
+                        "reference mode runs eager)")
     p.add_argument("--capture-backend", choices=ATTENTION_BACKENDS, default="sdpa",
                    help="how fast mode computes maps (default sdpa; native = the l2s op, Triton on a GPU)")
     p.add_argument("--layers", type=int, nargs="*", metavar="K",
@@ -73,7 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = fill_defaults(parser.parse_args(argv))
+    problem = argument_problem(args)
+    if problem is not None:
+        parser.error(problem)
+    return args
+
+
+def fill_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """The run kind's default for every option not given (an explicit 0 stays, to be refused)."""
     tiny, quick = args.tiny, args.quick
     args.resolutions = args.resolutions or ([64] if tiny else [512] if quick else [512, 1024])
     if args.image_resolutions is None:
@@ -82,28 +99,54 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.presets = QUICK_PRESETS if quick else list(PRESETS)
     if args.throughput_batches is None:
         args.throughput_batches = [1, 2] if tiny else [1, 4] if quick else [1, 2, 4, 8]
-    if any(b < 1 for b in args.throughput_batches):
-        parser.error("--throughput-batches must be positive")
     if args.layers is None:
         args.layers = [1, 2] if tiny else [1, 4, 19] if quick else [1, 4, 19, 38]
     args.dtype = args.dtype or ("fp32" if tiny else "bf16")
-    args.repeats = args.repeats or (2 if tiny else 5 if quick else 10)
-    args.warmup = args.warmup if args.warmup is not None else (1 if tiny else 2 if quick else 3)
-    args.image_steps = args.image_steps or (4 if tiny else PUBLISHED_STEPS)
-    args.budget_s = args.budget_s if args.budget_s is not None else (QUICK_BUDGET_S if quick else None)
+    args.repeats = _given(args.repeats, 2 if tiny else 5 if quick else 10)
+    args.warmup = _given(args.warmup, 1 if tiny else 2 if quick else 3)
+    args.image_steps = _given(args.image_steps, 4 if tiny else PUBLISHED_STEPS)
+    args.budget_s = _given(args.budget_s, QUICK_BUDGET_S if quick else None)
     if args.hard_limit_s is None and quick:
         args.hard_limit_s = max(QUICK_HARD_S, args.budget_s + 15)
     args.device = args.device or ("cpu" if tiny else "cuda")
-    args.threads = args.threads or (1 if tiny else None)
+    args.threads = _given(args.threads, 1 if tiny else None)
     args.reference_images = not (quick or args.no_reference)
-    if args.batch_size < 1 or args.repeats < 1 or args.warmup < 0:
-        parser.error("--batch-size and --repeats must be positive, --warmup not negative")
-    for side in args.resolutions + args.image_resolutions:
-        if side % 16:
-            parser.error(f"resolution {side} is not a multiple of 16 (VAE factor 8 x 2x2 packing)")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        parser.error("no CUDA device here: run on the device machine, or use --tiny for a CPU smoke run")
     return args
+
+
+def _given(value, default):
+    return default if value is None else value
+
+
+def argument_problem(args: argparse.Namespace) -> str | None:
+    """The first bad option as one line naming it (None: all fine); checked before a model is built."""
+    blocks = (TINY if args.tiny else FLUX_DEV).layers
+    counts = [("--batch-size", args.batch_size, 1), ("--repeats", args.repeats, 1), ("--warmup", args.warmup, 0),
+              ("--image-steps", args.image_steps, 1), ("--threads", args.threads, 1),
+              ("--budget-s", args.budget_s, 0), ("--hard-limit-s", args.hard_limit_s, 0)]
+    for option, value, least in counts:
+        if value is not None and value < least:
+            return f"{option} must be {'positive' if least else 'zero or more'}, got {value:g}"
+    if any(b < 1 for b in args.throughput_batches):
+        return f"--throughput-batches must be positive, got {' '.join(map(str, args.throughput_batches))}"
+    bad_layers = [k for k in args.layers if not 1 <= k <= blocks]
+    if bad_layers:
+        return f"--layers {bad_layers[0]}: the transformer has {blocks} blocks; choose 1 to {blocks}"
+    for side in args.resolutions + args.image_resolutions:
+        if side <= 0 or side % 16:
+            return f"resolution {side} is not a positive multiple of 16 (VAE factor 8 x 2x2 packing)"
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        return "no CUDA device here: run on the device machine, or use --tiny for a CPU smoke run"
+    return engine_problem(args)
+
+
+def engine_problem(args: argparse.Namespace) -> str | None:
+    """Why ``--engine`` cannot run on ``--device`` in ``--dtype`` (a CUDA engine on the CPU, ...)."""
+    try:
+        check_engine_request(args.engine, args.device, DTYPES[args.dtype])
+    except EngineError as error:
+        return f"--engine {args.engine}: {error}"
+    return None
 
 
 def device_name(device: torch.device) -> str:
@@ -149,11 +192,12 @@ def header(args, arch, device: torch.device, resident: int | None, calibration: 
         f"text {arch.max_sequence_length} T5 tokens; batch {args.batch_size}",
         "- classifier: the published flux-dev sizes, random, with a calibrated responsive term "
         f"(`bench/flux_bench/steering_setup.py`): {calibration}",
-        f"- plain-step engine of whole images: {args.engine}; capture backend of fast mode: {args.capture_backend}",
+        f"- plain-step engine of whole images: {args.engine} in every fast mode (reference mode runs eager); "
+        f"capture backend of fast mode: {args.capture_backend}",
         f"- times: median of {args.repeats} runs after {args.warmup} warm-up runs "
-        f"({'CUDA events' if device.type == 'cuda' else 'perf_counter'}); whole images: one run after a warm-up, "
-        "the denoising loop only (end of prompt encoding to VAE decode); memory: peak allocated above the level "
-        "before the measurement",
+        f"({'CUDA events' if device.type == 'cuda' else 'perf_counter'}); whole images (also per batch size): "
+        "one run after a warm-up, the denoising loop only (end of prompt encoding to VAE decode); memory: peak "
+        "allocated above the level before the measurement",
         "- speed-up: the named row's time / this row's time, same run; each row changes one thing from it",
         f"- command: `python bench/gpu_flux_dev.py {' '.join(argv)}`"
         + (f"; time budget {args.budget_s:.0f} s" if args.budget_s else "")

@@ -27,6 +27,7 @@ class Row:
     forwards: int | None = None
     note: str = ""
     against: str | None = None      # variant of the same group (and resolution) it is compared with
+    status: str = "measured"        # or "skipped" (time budget), "stopped" (hard limit), "failed" (error, OOM)
 
     @property
     def key(self) -> tuple[int, str]:
@@ -86,6 +87,13 @@ class RowWriter:
             jl.write(json.dumps(record) + "\n")
         print(line, flush=True)
         return row
+
+    def counts(self) -> dict[str, int]:
+        """Rows written per status (measured, skipped, stopped, failed)."""
+        counts = dict.fromkeys(("measured", "skipped", "stopped", "failed"), 0)
+        for row in self.rows:
+            counts[row.status] = counts.get(row.status, 0) + 1
+        return counts
 
     def footer(self, lines: list[str]) -> None:
         text = "\n" + "\n".join(lines) + "\n"

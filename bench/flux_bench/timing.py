@@ -231,18 +231,18 @@ def guarded(row: Row, measure: Callable[[], tuple], budget: Budget | None = None
     """Run one measurement; out-of-memory, a failure or a spent budget becomes the row's note."""
     if budget is not None and budget.spent():
         limit = budget.seconds if budget.seconds is not None else budget.hard_seconds
-        row.note = f"skipped: time budget ({limit:.0f} s) spent"
+        row.note, row.status = f"skipped: time budget ({limit:.0f} s) spent", "skipped"
         return None, None
     try:
         with deadline(budget.left() if budget is not None else None):
             return measure()
     except RowStopped as error:
-        row.note = str(error)
+        row.note, row.status = str(error), "stopped"
     except torch.cuda.OutOfMemoryError:
-        row.note = "out of memory"
+        row.note, row.status = "out of memory", "failed"
     except Exception as error:  # one broken path must not hide every other number
         message = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        row.note = f"failed: {type(error).__name__}: {message}"[:300]
+        row.note, row.status = f"failed: {type(error).__name__}: {message}"[:300], "failed"
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

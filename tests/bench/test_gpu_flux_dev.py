@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from l2s.steer.presets import schedule_preset
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "bench" / "gpu_flux_dev.py"
 COLUMNS = ["resolution", "measurement", "variant", "time (ms)", "speed-up", "peak extra memory (GiB)",
@@ -103,13 +105,20 @@ def test_whole_images_count_every_forward_and_exit_early(script, tmp_path, capsy
     assert counts["reference mode, reference schedule"] == 32
     # The responsive classifier crosses p >= 0.9, so early exit saves iterations.
     assert counts["fast mode, early-exit schedule"] < counts["fast mode, reference schedule"]
+    # Each first-K classifier is calibrated too: its row exits early as its comparison row does,
+    # so the two differ only in the classifier's blocks.
+    cap = sum(schedule_preset("fast", "flux-dev", 2).iterations)      # 2 steps: --image-steps 4 x 28/50
+    for name in [n for n in images if n.endswith("fast schedule") and "reference" not in n]:
+        assert counts[name] < cap, (name, counts[name])
+        assert float(re.search(r"last p\(target\) (\d\.\d+)", images[name]["notes"]).group(1)) >= 0.9, name
+    assert re.search(r"; first 1 blocks: gain \S+, reaches 0\.9 at evaluation \d", report)
     assert re.search(r"p\(target\) at 64² step 0: 0\.\d\d( -> \d\.\d\d)+ \(reaches 0\.9 at evaluation \d\)", report)
 
 
 def test_throughput_rows_time_one_call_of_b_seeds_against_batch_1(script, tmp_path, capsys):
     _, rows, _ = run_tiny(script, tmp_path, capsys, "--no-micro", "--presets", "fast", "--throughput-batches", "1", "2")
     check_speed_ups(rows)
-    batches = [r for r in rows if r["measurement"].startswith("whole image per batch size")]
+    batches = [r for r in rows if r["measurement"].startswith("whole image per batch size, denoising loop")]
     assert [r["variant"] for r in batches] == ["plain, batch 1", "plain, batch 2", "steered, fast preset, batch 1",
                                                "steered, fast preset, batch 2"]
     assert all(float(r["time (ms)"]) > 0 for r in batches)
@@ -121,6 +130,54 @@ def test_a_spent_budget_skips_rows_and_says_so(script, tmp_path, capsys):
     _, rows, records = run_tiny(script, tmp_path, capsys, "--budget-s", "0", "--layers", "--presets", "fast")
     assert rows and all(r["notes"].startswith("skipped: time budget") for r in rows)
     assert all(r["ms"] is None for r in records)
+
+
+def test_a_failed_row_makes_the_run_exit_1_and_the_last_line_counts_it(script, tmp_path, capsys, monkeypatch):
+    from flux_bench.report import Row
+    from flux_bench.timing import Budget, guarded
+
+    def broken_and_late_rows(*args, **kwargs):
+        broken, late = Row(0, "g", "broken"), Row(0, "g", "late")
+        guarded(broken, lambda: 1 / 0)                       # a row that fails
+        guarded(late, lambda: (1.0, None), Budget(0.0))      # and one past the budget: not a failure
+        yield from (broken, late)
+
+    monkeypatch.setattr(script, "classifier_rows", broken_and_late_rows)
+    threads = torch.get_num_threads()
+    try:
+        code = script.main([*QUICK, "--layers", "--image-resolutions", "--out", str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 1
+    (last,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Finished in")]
+    assert "1 failed, 1 skipped" in last
+
+
+@pytest.mark.parametrize("options, named", [
+    (["--repeats", "0"], "--repeats"), (["--image-steps", "0"], "--image-steps"), (["--threads", "0"], "--threads"),
+    (["--warmup", "-1"], "--warmup"), (["--batch-size", "0"], "--batch-size"), (["--layers", "4"], "--layers 4"),
+    (["--layers", "0"], "--layers 0"), (["--throughput-batches", "0"], "--throughput-batches"),
+    (["--resolutions", "0"], "resolution 0"), (["--engine", "cuda-graph"], "--engine cuda-graph"),
+    (["--engine", "tensorrt"], "--engine tensorrt"), (["--device", "cuda:0"], "no CUDA device")])
+def test_bad_options_are_refused_in_one_line_naming_them(script, capsys, options, named):
+    if named == "no CUDA device" and torch.cuda.is_available():
+        pytest.skip("CUDA is here")
+    with pytest.raises(SystemExit) as exit_info:
+        script.parse_args(["--tiny", *options])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()          # one line, no usage first
+    assert named in line and line.count(" --") <= 1     # it names this option, no other
+
+
+def test_a_run_without_cuda_says_so_in_one_line(script, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is here")
+    with pytest.raises(SystemExit) as exit_info:
+        script.parse_args(["--quick"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "python bench/gpu_flux_dev.py: error: no CUDA device here: run on the device machine, or use --tiny "
+        "for a CPU smoke run"]
 
 
 def test_a_row_running_at_the_hard_limit_is_stopped_and_says_so():
@@ -203,4 +260,4 @@ def test_tiny_run_with_compiles_reports_every_row(script, tmp_path, capsys):
         expected += ["| fast+compiled (capture sdpa) | ", "| fast+compiled mode, fast schedule |"]
     for variant in expected:
         assert variant in text
-    assert "failed" not in text and "cold compile + first call" in text
+    assert "failed:" not in text and ", 0 failed," in text and "cold compile + first call" in text

@@ -1,10 +1,12 @@
-"""bench/throughput.py: batch rows on the tiny FLUX (a row per batch size, speed-up against batch
-1, a refused batch says why), and the commands of its ``eval`` rows."""
+"""bench/throughput.py: batch rows on the tiny FLUX (a row per batch size, speed-up against the
+first batch size measured, a refused batch says why), bad options refused before a model loads,
+and the commands of its ``eval`` rows."""
 from __future__ import annotations
 
 import importlib.util
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -39,9 +41,43 @@ def test_batch_rows_on_the_tiny_flux(script, tmp_path, capsys):
     first = {r[1]: float(r[5]) for r in rows if r[2] == "1"}
     for kind, batch, images, _, per_s, speedup in ((r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows):
         # the speed-up is this row's images/s over batch 1's of the same kind (timings vary; the ratio must agree)
-        assert float(speedup[:-1]) == pytest.approx(float(per_s) / first[kind], abs=0.02, rel=0.02)
+        ratio, base = speedup.split("x vs batch ")
+        assert float(ratio) == pytest.approx(float(per_s) / first[kind], abs=0.02, rel=0.02) and base == "1"
         assert images == "2" and float(per_s) > 0     # batched steering of mixed prompts runs
-        assert speedup.endswith("x") and (batch != "1" or speedup == "1.00x")
+        assert batch != "1" or ratio == "1.00"
+
+
+class CountingSteerer:
+    """Stands in for a pipeline: makes one (empty) image per prompt, instantly."""
+
+    def __call__(self, prompts, seed, steer, progress):
+        return SimpleNamespace(images=[None] * len(prompts))
+
+
+def test_the_speed_up_names_the_first_batch_size_measured(script, monkeypatch):
+    monkeypatch.setattr(script, "load_model", lambda name, mode: CountingSteerer())
+    args = script.parse_args(["batch", "--models", "shapes", "--kinds", "plain", "--batch-sizes", "2", "4",
+                              "--images", "4"])
+    rows = list(script.batch_rows(args))
+    assert [(r["batch"], r["speedup_vs_batch"]) for r in rows] == [(2, 2), (4, 2)]      # not "vs batch 1"
+    assert rows[0]["speedup"] == 1.0
+
+
+@pytest.mark.parametrize("options, named", [
+    (["batch", "--images", "0"], "--images"), (["batch", "--batch-sizes", "1", "0"], "--batch-sizes"),
+    (["batch", "--threads", "0"], "--threads"), (["batch", "--mode", "bogus"], "--mode"),
+    (["eval", "--processes", "0"], "--processes")])
+def test_bad_options_fail_in_one_line_before_a_model_loads(script, monkeypatch, capsys, options, named):
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded or an eval started")
+
+    monkeypatch.setattr(script, "load_model", no_model)
+    monkeypatch.setattr(script.subprocess, "run", no_model)      # nor an eval run (minutes)
+    with pytest.raises(SystemExit) as exit_info:
+        script.main(options)
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert named in line
 
 
 def test_a_refused_batch_is_a_row_that_says_why(script):

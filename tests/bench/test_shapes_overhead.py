@@ -1,0 +1,67 @@
+"""bench/shapes_overhead.py: each schedule against unsteered images at its own step count, forwards
+per image as a mean, and a bad --images refused in one line."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+import l2s.shapes
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def script():
+    spec = importlib.util.spec_from_file_location("l2s_bench_shapes_overhead", ROOT / "bench" / "shapes_overhead.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+class RecordingSteerer:
+    """Stands in for the shapes steerer (12 default steps, the FLUX.1-dev rule): records each call;
+    seed 0 takes 3 steering evaluations, seed 1 takes 2."""
+
+    family = "flux-dev"
+
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+
+    def default_steps(self) -> int:
+        return 12
+
+    def __call__(self, prompt, seed, progress, **call):
+        self.calls.append(call)
+        evaluations = 0 if call.get("steer") is False else (3 if seed == 0 else 2)
+        return SimpleNamespace(diagnostics=SimpleNamespace(records=[None] * evaluations))
+
+
+def test_each_schedule_is_compared_with_unsteered_images_of_its_own_steps(script, monkeypatch):
+    steerer = RecordingSteerer()
+    monkeypatch.setattr(l2s.shapes, "load_shapes_steerer", lambda classifier=None: SimpleNamespace(pipe=None,
+                                                                                                  classifier=None))
+    monkeypatch.setattr(l2s.shapes, "steer_shapes_pipeline", lambda pipe, classifier, mode: steerer)
+    args = script.parse_args(["--images", "2", "--schedules", "fast", "reference", "early-exit"])
+    rows = list(script.measure_mode("fast", args))
+    assert [(r["schedule"], r["steps"]) for r in rows] == [("fast", 7), ("reference", 12), ("early-exit", 12)]
+    assert all(r["steering_forwards"] == 2.5 for r in rows)           # (3 + 2) / 2, not 5 // 2
+    timed = steerer.calls[1:]                                          # after the warm-up
+    unsteered = [c["num_inference_steps"] for c in timed if c.get("steer") is False]
+    steered = [(c["schedule"], c["num_inference_steps"]) for c in timed if "schedule" in c]
+    assert unsteered == [7, 7, 12, 12]                                 # once per step count, 2 images each
+    assert steered == [("fast", 7)] * 2 + [("reference", 12)] * 2 + [("early-exit", 12)] * 2
+
+
+@pytest.mark.parametrize("options", [["--images", "0"], ["--images", "-3"], ["--threads", "0"]])
+def test_a_bad_count_is_refused_in_one_line(script, capsys, options):
+    with pytest.raises(SystemExit) as exit_info:
+        script.parse_args(options)
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert options[0] in line and "must be positive" in line
