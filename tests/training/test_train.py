@@ -258,7 +258,7 @@ def test_mismatched_classifier_is_refused(tmp_path):
         train_classifier(dataset, tmp_path / "run", _config(timesteps=(0, 2)), epochs=1, progress=False)
 
 
-def test_train_cli_uses_a_preset_sized_from_the_dataset(tmp_path, capsys):
+def test_train_cli_uses_a_preset_sized_from_the_dataset(tmp_path, capsys, umask_022):
     g = torch.Generator().manual_seed(3)
     dataset = _write(tmp_path / "data", [_synthetic(24, g, "train"), _synthetic(8, g, "val")])
     code = train_main([str(dataset), "--out", str(tmp_path / "run"), "--preset", "flux-schnell", "--epochs", "1",
@@ -273,6 +273,8 @@ def test_train_cli_uses_a_preset_sized_from_the_dataset(tmp_path, capsys):
     assert model.config.model_family == "flux-schnell" and model.config.d_model == 256  # published sizes
     training = json.loads((tmp_path / "run" / "best" / "training.json").read_text())
     assert training["lr"] == 5e-5 and training["batch_size"] == 8
+    modes = umask_022(tmp_path / "run")   # best/ and last/ weights as every other file (save_file: 0600)
+    assert modes["best/model.safetensors"] == modes["last/model.safetensors"] == modes["log.jsonl"] == 0o644
     assert train_main([str(tmp_path), "--out", str(tmp_path / "x")]) == 2  # not a dataset
     assert "not an l2s map dataset (dataset.json missing; 'l2s make-data' writes one)" in capsys.readouterr().err
     assert train_main([str(tmp_path / "nodir"), "--out", str(tmp_path / "x")]) == 2
