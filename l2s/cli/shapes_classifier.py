@@ -110,8 +110,9 @@ def train_classifier_main(argv: Sequence[str] | None = None) -> int:
         return 0
     if resumed := result.resume_line():
         print(resumed)
-    print(f"l2s: best epoch {result.best_epoch}: val accuracy {result.best_val_accuracy:.3f}; "
-          f"weights in {result.best_dir}")
+    # "best" is the lowest val loss, not the highest accuracy: the line says so.
+    print(f"l2s: best epoch {result.best_epoch} (lowest val loss {result.best_val_loss:.4f}): val accuracy "
+          f"{result.best_val_accuracy:.3f}; weights in {result.best_dir}")
     for line in validation_report(result.best_dir, args.data):
         print(f"l2s: best checkpoint, {line}")
     return 0

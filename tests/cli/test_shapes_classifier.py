@@ -1,0 +1,43 @@
+"""``l2s shapes make-data`` / ``train-classifier``: what their lines say and which datasets they take."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+
+from l2s.cli.shapes_classifier import train_classifier_main
+from l2s.relations import PUBLISHED_CLASSES
+from l2s.training import write_map_dataset
+
+LAYOUT = [["transformer_blocks.0.attn", 4, [8, 8]], ["single_transformer_blocks.0.attn", 4, [8, 8]]]
+
+
+def _dataset(folder, extra: dict | None = None):
+    """A small map dataset in the shapes world's format (steps 1, 3, 5 of 12)."""
+    records = [{"label": PUBLISHED_CLASSES[i % 5], "timestep": (1, 3, 5)[i % 3],
+                "split": "val" if i % 4 == 0 else "train"} for i in range(30)]
+    return write_map_dataset(folder, records, torch.rand(30, 2, 8, 8, 8, generator=torch.Generator().manual_seed(0)),
+                             class_names=PUBLISHED_CLASSES, num_steps=12, store_steps=(1, 3, 5),
+                             layer_layout=LAYOUT, model_family="flux-schnell", extra=extra)
+
+
+@pytest.fixture(scope="module")
+def shapes_data(tmp_path_factory):
+    return _dataset(tmp_path_factory.mktemp("shapes") / "data", {"model": "shapes-world"})
+
+
+def test_the_best_epoch_line_and_card_say_what_best_means_and_count_records(shapes_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train_classifier_main(["--data", str(shapes_data), "--out", str(out), "--epochs", "3", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    best = min(rows, key=lambda row: row["val_loss"])
+    # "best" is chosen by the lowest val loss (another epoch may have a higher accuracy): the line says so.
+    assert re.search(rf"^l2s: best epoch {best['epoch']} \(lowest val loss {best['val_loss']:.4f}\): val accuracy "
+                     rf"{best['val_accuracy']:.3f}; weights in ", printed, re.MULTILINE), printed
+    card = (out / "best" / "README.md").read_text()
+    training = json.loads((out / "best" / "training.json").read_text())
+    assert f"({training['train_samples']} training, {training['val_samples']} validation records)" in card
+    assert f"(the lowest validation loss: {best['val_loss']:.4f})" in card and "samples" not in card
