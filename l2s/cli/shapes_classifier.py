@@ -76,7 +76,8 @@ def build_train_classifier_parser() -> argparse.ArgumentParser:
         "OUT/best (load it with --classifier OUT/best) and reports its validation accuracy per prompt type.",
         ["l2s shapes train-classifier --data runs/shapes-maps --out runs/shapes-classifier --epochs 40",
          "l2s shapes train-classifier --data runs/shapes-maps --out runs/shapes-classifier-k2 --layers 2"])
-    p.add_argument("--data", required=True, type=Path, help="a map dataset written by 'l2s shapes make-data'")
+    p.add_argument("--data", required=True, type=Path, help="a map dataset written by 'l2s shapes make-data' (one of 'l2s make-data' is refused: "
+                        "'l2s train' trains its classifier)")
     p.add_argument("--out", required=True, type=out_path, help="run folder: best/, last/ and log.jsonl")
     p.add_argument("--no-dual", action="store_true", help="train on pos prompts only (leakage ablation)")
     p.add_argument("--layers", type=int, metavar="K",

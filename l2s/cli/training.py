@@ -185,7 +185,7 @@ def build_train_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=out_text, required=True, help="output directory for checkpoints and the log")
     p.add_argument("--preset", default=None,
                    help="classifier preset: flux-dev, flux-schnell, sd14 or sd21 (default: the dataset's model "
-                        "family); channels, classes and map size come from the dataset")
+                        "family; another family's is refused); channels, classes and map size come from the dataset")
     p.add_argument("--epochs", type=int, help="total epoch limit (default: 200 FLUX, 150 SD1.4, 100 SD2.1)")
     p.add_argument("--batch-size", type=int, default=64, help="training batch size (default 64)")
     p.add_argument("--lr", type=float, help="learning rate (default: 5e-5 FLUX, 1e-4 SD)")

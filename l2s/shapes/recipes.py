@@ -36,6 +36,7 @@ BENCH_SEEDS = (100, 101, 102, 103)
 BENCH_BATCH_SIZE = 16   # images per steering call: the shapes model is small, a batch costs little memory
 SHAPES_STORE_STEPS = (1, 3, 5)  # trained step indices; steered steps 0-1 -> 1, 2-3 -> 3, 4-5 -> 5
 SHAPES_IMAGE_SIZE = 32         # the shipped model's; a model's own is image_size(pipe)
+SHAPES_MODEL_NAME = "shapes-world"   # the model a 'shapes make-data' dataset records (whichever shapes model)
 SHAPES_OBJECT_SIZES = (8, 12)  # as the model's training scenes
 # Held out of the classifier's training data, to test generalisation to unseen words.
 HELD_OUT_COLOURS = ("cyan",)
@@ -255,9 +256,19 @@ def make_shapes_data(pipe, out_dir: str | Path, n_scenes: int, seed: int = 0, *,
                                       exclude_shapes=exclude_shapes)
     settings = dict(class_names=PUBLISHED_CLASSES, steps=SHAPES_STEPS, store_steps=SHAPES_STORE_STEPS,
                     size=image_size(pipe), map_size=token_grid(pipe), dual=dual, seed=seed,
-                    model_name="shapes-world", progress=progress, shard_size=SHAPES_SHARD_SIZE)
+                    model_name=SHAPES_MODEL_NAME, progress=progress, shard_size=SHAPES_SHARD_SIZE)
     settings.update(kwargs)
     return make_dataset(samples, pipe, out_dir, **settings)
+
+
+def check_shapes_dataset(meta: dict, dataset_dir: str | Path) -> None:
+    """Refuse a dataset another model's inversions made (its ``model`` setting is not the shapes
+    world's): the shapes classifier is that world's; datasets that record no model (synthetic,
+    resized) are taken."""
+    model = (meta.get("settings") or {}).get("model")
+    if model is not None and model != SHAPES_MODEL_NAME:
+        raise L2SError(f"{dataset_dir} was made by 'l2s make-data' with the model {model!r}, not by 'l2s shapes "
+                       f"make-data': train its classifier with 'l2s train {dataset_dir} --out DIR'")
 
 
 def shapes_classifier_config(dataset_dir: str | Path, layers: int | None = None, **overrides: Any):
@@ -267,6 +278,7 @@ def shapes_classifier_config(dataset_dir: str | Path, layers: int | None = None,
     from l2s.training import load_dataset_meta, with_first_blocks
 
     meta = load_dataset_meta(dataset_dir)
+    check_shapes_dataset(meta, dataset_dir)
     fields = dict(SHAPES_CLASSIFIER_SIZES, class_names=tuple(meta["class_names"]), map_size=meta["map_size"],
                   orig_map_size=meta.get("orig_map_size"), layer_layout=meta.get("layer_layout"),
                   timesteps=tuple(meta["store_steps"]), num_timesteps=meta["num_steps"])

@@ -116,6 +116,7 @@ def _resolve_config(config: ClassifierConfig | str, meta: dict, layers: int | No
             config = preset(config, channels=meta["channels"], **overrides)
         except ValueError as error:    # an unknown preset name
             raise L2SError(str(error)) from None
+        _check_preset_family(config.model_family, meta)
     if layers is not None:
         config = with_first_blocks(config, meta, layers)
     selected = dataset_channels(meta, config.layer_layout)
@@ -134,6 +135,15 @@ def _resolve_config(config: ClassifierConfig | str, meta: dict, layers: int | No
     if missing:
         log.warning("the dataset has no maps for step indices %s of the classifier", missing)
     return config
+
+
+def _check_preset_family(family: str, meta: dict) -> None:
+    """Refuse a preset of another model family than the dataset's: the classifier would be recorded
+    (and sized, and trained) as that family's while it reads, and can steer, only the dataset's model."""
+    recorded = meta.get("model_family")
+    if recorded in DEFAULT_LR and family != recorded:
+        raise L2SError(f"the dataset holds maps of a {recorded} model but the classifier preset {family!r} is for "
+                       f"{family} models: use the preset {recorded!r} ('l2s train': leave --preset out)")
 
 
 def _family(config: ClassifierConfig) -> str:

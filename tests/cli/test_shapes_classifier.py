@@ -7,6 +7,7 @@ import re
 import pytest
 import torch
 
+from l2s.cli import main
 from l2s.cli.shapes_classifier import train_classifier_main
 from l2s.relations import PUBLISHED_CLASSES
 from l2s.training import write_map_dataset
@@ -26,6 +27,14 @@ def _dataset(folder, extra: dict | None = None):
 @pytest.fixture(scope="module")
 def shapes_data(tmp_path_factory):
     return _dataset(tmp_path_factory.mktemp("shapes") / "data", {"model": "shapes-world"})
+
+
+def test_a_dataset_of_another_make_data_is_refused_with_the_command_that_trains_it(tmp_path, capsys):
+    data = _dataset(tmp_path / "tiny-maps", {"model": "tiny"})    # 'l2s make-data --model tiny' records this
+    assert main(["shapes", "train-classifier", "--data", str(data), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    assert capsys.readouterr().err == (f"l2s: error: {data} was made by 'l2s make-data' with the model 'tiny', not by "
+                                       f"'l2s shapes make-data': train its classifier with 'l2s train {data} --out DIR'\n")
+    assert not (tmp_path / "run").exists()
 
 
 def test_the_best_epoch_line_and_card_say_what_best_means_and_count_records(shapes_data, tmp_path, capsys):

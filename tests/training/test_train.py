@@ -284,6 +284,20 @@ def test_train_cli_uses_a_preset_sized_from_the_dataset(tmp_path, capsys, umask_
     assert exit_info.value.code == 0 and "--preset" in capsys.readouterr().out
 
 
+def test_a_preset_of_another_family_than_the_datasets_is_refused(tmp_path, capsys):
+    g = torch.Generator().manual_seed(3)
+    records = [dict(r, sample_id=f"s{i}") for i, r in enumerate(_synthetic(8, g, "train")[1] + _synthetic(4, g, "val")[1])]
+    dataset = write_map_dataset(tmp_path / "data", records, torch.rand(12, 2, CHANNELS, SIDE, SIDE),
+                                class_names=CLASSES, num_steps=4, model_family="flux-schnell")
+    assert train_main([str(dataset), "--out", str(tmp_path / "run"), "--preset", "sd14", "--quiet"]) == 2
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("l2s:")]
+    assert line == ("l2s: error: the dataset holds maps of a flux-schnell model but the classifier preset 'sd14' is "
+                    "for sd14 models: use the preset 'flux-schnell' ('l2s train': leave --preset out)")
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(L2SError, match="preset 'flux-dev' is for flux-dev models"):
+        train_classifier(dataset, tmp_path / "run", "dev", epochs=1, progress=False)   # aliases too
+
+
 def test_a_rerun_of_a_run_that_stopped_early_says_so(tmp_path):
     from l2s.training.train import TrainResult
 
