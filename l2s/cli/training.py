@@ -8,6 +8,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from l2s.errors import L2SError
 from l2s.distributed import line_to_say, output_lock, world
@@ -53,7 +54,8 @@ def build_make_data_parser() -> argparse.ArgumentParser:
                    help="gqa: GQA scene graphs; coco: COCO instances JSON; pairs: JSONL of {image, prompt}")
     p.add_argument("--annotations", nargs="+", required=True,
                    help="scene-graph JSON file(s) (gqa; several are merged), instances JSON (coco) or JSONL (pairs)")
-    p.add_argument("--images", help="image directory (gqa: <image_id>.jpg; coco: file_name; pairs: relative paths)")
+    p.add_argument("--images", help="image directory (gqa: <image_id>.jpg; coco: file_name; pairs: relative paths); "
+                                    "default: the current directory")
     p.add_argument("--out", type=out_text, required=True, help="output dataset directory (resumed if it exists)")
     p.add_argument("--classes", choices=("published", "diagonal"), default="published",
                    help="class set: published 5 classes (above, below, is, to the left of, to the right of) "
@@ -128,18 +130,35 @@ def make_data_main(argv: Sequence[str] | None = None) -> int:
                 min_psnr=args.min_psnr, gamma=args.gamma, eta=args.eta, model_name=args.model, limit=args.limit,
                 progress=not args.quiet, restart=args.restart, layers=args.layers,
                 spelled=flag_of({"dtype": "--map-dtype"}))
+            if summary.records == 0:
+                _refuse_empty_dataset(args, summary)   # inside the lock: a folder this run made goes too
     except L2SError as error:
         return _say_error(error)
     if not world().is_main:
         return 0
     print(summary.line(), file=sys.stderr)
-    if summary.records == 0:
-        return _say_error(L2SError("no sample gave a record (every one was skipped: see the lines above)"))
     if not (summary.split_records or {}).get("val"):
         print(f"l2s: warning: no validation records (--val-fraction {args.val_fraction} of "
               f"{summary.samples_done} samples); 'l2s train' needs some: add samples or raise --val-fraction",
               file=sys.stderr)
     return 0
+
+
+def _refuse_empty_dataset(args: argparse.Namespace, summary) -> None:
+    """A run that made no record keeps no dataset (an empty one would only be resumed): its files
+    go, and the error says why every sample was skipped when it can (no --images)."""
+    from l2s.training import remove_empty_dataset
+
+    reasons = remove_empty_dataset(Path(args.out)) if world().is_main else []
+    if world().is_main:
+        print(summary.line(), file=sys.stderr)
+    hint = ""
+    if args.images is None and reasons and all(r.startswith("image not found") for r in reasons):
+        folder = Path(args.annotations[0]).parent   # the likeliest home of the images: say it
+        hint = ("; without --images, relative image paths resolve against the current directory: pass --images "
+                f"with the folder they are relative to (e.g. --images {folder}, the annotations' folder)")
+    raise L2SError(f"no sample gave a record (every one was skipped: see the lines above), so {args.out} keeps no "
+                   f"dataset{hint}")
 
 
 def _say_error(error: Exception) -> int:

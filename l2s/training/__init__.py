@@ -39,6 +39,7 @@ from .sources import (
 )
 from .store import MAP_DTYPES, load_dataset_meta, verify_dataset
 from .epochs import TrainingDivergedError
+from .writer import remove_empty_dataset
 from .train import (
     DEFAULT_EPOCHS,
     DEFAULT_LR,
@@ -89,6 +90,7 @@ __all__ = [
     "psnr",
     "record_hits",
     "relation_leakage",
+    "remove_empty_dataset",
     "resize_map_dataset",
     "rf_inversion_mix",
     "sample_seed",
