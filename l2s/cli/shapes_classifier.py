@@ -104,13 +104,11 @@ def train_classifier_main(argv: Sequence[str] | None = None) -> int:
     use_threads(args)
     result = train_shapes_classifier(args.data, args.out, dual=not args.no_dual, epochs=args.epochs, lr=args.lr,
                                      seed=args.seed, progress=not args.quiet, layers=args.layers,
-                                     resume=not args.restart)
+                                     resume=not args.restart, on_resume=print)
     from l2s.distributed import world
 
     if not world().is_main:
         return 0
-    if resumed := result.resume_line():
-        print(resumed)
     # "best" is the lowest val loss, not the highest accuracy: the line says so.
     print(f"l2s: best epoch {result.best_epoch} (lowest val loss {result.best_val_loss:.4f}): val accuracy "
           f"{result.best_val_accuracy:.3f}; weights in {result.best_dir}")

@@ -246,13 +246,12 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         result = train_classifier(args.dataset, args.out, name, epochs=args.epochs, batch_size=args.batch_size,
                                   lr=args.lr, seed=args.seed, device=args.device, resume=not args.restart,
                                   prompt_types=("pos",) if args.only_pos else None, num_workers=args.workers,
-                                  progress=not args.quiet, layers=args.layers)
+                                  progress=not args.quiet, layers=args.layers,
+                                  on_resume=lambda line: print(line, file=sys.stderr))
     except (L2SError, ValueError) as error:
         return _say_error(error)
     if not world().is_main:
         return 0
-    if resumed := result.resume_line():
-        print(resumed, file=sys.stderr)
     print(f"l2s: best epoch {result.best_epoch}: val loss {result.best_val_loss:.4f}, val accuracy "
           f"{result.best_val_accuracy:.3f} ({result.epochs_run} epochs"
           f"{', stopped early' if result.stopped_early else ''}); checkpoint {result.best_dir}", file=sys.stderr)

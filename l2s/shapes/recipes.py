@@ -290,11 +290,13 @@ def shapes_classifier_config(dataset_dir: str | Path, layers: int | None = None,
 def train_shapes_classifier(dataset_dir: str | Path, out_dir: str | Path, *, dual: bool = True,
                             epochs: int = SHAPES_CLASSIFIER_EPOCHS, lr: float = SHAPES_CLASSIFIER_LR,
                             batch_size: int = 64, seed: int = 0, progress: bool = True, layers: int | None = None,
-                            resume: bool = True, **overrides: Any):
+                            resume: bool = True, on_resume=None, **overrides: Any):
     """Train the shapes classifier (``dual=False``: pos prompts only, the leakage ablation;
-    ``layers=K``: a classifier of the first K blocks, read from the same maps)."""
+    ``layers=K``: a classifier of the first K blocks, read from the same maps; ``on_resume``: as
+    :func:`l2s.training.train_classifier` takes it)."""
     from l2s.training import train_classifier
 
     config = shapes_classifier_config(dataset_dir, layers, **overrides)
     return train_classifier(dataset_dir, out_dir, config, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                            prompt_types=None if dual else ("pos",), progress=progress, resume=resume)
+                            prompt_types=None if dual else ("pos",), progress=progress, resume=resume,
+                            on_resume=on_resume)

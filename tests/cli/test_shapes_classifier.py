@@ -37,6 +37,23 @@ def test_a_dataset_of_another_make_data_is_refused_with_the_command_that_trains_
     assert not (tmp_path / "run").exists()
 
 
+def test_a_resumed_run_says_so_before_its_first_epoch_even_quiet(shapes_data, tmp_path, capsys, monkeypatch):
+    from l2s.training.epochs import _Training
+
+    argv = ["--data", str(shapes_data), "--out", str(tmp_path / "run"), "--quiet", "--epochs"]
+    assert train_classifier_main(argv + ["1"]) == 0 and "resumed after" not in capsys.readouterr().out
+    said_before_epochs, epoch = [], _Training.epoch
+
+    def first_reads_stdout(self, *args):   # what the run had said when its first epoch began
+        said_before_epochs.append(capsys.readouterr().out)
+        return epoch(self, *args)
+    monkeypatch.setattr(_Training, "epoch", first_reads_stdout)
+    assert train_classifier_main(argv + ["2"]) == 0
+    assert said_before_epochs[0] == f"l2s: resumed after epoch 1 of the earlier run in {tmp_path / 'run'}\n"
+    end = capsys.readouterr().out
+    assert "resumed after" not in end and end.startswith("l2s: best epoch ")   # the summary stays; said once
+
+
 def test_the_best_epoch_line_and_card_say_what_best_means_and_count_records(shapes_data, tmp_path, capsys):
     out = tmp_path / "run"
     assert train_classifier_main(["--data", str(shapes_data), "--out", str(out), "--epochs", "3", "--quiet"]) == 0
