@@ -32,9 +32,10 @@ def build_make_data_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-dual", action="store_true", help="pos prompts only")
     p.add_argument("--layers", type=int, metavar="K",
                    help="store only the first K blocks' maps (default: every layer, which serves any K)")
-    p.add_argument("--shard-size", type=int, default=SHAPES_SHARD_SIZE,
-                   help=f"scenes per committed chunk: an interruption loses at most this many (default "
-                        f"{SHAPES_SHARD_SIZE}; resume with the same size: another is refused)")
+    p.add_argument("--shard-size", type=int,
+                   help=f"samples per committed chunk: an interruption loses at most this many (default: the size "
+                        f"the dataset in --out was made with, {SHAPES_SHARD_SIZE} for a new one; another size than "
+                        f"the dataset's is refused)")
     p.add_argument("--restart", action="store_true",
                    help="start over: remove the dataset already in --out (also the way out of a damaged one)")
     add_threads_arg(p)
@@ -50,8 +51,11 @@ def make_data_main(argv: Sequence[str] | None = None) -> int:
 
     use_threads(args)
     from l2s.distributed import output_lock, world
+    from l2s.training import shard_size_to_resume
     from l2s.values import positive_int, seed_value
 
+    if args.shard_size is None:   # resuming: the dataset's own size (another one would be refused)
+        args.shard_size = SHAPES_SHARD_SIZE if args.restart else shard_size_to_resume(args.out, SHAPES_SHARD_SIZE)
     positive_int(args.scenes, "--scenes")
     positive_int(args.shard_size, "--shard-size")
     seed_value(args.seed, "--seed")

@@ -21,6 +21,7 @@ from .outputs import error_line
 
 # ``--model`` names of the random tiny pipelines (offline).
 _TINY_MODELS = ("tiny", "tiny-flux", "tiny-dev", "tiny-sd")
+MAKE_DATA_SHARD_SIZE = 16   # samples per chunk of a new dataset
 
 
 def _load_pipe(model: str, device: str, dtype: str):
@@ -70,7 +71,9 @@ def build_make_data_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="use only the first N samples (may grow between resumed runs)")
     p.add_argument("--max-per-class", type=int, help="balance: at most N samples per relation (seeded)")
     p.add_argument("--val-fraction", type=float, default=0.15, help="share of source images in the val split")
-    p.add_argument("--shard-size", type=int, default=16, help="samples per shard / commit")
+    p.add_argument("--shard-size", type=int,
+                   help=f"samples per shard / commit (default: the size the dataset in --out was made with, "
+                        f"{MAKE_DATA_SHARD_SIZE} for a new one; another size than the dataset's is refused)")
     p.add_argument("--map-dtype", choices=tuple(LONG_NAMES), default="fp16", help="storage dtype of the maps")
     p.add_argument("--min-psnr", type=float,
                    help="drop samples whose reconstruction PSNR is lower (default: no filter; published: 20 FLUX, "
@@ -92,7 +95,10 @@ def build_make_data_parser() -> argparse.ArgumentParser:
 
 def _check_make_data_args(args: argparse.Namespace) -> None:
     """Every option, before the annotations are read or a model is loaded."""
-    from l2s.training import check_make_data_options
+    from l2s.training import check_make_data_options, shard_size_to_resume
+
+    if args.shard_size is None:   # resuming: the dataset's own size (another one would be refused)
+        args.shard_size = MAKE_DATA_SHARD_SIZE if args.restart else shard_size_to_resume(args.out, MAKE_DATA_SHARD_SIZE)
     from l2s.devices import check_device
 
     from .checks import check_input_paths

@@ -37,7 +37,7 @@ from .sources import (
     sample_seed,
     split_of,
 )
-from .store import MAP_DTYPES, load_dataset_meta, verify_dataset
+from .store import MAP_DTYPES, load_dataset_meta, shard_size_to_resume, verify_dataset
 from .epochs import TrainingDivergedError
 from .writer import remove_empty_dataset
 from .train import (
@@ -94,6 +94,7 @@ __all__ = [
     "resize_map_dataset",
     "rf_inversion_mix",
     "sample_seed",
+    "shard_size_to_resume",
     "split_of",
     "train_classifier",
     "training_prompts",

@@ -67,3 +67,21 @@ def test_the_best_epoch_line_and_card_say_what_best_means_and_count_records(shap
     training = json.loads((out / "best" / "training.json").read_text())
     assert f"({training['train_samples']} training, {training['val_samples']} validation records)" in card
     assert f"(the lowest validation loss: {best['val_loss']:.4f})" in card and "samples" not in card
+
+
+def test_make_data_resumes_with_the_datasets_own_shard_size_unless_told_another(tmp_path, monkeypatch, capsys):
+    import l2s.shapes
+    from l2s.errors import L2SError
+
+    sizes = []
+
+    def record(pipe, out, scenes, seed, **kwargs):
+        sizes.append(kwargs["shard_size"])
+        raise L2SError("stopped by the test")
+    monkeypatch.setattr(l2s.shapes, "load_shapes_pipeline", lambda model: "pipe")
+    monkeypatch.setattr(l2s.shapes, "make_shapes_data", record)
+    made = _dataset(tmp_path / "maps", {"model": "shapes-world", "shard_size": 8})   # made with --shard-size 8
+    for flags in ([], ["--shard-size", "4"], ["--restart"]):
+        main(["shapes", "make-data", "--out", str(made), "--scenes", "16", *flags])
+    main(["shapes", "make-data", "--out", str(tmp_path / "new"), "--scenes", "16"])
+    assert sizes == [8, 4, 256, 256]   # another explicit size is the writer's to refuse
