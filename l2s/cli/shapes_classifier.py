@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from l2s.shapes.settings import SHAPES_SHARD_SIZE
+from l2s.shapes.settings import NEUTRAL_FRACTION, SHAPES_SHARD_SIZE
 
 from .help import command_parser
 from .options import add_threads_arg, flag_of, out_path, use_threads
@@ -27,7 +27,9 @@ def build_make_data_parser() -> argparse.ArgumentParser:
          "l2s shapes make-data --model runs/shapes-model/pipeline --out runs/shapes-maps --quiet"])
     p.add_argument("--model", help="shapes pipeline dir (default: the shipped model)")
     p.add_argument("--out", required=True, type=out_path)
-    p.add_argument("--scenes", type=int, default=2400, help="two-object scenes to invert (default 2400)")
+    p.add_argument("--scenes", type=int, default=2400,
+                   help=f"two-object scenes to invert (default 2400); about one in {round(1 / NEUTRAL_FRACTION)} also "
+                        "gives a neutral 'is' sample (\"A red circle\"), so the dataset has more samples than scenes")
     p.add_argument("--seed", type=int, default=0, help="seeds the scenes and the wrong relation words (default 0)")
     p.add_argument("--no-dual", action="store_true", help="pos prompts only")
     p.add_argument("--layers", type=int, metavar="K",

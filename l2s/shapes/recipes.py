@@ -19,7 +19,7 @@ on it, exactly as on a real FLUX model:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from l2s.errors import L2SError
 from l2s.relations import DIRECTIONAL, NEUTRAL, PUBLISHED_CLASSES
 
 from .scenes import COLOURS, SHAPES, render, scene_for_relation
-from .settings import SHAPES_FAMILY, SHAPES_SHARD_SIZE, SHAPES_STEP_SIZE, SHAPES_STEPS, SHAPES_TRUE_CFG
+from .settings import NEUTRAL_FRACTION, SHAPES_FAMILY, SHAPES_SHARD_SIZE, SHAPES_STEP_SIZE, SHAPES_STEPS, SHAPES_TRUE_CFG
 
 # The bench's (l2s.shapes.bench) image seeds and batch; here, light, for 'l2s shapes bench --help'.
 BENCH_SEEDS = (100, 101, 102, 103)
@@ -208,7 +208,7 @@ def _palette(exclude_colours: Sequence[str], exclude_shapes: Sequence[str]) -> t
 
 def shapes_relation_samples(n_scenes: int, seed: int = 0, *, size: int = SHAPES_IMAGE_SIZE,
                             object_sizes: tuple[int, int] = SHAPES_OBJECT_SIZES,
-                            neutral_fraction: float = 0.25,
+                            neutral_fraction: float = NEUTRAL_FRACTION,
                             exclude_colours: Sequence[str] = HELD_OUT_COLOURS,
                             exclude_shapes: Sequence[str] = HELD_OUT_SHAPES) -> list:
     """Labelled :class:`~l2s.training.RelationSample` s of ``n_scenes`` rendered two-object scenes.
@@ -244,7 +244,9 @@ def make_shapes_data(pipe, out_dir: str | Path, n_scenes: int, seed: int = 0, *,
                      exclude_shapes: Sequence[str] = HELD_OUT_SHAPES, progress: bool = True, **kwargs: Any):
     """Dual-invert :func:`shapes_relation_samples` with the shapes ``pipe`` into a map dataset.
 
-    Inverts over the model's :data:`SHAPES_STEPS` sampling steps and stores the maps at
+    The dataset holds more samples than scenes: about :data:`NEUTRAL_FRACTION` of the scenes also
+    give a neutral "is" sample (the summary's line says how many). Inverts over the model's
+    :data:`SHAPES_STEPS` sampling steps and stores the maps at
     :data:`SHAPES_STORE_STEPS` (the indices the steered steps read), images of the model's
     :func:`image_size` and maps of its token grid (32 px and 16x16 for the shipped model: no
     resampling); resumable like :func:`l2s.training.make_dataset` (``kwargs`` go there).
@@ -258,7 +260,10 @@ def make_shapes_data(pipe, out_dir: str | Path, n_scenes: int, seed: int = 0, *,
                     size=image_size(pipe), map_size=token_grid(pipe), dual=dual, seed=seed,
                     model_name=SHAPES_MODEL_NAME, progress=progress, shard_size=SHAPES_SHARD_SIZE)
     settings.update(kwargs)
-    return make_dataset(samples, pipe, out_dir, **settings)
+    summary = make_dataset(samples, pipe, out_dir, **settings)
+    if summary.samples_done != len(samples):   # a dataset of other scenes too: its count is not these
+        return summary
+    return replace(summary, made_of=f"{n_scenes} scenes + {len(samples) - n_scenes} neutral 'is' samples")
 
 
 def check_shapes_dataset(meta: dict, dataset_dir: str | Path) -> None:

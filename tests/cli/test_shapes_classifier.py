@@ -85,3 +85,11 @@ def test_make_data_resumes_with_the_datasets_own_shard_size_unless_told_another(
         main(["shapes", "make-data", "--out", str(made), "--scenes", "16", *flags])
     main(["shapes", "make-data", "--out", str(tmp_path / "new"), "--scenes", "16"])
     assert sizes == [8, 4, 256, 256]   # another explicit size is the writer's to refuse
+
+
+def test_make_data_help_says_scenes_give_more_samples(capsys):
+    from l2s.cli.shapes_classifier import build_make_data_parser
+
+    help_text = " ".join(build_make_data_parser().format_help().split())
+    assert "about one in 4 also gives a neutral 'is' sample" in help_text
+    assert "so the dataset has more samples than scenes" in help_text
