@@ -66,3 +66,19 @@ def _seed_everything() -> None:
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def umask_022():
+    """The test runs under umask 022 (a plain open makes files 0644), whatever the caller's; yields
+    ``modes(folder)``: the permission bits of every file under ``folder``, by relative path."""
+    from pathlib import Path
+
+    def modes(folder) -> dict[str, int]:
+        return {str(p.relative_to(folder)): p.stat().st_mode & 0o777 for p in Path(folder).rglob("*") if p.is_file()}
+
+    previous = os.umask(0o022)
+    try:
+        yield modes
+    finally:
+        os.umask(previous)

@@ -30,6 +30,7 @@ from transformers import (
 )
 
 from l2s.evaluation import COCO_CLASSES as GENEVAL_COCO_CLASSES  # one home for the list
+from l2s.files import follow_umask
 from l2s.tokenizers import byte_level_clip_tokenizer, word_t5_tokenizer
 
 # The tiny T5 encoder's embedding table; the tokenizer (words + 100 sentinel ids) must fit inside.
@@ -310,6 +311,7 @@ def save_pipeline(pipe, path: str | Path) -> Path:
     that ``<PipelineClass>.from_pretrained(path)`` reloads offline."""
     path = Path(path)
     pipe.save_pretrained(path, safe_serialization=True)
+    follow_umask(path)   # diffusers' safetensors files are 0600 otherwise
     return path
 
 

@@ -168,10 +168,11 @@ def test_tiny_pipeline_rejects_unknown_kind():
 
 
 @pytest.mark.parametrize("kind", ["flux-dev", "sd"])
-def test_save_and_reload_offline(kind, flux_dev, sd, tmp_path):
+def test_save_and_reload_offline(kind, flux_dev, sd, tmp_path, umask_022):
     pipe = {"flux-dev": flux_dev, "sd": sd}[kind]
     cls = FluxPipeline if kind == "flux-dev" else StableDiffusionPipeline
     reloaded = cls.from_pretrained(save_pipeline(pipe, tmp_path / kind), local_files_only=True)
+    assert set(umask_022(tmp_path / kind).values()) == {0o644}   # the weights too (0600 from diffusers alone)
     names = ["tokenizer", "tokenizer_2"] if kind == "flux-dev" else ["tokenizer"]
     for name in names:
         original, loaded = getattr(pipe, name), getattr(reloaded, name)

@@ -19,8 +19,10 @@ from l2s.files import (
     FolderBusyError,
     atomic_write_bytes,
     described_changes,
+    follow_umask,
     fsync_append,
     output_lock,
+    process_umask,
     read_jsonl_lines,
     read_state_json,
     remove_outputs,
@@ -179,6 +181,20 @@ def test_atomic_write_leaves_no_temporary_file(tmp_path):
     atomic_write_bytes(tmp_path / "a.bin", b"one")
     atomic_write_bytes(tmp_path / "a.bin", b"two")
     assert (tmp_path / "a.bin").read_bytes() == b"two" and sorted(p.name for p in tmp_path.iterdir()) == ["a.bin"]
+
+
+def test_follow_umask_gives_saved_weights_the_mode_a_plain_open_would(tmp_path, umask_022):
+    from safetensors.torch import save_file
+    import torch
+
+    (tmp_path / "sub").mkdir()
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "sub" / "model.safetensors"))
+    (tmp_path / "private.key").write_text("x")
+    os.chmod(tmp_path / "private.key", 0o600)
+    assert umask_022(tmp_path)["sub/model.safetensors"] == 0o600   # what safetensors does on its own
+    follow_umask(tmp_path)
+    assert umask_022(tmp_path) == {"sub/model.safetensors": 0o644, "private.key": 0o600}   # weights only
+    assert process_umask() == 0o022 and os.umask(0o022) == 0o022   # read, not changed
 
 
 def test_jsonl_damage_names_the_line_and_a_torn_last_line_is_what_a_kill_leaves(tmp_path):

@@ -133,10 +133,12 @@ def _training_lines(training: dict | None) -> list[str]:
         lines.append(f"- source: {training['source']}")
     if training.get("dataset"):
         lines.append(f"- data: attention maps of dual inversions, dataset `{Path(str(training['dataset'])).name}`"
-                     + (f" ({training['train_samples']} training, {training['val_samples']} validation samples)"
+                     + (f" ({training['train_samples']} training, {training['val_samples']} validation records)"
                         if "train_samples" in training and "val_samples" in training else ""))
     if training.get("best_epoch") is not None:
-        lines.append(f"- best epoch {training['best_epoch']} of {training.get('epoch', '?')} run")
+        loss = training.get("best_val_loss")   # what "best" means: the lowest validation loss, not accuracy
+        lines.append(f"- best epoch {training['best_epoch']} of {training.get('epoch', '?')} run"
+                     + (f" (the lowest validation loss: {loss:.4f})" if isinstance(loss, (int, float)) else ""))
     accuracy = training.get("best_val_accuracy")
     lines.append(f"- validation accuracy: {accuracy:.3f}" if isinstance(accuracy, (int, float))
                  else "- validation accuracy: not recorded")

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from l2s.errors import ClassifierMismatchError, ModelLoadError
+from l2s.files import atomic_write_bytes
 
 from .config import ClassifierConfig, step_index_for
 from .hub import ClassifierHubMixin, looks_like_hub_id, read_training_record
@@ -168,12 +169,13 @@ class RelationClassifier(nn.Module, ClassifierHubMixin):
 
     def save(self, directory: str | Path) -> None:
         """Write ``model.safetensors`` and ``config.json`` into ``directory`` (created if needed)."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+        # Bytes written by l2s, not safetensors' save_file: the file then respects the umask (not 0600).
+        atomic_write_bytes(directory / WEIGHTS_FILE, save(state, metadata={"format": "pt"}))
         (directory / CONFIG_FILE).write_text(json.dumps(self.config.to_json(), indent=2) + "\n")
 
     @classmethod

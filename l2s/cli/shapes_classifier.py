@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from l2s.shapes.settings import SHAPES_SHARD_SIZE
+from l2s.shapes.settings import NEUTRAL_FRACTION, SHAPES_SHARD_SIZE
 
 from .help import command_parser
 from .options import add_threads_arg, flag_of, out_path, use_threads
@@ -27,14 +27,17 @@ def build_make_data_parser() -> argparse.ArgumentParser:
          "l2s shapes make-data --model runs/shapes-model/pipeline --out runs/shapes-maps --quiet"])
     p.add_argument("--model", help="shapes pipeline dir (default: the shipped model)")
     p.add_argument("--out", required=True, type=out_path)
-    p.add_argument("--scenes", type=int, default=2400, help="two-object scenes to invert (default 2400)")
+    p.add_argument("--scenes", type=int, default=2400,
+                   help=f"two-object scenes to invert (default 2400); about one in {round(1 / NEUTRAL_FRACTION)} also "
+                        "gives a neutral 'is' sample (\"A red circle\"), so the dataset has more samples than scenes")
     p.add_argument("--seed", type=int, default=0, help="seeds the scenes and the wrong relation words (default 0)")
     p.add_argument("--no-dual", action="store_true", help="pos prompts only")
     p.add_argument("--layers", type=int, metavar="K",
                    help="store only the first K blocks' maps (default: every layer, which serves any K)")
-    p.add_argument("--shard-size", type=int, default=SHAPES_SHARD_SIZE,
-                   help=f"scenes per committed chunk: an interruption loses at most this many (default "
-                        f"{SHAPES_SHARD_SIZE}; resume with the same size: another is refused)")
+    p.add_argument("--shard-size", type=int,
+                   help=f"samples per committed chunk: an interruption loses at most this many (default: the size "
+                        f"the dataset in --out was made with, {SHAPES_SHARD_SIZE} for a new one; another size than "
+                        f"the dataset's is refused)")
     p.add_argument("--restart", action="store_true",
                    help="start over: remove the dataset already in --out (also the way out of a damaged one)")
     add_threads_arg(p)
@@ -50,8 +53,11 @@ def make_data_main(argv: Sequence[str] | None = None) -> int:
 
     use_threads(args)
     from l2s.distributed import output_lock, world
+    from l2s.training import shard_size_to_resume
     from l2s.values import positive_int, seed_value
 
+    if args.shard_size is None:   # resuming: the dataset's own size (another one would be refused)
+        args.shard_size = SHAPES_SHARD_SIZE if args.restart else shard_size_to_resume(args.out, SHAPES_SHARD_SIZE)
     positive_int(args.scenes, "--scenes")
     positive_int(args.shard_size, "--shard-size")
     seed_value(args.seed, "--seed")
@@ -76,7 +82,8 @@ def build_train_classifier_parser() -> argparse.ArgumentParser:
         "OUT/best (load it with --classifier OUT/best) and reports its validation accuracy per prompt type.",
         ["l2s shapes train-classifier --data runs/shapes-maps --out runs/shapes-classifier --epochs 40",
          "l2s shapes train-classifier --data runs/shapes-maps --out runs/shapes-classifier-k2 --layers 2"])
-    p.add_argument("--data", required=True, type=Path, help="a map dataset written by 'l2s shapes make-data'")
+    p.add_argument("--data", required=True, type=Path, help="a map dataset written by 'l2s shapes make-data' (one of 'l2s make-data' is refused: "
+                        "'l2s train' trains its classifier)")
     p.add_argument("--out", required=True, type=out_path, help="run folder: best/, last/ and log.jsonl")
     p.add_argument("--no-dual", action="store_true", help="train on pos prompts only (leakage ablation)")
     p.add_argument("--layers", type=int, metavar="K",
@@ -103,15 +110,14 @@ def train_classifier_main(argv: Sequence[str] | None = None) -> int:
     use_threads(args)
     result = train_shapes_classifier(args.data, args.out, dual=not args.no_dual, epochs=args.epochs, lr=args.lr,
                                      seed=args.seed, progress=not args.quiet, layers=args.layers,
-                                     resume=not args.restart)
+                                     resume=not args.restart, on_resume=print)
     from l2s.distributed import world
 
     if not world().is_main:
         return 0
-    if resumed := result.resume_line():
-        print(resumed)
-    print(f"l2s: best epoch {result.best_epoch}: val accuracy {result.best_val_accuracy:.3f}; "
-          f"weights in {result.best_dir}")
+    # "best" is the lowest val loss, not the highest accuracy: the line says so.
+    print(f"l2s: best epoch {result.best_epoch} (lowest val loss {result.best_val_loss:.4f}): val accuracy "
+          f"{result.best_val_accuracy:.3f}; weights in {result.best_dir}")
     for line in validation_report(result.best_dir, args.data):
         print(f"l2s: best checkpoint, {line}")
     return 0

@@ -8,6 +8,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from l2s.errors import L2SError
 from l2s.distributed import line_to_say, output_lock, world
@@ -20,6 +21,7 @@ from .outputs import error_line
 
 # ``--model`` names of the random tiny pipelines (offline).
 _TINY_MODELS = ("tiny", "tiny-flux", "tiny-dev", "tiny-sd")
+MAKE_DATA_SHARD_SIZE = 16   # samples per chunk of a new dataset
 
 
 def _load_pipe(model: str, device: str, dtype: str):
@@ -53,7 +55,8 @@ def build_make_data_parser() -> argparse.ArgumentParser:
                    help="gqa: GQA scene graphs; coco: COCO instances JSON; pairs: JSONL of {image, prompt}")
     p.add_argument("--annotations", nargs="+", required=True,
                    help="scene-graph JSON file(s) (gqa; several are merged), instances JSON (coco) or JSONL (pairs)")
-    p.add_argument("--images", help="image directory (gqa: <image_id>.jpg; coco: file_name; pairs: relative paths)")
+    p.add_argument("--images", help="image directory (gqa: <image_id>.jpg; coco: file_name; pairs: relative paths); "
+                                    "default: the current directory")
     p.add_argument("--out", type=out_text, required=True, help="output dataset directory (resumed if it exists)")
     p.add_argument("--classes", choices=("published", "diagonal"), default="published",
                    help="class set: published 5 classes (above, below, is, to the left of, to the right of) "
@@ -68,7 +71,9 @@ def build_make_data_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="use only the first N samples (may grow between resumed runs)")
     p.add_argument("--max-per-class", type=int, help="balance: at most N samples per relation (seeded)")
     p.add_argument("--val-fraction", type=float, default=0.15, help="share of source images in the val split")
-    p.add_argument("--shard-size", type=int, default=16, help="samples per shard / commit")
+    p.add_argument("--shard-size", type=int,
+                   help=f"samples per shard / commit (default: the size the dataset in --out was made with, "
+                        f"{MAKE_DATA_SHARD_SIZE} for a new one; another size than the dataset's is refused)")
     p.add_argument("--map-dtype", choices=tuple(LONG_NAMES), default="fp16", help="storage dtype of the maps")
     p.add_argument("--min-psnr", type=float,
                    help="drop samples whose reconstruction PSNR is lower (default: no filter; published: 20 FLUX, "
@@ -90,7 +95,10 @@ def build_make_data_parser() -> argparse.ArgumentParser:
 
 def _check_make_data_args(args: argparse.Namespace) -> None:
     """Every option, before the annotations are read or a model is loaded."""
-    from l2s.training import check_make_data_options
+    from l2s.training import check_make_data_options, shard_size_to_resume
+
+    if args.shard_size is None:   # resuming: the dataset's own size (another one would be refused)
+        args.shard_size = MAKE_DATA_SHARD_SIZE if args.restart else shard_size_to_resume(args.out, MAKE_DATA_SHARD_SIZE)
     from l2s.devices import check_device
 
     from .checks import check_input_paths
@@ -128,18 +136,35 @@ def make_data_main(argv: Sequence[str] | None = None) -> int:
                 min_psnr=args.min_psnr, gamma=args.gamma, eta=args.eta, model_name=args.model, limit=args.limit,
                 progress=not args.quiet, restart=args.restart, layers=args.layers,
                 spelled=flag_of({"dtype": "--map-dtype"}))
+            if summary.records == 0:
+                _refuse_empty_dataset(args, summary)   # inside the lock: a folder this run made goes too
     except L2SError as error:
         return _say_error(error)
     if not world().is_main:
         return 0
     print(summary.line(), file=sys.stderr)
-    if summary.records == 0:
-        return _say_error(L2SError("no sample gave a record (every one was skipped: see the lines above)"))
     if not (summary.split_records or {}).get("val"):
         print(f"l2s: warning: no validation records (--val-fraction {args.val_fraction} of "
               f"{summary.samples_done} samples); 'l2s train' needs some: add samples or raise --val-fraction",
               file=sys.stderr)
     return 0
+
+
+def _refuse_empty_dataset(args: argparse.Namespace, summary) -> None:
+    """A run that made no record keeps no dataset (an empty one would only be resumed): its files
+    go, and the error says why every sample was skipped when it can (no --images)."""
+    from l2s.training import remove_empty_dataset
+
+    reasons = remove_empty_dataset(Path(args.out)) if world().is_main else []
+    if world().is_main:
+        print(summary.line(), file=sys.stderr)
+    hint = ""
+    if args.images is None and reasons and all(r.startswith("image not found") for r in reasons):
+        folder = Path(args.annotations[0]).parent   # the likeliest home of the images: say it
+        hint = ("; without --images, relative image paths resolve against the current directory: pass --images "
+                f"with the folder they are relative to (e.g. --images {folder}, the annotations' folder)")
+    raise L2SError(f"no sample gave a record (every one was skipped: see the lines above), so {args.out} keeps no "
+                   f"dataset{hint}")
 
 
 def _say_error(error: Exception) -> int:
@@ -185,7 +210,7 @@ def build_train_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=out_text, required=True, help="output directory for checkpoints and the log")
     p.add_argument("--preset", default=None,
                    help="classifier preset: flux-dev, flux-schnell, sd14 or sd21 (default: the dataset's model "
-                        "family); channels, classes and map size come from the dataset")
+                        "family; another family's is refused); channels, classes and map size come from the dataset")
     p.add_argument("--epochs", type=int, help="total epoch limit (default: 200 FLUX, 150 SD1.4, 100 SD2.1)")
     p.add_argument("--batch-size", type=int, default=64, help="training batch size (default 64)")
     p.add_argument("--lr", type=float, help="learning rate (default: 5e-5 FLUX, 1e-4 SD)")
@@ -227,13 +252,12 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         result = train_classifier(args.dataset, args.out, name, epochs=args.epochs, batch_size=args.batch_size,
                                   lr=args.lr, seed=args.seed, device=args.device, resume=not args.restart,
                                   prompt_types=("pos",) if args.only_pos else None, num_workers=args.workers,
-                                  progress=not args.quiet, layers=args.layers)
+                                  progress=not args.quiet, layers=args.layers,
+                                  on_resume=lambda line: print(line, file=sys.stderr))
     except (L2SError, ValueError) as error:
         return _say_error(error)
     if not world().is_main:
         return 0
-    if resumed := result.resume_line():
-        print(resumed, file=sys.stderr)
     print(f"l2s: best epoch {result.best_epoch}: val loss {result.best_val_loss:.4f}, val accuracy "
           f"{result.best_val_accuracy:.3f} ({result.epochs_run} epochs"
           f"{', stopped early' if result.stopped_early else ''}); checkpoint {result.best_dir}", file=sys.stderr)

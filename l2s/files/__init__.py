@@ -3,7 +3,8 @@
 files that fail with a line saying how to recover (:mod:`.state`)."""
 from __future__ import annotations
 
-from .atomic import atomic_torch_save, atomic_write_bytes, atomic_write_json, atomic_write_text, fsync_append
+from .atomic import (atomic_torch_save, atomic_write_bytes, atomic_write_json, atomic_write_text, follow_umask,
+                     fsync_append, process_umask)
 from .digests import (CONTENT_DIGEST_LIMIT, changed_settings, described_changes, file_sha256, unrecorded_digests,
                       weights_digest)
 from .folders import (KIND_FILE, LOCK_FILE, OUTPUT_KINDS, FolderBusyError, claim_kind, first_names, output_lock,
@@ -26,9 +27,11 @@ __all__ = [
     "described_changes",
     "file_sha256",
     "first_names",
+    "follow_umask",
     "fsync_append",
     "output_lock",
     "prepare_output_dir",
+    "process_umask",
     "read_jsonl_lines",
     "read_state_json",
     "remove_outputs",

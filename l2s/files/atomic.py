@@ -53,6 +53,29 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def process_umask() -> int:
+    """The umask of this process, read without changing it where the system allows."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)   # elsewhere: set and restore (the only portable way to read it)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(path: str | Path, pattern: str = "*.safetensors") -> None:
+    """Give ``path`` (for a folder: every file under it matching ``pattern``) the mode a plain ``open``
+    would: safetensors' ``save_file`` (and so diffusers' and peft's ``save_pretrained``) makes them 0600."""
+    path = Path(path)
+    mode = 0o666 & ~process_umask()
+    for file in (path.rglob(pattern) if path.is_dir() else [path]):
+        if file.is_file() and not file.is_symlink():
+            os.chmod(file, mode)
+
+
 def fsync_append(path: str | Path, lines: list[str]) -> None:
     """Append ``lines`` in one write and sync them: a kill leaves whole lines or a torn last line,
     which the next append drops first (readers skip it; text after it would make it a damaged line)."""

@@ -28,6 +28,7 @@ from l2s.files import (
     atomic_write_text,
     changed_settings,
     described_changes,
+    follow_umask,
     fsync_append,
     output_lock,
     read_jsonl_lines,
@@ -220,6 +221,7 @@ def _save_adapter(model, folder: Path, card: str) -> None:
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(str(tmp))
+    follow_umask(tmp)   # peft's safetensors files are 0600 otherwise
     (tmp / "README.md").write_text(card, encoding="utf-8")
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)

@@ -59,14 +59,24 @@ class ParsedPrompt:
         """True when the prompt has at least one directional or diagonal relation."""
         return bool(self.triplets)
 
+    def unsteered_reason(self) -> str | None:
+        """Why nothing can be steered (one wording for generate and make-data): "no directional
+        relation found (non-directional, not steered: cat near dog)" or "no spatial relation found";
+        None when a relation can be."""
+        if self.triplets:
+            return None
+        ignored = self._ignored()
+        return (f"no directional relation found (non-directional, not steered: {ignored})" if ignored
+                else "no spatial relation found")
+
+    def _ignored(self) -> str:
+        return "; ".join(f"{r.subject} {r.relation} {r.object}" for r in self.non_directional)
+
     def describe(self) -> str:
         """One human-readable line saying what will be steered."""
-        ignored = "; ".join(f"{r.subject} {r.relation} {r.object}" for r in self.non_directional)
         if not self.triplets:
-            if ignored:
-                return (f"no directional relation found (non-directional, not steered: {ignored}): "
-                        "generating unsteered")
-            return "no spatial relation found: generating unsteered"
+            return f"{self.unsteered_reason()}: generating unsteered"
+        ignored = self._ignored()
         count = len(self.triplets)
         steered = "; ".join(f"{t.subject} {t.relation} {t.object}" for t in self.triplets)
         line = f"steering {count} relation{'s' if count > 1 else ''}: {steered}"

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from l2s.errors import L2SError, ModelLoadError
+from l2s.files import atomic_write_bytes
 
 from .relational import RelationalHead, grid_places
 from .text import PromptBatch
@@ -176,7 +177,8 @@ class SpatialScore(nn.Module):
         folder.mkdir(parents=True, exist_ok=True)
         (folder / CONFIG_NAME).write_text(json.dumps({"model_type": "l2s-spatial-score", **asdict(self.config)},
                                                      indent=2) + "\n", encoding="utf-8")
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, str(folder / WEIGHTS_NAME))
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        atomic_write_bytes(folder / WEIGHTS_NAME, save(state))   # not save_file: that one ignores the umask (0600)
         return folder
 
     @classmethod

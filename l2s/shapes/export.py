@@ -5,6 +5,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from l2s.files import follow_umask
 from l2s.versions import software_versions
 
 from .recipes import SHAPES_STEPS
@@ -15,6 +16,7 @@ def export(trainer, directory: Path, device: str, command: str | None) -> Path:
     and ``TRAINING.md``."""
     pipe = trainer.ema_pipeline()
     pipe.save_pretrained(directory, safe_serialization=True)
+    follow_umask(directory)   # diffusers' safetensors files are 0600 otherwise
     record = training_record(trainer, device, command)
     (directory / "training.json").write_text(json.dumps(record, indent=2) + "\n")
     (directory / "TRAINING.md").write_text(training_markdown(record))

@@ -19,7 +19,7 @@ on it, exactly as on a real FLUX model:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +29,14 @@ from l2s.errors import L2SError
 from l2s.relations import DIRECTIONAL, NEUTRAL, PUBLISHED_CLASSES
 
 from .scenes import COLOURS, SHAPES, render, scene_for_relation
-from .settings import SHAPES_FAMILY, SHAPES_SHARD_SIZE, SHAPES_STEP_SIZE, SHAPES_STEPS, SHAPES_TRUE_CFG
+from .settings import NEUTRAL_FRACTION, SHAPES_FAMILY, SHAPES_SHARD_SIZE, SHAPES_STEP_SIZE, SHAPES_STEPS, SHAPES_TRUE_CFG
 
 # The bench's (l2s.shapes.bench) image seeds and batch; here, light, for 'l2s shapes bench --help'.
 BENCH_SEEDS = (100, 101, 102, 103)
 BENCH_BATCH_SIZE = 16   # images per steering call: the shapes model is small, a batch costs little memory
 SHAPES_STORE_STEPS = (1, 3, 5)  # trained step indices; steered steps 0-1 -> 1, 2-3 -> 3, 4-5 -> 5
 SHAPES_IMAGE_SIZE = 32         # the shipped model's; a model's own is image_size(pipe)
+SHAPES_MODEL_NAME = "shapes-world"   # the model a 'shapes make-data' dataset records (whichever shapes model)
 SHAPES_OBJECT_SIZES = (8, 12)  # as the model's training scenes
 # Held out of the classifier's training data, to test generalisation to unseen words.
 HELD_OUT_COLOURS = ("cyan",)
@@ -207,7 +208,7 @@ def _palette(exclude_colours: Sequence[str], exclude_shapes: Sequence[str]) -> t
 
 def shapes_relation_samples(n_scenes: int, seed: int = 0, *, size: int = SHAPES_IMAGE_SIZE,
                             object_sizes: tuple[int, int] = SHAPES_OBJECT_SIZES,
-                            neutral_fraction: float = 0.25,
+                            neutral_fraction: float = NEUTRAL_FRACTION,
                             exclude_colours: Sequence[str] = HELD_OUT_COLOURS,
                             exclude_shapes: Sequence[str] = HELD_OUT_SHAPES) -> list:
     """Labelled :class:`~l2s.training.RelationSample` s of ``n_scenes`` rendered two-object scenes.
@@ -243,7 +244,9 @@ def make_shapes_data(pipe, out_dir: str | Path, n_scenes: int, seed: int = 0, *,
                      exclude_shapes: Sequence[str] = HELD_OUT_SHAPES, progress: bool = True, **kwargs: Any):
     """Dual-invert :func:`shapes_relation_samples` with the shapes ``pipe`` into a map dataset.
 
-    Inverts over the model's :data:`SHAPES_STEPS` sampling steps and stores the maps at
+    The dataset holds more samples than scenes: about :data:`NEUTRAL_FRACTION` of the scenes also
+    give a neutral "is" sample (the summary's line says how many). Inverts over the model's
+    :data:`SHAPES_STEPS` sampling steps and stores the maps at
     :data:`SHAPES_STORE_STEPS` (the indices the steered steps read), images of the model's
     :func:`image_size` and maps of its token grid (32 px and 16x16 for the shipped model: no
     resampling); resumable like :func:`l2s.training.make_dataset` (``kwargs`` go there).
@@ -255,9 +258,22 @@ def make_shapes_data(pipe, out_dir: str | Path, n_scenes: int, seed: int = 0, *,
                                       exclude_shapes=exclude_shapes)
     settings = dict(class_names=PUBLISHED_CLASSES, steps=SHAPES_STEPS, store_steps=SHAPES_STORE_STEPS,
                     size=image_size(pipe), map_size=token_grid(pipe), dual=dual, seed=seed,
-                    model_name="shapes-world", progress=progress, shard_size=SHAPES_SHARD_SIZE)
+                    model_name=SHAPES_MODEL_NAME, progress=progress, shard_size=SHAPES_SHARD_SIZE)
     settings.update(kwargs)
-    return make_dataset(samples, pipe, out_dir, **settings)
+    summary = make_dataset(samples, pipe, out_dir, **settings)
+    if summary.samples_done != len(samples):   # a dataset of other scenes too: its count is not these
+        return summary
+    return replace(summary, made_of=f"{n_scenes} scenes + {len(samples) - n_scenes} neutral 'is' samples")
+
+
+def check_shapes_dataset(meta: dict, dataset_dir: str | Path) -> None:
+    """Refuse a dataset another model's inversions made (its ``model`` setting is not the shapes
+    world's): the shapes classifier is that world's; datasets that record no model (synthetic,
+    resized) are taken."""
+    model = (meta.get("settings") or {}).get("model")
+    if model is not None and model != SHAPES_MODEL_NAME:
+        raise L2SError(f"{dataset_dir} was made by 'l2s make-data' with the model {model!r}, not by 'l2s shapes "
+                       f"make-data': train its classifier with 'l2s train {dataset_dir} --out DIR'")
 
 
 def shapes_classifier_config(dataset_dir: str | Path, layers: int | None = None, **overrides: Any):
@@ -267,6 +283,7 @@ def shapes_classifier_config(dataset_dir: str | Path, layers: int | None = None,
     from l2s.training import load_dataset_meta, with_first_blocks
 
     meta = load_dataset_meta(dataset_dir)
+    check_shapes_dataset(meta, dataset_dir)
     fields = dict(SHAPES_CLASSIFIER_SIZES, class_names=tuple(meta["class_names"]), map_size=meta["map_size"],
                   orig_map_size=meta.get("orig_map_size"), layer_layout=meta.get("layer_layout"),
                   timesteps=tuple(meta["store_steps"]), num_timesteps=meta["num_steps"])
@@ -278,11 +295,13 @@ def shapes_classifier_config(dataset_dir: str | Path, layers: int | None = None,
 def train_shapes_classifier(dataset_dir: str | Path, out_dir: str | Path, *, dual: bool = True,
                             epochs: int = SHAPES_CLASSIFIER_EPOCHS, lr: float = SHAPES_CLASSIFIER_LR,
                             batch_size: int = 64, seed: int = 0, progress: bool = True, layers: int | None = None,
-                            resume: bool = True, **overrides: Any):
+                            resume: bool = True, on_resume=None, **overrides: Any):
     """Train the shapes classifier (``dual=False``: pos prompts only, the leakage ablation;
-    ``layers=K``: a classifier of the first K blocks, read from the same maps)."""
+    ``layers=K``: a classifier of the first K blocks, read from the same maps; ``on_resume``: as
+    :func:`l2s.training.train_classifier` takes it)."""
     from l2s.training import train_classifier
 
     config = shapes_classifier_config(dataset_dir, layers, **overrides)
     return train_classifier(dataset_dir, out_dir, config, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                            prompt_types=None if dual else ("pos",), progress=progress, resume=resume)
+                            prompt_types=None if dual else ("pos",), progress=progress, resume=resume,
+                            on_resume=on_resume)

@@ -37,8 +37,9 @@ from .sources import (
     sample_seed,
     split_of,
 )
-from .store import MAP_DTYPES, load_dataset_meta, verify_dataset
+from .store import MAP_DTYPES, load_dataset_meta, shard_size_to_resume, verify_dataset
 from .epochs import TrainingDivergedError
+from .writer import remove_empty_dataset
 from .train import (
     DEFAULT_EPOCHS,
     DEFAULT_LR,
@@ -89,9 +90,11 @@ __all__ = [
     "psnr",
     "record_hits",
     "relation_leakage",
+    "remove_empty_dataset",
     "resize_map_dataset",
     "rf_inversion_mix",
     "sample_seed",
+    "shard_size_to_resume",
     "split_of",
     "train_classifier",
     "training_prompts",

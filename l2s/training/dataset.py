@@ -79,6 +79,7 @@ class DatasetSummary:
     skipped: int
     split_records: dict[str, int] = field(default_factory=dict)
     samples_resumed: int = 0  # samples an earlier run had committed when this call started
+    made_of: str = ""   # what the samples are, when a maker knows ("16 scenes + 2 neutral 'is' samples")
 
     def line(self) -> str:
         """``l2s: 3054 records (a map stack per stored step and prompt) from 509 samples (0 skipped;
@@ -86,8 +87,9 @@ class DatasetSummary:
         splits = "".join(f", {name} {count}" for name, count in sorted(self.split_records.items()))
         resumed = (f"; {self.samples_resumed} of them an earlier run had made (resumed)"
                    if self.samples_resumed else "")
+        made_of = f"{self.made_of}; " if self.made_of else ""
         return (f"l2s: {self.records} records (a map stack per stored step and prompt) from {self.samples_done} "
-                f"samples ({self.skipped} skipped{splits}) in {self.out_dir}{resumed}")
+                f"samples ({made_of}{self.skipped} skipped{splits}) in {self.out_dir}{resumed}")
 
     def warning(self, more: str) -> str | None:
         """A line when a split is empty (training needs both); ``more``: how to make more samples."""

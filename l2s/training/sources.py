@@ -207,11 +207,11 @@ def prompt_pair_samples(pairs: str | Path | Iterable, images_dir: str | Path | N
         elif image_id is None:
             raise L2SError(f"{where}: in-memory images need an 'image_id'")
         try:
-            triplets = parse_prompt(prompt).triplets
+            parsed = parse_prompt(prompt)
         except PromptError as error:
             triplets, reason = (), str(error)
-        else:
-            reason = f"no spatial relation in {prompt!r}"
+        else:   # the wording 'l2s generate' uses for the same prompt
+            triplets, reason = parsed.triplets, f"{parsed.unsteered_reason()} in {prompt!r}"
         if not triplets:
             log.warning("warning: %s (%s): skipped: %s", where, image_id, reason)
             skipped += 1

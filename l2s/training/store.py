@@ -69,6 +69,17 @@ def load_dataset_meta(dataset_dir: str | Path) -> dict:
     return meta
 
 
+def shard_size_to_resume(dataset_dir: str | Path, default: int) -> int:
+    """The shard size the dataset in ``dataset_dir`` was made with (a resumed run must keep it), or
+    ``default`` where there is none to resume (a new folder, or one that holds no readable dataset)."""
+    try:
+        settings = load_dataset_meta(dataset_dir).get("settings")
+    except L2SError:   # nothing to resume here: the writer says what is wrong, if anything
+        return default
+    recorded = settings.get("shard_size") if isinstance(settings, dict) else None
+    return recorded if isinstance(recorded, int) and not isinstance(recorded, bool) and recorded >= 1 else default
+
+
 def read_progress(dataset_dir: Path) -> dict:
     """``progress.json``: ``{"settings_hash": ..., "chunks": {chunk: record}}`` (empty when absent)."""
     path = dataset_dir / PROGRESS_FILE

@@ -16,7 +16,7 @@ ends training at once (:class:`~.epochs.TrainingDivergedError`), before anything
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,14 +89,21 @@ class TrainResult:
         """``l2s: ...`` saying what this run took from an earlier one in its folder, or None."""
         if not self.epochs_resumed:
             return None
-        epochs = f"{self.epochs_run} epoch{'s' * (self.epochs_run != 1)}"
-        if self.epochs_resumed == self.epochs_run and self.stopped_early:
-            return (f"l2s: {self.out_dir} holds a run that stopped early after {epochs} (validation "
-                    "stopped improving): the result is its; --restart trains again")
-        if self.epochs_resumed == self.epochs_run:
-            return (f"l2s: {self.out_dir} holds a finished run ({epochs}): the result is its; more "
-                    "--epochs continue it, --restart trains again")
-        return f"l2s: resumed after epoch {self.epochs_resumed} of the earlier run in {self.out_dir}"
+        return resume_message(self.out_dir, self.epochs_resumed, self.epochs_resumed == self.epochs_run,
+                              self.stopped_early)
+
+
+def resume_message(out_dir: Path, epochs_done: int, finished: bool, stopped_early: bool) -> str:
+    """``l2s: ...`` saying what a run takes from the earlier one in ``out_dir`` (``epochs_done``
+    epochs; ``finished``: it has none left to train)."""
+    epochs = f"{epochs_done} epoch{'s' * (epochs_done != 1)}"
+    if finished and stopped_early:
+        return (f"l2s: {out_dir} holds a run that stopped early after {epochs} (validation "
+                "stopped improving): the result is its; --restart trains again")
+    if finished:
+        return (f"l2s: {out_dir} holds a finished run ({epochs}): the result is its; more "
+                "--epochs continue it, --restart trains again")
+    return f"l2s: resumed after epoch {epochs_done} of the earlier run in {out_dir}"
 
 
 def _resolve_config(config: ClassifierConfig | str, meta: dict, layers: int | None = None) -> ClassifierConfig:
@@ -116,6 +123,7 @@ def _resolve_config(config: ClassifierConfig | str, meta: dict, layers: int | No
             config = preset(config, channels=meta["channels"], **overrides)
         except ValueError as error:    # an unknown preset name
             raise L2SError(str(error)) from None
+        _check_preset_family(config.model_family, meta)
     if layers is not None:
         config = with_first_blocks(config, meta, layers)
     selected = dataset_channels(meta, config.layer_layout)
@@ -134,6 +142,15 @@ def _resolve_config(config: ClassifierConfig | str, meta: dict, layers: int | No
     if missing:
         log.warning("the dataset has no maps for step indices %s of the classifier", missing)
     return config
+
+
+def _check_preset_family(family: str, meta: dict) -> None:
+    """Refuse a preset of another model family than the dataset's: the classifier would be recorded
+    (and sized, and trained) as that family's while it reads, and can steer, only the dataset's model."""
+    recorded = meta.get("model_family")
+    if recorded in DEFAULT_LR and family != recorded:
+        raise L2SError(f"the dataset holds maps of a {recorded} model but the classifier preset {family!r} is for "
+                       f"{family} models: use the preset {recorded!r} ('l2s train': leave --preset out)")
 
 
 def _family(config: ClassifierConfig) -> str:
@@ -166,6 +183,7 @@ def train_classifier(
     num_workers: int = 0,
     progress: bool = True,
     layers: int | None = None,
+    on_resume: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train a :class:`RelationClassifier` on the ``train`` split, validating on ``val``.
 
@@ -187,6 +205,8 @@ def train_classifier(
         progress: show a tqdm bar over epochs.
         layers: train a classifier of the dataset's first ``layers`` layers only (one attention
             layer per transformer block: steering then cuts the forward after that block).
+        on_resume: called with a line (:func:`resume_message`) when the run resumes an earlier one,
+            before its first epoch (a front end prints it then, not only at the end).
     """
     check_training_options(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, num_workers=num_workers,
                            device=device, layers=layers, resume=resume, prompt_types=prompt_types)
@@ -212,14 +232,15 @@ def train_classifier(
         state = read_resume_state(out_dir, settings, finished) if resumed else None
         try:
             return _train(dataset_dir, out_dir, config, train_set, val_set, settings, state, max_epochs, seed,
-                          device, num_workers, progress)
+                          device, num_workers, progress, on_resume)
         finally:
             close_tracker(out_dir)
 
 
 def _train(dataset_dir: Path, out_dir: Path, config: ClassifierConfig, train_set: AttentionMapDataset,
            val_set: AttentionMapDataset, settings: dict, state: dict | None, max_epochs: int, seed: int,
-           device: str, num_workers: int, progress: bool) -> TrainResult:
+           device: str, num_workers: int, progress: bool,
+           on_resume: Callable[[str], None] | None = None) -> TrainResult:
     """The epochs of :func:`train_classifier`, from ``state`` (a resumed run) or from the start."""
     lr, batch_size = settings["lr"], settings["batch_size"]
     best_dir, last_dir, log_path = out_dir / BEST_DIR, out_dir / LAST_DIR, out_dir / LOG_FILE
@@ -243,6 +264,9 @@ def _train(dataset_dir: Path, out_dir: Path, config: ClassifierConfig, train_set
         train_loader, val_loader = _loaders(train_set, val_set, run.shuffle, batch_size, num_workers, group)
         counters = run.counters
         resumed_at = counters["epoch"]
+        if resumed_at and on_resume is not None and group.is_main:   # said now, not after the epochs
+            finished = counters["stopped_early"] or resumed_at >= max_epochs
+            on_resume(resume_message(out_dir, resumed_at, finished, counters["stopped_early"]))
         with tqdm(total=max_epochs, initial=min(counters["epoch"], max_epochs), disable=not (progress and group.is_main),
                   desc="l2s train", unit="epoch") as bar:
             while counters["epoch"] < max_epochs and not counters["stopped_early"]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -45,6 +46,18 @@ def clear_dataset(out_dir: Path) -> None:
     """Remove a dataset's files from ``out_dir`` (``--restart``); anything else there is kept."""
     remove_outputs(out_dir, [META_FILE, MANIFEST_FILE, SKIPPED_FILE, PROGRESS_FILE, SHARD_DIR],
                    "starting the dataset over")
+
+
+def remove_empty_dataset(out_dir: Path) -> list[str]:
+    """Remove the files of a dataset that holds no record (every sample skipped), quietly: nothing
+    in it could be used or resumed. Returns the skip reasons it recorded."""
+    reasons = [str(row.get("reason", "")) for row in salvage_jsonl(out_dir / SKIPPED_FILE)]
+    if salvage_jsonl(out_dir / MANIFEST_FILE):
+        return reasons
+    for name in (META_FILE, MANIFEST_FILE, SKIPPED_FILE, PROGRESS_FILE):
+        (out_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(out_dir / SHARD_DIR, ignore_errors=True)
+    return reasons
 
 
 def salvage_jsonl(path: Path) -> list[dict]:

@@ -170,6 +170,11 @@ def test_save_load_round_trip_gives_identical_logits(tmp_path):
             assert torch.equal(loaded(maps, steps), model(maps, steps))
 
 
+def test_saved_weights_respect_the_umask(tmp_path, umask_022):
+    tiny_model().save(tmp_path / "clf")   # safetensors' own save_file would make the weights 0600
+    assert umask_022(tmp_path / "clf") == {"model.safetensors": 0o644, "config.json": 0o644}
+
+
 def test_missing_and_corrupt_files_raise_model_load_error(tmp_path):
     with pytest.raises(ModelLoadError, match="not found"):
         RelationClassifier.load(tmp_path / "nowhere")

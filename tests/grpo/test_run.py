@@ -22,7 +22,7 @@ def _weights(folder):
     return load_file(str(folder / "adapter_model.safetensors"))
 
 
-def test_a_run_writes_adapters_log_and_checkpoint_and_resumes_exactly(tmp_path):
+def test_a_run_writes_adapters_log_and_checkpoint_and_resumes_exactly(tmp_path, umask_022):
     settings = tiny_settings()
     whole = _run(tmp_path / "whole", settings, command="l2s shapes grpo ...")
     assert whole.epochs_done == 2
@@ -40,6 +40,7 @@ def test_a_run_writes_adapters_log_and_checkpoint_and_resumes_exactly(tmp_path):
     card = (tmp_path / "whole" / "adapter" / "README.md").read_text()   # ours, not peft's empty template
     assert "EMA weights" in card and "epoch 2 of 2" in card and "l2s shapes grpo ..." in card
     assert "More Information Needed" not in card and "Live weights" in (tmp_path / "whole/adapter_raw/README.md").read_text()
+    assert set(umask_022(tmp_path / "whole").values()) == {0o644}   # peft's weights too (0600 by themselves)
 
     _run(tmp_path / "split", settings, stop_after=1)
     resumed = _run(tmp_path / "split", settings)

@@ -102,9 +102,10 @@ def test_a_grounded_model_saves_and_loads(tmp_path, tokenizer):
     assert torch.allclose(loaded(images, prompts), scorer(images, prompts))
 
 
-def test_save_and_load_round_trip(tmp_path, tokenizer):
+def test_save_and_load_round_trip(tmp_path, tokenizer, umask_022):
     scorer = SpatialScorer(_model(tokenizer, extra={"note": "x"}), tokenizer)
     scorer.save_pretrained(tmp_path / "rm")
+    assert set(umask_022(tmp_path / "rm").values()) == {0o644}   # the weights too (save_file made them 0600)
     assert (tmp_path / "rm" / "model.safetensors").is_file() and (tmp_path / "rm" / "config.json").is_file()
     loaded = load_reward_model(tmp_path / "rm")
     assert loaded.model.config == scorer.model.config and isinstance(loaded, RewardFn)

@@ -151,7 +151,7 @@ def test_a_start_over_killed_before_its_first_checkpoint_does_not_resume_the_old
     assert train(replace(settings, lr=1e-4), tmp_path, progress=False, stop_at_step=1).step == 1   # a new run
 
 
-def test_train_command_exports_a_loadable_pipeline(tmp_path, capsys):
+def test_train_command_exports_a_loadable_pipeline(tmp_path, capsys, umask_022):
     out = tmp_path / "run"
     code = train_model_main(["--out", str(out), "--steps", "2", "--batch-size", "4", "--scenes", "16",
                              "--size", "16", "--objects", "2-2", "--object-sizes", "4-6", "--preset", "tiny",
@@ -160,6 +160,7 @@ def test_train_command_exports_a_loadable_pipeline(tmp_path, capsys):
     record = json.loads((out / "pipeline" / "training.json").read_text())
     assert record["steps"] == 2 and record["seed"] == 0 and np.isfinite(record["final_loss"])
     assert "--steps 2" in record["command"] and "trained from scratch" in (out / "pipeline" / "TRAINING.md").read_text()
+    assert set(umask_022(out / "pipeline").values()) == {0o644}   # diffusers' weights too (0600 by themselves)
     pipe = load_shapes_pipeline(out / "pipeline")
     image = pipe("a red circle", height=16, width=16, num_inference_steps=1, guidance_scale=0.0).images[0]
     assert image.size == (16, 16)

@@ -296,6 +296,37 @@ def test_make_data_cli(images, tmp_path, capsys):
     assert "--no-dual" in capsys.readouterr().out
 
 
+def test_make_data_that_makes_no_record_keeps_no_dataset_and_says_why_images_went_missing(images, tmp_path,
+                                                                                          monkeypatch, capsys):
+    pairs = images / "pairs-relative.jsonl"   # beside the images: the paths are relative to that folder
+    pairs.write_text(json.dumps({"image": "img0.png", "prompt": "a cat above a dog"}) + "\n")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    base = ["--model", "tiny", "--source", "pairs", "--annotations", str(pairs), "--steps", "4", "--store-steps",
+            "1", "--quiet", "--out"]
+    assert make_data_main(base + [str(tmp_path / "maps")]) == 2
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert error == (f"l2s: error: no sample gave a record (every one was skipped: see the lines above), so "
+                     f"{tmp_path / 'maps'} keeps no dataset; without --images, relative image paths resolve against "
+                     f"the current directory: pass --images with the folder they are relative to (e.g. --images "
+                     f"{images}, the annotations' folder)")
+    assert not (tmp_path / "maps").exists()    # no empty dataset left to resume
+    assert make_data_main(base + [str(tmp_path / "maps"), "--images", str(images)]) == 0
+
+
+def test_make_data_resumes_with_the_datasets_own_shard_size(images, tmp_path, capsys):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"image": "img0.png", "prompt": "a cat above a dog"}) + "\n")
+    argv = ["--model", "tiny", "--source", "pairs", "--annotations", str(pairs), "--images", str(images), "--steps",
+            "4", "--store-steps", "1", "--quiet", "--out", str(tmp_path / "maps")]
+    assert make_data_main(argv + ["--shard-size", "1"]) == 0
+    capsys.readouterr()
+    assert make_data_main(argv) == 0   # not refused as 'shard_size: 1 -> 16': the dataset's size is the default
+    assert "1 of them an earlier run had made (resumed)" in capsys.readouterr().err
+    assert make_data_main(argv + ["--shard-size", "2"]) == 2   # another size, asked for, is refused
+    assert "(shard_size: 1 -> 2)" in capsys.readouterr().err
+
+
 def test_a_dataset_resized_to_another_grain_keeps_its_records_and_resizes_as_capture_does(tmp_path):
     from l2s.capture import resize_maps_for_classifier
 

@@ -253,7 +253,7 @@ def test_make_data_where_every_sample_is_skipped_is_an_error(samples, tmp_path, 
     err = capsys.readouterr().err
     assert code == 2
     assert err.strip().splitlines()[-1] == ("l2s: error: no sample gave a record (every one was skipped: "
-                                            "see the lines above)")
+                                            f"see the lines above), so {tmp_path / 'out'} keeps no dataset")
 
 
 def test_make_data_out_must_be_a_writable_folder_and_restart_starts_over(samples, tmp_path, capsys):

@@ -111,7 +111,8 @@ def test_diagonal_sectors_are_45_degrees_around_the_diagonals():
 def test_prompt_pairs_use_the_parser(tmp_path, caplog):
     lines = [{"image": "a.png", "prompt": "a photo of a cat to the left of a dog"},
              {"image": "b.png", "prompt": "a cat and a dog"},
-             {"image": "c.png", "prompt": "a red ball above a box", "image_id": "cee"}]
+             {"image": "c.png", "prompt": "a red ball above a box", "image_id": "cee"},
+             {"image": "d.png", "prompt": "a cat near a dog"}]
     path = tmp_path / "pairs.jsonl"
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     with caplog.at_level(logging.WARNING, logger="l2s.training.sources"):
@@ -120,8 +121,11 @@ def test_prompt_pairs_use_the_parser(tmp_path, caplog):
         ("a", "cat", "left of", "dog"), ("cee", "red ball", "above", "box")]
     assert samples[0].image == tmp_path / "a.png"
     assert [r.getMessage() for r in caplog.records] == [
-        f"warning: {path} line 2 (b): skipped: no spatial relation in 'a cat and a dog'",
-        "warning: 1 of 3 pairs skipped before inversion (the lines above say why)"]
+        f"warning: {path} line 2 (b): skipped: no spatial relation found in 'a cat and a dog'",
+        # the words 'l2s generate' uses for the same prompt (ParsedPrompt.unsteered_reason)
+        f"warning: {path} line 4 (d): skipped: no directional relation found (non-directional, not steered: cat "
+        "near dog) in 'a cat near a dog'",
+        "warning: 2 of 4 pairs skipped before inversion (the lines above say why)"]
 
 
 def test_balance_prefers_distinct_images():

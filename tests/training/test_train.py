@@ -258,7 +258,7 @@ def test_mismatched_classifier_is_refused(tmp_path):
         train_classifier(dataset, tmp_path / "run", _config(timesteps=(0, 2)), epochs=1, progress=False)
 
 
-def test_train_cli_uses_a_preset_sized_from_the_dataset(tmp_path, capsys):
+def test_train_cli_uses_a_preset_sized_from_the_dataset(tmp_path, capsys, umask_022):
     g = torch.Generator().manual_seed(3)
     dataset = _write(tmp_path / "data", [_synthetic(24, g, "train"), _synthetic(8, g, "val")])
     code = train_main([str(dataset), "--out", str(tmp_path / "run"), "--preset", "flux-schnell", "--epochs", "1",
@@ -273,6 +273,8 @@ def test_train_cli_uses_a_preset_sized_from_the_dataset(tmp_path, capsys):
     assert model.config.model_family == "flux-schnell" and model.config.d_model == 256  # published sizes
     training = json.loads((tmp_path / "run" / "best" / "training.json").read_text())
     assert training["lr"] == 5e-5 and training["batch_size"] == 8
+    modes = umask_022(tmp_path / "run")   # best/ and last/ weights as every other file (save_file: 0600)
+    assert modes["best/model.safetensors"] == modes["last/model.safetensors"] == modes["log.jsonl"] == 0o644
     assert train_main([str(tmp_path), "--out", str(tmp_path / "x")]) == 2  # not a dataset
     assert "not an l2s map dataset (dataset.json missing; 'l2s make-data' writes one)" in capsys.readouterr().err
     assert train_main([str(tmp_path / "nodir"), "--out", str(tmp_path / "x")]) == 2
@@ -280,6 +282,43 @@ def test_train_cli_uses_a_preset_sized_from_the_dataset(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         train_main(["--help"])
     assert exit_info.value.code == 0 and "--preset" in capsys.readouterr().out
+
+
+def test_a_preset_of_another_family_than_the_datasets_is_refused(tmp_path, capsys):
+    g = torch.Generator().manual_seed(3)
+    records = [dict(r, sample_id=f"s{i}") for i, r in enumerate(_synthetic(8, g, "train")[1] + _synthetic(4, g, "val")[1])]
+    dataset = write_map_dataset(tmp_path / "data", records, torch.rand(12, 2, CHANNELS, SIDE, SIDE),
+                                class_names=CLASSES, num_steps=4, model_family="flux-schnell")
+    assert train_main([str(dataset), "--out", str(tmp_path / "run"), "--preset", "sd14", "--quiet"]) == 2
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("l2s:")]
+    assert line == ("l2s: error: the dataset holds maps of a flux-schnell model but the classifier preset 'sd14' is "
+                    "for sd14 models: use the preset 'flux-schnell' ('l2s train': leave --preset out)")
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(L2SError, match="preset 'flux-dev' is for flux-dev models"):
+        train_classifier(dataset, tmp_path / "run", "dev", epochs=1, progress=False)   # aliases too
+
+
+def test_a_resumed_run_says_so_before_its_first_epoch_even_quiet(tmp_path, capsys, monkeypatch):
+    from l2s.training.epochs import _Training
+
+    g = torch.Generator().manual_seed(3)
+    dataset = _write(tmp_path / "data", [_synthetic(24, g, "train"), _synthetic(8, g, "val")])
+    argv = [str(dataset), "--out", str(tmp_path / "run"), "--preset", "flux-schnell", "--batch-size", "8", "--quiet",
+            "--epochs"]
+    assert train_main(argv + ["1"]) == 0 and "resumed after" not in capsys.readouterr().err
+    said_before_epochs, epoch = [], _Training.epoch
+
+    def first_reads_stderr(self, *args):   # what the run had said when its first epoch began
+        said_before_epochs.append(capsys.readouterr().err)
+        return epoch(self, *args)
+    monkeypatch.setattr(_Training, "epoch", first_reads_stderr)
+    assert train_main(argv + ["2"]) == 0
+    resumed = f"l2s: resumed after epoch 1 of the earlier run in {tmp_path / 'run'}\n"
+    assert said_before_epochs[0] == resumed
+    end = capsys.readouterr().err
+    assert "resumed after" not in end and end.startswith("l2s: best epoch ")   # the summary stays; said once
+    assert train_main(argv + ["2"]) == 0    # nothing left: said at once, then the summary
+    assert capsys.readouterr().err.startswith(f"l2s: {tmp_path / 'run'} holds a finished run (2 epochs)")
 
 
 def test_a_rerun_of_a_run_that_stopped_early_says_so(tmp_path):

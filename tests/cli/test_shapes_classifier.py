@@ -1,0 +1,95 @@
+"""``l2s shapes make-data`` / ``train-classifier``: what their lines say and which datasets they take."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+
+from l2s.cli import main
+from l2s.cli.shapes_classifier import train_classifier_main
+from l2s.relations import PUBLISHED_CLASSES
+from l2s.training import write_map_dataset
+
+LAYOUT = [["transformer_blocks.0.attn", 4, [8, 8]], ["single_transformer_blocks.0.attn", 4, [8, 8]]]
+
+
+def _dataset(folder, extra: dict | None = None):
+    """A small map dataset in the shapes world's format (steps 1, 3, 5 of 12)."""
+    records = [{"label": PUBLISHED_CLASSES[i % 5], "timestep": (1, 3, 5)[i % 3],
+                "split": "val" if i % 4 == 0 else "train"} for i in range(30)]
+    return write_map_dataset(folder, records, torch.rand(30, 2, 8, 8, 8, generator=torch.Generator().manual_seed(0)),
+                             class_names=PUBLISHED_CLASSES, num_steps=12, store_steps=(1, 3, 5),
+                             layer_layout=LAYOUT, model_family="flux-schnell", extra=extra)
+
+
+@pytest.fixture(scope="module")
+def shapes_data(tmp_path_factory):
+    return _dataset(tmp_path_factory.mktemp("shapes") / "data", {"model": "shapes-world"})
+
+
+def test_a_dataset_of_another_make_data_is_refused_with_the_command_that_trains_it(tmp_path, capsys):
+    data = _dataset(tmp_path / "tiny-maps", {"model": "tiny"})    # 'l2s make-data --model tiny' records this
+    assert main(["shapes", "train-classifier", "--data", str(data), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    assert capsys.readouterr().err == (f"l2s: error: {data} was made by 'l2s make-data' with the model 'tiny', not by "
+                                       f"'l2s shapes make-data': train its classifier with 'l2s train {data} --out DIR'\n")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_resumed_run_says_so_before_its_first_epoch_even_quiet(shapes_data, tmp_path, capsys, monkeypatch):
+    from l2s.training.epochs import _Training
+
+    argv = ["--data", str(shapes_data), "--out", str(tmp_path / "run"), "--quiet", "--epochs"]
+    assert train_classifier_main(argv + ["1"]) == 0 and "resumed after" not in capsys.readouterr().out
+    said_before_epochs, epoch = [], _Training.epoch
+
+    def first_reads_stdout(self, *args):   # what the run had said when its first epoch began
+        said_before_epochs.append(capsys.readouterr().out)
+        return epoch(self, *args)
+    monkeypatch.setattr(_Training, "epoch", first_reads_stdout)
+    assert train_classifier_main(argv + ["2"]) == 0
+    assert said_before_epochs[0] == f"l2s: resumed after epoch 1 of the earlier run in {tmp_path / 'run'}\n"
+    end = capsys.readouterr().out
+    assert "resumed after" not in end and end.startswith("l2s: best epoch ")   # the summary stays; said once
+
+
+def test_the_best_epoch_line_and_card_say_what_best_means_and_count_records(shapes_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train_classifier_main(["--data", str(shapes_data), "--out", str(out), "--epochs", "3", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    best = min(rows, key=lambda row: row["val_loss"])
+    # "best" is chosen by the lowest val loss (another epoch may have a higher accuracy): the line says so.
+    assert re.search(rf"^l2s: best epoch {best['epoch']} \(lowest val loss {best['val_loss']:.4f}\): val accuracy "
+                     rf"{best['val_accuracy']:.3f}; weights in ", printed, re.MULTILINE), printed
+    card = (out / "best" / "README.md").read_text()
+    training = json.loads((out / "best" / "training.json").read_text())
+    assert f"({training['train_samples']} training, {training['val_samples']} validation records)" in card
+    assert f"(the lowest validation loss: {best['val_loss']:.4f})" in card and "samples" not in card
+
+
+def test_make_data_resumes_with_the_datasets_own_shard_size_unless_told_another(tmp_path, monkeypatch, capsys):
+    import l2s.shapes
+    from l2s.errors import L2SError
+
+    sizes = []
+
+    def record(pipe, out, scenes, seed, **kwargs):
+        sizes.append(kwargs["shard_size"])
+        raise L2SError("stopped by the test")
+    monkeypatch.setattr(l2s.shapes, "load_shapes_pipeline", lambda model: "pipe")
+    monkeypatch.setattr(l2s.shapes, "make_shapes_data", record)
+    made = _dataset(tmp_path / "maps", {"model": "shapes-world", "shard_size": 8})   # made with --shard-size 8
+    for flags in ([], ["--shard-size", "4"], ["--restart"]):
+        main(["shapes", "make-data", "--out", str(made), "--scenes", "16", *flags])
+    main(["shapes", "make-data", "--out", str(tmp_path / "new"), "--scenes", "16"])
+    assert sizes == [8, 4, 256, 256]   # another explicit size is the writer's to refuse
+
+
+def test_make_data_help_says_scenes_give_more_samples(capsys):
+    from l2s.cli.shapes_classifier import build_make_data_parser
+
+    help_text = " ".join(build_make_data_parser().format_help().split())
+    assert "about one in 4 also gives a neutral 'is' sample" in help_text
+    assert "so the dataset has more samples than scenes" in help_text
