@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 
 def prepare_run_dir(out: Path, specs: Sequence[PromptSpec], modes: list[str], settings: dict[str, Any],
-                     restart: bool, seeds: Sequence[int] = ()) -> None:
+                     restart: bool, seeds: Sequence[int]) -> None:
     """Everything of a run directory but its images (rank 0 of a spread run writes it alone)."""
     refuse_generate_outputs(out)
     if restart:
@@ -81,31 +81,38 @@ def read_run_file(out: str | Path) -> dict | None:
     return previous
 
 
-def claim_run_dir(out: Path, settings: dict[str, Any], seeds: Sequence[int] = (), modes: Sequence[str] = ()) -> None:
-    """Record the generation settings and the seeds and modes the run covers, or check a resumed
-    run used the same settings and asks for all of its images (more grow it)."""
+def claim_run_dir(out: Path, settings: dict[str, Any], seeds: Sequence[int], modes: Sequence[str]) -> None:
+    """Record the generation settings, or check a resumed run used the same ones and asks for
+    every seed and mode it holds images of (more grow it)."""
     refuse_changed_settings(out, settings)
-    covered = refuse_fewer_images(out, seeds, modes)
-    write_json(out / RUN_FILE, {"generation": settings, "covered": covered})
+    refuse_fewer_images(out, seeds, modes)
+    write_json(out / RUN_FILE, {"generation": settings})
 
 
-def refuse_fewer_images(out: str | Path, seeds: Sequence[int], modes: Sequence[str]) -> dict:
-    """The seeds and modes the run in ``out`` covers with this request's added; a request for fewer
-    is refused (its summary would replace the run's with that of a part of its images)."""
-    previous = read_run_file(out) or {}
-    old = previous.get("covered") if isinstance(previous.get("covered"), dict) else {}
-    old_seeds, old_modes = list(old.get("seeds") or []), list(old.get("modes") or [])
-    missing_seeds = [s for s in old_seeds if s not in seeds]
-    missing_modes = [m for m in old_modes if m not in modes]
-    if missing_seeds or missing_modes:
-        asked = ", ".join(x for x in (missing_seeds and "--seeds " + _seed_list(old_seeds),
-                                       missing_modes and "--mode " + ("both" if len(old_modes) > 1 else old_modes[0]))
-                          if x)
-        raise L2SError(f"{out} holds a run of seeds {_seed_list(old_seeds)} in mode{'s' * (len(old_modes) > 1)} "
-                       f"{' and '.join(old_modes)}; this "
-                       f"request leaves some out, and its summary would cover only those: rerun with {asked} "
-                       "(more seeds grow the run), or use another --out")
-    return {"seeds": sorted(set(old_seeds) | set(seeds)), "modes": [m for m in MODES if m in {*old_modes, *modes}]}
+def refuse_fewer_images(out: str | Path, seeds: Sequence[int], modes: Sequence[str]) -> None:
+    """Refuse a request that leaves out a seed or mode the folder holds an image record of: its
+    summary would replace the run's with that of a part of its images."""
+    held_seeds, held_modes = held_images(Path(out))
+    if set(held_seeds) <= set(seeds) and set(held_modes) <= set(modes):
+        return
+    all_seeds = sorted({*held_seeds, *seeds})
+    all_modes = [m for m in MODES if m in {*held_modes, *modes}]
+    asked = " ".join(x for x in (not set(held_seeds) <= set(seeds) and f"--seeds {_seed_list(all_seeds)}",
+                                 not set(held_modes) <= set(modes) and
+                                 f"--mode {'both' if len(all_modes) > 1 else all_modes[0]}") if x)
+    raise L2SError(f"{out} holds images of seeds {_seed_list(held_seeds)} in mode{'s' * (len(held_modes) > 1)} "
+                   f"{' and '.join(held_modes)}; this request leaves some out, and its summary would cover only "
+                   f"those: rerun with {asked} (more seeds grow the run), or use another --out")
+
+
+def held_images(out: Path) -> tuple[list[int], list[str]]:
+    """The seeds and modes of the image records in ``out`` (``MODE/PROMPT/samples/SEED.json``)."""
+    seeds, modes = set(), set()
+    for mode in MODES:
+        for record in out.glob(f"{mode}/[0-9]*/samples/[0-9]*.json"):
+            seeds.add(int(record.stem))
+            modes.add(mode)
+    return sorted(seeds), [m for m in MODES if m in modes]
 
 
 def _seed_list(seeds: Sequence[int]) -> str:

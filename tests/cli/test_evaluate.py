@@ -210,13 +210,19 @@ def test_eval_refuses_a_request_for_fewer_seeds_or_modes_and_keeps_its_summary(t
     shutil.copytree(tiny_run, out)
     before = (out / "summary.json").read_text()
     seeds = TINY_RUN.index("--seeds") + 1
-    for changed, fix in (([*TINY_RUN[:seeds], "1", *TINY_RUN[seeds + 1:]], "--seeds 0"),
+    for changed, fix in (([*TINY_RUN[:seeds], "1", *TINY_RUN[seeds + 1:]], "--seeds 0-1"),
                          ([*TINY_RUN, "--mode", "steered"], "--mode both")):
         code, _, err = run(changed + ["--out", str(out)], capsys)
         (line,) = error_lines(err)
-        assert code == 2 and "holds a run of seeds 0 in modes base and steered" in line and f"rerun with {fix}" in line
+        assert code == 2 and "holds images of seeds 0 in modes base and steered" in line, line
+        assert f"rerun with {fix} (more seeds" in line, line
     assert (out / "summary.json").read_text() == before
     code, _, err = run(TINY_RUN + ["--out", str(out)], capsys)      # all of them: resumed as before
+    assert code == 0, err
+    for record in out.glob("*/*/samples/0000.json"):                # an earlier run's images are what counts:
+        record.unlink()                                              # a folder without them takes any seeds
+    code, _, err = run([*TINY_RUN[:seeds], "1", *TINY_RUN[seeds + 1:], "--mode", "steered", "--out", str(out)],
+                       capsys)
     assert code == 0, err
 
 

@@ -285,7 +285,7 @@ def test_generate_and_eval_never_share_a_folder(tmp_path, capsys, monkeypatch):
     from l2s.evaluation.run_dir import prepare_run_dir
 
     with pytest.raises(L2SError, match="holds images of 'l2s generate'"):   # the library's eval too
-        prepare_run_dir(made, [], [], {}, restart=True)
+        prepare_run_dir(made, [], [], {}, restart=True, seeds=[])
     assert (made / "index.json").is_file()
 
 
