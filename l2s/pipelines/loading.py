@@ -69,6 +69,10 @@ def wrap_pipeline(pipe, classifier: RelationClassifier, schedule: Schedule | Non
     raise TypeError(f"cannot steer a {type(pipe).__name__}: expected a FLUX or Stable Diffusion pipeline")
 
 
+# Component modules that moved, named in the refusal of a folder saved before (the fix is one edit).
+_MOVED_MODULES = {"l2s.shapes_model": "l2s.shapes.model"}
+
+
 def _import_l2s_components(model_index: dict, path: Path) -> None:
     """Import the l2s modules a pipeline folder names (the shapes world's pixel VAE, ...):
     diffusers finds custom component classes only in modules that are already imported."""
@@ -78,7 +82,9 @@ def _import_l2s_components(model_index: dict, path: Path) -> None:
             try:
                 importlib.import_module(name)
             except ImportError as error:
-                raise ModelLoadError(f"{path} needs {name}, which cannot be imported: {error}") from None
+                moved = _MOVED_MODULES.get(name)
+                hint = f" (saved before the module moved: write {moved!r} in its model_index.json)" if moved else ""
+                raise ModelLoadError(f"{path} needs {name}, which cannot be imported: {error}{hint}") from None
 
 
 def _read_model_index(path: Path) -> tuple[dict, str]:

@@ -92,3 +92,18 @@ def test_from_pretrained_passes_flux_options_on(tmp_path):
     steerer = SteeringPipeline.from_pretrained(tmp_path / "flux", tiny_classifier_for(pipe, seed=0), engine="eager",
                                                steps=3, family="flux-dev")
     assert (steerer.engine_kind, steerer.default_steps(), steerer.family) == ("eager", 3, "flux-dev")
+
+
+def test_a_folder_naming_a_moved_component_module_is_refused_with_the_edit(tmp_path):
+    import json
+
+    import pytest
+
+    from l2s.errors import ModelLoadError
+    from l2s.pipelines.loading import _import_l2s_components
+
+    with pytest.raises(ModelLoadError, match=r"write 'l2s\.shapes\.model' in its model_index\.json\)$"):
+        _import_l2s_components({"vae": ["l2s.shapes_model", "PixelShuffleVAE"]}, tmp_path)
+    with pytest.raises(ModelLoadError, match=r"cannot be imported: No module named 'l2s\.nowhere'$"):
+        _import_l2s_components({"vae": ["l2s.nowhere", "X"]}, tmp_path)
+    _import_l2s_components(json.loads('{"vae": ["l2s.shapes.model", "PixelShuffleVAE"]}'), tmp_path)
