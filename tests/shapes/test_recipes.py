@@ -444,6 +444,10 @@ def test_the_native_pipeline_samples_a_shapes_model_as_it_was_trained_unless_tol
     assert np.array_equal(default, told)
     plain = native(prompt, steer=False, generator=seed(), output_type="np", true_cfg_scale=1.0).images
     assert not np.array_equal(default, plain)      # true CFG 1 asked: no guidance
+    embeds, pooled, _ = native.encode_prompt(prompt="a green triangle", prompt_2=None)
+    theirs = native(prompt, steer=False, generator=seed(), output_type="np", negative_prompt_embeds=embeds,
+                    negative_pooled_prompt_embeds=pooled).images
+    assert not np.array_equal(default, theirs)     # the caller's negative embeddings, not the empty caption's
 
 
 @needs_assets

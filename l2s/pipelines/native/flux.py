@@ -109,7 +109,8 @@ class FluxRelationSteeringPipeline(RelationSteeringMixin, FluxPipeline):
                              "(embeddings alone cannot be steered; use FluxPipeline for that)")
         prompts = checked_prompts(prompt, steer)
         height, width, num_inference_steps, true_cfg_scale, negative_prompt = self._sampling_defaults(
-            height, width, num_inference_steps, true_cfg_scale, negative_prompt)
+            height, width, num_inference_steps, true_cfg_scale,
+            negative_prompt, kwargs.get("negative_prompt_embeds") is not None)
         schedule = self.steering_schedule_for(steering_schedule, num_inference_steps) if steer else None
         steerings = plan_prompts(prompts, relations, num_images_per_prompt,
                                  lambda parsed: self._plan(parsed, max_sequence_length), schedule)
@@ -146,14 +147,14 @@ class FluxRelationSteeringPipeline(RelationSteeringMixin, FluxPipeline):
             return output.images, steerings
         return FluxRelationSteeringOutput(images=output.images, steering=steerings)
 
-    def _sampling_defaults(self, height, width, steps, true_cfg_scale, negative_prompt):
+    def _sampling_defaults(self, height, width, steps, true_cfg_scale, negative_prompt, negative_embeds: bool):
         """What the caller left out: the model's own sampling (a shapes model's size, steps and
         guidance against the empty caption, as ``wrap_pipeline`` gives them), else the stock call's."""
         own = model_steering_defaults(self)
         side = own.get("size") or self.default_sample_size * self.vae_scale_factor
         if true_cfg_scale is None:
             true_cfg_scale = own.get("true_cfg_scale", 1.0)
-            if true_cfg_scale > 1 and negative_prompt is None:
+            if true_cfg_scale > 1 and negative_prompt is None and not negative_embeds:
                 negative_prompt = ""
         steps = own.get("steps", 28) if steps is None else steps
         return height or side, width or side, steps, true_cfg_scale, negative_prompt
