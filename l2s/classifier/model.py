@@ -190,9 +190,13 @@ class RelationClassifier(nn.Module, ClassifierHubMixin):
         """
         path = Path(path)
         if not path.exists():
-            # "runs/clf" is a path whose folder "runs" is here, not a hub repository of an owner "runs"
-            if looks_like_hub_id(str(path)) and not Path(str(path).split("/")[0]).is_dir():
-                return cls.from_pretrained(str(path), local_files_only=True, map_location=map_location)
+            if looks_like_hub_id(str(path)):
+                try:
+                    return cls.from_pretrained(str(path), local_files_only=True, map_location=map_location)
+                except ModelLoadError:
+                    if not Path(str(path).split("/")[0]).is_dir():
+                        raise
+            # "runs/clf" whose folder "runs" is here: a misspelt path more likely than a hub id not cached
             raise ModelLoadError(f"classifier not found: {path}")
         if path.is_file() and path.name not in (WEIGHTS_FILE, CONFIG_FILE):
             return load_published_checkpoint(path, map_location=map_location, channels=channels)

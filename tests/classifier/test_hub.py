@@ -83,6 +83,16 @@ def test_hub_id_missing_from_the_cache_is_one_line_saying_how_to_get_it(hub_cach
         assert "\n" not in message and "`hf download someone/absent`" in message and str(hub_cache) in message
 
 
+def test_a_cached_hub_id_loads_even_where_a_folder_has_its_owners_name(hub_cache, tmp_path, monkeypatch):
+    model = tiny_model(seed=4)
+    model.save_pretrained(cached_snapshot(hub_cache, "someone/l2s-clf"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "someone").mkdir()
+    assert same_logits(model, RelationClassifier.load("someone/l2s-clf"))
+    with pytest.raises(ModelLoadError, match=r"^classifier not found: someone/absent$"):   # a misspelt path
+        RelationClassifier.load("someone/absent")
+
+
 def test_push_to_hub_sends_nothing_offline(tmp_path, hub_cache):
     from huggingface_hub.errors import OfflineModeIsEnabled
 
