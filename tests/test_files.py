@@ -192,8 +192,11 @@ def test_follow_umask_gives_saved_weights_the_mode_a_plain_open_would(tmp_path, 
     (tmp_path / "private.key").write_text("x")
     os.chmod(tmp_path / "private.key", 0o600)
     assert umask_022(tmp_path)["sub/model.safetensors"] == 0o600   # what safetensors does on its own
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "chosen.safetensors"))
+    os.chmod(tmp_path / "chosen.safetensors", 0o640)                 # a mode someone chose
     follow_umask(tmp_path)
-    assert umask_022(tmp_path) == {"sub/model.safetensors": 0o644, "private.key": 0o600}   # weights only
+    assert umask_022(tmp_path) == {"sub/model.safetensors": 0o644, "private.key": 0o600,   # weights only,
+                                   "chosen.safetensors": 0o640}                            # and only 0600 ones
     assert process_umask() == 0o022 and os.umask(0o022) == 0o022   # read, not changed
 
 

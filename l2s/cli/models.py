@@ -118,7 +118,8 @@ def _check_fit(steerer, classifier: str) -> None:
         model = trained_on(classifier)
         if model is None:
             raise
-        option = "no --model (the shipped shapes model)" if model == "shapes-world" else f"--model {model}"
+        option = ("a shapes-world model: the shipped one (no --model) or the --model its 'shapes make-data' used"
+                  if model == "shapes-world" else f"--model {model}")
         raise ClassifierMismatchError(f"{error}; {classifier} was trained on maps of the model {model!r}: "
                                       f"pass {option}") from None
 

@@ -67,13 +67,17 @@ def process_umask() -> int:
 
 
 def follow_umask(path: str | Path, pattern: str = "*.safetensors") -> None:
-    """Give ``path`` (for a folder: every file under it matching ``pattern``) the mode a plain ``open``
-    would: safetensors' ``save_file`` (and so diffusers' and peft's ``save_pretrained``) makes them 0600."""
+    """Give ``path`` (for a folder: every file under it matching ``pattern``) that is 0600 the mode a
+    plain ``open`` would: safetensors' ``save_file`` (and so diffusers' and peft's ``save_pretrained``)
+    makes them 0600. Other modes were chosen by someone: left alone, as are files not ours to change."""
     path = Path(path)
     mode = 0o666 & ~process_umask()
     for file in (path.rglob(pattern) if path.is_dir() else [path]):
-        if file.is_file() and not file.is_symlink():
-            os.chmod(file, mode)
+        try:
+            if file.is_file() and not file.is_symlink() and file.stat().st_mode & 0o777 == 0o600:
+                os.chmod(file, mode)
+        except PermissionError:
+            continue
 
 
 def fsync_append(path: str | Path, lines: list[str]) -> None:

@@ -53,6 +53,7 @@ def _call_state(pipe) -> list:
     and its scheduler (timesteps), whichever surface holds them."""
     inner = getattr(pipe, "pipe", pipe)       # SteeringPipeline wraps a diffusers pipeline
     denoiser = getattr(pipe, "steering_denoiser", None) or getattr(pipe, "denoiser", None)
+    denoiser = getattr(denoiser, "_orig_mod", denoiser)   # the module torch.compile wrapped, as both surfaces see it
     found = [pipe, denoiser, getattr(inner, "scheduler", None)]
     unique = {id(o): o for o in found if o is not None}
     return sorted(unique.values(), key=id)   # one order for every caller: no lock-order deadlock

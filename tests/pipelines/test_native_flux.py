@@ -222,9 +222,11 @@ def test_loads_as_a_diffusers_custom_pipeline(stock, classifier, tmp_path, monke
     assert pipe("a cat above a dog", num_inference_steps=2, **SIZE).steering[0].steered
 
 
-def test_save_pretrained_leaves_the_classifier_out_quietly_and_keeps_it(pipe, classifier, tmp_path, caplog):
+def test_save_pretrained_leaves_the_classifier_out_quietly_and_keeps_it(pipe, classifier, tmp_path, caplog,
+                                                                        umask_022):
     with caplog.at_level("WARNING"):
         pipe.save_pretrained(tmp_path / "saved")
+    assert set(umask_022(tmp_path / "saved").values()) == {0o644}     # diffusers' weights too
     assert not [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")]
     assert pipe.classifier is classifier and pipe.config.classifier[1] == "RelationClassifier"
     again = FluxRelationSteeringPipeline.from_pretrained(tmp_path / "saved", classifier=classifier)

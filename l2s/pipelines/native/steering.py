@@ -206,14 +206,21 @@ class RelationSteeringMixin:
         save: reload with ``from_pretrained(dir, classifier=RelationClassifier.load(...))``."""
         classifier = getattr(self, "classifier", None)
         if classifier is None:
-            return super().save_pretrained(save_directory, *args, **kwargs)
+            return self._save_following_umask(save_directory, *args, **kwargs)
         self.register_modules(classifier=None)     # not a diffusers component: left out, not warned about
         try:
-            return super().save_pretrained(save_directory, *args, **kwargs)
+            return self._save_following_umask(save_directory, *args, **kwargs)
         finally:
             self.register_modules(classifier=classifier)
             log.info("%s: the relation classifier is not saved with the pipeline; save it with its own "
                      "save() and pass classifier= to from_pretrained", save_directory)
+
+    def _save_following_umask(self, save_directory, *args, **kwargs):
+        from l2s.files import follow_umask
+
+        saved = super().save_pretrained(save_directory, *args, **kwargs)
+        follow_umask(save_directory)   # diffusers' safetensors files are 0600 otherwise
+        return saved
 
     @property
     def steering_denoiser(self) -> torch.nn.Module:
