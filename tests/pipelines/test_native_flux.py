@@ -1,4 +1,7 @@
 """The diffusers-native FLUX steering pipeline against stock diffusers, on a tiny random FLUX."""
+import contextlib
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -357,40 +360,36 @@ def test_a_classifier_that_does_not_fit_is_refused_on_every_call(stock, classifi
 
 
 def test_a_native_call_needs_autograd_and_runs_one_at_a_time(pipe):
-    import threading
-
     with torch.inference_mode(), pytest.raises(UsageError, match=r"outside torch.inference_mode\(\)"):
         pipe("a cat above a dog", num_inference_steps=2, **SIZE)
-    started, release, outcome = threading.Event(), threading.Event(), {}
-
-    def hold(p, step, timestep, tensors):     # keeps the first call inside its loop
-        started.set()
-        release.wait(60)
-        return tensors
-
-    def first():
-        outcome["images"] = pipe("a cat above a dog", num_inference_steps=2, callback_on_step_end=hold,
-                                 output_type="np", **SIZE).images
-
-    worker = threading.Thread(target=first)
-    worker.start()
-    assert started.wait(60)
-    try:
-        with pytest.raises(UsageError, match="already generating"):
-            pipe("a cat above a dog", num_inference_steps=2, **SIZE)
-    finally:
-        release.set()
-        worker.join(120)
+    with _held_call(pipe) as outcome, pytest.raises(UsageError, match="already generating"):
+        pipe("a cat above a dog", num_inference_steps=2, **SIZE)
     assert outcome["images"].shape[0] == 1
 
 
 def test_views_over_the_same_modules_run_one_steering_call_at_a_time(pipe):
     """Two from_pipe views share the transformer and scheduler: a call on one while the other runs is
     refused (before, both failed with an IndexError from the shared scheduler)."""
-    import threading
-
     view = FluxRelationSteeringPipeline.from_pipe(pipe)
     view.set_progress_bar_config(disable=True)
+    with _held_call(pipe) as outcome, pytest.raises(UsageError, match="already generating"):
+        view("a cat above a dog", num_inference_steps=2, **SIZE)
+    assert outcome["images"].shape[0] == 1
+    assert view("a cat above a dog", num_inference_steps=2, output_type="np", **SIZE).images.shape[0] == 1
+
+
+def test_a_steered_call_leaves_the_modules_copyable(pipe):
+    import copy
+
+    pipe("a cat above a dog", num_inference_steps=2, output_type="np", **SIZE)
+    copy.deepcopy(pipe.transformer)
+    copy.deepcopy(pipe.scheduler)
+
+
+@contextlib.contextmanager
+def _held_call(pipe):
+    """Within: a call of ``pipe`` runs in another thread, held inside its denoising loop; yields the
+    dict its images land in once the block ends and the call is let go."""
     started, release, outcome = threading.Event(), threading.Event(), {}
 
     def hold(p, step, timestep, tensors):
@@ -406,18 +405,7 @@ def test_views_over_the_same_modules_run_one_steering_call_at_a_time(pipe):
     worker.start()
     assert started.wait(60)
     try:
-        with pytest.raises(UsageError, match="already generating"):
-            view("a cat above a dog", num_inference_steps=2, **SIZE)
+        yield outcome
     finally:
         release.set()
         worker.join(120)
-    assert outcome["images"].shape[0] == 1
-    assert view("a cat above a dog", num_inference_steps=2, output_type="np", **SIZE).images.shape[0] == 1
-
-
-def test_a_steered_call_leaves_the_modules_copyable(pipe):
-    import copy
-
-    pipe("a cat above a dog", num_inference_steps=2, output_type="np", **SIZE)
-    copy.deepcopy(pipe.transformer)
-    copy.deepcopy(pipe.scheduler)
