@@ -225,14 +225,15 @@ def _given_relations(text: str | None, specs):
 def _run_locked(args: argparse.Namespace, specs, seeds, relations_of=None):
     from l2s.distributed import world
     from l2s.evaluation import MODES, check_scorable, load_detector, run_eval
-    from l2s.evaluation.run_dir import refuse_changed_settings, refuse_fewer_images
+    from l2s.evaluation.run_dir import refuse_changed_settings, refuse_fewer_images, refuse_scoring_outputs
 
     settings = _request_settings(args)
     modes = MODES if args.mode == "both" else (args.mode,)
     if not args.restart:   # a damaged run.json, other settings or fewer images: refused before any model loads
+        refuse_scoring_outputs(args.out)
         settings = _spelled_as_before(args.out, settings)
         refuse_changed_settings(args.out, settings, not_yet=STEERER_SETTINGS)
-        refuse_fewer_images(args.out, seeds, modes)
+        refuse_fewer_images(args.out, seeds, modes, len(specs))
     detector = load_detector(args.detector, args.detector_threshold, args.device, named=named_detectors())
     check_scorable(specs, args.rule, detector)
     steerer, source = load_steerer(args)

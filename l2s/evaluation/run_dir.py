@@ -42,7 +42,8 @@ def prepare_run_dir(out: Path, specs: Sequence[PromptSpec], modes: list[str], se
     refuse_generate_outputs(out)
     if restart:
         clear_run(out)
-    claim_run_dir(out, settings, seeds, modes)
+    refuse_scoring_outputs(out)
+    claim_run_dir(out, settings, seeds, modes, len(specs))
     atomic_write_text(out / PROMPTS_FILE, "".join(json.dumps(spec.to_dict()) + "\n" for spec in specs))
     for mode in modes:
         for index, spec in enumerate(specs):
@@ -59,6 +60,15 @@ def refuse_generate_outputs(out: str | Path) -> None:
     made_by_generate = one_image + earlier_outputs(out, several=True)
     if made_by_generate:
         raise L2SError(f"{out} holds images of 'l2s generate' ({', '.join(made_by_generate)}); use another --out")
+
+
+def refuse_scoring_outputs(out: str | Path) -> None:
+    """A generating run never goes into the folder of an ``--images`` scoring run: its summary would
+    replace the scoring run's."""
+    out = Path(out)
+    if not (out / RUN_FILE).exists() and any((out / IMAGES).glob("*/samples/*.json")):
+        raise L2SError(f"{out} holds a scoring run of 'l2s eval --images' ({IMAGES}/): generating would replace its "
+                       "summary; use another --out (or --restart to remove it)")
 
 
 def clear_run(out: Path) -> None:
@@ -81,18 +91,23 @@ def read_run_file(out: str | Path) -> dict | None:
     return previous
 
 
-def claim_run_dir(out: Path, settings: dict[str, Any], seeds: Sequence[int], modes: Sequence[str]) -> None:
+def claim_run_dir(out: Path, settings: dict[str, Any], seeds: Sequence[int], modes: Sequence[str],
+                  n_prompts: int) -> None:
     """Record the generation settings, or check a resumed run used the same ones and asks for
-    every seed and mode it holds images of (more grow it)."""
+    every prompt, seed and mode it holds images of (more grow it)."""
     refuse_changed_settings(out, settings)
-    refuse_fewer_images(out, seeds, modes)
+    refuse_fewer_images(out, seeds, modes, n_prompts)
     write_json(out / RUN_FILE, {"generation": settings})
 
 
-def refuse_fewer_images(out: str | Path, seeds: Sequence[int], modes: Sequence[str]) -> None:
-    """Refuse a request that leaves out a seed or mode the folder holds an image record of: its
-    summary would replace the run's with that of a part of its images."""
-    held_seeds, held_modes = held_images(Path(out))
+def refuse_fewer_images(out: str | Path, seeds: Sequence[int], modes: Sequence[str], n_prompts: int) -> None:
+    """Refuse a request that leaves out a prompt, seed or mode the folder holds an image record of:
+    its summary would replace the run's with that of a part of its images."""
+    held_seeds, held_modes, held_prompts = held_images(Path(out))
+    if held_prompts and held_prompts[-1] >= n_prompts:
+        raise L2SError(f"{out} holds images of {held_prompts[-1] + 1} prompts; this request has {n_prompts}, and "
+                       "its summary would cover only those: rerun with all of them (more grow the run), or use "
+                       "another --out")
     if set(held_seeds) <= set(seeds) and set(held_modes) <= set(modes):
         return
     all_seeds = sorted({*held_seeds, *seeds})
@@ -100,19 +115,22 @@ def refuse_fewer_images(out: str | Path, seeds: Sequence[int], modes: Sequence[s
     asked = " ".join(x for x in (not set(held_seeds) <= set(seeds) and f"--seeds {_seed_list(all_seeds)}",
                                  not set(held_modes) <= set(modes) and
                                  f"--mode {'both' if len(all_modes) > 1 else all_modes[0]}") if x)
-    raise L2SError(f"{out} holds images of seeds {_seed_list(held_seeds)} in mode{'s' * (len(held_modes) > 1)} "
-                   f"{' and '.join(held_modes)}; this request leaves some out, and its summary would cover only "
-                   f"those: rerun with {asked} (more seeds grow the run), or use another --out")
+    raise L2SError(f"{out} holds images of seed{'s' * (len(held_seeds) > 1)} {_seed_list(held_seeds)} in "
+                   f"mode{'s' * (len(held_modes) > 1)} {' and '.join(held_modes)}; this request leaves some out, "
+                   f"and its summary would cover only those: rerun with {asked} (more seeds grow the run), or "
+                   "use another --out")
 
 
-def held_images(out: Path) -> tuple[list[int], list[str]]:
-    """The seeds and modes of the image records in ``out`` (``MODE/PROMPT/samples/SEED.json``)."""
-    seeds, modes = set(), set()
+def held_images(out: Path) -> tuple[list[int], list[str], list[int]]:
+    """The seeds, modes and prompt indices of the image records in ``out``
+    (``MODE/PROMPT/samples/SEED.json``)."""
+    seeds, modes, prompts = set(), set(), set()
     for mode in MODES:
         for record in out.glob(f"{mode}/[0-9]*/samples/[0-9]*.json"):
             seeds.add(int(record.stem))
+            prompts.add(int(record.parent.parent.name))
             modes.add(mode)
-    return sorted(seeds), [m for m in MODES if m in modes]
+    return sorted(seeds), [m for m in MODES if m in modes], sorted(prompts)
 
 
 def _seed_list(seeds: Sequence[int]) -> str:

@@ -214,7 +214,7 @@ def test_eval_refuses_a_request_for_fewer_seeds_or_modes_and_keeps_its_summary(t
                          ([*TINY_RUN, "--mode", "steered"], "--mode both")):
         code, _, err = run(changed + ["--out", str(out)], capsys)
         (line,) = error_lines(err)
-        assert code == 2 and "holds images of seeds 0 in modes base and steered" in line, line
+        assert code == 2 and "holds images of seed 0 in modes base and steered" in line, line
         assert f"rerun with {fix} (more seeds" in line, line
     assert (out / "summary.json").read_text() == before
     code, _, err = run(TINY_RUN + ["--out", str(out)], capsys)      # all of them: resumed as before
@@ -363,3 +363,21 @@ def test_a_classifier_of_another_model_is_refused_naming_the_model_it_was_traine
     (weights / "training.json").unlink()      # nothing says: the plain refusal
     code, _, err = run(argv, capsys)
     assert code == 2 and error_lines(err)[0].endswith("use a classifier trained for this model")
+
+
+def test_eval_refuses_fewer_prompts_of_a_file_and_a_scoring_runs_folder(tmp_path, capsys):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red circle to the left of a blue square\na green square above a red circle\n")
+    argv = ["eval", "--model", "tiny", "--steps", "2", "--prompts", str(prompts), "--seeds", "0", "--quiet"]
+    assert run(argv + ["--out", str(tmp_path / "f")], capsys)[0] == 0
+    prompts.write_text("a red circle to the left of a blue square\n")          # the last prompt removed
+    code, _, err = run(argv + ["--out", str(tmp_path / "f")], capsys)
+    (line,) = error_lines(err)
+    assert code == 2 and "holds images of 2 prompts; this request has 1" in line, line
+    assert run(["eval", "--images", str(tmp_path / "f" / "steered"), "--out", str(tmp_path / "s"), "--quiet"],
+               capsys)[0] == 0
+    summary = (tmp_path / "s" / "summary.json").read_text()
+    code, _, err = run(argv + ["--out", str(tmp_path / "s")], capsys)
+    (line,) = error_lines(err)
+    assert code == 2 and "holds a scoring run of 'l2s eval --images'" in line, line
+    assert (tmp_path / "s" / "summary.json").read_text() == summary
