@@ -133,9 +133,10 @@ def trained_on(classifier: str) -> str | None:
     folder = Path(classifier) if Path(classifier).is_dir() else Path(classifier).parent
     try:
         training = json.loads((folder / "training.json").read_text())
-        dataset = json.loads((Path(training["dataset"]) / "dataset.json").read_text())
-        model = dataset["settings"]["model"]
-    except (OSError, ValueError, KeyError, TypeError):
+        model = training.get("model")       # recorded beside the weights; older runs: ask their dataset
+        if model is None:
+            model = json.loads((Path(training["dataset"]) / "dataset.json").read_text())["settings"]["model"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     return model if isinstance(model, str) else None
 

@@ -237,6 +237,13 @@ def train_classifier(
             close_tracker(out_dir)
 
 
+def _source_model(dataset_dir: Path) -> dict:
+    """``{"model": ...}``: the model whose maps the dataset holds, as make-data recorded it (kept
+    beside the weights, so a mismatch can name it after the dataset moved); {} when unrecorded."""
+    model = (load_dataset_meta(dataset_dir).get("settings") or {}).get("model")
+    return {"model": model} if isinstance(model, str) else {}
+
+
 def _train(dataset_dir: Path, out_dir: Path, config: ClassifierConfig, train_set: AttentionMapDataset,
            val_set: AttentionMapDataset, settings: dict, state: dict | None, max_epochs: int, seed: int,
            device: str, num_workers: int, progress: bool,
@@ -272,7 +279,8 @@ def _train(dataset_dir: Path, out_dir: Path, config: ClassifierConfig, train_set
             while counters["epoch"] < max_epochs and not counters["stopped_early"]:
                 row = run.epoch(train_loader, val_loader, device)
                 history.append(row)
-                training = {**settings, "dataset": str(dataset_dir.resolve()), "epoch": counters["epoch"],
+                training = {**settings, "dataset": str(dataset_dir.resolve()), **_source_model(dataset_dir),
+                            "epoch": counters["epoch"],
                             "max_epochs": max_epochs, "best_epoch": counters["best_epoch"],
                             "best_val_loss": counters["best_val_loss"],
                             "best_val_accuracy": counters["best_val_accuracy"],

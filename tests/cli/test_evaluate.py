@@ -360,6 +360,9 @@ def test_a_classifier_of_another_model_is_refused_naming_the_model_it_was_traine
     code, _, err = run(argv, capsys)          # the default model is the shipped shapes one
     (line,) = error_lines(err)
     assert code == 2 and line.endswith(f"{weights} was trained on maps of the model 'tiny': pass --model tiny"), line
+    (weights / "training.json").write_text(json.dumps({"dataset": "/moved/away", "model": "tiny"}))
+    code, _, err = run(argv, capsys)          # recorded beside the weights: the dataset may be gone
+    assert code == 2 and error_lines(err)[0].endswith("pass --model tiny")
     (weights / "training.json").unlink()      # nothing says: the plain refusal
     code, _, err = run(argv, capsys)
     assert code == 2 and error_lines(err)[0].endswith("use a classifier trained for this model")

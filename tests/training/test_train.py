@@ -258,6 +258,17 @@ def test_mismatched_classifier_is_refused(tmp_path):
         train_classifier(dataset, tmp_path / "run", _config(timesteps=(0, 2)), epochs=1, progress=False)
 
 
+def test_the_model_the_maps_came_from_is_kept_beside_the_weights(tmp_path):
+    g = torch.Generator().manual_seed(3)
+    records = [dict(r, sample_id=f"s{i:06d}") for i, r in
+               enumerate(r for _, rs in (_synthetic(16, g, "train"), _synthetic(8, g, "val")) for r in rs)]
+    maps = torch.cat([m for m, _ in (_synthetic(16, g, "train"), _synthetic(8, g, "val"))])
+    dataset = write_map_dataset(tmp_path / "data", records, maps, class_names=CLASSES, num_steps=4,
+                                extra={"model": "tiny"})
+    result = train_classifier(dataset, tmp_path / "run", _config(), epochs=1, progress=False)
+    assert json.loads((result.best_dir / "training.json").read_text())["model"] == "tiny"
+
+
 def test_train_cli_uses_a_preset_sized_from_the_dataset(tmp_path, capsys, umask_022):
     g = torch.Generator().manual_seed(3)
     dataset = _write(tmp_path / "data", [_synthetic(24, g, "train"), _synthetic(8, g, "val")])
