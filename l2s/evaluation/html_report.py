@@ -48,12 +48,21 @@ def render_html(report, sheets: Sequence[Path], out: Path) -> str:
     """The page's HTML; image links are relative to ``out``."""
     first = next(iter(report.modes.values()), None)
     rule = first.summary.rule if first else ""
-    body = [f"<h1>l2s eval: spatial accuracy ({_e(rule)} rule)</h1>",
+    body = [f"<h1>l2s eval: spatial accuracy ({_e(rule)} rule)</h1>", _warnings(report),
             _summary(report), _paired(report), _relations(report), _sheets(sheets, out),
             _failures(report, out), _settings(report)]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>l2s eval report</title><style>{_STYLE}</style></head>\n<body>\n"
             + "\n".join(part for part in body if part) + "\n</body></html>\n")
+
+
+def _warnings(report) -> str:
+    """What made steering doubtful, above the numbers it qualifies (empty when nothing did)."""
+    lines = [(mode, line) for mode, part in report.modes.items() for line in part.warnings()]
+    if not lines:
+        return ""
+    items = "".join(f"<li>{_e(mode)} images: {_e(line)}</li>" for mode, line in lines)
+    return f"<h2>Warnings</h2><ul class=\"warnings\">{items}</ul>"
 
 
 def _e(value) -> str:

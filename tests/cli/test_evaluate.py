@@ -341,6 +341,8 @@ def test_eval_records_and_repeats_what_made_steering_doubtful(tmp_path, capsys):
     assert modes["base"]["warnings"] == [] and len(modes["steered"]["warnings"]) == 1
     assert "maps are resampled" in modes["steered"]["warnings"][0]
     assert f"l2s: warning: steered images: {modes['steered']['warnings'][0]}" in err.splitlines()
+    assert "<h2>Warnings</h2>" in (out / "report.html").read_text() and "maps are resampled" in \
+        (out / "report.html").read_text()
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert all(bool(r["meta"]["warnings"]) == (r["meta"]["mode"] == "steered") for r in records)
     code, _, err = run(TINY_RUN + ["--height", "48", "--out", str(out)], capsys)     # resumed: said again
