@@ -66,7 +66,7 @@ def refuse_near_shipped_name(value, shipped: Sequence[str], what: str) -> None:
 
     value = None if value is None else str(value)
     if value and "/" not in value and not Path(value).exists() and value not in shipped:   # "org/name": a hub id
-        close = difflib.get_close_matches(value, shipped, n=1)
+        close = difflib.get_close_matches(value.lower(), shipped, n=1)    # "Shapes-GRPO" too
         if close:
             raise ModelLoadError(f"{what} not found: {value} (did you mean {close[0]!r}?)")
 

@@ -263,7 +263,9 @@ def make_shapes_data(pipe, out_dir: str | Path, n_scenes: int, seed: int = 0, *,
     summary = make_dataset(samples, pipe, out_dir, **settings)
     if summary.samples_done != len(samples):   # a dataset of other scenes too: its count is not these
         return summary
-    return replace(summary, made_of=f"{n_scenes} scenes + {len(samples) - n_scenes} neutral 'is' samples")
+    neutral = len(samples) - n_scenes
+    return replace(summary, made_of=f"{n_scenes} scene{'s' * (n_scenes != 1)} + {neutral} neutral 'is' "
+                                    f"sample{'s' * (neutral != 1)}")
 
 
 def check_shapes_dataset(meta: dict, dataset_dir: str | Path) -> None:

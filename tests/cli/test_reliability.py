@@ -445,6 +445,8 @@ def test_misspelt_shipped_weight_names_get_a_suggestion(tmp_path, capsys):
 
     with pytest.raises(ModelLoadError, match=r"LoRA adapter not found: shapes-grp \(did you mean 'shapes-grpo'\?\)"):
         _check_weights(argparse.Namespace(lora="shapes-grp"))
+    with pytest.raises(ModelLoadError, match=r"did you mean 'shapes-grpo'"):
+        _check_weights(argparse.Namespace(lora="Shapes-GRPO"))
     with pytest.raises(ModelLoadError, match=r"reward model not found: spatialscor \(did you mean 'spatialscore'\?\)"):
         _check_weights(argparse.Namespace(reward_model=Path("spatialscor")))
     (tmp_path / "spatialscor").mkdir()         # an existing folder of that name is a path, not a typo
