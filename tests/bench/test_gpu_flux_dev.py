@@ -3,7 +3,6 @@ a responsive classifier, early exit, a time budget, and a run from a copy of the
 needs no spaCy."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -17,6 +16,8 @@ import torch
 
 from l2s.steer.presets import schedule_preset
 
+from .scripts import loaded_script
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "bench" / "gpu_flux_dev.py"
 COLUMNS = ["resolution", "measurement", "variant", "time (ms)", "speed-up", "peak extra memory (GiB)",
@@ -26,12 +27,7 @@ QUICK = ["--tiny", "--no-compile", "--repeats", "1", "--warmup", "0"]
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("l2s_bench_gpu_flux_dev", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module             # dataclasses look their module up while it loads
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    yield from loaded_script("gpu_flux_dev.py")
 
 
 def run_tiny(script, tmp_path: Path, capsys, *extra: str) -> tuple[str, list[dict], list[dict]]:

@@ -2,26 +2,18 @@
 per image as a mean, and a bad --images refused in one line."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 import l2s.shapes
 
-ROOT = Path(__file__).resolve().parents[2]
+from .scripts import loaded_script
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("l2s_bench_shapes_overhead", ROOT / "bench" / "shapes_overhead.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    yield from loaded_script("shapes_overhead.py")
 
 
 class RecordingSteerer:
