@@ -136,14 +136,18 @@ SAID_LINES_KEPT = 1024   # a service's free-text prompts make new lines forever:
 
 def say_once(owner, lines) -> None:
     """Log each line (None: nothing) the first time ``owner`` (a pipeline) says it (of the last
-    :data:`SAID_LINES_KEPT` distinct lines)."""
+    :data:`SAID_LINES_KEPT` distinct lines); in a spread run, each machine's first process alone
+    (what every rank meets would show once per rank; results keep each image's own warnings)."""
+    from l2s.distributed import first_on_machine
+
     said = owner.__dict__.setdefault("_l2s_warned", {})     # a dict keeps the order lines were said in
     for line in lines:
         if line and line not in said:
             said[line] = None
             if len(said) > SAID_LINES_KEPT:
                 del said[next(iter(said))]
-            log.warning("warning: %s", line)
+            if first_on_machine():
+                log.warning("warning: %s", line)
 
 
 def map_grid_warning(steerer, height: int | None, width: int | None) -> str | None:

@@ -160,3 +160,18 @@ def test_say_once_says_each_line_once_and_keeps_a_bounded_memory(caplog, monkeyp
         arguments.say_once(owner, ["a"])
     assert [r.getMessage() for r in caplog.records] == [f"warning: {x}" for x in "abcda"]
     assert len(owner._l2s_warned) == 3
+
+
+def test_say_once_is_said_by_each_machines_first_process_only(caplog, monkeypatch):
+    import l2s.pipelines.arguments as arguments
+
+    owner = type("Pipe", (), {})()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with caplog.at_level("WARNING", logger="l2s"):
+        arguments.say_once(owner, ["a"])
+    assert not caplog.records and "a" in owner._l2s_warned
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    with caplog.at_level("WARNING", logger="l2s"):
+        arguments.say_once(type("Pipe", (), {})(), ["a"])
+    assert [r.getMessage() for r in caplog.records] == ["warning: a"]
