@@ -15,7 +15,8 @@ from l2s.distributed import output_lock, world
 from .detectors import Detector
 from .geometry import GENEVAL
 from .prompt_files import spec_from_metadata
-from .records import IMAGES, MODES, RUN_FILE, ImageRecord, detect_and_score, png_problem, read_json, write_json
+from .records import (IMAGES, MODES, RUN_FILE, SUMMARY_FILE, ImageRecord, detect_and_score, png_problem, read_json,
+                      write_json)
 from .reports import EvalReport, ModeReport, write_outputs
 from .run_dir import clear_run
 from .runs import check_scorable
@@ -55,10 +56,23 @@ def check_scoring_folder(images_dir: str | Path, out: str | Path, restart: bool 
     if (out / RUN_FILE).exists():
         raise L2SError(f"{out} holds an 'l2s eval' run that generated its images ({RUN_FILE}): scoring "
                        "would replace its summary; score the images into another output folder")
+    scored = _scored_folder(out)
+    if scored is not None and not restart and scored != str(images_dir.resolve()):
+        raise L2SError(f"{out} holds the scores of {scored}; this command scores {images_dir.resolve()}, and its "
+                       "summary would replace them: use another --out, or --restart to score into it anew")
     owned = [out / name for name in (*MODES, IMAGES)]    # what a restart removes
     if restart and any(images_dir.resolve().is_relative_to(path.resolve()) for path in owned):
         raise L2SError(f"restarting {out} would remove {images_dir}, the images to score; score them into "
                        "another output folder")
+
+
+def _scored_folder(out: Path) -> str | None:
+    """The image folder whose scores ``out`` holds (as its summary names it), None when unknown."""
+    try:
+        settings = json.loads((out / SUMMARY_FILE).read_text()).get("settings") or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    return settings.get("images") if isinstance(settings.get("images"), str) else None
 
 
 def _score_folder_jobs(images_dir: Path, jobs: list[tuple[Path, PromptSpec, Path]], skipped: int, out: Path,

@@ -386,3 +386,18 @@ def test_eval_refuses_fewer_prompts_of_a_file_and_a_scoring_runs_folder(tmp_path
     (line,) = error_lines(err)
     assert code == 2 and "holds a scoring run of 'l2s eval --images'" in line, line
     assert (tmp_path / "s" / "summary.json").read_text() == summary
+
+
+def test_scoring_another_image_folder_into_a_scoring_runs_folder_is_refused(tmp_path, capsys):
+    argv = ["eval", "--model", "tiny", "--steps", "2", "--n-prompts", "2", "--seeds", "0", "--quiet"]
+    assert run(argv + ["--out", str(tmp_path / "a")], capsys)[0] == 0
+    score = ["eval", "--quiet", "--out", str(tmp_path / "s"), "--images"]
+    assert run(score + [str(tmp_path / "a" / "steered")], capsys)[0] == 0
+    summary = (tmp_path / "s" / "summary.json").read_text()
+    code, _, err = run(score + [str(tmp_path / "a" / "base")], capsys)
+    (line,) = error_lines(err)
+    assert code == 2 and f"holds the scores of {(tmp_path / 'a' / 'steered').resolve()}" in line, line
+    assert (tmp_path / "s" / "summary.json").read_text() == summary
+    assert run(score + [str(tmp_path / "a" / "steered")], capsys)[0] == 0           # the same folder resumes
+    assert run(score + [str(tmp_path / "a" / "base"), "--restart"], capsys)[0] == 0  # anew, when asked
+
