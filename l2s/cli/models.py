@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from l2s.errors import L2SError, ModelLoadError, UsageError
 
@@ -96,9 +97,14 @@ def apply_speed_args(steerer, args: argparse.Namespace) -> None:
 def load_steerer(args: argparse.Namespace):
     """(steering pipeline, description of what was loaded) for ``--model`` and ``--classifier``,
     with ``--capture-backend`` and ``--engine`` applied."""
-    steerer, source = _load_steerer(args)
-    if args.classifier:
-        _check_fit(steerer, args.classifier)
+    from l2s.errors import ClassifierMismatchError
+
+    try:
+        steerer, source = _load_steerer(args)
+        if args.classifier:
+            getattr(steerer, "check_classifier", lambda: None)()
+    except ClassifierMismatchError as error:
+        raise _naming_its_model(error, args.classifier) from None
     apply_speed_args(steerer, args)
     if getattr(args, "lora", None):
         from l2s.shapes.recipes import lora_folder
@@ -107,30 +113,34 @@ def load_steerer(args: argparse.Namespace):
     return steerer, source
 
 
-def _check_fit(steerer, classifier: str) -> None:
-    """A classifier made for another model is refused naming the model its training data came from
+def _naming_its_model(error, classifier: str | None):
+    """A classifier made for another model, refused naming the model its training data came from
     (recorded beside an ``l2s train`` run's weights), so the fix is in the message."""
     from l2s.errors import ClassifierMismatchError
 
-    try:
-        getattr(steerer, "check_classifier", lambda: None)()
-    except ClassifierMismatchError as error:
-        model = trained_on(classifier)
-        if model is None:
-            raise
-        option = ("a shapes-world model: the shipped one (no --model) or the --model its 'shapes make-data' used"
-                  if model == "shapes-world" else f"--model {model}")
-        raise ClassifierMismatchError(f"{error}; {classifier} was trained on maps of the model {model!r}: "
-                                      f"pass {option}") from None
+    from l2s.shapes.recipes import shipped_assets
+
+    model = trained_on(classifier) if classifier else None
+    if model is None:
+        return error
+    if Path(classifier).resolve().is_relative_to(Path(shipped_assets().pipeline).resolve()):
+        return ClassifierMismatchError(f"{error}; {classifier} is a shipped classifier of the shipped shapes "
+                                       "model: leave out --model")
+    option = ("a shapes-world model: the shipped one (no --model) or the --model its 'shapes make-data' used"
+              if model == "shapes-world" else f"--model {model}")
+    return ClassifierMismatchError(f"{error}; {classifier} was trained on maps of the model {model!r}: pass {option}")
 
 
 def trained_on(classifier: str) -> str | None:
     """The model whose maps trained ``classifier`` (a training run's weights folder), as its dataset
     recorded it; None when nothing says."""
     import json
-    from pathlib import Path
+
+    from l2s.shapes.recipes import shipped_assets
 
     folder = Path(classifier) if Path(classifier).is_dir() else Path(classifier).parent
+    if folder.resolve().is_relative_to(Path(shipped_assets().pipeline).resolve()):
+        return "shapes-world"                 # a shipped classifier
     try:
         training = json.loads((folder / "training.json").read_text())
         model = training.get("model")       # recorded beside the weights; older runs: ask their dataset
@@ -144,8 +154,6 @@ def trained_on(classifier: str) -> str | None:
 def model_folder(args: argparse.Namespace):
     """The local pipeline folder ``--model`` names (the shipped one by default), before loading;
     None for the tiny models built in code and hub ids not in the local cache."""
-    from pathlib import Path
-
     from l2s.errors import L2SError
     from l2s.pipelines.loading import pipeline_folder
     from l2s.shapes.recipes import shipped_assets

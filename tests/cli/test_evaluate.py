@@ -365,6 +365,10 @@ def test_a_classifier_of_another_model_is_refused_naming_the_model_it_was_traine
     (weights / "training.json").write_text(json.dumps({"dataset": "/moved/away", "model": "tiny"}))
     code, _, err = run(argv, capsys)          # recorded beside the weights: the dataset may be gone
     assert code == 2 and error_lines(err)[0].endswith("pass --model tiny")
+    code, _, err = run(["eval", "--model", "tiny", "--classifier", "shapes-k4", "--n-prompts", "1", "--seeds", "0",
+                        "--quiet", "--out", str(tmp_path / "e")], capsys)
+    assert code == 2 and error_lines(err)[0].endswith("is a shipped classifier of the shipped shapes model: "
+                                                      "leave out --model")
     (weights / "training.json").unlink()      # nothing says: the plain refusal
     code, _, err = run(argv, capsys)
     assert code == 2 and error_lines(err)[0].endswith("use a classifier trained for this model")
