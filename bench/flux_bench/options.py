@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=sorted(DTYPES), help="model dtype (default bf16; tiny fp32)")
     p.add_argument("--repeats", type=int, help="timed runs per measurement (default 10; quick 5; tiny 2)")
     p.add_argument("--warmup", type=int, help="untimed runs first (default 3; quick 2; tiny 1)")
-    p.add_argument("--budget-s", type=float, help=f"skip rows not started after this many seconds (quick {QUICK_BUDGET_S})")
+    p.add_argument("--budget-s", type=float,
+                   help=f"skip rows not started after this many seconds (quick {QUICK_BUDGET_S})")
     p.add_argument("--hard-limit-s", type=float,
                    help=f"stop a row still running after this many seconds of the run (quick {QUICK_HARD_S})")
     p.add_argument("--device", help="default cuda (tiny: cpu)")

@@ -120,12 +120,14 @@ def _naming_its_model(error, classifier: str | None):
 
     from l2s.shapes.recipes import shipped_assets
 
-    model = trained_on(classifier) if classifier else None
-    if model is None:
+    if not classifier:
         return error
     if Path(classifier).resolve().is_relative_to(Path(shipped_assets().pipeline).resolve()):
         return ClassifierMismatchError(f"{error}; {classifier} is a shipped classifier of the shipped shapes "
                                        "model: leave out --model")
+    model = trained_on(classifier)
+    if model is None:
+        return error
     option = ("a shapes-world model: the shipped one (no --model) or the --model its 'shapes make-data' used"
               if model == "shapes-world" else f"--model {model}")
     return ClassifierMismatchError(f"{error}; {classifier} was trained on maps of the model {model!r}: pass {option}")
@@ -136,11 +138,7 @@ def trained_on(classifier: str) -> str | None:
     recorded it; None when nothing says."""
     import json
 
-    from l2s.shapes.recipes import shipped_assets
-
     folder = Path(classifier) if Path(classifier).is_dir() else Path(classifier).parent
-    if folder.resolve().is_relative_to(Path(shipped_assets().pipeline).resolve()):
-        return "shapes-world"                 # a shipped classifier
     try:
         training = json.loads((folder / "training.json").read_text())
         model = training.get("model")       # recorded beside the weights; older runs: ask their dataset

@@ -57,7 +57,7 @@ def make_data_main(argv: Sequence[str] | None = None) -> int:
     from l2s.values import positive_int, seed_value
 
     if args.shard_size is None:   # resuming: the dataset's own size (another one would be refused)
-        args.shard_size = SHAPES_SHARD_SIZE if args.restart else shard_size_to_resume(args.out, SHAPES_SHARD_SIZE)
+        args.shard_size = shard_size_to_resume(args.out, SHAPES_SHARD_SIZE, args.restart)
     positive_int(args.scenes, "--scenes")
     positive_int(args.shard_size, "--shard-size")
     seed_value(args.seed, "--seed")
@@ -82,7 +82,8 @@ def build_train_classifier_parser() -> argparse.ArgumentParser:
         "OUT/best (load it with --classifier OUT/best) and reports its validation accuracy per prompt type.",
         ["l2s shapes train-classifier --data runs/shapes-maps --out runs/shapes-classifier --epochs 40",
          "l2s shapes train-classifier --data runs/shapes-maps --out runs/shapes-classifier-k2 --layers 2"])
-    p.add_argument("--data", required=True, type=Path, help="a map dataset written by 'l2s shapes make-data' (one of 'l2s make-data' is refused: "
+    p.add_argument("--data", required=True, type=Path,
+                   help="a map dataset written by 'l2s shapes make-data' (one of 'l2s make-data' is refused: "
                         "'l2s train' trains its classifier)")
     p.add_argument("--out", required=True, type=out_path, help="run folder: best/, last/ and log.jsonl")
     p.add_argument("--no-dual", action="store_true", help="train on pos prompts only (leakage ablation)")

@@ -98,13 +98,13 @@ def _check_make_data_args(args: argparse.Namespace) -> None:
     from l2s.training import check_make_data_options, shard_size_to_resume
 
     if args.shard_size is None:   # resuming: the dataset's own size (another one would be refused)
-        args.shard_size = MAKE_DATA_SHARD_SIZE if args.restart else shard_size_to_resume(args.out, MAKE_DATA_SHARD_SIZE)
+        args.shard_size = shard_size_to_resume(args.out, MAKE_DATA_SHARD_SIZE, args.restart)
     from l2s.devices import check_device
 
     from .checks import check_input_paths
 
-    check_make_data_options(dtype=LONG_NAMES[args.map_dtype], val_fraction=args.val_fraction, shard_size=args.shard_size,
-                            steps=args.steps, size=args.size, limit=args.limit, min_psnr=args.min_psnr,
+    check_make_data_options(dtype=LONG_NAMES[args.map_dtype], val_fraction=args.val_fraction,
+                            shard_size=args.shard_size, steps=args.steps, size=args.size, limit=args.limit, min_psnr=args.min_psnr,
                             gamma=args.gamma, eta=args.eta, store_steps=args.store_steps,
                             max_per_class=args.max_per_class, seed=args.seed, spelled=flag_of({"dtype": "--map-dtype"}))
     if not 0.0 <= args.max_iou <= 1.0:
@@ -132,7 +132,8 @@ def make_data_main(argv: Sequence[str] | None = None) -> int:
                 samples, pipe, args.out,
                 class_names=PUBLISHED_CLASSES if args.classes == "published" else DIAGONAL_CLASSES,
                 steps=args.steps, store_steps=args.store_steps, size=args.size, dual=not args.no_dual,
-                seed=args.seed, val_fraction=args.val_fraction, shard_size=args.shard_size, dtype=LONG_NAMES[args.map_dtype],
+                seed=args.seed, val_fraction=args.val_fraction, shard_size=args.shard_size,
+                dtype=LONG_NAMES[args.map_dtype],
                 min_psnr=args.min_psnr, gamma=args.gamma, eta=args.eta, model_name=args.model, limit=args.limit,
                 progress=not args.quiet, restart=args.restart, layers=args.layers,
                 spelled=flag_of({"dtype": "--map-dtype"}))

@@ -69,9 +69,12 @@ def load_dataset_meta(dataset_dir: str | Path) -> dict:
     return meta
 
 
-def shard_size_to_resume(dataset_dir: str | Path, default: int) -> int:
+def shard_size_to_resume(dataset_dir: str | Path, default: int, restart: bool = False) -> int:
     """The shard size the dataset in ``dataset_dir`` was made with (a resumed run must keep it), or
-    ``default`` where there is none to resume (a new folder, or one that holds no readable dataset)."""
+    ``default`` where there is none to resume (``restart``, a new folder, or one that holds no
+    readable dataset)."""
+    if restart:
+        return default
     try:
         settings = load_dataset_meta(dataset_dir).get("settings")
     except L2SError:   # nothing to resume here: the writer says what is wrong, if anything

@@ -274,13 +274,13 @@ def _train(dataset_dir: Path, out_dir: Path, config: ClassifierConfig, train_set
         if resumed_at and on_resume is not None and group.is_main:   # said now, not after the epochs
             finished = counters["stopped_early"] or resumed_at >= max_epochs
             on_resume(resume_message(out_dir, resumed_at, finished, counters["stopped_early"]))
+        source = {"dataset": str(dataset_dir.resolve()), **_source_model(dataset_dir)}   # read once, kept per epoch
         with tqdm(total=max_epochs, initial=min(counters["epoch"], max_epochs), disable=not (progress and group.is_main),
                   desc="l2s train", unit="epoch") as bar:
             while counters["epoch"] < max_epochs and not counters["stopped_early"]:
                 row = run.epoch(train_loader, val_loader, device)
                 history.append(row)
-                training = {**settings, "dataset": str(dataset_dir.resolve()), **_source_model(dataset_dir),
-                            "epoch": counters["epoch"],
+                training = {**settings, **source, "epoch": counters["epoch"],
                             "max_epochs": max_epochs, "best_epoch": counters["best_epoch"],
                             "best_val_loss": counters["best_val_loss"],
                             "best_val_accuracy": counters["best_val_accuracy"],
