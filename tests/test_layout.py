@@ -1,7 +1,8 @@
 """The package reads along its data path: no import circles, no lower layer importing a higher one.
 
-Every import in l2s/ counts, those inside functions included (a circle hidden in a function is
-still a circle). Layers, lowest first; a module may import its own layer and those below it.
+Every import in l2s/ counts, those inside functions and a package's lazily loaded names included
+(a circle hidden in a function is still a circle). Layers, lowest first; a module may import its own
+layer and those below it.
 """
 from __future__ import annotations
 
@@ -66,11 +67,14 @@ def imported_modules(name: str, path: Path, known: set[str]) -> set[str]:
     """l2s modules that ``name`` imports anywhere in its file (package faces count as modules)."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         elif _dynamic_import(node):              # importlib.import_module("l2s.x") / __import__("l2s.x")
             targets = [node.args[0].value]
+        elif _lazy_table(node, tree) is not None:    # lazy_names(__name__, {"Name": "submodule"}, ...)
+            targets = [f"{package}.{submodule}" for submodule in _lazy_table(node, tree)]
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
@@ -96,6 +100,23 @@ def _dynamic_import(node: ast.AST) -> bool:
     called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
     name = node.args[0].value
     return called in ("import_module", "__import__") and isinstance(name, str) and name.startswith("l2s.")
+
+
+def _lazy_table(node: ast.AST, tree: ast.Module) -> list[str] | None:
+    """The submodules of a ``lazy_names(package, where, ...)`` call (:mod:`l2s.lazy`): ``where`` as a
+    dict literal or the name of a module-level one; they load on first use, imports all the same."""
+    if not (isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "lazy_names"
+            and len(node.args) >= 2):
+        return None
+    where = node.args[1]
+    if isinstance(where, ast.Name):
+        tables = [n.value for n in tree.body if isinstance(n, ast.Assign) and isinstance(n.value, ast.Dict)
+                  and any(getattr(t, "id", None) == where.id for t in n.targets)]
+        where = tables[-1] if tables else None
+    if not isinstance(where, ast.Dict):
+        raise AssertionError(f"lazy_names table {ast.unparse(node.args[1])} is not a dict literal: the layout "
+                             "test cannot read it")
+    return [value.value for value in where.values if isinstance(value, ast.Constant)]
 
 
 def import_graph() -> dict[str, set[str]]:
@@ -174,8 +195,16 @@ def test_the_layer_rule_sees_imports_by_name(tmp_path):
     assert imported_modules("l2s.pipelines.mod", source, known) == {"l2s.cli", "l2s.shapes.model"}
 
 
+def test_the_layer_rule_sees_lazily_loaded_names(tmp_path):
+    source = tmp_path / "__init__.py"
+    source.write_text("from l2s.lazy import lazy_names\n_WHERE = {'Bench': 'bench', 'load': 'model'}\n"
+                      "__getattr__, __dir__ = lazy_names(__name__, _WHERE, globals())\n")
+    known = {"l2s.lazy", "l2s.shapes", "l2s.shapes.bench", "l2s.shapes.model"}
+    assert imported_modules("l2s.shapes", source, known) == {"l2s.lazy", "l2s.shapes.bench", "l2s.shapes.model"}
+
+
 def test_the_library_never_imports_research_or_tests():
-    outside = {"experiments", "bench", "tests", "conftest", "gpu_flux_dev"}
+    outside = {"experiments", "bench", "scripts", "tests", "conftest", "gpu_flux_dev"}
     for name, path in module_files().items():
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             modules = [a.name for a in node.names] if isinstance(node, ast.Import) else (
