@@ -291,21 +291,6 @@ def tiny_sd_pipeline(seed: int = 0):
     )
 
 
-PIPELINE_KINDS = ("flux", "flux-dev", "sd")
-
-
-def tiny_pipeline(kind: str, **kwargs):
-    """Build a tiny pipeline by name: ``"flux"`` (schnell-like), ``"flux-dev"`` (guidance embedding)
-    or ``"sd"``. Keyword arguments go to the builder."""
-    if kind == "flux":
-        return tiny_flux_pipeline(**kwargs)
-    if kind == "flux-dev":
-        return tiny_flux_pipeline(guidance_embeds=True, **kwargs)
-    if kind == "sd":
-        return tiny_sd_pipeline(**kwargs)
-    raise ValueError(f"unknown tiny pipeline kind {kind!r}; choose one of {', '.join(PIPELINE_KINDS)}")
-
-
 def save_pipeline(pipe, path: str | Path) -> Path:
     """Write ``pipe`` as a diffusers model directory (safetensors weights, tokenizers included)
     that ``<PipelineClass>.from_pretrained(path)`` reloads offline."""

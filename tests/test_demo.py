@@ -16,7 +16,6 @@ from l2s.demo import (
     save_pipeline,
     tiny_clip_tokenizer,
     tiny_flux_pipeline,
-    tiny_pipeline,
     tiny_sd_pipeline,
     tiny_t5_tokenizer,
 )
@@ -26,17 +25,17 @@ PROMPT = "a photo of a teddy bear to the left of a red circle"
 
 @pytest.fixture(scope="module")
 def flux():
-    return tiny_pipeline("flux")
+    return tiny_flux_pipeline()
 
 
 @pytest.fixture(scope="module")
 def flux_dev():
-    return tiny_pipeline("flux-dev")
+    return tiny_flux_pipeline(guidance_embeds=True)
 
 
 @pytest.fixture(scope="module")
 def sd():
-    return tiny_pipeline("sd")
+    return tiny_sd_pipeline()
 
 
 def run_flux(pipe, size, guidance_scale=0.0, seed=0, max_sequence_length=64):
@@ -157,11 +156,6 @@ def test_sd_runs_end_to_end_with_cross_attention_at_two_resolutions(sd):
         image = run_sd(sd, size)
         assert image.shape == (1, 3, size, size) and torch.isfinite(image).all()
     assert not torch.equal(run_sd(sd, 32, seed=0), run_sd(sd, 32, seed=1))
-
-
-def test_tiny_pipeline_rejects_unknown_kind():
-    with pytest.raises(ValueError, match="flux-dev"):
-        tiny_pipeline("sdxl")
 
 
 # ---- save / reload offline ----------------------------------------------------------------------

@@ -280,12 +280,10 @@ def test_cli_json_shape():
         parse_cli_json("a cat above")
 
 
-def test_to_dict_and_full_json():
+def test_to_dict_and_spans():
     (triplet,) = parse_prompt("a cat above a dog").triplets
     assert triplet.to_dict() == {"subject": "cat", "relation": "above", "object": "dog"}
-    full = triplet.as_json_full()
-    assert full["spans"] == {"subject": [2, 5], "relation": [6, 11], "object": [14, 17]}
-    assert json.loads(json.dumps(full)) == full
+    assert (triplet.subject_span, triplet.relation_span, triplet.object_span) == ((2, 5), (6, 11), (14, 17))
     (near,) = parse_prompt("a cat next to a dog").non_directional
     assert near.to_dict() == {"subject": "cat", "relation": "next to", "object": "dog"}
 

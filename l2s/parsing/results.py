@@ -7,8 +7,6 @@ from dataclasses import dataclass, field
 CharSpan = tuple[int, int]
 
 
-
-
 @dataclass(frozen=True)
 class _RelationPhrases:
     """Subject, relation and object as found in a prompt, each with its ``[start, end)`` character
@@ -30,12 +28,6 @@ class _RelationPhrases:
 @dataclass(frozen=True)
 class Triplet(_RelationPhrases):
     """One steerable relation: ``subject`` is ``relation`` (canonical) of ``object``."""
-
-    def as_json_full(self) -> dict:
-        """``to_dict()`` plus ``"spans"``: ``{"subject": [s, e], "relation": .., "object": ..}``."""
-        return {**self.to_dict(), "spans": {"subject": list(self.subject_span),
-                                            "relation": list(self.relation_span),
-                                            "object": list(self.object_span)}}
 
 
 @dataclass(frozen=True)

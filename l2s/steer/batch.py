@@ -54,10 +54,6 @@ class BatchPlan:
     def steered(self) -> bool:
         return any(self.counts)
 
-    def relations_at(self, iteration: int) -> tuple[int, ...]:
-        """Each image's relation index at ``iteration`` of a step (0 for an image without one)."""
-        return tuple(iteration % n if n else 0 for n in self.counts)
-
     def rows(self, relations: Sequence[int]) -> tuple[list[tuple[int, int]], list[int]]:
         """Per image, its relation's (subject, object) columns in the merged groups and its class;
         an image without relations reads column 0 twice and class 0 (it is never updated)."""

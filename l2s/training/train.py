@@ -85,13 +85,6 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     epochs_resumed: int = 0  # epochs an earlier run had finished when this one started
 
-    def resume_line(self) -> str | None:
-        """``l2s: ...`` saying what this run took from an earlier one in its folder, or None."""
-        if not self.epochs_resumed:
-            return None
-        return resume_message(self.out_dir, self.epochs_resumed, self.epochs_resumed == self.epochs_run,
-                              self.stopped_early)
-
 
 def resume_message(out_dir: Path, epochs_done: int, finished: bool, stopped_early: bool) -> str:
     """``l2s: ...`` saying what a run takes from the earlier one in ``out_dir`` (``epochs_done``

@@ -223,12 +223,13 @@ def test_resumed_training_ends_identical_to_an_uninterrupted_run(tmp_path):
     dataset = _write(tmp_path / "data", [_synthetic(160, g, "train"), _synthetic(60, g, "val")])
     kwargs = dict(batch_size=32, lr=3e-3, seed=3, progress=False)
     config = _config(dropout=0.1)  # dropout draws from the global RNG: its state must be restored too
-    straight = train_classifier(dataset, tmp_path / "straight", config, epochs=4, **kwargs)
+    said = []    # the lines given to on_resume
+    straight = train_classifier(dataset, tmp_path / "straight", config, epochs=4, on_resume=said.append, **kwargs)
     train_classifier(dataset, tmp_path / "resumed", config, epochs=2, **kwargs)
-    resumed = train_classifier(dataset, tmp_path / "resumed", config, epochs=4, **kwargs)
+    assert said == []
+    resumed = train_classifier(dataset, tmp_path / "resumed", config, epochs=4, on_resume=said.append, **kwargs)
     assert resumed.epochs_run == straight.epochs_run == 4
-    assert straight.resume_line() is None
-    assert resumed.resume_line() == f"l2s: resumed after epoch 2 of the earlier run in {tmp_path / 'resumed'}"
+    assert said == [f"l2s: resumed after epoch 2 of the earlier run in {tmp_path / 'resumed'}"]
     for kind in ("last", "best"):
         a, b = _weights(tmp_path / "straight" / kind), _weights(tmp_path / "resumed" / kind)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), kind
@@ -239,10 +240,9 @@ def test_resumed_training_ends_identical_to_an_uninterrupted_run(tmp_path):
     assert not torch.equal(_weights(other.last_dir)["relation_classifier.fc.0.weight"],
                            _weights(straight.last_dir)["relation_classifier.fc.0.weight"])
     # A finished run resumes to a no-op; other settings are refused; resume=False starts over.
-    finished = train_classifier(dataset, tmp_path / "resumed", config, epochs=4, **kwargs)
-    assert finished.epochs_run == 4 and finished.resume_line().endswith("holds a finished run (4 epochs): the "
-                                                                        "result is its; more --epochs continue it, "
-                                                                        "--restart trains again")
+    finished = train_classifier(dataset, tmp_path / "resumed", config, epochs=4, on_resume=said.append, **kwargs)
+    assert finished.epochs_run == 4 and said[-1].endswith("holds a finished run (4 epochs): the result is its; "
+                                                          "more --epochs continue it, --restart trains again")
     with pytest.raises(L2SError, match="other settings.*lr"):
         train_classifier(dataset, tmp_path / "resumed", config, epochs=5, **{**kwargs, "lr": 1e-3})
     fresh = train_classifier(dataset, tmp_path / "resumed", config, epochs=1, resume=False, **kwargs)
@@ -333,12 +333,11 @@ def test_a_resumed_run_says_so_before_its_first_epoch_even_quiet(tmp_path, capsy
 
 
 def test_a_rerun_of_a_run_that_stopped_early_says_so(tmp_path):
-    from l2s.training.train import TrainResult
+    from l2s.training.train import resume_message
 
-    result = TrainResult(tmp_path, tmp_path / "best", tmp_path / "last", 3, 0.5, 0.9, 7, True, [], epochs_resumed=7)
-    assert result.resume_line() == (f"l2s: {tmp_path} holds a run that stopped early after 7 epochs (validation "
-                                    "stopped improving): the result is its; --restart trains again")
-    assert TrainResult(tmp_path, tmp_path, tmp_path, 3, 0.5, 0.9, 7, False, [], 0).resume_line() is None
+    assert resume_message(tmp_path, 7, finished=True, stopped_early=True) == (
+        f"l2s: {tmp_path} holds a run that stopped early after 7 epochs (validation stopped improving): the "
+        "result is its; --restart trains again")
 
 
 def test_a_grown_dataset_is_refused_on_resume_and_older_runs_still_resume(tmp_path):
