@@ -119,6 +119,7 @@ def _naming_its_model(error, classifier: str | None):
     from l2s.errors import ClassifierMismatchError
 
     from l2s.shapes.recipes import shipped_assets
+    from l2s.training.checkpoints import trained_on
 
     if not classifier:
         return error
@@ -131,22 +132,6 @@ def _naming_its_model(error, classifier: str | None):
     option = ("a shapes-world model: the shipped one (no --model) or the --model its 'shapes make-data' used"
               if model == "shapes-world" else f"--model {model}")
     return ClassifierMismatchError(f"{error}; {classifier} was trained on maps of the model {model!r}: pass {option}")
-
-
-def trained_on(classifier: str) -> str | None:
-    """The model whose maps trained ``classifier`` (a training run's weights folder), as its dataset
-    recorded it; None when nothing says."""
-    import json
-
-    folder = Path(classifier) if Path(classifier).is_dir() else Path(classifier).parent
-    try:
-        training = json.loads((folder / "training.json").read_text())
-        model = training.get("model")       # recorded beside the weights; older runs: ask their dataset
-        if model is None:
-            model = json.loads((Path(training["dataset"]) / "dataset.json").read_text())["settings"]["model"]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
-    return model if isinstance(model, str) else None
 
 
 def model_folder(args: argparse.Namespace):

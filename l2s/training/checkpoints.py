@@ -14,12 +14,12 @@ from pathlib import Path
 import torch
 
 from l2s.classifier import RelationClassifier
+from l2s.classifier.hub import TRAINING_FILE, read_training_record
 from l2s.run_folders import STATE_FILE, atomic_dir
 from l2s.run_folders import prepare_out_dir as _prepare_out_dir
 
+from .store import META_FILE
 from .tracking import clear_tensorboard
-
-TRAINING_FILE = "training.json"
 
 
 def save_checkpoint(directory: Path, model: RelationClassifier, training: dict, state: dict | None = None) -> None:
@@ -51,3 +51,17 @@ def resume_state(optimizer, scheduler, shuffle: torch.Generator, counters: dict,
 def prepare_out_dir(out_dir: Path, settings: dict, resume: bool, finished=None) -> dict | None:
     """:func:`l2s.run_folders.prepare_out_dir`; starting over also removes the TensorBoard curves."""
     return _prepare_out_dir(out_dir, settings, resume, finished, on_restart=clear_tensorboard)
+
+
+def trained_on(weights: str | Path) -> str | None:
+    """The model whose maps trained the classifier at ``weights`` (a run's ``best/`` or ``last/``, or a
+    file in it), as the run recorded it; None when nothing says."""
+    folder = Path(weights) if Path(weights).is_dir() else Path(weights).parent
+    training = read_training_record(folder) or {}
+    model = training.get("model")
+    if model is None:   # a run that did not record it: its dataset's record, while that is still there
+        try:
+            model = json.loads((Path(training["dataset"]) / META_FILE).read_text())["settings"]["model"]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+    return model if isinstance(model, str) else None
