@@ -166,12 +166,7 @@ def make_dataset(
     family = pipeline_family(pipe)
     steps = int(steps if steps is not None else DEFAULT_STEPS[family])
     store = check_store_steps(DEFAULT_STORE_STEPS[family] if store_steps is None else store_steps, steps, spelled)
-    size = int(size if size is not None else default_image_size(pipe))
-    if size % grid_unit(pipe):
-        raise L2SError(f"{spelled('size')} must be a multiple of {grid_unit(pipe)} pixels for this model, got {size}")
-    if size // grid_unit(pipe) > MAX_MAP_GRID:  # refused here: past it, the machine kills the job unannounced
-        raise L2SError(f"{spelled('size')} {size} gives {size // grid_unit(pipe)}x{size // grid_unit(pipe)} attention maps; at "
-                       f"most {MAX_MAP_GRID}x{MAX_MAP_GRID} ({MAX_MAP_GRID * grid_unit(pipe)} px) for this model")
+    size = _image_side(pipe, size, spelled)
     class_names = tuple(class_names)
     items = _unique_samples(samples, limit)
     if not isinstance(out_dir, (str, Path)):
@@ -185,6 +180,18 @@ def make_dataset(
             num_iter=num_iter, map_size=map_size, max_sequence_length=max_sequence_length,
             **({} if layers is None else {"layers": int(layers)})))
     return replace(dataset_summary(out_dir), samples_resumed=resumed)
+
+
+def _image_side(pipe, size: int | None, spelled: Callable[[str], str]) -> int:
+    """The inverted images' side: ``size`` or the model's default, a whole number of tokens."""
+    size = int(size if size is not None else default_image_size(pipe))
+    unit = grid_unit(pipe)
+    if size % unit:
+        raise L2SError(f"{spelled('size')} must be a multiple of {unit} pixels for this model, got {size}")
+    if size // unit > MAX_MAP_GRID:  # refused here: past it, the machine kills the job unannounced
+        raise L2SError(f"{spelled('size')} {size} gives {size // unit}x{size // unit} attention maps; at "
+                       f"most {MAX_MAP_GRID}x{MAX_MAP_GRID} ({MAX_MAP_GRID * unit} px) for this model")
+    return size
 
 
 def _write_dataset(items: list[RelationSample], pipe, out_dir: Path, restart: bool,
