@@ -47,7 +47,7 @@ ABLATION_CLASSIFIER_DIR = "classifier_pos_only"
 FIRST_BLOCKS_CLASSIFIER_DIR = "classifier_k4"  # reads the first 4 of the model's 5 blocks: a shorter backward
 
 # The published FLUX preset (d_model 256, 4 + 4 layers) is sized for 1368 maps of 16x16; the
-# shapes model has 20 maps, and a 2-core CPU must train its classifier within a session.
+# shapes model has 20 maps, and its classifier must train on a 2-core CPU.
 SHAPES_CLASSIFIER_SIZES = dict(d_model=128, extractor_layers=2, extractor_heads=4, extractor_ff=256,
                                pool_heads=4, head_layers=2, head_heads=4, head_ff=256, fc_dims=(128, 64),
                                dropout=0.1)
