@@ -316,9 +316,9 @@ def tiny_classifier_for(pipe, seed: int = 0, **config_overrides):
     """A randomly initialised tiny classifier whose channel count fits ``pipe``'s denoiser."""
     from l2s.capture import AttentionCapture
     from l2s.classifier import RelationClassifier
+    from l2s.pipelines.families import denoiser
 
-    denoiser = getattr(pipe, "transformer", None) or pipe.unet
-    capture = AttentionCapture(denoiser)
+    capture = AttentionCapture(denoiser(pipe))
     try:
         channels = capture.channels()
     finally:

@@ -50,7 +50,7 @@ class ClassifierJudge:
 
     def __call__(self, images, prompts: Sequence[str]) -> torch.Tensor:
         from l2s.capture import AttentionCapture
-        from l2s.training.inversion_utils import denoiser
+        from l2s.pipelines.families import denoiser
 
         capture = AttentionCapture(denoiser(self.pipe))
         try:

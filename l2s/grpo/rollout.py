@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from l2s.pipelines.families import pixels_per_token
 from .sde import sde_step
 
 # Rows below which CPU GEMMs may pick other kernels (other last bits): 4 sufficed on the machine it
@@ -75,7 +76,7 @@ def encode_prompts(pipe, prompts: list[str], true_cfg: float, size: int, device,
         neg_embeds, neg_pooled, _ = pipe.encode_prompt(prompt="", prompt_2=None, device=device,
                                                        max_sequence_length=max_sequence_length)
         negative = (neg_embeds, neg_pooled)
-    side = 2 * (size // (pipe.vae_scale_factor * 2)) // 2
+    side = size // pixels_per_token(pipe)
     image_ids = pipe._prepare_latent_image_ids(1, side, side, device, embeds.dtype)
     distilled = getattr(pipe.transformer.config, "guidance_embeds", False)
     return Conditioning(embeds, pooled, negative, text_ids, image_ids, float(true_cfg),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from l2s.pipelines.families import pixels_per_token
 from .advantages import centred_rewards, global_spread, group_advantages, top_k_mask
 from .ema import AdapterEMA
 from .lora import adapter_parameters, add_lora
@@ -42,7 +43,7 @@ class GRPOTrainer:
         self.optimizer = torch.optim.AdamW(self.params.values(), lr=settings.lr, weight_decay=settings.weight_decay)
         self.ema = AdapterEMA(self.params, settings.ema_decay)
         self.optimizer_steps = 0
-        tokens = (self.size // (pipe.vae_scale_factor * 2)) ** 2
+        tokens = (self.size // pixels_per_token(pipe)) ** 2
         self.schedule = flow_schedule(pipe, settings.steps, tokens, accelerator.device)
 
     # -- sampling and scoring --------------------------------------------------------------

@@ -15,6 +15,7 @@ import torch
 from l2s.classifier import RelationClassifier
 from l2s.errors import UsageError
 from l2s.values import finite_number, image_side, positive_int, seed_value, step_count
+from .families import pixels_per_token
 
 if TYPE_CHECKING:
     from l2s.steer import Schedule
@@ -106,7 +107,7 @@ def expected_latents_shape(steerer, height: int | None, width: int | None, num_i
     pipe = steerer.pipe
     if hasattr(pipe, "transformer"):
         side = steerer.default_size()
-        multiple = pipe.vae_scale_factor * 2
+        multiple = pixels_per_token(pipe)
         height, width = (side if height is None else height), (side if width is None else width)
         return (num_images, (height // multiple) * (width // multiple), pipe.transformer.config.in_channels)
     side = pipe.unet.config.sample_size * pipe.vae_scale_factor
@@ -156,7 +157,7 @@ def map_grid_warning(steerer, height: int | None, width: int | None) -> str | No
     pipe = steerer.pipe
     if not hasattr(pipe, "transformer"):
         return None
-    side, multiple = steerer.default_size(), pipe.vae_scale_factor * 2
+    side, multiple = steerer.default_size(), pixels_per_token(pipe)
     height, width = (side if height is None else height), (side if width is None else width)
     if height % multiple or width % multiple:
         return None  # a size the model refuses: its error comes instead

@@ -23,6 +23,7 @@ from l2s.errors import UsageError
 from l2s.steer import DEFAULT_CAPTURE_BACKEND, DenoiserCall
 
 from .base import SteeringPipeline, seeded_generators
+from .families import pixels_per_token
 from .loading import steering_family
 
 
@@ -186,7 +187,7 @@ class FluxSteeringPipeline(SteeringPipeline):
             return self._default_size
         # Published: latent token grid 32 (dev, 512 px) or 16 (schnell, 256 px), scaled to this VAE.
         grid = self.classifier.config.orig_map_size or (32 if self.family == "flux-dev" else 16)
-        return grid * self.pipe.vae_scale_factor * 2
+        return grid * pixels_per_token(self.pipe)
 
     # ---- generation ---------------------------------------------------------------------
     @torch.no_grad()
@@ -208,7 +209,7 @@ class FluxSteeringPipeline(SteeringPipeline):
         if self.pipe.transformer.config.guidance_embeds:
             guidance = torch.full([num_images], guidance_scale, device=self.device, dtype=torch.float32)
         conditioning = _FluxConditioning(text, negative, text_ids, image_ids, guidance)
-        multiple = self.pipe.vae_scale_factor * 2
+        multiple = pixels_per_token(self.pipe)
         latent_hw = (height // multiple, width // multiple)
         latents = self._denoise(latents, timesteps, conditioning, plan, schedule, latent_hw,
                                 diagnostics, progress)
@@ -230,7 +231,7 @@ class FluxSteeringPipeline(SteeringPipeline):
     def _image_size(self, height: int | None, width: int | None) -> tuple[int, int]:
         height = height or self.default_size()
         width = width or self.default_size()
-        multiple = self.pipe.vae_scale_factor * 2
+        multiple = pixels_per_token(self.pipe)
         if height % multiple or width % multiple:
             raise UsageError(f"height and width must be multiples of {multiple} for this model")
         return height, width

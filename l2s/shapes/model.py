@@ -56,6 +56,7 @@ from transformers import (
 
 from l2s.devices import check_device
 from l2s.errors import ModelLoadError, TokenizationError
+from l2s.pipelines.families import pixels_per_token
 from l2s.pipelines.loading import steering_defaults
 from l2s.tokenizers import byte_level_clip_tokenizer
 
@@ -262,7 +263,7 @@ def image_size(pipe) -> int:
 
 def token_grid(pipe) -> int:
     """Side of the model's token grid at its :func:`image_size`: FLUX packs 2x2 latents per token."""
-    return image_size(pipe) // (2 * pipe.vae_scale_factor)
+    return image_size(pipe) // pixels_per_token(pipe)
 
 
 def images_to_latents(pipe: FluxPipeline, images: torch.Tensor) -> torch.Tensor:

@@ -11,9 +11,9 @@ from .inversion_utils import (
     InversionResult,
     default_image_size,
     map_grid,
-    pipeline_family,
     psnr,
 )
+from l2s.pipelines.families import pipeline_family
 from .leakage import (
     compare_classifiers,
     compare_hits,

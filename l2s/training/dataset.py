@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from l2s.errors import L2SError, TokenizationError
 from l2s.distributed import output_lock, world
 from l2s.files import read_jsonl_lines
+from l2s.pipelines.families import denoiser, pipeline_family, pixels_per_token
 from l2s.relations import PUBLISHED_CLASSES, canonical_class
 from .layers import first_layers_capture
 from .inversion import dual_invert
@@ -33,10 +34,7 @@ from .inversion_utils import (
     DEFAULT_STORE_STEPS,
     check_store_steps,
     default_image_size,
-    denoiser,
-    grid_unit,
     map_grid,
-    pipeline_family,
 )
 from .options import check_make_data_options
 from .sources import RelationSample, digest, sample_seed, split_of
@@ -185,7 +183,7 @@ def make_dataset(
 def _image_side(pipe, size: int | None, spelled: Callable[[str], str]) -> int:
     """The inverted images' side: ``size`` or the model's default, a whole number of tokens."""
     size = int(size if size is not None else default_image_size(pipe))
-    unit = grid_unit(pipe)
+    unit = pixels_per_token(pipe)
     if size % unit:
         raise L2SError(f"{spelled('size')} must be a multiple of {unit} pixels for this model, got {size}")
     if size // unit > MAX_MAP_GRID:  # refused here: past it, the machine kills the job unannounced

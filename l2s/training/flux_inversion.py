@@ -19,6 +19,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
 from l2s.errors import L2SError
+from l2s.pipelines.families import pixels_per_token
 from l2s.tokens import check_prompt_length, token_groups
 from .inversion_utils import InversionResult, collect_maps, phrase_groups, psnr, square_image, to_unit
 
@@ -79,7 +80,7 @@ class _FluxVelocity:
 def flux_invert(pipe, image, prompt, pairs_phrases, *, steps, store_steps, seed, size, gamma, eta,
                 method, map_size, max_sequence_length, capture) -> InversionResult:
     """RF-Inversion of ``image`` with ``prompt`` (arguments as :func:`l2s.training.invert_and_capture`)."""
-    multiple = 2 * pipe.vae_scale_factor
+    multiple = pixels_per_token(pipe)
     if size % multiple:
         raise L2SError(f"image size must be a multiple of {multiple} for this FLUX model, got {size}")
     phrases, pairs = phrase_groups(pairs_phrases)

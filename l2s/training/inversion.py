@@ -20,6 +20,7 @@ from PIL import Image
 
 from l2s.capture import AttentionCapture
 from l2s.errors import L2SError, UnsupportedRelationError
+from l2s.pipelines.families import denoiser, pipeline_family
 from l2s.relations import NEUTRAL, PROMPT_PHRASE, PUBLISHED_CLASSES, canonical_class
 from .flux_inversion import flux_invert
 from .inversion_utils import (
@@ -28,8 +29,6 @@ from .inversion_utils import (
     InversionResult,
     check_store_steps,
     default_image_size,
-    denoiser,
-    pipeline_family,
 )
 from .sd_inversion import sd_invert
 

@@ -11,6 +11,7 @@ from PIL import Image
 from torch import Tensor
 
 from l2s.errors import L2SError
+from l2s.pipelines.families import pipeline_family, pixels_per_token
 
 # Published step counts and stored step indices per pipeline family.
 DEFAULT_STEPS = {"flux-schnell": 4, "flux-dev": 50, "sd14": 50, "sd21": 50}
@@ -41,19 +42,6 @@ class InversionResult:
     method: str = "exact"
 
 
-def pipeline_family(pipe) -> str:
-    """"flux-dev", "flux-schnell", "sd14" or "sd21" for a diffusers FLUX / SD pipeline."""
-    if hasattr(pipe, "transformer") and hasattr(pipe, "tokenizer_2"):
-        return "flux-dev" if pipe.transformer.config.guidance_embeds else "flux-schnell"
-    if hasattr(pipe, "unet") and hasattr(pipe, "tokenizer"):
-        return "sd21" if pipe.unet.config.cross_attention_dim == 1024 else "sd14"
-    raise L2SError(f"cannot invert with a {type(pipe).__name__}: expected a FLUX or Stable Diffusion pipeline")
-
-
-def is_flux(pipe) -> bool:
-    return pipeline_family(pipe).startswith("flux")
-
-
 def default_image_size(pipe) -> int:
     """The published square image side for this pipeline, scaled to its VAE.
 
@@ -62,18 +50,13 @@ def default_image_size(pipe) -> int:
     """
     family = pipeline_family(pipe)
     if family.startswith("flux"):
-        return _FLUX_GRID[family] * 2 * pipe.vae_scale_factor
+        return _FLUX_GRID[family] * pixels_per_token(pipe)
     return pipe.unet.config.sample_size * pipe.vae_scale_factor
-
-
-def grid_unit(pipe) -> int:
-    """Pixels per attention-map cell: FLUX packs 2x2 latents into a token."""
-    return 2 * pipe.vae_scale_factor if is_flux(pipe) else pipe.vae_scale_factor
 
 
 def map_grid(pipe, size: int) -> tuple[int, int]:
     """The ``latent_hw`` the attention capture needs for a ``size`` x ``size`` image."""
-    return size // grid_unit(pipe), size // grid_unit(pipe)
+    return size // pixels_per_token(pipe), size // pixels_per_token(pipe)
 
 
 def psnr(reconstruction: Tensor, reference: Tensor) -> float:
@@ -85,11 +68,6 @@ def psnr(reconstruction: Tensor, reference: Tensor) -> float:
 # --------------------------------------------------------------------------------------------
 # Shared helpers
 # --------------------------------------------------------------------------------------------
-
-def denoiser(pipe) -> torch.nn.Module:
-    """The module whose cross-attention is captured: FLUX's transformer or SD's UNet."""
-    return pipe.transformer if is_flux(pipe) else pipe.unet
-
 
 def phrase_groups(pairs_phrases: Sequence[tuple[str, str]]) -> tuple[list[str], list[tuple[int, int]]]:
     """Unique phrases (first-seen order) and each pair as indices into them."""

@@ -28,6 +28,7 @@ from l2s.errors import UsageError
 from l2s.steer import DEFAULT_CAPTURE_BACKEND, Schedule, SteeringPlan
 
 from ..arguments import grid_mismatch_warning
+from ..families import pixels_per_token
 from ..flux import FLUX_FAMILIES, _FluxConditioning
 from ..guards import one_call_at_a_time, refuse_inference_mode
 from ..loading import model_steering_defaults
@@ -164,7 +165,7 @@ class FluxRelationSteeringPipeline(RelationSteeringMixin, FluxPipeline):
         """The maps' grid at this size against the classifier's (None when nothing is steered)."""
         if not any(steering.steered for steering in steerings):
             return None
-        multiple = self.vae_scale_factor * 2
+        multiple = pixels_per_token(self)
         return grid_mismatch_warning((int(height) // multiple, int(width) // multiple),
                                      self.steering_classifier().config, height, width)
 
@@ -191,7 +192,7 @@ class FluxRelationSteeringPipeline(RelationSteeringMixin, FluxPipeline):
         """``steer(latents, step)``: refine the rows of every prompt steered at ``step``, together."""
         steered = SteeredRows.of(steerings)
         prompt_embeds, pooled, text_ids = text
-        grid = (int(height) // (self.vae_scale_factor * 2), int(width) // (self.vae_scale_factor * 2))
+        grid = (int(height) // pixels_per_token(self), int(width) // pixels_per_token(self))
         image_ids = self._prepare_latent_image_ids(prompt_embeds.shape[0], grid[0], grid[1],
                                                    self._execution_device, prompt_embeds.dtype)
         guidance = None
