@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from pathlib import Path
 
 import torch
 from transformers import (
@@ -30,7 +29,6 @@ from transformers import (
 )
 
 from l2s.evaluation import COCO_CLASSES as GENEVAL_COCO_CLASSES  # one home for the list
-from l2s.files import follow_umask
 from l2s.tokenizers import byte_level_clip_tokenizer, word_t5_tokenizer
 
 # The tiny T5 encoder's embedding table; the tokenizer (words + 100 sentinel ids) must fit inside.
@@ -289,15 +287,6 @@ def tiny_sd_pipeline(seed: int = 0):
         image_encoder=None,
         requires_safety_checker=False,
     )
-
-
-def save_pipeline(pipe, path: str | Path) -> Path:
-    """Write ``pipe`` as a diffusers model directory (safetensors weights, tokenizers included)
-    that ``<PipelineClass>.from_pretrained(path)`` reloads offline."""
-    path = Path(path)
-    pipe.save_pretrained(path, safe_serialization=True)
-    follow_umask(path)   # diffusers' safetensors files are 0600 otherwise
-    return path
 
 
 def tiny_classifier_config(channels: int, timesteps: tuple[int, ...] = (1, 3), num_timesteps: int = 4,

@@ -13,12 +13,12 @@ from l2s.demo import (
     COLOUR_WORDS,
     RELATION_WORDS,
     SHAPE_WORDS,
-    save_pipeline,
     tiny_clip_tokenizer,
     tiny_flux_pipeline,
     tiny_sd_pipeline,
     tiny_t5_tokenizer,
 )
+from l2s.pipelines.loading import save_pipeline
 
 PROMPT = "a photo of a teddy bear to the left of a red circle"
 

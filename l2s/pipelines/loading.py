@@ -181,3 +181,14 @@ def load_diffusers_pipeline(path: str | Path, torch_dtype: torch.dtype | None = 
     except Exception as e:  # diffusers raises many kinds on damaged folders
         raise ModelLoadError(f"could not load the pipeline at {path}: {type(e).__name__}: "
                              f"{str(e).splitlines()[0] if str(e) else ''}") from None
+
+
+def save_pipeline(pipe, path: str | Path) -> Path:
+    """Write ``pipe`` as a diffusers model folder (safetensors weights, tokenizers included) that
+    :func:`load_diffusers_pipeline` reloads offline."""
+    from l2s.files import follow_umask
+
+    path = Path(path)
+    pipe.save_pretrained(path, safe_serialization=True)
+    follow_umask(path)   # diffusers' safetensors files are 0600 otherwise
+    return path

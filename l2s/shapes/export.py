@@ -5,7 +5,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from l2s.files import follow_umask
+from l2s.pipelines.loading import save_pipeline
 from l2s.versions import software_versions
 
 from .recipes import SHAPES_STEPS
@@ -14,9 +14,7 @@ from .recipes import SHAPES_STEPS
 def export(trainer, directory: Path, device: str, command: str | None) -> Path:
     """Save a :class:`~l2s.shapes.ShapesTrainer`'s EMA pipeline (safetensors) plus ``training.json``
     and ``TRAINING.md``."""
-    pipe = trainer.ema_pipeline()
-    pipe.save_pretrained(directory, safe_serialization=True)
-    follow_umask(directory)   # diffusers' safetensors files are 0600 otherwise
+    save_pipeline(trainer.ema_pipeline(), directory)
     record = training_record(trainer, device, command)
     (directory / "training.json").write_text(json.dumps(record, indent=2) + "\n")
     (directory / "TRAINING.md").write_text(training_markdown(record))

@@ -8,7 +8,8 @@ from PIL import Image
 
 from l2s.cli import main
 from l2s.classifier import RelationClassifier
-from l2s.demo import save_pipeline, tiny_classifier_config, tiny_classifier_for, tiny_flux_pipeline
+from l2s.demo import tiny_classifier_config, tiny_classifier_for, tiny_flux_pipeline
+from l2s.pipelines.loading import save_pipeline
 
 
 def run(argv, capsys):

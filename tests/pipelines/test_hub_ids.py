@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from l2s.demo import save_pipeline, tiny_flux_pipeline
+from l2s.demo import tiny_flux_pipeline
+from l2s.pipelines.loading import save_pipeline
 from l2s.errors import ModelLoadError
 from l2s.pipelines import load_diffusers_pipeline
 from l2s.pipelines.loading import pipeline_folder

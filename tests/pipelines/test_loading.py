@@ -7,7 +7,7 @@ from l2s.steer import custom_schedule
 
 def test_from_pretrained_loads_local_folders(tmp_path):
     from l2s.pipelines import SteeringPipeline
-    from l2s.demo import save_pipeline
+    from l2s.pipelines.loading import save_pipeline
 
     for name, pipe in (("flux", tiny_flux_pipeline(seed=0)), ("sd", tiny_sd_pipeline(seed=0))):
         save_pipeline(pipe, tmp_path / name)
@@ -84,7 +84,7 @@ def test_wrap_pipeline_refuses_flux_options_it_cannot_use():
 
 
 def test_from_pretrained_passes_flux_options_on(tmp_path):
-    from l2s.demo import save_pipeline
+    from l2s.pipelines.loading import save_pipeline
     from l2s.pipelines import SteeringPipeline
 
     pipe = tiny_flux_pipeline(num_layers=1, num_single_layers=1, seed=0)

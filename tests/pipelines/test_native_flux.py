@@ -7,7 +7,8 @@ import pytest
 import torch
 from diffusers import DiffusionPipeline
 
-from l2s.demo import save_pipeline, tiny_classifier_for, tiny_flux_pipeline
+from l2s.demo import tiny_classifier_for, tiny_flux_pipeline
+from l2s.pipelines.loading import save_pipeline
 from l2s.errors import PromptError, TokenizationError, UsageError
 from l2s.pipelines.native import FluxRelationSteeringPipeline, custom_pipeline_file
 

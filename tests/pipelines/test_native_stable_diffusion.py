@@ -91,7 +91,7 @@ def test_loads_as_a_diffusers_custom_pipeline(stock, pipe, tmp_path, monkeypatch
     import diffusers.utils.dynamic_modules_utils as dynamic
     from diffusers import DiffusionPipeline
 
-    from l2s.demo import save_pipeline
+    from l2s.pipelines.loading import save_pipeline
     from l2s.pipelines.native import custom_pipeline_file
 
     monkeypatch.setattr(dynamic, "HF_MODULES_CACHE", str(tmp_path / "modules"))   # not the user's cache
