@@ -8,10 +8,11 @@ the same steering as diffusers pipelines (``FluxRelationSteeringPipeline.from_pi
 import l2s.quiet  # noqa: F401  (drops transformers' torchvision notice before diffusers loads)
 from l2s.steer import compile_classifier
 
-from .base import SteeringPipeline, SteeringResult
+from .base import SteeringPipeline
 from .flux import FluxSteeringPipeline  # noqa: I001 (registers with wrap_pipeline before SD)
 from .stable_diffusion import SDSteeringPipeline
 from .loading import load_diffusers_pipeline, wrap_pipeline
+from .results import SteeringResult
 from .native import FluxRelationSteeringPipeline, StableDiffusionRelationSteeringPipeline, custom_pipeline_file
 
 __all__ = [
