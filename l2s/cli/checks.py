@@ -36,6 +36,7 @@ def check_sampling_args(args: argparse.Namespace) -> None:
     if getattr(args, "device", None) is not None:
         check_device(args.device, flag_of())
     _check_execution(args)
+    _check_capture_backend(args)
     _check_engine(args)
     _check_weights(args)
 
@@ -88,6 +89,22 @@ def _check_execution(args: argparse.Namespace) -> None:
     device = getattr(args, "device", None) or default_device()
     if not str(device).startswith("cuda"):
         raise UsageError(f"--execution fast+cudagraphs replays CUDA graphs: this run's device is {device}")
+
+
+def _check_capture_backend(args: argparse.Namespace) -> None:
+    """``--capture-backend native`` without its kernels on this run's device (l2s_fast not built)
+    is refused before a model loads, not at the first steered step."""
+    if getattr(args, "capture_backend", None) != "native":
+        return
+    from l2s.errors import UsageError
+    from l2s.pipelines.arguments import check_capture_kernels
+
+    from .options import default_device
+
+    try:
+        check_capture_kernels("native", getattr(args, "device", None) or default_device())
+    except UsageError as error:
+        raise UsageError(f"--capture-backend native: {error}") from None
 
 
 def _check_engine(args: argparse.Namespace) -> None:
