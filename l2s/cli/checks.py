@@ -109,21 +109,23 @@ def _check_capture_backend(args: argparse.Namespace) -> None:
 
 def _check_engine(args: argparse.Namespace) -> None:
     """An engine that cannot be built on this run's device (CUDA-only kinds elsewhere, onnxruntime
-    off CPU, a missing package, an unusable engine cache) is refused before a model loads."""
+    off CPU or with ``--dtype bf16``, a missing package, an unusable engine cache) is refused before a
+    model loads."""
     engine = getattr(args, "engine", None)
     if engine is None or engine in ("auto", "eager"):
         return
     from l2s.engines import EngineError, check_engine_request
     from l2s.errors import UsageError
 
-    from .options import default_device
+    from .options import default_device, torch_dtype
 
     device = getattr(args, "device", None) or default_device()
     if getattr(args, "execution", None) == "reference":
         raise UsageError(f"--execution reference runs every step eagerly, as published: --engine {engine} needs a "
                          "fast --execution")
+    dtype = getattr(args, "dtype", None)   # auto is known once the model is (its family's dtype)
     try:
-        check_engine_request(engine, device)
+        check_engine_request(engine, device, None if dtype in (None, "auto") else torch_dtype(dtype, device))
     except EngineError as error:
         raise UsageError(f"--engine {engine}: {error}") from None
 
