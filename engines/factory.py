@@ -54,8 +54,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_TOLERANCE = {torch.float32: 1e-3, torch.float16: 2e-2, torch.bfloat16: 5e-2}
 # "compile-cuda-graph" compiles like this, then replays a CUDA graph (plain steps have static shapes).
 CUDA_GRAPH_COMPILE_MODE = "max-autotune-no-cudagraphs"
-AUTO_EAGER_REASON = ("no engine was asked for and none is cached for these shapes, so plain steps run eager; "
-                     "ask for one (compile, compile-cuda-graph, cuda-graph, onnxruntime, tensorrt) to build it once")
+AUTO_EAGER_REASON = ("no engine was asked for and no TensorRT plan (the one engine auto reuses) is cached for "
+                     "these shapes here, so plain steps run eager; ask for one (compile, compile-cuda-graph, "
+                     "cuda-graph, onnxruntime, tensorrt) to build it once")
 # What a build costs, said before it starts (in words: the time depends on the model and machine).
 BUILD_COSTS = {
     "compile": "a torch.compile of the {whole} {params}-parameter transformer (cold: the longest step of a "

@@ -138,12 +138,13 @@ def test_bfloat16_export_keeps_bfloat16_types(tmp_path):
         OnnxRuntimeEngine(export)
 
 
-def test_auto_runs_eager_and_says_why(transformer, inputs, caplog):
+def test_auto_runs_eager_and_says_why(transformer, inputs, exported, cache_dir, caplog):
+    # An ONNX export on disk is not what auto reuses: the reason must not say nothing is cached.
     with caplog.at_level("INFO", logger="l2s.engines"):
-        engine = make_plain_step_engine(transformer, inputs, kind="auto")
+        engine = make_plain_step_engine(transformer, inputs, kind="auto", cache_dir=cache_dir)
     assert isinstance(engine, PlainStepEngine)
     assert engine.kind == "eager" and engine.name == "eager"
-    assert "none is cached" in engine.reason and "ask for one" in engine.reason
+    assert "no TensorRT plan (the one engine auto reuses) is cached" in engine.reason and "ask for one" in engine.reason
     assert not caplog.records                           # nothing was built, so nothing announced
     torch.testing.assert_close(engine(**inputs, return_dict=False), eager_sample(transformer, inputs), rtol=0, atol=0)
 
