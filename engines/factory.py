@@ -294,10 +294,20 @@ def _verified(
     if not error <= limit:  # also catches NaN
         raise EngineError(
             f"{engine.name} disagrees with eager on the example inputs: relative error {error:.2e} > {limit:.0e}"
+            + _cached_source_advice(engine)
         )
     engine.reason = f"{engine.reason}; matches eager on the example inputs (relative error {error:.1e} <= {limit:.0e})"
     logger.info("plain-step engine %s: %s", engine.name, engine.reason)
     return engine
+
+
+def _cached_source_advice(engine: PlainStepEngine) -> str:
+    """Where a frozen engine that was read from the cache came from, and how to rebuild it: a damaged
+    file of the right size passes the cache's checks and would fail the same way on every run."""
+    for artefact in (getattr(engine, "export", None), getattr(engine, "plan", None)):
+        if artefact is not None and artefact.reused:
+            return f"; it was read from the cache entry {artefact.path.parent}: delete that folder to build it again"
+    return ""
 
 
 def enable_compile_cache() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import sys
 
 import pytest
@@ -384,6 +385,14 @@ def test_a_damaged_export_is_exported_again(transformer, inputs, tmp_path, damag
     assert not again.reused and again.path == first.path
     torch.testing.assert_close(OnnxRuntimeEngine(again)(**inputs), eager_sample(transformer, inputs),
                                rtol=1e-4, atol=1e-4)
+
+
+def test_a_cached_export_that_disagrees_with_eager_names_its_folder(transformer, inputs, tmp_path):
+    entry = export_transformer_onnx(transformer, inputs, tmp_path).directory
+    data = entry / "model.onnx.data"
+    data.write_bytes(bytes(data.stat().st_size))      # zeroed weights, same size: the cache cannot tell
+    with pytest.raises(EngineError, match=re.escape(f"read from the cache entry {entry}: delete that folder")):
+        make_plain_step_engine(transformer, inputs, kind="onnxruntime", cache_dir=tmp_path)
 
 
 def test_an_unusable_cache_folder_is_refused_before_any_export(transformer, inputs, tmp_path, monkeypatch):
