@@ -54,8 +54,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_TOLERANCE = {torch.float32: 1e-3, torch.float16: 2e-2, torch.bfloat16: 5e-2}
 # "compile-cuda-graph" compiles like this, then replays a CUDA graph (plain steps have static shapes).
 CUDA_GRAPH_COMPILE_MODE = "max-autotune-no-cudagraphs"
-AUTO_EAGER_REASON = ("no engine was asked for and none is cached for these shapes, so plain steps run eager; "
-                     "ask for one (compile, compile-cuda-graph, cuda-graph, onnxruntime, tensorrt) to build it once")
+AUTO_EAGER_REASON = ("no engine was asked for and no TensorRT plan (the one engine auto reuses) is cached for "
+                     "these shapes here, so plain steps run eager; ask for one (compile, compile-cuda-graph, "
+                     "cuda-graph, onnxruntime, tensorrt) to build it once")
 # What a build costs, said before it starts (in words: the time depends on the model and machine).
 BUILD_COSTS = {
     "compile": "a torch.compile of the {whole} {params}-parameter transformer (cold: the longest step of a "
@@ -293,10 +294,20 @@ def _verified(
     if not error <= limit:  # also catches NaN
         raise EngineError(
             f"{engine.name} disagrees with eager on the example inputs: relative error {error:.2e} > {limit:.0e}"
+            + _cached_source_advice(engine)
         )
     engine.reason = f"{engine.reason}; matches eager on the example inputs (relative error {error:.1e} <= {limit:.0e})"
     logger.info("plain-step engine %s: %s", engine.name, engine.reason)
     return engine
+
+
+def _cached_source_advice(engine: PlainStepEngine) -> str:
+    """Where a frozen engine that was read from the cache came from, and how to rebuild it: a damaged
+    file of the right size passes the cache's checks and would fail the same way on every run."""
+    for artefact in (getattr(engine, "export", None), getattr(engine, "plan", None)):
+        if artefact is not None and artefact.reused:
+            return f"; it was read from the cache entry {artefact.path.parent}: delete that folder to build it again"
+    return ""
 
 
 def enable_compile_cache() -> None:

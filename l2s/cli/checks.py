@@ -36,6 +36,7 @@ def check_sampling_args(args: argparse.Namespace) -> None:
     if getattr(args, "device", None) is not None:
         check_device(args.device, flag_of())
     _check_execution(args)
+    _check_capture_backend(args)
     _check_engine(args)
     _check_weights(args)
 
@@ -90,23 +91,41 @@ def _check_execution(args: argparse.Namespace) -> None:
         raise UsageError(f"--execution fast+cudagraphs replays CUDA graphs: this run's device is {device}")
 
 
+def _check_capture_backend(args: argparse.Namespace) -> None:
+    """``--capture-backend native`` without its kernels on this run's device (l2s_fast not built)
+    is refused before a model loads, not at the first steered step."""
+    if getattr(args, "capture_backend", None) != "native":
+        return
+    from l2s.errors import UsageError
+    from l2s.pipelines.arguments import check_capture_kernels
+
+    from .options import default_device
+
+    try:
+        check_capture_kernels("native", getattr(args, "device", None) or default_device())
+    except UsageError as error:
+        raise UsageError(f"--capture-backend native: {error}") from None
+
+
 def _check_engine(args: argparse.Namespace) -> None:
     """An engine that cannot be built on this run's device (CUDA-only kinds elsewhere, onnxruntime
-    off CPU, a missing package, an unusable engine cache) is refused before a model loads."""
+    off CPU or with ``--dtype bf16``, a missing package, an unusable engine cache) is refused before a
+    model loads."""
     engine = getattr(args, "engine", None)
     if engine is None or engine in ("auto", "eager"):
         return
     from l2s.engines import EngineError, check_engine_request
     from l2s.errors import UsageError
 
-    from .options import default_device
+    from .options import default_device, torch_dtype
 
     device = getattr(args, "device", None) or default_device()
     if getattr(args, "execution", None) == "reference":
         raise UsageError(f"--execution reference runs every step eagerly, as published: --engine {engine} needs a "
                          "fast --execution")
+    dtype = getattr(args, "dtype", None)   # auto is known once the model is (its family's dtype)
     try:
-        check_engine_request(engine, device)
+        check_engine_request(engine, device, None if dtype in (None, "auto") else torch_dtype(dtype, device))
     except EngineError as error:
         raise UsageError(f"--engine {engine}: {error}") from None
 

@@ -75,7 +75,7 @@ def add_speed_args(parser: argparse.ArgumentParser) -> None:
                         help="how steered passes compute the attention maps: sdpa (default) or native "
                              "(the l2s::selected_text_softmax op); same maps")
     parser.add_argument("--engine", choices=ENGINES, default="auto",
-                        help="FLUX plain (unsteered) steps: auto (default: eager unless an engine for "
+                        help="FLUX plain (unsteered) steps: auto (default: eager unless a TensorRT plan for "
                              "these shapes is cached on disk) or an engine to build once and cache")
 
 

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from . import selected_softmax as _registration  # noqa: F401  (registers torch.ops.l2s.*)
-from .dispatch import CUDA_BACKEND_ENV, CUDA_BACKENDS, available_backends, cuda_backend
+from .dispatch import CUDA_BACKEND_ENV, CUDA_BACKENDS, available_backends, cuda_backend, require_kernels
 from .reference import check_inputs as _check_inputs
 from .reference import selected_text_softmax_reference
 from .sdpa import sdpa_selected_text_attention, selected_text_attention_reference
@@ -32,6 +32,7 @@ __all__ = [
     "CUDA_BACKEND_ENV",
     "available_backends",
     "cuda_backend",
+    "require_kernels",
     "selected_text_attention",
     "selected_text_attention_reference",
     "selected_text_softmax",

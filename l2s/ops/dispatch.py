@@ -81,6 +81,17 @@ def available_backends() -> dict[str, list[str]]:
     return {"cpu": cpu, "cuda": cuda}
 
 
+def require_kernels(device: torch.device | str) -> None:
+    """Raise the op's one-line RuntimeError now when ``device`` has no kernel for float32 / float16 /
+    bfloat16 inputs here (CPU: l2s_fast not built; CUDA: neither Triton nor l2s_fast's CUDA kernels),
+    so a caller can refuse before a model loads instead of failing at its first steered pass."""
+    kind = torch.device(device).type
+    if kind == "cpu":
+        native.load_l2s_fast()
+    elif kind == "cuda":
+        cuda_backend()
+
+
 def _triton_kernels():
     # Imported on first CUDA use only: triton is absent on CPU-only machines.
     from l2s.kernels import selected_softmax

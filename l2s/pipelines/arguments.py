@@ -45,6 +45,19 @@ def checked_capture_backend(backend: str, mode="fast") -> str:
     return backend
 
 
+def check_capture_kernels(backend: str, device: torch.device | str) -> None:
+    """The kernels of capture ``backend`` exist for ``device`` here (the native op needs l2s_fast on
+    CPU, Triton or l2s_fast's CUDA kernels on a GPU): refused before any work, not mid-call."""
+    from l2s.ops import require_kernels
+
+    if backend != "native":
+        return
+    try:
+        require_kernels(device)
+    except RuntimeError as error:
+        raise UsageError(str(error)) from None
+
+
 def checked_schedule(schedule: Schedule | str | None) -> Schedule | str | None:
     """A preset name is checked when the pipeline is made, not at its first call."""
     from l2s.steer import PRESETS, Schedule
@@ -77,6 +90,8 @@ def check_call(steerer, prompt, *, num_inference_steps, height, width, guidance_
         raise UsageError(f"schedule must be a preset name or an l2s.steer.Schedule, got {type(schedule).__name__}")
     if latents is not None:
         check_latents(latents, expected_latents_shape(steerer, height, width, images))
+    if steer:
+        check_capture_kernels(steerer.capture_backend, steerer.device)
 
 
 def image_batch(prompt, seed, num_images: int = 1) -> list[tuple[str, int]] | None:

@@ -149,7 +149,7 @@ class FluxSteeringPipeline(SteeringPipeline):
     def plain_engine(self, example_inputs: dict):
         """The engine for plain steps at these input shapes, built once and cached.
 
-        "auto" runs eager unless an engine for these shapes is already cached on disk; any other
+        "auto" runs eager unless a TensorRT plan for these shapes is already cached on disk; any other
         kind (``l2s.engines.ENGINE_KINDS``) is built, announced with its expected cost, and cached.
         ``engine.reason`` says which and why (also in the report).
         """

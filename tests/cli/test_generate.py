@@ -179,7 +179,7 @@ def test_default_engine_is_eager_and_says_why(tmp_path, capsys):
     assert code == 0, err
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["schedule"]["name"] == "fast" and report["plain_step_engine"]["name"] == "eager"
-    assert "none is cached" in report["plain_step_engine"]["reason"]
+    assert "no TensorRT plan (the one engine auto reuses) is cached" in report["plain_step_engine"]["reason"]
 
 
 @pytest.mark.parametrize("option, value", [("--schedule", "fastest"), ("--capture-backend", "cuda"),

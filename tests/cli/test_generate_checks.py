@@ -64,6 +64,25 @@ def test_options_are_checked_before_any_work(options, message, model, no_model, 
     assert not (tmp_path / "o").exists()
 
 
+def test_native_capture_without_l2s_fast_is_refused_before_any_work(no_model, tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "l2s_fast", None)      # as if it were never built
+    code, lines = run(["generate", "a cat above a dog", "--out", str(tmp_path / "o"), *TINY, "--device", "cpu",
+                       "--capture-backend", "native"], capsys)
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("l2s: error: --capture-backend native: l2s::selected_text_softmax on CPU needs the "
+                               "native module l2s_fast")
+    assert not (tmp_path / "o").exists()
+
+
+def test_onnxruntime_in_bfloat16_is_refused_before_the_model_loads(no_model, tmp_path, capsys):
+    code, lines = run(["generate", "a cat above a dog", "--out", str(tmp_path / "o"), "--model", str(tmp_path / "m"),
+                       "--device", "cpu", "--dtype", "bf16", "--engine", "onnxruntime", "--quiet"], capsys)
+    assert code == 2 and lines == ["l2s: error: --engine onnxruntime: onnxruntime takes no bfloat16 (numpy has none): "
+                                   "load the model in float32 to verify an export"]
+
+
 def test_guidance_is_refused_on_the_shapes_model_that_has_no_guidance_embedding(tmp_path, capsys, monkeypatch):
     import l2s.shapes
 

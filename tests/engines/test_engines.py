@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import sys
 
 import pytest
@@ -138,12 +139,13 @@ def test_bfloat16_export_keeps_bfloat16_types(tmp_path):
         OnnxRuntimeEngine(export)
 
 
-def test_auto_runs_eager_and_says_why(transformer, inputs, caplog):
+def test_auto_runs_eager_and_says_why(transformer, inputs, exported, cache_dir, caplog):
+    # An ONNX export on disk is not what auto reuses: the reason must not say nothing is cached.
     with caplog.at_level("INFO", logger="l2s.engines"):
-        engine = make_plain_step_engine(transformer, inputs, kind="auto")
+        engine = make_plain_step_engine(transformer, inputs, kind="auto", cache_dir=cache_dir)
     assert isinstance(engine, PlainStepEngine)
     assert engine.kind == "eager" and engine.name == "eager"
-    assert "none is cached" in engine.reason and "ask for one" in engine.reason
+    assert "no TensorRT plan (the one engine auto reuses) is cached" in engine.reason and "ask for one" in engine.reason
     assert not caplog.records                           # nothing was built, so nothing announced
     torch.testing.assert_close(engine(**inputs, return_dict=False), eager_sample(transformer, inputs), rtol=0, atol=0)
 
@@ -383,6 +385,14 @@ def test_a_damaged_export_is_exported_again(transformer, inputs, tmp_path, damag
     assert not again.reused and again.path == first.path
     torch.testing.assert_close(OnnxRuntimeEngine(again)(**inputs), eager_sample(transformer, inputs),
                                rtol=1e-4, atol=1e-4)
+
+
+def test_a_cached_export_that_disagrees_with_eager_names_its_folder(transformer, inputs, tmp_path):
+    entry = export_transformer_onnx(transformer, inputs, tmp_path).directory
+    data = entry / "model.onnx.data"
+    data.write_bytes(bytes(data.stat().st_size))      # zeroed weights, same size: the cache cannot tell
+    with pytest.raises(EngineError, match=re.escape(f"read from the cache entry {entry}: delete that folder")):
+        make_plain_step_engine(transformer, inputs, kind="onnxruntime", cache_dir=tmp_path)
 
 
 def test_an_unusable_cache_folder_is_refused_before_any_export(transformer, inputs, tmp_path, monkeypatch):

@@ -14,6 +14,7 @@ Which implementation each test exercises:
 from __future__ import annotations
 
 import math
+import sys
 
 import pytest
 import torch
@@ -276,6 +277,18 @@ def test_cuda_backend_choice_never_falls_back_silently(monkeypatch):
     monkeypatch.setattr(dispatch, "_triton_importable", lambda: False)
     with pytest.raises(RuntimeError, match="needs Triton"):
         dispatch.cuda_backend()
+
+
+def test_require_kernels_says_before_any_work_what_a_device_lacks(monkeypatch):
+    ops.require_kernels("cpu")          # l2s_fast is built here
+    ops.require_kernels("meta")         # shape-only tracing needs no kernel
+    monkeypatch.setitem(sys.modules, "l2s_fast", None)      # as if it were never built
+    with pytest.raises(RuntimeError, match="needs the native module l2s_fast: run `pip install"):
+        ops.require_kernels("cpu")
+    monkeypatch.delenv(ops.CUDA_BACKEND_ENV, raising=False)
+    monkeypatch.setattr(dispatch, "_triton_importable", lambda: False)
+    with pytest.raises(RuntimeError, match="needs Triton"):
+        ops.require_kernels(torch.device("cuda", 1))
 
 
 # ------------------------------------------------------------------------------------------------

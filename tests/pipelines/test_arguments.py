@@ -54,6 +54,19 @@ def test_bad_arguments_are_refused_before_any_work(flux, kwargs, message, monkey
     assert message in str(raised.value)
 
 
+def test_native_capture_without_its_kernels_is_refused_before_any_work(pipe, monkeypatch):
+    import sys
+
+    steerer = wrap_pipeline(pipe, tiny_classifier_for(pipe, seed=1), capture_backend="native")
+    monkeypatch.setattr(steerer, "generate", lambda *a, **k: pytest.fail("generated"))
+    monkeypatch.setitem(sys.modules, "l2s_fast", None)      # as if it were never built
+    with pytest.raises(UsageError, match="needs the native module l2s_fast"):
+        steerer(PROMPT, progress=False)
+    with pytest.raises(UsageError, match="needs the native module l2s_fast"):
+        steerer.check_arguments(PROMPT)
+    steerer.check_arguments(PROMPT, steer=False)      # no steered pass: nothing to refuse
+
+
 def test_the_messages_are_the_cli_s(flux):
     from argparse import Namespace
 

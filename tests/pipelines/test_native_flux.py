@@ -360,6 +360,16 @@ def test_a_classifier_that_does_not_fit_is_refused_on_every_call(stock, classifi
             pipe("a cat above a dog", num_inference_steps=2, **SIZE)
 
 
+def test_native_capture_without_its_kernels_is_refused_before_the_denoising_loop(stock, classifier, monkeypatch):
+    import sys
+
+    pipe = FluxRelationSteeringPipeline.from_pipe(stock, classifier=classifier, capture_backend="native")
+    monkeypatch.setattr(pipe.transformer, "forward", lambda *a, **k: pytest.fail("denoised"))
+    monkeypatch.setitem(sys.modules, "l2s_fast", None)      # as if it were never built
+    with pytest.raises(UsageError, match="needs the native module l2s_fast"):
+        pipe("a cat above a dog", num_inference_steps=2, **SIZE)
+
+
 def test_a_native_call_needs_autograd_and_runs_one_at_a_time(pipe):
     with torch.inference_mode(), pytest.raises(UsageError, match=r"outside torch.inference_mode\(\)"):
         pipe("a cat above a dog", num_inference_steps=2, **SIZE)

@@ -26,7 +26,8 @@ from l2s.steer import (
     validate_step_size,
 )
 
-from ..arguments import check_classifier_argument, checked_capture_backend, checked_schedule, say_once
+from ..arguments import (check_capture_kernels, check_classifier_argument, checked_capture_backend, checked_schedule,
+                         say_once)
 from ..loading import model_steering_defaults
 from .plans import PromptSteering, SteeredRows
 
@@ -241,6 +242,7 @@ class RelationSteeringMixin:
         denoiser, cached = self.steering_denoiser, self._steering_objective
         if cached is None or cached.denoiser is not denoiser or cached.classifier is not classifier:
             backend = self.config.capture_backend or DEFAULT_CAPTURE_BACKEND
+            check_capture_kernels(backend, self._execution_device)   # where offloaded steps run
             objective = PipelineObjective(self, denoiser, classifier, self.config.steering_mode or "fast", backend)
             self._check_channels(objective)     # kept only once it fits: every call checks until then
             self._steering_objective = objective
