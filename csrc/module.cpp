@@ -124,6 +124,7 @@ bool has_cuda() {
 py::dict build_info() {
   py::dict info;
   info["version"] = L2S_VERSION_STRING;
+  info["source_digest"] = L2S_SOURCE_DIGEST;
   info["compiler"] = L2S_CXX_COMPILER;
   info["cxx_flags"] = L2S_CXX_FLAGS;
   info["build_type"] = L2S_BUILD_TYPE;
@@ -227,6 +228,7 @@ void backward_cuda([[maybe_unused]] std::uintptr_t grad_out, [[maybe_unused]] st
 PYBIND11_MODULE(l2s_fast, m) {
   m.doc() = "Native kernels of l2s (CPU always; CUDA when built with L2S_WITH_CUDA).";
   m.attr("__version__") = L2S_VERSION_STRING;
+  m.attr("__source_digest__") = L2S_SOURCE_DIGEST;
 
   m.def("built_with_cuda", &built_with_cuda,
         "True when this build compiled the CUDA kernels (says nothing about a device).");

@@ -6,8 +6,17 @@ kernels take raw device pointers and run on the tensors' current stream.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import logging
+from pathlib import Path
+
 import torch
 from torch import Tensor
+
+log = logging.getLogger(__name__)
+# The C++ sources of a checkout (absent from an installed wheel, where nothing is compared).
+SOURCES = Path(__file__).resolve().parents[2] / "csrc"
 
 # dtype codes of l2s_fast's CUDA entry points (csrc/cuda/selected_softmax.h).
 _CUDA_DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
@@ -22,7 +31,27 @@ def load_l2s_fast():
             "l2s::selected_text_softmax on CPU needs the native module l2s_fast: run "
             "`pip install --no-build-isolation -e .` in the repository root"
         ) from error
+    _say_if_stale(getattr(l2s_fast, "__source_digest__", None))
     return l2s_fast
+
+
+def source_digest(folder: Path) -> str:
+    """The digest CMakeLists.txt compiles into l2s_fast: SHA-256 over each file's relative path and
+    SHA-256, in sorted path order."""
+    lines = []
+    for path in sorted(folder.rglob("*"), key=lambda p: p.relative_to(folder).as_posix()):
+        if path.is_file():
+            lines.append(f"{path.relative_to(folder).as_posix()} {hashlib.sha256(path.read_bytes()).hexdigest()}\n")
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+@functools.cache
+def _say_if_stale(built_from: str | None) -> None:
+    """Warn once when the module was built from other sources than this checkout's csrc/: its kernels
+    may not be the ones the Python side and the tests expect."""
+    if SOURCES.is_dir() and built_from != source_digest(SOURCES):
+        log.warning("warning: l2s_fast was built from other sources than %s: rebuild it with "
+                    "`pip install --no-build-isolation -e .` in the repository root", SOURCES)
 
 
 def _float32_array(tensor: Tensor):

@@ -62,6 +62,32 @@ def test_module_reports_its_build():
     assert info["cuda"] is l2s_fast.built_with_cuda()
     assert (info["cuda_version"] is None) == (not info["cuda"])
     assert isinstance(info["openmp"], bool) and info["compiler"]
+    assert info["source_digest"] == l2s_fast.__source_digest__
+
+
+def test_the_module_was_built_from_this_checkouts_sources():
+    # CMake's digest of csrc/ and Python's agree (a stale build warns: see the next test).
+    from l2s.ops.native import source_digest
+
+    assert l2s_fast.__source_digest__ == source_digest(REPO_ROOT / "csrc")
+
+
+def test_a_module_built_from_other_sources_is_named_once(tmp_path, monkeypatch, caplog):
+    from l2s.ops import native
+
+    (tmp_path / "cuda").mkdir()
+    (tmp_path / "cuda" / "k.cu").write_text("int k;")
+    (tmp_path / "module.cpp").write_text("int m;")
+    monkeypatch.setattr(native, "SOURCES", tmp_path)
+    native._say_if_stale.cache_clear()
+    with caplog.at_level("WARNING", logger="l2s.ops.native"):
+        native._say_if_stale(native.source_digest(tmp_path))
+        assert not caplog.records
+        (tmp_path / "module.cpp").write_text("int m2;")
+        native._say_if_stale(l2s_fast.__source_digest__)
+        native._say_if_stale(l2s_fast.__source_digest__)
+    assert len(caplog.records) == 1 and "l2s_fast was built from other sources" in caplog.text
+    native._say_if_stale.cache_clear()
 
 
 SHAPES = [  # (B, H, N, T, D, G)
