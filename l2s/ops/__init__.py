@@ -22,6 +22,7 @@ from torch import Tensor
 from . import selected_softmax as _registration  # noqa: F401  (registers torch.ops.l2s.*)
 from .dispatch import CUDA_BACKEND_ENV, CUDA_BACKENDS, available_backends, cuda_backend, require_kernels
 from .reference import check_inputs as _check_inputs
+from .reference import check_tensors as _check_tensors
 from .reference import selected_text_softmax_reference
 from .sdpa import sdpa_selected_text_attention, selected_text_attention_reference
 from .selector import selector_width, token_group_selector
@@ -63,6 +64,7 @@ def selected_text_softmax(q: Tensor, k: Tensor, selector: Tensor, scale: float |
     (float64 exactly, blockwise); CUDA in float32/float16/bfloat16 only, Triton D <= 256 and G <= 128,
     l2s_fast's CUDA kernels 1 <= D <= 256, G <= 32 and B·H <= 65535. Beyond them a one-line error.
     """
+    _check_tensors(q=q, k=k, selector=selector)
     q, k = _autocast(q, k)
     _check_inputs(q, k, selector)
     _refuse_forward_mode(q, k, selector)
@@ -118,5 +120,6 @@ def selected_text_attention(
         raise ValueError(f"unknown backend {backend!r}; expected one of {ATTENTION_BACKENDS}")
     if backend == "native" and attn_mask is None:
         return selected_text_softmax(query, text_key, selector)
+    _check_tensors(query=query, text_key=text_key, selector=selector)
     _check_inputs(*_autocast(query, text_key), selector)   # both backends refuse the same inputs
     return sdpa_selected_text_attention(query, text_key, selector, attn_mask=attn_mask)

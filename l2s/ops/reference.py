@@ -19,8 +19,16 @@ def selected_text_softmax_reference(q: Tensor, k: Tensor, selector: Tensor, scal
     return probs @ selector.to(dtype=probs.dtype)
 
 
+def check_tensors(**inputs) -> None:
+    """A TypeError naming the first input that is not a torch.Tensor (a list or an array, say)."""
+    for name, value in inputs.items():
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+
+
 def check_inputs(q: Tensor, k: Tensor, selector: Tensor) -> None:
     """Raise ValueError/TypeError with a one-line reason unless q, k, selector fit the op."""
+    check_tensors(q=q, k=k, selector=selector)
     if q.dim() != 4 or k.dim() != 4 or selector.dim() != 2:
         raise ValueError(
             "selected_text_softmax expects q (B, H, N, D), k (B, H, T, D), selector (T, G); got "

@@ -227,6 +227,15 @@ def test_bad_shapes_are_rejected_clearly(q_shape, k_shape, sel_shape, error, mes
         ops.selected_text_softmax(torch.zeros(q_shape), torch.zeros(k_shape), torch.zeros(sel_shape))
 
 
+@pytest.mark.parametrize("backend", ["native", "sdpa"])
+def test_inputs_that_are_not_tensors_are_named(backend):
+    q, k, selector = random_inputs(1, 1, 2, 3, 4, 1)
+    with pytest.raises(TypeError, match="q must be a torch.Tensor, got list"):
+        ops.selected_text_softmax(q.tolist(), k, selector)
+    with pytest.raises(TypeError, match="selector must be a torch.Tensor, got ndarray"):
+        ops.selected_text_attention(q, k, selector.numpy(), backend=backend)
+
+
 def test_mixed_dtypes_are_rejected():
     q, k, selector = random_inputs(1, 1, 2, 3, 4, 1)
     with pytest.raises(TypeError, match="share one floating dtype"):
