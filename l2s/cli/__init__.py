@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import logging
 import signal
 import sys
 import threading
@@ -26,7 +25,7 @@ from l2s.quiet import drop_pure_noise
 from . import evaluate, generate, parse
 from .help import OneLineParser
 from .noise import quiet_libraries
-from .outputs import error_line
+from .outputs import error_line, log_to_stderr
 
 EXIT_USAGE = 2
 EXAMPLES = """examples:
@@ -192,8 +191,7 @@ def build_parser(full_eval: bool = True) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    # The libraries' warnings (a damaged chunk redone, an image made again) as "l2s: ..." lines.
-    logging.basicConfig(level=logging.WARNING, format="l2s: %(message)s")
+    log_to_stderr()
     drop_pure_noise()
     try:
         with _sigterm_as_interrupt(), quiet_libraries("--quiet" in argv or "--no-progress" in argv):

@@ -1,12 +1,32 @@
 """The last line of a command: every file it wrote, or its error."""
 from __future__ import annotations
 
+import logging
 import re
+import sys
 from pathlib import Path
+
+from tqdm.auto import tqdm
 
 # The library's messages name the Python argument beside the flag ("--restart (resume=False in
 # Python)"); a command-line user only needs the flag.
 _PYTHON_HINT = re.compile(r" \((?:resume|restart)=(?:True|False)(?: in Python)?\)")
+
+
+class _AboveBars(logging.Handler):
+    """Writes each line with ``tqdm.write``: above a running progress bar, not glued to its end."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:
+            self.handleError(record)
+
+
+def log_to_stderr() -> None:
+    """The libraries' warnings (a damaged chunk redone, an engine being built) as ``l2s: ...`` lines
+    on stderr; like ``logging.basicConfig``, nothing changes where logging is set up already."""
+    logging.basicConfig(level=logging.WARNING, format="l2s: %(message)s", handlers=[_AboveBars()])
 
 
 def error_line(error: Exception) -> str:

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +16,7 @@ from l2s.relations import DIAGONAL, DIAGONAL_CLASSES, DIRECTIONAL, PUBLISHED_CLA
 from .help import command_parser
 from .options import (LONG_NAMES, add_device_arg, add_dtype_arg, add_threads_arg, flag_of, out_text, resolve_device,
                       torch_dtype, use_threads)
-from .outputs import error_line
+from .outputs import error_line, log_to_stderr
 
 # ``--model`` names of the random tiny pipelines (offline).
 _TINY_MODELS = ("tiny", "tiny-flux", "tiny-dev", "tiny-sd")
@@ -118,7 +117,7 @@ def _check_make_data_args(args: argparse.Namespace) -> None:
 def make_data_main(argv: Sequence[str] | None = None) -> int:
     """``l2s make-data``: returns the exit code (2 with one error line for bad input)."""
     args = build_make_data_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="l2s: %(message)s")
+    log_to_stderr()
     try:
         _check_make_data_args(args)
         use_threads(args)
@@ -235,7 +234,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     args = build_train_parser().parse_args(argv)
     from l2s.training import DEFAULT_LR, check_training_options, load_dataset_meta, train_classifier, validation_report
 
-    logging.basicConfig(level=logging.WARNING, format="l2s: %(message)s")
+    log_to_stderr()
     try:
         check_training_options(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                                num_workers=args.workers, device=resolve_device(args), layers=args.layers,

@@ -80,3 +80,23 @@ def test_library_loading_shows_no_torchvision_notice():
     if result.stdout.strip().splitlines()[-1] == "True":
         return  # with torchvision installed there is no notice to drop
     assert "requires torchvision" not in result.stderr + result.stdout
+
+
+def test_a_warning_during_a_progress_bar_gets_its_own_line(monkeypatch):
+    import io
+
+    from tqdm import tqdm
+
+    from l2s.cli.outputs import _AboveBars
+
+    stderr = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    handler = _AboveBars()
+    handler.setFormatter(logging.Formatter("l2s: %(message)s"))
+    record = logging.LogRecord("l2s.engines", logging.WARNING, __file__, 1, "building an engine", None, None)
+    with tqdm(total=3, file=stderr, desc="steps") as bar:
+        bar.update(1)
+        handler.emit(record)
+    text = stderr.getvalue()
+    assert "l2s: building an engine\n" in text
+    assert "]l2s:" not in text     # a plain stream handler glued it to the bar's end
