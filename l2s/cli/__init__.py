@@ -19,7 +19,7 @@ import sys
 import threading
 
 from l2s import __version__
-from l2s.distributed import first_on_machine, launched, line_to_say, refuse_different_commands
+from l2s.distributed import launched, line_to_say, refuse_different_commands
 from l2s.errors import L2SError
 from l2s.quiet import drop_pure_noise
 
@@ -39,6 +39,9 @@ EXAMPLES = """examples:
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 EXIT_TERMINATED = 143   # 128 + SIGTERM
 INTERRUPTED = "l2s: interrupted; rerun the same command to resume"
+# A process killed (SIGKILL, the kernel's out-of-memory killer) says nothing: the launcher's summary names it.
+PEER_STOPPED = ("l2s: error: another process of this run stopped (its own line is above if it said one; "
+                "the launcher's summary names it)")
 
 # Commands that share their work over the processes of torchrun / accelerate launch.
 SPREAD_COMMANDS = (("eval",), ("make-data",), ("train",), ("shapes", "make-data"), ("shapes", "train-classifier"),
@@ -131,11 +134,10 @@ def _interrupted_exit(error: KeyboardInterrupt) -> int:
 
 def _say_interrupted(error: KeyboardInterrupt) -> None:
     # On a terminal the line starts after the progress bar that ^C cut short. A command with
-    # nothing to resume names what to do instead (``l2s_message``).
-    if not first_on_machine():   # a launcher passes Ctrl-C to every process: the first says it
-        return
-    line = getattr(error, "l2s_message", None) or INTERRUPTED
-    print(("\n" if sys.stderr.isatty() else "") + line, file=sys.stderr)
+    # nothing to resume names what to do instead (``l2s_message``). A launcher passes Ctrl-C to
+    # every process: once per machine, but a process interrupted alone (kill -INT) still says it.
+    if said := line_to_say(getattr(error, "l2s_message", None) or INTERRUPTED):
+        print(("\n" if sys.stderr.isatty() else "") + said, file=sys.stderr)
 
 
 def _say(line: str) -> None:
@@ -154,8 +156,8 @@ def _guarded(work) -> int:
     except KeyboardInterrupt as error:
         return _interrupted_exit(error)
     except (MemoryError, RuntimeError) as error:
-        if launched() and _peer_gone(error):   # another process failed and said why; the launcher ends this one
-            _say("l2s: error: another process of this run stopped (its line is above)")
+        if launched() and _peer_gone(error):   # another process failed; the launcher ends this one
+            _say(PEER_STOPPED)
             return 1
         if not _out_of_memory(error):
             raise
