@@ -108,6 +108,10 @@ class World:
             raise value
         return value
 
+    def bar_label(self, desc: str) -> str:
+        """A progress bar's name: rank 0's bar counts its own share of a spread run, and says so."""
+        return f"{desc} (rank {self.rank} of {self.size})" if self.spread else desc
+
     def device(self, device: str) -> str:
         """``device`` for this rank: a bare ``cuda`` becomes this machine's GPU ``cuda:LOCAL_RANK``."""
         return f"cuda:{self.local_rank}" if self.spread and device == "cuda" else device
