@@ -19,13 +19,13 @@ import sys
 import threading
 
 from l2s import __version__
-from l2s.distributed import launched, line_to_say, refuse_different_commands
+from l2s.distributed import first_on_machine, launched, line_to_say, refuse_different_commands
 from l2s.errors import L2SError
 from l2s.quiet import drop_pure_noise
 
 from . import evaluate, generate, parse
 from .help import OneLineParser
-from .noise import quiet_libraries
+from .noise import library_bars_off, quiet_libraries
 from .outputs import error_line
 
 EXIT_USAGE = 2
@@ -198,7 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="l2s: %(message)s")
     drop_pure_noise()
     try:
-        with _sigterm_as_interrupt(), quiet_libraries("--quiet" in argv or "--no-progress" in argv):
+        # Under a launcher each machine's first process alone draws the loading bars (not N copies).
+        with _sigterm_as_interrupt(), quiet_libraries("--quiet" in argv or "--no-progress" in argv), \
+                library_bars_off(not first_on_machine()):
             return _dispatch(argv)
     except KeyboardInterrupt as error:  # while the libraries import
         return _interrupted_exit(error)
