@@ -46,6 +46,8 @@ PEER_STOPPED = ("l2s: error: another process of this run stopped (its own line i
 # Commands that share their work over the processes of torchrun / accelerate launch.
 SPREAD_COMMANDS = (("eval",), ("make-data",), ("train",), ("shapes", "make-data"), ("shapes", "train-classifier"),
                    ("shapes", "bench"))
+# Commands a launcher may start as many processes: those above, and GRPO (accelerate's own spread).
+LAUNCHED_COMMANDS = (*SPREAD_COMMANDS, ("shapes", "grpo"))
 # Subcommands whose front end parses its own arguments: (argv prefix, help line).
 FRONT_ENDS = (
     (("make-data",), "build the classifier's training data (attention maps of dual inversions)"),
@@ -214,7 +216,24 @@ def _spreads(argv: list[str]) -> bool:
     return any(tuple(argv[:len(command)]) == command for command in SPREAD_COMMANDS)
 
 
+def _one_process_only(argv: list[str]) -> str | None:
+    """The error line for a command that runs in one process when a launcher started it as one of
+    several: each copy would make the same images into the same folder (and all but one be refused)."""
+    if not launched() or {"-h", "--help", "--version"} & set(argv):
+        return None
+    known = [("generate",), ("parse",), *(command for command, _ in FRONT_ENDS)]
+    command = next((c for c in known if tuple(argv[:len(c)]) == c), None)
+    if command is None or command in LAUNCHED_COMMANDS:
+        return None
+    spread = ", ".join(" ".join(c) for c in LAUNCHED_COMMANDS)
+    return (f"l2s: error: 'l2s {' '.join(command)}' runs in one process: start it without torchrun or accelerate "
+            f"launch (these share their work over processes: {spread})")
+
+
 def _dispatch(argv: list[str]) -> int:
+    if refusal := _one_process_only(argv):
+        _say(refusal)
+        return EXIT_USAGE
     if launched() and _spreads(argv):
         refused = _guarded(lambda: refuse_different_commands(argv))
         if refused:

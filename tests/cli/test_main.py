@@ -114,3 +114,19 @@ def test_a_process_interrupted_alone_says_so_and_ctrl_c_of_all_is_said_once(monk
     assert _guarded(interrupted) == 130
     monkeypatch.setenv("LOCAL_RANK", "1")     # ... and the others, having seen it said, do not
     assert _guarded(interrupted) == 130 and capsys.readouterr().err.splitlines() == [INTERRUPTED]
+
+
+def test_under_a_launcher_a_one_process_command_is_refused_before_any_work(monkeypatch, tmp_path, capsys):
+    from l2s.cli import _one_process_only
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    # N copies of generate would write one folder, all but one refused by its lock without a word
+    code, _, err = run(["generate", "a red circle left of a blue square", "--out", str(tmp_path / "out")], capsys)
+    assert code == 2 and error_lines(err) == [_one_process_only(["generate"])] and not (tmp_path / "out").exists()
+    assert "'l2s generate' runs in one process: start it without torchrun" in err and "eval, make-data" in err
+    assert "'l2s shapes train-model' runs in one process" in _one_process_only(["shapes", "train-model", "--out", "x"])
+    for argv in (["eval"], ["shapes", "bench"], ["shapes", "grpo"], ["train", "d"], ["generate", "--help"], ["bogus"]):
+        assert _one_process_only(argv) is None, argv
+    monkeypatch.delenv("WORLD_SIZE")
+    assert _one_process_only(["generate", "x"]) is None
