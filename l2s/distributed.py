@@ -191,8 +191,6 @@ def refuse_different_commands(argv: Sequence[str]) -> None:
     different work (or wait forever for a rank that finished early): refused on every rank."""
     if not launched():
         return
-    from collections import Counter
-
     from l2s.errors import UsageError
 
     try:
@@ -203,12 +201,32 @@ def refuse_different_commands(argv: Sequence[str]) -> None:
     commands = group.gather(list(argv))
     for rank, command in enumerate(commands):
         if command != commands[0]:
-            only_here = " ".join((Counter(command) - Counter(commands[0])).elements()) or "nothing"
-            only_main = " ".join((Counter(commands[0]) - Counter(command)).elements()) or "nothing"
-            detail = (f"rank {rank} alone: {only_here}; rank 0 alone: {only_main}" if only_here != only_main
-                      else f"rank {rank} has them in another order")
-            raise UsageError(f"the processes of this run were started with different arguments ({detail}): "
+            raise UsageError(f"the processes of this run were started with different arguments "
+                             f"({argument_difference(rank, command, commands[0])}): "
                              "start every process with the same command")
+
+
+def argument_difference(rank: int, command: Sequence[str], first: Sequence[str]) -> str:
+    """What rank ``rank`` was started with that rank 0 was not, and the reverse; a value is named
+    with its option (``--seeds 2-3``: a bare ``2-3`` could be any number of a long command)."""
+    from collections import Counter
+
+    here, main = Counter(_with_options(command)), Counter(_with_options(first))
+    only_here, only_main = (" ".join((a - b).elements()) or "nothing" for a, b in ((here, main), (main, here)))
+    if only_here == only_main:
+        return f"rank {rank} has them in another order"
+    return f"rank {rank} alone: {only_here}; rank 0 alone: {only_main}"
+
+
+def _with_options(argv: Sequence[str]) -> list[str]:
+    """The arguments, an option and the value after it as one (``--seeds 0-1``)."""
+    grouped: list[str] = []
+    for arg in argv:
+        if grouped and grouped[-1].startswith("-") and " " not in grouped[-1] and not arg.startswith("-"):
+            grouped[-1] += f" {arg}"
+        else:
+            grouped.append(arg)
+    return grouped
 
 
 def world() -> World:
@@ -278,4 +296,5 @@ def output_lock(folder: str | Path, label: str = "output folder", kind: str | No
         group.barrier()  # left out when the block raises: the launcher then ends the other ranks
 
 
-__all__ = ["World", "first_on_machine", "launched", "output_lock", "line_to_say", "refuse_different_commands", "world"]
+__all__ = ["World", "argument_difference", "first_on_machine", "launched", "output_lock", "line_to_say",
+           "refuse_different_commands", "world"]
