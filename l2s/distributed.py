@@ -247,12 +247,26 @@ def _join() -> World:
     if not dist.is_initialized():
         backend = "gloo"
         if torch.cuda.is_available() and dist.is_nccl_available():
+            _refuse_more_processes_than_gpus(torch.cuda.device_count())
             torch.cuda.set_device(local_rank)
             backend = "cpu:gloo,cuda:nccl"
         with _notice_if_slow(JOIN_NOTICE):
             dist.init_process_group(backend, timeout=WAIT)
         atexit.register(_leave)
     return World(dist.get_rank(), dist.get_world_size(), local_rank)
+
+
+def _refuse_more_processes_than_gpus(gpus: int) -> None:
+    """A process takes the GPU ``cuda:LOCAL_RANK``; one past the machine's GPUs would fail alone,
+    before the group it would say it through is joined. Every process of the machine knows the
+    count (``LOCAL_WORLD_SIZE``), so all refuse and the machine's first says it."""
+    from l2s.errors import UsageError
+
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE") or int(os.environ.get("LOCAL_RANK", "0")) + 1)
+    if processes > gpus:
+        raise UsageError(f"this machine starts {processes} processes but shows {gpus} GPU(s), one per process: "
+                         f"start at most {gpus} per machine (torchrun --nproc_per_node {gpus}), or hide the GPUs "
+                         "(CUDA_VISIBLE_DEVICES=) to run the processes on the CPU")
 
 
 @contextmanager

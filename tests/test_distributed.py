@@ -145,6 +145,24 @@ def test_arguments_that_differ_between_processes_are_named_with_their_options():
         "rank 1 has them in another order")
 
 
+def test_more_processes_on_a_machine_than_gpus_are_refused_by_every_process(monkeypatch):
+    import torch.distributed as dist
+
+    from l2s import distributed
+    from l2s.errors import UsageError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(dist, "is_nccl_available", lambda: True)
+    monkeypatch.setattr(dist, "init_process_group", lambda *a, **k: pytest.fail("joined a group it cannot serve"))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    for local_rank in ("0", "1"):   # rank 0 too: its GPU exists, but the machine's first process says it
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+        with pytest.raises(UsageError, match=r"starts 2 processes but shows 1 GPU\(s\).*--nproc_per_node 1\)"):
+            distributed._join()
+
+
 def test_sums_are_a_no_op_alone():
     grads = [torch.ones(3)]
     world().sum_(grads)
