@@ -78,7 +78,9 @@ def test_in_a_spread_run_the_bar_names_itself_as_rank_0s_share(tmp_path, monkeyp
     monkeypatch.setattr(bench_plain, "world", lambda: RankZeroOfTwo(0, 2))
     (tmp_path / "no_relation").mkdir()
     Image.new("RGB", (32, 32)).save(tmp_path / "no_relation" / "0000-00001.png")
-    steerer = lambda prompts, **kwargs: SimpleNamespace(images=[Image.new("RGB", (32, 32)) for _ in prompts])  # noqa: E731
+    def steerer(prompts, **kwargs):
+        return SimpleNamespace(images=[Image.new("RGB", (32, 32)) for _ in prompts])
+
     run_plain_part(steerer, ShapesDetector(), plain_prompts(1), (0, 1), tmp_path, batch_size=4)
     assert "no relation (rank 0 of 2): 100%" in capsys.readouterr().err
 
