@@ -108,6 +108,10 @@ class World:
             raise value
         return value
 
+    def bar_label(self, desc: str) -> str:
+        """A progress bar's name: rank 0's bar counts its own share of a spread run, and says so."""
+        return f"{desc} (rank {self.rank} of {self.size})" if self.spread else desc
+
     def device(self, device: str) -> str:
         """``device`` for this rank: a bare ``cuda`` becomes this machine's GPU ``cuda:LOCAL_RANK``."""
         return f"cuda:{self.local_rank}" if self.spread and device == "cuda" else device
@@ -187,8 +191,6 @@ def refuse_different_commands(argv: Sequence[str]) -> None:
     different work (or wait forever for a rank that finished early): refused on every rank."""
     if not launched():
         return
-    from collections import Counter
-
     from l2s.errors import UsageError
 
     try:
@@ -199,12 +201,32 @@ def refuse_different_commands(argv: Sequence[str]) -> None:
     commands = group.gather(list(argv))
     for rank, command in enumerate(commands):
         if command != commands[0]:
-            only_here = " ".join((Counter(command) - Counter(commands[0])).elements()) or "nothing"
-            only_main = " ".join((Counter(commands[0]) - Counter(command)).elements()) or "nothing"
-            detail = (f"rank {rank} alone: {only_here}; rank 0 alone: {only_main}" if only_here != only_main
-                      else f"rank {rank} has them in another order")
-            raise UsageError(f"the processes of this run were started with different arguments ({detail}): "
+            raise UsageError(f"the processes of this run were started with different arguments "
+                             f"({argument_difference(rank, command, commands[0])}): "
                              "start every process with the same command")
+
+
+def argument_difference(rank: int, command: Sequence[str], first: Sequence[str]) -> str:
+    """What rank ``rank`` was started with that rank 0 was not, and the reverse; a value is named
+    with its option (``--seeds 2-3``: a bare ``2-3`` could be any number of a long command)."""
+    from collections import Counter
+
+    here, main = Counter(_with_options(command)), Counter(_with_options(first))
+    only_here, only_main = (" ".join((a - b).elements()) or "nothing" for a, b in ((here, main), (main, here)))
+    if only_here == only_main:
+        return f"rank {rank} has them in another order"
+    return f"rank {rank} alone: {only_here}; rank 0 alone: {only_main}"
+
+
+def _with_options(argv: Sequence[str]) -> list[str]:
+    """The arguments, an option and the value after it as one (``--seeds 0-1``)."""
+    grouped: list[str] = []
+    for arg in argv:
+        if grouped and grouped[-1].startswith("-") and " " not in grouped[-1] and not arg.startswith("-"):
+            grouped[-1] += f" {arg}"
+        else:
+            grouped.append(arg)
+    return grouped
 
 
 def world() -> World:
@@ -225,12 +247,26 @@ def _join() -> World:
     if not dist.is_initialized():
         backend = "gloo"
         if torch.cuda.is_available() and dist.is_nccl_available():
+            _refuse_more_processes_than_gpus(torch.cuda.device_count())
             torch.cuda.set_device(local_rank)
             backend = "cpu:gloo,cuda:nccl"
         with _notice_if_slow(JOIN_NOTICE):
             dist.init_process_group(backend, timeout=WAIT)
         atexit.register(_leave)
     return World(dist.get_rank(), dist.get_world_size(), local_rank)
+
+
+def _refuse_more_processes_than_gpus(gpus: int) -> None:
+    """A process takes the GPU ``cuda:LOCAL_RANK``; one past the machine's GPUs would fail alone,
+    before the group it would say it through is joined. Every process of the machine knows the
+    count (``LOCAL_WORLD_SIZE``), so all refuse and the machine's first says it."""
+    from l2s.errors import UsageError
+
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE") or int(os.environ.get("LOCAL_RANK", "0")) + 1)
+    if processes > gpus:
+        raise UsageError(f"this machine starts {processes} processes but shows {gpus} GPU(s), one per process: "
+                         f"start at most {gpus} per machine (torchrun --nproc_per_node {gpus}), or hide the GPUs "
+                         "(CUDA_VISIBLE_DEVICES=) to run the processes on the CPU")
 
 
 @contextmanager
@@ -274,4 +310,5 @@ def output_lock(folder: str | Path, label: str = "output folder", kind: str | No
         group.barrier()  # left out when the block raises: the launcher then ends the other ranks
 
 
-__all__ = ["World", "first_on_machine", "launched", "output_lock", "line_to_say", "refuse_different_commands", "world"]
+__all__ = ["World", "argument_difference", "first_on_machine", "launched", "output_lock", "line_to_say",
+           "refuse_different_commands", "world"]

@@ -120,8 +120,8 @@ def test_two_processes_share_gather_and_lock_as_one_group(tmp_path):
     assert ranks[0]["sum"] == ranks[1]["sum"] == [[3.0, 3.0], [30.0]]
     # Processes started with different arguments are refused on every rank; one of them says so.
     assert ranks[0]["different"] == ranks[1]["different"] == (
-        "the processes of this run were started with different arguments (rank 1 alone: 2-3; rank 0 alone: "
-        "0-1): start every process with the same command")
+        "the processes of this run were started with different arguments (rank 1 alone: --seeds 2-3; rank 0 alone: "
+        "--seeds 0-1): start every process with the same command")
     assert ranks[0]["said"] == ["l2s: error: for all", "l2s: error: late"]
     assert ranks[1]["said"] == [None, "l2s: error: rank 1: mine", None]
     assert line_to_say("l2s: error: alone") == "l2s: error: alone"   # no group: every process says its own
@@ -132,6 +132,35 @@ def test_two_processes_share_gather_and_lock_as_one_group(tmp_path):
     assert ranks[0]["holder"] == ranks[1]["holder"] == str(ranks[0]["pid"])
     assert "FolderBusyError" in ranks[1]["second"] and f"(pid {ranks[0]['pid']})" in ranks[1]["second"]
     assert (free / LOCK_FILE).read_text() == ""  # let go when the group ended
+
+
+def test_arguments_that_differ_between_processes_are_named_with_their_options():
+    from l2s.distributed import argument_difference
+
+    first = ["eval", "--steps", "4", "--seeds", "0-3", "--quiet", "--out", "run"]
+    assert argument_difference(1, ["eval", "--steps", "4", "--seeds", "4", "--quiet", "--out", "run"], first) == (
+        "rank 1 alone: --seeds 4; rank 0 alone: --seeds 0-3")    # not a bare '4', which --steps has too
+    assert argument_difference(2, first + ["--restart"], first) == "rank 2 alone: --restart; rank 0 alone: nothing"
+    assert argument_difference(1, ["eval", "--out", "run", "--steps", "4", "--seeds", "0-3", "--quiet"], first) == (
+        "rank 1 has them in another order")
+
+
+def test_more_processes_on_a_machine_than_gpus_are_refused_by_every_process(monkeypatch):
+    import torch.distributed as dist
+
+    from l2s import distributed
+    from l2s.errors import UsageError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(dist, "is_nccl_available", lambda: True)
+    monkeypatch.setattr(dist, "init_process_group", lambda *a, **k: pytest.fail("joined a group it cannot serve"))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    for local_rank in ("0", "1"):   # rank 0 too: its GPU exists, but the machine's first process says it
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+        with pytest.raises(UsageError, match=r"starts 2 processes but shows 1 GPU\(s\).*--nproc_per_node 1\)"):
+            distributed._join()
 
 
 def test_sums_are_a_no_op_alone():

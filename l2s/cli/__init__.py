@@ -24,7 +24,7 @@ from l2s.quiet import drop_pure_noise
 
 from . import evaluate, generate, parse
 from .help import OneLineParser
-from .noise import quiet_libraries
+from .noise import library_bars_off, quiet_libraries
 from .outputs import error_line, log_to_stderr
 
 EXIT_USAGE = 2
@@ -38,10 +38,15 @@ EXAMPLES = """examples:
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 EXIT_TERMINATED = 143   # 128 + SIGTERM
 INTERRUPTED = "l2s: interrupted; rerun the same command to resume"
+# A process killed (SIGKILL, the kernel's out-of-memory killer) says nothing: the launcher's summary names it.
+PEER_STOPPED = ("l2s: error: another process of this run stopped (its own line is above if it said one; "
+                "the launcher's summary names it)")
 
 # Commands that share their work over the processes of torchrun / accelerate launch.
 SPREAD_COMMANDS = (("eval",), ("make-data",), ("train",), ("shapes", "make-data"), ("shapes", "train-classifier"),
                    ("shapes", "bench"))
+# Commands a launcher may start as many processes: those above, and GRPO (accelerate's own spread).
+LAUNCHED_COMMANDS = (*SPREAD_COMMANDS, ("shapes", "grpo"))
 # Subcommands whose front end parses its own arguments: (argv prefix, help line).
 FRONT_ENDS = (
     (("make-data",), "build the classifier's training data (attention maps of dual inversions)"),
@@ -130,11 +135,10 @@ def _interrupted_exit(error: KeyboardInterrupt) -> int:
 
 def _say_interrupted(error: KeyboardInterrupt) -> None:
     # On a terminal the line starts after the progress bar that ^C cut short. A command with
-    # nothing to resume names what to do instead (``l2s_message``).
-    if not first_on_machine():   # a launcher passes Ctrl-C to every process: the first says it
-        return
-    line = getattr(error, "l2s_message", None) or INTERRUPTED
-    print(("\n" if sys.stderr.isatty() else "") + line, file=sys.stderr)
+    # nothing to resume names what to do instead (``l2s_message``). A launcher passes Ctrl-C to
+    # every process: once per machine, but a process interrupted alone (kill -INT) still says it.
+    if said := line_to_say(getattr(error, "l2s_message", None) or INTERRUPTED):
+        print(("\n" if sys.stderr.isatty() else "") + said, file=sys.stderr)
 
 
 def _say(line: str) -> None:
@@ -153,8 +157,8 @@ def _guarded(work) -> int:
     except KeyboardInterrupt as error:
         return _interrupted_exit(error)
     except (MemoryError, RuntimeError) as error:
-        if launched() and _peer_gone(error):   # another process failed and said why; the launcher ends this one
-            _say("l2s: error: another process of this run stopped (its line is above)")
+        if launched() and _peer_gone(error):   # another process failed; the launcher ends this one
+            _say(PEER_STOPPED)
             return 1
         if not _out_of_memory(error):
             raise
@@ -194,7 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     log_to_stderr()
     drop_pure_noise()
     try:
-        with _sigterm_as_interrupt(), quiet_libraries("--quiet" in argv or "--no-progress" in argv):
+        # Under a launcher each machine's first process alone draws the loading bars (not N copies).
+        with _sigterm_as_interrupt(), quiet_libraries("--quiet" in argv or "--no-progress" in argv), \
+                library_bars_off(not first_on_machine()):
             return _dispatch(argv)
     except KeyboardInterrupt as error:  # while the libraries import
         return _interrupted_exit(error)
@@ -208,7 +214,24 @@ def _spreads(argv: list[str]) -> bool:
     return any(tuple(argv[:len(command)]) == command for command in SPREAD_COMMANDS)
 
 
+def _one_process_only(argv: list[str]) -> str | None:
+    """The error line for a command that runs in one process when a launcher started it as one of
+    several: each copy would make the same images into the same folder (and all but one be refused)."""
+    if not launched() or {"-h", "--help", "--version"} & set(argv):
+        return None
+    known = [("generate",), ("parse",), *(command for command, _ in FRONT_ENDS)]
+    command = next((c for c in known if tuple(argv[:len(c)]) == c), None)
+    if command is None or command in LAUNCHED_COMMANDS:
+        return None
+    spread = ", ".join(" ".join(c) for c in LAUNCHED_COMMANDS)
+    return (f"l2s: error: 'l2s {' '.join(command)}' runs in one process: start it without torchrun or accelerate "
+            f"launch (these share their work over processes: {spread})")
+
+
 def _dispatch(argv: list[str]) -> int:
+    if refusal := _one_process_only(argv):
+        _say(refusal)
+        return EXIT_USAGE
     if launched() and _spreads(argv):
         refused = _guarded(lambda: refuse_different_commands(argv))
         if refused:

@@ -18,6 +18,24 @@ def _progress_bar_switches() -> list:
 
 
 @contextlib.contextmanager
+def library_bars_off(off: bool = True):
+    """Within: diffusers' and transformers' loading bars off (when ``off``); as they were after."""
+    if not off:
+        yield
+        return
+    switches = _progress_bar_switches()
+    enabled = [is_enabled() for is_enabled, _, _ in switches]
+    try:
+        for _, _, disable in switches:
+            disable()
+        yield
+    finally:
+        for (_, enable, _), was_enabled in zip(switches, enabled):
+            if was_enabled:
+                enable()
+
+
+@contextlib.contextmanager
 def quiet_libraries(quiet: bool = True):
     """Within: the libraries' warnings, log lines below errors and loading bars off (when ``quiet``);
     everything as it was after."""
@@ -26,20 +44,13 @@ def quiet_libraries(quiet: bool = True):
         return
     loggers = [logging.getLogger(name) for name in LIBRARIES]
     levels = [logger.level for logger in loggers]
-    switches = _progress_bar_switches()
-    enabled = [is_enabled() for is_enabled, _, _ in switches]
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), library_bars_off():
             for name in LIBRARIES:
                 warnings.filterwarnings("ignore", module=rf"{name}(\.|$)")
             for logger in loggers:
                 logger.setLevel(logging.ERROR)
-            for _, _, disable in switches:
-                disable()
             yield
     finally:
         for logger, level in zip(loggers, levels):
             logger.setLevel(level)
-        for (_, enable, _), was_enabled in zip(switches, enabled):
-            if was_enabled:
-                enable()

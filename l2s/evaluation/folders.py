@@ -83,7 +83,7 @@ def _score_folder_jobs(images_dir: Path, jobs: list[tuple[Path, PromptSpec, Path
     group = world()  # spread over processes: each scores every N-th image, rank 0 writes the report
     mine = group.share(list(enumerate(jobs)))
     scored = [(position, _score_sample(folder, spec, png, out, detector, rule, scoring))
-              for position, (folder, spec, png) in tqdm(mine, desc="l2s eval", unit="img",
+              for position, (folder, spec, png) in tqdm(mine, desc=group.bar_label("l2s eval"), unit="img",
                                                        disable=not (progress and group.is_main))]
     records = [record for _, record in sorted((item for share in group.gather(scored) for item in share),
                                               key=lambda item: item[0])]

@@ -172,8 +172,8 @@ def _generate_run(run: _Run, specs: Sequence[PromptSpec], seeds: Sequence[int], 
     group = world()
     pairs = [(index, seed) for index in range(len(specs)) for seed in seeds]
     mine = _my_pairs(out, pairs, modes, group)
-    desc = f"l2s eval (rank 0 of {group.size})" if group.spread else "l2s eval"
-    with tqdm(total=len(mine) * len(modes), desc=desc, unit="img", disable=not (progress and group.is_main)) as bar:
+    with tqdm(total=len(mine) * len(modes), desc=group.bar_label("l2s eval"), unit="img",
+              disable=not (progress and group.is_main)) as bar:
         made = _make_share(run, specs, pairs, mine, modes, bar)
     everything = sorted((item for share in group.gather(made) for item in share), key=lambda item: item[0])
     records = {mode: [r for _, k, r in everything if k == mode] for mode in modes}

@@ -53,7 +53,7 @@ def run_plain_part(steerer, detector, prompts: Sequence[tuple[str, tuple[str, st
     group = world()
     missing = [job for job in group.share(jobs) if not job[2].is_file()]
     shown = progress and group.is_main and bool(missing)   # a finished part draws no empty bar
-    with tqdm(total=len(missing), desc="no relation", unit="img", disable=not shown) as bar:
+    with tqdm(total=len(missing), desc=group.bar_label("no relation"), unit="img", disable=not shown) as bar:
         for start in range(0, len(missing), batch_size):
             chunk = missing[start:start + batch_size]
             result = steerer([prompts[i][0] for i, _, _ in chunk], seed=[seed for _, seed, _ in chunk], steer=False,

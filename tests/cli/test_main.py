@@ -1,6 +1,7 @@
 """The ``l2s`` entry point: subcommand help and the front ends that parse their own arguments."""
 import sys
 import types
+from datetime import timedelta
 
 import pytest
 
@@ -72,7 +73,7 @@ def test_usage_errors_are_one_line_with_exit_code_2(argv, message, capsys):
 
 
 def test_under_a_launcher_a_failed_peer_and_ctrl_c_are_said_once(monkeypatch, capsys):
-    from l2s.cli import _guarded
+    from l2s.cli import INTERRUPTED, PEER_STOPPED, _guarded
 
     def peer_gone():
         raise RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer")
@@ -83,12 +84,49 @@ def test_under_a_launcher_a_failed_peer_and_ctrl_c_are_said_once(monkeypatch, ca
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "0")     # no group joined: the machine's first process says it
     assert _guarded(peer_gone) == 1 and _guarded(interrupted) == 130
-    assert capsys.readouterr().err.splitlines() == [
-        "l2s: error: another process of this run stopped (its line is above)",
-        "l2s: interrupted; rerun the same command to resume"]
+    assert capsys.readouterr().err.splitlines() == [PEER_STOPPED, INTERRUPTED]
     monkeypatch.setenv("LOCAL_RANK", "1")     # the others stay silent
     assert _guarded(peer_gone) == 1 and _guarded(interrupted) == 130
     assert capsys.readouterr().err == ""
     monkeypatch.delenv("WORLD_SIZE")          # alone, such an error is a real one
     with pytest.raises(RuntimeError, match="closed by peer"):
         _guarded(peer_gone)
+
+
+def test_a_process_interrupted_alone_says_so_and_ctrl_c_of_all_is_said_once(monkeypatch, capsys):
+    from l2s import distributed
+    from l2s.cli import INTERRUPTED, _guarded
+
+    said = {}   # the launcher's store, through which a machine's processes learn what its first one said
+    store = types.SimpleNamespace(set=said.__setitem__, check=lambda keys: all(k in said for k in keys),
+                                  get=lambda key: said[key].encode())
+    monkeypatch.setattr(distributed, "_store", lambda: store)
+    monkeypatch.setattr(distributed, "SAID_WAIT", timedelta(seconds=0.1))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("GROUP_RANK", "0")
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setenv("LOCAL_RANK", "1")     # kill -INT of rank 1 alone: its machine's first said nothing
+    assert _guarded(interrupted) == 130 and capsys.readouterr().err.splitlines() == [INTERRUPTED]
+    monkeypatch.setenv("LOCAL_RANK", "0")     # Ctrl-C reaches every process: the first says it ...
+    assert _guarded(interrupted) == 130
+    monkeypatch.setenv("LOCAL_RANK", "1")     # ... and the others, having seen it said, do not
+    assert _guarded(interrupted) == 130 and capsys.readouterr().err.splitlines() == [INTERRUPTED]
+
+
+def test_under_a_launcher_a_one_process_command_is_refused_before_any_work(monkeypatch, tmp_path, capsys):
+    from l2s.cli import _one_process_only
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    # N copies of generate would write one folder, all but one refused by its lock without a word
+    code, _, err = run(["generate", "a red circle left of a blue square", "--out", str(tmp_path / "out")], capsys)
+    assert code == 2 and error_lines(err) == [_one_process_only(["generate"])] and not (tmp_path / "out").exists()
+    assert "'l2s generate' runs in one process: start it without torchrun" in err and "eval, make-data" in err
+    assert "'l2s shapes train-model' runs in one process" in _one_process_only(["shapes", "train-model", "--out", "x"])
+    for argv in (["eval"], ["shapes", "bench"], ["shapes", "grpo"], ["train", "d"], ["generate", "--help"], ["bogus"]):
+        assert _one_process_only(argv) is None, argv
+    monkeypatch.delenv("WORLD_SIZE")
+    assert _one_process_only(["generate", "x"]) is None

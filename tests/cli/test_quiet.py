@@ -100,3 +100,19 @@ def test_a_warning_during_a_progress_bar_gets_its_own_line(monkeypatch):
     text = stderr.getvalue()
     assert "l2s: building an engine\n" in text
     assert "]l2s:" not in text     # a plain stream handler glued it to the bar's end
+
+
+def test_under_a_launcher_only_each_machines_first_process_draws_loading_bars(monkeypatch):
+    import l2s.cli
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    seen = []
+    monkeypatch.setattr(l2s.cli, "_dispatch", lambda argv: seen.append(
+        (diffusers_logging.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled())) or 0)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for local_rank in ("0", "1"):
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+        assert l2s.cli.main(["eval"]) == 0
+    assert seen == [(True, True), (False, False)]   # not one copy of each bar per process
+    assert diffusers_logging.is_progress_bar_enabled()   # as it was after

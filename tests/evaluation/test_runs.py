@@ -163,6 +163,25 @@ def test_shapes_detector_scores_base_against_steered(tmp_path):
     assert (rescored_images / "mine" / "00002" / "samples" / "0005.png").is_file()
 
 
+
+def test_in_a_spread_run_scoring_a_folder_names_the_bar_as_rank_0s_share(tmp_path, monkeypatch, capsys):
+    from l2s.distributed import World
+    from l2s.evaluation import folders
+
+    class RankZeroOfTwo(World):   # rank 0 of a 2-process run; the other's share is not awaited here
+        def gather(self, obj):
+            return [obj]
+
+        def broadcast(self, obj):
+            return obj
+
+    run_eval(SceneSteerer(), shapes_position_prompts(2, seed=0), ShapesDetector(), tmp_path / "run", seeds=[0, 1],
+             progress=False, settings={"model": "fake"}, detector_name="shapes")
+    monkeypatch.setattr(folders, "world", lambda: RankZeroOfTwo(0, 2))
+    score_image_folder(tmp_path / "run" / "steered", ShapesDetector(), tmp_path / "scored", progress=True,
+                       contact_sheets=False)
+    assert "l2s eval (rank 0 of 2): 100%" in capsys.readouterr().err   # 2 of the 4 images: its share
+
 # ---------------------------------------------------------------- run_eval in batches on a tiny FLUX model
 
 class Calls:

@@ -60,6 +60,31 @@ def test_the_part_generates_each_image_once_unsteered(tiny_shapes_pipe, tmp_path
     assert len(list((tmp_path / "no_relation").glob("*.png"))) == 6
 
 
+def test_in_a_spread_run_the_bar_names_itself_as_rank_0s_share(tmp_path, monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    import l2s.shapes.bench_plain as bench_plain
+    from l2s.distributed import World
+
+    class RankZeroOfTwo(World):   # rank 0 of a 2-process run; rank 1's image is already there
+        def broadcast(self, obj):
+            return obj
+
+        def barrier(self):
+            pass
+
+    monkeypatch.setattr(bench_plain, "world", lambda: RankZeroOfTwo(0, 2))
+    (tmp_path / "no_relation").mkdir()
+    Image.new("RGB", (32, 32)).save(tmp_path / "no_relation" / "0000-00001.png")
+    def steerer(prompts, **kwargs):
+        return SimpleNamespace(images=[Image.new("RGB", (32, 32)) for _ in prompts])
+
+    run_plain_part(steerer, ShapesDetector(), plain_prompts(1), (0, 1), tmp_path, batch_size=4)
+    assert "no relation (rank 0 of 2): 100%" in capsys.readouterr().err
+
+
 def test_an_unknown_bench_part_is_refused_before_any_work(tmp_path):
     from l2s.shapes import run_shapes_bench
 
