@@ -110,6 +110,10 @@ def read_resume_state(out_dir: Path, settings: dict, finished: Finished | None =
         raise L2SError(f"{out_dir} holds a run laid out for {saved['epochs']} epochs (its learning-rate schedule "
                        f"depends on it); rerun with --epochs {saved['epochs']} to resume it, or --restart "
                        f"(resume=False in Python) to train {settings['epochs']} from the start")
+    if differing == ["processes"]:   # data-parallel batches are split by process count
+        ran_on, now = (s.get("processes", UNRECORDED["processes"]) for s in (saved, settings))
+        raise L2SError(f"{out_dir} holds a run trained on {ran_on} process(es), this one has {now}: "
+                       f"resume it on {ran_on}, or rerun with --restart (resume=False in Python) to start over")
     if differing:
         changes = described_changes(saved, settings, differing, UNRECORDED)
         raise L2SError(f"{out_dir} holds a run with other settings ({changes}); "

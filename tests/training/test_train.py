@@ -358,3 +358,21 @@ def test_a_grown_dataset_is_refused_on_resume_and_older_runs_still_resume(tmp_pa
     state["settings"] = json.dumps({k: v for k, v in json.loads(state["settings"]).items() if k != "dataset_records"})
     torch.save(state, path)
     assert train_classifier(dataset, tmp_path / "run", _config(), epochs=2, **kwargs).epochs_resumed == 1
+
+
+def test_a_run_of_another_process_count_says_how_many_to_resume_it_on(tmp_path):
+    import json
+
+    from l2s.run_folders import LAST_DIR, STATE_FILE, read_resume_state
+
+    (tmp_path / LAST_DIR).mkdir()
+    state = {"settings": json.dumps({"lr": 1e-3, "processes": 2}), "counters": json.dumps({"epoch": 1})}
+    torch.save(state, tmp_path / LAST_DIR / STATE_FILE)
+    with pytest.raises(L2SError, match=r"trained on 2 process\(es\), this one has 1: resume it on 2, or rerun with "
+                                       r"--restart"):
+        read_resume_state(tmp_path, {"lr": 1e-3})      # one process records no count
+    with pytest.raises(L2SError, match=r"other settings \(lr: 0.001 -> 0.01, processes: 2 -> 1\)"):
+        read_resume_state(tmp_path, {"lr": 1e-2})
+    torch.save({**state, "settings": json.dumps({"lr": 1e-3})}, tmp_path / LAST_DIR / STATE_FILE)
+    with pytest.raises(L2SError, match=r"trained on 1 process\(es\), this one has 4: resume it on 1"):
+        read_resume_state(tmp_path, {"lr": 1e-3, "processes": 4})
