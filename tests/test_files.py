@@ -331,3 +331,5 @@ def test_described_changes_names_each_change_and_counts_long_lists():
     same_length = {"classifier": {"layer_layout": [f"other.{i}.attn" for i in range(5)]}}
     assert described_changes(saved, same_length, ["classifier"]) == \
         "classifier.channels: 20 -> (absent), classifier.layer_layout"      # same length: the name alone
+    # An option left out (None) is "unset": the run took its default, which "None" did not say.
+    assert described_changes({"steps": None}, {"steps": 12}, ["steps"]) == "steps: unset -> 12"

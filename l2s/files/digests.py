@@ -66,7 +66,8 @@ _ABSENT = object()   # a setting a record does not hold (None is a value: "not s
 
 
 def _change(name: str, old, new) -> str:
-    shown = lambda value: "(absent)" if value is _ABSENT else repr(value)  # noqa: E731
+    # None is an option left out: "unset" says the run took its default (whatever that resolved to).
+    shown = lambda value: "(absent)" if value is _ABSENT else "unset" if value is None else repr(value)  # noqa: E731
     part = f"{name}: {shown(old)} -> {shown(new)}"
     if len(part) <= 80:
         return part

@@ -173,7 +173,7 @@ def test_eval_resumes_and_refuses_other_settings(tiny_run, tmp_path, capsys, mon
     code, _, err = run(TINY_RUN + ["--step-size", "1", "--out", str(out)], capsys)
     assert code == 2 and len(calls) == 2   # refused: nothing generated
     (line,) = error_lines(err)
-    assert "step_size: None -> 1.0" in line
+    assert "step_size: unset -> 1.0" in line   # None: the default was taken
     # nor images of another schedule, capture backend or plain-step engine (they change pixels)
     for option, value, change in [("--schedule", "fast", "schedule: 'reference' -> 'fast'"),
                                   ("--capture-backend", "native", "capture_backend: 'sdpa' -> 'native'"),
@@ -187,7 +187,7 @@ def test_eval_resumes_and_refuses_other_settings(tiny_run, tmp_path, capsys, mon
     del recorded["generation"]["step_size"]          # as written before the setting existed
     run_file.write_text(json.dumps(recorded))
     code, _, err = run(TINY_RUN + ["--out", str(out)], capsys)
-    assert code == 2 and "step_size: (absent) -> None" in error_lines(err)[0]
+    assert code == 2 and "step_size: (absent) -> unset" in error_lines(err)[0]
 
 
 
