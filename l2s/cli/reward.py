@@ -42,8 +42,8 @@ def build_reward_data_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=out_path, help="pair folder (manifest, shards/, progress.json)")
     p.add_argument("--pairs", required=True, type=int, help="stop once this many training pairs exist")
     p.add_argument("--model", type=Path, default=None, help="shapes pipeline folder (default: the shipped one)")
-    p.add_setting("--seed", type=int)
-    p.add_setting("--families-per-shard", type=int)
+    p.add_setting("--seed", type=int, help="seeds the object sets, prompts and image seeds")
+    p.add_setting("--families-per-shard", type=int, help="sets of objects per committed shard")
     p.add_setting("--images-per-family", type=int,
                   help="seeds drawn per set of objects; pairs are matched among them")
     p.add_argument("--patterns", type=_patterns, default=dict(PAIR_PATTERN_WEIGHTS), metavar="OBJ,REL=W;...",
@@ -120,12 +120,12 @@ def build_train_reward_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=out_path, help="run folder")
     p.add_setting("--loss", choices=LOSSES,
                   help="uncertainty: Gaussian scores, P(win) = Phi(dmu / sqrt(s_w^2 + s_l^2)); bt: plain Bradley-Terry")
-    p.add_setting("--epochs", type=int)
+    p.add_setting("--epochs", type=int, help="training epochs in all (the learning-rate schedule spans them)")
     p.add_setting("--batch-size", type=int, help="pairs per step")
-    p.add_setting("--lr", type=float)
-    p.add_setting("--weight-decay", type=float)
-    p.add_setting("--warmup-steps", type=int)
-    p.add_setting("--seed", type=int)
+    p.add_setting("--lr", type=float, help="peak learning rate (AdamW)")
+    p.add_setting("--weight-decay", type=float, help="AdamW weight decay")
+    p.add_setting("--warmup-steps", type=int, help="optimiser steps of learning-rate warm-up")
+    p.add_setting("--seed", type=int, help="seeds the validation split and the initial weights")
     p.add_argument("--no-mirror", action="store_true",
                    help="train each pair only under its prompt (default: also under the perturbed prompt, winner "
                         "and loser swapped)")

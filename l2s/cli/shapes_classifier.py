@@ -26,7 +26,7 @@ def build_make_data_parser() -> argparse.ArgumentParser:
         ["l2s shapes make-data --out runs/shapes-maps --scenes 2400          # the shipped model",
          "l2s shapes make-data --model runs/shapes-model/pipeline --out runs/shapes-maps --quiet"])
     p.add_argument("--model", help="shapes pipeline dir (default: the shipped model)")
-    p.add_argument("--out", required=True, type=out_path)
+    p.add_argument("--out", required=True, type=out_path, help="output dataset folder (resumed if it exists)")
     p.add_argument("--scenes", type=int, default=2400,
                    help=f"two-object scenes to invert (default 2400); about one in {round(1 / NEUTRAL_FRACTION)} also "
                         "gives a neutral 'is' sample (\"A red circle\"), so the dataset has more samples than scenes")
@@ -90,9 +90,10 @@ def build_train_classifier_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=int, metavar="K",
                    help="a classifier of the model's first K blocks only (steering then cuts the forward "
                         "after block K); read from the same data (default: every layer the data holds)")
-    p.add_argument("--epochs", type=int, default=SHAPES_CLASSIFIER_EPOCHS)
-    p.add_argument("--lr", type=float, default=SHAPES_CLASSIFIER_LR)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=SHAPES_CLASSIFIER_EPOCHS,
+                   help="epoch limit (training stops sooner once validation stops improving)")
+    p.add_argument("--lr", type=float, default=SHAPES_CLASSIFIER_LR, help="learning rate (AdamW)")
+    p.add_argument("--seed", type=int, default=0, help="seeds initial weights, shuffling and dropout")
     p.add_argument("--restart", action="store_true",
                    help="start over: remove OUT's checkpoints and log (also the way out of a damaged state)")
     add_threads_arg(p)

@@ -47,9 +47,9 @@ def build_train_model_parser() -> argparse.ArgumentParser:
         settings=_train_settings)
     parser.add_argument("--out", required=True, type=out_path, help="run directory (checkpoint, data cache, pipeline/)")
     parser.add_setting("--steps", type=int, help="total optimiser steps")
-    parser.add_setting("--batch-size", type=int)
+    parser.add_setting("--batch-size", type=int, help="images per optimiser step")
     parser.add_setting("--lr", type=float, help="peak learning rate (AdamW)")
-    parser.add_setting("--seed", type=int)
+    parser.add_setting("--seed", type=int, help="seeds the initial weights, the rendered scenes and the noise")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     parser.add_setting("--scenes", type=int, help="pre-rendered training scenes")
     parser.add_setting("--size", type=int, help="image side in pixels")
@@ -59,10 +59,11 @@ def build_train_model_parser() -> argparse.ArgumentParser:
                        help="object side in pixels")
     parser.add_setting("--relation-caption-rate", type=float,
                        help="fraction of captions that state a relation")
-    parser.add_setting("--sigma-sampling", choices=("logit-normal", "uniform"))
-    parser.add_setting("--ema-decay", type=float)
-    parser.add_setting("--warmup", type=int)
-    parser.add_setting("--checkpoint-every", type=int)
+    parser.add_setting("--sigma-sampling", choices=("logit-normal", "uniform"),
+                       help="how training noise levels are drawn")
+    parser.add_setting("--ema-decay", type=float, help="decay of the exported EMA weights, per step")
+    parser.add_setting("--warmup", type=int, help="optimiser steps of linear learning-rate warm-up")
+    parser.add_setting("--checkpoint-every", type=int, help="optimiser steps between checkpoints")
     parser.add_setting("--final-lr-fraction", type=float,
                        help="cosine decay target as a fraction of --lr (1 = constant after warm-up)")
     _add_model_options(parser)

@@ -122,3 +122,13 @@ def test_a_setting_in_an_either_or_group_keeps_its_conflict_and_its_default(caps
     assert exit_info.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
     assert parser.parse_args(["--out", "o", "--reward", "rule"]).top_k == 6
     assert parser.parse_args(["--out", "o", "--reward", "rule", "--no-top-k"]).no_top_k
+
+
+@pytest.mark.parametrize("name", sorted(_front_end_parsers()))
+def test_every_option_says_what_it_is(name):
+    """An option's help is more than its default ('--warmup  default: 200' left its unit unsaid)."""
+    parser = _front_end_parsers()[name]()
+    for action in parser._actions:
+        if action.option_strings:
+            said = (action.help or "").split("(default")[0].removeprefix("default:").strip()
+            assert said, (name, action.option_strings)
