@@ -98,7 +98,8 @@ def _add_generation_args(e: argparse.ArgumentParser) -> dict:
                         "larger N in the same --out adds prompts and keeps the images made")
     g.add_argument("--prompt-seed", type=int, default=0, help="seed of the generated prompt sets (default 0)")
     g.add_argument("--seeds", default="0,1,2,3",
-                   help="image seeds, one image per prompt and seed, e.g. 0,1,2,3 or 0-3 (default: 0-3, GenEval's 4 seeds)")
+                   help="image seeds, one image per prompt and seed, e.g. 0,1,2,3 or 0-3 "
+                        "(default: 0-3, GenEval's 4 seeds)")
     g.add_argument("--mode", choices=("base", "steered", "both"), default="both",
                    help="unsteered, steered, or both from the same seeds (default)")
     g.add_argument("--batch-size", type=int, default=4, metavar="N",
