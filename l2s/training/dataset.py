@@ -9,26 +9,19 @@ order, so an interrupted and resumed job writes the same bytes as an uninterrupt
 """
 from __future__ import annotations
 
-import logging
-import os
-import random
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
-from PIL import Image, UnidentifiedImageError
-from torch import Tensor
 from tqdm.auto import tqdm
 
-from l2s.errors import L2SError, TokenizationError
 from l2s.distributed import output_lock, world
+from l2s.errors import L2SError
 from l2s.files import read_jsonl_lines
 from l2s.pipelines.families import denoiser, pipeline_family, pixels_per_token
-from l2s.relations import PUBLISHED_CLASSES, canonical_class
-from .layers import first_layers_capture
-from .inversion import dual_invert
+from l2s.relations import PUBLISHED_CLASSES
+from .chunks import check_resumed_chunks, chunks_to_retry
 from .inversion_utils import (
     DEFAULT_STEPS,
     DEFAULT_STORE_STEPS,
@@ -36,35 +29,17 @@ from .inversion_utils import (
     default_image_size,
     map_grid,
 )
+from .layers import first_layers_capture
 from .options import check_make_data_options
-from .sources import RelationSample, digest, sample_seed, split_of
-from .store import MAP_DTYPES, REDO, SKIPPED_FILE, committed_rows, dataset_meta, read_progress, shard_name
-from .writer import DatasetWriter, write_shard
+from .samples import Job, invert_chunk
+from .sources import RelationSample
+from .store import REDO, SKIPPED_FILE, committed_rows, dataset_meta, read_progress
+from .writer import DatasetWriter
 
-log = logging.getLogger(__name__)
 
 # The largest map grid make_dataset accepts: 8x the published FLUX-dev grid (32); a larger image
 # does not fit in memory while its attention is recorded.
 MAX_MAP_GRID = 256
-
-
-class _Skip(Exception):
-    """A sample that produces no records; the message is the reason logged in skipped.jsonl.
-    ``file_state``: for an image file at fault, its state before it was read (a rerun tries the
-    sample again once that has changed); None otherwise."""
-
-    def __init__(self, reason: str, file_state: list[int] | None | bool = False) -> None:
-        super().__init__(reason)
-        self.file_state = file_state   # False: not about a file
-
-
-def _file_state(path) -> list[int] | None:
-    """(size, mtime) of a file, None when there is none: what tells a fixed image file."""
-    try:
-        st = os.stat(path)
-    except (OSError, ValueError, TypeError):
-        return None
-    return [st.st_size, st.st_mtime_ns]
 
 
 @dataclass
@@ -96,21 +71,6 @@ class DatasetSummary:
             return None
         return (f"l2s: warning: the {' and '.join(empty)} split{'s are' if len(empty) > 1 else ' is'} empty: "
                 f"training needs both; {more}")
-
-
-def _load_image(sample: RelationSample) -> Image.Image:
-    if isinstance(sample.image, Image.Image):
-        return sample.image
-    # Read before the open: a file still being copied in is retried once it is whole.
-    state = _file_state(sample.image) if isinstance(sample.image, (str, os.PathLike)) else False
-    try:
-        with Image.open(sample.image) as image:
-            image.load()
-            return image.convert("RGB")
-    except FileNotFoundError:
-        raise _Skip(f"image not found: {sample.image}", state) from None
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise _Skip(f"unreadable image {sample.image}: {type(error).__name__}: {error}", state) from None
 
 
 def make_dataset(
@@ -219,12 +179,12 @@ def _write_dataset(items: list[RelationSample], pipe, out_dir: Path, restart: bo
         chunks = [items[i:i + shard_size] for i in range(0, len(items), shard_size)]
 
         def open_and_check() -> dict[int, dict]:
-            grown = _check_resumed_chunks(open_writer(), chunks, out_dir)
-            writer[0].redo(sorted({*grown, *_chunks_to_retry(out_dir, chunks, writer[0].committed)}))
+            grown = check_resumed_chunks(open_writer(), chunks, out_dir)
+            writer[0].redo(sorted({*grown, *chunks_to_retry(out_dir, chunks, writer[0].committed)}))
             return writer[0].committed
 
         committed = world().on_main(open_and_check)
-        job = _Job(pipe, class_names, s["seed"], s["dual"], s["val_fraction"], s["min_psnr"], s["dtype"],
+        job = Job(pipe, class_names, s["seed"], s["dual"], s["val_fraction"], s["min_psnr"], s["dtype"],
                    dict(steps=steps, store_steps=store, size=s["size"], gamma=s["gamma"], eta=s["eta"],
                         num_iter=s["num_iter"], map_size=s["map_size"],
                         max_sequence_length=s["max_sequence_length"], capture=capture), out_dir, shard_size, on_sample)
@@ -233,7 +193,7 @@ def _write_dataset(items: list[RelationSample], pipe, out_dir: Path, restart: bo
         capture.remove()
 
 
-def _write_chunks(writer: DatasetWriter | None, job: _Job, chunks: list[list[RelationSample]],
+def _write_chunks(writer: DatasetWriter | None, job: Job, chunks: list[list[RelationSample]],
                   committed: dict[int, dict], progress: bool) -> int:
     """The chunks not yet committed, one per rank per round; rank 0 (``writer``) commits each round.
     Returns the samples of the chunks committed before."""
@@ -245,7 +205,7 @@ def _write_chunks(writer: DatasetWriter | None, job: _Job, chunks: list[list[Rel
         for start in range(0, len(pending), group.size):
             turn = pending[start:start + group.size]
             chunk = turn[group.rank] if group.rank < len(turn) else None
-            made = None if chunk is None else _invert_chunk(job, chunk, chunks[chunk], bar)
+            made = None if chunk is None else invert_chunk(job, chunk, chunks[chunk], bar)
             for share in group.gather(made):
                 if share is not None and writer is not None:
                     writer.record(*share)
@@ -264,121 +224,6 @@ def _unique_samples(samples: Iterable[RelationSample], limit: int | None) -> lis
             raise L2SError(f"sample {number} is a {type(s).__name__}, not an l2s.training.RelationSample")
         unique.setdefault(s.key, s)
     return list(unique.values())[: limit if limit is not None else None]
-
-
-@dataclass
-class _Job:
-    """What every sample of a :func:`make_dataset` call shares."""
-
-    pipe: Any
-    class_names: tuple[str, ...]
-    seed: int
-    dual: bool
-    val_fraction: float
-    min_psnr: float | None
-    dtype: str
-    inversion: dict[str, Any]  # keyword arguments of dual_invert
-    out_dir: Path
-    shard_size: int
-    on_sample: Callable[[int], None] | None = None
-
-
-def _items_hash(members: Sequence[RelationSample]) -> str:
-    return digest("\n".join(s.key for s in members))[:16]
-
-
-def _check_resumed_chunks(committed: dict[int, dict], chunks: list[list[RelationSample]], out_dir: Path) -> list[int]:
-    """A resumed run must pass the samples of the run that wrote ``out_dir``, in the same order,
-    and may add more after them: returns the chunks that grew (the earlier run's last, partial
-    one), to make again with their new samples."""
-    if committed and max(committed) >= len(chunks):
-        raise L2SError(f"the run that wrote {out_dir} had more samples than this one ({max(committed) + 1} chunks "
-                       f"against {len(chunks)}); pass them all to resume, or start over with --restart")
-    grown = []
-    for chunk, members in enumerate(chunks):
-        info = committed.get(chunk)
-        if info is None or info.get("items") == _items_hash(members):
-            continue
-        earlier = (info.get("items") == _items_hash(members[:n]) for n in range(1, len(members)))
-        if chunk == max(committed) and any(earlier):
-            grown.append(chunk)
-            continue
-        raise L2SError(f"the samples of chunk {chunk} differ from those of the run that wrote {out_dir} (other inputs "
-                       "or seed?); pass the same samples in the same order, more may follow them, to resume, or "
-                       "start over with --restart")
-    return grown
-
-
-def _chunks_to_retry(out_dir: Path, chunks: list[list[RelationSample]], committed: dict[int, dict]) -> list[int]:
-    """Committed chunks with a sample skipped for its image file, where that file has appeared or
-    changed since: a rerun after the images were fixed makes their records instead of keeping
-    the skip."""
-    files = {s.key: s.image for members in chunks for s in members if isinstance(s.image, (str, os.PathLike))}
-    retry = {r["chunk"] for _, r in read_jsonl_lines(out_dir / SKIPPED_FILE, fix=REDO)
-             if "file_state" in r and r.get("chunk") in committed and r["key"] in files
-             and _file_state(files[r["key"]]) not in (None, r["file_state"])}
-    if retry:
-        log.warning("retrying %d chunk(s) with samples whose image files were missing or unreadable",
-                    len(retry))
-    return sorted(retry)
-
-
-def _invert_chunk(job: _Job, chunk: int, members: list[RelationSample], bar) -> tuple:
-    """Invert the samples of one chunk and write its shard; what its commit needs:
-    ``(chunk, shard info, records, skipped)`` (why each skipped sample was skipped)."""
-    records, tensors, skipped = [], {}, []
-    for offset, sample in enumerate(members):
-        try:
-            for record, maps in _sample_records(sample, job):
-                record.update(chunk=chunk, shard=shard_name(chunk))
-                records.append(record)
-                tensors[record["key"]] = maps.to(MAP_DTYPES[job.dtype]).contiguous()
-        except _Skip as reason:
-            skipped.append({"key": sample.key, "image_id": sample.image_id, "source": sample.source,
-                            "reason": str(reason), "chunk": chunk,
-                            **({} if reason.file_state is False else {"file_state": reason.file_state})})
-            log.warning("skipped %s: %s", sample.key, reason)
-        bar.update()
-        if job.on_sample is not None:
-            job.on_sample(chunk * job.shard_size + offset)
-    return chunk, write_shard(job.out_dir, chunk, _items_hash(members), tensors), records, skipped
-
-
-def _sample_records(sample: RelationSample, job: _Job) -> list[tuple[dict, Tensor]]:
-    """(manifest record, maps (2, C, m, m)) per prompt and stored step of one sample."""
-    class_names = job.class_names
-    try:
-        relation = canonical_class(sample.relation)
-        label = next(n for n in class_names if canonical_class(n) == relation)
-    except (L2SError, StopIteration):
-        raise _Skip(f"relation {sample.relation!r} is not one of the classes {', '.join(class_names)}") from None
-    image = _load_image(sample)
-    per_sample_seed = sample_seed(job.seed, sample)
-    try:
-        duals = dual_invert(job.pipe, image, sample.subject, relation, sample.object, seed=per_sample_seed,
-                            class_names=class_names, dual=job.dual, rng=random.Random(per_sample_seed),
-                            **job.inversion)
-    except TokenizationError as error:
-        raise _Skip(f"tokenization: {error}") from None
-    if job.min_psnr is not None:
-        worst = min(d.result.psnr for d in duals)
-        if worst < job.min_psnr:
-            raise _Skip(f"reconstruction PSNR {worst:.2f} dB below {job.min_psnr}")
-    split = split_of(sample.image_id, job.seed, job.val_fraction)
-    item = digest(sample.key)[:16]
-    out = []
-    for d in duals:
-        for step, maps in sorted(d.result.maps.items()):
-            sample_id = f"{item}-{d.prompt.prompt_type}-s{step}"
-            out.append(({
-                "sample_id": sample_id, "key": sample_id, "prompt": d.prompt.prompt,
-                "prompt_type": d.prompt.prompt_type, "relation_word": d.prompt.relation_word,
-                "label": label, "label_index": list(class_names).index(label), "timestep": int(step),
-                "subject": d.prompt.subject, "object": d.prompt.object, "image_id": sample.image_id,
-                "source": sample.source, "sample_key": sample.key, "split": split,
-                "psnr": round(float(d.result.psnr), 4),
-            }, maps[0]))
-    return out
 
 
 def dataset_summary(out_dir: str | Path) -> DatasetSummary:
