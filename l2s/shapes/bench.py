@@ -15,9 +15,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from PIL import Image
-
 from l2s.distributed import output_lock, world
 from l2s.errors import UsageError
 from l2s.values import positive_int
@@ -29,7 +26,7 @@ from .prompts import ood_position_prompts, shapes_multi_relation_prompts, shapes
 from .recipes import (BENCH_BATCH_SIZE, BENCH_SEEDS, SHAPES_STEP_SIZE, classifier_folder, lora_folder,
                       named_schedule, reward_model_path, shipped_assets, steer_shapes_pipeline,
                       weights_fingerprints)
-from .verdicts import all_objects_found, colour_only, judge
+from .verdicts import mode_scores
 
 BENCH_PROMPT_SEED = 0
 BOTH_MODES = ("base", "steered")
@@ -257,7 +254,7 @@ def _run_part(run: _BenchRun, part: BenchPart, out: Path, progress: bool) -> dic
     report = run_eval(steerer, part.specs, run.detector, out / part.key, seeds=part.seeds, modes=part.modes,
                       schedule=schedule, settings=settings, detector_name="shapes",
                       contact_sheets=part.key == "position", progress=progress, batch_size=run.batch_size)
-    modes = {mode: _mode_scores(mode_report.records, part.specs, run.detector)
+    modes = {mode: mode_scores(mode_report.records, part.specs, run.detector)
              for mode, mode_report in report.modes.items()}
     if run.scorer is not None:
         for mode, mode_report in report.modes.items():
@@ -290,7 +287,7 @@ def _copy_position_modes(run: _BenchRun, part: BenchPart, modes: dict) -> list[s
     copied = {"base": "base", "reference_dual": "steered"}
     copied = {name: mode for name, mode in copied.items() if mode in run.position_records}
     for name, mode in copied.items():
-        modes[name] = _mode_scores(subset(run.position_records[mode]), part.specs, run.detector)
+        modes[name] = mode_scores(subset(run.position_records[mode]), part.specs, run.detector)
     return list(copied)
 
 
@@ -307,45 +304,3 @@ def classifier_comparison(classifiers: dict[str, str | Path], classifier_data: s
             "by_prompt_type": {kind: c.to_dict() for kind, c in by_type.items()},
             "leakage": {name: {step: c.to_dict() for step, c in leakage_from_hits(h, classifier_data).items()}
                         for name, h in hits.items()}}
-
-
-def _mode_scores(records: Sequence, specs: Sequence, detector) -> dict:
-    """Strict (colour + shape) and colour-only accuracy of one mode's images, with timings."""
-    from l2s.evaluation import summarise
-
-    s = summarise([r.result for r in records], "geneval")
-    seconds = [r.meta.get("generate_s") for r in records if r.meta.get("generate_s") is not None]
-    cpu = [r.meta["generate_cpu_s"] for r in records if r.meta.get("generate_cpu_s") is not None]
-    return {"accuracy": s.accuracy, "n_images": s.n_images, "n_correct": s.n_correct,
-            "correct_by_image": {image_key(r): bool(r.result.correct) for r in records},
-            "per_relation": {r: list(v) for r, v in s.per_relation.items()},
-            "generate_s_per_image": float(np.mean(seconds)) if seconds else 0.0,
-            "generate_cpu_s_per_image": float(np.mean(cpu)) if cpu else None,
-            **_colour_scores(records, specs, detector)}
-
-
-def image_key(record) -> str:
-    """Identifies an image across modes and parts: its prompt and seed."""
-    return f"{int(record.meta['prompt_index'])}/{int(record.meta['seed'])}"
-
-
-def _colour_scores(records: Sequence, specs: Sequence, detector) -> dict:
-    """Colour-only accuracy (:func:`colour_only`) of a mode's saved images, overall and per relation."""
-    per_relation, by_image, found_by_image = {}, {}, {}
-    for record in records:
-        key = image_key(record)
-        strict_spec = specs[int(record.meta["prompt_index"])]
-        spec = colour_only(strict_spec)
-        with Image.open(record.image_path) as image:
-            image = image.convert("RGB")
-            result = judge(detector, image, spec)
-            found_by_image[key] = all_objects_found(detector, image, strict_spec)
-        by_image[key] = bool(result.correct)
-        for check, check_result in zip(spec.checks, result.checks):
-            pair = per_relation.setdefault(check.relation, [0, 0])
-            pair[0] += int(check_result.holds)
-            pair[1] += 1
-    correct, found = sum(by_image.values()), sum(found_by_image.values())
-    return {"colour_accuracy": correct / len(records) if records else 0.0, "colour_n_correct": correct,
-            "colour_correct_by_image": by_image, "colour_per_relation": per_relation,
-            "objects_found": found / len(records) if records else 0.0, "objects_found_by_image": found_by_image}

@@ -2,6 +2,11 @@
 every object was drawn at all."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+
 from l2s.evaluation import PromptSpec, RelationCheck, score_image
 
 VERDICTS = ("strict", "colour", "found")
@@ -62,3 +67,45 @@ def prompt_verdict(image, prompt: str) -> bool | None:
 def all_objects_found(detector, image, spec: PromptSpec) -> bool:
     """Whether every object of ``spec`` is detected (with its colour and shape, for the strict labels)."""
     return all(objects_found(detector, image, spec).values())
+
+
+def mode_scores(records: Sequence, specs: Sequence, detector) -> dict:
+    """Strict (colour + shape) and colour-only accuracy of one mode's images, with timings."""
+    from l2s.evaluation import summarise
+
+    s = summarise([r.result for r in records], "geneval")
+    seconds = [r.meta.get("generate_s") for r in records if r.meta.get("generate_s") is not None]
+    cpu = [r.meta["generate_cpu_s"] for r in records if r.meta.get("generate_cpu_s") is not None]
+    return {"accuracy": s.accuracy, "n_images": s.n_images, "n_correct": s.n_correct,
+            "correct_by_image": {image_key(r): bool(r.result.correct) for r in records},
+            "per_relation": {r: list(v) for r, v in s.per_relation.items()},
+            "generate_s_per_image": float(np.mean(seconds)) if seconds else 0.0,
+            "generate_cpu_s_per_image": float(np.mean(cpu)) if cpu else None,
+            **colour_scores(records, specs, detector)}
+
+
+def image_key(record) -> str:
+    """Identifies an image across modes and parts: its prompt and seed."""
+    return f"{int(record.meta['prompt_index'])}/{int(record.meta['seed'])}"
+
+
+def colour_scores(records: Sequence, specs: Sequence, detector) -> dict:
+    """Colour-only accuracy (:func:`colour_only`) of a mode's saved images, overall and per relation."""
+    per_relation, by_image, found_by_image = {}, {}, {}
+    for record in records:
+        key = image_key(record)
+        strict_spec = specs[int(record.meta["prompt_index"])]
+        spec = colour_only(strict_spec)
+        with Image.open(record.image_path) as image:
+            image = image.convert("RGB")
+            result = judge(detector, image, spec)
+            found_by_image[key] = all_objects_found(detector, image, strict_spec)
+        by_image[key] = bool(result.correct)
+        for check, check_result in zip(spec.checks, result.checks):
+            pair = per_relation.setdefault(check.relation, [0, 0])
+            pair[0] += int(check_result.holds)
+            pair[1] += 1
+    correct, found = sum(by_image.values()), sum(found_by_image.values())
+    return {"colour_accuracy": correct / len(records) if records else 0.0, "colour_n_correct": correct,
+            "colour_correct_by_image": by_image, "colour_per_relation": per_relation,
+            "objects_found": found / len(records) if records else 0.0, "objects_found_by_image": found_by_image}
