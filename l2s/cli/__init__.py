@@ -25,7 +25,7 @@ from l2s.quiet import drop_pure_noise
 from . import evaluate, generate, parse
 from .help import OneLineParser
 from .noise import library_bars_off, quiet_libraries
-from .outputs import error_line, log_to_stderr
+from .outputs import log_to_stderr, say, say_error
 
 EXIT_USAGE = 2
 EXAMPLES = """examples:
@@ -85,7 +85,7 @@ def _run_front_end(command: tuple[str, ...], argv: list[str]) -> int:
     try:
         entry = _front_end(command)
     except (ImportError, AttributeError) as error:
-        _say(f"l2s: error: '{name}' is not available in this installation ({error})")
+        say(f"l2s: error: '{name}' is not available in this installation ({error})")
         return EXIT_USAGE
     return _guarded(lambda: int(entry(argv) or 0))
 
@@ -141,29 +141,22 @@ def _say_interrupted(error: KeyboardInterrupt) -> None:
         print(("\n" if sys.stderr.isatty() else "") + said, file=sys.stderr)
 
 
-def _say(line: str) -> None:
-    """One stderr line; in a spread run once per machine unless a process met it alone."""
-    if said := line_to_say(line):
-        print(said, file=sys.stderr)
-
-
 def _guarded(work) -> int:
     """Run ``work()``; user errors, running out of memory and Ctrl-C become one stderr line."""
     try:
         return work()
     except L2SError as error:
-        _say(error_line(error))
-        return EXIT_USAGE
+        return say_error(error, EXIT_USAGE)
     except KeyboardInterrupt as error:
         return _interrupted_exit(error)
     except (MemoryError, RuntimeError) as error:
         if launched() and _peer_gone(error):   # another process failed; the launcher ends this one
-            _say(PEER_STOPPED)
+            say(PEER_STOPPED)
             return 1
         if not _out_of_memory(error):
             raise
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
-        _say(f"l2s: error: out of memory ({first[:200]}); use smaller sizes, batches or counts")
+        say(f"l2s: error: out of memory ({first[:200]}); use smaller sizes, batches or counts")
         return EXIT_USAGE
 
 
@@ -230,7 +223,7 @@ def _one_process_only(argv: list[str]) -> str | None:
 
 def _dispatch(argv: list[str]) -> int:
     if refusal := _one_process_only(argv):
-        _say(refusal)
+        say(refusal)
         return EXIT_USAGE
     if launched() and _spreads(argv):
         refused = _guarded(lambda: refuse_different_commands(argv))

@@ -29,6 +29,20 @@ def log_to_stderr() -> None:
     logging.basicConfig(level=logging.WARNING, format="l2s: %(message)s", handlers=[_AboveBars()])
 
 
+def say(line: str) -> None:
+    """One stderr line; in a spread run once per machine unless a process met it alone."""
+    from l2s.distributed import line_to_say
+
+    if said := line_to_say(line):
+        print(said, file=sys.stderr)
+
+
+def say_error(error: Exception, code: int = 2) -> int:
+    """:func:`error_line` of a user error, said as :func:`say` does; returns the exit code."""
+    say(error_line(error))
+    return code
+
+
 def error_line(error: Exception) -> str:
     """``l2s: error: ...`` for a user error, worded for the command line."""
     return "l2s: error: " + _PYTHON_HINT.sub("", str(error))

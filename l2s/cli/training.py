@@ -10,13 +10,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from l2s.errors import L2SError
-from l2s.distributed import line_to_say, output_lock, world
+from l2s.distributed import output_lock, world
 from l2s.relations import DIAGONAL, DIAGONAL_CLASSES, DIRECTIONAL, PUBLISHED_CLASSES
 
 from .help import command_parser
 from .options import (LONG_NAMES, add_device_arg, add_dtype_arg, add_threads_arg, flag_of, out_text, resolve_device,
                       torch_dtype, use_threads)
-from .outputs import error_line, log_to_stderr
+from .outputs import log_to_stderr, say_error
 
 # ``--model`` names of the random tiny pipelines (offline).
 _TINY_MODELS = ("tiny", "tiny-flux", "tiny-dev", "tiny-sd")
@@ -139,7 +139,7 @@ def make_data_main(argv: Sequence[str] | None = None) -> int:
             if summary.records == 0:
                 _refuse_empty_dataset(args, summary)   # inside the lock: a folder this run made goes too
     except L2SError as error:
-        return _say_error(error)
+        return say_error(error)
     if not world().is_main:
         return 0
     print(summary.line(), file=sys.stderr)
@@ -165,13 +165,6 @@ def _refuse_empty_dataset(args: argparse.Namespace, summary) -> None:
                 f"with the folder they are relative to (e.g. --images {folder}, the annotations' folder)")
     raise L2SError(f"no sample gave a record (every one was skipped: see the lines above), so {args.out} keeps no "
                    f"dataset{hint}")
-
-
-def _say_error(error: Exception) -> int:
-    """One error line (once per machine for an error every process of a spread run meets); exit code 2."""
-    if said := line_to_say(error_line(error)):
-        print(said, file=sys.stderr)
-    return 2
 
 
 def _labelled_samples(args: argparse.Namespace) -> list:
@@ -255,7 +248,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
                                   progress=not args.quiet, layers=args.layers,
                                   on_resume=lambda line: print(line, file=sys.stderr))
     except (L2SError, ValueError) as error:
-        return _say_error(error)
+        return say_error(error)
     if not world().is_main:
         return 0
     print(f"l2s: best epoch {result.best_epoch}: val loss {result.best_val_loss:.4f}, val accuracy "
