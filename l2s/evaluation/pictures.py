@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw, ImageFont
 from .specs import ImageResult
 
 _BOX_COLOURS = ((255, 140, 0), (0, 160, 255), (200, 0, 200), (120, 80, 0), (0, 120, 60))
-_LINE_COLOURS = ((220, 40, 40), (40, 80, 220), (40, 170, 60), (150, 50, 200), (230, 130, 0),
+LINE_COLOURS = ((220, 40, 40), (40, 80, 220), (40, 170, 60), (150, 50, 200), (230, 130, 0),
                  (0, 150, 160), (120, 70, 30), (200, 60, 150))
 
 
@@ -89,7 +89,7 @@ def probability_plot(records: Sequence, width: int = 480, height: int = 260) -> 
         for index in range(images):
             points = [(x, bottom - float(r.target_probability[index]) * (bottom - top))
                       for x, r in zip(xs, records) if r.relation == relation]
-            _curve(draw, points, _LINE_COLOURS[index % len(_LINE_COLOURS)], relation)
+            _curve(draw, points, LINE_COLOURS[index % len(LINE_COLOURS)], relation)
     _legend(draw, images, len({r.relation for r in records}), right, bottom)
     return image
 
@@ -133,7 +133,7 @@ def _marker(draw: ImageDraw.ImageDraw, x: float, y: float, colour, relation: int
 
 def _legend(draw: ImageDraw.ImageDraw, images: int, relations: int, right: float, bottom: float) -> None:
     """Bottom right, where curves that rise rarely are."""
-    entries = [(f"image {k + 1}", _LINE_COLOURS[k % len(_LINE_COLOURS)], 0) for k in range(min(images, 8))]
+    entries = [(f"image {k + 1}", LINE_COLOURS[k % len(LINE_COLOURS)], 0) for k in range(min(images, 8))]
     if relations > 1:
         entries += [(f"relation {k + 1}", (90, 90, 90), k) for k in range(relations)]
     for row, (label, colour, relation) in enumerate(entries):

@@ -19,7 +19,7 @@ from l2s.run_folders import STATE_FILE, atomic_dir
 from l2s.run_folders import prepare_out_dir as _prepare_out_dir
 
 from .store import META_FILE
-from .tracking import clear_tensorboard
+from .tracking import clear_curves
 
 
 def save_checkpoint(directory: Path, model: RelationClassifier, training: dict, state: dict | None = None) -> None:
@@ -49,8 +49,8 @@ def resume_state(optimizer, scheduler, shuffle: torch.Generator, counters: dict,
 
 
 def prepare_out_dir(out_dir: Path, settings: dict, resume: bool, finished=None) -> dict | None:
-    """:func:`l2s.run_folders.prepare_out_dir`; starting over also removes the TensorBoard curves."""
-    return _prepare_out_dir(out_dir, settings, resume, finished, on_restart=clear_tensorboard)
+    """:func:`l2s.run_folders.prepare_out_dir`; starting over also removes the curves (picture, TensorBoard)."""
+    return _prepare_out_dir(out_dir, settings, resume, finished, on_restart=clear_curves)
 
 
 def trained_on(weights: str | Path) -> str | None:

@@ -1,15 +1,35 @@
-"""Training curves in TensorBoard, through accelerate's trackers, when tensorboard is installed.
+"""Training curves: ``curves.png`` in the run folder always, and TensorBoard through accelerate's
+trackers when tensorboard is installed.
 
 Every epoch's row of ``log.jsonl`` also goes to ``OUT/tensorboard/<run>/`` (its numbers as scalars,
 at the epoch as step): ``tensorboard --logdir OUT/tensorboard``. Without the ``tensorboard``
-package (``pip install "l2s[tensorboard]"``) nothing is written and the JSONL log is the record.
+package (``pip install "l2s[tensorboard]"``) nothing is written there; ``curves.png`` is redrawn
+from the log after every epoch either way.
 """
 from __future__ import annotations
 
+import io
+from collections.abc import Sequence
 from pathlib import Path
+
+from l2s.files import atomic_write_bytes
 
 TENSORBOARD_DIR = "tensorboard"
 RUN_NAME = "classifier"
+CURVES_FILE = "curves.png"
+CLASSIFIER_PANELS = (("loss", ("train_loss", "val_loss")), ("accuracy", ("train_accuracy", "val_accuracy")),
+                     ("learning rate", ("lr",)))
+
+
+def save_curves(out_dir: str | Path, rows: Sequence[dict], panels: Sequence, title: str) -> Path:
+    """Draw ``rows`` (a run's log, one row per epoch) into ``OUT/curves.png``, replacing it whole."""
+    from l2s.evaluation.curves import curves_picture
+
+    buffer = io.BytesIO()
+    curves_picture(rows, panels, title).save(buffer, format="PNG")
+    path = Path(out_dir) / CURVES_FILE
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
 
 _trackers: dict[Path, object] = {}   # one writer per output folder for the life of the process
 
@@ -58,9 +78,11 @@ def close_tracker(out_dir: str | Path) -> None:
         tracker.finish()
 
 
-def clear_tensorboard(out_dir: str | Path) -> None:
-    """Remove ``out_dir``'s TensorBoard logs (a run started over), closing its writer first."""
+def clear_curves(out_dir: str | Path) -> None:
+    """Remove ``out_dir``'s curves (a run started over): ``curves.png`` and the TensorBoard logs,
+    closing their writer first."""
     import shutil
 
     close_tracker(out_dir)
     shutil.rmtree(Path(out_dir).resolve() / TENSORBOARD_DIR, ignore_errors=True)
+    (Path(out_dir) / CURVES_FILE).unlink(missing_ok=True)

@@ -60,7 +60,7 @@ from .parallel import (
 )
 from .reader import AttentionMapDataset
 from .store import load_dataset_meta, verify_dataset
-from .tracking import close_tracker, log_epoch
+from .tracking import CLASSIFIER_PANELS, close_tracker, log_epoch, save_curves
 
 log = logging.getLogger(__name__)
 
@@ -281,6 +281,7 @@ def _train(dataset_dir: Path, out_dir: Path, config: ClassifierConfig, train_set
                 rank_rngs = group.gather(rng_states(devices)) if group.spread else None
                 if group.is_main:
                     _save_epoch(run, row, training, rank_rngs, out_dir, settings, devices)
+                    save_curves(out_dir, history, CLASSIFIER_PANELS, f"relation classifier: {out_dir}")
                 bar.set_postfix(train_acc=f"{row['train_accuracy']:.3f}", val_acc=f"{row['val_accuracy']:.3f}",
                                 val_loss=f"{row['val_loss']:.4f}")
                 bar.update()

@@ -73,3 +73,21 @@ def test_a_finished_run_closes_its_writer(tmp_path, monkeypatch):
     [writer] = _FakeTracker.made
     assert writer.steps == [1, 2] and writer.finished
     assert not tracking._trackers
+
+
+def test_training_draws_its_curves_every_epoch_and_a_restart_removes_them(tmp_path, monkeypatch):
+    from PIL import Image
+
+    drawn = []
+    real = tracking.save_curves
+    monkeypatch.setattr("l2s.training.train.save_curves", lambda out, rows, *a: drawn.append(len(rows)) or
+                        real(out, rows, *a))
+    g = torch.Generator().manual_seed(0)
+    dataset = _write(tmp_path / "data", [_synthetic(64, g, "train"), _synthetic(32, g, "val")])
+    train_classifier(dataset, tmp_path / "run", _config(), epochs=2, batch_size=32, progress=False)
+    train_classifier(dataset, tmp_path / "run", _config(), epochs=3, batch_size=32, progress=False)   # resumed
+    assert drawn == [1, 2, 3]     # every epoch, a resumed run's with the earlier epochs
+    with Image.open(tmp_path / "run" / tracking.CURVES_FILE) as picture:
+        assert picture.width == 3 * 360      # a panel each: loss, accuracy, learning rate
+    tracking.clear_curves(tmp_path / "run")
+    assert not (tmp_path / "run" / tracking.CURVES_FILE).exists()
