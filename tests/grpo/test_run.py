@@ -197,3 +197,14 @@ def test_the_shapes_run_trains_and_judges_the_prompts_it_is_given(tmp_path):
     settings = tiny_settings()
     assert seen == dev * len(settings.eval_seeds) + train * settings.group_size + dev * len(settings.eval_seeds)
     assert run.records[0]["eval_images"] == len(settings.eval_seeds)
+
+
+@pytest.mark.parametrize("reward, message", [
+    (lambda images, prompts: torch.zeros(len(images) - 1), r"returned 11 values for 12 images: it must return one"),
+    (lambda images, prompts: torch.full((len(images),), float("nan")), r"returned 12 non-finite value\(s\)"),
+])
+def test_a_reward_that_does_not_give_one_finite_value_per_image_is_refused(tmp_path, reward, message):
+    # a NaN reward once trained the adapter into NaNs and saved them; a short one failed in a reshape
+    trainer = GRPOTrainer(make_tiny_pipe(), reward, tiny_settings(prompts_per_epoch=1), OneProcess())
+    with pytest.raises(L2SError, match=message):
+        run_epoch(trainer, PROMPTS, epoch=1, progress=False)
