@@ -46,6 +46,7 @@ class GRPOTrainer:
     def __init__(self, pipe, reward, settings: GRPOSettings, accelerator) -> None:
         self.pipe, self.reward, self.settings, self.acc = pipe, reward, settings, accelerator
         self.reward_name: str | None = None  # what ``reward`` is, for the run's record (set by the run)
+        self.base_model: str | None = None   # what ``pipe`` is, likewise
         for name in ("transformer", "text_encoder", "text_encoder_2", "vae"):
             module = getattr(pipe, name, None)
             if module is not None:

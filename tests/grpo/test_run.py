@@ -208,3 +208,15 @@ def test_a_reward_that_does_not_give_one_finite_value_per_image_is_refused(tmp_p
     trainer = GRPOTrainer(make_tiny_pipe(), reward, tiny_settings(prompts_per_epoch=1), OneProcess())
     with pytest.raises(L2SError, match=message):
         run_epoch(trainer, PROMPTS, epoch=1, progress=False)
+
+
+def test_a_run_resumed_on_another_base_model_is_refused(tmp_path):
+    # the adapter and its log would have trained on two models, and the bench would cost the wrong run
+    settings = tiny_settings(epochs=1)
+    _run(tmp_path, settings, base_model="weights aaaa")
+    assert json.loads((tmp_path / "grpo.json").read_text())["base_model"] == "weights aaaa"
+    with pytest.raises(L2SError, match=r"another base model \(weights aaaa; this run's is weights bbbb\)"):
+        _run(tmp_path, replace(settings, epochs=2), base_model="weights bbbb")
+    assert _run(tmp_path, replace(settings, epochs=2), base_model="weights aaaa").epochs_done == 2
+    assert _run(tmp_path, replace(settings, epochs=3)).epochs_done == 3     # a call that names none: unchecked
+
