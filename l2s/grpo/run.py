@@ -72,7 +72,8 @@ def run_epoch(trainer: GRPOTrainer, pool: list[str], epoch: int, progress: bool)
     seeds = seeds_for(s.seed, epoch, acc.process_index, count=len(prompts) * s.group_size)
     started, cpu_started = time.perf_counter(), time.process_time()
     chunks = -(-len(seeds) // s.chunk)
-    with tqdm(total=chunks * s.steps, desc=f"epoch {epoch} sampling", leave=False, disable=not progress) as bar:
+    with tqdm(total=chunks * s.steps, desc=f"epoch {epoch} sampling", unit="step", leave=False,
+              disable=not progress) as bar:
         rollout, cond = trainer.rollout(prompts, seeds, s.noise_level, bar)
     rewards = trainer.score(trainer.reward, rollout, prompts).reshape(len(prompts), s.group_size)
     advantages, keep = trainer.advantages(rewards)
@@ -104,8 +105,9 @@ def evaluate(trainer: GRPOTrainer, prompts: list[str], evaluators: dict, reward,
 
     started, s = time.perf_counter(), trainer.settings
     seeds = [seed for _ in prompts for seed in s.eval_seeds]
-    total = -(-len(seeds) // s.chunk) * s.steps
-    with trainer.ema.applied(), tqdm(total=total, desc=f"{label} images", leave=False, disable=not progress) as bar:
+    total = -(-len(seeds) // s.chunk) * s.steps   # the bar counts sampler steps of chunks, not images
+    desc = f"{label}: sampling {len(seeds)} image{'s' * (len(seeds) != 1)}"
+    with trainer.ema.applied(), tqdm(total=total, desc=desc, unit="step", leave=False, disable=not progress) as bar:
         rollout, _ = trainer.rollout(prompts, seeds, 0.0, bar)
     result = {f"eval_{name}": float(trainer.score(fn, rollout, prompts).mean()) for name, fn in evaluators.items()}
     result["eval_reward"] = float(trainer.score(reward, rollout, prompts).mean())

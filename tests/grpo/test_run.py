@@ -220,3 +220,15 @@ def test_a_run_resumed_on_another_base_model_is_refused(tmp_path):
     assert _run(tmp_path, replace(settings, epochs=2), base_model="weights aaaa").epochs_done == 2
     assert _run(tmp_path, replace(settings, epochs=3)).epochs_done == 3     # a call that names none: unchecked
 
+
+
+def test_the_dev_bar_names_its_image_count_and_counts_steps(capsys):
+    # it read "dev images: 36/36" for 64 images: its total is sampler steps of chunks
+    from l2s.grpo import evaluate
+
+    trainer = GRPOTrainer(make_tiny_pipe(), redness, tiny_settings(eval_seeds=(0, 1)), OneProcess())
+    evaluate(trainer, PROMPTS[:3], {"red": redness}, redness, progress=True, label="dev (epoch 1)")
+    err = capsys.readouterr().err
+    # 6 images in one chunk of 8: 4 steps
+    assert "dev (epoch 1): sampling 6 images" in err and "/4 [" in err and "step/s" in err
+    assert "dev (epoch 1) images" not in err
