@@ -16,6 +16,7 @@ import importlib
 import signal
 import sys
 import threading
+from collections.abc import Sequence
 
 from l2s import __version__
 from l2s.distributed import first_on_machine, launched, line_to_say, refuse_different_commands
@@ -41,6 +42,7 @@ INTERRUPTED = "l2s: interrupted; rerun the same command to resume"
 # A process killed (SIGKILL, the kernel's out-of-memory killer) says nothing: the launcher's summary names it.
 PEER_STOPPED = ("l2s: error: another process of this run stopped (its own line is above if it said one; "
                 "the launcher's summary names it)")
+RESTART_FLAGS = ("--restart", "--no-resume")   # a start-over (shapes grpo takes both spellings)
 
 # Commands that share their work over the processes of torchrun / accelerate launch.
 SPREAD_COMMANDS = (("eval",), ("make-data",), ("train",), ("shapes", "make-data"), ("shapes", "train-classifier"),
@@ -87,7 +89,7 @@ def _run_front_end(command: tuple[str, ...], argv: list[str]) -> int:
     except (ImportError, AttributeError) as error:
         say(f"l2s: error: '{name}' is not available in this installation ({error})")
         return EXIT_USAGE
-    return _guarded(lambda: int(entry(argv) or 0))
+    return _guarded(lambda: int(entry(argv) or 0), argv)
 
 
 def _out_of_memory(error: BaseException) -> bool:
@@ -128,27 +130,33 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-def _interrupted_exit(error: KeyboardInterrupt) -> int:
-    _say_interrupted(error)
+def _interrupted_exit(error: KeyboardInterrupt, argv: Sequence[str] = ()) -> int:
+    _say_interrupted(error, argv)
     return EXIT_TERMINATED if getattr(error, "signum", None) == signal.SIGTERM else EXIT_INTERRUPTED
 
 
-def _say_interrupted(error: KeyboardInterrupt) -> None:
+def _say_interrupted(error: KeyboardInterrupt, argv: Sequence[str] = ()) -> None:
     # On a terminal the line starts after the progress bar that ^C cut short. A command with
     # nothing to resume names what to do instead (``l2s_message``). A launcher passes Ctrl-C to
     # every process: once per machine, but a process interrupted alone (kill -INT) still says it.
-    if said := line_to_say(getattr(error, "l2s_message", None) or INTERRUPTED):
+    line = getattr(error, "l2s_message", None) or INTERRUPTED
+    # rerun as typed, a start-over would remove what it has saved since: the resume leaves the flag out
+    restart = next((flag for flag in RESTART_FLAGS if flag in argv), None)
+    if restart:
+        line = line.replace("rerun the same command", f"rerun the same command without {restart}")
+    if said := line_to_say(line):
         print(("\n" if sys.stderr.isatty() else "") + said, file=sys.stderr)
 
 
-def _guarded(work) -> int:
-    """Run ``work()``; user errors, running out of memory and Ctrl-C become one stderr line."""
+def _guarded(work, argv: Sequence[str] = ()) -> int:
+    """Run ``work()``; user errors, running out of memory and Ctrl-C become one stderr line
+    (``argv``: the command line, which the line after Ctrl-C reads)."""
     try:
         return work()
     except L2SError as error:
         return say_error(error, EXIT_USAGE)
     except KeyboardInterrupt as error:
-        return _interrupted_exit(error)
+        return _interrupted_exit(error, argv)
     except (MemoryError, RuntimeError) as error:
         if launched() and _peer_gone(error):   # another process failed; the launcher ends this one
             say(PEER_STOPPED)
@@ -196,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
                 library_bars_off(not first_on_machine()):
             return _dispatch(argv)
     except KeyboardInterrupt as error:  # while the libraries import
-        return _interrupted_exit(error)
+        return _interrupted_exit(error, argv)
 
 
 def _spreads(argv: list[str]) -> bool:
@@ -238,7 +246,7 @@ def _dispatch(argv: list[str]) -> int:
         command = " ".join(["l2s", args.command, *([args.shapes_command] if args.command == "shapes" else [])])
         said = line_to_say(f"l2s: error: unrecognized arguments: {' '.join(extras)} (see '{command} --help')")
         parser.exit(EXIT_USAGE, f"{said}\n" if said else None)
-    return _guarded(lambda: args.func(args))
+    return _guarded(lambda: args.func(args), argv)
 
 
 __all__ = ["EXIT_INTERRUPTED", "EXIT_TERMINATED", "EXIT_USAGE", "FRONT_ENDS", "build_parser", "main"]

@@ -72,7 +72,8 @@ def run_epoch(trainer: GRPOTrainer, pool: list[str], epoch: int, progress: bool)
     seeds = seeds_for(s.seed, epoch, acc.process_index, count=len(prompts) * s.group_size)
     started, cpu_started = time.perf_counter(), time.process_time()
     chunks = -(-len(seeds) // s.chunk)
-    with tqdm(total=chunks * s.steps, desc=f"epoch {epoch} sampling", leave=False, disable=not progress) as bar:
+    with tqdm(total=chunks * s.steps, desc=f"epoch {epoch} sampling", unit="step", leave=False,
+              disable=not progress) as bar:
         rollout, cond = trainer.rollout(prompts, seeds, s.noise_level, bar)
     rewards = trainer.score(trainer.reward, rollout, prompts).reshape(len(prompts), s.group_size)
     advantages, keep = trainer.advantages(rewards)
@@ -104,8 +105,9 @@ def evaluate(trainer: GRPOTrainer, prompts: list[str], evaluators: dict, reward,
 
     started, s = time.perf_counter(), trainer.settings
     seeds = [seed for _ in prompts for seed in s.eval_seeds]
-    total = -(-len(seeds) // s.chunk) * s.steps
-    with trainer.ema.applied(), tqdm(total=total, desc=f"{label} images", leave=False, disable=not progress) as bar:
+    total = -(-len(seeds) // s.chunk) * s.steps   # the bar counts sampler steps of chunks, not images
+    desc = f"{label}: sampling {len(seeds)} image{'s' * (len(seeds) != 1)}"
+    with trainer.ema.applied(), tqdm(total=total, desc=desc, unit="step", leave=False, disable=not progress) as bar:
         rollout, _ = trainer.rollout(prompts, seeds, 0.0, bar)
     result = {f"eval_{name}": float(trainer.score(fn, rollout, prompts).mean()) for name, fn in evaluators.items()}
     result["eval_reward"] = float(trainer.score(reward, rollout, prompts).mean())
@@ -116,7 +118,7 @@ def train_grpo(pipe, reward, settings: GRPOSettings, out: str | Path, train_prom
                eval_prompts: list[str] | None = None, evaluators: dict | None = None, resume: bool = True,
                progress: bool = True, command: str | None = None, accelerator=None,
                stop_after: int | None = None, eval_every: int = 1, reward_name: str | None = None,
-               keep_evaluated: bool = False) -> GRPOResult:
+               keep_evaluated: bool = False, base_model: str | None = None) -> GRPOResult:
     """GRPO-train a LoRA adapter on ``pipe`` (any diffusers FluxPipeline) for ``reward`` (any
     callable ``reward(images, prompts) -> (B,) tensor``, higher is better).
 
@@ -125,7 +127,8 @@ def train_grpo(pipe, reward, settings: GRPOSettings, out: str | Path, train_prom
     (epoch 0) and after every ``eval_every``-th epoch and the last one (evaluation does not change
     training: a run resumed with another cadence trains the same). ``stop_after``: end this call after that many
     epochs, as an interruption would (a later call resumes). ``reward_name``: what ``reward`` is, kept
-    in grpo.json: resuming with another is refused (a run must not mix rewards). ``keep_evaluated``:
+    in grpo.json: resuming with another is refused (a run must not mix rewards); ``base_model``: what
+    ``pipe`` is (e.g. its weights digest), kept and checked the same way. ``keep_evaluated``:
     keep each judged epoch's EMA adapter, so that any of them can be benched later (``adapter/`` is
     only the latest). ``accelerator``: an
     :class:`accelerate.Accelerator` (default: one for this machine; under ``accelerate launch``
@@ -147,7 +150,7 @@ def train_grpo(pipe, reward, settings: GRPOSettings, out: str | Path, train_prom
             remove_outputs(out, [CHECKPOINT, LOG, "grpo.json", "adapter", "adapter_raw", EVALUATED],
                            "starting the GRPO run over")
         acc.wait_for_everyone()
-        trainer.reward_name = reward_name
+        trainer.reward_name, trainer.base_model = reward_name, base_model
         start = _resume(trainer, out) if resume else 0
         return _epochs(trainer, out, train_prompts, eval_prompts, evaluators or {}, start, progress, command,
                        stop_after, eval_every, keep_evaluated)
@@ -200,7 +203,8 @@ def _save(trainer: GRPOTrainer, out: Path, epoch: int, command: str | None, keep
     atomic_write_json(out / "grpo.json", {"epochs_done": epoch, "settings": trainer.settings.run_identity(),
                                           "epochs": trainer.settings.epochs, "command": command,
                                           "adapter": "adapter (EMA weights); adapter_raw: live weights",
-                                          "processes": trainer.acc.num_processes, "reward": trainer.reward_name})
+                                          "processes": trainer.acc.num_processes, "reward": trainer.reward_name,
+                                          "base_model": trainer.base_model})
     atomic_torch_save({"epoch": epoch, "settings": json.dumps(trainer.settings.run_identity()), **trainer.state()},
                       out / CHECKPOINT)
 
@@ -227,14 +231,20 @@ def _save_adapter(model, folder: Path, card: str) -> None:
     os.replace(tmp, folder)
 
 
-def _check_reward(out: Path, name: str | None) -> None:
-    """A run resumed with another reward would train on two: refused (runs from before the reward
-    was recorded, or without a name, are not checked)."""
-    record = read_state_json(out / "grpo.json", fix="use --restart to start afresh") if name else None
-    earlier = record.get("reward") if isinstance(record, dict) else None
-    if earlier is not None and not same_reward(earlier, name):
+def _check_sources(out: Path, trainer: GRPOTrainer) -> None:
+    """A run resumed with another reward or on another base model would train on two: refused
+    (runs from before these were recorded, or a call that does not name them, are not checked)."""
+    name, base = trainer.reward_name, trainer.base_model
+    record = read_state_json(out / "grpo.json", fix="use --restart to start afresh") if name or base else None
+    record = record if isinstance(record, dict) else {}
+    earlier = record.get("reward")
+    if name and earlier is not None and not same_reward(earlier, name):
         raise L2SError(f"{out} holds a GRPO run trained with the reward {earlier!r}; this run asks for {name!r}: "
                        "use another --out or --restart to start afresh")
+    if base and record.get("base_model") not in (None, base):
+        raise L2SError(f"{out} holds a GRPO run of another base model ({record['base_model']}; this run's is "
+                       f"{base}): give the model it was trained on (its command is in grpo.json), another --out, "
+                       "or --restart to start afresh")
 
 
 def _resume(trainer: GRPOTrainer, out: Path) -> int:
@@ -243,7 +253,7 @@ def _resume(trainer: GRPOTrainer, out: Path) -> int:
     path = out / CHECKPOINT
     epoch = 0
     if path.is_file():
-        _check_reward(out, trainer.reward_name)
+        _check_sources(out, trainer)
         state = torch.load(path, map_location="cpu", weights_only=True)
         saved, current = json.loads(state["settings"]), trainer.settings.run_identity()
         if differing := changed_settings(saved, current):

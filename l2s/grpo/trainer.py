@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from l2s.errors import L2SError
 from l2s.pipelines.families import pixels_per_token
 from .advantages import centred_rewards, global_spread, group_advantages, top_k_mask
 from .ema import AdapterEMA
@@ -25,12 +26,27 @@ def seeds_for(seed: int, *keys: int, count: int) -> list[int]:
     return [int(s) for s in np.random.SeedSequence([seed, *keys]).generate_state(count)]
 
 
+def checked_rewards(values: torch.Tensor, images: int, fn) -> torch.Tensor:
+    """``values`` when they are one finite reward per image: a NaN would turn the adapter into NaNs
+    that the checkpoint then keeps, and a miscount would pair rewards with the wrong images."""
+    name = getattr(fn, "__name__", type(fn).__name__)
+    if values.numel() != images:
+        raise L2SError(f"the reward {name} returned {values.numel()} values for {images} images: it must return "
+                       "one per image")
+    if not torch.isfinite(values).all():
+        bad = int((~torch.isfinite(values)).sum())
+        raise L2SError(f"the reward {name} returned {bad} non-finite value(s) (NaN or inf) for {images} images: "
+                       "fix the reward so that every image gets a finite score")
+    return values
+
+
 class GRPOTrainer:
     """Holds the pipeline, its adapter, optimiser and EMA, and runs epochs (:meth:`epoch`)."""
 
     def __init__(self, pipe, reward, settings: GRPOSettings, accelerator) -> None:
         self.pipe, self.reward, self.settings, self.acc = pipe, reward, settings, accelerator
         self.reward_name: str | None = None  # what ``reward`` is, for the run's record (set by the run)
+        self.base_model: str | None = None   # what ``pipe`` is, likewise
         for name in ("transformer", "text_encoder", "text_encoder_2", "vae"):
             module = getattr(pipe, name, None)
             if module is not None:
@@ -64,8 +80,8 @@ class GRPOTrainer:
 
     def score(self, fn, rollout: Rollout, prompts: list[str]) -> torch.Tensor:
         texts = [prompts[int(i)] for i in rollout.prompt_index]
-        values = fn(rollout.images, texts)
-        return torch.as_tensor(values, dtype=torch.float32).reshape(-1).to(self.acc.device)
+        values = torch.as_tensor(fn(rollout.images, texts), dtype=torch.float32).reshape(-1)
+        return checked_rewards(values, len(texts), fn).to(self.acc.device)
 
     def advantages(self, rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(advantages, kept mask), both (prompts, G)."""

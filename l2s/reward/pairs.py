@@ -139,7 +139,9 @@ def load_pairs(folder: str | Path | Sequence[str | Path], split: str | None = No
     images, winner, loser, records, offset = [], [], [], [], 0
     for one in folders:
         if not (Path(one) / MANIFEST).is_file():
-            raise L2SError(f"{one} is not a preference-pair folder ({MANIFEST} missing)")
+            why = f"{MANIFEST} missing" if Path(one).is_dir() else "no such folder"
+            raise L2SError(f"{one} is not a preference-pair folder ({why}): give one that 'l2s shapes reward-data "
+                           "--out DIR' made")
         shards = done_shards(one)
         if not shards:
             raise L2SError(f"{one} has no finished shard yet")

@@ -19,7 +19,7 @@ from pathlib import Path
 from l2s.errors import L2SError
 
 from .bench import BENCH_PROMPT_SEED
-from .model import image_size, load_shapes_pipeline
+from .model import SHIPPED_MODEL_DIR, image_size, load_shapes_pipeline
 from .prompts import shapes_position_prompts
 from .recipes import HELD_OUT_COLOURS, HELD_OUT_SHAPES, SHAPES_STEPS, SHAPES_TRUE_CFG
 from .rule_reward import RuleReward
@@ -56,11 +56,19 @@ def shapes_grpo_settings(pipe=None, **overrides):
     return replace(base, **overrides)
 
 
+def base_model_identity(pipeline_dir: str | Path | None = None) -> str:
+    """What a GRPO run records as its base model: the pipeline folder's weights digest (default:
+    the shipped model), so a copy elsewhere is the same model and one retrained in place is not."""
+    from l2s.pipelines.loading import pipeline_digest
+
+    return f"weights {pipeline_digest(pipeline_dir or SHIPPED_MODEL_DIR)}"
+
+
 def train_shapes_grpo(out: str | Path, reward, *, pipe=None, pipeline_dir: str | Path | None = None, settings=None,
                       resume: bool = True, progress: bool = True, command: str | None = None,
                       stop_after: int | None = None, accelerator=None, eval_every: int = 1,
                       prompts: tuple[list[str], list[str]] | None = None, reward_name: str | None = None,
-                      keep_evaluated: bool = False, **overrides):
+                      keep_evaluated: bool = False, base_model: str | None = None, **overrides):
     """GRPO-tune the shapes model ``pipe`` (default: loaded from ``pipeline_dir``, else the
     shipped one) for ``reward`` into ``out``.
 
@@ -68,11 +76,15 @@ def train_shapes_grpo(out: str | Path, reward, *, pipe=None, pipeline_dir: str |
     ``overrides``). ``prompts``: (train, dev) prompt lists (default :func:`grpo_prompt_split`). The
     dev prompts are judged every ``eval_every``-th epoch (and the last) by the three :data:`JUDGES`.
     ``reward_name``: what ``reward`` is (recorded; a resumed run with another is refused);
-    ``keep_evaluated``: keep every judged epoch's adapter (:func:`l2s.grpo.train_grpo`).
+    ``keep_evaluated``: keep every judged epoch's adapter (:func:`l2s.grpo.train_grpo`). ``base_model``:
+    what ``pipe`` is (:func:`base_model_identity`; without ``pipe``, ``pipeline_dir``'s), recorded: a
+    resumed run on another is refused.
     """
     from l2s.grpo import train_grpo
 
-    pipe = pipe if pipe is not None else load_shapes_pipeline(pipeline_dir)
+    if pipe is None:
+        pipe = load_shapes_pipeline(pipeline_dir)
+        base_model = base_model or base_model_identity(pipeline_dir)
     settings = settings or shapes_grpo_settings(pipe, **overrides)
     if prompts is None:
         train, dev = ([spec.prompt for spec in part] for part in grpo_prompt_split())
@@ -81,4 +93,5 @@ def train_shapes_grpo(out: str | Path, reward, *, pipe=None, pipeline_dir: str |
     judges = {name: RuleReward(name) for name in JUDGES}
     return train_grpo(pipe, reward, settings, out, train, eval_prompts=dev, evaluators=judges, resume=resume,
                       progress=progress, command=command, accelerator=accelerator, stop_after=stop_after,
-                      eval_every=eval_every, reward_name=reward_name, keep_evaluated=keep_evaluated)
+                      eval_every=eval_every, reward_name=reward_name, keep_evaluated=keep_evaluated,
+                      base_model=base_model)

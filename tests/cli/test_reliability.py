@@ -277,6 +277,20 @@ def test_interrupts_and_exhausted_memory_are_one_line(error, code, message, monk
     assert line.startswith(message), line
 
 
+@pytest.mark.parametrize("module, entry, argv, flag", [
+    ("training", "train_main", ["train", "data", "--out", "x", "--restart"], "--restart"),
+    ("grpo", "grpo_main", ["shapes", "grpo", "--out", "x", "--reward", "rule", "--no-resume"], "--no-resume"),
+])
+def test_an_interrupted_start_over_says_to_resume_without_its_flag(module, entry, argv, flag, monkeypatch, capsys):
+    # rerun as typed, the start-over would remove what it had saved before the interruption
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module(f"l2s.cli.{module}"), entry, _raising(KeyboardInterrupt()))
+    assert main(argv) == 130
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x]
+    assert line == f"l2s: interrupted; rerun the same command without {flag} to resume"
+
+
 def test_an_interrupted_single_image_says_there_is_nothing_to_resume(monkeypatch, tmp_path, capsys):
     import l2s.evaluation.generation
 

@@ -187,3 +187,20 @@ def test_eval_takes_a_lora_and_records_it_in_the_run(tmp_path, capsys):
     assert json.loads((out / "run.json").read_text())["generation"]["lora"].endswith("grpo_adapter")
     code, _, err = run(argv, capsys)   # the same folder without the adapter: other settings, refused
     assert code == 2 and "lora" in err
+
+
+def test_grpo_cli_refuses_to_resume_a_run_on_another_model(saved, tmp_path, capsys):
+    # the same architecture loads silently: without the record, the adapter would train on two models
+    from dataclasses import replace
+
+    from l2s.shapes import TINY_CONFIG, build_shapes_pipeline
+
+    build_shapes_pipeline(replace(TINY_CONFIG, image_size=16), seed=1).save_pretrained(tmp_path / "other")
+    argv = ["shapes", "grpo", "--out", str(tmp_path / "run"), "--reward", "rule", "--epochs", "1",
+            "--prompts-per-epoch", "1", "--group-size", "12", "--quiet"]
+    code, _, err = run(argv + ["--model", str(saved / "model")], capsys)
+    assert code == 0, err
+    argv[argv.index("--epochs") + 1] = "2"
+    code, _, err = run(argv + ["--model", str(tmp_path / "other")], capsys)
+    assert code == 2 and "holds a GRPO run of another base model (weights " in err
+    assert len(err.strip().splitlines()) == 1

@@ -197,3 +197,38 @@ def test_the_shapes_run_trains_and_judges_the_prompts_it_is_given(tmp_path):
     settings = tiny_settings()
     assert seen == dev * len(settings.eval_seeds) + train * settings.group_size + dev * len(settings.eval_seeds)
     assert run.records[0]["eval_images"] == len(settings.eval_seeds)
+
+
+@pytest.mark.parametrize("reward, message", [
+    (lambda images, prompts: torch.zeros(len(images) - 1), r"returned 11 values for 12 images: it must return one"),
+    (lambda images, prompts: torch.full((len(images),), float("nan")), r"returned 12 non-finite value\(s\)"),
+])
+def test_a_reward_that_does_not_give_one_finite_value_per_image_is_refused(tmp_path, reward, message):
+    # a NaN reward once trained the adapter into NaNs and saved them; a short one failed in a reshape
+    trainer = GRPOTrainer(make_tiny_pipe(), reward, tiny_settings(prompts_per_epoch=1), OneProcess())
+    with pytest.raises(L2SError, match=message):
+        run_epoch(trainer, PROMPTS, epoch=1, progress=False)
+
+
+def test_a_run_resumed_on_another_base_model_is_refused(tmp_path):
+    # the adapter and its log would have trained on two models, and the bench would cost the wrong run
+    settings = tiny_settings(epochs=1)
+    _run(tmp_path, settings, base_model="weights aaaa")
+    assert json.loads((tmp_path / "grpo.json").read_text())["base_model"] == "weights aaaa"
+    with pytest.raises(L2SError, match=r"another base model \(weights aaaa; this run's is weights bbbb\)"):
+        _run(tmp_path, replace(settings, epochs=2), base_model="weights bbbb")
+    assert _run(tmp_path, replace(settings, epochs=2), base_model="weights aaaa").epochs_done == 2
+    assert _run(tmp_path, replace(settings, epochs=3)).epochs_done == 3     # a call that names none: unchecked
+
+
+
+def test_the_dev_bar_names_its_image_count_and_counts_steps(capsys):
+    # it read "dev images: 36/36" for 64 images: its total is sampler steps of chunks
+    from l2s.grpo import evaluate
+
+    trainer = GRPOTrainer(make_tiny_pipe(), redness, tiny_settings(eval_seeds=(0, 1)), OneProcess())
+    evaluate(trainer, PROMPTS[:3], {"red": redness}, redness, progress=True, label="dev (epoch 1)")
+    err = capsys.readouterr().err
+    # 6 images in one chunk of 8: 4 steps
+    assert "dev (epoch 1): sampling 6 images" in err and "/4 [" in err and "step/s" in err
+    assert "dev (epoch 1) images" not in err

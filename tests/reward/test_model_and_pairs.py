@@ -179,5 +179,7 @@ def test_several_pair_folders_read_as_one(tmp_path):
     # the second folder's indices point past the first folder's images, at the same pictures
     assert torch.equal(both.images[both.winner[64 + 5]], load_pairs(tmp_path / "b").images[one.winner[5]])
     assert len(load_pairs([tmp_path / "a", tmp_path / "b"], "heldout")) == 2 * len(load_pairs(tmp_path / "a", "heldout"))
-    with pytest.raises(L2SError, match="not a preference-pair folder"):
+    with pytest.raises(L2SError, match=r"missing is not a preference-pair folder \(no such folder\): give one that"):
         load_pairs([tmp_path / "a", tmp_path / "missing"])
+    with pytest.raises(L2SError, match=r"a/shards is not a preference-pair folder \(manifest.json missing\)"):
+        load_pairs(tmp_path / "a" / "shards")
