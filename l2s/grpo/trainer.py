@@ -114,7 +114,8 @@ class GRPOTrainer:
 
     def train(self, rollout: Rollout, advantages: torch.Tensor, cond, generator: torch.Generator,
               bar=None) -> dict:
-        """``optimizer_steps`` AdamW steps on the rows with a non-zero advantage; returns log stats."""
+        """``optimizer_steps`` AdamW steps on the rows with a non-zero advantage; returns log stats
+        (the loss terms' means over every process; ``first_ratio`` and ``trained_rows`` this process's)."""
         s = self.settings
         flat = advantages.reshape(-1)
         rows = torch.nonzero(flat != 0).flatten().cpu()
@@ -142,8 +143,13 @@ class GRPOTrainer:
                     if bar is not None:
                         bar.update(len(chunk))
             self._apply_gradients()
-        summary = {key: float(np.mean(v)) if v else None for key, v in stats.items()}
-        return {**summary, "trained_rows": len(rows), "first_ratio": first_ratio}
+        return {**self._all_process_means(stats), "trained_rows": len(rows), "first_ratio": first_ratio}
+
+    def _all_process_means(self, stats: dict[str, list[float]]) -> dict[str, float | None]:
+        """Each statistic's mean over every process's values (None where no process has one)."""
+        sums = torch.tensor([[sum(values), len(values)] for values in stats.values()], dtype=torch.float64)
+        totals = self.acc.reduce(sums.to(self.acc.device), reduction="sum").tolist()
+        return {key: total / count if count else None for key, (total, count) in zip(stats, totals)}
 
     def _apply_gradients(self) -> None:
         """Sum the gradients over processes, clip, step, update the EMA."""

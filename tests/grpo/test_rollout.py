@@ -110,3 +110,26 @@ def test_one_update_moves_log_probs_the_way_the_advantages_point(sign):
                            for j in range(settings.trained_steps)], dim=1)
     gain = (advantages.reshape(-1, 1) * (new - rollout.log_probs)).sum()
     assert gain > 0
+
+
+class TwoProcesses(OneProcess):
+    """As if a second process had logged one more value of every statistic, 10.0 each."""
+
+    sent = None
+
+    def reduce(self, tensor, reduction="sum"):
+        if tensor.dim() == 2:   # the statistics' (sum, count) rows
+            self.sent = tensor.clone()
+            return tensor + torch.tensor([10.0, 1.0], dtype=tensor.dtype)
+        return tensor
+
+
+def test_the_logged_loss_terms_are_means_over_every_process(tiny_pipe):
+    settings = tiny_settings(beta=0.1)
+    acc = TwoProcesses()
+    trainer = GRPOTrainer(tiny_pipe, redness, settings, acc)
+    rollout, cond = trainer.rollout(PROMPTS[:2], list(range(24)), settings.noise_level)
+    advantages, _ = trainer.advantages(trainer.score(redness, rollout, PROMPTS[:2]).reshape(2, 12))
+    stats = trainer.train(rollout, advantages, cond, torch.Generator().manual_seed(0))
+    for key, (total, count) in zip(("policy", "kl", "ratio", "clip_fraction"), acc.sent.tolist()):
+        assert count > 0 and stats[key] == pytest.approx((total + 10.0) / (count + 1)), key
