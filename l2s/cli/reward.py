@@ -89,7 +89,8 @@ def reward_data_main(argv: Sequence[str] | None = None) -> int:
     print(_pairs_line(counts, args.out))
     if not counts.get("heldout"):
         print(f"l2s: warning: no held-out pairs (--heldout-fraction {args.heldout_fraction}): 'train-reward' will "
-              "have no held-out accuracy to report; make more pairs or raise --heldout-fraction", file=sys.stderr)
+              "have no held-out accuracy to report; make more pairs (a larger --pairs resumes this folder) or raise "
+              "--heldout-fraction (with --restart or another --out: the split is this folder's setting)", file=sys.stderr)
     if counts.get("train", 0) < args.pairs:
         print(f"l2s: stopped by --max-shards {args.max_shards} before --pairs {args.pairs}: rerun with a larger "
               "--max-shards (or without it) to make the rest", file=sys.stderr)
@@ -199,7 +200,7 @@ def train_reward_main(argv: Sequence[str] | None = None) -> int:
     command = "l2s shapes train-reward " + " ".join(shlex.quote(a) for a in argv)
     results = train_reward_model(args.data, args.out, shapes_t5_tokenizer(), settings, device=args.device,
                                  resume=not args.restart, progress=not args.no_progress, command=command,
-                                 stop_after=args.stop_after)
+                                 stop_after=args.stop_after, on_resume=lambda line: print(line, file=sys.stderr))
     print(_headline(results))
     out, epochs = Path(args.out), settings.epochs
     if results["finished"] and results["epochs_before"] >= epochs:   # only its results were written again

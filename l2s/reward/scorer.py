@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from l2s.errors import L2SError, ModelLoadError
 
@@ -30,15 +31,24 @@ def images_to_tensor(images: Images, size: int | None = None) -> torch.Tensor:
             x = x.permute(0, 3, 1, 2).float() / 255 if x.shape[-1] == 3 else x.float() / 255
         x = x.float()
     else:
-        arrays = [np.asarray(image.convert("RGB"), dtype=np.uint8) for image in images]
-        if not arrays:
+        images = list(images)
+        if not images:
             raise L2SError("no images to score")
+        if len({image.size for image in images}) > 1:   # several sizes: brought to one before stacking
+            side = size or max(images[0].size)
+            images = [_square(image, side) for image in images]
+        arrays = [np.asarray(image.convert("RGB"), dtype=np.uint8) for image in images]
         x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255
     if x.ndim != 4 or x.shape[1] != 3:
         raise L2SError(f"images must be RGB, got a tensor of shape {tuple(x.shape)}")
     if size is not None and x.shape[-1] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     return x
+
+
+def _square(image, side: int):
+    """``image`` at ``side`` x ``side`` (bilinear, antialiased), itself when it is that size already."""
+    return image if image.size == (side, side) else image.resize((side, side), Image.BILINEAR)
 
 
 class SpatialScorer:

@@ -17,7 +17,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -113,13 +113,15 @@ def _save(directory: Path, scorer: SpatialScorer, state: dict | None = None) -> 
 
 def train_reward_model(data: str | Path | Sequence[str | Path], out: str | Path, tokenizer, settings: RewardTrainSettings | None = None, *,
                        device: str = "cpu", resume: bool = True, progress: bool = True,
-                       command: str | None = None, stop_after: int | None = None) -> dict:
+                       command: str | None = None, stop_after: int | None = None,
+                       on_resume: Callable[[str], None] | None = None) -> dict:
     """Train a :class:`~l2s.reward.SpatialScore` on the pair folder ``data`` into ``out``.
 
     ``tokenizer``: a ``transformers`` tokenizer for the prompts (saved with the model). Resumes
     from ``out/last`` unless ``resume`` is False; ``stop_after``: end after that many epochs of
     this call (the same command continues). Returns the results (also ``out/results.json``
     once every epoch has run) and ``epochs_before``, the epochs an earlier call had run.
+    ``on_resume(line)`` hears, before the first epoch, that a run resumes an earlier one.
     """
     settings = settings or RewardTrainSettings()
     settings.check()
@@ -145,6 +147,8 @@ def train_reward_model(data: str | Path | Sequence[str | Path], out: str | Path,
         run = _Run(scorer, settings, record, device)
         run.start(examples, state)
         before = run.epoch   # a finished run resumes at its end: it is only scored again
+        if on_resume is not None and 0 < before < settings.epochs:
+            on_resume(f"l2s: resumed after epoch {before} of the earlier run in {out}")
         if state is None:
             rewrite_log(out / "log.jsonl", [])
         run.epochs(out, val_pairs, progress, stop_after)

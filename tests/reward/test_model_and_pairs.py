@@ -135,6 +135,10 @@ def test_images_to_tensor_takes_pil_uint8_and_float_images_alike():
     assert from_pil.shape == (2, 3, 8, 8) and torch.equal(from_pil, from_uint8)
     assert torch.equal(images_to_tensor(from_pil), from_pil)
     assert images_to_tensor(from_pil, size=16).shape == (2, 3, 16, 16)
+    # PIL images of several sizes are resized, as the docstring says (numpy could not stack them)
+    mixed = [Image.fromarray(array[0]), Image.fromarray(array[1]).resize((12, 12))]
+    assert images_to_tensor(mixed).shape == (2, 3, 8, 8)
+    assert images_to_tensor(mixed, size=16).shape == (2, 3, 16, 16)
 
 
 def test_pair_folders_read_back_by_split_and_skip_unfinished_shards(tmp_path):

@@ -37,8 +37,12 @@ def test_a_stopped_run_resumes_where_it_stopped_and_refuses_other_settings(tmp_p
     first = train_reward_model(tmp_path / "pairs", tmp_path / "rm", tokenizer, _settings(epochs=3), progress=False,
                                stop_after=1)
     assert first == {"finished": False, "epochs_done": 1, "epochs_before": 0}
-    done = train_reward_model(tmp_path / "pairs", tmp_path / "rm", tokenizer, _settings(epochs=3), progress=False)
-    straight = train_reward_model(tmp_path / "pairs", tmp_path / "again", tokenizer, _settings(epochs=3), progress=False)
+    said = []
+    done = train_reward_model(tmp_path / "pairs", tmp_path / "rm", tokenizer, _settings(epochs=3), progress=False,
+                              on_resume=said.append)
+    straight = train_reward_model(tmp_path / "pairs", tmp_path / "again", tokenizer, _settings(epochs=3), progress=False,
+                                  on_resume=said.append)
+    assert said == [f"l2s: resumed after epoch 1 of the earlier run in {tmp_path / 'rm'}"]   # the fresh run says nothing
     log = lambda d: [json.loads(l) for l in (tmp_path / d / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log("rm")] == [1, 2, 3] and done["epochs_before"] == 1
     # Resumed and uninterrupted runs train alike: same losses epoch by epoch, same result.
