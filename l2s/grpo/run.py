@@ -37,6 +37,7 @@ from l2s.files import (
 )
 from l2s.values import positive_int
 from l2s.reward.identity import same_reward
+from l2s.training.tracking import CURVES_FILE, save_curves
 
 from .settings import GRPOSettings
 from .trainer import GRPOTrainer, seeds_for
@@ -147,7 +148,8 @@ def train_grpo(pipe, reward, settings: GRPOSettings, out: str | Path, train_prom
     with lock:
         trainer = GRPOTrainer(pipe, reward, settings, acc)
         if not resume and acc.is_main_process:  # a fresh start: a kill before its first epoch must not resume the old run
-            remove_outputs(out, [CHECKPOINT, LOG, "grpo.json", "adapter", "adapter_raw", EVALUATED],
+            remove_outputs(out, [CHECKPOINT, LOG, "grpo.json", "adapter", "adapter_raw", EVALUATED,
+                                 CURVES_FILE],
                            "starting the GRPO run over")
         acc.wait_for_everyone()
         trainer.reward_name, trainer.base_model = reward_name, base_model
@@ -180,6 +182,7 @@ def _epochs(trainer: GRPOTrainer, out: Path, pool, eval_prompts, evaluators: dic
                 # resume drops what came after the last one (a line or adapters of an epoch cut short).
                 fsync_append(out / LOG, [json.dumps(record) + "\n"])
                 _save(trainer, out, epoch, command, keep=judged and keep_evaluated)
+                _draw_curves(out, evaluators)
             acc.wait_for_everyone()
             bar.update()
             shown = {k: f"{v:.3f}" for k, v in record.items()
@@ -188,6 +191,14 @@ def _epochs(trainer: GRPOTrainer, out: Path, pool, eval_prompts, evaluators: dic
     records = [r for _, r in read_jsonl_lines(out / LOG, fix="delete it to start the log afresh")] \
         if (out / LOG).exists() else []
     return GRPOResult(last, records, out, start)
+
+
+def _draw_curves(out: Path, evaluators: dict) -> None:
+    """``curves.png`` from the whole log: rewards, the held-out evaluators, KL and clipping per epoch."""
+    rows = [r for _, r in read_jsonl_lines(out / LOG, fix="delete it to start the log afresh")]
+    panels = [("reward", ("reward_mean", "eval_reward")), ("held-out", tuple(f"eval_{name}" for name in evaluators)),
+              ("KL to the base model", ("kl",)), ("clipped ratios", ("clip_fraction",))]
+    save_curves(out, rows, [panel for panel in panels if panel[1]], f"GRPO: {out}")
 
 
 def _save(trainer: GRPOTrainer, out: Path, epoch: int, command: str | None, keep: bool = False) -> None:

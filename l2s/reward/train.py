@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from l2s.errors import L2SError, UsageError
 from l2s.files import output_lock
 from l2s.run_folders import append_log, atomic_dir, prepare_out_dir, read_log, rewrite_log
+from l2s.training.tracking import CURVES_FILE, save_curves
 
 from .evaluate import evaluate_judge, pair_scores, accuracy
 from .losses import pair_loss
@@ -35,6 +36,9 @@ from .pairs import PairSet, load_pairs
 from .scorer import SpatialScorer, images_to_tensor
 from .text import PromptBatch
 from .settings import RewardTrainSettings
+
+REWARD_PANELS = (("loss", ("loss",)), ("pairwise accuracy", ("train_accuracy", "val_accuracy")),
+                 ("learning rate", ("lr",)))
 
 STATE_FILE = "state.pt"
 
@@ -143,7 +147,7 @@ def train_reward_model(data: str | Path | Sequence[str | Path], out: str | Path,
         examples = _Examples(train_pairs, scorer, settings.mirror)
         heldout = load_pairs(data, "heldout")   # read once: checked now, scored at the end
         check_prompts(scorer, [val_pairs, heldout])
-        state = prepare_out_dir(out, record, resume)
+        state = prepare_out_dir(out, record, resume, on_restart=_remove_curves)
         run = _Run(scorer, settings, record, device)
         run.start(examples, state)
         before = run.epoch   # a finished run resumes at its end: it is only scored again
@@ -155,6 +159,10 @@ def train_reward_model(data: str | Path | Sequence[str | Path], out: str | Path,
         if run.epoch < settings.epochs:
             return {"finished": False, "epochs_done": run.epoch, "epochs_before": before}
         return {**finish(out, heldout, command, record), "epochs_before": before}
+
+
+def _remove_curves(out: Path) -> None:
+    (out / CURVES_FILE).unlink(missing_ok=True)     # a run started over draws its own
 
 
 def finish(out: Path, heldout: PairSet, command: str | None, record: dict) -> dict:
@@ -217,6 +225,8 @@ class _Run:
                     _save(out / "best", self.scorer)
                 _save(out / "last", self.scorer, self.state())
                 append_log(out / "log.jsonl", row)
+                save_curves(out, read_log(out / "log.jsonl", fix="delete log.jsonl and rerun"), REWARD_PANELS,
+                            f"reward model: {out}")
                 shown = {"loss": f"{row['loss']:.3f}"}
                 if row["val_accuracy"] is not None:     # no validation pairs: nothing to show
                     shown["val"] = f"{row['val_accuracy']:.3f}"

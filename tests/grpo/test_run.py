@@ -41,6 +41,10 @@ def test_a_run_writes_adapters_log_and_checkpoint_and_resumes_exactly(tmp_path, 
     assert "EMA weights" in card and "epoch 2 of 2" in card and "l2s shapes grpo ..." in card
     assert "More Information Needed" not in card and "Live weights" in (tmp_path / "whole/adapter_raw/README.md").read_text()
     assert set(umask_022(tmp_path / "whole").values()) == {0o644}   # peft's weights too (0600 by themselves)
+    from PIL import Image
+
+    with Image.open(tmp_path / "whole" / "curves.png") as curves:   # reward, held-out, KL, clipping
+        assert curves.width == 4 * 360
 
     _run(tmp_path / "split", settings, stop_after=1)
     resumed = _run(tmp_path / "split", settings)
@@ -74,7 +78,8 @@ def test_a_fresh_start_killed_before_its_first_epoch_never_resumes_the_old_run(t
     _run(tmp_path, settings)
     caplog.clear()
     stopped = _run(tmp_path, settings, resume=False, stop_after=0)   # a kill before epoch 1 ended
-    assert "starting the GRPO run over: removed checkpoint.pt, log.jsonl, grpo.json, adapter/, adapter_raw/" in caplog.text
+    assert ("starting the GRPO run over: removed checkpoint.pt, log.jsonl, grpo.json, adapter/, adapter_raw/, "
+            "curves.png") in caplog.text
     assert not (tmp_path / "checkpoint.pt").exists() and not (tmp_path / "adapter").exists()
     rerun = _run(tmp_path, settings)            # starts at epoch 1 again: nothing of the old run is left
     assert [r["epoch"] for r in rerun.records] == [0, 1]

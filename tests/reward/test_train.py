@@ -43,6 +43,10 @@ def test_a_stopped_run_resumes_where_it_stopped_and_refuses_other_settings(tmp_p
     straight = train_reward_model(tmp_path / "pairs", tmp_path / "again", tokenizer, _settings(epochs=3), progress=False,
                                   on_resume=said.append)
     assert said == [f"l2s: resumed after epoch 1 of the earlier run in {tmp_path / 'rm'}"]   # the fresh run says nothing
+    from PIL import Image
+
+    with Image.open(tmp_path / "rm" / "curves.png") as curves:     # loss, accuracy, learning rate
+        assert curves.width == 3 * 360
     log = lambda d: [json.loads(l) for l in (tmp_path / d / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log("rm")] == [1, 2, 3] and done["epochs_before"] == 1
     # Resumed and uninterrupted runs train alike: same losses epoch by epoch, same result.
@@ -53,6 +57,9 @@ def test_a_stopped_run_resumes_where_it_stopped_and_refuses_other_settings(tmp_p
     with pytest.raises(L2SError, match=r"laid out for 3 epochs .* --epochs 3 to resume it, or --restart .* to train 5 "
                                        r"from the start"):
         train_reward_model(tmp_path / "pairs", tmp_path / "rm", tokenizer, _settings(epochs=5), progress=False)
+    train_reward_model(tmp_path / "pairs", tmp_path / "rm", tokenizer, _settings(epochs=3), progress=False,
+                       resume=False, stop_after=0)
+    assert not (tmp_path / "rm" / "curves.png").exists()       # a start-over draws its own
 
 
 def test_validation_pairs_are_whole_groups_of_the_training_split(tmp_path):
