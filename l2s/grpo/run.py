@@ -260,7 +260,8 @@ def _check_sources(out: Path, trainer: GRPOTrainer) -> None:
 
 def _resume(trainer: GRPOTrainer, out: Path) -> int:
     """Load ``out/checkpoint.pt`` when present; returns the last finished epoch (0 when none). Log
-    lines of later epochs go: without a checkpoint, those of an earlier run cut short."""
+    lines of later epochs go; without a checkpoint every line goes (the epoch-0 baseline of a run cut
+    short may be of another model or reward: nothing recorded says, so it is judged again)."""
     path = out / CHECKPOINT
     epoch = 0
     if path.is_file():
@@ -275,6 +276,9 @@ def _resume(trainer: GRPOTrainer, out: Path) -> int:
         epoch = int(state["epoch"])
     if trainer.acc.is_main_process and (out / LOG).exists():  # drop lines of epochs the checkpoint lacks
         lines = read_jsonl_lines(out / LOG, fix="delete it to start the log afresh")
-        kept = [json.dumps(r) for _, r in lines if int(r["epoch"]) <= epoch]
-        atomic_write_text(out / LOG, "".join(line + "\n" for line in kept))
+        kept = [json.dumps(r) for _, r in lines if int(r["epoch"]) <= epoch and path.is_file()]
+        if kept:
+            atomic_write_text(out / LOG, "".join(line + "\n" for line in kept))
+        else:   # no log: the baseline is judged afresh
+            (out / LOG).unlink()
     return epoch

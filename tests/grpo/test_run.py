@@ -88,6 +88,18 @@ def test_a_fresh_start_killed_before_its_first_epoch_never_resumes_the_old_run(t
     assert [r["epoch"] for r in again.records] == [0, 1]    # the old epoch's line went with its checkpoint
 
 
+def test_a_baseline_line_without_a_checkpoint_is_judged_again(tmp_path):
+    def run(evaluators, **kwargs):
+        return train_grpo(make_tiny_pipe(), redness, tiny_settings(epochs=1), tmp_path, PROMPTS,
+                          eval_prompts=PROMPTS[:1], evaluators=evaluators, progress=False,
+                          accelerator=OneProcess(), **kwargs)
+
+    run({"red": redness}, stop_after=0)         # cut short after the baseline, before epoch 1 ended
+    records = run({"other": redness}).records     # e.g. rerun on another model: nothing recorded says
+    assert [r["epoch"] for r in records] == [0, 1]
+    assert "eval_other" in records[0] and "eval_red" not in records[0]
+
+
 def test_a_run_interrupted_while_it_saves_an_epoch_redoes_that_epoch_and_loses_no_line(tmp_path, monkeypatch):
     import l2s.grpo.run as grpo_run
 
