@@ -97,12 +97,28 @@ def check_comparable(untuned: dict, tuned: list[Tuned]) -> None:
 
 
 def _check_run_made_adapter(t: Tuned, settings: dict) -> None:
-    """A GRPO run whose adapter is not the one the bench recorded would cost another row."""
+    """A GRPO run whose adapter is not the one the bench recorded, or that tuned another base model
+    than the bench ran, would cost another row."""
     from l2s.grpo.lora import lora_digest
 
-    if t.run is not None and settings.get("lora_digest") and lora_digest(t.run) != settings["lora_digest"]:
+    if t.run is None:
+        return
+    if settings.get("lora_digest") and lora_digest(t.run) != settings["lora_digest"]:
         raise UsageError(f"--tuned {t.name}: the GRPO run {t.run} did not make the adapter its bench used "
                          f"(--lora {settings['lora']}): give the run that made it")
+    tuned = _run_record(t.run).get("base_model")     # "weights DIGEST"; runs from before it: unchecked
+    benched = settings.get("pipeline_digest")
+    if tuned and benched and tuned != f"weights {benched}":
+        raise UsageError(f"--tuned {t.name}: the GRPO run {t.run} tuned another base model ({tuned}) than its "
+                         f"bench ran (weights {benched})")
+
+
+def _run_record(run: str | Path) -> dict:
+    try:
+        record = json.loads((Path(run) / "grpo.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 SHIPPED_CLASSIFIER_TAIL = ("l2s", "shapes", "assets", "classifier")

@@ -187,6 +187,13 @@ def test_a_tuned_row_shares_the_steering_classifier_and_costs_its_own_run(tmp_pa
     assert code == 2 and err == ["l2s: error: --tuned X: its bench differs from --bench in steering classifier"]
     code, err = compare("/another/checkout/l2s/shapes/assets/classifier", digest="0123abcd")
     assert code == 2 and f"the GRPO run {run} did not make the adapter its bench used (--lora ss)" in err[0]
+    tuned["settings"]["pipeline_digest"] = base["settings"]["pipeline_digest"] = "feed"
+    (run / "grpo.json").write_text(json.dumps({"epochs_done": 1, "base_model": "weights beef"}))
+    code, err = compare("/another/checkout/l2s/shapes/assets/classifier")
+    assert code == 2 and f"the GRPO run {run} tuned another base model (weights beef) than its bench ran " \
+                         "(weights feed)" in err[0]
+    (run / "grpo.json").write_text(json.dumps({"epochs_done": 1, "base_model": "weights feed"}))
+    assert compare("/another/checkout/l2s/shapes/assets/classifier")[0] == 0
     code, err = compare("/another/checkout/l2s/shapes/assets/classifier", "--tuned", f"X={tmp_path / 'tuned.json'}")
     assert code == 2 and err == ["l2s: error: --tuned: the name 'X' is given twice (each row needs its own)"]
 
