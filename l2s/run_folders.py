@@ -25,7 +25,7 @@ DAMAGED = (RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError, Ind
            pickle.UnpicklingError, L2SError)
 RESTART = "rerun with --restart (resume=False in Python) to train from the start"
 # Settings recorded since a release: a run saved without one resumes as before.
-RECORDED_LATER = ("dataset_records",)
+RECORDED_LATER = ("dataset_records", "pairs_digest")
 Finished = Callable[[dict], bool]   # whether a run's counters say it has nothing left to train
 UNRECORDED = {"processes": 1}   # what a run saved without the key ran with
 

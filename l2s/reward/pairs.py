@@ -61,6 +61,16 @@ class PairSet:
     def prompts(self) -> list[str]:
         return [r["prompt"] for r in self.records]
 
+    def digest(self) -> str:
+        """A fingerprint of the pairs: their records and every image they use (pairs made again in
+        the same folder, same count, differ)."""
+        import hashlib
+
+        h = hashlib.sha256(json.dumps(self.records, sort_keys=True).encode())
+        for tensor in (self.winner, self.loser, self.images):   # the images are shared, not copied per pair
+            h.update(tensor.contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
 
 def shard_paths(folder: str | Path, index: int) -> tuple[Path, Path]:
     base = Path(folder) / SHARDS / f"{index:05d}"

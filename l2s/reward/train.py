@@ -140,7 +140,8 @@ def train_reward_model(data: str | Path | Sequence[str | Path], out: str | Path,
                                                "image_size": int(train_pairs.images.shape[1]), **settings.model})
         folders = [data] if isinstance(data, (str, Path)) else list(data)
         record = {**asdict(settings), "data": [str(Path(f).resolve()) for f in folders] if len(folders) > 1
-                  else str(Path(folders[0]).resolve()), "train_pairs": len(train_pairs)}
+                  else str(Path(folders[0]).resolve()), "train_pairs": len(train_pairs),
+                  "pairs_digest": train_pairs.digest()}
         torch.manual_seed(settings.seed)   # the initial weights (a resumed run loads its own)
         scorer = SpatialScorer(SpatialScore(config).to(device), tokenizer)
         # Every prompt read before the folder is touched: a bad one fails now, not after the epochs

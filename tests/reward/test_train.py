@@ -97,3 +97,14 @@ def test_the_best_epoch_is_the_one_best_holds():
     assert _best_epoch([{"epoch": 1, "val_accuracy": 0.8}, {"epoch": 2, "val_accuracy": 0.9},
                         {"epoch": 3, "val_accuracy": 0.9}]) == 2       # the first to reach it: later ties are not saved
     assert _best_epoch([]) is None
+
+
+def test_pairs_made_again_in_the_same_folder_are_other_settings(tmp_path, tokenizer):
+    import shutil
+
+    make_blob_pairs(tmp_path / "pairs", n=64)
+    train_reward_model(tmp_path / "pairs", tmp_path / "rm", tokenizer, _settings(epochs=2), progress=False, stop_after=1)
+    shutil.rmtree(tmp_path / "pairs")
+    make_blob_pairs(tmp_path / "pairs", n=64, seed=1)      # same folder, same count, other pairs
+    with pytest.raises(L2SError, match=r"other settings \(pairs_digest: '\w+' -> '\w+'\)"):
+        train_reward_model(tmp_path / "pairs", tmp_path / "rm", tokenizer, _settings(epochs=2), progress=False)
