@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from l2s.errors import L2SError
+from l2s.errors import L2SError, UsageError
 
 from .bench import BENCH_PROMPT_SEED
 from .model import SHIPPED_MODEL_DIR, image_size, load_shapes_pipeline
@@ -82,6 +82,11 @@ def train_shapes_grpo(out: str | Path, reward, *, pipe=None, pipeline_dir: str |
     """
     from l2s.grpo import train_grpo
 
+    if settings is not None and overrides:   # they would be dropped: the settings are taken whole
+        raise UsageError(f"give either settings or setting overrides ({', '.join(sorted(overrides))}), not both: "
+                         "dataclasses.replace(settings, ...) changes a few")
+    if pipe is not None and pipeline_dir is not None:
+        raise UsageError("give either pipe or pipeline_dir, not both (pipe would be tuned, pipeline_dir ignored)")
     if pipe is None:
         pipe = load_shapes_pipeline(pipeline_dir)
         base_model = base_model or base_model_identity(pipeline_dir)

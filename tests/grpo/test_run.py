@@ -209,11 +209,18 @@ def test_the_shapes_run_trains_and_judges_the_prompts_it_is_given(tmp_path):
         return redness(images, prompts)
 
     train, dev = ["a red circle to the left of a blue square"], ["a green triangle above a yellow square"]
-    run = train_shapes_grpo(tmp_path / "run", reward, pipe=make_tiny_pipe(), settings=tiny_settings(epochs=1, prompts_per_epoch=1),
-                            prompts=(train, dev), progress=False, accelerator=OneProcess())
+    run = train_shapes_grpo(tmp_path / "run", reward, pipe=make_tiny_pipe(),
+                            settings=tiny_settings(epochs=1, prompts_per_epoch=1), prompts=(train, dev),
+                            progress=False, accelerator=OneProcess())
     settings = tiny_settings()
     assert seen == dev * len(settings.eval_seeds) + train * settings.group_size + dev * len(settings.eval_seeds)
     assert run.records[0]["eval_images"] == len(settings.eval_seeds)
+    from l2s.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"either settings or setting overrides \(lr\), not both"):
+        train_shapes_grpo(tmp_path / "other", reward, pipe=make_tiny_pipe(), settings=settings, lr=1e-2)
+    with pytest.raises(UsageError, match="either pipe or pipeline_dir"):
+        train_shapes_grpo(tmp_path / "other", reward, pipe=make_tiny_pipe(), pipeline_dir=tmp_path)
 
 
 @pytest.mark.parametrize("reward, message", [
