@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from l2s.errors import L2SError, UsageError
-from l2s.files import output_lock
+from l2s.files import atomic_write_text, output_lock
 from l2s.run_folders import append_log, atomic_dir, prepare_out_dir, read_log, rewrite_log
 from l2s.training.tracking import CURVES_FILE, save_curves
 
@@ -176,7 +176,27 @@ def finish(out: Path, heldout: PairSet, command: str | None, record: dict) -> di
                "best_epoch": _best_epoch(log),
                "heldout": evaluate_judge(best, heldout) if len(heldout) else None}
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(out / "best" / "README.md", model_card(results))
     return results
+
+
+def model_card(results: dict) -> str:
+    """``best/README.md``: what the model is, what made it, how well it judged held-out pairs, how to use it."""
+    heldout = results["heldout"]
+    if heldout:
+        flips = ", ".join(f"{name} flip(s) {v['accuracy']:.3f} (n={v['n']})"
+                          for name, v in heldout["prompt"]["flips"].items())
+        scored = (f"Held-out pairwise accuracy {heldout['prompt']['all']['accuracy']:.3f} on "
+                  f"{results['heldout_pairs']} pairs ({flips}).")
+    else:
+        scored = "No held-out pairs: not scored."
+    made_by = f"    {results['command']}" if results.get("command") else "    (train_reward_model called from Python)"
+    settings = json.dumps(results["settings"], indent=2)
+    return (f"# SpatialScore reward model\n\nScores an image under a prompt (higher: the image shows the prompt's "
+            f"spatial relations). The model of epoch {results['best_epoch']} (best validation accuracy), trained "
+            f"by:\n\n{made_by}\n\n{scored}\n\nUse it with `l2s shapes grpo --reward DIR` or `l2s shapes bench "
+            f"--reward-model DIR` (in Python: `l2s.reward.load_reward_model(DIR)`). Settings:\n\n"
+            f"```json\n{settings}\n```\n")
 
 
 def _best_epoch(log: list[dict]) -> int | None:

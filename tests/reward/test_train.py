@@ -52,6 +52,10 @@ def test_a_stopped_run_resumes_where_it_stopped_and_refuses_other_settings(tmp_p
     # Resumed and uninterrupted runs train alike: same losses epoch by epoch, same result.
     assert [round(r["loss"], 5) for r in log("rm")] == [round(r["loss"], 5) for r in log("again")]
     assert done["heldout"] == straight["heldout"]
+    card = (tmp_path / "rm" / "best" / "README.md").read_text()     # a model card, as classifiers have
+    accuracy = done["heldout"]["prompt"]["all"]["accuracy"]
+    assert f"Held-out pairwise accuracy {accuracy:.3f} on {done['heldout_pairs']} pairs (1 flip(s) " in card
+    assert f"The model of epoch {done['best_epoch']}" in card and '"train_pairs"' in card
     with pytest.raises(L2SError, match="other settings"):
         train_reward_model(tmp_path / "pairs", tmp_path / "rm", tokenizer, _settings(epochs=3, lr=1e-2), progress=False)
     with pytest.raises(L2SError, match=r"laid out for 3 epochs .* --epochs 3 to resume it, or --restart .* to train 5 "
