@@ -27,7 +27,8 @@ def small_png(image: Image.Image, path: Path, colours: int = 96) -> None:
     """Save ``image`` palette-quantised (docs pictures are diagrams and flat shapes: no visible loss)."""
     image.convert("RGB").quantize(colours, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
     # --out may lie outside the checkout: name the file relative to it only when it is inside
-    shown = path.relative_to(ROOT) if path.resolve().is_relative_to(ROOT) else path
+    # (resolved first: a relative --out such as docs/img is inside it too)
+    shown = path.resolve().relative_to(ROOT) if path.resolve().is_relative_to(ROOT) else path
     print(f"{shown}: {path.stat().st_size // 1024} KB")
 
 

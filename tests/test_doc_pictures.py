@@ -22,3 +22,13 @@ def test_small_png_writes_outside_the_checkout(tmp_path, capsys):
     _doc_pictures().small_png(Image.new("RGB", (8, 8), "red"), path, colours=4)
     assert path.is_file()
     assert capsys.readouterr().out.startswith(f"{path}: ")
+
+
+def test_small_png_names_a_relative_out_inside_the_checkout(tmp_path, monkeypatch, capsys):
+    # --out docs/img (relative, run from the checkout) crashed after writing: a relative path has no relative_to
+    module = _doc_pictures()
+    monkeypatch.setattr(module, "ROOT", tmp_path.resolve())   # resolved, as the script's own
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "img").mkdir()
+    module.small_png(Image.new("RGB", (8, 8), "red"), Path("img") / "probability.png", colours=4)
+    assert capsys.readouterr().out.startswith("img/probability.png: ")

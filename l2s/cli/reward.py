@@ -90,7 +90,8 @@ def reward_data_main(argv: Sequence[str] | None = None) -> int:
     if not counts.get("heldout"):
         print(f"l2s: warning: no held-out pairs (--heldout-fraction {args.heldout_fraction}): 'train-reward' will "
               "have no held-out accuracy to report; make more pairs (a larger --pairs resumes this folder) or raise "
-              "--heldout-fraction (with --restart or another --out: the split is this folder's setting)", file=sys.stderr)
+              "--heldout-fraction (with --restart or another --out: the split is this folder's setting)",
+              file=sys.stderr)
     if counts.get("train", 0) < args.pairs:
         print(f"l2s: stopped by --max-shards {args.max_shards} before --pairs {args.pairs}: rerun with a larger "
               "--max-shards (or without it) to make the rest", file=sys.stderr)

@@ -37,7 +37,7 @@ from l2s.files import (
 )
 from l2s.values import positive_int
 from l2s.reward.identity import same_reward
-from l2s.training.tracking import CURVES_FILE, save_curves
+from l2s.evaluation.curves import CURVES_FILE, save_curves
 
 from .settings import GRPOSettings
 from .trainer import GRPOTrainer, seeds_for

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from l2s.errors import L2SError, UsageError
 from l2s.files import atomic_write_text, output_lock
 from l2s.run_folders import append_log, atomic_dir, prepare_out_dir, read_log, rewrite_log
-from l2s.training.tracking import CURVES_FILE, save_curves
+from l2s.evaluation.curves import CURVES_FILE, save_curves
 
 from .evaluate import evaluate_judge, pair_scores, accuracy
 from .losses import pair_loss

@@ -8,28 +8,14 @@ from the log after every epoch either way.
 """
 from __future__ import annotations
 
-import io
-from collections.abc import Sequence
 from pathlib import Path
 
-from l2s.files import atomic_write_bytes
+from l2s.evaluation.curves import CURVES_FILE
 
 TENSORBOARD_DIR = "tensorboard"
 RUN_NAME = "classifier"
-CURVES_FILE = "curves.png"
 CLASSIFIER_PANELS = (("loss", ("train_loss", "val_loss")), ("accuracy", ("train_accuracy", "val_accuracy")),
                      ("learning rate", ("lr",)))
-
-
-def save_curves(out_dir: str | Path, rows: Sequence[dict], panels: Sequence, title: str) -> Path:
-    """Draw ``rows`` (a run's log, one row per epoch) into ``OUT/curves.png``, replacing it whole."""
-    from l2s.evaluation.curves import curves_picture
-
-    buffer = io.BytesIO()
-    curves_picture(rows, panels, title).save(buffer, format="PNG")
-    path = Path(out_dir) / CURVES_FILE
-    atomic_write_bytes(path, buffer.getvalue())
-    return path
 
 _trackers: dict[Path, object] = {}   # one writer per output folder for the life of the process
 

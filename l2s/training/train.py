@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from l2s.classifier import ClassifierConfig, preset
 from l2s.errors import ClassifierMismatchError, L2SError
 from l2s.distributed import World, output_lock, world
+from l2s.evaluation.curves import save_curves
 from l2s.files import DamagedFileError
 from l2s.run_folders import (
     BEST_DIR,
@@ -60,7 +61,7 @@ from .parallel import (
 )
 from .reader import AttentionMapDataset
 from .store import load_dataset_meta, verify_dataset
-from .tracking import CLASSIFIER_PANELS, close_tracker, log_epoch, save_curves
+from .tracking import CLASSIFIER_PANELS, close_tracker, log_epoch
 
 log = logging.getLogger(__name__)
 

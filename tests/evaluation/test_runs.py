@@ -163,7 +163,6 @@ def test_shapes_detector_scores_base_against_steered(tmp_path):
     assert (rescored_images / "mine" / "00002" / "samples" / "0005.png").is_file()
 
 
-
 def test_in_a_spread_run_scoring_a_folder_names_the_bar_as_rank_0s_share(tmp_path, monkeypatch, capsys):
     from l2s.distributed import World
     from l2s.evaluation import folders
@@ -181,6 +180,7 @@ def test_in_a_spread_run_scoring_a_folder_names_the_bar_as_rank_0s_share(tmp_pat
     score_image_folder(tmp_path / "run" / "steered", ShapesDetector(), tmp_path / "scored", progress=True,
                        contact_sheets=False)
     assert "l2s eval (rank 0 of 2): 100%" in capsys.readouterr().err   # 2 of the 4 images: its share
+
 
 # ---------------------------------------------------------------- run_eval in batches on a tiny FLUX model
 

@@ -245,7 +245,6 @@ def test_a_run_resumed_on_another_base_model_is_refused(tmp_path):
     assert _run(tmp_path, replace(settings, epochs=3)).epochs_done == 3     # a call that names none: unchecked
 
 
-
 def test_the_dev_bar_names_its_image_count_and_counts_steps(capsys):
     # it read "dev images: 36/36" for 64 images: its total is sampler steps of chunks
     from l2s.grpo import evaluate

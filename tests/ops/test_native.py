@@ -90,6 +90,29 @@ def test_a_module_built_from_other_sources_is_named_once(tmp_path, monkeypatch, 
     native._say_if_stale.cache_clear()
 
 
+def test_a_standalone_build_computes_the_digest_again_after_an_edit(tmp_path):
+    # `cmake --build` reconfigures only for a configure dependency: without the sources as ones, a module
+    # rebuilt after an edit kept the old digest and warned that it was stale
+    import shutil
+
+    from l2s.ops.native import source_digest
+
+    pybind11 = pytest.importorskip("pybind11")
+    if shutil.which("cmake") is None or shutil.which("make") is None:
+        pytest.skip("needs cmake and make (the build tools of l2s_fast)")
+    shutil.copy(REPO_ROOT / "CMakeLists.txt", tmp_path)
+    shutil.copytree(REPO_ROOT / "csrc", tmp_path / "csrc")
+    build = tmp_path / "build"
+    subprocess.run(["cmake", "-S", tmp_path, "-B", build, "-G", "Unix Makefiles",
+                    f"-Dpybind11_DIR={pybind11.get_cmake_dir()}"], check=True, capture_output=True, timeout=300)
+    with open(tmp_path / "csrc" / "module.cpp", "a") as source:
+        source.write("// an edit\n")
+    # the check every `cmake --build` starts with; it configures again when a dependency changed
+    subprocess.run(["make", "-C", build, "cmake_check_build_system"], check=True, capture_output=True, timeout=300)
+    header = (build / "generated" / "build_config.h").read_text()
+    assert f'L2S_SOURCE_DIGEST "{source_digest(tmp_path / "csrc")}"' in header
+
+
 SHAPES = [  # (B, H, N, T, D, G)
     (1, 1, 1, 1, 4, 1),
     (1, 2, 1, 77, 16, 3),

@@ -17,3 +17,12 @@ def test_settings_import_no_torch():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["False", "('uncertainty',", "'bt')"]
+
+
+def test_reward_training_loads_no_diffusion_stack():
+    # train-reward drew its curves through l2s.training, which pulled in diffusers and doubled its start-up
+    script = ("import sys\nimport l2s.reward.train\n"
+              "print([m for m in ('diffusers', 'l2s.training', 'l2s.pipelines') if m in sys.modules])")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"

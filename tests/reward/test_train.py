@@ -40,9 +40,10 @@ def test_a_stopped_run_resumes_where_it_stopped_and_refuses_other_settings(tmp_p
     said = []
     done = train_reward_model(tmp_path / "pairs", tmp_path / "rm", tokenizer, _settings(epochs=3), progress=False,
                               on_resume=said.append)
-    straight = train_reward_model(tmp_path / "pairs", tmp_path / "again", tokenizer, _settings(epochs=3), progress=False,
-                                  on_resume=said.append)
-    assert said == [f"l2s: resumed after epoch 1 of the earlier run in {tmp_path / 'rm'}"]   # the fresh run says nothing
+    straight = train_reward_model(tmp_path / "pairs", tmp_path / "again", tokenizer, _settings(epochs=3),
+                                  progress=False, on_resume=said.append)
+    # the fresh run says nothing
+    assert said == [f"l2s: resumed after epoch 1 of the earlier run in {tmp_path / 'rm'}"]
     from PIL import Image
 
     with Image.open(tmp_path / "rm" / "curves.png") as curves:     # loss, accuracy, learning rate
