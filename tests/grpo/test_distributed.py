@@ -65,5 +65,5 @@ def test_accelerate_launch_two_cpu_processes_train_one_adapter_saved_once(tmp_pa
     assert records[1]["trained_rows"] == ranks[0]["rows"] + ranks[1]["rows"]
     assert json.loads((tmp_path / "out" / "grpo.json").read_text())["processes"] == 2
     assert sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")) == [
-        "adapter", "adapter_raw", "checkpoint.pt", "grpo.json", "log.jsonl"]
+        "adapter", "adapter_raw", "checkpoint.pt", "curves.png", "grpo.json", "log.jsonl"]
 
