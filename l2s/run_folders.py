@@ -71,10 +71,11 @@ def append_log(path: Path, row: dict) -> None:
 
 
 def prepare_out_dir(out_dir: Path, settings: dict, resume: bool, finished: Finished | None = None,
-                    on_restart: Callable[[Path], None] | None = None) -> dict | None:
+                    on_restart: Callable[[Path], None] | None = None, also: Sequence[str] = ()) -> dict | None:
     """Recover interrupted checkpoint swaps; the resume state of ``last/`` (checked against
-    ``settings``, see :func:`read_resume_state`) when resuming, else clear a previous run.
-    Returns the state or None. ``on_restart(out_dir)`` clears what else a run keeps there."""
+    ``settings``, see :func:`read_resume_state`) when resuming, else clear a previous run (and the
+    names ``also``, said with the others). Returns the state or None. ``on_restart(out_dir)`` runs
+    first when starting over (to close what holds those files open)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     best_dir, last_dir, log_path = out_dir / BEST_DIR, out_dir / LAST_DIR, out_dir / LOG_FILE
     for directory in (best_dir, last_dir):
@@ -82,10 +83,10 @@ def prepare_out_dir(out_dir: Path, settings: dict, resume: bool, finished: Finis
     if resume and (last_dir / STATE_FILE).is_file():
         return read_resume_state(out_dir, settings, finished)
     if not resume:
-        # last/ first: a kill part-way must not leave a run that resumes
-        remove_outputs(out_dir, [last_dir.name, best_dir.name, log_path.name], "starting the training over")
         if on_restart is not None:
             on_restart(out_dir)
+        # last/ first: a kill part-way must not leave a run that resumes
+        remove_outputs(out_dir, [last_dir.name, best_dir.name, log_path.name, *also], "starting the training over")
     return None
 
 

@@ -141,9 +141,11 @@ def _say_interrupted(error: KeyboardInterrupt, argv: Sequence[str] = ()) -> None
     # every process: once per machine, but a process interrupted alone (kill -INT) still says it.
     line = getattr(error, "l2s_message", None) or INTERRUPTED
     # rerun as typed, a start-over would remove what it has saved since: the resume leaves the flag out
+    # (cut short before the start-over removed anything, that resumes the earlier run: said too)
     restart = next((flag for flag in RESTART_FLAGS if flag in argv), None)
     if restart:
-        line = line.replace("rerun the same command", f"rerun the same command without {restart}")
+        line = line.replace("rerun the same command to resume", f"rerun the same command without {restart} to "
+                            f"resume what is saved, or with it to start over")
     if said := line_to_say(line):
         print(("\n" if sys.stderr.isatty() else "") + said, file=sys.stderr)
 

@@ -17,6 +17,7 @@ from torch import Tensor
 log = logging.getLogger(__name__)
 # The C++ sources of a checkout (absent from an installed wheel, where nothing is compared).
 SOURCES = Path(__file__).resolve().parents[2] / "csrc"
+SOURCE_SUFFIXES = (".cpp", ".cc", ".h", ".hpp", ".cu", ".cuh", ".in")   # as CMakeLists.txt globs them
 
 # dtype codes of l2s_fast's CUDA entry points (csrc/cuda/selected_softmax.h).
 _CUDA_DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
@@ -36,11 +37,11 @@ def load_l2s_fast():
 
 
 def source_digest(folder: Path) -> str:
-    """The digest CMakeLists.txt compiles into l2s_fast: SHA-256 over each file's relative path and
-    SHA-256, in sorted path order."""
+    """The digest CMakeLists.txt compiles into l2s_fast: SHA-256 over each source file's relative path
+    and SHA-256, in sorted path order (an editor's swap file or a stray object file is no source)."""
     lines = []
     for path in sorted(folder.rglob("*"), key=lambda p: p.relative_to(folder).as_posix()):
-        if path.is_file():
+        if path.is_file() and path.suffix in SOURCE_SUFFIXES:
             lines.append(f"{path.relative_to(folder).as_posix()} {hashlib.sha256(path.read_bytes()).hexdigest()}\n")
     return hashlib.sha256("".join(lines).encode()).hexdigest()
 

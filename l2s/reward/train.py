@@ -148,7 +148,7 @@ def train_reward_model(data: str | Path | Sequence[str | Path], out: str | Path,
         examples = _Examples(train_pairs, scorer, settings.mirror)
         heldout = load_pairs(data, "heldout")   # read once: checked now, scored at the end
         check_prompts(scorer, [val_pairs, heldout])
-        state = prepare_out_dir(out, record, resume, on_restart=_remove_curves)
+        state = prepare_out_dir(out, record, resume, also=(CURVES_FILE,))   # a run started over draws its own
         run = _Run(scorer, settings, record, device)
         run.start(examples, state)
         before = run.epoch   # a finished run resumes at its end: it is only scored again
@@ -160,10 +160,6 @@ def train_reward_model(data: str | Path | Sequence[str | Path], out: str | Path,
         if run.epoch < settings.epochs:
             return {"finished": False, "epochs_done": run.epoch, "epochs_before": before}
         return {**finish(out, heldout, command, record), "epochs_before": before}
-
-
-def _remove_curves(out: Path) -> None:
-    (out / CURVES_FILE).unlink(missing_ok=True)     # a run started over draws its own
 
 
 def finish(out: Path, heldout: PairSet, command: str | None, record: dict) -> dict:

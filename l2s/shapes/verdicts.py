@@ -77,23 +77,23 @@ def mode_scores(records: Sequence, specs: Sequence, detector) -> dict:
     seconds = [r.meta.get("generate_s") for r in records if r.meta.get("generate_s") is not None]
     cpu = [r.meta["generate_cpu_s"] for r in records if r.meta.get("generate_cpu_s") is not None]
     return {"accuracy": s.accuracy, "n_images": s.n_images, "n_correct": s.n_correct,
-            "correct_by_image": {image_key(r): bool(r.result.correct) for r in records},
+            "correct_by_image": {_image_key(r): bool(r.result.correct) for r in records},
             "per_relation": {r: list(v) for r, v in s.per_relation.items()},
             "generate_s_per_image": float(np.mean(seconds)) if seconds else 0.0,
             "generate_cpu_s_per_image": float(np.mean(cpu)) if cpu else None,
-            **colour_scores(records, specs, detector)}
+            **_colour_scores(records, specs, detector)}
 
 
-def image_key(record) -> str:
+def _image_key(record) -> str:
     """Identifies an image across modes and parts: its prompt and seed."""
     return f"{int(record.meta['prompt_index'])}/{int(record.meta['seed'])}"
 
 
-def colour_scores(records: Sequence, specs: Sequence, detector) -> dict:
+def _colour_scores(records: Sequence, specs: Sequence, detector) -> dict:
     """Colour-only accuracy (:func:`colour_only`) of a mode's saved images, overall and per relation."""
     per_relation, by_image, found_by_image = {}, {}, {}
     for record in records:
-        key = image_key(record)
+        key = _image_key(record)
         strict_spec = specs[int(record.meta["prompt_index"])]
         spec = colour_only(strict_spec)
         with Image.open(record.image_path) as image:

@@ -15,11 +15,12 @@ import torch
 
 from l2s.classifier import RelationClassifier
 from l2s.classifier.hub import TRAINING_FILE, read_training_record
+from l2s.evaluation.curves import CURVES_FILE
 from l2s.run_folders import STATE_FILE, atomic_dir
 from l2s.run_folders import prepare_out_dir as _prepare_out_dir
 
 from .store import META_FILE
-from .tracking import clear_curves
+from .tracking import TENSORBOARD_DIR, close_tracker
 
 
 def save_checkpoint(directory: Path, model: RelationClassifier, training: dict, state: dict | None = None) -> None:
@@ -50,7 +51,8 @@ def resume_state(optimizer, scheduler, shuffle: torch.Generator, counters: dict,
 
 def prepare_out_dir(out_dir: Path, settings: dict, resume: bool, finished=None) -> dict | None:
     """:func:`l2s.run_folders.prepare_out_dir`; starting over also removes the curves (picture, TensorBoard)."""
-    return _prepare_out_dir(out_dir, settings, resume, finished, on_restart=clear_curves)
+    return _prepare_out_dir(out_dir, settings, resume, finished, on_restart=close_tracker,
+                            also=(CURVES_FILE, TENSORBOARD_DIR))
 
 
 def trained_on(weights: str | Path) -> str | None:

@@ -1,16 +1,13 @@
-"""Training curves: ``curves.png`` in the run folder always, and TensorBoard through accelerate's
-trackers when tensorboard is installed.
+"""Training curves in TensorBoard, through accelerate's trackers, when tensorboard is installed.
 
 Every epoch's row of ``log.jsonl`` also goes to ``OUT/tensorboard/<run>/`` (its numbers as scalars,
 at the epoch as step): ``tensorboard --logdir OUT/tensorboard``. Without the ``tensorboard``
-package (``pip install "l2s[tensorboard]"``) nothing is written there; ``curves.png`` is redrawn
-from the log after every epoch either way.
+package (``pip install "l2s[tensorboard]"``) nothing is written there; the panels of ``curves.png``
+(:mod:`l2s.evaluation.curves`, drawn either way) are named here.
 """
 from __future__ import annotations
 
 from pathlib import Path
-
-from l2s.evaluation.curves import CURVES_FILE
 
 TENSORBOARD_DIR = "tensorboard"
 RUN_NAME = "classifier"
@@ -62,13 +59,3 @@ def close_tracker(out_dir: str | Path) -> None:
     tracker = _trackers.pop(Path(out_dir).resolve() / TENSORBOARD_DIR, None)
     if tracker is not None:
         tracker.finish()
-
-
-def clear_curves(out_dir: str | Path) -> None:
-    """Remove ``out_dir``'s curves (a run started over): ``curves.png`` and the TensorBoard logs,
-    closing their writer first."""
-    import shutil
-
-    close_tracker(out_dir)
-    shutil.rmtree(Path(out_dir).resolve() / TENSORBOARD_DIR, ignore_errors=True)
-    (Path(out_dir) / CURVES_FILE).unlink(missing_ok=True)

@@ -288,7 +288,8 @@ def test_an_interrupted_start_over_says_to_resume_without_its_flag(module, entry
     monkeypatch.setattr(importlib.import_module(f"l2s.cli.{module}"), entry, _raising(KeyboardInterrupt()))
     assert main(argv) == 130
     (line,) = [x for x in capsys.readouterr().err.splitlines() if x]
-    assert line == f"l2s: interrupted; rerun the same command without {flag} to resume"
+    assert line == f"l2s: interrupted; rerun the same command without {flag} to resume what is saved, or with it " \
+                   "to start over"
 
 
 def test_an_interrupted_single_image_says_there_is_nothing_to_resume(monkeypatch, tmp_path, capsys):

@@ -72,22 +72,32 @@ def test_the_module_was_built_from_this_checkouts_sources():
     assert l2s_fast.__source_digest__ == source_digest(REPO_ROOT / "csrc")
 
 
-def test_a_module_built_from_other_sources_is_named_once(tmp_path, monkeypatch, caplog):
+@pytest.fixture
+def said_afresh():
+    """``_say_if_stale`` with nothing said yet, and so again after the test, whatever it did."""
     from l2s.ops import native
 
+    native._say_if_stale.cache_clear()
+    yield native
+    native._say_if_stale.cache_clear()
+
+
+def test_a_module_built_from_other_sources_is_named_once(tmp_path, monkeypatch, caplog, said_afresh):
+    native = said_afresh
     (tmp_path / "cuda").mkdir()
     (tmp_path / "cuda" / "k.cu").write_text("int k;")
     (tmp_path / "module.cpp").write_text("int m;")
     monkeypatch.setattr(native, "SOURCES", tmp_path)
-    native._say_if_stale.cache_clear()
+    built_from = native.source_digest(tmp_path)
+    (tmp_path / ".module.cpp.swp").write_text("an editor's")     # no source: the digest stays
+    (tmp_path / "module.o").write_bytes(b"\0")
     with caplog.at_level("WARNING", logger="l2s.ops.native"):
-        native._say_if_stale(native.source_digest(tmp_path))
+        native._say_if_stale(built_from)
         assert not caplog.records
         (tmp_path / "module.cpp").write_text("int m2;")
         native._say_if_stale(l2s_fast.__source_digest__)
         native._say_if_stale(l2s_fast.__source_digest__)
     assert len(caplog.records) == 1 and "l2s_fast was built from other sources" in caplog.text
-    native._say_if_stale.cache_clear()
 
 
 def test_a_standalone_build_computes_the_digest_again_after_an_edit(tmp_path):

@@ -75,10 +75,10 @@ def test_a_finished_run_closes_its_writer(tmp_path, monkeypatch):
     assert not tracking._trackers
 
 
-def test_training_draws_its_curves_every_epoch_and_a_restart_removes_them(tmp_path, monkeypatch):
+def test_training_draws_its_curves_every_epoch_and_a_restart_removes_them(tmp_path, monkeypatch, caplog):
     from PIL import Image
 
-    from l2s.evaluation.curves import save_curves
+    from l2s.evaluation.curves import CURVES_FILE, save_curves
 
     drawn = []
     monkeypatch.setattr("l2s.training.train.save_curves", lambda out, rows, *a: drawn.append(len(rows)) or
@@ -88,7 +88,10 @@ def test_training_draws_its_curves_every_epoch_and_a_restart_removes_them(tmp_pa
     train_classifier(dataset, tmp_path / "run", _config(), epochs=2, batch_size=32, progress=False)
     train_classifier(dataset, tmp_path / "run", _config(), epochs=3, batch_size=32, progress=False)   # resumed
     assert drawn == [1, 2, 3]     # every epoch, a resumed run's with the earlier epochs
-    with Image.open(tmp_path / "run" / tracking.CURVES_FILE) as picture:
+    with Image.open(tmp_path / "run" / CURVES_FILE) as picture:
         assert picture.width == 3 * 360      # a panel each: loss, accuracy, learning rate
-    tracking.clear_curves(tmp_path / "run")
-    assert not (tmp_path / "run" / tracking.CURVES_FILE).exists()
+    from l2s.training.checkpoints import prepare_out_dir
+
+    prepare_out_dir(tmp_path / "run", {}, resume=False)      # what --restart does first
+    assert not (tmp_path / "run" / CURVES_FILE).exists()     # a start-over draws its own
+    assert "starting the training over: removed last/, best/, log.jsonl, curves.png" in caplog.text
