@@ -86,7 +86,7 @@ def _legend(draw: ImageDraw.ImageDraw, name: str, keys: list[str], at: tuple[flo
 def _span(values: list[float]) -> tuple[float, float]:
     """The axis range of ``values``, widened a little (a constant series gets a visible band)."""
     low, high = min(values), max(values)
-    pad = (high - low) * 0.05 or max(abs(high) * 0.1, 0.5)
+    pad = (high - low) * 0.05 or abs(high) * 0.1 or 0.5
     return low - pad, high + pad
 
 

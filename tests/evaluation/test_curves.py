@@ -23,3 +23,11 @@ def test_each_key_is_a_curve_in_its_colour_and_gaps_are_left_out():
 def test_a_constant_series_and_a_single_epoch_still_draw():
     image = curves_picture([{"epoch": 3, "a": 0.0}], [("a", ["a"])], "one epoch")
     assert _colour_count(image, LINE_COLOURS[0]) > 10
+
+
+def test_a_constant_small_value_keeps_a_scale_of_its_own():
+    from l2s.evaluation.curves import _span
+
+    low, high = _span([3e-4, 3e-4])          # a learning rate that never changed
+    assert 0 < low < 3e-4 < high < 1e-3     # not a band of +-0.5 around it
+    assert _span([0.0]) == (-0.5, 0.5)
