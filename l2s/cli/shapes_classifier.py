@@ -122,4 +122,7 @@ def train_classifier_main(argv: Sequence[str] | None = None) -> int:
           f"{result.best_val_accuracy:.3f}; weights in {result.best_dir}")
     for line in validation_report(result.best_dir, args.data):
         print(f"l2s: best checkpoint, {line}")
+    from l2s.evaluation.curves import CURVES_FILE   # loaded with the training already
+
+    print(f"l2s: training curves in {result.out_dir / CURVES_FILE}")
     return 0

@@ -256,4 +256,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
           f"{', stopped early' if result.stopped_early else ''}); checkpoint {result.best_dir}", file=sys.stderr)
     for line in validation_report(result.best_dir, args.dataset, args.device):
         print(f"l2s: {line}", file=sys.stderr)
+    from l2s.evaluation.curves import CURVES_FILE   # loaded with the training already
+
+    print(f"l2s: training curves in {result.out_dir / CURVES_FILE}", file=sys.stderr)
     return 0

@@ -63,6 +63,8 @@ def test_the_best_epoch_line_and_card_say_what_best_means_and_count_records(shap
     # "best" is chosen by the lowest val loss (another epoch may have a higher accuracy): the line says so.
     assert re.search(rf"^l2s: best epoch {best['epoch']} \(lowest val loss {best['val_loss']:.4f}\): val accuracy "
                      rf"{best['val_accuracy']:.3f}; weights in ", printed, re.MULTILINE), printed
+    assert printed.splitlines()[-1] == f"l2s: training curves in {out / 'curves.png'}"
+    assert (out / "curves.png").is_file()
     card = (out / "best" / "README.md").read_text()
     training = json.loads((out / "best" / "training.json").read_text())
     assert f"({training['train_samples']} training, {training['val_samples']} validation records)" in card

@@ -110,6 +110,7 @@ def test_train_cli_layers_option(dataset, tmp_path, capsys):
                        "--epochs", "1", "--quiet"]) == 0
     model = RelationClassifier.load(tmp_path / "k1" / "best")
     assert model.config.channels == 2 and model.config.layer_layout == LAYOUT[:1]
+    assert capsys.readouterr().err.splitlines()[-1] == f"l2s: training curves in {tmp_path / 'k1' / 'curves.png'}"
     assert train_main([str(dataset), "--out", str(tmp_path / "k9"), "--preset", "flux-schnell", "--layers", "9",
                        "--quiet"]) == 2
     assert "l2s: error: --layers 9: cannot keep the first 9 layers" in capsys.readouterr().err
