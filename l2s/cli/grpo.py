@@ -122,6 +122,7 @@ def grpo_main(argv: Sequence[str] | None = None) -> int:
     from l2s.values import positive_int
     from l2s.reward.identity import reward_identity
     from l2s.shapes import load_shapes_pipeline
+    from l2s.evaluation.curves import CURVES_FILE
     from l2s.shapes.recipes import reward_name
     from l2s.shapes.tuning import base_model_identity, train_shapes_grpo
 
@@ -152,5 +153,6 @@ def grpo_main(argv: Sequence[str] | None = None) -> int:
                   "ran; its last logged epoch:", file=sys.stderr)
         elif result.epochs_before:
             print(f"l2s: resumed after epoch {result.epochs_before} of the earlier run in {args.out}", file=sys.stderr)
-        print(f"l2s: {epochs}; {shown}; adapter in {args.out / 'adapter'} (load with --lora {args.out})")
+        print(f"l2s: {epochs}; {shown}; adapter in {args.out / 'adapter'} (load with --lora {args.out}); "
+              f"curves in {args.out / CURVES_FILE}")
     return 0
