@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -43,6 +44,7 @@ from .settings import GRPOSettings
 from .trainer import GRPOTrainer, seeds_for
 
 CHECKPOINT, LOG, EVALUATED = "checkpoint.pt", "log.jsonl", "evaluated"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -246,8 +248,9 @@ def _check_sources(out: Path, trainer: GRPOTrainer) -> None:
     """A run resumed with another reward or on another base model would train on two: refused
     (runs from before these were recorded, or a call that does not name them, are not checked)."""
     name, base = trainer.reward_name, trainer.base_model
-    record = read_state_json(out / "grpo.json", fix="use --restart to start afresh") if name or base else None
+    record = read_state_json(out / "grpo.json", fix="use --restart to start afresh")
     record = record if isinstance(record, dict) else {}
+    _say_other_process_count(out, record.get("processes"), trainer.acc)
     earlier = record.get("reward")
     if name and earlier is not None and not same_reward(earlier, name):
         raise L2SError(f"{out} holds a GRPO run trained with the reward {earlier!r}; this run asks for {name!r}: "
@@ -256,6 +259,15 @@ def _check_sources(out: Path, trainer: GRPOTrainer) -> None:
         raise L2SError(f"{out} holds a GRPO run of another base model ({record['base_model']}; this run's is "
                        f"{base}): give the model it was trained on (its command is in grpo.json), another --out, "
                        "or --restart to start afresh")
+
+
+def _say_other_process_count(out: Path, earlier: int | None, acc) -> None:
+    """A run resumed on another number of processes is allowed (a long run may grow), but its epochs
+    from here share prompts and seeds otherwise than the uninterrupted run's would: said once."""
+    if earlier is not None and earlier != acc.num_processes and acc.is_main_process:
+        log.warning("%s was trained on %d process(es) and resumes on %d: its later epochs draw other prompts "
+                    "and seeds than an uninterrupted run would (resume on %d to repeat it exactly)",
+                    out, earlier, acc.num_processes, earlier)
 
 
 def _resume(trainer: GRPOTrainer, out: Path) -> int:

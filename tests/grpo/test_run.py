@@ -255,3 +255,16 @@ def test_the_dev_bar_names_its_image_count_and_counts_steps(capsys):
     # 6 images in one chunk of 8: 4 steps
     assert "dev (epoch 1): sampling 6 images" in err and "/4 [" in err and "step/s" in err
     assert "dev (epoch 1) images" not in err
+
+
+def test_a_run_resumed_on_another_number_of_processes_says_it_is_no_longer_a_repeat(tmp_path, caplog):
+    _run(tmp_path, tiny_settings(epochs=1))
+    record = json.loads((tmp_path / "grpo.json").read_text())
+    (tmp_path / "grpo.json").write_text(json.dumps({**record, "processes": 2}))   # as if made on two
+    caplog.clear()
+    resumed = _run(tmp_path, tiny_settings(epochs=2))
+    assert [r["epoch"] for r in resumed.records] == [0, 1, 2]                        # allowed: a run may grow
+    assert "was trained on 2 process(es) and resumes on 1: its later epochs draw other prompts" in caplog.text
+    caplog.clear()
+    _run(tmp_path, tiny_settings(epochs=3))                                          # now recorded as one
+    assert "resumes on" not in caplog.text
