@@ -267,7 +267,9 @@ def _build(
         export = export_transformer_onnx(transformer, inputs, cache_dir, opset, exporter)
         plan = build_tensorrt_plan(export, cache_dir, optimization_level=tensorrt_optimization_level)
         plan_note = "reused cached plan" if plan.reused else f"built plan in {plan.seconds:.0f} s"
-        return TensorRTEngine(plan, reason=f"{reason}; {_describe_export(export)}; {plan_note} {plan.path}")
+        engine = TensorRTEngine(plan, reason=f"{reason}; {_describe_export(export)}; {plan_note} {plan.path}")
+        engine.export = export    # a plan rebuilt from a damaged cached export fails again: both are named
+        return engine
     raise EngineError(f"unknown engine kind {kind!r}")
 
 
@@ -304,10 +306,13 @@ def _verified(
 def _cached_source_advice(engine: PlainStepEngine) -> str:
     """Where a frozen engine that was read from the cache came from, and how to rebuild it: a damaged
     file of the right size passes the cache's checks and would fail the same way on every run."""
-    for artefact in (getattr(engine, "export", None), getattr(engine, "plan", None)):
-        if artefact is not None and artefact.reused:
-            return f"; it was read from the cache entry {artefact.path.parent}: delete that folder to build it again"
-    return ""
+    artefacts = (getattr(engine, "export", None), getattr(engine, "plan", None))
+    folders = [str(artefact.path.parent) for artefact in artefacts if artefact is not None and artefact.reused]
+    if not folders:
+        return ""
+    if len(folders) == 1:
+        return f"; it was read from the cache entry {folders[0]}: delete that folder to build it again"
+    return f"; it was read from the cache entries {' and '.join(folders)}: delete those folders to build it again"
 
 
 def enable_compile_cache() -> None:

@@ -6,6 +6,7 @@ import copy
 import os
 import re
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -470,3 +471,19 @@ def test_a_killed_build_leaves_no_folder_behind_once_another_build_runs(tmp_path
         write_meta(scratch, {"key": "k4"})
     assert not leftovers["killed"].exists()
     assert leftovers["running here"].exists() and leftovers["another machine's"].exists()
+
+
+def test_a_tensorrt_engine_that_disagrees_names_every_cached_folder_it_read():
+    # its plan may have been rebuilt from a damaged cached export: deleting the plan alone fails again
+    from types import SimpleNamespace
+
+    from l2s.engines.factory import _cached_source_advice
+
+    export = SimpleNamespace(reused=True, path=Path("/cache/onnx-1/model.onnx"))
+    plan = SimpleNamespace(reused=True, path=Path("/cache/trt-2/model.plan"))
+    assert _cached_source_advice(SimpleNamespace(export=export, plan=plan)) == (
+        "; it was read from the cache entries /cache/onnx-1 and /cache/trt-2: delete those folders to build it again")
+    fresh = SimpleNamespace(reused=False, path=plan.path)
+    assert _cached_source_advice(SimpleNamespace(export=export, plan=fresh)).endswith(
+        "cache entry /cache/onnx-1: delete that folder to build it again")
+    assert _cached_source_advice(SimpleNamespace(plan=fresh)) == ""
