@@ -219,7 +219,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
-    print(f"CPU, torch {torch.__version__}, {os.cpu_count()} cores, load average "
+    # what the batch rows' seconds are: a table read later must say (eval rows are wall time, threads per row)
+    timing = f", {args.threads} thread(s), {args.timer} time" if args.what == "batch" else ""
+    print(f"CPU, torch {torch.__version__}, {os.cpu_count()} cores{timing}, load average "
           f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}\n")
     if args.what == "batch":
         torch.set_num_threads(args.threads)

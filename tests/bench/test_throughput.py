@@ -29,7 +29,9 @@ def test_batch_rows_on_the_tiny_flux(script, tmp_path, capsys):
                             "--json", str(tmp_path / "rows.json")]) == 0
     finally:
         torch.set_num_threads(threads)
-    rows = _rows(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    assert ", 1 thread(s), cpu time," in out.splitlines()[0]           # what the seconds are
+    rows = _rows(out)
     assert [(r[1], r[2]) for r in rows] == [("plain", "1"), ("plain", "2"), ("steered", "1"), ("steered", "2")]
     first = {r[1]: float(r[5]) for r in rows if r[2] == "1"}
     for kind, batch, images, _, per_s, speedup in ((r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows):
