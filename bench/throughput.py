@@ -55,7 +55,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     batch.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 2, 4, 8, 16])
     batch.add_argument("--images", type=int, default=16, help="images per row (default 16)")
     batch.add_argument("--threads", type=int, default=1)
-    batch.add_argument("--mode", default="fast", choices=list(MODES), help="steering execution mode (default fast)")
+    # a mode replaying CUDA graphs cannot run on the CPU: refused here, not after a model loaded
+    cpu_modes = [name for name, mode in MODES.items() if mode.compile_mode != "reduce-overhead"]
+    batch.add_argument("--mode", default="fast", choices=cpu_modes, help="steering execution mode (default fast)")
     batch.add_argument("--timer", choices=["wall", "cpu"], default="wall",
                        help="wall time, or this process's CPU time (default wall)")
     batch.add_argument("--json", type=Path, help="also write the rows here")
@@ -66,10 +68,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     spread.add_argument("--json", type=Path, help="also write the rows here")
     spread.add_argument("eval_args", nargs="*", help="after --: l2s eval options (--out is set here)")
     args = parser.parse_args(argv)
-    problem = count_problem(args)
+    problem = count_problem(args) or json_problem(args.json)
     if problem is not None:
         parser.error(problem)
     return args
+
+
+def json_problem(path: Path | None) -> str | None:
+    """Why ``--json`` cannot be written (None: it can), checked before minutes of measuring."""
+    from l2s.cli.checks import check_output_file
+    from l2s.errors import UsageError
+
+    try:
+        if path is not None:
+            check_output_file(path, "--json")
+    except UsageError as error:
+        return str(error)
+    return None
 
 
 def count_problem(args: argparse.Namespace) -> str | None:
@@ -204,7 +219,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
-    print(f"CPU, torch {torch.__version__}, {os.cpu_count()} cores, load average "
+    # what the batch rows' seconds are: a table read later must say (eval rows are wall time, threads per row)
+    timing = f", {args.threads} thread(s), {args.timer} time" if args.what == "batch" else ""
+    print(f"CPU, torch {torch.__version__}, {os.cpu_count()} cores{timing}, load average "
           f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}\n")
     if args.what == "batch":
         torch.set_num_threads(args.threads)

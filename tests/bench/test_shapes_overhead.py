@@ -1,5 +1,6 @@
 """bench/shapes_overhead.py: each schedule against unsteered images at its own step count, forwards
-per image as a mean, and a bad --images refused in one line."""
+per image as a mean, and bad options (a count, a CUDA-graph mode, a --json that cannot be written, a
+classifier that does not load) refused in one line."""
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -57,3 +58,29 @@ def test_a_bad_count_is_refused_in_one_line(script, capsys, options):
     assert exit_info.value.code == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert options[0] in line and "must be positive" in line
+
+
+def test_a_cuda_graph_mode_is_refused_in_one_line(script, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        script.parse_args(["--modes", "fast", "fast+cudagraphs"])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "--modes" in line and "fast+cudagraphs" in line
+
+
+def test_an_unwritable_json_is_refused_before_a_model_loads(script, capsys, monkeypatch, tmp_path):
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(l2s.shapes, "load_shapes_steerer", no_model)
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    assert script.main(["--json", str(blocked / "rows.json")]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("shapes_overhead.py: error: --json")
+
+
+def test_a_classifier_that_does_not_load_is_one_line(script, capsys, tmp_path):
+    assert script.main(["--classifier", str(tmp_path / "missing"), "--images", "1", "--schedules", "fast"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "classifier not found" in line

@@ -1,5 +1,6 @@
 """bench/throughput.py: batch rows on the tiny FLUX (a row per batch size, speed-up against the
-first batch size measured, a refused batch says why), bad options refused before a model loads,
+first batch size measured, a refused batch says why), bad options (a CUDA-graph mode, a --json that
+cannot be written) refused before a model loads,
 and the commands of its ``eval`` rows."""
 from __future__ import annotations
 
@@ -28,7 +29,9 @@ def test_batch_rows_on_the_tiny_flux(script, tmp_path, capsys):
                             "--json", str(tmp_path / "rows.json")]) == 0
     finally:
         torch.set_num_threads(threads)
-    rows = _rows(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    assert ", 1 thread(s), cpu time," in out.splitlines()[0]           # what the seconds are
+    rows = _rows(out)
     assert [(r[1], r[2]) for r in rows] == [("plain", "1"), ("plain", "2"), ("steered", "1"), ("steered", "2")]
     first = {r[1]: float(r[5]) for r in rows if r[2] == "1"}
     for kind, batch, images, _, per_s, speedup in ((r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows):
@@ -58,15 +61,18 @@ def test_the_speed_up_names_the_first_batch_size_measured(script, monkeypatch):
 @pytest.mark.parametrize("options, named", [
     (["batch", "--images", "0"], "--images"), (["batch", "--batch-sizes", "1", "0"], "--batch-sizes"),
     (["batch", "--threads", "0"], "--threads"), (["batch", "--mode", "bogus"], "--mode"),
-    (["eval", "--processes", "0"], "--processes")])
-def test_bad_options_fail_in_one_line_before_a_model_loads(script, monkeypatch, capsys, options, named):
+    (["batch", "--mode", "fast+cudagraphs"], "--mode"), (["batch", "--json", "{blocked}/rows.json"], "--json"),
+    (["eval", "--json", "{blocked}/rows.json"], "--json"), (["eval", "--processes", "0"], "--processes")])
+def test_bad_options_fail_in_one_line_before_a_model_loads(script, monkeypatch, capsys, tmp_path, options, named):
     def no_model(*args, **kwargs):
         raise AssertionError("a model was loaded or an eval started")
 
     monkeypatch.setattr(script, "load_model", no_model)
     monkeypatch.setattr(script.subprocess, "run", no_model)      # nor an eval run (minutes)
+    blocked = tmp_path / "a-file"                                # a --json folder that cannot be made
+    blocked.write_text("")
     with pytest.raises(SystemExit) as exit_info:
-        script.main(options)
+        script.main([option.format(blocked=blocked) for option in options])
     assert exit_info.value.code == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert named in line

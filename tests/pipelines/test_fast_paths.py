@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import l2s.steer.refine as refine_module
 from l2s.demo import tiny_classifier_for, tiny_flux_pipeline
@@ -177,6 +178,29 @@ def _host_sync_traps(monkeypatch, armed):
         monkeypatch.setattr(torch.Tensor, name, trap(name))
 
 
+# Ops whose result's shape depends on values (boolean masks, nonzero) wait for the device on CUDA;
+# on the CPU no Tensor method is called for them, so a dispatch mode catches them.
+_DATA_DEPENDENT = {torch.ops.aten.nonzero, torch.ops.aten.masked_select, torch.ops.aten._local_scalar_dense,
+                   torch.ops.aten._unique2, torch.ops.aten.unique_consecutive, torch.ops.aten.unique_dim}
+_INDEXING = {torch.ops.aten.index, torch.ops.aten.index_put, torch.ops.aten.index_put_}
+
+
+class _DataDependentOpTrap(TorchDispatchMode):
+    """Raise on an op that syncs on CUDA through its values while ``armed[0]`` is true."""
+
+    def __init__(self, armed) -> None:
+        super().__init__()
+        self.armed = armed
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        packet = func.overloadpacket
+        boolean_index = packet in _INDEXING and any(
+            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1] or ())
+        if self.armed[0] and (packet in _DATA_DEPENDENT or boolean_index):
+            raise AssertionError(f"host sync inside a steering iteration: {func}")
+        return func(*args, **(kwargs or {}))
+
+
 def _from_l2s() -> bool:
     return sys._getframe(2).f_globals.get("__name__", "").startswith("l2s")
 
@@ -209,7 +233,8 @@ def test_no_host_sync_inside_a_steered_iteration(pipe_and_classifier, monkeypatc
     def armed_refine(*args, **kwargs):
         armed[0] = True
         try:
-            return refine(*args, **kwargs)
+            with _DataDependentOpTrap(armed):
+                return refine(*args, **kwargs)
         finally:
             armed[0] = False
 
