@@ -108,12 +108,7 @@ def _folder_jobs(images_dir: Path) -> tuple[list[tuple[Path, PromptSpec, Path]],
     jobs: list[tuple[Path, PromptSpec, Path]] = []
     skipped, without_images = 0, []
     for folder in folders:
-        try:
-            first_line = (folder / "metadata.jsonl").read_text(encoding="utf-8").splitlines()[:1]
-            spec = spec_from_metadata(json.loads(first_line[0])) if first_line else None
-        except (ValueError, KeyError, IndexError, TypeError) as error:
-            raise L2SError(f"{folder / 'metadata.jsonl'}: not a GenEval metadata or PromptSpec line "
-                           f"({error})") from None
+        spec = _folder_spec(folder / "metadata.jsonl")
         if spec is None:
             skipped += 1
             continue
@@ -129,6 +124,22 @@ def _folder_jobs(images_dir: Path) -> tuple[list[tuple[Path, PromptSpec, Path]],
     if not jobs:
         raise L2SError(f"no position-prompt images in {images_dir} ({skipped} folders without a position clause)")
     return jobs, skipped
+
+
+def _folder_spec(path: Path) -> PromptSpec | None:
+    """A prompt folder's spec (None: no position clause). GenEval reads the file as one JSON object
+    (json.load: a pretty-printed one too); a file of several lines is read by its first."""
+    try:
+        text = path.read_text(encoding="utf-8-sig").strip()   # a byte-order mark is no JSON
+        if not text:
+            raise ValueError("the file is empty")
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            data = json.loads(text.splitlines()[0])
+        return spec_from_metadata(data)
+    except (ValueError, KeyError, IndexError, TypeError) as error:
+        raise L2SError(f"{path}: not a GenEval metadata or PromptSpec line ({error})") from None
 
 
 def _score_sample(folder: Path, spec: PromptSpec, png: Path, out: Path, detector: Detector, rule: str,

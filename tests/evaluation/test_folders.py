@@ -1,0 +1,42 @@
+"""Scoring a GenEval-layout image folder made elsewhere (``l2s eval --images``)."""
+import json
+
+import numpy as np
+import pytest
+
+from l2s.errors import L2SError
+from l2s.evaluation import PromptSpec, RelationCheck, geneval_metadata, score_image_folder
+from l2s.shapes import ShapesDetector, render, scene_for_relation
+
+SPEC = PromptSpec("a red circle to the left of a blue square", (RelationCheck("red circle", "left of", "blue square"),))
+
+
+def _geneval_folder(root, relation="left of", seed=0):
+    """``root/00000``: SPEC's metadata and one image whose circle is ``relation`` the square."""
+    scene = scene_for_relation(np.random.default_rng(seed), ("circle", "red"), relation, ("square", "blue"), size=48)
+    (root / "00000" / "samples").mkdir(parents=True, exist_ok=True)
+    (root / "00000" / "metadata.jsonl").write_text(json.dumps(geneval_metadata(SPEC)) + "\n")
+    render(scene).save(root / "00000" / "samples" / "0000.png")
+    return root
+
+
+def _score(images, out):
+    report = score_image_folder(images, ShapesDetector(), out, progress=False, contact_sheets=False)
+    return report.modes["images"].summary
+
+
+@pytest.mark.parametrize("written", ["pretty", "bom", "blank first line"])
+def test_metadata_is_read_as_geneval_reads_it(tmp_path, written):
+    images = _geneval_folder(tmp_path / "images")
+    metadata = geneval_metadata(SPEC)
+    text = {"pretty": json.dumps(metadata, indent=2), "bom": "\ufeff" + json.dumps(metadata),
+            "blank first line": "\n" + json.dumps(metadata) + "\n"}[written]
+    (images / "00000" / "metadata.jsonl").write_text(text, encoding="utf-8")
+    assert _score(images, tmp_path / "out").n_correct == 1
+
+
+def test_an_empty_metadata_file_is_refused_not_skipped(tmp_path):
+    images = _geneval_folder(tmp_path / "images")
+    (images / "00000" / "metadata.jsonl").write_text("\n")
+    with pytest.raises(L2SError, match=r"00000/metadata.jsonl: .*\(the file is empty\)"):
+        _score(images, tmp_path / "out")
