@@ -11,6 +11,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from l2s.errors import L2SError
+from l2s.files import file_sha256
 from l2s.distributed import output_lock, world
 from .detectors import Detector
 from .geometry import GENEVAL
@@ -144,11 +145,14 @@ def _folder_spec(path: Path) -> PromptSpec | None:
 
 def _score_sample(folder: Path, spec: PromptSpec, png: Path, out: Path, detector: Detector, rule: str,
                   scoring: dict[str, str]) -> ImageRecord:
-    """One image of a folder: resumed from its record, or scored."""
+    """One image of a folder: resumed from its record, or scored (again, when its rule or detector
+    changed or another image took its place: the folder is not ours, so its files may change)."""
     record_path = out / IMAGES / folder.name / "samples" / f"{png.stem}.json"
     previous = read_json(record_path)
-    if (previous is not None and previous.get("scoring") == scoring
-            and previous["meta"].get("image") == str(png.resolve()) and png_problem(png) is None):
+    digest = file_sha256(png)
+    same_image = (previous is not None and previous["meta"].get("image") == str(png.resolve())
+                  and previous["meta"].get("image_sha256") == digest)
+    if same_image and previous.get("scoring") == scoring:
         return ImageRecord(result_from_record(previous), png, previous["meta"], "resumed")
     problem = png_problem(png)
     if problem:
@@ -156,7 +160,7 @@ def _score_sample(folder: Path, spec: PromptSpec, png: Path, out: Path, detector
     image = Image.open(png).convert("RGB")
     result, score_s = detect_and_score(detector, image, spec, rule, f"{folder.name}/{png.stem}")
     meta = {"mode": IMAGES, "folder": folder.name, "seed": int(png.stem), "image": str(png.resolve()),
-            "score_s": score_s}
+            "image_sha256": digest, "score_s": score_s}
     record_path.parent.mkdir(parents=True, exist_ok=True)
     write_json(record_path, {**result.to_dict(), "meta": meta, "scoring": scoring})
-    return ImageRecord(result, png, meta, "rescored" if previous else "scored")
+    return ImageRecord(result, png, meta, "rescored" if same_image else "scored")

@@ -40,3 +40,10 @@ def test_an_empty_metadata_file_is_refused_not_skipped(tmp_path):
     (images / "00000" / "metadata.jsonl").write_text("\n")
     with pytest.raises(L2SError, match=r"00000/metadata.jsonl: .*\(the file is empty\)"):
         _score(images, tmp_path / "out")
+
+
+def test_a_rerun_scores_an_image_that_replaced_a_scored_one(tmp_path):
+    images = _geneval_folder(tmp_path / "images", relation="left of")
+    assert _score(images, tmp_path / "out").n_correct == 1
+    _geneval_folder(images, relation="right of")    # the other method's images, made again
+    assert _score(images, tmp_path / "out").n_correct == 0
