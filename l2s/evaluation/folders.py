@@ -7,7 +7,6 @@ import re
 import time
 from pathlib import Path
 
-from PIL import Image
 from tqdm.auto import tqdm
 
 from l2s.errors import L2SError
@@ -16,8 +15,8 @@ from l2s.distributed import output_lock, world
 from .detectors import Detector
 from .geometry import GENEVAL
 from .prompt_files import spec_from_metadata
-from .records import (IMAGES, MODES, RUN_FILE, SUMMARY_FILE, ImageRecord, detect_and_score, png_problem, read_json,
-                      write_json)
+from .records import (IMAGES, MODES, RUN_FILE, SUMMARY_FILE, ImageRecord, detect_and_score, open_rgb, png_problem,
+                      read_json, write_json)
 from .reports import EvalReport, ModeReport, write_outputs
 from .run_dir import clear_run
 from .runs import check_scorable
@@ -157,7 +156,7 @@ def _score_sample(folder: Path, spec: PromptSpec, png: Path, out: Path, detector
     problem = png_problem(png)
     if problem:
         raise L2SError(f"cannot read the image {png} ({problem})")
-    image = Image.open(png).convert("RGB")
+    image = open_rgb(png)
     result, score_s = detect_and_score(detector, image, spec, rule, f"{folder.name}/{png.stem}")
     meta = {"mode": IMAGES, "folder": folder.name, "seed": int(png.stem), "image": str(png.resolve()),
             "image_sha256": digest, "score_s": score_s}

@@ -42,6 +42,7 @@ from .records import (
     STEERED,
     ImageRecord,
     detect_and_score,
+    open_rgb,
     read_json,
     save_png,
     write_json,
@@ -294,7 +295,7 @@ def _existing_image(run: _Run, spec: PromptSpec, index: int, seed: int, mode: st
         return None  # made (again): generation is seeded, so it is the same image
     if previous.get("scoring") == run.scoring:
         return ImageRecord(result_from_record(previous), png, previous["meta"], "resumed")
-    return _score_image(run, spec, index, seed, mode, Image.open(png).convert("RGB"), previous["meta"], "rescored")
+    return _score_image(run, spec, index, seed, mode, open_rgb(png), previous["meta"], "rescored")
 
 
 def _generate_chunk(run: _Run, specs: Sequence[PromptSpec], pairs: list[tuple[int, int]], positions: list[int],

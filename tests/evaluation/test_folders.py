@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from l2s.errors import L2SError
 from l2s.evaluation import PromptSpec, RelationCheck, geneval_metadata, score_image_folder
@@ -47,3 +48,14 @@ def test_a_rerun_scores_an_image_that_replaced_a_scored_one(tmp_path):
     assert _score(images, tmp_path / "out").n_correct == 1
     _geneval_folder(images, relation="right of")    # the other method's images, made again
     assert _score(images, tmp_path / "out").n_correct == 0
+
+
+def test_a_16_bit_greyscale_image_is_scored_on_its_tones(tmp_path):
+    spec = PromptSpec("a circle to the left of a square", (RelationCheck("circle", "left of", "square"),))
+    images = _geneval_folder(tmp_path / "images")
+    (images / "00000" / "metadata.jsonl").write_text(json.dumps(geneval_metadata(spec)) + "\n")
+    png = images / "00000" / "samples" / "0000.png"
+    grey = np.asarray(Image.open(png).convert("L"), dtype=np.uint16) * 257
+    Image.fromarray(grey).save(png)                  # 16-bit PNG, opened by PIL as "I;16"
+    assert Image.open(png).mode == "I;16"
+    assert _score(images, tmp_path / "out").n_correct == 1
