@@ -104,7 +104,7 @@ def _folder_jobs(images_dir: Path) -> tuple[list[tuple[Path, PromptSpec, Path]],
     folders = sorted(p for p in images_dir.iterdir() if p.is_dir() and _DIGITS.match(p.name)
                      and (p / "metadata.jsonl").is_file())
     if not folders:
-        raise L2SError(f"no GenEval image folders (<digits>/metadata.jsonl) in {images_dir}")
+        raise L2SError(f"no GenEval image folders (<digits>/metadata.jsonl) in {images_dir}{_layout_hint(images_dir)}")
     jobs: list[tuple[Path, PromptSpec, Path]] = []
     skipped, without_images = 0, []
     for folder in folders:
@@ -124,6 +124,21 @@ def _folder_jobs(images_dir: Path) -> tuple[list[tuple[Path, PromptSpec, Path]],
     if not jobs:
         raise L2SError(f"no position-prompt images in {images_dir} ({skipped} folders without a position clause)")
     return jobs, skipped
+
+
+def _layout_hint(images_dir: Path) -> str:
+    """What the folder is instead, when that is plain: the way to the folder meant, or the layout."""
+    prompt = next((d for d in (images_dir, images_dir.parent) if (d / "metadata.jsonl").is_file()), None)
+    if prompt is not None:     # the folder itself or its samples/
+        return f": that is one prompt's images ({prompt.name}); pass the folder of all prompts, {prompt.parent}"
+    modes = [str(images_dir / mode) for mode in MODES if (images_dir / mode).is_dir()]
+    if modes:
+        return f": it holds an 'l2s eval' run; pass its image folder, {' or '.join(modes)}"
+    flat = [p for p in images_dir.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg")]
+    if flat:
+        return (f": it holds {len(flat)} loose image{'s' * (len(flat) > 1)} and no prompts; put each prompt's images "
+                "in <n>/samples/<seed>.png beside <n>/metadata.jsonl, its prompt as a GenEval metadata line")
+    return ""
 
 
 def _folder_spec(path: Path) -> PromptSpec | None:

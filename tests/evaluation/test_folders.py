@@ -1,5 +1,6 @@
 """Scoring a GenEval-layout image folder made elsewhere (``l2s eval --images``)."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -59,3 +60,21 @@ def test_a_16_bit_greyscale_image_is_scored_on_its_tones(tmp_path):
     Image.fromarray(grey).save(png)                  # 16-bit PNG, opened by PIL as "I;16"
     assert Image.open(png).mode == "I;16"
     assert _score(images, tmp_path / "out").n_correct == 1
+
+
+def test_a_folder_not_in_genevals_layout_is_refused_saying_which_folder_was_meant(tmp_path):
+    images = _geneval_folder(tmp_path / "images")
+    meant = re.escape(str(images))
+    with pytest.raises(L2SError, match=rf"one prompt's images \(00000\); pass the folder of all prompts, {meant}$"):
+        _score(images / "00000" / "samples", tmp_path / "out")
+    run = tmp_path / "run"
+    (run / "steered").mkdir(parents=True)
+    meant = re.escape(str(run / "steered"))
+    with pytest.raises(L2SError, match=rf"an 'l2s eval' run; pass its image folder, {meant}$"):
+        _score(run, tmp_path / "out")
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    Image.new("RGB", (8, 8)).save(flat / "dog_left_of_cat.png")
+    with pytest.raises(L2SError, match=r"it holds 1 loose image and no prompts; put each prompt's images in "
+                                       r"<n>/samples/<seed>.png beside <n>/metadata.jsonl"):
+        _score(flat, tmp_path / "out")
