@@ -40,7 +40,8 @@ def score_image_folder(images_dir: str | Path, detector: Detector, out_dir: str 
     """
     images_dir, out = Path(images_dir), Path(out_dir)
     jobs, skipped = _folder_jobs(images_dir)
-    check_scorable([spec for _, spec, _ in jobs], rule, detector)
+    prompts = {folder: spec for folder, spec, _ in jobs}   # named by folder: jobs count images
+    check_scorable(list(prompts.values()), rule, detector, names=[str(f / "metadata.jsonl") for f in prompts])
     with output_lock(out, kind="eval"):
         check_scoring_folder(images_dir, out, restart)
         if restart:

@@ -78,3 +78,16 @@ def test_a_folder_not_in_genevals_layout_is_refused_saying_which_folder_was_mean
     with pytest.raises(L2SError, match=r"it holds 1 loose image and no prompts; put each prompt's images in "
                                        r"<n>/samples/<seed>.png beside <n>/metadata.jsonl"):
         _score(flat, tmp_path / "out")
+
+
+def test_a_prompt_the_rule_cannot_score_is_named_by_its_folder(tmp_path):
+    images = _geneval_folder(tmp_path / "images")
+    image = (images / "00000" / "samples" / "0000.png").read_bytes()
+    (images / "00000" / "samples" / "0001.png").write_bytes(image)      # the first folder holds two images
+    near = PromptSpec("a red circle next to a blue square", (RelationCheck("red circle", "next to", "blue square"),))
+    (images / "00001" / "samples").mkdir(parents=True)
+    (images / "00001" / "metadata.jsonl").write_text(json.dumps(near.to_dict()) + "\n")
+    (images / "00001" / "samples" / "0000.png").write_bytes(image)
+    with pytest.raises(L2SError, match=r"00001/metadata.jsonl \('a red circle next to a blue square'\): GenEval's "
+                                       r"rule has no verdict for 'next to'"):
+        _score(images, tmp_path / "out")
