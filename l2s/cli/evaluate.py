@@ -138,7 +138,7 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from l2s.distributed import world
-    from l2s.evaluation.run_dir import refuse_generate_outputs
+    from l2s.evaluation.run_dir import refuse_generate_outputs, run_outputs
 
     _check_args(args)
     use_threads(args)
@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
         print(report.table())
         for line in _resumed_lines(report, args.out) + _warning_lines(report):
             print(line, file=sys.stderr)
-        print(wrote_line(Path(args.out), folder_outputs(Path(args.out))), file=sys.stderr)
+        print(wrote_line(Path(args.out), folder_outputs(Path(args.out), only=run_outputs(args.out))), file=sys.stderr)
     return 0
 
 

@@ -405,3 +405,17 @@ def test_scoring_another_image_folder_into_a_scoring_runs_folder_is_refused(tmp_
     assert run(score + [str(tmp_path / "a" / "steered")], capsys)[0] == 0           # the same folder resumes
     assert run(score + [str(tmp_path / "a" / "base"), "--restart"], capsys)[0] == 0  # anew, when asked
 
+
+
+def test_the_wrote_line_names_the_runs_files_not_a_users_file_beside_them(tmp_path, capsys):
+    images = tmp_path / "geneval" / "00000"
+    images.mkdir(parents=True)
+    (images / "metadata.jsonl").write_text(json.dumps(PromptSpec(
+        "a red circle left of a blue square", (RelationCheck("red circle", "left of", "blue square"),)).to_dict()))
+    _sample(images, "0000.png", ("circle", "red"), "left of", ("square", "blue"), 0)
+    argv = ["eval", "--images", str(tmp_path / "geneval"), "--out", str(tmp_path / "scores"), "--quiet"]
+    assert run(argv, capsys)[0] == 0
+    (tmp_path / "scores" / "my-notes.txt").write_text("what I saw")
+    code, _, err = run(argv, capsys)
+    assert code == 0 and f"report.html, results.jsonl, summary.json and images/: 1 file in {tmp_path / 'scores'}" in err
+    assert "my-notes.txt" not in err
