@@ -419,3 +419,13 @@ def test_the_wrote_line_names_the_runs_files_not_a_users_file_beside_them(tmp_pa
     code, _, err = run(argv, capsys)
     assert code == 0 and f"report.html, results.jsonl, summary.json and images/: 1 file in {tmp_path / 'scores'}" in err
     assert "my-notes.txt" not in err
+
+
+def test_a_prompt_files_repeated_prompts_are_said_before_any_image(tmp_path, capsys):
+    prompts = tmp_path / "spatial.txt"
+    prompts.write_text("a dog left of a cat\na red car\na dog left of a cat\n")
+    code, _, err = run(["eval", "--prompts", str(prompts), "--seeds", "0", "--out", str(tmp_path / "out")], capsys)
+    assert code == 2 and "cannot look for 'dog'" in err      # the shapes detector: refused before any image
+    assert f"l2s: skipped 1 prompt of {prompts} without a spatial relation" in err.splitlines()
+    assert (f"l2s: 1 prompt of {prompts} repeats an earlier line: made and counted again, as the benchmark counts "
+            "every line") in err.splitlines()
