@@ -34,8 +34,8 @@ def score_image_folder(images_dir: str | Path, detector: Detector, out_dir: str 
     """Score a GenEval-layout folder (``<digits>/metadata.jsonl`` + ``<digits>/samples/<digits>.png``).
 
     Folders whose metadata has no position clause (GenEval's other tasks) are skipped. Per-image
-    records go to ``OUT/images/<folder>/samples/<n>.json`` (a rerun with the same rule and
-    detector skips them), plus ``results.jsonl``, ``summary.json`` and contact sheets in OUT
+    records go to ``OUT/images/<folder>/samples/<n>.json`` (a rerun skips the images it scored
+    with the same rule and detector), plus ``results.jsonl``, ``summary.json`` and contact sheets in OUT
     (locked while this runs; ``restart``: remove previous records first).
     """
     images_dir, out = Path(images_dir), Path(out_dir)
