@@ -138,7 +138,7 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from l2s.distributed import world
-    from l2s.evaluation.run_dir import refuse_generate_outputs
+    from l2s.evaluation.run_dir import refuse_generate_outputs, run_outputs
 
     _check_args(args)
     use_threads(args)
@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
         print(report.table())
         for line in _resumed_lines(report, args.out) + _warning_lines(report):
             print(line, file=sys.stderr)
-        print(wrote_line(Path(args.out), folder_outputs(Path(args.out))), file=sys.stderr)
+        print(wrote_line(Path(args.out), folder_outputs(Path(args.out), only=run_outputs(args.out))), file=sys.stderr)
     return 0
 
 
@@ -200,13 +200,26 @@ def _generate_and_score(args: argparse.Namespace):
 
     # Everything that can be wrong with the request is checked before a model is loaded.
     specs, skipped = resolve_prompt_set(args.prompts, args.n_prompts, args.prompt_seed, sets=prompt_sets())
-    if skipped and world().is_main:
-        print(f"l2s: skipped {skipped} prompt{'s' if skipped != 1 else ''} of {args.prompts} without a spatial "
-              "relation", file=sys.stderr)
+    if world().is_main:
+        for line in _prompt_file_lines(args.prompts, specs, skipped):
+            print(line, file=sys.stderr)
     seeds = parse_seeds(args.seeds)
     relations_of = _given_relations(args.relations, specs)
     with output_lock(args.out, kind="eval"):  # a second run into --out is refused before any model loads
         return _run_locked(args, specs, seeds, relations_of)
+
+
+def _prompt_file_lines(name: str, specs, skipped: int) -> list[str]:
+    """What a prompt file holds besides one new prompt a line: lines without a relation (skipped)
+    and repeated prompts (kept: a benchmark counts every line, but the images are the same)."""
+    lines = []
+    if skipped:
+        lines.append(f"l2s: skipped {skipped} prompt{'s' if skipped != 1 else ''} of {name} without a spatial relation")
+    repeats = len(specs) - len({spec.prompt for spec in specs})
+    if repeats:
+        lines.append(f"l2s: {repeats} prompt{'s' * (repeats != 1)} of {name} repeat{'s' * (repeats == 1)} an earlier "
+                     "line: made and counted again, as the benchmark counts every line")
+    return lines
 
 
 def _given_relations(text: str | None, specs):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from collections.abc import Collection
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -58,12 +59,14 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
-def folder_outputs(out: Path) -> list[str]:
+def folder_outputs(out: Path, only: Collection[str] | None = None) -> list[str]:
     """The files of a run folder: those at its top by name, those below counted per folder
-    (``base/: 8 images and 16 record files``); hidden files (the lock) left out."""
+    (``base/: 8 images and 16 record files``); hidden files (the lock) left out, and with ``only``
+    every name not in it (a user's own file is not one the run wrote)."""
     out = Path(out)
-    names = sorted(p.name for p in out.iterdir() if p.is_file() and not p.name.startswith("."))
-    for folder in sorted(p for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    mine = [p for p in out.iterdir() if not p.name.startswith(".") and (only is None or p.name in only)]
+    names = sorted(p.name for p in mine if p.is_file())
+    for folder in sorted(p for p in mine if p.is_dir()):
         files = [p for p in folder.rglob("*") if p.is_file()]
         images = sum(p.suffix == ".png" for p in files)
         if images:

@@ -7,16 +7,16 @@ import re
 import time
 from pathlib import Path
 
-from PIL import Image
 from tqdm.auto import tqdm
 
 from l2s.errors import L2SError
+from l2s.files import file_sha256
 from l2s.distributed import output_lock, world
 from .detectors import Detector
 from .geometry import GENEVAL
 from .prompt_files import spec_from_metadata
-from .records import (IMAGES, MODES, RUN_FILE, SUMMARY_FILE, ImageRecord, detect_and_score, png_problem, read_json,
-                      write_json)
+from .records import (IMAGES, MODES, RUN_FILE, SUMMARY_FILE, ImageRecord, detect_and_score, open_rgb, png_problem,
+                      read_json, write_json)
 from .reports import EvalReport, ModeReport, write_outputs
 from .run_dir import clear_run
 from .runs import check_scorable
@@ -34,13 +34,14 @@ def score_image_folder(images_dir: str | Path, detector: Detector, out_dir: str 
     """Score a GenEval-layout folder (``<digits>/metadata.jsonl`` + ``<digits>/samples/<digits>.png``).
 
     Folders whose metadata has no position clause (GenEval's other tasks) are skipped. Per-image
-    records go to ``OUT/images/<folder>/samples/<n>.json`` (a rerun with the same rule and
-    detector skips them), plus ``results.jsonl``, ``summary.json`` and contact sheets in OUT
+    records go to ``OUT/images/<folder>/samples/<n>.json`` (a rerun skips the images it scored
+    with the same rule and detector), plus ``results.jsonl``, ``summary.json`` and contact sheets in OUT
     (locked while this runs; ``restart``: remove previous records first).
     """
     images_dir, out = Path(images_dir), Path(out_dir)
     jobs, skipped = _folder_jobs(images_dir)
-    check_scorable([spec for _, spec, _ in jobs], rule, detector)
+    prompts = {folder: spec for folder, spec, _ in jobs}   # named by folder: jobs count images
+    check_scorable(list(prompts.values()), rule, detector, names=[str(f / "metadata.jsonl") for f in prompts])
     with output_lock(out, kind="eval"):
         check_scoring_folder(images_dir, out, restart)
         if restart:
@@ -104,16 +105,11 @@ def _folder_jobs(images_dir: Path) -> tuple[list[tuple[Path, PromptSpec, Path]],
     folders = sorted(p for p in images_dir.iterdir() if p.is_dir() and _DIGITS.match(p.name)
                      and (p / "metadata.jsonl").is_file())
     if not folders:
-        raise L2SError(f"no GenEval image folders (<digits>/metadata.jsonl) in {images_dir}")
+        raise L2SError(f"no GenEval image folders (<digits>/metadata.jsonl) in {images_dir}{_layout_hint(images_dir)}")
     jobs: list[tuple[Path, PromptSpec, Path]] = []
     skipped, without_images = 0, []
     for folder in folders:
-        try:
-            first_line = (folder / "metadata.jsonl").read_text(encoding="utf-8").splitlines()[:1]
-            spec = spec_from_metadata(json.loads(first_line[0])) if first_line else None
-        except (ValueError, KeyError, IndexError, TypeError) as error:
-            raise L2SError(f"{folder / 'metadata.jsonl'}: not a GenEval metadata or PromptSpec line "
-                           f"({error})") from None
+        spec = _folder_spec(folder / "metadata.jsonl")
         if spec is None:
             skipped += 1
             continue
@@ -131,21 +127,55 @@ def _folder_jobs(images_dir: Path) -> tuple[list[tuple[Path, PromptSpec, Path]],
     return jobs, skipped
 
 
+def _layout_hint(images_dir: Path) -> str:
+    """What the folder is instead, when that is plain: the way to the folder meant, or the layout."""
+    prompt = next((d for d in (images_dir, images_dir.parent) if (d / "metadata.jsonl").is_file()), None)
+    if prompt is not None:     # the folder itself or its samples/
+        return f": that is one prompt's images ({prompt.name}); pass the folder of all prompts, {prompt.parent}"
+    modes = [str(images_dir / mode) for mode in MODES if (images_dir / mode).is_dir()]
+    if modes:
+        return f": it holds an 'l2s eval' run; pass its image folder, {' or '.join(modes)}"
+    flat = [p for p in images_dir.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg")]
+    if flat:
+        return (f": it holds {len(flat)} loose image{'s' * (len(flat) > 1)} and no prompts; put each prompt's images "
+                "in <n>/samples/<seed>.png beside <n>/metadata.jsonl, its prompt as a GenEval metadata line")
+    return ""
+
+
+def _folder_spec(path: Path) -> PromptSpec | None:
+    """A prompt folder's spec (None: no position clause). GenEval reads the file as one JSON object
+    (json.load: a pretty-printed one too); a file of several lines is read by its first."""
+    try:
+        text = path.read_text(encoding="utf-8-sig").strip()   # a byte-order mark is no JSON
+        if not text:
+            raise ValueError("the file is empty")
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            data = json.loads(text.splitlines()[0])
+        return spec_from_metadata(data)
+    except (ValueError, KeyError, IndexError, TypeError) as error:
+        raise L2SError(f"{path}: not a GenEval metadata or PromptSpec line ({error})") from None
+
+
 def _score_sample(folder: Path, spec: PromptSpec, png: Path, out: Path, detector: Detector, rule: str,
                   scoring: dict[str, str]) -> ImageRecord:
-    """One image of a folder: resumed from its record, or scored."""
+    """One image of a folder: resumed from its record, or scored (again, when its rule or detector
+    changed or another image took its place: the folder is not ours, so its files may change)."""
     record_path = out / IMAGES / folder.name / "samples" / f"{png.stem}.json"
     previous = read_json(record_path)
-    if (previous is not None and previous.get("scoring") == scoring
-            and previous["meta"].get("image") == str(png.resolve()) and png_problem(png) is None):
+    digest = file_sha256(png)
+    same_image = (previous is not None and previous["meta"].get("image") == str(png.resolve())
+                  and previous["meta"].get("image_sha256") == digest)
+    if same_image and previous.get("scoring") == scoring:
         return ImageRecord(result_from_record(previous), png, previous["meta"], "resumed")
     problem = png_problem(png)
     if problem:
         raise L2SError(f"cannot read the image {png} ({problem})")
-    image = Image.open(png).convert("RGB")
+    image = open_rgb(png)
     result, score_s = detect_and_score(detector, image, spec, rule, f"{folder.name}/{png.stem}")
     meta = {"mode": IMAGES, "folder": folder.name, "seed": int(png.stem), "image": str(png.resolve()),
-            "score_s": score_s}
+            "image_sha256": digest, "score_s": score_s}
     record_path.parent.mkdir(parents=True, exist_ok=True)
     write_json(record_path, {**result.to_dict(), "meta": meta, "scoring": scoring})
-    return ImageRecord(result, png, meta, "rescored" if previous else "scored")
+    return ImageRecord(result, png, meta, "rescored" if same_image else "scored")

@@ -83,14 +83,16 @@ def _proportion(correct: int, total: int) -> tuple[str, str]:
 
 
 def _summary(report) -> str:
+    generated = any(mode.generate_s_per_image for mode in report.modes.values())   # a scored folder: none
     rows = []
     for name, mode in report.modes.items():
         s = mode.summary
         share, interval = _proportion(s.n_correct, s.n_images)
         prompts, _ = _proportion(s.n_prompts_any_correct, s.n_prompts)
-        rows.append((name, share, interval, f"{s.mean_score:.3f}", prompts, f"{mode.generate_s_per_image:.3f}"))
+        timing = (f"{mode.generate_s_per_image:.3f}",) if generated else ()
+        rows.append((name, share, interval, f"{s.mean_score:.3f}", prompts, *timing))
     header = ("mode", "correct images", "95% Wilson interval", "mean score", "prompts with any correct",
-              "generation s/image")
+              *(("generation s/image",) if generated else ()))
     return "<h2>Summary</h2>" + _table(header, rows, "summary")
 
 
@@ -149,9 +151,9 @@ def _failures(report, out: Path) -> str:
     if not failed:
         return f"<h2>Worst failures ({_e(name)})</h2><p>None: every image is correct.</p>"
     figures = [_figure(r, base_right.get(_pair_key(r)), out) for r in failed[:WORST_FAILURES]]
+    order = "Images the base mode got right come first, then the lowest scores." if base else "Lowest scores first."
     return (f"<h2>Worst failures ({_e(name)}): {min(len(failed), WORST_FAILURES)} of {len(failed)}</h2>"
-            "<p class=\"note\">Images the base mode got right come first, then the lowest scores.</p>"
-            f"<div class=\"failures\">{''.join(figures)}</div>")
+            f"<p class=\"note\">{order}</p><div class=\"failures\">{''.join(figures)}</div>")
 
 
 def _right(record: ImageRecord | None) -> bool:

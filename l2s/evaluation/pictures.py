@@ -18,25 +18,25 @@ LINE_COLOURS = ((220, 40, 40), (40, 80, 220), (40, 170, 60), (150, 50, 200), (23
 def contact_sheet(images: Sequence[Image.Image], results: Sequence[ImageResult], path: str | Path,
                   columns: int = 8, scale: float | None = None) -> Path:
     """Save a PNG grid: each image with its detected boxes, a green (pass) or red (fail) border
-    and its prompt and reason underneath. ``scale=None`` enlarges or shrinks images to ~256 px."""
+    and its prompt and reason underneath. ``scale=None`` enlarges or shrinks each image to ~256 px
+    (a folder scored from elsewhere may mix sizes: one large image must not shrink the others)."""
     if len(images) != len(results):
         raise ValueError("contact_sheet needs one result per image")
     if not images:
         raise ValueError("contact_sheet needs at least one image")
-    if scale is None:
-        scale = 256 / max(max(img.size) for img in images)
+    scales = [256 / max(img.size) if scale is None else scale for img in images]
     font = ImageFont.load_default()
     border, text_lines, line_height = 4, 4, 12
-    cell_w = max(round(img.width * scale) for img in images) + 2 * border
-    cell_h = max(round(img.height * scale) for img in images) + 2 * border + text_lines * line_height + 4
+    cell_w = max(round(img.width * s) for img, s in zip(images, scales)) + 2 * border
+    cell_h = max(round(img.height * s) for img, s in zip(images, scales)) + 2 * border + text_lines * line_height + 4
     columns = max(1, min(columns, len(images)))
     rows = math.ceil(len(images) / columns)
     sheet = Image.new("RGB", (columns * cell_w, rows * cell_h), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
     chars_per_line = max(8, int(cell_w / 6.5))
-    for i, (image, result) in enumerate(zip(images, results)):
+    for i, (image, result, image_scale) in enumerate(zip(images, results, scales)):
         x0, y0 = (i % columns) * cell_w, (i // columns) * cell_h
-        tile = _boxed_tile(image, result, scale, font)
+        tile = _boxed_tile(image, result, image_scale, font)
         edge = (0, 170, 0) if result.correct else (210, 0, 0)
         draw.rectangle([x0, y0, x0 + tile.width + 2 * border - 1, y0 + tile.height + 2 * border - 1], fill=edge)
         sheet.paste(tile, (x0 + border, y0 + border))

@@ -58,12 +58,12 @@ def read_prompt_file(path: str | Path) -> tuple[list[PromptSpec], int]:
     finds; prompts without one are skipped.
     """
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+    try:  # utf-8-sig: a byte-order mark (Windows editors write one) is not part of the first prompt
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except OSError as error:
         raise L2SError(f"cannot read the prompt file {path}: {error.strerror}") from None
     except UnicodeDecodeError as error:
-        line = path.read_bytes()[:error.start].count(b"\n") + 1
+        line = error.object[:error.start].count(b"\n") + 1
         raise L2SError(f"the prompt file {path} is not UTF-8 text (line {line})") from None
     specs: list[PromptSpec] = []
     skipped = 0

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from l2s.files import atomic_write_bytes, atomic_write_text
@@ -49,6 +50,19 @@ def png_problem(path: Path) -> str | None:
     except Exception as error:  # PIL's decoders raise many types (OSError, SyntaxError, zlib.error, ...)
         return f"{type(error).__name__}: {error}"
     return None
+
+
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I")   # how PIL opens a 16-bit greyscale PNG
+
+
+def open_rgb(path: Path) -> Image.Image:
+    """The image at ``path`` as 8-bit RGB. A 16-bit greyscale one keeps its tones: PIL's own
+    conversion clips every value above 255, so the image would turn white."""
+    with Image.open(path) as image:
+        if image.mode in _SIXTEEN_BIT:
+            tones = np.clip(np.asarray(image, dtype=np.int64) >> 8, 0, 255).astype(np.uint8)
+            return Image.fromarray(tones).convert("RGB")
+        return image.convert("RGB")
 
 
 @dataclass

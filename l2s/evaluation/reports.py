@@ -15,7 +15,7 @@ from l2s.errors import L2SError
 from l2s.files import atomic_write_text
 from .html_report import write_html_report
 from .pictures import contact_sheet
-from .records import BASE, RESULTS_FILE, STEERED, SUMMARY_FILE, ImageRecord, write_json
+from .records import BASE, RESULTS_FILE, STEERED, SUMMARY_FILE, ImageRecord, open_rgb, write_json
 from .stats import Summary
 
 SHEET_PAGE = 64  # images per contact-sheet page
@@ -136,7 +136,7 @@ def _cell(pair: Sequence[int] | None) -> str:
 
 def _open(path: Path) -> Image.Image:
     try:
-        return Image.open(path).convert("RGB")
+        return open_rgb(path)
     except Exception as error:  # PIL's decoders raise many types
         raise L2SError(f"cannot read the image {path} for the contact sheet ({type(error).__name__}: "
                        f"{error}); rerun the same command to make it again") from None

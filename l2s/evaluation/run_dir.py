@@ -71,11 +71,15 @@ def refuse_scoring_outputs(out: str | Path) -> None:
                        "summary; use another --out (or --restart to remove it)")
 
 
+def run_outputs(out: Path) -> list[str]:
+    """The names of what a run writes in ``out``, whether there or not; anything else there is a user's."""
+    sheets = sorted(sheet.name for sheet in Path(out).glob("contact_sheet_*.png"))
+    return [RUN_FILE, PROMPTS_FILE, RESULTS_FILE, SUMMARY_FILE, "report.html", *MODES, IMAGES, *sheets]
+
+
 def clear_run(out: Path) -> None:
     """Remove what a run wrote in ``out`` (``--restart``); anything else there is kept."""
-    sheets = sorted(sheet.name for sheet in out.glob("contact_sheet_*.png"))
-    remove_outputs(out, [RUN_FILE, PROMPTS_FILE, RESULTS_FILE, SUMMARY_FILE, "report.html", *MODES, IMAGES, *sheets],
-                   "starting the evaluation over")
+    remove_outputs(out, run_outputs(out), "starting the evaluation over")
 
 
 def read_run_file(out: str | Path) -> dict | None:

@@ -42,6 +42,7 @@ from .records import (
     STEERED,
     ImageRecord,
     detect_and_score,
+    open_rgb,
     read_json,
     save_png,
     write_json,
@@ -55,25 +56,28 @@ log = logging.getLogger(__name__)
 
 
 
-def check_scorable(specs: Sequence[PromptSpec], rule: str, detector: Detector | None = None) -> None:
-    """Refuse, before any image is made, prompts that ``rule`` or ``detector`` cannot score."""
+def check_scorable(specs: Sequence[PromptSpec], rule: str, detector: Detector | None = None,
+                   names: Sequence[str] | None = None) -> None:
+    """Refuse, before any image is made, prompts that ``rule`` or ``detector`` cannot score; an
+    error names the prompt by ``names[i]`` (default ``prompt i``)."""
     if rule not in RULES:
         raise L2SError(f"unknown rule {rule!r} (choose from {', '.join(RULES)})")
     parse_label = getattr(detector, "parse_label", None)  # detectors with a closed vocabulary
     for index, spec in enumerate(specs):
+        name = names[index] if names is not None else f"prompt {index}"
         for check in spec.checks:
             if rule == GENEVAL and check.relation in NON_DIRECTIONAL:
-                raise L2SError(f"prompt {index} ({spec.prompt!r}): GenEval's rule has no verdict for "
+                raise L2SError(f"{name} ({spec.prompt!r}): GenEval's rule has no verdict for "
                                f"{check.relation!r}; use --rule {T2I_COMPBENCH}")
             if rule == T2I_COMPBENCH and check.relation in DIAGONAL:
-                raise L2SError(f"prompt {index} ({spec.prompt!r}): T2I-CompBench has no rule for "
+                raise L2SError(f"{name} ({spec.prompt!r}): T2I-CompBench has no rule for "
                                f"{check.relation!r}; use --rule {GENEVAL}")
         if parse_label is not None:
             for label in spec.objects:
                 try:
                     parse_label(label)
                 except L2SError as error:
-                    raise L2SError(f"prompt {index}: {error}; pass --detector PATH (a local "
+                    raise L2SError(f"{name}: {error}; pass --detector PATH (a local "
                                    "open-vocabulary detector) for such objects") from None
 
 
@@ -294,7 +298,7 @@ def _existing_image(run: _Run, spec: PromptSpec, index: int, seed: int, mode: st
         return None  # made (again): generation is seeded, so it is the same image
     if previous.get("scoring") == run.scoring:
         return ImageRecord(result_from_record(previous), png, previous["meta"], "resumed")
-    return _score_image(run, spec, index, seed, mode, Image.open(png).convert("RGB"), previous["meta"], "rescored")
+    return _score_image(run, spec, index, seed, mode, open_rgb(png), previous["meta"], "rescored")
 
 
 def _generate_chunk(run: _Run, specs: Sequence[PromptSpec], pairs: list[tuple[int, int]], positions: list[int],

@@ -405,3 +405,27 @@ def test_scoring_another_image_folder_into_a_scoring_runs_folder_is_refused(tmp_
     assert run(score + [str(tmp_path / "a" / "steered")], capsys)[0] == 0           # the same folder resumes
     assert run(score + [str(tmp_path / "a" / "base"), "--restart"], capsys)[0] == 0  # anew, when asked
 
+
+
+def test_the_wrote_line_names_the_runs_files_not_a_users_file_beside_them(tmp_path, capsys):
+    images = tmp_path / "geneval" / "00000"
+    images.mkdir(parents=True)
+    (images / "metadata.jsonl").write_text(json.dumps(PromptSpec(
+        "a red circle left of a blue square", (RelationCheck("red circle", "left of", "blue square"),)).to_dict()))
+    _sample(images, "0000.png", ("circle", "red"), "left of", ("square", "blue"), 0)
+    argv = ["eval", "--images", str(tmp_path / "geneval"), "--out", str(tmp_path / "scores"), "--quiet"]
+    assert run(argv, capsys)[0] == 0
+    (tmp_path / "scores" / "my-notes.txt").write_text("what I saw")
+    code, _, err = run(argv, capsys)
+    assert code == 0 and f"report.html, results.jsonl, summary.json and images/: 1 file in {tmp_path / 'scores'}" in err
+    assert "my-notes.txt" not in err
+
+
+def test_a_prompt_files_repeated_prompts_are_said_before_any_image(tmp_path, capsys):
+    prompts = tmp_path / "spatial.txt"
+    prompts.write_text("a dog left of a cat\na red car\na dog left of a cat\n")
+    code, _, err = run(["eval", "--prompts", str(prompts), "--seeds", "0", "--out", str(tmp_path / "out")], capsys)
+    assert code == 2 and "cannot look for 'dog'" in err      # the shapes detector: refused before any image
+    assert f"l2s: skipped 1 prompt of {prompts} without a spatial relation" in err.splitlines()
+    assert (f"l2s: 1 prompt of {prompts} repeats an earlier line: made and counted again, as the benchmark counts "
+            "every line") in err.splitlines()

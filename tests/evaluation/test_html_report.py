@@ -121,3 +121,15 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
     # The shapes' blue only shows if the linked images loaded (the page's own styles have none).
     blue = (np.abs(pixels - np.array([40, 80, 220])).max(axis=-1) <= 12).sum()
     assert blue > 500
+
+
+def test_a_scored_folders_report_claims_no_generation_and_no_base_mode(run_dir, tmp_path):
+    from l2s.evaluation import score_image_folder
+
+    score_image_folder(run_dir / "base", ShapesDetector(), tmp_path, progress=False, contact_sheets=False)
+    text = (tmp_path / REPORT_FILE).read_text(encoding="utf-8")
+    page = Page()
+    page.feed(text)
+    assert page.tables["summary"][0] == ["mode", "correct images", "95% Wilson interval", "mean score",
+                                         "prompts with any correct"]
+    assert "base mode" not in text and "Lowest scores first." in text

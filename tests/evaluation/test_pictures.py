@@ -66,3 +66,15 @@ def test_side_by_side_enlarges_small_images_and_keeps_left_and_right():
     assert sheet.height > 256 and sheet.width > 2 * 256     # enlarged 8x, plus margins and labels
     assert sheet.getpixel((8 + 128, sheet.height // 2)) == (255, 0, 0)
     assert sheet.getpixel((sheet.width - 8 - 128, sheet.height // 2)) == (0, 0, 255)
+
+
+def test_contact_sheet_draws_small_and_large_images_at_one_size(tmp_path):
+    from l2s.evaluation import contact_sheet
+    from l2s.evaluation.specs import ImageResult
+
+    small, large = Image.new("RGB", (32, 32), (200, 0, 200)), Image.new("RGB", (512, 512), (0, 0, 200))
+    results = [ImageResult(True, 1.0, "ok", [], {}, prompt=p) for p in ("small", "large")]
+    sheet = Image.open(contact_sheet([small, large], results, tmp_path / "sheet.png", columns=2))
+    border, cell_w = 4, 256 + 8
+    assert sheet.getpixel((border + 250, border + 250)) == (200, 0, 200)   # not shrunk to 16 px by the large one
+    assert sheet.getpixel((cell_w + border + 250, border + 250)) == (0, 0, 200)

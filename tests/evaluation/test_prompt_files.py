@@ -60,3 +60,13 @@ def test_a_bad_plain_line_is_named_by_file_and_line(tmp_path):
     with pytest.raises(L2SError, match=r"prompts.txt:3 \('a red circle to the left of'\): relation 'to the left of' "
                                        r"at character 13 has no object after it"):
         read_prompt_file(path)
+
+
+@pytest.mark.parametrize("name", ["prompts.txt", "prompts.jsonl"])
+def test_a_byte_order_mark_is_not_part_of_the_first_prompt(tmp_path, name):
+    spec = PromptSpec("a cat above a dog", (RelationCheck("cat", "above", "dog"),), tag="spatial")
+    path = tmp_path / name
+    text = json.dumps(spec.to_dict()) if name.endswith(".jsonl") else spec.prompt
+    path.write_text(text + "\r\n", encoding="utf-8-sig")
+    assert read_prompt_file(path) == ([spec], 0)
+
