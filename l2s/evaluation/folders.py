@@ -165,8 +165,7 @@ def _score_sample(folder: Path, spec: PromptSpec, png: Path, out: Path, detector
     record_path = out / IMAGES / folder.name / "samples" / f"{png.stem}.json"
     previous = read_json(record_path)
     digest = file_sha256(png)
-    same_image = (previous is not None and previous["meta"].get("image") == str(png.resolve())
-                  and previous["meta"].get("image_sha256") == digest)
+    same_image = _same_image(previous, png, digest)
     if same_image and previous.get("scoring") == scoring:
         return ImageRecord(result_from_record(previous), png, previous["meta"], "resumed")
     problem = png_problem(png)
@@ -179,3 +178,12 @@ def _score_sample(folder: Path, spec: PromptSpec, png: Path, out: Path, detector
     record_path.parent.mkdir(parents=True, exist_ok=True)
     write_json(record_path, {**result.to_dict(), "meta": meta, "scoring": scoring})
     return ImageRecord(result, png, meta, "rescored" if same_image else "scored")
+
+
+def _same_image(previous: dict | None, png: Path, digest: str) -> bool:
+    """Whether ``previous`` is the record of the image now at ``png``: its path and SHA-256. A record
+    from before the SHA-256 was kept resumes on its path, as it did (else a rerun scores all again)."""
+    if previous is None or previous["meta"].get("image") != str(png.resolve()):
+        return False
+    recorded = previous["meta"].get("image_sha256")
+    return recorded == digest if recorded is not None else png_problem(png) is None

@@ -91,3 +91,14 @@ def test_a_prompt_the_rule_cannot_score_is_named_by_its_folder(tmp_path):
     with pytest.raises(L2SError, match=r"00001/metadata.jsonl \('a red circle next to a blue square'\): GenEval's "
                                        r"rule has no verdict for 'next to'"):
         _score(images, tmp_path / "out")
+
+
+def test_a_record_from_before_image_digests_resumes_as_it_did(tmp_path):
+    images = _geneval_folder(tmp_path / "images")
+    _score(images, tmp_path / "out")
+    record_path = tmp_path / "out" / "images" / "00000" / "samples" / "0000.json"
+    record = json.loads(record_path.read_text())
+    del record["meta"]["image_sha256"]                  # as a run made before the digest was recorded
+    record_path.write_text(json.dumps(record))
+    report = score_image_folder(images, ShapesDetector(), tmp_path / "out", progress=False, contact_sheets=False)
+    assert [r.status for r in report.modes["images"].records] == ["resumed"]    # not every image scored again
