@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 def file_sha256(path: str | Path) -> str:
@@ -18,16 +18,18 @@ def file_sha256(path: str | Path) -> str:
 CONTENT_DIGEST_LIMIT = 64 << 20   # larger files (weight shards of GBs) count by size and mtime
 
 
-def weights_digest(path: str | Path) -> str | None:
+def weights_digest(path: str | Path, leave_out: Collection[str] = ()) -> str | None:
     """A short fingerprint of a weights file or folder: a retrained adapter or classifier saved at
     the same path gets another one. Files up to 64 MiB count by content (a copy keeps its
     fingerprint), larger ones by size and modification time (hashing GBs would cost minutes).
-    None when ``path`` is not a local file or folder (a hub id)."""
+    ``leave_out``: a folder's files (relative paths) that are no weights. None when ``path`` is not
+    a local file or folder (a hub id)."""
     root = Path(path)
     if not root.exists():
         return None
     files = [root] if root.is_file() else sorted(   # hidden files (a lock's pid) are not weights
-        f for f in root.rglob("*") if f.is_file() and not any(p.startswith(".") for p in f.relative_to(root).parts))
+        f for f in root.rglob("*") if f.is_file() and not any(p.startswith(".") for p in f.relative_to(root).parts)
+        and f.relative_to(root).as_posix() not in leave_out)
     digest = hashlib.sha256()
     for file in files:
         stat = file.stat()

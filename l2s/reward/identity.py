@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 TOKENIZER_DIR = "tokenizer"
+MODEL_CARD = "README.md"   # train-reward writes it when it ends: a rerun may change it, not the model
 NAMED_REWARDS = ("rule", "spatialscore")   # the exact rule and the shipped SpatialScore
 _WEIGHTS = " (weights "
 
@@ -25,7 +26,7 @@ def reward_identity(name: str) -> str:
     from l2s.files import weights_digest
 
     folder = reward_model_folder(Path(name).resolve())
-    return f"{folder}{_WEIGHTS}{weights_digest(folder)})"
+    return f"{folder}{_WEIGHTS}{weights_digest(folder, leave_out=(MODEL_CARD,))})"
 
 
 def same_reward(earlier: str | None, now: str | None) -> bool:

@@ -30,6 +30,7 @@ from l2s.run_folders import append_log, atomic_dir, prepare_out_dir, read_log, r
 from l2s.evaluation.curves import CURVES_FILE, save_curves
 
 from .evaluate import evaluate_judge, pair_scores, accuracy
+from .identity import MODEL_CARD
 from .losses import pair_loss
 from .model import SpatialScore, SpatialScoreConfig
 from .pairs import PairSet, load_pairs
@@ -172,7 +173,7 @@ def finish(out: Path, heldout: PairSet, command: str | None, record: dict) -> di
                "best_epoch": _best_epoch(log),
                "heldout": evaluate_judge(best, heldout) if len(heldout) else None}
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    atomic_write_text(out / "best" / "README.md", model_card(results))
+    atomic_write_text(out / "best" / MODEL_CARD, model_card(results))
     return results
 
 

@@ -18,3 +18,17 @@ def test_a_reward_folder_is_known_by_the_model_it_loads_and_its_weights(tmp_path
     assert not same_reward("other", named) and not same_reward("rule", named)
     assert same_reward(named, "ss") and same_reward(None, None) and not same_reward(None, named)   # either order
 
+
+
+def test_a_reward_is_known_by_its_weights_not_its_model_card(tmp_path):
+    # train-reward writes best/README.md when it ends: a rerun (another command, or from Python) rewrites it,
+    # and a GRPO run or bench that recorded the model must still know it
+    best = tmp_path / "ss" / "best"
+    (best / "tokenizer").mkdir(parents=True)
+    (best / "model.safetensors").write_bytes(b"weights")
+    (best / "README.md").write_text("trained by: l2s shapes train-reward --out ss")
+    recorded = reward_identity(str(tmp_path / "ss"))
+    (best / "README.md").write_text("trained by: (train_reward_model called from Python)")
+    assert reward_identity(str(tmp_path / "ss")) == recorded
+    (best / "README.md").unlink()                      # a model trained before train-reward wrote one
+    assert reward_identity(str(tmp_path / "ss")) == recorded
