@@ -61,7 +61,8 @@ def build_grpo_parser() -> argparse.ArgumentParser:
     p.add_setting("--lora-alpha", type=float, help="LoRA alpha (the update is scaled by alpha / rank)")
     p.add_setting("--ema-decay", type=float, help="decay of the saved EMA adapter, per optimiser step")
     p.add_setting("--chunk", type=int, help="images per transformer call")
-    p.add_setting("--seed", type=int, help="seeds the adapter's initial weights, each epoch's prompts and its images' noise")
+    p.add_setting("--seed", type=int,
+                  help="seeds the adapter's initial weights, each epoch's prompts and its images' noise")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="cpu or cuda (accelerate places the run: pick the GPU with CUDA_VISIBLE_DEVICES, several "
                         "with accelerate launch; default: cpu)")

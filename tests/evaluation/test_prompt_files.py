@@ -69,4 +69,3 @@ def test_a_byte_order_mark_is_not_part_of_the_first_prompt(tmp_path, name):
     text = json.dumps(spec.to_dict()) if name.endswith(".jsonl") else spec.prompt
     path.write_text(text + "\r\n", encoding="utf-8-sig")
     assert read_prompt_file(path) == ([spec], 0)
-

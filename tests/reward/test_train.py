@@ -108,7 +108,8 @@ def test_pairs_made_again_in_the_same_folder_are_other_settings(tmp_path, tokeni
     import shutil
 
     make_blob_pairs(tmp_path / "pairs", n=64)
-    train_reward_model(tmp_path / "pairs", tmp_path / "rm", tokenizer, _settings(epochs=2), progress=False, stop_after=1)
+    train_reward_model(tmp_path / "pairs", tmp_path / "rm", tokenizer, _settings(epochs=2), progress=False,
+                       stop_after=1)
     shutil.rmtree(tmp_path / "pairs")
     make_blob_pairs(tmp_path / "pairs", n=64, seed=1)      # same folder, same count, other pairs
     with pytest.raises(L2SError, match=r"other settings \(pairs_digest: '\w+' -> '\w+'\)"):
