@@ -164,7 +164,7 @@ def _score_sample(folder: Path, spec: PromptSpec, png: Path, out: Path, detector
     changed or another image took its place: the folder is not ours, so its files may change)."""
     record_path = out / IMAGES / folder.name / "samples" / f"{png.stem}.json"
     previous = read_json(record_path)
-    digest = file_sha256(png)
+    digest = _image_digest(png)
     same_image = _same_image(previous, png, digest)
     if same_image and previous.get("scoring") == scoring:
         return ImageRecord(result_from_record(previous), png, previous["meta"], "resumed")
@@ -178,6 +178,13 @@ def _score_sample(folder: Path, spec: PromptSpec, png: Path, out: Path, detector
     record_path.parent.mkdir(parents=True, exist_ok=True)
     write_json(record_path, {**result.to_dict(), "meta": meta, "scoring": scoring})
     return ImageRecord(result, png, meta, "rescored" if same_image else "scored")
+
+
+def _image_digest(png: Path) -> str:
+    try:
+        return file_sha256(png)
+    except OSError as error:    # a folder named <n>.png, a file that cannot be read: one line, as undecodable ones
+        raise L2SError(f"cannot read the image {png} ({type(error).__name__}: {error.strerror or error})") from None
 
 
 def _same_image(previous: dict | None, png: Path, digest: str) -> bool:

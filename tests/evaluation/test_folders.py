@@ -102,3 +102,10 @@ def test_a_record_from_before_image_digests_resumes_as_it_did(tmp_path):
     record_path.write_text(json.dumps(record))
     report = score_image_folder(images, ShapesDetector(), tmp_path / "out", progress=False, contact_sheets=False)
     assert [r.status for r in report.modes["images"].records] == ["resumed"]    # not every image scored again
+
+
+def test_an_image_path_that_cannot_be_read_is_one_line(tmp_path):
+    images = _geneval_folder(tmp_path / "images")
+    (images / "00000" / "samples" / "0001.png").mkdir()       # a folder where an image should be
+    with pytest.raises(L2SError, match=r"cannot read the image .*0001.png \(IsADirectoryError: Is a directory\)"):
+        _score(images, tmp_path / "out")
