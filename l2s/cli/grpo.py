@@ -124,7 +124,6 @@ def grpo_main(argv: Sequence[str] | None = None) -> int:
     from l2s.reward.identity import reward_identity
     from l2s.shapes import load_shapes_pipeline
     from l2s.evaluation.curves import CURVES_FILE
-    from l2s.shapes.recipes import reward_name
     from l2s.shapes.tuning import base_model_identity, train_shapes_grpo
 
     use_threads(args)
@@ -142,7 +141,7 @@ def grpo_main(argv: Sequence[str] | None = None) -> int:
     result = train_shapes_grpo(args.out, reward, pipe=pipe, settings=settings,
                                resume=not args.no_resume, progress=not args.quiet, command=command,
                                accelerator=accelerator, eval_every=args.eval_every,
-                               reward_name=reward_identity(reward_name(args.reward)),
+                               reward_name=reward_identity(args.reward),
                                keep_evaluated=args.keep_evaluated, base_model=base_model_identity(args.model))
     if accelerator.is_main_process:
         last = result.records[-1] if result.records else {}

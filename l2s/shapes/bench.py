@@ -24,7 +24,7 @@ from .detector import ShapesDetector
 from .model import image_size, load_shapes_pipeline
 from .prompts import ood_position_prompts, shapes_multi_relation_prompts, shapes_position_prompts
 from .recipes import (BENCH_BATCH_SIZE, BENCH_SEEDS, SHAPES_STEP_SIZE, classifier_folder, lora_folder,
-                      named_schedule, reward_model_path, reward_name, shipped_assets, steer_shapes_pipeline,
+                      named_schedule, reward_model_path, shipped_assets, steer_shapes_pipeline,
                       weights_fingerprints)
 from .verdicts import mode_scores
 
@@ -227,7 +227,7 @@ def _run_bench(out_dir: str | Path, pipeline_dir: str | Path | None, classifier:
     settings = {"pipeline": str(pipeline_dir), "classifiers": {k: str(v) for k, v in classifiers.items()},
                 "scale": scale, "position_prompts": position_prompts, "step_size": run.step_size,
                 "sampling": run.sampling(), "seeds": list(seeds), "lora": run.lora,
-                "reward_model": None if reward_model is None else reward_identity(reward_name(reward_model)),
+                "reward_model": None if reward_model is None else reward_identity(str(reward_model)),
                 "modes": list(modes), "image_size": image_size(run.pipe), **_digests(run),
                 "wall_time_s": round(time.perf_counter() - started, 1)}
     return {"parts": results, "no_relation": plain, "classifier_comparison": comparison, "settings": settings}

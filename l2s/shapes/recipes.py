@@ -110,16 +110,6 @@ def reward_model_path(reward_model: str | Path) -> Path:
     return shipped_assets().spatial_score if str(reward_model) == SHIPPED_REWARD else Path(reward_model)
 
 
-def reward_name(reward_model: str | Path) -> str:
-    """A reward as its run records name it: the shipped SpatialScore's folder, however spelled, is
-    ``spatialscore`` (a run made with the name resumes with the path, and the other way round)."""
-    shipped = shipped_assets().spatial_score
-    folder = Path(reward_model)
-    if str(reward_model) != SHIPPED_REWARD and folder.is_dir() and shipped.is_dir() and folder.samefile(shipped):
-        return SHIPPED_REWARD
-    return str(reward_model)
-
-
 def lora_folder(lora: str | Path | None) -> Path | None:
     """A ``--lora`` value as a folder: ``shapes-grpo`` is the shipped adapter, anything else a path."""
     if lora is None:

@@ -454,14 +454,3 @@ def test_the_native_pipeline_samples_a_shapes_model_as_it_was_trained_unless_tol
 def test_the_shipped_steerer_takes_the_speed_options():
     steerer = shapes_world.load_shapes_steerer(engine="eager", capture_backend="native", mode="fast+compiled")
     assert (steerer.engine_kind, steerer.capture_backend, steerer.mode.name) == ("eager", "native", "fast+compiled")
-
-
-def test_the_shipped_reward_folder_is_named_as_the_shipped_reward_however_it_is_spelled(tmp_path, monkeypatch):
-    from l2s.shapes.recipes import reward_name
-
-    shipped = shapes_world.shipped_assets().spatial_score
-    assert reward_name("spatialscore") == "spatialscore" == reward_name(shipped)
-    monkeypatch.chdir(shipped.parent)
-    assert reward_name(f"./{shipped.name}/") == "spatialscore"
-    (tmp_path / "mine").mkdir()
-    assert reward_name(tmp_path / "mine") == str(tmp_path / "mine") and reward_name("rule") == "rule"
