@@ -121,7 +121,8 @@ def train_grpo(pipe, reward, settings: GRPOSettings, out: str | Path, train_prom
                eval_prompts: list[str] | None = None, evaluators: dict | None = None, resume: bool = True,
                progress: bool = True, command: str | None = None, accelerator=None,
                stop_after: int | None = None, eval_every: int = 1, reward_name: str | None = None,
-               keep_evaluated: bool = False, base_model: str | None = None) -> GRPOResult:
+               keep_evaluated: bool = False, base_model: str | None = None,
+               named_rewards: dict[str, str | Path] | None = None) -> GRPOResult:
     """GRPO-train a LoRA adapter on ``pipe`` (any diffusers FluxPipeline) for ``reward`` (any
     callable ``reward(images, prompts) -> (B,) tensor``, higher is better).
 
@@ -130,8 +131,9 @@ def train_grpo(pipe, reward, settings: GRPOSettings, out: str | Path, train_prom
     (epoch 0) and after every ``eval_every``-th epoch and the last one (evaluation does not change
     training: a run resumed with another cadence trains the same). ``stop_after``: end this call after that many
     epochs, as an interruption would (a later call resumes). ``reward_name``: what ``reward`` is, kept
-    in grpo.json: resuming with another is refused (a run must not mix rewards); ``base_model``: what
-    ``pipe`` is (e.g. its weights digest), kept and checked the same way. ``keep_evaluated``:
+    in grpo.json: resuming with another is refused (a run must not mix rewards; ``named_rewards``:
+    named rewards' folders, one reward with their names: :func:`l2s.reward.identity.same_reward`);
+    ``base_model``: what ``pipe`` is (e.g. its weights digest), kept and checked the same way. ``keep_evaluated``:
     keep each judged epoch's EMA adapter, so that any of them can be benched later (``adapter/`` is
     only the latest). ``accelerator``: an
     :class:`accelerate.Accelerator` (default: one for this machine; under ``accelerate launch``
@@ -154,7 +156,7 @@ def train_grpo(pipe, reward, settings: GRPOSettings, out: str | Path, train_prom
                                  CURVES_FILE],
                            "starting the GRPO run over")
         acc.wait_for_everyone()
-        trainer.reward_name, trainer.base_model = reward_name, base_model
+        trainer.reward_name, trainer.base_model, trainer.named_rewards = reward_name, base_model, named_rewards
         start = _resume(trainer, out) if resume else 0
         return _epochs(trainer, out, train_prompts, eval_prompts, evaluators or {}, start, progress, command,
                        stop_after, eval_every, keep_evaluated)
@@ -252,7 +254,7 @@ def _check_sources(out: Path, trainer: GRPOTrainer) -> None:
     record = record if isinstance(record, dict) else {}
     _say_other_process_count(out, record.get("processes"), trainer.acc)
     earlier = record.get("reward")
-    if name and earlier is not None and not same_reward(earlier, name):
+    if name and earlier is not None and not same_reward(earlier, name, getattr(trainer, "named_rewards", None)):
         raise L2SError(f"{out} holds a GRPO run trained with the reward {earlier!r}; this run asks for {name!r}: "
                        "use another --out or --restart to start afresh")
     if base and record.get("base_model") not in (None, base):

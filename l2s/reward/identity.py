@@ -29,9 +29,11 @@ def reward_identity(name: str) -> str:
     return f"{folder}{_WEIGHTS}{weights_digest(folder, leave_out=(MODEL_CARD,))})"
 
 
-def same_reward(earlier: str | None, now: str | None) -> bool:
+def same_reward(earlier: str | None, now: str | None, named: dict[str, str | Path] | None = None) -> bool:
     """Whether two recorded rewards are one model. Records made before identities were (a
-    folder as typed) match the identity of that folder as it resolves now."""
+    folder as typed) match the identity of that folder as it resolves now. ``named``: a named
+    reward's folder (the shipped SpatialScore's): the name and that folder, however spelled, are one."""
+    earlier, now = (_as_named(identity, named or {}) for identity in (earlier, now))
     if earlier == now or earlier is None or now is None:
         return earlier == now
     if _WEIGHTS in earlier and _WEIGHTS in now or _WEIGHTS not in earlier and _WEIGHTS not in now:
@@ -39,3 +41,15 @@ def same_reward(earlier: str | None, now: str | None) -> bool:
     typed, recorded = (earlier, now) if _WEIGHTS in now else (now, earlier)
     folder = recorded.split(_WEIGHTS)[0]
     return typed not in NAMED_REWARDS and folder in (str(Path(typed).resolve()), str(Path(typed).resolve() / "best"))
+
+
+def _as_named(identity: str | None, named: dict[str, str | Path]) -> str | None:
+    """``identity`` as the name of the named reward whose folder it records (a path identity with its
+    weights, or a folder as typed in an older record); else itself."""
+    if identity is None or identity in named:
+        return identity
+    folder = identity.split(_WEIGHTS)[0]
+    for name, named_folder in named.items():
+        if Path(folder).resolve() == Path(named_folder).resolve():
+            return name
+    return identity

@@ -17,6 +17,8 @@ from l2s.errors import UsageError
 from l2s.files import read_jsonl_lines
 from l2s.reward.identity import same_reward
 
+from .recipes import shipped_rewards
+
 TABLE_START = "| method | "   # the first line of every comparison table begins so
 COLUMNS = ("two obj strict", "two obj colour", "two obj found", "multi 3/2 colour", "multi 4/3 colour", "held-out colour",
            "no rel: found", "no rel: colours", "no rel: spread", "reward score", "reward AUC",
@@ -85,7 +87,7 @@ def check_comparable(untuned: dict, tuned: list[Tuned]) -> None:
             raise UsageError(f"--tuned {t.name}: its bench ran without --lora (not a tuned model)")
         differ = [k for k in SHARED_SETTINGS
                   if k not in ("pipeline", "reward_model") and settings.get(k) != base.get(k)]
-        if not same_reward(base.get("reward_model"), settings.get("reward_model")):
+        if not same_reward(base.get("reward_model"), settings.get("reward_model"), shipped_rewards()):
             differ.append("reward_model")
         if not _same_pipeline(settings, base):
             differ.insert(0, "pipeline")

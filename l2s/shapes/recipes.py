@@ -110,6 +110,12 @@ def reward_model_path(reward_model: str | Path) -> Path:
     return shipped_assets().spatial_score if str(reward_model) == SHIPPED_REWARD else Path(reward_model)
 
 
+def shipped_rewards() -> dict[str, Path]:
+    """The named reward models and their folders: a record of the name and one of its folder's path
+    are one reward (:func:`l2s.reward.identity.same_reward`)."""
+    return {SHIPPED_REWARD: shipped_assets().spatial_score}
+
+
 def lora_folder(lora: str | Path | None) -> Path | None:
     """A ``--lora`` value as a folder: ``shapes-grpo`` is the shipped adapter, anything else a path."""
     if lora is None:

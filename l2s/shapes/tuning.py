@@ -21,7 +21,7 @@ from l2s.errors import L2SError, UsageError
 from .bench import BENCH_PROMPT_SEED
 from .model import SHIPPED_MODEL_DIR, image_size, load_shapes_pipeline
 from .prompts import shapes_position_prompts
-from .recipes import HELD_OUT_COLOURS, HELD_OUT_SHAPES, SHAPES_STEPS, SHAPES_TRUE_CFG
+from .recipes import HELD_OUT_COLOURS, HELD_OUT_SHAPES, SHAPES_STEPS, SHAPES_TRUE_CFG, shipped_rewards
 from .rule_reward import RuleReward
 from .scenes import COLOURS, SHAPES
 
@@ -99,4 +99,4 @@ def train_shapes_grpo(out: str | Path, reward, *, pipe=None, pipeline_dir: str |
     return train_grpo(pipe, reward, settings, out, train, eval_prompts=dev, evaluators=judges, resume=resume,
                       progress=progress, command=command, accelerator=accelerator, stop_after=stop_after,
                       eval_every=eval_every, reward_name=reward_name, keep_evaluated=keep_evaluated,
-                      base_model=base_model)
+                      base_model=base_model, named_rewards=shipped_rewards())

@@ -32,3 +32,19 @@ def test_a_reward_is_known_by_its_weights_not_its_model_card(tmp_path):
     assert reward_identity(str(tmp_path / "ss")) == recorded
     (best / "README.md").unlink()                      # a model trained before train-reward wrote one
     assert reward_identity(str(tmp_path / "ss")) == recorded
+
+
+def test_a_named_reward_and_its_folder_are_one_reward_however_recorded(tmp_path, monkeypatch):
+    shipped = tmp_path / "assets" / "spatial_score"
+    (shipped / "tokenizer").mkdir(parents=True)
+    (shipped / "model.safetensors").write_bytes(b"shipped")
+    (tmp_path / "mine" / "tokenizer").mkdir(parents=True)
+    (tmp_path / "mine" / "model.safetensors").write_bytes(b"mine")
+    named = {"spatialscore": shipped}
+    monkeypatch.chdir(tmp_path)
+    by_path = reward_identity("assets/spatial_score/")
+    # a run made with the path resumes with the name, and the other way round; old records as typed too
+    assert same_reward(by_path, "spatialscore", named) and same_reward("spatialscore", by_path, named)
+    assert same_reward("./assets/spatial_score", "spatialscore", named)
+    assert not same_reward(by_path, "spatialscore")                             # without knowing the folder
+    assert not same_reward(reward_identity("mine"), "spatialscore", named) and not same_reward("rule", by_path, named)
