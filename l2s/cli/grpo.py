@@ -153,6 +153,6 @@ def grpo_main(argv: Sequence[str] | None = None) -> int:
                   "ran; its last logged epoch:", file=sys.stderr)
         elif result.epochs_before:
             print(f"l2s: resumed after epoch {result.epochs_before} of the earlier run in {args.out}", file=sys.stderr)
-        print(f"l2s: {epochs}; {shown}; adapter in {args.out / 'adapter'} (load with --lora {args.out}); "
-              f"curves in {args.out / CURVES_FILE}")
+        curves = f"; curves in {args.out / CURVES_FILE}" if (args.out / CURVES_FILE).is_file() else ""
+        print(f"l2s: {epochs}; {shown}; adapter in {args.out / 'adapter'} (load with --lora {args.out}){curves}")
     return 0

@@ -258,5 +258,6 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         print(f"l2s: {line}", file=sys.stderr)
     from l2s.evaluation.curves import CURVES_FILE   # loaded with the training already
 
-    print(f"l2s: training curves in {result.out_dir / CURVES_FILE}", file=sys.stderr)
+    if (result.out_dir / CURVES_FILE).is_file():   # a run finished before curves were drawn has none
+        print(f"l2s: training curves in {result.out_dir / CURVES_FILE}", file=sys.stderr)
     return 0

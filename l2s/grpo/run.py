@@ -252,7 +252,7 @@ def _check_sources(out: Path, trainer: GRPOTrainer) -> None:
     name, base = trainer.reward_name, trainer.base_model
     record = read_state_json(out / "grpo.json", fix="use --restart to start afresh")
     record = record if isinstance(record, dict) else {}
-    _say_other_process_count(out, record.get("processes"), trainer.acc)
+    _say_other_process_count(out, record.get("processes", 1) if record else None, trainer.acc)   # unsaid: one
     earlier = record.get("reward")
     if name and earlier is not None and not same_reward(earlier, name, getattr(trainer, "named_rewards", None)):
         raise L2SError(f"{out} holds a GRPO run trained with the reward {earlier!r}; this run asks for {name!r}: "
@@ -290,7 +290,7 @@ def _resume(trainer: GRPOTrainer, out: Path) -> int:
         epoch = int(state["epoch"])
     if trainer.acc.is_main_process and (out / LOG).exists():  # drop lines of epochs the checkpoint lacks
         lines = read_jsonl_lines(out / LOG, fix="delete it to start the log afresh")
-        kept = [json.dumps(r) for _, r in lines if int(r["epoch"]) <= epoch and path.is_file()]
+        kept = [json.dumps(r) for _, r in lines if int(r["epoch"]) <= epoch] if path.is_file() else []
         if kept:
             atomic_write_text(out / LOG, "".join(line + "\n" for line in kept))
         else:   # no log: the baseline is judged afresh

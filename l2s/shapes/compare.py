@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from l2s.errors import UsageError
-from l2s.files import read_jsonl_lines
+from l2s.files import read_jsonl_lines, read_state_json
 from l2s.reward.identity import same_reward
 
 from .recipes import shipped_rewards
@@ -116,10 +116,7 @@ def _check_run_made_adapter(t: Tuned, settings: dict) -> None:
 
 
 def _run_record(run: str | Path) -> dict:
-    try:
-        record = json.loads((Path(run) / "grpo.json").read_text())
-    except (OSError, ValueError):
-        return {}
+    record = read_state_json(Path(run) / "grpo.json", fix="give the run folder that 'l2s shapes grpo' wrote")
     return record if isinstance(record, dict) else {}
 
 
