@@ -12,8 +12,8 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
-from .models import (add_model_args, add_sampling_args, add_speed_args, check_image_size, check_model_dtype,
-                     load_steerer, weights_digests)
+from .models import (add_model_args, add_sampling_args, add_speed_args, check_family_options, check_image_size,
+                     check_model_dtype, load_steerer, weights_digests)
 from .options import (add_device_arg, add_dtype_arg, add_threads_arg, flag_of, out_text, resolve_device,
                       use_threads)
 from .outputs import folder_outputs, wrote_line
@@ -129,6 +129,7 @@ def _check_args(args: argparse.Namespace) -> None:
     check_sampling_args(args)  # --steps, --height, ...: ranges, never a default in their place
     seed_value(args.prompt_seed, "--prompt-seed")
     check_image_size(args)
+    check_family_options(args)
     check_model_dtype(args)
     given = [flag for dest, (flag, default) in args.generation_defaults.items() if getattr(args, dest) != default]
     if args.images and given:

@@ -43,7 +43,8 @@ def add_sampling_args(parser: argparse.ArgumentParser) -> None:
                         "resolution, e.g. 512 FLUX.1-dev, 32 the shapes model; a multiple of the model's latent "
                         "cell, checked before it loads)")
     parser.add_argument("--width", type=int, help="image width in pixels (default and rule as --height)")
-    parser.add_argument("--guidance", type=float, help="guidance scale (default: published per model)")
+    parser.add_argument("--guidance", type=float, help="guidance scale (default: published per model; refused on "
+                        "a FLUX model without a guidance embedding, as schnell: its guidance is --true-cfg)")
     parser.add_argument("--true-cfg", type=float, metavar="SCALE", help=TRUE_CFG_HELP)
     parser.add_argument("--step-size", type=float, metavar="ALPHA", help=STEP_SIZE_HELP)
 
@@ -87,9 +88,7 @@ def apply_speed_args(steerer, args: argparse.Namespace) -> None:
     backend = getattr(args, "capture_backend", None)
     if backend is not None:
         steerer.capture_backend = backend
-    if not hasattr(steerer, "engine_kind"):
-        if engine != "auto":
-            raise UsageError("--engine applies to FLUX models; Stable Diffusion's plain steps run eager")
+    if not hasattr(steerer, "engine_kind"):   # Stable Diffusion: --engine was refused before it loaded
         return
     steerer.engine_kind = engine
 
@@ -175,6 +174,46 @@ def check_image_size(args: argparse.Namespace) -> None:
             raise UsageError(f"{flag} must be a multiple of {multiple} for this model, got {value}")
 
 
+def check_family_options(args: argparse.Namespace) -> None:
+    """Options that would do nothing on this kind of model are refused before it loads, from its
+    configs: ``--true-cfg``, ``--lora`` and ``--engine`` on Stable Diffusion, and ``--guidance`` on a
+    FLUX transformer without a guidance embedding (FLUX.1-schnell, the shapes world's), where
+    diffusers ignores it."""
+    from l2s.pipelines.loading import folder_family
+
+    folder = model_folder(args)
+    family = "flux" if args.model == "tiny" else folder_family(folder) if folder is not None else None
+    if family == "sd":
+        _refuse_flux_only(args)
+    elif family == "flux" and getattr(args, "guidance", None) is not None and not _guidance_embedded(folder):
+        raise UsageError("--guidance does nothing on this model: its transformer has no guidance embedding (as "
+                         "FLUX.1-schnell's and the shapes world's); its classifier-free guidance is --true-cfg")
+
+
+def _refuse_flux_only(args: argparse.Namespace) -> None:
+    """``--true-cfg``, ``--lora`` and ``--engine`` given for a Stable Diffusion model."""
+    given = (("--true-cfg", getattr(args, "true_cfg", None) is not None, "Stable Diffusion's guidance is --guidance"),
+             ("--lora", bool(getattr(args, "lora", None)), "its adapters are FLUX transformer adapters"),
+             ("--engine", getattr(args, "engine", None) not in (None, "auto"),
+              "Stable Diffusion's plain steps run eager"))
+    for flag, present, why in given:
+        if present:
+            raise UsageError(f"{flag} applies to FLUX models; {why}")
+
+
+def _guidance_embedded(folder) -> bool:
+    """Whether a FLUX pipeline folder's transformer has a guidance embedding (the tiny demo model,
+    ``folder`` None, has none); an unreadable config says yes, and loading says what is wrong."""
+    import json
+
+    if folder is None:
+        return False
+    try:
+        return bool(json.loads((Path(folder) / "transformer" / "config.json").read_text())["guidance_embeds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return True
+
+
 def weights_digests(args: argparse.Namespace) -> dict:
     """Fingerprints of the local weights behind --model, --classifier and --lora (shipped names
     resolved; a --model hub id by its local snapshot, a --classifier hub id not at all), for a
@@ -216,20 +255,12 @@ def _with_lora(pipe, args: argparse.Namespace):
     return pipe
 
 
-def _no_guidance_embedding(args: argparse.Namespace) -> None:
-    """The shapes models have no guidance embedding: --guidance would be silently ignored."""
-    if getattr(args, "guidance", None) is not None:
-        raise UsageError("--guidance does nothing on a shapes-world model (it has no guidance embedding); its "
-                         "classifier-free guidance is --true-cfg")
-
-
 def _shipped_model(args: argparse.Namespace, true_cfg: float | None, step_size: float | None):
     """The shipped shapes-world model (the default), or None after saying it is missing."""
     from l2s.shapes import load_shapes_steerer, shipped_assets
 
     assets = shipped_assets()
     if assets.available:
-        _no_guidance_embedding(args)
         classifier = args.classifier or assets.classifier
         return (load_shapes_steerer(assets.pipeline, classifier, true_cfg_scale=true_cfg, step_size=step_size,
                                     lora=getattr(args, "lora", None), device=resolve_device(args)),
@@ -274,8 +305,5 @@ def _model_dir(args: argparse.Namespace, true_cfg: float | None, step_size: floa
     from l2s.shapes import is_shapes_pipeline, steer_shapes_pipeline
 
     if is_shapes_pipeline(pipe):  # a model from 'l2s shapes train-model': its own sampling settings
-        _no_guidance_embedding(args)
         return steer_shapes_pipeline(pipe, classifier, true_cfg_scale=true_cfg, step_size=step_size), source
-    if flux_options and not hasattr(pipe, "transformer"):
-        raise UsageError("--true-cfg applies to FLUX models; Stable Diffusion's guidance is --guidance")
     return wrap_pipeline(pipe, classifier, step_size=step_size, **flux_options), source
