@@ -98,6 +98,19 @@ def _read_model_index(path: Path) -> tuple[dict, str]:
         raise ModelLoadError(f"corrupt model_index.json in {path}: {e}") from None
 
 
+def _check_components(path: Path, model_index: dict, given: dict) -> None:
+    """Every component ``model_index.json`` names has its folder (those in ``given`` are passed in
+    instead): without one, diffusers names the pipeline folder in its error, and transformers may
+    even build a tokenizer of no vocabulary from it and steer on unknown tokens."""
+    missing = [name for name, value in model_index.items()
+               if not name.startswith("_") and name not in given and isinstance(value, list)
+               and len(value) == 2 and all(value) and not (path / name).is_dir()]
+    if missing:
+        raise ModelLoadError(f"the pipeline at {path} lacks the folder{'s' if len(missing) > 1 else ''} "
+                             f"{', '.join(missing)} that its model_index.json names: copy or download the "
+                             "whole pipeline again")
+
+
 def folder_family(folder: str | Path) -> str | None:
     """"sd" or "flux" from a pipeline folder's model_index.json (None when it does not say)."""
     try:
@@ -176,6 +189,7 @@ def load_diffusers_pipeline(path: str | Path, torch_dtype: torch.dtype | None = 
         kwargs["dtype"] = torch_dtype
     if class_name == "StableDiffusionPipeline":
         kwargs.update(safety_checker=None, requires_safety_checker=False)
+    _check_components(path, model_index, kwargs)
     try:
         return kinds[class_name].from_pretrained(str(path), **kwargs)
     except Exception as e:  # diffusers raises many kinds on damaged folders

@@ -107,3 +107,18 @@ def test_a_folder_naming_a_moved_component_module_is_refused_with_the_edit(tmp_p
     with pytest.raises(ModelLoadError, match=r"cannot be imported: No module named 'l2s\.nowhere'$"):
         _import_l2s_components({"vae": ["l2s.nowhere", "X"]}, tmp_path)
     _import_l2s_components(json.loads('{"vae": ["l2s.shapes.model", "PixelShuffleVAE"]}'), tmp_path)
+
+
+def test_a_folder_missing_a_component_it_names_is_refused_naming_it(tmp_path):
+    import shutil
+
+    import pytest
+
+    from l2s.errors import ModelLoadError
+    from l2s.pipelines import load_diffusers_pipeline
+    from l2s.pipelines.loading import save_pipeline
+
+    save_pipeline(tiny_flux_pipeline(seed=0), tmp_path / "flux")
+    shutil.rmtree(tmp_path / "flux" / "tokenizer_2")   # transformers would build a tokenizer of no words
+    with pytest.raises(ModelLoadError, match=r"lacks the folder tokenizer_2 that its model_index\.json names"):
+        load_diffusers_pipeline(tmp_path / "flux")
