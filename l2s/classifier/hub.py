@@ -96,6 +96,16 @@ def not_cached(name: str, what: str) -> str:
             "or pass a local folder")
 
 
+def cache_entry_note(folder: str | Path) -> str:
+    """For a Hugging Face cache entry (``models--owner--name`` holding ``snapshots/``), given where a
+    model folder belongs: "; " and what to give instead. Empty for any other folder."""
+    folder = Path(folder)
+    if not (folder.name.startswith("models--") and (folder / "snapshots").is_dir()):
+        return ""
+    repo_id = folder.name[len("models--"):].replace("--", "/", 1)   # hub names hold no "--"
+    return f"; it is a Hugging Face cache entry: give its hub id {repo_id} (or a folder in its snapshots/)"
+
+
 def model_card_body(config, training: dict | None) -> str:
     """The Markdown of the card below its metadata."""
     lines = [f"# l2s relation classifier ({config.model_family})", "",

@@ -288,13 +288,15 @@ def _tiny_model(args: argparse.Namespace, step_size: float | None, flux_options:
 
 def _model_dir(args: argparse.Namespace, true_cfg: float | None, step_size: float | None, flux_options: dict):
     from l2s.classifier import RelationClassifier
+    from l2s.classifier.hub import cache_entry_note
     from l2s.pipelines import load_diffusers_pipeline, wrap_pipeline
     from l2s.pipelines.loading import folder_family, pipeline_folder
 
     # Cheap checks first: a bad path should not cost loading a multi-GB pipeline.
     folder = pipeline_folder(args.model)  # a folder, or a hub id found in the local cache
     if not (folder / "model_index.json").is_file():
-        raise ModelLoadError(f"no diffusers pipeline at {args.model} (model_index.json missing)")
+        raise ModelLoadError(f"no diffusers pipeline at {args.model} (model_index.json missing)"
+                             f"{cache_entry_note(folder)}")
     if not args.classifier:
         raise L2SError("--classifier PATH is required with --model PATH")
     classifier = RelationClassifier.load(args.classifier)

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from l2s.classifier import RelationClassifier
-from l2s.classifier.hub import looks_like_hub_id, not_cached
+from l2s.classifier.hub import cache_entry_note, looks_like_hub_id, not_cached
 from l2s.errors import ModelLoadError, UsageError
 from l2s.steer import DEFAULT_CAPTURE_BACKEND, Schedule
 
@@ -90,7 +90,7 @@ def _import_l2s_components(model_index: dict, path: Path) -> None:
 def _read_model_index(path: Path) -> tuple[dict, str]:
     index = path / "model_index.json"
     if not index.is_file():
-        raise ModelLoadError(f"no diffusers pipeline at {path} (model_index.json missing)")
+        raise ModelLoadError(f"no diffusers pipeline at {path} (model_index.json missing){cache_entry_note(path)}")
     try:
         model_index = json.loads(index.read_text())
         return model_index, model_index["_class_name"]

@@ -107,3 +107,11 @@ def test_published_converter_writes_a_hub_folder(tmp_path):
     assert {"README.md", "config.json", "model.safetensors", "training.json"} <= {p.name for p in out.iterdir()}
     assert "published Learn-to-Steer checkpoint sd14.pth" in (out / "README.md").read_text()
     assert same_logits(source, RelationClassifier.from_pretrained(out))
+
+
+def test_a_cache_entry_given_as_the_folder_is_refused_naming_its_hub_id(hub_cache):
+    tiny_model().save_pretrained(cached_snapshot(hub_cache, "someone/l2s-clf"))
+    entry = hub_cache / "models--someone--l2s-clf"
+    with pytest.raises(ModelLoadError, match=r"has no config\.json; it is a Hugging Face cache entry: give its hub id "
+                                             r"someone/l2s-clf \(or a folder in its snapshots/\)$"):
+        RelationClassifier.load(entry)

@@ -122,3 +122,16 @@ def test_a_folder_missing_a_component_it_names_is_refused_naming_it(tmp_path):
     shutil.rmtree(tmp_path / "flux" / "tokenizer_2")   # transformers would build a tokenizer of no words
     with pytest.raises(ModelLoadError, match=r"lacks the folder tokenizer_2 that its model_index\.json names"):
         load_diffusers_pipeline(tmp_path / "flux")
+
+
+def test_a_hub_cache_entry_given_as_the_model_folder_is_refused_naming_its_hub_id(tmp_path):
+    import pytest
+
+    from l2s.errors import ModelLoadError
+    from l2s.pipelines import load_diffusers_pipeline
+
+    entry = tmp_path / "models--black-forest-labs--FLUX.1-schnell"
+    (entry / "snapshots" / "0123abcd").mkdir(parents=True)
+    with pytest.raises(ModelLoadError, match=r"model_index\.json missing\); it is a Hugging Face cache entry: give "
+                                             r"its hub id black-forest-labs/FLUX\.1-schnell \(or a folder in"):
+        load_diffusers_pipeline(entry)
