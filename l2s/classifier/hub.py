@@ -49,19 +49,17 @@ class ClassifierHubMixin(PyTorchModelHubMixin, library_name="l2s", license="apac
     def _from_pretrained(cls, *, model_id: str, revision: str | None, cache_dir, force_download: bool,
                          local_files_only: bool, token, map_location: str = "cpu", config=None,
                          **unused: Any):
-        from huggingface_hub import constants, hf_hub_download
+        from huggingface_hub import constants, snapshot_download
 
         folder = Path(model_id)
         if not folder.is_dir():
-            options = dict(repo_id=model_id, revision=revision, cache_dir=cache_dir, force_download=force_download,
-                           local_files_only=local_files_only, token=token)
-            # The hub's file names are l2s's own: config.json, model.safetensors.
-            for name in (constants.CONFIG_NAME, constants.SAFETENSORS_SINGLE_FILE):
-                folder = Path(hf_hub_download(filename=name, **options)).parent
-            try:
-                hf_hub_download(filename=TRAINING_FILE, **options)
-            except Exception:  # the training record is optional
-                pass
+            # One listing of the repository fetches what it has of l2s's files (training.json is
+            # optional); without a connection the cached snapshot serves at once, where a download of
+            # each file would retry the missing optional one for half a minute.
+            folder = Path(snapshot_download(
+                repo_id=model_id, revision=revision, cache_dir=cache_dir, force_download=force_download,
+                local_files_only=local_files_only, token=token,
+                allow_patterns=[constants.CONFIG_NAME, constants.SAFETENSORS_SINGLE_FILE, TRAINING_FILE]))
         return cls.load(folder, map_location=map_location)
 
     def generate_model_card(self, *args, training: dict | None = None, **kwargs) -> ModelCard:

@@ -115,3 +115,20 @@ def test_a_cache_entry_given_as_the_folder_is_refused_naming_its_hub_id(hub_cach
     with pytest.raises(ModelLoadError, match=r"has no config\.json; it is a Hugging Face cache entry: give its hub id "
                                              r"someone/l2s-clf \(or a folder in its snapshots/\)$"):
         RelationClassifier.load(entry)
+
+
+def test_a_cached_hub_id_without_training_record_loads_at_once_where_the_hub_cannot_be_reached(hub_cache,
+                                                                                                 monkeypatch):
+    import huggingface_hub.utils._http as http
+    from huggingface_hub import constants
+
+    model = tiny_model(seed=4)
+    model.save_pretrained(cached_snapshot(hub_cache, "someone/l2s-clf"))     # no training.json
+    unreachable = "http://127.0.0.1:9"                     # refused at once, never the hub itself
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", unreachable)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                        unreachable + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(http.time, "sleep", lambda seconds: pytest.fail("retried a download of an optional file"))
+    loaded = RelationClassifier.from_pretrained("someone/l2s-clf")
+    assert same_logits(model, loaded) and loaded.training_record is None
