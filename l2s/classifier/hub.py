@@ -14,7 +14,7 @@ from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData, PyTorchModelHubMixin
 
-from l2s.errors import ModelLoadError
+from l2s.errors import L2SError, ModelLoadError
 
 TRAINING_FILE = "training.json"  # the training run's record (settings, data, accuracy)
 
@@ -30,6 +30,20 @@ class ClassifierHubMixin(PyTorchModelHubMixin, library_name="l2s", license="apac
         self.save(save_directory)  # model.safetensors + config.json, l2s's own format
         if self.training_record:
             (Path(save_directory) / TRAINING_FILE).write_text(json.dumps(self.training_record, indent=2) + "\n")
+
+    def push_to_hub(self, repo_id: str, **kwargs) -> str:
+        """``PyTorchModelHubMixin.push_to_hub``; where the hub cannot be reached (offline mode, no
+        network) one ``L2SError`` line says so and how to upload later, not the HTTP client's error."""
+        from huggingface_hub.errors import OfflineModeIsEnabled
+
+        try:
+            return super().push_to_hub(repo_id, **kwargs)
+        except (OfflineModeIsEnabled, *_transport_errors()) as error:
+            detail = (str(error).splitlines() or [""])[0]
+            why = ("offline mode is on (HF_HUB_OFFLINE)" if isinstance(error, OfflineModeIsEnabled)
+                   else f"the hub cannot be reached ({type(error).__name__}: {detail})")
+            raise L2SError(f"cannot push to {repo_id}: {why}; save_pretrained(FOLDER) now and run "
+                           f"`hf upload {repo_id} FOLDER` once online") from error
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs):
@@ -68,6 +82,19 @@ class ClassifierHubMixin(PyTorchModelHubMixin, library_name="l2s", license="apac
         data = ModelCardData(**info.model_card_data.to_dict())
         body = model_card_body(self.config, training or self.training_record)
         return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+
+
+def _transport_errors() -> tuple[type[Exception], ...]:
+    """The connection errors of the HTTP client huggingface_hub uses (httpx2 from its 2.0, httpx before)."""
+    import importlib
+
+    found = []
+    for name in ("httpx2", "httpx"):
+        try:
+            found.append(importlib.import_module(name).TransportError)
+        except (ImportError, AttributeError):
+            pass
+    return tuple(found)
 
 
 def read_training_record(folder: Path) -> dict | None:
