@@ -169,14 +169,19 @@ def pipeline_digest(folder: str | Path) -> str | None:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
+def check_torch_dtype(torch_dtype) -> None:
+    """``torch_dtype`` is None or a ``torch.dtype`` (a name such as "bf16" is the CLI's spelling)."""
+    if torch_dtype is not None and not isinstance(torch_dtype, torch.dtype):
+        raise UsageError(f"torch_dtype must be a torch.dtype (torch.bfloat16, torch.float16, torch.float32), "
+                         f"got {torch_dtype!r}")
+
+
 def load_diffusers_pipeline(path: str | Path, torch_dtype: torch.dtype | None = None):
     """Load a FLUX or SD pipeline from a local diffusers directory, or a hub id in the local
     cache (:func:`pipeline_folder`); never contacts a hub."""
     import diffusers
 
-    if torch_dtype is not None and not isinstance(torch_dtype, torch.dtype):
-        raise UsageError(f"torch_dtype must be a torch.dtype (torch.bfloat16, torch.float16, torch.float32), "
-                         f"got {torch_dtype!r}")
+    check_torch_dtype(torch_dtype)
     path = pipeline_folder(path)
     model_index, class_name = _read_model_index(path)
     _import_l2s_components(model_index, path)

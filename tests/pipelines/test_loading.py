@@ -135,3 +135,21 @@ def test_a_hub_cache_entry_given_as_the_model_folder_is_refused_naming_its_hub_i
     with pytest.raises(ModelLoadError, match=r"model_index\.json missing\); it is a Hugging Face cache entry: give "
                                              r"its hub id black-forest-labs/FLUX\.1-schnell \(or a folder in"):
         load_diffusers_pipeline(entry)
+
+
+def test_from_pretrained_reads_the_classifier_first_and_refuses_one_of_another_model(tmp_path, monkeypatch):
+    import pytest
+
+    import l2s.pipelines.base
+    from l2s.errors import ClassifierMismatchError, ModelLoadError
+    from l2s.pipelines import SteeringPipeline
+    from l2s.pipelines.loading import save_pipeline
+
+    sd = tiny_sd_pipeline(seed=0)
+    save_pipeline(sd, tmp_path / "sd")
+    tiny_classifier_for(tiny_flux_pipeline(seed=0), seed=0).save(tmp_path / "flux-clf")
+    with pytest.raises(ClassifierMismatchError, match=r"classifier expects 4 maps per object but this model provides"):
+        SteeringPipeline.from_pretrained(tmp_path / "sd", tmp_path / "flux-clf")
+    monkeypatch.setattr(l2s.pipelines.base, "load_diffusers_pipeline", lambda *a, **k: pytest.fail("loaded the model"))
+    with pytest.raises(ModelLoadError, match=r"^classifier not found: "):
+        SteeringPipeline.from_pretrained(tmp_path / "sd", tmp_path / "absent-clf")
