@@ -103,7 +103,7 @@ def load_steerer(args: argparse.Namespace):
         if args.classifier:
             getattr(steerer, "check_classifier", lambda: None)()
     except ClassifierMismatchError as error:
-        raise _naming_its_model(error, args.classifier) from None
+        raise _naming_its_model(error, args.classifier, shipped_model=args.model is None) from None
     apply_speed_args(steerer, args)
     if getattr(args, "lora", None):
         from l2s.shapes.recipes import lora_folder
@@ -112,9 +112,10 @@ def load_steerer(args: argparse.Namespace):
     return steerer, source
 
 
-def _naming_its_model(error, classifier: str | None):
+def _naming_its_model(error, classifier: str | None, shipped_model: bool = False):
     """A classifier made for another model, refused naming the model its training data came from
-    (recorded beside an ``l2s train`` run's weights), so the fix is in the message."""
+    (recorded beside an ``l2s train`` run's weights), or that no --model gave the shipped one, so
+    the fix is in the message."""
     from l2s.errors import ClassifierMismatchError
 
     from l2s.shapes.recipes import shipped_assets
@@ -127,6 +128,9 @@ def _naming_its_model(error, classifier: str | None):
                                        "model: leave out --model")
     model = trained_on(classifier)
     if model is None:
+        if shipped_model:
+            return ClassifierMismatchError(f"{error}; without --model the shipped shapes-world model ran: pass "
+                                           "--model PATH, the model this classifier was trained for")
         return error
     option = ("a shapes-world model: the shipped one (no --model) or the --model its 'shapes make-data' used"
               if model == "shapes-world" else f"--model {model}")
