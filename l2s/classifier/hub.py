@@ -14,7 +14,7 @@ from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData, PyTorchModelHubMixin
 
-from l2s.errors import ModelLoadError
+from l2s.errors import L2SError, ModelLoadError
 
 TRAINING_FILE = "training.json"  # the training run's record (settings, data, accuracy)
 
@@ -30,6 +30,20 @@ class ClassifierHubMixin(PyTorchModelHubMixin, library_name="l2s", license="apac
         self.save(save_directory)  # model.safetensors + config.json, l2s's own format
         if self.training_record:
             (Path(save_directory) / TRAINING_FILE).write_text(json.dumps(self.training_record, indent=2) + "\n")
+
+    def push_to_hub(self, repo_id: str, **kwargs) -> str:
+        """``PyTorchModelHubMixin.push_to_hub``; where the hub cannot be reached (offline mode, no
+        network) one ``L2SError`` line says so and how to upload later, not the HTTP client's error."""
+        from huggingface_hub.errors import OfflineModeIsEnabled
+
+        try:
+            return super().push_to_hub(repo_id, **kwargs)
+        except (OfflineModeIsEnabled, *_transport_errors()) as error:
+            detail = (str(error).splitlines() or [""])[0]
+            why = ("offline mode is on (HF_HUB_OFFLINE)" if isinstance(error, OfflineModeIsEnabled)
+                   else f"the hub cannot be reached ({type(error).__name__}: {detail})")
+            raise L2SError(f"cannot push to {repo_id}: {why}; save_pretrained(FOLDER) now and run "
+                           f"`hf upload {repo_id} FOLDER` once online") from error
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs):
@@ -49,19 +63,17 @@ class ClassifierHubMixin(PyTorchModelHubMixin, library_name="l2s", license="apac
     def _from_pretrained(cls, *, model_id: str, revision: str | None, cache_dir, force_download: bool,
                          local_files_only: bool, token, map_location: str = "cpu", config=None,
                          **unused: Any):
-        from huggingface_hub import constants, hf_hub_download
+        from huggingface_hub import constants, snapshot_download
 
         folder = Path(model_id)
         if not folder.is_dir():
-            options = dict(repo_id=model_id, revision=revision, cache_dir=cache_dir, force_download=force_download,
-                           local_files_only=local_files_only, token=token)
-            # The hub's file names are l2s's own: config.json, model.safetensors.
-            for name in (constants.CONFIG_NAME, constants.SAFETENSORS_SINGLE_FILE):
-                folder = Path(hf_hub_download(filename=name, **options)).parent
-            try:
-                hf_hub_download(filename=TRAINING_FILE, **options)
-            except Exception:  # the training record is optional
-                pass
+            # One listing of the repository fetches what it has of l2s's files (training.json is
+            # optional); without a connection the cached snapshot serves at once, where a download of
+            # each file would retry the missing optional one for half a minute.
+            folder = Path(snapshot_download(
+                repo_id=model_id, revision=revision, cache_dir=cache_dir, force_download=force_download,
+                local_files_only=local_files_only, token=token,
+                allow_patterns=[constants.CONFIG_NAME, constants.SAFETENSORS_SINGLE_FILE, TRAINING_FILE]))
         return cls.load(folder, map_location=map_location)
 
     def generate_model_card(self, *args, training: dict | None = None, **kwargs) -> ModelCard:
@@ -70,6 +82,19 @@ class ClassifierHubMixin(PyTorchModelHubMixin, library_name="l2s", license="apac
         data = ModelCardData(**info.model_card_data.to_dict())
         body = model_card_body(self.config, training or self.training_record)
         return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+
+
+def _transport_errors() -> tuple[type[Exception], ...]:
+    """The connection errors of the HTTP client huggingface_hub uses (httpx2 from its 2.0, httpx before)."""
+    import importlib
+
+    found = []
+    for name in ("httpx2", "httpx"):
+        try:
+            found.append(importlib.import_module(name).TransportError)
+        except (ImportError, AttributeError):
+            pass
+    return tuple(found)
 
 
 def read_training_record(folder: Path) -> dict | None:
@@ -94,6 +119,16 @@ def not_cached(name: str, what: str) -> str:
     return (f"{what} {name!r} is not a folder, and not in the local Hugging Face cache ({constants.HF_HUB_CACHE}): "
             f"download it once with `hf download {name}` (set HF_HOME to use another cache), "
             "or pass a local folder")
+
+
+def cache_entry_note(folder: str | Path) -> str:
+    """For a Hugging Face cache entry (``models--owner--name`` holding ``snapshots/``), given where a
+    model folder belongs: "; " and what to give instead. Empty for any other folder."""
+    folder = Path(folder)
+    if not (folder.name.startswith("models--") and (folder / "snapshots").is_dir()):
+        return ""
+    repo_id = folder.name[len("models--"):].replace("--", "/", 1)   # hub names hold no "--"
+    return f"; it is a Hugging Face cache entry: give its hub id {repo_id} (or a folder in its snapshots/)"
 
 
 def model_card_body(config, training: dict | None) -> str:

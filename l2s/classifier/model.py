@@ -28,7 +28,7 @@ from l2s.errors import ClassifierMismatchError, ModelLoadError
 from l2s.files import atomic_write_bytes
 
 from .config import ClassifierConfig, step_index_for
-from .hub import ClassifierHubMixin, looks_like_hub_id, read_training_record
+from .hub import ClassifierHubMixin, cache_entry_note, looks_like_hub_id, read_training_record
 from .published import read_published_checkpoint
 
 WEIGHTS_FILE = "model.safetensors"
@@ -221,7 +221,8 @@ def _load_directory(directory: Path, map_location: str | torch.device) -> Relati
             if (directory / "best" / CONFIG_FILE).is_file():
                 raise ModelLoadError(f"{directory} is a training run, not a classifier: use {directory / 'best'} "
                                      f"(the best epoch's weights) or {directory / 'last'}")
-            raise ModelLoadError(f"classifier directory {directory} has no {required.name}")
+            raise ModelLoadError(f"classifier directory {directory} has no {required.name}"
+                                 f"{cache_entry_note(directory)}")
     try:
         config_data = json.loads(config_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:

@@ -58,12 +58,27 @@ NOT_IMAGE_SETTINGS = {"out", "quiet", "batch_size", "func", "prompt", "prompts",
                       "restart", "threads"}
 
 
+# Settings that name files: recorded as absolute paths and compared so (``flux``, ``./flux/`` and a
+# symlink to it are one model), which also reads runs recorded before as they were spelled.
+PATH_SETTINGS = ("model", "classifier", "lora")
+
+
 def image_settings(args: argparse.Namespace) -> dict:
     """What makes the images (model, sampling, steering options), as index.json keeps it: defaults
     resolved, so naming the default (``--device cpu`` on a CPU machine) is the same setting."""
-    return {k: v if isinstance(v, (bool, int, float, type(None))) else str(v)
-            for k, v in sorted(vars(args).items()) if k not in NOT_IMAGE_SETTINGS} | {
-        k: getattr(args, k, None) or default for k, default in unset_defaults().items()}
+    from .options import canonical_path
+
+    settings = {k: v if isinstance(v, (bool, int, float, type(None))) else str(v)
+                for k, v in sorted(vars(args).items()) if k not in NOT_IMAGE_SETTINGS}
+    settings.update({k: canonical_path(settings[k]) for k in PATH_SETTINGS if k in settings})
+    return settings | {k: getattr(args, k, None) or default for k, default in unset_defaults().items()}
+
+
+def path_settings() -> dict:
+    """How :data:`PATH_SETTINGS` are compared with an earlier run's (``open_image_run(canonical=...)``)."""
+    from .options import canonical_path
+
+    return dict.fromkeys(PATH_SETTINGS, canonical_path)
 
 
 def unset_defaults() -> dict:

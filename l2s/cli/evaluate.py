@@ -12,10 +12,10 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
-from .models import (add_model_args, add_sampling_args, add_speed_args, check_image_size, check_model_dtype,
-                     load_steerer, weights_digests)
-from .options import (add_device_arg, add_dtype_arg, add_threads_arg, flag_of, out_text, resolve_device,
-                      use_threads)
+from .models import (add_model_args, add_sampling_args, add_speed_args, check_family_options, check_image_size,
+                     check_model_dtype, load_steerer, weights_digests)
+from .options import (add_device_arg, add_dtype_arg, add_threads_arg, canonical_path, flag_of, out_text,
+                      resolve_device, use_threads)
 from .outputs import folder_outputs, wrote_line
 from .relations import EVAL_HELP as RELATIONS_HELP
 from .relations import add_relations_arg, given_parse, parse_relations, steer_given_relations
@@ -129,6 +129,7 @@ def _check_args(args: argparse.Namespace) -> None:
     check_sampling_args(args)  # --steps, --height, ...: ranges, never a default in their place
     seed_value(args.prompt_seed, "--prompt-seed")
     check_image_size(args)
+    check_family_options(args)
     check_model_dtype(args)
     given = [flag for dest, (flag, default) in args.generation_defaults.items() if getattr(args, dest) != default]
     if args.images and given:
@@ -272,8 +273,8 @@ STEERER_SETTINGS = ("sampling", "step_size", "engine", "capture_backend")   # kn
 def _request_settings(args: argparse.Namespace) -> dict:
     """How images are made, as far as the command line says before a model loads (a resumed run
     must match these exactly; the loaded steerer adds its effective sampling and kernels)."""
-    settings = {"model": _canonical(args.model), "classifier": _canonical_classifier(args.classifier, args.model),
-                "prompts": _canonical(args.prompts),
+    settings = {"model": canonical_path(args.model), "classifier": _canonical_classifier(args.classifier, args.model),
+                "prompts": canonical_path(args.prompts),
                 "n_prompts": args.n_prompts, "prompt_seed": args.prompt_seed, "steps": args.steps,
                 "height": args.height, "width": args.width, "guidance": args.guidance, "schedule": args.schedule,
                 "dtype": args.dtype if args.model not in (None, "tiny") else None}
@@ -289,14 +290,9 @@ def _request_settings(args: argparse.Namespace) -> dict:
     return settings
 
 
-def _canonical(value: str | None) -> str | None:
-    """A local path as its absolute path (``./clf/`` and ``clf`` are one setting); names as given."""
-    return str(Path(value).resolve()) if value is not None and Path(value).exists() else value
-
-
 def _canonical_classifier(value: str | None, model: str | None) -> str | None:
     """The shipped model's default classifier by its name: ``--classifier shapes`` is the default."""
-    return _canonical("shapes" if value is None and model is None else value)
+    return canonical_path("shapes" if value is None and model is None else value)
 
 
 def _spelled_as_before(out: str, settings: dict) -> dict:
@@ -311,7 +307,7 @@ def _spelled_as_before(out: str, settings: dict) -> dict:
         return settings      # a damaged run.json: refuse_changed_settings says so
     if not isinstance(earlier, dict):
         return settings
-    named = {"model": _canonical, "prompts": _canonical,
+    named = {"model": canonical_path, "prompts": canonical_path,
              "classifier": lambda value: _canonical_classifier(value, earlier.get("model"))}
     same = {k: earlier[k] for k, canonical in named.items() if k in earlier and canonical(earlier[k]) == settings[k]}
     return {**settings, **same}

@@ -15,10 +15,11 @@ from pathlib import Path
 from l2s.errors import L2SError, UsageError
 from l2s.files import atomic_write_json
 
-from .batches import NOT_IMAGE_SETTINGS, folders_line, image_settings, labelled_prompts, seeds_of, unset_defaults
+from .batches import (NOT_IMAGE_SETTINGS, folders_line, image_settings, labelled_prompts, path_settings, seeds_of,
+                      unset_defaults)
 from .checks import check_sampling_args
-from .models import (add_model_args, add_sampling_args, add_speed_args, check_image_size, check_model_dtype,
-                     load_steerer, weights_digests)
+from .models import (add_model_args, add_sampling_args, add_speed_args, check_family_options, check_image_size,
+                     check_model_dtype, load_steerer, weights_digests)
 from .options import add_device_arg, add_dtype_arg, add_threads_arg, out_text, use_threads
 from .outputs import wrote_line
 from .relations import add_relations_arg, given_parse, parse_relations, steer_given_relations
@@ -87,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
     prompts = [prompt for _, prompt in labelled]
     check_sampling_args(args)          # every option, before any work
     check_image_size(args)
+    check_family_options(args)
     check_model_dtype(args)
     positive_int(args.batch_size, "--batch-size")
     use_threads(args)
@@ -189,7 +191,7 @@ def _generate_many(args: argparse.Namespace, relations, jobs, started: float) ->
 
     out, settings = Path(args.out), {**image_settings(args), **weights_digests(args)}
     resume = open_image_run(out, jobs, settings, args.restart, unset_means=unset_defaults(),
-                            not_compared=frozenset(NOT_IMAGE_SETTINGS))
+                            not_compared=frozenset(NOT_IMAGE_SETTINGS), canonical=path_settings())
     if resume.finished:
         _say(f"all {len(jobs)} images are already in {out} (same prompts, seeds and settings); "
              "--restart makes them again")

@@ -43,7 +43,8 @@ def add_sampling_args(parser: argparse.ArgumentParser) -> None:
                         "resolution, e.g. 512 FLUX.1-dev, 32 the shapes model; a multiple of the model's latent "
                         "cell, checked before it loads)")
     parser.add_argument("--width", type=int, help="image width in pixels (default and rule as --height)")
-    parser.add_argument("--guidance", type=float, help="guidance scale (default: published per model)")
+    parser.add_argument("--guidance", type=float, help="guidance scale (default: published per model; refused on "
+                        "a FLUX model without a guidance embedding, as schnell: its guidance is --true-cfg)")
     parser.add_argument("--true-cfg", type=float, metavar="SCALE", help=TRUE_CFG_HELP)
     parser.add_argument("--step-size", type=float, metavar="ALPHA", help=STEP_SIZE_HELP)
 
@@ -87,9 +88,7 @@ def apply_speed_args(steerer, args: argparse.Namespace) -> None:
     backend = getattr(args, "capture_backend", None)
     if backend is not None:
         steerer.capture_backend = backend
-    if not hasattr(steerer, "engine_kind"):
-        if engine != "auto":
-            raise UsageError("--engine applies to FLUX models; Stable Diffusion's plain steps run eager")
+    if not hasattr(steerer, "engine_kind"):   # Stable Diffusion: --engine was refused before it loaded
         return
     steerer.engine_kind = engine
 
@@ -104,7 +103,7 @@ def load_steerer(args: argparse.Namespace):
         if args.classifier:
             getattr(steerer, "check_classifier", lambda: None)()
     except ClassifierMismatchError as error:
-        raise _naming_its_model(error, args.classifier) from None
+        raise _naming_its_model(error, args.classifier, shipped_model=args.model is None) from None
     apply_speed_args(steerer, args)
     if getattr(args, "lora", None):
         from l2s.shapes.recipes import lora_folder
@@ -113,9 +112,10 @@ def load_steerer(args: argparse.Namespace):
     return steerer, source
 
 
-def _naming_its_model(error, classifier: str | None):
+def _naming_its_model(error, classifier: str | None, shipped_model: bool = False):
     """A classifier made for another model, refused naming the model its training data came from
-    (recorded beside an ``l2s train`` run's weights), so the fix is in the message."""
+    (recorded beside an ``l2s train`` run's weights), or that no --model gave the shipped one, so
+    the fix is in the message."""
     from l2s.errors import ClassifierMismatchError
 
     from l2s.shapes.recipes import shipped_assets
@@ -128,6 +128,9 @@ def _naming_its_model(error, classifier: str | None):
                                        "model: leave out --model")
     model = trained_on(classifier)
     if model is None:
+        if shipped_model:
+            return ClassifierMismatchError(f"{error}; without --model the shipped shapes-world model ran: pass "
+                                           "--model PATH, the model this classifier was trained for")
         return error
     option = ("a shapes-world model: the shipped one (no --model) or the --model its 'shapes make-data' used"
               if model == "shapes-world" else f"--model {model}")
@@ -175,6 +178,46 @@ def check_image_size(args: argparse.Namespace) -> None:
             raise UsageError(f"{flag} must be a multiple of {multiple} for this model, got {value}")
 
 
+def check_family_options(args: argparse.Namespace) -> None:
+    """Options that would do nothing on this kind of model are refused before it loads, from its
+    configs: ``--true-cfg``, ``--lora`` and ``--engine`` on Stable Diffusion, and ``--guidance`` on a
+    FLUX transformer without a guidance embedding (FLUX.1-schnell, the shapes world's), where
+    diffusers ignores it."""
+    from l2s.pipelines.loading import folder_family
+
+    folder = model_folder(args)
+    family = "flux" if args.model == "tiny" else folder_family(folder) if folder is not None else None
+    if family == "sd":
+        _refuse_flux_only(args)
+    elif family == "flux" and getattr(args, "guidance", None) is not None and not _guidance_embedded(folder):
+        raise UsageError("--guidance does nothing on this model: its transformer has no guidance embedding (as "
+                         "FLUX.1-schnell's and the shapes world's); its classifier-free guidance is --true-cfg")
+
+
+def _refuse_flux_only(args: argparse.Namespace) -> None:
+    """``--true-cfg``, ``--lora`` and ``--engine`` given for a Stable Diffusion model."""
+    given = (("--true-cfg", getattr(args, "true_cfg", None) is not None, "Stable Diffusion's guidance is --guidance"),
+             ("--lora", bool(getattr(args, "lora", None)), "its adapters are FLUX transformer adapters"),
+             ("--engine", getattr(args, "engine", None) not in (None, "auto"),
+              "Stable Diffusion's plain steps run eager"))
+    for flag, present, why in given:
+        if present:
+            raise UsageError(f"{flag} applies to FLUX models; {why}")
+
+
+def _guidance_embedded(folder) -> bool:
+    """Whether a FLUX pipeline folder's transformer has a guidance embedding (the tiny demo model,
+    ``folder`` None, has none); an unreadable config says yes, and loading says what is wrong."""
+    import json
+
+    if folder is None:
+        return False
+    try:
+        return bool(json.loads((Path(folder) / "transformer" / "config.json").read_text())["guidance_embeds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return True
+
+
 def weights_digests(args: argparse.Namespace) -> dict:
     """Fingerprints of the local weights behind --model, --classifier and --lora (shipped names
     resolved; a --model hub id by its local snapshot, a --classifier hub id not at all), for a
@@ -216,20 +259,12 @@ def _with_lora(pipe, args: argparse.Namespace):
     return pipe
 
 
-def _no_guidance_embedding(args: argparse.Namespace) -> None:
-    """The shapes models have no guidance embedding: --guidance would be silently ignored."""
-    if getattr(args, "guidance", None) is not None:
-        raise UsageError("--guidance does nothing on a shapes-world model (it has no guidance embedding); its "
-                         "classifier-free guidance is --true-cfg")
-
-
 def _shipped_model(args: argparse.Namespace, true_cfg: float | None, step_size: float | None):
     """The shipped shapes-world model (the default), or None after saying it is missing."""
     from l2s.shapes import load_shapes_steerer, shipped_assets
 
     assets = shipped_assets()
     if assets.available:
-        _no_guidance_embedding(args)
         classifier = args.classifier or assets.classifier
         return (load_shapes_steerer(assets.pipeline, classifier, true_cfg_scale=true_cfg, step_size=step_size,
                                     lora=getattr(args, "lora", None), device=resolve_device(args)),
@@ -257,13 +292,15 @@ def _tiny_model(args: argparse.Namespace, step_size: float | None, flux_options:
 
 def _model_dir(args: argparse.Namespace, true_cfg: float | None, step_size: float | None, flux_options: dict):
     from l2s.classifier import RelationClassifier
+    from l2s.classifier.hub import cache_entry_note
     from l2s.pipelines import load_diffusers_pipeline, wrap_pipeline
     from l2s.pipelines.loading import folder_family, pipeline_folder
 
     # Cheap checks first: a bad path should not cost loading a multi-GB pipeline.
     folder = pipeline_folder(args.model)  # a folder, or a hub id found in the local cache
     if not (folder / "model_index.json").is_file():
-        raise ModelLoadError(f"no diffusers pipeline at {args.model} (model_index.json missing)")
+        raise ModelLoadError(f"no diffusers pipeline at {args.model} (model_index.json missing)"
+                             f"{cache_entry_note(folder)}")
     if not args.classifier:
         raise L2SError("--classifier PATH is required with --model PATH")
     classifier = RelationClassifier.load(args.classifier)
@@ -274,8 +311,5 @@ def _model_dir(args: argparse.Namespace, true_cfg: float | None, step_size: floa
     from l2s.shapes import is_shapes_pipeline, steer_shapes_pipeline
 
     if is_shapes_pipeline(pipe):  # a model from 'l2s shapes train-model': its own sampling settings
-        _no_guidance_embedding(args)
         return steer_shapes_pipeline(pipe, classifier, true_cfg_scale=true_cfg, step_size=step_size), source
-    if flux_options and not hasattr(pipe, "transformer"):
-        raise UsageError("--true-cfg applies to FLUX models; Stable Diffusion's guidance is --guidance")
     return wrap_pipeline(pipe, classifier, step_size=step_size, **flux_options), source

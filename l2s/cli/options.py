@@ -91,6 +91,12 @@ def torch_dtype(name: str, device: str, family: str | None = None):
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
+def canonical_path(value: str | None) -> str | None:
+    """A local path as its absolute path, symlinks resolved (``./clf/`` and ``clf`` are one
+    setting); names (``tiny``, a hub id, a shipped classifier's name) as given."""
+    return str(Path(value).resolve()) if value is not None and Path(value).exists() else value
+
+
 def out_text(text: str) -> str:
     """``--out`` (argparse type): refuses an empty path, which would mean the current folder."""
     if not text.strip():

@@ -14,8 +14,8 @@ from l2s.distributed import output_lock, world
 from l2s.relations import DIAGONAL, DIAGONAL_CLASSES, DIRECTIONAL, PUBLISHED_CLASSES
 
 from .help import command_parser
-from .options import (LONG_NAMES, add_device_arg, add_dtype_arg, add_threads_arg, flag_of, out_text, resolve_device,
-                      torch_dtype, use_threads)
+from .options import (LONG_NAMES, add_device_arg, add_dtype_arg, add_threads_arg, canonical_path, flag_of, out_text,
+                      resolve_device, torch_dtype, use_threads)
 from .outputs import log_to_stderr, say_error
 
 # ``--model`` names of the random tiny pipelines (offline).
@@ -36,6 +36,22 @@ def _load_pipe(model: str, device: str, dtype: str):
     folder = pipeline_folder(model)  # a folder, or a hub id found in the local cache
     pipe = load_diffusers_pipeline(folder, torch_dtype=torch_dtype(dtype, device, folder_family(folder)))
     return pipe.to(device)
+
+
+def _recorded_model(args: argparse.Namespace) -> str:
+    """``--model`` as the dataset records it: a folder by its absolute path (``flux``, ``./flux/`` and a
+    symlink to it are one model, and 'l2s train' names that path), or as the dataset in ``--out``
+    spelled the same folder when an earlier version made it (so that it resumes)."""
+    if args.model in _TINY_MODELS:
+        return args.model
+    from l2s.training import load_dataset_meta
+
+    name = canonical_path(args.model)
+    try:
+        earlier = load_dataset_meta(args.out)["settings"]["model"]
+    except (L2SError, KeyError, TypeError):
+        return name
+    return earlier if isinstance(earlier, str) and canonical_path(earlier) == name else name
 
 
 def build_make_data_parser() -> argparse.ArgumentParser:
@@ -133,7 +149,8 @@ def make_data_main(argv: Sequence[str] | None = None) -> int:
                 steps=args.steps, store_steps=args.store_steps, size=args.size, dual=not args.no_dual,
                 seed=args.seed, val_fraction=args.val_fraction, shard_size=args.shard_size,
                 dtype=LONG_NAMES[args.map_dtype],
-                min_psnr=args.min_psnr, gamma=args.gamma, eta=args.eta, model_name=args.model, limit=args.limit,
+                min_psnr=args.min_psnr, gamma=args.gamma, eta=args.eta, model_name=_recorded_model(args),
+                limit=args.limit,
                 progress=not args.quiet, restart=args.restart, layers=args.layers,
                 spelled=flag_of({"dtype": "--map-dtype"}))
             if summary.records == 0:

@@ -49,7 +49,7 @@ from .arguments import (
     map_grid_warning,
 )
 from .guards import one_call_at_a_time, refuse_inference_mode
-from .loading import load_diffusers_pipeline, wrap_pipeline
+from .loading import check_torch_dtype, load_diffusers_pipeline, wrap_pipeline
 from .results import SteeringResult
 
 
@@ -147,17 +147,21 @@ class SteeringPipeline:
                         schedule: Schedule | None = None, mode: str = "fast",
                         step_size: float | None = None,
                         capture_backend: str = DEFAULT_CAPTURE_BACKEND, **flux_options) -> "SteeringPipeline":
-        """Load a diffusers pipeline from a local directory (never a hub) and wrap it
-        (``flux_options``: as :func:`wrap_pipeline`'s, e.g. ``engine="compile"``)."""
+        """Load a diffusers pipeline from a local directory (or a hub id in the local cache, never
+        downloaded) and wrap it (``flux_options``: as :func:`wrap_pipeline`'s, e.g. ``engine="compile"``).
+        A classifier that does not fit the model is refused here (``ClassifierMismatchError``)."""
         if device is not None:
             check_device(device)     # before minutes of loading
+        check_torch_dtype(torch_dtype)
+        if not isinstance(classifier, RelationClassifier):
+            classifier = RelationClassifier.load(classifier)   # a wrong path fails before the model loads
         pipe = load_diffusers_pipeline(model_path, torch_dtype=torch_dtype)
         if device:
             pipe.to(device)
-        if not isinstance(classifier, RelationClassifier):
-            classifier = RelationClassifier.load(classifier)
-        return wrap_pipeline(pipe, classifier, schedule, mode, step_size=step_size,
-                             capture_backend=capture_backend, **flux_options)
+        steerer = wrap_pipeline(pipe, classifier, schedule, mode, step_size=step_size,
+                                capture_backend=capture_backend, **flux_options)
+        steerer.check_classifier()
+        return steerer
 
     @property
     def denoiser(self) -> torch.nn.Module:

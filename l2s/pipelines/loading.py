@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from l2s.classifier import RelationClassifier
-from l2s.classifier.hub import looks_like_hub_id, not_cached
+from l2s.classifier.hub import cache_entry_note, looks_like_hub_id, not_cached
 from l2s.errors import ModelLoadError, UsageError
 from l2s.steer import DEFAULT_CAPTURE_BACKEND, Schedule
 
@@ -90,12 +90,25 @@ def _import_l2s_components(model_index: dict, path: Path) -> None:
 def _read_model_index(path: Path) -> tuple[dict, str]:
     index = path / "model_index.json"
     if not index.is_file():
-        raise ModelLoadError(f"no diffusers pipeline at {path} (model_index.json missing)")
+        raise ModelLoadError(f"no diffusers pipeline at {path} (model_index.json missing){cache_entry_note(path)}")
     try:
         model_index = json.loads(index.read_text())
         return model_index, model_index["_class_name"]
     except (ValueError, KeyError, TypeError) as e:
         raise ModelLoadError(f"corrupt model_index.json in {path}: {e}") from None
+
+
+def _check_components(path: Path, model_index: dict, given: dict) -> None:
+    """Every component ``model_index.json`` names has its folder (those in ``given`` are passed in
+    instead): without one, diffusers names the pipeline folder in its error, and transformers may
+    even build a tokenizer of no vocabulary from it and steer on unknown tokens."""
+    missing = [name for name, value in model_index.items()
+               if not name.startswith("_") and name not in given and isinstance(value, list)
+               and len(value) == 2 and all(value) and not (path / name).is_dir()]
+    if missing:
+        raise ModelLoadError(f"the pipeline at {path} lacks the folder{'s' if len(missing) > 1 else ''} "
+                             f"{', '.join(missing)} that its model_index.json names: copy or download the "
+                             "whole pipeline again")
 
 
 def folder_family(folder: str | Path) -> str | None:
@@ -156,14 +169,19 @@ def pipeline_digest(folder: str | Path) -> str | None:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
+def check_torch_dtype(torch_dtype) -> None:
+    """``torch_dtype`` is None or a ``torch.dtype`` (a name such as "bf16" is the CLI's spelling)."""
+    if torch_dtype is not None and not isinstance(torch_dtype, torch.dtype):
+        raise UsageError(f"torch_dtype must be a torch.dtype (torch.bfloat16, torch.float16, torch.float32), "
+                         f"got {torch_dtype!r}")
+
+
 def load_diffusers_pipeline(path: str | Path, torch_dtype: torch.dtype | None = None):
     """Load a FLUX or SD pipeline from a local diffusers directory, or a hub id in the local
     cache (:func:`pipeline_folder`); never contacts a hub."""
     import diffusers
 
-    if torch_dtype is not None and not isinstance(torch_dtype, torch.dtype):
-        raise UsageError(f"torch_dtype must be a torch.dtype (torch.bfloat16, torch.float16, torch.float32), "
-                         f"got {torch_dtype!r}")
+    check_torch_dtype(torch_dtype)
     path = pipeline_folder(path)
     model_index, class_name = _read_model_index(path)
     _import_l2s_components(model_index, path)
@@ -176,6 +194,7 @@ def load_diffusers_pipeline(path: str | Path, torch_dtype: torch.dtype | None = 
         kwargs["dtype"] = torch_dtype
     if class_name == "StableDiffusionPipeline":
         kwargs.update(safety_checker=None, requires_safety_checker=False)
+    _check_components(path, model_index, kwargs)
     try:
         return kinds[class_name].from_pretrained(str(path), **kwargs)
     except Exception as e:  # diffusers raises many kinds on damaged folders

@@ -326,8 +326,10 @@ def _splits(dataset_dir: Path, config: ClassifierConfig,
                                   config.layer_layout)
     if len(train_set) == 0:
         raise L2SError(f"no training samples in {dataset_dir} at step indices {list(config.timesteps)}")
-    if len(val_set) == 0:
-        raise L2SError(f"no validation samples in {dataset_dir} at step indices {list(config.timesteps)}")
+    if len(val_set) == 0:   # the split is make-data's (by source image): the fix is there
+        raise L2SError(f"no validation samples in {dataset_dir} at step indices {list(config.timesteps)}: "
+                       "make the dataset from more labelled images, or with a larger --val-fraction "
+                       "('l2s make-data ... --restart')")
     return train_set, val_set
 
 

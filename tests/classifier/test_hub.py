@@ -9,7 +9,7 @@ import torch
 from huggingface_hub import ModelCard
 
 from l2s.classifier import RelationClassifier, convert_published_checkpoint
-from l2s.errors import ModelLoadError
+from l2s.errors import L2SError, ModelLoadError
 
 from .helpers import C, random_maps, tiny_model
 from .test_published import published_checkpoint
@@ -96,8 +96,19 @@ def test_a_cached_hub_id_loads_even_where_a_folder_has_its_owners_name(hub_cache
 def test_push_to_hub_sends_nothing_offline(tmp_path, hub_cache):
     from huggingface_hub.errors import OfflineModeIsEnabled
 
-    with pytest.raises(OfflineModeIsEnabled):
+    with pytest.raises(L2SError, match=r"^cannot push to someone/l2s-clf: offline mode is on \(HF_HUB_OFFLINE\); save_"
+                                       r"pretrained\(FOLDER\) now and run `hf upload someone/l2s-clf FOLDER`") as error:
         tiny_model().push_to_hub("someone/l2s-clf")
+    assert isinstance(error.value.__cause__, OfflineModeIsEnabled)
+
+
+def test_push_to_hub_where_the_hub_cannot_be_reached_is_one_line(hub_cache, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")     # refused at once, never the hub itself
+    with pytest.raises(L2SError, match=r"^cannot push to someone/l2s-clf: the hub cannot be reached \(Connect"):
+        tiny_model().push_to_hub("someone/l2s-clf", token="hf_test")
 
 
 def test_published_converter_writes_a_hub_folder(tmp_path):
@@ -107,3 +118,28 @@ def test_published_converter_writes_a_hub_folder(tmp_path):
     assert {"README.md", "config.json", "model.safetensors", "training.json"} <= {p.name for p in out.iterdir()}
     assert "published Learn-to-Steer checkpoint sd14.pth" in (out / "README.md").read_text()
     assert same_logits(source, RelationClassifier.from_pretrained(out))
+
+
+def test_a_cache_entry_given_as_the_folder_is_refused_naming_its_hub_id(hub_cache):
+    tiny_model().save_pretrained(cached_snapshot(hub_cache, "someone/l2s-clf"))
+    entry = hub_cache / "models--someone--l2s-clf"
+    with pytest.raises(ModelLoadError, match=r"has no config\.json; it is a Hugging Face cache entry: give its hub id "
+                                             r"someone/l2s-clf \(or a folder in its snapshots/\)$"):
+        RelationClassifier.load(entry)
+
+
+def test_a_cached_hub_id_without_training_record_loads_at_once_where_the_hub_cannot_be_reached(hub_cache,
+                                                                                                 monkeypatch):
+    import huggingface_hub.utils._http as http
+    from huggingface_hub import constants
+
+    model = tiny_model(seed=4)
+    model.save_pretrained(cached_snapshot(hub_cache, "someone/l2s-clf"))     # no training.json
+    unreachable = "http://127.0.0.1:9"                     # refused at once, never the hub itself
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", unreachable)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                        unreachable + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(http.time, "sleep", lambda seconds: pytest.fail("retried a download of an optional file"))
+    loaded = RelationClassifier.from_pretrained("someone/l2s-clf")
+    assert same_logits(model, loaded) and loaded.training_record is None

@@ -369,8 +369,15 @@ def test_a_classifier_of_another_model_is_refused_naming_the_model_it_was_traine
                         "--quiet", "--out", str(tmp_path / "e")], capsys)
     assert code == 2 and error_lines(err)[0].endswith("is a shipped classifier of the shipped shapes model: "
                                                       "leave out --model")
-    (weights / "training.json").unlink()      # nothing says: the plain refusal
+    (weights / "training.json").unlink()      # nothing says: no --model ran the shipped one, which may be the slip
     code, _, err = run(argv, capsys)
+    assert code == 2 and error_lines(err)[0].endswith("use a classifier trained for this model; without --model the "
+                                                      "shipped shapes-world model ran: pass --model PATH, the model "
+                                                      "this classifier was trained for")
+    wider = tmp_path / "wider"                # with --model given: the plain refusal
+    tiny_classifier_for(tiny_flux_pipeline(num_layers=2, num_single_layers=2, seed=0), seed=0).save(wider)
+    code, _, err = run(["eval", "--model", "tiny", "--classifier", str(wider), *argv[1:5], "--out",
+                        str(tmp_path / "e")], capsys)
     assert code == 2 and error_lines(err)[0].endswith("use a classifier trained for this model")
 
 

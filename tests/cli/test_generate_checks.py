@@ -83,14 +83,45 @@ def test_onnxruntime_in_bfloat16_is_refused_before_the_model_loads(no_model, tmp
                                    "load the model in float32 to verify an export"]
 
 
-def test_guidance_is_refused_on_the_shapes_model_that_has_no_guidance_embedding(tmp_path, capsys, monkeypatch):
-    import l2s.shapes
+def pipeline_configs(folder, class_name: str, guidance_embeds: bool | None = None):
+    """A model folder as far as its configs go: what the checks before loading read."""
+    (folder / "transformer").mkdir(parents=True)
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": class_name}))
+    if guidance_embeds is not None:
+        (folder / "transformer" / "config.json").write_text(json.dumps({"guidance_embeds": guidance_embeds}))
+    return str(folder)
 
-    monkeypatch.setattr(l2s.shapes, "load_shapes_steerer", lambda *a, **k: pytest.fail("loaded the model"))
+
+NO_GUIDANCE = ("l2s: error: --guidance does nothing on this model: its transformer has no guidance embedding (as "
+               "FLUX.1-schnell's and the shapes world's); its classifier-free guidance is --true-cfg")
+
+
+@pytest.mark.parametrize("model", ["shipped", "tiny", "schnell"])
+def test_guidance_is_refused_before_loading_a_flux_model_without_guidance_embedding(model, no_model, tmp_path,
+                                                                                      capsys):
+    chosen = {"shipped": [], "tiny": ["--model", "tiny"],
+              "schnell": ["--model", pipeline_configs(tmp_path / "m", "FluxPipeline", guidance_embeds=False),
+                          "--classifier", str(tmp_path)]}[model]
     code, lines = run(["generate", "a red circle left of a blue square", "--guidance", "3.5",
-                       "--out", str(tmp_path / "o")], capsys)
-    assert code == 2 and lines == ["l2s: error: --guidance does nothing on a shapes-world model (it has no guidance "
-                                   "embedding); its classifier-free guidance is --true-cfg"]
+                       "--out", str(tmp_path / "o"), *chosen], capsys)
+    assert code == 2 and lines == [NO_GUIDANCE] and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("options", [["--true-cfg", "2"], ["--lora", "shapes-grpo"], ["--engine", "compile"]])
+def test_flux_only_options_are_refused_before_a_stable_diffusion_model_loads(options, no_model, tmp_path, capsys):
+    model = pipeline_configs(tmp_path / "sd", "StableDiffusionPipeline")
+    code, lines = run(["generate", "a cat above a dog", "--model", model, "--classifier", str(tmp_path),
+                       "--out", str(tmp_path / "o"), *options], capsys)
+    assert code == 2 and len(lines) == 1 and lines[0].startswith(f"l2s: error: {options[0]} applies to FLUX models; ")
+
+
+def test_guidance_passes_the_checks_on_a_flux_model_with_guidance_embedding(tmp_path):
+    from l2s.cli import build_parser
+    from l2s.cli.models import check_family_options
+
+    model = pipeline_configs(tmp_path / "dev", "FluxPipeline", guidance_embeds=True)
+    check_family_options(build_parser().parse_args(["generate", "a cat above a dog", "--model", model,
+                                                    "--guidance", "3.5"]))
 
 
 def test_an_unusable_out_is_refused_before_any_work(no_model, tmp_path, capsys):

@@ -312,6 +312,26 @@ def test_several_images_show_one_bar_over_the_images(tmp_path, capsys):
     assert "l2s generate" not in capsys.readouterr().err   # --quiet: none
 
 
+def test_another_spelling_of_the_same_classifier_path_resumes_and_older_records_do_too(tmp_path, capsys,
+                                                                                        monkeypatch):
+    from l2s.demo import tiny_classifier_for, tiny_flux_pipeline
+
+    tiny_classifier_for(tiny_flux_pipeline(seed=0), seed=0).save(tmp_path / "classifier")
+    (tmp_path / "link").symlink_to(tmp_path / "classifier")
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "o"
+    argv = ["generate", PROMPTS[0], "--seeds", "0-1", "--steps", "1", "--no-baseline", "--out", str(out), *TINY]
+    assert run(argv + ["--classifier", "classifier"], capsys)[0] == 0
+    assert json.loads((out / "index.json").read_text())["settings"]["classifier"] == str(tmp_path / "classifier")
+    done = f"l2s: all 2 images are already in {out}"
+    for spelling in ("./classifier/", str(tmp_path / "classifier"), "link"):
+        assert run(argv + ["--classifier", spelling], capsys)[1][-1].startswith(done), spelling
+    index = json.loads((out / "index.json").read_text())      # recorded as typed, before paths were resolved
+    index["settings"]["classifier"] = "classifier"
+    (out / "index.json").write_text(json.dumps(index))
+    assert run(argv + ["--classifier", str(tmp_path / "classifier")], capsys)[1][-1].startswith(done)
+
+
 def test_naming_a_default_or_other_threads_still_resumes_and_older_records_do_too(tmp_path, capsys):
     out = tmp_path / "o"
     argv = ["generate", PROMPTS[0], "--seeds", "0-1", "--steps", "1", "--no-steer", "--out", str(out), *TINY]

@@ -107,3 +107,49 @@ def test_a_folder_naming_a_moved_component_module_is_refused_with_the_edit(tmp_p
     with pytest.raises(ModelLoadError, match=r"cannot be imported: No module named 'l2s\.nowhere'$"):
         _import_l2s_components({"vae": ["l2s.nowhere", "X"]}, tmp_path)
     _import_l2s_components(json.loads('{"vae": ["l2s.shapes.model", "PixelShuffleVAE"]}'), tmp_path)
+
+
+def test_a_folder_missing_a_component_it_names_is_refused_naming_it(tmp_path):
+    import shutil
+
+    import pytest
+
+    from l2s.errors import ModelLoadError
+    from l2s.pipelines import load_diffusers_pipeline
+    from l2s.pipelines.loading import save_pipeline
+
+    save_pipeline(tiny_flux_pipeline(seed=0), tmp_path / "flux")
+    shutil.rmtree(tmp_path / "flux" / "tokenizer_2")   # transformers would build a tokenizer of no words
+    with pytest.raises(ModelLoadError, match=r"lacks the folder tokenizer_2 that its model_index\.json names"):
+        load_diffusers_pipeline(tmp_path / "flux")
+
+
+def test_a_hub_cache_entry_given_as_the_model_folder_is_refused_naming_its_hub_id(tmp_path):
+    import pytest
+
+    from l2s.errors import ModelLoadError
+    from l2s.pipelines import load_diffusers_pipeline
+
+    entry = tmp_path / "models--black-forest-labs--FLUX.1-schnell"
+    (entry / "snapshots" / "0123abcd").mkdir(parents=True)
+    with pytest.raises(ModelLoadError, match=r"model_index\.json missing\); it is a Hugging Face cache entry: give "
+                                             r"its hub id black-forest-labs/FLUX\.1-schnell \(or a folder in"):
+        load_diffusers_pipeline(entry)
+
+
+def test_from_pretrained_reads_the_classifier_first_and_refuses_one_of_another_model(tmp_path, monkeypatch):
+    import pytest
+
+    import l2s.pipelines.base
+    from l2s.errors import ClassifierMismatchError, ModelLoadError
+    from l2s.pipelines import SteeringPipeline
+    from l2s.pipelines.loading import save_pipeline
+
+    sd = tiny_sd_pipeline(seed=0)
+    save_pipeline(sd, tmp_path / "sd")
+    tiny_classifier_for(tiny_flux_pipeline(seed=0), seed=0).save(tmp_path / "flux-clf")
+    with pytest.raises(ClassifierMismatchError, match=r"classifier expects 4 maps per object but this model provides"):
+        SteeringPipeline.from_pretrained(tmp_path / "sd", tmp_path / "flux-clf")
+    monkeypatch.setattr(l2s.pipelines.base, "load_diffusers_pipeline", lambda *a, **k: pytest.fail("loaded the model"))
+    with pytest.raises(ModelLoadError, match=r"^classifier not found: "):
+        SteeringPipeline.from_pretrained(tmp_path / "sd", tmp_path / "absent-clf")

@@ -22,6 +22,7 @@ from l2s.training import (
     write_map_dataset,
 )
 from l2s.errors import L2SError
+from l2s.training.sources import digest
 from l2s.training.store import committed_rows
 from l2s.demo import tiny_flux_pipeline, tiny_sd_pipeline
 
@@ -325,6 +326,34 @@ def test_make_data_resumes_with_the_datasets_own_shard_size(images, tmp_path, ca
     assert "1 of them an earlier run had made (resumed)" in capsys.readouterr().err
     assert make_data_main(argv + ["--shard-size", "2"]) == 2   # another size, asked for, is refused
     assert "(shard_size: 1 -> 2)" in capsys.readouterr().err
+
+
+def test_make_data_records_the_model_folder_resolved_and_resumes_under_another_spelling(images, tmp_path,
+                                                                                          monkeypatch, capsys):
+    from l2s.demo import tiny_flux_pipeline
+    from l2s.pipelines.loading import save_pipeline
+
+    save_pipeline(tiny_flux_pipeline(seed=0), tmp_path / "flux")
+    (tmp_path / "link").symlink_to(tmp_path / "flux")
+    monkeypatch.chdir(tmp_path)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"image": "img0.png", "prompt": "a cat above a dog"}) + "\n")
+    argv = ["--source", "pairs", "--annotations", str(pairs), "--images", str(images), "--steps", "4",
+            "--store-steps", "1", "--quiet", "--out", str(tmp_path / "maps"), "--model"]
+    assert make_data_main(argv + ["flux"]) == 0
+    meta = tmp_path / "maps" / "dataset.json"
+    assert json.loads(meta.read_text())["settings"]["model"] == str(tmp_path / "flux")   # what 'train' names
+    for spelling in ("./flux/", "link"):
+        assert make_data_main(argv + [spelling]) == 0, capsys.readouterr().err
+    recorded = json.loads(meta.read_text())          # a dataset an earlier version made records it as typed
+    recorded["settings"]["model"] = "flux"
+    recorded["settings_hash"] = digest(json.dumps(recorded["settings"], sort_keys=True))[:16]
+    meta.write_text(json.dumps(recorded))
+    progress = tmp_path / "maps" / "progress.json"
+    progress.write_text(json.dumps({**json.loads(progress.read_text()), "settings_hash": recorded["settings_hash"]}))
+    capsys.readouterr()
+    assert make_data_main(argv + [str(tmp_path / "flux")]) == 0, capsys.readouterr().err
+    assert json.loads(meta.read_text())["settings"]["model"] == "flux"
 
 
 def test_a_dataset_resized_to_another_grain_keeps_its_records_and_resizes_as_capture_does(tmp_path):

@@ -258,6 +258,14 @@ def test_mismatched_classifier_is_refused(tmp_path):
         train_classifier(dataset, tmp_path / "run", _config(timesteps=(0, 2)), epochs=1, progress=False)
 
 
+def test_a_dataset_without_validation_maps_is_refused_saying_how_to_make_some(tmp_path):
+    g = torch.Generator().manual_seed(2)
+    dataset = _write(tmp_path / "data", [_synthetic(20, g, "train")])   # a few images: all fell in train
+    with pytest.raises(L2SError, match=r"^no validation samples in .* at step indices \[1, 3\]: make the dataset "
+                                       r"from more labelled images, or with a larger --val-fraction"):
+        train_classifier(dataset, tmp_path / "run", _config(), epochs=1, progress=False)
+
+
 def test_the_model_the_maps_came_from_is_kept_beside_the_weights(tmp_path):
     g = torch.Generator().manual_seed(3)
     records = [dict(r, sample_id=f"s{i:06d}") for i, r in
