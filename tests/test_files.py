@@ -213,6 +213,11 @@ def test_jsonl_damage_names_the_line_and_a_torn_last_line_is_what_a_kill_leaves(
     with pytest.raises(DamagedFileError, match="line 2 is not a JSON object"):
         read_jsonl_lines(path, fix="fix it")
     assert read_jsonl_lines(tmp_path / "missing.jsonl", fix="") == []
+    # a reader that redoes what a line recorded hears of each damaged line and reads the rest
+    path.write_text('{"a": 1}\n{"a": \n[1, 2]\n{"a": 4}\n{"a": 5')
+    damaged = []
+    assert [row for _, row in read_jsonl_lines(path, fix="", on_damaged=damaged.append)] == [{"a": 1}, {"a": 4}]
+    assert damaged == [2, 3]      # the torn last line is left out quietly
 
 
 def test_an_append_after_a_torn_last_line_drops_it_first(tmp_path):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +29,15 @@ def read_state_json(path: str | Path, fix: str) -> Any | None:
         raise DamagedFileError(f"{path} is damaged ({_reason(error)}); {fix}") from None
 
 
-def read_jsonl_lines(path: str | Path, fix: str, torn_tail_ok: bool = True) -> list[tuple[int, dict]]:
+def read_jsonl_lines(path: str | Path, fix: str, torn_tail_ok: bool = True,
+                     on_damaged: Callable[[int], None] | None = None) -> list[tuple[int, dict]]:
     """``(line number, object)`` of every line of a JSON-lines file ([] when it does not exist).
 
     A line that is not a JSON object is a :class:`DamagedFileError` naming the file and line
-    (ending with ``fix``), never a silent stop. ``torn_tail_ok``: a last line without its newline
-    that does not parse is what a writer killed mid-append leaves; it is left out instead.
+    (ending with ``fix``), never a silent stop; with ``on_damaged``, that is called with its number
+    instead and the line left out (a reader that redoes what the line recorded). ``torn_tail_ok``: a
+    last line without its newline that does not parse is what a writer killed mid-append leaves; it
+    is left out quietly.
     """
     path = Path(path)
     try:
@@ -52,10 +56,15 @@ def read_jsonl_lines(path: str | Path, fix: str, torn_tail_ok: bool = True) -> l
         except (UnicodeDecodeError, ValueError) as error:
             if torn_tail_ok and number == len(lines):  # no newline after it: a torn append
                 break
-            raise DamagedFileError(f"{path} line {number} is damaged ({_reason(error)}); {fix}") from None
-        if not isinstance(row, dict):
-            raise DamagedFileError(f"{path} line {number} is not a JSON object; {fix}")
-        rows.append((number, row))
+            row, why = None, f"is damaged ({_reason(error)})"
+        else:
+            why = "is not a JSON object"
+        if isinstance(row, dict):
+            rows.append((number, row))
+        elif on_damaged is not None:
+            on_damaged(number)
+        else:
+            raise DamagedFileError(f"{path} line {number} {why}; {fix}")
     return rows
 
 

@@ -24,6 +24,7 @@ from l2s.files import (
     atomic_write_json,
     atomic_write_text,
     fsync_append,
+    read_jsonl_lines,
     remove_outputs,
     read_state_json,
 )
@@ -63,22 +64,10 @@ def remove_empty_dataset(out_dir: Path) -> list[str]:
 def salvage_jsonl(path: Path) -> list[dict]:
     """The lines of ``path`` that parse; a damaged line is logged (its chunk gets redone), a torn
     last line (a kill mid-append) is dropped quietly."""
-    if not path.exists():
-        return []
-    lines = path.read_bytes().split(b"\n")
-    rows = []
-    for number, raw in enumerate(lines, 1):
-        if not raw.strip():
-            continue
-        try:
-            row = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            row = None
-        if isinstance(row, dict):
-            rows.append(row)
-        elif number != len(lines):
-            log.warning("%s line %d is damaged: its chunk is redone", path, number)
-    return rows
+    def redone(number: int) -> None:
+        log.warning("%s line %d is damaged: its chunk is redone", path, number)
+
+    return [row for _, row in read_jsonl_lines(path, fix="", on_damaged=redone)]
 
 
 class DatasetWriter:
