@@ -38,18 +38,12 @@ def test_a_dataset_of_another_make_data_is_refused_with_the_command_that_trains_
 
 
 def test_a_resumed_run_says_so_before_its_first_epoch_even_quiet(shapes_data, tmp_path, capsys, monkeypatch):
-    from l2s.training.epochs import _Training
+    from tests.training.test_train import said_before_the_first_epoch
 
     argv = ["--data", str(shapes_data), "--out", str(tmp_path / "run"), "--quiet", "--epochs"]
     assert train_classifier_main(argv + ["1"]) == 0 and "resumed after" not in capsys.readouterr().out
-    said_before_epochs, epoch = [], _Training.epoch
-
-    def first_reads_stdout(self, *args):   # what the run had said when its first epoch began
-        said_before_epochs.append(capsys.readouterr().out)
-        return epoch(self, *args)
-    monkeypatch.setattr(_Training, "epoch", first_reads_stdout)
-    assert train_classifier_main(argv + ["2"]) == 0
-    assert said_before_epochs[0] == f"l2s: resumed after epoch 1 of the earlier run in {tmp_path / 'run'}\n"
+    said = said_before_the_first_epoch(lambda: train_classifier_main(argv + ["2"]), "out", capsys, monkeypatch)
+    assert said == f"l2s: resumed after epoch 1 of the earlier run in {tmp_path / 'run'}\n"
     end = capsys.readouterr().out
     assert "resumed after" not in end and end.startswith("l2s: best epoch ")   # the summary stays; said once
 

@@ -317,23 +317,29 @@ def test_a_preset_of_another_family_than_the_datasets_is_refused(tmp_path, capsy
         train_classifier(dataset, tmp_path / "run", "dev", epochs=1, progress=False)   # aliases too
 
 
-def test_a_resumed_run_says_so_before_its_first_epoch_even_quiet(tmp_path, capsys, monkeypatch):
+def said_before_the_first_epoch(run, stream: str, capsys, monkeypatch) -> str:
+    """What ``run()`` (a training command) had written to ``stream`` when its first epoch began."""
     from l2s.training.epochs import _Training
 
+    said, epoch = [], _Training.epoch
+
+    def first_reads(self, *args):
+        said.append(getattr(capsys.readouterr(), stream))
+        return epoch(self, *args)
+    with monkeypatch.context() as patched:
+        patched.setattr(_Training, "epoch", first_reads)
+        assert run() == 0
+    return said[0]
+
+
+def test_a_resumed_run_says_so_before_its_first_epoch_even_quiet(tmp_path, capsys, monkeypatch):
     g = torch.Generator().manual_seed(3)
     dataset = _write(tmp_path / "data", [_synthetic(24, g, "train"), _synthetic(8, g, "val")])
     argv = [str(dataset), "--out", str(tmp_path / "run"), "--preset", "flux-schnell", "--batch-size", "8", "--quiet",
             "--epochs"]
     assert train_main(argv + ["1"]) == 0 and "resumed after" not in capsys.readouterr().err
-    said_before_epochs, epoch = [], _Training.epoch
-
-    def first_reads_stderr(self, *args):   # what the run had said when its first epoch began
-        said_before_epochs.append(capsys.readouterr().err)
-        return epoch(self, *args)
-    monkeypatch.setattr(_Training, "epoch", first_reads_stderr)
-    assert train_main(argv + ["2"]) == 0
-    resumed = f"l2s: resumed after epoch 1 of the earlier run in {tmp_path / 'run'}\n"
-    assert said_before_epochs[0] == resumed
+    said = said_before_the_first_epoch(lambda: train_main(argv + ["2"]), "err", capsys, monkeypatch)
+    assert said == f"l2s: resumed after epoch 1 of the earlier run in {tmp_path / 'run'}\n"
     end = capsys.readouterr().err
     assert "resumed after" not in end and end.startswith("l2s: best epoch ")   # the summary stays; said once
     assert train_main(argv + ["2"]) == 0    # nothing left: said at once, then the summary
