@@ -107,7 +107,7 @@ def test_a_standalone_build_computes_the_digest_again_after_an_edit(tmp_path):
 
     from l2s.ops.native import source_digest
 
-    pybind11 = pytest.importorskip("pybind11")
+    pybind11 = pytest.importorskip("pybind11", reason="needs pybind11, a build requirement of l2s_fast")
     if shutil.which("cmake") is None or shutil.which("make") is None:
         pytest.skip("needs cmake and make (the build tools of l2s_fast)")
     shutil.copy(REPO_ROOT / "CMakeLists.txt", tmp_path)
