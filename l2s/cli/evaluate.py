@@ -184,13 +184,16 @@ def _resumed_lines(report, out) -> list[str]:
 
 def _score_folder(args: argparse.Namespace):
     from l2s.distributed import output_lock
-    from l2s.evaluation import load_detector, score_image_folder
+    from l2s.evaluation import load_detector, read_image_folder, score_image_folder
     from l2s.evaluation.folders import check_scoring_folder
 
+    # The folder's layout and prompts, and --out, are checked before the detector loads (minutes, for a large one).
+    images = read_image_folder(args.images)
+    images.check_scorable(args.rule)
     with output_lock(args.out, kind="eval"):  # a second run into --out is refused before the detector loads
         check_scoring_folder(args.images, args.out, args.restart)
         detector = load_detector(args.detector, args.detector_threshold, args.device, named=named_detectors())
-        return score_image_folder(args.images, detector, args.out, rule=args.rule,
+        return score_image_folder(images, detector, args.out, rule=args.rule,
                                   detector_name=_detector_id(args), contact_sheets=args.contact_sheet,
                                   progress=not args.quiet, restart=args.restart)
 

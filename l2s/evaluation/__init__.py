@@ -45,7 +45,7 @@ from .prompts import (
 )
 from .records import MODES, RESULTS_FILE, SUMMARY_FILE, ImageRecord, detect_and_score
 from .reports import RUN_DEPENDENT_META, EvalReport, ModeReport, comparable_summary
-from .folders import score_image_folder
+from .folders import ImageFolder, read_image_folder, score_image_folder
 from .generation import GenerateOptions, generate_image, generate_images
 from .image_runs import ImageJob, image_jobs, open_image_run
 from .runs import check_scorable, evaluate_images, run_eval
@@ -54,6 +54,7 @@ from .stats import PairedComparison, Summary, paired_comparison, summarise, wils
 
 __all__ = [
     "GenerateOptions",
+    "ImageFolder",
     "ImageJob",
     "generate_image",
     "generate_images",
@@ -110,6 +111,7 @@ __all__ = [
     "probability_plot",
     "side_by_side",
     "prompt_set_help",
+    "read_image_folder",
     "read_prompt_file",
     "resolve_prompt_set",
     "result_from_record",

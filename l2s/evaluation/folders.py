@@ -5,6 +5,7 @@ import json
 import logging
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -28,26 +29,53 @@ _DIGITS = re.compile(r"^\d+$")
 _SAMPLE = re.compile(r"^\d+\.png$")  # GenEval scores only these files
 
 
-def score_image_folder(images_dir: str | Path, detector: Detector, out_dir: str | Path, *,
+@dataclass(frozen=True)
+class ImageFolder:
+    """A GenEval-layout folder as read before scoring: (prompt folder, spec, PNG) of every
+    position-prompt sample, the number of folders without a position clause, and the names of the
+    position-prompt folders without any ``samples/<n>.png``."""
+    path: Path
+    jobs: list[tuple[Path, PromptSpec, Path]]
+    without_position: int
+    without_images: tuple[str, ...]
+
+    def check_scorable(self, rule: str, detector: Detector | None = None) -> None:
+        """Refuse a prompt ``rule`` (or ``detector``, when given) cannot score, named by its folder."""
+        prompts = {folder: spec for folder, spec, _ in self.jobs}   # named by folder: jobs count images
+        check_scorable(list(prompts.values()), rule, detector, names=[str(f / "metadata.jsonl") for f in prompts])
+
+
+def read_image_folder(images_dir: str | Path) -> ImageFolder:
+    """Read a GenEval-layout folder (its prompts and the names of its images, not the images); a
+    folder not in that layout, or without any position-prompt image, is refused."""
+    images_dir = Path(images_dir)
+    jobs, skipped, without_images = _folder_jobs(images_dir)
+    if without_images and world().is_main:   # GenEval scores samples/<n>.png only: say so, not shrink the count
+        shown = ", ".join(without_images[:5]) + (" ..." if len(without_images) > 5 else "")
+        log.warning("warning: %d position-prompt folders have no samples/<n>.png and are not scored: %s",
+                    len(without_images), shown)
+    return ImageFolder(images_dir, jobs, skipped, tuple(without_images))
+
+
+def score_image_folder(images_dir: str | Path | ImageFolder, detector: Detector, out_dir: str | Path, *,
                        rule: str = GENEVAL, detector_name: str = "custom", contact_sheets: bool = True,
                        progress: bool = True, restart: bool = False) -> EvalReport:
-    """Score a GenEval-layout folder (``<digits>/metadata.jsonl`` + ``<digits>/samples/<digits>.png``).
+    """Score a GenEval-layout folder (``<digits>/metadata.jsonl`` + ``<digits>/samples/<digits>.png``),
+    given by its path or as :func:`read_image_folder` read it (checked before a detector loads).
 
     Folders whose metadata has no position clause (GenEval's other tasks) are skipped. Per-image
     records go to ``OUT/images/<folder>/samples/<n>.json`` (a rerun skips the images it scored
     with the same rule and detector), plus ``results.jsonl``, ``summary.json`` and contact sheets in OUT
     (locked while this runs; ``restart``: remove previous records first).
     """
-    images_dir, out = Path(images_dir), Path(out_dir)
-    jobs, skipped = _folder_jobs(images_dir)
-    prompts = {folder: spec for folder, spec, _ in jobs}   # named by folder: jobs count images
-    check_scorable(list(prompts.values()), rule, detector, names=[str(f / "metadata.jsonl") for f in prompts])
+    folder = images_dir if isinstance(images_dir, ImageFolder) else read_image_folder(images_dir)
+    out = Path(out_dir)
+    folder.check_scorable(rule, detector)
     with output_lock(out, kind="eval"):
-        check_scoring_folder(images_dir, out, restart)
+        check_scoring_folder(folder.path, out, restart)
         if restart:
             world().on_main(lambda: clear_run(out))
-        return _score_folder_jobs(images_dir, jobs, skipped, out, detector, rule, detector_name, contact_sheets,
-                                  progress)
+        return _score_folder_jobs(folder, out, detector, rule, detector_name, contact_sheets, progress)
 
 
 def check_scoring_folder(images_dir: str | Path, out: str | Path, restart: bool = False) -> None:
@@ -76,29 +104,29 @@ def _scored_folder(out: Path) -> str | None:
     return settings.get("images") if isinstance(settings.get("images"), str) else None
 
 
-def _score_folder_jobs(images_dir: Path, jobs: list[tuple[Path, PromptSpec, Path]], skipped: int, out: Path,
-                       detector: Detector, rule: str, detector_name: str, contact_sheets: bool,
-                       progress: bool) -> EvalReport:
+def _score_folder_jobs(images: ImageFolder, out: Path, detector: Detector, rule: str, detector_name: str,
+                       contact_sheets: bool, progress: bool) -> EvalReport:
     scoring = {"rule": rule, "detector": detector_name}
     started = time.perf_counter()
     group = world()  # spread over processes: each scores every N-th image, rank 0 writes the report
-    mine = group.share(list(enumerate(jobs)))
+    mine = group.share(list(enumerate(images.jobs)))
     scored = [(position, _score_sample(folder, spec, png, out, detector, rule, scoring))
               for position, (folder, spec, png) in tqdm(mine, desc=group.bar_label("l2s eval"), unit="img",
                                                        disable=not (progress and group.is_main))]
     records = [record for _, record in sorted((item for share in group.gather(scored) for item in share),
                                               key=lambda item: item[0])]
     report = EvalReport(modes={IMAGES: ModeReport(summarise([r.result for r in records], rule), records)},
-                        settings={"images": str(images_dir.resolve()), "folders_without_position": skipped,
-                                  **scoring},
+                        settings={"images": str(images.path.resolve()),
+                                  "folders_without_position": images.without_position, **scoring},
                         wall_time_s=time.perf_counter() - started)
     if group.is_main:
         write_outputs(out, report, contact_sheets)
     return report
 
 
-def _folder_jobs(images_dir: Path) -> tuple[list[tuple[Path, PromptSpec, Path]], int]:
-    """(prompt folder, spec, PNG) of every position-prompt sample, and the folders skipped."""
+def _folder_jobs(images_dir: Path) -> tuple[list[tuple[Path, PromptSpec, Path]], int, list[str]]:
+    """(prompt folder, spec, PNG) of every position-prompt sample, the number of folders without a
+    position clause and the position-prompt folders without images."""
     if not images_dir.is_dir():
         what = "is a file, not a folder of GenEval image folders" if images_dir.exists() else "no such folder"
         raise L2SError(f"--images {images_dir}: {what}")
@@ -118,13 +146,9 @@ def _folder_jobs(images_dir: Path) -> tuple[list[tuple[Path, PromptSpec, Path]],
         jobs += [(folder, spec, png) for png in samples]
         if not samples:
             without_images.append(folder.name)
-    if without_images:  # GenEval scores samples/<n>.png only: say so rather than shrink the count silently
-        shown = ", ".join(without_images[:5]) + (" ..." if len(without_images) > 5 else "")
-        log.warning("warning: %d position-prompt folders have no samples/<n>.png and are not scored: %s",
-                    len(without_images), shown)
     if not jobs:
         raise L2SError(f"no position-prompt images in {images_dir} ({skipped} folders without a position clause)")
-    return jobs, skipped
+    return jobs, skipped, without_images
 
 
 def _layout_hint(images_dir: Path) -> str:

@@ -98,6 +98,30 @@ def test_score_geneval_folder_and_resume(tmp_path, capsys, caplog):
             "replaced)") in err.splitlines()
 
 
+@pytest.mark.parametrize("folder, message", [
+    ("flat", "it holds 1 loose image and no prompts"),
+    ("next to", "GenEval's rule has no verdict for 'next to'"),
+    ("missing", "no such folder"),
+])
+def test_a_wrong_image_folder_is_refused_before_the_detector_loads(folder, message, tmp_path, capsys, monkeypatch):
+    import l2s.evaluation
+
+    monkeypatch.setattr(l2s.evaluation, "load_detector", lambda *a, **k: pytest.fail("loaded the detector"))
+    images = tmp_path / "images"
+    if folder == "flat":
+        images.mkdir()
+        Image.new("RGB", (8, 8)).save(images / "dog_left_of_cat.png")
+    elif folder == "next to":
+        (images / "00000").mkdir(parents=True)
+        (images / "00000" / "metadata.jsonl").write_text(json.dumps(PromptSpec(
+            "a red circle next to a blue square", (RelationCheck("red circle", "next to", "blue square"),)).to_dict()))
+        _sample(images / "00000", "0000.png", ("circle", "red"), "right of", ("square", "blue"), 0)
+    code, _, err = run(["eval", "--images", str(images), "--detector", str(tmp_path / "owl"), "--out",
+                        str(tmp_path / "o"), "--quiet"], capsys)
+    (line,) = error_lines(err)
+    assert code == 2 and message in line, line
+
+
 # ---------------------------------------------------------------------------------------------
 # The command on the tiny model
 # ---------------------------------------------------------------------------------------------
