@@ -46,6 +46,9 @@ def prompt_sets() -> dict:
     return {**PROMPT_SETS, "shapes": SHAPES_PROMPT_SET}
 
 
+DETECTOR_THRESHOLD = 0.3   # GenEval's detection confidence
+
+
 def named_detectors() -> dict[str, Callable]:
     """``--detector`` names other than a detector directory: the shapes world's exact detector."""
     from l2s.shapes import ShapesDetector
@@ -67,8 +70,9 @@ def add_parser(sub, full: bool = True) -> None:
     e.add_argument("--detector", default="shapes",
                    help="'shapes' (exact detector of the shapes world, default) or a local transformers "
                         "detector dir (OWLv2, OWL-ViT, Grounding DINO, CLIPSeg)")
-    e.add_argument("--detector-threshold", type=float, default=0.3,
-                   help="detection confidence threshold (default: GenEval's 0.3)")
+    e.add_argument("--detector-threshold", type=float, default=DETECTOR_THRESHOLD,
+                   help="detection confidence threshold of a detector dir (default: GenEval's 0.3; the shapes "
+                        "detector is exact and has none)")
     e.add_argument("--rule", choices=RULES, default="geneval", help="scoring rule (default geneval)")
     e.add_argument("--images", metavar="DIR",
                    help="score this GenEval-layout folder (<digits>/metadata.jsonl, <digits>/samples/<n>.png) "
@@ -125,6 +129,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise L2SError(f"--n-prompts must be at least 1, got {args.n_prompts}")
     if not 0.0 <= args.detector_threshold <= 1.0:
         raise L2SError(f"--detector-threshold must be in [0, 1], got {args.detector_threshold}")
+    _refuse_unused_threshold(args)
     check_device(resolve_device(args), flag_of())
     check_sampling_args(args)  # --steps, --height, ...: ranges, never a default in their place
     seed_value(args.prompt_seed, "--prompt-seed")
@@ -135,6 +140,15 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.images and given:
         raise L2SError(f"--images only scores the images in that folder: {', '.join(given)} would make images "
                        "(leave them out, or generate without --images)")
+
+
+def _refuse_unused_threshold(args: argparse.Namespace) -> None:
+    """A named detector (the shapes world's, exact) has no threshold: another one given would change nothing."""
+    from l2s.errors import UsageError
+
+    if args.detector in named_detectors() and args.detector_threshold != DETECTOR_THRESHOLD:
+        raise UsageError(f"--detector-threshold applies to a detector directory; the {args.detector} detector is "
+                         "exact and has no threshold (leave it out)")
 
 
 def run(args: argparse.Namespace) -> int:

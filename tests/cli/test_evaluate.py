@@ -293,6 +293,9 @@ def test_the_shipped_classifier_named_is_the_default_one(tmp_path, capsys):
     (["--batch-size", "0"], "--batch-size must be a positive integer"),
     (["--prompts", "geneval"], "--detector PATH"),
     (["--detector", "/nonexistent/owl"], "no detector checkpoint"),
+    (["--detector", "/nonexistent/owl", "--detector-threshold", "0.5"], "no detector checkpoint"),
+    (["--detector-threshold", "0.5"], "--detector-threshold applies to a detector directory; the shapes detector"),
+    (["--images", ".", "--detector-threshold", "0.1"], "--detector-threshold applies to a detector directory"),
     (["--images", "/nonexistent/dir"], "--images /nonexistent/dir: no such folder"),
     (["--images", __file__], "is a file, not a folder of GenEval image folders"),
     (["--images", ".", "--seeds", "0-1", "--schedule", "fast"], "--images only scores the images in that folder: "
