@@ -52,8 +52,10 @@ def read_image_folder(images_dir: str | Path) -> ImageFolder:
     jobs, skipped, without_images = _folder_jobs(images_dir)
     if without_images and world().is_main:   # GenEval scores samples/<n>.png only: say so, not shrink the count
         shown = ", ".join(without_images[:5]) + (" ..." if len(without_images) > 5 else "")
-        log.warning("warning: %d position-prompt folders have no samples/<n>.png and are not scored: %s",
-                    len(without_images), shown)
+        one = len(without_images) == 1
+        log.warning("warning: %d position-prompt folder%s no samples/<n>.png and %s not scored (listed in "
+                    "summary.json): %s", len(without_images), " has" if one else "s have", "is" if one else "are",
+                    shown)
     return ImageFolder(images_dir, jobs, skipped, tuple(without_images))
 
 
@@ -63,7 +65,8 @@ def score_image_folder(images_dir: str | Path | ImageFolder, detector: Detector,
     """Score a GenEval-layout folder (``<digits>/metadata.jsonl`` + ``<digits>/samples/<digits>.png``),
     given by its path or as :func:`read_image_folder` read it (checked before a detector loads).
 
-    Folders whose metadata has no position clause (GenEval's other tasks) are skipped. Per-image
+    Folders whose metadata has no position clause (GenEval's other tasks) are skipped and counted,
+    and position-prompt folders without images listed, in the summary's settings. Per-image
     records go to ``OUT/images/<folder>/samples/<n>.json`` (a rerun skips the images it scored
     with the same rule and detector), plus ``results.jsonl``, ``summary.json`` and contact sheets in OUT
     (locked while this runs; ``restart``: remove previous records first).
@@ -117,7 +120,8 @@ def _score_folder_jobs(images: ImageFolder, out: Path, detector: Detector, rule:
                                               key=lambda item: item[0])]
     report = EvalReport(modes={IMAGES: ModeReport(summarise([r.result for r in records], rule), records)},
                         settings={"images": str(images.path.resolve()),
-                                  "folders_without_position": images.without_position, **scoring},
+                                  "folders_without_position": images.without_position,
+                                  "folders_without_images": list(images.without_images), **scoring},
                         wall_time_s=time.perf_counter() - started)
     if group.is_main:
         write_outputs(out, report, contact_sheets)

@@ -73,8 +73,9 @@ def test_score_geneval_folder_and_resume(tmp_path, capsys, caplog):
     code, stdout, err = run(["eval", "--images", str(images), "--out", str(out), "--quiet"], capsys)
     assert code == 0, err
     assert [r.getMessage() for r in caplog.records if "samples/<n>.png" in r.getMessage()] == [
-        "warning: 1 position-prompt folders have no samples/<n>.png and are not scored: 00003"]
+        "warning: 1 position-prompt folder has no samples/<n>.png and is not scored (listed in summary.json): 00003"]
     summary = json.loads((out / "summary.json").read_text())
+    assert summary["settings"]["folders_without_images"] == ["00003"]
     scored = summary["modes"]["images"]
     assert (scored["n_correct"], scored["n_images"], scored["accuracy"]) == (3, 4, 0.75)
     assert scored["per_relation"]["left of"] == {"holds": 1, "total": 2, "accuracy": 0.5}

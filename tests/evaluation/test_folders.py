@@ -109,3 +109,15 @@ def test_an_image_path_that_cannot_be_read_is_one_line(tmp_path):
     (images / "00000" / "samples" / "0001.png").mkdir()       # a folder where an image should be
     with pytest.raises(L2SError, match=r"cannot read the image .*0001.png \(IsADirectoryError: Is a directory\)"):
         _score(images, tmp_path / "out")
+
+
+def test_prompt_folders_without_images_are_listed_in_the_summary(tmp_path, caplog):
+    images = _geneval_folder(tmp_path / "images")
+    for name in ("00001", "00002"):                      # their prompts' images were never made
+        (images / name).mkdir()
+        (images / name / "metadata.jsonl").write_text(json.dumps(geneval_metadata(SPEC)) + "\n")
+    assert _score(images, tmp_path / "out").n_images == 1
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["settings"]["folders_without_images"] == ["00001", "00002"]
+    assert [r.getMessage() for r in caplog.records] == ["warning: 2 position-prompt folders have no samples/<n>.png "
+                                                        "and are not scored (listed in summary.json): 00001, 00002"]
