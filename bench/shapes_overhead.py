@@ -37,14 +37,13 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from l2s.steer import MODES, PRESETS
+    from l2s.steer import CPU_MODES, PRESETS
 
     parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=8, help="images per schedule (default 8)")
     parser.add_argument("--schedules", nargs="+", default=list(PRESETS), choices=list(PRESETS))
     # a mode replaying CUDA graphs cannot run on the CPU: refused here, not after a model loaded
-    cpu_modes = [name for name, mode in MODES.items() if mode.compile_mode != "reduce-overhead"]
-    parser.add_argument("--modes", nargs="+", default=["fast"], choices=cpu_modes)
+    parser.add_argument("--modes", nargs="+", default=["fast"], choices=CPU_MODES)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--timer", choices=("wall", "cpu"), default="wall",
                         help="wall time, or this process's CPU time (one thread: its own work, "

@@ -45,7 +45,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from l2s.steer import MODES
+    from l2s.steer import CPU_MODES
 
     parser = OneLineParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -56,8 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     batch.add_argument("--images", type=int, default=16, help="images per row (default 16)")
     batch.add_argument("--threads", type=int, default=1)
     # a mode replaying CUDA graphs cannot run on the CPU: refused here, not after a model loaded
-    cpu_modes = [name for name, mode in MODES.items() if mode.compile_mode != "reduce-overhead"]
-    batch.add_argument("--mode", default="fast", choices=cpu_modes, help="steering execution mode (default fast)")
+    batch.add_argument("--mode", default="fast", choices=CPU_MODES, help="steering execution mode (default fast)")
     batch.add_argument("--timer", choices=["wall", "cpu"], default="wall",
                        help="wall time, or this process's CPU time (default wall)")
     batch.add_argument("--json", type=Path, help="also write the rows here")

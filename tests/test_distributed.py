@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -31,6 +32,13 @@ def torchrun(args: list[str], processes: int = 2, timeout: float = 300) -> subpr
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                            "--nproc_per_node", str(processes), *args],
                           capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
+
+
+def free_port() -> int:
+    """A local port nobody listens on (free once the probe socket closes)."""
+    with __import__("socket").socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def test_without_a_launcher_the_world_is_one_process(tmp_path):
@@ -163,6 +171,27 @@ def test_more_processes_on_a_machine_than_gpus_are_refused_by_every_process(monk
             distributed._join()
 
 
+@pytest.mark.parametrize("options, alone", [(["--cpu", "--num_processes", "2"], [True]),
+                                             (["--num_processes", "2"], [True]), (["--cpu"], [False]),
+                                             (["--multi_gpu", "--num_processes", "2"], [False, False])])
+def test_an_accelerate_launch_of_several_that_starts_one_is_told_apart(tmp_path, options, alone):
+    """What accelerate's launcher really sets: its --cpu (or --num_processes without --multi_gpu)
+    starts one process whatever --num_processes says; --multi_gpu starts them all, CPU-only too."""
+    pytest.importorskip("accelerate")
+    probe = tmp_path / "probe.py"
+    probe.write_text("from l2s.distributed import accelerate_started_one\nprint(accelerate_started_one())\n")
+    names = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "ACCELERATE_USE_CPU")
+    env = {**{k: v for k, v in os.environ.items() if k not in names}, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1",
+                           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+                           str(free_port()), *options, str(probe)],
+                          capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    # one word per process; the processes' writes may interleave on the pipe
+    assert [word == "True" for word in re.findall("True|False", done.stdout)] == alone, done.stdout
+
+
 def test_sums_are_a_no_op_alone():
     grads = [torch.ones(3)]
     world().sum_(grads)
@@ -174,9 +203,7 @@ def test_sums_are_a_no_op_alone():
 def test_a_join_that_waits_says_where_it_waits():
     """A rank whose master never comes (here: nobody listens on the port) says after the notice
     delay where it waits; it goes on waiting until stopped."""
-    with __import__("socket").socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]   # free once closed: nobody listens there
+    port = free_port()
     code = ("from datetime import timedelta\nimport l2s.distributed as d\n"
             "d.JOIN_NOTICE = timedelta(seconds=1)\nd.world()\n")
     env = {**os.environ, "RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",

@@ -138,7 +138,7 @@ def argument_problem(args: argparse.Namespace) -> str | None:
             return f"resolution {side} is not a positive multiple of 16 (VAE factor 8 x 2x2 packing)"
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         return "no CUDA device here: run on the device machine, or use --tiny for a CPU smoke run"
-    return engine_problem(args)
+    return engine_problem(args) or out_problem(args)
 
 
 def engine_problem(args: argparse.Namespace) -> str | None:
@@ -147,6 +147,20 @@ def engine_problem(args: argparse.Namespace) -> str | None:
         check_engine_request(args.engine, args.device, DTYPES[args.dtype])
     except EngineError as error:
         return f"--engine {args.engine}: {error}"
+    return None
+
+
+def out_problem(args: argparse.Namespace) -> str | None:
+    """Why the report cannot be written under ``--out`` (None: it can): refused before minutes of
+    measuring, as the other bench scripts refuse their ``--json``."""
+    from l2s.cli.checks import check_output_file
+    from l2s.errors import UsageError
+
+    try:
+        arch = TINY if args.tiny else FLUX_DEV
+        check_output_file(report_path(args, arch.name, torch.device(args.device)), "--out")
+    except UsageError as error:
+        return str(error)
     return None
 
 

@@ -19,7 +19,13 @@ import threading
 from collections.abc import Sequence
 
 from l2s import __version__
-from l2s.distributed import first_on_machine, launched, line_to_say, refuse_different_commands
+from l2s.distributed import (
+    accelerate_started_one,
+    first_on_machine,
+    launched,
+    line_to_say,
+    refuse_different_commands,
+)
 from l2s.errors import L2SError
 from l2s.quiet import drop_pure_noise
 
@@ -231,10 +237,24 @@ def _one_process_only(argv: list[str]) -> str | None:
             f"launch (these share their work over processes: {spread})")
 
 
+def _alone_under_accelerate(argv: list[str]) -> str | None:
+    """The warning line for a command that spreads over processes when ``accelerate launch`` was
+    asked for several but started one (it would otherwise run alone without a word)."""
+    if not accelerate_started_one() or {"-h", "--help", "--version"} & set(argv):
+        return None
+    if not any(tuple(argv[:len(command)]) == command for command in LAUNCHED_COMMANDS):
+        return None
+    return ("l2s: warning: accelerate launch started one process, not several (--cpu, or --num_processes without "
+            "--multi_gpu, starts one); for N, CPU too: accelerate launch --multi_gpu --num_processes N -m l2s.cli "
+            "..., or torchrun --standalone --nproc_per_node N -m l2s.cli ...")
+
+
 def _dispatch(argv: list[str]) -> int:
     if refusal := _one_process_only(argv):
         say(refusal)
         return EXIT_USAGE
+    if warning := _alone_under_accelerate(argv):
+        say(warning)
     if launched() and _spreads(argv):
         refused = _guarded(lambda: refuse_different_commands(argv))
         if refused:

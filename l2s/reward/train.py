@@ -229,6 +229,8 @@ class _Run:
 
     def epochs(self, out: Path, val_pairs: PairSet, progress: bool, stop_after: int | None) -> None:
         s, ran = self.settings, 0
+        # read once: each epoch's row is kept here as it is appended, so curves.png costs no re-read
+        history = read_log(out / "log.jsonl", fix="delete log.jsonl and rerun")
         bar = tqdm(total=s.epochs * self.steps_per_epoch, initial=self.epoch * self.steps_per_epoch,
                    desc="l2s train-reward", unit="step", disable=not progress)
         try:
@@ -243,8 +245,8 @@ class _Run:
                     _save(out / "best", self.scorer)
                 _save(out / "last", self.scorer, self.state())
                 append_log(out / "log.jsonl", row)
-                save_curves(out, read_log(out / "log.jsonl", fix="delete log.jsonl and rerun"), REWARD_PANELS,
-                            f"reward model: {out}")
+                history.append(row)
+                save_curves(out, history, REWARD_PANELS, f"reward model: {out}")
                 shown = {"loss": f"{row['loss']:.3f}"}
                 if row["val_accuracy"] is not None:     # no validation pairs: nothing to show
                     shown["val"] = f"{row['val_accuracy']:.3f}"

@@ -8,6 +8,7 @@ takes gradient steps on it, and a :class:`Schedule` (or a preset) says on which 
 from .batch import BatchPlan
 from .compiled import CompiledSteering
 from .modes import (
+    CPU_MODES,
     DEFAULT_CAPTURE_BACKEND,
     MODES,
     ExecutionMode,
@@ -30,6 +31,7 @@ from .schedule import (
 
 __all__ = [
     "BatchPlan",
+    "CPU_MODES",
     "DEFAULT_CAPTURE_BACKEND",
     "CompiledSteering",
     "DenoiserCall",

@@ -38,6 +38,11 @@ class ExecutionMode:
     compile_backend: str = "inductor"
     compile_mode: str | None = None       # "reduce-overhead": CUDA graphs (static shapes, CUDA only)
 
+    @property
+    def needs_cuda(self) -> bool:
+        """It replays CUDA graphs, which exist on CUDA only."""
+        return self.compile_mode == "reduce-overhead"
+
 
 MODES = {
     "reference": ExecutionMode("reference", ExplicitAttentionReference, stop_after_last_layer=False,
@@ -50,6 +55,8 @@ MODES = {
                                      compile_classifier=None, steered_forward=True, compile_steering=True,
                                      compile_mode="reduce-overhead"),
 }
+# The modes a CPU can run (the CPU benches offer these, and refuse the others before a model loads).
+CPU_MODES = tuple(name for name, mode in MODES.items() if not mode.needs_cuda)
 
 
 def execution_mode(mode: str | ExecutionMode) -> ExecutionMode:

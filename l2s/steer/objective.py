@@ -109,7 +109,7 @@ class SteeringObjective:
             if not isinstance(denoiser, FluxTransformer2DModel):
                 raise UsageError(f"mode {self.mode.name!r} compiles FLUX's steered forward; "
                                  f"{type(denoiser).__name__} has none: use mode='fast'")
-            if self.mode.compile_mode == "reduce-overhead" and self.device.type != "cuda":
+            if self.mode.needs_cuda and self.device.type != "cuda":
                 raise UsageError(f"mode {self.mode.name!r} replays CUDA graphs and needs the model on CUDA")
 
     @property

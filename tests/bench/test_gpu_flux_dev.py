@@ -165,6 +165,20 @@ def test_bad_options_are_refused_in_one_line_naming_them(script, capsys, options
     assert named in line and line.count(" --") <= 1     # it names this option, no other
 
 
+def test_an_unwritable_out_is_refused_before_the_model_is_built(script, capsys, monkeypatch, tmp_path):
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was built")
+
+    monkeypatch.setattr(script, "build_flux_pipeline", no_model)
+    blocked = tmp_path / "a-file"                        # an --out folder that cannot be made
+    blocked.write_text("")
+    with pytest.raises(SystemExit) as exit_info:
+        script.main([*QUICK, "--out", str(blocked / "reports")])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"python bench/gpu_flux_dev.py: error: --out {blocked / 'reports'}/tiny_")
+
+
 def test_a_run_without_cuda_says_so_in_one_line(script, capsys):
     if torch.cuda.is_available():
         pytest.skip("CUDA is here")

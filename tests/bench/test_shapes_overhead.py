@@ -68,6 +68,13 @@ def test_a_cuda_graph_mode_is_refused_in_one_line(script, capsys):
     assert "--modes" in line and "fast+cudagraphs" in line
 
 
+def test_every_mode_a_cpu_runs_is_offered(script):
+    from l2s.steer import CPU_MODES, MODES
+
+    assert set(CPU_MODES) == set(MODES) - {"fast+cudagraphs"}     # the library's list, not a copy of its rule
+    assert script.parse_args(["--modes", *CPU_MODES]).modes == list(CPU_MODES)
+
+
 def test_an_unwritable_json_is_refused_before_a_model_loads(script, capsys, monkeypatch, tmp_path):
     def no_model(*args, **kwargs):
         raise AssertionError("a model was loaded")

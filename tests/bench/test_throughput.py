@@ -78,6 +78,12 @@ def test_bad_options_fail_in_one_line_before_a_model_loads(script, monkeypatch, 
     assert named in line
 
 
+def test_every_mode_a_cpu_runs_is_offered(script):
+    from l2s.steer import CPU_MODES
+
+    assert [script.parse_args(["batch", "--mode", mode]).mode for mode in CPU_MODES] == list(CPU_MODES)
+
+
 def test_a_refused_batch_is_a_row_that_says_why(script):
     from l2s.errors import UsageError
 

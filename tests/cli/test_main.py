@@ -130,3 +130,22 @@ def test_under_a_launcher_a_one_process_command_is_refused_before_any_work(monke
         assert _one_process_only(argv) is None, argv
     monkeypatch.delenv("WORLD_SIZE")
     assert _one_process_only(["generate", "x"]) is None
+
+
+def test_an_accelerate_launch_that_started_one_of_several_says_so_in_one_line(monkeypatch, capsys):
+    from l2s.cli import _alone_under_accelerate
+
+    for name in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "True")      # what 'accelerate launch --cpu --num_processes 2' sets
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "--no-such-option"])
+    warning, refusal = capsys.readouterr().err.splitlines()
+    assert exit_info.value.code == 2 and refusal.startswith("l2s: error: unrecognized arguments")
+    assert warning == _alone_under_accelerate(["eval"]) and "accelerate launch --multi_gpu --num_processes N" in warning
+    assert _alone_under_accelerate(["shapes", "grpo"]) == warning
+    for argv in (["generate", "x"], ["eval", "--help"]):     # one process is all these run
+        assert _alone_under_accelerate(argv) is None, argv
+    monkeypatch.delenv("MASTER_ADDR")                     # 'accelerate launch --cpu': one process was asked for
+    assert _alone_under_accelerate(["eval"]) is None

@@ -67,6 +67,24 @@ def test_a_stopped_run_resumes_where_it_stopped_and_refuses_other_settings(tmp_p
     assert not (tmp_path / "rm" / "curves.png").exists()       # a start-over draws its own
 
 
+def test_the_curves_draw_the_log_without_reading_it_every_epoch(tmp_path, tokenizer, monkeypatch):
+    import l2s.reward.train as reward_train
+
+    reads, drawn = [], []
+    read_log, log = reward_train.read_log, tmp_path / "rm" / "log.jsonl"
+    monkeypatch.setattr(reward_train, "read_log", lambda *a, **k: reads.append(a[0]) or read_log(*a, **k))
+    # each picture draws exactly the rows the log file holds when it is drawn
+    monkeypatch.setattr(reward_train, "save_curves", lambda out, rows, *a: drawn.append(
+        ([dict(r) for r in rows], [json.loads(line) for line in log.read_text().splitlines()])))
+    make_blob_pairs(tmp_path / "pairs", n=64)
+    train_reward_model(tmp_path / "pairs", tmp_path / "rm", tokenizer, _settings(epochs=5), progress=False,
+                       stop_after=1)
+    train_reward_model(tmp_path / "pairs", tmp_path / "rm", tokenizer, _settings(epochs=5), progress=False)
+    assert [[r["epoch"] for r in rows] for rows, _ in drawn] == [[1], [1, 2], [1, 2, 3], [1, 2, 3, 4], [1, 2, 3, 4, 5]]
+    assert all(rows == in_file for rows, in_file in drawn)
+    assert len(reads) == 3      # once per call before its epochs, once for the results: not once per epoch
+
+
 def test_validation_pairs_are_whole_groups_of_the_training_split(tmp_path):
     make_blob_pairs(tmp_path, n=96)
     train, val = validation_split(load_pairs(tmp_path, "train"), 0.3, seed=0)
