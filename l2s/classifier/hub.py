@@ -16,6 +16,8 @@ from huggingface_hub import ModelCard, ModelCardData, PyTorchModelHubMixin
 
 from l2s.errors import L2SError, ModelLoadError
 
+from .config import FAMILY_CHANNELS
+
 TRAINING_FILE = "training.json"  # the training run's record (settings, data, accuracy)
 
 
@@ -104,6 +106,23 @@ def read_training_record(folder: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) else None
+
+
+def recorded_base_model(record: dict | None) -> tuple[str | None, str | None]:
+    """(model, family) whose maps trained a classifier, as its training record names them: ``model`` as
+    make-data recorded it (a folder, a hub id, "tiny", "shapes-world"), ``model_family`` a published
+    family ("flux-dev", ...). None where it says nothing (classifiers saved before it was recorded)."""
+    record = record if isinstance(record, dict) else {}
+    model, family = record.get("model"), record.get("model_family")
+    return (model if isinstance(model, str) and model else None,
+            family if family in FAMILY_CHANNELS else None)
+
+
+def base_model_text(model: str | None, family: str | None, with_family: bool = False) -> str:
+    """How a line names a model: by name ("MODEL (FAMILY)" ``with_family``), else "a FAMILY model"."""
+    if model and family and with_family:
+        return f"{model} ({family})"
+    return model or f"a {family} model"
 
 
 def looks_like_hub_id(name: str) -> bool:
