@@ -16,6 +16,8 @@ from huggingface_hub import ModelCard, ModelCardData, PyTorchModelHubMixin
 
 from l2s.errors import L2SError, ModelLoadError
 
+from .config import FAMILY_CHANNELS
+
 TRAINING_FILE = "training.json"  # the training run's record (settings, data, accuracy)
 
 
@@ -106,6 +108,23 @@ def read_training_record(folder: Path) -> dict | None:
     return record if isinstance(record, dict) else None
 
 
+def recorded_base_model(record: dict | None) -> tuple[str | None, str | None]:
+    """(model, family) whose maps trained a classifier, as its training record names them: ``model`` as
+    make-data recorded it (a folder, a hub id, "tiny", "shapes-world"), ``model_family`` a published
+    family ("flux-dev", ...). None where it says nothing (classifiers saved before it was recorded)."""
+    record = record if isinstance(record, dict) else {}
+    model, family = record.get("model"), record.get("model_family")
+    return (model if isinstance(model, str) and model else None,
+            family if family in FAMILY_CHANNELS else None)
+
+
+def base_model_text(model: str | None, family: str | None, with_family: bool = False) -> str:
+    """How a line names a model: by name ("MODEL (FAMILY)" ``with_family``), else "a FAMILY model"."""
+    if model and family and with_family:
+        return f"{model} ({family})"
+    return model or f"a {family} model"
+
+
 def looks_like_hub_id(name: str) -> bool:
     """"owner/name" with no other slash: how the hub names a repository."""
     parts = str(name).split("/")
@@ -133,7 +152,7 @@ def cache_entry_note(folder: str | Path) -> str:
 
 def model_card_body(config, training: dict | None) -> str:
     """The Markdown of the card below its metadata."""
-    lines = [f"# l2s relation classifier ({config.model_family})", "",
+    lines = [f"# l2s relation classifier ({_card_model(config, training)})", "",
              "A Learn-to-Steer (Yiflach, Atzmon, Chechik, WACV 2026) relation classifier for l2s: it reads "
              "the spatial relation of two objects from a text-to-image model's "
              "cross-attention maps, and its loss steers the latent during the first denoising steps.", "",
@@ -143,6 +162,14 @@ def model_card_body(config, training: dict | None) -> str:
              'classifier = RelationClassifier.from_pretrained("REPO_ID_OR_FOLDER")', "```", "",
              "or `l2s generate PROMPT --model PIPELINE --classifier FOLDER`."]
     return "\n".join(lines) + "\n"
+
+
+def _card_model(config, training: dict | None) -> str:
+    """What the card's title names: the model whose maps trained it where the record names one other
+    than by a machine's folder (the shapes world's, a hub id), else the configuration's family (the
+    shapes classifiers are sized from the schnell preset, but no FLUX.1-schnell read them)."""
+    model, _ = recorded_base_model(training)
+    return model if model and not Path(model).is_absolute() else config.model_family
 
 
 def _layout_lines(config) -> list[str]:
@@ -166,6 +193,10 @@ def _training_lines(training: dict | None) -> list[str]:
     lines = []
     if training.get("source"):
         lines.append(f"- source: {training['source']}")
+    model, family = recorded_base_model(training)
+    if model or family:    # a machine's folder by its name alone, as the dataset's
+        shown = model and f"`{Path(model).name if Path(model).is_absolute() else model}`"
+        lines.append(f"- trained on maps of {base_model_text(shown, family, with_family=True)}")
     if training.get("dataset"):
         lines.append(f"- data: attention maps of dual inversions, dataset `{Path(str(training['dataset'])).name}`"
                      + (f" ({training['train_samples']} training, {training['val_samples']} validation records)"

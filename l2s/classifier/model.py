@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from l2s.errors import ClassifierMismatchError, ModelLoadError
 from l2s.files import atomic_write_bytes
 
-from .config import ClassifierConfig, step_index_for
+from .config import FAMILY_CHANNELS, ClassifierConfig, step_index_for
 from .hub import ClassifierHubMixin, cache_entry_note, looks_like_hub_id, read_training_record
 from .published import read_published_checkpoint
 
@@ -265,15 +265,25 @@ def load_published_checkpoint(path: str | Path, map_location: str | torch.device
     name or the architecture (FLUX: 1368; SD1.4 and SD2.1 cannot be told apart by weights).
     """
     config, state = read_published_checkpoint(path, channels)
-    return _build(config, state, str(Path(path))).to(map_location)
+    model = _build(config, state, str(Path(path))).to(map_location)
+    model.training_record = _published_record(Path(path), config)
+    return model
+
+
+def _published_record(path: Path, config: ClassifierConfig) -> dict:
+    """What a published checkpoint says of its training: its file, and the model family whose maps
+    trained it where known (steering the other FLUX model then says so)."""
+    record = {"source": f"the published Learn-to-Steer checkpoint {path.name}"}
+    if config.model_family in FAMILY_CHANNELS:
+        record["model_family"] = config.model_family
+    return record
 
 
 def convert_published_checkpoint(pth_path: str | Path, out_dir: str | Path,
                                  channels: int | None = None) -> Path:
     """Convert a published ``.pth`` to a classifier folder (``model.safetensors``, ``config.json``, a
     model card): what :meth:`RelationClassifier.from_pretrained` and ``push_to_hub`` take."""
-    model = load_published_checkpoint(pth_path, channels=channels)
-    model.training_record = {"source": f"the published Learn-to-Steer checkpoint {Path(pth_path).name}"}
+    model = load_published_checkpoint(pth_path, channels=channels)   # its training record names the file
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)
     return out_dir

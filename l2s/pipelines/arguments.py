@@ -3,7 +3,8 @@
 Every check raises :class:`~l2s.errors.UsageError` naming the argument (``num_inference_steps``
 here, ``--steps`` on the command line: the same sentence). Nothing is replaced by a default:
 ``0`` steps or ``height=0`` is an error, not "the model's default". Also here: the warnings a
-steered call gives before it runs (doubtful token mapping, maps resampled to another grid).
+steered call gives before it runs (doubtful token mapping, maps resampled to another grid, a
+classifier trained on another model's maps).
 """
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ from typing import TYPE_CHECKING
 import torch
 
 from l2s.classifier import RelationClassifier
-from l2s.errors import UsageError
+from l2s.classifier.hub import base_model_text, recorded_base_model
+from l2s.errors import ClassifierMismatchError, UsageError
 from l2s.values import finite_number, image_side, positive_int, seed_value, step_count
-from .families import pixels_per_token
+from .families import MODEL_KINDS, canonical_model_name, model_name, pipeline_family, pixels_per_token
 
 if TYPE_CHECKING:
     from l2s.steer import Schedule
@@ -92,6 +94,7 @@ def check_call(steerer, prompt, *, num_inference_steps, height, width, guidance_
         check_latents(latents, expected_latents_shape(steerer, height, width, images))
     if steer:
         check_capture_kernels(steerer.capture_backend, steerer.device)
+        check_base_family(steerer.pipe, steerer.classifier)
 
 
 def image_batch(prompt, seed, num_images: int = 1) -> list[tuple[str, int]] | None:
@@ -142,9 +145,16 @@ def check_latents(latents, shape: tuple[int, ...]) -> None:
 
 
 def announce_steering(steerer, plan, height: int | None, width: int | None) -> None:
-    """Log, one line each, what makes this call's steering doubtful (the plan's warnings, the maps' grid); a
-    pipeline says each line once (an evaluation steers one prompt for many seeds)."""
-    say_once(steerer, [*plan.warnings, map_grid_warning(steerer, height, width)])
+    """Log, one line each, what makes this call's steering doubtful (the plan's warnings, :func:`call_warnings`);
+    a pipeline says each line once (an evaluation steers one prompt for many seeds)."""
+    say_once(steerer, [*plan.warnings, *call_warnings(steerer, height, width)])
+
+
+def call_warnings(steerer, height: int | None, width: int | None) -> list[str]:
+    """What makes a steered call doubtful beyond its prompt: a classifier trained on another model's
+    maps, maps of another grid than the classifier's."""
+    lines = [base_model_warning(steerer.pipe, steerer.classifier), map_grid_warning(steerer, height, width)]
+    return [line for line in lines if line]
 
 
 SAID_LINES_KEPT = 1024   # a service's free-text prompts make new lines forever: the oldest are forgotten
@@ -191,3 +201,43 @@ def grid_mismatch_warning(grid: tuple[int, int], config, height: int, width: int
     return (f"the classifier was trained on maps of a {trained}x{trained} token grid, but this model at "
             f"{height}x{width} px gives {grid[0]}x{grid[1]}: its maps are {how} the classifier's "
             f"{config.map_size}x{config.map_size} input (steering may be weaker)")
+
+
+def _trained_on(classifier) -> tuple[str | None, str | None]:
+    """(model, family) the classifier's training record names (:func:`recorded_base_model`), the model
+    spelled as :func:`model_name` spells the steered one."""
+    model, family = recorded_base_model(getattr(classifier, "training_record", None))
+    return (None if model is None else canonical_model_name(model)), family
+
+
+def base_model_warning(pipe, classifier) -> str | None:
+    """A line when the classifier's training record names another model than ``pipe`` (by name where
+    both are known or the record names a kind, such as the shapes world; else by family): steering
+    runs, as a transfer between models of one architecture (FLUX.1-dev and -schnell) is a use, but
+    reads maps it was not trained on. None where the record names nothing (classifiers saved before)."""
+    model, family = _trained_on(classifier)
+    steered, steered_family = model_name(pipe), pipeline_family(pipe)
+    other_name = model is not None and model != steered and (steered is not None or model in MODEL_KINDS)
+    other_family = family is not None and family != steered_family
+    if not (other_name or other_family):
+        return None
+    return (f"the classifier was trained on maps of {base_model_text(model, family, other_family)} but steers "
+            f"{base_model_text(steered, steered_family, other_family)}: it reads maps it was not trained on "
+            "(steering may be weaker)")
+
+
+def check_base_family(pipe, classifier) -> None:
+    """Refuse a classifier whose training record says a FLUX model's maps trained it on a Stable
+    Diffusion model, or the reverse: one that names its layers is refused by the capture already, but
+    one that does not would read another kind of map of the same count."""
+    model, family = _trained_on(classifier)
+    steered = pipeline_family(pipe)
+    if family is not None and _architecture(family) != _architecture(steered):
+        raise ClassifierMismatchError(
+            f"the classifier was trained on maps of {base_model_text(model, family, True)}, a {_architecture(family)} "
+            f"model, but this is a {_architecture(steered)} model ({steered}): their maps differ; use a classifier "
+            "trained for this model")
+
+
+def _architecture(family: str) -> str:
+    return "FLUX" if family.startswith("flux") else "Stable Diffusion"

@@ -41,12 +41,13 @@ from l2s.steer import (
 
 from .arguments import (
     announce_steering,
+    call_warnings,
+    check_base_family,
     check_call,
     check_classifier_argument,
     checked_capture_backend,
     checked_schedule,
     image_batch,
-    map_grid_warning,
 )
 from .guards import one_call_at_a_time, refuse_inference_mode
 from .loading import check_torch_dtype, load_diffusers_pipeline, wrap_pipeline
@@ -234,6 +235,7 @@ class SteeringPipeline:
             self.check_classifier()
 
     def check_classifier(self) -> None:
+        check_base_family(self.pipe, self.classifier)
         cfg = self.classifier.config
         channels = self.map_channels()
         if cfg.channels != channels:
@@ -329,14 +331,14 @@ class SteeringPipeline:
             steering_outcome(p, schedule, diagnostics.for_image(i) if p.steered else SteeringDiagnostics(), steer)
             for i, p in enumerate(plans)]
         first = plan if plans is None else plans[0]
-        grid = map_grid_warning(self, height, width) if schedule is not None else None
+        doubts = call_warnings(self, height, width) if schedule is not None else []
         return SteeringResult(images=images, plan=first, schedule=schedule,
                               diagnostics=diagnostics, timings=timings,
                               engine={"name": engine.name, "reason": engine.reason} if engine else None,
                               sampling=self.sampling_options(),
                               execution={"mode": self.mode.name, "capture_backend": self.capture_backend},
                               outcome=outcomes[0] if outcomes else steering_outcome(plan, schedule, diagnostics, steer),
-                              plans=plans, outcomes=outcomes, warnings=[grid] if grid else [])
+                              plans=plans, outcomes=outcomes, warnings=doubts)
 
     def _plans(self, prompts: list[str], given: dict[str, list | None]) -> list[SteeringPlan]:
         """One plan per image (a prompt met twice is planned once); ``given``: relations by prompt."""

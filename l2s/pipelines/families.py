@@ -1,5 +1,8 @@
-"""Which diffusers family a pipeline is, and the shapes that follow from it."""
+"""Which diffusers family a pipeline is, the shapes that follow from it, and which model it is."""
 from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -28,3 +31,38 @@ def denoiser(pipe) -> torch.nn.Module:
 def pixels_per_token(pipe) -> int:
     """Image pixels per attention-map cell along a side: FLUX packs 2x2 latents into one token."""
     return 2 * pipe.vae_scale_factor if hasattr(pipe, "transformer") else pipe.vae_scale_factor
+
+
+# Kinds of model that a map dataset names by kind, not by folder (every shapes-world model is
+# "shapes-world"): name -> test of a pipeline, added by the module that defines the kind's components.
+MODEL_KINDS: dict[str, Callable] = {}
+
+
+def model_kind(name: str):
+    """Decorator of a test ``pipe -> bool``: pipelines it accepts are the model ``name``."""
+    def register(test):
+        MODEL_KINDS[name] = test
+        return test
+    return register
+
+
+def model_name(pipe) -> str | None:
+    """Which model ``pipe`` is, spelled as a map dataset records it (:func:`canonical_model_name`):
+    its kind's name, else the folder or hub id it was loaded from; None for a pipeline built in code."""
+    for name, test in MODEL_KINDS.items():
+        if test(pipe):
+            return name
+    loaded_from = getattr(pipe, "name_or_path", None)
+    return canonical_model_name(loaded_from) if loaded_from else None
+
+
+def canonical_model_name(name: str) -> str:
+    """``name`` spelled one way: a folder by its absolute path, a snapshot in the Hugging Face cache
+    (``models--owner--name/snapshots/REV``) by its hub id, anything else as given."""
+    path = Path(name)
+    if not path.exists():
+        return name
+    path = path.resolve()
+    if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
+        return path.parent.parent.name[len("models--"):].replace("--", "/", 1)   # hub names hold no "--"
+    return str(path)

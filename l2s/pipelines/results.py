@@ -19,7 +19,7 @@ class SteeringResult:
     outcome: SteeringOutcome | None = None  # what steering did (a batch: the first image's; see ``outcomes``)
     plans: list[SteeringPlan] | None = None          # a batch of prompts: one plan per image
     outcomes: list[SteeringOutcome] | None = None    # ... and what steering did to each
-    warnings: list[str] = field(default_factory=list)  # the call's own (the maps' grid), for steered images
+    warnings: list[str] = field(default_factory=list)  # the call's own (base model, maps' grid), steered images'
 
     def report(self) -> dict:
         """The call's report: one prompt's plan, schedule and every iteration's per-image values

@@ -56,12 +56,12 @@ from transformers import (
 
 from l2s.devices import check_device
 from l2s.errors import ModelLoadError, TokenizationError
-from l2s.pipelines.families import pixels_per_token
+from l2s.pipelines.families import model_kind, pixels_per_token
 from l2s.pipelines.loading import steering_defaults
 from l2s.tokenizers import byte_level_clip_tokenizer
 
 from .configs import ShapesModelConfig
-from .settings import SHAPES_FAMILY, SHAPES_STEP_SIZE, SHAPES_STEPS, SHAPES_TRUE_CFG
+from .settings import SHAPES_FAMILY, SHAPES_MODEL_NAME, SHAPES_STEP_SIZE, SHAPES_STEPS, SHAPES_TRUE_CFG
 from .tokenizer import TEXT_WINDOW, shapes_t5_tokenizer
 
 SHIPPED_MODEL_DIR = Path(__file__).resolve().parent / "assets"
@@ -241,6 +241,7 @@ def load_shapes_pipeline(path: str | Path | None = None, device: str | torch.dev
     return pipe.to(device) if device is not None else pipe
 
 
+@model_kind(SHAPES_MODEL_NAME)   # what its map datasets, and the classifiers trained on them, record
 def is_shapes_pipeline(pipe) -> bool:
     """Whether ``pipe`` is a shapes-world model (its VAE is the parameter-free pixel map)."""
     return isinstance(getattr(pipe, "vae", None), PixelShuffleVAE)

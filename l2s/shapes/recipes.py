@@ -29,14 +29,14 @@ from l2s.errors import L2SError
 from l2s.relations import DIRECTIONAL, NEUTRAL, PUBLISHED_CLASSES
 
 from .scenes import COLOURS, SHAPES, render, scene_for_relation
-from .settings import NEUTRAL_FRACTION, SHAPES_FAMILY, SHAPES_SHARD_SIZE, SHAPES_STEP_SIZE, SHAPES_STEPS, SHAPES_TRUE_CFG
+from .settings import (NEUTRAL_FRACTION, SHAPES_FAMILY, SHAPES_MODEL_NAME, SHAPES_SHARD_SIZE, SHAPES_STEP_SIZE,
+                       SHAPES_STEPS, SHAPES_TRUE_CFG)
 
 # The bench's (l2s.shapes.bench) image seeds and batch; here, light, for 'l2s shapes bench --help'.
 BENCH_SEEDS = (100, 101, 102, 103)
 BENCH_BATCH_SIZE = 16   # images per steering call: the shapes model is small, a batch costs little memory
 SHAPES_STORE_STEPS = (1, 3, 5)  # trained step indices; steered steps 0-1 -> 1, 2-3 -> 3, 4-5 -> 5
 SHAPES_IMAGE_SIZE = 32         # the shipped model's; a model's own is image_size(pipe)
-SHAPES_MODEL_NAME = "shapes-world"   # the model a 'shapes make-data' dataset records (whichever shapes model)
 SHAPES_OBJECT_SIZES = (8, 12)  # as the model's training scenes
 # Held out of the classifier's training data, to test generalisation to unseen words.
 HELD_OUT_COLOURS = ("cyan",)

@@ -8,5 +8,6 @@ SHAPES_STEPS = 12
 SHAPES_TRUE_CFG = 2.0
 SHAPES_FAMILY = "flux-dev"     # whose published schedule rule applies (steer steps 0-5 of 12)
 SHAPES_STEP_SIZE = 1.0         # steering step size of every named schedule (FLUX's presets use 5)
+SHAPES_MODEL_NAME = "shapes-world"   # the model a 'shapes make-data' dataset records (whichever shapes model)
 SHAPES_SHARD_SIZE = 256      # samples per committed chunk of `shapes make-data` (its maps' settings include it)
 NEUTRAL_FRACTION = 0.25   # scenes that also give a neutral "is" sample ("A red circle"): more samples than scenes

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from tqdm.auto import tqdm
 
 from l2s.classifier import ClassifierConfig, preset
+from l2s.classifier.config import FAMILY_CHANNELS
 from l2s.errors import ClassifierMismatchError, L2SError
 from l2s.distributed import World, output_lock, world
 from l2s.evaluation.curves import save_curves
@@ -232,10 +233,16 @@ def train_classifier(
 
 
 def _source_model(dataset_dir: Path) -> dict:
-    """``{"model": ...}``: the model whose maps the dataset holds, as make-data recorded it (kept
-    beside the weights, so a mismatch can name it after the dataset moved); {} when unrecorded."""
-    model = (load_dataset_meta(dataset_dir).get("settings") or {}).get("model")
-    return {"model": model} if isinstance(model, str) else {}
+    """``{"model": ..., "model_family": ...}``: the model whose maps the dataset holds, as make-data
+    recorded it (kept beside the weights, so a mismatch can name it after the dataset moved, and
+    steering another model warns), each where known: synthetic maps have no model."""
+    meta = load_dataset_meta(dataset_dir)
+    settings = meta.get("settings") or {}
+    model, family = settings.get("model"), meta.get("model_family")
+    found = {"model": model} if isinstance(model, str) else {}
+    if family in FAMILY_CHANNELS and not settings.get("synthetic"):
+        found["model_family"] = family
+    return found
 
 
 def _train(dataset_dir: Path, out_dir: Path, config: ClassifierConfig, train_set: AttentionMapDataset,

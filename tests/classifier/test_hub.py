@@ -143,3 +143,22 @@ def test_a_cached_hub_id_without_training_record_loads_at_once_where_the_hub_can
     monkeypatch.setattr(http.time, "sleep", lambda seconds: pytest.fail("retried a download of an optional file"))
     loaded = RelationClassifier.from_pretrained("someone/l2s-clf")
     assert same_logits(model, loaded) and loaded.training_record is None
+
+
+def test_the_card_names_the_model_whose_maps_trained_it(tmp_path):
+    # The shapes classifiers are sized from the schnell preset; their maps are the shapes world's.
+    shapes = tiny_model(model_family="flux-schnell")
+    shapes.save_pretrained(tmp_path / "shapes", model_card_kwargs={
+        "training": {**TRAINING, "model": "shapes-world", "model_family": "flux-schnell"}})
+    text = ModelCard.load(tmp_path / "shapes" / "README.md").text
+    assert "# l2s relation classifier (shapes-world)" in text and "- trained on maps of `shapes-world`" in text
+    flux = tiny_model(model_family="flux-dev")       # a machine's folder: its name alone, the family in the title
+    flux.save_pretrained(tmp_path / "flux", model_card_kwargs={
+        "training": {**TRAINING, "model": "/models/FLUX.1-dev", "model_family": "flux-dev"}})
+    text = ModelCard.load(tmp_path / "flux" / "README.md").text
+    assert "# l2s relation classifier (flux-dev)" in text and "- trained on maps of `FLUX.1-dev` (flux-dev)" in text
+    assert "/models" not in text
+    unrecorded = tiny_model(model_family="flux-dev")
+    unrecorded.save_pretrained(tmp_path / "unrecorded", model_card_kwargs={"training": TRAINING})
+    text = ModelCard.load(tmp_path / "unrecorded" / "README.md").text
+    assert "# l2s relation classifier (flux-dev)" in text and "trained on maps of" not in text

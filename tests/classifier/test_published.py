@@ -100,6 +100,16 @@ def test_published_family_and_channels_are_inferred(tmp_path):
             load_published_checkpoint(named).config.model_family) == (195, "sd21")
 
 
+def test_a_published_checkpoint_records_the_family_whose_maps_trained_it(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "flux_schnell.pth"
+    torch.save(published_checkpoint(RelationClassifier(preset("flux-schnell")), exp_name="flux_schnell"), path)
+    assert load_published_checkpoint(path).training_record == {
+        "source": "the published Learn-to-Steer checkpoint flux_schnell.pth", "model_family": "flux-schnell"}
+    torch.save(published_checkpoint(tiny_model(seed=5)), tmp_path / "custom.pth")     # sizes of no family
+    assert "model_family" not in load_published_checkpoint(tmp_path / "custom.pth", channels=C).training_record
+
+
 def test_convert_published_checkpoint(tmp_path):
     source = tiny_model(seed=5)
     torch.save(published_checkpoint(source), tmp_path / "custom.pth")

@@ -63,6 +63,8 @@ def test_the_best_epoch_line_and_card_say_what_best_means_and_count_records(shap
     training = json.loads((out / "best" / "training.json").read_text())
     assert f"({training['train_samples']} training, {training['val_samples']} validation records)" in card
     assert f"(the lowest validation loss: {best['val_loss']:.4f})" in card and "samples" not in card
+    # sized from the schnell preset, but its maps are the shapes world's: the card names that model, not schnell
+    assert "# l2s relation classifier (shapes-world)" in card and "flux-schnell" not in card
 
 
 def test_make_data_resumes_with_the_datasets_own_shard_size_unless_told_another(tmp_path, monkeypatch, capsys):

@@ -420,3 +420,18 @@ def _held_call(pipe):
     finally:
         release.set()
         worker.join(120)
+
+
+def test_a_classifier_of_another_models_maps_is_said_once_and_reported(stock, classifier, caplog):
+    import logging
+
+    classifier.training_record = {"model": "tiny-dev", "model_family": "flux-dev"}
+    pipe = FluxRelationSteeringPipeline.from_pipe(stock, classifier=classifier)
+    with caplog.at_level(logging.WARNING, logger="l2s"):
+        out = pipe(["a cat above a dog", "a cup"], num_inference_steps=1, **SIZE)
+        pipe("a cat above a dog", num_inference_steps=1, **SIZE)
+    line = ("the classifier was trained on maps of tiny-dev (flux-dev) but steers a flux-schnell model: it reads "
+            "maps it was not trained on (steering may be weaker)")
+    assert [r.getMessage() for r in caplog.records] == ["warning: " + line]
+    reports = [steering.to_json() for steering in out.steering]
+    assert reports[0]["warnings"] == [line] and reports[1]["warnings"] == []       # "a cup" is not steered

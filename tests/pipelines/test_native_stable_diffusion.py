@@ -107,3 +107,15 @@ def test_from_pipe_refuses_a_mode_that_compiles_flux_only(stock):
 
     with pytest.raises(UsageError, match="compiles FLUX's steered forward.*steering_mode='fast'"):
         StableDiffusionRelationSteeringPipeline.from_pipe(stock, steering_mode="fast+compiled")
+
+
+def test_a_classifier_of_flux_maps_is_refused_at_the_first_steered_call(stock):
+    from l2s.errors import ClassifierMismatchError
+
+    classifier = tiny_classifier_for(stock, seed=1)          # SD's channel count, no layer names
+    classifier.training_record = {"model": "tiny", "model_family": "flux-schnell"}
+    pipe = StableDiffusionRelationSteeringPipeline.from_pipe(stock, classifier=classifier)
+    pipe.set_progress_bar_config(disable=True)
+    with pytest.raises(ClassifierMismatchError, match=r"a FLUX model, but this is a Stable Diffusion model \(sd"):
+        pipe("a cat above a dog", num_inference_steps=1, **SIZE)
+    pipe("a cat above a dog", num_inference_steps=1, steer=False, **SIZE)       # unsteered: nothing to refuse

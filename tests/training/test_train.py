@@ -272,9 +272,14 @@ def test_the_model_the_maps_came_from_is_kept_beside_the_weights(tmp_path):
                enumerate(r for _, rs in (_synthetic(16, g, "train"), _synthetic(8, g, "val")) for r in rs)]
     maps = torch.cat([m for m, _ in (_synthetic(16, g, "train"), _synthetic(8, g, "val"))])
     dataset = write_map_dataset(tmp_path / "data", records, maps, class_names=CLASSES, num_steps=4,
-                                extra={"model": "tiny"})
+                                model_family="flux-dev", extra={"model": "tiny-dev", "synthetic": False})
     result = train_classifier(dataset, tmp_path / "run", _config(), epochs=1, progress=False)
-    assert json.loads((result.best_dir / "training.json").read_text())["model"] == "tiny"
+    training = json.loads((result.best_dir / "training.json").read_text())
+    assert (training["model"], training["model_family"]) == ("tiny-dev", "flux-dev")   # steering another says so
+    synthetic = write_map_dataset(tmp_path / "synthetic", records, maps, class_names=CLASSES, num_steps=4,
+                                  model_family="flux-dev")     # maps of no model: the family is only declared
+    result = train_classifier(synthetic, tmp_path / "run2", _config(), epochs=1, progress=False)
+    assert "model_family" not in json.loads((result.best_dir / "training.json").read_text())
 
 
 def test_train_cli_uses_a_preset_sized_from_the_dataset(tmp_path, capsys, umask_022):

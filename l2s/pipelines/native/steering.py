@@ -26,8 +26,8 @@ from l2s.steer import (
     validate_step_size,
 )
 
-from ..arguments import (check_capture_kernels, check_classifier_argument, checked_capture_backend, checked_schedule,
-                         say_once)
+from ..arguments import (base_model_warning, check_base_family, check_capture_kernels, check_classifier_argument,
+                         checked_capture_backend, checked_schedule, say_once)
 from ..loading import model_steering_defaults
 from .plans import PromptSteering, SteeredRows
 
@@ -171,12 +171,16 @@ class RelationSteeringMixin:
                                 steering_family=steering_family)
 
     def _announce(self, steerings: list[PromptSteering], grid_line: str | None = None) -> None:
-        """Log what makes this call's steering doubtful, once per pipeline; ``grid_line`` (the
-        maps' grid) also goes in each steered prompt's report, beside its plan's warnings."""
-        for steering in steerings:
-            if steering.steered:
-                steering.warnings += [grid_line] if grid_line else []
-                say_once(self, [*steering.plan.warnings, grid_line])
+        """Log what makes this call's steering doubtful, once per pipeline; a classifier trained on
+        another model's maps and ``grid_line`` (the maps' grid) also go in each steered prompt's
+        report, beside its plan's warnings."""
+        steered = [steering for steering in steerings if steering.steered]
+        classifier = getattr(self, "classifier", None)
+        base_line = base_model_warning(self, classifier) if steered and classifier is not None else None
+        lines = [line for line in (base_line, grid_line) if line]
+        for steering in steered:
+            steering.warnings += lines
+            say_once(self, [*steering.plan.warnings, *lines])
 
     @classmethod
     def from_pipe(cls, pipeline, **kwargs):
@@ -244,13 +248,15 @@ class RelationSteeringMixin:
             backend = self.config.capture_backend or DEFAULT_CAPTURE_BACKEND
             check_capture_kernels(backend, self._execution_device)   # where offloaded steps run
             objective = PipelineObjective(self, denoiser, classifier, self.config.steering_mode or "fast", backend)
-            self._check_channels(objective)     # kept only once it fits: every call checks until then
+            self._check_fits(objective)     # kept only once it fits: every call checks until then
             self._steering_objective = objective
         return self._steering_objective
 
-    def _check_channels(self, objective: PipelineObjective) -> None:
+    def _check_fits(self, objective: PipelineObjective) -> None:
+        """The classifier reads this model's kind of maps (FLUX or Stable Diffusion), as many as it gives."""
         from l2s.errors import ClassifierMismatchError
 
+        check_base_family(self, objective.classifier)
         expected, provided = objective.classifier.config.channels, objective.map_channels()
         if expected != provided:
             raise ClassifierMismatchError(
