@@ -211,13 +211,14 @@ def _trained_on(classifier) -> tuple[str | None, str | None]:
 
 
 def base_model_warning(pipe, classifier) -> str | None:
-    """A line when the classifier's training record names another model than ``pipe`` (by name where
-    both are known or the record names a kind, such as the shapes world; else by family): steering
-    runs, as a transfer between models of one architecture (FLUX.1-dev and -schnell) is a use, but
-    reads maps it was not trained on. None where the record names nothing (classifiers saved before)."""
+    """A line when the classifier's training record names another model than ``pipe``: another family,
+    or another kind (the shapes world against any other model). Steering runs, as a transfer between
+    models of one architecture (FLUX.1-dev and -schnell) is a use, but reads maps it was not trained
+    on. Two folders are not compared: a copy of the same weights elsewhere would warn falsely. None
+    where the record names nothing (classifiers saved before)."""
     model, family = _trained_on(classifier)
     steered, steered_family = model_name(pipe), pipeline_family(pipe)
-    other_name = model is not None and model != steered and (steered is not None or model in MODEL_KINDS)
+    other_name = model != steered and (model in MODEL_KINDS or steered in MODEL_KINDS)
     other_family = family is not None and family != steered_family
     if not (other_name or other_family):
         return None
