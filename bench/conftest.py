@@ -41,6 +41,13 @@ def baseline_ratios(medians: dict[tuple[str, str], float]) -> dict[tuple[str, st
     return ratios
 
 
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
+    """Saved with each run, so comparing runs of another thread count, timer or torch warns
+    (pytest-benchmark warns when the machine_info of the compared run differs)."""
+    timer = config.getoption("benchmark_timer", None)
+    machine_info["l2s_bench"] = {"threads": BENCH_THREADS, "timer": str(timer), "torch": torch.__version__}
+
+
 def _measured(config: pytest.Config) -> list:
     """The benchmarks this run measured (none under ``--benchmark-disable``)."""
     session = getattr(config, "_benchmarksession", None)   # pytest-benchmark's own session object

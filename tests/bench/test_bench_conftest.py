@@ -47,3 +47,17 @@ def test_no_ratios_when_benchmarks_are_disabled(pytester):
     result = pytester.runpytest_subprocess("--benchmark-disable", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=3)
     assert "baseline median" not in result.stdout.str()
+
+
+def test_a_compared_run_of_another_thread_count_warns(pytester, monkeypatch):
+    pytester.makeconftest(BENCH_CONFTEST.read_text())
+    pytester.makepyfile(test_benchmarks=BENCHMARKS)
+    options = ("--benchmark-only", "--benchmark-storage=store", "-p", "no:cacheprovider")
+    monkeypatch.setenv("L2S_BENCH_THREADS", "1")
+    pytester.runpytest_subprocess(*options, "--benchmark-autosave").assert_outcomes(passed=3)
+    (saved,) = (pytester.path / "store").rglob("0001_*.json")
+    assert json.loads(saved.read_text())["machine_info"]["l2s_bench"]["threads"] == 1
+    monkeypatch.setenv("L2S_BENCH_THREADS", "2")
+    result = pytester.runpytest_subprocess(*options, "--benchmark-compare")
+    result.assert_outcomes(passed=3)
+    result.stderr.fnmatch_lines(['*machine_info is different*"threads": 2*"threads": 1*'])
