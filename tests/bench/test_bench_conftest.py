@@ -1,4 +1,5 @@
-"""bench/conftest.py: each group's ratios to its baseline, measured in the run, in the JSON and the log."""
+"""bench/conftest.py: each group's ratios to its baseline, measured in the run, in the JSON and the log; the
+bench settings in each saved run's machine_info."""
 from __future__ import annotations
 
 import json
