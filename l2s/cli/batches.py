@@ -71,14 +71,22 @@ def image_settings(args: argparse.Namespace) -> dict:
     settings = {k: v if isinstance(v, (bool, int, float, type(None))) else str(v)
                 for k, v in sorted(vars(args).items()) if k not in NOT_IMAGE_SETTINGS}
     settings.update({k: canonical_path(settings[k]) for k in PATH_SETTINGS if k in settings})
-    return settings | {k: getattr(args, k, None) or default for k, default in unset_defaults().items()}
+    settings |= {k: getattr(args, k, None) or default for k, default in unset_defaults().items()}
+    if settings["execution"] == "reference":   # its explicit attention computes the maps: no backend runs
+        settings["capture_backend"] = None
+    return settings
 
 
-def path_settings() -> dict:
-    """How :data:`PATH_SETTINGS` are compared with an earlier run's (``open_image_run(canonical=...)``)."""
+def compared_settings(args: argparse.Namespace) -> dict:
+    """How settings are compared with an earlier run's (``open_image_run(canonical=...)``):
+    :data:`PATH_SETTINGS` resolved; a reference run's capture backend as none, whatever an
+    earlier version recorded."""
     from .options import canonical_path
 
-    return dict.fromkeys(PATH_SETTINGS, canonical_path)
+    compared = dict.fromkeys(PATH_SETTINGS, canonical_path)
+    if getattr(args, "execution", None) == "reference":
+        compared["capture_backend"] = lambda value: None
+    return compared
 
 
 def unset_defaults() -> dict:

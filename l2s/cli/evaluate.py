@@ -258,7 +258,9 @@ def _run_locked(args: argparse.Namespace, specs, seeds, relations_of=None):
         print(f"l2s: model: {source}", file=sys.stderr)
     # What runs the steps changes pixels too (kernels' rounding): the effective choices.
     settings.update(zip(STEERER_SETTINGS, (steerer.sampling_options(), steerer.step_size,
-                                           getattr(steerer, "engine_kind", None), steerer.capture_backend)))
+                                           getattr(steerer, "engine_kind", None), steerer.capture_backend_in_use)))
+    if not args.restart:
+        settings = _spelled_as_before(args.out, settings)
     return run_eval(
         steerer, specs, detector, args.out, seeds=seeds, modes=modes, rule=args.rule,
         num_inference_steps=args.steps, height=args.height, width=args.width,
@@ -296,8 +298,9 @@ def _canonical_classifier(value: str | None, model: str | None) -> str | None:
 
 
 def _spelled_as_before(out: str, settings: dict) -> dict:
-    """``settings`` with the earlier run's spelling of each path setting that names the same thing
-    (runs recorded before paths were made absolute resume as they did)."""
+    """``settings`` with the earlier run's spelling of each setting that names the same thing (runs
+    recorded before paths were made absolute, or before a reference run's capture backend was
+    recorded as none, resume as they did)."""
     from l2s.errors import L2SError
     from l2s.evaluation.run_dir import read_run_file
 
@@ -307,9 +310,12 @@ def _spelled_as_before(out: str, settings: dict) -> dict:
         return settings      # a damaged run.json: refuse_changed_settings says so
     if not isinstance(earlier, dict):
         return settings
+    reference = earlier.get("execution") == "reference"   # its capture backend, recorded before, ran nowhere
     named = {"model": canonical_path, "prompts": canonical_path,
-             "classifier": lambda value: _canonical_classifier(value, earlier.get("model"))}
-    same = {k: earlier[k] for k, canonical in named.items() if k in earlier and canonical(earlier[k]) == settings[k]}
+             "classifier": lambda value: _canonical_classifier(value, earlier.get("model")),
+             "capture_backend": lambda value: None if reference else value}
+    same = {k: earlier[k] for k, canonical in named.items()
+            if k in earlier and k in settings and canonical(earlier[k]) == settings[k]}
     return {**settings, **same}
 
 

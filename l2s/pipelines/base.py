@@ -200,6 +200,12 @@ class SteeringPipeline:
     def capture_backend(self, backend: str) -> None:
         self.objective.capture_backend = checked_capture_backend(backend, self.mode)
 
+    @property
+    def capture_backend_in_use(self) -> str | None:
+        """What steered passes compute maps with: ``capture_backend``, or None in the reference mode
+        (its explicit attention, as published); what reports record."""
+        return self.objective.backend_in_use
+
     def map_channels(self) -> int:
         """Maps per object this model provides (captured layers x heads)."""
         return self.objective.map_channels()
@@ -334,7 +340,7 @@ class SteeringPipeline:
                               diagnostics=diagnostics, timings=timings,
                               engine={"name": engine.name, "reason": engine.reason} if engine else None,
                               sampling=self.sampling_options(),
-                              execution={"mode": self.mode.name, "capture_backend": self.capture_backend},
+                              execution={"mode": self.mode.name, "capture_backend": self.capture_backend_in_use},
                               outcome=outcomes[0] if outcomes else steering_outcome(plan, schedule, diagnostics, steer),
                               plans=plans, outcomes=outcomes, warnings=[grid] if grid else [])
 

@@ -191,6 +191,22 @@ def test_eval_resumes_and_refuses_other_settings(tiny_run, tmp_path, capsys, mon
 
 
 
+def test_a_reference_eval_records_no_capture_backend_and_older_records_still_resume(tmp_path, capsys):
+    out = tmp_path / "ref"
+    argv = TINY_RUN[:6] + ["1"] + TINY_RUN[7:] + ["--mode", "steered", "--execution", "reference", "--out", str(out)]
+    code, _, err = run(argv, capsys)
+    assert code == 0, err
+    run_file = out / "run.json"
+    recorded = json.loads(run_file.read_text())
+    assert recorded["generation"]["capture_backend"] is None     # its own explicit attention ran, not sdpa
+    assert json.loads((out / "summary.json").read_text())["settings"]["capture_backend"] is None
+    recorded["generation"]["capture_backend"] = "sdpa"           # as written before
+    run_file.write_text(json.dumps(recorded))
+    code, _, err = run(argv, capsys)
+    assert code == 0 and "already scored" in err, err
+    assert json.loads(run_file.read_text())["generation"]["capture_backend"] == "sdpa"   # kept as it was
+
+
 def test_eval_grows_its_prompt_set_and_keeps_the_images_it_has(tiny_run, tmp_path, capsys):
     out = tmp_path / "run"
     shutil.copytree(tiny_run, out)

@@ -159,6 +159,7 @@ def test_execution_mode_reaches_the_pipeline_and_impossible_ones_are_refused_fir
     assert code == 0, err
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert report["execution"]["mode"] == "reference" and report["plain_step_engine"]["name"] == "eager"
+    assert report["execution"]["capture_backend"] is None       # its own explicit attention, not sdpa
     monkeypatch.setattr(l2s.cli.generate, "load_steerer", lambda *a, **k: pytest.fail("loaded a model"))
     for extra, said in ((["--execution", "reference", "--engine", "compile"],
                          "--execution reference runs every step eagerly, as published: --engine compile needs a "

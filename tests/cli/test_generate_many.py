@@ -350,6 +350,22 @@ def test_naming_a_default_or_other_threads_still_resumes_and_older_records_do_to
     assert code == 2 and "(capture_backend: sdpa -> native)" in lines[-1], lines
 
 
+def test_a_reference_run_records_no_capture_backend_and_older_records_still_resume(tmp_path, capsys):
+    out = tmp_path / "o"
+    argv = ["generate", PROMPTS[0], "--seeds", "0-1", "--steps", "1", "--no-baseline", "--execution", "reference",
+            "--out", str(out), *TINY]
+    assert run(argv, capsys)[0] == 0
+    index = json.loads((out / "index.json").read_text())
+    assert index["settings"]["capture_backend"] is None
+    assert all(json.loads((out / f / "report.json").read_text())["execution"]["capture_backend"] is None
+               for f in ("p00-s0000", "p00-s0001"))
+    done = f"l2s: all 2 images are already in {out}"
+    assert run(argv + ["--capture-backend", "sdpa"], capsys)[1][-1].startswith(done)
+    index["settings"]["capture_backend"] = "sdpa"            # as recorded before: the backend it never ran
+    (out / "index.json").write_text(json.dumps(index))
+    assert run(argv, capsys)[1][-1].startswith(done)
+
+
 def test_the_last_line_names_what_only_some_folders_hold(tmp_path, capsys):
     """An unsteered prompt's folder holds no comparison: the line does not claim every folder has one."""
     out = tmp_path / "mixed"

@@ -321,6 +321,17 @@ def test_an_engine_the_call_cannot_run_is_refused_before_any_steering():
     assert native.mode.name == "fast"
 
 
+def test_the_reference_mode_reports_no_capture_backend(flux):
+    """Reference mode computes its maps with its own explicit attention: a report naming the fast
+    modes' backend would claim a kernel that never ran."""
+    reference = FluxSteeringPipeline(flux.pipe, flux.classifier, mode="reference")
+    assert reference.capture_backend == "sdpa" and reference.capture_backend_in_use is None
+    result = reference("a cat above a dog", num_inference_steps=1, height=32, width=32, progress=False)
+    assert result.report()["execution"] == {"mode": "reference", "capture_backend": None}
+    reference.mode = "fast"          # the backend set applies again in a fast mode
+    assert reference.capture_backend_in_use == "sdpa"
+
+
 def test_stable_diffusion_takes_the_default_engine_and_refuses_others():
     from l2s.demo import tiny_sd_pipeline
     from l2s.pipelines import wrap_pipeline
