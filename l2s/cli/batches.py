@@ -79,11 +79,12 @@ def image_settings(args: argparse.Namespace) -> dict:
 
 def compared_settings(args: argparse.Namespace) -> dict:
     """How settings are compared with an earlier run's (``open_image_run(canonical=...)``):
-    :data:`PATH_SETTINGS` resolved; a reference run's capture backend as none, whatever an
-    earlier version recorded."""
+    :data:`PATH_SETTINGS` resolved; an earlier ``auto`` dtype as this run's resolved one (``args.dtype``)
+    and a reference run's capture backend as none, whatever an earlier version recorded."""
     from .options import canonical_path
 
     compared = dict.fromkeys(PATH_SETTINGS, canonical_path)
+    compared["dtype"] = lambda value: args.dtype if value == "auto" else value
     if getattr(args, "execution", None) == "reference":
         compared["capture_backend"] = lambda value: None
     return compared

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .models import (add_model_args, add_sampling_args, add_speed_args, check_family_options, check_image_size,
-                     check_model_dtype, load_steerer, weights_digests)
+                     check_model_dtype, load_steerer, resolve_dtype, weights_digests)
 from .options import (add_device_arg, add_dtype_arg, add_threads_arg, canonical_path, flag_of, out_text,
                       resolve_device, use_threads)
 from .outputs import folder_outputs, wrote_line
@@ -131,6 +131,7 @@ def _check_args(args: argparse.Namespace) -> None:
     check_image_size(args)
     check_family_options(args)
     check_model_dtype(args)
+    resolve_dtype(args)        # recorded as what loads (fp32 on a CPU), not auto
     given = [flag for dest, (flag, default) in args.generation_defaults.items() if getattr(args, dest) != default]
     if args.images and given:
         raise L2SError(f"--images only scores the images in that folder: {', '.join(given)} would make images "
@@ -279,7 +280,7 @@ def _request_settings(args: argparse.Namespace) -> dict:
                 "prompts": canonical_path(args.prompts),
                 "n_prompts": args.n_prompts, "prompt_seed": args.prompt_seed, "steps": args.steps,
                 "height": args.height, "width": args.width, "guidance": args.guidance, "schedule": args.schedule,
-                "dtype": args.dtype if args.model not in (None, "tiny") else None}
+                "dtype": args.dtype}
     settings.update(weights_digests(args))   # the same paths with retrained weights are other settings
     if args.relations:  # recorded only when given, so runs made before the option still resume
         settings["relations"] = args.relations
@@ -299,8 +300,8 @@ def _canonical_classifier(value: str | None, model: str | None) -> str | None:
 
 def _spelled_as_before(out: str, settings: dict) -> dict:
     """``settings`` with the earlier run's spelling of each setting that names the same thing (runs
-    recorded before paths were made absolute, or before a reference run's capture backend was
-    recorded as none, resume as they did)."""
+    recorded before paths were made absolute, dtypes resolved, or a reference run's capture
+    backend recorded as none, resume as they did)."""
     from l2s.errors import L2SError
     from l2s.evaluation.run_dir import read_run_file
 
@@ -313,7 +314,8 @@ def _spelled_as_before(out: str, settings: dict) -> dict:
     reference = earlier.get("execution") == "reference"   # its capture backend, recorded before, ran nowhere
     named = {"model": canonical_path, "prompts": canonical_path,
              "classifier": lambda value: _canonical_classifier(value, earlier.get("model")),
-             "capture_backend": lambda value: None if reference else value}
+             "capture_backend": lambda value: None if reference else value,
+             "dtype": lambda value: settings["dtype"] if value in (None, "auto") else value}   # unresolved before
     same = {k: earlier[k] for k, canonical in named.items()
             if k in earlier and k in settings and canonical(earlier[k]) == settings[k]}
     return {**settings, **same}

@@ -19,7 +19,7 @@ from .batches import (NOT_IMAGE_SETTINGS, compared_settings, folders_line, image
                       seeds_of, unset_defaults)
 from .checks import check_sampling_args
 from .models import (add_model_args, add_sampling_args, add_speed_args, check_family_options, check_image_size,
-                     check_model_dtype, load_steerer, weights_digests)
+                     check_model_dtype, load_steerer, resolve_dtype, weights_digests)
 from .options import add_device_arg, add_dtype_arg, add_threads_arg, out_text, use_threads
 from .outputs import wrote_line
 from .relations import add_relations_arg, given_parse, parse_relations, steer_given_relations
@@ -90,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
     check_image_size(args)
     check_family_options(args)
     check_model_dtype(args)
+    resolve_dtype(args)                # recorded as what loads: fp32 on a CPU, not auto
     positive_int(args.batch_size, "--batch-size")
     use_threads(args)
     jobs = image_jobs(prompts, seeds)

@@ -164,6 +164,23 @@ def check_model_dtype(args: argparse.Namespace) -> None:
         raise UsageError(f"--dtype {dtype}: {which} runs in fp32 only (--dtype applies to --model PATH)")
 
 
+def resolve_dtype(args: argparse.Namespace) -> str:
+    """``args.dtype`` with ``auto`` resolved (and kept) to what the weights load in, so that runs
+    record it: fp32 for the shipped and tiny models, else the published dtype of the model's
+    family on this run's device."""
+    from l2s.pipelines.loading import folder_family
+
+    from .options import default_device, dtype_name
+
+    if args.model in (None, "tiny"):
+        args.dtype = "fp32"            # built in fp32 (check_model_dtype refuses another)
+        return args.dtype
+    folder = model_folder(args)
+    family = folder_family(folder) if folder is not None else None
+    args.dtype = dtype_name(args.dtype, args.device or default_device(), family)
+    return args.dtype
+
+
 def check_image_size(args: argparse.Namespace) -> None:
     """``--height`` / ``--width`` fit the model's latent grid, checked before it loads."""
     from l2s.errors import UsageError

@@ -81,14 +81,20 @@ def resolve_device(args: argparse.Namespace) -> str:
     return args.device
 
 
+def dtype_name(name: str, device: str, family: str | None = None) -> str:
+    """``--dtype NAME`` with ``auto`` resolved for a model of ``family`` ("flux", "sd" or None) on
+    ``device``: "fp32", "bf16" or "fp16"."""
+    if name != "auto":
+        return name
+    on_gpu = not str(device).startswith("cpu")
+    return "fp32" if not on_gpu or family == "sd" else "bf16"
+
+
 def torch_dtype(name: str, device: str, family: str | None = None):
     """The torch dtype of ``--dtype NAME`` for a model of ``family`` ("flux", "sd" or None) on ``device``."""
     import torch
 
-    if name == "auto":
-        on_gpu = not str(device).startswith("cpu")
-        name = "fp32" if not on_gpu or family == "sd" else "bf16"
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name(name, device, family)]
 
 
 def canonical_path(value: str | None) -> str | None:

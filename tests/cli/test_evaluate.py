@@ -207,6 +207,21 @@ def test_a_reference_eval_records_no_capture_backend_and_older_records_still_res
     assert json.loads(run_file.read_text())["generation"]["capture_backend"] == "sdpa"   # kept as it was
 
 
+def test_eval_records_the_dtype_resolved_and_older_unresolved_records_still_resume(tiny_run, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run, out)
+    run_file = out / "run.json"
+    assert json.loads(run_file.read_text())["generation"]["dtype"] == "fp32"   # what loaded, not auto or null
+    code, _, err = run(TINY_RUN + ["--dtype", "fp32", "--out", str(out)], capsys)
+    assert code == 0 and "already scored" in err, err
+    for before in (None, "auto"):              # the tiny model's as recorded before, and a --model PATH's
+        recorded = json.loads(run_file.read_text())
+        recorded["generation"]["dtype"] = before
+        run_file.write_text(json.dumps(recorded))
+        code, _, err = run(TINY_RUN + ["--out", str(out)], capsys)
+        assert code == 0 and "already scored" in err, (before, err)
+
+
 def test_eval_grows_its_prompt_set_and_keeps_the_images_it_has(tiny_run, tmp_path, capsys):
     out = tmp_path / "run"
     shutil.copytree(tiny_run, out)

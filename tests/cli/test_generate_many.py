@@ -366,6 +366,20 @@ def test_a_reference_run_records_no_capture_backend_and_older_records_still_resu
     assert run(argv, capsys)[1][-1].startswith(done)
 
 
+def test_the_dtype_is_recorded_resolved_and_auto_resumes_what_it_stands_for(tmp_path, capsys):
+    out = tmp_path / "o"
+    argv = ["generate", PROMPTS[0], "--seeds", "0-1", "--steps", "1", "--no-steer", "--out", str(out), *TINY]
+    assert run(argv, capsys)[0] == 0
+    index = json.loads((out / "index.json").read_text())
+    assert index["settings"]["dtype"] == "fp32"          # what loaded, not "auto"
+    done = f"l2s: all 2 images are already in {out}"
+    assert run(argv + ["--dtype", "fp32"], capsys)[1][-1].startswith(done)   # the same weights
+    index["settings"]["dtype"] = "auto"                    # as recorded before dtypes were resolved
+    (out / "index.json").write_text(json.dumps(index))
+    assert run(argv, capsys)[1][-1].startswith(done)
+    assert run(argv + ["--dtype", "fp32"], capsys)[1][-1].startswith(done)
+
+
 def test_the_last_line_names_what_only_some_folders_hold(tmp_path, capsys):
     """An unsteered prompt's folder holds no comparison: the line does not claim every folder has one."""
     out = tmp_path / "mixed"

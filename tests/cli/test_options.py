@@ -57,6 +57,20 @@ def test_auto_dtype_is_the_published_one_on_gpus_and_fp32_on_cpu():
     assert torch_dtype("fp16", "cpu", "sd") == torch.float16
 
 
+@pytest.mark.parametrize("pipeline, device, given, resolved", [
+    (None, "cpu", "auto", "fp32"), ("tiny", "cuda", "auto", "fp32"),         # built in fp32 wherever they run
+    ("FluxPipeline", "cpu", "auto", "fp32"), ("FluxPipeline", "cuda", "auto", "bf16"),
+    ("StableDiffusionPipeline", "cuda:1", "auto", "fp32"), ("FluxPipeline", "cuda", "fp16", "fp16")])
+def test_auto_dtype_is_resolved_before_loading_as_runs_record_it(pipeline, device, given, resolved, tmp_path):
+    model = pipeline
+    if pipeline not in (None, "tiny"):
+        (tmp_path / "model_index.json").write_text(f'{{"_class_name": "{pipeline}"}}')
+        model = str(tmp_path)
+    args = parse(["generate", "a cat left of a dog", "--dtype", given, "--device", device]
+                 + ([] if model is None else ["--model", model]))
+    assert models.resolve_dtype(args) == args.dtype == resolved
+
+
 @pytest.mark.parametrize("command", [["generate", "a cat left of a dog"], ["eval"]])
 def test_eval_and_generate_default_to_the_shipped_model(command, monkeypatch):
     monkeypatch.setattr(models, "_shipped_model", lambda args, true_cfg, step_size: ("shipped", "shipped model"))
