@@ -155,12 +155,14 @@ def model_folder(args: argparse.Namespace):
     return folder if Path(folder).is_dir() else None
 
 
-def check_model_dtype(args: argparse.Namespace) -> None:
-    """``--dtype`` loads a model folder in that precision; the shipped and tiny models are built
-    in fp32, so another value there is refused rather than silently ignored."""
+def check_model_dtype(args: argparse.Namespace, tiny_names: tuple[str, ...] = ("tiny",)) -> None:
+    """``--dtype`` loads a model folder in that precision; the shipped model and the tiny ones
+    (``tiny_names``, built in code) are built in fp32, so another value there is refused rather
+    than silently ignored."""
     dtype = getattr(args, "dtype", "auto")
-    if args.model in (None, "tiny") and dtype not in ("auto", "fp32"):
-        which = "the tiny demo model" if args.model == "tiny" else "the shipped shapes model"
+    if (args.model is None or args.model in tiny_names) and dtype not in ("auto", "fp32"):
+        which = "the shipped shapes model" if args.model is None else \
+            "the tiny demo model" if args.model == "tiny" else f"the tiny demo model {args.model!r}"
         raise UsageError(f"--dtype {dtype}: {which} runs in fp32 only (--dtype applies to --model PATH)")
 
 

@@ -117,6 +117,7 @@ def _check_make_data_args(args: argparse.Namespace) -> None:
     from l2s.devices import check_device
 
     from .checks import check_input_paths
+    from .models import check_model_dtype
 
     check_make_data_options(dtype=LONG_NAMES[args.map_dtype], val_fraction=args.val_fraction,
                             shard_size=args.shard_size, steps=args.steps, size=args.size, limit=args.limit, min_psnr=args.min_psnr,
@@ -125,6 +126,7 @@ def _check_make_data_args(args: argparse.Namespace) -> None:
     if not 0.0 <= args.max_iou <= 1.0:
         raise L2SError(f"--max-iou must be in [0, 1], got {args.max_iou}")
     check_device(resolve_device(args), flag_of())
+    check_model_dtype(args, _TINY_MODELS)
     check_input_paths(args.annotations, "--annotations")
     if args.images is not None:
         check_input_paths(args.images, "--images", folder=True)
