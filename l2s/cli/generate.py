@@ -159,6 +159,7 @@ def _generate(args: argparse.Namespace, prompt: str, relations, started: float) 
     several = earlier_outputs(args.out, several=True)
     if several and not args.restart:   # one image replaces one image, never an earlier run of many
         refuse_earlier(Path(args.out), f"an earlier run of several images ({', '.join(several)})")
+    settings = {**image_settings(args), **weights_digests(args)}   # as index.json keeps several images'
     steerer, source = _load(args, relations)
     recorder = MapRecorder(steerer) if args.save_maps else None
     out = Path(args.out)
@@ -168,6 +169,7 @@ def _generate(args: argparse.Namespace, prompt: str, relations, started: float) 
         _say("shapes detector, GenEval rule: " + "; ".join(
             f"{name}.png {'shows' if holds else 'does not show'} the prompt's relations"
             for name, holds in report["verdict"].items()))
+    report["settings"] = settings      # the options that made it: a rerun with them makes it again
     report["timings_s"]["command_total"] = time.perf_counter() - started
     atomic_write_json(out / "report.json", report)
     print(wrote_line(out, written + ["report.json"]), file=sys.stderr)

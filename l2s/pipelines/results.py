@@ -14,7 +14,7 @@ class SteeringResult:
     diagnostics: SteeringDiagnostics
     timings: dict[str, float]
     engine: dict | None = None        # the plain-step engine used: {"name", "reason"}
-    sampling: dict = field(default_factory=dict)  # model-specific sampling options in effect
+    sampling: dict = field(default_factory=dict)  # steps, size, guidance and model-specific options in effect
     # How steered steps ran: {"mode", "capture_backend"}; the backend None where the mode has its own
     # capture (reference).
     execution: dict = field(default_factory=dict)

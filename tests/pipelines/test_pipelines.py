@@ -360,8 +360,25 @@ def test_true_cfg_matches_diffusers_flux_pipeline():
     assert (a - b).abs().max() <= 1.0
     c = torch.tensor(list(plain.images[0].tobytes()), dtype=torch.float)
     assert (a - c).abs().max() >= 3      # guidance changed the image (the tiny model reads text weakly)
-    assert ours.report()["sampling"] == {"true_cfg_scale": 2.5, "negative_prompt": ""}
-    assert plain.report()["sampling"] == {"true_cfg_scale": 1.0}
+    call = {"num_inference_steps": 3, "height": 32, "width": 32, "guidance_scale": None}   # schnell: no guidance read
+    assert ours.report()["sampling"] == {**call, "true_cfg_scale": 2.5, "negative_prompt": ""}
+    assert plain.report()["sampling"] == {**call, "true_cfg_scale": 1.0}
+
+
+@pytest.mark.parametrize("family", ["flux-dev", "sd"])
+def test_the_report_records_the_sampling_defaults_taken_and_they_make_the_same_image(family):
+    """Steps, size and guidance left to the model are recorded as it took them: passing them back
+    makes the same image."""
+    pipe = tiny_flux_pipeline(seed=0, guidance_embeds=True) if family == "flux-dev" else tiny_sd_pipeline(seed=0)
+    steerer = wrap_pipeline(pipe, tiny_classifier_for(pipe, seed=1))
+    first = steerer("a cat above a dog", steer=False, seed=3, num_inference_steps=2, progress=False)
+    sampling = first.report()["sampling"]
+    default = {"flux-dev": 3.5, "sd": 7.5}[family]
+    assert sampling["num_inference_steps"] == 2 and sampling["guidance_scale"] == default
+    assert sampling["height"] == sampling["width"] == first.images[0].size[0]
+    again = steerer("a cat above a dog", steer=False, seed=3, progress=False,
+                    **{k: sampling[k] for k in ("num_inference_steps", "height", "width", "guidance_scale")})
+    assert again.images[0].tobytes() == first.images[0].tobytes()
 
 
 def test_true_cfg_leaves_the_steering_loss_alone(flux):
