@@ -14,8 +14,8 @@ from pathlib import Path
 
 from .models import (add_model_args, add_sampling_args, add_speed_args, check_family_options, check_image_size,
                      check_model_dtype, load_steerer, resolve_dtype, weights_digests)
-from .options import (add_device_arg, add_dtype_arg, add_threads_arg, canonical_path, flag_of, out_text,
-                      resolve_device, use_threads)
+from .options import (add_device_arg, add_dtype_arg, add_threads_arg, canonical_model, canonical_path, flag_of,
+                      out_text, resolve_device, use_threads)
 from .outputs import folder_outputs, wrote_line
 from .relations import EVAL_HELP as RELATIONS_HELP
 from .relations import add_relations_arg, given_parse, parse_relations, steer_given_relations
@@ -276,7 +276,7 @@ STEERER_SETTINGS = ("sampling", "step_size", "engine", "capture_backend")   # kn
 def _request_settings(args: argparse.Namespace) -> dict:
     """How images are made, as far as the command line says before a model loads (a resumed run
     must match these exactly; the loaded steerer adds its effective sampling and kernels)."""
-    settings = {"model": canonical_path(args.model), "classifier": _canonical_classifier(args.classifier, args.model),
+    settings = {"model": canonical_model(args.model), "classifier": _canonical_classifier(args.classifier, args.model),
                 "prompts": canonical_path(args.prompts),
                 "n_prompts": args.n_prompts, "prompt_seed": args.prompt_seed, "steps": args.steps,
                 "height": args.height, "width": args.width, "guidance": args.guidance, "schedule": args.schedule,
@@ -312,7 +312,7 @@ def _spelled_as_before(out: str, settings: dict) -> dict:
     if not isinstance(earlier, dict):
         return settings
     reference = earlier.get("execution") == "reference"   # its capture backend, recorded before, ran nowhere
-    named = {"model": canonical_path, "prompts": canonical_path,
+    named = {"model": canonical_model, "prompts": canonical_path,
              "classifier": lambda value: _canonical_classifier(value, earlier.get("model")),
              "capture_backend": lambda value: None if reference else value,
              "dtype": lambda value: settings["dtype"] if value in (None, "auto") else value}   # unresolved before

@@ -14,7 +14,7 @@ from l2s.distributed import output_lock, world
 from l2s.relations import DIAGONAL, DIAGONAL_CLASSES, DIRECTIONAL, PUBLISHED_CLASSES
 
 from .help import command_parser
-from .options import (LONG_NAMES, add_device_arg, add_dtype_arg, add_threads_arg, canonical_path, flag_of, out_text,
+from .options import (LONG_NAMES, add_device_arg, add_dtype_arg, add_threads_arg, canonical_model, flag_of, out_text,
                       resolve_device, torch_dtype, use_threads)
 from .outputs import log_to_stderr, say_error
 
@@ -39,19 +39,20 @@ def _load_pipe(model: str, device: str, dtype: str):
 
 
 def _recorded_model(args: argparse.Namespace) -> str:
-    """``--model`` as the dataset records it: a folder by its absolute path (``flux``, ``./flux/`` and a
-    symlink to it are one model, and 'l2s train' names that path), or as the dataset in ``--out``
-    spelled the same folder when an earlier version made it (so that it resumes)."""
+    """``--model`` as the dataset records it: a folder by its absolute path (``flux``, ``./flux/``, a
+    symlink to it and a hub id of the local cache are one model, and 'l2s train' names that path), or
+    as the dataset in ``--out`` spelled the same folder when an earlier version made it (so that it
+    resumes)."""
     if args.model in _TINY_MODELS:
         return args.model
     from l2s.training import load_dataset_meta
 
-    name = canonical_path(args.model)
+    name = canonical_model(args.model)
     try:
         earlier = load_dataset_meta(args.out)["settings"]["model"]
     except (L2SError, KeyError, TypeError):
         return name
-    return earlier if isinstance(earlier, str) and canonical_path(earlier) == name else name
+    return earlier if isinstance(earlier, str) and canonical_model(earlier) == name else name
 
 
 def build_make_data_parser() -> argparse.ArgumentParser:

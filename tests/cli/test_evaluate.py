@@ -222,6 +222,32 @@ def test_eval_records_the_dtype_resolved_and_older_unresolved_records_still_resu
         assert code == 0 and "already scored" in err, (before, err)
 
 
+def test_eval_takes_a_hub_id_and_its_snapshot_folder_for_one_model(hub_cache, tmp_path, capsys):
+    from l2s.demo import tiny_classifier_for, tiny_flux_pipeline
+    from l2s.pipelines.loading import save_pipeline
+
+    repo, commit = hub_cache / "models--someone--tiny-flux", "89abcdef0123456789abcdef0123456789abcdef"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    pipe = tiny_flux_pipeline(seed=0)
+    save_pipeline(pipe, repo / "snapshots" / commit)
+    tiny_classifier_for(pipe, seed=0).save(tmp_path / "classifier")
+    out = tmp_path / "run"
+    argv = ["eval", "--prompts", "shapes", "--n-prompts", "1", "--seeds", "0", "--steps", "1", "--mode", "base",
+            "--quiet", "--classifier", str(tmp_path / "classifier"), "--out", str(out), "--model"]
+    code, _, err = run(argv + ["someone/tiny-flux"], capsys)
+    assert code == 0, err
+    snapshot = str((repo / "snapshots" / commit).resolve())
+    assert json.loads((out / "run.json").read_text())["generation"]["model"] == snapshot   # what loaded
+    code, _, err = run(argv + [snapshot], capsys)
+    assert code == 0 and "already scored" in err, err
+    recorded = json.loads((out / "run.json").read_text())     # as typed, before hub ids were resolved
+    recorded["generation"]["model"] = "someone/tiny-flux"
+    (out / "run.json").write_text(json.dumps(recorded))
+    code, _, err = run(argv + [snapshot], capsys)
+    assert code == 0 and "already scored" in err, err
+
+
 def test_eval_grows_its_prompt_set_and_keeps_the_images_it_has(tiny_run, tmp_path, capsys):
     out = tmp_path / "run"
     shutil.copytree(tiny_run, out)

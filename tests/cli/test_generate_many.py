@@ -380,6 +380,30 @@ def test_the_dtype_is_recorded_resolved_and_auto_resumes_what_it_stands_for(tmp_
     assert run(argv + ["--dtype", "fp32"], capsys)[1][-1].startswith(done)
 
 
+def test_a_hub_id_and_its_snapshot_folder_are_one_model(hub_cache, tmp_path, capsys):
+    from l2s.demo import tiny_classifier_for, tiny_flux_pipeline
+    from l2s.pipelines.loading import save_pipeline
+
+    repo, commit = hub_cache / "models--someone--tiny-flux", "89abcdef0123456789abcdef0123456789abcdef"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    pipe = tiny_flux_pipeline(seed=0)
+    save_pipeline(pipe, repo / "snapshots" / commit)
+    tiny_classifier_for(pipe, seed=0).save(tmp_path / "classifier")
+    out = tmp_path / "o"
+    argv = ["generate", PROMPTS[0], "--seeds", "0-1", "--steps", "1", "--no-steer", "--quiet", "--out", str(out),
+            "--classifier", str(tmp_path / "classifier"), "--model"]
+    assert run(argv + ["someone/tiny-flux"], capsys)[0] == 0
+    snapshot = str((repo / "snapshots" / commit).resolve())
+    assert json.loads((out / "index.json").read_text())["settings"]["model"] == snapshot   # what loaded
+    done = f"l2s: all 2 images are already in {out}"
+    assert run(argv + [snapshot], capsys)[1][-1].startswith(done)
+    index = json.loads((out / "index.json").read_text())      # recorded as typed, before hub ids were resolved
+    index["settings"]["model"] = "someone/tiny-flux"
+    (out / "index.json").write_text(json.dumps(index))
+    assert run(argv + [snapshot], capsys)[1][-1].startswith(done)
+
+
 def test_the_last_line_names_what_only_some_folders_hold(tmp_path, capsys):
     """An unsteered prompt's folder holds no comparison: the line does not claim every folder has one."""
     out = tmp_path / "mixed"
