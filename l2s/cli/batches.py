@@ -58,27 +58,37 @@ NOT_IMAGE_SETTINGS = {"out", "quiet", "batch_size", "func", "prompt", "prompts",
                       "restart", "threads"}
 
 
-# Settings that name files: recorded as absolute paths and compared so (``flux``, ``./flux/`` and a
-# symlink to it are one model), which also reads runs recorded before as they were spelled.
-PATH_SETTINGS = ("model", "classifier", "lora")
+def path_settings() -> dict:
+    """Settings that name files, each with how it is resolved: recorded as absolute paths and
+    compared so (``flux``, ``./flux/``, a symlink to it and, for ``--model``, a hub id in the local
+    cache and its snapshot folder are one model), which also reads runs recorded before as they were
+    spelled."""
+    from .options import canonical_model, canonical_path
+
+    return {"model": canonical_model, "classifier": canonical_path, "lora": canonical_path}
 
 
 def image_settings(args: argparse.Namespace) -> dict:
     """What makes the images (model, sampling, steering options), as index.json keeps it: defaults
     resolved, so naming the default (``--device cpu`` on a CPU machine) is the same setting."""
-    from .options import canonical_path
-
     settings = {k: v if isinstance(v, (bool, int, float, type(None))) else str(v)
                 for k, v in sorted(vars(args).items()) if k not in NOT_IMAGE_SETTINGS}
-    settings.update({k: canonical_path(settings[k]) for k in PATH_SETTINGS if k in settings})
-    return settings | {k: getattr(args, k, None) or default for k, default in unset_defaults().items()}
+    settings.update({k: canonical(settings[k]) for k, canonical in path_settings().items() if k in settings})
+    settings |= {k: getattr(args, k, None) or default for k, default in unset_defaults().items()}
+    if settings["execution"] == "reference":   # its explicit attention computes the maps: no backend runs
+        settings["capture_backend"] = None
+    return settings
 
 
-def path_settings() -> dict:
-    """How :data:`PATH_SETTINGS` are compared with an earlier run's (``open_image_run(canonical=...)``)."""
-    from .options import canonical_path
-
-    return dict.fromkeys(PATH_SETTINGS, canonical_path)
+def compared_settings(args: argparse.Namespace) -> dict:
+    """How settings are compared with an earlier run's (``open_image_run(canonical=...)``): paths
+    resolved (:func:`path_settings`); an earlier ``auto`` dtype as this run's resolved one (``args.dtype``)
+    and a reference run's capture backend as none, whatever an earlier version recorded."""
+    compared = path_settings()
+    compared["dtype"] = lambda value: args.dtype if value == "auto" else value
+    if getattr(args, "execution", None) == "reference":
+        compared["capture_backend"] = lambda value: None
+    return compared
 
 
 def unset_defaults() -> dict:

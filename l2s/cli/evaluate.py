@@ -13,9 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .models import (add_model_args, add_sampling_args, add_speed_args, check_family_options, check_image_size,
-                     check_model_dtype, load_steerer, weights_digests)
-from .options import (add_device_arg, add_dtype_arg, add_threads_arg, canonical_path, flag_of, out_text,
-                      resolve_device, use_threads)
+                     check_model_dtype, load_steerer, resolve_dtype, weights_digests)
+from .options import (add_device_arg, add_dtype_arg, add_threads_arg, canonical_model, canonical_path, flag_of,
+                      out_text, resolve_device, use_threads)
 from .outputs import folder_outputs, wrote_line
 from .relations import EVAL_HELP as RELATIONS_HELP
 from .relations import add_relations_arg, given_parse, parse_relations, steer_given_relations
@@ -136,6 +136,7 @@ def _check_args(args: argparse.Namespace) -> None:
     check_image_size(args)
     check_family_options(args)
     check_model_dtype(args)
+    resolve_dtype(args)        # recorded as what loads (fp32 on a CPU), not auto
     given = [flag for dest, (flag, default) in args.generation_defaults.items() if getattr(args, dest) != default]
     if args.images and given:
         raise L2SError(f"--images only scores the images in that folder: {', '.join(given)} would make images "
@@ -275,7 +276,9 @@ def _run_locked(args: argparse.Namespace, specs, seeds, relations_of=None):
         print(f"l2s: model: {source}", file=sys.stderr)
     # What runs the steps changes pixels too (kernels' rounding): the effective choices.
     settings.update(zip(STEERER_SETTINGS, (steerer.sampling_options(), steerer.step_size,
-                                           getattr(steerer, "engine_kind", None), steerer.capture_backend)))
+                                           getattr(steerer, "engine_kind", None), steerer.capture_backend_in_use)))
+    if not args.restart:
+        settings = _spelled_as_before(args.out, settings)
     return run_eval(
         steerer, specs, detector, args.out, seeds=seeds, modes=modes, rule=args.rule,
         num_inference_steps=args.steps, height=args.height, width=args.width,
@@ -290,11 +293,11 @@ STEERER_SETTINGS = ("sampling", "step_size", "engine", "capture_backend")   # kn
 def _request_settings(args: argparse.Namespace) -> dict:
     """How images are made, as far as the command line says before a model loads (a resumed run
     must match these exactly; the loaded steerer adds its effective sampling and kernels)."""
-    settings = {"model": canonical_path(args.model), "classifier": _canonical_classifier(args.classifier, args.model),
+    settings = {"model": canonical_model(args.model), "classifier": _canonical_classifier(args.classifier, args.model),
                 "prompts": canonical_path(args.prompts),
                 "n_prompts": args.n_prompts, "prompt_seed": args.prompt_seed, "steps": args.steps,
                 "height": args.height, "width": args.width, "guidance": args.guidance, "schedule": args.schedule,
-                "dtype": args.dtype if args.model not in (None, "tiny") else None}
+                "dtype": args.dtype}
     settings.update(weights_digests(args))   # the same paths with retrained weights are other settings
     if args.relations:  # recorded only when given, so runs made before the option still resume
         settings["relations"] = args.relations
@@ -313,8 +316,9 @@ def _canonical_classifier(value: str | None, model: str | None) -> str | None:
 
 
 def _spelled_as_before(out: str, settings: dict) -> dict:
-    """``settings`` with the earlier run's spelling of each path setting that names the same thing
-    (runs recorded before paths were made absolute resume as they did)."""
+    """``settings`` with the earlier run's spelling of each setting that names the same thing (runs
+    recorded before paths were made absolute, dtypes resolved, or a reference run's capture
+    backend recorded as none, resume as they did)."""
     from l2s.errors import L2SError
     from l2s.evaluation.run_dir import read_run_file
 
@@ -324,9 +328,13 @@ def _spelled_as_before(out: str, settings: dict) -> dict:
         return settings      # a damaged run.json: refuse_changed_settings says so
     if not isinstance(earlier, dict):
         return settings
-    named = {"model": canonical_path, "prompts": canonical_path,
-             "classifier": lambda value: _canonical_classifier(value, earlier.get("model"))}
-    same = {k: earlier[k] for k, canonical in named.items() if k in earlier and canonical(earlier[k]) == settings[k]}
+    reference = earlier.get("execution") == "reference"   # its capture backend, recorded before, ran nowhere
+    named = {"model": canonical_model, "prompts": canonical_path,
+             "classifier": lambda value: _canonical_classifier(value, earlier.get("model")),
+             "capture_backend": lambda value: None if reference else value,
+             "dtype": lambda value: settings["dtype"] if value in (None, "auto") else value}   # unresolved before
+    same = {k: earlier[k] for k, canonical in named.items()
+            if k in earlier and k in settings and canonical(earlier[k]) == settings[k]}
     return {**settings, **same}
 
 

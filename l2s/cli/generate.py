@@ -15,11 +15,11 @@ from pathlib import Path
 from l2s.errors import L2SError, UsageError
 from l2s.files import atomic_write_json
 
-from .batches import (NOT_IMAGE_SETTINGS, folders_line, image_settings, labelled_prompts, path_settings, seeds_of,
-                      unset_defaults)
+from .batches import (NOT_IMAGE_SETTINGS, compared_settings, folders_line, image_settings, labelled_prompts,
+                      seeds_of, unset_defaults)
 from .checks import check_sampling_args
 from .models import (add_model_args, add_sampling_args, add_speed_args, check_family_options, check_image_size,
-                     check_model_dtype, load_steerer, weights_digests)
+                     check_model_dtype, load_steerer, resolve_dtype, weights_digests)
 from .options import add_device_arg, add_dtype_arg, add_threads_arg, out_text, use_threads
 from .outputs import wrote_line
 from .relations import add_relations_arg, given_parse, parse_relations, steer_given_relations
@@ -90,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
     check_image_size(args)
     check_family_options(args)
     check_model_dtype(args)
+    resolve_dtype(args)                # recorded as what loads: fp32 on a CPU, not auto
     positive_int(args.batch_size, "--batch-size")
     use_threads(args)
     jobs = image_jobs(prompts, seeds)
@@ -158,6 +159,7 @@ def _generate(args: argparse.Namespace, prompt: str, relations, started: float) 
     several = earlier_outputs(args.out, several=True)
     if several and not args.restart:   # one image replaces one image, never an earlier run of many
         refuse_earlier(Path(args.out), f"an earlier run of several images ({', '.join(several)})")
+    settings = {**image_settings(args), **weights_digests(args)}   # as index.json keeps several images'
     steerer, source = _load(args, relations)
     recorder = MapRecorder(steerer) if args.save_maps else None
     out = Path(args.out)
@@ -167,6 +169,7 @@ def _generate(args: argparse.Namespace, prompt: str, relations, started: float) 
         _say("shapes detector, GenEval rule: " + "; ".join(
             f"{name}.png {'shows' if holds else 'does not show'} the prompt's relations"
             for name, holds in report["verdict"].items()))
+    report["settings"] = settings      # the options that made it: a rerun with them makes it again
     report["timings_s"]["command_total"] = time.perf_counter() - started
     atomic_write_json(out / "report.json", report)
     print(wrote_line(out, written + ["report.json"]), file=sys.stderr)
@@ -191,7 +194,7 @@ def _generate_many(args: argparse.Namespace, relations, jobs, started: float) ->
 
     out, settings = Path(args.out), {**image_settings(args), **weights_digests(args)}
     resume = open_image_run(out, jobs, settings, args.restart, unset_means=unset_defaults(),
-                            not_compared=frozenset(NOT_IMAGE_SETTINGS), canonical=path_settings())
+                            not_compared=frozenset(NOT_IMAGE_SETTINGS), canonical=compared_settings(args))
     if resume.finished:
         _say(f"all {len(jobs)} images are already in {out} (same prompts, seeds and settings); "
              "--restart makes them again")

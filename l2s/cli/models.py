@@ -155,13 +155,32 @@ def model_folder(args: argparse.Namespace):
     return folder if Path(folder).is_dir() else None
 
 
-def check_model_dtype(args: argparse.Namespace) -> None:
-    """``--dtype`` loads a model folder in that precision; the shipped and tiny models are built
-    in fp32, so another value there is refused rather than silently ignored."""
+def check_model_dtype(args: argparse.Namespace, tiny_names: tuple[str, ...] = ("tiny",)) -> None:
+    """``--dtype`` loads a model folder in that precision; the shipped model and the tiny ones
+    (``tiny_names``, built in code) are built in fp32, so another value there is refused rather
+    than silently ignored."""
     dtype = getattr(args, "dtype", "auto")
-    if args.model in (None, "tiny") and dtype not in ("auto", "fp32"):
-        which = "the tiny demo model" if args.model == "tiny" else "the shipped shapes model"
+    if (args.model is None or args.model in tiny_names) and dtype not in ("auto", "fp32"):
+        which = "the shipped shapes model" if args.model is None else \
+            "the tiny demo model" if args.model == "tiny" else f"the tiny demo model {args.model!r}"
         raise UsageError(f"--dtype {dtype}: {which} runs in fp32 only (--dtype applies to --model PATH)")
+
+
+def resolve_dtype(args: argparse.Namespace) -> str:
+    """``args.dtype`` with ``auto`` resolved (and kept) to what the weights load in, so that runs
+    record it: fp32 for the shipped and tiny models, else the published dtype of the model's
+    family on this run's device."""
+    from l2s.pipelines.loading import folder_family
+
+    from .options import default_device, dtype_name
+
+    if args.model in (None, "tiny"):
+        args.dtype = "fp32"            # built in fp32 (check_model_dtype refuses another)
+        return args.dtype
+    folder = model_folder(args)
+    family = folder_family(folder) if folder is not None else None
+    args.dtype = dtype_name(args.dtype, args.device or default_device(), family)
+    return args.dtype
 
 
 def check_image_size(args: argparse.Namespace) -> None:

@@ -14,7 +14,7 @@ from l2s.distributed import output_lock, world
 from l2s.relations import DIAGONAL, DIAGONAL_CLASSES, DIRECTIONAL, PUBLISHED_CLASSES
 
 from .help import command_parser
-from .options import (LONG_NAMES, add_device_arg, add_dtype_arg, add_threads_arg, canonical_path, flag_of, out_text,
+from .options import (LONG_NAMES, add_device_arg, add_dtype_arg, add_threads_arg, canonical_model, flag_of, out_text,
                       resolve_device, torch_dtype, use_threads)
 from .outputs import log_to_stderr, say_error
 
@@ -39,19 +39,20 @@ def _load_pipe(model: str, device: str, dtype: str):
 
 
 def _recorded_model(args: argparse.Namespace) -> str:
-    """``--model`` as the dataset records it: a folder by its absolute path (``flux``, ``./flux/`` and a
-    symlink to it are one model, and 'l2s train' names that path), or as the dataset in ``--out``
-    spelled the same folder when an earlier version made it (so that it resumes)."""
+    """``--model`` as the dataset records it: a folder by its absolute path (``flux``, ``./flux/``, a
+    symlink to it and a hub id of the local cache are one model, and 'l2s train' names that path), or
+    as the dataset in ``--out`` spelled the same folder when an earlier version made it (so that it
+    resumes)."""
     if args.model in _TINY_MODELS:
         return args.model
     from l2s.training import load_dataset_meta
 
-    name = canonical_path(args.model)
+    name = canonical_model(args.model)
     try:
         earlier = load_dataset_meta(args.out)["settings"]["model"]
     except (L2SError, KeyError, TypeError):
         return name
-    return earlier if isinstance(earlier, str) and canonical_path(earlier) == name else name
+    return earlier if isinstance(earlier, str) and canonical_model(earlier) == name else name
 
 
 def build_make_data_parser() -> argparse.ArgumentParser:
@@ -117,6 +118,7 @@ def _check_make_data_args(args: argparse.Namespace) -> None:
     from l2s.devices import check_device
 
     from .checks import check_input_paths
+    from .models import check_model_dtype
 
     check_make_data_options(dtype=LONG_NAMES[args.map_dtype], val_fraction=args.val_fraction,
                             shard_size=args.shard_size, steps=args.steps, size=args.size, limit=args.limit, min_psnr=args.min_psnr,
@@ -125,6 +127,7 @@ def _check_make_data_args(args: argparse.Namespace) -> None:
     if not 0.0 <= args.max_iou <= 1.0:
         raise L2SError(f"--max-iou must be in [0, 1], got {args.max_iou}")
     check_device(resolve_device(args), flag_of())
+    check_model_dtype(args, _TINY_MODELS)
     check_input_paths(args.annotations, "--annotations")
     if args.images is not None:
         check_input_paths(args.images, "--images", folder=True)

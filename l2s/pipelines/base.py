@@ -201,6 +201,12 @@ class SteeringPipeline:
     def capture_backend(self, backend: str) -> None:
         self.objective.capture_backend = checked_capture_backend(backend, self.mode)
 
+    @property
+    def capture_backend_in_use(self) -> str | None:
+        """What steered passes compute maps with: ``capture_backend``, or None in the reference mode
+        (its explicit attention, as published); what reports record."""
+        return self.objective.backend_in_use
+
     def map_channels(self) -> int:
         """Maps per object this model provides (captured layers x heads)."""
         return self.objective.map_channels()
@@ -332,11 +338,13 @@ class SteeringPipeline:
             for i, p in enumerate(plans)]
         first = plan if plans is None else plans[0]
         doubts = call_warnings(self, height, width) if schedule is not None else []
+        sampling = {"num_inference_steps": steps, **self.resolved_sampling(height, width, guidance_scale),
+                    **self.sampling_options()}      # what sampled the images: a rerun with it makes them again
         return SteeringResult(images=images, plan=first, schedule=schedule,
                               diagnostics=diagnostics, timings=timings,
                               engine={"name": engine.name, "reason": engine.reason} if engine else None,
-                              sampling=self.sampling_options(),
-                              execution={"mode": self.mode.name, "capture_backend": self.capture_backend},
+                              sampling=sampling,
+                              execution={"mode": self.mode.name, "capture_backend": self.capture_backend_in_use},
                               outcome=outcomes[0] if outcomes else steering_outcome(plan, schedule, diagnostics, steer),
                               plans=plans, outcomes=outcomes, warnings=doubts)
 
@@ -376,6 +384,11 @@ class SteeringPipeline:
     def sampling_options(self) -> dict:
         """Sampling options of this wrapper beyond the call's arguments (recorded in reports)."""
         return {}
+
+    def resolved_sampling(self, height: int | None, width: int | None, guidance_scale: float | None) -> dict:
+        """A call's ``height``, ``width`` and ``guidance_scale`` with this model's defaults in place of
+        None, as it samples them (recorded in reports: a rerun with them makes the same image)."""
+        return {"height": height, "width": width, "guidance_scale": guidance_scale}
 
     def map_tokenizer(self):
         raise NotImplementedError

@@ -196,8 +196,7 @@ class FluxSteeringPipeline(SteeringPipeline):
         height, width = self._image_size(height, width)
         self._check_engine()
         self._drop_stale_engines()
-        if guidance_scale is None:
-            guidance_scale = 3.5 if self.family == "flux-dev" else 0.0
+        guidance_scale = self._guidance_scale(guidance_scale)
         text, negative, text_ids = self._encode(prompt, num_images)
         latents, image_ids = self.pipe.prepare_latents(
             num_images, self.pipe.transformer.config.in_channels // 4, height, width,
@@ -227,6 +226,17 @@ class FluxSteeringPipeline(SteeringPipeline):
             check_engine_request(self.engine_kind, self.device, self.pipe.transformer.dtype)
         except EngineError as error:
             raise UsageError(str(error)) from None
+
+    def resolved_sampling(self, height: int | None, width: int | None, guidance_scale: float | None) -> dict:
+        height, width = self._image_size(height, width)
+        embedded = self.pipe.transformer.config.guidance_embeds   # without the embedding no guidance is read
+        return {"height": height, "width": width,
+                "guidance_scale": self._guidance_scale(guidance_scale) if embedded else None}
+
+    def _guidance_scale(self, guidance_scale: float | None) -> float:
+        if guidance_scale is None:
+            return 3.5 if self.family == "flux-dev" else 0.0
+        return guidance_scale
 
     def _image_size(self, height: int | None, width: int | None) -> tuple[int, int]:
         height = height or self.default_size()

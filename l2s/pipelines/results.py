@@ -14,8 +14,10 @@ class SteeringResult:
     diagnostics: SteeringDiagnostics
     timings: dict[str, float]
     engine: dict | None = None        # the plain-step engine used: {"name", "reason"}
-    sampling: dict = field(default_factory=dict)  # model-specific sampling options in effect
-    execution: dict = field(default_factory=dict)  # how steered steps ran: {"mode", "capture_backend"}
+    sampling: dict = field(default_factory=dict)  # steps, size, guidance and model-specific options in effect
+    # How steered steps ran: {"mode", "capture_backend"}; the backend None where the mode has its own
+    # capture (reference).
+    execution: dict = field(default_factory=dict)
     outcome: SteeringOutcome | None = None  # what steering did (a batch: the first image's; see ``outcomes``)
     plans: list[SteeringPlan] | None = None          # a batch of prompts: one plan per image
     outcomes: list[SteeringOutcome] | None = None    # ... and what steering did to each

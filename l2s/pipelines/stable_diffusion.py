@@ -30,14 +30,17 @@ class SDSteeringPipeline(SteeringPipeline):
     def default_steps(self) -> int:
         return 50
 
+    def resolved_sampling(self, height: int | None, width: int | None, guidance_scale: float | None) -> dict:
+        side = self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
+        return {"height": height or side, "width": width or side,
+                "guidance_scale": 7.5 if guidance_scale is None else guidance_scale}
+
     @torch.no_grad()
     def generate(self, prompt, plan, *, steps, height, width, guidance_scale, seed, num_images,
                  schedule, diagnostics, latents, progress):
         pipe, device = self.pipe, self.device
-        height = height or pipe.unet.config.sample_size * pipe.vae_scale_factor
-        width = width or pipe.unet.config.sample_size * pipe.vae_scale_factor
-        if guidance_scale is None:
-            guidance_scale = 7.5
+        resolved = self.resolved_sampling(height, width, guidance_scale)
+        height, width, guidance_scale = resolved["height"], resolved["width"], resolved["guidance_scale"]
         per_prompt = num_images if isinstance(prompt, str) else 1   # a list: one image per prompt
         cond, uncond = pipe.encode_prompt(prompt, device, per_prompt, guidance_scale > 1.0)
         pipe.scheduler.set_timesteps(steps, device=device)

@@ -126,6 +126,12 @@ class SteeringObjective:
         layout = self.classifier.config.layer_layout
         return [entry[0] for entry in layout] if layout else None
 
+    @property
+    def backend_in_use(self) -> str | None:
+        """The capture backend this mode computes its maps with; None where the mode captures them
+        its own way (reference: explicit attention, as the published code), whatever was set."""
+        return self.capture_backend if self.mode.capture_cls is AttentionCapture else None
+
     def new_capture(self) -> AttentionCapture:
         """A capture for this mode, to install with ``with``; it runs only the layers it needs."""
         if self.mode.capture_cls is AttentionCapture:

@@ -33,7 +33,7 @@ from .layers import first_layers_capture
 from .options import check_make_data_options
 from .samples import Job, invert_chunk
 from .sources import RelationSample
-from .store import REDO, SKIPPED_FILE, committed_rows, dataset_meta, read_progress
+from .store import REDO, SKIPPED_FILE, committed_rows, dataset_meta, load_dataset_meta, read_progress
 from .writer import DatasetWriter
 
 
@@ -136,8 +136,21 @@ def make_dataset(
             store_steps=list(store), size=size, dual=dual, seed=seed, val_fraction=val_fraction,
             shard_size=shard_size, dtype=dtype, min_psnr=min_psnr, gamma=gamma, eta=eta,
             num_iter=num_iter, map_size=map_size, max_sequence_length=max_sequence_length,
-            **({} if layers is None else {"layers": int(layers)})))
+            **({} if layers is None else {"layers": int(layers)}), **_weights_dtype(pipe, out_dir, restart)))
     return replace(dataset_summary(out_dir), samples_resumed=resumed)
+
+
+def _weights_dtype(pipe, out_dir: Path, restart: bool) -> dict:
+    """``{"weights_dtype": "bfloat16"}``: what the denoiser ran in (maps of another precision are
+    other data); nothing for a dataset in ``out_dir`` made before it was recorded, so it resumes."""
+    recorded = {"weights_dtype": str(denoiser(pipe).dtype).removeprefix("torch.")}
+    if restart:
+        return recorded
+    try:
+        earlier = load_dataset_meta(out_dir).get("settings")
+    except L2SError:                   # a new folder, or one the writer says is damaged
+        return recorded
+    return {} if isinstance(earlier, dict) and "weights_dtype" not in earlier else recorded
 
 
 def _image_side(pipe, size: int | None, spelled: Callable[[str], str]) -> int:

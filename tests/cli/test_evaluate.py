@@ -216,6 +216,63 @@ def test_eval_resumes_and_refuses_other_settings(tiny_run, tmp_path, capsys, mon
 
 
 
+def test_a_reference_eval_records_no_capture_backend_and_older_records_still_resume(tmp_path, capsys):
+    out = tmp_path / "ref"
+    argv = TINY_RUN[:6] + ["1"] + TINY_RUN[7:] + ["--mode", "steered", "--execution", "reference", "--out", str(out)]
+    code, _, err = run(argv, capsys)
+    assert code == 0, err
+    run_file = out / "run.json"
+    recorded = json.loads(run_file.read_text())
+    assert recorded["generation"]["capture_backend"] is None     # its own explicit attention ran, not sdpa
+    assert json.loads((out / "summary.json").read_text())["settings"]["capture_backend"] is None
+    recorded["generation"]["capture_backend"] = "sdpa"           # as written before
+    run_file.write_text(json.dumps(recorded))
+    code, _, err = run(argv, capsys)
+    assert code == 0 and "already scored" in err, err
+    assert json.loads(run_file.read_text())["generation"]["capture_backend"] == "sdpa"   # kept as it was
+
+
+def test_eval_records_the_dtype_resolved_and_older_unresolved_records_still_resume(tiny_run, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run, out)
+    run_file = out / "run.json"
+    assert json.loads(run_file.read_text())["generation"]["dtype"] == "fp32"   # what loaded, not auto or null
+    code, _, err = run(TINY_RUN + ["--dtype", "fp32", "--out", str(out)], capsys)
+    assert code == 0 and "already scored" in err, err
+    for before in (None, "auto"):              # the tiny model's as recorded before, and a --model PATH's
+        recorded = json.loads(run_file.read_text())
+        recorded["generation"]["dtype"] = before
+        run_file.write_text(json.dumps(recorded))
+        code, _, err = run(TINY_RUN + ["--out", str(out)], capsys)
+        assert code == 0 and "already scored" in err, (before, err)
+
+
+def test_eval_takes_a_hub_id_and_its_snapshot_folder_for_one_model(hub_cache, tmp_path, capsys):
+    from l2s.demo import tiny_classifier_for, tiny_flux_pipeline
+    from l2s.pipelines.loading import save_pipeline
+
+    repo, commit = hub_cache / "models--someone--tiny-flux", "89abcdef0123456789abcdef0123456789abcdef"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    pipe = tiny_flux_pipeline(seed=0)
+    save_pipeline(pipe, repo / "snapshots" / commit)
+    tiny_classifier_for(pipe, seed=0).save(tmp_path / "classifier")
+    out = tmp_path / "run"
+    argv = ["eval", "--prompts", "shapes", "--n-prompts", "1", "--seeds", "0", "--steps", "1", "--mode", "base",
+            "--quiet", "--classifier", str(tmp_path / "classifier"), "--out", str(out), "--model"]
+    code, _, err = run(argv + ["someone/tiny-flux"], capsys)
+    assert code == 0, err
+    snapshot = str((repo / "snapshots" / commit).resolve())
+    assert json.loads((out / "run.json").read_text())["generation"]["model"] == snapshot   # what loaded
+    code, _, err = run(argv + [snapshot], capsys)
+    assert code == 0 and "already scored" in err, err
+    recorded = json.loads((out / "run.json").read_text())     # as typed, before hub ids were resolved
+    recorded["generation"]["model"] = "someone/tiny-flux"
+    (out / "run.json").write_text(json.dumps(recorded))
+    code, _, err = run(argv + [snapshot], capsys)
+    assert code == 0 and "already scored" in err, err
+
+
 def test_eval_grows_its_prompt_set_and_keeps_the_images_it_has(tiny_run, tmp_path, capsys):
     out = tmp_path / "run"
     shutil.copytree(tiny_run, out)

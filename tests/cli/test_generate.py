@@ -91,7 +91,11 @@ def test_true_cfg_reaches_the_flux_pipeline_and_is_refused_for_sd(saved, capsys,
                         "--true-cfg", "2", "--out", str(tmp_path / "flux"), "--quiet", "--no-baseline"], capsys)
     assert code == 0, err
     report = json.loads((tmp_path / "flux" / "report.json").read_text())
-    assert report["sampling"] == {"true_cfg_scale": 2.0, "negative_prompt": ""}
+    assert report["sampling"] == {"num_inference_steps": 4, "height": 32, "width": 32, "guidance_scale": None,
+                                  "true_cfg_scale": 2.0, "negative_prompt": ""}
+    assert (report["settings"]["model"], report["settings"]["classifier"]) == (str((saved / "pipe").resolve()),
+                                                                           str((saved / "good").resolve()))
+    assert report["settings"]["true_cfg"] == 2.0 and "model_digest" in report["settings"]
     sd = tiny_sd_pipeline(seed=0)
     save_pipeline(sd, tmp_path / "sd")
     tiny_classifier_for(sd, seed=0).save(tmp_path / "sd_clf")
@@ -149,6 +153,10 @@ def test_schedule_capture_backend_and_engine_reach_the_pipeline(tmp_path, capsys
     assert report["plain_step_engine"]["name"] == "eager"
     assert "requested explicitly" in report["plain_step_engine"]["reason"]
     assert report["execution"] == {"mode": "fast", "capture_backend": "native"}
+    settings = report["settings"]        # the options that made it, as index.json keeps several images'
+    assert {k: settings[k] for k in ("model", "schedule", "steps", "capture_backend", "engine", "dtype", "device")} \
+        == {"model": "tiny", "schedule": "front-loaded", "steps": 10, "capture_backend": "native", "engine": "eager",
+            "dtype": "fp32", "device": "cpu"}
 
 
 def test_execution_mode_reaches_the_pipeline_and_impossible_ones_are_refused_first(tmp_path, capsys, monkeypatch):
@@ -159,6 +167,7 @@ def test_execution_mode_reaches_the_pipeline_and_impossible_ones_are_refused_fir
     assert code == 0, err
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert report["execution"]["mode"] == "reference" and report["plain_step_engine"]["name"] == "eager"
+    assert report["execution"]["capture_backend"] is None       # its own explicit attention, not sdpa
     monkeypatch.setattr(l2s.cli.generate, "load_steerer", lambda *a, **k: pytest.fail("loaded a model"))
     for extra, said in ((["--execution", "reference", "--engine", "compile"],
                          "--execution reference runs every step eagerly, as published: --engine compile needs a "

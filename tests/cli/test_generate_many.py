@@ -350,6 +350,60 @@ def test_naming_a_default_or_other_threads_still_resumes_and_older_records_do_to
     assert code == 2 and "(capture_backend: sdpa -> native)" in lines[-1], lines
 
 
+def test_a_reference_run_records_no_capture_backend_and_older_records_still_resume(tmp_path, capsys):
+    out = tmp_path / "o"
+    argv = ["generate", PROMPTS[0], "--seeds", "0-1", "--steps", "1", "--no-baseline", "--execution", "reference",
+            "--out", str(out), *TINY]
+    assert run(argv, capsys)[0] == 0
+    index = json.loads((out / "index.json").read_text())
+    assert index["settings"]["capture_backend"] is None
+    assert all(json.loads((out / f / "report.json").read_text())["execution"]["capture_backend"] is None
+               for f in ("p00-s0000", "p00-s0001"))
+    done = f"l2s: all 2 images are already in {out}"
+    assert run(argv + ["--capture-backend", "sdpa"], capsys)[1][-1].startswith(done)
+    index["settings"]["capture_backend"] = "sdpa"            # as recorded before: the backend it never ran
+    (out / "index.json").write_text(json.dumps(index))
+    assert run(argv, capsys)[1][-1].startswith(done)
+
+
+def test_the_dtype_is_recorded_resolved_and_auto_resumes_what_it_stands_for(tmp_path, capsys):
+    out = tmp_path / "o"
+    argv = ["generate", PROMPTS[0], "--seeds", "0-1", "--steps", "1", "--no-steer", "--out", str(out), *TINY]
+    assert run(argv, capsys)[0] == 0
+    index = json.loads((out / "index.json").read_text())
+    assert index["settings"]["dtype"] == "fp32"          # what loaded, not "auto"
+    done = f"l2s: all 2 images are already in {out}"
+    assert run(argv + ["--dtype", "fp32"], capsys)[1][-1].startswith(done)   # the same weights
+    index["settings"]["dtype"] = "auto"                    # as recorded before dtypes were resolved
+    (out / "index.json").write_text(json.dumps(index))
+    assert run(argv, capsys)[1][-1].startswith(done)
+    assert run(argv + ["--dtype", "fp32"], capsys)[1][-1].startswith(done)
+
+
+def test_a_hub_id_and_its_snapshot_folder_are_one_model(hub_cache, tmp_path, capsys):
+    from l2s.demo import tiny_classifier_for, tiny_flux_pipeline
+    from l2s.pipelines.loading import save_pipeline
+
+    repo, commit = hub_cache / "models--someone--tiny-flux", "89abcdef0123456789abcdef0123456789abcdef"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    pipe = tiny_flux_pipeline(seed=0)
+    save_pipeline(pipe, repo / "snapshots" / commit)
+    tiny_classifier_for(pipe, seed=0).save(tmp_path / "classifier")
+    out = tmp_path / "o"
+    argv = ["generate", PROMPTS[0], "--seeds", "0-1", "--steps", "1", "--no-steer", "--quiet", "--out", str(out),
+            "--classifier", str(tmp_path / "classifier"), "--model"]
+    assert run(argv + ["someone/tiny-flux"], capsys)[0] == 0
+    snapshot = str((repo / "snapshots" / commit).resolve())
+    assert json.loads((out / "index.json").read_text())["settings"]["model"] == snapshot   # what loaded
+    done = f"l2s: all 2 images are already in {out}"
+    assert run(argv + [snapshot], capsys)[1][-1].startswith(done)
+    index = json.loads((out / "index.json").read_text())      # recorded as typed, before hub ids were resolved
+    index["settings"]["model"] = "someone/tiny-flux"
+    (out / "index.json").write_text(json.dumps(index))
+    assert run(argv + [snapshot], capsys)[1][-1].startswith(done)
+
+
 def test_the_last_line_names_what_only_some_folders_hold(tmp_path, capsys):
     """An unsteered prompt's folder holds no comparison: the line does not claim every folder has one."""
     out = tmp_path / "mixed"

@@ -50,11 +50,36 @@ def test_make_data_dtype_is_the_weights_and_map_dtype_the_storage(capsys):
         build_make_data_parser().parse_args(MAKE_DATA + ["--dtype", "int8"])
 
 
+@pytest.mark.parametrize("model, said", [("tiny", "the tiny demo model"), ("tiny-sd", "the tiny demo model 'tiny-sd'")])
+def test_make_data_refuses_a_dtype_its_tiny_models_would_ignore(model, said, tmp_path, capsys):
+    from l2s.cli.training import make_data_main
+
+    argv = ["--source", "pairs", "--annotations", str(tmp_path / "pairs.jsonl"), "--out", str(tmp_path / "maps")]
+    assert make_data_main(argv + ["--model", model, "--dtype", "bf16"]) == 2   # they are built in fp32
+    assert capsys.readouterr().err.strip() == (f"l2s: error: --dtype bf16: {said} runs in fp32 only (--dtype "
+                                               "applies to --model PATH)")
+    assert not (tmp_path / "maps").exists()
+
+
 def test_auto_dtype_is_the_published_one_on_gpus_and_fp32_on_cpu():
     assert torch_dtype("auto", "cpu", "flux") == torch.float32
     assert torch_dtype("auto", "cuda", "flux") == torch.bfloat16
     assert torch_dtype("auto", "cuda:1", "sd") == torch.float32  # SD was published in fp32
     assert torch_dtype("fp16", "cpu", "sd") == torch.float16
+
+
+@pytest.mark.parametrize("pipeline, device, given, resolved", [
+    (None, "cpu", "auto", "fp32"), ("tiny", "cuda", "auto", "fp32"),         # built in fp32 wherever they run
+    ("FluxPipeline", "cpu", "auto", "fp32"), ("FluxPipeline", "cuda", "auto", "bf16"),
+    ("StableDiffusionPipeline", "cuda:1", "auto", "fp32"), ("FluxPipeline", "cuda", "fp16", "fp16")])
+def test_auto_dtype_is_resolved_before_loading_as_runs_record_it(pipeline, device, given, resolved, tmp_path):
+    model = pipeline
+    if pipeline not in (None, "tiny"):
+        (tmp_path / "model_index.json").write_text(f'{{"_class_name": "{pipeline}"}}')
+        model = str(tmp_path)
+    args = parse(["generate", "a cat left of a dog", "--dtype", given, "--device", device]
+                 + ([] if model is None else ["--model", model]))
+    assert models.resolve_dtype(args) == args.dtype == resolved
 
 
 @pytest.mark.parametrize("command", [["generate", "a cat left of a dog"], ["eval"]])

@@ -321,6 +321,17 @@ def test_an_engine_the_call_cannot_run_is_refused_before_any_steering():
     assert native.mode.name == "fast"
 
 
+def test_the_reference_mode_reports_no_capture_backend(flux):
+    """Reference mode computes its maps with its own explicit attention: a report naming the fast
+    modes' backend would claim a kernel that never ran."""
+    reference = FluxSteeringPipeline(flux.pipe, flux.classifier, mode="reference")
+    assert reference.capture_backend == "sdpa" and reference.capture_backend_in_use is None
+    result = reference("a cat above a dog", num_inference_steps=1, height=32, width=32, progress=False)
+    assert result.report()["execution"] == {"mode": "reference", "capture_backend": None}
+    reference.mode = "fast"          # the backend set applies again in a fast mode
+    assert reference.capture_backend_in_use == "sdpa"
+
+
 def test_stable_diffusion_takes_the_default_engine_and_refuses_others():
     from l2s.demo import tiny_sd_pipeline
     from l2s.pipelines import wrap_pipeline
@@ -349,8 +360,25 @@ def test_true_cfg_matches_diffusers_flux_pipeline():
     assert (a - b).abs().max() <= 1.0
     c = torch.tensor(list(plain.images[0].tobytes()), dtype=torch.float)
     assert (a - c).abs().max() >= 3      # guidance changed the image (the tiny model reads text weakly)
-    assert ours.report()["sampling"] == {"true_cfg_scale": 2.5, "negative_prompt": ""}
-    assert plain.report()["sampling"] == {"true_cfg_scale": 1.0}
+    call = {"num_inference_steps": 3, "height": 32, "width": 32, "guidance_scale": None}   # schnell: no guidance read
+    assert ours.report()["sampling"] == {**call, "true_cfg_scale": 2.5, "negative_prompt": ""}
+    assert plain.report()["sampling"] == {**call, "true_cfg_scale": 1.0}
+
+
+@pytest.mark.parametrize("family", ["flux-dev", "sd"])
+def test_the_report_records_the_sampling_defaults_taken_and_they_make_the_same_image(family):
+    """Steps, size and guidance left to the model are recorded as it took them: passing them back
+    makes the same image."""
+    pipe = tiny_flux_pipeline(seed=0, guidance_embeds=True) if family == "flux-dev" else tiny_sd_pipeline(seed=0)
+    steerer = wrap_pipeline(pipe, tiny_classifier_for(pipe, seed=1))
+    first = steerer("a cat above a dog", steer=False, seed=3, num_inference_steps=2, progress=False)
+    sampling = first.report()["sampling"]
+    default = {"flux-dev": 3.5, "sd": 7.5}[family]
+    assert sampling["num_inference_steps"] == 2 and sampling["guidance_scale"] == default
+    assert sampling["height"] == sampling["width"] == first.images[0].size[0]
+    again = steerer("a cat above a dog", steer=False, seed=3, progress=False,
+                    **{k: sampling[k] for k in ("num_inference_steps", "height", "width", "guidance_scale")})
+    assert again.images[0].tobytes() == first.images[0].tobytes()
 
 
 def test_true_cfg_leaves_the_steering_loss_alone(flux):

@@ -356,6 +356,21 @@ def test_make_data_records_the_model_folder_resolved_and_resumes_under_another_s
     assert json.loads(meta.read_text())["settings"]["model"] == "flux"
 
 
+def test_the_weights_dtype_is_recorded_and_a_dataset_made_before_still_resumes(flux, images, full_run, tmp_path):
+    assert load_dataset_meta(full_run)["settings"]["weights_dtype"] == "float32"   # what the denoiser ran in
+    out = tmp_path / "older"
+    shutil.copytree(full_run, out)
+    meta, progress = out / "dataset.json", out / "progress.json"
+    recorded = json.loads(meta.read_text())          # as an earlier version wrote it: no weights dtype
+    del recorded["settings"]["weights_dtype"]
+    recorded["settings_hash"] = digest(json.dumps(recorded["settings"], sort_keys=True))[:16]
+    meta.write_text(json.dumps(recorded))
+    progress.write_text(json.dumps({**json.loads(progress.read_text()), "settings_hash": recorded["settings_hash"]}))
+    summary = make_dataset(_samples(images), flux, out, **MAKE)
+    assert summary.samples_resumed == summary.samples_done
+    assert "weights_dtype" not in load_dataset_meta(out)["settings"]
+
+
 def test_a_dataset_resized_to_another_grain_keeps_its_records_and_resizes_as_capture_does(tmp_path):
     from l2s.capture import resize_maps_for_classifier
 
