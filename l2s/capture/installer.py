@@ -25,7 +25,7 @@ from contextlib import contextmanager
 
 import torch
 from diffusers import FluxTransformer2DModel, UNet2DConditionModel
-from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
+from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0, SlicedAttnProcessor
 from diffusers.models.transformers.transformer_flux import FluxAttention, FluxAttnProcessor
 
 from l2s.errors import ClassifierMismatchError, L2SError, TokenizationError
@@ -154,7 +154,8 @@ class AttentionCapture:
             if not isinstance(original, FluxAttnProcessor):
                 raise L2SError(self._unsupported(name, original))
             return self._flux_processor_cls(name, self._state, original)
-        if not isinstance(original, (AttnProcessor2_0, AttnProcessor)):
+        # Sliced attention (enable_attention_slicing) is the same attention, computed in slices.
+        if not isinstance(original, (AttnProcessor2_0, AttnProcessor, SlicedAttnProcessor)):
             raise L2SError(self._unsupported(name, original))
         return self._unet_processor_cls(name, self._state, unet_downsamplings(model, name))
 

@@ -92,3 +92,12 @@ def test_the_shapes_world_is_one_model_whichever_folder_holds_it(schnell):
     assert base_model_warning(load_shapes_pipeline(shipped_assets().pipeline), classifier) is None
     assert base_model_warning(schnell, classifier) == (
         "the classifier was trained on maps of shapes-world but steers a flux-schnell model" + DOUBT)
+
+
+def test_the_shipped_shapes_classifier_steers_the_shipped_model_without_a_word():
+    # It records no model: a None model is no other kind (every default `l2s generate` warned).
+    from l2s.shapes import load_shapes_pipeline, shipped_assets
+
+    assets = shipped_assets()
+    classifier = RelationClassifier.load(assets.classifier)
+    assert base_model_warning(load_shapes_pipeline(assets.pipeline), classifier) is None

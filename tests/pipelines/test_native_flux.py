@@ -435,3 +435,24 @@ def test_a_classifier_of_another_models_maps_is_said_once_and_reported(stock, cl
     assert [r.getMessage() for r in caplog.records] == ["warning: " + line]
     reports = [steering.to_json() for steering in out.steering]
     assert reports[0]["warnings"] == [line] and reports[1]["warnings"] == []       # "a cup" is not steered
+
+
+def test_a_callback_sees_the_tensors_it_asked_for_as_on_the_stock_pipeline(stock, pipe):
+    from l2s.steer import custom_schedule
+
+    seen = {}
+
+    def recording(name):
+        def on_step_end(p, step, timestep, tensors):
+            seen.setdefault(name, []).append(sorted(tensors))
+            return {}
+        return on_step_end
+
+    kwargs = dict(num_inference_steps=2, callback_on_step_end_tensor_inputs=["prompt_embeds"],
+                  output_type="latent", **SIZE)
+    stock("a cat above a dog", callback_on_step_end=recording("stock"), **kwargs)
+    pipe("a cat above a dog", callback_on_step_end=recording("plain"), steer=False, **kwargs)
+    result = pipe("a cat above a dog", callback_on_step_end=recording("steered"),
+                  steering_schedule=custom_schedule(2, steered=[0, 1], iterations=1, step_size=1.0), **kwargs)
+    assert sorted({r.step for r in result.steering[0].diagnostics.records}) == [0, 1]   # step 1 from the callback
+    assert seen["steered"] == seen["plain"] == seen["stock"] == [["prompt_embeds"]] * 2

@@ -119,3 +119,39 @@ def test_a_classifier_of_flux_maps_is_refused_at_the_first_steered_call(stock):
     with pytest.raises(ClassifierMismatchError, match=r"a FLUX model, but this is a Stable Diffusion model \(sd"):
         pipe("a cat above a dog", num_inference_steps=1, **SIZE)
     pipe("a cat above a dog", num_inference_steps=1, steer=False, **SIZE)       # unsteered: nothing to refuse
+
+
+def test_a_diffusers_callback_object_runs_as_on_the_stock_pipeline(stock, pipe):
+    from diffusers.callbacks import SDCFGCutoffCallback
+
+    seen = []
+
+    class Recording(SDCFGCutoffCallback):
+        def callback_fn(self, pipeline, step_index, timestep, callback_kwargs):
+            seen.append(sorted(callback_kwargs))
+            return super().callback_fn(pipeline, step_index, timestep, callback_kwargs)
+
+    kwargs = dict(num_inference_steps=4, output_type="np", **SIZE)
+    expected = stock(PROMPTS[0], generator=torch.Generator().manual_seed(0),
+                     callback_on_step_end=SDCFGCutoffCallback(cutoff_step_ratio=0.5), **kwargs).images
+    got = pipe(PROMPTS[0], generator=torch.Generator().manual_seed(0),
+               callback_on_step_end=Recording(cutoff_step_ratio=0.5), steer=False, **kwargs).images
+    steered = pipe(PROMPTS[0], callback_on_step_end=Recording(cutoff_step_ratio=0.5), **kwargs)
+    assert np.array_equal(got, expected) and steered.steering[0].outcome.steered
+    assert seen == [["prompt_embeds"]] * 8     # its own tensor_inputs, not the latents steering adds
+
+
+def test_steers_with_attention_slicing_and_gives_the_slicing_back():
+    stock = tiny_sd_pipeline(seed=0)
+    stock.set_progress_bar_config(disable=True)
+    stock.enable_attention_slicing(1)
+    classifier = tiny_classifier_for(stock, seed=1)
+    pipe = StableDiffusionRelationSteeringPipeline.from_pipe(stock, classifier=classifier)
+    pipe.set_progress_bar_config(disable=True)
+    processors = dict(pipe.unet.attn_processors)
+    kwargs = dict(num_inference_steps=2, output_type="np", **SIZE)
+    expected = stock(PROMPTS[0], generator=torch.Generator().manual_seed(0), **kwargs).images
+    assert pipe(PROMPTS[0], generator=torch.Generator().manual_seed(0), **kwargs).steering[0].outcome.steered
+    assert all(pipe.unet.attn_processors[name] is p for name, p in processors.items())
+    assert np.array_equal(pipe(PROMPTS[0], generator=torch.Generator().manual_seed(0), steer=False, **kwargs).images,
+                          expected)

@@ -140,7 +140,8 @@ class FluxRelationSteeringPipeline(RelationSteeringMixin, FluxPipeline):
                 num_inference_steps=num_inference_steps, sigmas=sigmas, guidance_scale=guidance_scale,
                 num_images_per_prompt=1, generator=generator, latents=latents, output_type=output_type,
                 return_dict=True, joint_attention_kwargs=joint_attention_kwargs,
-                callback_on_step_end=steering_callback(callback_on_step_end, steer_at, steered_steps - {0}),
+                callback_on_step_end=steering_callback(callback_on_step_end, callback_on_step_end_tensor_inputs,
+                                                       steer_at, steered_steps - {0}),
                 callback_on_step_end_tensor_inputs=callback_inputs(callback_on_step_end,
                                                                    callback_on_step_end_tensor_inputs),
                 max_sequence_length=max_sequence_length, **kwargs)

@@ -110,7 +110,8 @@ class StableDiffusionRelationSteeringPipeline(RelationSteeringMixin, StableDiffu
                 guidance_scale=guidance_scale, negative_prompt=negative_prompt,
                 num_images_per_prompt=num_images_per_prompt, eta=eta, generator=generator, latents=latents,
                 output_type=output_type, return_dict=True, cross_attention_kwargs=cross_attention_kwargs,
-                callback_on_step_end=steering_callback(callback_on_step_end, steer_at, steered_steps - {0}),
+                callback_on_step_end=steering_callback(callback_on_step_end, callback_on_step_end_tensor_inputs,
+                                                       steer_at, steered_steps - {0}),
                 callback_on_step_end_tensor_inputs=callback_inputs(callback_on_step_end,
                                                                    callback_on_step_end_tensor_inputs),
                 **kwargs)

@@ -118,10 +118,16 @@ def checked_step_size(step_size: float | None) -> float | None:
 SteerFn = Callable[[torch.Tensor, int], torch.Tensor]
 
 
-def steering_callback(user_callback, steer: SteerFn, steered_steps: set[int]):
+def steering_callback(user_callback, tensor_inputs, steer: SteerFn, steered_steps: set[int]):
     """A ``callback_on_step_end`` that runs the user's callback, then steers the next step's latents."""
+    asked = asked_tensor_inputs(user_callback, tensor_inputs)
+
     def on_step_end(pipe, step: int, timestep, callback_kwargs: dict) -> dict:
-        outputs = dict(user_callback(pipe, step, timestep, callback_kwargs) or {}) if user_callback else {}
+        outputs = {}
+        if user_callback:
+            # Only the tensors it asked for, as stock hands them: the latents may be there for steering alone.
+            shown = {name: tensor for name, tensor in callback_kwargs.items() if name in asked}
+            outputs = dict(user_callback(pipe, step, timestep, shown) or {})
         if step + 1 in steered_steps and not pipe.interrupt:
             outputs["latents"] = steer(outputs.get("latents", callback_kwargs["latents"]), step + 1)
         return outputs
@@ -129,13 +135,18 @@ def steering_callback(user_callback, steer: SteerFn, steered_steps: set[int]):
     return on_step_end
 
 
-def callback_inputs(user_callback, tensor_inputs) -> list[str]:
-    """The tensors the stock loop hands the callback: the user's, plus the latents steering needs."""
+def asked_tensor_inputs(user_callback, tensor_inputs) -> list[str]:
+    """The tensors the user's callback asks for: a diffusers callback object names its own."""
     from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 
     if isinstance(user_callback, (PipelineCallback, MultiPipelineCallbacks)):
         tensor_inputs = user_callback.tensor_inputs
-    names = list(tensor_inputs or [])
+    return list(tensor_inputs or [])
+
+
+def callback_inputs(user_callback, tensor_inputs) -> list[str]:
+    """The tensors the stock loop hands the callback: the user's, plus the latents steering needs."""
+    names = asked_tensor_inputs(user_callback, tensor_inputs)
     return names if "latents" in names else ["latents", *names]
 
 
