@@ -175,7 +175,7 @@ def _write_dataset(items: list[RelationSample], pipe, out_dir: Path, restart: bo
         writer: list[DatasetWriter] = []  # rank 0's, the only process that commits
 
         def open_writer() -> dict[int, dict]:
-            writer.append(DatasetWriter(out_dir, dataset_meta(settings, extra), restart=restart))
+            writer.append(DatasetWriter(out_dir, dataset_meta(settings, extra), restart=restart, progress=progress))
             return writer[0].committed
 
         chunks = [items[i:i + shard_size] for i in range(0, len(items), shard_size)]
