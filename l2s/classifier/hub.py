@@ -172,6 +172,15 @@ def _card_model(config, training: dict | None) -> str:
     return model if model and not Path(model).is_absolute() else config.model_family
 
 
+def _epochs_run(training: dict) -> str:
+    """`` of 40 run`` when the record was saved after its best epoch; the best checkpoint is saved at
+    its own epoch, so there the run's epoch limit is what can be said."""
+    best, epoch, limit = training["best_epoch"], training.get("epoch"), training.get("max_epochs")
+    if isinstance(epoch, int) and isinstance(best, int) and epoch > best:
+        return f" of {epoch} run"
+    return f" of a run of at most {limit} epochs" if isinstance(limit, int) else ""
+
+
 def _layout_lines(config) -> list[str]:
     lines = [f"- {config.channels} maps per object, each resized to {config.map_size}x{config.map_size}"
              + (f" (from the model's {config.orig_map_size}x{config.orig_map_size} attention grid)"
@@ -203,7 +212,7 @@ def _training_lines(training: dict | None) -> list[str]:
                         if "train_samples" in training and "val_samples" in training else ""))
     if training.get("best_epoch") is not None:
         loss = training.get("best_val_loss")   # what "best" means: the lowest validation loss, not accuracy
-        lines.append(f"- best epoch {training['best_epoch']} of {training.get('epoch', '?')} run"
+        lines.append(f"- best epoch {training['best_epoch']}{_epochs_run(training)}"
                      + (f" (the lowest validation loss: {loss:.4f})" if isinstance(loss, (int, float)) else ""))
     accuracy = training.get("best_val_accuracy")
     lines.append(f"- validation accuracy: {accuracy:.3f}" if isinstance(accuracy, (int, float))

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 from l2s.errors import UsageError
 
+from .outputs import wrote_line
+
 if TYPE_CHECKING:
     from l2s.evaluation.image_runs import ImageJob
 
@@ -101,7 +103,8 @@ def unset_defaults() -> dict:
 
 
 def folders_line(out: Path, jobs: list[ImageJob], names: list[str], resumed: int = 0) -> str:
-    """``l2s: wrote 4 image folders p00-s0000/ to p01-s0001/ (image.png, report.json) and index.json in OUT``;
+    """``l2s: wrote 4 image folders p00-s0000/ to p01-s0001/ (image.png, report.json), index.json and
+    overview_01.png in OUT``;
     files only some folders hold (the steered images' comparison, say) are named as such; after a
     resume, how many of the folders this run made (``resumed`` were there already)."""
     span = f"{jobs[0].folder}/ to {jobs[-1].folder}/"
@@ -115,4 +118,6 @@ def folders_line(out: Path, jobs: list[ImageJob], names: list[str], resumed: int
         counts = {holding[name] for name in some}
         parts.append(f"{', '.join(some)} in {counts.pop() if len(counts) == 1 else 'some'} of them")
     files = "; ".join(parts)
-    return f"l2s: wrote {count} {span} ({files}) and index.json in {out}"
+    from l2s.evaluation.image_runs import overview_pages
+
+    return wrote_line(out, [f"{count} {span} ({files})", "index.json", *overview_pages(out)])

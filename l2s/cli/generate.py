@@ -37,10 +37,10 @@ EXAMPLES = """examples:
       --seeds 0-7 --batch-size 8 --out many/
 
 writes image.png (steered), image_unsteered.png, comparison.png, probability.png and report.json;
-several images: one folder each (many/p00-s0000/, ...) holding those files, and many/index.json
+several images: one folder each (many/p00-s0000/, ...) holding those files, many/index.json
 (written before the first batch and after every one: rerunning an interrupted command resumes after
 its finished images; a run of other prompts, seeds or settings in --out is replaced only with
---restart)."""
+--restart) and many/overview_01.png, ... (every image at a glance, 32 a page)."""
 
 
 def add_parser(sub) -> None:

@@ -80,7 +80,10 @@ def build_make_data_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="sampling steps (default: 4 schnell, 50 dev/SD)")
     p.add_argument("--store-steps", type=int, nargs="+",
                    help="step indices whose maps are stored (default: schnell 1 3; dev/SD 5 10 15 20 25 49)")
-    p.add_argument("--size", type=int, help="square image side (default: 256 schnell, 512 dev/SD)")
+    # The published grid at the model's own VAE: a tiny model's default is not 256 px.
+    p.add_argument("--size", type=int, help="square image side (default: the published token grid at this model's "
+                                            "VAE: 256 FLUX.1-schnell, 512 FLUX.1-dev / SD; tiny 32, tiny-dev and "
+                                            "tiny-sd 64)")
     p.add_argument("--no-dual", action="store_true",
                    help="invert only with the correct relation word (leakage ablation; not recommended)")
     p.add_argument("--seed", type=int, default=0, help="seeds splits, wrong-relation draws and inversion noise")

@@ -7,6 +7,7 @@ for a person (why an image is not steered, steering's warnings) go to ``say``.
 """
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,11 +16,14 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from l2s.errors import L2SError
-from l2s.files import atomic_write_json
+from l2s.files import atomic_write_bytes, atomic_write_json
 from l2s.versions import software_versions
 
-from .image_runs import MAPS_DIR, ImageJob, Resume, batches, remove_earlier_outputs, write_index
-from .pictures import probability_plot, side_by_side
+from .image_runs import MAPS_DIR, ImageJob, Resume, batches, overview_pages, remove_earlier_outputs, write_index
+from .pictures import overview_sheet, probability_plot, side_by_side
+from .records import open_rgb
+
+OVERVIEW_PAGE = 32   # images per overview page
 
 Judge = Callable[[object, str], "bool | None"]   # (image, prompt) -> holds (None: cannot judge)
 
@@ -147,7 +151,33 @@ def generate_images(steerer, jobs: list[ImageJob], out: Path, options: GenerateO
                 bar.update()
             write_index(out, source, batch_size, entries, jobs, settings,
                         resume.seconds + time.perf_counter() - started)
+    order = {job.folder: i for i, job in enumerate(jobs)}
+    write_overview(out, sorted(entries, key=lambda e: order[e["folder"]]))
     return entries, names
+
+
+def write_overview(out: Path, entries: list[dict]) -> list[str]:
+    """``overview_01.png``, ...: every image of the run in one picture per :data:`OVERVIEW_PAGE`
+    (its comparison where it has one), captioned with its folder and prompt, framed by its verdict;
+    earlier pages go first, so a smaller run leaves none behind. The names written."""
+    for stale in overview_pages(out):
+        (out / stale).unlink()
+    names = []
+    for number, start in enumerate(range(0, len(entries), OVERVIEW_PAGE), 1):
+        tiles = [_overview_tile(out, entry) for entry in entries[start:start + OVERVIEW_PAGE]]
+        names.append(f"overview_{number:02d}.png")
+        page = io.BytesIO()
+        overview_sheet(tiles).save(page, format="PNG")
+        atomic_write_bytes(out / names[-1], page.getvalue())   # a kill mid-page leaves no torn PNG
+    return names
+
+
+def _overview_tile(out: Path, entry: dict) -> tuple:
+    folder = out / entry["folder"]
+    picture = folder / "comparison.png"
+    holds = (entry.get("verdict") or {}).get("image")
+    return open_rgb(picture if picture.is_file() else folder / "image.png"), \
+        f"{entry['folder']}: {entry['prompt']}", holds
 
 
 def _images_bar(total: int, done: int, options: GenerateOptions) -> tqdm:

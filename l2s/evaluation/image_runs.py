@@ -21,6 +21,7 @@ FOLDER_PATTERN = re.compile(r"p\d+-s\d+")   # what a rerun may remove as an earl
 # does not write again, so no plot of an earlier run sits beside this run's report).
 IMAGE_OUTPUTS = ("image.png", "image_unsteered.png", "comparison.png", "probability.png", "report.json")
 MAPS_DIR = "maps"   # --save-maps grids: step_NN.png
+OVERVIEW_PATTERN = re.compile(r"overview_\d+\.png")   # a run of several images: its pages of every image
 
 
 @dataclass(frozen=True)
@@ -67,11 +68,19 @@ def image_folders(out: Path) -> list[Path]:
     return sorted(f for f in out.iterdir() if f.is_dir() and FOLDER_PATTERN.fullmatch(f.name)) if out.is_dir() else []
 
 
+def overview_pages(out: Path) -> list[str]:
+    """An earlier multi-image run's ``overview_NN.png`` pages in ``out``, sorted."""
+    out = Path(out)
+    return sorted(f.name for f in out.iterdir() if f.is_file() and OVERVIEW_PATTERN.fullmatch(f.name)) \
+        if out.is_dir() else []
+
+
 def earlier_outputs(out: Path, several: bool = False) -> list[str]:
     """What an earlier run left in ``out`` (names; ``several``: only a multi-image run's)."""
     out = Path(out)
     names = [name for name in (INDEX_FILE, *(() if several else IMAGE_OUTPUTS)) if (out / name).exists()]
-    folders = [f.name + "/" for f in image_folders(out)]
+    pages, folders = overview_pages(out), [f.name + "/" for f in image_folders(out)]
+    names += pages[:1] + [f"... {len(pages)} overview pages"] if len(pages) > 1 else pages
     return names + (folders[:1] + [f"... {len(folders)} image folders"] if len(folders) > 1 else folders)
 
 
@@ -80,7 +89,8 @@ def remove_earlier_outputs(out: Path) -> None:
     line says what went)."""
     out = Path(out)
     maps = [f"{MAPS_DIR}/{p.name}" for p in sorted((out / MAPS_DIR).glob("step_*.png"))]  # ours only: a user's stay
-    remove_outputs(out, [INDEX_FILE, *IMAGE_OUTPUTS, *maps, *(f.name for f in image_folders(out))],
+    folders = [f.name for f in image_folders(out)]
+    remove_outputs(out, [INDEX_FILE, *IMAGE_OUTPUTS, *maps, *overview_pages(out), *folders],
                    "replacing an earlier run's images")
     try:
         (out / MAPS_DIR).rmdir()

@@ -26,27 +26,51 @@ def contact_sheet(images: Sequence[Image.Image], results: Sequence[ImageResult],
         raise ValueError("contact_sheet needs at least one image")
     scales = [256 / max(img.size) if scale is None else scale for img in images]
     font = ImageFont.load_default()
-    border, text_lines, line_height = 4, 4, 12
-    cell_w = max(round(img.width * s) for img, s in zip(images, scales)) + 2 * border
-    cell_h = max(round(img.height * s) for img, s in zip(images, scales)) + 2 * border + text_lines * line_height + 4
-    columns = max(1, min(columns, len(images)))
-    rows = math.ceil(len(images) / columns)
-    sheet = Image.new("RGB", (columns * cell_w, rows * cell_h), (255, 255, 255))
-    draw = ImageDraw.Draw(sheet)
-    chars_per_line = max(8, int(cell_w / 6.5))
-    for i, (image, result, image_scale) in enumerate(zip(images, results, scales)):
-        x0, y0 = (i % columns) * cell_w, (i // columns) * cell_h
-        tile = _boxed_tile(image, result, image_scale, font)
-        edge = (0, 170, 0) if result.correct else (210, 0, 0)
-        draw.rectangle([x0, y0, x0 + tile.width + 2 * border - 1, y0 + tile.height + 2 * border - 1], fill=edge)
-        sheet.paste(tile, (x0 + border, y0 + border))
-        caption = textwrap.wrap(f"{result.prompt} [{result.reason}]", chars_per_line)[:text_lines]
-        for k, line in enumerate(caption):
-            draw.text((x0 + 2, y0 + tile.height + 2 * border + 2 + k * line_height), line, fill=(0, 0, 0), font=font)
+    cells = [(_boxed_tile(image, result, image_scale, font), f"{result.prompt} [{result.reason}]",
+              _PASS if result.correct else _FAIL) for image, result, image_scale in zip(images, results, scales)]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path, format="PNG")
+    captioned_grid(cells, columns, text_lines=4).save(path, format="PNG")
     return path
+
+
+_PASS, _FAIL, _UNJUDGED = (0, 170, 0), (210, 0, 0), (160, 160, 160)
+
+
+def captioned_grid(cells: Sequence[tuple[Image.Image, str, tuple]], columns: int, text_lines: int) -> Image.Image:
+    """``(picture, caption, border colour)`` cells in rows of ``columns``: each picture framed in its
+    colour, its caption wrapped underneath (at most ``text_lines`` lines)."""
+    font = ImageFont.load_default()
+    border, line_height = 4, 12
+    cell_w = max(picture.width for picture, _, _ in cells) + 2 * border
+    cell_h = max(picture.height for picture, _, _ in cells) + 2 * border + text_lines * line_height + 4
+    columns = max(1, min(columns, len(cells)))
+    sheet = Image.new("RGB", (columns * cell_w, math.ceil(len(cells) / columns) * cell_h), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    chars_per_line = max(8, int(cell_w / 6.5))
+    for i, (picture, caption, edge) in enumerate(cells):
+        x0, y0 = (i % columns) * cell_w, (i // columns) * cell_h
+        draw.rectangle([x0, y0, x0 + picture.width + 2 * border - 1, y0 + picture.height + 2 * border - 1], fill=edge)
+        sheet.paste(picture, (x0 + border, y0 + border))
+        for k, line in enumerate(textwrap.wrap(caption, chars_per_line)[:text_lines]):
+            draw.text((x0 + 2, y0 + picture.height + 2 * border + 2 + k * line_height), line, fill=(0, 0, 0),
+                      font=font)
+    return sheet
+
+
+def overview_sheet(tiles: Sequence[tuple[Image.Image, str, bool | None]], columns: int = 4,
+                   height: int = 160) -> Image.Image:
+    """``(picture, caption, holds)`` tiles scaled to ``height`` px in one grid: a green border where a
+    judge found the prompt's relations, red where it did not, grey where nothing judged."""
+    cells = [(_scaled_to(picture, height), caption, _UNJUDGED if holds is None else _PASS if holds else _FAIL)
+             for picture, caption, holds in tiles]
+    return captioned_grid(cells, columns, text_lines=2)
+
+
+def _scaled_to(picture: Image.Image, height: int) -> Image.Image:
+    """Enlarged by pixel repetition (crisp shapes), shrunk by averaging (readable labels)."""
+    size = (max(1, round(picture.width * height / picture.height)), height)
+    return picture.resize(size, Image.NEAREST if height >= picture.height else Image.BOX)
 
 
 def _boxed_tile(image: Image.Image, result: ImageResult, scale: float, font) -> Image.Image:

@@ -55,14 +55,16 @@ class DatasetSummary:
     made_of: str = ""   # what the samples are, when a maker knows ("16 scenes + 2 neutral 'is' samples")
 
     def line(self) -> str:
-        """``l2s: 3054 records (a map stack per stored step and prompt) from 509 samples (0 skipped;
-        train 2598, val 456) in OUT`` and, after a resume, how many samples were there before."""
-        splits = "".join(f", {name} {count}" for name, count in sorted(self.split_records.items()))
+        """``l2s: 3054 records (a map stack per stored step and prompt; train 2598, val 456) from 509
+        samples (0 skipped) in OUT`` and, after a resume, how many samples were there before. The
+        split counts stand beside the records they count, not the samples."""
+        splits = ", ".join(f"{name} {count}" for name, count in sorted(self.split_records.items()))
+        splits = f"; {splits}" if splits else ""
         resumed = (f"; {self.samples_resumed} of them an earlier run had made (resumed)"
                    if self.samples_resumed else "")
         made_of = f"{self.made_of}; " if self.made_of else ""
-        return (f"l2s: {self.records} records (a map stack per stored step and prompt) from {self.samples_done} "
-                f"samples ({made_of}{self.skipped} skipped{splits}) in {self.out_dir}{resumed}")
+        return (f"l2s: {self.records} records (a map stack per stored step and prompt{splits}) from "
+                f"{self.samples_done} samples ({made_of}{self.skipped} skipped) in {self.out_dir}{resumed}")
 
     def warning(self, more: str) -> str | None:
         """A line when a split is empty (training needs both); ``more``: how to make more samples."""
@@ -186,7 +188,7 @@ def _write_dataset(items: list[RelationSample], pipe, out_dir: Path, restart: bo
         writer: list[DatasetWriter] = []  # rank 0's, the only process that commits
 
         def open_writer() -> dict[int, dict]:
-            writer.append(DatasetWriter(out_dir, dataset_meta(settings, extra), restart=restart))
+            writer.append(DatasetWriter(out_dir, dataset_meta(settings, extra), restart=restart, progress=progress))
             return writer[0].committed
 
         chunks = [items[i:i + shard_size] for i in range(0, len(items), shard_size)]

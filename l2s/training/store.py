@@ -21,6 +21,7 @@ from collections import Counter
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from l2s.errors import L2SError
 from l2s.files import DamagedFileError, file_sha256, read_jsonl_lines, read_state_json
@@ -133,12 +134,12 @@ def _header_problem(path: Path, size: int) -> str | None:
     return None
 
 
-def committed_rows(dataset_dir: str | Path, full_check: bool = False) -> list[dict]:
+def committed_rows(dataset_dir: str | Path, full_check: bool = False, progress: bool = False) -> list[dict]:
     """The manifest rows of every committed chunk, after checking that nothing of them is damaged:
     every line parses (a torn last line of an unfinished commit is left out), each chunk has as
     many lines as committed, keys are unique and each shard passes :func:`shard_problem`
-    (``full_check``: its checksum too). Raises :class:`~l2s.files.DamagedFileError` naming the
-    file, line or shard."""
+    (``full_check``: its checksum too, with a bar when ``progress``). Raises
+    :class:`~l2s.files.DamagedFileError` naming the file, line or shard."""
     dataset_dir = Path(dataset_dir)
     chunks = read_progress(dataset_dir)["chunks"]
     manifest = dataset_dir / MANIFEST_FILE
@@ -156,17 +157,28 @@ def committed_rows(dataset_dir: str | Path, full_check: bool = False) -> list[di
             raise DamagedFileError(f"{manifest} line {number} repeats the record of line {seen[key]} "
                                    f"({key}); {REDO}")
         seen[key] = number
-    for chunk, info in sorted(chunks.items()):
-        if counts[chunk] != info["records"]:
-            raise DamagedFileError(f"{manifest} has {counts[chunk]} lines of chunk {chunk}, "
-                                   f"{info['records']} were committed; {REDO}")
-        problem = shard_problem(dataset_dir / shard_name(chunk), info, full_check) if info["records"] else None
-        if problem:
-            raise DamagedFileError(f"{dataset_dir / shard_name(chunk)} is damaged ({problem}); {REDO}")
+    with checksum_bar(chunks, progress and full_check) as bar:
+        for chunk, info in sorted(chunks.items()):
+            if counts[chunk] != info["records"]:
+                raise DamagedFileError(f"{manifest} has {counts[chunk]} lines of chunk {chunk}, "
+                                       f"{info['records']} were committed; {REDO}")
+            problem = shard_problem(dataset_dir / shard_name(chunk), info, full_check) if info["records"] else None
+            if problem:
+                raise DamagedFileError(f"{dataset_dir / shard_name(chunk)} is damaged ({problem}); {REDO}")
+            bar.update(info.get("bytes", 0))
     return [r for _, r in rows]
 
 
-def verify_dataset(dataset_dir: str | Path) -> int:
-    """Check every committed line and shard of a dataset, checksums included; the record count."""
+def checksum_bar(chunks: dict[int, dict], progress: bool) -> tqdm:
+    """A bar of the committed shards' bytes while their checksums are read: on a dataset of many GB
+    that takes minutes before the first sample or epoch. It shows only once it has run 2 seconds."""
+    total = sum(info.get("bytes", 0) for info in chunks.values())
+    return tqdm(total=total, disable=not progress, desc="l2s checking shards", unit="B", unit_scale=True,
+                delay=2, leave=False)
+
+
+def verify_dataset(dataset_dir: str | Path, progress: bool = False) -> int:
+    """Check every committed line and shard of a dataset, checksums included; the record count.
+    ``progress``: a bar of the bytes checked (:func:`checksum_bar`)."""
     load_dataset_meta(dataset_dir)
-    return len(committed_rows(dataset_dir, full_check=True))
+    return len(committed_rows(dataset_dir, full_check=True, progress=progress))

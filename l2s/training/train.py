@@ -197,7 +197,7 @@ def train_classifier(
         resume: continue from ``out_dir/last`` when it exists; False: start over (``--restart``).
         prompt_types: train only on these prompt types (e.g. ``("pos",)``: the leakage ablation).
         num_workers: DataLoader workers.
-        progress: show a tqdm bar over epochs.
+        progress: show a tqdm bar over epochs (and one over the checksums of a large dataset first).
         layers: train a classifier of the dataset's first ``layers`` layers only (one attention
             layer per transformer block: steering then cuts the forward after that block).
         on_resume: called with a line (:func:`resume_message`) when the run resumes an earlier one,
@@ -217,7 +217,7 @@ def train_classifier(
     group = world()
     with output_lock(out_dir, kind="train"):  # a second writer is refused before the dataset is read
         train_set, val_set = _splits(dataset_dir, config, prompt_types)
-        group.on_main(lambda: verify_dataset(dataset_dir))  # every shard's checksum, once, before any epoch
+        group.on_main(lambda: verify_dataset(dataset_dir, progress))  # every shard's checksum, once, before any epoch
         settings = _training_settings(config, meta, lr, batch_size, seed, prompt_types)
         settings["dataset_records"] = {"train": len(train_set), "val": len(val_set)}   # a grown dataset differs
         if group.spread:  # each rank's dropout stream is resumed, so a resumed run needs as many ranks

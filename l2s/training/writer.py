@@ -35,6 +35,7 @@ from .store import (
     PROGRESS_FILE,
     SHARD_DIR,
     SKIPPED_FILE,
+    checksum_bar,
     read_progress,
     shard_name,
     shard_problem,
@@ -73,18 +74,19 @@ def salvage_jsonl(path: Path) -> list[dict]:
 class DatasetWriter:
     """Commits chunks of records (shard + manifest lines + skipped lines) and recovers on restart.
 
-    ``restart``: remove a previous dataset in ``out_dir`` first. The caller holds ``out_dir``'s
-    lock (:func:`l2s.files.output_lock`): one writer at a time.
+    ``restart``: remove a previous dataset in ``out_dir`` first; ``progress``: a bar while the
+    committed shards' checksums are read. The caller holds ``out_dir``'s lock
+    (:func:`l2s.files.output_lock`): one writer at a time.
     """
 
-    def __init__(self, out_dir: Path, meta: dict, restart: bool = False) -> None:
+    def __init__(self, out_dir: Path, meta: dict, restart: bool = False, progress: bool = False) -> None:
         self.out_dir = out_dir
         if restart:
             clear_dataset(out_dir)
         (out_dir / SHARD_DIR).mkdir(parents=True, exist_ok=True)
         self._claim(meta)
         self.meta = meta
-        self.committed = self._recover()
+        self.committed = self._recover(progress)
 
     def _claim(self, meta: dict) -> None:
         """Write ``dataset.json``, or check that the dataset there was made with these settings."""
@@ -108,21 +110,24 @@ class DatasetWriter:
         if existing is None:
             atomic_write_json(meta_path, meta)
 
-    def _recover(self) -> dict[int, dict]:
+    def _recover(self, progress: bool) -> dict[int, dict]:
         """Drop everything not covered by progress.json, or damaged; return the intact chunks."""
         committed = read_progress(self.out_dir)["chunks"]
         manifest = [r for r in salvage_jsonl(self.out_dir / MANIFEST_FILE) if r.get("chunk") in committed]
         skipped = [r for r in salvage_jsonl(self.out_dir / SKIPPED_FILE) if r.get("chunk") in committed]
         have, have_skipped = Counter(r["chunk"] for r in manifest), Counter(r["chunk"] for r in skipped)
-        for chunk, info in sorted(committed.items()):
-            if have[chunk] != info["records"] or have_skipped[chunk] != info["skipped"]:
-                problem = f"{have[chunk]} of {info['records']} manifest lines, {have_skipped[chunk]} of " \
-                          f"{info['skipped']} skipped lines"
-            else:
-                problem = shard_problem(self.out_dir / shard_name(chunk), info, full=True) if info["records"] else None
-            if problem:
-                log.warning("chunk %d cannot be trusted (%s): redoing it", chunk, problem)
-                del committed[chunk]
+        with checksum_bar(committed, progress) as bar:
+            for chunk, info in sorted(committed.items()):
+                if have[chunk] != info["records"] or have_skipped[chunk] != info["skipped"]:
+                    problem = f"{have[chunk]} of {info['records']} manifest lines, {have_skipped[chunk]} of " \
+                              f"{info['skipped']} skipped lines"
+                else:
+                    problem = (shard_problem(self.out_dir / shard_name(chunk), info, full=True)
+                               if info["records"] else None)
+                if problem:
+                    log.warning("chunk %d cannot be trusted (%s): redoing it", chunk, problem)
+                    del committed[chunk]
+                bar.update(info.get("bytes", 0))
         self._keep(committed, manifest, skipped)
         return committed
 

@@ -48,6 +48,19 @@ def test_save_pretrained_writes_our_format_and_a_card(tmp_path):
     assert same_logits(model, RelationClassifier.from_pretrained(tmp_path / "clf"))
 
 
+@pytest.mark.parametrize("record, said", [
+    ({"epoch": 7, "best_epoch": 7, "max_epochs": 30}, "best epoch 7 of a run of at most 30 epochs"),   # best/
+    ({"epoch": 12, "best_epoch": 7, "max_epochs": 30}, "best epoch 7 of 12 run"),                     # last/
+    ({"epoch": 7, "best_epoch": 7}, "best epoch 7 (the lowest"),                     # a record without the limit
+])
+def test_the_card_does_not_say_the_best_epoch_was_the_last_one_run(record, said, tmp_path):
+    """best/ is saved at its own epoch: its card once read "best epoch 7 of 7 run" in a 30-epoch run."""
+    training = {**record, "best_val_loss": 0.5}
+    tiny_model(seed=1).save_pretrained(tmp_path / "clf", model_card_kwargs={"training": training})
+    text = (tmp_path / "clf" / "README.md").read_text()
+    assert said in text and "of 7 run" not in text
+
+
 def test_folders_written_by_save_still_load(tmp_path):
     model = tiny_model(seed=2)
     model.save(tmp_path / "old")

@@ -51,8 +51,9 @@ def test_prompts_times_seeds_equal_single_image_runs(tmp_path, capsys, calls):
     code, lines = run(["generate", *PROMPTS, "--seeds", "0-1", "--batch-size", "3", "--out", str(out), *TINY], capsys)
     assert code == 0, lines
     folders = ["p00-s0000", "p00-s0001", "p01-s0000", "p01-s0001"]
-    assert visible(out) == ["index.json", *folders]
+    assert visible(out) == ["index.json", "overview_01.png", *folders]
     assert lines[-1].startswith("l2s: wrote 4 image folders p00-s0000/ to p01-s0001/ (image.png")
+    assert lines[-1].endswith(f"index.json and overview_01.png in {out}")
     # one steering call per batch of 3, one unsteered call per batch for its steered images
     steered_calls = [(p, s) for p, s, steer in calls if steer]
     assert steered_calls == [(PROMPTS[:1] * 2 + PROMPTS[1:], [0, 1, 0]), (PROMPTS[1:], [1])]
@@ -104,7 +105,8 @@ def test_an_interrupted_run_lists_its_finished_images_and_the_same_command_resum
     assert (out / "p00-s0000" / "image.png").stat().st_mtime_ns == first
     # a model that fails to load removes nothing; a finished run is left as it is unless --restart
     code, lines = run(argv + ["--classifier", str(tmp_path / "missing"), "--restart"], capsys)
-    assert code == 2 and visible(out) == ["index.json", "p00-s0000", "p00-s0001", "p01-s0000", "p01-s0001"]
+    assert code == 2 and visible(out) == ["index.json", "overview_01.png", "p00-s0000", "p00-s0001", "p01-s0000",
+                                          "p01-s0001"]
     seen.clear()
     code, lines = run(argv, capsys)
     assert code == 0 and lines[-1] == (f"l2s: all 4 images are already in {out} (same prompts, seeds and settings); "
@@ -112,6 +114,27 @@ def test_an_interrupted_run_lists_its_finished_images_and_the_same_command_resum
     assert (out / "p00-s0000" / "image.png").stat().st_mtime_ns == first
     code, lines = run(argv + ["--restart"], capsys)
     assert code == 0 and not any("resuming" in line for line in lines) and len(seen) == 2
+
+
+def test_a_run_of_several_images_shows_them_all_in_overview_pages(tmp_path, capsys, monkeypatch):
+    """Eight folders of images were eight folders to open: the overview shows every image (its
+    comparison where steered) with its folder and prompt; a smaller rerun leaves no old page."""
+    import l2s.evaluation.generation as generation
+
+    monkeypatch.setattr(generation, "OVERVIEW_PAGE", 3)
+    out = tmp_path / "o"
+    argv = ["generate", *PROMPTS, "--seeds", "0-1", "--steps", "1", "--out", str(out), *TINY]
+    code, lines = run(argv, capsys)
+    assert code == 0 and lines[-1].endswith(f"index.json, overview_01.png and overview_02.png in {out}"), lines
+    last = json.loads((out / "index.json").read_text())["images"][-1]
+    assert last["folder"] == "p01-s0001" and last["steered"]
+    with Image.open(out / "overview_01.png") as first, Image.open(out / "overview_02.png") as second, \
+            Image.open(out / "p01-s0001" / "comparison.png") as comparison:
+        assert first.width == 3 * second.width          # 3 tiles in a row, then the fourth alone
+        # the fourth tile is its comparison (unsteered | steered), 160 px high, framed and captioned
+        assert second.size == (round(comparison.width * 160 / comparison.height) + 8, 160 + 8 + 2 * 12 + 4)
+    code, lines = run(argv[:4] + ["0"] + argv[5:] + ["--restart"], capsys)
+    assert code == 0 and [p.name for p in out.glob("overview_*.png")] == ["overview_01.png"]
 
 
 def test_an_earlier_run_of_other_settings_or_images_is_replaced_only_with_restart(tmp_path, capsys, monkeypatch):
@@ -140,7 +163,8 @@ def test_an_earlier_run_of_other_settings_or_images_is_replaced_only_with_restar
     code, lines = run([*argv[:4], "0", *argv[5:], "--steps", "2"], capsys)
     assert code == 2 and "holds an earlier run with other prompts or seeds (its seeds are 0, 1)" in lines[-1]
     code, lines = run(["generate", PROMPTS[0], "--no-steer", "--out", str(out), *TINY], capsys)
-    assert code == 2 and "holds an earlier run of several images (index.json, p00-s0000/, ... 4 image folders)" in lines[-1]
+    assert code == 2 and ("holds an earlier run of several images (index.json, overview_01.png, p00-s0000/, ... "
+                          "4 image folders)") in lines[-1]
     assert len(json.loads((out / "index.json").read_text())["images"]) == 4
 
 
@@ -411,4 +435,5 @@ def test_the_last_line_names_what_only_some_folders_hold(tmp_path, capsys):
     assert code == 0, lines
     assert sorted(p.name for p in (out / "p01-s0000").iterdir()) == ["image.png", "report.json"]
     assert lines[-1] == (f"l2s: wrote 2 image folders p00-s0000/ to p01-s0000/ (image.png, report.json; "
-                         f"image_unsteered.png, comparison.png, probability.png in 1 of them) and index.json in {out}")
+                         f"image_unsteered.png, comparison.png, probability.png in 1 of them), index.json and "
+                         f"overview_01.png in {out}")

@@ -411,3 +411,22 @@ def test_the_summary_warns_of_an_empty_split():
     both = DatasetSummary(Path("maps"), records=48, samples_done=8, skipped=0, split_records={"train": 40, "val": 8})
     assert both.warning("x") is None
     assert DatasetSummary(Path("maps"), records=0, samples_done=0, skipped=3).warning("x") is None   # said otherwise
+
+
+def test_the_summary_counts_the_splits_beside_the_records_not_the_samples(tmp_path):
+    """It once read "96 records ... from 24 samples (0 skipped, train 76, val 20)": 76 of 24 samples."""
+    from l2s.training.dataset import DatasetSummary
+
+    line = DatasetSummary(tmp_path, 96, 24, 0, {"train": 76, "val": 20}).line()
+    assert line == (f"l2s: 96 records (a map stack per stored step and prompt; train 76, val 20) from 24 samples "
+                    f"(0 skipped) in {tmp_path}")
+
+
+@pytest.mark.parametrize("name, build", [("tiny", tiny_flux_pipeline), ("tiny-sd", tiny_sd_pipeline)])
+def test_make_data_help_says_the_tiny_models_default_size(name, build):
+    """--help once said 256 for every schnell-like model, while 'make-data --model tiny' inverts at 32 px."""
+    from l2s.cli.training import build_make_data_parser
+    from l2s.training.inversion_utils import default_image_size
+
+    size_help = next(a.help for a in build_make_data_parser()._actions if "--size" in a.option_strings)
+    assert f"{name} {default_image_size(build())}" in " ".join(size_help.split())

@@ -98,6 +98,40 @@ def test_commit_records_each_shards_size_and_checksum(reference):
     assert verify_dataset(reference) == 4 * 2 * 2  # samples x (pos, neg) x stored steps
 
 
+@pytest.fixture
+def checksum_bars(monkeypatch) -> list:
+    """The bars l2s.training.store opens over the shards' checksums, each with ``shown`` and the
+    bytes it ``counted``."""
+    import l2s.training.store as store
+
+    opened = []
+
+    class Recorded(store.tqdm):
+        def __init__(self, **kwargs):
+            opened.append(self)
+            self.shown, self.counted = not kwargs.get("disable"), 0
+            super().__init__(**{**kwargs, "disable": True})
+
+        def update(self, n=1):
+            self.counted += n
+
+    monkeypatch.setattr(store, "tqdm", Recorded)
+    return opened
+
+
+def test_the_checksums_of_a_rerun_or_a_training_get_a_progress_bar(flux, samples, copy, checksum_bars, tmp_path):
+    """Reading every shard of a dataset of many GB takes minutes: they were silent before the first
+    sample or epoch. The bar counts the shards' bytes, and --quiet (progress=False) keeps it off."""
+    size = sum(shard.stat().st_size for shard in (copy / "shards").glob("*.safetensors"))
+    verify_dataset(copy, progress=True)
+    verify_dataset(copy)
+    assert [(bar.shown, bar.total, bar.counted) for bar in checksum_bars] == [(True, size, size), (False, size, size)]
+    checksum_bars.clear()
+    assert _remake(flux, samples, copy, progress=True) == []
+    train_classifier(copy, tmp_path / "run", "flux-schnell", epochs=1, progress=True)
+    assert [bar.counted for bar in checksum_bars if bar.shown] == [size, size]   # the rerun's, the training's
+
+
 def test_a_truncated_shard_is_an_error_at_load_and_redone_by_make_data(flux, samples, reference, copy):
     shard = copy / "shards" / "shard-00001.safetensors"
     shard.write_bytes(shard.read_bytes()[:-100])
