@@ -8,6 +8,8 @@ from PIL import Image
 
 import l2s.cli.generate
 from l2s.cli import main
+from l2s.evaluation import geneval_metadata
+from l2s.evaluation.prompt_files import spec_from_prompt
 from l2s.files import KIND_FILE
 from l2s.pipelines import SteeringPipeline
 
@@ -301,7 +303,11 @@ def test_generate_and_eval_never_share_a_folder(tmp_path, capsys, monkeypatch):
         code, lines = run(["generate", *argv, "--restart", "--out", str(evaluated), *TINY], capsys)
         assert code == 2 and lines[-1] == (f"l2s: error: {evaluated} holds an evaluation run ('l2s eval'); this run "
                                            "writes images of 'l2s generate': use another --out")
-    (tmp_path / "images").mkdir()
+    images = tmp_path / "images" / "00000"            # a GenEval layout: its folder is read before --out
+    (images / "samples").mkdir(parents=True)
+    spec = spec_from_prompt("a red circle left of a blue square")
+    (images / "metadata.jsonl").write_text(json.dumps(geneval_metadata(spec)) + "\n")
+    Image.new("RGB", (32, 32)).save(images / "samples" / "0000.png")
     code, lines = run(["eval", "--images", str(tmp_path / "images"), "--out", str(evaluated), "--quiet"], capsys)
     assert code == 2 and "holds an 'l2s eval' run that generated its images (run.json)" in lines[-1]
     assert sorted(p.name for p in evaluated.iterdir() if not p.name.startswith(".")) == ["run.json"]
