@@ -29,7 +29,7 @@ from l2s.steer import DEFAULT_CAPTURE_BACKEND, Schedule, SteeringPlan
 
 from ..arguments import grid_mismatch_warning
 from ..families import pixels_per_token
-from ..flux import FLUX_FAMILIES, _FluxConditioning
+from ..flux import FLUX_FAMILIES, _FluxConditioning, check_text_window
 from ..guards import one_call_at_a_time, refuse_inference_mode
 from ..loading import model_steering_defaults
 from .plans import PromptSteering, SteeredRows, plan_prompts
@@ -109,6 +109,8 @@ class FluxRelationSteeringPipeline(RelationSteeringMixin, FluxPipeline):
             raise UsageError("steering reads the prompt's words: pass prompt= and no prompt_embeds "
                              "(embeddings alone cannot be steered; use FluxPipeline for that)")
         prompts = checked_prompts(prompt, steer)
+        for each in prompts:
+            check_text_window(self, each)
         height, width, num_inference_steps, true_cfg_scale, negative_prompt = self._sampling_defaults(
             height, width, num_inference_steps, true_cfg_scale,
             negative_prompt, kwargs.get("negative_prompt_embeds") is not None)
