@@ -46,6 +46,18 @@ class FluxRelationSteeringOutput(BaseOutput):
     steering: list[PromptSteering] | None = None
 
 
+def _t5_texts(prompts: list[str], prompt_2, steer: bool) -> list[str]:
+    """What the T5 encoder reads: ``prompt_2`` where given, else the prompts. Steering plans over the
+    prompt's T5 tokens, so a steered call whose ``prompt_2`` says otherwise is refused."""
+    if prompt_2 is None:
+        return prompts
+    texts = [prompt_2] * len(prompts) if isinstance(prompt_2, str) else list(prompt_2)
+    if steer and texts != prompts:
+        raise UsageError("prompt_2 (the T5 encoder's text, whose token maps steering reads) must be the prompt "
+                         "itself when steering: leave it out, or pass steer=False")
+    return texts
+
+
 class FluxRelationSteeringPipeline(RelationSteeringMixin, FluxPipeline):
     r"""``FluxPipeline`` that steers the spatial relations of the prompt with a relation classifier.
 
@@ -109,7 +121,7 @@ class FluxRelationSteeringPipeline(RelationSteeringMixin, FluxPipeline):
             raise UsageError("steering reads the prompt's words: pass prompt= and no prompt_embeds "
                              "(embeddings alone cannot be steered; use FluxPipeline for that)")
         prompts = checked_prompts(prompt, steer)
-        for each in prompts:
+        for each in _t5_texts(prompts, prompt_2, steer):
             check_text_window(self, each)
         height, width, num_inference_steps, true_cfg_scale, negative_prompt = self._sampling_defaults(
             height, width, num_inference_steps, true_cfg_scale,
