@@ -344,10 +344,12 @@ def test_from_pipe_refuses_bad_steering_options_at_once(stock, classifier, optio
     (dict(prompt="a cat above a dog", steer=None), "steer must be True or False, got None"),
     (dict(prompt="a cat above a dog", prompt_2="a photo of a horse"), "prompt_2 .* must be the prompt itself"),
     (dict(prompt=PROMPTS, prompt_2=PROMPTS[::-1]), "prompt_2 .* must be the prompt itself"),
+    (dict(prompt="a cat above a dog", num_inference_steps=0), "^num_inference_steps must be a positive integer, got 0"),
+    (dict(prompt="a cat above a dog", num_inference_steps="2"), "^num_inference_steps must be a positive integer"),
 ])
 def test_a_call_refuses_bad_prompts_and_steer_values(pipe, call, message):
     with pytest.raises(UsageError, match=message):
-        pipe(num_inference_steps=2, **SIZE, **call)
+        pipe(**{"num_inference_steps": 2, **SIZE, **call})
 
 
 def test_a_prompt_2_that_is_the_prompt_or_an_unsteered_call_runs(stock, pipe):
