@@ -112,15 +112,15 @@ def generate_image(steerer, prompt: str, seed: int, out: Path, options: Generate
 
 
 def _check_prompts_fit(pipe, jobs: list[ImageJob]) -> None:
-    """A text encoder with a fixed window (the shapes model's ``fit_window``) would refuse a longer
-    prompt only when its batch runs: every distinct prompt is tried against it first."""
-    encoder = getattr(pipe, "text_encoder_2", None)
-    fit = getattr(encoder, "fit_window", None)
-    if fit is None:
+    """A text encoder with a fixed window (the shapes model's) would refuse a longer prompt only
+    when its batch runs: every distinct prompt is tried against it first."""
+    from l2s.pipelines.flux import check_text_window   # diffusers: loaded when a run starts, not on import
+
+    if pipe is None:
         return
     for number, prompt in enumerate(dict.fromkeys(job.prompt for job in jobs)):
         try:
-            fit(pipe.tokenizer_2([prompt], return_tensors="pt").input_ids, fill=encoder.config.pad_token_id)
+            check_text_window(pipe, prompt)
         except L2SError as error:
             raise type(error)(f"prompt {number} ({prompt!r}): {error}") from None
 

@@ -29,6 +29,9 @@ def check_tensors(**inputs) -> None:
 def check_inputs(q: Tensor, k: Tensor, selector: Tensor) -> None:
     """Raise ValueError/TypeError with a one-line reason unless q, k, selector fit the op."""
     check_tensors(q=q, k=k, selector=selector)
+    for name, value in (("q", q), ("k", k), ("selector", selector)):
+        if value.layout != torch.strided:   # no kernel takes them: the dispatcher's error names no input
+            raise TypeError(f"{name} must be a dense tensor, got layout {value.layout} (use .to_dense())")
     if q.dim() != 4 or k.dim() != 4 or selector.dim() != 2:
         raise ValueError(
             "selected_text_softmax expects q (B, H, N, D), k (B, H, T, D), selector (T, G); got "

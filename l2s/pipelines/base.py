@@ -54,24 +54,12 @@ from .loading import check_torch_dtype, load_diffusers_pipeline, wrap_pipeline
 from .results import SteeringResult
 
 
-def _relations_by_prompt(prompt: str | list[str], relations) -> dict[str, list | None]:
-    """A call's ``relations`` per prompt text (empty when none are given)."""
-    if relations is None:
-        return {}
+def _relations_per_image(prompt: str | list[str], relations, images: int) -> list:
+    """A call's ``relations`` for each of its ``images`` (None where the parser's apply): one list
+    per prompt of a list (the same text may come with other relations), or one for every seed."""
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-    given: dict[str, list | None] = {}
-    for text, each in zip(prompts, relations_per_prompt(relations, len(prompts))):
-        if text in given and _spelled_alike(given[text]) != _spelled_alike(each):
-            raise UsageError(f"prompt {text!r} is given twice with other relations")
-        given[text] = each
-    return given
-
-
-def _spelled_alike(relations):
-    """``relations`` compared as written, lists and tuples alike (None: the parser's)."""
-    if relations is None:
-        return None
-    return [tuple(sorted(r.items())) if isinstance(r, dict) else tuple(r) for r in relations]
+    per_prompt = relations_per_prompt(relations, len(prompts))
+    return per_prompt * images if isinstance(prompt, str) else per_prompt
 
 
 def seeded_generators(seed: int | list[int]) -> torch.Generator | list[torch.Generator]:
@@ -310,9 +298,9 @@ class SteeringPipeline:
         self._steering_seconds, compiled_before = 0.0, self.objective.compile_seconds
         built_before = self.engine_build_seconds
         batch = image_batch(prompt, seed, num_images)
-        given = _relations_by_prompt(prompt, relations)
+        given = _relations_per_image(prompt, relations, 1 if batch is None else len(batch))
         plans = None if batch is None else self._plans([p for p, _ in batch], given)
-        plan = self.plan(prompt, given.get(prompt)) if batch is None else BatchPlan(plans)
+        plan = self.plan(prompt, given[0]) if batch is None else BatchPlan(plans)
         schedule, steps = self._resolve_schedule(schedule, num_inference_steps)
         if not (steer and plan.steered):
             schedule = None
@@ -348,13 +336,18 @@ class SteeringPipeline:
                               outcome=outcomes[0] if outcomes else steering_outcome(plan, schedule, diagnostics, steer),
                               plans=plans, outcomes=outcomes, warnings=doubts)
 
-    def _plans(self, prompts: list[str], given: dict[str, list | None]) -> list[SteeringPlan]:
-        """One plan per image (a prompt met twice is planned once); ``given``: relations by prompt."""
-        made: dict[str, SteeringPlan] = {}
-        for text in prompts:
-            if text not in made:
-                made[text] = self.plan(text, given.get(text))
-        return [made[text] for text in prompts]
+    def _plans(self, prompts: list[str], given: list) -> list[SteeringPlan]:
+        """One plan per image (a prompt met again with the same relations is planned once); ``given``:
+        each image's relations."""
+        made: list[tuple[str, object, SteeringPlan]] = []
+        plans = []
+        for text, relations in zip(prompts, given):
+            found = next((plan for t, r, plan in made if t == text and r == relations), None)
+            if found is None:
+                found = self.plan(text, relations)
+                made.append((text, relations, found))
+            plans.append(found)
+        return plans
 
     def _resolve_schedule(self, schedule: Schedule | str | None,
                           num_inference_steps: int | None) -> tuple[Schedule, int]:

@@ -48,6 +48,16 @@ def _check_flux_options(family, steps, size, true_cfg_scale) -> None:
         raise UsageError(f"true_cfg_scale must be a positive number (1 = no guidance), got {true_cfg_scale!r}")
 
 
+def check_text_window(pipe, prompt: str) -> None:
+    """A T5 encoder with a fixed window (the shapes model's ``fit_window``) refuses a longer prompt
+    only when it runs, after the CLIP encoder: the same error, before any model runs."""
+    encoder = getattr(pipe, "text_encoder_2", None)
+    fit = getattr(encoder, "fit_window", None)
+    if fit is not None:
+        ids = pipe.tokenizer_2([prompt], return_tensors="pt", verbose=False).input_ids
+        fit(ids, fill=encoder.config.pad_token_id)
+
+
 def _refuse_reference_engine(mode_name: str, kind: str) -> None:
     if mode_name == "reference" and kind not in ("auto", "eager"):
         raise UsageError(f"mode 'reference' runs every step eagerly, as the published code does: engine "
@@ -136,6 +146,10 @@ class FluxSteeringPipeline(SteeringPipeline):
 
     def map_tokenizer(self):
         return self.pipe.tokenizer_2, self.max_sequence_length
+
+    def plan(self, prompt: str, relations: list | None = None):
+        check_text_window(self.pipe, prompt)    # every prompt of a call is planned before any encoding
+        return super().plan(prompt, relations)
 
     @property
     def uses_true_cfg(self) -> bool:

@@ -236,6 +236,15 @@ def test_inputs_that_are_not_tensors_are_named(backend):
         ops.selected_text_attention(q, k, selector.numpy(), backend=backend)
 
 
+@pytest.mark.parametrize("backend", ["native", "sdpa"])
+def test_sparse_inputs_are_named(backend):
+    q, k, selector = random_inputs(1, 1, 2, 3, 4, 1)
+    with pytest.raises(TypeError, match="selector must be a dense tensor, got layout torch.sparse_coo"):
+        ops.selected_text_attention(q, k, selector.to_sparse(), backend=backend)
+    with pytest.raises(TypeError, match="q must be a dense tensor"):
+        ops.selected_text_softmax(q.to_sparse(), k, selector)
+
+
 def test_mixed_dtypes_are_rejected():
     q, k, selector = random_inputs(1, 1, 2, 3, 4, 1)
     with pytest.raises(TypeError, match="share one floating dtype"):

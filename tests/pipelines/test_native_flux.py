@@ -342,10 +342,27 @@ def test_from_pipe_refuses_bad_steering_options_at_once(stock, classifier, optio
     (dict(prompt=5), "prompt must be a string or a non-empty list of strings, got 5"),
     (dict(prompt="a cat above a dog", steer="no"), "steer must be True or False, got 'no'"),
     (dict(prompt="a cat above a dog", steer=None), "steer must be True or False, got None"),
+    (dict(prompt="a cat above a dog", prompt_2="a photo of a horse"), "prompt_2 .* must be the prompt itself"),
+    (dict(prompt=PROMPTS, prompt_2=PROMPTS[::-1]), "prompt_2 .* must be the prompt itself"),
+    (dict(prompt="a cat above a dog", num_inference_steps=0), "^num_inference_steps must be a positive integer, got 0"),
+    (dict(prompt="a cat above a dog", num_inference_steps="2"), "^num_inference_steps must be a positive integer"),
 ])
 def test_a_call_refuses_bad_prompts_and_steer_values(pipe, call, message):
     with pytest.raises(UsageError, match=message):
-        pipe(num_inference_steps=2, **SIZE, **call)
+        pipe(**{"num_inference_steps": 2, **SIZE, **call})
+
+
+def test_a_prompt_2_that_is_the_prompt_or_an_unsteered_call_runs(stock, pipe):
+    expected = stock(PROMPTS, generator=_generators(2), num_inference_steps=2, output_type="np", **SIZE).images
+    same = pipe(PROMPTS, prompt_2=list(PROMPTS), generator=_generators(2), num_inference_steps=2, output_type="np",
+                **SIZE)
+    assert all(steering.steered for steering in same.steering)
+    horse = ["a photo of a horse"] * 2        # the T5 encoder's text: unsteered, as stock runs it
+    other = pipe(PROMPTS, prompt_2=horse, steer=False, generator=_generators(2), num_inference_steps=2,
+                 output_type="np", **SIZE).images
+    stock_other = stock(PROMPTS, prompt_2=horse, generator=_generators(2), num_inference_steps=2,
+                        output_type="np", **SIZE).images
+    assert np.array_equal(other, stock_other) and not np.array_equal(other, expected)
 
 
 def test_a_classifier_that_does_not_fit_is_refused_on_every_call(stock, classifier):

@@ -150,8 +150,14 @@ def test_relations_given_to_the_call_replace_the_parsers(flux):
     assert [outcome.steered for outcome in batch.outcomes] == [False, True, True]   # None: the parser's
     with pytest.raises(PromptError, match="2 lists for 3 prompts"):
         flux(["a", "b", "c"], relations=[[], []], **kwargs)
-    with pytest.raises(UsageError, match="given twice with other relations"):
-        flux([hard, hard], relations=[[("dog", "left of", "cat")], []], **kwargs)
+    # The same text with other relations (two requests of one batch): each image follows its own.
+    other = flux([hard, hard, hard], seed=[0, 0, 0], relations=[[("dog", "left of", "cat")], [],
+                                                                 [("cat", "above", "dog")]], **kwargs)
+    assert [outcome.steered for outcome in other.outcomes] == [True, False, True]
+    assert [[t.relation for t in plan.parsed.triplets] for plan in other.plans] == [["left of"], [], ["above"]]
+    alone = flux(hard, seed=0, relations=[("cat", "above", "dog")], **kwargs)
+    assert [r.target_probability[0] for r in other.diagnostics.for_image(2).records] == pytest.approx(
+        [r.target_probability[0] for r in alone.diagnostics.records], rel=1e-4)
     twice = flux([hard, hard], relations=[[("dog", "left of", "cat")], (["dog", "left of", "cat"],)], **kwargs)
     assert [outcome.steered for outcome in twice.outcomes] == [True, True]      # the same, spelled otherwise
     with pytest.raises(PromptError, match="got the string 'dog, left of, cat'"):

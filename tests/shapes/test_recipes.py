@@ -450,6 +450,26 @@ def test_the_native_pipeline_samples_a_shapes_model_as_it_was_trained_unless_tol
     assert not np.array_equal(default, theirs)     # the caller's negative embeddings, not the empty caption's
 
 
+def test_a_prompt_longer_than_the_t5_window_is_refused_before_any_encoder_runs(tiny_shapes_pipe, monkeypatch):
+    """The window's error, from the planning of every prompt of a call (both surfaces), not from the
+    T5 encoder after the CLIP one has run (and logged its own truncation notice)."""
+    from l2s.errors import TokenizationError
+    from l2s.pipelines import FluxRelationSteeringPipeline, wrap_pipeline
+
+    classifier = _tiny_shapes_classifier(tiny_shapes_pipe)
+    native = FluxRelationSteeringPipeline.from_pipe(tiny_shapes_pipe, classifier=classifier)
+    encoded = []
+    for pipe in (tiny_shapes_pipe, native):
+        monkeypatch.setattr(pipe, "encode_prompt", lambda *args, **kwargs: encoded.append(kwargs["prompt"]))
+    short, long = "a red circle left of a blue square", "a red circle left of a blue square" + " and a red circle" * 8
+    with pytest.raises(TokenizationError, match="reads at most 32"):
+        wrap_pipeline(tiny_shapes_pipe, classifier)([short, long], seed=[0, 1], progress=False)
+    for steer in (True, False):
+        with pytest.raises(TokenizationError, match="reads at most 32"):
+            native([short, long], steer=steer)
+    assert encoded == []
+
+
 @needs_assets
 def test_the_shipped_steerer_takes_the_speed_options():
     steerer = shapes_world.load_shapes_steerer(engine="eager", capture_backend="native", mode="fast+compiled")

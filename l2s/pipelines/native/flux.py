@@ -29,7 +29,7 @@ from l2s.steer import DEFAULT_CAPTURE_BACKEND, Schedule, SteeringPlan
 
 from ..arguments import grid_mismatch_warning
 from ..families import pixels_per_token
-from ..flux import FLUX_FAMILIES, _FluxConditioning
+from ..flux import FLUX_FAMILIES, _FluxConditioning, check_text_window
 from ..guards import one_call_at_a_time, refuse_inference_mode
 from ..loading import model_steering_defaults
 from .plans import PromptSteering, SteeredRows, plan_prompts
@@ -44,6 +44,18 @@ class FluxRelationSteeringOutput(BaseOutput):
 
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
     steering: list[PromptSteering] | None = None
+
+
+def _t5_texts(prompts: list[str], prompt_2, steer: bool) -> list[str]:
+    """What the T5 encoder reads: ``prompt_2`` where given, else the prompts. Steering plans over the
+    prompt's T5 tokens, so a steered call whose ``prompt_2`` says otherwise is refused."""
+    if prompt_2 is None:
+        return prompts
+    texts = [prompt_2] * len(prompts) if isinstance(prompt_2, str) else list(prompt_2)
+    if steer and texts != prompts:
+        raise UsageError("prompt_2 (the T5 encoder's text, whose token maps steering reads) must be the prompt "
+                         "itself when steering: leave it out, or pass steer=False")
+    return texts
 
 
 class FluxRelationSteeringPipeline(RelationSteeringMixin, FluxPipeline):
@@ -109,6 +121,8 @@ class FluxRelationSteeringPipeline(RelationSteeringMixin, FluxPipeline):
             raise UsageError("steering reads the prompt's words: pass prompt= and no prompt_embeds "
                              "(embeddings alone cannot be steered; use FluxPipeline for that)")
         prompts = checked_prompts(prompt, steer)
+        for each in _t5_texts(prompts, prompt_2, steer):
+            check_text_window(self, each)
         height, width, num_inference_steps, true_cfg_scale, negative_prompt = self._sampling_defaults(
             height, width, num_inference_steps, true_cfg_scale,
             negative_prompt, kwargs.get("negative_prompt_embeds") is not None)

@@ -25,6 +25,7 @@ from l2s.steer import (
     schedule_preset,
     validate_step_size,
 )
+from l2s.values import positive_int
 
 from ..arguments import (base_model_warning, check_base_family, check_capture_kernels, check_classifier_argument,
                          checked_capture_backend, checked_schedule, say_once)
@@ -280,6 +281,7 @@ class RelationSteeringMixin:
         return borrowed([self.steering_denoiser, *classifier], classifier, self.steering_denoiser)
 
     def steering_schedule_for(self, schedule, steps: int) -> Schedule:
+        positive_int(steps, "num_inference_steps")    # named as the call's argument, not the schedule's
         schedule = self.config.steering_schedule if schedule is None else schedule
         return resolve_schedule(schedule or "reference", self.steering_family(), steps, self.steering_step_size())
 
