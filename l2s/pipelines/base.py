@@ -11,6 +11,8 @@ callback runs under ``no_grad``, so steering needs its own loop.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -107,7 +109,7 @@ class SteeringPipeline:
         # prompt -> the relations to steer instead of the parser's ((subject, relation, object)
         # items, see ``l2s.steer.parsed_from_relations``), or None for the parser's.
         self.given_relations: Callable[[str], list | None] | None = None
-        self._engines: dict = {}              # plain-step engines by input shapes
+        self._engines: OrderedDict = OrderedDict()   # plain-step engines by input shapes, last used last
         self.engine_build_seconds = 0.0       # time spent building them, over this pipeline's life
         self._last_engine = None
         self._steering_seconds = 0.0          # time in steered steps during the current call

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 # Engines that hold the weights as they were built (an export, a plan, captured addresses); eager and
 # compiled engines read the live parameters.
 FROZEN_ENGINES = (OnnxRuntimeEngine, TensorRTEngine, CudaGraphEngine)
+ENGINES_KEPT = 8   # plain-step engines a pipeline keeps, by input shapes (each may hold a plan or graph)
 
 FLUX_FAMILIES = ("flux-dev", "flux-schnell")   # whose published rule (schedule, steps) applies
 
@@ -165,7 +166,8 @@ class FluxSteeringPipeline(SteeringPipeline):
 
         "auto" runs eager unless a TensorRT plan for these shapes is already cached on disk; any other
         kind (``l2s.engines.ENGINE_KINDS``) is built, announced with its expected cost, and cached.
-        ``engine.reason`` says which and why (also in the report).
+        ``engine.reason`` says which and why (also in the report). The :data:`ENGINES_KEPT` last used
+        are kept: a service meeting many batch sizes and resolutions would otherwise keep every one.
         """
         key = (self.engine_kind, *((k, tuple(v.shape), v.dtype) for k, v in example_inputs.items()
                                    if isinstance(v, torch.Tensor)))
@@ -177,8 +179,18 @@ class FluxSteeringPipeline(SteeringPipeline):
             if isinstance(engine, FROZEN_ENGINES) and self._engine_weights is None:
                 self._engine_weights = weight_fingerprint(self.pipe.transformer)
             self._engines[key] = engine
+            self._forget_old_engines()
+        self._engines.move_to_end(key)
         self._last_engine = self._engines[key]
         return self._last_engine
+
+    def _forget_old_engines(self) -> None:
+        while len(self._engines) > ENGINES_KEPT:
+            (_, *shapes), engine = self._engines.popitem(last=False)
+            if engine.kind != "eager":
+                latents = dict((name, shape) for name, shape, _ in shapes).get("hidden_states")
+                log.info("the %s plain-step engine for latents %s is dropped (the %d last used are kept)",
+                         engine.kind, list(latents or ()), ENGINES_KEPT)
 
     def _drop_stale_engines(self) -> None:
         """Engines built from other weights than the transformer holds now (a LoRA fused since,

@@ -438,3 +438,34 @@ def test_steering_under_inference_mode_is_one_clear_error(flux):
     with torch.inference_mode():   # nothing to differentiate: fine
         assert flux("a cat above a dog", num_inference_steps=2, height=32, width=32, steer=False,
                     progress=False).images
+
+
+def test_a_pipeline_keeps_its_last_used_engines_only(monkeypatch, caplog):
+    """A service meets many resolutions: only the ENGINES_KEPT last used stay, the oldest go first."""
+    import logging
+
+    import l2s.pipelines.flux as flux
+    from l2s.engines import make_plain_step_engine
+
+    built = []
+
+    def counted(module, inputs, kind):
+        built.append(tuple(inputs["hidden_states"].shape))
+        engine = make_plain_step_engine(module, inputs, kind="eager")
+        engine.kind = "compile"       # stands for an engine that holds something: its drop is logged
+        return engine
+
+    monkeypatch.setattr(flux, "make_plain_step_engine", counted)
+    monkeypatch.setattr(flux, "ENGINES_KEPT", 2)
+    pipe = tiny_flux_pipeline(num_layers=1, num_single_layers=1, seed=0)
+    steerer = FluxSteeringPipeline(pipe, tiny_classifier_for(pipe, seed=1), engine="eager")
+    with caplog.at_level(logging.INFO, logger="l2s"):
+        for side in (32, 48, 32, 64, 32, 48):
+            steerer("a cat above a dog", steer=False, num_inference_steps=1, height=side, width=side, progress=False)
+    tokens = {side: side * side // 4 for side in (32, 48, 64)}    # 2x2 pixels a token here
+    assert [shape[1] for shape in built] == [tokens[32], tokens[48], tokens[64], tokens[48]]   # 32 stayed in use
+    assert [dict((k, s) for k, s, _ in shapes)["hidden_states"][1] for _, *shapes in steerer._engines] == [
+        tokens[32], tokens[48]]
+    dropped = [r.getMessage() for r in caplog.records if "is dropped" in r.getMessage()]
+    assert dropped == [f"the compile plain-step engine for latents [1, {tokens[side]}, 4] is dropped (the 2 last used "
+                       "are kept)" for side in (48, 64)]
