@@ -92,3 +92,11 @@ def test_the_shapes_world_is_one_model_whichever_folder_holds_it(schnell):
     assert base_model_warning(load_shapes_pipeline(shipped_assets().pipeline), classifier) is None
     assert base_model_warning(schnell, classifier) == (
         "the classifier was trained on maps of shapes-world but steers a flux-schnell model" + DOUBT)
+
+
+def test_the_shipped_shapes_classifiers_record_no_model_and_are_not_doubted():
+    # A record naming no model must not read as "trained on maps of a None model" on the shapes world.
+    from l2s.shapes import load_shapes_steerer
+
+    steerer = load_shapes_steerer()
+    assert base_model_warning(steerer.pipe, steerer.classifier) is None
