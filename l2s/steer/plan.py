@@ -8,6 +8,7 @@ from l2s.errors import PromptError, UnsupportedRelationError
 from l2s.parsing import NON_DIRECTIONAL_PHRASES, NonDirectional, ParsedPrompt, Triplet, parse_prompt
 from l2s.relations import CANONICAL, NEUTRAL, canonical_class, class_index
 from l2s.tokens import check_prompt_length, first_occurrence_span, mention_groups, mention_warnings
+from .consistency import contradiction_warning
 
 # One relation as a user writes it: ("dog", "left of", "cat") or {"subject", "relation", "object"}.
 RelationLike = Sequence[str] | dict
@@ -46,6 +47,9 @@ class SteeringPlan:
         plan.token_indices = [g.indices for g in groups]
         plan.pairs = list(zip(index[0::2], index[1::2]))
         plan.warnings = mention_warnings(tokenizer, prompt, mentions, index)
+        relations = [t.relation for t in parsed.triplets]
+        contradiction = contradiction_warning(relations, plan.pairs, plan.phrases)
+        plan.warnings += [contradiction] if contradiction else []
         plan.class_indices = [class_index(t.relation, class_names) for t in parsed.triplets]
         return plan
 
