@@ -98,6 +98,7 @@ def test_diffusers_style_script_steers_with_offload_and_a_compiled_transformer(p
         assert all(b > a for a, b in zip(first.target_probability, last.target_probability))
         report = steering.to_json()
         assert report["steps"]["0"][0]["iteration"] == 0 and report["steered"] and report["steering_updates"] > 0
+        assert report["last_target_probability"] == [steering.diagnostics.records[-1].target_probability]
 
 
 def test_offload_hooked_on_a_compiled_transformer(pipe):
