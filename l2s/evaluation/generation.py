@@ -107,18 +107,27 @@ def generate_image(steerer, prompt: str, seed: int, out: Path, options: Generate
     return report, written
 
 
-def _check_prompts_fit(pipe, jobs: list[ImageJob]) -> None:
-    """A text encoder with a fixed window (the shapes model's ``fit_window``) would refuse a longer
-    prompt only when its batch runs: every distinct prompt is tried against it first."""
-    encoder = getattr(pipe, "text_encoder_2", None)
-    fit = getattr(encoder, "fit_window", None)
-    if fit is None:
-        return
-    for number, prompt in enumerate(dict.fromkeys(job.prompt for job in jobs)):
+def _check_prompts(steerer, jobs: list[ImageJob]) -> None:
+    """What would refuse a prompt only when its batch runs (after the earlier batches' images, and
+    unnamed): every distinct prompt is tried first, named by its number, before the folder is touched."""
+    numbers: dict[str, int] = {}
+    for job in jobs:
+        numbers.setdefault(job.prompt, job.prompt_number)
+    for prompt, number in numbers.items():
         try:
-            fit(pipe.tokenizer_2([prompt], return_tensors="pt").input_ids, fill=encoder.config.pad_token_id)
+            _check_fits_window(getattr(steerer, "pipe", None), prompt)
+            if hasattr(steerer, "plan"):
+                steerer.plan(prompt)      # its objects' tokens, its relations' classifier classes
         except L2SError as error:
             raise type(error)(f"prompt {number} ({prompt!r}): {error}") from None
+
+
+def _check_fits_window(pipe, prompt: str) -> None:
+    """A text encoder with a fixed window (the shapes model's ``fit_window``) refuses a longer prompt."""
+    encoder = getattr(pipe, "text_encoder_2", None)
+    fit = getattr(encoder, "fit_window", None)
+    if fit is not None:
+        fit(pipe.tokenizer_2([prompt], return_tensors="pt").input_ids, fill=encoder.config.pad_token_id)
 
 
 def generate_images(steerer, jobs: list[ImageJob], out: Path, options: GenerateOptions, *, resume: Resume,
@@ -127,7 +136,7 @@ def generate_images(steerer, jobs: list[ImageJob], out: Path, options: GenerateO
     """Every job not finished in ``resume`` (:func:`~.image_runs.open_image_run`), ``batch_size``
     per steering call: (index entries of every image, the file names written per folder)."""
     out, started = Path(out), time.perf_counter() if started is None else started
-    _check_prompts_fit(getattr(steerer, "pipe", None), jobs)    # before the folder is touched
+    _check_prompts(steerer, jobs)    # before the folder is touched
     if resume.entries is None:
         remove_earlier_outputs(out)
         write_index(out, source, batch_size, [], jobs, settings, 0.0)   # a kill in the first batch resumes

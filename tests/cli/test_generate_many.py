@@ -301,6 +301,15 @@ def test_a_prompt_longer_than_the_shapes_window_fails_before_the_folder_is_touch
     assert not out.exists()          # no index of a run that never started, so the corrected rerun is not refused
 
 
+def test_a_later_prompt_the_classifier_cannot_steer_fails_before_any_image_naming_it(tmp_path, capsys):
+    diagonal = "a red circle to the top-left of a blue square"     # the shapes classifier has 4 directions
+    out = tmp_path / "o"
+    code, lines = run(["generate", "a red circle left of a blue square", diagonal, "--batch-size", "1",
+                       "--steps", "1", "--out", str(out), "--quiet"], capsys)
+    assert code == 2 and lines[-1].startswith(f"l2s: error: prompt 1 ({diagonal!r}): relation 'top-left of' is not "
+                                              "a class of this classifier"), lines
+    assert not out.exists()          # no image made, and the corrected rerun is not refused
+
 def test_several_images_show_one_bar_over_the_images(tmp_path, capsys):
     out = tmp_path / "many"
     assert main(["generate", PROMPTS[0], "--seeds", "0-2", "--batch-size", "2", "--model", "tiny",
