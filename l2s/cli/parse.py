@@ -76,3 +76,5 @@ def _print_parse(prompt: str, as_json: bool) -> None:
         print(f"{t.subject} | {t.relation} | {t.object}")
     if not parsed.triplets:   # generate would run unsteered; parse only says what it read
         print(parsed.describe().removesuffix(": generating unsteered"))
+    elif parsed.non_directional:   # read too, as generate's note says: never steered
+        print(f"not steered: {parsed.not_steered()}")
