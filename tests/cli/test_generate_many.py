@@ -187,6 +187,12 @@ def test_bad_prompts_and_prompt_files_fail_with_one_line(no_model, tmp_path, cap
     assert not (tmp_path / "o").exists()
 
 
+def test_a_byte_order_mark_is_not_part_of_the_first_prompt(tmp_path, capsys):
+    from l2s.cli.batches import numbered_prompt_lines
+
+    (tmp_path / "bom.txt").write_bytes("\ufeffa cat left of a dog\na cup above a book\n".encode("utf-8"))
+    assert numbered_prompt_lines(str(tmp_path / "bom.txt")) == [(1, "a cat left of a dog"), (2, "a cup above a book")]
+
 def test_prompt_file_order_warnings_per_image_and_reruns(tmp_path, capsys, calls):
     (tmp_path / "prompts.txt").write_text("\na cat next to a dog\n\n  a cup above a book  \n", encoding="utf-8")
     out = tmp_path / "o"
