@@ -5,7 +5,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from l2s.errors import PromptError, UnsupportedRelationError
-from l2s.parsing import NON_DIRECTIONAL_PHRASES, NonDirectional, ParsedPrompt, Triplet, parse_prompt
+from l2s.parsing import (NON_DIRECTIONAL_PHRASES, NonDirectional, ParsedPrompt, Triplet, check_prompt_text,
+                         parse_prompt)
 from l2s.relations import CANONICAL, NEUTRAL, canonical_class, class_index
 from l2s.tokens import check_prompt_length, first_occurrence_span, mention_groups, mention_warnings
 from .consistency import contradiction_warning
@@ -77,6 +78,7 @@ def parsed_from_relations(prompt: str, relations: Sequence[RelationLike]) -> Par
     spelled as a classifier class ("to the left of") or canonically ("left of"). A non-directional
     one ("next to", "behind") is reported, not steered, as the parser's are.
     """
+    check_prompt_text(prompt)
     parsed = ParsedPrompt(prompt)
     for item in relations:
         if isinstance(item, dict):
