@@ -64,6 +64,8 @@ class SteeringPlan:
             "non_directional": [{"subject": n.subject, "relation": n.relation, "object": n.object}
                                 for n in self.parsed.non_directional],
             "token_indices": {p: list(ix) for p, ix in zip(self.phrases, self.token_indices)},
+            # Which token_indices entry each relation steers ("red circle #2": a repeated phrase's own).
+            "relation_objects": [[self.phrases[s], self.phrases[o]] for s, o in self.pairs],
             "class_indices": self.class_indices,
             "steered": self.steered,
             "note": self.parsed.describe(),

@@ -39,3 +39,10 @@ def test_chains_repeats_and_separate_axes_are_no_contradiction():
     parsed = SteeringPlan.from_prompt("a cat left of a dog left of a bird", tiny_t5_tokenizer(), 64,
                                       PUBLISHED_CLASSES)
     assert parsed.warnings == []
+
+
+def test_the_report_names_the_token_group_each_relation_steers():
+    plan = SteeringPlan.from_prompt("a cat left of a dog and a dog left of a cat", tiny_t5_tokenizer(), 64,
+                                    PUBLISHED_CLASSES)
+    assert plan.to_json()["relation_objects"] == [["cat", "dog"], ["dog #2", "cat #2"]]
+    assert set(plan.to_json()["token_indices"]) == {"cat", "dog", "dog #2", "cat #2"}
