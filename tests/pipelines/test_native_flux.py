@@ -262,7 +262,10 @@ def _assert_same_report(batched: dict, alone: dict):
     batched, alone = dict(batched), dict(alone)
     steps, own_steps = batched.pop("steps"), alone.pop("steps")
     batched.pop("images"), alone.pop("images")
-    assert batched == alone and steps.keys() == own_steps.keys()
+    last, own_last = batched.pop("last_target_probability"), alone.pop("last_target_probability")
+    assert batched == alone and steps.keys() == own_steps.keys() and len(last) == len(own_last)
+    for probabilities, own in zip(last, own_last):
+        np.testing.assert_allclose(probabilities, own, atol=1e-4)
     for step in steps:
         assert len(steps[step]) == len(own_steps[step])
         for record, own in zip(steps[step], own_steps[step]):
