@@ -128,15 +128,18 @@ def _phrase_key(phrase: str) -> str:
 
 
 def token_groups(
-    tokenizer, prompt: str, phrases: Sequence[str], max_length: int
+    tokenizer, prompt: str, phrases: Sequence[str], max_length: int,
+    found_at: dict[str, tuple[int, int]] | None = None,
 ) -> list[TokenGroup]:
     """One :class:`TokenGroup` per phrase, in the order given.
 
-    Each object maps to the first occurrence of its words. The same phrase listed twice (an
+    Each object maps to the first occurrence of its words, or to ``found_at[phrase]`` (where the
+    parser found it) when that is one of its occurrences. The same phrase listed twice (an
     object in two relations: "a cat left of a dog; and the same dog above a cat") gets the same
     group. When one phrase occurs inside another listed phrase ("dog" and "hot dog"), the shorter
     one takes its first occurrence outside the longer one's, if there is one.
     """
+    found_at = {_phrase_key(p): tuple(span) for p, span in (found_at or {}).items()}
     spans: dict[str, tuple[int, int]] = {}
     # Longer phrases claim their words first so a contained phrase can avoid them.
     # (sorted is stable: equal lengths keep the caller's order, so the result is deterministic).
@@ -146,7 +149,7 @@ def token_groups(
             raise TokenizationError(f"object {phrase!r} does not occur in the prompt {prompt!r}")
         claimed = spans.values()
         free = [s for s in occurrences if all(s[1] <= c[0] or s[0] >= c[1] for c in claimed)]
-        spans[phrase] = (free or occurrences)[0]
+        spans[phrase] = found_at[phrase] if found_at.get(phrase) in free else (free or occurrences)[0]
     return [
         TokenGroup(phrase, phrase_token_indices(tokenizer, prompt, spans[_phrase_key(phrase)], max_length))
         for phrase in phrases
@@ -163,7 +166,8 @@ def mention_groups(
     red circle") gets one group per occurrence, its own tokens, labelled ``"red circle"``,
     ``"red circle #2"``, ... in text order; mentions of one occurrence (the middle of a chain, "a
     frog above a cat below a dog") share a group. Any other phrase maps as :func:`token_groups`
-    does (also when a span does not hold its phrase: relations given without positions).
+    does, at its mention's span when that holds the phrase (relations given without positions
+    carry first occurrences: the same as before).
     """
     spans: dict[str, list[tuple[int, int]]] = {}
     for phrase, span in mentions:
@@ -174,7 +178,10 @@ def mention_groups(
                 spans[key].append(tuple(span))
     repeated = {key: sorted(found) for key, found in spans.items() if len(found) > 1}
     single = list(dict.fromkeys(p for p, _ in mentions if _phrase_key(p) not in repeated))
-    by_phrase = dict(zip(map(_phrase_key, single), token_groups(tokenizer, prompt, single, max_length)))
+    # A phrase met once keeps where it was found ("a hot dog stand, a dog left of a cat": the second dog).
+    found_at = {key: found[0] for key, found in spans.items() if key not in repeated}
+    groups_of_single = token_groups(tokenizer, prompt, single, max_length, found_at)
+    by_phrase = dict(zip(map(_phrase_key, single), groups_of_single))
     groups: list[TokenGroup] = []
     where: dict[tuple, int] = {}
     index = []

@@ -256,6 +256,15 @@ def test_empty_prompt_is_an_error(prompt):
         parse_prompt(prompt)
 
 
+def test_text_that_is_not_utf8_is_an_error_for_the_parser_and_given_relations():
+    from l2s.steer.plan import parsed_from_relations
+
+    with pytest.raises(PromptError, match="^the prompt is not UTF-8 text$"):
+        parse_prompt("a cat \udcff left of a dog")          # undecodable argv bytes
+    with pytest.raises(PromptError, match="^the prompt is not UTF-8 text$"):
+        parsed_from_relations("a cat \udcff left of a dog", [("cat", "left of", "dog")])
+
+
 def test_non_string_prompt_is_an_error():
     with pytest.raises(PromptError):
         parse_prompt(None)  # type: ignore[arg-type]

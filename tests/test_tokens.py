@@ -218,6 +218,13 @@ def test_one_occurrence_mentioned_twice_is_one_group(t5):
     assert not any("occurs" in line for line in mention_warnings(t5, prompt, mentions, index))
 
 
+def test_a_phrase_mentioned_once_maps_where_the_parser_found_it(t5):
+    prompt = "a hot dog stand, a dog left of a cat"             # the steered dog is the second one
+    groups, index = mention_groups(t5, prompt, _mentions(prompt), T5_LEN)
+    dog = first_occurrence_span(prompt[10:], "dog")
+    assert groups[0].indices == phrase_token_indices(t5, prompt, (dog[0] + 10, dog[1] + 10), T5_LEN)
+    assert groups[0].indices != token_groups(t5, prompt, ["dog"], T5_LEN)[0].indices
+
 def test_relations_given_without_positions_map_as_before_and_a_self_relation_is_named(t5):
     prompt = "a red circle left of a red circle"
     span = first_occurrence_span(prompt, "red circle")

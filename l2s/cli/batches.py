@@ -19,8 +19,8 @@ def numbered_prompt_lines(path: str) -> list[tuple[int, str]]:
     if Path(path).suffix == ".jsonl":   # each JSON line would become a prompt, braces and all
         raise UsageError(f"--prompts {path}: generate reads one prompt a line (plain text); a .jsonl of GenEval "
                          "metadata or PromptSpec lines is for 'l2s eval --prompts'")
-    try:
-        text = Path(path).read_text(encoding="utf-8")
+    try:   # utf-8-sig, as eval reads it: a byte-order mark is not part of the first prompt
+        text = Path(path).read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as error:
         raise UsageError(f"--prompts {path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
     except OSError as error:

@@ -41,23 +41,15 @@ def _stdin_prompts() -> list[str]:
     return prompts
 
 
-def _checked(prompt: str) -> str:
-    try:
-        prompt.encode("utf-8")  # undecodable bytes of argv arrive as lone surrogates
-    except UnicodeEncodeError:
-        raise L2SError("the prompt is not UTF-8 text") from None
-    return prompt
-
-
 def run(args: argparse.Namespace) -> int:
     from l2s.errors import PromptError
 
     if args.prompt != "-":
-        _print_parse(_checked(args.prompt), args.json)
+        _print_parse(args.prompt, args.json)
         return 0
     for number, prompt in enumerate(_stdin_prompts(), 1):   # a bad line is named and skipped: the rest still parse
         try:
-            _print_parse(_checked(prompt), args.json)
+            _print_parse(prompt, args.json)
         except PromptError as error:
             print(f"l2s: warning: stdin line {number}: {error}", file=sys.stderr)
             if args.json:
@@ -76,3 +68,5 @@ def _print_parse(prompt: str, as_json: bool) -> None:
         print(f"{t.subject} | {t.relation} | {t.object}")
     if not parsed.triplets:   # generate would run unsteered; parse only says what it read
         print(parsed.describe().removesuffix(": generating unsteered"))
+    elif parsed.non_directional:   # read too, as generate's note says: never steered
+        print(f"not steered: {parsed.not_steered()}")

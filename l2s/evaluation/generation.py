@@ -111,16 +111,20 @@ def generate_image(steerer, prompt: str, seed: int, out: Path, options: Generate
     return report, written
 
 
-def _check_prompts_fit(pipe, jobs: list[ImageJob]) -> None:
-    """A text encoder with a fixed window (the shapes model's) would refuse a longer prompt only
-    when its batch runs: every distinct prompt is tried against it first."""
+def _check_prompts(steerer, jobs: list[ImageJob]) -> None:
+    """What would refuse a prompt only when its batch runs (after the earlier batches' images, and
+    unnamed): every distinct prompt is tried first, named by its number, before the folder is touched."""
     from l2s.pipelines.flux import check_text_window   # diffusers: loaded when a run starts, not on import
 
-    if pipe is None:
-        return
-    for number, prompt in enumerate(dict.fromkeys(job.prompt for job in jobs)):
+    numbers: dict[str, int] = {}
+    for job in jobs:
+        numbers.setdefault(job.prompt, job.prompt_number)
+    for prompt, number in numbers.items():
         try:
-            check_text_window(pipe, prompt)
+            if getattr(steerer, "pipe", None) is not None:
+                check_text_window(steerer.pipe, prompt)
+            if hasattr(steerer, "plan"):
+                steerer.plan(prompt)      # its objects' tokens, its relations' classifier classes
         except L2SError as error:
             raise type(error)(f"prompt {number} ({prompt!r}): {error}") from None
 
@@ -131,7 +135,7 @@ def generate_images(steerer, jobs: list[ImageJob], out: Path, options: GenerateO
     """Every job not finished in ``resume`` (:func:`~.image_runs.open_image_run`), ``batch_size``
     per steering call: (index entries of every image, the file names written per folder)."""
     out, started = Path(out), time.perf_counter() if started is None else started
-    _check_prompts_fit(getattr(steerer, "pipe", None), jobs)    # before the folder is touched
+    _check_prompts(steerer, jobs)    # before the folder is touched
     if resume.entries is None:
         remove_earlier_outputs(out)
         write_index(out, source, batch_size, [], jobs, settings, 0.0)   # a kill in the first batch resumes

@@ -24,9 +24,9 @@ delimit objects and can be reported, but they are never steered.
 """
 from __future__ import annotations
 
-from .parser import parse_cli_json, parse_prompt
+from .parser import check_prompt_text, parse_cli_json, parse_prompt
 from .results import NonDirectional, ParsedPrompt, Triplet
 from .vocabulary import IDIOMS, NON_DIRECTIONAL_PHRASES, RELATION_PHRASES
 
-__all__ = ["Triplet", "NonDirectional", "ParsedPrompt", "parse_prompt", "parse_cli_json",
+__all__ = ["Triplet", "NonDirectional", "ParsedPrompt", "parse_prompt", "parse_cli_json", "check_prompt_text",
            "RELATION_PHRASES", "NON_DIRECTIONAL_PHRASES", "IDIOMS"]

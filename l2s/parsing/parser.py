@@ -18,8 +18,7 @@ def parse_prompt(prompt: str) -> ParsedPrompt:
     Raises ``PromptError`` when the prompt is empty or a directional relation lacks its subject
     ("left of a dog") or its object ("a cat above").
     """
-    if not isinstance(prompt, str):
-        raise PromptError(f"prompt must be a string, got {type(prompt).__name__}")
+    check_prompt_text(prompt)
     if not prompt.strip():
         raise PromptError("prompt is empty")
     words = Words(prompt, spacy_matchers().nlp)
@@ -47,6 +46,16 @@ def parse_prompt(prompt: str) -> ParsedPrompt:
                                                          subject.span, rel_span, obj.span))
         previous_subject = subject
     return result
+
+
+def check_prompt_text(prompt) -> None:
+    """Raise ``PromptError`` unless ``prompt`` is a string of text (UTF-8 encodable)."""
+    if not isinstance(prompt, str):
+        raise PromptError(f"prompt must be a string, got {type(prompt).__name__}")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:   # undecodable bytes of argv arrive as lone surrogates
+        raise PromptError("the prompt is not UTF-8 text") from None
 
 
 def _relation_spans(words: Words):

@@ -57,18 +57,19 @@ class ParsedPrompt:
         None when a relation can be."""
         if self.triplets:
             return None
-        ignored = self._ignored()
+        ignored = self.not_steered()
         return (f"no directional relation found (non-directional, not steered: {ignored})" if ignored
                 else "no spatial relation found")
 
-    def _ignored(self) -> str:
+    def not_steered(self) -> str:
+        """The non-directional relations in one line ("cat near dog; cup next to book"), "" for none."""
         return "; ".join(f"{r.subject} {r.relation} {r.object}" for r in self.non_directional)
 
     def describe(self) -> str:
         """One human-readable line saying what will be steered."""
         if not self.triplets:
             return f"{self.unsteered_reason()}: generating unsteered"
-        ignored = self._ignored()
+        ignored = self.not_steered()
         count = len(self.triplets)
         steered = "; ".join(f"{t.subject} {t.relation} {t.object}" for t in self.triplets)
         line = f"steering {count} relation{'s' if count > 1 else ''}: {steered}"

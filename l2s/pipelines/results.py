@@ -51,6 +51,7 @@ class SteeringResult:
             **(outcome.to_json() if outcome else {}),
             "schedule": self.schedule.to_json() if self.schedule and plan.steered else None,
             "steps": {str(k): v for k, v in per_step.items()},
+            "last_target_probability": diagnostics.last_target_probabilities(len(plan.pairs)),
             "non_finite_events": len(diagnostics.non_finite_events()),
             "plain_step_engine": self.engine,
             "sampling": self.sampling,

@@ -5,9 +5,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from l2s.errors import PromptError, UnsupportedRelationError
-from l2s.parsing import NON_DIRECTIONAL_PHRASES, NonDirectional, ParsedPrompt, Triplet, parse_prompt
+from l2s.parsing import (NON_DIRECTIONAL_PHRASES, NonDirectional, ParsedPrompt, Triplet, check_prompt_text,
+                         parse_prompt)
 from l2s.relations import CANONICAL, NEUTRAL, canonical_class, class_index
 from l2s.tokens import check_prompt_length, first_occurrence_span, mention_groups, mention_warnings
+from .consistency import contradiction_warning
 
 # One relation as a user writes it: ("dog", "left of", "cat") or {"subject", "relation", "object"}.
 RelationLike = Sequence[str] | dict
@@ -46,6 +48,9 @@ class SteeringPlan:
         plan.token_indices = [g.indices for g in groups]
         plan.pairs = list(zip(index[0::2], index[1::2]))
         plan.warnings = mention_warnings(tokenizer, prompt, mentions, index)
+        relations = [t.relation for t in parsed.triplets]
+        contradiction = contradiction_warning(relations, plan.pairs, plan.phrases)
+        plan.warnings += [contradiction] if contradiction else []
         plan.class_indices = [class_index(t.relation, class_names) for t in parsed.triplets]
         return plan
 
@@ -59,6 +64,8 @@ class SteeringPlan:
             "non_directional": [{"subject": n.subject, "relation": n.relation, "object": n.object}
                                 for n in self.parsed.non_directional],
             "token_indices": {p: list(ix) for p, ix in zip(self.phrases, self.token_indices)},
+            # Which token_indices entry each relation steers ("red circle #2": a repeated phrase's own).
+            "relation_objects": [[self.phrases[s], self.phrases[o]] for s, o in self.pairs],
             "class_indices": self.class_indices,
             "steered": self.steered,
             "note": self.parsed.describe(),
@@ -73,6 +80,7 @@ def parsed_from_relations(prompt: str, relations: Sequence[RelationLike]) -> Par
     spelled as a classifier class ("to the left of") or canonically ("left of"). A non-directional
     one ("next to", "behind") is reported, not steered, as the parser's are.
     """
+    check_prompt_text(prompt)
     parsed = ParsedPrompt(prompt)
     for item in relations:
         if isinstance(item, dict):

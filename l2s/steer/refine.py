@@ -80,6 +80,15 @@ class SteeringDiagnostics:
                 exited.add(record.step)
         return SteeringDiagnostics(kept)
 
+    def last_target_probabilities(self, num_relations: int) -> list[list[float] | None]:
+        """Per relation of one prompt, p(target) per image at its last recorded iteration (None: never
+        measured): which relation of several ended short, without reading every step."""
+        last: list[list[float] | None] = [None] * num_relations
+        for record in self.records:
+            if isinstance(record.relation, int) and record.relation < num_relations:
+                last[record.relation] = record.target_probability
+        return last
+
     def to_json(self) -> list[dict]:
         return [asdict(r) for r in self.records]
 

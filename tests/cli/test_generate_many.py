@@ -213,6 +213,12 @@ def test_bad_prompts_and_prompt_files_fail_with_one_line(no_model, tmp_path, cap
     assert not (tmp_path / "o").exists()
 
 
+def test_a_byte_order_mark_is_not_part_of_the_first_prompt(tmp_path, capsys):
+    from l2s.cli.batches import numbered_prompt_lines
+
+    (tmp_path / "bom.txt").write_bytes("\ufeffa cat left of a dog\na cup above a book\n".encode("utf-8"))
+    assert numbered_prompt_lines(str(tmp_path / "bom.txt")) == [(1, "a cat left of a dog"), (2, "a cup above a book")]
+
 def test_prompt_file_order_warnings_per_image_and_reruns(tmp_path, capsys, calls):
     (tmp_path / "prompts.txt").write_text("\na cat next to a dog\n\n  a cup above a book  \n", encoding="utf-8")
     out = tmp_path / "o"
@@ -330,6 +336,15 @@ def test_a_prompt_longer_than_the_shapes_window_fails_before_the_folder_is_touch
     assert errors[0].endswith("T5 tokens; the shapes model reads at most 32")
     assert not out.exists()          # no index of a run that never started, so the corrected rerun is not refused
 
+
+def test_a_later_prompt_the_classifier_cannot_steer_fails_before_any_image_naming_it(tmp_path, capsys):
+    diagonal = "a red circle to the top-left of a blue square"     # the shapes classifier has 4 directions
+    out = tmp_path / "o"
+    code, lines = run(["generate", "a red circle left of a blue square", diagonal, "--batch-size", "1",
+                       "--steps", "1", "--out", str(out), "--quiet"], capsys)
+    assert code == 2 and lines[-1].startswith(f"l2s: error: prompt 1 ({diagonal!r}): relation 'top-left of' is not "
+                                              "a class of this classifier"), lines
+    assert not out.exists()          # no image made, and the corrected rerun is not refused
 
 def test_several_images_show_one_bar_over_the_images(tmp_path, capsys):
     out = tmp_path / "many"

@@ -38,3 +38,8 @@ def test_a_bad_stdin_line_is_named_and_the_rest_still_parse(capsys, monkeypatch)
 def test_parse_says_what_it_read_not_what_generate_would_do(capsys):
     code, out, _ = run(["parse", "a red circle"], capsys)
     assert code == 0 and out == "no spatial relation found\n"
+
+
+def test_parse_names_the_non_directional_relations_beside_the_steered_ones(capsys):
+    code, out, _ = run(["parse", "a cat next to a dog above a bird"], capsys)
+    assert code == 0 and out == "dog | above | bird\nnot steered: cat next to dog\n"

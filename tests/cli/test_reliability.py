@@ -330,7 +330,7 @@ def test_other_runtime_errors_are_not_hidden(monkeypatch):
         main(["train", "data", "--out", "x"])
 
 
-def test_parse_refuses_text_that_is_not_utf8(monkeypatch, capsys):
+def test_parse_refuses_text_that_is_not_utf8(monkeypatch, capsys, tmp_path):
     import io
 
     class Stdin(io.TextIOWrapper):
@@ -342,6 +342,8 @@ def test_parse_refuses_text_that_is_not_utf8(monkeypatch, capsys):
     assert out.out == ""  # nothing parsed before the whole input was read and checked
     assert _error_lines(out.err) == ["l2s: error: stdin line 2 is not UTF-8 text (byte 1: b'\\xff')"]
     assert main(["parse", "a cat \udcff left of a dog"]) == 2  # undecodable argv bytes
+    assert _error_lines(capsys.readouterr().err) == ["l2s: error: the prompt is not UTF-8 text"]
+    assert main(["generate", "a cat \udcff left of a dog", "--out", str(tmp_path / "o")]) == 2   # before any model
     assert _error_lines(capsys.readouterr().err) == ["l2s: error: the prompt is not UTF-8 text"]
 
 

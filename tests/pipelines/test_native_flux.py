@@ -98,6 +98,7 @@ def test_diffusers_style_script_steers_with_offload_and_a_compiled_transformer(p
         assert all(b > a for a, b in zip(first.target_probability, last.target_probability))
         report = steering.to_json()
         assert report["steps"]["0"][0]["iteration"] == 0 and report["steered"] and report["steering_updates"] > 0
+        assert report["last_target_probability"] == [steering.diagnostics.records[-1].target_probability]
 
 
 def test_offload_hooked_on_a_compiled_transformer(pipe):
@@ -261,7 +262,10 @@ def _assert_same_report(batched: dict, alone: dict):
     batched, alone = dict(batched), dict(alone)
     steps, own_steps = batched.pop("steps"), alone.pop("steps")
     batched.pop("images"), alone.pop("images")
-    assert batched == alone and steps.keys() == own_steps.keys()
+    last, own_last = batched.pop("last_target_probability"), alone.pop("last_target_probability")
+    assert batched == alone and steps.keys() == own_steps.keys() and len(last) == len(own_last)
+    for probabilities, own in zip(last, own_last):
+        np.testing.assert_allclose(probabilities, own, atol=1e-4)
     for step in steps:
         assert len(steps[step]) == len(own_steps[step])
         for record, own in zip(steps[step], own_steps[step]):

@@ -174,6 +174,14 @@ def test_report_contains_relations_tokens_and_probabilities(flux):
     assert len(probs) == 1 and 0.0 < probs[0] < 1.0
 
 
+def test_report_gives_each_relations_last_probability(flux):
+    schedule = custom_schedule(2, steered=[0], iterations=3, step_size=0.01)
+    report = flux("a cat above a dog and a cup left of a book", num_inference_steps=2, height=32, width=32,
+                  schedule=schedule, progress=False).report()
+    records = report["steps"]["0"]                  # relations 0, 1, 0
+    assert report["last_target_probability"] == [records[2]["target_probability"], records[1]["target_probability"]]
+
+
 def test_classifier_channel_mismatch_is_refused(flux):
     wrong = RelationClassifier(tiny_classifier_config(channels=flux.map_channels() + 1)).eval()
     steerer = wrap_pipeline(flux.pipe, wrong)

@@ -51,6 +51,16 @@ def test_multiple_relations_alternate_and_restart_each_step():
     assert [r.relation for r in diag.for_step(1)] == [0, 1, 2, 0, 1]
 
 
+def test_each_relations_last_probability_is_that_of_its_last_iteration():
+    centres = [torch.zeros(1, 2), torch.ones(1, 2), -torch.ones(1, 2)]
+    schedule = custom_schedule(2, steered=[0], iterations=5, step_size=0.01)
+    diag = SteeringDiagnostics()
+    refine_latents(torch.full((1, 2), 3.0), 0, _quadratic_log_prob(centres), schedule, 3, diag)
+    records = diag.for_step(0)                      # relations 0, 1, 2, 0, 1
+    assert diag.last_target_probabilities(3) == [records[3].target_probability, records[4].target_probability,
+                                                 records[2].target_probability]
+    assert SteeringDiagnostics().last_target_probabilities(2) == [None, None]
+
 def test_early_exit_when_loss_reaches_target():
     # log p = 0 exactly at the centre: loss 0 <= any target -> stop without updating.
     schedule = custom_schedule(1, steered=[0], iterations=15, step_size=0.1)

@@ -48,7 +48,8 @@ class PromptSteering:
                  "non_finite": r.non_finite})
         return {"prompt": self.prompt, "images": list(self.rows), **self.plan.to_json(),
                 "warnings": [*self.plan.warnings, *self.warnings], **self.outcome.to_json(),
-                "schedule": self.schedule.to_json() if self.schedule else None, "steps": per_step}
+                "schedule": self.schedule.to_json() if self.schedule else None, "steps": per_step,
+                "last_target_probability": self.diagnostics.last_target_probabilities(len(self.plan.pairs))}
 
 
 def plan_prompts(prompts: list[str], relations, images_per_prompt: int, plan_one,

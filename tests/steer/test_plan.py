@@ -1,0 +1,48 @@
+"""A prompt's steering plan: relations that cannot all hold are named in one warning."""
+import pytest
+
+from l2s.demo import tiny_t5_tokenizer
+from l2s.relations import DIAGONAL_CLASSES, PUBLISHED_CLASSES
+from l2s.steer import SteeringPlan
+from l2s.steer.plan import parsed_from_relations
+
+PROMPT = "a cat left of a dog above a bird"
+
+
+def _plan(relations, prompt=PROMPT, classes=PUBLISHED_CLASSES):
+    parsed = parsed_from_relations(prompt, relations)
+    return SteeringPlan.from_parsed(parsed, tiny_t5_tokenizer(), 64, classes)
+
+
+@pytest.mark.parametrize("relations, named", [
+    ([("cat", "left of", "dog"), ("dog", "left of", "cat")], "cat left of dog; dog left of cat"),
+    ([("cat", "left of", "dog"), ("cat", "right of", "dog")], "cat left of dog; cat right of dog"),
+    ([("cat", "above", "dog"), ("dog", "above", "bird"), ("bird", "above", "cat")],
+     "cat above dog; dog above bird; bird above cat"),
+])
+def test_relations_that_cannot_all_hold_are_named(relations, named):
+    assert _plan(relations).warnings == [
+        f"these relations contradict each other ({named}): steering pulls the objects both ways"]
+
+
+def test_a_diagonal_contradicts_on_its_own_axis_only():
+    plan = _plan([("cat", "top-left of", "dog"), ("dog", "bottom-left of", "cat")], classes=DIAGONAL_CLASSES)
+    assert any("contradict" in line and "cat top-left of dog" in line for line in plan.warnings)
+    assert _plan([("cat", "top-left of", "dog"), ("dog", "top-left of", "bird")],
+                 classes=DIAGONAL_CLASSES).warnings == []
+
+
+def test_chains_repeats_and_separate_axes_are_no_contradiction():
+    assert _plan([("cat", "left of", "dog"), ("dog", "above", "bird")]).warnings == []
+    assert _plan([("cat", "left of", "dog"), ("cat", "left of", "dog")]).warnings == []
+    assert _plan([("cat", "left of", "dog"), ("dog", "above", "cat")]).warnings == []
+    parsed = SteeringPlan.from_prompt("a cat left of a dog left of a bird", tiny_t5_tokenizer(), 64,
+                                      PUBLISHED_CLASSES)
+    assert parsed.warnings == []
+
+
+def test_the_report_names_the_token_group_each_relation_steers():
+    plan = SteeringPlan.from_prompt("a cat left of a dog and a dog left of a cat", tiny_t5_tokenizer(), 64,
+                                    PUBLISHED_CLASSES)
+    assert plan.to_json()["relation_objects"] == [["cat", "dog"], ["dog #2", "cat #2"]]
+    assert set(plan.to_json()["token_indices"]) == {"cat", "dog", "dog #2", "cat #2"}
