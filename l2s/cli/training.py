@@ -148,6 +148,7 @@ def make_data_main(argv: Sequence[str] | None = None) -> int:
         args.device = world().device(args.device)  # under torchrun / accelerate launch: this rank's GPU
         with output_lock(args.out, kind="make-data"):  # a second writer is refused here, before any work
             samples = _labelled_samples(args)
+            _check_images(args, samples)   # before the model loads: a wrong --images is said at once
             pipe = _load_pipe(args.model, args.device, args.dtype)
             summary = make_dataset(
                 samples, pipe, args.out,
@@ -174,20 +175,35 @@ def make_data_main(argv: Sequence[str] | None = None) -> int:
 
 
 def _refuse_empty_dataset(args: argparse.Namespace, summary) -> None:
-    """A run that made no record keeps no dataset (an empty one would only be resumed): its files
-    go, and the error says why every sample was skipped when it can (no --images)."""
+    """A run that made no record keeps no dataset (an empty one would only be resumed): its files go.
+    (Missing images were refused before: :func:`_check_images`.)"""
     from l2s.training import remove_empty_dataset
 
-    reasons = remove_empty_dataset(Path(args.out)) if world().is_main else []
     if world().is_main:
+        remove_empty_dataset(Path(args.out))
         print(summary.line(), file=sys.stderr)
-    hint = ""
-    if args.images is None and reasons and all(r.startswith("image not found") for r in reasons):
-        folder = Path(args.annotations[0]).parent   # the likeliest home of the images: say it
-        hint = ("; without --images, relative image paths resolve against the current directory: pass --images "
-                f"with the folder they are relative to (e.g. --images {folder}, the annotations' folder)")
     raise L2SError(f"no sample gave a record (every one was skipped: see the lines above), so {args.out} keeps no "
-                   f"dataset{hint}")
+                   "dataset")
+
+
+def _check_images(args: argparse.Namespace, samples: list) -> None:
+    """Refuse a run whose first images to invert are all missing (nothing is written), with where
+    the images are looked for."""
+    from l2s.training import check_dataset_images
+
+    try:
+        check_dataset_images(samples, args.out, limit=args.limit, restart=args.restart)
+    except L2SError as error:
+        raise L2SError(f"{error}{_images_hint(args)}") from None
+
+
+def _images_hint(args: argparse.Namespace) -> str:
+    """Where image paths were resolved, when missing images may be relative to another folder."""
+    if args.images is not None:
+        return "; --images must be the folder the annotations' image paths are relative to"
+    folder = Path(args.annotations[0]).parent   # the likeliest home of the images: say it
+    return ("; without --images, relative image paths resolve against the current directory: pass --images "
+            f"with the folder they are relative to (e.g. --images {folder}, the annotations' folder)")
 
 
 def _labelled_samples(args: argparse.Namespace) -> list:
