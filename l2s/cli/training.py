@@ -288,15 +288,24 @@ def train_main(argv: Sequence[str] | None = None) -> int:
                                   on_resume=lambda line: print(line, file=sys.stderr))
     except (L2SError, ValueError) as error:
         return say_error(error)
-    if not world().is_main:
-        return 0
-    print(f"l2s: best epoch {result.best_epoch}: val loss {result.best_val_loss:.4f}, val accuracy "
-          f"{result.best_val_accuracy:.3f} ({result.epochs_run} epochs"
-          f"{', stopped early' if result.stopped_early else ''}); checkpoint {result.best_dir}", file=sys.stderr)
-    for line in validation_report(result.best_dir, args.dataset, args.device):
-        print(f"l2s: {line}", file=sys.stderr)
-    from l2s.evaluation.curves import CURVES_FILE   # loaded with the training already
-
-    if (result.out_dir / CURVES_FILE).is_file():   # a run finished before curves were drawn has none
-        print(f"l2s: training curves in {result.out_dir / CURVES_FILE}", file=sys.stderr)
+    if world().is_main:
+        say_training_result(result, args.dataset, args.device)
     return 0
+
+
+def say_training_result(result, dataset, device: str = "cpu") -> None:
+    """The last lines of 'l2s train' and 'l2s shapes train-classifier', on stderr as every l2s line:
+    the best epoch (best: the lowest val loss, not the highest accuracy; of how many epochs), its
+    validation report and where the curves are."""
+    from l2s.evaluation.curves import CURVES_FILE   # loaded with the training already
+    from l2s.training import validation_report
+
+    ran = (f"{result.epochs_run} epoch{'s' * (result.epochs_run != 1)} run"
+           f"{', stopped early' if result.stopped_early else ''}")
+    lines = [f"best epoch {result.best_epoch} of {ran} (lowest val loss {result.best_val_loss:.4f}): val accuracy "
+             f"{result.best_val_accuracy:.3f}; weights in {result.best_dir}"]
+    lines += [f"best checkpoint, {line}" for line in validation_report(result.best_dir, dataset, device)]
+    if (result.out_dir / CURVES_FILE).is_file():   # a run finished before curves were drawn has none
+        lines.append(f"training curves in {result.out_dir / CURVES_FILE}")
+    for line in lines:
+        print(f"l2s: {line}", file=sys.stderr)

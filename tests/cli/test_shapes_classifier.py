@@ -41,22 +41,25 @@ def test_a_resumed_run_says_so_before_its_first_epoch_even_quiet(shapes_data, tm
     from tests.training.test_train import said_before_the_first_epoch
 
     argv = ["--data", str(shapes_data), "--out", str(tmp_path / "run"), "--quiet", "--epochs"]
-    assert train_classifier_main(argv + ["1"]) == 0 and "resumed after" not in capsys.readouterr().out
-    said = said_before_the_first_epoch(lambda: train_classifier_main(argv + ["2"]), "out", capsys, monkeypatch)
+    assert train_classifier_main(argv + ["1"]) == 0 and "resumed after" not in capsys.readouterr().err
+    said = said_before_the_first_epoch(lambda: train_classifier_main(argv + ["2"]), "err", capsys, monkeypatch)
     assert said == f"l2s: resumed after epoch 1 of the earlier run in {tmp_path / 'run'}\n"
-    end = capsys.readouterr().out
+    end = capsys.readouterr().err
     assert "resumed after" not in end and end.startswith("l2s: best epoch ")   # the summary stays; said once
 
 
 def test_the_best_epoch_line_and_card_say_what_best_means_and_count_records(shapes_data, tmp_path, capsys):
     out = tmp_path / "run"
     assert train_classifier_main(["--data", str(shapes_data), "--out", str(out), "--epochs", "3", "--quiet"]) == 0
-    printed = capsys.readouterr().out
+    said = capsys.readouterr()
+    printed = said.err   # l2s's lines go to stderr, as 'l2s train' says the same sentence
+    assert said.out == ""
     rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     best = min(rows, key=lambda row: row["val_loss"])
     # "best" is chosen by the lowest val loss (another epoch may have a higher accuracy): the line says so.
-    assert re.search(rf"^l2s: best epoch {best['epoch']} \(lowest val loss {best['val_loss']:.4f}\): val accuracy "
-                     rf"{best['val_accuracy']:.3f}; weights in ", printed, re.MULTILINE), printed
+    assert re.search(rf"^l2s: best epoch {best['epoch']} of 3 epochs run \(lowest val loss {best['val_loss']:.4f}\): "
+                     rf"val accuracy {best['val_accuracy']:.3f}; weights in {out / 'best'}$", printed,
+                     re.MULTILINE), printed
     assert printed.splitlines()[-1] == f"l2s: training curves in {out / 'curves.png'}"
     assert (out / "curves.png").is_file()
     card = (out / "best" / "README.md").read_text()
