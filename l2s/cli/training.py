@@ -238,7 +238,9 @@ def build_train_parser() -> argparse.ArgumentParser:
         "OUT/log.jsonl.",
         ["l2s train runs/maps --out runs/classifier",
          "l2s train runs/maps --out runs/classifier-k8 --layers 8 --epochs 100"])
-    p.add_argument("dataset", metavar="DATASET", help="dataset directory written by 'l2s make-data'")
+    p.add_argument("dataset", metavar="DATASET", help="dataset directory written by 'l2s make-data' (one of 'l2s "
+                                                      "shapes make-data' is refused: 'l2s shapes train-classifier' "
+                                                      "trains its classifier)")
     p.add_argument("--out", type=out_text, required=True, help="output directory for checkpoints and the log")
     p.add_argument("--preset", default=None,
                    help="classifier preset: flux-dev, flux-schnell, sd14 or sd21 (default: the dataset's model "
@@ -274,6 +276,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         use_threads(args)
         args.device = world().device(args.device)
         meta = load_dataset_meta(args.dataset)
+        _refuse_shapes_data(args.dataset, meta)
         name = args.preset if args.preset is not None else meta.get("model_family")
         if name not in DEFAULT_LR:
             presets = ", ".join(DEFAULT_LR)
@@ -291,6 +294,16 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     if world().is_main:
         say_training_result(result, args.dataset, args.device)
     return 0
+
+
+def _refuse_shapes_data(dataset: str, meta: dict) -> None:
+    """A 'shapes make-data' dataset trains the shapes world's small classifier, not a preset's large
+    one: refused, as 'shapes train-classifier' refuses a 'make-data' dataset."""
+    from l2s.shapes.settings import SHAPES_MODEL_NAME
+
+    if (meta.get("settings") or {}).get("model") == SHAPES_MODEL_NAME:
+        raise L2SError(f"{dataset} was made by 'l2s shapes make-data', not by 'l2s make-data': train its classifier "
+                       f"with 'l2s shapes train-classifier --data {dataset} --out DIR'")
 
 
 def say_training_result(result, dataset, device: str = "cpu") -> None:

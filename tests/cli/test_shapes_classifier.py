@@ -37,6 +37,15 @@ def test_a_dataset_of_another_make_data_is_refused_with_the_command_that_trains_
     assert not (tmp_path / "run").exists()
 
 
+def test_l2s_train_refuses_a_shapes_dataset_with_the_command_that_trains_it(shapes_data, tmp_path, capsys):
+    """It once trained a preset's large classifier on the shapes world's maps without a word."""
+    assert main(["train", str(shapes_data), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    assert capsys.readouterr().err == (f"l2s: error: {shapes_data} was made by 'l2s shapes make-data', not by 'l2s "
+                                       f"make-data': train its classifier with 'l2s shapes train-classifier --data "
+                                       f"{shapes_data} --out DIR'\n")
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_resumed_run_says_so_before_its_first_epoch_even_quiet(shapes_data, tmp_path, capsys, monkeypatch):
     from tests.training.test_train import said_before_the_first_epoch
 
