@@ -56,6 +56,19 @@ def _execution_key(name: str) -> tuple:
     return _STAGE_RANK.get(parts[0], len(_STAGE_RANK)), block_indices, name
 
 
+def _short(name: str) -> str:
+    """A layer as a message names it: its block (``transformer_blocks.1``, not ``...1.attn``)."""
+    return name.removesuffix(".attn2").removesuffix(".attn")
+
+
+def _layer_span(names) -> str:
+    """``5 attention layers (transformer_blocks.0 to single_transformer_blocks.2)``: a count and the
+    first and last block in execution order, not a list (a FLUX.1 classifier reads 57)."""
+    ordered = [_short(name) for name in sorted(names, key=_execution_key)]
+    span = ordered[0] if len(ordered) == 1 else f"{ordered[0]} to {ordered[-1]}"
+    return f"{len(ordered)} attention layer{'s' * (len(ordered) != 1)} ({span})"
+
+
 def _normalise_groups(groups: Sequence[Sequence[int]], text_len: int) -> tuple[tuple[int, ...], ...]:
     """Validate token groups; drop repeated indices so each token counts once in its group's mean."""
     if text_len <= 0:
@@ -139,10 +152,9 @@ class AttentionCapture:
             wanted = [name.removesuffix(".processor") for name in layers]
             unknown = [name for name in wanted if name not in candidates]
             if unknown:
-                shown = unknown if len(unknown) <= 3 else [*unknown[:3], f"... {len(unknown) - 3} more"]
                 raise ClassifierMismatchError(
-                    f"this {type(model).__name__} has no attention layers {shown} to capture: they are another "
-                    "model's (a classifier that reads them was trained for it; use one trained for this model)")
+                    f"the classifier reads {_layer_span(wanted)} but this model has {_layer_span(candidates)} and "
+                    f"no {_short(unknown[0])}: use a classifier trained for this model")
             candidates = {name: candidates[name] for name in wanted}
         if not candidates:
             raise L2SError(f"{type(model).__name__} has no attention layers to capture")

@@ -106,24 +106,17 @@ def train_classifier_main(argv: Sequence[str] | None = None) -> int:
     args = build_train_classifier_parser().parse_args(argv)
 
     from l2s.shapes import train_shapes_classifier
-    from l2s.training import check_training_options, validation_report
+    from l2s.training import check_training_options
+
+    from .training import say_training_result
 
     check_training_options(epochs=args.epochs, lr=args.lr, seed=args.seed, layers=args.layers, spelled=flag_of())
     use_threads(args)
     result = train_shapes_classifier(args.data, args.out, dual=not args.no_dual, epochs=args.epochs, lr=args.lr,
                                      seed=args.seed, progress=not args.quiet, layers=args.layers,
-                                     resume=not args.restart, on_resume=print)
+                                     resume=not args.restart, on_resume=lambda line: print(line, file=sys.stderr))
     from l2s.distributed import world
 
-    if not world().is_main:
-        return 0
-    # "best" is the lowest val loss, not the highest accuracy: the line says so.
-    print(f"l2s: best epoch {result.best_epoch} (lowest val loss {result.best_val_loss:.4f}): val accuracy "
-          f"{result.best_val_accuracy:.3f}; weights in {result.best_dir}")
-    for line in validation_report(result.best_dir, args.data):
-        print(f"l2s: best checkpoint, {line}")
-    from l2s.evaluation.curves import CURVES_FILE   # loaded with the training already
-
-    if (result.out_dir / CURVES_FILE).is_file():   # a run finished before curves were drawn has none
-        print(f"l2s: training curves in {result.out_dir / CURVES_FILE}")
+    if world().is_main:
+        say_training_result(result, args.data)
     return 0

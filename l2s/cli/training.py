@@ -148,6 +148,7 @@ def make_data_main(argv: Sequence[str] | None = None) -> int:
         args.device = world().device(args.device)  # under torchrun / accelerate launch: this rank's GPU
         with output_lock(args.out, kind="make-data"):  # a second writer is refused here, before any work
             samples = _labelled_samples(args)
+            _check_images(args, samples)   # before the model loads: a wrong --images is said at once
             pipe = _load_pipe(args.model, args.device, args.dtype)
             summary = make_dataset(
                 samples, pipe, args.out,
@@ -174,20 +175,35 @@ def make_data_main(argv: Sequence[str] | None = None) -> int:
 
 
 def _refuse_empty_dataset(args: argparse.Namespace, summary) -> None:
-    """A run that made no record keeps no dataset (an empty one would only be resumed): its files
-    go, and the error says why every sample was skipped when it can (no --images)."""
+    """A run that made no record keeps no dataset (an empty one would only be resumed): its files go.
+    (Missing images were refused before: :func:`_check_images`.)"""
     from l2s.training import remove_empty_dataset
 
-    reasons = remove_empty_dataset(Path(args.out)) if world().is_main else []
     if world().is_main:
+        remove_empty_dataset(Path(args.out))
         print(summary.line(), file=sys.stderr)
-    hint = ""
-    if args.images is None and reasons and all(r.startswith("image not found") for r in reasons):
-        folder = Path(args.annotations[0]).parent   # the likeliest home of the images: say it
-        hint = ("; without --images, relative image paths resolve against the current directory: pass --images "
-                f"with the folder they are relative to (e.g. --images {folder}, the annotations' folder)")
     raise L2SError(f"no sample gave a record (every one was skipped: see the lines above), so {args.out} keeps no "
-                   f"dataset{hint}")
+                   "dataset")
+
+
+def _check_images(args: argparse.Namespace, samples: list) -> None:
+    """Refuse a run whose first images to invert are all missing (nothing is written), with where
+    the images are looked for."""
+    from l2s.training import check_dataset_images
+
+    try:
+        check_dataset_images(samples, args.out, limit=args.limit, restart=args.restart)
+    except L2SError as error:
+        raise L2SError(f"{error}{_images_hint(args)}") from None
+
+
+def _images_hint(args: argparse.Namespace) -> str:
+    """Where image paths were resolved, when missing images may be relative to another folder."""
+    if args.images is not None:
+        return "; --images must be the folder the annotations' image paths are relative to"
+    folder = Path(args.annotations[0]).parent   # the likeliest home of the images: say it
+    return ("; without --images, relative image paths resolve against the current directory: pass --images "
+            f"with the folder they are relative to (e.g. --images {folder}, the annotations' folder)")
 
 
 def _labelled_samples(args: argparse.Namespace) -> list:
@@ -222,7 +238,9 @@ def build_train_parser() -> argparse.ArgumentParser:
         "OUT/log.jsonl.",
         ["l2s train runs/maps --out runs/classifier",
          "l2s train runs/maps --out runs/classifier-k8 --layers 8 --epochs 100"])
-    p.add_argument("dataset", metavar="DATASET", help="dataset directory written by 'l2s make-data'")
+    p.add_argument("dataset", metavar="DATASET", help="dataset directory written by 'l2s make-data' (one of 'l2s "
+                                                      "shapes make-data' is refused: 'l2s shapes train-classifier' "
+                                                      "trains its classifier)")
     p.add_argument("--out", type=out_text, required=True, help="output directory for checkpoints and the log")
     p.add_argument("--preset", default=None,
                    help="classifier preset: flux-dev, flux-schnell, sd14 or sd21 (default: the dataset's model "
@@ -258,6 +276,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         use_threads(args)
         args.device = world().device(args.device)
         meta = load_dataset_meta(args.dataset)
+        _refuse_shapes_data(args.dataset, meta)
         name = args.preset if args.preset is not None else meta.get("model_family")
         if name not in DEFAULT_LR:
             presets = ", ".join(DEFAULT_LR)
@@ -272,15 +291,34 @@ def train_main(argv: Sequence[str] | None = None) -> int:
                                   on_resume=lambda line: print(line, file=sys.stderr))
     except (L2SError, ValueError) as error:
         return say_error(error)
-    if not world().is_main:
-        return 0
-    print(f"l2s: best epoch {result.best_epoch}: val loss {result.best_val_loss:.4f}, val accuracy "
-          f"{result.best_val_accuracy:.3f} ({result.epochs_run} epochs"
-          f"{', stopped early' if result.stopped_early else ''}); checkpoint {result.best_dir}", file=sys.stderr)
-    for line in validation_report(result.best_dir, args.dataset, args.device):
-        print(f"l2s: {line}", file=sys.stderr)
-    from l2s.evaluation.curves import CURVES_FILE   # loaded with the training already
-
-    if (result.out_dir / CURVES_FILE).is_file():   # a run finished before curves were drawn has none
-        print(f"l2s: training curves in {result.out_dir / CURVES_FILE}", file=sys.stderr)
+    if world().is_main:
+        say_training_result(result, args.dataset, args.device)
     return 0
+
+
+def _refuse_shapes_data(dataset: str, meta: dict) -> None:
+    """A 'shapes make-data' dataset trains the shapes world's small classifier, not a preset's large
+    one: refused, as 'shapes train-classifier' refuses a 'make-data' dataset."""
+    from l2s.shapes.settings import SHAPES_MODEL_NAME
+
+    if (meta.get("settings") or {}).get("model") == SHAPES_MODEL_NAME:
+        raise L2SError(f"{dataset} was made by 'l2s shapes make-data', not by 'l2s make-data': train its classifier "
+                       f"with 'l2s shapes train-classifier --data {dataset} --out DIR'")
+
+
+def say_training_result(result, dataset, device: str = "cpu") -> None:
+    """The last lines of 'l2s train' and 'l2s shapes train-classifier', on stderr as every l2s line:
+    the best epoch (best: the lowest val loss, not the highest accuracy; of how many epochs), its
+    validation report and where the curves are."""
+    from l2s.evaluation.curves import CURVES_FILE   # loaded with the training already
+    from l2s.training import validation_report
+
+    ran = (f"{result.epochs_run} epoch{'s' * (result.epochs_run != 1)} run"
+           f"{', stopped early' if result.stopped_early else ''}")
+    lines = [f"best epoch {result.best_epoch} of {ran} (lowest val loss {result.best_val_loss:.4f}): val accuracy "
+             f"{result.best_val_accuracy:.3f}; weights in {result.best_dir}"]
+    lines += [f"best checkpoint, {line}" for line in validation_report(result.best_dir, dataset, device)]
+    if (result.out_dir / CURVES_FILE).is_file():   # a run finished before curves were drawn has none
+        lines.append(f"training curves in {result.out_dir / CURVES_FILE}")
+    for line in lines:
+        print(f"l2s: {line}", file=sys.stderr)

@@ -14,6 +14,10 @@ from .store import REDO, SKIPPED_FILE
 
 log = logging.getLogger(__name__)
 
+# Image files looked for before any inversion: when none of the first this many exists, the
+# images are elsewhere (a wrong folder), and every sample would be skipped one by one.
+IMAGES_CHECKED_FIRST = 32
+
 
 def file_state(path) -> list[int] | None:
     """(size, mtime) of a file, None when there is none: what tells a fixed image file."""
@@ -62,3 +66,22 @@ def chunks_to_retry(out_dir: Path, chunks: list[list[RelationSample]], committed
         log.warning("retrying %d chunk(s) with samples whose image files were missing or unreadable",
                     len(retry))
     return sorted(retry)
+
+
+def check_images_found(items: Sequence[RelationSample], committed: dict[int, dict]) -> None:
+    """Refuse a run whose first image files (up to :data:`IMAGES_CHECKED_FIRST` distinct ones) are
+    all missing, naming the folder and the first; not once a committed chunk holds records (the
+    images were found then: a resume goes on, skipping the samples whose image is gone)."""
+    if any(info.get("records") for info in committed.values()):
+        return
+    files = list(dict.fromkeys(Path(s.image) for s in items if isinstance(s.image, (str, os.PathLike))))
+    looked = files[:IMAGES_CHECKED_FIRST]
+    if not looked or any(path.is_file() for path in looked):
+        return
+    first = Path(os.path.abspath(looked[0]))   # a relative path resolved where it was looked for
+    if len(looked) == 1:
+        which = f"the image file to invert is missing ({first})"
+    else:
+        which = (f"{'the first' if len(files) > len(looked) else 'all'} {len(looked)} image files to invert are "
+                 f"missing (the first: {first})")
+    raise L2SError(f"{which}: the images are not in {first.parent}; nothing was inverted")

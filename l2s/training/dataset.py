@@ -21,7 +21,7 @@ from l2s.errors import L2SError
 from l2s.files import read_jsonl_lines
 from l2s.pipelines.families import denoiser, pipeline_family, pixels_per_token
 from l2s.relations import PUBLISHED_CLASSES
-from .chunks import check_resumed_chunks, chunks_to_retry
+from .chunks import check_images_found, check_resumed_chunks, chunks_to_retry
 from .inversion_utils import (
     DEFAULT_STEPS,
     DEFAULT_STORE_STEPS,
@@ -133,6 +133,7 @@ def make_dataset(
         raise L2SError(f"{spelled('out_dir')} must be a folder path, got {out_dir!r}")
     out_dir = Path(out_dir)
     with output_lock(out_dir, kind="make-data"):
+        check_dataset_images(items, out_dir, restart=restart)
         resumed = _write_dataset(items, pipe, out_dir, restart, on_sample, progress, dict(
             model_family=family, model=model_name, class_names=list(class_names), steps=steps,
             store_steps=list(store), size=size, dual=dual, seed=seed, val_fraction=val_fraction,
@@ -226,6 +227,18 @@ def _write_chunks(writer: DatasetWriter | None, job: Job, chunks: list[list[Rela
                     writer.record(*share)
                     bar.update(0 if share[0] == chunk else len(chunks[share[0]]))
     return done
+
+
+def check_dataset_images(samples: Iterable[RelationSample], out_dir: str | Path, limit: int | None = None,
+                         restart: bool = False) -> None:
+    """Refuse, before a model is loaded or a file written, a :func:`make_dataset` call (same
+    arguments) whose first images are all missing: a wrong images folder, that would skip every
+    sample (:func:`.chunks.check_images_found`)."""
+    try:
+        committed = {} if restart else read_progress(Path(out_dir))["chunks"]
+    except L2SError:   # a damaged record: the writer says so, and how to go on
+        committed = {}
+    check_images_found(_unique_samples(samples, limit), committed)
 
 
 def _unique_samples(samples: Iterable[RelationSample], limit: int | None) -> list[RelationSample]:

@@ -6,7 +6,7 @@ import logging
 import os
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from l2s.relations import canonical_class
 from .chunks import file_state, items_hash
 from .inversion import dual_invert
 from .sources import RelationSample, digest, sample_seed, split_of
-from .store import MAP_DTYPES, shard_name
+from .store import MAP_DTYPES, SKIPPED_FILE, shard_name
 from .writer import write_shard
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,24 @@ def load_image(sample: RelationSample) -> Image.Image:
         raise Skip(f"unreadable image {sample.image}: {type(error).__name__}: {error}", state) from None
 
 
+class SkipLog:
+    """Logs the first few skipped samples, then once that the others are only in skipped.jsonl (the
+    summary counts them all): images missing from a 100k-sample run would bury every other line."""
+
+    shown = 5
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, key: str, reason: Skip, out_dir: Path) -> None:
+        self.count += 1
+        if self.count <= self.shown:
+            log.warning("skipped %s: %s", key, reason)
+        elif self.count == self.shown + 1:
+            log.warning("more samples skipped: not listed here, each with its reason in %s; the last line "
+                        "counts them", out_dir / SKIPPED_FILE)
+
+
 @dataclass
 class Job:
     """What every sample of a :func:`make_dataset` call shares."""
@@ -64,6 +82,7 @@ class Job:
     out_dir: Path
     shard_size: int
     on_sample: Callable[[int], None] | None = None
+    skip_log: SkipLog = field(default_factory=SkipLog)
 
 
 def invert_chunk(job: Job, chunk: int, members: list[RelationSample], bar) -> tuple:
@@ -80,7 +99,7 @@ def invert_chunk(job: Job, chunk: int, members: list[RelationSample], bar) -> tu
             skipped.append({"key": sample.key, "image_id": sample.image_id, "source": sample.source,
                             "reason": str(reason), "chunk": chunk,
                             **({} if reason.file_state is False else {"file_state": reason.file_state})})
-            log.warning("skipped %s: %s", sample.key, reason)
+            job.skip_log(sample.key, reason, job.out_dir)
         bar.update()
         if job.on_sample is not None:
             job.on_sample(chunk * job.shard_size + offset)

@@ -201,8 +201,15 @@ def test_flux_layer_subset_in_execution_order(flux, flux_inputs):
         with capture.recording(FLUX_GROUPS, FLUX_TEXT_LEN, FLUX_GRID) as captured:
             run_flux(flux, flux_inputs)
     assert [layer.name for layer in captured.layers] == capture.layer_names
-    with pytest.raises(ClassifierMismatchError, match=r"has no attention layers \['transformer_blocks.9.attn'\] "
-                                                      "to capture.*use one trained for this model"):
+    # Said as the channel mismatch is: counts and the first and last block, not the model's class or a list.
+    with pytest.raises(ClassifierMismatchError) as refused:
+        AttentionCapture(flux, layers=[f"transformer_blocks.{i}.attn" for i in range(8)])
+    assert str(refused.value) == (
+        "the classifier reads 8 attention layers (transformer_blocks.0 to transformer_blocks.7) but this model has 4 "
+        "attention layers (transformer_blocks.0 to single_transformer_blocks.1) and no transformer_blocks.2: use a "
+        "classifier trained for this model")
+    with pytest.raises(ClassifierMismatchError, match=r"reads 1 attention layer \(transformer_blocks.9\) .* and no "
+                                                      r"transformer_blocks.9: use a classifier trained for this model$"):
         AttentionCapture(flux, layers=["transformer_blocks.9.attn"])
 
 

@@ -37,26 +37,38 @@ def test_a_dataset_of_another_make_data_is_refused_with_the_command_that_trains_
     assert not (tmp_path / "run").exists()
 
 
+def test_l2s_train_refuses_a_shapes_dataset_with_the_command_that_trains_it(shapes_data, tmp_path, capsys):
+    """It once trained a preset's large classifier on the shapes world's maps without a word."""
+    assert main(["train", str(shapes_data), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    assert capsys.readouterr().err == (f"l2s: error: {shapes_data} was made by 'l2s shapes make-data', not by 'l2s "
+                                       f"make-data': train its classifier with 'l2s shapes train-classifier --data "
+                                       f"{shapes_data} --out DIR'\n")
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_resumed_run_says_so_before_its_first_epoch_even_quiet(shapes_data, tmp_path, capsys, monkeypatch):
     from tests.training.test_train import said_before_the_first_epoch
 
     argv = ["--data", str(shapes_data), "--out", str(tmp_path / "run"), "--quiet", "--epochs"]
-    assert train_classifier_main(argv + ["1"]) == 0 and "resumed after" not in capsys.readouterr().out
-    said = said_before_the_first_epoch(lambda: train_classifier_main(argv + ["2"]), "out", capsys, monkeypatch)
+    assert train_classifier_main(argv + ["1"]) == 0 and "resumed after" not in capsys.readouterr().err
+    said = said_before_the_first_epoch(lambda: train_classifier_main(argv + ["2"]), "err", capsys, monkeypatch)
     assert said == f"l2s: resumed after epoch 1 of the earlier run in {tmp_path / 'run'}\n"
-    end = capsys.readouterr().out
+    end = capsys.readouterr().err
     assert "resumed after" not in end and end.startswith("l2s: best epoch ")   # the summary stays; said once
 
 
 def test_the_best_epoch_line_and_card_say_what_best_means_and_count_records(shapes_data, tmp_path, capsys):
     out = tmp_path / "run"
     assert train_classifier_main(["--data", str(shapes_data), "--out", str(out), "--epochs", "3", "--quiet"]) == 0
-    printed = capsys.readouterr().out
+    said = capsys.readouterr()
+    printed = said.err   # l2s's lines go to stderr, as 'l2s train' says the same sentence
+    assert said.out == ""
     rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     best = min(rows, key=lambda row: row["val_loss"])
     # "best" is chosen by the lowest val loss (another epoch may have a higher accuracy): the line says so.
-    assert re.search(rf"^l2s: best epoch {best['epoch']} \(lowest val loss {best['val_loss']:.4f}\): val accuracy "
-                     rf"{best['val_accuracy']:.3f}; weights in ", printed, re.MULTILINE), printed
+    assert re.search(rf"^l2s: best epoch {best['epoch']} of 3 epochs run \(lowest val loss {best['val_loss']:.4f}\): "
+                     rf"val accuracy {best['val_accuracy']:.3f}; weights in {out / 'best'}$", printed,
+                     re.MULTILINE), printed
     assert printed.splitlines()[-1] == f"l2s: training curves in {out / 'curves.png'}"
     assert (out / "curves.png").is_file()
     card = (out / "best" / "README.md").read_text()

@@ -22,7 +22,7 @@ def test_train_classifier_layers_option(tmp_path, capsys):
                                   "--epochs", "1", "--quiet"]) == 0
     model = RelationClassifier.load(tmp_path / "k2" / "best")
     assert model.config.channels == 8 and model.config.layer_layout == LAYOUT[:2]
-    assert "best epoch 1" in capsys.readouterr().out
+    assert "best epoch 1" in capsys.readouterr().err
     with pytest.raises(Exception, match="choose 1 to 3"):
         train_classifier_main(["--data", str(data), "--out", str(tmp_path / "k4"), "--layers", "4", "--quiet"])
     assert build_make_data_parser().parse_args(["--out", "x", "--layers", "3"]).layers == 3

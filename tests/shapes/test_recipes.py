@@ -163,7 +163,7 @@ def test_make_data_and_train_dual_and_ablation(tiny_shapes_pipe, tmp_path, capsy
     capsys.readouterr()
     assert train_classifier_main(["--data", str(tmp_path / "data"), "--out", str(tmp_path / "cli"),
                                                "--no-dual", "--epochs", "1", "--quiet"]) == 0
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr().err
     counts = {kind: len(h) for kind, h in hits.items()}
     assert re.search(rf"val accuracy by prompt type: neg \d\.\d{{3}} \({counts['neg']}\), "
                      rf"pos \d\.\d{{3}} \({counts['pos']}\)", printed), printed

@@ -297,8 +297,8 @@ def test_make_data_cli(images, tmp_path, capsys):
     assert "--no-dual" in capsys.readouterr().out
 
 
-def test_make_data_that_makes_no_record_keeps_no_dataset_and_says_why_images_went_missing(images, tmp_path,
-                                                                                          monkeypatch, capsys):
+def test_make_data_without_images_keeps_no_dataset_and_says_why_images_went_missing(images, tmp_path,
+                                                                                     monkeypatch, capsys):
     pairs = images / "pairs-relative.jsonl"   # beside the images: the paths are relative to that folder
     pairs.write_text(json.dumps({"image": "img0.png", "prompt": "a cat above a dog"}) + "\n")
     (tmp_path / "elsewhere").mkdir()
@@ -306,13 +306,68 @@ def test_make_data_that_makes_no_record_keeps_no_dataset_and_says_why_images_wen
     base = ["--model", "tiny", "--source", "pairs", "--annotations", str(pairs), "--steps", "4", "--store-steps",
             "1", "--quiet", "--out"]
     assert make_data_main(base + [str(tmp_path / "maps")]) == 2
-    error = capsys.readouterr().err.splitlines()[-1]
-    assert error == (f"l2s: error: no sample gave a record (every one was skipped: see the lines above), so "
-                     f"{tmp_path / 'maps'} keeps no dataset; without --images, relative image paths resolve against "
-                     f"the current directory: pass --images with the folder they are relative to (e.g. --images "
-                     f"{images}, the annotations' folder)")
+    assert capsys.readouterr().err == (
+        f"l2s: error: the image file to invert is missing ({tmp_path / 'elsewhere' / 'img0.png'}): the images are "
+        f"not in {tmp_path / 'elsewhere'}; nothing was inverted; without --images, relative image paths resolve "
+        f"against the current directory: pass --images with the folder they are relative to (e.g. --images {images}, "
+        "the annotations' folder)\n")
     assert not (tmp_path / "maps").exists()    # no empty dataset left to resume
     assert make_data_main(base + [str(tmp_path / "maps"), "--images", str(images)]) == 0
+
+
+def test_a_wrong_images_folder_is_refused_in_one_line_before_anything_is_written(images, tmp_path, capsys):
+    """It once printed one 'skipped ... image not found' line per sample: 100k lines on COCO."""
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"image": f"img{i % 6}-{i}.png", "prompt": "a cat above a dog"}) + "\n"
+                             for i in range(40)))
+    (tmp_path / "wrong").mkdir()
+    out = tmp_path / "maps"
+    argv = ["--model", "tiny", "--source", "pairs", "--annotations", str(pairs), "--images", str(tmp_path / "wrong"),
+            "--steps", "4", "--store-steps", "1", "--quiet", "--out", str(out)]
+    assert make_data_main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"l2s: error: the first 32 image files to invert are missing (the first: {tmp_path / 'wrong' / 'img0-0.png'})"
+        f": the images are not in {tmp_path / 'wrong'}; nothing was inverted; --images must be the folder the "
+        "annotations' image paths are relative to\n")
+    assert not out.exists()
+    out.mkdir()
+    (out / "mine.txt").write_text("kept")
+    assert make_data_main(argv + ["--restart"]) == 2 and sorted(p.name for p in out.iterdir()) == ["mine.txt"]
+
+
+def test_the_images_are_looked_for_until_a_dataset_holds_records(images, tmp_path):
+    from l2s.training import check_dataset_images
+
+    gone = [RelationSample(f"g{i}", tmp_path / f"g{i}.png", "cat", "above", "dog") for i in range(4)]
+    there = [RelationSample("img0", images / "img0.png", "cat", "above", "dog")]
+    twice = gone + [RelationSample(s.image_id, s.image, "dog", "below", "cat") for s in gone]
+    with pytest.raises(L2SError, match=r"^all 4 image files to invert are missing \(the first: .*g0.png\)"):
+        check_dataset_images(twice, tmp_path / "maps")        # a file of several samples is counted once
+    check_dataset_images(gone + there, tmp_path / "maps")     # one found: the run goes on, skipping the others
+    (tmp_path / "maps").mkdir()
+    progress = {"chunks": {"0": {"records": 0, "skipped": 2}}}
+    (tmp_path / "maps" / "progress.json").write_text(json.dumps(progress))
+    with pytest.raises(L2SError, match="image files to invert are missing"):   # no image was ever found
+        check_dataset_images(gone, tmp_path / "maps")
+    progress["chunks"]["1"] = {"records": 4, "skipped": 0}
+    (tmp_path / "maps" / "progress.json").write_text(json.dumps(progress))
+    check_dataset_images(gone, tmp_path / "maps")    # they were found once: a resume skips those gone since
+    with pytest.raises(L2SError, match="image files to invert are missing"):
+        check_dataset_images(gone, tmp_path / "maps", restart=True)
+
+
+def test_skipped_samples_are_logged_a_few_then_counted(tmp_path, caplog):
+    from l2s.training.samples import Job, invert_chunk
+
+    members = [RelationSample(f"i{i}", tmp_path / f"i{i}.png", "cat", "above", "dog") for i in range(9)]
+    job = Job(None, ("to the left of", "to the right of"), 0, True, 0.5, None, "float16", {}, tmp_path, 9)
+    with caplog.at_level("WARNING", logger="l2s.training.samples"):
+        _, _, records, skipped = invert_chunk(job, 0, members, type("Bar", (), {"update": lambda self: None})())
+    assert not records and len(skipped) == 9    # every reason is kept in skipped.jsonl
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line.split(": ")[0] for line in lines[:5]] == [f"skipped custom:i{i}:cat|above|dog" for i in range(5)]
+    assert lines[5:] == [f"more samples skipped: not listed here, each with its reason in {tmp_path / 'skipped.jsonl'}"
+                         "; the last line counts them"]
 
 
 def test_make_data_resumes_with_the_datasets_own_shard_size(images, tmp_path, capsys):

@@ -280,6 +280,7 @@ def test_make_dataset_refuses_samples_and_folders_of_another_type(flux, samples,
 
 def test_make_data_where_every_sample_is_skipped_is_an_error(samples, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "img0.png").write_text("not a picture")   # there, so not refused before inverting
     pairs = _pairs(tmp_path, tmp_path / "empty")
     code = make_data_main(["--model", "tiny", "--source", "pairs", "--annotations", str(pairs), "--images",
                            str(tmp_path / "empty"), "--steps", "4", "--store-steps", "1", "3", "--size", "32",

@@ -287,11 +287,15 @@ def test_train_cli_uses_a_preset_sized_from_the_dataset(tmp_path, capsys, umask_
     dataset = _write(tmp_path / "data", [_synthetic(24, g, "train"), _synthetic(8, g, "val")])
     code = train_main([str(dataset), "--out", str(tmp_path / "run"), "--preset", "flux-schnell", "--epochs", "1",
                        "--batch-size", "8", "--quiet"])
-    err = capsys.readouterr().err
+    said = capsys.readouterr()
+    err = said.err
     assert code == 0, err
+    assert said.out == "" and re.match(rf"l2s: best epoch 1 of 1 epoch run \(lowest val loss \d\.\d{{4}}\): val "
+                                       rf"accuracy \d\.\d{{3}}; weights in {tmp_path / 'run' / 'best'}\n", err), err
     val_records = len(AttentionMapDataset(dataset, "val", (1, 3)))
-    assert re.search(rf"val accuracy by prompt type: pos \d\.\d{{3}} \({val_records}\)", err)
-    assert "l2s: relation leakage: no wrong-word (neg) records to measure it on" in err
+    assert re.search(rf"^l2s: best checkpoint, val accuracy by prompt type: pos \d\.\d{{3}} \({val_records}\)", err,
+                     re.MULTILINE)
+    assert "l2s: best checkpoint, relation leakage: no wrong-word (neg) records to measure it on" in err
     model = RelationClassifier.load(tmp_path / "run" / "best")
     assert model.config.channels == CHANNELS and model.config.timesteps == (1, 3)
     assert model.config.model_family == "flux-schnell" and model.config.d_model == 256  # published sizes
