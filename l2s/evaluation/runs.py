@@ -140,7 +140,8 @@ def run_eval(steerer, specs: Sequence[PromptSpec], detector: Detector, out_dir: 
     ``detector_name`` and ``rule`` identify the scoring: images scored otherwise are re-scored.
     ``restart``: remove a previous run in ``out_dir`` first. ``batch_size``: images made per
     steering call (a list of prompts and seeds, each image as if made alone; more use more memory
-    for the steering backward); 1: one call per image.
+    for the steering backward); 1: one call per image. ``run.json`` and ``summary.json`` also record
+    what the images are made with, the model's defaults filled in (``resolved``).
     """
     modes = list(dict.fromkeys(modes))
     generate = dict(num_inference_steps=num_inference_steps, height=height, width=width,
@@ -149,11 +150,24 @@ def run_eval(steerer, specs: Sequence[PromptSpec], detector: Detector, out_dir: 
     if settings is None:   # a rerun with other sampling arguments is another run, not a resume
         settings = _call_settings(out_dir, generate)
     out = Path(out_dir)
+    resolved = _in_effect(steerer, generate, modes)
     with output_lock(out, kind="eval"):
-        world().on_main(lambda: prepare_run_dir(out, specs, modes, dict(settings), restart, seeds))
+        world().on_main(lambda: prepare_run_dir(out, specs, modes, dict(settings), restart, seeds, resolved))
         generate["progress"] = False
         run = _Run(steerer, detector, out, rule, {"rule": rule, "detector": detector_name}, generate, batch_size)
-        return _generate_run(run, specs, seeds, modes, settings, contact_sheets, progress)
+        return _generate_run(run, specs, seeds, modes, settings, contact_sheets, progress, resolved)
+
+
+def _in_effect(steerer, generate: dict, modes: Sequence[str]) -> dict | None:
+    """What the images are made with, the model's defaults in place of None (steps, size, guidance,
+    true CFG; the schedule where a mode steers); None for a steerer that cannot say (a stand-in)."""
+    resolve = getattr(steerer, "sampling_in_effect", None)
+    if resolve is None:
+        return None
+    resolved = resolve(**generate)
+    if STEERED not in modes:
+        del resolved["schedule"]    # no image follows it
+    return resolved
 
 
 def _call_settings(out_dir: str | Path, generate: dict) -> dict:
@@ -169,7 +183,8 @@ def _call_settings(out_dir: str | Path, generate: dict) -> dict:
 
 
 def _generate_run(run: _Run, specs: Sequence[PromptSpec], seeds: Sequence[int], modes: list[str],
-                  settings: dict[str, Any] | None, contact_sheets: bool, progress: bool) -> EvalReport:
+                  settings: dict[str, Any] | None, contact_sheets: bool, progress: bool,
+                  resolved: dict | None = None) -> EvalReport:
     """The images of :func:`run_eval` (made, re-scored or resumed), then its report files."""
     out, rule = run.out, run.rule
     started = time.perf_counter()
@@ -184,7 +199,7 @@ def _generate_run(run: _Run, specs: Sequence[PromptSpec], seeds: Sequence[int], 
     report = EvalReport(
         modes={mode: ModeReport(summarise([r.result for r in rs], rule), rs) for mode, rs in records.items()},
         settings={**(settings or {}), "seeds": list(seeds), "modes": modes, "n_prompts": len(specs), **run.scoring},
-        wall_time_s=time.perf_counter() - started)
+        wall_time_s=time.perf_counter() - started, resolved=resolved)
     if group.is_main:
         write_outputs(out, report, contact_sheets, columns=8)
     return report

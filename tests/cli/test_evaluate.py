@@ -165,6 +165,34 @@ def test_eval_tiny_writes_the_run(tiny_run):
     assert (tiny_run / "contact_sheet_01.png").is_file()
 
 
+def test_eval_records_what_its_images_were_made_with_beside_what_was_asked(tiny_run, tmp_path, capsys):
+    from tests.evaluation.test_html_report import Page
+
+    recorded = json.loads((tiny_run / "run.json").read_text())
+    asked = recorded["generation"]     # as a resumed run compares it: None is the model's default
+    assert asked["steps"] == 2 and asked["height"] is None and asked["guidance"] is None
+    used = recorded["resolved"]
+    assert used["sampling"] == {"num_inference_steps": 2, "height": 32, "width": 32, "guidance_scale": None,
+                                "true_cfg_scale": 1.0}       # tiny schnell-like FLUX: no guidance read
+    assert Image.open(tiny_run / "steered" / "00000" / "samples" / "0000.png").size == (32, 32)
+    assert used["schedule"]["name"] == "reference" and used["schedule"]["iterations"] == [16, 0]
+    summary = json.loads((tiny_run / "summary.json").read_text())
+    assert summary["resolved"] == used and summary["settings"]["height"] is None
+    page = Page()
+    page.feed((tiny_run / "report.html").read_text(encoding="utf-8"))
+    assert dict(page.tables["used"][1:]) == {
+        "steps": "2", "height": "32 (model default)", "width": "32 (model default)",
+        "guidance": "none (not read by this model)", "true CFG": "1.0",
+        "schedule": "reference: steps 0 of 2 steered, 16 iterations each", "step size": "5.0 (schedule default)"}
+    out = tmp_path / "run"                     # a run recorded before: it resumes, and gains the record
+    shutil.copytree(tiny_run, out)
+    del recorded["resolved"]
+    (out / "run.json").write_text(json.dumps(recorded))
+    code, _, err = run(TINY_RUN + ["--out", str(out)], capsys)
+    assert code == 0 and "already scored" in err, err
+    assert json.loads((out / "run.json").read_text()) == {**recorded, "resolved": used}
+
+
 def test_eval_resumes_and_refuses_other_settings(tiny_run, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     shutil.copytree(tiny_run, out)

@@ -355,6 +355,9 @@ def test_without_settings_a_run_is_known_by_its_sampling_arguments(tiny_eval, tm
     (tmp_path / "run.json").write_text(json.dumps({**recorded, "generation": {}}))   # as runs recorded it before
     assert run_eval(steerer, specs[:1], ShapesDetector(), tmp_path, **call).modes["base"].status_counts() == {
         "resumed": 1}
+    # beside the settings, what the images were made with (no schedule: no image is steered)
+    assert recorded["resolved"] == {"sampling": {"num_inference_steps": 2, "height": 32, "width": 32,
+                                                 "guidance_scale": None, "true_cfg_scale": 1.0}}
 
 
 def test_a_prompt_without_a_spec_is_refused_by_its_number(tmp_path):
