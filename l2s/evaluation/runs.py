@@ -130,7 +130,8 @@ def run_eval(steerer, specs: Sequence[PromptSpec], detector: Detector, out_dir: 
              num_inference_steps: int | None = None, height: int | None = None, width: int | None = None,
              guidance_scale: float | None = None, schedule=None, settings: dict[str, Any] | None = None,
              detector_name: str = "custom", contact_sheets: bool = True,
-             progress: bool = True, restart: bool = False, batch_size: int = 1) -> EvalReport:
+             progress: bool = True, restart: bool = False, batch_size: int = 1,
+             prompt_names: Sequence[str] | None = None) -> EvalReport:
     """Generate every (prompt, seed) in every mode with ``steerer``, score, and write the run.
 
     ``steerer`` is a :class:`l2s.pipelines.SteeringPipeline`; mode ``"base"`` generates with
@@ -140,13 +141,14 @@ def run_eval(steerer, specs: Sequence[PromptSpec], detector: Detector, out_dir: 
     ``detector_name`` and ``rule`` identify the scoring: images scored otherwise are re-scored.
     ``restart``: remove a previous run in ``out_dir`` first. ``batch_size``: images made per
     steering call (a list of prompts and seeds, each image as if made alone; more use more memory
-    for the steering backward); 1: one call per image. ``run.json`` and ``summary.json`` also record
-    what the images are made with, the model's defaults filled in (``resolved``).
+    for the steering backward); 1: one call per image. ``prompt_names``: how errors name each prompt
+    (e.g. its file and line; default ``prompt i``). ``run.json`` and ``summary.json`` also record what
+    the images are made with, the model's defaults filled in (``resolved``).
     """
     modes = list(dict.fromkeys(modes))
     generate = dict(num_inference_steps=num_inference_steps, height=height, width=width,
                     guidance_scale=guidance_scale, schedule=schedule)
-    _check_request(steerer, specs, seeds, modes, rule, detector, batch_size, generate)
+    _check_request(steerer, specs, seeds, modes, rule, detector, batch_size, generate, prompt_names)
     if settings is None:   # a rerun with other sampling arguments is another run, not a resume
         settings = _call_settings(out_dir, generate)
     out = Path(out_dir)
@@ -261,7 +263,8 @@ def _my_pairs(out: Path, pairs: list[tuple[int, int]], modes: list[str], group) 
 
 
 def _check_request(steerer, specs: Sequence[PromptSpec], seeds: Sequence[int], modes: list[str], rule: str,
-                   detector: Detector, batch_size: int = 1, generate: dict | None = None) -> None:
+                   detector: Detector, batch_size: int = 1, generate: dict | None = None,
+                   names: Sequence[str] | None = None) -> None:
     """Everything that can be wrong with a run, checked before the first (slow) image is made
     (and before its folder is claimed)."""
     if not callable(getattr(detector, "detect", None)):
@@ -278,6 +281,8 @@ def _check_request(steerer, specs: Sequence[PromptSpec], seeds: Sequence[int], m
         if not isinstance(spec, PromptSpec):   # spec_from_prompt's None: a prompt with nothing to score
             raise UsageError(f"prompt {index}: expected a PromptSpec, got {spec!r} (spec_from_prompt gives "
                              "None for a prompt without a relation: leave such prompts out)")
+    if names is not None and len(names) != len(specs):
+        raise UsageError(f"prompt_names must name each of the {len(specs)} prompts, got {len(names)} names")
     if not seeds:
         raise L2SError("no seeds: give at least one")
     for seed in seeds:
@@ -285,13 +290,14 @@ def _check_request(steerer, specs: Sequence[PromptSpec], seeds: Sequence[int], m
             raise L2SError(f"seeds must be integers in [0, 2**64), got {seed!r}")
     if len(set(seeds)) != len(seeds):
         raise L2SError("a seed is repeated: each (prompt, seed) image is made once")
-    check_scorable(specs, rule, detector)
+    check_scorable(specs, rule, detector, names)
     # Every prompt must parse and fit the tokenizer.
     for index, spec in enumerate(specs):
         try:
             steerer.plan(spec.prompt)
         except L2SError as error:
-            raise L2SError(f"prompt {index} ({spec.prompt!r}): {error}") from None
+            name = names[index] if names is not None else f"prompt {index}"
+            raise L2SError(f"{name} ({spec.prompt!r}): {error}") from None
     check_arguments = getattr(steerer, "check_arguments", None)   # a SteeringPipeline's; stand-ins may lack it
     if check_arguments is not None:
         check_arguments(specs[0].prompt, seed=seeds[0], steer=STEERED in modes, **(generate or {}))

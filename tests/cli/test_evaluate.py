@@ -549,3 +549,21 @@ def test_a_prompt_files_repeated_prompts_are_said_before_any_image(tmp_path, cap
     assert f"l2s: skipped 1 prompt of {prompts} without a spatial relation" in err.splitlines()
     assert (f"l2s: 1 prompt of {prompts} repeats an earlier line: made and counted again, as the benchmark counts "
             "every line") in err.splitlines()
+
+
+def test_messages_about_a_prompt_files_prompt_name_its_line(tmp_path, capsys):
+    prompts = tmp_path / "spatial.txt"
+    too_long = "a red circle to the left of a blue square. " + "It is sunny today. " * 150
+    prompts.write_text(f"a red circle left of a blue square\n\na photo of a cat\na dog left of a cat\n{too_long}\n")
+    argv = ["eval", "--model", "tiny", "--prompts", str(prompts), "--seeds", "0", "--quiet", "--out",
+            str(tmp_path / "out")]
+    code, _, err = run(argv, capsys)                       # the detector's refusal
+    (line,) = error_lines(err)
+    assert code == 2 and line.startswith(f"l2s: error: {prompts}:4: the shapes detector cannot look for 'dog'"), line
+    code, _, err = run(argv + ["--relations", "red circle,left of,blue square"], capsys)   # --relations'
+    (line,) = error_lines(err)
+    assert code == 2 and line.startswith(f"l2s: error: {prompts}:4: object 'red circle' does not occur"), line
+    prompts.write_text(f"a red circle left of a blue square\n\n{too_long}\n")
+    code, _, err = run(argv, capsys)                       # the model's tokenizer's
+    (line,) = error_lines(err)
+    assert code == 2 and line.startswith(f"l2s: error: {prompts}:3 ('a red circle to the left"), line

@@ -370,6 +370,18 @@ def test_a_prompt_without_a_spec_is_refused_by_its_number(tmp_path):
     assert not (tmp_path / "base").exists()
 
 
+def test_errors_name_a_prompt_as_the_caller_does(tmp_path):
+    from l2s.errors import UsageError
+
+    specs = [*shapes_position_prompts(1, seed=0), PromptSpec("a dog left of a cat", (RelationCheck("dog", "left of",
+                                                                                                  "cat"),))]
+    with pytest.raises(L2SError, match=r"^prompts.txt:7: the shapes detector cannot look for 'dog'"):
+        run_eval(SceneSteerer(), specs, ShapesDetector(), tmp_path, prompt_names=["prompts.txt:1", "prompts.txt:7"])
+    with pytest.raises(UsageError, match="prompt_names must name each of the 2 prompts, got 1 names"):
+        run_eval(SceneSteerer(), specs, ShapesDetector(), tmp_path, prompt_names=["prompts.txt:1"])
+    assert not (tmp_path / "base").exists()
+
+
 def test_one_untimed_warm_up_image_before_the_first_generated_one_and_none_on_a_finished_run(tmp_path):
     class WarmedSteerer(SceneSteerer):
         def __init__(self):
