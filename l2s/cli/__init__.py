@@ -1,5 +1,5 @@
-"""The ``l2s`` command line: ``parse``, ``generate``, ``eval``, ``make-data``, ``train`` and the
-shapes world's ``shapes ...`` commands (``l2s shapes --help`` lists them).
+"""The ``l2s`` command line: ``parse``, ``generate``, ``eval``, ``compare``, ``make-data``, ``train`` and
+the shapes world's ``shapes ...`` commands (``l2s shapes --help`` lists them).
 
 Bad input ends with one line on stderr (``l2s: error: ...``) and exit code 2, never a silent
 wrong image; running out of memory is such a line too. Ctrl-C ends with one line and exit code
@@ -29,7 +29,7 @@ from l2s.distributed import (
 from l2s.errors import L2SError
 from l2s.quiet import drop_pure_noise
 
-from . import evaluate, generate, parse
+from . import compare, evaluate, generate, parse
 from .help import OneLineParser
 from .noise import library_bars_off, quiet_libraries
 from .outputs import log_to_stderr, say, say_error
@@ -39,6 +39,7 @@ EXAMPLES = """examples:
   l2s generate "a red circle to the left of a blue square"         # the shipped shapes-world model
   l2s generate "a dog right of a teddy bear" --model /models/FLUX.1-dev --classifier /models/l2s-flux-dev
   l2s eval --n-prompts 20 --seeds 0-3 --out l2s-eval                # accuracy, base vs steered
+  l2s compare runs/mine runs/shipped                                # two eval runs, image for image
   l2s parse "a photo of a dog right of a teddy bear"
 
 'l2s COMMAND --help' tells each command's options (a command's --quiet keeps only l2s's own lines)."""
@@ -187,6 +188,7 @@ def build_parser(full_eval: bool = True) -> argparse.ArgumentParser:
     parse.add_parser(sub)
     generate.add_parser(sub)
     evaluate.add_parser(sub, full=full_eval)
+    compare.add_parser(sub)
     # Listed here for 'l2s --help'; main() hands their arguments to the front end.
     for command, help_text in FRONT_ENDS:
         if len(command) == 1:
@@ -228,7 +230,7 @@ def _one_process_only(argv: list[str]) -> str | None:
     several: each copy would make the same images into the same folder (and all but one be refused)."""
     if not launched() or {"-h", "--help", "--version"} & set(argv):
         return None
-    known = [("generate",), ("parse",), *(command for command, _ in FRONT_ENDS)]
+    known = [("generate",), ("parse",), ("compare",), *(command for command, _ in FRONT_ENDS)]
     command = next((c for c in known if tuple(argv[:len(c)]) == c), None)
     if command is None or command in LAUNCHED_COMMANDS:
         return None

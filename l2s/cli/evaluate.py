@@ -215,17 +215,18 @@ def _score_folder(args: argparse.Namespace):
 
 def _generate_and_score(args: argparse.Namespace):
     from l2s.distributed import output_lock, world
-    from l2s.evaluation import parse_seeds, resolve_prompt_set
+    from l2s.evaluation import parse_seeds, resolve_named_prompt_set
 
     # Everything that can be wrong with the request is checked before a model is loaded.
-    specs, skipped = resolve_prompt_set(args.prompts, args.n_prompts, args.prompt_seed, sets=prompt_sets())
+    specs, names, skipped = resolve_named_prompt_set(args.prompts, args.n_prompts, args.prompt_seed,
+                                                     sets=prompt_sets())
     if world().is_main:
         for line in _prompt_file_lines(args.prompts, specs, skipped):
             print(line, file=sys.stderr)
     seeds = parse_seeds(args.seeds)
-    relations_of = _given_relations(args.relations, specs)
+    relations_of = _given_relations(args.relations, specs, names)
     with output_lock(args.out, kind="eval"):  # a second run into --out is refused before any model loads
-        return _run_locked(args, specs, seeds, relations_of)
+        return _run_locked(args, specs, seeds, relations_of, names)
 
 
 def _prompt_file_lines(name: str, specs, skipped: int) -> list[str]:
@@ -241,8 +242,11 @@ def _prompt_file_lines(name: str, specs, skipped: int) -> list[str]:
     return lines
 
 
-def _given_relations(text: str | None, specs):
-    """``--relations``: prompt -> relations to steer (checked against every prompt now), or None."""
+def _given_relations(text: str | None, specs, names=None):
+    """``--relations``: prompt -> relations to steer (checked against every prompt now, an error
+    naming it by ``names``, default ``prompt i``), or None."""
+    from l2s.errors import L2SError
+
     if text is None:
         return None
     if text.strip() == "checks":
@@ -250,12 +254,15 @@ def _given_relations(text: str | None, specs):
     else:
         relations = parse_relations(text)
         given = {spec.prompt: relations for spec in specs}
-    for prompt, relations in given.items():
-        given_parse(prompt, relations)
+    for spec, name in zip(specs, names or [f"prompt {index}" for index in range(len(specs))]):
+        try:
+            given_parse(spec.prompt, given[spec.prompt])
+        except L2SError as error:
+            raise type(error)(f"{name}: {error}") from None
     return given.get
 
 
-def _run_locked(args: argparse.Namespace, specs, seeds, relations_of=None):
+def _run_locked(args: argparse.Namespace, specs, seeds, relations_of=None, names=None):
     from l2s.distributed import world
     from l2s.evaluation import MODES, check_scorable, load_detector, run_eval
     from l2s.evaluation.run_dir import refuse_changed_settings, refuse_fewer_images, refuse_scoring_outputs
@@ -268,7 +275,7 @@ def _run_locked(args: argparse.Namespace, specs, seeds, relations_of=None):
         refuse_changed_settings(args.out, settings, not_yet=STEERER_SETTINGS)
         refuse_fewer_images(args.out, seeds, modes, len(specs))
     detector = load_detector(args.detector, args.detector_threshold, args.device, named=named_detectors())
-    check_scorable(specs, args.rule, detector)
+    check_scorable(specs, args.rule, detector, names)
     steerer, source = load_steerer(args)
     if relations_of is not None:
         steer_given_relations(steerer, relations_of)
@@ -284,7 +291,7 @@ def _run_locked(args: argparse.Namespace, specs, seeds, relations_of=None):
         num_inference_steps=args.steps, height=args.height, width=args.width,
         guidance_scale=args.guidance, schedule=args.schedule,
         settings=settings, detector_name=_detector_id(args), contact_sheets=args.contact_sheet,
-        progress=not args.quiet, restart=args.restart, batch_size=args.batch_size)
+        progress=not args.quiet, restart=args.restart, batch_size=args.batch_size, prompt_names=names)
 
 
 STEERER_SETTINGS = ("sampling", "step_size", "engine", "capture_backend")   # known once the model loads

@@ -173,10 +173,75 @@ def _figure(record: ImageRecord, base: ImageRecord | None, out: Path) -> str:
 
 
 def _settings(report) -> str:
-    text = json.dumps(report.settings, indent=2, default=str)
+    text = json.dumps({**report.settings, **({"resolved": report.resolved} if report.resolved else {})},
+                      indent=2, default=str)
+    used = _table(("sampling", "used"), used_settings(report.settings, report.resolved), "used") \
+        if report.resolved else ""
     return (f"<h2>Settings</h2><p>wall time of the call that wrote this report {report.wall_time_s:.1f} s "
-            "(a resumed run's earlier calls not included)</p>"
+            f"(a resumed run's earlier calls not included)</p>{used}"
             f"<details><summary>run settings</summary><pre>{_e(text)}</pre></details>")
+
+
+# (label, the setting as requested in the CLI's and in run_eval's spelling, the resolved sampling's key)
+_SAMPLING_ROWS = (("steps", ("steps", "num_inference_steps"), "num_inference_steps"),
+                  ("height", ("height",), "height"), ("width", ("width",), "width"),
+                  ("guidance", ("guidance", "guidance_scale"), "guidance_scale"))
+
+
+def used_settings(settings: dict, resolved: dict) -> list[tuple[str, str]]:
+    """(setting, what the images used) rows: a value the run left to the model marked so."""
+    sampling = resolved.get("sampling") or {}
+    rows = [(label, _used(sampling[key], _defaulted(settings, names), "model default"))
+            for label, names, key in _SAMPLING_ROWS if key in sampling]
+    if "true_cfg_scale" in sampling:
+        negative = sampling.get("negative_prompt")
+        rows.append(("true CFG", f"{sampling['true_cfg_scale']}" + (f", negative prompt {negative!r}"
+                                                                    if negative is not None else "")))
+    schedule = resolved.get("schedule")
+    if schedule:
+        rows += _schedule_rows(schedule, _defaulted(settings, ("step_size",)))
+    return rows
+
+
+def _defaulted(settings: dict, names: Sequence[str]) -> bool:
+    """Whether the run asked for the default (recorded as None) under one of ``names``."""
+    return any(name in settings and settings[name] is None for name in names)
+
+
+def _used(value, defaulted: bool, default: str) -> str:
+    if value is None:
+        return "none (not read by this model)"
+    return f"{value} ({default})" if defaulted else f"{value}"
+
+
+def _schedule_rows(schedule: dict, step_size_defaulted: bool) -> list[tuple[str, str]]:
+    """The steered images' schedule: its name, which steps it steers and how hard."""
+    steered = [step for step, count in enumerate(schedule["iterations"]) if count]
+    if not steered:
+        return [("schedule", f"{schedule['name']}: no step steered")]
+    which = _ranges(steered)
+    iterations = _span(schedule["iterations"][step] for step in steered)
+    size = _span(schedule["step_sizes"][step] for step in steered)
+    return [("schedule", f"{schedule['name']}: steps {which} of {len(schedule['iterations'])} steered, "
+                         f"{iterations} iterations each"),
+            ("step size", _used(size, step_size_defaulted, "schedule default"))]
+
+
+def _ranges(steps: list[int]) -> str:
+    """``0-24`` for steps 0 to 24, ``0, 2-3`` for 0, 2 and 3 (increasing steps)."""
+    runs: list[list[int]] = []
+    for step in steps:
+        if runs and step == runs[-1][-1] + 1:
+            runs[-1].append(step)
+        else:
+            runs.append([step])
+    return ", ".join(f"{run[0]}" if len(run) == 1 else f"{run[0]}-{run[-1]}" for run in runs)
+
+
+def _span(values) -> str:
+    """``16``, or ``1 to 16`` where the steps differ."""
+    values = sorted(set(values))
+    return f"{values[0]}" if len(values) == 1 else f"{values[0]} to {values[-1]}"
 
 
 def _rel(path: Path, out: Path) -> str:

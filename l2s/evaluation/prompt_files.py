@@ -50,7 +50,15 @@ def spec_from_metadata(data: dict[str, Any]) -> PromptSpec | None:
 
 
 def read_prompt_file(path: str | Path) -> tuple[list[PromptSpec], int]:
-    """Prompts of a file, and how many of its lines carry no spatial relation (skipped).
+    """Prompts of a file, and how many of its lines carry no spatial relation (skipped): see
+    :func:`read_prompt_lines`."""
+    numbered, skipped = read_prompt_lines(path)
+    return [spec for _, spec in numbered], skipped
+
+
+def read_prompt_lines(path: str | Path) -> tuple[list[tuple[int, PromptSpec]], int]:
+    """Prompts of a file with their line numbers (from 1), and how many of its lines carry no
+    spatial relation (skipped).
 
     ``.jsonl``: GenEval metadata lines (e.g. its ``evaluation_metadata.jsonl``, whose non-position
     lines are skipped) or ``PromptSpec.to_dict`` lines. Any other file: one prompt per line (e.g.
@@ -65,7 +73,7 @@ def read_prompt_file(path: str | Path) -> tuple[list[PromptSpec], int]:
     except UnicodeDecodeError as error:
         line = error.object[:error.start].count(b"\n") + 1
         raise L2SError(f"the prompt file {path} is not UTF-8 text (line {line})") from None
-    specs: list[PromptSpec] = []
+    specs: list[tuple[int, PromptSpec]] = []
     skipped = 0
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -80,7 +88,7 @@ def read_prompt_file(path: str | Path) -> tuple[list[PromptSpec], int]:
         if spec is None:
             skipped += 1
         else:
-            specs.append(spec)
+            specs.append((number, spec))
     return specs, skipped
 
 

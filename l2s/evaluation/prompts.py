@@ -13,7 +13,7 @@ import numpy as np
 from l2s.errors import L2SError
 from l2s.relations import DIRECTIONAL, PROMPT_PHRASE
 from .geometry import GENEVAL_POSITIONS
-from .prompt_files import read_prompt_file
+from .prompt_files import read_prompt_lines
 from .specs import PromptSpec, RelationCheck
 
 DEFAULT_PROMPT_COUNT = 100  # GenEval's position task has 100 prompts
@@ -195,22 +195,36 @@ def resolve_prompt_set(name: str, n: int | None = None, seed: int = 0,
     """The prompts named by ``--prompts`` (a set of ``sets``, see :func:`prompt_set_help`, or a
     prompt file), and the count of file lines skipped for having no spatial relation. ``n``
     defaults to 100 for generated sets and to the whole file for a file."""
+    specs, _, skipped = resolve_named_prompt_set(name, n, seed, sets)
+    return specs, skipped
+
+
+def resolve_named_prompt_set(name: str, n: int | None = None, seed: int = 0,
+                             sets: Mapping[str, PromptSet] = PROMPT_SETS) -> tuple[list[PromptSpec], list[str], int]:
+    """:func:`resolve_prompt_set`'s prompts, how messages name each one (a file's prompt by its path
+    and line, ``FILE:4``; a generated one by its index, ``prompt 3``) and the lines skipped."""
     if n is not None and n < 1:
         raise L2SError(f"--n-prompts must be at least 1, got {n}")
     count = n or DEFAULT_PROMPT_COUNT
     family = sets.get(name)
     if family is not None and family.position is not None:
-        return family.position(count, seed), 0
+        return _indexed(family.position(count, seed))
     match = _PATTERN_SPEC.match(name)
     family = sets.get(match.group(1)) if match else None
     if family is not None and family.multi_relation is not None:
-        return family.multi_relation(int(match.group(2)), int(match.group(3)), count, seed), 0
+        return _indexed(family.multi_relation(int(match.group(2)), int(match.group(3)), count, seed))
     if Path(name).is_file():
-        specs, skipped = read_prompt_file(name)
-        if not specs:
+        numbered, skipped = read_prompt_lines(name)
+        if not numbered:
             raise L2SError(f"no prompt with a spatial relation in {name}")
-        return specs[:n] if n else specs, skipped
+        numbered = numbered[:n] if n else numbered
+        return [spec for _, spec in numbered], [f"{name}:{number}" for number, _ in numbered], skipped
     raise _bad_prompt_set(name, sets)
+
+
+def _indexed(specs: list[PromptSpec]) -> tuple[list[PromptSpec], list[str], int]:
+    """A generated set's prompts named by their index (their folder's number in a run)."""
+    return specs, [f"prompt {index}" for index in range(len(specs))], 0
 
 
 def _bad_prompt_set(name: str, sets: Mapping[str, PromptSet]) -> L2SError:

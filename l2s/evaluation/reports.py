@@ -85,9 +85,13 @@ class EvalReport:
     modes: dict[str, ModeReport]
     settings: dict[str, Any]
     wall_time_s: float
+    # What the images were made with, the model's defaults in place of the settings' None
+    # ({"sampling": ..., "schedule": ...}); None where unknown (a scored folder, a stand-in steerer).
+    resolved: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"settings": self.settings, "wall_time_s": self.wall_time_s,
+                                **({"resolved": self.resolved} if self.resolved else {}),
                                 "modes": {name: m.to_dict() for name, m in self.modes.items()}}
         if BASE in self.modes and STEERED in self.modes:
             data["accuracy_gain"] = self.modes[STEERED].summary.accuracy - self.modes[BASE].summary.accuracy

@@ -3,7 +3,8 @@
 A run directory::
 
     OUT/
-      run.json                          the generation settings (a resumed run must match them)
+      run.json                          the generation settings (a resumed run must match them) and,
+                                        under "resolved", what they came to (the model's defaults)
       prompts.jsonl                     the prompts with their checks (PromptSpec.to_dict lines)
       base/00000/metadata.jsonl         GenEval's layout: one folder per prompt ...
       base/00000/samples/0000.png       ... one PNG per seed (the file name is the seed)
@@ -37,13 +38,14 @@ log = logging.getLogger(__name__)
 
 
 def prepare_run_dir(out: Path, specs: Sequence[PromptSpec], modes: list[str], settings: dict[str, Any],
-                     restart: bool, seeds: Sequence[int]) -> None:
-    """Everything of a run directory but its images (rank 0 of a spread run writes it alone)."""
+                     restart: bool, seeds: Sequence[int], resolved: dict | None = None) -> None:
+    """Everything of a run directory but its images (rank 0 of a spread run writes it alone);
+    ``resolved``: what the images are made with, defaults filled in (recorded, never compared)."""
     refuse_generate_outputs(out)
     if restart:
         clear_run(out)
     refuse_scoring_outputs(out)
-    claim_run_dir(out, settings, seeds, modes, len(specs))
+    claim_run_dir(out, settings, seeds, modes, len(specs), resolved)
     atomic_write_text(out / PROMPTS_FILE, "".join(json.dumps(spec.to_dict()) + "\n" for spec in specs))
     for mode in modes:
         for index, spec in enumerate(specs):
@@ -96,12 +98,13 @@ def read_run_file(out: str | Path) -> dict | None:
 
 
 def claim_run_dir(out: Path, settings: dict[str, Any], seeds: Sequence[int], modes: Sequence[str],
-                  n_prompts: int) -> None:
+                  n_prompts: int, resolved: dict | None = None) -> None:
     """Record the generation settings, or check a resumed run used the same ones and asks for
-    every prompt, seed and mode it holds images of (more grow it)."""
+    every prompt, seed and mode it holds images of (more grow it). ``resolved`` goes beside them:
+    the settings as requested (None: the model's default) are what a resumed run must match."""
     refuse_changed_settings(out, settings)
     refuse_fewer_images(out, seeds, modes, n_prompts)
-    write_json(out / RUN_FILE, {"generation": settings})
+    write_json(out / RUN_FILE, {"generation": settings, **({"resolved": resolved} if resolved else {})})
 
 
 def refuse_fewer_images(out: str | Path, seeds: Sequence[int], modes: Sequence[str], n_prompts: int) -> None:

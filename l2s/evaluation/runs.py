@@ -130,7 +130,8 @@ def run_eval(steerer, specs: Sequence[PromptSpec], detector: Detector, out_dir: 
              num_inference_steps: int | None = None, height: int | None = None, width: int | None = None,
              guidance_scale: float | None = None, schedule=None, settings: dict[str, Any] | None = None,
              detector_name: str = "custom", contact_sheets: bool = True,
-             progress: bool = True, restart: bool = False, batch_size: int = 1) -> EvalReport:
+             progress: bool = True, restart: bool = False, batch_size: int = 1,
+             prompt_names: Sequence[str] | None = None) -> EvalReport:
     """Generate every (prompt, seed) in every mode with ``steerer``, score, and write the run.
 
     ``steerer`` is a :class:`l2s.pipelines.SteeringPipeline`; mode ``"base"`` generates with
@@ -140,20 +141,35 @@ def run_eval(steerer, specs: Sequence[PromptSpec], detector: Detector, out_dir: 
     ``detector_name`` and ``rule`` identify the scoring: images scored otherwise are re-scored.
     ``restart``: remove a previous run in ``out_dir`` first. ``batch_size``: images made per
     steering call (a list of prompts and seeds, each image as if made alone; more use more memory
-    for the steering backward); 1: one call per image.
+    for the steering backward); 1: one call per image. ``prompt_names``: how errors name each prompt
+    (e.g. its file and line; default ``prompt i``). ``run.json`` and ``summary.json`` also record what
+    the images are made with, the model's defaults filled in (``resolved``).
     """
     modes = list(dict.fromkeys(modes))
     generate = dict(num_inference_steps=num_inference_steps, height=height, width=width,
                     guidance_scale=guidance_scale, schedule=schedule)
-    _check_request(steerer, specs, seeds, modes, rule, detector, batch_size, generate)
+    _check_request(steerer, specs, seeds, modes, rule, detector, batch_size, generate, prompt_names)
     if settings is None:   # a rerun with other sampling arguments is another run, not a resume
         settings = _call_settings(out_dir, generate)
     out = Path(out_dir)
+    resolved = _in_effect(steerer, generate, modes)
     with output_lock(out, kind="eval"):
-        world().on_main(lambda: prepare_run_dir(out, specs, modes, dict(settings), restart, seeds))
+        world().on_main(lambda: prepare_run_dir(out, specs, modes, dict(settings), restart, seeds, resolved))
         generate["progress"] = False
         run = _Run(steerer, detector, out, rule, {"rule": rule, "detector": detector_name}, generate, batch_size)
-        return _generate_run(run, specs, seeds, modes, settings, contact_sheets, progress)
+        return _generate_run(run, specs, seeds, modes, settings, contact_sheets, progress, resolved)
+
+
+def _in_effect(steerer, generate: dict, modes: Sequence[str]) -> dict | None:
+    """What the images are made with, the model's defaults in place of None (steps, size, guidance,
+    true CFG; the schedule where a mode steers); None for a steerer that cannot say (a stand-in)."""
+    resolve = getattr(steerer, "sampling_in_effect", None)
+    if resolve is None:
+        return None
+    resolved = resolve(**generate)
+    if STEERED not in modes:
+        del resolved["schedule"]    # no image follows it
+    return resolved
 
 
 def _call_settings(out_dir: str | Path, generate: dict) -> dict:
@@ -169,7 +185,8 @@ def _call_settings(out_dir: str | Path, generate: dict) -> dict:
 
 
 def _generate_run(run: _Run, specs: Sequence[PromptSpec], seeds: Sequence[int], modes: list[str],
-                  settings: dict[str, Any] | None, contact_sheets: bool, progress: bool) -> EvalReport:
+                  settings: dict[str, Any] | None, contact_sheets: bool, progress: bool,
+                  resolved: dict | None = None) -> EvalReport:
     """The images of :func:`run_eval` (made, re-scored or resumed), then its report files."""
     out, rule = run.out, run.rule
     started = time.perf_counter()
@@ -184,7 +201,7 @@ def _generate_run(run: _Run, specs: Sequence[PromptSpec], seeds: Sequence[int], 
     report = EvalReport(
         modes={mode: ModeReport(summarise([r.result for r in rs], rule), rs) for mode, rs in records.items()},
         settings={**(settings or {}), "seeds": list(seeds), "modes": modes, "n_prompts": len(specs), **run.scoring},
-        wall_time_s=time.perf_counter() - started)
+        wall_time_s=time.perf_counter() - started, resolved=resolved)
     if group.is_main:
         write_outputs(out, report, contact_sheets, columns=8)
     return report
@@ -246,7 +263,8 @@ def _my_pairs(out: Path, pairs: list[tuple[int, int]], modes: list[str], group) 
 
 
 def _check_request(steerer, specs: Sequence[PromptSpec], seeds: Sequence[int], modes: list[str], rule: str,
-                   detector: Detector, batch_size: int = 1, generate: dict | None = None) -> None:
+                   detector: Detector, batch_size: int = 1, generate: dict | None = None,
+                   names: Sequence[str] | None = None) -> None:
     """Everything that can be wrong with a run, checked before the first (slow) image is made
     (and before its folder is claimed)."""
     if not callable(getattr(detector, "detect", None)):
@@ -263,6 +281,8 @@ def _check_request(steerer, specs: Sequence[PromptSpec], seeds: Sequence[int], m
         if not isinstance(spec, PromptSpec):   # spec_from_prompt's None: a prompt with nothing to score
             raise UsageError(f"prompt {index}: expected a PromptSpec, got {spec!r} (spec_from_prompt gives "
                              "None for a prompt without a relation: leave such prompts out)")
+    if names is not None and len(names) != len(specs):
+        raise UsageError(f"prompt_names must name each of the {len(specs)} prompts, got {len(names)} names")
     if not seeds:
         raise L2SError("no seeds: give at least one")
     for seed in seeds:
@@ -270,13 +290,14 @@ def _check_request(steerer, specs: Sequence[PromptSpec], seeds: Sequence[int], m
             raise L2SError(f"seeds must be integers in [0, 2**64), got {seed!r}")
     if len(set(seeds)) != len(seeds):
         raise L2SError("a seed is repeated: each (prompt, seed) image is made once")
-    check_scorable(specs, rule, detector)
+    check_scorable(specs, rule, detector, names)
     # Every prompt must parse and fit the tokenizer.
     for index, spec in enumerate(specs):
         try:
             steerer.plan(spec.prompt)
         except L2SError as error:
-            raise L2SError(f"prompt {index} ({spec.prompt!r}): {error}") from None
+            name = names[index] if names is not None else f"prompt {index}"
+            raise L2SError(f"{name} ({spec.prompt!r}): {error}") from None
     check_arguments = getattr(steerer, "check_arguments", None)   # a SteeringPipeline's; stand-ins may lack it
     if check_arguments is not None:
         check_arguments(specs[0].prompt, seed=seeds[0], steer=STEERED in modes, **(generate or {}))

@@ -230,6 +230,19 @@ class SteeringPipeline:
         if steer:
             self.check_classifier()
 
+    def sampling_in_effect(self, *, num_inference_steps: int | None = None, height: int | None = None,
+                           width: int | None = None, guidance_scale: float | None = None,
+                           schedule: Schedule | str | None = None) -> dict:
+        """What a call with these arguments samples with, the model's defaults in place of None:
+        its report's ``sampling``, and the schedule a steered image of it follows (``Schedule.to_json``)."""
+        resolved, steps = self._resolve_schedule(schedule, num_inference_steps)
+        return {"sampling": self._sampling(steps, height, width, guidance_scale), "schedule": resolved.to_json()}
+
+    def _sampling(self, steps: int, height: int | None, width: int | None, guidance_scale: float | None) -> dict:
+        # What sampled the images: a rerun with it makes them again.
+        return {"num_inference_steps": steps, **self.resolved_sampling(height, width, guidance_scale),
+                **self.sampling_options()}
+
     def check_classifier(self) -> None:
         check_base_family(self.pipe, self.classifier)
         cfg = self.classifier.config
@@ -328,8 +341,7 @@ class SteeringPipeline:
             for i, p in enumerate(plans)]
         first = plan if plans is None else plans[0]
         doubts = call_warnings(self, height, width) if schedule is not None else []
-        sampling = {"num_inference_steps": steps, **self.resolved_sampling(height, width, guidance_scale),
-                    **self.sampling_options()}      # what sampled the images: a rerun with it makes them again
+        sampling = self._sampling(steps, height, width, guidance_scale)
         return SteeringResult(images=images, plan=first, schedule=schedule,
                               diagnostics=diagnostics, timings=timings,
                               engine={"name": engine.name, "reason": engine.reason} if engine else None,

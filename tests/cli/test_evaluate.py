@@ -165,6 +165,34 @@ def test_eval_tiny_writes_the_run(tiny_run):
     assert (tiny_run / "contact_sheet_01.png").is_file()
 
 
+def test_eval_records_what_its_images_were_made_with_beside_what_was_asked(tiny_run, tmp_path, capsys):
+    from tests.evaluation.test_html_report import Page
+
+    recorded = json.loads((tiny_run / "run.json").read_text())
+    asked = recorded["generation"]     # as a resumed run compares it: None is the model's default
+    assert asked["steps"] == 2 and asked["height"] is None and asked["guidance"] is None
+    used = recorded["resolved"]
+    assert used["sampling"] == {"num_inference_steps": 2, "height": 32, "width": 32, "guidance_scale": None,
+                                "true_cfg_scale": 1.0}       # tiny schnell-like FLUX: no guidance read
+    assert Image.open(tiny_run / "steered" / "00000" / "samples" / "0000.png").size == (32, 32)
+    assert used["schedule"]["name"] == "reference" and used["schedule"]["iterations"] == [16, 0]
+    summary = json.loads((tiny_run / "summary.json").read_text())
+    assert summary["resolved"] == used and summary["settings"]["height"] is None
+    page = Page()
+    page.feed((tiny_run / "report.html").read_text(encoding="utf-8"))
+    assert dict(page.tables["used"][1:]) == {
+        "steps": "2", "height": "32 (model default)", "width": "32 (model default)",
+        "guidance": "none (not read by this model)", "true CFG": "1.0",
+        "schedule": "reference: steps 0 of 2 steered, 16 iterations each", "step size": "5.0 (schedule default)"}
+    out = tmp_path / "run"                     # a run recorded before: it resumes, and gains the record
+    shutil.copytree(tiny_run, out)
+    del recorded["resolved"]
+    (out / "run.json").write_text(json.dumps(recorded))
+    code, _, err = run(TINY_RUN + ["--out", str(out)], capsys)
+    assert code == 0 and "already scored" in err, err
+    assert json.loads((out / "run.json").read_text()) == {**recorded, "resolved": used}
+
+
 def test_eval_resumes_and_refuses_other_settings(tiny_run, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     shutil.copytree(tiny_run, out)
@@ -521,3 +549,21 @@ def test_a_prompt_files_repeated_prompts_are_said_before_any_image(tmp_path, cap
     assert f"l2s: skipped 1 prompt of {prompts} without a spatial relation" in err.splitlines()
     assert (f"l2s: 1 prompt of {prompts} repeats an earlier line: made and counted again, as the benchmark counts "
             "every line") in err.splitlines()
+
+
+def test_messages_about_a_prompt_files_prompt_name_its_line(tmp_path, capsys):
+    prompts = tmp_path / "spatial.txt"
+    too_long = "a red circle to the left of a blue square. " + "It is sunny today. " * 150
+    prompts.write_text(f"a red circle left of a blue square\n\na photo of a cat\na dog left of a cat\n{too_long}\n")
+    argv = ["eval", "--model", "tiny", "--prompts", str(prompts), "--seeds", "0", "--quiet", "--out",
+            str(tmp_path / "out")]
+    code, _, err = run(argv, capsys)                       # the detector's refusal
+    (line,) = error_lines(err)
+    assert code == 2 and line.startswith(f"l2s: error: {prompts}:4: the shapes detector cannot look for 'dog'"), line
+    code, _, err = run(argv + ["--relations", "red circle,left of,blue square"], capsys)   # --relations'
+    (line,) = error_lines(err)
+    assert code == 2 and line.startswith(f"l2s: error: {prompts}:4: object 'red circle' does not occur"), line
+    prompts.write_text(f"a red circle left of a blue square\n\n{too_long}\n")
+    code, _, err = run(argv, capsys)                       # the model's tokenizer's
+    (line,) = error_lines(err)
+    assert code == 2 and line.startswith(f"l2s: error: {prompts}:3 ('a red circle to the left"), line

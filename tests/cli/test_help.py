@@ -8,7 +8,7 @@ import pytest
 from l2s import __version__
 from l2s.cli import FRONT_ENDS, main
 
-COMMANDS = [("parse",), ("generate",), ("eval",), *(command for command, _ in FRONT_ENDS), ("shapes",)]
+COMMANDS = [("parse",), ("generate",), ("eval",), ("compare",), *(command for command, _ in FRONT_ENDS), ("shapes",)]
 HEAVY = ("torch", "diffusers", "transformers", "numpy")
 
 

@@ -123,6 +123,26 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
     assert blue > 500
 
 
+def test_the_settings_show_what_was_used_and_what_was_left_to_defaults():
+    from l2s.evaluation.html_report import used_settings
+
+    settings = {"num_inference_steps": 28, "height": None, "guidance_scale": None, "step_size": 2.0}   # run_eval's
+    resolved = {"sampling": {"num_inference_steps": 28, "height": 512, "width": 512, "guidance_scale": 3.5,
+                             "true_cfg_scale": 2.0, "negative_prompt": "blurry"},
+                "schedule": {"name": "front-loaded", "iterations": [16, 1, 0, 1], "step_sizes": [2.0, 2.0, 2.0, 2.0]}}
+    assert used_settings(settings, resolved) == [
+        ("steps", "28"), ("height", "512 (model default)"), ("width", "512"),   # width: not recorded as asked
+        ("guidance", "3.5 (model default)"), ("true CFG", "2.0, negative prompt 'blurry'"),
+        ("schedule", "front-loaded: steps 0-1, 3 of 4 steered, 1 to 16 iterations each"), ("step size", "2.0")]
+    assert used_settings({}, {"sampling": {"num_inference_steps": 4}}) == [("steps", "4")]   # a base-only run's
+
+
+def test_a_run_whose_steerer_cannot_say_what_it_used_shows_only_its_settings(run_dir):
+    page = Page()
+    page.feed((run_dir / REPORT_FILE).read_text(encoding="utf-8"))
+    assert "used" not in page.tables and "Settings" in page.headings
+
+
 def test_a_scored_folders_report_claims_no_generation_and_no_base_mode(run_dir, tmp_path):
     from l2s.evaluation import score_image_folder
 

@@ -17,6 +17,7 @@ from l2s.evaluation import (
     multi_relation_prompts,
     parse_seeds,
     prompt_set_help,
+    resolve_named_prompt_set,
     resolve_prompt_set,
     with_article,
 )
@@ -122,6 +123,16 @@ def test_resolve_prompt_set_names():
     # the shapes world's sets are named by whoever passes them (l2s eval: tests/cli/test_evaluate.py)
     with pytest.raises(L2SError, match="not a prompt set"):
         resolve_prompt_set("shapes")
+
+
+def test_a_files_prompts_are_named_by_their_line_and_a_generated_sets_by_their_index(tmp_path):
+    path = tmp_path / "spatial.txt"
+    path.write_text("a cat above a dog\n\na red car\na bird left of a bear\na cup below a book\n")
+    specs, names, skipped = resolve_named_prompt_set(str(path), 2)
+    assert [s.prompt for s in specs] == ["a cat above a dog", "a bird left of a bear"] and skipped == 1
+    assert names == [f"{path}:1", f"{path}:4"]
+    specs, names, _ = resolve_named_prompt_set("geneval", 3)
+    assert names == ["prompt 0", "prompt 1", "prompt 2"] and (specs, 0) == resolve_prompt_set("geneval", 3)
 
 
 def test_prompt_sets_passed_by_name_resolve_and_describe_themselves():

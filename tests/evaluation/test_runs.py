@@ -355,6 +355,9 @@ def test_without_settings_a_run_is_known_by_its_sampling_arguments(tiny_eval, tm
     (tmp_path / "run.json").write_text(json.dumps({**recorded, "generation": {}}))   # as runs recorded it before
     assert run_eval(steerer, specs[:1], ShapesDetector(), tmp_path, **call).modes["base"].status_counts() == {
         "resumed": 1}
+    # beside the settings, what the images were made with (no schedule: no image is steered)
+    assert recorded["resolved"] == {"sampling": {"num_inference_steps": 2, "height": 32, "width": 32,
+                                                 "guidance_scale": None, "true_cfg_scale": 1.0}}
 
 
 def test_a_prompt_without_a_spec_is_refused_by_its_number(tmp_path):
@@ -364,6 +367,18 @@ def test_a_prompt_without_a_spec_is_refused_by_its_number(tmp_path):
     specs = [*shapes_position_prompts(1, seed=0), spec_from_prompt("a red circle")]   # no relation: None
     with pytest.raises(UsageError, match=r"prompt 1: expected a PromptSpec, got None \(spec_from_prompt"):
         run_eval(SceneSteerer(), specs, ShapesDetector(), tmp_path)
+    assert not (tmp_path / "base").exists()
+
+
+def test_errors_name_a_prompt_as_the_caller_does(tmp_path):
+    from l2s.errors import UsageError
+
+    specs = [*shapes_position_prompts(1, seed=0), PromptSpec("a dog left of a cat", (RelationCheck("dog", "left of",
+                                                                                                  "cat"),))]
+    with pytest.raises(L2SError, match=r"^prompts.txt:7: the shapes detector cannot look for 'dog'"):
+        run_eval(SceneSteerer(), specs, ShapesDetector(), tmp_path, prompt_names=["prompts.txt:1", "prompts.txt:7"])
+    with pytest.raises(UsageError, match="prompt_names must name each of the 2 prompts, got 1 names"):
+        run_eval(SceneSteerer(), specs, ShapesDetector(), tmp_path, prompt_names=["prompts.txt:1"])
     assert not (tmp_path / "base").exists()
 
 

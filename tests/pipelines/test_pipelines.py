@@ -256,6 +256,9 @@ def test_fast_preset_samples_its_fraction_of_the_models_own_steps(flux, monkeypa
     result = named("a cat above a dog", schedule="fast", height=32, width=32, progress=False)
     assert result.schedule.num_steps == 7 and len(calls) == 7
     assert result.schedule.iterations == (16, 1, 1, 1, 0, 0, 0)       # front 10 %: one heavy step
+    # what a run records before its first image: the call's own report, defaults filled in
+    assert named.sampling_in_effect(schedule="fast", height=32, width=32) == {
+        "sampling": result.report()["sampling"], "schedule": result.report()["schedule"]}
     assert named("a cat above a dog", schedule="fast", num_inference_steps=3, height=32, width=32,
                  progress=False).schedule.num_steps == 3                  # --steps overrides it
 
@@ -393,6 +396,7 @@ def test_the_report_records_the_sampling_defaults_taken_and_they_make_the_same_i
     again = steerer("a cat above a dog", steer=False, seed=3, progress=False,
                     **{k: sampling[k] for k in ("num_inference_steps", "height", "width", "guidance_scale")})
     assert again.images[0].tobytes() == first.images[0].tobytes()
+    assert steerer.sampling_in_effect(num_inference_steps=2)["sampling"] == sampling   # known before a call
 
 
 def test_true_cfg_leaves_the_steering_loss_alone(flux):

@@ -1,0 +1,151 @@
+"""Two evaluation runs of the same prompts and seeds compared image for image (``l2s compare``).
+
+Each image of one run is paired with the other run's image of the same prompt, seed and mode
+(base, steered, or a scored folder's images); a prompt that a file repeats is paired occurrence
+by occurrence. Per mode: each run's accuracy on the paired images, the difference, the pairs only
+one run got right, and the exact two-sided sign test of that split (:func:`.stats.paired_comparison`).
+Runs scored by another rule or detector are refused: their verdicts do not compare.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from l2s.errors import L2SError
+from l2s.files import described_changes, read_jsonl_lines, read_state_json
+
+from .records import MODES, RESULTS_FILE, SUMMARY_FILE
+from .stats import PairedComparison, paired_comparison
+
+REPORT_START = "# l2s eval runs compared"   # the first line of every report
+# What identifies how a run scored its images: runs that differ in one do not compare.
+SCORING = ("rule", "detector")
+# Settings that say which images a run holds, not how they were made (the pairing shows those).
+_EXTENT = ("seeds", "modes", "n_prompts", "folders_without_position", "folders_without_images")
+
+Key = tuple[str, str, int, int]   # (mode, prompt, occurrence of the prompt, seed)
+
+
+@dataclass(frozen=True)
+class EvalRun:
+    """A finished ``l2s eval`` run: its folder, its summary's settings and each image's verdict."""
+
+    folder: Path
+    settings: dict[str, Any]
+    correct: dict[Key, bool]
+
+    def count(self, mode: str) -> int:
+        return sum(key[0] == mode for key in self.correct)
+
+
+def read_eval_run(folder: str | Path) -> EvalRun:
+    """The run an ``l2s eval --out`` folder holds (its ``summary.json`` and ``results.jsonl``)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise L2SError(f"{folder}: no such folder (give the --out folder of an 'l2s eval' run)")
+    missing = [name for name in (SUMMARY_FILE, RESULTS_FILE) if not (folder / name).is_file()]
+    if missing:
+        raise L2SError(f"{folder} holds no finished 'l2s eval' run (no {' or '.join(missing)}); finish it by "
+                       "rerunning its command")
+    fix = "rerun the run's 'l2s eval' command to write it again"
+    summary = read_state_json(folder / SUMMARY_FILE, fix=fix)
+    settings = summary.get("settings") if isinstance(summary, dict) else None
+    if not isinstance(settings, dict):
+        raise L2SError(f"{folder / SUMMARY_FILE} is damaged (no settings); {fix}")
+    records = [row for _, row in read_jsonl_lines(folder / RESULTS_FILE, fix, torn_tail_ok=False)]
+    return EvalRun(folder, settings, _verdicts(folder / RESULTS_FILE, records))
+
+
+def _verdicts(path: Path, records: list[dict]) -> dict[Key, bool]:
+    """Each record's verdict by its pairing key; a prompt's n-th folder is its occurrence n."""
+    try:
+        places = [(r["meta"]["mode"], r["prompt"], r["meta"].get("prompt_index", r["meta"].get("folder")),
+                   int(r["meta"]["seed"]), bool(r["correct"])) for r in records]
+    except (KeyError, TypeError, ValueError) as error:
+        raise L2SError(f"{path}: not the records of an 'l2s eval' run ({type(error).__name__}: {error}); rerun "
+                       "the run's command to write it again") from None
+    folders: dict[tuple[str, str], set] = {}
+    for mode, prompt, where, _, _ in places:
+        folders.setdefault((mode, prompt), set()).add(where)
+    order = {key: sorted(wheres) for key, wheres in folders.items()}
+    return {(mode, prompt, order[mode, prompt].index(where), seed): correct
+            for mode, prompt, where, seed, correct in places}
+
+
+@dataclass(frozen=True)
+class ModeComparison:
+    """One mode of two runs: the paired images' comparison and each run's image count."""
+
+    mode: str
+    paired: PairedComparison
+    a_images: int
+    b_images: int
+
+
+@dataclass(frozen=True)
+class RunComparison:
+    """Run ``a`` against run ``b``, mode by mode."""
+
+    a: EvalRun
+    b: EvalRun
+    modes: list[ModeComparison]
+
+    def differing_settings(self) -> str:
+        """How the runs' images were made differently (``key: a -> b``), or ``none``."""
+        a, b = (_how_made(run.settings) for run in (self.a, self.b))
+        keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        return described_changes(a, b, keys) if keys else "none"
+
+    def markdown(self) -> str:
+        """The report: which runs, how they differ, and one table row per mode."""
+        lines = [f"{REPORT_START}: A against B", "", f"- A: {self.a.folder}", f"- B: {self.b.folder}",
+                 f"- settings that differ (A -> B): {self.differing_settings()}", "",
+                 "| mode | pairs | A accuracy | B accuracy | A - B | A only right | B only right | sign test p |",
+                 "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [_row(m) for m in self.modes]
+        lines += ["", "Pairs: the images both runs made from the same prompt, seed and mode; the accuracies are "
+                      "on those. Sign test: exact two-sided binomial test of the pairs only one run got right "
+                      "(McNemar's exact test)."]
+        lines += [f"Unpaired {m.mode} images: A {m.a_images - m.paired.n_pairs} of {m.a_images}, "
+                  f"B {m.b_images - m.paired.n_pairs} of {m.b_images}." for m in self.modes
+                  if m.paired.n_pairs < max(m.a_images, m.b_images)]
+        return "\n".join(lines) + "\n"
+
+
+def _how_made(settings: dict) -> dict:
+    return {k: v for k, v in settings.items() if k not in _EXTENT}
+
+
+def _row(m: ModeComparison) -> str:
+    c = m.paired
+    a, b = c.a_correct / c.n_pairs, c.b_correct / c.n_pairs
+    return (f"| {m.mode} | {c.n_pairs} | {c.a_correct}/{c.n_pairs} = {a:.3f} | {c.b_correct}/{c.n_pairs} = {b:.3f} "
+            f"| {a - b:+.3f} | {c.a_only} | {c.b_only} | {c.p_value:.3g} |")
+
+
+def compare_runs(a: EvalRun, b: EvalRun) -> RunComparison:
+    """``a`` against ``b`` in every mode both hold images of; refuses runs scored differently or
+    sharing no image."""
+    differ = [k for k in SCORING if a.settings.get(k) != b.settings.get(k)]
+    if differ:
+        said = "; ".join(f"{k} {a.settings.get(k)!r} vs {b.settings.get(k)!r}" for k in differ)
+        raise L2SError(f"{a.folder} and {b.folder} were scored differently ({said}): their verdicts do not compare; "
+                       "score one run's images as the other's were (l2s eval --images FOLDER --detector D --rule R)")
+    modes = [mode for mode in _modes(a, b) if a.count(mode) and b.count(mode)]
+    compared = [ModeComparison(mode, paired_comparison(_of(a, mode), _of(b, mode)), a.count(mode), b.count(mode))
+                for mode in modes]
+    compared = [m for m in compared if m.paired.n_pairs]
+    if not compared:
+        raise L2SError(f"{a.folder} and {b.folder} share no image (the same prompt, seed and mode): nothing to pair; "
+                       "compare runs of the same --prompts and --seeds")
+    return RunComparison(a, b, compared)
+
+
+def _modes(a: EvalRun, b: EvalRun) -> list[str]:
+    held = {key[0] for run in (a, b) for key in run.correct}
+    return [m for m in MODES if m in held] + sorted(held - set(MODES))
+
+
+def _of(run: EvalRun, mode: str) -> dict[Key, bool]:
+    return {key: correct for key, correct in run.correct.items() if key[0] == mode}

@@ -1,0 +1,103 @@
+"""Two evaluation runs compared image for image, on hand-written run folders."""
+import json
+import math
+
+import pytest
+
+from l2s.errors import L2SError
+from l2s.evaluation.compare import REPORT_START, compare_runs, read_eval_run
+
+PROMPTS = ("a red circle left of a blue square", "a green square above a red circle")
+
+
+def write_run(folder, verdicts, settings=None):
+    """A finished run's summary.json and results.jsonl: ``verdicts`` maps (mode, prompt index, seed)
+    to whether that image is correct."""
+    folder.mkdir(parents=True)
+    settings = {"model": "tiny", "classifier": None, "rule": "geneval", "detector": "shapes", **(settings or {})}
+    (folder / "summary.json").write_text(json.dumps({"settings": settings, "modes": {}}))
+    lines = [{"prompt": PROMPTS[index % 2], "correct": correct, "meta": {"mode": mode, "prompt_index": index,
+                                                                        "seed": seed}}
+             for (mode, index, seed), correct in verdicts.items()]
+    (folder / "results.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return folder
+
+
+def _binomial_two_sided(k, n):
+    """The exact two-sided sign test, independently of scipy: twice the smaller tail, at most 1."""
+    tail = sum(math.comb(n, i) for i in range(min(k, n - k) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+def test_runs_pair_by_prompt_seed_and_mode_and_report_each_mode(tmp_path):
+    seeds = range(10)
+    # steered: A right on every seed, B on seeds 0-1 only -> 8 pairs only A got right; base: alike
+    base = {("base", 0, s): s < 3 for s in seeds}
+    a = write_run(tmp_path / "a", {**{("steered", 0, s): True for s in seeds}, **base})
+    b = write_run(tmp_path / "b", {**{("steered", 0, s): s < 2 for s in seeds}, **base},
+                  settings={"classifier": "/models/mine"})
+    comparison = compare_runs(read_eval_run(a), read_eval_run(b))
+    steered, base = {m.mode: m for m in comparison.modes}["steered"], {m.mode: m for m in comparison.modes}["base"]
+    assert [m.mode for m in comparison.modes] == ["base", "steered"]
+    c = steered.paired
+    assert (c.n_pairs, c.a_correct, c.b_correct, c.a_only, c.b_only) == (10, 10, 2, 8, 0)
+    assert c.p_value == pytest.approx(_binomial_two_sided(8, 8))        # 2 / 256
+    assert base.paired.a_only == base.paired.b_only == 0 and base.paired.p_value == 1.0
+    text = comparison.markdown()
+    assert text.startswith(REPORT_START)
+    assert f"| steered | 10 | 10/10 = 1.000 | 2/10 = 0.200 | +0.800 | 8 | 0 | {c.p_value:.3g} |" in text
+    assert "| base | 10 | 3/10 = 0.300 | 3/10 = 0.300 | +0.000 | 0 | 0 | 1 |" in text
+    assert "settings that differ (A -> B): classifier: unset -> '/models/mine'" in text
+    assert "Unpaired" not in text
+
+
+def test_only_images_both_runs_hold_are_paired_and_the_rest_is_said(tmp_path):
+    a = write_run(tmp_path / "a", {("steered", i, s): True for i in range(2) for s in range(4)})
+    b = write_run(tmp_path / "b", {("steered", i, s): False for i in range(2) for s in range(2)}
+                  | {("base", 0, 0): True})                          # base: A has none, so no base row
+    comparison = compare_runs(read_eval_run(a), read_eval_run(b))
+    (steered,) = comparison.modes
+    assert (steered.mode, steered.paired.n_pairs, steered.a_images, steered.b_images) == ("steered", 4, 8, 4)
+    assert "Unpaired steered images: A 4 of 8, B 0 of 4." in comparison.markdown()
+
+
+def test_a_prompt_a_file_repeats_is_paired_occurrence_by_occurrence(tmp_path):
+    # prompts 0 and 2 are the same text: A right on its first occurrence, B on its second
+    a = write_run(tmp_path / "a", {("steered", 0, 0): True, ("steered", 2, 0): False})
+    b = write_run(tmp_path / "b", {("steered", 0, 0): False, ("steered", 2, 0): True})
+    c = compare_runs(read_eval_run(a), read_eval_run(b)).modes[0].paired
+    assert (c.n_pairs, c.a_only, c.b_only) == (2, 1, 1)
+
+
+@pytest.mark.parametrize("setting, said", [({"rule": "t2i_compbench"}, "rule 'geneval' vs 't2i_compbench'"),
+                                           ({"detector": "/models/owlv2 (threshold 0.3)"},
+                                            "detector 'shapes' vs '/models/owlv2 (threshold 0.3)'")])
+def test_runs_scored_differently_are_refused(tmp_path, setting, said):
+    a = write_run(tmp_path / "a", {("steered", 0, 0): True})
+    b = write_run(tmp_path / "b", {("steered", 0, 0): True}, settings=setting)
+    with pytest.raises(L2SError) as refused:
+        compare_runs(read_eval_run(a), read_eval_run(b))
+    assert f"were scored differently ({said}): their verdicts do not compare" in str(refused.value)
+
+
+def test_runs_sharing_no_image_are_refused(tmp_path):
+    a = write_run(tmp_path / "a", {("steered", 0, 0): True, ("base", 0, 0): True})
+    b = write_run(tmp_path / "b", {("steered", 0, 1): True, ("base", 1, 0): True})   # another seed, prompt
+    with pytest.raises(L2SError, match="share no image \\(the same prompt, seed and mode\\): nothing to pair"):
+        compare_runs(read_eval_run(a), read_eval_run(b))
+
+
+def test_a_folder_that_is_no_finished_run_is_refused(tmp_path):
+    with pytest.raises(L2SError, match="no such folder"):
+        read_eval_run(tmp_path / "nothing")
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "run.json").write_text("{}")
+    with pytest.raises(L2SError, match="holds no finished 'l2s eval' run \\(no summary.json or results.jsonl\\)"):
+        read_eval_run(tmp_path / "half")
+    run = write_run(tmp_path / "run", {("steered", 0, 0): True})
+    (run / "results.jsonl").write_text('{"prompt": "x", "correct": true, "meta": {"seed": 0}}\n')
+    with pytest.raises(L2SError, match="results.jsonl: not the records of an 'l2s eval' run"):
+        read_eval_run(run)
+    (run / "results.jsonl").write_text("{not json\n")
+    with pytest.raises(L2SError, match="results.jsonl"):
+        read_eval_run(run)
