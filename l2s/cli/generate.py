@@ -145,8 +145,12 @@ def _options(args: argparse.Namespace, steerer, source: str, relations):
 
     sampling = {"num_inference_steps": args.steps, "height": args.height, "width": args.width,
                 "guidance_scale": args.guidance, "progress": not args.quiet}
+    judge = None
+    if is_shapes_pipeline(steerer.pipe):   # the relations steered are the ones judged
+        judge = (lambda image, prompt: prompt_verdicts(image, prompt, given_parse(prompt, relations))) \
+            if relations else prompt_verdicts
     return GenerateOptions(steer=not args.no_steer, baseline=not args.no_baseline, schedule=args.schedule,
-                           sampling=sampling, judge=prompt_verdicts if is_shapes_pipeline(steerer.pipe) else None,
+                           sampling=sampling, judge=judge,
                            context={"relations_from": "--relations" if relations else "parser", "model": source},
                            disabled_by="--no-steer")
 

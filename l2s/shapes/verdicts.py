@@ -54,17 +54,18 @@ def prompt_verdict(image, prompt: str) -> bool | None:
     return None if verdict is None else verdict.holds
 
 
-def prompt_verdicts(image, prompt: str):
+def prompt_verdicts(image, prompt: str, parsed=None):
     """:func:`prompt_verdict` with each relation's verdict (an :class:`l2s.evaluation.Verdict`);
     a relation between two objects the detector cannot tell apart ("a red circle left of a red
     circle": one detection for both) has none, nor has the prompt then, with the reason. None when
-    the prompt gets no verdict at all (no directional relation, objects not of the shapes world)."""
+    the prompt gets no verdict at all (no directional relation, objects not of the shapes world).
+    ``parsed``: the relations steered instead of the parser's (``--relations``), judged instead."""
     from l2s.errors import L2SError
     from l2s.evaluation import GENEVAL, Verdict, check_scorable, indistinct_objects, spec_from_prompt
 
     from .detector import ShapesDetector
 
-    spec, detector = spec_from_prompt(prompt), ShapesDetector()
+    spec, detector = spec_from_prompt(prompt, parsed), ShapesDetector()
     if spec is None:
         return None
     try:

@@ -407,6 +407,18 @@ def test_a_multi_image_run_on_the_shapes_model_counts_the_images_that_show_their
     assert report["relation_verdicts"] == entries[0]["relation_verdicts"]
 
 
+def test_the_relations_given_to_steer_are_the_ones_judged(tmp_path):
+    from l2s.cli import main
+
+    out, given = tmp_path / "g", "red circle,left of,green triangle;blue square,left of,green triangle"
+    assert main(["generate", "a red circle and a blue square left of a green triangle", "--relations", given,
+                 "--schedule", "fast", "--no-baseline", "--out", str(out), "--quiet"]) == 0
+    report = json.loads((out / "report.json").read_text())   # the parser reads only the blue square's
+    judged = [(r["subject"], r["relation"], r["object"]) for r in report["relation_verdicts"]["image"]]
+    assert judged == [tuple(item.split(",")) for item in given.split(";")]
+    assert report["verdict"]["image"] == all(r["holds"] for r in report["relation_verdicts"]["image"])
+
+
 def test_a_multi_image_run_counts_apart_the_prompts_that_can_never_be_judged(tmp_path, capsys):
     from l2s.cli import main
 
