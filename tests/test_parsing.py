@@ -210,6 +210,36 @@ def test_coordinated_relation_reuses_the_subject_span():
     assert second.subject_span == first.subject_span == (2, 5)
 
 
+@pytest.mark.parametrize("prompt,left_out", [
+    ("a cat and a dog left of a tree", [("cat", "dog", "dog left of tree")]),
+    ("a cat left of a dog and a bird", [("bird", "dog", "cat left of dog")]),
+    ("a photo of a cat & dog above a tree", [("cat", "dog", "dog above tree")]),
+    ("a cat and a dog and a fish left of a tree", [("cat", "fish", "fish left of tree"),
+                                                   ("dog", "fish", "fish left of tree")]),
+    ("a cat left of a dog and a bird and a fish above a tree", [("bird", "dog", "cat left of dog")]),
+])
+def test_an_object_joined_by_and_to_a_relation_is_named_not_dropped_silently(prompt, left_out):
+    parsed = parse_prompt(prompt)
+    assert [(c.phrase, c.joined_to, f"{c.triplet.subject} {c.triplet.relation} {c.triplet.object}")
+            for c in parsed.coordinated] == left_out
+    assert all(prompt[slice(*c.span)] == c.phrase for c in parsed.coordinated)
+
+
+def test_the_left_out_object_is_one_warning_line_naming_what_is_steered():
+    assert parse_prompt("a cat and a dog left of a tree").coordination_warnings() == [
+        "'cat' is joined to 'dog' by 'and': only 'dog left of tree' is steered, not 'cat'; "
+        "give the relations (--relations) to steer both"]
+
+
+@pytest.mark.parametrize("prompt", [
+    *(prompt for prompt, _, _ in CASES),                      # the documented parses leave nothing out
+    "a cat left of a dog and a bird is flying",               # a clause of its own, not a list of objects
+    "a cat and a dog next to a tree",                         # nothing steered: the note names it
+])
+def test_relations_and_clauses_joined_by_and_are_no_left_out_object(prompt):
+    assert parse_prompt(prompt).coordination_warnings() == []
+
+
 def test_five_objects_three_relations():
     prompt = "a photo of a teapot above a corgi left of a furby and a robot below a turtle"
     assert parse_cli_json(prompt) == [

@@ -141,12 +141,16 @@ def _say(line: str) -> None:
 
 def _options(args: argparse.Namespace, steerer, source: str, relations):
     from l2s.evaluation.generation import GenerateOptions
-    from l2s.shapes import is_shapes_pipeline, prompt_verdict
+    from l2s.shapes import is_shapes_pipeline, prompt_verdicts
 
     sampling = {"num_inference_steps": args.steps, "height": args.height, "width": args.width,
                 "guidance_scale": args.guidance, "progress": not args.quiet}
+    judge = None
+    if is_shapes_pipeline(steerer.pipe):   # the relations steered are the ones judged
+        judge = (lambda image, prompt: prompt_verdicts(image, prompt, given_parse(prompt, relations))) \
+            if relations else prompt_verdicts
     return GenerateOptions(steer=not args.no_steer, baseline=not args.no_baseline, schedule=args.schedule,
-                           sampling=sampling, judge=prompt_verdict if is_shapes_pipeline(steerer.pipe) else None,
+                           sampling=sampling, judge=judge,
                            context={"relations_from": "--relations" if relations else "parser", "model": source},
                            disabled_by="--no-steer")
 
@@ -169,6 +173,8 @@ def _generate(args: argparse.Namespace, prompt: str, relations, started: float) 
         _say("shapes detector, GenEval rule: " + "; ".join(
             f"{name}.png {'shows' if holds else 'does not show'} the prompt's relations"
             for name, holds in report["verdict"].items()))
+    elif "no_verdict" in report:
+        _say(f"shapes detector, GenEval rule: no verdict: {report['no_verdict']}")
     report["settings"] = settings      # the options that made it: a rerun with them makes it again
     report["timings_s"]["command_total"] = time.perf_counter() - started
     atomic_write_json(out / "report.json", report)
@@ -177,13 +183,15 @@ def _generate(args: argparse.Namespace, prompt: str, relations, started: float) 
 
 
 def _verdict_line(entries: list[dict]) -> str | None:
-    judged = [e for e in entries if "verdict" in e]
-    if not judged:
+    judged, unjudged = [e for e in entries if "verdict" in e], [e for e in entries if "no_verdict" in e]
+    if not judged and not unjudged:
         return None
     line = (f"l2s: shapes detector, GenEval rule: {sum(e['verdict']['image'] for e in judged)} of {len(judged)} "
             "images show their prompt's relations")
     baselines = [e["verdict"]["image_unsteered"] for e in judged if "image_unsteered" in e["verdict"]]
-    return line + (f" (their unsteered images: {sum(baselines)} of {len(baselines)})" if baselines else "")
+    line += f" (their unsteered images: {sum(baselines)} of {len(baselines)})" if baselines else ""
+    # Prompts that can never be judged are not counted: said apart, with the first one's reason.
+    return line + (f"; {len(unjudged)} without a verdict ({unjudged[0]['no_verdict']})" if unjudged else "")
 
 
 def _generate_many(args: argparse.Namespace, relations, jobs, started: float) -> int:

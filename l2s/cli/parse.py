@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     for number, prompt in enumerate(_stdin_prompts(), 1):   # a bad line is named and skipped: the rest still parse
         try:
-            _print_parse(prompt, args.json)
+            _print_parse(prompt, args.json, where=f"stdin line {number}: ")
         except PromptError as error:
             print(f"l2s: warning: stdin line {number}: {error}", file=sys.stderr)
             if args.json:
@@ -57,13 +57,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_parse(prompt: str, as_json: bool) -> None:
-    from l2s.parsing import parse_cli_json, parse_prompt
+def _print_parse(prompt: str, as_json: bool, where: str = "") -> None:
+    from l2s.parsing import parse_prompt
 
-    if as_json:
-        print(json.dumps(parse_cli_json(prompt)))
-        return
     parsed = parse_prompt(prompt)
+    for line in parsed.coordination_warnings():   # as generate says it; stdout keeps only what was read
+        print(f"l2s: warning: {where}{line}", file=sys.stderr)
+    if as_json:
+        print(json.dumps([t.to_dict() for t in parsed.triplets]))
+        return
     for t in parsed.triplets:
         print(f"{t.subject} | {t.relation} | {t.object}")
     if not parsed.triplets:   # generate would run unsteered; parse only says what it read

@@ -47,14 +47,23 @@ from .prompts import (
 from .records import MODES, RESULTS_FILE, SUMMARY_FILE, ImageRecord, detect_and_score
 from .reports import RUN_DEPENDENT_META, EvalReport, ModeReport, comparable_summary
 from .folders import ImageFolder, read_image_folder, score_image_folder
-from .generation import GenerateOptions, generate_image, generate_images
+from .generation import GenerateOptions, Verdict, generate_image, generate_images
 from .image_runs import ImageJob, image_jobs, open_image_run
 from .runs import check_scorable, evaluate_images, run_eval
-from .specs import CheckResult, ImageResult, PromptSpec, RelationCheck, result_from_record, score_image
+from .specs import (
+    CheckResult,
+    ImageResult,
+    PromptSpec,
+    RelationCheck,
+    indistinct_objects,
+    result_from_record,
+    score_image,
+)
 from .stats import PairedComparison, Summary, paired_comparison, summarise, wilson_interval
 
 __all__ = [
     "GenerateOptions",
+    "Verdict",
     "ImageFolder",
     "ImageJob",
     "generate_image",
@@ -87,6 +96,7 @@ __all__ = [
     "RESULTS_FILE",
     "RULES",
     "RelationCheck",
+    "indistinct_objects",
     "SUMMARY_FILE",
     "Summary",
     "T2I_COMPBENCH",

@@ -25,7 +25,20 @@ from .records import open_rgb
 
 OVERVIEW_PAGE = 32   # images per overview page
 
-Judge = Callable[[object, str], "bool | None"]   # (image, prompt) -> holds (None: cannot judge)
+
+@dataclass(frozen=True)
+class Verdict:
+    """A judge's answer on one image: whether it shows the prompt's relations (None: the prompt can
+    never be judged, ``reason`` says why) and each relation's, as ``{"subject", "relation", "object",
+    "holds", "reason"}`` (``holds`` None: that relation can never be judged)."""
+
+    holds: bool | None
+    relations: tuple[dict, ...] = ()
+    reason: str = ""
+
+
+Judge = Callable[[object, str], "bool | Verdict | None"]   # (image, prompt) -> holds or a Verdict (None: no judge)
+VERDICT_KEYS = ("verdict", "relation_verdicts", "no_verdict")   # what a judge adds to a report and index entry
 
 
 @dataclass
@@ -62,11 +75,28 @@ def write_images(folder: Path, image, baseline, records) -> list[str]:
     return written
 
 
-def verdicts(judge: Judge | None, prompt: str, image, unsteered) -> dict[str, bool] | None:
-    """Whether each image shows the prompt's relations by ``judge`` (None: no judge, or it cannot judge)."""
-    if judge is None or (holds := judge(image, prompt)) is None:
-        return None
-    return {"image": holds, **({} if unsteered is None else {"image_unsteered": judge(unsteered, prompt)})}
+def verdicts(judge: Judge | None, prompt: str, image, unsteered) -> dict:
+    """The report's :data:`VERDICT_KEYS` by ``judge`` ({} without a judge for the prompt): ``verdict``,
+    whether each image shows the prompt's relations (absent when the prompt can never be judged: then
+    ``no_verdict`` says why, and the counts skip it), and ``relation_verdicts``, each relation's."""
+    first = _as_verdict(judge(image, prompt)) if judge is not None else None
+    if first is None:
+        return {}
+    judged = {"image": first}
+    if unsteered is not None:
+        judged["image_unsteered"] = _as_verdict(judge(unsteered, prompt))
+    keys: dict = {"verdict": {name: v.holds for name, v in judged.items()}} if first.holds is not None \
+        else {"no_verdict": first.reason}
+    if first.relations:
+        keys["relation_verdicts"] = {name: list(v.relations) for name, v in judged.items()}
+    return keys
+
+
+def _as_verdict(answer) -> Verdict | None:
+    """A judge's answer as a :class:`Verdict` (a plain bool: the whole prompt's)."""
+    if answer is None or isinstance(answer, Verdict):
+        return answer
+    return Verdict(bool(answer))
 
 
 def _say_outcome(say, plan, outcome, options: GenerateOptions, where: str = "") -> None:
@@ -102,8 +132,7 @@ def generate_image(steerer, prompt: str, seed: int, out: Path, options: Generate
     remove_earlier_outputs(out)      # only now: an interrupted generation leaves the earlier image
     written = write_images(out, result.images[0], baseline and baseline.images[0],
                            result.diagnostics.records if steered else None)
-    if found := verdicts(options.judge, prompt, result.images[0], baseline and baseline.images[0]):
-        report["verdict"] = found
+    report.update(verdicts(options.judge, prompt, result.images[0], baseline and baseline.images[0]))
     if recorder is not None and recorder.steps:
         maps = save_attention_grids(result.images[0], recorder.steps, out / MAPS_DIR,
                                     notes=step_notes(result.diagnostics.records))
@@ -151,7 +180,7 @@ def generate_images(steerer, jobs: list[ImageJob], out: Path, options: GenerateO
                 names += [name for name in written + ["report.json"] if name not in names]
                 entries.append({"prompt": job.prompt, "seed": job.seed, "folder": job.folder,
                                 "steered": report["steered"],
-                                **({"verdict": report["verdict"]} if "verdict" in report else {})})
+                                **{key: report[key] for key in VERDICT_KEYS if key in report}})
                 bar.update()
             write_index(out, source, batch_size, entries, jobs, settings,
                         resume.seconds + time.perf_counter() - started)
@@ -209,8 +238,7 @@ def generate_batch(steerer, batch: list[ImageJob], out: Path, options: GenerateO
         unsteered = baseline.images[steered.index(i)] if baseline and i in steered else None
         written = write_images(out / job.folder, result.images[i], unsteered,
                                result.diagnostics.for_image(i).records if i in steered else None)
-        if found := verdicts(options.judge, job.prompt, result.images[i], unsteered):
-            report["verdict"] = found
+        report.update(verdicts(options.judge, job.prompt, result.images[i], unsteered))
         # timings_s are the whole batch call's: "batch" says how many images shared it
         report["timings_s"] = dict(report["timings_s"])
         if baseline is not None:

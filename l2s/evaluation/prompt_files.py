@@ -101,11 +101,12 @@ def _spec_from_json_line(path: Path, number: int, line: str) -> PromptSpec | Non
         raise L2SError(f"{path}:{number}: not a GenEval metadata or PromptSpec line ({error})") from None
 
 
-def spec_from_prompt(prompt: str) -> PromptSpec | None:
-    """The checks of a prompt's parsed relations (None when it has none)."""
+def spec_from_prompt(prompt: str, parsed=None) -> PromptSpec | None:
+    """The checks of a prompt's parsed relations, or of ``parsed`` (a :class:`l2s.parsing.ParsedPrompt`
+    of relations given by hand) when given; None when there are none."""
     from l2s.parsing import parse_prompt
 
-    parsed = parse_prompt(prompt)
+    parsed = parse_prompt(prompt) if parsed is None else parsed
     checks = [RelationCheck(t.subject, t.relation, t.object) for t in parsed.triplets]
     for n in parsed.non_directional:
         try:  # "next to", "near", ... have T2I-CompBench's distance rule; "behind" has no rule at all

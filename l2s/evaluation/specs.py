@@ -110,6 +110,16 @@ def result_from_record(record: dict[str, Any]) -> ImageResult:
                        prompt=record.get("prompt", ""), tag=record.get("tag", ""), name=record.get("name", ""))
 
 
+def indistinct_objects(check: RelationCheck) -> str | None:
+    """Why no image can show ``check`` to a detector: its subject and object are one label (case and
+    spacing aside), and a detector gives one detection per label, so it cannot place one relative to
+    the other ("a red circle left of a red circle"). None when it can."""
+    if " ".join(check.subject.lower().split()) != " ".join(check.object.lower().split()):
+        return None
+    return (f"{check.subject!r} {check.relation} {check.object!r} cannot be judged: the detector finds one "
+            f"{check.object!r} per image, so it cannot tell the two apart")
+
+
 def check_rule(rule: str) -> None:
     """Refuse a rule name that is not one of :data:`RULES`."""
     if rule not in RULES:
@@ -167,8 +177,14 @@ def _check_result(check: RelationCheck, det_s: Detection | None, det_o: Detectio
         found = sorted(geneval_relations(det_s.box, det_o.box))
         holds = check.relation in found
         return CheckResult(check.subject, check.relation, check.object, holds, found=found,
-                           reason="" if holds else f"found {', '.join(found) or 'no relation'}")
+                           reason=_why_not(holds, check, f"found {', '.join(found) or 'no relation'}"))
     position = t2i_compbench_score(check.relation, det_s.box, det_o.box, image_size=image_size)
     holds = position >= 1.0
     return CheckResult(check.subject, check.relation, check.object, holds, position_score=position,
-                       reason="" if holds else f"position score {position:.3f}")
+                       reason=_why_not(holds, check, f"position score {position:.3f}"))
+
+
+def _why_not(holds: bool, check: RelationCheck, measured: str) -> str:
+    """A failed check's reason: that it can never hold when its objects are one label (one box for
+    both; "found no relation" would read as the image's fault), else what was measured."""
+    return "" if holds else indistinct_objects(check) or measured

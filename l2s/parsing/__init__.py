@@ -15,6 +15,9 @@ How a prompt is read:
   clause break is shared ("a frog above a sneakers below a teapot" chains through "sneakers");
 * an empty subject after a clause break ("a cat left of a dog and above a ball") takes the previous
   relation's subject (the English reading: the cat is above the ball);
+* an object joined by "and" to a relation's subject or object ("a cat and a dog left of a tree") is
+  in no relation (a plain list may mean either reading): it is recorded in ``coordinated`` and named
+  by :meth:`ParsedPrompt.coordination_warnings`, which steering plans add to their warnings;
 * a phrase drops leading determiners ("a", "the same", ...), and ends before the first word that
   starts a modifier or predicate ("is", "with", "in", "sitting", "directly", ...): "a cat is sitting
   directly above a dog in a park" gives (cat, above, dog).  Adjectives before the noun are kept.

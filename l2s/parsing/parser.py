@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from l2s.errors import PromptError
 from .matchers import spacy_matchers
-from .phrases import Phrase, Words, clauses, noun_phrase, prefix_end
-from .results import NonDirectional, ParsedPrompt, Triplet
-from .vocabulary import ADVERBIAL_RELATION_WORDS, IDIOM_LABEL, NON_DIRECTIONAL_LABEL
+from .phrases import Phrase, Words, clause_breaks, clauses, is_whole_phrase, noun_phrase, prefix_end
+from .results import Coordinated, NonDirectional, ParsedPrompt, Triplet
+from .vocabulary import ADVERBIAL_RELATION_WORDS, COORDINATORS, IDIOM_LABEL, NON_DIRECTIONAL_LABEL
 
 
 def parse_prompt(prompt: str) -> ParsedPrompt:
@@ -28,10 +28,12 @@ def parse_prompt(prompt: str) -> ParsedPrompt:
     for k, rel in enumerate(relation_spans):
         steerable = rel.label_ != NON_DIRECTIONAL_LABEL
         written, rel_span = words.text(rel.start, rel.end), words.char_span(rel.start, rel.end)
-        before = clauses(doc, relation_spans[k - 1].end if k else begin, rel.start, protected)
+        before_gap = (relation_spans[k - 1].end if k else begin, rel.start)
+        before = clauses(doc, *before_gap, protected)
         subject = _subject(before, words, previous_subject if k and steerable else None, first=k == 0)
-        gap_end = relation_spans[k + 1].start if k + 1 < len(relation_spans) else len(doc)
-        obj = noun_phrase(clauses(doc, rel.end, gap_end, protected)[0], words)
+        after_gap = (rel.end, relation_spans[k + 1].start if k + 1 < len(relation_spans) else len(doc))
+        after = clauses(doc, *after_gap, protected)
+        obj = noun_phrase(after[0], words)
         if subject is None or obj is None:
             if steerable and rel.text.lower() not in ADVERBIAL_RELATION_WORDS:
                 raise _missing_argument(written, rel_span, "subject" if subject is None else "object")
@@ -39,12 +41,20 @@ def parse_prompt(prompt: str) -> ParsedPrompt:
             previous_subject = subject
             continue
         if steerable:
-            result.triplets.append(Triplet(subject.text, rel.label_, obj.text,
-                                           subject.span, rel_span, obj.span))
+            triplet = Triplet(subject.text, rel.label_, obj.text, subject.span, rel_span, obj.span)
+            result.triplets.append(triplet)
+            # Clause 0 before (after the first relation) and the last clause after (before another) are used.
+            last_used = len(after) - 1 if k + 1 < len(relation_spans) else len(after)
+            result.coordinated += (
+                _coordinated(triplet, before, clause_breaks(doc, *before_gap, protected), subject, -1,
+                             0 if k else -1, words)
+                + _coordinated(triplet, after, clause_breaks(doc, *after_gap, protected), obj, 1, last_used, words))
         else:
             result.non_directional.append(NonDirectional(subject.text, written, obj.text,
                                                          subject.span, rel_span, obj.span))
         previous_subject = subject
+    # An object between two relations is joined to both: named once, in the order of the prompt.
+    result.coordinated = sorted({c.span: c for c in reversed(result.coordinated)}.values(), key=lambda c: c.span)
     return result
 
 
@@ -83,6 +93,23 @@ def _subject(before: list, words: Words, coordinated: Phrase | None, first: bool
         # "a cat left of a dog and above a ball": the cat is also above the ball.
         subject = coordinated
     return subject
+
+
+def _coordinated(triplet: Triplet, gap: list, breaks: list, used: Phrase, step: int, stop: int,
+                 words: Words) -> list[Coordinated]:
+    """Objects of ``gap`` joined by "and" to the clause of ``used`` (walking by ``step`` up to clause
+    ``stop``, which another relation uses), each a whole clause naming a thing: "a cat and a dog left
+    of a tree" joins "cat" to the subject; "and a bird is flying" is a clause of its own."""
+    at = next((i for i, c in enumerate(gap) if (p := noun_phrase(c, words)) and p.span == used.span), None)
+    found: list[Coordinated] = []
+    k = stop if at is None else at + step
+    while k != stop and 0 <= k < len(gap):
+        word, phrase = breaks[min(k, k - step)], noun_phrase(gap[k], words)   # the break between k and k - step
+        if word.lower_ not in COORDINATORS or phrase is None or not is_whole_phrase(gap[k], phrase, words):
+            break
+        found.append(Coordinated(phrase.text, phrase.span, used.text, word.text, triplet))
+        k += step
+    return found
 
 
 def _missing_argument(written: str, rel_span: tuple[int, int], missing: str) -> PromptError:

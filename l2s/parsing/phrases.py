@@ -73,6 +73,18 @@ def clauses(doc: Doc, start: int, end: int, protected: set[int]) -> list[list[To
     return clauses
 
 
+def clause_breaks(doc: Doc, start: int, end: int, protected: set[int]) -> list[Token]:
+    """The tokens :func:`clauses` splits ``doc[start:end]`` at: the k-th ends the k-th clause."""
+    return [token for token in doc[start:end] if _is_clause_break(token, protected)]
+
+
+def is_whole_phrase(tokens: list[Token], phrase: Phrase, words: Words) -> bool:
+    """Whether ``phrase`` (the clause's :func:`noun_phrase`) runs to the clause's last word: the
+    clause names a thing and says nothing more ("a bird", not "a bird is flying")."""
+    last = next((t for t in reversed(tokens) if not t.is_punct), None)
+    return last is not None and words.char_span(last.i, last.i + 1)[1] == phrase.span[1]
+
+
 def _ends_phrase(tokens: list[Token], k: int) -> bool:
     """Whether ``tokens[k]`` starts what follows a noun phrase rather than continuing it."""
     word = tokens[k].lower_

@@ -38,6 +38,24 @@ class NonDirectional(_RelationPhrases):
     """
 
 
+@dataclass(frozen=True)
+class Coordinated:
+    """An object joined by "and" to a steered relation's subject or object ("a cat and a dog left of
+    a tree"): a plain list may mean either reading, so it is kept out of the relation, and said."""
+
+    phrase: str            # "cat": in no relation
+    span: CharSpan
+    joined_to: str         # "dog": the triplet's subject or object
+    word: str              # "and", as written
+    triplet: Triplet
+
+    def warning(self) -> str:
+        t = self.triplet
+        return (f"{self.phrase!r} is joined to {self.joined_to!r} by {self.word!r}: only "
+                f"'{t.subject} {t.relation} {t.object}' is steered, not {self.phrase!r}; give the relations "
+                f"(--relations) to steer both")
+
+
 @dataclass
 class ParsedPrompt:
     """Everything the parser found in one prompt."""
@@ -45,6 +63,7 @@ class ParsedPrompt:
     prompt: str
     triplets: list[Triplet] = field(default_factory=list)
     non_directional: list[NonDirectional] = field(default_factory=list)
+    coordinated: list[Coordinated] = field(default_factory=list)   # objects the relations leave out
 
     @property
     def steerable(self) -> bool:
@@ -60,6 +79,10 @@ class ParsedPrompt:
         ignored = self.not_steered()
         return (f"no directional relation found (non-directional, not steered: {ignored})" if ignored
                 else "no spatial relation found")
+
+    def coordination_warnings(self) -> list[str]:
+        """One line per object joined by "and" to a steered one but in no relation itself."""
+        return [c.warning() for c in self.coordinated]
 
     def not_steered(self) -> str:
         """The non-directional relations in one line ("cat near dog; cup next to book"), "" for none."""

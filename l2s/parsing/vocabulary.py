@@ -137,4 +137,6 @@ TRAILING_ENDERS = frozenset({
     "fluttering", "sinking", "rising", "suspended", "parked", "right", "far",
 })
 CLAUSE_WORDS = frozenset({"and", "while", "but", "whereas", "plus", "&"})
+# Clause words that may join two objects into one ("a cat and a dog left of a tree").
+COORDINATORS = frozenset({"and", "plus", "&"})
 CLAUSE_PUNCT = frozenset({",", ";", ".", "!", "?", ":", "...", "—", "–", "--"})

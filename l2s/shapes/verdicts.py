@@ -47,21 +47,38 @@ def objects_found(detector, image, spec: PromptSpec) -> dict[str, bool]:
 
 def prompt_verdict(image, prompt: str) -> bool | None:
     """Whether ``image`` shows ``prompt``'s relations by the exact shapes detector and GenEval's rule
-    (colour and shape); None when the prompt names no directional relation, or objects that are not
-    '<colour> <shape>' of the shapes world."""
+    (colour and shape); None when the prompt names no directional relation, objects that are not
+    '<colour> <shape>' of the shapes world, or two objects the detector cannot tell apart
+    (:func:`prompt_verdicts` says which)."""
+    verdict = prompt_verdicts(image, prompt)
+    return None if verdict is None else verdict.holds
+
+
+def prompt_verdicts(image, prompt: str, parsed=None):
+    """:func:`prompt_verdict` with each relation's verdict (an :class:`l2s.evaluation.Verdict`);
+    a relation between two objects the detector cannot tell apart ("a red circle left of a red
+    circle": one detection for both) has none, nor has the prompt then, with the reason. None when
+    the prompt gets no verdict at all (no directional relation, objects not of the shapes world).
+    ``parsed``: the relations steered instead of the parser's (``--relations``), judged instead."""
     from l2s.errors import L2SError
-    from l2s.evaluation import GENEVAL, check_scorable, spec_from_prompt
+    from l2s.evaluation import GENEVAL, Verdict, check_scorable, indistinct_objects, spec_from_prompt
 
     from .detector import ShapesDetector
 
-    spec, detector = spec_from_prompt(prompt), ShapesDetector()
+    spec, detector = spec_from_prompt(prompt, parsed), ShapesDetector()
     if spec is None:
         return None
     try:
         check_scorable([spec], GENEVAL, detector)   # what eval refuses to score gets no verdict here
     except L2SError:
         return None
-    return judge(detector, image, spec).correct
+    result = judge(detector, image, spec)
+    unjudged = [indistinct_objects(check) for check in spec.checks]
+    relations = tuple({"subject": c.subject, "relation": c.relation, "object": c.object,
+                       "holds": None if why else c.holds, "reason": why or c.reason}
+                      for c, why in zip(result.checks, unjudged))
+    reason = next((why for why in unjudged if why), "")
+    return Verdict(None if reason else result.correct, relations, reason)
 
 
 def all_objects_found(detector, image, spec: PromptSpec) -> bool:

@@ -24,7 +24,7 @@ class SteeringPlan:
     token_indices: list[tuple[int, ...]] = field(default_factory=list)
     pairs: list[tuple[int, int]] = field(default_factory=list)       # (subject group, object group) per relation
     class_indices: list[int] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)  # repeated objects, words the tokenizer lacks
+    warnings: list[str] = field(default_factory=list)  # objects left out, repeated ones, words the tokenizer lacks
 
     @classmethod
     def from_prompt(cls, prompt: str, tokenizer, max_length: int,
@@ -47,7 +47,7 @@ class SteeringPlan:
         plan.phrases = [g.phrase for g in groups]
         plan.token_indices = [g.indices for g in groups]
         plan.pairs = list(zip(index[0::2], index[1::2]))
-        plan.warnings = mention_warnings(tokenizer, prompt, mentions, index)
+        plan.warnings = parsed.coordination_warnings() + mention_warnings(tokenizer, prompt, mentions, index)
         relations = [t.relation for t in parsed.triplets]
         contradiction = contradiction_warning(relations, plan.pairs, plan.phrases)
         plan.warnings += [contradiction] if contradiction else []

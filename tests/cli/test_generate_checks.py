@@ -167,6 +167,7 @@ def test_rejected_updates_are_reported_as_not_steered_with_one_warning(tmp_path,
 @pytest.mark.parametrize("prompt, said", [
     ("a red circle left of a red circle", "'red circle' occurs 2 times in the prompt: each mention is steered"),
     ("a \U0001F992 left of a dog", "the model's tokenizer has no token for '\U0001F992' (unknown token)"),
+    ("a cat and a dog left of a tree", "'cat' is joined to 'dog' by 'and': only 'dog left of tree' is steered"),
 ])
 def test_doubtful_objects_get_one_warning_line(prompt, said, tmp_path, capsys, caplog):
     code, lines = run(["generate", prompt, "--out", str(tmp_path / "o"), "--steps", "1", "--schedule", "front-loaded",

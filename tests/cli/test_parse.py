@@ -43,3 +43,16 @@ def test_parse_says_what_it_read_not_what_generate_would_do(capsys):
 def test_parse_names_the_non_directional_relations_beside_the_steered_ones(capsys):
     code, out, _ = run(["parse", "a cat next to a dog above a bird"], capsys)
     assert code == 0 and out == "dog | above | bird\nnot steered: cat next to dog\n"
+
+
+def test_parse_warns_of_an_object_joined_by_and_and_prints_what_it_read(capsys):
+    code, out, err = run(["parse", "a cat and a dog left of a tree"], capsys)
+    assert code == 0 and out == "dog | left of | tree\n"
+    assert err.startswith("l2s: warning: 'cat' is joined to 'dog' by 'and': only 'dog left of tree' is steered")
+
+
+def test_parse_from_stdin_names_the_line_of_an_object_joined_by_and(capsys, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("a cat above a dog\na cat left of a dog and a bird\n"))
+    code, out, err = run(["parse", "--json", "-"], capsys)
+    assert code == 0 and len(out.splitlines()) == 2
+    assert err.startswith("l2s: warning: stdin line 2: 'bird' is joined to 'dog'")

@@ -87,3 +87,20 @@ def test_replacing_an_earlier_image_removes_its_map_grids_and_nothing_of_the_use
 def test_image_jobs_refuses_what_would_make_other_images_than_asked(prompts, seeds, message):
     with pytest.raises(UsageError, match=message):
         image_jobs(prompts, seeds)
+
+
+def test_a_judges_verdict_per_relation_and_a_prompt_it_can_never_judge_go_into_the_report():
+    from l2s.evaluation import Verdict
+    from l2s.evaluation.generation import verdicts
+
+    relations = ({"subject": "a", "relation": "above", "object": "b", "holds": True, "reason": ""},
+                 {"subject": "c", "relation": "left of", "object": "d", "holds": False, "reason": "found right of"})
+    assert verdicts(lambda image, prompt: Verdict(image == "steered", relations), "p", "steered", "plain") == {
+        "verdict": {"image": True, "image_unsteered": False},
+        "relation_verdicts": {"image": list(relations), "image_unsteered": list(relations)}}
+    never = Verdict(None, ({**relations[0], "holds": None, "reason": "one box"},), "one box")
+    keys = verdicts(lambda image, prompt: never, "p", "steered", None)
+    assert "verdict" not in keys and keys["no_verdict"] == "one box"      # not counted as wrong: no verdict
+    assert keys["relation_verdicts"]["image"][0]["holds"] is None
+    assert verdicts(lambda image, prompt: None, "p", "steered", "plain") == {}
+    assert verdicts(lambda image, prompt: False, "p", "steered", None) == {"verdict": {"image": False}}

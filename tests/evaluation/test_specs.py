@@ -32,6 +32,16 @@ def test_multi_relation_scoring_is_strict():
     assert score_image(dets, [checks[0], RelationCheck("c", "below", "d")]).correct
 
 
+@pytest.mark.parametrize("rule", ["geneval", "t2i_compbench"])
+def test_a_relation_between_one_label_twice_fails_saying_it_cannot_be_judged(rule):
+    # One detection per label: "found no relation" would blame the image; the count stays as it was
+    dets = {label: Detection(label, (0, 0, 10, 10), 0.9) for label in ("red circle", "Red  circle")}
+    result = score_image(dets, [RelationCheck("red circle", "left of", "Red  circle")], rule=rule)
+    assert not result.correct and not result.checks[0].holds
+    assert result.checks[0].reason == ("'red circle' left of 'Red  circle' cannot be judged: the detector finds one "
+                                       "'Red  circle' per image, so it cannot tell the two apart")
+
+
 def test_score_image_diagonal_and_rules():
     dets = _dets(a=(0, 0, 10, 10), b=(30, 30, 40, 40))
     assert score_image(dets, [RelationCheck("a", "top-left of", "b")]).correct

@@ -362,6 +362,34 @@ def test_generate_on_the_shapes_model_says_whether_each_image_shows_the_relation
     assert "l2s: shapes detector, GenEval rule: image.png " in capsys.readouterr().err
 
 
+def test_each_relation_gets_its_verdict_and_two_objects_the_detector_cannot_tell_apart_get_none():
+    from l2s.shapes import prompt_verdict, prompt_verdicts
+    from l2s.shapes.scenes import render, scene_for_relation
+
+    scene = scene_for_relation(np.random.default_rng(0), ("circle", "red"), "left of", ("square", "blue"), size=32)
+    image = render(scene)
+    verdict = prompt_verdicts(image, "a red circle left of a blue square and a blue square left of a red circle")
+    assert verdict.holds is False and [r["holds"] for r in verdict.relations] == [True, False]
+    assert verdict.relations[1]["reason"].startswith("found ")
+    same = "a red circle left of a red circle and a red circle left of a blue square"
+    verdict = prompt_verdicts(image, same)
+    assert verdict.holds is None and prompt_verdict(image, same) is None           # was False, whatever was drawn
+    assert [r["holds"] for r in verdict.relations] == [None, True]
+    assert verdict.reason == verdict.relations[0]["reason"] and "cannot tell the two apart" in verdict.reason
+
+
+def test_a_prompt_the_detector_can_never_judge_has_no_verdict_and_says_why(tmp_path, capsys):
+    from l2s.cli import main
+
+    out = tmp_path / "g"
+    assert main(["generate", "a red circle left of a red circle", "--schedule", "fast", "--no-baseline",
+                 "--out", str(out), "--quiet"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert "verdict" not in report and "cannot tell the two apart" in report["no_verdict"]
+    assert [r["holds"] for r in report["relation_verdicts"]["image"]] == [None]
+    assert f"l2s: shapes detector, GenEval rule: no verdict: {report['no_verdict']}" in capsys.readouterr().err
+
+
 def test_a_multi_image_run_on_the_shapes_model_counts_the_images_that_show_their_relation(tmp_path, capsys):
     from l2s.cli import main
 
@@ -373,6 +401,34 @@ def test_a_multi_image_run_on_the_shapes_model_counts_the_images_that_show_their
     assert len(holds) == 2 and all("image_unsteered" not in e["verdict"] for e in entries)   # no baselines made
     assert f"l2s: shapes detector, GenEval rule: {sum(holds)} of 2 images show their prompt's relations" \
         in capsys.readouterr().err.splitlines()
+    # each relation's verdict beside the image's, in index.json as in report.json
+    assert [[r["holds"] for r in e["relation_verdicts"]["image"]] for e in entries] == [[h] for h in holds]
+    report = json.loads((out / entries[0]["folder"] / "report.json").read_text())
+    assert report["relation_verdicts"] == entries[0]["relation_verdicts"]
+
+
+def test_the_relations_given_to_steer_are_the_ones_judged(tmp_path):
+    from l2s.cli import main
+
+    out, given = tmp_path / "g", "red circle,left of,green triangle;blue square,left of,green triangle"
+    assert main(["generate", "a red circle and a blue square left of a green triangle", "--relations", given,
+                 "--schedule", "fast", "--no-baseline", "--out", str(out), "--quiet"]) == 0
+    report = json.loads((out / "report.json").read_text())   # the parser reads only the blue square's
+    judged = [(r["subject"], r["relation"], r["object"]) for r in report["relation_verdicts"]["image"]]
+    assert judged == [tuple(item.split(",")) for item in given.split(";")]
+    assert report["verdict"]["image"] == all(r["holds"] for r in report["relation_verdicts"]["image"])
+
+
+def test_a_multi_image_run_counts_apart_the_prompts_that_can_never_be_judged(tmp_path, capsys):
+    from l2s.cli import main
+
+    out = tmp_path / "m"
+    assert main(["generate", "a red circle to the left of a blue square", "a red circle left of a red circle",
+                 "--seeds", "0", "--schedule", "fast", "--no-baseline", "--out", str(out), "--quiet"]) == 0
+    first, second = json.loads((out / "index.json").read_text())["images"]
+    assert "verdict" in first and "verdict" not in second and second["no_verdict"]
+    assert (f"l2s: shapes detector, GenEval rule: {int(first['verdict']['image'])} of 1 images show their prompt's "
+            f"relations; 1 without a verdict ({second['no_verdict']})") in capsys.readouterr().err.splitlines()
 
 
 def test_weights_fingerprints_name_each_local_weight_and_skip_the_rest(tmp_path):
