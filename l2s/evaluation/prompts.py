@@ -89,12 +89,6 @@ MULTI_RELATION_PATTERNS: dict[tuple[int, int], tuple[int, ...]] = {
 }
 
 
-# (objects, relations) -> lengths of the chains "a A r1 a B r2 a C", joined by " and ".
-MULTI_RELATION_PATTERNS: dict[tuple[int, int], tuple[int, ...]] = {
-    (2, 1): (2,), (3, 2): (3,), (4, 2): (2, 2), (4, 3): (4,), (5, 3): (3, 2),
-}
-
-
 def chain_clauses(names: Sequence[str], relations: Sequence[str],
                   chains: Sequence[int]) -> tuple[list[str], list[RelationCheck]]:
     """Clauses "a A r1 a B r2 a C" over consecutive runs of ``names`` (run lengths ``chains``),
