@@ -154,5 +154,6 @@ def grpo_main(argv: Sequence[str] | None = None) -> int:
         elif result.epochs_before:
             print(f"l2s: resumed after epoch {result.epochs_before} of the earlier run in {args.out}", file=sys.stderr)
         curves = f"; curves in {args.out / CURVES_FILE}" if (args.out / CURVES_FILE).is_file() else ""
-        print(f"l2s: {epochs}; {shown}; adapter in {args.out / 'adapter'} (load with --lora {args.out}){curves}")
+        print(f"l2s: {epochs}; {shown}; adapter in {args.out / 'adapter'} (load with --lora {args.out}){curves}",
+              file=sys.stderr)
     return 0

@@ -86,7 +86,7 @@ def reward_data_main(argv: Sequence[str] | None = None) -> int:
     pipe = load_shapes_pipeline(args.model, device=args.device)
     counts = make_reward_pairs(args.out, args.pairs, settings=settings, pipe=pipe, batch_size=args.batch_size,
                                max_shards=args.max_shards, progress=not args.no_progress, restart=args.restart)
-    print(_pairs_line(counts, args.out))
+    print(_pairs_line(counts, args.out), file=sys.stderr)
     if not counts.get("heldout"):
         print(f"l2s: warning: no held-out pairs (--heldout-fraction {args.heldout_fraction}): 'train-reward' will "
               "have no held-out accuracy to report; make more pairs (a larger --pairs resumes this folder) or raise "
@@ -202,7 +202,7 @@ def train_reward_main(argv: Sequence[str] | None = None) -> int:
     results = train_reward_model(args.data, args.out, shapes_t5_tokenizer(), settings, device=args.device,
                                  resume=not args.restart, progress=not args.no_progress, command=command,
                                  stop_after=args.stop_after, on_resume=lambda line: print(line, file=sys.stderr))
-    print(_headline(results))
+    print(_headline(results), file=sys.stderr)
     out, epochs = Path(args.out), settings.epochs
     if results["finished"] and results["epochs_before"] >= epochs:   # only its results were written again
         print(f"l2s: {out} held a finished run of {epochs} epoch{'s' * (epochs != 1)}: its best model was scored "

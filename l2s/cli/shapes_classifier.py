@@ -67,7 +67,7 @@ def make_data_main(argv: Sequence[str] | None = None) -> int:
                                    progress=not args.quiet, layers=args.layers, restart=args.restart,
                                    shard_size=args.shard_size)
     if world().is_main:
-        print(summary.line())
+        print(summary.line(), file=sys.stderr)
         if warning := summary.warning("make more scenes (--scenes)"):
             print(warning, file=sys.stderr)
     return 0

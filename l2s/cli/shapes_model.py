@@ -188,7 +188,7 @@ def train_model_main(argv: Sequence[str] | None = None) -> int:
     trainer = train(settings, args.out, device=args.device, resume=args.resume,
                     progress=not args.no_progress, command=command,
                     time_limit_s=None if args.time_limit is None else 60 * args.time_limit)
-    print(_trained_line(trainer, settings.steps, args.out / "pipeline"))
+    print(_trained_line(trainer, settings.steps, args.out / "pipeline"), file=sys.stderr)
     return 0
 
 

@@ -147,7 +147,7 @@ def make_data_main(argv: Sequence[str] | None = None) -> int:
 
         args.device = world().device(args.device)  # under torchrun / accelerate launch: this rank's GPU
         with output_lock(args.out, kind="make-data"):  # a second writer is refused here, before any work
-            samples = _labelled_samples(args)
+            samples, pairs_skipped = _labelled_samples(args)
             _check_images(args, samples)   # before the model loads: a wrong --images is said at once
             pipe = _load_pipe(args.model, args.device, args.dtype)
             summary = make_dataset(
@@ -160,6 +160,7 @@ def make_data_main(argv: Sequence[str] | None = None) -> int:
                 limit=args.limit,
                 progress=not args.quiet, restart=args.restart, layers=args.layers,
                 spelled=flag_of({"dtype": "--map-dtype"}))
+            summary.pairs_skipped = pairs_skipped
             if summary.records == 0:
                 _refuse_empty_dataset(args, summary)   # inside the lock: a folder this run made goes too
     except L2SError as error:
@@ -187,8 +188,8 @@ def _refuse_empty_dataset(args: argparse.Namespace, summary) -> None:
 
 
 def _check_images(args: argparse.Namespace, samples: list) -> None:
-    """Refuse a run whose first images to invert are all missing (nothing is written), with where
-    the images are looked for."""
+    """Refuse a run whose first images to invert are all missing (no dataset file is written; only
+    the record of skipped pairs, which is written at once), with where the images are looked for."""
     from l2s.training import check_dataset_images
 
     try:
@@ -206,11 +207,14 @@ def _images_hint(args: argparse.Namespace) -> str:
             f"with the folder they are relative to (e.g. --images {folder}, the annotations' folder)")
 
 
-def _labelled_samples(args: argparse.Namespace) -> list:
-    """The labelled relations of ``--source`` / ``--annotations``, balanced when asked."""
-    from l2s.training import balance_samples, coco_samples, gqa_samples, prompt_pair_samples
+def _labelled_samples(args: argparse.Namespace) -> tuple[list, int]:
+    """The labelled relations of ``--source`` / ``--annotations``, balanced when asked, and how many
+    pairs of ``--source pairs`` gave none (the first few said, all in OUT/skipped_pairs.jsonl)."""
+    from l2s.training import balance_samples, coco_samples, gqa_samples, recorded_pair_samples
+    from l2s.training.store import SKIPPED_PAIRS_FILE
 
     images = args.images if args.images is not None else "."
+    pairs_skipped = 0
     if args.source == "gqa":
         samples = gqa_samples(args.annotations, images,
                               relations=DIAGONAL if args.classes == "diagonal" else DIRECTIONAL)
@@ -219,14 +223,13 @@ def _labelled_samples(args: argparse.Namespace) -> list:
         for path in args.annotations:
             samples += coco_samples(path, images, diagonal=args.classes == "diagonal", max_iou=args.max_iou)
     else:
-        samples = []
-        for path in args.annotations:
-            samples += prompt_pair_samples(path, args.images)
+        samples, pairs_skipped = recorded_pair_samples(args.annotations, args.images, args.out)
     if args.max_per_class is not None:
         samples = balance_samples(samples, args.max_per_class, args.seed)
     if not samples:
-        raise L2SError("the annotations gave no usable labelled relation")
-    return samples
+        every = f" (every one of the {pairs_skipped} pairs was skipped: see {Path(args.out) / SKIPPED_PAIRS_FILE})"
+        raise L2SError("the annotations gave no usable labelled relation" + (every if pairs_skipped else ""))
+    return samples, pairs_skipped
 
 
 def build_train_parser() -> argparse.ArgumentParser:

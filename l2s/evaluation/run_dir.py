@@ -101,10 +101,36 @@ def claim_run_dir(out: Path, settings: dict[str, Any], seeds: Sequence[int], mod
                   n_prompts: int, resolved: dict | None = None) -> None:
     """Record the generation settings, or check a resumed run used the same ones and asks for
     every prompt, seed and mode it holds images of (more grow it). ``resolved`` goes beside them:
-    the settings as requested (None: the model's default) are what a resumed run must match."""
+    the settings as requested (None: the model's default) are what a resumed run must match; other
+    resolved values are only warned of."""
     refuse_changed_settings(out, settings)
     refuse_fewer_images(out, seeds, modes, n_prompts)
+    warn_changed_resolved(out, resolved)
     write_json(out / RUN_FILE, {"generation": settings, **({"resolved": resolved} if resolved else {})})
+
+
+def warn_changed_resolved(out: Path, resolved: dict | None) -> None:
+    """One warning line when the same requested settings now resolve otherwise than the recorded
+    ``resolved`` (a model's default changed between versions): images made now would differ from
+    the run's. Only values both records hold are compared (a run recorded before has none)."""
+    old = (read_run_file(out) or {}).get("resolved")
+    if not isinstance(old, dict) or not resolved:
+        return
+    new = json.loads(json.dumps(resolved))     # as run.json holds it (tuples as lists)
+    old, new = _shared(old, new), _shared(new, old)
+    changed = sorted(k for k in old if old[k] != new[k])
+    if changed:
+        log.warning("warning: the images in %s were made with other values than the same settings resolve to now "
+                    "(%s): images made now would differ from them; --restart makes them all again", out,
+                    described_changes(old, new, changed))
+
+
+def _shared(record: dict, other: dict) -> dict:
+    """``record``'s entries ``other`` holds too, a mapping's by its keys in both (a steered mode
+    added since brings a schedule; a newer version may record more sampling values)."""
+    return {k: ({s: v for s, v in value.items() if s in other[k]}
+                if isinstance(value, dict) and isinstance(other[k], dict) else value)
+            for k, value in record.items() if k in other}
 
 
 def refuse_fewer_images(out: str | Path, seeds: Sequence[int], modes: Sequence[str], n_prompts: int) -> None:

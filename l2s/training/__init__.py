@@ -1,7 +1,8 @@
 """l2s.training: the relation classifier's training data (labelled relations, dual inversions,
 sharded map datasets) and its training, with the relation-leakage measures."""
 
-from .dataset import DatasetSummary, check_dataset_images, check_make_data_options, dataset_summary, make_dataset
+from .dataset import (DatasetSummary, check_dataset_images, check_make_data_options, dataset_summary, make_dataset,
+                      recorded_pair_samples)
 from .flux_inversion import flux_sigmas, rf_inversion_mix
 from .gqa import GQA_ATTRIBUTES, gqa_samples, wordnet_is_a
 from .inversion import DualRecord, TrainingPrompt, dual_invert, invert_and_capture, training_prompts
@@ -90,6 +91,7 @@ __all__ = [
     "prompt_pair_samples",
     "psnr",
     "record_hits",
+    "recorded_pair_samples",
     "relation_leakage",
     "remove_empty_dataset",
     "resize_map_dataset",

@@ -9,6 +9,7 @@ order, so an interrupted and resumed job writes the same bytes as an uninterrupt
 """
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -18,7 +19,7 @@ from tqdm.auto import tqdm
 
 from l2s.distributed import output_lock, world
 from l2s.errors import L2SError
-from l2s.files import read_jsonl_lines
+from l2s.files import atomic_write_text, read_jsonl_lines
 from l2s.pipelines.families import denoiser, pipeline_family, pixels_per_token
 from l2s.relations import PUBLISHED_CLASSES
 from .chunks import check_images_found, check_resumed_chunks, chunks_to_retry
@@ -31,9 +32,10 @@ from .inversion_utils import (
 )
 from .layers import first_layers_capture
 from .options import check_make_data_options
-from .samples import Job, invert_chunk
-from .sources import RelationSample
-from .store import REDO, SKIPPED_FILE, committed_rows, dataset_meta, load_dataset_meta, read_progress
+from .samples import Job, SkipLog, invert_chunk
+from .sources import RelationSample, prompt_pair_samples
+from .store import (REDO, SKIPPED_FILE, SKIPPED_PAIRS_FILE, committed_rows, dataset_meta, load_dataset_meta,
+                    read_progress)
 from .writer import DatasetWriter
 
 
@@ -53,6 +55,7 @@ class DatasetSummary:
     split_records: dict[str, int] = field(default_factory=dict)
     samples_resumed: int = 0  # samples an earlier run had committed when this call started
     made_of: str = ""   # what the samples are, when a maker knows ("16 scenes + 2 neutral 'is' samples")
+    pairs_skipped: int = 0   # --source pairs: pairs that gave no sample (recorded_pair_samples)
 
     def line(self) -> str:
         """``l2s: 3054 records (a map stack per stored step and prompt; train 2598, val 456) from 509
@@ -63,8 +66,10 @@ class DatasetSummary:
         resumed = (f"; {self.samples_resumed} of them an earlier run had made (resumed)"
                    if self.samples_resumed else "")
         made_of = f"{self.made_of}; " if self.made_of else ""
+        pairs = (f"; {self.pairs_skipped} pair{'s' * (self.pairs_skipped != 1)} skipped before inversion, listed in "
+                 f"{SKIPPED_PAIRS_FILE}" if self.pairs_skipped else "")
         return (f"l2s: {self.records} records (a map stack per stored step and prompt{splits}) from "
-                f"{self.samples_done} samples ({made_of}{self.skipped} skipped) in {self.out_dir}{resumed}")
+                f"{self.samples_done} samples ({made_of}{self.skipped} skipped{pairs}) in {self.out_dir}{resumed}")
 
     def warning(self, more: str) -> str | None:
         """A line when a split is empty (training needs both); ``more``: how to make more samples."""
@@ -239,6 +244,31 @@ def check_dataset_images(samples: Iterable[RelationSample], out_dir: str | Path,
     except L2SError:   # a damaged record: the writer says so, and how to go on
         committed = {}
     check_images_found(_unique_samples(samples, limit), committed)
+
+
+def recorded_pair_samples(annotations: Sequence[str | Path], images_dir: str | Path | None,
+                          out_dir: str | Path) -> tuple[list[RelationSample], int]:
+    """The samples of pairs files (:func:`.sources.prompt_pair_samples`) for a dataset in
+    ``out_dir``, and how many pairs gave none: the first few are logged (by rank 0), every one is
+    recorded with its reason in ``out_dir/skipped_pairs.jsonl`` at once (a run refused for having
+    nothing to invert says why there too); an earlier run's record goes."""
+    record, said, skipped = Path(out_dir) / SKIPPED_PAIRS_FILE, SkipLog("pairs"), []
+
+    def skip(where: str, reason: str) -> None:
+        skipped.append({"pair": where, "reason": reason})
+        if world().is_main:
+            said(where, reason, record)
+
+    samples = [s for path in annotations for s in prompt_pair_samples(path, images_dir, on_skip=skip)]
+    world().on_main(lambda: _write_pair_record(record, skipped))
+    return samples, len(skipped)
+
+
+def _write_pair_record(record: Path, skipped: list[dict]) -> None:
+    if skipped:
+        atomic_write_text(record, "".join(json.dumps(row) + "\n" for row in skipped))
+    else:   # a record of other annotations would explain skips this run has not
+        record.unlink(missing_ok=True)
 
 
 def _unique_samples(samples: Iterable[RelationSample], limit: int | None) -> list[RelationSample]:

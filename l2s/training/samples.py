@@ -50,21 +50,22 @@ def load_image(sample: RelationSample) -> Image.Image:
 
 
 class SkipLog:
-    """Logs the first few skipped samples, then once that the others are only in skipped.jsonl (the
-    summary counts them all): images missing from a 100k-sample run would bury every other line."""
+    """Logs the first few skips, then once that the others are only in their ``record`` file (the
+    summary line counts them all): images missing from a 100k-sample run, or a captions file read
+    as pairs, would bury every other line. ``what``: what is skipped, for that line."""
 
     shown = 5
 
-    def __init__(self) -> None:
-        self.count = 0
+    def __init__(self, what: str = "samples") -> None:
+        self.count, self.what = 0, what
 
-    def __call__(self, key: str, reason: Skip, out_dir: Path) -> None:
+    def __call__(self, key: str, reason: Skip | str, record: Path) -> None:
         self.count += 1
         if self.count <= self.shown:
             log.warning("skipped %s: %s", key, reason)
         elif self.count == self.shown + 1:
-            log.warning("more samples skipped: not listed here, each with its reason in %s; the last line "
-                        "counts them", out_dir / SKIPPED_FILE)
+            log.warning("more %s skipped: not listed here, each with its reason in %s; the last line "
+                        "counts them", self.what, record)
 
 
 @dataclass
@@ -99,7 +100,7 @@ def invert_chunk(job: Job, chunk: int, members: list[RelationSample], bar) -> tu
             skipped.append({"key": sample.key, "image_id": sample.image_id, "source": sample.source,
                             "reason": str(reason), "chunk": chunk,
                             **({} if reason.file_state is False else {"file_state": reason.file_state})})
-            job.skip_log(sample.key, reason, job.out_dir)
+            job.skip_log(sample.key, reason, job.out_dir / SKIPPED_FILE)
         bar.update()
         if job.on_sample is not None:
             job.on_sample(chunk * job.shard_size + offset)

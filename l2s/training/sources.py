@@ -16,7 +16,7 @@ import logging
 import math
 import random
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -176,27 +176,30 @@ def _box_pair_relation(box_a, box_b, diagonal: bool, max_iou: float | None, sect
     return next(iter(found)) if len(found) == 1 else None
 
 
-def prompt_pair_samples(pairs: str | Path | Iterable, images_dir: str | Path | None = None) -> list[RelationSample]:
+def prompt_pair_samples(pairs: str | Path | Iterable, images_dir: str | Path | None = None,
+                        on_skip: Callable[[str, str], None] | None = None) -> list[RelationSample]:
     """Labelled relations from (image, prompt) pairs whose prompt the relation parser understands.
 
     ``pairs``: a JSONL file (``{"image": path, "prompt": str, "image_id": optional}`` per line),
     or an iterable of such dicts or of ``(image, prompt)`` tuples. Every directional/diagonal
     relation the parser finds becomes one sample (objects as written, adjectives included);
-    prompts without one are logged and skipped. Relative image paths resolve against
-    ``images_dir``.
+    prompts without one are skipped. Relative image paths resolve against ``images_dir``.
+    ``on_skip(where, reason)``: told each skipped pair instead of a log line each and their count
+    (a caller that limits and records them: a captions file read as pairs skips every line).
     """
     from l2s.parsing import parse_prompt
 
     samples: list[RelationSample] = []
     entries = _read_pairs(pairs)
     skipped = 0
+    skip = on_skip or (lambda where, reason: log.warning("warning: %s: skipped: %s", where, reason))
     for where, entry in entries:
         if isinstance(entry, dict):
             image, prompt, image_id = entry.get("image"), entry.get("prompt"), entry.get("image_id")
         else:
             (image, prompt), image_id = entry, None
         if image is None or not isinstance(prompt, str):
-            log.warning("warning: %s: skipped: no image or prompt in %r", where, entry)
+            skip(where, f"no image or prompt in {entry!r}")
             skipped += 1
             continue
         if isinstance(image, (str, Path)):
@@ -213,12 +216,13 @@ def prompt_pair_samples(pairs: str | Path | Iterable, images_dir: str | Path | N
         else:   # the wording 'l2s generate' uses for the same prompt
             triplets, reason = parsed.triplets, f"{parsed.unsteered_reason()} in {prompt!r}"
         if not triplets:
-            log.warning("warning: %s (%s): skipped: %s", where, image_id, reason)
+            skip(f"{where} ({image_id})", reason)
             skipped += 1
         for t in triplets:
             samples.append(RelationSample(str(image_id), image, t.subject, t.relation, t.object, "pairs"))
-    if skipped:
-        log.warning("warning: %d of %d pairs skipped before inversion (the lines above say why)", skipped, len(entries))
+    if skipped and on_skip is None:
+        log.warning("warning: %d of %d pairs skipped before inversion (the lines above say why)", skipped,
+                    len(entries))
     return samples
 
 

@@ -6,6 +6,8 @@ A dataset directory::
       dataset.json        settings, channels, class names (written once; checked on resume)
       manifest.jsonl      one line per (prompt, stored step): ids, prompt, label, split, shard, key
       skipped.jsonl       samples that produced nothing, with the reason
+      skipped_pairs.jsonl ``--source pairs``: the pairs that gave no sample, with the reason
+                          (the last run's annotations; not part of the dataset's commits)
       progress.json       the commit record: per complete chunk its line counts and its shard's
                           size and SHA-256
       shards/shard-00000.safetensors   maps (2, C, m, m) of one chunk of samples, key = sample id
@@ -31,6 +33,7 @@ FORMAT = "l2s-attention-maps"
 FORMAT_VERSION = 1
 META_FILE, MANIFEST_FILE = "dataset.json", "manifest.jsonl"
 SKIPPED_FILE, PROGRESS_FILE = "skipped.jsonl", "progress.json"
+SKIPPED_PAIRS_FILE = "skipped_pairs.jsonl"
 SHARD_DIR = "shards"
 SPLITS = ("train", "val")
 # Storage dtypes of the maps (and weight dtypes of the pipelines that make them).

@@ -97,6 +97,18 @@ def test_make_data_resumes_with_the_datasets_own_shard_size_unless_told_another(
     assert sizes == [8, 4, 256, 256]   # another explicit size is the writer's to refuse
 
 
+def test_make_data_says_its_summary_on_stderr_as_l2s_make_data_does(tmp_path, monkeypatch, capsys):
+    import l2s.shapes
+    from l2s.training.dataset import DatasetSummary
+
+    summary = DatasetSummary(tmp_path / "maps", records=6, samples_done=2, skipped=0, split_records={"train": 6})
+    monkeypatch.setattr(l2s.shapes, "load_shapes_pipeline", lambda model: "pipe")
+    monkeypatch.setattr(l2s.shapes, "make_shapes_data", lambda *args, **kwargs: summary)
+    assert main(["shapes", "make-data", "--out", str(tmp_path / "maps"), "--scenes", "2"]) == 0
+    said = capsys.readouterr()
+    assert said.out == "" and said.err.splitlines()[0] == summary.line()   # then the empty val split's warning
+
+
 def test_make_data_help_says_scenes_give_more_samples(capsys):
     from l2s.cli.shapes_classifier import build_make_data_parser
 

@@ -360,6 +360,25 @@ def test_without_settings_a_run_is_known_by_its_sampling_arguments(tiny_eval, tm
                                                  "guidance_scale": None, "true_cfg_scale": 1.0}}
 
 
+def test_a_resume_whose_settings_now_resolve_otherwise_warns_once_naming_them(tiny_eval, tmp_path, caplog):
+    steerer, specs, _ = tiny_eval
+    call = dict(seeds=[0], num_inference_steps=2, height=32, width=32, progress=False, contact_sheets=False,
+                modes=["base"])
+    run_eval(steerer, specs[:1], ShapesDetector(), tmp_path, **call)
+    asked, resolved = (json.loads((tmp_path / "run.json").read_text())[k] for k in ("generation", "resolved"))
+    other_default = {"sampling": {**resolved["sampling"], "true_cfg_scale": 2.0}}   # as an older version's
+    for earlier, warned in ((resolved, False), (None, False), (other_default, True)):   # None: recorded before
+        (tmp_path / "run.json").write_text(json.dumps({"generation": asked, **({"resolved": earlier} if earlier
+                                                                                else {})}))
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="l2s.evaluation"):
+            report = run_eval(steerer, specs[:1], ShapesDetector(), tmp_path, **call)
+        assert report.modes["base"].status_counts() == {"resumed": 1}   # the requested settings still match
+        lines = [r.getMessage() for r in caplog.records if "resolve" in r.getMessage()]
+        assert len(lines) == warned, lines
+    assert "(sampling.true_cfg_scale: 2.0 -> 1.0)" in lines[0] and "\n" not in lines[0]
+
+
 def test_a_prompt_without_a_spec_is_refused_by_its_number(tmp_path):
     from l2s.errors import UsageError
     from l2s.evaluation import spec_from_prompt

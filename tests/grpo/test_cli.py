@@ -94,8 +94,9 @@ def test_grpo_cli_trains_an_epoch_and_its_adapter_loads_in_generate(saved, tmp_p
     code, stdout, err = run(argv, capsys)
     assert code == 0, err
     assert (out / "evaluated" / "epoch-0001" / "adapter_model.safetensors").is_file()
-    assert "l2s: 1 epoch; " in stdout and "eval_strict" in stdout and "eval_s " not in stdout
-    assert stdout.rstrip().endswith(f"; curves in {out / 'curves.png'}") and (out / "curves.png").is_file()
+    assert stdout == ""   # the summary is an l2s line on stderr, as every command's
+    assert "l2s: 1 epoch; " in err and "eval_strict" in err and "eval_s " not in err
+    assert err.rstrip().endswith(f"; curves in {out / 'curves.png'}") and (out / "curves.png").is_file()
     assert "resumed" not in err
     more = argv[:argv.index("--epochs") + 1] + ["2"] + argv[argv.index("--epochs") + 2:]
     code, stdout, err = run(more, capsys)    # --epochs 2 continues it

@@ -71,10 +71,10 @@ def test_train_reward_trains_reports_and_continues_a_stopped_run(tmp_path, capsy
         assert f"--stop-after must be a positive integer, got {bad}" in capsys.readouterr().err
     assert not (tmp_path / "rm").exists()
     assert main(argv + ["--stop-after", "1"]) == 0
-    assert "stopped after epoch 1" in capsys.readouterr().out
+    assert "stopped after epoch 1" in capsys.readouterr().err
     assert main(argv) == 0
     out, err = capsys.readouterr()
-    assert "held-out pairwise accuracy" in out and "1 flip" in out and "2-3 flips" in out
+    assert out == "" and "held-out pairwise accuracy" in err and "1 flip" in err and "2-3 flips" in err
     assert err.splitlines()[-1].startswith("l2s: wrote ") and "results.json" in err and "finished" not in err
     results = json.loads((tmp_path / "rm" / "results.json").read_text())
     assert results["settings"]["loss"] == "bt" and results["command"].startswith("l2s shapes train-reward")

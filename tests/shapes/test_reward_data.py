@@ -194,10 +194,10 @@ def test_cli_says_when_max_shards_stopped_it_short_of_pairs(tmp_path, rendered_s
             "--images-per-family", "8", "--max-shards", "1", "--quiet"]
     assert main(argv) == 0
     captured = capsys.readouterr()
-    assert captured.out.startswith("l2s: ") and "training pairs" in captured.out
+    assert captured.out == "" and captured.err.startswith("l2s: ") and "training pairs" in captured.err
     assert "l2s: stopped by --max-shards 1 before --pairs 100000: rerun with a larger --max-shards" in captured.err
     assert main(argv[:5] + ["1"] + argv[6:]) == 0   # enough pairs already: no such line
     err = capsys.readouterr().err
     assert "stopped by" not in err
     held_out = "l2s: warning: no held-out pairs" in err      # said exactly when the folder holds none
-    assert held_out == (" 0 held out" in captured.out), (captured.out, err)
+    assert held_out == (" 0 held out" in captured.err), (captured.err, err)

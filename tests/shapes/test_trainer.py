@@ -332,17 +332,18 @@ def test_the_command_says_whether_it_trained_resumed_or_found_a_finished_run(tmp
     argv = ["shapes", "train-model", "--out", str(out), "--steps", "1", "--batch-size", "4", "--scenes", "16",
             "--size", "16", "--objects", "2-2", "--object-sizes", "4-6", "--preset", "tiny", "--no-progress"]
     assert main(argv) == 0
-    assert capsys.readouterr().out.startswith("l2s: trained 1 step, loss ")
+    said = capsys.readouterr()   # an l2s line: on stderr, as every command's
+    assert said.out == "" and said.err.startswith("l2s: trained 1 step, loss ")
     assert main(argv) == 0
-    line = capsys.readouterr().out.strip()
+    line = capsys.readouterr().err.strip()
     assert line.startswith(f"l2s: {out} holds a finished run of 1 step (loss ") and line.endswith(
         f"nothing to train; its pipeline is exported again to {out / 'pipeline'}; more --steps continue it, "
         "--restart trains again")
     assert main(argv[:5] + ["2"] + argv[6:]) == 0
-    assert ", resumed after step 1, loss " in capsys.readouterr().out
+    assert ", resumed after step 1, loss " in capsys.readouterr().err
     exported = ["--out", str(tmp_path / "export"), "--steps", "0", "--init-from", str(out / "pipeline")]
     assert main(argv[:2] + exported + argv[6:]) == 0           # a new run exporting --init-from
-    assert capsys.readouterr().out.startswith("l2s: trained 0 steps, loss ")
+    assert capsys.readouterr().err.startswith("l2s: trained 0 steps, loss ")
 
 
 def test_ctrl_c_saves_every_finished_step(tmp_path, monkeypatch):

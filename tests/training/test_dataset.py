@@ -370,6 +370,36 @@ def test_skipped_samples_are_logged_a_few_then_counted(tmp_path, caplog):
                          "; the last line counts them"]
 
 
+def test_pairs_without_a_relation_are_said_a_few_then_only_recorded_and_counted(images, tmp_path, capsys,
+                                                                                 caplog):
+    """A captions file given as pairs once printed one warning per caption."""
+    captions = [{"image": f"img{i % 6}.png", "prompt": f"a photo of a cat number {i}"} for i in range(12)]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(line) + "\n" for line in [{"image": "img0.png", "prompt": "a cat above a dog"},
+                                                                  *captions]))
+    out = tmp_path / "maps"
+    argv = ["--model", "tiny", "--source", "pairs", "--annotations", str(pairs), "--images", str(images), "--steps",
+            "4", "--store-steps", "1", "--quiet", "--out", str(out)]
+    with caplog.at_level("WARNING", logger="l2s.training"):
+        assert make_data_main(argv) == 0
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line.split(": no spatial")[0] for line in lines[:5]] == [
+        f"skipped {pairs} line {i} (img{(i - 2) % 6})" for i in range(2, 7)]
+    assert lines[5:] == [f"more pairs skipped: not listed here, each with its reason in {out / 'skipped_pairs.jsonl'}"
+                         "; the last line counts them"]
+    summary = capsys.readouterr().err.splitlines()[0]
+    assert summary.endswith(f"(0 skipped; 12 pairs skipped before inversion, listed in skipped_pairs.jsonl) in {out}")
+    recorded = [json.loads(line) for line in (out / "skipped_pairs.jsonl").read_text().splitlines()]
+    assert [r["pair"] for r in recorded] == [f"{pairs} line {i} (img{(i - 2) % 6})" for i in range(2, 14)]
+    assert recorded[0]["reason"] == "no spatial relation found in 'a photo of a cat number 0'"
+    pairs.write_text("".join(json.dumps(line) + "\n" for line in captions))      # nothing left to invert
+    assert make_data_main(argv[:-1] + [str(tmp_path / "none")]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "l2s: error: the annotations gave no usable labelled relation (every one of the 12 pairs was skipped: see "
+        f"{tmp_path / 'none' / 'skipped_pairs.jsonl'})")
+    assert len((tmp_path / "none" / "skipped_pairs.jsonl").read_text().splitlines()) == 12
+
+
 def test_make_data_resumes_with_the_datasets_own_shard_size(images, tmp_path, capsys):
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text(json.dumps({"image": "img0.png", "prompt": "a cat above a dog"}) + "\n")
