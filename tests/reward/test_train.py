@@ -4,10 +4,11 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from l2s.errors import L2SError
 from l2s.reward import RewardTrainSettings, evaluate_judge, load_pairs, load_reward_model, train_reward_model
-from l2s.reward.train import validation_split
+from l2s.reward.train import _schedule, validation_split
 
 from .conftest import TINY_MODEL, make_blob_pairs
 
@@ -15,6 +16,20 @@ from .conftest import TINY_MODEL, make_blob_pairs
 def _settings(**overrides) -> RewardTrainSettings:
     base = dict(epochs=6, batch_size=16, lr=3e-3, warmup_steps=5, val_fraction=0.2, model=dict(TINY_MODEL))
     return RewardTrainSettings(**{**base, **overrides})
+
+
+def test_schedule_warms_up_from_the_first_step_and_decays_to_zero_at_the_last():
+    """Pinned because the libraries' cosine schedules differ (diffusers/transformers "cosine" start the
+    warm-up at 0, "cosine_warmup_with_min_lr" decays one step earlier): swapping one in changes every run."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    schedule = _schedule(optimizer, warmup=4, total=10)
+    factors = []
+    for _ in range(11):
+        factors.append(schedule.get_last_lr()[0])
+        optimizer.step()
+        schedule.step()
+    assert factors[:5] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    assert factors[7] == pytest.approx(0.5) and factors[10] == 0.0
 
 
 @pytest.mark.parametrize("loss", ["uncertainty", "bt"])
