@@ -70,6 +70,9 @@ def make_data_main(argv: Sequence[str] | None = None) -> int:
         print(summary.line(), file=sys.stderr)
         if warning := summary.warning("make more scenes (--scenes)"):
             print(warning, file=sys.stderr)
+        from .training import say_dataset_files
+
+        say_dataset_files(summary)
     return 0
 
 

@@ -16,7 +16,7 @@ from l2s.relations import DIAGONAL, DIAGONAL_CLASSES, DIRECTIONAL, PUBLISHED_CLA
 from .help import command_parser
 from .options import (LONG_NAMES, add_device_arg, add_dtype_arg, add_threads_arg, canonical_model, flag_of, out_text,
                       resolve_device, torch_dtype, use_threads)
-from .outputs import log_to_stderr, say_error
+from .outputs import folder_outputs, log_to_stderr, say_error, wrote_line
 
 # ``--model`` names of the random tiny pipelines (offline).
 _TINY_MODELS = ("tiny", "tiny-flux", "tiny-dev", "tiny-sd")
@@ -172,7 +172,17 @@ def make_data_main(argv: Sequence[str] | None = None) -> int:
         print(f"l2s: warning: no validation records (--val-fraction {args.val_fraction} of "
               f"{summary.samples_done} samples); 'l2s train' needs some: add samples or raise --val-fraction",
               file=sys.stderr)
+    say_dataset_files(summary)
     return 0
+
+
+def say_dataset_files(summary) -> None:
+    """The last line of 'make-data' and 'shapes make-data': the dataset's files, its preview among them."""
+    from l2s.training.store import DATASET_FILES
+
+    names = folder_outputs(summary.out_dir, only=DATASET_FILES) if summary.out_dir.is_dir() else []
+    if names:
+        print(wrote_line(summary.out_dir, names), file=sys.stderr)
 
 
 def _refuse_empty_dataset(args: argparse.Namespace, summary) -> None:

@@ -21,6 +21,8 @@ DEFAULT_STORE_STEPS = {
     "sd14": (5, 10, 15, 20, 25, 49),
     "sd21": (5, 10, 15, 20, 25, 49),
 }
+# The published --min-psnr filters (dB) per family: a reconstruction below it is one the published data left out.
+PUBLISHED_MIN_PSNR = {"flux-schnell": 20.0, "flux-dev": 20.0, "sd14": 19.5, "sd21": 19.5}
 # Published FLUX token grids: schnell 16x16 (256 px), dev 32x32 (512 px).
 _FLUX_GRID = {"flux-schnell": 16, "flux-dev": 32}
 _MAX_PSNR = 100.0  # a perfect reconstruction is reported as 100 dB, not inf (JSON-friendly)

@@ -57,20 +57,9 @@ class AttentionMapDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def _shard(self, name: str):
-        from safetensors import safe_open
-
-        if name not in self._handles:
-            self._handles[name] = safe_open(str(self.dataset_dir / name), framework="pt")
-        return self._handles[name]
-
     def __getitem__(self, index: int) -> tuple[Tensor, int, int]:
         row = self.records[index]
-        try:
-            maps = self._shard(row["shard"]).get_tensor(row["key"]).float()
-        except Exception as error:  # safetensors raises its own error types for damaged files
-            raise DamagedFileError(f"{self.dataset_dir / row['shard']}: cannot read {row['key']} "
-                                   f"({type(error).__name__}: {error}); {REDO}") from None
+        maps = stored_maps(self.dataset_dir, row, self._handles)
         if self._channels is not None:
             maps = maps[:, self._channels]
         return maps, int(row["timestep"]), self._labels[index]
@@ -82,3 +71,17 @@ class AttentionMapDataset(torch.utils.data.Dataset):
         state = dict(self.__dict__)
         state["_handles"] = {}  # file handles do not cross process boundaries
         return state
+
+
+def stored_maps(dataset_dir: Path, row: dict, handles: dict[str, Any]) -> Tensor:
+    """The float32 maps (2, C, m, m) of a committed manifest ``row``, from its memory-mapped shard
+    (opened once into ``handles``); a shard that cannot give them is an error naming it."""
+    from safetensors import safe_open
+
+    try:
+        if row["shard"] not in handles:
+            handles[row["shard"]] = safe_open(str(dataset_dir / row["shard"]), framework="pt")
+        return handles[row["shard"]].get_tensor(row["key"]).float()
+    except Exception as error:  # safetensors raises its own error types for damaged files
+        raise DamagedFileError(f"{dataset_dir / row['shard']}: cannot read {row['key']} "
+                               f"({type(error).__name__}: {error}); {REDO}") from None

@@ -10,6 +10,8 @@ A dataset directory::
                           (the last run's annotations; not part of the dataset's commits)
       progress.json       the commit record: per complete chunk its line counts and its shard's
                           size and SHA-256
+      preview.png         the first few samples' images and attention maps (drawn from the
+                          committed shards when a run ends: :mod:`.preview`)
       shards/shard-00000.safetensors   maps (2, C, m, m) of one chunk of samples, key = sample id
 
 :class:`~l2s.training.writer.DatasetWriter` commits chunk by chunk. Readers trust only committed
@@ -34,7 +36,10 @@ FORMAT_VERSION = 1
 META_FILE, MANIFEST_FILE = "dataset.json", "manifest.jsonl"
 SKIPPED_FILE, PROGRESS_FILE = "skipped.jsonl", "progress.json"
 SKIPPED_PAIRS_FILE = "skipped_pairs.jsonl"
+PREVIEW_FILE = "preview.png"
 SHARD_DIR = "shards"
+# Every file of a dataset folder (what a run that made or resumed it says it wrote).
+DATASET_FILES = (META_FILE, MANIFEST_FILE, SKIPPED_FILE, SKIPPED_PAIRS_FILE, PROGRESS_FILE, PREVIEW_FILE, SHARD_DIR)
 SPLITS = ("train", "val")
 # Storage dtypes of the maps (and weight dtypes of the pipelines that make them).
 MAP_DTYPES = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.bfloat16}

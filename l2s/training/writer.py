@@ -32,6 +32,7 @@ from .store import (
     FORMAT,
     MANIFEST_FILE,
     META_FILE,
+    PREVIEW_FILE,
     PROGRESS_FILE,
     SHARD_DIR,
     SKIPPED_FILE,
@@ -46,7 +47,7 @@ log = logging.getLogger(__name__)
 
 def clear_dataset(out_dir: Path) -> None:
     """Remove a dataset's files from ``out_dir`` (``--restart``); anything else there is kept."""
-    remove_outputs(out_dir, [META_FILE, MANIFEST_FILE, SKIPPED_FILE, PROGRESS_FILE, SHARD_DIR],
+    remove_outputs(out_dir, [META_FILE, MANIFEST_FILE, SKIPPED_FILE, PROGRESS_FILE, PREVIEW_FILE, SHARD_DIR],
                    "starting the dataset over")
 
 

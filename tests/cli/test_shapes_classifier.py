@@ -115,3 +115,19 @@ def test_make_data_help_says_scenes_give_more_samples(capsys):
     help_text = " ".join(build_make_data_parser().format_help().split())
     assert "about one in 4 also gives a neutral 'is' sample" in help_text
     assert "so the dataset has more samples than scenes" in help_text
+
+
+def test_make_data_draws_its_preview_and_says_its_psnr_and_files(tmp_path, capsys):
+    """The shipped model on 3 scenes: the summary ends with the records' reconstruction PSNR, the
+    last line lists the files, the preview among them; a rerun (resume) draws the same picture."""
+    out = tmp_path / "maps"
+    argv = ["shapes", "make-data", "--out", str(out), "--scenes", "3", "--shard-size", "2", "--threads", "1",
+            "--quiet"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err.splitlines()
+    psnr = [json.loads(line)["psnr"] for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert err[0].endswith(f"; reconstruction PSNR mean {sum(psnr) / len(psnr):.1f} dB, min {min(psnr):.1f} dB")
+    assert re.fullmatch(rf"l2s: wrote dataset\.json, manifest\.jsonl, preview\.png, progress\.json, skipped\.jsonl "
+                        rf"and shards/: 2 files in {re.escape(str(out))}", err[-1])
+    drawn = (out / "preview.png").read_bytes()
+    assert main(argv) == 0 and (out / "preview.png").read_bytes() == drawn

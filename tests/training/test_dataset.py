@@ -122,7 +122,9 @@ def test_interrupted_creation_resumes_to_the_same_dataset(flux, images, full_run
     assert not list((out / "shards").glob("*.tmp"))
     assert summary.records == len(expected) and summary.skipped == 2
     assert summary.samples_resumed == 3      # chunk 1 kept; chunk 0 lost its shard and was made again
-    assert summary.line().endswith(f"in {out}; 3 of them an earlier run had made (resumed)")
+    assert f"in {out}; 3 of them an earlier run had made (resumed); reconstruction PSNR" in summary.line()
+    # The picture is drawn from the committed shards: the resumed dataset's is the uninterrupted one's.
+    assert (out / "preview.png").read_bytes() == (full_run / "preview.png").read_bytes()
     # A finished dataset resumes to a no-op.
     again = make_dataset(_samples(images), flux, out, **MAKE)
     assert again.records == summary.records and _manifest(out) == got
@@ -388,7 +390,7 @@ def test_pairs_without_a_relation_are_said_a_few_then_only_recorded_and_counted(
     assert lines[5:] == [f"more pairs skipped: not listed here, each with its reason in {out / 'skipped_pairs.jsonl'}"
                          "; the last line counts them"]
     summary = capsys.readouterr().err.splitlines()[0]
-    assert summary.endswith(f"(0 skipped; 12 pairs skipped before inversion, listed in skipped_pairs.jsonl) in {out}")
+    assert f"(0 skipped; 12 pairs skipped before inversion, listed in skipped_pairs.jsonl) in {out}; " in summary
     recorded = [json.loads(line) for line in (out / "skipped_pairs.jsonl").read_text().splitlines()]
     assert [r["pair"] for r in recorded] == [f"{pairs} line {i} (img{(i - 2) % 6})" for i in range(2, 14)]
     assert recorded[0]["reason"] == "no spatial relation found in 'a photo of a cat number 0'"
@@ -515,3 +517,82 @@ def test_make_data_help_says_the_tiny_models_default_size(name, build):
 
     size_help = next(a.help for a in build_make_data_parser()._actions if "--size" in a.option_strings)
     assert f"{name} {default_image_size(build())}" in " ".join(size_help.split())
+
+
+def test_the_preview_shows_each_samples_image_and_its_phrases_mean_maps_from_the_shards(full_run, images):
+    """preview.png: a row per sample (the first committed), its image, then the subject's and the
+    object's map (mean over channels) at the last stored step, true word then wrong word."""
+    from l2s.evaluation.attention_pictures import overlay
+    from l2s.training.preview import first_samples
+
+    rows = committed_rows(full_run)
+    picture = Image.open(full_run / "preview.png").convert("RGB")
+    chosen = first_samples(rows, 3)
+    assert len(chosen) == 8 and list(chosen) == list(dict.fromkeys(r["sample_key"] for r in rows))[:8]
+    cell_w, cell_h = 128 + 8, 128 + 8 + 4 * 12 + 4          # captioned_grid's cells of 128 px pictures
+    assert picture.width == 5 * cell_w
+    top = picture.height - 8 * cell_h                         # under the title
+    maps = _all_maps(full_run)
+    for row, prompts in enumerate(list(chosen.values())[:2]):
+        sample = next(s for s in _samples(images) if s.key == prompts["pos"]["sample_key"])
+        image = Image.open(sample.image).convert("RGB")        # 32 px: inverted as it is
+        means = {kind: maps[prompts[kind]["key"]].float().mean(dim=1).numpy() for kind in ("pos", "neg")}
+        scale = max(float(m.max()) for m in means.values())
+        for column, (kind, phrase) in enumerate([("pos", 0), ("pos", 1), ("neg", 0), ("neg", 1)], start=1):
+            x, y = column * cell_w + 4, top + row * cell_h + 4
+            drawn = np.asarray(picture.crop((x, y, x + 128, y + 128)))
+            assert np.array_equal(drawn, np.asarray(overlay(image, means[kind][phrase], scale, 128))), (row, column)
+
+
+def test_first_samples_are_the_first_eight_committed_at_the_step_asked():
+    from l2s.training.preview import first_samples
+
+    rows = [{"sample_key": f"s{i}", "timestep": step, "prompt_type": kind}
+            for i in range(10) for step in (1, 3) for kind in ("pos", "neg")]
+    chosen = first_samples(rows, 3)
+    assert list(chosen) == [f"s{i}" for i in range(8)]
+    assert all(set(prompts) == {"pos", "neg"} and prompts["pos"]["timestep"] == 3 for prompts in chosen.values())
+
+
+def test_a_restart_removes_the_preview_with_the_dataset(full_run, tmp_path, caplog):
+    from l2s.training.writer import clear_dataset
+
+    out = tmp_path / "copy"
+    shutil.copytree(full_run, out)
+    clear_dataset(out)
+    assert not (out / "preview.png").exists() and "preview.png" in caplog.text
+
+
+def test_the_summary_says_the_reconstruction_psnr_and_names_a_sample_below_the_published_filter(tmp_path):
+    from l2s.training.dataset import DatasetSummary, reconstruction
+
+    rows = [{"psnr": 24.0, "image_id": "a", "prompt": "a cat above a dog"},
+            {"psnr": 18.5, "image_id": "b", "prompt": "a dog below a cat"},
+            {"psnr": 21.5, "image_id": "c", "prompt": "a car left of a tree"}]
+    low = reconstruction(rows, "flux-schnell")
+    assert low.text() == ("reconstruction PSNR mean 21.3 dB, min 18.5 dB (b 'a dog below a cat': below the "
+                          "published 20 dB filter)")
+    assert reconstruction(rows, "sd14").text().endswith("below the published 19.5 dB filter)")
+    assert reconstruction(rows[::2], "flux-dev").text() == "reconstruction PSNR mean 22.8 dB, min 21.5 dB"
+    assert reconstruction(rows[1:2], None).text() == "reconstruction PSNR mean 18.5 dB, min 18.5 dB"  # no filter
+    assert reconstruction([{"label": "above"}], "flux-schnell") is None        # maps made without inversion
+    line = DatasetSummary(tmp_path, 6, 1, 0, {"train": 6}, psnr=low).line()
+    assert line.endswith(f"in {tmp_path}; {low.text()}")
+
+
+def test_make_data_says_the_datasets_psnr_and_the_preview_it_wrote(images, tmp_path, capsys):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"image": f"img{i}.png", "prompt": f"a cat {word} a dog"}) + "\n"
+                             for i, word in enumerate(("above", "below"))))
+    out = tmp_path / "maps"
+    assert make_data_main(["--model", "tiny", "--source", "pairs", "--annotations", str(pairs), "--images",
+                           str(images), "--out", str(out), "--steps", "4", "--store-steps", "1", "3", "--quiet",
+                           "--threads", "1"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    psnr = [r["psnr"] for r in _manifest(out)]
+    worst = min(_manifest(out), key=lambda r: r["psnr"])
+    assert err[0].endswith(f"reconstruction PSNR mean {np.mean(psnr):.1f} dB, min {min(psnr):.1f} dB "
+                           f"({worst['image_id']} {worst['prompt']!r}: below the published 20 dB filter)")
+    assert err[-1] == (f"l2s: wrote dataset.json, manifest.jsonl, preview.png, progress.json, skipped.jsonl and "
+                       f"shards/: 1 file in {out}")
+    assert Image.open(out / "preview.png").size[0] == 5 * (128 + 8)      # image, then 2 maps per prompt
