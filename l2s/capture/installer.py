@@ -148,6 +148,8 @@ class AttentionCapture:
     def _select_layers(cls, model, layers: Sequence[str] | None) -> dict[str, torch.nn.Module]:
         """The capturable attention modules of ``model`` (or only ``layers``), in execution order."""
         candidates = cls._capturable_layers(model)
+        if not candidates:   # before naming the layers a classifier reads: there is no span to name
+            raise L2SError(f"{type(model).__name__} has no attention layers to capture")
         if layers is not None:
             wanted = [name.removesuffix(".processor") for name in layers]
             unknown = [name for name in wanted if name not in candidates]
@@ -157,7 +159,7 @@ class AttentionCapture:
                     f"no {_short(unknown[0])}: use a classifier trained for this model")
             candidates = {name: candidates[name] for name in wanted}
         if not candidates:
-            raise L2SError(f"{type(model).__name__} has no attention layers to capture")
+            raise L2SError("no attention layers to capture were asked for (layers=[])")
         return {name: candidates[name] for name in sorted(candidates, key=_execution_key)}
 
     def _make_processor(self, model, name: str, original) -> CaptureProcessorMixin:

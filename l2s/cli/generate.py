@@ -186,6 +186,9 @@ def _verdict_line(entries: list[dict]) -> str | None:
     judged, unjudged = [e for e in entries if "verdict" in e], [e for e in entries if "no_verdict" in e]
     if not judged and not unjudged:
         return None
+    if not judged:        # "0 of 0 images show ..." would read as a count of failures
+        return (f"l2s: shapes detector, GenEval rule: none of the {len(unjudged)} images has a verdict "
+                f"({unjudged[0]['no_verdict']})")
     line = (f"l2s: shapes detector, GenEval rule: {sum(e['verdict']['image'] for e in judged)} of {len(judged)} "
             "images show their prompt's relations")
     baselines = [e["verdict"]["image_unsteered"] for e in judged if "image_unsteered" in e["verdict"]]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from l2s.errors import UnsupportedRelationError
 from l2s.relations import (ABOVE, BELOW, BOTTOM_LEFT_OF, BOTTOM_RIGHT_OF, LEFT_OF, RIGHT_OF, TOP_LEFT_OF,
-                           TOP_RIGHT_OF)
+                           TOP_RIGHT_OF, canonical_class)
 
 # Each relation as moves along the image's axes: (horizontal, vertical), -1 = left / up of the object.
 _AXES = {LEFT_OF: (-1, 0), RIGHT_OF: (1, 0), ABOVE: (0, -1), BELOW: (0, 1), TOP_LEFT_OF: (-1, -1),
@@ -28,7 +29,7 @@ def _cycle_edges(relations: Sequence[str], pairs: Sequence[tuple[int, int]], axi
     """Indices of the relations on a cycle of "comes before" along ``axis`` (0: left-right, 1: up-down)."""
     edges = {}   # (earlier group, later group) -> relation indices
     for k, (relation, (subject, obj)) in enumerate(zip(relations, pairs)):
-        step = _AXES[relation][axis]
+        step = _moves(relation)[axis]
         if step and subject != obj:
             edges.setdefault((subject, obj) if step < 0 else (obj, subject), []).append(k)
     on_cycle = []
@@ -36,6 +37,15 @@ def _cycle_edges(relations: Sequence[str], pairs: Sequence[tuple[int, int]], axi
         if _reaches(edges, b, a):   # b also comes before a
             on_cycle += ks
     return on_cycle
+
+
+def _moves(relation: str) -> tuple[int, int]:
+    """``relation``'s moves, spelled canonically or as a classifier class ("to the left of"); none for
+    a name it does not know (the plan's class lookup refuses that with its own message)."""
+    try:
+        return _AXES.get(canonical_class(relation), (0, 0))
+    except UnsupportedRelationError:
+        return (0, 0)
 
 
 def _reaches(edges: dict, start: int, goal: int) -> bool:

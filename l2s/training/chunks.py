@@ -14,10 +14,6 @@ from .store import REDO, SKIPPED_FILE
 
 log = logging.getLogger(__name__)
 
-# Image files looked for before any inversion: when none of the first this many exists, the
-# images are elsewhere (a wrong folder), and every sample would be skipped one by one.
-IMAGES_CHECKED_FIRST = 32
-
 
 def file_state(path) -> list[int] | None:
     """(size, mtime) of a file, None when there is none: what tells a fixed image file."""
@@ -69,19 +65,16 @@ def chunks_to_retry(out_dir: Path, chunks: list[list[RelationSample]], committed
 
 
 def check_images_found(items: Sequence[RelationSample], committed: dict[int, dict]) -> None:
-    """Refuse a run whose first image files (up to :data:`IMAGES_CHECKED_FIRST` distinct ones) are
-    all missing, naming the folder and the first; not once a committed chunk holds records (the
-    images were found then: a resume goes on, skipping the samples whose image is gone)."""
+    """Refuse a run none of whose image files exists (a wrong images folder: every sample would be
+    skipped one by one), naming the folder and the first; looked for in order until one is found,
+    so a partial download whose first files are missing goes on. Not once a committed chunk holds
+    records (the images were found then: a resume goes on, skipping the samples whose image is gone)."""
     if any(info.get("records") for info in committed.values()):
         return
     files = list(dict.fromkeys(Path(s.image) for s in items if isinstance(s.image, (str, os.PathLike))))
-    looked = files[:IMAGES_CHECKED_FIRST]
-    if not looked or any(path.is_file() for path in looked):
+    if not files or any(path.is_file() for path in files):
         return
-    first = Path(os.path.abspath(looked[0]))   # a relative path resolved where it was looked for
-    if len(looked) == 1:
-        which = f"the image file to invert is missing ({first})"
-    else:
-        which = (f"{'the first' if len(files) > len(looked) else 'all'} {len(looked)} image files to invert are "
-                 f"missing (the first: {first})")
+    first = Path(os.path.abspath(files[0]))   # a relative path resolved where it was looked for
+    which = (f"the image file to invert is missing ({first})" if len(files) == 1 else
+             f"all {len(files)} image files to invert are missing (the first: {first})")
     raise L2SError(f"{which}: the images are not in {first.parent}; nothing was inverted")

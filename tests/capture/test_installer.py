@@ -213,6 +213,19 @@ def test_flux_layer_subset_in_execution_order(flux, flux_inputs):
         AttentionCapture(flux, layers=["transformer_blocks.9.attn"])
 
 
+def test_a_model_without_cross_attention_is_refused_in_one_line_whatever_layers_are_asked(flux):
+    torch.manual_seed(2)
+    plain = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32),
+                                 layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "UpBlock2D"), mid_block_type="UNetMidBlock2D",
+                                 cross_attention_dim=32, norm_num_groups=4)
+    for layers in (None, ["down_blocks.0.attentions.0.transformer_blocks.0.attn2"]):   # the latter: IndexError
+        with pytest.raises(L2SError, match="^UNet2DConditionModel has no attention layers to capture$"):
+            AttentionCapture(plain, layers=layers)
+    with pytest.raises(L2SError, match=r"^no attention layers to capture were asked for \(layers=\[\]\)$"):
+        AttentionCapture(flux, layers=[])
+
+
 def test_flux_classifier_input_end_to_end_is_differentiable(flux, flux_inputs):
     latent = flux_inputs["hidden_states"].clone().requires_grad_(True)
     with AttentionCapture(flux) as capture:

@@ -458,3 +458,11 @@ def test_the_last_line_names_what_only_some_folders_hold(tmp_path, capsys):
     assert lines[-1] == (f"l2s: wrote 2 image folders p00-s0000/ to p01-s0000/ (image.png, report.json; "
                          f"image_unsteered.png, comparison.png, probability.png in 1 of them), index.json and "
                          f"overview_01.png in {out}")
+
+
+def test_a_run_whose_images_all_lack_a_verdict_counts_none_as_judged():
+    from l2s.cli.generate import _verdict_line
+
+    entries = [{"folder": f"p00-s000{seed}", "no_verdict": "one box for both"} for seed in range(2)]
+    assert _verdict_line(entries) == ("l2s: shapes detector, GenEval rule: none of the 2 images has a verdict "
+                                      "(one box for both)")

@@ -46,3 +46,16 @@ def test_the_report_names_the_token_group_each_relation_steers():
                                     PUBLISHED_CLASSES)
     assert plan.to_json()["relation_objects"] == [["cat", "dog"], ["dog #2", "cat #2"]]
     assert set(plan.to_json()["token_indices"]) == {"cat", "dog", "dog #2", "cat #2"}
+
+
+def test_relations_spelled_as_classifier_classes_are_planned_and_checked():
+    """A ParsedPrompt built by hand may spell its relations as the classifier does ("to the left of")."""
+    from l2s.parsing import ParsedPrompt, Triplet
+
+    prompt = "a cat left of a dog"
+    parsed = ParsedPrompt(prompt, [Triplet("cat", "to the left of", "dog", (2, 5), (6, 13), (16, 19)),
+                                   Triplet("dog", "to the left of", "cat", (16, 19), (6, 13), (2, 5))])
+    plan = SteeringPlan.from_parsed(parsed, tiny_t5_tokenizer(), 64, PUBLISHED_CLASSES)
+    assert plan.class_indices == [PUBLISHED_CLASSES.index("to the left of")] * 2
+    assert plan.warnings == ["these relations contradict each other (cat to the left of dog; dog to the left of "
+                             "cat): steering pulls the objects both ways"]

@@ -328,7 +328,7 @@ def test_a_wrong_images_folder_is_refused_in_one_line_before_anything_is_written
             "--steps", "4", "--store-steps", "1", "--quiet", "--out", str(out)]
     assert make_data_main(argv) == 2
     assert capsys.readouterr().err == (
-        f"l2s: error: the first 32 image files to invert are missing (the first: {tmp_path / 'wrong' / 'img0-0.png'})"
+        f"l2s: error: all 40 image files to invert are missing (the first: {tmp_path / 'wrong' / 'img0-0.png'})"
         f": the images are not in {tmp_path / 'wrong'}; nothing was inverted; --images must be the folder the "
         "annotations' image paths are relative to\n")
     assert not out.exists()
@@ -346,6 +346,8 @@ def test_the_images_are_looked_for_until_a_dataset_holds_records(images, tmp_pat
     with pytest.raises(L2SError, match=r"^all 4 image files to invert are missing \(the first: .*g0.png\)"):
         check_dataset_images(twice, tmp_path / "maps")        # a file of several samples is counted once
     check_dataset_images(gone + there, tmp_path / "maps")     # one found: the run goes on, skipping the others
+    later = [RelationSample(f"h{i}", tmp_path / f"h{i}.png", "cat", "above", "dog") for i in range(40)] + there
+    check_dataset_images(later, tmp_path / "maps")   # a partial download: its first 40 files missing, not all
     (tmp_path / "maps").mkdir()
     progress = {"chunks": {"0": {"records": 0, "skipped": 2}}}
     (tmp_path / "maps" / "progress.json").write_text(json.dumps(progress))
