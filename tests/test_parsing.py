@@ -228,7 +228,7 @@ def test_an_object_joined_by_and_to_a_relation_is_named_not_dropped_silently(pro
 def test_the_left_out_object_is_one_warning_line_naming_what_is_steered():
     assert parse_prompt("a cat and a dog left of a tree").coordination_warnings() == [
         "'cat' is joined to 'dog' by 'and': only 'dog left of tree' is steered, not 'cat'; "
-        "give the relations (--relations) to steer both"]
+        "give the relations (--relations, or relations= in Python) to steer both"]
 
 
 @pytest.mark.parametrize("prompt", [

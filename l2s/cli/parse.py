@@ -64,7 +64,7 @@ def _print_parse(prompt: str, as_json: bool, where: str = "") -> None:
     for line in parsed.coordination_warnings():   # as generate says it; stdout keeps only what was read
         print(f"l2s: warning: {where}{line}", file=sys.stderr)
     if as_json:
-        print(json.dumps([t.to_dict() for t in parsed.triplets]))
+        print(json.dumps(parsed.triplet_dicts()))
         return
     for t in parsed.triplets:
         print(f"{t.subject} | {t.relation} | {t.object}")

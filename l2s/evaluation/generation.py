@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from PIL import Image
 from tqdm.auto import tqdm
 
 from l2s.errors import L2SError
@@ -150,10 +151,10 @@ def _check_prompts(steerer, jobs: list[ImageJob]) -> None:
         numbers.setdefault(job.prompt, job.prompt_number)
     for prompt, number in numbers.items():
         try:
-            if getattr(steerer, "pipe", None) is not None:
-                check_text_window(steerer.pipe, prompt)
             if hasattr(steerer, "plan"):
-                steerer.plan(prompt)      # its objects' tokens, its relations' classifier classes
+                steerer.plan(prompt)      # its objects' tokens, its relations' classes; FLUX's, the T5 window
+            elif getattr(steerer, "pipe", None) is not None:
+                check_text_window(steerer.pipe, prompt)
         except L2SError as error:
             raise type(error)(f"prompt {number} ({prompt!r}): {error}") from None
 
@@ -209,8 +210,11 @@ def _overview_tile(out: Path, entry: dict) -> tuple:
     folder = out / entry["folder"]
     picture = folder / "comparison.png"
     holds = (entry.get("verdict") or {}).get("image")
-    return open_rgb(picture if picture.is_file() else folder / "image.png"), \
-        f"{entry['folder']}: {entry['prompt']}", holds
+    caption = f"{entry['folder']}: {entry['prompt']}"
+    picture = picture if picture.is_file() else folder / "image.png"
+    if not picture.is_file():   # removed by hand since: the page still shows the others
+        return Image.new("RGB", (64, 64), (128, 128, 128)), f"{caption} (image missing)", None
+    return open_rgb(picture), caption, holds
 
 
 def _images_bar(total: int, done: int, options: GenerateOptions) -> tqdm:

@@ -121,4 +121,4 @@ def _missing_argument(written: str, rel_span: tuple[int, int], missing: str) -> 
 
 def parse_cli_json(prompt: str) -> list[dict]:
     """What ``l2s parse --json`` prints: ``[{"subject", "relation", "object"}, ...]``."""
-    return [t.to_dict() for t in parse_prompt(prompt).triplets]
+    return parse_prompt(prompt).triplet_dicts()

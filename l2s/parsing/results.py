@@ -53,7 +53,7 @@ class Coordinated:
         t = self.triplet
         return (f"{self.phrase!r} is joined to {self.joined_to!r} by {self.word!r}: only "
                 f"'{t.subject} {t.relation} {t.object}' is steered, not {self.phrase!r}; give the relations "
-                f"(--relations) to steer both")
+                f"(--relations, or relations= in Python) to steer both")
 
 
 @dataclass
@@ -83,6 +83,10 @@ class ParsedPrompt:
     def coordination_warnings(self) -> list[str]:
         """One line per object joined by "and" to a steered one but in no relation itself."""
         return [c.warning() for c in self.coordinated]
+
+    def triplet_dicts(self) -> list[dict]:
+        """What ``l2s parse --json`` prints: ``[{"subject", "relation", "object"}, ...]``."""
+        return [t.to_dict() for t in self.triplets]
 
     def not_steered(self) -> str:
         """The non-directional relations in one line ("cat near dog; cup next to book"), "" for none."""

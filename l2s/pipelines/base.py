@@ -11,9 +11,8 @@ callback runs under ``no_grad``, so steering needs its own loop.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 

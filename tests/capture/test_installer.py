@@ -208,8 +208,9 @@ def test_flux_layer_subset_in_execution_order(flux, flux_inputs):
         "the classifier reads 8 attention layers (transformer_blocks.0 to transformer_blocks.7) but this model has 4 "
         "attention layers (transformer_blocks.0 to single_transformer_blocks.1) and no transformer_blocks.2: use a "
         "classifier trained for this model")
-    with pytest.raises(ClassifierMismatchError, match=r"reads 1 attention layer \(transformer_blocks.9\) .* and no "
-                                                      r"transformer_blocks.9: use a classifier trained for this model$"):
+    with pytest.raises(ClassifierMismatchError, match=r"reads 1 attention layer \(transformer_blocks.9\) .* and "
+                                                      r"no transformer_blocks.9: use a classifier trained for this "
+                                                      r"model$"):
         AttentionCapture(flux, layers=["transformer_blocks.9.attn"])
 
 

@@ -139,6 +139,20 @@ def test_a_run_of_several_images_shows_them_all_in_overview_pages(tmp_path, caps
     assert code == 0 and [p.name for p in out.glob("overview_*.png")] == ["overview_01.png"]
 
 
+def test_an_image_removed_by_hand_is_a_grey_tile_not_a_failed_overview(tmp_path, capsys):
+    from l2s.evaluation.generation import write_overview
+
+    out = tmp_path / "o"
+    argv = ["generate", *PROMPTS, "--seeds", "0", "--steps", "1", "--out", str(out), *TINY]
+    assert run(argv, capsys)[0] == 0
+    for name in ("image.png", "comparison.png"):
+        (out / "p00-s0000" / name).unlink(missing_ok=True)
+    entries = json.loads((out / "index.json").read_text())["images"]
+    assert write_overview(out, entries) == ["overview_01.png"]
+    with Image.open(out / "overview_01.png") as page:
+        assert page.width > 0
+
+
 def test_an_earlier_run_of_other_settings_or_images_is_replaced_only_with_restart(tmp_path, capsys, monkeypatch):
     original, seen = SteeringPipeline.__call__, []
 

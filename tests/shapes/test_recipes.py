@@ -111,7 +111,8 @@ def test_make_data_and_train_dual_and_ablation(tiny_shapes_pipe, tmp_path, capsy
     assert summary.skipped == 0
     neutral = len(shapes_world.shapes_relation_samples(12, seed=0)) - 12   # scenes that also gave an "is" sample
     assert neutral > 0 and summary.samples_done == 12 + neutral     # more samples than scenes: the line says why
-    assert f"from {12 + neutral} samples (12 scenes + {neutral} neutral 'is' sample{'s' * (neutral != 1)}; 0 skipped)" in summary.line()
+    said = f"from {12 + neutral} samples (12 scenes + {neutral} neutral 'is' sample{'s' * (neutral != 1)}; 0 skipped)"
+    assert said in summary.line()
     assert {r["prompt_type"] for r in records} == {"pos", "neg"}
     for r in records:
         if r["prompt_type"] == "neg":
