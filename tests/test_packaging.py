@@ -28,6 +28,8 @@ LINKED = ("kernels", "engines")  # top-level folders that l2s/<name> links to
 SOURCES = ("setup.py", "pyproject.toml", "MANIFEST.in", "LICENSE", "README.md", "requirements.txt",
            "CMakeLists.txt", "csrc", "l2s", *LINKED)
 PIP_ENV = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+# What runs in the fresh venv: a PYTHONPATH naming the checkout would import it instead of the wheel.
+VENV_ENV = {name: value for name, value in PIP_ENV.items() if name != "PYTHONPATH"}
 # Only these may be required by a plain `pip install l2s`; the rest belongs in extras.
 RUNTIME = {"torch", "diffusers", "transformers", "tokenizers", "huggingface-hub", "safetensors",
            "sentencepiece", "spacy", "scipy", "numpy", "pillow", "tqdm"}
@@ -240,10 +242,10 @@ def test_wheel_installs_into_a_fresh_venv_and_runs(wheel, tmp_path):
              "    if r.marker is None:\n"
              "        assert r.specifier.contains(m.version(r.name), prereleases=True), (r, m.version(r.name))\n"
              "print(l2s.__file__, l2s_fast.__file__, l2s.kernels.__file__)")
-    paths = _run([str(python), "-c", check], cwd=tmp_path).stdout.split()
+    paths = _run([str(python), "-c", check], cwd=tmp_path, env=VENV_ENV).stdout.split()
     assert len(paths) == 3 and all(p.startswith(str(venv)) for p in paths), paths
-    assert _run([str(command), "--version"], cwd=tmp_path).stdout.strip() == f"l2s {_version()}"
-    assert _run([str(python), "-m", "l2s", "--help"], cwd=tmp_path).stdout.startswith("usage: l2s")
+    assert _run([str(command), "--version"], cwd=tmp_path, env=VENV_ENV).stdout.strip() == f"l2s {_version()}"
+    assert _run([str(python), "-m", "l2s", "--help"], cwd=tmp_path, env=VENV_ENV).stdout.startswith("usage: l2s")
 
 
 def _version() -> str:
