@@ -28,6 +28,8 @@ LINKED = ("kernels", "engines")  # top-level folders that l2s/<name> links to
 SOURCES = ("setup.py", "pyproject.toml", "MANIFEST.in", "LICENSE", "README.md", "requirements.txt",
            "CMakeLists.txt", "csrc", "l2s", *LINKED)
 PIP_ENV = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+# What runs in the fresh venv: a PYTHONPATH naming the checkout would import it instead of the wheel.
+VENV_ENV = {name: value for name, value in PIP_ENV.items() if name != "PYTHONPATH"}
 # Only these may be required by a plain `pip install l2s`; the rest belongs in extras.
 RUNTIME = {"torch", "diffusers", "transformers", "tokenizers", "huggingface-hub", "safetensors",
            "sentencepiece", "spacy", "scipy", "numpy", "pillow", "tqdm"}
@@ -55,11 +57,8 @@ def _run(command: list, **kwargs) -> subprocess.CompletedProcess:
     return result
 
 
-@pytest.fixture(scope="module")
-def sdist(tmp_path_factory) -> Path:
-    """The sdist of a clean copy of the sources (a build/ folder in the checkout may hold stale files)."""
-    tmp = tmp_path_factory.mktemp("packaging")
-    src = tmp / "src"
+def _copy_sources(src: Path) -> Path:
+    """A clean copy of the sources in ``src`` (a build/ folder in the checkout may hold stale files)."""
     src.mkdir()
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.so")
     for name in SOURCES:
@@ -68,6 +67,14 @@ def sdist(tmp_path_factory) -> Path:
             shutil.copytree(path, src / name, symlinks=True, ignore=ignore)
         else:
             shutil.copy2(path, src / name)
+    return src
+
+
+@pytest.fixture(scope="module")
+def sdist(tmp_path_factory) -> Path:
+    """The sdist of a clean copy of the sources."""
+    tmp = tmp_path_factory.mktemp("packaging")
+    src = _copy_sources(tmp / "src")
     _run([sys.executable, "-c", f"from setuptools import build_meta; build_meta.build_sdist({str(tmp)!r})"],
          cwd=src)
     (archive,) = tmp.glob("l2s-*.tar.gz")
@@ -152,6 +159,24 @@ def test_requirements_pin_the_cpu_torch_and_agree_with_the_metadata():
         assert name in pins, f"{name} is not pinned in requirements.txt"
         version = str(pins[name].specifier).lstrip("=")
         assert requirement.specifier.contains(version, prereleases=True), f"{name} {version} vs {requirement}"
+
+
+def test_wheel_from_a_working_checkout_leaves_its_stray_files(tmp_path):
+    """`pip install .` builds the wheel straight from the checkout, not from the sdist: the caches and
+    interrupted-run files that MANIFEST.in keeps out of the sdist stay out of the wheel too."""
+    src = _copy_sources(tmp_path / "src")
+    assets = src / "l2s" / "shapes" / "assets"
+    strays = ["__pycache__/model.cpython-311.pyc", "classifier/notes.pyc", "run.partial.jsonl", "helper.so"]
+    for stray in strays:
+        (assets / stray).parent.mkdir(parents=True, exist_ok=True)
+        (assets / stray).write_text("stray")
+    out = tmp_path / "wheel"
+    _run([sys.executable, "-c", f"from setuptools import build_meta; build_meta.build_wheel({str(out)!r})"],
+         cwd=src, env={**PIP_ENV, "L2S_SKIP_NATIVE": "1"})   # the packaged files alone, no compiler
+    (built,) = out.glob("l2s-*.whl")
+    names = set(zipfile.ZipFile(built).namelist())
+    assert "l2s/shapes/assets/classifier/config.json" in names
+    assert not [name for name in names if name.endswith(tuple(strays))]
 
 
 # ---- the wheel built with build isolation ------------------------------------------------------------
@@ -240,10 +265,10 @@ def test_wheel_installs_into_a_fresh_venv_and_runs(wheel, tmp_path):
              "    if r.marker is None:\n"
              "        assert r.specifier.contains(m.version(r.name), prereleases=True), (r, m.version(r.name))\n"
              "print(l2s.__file__, l2s_fast.__file__, l2s.kernels.__file__)")
-    paths = _run([str(python), "-c", check], cwd=tmp_path).stdout.split()
+    paths = _run([str(python), "-c", check], cwd=tmp_path, env=VENV_ENV).stdout.split()
     assert len(paths) == 3 and all(p.startswith(str(venv)) for p in paths), paths
-    assert _run([str(command), "--version"], cwd=tmp_path).stdout.strip() == f"l2s {_version()}"
-    assert _run([str(python), "-m", "l2s", "--help"], cwd=tmp_path).stdout.startswith("usage: l2s")
+    assert _run([str(command), "--version"], cwd=tmp_path, env=VENV_ENV).stdout.strip() == f"l2s {_version()}"
+    assert _run([str(python), "-m", "l2s", "--help"], cwd=tmp_path, env=VENV_ENV).stdout.startswith("usage: l2s")
 
 
 def _version() -> str:

@@ -54,8 +54,8 @@ def cuda_backend() -> str:
     if _l2s_fast_cuda_usable():
         return "l2s_fast_cuda"
     raise RuntimeError(
-        "l2s::selected_text_softmax on CUDA needs Triton (`pip install triton`) or l2s_fast built "
-        "with CUDA (`L2S_BUILD_CUDA=1 pip install --no-build-isolation -e .`); neither is available"
+        "l2s::selected_text_softmax on CUDA needs Triton (`pip install 'l2s[triton]'`) or l2s_fast built "
+        f"with CUDA (set L2S_BUILD_CUDA=1 and {native.BUILD_HINT}); neither is available"
     )
 
 

@@ -19,21 +19,30 @@ log = logging.getLogger(__name__)
 SOURCES = Path(__file__).resolve().parents[2] / "csrc"
 SOURCE_SUFFIXES = (".cpp", ".cc", ".h", ".hpp", ".cu", ".cuh", ".in")   # as CMakeLists.txt globs them
 
+# How to build l2s_fast, said alike to a user of an installed l2s and to one of a checkout.
+BUILD_HINT = "build it from l2s's sources: `pip install .` there (developing: `pip install --no-build-isolation -e .`)"
+
 # dtype codes of l2s_fast's CUDA entry points (csrc/cuda/selected_softmax.h).
 _CUDA_DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 
 def load_l2s_fast():
-    """The ``l2s_fast`` module, or a RuntimeError that says how to build it."""
+    """The ``l2s_fast`` module, or a RuntimeError that says how to build it or why it does not load."""
     try:
         import l2s_fast
-    except ImportError as error:  # the op is useless without it: say how to build it
-        raise RuntimeError(
-            "l2s::selected_text_softmax on CPU needs the native module l2s_fast: run "
-            "`pip install --no-build-isolation -e .` in the repository root"
-        ) from error
+    except ImportError as error:  # the op is useless without it: say how to build it, or why it fails
+        why = _unloadable(error)
+        raise RuntimeError(f"l2s::selected_text_softmax on CPU needs the native module l2s_fast: {why}") from error
     _say_if_stale(getattr(l2s_fast, "__source_digest__", None))
     return l2s_fast
+
+
+def _unloadable(error: ImportError) -> str:
+    """Not built: how to build it. Built but not loading (a shared library such as libgomp missing on
+    this machine): the loader's reason, since building again would not bring that library."""
+    if isinstance(error, ModuleNotFoundError) and error.name == "l2s_fast":
+        return BUILD_HINT
+    return f"it is installed but does not load ({error})"
 
 
 def source_digest(folder: Path) -> str:

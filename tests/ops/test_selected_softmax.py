@@ -301,12 +301,35 @@ def test_require_kernels_says_before_any_work_what_a_device_lacks(monkeypatch):
     ops.require_kernels("cpu")          # l2s_fast is built here
     ops.require_kernels("meta")         # shape-only tracing needs no kernel
     monkeypatch.setitem(sys.modules, "l2s_fast", None)      # as if it were never built
-    with pytest.raises(RuntimeError, match="needs the native module l2s_fast: run `pip install"):
+    with pytest.raises(RuntimeError, match="needs the native module l2s_fast: build it from l2s's sources"):
         ops.require_kernels("cpu")
     monkeypatch.delenv(ops.CUDA_BACKEND_ENV, raising=False)
     monkeypatch.setattr(dispatch, "_triton_importable", lambda: False)
     with pytest.raises(RuntimeError, match="needs Triton"):
         ops.require_kernels(torch.device("cuda", 1))
+
+
+def test_kernel_errors_name_no_repository_folder(monkeypatch):
+    """An installed l2s has no repository root: the build hints name only commands it can run."""
+    monkeypatch.setitem(sys.modules, "l2s_fast", None)
+    monkeypatch.delenv(ops.CUDA_BACKEND_ENV, raising=False)
+    monkeypatch.setattr(dispatch, "_triton_importable", lambda: False)
+    monkeypatch.setattr(dispatch, "_l2s_fast_cuda_usable", lambda: False)
+    for device in ("cpu", "cuda"):
+        with pytest.raises(RuntimeError) as raised:
+            ops.require_kernels(device)
+        assert "repository" not in str(raised.value) and "pip install" in str(raised.value), device
+    assert "`pip install 'l2s[triton]'`" in str(raised.value)   # the extra's range, not any triton
+
+
+def test_l2s_fast_that_does_not_load_says_why(monkeypatch, tmp_path):
+    """A built l2s_fast that fails to load (a shared library missing here) says the loader's reason,
+    not how to build it again."""
+    (tmp_path / "l2s_fast.py").write_text('raise ImportError("libgomp.so.1: cannot open shared object file")\n')
+    monkeypatch.delitem(sys.modules, "l2s_fast", raising=False)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(RuntimeError, match=r"l2s_fast: it is installed but does not load \(libgomp\.so\.1: cannot"):
+        ops.require_kernels("cpu")
 
 
 # ------------------------------------------------------------------------------------------------
