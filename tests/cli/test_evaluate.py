@@ -10,6 +10,7 @@ from l2s.cli import main
 from l2s.cli.evaluate import prompt_sets
 from l2s.evaluation import PromptSpec, RelationCheck, resolve_prompt_set, spec_from_metadata
 from l2s.pipelines import SteeringPipeline
+from tests.hub_cache import cached_tiny_flux
 from l2s.shapes import render, scene_for_relation
 
 
@@ -276,21 +277,13 @@ def test_eval_records_the_dtype_resolved_and_older_unresolved_records_still_resu
 
 
 def test_eval_takes_a_hub_id_and_its_snapshot_folder_for_one_model(hub_cache, tmp_path, capsys):
-    from l2s.demo import tiny_classifier_for, tiny_flux_pipeline
-    from l2s.pipelines.loading import save_pipeline
-
-    repo, commit = hub_cache / "models--someone--tiny-flux", "89abcdef0123456789abcdef0123456789abcdef"
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
-    pipe = tiny_flux_pipeline(seed=0)
-    save_pipeline(pipe, repo / "snapshots" / commit)
-    tiny_classifier_for(pipe, seed=0).save(tmp_path / "classifier")
+    snapshot_dir = cached_tiny_flux(hub_cache, tmp_path / "classifier")
     out = tmp_path / "run"
     argv = ["eval", "--prompts", "shapes", "--n-prompts", "1", "--seeds", "0", "--steps", "1", "--mode", "base",
             "--quiet", "--classifier", str(tmp_path / "classifier"), "--out", str(out), "--model"]
     code, _, err = run(argv + ["someone/tiny-flux"], capsys)
     assert code == 0, err
-    snapshot = str((repo / "snapshots" / commit).resolve())
+    snapshot = str(snapshot_dir.resolve())
     assert json.loads((out / "run.json").read_text())["generation"]["model"] == snapshot   # what loaded
     code, _, err = run(argv + [snapshot], capsys)
     assert code == 0 and "already scored" in err, err

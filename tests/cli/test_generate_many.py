@@ -12,6 +12,7 @@ from l2s.evaluation import geneval_metadata
 from l2s.evaluation.prompt_files import spec_from_prompt
 from l2s.files import KIND_FILE
 from l2s.pipelines import SteeringPipeline
+from tests.hub_cache import cached_tiny_flux
 
 TINY = ["--model", "tiny", "--quiet"]
 PROMPTS = ["a cat to the left of a dog", "a cup above a book"]
@@ -440,20 +441,12 @@ def test_the_dtype_is_recorded_resolved_and_auto_resumes_what_it_stands_for(tmp_
 
 
 def test_a_hub_id_and_its_snapshot_folder_are_one_model(hub_cache, tmp_path, capsys):
-    from l2s.demo import tiny_classifier_for, tiny_flux_pipeline
-    from l2s.pipelines.loading import save_pipeline
-
-    repo, commit = hub_cache / "models--someone--tiny-flux", "89abcdef0123456789abcdef0123456789abcdef"
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
-    pipe = tiny_flux_pipeline(seed=0)
-    save_pipeline(pipe, repo / "snapshots" / commit)
-    tiny_classifier_for(pipe, seed=0).save(tmp_path / "classifier")
+    snapshot_dir = cached_tiny_flux(hub_cache, tmp_path / "classifier")
     out = tmp_path / "o"
     argv = ["generate", PROMPTS[0], "--seeds", "0-1", "--steps", "1", "--no-steer", "--quiet", "--out", str(out),
             "--classifier", str(tmp_path / "classifier"), "--model"]
     assert run(argv + ["someone/tiny-flux"], capsys)[0] == 0
-    snapshot = str((repo / "snapshots" / commit).resolve())
+    snapshot = str(snapshot_dir.resolve())
     assert json.loads((out / "index.json").read_text())["settings"]["model"] == snapshot   # what loaded
     done = f"l2s: all 2 images are already in {out}"
     assert run(argv + [snapshot], capsys)[1][-1].startswith(done)
