@@ -205,6 +205,13 @@ def test_a_failed_append_names_the_file_and_the_next_append_drops_its_torn_half(
     assert [row for _, row in read_jsonl_lines(log, "")] == [{"a": 1}, {"c": 3}]
 
 
+def test_a_link_to_a_missing_folder_is_named_as_such(tmp_path):
+    (tmp_path / "out").symlink_to(tmp_path / "gone")
+    with pytest.raises(L2SError, match=r"out is a link to .*gone, which does not exist"):  # not "File exists"
+        with output_lock(tmp_path / "out"):
+            pass
+
+
 def test_follow_umask_gives_saved_weights_the_mode_a_plain_open_would(tmp_path, umask_022):
     from safetensors.torch import save_file
     import torch
