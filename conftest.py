@@ -82,3 +82,50 @@ def umask_022():
         yield modes
     finally:
         os.umask(previous)
+
+
+@pytest.fixture
+def full_disk(monkeypatch):
+    """``full_disk(name)``: the next write of l2s's file writers (:mod:`l2s.files.atomic`) to a file named
+    ``name`` (an atomic write's is ``NAME.tmp``) writes half its bytes and fails as a full disk does
+    (ENOSPC), once; returns the list of the paths that failed."""
+    import builtins
+    import errno
+
+    import l2s.files.atomic as atomic
+
+    armed, failed = [], []
+
+    class Full:
+        def __init__(self, handle, path: str):
+            self._handle, self._path = handle, path
+
+        def write(self, data):
+            self._handle.write(data[:len(data) // 2])
+            self._handle.flush()
+            armed.clear()
+            failed.append(self._path)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def __getattr__(self, name):
+            return getattr(self._handle, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc_info):
+            self._handle.close()
+
+    def opening(file, mode="r", *args, **kwargs):
+        handle = builtins.open(file, mode, *args, **kwargs)
+        if armed and os.path.basename(file) == armed[0] and set(mode) & set("wa"):
+            return Full(handle, str(file))
+        return handle
+
+    monkeypatch.setattr(atomic, "open", opening, raising=False)
+
+    def fail(name: str) -> list[str]:
+        armed[:] = [name]
+        return failed
+
+    return fail

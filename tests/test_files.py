@@ -1,6 +1,7 @@
 """l2s.files: the output-folder lock (across real processes), atomic writes and damaged state files."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -181,6 +182,34 @@ def test_atomic_write_leaves_no_temporary_file(tmp_path):
     atomic_write_bytes(tmp_path / "a.bin", b"one")
     atomic_write_bytes(tmp_path / "a.bin", b"two")
     assert (tmp_path / "a.bin").read_bytes() == b"two" and sorted(p.name for p in tmp_path.iterdir()) == ["a.bin"]
+
+
+def test_a_failed_write_keeps_the_earlier_file_leaves_no_temporary_one_and_names_the_file(tmp_path, full_disk):
+    path = tmp_path / "state.json"
+    atomic_write_bytes(path, b"earlier")
+    full_disk("state.json.tmp")
+    with pytest.raises(OSError) as failed:
+        atomic_write_bytes(path, b"later")
+    assert failed.value.errno == errno.ENOSPC and failed.value.filename == str(path)   # not the .tmp, not None
+    assert path.read_bytes() == b"earlier" and sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
+
+
+def test_a_failed_append_names_the_file_and_the_next_append_drops_its_torn_half(tmp_path, full_disk):
+    log = tmp_path / "log.jsonl"
+    fsync_append(log, ['{"a": 1}\n'])
+    full_disk("log.jsonl")
+    with pytest.raises(OSError) as failed:
+        fsync_append(log, ['{"b": 2}\n'])
+    assert failed.value.errno == errno.ENOSPC and failed.value.filename == str(log)
+    fsync_append(log, ['{"c": 3}\n'])
+    assert [row for _, row in read_jsonl_lines(log, "")] == [{"a": 1}, {"c": 3}]
+
+
+def test_a_link_to_a_missing_folder_is_named_as_such(tmp_path):
+    (tmp_path / "out").symlink_to(tmp_path / "gone")
+    with pytest.raises(L2SError, match=r"out is a link to .*gone, which does not exist"):  # not "File exists"
+        with output_lock(tmp_path / "out"):
+            pass
 
 
 def test_follow_umask_gives_saved_weights_the_mode_a_plain_open_would(tmp_path, umask_022):

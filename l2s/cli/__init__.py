@@ -2,16 +2,17 @@
 the shapes world's ``shapes ...`` commands (``l2s shapes --help`` lists them).
 
 Bad input ends with one line on stderr (``l2s: error: ...``) and exit code 2, never a silent
-wrong image; running out of memory is such a line too. Ctrl-C ends with one line and exit code
-130: every long command resumes when rerun. The front ends that parse their own arguments
-(``make-data``, ``train``: :mod:`.training`; ``shapes ...``: :mod:`.shapes_model`,
-:mod:`.shapes_classifier`, :mod:`.shapes_bench`, :mod:`.grpo`, :mod:`.reward`) are imported only
-when they run.
+wrong image; running out of memory, a full disk or a failed write mid-run is such a line too.
+Ctrl-C ends with one line and exit code 130: every long command resumes when rerun. The front
+ends that parse their own arguments (``make-data``, ``train``: :mod:`.training`; ``shapes ...``:
+:mod:`.shapes_model`, :mod:`.shapes_classifier`, :mod:`.shapes_bench`, :mod:`.grpo`, :mod:`.reward`)
+are imported only when they run.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import importlib
 import signal
 import sys
@@ -106,6 +107,14 @@ def _out_of_memory(error: BaseException) -> bool:
         "out of memory" in text or "can't allocate memory" in text or "not enough memory" in text))
 
 
+def _system_error_line(error: OSError) -> str:
+    """``l2s: error: FILE: REASON; ...``: a full disk, an I/O or permission error met mid-run. What
+    was saved stays whole (atomic writes), so the same command resumes once it is fixed."""
+    where = f"{error.filename}: " if error.filename else ""
+    fix = "free some space" if error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) else "fix that"
+    return f"l2s: error: {where}{error.strerror or error}; {fix}, then rerun the same command to resume"
+
+
 def _peer_gone(error: BaseException) -> bool:
     """A collective that failed because another process of the group ended (gloo / NCCL)."""
     text = str(error)
@@ -158,8 +167,8 @@ def _say_interrupted(error: KeyboardInterrupt, argv: Sequence[str] = ()) -> None
 
 
 def _guarded(work, argv: Sequence[str] = ()) -> int:
-    """Run ``work()``; user errors, running out of memory and Ctrl-C become one stderr line
-    (``argv``: the command line, which the line after Ctrl-C reads)."""
+    """Run ``work()``; user errors, running out of memory or disk, a failed system call and Ctrl-C
+    become one stderr line (``argv``: the command line, which the line after Ctrl-C reads)."""
     try:
         return work()
     except L2SError as error:
@@ -174,6 +183,14 @@ def _guarded(work, argv: Sequence[str] = ()) -> int:
             raise
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         say(f"l2s: error: out of memory ({first[:200]}); use smaller sizes, batches or counts")
+        return EXIT_USAGE
+    except OSError as error:
+        if launched() and _peer_gone(error):   # a socket reset by another process that failed
+            say(PEER_STOPPED)
+            return 1
+        if error.errno is None:   # no system call failed (e.g. PIL's "cannot write mode"): a bug to see whole
+            raise
+        say(_system_error_line(error))
         return EXIT_USAGE
 
 

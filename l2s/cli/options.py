@@ -5,6 +5,7 @@ Both resolve only when a command runs, so ``--help`` needs no torch import.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 import sys
 
@@ -121,11 +122,12 @@ def canonical_model(value: str | None) -> str | None:
 
 
 def out_text(text: str) -> str:
-    """``--out`` (argparse type): refuses an empty path, which would mean the current folder."""
+    """``--out`` (argparse type): refuses an empty path, which would mean the current folder. A ``~`` the
+    shell left (quoted, or after ``--out=``) is the home folder, not a folder named ``~`` here."""
     if not text.strip():
         raise argparse.ArgumentTypeError("an empty path would write into the current folder: name a folder "
                                          "(. for the current one)")
-    return text
+    return os.path.expanduser(text)
 
 
 def out_path(text: str) -> Path:

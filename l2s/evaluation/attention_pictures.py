@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .records import save_png
+
 # A perceptually ordered dark-to-bright ramp (close to matplotlib's "inferno"): bright = attended.
 _RAMP = np.array([(0, 0, 4), (40, 11, 84), (101, 21, 110), (159, 42, 99), (212, 72, 66), (245, 125, 21),
                   (250, 193, 39), (252, 255, 164)], dtype=np.float32)
@@ -80,7 +82,7 @@ def save_attention_grids(image: Image.Image, steps: Sequence, folder: str | Path
         grid = attention_grid(image, maps.step, maps.phrases, maps.before[image_index].numpy(),
                               maps.after[image_index].numpy(), (notes or {}).get(maps.step, ""))
         path = folder / f"step_{maps.step:02d}.png"
-        grid.save(path, format="PNG")
+        save_png(grid, path)
         paths.append(path)
     return paths
 

@@ -22,7 +22,7 @@ from l2s.versions import software_versions
 
 from .image_runs import MAPS_DIR, ImageJob, Resume, batches, overview_pages, remove_earlier_outputs, write_index
 from .pictures import overview_sheet, probability_plot, side_by_side
-from .records import open_rgb
+from .records import open_rgb, save_png
 
 OVERVIEW_PAGE = 32   # images per overview page
 
@@ -64,14 +64,14 @@ def _silent(line: str) -> None:
 def write_images(folder: Path, image, baseline, records) -> list[str]:
     """image.png; the unsteered image and the comparison when given; the probability plot of a
     steered image's records. The names written."""
-    image.save(folder / "image.png")
+    save_png(image, folder / "image.png")
     written = ["image.png"]
     if baseline is not None:
-        baseline.save(folder / "image_unsteered.png")
-        side_by_side(baseline, image).save(folder / "comparison.png")
+        save_png(baseline, folder / "image_unsteered.png")
+        save_png(side_by_side(baseline, image), folder / "comparison.png")
         written += ["image_unsteered.png", "comparison.png"]
     if records:
-        probability_plot(records).save(folder / "probability.png")
+        save_png(probability_plot(records), folder / "probability.png")
         written.append("probability.png")
     return written
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from .records import save_png
 from .specs import ImageResult
 
 _BOX_COLOURS = ((255, 140, 0), (0, 160, 255), (200, 0, 200), (120, 80, 0), (0, 120, 60))
@@ -30,7 +31,7 @@ def contact_sheet(images: Sequence[Image.Image], results: Sequence[ImageResult],
               _PASS if result.correct else _FAIL) for image, result, image_scale in zip(images, results, scales)]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    captioned_grid(cells, columns, text_lines=4).save(path, format="PNG")
+    save_png(captioned_grid(cells, columns, text_lines=4), path)
     return path
 
 

@@ -2,6 +2,7 @@
 atomically, and JSON-lines appends whose torn last line the next append drops."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -24,12 +25,25 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` so that a reader, or a run killed midway, never sees half a file."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as error:
+        with contextlib.suppress(OSError):   # a full disk leaves no stray half file behind
+            tmp.unlink(missing_ok=True)
+        raise _naming(error, path, tmp)
     _fsync_dir(path.parent)
+
+
+def _naming(error: OSError, path: Path, *aliases: Path) -> OSError:
+    """``error`` naming ``path``: a failed ``write`` (a full disk, an I/O error) names no file, and a
+    failed open names the temporary one (``aliases``); the line a user reads names the file meant."""
+    if error.filename is None or str(error.filename) in map(str, aliases):
+        error.filename, error.filename2 = str(path), None
+    return error
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -86,10 +100,13 @@ def fsync_append(path: str | Path, lines: list[str]) -> None:
     if not lines:
         return
     _drop_torn_tail(Path(path))
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write("".join(lines))
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write("".join(lines))
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as error:
+        raise _naming(error, Path(path))
 
 
 def _drop_torn_tail(path: Path) -> None:

@@ -53,6 +53,9 @@ def prepare_output_dir(folder: str | Path, label: str = "output folder") -> Path
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise L2SError(f"{label} {folder} is a file, not a folder")
+    if folder.is_symlink() and not folder.exists():   # mkdir would only say "File exists"
+        raise L2SError(f"{label} {folder} is a link to {os.readlink(folder)}, which does not exist: create that "
+                       "folder, or use another")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:

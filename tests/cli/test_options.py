@@ -180,3 +180,10 @@ OUT_COMMANDS = [["generate", "a cat left of a dog"], ["eval"], ["make-data"] + M
 def test_an_empty_out_is_refused_not_taken_as_the_current_folder(command, capsys):
     err = _argparse_refusal(command + ["--out", " "], capsys)
     assert "argument --out: an empty path would write into the current folder" in err
+
+
+def test_a_tilde_the_shell_left_in_out_is_the_home_folder(monkeypatch, tmp_path):
+    # quoted, or after --out=, the shell leaves ~ alone: a folder named "~" here would be a trap
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert parse(["generate", "x", "--out", "~/runs"]).out == str(tmp_path / "runs")
+    assert parse(["eval", "--out=~/runs"]).out == str(tmp_path / "runs")

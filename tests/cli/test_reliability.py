@@ -7,6 +7,7 @@ the uninterrupted runs are this process.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -267,6 +268,8 @@ def _raising(error: BaseException):
     (MemoryError(), 2, "l2s: error: out of memory (MemoryError)"),
     (RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you tried "
                   "to allocate 4000000000000 bytes."), 2, "l2s: error: out of memory ([enforce fail"),
+    (OSError(errno.EIO, "Input/output error", "/runs/x/log.jsonl"), 2,
+     "l2s: error: /runs/x/log.jsonl: Input/output error; fix that, then rerun the same command to resume"),
 ])
 def test_interrupts_and_exhausted_memory_are_one_line(error, code, message, monkeypatch, capsys):
     import l2s.cli.training
@@ -322,12 +325,52 @@ def test_an_interrupted_rerun_keeps_the_earlier_image(monkeypatch, tmp_path, cap
     assert {name: (tmp_path / name).read_bytes() for name in before} == before
 
 
-def test_other_runtime_errors_are_not_hidden(monkeypatch):
+@pytest.mark.parametrize("error", [RuntimeError("a bug"), OSError("a bug: no system call failed")])
+def test_other_runtime_errors_are_not_hidden(error, monkeypatch):
     import l2s.cli.training
 
-    monkeypatch.setattr(l2s.cli.training, "train_main", _raising(RuntimeError("a bug")))
-    with pytest.raises(RuntimeError, match="a bug"):
+    monkeypatch.setattr(l2s.cli.training, "train_main", _raising(error))
+    with pytest.raises(type(error), match="a bug"):
         main(["train", "data", "--out", "x"])
+
+
+def test_under_a_launcher_a_socket_reset_by_a_failed_peer_is_said_as_such(monkeypatch, capsys):
+    from l2s.cli import PEER_STOPPED, _guarded
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert _guarded(_raising(ConnectionResetError(errno.ECONNRESET, "Connection reset by peer"))) == 1
+    assert capsys.readouterr().err.splitlines() == [PEER_STOPPED]
+
+
+# ---------------------------------------------------------------------------------------------
+# A full disk mid-run (conftest's full_disk: l2s's writers fail once, as ENOSPC does)
+# ---------------------------------------------------------------------------------------------
+
+SHAPES_DATA = ["shapes", "make-data", "--scenes", "8", "--threads", "1", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def shapes_dataset(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("shapes") / "maps"
+    assert main(SHAPES_DATA + ["--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.parametrize("name", [".l2s.kind.tmp", "shard-00000.safetensors.tmp", "manifest.jsonl"])  # an append
+def test_a_full_disk_mid_run_is_one_line_naming_the_file_and_the_rerun_resumes(name, shapes_dataset, full_disk,
+                                                                               tmp_path, capsys):
+    out = tmp_path / "maps"
+    argv = SHAPES_DATA + ["--out", str(out)]
+    failed = full_disk(name)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    named = failed[0].removesuffix(".tmp")     # the file meant, not the temporary one
+    assert _error_lines(err) == [f"l2s: error: {named}: No space left on device; free some space, then rerun the "
+                                 "same command to resume"] and "Traceback" not in err
+    assert not out.exists() or not list(out.rglob("*.tmp"))    # no half file left behind
+    assert main(argv) == 0
+    assert _dataset_fingerprint(out) == _dataset_fingerprint(shapes_dataset)
 
 
 def test_parse_refuses_text_that_is_not_utf8(monkeypatch, capsys, tmp_path):

@@ -104,3 +104,16 @@ def test_a_judges_verdict_per_relation_and_a_prompt_it_can_never_judge_go_into_t
     assert keys["relation_verdicts"]["image"][0]["holds"] is None
     assert verdicts(lambda image, prompt: None, "p", "steered", "plain") == {}
     assert verdicts(lambda image, prompt: False, "p", "steered", None) == {"verdict": {"image": False}}
+
+
+def test_a_full_disk_mid_image_leaves_no_half_png_and_names_the_file(tmp_path, full_disk):
+    from PIL import Image
+
+    from l2s.evaluation.generation import write_images
+
+    image = Image.new("RGB", (8, 8), "red")
+    full_disk("comparison.png.tmp")
+    with pytest.raises(OSError) as failed:
+        write_images(tmp_path, image, image, None)
+    assert failed.value.filename == str(tmp_path / "comparison.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["image.png", "image_unsteered.png"]
