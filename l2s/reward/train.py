@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from l2s.errors import L2SError, UsageError
-from l2s.files import atomic_write_text, output_lock
+from l2s.files import atomic_torch_save, atomic_write_text, output_lock
 from l2s.run_folders import append_log, atomic_dir, prepare_out_dir, read_log, rewrite_log
 from l2s.evaluation.curves import CURVES_FILE, save_curves
 
@@ -111,7 +111,7 @@ def _save(directory: Path, scorer: SpatialScorer, state: dict | None = None) -> 
     def write(tmp: Path) -> None:
         scorer.save_pretrained(tmp)
         if state is not None:
-            torch.save(state, tmp / STATE_FILE)
+            atomic_torch_save(state, tmp / STATE_FILE)   # a full disk: an OSError naming the file
 
     atomic_dir(directory, write)
 

@@ -16,6 +16,7 @@ import torch
 from l2s.classifier import RelationClassifier
 from l2s.classifier.hub import TRAINING_FILE, read_training_record
 from l2s.evaluation.curves import CURVES_FILE
+from l2s.files import atomic_torch_save
 from l2s.run_folders import STATE_FILE, atomic_dir
 from l2s.run_folders import prepare_out_dir as _prepare_out_dir
 
@@ -31,7 +32,7 @@ def save_checkpoint(directory: Path, model: RelationClassifier, training: dict, 
         # ClassifierConfig has no field for the training settings: they live beside config.json.
         (tmp / TRAINING_FILE).write_text(json.dumps(training, indent=2) + "\n")
         if state is not None:
-            torch.save(state, tmp / STATE_FILE)
+            atomic_torch_save(state, tmp / STATE_FILE)   # a full disk: an OSError naming the file
 
     atomic_dir(directory, write)
 

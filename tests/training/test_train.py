@@ -399,3 +399,18 @@ def test_a_run_of_another_process_count_says_how_many_to_resume_it_on(tmp_path):
     torch.save({**state, "settings": json.dumps({"lr": 1e-3})}, tmp_path / LAST_DIR / STATE_FILE)
     with pytest.raises(L2SError, match=r"trained on 1 process\(es\), this one has 4: resume it on 1"):
         read_resume_state(tmp_path, {"lr": 1e-3, "processes": 4})
+
+
+def test_a_full_disk_at_a_checkpoint_is_an_os_error_naming_it_and_the_rerun_resumes(tmp_path, full_disk):
+    # torch.save to a full disk raised a RuntimeError naming no file (a traceback on the command line).
+    import errno
+
+    g = torch.Generator().manual_seed(1)
+    dataset = _write(tmp_path / "data", [_synthetic(64, g, "train"), _synthetic(32, g, "val")])
+    kwargs = dict(batch_size=32, lr=3e-3, seed=3, progress=False)
+    full_disk("state.pt.tmp")
+    with pytest.raises(OSError) as caught:
+        train_classifier(dataset, tmp_path / "run", _config(), epochs=2, **kwargs)
+    assert caught.value.errno == errno.ENOSPC and "state.pt" in str(caught.value)
+    assert not list((tmp_path / "run").rglob("*.tmp"))
+    assert train_classifier(dataset, tmp_path / "run", _config(), epochs=2, **kwargs).epochs_run == 2
