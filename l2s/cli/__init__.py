@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import errno
 import importlib
+import os
 import signal
 import sys
 import threading
@@ -51,6 +52,10 @@ INTERRUPTED = "l2s: interrupted; rerun the same command to resume"
 PEER_STOPPED = ("l2s: error: another process of this run stopped (its own line is above if it said one; "
                 "the launcher's summary names it)")
 RESTART_FLAGS = ("--restart", "--no-resume")   # a start-over (shapes grpo takes both spellings)
+# Failed system calls a user fixes on the machine, then resumes: a full disk or quota, an I/O error, no
+# permission, a read-only file system, too many open files. Any other (a missing file l2s reads) is a bug.
+MACHINE_ERRNOS = {errno.ENOSPC, errno.EIO, errno.EACCES, errno.EPERM, errno.EROFS, errno.EMFILE, errno.ENFILE,
+                  *([errno.EDQUOT] if hasattr(errno, "EDQUOT") else [])}
 
 # Commands that share their work over the processes of torchrun / accelerate launch.
 SPREAD_COMMANDS = (("eval",), ("make-data",), ("train",), ("shapes", "make-data"), ("shapes", "train-classifier"),
@@ -188,10 +193,19 @@ def _guarded(work, argv: Sequence[str] = ()) -> int:
         if launched() and _peer_gone(error):   # a socket reset by another process that failed
             say(PEER_STOPPED)
             return 1
-        if error.errno is None:   # no system call failed (e.g. PIL's "cannot write mode"): a bug to see whole
+        if isinstance(error, BrokenPipeError):   # the reader of stdout is gone (| head): nothing to say
+            _stdout_to_devnull()
+            return 1
+        if error.errno not in MACHINE_ERRNOS:   # PIL's "cannot write mode", a missing asset: a bug to see whole
             raise
         say(_system_error_line(error))
         return EXIT_USAGE
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout at /dev/null: the interpreter's last flush would fail on the closed pipe again."""
+    with contextlib.suppress(AttributeError, ValueError, OSError):   # a stdout without a file (captured)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def build_parser(full_eval: bool = True) -> argparse.ArgumentParser:

@@ -325,13 +325,25 @@ def test_an_interrupted_rerun_keeps_the_earlier_image(monkeypatch, tmp_path, cap
     assert {name: (tmp_path / name).read_bytes() for name in before} == before
 
 
-@pytest.mark.parametrize("error", [RuntimeError("a bug"), OSError("a bug: no system call failed")])
+@pytest.mark.parametrize("error", [RuntimeError("a bug"), OSError("a bug: no system call failed"),
+                                   FileNotFoundError(errno.ENOENT, "a bug: a file l2s ships is missing", "/l2s/x")])
 def test_other_runtime_errors_are_not_hidden(error, monkeypatch):
     import l2s.cli.training
 
     monkeypatch.setattr(l2s.cli.training, "train_main", _raising(error))
     with pytest.raises(type(error), match="a bug"):
         main(["train", "data", "--out", "x"])
+
+
+def test_a_reader_that_closes_stdout_early_ends_the_command_quietly():
+    # ``l2s parse - | head -1``: no line telling to free space or to resume, no traceback
+    proc = subprocess.Popen([sys.executable, "-c", ENTRY, "parse", "-"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    proc.stdin.write("a cat left of a dog\n" * 2000)
+    proc.stdin.close()
+    assert proc.stdout.readline() == "cat | left of | dog\n"
+    proc.stdout.close()
+    assert (proc.wait(timeout=120), proc.stderr.read()) == (1, "")
 
 
 def test_under_a_launcher_a_socket_reset_by_a_failed_peer_is_said_as_such(monkeypatch, capsys):
