@@ -1,16 +1,14 @@
 """Training curves as a picture: panels of logged values per epoch, drawn with PIL only."""
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from l2s.files import atomic_write_bytes
-
 from .pictures import LINE_COLOURS
+from .records import save_png
 
 Panel = tuple[str, Sequence[str]]   # a panel's title and the log keys it draws
 PANEL_SIZE = (360, 230)
@@ -19,10 +17,8 @@ CURVES_FILE = "curves.png"
 
 def save_curves(out_dir: str | Path, rows: Sequence[dict], panels: Sequence[Panel], title: str) -> Path:
     """Draw ``rows`` (a run's log, one row per epoch) into ``OUT/curves.png``, replacing it whole."""
-    buffer = io.BytesIO()
-    curves_picture(rows, panels, title).save(buffer, format="PNG")
     path = Path(out_dir) / CURVES_FILE
-    atomic_write_bytes(path, buffer.getvalue())
+    save_png(curves_picture(rows, panels, title), path)
     return path
 
 

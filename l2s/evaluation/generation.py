@@ -7,7 +7,6 @@ for a person (why an image is not steered, steering's warnings) go to ``say``.
 """
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from l2s.errors import L2SError
-from l2s.files import atomic_write_bytes, atomic_write_json
+from l2s.files import atomic_write_json
 from l2s.versions import software_versions
 
 from .image_runs import MAPS_DIR, ImageJob, Resume, batches, overview_pages, remove_earlier_outputs, write_index
@@ -200,9 +199,7 @@ def write_overview(out: Path, entries: list[dict]) -> list[str]:
     for number, start in enumerate(range(0, len(entries), OVERVIEW_PAGE), 1):
         tiles = [_overview_tile(out, entry) for entry in entries[start:start + OVERVIEW_PAGE]]
         names.append(f"overview_{number:02d}.png")
-        page = io.BytesIO()
-        overview_sheet(tiles).save(page, format="PNG")
-        atomic_write_bytes(out / names[-1], page.getvalue())   # a kill mid-page leaves no torn PNG
+        save_png(overview_sheet(tiles), out / names[-1])   # a kill mid-page leaves no torn PNG
     return names
 
 

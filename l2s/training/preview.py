@@ -7,7 +7,6 @@ one. Drawn from the committed shards alone, so a resumed dataset's preview is an
 """
 from __future__ import annotations
 
-import io
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +16,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from l2s.evaluation.attention_pictures import overlay
 from l2s.evaluation.pictures import captioned_grid
-from l2s.files import atomic_write_bytes
+from l2s.evaluation.records import save_png
 from .inversion_utils import square_image
 from .reader import stored_maps
 from .samples import Skip, load_image
@@ -46,9 +45,7 @@ def write_preview(out_dir: Path, rows: Sequence[dict], samples: Sequence[Relatio
         image = _source_image(by_key.get(key), meta["settings"]["size"], meta["model_family"].startswith("sd"))
         cells += _row_cells(out_dir, image, prompts, handles)
     grid = captioned_grid(cells, columns=len(cells) // len(chosen), text_lines=4)
-    buffer = io.BytesIO()
-    _titled(grid, _title(len(chosen), step, meta)).save(buffer, format="PNG")
-    atomic_write_bytes(path, buffer.getvalue())
+    save_png(_titled(grid, _title(len(chosen), step, meta)), path)
     return path
 
 

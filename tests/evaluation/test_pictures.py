@@ -78,3 +78,15 @@ def test_contact_sheet_draws_small_and_large_images_at_one_size(tmp_path):
     border, cell_w = 4, 256 + 8
     assert sheet.getpixel((border + 250, border + 250)) == (200, 0, 200)   # not shrunk to 16 px by the large one
     assert sheet.getpixel((cell_w + border + 250, border + 250)) == (0, 0, 200)
+
+
+def test_every_png_l2s_writes_goes_through_save_png():
+    # one writer (evaluation.records.save_png, atomic), not a copy of its three lines per picture
+    from pathlib import Path
+
+    import l2s
+
+    package = Path(l2s.__file__).parent
+    encoders = sorted(str(path.relative_to(package)) for path in package.rglob("*.py")
+                      if 'format="PNG"' in path.read_text(encoding="utf-8"))
+    assert encoders == ["evaluation/records.py"]
