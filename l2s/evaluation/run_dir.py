@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 def prepare_run_dir(out: Path, specs: Sequence[PromptSpec], modes: list[str], settings: dict[str, Any],
                      restart: bool, seeds: Sequence[int], resolved: dict | None = None) -> None:
     """Everything of a run directory but its images (rank 0 of a spread run writes it alone);
-    ``resolved``: what the images are made with, defaults filled in (recorded, never compared)."""
+    ``resolved``: what the images are made with, defaults filled in (recorded; a resume's that
+    differ are warned of, never refused)."""
     refuse_generate_outputs(out)
     if restart:
         clear_run(out)
@@ -116,13 +117,21 @@ def warn_changed_resolved(out: Path, resolved: dict | None) -> None:
     old = (read_run_file(out) or {}).get("resolved")
     if not isinstance(old, dict) or not resolved:
         return
-    new = json.loads(json.dumps(resolved))     # as run.json holds it (tuples as lists)
+    old, new = _compared(old), _compared(json.loads(json.dumps(resolved)))   # as run.json holds it (lists)
     old, new = _shared(old, new), _shared(new, old)
     changed = sorted(k for k in old if old[k] != new[k])
     if changed:
         log.warning("warning: the images in %s were made with other values than the same settings resolve to now "
                     "(%s): images made now would differ from them; --restart makes them all again", out,
                     described_changes(old, new, changed))
+
+
+def _compared(resolved: dict) -> dict:
+    """``resolved`` less its schedule's description: prose, reworded between versions, makes no image differ."""
+    schedule = resolved.get("schedule")
+    if not isinstance(schedule, dict):
+        return resolved
+    return {**resolved, "schedule": {k: v for k, v in schedule.items() if k != "description"}}
 
 
 def _shared(record: dict, other: dict) -> dict:

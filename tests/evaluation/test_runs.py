@@ -379,6 +379,19 @@ def test_a_resume_whose_settings_now_resolve_otherwise_warns_once_naming_them(ti
     assert "(sampling.true_cfg_scale: 2.0 -> 1.0)" in lines[0] and "\n" not in lines[0]
 
 
+def test_a_schedule_described_in_other_words_is_no_change_its_iterations_are(tmp_path, caplog):
+    from l2s.evaluation.run_dir import warn_changed_resolved
+
+    schedule = {"name": "reference", "iterations": [16, 0], "description": "the published schedule"}
+    (tmp_path / "run.json").write_text(json.dumps({"generation": {}, "resolved": {"schedule": schedule}}))
+    with caplog.at_level("WARNING", logger="l2s.evaluation"):
+        warn_changed_resolved(tmp_path, {"schedule": {**schedule, "description": "reworded since"}})
+        assert not caplog.records          # prose makes no image differ
+        warn_changed_resolved(tmp_path, {"schedule": {**schedule, "iterations": [8, 0]}})
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "(schedule.iterations: [16, 0] -> [8, 0])" in line
+
+
 def test_a_prompt_without_a_spec_is_refused_by_its_number(tmp_path):
     from l2s.errors import UsageError
     from l2s.evaluation import spec_from_prompt
