@@ -117,7 +117,7 @@ def _system_error_line(error: OSError) -> str:
     was saved stays whole (atomic writes), so the same command resumes once it is fixed."""
     where = f"{error.filename}: " if error.filename else ""
     fix = "free some space" if error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) else "fix that"
-    return f"l2s: error: {where}{error.strerror or error}; {fix}, then rerun the same command to resume"
+    return f"l2s: error: {where}{error.strerror or error}; {fix}, then rerun the same command (a run resumes)"
 
 
 def _peer_gone(error: BaseException) -> bool:

@@ -10,8 +10,8 @@ from l2s.cli import main
 from l2s.cli.evaluate import prompt_sets
 from l2s.evaluation import PromptSpec, RelationCheck, resolve_prompt_set, spec_from_metadata
 from l2s.pipelines import SteeringPipeline
-from tests.hub_cache import cached_tiny_flux
 from l2s.shapes import render, scene_for_relation
+from tests.hub_cache import cached_tiny_flux
 
 
 def run(argv, capsys):

@@ -269,7 +269,7 @@ def _raising(error: BaseException):
     (RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you tried "
                   "to allocate 4000000000000 bytes."), 2, "l2s: error: out of memory ([enforce fail"),
     (OSError(errno.EIO, "Input/output error", "/runs/x/log.jsonl"), 2,
-     "l2s: error: /runs/x/log.jsonl: Input/output error; fix that, then rerun the same command to resume"),
+     "l2s: error: /runs/x/log.jsonl: Input/output error; fix that, then rerun the same command (a run resumes)"),
 ])
 def test_interrupts_and_exhausted_memory_are_one_line(error, code, message, monkeypatch, capsys):
     import l2s.cli.training
@@ -379,7 +379,7 @@ def test_a_full_disk_mid_run_is_one_line_naming_the_file_and_the_rerun_resumes(n
     err = capsys.readouterr().err
     named = failed[0].removesuffix(".tmp")     # the file meant, not the temporary one
     assert _error_lines(err) == [f"l2s: error: {named}: No space left on device; free some space, then rerun the "
-                                 "same command to resume"] and "Traceback" not in err
+                                 "same command (a run resumes)"] and "Traceback" not in err
     assert not out.exists() or not list(out.rglob("*.tmp"))    # no half file left behind
     assert main(argv) == 0
     assert _dataset_fingerprint(out) == _dataset_fingerprint(shapes_dataset)
