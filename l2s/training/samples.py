@@ -64,7 +64,7 @@ class SkipLog:
         if self.count <= self.shown:
             log.warning("skipped %s: %s", key, reason)
         elif self.count == self.shown + 1:
-            log.warning("more %s skipped: not listed here, each with its reason in %s; the last line "
+            log.warning("more %s skipped: not listed here, each with its reason in %s; the summary line "
                         "counts them", self.what, record)
 
 

@@ -371,7 +371,7 @@ def test_skipped_samples_are_logged_a_few_then_counted(tmp_path, caplog):
     lines = [r.getMessage() for r in caplog.records]
     assert [line.split(": ")[0] for line in lines[:5]] == [f"skipped custom:i{i}:cat|above|dog" for i in range(5)]
     assert lines[5:] == [f"more samples skipped: not listed here, each with its reason in {tmp_path / 'skipped.jsonl'}"
-                         "; the last line counts them"]
+                         "; the summary line counts them"]
 
 
 def test_pairs_without_a_relation_are_said_a_few_then_only_recorded_and_counted(images, tmp_path, capsys,
@@ -390,7 +390,7 @@ def test_pairs_without_a_relation_are_said_a_few_then_only_recorded_and_counted(
     assert [line.split(": no spatial")[0] for line in lines[:5]] == [
         f"skipped {pairs} line {i} (img{(i - 2) % 6})" for i in range(2, 7)]
     assert lines[5:] == [f"more pairs skipped: not listed here, each with its reason in {out / 'skipped_pairs.jsonl'}"
-                         "; the last line counts them"]
+                         "; the summary line counts them"]
     summary = capsys.readouterr().err.splitlines()[0]
     assert f"(0 skipped; 12 pairs skipped before inversion, listed in skipped_pairs.jsonl) in {out}; " in summary
     recorded = [json.loads(line) for line in (out / "skipped_pairs.jsonl").read_text().splitlines()]
