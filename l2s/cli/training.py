@@ -198,13 +198,16 @@ def _refuse_empty_dataset(args: argparse.Namespace, summary) -> None:
 
 
 def _check_images(args: argparse.Namespace, samples: list) -> None:
-    """Refuse a run whose first images to invert are all missing (no dataset file is written; only
-    the record of skipped pairs, which is written at once), with where the images are looked for."""
+    """Refuse a run whose first images to invert are all missing (no dataset file is written, and the
+    record of skipped pairs of a folder holding no dataset goes), with where the images are looked for."""
     from l2s.training import check_dataset_images
+    from l2s.training.store import META_FILE, SKIPPED_PAIRS_FILE
 
     try:
         check_dataset_images(samples, args.out, limit=args.limit, restart=args.restart)
     except L2SError as error:
+        if not (Path(args.out) / META_FILE).exists():   # it explains skipped pairs, not this: a new folder goes
+            (Path(args.out) / SKIPPED_PAIRS_FILE).unlink(missing_ok=True)
         raise L2SError(f"{error}{_images_hint(args)}") from None
 
 

@@ -321,8 +321,8 @@ def test_a_wrong_images_folder_is_refused_in_one_line_before_anything_is_written
     """It once printed one 'skipped ... image not found' line per sample: 100k lines on COCO."""
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps({"image": f"img{i % 6}-{i}.png", "prompt": "a cat above a dog"}) + "\n"
-                             for i in range(40)))
-    (tmp_path / "wrong").mkdir()
+                             for i in range(40)) + json.dumps({"image": "img0-0.png", "prompt": "a cat"}) + "\n")
+    (tmp_path / "wrong").mkdir()       # the pair without a relation is recorded at once, then forgotten here
     out = tmp_path / "maps"
     argv = ["--model", "tiny", "--source", "pairs", "--annotations", str(pairs), "--images", str(tmp_path / "wrong"),
             "--steps", "4", "--store-steps", "1", "--quiet", "--out", str(out)]
