@@ -65,7 +65,7 @@ def path_settings() -> dict:
     compared so (``flux``, ``./flux/``, a symlink to it and, for ``--model``, a hub id in the local
     cache and its snapshot folder are one model), which also reads runs recorded before as they were
     spelled."""
-    from .options import canonical_model, canonical_path
+    from l2s.evaluation.settings import canonical_model, canonical_path
 
     return {"model": canonical_model, "classifier": canonical_path, "lora": canonical_path}
 
@@ -84,10 +84,12 @@ def image_settings(args: argparse.Namespace) -> dict:
 
 def compared_settings(args: argparse.Namespace) -> dict:
     """How settings are compared with an earlier run's (``open_image_run(canonical=...)``): paths
-    resolved (:func:`path_settings`); an earlier ``auto`` dtype as this run's resolved one (``args.dtype``)
+    resolved (:func:`path_settings`); an earlier unset or ``auto`` dtype as this run's resolved one (``args.dtype``)
     and a reference run's capture backend as none, whatever an earlier version recorded."""
+    from l2s.evaluation.settings import UNRESOLVED_DTYPES
+
     compared = path_settings()
-    compared["dtype"] = lambda value: args.dtype if value == "auto" else value
+    compared["dtype"] = lambda value: args.dtype if value in UNRESOLVED_DTYPES else value
     if getattr(args, "execution", None) == "reference":
         compared["capture_backend"] = lambda value: None
     return compared

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .models import (add_model_args, add_sampling_args, add_speed_args, check_family_options, check_image_size,
                      check_model_dtype, load_steerer, resolve_dtype, weights_digests)
-from .options import (add_device_arg, add_dtype_arg, add_threads_arg, canonical_model, canonical_path, flag_of,
+from .options import (add_device_arg, add_dtype_arg, add_threads_arg, flag_of,
                       out_text, resolve_device, use_threads)
 from .outputs import folder_outputs, wrote_line
 from .relations import EVAL_HELP as RELATIONS_HELP
@@ -300,7 +300,9 @@ STEERER_SETTINGS = ("sampling", "step_size", "engine", "capture_backend")   # kn
 def _request_settings(args: argparse.Namespace) -> dict:
     """How images are made, as far as the command line says before a model loads (a resumed run
     must match these exactly; the loaded steerer adds its effective sampling and kernels)."""
-    settings = {"model": canonical_model(args.model), "classifier": _canonical_classifier(args.classifier, args.model),
+    from l2s.evaluation.settings import canonical_classifier, canonical_model, canonical_path
+
+    settings = {"model": canonical_model(args.model), "classifier": canonical_classifier(args.classifier, args.model),
                 "prompts": canonical_path(args.prompts),
                 "n_prompts": args.n_prompts, "prompt_seed": args.prompt_seed, "steps": args.steps,
                 "height": args.height, "width": args.width, "guidance": args.guidance, "schedule": args.schedule,
@@ -317,32 +319,19 @@ def _request_settings(args: argparse.Namespace) -> dict:
     return settings
 
 
-def _canonical_classifier(value: str | None, model: str | None) -> str | None:
-    """The shipped model's default classifier by its name: ``--classifier shapes`` is the default."""
-    return canonical_path("shapes" if value is None and model is None else value)
-
-
 def _spelled_as_before(out: str, settings: dict) -> dict:
     """``settings`` with the earlier run's spelling of each setting that names the same thing (runs
     recorded before paths were made absolute, dtypes resolved, or a reference run's capture
     backend recorded as none, resume as they did)."""
     from l2s.errors import L2SError
     from l2s.evaluation.run_dir import read_run_file
+    from l2s.evaluation.settings import spelled_as_before
 
     try:
         earlier = (read_run_file(out) or {}).get("generation")
     except L2SError:
         return settings      # a damaged run.json: refuse_changed_settings says so
-    if not isinstance(earlier, dict):
-        return settings
-    reference = earlier.get("execution") == "reference"   # its capture backend, recorded before, ran nowhere
-    named = {"model": canonical_model, "prompts": canonical_path,
-             "classifier": lambda value: _canonical_classifier(value, earlier.get("model")),
-             "capture_backend": lambda value: None if reference else value,
-             "dtype": lambda value: settings["dtype"] if value in (None, "auto") else value}   # unresolved before
-    same = {k: earlier[k] for k, canonical in named.items()
-            if k in earlier and k in settings and canonical(earlier[k]) == settings[k]}
-    return {**settings, **same}
+    return spelled_as_before(earlier, settings) if isinstance(earlier, dict) else settings
 
 
 def _detector_id(args: argparse.Namespace) -> str:

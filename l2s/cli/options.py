@@ -98,29 +98,6 @@ def torch_dtype(name: str, device: str, family: str | None = None):
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name(name, device, family)]
 
 
-def canonical_path(value: str | None) -> str | None:
-    """A local path as its absolute path, symlinks resolved (``./clf/`` and ``clf`` are one
-    setting); names (``tiny``, a hub id, a shipped classifier's name) as given."""
-    return str(Path(value).resolve()) if value is not None and Path(value).exists() else value
-
-
-def canonical_model(value: str | None) -> str | None:
-    """``--model`` as :func:`canonical_path` gives it, and a hub id found in the local Hugging Face
-    cache as its snapshot folder (what loads: the id and that folder are one model); a hub id not
-    in the cache as given (loading says so)."""
-    from l2s.classifier.hub import looks_like_hub_id
-    from l2s.errors import L2SError
-
-    if value is None or Path(value).exists() or not looks_like_hub_id(value):
-        return canonical_path(value)
-    from l2s.pipelines.loading import pipeline_folder
-
-    try:
-        return canonical_path(str(pipeline_folder(value)))    # the cache only: nothing is downloaded
-    except L2SError:
-        return value
-
-
 def out_text(text: str) -> str:
     """``--out`` (argparse type): refuses an empty path, which would mean the current folder. A ``~`` the
     shell left (quoted, or after ``--out=``) is the home folder, not a folder named ``~`` here."""

@@ -14,7 +14,7 @@ from l2s.distributed import output_lock, world
 from l2s.relations import DIAGONAL, DIAGONAL_CLASSES, DIRECTIONAL, PUBLISHED_CLASSES
 
 from .help import command_parser
-from .options import (LONG_NAMES, add_device_arg, add_dtype_arg, add_threads_arg, canonical_model, flag_of, out_text,
+from .options import (LONG_NAMES, add_device_arg, add_dtype_arg, add_threads_arg, flag_of, out_text,
                       resolve_device, torch_dtype, use_threads)
 from .outputs import folder_outputs, log_to_stderr, say_error, wrote_line
 
@@ -45,6 +45,7 @@ def _recorded_model(args: argparse.Namespace) -> str:
     resumes)."""
     if args.model in _TINY_MODELS:
         return args.model
+    from l2s.evaluation.settings import canonical_model
     from l2s.training import load_dataset_meta
 
     name = canonical_model(args.model)

@@ -16,6 +16,7 @@ from l2s.errors import L2SError
 from l2s.files import described_changes, read_jsonl_lines, read_state_json
 
 from .records import MODES, RESULTS_FILE, SUMMARY_FILE
+from .settings import same_setting
 from .stats import PairedComparison, paired_comparison
 
 REPORT_START = "# l2s eval runs compared"   # the first line of every report
@@ -92,9 +93,10 @@ class RunComparison:
     modes: list[ModeComparison]
 
     def differing_settings(self) -> str:
-        """How the runs' images were made differently (``key: a -> b``), or ``none``."""
+        """How the runs' images were made differently (``key: a -> b``), or ``none``; a setting two
+        l2s versions spelled otherwise is the same (:func:`.settings.same_setting`)."""
         a, b = (_how_made(run.settings) for run in (self.a, self.b))
-        keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        keys = sorted(k for k in set(a) | set(b) if not same_setting(k, a, b))
         return described_changes(a, b, keys) if keys else "none"
 
     def markdown(self) -> str:

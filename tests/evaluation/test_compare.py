@@ -101,3 +101,24 @@ def test_a_folder_that_is_no_finished_run_is_refused(tmp_path):
     (run / "results.jsonl").write_text("{not json\n")
     with pytest.raises(L2SError, match="results.jsonl"):
         read_eval_run(run)
+
+
+def test_settings_another_l2s_version_spelled_otherwise_are_not_listed_as_differences(hub_cache, tmp_path):
+    snapshot = hub_cache / "models--someone--flux" / "snapshots" / "89abcdef0123456789abcdef0123456789abcdef"
+    snapshot.mkdir(parents=True)
+    (snapshot / "model_index.json").write_text("{}")
+    (hub_cache / "models--someone--flux" / "refs").mkdir()
+    (hub_cache / "models--someone--flux" / "refs" / "main").write_text(snapshot.name)
+    # as an older version recorded them: unresolved dtype, a reference run's backend, the hub id as typed
+    old = {"model": "someone/flux", "dtype": "auto", "execution": "reference", "capture_backend": "sdpa",
+           "steps": 4}
+    new = {"model": str(snapshot.resolve()), "dtype": "fp32", "execution": "reference", "capture_backend": None,
+           "steps": 4}
+    runs = [write_run(tmp_path / name, {("steered", 0, 0): True}, settings=settings)
+            for name, settings in (("old", old), ("new", new), ("unset", {**old, "dtype": None}))]
+    for earlier in runs[0], runs[2]:
+        assert compare_runs(read_eval_run(earlier), read_eval_run(runs[1])).differing_settings() == "none"
+    other = write_run(tmp_path / "other", {("steered", 0, 0): True},
+                      settings={**new, "steps": 8, "classifier": "/models/mine", "dtype": "bf16"})
+    assert compare_runs(read_eval_run(runs[1]), read_eval_run(other)).differing_settings() == \
+        "classifier: unset -> '/models/mine', dtype: 'fp32' -> 'bf16', steps: 4 -> 8"
