@@ -2,7 +2,8 @@
 
 Each image of one run is paired with the other run's image of the same prompt, seed and mode
 (base, steered, or a scored folder's images); a prompt that a file repeats is paired occurrence
-by occurrence. Per mode: each run's accuracy on the paired images, the difference, the pairs only
+by occurrence; or one mode of each run with another (an ``--images`` run's images with a generated
+run's steered ones). Per mode: each run's accuracy on the paired images, the difference, the pairs only
 one run got right, and the exact two-sided sign test of that split (:func:`.stats.paired_comparison`).
 Runs scored by another rule or detector are refused: their verdicts do not compare.
 """
@@ -76,12 +77,18 @@ def _verdicts(path: Path, records: list[dict]) -> dict[Key, bool]:
 
 @dataclass(frozen=True)
 class ModeComparison:
-    """One mode of two runs: the paired images' comparison and each run's image count."""
+    """One mode of two runs (``mode`` of A with ``b_mode`` of B, when another): the paired images'
+    comparison and each run's image count."""
 
     mode: str
     paired: PairedComparison
     a_images: int
     b_images: int
+    b_mode: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.mode if self.b_mode in (None, self.mode) else f"{self.mode}={self.b_mode}"
 
 
 @dataclass(frozen=True)
@@ -106,13 +113,17 @@ class RunComparison:
                  "| mode | pairs | A accuracy | B accuracy | A - B | A only right | B only right | sign test p |",
                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
         lines += [_row(m) for m in self.modes]
-        lines += ["", "Pairs: the images both runs made from the same prompt, seed and mode; the accuracies are "
-                      "on those. Sign test: exact two-sided binomial test of the pairs only one run got right "
-                      "(McNemar's exact test)."]
-        lines += [f"Unpaired {m.mode} images: A {m.a_images - m.paired.n_pairs} of {m.a_images}, "
+        lines += ["", f"Pairs: the images both runs made from the same {self._paired_by()}; the "
+                      "accuracies are on those. Sign test: exact two-sided binomial test of the pairs only one run got "
+                      "right (McNemar's exact test)."]
+        lines += [f"Unpaired {m.label} images: A {m.a_images - m.paired.n_pairs} of {m.a_images}, "
                   f"B {m.b_images - m.paired.n_pairs} of {m.b_images}." for m in self.modes
                   if m.paired.n_pairs < max(m.a_images, m.b_images)]
         return "\n".join(lines) + "\n"
+
+    def _paired_by(self) -> str:
+        across = [f"A's {m.mode} with B's {m.b_mode}" for m in self.modes if m.label != m.mode]
+        return f"prompt and seed ({', '.join(across)})" if across else "prompt, seed and mode"
 
 
 def _how_made(settings: dict) -> dict:
@@ -122,26 +133,53 @@ def _how_made(settings: dict) -> dict:
 def _row(m: ModeComparison) -> str:
     c = m.paired
     a, b = c.a_correct / c.n_pairs, c.b_correct / c.n_pairs
-    return (f"| {m.mode} | {c.n_pairs} | {c.a_correct}/{c.n_pairs} = {a:.3f} | {c.b_correct}/{c.n_pairs} = {b:.3f} "
+    return (f"| {m.label} | {c.n_pairs} | {c.a_correct}/{c.n_pairs} = {a:.3f} | {c.b_correct}/{c.n_pairs} = {b:.3f} "
             f"| {a - b:+.3f} | {c.a_only} | {c.b_only} | {c.p_value:.3g} |")
 
 
-def compare_runs(a: EvalRun, b: EvalRun) -> RunComparison:
-    """``a`` against ``b`` in every mode both hold images of; refuses runs scored differently or
-    sharing no image."""
+def compare_runs(a: EvalRun, b: EvalRun, modes: tuple[str, str] | None = None) -> RunComparison:
+    """``a`` against ``b`` in every mode both hold images of, or ``modes`` (A's, B's) paired with each
+    other; refuses runs scored differently, a mode a run does not hold, or runs sharing no image."""
+    _refuse_other_scoring(a, b)
+    pairs = [(mode, mode) for mode in _modes(a, b) if a.count(mode) and b.count(mode)] if modes is None else \
+        [_held_modes(a, b, modes)]
+    compared = [ModeComparison(a_mode, paired_comparison(_of(a, a_mode), _of(b, b_mode)), a.count(a_mode),
+                               b.count(b_mode), b_mode) for a_mode, b_mode in pairs]
+    compared = [m for m in compared if m.paired.n_pairs]
+    if not compared:
+        raise L2SError(_nothing_paired(a, b, modes))
+    return RunComparison(a, b, compared)
+
+
+def _refuse_other_scoring(a: EvalRun, b: EvalRun) -> None:
     differ = [k for k in SCORING if a.settings.get(k) != b.settings.get(k)]
     if differ:
         said = "; ".join(f"{k} {a.settings.get(k)!r} vs {b.settings.get(k)!r}" for k in differ)
         raise L2SError(f"{a.folder} and {b.folder} were scored differently ({said}): their verdicts do not compare; "
                        "score one run's images as the other's were (l2s eval --images FOLDER --detector D --rule R)")
-    modes = [mode for mode in _modes(a, b) if a.count(mode) and b.count(mode)]
-    compared = [ModeComparison(mode, paired_comparison(_of(a, mode), _of(b, mode)), a.count(mode), b.count(mode))
-                for mode in modes]
-    compared = [m for m in compared if m.paired.n_pairs]
-    if not compared:
-        raise L2SError(f"{a.folder} and {b.folder} share no image (the same prompt, seed and mode): nothing to pair; "
-                       "compare runs of the same --prompts and --seeds")
-    return RunComparison(a, b, compared)
+
+
+def _held_modes(a: EvalRun, b: EvalRun, modes: tuple[str, str]) -> tuple[str, str]:
+    """``modes`` (A's, B's), each one its run holds images of."""
+    if a.count(modes[0]) and b.count(modes[1]):
+        return modes
+    raise L2SError(f"cannot pair A's {modes[0]!r} images with B's {modes[1]!r}: A ({a.folder}) holds the modes "
+                   f"{_held(a)}, B ({b.folder}) {_held(b)}; name one of each (--modes A_MODE=B_MODE)")
+
+
+def _nothing_paired(a: EvalRun, b: EvalRun, modes: tuple[str, str] | None) -> str:
+    """Why no image pairs: no mode in common (say how to pair one of each), or no prompt and seed."""
+    shared = "the same prompt, seed and mode" if modes is None else \
+        f"the same prompt and seed, {modes[0]} in A and {modes[1]} in B"
+    line = f"{a.folder} and {b.folder} share no image ({shared}): nothing to pair; "
+    if modes is None and not {key[0] for key in a.correct} & {key[0] for key in b.correct}:
+        return line + (f"A holds the modes {_held(a)}, B {_held(b)}: pair one of each with --modes A_MODE=B_MODE "
+                       "(e.g. --modes images=steered)")
+    return line + "compare runs of the same --prompts and --seeds"
+
+
+def _held(run: EvalRun) -> str:
+    return ", ".join(_modes(run, run)) or "no"
 
 
 def _modes(a: EvalRun, b: EvalRun) -> list[str]:
@@ -149,5 +187,6 @@ def _modes(a: EvalRun, b: EvalRun) -> list[str]:
     return [m for m in MODES if m in held] + sorted(held - set(MODES))
 
 
-def _of(run: EvalRun, mode: str) -> dict[Key, bool]:
-    return {key: correct for key, correct in run.correct.items() if key[0] == mode}
+def _of(run: EvalRun, mode: str) -> dict[tuple[str, int, int], bool]:
+    """``mode``'s verdicts by (prompt, occurrence, seed): what pairs with another run's images."""
+    return {key[1:]: correct for key, correct in run.correct.items() if key[0] == mode}

@@ -67,3 +67,20 @@ def test_runs_scored_differently_or_sharing_no_image_are_refused_in_one_line(two
     assert code == 2 and "share no image (the same prompt, seed and mode)" in line, line
     code, _, err = run(["compare", str(two_runs / "a"), str(tmp_path / "missing")], capsys)
     assert code == 2 and "no such folder" in error_lines(err)[0]
+
+
+def test_an_images_run_pairs_with_a_generated_runs_steered_images_given_modes(two_runs, tmp_path, capsys):
+    scored = tmp_path / "scored"
+    assert main(["eval", "--images", str(two_runs / "a" / "steered"), "--quiet", "--out", str(scored)]) == 0
+    code, _, err = run(["compare", str(scored), str(two_runs / "a")], capsys)
+    assert code == 2 and "pair one of each with --modes A_MODE=B_MODE" in error_lines(err)[0], err
+    code, out, err = run(["compare", str(scored), str(two_runs / "a"), "--modes", "images=steered"], capsys)
+    right = sum(_verdicts(two_runs / "a", "steered"))     # the same images, scored alike
+    assert code == 0 and f"| images=steered | 2 | {right}/2 = {right / 2:.3f} | {right}/2 =" in out, err
+    code, out, err = run(["compare", str(scored), str(two_runs / "a"), "--modes", "images=stered"], capsys)
+    (line,) = error_lines(err)
+    assert code == 2 and "holds the modes images, B" in line and "base, steered" in line and not out, line
+    with pytest.raises(SystemExit) as refused:                   # not a pair: argparse's one line
+        main(["compare", str(scored), str(two_runs / "a"), "--modes", "images"])
+    (line,) = error_lines(capsys.readouterr().err)
+    assert refused.value.code == 2 and "give RUN_A's mode=RUN_B's mode" in line, line

@@ -12,12 +12,13 @@ PROMPTS = ("a red circle left of a blue square", "a green square above a red cir
 
 def write_run(folder, verdicts, settings=None):
     """A finished run's summary.json and results.jsonl: ``verdicts`` maps (mode, prompt index, seed)
-    to whether that image is correct."""
+    to whether that image is correct (mode ``images``: a scored folder's, by its prompt folder)."""
     folder.mkdir(parents=True)
     settings = {"model": "tiny", "classifier": None, "rule": "geneval", "detector": "shapes", **(settings or {})}
     (folder / "summary.json").write_text(json.dumps({"settings": settings, "modes": {}}))
-    lines = [{"prompt": PROMPTS[index % 2], "correct": correct, "meta": {"mode": mode, "prompt_index": index,
-                                                                        "seed": seed}}
+    lines = [{"prompt": PROMPTS[index % 2], "correct": correct,
+              "meta": {"mode": mode, "seed": seed, **({"folder": f"{index:05d}"} if mode == "images" else
+                                                      {"prompt_index": index})}}
              for (mode, index, seed), correct in verdicts.items()]
     (folder / "results.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     return folder
@@ -122,3 +123,22 @@ def test_settings_another_l2s_version_spelled_otherwise_are_not_listed_as_differ
                       settings={**new, "steps": 8, "classifier": "/models/mine", "dtype": "bf16"})
     assert compare_runs(read_eval_run(runs[1]), read_eval_run(other)).differing_settings() == \
         "classifier: unset -> '/models/mine', dtype: 'fp32' -> 'bf16', steps: 4 -> 8"
+
+
+def test_a_scored_folders_images_pair_with_a_generated_runs_mode_given_by_modes(tmp_path):
+    scored = write_run(tmp_path / "scored", {("images", i, s): i == 0 for i in range(2) for s in range(2)},
+                       settings={"images": "/runs/geneval/steered"})
+    made = write_run(tmp_path / "made", {(mode, i, s): mode == "steered" for mode in ("base", "steered")
+                                         for i in range(2) for s in range(2)})
+    a, b = read_eval_run(scored), read_eval_run(made)
+    with pytest.raises(L2SError, match="A holds the modes images, B base, steered: pair one of each with --modes"):
+        compare_runs(a, b)                                           # the default: no mode in common
+    comparison = compare_runs(a, b, modes=("images", "steered"))
+    (pair,) = comparison.modes
+    assert (pair.label, pair.paired.n_pairs, pair.paired.a_correct, pair.paired.b_only) == ("images=steered", 4, 2, 2)
+    assert "| images=steered | 4 | 2/4 = 0.500 | 4/4 = 1.000 |" in comparison.markdown()
+    assert "the same prompt and seed (A's images with B's steered)" in comparison.markdown()
+    for modes in (("images", "stered"), ("steered", "images")):
+        with pytest.raises(L2SError) as refused:
+            compare_runs(a, b, modes=modes)
+        assert f"A ({scored}) holds the modes images, B ({made}) base, steered" in str(refused.value)
