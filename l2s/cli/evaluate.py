@@ -246,6 +246,7 @@ def _given_relations(text: str | None, specs, names=None):
     """``--relations``: prompt -> relations to steer (checked against every prompt now, an error
     naming it by ``names``, default ``prompt i``), or None."""
     from l2s.errors import L2SError
+    from l2s.evaluation.runs import prompt_name
 
     if text is None:
         return None
@@ -254,11 +255,11 @@ def _given_relations(text: str | None, specs, names=None):
     else:
         relations = parse_relations(text)
         given = {spec.prompt: relations for spec in specs}
-    for spec, name in zip(specs, names or [f"prompt {index}" for index in range(len(specs))]):
+    for index, spec in enumerate(specs):
         try:
             given_parse(spec.prompt, given[spec.prompt])
         except L2SError as error:
-            raise type(error)(f"{name}: {error}") from None
+            raise type(error)(f"{prompt_name(names, index)}: {error}") from None
     return given.get
 
 

@@ -56,6 +56,11 @@ log = logging.getLogger(__name__)
 
 
 
+def prompt_name(names: Sequence[str] | None, index: int) -> str:
+    """How an error names prompt ``index``: ``names[index]`` (e.g. its file and line), else ``prompt i``."""
+    return names[index] if names is not None else f"prompt {index}"
+
+
 def check_scorable(specs: Sequence[PromptSpec], rule: str, detector: Detector | None = None,
                    names: Sequence[str] | None = None) -> None:
     """Refuse, before any image is made, prompts that ``rule`` or ``detector`` cannot score; an
@@ -64,7 +69,7 @@ def check_scorable(specs: Sequence[PromptSpec], rule: str, detector: Detector | 
         raise L2SError(f"unknown rule {rule!r} (choose from {', '.join(RULES)})")
     parse_label = getattr(detector, "parse_label", None)  # detectors with a closed vocabulary
     for index, spec in enumerate(specs):
-        name = names[index] if names is not None else f"prompt {index}"
+        name = prompt_name(names, index)
         for check in spec.checks:
             if rule == GENEVAL and check.relation in NON_DIRECTIONAL:
                 raise L2SError(f"{name} ({spec.prompt!r}): GenEval's rule has no verdict for "
@@ -296,8 +301,7 @@ def _check_request(steerer, specs: Sequence[PromptSpec], seeds: Sequence[int], m
         try:
             steerer.plan(spec.prompt)
         except L2SError as error:
-            name = names[index] if names is not None else f"prompt {index}"
-            raise L2SError(f"{name} ({spec.prompt!r}): {error}") from None
+            raise L2SError(f"{prompt_name(names, index)} ({spec.prompt!r}): {error}") from None
     check_arguments = getattr(steerer, "check_arguments", None)   # a SteeringPipeline's; stand-ins may lack it
     if check_arguments is not None:
         check_arguments(specs[0].prompt, seed=seeds[0], steer=STEERED in modes, **(generate or {}))
