@@ -40,6 +40,11 @@ class EvalRun:
     def count(self, mode: str) -> int:
         return sum(key[0] == mode for key in self.correct)
 
+    @property
+    def modes(self) -> set[str]:
+        """The modes it holds images of."""
+        return {key[0] for key in self.correct}
+
 
 def read_eval_run(folder: str | Path) -> EvalRun:
     """The run an ``l2s eval --out`` folder holds (its ``summary.json`` and ``results.jsonl``)."""
@@ -172,7 +177,7 @@ def _nothing_paired(a: EvalRun, b: EvalRun, modes: tuple[str, str] | None) -> st
     shared = "the same prompt, seed and mode" if modes is None else \
         f"the same prompt and seed, {modes[0]} in A and {modes[1]} in B"
     line = f"{a.folder} and {b.folder} share no image ({shared}): nothing to pair; "
-    if modes is None and not {key[0] for key in a.correct} & {key[0] for key in b.correct}:
+    if modes is None and not a.modes & b.modes:
         return line + (f"A holds the modes {_held(a)}, B {_held(b)}: pair one of each with --modes A_MODE=B_MODE "
                        "(e.g. --modes images=steered)")
     return line + "compare runs of the same --prompts and --seeds"
@@ -183,7 +188,7 @@ def _held(run: EvalRun) -> str:
 
 
 def _modes(a: EvalRun, b: EvalRun) -> list[str]:
-    held = {key[0] for run in (a, b) for key in run.correct}
+    held = a.modes | b.modes
     return [m for m in MODES if m in held] + sorted(held - set(MODES))
 
 
