@@ -86,7 +86,8 @@ _ENTRIES = {("make-data",): ("training", "make_data_main"), ("train",): ("traini
             ("shapes", "train-model"): ("shapes_model", "train_model_main"),
             ("shapes", "make-data"): ("shapes_classifier", "make_data_main"),
             ("shapes", "train-classifier"): ("shapes_classifier", "train_classifier_main"),
-            ("shapes", "bench"): ("shapes_bench", "bench_main"), ("shapes", "compare"): ("shapes_bench", "compare_main")}
+            ("shapes", "bench"): ("shapes_bench", "bench_main"),
+            ("shapes", "compare"): ("shapes_bench", "compare_main")}
 
 
 def _front_end(command: tuple[str, ...]):

@@ -116,7 +116,8 @@ class EvalReport:
         """(label, one cell per mode) of every row of :meth:`table`."""
         names = list(self.modes)
         summaries = [self.modes[n].summary for n in names]
-        rows: list[tuple[str, list[str]]] = [("overall (images)", [_cell((s.n_correct, s.n_images)) for s in summaries])]
+        overall = [_cell((s.n_correct, s.n_images)) for s in summaries]
+        rows: list[tuple[str, list[str]]] = [("overall (images)", overall)]
         tags = sorted({t for s in summaries for t in s.per_tag})
         if len(tags) > 1:
             rows += [(f"tag {t}", [_cell(s.per_tag.get(t)) for s in summaries]) for t in tags]
