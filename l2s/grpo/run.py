@@ -256,7 +256,7 @@ def _check_sources(out: Path, trainer: GRPOTrainer) -> None:
     record = record if isinstance(record, dict) else {}
     _say_other_process_count(out, record.get("processes", 1) if record else None, trainer.acc)   # unsaid: one
     earlier = record.get("reward")
-    if name and earlier is not None and not same_reward(earlier, name, getattr(trainer, "named_rewards", None)):
+    if name and earlier is not None and not same_reward(earlier, name, trainer.named_rewards):
         raise L2SError(f"{out} holds a GRPO run trained with the reward {earlier!r}; this run asks for {name!r}: "
                        "use another --out or --restart to start afresh")
     if base and record.get("base_model") not in (None, base):
