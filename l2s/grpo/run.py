@@ -174,6 +174,8 @@ def _epochs(trainer: GRPOTrainer, out: Path, pool, eval_prompts, evaluators: dic
         baseline = evaluate(trainer, eval_prompts, evaluators, trainer.reward, progress, "dev (epoch 0)")
         fsync_append(out / LOG, [json.dumps({"epoch": 0, **baseline}) + "\n"])
     last = max(start, s.epochs if stop_after is None else min(s.epochs, start + stop_after))   # done: never fewer
+    # read once: each epoch's row is kept here as it is appended, so curves.png costs no re-read
+    history = [r for _, r in read_jsonl_lines(out / LOG, fix="delete it to start the log afresh")] if main else []
     with tqdm(total=s.epochs, initial=start, desc="GRPO epochs", disable=not (progress and main)) as bar:
         for epoch in range(start + 1, last + 1):
             record = run_epoch(trainer, pool, epoch, progress and main)
@@ -186,7 +188,8 @@ def _epochs(trainer: GRPOTrainer, out: Path, pool, eval_prompts, evaluators: dic
                 # resume drops what came after the last one (a line or adapters of an epoch cut short).
                 fsync_append(out / LOG, [json.dumps(record) + "\n"])
                 _save(trainer, out, epoch, command, keep=judged and keep_evaluated)
-                _draw_curves(out, evaluators)
+                history.append(record)
+                _draw_curves(out, history, evaluators)
             acc.wait_for_everyone()
             bar.update()
             shown = {k: f"{v:.3f}" for k, v in record.items()
@@ -197,9 +200,8 @@ def _epochs(trainer: GRPOTrainer, out: Path, pool, eval_prompts, evaluators: dic
     return GRPOResult(last, records, out, start)
 
 
-def _draw_curves(out: Path, evaluators: dict) -> None:
-    """``curves.png`` from the whole log: rewards, the held-out evaluators, KL and clipping per epoch."""
-    rows = [r for _, r in read_jsonl_lines(out / LOG, fix="delete it to start the log afresh")]
+def _draw_curves(out: Path, rows: list[dict], evaluators: dict) -> None:
+    """``curves.png`` from the whole log's ``rows``: rewards, the held-out evaluators, KL and clipping per epoch."""
     panels = [("reward", ("reward_mean", "eval_reward")), ("held-out", tuple(f"eval_{name}" for name in evaluators)),
               ("KL to the base model", ("kl",)), ("clipped ratios", ("clip_fraction",))]
     save_curves(out, rows, [panel for panel in panels if panel[1]], f"GRPO: {out}")
@@ -254,7 +256,7 @@ def _check_sources(out: Path, trainer: GRPOTrainer) -> None:
     record = record if isinstance(record, dict) else {}
     _say_other_process_count(out, record.get("processes", 1) if record else None, trainer.acc)   # unsaid: one
     earlier = record.get("reward")
-    if name and earlier is not None and not same_reward(earlier, name, getattr(trainer, "named_rewards", None)):
+    if name and earlier is not None and not same_reward(earlier, name, trainer.named_rewards):
         raise L2SError(f"{out} holds a GRPO run trained with the reward {earlier!r}; this run asks for {name!r}: "
                        "use another --out or --restart to start afresh")
     if base and record.get("base_model") not in (None, base):

@@ -47,6 +47,7 @@ class GRPOTrainer:
         self.pipe, self.reward, self.settings, self.acc = pipe, reward, settings, accelerator
         self.reward_name: str | None = None  # what ``reward`` is, for the run's record (set by the run)
         self.base_model: str | None = None   # what ``pipe`` is, likewise
+        self.named_rewards: dict | None = None   # named rewards' folders (l2s.reward.identity.same_reward)
         for name in ("transformer", "text_encoder", "text_encoder_2", "vae"):
             module = getattr(pipe, name, None)
             if module is not None:
