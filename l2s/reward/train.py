@@ -172,7 +172,7 @@ def finish(out: Path, heldout: PairSet, command: str | None, record: dict) -> di
     results = {"finished": True, "command": command, "settings": record, "heldout_pairs": len(heldout),
                "best_epoch": _best_epoch(log),
                "heldout": evaluate_judge(best, heldout) if len(heldout) else None}
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     atomic_write_text(out / "best" / MODEL_CARD, model_card(results))
     return results
 
