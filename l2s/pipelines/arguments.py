@@ -144,10 +144,11 @@ def check_latents(latents, shape: tuple[int, ...]) -> None:
         raise UsageError("latents contain non-finite values (NaN or inf)")
 
 
-def announce_steering(steerer, plan, height: int | None, width: int | None) -> None:
-    """Log, one line each, what makes this call's steering doubtful (the plan's warnings, :func:`call_warnings`);
-    a pipeline says each line once (an evaluation steers one prompt for many seeds)."""
-    say_once(steerer, [*plan.warnings, *call_warnings(steerer, height, width)])
+def announce_steering(steerer, plan, doubts: list[str]) -> None:
+    """Log, one line each, what makes this call's steering doubtful (the plan's warnings, the call's
+    ``doubts`` from :func:`call_warnings`); a pipeline says each line once (an evaluation steers one
+    prompt for many seeds)."""
+    say_once(steerer, [*plan.warnings, *doubts])
 
 
 def call_warnings(steerer, height: int | None, width: int | None) -> list[str]:

@@ -316,13 +316,15 @@ class SteeringPipeline:
         plans = None if batch is None else self._plans([p for p, _ in batch], given)
         plan = self.plan(prompt, given[0]) if batch is None else BatchPlan(plans)
         schedule, steps = self._resolve_schedule(schedule, num_inference_steps)
+        doubts = []     # the call's own warnings: one for the call, however many prompts it steers
         if not (steer and plan.steered):
             schedule = None
         else:
             refuse_inference_mode()
+            doubts = call_warnings(self, height, width)
             for each in plans or [plan]:
                 if each.steered:      # an unsteered prompt of the batch has nothing to doubt
-                    announce_steering(self, each, height, width)
+                    announce_steering(self, each, doubts)
         diagnostics = SteeringDiagnostics()
         images = self.generate(prompt if batch is None else [p for p, _ in batch], plan, steps=steps,
                                height=height, width=width, guidance_scale=guidance_scale,
@@ -339,7 +341,6 @@ class SteeringPipeline:
             steering_outcome(p, schedule, diagnostics.for_image(i) if p.steered else SteeringDiagnostics(), steer)
             for i, p in enumerate(plans)]
         first = plan if plans is None else plans[0]
-        doubts = call_warnings(self, height, width) if schedule is not None else []
         sampling = self._sampling(steps, height, width, guidance_scale)
         return SteeringResult(images=images, plan=first, schedule=schedule,
                               diagnostics=diagnostics, timings=timings,

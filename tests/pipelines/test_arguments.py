@@ -188,3 +188,15 @@ def test_say_once_is_said_by_each_machines_first_process_only(caplog, monkeypatc
     with caplog.at_level("WARNING", logger="l2s"):
         arguments.say_once(type("Pipe", (), {})(), ["a"])
     assert [r.getMessage() for r in caplog.records] == ["warning: a"]
+
+
+def test_a_call_s_own_warnings_are_made_once_per_call_not_per_prompt(flux, monkeypatch):
+    # They depend on the call (model, classifier, size), not on its prompts: a batch of three makes them once.
+    import l2s.pipelines.arguments as arguments
+
+    made = []
+    real = arguments.map_grid_warning
+    monkeypatch.setattr(arguments, "map_grid_warning", lambda *args: made.append(args) or real(*args))
+    flux([PROMPT, "a dog above a cat", "a cat left of a dog"], num_inference_steps=1, schedule="front-loaded",
+         progress=False)
+    assert len(made) == 1
