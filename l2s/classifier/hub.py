@@ -140,13 +140,20 @@ def not_cached(name: str, what: str) -> str:
             "or pass a local folder")
 
 
+def cache_entry_hub_id(entry: str) -> str | None:
+    """The hub id a Hugging Face cache entry's folder name (``models--owner--name``) stands for, else None."""
+    if not entry.startswith("models--"):
+        return None
+    return entry[len("models--"):].replace("--", "/", 1)   # hub names hold no "--"
+
+
 def cache_entry_note(folder: str | Path) -> str:
     """For a Hugging Face cache entry (``models--owner--name`` holding ``snapshots/``), given where a
     model folder belongs: "; " and what to give instead. Empty for any other folder."""
     folder = Path(folder)
-    if not (folder.name.startswith("models--") and (folder / "snapshots").is_dir()):
+    repo_id = cache_entry_hub_id(folder.name)
+    if repo_id is None or not (folder / "snapshots").is_dir():
         return ""
-    repo_id = folder.name[len("models--"):].replace("--", "/", 1)   # hub names hold no "--"
     return f"; it is a Hugging Face cache entry: give its hub id {repo_id} (or a folder in its snapshots/)"
 
 

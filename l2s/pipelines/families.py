@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from l2s.classifier.hub import cache_entry_hub_id
 from l2s.errors import L2SError
 
 
@@ -63,6 +64,5 @@ def canonical_model_name(name: str) -> str:
     if not path.exists():
         return name
     path = path.resolve()
-    if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
-        return path.parent.parent.name[len("models--"):].replace("--", "/", 1)   # hub names hold no "--"
-    return str(path)
+    repo_id = cache_entry_hub_id(path.parent.parent.name) if path.parent.name == "snapshots" else None
+    return str(path) if repo_id is None else repo_id

@@ -26,3 +26,15 @@ def test_another_pipeline_is_refused_by_its_class_name():
 
     with pytest.raises(L2SError, match="cannot steer or invert with a Kandinsky"):
         pipeline_family(Kandinsky())
+
+
+def test_a_cache_entry_is_named_by_one_hub_id_wherever_it_is_met(tmp_path):
+    # canonical_model_name (a snapshot) and the loaders' note (the entry itself) read the entry's name alike.
+    from l2s.classifier.hub import cache_entry_note
+    from l2s.pipelines.families import canonical_model_name
+
+    snapshot = tmp_path / "models--owner--a-model" / "snapshots" / "rev"
+    snapshot.mkdir(parents=True)
+    assert canonical_model_name(str(snapshot)) == "owner/a-model"
+    assert "give its hub id owner/a-model " in cache_entry_note(snapshot.parent.parent)
+    assert canonical_model_name(str(tmp_path)) == str(tmp_path.resolve()) and cache_entry_note(tmp_path) == ""
