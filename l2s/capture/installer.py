@@ -25,7 +25,13 @@ from contextlib import contextmanager
 
 import torch
 from diffusers import FluxTransformer2DModel, UNet2DConditionModel
-from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0, SlicedAttnProcessor
+from diffusers.models.attention_processor import (
+    Attention,
+    AttnProcessor,
+    AttnProcessor2_0,
+    FusedAttnProcessor2_0,
+    SlicedAttnProcessor,
+)
 from diffusers.models.transformers.transformer_flux import FluxAttention, FluxAttnProcessor
 
 from l2s.errors import ClassifierMismatchError, L2SError, TokenizationError
@@ -168,10 +174,12 @@ class AttentionCapture:
             if not isinstance(original, FluxAttnProcessor):
                 raise L2SError(self._unsupported(name, original))
             return self._flux_processor_cls(name, self._state, original)
-        # Sliced attention (enable_attention_slicing) is the same attention, computed in slices.
-        if not isinstance(original, (AttnProcessor2_0, AttnProcessor, SlicedAttnProcessor)):
+        # Sliced attention (enable_attention_slicing) is the same attention, computed in slices; the
+        # fused one (fuse_qkv_projections) the same projections, from concatenated copies of the weights.
+        if not isinstance(original, (AttnProcessor2_0, AttnProcessor, SlicedAttnProcessor, FusedAttnProcessor2_0)):
             raise L2SError(self._unsupported(name, original))
-        return self._unet_processor_cls(name, self._state, unet_downsamplings(model, name))
+        return self._unet_processor_cls(name, self._state, unet_downsamplings(model, name),
+                                        fused=isinstance(original, FusedAttnProcessor2_0))
 
     @staticmethod
     def _capturable_layers(model) -> dict[str, torch.nn.Module]:

@@ -27,15 +27,19 @@ def unet_downsamplings(unet: UNet2DConditionModel, name: str) -> int:
 
 
 class CrossAttentionCaptureProcessor(CaptureProcessorMixin):
-    """Drop-in for diffusers' ``AttnProcessor2_0`` on UNet cross-attention that also records maps.
+    """Drop-in for diffusers' ``AttnProcessor2_0`` (or ``FusedAttnProcessor2_0``) on UNet cross-attention
+    that also records maps.
 
     The maps are the model's own cross-attention probabilities (softmax over the text tokens, same
     scale and mask), averaged over each group's tokens. Every batch element is captured, so with a
     CFG batch both halves appear; the steering forward is meant to run the conditional branch only.
     """
 
-    def __init__(self, layer: str, state: CaptureState, downsamplings: int) -> None:
+    def __init__(self, layer: str, state: CaptureState, downsamplings: int, fused: bool = False) -> None:
         self._init_capture(layer, state, downsamplings)
+        # Replacing FusedAttnProcessor2_0 (after ``fuse_qkv_projections``): project as it does. Not
+        # ``attn.fused_projections``: unfusing restores the plain processor but leaves that flag set.
+        self._fused = fused
 
     def __call__(
         self,
@@ -65,13 +69,7 @@ class CrossAttentionCaptureProcessor(CaptureProcessorMixin):
         if attn.group_norm is not None:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
 
-        query = attn.to_q(hidden_states)
-        if encoder_hidden_states is None:
-            encoder_hidden_states = hidden_states
-        elif attn.norm_cross:
-            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-        key = attn.to_k(encoder_hidden_states)
-        value = attn.to_v(encoder_hidden_states)
+        query, key, value = self._projections(attn, hidden_states, encoder_hidden_states)
 
         inner_dim = key.shape[-1]
         head_dim = inner_dim // attn.heads
@@ -95,6 +93,22 @@ class CrossAttentionCaptureProcessor(CaptureProcessorMixin):
             hidden_states = hidden_states + residual
         hidden_states = hidden_states / attn.rescale_output_factor
         return hidden_states
+
+    def _projections(
+        self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Query, key and value ``[B, S, inner]`` as the replaced processor makes them: fused, from the
+        ``to_qkv`` (self-attention) or ``to_kv`` (cross-attention) copies ``fuse_projections`` made."""
+        if self._fused and encoder_hidden_states is None:
+            return attn.to_qkv(hidden_states).chunk(3, dim=-1)
+        query = attn.to_q(hidden_states)
+        if encoder_hidden_states is None:
+            encoder_hidden_states = hidden_states
+        elif attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        if self._fused:
+            return (query, *attn.to_kv(encoder_hidden_states).chunk(2, dim=-1))
+        return query, attn.to_k(encoder_hidden_states), attn.to_v(encoder_hidden_states)
 
     def _check_text_len(self, spec: MapSpec, key: torch.Tensor) -> None:
         if key.shape[2] != spec.text_len:

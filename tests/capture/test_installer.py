@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 
 import pytest
 import torch
@@ -271,6 +272,66 @@ def test_sd_output_equals_stock_processors(unet, unet_inputs):
     assert len(captured.layers) == len(SD_LAYOUT)
     assert torch.equal(not_recording, stock)
     torch.testing.assert_close(recording, stock, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("capture_cls", [AttentionCapture, functools.partial(AttentionCapture, backend="native"),
+                                         ExplicitAttentionReference], ids=["sdpa", "native", "reference"])
+def test_sd_fused_projections_give_the_unfused_maps_gradients_and_output(unet, unet_inputs, capture_cls):
+    fused = copy.deepcopy(unet)
+    fused.fuse_qkv_projections()          # FusedAttnProcessor2_0 everywhere, projecting with to_qkv / to_kv
+    args = (run_unet, unet_inputs, "sample", SD_GROUPS, SD_TEXT_LEN, SD_LATENT_HW)
+    fused_out, fused_maps, fused_grad = maps_and_latent_gradient(capture_cls, fused, *args)
+    out, maps, grad = maps_and_latent_gradient(capture_cls, unet, *args)
+    assert [layer.name for layer in fused_maps.layers] == [name for name, _, _ in SD_LAYOUT]
+    for fused_layer, layer in zip(fused_maps.layers, maps.layers):
+        torch.testing.assert_close(fused_layer.maps, layer.maps, rtol=1e-6, atol=1e-7)
+    assert grad.abs().max() > 1e-3
+    torch.testing.assert_close(fused_grad, grad, rtol=1e-5, atol=1e-6)   # float rounding of the fused matmuls
+    torch.testing.assert_close(fused_out, out, rtol=1e-5, atol=1e-6)
+    assert all(type(p).__name__ == "FusedAttnProcessor2_0" for p in fused.attn_processors.values())
+
+
+def _with_doubled_fused_copies(unet: UNet2DConditionModel) -> UNet2DConditionModel:
+    """A fused copy of ``unet`` whose fused projections no longer equal the separate ones, so a
+    forward shows which of them it read."""
+    fused = copy.deepcopy(unet)
+    fused.fuse_qkv_projections()
+    with torch.no_grad():
+        for module in fused.modules():
+            for name in ("to_qkv", "to_kv"):
+                if hasattr(module, name):
+                    getattr(module, name).weight.mul_(2.0)
+    return fused
+
+
+def test_sd_capture_projects_as_the_processor_it_replaces_also_after_unfusing(unet, unet_inputs):
+    fused = _with_doubled_fused_copies(unet)
+    with torch.no_grad():
+        stock_fused = run_unet(fused, unet_inputs)
+        with AttentionCapture(fused) as capture:
+            assert torch.equal(run_unet(fused, unet_inputs), stock_fused)
+            with capture.recording(SD_GROUPS, SD_TEXT_LEN, SD_LATENT_HW):
+                torch.testing.assert_close(run_unet(fused, unet_inputs), stock_fused, rtol=1e-5, atol=1e-6)
+        # unfusing puts AttnProcessor2_0 back but leaves attn.fused_projections set and the copies there
+        fused.unfuse_qkv_projections()
+        stock_unfused = run_unet(fused, unet_inputs)
+        assert not torch.allclose(stock_unfused, stock_fused)
+        with AttentionCapture(fused):
+            assert torch.equal(run_unet(fused, unet_inputs), stock_unfused)
+    torch.testing.assert_close(stock_unfused, run_unet(unet, unet_inputs).detach(), rtol=0, atol=0)
+
+
+def test_sd_fused_capture_processor_self_attention_is_diffusers_fused_processor(unet):
+    from diffusers.models.attention_processor import FusedAttnProcessor2_0
+
+    from l2s.capture.recording import CaptureState
+    from l2s.capture.unet import CrossAttentionCaptureProcessor
+
+    attn1 = _with_doubled_fused_copies(unet).down_blocks[0].attentions[0].transformer_blocks[0].attn1
+    hidden = torch.randn(2, 5, attn1.query_dim, generator=torch.Generator().manual_seed(0))
+    processor = CrossAttentionCaptureProcessor("attn1", CaptureState(), downsamplings=0, fused=True)
+    with torch.no_grad():
+        assert torch.equal(processor(attn1, hidden), FusedAttnProcessor2_0()(attn1, hidden))
 
 
 def test_sd_layer_order_layout_and_channels(unet):

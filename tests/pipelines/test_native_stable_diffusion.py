@@ -155,3 +155,32 @@ def test_steers_with_attention_slicing_and_gives_the_slicing_back():
     assert all(pipe.unet.attn_processors[name] is p for name, p in processors.items())
     assert np.array_equal(pipe(PROMPTS[0], generator=torch.Generator().manual_seed(0), steer=False, **kwargs).images,
                           expected)
+
+
+@pytest.mark.parametrize("mode, backend", [("fast", "sdpa"), ("fast", "native"), ("reference", "sdpa")])
+def test_steers_a_fused_qkv_unet_as_the_unfused_one_and_unfuses_after(mode, backend):
+    def steered(fused: bool):
+        stock = tiny_sd_pipeline(seed=0)
+        classifier = tiny_classifier_for(stock, seed=1)
+        with torch.no_grad():
+            classifier.object_extractor.input_projection.weight.mul_(3000.0)
+        pipe = StableDiffusionRelationSteeringPipeline.from_pipe(stock, classifier=classifier, steering_mode=mode,
+                                                                 capture_backend=backend)
+        pipe.set_progress_bar_config(disable=True)
+        if fused:
+            pipe.fuse_qkv_projections()     # the UNet's and the VAE's attention: FusedAttnProcessor2_0
+        result = pipe(PROMPTS[0], generator=torch.Generator().manual_seed(0), num_inference_steps=2, output_type="np",
+                      **SIZE)
+        return pipe, result
+
+    expected = steered(fused=False)[1]
+    pipe, got = steered(fused=True)
+    assert got.steering[0].outcome.steered
+    np.testing.assert_allclose(got.images, expected.images, rtol=0, atol=1e-5)
+    processors = list(pipe.unet.attn_processors.values())
+    assert {type(p).__name__ for p in processors} == {"FusedAttnProcessor2_0"}
+    pipe.unfuse_qkv_projections()
+    assert {type(p).__name__ for p in pipe.unet.attn_processors.values()} == {"AttnProcessor2_0"}
+    again = pipe(PROMPTS[0], generator=torch.Generator().manual_seed(0), num_inference_steps=2, output_type="np",
+                 **SIZE)
+    np.testing.assert_allclose(again.images, expected.images, rtol=0, atol=1e-5)
