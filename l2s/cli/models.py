@@ -202,13 +202,13 @@ def check_family_options(args: argparse.Namespace) -> None:
     configs: ``--true-cfg``, ``--lora`` and ``--engine`` on Stable Diffusion, and ``--guidance`` on a
     FLUX transformer without a guidance embedding (FLUX.1-schnell, the shapes world's), where
     diffusers ignores it."""
-    from l2s.pipelines.loading import folder_family
+    from l2s.pipelines.loading import folder_family, guidance_embedded
 
     folder = model_folder(args)
     family = "flux" if args.model == "tiny" else folder_family(folder) if folder is not None else None
     if family == "sd":
         _refuse_flux_only(args)
-    elif family == "flux" and getattr(args, "guidance", None) is not None and not _guidance_embedded(folder):
+    elif family == "flux" and getattr(args, "guidance", None) is not None and not guidance_embedded(folder):
         raise UsageError("--guidance does nothing on this model: its transformer has no guidance embedding (as "
                          "FLUX.1-schnell's and the shapes world's); its classifier-free guidance is --true-cfg")
 
@@ -222,19 +222,6 @@ def _refuse_flux_only(args: argparse.Namespace) -> None:
     for flag, present, why in given:
         if present:
             raise UsageError(f"{flag} applies to FLUX models; {why}")
-
-
-def _guidance_embedded(folder) -> bool:
-    """Whether a FLUX pipeline folder's transformer has a guidance embedding (the tiny demo model,
-    ``folder`` None, has none); an unreadable config says yes, and loading says what is wrong."""
-    import json
-
-    if folder is None:
-        return False
-    try:
-        return bool(json.loads((Path(folder) / "transformer" / "config.json").read_text())["guidance_embeds"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return True
 
 
 def weights_digests(args: argparse.Namespace) -> dict:

@@ -79,9 +79,27 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_bench_parser().parse_args(argv)
 
+    from l2s.distributed import world
     from l2s.evaluation import parse_seeds
+    from l2s.shapes import run_shapes_bench
+
+    parts = _checked_bench_args(args)
+    use_threads(args)
+    results = run_shapes_bench(args.out, pipeline_dir=args.model, classifier=args.classifier,
+                               ablation_classifier=args.ablation_classifier, scale=args.scale,
+                               seeds=parse_seeds(args.seeds), parts=parts,
+                               position_prompts=args.position_prompts, classifier_data=args.classifier_data,
+                               true_cfg_scale=args.true_cfg, step_size=args.step_size, progress=not args.quiet,
+                               lora=args.lora, batch_size=args.batch_size, reward_model=args.reward_model,
+                               modes=[m.strip() for m in args.modes.split(",") if m.strip()])
+    if world().is_main:
+        _say_bench_results(args, argv, results)
+    return 0
+
+
+def _checked_bench_args(args: argparse.Namespace) -> list[str] | None:
+    """Every option checked before any work; the ``--parts`` keys (None: every part)."""
     from l2s.values import positive_int
-    from l2s.shapes import bench_table, run_shapes_bench, write_bench_results
 
     positive_int(args.batch_size, "--batch-size")
     positive_int(args.position_prompts, "--position-prompts")
@@ -103,18 +121,13 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
             load_dataset_meta(args.classifier_data)
         except L2SError as error:
             raise UsageError(f"--classifier-data: {error}") from None
-    use_threads(args)
-    results = run_shapes_bench(args.out, pipeline_dir=args.model, classifier=args.classifier,
-                               ablation_classifier=args.ablation_classifier, scale=args.scale,
-                               seeds=parse_seeds(args.seeds), parts=parts,
-                               position_prompts=args.position_prompts, classifier_data=args.classifier_data,
-                               true_cfg_scale=args.true_cfg, step_size=args.step_size, progress=not args.quiet,
-                               lora=args.lora, batch_size=args.batch_size, reward_model=args.reward_model,
-                               modes=[m.strip() for m in args.modes.split(",") if m.strip()])
-    from l2s.distributed import world
+    return parts
 
-    if not world().is_main:
-        return 0
+
+def _say_bench_results(args: argparse.Namespace, argv: list[str], results: dict) -> None:
+    """The resumed count, the table on stdout, and the --results files written."""
+    from l2s.shapes import bench_table, write_bench_results
+
     counts = [part.get("images", {}) for part in results["parts"]]
     resumed, total = sum(c.get("resumed", 0) for c in counts), sum(c.get("total", 0) for c in counts)
     if resumed:
@@ -124,7 +137,6 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
         command = "l2s shapes bench " + " ".join(shlex.quote(a) for a in argv)
         markdown = write_bench_results(results, args.results, command)
         print(f"l2s: wrote {markdown} and {markdown.with_suffix('.json')}", file=sys.stderr)
-    return 0
 
 
 def build_compare_parser() -> argparse.ArgumentParser:

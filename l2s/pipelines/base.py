@@ -316,26 +316,17 @@ class SteeringPipeline:
         plans = None if batch is None else self._plans([p for p, _ in batch], given)
         plan = self.plan(prompt, given[0]) if batch is None else BatchPlan(plans)
         schedule, steps = self._resolve_schedule(schedule, num_inference_steps)
-        doubts = []     # the call's own warnings: one for the call, however many prompts it steers
-        if not (steer and plan.steered):
+        steered = steer and plan.steered
+        if not steered:
             schedule = None
-        else:
-            refuse_inference_mode()
-            doubts = call_warnings(self, height, width)
-            for each in plans or [plan]:
-                if each.steered:      # an unsteered prompt of the batch has nothing to doubt
-                    announce_steering(self, each, doubts)
+        doubts = self._announce_steering(plans or [plan], height, width) if steered else []
         diagnostics = SteeringDiagnostics()
         images = self.generate(prompt if batch is None else [p for p, _ in batch], plan, steps=steps,
                                height=height, width=width, guidance_scale=guidance_scale,
                                seed=seed if batch is None else [s for _, s in batch],
                                num_images=num_images if batch is None else len(batch),
                                schedule=schedule, diagnostics=diagnostics, latents=latents, progress=progress)
-        timings = {"total": time.perf_counter() - t0, "steering": self._steering_seconds}
-        if self.objective.compile_seconds > compiled_before:   # a cold compile ran in this call
-            timings["steering_compile_s"] = self.objective.compile_seconds - compiled_before
-        if self.engine_build_seconds > built_before:          # a plain-step engine was built in this call
-            timings["plain_engine_build_s"] = self.engine_build_seconds - built_before
+        timings = self._call_timings(time.perf_counter() - t0, compiled_before, built_before)
         engine = self._last_engine
         outcomes = None if plans is None else [
             steering_outcome(p, schedule, diagnostics.for_image(i) if p.steered else SteeringDiagnostics(), steer)
@@ -349,6 +340,24 @@ class SteeringPipeline:
                               execution={"mode": self.mode.name, "capture_backend": self.capture_backend_in_use},
                               outcome=outcomes[0] if outcomes else steering_outcome(plan, schedule, diagnostics, steer),
                               plans=plans, outcomes=outcomes, warnings=doubts)
+
+    def _announce_steering(self, plans: list, height: int | None, width: int | None) -> list[str]:
+        """Say what each steered prompt steers; the call's own warnings, once however many it steers."""
+        refuse_inference_mode()
+        doubts = call_warnings(self, height, width)
+        for plan in plans:
+            if plan.steered:      # an unsteered prompt of the batch has nothing to doubt
+                announce_steering(self, plan, doubts)
+        return doubts
+
+    def _call_timings(self, total: float, compiled_before: float, built_before: float) -> dict:
+        """A call's seconds: in all, steering, and any cold compile or engine build it ran."""
+        timings = {"total": total, "steering": self._steering_seconds}
+        if self.objective.compile_seconds > compiled_before:   # a cold compile ran in this call
+            timings["steering_compile_s"] = self.objective.compile_seconds - compiled_before
+        if self.engine_build_seconds > built_before:          # a plain-step engine was built in this call
+            timings["plain_engine_build_s"] = self.engine_build_seconds - built_before
+        return timings
 
     def _plans(self, prompts: list[str], given: list) -> list[SteeringPlan]:
         """One plan per image (a prompt met again with the same relations is planned once); ``given``:

@@ -136,6 +136,17 @@ def size_multiple(folder: str | Path) -> int | None:
     return factor * 2 if family == "flux" else factor
 
 
+def guidance_embedded(folder: str | Path | None) -> bool:
+    """Whether a FLUX pipeline folder's transformer has a guidance embedding (the tiny demo model,
+    ``folder`` None, has none); an unreadable config says yes, and loading says what is wrong."""
+    if folder is None:
+        return False
+    try:
+        return bool(json.loads((Path(folder) / "transformer" / "config.json").read_text())["guidance_embeds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return True
+
+
 def pipeline_folder(name_or_path: str | Path) -> Path:
     """A pipeline's local folder: ``name_or_path`` itself, or a hub id's snapshot in the local
     Hugging Face cache (``HF_HOME``). Never downloads: base models weigh many GB."""

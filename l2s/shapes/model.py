@@ -118,8 +118,8 @@ class ShapesT5EncoderModel(T5EncoderModel):
     """A T5 encoder that always reads exactly ``config.text_window`` tokens.
 
     Real FLUX pads prompts to ``max_sequence_length`` (512) and attends to every padding token.
-    Training this small model on 512-token sequences would cost ~6x more than on 32, so it was
-    trained on a fixed 32-token window: padding beyond the window is dropped and shorter inputs are
+    A shapes prompt needs far fewer tokens, so this small model was trained on a fixed 32-token
+    window rather than on mostly padding: padding beyond the window is dropped and shorter inputs are
     padded, so any ``max_sequence_length`` gives the same embeddings (``(B, text_window, d)``).
     The pipeline sizes its text ids from these embeddings, so attention maps have ``text_window``
     text keys. A prompt with more real tokens than the window raises :class:`TokenizationError`.

@@ -260,15 +260,7 @@ def _train(dataset_dir: Path, out_dir: Path, config: ClassifierConfig, train_set
         torch.manual_seed(seed)
         run = _Training.start(config, lr, seed, device)
         seed_dropout(seed, group)
-        if state is not None:
-            try:
-                run.restore(state, last_dir, devices)
-            except DAMAGED as error:
-                raise DamagedFileError(f"the resume state in {last_dir} is damaged ({type(error).__name__}: "
-                                       f"{str(error)[:200]}); {RESTART}") from None
-        history = [row for row in read_log(log_path, RESTART) if row["epoch"] <= run.counters["epoch"]]
-        if group.is_main:
-            rewrite_log(log_path, history)  # drop lines of an epoch whose state never got saved
+        history = _resume(run, state, last_dir, log_path, devices, group)
         train_loader, val_loader = _loaders(train_set, val_set, run.shuffle, batch_size, num_workers, group)
         counters = run.counters
         resumed_at = counters["epoch"]
@@ -296,6 +288,21 @@ def _train(dataset_dir: Path, out_dir: Path, config: ClassifierConfig, train_set
     return TrainResult(out_dir, best_dir, last_dir, counters["best_epoch"], counters["best_val_loss"],
                        counters["best_val_accuracy"], counters["epoch"], counters["stopped_early"], history,
                        resumed_at)
+
+
+def _resume(run: _Training, state: dict | None, last_dir: Path, log_path: Path, devices: list,
+            group: World) -> list[dict]:
+    """Restore a resumed run's ``state``; the log's rows of the epochs it saved (the others dropped)."""
+    if state is not None:
+        try:
+            run.restore(state, last_dir, devices)
+        except DAMAGED as error:
+            raise DamagedFileError(f"the resume state in {last_dir} is damaged ({type(error).__name__}: "
+                                   f"{str(error)[:200]}); {RESTART}") from None
+    history = [row for row in read_log(log_path, RESTART) if row["epoch"] <= run.counters["epoch"]]
+    if group.is_main:
+        rewrite_log(log_path, history)  # drop lines of an epoch whose state never got saved
+    return history
 
 
 def _loaders(train_set: AttentionMapDataset, val_set: AttentionMapDataset, shuffle: torch.Generator, batch_size: int,

@@ -35,6 +35,24 @@ def test_folder_family_reads_model_index_and_says_none_when_it_cannot(tmp_path):
     assert folder_family(tmp_path / "torn") is None and folder_family(tmp_path / "absent") is None
 
 
+def test_guidance_embedded_reads_the_transformer_config_before_loading(tmp_path):
+    import json
+
+    from l2s.pipelines.loading import guidance_embedded
+    from l2s.shapes import shipped_assets
+
+    for name, config in (("dev", {"guidance_embeds": True}), ("schnell", {"guidance_embeds": False}),
+                         ("unreadable", None)):
+        (tmp_path / name / "transformer").mkdir(parents=True)
+        if config is not None:
+            (tmp_path / name / "transformer" / "config.json").write_text(json.dumps(config))
+    # an unreadable config says yes: loading the folder then says what is wrong with it
+    assert [guidance_embedded(tmp_path / n) for n in ("dev", "schnell", "unreadable")] == [True, False, True]
+    assert guidance_embedded(None) is False                      # the tiny demo model, built in code
+    if shipped_assets().available:
+        assert guidance_embedded(shipped_assets().pipeline) is False
+
+
 def test_warm_up_makes_one_unsteered_image_quietly(monkeypatch):
     from l2s.pipelines import SteeringPipeline, wrap_pipeline
 
