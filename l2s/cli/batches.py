@@ -61,10 +61,10 @@ NOT_IMAGE_SETTINGS = {"out", "quiet", "batch_size", "func", "prompt", "prompts",
 
 
 def path_settings() -> dict:
-    """Settings that name files, each with how it is resolved: recorded as absolute paths and
-    compared so (``flux``, ``./flux/``, a symlink to it and, for ``--model``, a hub id in the local
-    cache and its snapshot folder are one model), which also reads runs recorded before as they were
-    spelled."""
+    """Settings that name files, each with how it is resolved: recorded as absolute paths (``flux``,
+    ``./flux/``, a symlink to it and, for ``--model``, a hub id in the local cache and its snapshot
+    folder are one model); a resume compares them, runs recorded before as they were spelled, by
+    :func:`l2s.evaluation.settings.same_setting`."""
     from l2s.evaluation.settings import canonical_model, canonical_path
 
     return {"model": canonical_model, "classifier": canonical_path, "lora": canonical_path}
@@ -80,19 +80,6 @@ def image_settings(args: argparse.Namespace) -> dict:
     if settings["execution"] == "reference":   # its explicit attention computes the maps: no backend runs
         settings["capture_backend"] = None
     return settings
-
-
-def compared_settings(args: argparse.Namespace) -> dict:
-    """How settings are compared with an earlier run's (``open_image_run(canonical=...)``): paths
-    resolved (:func:`path_settings`); an earlier unset or ``auto`` dtype as this run's resolved one (``args.dtype``)
-    and a reference run's capture backend as none, whatever an earlier version recorded."""
-    from l2s.evaluation.settings import UNRESOLVED_DTYPES
-
-    compared = path_settings()
-    compared["dtype"] = lambda value: args.dtype if value in UNRESOLVED_DTYPES else value
-    if getattr(args, "execution", None) == "reference":
-        compared["capture_backend"] = lambda value: None
-    return compared
 
 
 def unset_defaults() -> dict:

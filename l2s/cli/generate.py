@@ -15,7 +15,7 @@ from pathlib import Path
 from l2s.errors import L2SError, UsageError
 from l2s.files import atomic_write_json
 
-from .batches import (NOT_IMAGE_SETTINGS, compared_settings, folders_line, image_settings, labelled_prompts,
+from .batches import (NOT_IMAGE_SETTINGS, folders_line, image_settings, labelled_prompts,
                       seeds_of, unset_defaults)
 from .checks import check_sampling_args
 from .models import (add_model_args, add_sampling_args, add_speed_args, check_family_options, check_image_size,
@@ -205,7 +205,7 @@ def _generate_many(args: argparse.Namespace, relations, jobs, started: float) ->
 
     out, settings = Path(args.out), {**image_settings(args), **weights_digests(args)}
     resume = open_image_run(out, jobs, settings, args.restart, unset_means=unset_defaults(),
-                            not_compared=frozenset(NOT_IMAGE_SETTINGS), canonical=compared_settings(args))
+                            not_compared=frozenset(NOT_IMAGE_SETTINGS))
     if resume.finished:
         _say(f"all {len(jobs)} images are already in {out} (same prompts, seeds and settings); "
              "--restart makes them again")

@@ -45,15 +45,16 @@ def _recorded_model(args: argparse.Namespace) -> str:
     resumes)."""
     if args.model in _TINY_MODELS:
         return args.model
-    from l2s.evaluation.settings import canonical_model
+    from l2s.evaluation.settings import canonical_model, spelled_as_before
     from l2s.training import load_dataset_meta
 
     name = canonical_model(args.model)
     try:
-        earlier = load_dataset_meta(args.out)["settings"]["model"]
+        earlier = load_dataset_meta(args.out)["settings"]
     except (L2SError, KeyError, TypeError):
         return name
-    return earlier if isinstance(earlier, str) and canonical_model(earlier) == name else name
+    # only the model: the dataset's other settings (its maps' dtype, say) are not eval's or generate's
+    return spelled_as_before(earlier, {"model": name})["model"] if isinstance(earlier, dict) else name
 
 
 def build_make_data_parser() -> argparse.ArgumentParser:

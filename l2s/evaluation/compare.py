@@ -5,7 +5,9 @@ Each image of one run is paired with the other run's image of the same prompt, s
 by occurrence; or one mode of each run with another (an ``--images`` run's images with a generated
 run's steered ones). Per mode: each run's accuracy on the paired images, the difference, the pairs only
 one run got right, and the exact two-sided sign test of that split (:func:`.stats.paired_comparison`).
-Runs scored by another rule or detector are refused: their verdicts do not compare.
+Runs scored by another rule or detector are refused: their verdicts do not compare. Beside an ``--images``
+run, which generated nothing, only the settings both runs hold are differences; the other run's generation
+settings are shown as context.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from typing import Any
 from l2s.errors import L2SError
 from l2s.files import described_changes, read_jsonl_lines, read_state_json
 
-from .records import MODES, RESULTS_FILE, SUMMARY_FILE
+from .records import IMAGES, MODES, RESULTS_FILE, SUMMARY_FILE
 from .settings import same_setting
 from .stats import PairedComparison, paired_comparison
 
@@ -106,15 +108,27 @@ class RunComparison:
 
     def differing_settings(self) -> str:
         """How the runs' images were made differently (``key: a -> b``), or ``none``; a setting two
-        l2s versions spelled otherwise is the same (:func:`.settings.same_setting`)."""
+        l2s versions spelled otherwise is the same (:func:`.settings.same_setting`). Beside a run that
+        scored a folder (it generated nothing), only the settings both runs hold compare."""
         a, b = (_how_made(run.settings) for run in (self.a, self.b))
-        keys = sorted(k for k in set(a) | set(b) if not same_setting(k, a, b))
+        held = set(a) & set(b) if _scored_a_folder(self.a) or _scored_a_folder(self.b) else set(a) | set(b)
+        keys = sorted(k for k in held if not same_setting(k, a, b))
         return described_changes(a, b, keys) if keys else "none"
+
+    def image_sources(self) -> list[str]:
+        """Beside a run that scored a folder, where each run's images came from: that folder, or the
+        other run's generation settings (context, not differences)."""
+        runs = {"A": self.a, "B": self.b}
+        if not any(map(_scored_a_folder, runs.values())):
+            return []
+        return [f"- {name} scored the images in {run.settings[IMAGES]}" if _scored_a_folder(run) else
+                f"- {name} generated its images with: {_listed(_generation(run.settings))}"
+                for name, run in runs.items()]
 
     def markdown(self) -> str:
         """The report: which runs, how they differ, and one table row per mode."""
         lines = [f"{REPORT_START}: A against B", "", f"- A: {self.a.folder}", f"- B: {self.b.folder}",
-                 f"- settings that differ (A -> B): {self.differing_settings()}", "",
+                 f"- settings that differ (A -> B): {self.differing_settings()}", *self.image_sources(), "",
                  "| mode | pairs | A accuracy | B accuracy | A - B | A only right | B only right | sign test p |",
                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
         lines += [_row(m) for m in self.modes]
@@ -133,6 +147,20 @@ class RunComparison:
 
 def _how_made(settings: dict) -> dict:
     return {k: v for k, v in settings.items() if k not in _EXTENT}
+
+
+def _scored_a_folder(run: EvalRun) -> bool:
+    """An ``l2s eval --images`` run: it scored a folder's images and holds no generation setting."""
+    return IMAGES in run.settings
+
+
+def _generation(settings: dict) -> dict:
+    return {k: v for k, v in _how_made(settings).items() if k not in SCORING}
+
+
+def _listed(settings: dict) -> str:
+    # None is an option left out: the run took its default, as described_changes says it.
+    return ", ".join(f"{k}: {'unset' if v is None else repr(v)}" for k, v in sorted(settings.items())) or "none"
 
 
 def _row(m: ModeComparison) -> str:

@@ -15,6 +15,8 @@ from pathlib import Path
 from l2s.errors import UsageError
 from l2s.files import atomic_write_json, remove_outputs, unrecorded_digests
 
+from .settings import same_setting
+
 INDEX_FILE = "index.json"
 FOLDER_PATTERN = re.compile(r"p\d+-s\d+")   # what a rerun may remove as an earlier run's image folder
 # What one image writes. A one-image rerun into the same folder replaces them (and removes those it
@@ -133,12 +135,11 @@ def _other_jobs(earlier, wanted: list[list]) -> str:
 
 
 def resume_state(out: Path, settings: dict, jobs: list[ImageJob], unset_means: dict | None = None,
-                 not_compared: frozenset = frozenset(), canonical: dict | None = None) -> Resume:
+                 not_compared: frozenset = frozenset()) -> Resume:
     """The finished images of an interrupted run of the same images and settings. An earlier
     record's None (or no entry) for a key of ``unset_means`` stands for that value (its default);
-    keys in ``not_compared`` (recorded by earlier versions, no effect on images) are ignored; the
-    values of a key of ``canonical`` are compared as that function gives them (a path and its
-    absolute spelling are one setting)."""
+    keys in ``not_compared`` (recorded by earlier versions, no effect on images) are ignored; a
+    setting an earlier version spelled otherwise is the same (:func:`.settings.same_setting`)."""
     path = Path(out) / INDEX_FILE
     if not path.is_file():
         return Resume(None)
@@ -155,18 +156,13 @@ def resume_state(out: Path, settings: dict, jobs: list[ImageJob], unset_means: d
     recorded = {**dict.fromkeys(defaults), **(index.get("settings") or {})}   # a key added since: unset
     earlier = {k: defaults.get(k) if v is None else v for k, v in recorded.items() if k not in not_compared}
     compared = unrecorded_digests(earlier, settings)
-    spelled = canonical or {}
     changed = [f"{k}: {earlier.get(k)} -> {compared.get(k)}" for k in sorted(set(earlier) | set(compared))
-               if spelled.get(k, _as_given)(earlier.get(k)) != spelled.get(k, _as_given)(compared.get(k))]
+               if not same_setting(k, earlier, compared)]
     if changed:
         return Resume(None, why_not="other settings (" + "; ".join(changed) + ")")
     entries = [e for e in index.get("images", []) if (Path(out) / e["folder"] / "report.json").is_file()]
     seconds = float((index.get("timings_s") or {}).get("command_total", 0.0))
     return Resume(entries, seconds, finished=len(entries) == len(jobs))
-
-
-def _as_given(value):
-    return value
 
 
 def open_image_run(out: Path, jobs: list[ImageJob], settings: dict, restart: bool, **compare) -> Resume:

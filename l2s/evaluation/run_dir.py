@@ -4,7 +4,8 @@ A run directory::
 
     OUT/
       run.json                          the generation settings (a resumed run must match them) and,
-                                        under "resolved", what they came to (the model's defaults)
+                                        under "resolved", what they came to (the model's defaults);
+                                        later parts' that differed, under "resolved_later"
       prompts.jsonl                     the prompts with their checks (PromptSpec.to_dict lines)
       base/00000/metadata.jsonl         GenEval's layout: one folder per prompt ...
       base/00000/samples/0000.png       ... one PNG per seed (the file name is the seed)
@@ -107,23 +108,50 @@ def claim_run_dir(out: Path, settings: dict[str, Any], seeds: Sequence[int], mod
     refuse_changed_settings(out, settings)
     refuse_fewer_images(out, seeds, modes, n_prompts)
     warn_changed_resolved(out, resolved)
-    write_json(out / RUN_FILE, {"generation": settings, **({"resolved": resolved} if resolved else {})})
+    write_json(out / RUN_FILE, {"generation": settings, **resolved_record(out, resolved)})
+
+
+def resolved_record(out: Path, resolved: dict | None) -> dict:
+    """What run.json keeps of what the settings resolved to, every part of the run's: the first
+    part's under "resolved" (what the earliest images were made with), then each later part's that
+    differs from the part before (a mode added brings its schedule) under "resolved_later", in order,
+    with how many image records the run held when it began (a run recorded before has neither)."""
+    earlier = read_run_file(out) or {}
+    first, later = earlier.get("resolved"), earlier.get("resolved_later")
+    if not isinstance(first, dict):
+        return {"resolved": resolved} if resolved else {}
+    later = later if isinstance(later, list) else []
+    parts = [first, *(part.get("resolved") for part in later if isinstance(part, dict))]
+    last = [part for part in parts if isinstance(part, dict)][-1]
+    if resolved and _compared(last) != _compared(json.loads(json.dumps(resolved))):   # any change: a record
+        later = [*later, {"images_before": _image_records(out), "resolved": resolved}]
+    return {"resolved": first, **({"resolved_later": later} if later else {})}
+
+
+def _image_records(out: Path) -> int:
+    return sum(1 for mode in MODES for _ in out.glob(f"{mode}/[0-9]*/samples/[0-9]*.json"))
 
 
 def warn_changed_resolved(out: Path, resolved: dict | None) -> None:
     """One warning line when the same requested settings now resolve otherwise than the recorded
-    ``resolved`` (a model's default changed between versions): images made now would differ from
-    the run's. Only values both records hold are compared (a run recorded before has none)."""
+    ``resolved`` of the run's first part (a model's default changed between versions): images made
+    now would differ from the run's. Only values both records hold are compared (a run recorded
+    before has none)."""
     old = (read_run_file(out) or {}).get("resolved")
     if not isinstance(old, dict) or not resolved:
         return
-    old, new = _compared(old), _compared(json.loads(json.dumps(resolved)))   # as run.json holds it (lists)
-    old, new = _shared(old, new), _shared(new, old)
-    changed = sorted(k for k in old if old[k] != new[k])
+    old, new, changed = _resolved_changes(old, resolved)
     if changed:
         log.warning("warning: the images in %s were made with other values than the same settings resolve to now "
                     "(%s): images made now would differ from them; --restart makes them all again", out,
                     described_changes(old, new, changed))
+
+
+def _resolved_changes(old: dict, resolved: dict) -> tuple[dict, dict, list[str]]:
+    """The entries of two ``resolved`` records that both hold, as compared, and the keys that differ."""
+    old, new = _compared(old), _compared(json.loads(json.dumps(resolved)))   # as run.json holds it (lists)
+    old, new = _shared(old, new), _shared(new, old)
+    return old, new, sorted(k for k in old if old[k] != new[k])
 
 
 def _compared(resolved: dict) -> dict:

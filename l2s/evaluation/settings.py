@@ -1,6 +1,7 @@
 """Run settings as l2s versions spelled them: one setting recorded otherwise by an earlier version (a
 relative path, a hub id for its local snapshot, an unresolved dtype, a reference run's capture backend)
-is the same setting, for a resumed run (``l2s eval``, ``l2s generate``) and for ``l2s compare``."""
+is the same setting, for a resumed run (``l2s eval``, ``l2s generate``, ``l2s make-data``) and for
+``l2s compare``."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,8 +13,9 @@ UNRESOLVED_DTYPES = (None, "auto")
 
 def canonical_path(value: str | None) -> str | None:
     """A local path as its absolute path, symlinks resolved (``./clf/`` and ``clf`` are one
-    setting); names (``tiny``, a hub id, a shipped classifier's name) as given."""
-    return str(Path(value).resolve()) if value is not None and Path(value).exists() else value
+    setting); names (``tiny``, a hub id, a shipped classifier's name) and what is no text (a damaged
+    record's) as given."""
+    return str(Path(value).resolve()) if isinstance(value, str) and Path(value).exists() else value
 
 
 def canonical_model(value: str | None) -> str | None:
@@ -23,7 +25,7 @@ def canonical_model(value: str | None) -> str | None:
     from l2s.classifier.hub import looks_like_hub_id
     from l2s.errors import L2SError
 
-    if value is None or Path(value).exists() or not looks_like_hub_id(value):
+    if not isinstance(value, str) or Path(value).exists() or not looks_like_hub_id(value):
         return canonical_path(value)
     from l2s.pipelines.loading import pipeline_folder
 
@@ -41,6 +43,7 @@ def canonical_classifier(value: str | None, model: str | None) -> str | None:
 # Each setting that versions spelled otherwise, as one spelling, given the run's settings.
 _SPELLED = {"model": lambda value, _: canonical_model(value),
             "prompts": lambda value, _: canonical_path(value),
+            "lora": lambda value, _: canonical_path(value),
             "classifier": lambda value, run: canonical_classifier(value, run.get("model")),
             # a reference run's explicit attention computes the maps: the backend recorded before ran nowhere
             "capture_backend": lambda value, run: None if run.get("execution") == "reference" else value}

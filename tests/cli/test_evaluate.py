@@ -276,6 +276,22 @@ def test_eval_records_the_dtype_resolved_and_older_unresolved_records_still_resu
         assert code == 0 and "already scored" in err, (before, err)
 
 
+def test_eval_resumes_a_run_that_recorded_its_lora_folder_as_typed(tmp_path, capsys, monkeypatch):
+    from l2s.shapes.recipes import lora_folder
+
+    shutil.copytree(lora_folder("shapes-grpo"), tmp_path / "adapter")
+    monkeypatch.chdir(tmp_path)
+    argv = ["eval", "--n-prompts", "1", "--seeds", "0", "--mode", "steered", "--steps", "2", "--no-contact-sheet",
+            "--quiet", "--lora", "adapter", "--out", "run"]
+    assert run(argv, capsys)[0] == 0
+    recorded = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert recorded["generation"]["lora"] == str(tmp_path / "adapter")
+    recorded["generation"]["lora"] = "adapter"       # as an earlier version recorded it: as typed
+    (tmp_path / "run" / "run.json").write_text(json.dumps(recorded))
+    code, _, err = run(argv, capsys)
+    assert code == 0 and "already scored" in err, err
+
+
 def test_eval_takes_a_hub_id_and_its_snapshot_folder_for_one_model(hub_cache, tmp_path, capsys):
     snapshot_dir = cached_tiny_flux(hub_cache, tmp_path / "classifier")
     out = tmp_path / "run"

@@ -456,6 +456,16 @@ def test_a_hub_id_and_its_snapshot_folder_are_one_model(hub_cache, tmp_path, cap
     assert run(argv + [snapshot], capsys)[1][-1].startswith(done)
 
 
+def test_the_shipped_classifier_named_or_left_out_is_one_setting_as_eval_reads_it(tmp_path, capsys):
+    out = tmp_path / "o"     # the shipped shapes-world model: its default classifier is the shipped "shapes"
+    argv = ["generate", "a red circle to the left of a blue square", "--seeds", "0-1", "--steps", "1", "--no-baseline",
+            "--quiet", "--out", str(out)]
+    assert run(argv, capsys)[0] == 0
+    assert json.loads((out / "index.json").read_text())["settings"]["classifier"] is None
+    done = f"l2s: all 2 images are already in {out}"
+    assert run(argv + ["--classifier", "shapes"], capsys)[1][-1].startswith(done)   # not "classifier: None -> shapes"
+
+
 def test_the_last_line_names_what_only_some_folders_hold(tmp_path, capsys):
     """An unsteered prompt's folder holds no comparison: the line does not claim every folder has one."""
     out = tmp_path / "mixed"

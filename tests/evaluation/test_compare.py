@@ -142,3 +142,30 @@ def test_a_scored_folders_images_pair_with_a_generated_runs_mode_given_by_modes(
         with pytest.raises(L2SError) as refused:
             compare_runs(a, b, modes=modes)
         assert f"A ({scored}) holds the modes images, B ({made}) base, steered" in str(refused.value)
+
+
+def _scored_run(folder, verdicts, images):
+    """A finished ``l2s eval --images`` run, its settings as that run records them: no generation setting."""
+    write_run(folder, verdicts)
+    settings = {"images": images, "folders_without_position": 0, "folders_without_images": [], "rule": "geneval",
+                "detector": "shapes"}
+    (folder / "summary.json").write_text(json.dumps({"settings": settings, "modes": {}}))
+    return folder
+
+
+def test_a_scored_folder_differs_only_in_what_both_runs_hold_and_the_generated_runs_settings_are_context(tmp_path):
+    scored = _scored_run(tmp_path / "scored", {("images", 0, 0): True}, "/runs/geneval/steered")
+    made = write_run(tmp_path / "made", {("steered", 0, 0): True},
+                     settings={"model": "/models/flux", "steps": 4, "sampling": {"true_cfg_scale": 2.0}})
+    comparison = compare_runs(read_eval_run(scored), read_eval_run(made), modes=("images", "steered"))
+    assert comparison.differing_settings() == "none"        # the scored run generated nothing: nothing differs
+    text = comparison.markdown()
+    assert "- A scored the images in /runs/geneval/steered\n" in text
+    assert ("- B generated its images with: classifier: unset, model: '/models/flux', sampling: "
+            "{'true_cfg_scale': 2.0}, steps: 4\n") in text
+    reverse = compare_runs(read_eval_run(made), read_eval_run(scored), modes=("steered", "images"))
+    assert reverse.differing_settings() == "none" and "- A generated its images with: " in reverse.markdown()
+    other = _scored_run(tmp_path / "other", {("images", 0, 0): True}, "/runs/mine/steered")
+    assert compare_runs(read_eval_run(scored), read_eval_run(other)).differing_settings() == \
+        "images: '/runs/geneval/steered' -> '/runs/mine/steered'"          # what both hold still compares
+    assert "generated its images" not in compare_runs(read_eval_run(made), read_eval_run(made)).markdown()

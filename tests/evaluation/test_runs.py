@@ -379,6 +379,28 @@ def test_a_resume_whose_settings_now_resolve_otherwise_warns_once_naming_them(ti
     assert "(sampling.true_cfg_scale: 2.0 -> 1.0)" in lines[0] and "\n" not in lines[0]
 
 
+def test_every_part_of_a_run_keeps_what_it_resolved_to_and_each_resume_that_differs_warns(tiny_eval, tmp_path,
+                                                                                          caplog):
+    steerer, specs, _ = tiny_eval
+    call = dict(num_inference_steps=2, height=32, width=32, progress=False, contact_sheets=False, modes=["base"])
+    run_eval(steerer, specs[:1], ShapesDetector(), tmp_path, seeds=[0], **call)
+    recorded = json.loads((tmp_path / "run.json").read_text())
+    now = recorded["resolved"]
+    first = {"sampling": {**now["sampling"], "true_cfg_scale": 2.0}}        # as an older version resolved it
+    (tmp_path / "run.json").write_text(json.dumps({**recorded, "resolved": first}))
+    for seeds in ([0, 1], [0, 1, 2]):                  # two resumes, each one growing the run by a seed
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="l2s.evaluation"):
+            run_eval(steerer, specs[:1], ShapesDetector(), tmp_path, seeds=seeds, **call)
+        assert len([r for r in caplog.records if "resolve to now" in r.getMessage()]) == 1, seeds
+    recorded = json.loads((tmp_path / "run.json").read_text())
+    assert recorded["resolved"] == first                # what the first image was made with is kept
+    assert recorded["resolved_later"] == [{"images_before": 1, "resolved": now}]    # the second resume: as before
+    run_eval(steerer, specs[:1], ShapesDetector(), tmp_path, seeds=[0, 1, 2], **{**call, "modes": ["base", "steered"]})
+    later = json.loads((tmp_path / "run.json").read_text())["resolved_later"]
+    assert len(later) == 2 and later[1]["images_before"] == 3 and "schedule" in later[1]["resolved"]
+
+
 def test_a_schedule_described_in_other_words_is_no_change_its_iterations_are(tmp_path, caplog):
     from l2s.evaluation.run_dir import warn_changed_resolved
 

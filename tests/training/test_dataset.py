@@ -445,6 +445,29 @@ def test_make_data_records_the_model_folder_resolved_and_resumes_under_another_s
     assert json.loads(meta.read_text())["settings"]["model"] == "flux"
 
 
+def test_make_data_resumes_a_dataset_that_recorded_a_hub_id_with_its_snapshot_folder(images, hub_cache, tmp_path,
+                                                                                       capsys):
+    from tests.hub_cache import cached_tiny_flux
+
+    snapshot = str(cached_tiny_flux(hub_cache, tmp_path / "classifier").resolve())
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"image": "img0.png", "prompt": "a cat above a dog"}) + "\n")
+    argv = ["--source", "pairs", "--annotations", str(pairs), "--images", str(images), "--steps", "4",
+            "--store-steps", "1", "--quiet", "--out", str(tmp_path / "maps"), "--model"]
+    assert make_data_main(argv + ["someone/tiny-flux"]) == 0, capsys.readouterr().err
+    meta = tmp_path / "maps" / "dataset.json"
+    assert json.loads(meta.read_text())["settings"]["model"] == snapshot          # what loaded
+    recorded = json.loads(meta.read_text())          # as an earlier version recorded it: the hub id as typed
+    recorded["settings"]["model"] = "someone/tiny-flux"
+    recorded["settings_hash"] = digest(json.dumps(recorded["settings"], sort_keys=True))[:16]
+    meta.write_text(json.dumps(recorded))
+    progress = tmp_path / "maps" / "progress.json"
+    progress.write_text(json.dumps({**json.loads(progress.read_text()), "settings_hash": recorded["settings_hash"]}))
+    capsys.readouterr()
+    assert make_data_main(argv + [snapshot]) == 0, capsys.readouterr().err
+    assert json.loads(meta.read_text())["settings"]["model"] == "someone/tiny-flux"   # kept as the dataset spelled it
+
+
 def test_the_weights_dtype_is_recorded_and_a_dataset_made_before_still_resumes(flux, images, full_run, tmp_path):
     assert load_dataset_meta(full_run)["settings"]["weights_dtype"] == "float32"   # what the denoiser ran in
     out = tmp_path / "older"
