@@ -16,7 +16,7 @@ from pathlib import Path
 
 from l2s.errors import L2SError
 from l2s.files import (DamagedFileError, atomic_write_text, changed_settings, described_changes, fsync_append,
-                       read_jsonl_lines, remove_outputs)
+                       read_jsonl_lines, remove_outputs, unrecorded_later)
 
 LOG_FILE, STATE_FILE = "log.jsonl", "state.pt"
 BEST_DIR, LAST_DIR = "best", "last"
@@ -103,7 +103,7 @@ def read_resume_state(out_dir: Path, settings: dict, finished: Finished | None =
     except DAMAGED as error:
         raise DamagedFileError(f"{last_dir / STATE_FILE} is damaged ({type(error).__name__}); "
                                f"{RESTART}") from None
-    settings = {k: v for k, v in settings.items() if k in saved or k not in RECORDED_LATER}
+    settings = unrecorded_later(saved, settings, RECORDED_LATER)
     differing = changed_settings(saved, settings)
     if differing == ["processes"] and finished is not None and finished(json.loads(state["counters"])):
         return state

@@ -25,6 +25,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "l2s" / "shapes" / "assets"
 LINKED = ("kernels", "engines")  # top-level folders that l2s/<name> links to
+SHIPPED_CLASSIFIER_DIRS = ("classifier", "classifier_pos_only", "classifier_k4")
 SOURCES = ("setup.py", "pyproject.toml", "MANIFEST.in", "LICENSE", "README.md", "requirements.txt",
            "CMakeLists.txt", "csrc", "l2s", *LINKED)
 PIP_ENV = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
@@ -221,9 +222,8 @@ def test_wheel_ships_the_shapes_model(wheel_names):
                 "transformer/config.json", "transformer/diffusion_pytorch_model.safetensors",
                 "vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors",
                 "text_encoder_2/model.safetensors", "tokenizer/tokenizer.json", "tokenizer_2/tokenizer.json",
-                "classifier/config.json", "classifier/model.safetensors",
-                "classifier_pos_only/config.json", "classifier_pos_only/model.safetensors",
-                "classifier_k4/config.json", "classifier_k4/model.safetensors",
+                *[f"{folder}/{name}" for folder in SHIPPED_CLASSIFIER_DIRS
+                  for name in ("config.json", "model.safetensors", "training.json")],
                 "spatial_score/config.json", "spatial_score/model.safetensors", "spatial_score/tokenizer/tokenizer.json",
                 "grpo_adapter/adapter_config.json", "grpo_adapter/adapter_model.safetensors"]
     for name in required:
@@ -240,8 +240,10 @@ def test_wheel_ships_no_research_material(wheel_names):
     markdown = sorted(name for name in wheel_names if name.endswith(".md"))
     assert markdown == ["l2s/shapes/assets/TRAINING.md"]  # one short TRAINING.md, no history notebook
     assets = [name for name in wheel_names if name.startswith("l2s/shapes/assets/")]
-    assert not [name for name in assets if Path(name).name.startswith(("training", "README"))
-                and name != "l2s/shapes/assets/TRAINING.md"]
+    # The classifiers' own records (the model whose maps trained them) are no research notes.
+    records = {"l2s/shapes/assets/TRAINING.md", *(f"l2s/shapes/assets/{folder}/training.json"
+                                                  for folder in SHIPPED_CLASSIFIER_DIRS)}
+    assert not [name for name in assets if Path(name).name.startswith(("training", "README")) and name not in records]
 
 
 def test_wheel_names_no_machine_folders(wheel_names):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from .atomic import (atomic_torch_save, atomic_write_bytes, atomic_write_json, atomic_write_text, follow_umask,
                      fsync_append, process_umask)
 from .digests import (CONTENT_DIGEST_LIMIT, changed_settings, described_changes, file_sha256, unrecorded_digests,
-                      weights_digest)
+                      unrecorded_later, weights_digest)
 from .folders import (KIND_FILE, LOCK_FILE, OUTPUT_KINDS, FolderBusyError, claim_kind, first_names, output_lock,
                       prepare_output_dir, remove_outputs)
 from .state import DamagedFileError, read_jsonl_lines, read_state_json
@@ -36,5 +36,6 @@ __all__ = [
     "read_state_json",
     "remove_outputs",
     "unrecorded_digests",
+    "unrecorded_later",
     "weights_digest",
 ]

@@ -81,4 +81,10 @@ def _change(name: str, old, new) -> str:
 def unrecorded_digests(earlier: dict, settings: dict) -> dict:
     """``settings`` without the ``*_digest`` keys ``earlier`` lacks: a run recorded before weights
     were fingerprinted still resumes (only a recorded fingerprint that differs refuses)."""
-    return {k: v for k, v in settings.items() if not (k.endswith("_digest") and k not in earlier)}
+    return unrecorded_later(earlier, settings, [k for k in settings if k.endswith("_digest")])
+
+
+def unrecorded_later(earlier: dict, settings: dict, later: Collection[str]) -> dict:
+    """``settings`` without the keys of ``later`` (recorded since a release) that ``earlier`` lacks:
+    what was made before one was recorded resumes as it was made."""
+    return {k: v for k, v in settings.items() if k in earlier or k not in later}

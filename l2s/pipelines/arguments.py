@@ -219,7 +219,7 @@ def base_model_warning(pipe, classifier) -> str | None:
     where the record names nothing (classifiers saved before)."""
     model, family = _trained_on(classifier)
     steered, steered_family = model_name(pipe), pipeline_family(pipe)
-    # A record naming no model (classifiers saved before, the shipped shapes ones) doubts no kind.
+    # A record naming no model (classifiers saved before it was recorded) doubts no kind.
     other_name = model is not None and model != steered and (model in MODEL_KINDS or steered in MODEL_KINDS)
     other_family = family is not None and family != steered_family
     if not (other_name or other_family):

@@ -129,7 +129,6 @@ def weights_fingerprints(pipeline: str | Path | None = None, classifier: str | P
     at the same paths never resume its images: the pipeline folder (under ``pipeline_key``), the
     classifier (shipped names resolved; a file stands for its folder) and the LoRA adapter. A key
     is absent where there is nothing local to fingerprint (hub ids, the random tiny model)."""
-    from l2s.files import weights_digest
     from l2s.grpo.lora import lora_digest
     from l2s.pipelines.loading import pipeline_digest
 
@@ -137,9 +136,19 @@ def weights_fingerprints(pipeline: str | Path | None = None, classifier: str | P
     if classifier is not None and Path(classifier).is_file() and Path(classifier).suffix != ".pth":
         classifier = Path(classifier).parent   # OUT/best/config.json loads the whole folder
     found = {pipeline_key: None if pipeline is None else pipeline_digest(pipeline),
-             "classifier_digest": None if classifier is None else weights_digest(classifier),
+             "classifier_digest": None if classifier is None else classifier_digest(classifier),
              "lora_digest": None if lora is None else lora_digest(lora_folder(lora))}
     return {key: value for key, value in found.items() if value is not None}
+
+
+def classifier_digest(classifier: str | Path) -> str | None:
+    """:func:`l2s.files.weights_digest` of a classifier; a shipped one's ``training.json`` left out: it was
+    added after runs recorded their fingerprints, and those runs must still resume."""
+    from l2s.classifier.hub import TRAINING_FILE
+    from l2s.files import weights_digest
+
+    shipped = {(shipped_assets().pipeline / folder).resolve() for folder in SHIPPED_CLASSIFIERS.values()}
+    return weights_digest(classifier, leave_out=(TRAINING_FILE,) if Path(classifier).resolve() in shipped else ())
 
 
 def shipped_assets(root: str | Path | None = None) -> ShippedAssets:

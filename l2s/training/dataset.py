@@ -177,23 +177,16 @@ def make_dataset(
             store_steps=list(store), size=size, dual=dual, seed=seed, val_fraction=val_fraction,
             shard_size=shard_size, dtype=dtype, min_psnr=min_psnr, gamma=gamma, eta=eta,
             num_iter=num_iter, map_size=map_size, max_sequence_length=max_sequence_length,
-            **({} if layers is None else {"layers": int(layers)}), **_weights_dtype(pipe, out_dir, restart)))
-        rows = committed_rows(out_dir)
-        preview = world().on_main(lambda: write_preview(out_dir, rows, items, load_dataset_meta(out_dir)))
-    return replace(dataset_summary(out_dir, rows), samples_resumed=resumed, preview=preview)
+            **({} if layers is None else {"layers": int(layers)}), weights_dtype=_weights_dtype(pipe)))
+        rows, meta = committed_rows(out_dir), load_dataset_meta(out_dir)
+        preview = world().on_main(lambda: write_preview(out_dir, rows, items, meta))
+    return replace(dataset_summary(out_dir, rows, meta), samples_resumed=resumed, preview=preview)
 
 
-def _weights_dtype(pipe, out_dir: Path, restart: bool) -> dict:
-    """``{"weights_dtype": "bfloat16"}``: what the denoiser ran in (maps of another precision are
-    other data); nothing for a dataset in ``out_dir`` made before it was recorded, so it resumes."""
-    recorded = {"weights_dtype": str(denoiser(pipe).dtype).removeprefix("torch.")}
-    if restart:
-        return recorded
-    try:
-        earlier = load_dataset_meta(out_dir).get("settings")
-    except L2SError:                   # a new folder, or one the writer says is damaged
-        return recorded
-    return {} if isinstance(earlier, dict) and "weights_dtype" not in earlier else recorded
+def _weights_dtype(pipe) -> str:
+    """What the denoiser ran in, e.g. "bfloat16" (maps of another precision are other data; a dataset
+    made before it was recorded resumes: :data:`.writer.RECORDED_LATER`)."""
+    return str(denoiser(pipe).dtype).removeprefix("torch.")
 
 
 def _image_side(pipe, size: int | None, spelled: Callable[[str], str]) -> int:
@@ -319,15 +312,16 @@ def _unique_samples(samples: Iterable[RelationSample], limit: int | None) -> lis
     return list(unique.values())[: limit if limit is not None else None]
 
 
-def dataset_summary(out_dir: str | Path, rows: list[dict] | None = None) -> DatasetSummary:
+def dataset_summary(out_dir: str | Path, rows: list[dict] | None = None, meta: dict | None = None) -> DatasetSummary:
     """Counts of the committed chunks of a (possibly partial) dataset directory, and their
-    reconstruction PSNR; ``rows``: its :func:`.store.committed_rows`, when read already."""
+    reconstruction PSNR; ``rows``: its :func:`.store.committed_rows`, ``meta`` its ``dataset.json``,
+    when read already."""
     out_dir = Path(out_dir)
     manifest = committed_rows(out_dir) if rows is None else rows
     chunks = read_progress(out_dir)["chunks"]
     skipped = [r for _, r in read_jsonl_lines(out_dir / SKIPPED_FILE, fix=REDO) if r.get("chunk") in chunks]
     keys = {r["sample_key"] for r in manifest} | {r["key"] for r in skipped}
+    family = (load_dataset_meta(out_dir) if meta is None else meta).get("model_family")
     return DatasetSummary(out_dir, len(manifest), len(keys), len(skipped),
-                          dict(Counter(r["split"] for r in manifest)),
-                          psnr=reconstruction(manifest, load_dataset_meta(out_dir).get("model_family")))
+                          dict(Counter(r["split"] for r in manifest)), psnr=reconstruction(manifest, family))
 

@@ -52,9 +52,13 @@ def shard_name(chunk: int) -> str:
 
 def dataset_meta(settings: dict, extra: dict) -> dict:
     """The ``dataset.json`` content: format, ``extra`` fields, the settings and their hash."""
-    settings_hash = digest(json.dumps(settings, sort_keys=True))[:16]
     return {"format": FORMAT, "format_version": FORMAT_VERSION, **extra, "settings": settings,
-            "settings_hash": settings_hash}
+            "settings_hash": settings_hash(settings)}
+
+
+def settings_hash(settings: dict) -> str:
+    """What ``dataset.json`` and ``progress.json`` record of a dataset's settings (a resume must match it)."""
+    return digest(json.dumps(settings, sort_keys=True))[:16]
 
 
 

@@ -27,6 +27,7 @@ from l2s.files import (
     read_jsonl_lines,
     remove_outputs,
     read_state_json,
+    unrecorded_later,
 )
 from .store import (
     FORMAT,
@@ -38,11 +39,14 @@ from .store import (
     SKIPPED_FILE,
     checksum_bar,
     read_progress,
+    settings_hash,
     shard_name,
     shard_problem,
 )
 
 log = logging.getLogger(__name__)
+# Settings recorded since a release: a dataset made without one resumes as it was made.
+RECORDED_LATER = ("weights_dtype",)
 
 
 def clear_dataset(out_dir: Path) -> None:
@@ -72,6 +76,17 @@ def salvage_jsonl(path: Path) -> list[dict]:
     return [row for _, row in read_jsonl_lines(path, fix="", on_damaged=redone)]
 
 
+def as_made_before(meta: dict, earlier) -> dict:
+    """``meta`` without the settings :data:`RECORDED_LATER` that a dataset's ``earlier`` settings lack
+    (its hash again), so that a dataset made before they were recorded resumes."""
+    if not isinstance(earlier, dict):
+        return meta
+    settings = unrecorded_later(earlier, meta["settings"], RECORDED_LATER)
+    if settings == meta["settings"]:
+        return meta
+    return {**meta, "settings": settings, "settings_hash": settings_hash(settings)}
+
+
 class DatasetWriter:
     """Commits chunks of records (shard + manifest lines + skipped lines) and recovers on restart.
 
@@ -85,18 +100,20 @@ class DatasetWriter:
         if restart:
             clear_dataset(out_dir)
         (out_dir / SHARD_DIR).mkdir(parents=True, exist_ok=True)
-        self._claim(meta)
-        self.meta = meta
+        self.meta = self._claim(meta)
         self.committed = self._recover(progress)
 
-    def _claim(self, meta: dict) -> None:
-        """Write ``dataset.json``, or check that the dataset there was made with these settings."""
+    def _claim(self, meta: dict) -> dict:
+        """Write ``dataset.json``, or check that the dataset there was made with these settings; the
+        meta the dataset is written under (:func:`as_made_before` of an earlier one)."""
         meta_path = self.out_dir / META_FILE
         existing = read_state_json(meta_path, fix="delete it and rerun the same command (it is written again), "
                                                   "or start over with --restart")
         if existing is not None and not isinstance(existing, dict):
             raise DamagedFileError(f"{meta_path} is damaged (not a JSON object); delete it and rerun the same "
                                    "command, or start over with --restart")
+        if existing is not None:
+            meta = as_made_before(meta, existing.get("settings"))
         if existing is not None and existing.get("settings_hash") != meta["settings_hash"]:
             before = existing.get("settings", {})
             differing = [f"{k}: {before.get(k)!r} -> {meta['settings'][k]!r}"   # dtype: the maps' (--map-dtype)
@@ -110,6 +127,7 @@ class DatasetWriter:
                            "settings that made them to resume, or start over with --restart")
         if existing is None:
             atomic_write_json(meta_path, meta)
+        return meta
 
     def _recover(self, progress: bool) -> dict[int, dict]:
         """Drop everything not covered by progress.json, or damaged; return the intact chunks."""

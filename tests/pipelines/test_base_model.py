@@ -95,9 +95,19 @@ def test_the_shapes_world_is_one_model_whichever_folder_holds_it(schnell):
 
 
 def test_the_shipped_shapes_classifier_steers_the_shipped_model_without_a_word():
-    # It records no model: a None model is no other kind (every default `l2s generate` warned).
     from l2s.shapes import load_shapes_pipeline, shipped_assets
 
     assets = shipped_assets()
     classifier = RelationClassifier.load(assets.classifier)
     assert base_model_warning(load_shapes_pipeline(assets.pipeline), classifier) is None
+
+
+def test_a_shipped_shapes_classifier_on_another_model_says_so(schnell, dev):
+    from l2s.shapes.recipes import SHIPPED_CLASSIFIERS, classifier_folder
+
+    for name in SHIPPED_CLASSIFIERS:     # their training records name the shapes world
+        classifier = RelationClassifier.load(classifier_folder(name))
+        assert base_model_warning(schnell, classifier) == (
+            "the classifier was trained on maps of shapes-world but steers a flux-schnell model" + DOUBT)
+        assert base_model_warning(dev, classifier) == (
+            "the classifier was trained on maps of shapes-world (flux-schnell) but steers a flux-dev model" + DOUBT)

@@ -450,6 +450,27 @@ def test_weights_fingerprints_name_each_local_weight_and_skip_the_rest(tmp_path)
     assert set(weights_fingerprints(pipeline, pipeline_key="pipeline_digest")) == {"pipeline_digest"}
 
 
+# The shipped classifiers' fingerprints as runs recorded them before their training.json was shipped.
+SHIPPED_CLASSIFIER_DIGESTS = {"shapes": "1d2a579e35034a09", "shapes-pos-only": "fd5df97291be1370",
+                              "shapes-k4": "d3f9e22e721d63fa"}
+
+
+def test_the_shipped_classifiers_name_the_shapes_model_and_keep_their_fingerprints(tmp_path):
+    from huggingface_hub import ModelCard
+
+    from l2s.classifier import RelationClassifier
+    from l2s.shapes.recipes import SHIPPED_CLASSIFIERS, classifier_folder, weights_fingerprints
+
+    for name in SHIPPED_CLASSIFIERS:
+        classifier = RelationClassifier.load(classifier_folder(name))
+        assert classifier.training_record["model"] == "shapes-world", name
+        classifier.save_pretrained(tmp_path / name)
+        card = ModelCard.load(tmp_path / name / "README.md").text
+        assert "# l2s relation classifier (shapes-world)" in card and "- trained on maps of `shapes-world`" in card
+        # Runs recorded these before the record was shipped beside the weights: they still resume.
+        assert weights_fingerprints(classifier=name) == {"classifier_digest": SHIPPED_CLASSIFIER_DIGESTS[name]}
+
+
 def test_wrap_pipeline_gives_a_shapes_model_its_own_settings_unless_told_otherwise(tiny_shapes_pipe):
     from l2s.demo import tiny_flux_pipeline
     from l2s.errors import L2SError
