@@ -240,6 +240,41 @@ def test_relations_and_clauses_joined_by_and_are_no_left_out_object(prompt):
     assert parse_prompt(prompt).coordination_warnings() == []
 
 
+@pytest.mark.parametrize("prompt,left_out", [
+    ("a cat, a dog to the left of a tree", [("cat", "dog", ",")]),
+    ("a cat left of a dog, a bird", [("bird", "dog", ",")]),
+    ("a cat, a dog and a bird left of a tree", [("cat", "bird", ","), ("dog", "bird", "and")]),
+    ("a cat, a dog, and a bird left of a tree", [("cat", "bird", ","), ("dog", "bird", ",")]),   # serial comma
+    ("a cat left of a dog, and a bird", [("bird", "dog", "and")]),
+    ("the cat, two dogs left of a tree", [("cat", "two dogs", ",")]),
+])
+def test_an_object_listed_by_a_comma_is_named_as_one_joined_by_and(prompt, left_out):
+    parsed = parse_prompt(prompt)
+    assert [(c.phrase, c.joined_to, c.word) for c in parsed.coordinated] == left_out
+    assert all(prompt[slice(*c.span)] == c.phrase for c in parsed.coordinated)
+
+
+def test_the_object_a_comma_lists_is_one_warning_line_and_the_relations_read_are_the_same():
+    parsed = parse_prompt("a cat, a dog to the left of a tree")
+    assert parsed.triplet_dicts() == [{"subject": "dog", "relation": "left of", "object": "tree"}]
+    assert parsed.coordination_warnings() == [
+        "'cat' is joined to 'dog' by ',': only 'dog left of tree' is steered, not 'cat'; "
+        "give the relations (--relations, or relations= in Python) to steer both"]
+
+
+@pytest.mark.parametrize("prompt", [
+    "a cat left of a dog, digital art, 4k, highly detailed",   # a prompt's style words: no article
+    "digital art, a cat left of a dog",
+    "a photo of a cat above a dog, by Van Gogh",
+    "a cat left of a dog, in the snow",
+    "a cat left of a dog, a bird above a tree",                # each clause in a relation
+    "a cat left of a dog, a bird is flying",                   # a clause of its own
+    "a cat above a dog; a bird",                               # a comma lists, a semicolon does not
+])
+def test_a_comma_before_what_is_no_listed_object_leaves_nothing_out(prompt):
+    assert parse_prompt(prompt).coordination_warnings() == []
+
+
 def test_five_objects_three_relations():
     prompt = "a photo of a teapot above a corgi left of a furby and a robot below a turtle"
     assert parse_cli_json(prompt) == [

@@ -165,10 +165,16 @@ def run(args: argparse.Namespace) -> int:
     report = _score_folder(args) if args.images else _generate_and_score(args)
     if group.is_main:
         print(report.table())
-        for line in _resumed_lines(report, args.out) + _warning_lines(report):
+        for line in _resumed_lines(report, args.out) + _warning_lines(report) + _no_verdict_lines(report):
             print(line, file=sys.stderr)
         print(wrote_line(Path(args.out), folder_outputs(Path(args.out), only=run_outputs(args.out))), file=sys.stderr)
     return 0
+
+
+def _no_verdict_lines(report) -> list[str]:
+    """The images no detector can judge, said apart: they are in no number of the table."""
+    line = report.no_verdict_line()
+    return [f"l2s: {line}"] if line else []
 
 
 def _warning_lines(report) -> list[str]:

@@ -5,6 +5,7 @@ Each image of one run is paired with the other run's image of the same prompt, s
 by occurrence; or one mode of each run with another (an ``--images`` run's images with a generated
 run's steered ones). Per mode: each run's accuracy on the paired images, the difference, the pairs only
 one run got right, and the exact two-sided sign test of that split (:func:`.stats.paired_comparison`).
+A pair without a verdict on either side (a prompt no detector can judge) is skipped, and counted.
 Runs scored by another rule or detector are refused: their verdicts do not compare. Beside an ``--images``
 run, which generated nothing, only the settings both runs hold are differences; the other run's generation
 settings are shown as context.
@@ -19,6 +20,7 @@ from l2s.errors import L2SError
 from l2s.files import described_changes, read_jsonl_lines, read_state_json
 
 from .records import IMAGES, MODES, RESULTS_FILE, SUMMARY_FILE
+from .specs import CheckResult, indistinct_objects
 from .settings import same_setting
 from .stats import PairedComparison, paired_comparison
 
@@ -33,11 +35,12 @@ Key = tuple[str, str, int, int]   # (mode, prompt, occurrence of the prompt, see
 
 @dataclass(frozen=True)
 class EvalRun:
-    """A finished ``l2s eval`` run: its folder, its summary's settings and each image's verdict."""
+    """A finished ``l2s eval`` run: its folder, its summary's settings and each image's verdict
+    (None: the image has none)."""
 
     folder: Path
     settings: dict[str, Any]
-    correct: dict[Key, bool]
+    correct: dict[Key, bool | None]
 
     def count(self, mode: str) -> int:
         return sum(key[0] == mode for key in self.correct)
@@ -66,11 +69,11 @@ def read_eval_run(folder: str | Path) -> EvalRun:
     return EvalRun(folder, settings, _verdicts(folder / RESULTS_FILE, records))
 
 
-def _verdicts(path: Path, records: list[dict]) -> dict[Key, bool]:
+def _verdicts(path: Path, records: list[dict]) -> dict[Key, bool | None]:
     """Each record's verdict by its pairing key; a prompt's n-th folder is its occurrence n."""
     try:
         places = [(r["meta"]["mode"], r["prompt"], r["meta"].get("prompt_index", r["meta"].get("folder")),
-                   int(r["meta"]["seed"]), bool(r["correct"])) for r in records]
+                   int(r["meta"]["seed"]), _verdict(r)) for r in records]
     except (KeyError, TypeError, ValueError) as error:
         raise L2SError(f"{path}: not the records of an 'l2s eval' run ({type(error).__name__}: {error}); rerun "
                        "the run's command to write it again") from None
@@ -82,16 +85,31 @@ def _verdicts(path: Path, records: list[dict]) -> dict[Key, bool]:
             for mode, prompt, where, seed, correct in places}
 
 
+def _verdict(record: dict) -> bool | None:
+    """A record's verdict, None where it has none; a record written before such images got none
+    (``correct`` false) is known by its check that no image can show (:func:`.specs.indistinct_objects`)."""
+    checks = [CheckResult(**check) for check in record.get("checks") or []]
+    if record["correct"] is None or any(indistinct_objects(check) for check in checks):
+        return None
+    return bool(record["correct"])
+
+
 @dataclass(frozen=True)
 class ModeComparison:
     """One mode of two runs (``mode`` of A with ``b_mode`` of B, when another): the paired images'
-    comparison and each run's image count."""
+    comparison, each run's image count and the pairs skipped for want of a verdict on either side."""
 
     mode: str
     paired: PairedComparison
     a_images: int
     b_images: int
     b_mode: str | None = None
+    no_verdict: int = 0
+
+    @property
+    def shared(self) -> int:
+        """Images both runs hold, with a verdict or not."""
+        return self.paired.n_pairs + self.no_verdict
 
     @property
     def label(self) -> str:
@@ -135,9 +153,11 @@ class RunComparison:
         lines += ["", f"Pairs: the images both runs made from the same {self._paired_by()}; the "
                       "accuracies are on those. Sign test: exact two-sided binomial test of the pairs only one run got "
                       "right (McNemar's exact test)."]
-        lines += [f"Unpaired {m.label} images: A {m.a_images - m.paired.n_pairs} of {m.a_images}, "
-                  f"B {m.b_images - m.paired.n_pairs} of {m.b_images}." for m in self.modes
-                  if m.paired.n_pairs < max(m.a_images, m.b_images)]
+        lines += [f"Skipped {m.label} pairs without a verdict on either side (prompts the detector can never "
+                  f"judge): {m.no_verdict} of {m.shared}." for m in self.modes if m.no_verdict]
+        lines += [f"Unpaired {m.label} images: A {m.a_images - m.shared} of {m.a_images}, "
+                  f"B {m.b_images - m.shared} of {m.b_images}." for m in self.modes
+                  if m.shared < max(m.a_images, m.b_images)]
         return "\n".join(lines) + "\n"
 
     def _paired_by(self) -> str:
@@ -176,12 +196,17 @@ def compare_runs(a: EvalRun, b: EvalRun, modes: tuple[str, str] | None = None) -
     _refuse_other_scoring(a, b)
     pairs = [(mode, mode) for mode in _modes(a, b) if a.count(mode) and b.count(mode)] if modes is None else \
         [_held_modes(a, b, modes)]
-    compared = [ModeComparison(a_mode, paired_comparison(_of(a, a_mode), _of(b, b_mode)), a.count(a_mode),
-                               b.count(b_mode), b_mode) for a_mode, b_mode in pairs]
-    compared = [m for m in compared if m.paired.n_pairs]
-    if not compared:
-        raise L2SError(_nothing_paired(a, b, modes))
-    return RunComparison(a, b, compared)
+    compared = [_mode_comparison(a, b, a_mode, b_mode) for a_mode, b_mode in pairs]
+    if not any(m.paired.n_pairs for m in compared):
+        raise L2SError(_nothing_paired(a, b, modes, sum(m.no_verdict for m in compared)))
+    return RunComparison(a, b, [m for m in compared if m.paired.n_pairs])
+
+
+def _mode_comparison(a: EvalRun, b: EvalRun, a_mode: str, b_mode: str) -> ModeComparison:
+    ours, theirs = _of(a, a_mode), _of(b, b_mode)
+    unjudged = sum(ours[k] is None or theirs[k] is None for k in set(ours) & set(theirs))
+    return ModeComparison(a_mode, paired_comparison(ours, theirs), a.count(a_mode), b.count(b_mode), b_mode,
+                          unjudged)
 
 
 def _refuse_other_scoring(a: EvalRun, b: EvalRun) -> None:
@@ -200,8 +225,12 @@ def _held_modes(a: EvalRun, b: EvalRun, modes: tuple[str, str]) -> tuple[str, st
                    f"{_held(a)}, B ({b.folder}) {_held(b)}; name one of each (--modes A_MODE=B_MODE)")
 
 
-def _nothing_paired(a: EvalRun, b: EvalRun, modes: tuple[str, str] | None) -> str:
-    """Why no image pairs: no mode in common (say how to pair one of each), or no prompt and seed."""
+def _nothing_paired(a: EvalRun, b: EvalRun, modes: tuple[str, str] | None, no_verdict: int = 0) -> str:
+    """Why no image pairs: every shared image lacks a verdict, no mode in common (say how to pair one
+    of each), or no prompt and seed."""
+    if no_verdict:
+        return (f"{a.folder} and {b.folder}: none of the {no_verdict} images they share has a verdict on both "
+                "sides (prompts the detector can never judge): nothing to compare")
     shared = "the same prompt, seed and mode" if modes is None else \
         f"the same prompt and seed, {modes[0]} in A and {modes[1]} in B"
     line = f"{a.folder} and {b.folder} share no image ({shared}): nothing to pair; "
@@ -220,6 +249,6 @@ def _modes(a: EvalRun, b: EvalRun) -> list[str]:
     return [m for m in MODES if m in held] + sorted(held - set(MODES))
 
 
-def _of(run: EvalRun, mode: str) -> dict[tuple[str, int, int], bool]:
+def _of(run: EvalRun, mode: str) -> dict[tuple[str, int, int], bool | None]:
     """``mode``'s verdicts by (prompt, occurrence, seed): what pairs with another run's images."""
     return {key[1:]: correct for key, correct in run.correct.items() if key[0] == mode}

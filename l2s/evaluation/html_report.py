@@ -49,7 +49,7 @@ def render_html(report, sheets: Sequence[Path], out: Path) -> str:
     first = next(iter(report.modes.values()), None)
     rule = first.summary.rule if first else ""
     body = [f"<h1>l2s eval: spatial accuracy ({_e(rule)} rule)</h1>", _warnings(report),
-            _summary(report), _paired(report), _relations(report), _sheets(sheets, out),
+            _summary(report), _no_verdict(report), _paired(report), _relations(report), _sheets(sheets, out),
             _failures(report, out), _settings(report)]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>l2s eval report</title><style>{_STYLE}</style></head>\n<body>\n"
@@ -96,6 +96,17 @@ def _summary(report) -> str:
     return "<h2>Summary</h2>" + _table(header, rows, "summary")
 
 
+def _no_verdict(report) -> str:
+    """The prompts whose images no detector can judge, named apart: they are in no number of the page."""
+    unjudged = report.no_verdict()
+    if not unjudged:
+        return ""
+    images = sum(m.summary.n_no_verdict for m in report.modes.values())
+    note = (f"<p class=\"note\">The detector can never judge these prompts: their {images} images have no "
+            "verdict and are in no number of this page.</p>")
+    return "<h2>No verdict</h2>" + note + _table(("prompt", "why"), list(unjudged.items()), "no-verdict")
+
+
 def _pair_key(record: ImageRecord):
     meta = record.meta
     return meta.get("prompt_index", record.result.prompt), meta.get("seed", record.result.name)
@@ -136,7 +147,7 @@ def _sheets(sheets: Sequence[Path], out: Path) -> str:
     images = "".join(f'<p><img class="sheet" src="{_e(_rel(p, out))}" alt="contact sheet {k}"></p>'
                      for k, p in enumerate(sheets, 1))
     return ("<h2>Contact sheets</h2><p class=\"note\">Boxes: detections; green border: correct, red: "
-            "wrong.</p>" + images)
+            "wrong, grey: no verdict.</p>" + images)
 
 
 def _failures(report, out: Path) -> str:
@@ -146,10 +157,11 @@ def _failures(report, out: Path) -> str:
         return ""
     base = report.modes.get(BASE) if name != BASE else None
     base_right = {_pair_key(r): r for r in base.records} if base else {}
-    failed = [r for r in report.modes[name].records if not r.result.correct]
+    failed = [r for r in report.modes[name].records if r.result.correct is False]   # None: no verdict
     failed.sort(key=lambda r: (not _right(base_right.get(_pair_key(r))), r.result.score))
     if not failed:
-        return f"<h2>Worst failures ({_e(name)})</h2><p>None: every image is correct.</p>"
+        judged = "with a verdict " if report.modes[name].summary.n_no_verdict else ""
+        return f"<h2>Worst failures ({_e(name)})</h2><p>None: every image {judged}is correct.</p>"
     figures = [_figure(r, base_right.get(_pair_key(r)), out) for r in failed[:WORST_FAILURES]]
     order = "Images the base mode got right come first, then the lowest scores." if base else "Lowest scores first."
     return (f"<h2>Worst failures ({_e(name)}): {min(len(failed), WORST_FAILURES)} of {len(failed)}</h2>"

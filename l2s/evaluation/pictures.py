@@ -18,8 +18,8 @@ LINE_COLOURS = ((220, 40, 40), (40, 80, 220), (40, 170, 60), (150, 50, 200), (23
 
 def contact_sheet(images: Sequence[Image.Image], results: Sequence[ImageResult], path: str | Path,
                   columns: int = 8, scale: float | None = None) -> Path:
-    """Save a PNG grid: each image with its detected boxes, a green (pass) or red (fail) border
-    and its prompt and reason underneath. ``scale=None`` enlarges or shrinks each image to ~256 px
+    """Save a PNG grid: each image with its detected boxes, a green (pass), red (fail) or grey (no
+    verdict) border and its prompt and reason underneath. ``scale=None`` enlarges or shrinks each image to ~256 px
     (a folder scored from elsewhere may mix sizes: one large image must not shrink the others)."""
     if len(images) != len(results):
         raise ValueError("contact_sheet needs one result per image")
@@ -28,7 +28,7 @@ def contact_sheet(images: Sequence[Image.Image], results: Sequence[ImageResult],
     scales = [256 / max(img.size) if scale is None else scale for img in images]
     font = ImageFont.load_default()
     cells = [(_boxed_tile(image, result, image_scale, font), f"{result.prompt} [{result.reason}]",
-              _PASS if result.correct else _FAIL) for image, result, image_scale in zip(images, results, scales)]
+              _border(result.correct)) for image, result, image_scale in zip(images, results, scales)]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_png(captioned_grid(cells, columns, text_lines=4), path)
@@ -36,6 +36,11 @@ def contact_sheet(images: Sequence[Image.Image], results: Sequence[ImageResult],
 
 
 _PASS, _FAIL, _UNJUDGED = (0, 170, 0), (210, 0, 0), (160, 160, 160)
+
+
+def _border(holds: bool | None) -> tuple:
+    """A verdict's frame colour: green where it holds, red where not, grey without a verdict."""
+    return _UNJUDGED if holds is None else _PASS if holds else _FAIL
 
 
 def captioned_grid(cells: Sequence[tuple[Image.Image, str, tuple]], columns: int, text_lines: int) -> Image.Image:
@@ -63,8 +68,7 @@ def overview_sheet(tiles: Sequence[tuple[Image.Image, str, bool | None]], column
                    height: int = 160) -> Image.Image:
     """``(picture, caption, holds)`` tiles scaled to ``height`` px in one grid: a green border where a
     judge found the prompt's relations, red where it did not, grey where nothing judged."""
-    cells = [(_scaled_to(picture, height), caption, _UNJUDGED if holds is None else _PASS if holds else _FAIL)
-             for picture, caption, holds in tiles]
+    cells = [(_scaled_to(picture, height), caption, _border(holds)) for picture, caption, holds in tiles]
     return captioned_grid(cells, columns, text_lines=2)
 
 

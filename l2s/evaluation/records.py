@@ -14,7 +14,7 @@ from PIL import Image
 from l2s.files import atomic_write_bytes, atomic_write_text
 
 from .detectors import Detector
-from .specs import ImageResult, PromptSpec, score_image
+from .specs import ImageResult, PromptSpec, score_image, without_verdict
 
 BASE, STEERED, IMAGES = "base", "steered", "images"
 MODES = (BASE, STEERED)
@@ -78,9 +78,10 @@ class ImageRecord:
 def detect_and_score(detector: Detector, image: Image.Image, spec: PromptSpec, rule: str,
                      name: str) -> tuple[ImageResult, float]:
     """Detect ``spec``'s objects in ``image`` and score its checks under ``rule``; the result
-    carries the prompt, tag and ``name``. Also returns the seconds it took."""
+    carries the prompt, tag and ``name``; a prompt no image can show to a detector gets no verdict
+    (:func:`~.specs.without_verdict`). Also returns the seconds it took."""
     started = time.perf_counter()
     detections = detector.detect(image, spec.objects)
-    result = score_image(detections, spec.checks, rule=rule, image_size=image.size)
+    result = without_verdict(score_image(detections, spec.checks, rule=rule, image_size=image.size))
     result.prompt, result.tag, result.name = spec.prompt, spec.tag, name
     return result, time.perf_counter() - started

@@ -19,6 +19,7 @@ from .records import BASE, RESULTS_FILE, STEERED, SUMMARY_FILE, ImageRecord, ope
 from .stats import Summary
 
 SHEET_PAGE = 64  # images per contact-sheet page
+NAMED_NO_VERDICT = 3   # prompts without a verdict named in the terminal's line (summary.json names all)
 
 
 def _mean(values: Iterable[float]) -> float:
@@ -97,6 +98,22 @@ class EvalReport:
             data["accuracy_gain"] = self.modes[STEERED].summary.accuracy - self.modes[BASE].summary.accuracy
         return data
 
+    def no_verdict(self) -> dict[str, str]:
+        """Prompt -> why its images have no verdict (in no count), over every mode."""
+        return {prompt: why for m in self.modes.values() for prompt, why in m.summary.no_verdict.items()}
+
+    def no_verdict_line(self) -> str | None:
+        """One line saying how many images have no verdict and naming their prompts; None when all have one."""
+        unjudged = self.no_verdict()
+        if not unjudged:
+            return None
+        images = sum(m.summary.n_no_verdict for m in self.modes.values())
+        named = [f"{prompt!r} ({why})" for prompt, why in list(unjudged.items())[:NAMED_NO_VERDICT]]
+        more = len(unjudged) - len(named)
+        return (f"no verdict for {images} image{'s' * (images != 1)} of {len(unjudged)} "
+                f"prompt{'s' * (len(unjudged) != 1)}, in no count: {'; '.join(named)}"
+                + (f"; and {more} more (summary.json names them)" if more else ""))
+
     def table(self) -> str:
         """Printable comparison: overall, per tag, per relation; one column per mode."""
         names = list(self.modes)
@@ -126,6 +143,8 @@ class EvalReport:
         rows.append(("prompts with any correct", [_cell((s.n_prompts_any_correct, s.n_prompts)) for s in summaries]))
         rows.append((f"mean score ({summaries[0].rule})" if summaries else "mean score",
                      [f"{s.mean_score:.3f}" for s in summaries]))
+        if any(s.n_no_verdict for s in summaries):
+            rows.append(("no verdict (images, not counted)", [f"{s.n_no_verdict}" for s in summaries]))
         if any(self.modes[n].generate_s_per_image for n in names):
             rows.append(("generation s/image", [f"{self.modes[n].generate_s_per_image:.3f}" for n in names]))
         rows.append(("scoring s/image", [f"{self.modes[n].score_s_per_image:.3f}" for n in names]))

@@ -222,8 +222,9 @@ def _make_share(run: _Run, specs: Sequence[PromptSpec], pairs: list[tuple[int, i
 
     def add(position: int, mode: str, record: ImageRecord) -> None:
         made.append((position, mode, record))
-        tally[mode][0] += int(record.result.correct)
-        tally[mode][1] += 1
+        if record.result.correct is not None:   # an image without a verdict is in no count
+            tally[mode][0] += int(record.result.correct)
+            tally[mode][1] += 1
         bar.update()
         bar.set_postfix({m: f"{c / n:.2f}" for m, (c, n) in tally.items() if n})
 

@@ -6,7 +6,7 @@ word found for an earlier pair never satisfies a later one.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -73,7 +73,7 @@ class CheckResult:
     subject: str
     relation: str
     object: str
-    holds: bool
+    holds: bool | None    # None: no image can show it to a detector (:func:`without_verdict`)
     found: list[str] = field(default_factory=list)  # GenEval relations found (sorted)
     position_score: float | None = None  # T2I-CompBench position score
     reason: str = ""
@@ -81,36 +81,55 @@ class CheckResult:
 
 @dataclass
 class ImageResult:
-    """Whether one image passes its prompt's checks, with the evidence."""
+    """Whether one image passes its prompt's checks, with the evidence (``correct`` and ``score``
+    None: the prompt can never be judged, ``no_verdict`` says why)."""
 
-    correct: bool
-    score: float
+    correct: bool | None
+    score: float | None
     reason: str
     checks: list[CheckResult]
     detections: dict[str, Detection | None]
     prompt: str = ""
     tag: str = ""
     name: str = ""
+    no_verdict: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name, "prompt": self.prompt, "tag": self.tag, "correct": self.correct,
             "score": self.score, "reason": self.reason, "checks": [asdict(c) for c in self.checks],
             "detections": {k: (d.to_dict() if d else None) for k, d in self.detections.items()},
+            **({"no_verdict": self.no_verdict} if self.no_verdict else {}),
         }
 
 
 
 def result_from_record(record: dict[str, Any]) -> ImageResult:
-    """Inverse of ``ImageResult.to_dict`` (extra keys such as ``meta`` are ignored)."""
+    """Inverse of ``ImageResult.to_dict`` (extra keys such as ``meta`` are ignored); a record written
+    before prompts got no verdict reads as one written since (:func:`without_verdict`)."""
     detections = {label: (Detection(d["label"], tuple(d["box"]), d["score"]) if d else None)
                   for label, d in record["detections"].items()}
-    return ImageResult(correct=record["correct"], score=record["score"], reason=record["reason"],
-                       checks=[CheckResult(**c) for c in record["checks"]], detections=detections,
-                       prompt=record.get("prompt", ""), tag=record.get("tag", ""), name=record.get("name", ""))
+    result = ImageResult(correct=record["correct"], score=record["score"], reason=record["reason"],
+                         checks=[CheckResult(**c) for c in record["checks"]], detections=detections,
+                         prompt=record.get("prompt", ""), tag=record.get("tag", ""), name=record.get("name", ""),
+                         no_verdict=record.get("no_verdict", ""))
+    return without_verdict(result)
 
 
-def indistinct_objects(check: RelationCheck) -> str | None:
+def without_verdict(result: ImageResult) -> ImageResult:
+    """``result`` without a verdict where a check can never be judged (:func:`indistinct_objects`):
+    that check's ``holds`` and the image's ``correct`` and ``score`` are None, ``no_verdict`` and
+    ``reason`` say why; ``result`` itself when every check can be judged."""
+    unjudged = [indistinct_objects(check) for check in result.checks]
+    why = next((reason for reason in unjudged if reason), None)
+    if why is None:
+        return result
+    checks = [replace(check, holds=None, reason=reason) if reason else check
+              for check, reason in zip(result.checks, unjudged)]
+    return replace(result, correct=None, score=None, reason=why, checks=checks, no_verdict=why)
+
+
+def indistinct_objects(check: RelationCheck | CheckResult) -> str | None:
     """Why no image can show ``check`` to a detector: its subject and object are one label (case and
     spacing aside), and a detector gives one detection per label, so it cannot place one relative to
     the other ("a red circle left of a red circle"). None when it can."""

@@ -23,6 +23,8 @@ class Summary:
     per_tag: dict[str, list[int]]  # tag -> [correct images, images]
     n_prompts: int
     n_prompts_any_correct: int
+    no_verdict: dict[str, str] = field(default_factory=dict)   # prompt -> why its images have no verdict
+    n_no_verdict: int = 0   # images without a verdict, in no count above
     results: list[ImageResult] = field(default_factory=list, repr=False)
 
     @property
@@ -41,6 +43,7 @@ class Summary:
                              for k, v in self.per_relation.items()},
             "per_tag": {k: {"correct": v[0], "total": v[1], "accuracy": ratio(v)}
                         for k, v in self.per_tag.items()},
+            "n_images_no_verdict": self.n_no_verdict, "no_verdict": dict(self.no_verdict),
         }
 
     def table(self) -> str:
@@ -49,22 +52,27 @@ class Summary:
         rows += [(f"tag {tag}", c, t) for tag, (c, t) in sorted(self.per_tag.items())]
         rows += [(f"relation {rel}", c, t) for rel, (c, t) in sorted(self.per_relation.items())]
         rows.append(("prompts with any correct", self.n_prompts_any_correct, self.n_prompts))
-        width = max(len(name) for name, _, _ in rows)
+        unjudged = "no verdict (images, not counted)"
+        width = max([len(name) for name, _, _ in rows] + [len(unjudged)] * bool(self.n_no_verdict))
         lines = [f"{'group':<{width}}  {'correct':>7}  {'total':>5}  {'accuracy':>8}",
                  "-" * (width + 27)]
         for name, correct, total in rows:
             accuracy = correct / total if total else 0.0
             lines.append(f"{name:<{width}}  {correct:>7}  {total:>5}  {accuracy:>8.3f}")
         lines.append(f"{'mean score (' + self.rule + ')':<{width}}  {'':>7}  {'':>5}  {self.mean_score:>8.3f}")
+        if self.n_no_verdict:
+            lines.append(f"{unjudged:<{width}}  {'':>7}  {self.n_no_verdict:>5}")
         return "\n".join(lines)
 
 
 def summarise(results: Sequence[ImageResult], rule: str = GENEVAL) -> Summary:
-    """Aggregate per-image results (per relation counts checks, per tag counts images)."""
+    """Aggregate per-image results (per relation counts checks, per tag counts images). An image
+    without a verdict (``correct`` None) is in no count: its prompt is named in ``no_verdict``."""
     per_relation: dict[str, list[int]] = {}
     per_tag: dict[str, list[int]] = {}
     prompts: dict[str, bool] = {}
-    for result in results:
+    judged = [result for result in results if result.correct is not None]
+    for result in judged:
         tag = per_tag.setdefault(result.tag, [0, 0])
         tag[0] += int(result.correct)
         tag[1] += 1
@@ -74,10 +82,12 @@ def summarise(results: Sequence[ImageResult], rule: str = GENEVAL) -> Summary:
             rel[0] += int(check.holds)
             rel[1] += 1
     return Summary(
-        rule=rule, n_images=len(results), n_correct=sum(r.correct for r in results),
-        mean_score=float(np.mean([r.score for r in results])) if results else 0.0,
+        rule=rule, n_images=len(judged), n_correct=sum(r.correct for r in judged),
+        mean_score=float(np.mean([r.score for r in judged])) if judged else 0.0,
         per_relation=per_relation, per_tag=per_tag, n_prompts=len(prompts),
-        n_prompts_any_correct=sum(prompts.values()), results=list(results))
+        n_prompts_any_correct=sum(prompts.values()),
+        no_verdict={r.prompt: r.no_verdict for r in results if r.correct is None},
+        n_no_verdict=len(results) - len(judged), results=list(results))
 
 
 @dataclass(frozen=True)
@@ -108,10 +118,10 @@ class PairedComparison:
                 "a_only": self.a_only, "b_only": self.b_only, "p_value": self.p_value}
 
 
-def paired_comparison(a: dict[str, bool], b: dict[str, bool]) -> PairedComparison:
+def paired_comparison(a: dict[str, bool | None], b: dict[str, bool | None]) -> PairedComparison:
     """Compare per-image correctness of two settings (keys identify the same prompt and seed);
-    only keys present in both count."""
-    keys = sorted(set(a) & set(b))
+    only keys present in both, with a verdict (not None) in both, count."""
+    keys = sorted(k for k in set(a) & set(b) if a[k] is not None and b[k] is not None)
     return PairedComparison(
         n_pairs=len(keys), a_correct=sum(bool(a[k]) for k in keys), b_correct=sum(bool(b[k]) for k in keys),
         a_only=sum(bool(a[k]) and not b[k] for k in keys), b_only=sum(bool(b[k]) and not a[k] for k in keys))

@@ -15,7 +15,8 @@ How a prompt is read:
   clause break is shared ("a frog above a sneakers below a teapot" chains through "sneakers");
 * an empty subject after a clause break ("a cat left of a dog and above a ball") takes the previous
   relation's subject (the English reading: the cat is above the ball);
-* an object joined by "and" to a relation's subject or object ("a cat and a dog left of a tree") is
+* an object joined by "and" to a relation's subject or object ("a cat and a dog left of a tree"), or
+  listed by a comma before an article ("a cat, a dog left of a tree"; not "..., digital art"), is
   in no relation (a plain list may mean either reading): it is recorded in ``coordinated`` and named
   by :meth:`ParsedPrompt.coordination_warnings`, which steering plans add to their warnings;
 * a phrase drops leading determiners ("a", "the same", ...), and ends before the first word that

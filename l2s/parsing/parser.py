@@ -5,7 +5,8 @@ from l2s.errors import PromptError
 from .matchers import spacy_matchers
 from .phrases import Phrase, Words, clause_breaks, clauses, is_whole_phrase, noun_phrase, prefix_end
 from .results import Coordinated, NonDirectional, ParsedPrompt, Triplet
-from .vocabulary import ADVERBIAL_RELATION_WORDS, COORDINATORS, IDIOM_LABEL, NON_DIRECTIONAL_LABEL
+from .vocabulary import (ADVERBIAL_RELATION_WORDS, COORDINATORS, IDIOM_LABEL, LIST_ARTICLES, LIST_COMMA,
+                         NON_DIRECTIONAL_LABEL)
 
 
 def parse_prompt(prompt: str) -> ParsedPrompt:
@@ -97,19 +98,38 @@ def _subject(before: list, words: Words, coordinated: Phrase | None, first: bool
 
 def _coordinated(triplet: Triplet, gap: list, breaks: list, used: Phrase, step: int, stop: int,
                  words: Words) -> list[Coordinated]:
-    """Objects of ``gap`` joined by "and" to the clause of ``used`` (walking by ``step`` up to clause
-    ``stop``, which another relation uses), each a whole clause naming a thing: "a cat and a dog left
-    of a tree" joins "cat" to the subject; "and a bird is flying" is a clause of its own."""
+    """Objects of ``gap`` joined by "and" or listed by a comma (:func:`_joins`) to the clause of ``used``
+    (walking by ``step`` up to clause ``stop``, which another relation uses), each a whole clause naming
+    a thing: "a cat and a dog left of a tree" and "a cat, a dog left of a tree" join "cat" to the
+    subject; "and a bird is flying" is a clause of its own."""
     at = next((i for i, c in enumerate(gap) if (p := noun_phrase(c, words)) and p.span == used.span), None)
     found: list[Coordinated] = []
     k = stop if at is None else at + step
     while k != stop and 0 <= k < len(gap):
+        if _serial_comma(gap, breaks, k):
+            k += step
+            continue
         word, phrase = breaks[min(k, k - step)], noun_phrase(gap[k], words)   # the break between k and k - step
-        if word.lower_ not in COORDINATORS or phrase is None or not is_whole_phrase(gap[k], phrase, words):
+        if not _joins(word, gap[k]) or phrase is None or not is_whole_phrase(gap[k], phrase, words):
             break
         found.append(Coordinated(phrase.text, phrase.span, used.text, word.text, triplet))
         k += step
     return found
+
+
+def _joins(word, clause: list) -> bool:
+    """Whether the clause break ``word`` lists ``clause`` as one more object: "and" always, a comma
+    only before an article ("a cat, a dog"), not before a prompt's trailing style words ("..., digital art")."""
+    if word.lower_ in COORDINATORS:
+        return True
+    return word.text == LIST_COMMA and bool(clause) and clause[0].lower_ in LIST_ARTICLES
+
+
+def _serial_comma(gap: list, breaks: list, k: int) -> bool:
+    """Whether clause ``k`` is the empty one inside ", and" (a list's last comma: "a cat, a dog, and a
+    bird"): one break, walked over."""
+    return (not gap[k] and 0 < k < len(gap) - 1 and breaks[k - 1].text == LIST_COMMA
+            and breaks[k].lower_ in COORDINATORS)
 
 
 def _missing_argument(written: str, rel_span: tuple[int, int], missing: str) -> PromptError:

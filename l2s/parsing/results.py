@@ -40,13 +40,14 @@ class NonDirectional(_RelationPhrases):
 
 @dataclass(frozen=True)
 class Coordinated:
-    """An object joined by "and" to a steered relation's subject or object ("a cat and a dog left of
-    a tree"): a plain list may mean either reading, so it is kept out of the relation, and said."""
+    """An object joined by "and" or listed by a comma to a steered relation's subject or object ("a cat
+    and a dog left of a tree", "a cat, a dog left of a tree"): a plain list may mean either reading,
+    so it is kept out of the relation, and said."""
 
     phrase: str            # "cat": in no relation
     span: CharSpan
     joined_to: str         # "dog": the triplet's subject or object
-    word: str              # "and", as written
+    word: str              # "and" or ",", as written
     triplet: Triplet
 
     def warning(self) -> str:
@@ -81,7 +82,7 @@ class ParsedPrompt:
                 else "no spatial relation found")
 
     def coordination_warnings(self) -> list[str]:
-        """One line per object joined by "and" to a steered one but in no relation itself."""
+        """One line per object joined by "and" (or listed by a comma) to a steered one but in no relation itself."""
         return [c.warning() for c in self.coordinated]
 
     def triplet_dicts(self) -> list[dict]:

@@ -139,4 +139,9 @@ TRAILING_ENDERS = frozenset({
 CLAUSE_WORDS = frozenset({"and", "while", "but", "whereas", "plus", "&"})
 # Clause words that may join two objects into one ("a cat and a dog left of a tree").
 COORDINATORS = frozenset({"and", "plus", "&"})
+# A comma lists one more object only before one of these ("a cat, a dog left of a tree"): a comma
+# also starts the style words many prompts end with ("a cat left of a dog, digital art, 4k").
+LIST_COMMA = ","
+LIST_ARTICLES = frozenset({"a", "an", "the", "another", "one", "two", "three", "four", "five", "six", "seven",
+                           "eight", "nine", "ten"})
 CLAUSE_PUNCT = frozenset({",", ";", ".", "!", "?", ":", "...", "—", "–", "--"})

@@ -576,3 +576,20 @@ def test_messages_about_a_prompt_files_prompt_name_its_line(tmp_path, capsys):
     code, _, err = run(argv, capsys)                       # the model's tokenizer's
     (line,) = error_lines(err)
     assert code == 2 and line.startswith(f"l2s: error: {prompts}:3 ('a red circle to the left"), line
+
+
+def test_a_prompt_the_detector_can_never_judge_is_said_apart_and_counts_nowhere(tmp_path, capsys):
+    prompts = tmp_path / "spatial.txt"
+    twin = "a red circle to the left of a red circle"
+    prompts.write_text(f"a red circle to the left of a blue square\n{twin}\n")
+    out = tmp_path / "run"
+    code, table, err = run(["eval", "--prompts", str(prompts), "--seeds", "0", "--mode", "base", "--quiet",
+                            "--no-contact-sheet", "--out", str(out)], capsys)
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())["modes"]["base"]
+    why = summary["no_verdict"][twin]
+    assert "cannot tell the two apart" in why and (summary["n_images"], summary["n_images_no_verdict"]) == (1, 1)
+    assert f"l2s: no verdict for 1 image of 1 prompt, in no count: {twin!r} ({why})" in err.splitlines()
+    assert "no verdict (images, not counted)" in table and "/1 " in table.splitlines()[2]
+    record = json.loads((out / "base" / "00001" / "samples" / "0000.json").read_text())
+    assert record["correct"] is None and record["no_verdict"] == why

@@ -51,6 +51,13 @@ def test_parse_warns_of_an_object_joined_by_and_and_prints_what_it_read(capsys):
     assert err.startswith("l2s: warning: 'cat' is joined to 'dog' by 'and': only 'dog left of tree' is steered")
 
 
+def test_parse_warns_of_an_object_a_comma_lists_in_no_relation(capsys):
+    code, out, err = run(["parse", "a cat, a dog to the left of a tree"], capsys)
+    assert code == 0 and out == "dog | left of | tree\n"
+    assert err.splitlines() == ["l2s: warning: 'cat' is joined to 'dog' by ',': only 'dog left of tree' is steered, "
+                                "not 'cat'; give the relations (--relations, or relations= in Python) to steer both"]
+
+
 def test_parse_from_stdin_names_the_line_of_an_object_joined_by_and(capsys, monkeypatch):
     monkeypatch.setattr(sys, "stdin", io.StringIO("a cat above a dog\na cat left of a dog and a bird\n"))
     code, out, err = run(["parse", "--json", "-"], capsys)

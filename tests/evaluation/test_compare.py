@@ -169,3 +169,34 @@ def test_a_scored_folder_differs_only_in_what_both_runs_hold_and_the_generated_r
     assert compare_runs(read_eval_run(scored), read_eval_run(other)).differing_settings() == \
         "images: '/runs/geneval/steered' -> '/runs/mine/steered'"          # what both hold still compares
     assert "generated its images" not in compare_runs(read_eval_run(made), read_eval_run(made)).markdown()
+
+
+def test_pairs_without_a_verdict_on_either_side_are_skipped_and_counted(tmp_path):
+    # prompt 1 has no verdict in A, seed 1 of prompt 0 none in B: 3 of the 4 steered pairs are skipped
+    a = write_run(tmp_path / "a", {("steered", 0, 0): True, ("steered", 0, 1): True,
+                                   ("steered", 1, 0): None, ("steered", 1, 1): None})
+    b = write_run(tmp_path / "b", {("steered", 0, 0): False, ("steered", 0, 1): None,
+                                   ("steered", 1, 0): True, ("steered", 1, 1): False})
+    (steered,) = compare_runs(read_eval_run(a), read_eval_run(b)).modes
+    assert (steered.paired.n_pairs, steered.paired.a_only, steered.no_verdict) == (1, 1, 3)
+    text = compare_runs(read_eval_run(a), read_eval_run(b)).markdown()
+    assert "| steered | 1 | 1/1 = 1.000 | 0/1 = 0.000 |" in text
+    assert ("Skipped steered pairs without a verdict on either side (prompts the detector can never judge): "
+            "3 of 4.") in text.splitlines() and "Unpaired" not in text
+    none = write_run(tmp_path / "none", {("steered", 1, 0): None})
+    with pytest.raises(L2SError, match="none of the 1 images they share has a verdict on both sides"):
+        compare_runs(read_eval_run(a), read_eval_run(none))
+
+
+def test_a_record_written_before_such_images_had_no_verdict_is_skipped_too(tmp_path):
+    # an earlier l2s wrote "correct": false for a relation between one label twice
+    twin = {"subject": "red circle", "relation": "left of", "object": "red circle", "holds": False, "found": [],
+            "position_score": None, "reason": "cannot be judged"}
+    old, new = (write_run(tmp_path / name, {("steered", 0, 0): True, ("steered", 1, 0): verdict})
+                for name, verdict in (("old", False), ("new", None)))
+    lines = [json.loads(line) for line in (old / "results.jsonl").read_text().splitlines()]
+    lines[1]["checks"] = [twin]
+    (old / "results.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    (steered,) = compare_runs(read_eval_run(old), read_eval_run(old)).modes
+    assert (steered.paired.n_pairs, steered.no_verdict) == (1, 1)
+    assert compare_runs(read_eval_run(old), read_eval_run(new)).modes[0].no_verdict == 1

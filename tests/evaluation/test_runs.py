@@ -472,3 +472,51 @@ def test_settings_known_before_a_model_loads_are_compared_then(tmp_path):
     (tmp_path / "run.json").write_text(json.dumps({"generation": [1]}))
     with pytest.raises(DamagedFileError, match="generation settings are not a JSON object"):
         refuse_changed_settings(tmp_path, {"steps": 2})
+
+
+class TwinSteerer(SceneSteerer):
+    """Draws "a red circle to the left of a red circle" as a red circle beside a blue square (a scene
+    refuses one object twice): the detector still finds one red circle, its verdict still none."""
+
+    def __call__(self, prompt, **kwargs):
+        return super().__call__(prompt.replace(" of a red circle", " of a blue square"), **kwargs)
+
+
+def test_a_prompt_the_detector_can_never_judge_has_no_verdict_and_is_in_no_count(tmp_path):
+    same = "a red circle to the left of a red circle"      # one detection for both circles
+    specs = [*shapes_position_prompts(2, seed=0), PromptSpec(same, (RelationCheck("red circle", "left of",
+                                                                                  "red circle"),))]
+    report = run_eval(TwinSteerer(), specs, ShapesDetector(), tmp_path, seeds=[0, 1], progress=False,
+                      settings={"model": "fake"}, detector_name="shapes")
+    steered, base = report.modes["steered"].summary, report.modes["base"].summary
+    assert (steered.n_correct, steered.n_images, steered.n_no_verdict) == (4, 4, 2) and steered.accuracy == 1.0
+    judged = {spec.checks[0].relation: [0, 2] for spec in specs[:2]}       # the twin's "left of" in no count
+    assert (base.n_correct, base.n_images, base.per_relation, base.n_prompts) == (0, 4, judged, 2)
+    record = json.loads((tmp_path / "steered" / "00002" / "samples" / "0001.json").read_text())
+    assert record["correct"] is None and record["score"] is None and record["checks"][0]["holds"] is None
+    assert "cannot tell the two apart" in record["no_verdict"] and record["reason"] == record["no_verdict"]
+    saved = json.loads((tmp_path / "summary.json").read_text())["modes"]["steered"]
+    assert saved["n_images_no_verdict"] == 2 and saved["no_verdict"] == {same: record["no_verdict"]}
+    assert saved["accuracy"] == 1.0 and saved["n_images"] == 4
+    assert report.no_verdict_line() == (f"no verdict for 4 images of 1 prompt, in no count: {same!r} "
+                                        f"({record['no_verdict']})")
+    assert "no verdict (images, not counted)          2          2" in report.table()
+    page = (tmp_path / "report.html").read_text()
+    assert "<h2>No verdict</h2>" in page and "None: every image with a verdict is correct." in page
+
+
+def test_a_record_written_before_such_prompts_had_no_verdict_resumes_without_one(tmp_path):
+    same = "a red circle to the left of a red circle"
+    specs = [PromptSpec(same, (RelationCheck("red circle", "left of", "red circle"),))]
+    run_eval(TwinSteerer(), specs, ShapesDetector(), tmp_path, seeds=[0], progress=False,
+             settings={"model": "fake"}, detector_name="shapes")
+    path = tmp_path / "steered" / "00000" / "samples" / "0000.json"
+    record = json.loads(path.read_text())
+    del record["no_verdict"]                                  # as an earlier l2s wrote it: a failure
+    record.update(correct=False, score=0.0, checks=[{**record["checks"][0], "holds": False}])
+    path.write_text(json.dumps(record))
+    report = run_eval(TwinSteerer(), specs, ShapesDetector(), tmp_path, seeds=[0], progress=False,
+                      settings={"model": "fake"}, detector_name="shapes")
+    part = report.modes["steered"]
+    assert part.status_counts() == {"resumed": 1}
+    assert (part.summary.n_images, part.summary.n_no_verdict, part.records[0].result.correct) == (0, 1, None)
