@@ -58,7 +58,8 @@ def test_a_16_bit_greyscale_image_is_scored_on_its_tones(tmp_path):
     png = images / "00000" / "samples" / "0000.png"
     grey = np.asarray(Image.open(png).convert("L"), dtype=np.uint16) * 257
     Image.fromarray(grey).save(png)                  # 16-bit PNG, opened by PIL as "I;16"
-    assert Image.open(png).mode == "I;16"
+    with Image.open(png) as saved:
+        assert saved.mode == "I;16"
     assert _score(images, tmp_path / "out").n_correct == 1
 
 

@@ -53,7 +53,8 @@ def test_attention_grid_puts_each_objects_map_where_it_attends(tmp_path):
     steps = [StepMaps(0, ["red cat", "dog"], torch.tensor(before)[None], torch.tensor(after)[None])]
     paths = save_attention_grids(image, steps, tmp_path / "maps")
     assert [p.name for p in paths] == ["step_00.png"]
-    assert Image.open(paths[0]).size == attention_grid(image, 0, ["red cat", "dog"], before, after).size
+    with Image.open(paths[0]) as saved:
+        assert saved.size == attention_grid(image, 0, ["red cat", "dog"], before, after).size
 
 
 def test_side_by_side_enlarges_small_images_and_keeps_left_and_right():
