@@ -37,6 +37,19 @@ def _rope(x: torch.Tensor, rope: Rope, rows: slice) -> torch.Tensor:
     return apply_rotary_emb(x, (rope[0][rows], rope[1][rows]), sequence_dim=1)
 
 
+_SEPARATE = {False: ("to_q", "to_k", "to_v"), True: ("add_q_proj", "add_k_proj", "add_v_proj")}
+
+
+def _projected(attn, x: torch.Tensor, parts: str = "qkv", added: bool = False) -> tuple[torch.Tensor, ...]:
+    """The ``parts`` (of "qkv") of ``x`` (``added``: the text stream) as the stock processor projects
+    them: from the fused copy whenever ``attn.fused_projections`` is set (diffusers' own test, even if
+    the separate layers changed since), else from the separate layers."""
+    if attn.fused_projections:
+        fused = (attn.to_added_qkv if added else attn.to_qkv)(x).chunk(3, dim=-1)
+        return tuple(fused["qkv".index(part)] for part in parts)
+    return tuple(getattr(attn, _SEPARATE[added]["qkv".index(part)])(x) for part in parts)
+
+
 def layer_maps(query: torch.Tensor, key: torch.Tensor, text_len: int, selector: torch.Tensor,
                backend: str) -> torch.Tensor:
     """``(B, H, N, W)`` maps (one column per selector column: the groups, then zero padding) from
@@ -65,15 +78,14 @@ def double_block(block, hidden: torch.Tensor, text: torch.Tensor, mods: tuple[to
     norm_hidden = _modulated(block.norm1.norm(hidden), shift, scale)
     norm_text = _modulated(block.norm1_context.norm(text), c_shift, c_scale)
     if maps_only:
-        query = _rope(attn.norm_q(_heads(attn.to_q(norm_hidden), attn)), rope, slice(text_len, None))
-        key = _rope(attn.norm_added_k(_heads(attn.add_k_proj(norm_text), attn)), rope, slice(0, text_len))
+        (query,), (key,) = _projected(attn, norm_hidden, "q"), _projected(attn, norm_text, "k", added=True)
+        query = _rope(attn.norm_q(_heads(query, attn)), rope, slice(text_len, None))
+        key = _rope(attn.norm_added_k(_heads(key, attn)), rope, slice(0, text_len))
         return None, None, layer_maps(query, key, 0, *capture)
-    query = attn.norm_q(_heads(attn.to_q(norm_hidden), attn))
-    key = attn.norm_k(_heads(attn.to_k(norm_hidden), attn))
-    value = _heads(attn.to_v(norm_hidden), attn)
-    text_query = attn.norm_added_q(_heads(attn.add_q_proj(norm_text), attn))
-    text_key = attn.norm_added_k(_heads(attn.add_k_proj(norm_text), attn))
-    text_value = _heads(attn.add_v_proj(norm_text), attn)
+    query, key, value = (_heads(x, attn) for x in _projected(attn, norm_hidden))
+    text_query, text_key, text_value = (_heads(x, attn) for x in _projected(attn, norm_text, added=True))
+    query, key = attn.norm_q(query), attn.norm_k(key)
+    text_query, text_key = attn.norm_added_q(text_query), attn.norm_added_k(text_key)
     query = apply_rotary_emb(torch.cat([text_query, query], dim=1), rope, sequence_dim=1)
     key = apply_rotary_emb(torch.cat([text_key, key], dim=1), rope, sequence_dim=1)
     value = torch.cat([text_value, value], dim=1)
@@ -103,13 +115,15 @@ def single_block(block, joint: torch.Tensor, mods: tuple[torch.Tensor, ...], rop
     attn = block.attn
     norm_joint = _modulated(block.norm.norm(joint), shift, scale)
     if maps_only:
-        query = _rope(attn.norm_q(_heads(attn.to_q(norm_joint[:, text_len:]), attn)), rope, slice(text_len, None))
-        key = _rope(attn.norm_k(_heads(attn.to_k(norm_joint[:, :text_len]), attn)), rope, slice(0, text_len))
+        (query,), (key,) = (_projected(attn, norm_joint[:, text_len:], "q"),
+                            _projected(attn, norm_joint[:, :text_len], "k"))
+        query = _rope(attn.norm_q(_heads(query, attn)), rope, slice(text_len, None))
+        key = _rope(attn.norm_k(_heads(key, attn)), rope, slice(0, text_len))
         return None, layer_maps(query, key, 0, *capture)
     mlp = block.act_mlp(block.proj_mlp(norm_joint))
-    query = apply_rotary_emb(attn.norm_q(_heads(attn.to_q(norm_joint), attn)), rope, sequence_dim=1)
-    key = apply_rotary_emb(attn.norm_k(_heads(attn.to_k(norm_joint), attn)), rope, sequence_dim=1)
-    value = _heads(attn.to_v(norm_joint), attn)
+    query, key, value = (_heads(x, attn) for x in _projected(attn, norm_joint))
+    query = apply_rotary_emb(attn.norm_q(query), rope, sequence_dim=1)
+    key = apply_rotary_emb(attn.norm_k(key), rope, sequence_dim=1)
     maps = layer_maps(query, key, text_len, *capture) if capture is not None else None
     out = torch.cat([_attend(attn, query, key, value), mlp], dim=2)
     return _clipped(joint + gate.unsqueeze(1) * block.proj_out(out)), maps

@@ -44,7 +44,8 @@ def steered_forward_unsupported(transformer: torch.nn.Module) -> str | None:
     """Why :class:`FluxSteeredForward` cannot stand in for ``transformer``'s forward (None: it can).
 
     Anything that changes what the stock forward does (hooks on it, offloading, a non-stock
-    attention processor, fused projections, gradient checkpointing) keeps the stock forward.
+    attention processor, gradient checkpointing) keeps the stock forward. Fused projections do not:
+    the steered blocks project as the stock processor does (:mod:`.flux_blocks`).
     """
     if not isinstance(transformer, FluxTransformer2DModel):
         return f"{type(transformer).__name__} is not a FLUX transformer"
@@ -59,8 +60,6 @@ def steered_forward_unsupported(transformer: torch.nn.Module) -> str | None:
         if isinstance(module, FluxAttention):
             if type(module.processor) is not FluxAttnProcessor:
                 return f"an attention layer runs {type(module.processor).__name__}, not the stock processor"
-            if module.fused_projections:
-                return "attention projections are fused"
     return None
 
 

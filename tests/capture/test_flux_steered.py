@@ -115,3 +115,52 @@ def test_the_stock_forward_is_kept_where_the_steered_one_cannot_stand_in():
     with pytest.raises(L2SError, match="cannot run this transformer"):
         FluxSteeredForward(model)
     assert "not a FLUX transformer" in steered_forward_unsupported(tiny_sd_pipeline(seed=0).unet)
+
+
+def with_scaled_fused_copies(model: FluxTransformer2DModel) -> FluxTransformer2DModel:
+    """``model`` fused (``fuse_qkv_projections``) with fused copies that no longer equal the separate
+    layers, so a forward shows which of them it projected through."""
+    model.fuse_qkv_projections()
+    with torch.no_grad():
+        for module in model.modules():
+            for name in ("to_qkv", "to_added_qkv"):
+                if hasattr(module, name):
+                    getattr(module, name).weight.mul_(1.5)
+    return model
+
+
+def unfuse(model: FluxTransformer2DModel, how: str) -> None:
+    """diffusers' unfuse (drops the copies), or only the flag the stock processor reads (copies kept)."""
+    if how == "diffusers":
+        model.unfuse_qkv_projections()
+        return
+    for module in model.modules():
+        if hasattr(module, "fused_projections"):
+            module.fused_projections = False
+
+
+@pytest.mark.parametrize("unfused_by", ["diffusers", "flag only"])
+@pytest.mark.parametrize("layers", [
+    None,                                                             # the last a single block: maps only
+    ["transformer_blocks.0.attn"],                                    # a double block's maps only
+    ["transformer_blocks.1.attn", "single_transformer_blocks.1.attn"],
+])
+def test_fused_projections_project_as_the_stock_processor_also_after_unfusing(model_and_inputs, layers, unfused_by):
+    """Exactly the stock forward's maps and gradient, fused or not (measured: equal bit for bit)."""
+    model, inputs = model_and_inputs
+    unfused_maps, _ = captured(model, inputs, layers)
+    fused = with_scaled_fused_copies(tiny_flux(model.config.guidance_embeds))
+    assert steered_forward_unsupported(fused) is None
+    expected_maps, expected_grad = captured(fused, inputs, layers)
+    assert not torch.allclose(expected_maps[0], unfused_maps[0])      # the stock forward read the fused copies
+    maps, grad = steered(fused, inputs, layers)
+    for got, expected in zip(maps, expected_maps):
+        torch.testing.assert_close(got, expected, **SAME)
+    torch.testing.assert_close(grad, expected_grad, **SAME)
+    unfuse(fused, unfused_by)                                          # the separate layers again
+    maps, grad = steered(fused, inputs, layers)
+    expected_maps, expected_grad = captured(fused, inputs, layers)
+    for got, expected, unfused in zip(maps, expected_maps, unfused_maps):
+        torch.testing.assert_close(got, expected, **SAME)
+        torch.testing.assert_close(got, unfused, rtol=0, atol=0)
+    torch.testing.assert_close(grad, expected_grad, **SAME)

@@ -95,6 +95,20 @@ def test_fast_mode_runs_the_steered_forward_and_the_stock_one_where_it_cannot(pi
         handle.remove()
 
 
+def test_a_fused_transformer_keeps_the_steered_forward_compiled_too(pipe_and_classifier):
+    """After ``fuse_qkv_projections`` "fast" runs the steered forward (it fell back to the stock one) and
+    the compiled mode steers as "fast" (it was refused); fusing rounds differently, nothing more."""
+    pipe, classifier = pipe_and_classifier
+    fused = copy.deepcopy(pipe)
+    fused.transformer.fuse_qkv_projections()
+    fast = steerer((fused, classifier), "fast")
+    expected = trajectory(run(fast))
+    assert fast.objective._steered is not None
+    assert trajectory(run(steerer((fused, classifier), COMPILED_FOR_TESTS))) == pytest.approx(expected, rel=1e-4,
+                                                                                               abs=1e-6)
+    assert expected == pytest.approx(trajectory(run(steerer(pipe_and_classifier, "fast"))), rel=1e-4, abs=1e-6)
+
+
 def test_compiled_steering_is_one_graph_for_every_prompt_relation_and_step(pipe_and_classifier):
     """Index-like inputs are device tensors and the step's constants are inputs: one compiled graph
     serves a second prompt with three objects and two relations (other groups, other classes)."""
