@@ -290,7 +290,8 @@ def _tile_meta(q: torch.Tensor, D: int, G: int) -> dict:
     }
 
 
-def _launch_config(dtype: torch.dtype, block_n: int | None, block_t: int | None, num_warps: int | None) -> tuple[int, int, int]:
+def _launch_config(dtype: torch.dtype, block_n: int | None, block_t: int | None,
+                   num_warps: int | None) -> tuple[int, int, int]:
     """Tile sizes and warps; explicit arguments win.
 
     At head dim 128 on sm_90, 16-bit inputs fit 64×64 tiles on 4 warps without register spills;

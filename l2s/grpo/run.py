@@ -151,7 +151,8 @@ def train_grpo(pipe, reward, settings: GRPOSettings, out: str | Path, train_prom
     lock = output_lock(out, kind="grpo") if acc.is_main_process else contextlib.nullcontext()
     with lock:
         trainer = GRPOTrainer(pipe, reward, settings, acc)
-        if not resume and acc.is_main_process:  # a fresh start: a kill before its first epoch must not resume the old run
+        # A fresh start: a kill before its first epoch must not resume the old run.
+        if not resume and acc.is_main_process:
             remove_outputs(out, [CHECKPOINT, LOG, "grpo.json", "adapter", "adapter_raw", EVALUATED,
                                  CURVES_FILE],
                            "starting the GRPO run over")

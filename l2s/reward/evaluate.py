@@ -17,7 +17,8 @@ from .scorer import images_to_tensor
 FLIP_GROUPS = {"1": (1,), "2-3": (2, 3)}
 
 
-def pair_scores(judge, pairs: PairSet, mirror: bool = False, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_scores(judge, pairs: PairSet, mirror: bool = False,
+                batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
     """(winner scores, loser scores) of every pair under its prompt (``mirror``: under the
     perturbed prompt, where the stored loser is the one that should win, so it is returned first)."""
     prompts = [r["perturbed"] if mirror else r["prompt"] for r in pairs.records]

@@ -166,8 +166,8 @@ class SpatialScore(nn.Module):
             text = layer(text, pictures)
         reward = self.reward_token.expand(images.shape[0], -1, -1)
         tokens = torch.cat([reward + self.kind[0], text + self.kind[1], pictures + self.kind[2]], dim=1)
-        mask = torch.cat([torch.zeros_like(pad[:, :1]), pad, torch.zeros_like(pad[:, :1]).expand(-1, pictures.shape[1])],
-                         dim=1)
+        never = torch.zeros_like(pad[:, :1])
+        mask = torch.cat([never, pad, never.expand(-1, pictures.shape[1])], dim=1)
         out = self.head(self.joint(tokens, src_key_padding_mask=mask)[:, 0])
         return out[:, 0], out[:, 1].clamp(*LOG_VAR_RANGE)
 

@@ -33,7 +33,8 @@ class RelationalHead(nn.Module):
         self.base_log_var = nn.Parameter(torch.zeros(()))
         self.register_buffer("places", grid_places(grid), persistent=False)
 
-    def forward(self, text: torch.Tensor, image: torch.Tensor, prompts: PromptBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, text: torch.Tensor, image: torch.Tensor,
+                prompts: PromptBatch) -> tuple[torch.Tensor, torch.Tensor]:
         (b, t, d), h = text.shape, self.heads
         clauses = prompts.relations.shape[1]
         phrases = prompts.phrases[..., :t].reshape(b, clauses * 2, t).to(text.dtype) @ text            # (B, 2C, d)

@@ -55,7 +55,8 @@ def validation_split(pairs: PairSet, fraction: float, seed: int) -> tuple[PairSe
         return int.from_bytes(digest[:8], "big") / 2 ** 64 < fraction
 
     flags = [held(r) for r in pairs.records]
-    return (pairs.subset([i for i, f in enumerate(flags) if not f]), pairs.subset([i for i, f in enumerate(flags) if f]))
+    return (pairs.subset([i for i, f in enumerate(flags) if not f]),
+            pairs.subset([i for i, f in enumerate(flags) if f]))
 
 
 def check_prompts(scorer: SpatialScorer, sets: Sequence[PairSet]) -> None:
@@ -116,7 +117,8 @@ def _save(directory: Path, scorer: SpatialScorer, state: dict | None = None) -> 
     atomic_dir(directory, write)
 
 
-def train_reward_model(data: str | Path | Sequence[str | Path], out: str | Path, tokenizer, settings: RewardTrainSettings | None = None, *,
+def train_reward_model(data: str | Path | Sequence[str | Path], out: str | Path, tokenizer,
+                       settings: RewardTrainSettings | None = None, *,
                        device: str = "cpu", resume: bool = True, progress: bool = True,
                        command: str | None = None, stop_after: int | None = None,
                        on_resume: Callable[[str], None] | None = None) -> dict:

@@ -132,10 +132,10 @@ def run_shapes_bench(out_dir: str | Path, *, pipeline_dir: str | Path | None = N
     adapter (``l2s shapes grpo``) merged into the model first: its base mode is the tuned model,
     its steered mode the tuned model steered. ``batch_size``: images per steering call
     (:func:`~l2s.evaluation.run_eval`'s; 1: one call per image). ``reward_model``: a SpatialScore
-    folder (``l2s shapes train-reward``; ``"spatialscore"``: the shipped one) whose mean score and AUC against the exact verdict every
-    generated mode also reports (:mod:`.bench_reward`). ``modes``: the modes to generate (default
-    both; ``("base",)`` for a tuned row that the comparison reads without steering); a part with
-    none of them is skipped, or refused when ``parts`` names it.
+    folder (``l2s shapes train-reward``; ``"spatialscore"``: the shipped one) whose mean score and AUC
+    against the exact verdict every generated mode also reports (:mod:`.bench_reward`). ``modes``: the
+    modes to generate (default both; ``("base",)`` for a tuned row that the comparison reads without
+    steering); a part with none of them is skipped, or refused when ``parts`` names it.
     """
     positive_int(batch_size, "batch_size")   # every check before any model loads
     _check_counts(scale, position_prompts, seeds)

@@ -45,8 +45,8 @@ def bench_table(results: dict) -> str:
     same images"), from the two-object run restricted to the same prompts and seeds.
     """
     lines = ["| part | prompts x seeds | schedule | classifier | base strict | steered strict | base colour | "
-             "steered colour | colour steered/base | reference dual, same images (colour) | objects found base / steered "
-             "| s/image steered |",
+             "steered colour | colour steered/base | reference dual, same images (colour) | "
+             "objects found base / steered | s/image steered |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for p in results["parts"]:
         base, steered, same = (p["modes"].get(k) for k in ("base", "steered", "reference_dual"))

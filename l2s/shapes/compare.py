@@ -20,7 +20,8 @@ from l2s.reward.identity import same_reward
 from .recipes import shipped_rewards
 
 TABLE_START = "| method | "   # the first line of every comparison table begins so
-COLUMNS = ("two obj strict", "two obj colour", "two obj found", "multi 3/2 colour", "multi 4/3 colour", "held-out colour",
+COLUMNS = ("two obj strict", "two obj colour", "two obj found", "multi 3/2 colour", "multi 4/3 colour",
+           "held-out colour",
            "no rel: found", "no rel: colours", "no rel: spread", "reward score", "reward AUC",
            "GRPO CPU-h", "extra CPU-s/img", "break-even images")
 
@@ -203,7 +204,8 @@ def comparison_table(untuned: dict, tuned: list[Tuned]) -> str:
     lines = [TABLE_START + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     rows = [("base", untuned, "base", None), ("steering", untuned, "steered", None)]
     for t in tuned:
-        rows += [(t.name, t.bench, "base", t.training_cpu_s), (f"{t.name} + steering", t.bench, "steered", t.training_cpu_s)]
+        rows += [(t.name, t.bench, "base", t.training_cpu_s),
+                 (f"{t.name} + steering", t.bench, "steered", t.training_cpu_s)]
     for name, bench, mode, training in rows:
         if mode in _part(bench, "position"):
             lines.append(f"| {name} | " + " | ".join(_row(bench, mode, steering, training)) + " |")

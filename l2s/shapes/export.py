@@ -69,14 +69,15 @@ def training_markdown(record: dict) -> str:
 A FLUX-architecture text-to-image model of `l2s.shapes` scenes, {origin} by
 `l2s shapes train-model` (rectified flow, EMA weights exported). Load it with
 `l2s.shapes.load_shapes_pipeline(dir)` (or `FluxPipeline.from_pretrained(dir)` after
-`import l2s.shapes.model`) and sample at {s['size']}x{s['size']} with {SHAPES_STEPS} steps (it is not step-distilled: 4 steps leave blurry blobs).
+`import l2s.shapes.model`) and sample at {s['size']}x{s['size']} with {SHAPES_STEPS} steps (it is not
+step-distilled: 4 steps leave blurry blobs).
 
 - command: `{record['command']}`{_continuation(s)}
-- seed {record['seed']}, {record['steps']} steps (of {record['planned_steps']} planned) of batch {s['batch_size']}, lr {s['lr']} (warm-up
-  {s['warmup']}, cosine to {s['final_lr_fraction']}x), AdamW wd {s['weight_decay']}, EMA {s['ema_decay']},
-  sigma sampling {s['sigma_sampling']}
-- data: {s['scenes']} scenes of {s['n_objects'][0]}-{s['n_objects'][1]} objects ({s['object_sizes'][0]}-{s['object_sizes'][1]} px), relation
-  stated in {s['relation_caption_rate']:.0%} of captions
+- seed {record['seed']}, {record['steps']} steps (of {record['planned_steps']} planned) of batch
+  {s['batch_size']}, lr {s['lr']} (warm-up {s['warmup']}, cosine to {s['final_lr_fraction']}x), AdamW wd
+  {s['weight_decay']}, EMA {s['ema_decay']}, sigma sampling {s['sigma_sampling']}
+- data: {s['scenes']} scenes of {s['n_objects'][0]}-{s['n_objects'][1]} objects
+  ({s['object_sizes'][0]}-{s['object_sizes'][1]} px), relation stated in {s['relation_caption_rate']:.0%} of captions
 - final loss {record['final_loss']:.4f} (smoothed {record['final_loss_smoothed'] or float('nan'):.4f}),
   {record['trained_parameters']:,} trained parameters
 - wall time {record['wall_time_s'] / 60:.1f} min on {record['device']}; torch {record['versions']['torch']},

@@ -150,7 +150,8 @@ def make_shard(pipe, settings: PairSettings, shard: int, detector: ShapesDetecto
         for w, l, relations, flips in match_family(rng, chain, shown, settings.uses_per_image):
             good, bad = chain.with_relations(relations), chain.with_relations(relations).flipped(flips)
             # The exact check of the recipe: the winner satisfies P, the loser P' and not P.
-            if not (judge(detector, pictures[w], good.spec()).correct and judge(detector, pictures[l], bad.spec()).correct
+            if not (judge(detector, pictures[w], good.spec()).correct
+                    and judge(detector, pictures[l], bad.spec()).correct
                     and not judge(detector, pictures[l], good.spec()).correct):
                 continue
             records.append({"prompt": good.prompt, "perturbed": bad.prompt, "winner": j * n + w, "loser": j * n + l,

@@ -1,8 +1,9 @@
 """l2s.steer: test-time steering of a latent, independent of the diffusion model's loop.
 
-:class:`SteeringPlan` says what a prompt steers (:class:`BatchPlan`: one per image of a batch), :class:`SteeringObjective` computes log p(target
-relation) of a latent through the denoiser's maps and the classifier, :func:`refine_latents`
-takes gradient steps on it, and a :class:`Schedule` (or a preset) says on which steps and how hard.
+:class:`SteeringPlan` says what a prompt steers (:class:`BatchPlan`: one per image of a batch),
+:class:`SteeringObjective` computes log p(target relation) of a latent through the denoiser's maps and
+the classifier, :func:`refine_latents` takes gradient steps on it, and a :class:`Schedule` (or a
+preset) says on which steps and how hard.
 """
 
 from .batch import BatchPlan

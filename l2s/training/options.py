@@ -56,7 +56,8 @@ def check_training_options(*, epochs: int | None = None, batch_size: int = 64, l
         raise L2SError(f"{spelled('resume')} must be True or False, got {resume!r}")
     if prompt_types is not None and (isinstance(prompt_types, str) or not prompt_types
                                      or any(t not in PROMPT_TYPES for t in prompt_types)):
-        raise L2SError(f"{spelled('prompt_types')} must be a list of {' and '.join(PROMPT_TYPES)}, got {prompt_types!r}")
+        raise L2SError(f"{spelled('prompt_types')} must be a list of {' and '.join(PROMPT_TYPES)}, "
+                       f"got {prompt_types!r}")
     for name, value, low in (("epochs", epochs, 1), ("batch_size", batch_size, 1), ("num_workers", num_workers, 0),
                              ("layers", layers, 1)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):

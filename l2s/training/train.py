@@ -268,8 +268,8 @@ def _train(dataset_dir: Path, out_dir: Path, config: ClassifierConfig, train_set
             finished = counters["stopped_early"] or resumed_at >= max_epochs
             on_resume(resume_message(out_dir, resumed_at, finished, counters["stopped_early"]))
         source = {"dataset": str(dataset_dir.resolve()), **_source_model(dataset_dir)}   # read once, kept per epoch
-        with tqdm(total=max_epochs, initial=min(counters["epoch"], max_epochs), disable=not (progress and group.is_main),
-                  desc="l2s train", unit="epoch") as bar:
+        with tqdm(total=max_epochs, initial=min(counters["epoch"], max_epochs),
+                  disable=not (progress and group.is_main), desc="l2s train", unit="epoch") as bar:
             while counters["epoch"] < max_epochs and not counters["stopped_early"]:
                 row = run.epoch(train_loader, val_loader, device)
                 history.append(row)
