@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-import sys
 
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 # Spellings of earlier releases (make-data's --torch-dtype took torch's names).
@@ -17,7 +16,10 @@ DTYPE_HELP = "weights dtype (default auto: the model's published dtype on CUDA, 
 
 
 def deprecated(message: str) -> None:
-    print(f"l2s: warning: {message}", file=sys.stderr)
+    """An old spelling's warning: once per machine in a spread run (every process parses it)."""
+    from .outputs import say
+
+    say(f"l2s: warning: {message}")
 
 
 class _DeprecatedDtype(argparse.Action):
