@@ -12,7 +12,6 @@ from pathlib import Path
 
 from l2s.errors import L2SError, ModelLoadError, UsageError
 
-from .checks import refuse_near_shipped_name
 from .options import resolve_device, torch_dtype
 
 TRUE_CFG_HELP = ("FLUX only: classifier-free guidance against an empty prompt on the plain steps, as "
@@ -239,7 +238,6 @@ def weights_digests(args: argparse.Namespace) -> dict:
 def _load_steerer(args: argparse.Namespace):
     from l2s.shapes.recipes import classifier_folder
 
-    refuse_near_shipped_name(args.classifier, SHIPPED_CLASSIFIER_NAMES, "classifier")
     resolved = classifier_folder(args.classifier)   # a shipped classifier's name -> its folder (a string:
     args.classifier = None if resolved is None else str(resolved)   # run settings are JSON)
     true_cfg = getattr(args, "true_cfg", None)
