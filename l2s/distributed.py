@@ -14,6 +14,7 @@ drops the lock with its holder.
 from __future__ import annotations
 
 import atexit
+import hashlib
 import os
 import socket
 import sys
@@ -33,6 +34,9 @@ T = TypeVar("T")
 WAIT = timedelta(hours=24)
 SAID_WAIT = timedelta(seconds=3)   # how long a process waits to learn its machine said its line
 JOIN_NOTICE = timedelta(seconds=30)   # a join slower than this says what it waits for
+# logging ``extra`` of a warning every process of a spread run meets alike (the shipped model missing):
+# the command line says it once per machine (:func:`line_to_say`), not once per process.
+EVERY_PROCESS = {"l2s_every_process": True}
 
 
 @dataclass(frozen=True)
@@ -145,7 +149,8 @@ def first_on_machine() -> bool:
 
 
 def line_to_say(line: str) -> str | None:
-    """What this process prints of the error line it ends on; None: nothing.
+    """What this process prints of a line every process may meet (the error it ends on, a
+    warning); None: nothing.
 
     Alone, a process says its own. Under a launcher each machine's first process (``LOCAL_RANK``
     0) says it; another says it only if that one did not say the same within :data:`SAID_WAIT`
@@ -154,23 +159,25 @@ def line_to_say(line: str) -> str | None:
     joining), the first process alone says it."""
     if not launched():
         return line
-    store, key = _store(), f"l2s/said/{os.environ.get('GROUP_RANK') or socket.gethostname()}"
+    # A key per line: a warning then an error said at once must not leave only the error to compare.
+    machine, digest = os.environ.get("GROUP_RANK") or socket.gethostname(), hashlib.sha256(line.encode()).hexdigest()
+    store, key = _store(), f"l2s/said/{machine}/{digest[:16]}"
     if first_on_machine():
         if store is not None:
-            _quietly(lambda: store.set(key, line))
+            _quietly(lambda: store.set(key, "said"))
         return line
-    if store is None or _said_on_machine(store, key, line):
+    if store is None or _said_on_machine(store, key):
         return None
     rank = os.environ.get("RANK", "?")
     return line.replace("l2s: error: ", f"l2s: error: rank {rank}: ", 1)
 
 
-def _said_on_machine(store, key: str, line: str) -> bool:
-    """Whether this machine's first process says ``line`` within :data:`SAID_WAIT` (polled: a
-    blocking wait would hold off Ctrl-C and log the store's timeout)."""
+def _said_on_machine(store, key: str) -> bool:
+    """Whether this machine's first process says the line of ``key`` within :data:`SAID_WAIT`
+    (polled: a blocking wait would hold off Ctrl-C and log the store's timeout)."""
     deadline = time.monotonic() + SAID_WAIT.total_seconds()
     while time.monotonic() < deadline:
-        if _quietly(lambda: store.check([key]) and store.get(key).decode() == line):
+        if _quietly(lambda: store.check([key])):
             return True
         time.sleep(0.05)
     return False

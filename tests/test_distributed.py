@@ -78,11 +78,13 @@ SCRIPT = textwrap.dedent('''
         refuse_different_commands(["eval", "--seeds", "0-1" if group.rank == 0 else "2-3"])
     except UsageError as error:
         out["different"] = str(error)
-    # An error line: rank 0 says it; rank 1 stays silent on the same line, names itself on its own.
-    out["said"] = [line_to_say("l2s: error: for all")] if group.rank == 0 else []
+    # A warning and an error line: rank 0 says them; rank 1 stays silent on both (the error said
+    # after the warning does not hide it), names itself on its own.
+    out["said"] = [line_to_say("l2s: warning: for all"), line_to_say("l2s: error: for all")] if group.rank == 0 else []
     group.barrier()
     if group.rank == 1:
-        out["said"] = [line_to_say("l2s: error: for all"), line_to_say("l2s: error: mine")]
+        lines = ("l2s: warning: for all", "l2s: error: for all", "l2s: error: mine")
+        out["said"] = [line_to_say(line) for line in lines]
     group.barrier()
     if group.rank == 0:       # rank 1 asks before rank 0 says the same line: it waits, then stays silent
         time.sleep(0.5)
@@ -130,8 +132,8 @@ def test_two_processes_share_gather_and_lock_as_one_group(tmp_path):
     assert ranks[0]["different"] == ranks[1]["different"] == (
         "the processes of this run were started with different arguments (rank 1 alone: --seeds 2-3; rank 0 alone: "
         "--seeds 0-1): start every process with the same command")
-    assert ranks[0]["said"] == ["l2s: error: for all", "l2s: error: late"]
-    assert ranks[1]["said"] == [None, "l2s: error: rank 1: mine", None]
+    assert ranks[0]["said"] == ["l2s: warning: for all", "l2s: error: for all", "l2s: error: late"]
+    assert ranks[1]["said"] == [None, None, "l2s: error: rank 1: mine", None]
     assert line_to_say("l2s: error: alone") == "l2s: error: alone"   # no group: every process says its own
     # A folder another process writes is refused on every rank, naming that process.
     for rank in ranks:

@@ -32,6 +32,7 @@ LAYERS = (
     ("l2s.grpo",),
     ("l2s.shapes",),
     ("l2s.demo",),
+    ("l2s.models",),
     ("l2s.cli", "l2s.__main__"),
 )
 

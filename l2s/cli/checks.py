@@ -6,7 +6,6 @@ name in place of the argument's; a value is never silently replaced by a default
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
 
 
 def check_sampling_args(args: argparse.Namespace) -> None:
@@ -42,34 +41,18 @@ def check_sampling_args(args: argparse.Namespace) -> None:
 
 
 def _check_weights(args: argparse.Namespace) -> None:
-    """``--lora`` and ``--reward-model`` name folders that hold what they must, before a model loads."""
+    """``--lora`` and ``--reward-model`` name folders that hold what they must, before a model loads
+    (a near miss of a shipped name is said by the name's resolution)."""
     if getattr(args, "lora", None):
         from l2s.grpo.lora import adapter_dir
-        from l2s.shapes.recipes import SHIPPED_LORA, lora_folder
+        from l2s.shapes.recipes import lora_folder
 
-        refuse_near_shipped_name(args.lora, [SHIPPED_LORA], "LoRA adapter")
         adapter_dir(lora_folder(args.lora))
     if getattr(args, "reward_model", None):
         from l2s.reward.scorer import check_reward_model_folder
-        from l2s.shapes.recipes import SHIPPED_REWARD, reward_model_path
+        from l2s.shapes.recipes import reward_model_path
 
-        refuse_near_shipped_name(args.reward_model, [SHIPPED_REWARD], "reward model")
         check_reward_model_folder(reward_model_path(args.reward_model))
-
-
-def refuse_near_shipped_name(value, shipped: Sequence[str], what: str) -> None:
-    """A value that is no path but close to a shipped name (``shapes-k5``, ``spatialscor``): one
-    line saying which was meant, in place of "no such folder"."""
-    import difflib
-    from pathlib import Path
-
-    from l2s.errors import ModelLoadError
-
-    value = None if value is None else str(value)
-    if value and "/" not in value and not Path(value).exists() and value not in shipped:   # "org/name": a hub id
-        close = difflib.get_close_matches(value.lower(), shipped, n=1)    # "Shapes-GRPO" too
-        if close:
-            raise ModelLoadError(f"{what} not found: {value} (did you mean {close[0]!r}?)")
 
 
 def _check_execution(args: argparse.Namespace) -> None:

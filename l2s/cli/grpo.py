@@ -13,9 +13,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from l2s.errors import L2SError
-
-from .checks import refuse_near_shipped_name
 from .help import command_parser
 from .options import add_threads_arg, flag_of, out_path, use_threads
 
@@ -94,24 +91,10 @@ def settings_from_args(args: argparse.Namespace, pipe=None):
 
 
 def load_reward(name: str, device: str):
-    """The reward callable ``--reward`` names."""
-    if name == "rule":
-        from l2s.shapes.rule_reward import RuleReward
+    """The reward callable ``--reward`` names (:func:`l2s.shapes.tuning.load_shapes_reward`)."""
+    from l2s.shapes.tuning import load_shapes_reward
 
-        return RuleReward("strict")
-    from l2s.shapes.recipes import SHIPPED_REWARD, reward_model_path
-
-    folder = reward_model_path(name)
-    if name == SHIPPED_REWARD:
-        if not folder.is_dir():
-            raise L2SError(f"--reward spatialscore: no SpatialScore ships in this installation ({folder} missing); "
-                           "train one with 'l2s shapes train-reward' and give its folder")
-    elif not folder.is_dir():
-        refuse_near_shipped_name(name, ["rule", SHIPPED_REWARD], "--reward")
-        raise L2SError(f"--reward {name}: neither 'rule', 'spatialscore' nor a SpatialScore folder")
-    from l2s.reward import load_reward_model
-
-    return load_reward_model(folder, device=device)
+    return load_shapes_reward(name, device, what="--reward")
 
 
 def grpo_main(argv: Sequence[str] | None = None) -> int:

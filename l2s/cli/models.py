@@ -7,13 +7,12 @@ diffusers pipeline.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from l2s.errors import L2SError, ModelLoadError, UsageError
+from l2s.errors import UsageError
+from l2s.models import TINY_MODELS
 
-from .checks import refuse_near_shipped_name
-from .options import resolve_device, torch_dtype
+from .options import resolve_device
 
 TRUE_CFG_HELP = ("FLUX only: classifier-free guidance against an empty prompt on the plain steps, as "
                  "diffusers' true_cfg_scale (default: 1 = none; the shapes world's own for its models)")
@@ -25,7 +24,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     """``--model``, ``--classifier`` and ``--lora``: which model steers, shared by ``generate`` and ``eval``."""
     parser.add_argument("--model", default=None,
                         help="default: the shipped shapes-world model and classifier (l2s/shapes/assets); 'tiny' "
-                             "(random tiny FLUX, offline demo), a local diffusers pipeline folder (FLUX, Stable "
+                             "(random tiny FLUX, offline demo; 'tiny-dev' and 'tiny-sd': dev-like FLUX and Stable "
+                             "Diffusion), a local diffusers pipeline folder (FLUX, Stable "
                              "Diffusion, or a shapes-world model from 'l2s shapes train-model') or a hub id in "
                              "the local Hugging Face cache")
     parser.add_argument("--classifier", help="classifier folder (from 'l2s train': OUT/best, safetensors + "
@@ -94,22 +94,30 @@ def apply_speed_args(steerer, args: argparse.Namespace) -> None:
 
 
 def load_steerer(args: argparse.Namespace):
-    """(steering pipeline, description of what was loaded) for ``--model`` and ``--classifier``,
-    with ``--capture-backend`` and ``--engine`` applied."""
+    """(steering pipeline, description of what was loaded) for ``--model``, ``--classifier`` and
+    ``--lora`` (:func:`l2s.models.load_steerer`), with ``--capture-backend`` and ``--engine`` applied."""
     from l2s.errors import ClassifierMismatchError
+    from l2s.models import load_steerer as load
 
     try:
-        steerer, source = _load_steerer(args)
-        if args.classifier:
-            getattr(steerer, "check_classifier", lambda: None)()
+        steerer, source = load(args.model, args.classifier, getattr(args, "lora", None), device=resolve_device(args),
+                               dtype=getattr(args, "dtype", "auto"), true_cfg_scale=getattr(args, "true_cfg", None),
+                               step_size=getattr(args, "step_size", None), spelled=_flag)
     except ClassifierMismatchError as error:
-        raise _naming_its_model(error, args.classifier, shipped_model=args.model is None) from None
+        raise _naming_its_model(error, args.classifier, shipped_model=_shipped_model_runs(args)) from None
     apply_speed_args(steerer, args)
-    if getattr(args, "lora", None):
-        from l2s.shapes.recipes import lora_folder
-
-        source += f"; LoRA adapter {lora_folder(args.lora)}"
     return steerer, source
+
+
+def _flag(name: str) -> str:
+    """A library argument as the library's messages put it before a value: ``--classifier PATH``."""
+    return f"--{name} "
+
+
+def _shipped_model_runs(args: argparse.Namespace) -> bool:
+    from l2s.shapes.recipes import shipped_assets
+
+    return args.model is None and shipped_assets().available
 
 
 def _naming_its_model(error, classifier: str | None, shipped_model: bool = False):
@@ -118,11 +126,12 @@ def _naming_its_model(error, classifier: str | None, shipped_model: bool = False
     the fix is in the message."""
     from l2s.errors import ClassifierMismatchError
 
-    from l2s.shapes.recipes import shipped_assets
+    from l2s.shapes.recipes import classifier_folder, shipped_assets
     from l2s.training.checkpoints import trained_on
 
     if not classifier:
         return error
+    classifier = str(classifier_folder(classifier))   # a shipped classifier's name -> its folder
     if Path(classifier).resolve().is_relative_to(Path(shipped_assets().pipeline).resolve()):
         return ClassifierMismatchError(f"{error}; {classifier} is a shipped classifier of the shipped shapes "
                                        "model: leave out --model")
@@ -146,7 +155,7 @@ def model_folder(args: argparse.Namespace):
 
     if args.model is None:
         return shipped_assets().pipeline if shipped_assets().available else None
-    if args.model == "tiny":           # built in code; any other name is a folder or hub id
+    if args.model in TINY_MODELS:      # built in code; any other name is a folder or hub id
         return None
     try:
         folder = pipeline_folder(args.model)
@@ -155,15 +164,12 @@ def model_folder(args: argparse.Namespace):
     return folder if Path(folder).is_dir() else None
 
 
-def check_model_dtype(args: argparse.Namespace, tiny_names: tuple[str, ...] = ("tiny",)) -> None:
-    """``--dtype`` loads a model folder in that precision; the shipped model and the tiny ones
-    (``tiny_names``, built in code) are built in fp32, so another value there is refused rather
-    than silently ignored."""
-    dtype = getattr(args, "dtype", "auto")
-    if (args.model is None or args.model in tiny_names) and dtype not in ("auto", "fp32"):
-        which = "the shipped shapes model" if args.model is None else \
-            "the tiny demo model" if args.model == "tiny" else f"the tiny demo model {args.model!r}"
-        raise UsageError(f"--dtype {dtype}: {which} runs in fp32 only (--dtype applies to --model PATH)")
+def check_model_dtype(args: argparse.Namespace) -> None:
+    """``--dtype`` loads a model folder in that precision; the shipped model and the tiny ones are
+    built in fp32, so another value there is refused rather than silently ignored."""
+    from l2s.models import check_built_in_dtype
+
+    check_built_in_dtype(args.model, getattr(args, "dtype", "auto"), spelled=_flag)
 
 
 def resolve_dtype(args: argparse.Namespace) -> str:
@@ -174,7 +180,7 @@ def resolve_dtype(args: argparse.Namespace) -> str:
 
     from .options import default_device, dtype_name
 
-    if args.model in (None, "tiny"):
+    if args.model is None or args.model in TINY_MODELS:
         args.dtype = "fp32"            # built in fp32 (check_model_dtype refuses another)
         return args.dtype
     folder = model_folder(args)
@@ -205,10 +211,11 @@ def check_family_options(args: argparse.Namespace) -> None:
     from l2s.pipelines.loading import folder_family, guidance_embedded
 
     folder = model_folder(args)
-    family = "flux" if args.model == "tiny" else folder_family(folder) if folder is not None else None
+    family, guidance = TINY_MODELS.get(args.model) or (
+        folder_family(folder) if folder is not None else None, guidance_embedded(folder))
     if family == "sd":
         _refuse_flux_only(args)
-    elif family == "flux" and getattr(args, "guidance", None) is not None and not guidance_embedded(folder):
+    elif family == "flux" and getattr(args, "guidance", None) is not None and not guidance:
         raise UsageError("--guidance does nothing on this model: its transformer has no guidance embedding (as "
                          "FLUX.1-schnell's and the shapes world's); its classifier-free guidance is --true-cfg")
 
@@ -234,88 +241,3 @@ def weights_digests(args: argparse.Namespace) -> dict:
     shipped = args.model is None and shipped_assets().available
     classifier = args.classifier if args.classifier is not None or not shipped else shipped_assets().classifier
     return weights_fingerprints(model_folder(args), classifier, getattr(args, "lora", None))
-
-
-def _load_steerer(args: argparse.Namespace):
-    from l2s.shapes.recipes import classifier_folder
-
-    refuse_near_shipped_name(args.classifier, SHIPPED_CLASSIFIER_NAMES, "classifier")
-    resolved = classifier_folder(args.classifier)   # a shipped classifier's name -> its folder (a string:
-    args.classifier = None if resolved is None else str(resolved)   # run settings are JSON)
-    true_cfg = getattr(args, "true_cfg", None)
-    step_size = getattr(args, "step_size", None)
-    if args.model is None:
-        loaded = _shipped_model(args, true_cfg, step_size)
-        if loaded is not None:
-            return loaded
-        args.model = "tiny"
-    flux_options = {} if true_cfg is None else {"true_cfg_scale": true_cfg}
-    if args.model == "tiny":
-        return _tiny_model(args, step_size, flux_options)
-    return _model_dir(args, true_cfg, step_size, flux_options)
-
-
-def _with_lora(pipe, args: argparse.Namespace):
-    """``--lora DIR``: the adapter merged into the transformer before anything wraps the pipeline."""
-    if getattr(args, "lora", None):
-        from l2s.grpo import apply_lora
-        from l2s.shapes.recipes import lora_folder
-
-        apply_lora(pipe, lora_folder(args.lora))
-    return pipe
-
-
-def _shipped_model(args: argparse.Namespace, true_cfg: float | None, step_size: float | None):
-    """The shipped shapes-world model (the default), or None after saying it is missing."""
-    from l2s.shapes import load_shapes_steerer, shipped_assets
-
-    assets = shipped_assets()
-    if assets.available:
-        classifier = args.classifier or assets.classifier
-        return (load_shapes_steerer(assets.pipeline, classifier, true_cfg_scale=true_cfg, step_size=step_size,
-                                    lora=getattr(args, "lora", None), device=resolve_device(args)),
-                f"shipped shapes-world model {assets.pipeline}; classifier {classifier}")
-    print(f"l2s: warning: the shipped shapes model is missing ({assets.pipeline}); falling back to the "
-          "tiny RANDOM demo model: images are noise and steering means nothing", file=sys.stderr)
-    return None
-
-
-def _tiny_model(args: argparse.Namespace, step_size: float | None, flux_options: dict):
-    from l2s.classifier import RelationClassifier
-    from l2s.demo import tiny_classifier_for, tiny_flux_pipeline
-    from l2s.pipelines import wrap_pipeline
-
-    pipe = _with_lora(tiny_flux_pipeline(seed=0), args).to(resolve_device(args))
-    if args.classifier:
-        classifier = RelationClassifier.load(args.classifier)
-        source = f"classifier {args.classifier}"
-    else:
-        classifier = tiny_classifier_for(pipe, seed=0)
-        source = "random untrained classifier (tiny demo: steering runs, results mean nothing)"
-    return (wrap_pipeline(pipe, classifier, step_size=step_size, **flux_options),
-            f"tiny random FLUX pipeline; {source}")
-
-
-def _model_dir(args: argparse.Namespace, true_cfg: float | None, step_size: float | None, flux_options: dict):
-    from l2s.classifier import RelationClassifier
-    from l2s.classifier.hub import cache_entry_note
-    from l2s.pipelines import load_diffusers_pipeline, wrap_pipeline
-    from l2s.pipelines.loading import folder_family, pipeline_folder
-
-    # Cheap checks first: a bad path should not cost loading a multi-GB pipeline.
-    folder = pipeline_folder(args.model)  # a folder, or a hub id found in the local cache
-    if not (folder / "model_index.json").is_file():
-        raise ModelLoadError(f"no diffusers pipeline at {args.model} (model_index.json missing)"
-                             f"{cache_entry_note(folder)}")
-    if not args.classifier:
-        raise L2SError("--classifier PATH is required with --model PATH")
-    classifier = RelationClassifier.load(args.classifier)
-    dtype = torch_dtype(args.dtype, resolve_device(args), folder_family(folder))
-    pipe = _with_lora(load_diffusers_pipeline(folder, torch_dtype=dtype), args)
-    pipe.to(args.device)
-    source = f"{args.model}; classifier {args.classifier}"
-    from l2s.shapes import is_shapes_pipeline, steer_shapes_pipeline
-
-    if is_shapes_pipeline(pipe):  # a model from 'l2s shapes train-model': its own sampling settings
-        return steer_shapes_pipeline(pipe, classifier, true_cfg_scale=true_cfg, step_size=step_size), source
-    return wrap_pipeline(pipe, classifier, step_size=step_size, **flux_options), source

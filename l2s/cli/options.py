@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-import sys
 
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 # Spellings of earlier releases (make-data's --torch-dtype took torch's names).
@@ -17,7 +16,10 @@ DTYPE_HELP = "weights dtype (default auto: the model's published dtype on CUDA, 
 
 
 def deprecated(message: str) -> None:
-    print(f"l2s: warning: {message}", file=sys.stderr)
+    """An old spelling's warning: once per machine in a spread run (every process parses it)."""
+    from .outputs import say
+
+    say(f"l2s: warning: {message}")
 
 
 class _DeprecatedDtype(argparse.Action):
@@ -67,12 +69,10 @@ def add_device_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def default_device() -> str:
-    """"cuda" when a GPU is usable, else "cpu"."""
-    try:
-        import torch
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    except ImportError:
-        return "cpu"
+    """"cuda" when a GPU is usable, else "cpu" (:func:`l2s.devices.default_device`)."""
+    from l2s.devices import default_device as library_default
+
+    return library_default()
 
 
 def resolve_device(args: argparse.Namespace) -> str:
@@ -84,18 +84,17 @@ def resolve_device(args: argparse.Namespace) -> str:
 
 def dtype_name(name: str, device: str, family: str | None = None) -> str:
     """``--dtype NAME`` with ``auto`` resolved for a model of ``family`` ("flux", "sd" or None) on
-    ``device``: "fp32", "bf16" or "fp16"."""
-    if name != "auto":
-        return name
-    on_gpu = not str(device).startswith("cpu")
-    return "fp32" if not on_gpu or family == "sd" else "bf16"
+    ``device`` (:func:`l2s.devices.dtype_name`): "fp32", "bf16" or "fp16"."""
+    from l2s.devices import dtype_name as resolved
+
+    return resolved(name, device, family)
 
 
 def torch_dtype(name: str, device: str, family: str | None = None):
     """The torch dtype of ``--dtype NAME`` for a model of ``family`` ("flux", "sd" or None) on ``device``."""
-    import torch
+    from l2s.devices import weights_dtype
 
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name(name, device, family)]
+    return weights_dtype(name, device, family)
 
 
 def out_text(text: str) -> str:

@@ -15,11 +15,18 @@ _PYTHON_HINT = re.compile(r" \((?:resume|restart)=(?:True|False)(?: in Python)?\
 
 
 class _AboveBars(logging.Handler):
-    """Writes each line with ``tqdm.write``: above a running progress bar, not glued to its end."""
+    """Writes each line with ``tqdm.write``: above a running progress bar, not glued to its end; a
+    warning every process meets (``l2s.distributed.EVERY_PROCESS``) once per machine, as :func:`say`."""
 
     def emit(self, record: logging.LogRecord) -> None:
+        from l2s.distributed import line_to_say
+
         try:
-            tqdm.write(self.format(record), file=sys.stderr)
+            line = self.format(record)
+            if getattr(record, "l2s_every_process", False):
+                line = line_to_say(line)
+            if line:
+                tqdm.write(line, file=sys.stderr)
         except Exception:
             self.handleError(record)
 

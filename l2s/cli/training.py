@@ -11,31 +11,21 @@ from pathlib import Path
 
 from l2s.errors import L2SError
 from l2s.distributed import output_lock, world
+from l2s.models import TINY_MODELS as _TINY_MODELS   # --model names of the random tiny pipelines (offline)
 from l2s.relations import DIAGONAL, DIAGONAL_CLASSES, DIRECTIONAL, PUBLISHED_CLASSES
 
 from .help import command_parser
 from .options import (LONG_NAMES, add_device_arg, add_dtype_arg, add_threads_arg, flag_of, out_text,
-                      resolve_device, torch_dtype, use_threads)
+                      resolve_device, use_threads)
 from .outputs import folder_outputs, log_to_stderr, say_error, wrote_line
 
-# ``--model`` names of the random tiny pipelines (offline).
-_TINY_MODELS = ("tiny", "tiny-flux", "tiny-dev", "tiny-sd")
 MAKE_DATA_SHARD_SIZE = 16   # samples per chunk of a new dataset
 
 
 def _load_pipe(model: str, device: str, dtype: str):
-    if model in _TINY_MODELS:
-        import l2s.demo as demo
+    from l2s.models import load_pipeline
 
-        tiny = {"tiny": demo.tiny_flux_pipeline, "tiny-flux": demo.tiny_flux_pipeline,
-                "tiny-dev": lambda: demo.tiny_flux_pipeline(guidance_embeds=True), "tiny-sd": demo.tiny_sd_pipeline}
-        return tiny[model]().to(device)
-    from l2s.pipelines import load_diffusers_pipeline
-    from l2s.pipelines.loading import folder_family, pipeline_folder
-
-    folder = pipeline_folder(model)  # a folder, or a hub id found in the local cache
-    pipe = load_diffusers_pipeline(folder, torch_dtype=torch_dtype(dtype, device, folder_family(folder)))
-    return pipe.to(device)
+    return load_pipeline(model, device, dtype)
 
 
 def _recorded_model(args: argparse.Namespace) -> str:
@@ -132,7 +122,7 @@ def _check_make_data_args(args: argparse.Namespace) -> None:
     if not 0.0 <= args.max_iou <= 1.0:
         raise L2SError(f"--max-iou must be in [0, 1], got {args.max_iou}")
     check_device(resolve_device(args), flag_of())
-    check_model_dtype(args, _TINY_MODELS)
+    check_model_dtype(args)
     check_input_paths(args.annotations, "--annotations")
     if args.images is not None:
         check_input_paths(args.images, "--images", folder=True)

@@ -93,6 +93,7 @@ _WHERE = {
     "PairSettings": "pair_settings",
     "make_reward_pairs": "reward_data",
     "RuleReward": "rule_reward",
+    "load_shapes_reward": "tuning",
 }
 
 
@@ -151,6 +152,7 @@ __all__ = [
     "learning_rate",
     "load_or_render_dataset",
     "load_shapes_pipeline",
+    "load_shapes_reward",
     "load_shapes_steerer",
     "make_reward_pairs",
     "make_shapes_data",

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from l2s.errors import L2SError
+from l2s.errors import L2SError, ModelLoadError
 from l2s.relations import DIRECTIONAL, NEUTRAL, PUBLISHED_CLASSES
 
 from .scenes import COLOURS, SHAPES, render, scene_for_relation
@@ -94,9 +94,23 @@ SHIPPED_CLASSIFIERS = {"shapes": CLASSIFIER_DIR, "shapes-pos-only": ABLATION_CLA
                        "shapes-k4": FIRST_BLOCKS_CLASSIFIER_DIR}
 
 
+def refuse_near_shipped_name(value: str | Path | None, shipped: Sequence[str], what: str) -> None:
+    """A value that is no path but close to a shipped name (``shapes-k5``, ``spatialscor``): one
+    line saying which was meant (``ModelLoadError``), in place of "no such folder"."""
+    import difflib
+
+    value = None if value is None else str(value)
+    if value and "/" not in value and not Path(value).exists() and value not in shipped:   # "org/name": a hub id
+        close = difflib.get_close_matches(value.lower(), shipped, n=1)    # "Shapes-GRPO" too
+        if close:
+            raise ModelLoadError(f"{what} not found: {value} (did you mean {close[0]!r}?)")
+
+
 def classifier_folder(classifier: str | Path | None) -> str | Path | None:
     """A ``--classifier`` value: a shipped classifier's folder for its name (:data:`SHIPPED_CLASSIFIERS`,
-    unless a folder of that name exists here), anything else unchanged."""
+    unless a folder of that name exists here), anything else unchanged; a near miss of a shipped
+    name is refused (:func:`refuse_near_shipped_name`)."""
+    refuse_near_shipped_name(classifier, list(SHIPPED_CLASSIFIERS), "classifier")
     if classifier is not None and str(classifier) in SHIPPED_CLASSIFIERS and not Path(classifier).exists():
         return shipped_assets().pipeline / SHIPPED_CLASSIFIERS[str(classifier)]   # a folder of that name wins
     return classifier
@@ -106,7 +120,9 @@ SHIPPED_REWARD = "spatialscore"
 
 
 def reward_model_path(reward_model: str | Path) -> Path:
-    """A ``--reward-model`` value as a folder: ``spatialscore`` is the shipped one, anything else a path."""
+    """A ``--reward-model`` value as a folder: ``spatialscore`` is the shipped one, anything else a
+    path; a near miss of the name is refused."""
+    refuse_near_shipped_name(reward_model, [SHIPPED_REWARD], "reward model")
     return shipped_assets().spatial_score if str(reward_model) == SHIPPED_REWARD else Path(reward_model)
 
 
@@ -117,9 +133,11 @@ def shipped_rewards() -> dict[str, Path]:
 
 
 def lora_folder(lora: str | Path | None) -> Path | None:
-    """A ``--lora`` value as a folder: ``shapes-grpo`` is the shipped adapter, anything else a path."""
+    """A ``--lora`` value as a folder: ``shapes-grpo`` is the shipped adapter, anything else a path;
+    a near miss of the name is refused."""
     if lora is None:
         return None
+    refuse_near_shipped_name(lora, [SHIPPED_LORA], "LoRA adapter")
     return shipped_assets().grpo_adapter if str(lora) == SHIPPED_LORA else Path(lora)
 
 
@@ -170,12 +188,13 @@ def load_shapes_steerer(pipeline_dir: str | Path | None = None, classifier: str 
     from l2s.classifier import RelationClassifier
 
     assets = shipped_assets()
+    lora = lora_folder(lora)   # a misspelt shipped name is said before anything loads
     model = RelationClassifier.load(classifier_folder(classifier) or assets.classifier)  # small: a bad one fails first
     pipe = load_shapes_pipeline(pipeline_dir or assets.pipeline, device=device)
     if lora is not None:
         from l2s.grpo import apply_lora
 
-        apply_lora(pipe, lora_folder(lora))
+        apply_lora(pipe, lora)
     return steer_shapes_pipeline(pipe, model, schedule, mode, true_cfg_scale=true_cfg_scale, step_size=step_size,
                                  engine=engine, capture_backend=capture_backend)
 

@@ -21,7 +21,8 @@ from l2s.errors import L2SError, UsageError
 from .bench import BENCH_PROMPT_SEED
 from .model import SHIPPED_MODEL_DIR, image_size, load_shapes_pipeline
 from .prompts import shapes_position_prompts
-from .recipes import HELD_OUT_COLOURS, HELD_OUT_SHAPES, SHAPES_STEPS, SHAPES_TRUE_CFG, shipped_rewards
+from .recipes import (HELD_OUT_COLOURS, HELD_OUT_SHAPES, SHAPES_STEPS, SHAPES_TRUE_CFG, SHIPPED_REWARD,
+                      refuse_near_shipped_name, reward_model_path, shipped_rewards)
 from .rule_reward import RuleReward
 from .scenes import COLOURS, SHAPES
 
@@ -62,6 +63,24 @@ def base_model_identity(pipeline_dir: str | Path | None = None) -> str:
     from l2s.pipelines.loading import pipeline_digest
 
     return f"weights {pipeline_digest(pipeline_dir or SHIPPED_MODEL_DIR)}"
+
+
+def load_shapes_reward(name: str | Path, device: str = "cpu", what: str = "reward"):
+    """The reward :func:`train_shapes_grpo` takes, by name: ``"rule"`` (:class:`RuleReward`, strict),
+    ``"spatialscore"`` (the shipped SpatialScore) or a trained SpatialScore folder, on ``device``;
+    messages name the argument as ``what``."""
+    if str(name) == "rule":
+        return RuleReward("strict")
+    folder = reward_model_path(name) if str(name) == SHIPPED_REWARD else Path(name)
+    if str(name) == SHIPPED_REWARD and not folder.is_dir():
+        raise L2SError(f"{what} spatialscore: no SpatialScore ships in this installation ({folder} missing); "
+                       "train one with 'l2s shapes train-reward' and give its folder")
+    if not folder.is_dir():
+        refuse_near_shipped_name(name, ["rule", SHIPPED_REWARD], what)
+        raise L2SError(f"{what} {name}: neither 'rule', 'spatialscore' nor a SpatialScore folder")
+    from l2s.reward import load_reward_model
+
+    return load_reward_model(folder, device=device)
 
 
 def train_shapes_grpo(out: str | Path, reward, *, pipe=None, pipeline_dir: str | Path | None = None, settings=None,

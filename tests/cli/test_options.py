@@ -82,12 +82,31 @@ def test_auto_dtype_is_resolved_before_loading_as_runs_record_it(pipeline, devic
     assert models.resolve_dtype(args) == args.dtype == resolved
 
 
+def test_generate_and_eval_know_every_tiny_model_make_data_knows():
+    """One list of tiny names: each is checked as its kind of model before it loads, and runs in fp32."""
+    from l2s.errors import UsageError
+
+    def args(model, *options):
+        return parse(["generate", "a cat left of a dog", "--model", model, *options])
+
+    with pytest.raises(UsageError, match="--true-cfg applies to FLUX models"):
+        models.check_family_options(args("tiny-sd", "--true-cfg", "2"))
+    with pytest.raises(UsageError, match="--guidance does nothing on this model"):
+        models.check_family_options(args("tiny", "--guidance", "3"))
+    models.check_family_options(args("tiny-dev", "--guidance", "3"))   # dev-like: a guidance embedding
+    with pytest.raises(UsageError, match="--dtype bf16: the tiny demo model 'tiny-dev' runs in fp32 only"):
+        models.check_model_dtype(args("tiny-dev", "--dtype", "bf16"))
+    assert models.resolve_dtype(args("tiny-sd", "--device", "cuda")) == "fp32"
+
+
 @pytest.mark.parametrize("command", [["generate", "a cat left of a dog"], ["eval"]])
 def test_eval_and_generate_default_to_the_shipped_model(command, monkeypatch):
-    monkeypatch.setattr(models, "_shipped_model", lambda args, true_cfg, step_size: ("shipped", "shipped model"))
+    import l2s.models
+
+    monkeypatch.setattr(l2s.models, "_shipped_model", lambda *a, **k: ("shipped", "shipped model"))
     args = parse(command)
     assert args.model is None
-    assert models._load_steerer(args) == ("shipped", "shipped model")
+    assert models.load_steerer(args) == ("shipped", "shipped model")
 
 
 THREADED = [["generate", "a cat left of a dog"], ["eval"], ["make-data"] + MAKE_DATA, ["train", "maps", "--out", "clf"],

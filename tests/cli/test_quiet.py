@@ -4,6 +4,8 @@ import logging
 import subprocess
 import sys
 
+import pytest
+
 from l2s.cli.noise import quiet_libraries
 from l2s.cli.outputs import folder_outputs, wrote_line
 
@@ -100,6 +102,32 @@ def test_a_warning_during_a_progress_bar_gets_its_own_line(monkeypatch):
     text = stderr.getvalue()
     assert "l2s: building an engine\n" in text
     assert "]l2s:" not in text     # a plain stream handler glued it to the bar's end
+
+
+@pytest.mark.parametrize("local_rank, shown", [("0", True), ("1", False)])
+def test_a_warning_every_process_meets_is_said_once_per_machine(local_rank, shown, monkeypatch):
+    """Under a launcher, a library warning marked EVERY_PROCESS goes the way of ``say`` (the machine's
+    first process says it; with no group to compare through, the others stay silent), and so does an
+    old option spelling's warning; a process's own warnings are still written by each."""
+    import io
+
+    from l2s.cli.options import deprecated
+    from l2s.cli.outputs import _AboveBars
+    from l2s.distributed import EVERY_PROCESS
+
+    stderr = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", local_rank)
+    handler = _AboveBars()
+    handler.setFormatter(logging.Formatter("l2s: %(message)s"))
+    logger = logging.getLogger("l2s.models")
+    for extra, message in ((EVERY_PROCESS, "warning: for all"), ({}, "warning: mine")):
+        handler.emit(logger.makeRecord(logger.name, logging.WARNING, __file__, 1, message, (), None, extra=extra))
+    deprecated("--torch-dtype is deprecated; use --dtype bf16")
+    said = stderr.getvalue().splitlines()
+    assert ("l2s: warning: for all" in said) == shown and "l2s: warning: mine" in said
+    assert ("l2s: warning: --torch-dtype is deprecated; use --dtype bf16" in said) == shown
 
 
 def test_under_a_launcher_only_each_machines_first_process_draws_loading_bars(monkeypatch):

@@ -186,6 +186,26 @@ def test_make_data_on_two_processes_writes_the_one_process_dataset(make_data, tm
     assert _dataset_fingerprint(out) == _dataset_fingerprint(reference)
 
 
+def test_an_old_spelling_is_warned_once_on_two_processes(tmp_path):
+    """Every process parses --torch-dtype; its warning shows once (a run that ends well: an error
+    right after would race the launcher's teardown)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.RandomState(0)
+    with open(tmp_path / "pairs.jsonl", "w") as lines:   # pairs for each process
+        for i, relation in enumerate(("above", "below", "to the left of", "to the right of")):
+            Image.fromarray((rng.rand(32, 32, 3) * 255).astype("uint8")).save(tmp_path / f"img{i}.png")
+            lines.write(json.dumps({"image": f"img{i}.png", "prompt": f"a cat {relation} a dog"}) + "\n")
+    proc = _launch(["-m", "l2s.cli", "make-data", "--torch-dtype", "float32", "--source", "pairs", "--annotations",
+                    str(tmp_path / "pairs.jsonl"), "--images", str(tmp_path), "--steps", "2", "--store-steps", "1",
+                    "--size", "32", "--shard-size", "1", "--device", "cpu", "--quiet", "--out",
+                    str(tmp_path / "data")])
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    assert err.count("l2s: warning: --torch-dtype is deprecated; use --dtype fp32") == 1, err[-2000:]
+
+
 def test_make_data_resumes_after_a_rank_is_killed(make_data, tmp_path):
     argv, reference = make_data
     out = tmp_path / "data"

@@ -239,14 +239,15 @@ def test_a_model_trained_at_another_size_is_inverted_and_sampled_at_its_own_size
     assert shapes_world.image_size(load_shapes_pipeline(tmp_path / "model")) == shapes_world.SHAPES_IMAGE_SIZE
 
 
-def test_generate_falls_back_loudly_without_assets(monkeypatch, tmp_path, capsys):
+def test_generate_falls_back_loudly_without_assets(monkeypatch, tmp_path, capsys, caplog):
     import l2s.cli as cli
 
     monkeypatch.setattr(shapes_world, "shipped_assets", lambda root=None: shapes_world.ShippedAssets(
         tmp_path / "none", tmp_path / "none" / "c", tmp_path / "none" / "a"))
     assert cli.main(["generate", "a red circle to the left of a blue square", "--out", str(tmp_path / "o"),
                      "--quiet", "--no-baseline"]) == 0
-    assert "tiny RANDOM demo model" in capsys.readouterr().err
+    # a library warning: on stderr as "l2s: warning: ..." where nothing else set up logging (pytest does)
+    assert "tiny RANDOM demo model" in capsys.readouterr().err + caplog.text
     assert (tmp_path / "o" / "image.png").is_file()
 
 
@@ -328,9 +329,8 @@ def test_shipped_classifiers_load_by_name(tmp_path, capsys):
 
 def test_a_shipped_name_resumes_an_eval_run_and_never_shadows_a_folder_or_hub_id(tmp_path, capsys, monkeypatch):
     from l2s.cli import main
-    from l2s.cli.checks import refuse_near_shipped_name
     from l2s.cli.models import SHIPPED_CLASSIFIER_NAMES
-    from l2s.shapes.recipes import classifier_folder
+    from l2s.shapes.recipes import classifier_folder, refuse_near_shipped_name
 
     argv = ["eval", "--n-prompts", "1", "--seeds", "0", "--mode", "base", "--classifier", "shapes-k4", "--quiet",
             "--out", str(tmp_path / "e")]
@@ -339,6 +339,21 @@ def test_a_shipped_name_resumes_an_eval_run_and_never_shadows_a_folder_or_hub_id
     monkeypatch.chdir(tmp_path)
     (tmp_path / "shapes").mkdir()
     assert classifier_folder("shapes") == "shapes"   # a folder of that name here wins
+
+
+def test_a_misspelt_shipped_name_is_said_by_the_library_itself():
+    """Python callers get the command line's "did you mean", not "no such folder"."""
+    from l2s.errors import ModelLoadError
+    from l2s.shapes import load_shapes_reward, load_shapes_steerer
+
+    with pytest.raises(ModelLoadError, match=r"^classifier not found: shapes-k5 \(did you mean 'shapes-k4'\?\)$"):
+        load_shapes_steerer(classifier="shapes-k5")
+    with pytest.raises(ModelLoadError, match=r"LoRA adapter not found: shapes-grp \(did you mean 'shapes-grpo'\?\)"):
+        load_shapes_steerer(lora="shapes-grp")
+    with pytest.raises(ModelLoadError, match=r"^reward not found: spatialscor \(did you mean 'spatialscore'\?\)$"):
+        load_shapes_reward("spatialscor")
+    with pytest.raises(ModelLoadError, match=r"^reward model not found: spatialscor"):
+        shapes_world.recipes.reward_model_path("spatialscor")
 
 
 def test_generate_on_the_shapes_model_says_whether_each_image_shows_the_relation(tmp_path, capsys):
