@@ -11,7 +11,7 @@ from pathlib import Path
 
 from l2s.errors import L2SError
 from l2s.distributed import output_lock, world
-from l2s.models import TINY_MODELS as _TINY_MODELS   # --model names of the random tiny pipelines (offline)
+from l2s.models import TINY_MODELS
 from l2s.relations import DIAGONAL, DIAGONAL_CLASSES, DIRECTIONAL, PUBLISHED_CLASSES
 
 from .help import command_parser
@@ -33,7 +33,7 @@ def _recorded_model(args: argparse.Namespace) -> str:
     symlink to it and a hub id of the local cache are one model, and 'l2s train' names that path), or
     as the dataset in ``--out`` spelled the same folder when an earlier version made it (so that it
     resumes)."""
-    if args.model in _TINY_MODELS:
+    if args.model in TINY_MODELS:
         return args.model
     from l2s.evaluation.settings import canonical_model, spelled_as_before
     from l2s.training import load_dataset_meta
