@@ -168,16 +168,31 @@ class AttentionCapture:
             raise L2SError("no attention layers to capture were asked for (layers=[])")
         return {name: candidates[name] for name in sorted(candidates, key=_execution_key)}
 
-    def _make_processor(self, model, name: str, original) -> CaptureProcessorMixin:
-        """The capture processor replacing ``original`` (a stock diffusers processor) on layer ``name``."""
-        if isinstance(model, FluxTransformer2DModel):
-            if not isinstance(original, FluxAttnProcessor):
-                raise L2SError(self._unsupported(name, original))
-            return self._flux_processor_cls(name, self._state, original)
+    @classmethod
+    def channels_of(cls, model, layers: Sequence[str] | None = None) -> int:
+        """What :meth:`channels` of a capture on ``model`` (``layers``) would be, installing none: a
+        check may run while another thread's steered step has its capture on the model."""
+        modules = cls._select_layers(model, layers)
+        for name, module in modules.items():
+            if not isinstance(module.processor, CaptureProcessorMixin):   # a running call's: fine
+                cls._check_replaceable(model, name, module.processor)
+        return sum(module.heads for module in modules.values())
+
+    @classmethod
+    def _check_replaceable(cls, model, name: str, original) -> None:
+        """An ``L2SError`` unless a capture can replace ``original`` (a stock diffusers processor)."""
         # Sliced attention (enable_attention_slicing) is the same attention, computed in slices; the
         # fused one (fuse_qkv_projections) the same projections, from concatenated copies of the weights.
-        if not isinstance(original, (AttnProcessor2_0, AttnProcessor, SlicedAttnProcessor, FusedAttnProcessor2_0)):
-            raise L2SError(self._unsupported(name, original))
+        stock = (FluxAttnProcessor if isinstance(model, FluxTransformer2DModel)
+                 else (AttnProcessor2_0, AttnProcessor, SlicedAttnProcessor, FusedAttnProcessor2_0))
+        if not isinstance(original, stock):
+            raise L2SError(cls._unsupported(name, original))
+
+    def _make_processor(self, model, name: str, original) -> CaptureProcessorMixin:
+        """The capture processor replacing ``original`` (a stock diffusers processor) on layer ``name``."""
+        self._check_replaceable(model, name, original)
+        if isinstance(model, FluxTransformer2DModel):
+            return self._flux_processor_cls(name, self._state, original)
         return self._unet_processor_cls(name, self._state, unet_downsamplings(model, name),
                                         fused=isinstance(original, FusedAttnProcessor2_0))
 

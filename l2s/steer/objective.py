@@ -139,9 +139,8 @@ class SteeringObjective:
         return self.mode.capture_cls(self.denoiser, layers=self._layers())
 
     def map_channels(self) -> int:
-        """Maps per object the denoiser provides (captured layers x heads)."""
-        with self.new_capture() as capture:
-            return capture.channels()
+        """Maps per object the denoiser provides (captured layers x heads); installs no capture."""
+        return self.mode.capture_cls.channels_of(self.denoiser, self._layers())
 
     def prepare(self, plan: SteeringPlan | BatchPlan, text_len: int, latent_hw: tuple[int, int]) -> PreparedPlan:
         """The plan's :class:`PreparedPlan`, made on its first steered step and kept for the others."""

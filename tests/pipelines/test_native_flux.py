@@ -410,6 +410,47 @@ def test_views_over_the_same_modules_run_one_steering_call_at_a_time(pipe):
     assert view("a cat above a dog", num_inference_steps=2, output_type="np", **SIZE).images.shape[0] == 1
 
 
+def test_overlapping_calls_of_two_pipelines_sharing_a_classifier_keep_it_frozen_until_both_end(classifier):
+    """Two loaded pipelines (one per thread) may share a classifier. Before, the first call to end put the
+    classifier back in train mode while the second still steered with it (dropout: other iterations), and
+    the second then left it frozen in eval mode, as the user had not."""
+    from l2s.steer import custom_schedule
+
+    classifier.train().requires_grad_(True)              # a classifier being trained
+    views = [FluxRelationSteeringPipeline.from_pipe(tiny_flux_pipeline(seed=0), classifier=classifier)
+             for _ in range(2)]
+    schedule = custom_schedule(3, steered=[0, 1, 2], iterations=2, step_size=1.0)
+
+    def steps(view, callback=None):
+        view.set_progress_bar_config(disable=True)
+        out = view("a cat above a dog", num_inference_steps=3, generator=torch.Generator().manual_seed(0),
+                   steering_schedule=schedule, callback_on_step_end=callback, output_type="np", **SIZE)
+        return out.steering[0].to_json()["steps"]
+
+    alone = steps(views[1])
+    first_in, second_in, first_done, outcome = threading.Event(), threading.Event(), threading.Event(), {}
+
+    def hold(entered, until):
+        def on_step_end(p, step, timestep, tensors):
+            if step == 0:
+                entered.set()
+                until.wait(60)
+            return tensors
+        return on_step_end
+
+    def first():      # enters first, ends while the second call waits before its step 1
+        outcome["first"] = steps(views[0], hold(first_in, second_in))
+        first_done.set()
+
+    worker = threading.Thread(target=first)
+    worker.start()
+    assert first_in.wait(60)
+    assert steps(views[1], hold(second_in, first_done)) == alone
+    worker.join(120)
+    assert outcome["first"] == alone
+    assert classifier.training and all(p.requires_grad for p in classifier.parameters())
+
+
 def test_a_steered_call_leaves_the_modules_copyable(pipe):
     import copy
 

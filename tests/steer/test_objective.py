@@ -51,3 +51,29 @@ def test_fast_and_reference_modes_compute_the_same_objective(setup):
     torch.testing.assert_close(fast[1], reference[1], rtol=1e-3, atol=1e-6)
     with pytest.raises(UsageError, match="execution mode"):
         SteeringObjective(pipe.transformer, classifier, "turbo")
+
+
+@pytest.mark.parametrize("mode", ["fast", "reference"])
+def test_map_channels_counts_without_installing_a_capture(setup, mode):
+    """A check (``check_arguments``, ``check_classifier``) may run in one thread while another's steered
+    step has its capture on the model; before, it installed one of its own and raised 'already has a
+    capture installed' (and the steered step, installing after it, could too)."""
+    from diffusers.models.attention_processor import AttnProcessor
+
+    from l2s.capture import AttentionCapture
+    from l2s.errors import L2SError
+
+    pipe, classifier, _, _ = setup
+    objective = SteeringObjective(pipe.transformer, classifier, mode)
+    with AttentionCapture(pipe.transformer) as running:         # another call's steered step
+        installed = dict(pipe.transformer.attn_processors)
+        assert objective.map_channels() == classifier.config.channels
+        assert pipe.transformer.attn_processors == installed and running.layer_names
+    attention = pipe.transformer.transformer_blocks[0].attn
+    stock = attention.processor
+    attention.set_processor(AttnProcessor())                    # not one a capture can replace: still refused
+    try:
+        with pytest.raises(L2SError, match="only the stock diffusers processors"):
+            objective.map_channels()
+    finally:
+        attention.set_processor(stock)

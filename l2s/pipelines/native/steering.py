@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Callable, Iterator
 
 import torch
@@ -62,23 +63,49 @@ def borrowed(frozen: list[torch.nn.Module], evaluated: list[torch.nn.Module],
     """Freeze ``frozen`` and put ``evaluated`` in eval mode for the duration of a call, then put back
     exactly what the user had: every parameter's ``requires_grad``, every submodule's train/eval
     mode, and the denoiser's attention processors."""
-    flags = [(p, p.requires_grad) for module in frozen for p in module.parameters()]
-    modes = [(m, m.training) for module in evaluated for m in module.modules()]
     processors = dict(denoiser.attn_processors) if hasattr(denoiser, "attn_processors") else None
     try:
-        for module in frozen:
-            module.requires_grad_(False)
-        for module in evaluated:
-            module.eval()
-        yield
+        with contextlib.ExitStack() as stack:
+            for module in {id(m): m for m in [*frozen, *evaluated]}.values():
+                stack.enter_context(_lent(module, freeze=any(module is m for m in frozen),
+                                          evaluate=any(module is m for m in evaluated)))
+            yield
     finally:
-        for parameter, flag in flags:
-            parameter.requires_grad_(flag)
-        for module, training in modes:
-            module.training = training
         if processors is not None and any(a is not b for a, b in zip(denoiser.attn_processors.values(),
                                                                        processors.values())):
             denoiser.set_attn_processor(processors)
+
+
+# Modules lent to calls still running, by id: (calls holding it, what the user had). Pipelines over other
+# modules may share a classifier and run at once; only the last call to end may give it back.
+_LENT: dict[int, tuple[int, list, list]] = {}
+_LENT_GUARD = threading.Lock()
+
+
+@contextlib.contextmanager
+def _lent(module: torch.nn.Module, freeze: bool, evaluate: bool) -> Iterator[None]:
+    """``module`` frozen and/or in eval mode while any call holds it; the last to end restores it."""
+    with _LENT_GUARD:
+        count, flags, modes = _LENT.get(id(module)) or (
+            0, [(p, p.requires_grad) for p in module.parameters()] if freeze else [],
+            [(m, m.training) for m in module.modules()] if evaluate else [])
+        _LENT[id(module)] = (count + 1, flags, modes)
+        if freeze:
+            module.requires_grad_(False)
+        if evaluate:
+            module.eval()
+    try:
+        yield
+    finally:
+        with _LENT_GUARD:
+            count, flags, modes = _LENT.pop(id(module))
+            if count > 1:
+                _LENT[id(module)] = (count - 1, flags, modes)
+            else:
+                for parameter, flag in flags:
+                    parameter.requires_grad_(flag)
+                for each, training in modes:
+                    each.training = training
 
 
 def resolve_schedule(schedule: Schedule | str, family: str, steps: int, step_size: float | None) -> Schedule:
