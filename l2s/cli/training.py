@@ -116,9 +116,10 @@ def _check_make_data_args(args: argparse.Namespace) -> None:
     from .models import check_model_dtype
 
     check_make_data_options(dtype=LONG_NAMES[args.map_dtype], val_fraction=args.val_fraction,
-                            shard_size=args.shard_size, steps=args.steps, size=args.size, limit=args.limit, min_psnr=args.min_psnr,
-                            gamma=args.gamma, eta=args.eta, store_steps=args.store_steps,
-                            max_per_class=args.max_per_class, seed=args.seed, spelled=flag_of({"dtype": "--map-dtype"}))
+                            shard_size=args.shard_size, steps=args.steps, size=args.size, limit=args.limit,
+                            min_psnr=args.min_psnr, gamma=args.gamma, eta=args.eta, store_steps=args.store_steps,
+                            max_per_class=args.max_per_class, seed=args.seed,
+                            spelled=flag_of({"dtype": "--map-dtype"}))
     if not 0.0 <= args.max_iou <= 1.0:
         raise L2SError(f"--max-iou must be in [0, 1], got {args.max_iou}")
     check_device(resolve_device(args), flag_of())
