@@ -168,12 +168,13 @@ def test_bench_batch_size_is_checked_before_any_work(tmp_path):
     (dict(position_prompts=0), "position_prompts must be a positive integer, got 0"),
     (dict(seeds=()), "no image seeds given"),
     (dict(classifier="/nonexistent"), "no classifier at /nonexistent"),
-    (dict(ablation_classifier="shapes-typo"), "no classifier at shapes-typo"),
+    (dict(ablation_classifier="/nonexistent"), "no classifier at /nonexistent"),
+    (dict(ablation_classifier="shapes-typo"), r"classifier not found: shapes-typo \(did you mean 'shapes'\?\)"),
 ])
 def test_bench_counts_and_classifiers_are_checked_before_any_work(kwargs, message, tmp_path):
-    from l2s.errors import UsageError
+    from l2s.errors import L2SError
 
-    with pytest.raises(UsageError, match=message):
+    with pytest.raises(L2SError, match=message):
         shapes_world.run_shapes_bench(tmp_path / "out", **kwargs)
     assert not (tmp_path / "out").exists()
 
