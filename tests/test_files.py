@@ -194,6 +194,21 @@ def test_a_failed_write_keeps_the_earlier_file_leaves_no_temporary_one_and_names
     assert path.read_bytes() == b"earlier" and sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
 
 
+def test_ctrl_c_mid_write_keeps_the_earlier_file_and_leaves_no_temporary_one(tmp_path, monkeypatch):
+    import l2s.files.atomic as atomic
+
+    path = tmp_path / "state.json"
+    atomic_write_bytes(path, b"earlier")
+
+    def interrupted(fd):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(atomic.os, "fsync", interrupted)   # the half-written temporary file is there
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_bytes(path, b"later")
+    assert path.read_bytes() == b"earlier" and sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
+
+
 def test_a_failed_append_names_the_file_and_the_next_append_drops_its_torn_half(tmp_path, full_disk):
     log = tmp_path / "log.jsonl"
     fsync_append(log, ['{"a": 1}\n'])

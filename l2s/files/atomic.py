@@ -31,10 +31,10 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except OSError as error:
-        with contextlib.suppress(OSError):   # a full disk leaves no stray half file behind
+    except BaseException as error:   # a full disk, or Ctrl-C / SIGTERM mid-write, leaves no stray half file behind
+        with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
-        raise _naming(error, path, tmp)
+        raise _naming(error, path, tmp) if isinstance(error, OSError) else error
     _fsync_dir(path.parent)
 
 
