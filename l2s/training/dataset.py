@@ -178,9 +178,15 @@ def make_dataset(
             shard_size=shard_size, dtype=dtype, min_psnr=min_psnr, gamma=gamma, eta=eta,
             num_iter=num_iter, map_size=map_size, max_sequence_length=max_sequence_length,
             **({} if layers is None else {"layers": int(layers)}), weights_dtype=_weights_dtype(pipe)))
-        rows, meta = committed_rows(out_dir), load_dataset_meta(out_dir)
-        preview = world().on_main(lambda: write_preview(out_dir, rows, items, meta))
-    return replace(dataset_summary(out_dir, rows, meta), samples_resumed=resumed, preview=preview)
+        summary = world().on_main(lambda: _summary_and_preview(out_dir, items))
+    return replace(summary, samples_resumed=resumed)
+
+
+def _summary_and_preview(out_dir: Path, items: list[RelationSample]) -> DatasetSummary:
+    """The dataset's summary, and its preview drawn, by rank 0: it commits the last round, which the
+    other ranks could read before it lands (a rank would count no record when each had one chunk)."""
+    rows, meta = committed_rows(out_dir), load_dataset_meta(out_dir)
+    return replace(dataset_summary(out_dir, rows, meta), preview=write_preview(out_dir, rows, items, meta))
 
 
 def _weights_dtype(pipe) -> str:

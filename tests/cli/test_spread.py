@@ -186,6 +186,29 @@ def test_make_data_on_two_processes_writes_the_one_process_dataset(make_data, tm
     assert _dataset_fingerprint(out) == _dataset_fingerprint(reference)
 
 
+def test_make_data_of_one_chunk_per_rank_counts_every_record_on_two_processes(tmp_path):
+    """Each rank inverts the only chunk it gets, and rank 0 commits both: the summary comes from rank
+    0 after that commit (read by rank 1 before it landed, the run failed "no sample gave a record")."""
+    _noise_pairs(tmp_path, 2)
+    out = _spread(["make-data", "--model", "tiny", "--source", "pairs", "--annotations", str(tmp_path / "pairs.jsonl"),
+                   "--images", str(tmp_path), "--steps", "2", "--store-steps", "1", "--size", "32", "--shard-size", "1",
+                   "--device", "cpu", "--quiet", "--out", str(tmp_path / "data")])
+    assert json.loads((tmp_path / "data" / "progress.json").read_text())["chunks"].keys() == {"0", "1"}, out
+
+
+def _noise_pairs(folder: Path, count: int) -> None:
+    """``folder/pairs.jsonl``: COUNT noise images, "a cat <relation> a dog"."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.RandomState(0)
+    relations = ("above", "below", "to the left of", "to the right of")
+    with open(folder / "pairs.jsonl", "w") as lines:
+        for i in range(count):
+            Image.fromarray((rng.rand(32, 32, 3) * 255).astype("uint8")).save(folder / f"img{i}.png")
+            lines.write(json.dumps({"image": f"img{i}.png", "prompt": f"a cat {relations[i % 4]} a dog"}) + "\n")
+
+
 def test_an_old_spelling_is_warned_once_on_two_processes(tmp_path):
     """Every process parses --torch-dtype; its warning shows once (a run that ends well: an error
     right after would race the launcher's teardown)."""
