@@ -16,6 +16,7 @@ from l2s.errors import L2SError, UsageError
 
 from .checks import check_report_file, check_sampling_args
 from .help import command_parser
+from .models import ENGINES, EXECUTION_MODES
 from .options import add_threads_arg, out_path, use_threads
 
 
@@ -70,6 +71,12 @@ def build_bench_parser() -> argparse.ArgumentParser:
     p.add_argument("--step-size", type=float, metavar="ALPHA",
                    help=f"steering step size of every part (default {SHAPES_STEP_SIZE:g})")
     add_threads_arg(p)
+    p.add_argument("--execution", choices=[m for m in EXECUTION_MODES if "cudagraphs" not in m], default="fast",
+                   help="how steered iterations run: fast (default), fast+compiled (the whole iteration under "
+                        "torch.compile; the first image compiles) or reference (the published implementation); "
+                        "all steer alike")
+    p.add_argument("--engine", choices=[e for e in ENGINES if "cuda" not in e and e != "tensorrt"], default="auto",
+                   help="plain (unsteered) steps: auto (default: eager) or an engine built once and cached")
     p.add_argument("--quiet", action="store_true", help="no progress bars, only l2s's own lines")
     return p
 
@@ -91,7 +98,8 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
                                position_prompts=args.position_prompts, classifier_data=args.classifier_data,
                                true_cfg_scale=args.true_cfg, step_size=args.step_size, progress=not args.quiet,
                                lora=args.lora, batch_size=args.batch_size, reward_model=args.reward_model,
-                               modes=[m.strip() for m in args.modes.split(",") if m.strip()])
+                               modes=[m.strip() for m in args.modes.split(",") if m.strip()],
+                               execution=args.execution, engine=args.engine)
     if world().is_main:
         _say_bench_results(args, argv, results)
     return 0

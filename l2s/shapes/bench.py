@@ -94,6 +94,7 @@ class _BenchRun:
     lora: str | None = None   # a LoRA adapter merged into the model (a GRPO-tuned row)
     batch_size: int = BENCH_BATCH_SIZE
     scorer: Any = None        # a reward model scoring every generated image (bench_reward)
+    speed: dict = field(default_factory=dict)   # execution mode and plain-step engine, when not the defaults
 
     def steerer(self, classifier: str):
         from l2s.classifier import RelationClassifier
@@ -101,7 +102,7 @@ class _BenchRun:
         if classifier not in self.steerers:
             self.steerers[classifier] = steer_shapes_pipeline(
                 self.pipe, RelationClassifier.load(self.classifiers[classifier]),
-                true_cfg_scale=self.true_cfg_scale, step_size=self.step_size)
+                true_cfg_scale=self.true_cfg_scale, step_size=self.step_size, **_speed_arguments(self.speed))
         return self.steerers[classifier]
 
     def sampling(self) -> dict | None:
@@ -116,7 +117,7 @@ def run_shapes_bench(out_dir: str | Path, *, pipeline_dir: str | Path | None = N
                      true_cfg_scale: float | None = None, step_size: float | None = None,
                      progress: bool = True, lora: str | Path | None = None,
                      batch_size: int = BENCH_BATCH_SIZE, reward_model: str | Path | None = None,
-                     modes: Sequence[str] | None = None) -> dict:
+                     modes: Sequence[str] | None = None, execution: str = "fast", engine: str = "auto") -> dict:
     """Run every bench part (``parts``: keys to keep) into ``out_dir`` and return the results.
 
     Each part is a :func:`l2s.evaluation.run_eval` run in ``out_dir/<key>`` (resumable; spread
@@ -135,7 +136,9 @@ def run_shapes_bench(out_dir: str | Path, *, pipeline_dir: str | Path | None = N
     folder (``l2s shapes train-reward``; ``"spatialscore"``: the shipped one) whose mean score and AUC
     against the exact verdict every generated mode also reports (:mod:`.bench_reward`). ``modes``: the
     modes to generate (default both; ``("base",)`` for a tuned row that the comparison reads without
-    steering); a part with none of them is skipped, or refused when ``parts`` names it.
+    steering); a part with none of them is skipped, or refused when ``parts`` names it. ``execution``
+    (:data:`l2s.steer.CPU_MODES`) and ``engine`` (plain steps, :mod:`l2s.engines`) choose how images are
+    computed, not which: a part records them when not the defaults, and resumes only under the same.
     """
     positive_int(batch_size, "batch_size")   # every check before any model loads
     _check_counts(scale, position_prompts, seeds)
@@ -147,10 +150,39 @@ def run_shapes_bench(out_dir: str | Path, *, pipeline_dir: str | Path | None = N
     if unknown:
         raise UsageError(f"unknown bench part {', '.join(unknown)} (parts: {', '.join(known)})")
     modes = _check_modes(modes, all_parts, parts)
+    speed = _check_speed(execution, engine)
     with output_lock(out_dir, kind="bench"):  # one bench per run directory: a second one is refused before any work
         return _run_bench(out_dir, pipeline_dir, classifier, ablation_classifier, scale, seeds, parts,
                           position_prompts, classifier_data, true_cfg_scale, step_size, progress, lora,
-                          batch_size, reward_model, modes)
+                          batch_size, reward_model, modes, speed)
+
+
+def _check_speed(execution: str, engine: str) -> dict:
+    """``{"execution": ..., "engine": ...}`` holding those not the defaults, checked before any work:
+    the shapes model runs on the CPU (no CUDA graphs, no CUDA-only engine)."""
+    import torch
+
+    from l2s.engines import EngineError, check_engine_request
+    from l2s.steer import CPU_MODES
+
+    if execution not in CPU_MODES:
+        raise UsageError(f"unknown execution mode {execution!r} for the shapes model (on the CPU: "
+                         f"{', '.join(CPU_MODES)})")
+    if engine not in ("auto", "eager"):
+        if execution == "reference":
+            raise UsageError(f"execution reference runs every step eagerly, as published: engine {engine} needs "
+                             "a fast execution")
+        try:
+            check_engine_request(engine, "cpu", torch.float32)
+        except EngineError as error:
+            raise UsageError(f"engine {engine}: {error}") from None
+    return {**({"execution": execution} if execution != "fast" else {}),
+            **({"engine": engine} if engine != "auto" else {})}
+
+
+def _speed_arguments(speed: dict) -> dict:
+    """:func:`steer_shapes_pipeline`'s keywords for a bench's recorded speed options."""
+    return {"mode": speed.get("execution", "fast"), "engine": speed.get("engine", "auto")}
 
 
 def _check_counts(scale: float, position_prompts: int, seeds: Sequence[int]) -> None:
@@ -189,7 +221,7 @@ def _run_bench(out_dir: str | Path, pipeline_dir: str | Path | None, classifier:
                parts: Sequence[str] | None, position_prompts: int, classifier_data: str | Path | None,
                true_cfg_scale: float | None, step_size: float | None, progress: bool,
                lora: str | Path | None = None, batch_size: int = BENCH_BATCH_SIZE,
-               reward_model: str | Path | None = None, modes: tuple | None = None) -> dict:
+               reward_model: str | Path | None = None, modes: tuple | None = None, speed: dict | None = None) -> dict:
     assets = shipped_assets()
     pipeline_dir = Path(pipeline_dir or assets.pipeline)
     classifiers = {"dual": Path(classifier or assets.classifier),
@@ -201,7 +233,7 @@ def _run_bench(out_dir: str | Path, pipeline_dir: str | Path | None, classifier:
         apply_lora(pipe, lora_folder(lora))
     run = _BenchRun(pipe, pipeline_dir, classifiers, true_cfg_scale,
                     SHAPES_STEP_SIZE if step_size is None else step_size, lora=None if lora is None else str(lora),
-                    batch_size=batch_size)
+                    batch_size=batch_size, speed=speed or {})
     if reward_model is not None:
         from l2s.reward import load_reward_model
         from l2s.reward.identity import reward_identity
@@ -218,7 +250,7 @@ def _run_bench(out_dir: str | Path, pipeline_dir: str | Path | None, classifier:
         prompts = plain_part.plain_prompts(max(4, int(round(PLAIN_PROMPTS * scale))), prompt_seed=BENCH_PROMPT_SEED)
         steerer = run.steerer("dual")
         settings = {"pipeline": str(pipeline_dir), "lora": run.lora, "sampling": steerer.sampling_options(),
-                    **_digests(run)}
+                    **run.speed, **_digests(run)}
         plain = plain_part.run_plain_part(steerer, run.detector, prompts, seeds, Path(out_dir), batch_size, settings,
                                           progress)
     comparison = None
@@ -228,7 +260,7 @@ def _run_bench(out_dir: str | Path, pipeline_dir: str | Path | None, classifier:
                 "scale": scale, "position_prompts": position_prompts, "step_size": run.step_size,
                 "sampling": run.sampling(), "seeds": list(seeds), "lora": run.lora,
                 "reward_model": None if reward_model is None else reward_identity(str(reward_model)),
-                "modes": list(modes), "image_size": image_size(run.pipe), **_digests(run),
+                "modes": list(modes), "image_size": image_size(run.pipe), **run.speed, **_digests(run),
                 "wall_time_s": round(time.perf_counter() - started, 1)}
     return {"parts": results, "no_relation": plain, "classifier_comparison": comparison, "settings": settings}
 
@@ -247,7 +279,7 @@ def _run_part(run: _BenchRun, part: BenchPart, out: Path, progress: bool) -> dic
     schedule = _schedule_for(part.schedule, run.step_size)
     settings = {"pipeline": str(run.pipeline_dir), "classifier": str(run.classifiers[part.classifier]),
                 "schedule": json.loads(json.dumps(schedule.to_json())), "part": part.key,  # as stored
-                "sampling": steerer.sampling_options(), **({"lora": run.lora} if run.lora else {}),
+                "sampling": steerer.sampling_options(), **({"lora": run.lora} if run.lora else {}), **run.speed,
                 **_digests(run, run.classifiers[part.classifier])}
     world().on_main(lambda: refuse_changed_settings(   # in the bench's words: it has no --restart
         out / part.key, settings, fix="use another --out, or the same settings to resume it"))

@@ -114,6 +114,31 @@ def test_bench_records_its_sampling_and_resumes_only_with_it(tiny_shapes_pipe, t
     assert "steering step size 0.5" in shapes_world.write_bench_results(gentle, tmp_path / "g.md").read_text()
 
 
+def test_bench_steers_with_the_execution_and_engine_asked_for_and_resumes_only_with_them(tiny_shapes_pipe, tmp_path,
+                                                                                          monkeypatch):
+    import l2s.shapes.bench as bench
+    from l2s.errors import L2SError
+
+    tiny_shapes_pipe.save_pretrained(tmp_path / "model")
+    _tiny_shapes_classifier(tiny_shapes_pipe).save(tmp_path / "clf")
+    made = []
+
+    def steerer(*args, **kwargs):
+        made.append((kwargs["mode"], kwargs["engine"]))
+        return shapes_world.steer_shapes_pipeline(*args, **kwargs)
+
+    monkeypatch.setattr(bench, "steer_shapes_pipeline", steerer)
+    kwargs = dict(pipeline_dir=tmp_path / "model", classifier=tmp_path / "clf", ablation_classifier=tmp_path / "clf",
+                  parts=["position"], position_prompts=1, seeds=(0,), progress=False)
+    results = shapes_world.run_shapes_bench(tmp_path / "out", execution="reference", engine="eager", **kwargs)
+    assert made == [("reference", "eager")]
+    assert (results["settings"]["execution"], results["settings"]["engine"]) == ("reference", "eager")
+    with pytest.raises(L2SError, match="execution"):   # images computed otherwise are not mixed in
+        shapes_world.run_shapes_bench(tmp_path / "out", **kwargs)
+    default = shapes_world.run_shapes_bench(tmp_path / "default", **kwargs)
+    assert made[-1] == ("fast", "auto") and not {"execution", "engine"} & set(default["settings"])
+
+
 def test_colour_only_judges_colour_blobs():
     from l2s.evaluation import PromptSpec, RelationCheck
 
@@ -169,6 +194,9 @@ def test_bench_batch_size_is_checked_before_any_work(tmp_path):
     (dict(seeds=()), "no image seeds given"),
     (dict(classifier="/nonexistent"), "no classifier at /nonexistent"),
     (dict(ablation_classifier="/nonexistent"), "no classifier at /nonexistent"),
+    (dict(execution="fast+cudagraphs"), "unknown execution mode 'fast\\+cudagraphs' for the shapes model"),
+    (dict(engine="cuda-graph"), "engine cuda-graph: the cuda-graph engine needs the model on CUDA"),
+    (dict(execution="reference", engine="compile"), "engine compile needs a fast execution"),
     (dict(ablation_classifier="shapes-typo"), r"classifier not found: shapes-typo \(did you mean 'shapes'\?\)"),
 ])
 def test_bench_counts_and_classifiers_are_checked_before_any_work(kwargs, message, tmp_path):
