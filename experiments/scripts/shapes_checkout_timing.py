@@ -5,7 +5,8 @@ and execution modes: each configuration in its own process, rounds interleaved, 
         --config old=/tmp/code_50b519b,shipped,fast --config now=.,shipped,fast \
         --config now-k4=.,RUN/k4/best,fast+compiled
 
-A config is NAME=CODE_DIR,CLASSIFIER,MODE (CLASSIFIER "shipped": that checkout's shipped one).
+A config is NAME=CODE_DIR,CLASSIFIER,MODE[,ENGINE] (CLASSIFIER "shipped": that checkout's shipped
+one; ENGINE: the plain steps' engine, left out for the checkout's default).
 Every process loads the model, makes one untimed warm-up image (compiles, for the compiled mode),
 then times 8 steered images with the published schedule and the same 8 unsteered (the prompts of
 `bench/shapes_overhead.py`, seeds 0-1). The table gives per config the median over rounds and the
@@ -29,7 +30,7 @@ PROMPTS = ("a red circle to the left of a blue square", "a green triangle above 
 SEEDS = (0, 1)
 
 
-def child(classifier: str, mode: str) -> dict:
+def child(classifier: str, mode: str, engine: str = "auto") -> dict:
     """One process's measurement (run inside the checkout given by PYTHONPATH)."""
     import torch
 
@@ -37,7 +38,8 @@ def child(classifier: str, mode: str) -> dict:
 
     torch.set_num_threads(1)
     shipped = load_shapes_steerer(classifier=None if classifier == "shipped" else classifier)
-    steerer = steer_shapes_pipeline(shipped.pipe, shipped.classifier, mode=mode)
+    steerer = steer_shapes_pipeline(shipped.pipe, shipped.classifier, mode=mode,
+                                    **({} if engine == "auto" else {"engine": engine}))
     steerer(PROMPTS[0], seed=99, progress=False)                    # warm-up (compiles)
     times = {}
     for steer in (True, False):
@@ -50,22 +52,23 @@ def child(classifier: str, mode: str) -> dict:
     return {**times, "l2s": str(Path(l2s.__file__).parent)}
 
 
-def parse_config(text: str) -> tuple[str, Path, str, str]:
+def parse_config(text: str) -> tuple[str, Path, str, str, str]:
     try:
         name, rest = text.split("=", 1)
-        code, classifier, mode = rest.split(",")
+        code, classifier, mode, *engine = rest.split(",")
+        (engine,) = engine or ["auto"]
     except ValueError:
-        raise SystemExit(f"--config: expected NAME=CODE_DIR,CLASSIFIER,MODE, got {text!r}") from None
-    return name, Path(code).resolve(), classifier, mode
+        raise SystemExit(f"--config: expected NAME=CODE_DIR,CLASSIFIER,MODE[,ENGINE], got {text!r}") from None
+    return name, Path(code).resolve(), classifier, mode, engine
 
 
-def run_child(code: Path, classifier: str, mode: str) -> dict:
+def run_child(code: Path, classifier: str, mode: str, engine: str) -> dict:
     env = {**os.environ, "PYTHONPATH": str(code), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     with tempfile.TemporaryDirectory() as cwd:        # never the checkout's folder: python -m puts it first
-        done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", classifier, mode],
+        done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", classifier, mode, engine],
                               env=env, cwd=cwd, capture_output=True, text=True)
     if done.returncode:
-        raise SystemExit(f"child failed ({code}, {classifier}, {mode}):\n{done.stderr[-2000:]}")
+        raise SystemExit(f"child failed ({code}, {classifier}, {mode}, {engine}):\n{done.stderr[-2000:]}")
     row = json.loads(done.stdout.strip().splitlines()[-1])
     if not row["l2s"].startswith(str(code)):
         raise SystemExit(f"l2s came from {row['l2s']}, not {code}")
@@ -77,7 +80,7 @@ def main(argv=None) -> int:
     parser.add_argument("--config", action="append", default=[])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--child", nargs=2, metavar=("CLASSIFIER", "MODE"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=3, metavar=("CLASSIFIER", "MODE", "ENGINE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         print(json.dumps(child(*args.child)))
@@ -85,20 +88,20 @@ def main(argv=None) -> int:
     configs = [parse_config(text) for text in args.config]
     rows = {name: [] for name, *_ in configs}
     for round_index in range(args.rounds):
-        for name, code, classifier, mode in configs:
-            rows[name].append(run_child(code, classifier, mode))
+        for name, code, classifier, mode, engine in configs:
+            rows[name].append(run_child(code, classifier, mode, engine))
             print(f"round {round_index + 1} {name}: {rows[name][-1]['steered']:.3f} s steered, "
                   f"{rows[name][-1]['unsteered']:.3f} s unsteered", file=sys.stderr, flush=True)
     first = statistics.median(r["steered"] for r in rows[configs[0][0]])
-    print("| config | code | classifier | mode | steered CPU-s/img (rounds) | median | ÷ first | unsteered |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name, code, classifier, mode in configs:
+    print("| config | code | classifier | mode | engine | steered CPU-s/img (rounds) | median | ÷ first | unsteered |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, code, classifier, mode, engine in configs:
         steered = [r["steered"] for r in rows[name]]
         median = statistics.median(steered)
-        print(f"| {name} | {code.name} | {classifier} | {mode} | {' / '.join(f'{s:.3f}' for s in steered)} | "
+        print(f"| {name} | {code.name} | {classifier} | {mode} | {engine} | {' / '.join(f'{s:.3f}' for s in steered)} | "
               f"{median:.3f} | {median / first:.2f} | {statistics.median(r['unsteered'] for r in rows[name]):.3f} |")
     if args.json:
-        args.json.write_text(json.dumps({"configs": [[n, str(c), k, m] for n, c, k, m in configs], "rows": rows},
+        args.json.write_text(json.dumps({"configs": [[n, str(c), k, m, e] for n, c, k, m, e in configs], "rows": rows},
                                         indent=2))
     return 0
 
