@@ -11,7 +11,8 @@ from PIL import Image
 
 def reward_columns(scorer, records: Sequence, specs: Sequence, part_dir: Path, batch_size: int = 64) -> dict:
     """Mean reward-model score of one mode's images under their prompts, and its AUC against the
-    strict exact verdict (None when all images are right, or all wrong)."""
+    strict exact verdict (None when all images are right, or all wrong). An image with no verdict (a
+    prompt no detector can judge) counts in the mean, not in the AUC."""
     from scipy.stats import mannwhitneyu
 
     scores = []
@@ -24,7 +25,7 @@ def reward_columns(scorer, records: Sequence, specs: Sequence, part_dir: Path, b
         prompts = [specs[int(record.meta["prompt_index"])].prompt for record in chunk]
         scores += [float(v) for v in scorer(images, prompts)]
     right = [s for s, r in zip(scores, records) if r.result.correct]
-    wrong = [s for s, r in zip(scores, records) if not r.result.correct]
+    wrong = [s for s, r in zip(scores, records) if r.result.correct is False]
     auc = None
     if right and wrong:
         auc = float(mannwhitneyu(right, wrong, alternative="two-sided").statistic) / (len(right) * len(wrong))

@@ -117,6 +117,8 @@ def test_reward_columns_rank_correct_images_against_wrong_ones(tmp_path):
     records[1].result.correct, records[2].result.correct = True, False   # 200, 100 right; 150, 50 wrong
     assert reward_columns(redness, records, specs, tmp_path)["reward_auc"] == 0.75
     assert reward_columns(redness, records[:1], specs, tmp_path)["reward_auc"] is None
+    records[2].result.correct = None   # no verdict: neither right nor wrong (200, 100 right; 50 wrong)
+    assert reward_columns(redness, records, specs, tmp_path)["reward_auc"] == 1.0
 
 
 def test_the_bench_scores_its_images_with_a_reward_model(tiny_shapes_pipe, tmp_path):
