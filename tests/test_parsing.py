@@ -270,6 +270,9 @@ def test_the_object_a_comma_lists_is_one_warning_line_and_the_relations_read_are
     "a cat left of a dog, a bird above a tree",                # each clause in a relation
     "a cat left of a dog, a bird is flying",                   # a clause of its own
     "a cat above a dog; a bird",                               # a comma lists, a semicolon does not
+    "a cat left of a dog, a masterpiece",                      # an article before style words
+    "a dog above a cat, a high quality render",
+    "a cat to the right of a dog, an oil painting",
 ])
 def test_a_comma_before_what_is_no_listed_object_leaves_nothing_out(prompt):
     assert parse_prompt(prompt).coordination_warnings() == []

@@ -6,7 +6,7 @@ from .matchers import spacy_matchers
 from .phrases import Phrase, Words, clause_breaks, clauses, is_whole_phrase, noun_phrase, prefix_end
 from .results import Coordinated, NonDirectional, ParsedPrompt, Triplet
 from .vocabulary import (ADVERBIAL_RELATION_WORDS, COORDINATORS, IDIOM_LABEL, LIST_ARTICLES, LIST_COMMA,
-                         NON_DIRECTIONAL_LABEL)
+                         NON_DIRECTIONAL_LABEL, STYLE_NOUNS)
 
 
 def parse_prompt(prompt: str) -> ParsedPrompt:
@@ -119,10 +119,12 @@ def _coordinated(triplet: Triplet, gap: list, breaks: list, used: Phrase, step: 
 
 def _joins(word, clause: list) -> bool:
     """Whether the clause break ``word`` lists ``clause`` as one more object: "and" always, a comma
-    only before an article ("a cat, a dog"), not before a prompt's trailing style words ("..., digital art")."""
+    only before an article ("a cat, a dog"), not before a prompt's trailing style words ("..., digital art",
+    "..., a masterpiece")."""
     if word.lower_ in COORDINATORS:
         return True
-    return word.text == LIST_COMMA and bool(clause) and clause[0].lower_ in LIST_ARTICLES
+    return (word.text == LIST_COMMA and bool(clause) and clause[0].lower_ in LIST_ARTICLES
+            and clause[-1].lower_ not in STYLE_NOUNS)
 
 
 def _serial_comma(gap: list, breaks: list, k: int) -> bool:

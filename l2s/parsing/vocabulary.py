@@ -98,6 +98,8 @@ PREFIX_MEDIA = (
     "snapshot", "portrait",
 )
 PREFIX_LINKS = ("of", "showing", "depicting", "featuring")
+# What a comma-listed "a ..." names when it is the prompt's style, not one more object ("..., a masterpiece").
+STYLE_NOUNS = frozenset({*PREFIX_MEDIA, "masterpiece", "wallpaper", "art", "style", "quality", "resolution"})
 
 # Compounds whose "and" must not split a clause ("a black and white cat").
 PROTECTED_COMPOUNDS = (
