@@ -43,16 +43,9 @@ def check_sampling_args(args: argparse.Namespace) -> None:
 def _check_weights(args: argparse.Namespace) -> None:
     """``--lora`` and ``--reward-model`` name folders that hold what they must, before a model loads
     (a near miss of a shipped name is said by the name's resolution)."""
-    if getattr(args, "lora", None):
-        from l2s.grpo.lora import adapter_dir
-        from l2s.shapes.recipes import lora_folder
+    from l2s.shapes.recipes import check_weights_folders
 
-        adapter_dir(lora_folder(args.lora))
-    if getattr(args, "reward_model", None):
-        from l2s.reward.scorer import check_reward_model_folder
-        from l2s.shapes.recipes import reward_model_path
-
-        check_reward_model_folder(reward_model_path(args.reward_model))
+    check_weights_folders(getattr(args, "lora", None) or None, getattr(args, "reward_model", None) or None)
 
 
 def _check_execution(args: argparse.Namespace) -> None:
