@@ -59,8 +59,7 @@ def _check_execution(args: argparse.Namespace) -> None:
                          "reference computes its maps as the published code does")
     if execution != "fast+cudagraphs":
         return
-
-    from .options import default_device
+    from l2s.devices import default_device
 
     device = getattr(args, "device", None) or default_device()
     if not str(device).startswith("cuda"):
@@ -73,9 +72,8 @@ def _check_capture_backend(args: argparse.Namespace) -> None:
     if getattr(args, "capture_backend", None) != "native":
         return
     from l2s.errors import UsageError
+    from l2s.devices import default_device
     from l2s.pipelines.arguments import check_capture_kernels
-
-    from .options import default_device
 
     try:
         check_capture_kernels("native", getattr(args, "device", None) or default_device())
@@ -90,10 +88,9 @@ def _check_engine(args: argparse.Namespace) -> None:
     engine = getattr(args, "engine", None)
     if engine is None or engine in ("auto", "eager"):
         return
+    from l2s.devices import default_device, weights_dtype
     from l2s.engines import EngineError, check_engine_request
     from l2s.errors import UsageError
-
-    from .options import default_device, torch_dtype
 
     device = getattr(args, "device", None) or default_device()
     if getattr(args, "execution", None) == "reference":
@@ -101,7 +98,7 @@ def _check_engine(args: argparse.Namespace) -> None:
                          "fast --execution")
     dtype = getattr(args, "dtype", None)   # auto is known once the model is (its family's dtype)
     try:
-        check_engine_request(engine, device, None if dtype in (None, "auto") else torch_dtype(dtype, device))
+        check_engine_request(engine, device, None if dtype in (None, "auto") else weights_dtype(dtype, device))
     except EngineError as error:
         raise UsageError(f"--engine {engine}: {error}") from None
 

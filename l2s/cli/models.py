@@ -176,9 +176,8 @@ def resolve_dtype(args: argparse.Namespace) -> str:
     """``args.dtype`` with ``auto`` resolved (and kept) to what the weights load in, so that runs
     record it: fp32 for the shipped and tiny models, else the published dtype of the model's
     family on this run's device."""
+    from l2s.devices import default_device, dtype_name
     from l2s.pipelines.loading import folder_family
-
-    from .options import default_device, dtype_name
 
     if args.model is None or args.model in TINY_MODELS:
         args.dtype = "fp32"            # built in fp32 (check_model_dtype refuses another)
