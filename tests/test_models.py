@@ -51,9 +51,9 @@ def test_without_the_shipped_model_the_tiny_one_runs_with_a_warning_for_every_pr
 
 def test_a_model_folder_needs_a_classifier_and_built_in_models_refuse_another_dtype(tmp_path):
     (tmp_path / "model_index.json").write_text('{"_class_name": "FluxPipeline"}')
-    with pytest.raises(L2SError, match=r"^classifier=PATH is required with model=PATH$"):
+    with pytest.raises(L2SError, match=r"^classifier PATH is required with model PATH$"):
         load_steerer(tmp_path)
-    with pytest.raises(UsageError, match=r"^dtype=bf16: the shipped shapes model runs in fp32 only"):
+    with pytest.raises(UsageError, match=r"^dtype bf16: the shipped shapes model runs in fp32 only \(dtype applies to model PATH\)$"):
         load_steerer(dtype="bf16")
     with pytest.raises(UsageError, match="the tiny demo model 'tiny-sd' runs in fp32 only"):
         load_pipeline("tiny-sd", dtype="fp16")
