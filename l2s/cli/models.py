@@ -1,8 +1,9 @@
-"""Which model ``generate`` and ``eval`` run, and how they sample: loading the steering pipeline.
+"""Which model ``generate`` and ``eval`` run, and how they sample: the options, their checks before
+a model loads, and the steering pipeline they name (loaded by :func:`l2s.models.load_steerer`).
 
 Without ``--model`` the shipped shapes-world model and classifier run (``l2s/shapes/assets``);
-``--model tiny`` is the random demo; a directory (or a hub id in the local Hugging Face cache) is a
-diffusers pipeline.
+``--model tiny`` (``tiny-dev``, ``tiny-sd``) is a random demo; a directory (or a hub id in the local
+Hugging Face cache) is a diffusers pipeline.
 """
 from __future__ import annotations
 
