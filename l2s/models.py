@@ -33,9 +33,13 @@ def tiny_pipeline(name: str):
 def check_built_in_dtype(model: str | Path | None, dtype, spelled: Callable[[str], str] = str) -> None:
     """The shipped model (``model`` None) and the tiny ones are built in fp32: another ``dtype`` is
     refused (``UsageError``), not ignored; the message names arguments as ``spelled`` writes them."""
+    import torch
+
+    from l2s.devices import weights_dtype
     from l2s.errors import UsageError
 
-    if (model is None or str(model) in TINY_MODELS) and str(dtype) not in ("auto", "fp32", "torch.float32"):
+    # By the dtype it names ("auto" is fp32 on the CPU): an unknown name is said as such, not as another dtype.
+    if (model is None or str(model) in TINY_MODELS) and weights_dtype(dtype, "cpu") is not torch.float32:
         which = "the shipped shapes model" if model is None else \
             "the tiny demo model" if model == "tiny" else f"the tiny demo model {str(model)!r}"
         raise UsageError(f"{spelled('dtype')} {dtype}: {which} runs in fp32 only ({spelled('dtype')} applies to "
