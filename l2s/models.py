@@ -30,21 +30,20 @@ def tiny_pipeline(name: str):
     return demo.tiny_flux_pipeline(seed=0, guidance_embeds=guidance)
 
 
-def _argument(name: str) -> str:
-    """An argument as messages name it for a Python caller (``classifier=``); the command line's are its flags."""
-    return f"{name}="
-
-
-def check_built_in_dtype(model: str | Path | None, dtype, spelled: Callable[[str], str] = _argument) -> None:
+def check_built_in_dtype(model: str | Path | None, dtype, spelled: Callable[[str], str] = str) -> None:
     """The shipped model (``model`` None) and the tiny ones are built in fp32: another ``dtype`` is
-    refused (``UsageError``), not ignored."""
+    refused (``UsageError``), not ignored; the message names arguments as ``spelled`` writes them."""
+    import torch
+
+    from l2s.devices import weights_dtype
     from l2s.errors import UsageError
 
-    if (model is None or str(model) in TINY_MODELS) and str(dtype) not in ("auto", "fp32", "torch.float32"):
+    # By the dtype it names ("auto" is fp32 on the CPU): an unknown name is said as such, not as another dtype.
+    if (model is None or str(model) in TINY_MODELS) and weights_dtype(dtype, "cpu") is not torch.float32:
         which = "the shipped shapes model" if model is None else \
             "the tiny demo model" if model == "tiny" else f"the tiny demo model {str(model)!r}"
-        raise UsageError(f"{spelled('dtype')}{dtype}: {which} runs in fp32 only ({spelled('dtype').strip()} applies "
-                         f"to {spelled('model')}PATH)")
+        raise UsageError(f"{spelled('dtype')} {dtype}: {which} runs in fp32 only ({spelled('dtype')} applies to "
+                         f"{spelled('model')} PATH)")
 
 
 def load_pipeline(model: str | Path, device: str | None = None, dtype="auto"):
@@ -62,7 +61,7 @@ def load_pipeline(model: str | Path, device: str | None = None, dtype="auto"):
 
 def load_steerer(model: str | Path | None = None, classifier=None, lora: str | Path | None = None, *,
                  device: str | None = None, dtype="auto", true_cfg_scale: float | None = None,
-                 step_size: float | None = None, spelled: Callable[[str], str] = _argument):
+                 step_size: float | None = None, spelled: Callable[[str], str] = str):
     """(steering pipeline, one line saying what loaded).
 
     ``model``: None for the shipped shapes-world model (the tiny random FLUX, with a warning, where
@@ -136,7 +135,7 @@ def _folder_model(model: str | Path, classifier, lora: Path | None, device: str,
     if not (folder / "model_index.json").is_file():
         raise ModelLoadError(f"no diffusers pipeline at {model} (model_index.json missing){cache_entry_note(folder)}")
     if classifier is None:
-        raise L2SError(f"{spelled('classifier')}PATH is required with {spelled('model')}PATH")
+        raise L2SError(f"{spelled('classifier')} PATH is required with {spelled('model')} PATH")
     loaded = RelationClassifier.load(classifier)
     pipe = _with_lora(_folder_pipeline(folder, device, dtype), lora).to(device)
     source = f"{model}; classifier {classifier}"

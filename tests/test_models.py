@@ -4,6 +4,7 @@ model and its fallback, shipped names and their near misses)."""
 import logging
 
 import pytest
+import torch
 
 from l2s.errors import L2SError, ModelLoadError, UsageError
 from l2s.models import TINY_MODELS, check_built_in_dtype, load_pipeline, load_steerer
@@ -51,11 +52,15 @@ def test_without_the_shipped_model_the_tiny_one_runs_with_a_warning_for_every_pr
 
 def test_a_model_folder_needs_a_classifier_and_built_in_models_refuse_another_dtype(tmp_path):
     (tmp_path / "model_index.json").write_text('{"_class_name": "FluxPipeline"}')
-    with pytest.raises(L2SError, match=r"^classifier=PATH is required with model=PATH$"):
+    with pytest.raises(L2SError, match=r"^classifier PATH is required with model PATH$"):
         load_steerer(tmp_path)
-    with pytest.raises(UsageError, match=r"^dtype=bf16: the shipped shapes model runs in fp32 only"):
+    fp32_only = r"^dtype bf16: the shipped shapes model runs in fp32 only \(dtype applies to model PATH\)$"
+    with pytest.raises(UsageError, match=fp32_only):
         load_steerer(dtype="bf16")
     with pytest.raises(UsageError, match="the tiny demo model 'tiny-sd' runs in fp32 only"):
         load_pipeline("tiny-sd", dtype="fp16")
     check_built_in_dtype("tiny", "fp32")
+    check_built_in_dtype(None, torch.float32)
+    with pytest.raises(L2SError, match=r"^dtype must be a torch.dtype or one of auto, fp32, bf16, fp16; got 'float32'"):
+        load_pipeline("tiny", dtype="float32")   # not "runs in fp32 only": the name is unknown, fp32 is fine
     check_built_in_dtype(str(tmp_path), "bf16")   # a folder loads in any dtype

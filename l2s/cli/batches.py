@@ -84,9 +84,8 @@ def image_settings(args: argparse.Namespace) -> dict:
 
 def unset_defaults() -> dict:
     """What an unset ``--device``, ``--capture-backend`` and ``--execution`` stand for on this machine."""
+    from l2s.devices import default_device
     from l2s.steer.modes import DEFAULT_CAPTURE_BACKEND
-
-    from .options import default_device
 
     return {"device": default_device(), "capture_backend": DEFAULT_CAPTURE_BACKEND, "execution": "fast"}
 

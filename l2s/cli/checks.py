@@ -43,16 +43,9 @@ def check_sampling_args(args: argparse.Namespace) -> None:
 def _check_weights(args: argparse.Namespace) -> None:
     """``--lora`` and ``--reward-model`` name folders that hold what they must, before a model loads
     (a near miss of a shipped name is said by the name's resolution)."""
-    if getattr(args, "lora", None):
-        from l2s.grpo.lora import adapter_dir
-        from l2s.shapes.recipes import lora_folder
+    from l2s.shapes.recipes import check_weights_folders
 
-        adapter_dir(lora_folder(args.lora))
-    if getattr(args, "reward_model", None):
-        from l2s.reward.scorer import check_reward_model_folder
-        from l2s.shapes.recipes import reward_model_path
-
-        check_reward_model_folder(reward_model_path(args.reward_model))
+    check_weights_folders(getattr(args, "lora", None) or None, getattr(args, "reward_model", None) or None)
 
 
 def _check_execution(args: argparse.Namespace) -> None:
@@ -66,8 +59,7 @@ def _check_execution(args: argparse.Namespace) -> None:
                          "reference computes its maps as the published code does")
     if execution != "fast+cudagraphs":
         return
-
-    from .options import default_device
+    from l2s.devices import default_device
 
     device = getattr(args, "device", None) or default_device()
     if not str(device).startswith("cuda"):
@@ -80,9 +72,8 @@ def _check_capture_backend(args: argparse.Namespace) -> None:
     if getattr(args, "capture_backend", None) != "native":
         return
     from l2s.errors import UsageError
+    from l2s.devices import default_device
     from l2s.pipelines.arguments import check_capture_kernels
-
-    from .options import default_device
 
     try:
         check_capture_kernels("native", getattr(args, "device", None) or default_device())
@@ -97,10 +88,9 @@ def _check_engine(args: argparse.Namespace) -> None:
     engine = getattr(args, "engine", None)
     if engine is None or engine in ("auto", "eager"):
         return
+    from l2s.devices import default_device, weights_dtype
     from l2s.engines import EngineError, check_engine_request
     from l2s.errors import UsageError
-
-    from .options import default_device, torch_dtype
 
     device = getattr(args, "device", None) or default_device()
     if getattr(args, "execution", None) == "reference":
@@ -108,7 +98,7 @@ def _check_engine(args: argparse.Namespace) -> None:
                          "fast --execution")
     dtype = getattr(args, "dtype", None)   # auto is known once the model is (its family's dtype)
     try:
-        check_engine_request(engine, device, None if dtype in (None, "auto") else torch_dtype(dtype, device))
+        check_engine_request(engine, device, None if dtype in (None, "auto") else weights_dtype(dtype, device))
     except EngineError as error:
         raise UsageError(f"--engine {engine}: {error}") from None
 

@@ -1,8 +1,9 @@
-"""Which model ``generate`` and ``eval`` run, and how they sample: loading the steering pipeline.
+"""Which model ``generate`` and ``eval`` run, and how they sample: the options, their checks before
+a model loads, and the steering pipeline they name (loaded by :func:`l2s.models.load_steerer`).
 
 Without ``--model`` the shipped shapes-world model and classifier run (``l2s/shapes/assets``);
-``--model tiny`` is the random demo; a directory (or a hub id in the local Hugging Face cache) is a
-diffusers pipeline.
+``--model tiny`` (``tiny-dev``, ``tiny-sd``) is a random demo; a directory (or a hub id in the local
+Hugging Face cache) is a diffusers pipeline.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 from l2s.errors import UsageError
 from l2s.models import TINY_MODELS
 
-from .options import resolve_device
+from .options import flag_of, resolve_device
 
 TRUE_CFG_HELP = ("FLUX only: classifier-free guidance against an empty prompt on the plain steps, as "
                  "diffusers' true_cfg_scale (default: 1 = none; the shapes world's own for its models)")
@@ -102,16 +103,11 @@ def load_steerer(args: argparse.Namespace):
     try:
         steerer, source = load(args.model, args.classifier, getattr(args, "lora", None), device=resolve_device(args),
                                dtype=getattr(args, "dtype", "auto"), true_cfg_scale=getattr(args, "true_cfg", None),
-                               step_size=getattr(args, "step_size", None), spelled=_flag)
+                               step_size=getattr(args, "step_size", None), spelled=flag_of())
     except ClassifierMismatchError as error:
         raise _naming_its_model(error, args.classifier, shipped_model=_shipped_model_runs(args)) from None
     apply_speed_args(steerer, args)
     return steerer, source
-
-
-def _flag(name: str) -> str:
-    """A library argument as the library's messages put it before a value: ``--classifier PATH``."""
-    return f"--{name} "
 
 
 def _shipped_model_runs(args: argparse.Namespace) -> bool:
@@ -169,16 +165,15 @@ def check_model_dtype(args: argparse.Namespace) -> None:
     built in fp32, so another value there is refused rather than silently ignored."""
     from l2s.models import check_built_in_dtype
 
-    check_built_in_dtype(args.model, getattr(args, "dtype", "auto"), spelled=_flag)
+    check_built_in_dtype(args.model, getattr(args, "dtype", "auto"), spelled=flag_of())
 
 
 def resolve_dtype(args: argparse.Namespace) -> str:
     """``args.dtype`` with ``auto`` resolved (and kept) to what the weights load in, so that runs
     record it: fp32 for the shipped and tiny models, else the published dtype of the model's
     family on this run's device."""
+    from l2s.devices import default_device, dtype_name
     from l2s.pipelines.loading import folder_family
-
-    from .options import default_device, dtype_name
 
     if args.model is None or args.model in TINY_MODELS:
         args.dtype = "fp32"            # built in fp32 (check_model_dtype refuses another)

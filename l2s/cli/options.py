@@ -68,33 +68,13 @@ def add_device_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when a GPU is usable)")
 
 
-def default_device() -> str:
-    """"cuda" when a GPU is usable, else "cpu" (:func:`l2s.devices.default_device`)."""
-    from l2s.devices import default_device as library_default
-
-    return library_default()
-
-
 def resolve_device(args: argparse.Namespace) -> str:
     """``args.device``, the default filled in (and kept) when none was given."""
+    from l2s.devices import default_device
+
     if getattr(args, "device", None) is None:
         args.device = default_device()
     return args.device
-
-
-def dtype_name(name: str, device: str, family: str | None = None) -> str:
-    """``--dtype NAME`` with ``auto`` resolved for a model of ``family`` ("flux", "sd" or None) on
-    ``device`` (:func:`l2s.devices.dtype_name`): "fp32", "bf16" or "fp16"."""
-    from l2s.devices import dtype_name as resolved
-
-    return resolved(name, device, family)
-
-
-def torch_dtype(name: str, device: str, family: str | None = None):
-    """The torch dtype of ``--dtype NAME`` for a model of ``family`` ("flux", "sd" or None) on ``device``."""
-    from l2s.devices import weights_dtype
-
-    return weights_dtype(name, device, family)
 
 
 def out_text(text: str) -> str:

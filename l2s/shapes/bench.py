@@ -23,8 +23,8 @@ from .bench_reward import reward_columns
 from .detector import ShapesDetector
 from .model import image_size, load_shapes_pipeline
 from .prompts import ood_position_prompts, shapes_multi_relation_prompts, shapes_position_prompts
-from .recipes import (BENCH_BATCH_SIZE, BENCH_SEEDS, SHAPES_STEP_SIZE, classifier_folder, lora_folder,
-                      named_schedule, reward_model_path, shipped_assets, steer_shapes_pipeline,
+from .recipes import (BENCH_BATCH_SIZE, BENCH_SEEDS, SHAPES_STEP_SIZE, check_weights_folders, classifier_folder,
+                      lora_folder, named_schedule, reward_model_path, shipped_assets, steer_shapes_pipeline,
                       weights_fingerprints)
 from .verdicts import mode_scores
 
@@ -144,6 +144,7 @@ def run_shapes_bench(out_dir: str | Path, *, pipeline_dir: str | Path | None = N
     _check_counts(scale, position_prompts, seeds)
     classifier, ablation_classifier = classifier_folder(classifier), classifier_folder(ablation_classifier)
     _check_classifiers(classifier, ablation_classifier)
+    check_weights_folders(lora, reward_model)   # before the model loads
     all_parts = bench_parts(scale, seeds, position_prompts=position_prompts)
     known = [part.key for part in all_parts] + [plain_part.KEY]
     unknown = sorted(set(parts or ()) - set(known))

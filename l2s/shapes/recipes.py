@@ -141,6 +141,19 @@ def lora_folder(lora: str | Path | None) -> Path | None:
     return shipped_assets().grpo_adapter if str(lora) == SHIPPED_LORA else Path(lora)
 
 
+def check_weights_folders(lora: str | Path | None = None, reward_model: str | Path | None = None) -> None:
+    """A LoRA adapter and a reward model folder (shipped names resolved, a near miss refused) that
+    hold what they must (``ModelLoadError``), checked before any model loads; nothing is loaded."""
+    if lora is not None:
+        from l2s.grpo.lora import adapter_dir
+
+        adapter_dir(lora_folder(lora))
+    if reward_model is not None:
+        from l2s.reward.scorer import check_reward_model_folder
+
+        check_reward_model_folder(reward_model_path(reward_model))
+
+
 def weights_fingerprints(pipeline: str | Path | None = None, classifier: str | Path | None = None,
                          lora: str | Path | None = None, pipeline_key: str = "model_digest") -> dict:
     """Fingerprints of the local weights a run uses, for its recorded settings, so weights retrained

@@ -5,7 +5,7 @@ import torch
 
 import l2s.cli.models as models
 from l2s.cli import build_parser
-from l2s.cli.options import torch_dtype
+from l2s.devices import weights_dtype
 from l2s.cli.training import build_make_data_parser
 
 MAKE_DATA = ["--source", "pairs", "--annotations", "pairs.jsonl", "--out", "maps"]
@@ -62,10 +62,10 @@ def test_make_data_refuses_a_dtype_its_tiny_models_would_ignore(model, said, tmp
 
 
 def test_auto_dtype_is_the_published_one_on_gpus_and_fp32_on_cpu():
-    assert torch_dtype("auto", "cpu", "flux") == torch.float32
-    assert torch_dtype("auto", "cuda", "flux") == torch.bfloat16
-    assert torch_dtype("auto", "cuda:1", "sd") == torch.float32  # SD was published in fp32
-    assert torch_dtype("fp16", "cpu", "sd") == torch.float16
+    assert weights_dtype("auto", "cpu", "flux") == torch.float32
+    assert weights_dtype("auto", "cuda", "flux") == torch.bfloat16
+    assert weights_dtype("auto", "cuda:1", "sd") == torch.float32  # SD was published in fp32
+    assert weights_dtype("fp16", "cpu", "sd") == torch.float16
 
 
 @pytest.mark.parametrize("pipeline, device, given, resolved", [

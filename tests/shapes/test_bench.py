@@ -207,6 +207,22 @@ def test_bench_counts_and_classifiers_are_checked_before_any_work(kwargs, messag
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(lora="shapes-grp"), r"LoRA adapter not found: shapes-grp \(did you mean 'shapes-grpo'\?\)"),
+    (dict(lora="/nonexistent"), "no LoRA adapter at /nonexistent"),
+    (dict(reward_model="spatialscor"), r"reward model not found: spatialscor \(did you mean 'spatialscore'\?\)"),
+    (dict(reward_model="/nonexistent"), "no reward model at /nonexistent"),
+])
+def test_bench_adapter_and_reward_model_are_checked_before_the_model_loads(kwargs, message, tmp_path, monkeypatch):
+    import l2s.shapes.bench
+    from l2s.errors import ModelLoadError
+
+    monkeypatch.setattr(l2s.shapes.bench, "load_shapes_pipeline", lambda *a, **k: pytest.fail("loaded a model"))
+    with pytest.raises(ModelLoadError, match=message):
+        shapes_world.run_shapes_bench(tmp_path / "out", **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
 def test_bench_cli_names_the_option_and_lists_every_part(tmp_path, capsys):
     from l2s.cli import main
     from l2s.cli.shapes_bench import build_bench_parser

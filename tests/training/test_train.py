@@ -414,3 +414,13 @@ def test_a_full_disk_at_a_checkpoint_is_an_os_error_naming_it_and_the_rerun_resu
     assert caught.value.errno == errno.ENOSPC and "state.pt" in str(caught.value)
     assert not list((tmp_path / "run").rglob("*.tmp"))
     assert train_classifier(dataset, tmp_path / "run", _config(), epochs=2, **kwargs).epochs_run == 2
+
+
+def test_the_run_folder_functions_name_only_types_their_module_imports():
+    import typing
+
+    import l2s.run_folders as run_folders
+
+    # typing.get_type_hints (help(), documentation tools) evaluates every annotation of these functions
+    for function in (run_folders.prepare_out_dir, run_folders.read_resume_state, run_folders.atomic_dir):
+        typing.get_type_hints(function)
