@@ -230,9 +230,13 @@ def weights_digests(args: argparse.Namespace) -> dict:
     """Fingerprints of the local weights behind --model, --classifier and --lora (shipped names
     resolved; a --model hub id by its local snapshot, a --classifier hub id not at all), for a
     run's settings: a retrained classifier or adapter saved at the same path must not resume an
-    earlier run's images. The random tiny model has none."""
-    from l2s.shapes.recipes import shipped_assets, weights_fingerprints
+    earlier run's images. The random tiny model has none; standing in for a missing shipped model,
+    it is recorded as such, so its images never resume as the shipped model's (nor the reverse)."""
+    from l2s.shapes import shipped_assets
+    from l2s.shapes.recipes import weights_fingerprints
 
-    shipped = args.model is None and shipped_assets().available
+    if args.model is None and not shipped_assets().available:
+        return {"model_stand_in": "tiny"}
+    shipped = args.model is None
     classifier = args.classifier if args.classifier is not None or not shipped else shipped_assets().classifier
     return weights_fingerprints(model_folder(args), classifier, getattr(args, "lora", None))

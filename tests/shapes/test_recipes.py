@@ -249,6 +249,13 @@ def test_generate_falls_back_loudly_without_assets(monkeypatch, tmp_path, capsys
     # a library warning: on stderr as "l2s: warning: ..." where nothing else set up logging (pytest does)
     assert "tiny RANDOM demo model" in capsys.readouterr().err + caplog.text
     assert (tmp_path / "o" / "image.png").is_file()
+    several = ["generate", "a red circle to the left of a blue square", "--seeds", "0-1", "--out",
+               str(tmp_path / "several"), "--quiet", "--no-baseline", "--steps", "2"]
+    assert cli.main(several) == 0
+    monkeypatch.undo()   # the shipped model back: the stand-in's images do not resume as its own
+    capsys.readouterr()
+    assert cli.main(several) == 2
+    assert "model_stand_in" in capsys.readouterr().err
 
 
 # ---- the shipped model -------------------------------------------------------------------------
