@@ -8,6 +8,8 @@ from typing import Any, Mapping
 
 import torch
 
+from l2s.distributed import EVERY_PROCESS
+
 from .base import (
     CUDA_ONLY_KINDS,
     ENGINE_KINDS,
@@ -225,8 +227,9 @@ def announce_build(kind: str, transformer: torch.nn.Module, inputs: dict[str, to
     whole = "repeated blocks (compiled once per block kind) of the" if regional else "whole"
     cost = BUILD_COSTS[kind].format(params=f"{millions:,.1f}M", cache=where, compile_cache=compile_cache_dir(),
                                     whole=whole)
+    # Every rank of a spread run builds its own engine: the line is said once a machine.
     logger.warning("building the %s plain-step engine for %s: expected cost: %s",
-                   kind, InputSignature.from_inputs(inputs).describe(), cost)
+                   kind, InputSignature.from_inputs(inputs).describe(), cost, extra=EVERY_PROCESS)
 
 
 def _build(

@@ -200,6 +200,7 @@ def test_an_explicit_build_announces_its_cost_once(transformer, inputs, caplog):
     assert len(lines) == 1
     assert lines[0].startswith("building the compile plain-step engine for hidden_states[")
     assert "expected cost: a torch.compile" in lines[0] and "cached in" in lines[0]
+    assert caplog.records[0].l2s_every_process   # every rank of a spread run builds its own: said once a machine
 
 
 def test_an_engine_whose_export_is_cached_announces_no_build(exported, transformer, inputs, cache_dir, caplog):
