@@ -188,8 +188,8 @@ def _claimed(store, key: str) -> bool:
 
 
 def _said_on_machine(store, key: str) -> bool:
-    """Whether this machine's first process says the line of ``key`` within :data:`SAID_WAIT`
-    (polled: a blocking wait would hold off Ctrl-C and log the store's timeout)."""
+    """Whether a process of this machine (its first, as a rule) says the line of ``key`` within
+    :data:`SAID_WAIT` (polled: a blocking wait would hold off Ctrl-C and log the store's timeout)."""
     deadline = time.monotonic() + SAID_WAIT.total_seconds()
     while time.monotonic() < deadline:
         if _quietly(lambda: store.check([key])):
