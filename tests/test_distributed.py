@@ -144,6 +144,32 @@ def test_two_processes_share_gather_and_lock_as_one_group(tmp_path):
     assert (free / LOCK_FILE).read_text() == ""  # let go when the group ended
 
 
+def test_a_line_another_process_said_after_waiting_is_not_said_again_by_the_first(monkeypatch):
+    """A process that gave up waiting for its machine's first one says the line, naming itself; the
+    first, meeting the same line later (a busy machine), and a third that gave up too stay silent."""
+    import torch.distributed as dist
+    from datetime import timedelta
+
+    from l2s import distributed
+
+    store = dist.HashStore()   # the launcher's store, shared by the machine's processes
+    monkeypatch.setattr(distributed, "_store", lambda: store)
+    monkeypatch.setattr(distributed, "SAID_WAIT", timedelta(0))
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("GROUP_RANK", "0")
+
+    def said(rank: int, line: str) -> str | None:
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("LOCAL_RANK", str(rank))
+        return line_to_say(line)
+
+    assert said(1, "l2s: error: for all") == "l2s: error: rank 1: for all"
+    assert said(0, "l2s: error: for all") is None and said(2, "l2s: error: for all") is None
+    # the first says its own line as often as it meets it; another process then stays silent
+    assert said(0, "l2s: error: mine") == said(0, "l2s: error: mine") == "l2s: error: mine"
+    assert said(1, "l2s: error: mine") is None
+
+
 def test_arguments_that_differ_between_processes_are_named_with_their_options():
     from l2s.distributed import argument_difference
 

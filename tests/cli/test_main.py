@@ -97,10 +97,10 @@ def test_a_process_interrupted_alone_says_so_and_ctrl_c_of_all_is_said_once(monk
     from l2s import distributed
     from l2s.cli import INTERRUPTED, _guarded
 
-    said = {}   # the launcher's store, through which a machine's processes learn what its first one said
-    store = types.SimpleNamespace(set=said.__setitem__, check=lambda keys: all(k in said for k in keys),
-                                  get=lambda key: said[key].encode())
-    monkeypatch.setattr(distributed, "_store", lambda: store)
+    import torch.distributed as dist
+
+    stores = [dist.HashStore()]   # the launcher's store, through which a machine's processes learn what one said
+    monkeypatch.setattr(distributed, "_store", lambda: stores[-1])
     monkeypatch.setattr(distributed, "SAID_WAIT", timedelta(seconds=0.1))
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("GROUP_RANK", "0")
@@ -110,6 +110,7 @@ def test_a_process_interrupted_alone_says_so_and_ctrl_c_of_all_is_said_once(monk
 
     monkeypatch.setenv("LOCAL_RANK", "1")     # kill -INT of rank 1 alone: its machine's first said nothing
     assert _guarded(interrupted) == 130 and capsys.readouterr().err.splitlines() == [INTERRUPTED]
+    stores.append(dist.HashStore())           # another run
     monkeypatch.setenv("LOCAL_RANK", "0")     # Ctrl-C reaches every process: the first says it ...
     assert _guarded(interrupted) == 130
     monkeypatch.setenv("LOCAL_RANK", "1")     # ... and the others, having seen it said, do not

@@ -209,6 +209,27 @@ def _noise_pairs(folder: Path, count: int) -> None:
             lines.write(json.dumps({"image": f"img{i}.png", "prompt": f"a cat {relations[i % 4]} a dog"}) + "\n")
 
 
+# l2s on the processes of a busy machine: rank 1 gives up at once on rank 0 saying a line it meets too.
+SAY_AT_ONCE = ("import sys\nfrom datetime import timedelta\nimport l2s.distributed as distributed\n"
+               "from l2s.cli import main\ndistributed.SAID_WAIT = timedelta(0)\nsys.exit(main(sys.argv[1:]))\n")
+
+
+def test_an_error_every_rank_meets_is_said_once_whichever_rank_says_it(tmp_path):
+    """make-data with a missing --images folder: every rank meets it. Rank 1, having waited for rank 0
+    to say it (here not at all; on a busy machine SAID_WAIT), says it, and then rank 0 must not: before,
+    both did whenever rank 0 met it late, so the run is repeated."""
+    _noise_pairs(tmp_path, 1)
+    (tmp_path / "say_at_once.py").write_text(SAY_AT_ONCE)
+    argv = ["make-data", "--model", "tiny", "--source", "pairs", "--annotations", str(tmp_path / "pairs.jsonl"),
+            "--images", str(tmp_path / "missing"), "--steps", "2", "--store-steps", "1", "--size", "32",
+            "--device", "cpu", "--quiet", "--out", str(tmp_path / "data")]
+    for _ in range(2):   # each run of the old code said it twice, but for a rank 0 killed before its line
+        proc = _launch([str(tmp_path / "say_at_once.py"), *argv])
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode != 0 and "exitcode  : 2" in err, err[-3000:]
+        assert err.count("l2s: error: ") == 1 and "/missing: no such folder" in err, err[-2000:]
+
+
 def test_an_old_spelling_is_warned_once_on_two_processes(tmp_path):
     """Every process parses --torch-dtype; its warning shows once (a run that ends well: an error
     right after would race the launcher's teardown)."""
