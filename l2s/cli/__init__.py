@@ -48,9 +48,10 @@ EXAMPLES = """examples:
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 EXIT_TERMINATED = 143   # 128 + SIGTERM
 INTERRUPTED = "l2s: interrupted; rerun the same command to resume"
-# A process killed (SIGKILL, the kernel's out-of-memory killer) says nothing: the launcher's summary names it.
-PEER_STOPPED = ("l2s: error: another process of this run stopped (its own line is above if it said one; "
-                "the launcher's summary names it)")
+# A process killed (SIGKILL, the kernel's out-of-memory killer) says nothing. The launcher's summary may
+# name this process, which only followed, as the first to fail: the line says which one stopped first.
+PEER_STOPPED = ("l2s: error: another process of this run stopped first, and this one with it (the other's "
+                "own line is above if it said one; a killed process says none)")
 RESTART_FLAGS = ("--restart", "--no-resume")   # a start-over (shapes grpo takes both spellings)
 # Failed system calls a user fixes on the machine, then resumes: a full disk or quota, an I/O error, no
 # permission, a read-only file system, too many open files. Any other (a missing file l2s reads) is a bug.
