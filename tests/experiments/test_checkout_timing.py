@@ -12,8 +12,8 @@ def test_configs_run_in_interleaved_rounds_and_the_table_divides_by_the_first(tm
     module = _script_module("shapes_checkout_timing")
     seen = []
 
-    def fake_child(code, classifier, mode):
-        seen.append((code.name, classifier, mode))
+    def fake_child(code, classifier, mode, engine):
+        seen.append((code.name, classifier, mode, engine))
         return {"steered": 4.0 if code.name == "old" else 2.0, "unsteered": 0.3, "l2s": str(code / "l2s")}
 
     monkeypatch.setattr(module, "run_child", fake_child)
@@ -21,10 +21,12 @@ def test_configs_run_in_interleaved_rounds_and_the_table_divides_by_the_first(tm
     (tmp_path / "new").mkdir()
     assert module.main(["--rounds", "2", "--json", str(tmp_path / "t.json"),
                         "--config", f"a={tmp_path / 'old'},shipped,fast",
-                        "--config", f"b={tmp_path / 'new'},RUN/k4,fast+compiled"]) == 0
-    assert seen == [("old", "shipped", "fast"), ("new", "RUN/k4", "fast+compiled")] * 2   # rounds interleaved
+                        "--config", f"b={tmp_path / 'new'},RUN/k4,fast+compiled,compile"]) == 0
+    assert seen == [("old", "shipped", "fast", "auto"), ("new", "RUN/k4", "fast+compiled", "compile")] * 2   # interleaved
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line]
-    assert [r.split("|")[7].strip() for r in rows[1:]] == ["1.00", "0.50"]
+    assert [r.split("|")[8].strip() for r in rows[1:]] == ["1.00", "0.50"]
     assert len(json.loads((tmp_path / "t.json").read_text())["rows"]["b"]) == 2
-    with pytest.raises(SystemExit, match="NAME=CODE_DIR,CLASSIFIER,MODE"):
+    with pytest.raises(SystemExit, match=r"NAME=CODE_DIR,CLASSIFIER,MODE\[,ENGINE\]"):
         module.parse_config("oops")
+    with pytest.raises(SystemExit, match="got 'a=.,k,fast,compile,extra'"):
+        module.parse_config("a=.,k,fast,compile,extra")
