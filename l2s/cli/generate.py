@@ -187,8 +187,8 @@ def _verdict_line(entries: list[dict]) -> str | None:
     if not judged and not unjudged:
         return None
     if not judged:        # "0 of 0 images show ..." would read as a count of failures
-        return (f"l2s: shapes detector, GenEval rule: none of the {len(unjudged)} images has a verdict "
-                f"({unjudged[0]['no_verdict']})")
+        none = "no image has" if len(unjudged) == 1 else f"none of the {len(unjudged)} images has"
+        return f"l2s: shapes detector, GenEval rule: {none} a verdict ({unjudged[0]['no_verdict']})"
     line = (f"l2s: shapes detector, GenEval rule: {sum(e['verdict']['image'] for e in judged)} of {len(judged)} "
             "images show their prompt's relations")
     baselines = [e["verdict"]["image_unsteered"] for e in judged if "image_unsteered" in e["verdict"]]
