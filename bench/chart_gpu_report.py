@@ -11,7 +11,6 @@ a schedule or a classifier depth would rather see than read.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -23,11 +22,13 @@ WIDTH, LABEL_W, BAR_H, GAP = 760, 300, 18, 6
 
 
 def measured_rows(jsonl: Path) -> dict[str, list[tuple[str, float]]]:
-    """Group title -> [(variant, ms)] of the chart's groups, in the report's order."""
+    """Group title -> [(variant, ms)] of the chart's groups, in the report's order (a line that is
+    not a JSON object: ``L2SError`` naming it, e.g. the report's ``.md`` given for its ``.jsonl``)."""
+    from l2s.files.state import read_jsonl_lines
+
     groups: dict[str, list[tuple[str, float]]] = {}
-    for line in jsonl.read_text(encoding="utf-8").splitlines():
-        row = json.loads(line)
-        if row["group"] in GROUPS and row.get("ms"):
+    for _, row in read_jsonl_lines(jsonl, "give the .jsonl that gpu_flux_dev.py wrote beside its .md"):
+        if row.get("group") in GROUPS and row.get("ms"):
             groups.setdefault(row["group"], []).append((row["variant"], float(row["ms"])))
     return groups
 
@@ -60,13 +61,23 @@ def chart(groups: dict[str, list[tuple[str, float]]], title: str) -> Image.Image
 
 
 def main(argv: list[str] | None = None) -> int:
+    from l2s.cli.checks import check_input_paths, check_output_file
+    from l2s.errors import L2SError
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("report", type=Path, help="a report's .jsonl (bench/results/*.jsonl)")
     p.add_argument("out", type=Path, help="PNG to write")
     args = p.parse_args(argv)
-    groups = measured_rows(args.report)
+    if args.out.suffix.lower() != ".png":
+        p.exit(2, f"{p.prog}: error: out {args.out}: give a PNG path (ending in .png)\n")
+    try:        # a missing, damaged or unwritable path: one line, as the l2s CLI says it, not a traceback
+        check_input_paths(args.report, "report")
+        check_output_file(args.out, "out")
+        groups = measured_rows(args.report)
+    except L2SError as error:
+        p.exit(2, f"{p.prog}: error: {error}\n")
     if not groups:
-        p.error(f"{args.report}: no measured steering-iteration or whole-image rows")
+        p.exit(2, f"{p.prog}: error: {args.report}: no measured steering-iteration or whole-image rows\n")
     title = f"{args.report.stem}: FLUX.1-dev architecture, random weights (shorter is faster)"
     chart(groups, title).save(args.out, optimize=True)
     print(f"wrote {args.out}")

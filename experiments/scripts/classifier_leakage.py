@@ -72,14 +72,18 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from l2s.classifier import RelationClassifier
+    from l2s.errors import L2SError
     from l2s.training import relation_leakage
 
     if args.threads:
         torch.set_num_threads(args.threads)
     classifiers = parse_classifiers(args.classifiers)
-    leakage = {name: {step: c.to_dict() for step, c in
-                      relation_leakage(RelationClassifier.load(directory), args.data, args.split).items()}
-               for name, directory in classifiers.items()}
+    try:    # a missing dataset or classifier, or one whose layers the maps lack: one line, not a traceback
+        leakage = {name: {step: c.to_dict() for step, c in
+                          relation_leakage(RelationClassifier.load(directory), args.data, args.split).items()}
+                   for name, directory in classifiers.items()}
+    except L2SError as error:
+        p.exit(2, f"{p.prog}: error: {error}\n")
     text = table(leakage)
     print(text)
     if args.results:

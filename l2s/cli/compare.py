@@ -46,9 +46,10 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         check_report_file(args.out, "--out", REPORT_START, inputs=[args.run_a, args.run_b])
     report = compare_runs(read_eval_run(args.run_a), read_eval_run(args.run_b), args.modes).markdown()
-    print(report, end="")
-    if args.out:
+    if args.out:   # before the table: a reader that stops early (| head) must not cost the file
         args.out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(args.out, report)
+    print(report, end="")
+    if args.out:
         print(f"l2s: wrote {args.out}", file=sys.stderr)
     return 0

@@ -77,14 +77,26 @@ def add_parser(sub) -> None:
     g.set_defaults(func=run)
 
 
+ONE_IMAGE_INTERRUPTED = "l2s: interrupted; one image has nothing to resume: rerun the command to make it"
+
+
 def run(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    labelled, seeds = labelled_prompts(args), seeds_of(args)
+    try:
+        return _run(args, labelled, seeds, started)
+    except KeyboardInterrupt as error:   # one image has no partial state to resume from, cut short anywhere
+        if len(labelled) * len(seeds) == 1 and not hasattr(error, "l2s_message"):
+            error.l2s_message = ONE_IMAGE_INTERRUPTED
+        raise
+
+
+def _run(args: argparse.Namespace, labelled: list[tuple[str, str]], seeds: list[int], started: float) -> int:
     from l2s.evaluation.image_runs import image_jobs
     from l2s.evaluation.records import RESULTS_FILE, RUN_FILE, SUMMARY_FILE
     from l2s.files import output_lock
     from l2s.values import positive_int
 
-    started = time.perf_counter()
-    labelled, seeds = labelled_prompts(args), seeds_of(args)
     prompts = [prompt for _, prompt in labelled]
     check_sampling_args(args)          # every option, before any work
     check_image_size(args)
@@ -107,11 +119,7 @@ def run(args: argparse.Namespace) -> int:
         if evaluated:                  # --restart replaces generate's files only
             raise UsageError(f"{args.out} holds an 'l2s eval' run ({', '.join(evaluated)}); use another --out")
         if len(jobs) == 1:
-            try:
-                return _generate(args, prompts[0], relations, started)
-            except KeyboardInterrupt as error:     # one image has no partial state to resume from
-                error.l2s_message = "l2s: interrupted; one image has nothing to resume: rerun the command to make it"
-                raise
+            return _generate(args, prompts[0], relations, started)
         return _generate_many(args, relations, jobs, started)
 
 
@@ -187,8 +195,8 @@ def _verdict_line(entries: list[dict]) -> str | None:
     if not judged and not unjudged:
         return None
     if not judged:        # "0 of 0 images show ..." would read as a count of failures
-        return (f"l2s: shapes detector, GenEval rule: none of the {len(unjudged)} images has a verdict "
-                f"({unjudged[0]['no_verdict']})")
+        none = "no image has" if len(unjudged) == 1 else f"none of the {len(unjudged)} images has"
+        return f"l2s: shapes detector, GenEval rule: {none} a verdict ({unjudged[0]['no_verdict']})"
     line = (f"l2s: shapes detector, GenEval rule: {sum(e['verdict']['image'] for e in judged)} of {len(judged)} "
             "images show their prompt's relations")
     baselines = [e["verdict"]["image_unsteered"] for e in judged if "image_unsteered" in e["verdict"]]

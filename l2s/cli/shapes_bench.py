@@ -140,10 +140,12 @@ def _say_bench_results(args: argparse.Namespace, argv: list[str], results: dict)
     resumed, total = sum(c.get("resumed", 0) for c in counts), sum(c.get("total", 0) for c in counts)
     if resumed:
         print(f"l2s: resumed: {resumed} of the {total} images were already made in {args.out}", file=sys.stderr)
-    print(bench_table(results))
-    if args.results:
+    markdown = None
+    if args.results:   # before the table: a reader that stops early (| head) must not cost the files
         command = "l2s shapes bench " + " ".join(shlex.quote(a) for a in argv)
         markdown = write_bench_results(results, args.results, command)
+    print(bench_table(results))
+    if markdown:
         print(f"l2s: wrote {markdown} and {markdown.with_suffix('.json')}", file=sys.stderr)
 
 
@@ -186,11 +188,12 @@ def compare_main(argv: Sequence[str] | None = None) -> int:
     tuned = [Tuned(name, read_bench(bench), training_cpu_seconds(run) if run else None, run or None)
              for name, bench, run in sources]
     table = comparison_table(read_bench(args.bench), tuned)
-    print(table)
-    if args.out:
+    if args.out:   # before the table: a reader that stops early (| head) must not cost the file
         from l2s.files import atomic_write_text
 
         args.out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(args.out, table + "\n")
+    print(table)
+    if args.out:
         print(f"l2s: wrote {args.out}", file=sys.stderr)
     return 0

@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,8 +160,22 @@ def train_grpo(pipe, reward, settings: GRPOSettings, out: str | Path, train_prom
         acc.wait_for_everyone()
         trainer.reward_name, trainer.base_model, trainer.named_rewards = reward_name, base_model, named_rewards
         start = _resume(trainer, out) if resume else 0
-        return _epochs(trainer, out, train_prompts, eval_prompts, evaluators or {}, start, progress, command,
-                       stop_after, eval_every, keep_evaluated)
+        with _nothing_to_resume_until_an_epoch_is_saved(out):
+            return _epochs(trainer, out, train_prompts, eval_prompts, evaluators or {}, start, progress, command,
+                           stop_after, eval_every, keep_evaluated)
+
+
+@contextlib.contextmanager
+def _nothing_to_resume_until_an_epoch_is_saved(out: Path) -> Iterator[None]:
+    """Cut short before a checkpoint exists, a rerun starts afresh (the epoch-0 baseline is judged
+    again, :func:`_resume`): the interruption's line says so instead of promising a resume."""
+    try:
+        yield
+    except KeyboardInterrupt as error:
+        if not (out / CHECKPOINT).exists() and not hasattr(error, "l2s_message"):
+            error.l2s_message = (f"l2s: interrupted before the first GRPO epoch was saved in {out}: nothing to "
+                                 "resume; rerun the command to start")
+        raise
 
 
 def _epochs(trainer: GRPOTrainer, out: Path, pool, eval_prompts, evaluators: dict, start: int, progress: bool,

@@ -5,6 +5,7 @@ import json
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -295,6 +296,7 @@ def _interrupt_between_steps() -> Iterator[Callable[[], bool]]:
         yield lambda: False
         return
     asked: list[int] = []
+    lead = "\n" if sys.stderr.isatty() else ""   # on a terminal, after the progress bar; a log gets no blank line
 
     def ask(signum, frame) -> None:
         if asked:
@@ -303,7 +305,8 @@ def _interrupt_between_steps() -> Iterator[Callable[[], bool]]:
             raise stop
         asked.append(signum)
         again = "Ctrl-C again" if signum == signal.SIGINT else "a second signal"
-        os.write(2, f"\nl2s: finishing this training step to save it ({again} stops at once)\n".encode())  # reentrant
+        said = f"{lead}l2s: finishing this training step to save it ({again} stops at once)\n"
+        os.write(2, said.encode())  # reentrant
 
     def interrupted() -> bool:
         interrupted.signum = asked[0] if asked else None

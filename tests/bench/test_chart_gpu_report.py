@@ -48,3 +48,23 @@ def test_a_report_without_measured_rows_is_a_usage_error(charting, tmp_path, cap
     with pytest.raises(SystemExit) as exit_:
         charting.main([str(report), str(tmp_path / "c.png")])
     assert exit_.value.code == 2 and "no measured steering-iteration or whole-image rows" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", ["missing report", "the .md report", "not a PNG", "unwritable out"])
+def test_a_bad_path_is_one_line_and_exit_2_not_a_traceback(charting, tmp_path, capsys, case):
+    report = _report(tmp_path, [{"group": ITERATION, "variant": "fast", "ms": 50.0}])
+    markdown = tmp_path / "r.md"
+    markdown.write_text("# a report\n\n| row | ms |\n")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    report, out, said = {
+        "missing report": (tmp_path / "missing.jsonl", tmp_path / "c.png", "no such file"),
+        "the .md report": (markdown, tmp_path / "c.png", "line 1 is damaged"),
+        "not a PNG": (report, tmp_path / "c.txt", "give a PNG path"),
+        "unwritable out": (report, blocker / "c.png", "cannot"),
+    }[case]
+    with pytest.raises(SystemExit) as exit_:
+        charting.main([str(report), str(out)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and said in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "c.png").exists()

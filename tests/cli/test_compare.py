@@ -40,6 +40,15 @@ def test_two_eval_runs_compare_mode_by_mode_and_the_report_is_written(two_runs, 
     assert run(["compare", str(a), str(b), "--out", str(report)], capsys)[0] == 0   # its own report: replaced
 
 
+def test_the_report_is_written_though_the_reader_of_the_table_is_gone(two_runs, tmp_path, monkeypatch):
+    from tests.shapes.test_compare import ClosedPipe
+
+    report = tmp_path / "a-vs-b.md"
+    monkeypatch.setattr("sys.stdout", ClosedPipe())
+    assert main(["compare", str(two_runs / "a"), str(two_runs / "b"), "--out", str(report)]) == 1
+    assert report.read_text().startswith(REPORT_START)
+
+
 def test_a_users_file_and_a_run_folder_are_never_written(two_runs, tmp_path, capsys):
     mine = tmp_path / "notes.md"
     mine.write_text("my notes\n")

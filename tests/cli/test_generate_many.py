@@ -483,3 +483,5 @@ def test_a_run_whose_images_all_lack_a_verdict_counts_none_as_judged():
     entries = [{"folder": f"p00-s000{seed}", "no_verdict": "one box for both"} for seed in range(2)]
     assert _verdict_line(entries) == ("l2s: shapes detector, GenEval rule: none of the 2 images has a verdict "
                                       "(one box for both)")
+    assert _verdict_line(entries[:1]) == ("l2s: shapes detector, GenEval rule: no image has a verdict "
+                                          "(one box for both)")   # not 'none of the 1 images'

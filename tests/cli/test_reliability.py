@@ -305,6 +305,17 @@ def test_an_interrupted_single_image_says_there_is_nothing_to_resume(monkeypatch
     assert lines == ["l2s: interrupted; one image has nothing to resume: rerun the command to make it"]
 
 
+def test_a_single_image_interrupted_before_its_model_loads_says_there_is_nothing_to_resume(monkeypatch, tmp_path,
+                                                                                          capsys):
+    import l2s.cli.generate
+
+    monkeypatch.setattr(l2s.cli.generate, "check_image_size", _raising(KeyboardInterrupt()))   # torch importing
+    argv = ["generate", "a cat to the left of a dog", "--model", "tiny", "--quiet", "--out", str(tmp_path)]
+    assert main(argv) == 130
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("l2s: interrupted")]
+    assert lines == ["l2s: interrupted; one image has nothing to resume: rerun the command to make it"]
+
+
 def test_an_interrupted_rerun_keeps_the_earlier_image(monkeypatch, tmp_path, capsys):
     from l2s.pipelines.base import SteeringPipeline
 

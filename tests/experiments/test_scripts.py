@@ -81,6 +81,18 @@ def test_classifier_leakage_script_files_what_the_library_measures(tiny_shapes_p
         _script_module("classifier_leakage").main(["--data", str(tmp_path / "data"), "--classifiers", "oops"])
 
 
+@pytest.mark.parametrize("missing", ["data", "classifier"])
+def test_classifier_leakage_script_refuses_a_missing_input_in_one_line(tmp_path, capsys, missing):
+    from l2s.shapes import shipped_assets
+
+    classifier = tmp_path / "gone" if missing == "classifier" else shipped_assets().classifier
+    data = tmp_path / "gone" if missing == "data" else tmp_path / "not-checked-yet"
+    with pytest.raises(SystemExit) as exit_:
+        _script_module("classifier_leakage").main(["--data", str(data), "--classifiers", f"a={classifier}"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and str(tmp_path / "gone") in err and len(err.strip().splitlines()) == 1
+
+
 def test_found_rate_script_compares_guidance_scales(tiny_shapes_pipe, tmp_path, capsys):
     tiny_shapes_pipe.save_pretrained(tmp_path / "model")
     rows = _run_script("shapes_found_rate", ["--model", str(tmp_path / "model"), "--true-cfg", "1,3",

@@ -100,6 +100,27 @@ def test_a_baseline_line_without_a_checkpoint_is_judged_again(tmp_path):
     assert "eval_other" in records[0] and "eval_red" not in records[0]
 
 
+def test_ctrl_c_before_the_first_epoch_is_saved_says_nothing_resumes(tmp_path, monkeypatch):
+    import l2s.grpo.run
+
+    settings = tiny_settings(epochs=2)
+    monkeypatch.setattr(l2s.grpo.run, "run_epoch", _raise_keyboard_interrupt)   # after the baseline was logged
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        _run(tmp_path, settings)
+    assert (tmp_path / "log.jsonl").exists()      # the baseline, which a rerun judges again
+    assert stopped.value.l2s_message.startswith("l2s: interrupted before the first GRPO epoch was saved in ")
+    monkeypatch.undo()
+    _run(tmp_path, settings, stop_after=1)
+    monkeypatch.setattr(l2s.grpo.run, "run_epoch", _raise_keyboard_interrupt)
+    with pytest.raises(KeyboardInterrupt) as stopped:   # an epoch is saved: the usual resume line
+        _run(tmp_path, settings)
+    assert not hasattr(stopped.value, "l2s_message")
+
+
+def _raise_keyboard_interrupt(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
 def test_a_run_interrupted_while_it_saves_an_epoch_redoes_that_epoch_and_loses_no_line(tmp_path, monkeypatch):
     import l2s.grpo.run as grpo_run
 

@@ -323,3 +323,16 @@ def test_bench_results_never_replace_another_commands_files(tmp_path, capsys):
 
     written = shapes_world.write_bench_results({"parts": [], "settings": {"seeds": [1]}}, tmp_path / "old.md")
     check_report_file(written, "--results", BENCH_TITLE, beside=(".json", is_bench_results))   # its own: replaced
+
+
+def test_bench_results_are_written_though_the_reader_of_the_table_is_gone(tmp_path, monkeypatch):
+    import l2s.shapes
+    from l2s.cli import main
+
+    from .test_compare import ClosedPipe
+
+    monkeypatch.setattr(l2s.shapes, "run_shapes_bench", lambda *a, **k: {"parts": [], "settings": {"seeds": [1]}})
+    monkeypatch.setattr("sys.stdout", ClosedPipe())
+    results = tmp_path / "r.md"
+    assert main(["shapes", "bench", "--results", str(results), "--out", str(tmp_path / "o")]) == 1
+    assert results.exists() and results.with_suffix(".json").exists()

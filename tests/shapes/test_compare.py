@@ -64,6 +64,23 @@ def test_rows_costs_and_break_even(tmp_path, capsys):
     assert (tmp_path / "new" / "t.md").read_text().strip() == "\n".join(lines)
 
 
+class ClosedPipe:
+    """A stdout whose reader is gone (``| head`` that has read its lines)."""
+
+    def write(self, text):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self):
+        pass
+
+
+def test_the_out_file_is_written_though_the_reader_of_the_table_is_gone(tmp_path, monkeypatch):
+    (tmp_path / "base.json").write_text(json.dumps(_bench(_mode(0.3, 0.3, 1.0), _mode(0.9, 0.95, 4.0))))
+    monkeypatch.setattr("sys.stdout", ClosedPipe())
+    assert main(["shapes", "compare", "--bench", str(tmp_path / "base.json"), "--out", str(tmp_path / "t.md")]) == 1
+    assert (tmp_path / "t.md").read_text().startswith("| method |")
+
+
 @pytest.mark.parametrize("bench, tuned, message", [
     ("base", "GRPO", "bad --tuned 'GRPO': use NAME=JSON or NAME=JSON,GRPO_RUN"),
     ("base", "X=/nonexistent.json", "/nonexistent.json: not a bench results JSON"),

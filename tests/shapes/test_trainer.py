@@ -361,6 +361,22 @@ def test_the_command_says_whether_it_trained_resumed_or_found_a_finished_run(tmp
     assert capsys.readouterr().err.startswith("l2s: trained 0 steps, loss ")
 
 
+def test_ctrl_c_says_it_finishes_the_step_without_a_blank_line_in_a_log(tmp_path, monkeypatch, capfd):
+    import os
+    import signal
+
+    step = ShapesTrainer.train_step
+
+    def interrupted_in_step_1(trainer):
+        os.kill(os.getpid(), signal.SIGINT)
+        return step(trainer)
+
+    monkeypatch.setattr(ShapesTrainer, "train_step", interrupted_in_step_1)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_settings(), tmp_path / "run", progress=False)
+    assert capfd.readouterr().err.startswith("l2s: finishing this training step to save it (Ctrl-C again")
+
+
 def test_ctrl_c_saves_every_finished_step(tmp_path, monkeypatch):
     import os
     import signal
