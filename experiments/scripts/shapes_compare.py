@@ -59,7 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("new", type=Path, help="results JSON of the run under test")
     p.add_argument("old", type=Path, help="results JSON to compare against (e.g. bench/results/shapes_accuracy.json)")
     args = p.parse_args(argv)
-    rows = compare_results(json.loads(args.new.read_text()), json.loads(args.old.read_text()))
+    try:    # a missing or unreadable results file: one line, not a traceback
+        new, old = (json.loads(path.read_text()) for path in (args.new, args.old))
+    except (OSError, ValueError) as error:
+        p.exit(2, f"{p.prog}: error: {error}\n")
+    rows = compare_results(new, old)
     if not rows:
         print("no part and mode in common", file=sys.stderr)
         return 1

@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     from l2s.evaluation import paired_comparison
     from l2s.shapes import SHAPES, ShapesDetector
     from l2s.shapes import load_shapes_steerer
+    from l2s.errors import L2SError
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -109,10 +110,16 @@ def main(argv: list[str] | None = None) -> int:
     models = [name.strip() for name in args.model.split(",")] if args.model else ["shipped"]
     scales = [float(s) for s in args.true_cfg.split(",")]
     rows = [(model, scale) for model in models for scale in scales]  # the first row is the reference
+    for model in models:   # before the progress bar: a missing folder is one line
+        if model != "shipped" and not (Path(model) / "model_index.json").is_file():
+            p.exit(2, f"{p.prog}: error: no shapes-world pipeline at {model} (model_index.json missing)\n")
     detector = ShapesDetector()
     results, by_shape, verdicts, missed = {}, {}, {}, {}
     for model, scale in tqdm(rows, desc="model x guidance"):
-        steerer = load_shapes_steerer(None if model == "shipped" else Path(model), true_cfg_scale=scale)
+        try:    # a missing or damaged model folder: one line, not a traceback
+            steerer = load_shapes_steerer(None if model == "shipped" else Path(model), true_cfg_scale=scale)
+        except L2SError as error:
+            p.exit(2, f"{p.prog}: error: {error}\n")
         objects, verdicts[model, scale], misses = judge_unsteered(steerer, specs, range(args.seeds), detector,
                                                                   args.steps)
         results[model, scale] = {key: all(found.values()) for key, found in objects.items()}

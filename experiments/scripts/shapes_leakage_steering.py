@@ -175,11 +175,15 @@ def main(argv: list[str] | None = None) -> int:
                 "schedules": {k: v.to_json() for k, v in schedule_of.items()}}
     partial = PartialResults(args.results.with_suffix(".partial.jsonl"), settings) if args.results else None
     detector = ShapesDetector()
-    pipe = load_shapes_pipeline(args.model or assets.pipeline)  # once: both classifiers steer the same model
+    try:    # once: both classifiers steer the same model; a missing folder is one line, not a traceback
+        pipe = load_shapes_pipeline(args.model or assets.pipeline)
+        classifiers = {name: RelationClassifier.load(classifier_dirs[name]) for name in CLASSIFIERS}
+    except L2SError as error:
+        p.exit(2, f"{p.prog}: error: {error}\n")
     results: dict[str, dict[str, dict[str, dict]]] = {name: {} for name in schedules}
     with tqdm(total=len(schedules) * len(CLASSIFIERS) * len(specs) * len(seeds), desc="images") as progress:
         for classifier in CLASSIFIERS:
-            steerer = steer_shapes_pipeline(pipe, RelationClassifier.load(classifier_dirs[classifier]))
+            steerer = steer_shapes_pipeline(pipe, classifiers[classifier])
             for name in schedules:
                 results[name][classifier] = steer_and_judge(
                     steerer, specs, seeds, schedule_of[name], detector, progress,

@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     from l2s.shapes import shapes_position_prompts
     from l2s.evaluation import paired_comparison
     from l2s.shapes import ShapesDetector
+    from l2s.errors import L2SError
     from l2s.shapes import SHAPES_TRUE_CFG, VERDICTS, image_verdicts, load_shapes_steerer
 
     if args.threads:
@@ -47,10 +48,17 @@ def main(argv: list[str] | None = None) -> int:
     specs = shapes_position_prompts(n=args.prompts, seed=args.prompt_seed)
     scales = args.true_cfg.split(",") if args.true_cfg else [SHAPES_TRUE_CFG]
     settings = [(float(step), float(cfg)) for step in args.step_sizes.split(",") for cfg in scales]
+    for flag, folder, marker in (("--model", args.model, "model_index.json"),
+                                 ("--classifier", args.classifier, "config.json")):
+        if folder is not None and not (folder / marker).is_file():   # before the progress bar: one line
+            p.exit(2, f"{p.prog}: error: {flag} {folder}: no such folder ({marker} missing)\n")
     detector = ShapesDetector()
     results: dict[tuple[float, float], dict[str, dict[str, bool]]] = {}
     for step_size, cfg in tqdm(settings, desc="settings"):
-        steerer = load_shapes_steerer(args.model, args.classifier, step_size=step_size, true_cfg_scale=cfg)
+        try:    # a missing or damaged model or classifier folder: one line, not a traceback
+            steerer = load_shapes_steerer(args.model, args.classifier, step_size=step_size, true_cfg_scale=cfg)
+        except L2SError as error:
+            p.exit(2, f"{p.prog}: error: {error}\n")
         verdicts = {f"{i}/{seed}": image_verdicts(detector, steerer(spec.prompt, seed=seed, progress=False).images[0],
                                                   spec)
                     for i, spec in enumerate(specs) for seed in range(args.seeds)}

@@ -480,3 +480,17 @@ def test_measurably_better_needs_the_first_setting_ahead_and_a_small_sign_test_p
     assert better(PairedComparison(100, 0, 0, 12, 1))          # p ~ 0.003
     assert not better(PairedComparison(100, 0, 0, 1, 12))      # the second is the better one
     assert not better(PairedComparison(100, 0, 0, 6, 2))       # p ~ 0.29: not measurable
+
+
+@pytest.mark.parametrize("script, argv", [
+    ("shapes_found_rate", ["--model", "{gone}", "--prompts-per-seed", "1", "--seeds", "1"]),
+    ("shapes_step_size", ["--model", "{gone}", "--prompts", "1", "--seeds", "1"]),
+    ("shapes_leakage_steering", ["--model", "{gone}", "--prompts", "1", "--seeds", "3"]),
+    ("shapes_compare", ["{gone}", "{gone}"]),
+])
+def test_research_scripts_refuse_a_missing_input_in_one_line(script, argv, tmp_path, capsys):
+    gone = str(tmp_path / "gone")
+    with pytest.raises(SystemExit) as exit_:
+        _script_module(script).main([a.format(gone=gone) for a in argv])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and gone in err and len(err.strip().splitlines()) == 1, err
