@@ -280,11 +280,22 @@ class SteeringPipeline:
             bar.set_postfix(p=f"{min(last[-1].target_probability):.3f}")
         return latents
 
-    def warm_up(self, prompt: str, steer: bool = False, **kwargs) -> None:
-        """One image, thrown away: the one-time costs of a first call (allocations, kernel choices,
+    def warm_up(self, prompt: str | list[str], steer: bool = False, **kwargs) -> None:
+        """One call thrown away: the one-time costs of a first call (allocations, kernel choices,
         lazy imports; steered: the capture, the classifier's and compiled modes' first passes) that
-        would otherwise be charged to the first timed images. Steered, it runs the cheap "fast" preset."""
+        would otherwise be charged to the first timed images. Steered, it runs the cheap "fast" preset.
+        ``prompt`` and ``seed`` may be the first batch's lists: where a call builds per input shape
+        (compiled steering, a plain-step engine) the whole batch warms up, since one image would build
+        a shape no call uses; otherwise its first image alone."""
+        if isinstance(prompt, list) and not self._builds_per_shape(steer):
+            seed = kwargs.get("seed", 0)
+            prompt, kwargs = prompt[0], {**kwargs, "seed": seed[0] if isinstance(seed, list) else seed}
         self(prompt, steer=steer, **{**kwargs, "progress": False, "schedule": "fast" if steer else None})
+
+    def _builds_per_shape(self, steer: bool) -> bool:
+        """Whether a call compiles or builds something for its batch's shape."""
+        engine = getattr(self, "engine_kind", "eager") not in ("auto", "eager")
+        return engine or (steer and self.mode.compile_steering)
 
     @one_call_at_a_time
     def __call__(self, prompt: str | list[str], *, num_inference_steps: int | None = None,

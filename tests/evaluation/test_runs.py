@@ -455,6 +455,19 @@ def test_one_untimed_warm_up_image_before_the_first_generated_one_and_none_on_a_
     run_eval(again, specs, ShapesDetector(), tmp_path, seeds=[3, 4], progress=False, settings={"model": "fake"},
              detector_name="shapes")
     assert again.warm_ups == [] and again.calls == []        # every image resumed: nothing to warm up for
+    class Warmed(Exception):
+        pass
+
+    class StopAfterWarmUp(WarmedSteerer):   # this fake makes no batches: the warm-up is what is looked at
+        def warm_up(self, prompt, steer=False, **kwargs):
+            super().warm_up(prompt, steer, **kwargs)
+            raise Warmed
+
+    batched = StopAfterWarmUp()   # the first batch whole (what compiles per shape sees its batch size)
+    with pytest.raises(Warmed):
+        run_eval(batched, specs, ShapesDetector(), tmp_path / "batched", seeds=[3, 4], progress=False,
+                 settings={"model": "fake"}, detector_name="shapes", batch_size=3, modes=("base",))
+    assert batched.warm_ups == [([specs[0].prompt] * 2 + [specs[1].prompt], [3, 4, 3], False, 0)]
 
 
 def test_settings_known_before_a_model_loads_are_compared_then(tmp_path):

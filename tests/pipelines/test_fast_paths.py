@@ -315,3 +315,17 @@ def test_the_classifier_follows_a_pipeline_moved_after_wrapping(pipe_and_classif
     s.pipe.to("cuda")        # without following, CUDA maps would meet a CPU classifier
     assert len(trajectory(run(s))) == len(on_cpu)
     assert next(s.objective.classifier.parameters()).device.type == "cuda"
+
+
+@pytest.mark.parametrize("mode, engine, steer, whole", [
+    ("fast", "auto", True, False), ("fast", "auto", False, False),    # nothing built per shape: one image
+    ("fast+compiled", "auto", True, True), ("fast+compiled", "auto", False, False),
+    ("fast", "compile", False, True),                                 # plain steps' engine: per batch size
+])
+def test_a_warm_up_given_a_batch_runs_it_whole_only_where_shapes_compile(pipe_and_classifier, mode, engine, steer,
+                                                                         whole, monkeypatch):
+    s = steerer(pipe_and_classifier, mode, engine=engine)
+    calls = []
+    monkeypatch.setattr(type(s), "__call__", lambda self, prompt, **kwargs: calls.append((prompt, kwargs["seed"])))
+    s.warm_up([PROMPT, PROMPT], steer=steer, seed=[3, 4])
+    assert calls == ([([PROMPT, PROMPT], [3, 4])] if whole else [(PROMPT, 3)])
