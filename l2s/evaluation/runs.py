@@ -240,7 +240,7 @@ def _make_share(run: _Run, specs: Sequence[PromptSpec], pairs: list[tuple[int, i
     size = run.batch_size
     chunks = {mode: [todo[mode][k:k + size] for k in range(0, len(todo[mode]), size)] for mode in modes}
     for mode in (m for m in modes if todo[m] and hasattr(run.steerer, "warm_up")):   # untimed: steady-state times
-        first = [pairs[position] for position in chunks[mode][0]]   # the first batch: shapes compile per size
+        first = [pairs[position] for position in chunks[mode][0]]   # the first batch: the steerer picks
         prompts, seeds = [specs[index].prompt for index, _ in first], [seed for _, seed in first]
         single = len(first) == 1
         run.steerer.warm_up(prompts[0] if single else prompts, steer=mode == STEERED,

@@ -284,10 +284,12 @@ class SteeringPipeline:
         """One call thrown away: the one-time costs of a first call (allocations, kernel choices,
         lazy imports; steered: the capture, the classifier's and compiled modes' first passes) that
         would otherwise be charged to the first timed images. Steered, it runs the cheap "fast" preset.
-        ``prompt`` and ``seed`` may be the first batch's lists: where a call builds per input shape
-        (compiled steering, a plain-step engine) the whole batch warms up, since one image would build
-        a shape no call uses; otherwise its first image alone."""
-        if isinstance(prompt, list) and not self._builds_per_shape(steer):
+        ``prompt`` and ``seed`` may be the first batch's lists: its first image warms up, unless calls
+        build per input shape (compiled steering, a plain-step engine): then nothing does, since one
+        image would build a shape no call uses and the first batch builds its own (its time includes it)."""
+        if isinstance(prompt, list):
+            if self._builds_per_shape(steer):
+                return
             seed = kwargs.get("seed", 0)
             prompt, kwargs = prompt[0], {**kwargs, "seed": seed[0] if isinstance(seed, list) else seed}
         self(prompt, steer=steer, **{**kwargs, "progress": False, "schedule": "fast" if steer else None})

@@ -463,7 +463,7 @@ def test_one_untimed_warm_up_image_before_the_first_generated_one_and_none_on_a_
             super().warm_up(prompt, steer, **kwargs)
             raise Warmed
 
-    batched = StopAfterWarmUp()   # the first batch whole (what compiles per shape sees its batch size)
+    batched = StopAfterWarmUp()   # the first batch, for the steerer to warm up as its shapes need
     with pytest.raises(Warmed):
         run_eval(batched, specs, ShapesDetector(), tmp_path / "batched", seeds=[3, 4], progress=False,
                  settings={"model": "fake"}, detector_name="shapes", batch_size=3, modes=("base",))
