@@ -81,15 +81,21 @@ def _error_lines(err: str) -> list[str]:
 # make-data on the tiny model
 # ---------------------------------------------------------------------------------------------
 
+def noise_pairs(folder: Path, count: int) -> Path:
+    """``folder/pairs.jsonl`` (returned): COUNT noise images, "a cat <relation> a dog"."""
+    rng = np.random.RandomState(0)
+    relations = ("above", "below", "to the left of", "to the right of")
+    with open(folder / "pairs.jsonl", "w") as lines:
+        for i in range(count):
+            Image.fromarray((rng.rand(32, 32, 3) * 255).astype("uint8")).save(folder / f"img{i}.png")
+            lines.write(json.dumps({"image": f"img{i}.png", "prompt": f"a cat {relations[i % 4]} a dog"}) + "\n")
+    return folder / "pairs.jsonl"
+
+
 @pytest.fixture(scope="module")
 def make_data_args(tmp_path_factory) -> list[str]:
     root = tmp_path_factory.mktemp("pairs")
-    rng = np.random.RandomState(0)
-    relations = ("above", "below", "to the left of", "to the right of")
-    with open(root / "pairs.jsonl", "w") as lines:
-        for i in range(N_SAMPLES):
-            Image.fromarray((rng.rand(32, 32, 3) * 255).astype("uint8")).save(root / f"img{i}.png")
-            lines.write(json.dumps({"image": f"img{i}.png", "prompt": f"a cat {relations[i % 4]} a dog"}) + "\n")
+    noise_pairs(root, N_SAMPLES)
     return ["make-data", "--model", "tiny", "--source", "pairs", "--annotations", str(root / "pairs.jsonl"),
             "--images", str(root), "--steps", "4", "--store-steps", "1", "3", "--size", "32", "--shard-size",
             str(SHARD), "--device", "cpu", "--quiet"]

@@ -21,7 +21,7 @@ import pytest
 from l2s.cli import main
 from l2s.evaluation import comparable_summary
 from l2s.files import LOCK_FILE
-from tests.cli.test_reliability import EVAL, _dataset_fingerprint, _eval_fingerprint
+from tests.cli.test_reliability import EVAL, _dataset_fingerprint, _eval_fingerprint, noise_pairs
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -161,16 +161,8 @@ def test_eval_under_accelerate_launch_writes_what_one_process_writes(one_process
 @pytest.fixture(scope="module")
 def make_data(tmp_path_factory) -> tuple[list[str], Path]:
     """make-data's arguments (16 pairs of noise images, 8 chunks) and its one-process dataset."""
-    import numpy as np
-    from PIL import Image
-
     root = tmp_path_factory.mktemp("pairs")
-    rng = np.random.RandomState(0)
-    relations = ("above", "below", "to the left of", "to the right of")
-    with open(root / "pairs.jsonl", "w") as lines:
-        for i in range(16):
-            Image.fromarray((rng.rand(32, 32, 3) * 255).astype("uint8")).save(root / f"img{i}.png")
-            lines.write(json.dumps({"image": f"img{i}.png", "prompt": f"a cat {relations[i % 4]} a dog"}) + "\n")
+    noise_pairs(root, 16)
     argv = ["make-data", "--model", "tiny", "--source", "pairs", "--annotations", str(root / "pairs.jsonl"),
             "--images", str(root), "--steps", "4", "--store-steps", "1", "3", "--size", "32", "--shard-size", "2",
             "--device", "cpu", "--quiet"]
@@ -189,24 +181,11 @@ def test_make_data_on_two_processes_writes_the_one_process_dataset(make_data, tm
 def test_make_data_of_one_chunk_per_rank_counts_every_record_on_two_processes(tmp_path):
     """Each rank inverts the only chunk it gets, and rank 0 commits both: the summary comes from rank
     0 after that commit (read by rank 1 before it landed, the run failed "no sample gave a record")."""
-    _noise_pairs(tmp_path, 2)
+    noise_pairs(tmp_path, 2)
     out = _spread(["make-data", "--model", "tiny", "--source", "pairs", "--annotations", str(tmp_path / "pairs.jsonl"),
                    "--images", str(tmp_path), "--steps", "2", "--store-steps", "1", "--size", "32", "--shard-size", "1",
                    "--device", "cpu", "--quiet", "--out", str(tmp_path / "data")])
     assert json.loads((tmp_path / "data" / "progress.json").read_text())["chunks"].keys() == {"0", "1"}, out
-
-
-def _noise_pairs(folder: Path, count: int) -> None:
-    """``folder/pairs.jsonl``: COUNT noise images, "a cat <relation> a dog"."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.RandomState(0)
-    relations = ("above", "below", "to the left of", "to the right of")
-    with open(folder / "pairs.jsonl", "w") as lines:
-        for i in range(count):
-            Image.fromarray((rng.rand(32, 32, 3) * 255).astype("uint8")).save(folder / f"img{i}.png")
-            lines.write(json.dumps({"image": f"img{i}.png", "prompt": f"a cat {relations[i % 4]} a dog"}) + "\n")
 
 
 # l2s on the processes of a busy machine: rank 1 gives up at once on rank 0 saying a line it meets too.
@@ -233,14 +212,7 @@ def test_an_error_every_rank_meets_is_said_once_whichever_rank_says_it(tmp_path)
 def test_an_old_spelling_is_warned_once_on_two_processes(tmp_path):
     """Every process parses --torch-dtype; its warning shows once (a run that ends well: an error
     right after would race the launcher's teardown)."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.RandomState(0)
-    with open(tmp_path / "pairs.jsonl", "w") as lines:   # pairs for each process
-        for i, relation in enumerate(("above", "below", "to the left of", "to the right of")):
-            Image.fromarray((rng.rand(32, 32, 3) * 255).astype("uint8")).save(tmp_path / f"img{i}.png")
-            lines.write(json.dumps({"image": f"img{i}.png", "prompt": f"a cat {relation} a dog"}) + "\n")
+    noise_pairs(tmp_path, 4)   # pairs for each process
     proc = _launch(["-m", "l2s.cli", "make-data", "--torch-dtype", "float32", "--source", "pairs", "--annotations",
                     str(tmp_path / "pairs.jsonl"), "--images", str(tmp_path), "--steps", "2", "--store-steps", "1",
                     "--size", "32", "--shard-size", "1", "--device", "cpu", "--quiet", "--out",
