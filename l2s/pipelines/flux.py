@@ -59,7 +59,8 @@ def check_text_window(pipe, prompt: str) -> None:
         fit(ids, fill=encoder.config.pad_token_id)
 
 
-def _refuse_reference_engine(mode_name: str, kind: str) -> None:
+def refuse_reference_engine(mode_name: str, kind: str) -> None:
+    """An engine for the plain steps of a ``reference`` run, refused (``UsageError``): it runs eagerly."""
     if mode_name == "reference" and kind not in ("auto", "eager"):
         raise UsageError(f"mode 'reference' runs every step eagerly, as the published code does: engine "
                          f"{kind!r} needs one of the fast modes")
@@ -119,7 +120,7 @@ class FluxSteeringPipeline(SteeringPipeline):
         return hasattr(pipe, "transformer") and hasattr(pipe, "tokenizer_2")
 
     def _check_mode(self, mode) -> None:
-        _refuse_reference_engine(mode.name, self.engine_kind)
+        refuse_reference_engine(mode.name, self.engine_kind)
 
     @property
     def engine_kind(self) -> str:
@@ -130,7 +131,7 @@ class FluxSteeringPipeline(SteeringPipeline):
     def engine_kind(self, kind: str) -> None:
         if kind not in ENGINE_KINDS:
             raise UsageError(f"engine must be one of {', '.join(ENGINE_KINDS)}, got {kind!r}")
-        _refuse_reference_engine(self.mode.name, kind)
+        refuse_reference_engine(self.mode.name, kind)
         self._engine_kind = kind
 
     @classmethod

@@ -94,7 +94,14 @@ class _BenchRun:
     lora: str | None = None   # a LoRA adapter merged into the model (a GRPO-tuned row)
     batch_size: int = BENCH_BATCH_SIZE
     scorer: Any = None        # a reward model scoring every generated image (bench_reward)
-    speed: dict = field(default_factory=dict)   # execution mode and plain-step engine, when not the defaults
+    execution: str = "fast"   # how steered iterations run (l2s.steer.CPU_MODES)
+    engine: str = "auto"      # the plain steps' engine
+
+    @property
+    def speed(self) -> dict:
+        """The execution mode and engine a part records, when not the defaults (runs made before resume)."""
+        return {**({"execution": self.execution} if self.execution != "fast" else {}),
+                **({"engine": self.engine} if self.engine != "auto" else {})}
 
     def steerer(self, classifier: str):
         from l2s.classifier import RelationClassifier
@@ -102,7 +109,8 @@ class _BenchRun:
         if classifier not in self.steerers:
             self.steerers[classifier] = steer_shapes_pipeline(
                 self.pipe, RelationClassifier.load(self.classifiers[classifier]),
-                true_cfg_scale=self.true_cfg_scale, step_size=self.step_size, **_speed_arguments(self.speed))
+                true_cfg_scale=self.true_cfg_scale, step_size=self.step_size, mode=self.execution,
+                engine=self.engine)
         return self.steerers[classifier]
 
     def sampling(self) -> dict | None:
@@ -151,39 +159,31 @@ def run_shapes_bench(out_dir: str | Path, *, pipeline_dir: str | Path | None = N
     if unknown:
         raise UsageError(f"unknown bench part {', '.join(unknown)} (parts: {', '.join(known)})")
     modes = _check_modes(modes, all_parts, parts)
-    speed = _check_speed(execution, engine)
+    _check_speed(execution, engine)
     with output_lock(out_dir, kind="bench"):  # one bench per run directory: a second one is refused before any work
         return _run_bench(out_dir, pipeline_dir, classifier, ablation_classifier, scale, seeds, parts,
                           position_prompts, classifier_data, true_cfg_scale, step_size, progress, lora,
-                          batch_size, reward_model, modes, speed)
+                          batch_size, reward_model, modes, execution, engine)
 
 
-def _check_speed(execution: str, engine: str) -> dict:
-    """``{"execution": ..., "engine": ...}`` holding those not the defaults, checked before any work:
-    the shapes model runs on the CPU (no CUDA graphs, no CUDA-only engine)."""
+def _check_speed(execution: str, engine: str) -> None:
+    """The execution mode and plain-step engine, checked before any work as the pipeline checks them
+    when set: the shapes model runs on the CPU (no CUDA graphs, no CUDA-only engine)."""
     import torch
 
     from l2s.engines import EngineError, check_engine_request
+    from l2s.pipelines.flux import refuse_reference_engine
     from l2s.steer import CPU_MODES
 
     if execution not in CPU_MODES:
         raise UsageError(f"unknown execution mode {execution!r} for the shapes model (on the CPU: "
                          f"{', '.join(CPU_MODES)})")
+    refuse_reference_engine(execution, engine)
     if engine not in ("auto", "eager"):
-        if execution == "reference":
-            raise UsageError(f"execution reference runs every step eagerly, as published: engine {engine} needs "
-                             "a fast execution")
         try:
             check_engine_request(engine, "cpu", torch.float32)
         except EngineError as error:
             raise UsageError(f"engine {engine}: {error}") from None
-    return {**({"execution": execution} if execution != "fast" else {}),
-            **({"engine": engine} if engine != "auto" else {})}
-
-
-def _speed_arguments(speed: dict) -> dict:
-    """:func:`steer_shapes_pipeline`'s keywords for a bench's recorded speed options."""
-    return {"mode": speed.get("execution", "fast"), "engine": speed.get("engine", "auto")}
 
 
 def _check_counts(scale: float, position_prompts: int, seeds: Sequence[int]) -> None:
@@ -222,7 +222,8 @@ def _run_bench(out_dir: str | Path, pipeline_dir: str | Path | None, classifier:
                parts: Sequence[str] | None, position_prompts: int, classifier_data: str | Path | None,
                true_cfg_scale: float | None, step_size: float | None, progress: bool,
                lora: str | Path | None = None, batch_size: int = BENCH_BATCH_SIZE,
-               reward_model: str | Path | None = None, modes: tuple | None = None, speed: dict | None = None) -> dict:
+               reward_model: str | Path | None = None, modes: tuple | None = None, execution: str = "fast",
+               engine: str = "auto") -> dict:
     assets = shipped_assets()
     pipeline_dir = Path(pipeline_dir or assets.pipeline)
     classifiers = {"dual": Path(classifier or assets.classifier),
@@ -234,7 +235,7 @@ def _run_bench(out_dir: str | Path, pipeline_dir: str | Path | None, classifier:
         apply_lora(pipe, lora_folder(lora))
     run = _BenchRun(pipe, pipeline_dir, classifiers, true_cfg_scale,
                     SHAPES_STEP_SIZE if step_size is None else step_size, lora=None if lora is None else str(lora),
-                    batch_size=batch_size, speed=speed or {})
+                    batch_size=batch_size, execution=execution, engine=engine)
     if reward_model is not None:
         from l2s.reward import load_reward_model
         from l2s.reward.identity import reward_identity

@@ -196,7 +196,7 @@ def test_bench_batch_size_is_checked_before_any_work(tmp_path):
     (dict(ablation_classifier="/nonexistent"), "no classifier at /nonexistent"),
     (dict(execution="fast+cudagraphs"), "unknown execution mode 'fast\\+cudagraphs' for the shapes model"),
     (dict(engine="cuda-graph"), "engine cuda-graph: the cuda-graph engine needs the model on CUDA"),
-    (dict(execution="reference", engine="compile"), "engine compile needs a fast execution"),
+    (dict(execution="reference", engine="compile"), "engine 'compile' needs one of the fast modes"),
     (dict(ablation_classifier="shapes-typo"), r"classifier not found: shapes-typo \(did you mean 'shapes'\?\)"),
 ])
 def test_bench_counts_and_classifiers_are_checked_before_any_work(kwargs, message, tmp_path):
