@@ -328,6 +328,7 @@ def test_bench_results_never_replace_another_commands_files(tmp_path, capsys):
 def test_bench_results_are_written_though_the_reader_of_the_table_is_gone(tmp_path, monkeypatch):
     import l2s.shapes
     from l2s.cli import main
+    from l2s.shapes.bench_report import BENCH_TITLE, is_bench_results
 
     from .test_compare import ClosedPipe
 
@@ -335,4 +336,4 @@ def test_bench_results_are_written_though_the_reader_of_the_table_is_gone(tmp_pa
     monkeypatch.setattr("sys.stdout", ClosedPipe())
     results = tmp_path / "r.md"
     assert main(["shapes", "bench", "--results", str(results), "--out", str(tmp_path / "o")]) == 1
-    assert results.exists() and results.with_suffix(".json").exists()
+    assert results.read_text().startswith(BENCH_TITLE) and is_bench_results(results.with_suffix(".json"))
