@@ -61,7 +61,7 @@ def test_a_bad_path_is_one_line_and_exit_2_not_a_traceback(charting, tmp_path, c
         "missing report": (tmp_path / "missing.jsonl", tmp_path / "c.png", "no such file"),
         "the .md report": (markdown, tmp_path / "c.png", "line 1 is damaged"),
         "not a PNG": (report, tmp_path / "c.txt", "give a PNG path"),
-        "unwritable out": (report, blocker / "c.png", "cannot"),
+        "unwritable out": (report, blocker / "c.png", "cannot make its folder"),
     }[case]
     with pytest.raises(SystemExit) as exit_:
         charting.main([str(report), str(out)])

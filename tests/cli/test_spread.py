@@ -197,7 +197,7 @@ def test_an_error_every_rank_meets_is_said_once_whichever_rank_says_it(tmp_path)
     """make-data with a missing --images folder: every rank meets it. Rank 1, having waited for rank 0
     to say it (here not at all; on a busy machine SAID_WAIT), says it, and then rank 0 must not: before,
     both did whenever rank 0 met it late, so the run is repeated."""
-    _noise_pairs(tmp_path, 1)
+    noise_pairs(tmp_path, 1)
     (tmp_path / "say_at_once.py").write_text(SAY_AT_ONCE)
     argv = ["make-data", "--model", "tiny", "--source", "pairs", "--annotations", str(tmp_path / "pairs.jsonl"),
             "--images", str(tmp_path / "missing"), "--steps", "2", "--store-steps", "1", "--size", "32",

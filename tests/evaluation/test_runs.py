@@ -436,15 +436,18 @@ def test_errors_name_a_prompt_as_the_caller_does(tmp_path):
     assert not (tmp_path / "base").exists()
 
 
+class WarmedSteerer(SceneSteerer):
+    """Records each warm-up: its prompt(s), seed(s), whether steered, and how many calls came before."""
+
+    def __init__(self):
+        super().__init__()
+        self.warm_ups = []
+
+    def warm_up(self, prompt, steer=False, **kwargs):
+        self.warm_ups.append((prompt, kwargs["seed"], steer, len(self.calls)))
+
+
 def test_one_untimed_warm_up_image_before_the_first_generated_one_and_none_on_a_finished_run(tmp_path):
-    class WarmedSteerer(SceneSteerer):
-        def __init__(self):
-            super().__init__()
-            self.warm_ups = []
-
-        def warm_up(self, prompt, steer=False, **kwargs):
-            self.warm_ups.append((prompt, kwargs["seed"], steer, len(self.calls)))
-
     specs = shapes_position_prompts(2, seed=0)
     steerer = WarmedSteerer()
     run_eval(steerer, specs, ShapesDetector(), tmp_path, seeds=[3, 4], progress=False, settings={"model": "fake"},
@@ -455,6 +458,9 @@ def test_one_untimed_warm_up_image_before_the_first_generated_one_and_none_on_a_
     run_eval(again, specs, ShapesDetector(), tmp_path, seeds=[3, 4], progress=False, settings={"model": "fake"},
              detector_name="shapes")
     assert again.warm_ups == [] and again.calls == []        # every image resumed: nothing to warm up for
+
+
+def test_a_batched_run_offers_its_first_batch_whole_to_the_warm_up(tmp_path):
     class Warmed(Exception):
         pass
 
@@ -463,6 +469,7 @@ def test_one_untimed_warm_up_image_before_the_first_generated_one_and_none_on_a_
             super().warm_up(prompt, steer, **kwargs)
             raise Warmed
 
+    specs = shapes_position_prompts(2, seed=0)
     batched = StopAfterWarmUp()   # the first batch, for the steerer to warm up as its shapes need
     with pytest.raises(Warmed):
         run_eval(batched, specs, ShapesDetector(), tmp_path / "batched", seeds=[3, 4], progress=False,

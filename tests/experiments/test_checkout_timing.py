@@ -22,7 +22,8 @@ def test_configs_run_in_interleaved_rounds_and_the_table_divides_by_the_first(tm
     assert module.main(["--rounds", "2", "--json", str(tmp_path / "t.json"),
                         "--config", f"a={tmp_path / 'old'},shipped,fast",
                         "--config", f"b={tmp_path / 'new'},RUN/k4,fast+compiled,compile"]) == 0
-    assert seen == [("old", "shipped", "fast", "auto"), ("new", "RUN/k4", "fast+compiled", "compile")] * 2   # interleaved
+    # rounds interleaved; a config without an engine field takes auto
+    assert seen == [("old", "shipped", "fast", "auto"), ("new", "RUN/k4", "fast+compiled", "compile")] * 2
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line]
     assert [r.split("|")[8].strip() for r in rows[1:]] == ["1.00", "0.50"]
     assert len(json.loads((tmp_path / "t.json").read_text())["rows"]["b"]) == 2

@@ -197,23 +197,23 @@ def test_bench_batch_size_is_checked_before_any_work(tmp_path):
     (dict(execution="fast+cudagraphs"), "unknown execution mode 'fast\\+cudagraphs' for the shapes model"),
     (dict(engine="cuda-graph"), "engine cuda-graph: the cuda-graph engine needs the model on CUDA"),
     (dict(execution="reference", engine="compile"), "engine 'compile' needs one of the fast modes"),
-    (dict(ablation_classifier="shapes-typo"), r"classifier not found: shapes-typo \(did you mean 'shapes'\?\)"),
 ])
 def test_bench_counts_and_classifiers_are_checked_before_any_work(kwargs, message, tmp_path):
-    from l2s.errors import L2SError
+    from l2s.errors import UsageError
 
-    with pytest.raises(L2SError, match=message):
+    with pytest.raises(UsageError, match=message):
         shapes_world.run_shapes_bench(tmp_path / "out", **kwargs)
     assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("kwargs, message", [
+    (dict(ablation_classifier="shapes-typo"), r"classifier not found: shapes-typo \(did you mean 'shapes'\?\)"),
     (dict(lora="shapes-grp"), r"LoRA adapter not found: shapes-grp \(did you mean 'shapes-grpo'\?\)"),
     (dict(lora="/nonexistent"), "no LoRA adapter at /nonexistent"),
     (dict(reward_model="spatialscor"), r"reward model not found: spatialscor \(did you mean 'spatialscore'\?\)"),
     (dict(reward_model="/nonexistent"), "no reward model at /nonexistent"),
 ])
-def test_bench_adapter_and_reward_model_are_checked_before_the_model_loads(kwargs, message, tmp_path, monkeypatch):
+def test_bench_weights_named_are_checked_before_the_model_loads(kwargs, message, tmp_path, monkeypatch):
     import l2s.shapes.bench
     from l2s.errors import ModelLoadError
 
@@ -328,6 +328,7 @@ def test_bench_results_never_replace_another_commands_files(tmp_path, capsys):
 def test_bench_results_are_written_though_the_reader_of_the_table_is_gone(tmp_path, monkeypatch):
     import l2s.shapes
     from l2s.cli import main
+    from l2s.shapes.bench_report import BENCH_TITLE, is_bench_results
 
     from .test_compare import ClosedPipe
 
@@ -335,4 +336,4 @@ def test_bench_results_are_written_though_the_reader_of_the_table_is_gone(tmp_pa
     monkeypatch.setattr("sys.stdout", ClosedPipe())
     results = tmp_path / "r.md"
     assert main(["shapes", "bench", "--results", str(results), "--out", str(tmp_path / "o")]) == 1
-    assert results.exists() and results.with_suffix(".json").exists()
+    assert results.read_text().startswith(BENCH_TITLE) and is_bench_results(results.with_suffix(".json"))

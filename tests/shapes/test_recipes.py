@@ -255,7 +255,7 @@ def test_generate_falls_back_loudly_without_assets(monkeypatch, tmp_path, capsys
     monkeypatch.undo()   # the shipped model back: the stand-in's images do not resume as its own
     capsys.readouterr()
     assert cli.main(several) == 2
-    assert "model_stand_in" in capsys.readouterr().err
+    assert "holds an earlier run with other settings (model_stand_in: tiny -> None)" in capsys.readouterr().err
 
 
 # ---- the shipped model -------------------------------------------------------------------------

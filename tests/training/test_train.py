@@ -417,10 +417,14 @@ def test_a_full_disk_at_a_checkpoint_is_an_os_error_naming_it_and_the_rerun_resu
 
 
 def test_the_run_folder_functions_name_only_types_their_module_imports():
+    import inspect
     import typing
 
     import l2s.run_folders as run_folders
 
-    # typing.get_type_hints (help(), documentation tools) evaluates every annotation of these functions
-    for function in (run_folders.prepare_out_dir, run_folders.read_resume_state, run_folders.atomic_dir):
+    # typing.get_type_hints (help(), documentation tools) evaluates every annotation: each function of the module
+    functions = [f for _, f in inspect.getmembers(run_folders, inspect.isfunction)
+                 if f.__module__ == run_folders.__name__]
+    assert run_folders.prepare_out_dir in functions
+    for function in functions:
         typing.get_type_hints(function)
