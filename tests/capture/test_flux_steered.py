@@ -164,3 +164,29 @@ def test_fused_projections_project_as_the_stock_processor_also_after_unfusing(mo
         torch.testing.assert_close(got, expected, **SAME)
         torch.testing.assert_close(got, unfused, rtol=0, atol=0)
     torch.testing.assert_close(grad, expected_grad, **SAME)
+
+
+def test_gelu_is_the_stock_one_eager_and_its_sigmoid_form_compiled_on_the_cpu():
+    """Eager: ``F.gelu`` bit for bit. Compiled: the graph holds a sigmoid and no GELU, and its values
+    and gradients are the stock tanh-GELU's, at both tails and around zero."""
+    from l2s.capture.flux_blocks import gelu
+
+    x = torch.cat([torch.linspace(-30, 30, 2001), torch.logspace(-30, 0, 61), -torch.logspace(-30, 0, 61)])
+    assert torch.equal(gelu(x, "tanh"), torch.nn.functional.gelu(x, approximate="tanh"))
+    assert torch.equal(gelu(x, "none"), torch.nn.functional.gelu(x))
+    seen = []
+
+    def recording(graph_module, example_inputs):
+        seen.extend(str(node.target) for node in graph_module.graph.nodes)
+        return graph_module.forward
+
+    compiled = torch.compile(lambda t: gelu(t, "tanh"), backend=recording, fullgraph=True)
+    got_input, stock_input = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    got = compiled(got_input)
+    assert any("sigmoid" in target for target in seen) and not any("gelu" in target for target in seen)
+    stock = torch.nn.functional.gelu(stock_input, approximate="tanh")
+    # atol 1e-6: left of about -5 the stock 1 + tanh(u) rounds to 0 where x * sigmoid(2u) keeps ~1e-7.
+    torch.testing.assert_close(got, stock, rtol=1e-6, atol=1e-6)
+    got.sum().backward()
+    stock.sum().backward()
+    torch.testing.assert_close(got_input.grad, stock_input.grad, rtol=1e-5, atol=1e-6)
