@@ -24,7 +24,7 @@ from l2s.engines import (
     tensorrt_import_error,
     weight_fingerprint,
 )
-from l2s.engines import factory
+from l2s.engines import factory, torch_engines
 from l2s.engines.cache import write_meta
 from l2s.engines.tensorrt_engine import plan_cache_entry
 from l2s.demo import tiny_flux_pipeline
@@ -218,6 +218,17 @@ def test_compile_engine_matches_eager(transformer):
     assert "matches eager" in engine.reason
     fresh = example_flux_inputs(transformer, seed=3)
     torch.testing.assert_close(engine(**fresh), eager_sample(transformer, fresh), rtol=1e-5, atol=1e-6)
+
+
+def test_compile_engine_asks_inductor_for_the_exp_tanh_on_the_cpu(transformer, monkeypatch):
+    """Only inductor on a CPU model gets the option (a ``mode`` cannot be given beside options)."""
+    asked = []
+    monkeypatch.setattr(torch_engines.torch, "compile", lambda model, **options: asked.append(options) or model)
+    torch_engines.CompiledEngine(transformer)
+    torch_engines.CompiledEngine(transformer, mode="max-autotune")
+    torch_engines.CompiledEngine(transformer, backend="aot_eager")
+    assert [a.get("options") for a in asked] == [{"cpp.use_decompose_tanh": True}, None, None]
+    assert asked[1]["mode"] == "max-autotune"
 
 
 @pytest.mark.slow
