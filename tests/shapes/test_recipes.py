@@ -256,6 +256,15 @@ def test_generate_falls_back_loudly_without_assets(monkeypatch, tmp_path, capsys
     capsys.readouterr()
     assert cli.main(several) == 2
     assert "holds an earlier run with other settings (model_stand_in: tiny -> None)" in capsys.readouterr().err
+    # nor the reverse: the shipped model's images do not resume as the stand-in's
+    shipped = [*several[:-6], "--out", str(tmp_path / "shipped"), *several[-4:]]
+    assert cli.main(shipped) == 0
+    monkeypatch.setattr(shapes_world, "shipped_assets", lambda root=None: shapes_world.ShippedAssets(
+        tmp_path / "none", tmp_path / "none" / "c", tmp_path / "none" / "a"))
+    capsys.readouterr()
+    assert cli.main(shipped) == 2
+    refused = capsys.readouterr().err
+    assert "holds an earlier run with other settings (" in refused and "model_stand_in: None -> tiny)" in refused
 
 
 # ---- the shipped model -------------------------------------------------------------------------
