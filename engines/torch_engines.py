@@ -65,8 +65,8 @@ class CompiledEngine:
         if mode is not None:
             options["mode"] = mode
         elif backend == "inductor" and _on_cpu(transformer):
-            # tanh as 2 / (1 + exp(-2x)) - 1: the shapes model's tanh-GELUs took ~17 % of its compiled plain
-            # step on inductor's default CPU tanh (Sleef, 1 ulp), ~9 % so; off by ~1e-7 near 0.
+            # tanh as 2 / (1 + exp(-2x)) - 1, ~1e-7 off near 0: inductor's default CPU tanh (Sleef, 1 ulp)
+            # is slow, and FLUX's GELUs run it on every token (bench/test_bench_gelu.py).
             options["options"] = {"cpp.use_decompose_tanh": True}
         if regional:
             transformer.compile_repeated_blocks(**options)

@@ -67,8 +67,8 @@ def layer_maps(query: torch.Tensor, key: torch.Tensor, text_len: int, selector: 
 def gelu(x: torch.Tensor, approximate: str) -> torch.Tensor:
     """``F.gelu(x, approximate)``; compiled on the CPU, its tanh form as the equal ``x * sigmoid(2u)``.
 
-    Inductor's CPU ``tanh`` (Sleef, 1 ulp) took ~9 % of a compiled steered pass of the shapes model;
-    the sigmoid runs on its vectorised ``exp``. Eager keeps the stock call (bit for bit)."""
+    Inductor's CPU ``tanh`` (Sleef, 1 ulp) is slow; the sigmoid runs on its vectorised ``exp``
+    (``bench/test_bench_gelu.py``). Eager keeps the stock call (bit for bit)."""
     if approximate == "tanh" and x.device.type == "cpu" and torch.compiler.is_compiling():
         return x * torch.sigmoid(1.5957691216057308 * (x + 0.044715 * x * x * x))    # 2u, u = sqrt(2/pi)(...)
     return F.gelu(x, approximate=approximate)
