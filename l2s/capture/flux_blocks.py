@@ -2,7 +2,7 @@
 
 Each function does what ``FluxTransformerBlock`` / ``FluxSingleTransformerBlock`` and their stock
 ``FluxAttnProcessor`` do (same submodules, same operations in the same order, so eager results
-are the stock ones, bit for bit on CPU), with two differences a steered pass needs:
+are the stock ones, bit for bit on CPU), with these differences:
 
 * the adaLN modulation of each block (a function of the timestep embedding only) comes in
   precomputed (``mods``): it is the same for every iteration of a denoising step;
@@ -74,10 +74,17 @@ def gelu(x: torch.Tensor, approximate: str) -> torch.Tensor:
     return F.gelu(x, approximate=approximate)
 
 
+def _unhooked(module: torch.nn.Module) -> bool:
+    return not (module._forward_hooks or module._forward_pre_hooks)
+
+
 def _feed_forward(ff, x: torch.Tensor) -> torch.Tensor:
-    """``ff(x)`` for diffusers' ``FeedForward``, its GELU through :func:`gelu`."""
+    """``ff(x)`` for diffusers' ``FeedForward``, its GELU through :func:`gelu` (a hooked one: the stock call)."""
+    if not _unhooked(ff):
+        return ff(x)
     for module in ff.net:
-        x = gelu(module.proj(x), module.approximate) if type(module) is GELU else module(x)
+        plain = type(module) is GELU and _unhooked(module)
+        x = gelu(module.proj(x), module.approximate) if plain else module(x)
     return x
 
 
@@ -142,7 +149,7 @@ def single_block(block, joint: torch.Tensor, mods: tuple[torch.Tensor, ...], rop
         key = _rope(attn.norm_k(_heads(key, attn)), rope, slice(0, text_len))
         return None, layer_maps(query, key, 0, *capture)
     act = block.act_mlp
-    mlp = (gelu(block.proj_mlp(norm_joint), act.approximate) if type(act) is torch.nn.GELU
+    mlp = (gelu(block.proj_mlp(norm_joint), act.approximate) if type(act) is torch.nn.GELU and _unhooked(act)
            else act(block.proj_mlp(norm_joint)))
     query, key, value = (_heads(x, attn) for x in _projected(attn, norm_joint))
     query = apply_rotary_emb(attn.norm_q(query), rope, sequence_dim=1)

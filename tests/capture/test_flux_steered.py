@@ -190,3 +190,26 @@ def test_gelu_is_the_stock_one_eager_and_its_sigmoid_form_compiled_on_the_cpu():
     got.sum().backward()
     stock.sum().backward()
     torch.testing.assert_close(got_input.grad, stock_input.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_hooks_on_a_feed_forward_or_its_gelu_still_run(model_and_inputs):
+    """The steered blocks call the GELU themselves; a hooked FeedForward, GELU module or single-block
+    activation is called as the stock block calls it, so its hooks run (and may change the output)."""
+    model, inputs = model_and_inputs
+    expected_maps, _ = steered(model, inputs, None)
+    calls = []
+
+    def doubled(module, args, output):
+        calls.append(type(module).__name__)
+        return output * 2
+
+    handles = [model.transformer_blocks[0].ff.register_forward_hook(doubled),
+               model.transformer_blocks[0].ff_context.net[0].register_forward_hook(doubled),
+               model.single_transformer_blocks[0].act_mlp.register_forward_hook(doubled)]
+    try:
+        maps, _ = steered(model, inputs, None)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert sorted(calls) == ["FeedForward", "GELU", "GELU"]
+    assert not torch.allclose(maps[-1], expected_maps[-1])      # the hooks' doubling reached the maps
