@@ -150,11 +150,11 @@ def test_a_line_another_process_said_after_waiting_is_not_said_again_by_the_firs
     import torch.distributed as dist
     from datetime import timedelta
 
-    from l2s import distributed
+    from l2s.distributed import say_once
 
     store = dist.HashStore()   # the launcher's store, shared by the machine's processes
-    monkeypatch.setattr(distributed, "_store", lambda: store)
-    monkeypatch.setattr(distributed, "SAID_WAIT", timedelta(0))
+    monkeypatch.setattr(say_once, "_store", lambda: store)
+    monkeypatch.setattr(say_once, "SAID_WAIT", timedelta(0))
     monkeypatch.setenv("WORLD_SIZE", "3")
     monkeypatch.setenv("GROUP_RANK", "0")
 
@@ -184,7 +184,7 @@ def test_arguments_that_differ_between_processes_are_named_with_their_options():
 def test_more_processes_on_a_machine_than_gpus_are_refused_by_every_process(monkeypatch):
     import torch.distributed as dist
 
-    from l2s import distributed
+    from l2s.distributed import group
     from l2s.errors import UsageError
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -196,7 +196,7 @@ def test_more_processes_on_a_machine_than_gpus_are_refused_by_every_process(monk
     for local_rank in ("0", "1"):   # rank 0 too: its GPU exists, but the machine's first process says it
         monkeypatch.setenv("LOCAL_RANK", local_rank)
         with pytest.raises(UsageError, match=r"starts 2 processes but shows 1 GPU\(s\).*--nproc_per_node 1\)"):
-            distributed._join()
+            group._join()
 
 
 @pytest.mark.parametrize("options, alone", [(["--cpu", "--num_processes", "2"], [True]),
@@ -232,7 +232,7 @@ def test_a_join_that_waits_says_where_it_waits():
     """A rank whose master never comes (here: nobody listens on the port) says after the notice
     delay where it waits; it goes on waiting until stopped."""
     port = free_port()
-    code = ("from datetime import timedelta\nimport l2s.distributed as d\n"
+    code = ("from datetime import timedelta\nimport l2s.distributed.group as d\n"
             "d.JOIN_NOTICE = timedelta(seconds=1)\nd.world()\n")
     env = {**os.environ, "RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
            "MASTER_PORT": str(port), "PYTHONPATH": str(ROOT)}
@@ -255,7 +255,7 @@ def test_a_join_that_waits_says_where_it_waits():
 def test_a_quick_join_says_nothing(capsys):
     from datetime import timedelta
 
-    from l2s.distributed import _notice_if_slow
+    from l2s.distributed.group import _notice_if_slow
 
     with _notice_if_slow(timedelta(seconds=0.2)):
         pass

@@ -94,14 +94,14 @@ def test_under_a_launcher_a_failed_peer_and_ctrl_c_are_said_once(monkeypatch, ca
 
 
 def test_a_process_interrupted_alone_says_so_and_ctrl_c_of_all_is_said_once(monkeypatch, capsys):
-    from l2s import distributed
     from l2s.cli import INTERRUPTED, _guarded
+    from l2s.distributed import say_once
 
     import torch.distributed as dist
 
     stores = [dist.HashStore()]   # the launcher's store, through which a machine's processes learn what one said
-    monkeypatch.setattr(distributed, "_store", lambda: stores[-1])
-    monkeypatch.setattr(distributed, "SAID_WAIT", timedelta(seconds=0.1))
+    monkeypatch.setattr(say_once, "_store", lambda: stores[-1])
+    monkeypatch.setattr(say_once, "SAID_WAIT", timedelta(seconds=0.1))
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("GROUP_RANK", "0")
 

@@ -189,8 +189,8 @@ def test_make_data_of_one_chunk_per_rank_counts_every_record_on_two_processes(tm
 
 
 # l2s on the processes of a busy machine: rank 1 gives up at once on rank 0 saying a line it meets too.
-SAY_AT_ONCE = ("import sys\nfrom datetime import timedelta\nimport l2s.distributed as distributed\n"
-               "from l2s.cli import main\ndistributed.SAID_WAIT = timedelta(0)\nsys.exit(main(sys.argv[1:]))\n")
+SAY_AT_ONCE = ("import sys\nfrom datetime import timedelta\nimport l2s.distributed.say_once as say_once\n"
+               "from l2s.cli import main\nsay_once.SAID_WAIT = timedelta(0)\nsys.exit(main(sys.argv[1:]))\n")
 
 
 def test_an_error_every_rank_meets_is_said_once_whichever_rank_says_it(tmp_path):
