@@ -3,6 +3,7 @@ resuming are :mod:`l2s.evaluation.image_runs`)."""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,7 +21,9 @@ def numbered_prompt_lines(path: str) -> list[tuple[int, str]]:
         raise UsageError(f"--prompts {path}: generate reads one prompt a line (plain text); a .jsonl of GenEval "
                          "metadata or PromptSpec lines is for 'l2s eval --prompts'")
     try:   # utf-8-sig, as eval reads it: a byte-order mark is not part of the first prompt
-        text = Path(path).read_text(encoding="utf-8-sig")
+        # '-' is standard input, as for 'l2s parse' (printf 'P1\nP2\n' | l2s generate --prompts -)
+        data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         raise UsageError(f"--prompts {path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
     except OSError as error:

@@ -117,7 +117,10 @@ def check_output_file(path, flag: str) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise UsageError(f"{flag} {path}: cannot make its folder ({error.strerror})") from None
+        # mkdir says "File exists" when the folder's place (or one above) is a file: name that file
+        blocker = next((p for p in (path.parent, *path.parent.parents) if p.exists() and not p.is_dir()), None)
+        why = f"{blocker} is a file, not a folder" if blocker is not None else error.strerror
+        raise UsageError(f"{flag} {path}: cannot make its folder ({why})") from None
     probe = path.parent / f".{path.name}.{os.getpid()}.l2s-write-check"   # one per process (torchrun ranks)
     try:                               # os.access says yes to root on read-only and virtual folders
         probe.write_bytes(b"")

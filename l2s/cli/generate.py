@@ -48,7 +48,8 @@ def add_parser(sub) -> None:
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     g.add_argument("prompt", nargs="*", help="the prompt; several make one image per prompt and seed")
     g.add_argument("--prompts", metavar="FILE",
-                   help="prompts from a file, one a line (UTF-8, blank lines ignored), after any PROMPT given")
+                   help="prompts from a file ('-': standard input), one a line (UTF-8, blank lines ignored), "
+                        "after any PROMPT given")
     add_model_args(g)
     add_relations_arg(g)
     g.add_argument("--seed", type=int, default=None, help="the seed (default 0)")

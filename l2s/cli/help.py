@@ -11,6 +11,11 @@ from typing import Any
 class OneLineParser(argparse.ArgumentParser):
     """Usage errors as one line and exit code 2, like every other bad input (not argparse's usage block)."""
 
+    def __init__(self, *args, **kwargs):
+        # Whole option names only: a prefix would read generate's '--mode fast' as '--model fast'.
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str):
         from l2s.distributed import line_to_say  # a spread run: once per machine
 

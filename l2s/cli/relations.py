@@ -21,6 +21,9 @@ def add_relations_arg(parser: argparse.ArgumentParser, help: str = HELP) -> None
 
 def parse_relations(text: str) -> RelationList:
     """``"dog,left of,cat;cat,above,hat"`` -> ``[("dog", "left of", "cat"), ("cat", "above", "hat")]``."""
+    if text.strip() == "checks":   # eval's word (evaluate.py reads it first): here it would be a bad item
+        raise PromptError("--relations checks (each prompt's own scored relations) is for 'l2s eval', whose prompts "
+                          "carry checks; here give SUBJECT,RELATION,OBJECT;...")
     relations = []
     for number, item in enumerate(text.split(";"), 1):
         if not item.strip():

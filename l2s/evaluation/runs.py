@@ -136,7 +136,7 @@ def run_eval(steerer, specs: Sequence[PromptSpec], detector: Detector, out_dir: 
              guidance_scale: float | None = None, schedule=None, settings: dict[str, Any] | None = None,
              detector_name: str = "custom", contact_sheets: bool = True,
              progress: bool = True, restart: bool = False, batch_size: int = 1,
-             prompt_names: Sequence[str] | None = None) -> EvalReport:
+             prompt_names: Sequence[str] | None = None, progress_label: str = "l2s eval") -> EvalReport:
     """Generate every (prompt, seed) in every mode with ``steerer``, score, and write the run.
 
     ``steerer`` is a :class:`l2s.pipelines.SteeringPipeline`; mode ``"base"`` generates with
@@ -148,7 +148,8 @@ def run_eval(steerer, specs: Sequence[PromptSpec], detector: Detector, out_dir: 
     steering call (a list of prompts and seeds, each image as if made alone; more use more memory
     for the steering backward); 1: one call per image. ``prompt_names``: how errors name each prompt
     (e.g. its file and line; default ``prompt i``). ``run.json`` and ``summary.json`` also record what
-    the images are made with, the model's defaults filled in (``resolved``).
+    the images are made with, the model's defaults filled in (``resolved``). ``progress_label``: the
+    progress bar's name (the bench names its part there).
     """
     modes = list(dict.fromkeys(modes))
     generate = dict(num_inference_steps=num_inference_steps, height=height, width=width,
@@ -162,7 +163,7 @@ def run_eval(steerer, specs: Sequence[PromptSpec], detector: Detector, out_dir: 
         world().on_main(lambda: prepare_run_dir(out, specs, modes, dict(settings), restart, seeds, resolved))
         generate["progress"] = False
         run = _Run(steerer, detector, out, rule, {"rule": rule, "detector": detector_name}, generate, batch_size)
-        return _generate_run(run, specs, seeds, modes, settings, contact_sheets, progress, resolved)
+        return _generate_run(run, specs, seeds, modes, settings, contact_sheets, progress, resolved, progress_label)
 
 
 def _in_effect(steerer, generate: dict, modes: Sequence[str]) -> dict | None:
@@ -191,14 +192,14 @@ def _call_settings(out_dir: str | Path, generate: dict) -> dict:
 
 def _generate_run(run: _Run, specs: Sequence[PromptSpec], seeds: Sequence[int], modes: list[str],
                   settings: dict[str, Any] | None, contact_sheets: bool, progress: bool,
-                  resolved: dict | None = None) -> EvalReport:
+                  resolved: dict | None = None, label: str = "l2s eval") -> EvalReport:
     """The images of :func:`run_eval` (made, re-scored or resumed), then its report files."""
     out, rule = run.out, run.rule
     started = time.perf_counter()
     group = world()
     pairs = [(index, seed) for index in range(len(specs)) for seed in seeds]
     mine = _my_pairs(out, pairs, modes, group)
-    with tqdm(total=len(mine) * len(modes), desc=group.bar_label("l2s eval"), unit="img",
+    with tqdm(total=len(mine) * len(modes), desc=group.bar_label(label), unit="img",
               disable=not (progress and group.is_main)) as bar:
         made = _make_share(run, specs, pairs, mine, modes, bar)
     everything = sorted((item for share in group.gather(made) for item in share), key=lambda item: item[0])

@@ -287,7 +287,8 @@ def _run_part(run: _BenchRun, part: BenchPart, out: Path, progress: bool) -> dic
         out / part.key, settings, fix="use another --out, or the same settings to resume it"))
     report = run_eval(steerer, part.specs, run.detector, out / part.key, seeds=part.seeds, modes=part.modes,
                       schedule=schedule, settings=settings, detector_name="shapes",
-                      contact_sheets=part.key == "position", progress=progress, batch_size=run.batch_size)
+                      contact_sheets=part.key == "position", progress=progress, batch_size=run.batch_size,
+                      progress_label=f"l2s shapes bench {part.key}")   # which of the parts the bar counts
     modes = {mode: mode_scores(mode_report.records, part.specs, run.detector)
              for mode, mode_report in report.modes.items()}
     if run.scorer is not None:

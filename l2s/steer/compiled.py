@@ -9,11 +9,16 @@ compiles again. The compile cache is enabled so a second process reuses the kern
 """
 from __future__ import annotations
 
+import logging
 import time
 import types
 from collections.abc import Callable
 
 import torch
+
+from l2s.distributed import EVERY_PROCESS
+
+logger = logging.getLogger(__name__)
 
 
 def enable_compile_cache() -> None:
@@ -63,6 +68,10 @@ class CompiledSteering:
         if signature in self._seen or not z.requires_grad:
             return
         self._seen.add(signature)
+        # The progress bar stands still meanwhile (1.5-4 minutes cold on 2 CPU cores): say why.
+        logger.warning("compiling the steering evaluation for latents of shape %s (the first pass at each new "
+                       "shape; minutes on a CPU when torch's compile cache has no kernels for it yet)",
+                       tuple(z.shape), extra=EVERY_PROCESS)
         started = time.perf_counter()
 
         def finished(grad: torch.Tensor) -> torch.Tensor:

@@ -234,6 +234,17 @@ def test_a_byte_order_mark_is_not_part_of_the_first_prompt(tmp_path, capsys):
     (tmp_path / "bom.txt").write_bytes("\ufeffa cat left of a dog\na cup above a book\n".encode("utf-8"))
     assert numbered_prompt_lines(str(tmp_path / "bom.txt")) == [(1, "a cat left of a dog"), (2, "a cup above a book")]
 
+
+def test_prompts_dash_reads_standard_input(monkeypatch):
+    import io
+    import types
+
+    from l2s.cli.batches import numbered_prompt_lines
+
+    data = "a cat left of a dog\n\n  a cup above a book\n".encode("utf-8")
+    monkeypatch.setattr("sys.stdin", types.SimpleNamespace(buffer=io.BytesIO(data)))   # as 'l2s parse -' reads
+    assert numbered_prompt_lines("-") == [(1, "a cat left of a dog"), (3, "a cup above a book")]
+
 def test_prompt_file_order_warnings_per_image_and_reruns(tmp_path, capsys, calls):
     (tmp_path / "prompts.txt").write_text("\na cat next to a dog\n\n  a cup above a book  \n", encoding="utf-8")
     out = tmp_path / "o"

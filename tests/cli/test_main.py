@@ -72,6 +72,20 @@ def test_usage_errors_are_one_line_with_exit_code_2(argv, message, capsys):
     assert exit_info.value.code == 2 and err.count("\n") == 1 and err.startswith("l2s: error: ") and message in err
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "x", "--mode", "fast"], "unrecognized arguments: --mode fast (see 'l2s generate --help')"),
+    (["generate", "x", "--qui"], "unrecognized arguments: --qui (see 'l2s generate --help')"),
+    (["shapes", "bench", "--mod", "x"], "unrecognized arguments: --mod x (see 'l2s shapes bench --help')"),
+])
+def test_an_abbreviated_option_is_not_taken_for_another(argv, message, capsys):
+    # argparse would read generate's '--mode fast' as '--model fast' (eval's --mode is another option), and
+    # '--qui' as --quiet while main() looks for '--quiet' itself: only whole option names are taken.
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err == f"l2s: error: {message}\n"
+
+
 def test_under_a_launcher_a_failed_peer_and_ctrl_c_are_said_once(monkeypatch, capsys):
     from l2s.cli import INTERRUPTED, PEER_STOPPED, _guarded
 

@@ -22,7 +22,8 @@ def error_lines(err):
 def test_parse_relations():
     assert parse_relations(" dog , left of, cat ;cat,above,hat;") == [("dog", "left of", "cat"),
                                                                      ("cat", "above", "hat")]
-    for bad, message in [("dog,left of", "item 1"), ("dog,left of,cat;,above,hat", "item 2"), (";", "no relation")]:
+    for bad, message in [("dog,left of", "item 1"), ("dog,left of,cat;,above,hat", "item 2"), (";", "no relation"),
+                         ("checks", "is for 'l2s eval'")]:
         with pytest.raises(PromptError, match=message):
             parse_relations(bad)
 

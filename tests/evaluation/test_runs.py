@@ -182,6 +182,14 @@ def test_in_a_spread_run_scoring_a_folder_names_the_bar_as_rank_0s_share(tmp_pat
     assert "l2s eval (rank 0 of 2): 100%" in capsys.readouterr().err   # 2 of the 4 images: its share
 
 
+def test_the_progress_bar_takes_the_callers_name(tmp_path, capsys):
+    # the bench runs one eval per part: its bar names the part, not "l2s eval" for every one
+    run_eval(SceneSteerer(), shapes_position_prompts(1, seed=0), ShapesDetector(), tmp_path, seeds=[0],
+             progress=True, settings={"model": "fake"}, detector_name="shapes", progress_label="l2s shapes bench ood")
+    err = capsys.readouterr().err
+    assert "l2s shapes bench ood: 100%" in err and "l2s eval" not in err
+
+
 # ---------------------------------------------------------------- run_eval in batches on a tiny FLUX model
 
 class Calls:

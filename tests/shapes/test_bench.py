@@ -232,7 +232,9 @@ def test_bench_cli_names_the_option_and_lists_every_part(tmp_path, capsys):
         assert main(["shapes", "bench", option, value, "--out", str(tmp_path / "o")]) == 2
         assert f"l2s: error: {option} must be a positive" in capsys.readouterr().err
     (tmp_path / "a-file").write_text("x")
-    refused = [(tmp_path, "is a folder; give a file path"), (tmp_path / "a-file" / "table.md", "cannot make its folder"),
+    in_a_file = f"cannot make its folder ({tmp_path / 'a-file'} is a file, not a folder)"
+    refused = [(tmp_path, "is a folder; give a file path"), (tmp_path / "a-file" / "table.md", in_a_file),
+               (tmp_path / "a-file" / "sub" / "table.md", in_a_file),
                (tmp_path / "table.json", "give a Markdown file's path (ending in .md)"),
                (tmp_path / "table.txt", "give a Markdown file's path (ending in .md)")]
     if Path("/proc/self").is_dir():    # a folder that takes no new files, even from root
