@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.nn.modules import module as nn_module
 from diffusers.models.activations import GELU
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.embeddings import apply_rotary_emb
@@ -75,7 +76,12 @@ def gelu(x: torch.Tensor, approximate: str) -> torch.Tensor:
 
 
 def _unhooked(module: torch.nn.Module) -> bool:
-    return not (module._forward_hooks or module._forward_pre_hooks)
+    """Whether calling ``module`` would run its forward alone: no hook of its own (forward or backward)
+    and no global module hook, which ``module(x)`` would run and a bypass would not."""
+    own = (module._forward_hooks, module._forward_pre_hooks, module._backward_hooks, module._backward_pre_hooks)
+    every = (nn_module._global_forward_hooks, nn_module._global_forward_pre_hooks, nn_module._global_backward_hooks,
+             nn_module._global_backward_pre_hooks)
+    return not any(own) and not any(every)
 
 
 def _feed_forward(ff, x: torch.Tensor) -> torch.Tensor:

@@ -213,3 +213,29 @@ def test_hooks_on_a_feed_forward_or_its_gelu_still_run(model_and_inputs):
             handle.remove()
     assert sorted(calls) == ["FeedForward", "GELU", "GELU"]
     assert not torch.allclose(maps[-1], expected_maps[-1])      # the hooks' doubling reached the maps
+
+
+def test_backward_and_global_hooks_on_a_gelu_still_run(model_and_inputs):
+    """Not only forward hooks: a GELU with a backward hook, or any module while a global module hook
+    is registered, is called as the stock block calls it, so those hooks run too."""
+    model, inputs = model_and_inputs
+    calls = []
+    handles = [model.transformer_blocks[0].ff.net[0].register_full_backward_hook(
+                   lambda module, grad_in, grad_out: calls.append("backward " + type(module).__name__)),
+               model.single_transformer_blocks[0].act_mlp.register_full_backward_hook(
+                   lambda module, grad_in, grad_out: calls.append("backward " + type(module).__name__))]
+    try:
+        steered(model, inputs, None)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert sorted(calls) == ["backward GELU", "backward GELU"]
+    seen = []
+    handle = torch.nn.modules.module.register_module_forward_hook(
+        lambda module, args, output: seen.append(type(module).__name__))
+    try:
+        steered(model, inputs, None)
+    finally:
+        handle.remove()
+    # two per double block, one per single block but the last, which computes only its maps
+    assert seen.count("GELU") == 2 * len(model.transformer_blocks) + len(model.single_transformer_blocks) - 1
