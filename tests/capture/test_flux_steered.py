@@ -288,7 +288,7 @@ def test_the_compiled_steered_forward_of_stock_blocks_has_no_gelu_left(model_and
         return graph_module.forward
 
     torch._dynamo.reset()
-    maps = torch.compile(forward.maps, backend=recording)
+    maps = torch.compile(forward.maps, backend=recording, fullgraph=True)
     maps(inputs["hidden_states"].clone().requires_grad_(True), forward.constants(inputs), selector)
     assert not any("gelu" in target for target in seen)
     # two per double block, one per single block but the last, which computes only its maps
