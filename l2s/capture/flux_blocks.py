@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.nn.modules import module as nn_module
 from diffusers.models.activations import GELU
 from diffusers.models.attention import FeedForward
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.embeddings import apply_rotary_emb
+from torch.nn.modules import module as nn_module
 
 from l2s.ops import selected_text_attention
 
