@@ -15,8 +15,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from diffusers.models.activations import GELU
+from diffusers.models.attention import FeedForward
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.embeddings import apply_rotary_emb
+from torch.nn.modules import module as nn_module
 
 from l2s.ops import selected_text_attention
 
@@ -74,17 +76,23 @@ def gelu(x: torch.Tensor, approximate: str) -> torch.Tensor:
     return F.gelu(x, approximate=approximate)
 
 
-def _unhooked(module: torch.nn.Module) -> bool:
-    return not (module._forward_hooks or module._forward_pre_hooks)
+def _plain(module: torch.nn.Module, kind: type) -> bool:
+    """Whether ``module(x)`` would run ``kind.forward`` alone, so a bypass may stand for it: a ``kind``
+    exactly, its forward not replaced on the instance (diffusers' hooks do so), no hook of its own
+    (forward or backward) and no global module hook."""
+    own = (module._forward_hooks, module._forward_pre_hooks, module._backward_hooks, module._backward_pre_hooks)
+    every = (nn_module._global_forward_hooks, nn_module._global_forward_pre_hooks, nn_module._global_backward_hooks,
+             nn_module._global_backward_pre_hooks)
+    return type(module) is kind and "forward" not in vars(module) and not any(own) and not any(every)
 
 
 def _feed_forward(ff, x: torch.Tensor) -> torch.Tensor:
-    """``ff(x)`` for diffusers' ``FeedForward``, its GELU through :func:`gelu` (a hooked one: the stock call)."""
-    if not _unhooked(ff):
+    """``ff(x)`` for diffusers' ``FeedForward``, its GELU through :func:`gelu` (one not :func:`_plain`: the
+    stock call)."""
+    if not _plain(ff, FeedForward):
         return ff(x)
     for module in ff.net:
-        plain = type(module) is GELU and _unhooked(module)
-        x = gelu(module.proj(x), module.approximate) if plain else module(x)
+        x = gelu(module.proj(x), module.approximate) if _plain(module, GELU) else module(x)
     return x
 
 
@@ -149,7 +157,7 @@ def single_block(block, joint: torch.Tensor, mods: tuple[torch.Tensor, ...], rop
         key = _rope(attn.norm_k(_heads(key, attn)), rope, slice(0, text_len))
         return None, layer_maps(query, key, 0, *capture)
     act = block.act_mlp
-    mlp = (gelu(block.proj_mlp(norm_joint), act.approximate) if type(act) is torch.nn.GELU and _unhooked(act)
+    mlp = (gelu(block.proj_mlp(norm_joint), act.approximate) if _plain(act, torch.nn.GELU)
            else act(block.proj_mlp(norm_joint)))
     query, key, value = (_heads(x, attn) for x in _projected(attn, norm_joint))
     query = apply_rotary_emb(attn.norm_q(query), rope, sequence_dim=1)

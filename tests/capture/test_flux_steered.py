@@ -213,3 +213,84 @@ def test_hooks_on_a_feed_forward_or_its_gelu_still_run(model_and_inputs):
             handle.remove()
     assert sorted(calls) == ["FeedForward", "GELU", "GELU"]
     assert not torch.allclose(maps[-1], expected_maps[-1])      # the hooks' doubling reached the maps
+
+
+def test_backward_and_global_hooks_on_a_gelu_still_run(model_and_inputs):
+    """Not only forward hooks: a GELU with a backward hook, or any module while a global module hook
+    is registered, is called as the stock block calls it, so those hooks run too."""
+    model, inputs = model_and_inputs
+    calls = []
+    handles = [model.transformer_blocks[0].ff.net[0].register_full_backward_hook(
+                   lambda module, grad_in, grad_out: calls.append("backward " + type(module).__name__)),
+               model.single_transformer_blocks[0].act_mlp.register_full_backward_hook(
+                   lambda module, grad_in, grad_out: calls.append("backward " + type(module).__name__))]
+    try:
+        steered(model, inputs, None)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert sorted(calls) == ["backward GELU", "backward GELU"]
+    seen = []
+    handle = torch.nn.modules.module.register_module_forward_hook(
+        lambda module, args, output: seen.append(type(module).__name__))
+    try:
+        steered(model, inputs, None)
+    finally:
+        handle.remove()
+    # two per double block, one per single block but the last, which computes only its maps
+    assert seen.count("GELU") == 2 * len(model.transformer_blocks) + len(model.single_transformer_blocks) - 1
+
+
+class _Doubled(torch.nn.Module):
+    """A feed-forward of another type than diffusers' (no ``net``): it doubles its inner one's output."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x) * 2
+
+
+def test_a_replaced_feed_forward_or_gelu_forward_is_called_as_the_stock_block_calls_it(model_and_inputs):
+    """A block's ``ff`` of another type, or a GELU whose ``forward`` was replaced on the instance (as
+    diffusers' hooks do), is called, not bypassed: its change reaches the maps."""
+    model, inputs = model_and_inputs
+    expected_maps, _ = steered(model, inputs, None)
+    block, single = model.transformer_blocks[0], model.single_transformer_blocks[0]
+    stock_ff = block.ff
+    try:
+        block.ff = _Doubled(stock_ff)
+        replaced_maps, _ = steered(model, inputs, None)
+    finally:
+        block.ff = stock_ff
+    assert not torch.allclose(replaced_maps[-1], expected_maps[-1])
+    for module in (block.ff_context.net[0], single.act_mlp):
+        stock_forward = module.forward
+        module.forward = lambda x, stock_forward=stock_forward: stock_forward(x) * 2
+        try:
+            maps, _ = steered(model, inputs, None)
+        finally:
+            del module.forward
+        assert not torch.allclose(maps[-1], expected_maps[-1]), type(module)
+
+
+def test_the_compiled_steered_forward_of_stock_blocks_has_no_gelu_left(model_and_inputs):
+    """The stock FeedForward, GELU and single-block activation are bypassed: compiled on the CPU, the
+    steered forward's graph holds the sigmoid form of every GELU and no GELU."""
+    model, inputs = model_and_inputs
+    forward = FluxSteeredForward(model, None)
+    selector = map_spec(GROUPS, TEXT_LEN, GRID).selector(16, torch.device("cpu"), torch.float32)
+    seen = []
+
+    def recording(graph_module, example_inputs):
+        seen.extend(str(node.target) for node in graph_module.graph.nodes)
+        return graph_module.forward
+
+    torch._dynamo.reset()
+    maps = torch.compile(forward.maps, backend=recording, fullgraph=True)
+    maps(inputs["hidden_states"].clone().requires_grad_(True), forward.constants(inputs), selector)
+    assert not any("gelu" in target for target in seen)
+    # two per double block, one per single block but the last, which computes only its maps
+    assert sum("sigmoid" in target for target in seen) == 2 * len(model.transformer_blocks) + \
+        len(model.single_transformer_blocks) - 1
