@@ -64,7 +64,7 @@ class CompiledEngine:
         options: dict[str, Any] = {"backend": backend, "fullgraph": fullgraph}
         if mode is not None:
             options["mode"] = mode
-        elif backend == "inductor" and _on_cpu(transformer):
+        elif backend == "inductor" and _on_cpu(transformer) and _has_exp_tanh():
             # tanh as 2 / (1 + exp(-2x)) - 1, ~1e-7 off near 0: inductor's default CPU tanh (Sleef, 1 ulp)
             # is slow, and FLUX's GELUs run it on every token (bench/test_bench_gelu.py).
             options["options"] = {"cpp.use_decompose_tanh": True}
@@ -87,6 +87,13 @@ class CompiledEngine:
 
 def _on_cpu(module: torch.nn.Module) -> bool:
     return all(parameter.device.type == "cpu" for parameter in module.parameters())
+
+
+def _has_exp_tanh() -> bool:
+    """Whether this torch's inductor has the option (an unknown option key fails the compile)."""
+    import torch._inductor.config as inductor_config
+
+    return hasattr(inductor_config.cpp, "use_decompose_tanh")
 
 
 class CudaGraphEngine:

@@ -70,9 +70,12 @@ def gelu(x: torch.Tensor, approximate: str) -> torch.Tensor:
     """``F.gelu(x, approximate)``; compiled on the CPU, its tanh form as the equal ``x * sigmoid(2u)``.
 
     Inductor's CPU ``tanh`` (Sleef, 1 ulp) is slow; the sigmoid runs on its vectorised ``exp``
-    (``bench/test_bench_gelu.py``). Eager keeps the stock call (bit for bit)."""
-    if approximate == "tanh" and x.device.type == "cpu" and torch.compiler.is_compiling():
-        return x * torch.sigmoid(1.5957691216057308 * (x + 0.044715 * x * x * x))    # 2u, u = sqrt(2/pi)(...)
+    (``bench/test_bench_gelu.py``). In float32 (bf16 steps would round each term); eager and
+    ``torch.export`` keep the stock call (bit for bit; an export may target another device)."""
+    compiled = torch.compiler.is_compiling() and not torch.compiler.is_exporting()
+    if approximate == "tanh" and x.device.type == "cpu" and compiled:
+        u2 = 1.5957691216057308 * (x.float() + 0.044715 * x.float() ** 3)     # 2u, u = sqrt(2/pi)(x + 0.044715x³)
+        return (x.float() * torch.sigmoid(u2)).to(x.dtype)
     return F.gelu(x, approximate=approximate)
 
 

@@ -294,3 +294,23 @@ def test_the_compiled_steered_forward_of_stock_blocks_has_no_gelu_left(model_and
     # two per double block, one per single block but the last, which computes only its maps
     assert sum("sigmoid" in target for target in seen) == 2 * len(model.transformer_blocks) + \
         len(model.single_transformer_blocks) - 1
+
+
+def test_gelu_under_export_is_the_stock_call_and_compiled_bf16_computes_in_float32():
+    """An export may target another device: it keeps ``F.gelu``. Compiled in bf16, the sigmoid form
+    runs in float32 and casts back once, so it rounds as the stock bf16 GELU does (not per term)."""
+    from l2s.capture.flux_blocks import gelu
+
+    class Gelu(torch.nn.Module):
+        def forward(self, x):
+            return gelu(x, "tanh")
+
+    exported = torch.export.export(Gelu(), (torch.randn(4, 8),))
+    targets = [str(node.target) for node in exported.graph.nodes]
+    assert any("gelu" in t for t in targets) and not any("sigmoid" in t for t in targets)
+    x = torch.linspace(-6, 6, 4001).to(torch.bfloat16)
+    got = torch.compile(lambda t: gelu(t, "tanh"), backend="aot_eager", fullgraph=True)(x)
+    exact = torch.nn.functional.gelu(x.double(), approximate="tanh")
+    stock = torch.nn.functional.gelu(x, approximate="tanh")
+    assert got.dtype == torch.bfloat16
+    assert (got.double() - exact).abs().max() <= (stock.double() - exact).abs().max()

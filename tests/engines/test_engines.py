@@ -229,6 +229,9 @@ def test_compile_engine_asks_inductor_for_the_exp_tanh_on_the_cpu(transformer, m
     torch_engines.CompiledEngine(transformer, backend="aot_eager")
     assert [a.get("options") for a in asked] == [{"cpp.use_decompose_tanh": True}, None, None]
     assert asked[1]["mode"] == "max-autotune"
+    monkeypatch.setattr(torch_engines, "_has_exp_tanh", lambda: False)     # a torch whose inductor lacks it
+    torch_engines.CompiledEngine(transformer)
+    assert "options" not in asked[-1]
 
 
 @pytest.mark.slow
