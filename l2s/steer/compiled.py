@@ -68,7 +68,7 @@ class CompiledSteering:
         if signature in self._seen or not z.requires_grad:
             return
         self._seen.add(signature)
-        # The progress bar stands still meanwhile (1.5-4 minutes cold on 2 CPU cores): say why.
+        # The progress bar stands still meanwhile (minutes, cold on a CPU): say why, once a machine.
         logger.warning("compiling the steering evaluation for latents of shape %s (the first pass at each new "
                        "shape; minutes on a CPU when torch's compile cache has no kernels for it yet)",
                        tuple(z.shape), extra=EVERY_PROCESS)

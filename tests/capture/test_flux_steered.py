@@ -12,6 +12,7 @@ from l2s.capture import (
     map_spec,
     steered_forward_unsupported,
 )
+from l2s.capture.flux_blocks import gelu
 from l2s.engines import example_flux_inputs
 from l2s.errors import L2SError
 
@@ -169,8 +170,6 @@ def test_fused_projections_project_as_the_stock_processor_also_after_unfusing(mo
 def test_gelu_is_the_stock_one_eager_and_its_sigmoid_form_compiled_on_the_cpu():
     """Eager: ``F.gelu`` bit for bit. Compiled: the graph holds a sigmoid and no GELU, and its values
     and gradients are the stock tanh-GELU's, at both tails and around zero."""
-    from l2s.capture.flux_blocks import gelu
-
     x = torch.cat([torch.linspace(-30, 30, 2001), torch.logspace(-30, 0, 61), -torch.logspace(-30, 0, 61)])
     assert torch.equal(gelu(x, "tanh"), torch.nn.functional.gelu(x, approximate="tanh"))
     assert torch.equal(gelu(x, "none"), torch.nn.functional.gelu(x))
@@ -299,8 +298,6 @@ def test_the_compiled_steered_forward_of_stock_blocks_has_no_gelu_left(model_and
 def test_gelu_under_export_is_the_stock_call_and_compiled_bf16_computes_in_float32():
     """An export may target another device: it keeps ``F.gelu``. Compiled in bf16, the sigmoid form
     runs in float32 and casts back once, so it rounds as the stock bf16 GELU does (not per term)."""
-    from l2s.capture.flux_blocks import gelu
-
     class Gelu(torch.nn.Module):
         def forward(self, x):
             return gelu(x, "tanh")
