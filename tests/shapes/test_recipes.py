@@ -249,15 +249,18 @@ def test_generate_falls_back_loudly_without_assets(monkeypatch, tmp_path, capsys
     # a library warning: on stderr as "l2s: warning: ..." where nothing else set up logging (pytest does)
     assert "tiny RANDOM demo model" in capsys.readouterr().err + caplog.text
     assert (tmp_path / "o" / "image.png").is_file()
-    several = ["generate", "a red circle to the left of a blue square", "--seeds", "0-1", "--out",
-               str(tmp_path / "several"), "--quiet", "--no-baseline", "--steps", "2"]
+    def command(out: str) -> list[str]:
+        return ["generate", "a red circle to the left of a blue square", "--seeds", "0-1", "--out",
+                str(tmp_path / out), "--quiet", "--no-baseline", "--steps", "2"]
+
+    several = command("several")
     assert cli.main(several) == 0
     monkeypatch.undo()   # the shipped model back: the stand-in's images do not resume as its own
     capsys.readouterr()
     assert cli.main(several) == 2
     assert "holds an earlier run with other settings (model_stand_in: tiny -> None)" in capsys.readouterr().err
     # nor the reverse: the shipped model's images do not resume as the stand-in's
-    shipped = [*several[:-6], "--out", str(tmp_path / "shipped"), *several[-4:]]
+    shipped = command("shipped")
     assert cli.main(shipped) == 0
     monkeypatch.setattr(shapes_world, "shipped_assets", lambda root=None: shapes_world.ShippedAssets(
         tmp_path / "none", tmp_path / "none" / "c", tmp_path / "none" / "a"))
