@@ -6,6 +6,8 @@ and the same for held-out prompts never trained.
     python experiments/scripts/grpo_one_prompt.py --out RUN_B --clip-range 1e-3
     python experiments/scripts/grpo_one_prompt.py --out RUN_C --prompt P1 --prompt P2 --held-out P3
     python experiments/scripts/grpo_one_prompt.py --out RUN_A --judge-only   # the table again
+    python experiments/scripts/grpo_one_prompt.py --out RUN_D --sde-steps 3 --keep-evaluated --epochs 120
+    python experiments/scripts/grpo_one_prompt.py --out RUN_D --judge-only --judge-epoch 60
 
 Trains with the library loop (``l2s.grpo.train_grpo``: the CLI draws from the whole prompt pool),
 the exact strict rule as reward, every other setting as ``l2s shapes grpo``. Rerunning the same
@@ -36,7 +38,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--clip-range", type=float, default=1e-4)
     p.add_argument("--seeds", default="1000-1063", help="judging seeds (l2s generate --seeds)")
     p.add_argument("--eval-every", type=int, default=5)
+    p.add_argument("--sde-steps", type=int, help="SDE (trained) steps from the start (default: all but the last)")
+    p.add_argument("--keep-evaluated", action="store_true", help="keep every judged epoch's adapter")
     p.add_argument("--judge-only", action="store_true")
+    p.add_argument("--judge-epoch", type=int, help="judge this epoch's kept adapter (default: the last)")
     args = p.parse_args(argv)
     args.prompt = args.prompt or [PROMPT]
     return args
@@ -53,7 +58,7 @@ def train(args: argparse.Namespace) -> None:
     dev = args.held_out or args.prompt
     train_shapes_grpo(args.out, RuleReward("strict"), prompts=(list(args.prompt), list(dev)),
                       progress=False, epochs=args.epochs, prompts_per_epoch=len(args.prompt), lr=args.lr,
-                      clip_range=args.clip_range,
+                      clip_range=args.clip_range, sde_steps=args.sde_steps, keep_evaluated=args.keep_evaluated,
                       eval_seeds=tuple(range(first, last + 1)), eval_every=args.eval_every)
 
 
@@ -83,14 +88,19 @@ def judge(prompts: list[str], args: argparse.Namespace) -> dict:
     prompt keeps D1/D2's folder names)."""
     def folders(i: int) -> tuple[Path, Path]:
         suffix = "" if len(args.prompt) == 1 and not args.held_out else f"_{i}"
-        return args.out.parent / f"base_judged{suffix}", args.out / f"judged{suffix}"
+        epoch = f"_e{args.judge_epoch:04d}" if args.judge_epoch is not None else ""
+        return args.out.parent / f"base_judged{suffix}", args.out / f"judged{epoch}{suffix}"
+
+    adapter = args.out / "adapter"
+    if args.judge_epoch is not None:
+        adapter = args.out / "evaluated" / f"epoch-{args.judge_epoch:04d}"
 
     everything = args.prompt + args.held_out
     base, tuned = [], []
     for prompt in prompts:
         base_dir, tuned_dir = folders(everything.index(prompt))
         base.append(verdicts(base_dir, prompt, args, None))
-        tuned.append(verdicts(tuned_dir, prompt, args, args.out / "adapter"))
+        tuned.append(verdicts(tuned_dir, prompt, args, adapter))
     return {"pooled": paired(base, tuned),
             "per_prompt": {p: paired([b], [t]) for p, b, t in zip(prompts, base, tuned)}}
 
@@ -100,10 +110,11 @@ def main(argv=None) -> int:
     if not args.judge_only:
         train(args)
     result = {"seeds": args.seeds, "clip_range": args.clip_range, "lr": args.lr, "epochs": args.epochs,
-              "trained": judge(args.prompt, args)}
+              "sde_steps": args.sde_steps, "judged_epoch": args.judge_epoch, "trained": judge(args.prompt, args)}
     if args.held_out:
         result["held_out"] = judge(args.held_out, args)
-    (args.out / "judged.json").write_text(json.dumps(result, indent=2))
+    name = "judged.json" if args.judge_epoch is None else f"judged_e{args.judge_epoch:04d}.json"
+    (args.out / name).write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
     return 0
 
