@@ -21,8 +21,6 @@ from .options import add_threads_arg, out_path, use_threads
 
 
 def build_bench_parser() -> argparse.ArgumentParser:
-    from l2s.shapes.recipes import BENCH_BATCH_SIZE, BENCH_SEEDS, SHAPES_STEP_SIZE, SHAPES_TRUE_CFG
-
     p = command_parser(
         "l2s shapes bench",
         "Base against steered spatial accuracy of a shapes model, part by part (two-object positions, "
@@ -31,6 +29,14 @@ def build_bench_parser() -> argparse.ArgumentParser:
         ["l2s shapes bench --out runs/bench --scale 0.25 --seeds 0,1",
          "l2s shapes bench --lora runs/grpo-ss --out runs/bench-grpo-ss   # base = tuned, steered = tuned + steering",
          "l2s shapes bench --results runs/shapes_accuracy.md"])
+    _add_benched_options(p)
+    _add_run_options(p)
+    _add_generation_options(p)
+    return p
+
+
+def _add_benched_options(p: argparse.ArgumentParser) -> None:
+    """What is benched: the model, its classifiers, a LoRA merged into it, a reward model scoring it."""
     p.add_argument("--model", type=Path, help="shapes pipeline dir (default: the shipped model)")
     p.add_argument("--classifier", help="dual classifier dir or shipped name (default: the shipped 'shapes')")
     p.add_argument("--ablation-classifier", help="pos-only classifier dir or shipped name (default: the shipped "
@@ -42,6 +48,13 @@ def build_bench_parser() -> argparse.ArgumentParser:
                    help="a SpatialScore ('spatialscore': the shipped one; or a l2s shapes train-reward folder): also "
                         "report its mean score and how well it ranks correct images above wrong ones, per part and "
                         "mode (reward hacking)")
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """Where the run and its results go, and what it generates and reports: parts, prompts, seeds, batch,
+    modes, the classifiers' leakage check."""
+    from l2s.shapes.recipes import BENCH_BATCH_SIZE, BENCH_SEEDS
+
     p.add_argument("--out", type=out_path, default=Path("l2s-shapes-bench"),
                    help="run directory (images, resumable; default l2s-shapes-bench)")
     p.add_argument("--results", type=Path, help="write the Markdown table here (and .json beside it)")
@@ -66,6 +79,12 @@ def build_bench_parser() -> argparse.ArgumentParser:
     p.add_argument("--classifier-data", type=Path,
                    help="the classifiers' map dataset (l2s shapes make-data): also compare dual and pos-only "
                         "on its held-out maps per prompt type (leakage check)")
+
+
+def _add_generation_options(p: argparse.ArgumentParser) -> None:
+    """How the images are made: guidance, steering step, threads, execution, engine; progress bars."""
+    from l2s.shapes.recipes import SHAPES_STEP_SIZE, SHAPES_TRUE_CFG
+
     p.add_argument("--true-cfg", type=float, metavar="SCALE",
                    help=f"sampling guidance against the empty caption (default {SHAPES_TRUE_CFG}; 1 = none)")
     p.add_argument("--step-size", type=float, metavar="ALPHA",
@@ -78,7 +97,6 @@ def build_bench_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=[e for e in ENGINES if "cuda" not in e and e != "tensorrt"], default="auto",
                    help="plain (unsteered) steps: auto (default: eager) or an engine built once and cached")
     p.add_argument("--quiet", action="store_true", help="no progress bars, only l2s's own lines")
-    return p
 
 
 def bench_main(argv: Sequence[str] | None = None) -> int:

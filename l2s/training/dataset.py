@@ -157,14 +157,13 @@ def make_dataset(
     blocks only, K/57 of the size on FLUX (a dataset of every layer serves any K, :mod:`.layers`).
     Errors name an argument as ``spelled`` writes it (a CLI passes its flags).
     """
-    check_make_data_options(dtype=dtype, val_fraction=val_fraction, shard_size=shard_size, steps=steps, size=size,
-                            limit=limit, min_psnr=min_psnr, gamma=gamma, eta=eta, num_iter=num_iter,
-                            map_size=map_size, max_sequence_length=max_sequence_length, store_steps=store_steps,
-                            seed=seed, dual=dual, class_names=class_names, spelled=spelled)
-    family = pipeline_family(pipe)
-    steps = int(steps if steps is not None else DEFAULT_STEPS[family])
-    store = check_store_steps(DEFAULT_STORE_STEPS[family] if store_steps is None else store_steps, steps, spelled)
-    size = _image_side(pipe, size, spelled)
+    # The recipe's settings as given: checked, then recorded in dataset.json (in this order).
+    recipe = dict(dual=dual, seed=seed, val_fraction=val_fraction, shard_size=shard_size, dtype=dtype,
+                  min_psnr=min_psnr, gamma=gamma, eta=eta, num_iter=num_iter, map_size=map_size,
+                  max_sequence_length=max_sequence_length)
+    check_make_data_options(steps=steps, size=size, limit=limit, store_steps=store_steps, class_names=class_names,
+                            spelled=spelled, **recipe)
+    family, steps, store, size = _steps_and_side(pipe, steps, store_steps, size, spelled)
     class_names = tuple(class_names)
     items = _unique_samples(samples, limit)
     if not isinstance(out_dir, (str, Path)):
@@ -172,14 +171,29 @@ def make_dataset(
     out_dir = Path(out_dir)
     with output_lock(out_dir, kind="make-data"):
         check_dataset_images(items, out_dir, restart=restart)
-        resumed = _write_dataset(items, pipe, out_dir, restart, on_sample, progress, dict(
-            model_family=family, model=model_name, class_names=list(class_names), steps=steps,
-            store_steps=list(store), size=size, dual=dual, seed=seed, val_fraction=val_fraction,
-            shard_size=shard_size, dtype=dtype, min_psnr=min_psnr, gamma=gamma, eta=eta,
-            num_iter=num_iter, map_size=map_size, max_sequence_length=max_sequence_length,
-            **({} if layers is None else {"layers": int(layers)}), weights_dtype=_weights_dtype(pipe)))
+        settings = _dataset_settings(pipe, family, model_name, class_names, steps, store, size, layers, recipe)
+        resumed = _write_dataset(items, pipe, out_dir, restart, on_sample, progress, settings)
         summary = world().on_main(lambda: _summary_and_preview(out_dir, items))
     return replace(summary, samples_resumed=resumed)
+
+
+def _steps_and_side(pipe, steps: int | None, store_steps: Sequence[int] | None, size: int | None,
+                    spelled: Callable[[str], str]) -> tuple[str, int, tuple[int, ...], int]:
+    """The model family, the sampling steps, the stored step indices and the image side: the
+    caller's or the model's defaults, checked against the model."""
+    family = pipeline_family(pipe)
+    steps = int(steps if steps is not None else DEFAULT_STEPS[family])
+    store = check_store_steps(DEFAULT_STORE_STEPS[family] if store_steps is None else store_steps, steps, spelled)
+    return family, steps, store, _image_side(pipe, size, spelled)
+
+
+def _dataset_settings(pipe, family: str, model_name: str | None, class_names: tuple[str, ...], steps: int,
+                      store: tuple[int, ...], size: int, layers: int | None, recipe: dict) -> dict:
+    """What dataset.json records of how the dataset was made (a resumed run must match it; the
+    keys' order is the file's)."""
+    return dict(model_family=family, model=model_name, class_names=list(class_names), steps=steps,
+                store_steps=list(store), size=size, **recipe,
+                **({} if layers is None else {"layers": int(layers)}), weights_dtype=_weights_dtype(pipe))
 
 
 def _summary_and_preview(out_dir: Path, items: list[RelationSample]) -> DatasetSummary:

@@ -12,7 +12,8 @@ true label, so the classifier cannot learn to read the relation word back from t
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -80,6 +81,20 @@ def invert_and_capture(
         An :class:`InversionResult`: per stored step an ``(n_pairs, 2, C, map_size, map_size)``
         tensor, and the reconstruction PSNR.
     """
+    family, steps, size, store = _checked_run(pipe, steps, size, store_steps, pairs_phrases, method)
+    with _installed(pipe, capture) as capture:
+        if family.startswith("flux"):
+            return flux_invert(pipe, image, prompt, pairs_phrases, steps=steps, store_steps=store, seed=seed,
+                               size=size, gamma=float(gamma), eta=float(eta), method=method, map_size=map_size,
+                               max_sequence_length=max_sequence_length, capture=capture)
+        return sd_invert(pipe, image, prompt, pairs_phrases, steps=steps, store_steps=store, seed=seed, size=size,
+                         num_iter=num_iter, map_size=map_size, capture=capture)
+
+
+def _checked_run(pipe, steps: int | None, size: int | None, store_steps: Sequence[int] | None,
+                 pairs_phrases: Sequence[tuple[str, str]], method: str) -> tuple[str, int, int, tuple[int, ...]]:
+    """The model family, steps, image side and stored steps of an inversion (defaults filled in), the
+    request checked before any work."""
     family = pipeline_family(pipe)
     steps = int(DEFAULT_STEPS[family] if steps is None else steps)
     size = int(default_image_size(pipe) if size is None else size)
@@ -90,18 +105,21 @@ def invert_and_capture(
         raise L2SError("no (subject, object) pairs to record")
     if method not in ("auto", "exact", "ode"):
         raise ValueError(f"method must be 'auto', 'exact' or 'ode', got {method!r}")
-    own_capture = capture is None
-    capture = AttentionCapture(denoiser(pipe)) if own_capture else capture
+    return family, steps, size, store
+
+
+@contextmanager
+def _installed(pipe, capture: AttentionCapture | None) -> Iterator[AttentionCapture]:
+    """``capture`` as it is, or one installed on the model for this call alone (removed after, also
+    when the call raises: the model keeps no recording processors)."""
+    if capture is not None:
+        yield capture
+        return
+    own = AttentionCapture(denoiser(pipe))
     try:
-        if family.startswith("flux"):
-            return flux_invert(pipe, image, prompt, pairs_phrases, steps=steps, store_steps=store, seed=seed,
-                               size=size, gamma=float(gamma), eta=float(eta), method=method, map_size=map_size,
-                               max_sequence_length=max_sequence_length, capture=capture)
-        return sd_invert(pipe, image, prompt, pairs_phrases, steps=steps, store_steps=store, seed=seed, size=size,
-                         num_iter=num_iter, map_size=map_size, capture=capture)
+        yield own
     finally:
-        if own_capture:
-            capture.remove()
+        own.remove()
 
 
 @dataclass(frozen=True)

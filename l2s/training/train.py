@@ -152,15 +152,27 @@ def _family(config: ClassifierConfig) -> str:
     return config.model_family if config.model_family in DEFAULT_LR else "sd14"
 
 
+def _lr_and_epochs(config: ClassifierConfig, lr: float | None, epochs: int | None) -> tuple[float, int]:
+    """The learning rate and epoch limit: the caller's, else the recipe's for the classifier's family."""
+    family = _family(config)
+    lr = float(lr if lr is not None else DEFAULT_LR[family])
+    return lr, int(epochs if epochs is not None else DEFAULT_EPOCHS[family])
+
+
 def _training_settings(config: ClassifierConfig, meta: dict, lr: float, batch_size: int, seed: int,
-                       prompt_types: Sequence[str] | None) -> dict:
+                       prompt_types: Sequence[str] | None, records: dict[str, int], group: World) -> dict:
     """Everything that must match for a resumed run to continue the same training (the dataset is
-    identified by its settings hash, so a moved dataset directory still resumes)."""
-    return {"dataset_settings_hash": meta.get("settings_hash"),
-            "classifier": config.to_json(), "lr": lr, "weight_decay": WEIGHT_DECAY, "batch_size": batch_size,
-            "seed": seed, "prompt_types": list(prompt_types) if prompt_types else None,
-            "scheduler": {"factor": LR_FACTOR, "patience": LR_PATIENCE, "min_lr": MIN_LR},
-            "early_stopping_patience": EARLY_STOPPING_PATIENCE}
+    identified by its settings hash, so a moved dataset directory still resumes); ``records``: the
+    train and val splits' sizes."""
+    settings = {"dataset_settings_hash": meta.get("settings_hash"),
+                "classifier": config.to_json(), "lr": lr, "weight_decay": WEIGHT_DECAY, "batch_size": batch_size,
+                "seed": seed, "prompt_types": list(prompt_types) if prompt_types else None,
+                "scheduler": {"factor": LR_FACTOR, "patience": LR_PATIENCE, "min_lr": MIN_LR},
+                "early_stopping_patience": EARLY_STOPPING_PATIENCE}
+    settings["dataset_records"] = records   # a grown dataset differs
+    if group.spread:  # each rank's dropout stream is resumed, so a resumed run needs as many ranks
+        settings["processes"] = group.size
+    return settings
 
 
 def train_classifier(
@@ -205,31 +217,38 @@ def train_classifier(
     """
     check_training_options(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, num_workers=num_workers,
                            device=device, layers=layers, resume=resume, prompt_types=prompt_types)
-    for name, folder in (("dataset_dir", dataset_dir), ("out_dir", out_dir)):
-        if not isinstance(folder, (str, Path)):
-            raise L2SError(f"{name} must be a folder path, got {folder!r}")
-    dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
+    dataset_dir, out_dir = _folder_paths(dataset_dir, out_dir)
     meta = load_dataset_meta(dataset_dir)
     config = _resolve_config(config, meta, layers)
-    family = _family(config)
-    lr = float(lr if lr is not None else DEFAULT_LR[family])
-    max_epochs = int(epochs if epochs is not None else DEFAULT_EPOCHS[family])
+    lr, max_epochs = _lr_and_epochs(config, lr, epochs)
     group = world()
     with output_lock(out_dir, kind="train"):  # a second writer is refused before the dataset is read
         train_set, val_set = _splits(dataset_dir, config, prompt_types)
         group.on_main(lambda: verify_dataset(dataset_dir, progress))  # every shard's checksum, once, before any epoch
-        settings = _training_settings(config, meta, lr, batch_size, seed, prompt_types)
-        settings["dataset_records"] = {"train": len(train_set), "val": len(val_set)}   # a grown dataset differs
-        if group.spread:  # each rank's dropout stream is resumed, so a resumed run needs as many ranks
-            settings["processes"] = group.size
-        finished = lambda counters: counters["stopped_early"] or counters["epoch"] >= max_epochs  # noqa: E731
-        resumed = group.on_main(lambda: prepare_out_dir(out_dir, settings, resume, finished) is not None)
-        state = read_resume_state(out_dir, settings, finished) if resumed else None
+        settings = _training_settings(config, meta, lr, batch_size, seed, prompt_types,
+                                      {"train": len(train_set), "val": len(val_set)}, group)
+        state = _earlier_run(out_dir, settings, resume, max_epochs, group)
         try:
             return _train(dataset_dir, out_dir, config, train_set, val_set, settings, state, max_epochs, seed,
                           device, num_workers, progress, on_resume)
         finally:
             close_tracker(out_dir)
+
+
+def _folder_paths(dataset_dir: str | Path, out_dir: str | Path) -> tuple[Path, Path]:
+    """The dataset and output folders as paths (a one-line error for anything else passed in their place)."""
+    for name, folder in (("dataset_dir", dataset_dir), ("out_dir", out_dir)):
+        if not isinstance(folder, (str, Path)):
+            raise L2SError(f"{name} must be a folder path, got {folder!r}")
+    return Path(dataset_dir), Path(out_dir)
+
+
+def _earlier_run(out_dir: Path, settings: dict, resume: bool, max_epochs: int, group: World) -> dict | None:
+    """The resume state of the earlier run in ``out_dir`` (None: training starts over). Rank 0 prepares
+    the folder (starting over clears it), then every rank reads the state."""
+    finished = lambda counters: counters["stopped_early"] or counters["epoch"] >= max_epochs  # noqa: E731
+    resumed = group.on_main(lambda: prepare_out_dir(out_dir, settings, resume, finished) is not None)
+    return read_resume_state(out_dir, settings, finished) if resumed else None
 
 
 def _source_model(dataset_dir: Path) -> dict:

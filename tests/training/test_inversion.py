@@ -110,6 +110,24 @@ def test_flux_dev_inversion_uses_zero_guidance(image):
     assert result.maps[1].shape[0] == 1
 
 
+def _processors(model) -> dict[str, type]:
+    return {name: type(processor) for name, processor in model.attn_processors.items()}
+
+
+def test_the_call_removes_a_capture_of_its_own_also_when_it_raises(flux, image):
+    stock = _processors(flux.transformer)
+    _flux(flux, image)
+    with pytest.raises(TokenizationError):
+        _flux(flux, image, pairs=[("cat", "horse")])
+    assert _processors(flux.transformer) == stock
+    capture = AttentionCapture(flux.transformer)   # the caller's own stays installed for its next call
+    try:
+        _flux(flux, image, capture=capture)
+        assert _processors(flux.transformer) != stock
+    finally:
+        capture.remove()
+
+
 def test_flux_inversion_is_seeded(flux, image):
     a, b, c = _flux(flux, image, seed=3), _flux(flux, image, seed=3), _flux(flux, image, seed=4)
     assert torch.equal(a.maps[1], b.maps[1]) and torch.equal(a.latents[3], b.latents[3])

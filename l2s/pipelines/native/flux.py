@@ -117,12 +117,7 @@ class FluxRelationSteeringPipeline(RelationSteeringMixin, FluxPipeline):
                  max_sequence_length: int = 512, *, relations=None, steer: bool = True,
                  steering_schedule: Schedule | str | None = None, **kwargs):
         """``FluxPipeline.__call__`` with steering (see the class); extra keywords go to it as they are."""
-        if prompt is None or kwargs.get("prompt_embeds") is not None:
-            raise UsageError("steering reads the prompt's words: pass prompt= and no prompt_embeds "
-                             "(embeddings alone cannot be steered; use FluxPipeline for that)")
-        prompts = checked_prompts(prompt, steer)
-        for each in _t5_texts(prompts, prompt_2, steer):
-            check_text_window(self, each)
+        prompts = self._readable_prompts(prompt, prompt_2, steer, kwargs.get("prompt_embeds"))
         height, width, num_inference_steps, true_cfg_scale, negative_prompt = self._sampling_defaults(
             height, width, num_inference_steps, true_cfg_scale,
             negative_prompt, kwargs.get("negative_prompt_embeds") is not None)
@@ -130,20 +125,11 @@ class FluxRelationSteeringPipeline(RelationSteeringMixin, FluxPipeline):
         steerings = plan_prompts(prompts, relations, num_images_per_prompt,
                                  lambda parsed: self._plan(parsed, max_sequence_length), schedule)
         self._announce(steerings, self._grid_warning(steerings, height, width))
-        lora_scale = (joint_attention_kwargs or {}).get("scale")
-        text = self.encode_prompt(prompt=prompts, prompt_2=prompt_2, device=self._execution_device,
-                                  num_images_per_prompt=num_images_per_prompt,
-                                  max_sequence_length=max_sequence_length, lora_scale=lora_scale)
-        negative = kwargs.pop("negative_prompt_embeds", None), kwargs.pop("negative_pooled_prompt_embeds", None)
-        if true_cfg_scale > 1 and negative_prompt is not None:
-            negative = self._encode_negative(negative_prompt, negative_prompt_2, len(prompts),
-                                             num_images_per_prompt, max_sequence_length, lora_scale)
+        text, negative = self._embeddings(prompts, prompt_2, negative_prompt, negative_prompt_2, true_cfg_scale,
+                                          num_images_per_prompt, max_sequence_length, joint_attention_kwargs, kwargs)
         with self.borrowed_modules():
             steer_at = self._steerer(text, steerings, height, width, guidance_scale, joint_attention_kwargs)
-            steered_steps = {s for st in steerings if st.schedule for s in st.schedule.steered_steps}
-            if steered_steps:
-                refuse_inference_mode()
-                self.objective()      # a classifier that does not fit fails before any work
+            steered_steps = self._ready_to_steer(steerings)
             if 0 in steered_steps:
                 latents = self._steered_start(latents, text, height, width, num_inference_steps, sigmas,
                                               generator, steer_at)
@@ -163,6 +149,18 @@ class FluxRelationSteeringPipeline(RelationSteeringMixin, FluxPipeline):
             return output.images, steerings
         return FluxRelationSteeringOutput(images=output.images, steering=steerings)
 
+    def _readable_prompts(self, prompt, prompt_2, steer, prompt_embeds) -> list[str]:
+        """The call's prompts as a list, refused (``UsageError``) where steering could not read their
+        words: no prompt, embeddings in its place, a T5 text that is not the prompt, or one longer than a
+        fixed T5 window."""
+        if prompt is None or prompt_embeds is not None:
+            raise UsageError("steering reads the prompt's words: pass prompt= and no prompt_embeds "
+                             "(embeddings alone cannot be steered; use FluxPipeline for that)")
+        prompts = checked_prompts(prompt, steer)
+        for each in _t5_texts(prompts, prompt_2, steer):
+            check_text_window(self, each)
+        return prompts
+
     def _sampling_defaults(self, height, width, steps, true_cfg_scale, negative_prompt, negative_embeds: bool):
         """What the caller left out: the model's own sampling (a shapes model's size, steps and
         guidance against the empty caption, as ``wrap_pipeline`` gives them), else the stock call's."""
@@ -175,7 +173,31 @@ class FluxRelationSteeringPipeline(RelationSteeringMixin, FluxPipeline):
         steps = own.get("steps", 28) if steps is None else steps
         return height or side, width or side, steps, true_cfg_scale, negative_prompt
 
+    def _embeddings(self, prompts: list[str], prompt_2, negative_prompt, negative_prompt_2, true_cfg_scale: float,
+                    per_prompt: int, max_sequence_length: int, joint_attention_kwargs, kwargs: dict):
+        """The prompts' (embeddings, pooled, text ids) and the negative's (embeddings, pooled): the
+        negative prompt encoded when guidance against it is on, else the caller's negative embeddings
+        (taken out of ``kwargs``, which the stock call then gets without them)."""
+        lora_scale = (joint_attention_kwargs or {}).get("scale")
+        text = self.encode_prompt(prompt=prompts, prompt_2=prompt_2, device=self._execution_device,
+                                  num_images_per_prompt=per_prompt,
+                                  max_sequence_length=max_sequence_length, lora_scale=lora_scale)
+        negative = kwargs.pop("negative_prompt_embeds", None), kwargs.pop("negative_pooled_prompt_embeds", None)
+        if true_cfg_scale > 1 and negative_prompt is not None:
+            negative = self._encode_negative(negative_prompt, negative_prompt_2, len(prompts),
+                                             per_prompt, max_sequence_length, lora_scale)
+        return text, negative
+
     # ---- steering -------------------------------------------------------------------------
+    def _ready_to_steer(self, steerings) -> set[int]:
+        """The steps any prompt is steered at; where there are some, the call is checked able to steer
+        (not under inference mode, a classifier that fits the model) before any work."""
+        steered_steps = {s for st in steerings if st.schedule for s in st.schedule.steered_steps}
+        if steered_steps:
+            refuse_inference_mode()
+            self.objective()      # a classifier that does not fit fails before any work
+        return steered_steps
+
     def _grid_warning(self, steerings, height: int, width: int) -> str | None:
         """The maps' grid at this size against the classifier's (None when nothing is steered)."""
         if not any(steering.steered for steering in steerings):
