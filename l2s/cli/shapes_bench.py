@@ -83,7 +83,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 def _add_generation_options(p: argparse.ArgumentParser) -> None:
     """How the images are made: guidance, steering step, threads, execution, engine; progress bars."""
-    from l2s.shapes.recipes import SHAPES_STEP_SIZE, SHAPES_TRUE_CFG
+    from l2s.shapes.settings import SHAPES_STEP_SIZE, SHAPES_TRUE_CFG
 
     p.add_argument("--true-cfg", type=float, metavar="SCALE",
                    help=f"sampling guidance against the empty caption (default {SHAPES_TRUE_CFG}; 1 = none)")

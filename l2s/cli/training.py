@@ -275,7 +275,7 @@ def build_train_parser() -> argparse.ArgumentParser:
 def train_main(argv: Sequence[str] | None = None) -> int:
     """``l2s train``: returns the exit code (2 with one error line for bad input)."""
     args = build_train_parser().parse_args(argv)
-    from l2s.training import DEFAULT_LR, check_training_options, load_dataset_meta, train_classifier, validation_report
+    from l2s.training import DEFAULT_LR, check_training_options, load_dataset_meta, train_classifier
 
     log_to_stderr()
     try:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .model import image_size
-from .recipes import SHAPES_STEPS, SHAPES_TRUE_CFG
+from .settings import SHAPES_STEPS, SHAPES_TRUE_CFG
 
 
 def seeded_latents(pipe, seeds: Sequence[int], size: int) -> torch.Tensor:

@@ -30,7 +30,7 @@ from l2s.relations import DIRECTIONAL, NEUTRAL, PUBLISHED_CLASSES
 
 from .scenes import COLOURS, SHAPES, render, scene_for_relation
 from .settings import (NEUTRAL_FRACTION, SHAPES_FAMILY, SHAPES_MODEL_NAME, SHAPES_SHARD_SIZE, SHAPES_STEP_SIZE,
-                       SHAPES_STEPS, SHAPES_TRUE_CFG)
+                       SHAPES_STEPS)
 
 # The bench's (l2s.shapes.bench) image seeds and batch; here, light, for 'l2s shapes bench --help'.
 BENCH_SEEDS = (100, 101, 102, 103)

@@ -21,10 +21,11 @@ from l2s.errors import L2SError, UsageError
 from .bench import BENCH_PROMPT_SEED
 from .model import SHIPPED_MODEL_DIR, image_size, load_shapes_pipeline
 from .prompts import shapes_position_prompts
-from .recipes import (HELD_OUT_COLOURS, HELD_OUT_SHAPES, SHAPES_STEPS, SHAPES_TRUE_CFG, SHIPPED_REWARD,
-                      refuse_near_shipped_name, reward_model_path, shipped_rewards)
+from .recipes import HELD_OUT_COLOURS, HELD_OUT_SHAPES, SHIPPED_REWARD, refuse_near_shipped_name, reward_model_path, \
+    shipped_rewards
 from .rule_reward import RuleReward
 from .scenes import COLOURS, SHAPES
+from .settings import SHAPES_STEPS, SHAPES_TRUE_CFG
 
 GRPO_PROMPT_SEED = 1   # the bench draws with BENCH_PROMPT_SEED (0)
 GRPO_DEV_PROMPTS = 32

@@ -78,6 +78,7 @@ def test_a_fresh_start_killed_before_its_first_epoch_never_resumes_the_old_run(t
     _run(tmp_path, settings)
     caplog.clear()
     stopped = _run(tmp_path, settings, resume=False, stop_after=0)   # a kill before epoch 1 ended
+    assert stopped.epochs_done == 0
     assert ("starting the GRPO run over: removed checkpoint.pt, log.jsonl, grpo.json, adapter/, adapter_raw/, "
             "curves.png") in caplog.text
     assert not (tmp_path / "checkpoint.pt").exists() and not (tmp_path / "adapter").exists()
