@@ -253,6 +253,15 @@ def test_bench_cli_names_the_option_and_lists_every_part(tmp_path, capsys):
         assert key in help_text, key
 
 
+def test_bench_cli_refuses_a_part_given_twice(tmp_path, capsys, monkeypatch):
+    import l2s.shapes
+    from l2s.cli import main
+
+    monkeypatch.setattr(l2s.shapes, "run_shapes_bench", lambda *a, **k: pytest.fail("ran the bench"))
+    assert main(["shapes", "bench", "--parts", "position,ood, position", "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err == "l2s: error: --parts: the part position is given twice (each part runs once)\n"
+
+
 def test_bench_modes_are_checked_before_any_work(tmp_path):
     from l2s.errors import UsageError
 
