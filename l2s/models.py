@@ -117,8 +117,14 @@ def _tiny_model(name: str, classifier, lora: Path | None, device: str, true_cfg_
         model = tiny_classifier_for(pipe, seed=0)
         source = "random untrained classifier (tiny demo: steering runs, results mean nothing)"
     options = {} if true_cfg_scale is None else {"true_cfg_scale": true_cfg_scale}
-    kind = "FLUX" if TINY_MODELS[name][0] == "flux" else "Stable Diffusion"
-    return wrap_pipeline(pipe, model, step_size=step_size, **options), f"tiny random {kind} pipeline; {source}"
+    return wrap_pipeline(pipe, model, step_size=step_size, **options), f"{_tiny_name(name)}; {source}"
+
+
+def _tiny_name(name: str) -> str:
+    """How a tiny model announces itself: by its own name (tiny-dev is not tiny), then what it is."""
+    family, guidance = TINY_MODELS[name]
+    kind = "FLUX" if family == "flux" else "Stable Diffusion"
+    return f"{name} (tiny random {kind} pipeline{' with a guidance embedding' if guidance else ''})"
 
 
 def _folder_model(model: str | Path, classifier, lora: Path | None, device: str, dtype, spelled, true_cfg_scale,

@@ -12,8 +12,8 @@ from l2s.models import TINY_MODELS, check_built_in_dtype, load_pipeline, load_st
 
 def test_the_tiny_model_steers_with_a_random_classifier_and_the_given_settings():
     steerer, source = load_steerer("tiny", device="cpu", true_cfg_scale=2.0, step_size=0.5)
-    assert source == ("tiny random FLUX pipeline; random untrained classifier (tiny demo: steering runs, results "
-                      "mean nothing)")
+    assert source == ("tiny (tiny random FLUX pipeline); random untrained classifier (tiny demo: steering runs, "
+                      "results mean nothing)")
     assert steerer.family == "flux-schnell" and steerer.true_cfg_scale == 2.0 and steerer.step_size == 0.5
 
 
@@ -23,8 +23,14 @@ def test_every_tiny_name_builds_its_model():
     assert load_pipeline("tiny-dev").transformer.config.guidance_embeds
     assert not load_pipeline("tiny-flux").transformer.config.guidance_embeds
     steerer, source = load_steerer("tiny-sd", device="cpu")
-    assert isinstance(steerer, SDSteeringPipeline) and source.startswith("tiny random Stable Diffusion pipeline; ")
+    assert isinstance(steerer, SDSteeringPipeline) and source.startswith("tiny-sd (tiny random Stable Diffusion pipeline); ")
     assert set(TINY_MODELS) == {"tiny", "tiny-flux", "tiny-dev", "tiny-sd"}
+
+
+def test_every_tiny_name_announces_itself():
+    sources = {name: load_steerer(name, device="cpu")[1].split(";")[0] for name in TINY_MODELS}
+    assert sources["tiny-dev"] == "tiny-dev (tiny random FLUX pipeline with a guidance embedding)"
+    assert all(source.startswith(f"{name} (tiny random ") for name, source in sources.items())
 
 
 def test_a_misspelt_shipped_name_is_said_in_python_before_anything_loads(monkeypatch):
@@ -45,7 +51,7 @@ def test_without_the_shipped_model_the_tiny_one_runs_with_a_warning_for_every_pr
     monkeypatch.setattr(l2s.shapes.model, "SHIPPED_MODEL_DIR", tmp_path / "assets")
     with caplog.at_level(logging.WARNING, logger="l2s.models"):
         _, source = load_steerer(device="cpu")
-    assert source.startswith("tiny random FLUX pipeline; ")
+    assert source.startswith("tiny (tiny random FLUX pipeline); ")
     (record,) = [r for r in caplog.records if "the shipped shapes model is missing" in r.getMessage()]
     assert record.l2s_every_process   # the command line says it once per machine, not once per process
 

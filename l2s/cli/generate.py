@@ -66,7 +66,10 @@ def add_parser(sub) -> None:
                    help="also write maps/step_NN.png: at every steered step, each object's cross-attention "
                         "map (what the classifier reads) before and after steering, over the image "
                         "(one prompt and one seed only)")
-    g.add_argument("--out", type=out_text, default="l2s-out", help="output directory (default: l2s-out)")
+    g.add_argument("--out", type=out_text, default="l2s-out",
+                   help="output directory (default: l2s-out): a new or empty folder, or an earlier 'l2s generate' "
+                        "run's; one holding files l2s did not write (--out . in a folder of yours) is refused, "
+                        "so nothing of yours is written over")
     g.add_argument("--restart", action="store_true",
                    help="several images: replace an earlier run of other images or settings in --out (without "
                         "it, such a run is refused, and a finished run of the same images is left as it is); one "

@@ -92,8 +92,9 @@ def remove_earlier_outputs(out: Path) -> None:
     out = Path(out)
     maps = [f"{MAPS_DIR}/{p.name}" for p in sorted((out / MAPS_DIR).glob("step_*.png"))]  # ours only: a user's stay
     folders = [f.name for f in image_folders(out)]
+    # This run's outputs take their place: said as that, not as a loss of the user's files.
     remove_outputs(out, [INDEX_FILE, *IMAGE_OUTPUTS, *maps, *overview_pages(out), *folders],
-                   "replacing an earlier run's images")
+                   "replacing the previous run's outputs", line="{why} in {folder} ({names})")
     try:
         (out / MAPS_DIR).rmdir()
     except OSError:                    # missing, or holding what the user put there

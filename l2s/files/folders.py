@@ -176,9 +176,13 @@ def first_names(names: Sequence[str], most: int) -> str:
     return ", ".join(names[:most]) + f" and {len(names) - most} more"
 
 
-def remove_outputs(folder: str | Path, names: Sequence[str], why: str) -> list[str]:
+REMOVED_LINE = "{why}: removed {names} from {folder}"
+
+
+def remove_outputs(folder: str | Path, names: Sequence[str], why: str, *, line: str = REMOVED_LINE) -> list[str]:
     """Remove the files and folders ``names`` from ``folder``, saying in one warning line which
-    were there: a fresh start never removes an earlier run's files unannounced."""
+    were there: a fresh start never removes an earlier run's files unannounced. ``line``: that line,
+    with ``{why}``, ``{names}`` and ``{folder}`` (a run that replaces its own earlier outputs says so)."""
     folder = Path(folder)
     present = [name + "/" if (folder / name).is_dir() else name for name in names if (folder / name).exists()]
     for name in present:
@@ -188,7 +192,7 @@ def remove_outputs(folder: str | Path, names: Sequence[str], why: str) -> list[s
         else:
             path.unlink(missing_ok=True)
     if present:
-        log.warning("%s: removed %s from %s", why, first_names(present, 10), folder)
+        log.warning("%s", line.format(why=why, names=first_names(present, 10), folder=folder))
     return present
 
 

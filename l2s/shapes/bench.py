@@ -195,10 +195,13 @@ def _check_counts(scale: float, position_prompts: int, seeds: Sequence[int]) -> 
 
 
 def _check_classifiers(*classifiers: str | Path | None) -> None:
-    """A classifier folder that is not there fails before the run directory is made."""
-    for folder in classifiers:
-        if folder is not None and not (Path(folder) / "config.json").is_file():
-            raise UsageError(f"no classifier at {folder} (config.json missing)")
+    """Each classifier loads before the run directory is made, by the loader its parts use: a missing
+    or damaged one is said as 'l2s generate' says it (and a hub id or checkpoint file is taken as there)."""
+    from l2s.classifier import RelationClassifier
+
+    for classifier in classifiers:
+        if classifier is not None:
+            RelationClassifier.load(classifier)   # small: loading it again per part costs little
 
 
 def _check_modes(modes: Sequence[str] | None, all_parts: Sequence[BenchPart], parts: Sequence[str] | None) -> tuple:

@@ -1,6 +1,7 @@
 """``l2s generate``: options checked before any work, reports that say what ran, doubtful steering named."""
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -133,6 +134,21 @@ def test_an_unusable_out_is_refused_before_any_work(no_model, tmp_path, capsys):
         locked.mkdir(mode=0o500)
         code, lines = run(["generate", "a cat above a dog", "--out", str(locked / "o"), *TINY], capsys)
         assert code == 2 and "cannot create the output folder" in lines[0]
+
+
+def test_a_folder_of_the_users_is_refused_and_the_help_and_usage_say_so(no_model, tmp_path, capsys, monkeypatch):
+    (tmp_path / "notes.txt").write_text("mine")
+    monkeypatch.chdir(tmp_path)
+    code, lines = run(["generate", "a cat above a dog", "--out", ".", *TINY], capsys)
+    assert code == 2 and len(lines) == 1 and "holds files l2s did not write (notes.txt)" in lines[0]
+    assert "use an empty or new --out" in lines[0] and files(tmp_path) == ["notes.txt"]
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    out_help = " ".join(capsys.readouterr().out.split("--out OUT", 2)[2].split("--restart")[0].split())
+    usage = (Path(__file__).resolve().parents[2] / "docs" / "usage.md").read_text()
+    usage = " ".join(usage.replace("`", "").split())
+    for text in (out_help, usage):   # a new user learns it before meeting the refusal
+        assert "holding files l2s did not write (--out . in a folder of yours" in text
 
 
 def test_no_steer_generates_once_and_writes_no_steered_files(tmp_path, capsys, monkeypatch):

@@ -77,6 +77,16 @@ def test_replacing_an_earlier_image_removes_its_map_grids_and_nothing_of_the_use
     assert not (tmp_path / "maps").exists()      # emptied of ours: the folder goes too
 
 
+def test_replacing_an_earlier_image_says_this_run_replaces_its_outputs(tmp_path, caplog):
+    from l2s.evaluation.image_runs import remove_earlier_outputs
+
+    for name in ("image.png", "report.json", "notes.txt"):
+        (tmp_path / name).write_text("x")
+    remove_earlier_outputs(tmp_path)
+    # the previous run's outputs make way for this run's: no line reads as the user's files lost
+    assert caplog.messages == [f"replacing the previous run's outputs in {tmp_path} (image.png, report.json)"]
+
+
 @pytest.mark.parametrize("prompts, seeds, message", [
     ("a cat above a dog", [0], "prompts must be a non-empty list of strings"),
     ([], [0], "prompts must be a non-empty list"),

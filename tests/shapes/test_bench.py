@@ -192,13 +192,11 @@ def test_bench_batch_size_is_checked_before_any_work(tmp_path):
     (dict(scale=float("nan")), "scale must be a positive number"),
     (dict(position_prompts=0), "position_prompts must be a positive integer, got 0"),
     (dict(seeds=()), "no image seeds given"),
-    (dict(classifier="/nonexistent"), "no classifier at /nonexistent"),
-    (dict(ablation_classifier="/nonexistent"), "no classifier at /nonexistent"),
     (dict(execution="fast+cudagraphs"), "unknown execution mode 'fast\\+cudagraphs' for the shapes model"),
     (dict(engine="cuda-graph"), "engine cuda-graph: the cuda-graph engine needs the model on CUDA"),
     (dict(execution="reference", engine="compile"), "engine 'compile' needs one of the fast modes"),
 ])
-def test_bench_counts_and_classifiers_are_checked_before_any_work(kwargs, message, tmp_path):
+def test_bench_counts_and_speed_are_checked_before_any_work(kwargs, message, tmp_path):
     from l2s.errors import UsageError
 
     with pytest.raises(UsageError, match=message):
@@ -208,6 +206,8 @@ def test_bench_counts_and_classifiers_are_checked_before_any_work(kwargs, messag
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(ablation_classifier="shapes-typo"), r"classifier not found: shapes-typo \(did you mean 'shapes'\?\)"),
+    (dict(classifier="/nonexistent"), "^classifier not found: /nonexistent$"),
+    (dict(ablation_classifier="/nonexistent"), "^classifier not found: /nonexistent$"),
     (dict(lora="shapes-grp"), r"LoRA adapter not found: shapes-grp \(did you mean 'shapes-grpo'\?\)"),
     (dict(lora="/nonexistent"), "no LoRA adapter at /nonexistent"),
     (dict(reward_model="spatialscor"), r"reward model not found: spatialscor \(did you mean 'spatialscore'\?\)"),
@@ -251,6 +251,15 @@ def test_bench_cli_names_the_option_and_lists_every_part(tmp_path, capsys):
     help_text = " ".join(build_bench_parser().format_help().split())
     for key in [p.key for p in shapes_world.bench_parts()] + [bench_plain.KEY]:
         assert key in help_text, key
+
+
+def test_bench_cli_refuses_a_part_given_twice(tmp_path, capsys, monkeypatch):
+    import l2s.shapes
+    from l2s.cli import main
+
+    monkeypatch.setattr(l2s.shapes, "run_shapes_bench", lambda *a, **k: pytest.fail("ran the bench"))
+    assert main(["shapes", "bench", "--parts", "position,ood, position", "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err == "l2s: error: --parts: the part position is given twice (each part runs once)\n"
 
 
 def test_bench_modes_are_checked_before_any_work(tmp_path):

@@ -98,3 +98,19 @@ def test_a_missing_classifier_fails_before_the_shapes_model_loads(tmp_path, monk
     monkeypatch.setattr(l2s.shapes.model, "load_shapes_pipeline", lambda *a, **k: pytest.fail("loaded the model"))
     with pytest.raises(L2SError, match="classifier not found"):
         load_shapes_steerer(classifier=tmp_path / "nope")
+
+
+@pytest.mark.parametrize("made", [False, True], ids=["missing", "empty folder"])
+def test_generate_and_bench_say_a_bad_classifier_in_one_wording(made, tmp_path, capsys, monkeypatch):
+    import l2s.shapes.bench
+
+    monkeypatch.setattr(l2s.shapes.bench, "load_shapes_pipeline", lambda *a, **k: pytest.fail("loaded a model"))
+    classifier = tmp_path / "clf"
+    if made:
+        classifier.mkdir()
+    lines = []
+    for argv in (["generate", "a red circle left of a blue square", "--out", str(tmp_path / "g")],
+                 ["shapes", "bench", "--out", str(tmp_path / "b"), "--parts", "position"]):
+        assert main([*argv, "--classifier", str(classifier), "--quiet"]) == 2
+        lines.append(_one_error_line(capsys.readouterr().err))
+    assert lines[0] == lines[1], lines
