@@ -25,21 +25,16 @@ import torch
 
 PROMPTS = ("a red circle to the left of a blue square", "a green triangle above a yellow diamond",
            "a blue square to the right of a red circle", "a yellow diamond below a green triangle")
+PROG = "python bench/shapes_overhead.py"
 COLUMNS = ("mode", "schedule", "steps", "steered s/img", "unsteered s/img (same steps)",
            "overhead (steered / unsteered)", "steering forwards/img")
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """Bad arguments are one line on stderr and exit 2, not the whole usage first."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def parse_args(argv=None) -> argparse.Namespace:
+    from l2s.cli.help import OneLineParser
     from l2s.steer import CPU_MODES, PRESETS
 
-    parser = OneLineParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog=PROG, program_name=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=8, help="images per schedule (default 8)")
     parser.add_argument("--schedules", nargs="+", default=list(PRESETS), choices=list(PRESETS))
     # a mode replaying CUDA graphs cannot run on the CPU: refused here, not after a model loaded
@@ -101,7 +96,7 @@ def main(argv=None) -> int:
             check_output_file(args.json, "--json")
         return measure(args)
     except L2SError as error:         # a classifier that does not load, ...: one line, as the l2s CLI
-        print(f"shapes_overhead.py: error: {error}", file=sys.stderr)
+        print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
 
 

@@ -32,22 +32,17 @@ from pathlib import Path
 
 PROMPTS = ("a red circle to the left of a blue square", "a green triangle above a yellow diamond",
            "a blue square to the right of a red circle", "a yellow diamond below a green triangle")
+PROG = "python bench/throughput.py"
 BATCH_COLUMNS = ("model", "kind", "batch", "images", "s/image", "images/s", "speed-up (vs first batch measured)")
 EVAL_COLUMNS = ("processes", "threads each", "images", "command wall s", "run wall s", "images/s (command)",
                 "images/s (run)", "vs first row (command)", "same summary as first row")
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """Bad arguments are one line on stderr and exit 2, not the whole usage first (subcommands too)."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def parse_args(argv=None) -> argparse.Namespace:
+    from l2s.cli.help import OneLineParser
     from l2s.steer import CPU_MODES
 
-    parser = OneLineParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog=PROG, program_name=PROG, description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
     batch = sub.add_parser("batch", help="images per second against batch size")
     batch.add_argument("--models", nargs="+", default=["shapes", "tiny-flux"], choices=["shapes", "tiny-flux"])

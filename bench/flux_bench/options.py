@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 import l2s
+from l2s.cli.help import OneLineParser
 from l2s.engines import ENGINE_KINDS, EngineError, check_engine_request
 from l2s.ops import ATTENTION_BACKENDS
 from l2s.steer import PRESETS
@@ -20,6 +21,7 @@ from .steering import PUBLISHED_STEPS
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 REPO_ROOT = Path(__file__).resolve().parents[2]
+PROG = "python bench/gpu_flux_dev.py"
 # GPU runs are committed; tiny CPU runs go where git does not look.
 GPU_RESULTS, CPU_RESULTS = REPO_ROOT / "bench" / "results", REPO_ROOT / "out" / "gpu_flux_dev"
 # The published-schedule images (~90 s) and front-loaded (21 s on an H200) are left out.
@@ -28,16 +30,9 @@ QUICK_BUDGET_S = 330      # rows not started by then are skipped ...
 QUICK_HARD_S = 345        # ... and one still running then is stopped, so --quick ends within 6 minutes
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """Bad arguments are one line on stderr and exit 2, not the whole usage first."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog="python bench/gpu_flux_dev.py",
-                                description="What steering costs on the FLUX.1-dev architecture (random weights).")
+    p = OneLineParser(prog=PROG, program_name=PROG,
+                      description="What steering costs on the FLUX.1-dev architecture (random weights).")
     p.add_argument("--tiny", action="store_true", help="tiny architecture on the CPU (smoke run; defaults change)")
     p.add_argument("--quick", action="store_true",
                    help=f"512² only, fewer repeats, no reference-mode or published-schedule images, presets "

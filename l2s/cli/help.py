@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import textwrap
 from collections.abc import Callable
 from typing import Any
@@ -11,15 +12,21 @@ from typing import Any
 class OneLineParser(argparse.ArgumentParser):
     """Usage errors as one line and exit code 2, like every other bad input (not argparse's usage block)."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, program_name: str = "l2s", **kwargs):
         # Whole option names only: a prefix would read generate's '--mode fast' as '--model fast'.
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+        self.program_name = program_name   # what the error line starts with: a bench script names itself
+
+    def add_subparsers(self, **kwargs):
+        # Subcommands' errors name the same program as their parent's.
+        kwargs.setdefault("parser_class", functools.partial(type(self), program_name=self.program_name))
+        return super().add_subparsers(**kwargs)
 
     def error(self, message: str):
         from l2s.distributed import line_to_say  # a spread run: once per machine
 
-        said = line_to_say(f"l2s: error: {message} (see '{self.prog} --help')")
+        said = line_to_say(f"{self.program_name}: error: {message} (see '{self.prog} --help')")
         self.exit(2, f"{said}\n" if said else None)
 
 

@@ -23,6 +23,7 @@ SCRIPT = ROOT / "bench" / "gpu_flux_dev.py"
 COLUMNS = ["resolution", "measurement", "variant", "time (ms)", "speed-up", "peak extra memory (GiB)",
            "transformer forwards", "notes"]
 QUICK = ["--tiny", "--no-compile", "--repeats", "1", "--warmup", "0"]
+HELP_HINT = " (see 'python bench/gpu_flux_dev.py --help')"      # the end of every error line
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +163,18 @@ def test_bad_options_are_refused_in_one_line_naming_them(script, capsys, options
         script.parse_args(["--tiny", *options])
     assert exit_info.value.code == 2
     (line,) = capsys.readouterr().err.splitlines()          # one line, no usage first
+    assert line.endswith(HELP_HINT)
+    line = line.removesuffix(HELP_HINT)
     assert named in line and line.count(" --") <= 1     # it names this option, no other
+
+
+@pytest.mark.parametrize("options", [["--repeat", "2"], ["--warm", "1"]])
+def test_a_prefix_of_an_option_is_refused_not_taken_for_it(script, capsys, options):
+    with pytest.raises(SystemExit) as exit_info:
+        script.parse_args(["--tiny", *options])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"python bench/gpu_flux_dev.py: error: unrecognized arguments: {options[0]}")
 
 
 def test_an_unwritable_out_is_refused_before_the_model_is_built(script, capsys, monkeypatch, tmp_path):
@@ -187,7 +199,7 @@ def test_a_run_without_cuda_says_so_in_one_line(script, capsys):
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.splitlines() == [
         "python bench/gpu_flux_dev.py: error: no CUDA device here: run on the device machine, or use --tiny "
-        "for a CPU smoke run"]
+        f"for a CPU smoke run{HELP_HINT}"]
 
 
 def test_a_row_running_at_the_hard_limit_is_stopped_and_says_so():

@@ -60,6 +60,14 @@ def test_a_bad_count_is_refused_in_one_line(script, capsys, options):
     assert options[0] in line and "must be positive" in line
 
 
+def test_a_prefix_of_an_option_is_refused_not_taken_for_it(script, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        script.parse_args(["--image", "2"])                     # not --images
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("python bench/shapes_overhead.py: error: unrecognized arguments: --image 2")
+
+
 def test_a_cuda_graph_mode_is_refused_in_one_line(script, capsys):
     with pytest.raises(SystemExit) as exit_info:
         script.parse_args(["--modes", "fast", "fast+cudagraphs"])
@@ -84,7 +92,7 @@ def test_an_unwritable_json_is_refused_before_a_model_loads(script, capsys, monk
     blocked.write_text("")
     assert script.main(["--json", str(blocked / "rows.json")]) == 2
     (line,) = capsys.readouterr().err.splitlines()
-    assert line.startswith("shapes_overhead.py: error: --json")
+    assert line.startswith("python bench/shapes_overhead.py: error: --json")
 
 
 def test_a_classifier_that_does_not_load_is_one_line(script, capsys, tmp_path):

@@ -78,6 +78,24 @@ def test_bad_options_fail_in_one_line_before_a_model_loads(script, monkeypatch, 
     assert named in line
 
 
+@pytest.mark.parametrize("options", [["batch", "--image", "2"], ["eval", "--process", "1"]])
+def test_a_prefix_of_a_subcommands_option_is_refused_naming_the_script(script, capsys, options):
+    with pytest.raises(SystemExit) as exit_info:
+        script.parse_args(options)
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"python bench/throughput.py: error: unrecognized arguments: {options[1]}")
+
+
+def test_a_subcommands_own_error_names_the_script(script, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        script.parse_args(["batch", "--kinds", "bogus"])         # refused by the subcommand's parser
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("python bench/throughput.py: error: argument --kinds")
+    assert line.endswith("(see 'python bench/throughput.py batch --help')")
+
+
 def test_every_mode_a_cpu_runs_is_offered(script):
     from l2s.steer import CPU_MODES
 
