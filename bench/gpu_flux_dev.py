@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """What steering costs on FLUX.1-dev: the real transformer architecture with random weights, on a GPU.
 
-One-shot: runs from a plain checkout where the GPU machine's torch / transformers / triton have
-only diffusers added (no spaCy: the steered prompt's plan is given, not parsed; no build of
+One-shot: runs from a plain checkout on any machine with a CUDA GPU whose torch / transformers /
+triton have only diffusers added (no spaCy: the steered prompt's plan is given, not parsed; no build of
 ``l2s_fast``: the GPU path of ``l2s.ops`` is Triton). Every row is printed and appended to
 ``<out>/<name>.md`` and ``.jsonl`` as soon as it is measured, so a run cut short keeps its rows.
 
@@ -25,12 +25,12 @@ cut are not failures).
 
 The classifier has the published FLUX.1-dev sizes and random weights, plus a calibrated term that
 makes p(target) respond to steering (``flux_bench/steering_setup.py``), so early exit behaves as
-with a trained classifier. ``--quick`` is sized to finish within 6 minutes on one H100/H200
-including compiles; ``--tiny`` runs the same code on the CPU with a tiny architecture.
+with a trained classifier. ``--quick`` is a short run, compiles included, under a time budget and
+a hard limit; ``--tiny`` runs the same code on the CPU with a tiny architecture.
 
 Usage (repository root; the script imports its own checkout's ``l2s``)::
 
-    python bench/gpu_flux_dev.py --quick            # device machine: ~5 min, report in bench/results/
+    python bench/gpu_flux_dev.py --quick            # on a CUDA GPU: report in bench/results/
     python bench/gpu_flux_dev.py --tiny             # CPU smoke run, report in out/gpu_flux_dev/
 """
 from __future__ import annotations

@@ -198,7 +198,7 @@ def test_a_run_without_cuda_says_so_in_one_line(script, capsys):
         script.parse_args(["--quick"])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.splitlines() == [
-        "python bench/gpu_flux_dev.py: error: no CUDA device here: run on the device machine, or use --tiny "
+        "python bench/gpu_flux_dev.py: error: no CUDA device here: run on a machine with a CUDA GPU, or use --tiny "
         f"for a CPU smoke run{HELP_HINT}"]
 
 

@@ -1,4 +1,4 @@
-"""bench/gpu_session.sh: its usage, the exit status it passes on, and a failed build stopping it."""
+"""experiments/scripts/gpu_session.sh: its usage, the exit status it passes on, and a failed build stopping it."""
 from __future__ import annotations
 
 import os
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "bench" / "gpu_session.sh"
+SCRIPT = ROOT / "experiments" / "scripts" / "gpu_session.sh"
 # python3 as this interpreter, except that `python3 -m pip ...` (the CUDA build) fails.
 SHIM = f"""#!/bin/sh
 if [ "$1 $2" = "-m pip" ]; then echo "error: the build broke here"; exit 1; fi
@@ -30,7 +30,7 @@ def session(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
 
 def test_help_prints_the_usage_and_exits_0(tmp_path):
     done = session(tmp_path, "--help")
-    assert done.returncode == 0 and done.stdout.startswith("usage: bash bench/gpu_session.sh bench|tests")
+    assert done.returncode == 0 and done.stdout.startswith("usage: bash experiments/scripts/gpu_session.sh bench|tests")
 
 
 def test_an_unknown_part_prints_the_usage_and_exits_2(tmp_path):

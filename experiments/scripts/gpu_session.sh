@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# One GPU session's checks, from the repository root of a plain checkout on the device machine
-# (its stock torch/transformers/triton; diffusers carried as a wheel in build/wheels, see
-# bench/README.md). Each part fits one 10-minute command; every log lands in $OUT (default out/).
-#   bash bench/gpu_session.sh bench    # bench/gpu_flux_dev.py --quick (< 6 min); its exit status
-#   bash bench/gpu_session.sh tests    # l2s_fast built with CUDA, then every `gpu` test (~3-4 min)
+# One session's checks on the project's lent GPU machines (experiments/notebook/gpu-sessions.md),
+# from the repository root of a plain checkout there: its stock torch/transformers/triton, diffusers
+# carried as a wheel in build/wheels. Each part fits one 10-minute command; every log lands in $OUT
+# (default out/). Elsewhere, bench/README.md's commands do the same.
+#   bash experiments/scripts/gpu_session.sh bench    # bench/gpu_flux_dev.py --quick; its exit status
+#   bash experiments/scripts/gpu_session.sh tests    # l2s_fast built with CUDA, then every `gpu` test
 set -uo pipefail
-USAGE="usage: bash bench/gpu_session.sh bench|tests [gpu_flux_dev.py options]   (logs in \$OUT, default out/)"
+USAGE="usage: bash experiments/scripts/gpu_session.sh bench|tests [gpu_flux_dev.py options]   (logs in \$OUT, default out/)"
 case "${1:-}" in
   -h|--help) echo "$USAGE"; exit 0 ;;
   bench|tests) ;;
