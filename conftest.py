@@ -25,8 +25,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-# Tiny test models gain nothing from a second thread, and two threads on a busy 2-core machine
-# can be ~10x slower (OpenMP spin contention); L2S_TEST_THREADS overrides.
+# Tiny test models gain nothing from a second thread, and on a machine other jobs share more
+# threads slow them down (OpenMP threads spin for busy cores); L2S_TEST_THREADS overrides.
 torch.set_num_threads(int(os.environ.get("L2S_TEST_THREADS", "1")))
 
 
