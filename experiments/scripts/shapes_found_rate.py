@@ -25,13 +25,16 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # shapes_verdicts.py beside it
 
 
 def judge_unsteered(steerer, specs, seeds, detector, steps: int | None = None):
     """Sample one unsteered image per (prompt, seed) and judge it. Returns ``(found, verdicts, missed)``,
     each keyed ``"prompt/seed"``: {object label: detected with its colour and shape}, the image's
     :data:`l2s.shapes.VERDICTS` (strict, colour, found), and {missed label: :func:`drawn_as`}."""
-    from l2s.shapes import image_verdicts, objects_found
+    from shapes_verdicts import image_verdicts
+
+    from l2s.shapes import objects_found
 
     found, verdicts, missed = {}, {}, {}
     for index, spec in enumerate(specs):

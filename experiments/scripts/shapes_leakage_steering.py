@@ -12,7 +12,7 @@ likely than the layout supports. With the reference schedule (16 iterations on e
 step) that bias barely matters: both classifiers push until the step ends. A schedule that stops
 a step once p(target) >= 0.9 (``early-exit``, ``fast``) trusts the classifier's confidence, so a
 classifier that is confident too early steers less. Per image: the verdicts of
-:func:`l2s.shapes.image_verdicts`, the number of classifier evaluations (forward+backward)
+:func:`shapes_verdicts.image_verdicts`, the number of classifier evaluations (forward+backward)
 the loop ran, and p(target) at the first one. Each pos-only row is compared with the dual row of
 the same schedule on the same (prompt, seed) images by a sign test.
 
@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # shapes_verdicts.py beside it
 
 CLASSIFIERS = ("dual", "pos_only")
 
@@ -41,7 +42,7 @@ def steer_and_judge(steerer, specs, seeds, schedule, detector, progress=None, do
 
     Images already in ``done`` are taken from it, not steered again; ``on_image(key, record)`` is
     called for each image steered here."""
-    from l2s.shapes import image_verdicts
+    from shapes_verdicts import image_verdicts
 
     out = {}
     for i, spec in enumerate(specs):

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # shapes_verdicts.py beside it
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     from l2s.evaluation import paired_comparison
     from l2s.shapes import ShapesDetector
     from l2s.errors import L2SError
-    from l2s.shapes import SHAPES_TRUE_CFG, VERDICTS, image_verdicts, load_shapes_steerer
+    from shapes_verdicts import image_verdicts
+
+    from l2s.shapes import SHAPES_TRUE_CFG, VERDICTS, load_shapes_steerer
 
     if args.threads:
         torch.set_num_threads(args.threads)

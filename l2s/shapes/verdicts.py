@@ -32,14 +32,6 @@ def judge(detector, image, spec: PromptSpec):
     return score_image(detections, spec.checks, rule="geneval", image_size=image.size)
 
 
-def image_verdicts(detector, image, spec: PromptSpec) -> dict[str, bool]:
-    """One image's :data:`VERDICTS`: the GenEval rule on colour and shape (strict), the rule on the
-    colour blobs alone, and whether every object was found in its colour and shape."""
-    return {"strict": judge(detector, image, spec).correct,
-            "colour": judge(detector, image, colour_only(spec)).correct,
-            "found": all_objects_found(detector, image, spec)}
-
-
 def objects_found(detector, image, spec: PromptSpec) -> dict[str, bool]:
     """Object label -> whether it is detected (with its colour and shape, for the strict labels)."""
     return {label: d is not None for label, d in detector.detect(image, list(spec.objects)).items()}
