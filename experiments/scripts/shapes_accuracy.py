@@ -2,7 +2,7 @@
 
     python experiments/scripts/shapes_accuracy.py [--scale 0.5] [--out /tmp/shapes-bench]
 
-writes bench/results/shapes_accuracy.md (+ .json) and prints the table, then the project's
+writes experiments/results/shapes_accuracy.md (+ .json) and prints the table, then the project's
 targets against it (`shapes_targets.py`) into experiments/results/shapes_accuracy_targets.md.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from shapes_targets import main as targets_main  # noqa: E402
 
 # The shipped model's table lives with the benchmarks, where the README cites it.
-RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "shapes_accuracy.md"
+RESULTS = Path(__file__).resolve().parents[2] / "experiments" / "results" / "shapes_accuracy.md"
 TARGETS = Path(__file__).resolve().parents[1] / "results" / "shapes_accuracy_targets.md"
 
 if __name__ == "__main__":

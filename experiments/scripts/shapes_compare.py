@@ -57,7 +57,7 @@ def compare_results(new: dict, old: dict) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("new", type=Path, help="results JSON of the run under test")
-    p.add_argument("old", type=Path, help="results JSON to compare against (e.g. bench/results/shapes_accuracy.json)")
+    p.add_argument("old", type=Path, help="results JSON to compare against (e.g. experiments/results/shapes_accuracy.json)")
     args = p.parse_args(argv)
     try:    # a missing or unreadable results file: one line, not a traceback
         new, old = (json.loads(path.read_text()) for path in (args.new, args.old))

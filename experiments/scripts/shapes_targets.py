@@ -1,6 +1,6 @@
 """The shapes bench's acceptance targets against a bench result (`l2s shapes bench` JSON).
 
-    python experiments/scripts/shapes_targets.py bench/results/shapes_accuracy.json [--out FILE.md]
+    python experiments/scripts/shapes_targets.py experiments/results/shapes_accuracy.json [--out FILE.md]
 
 Targets (set before the shipped model was benched): two objects, base at most 0.35 and steered at
 least 0.75 and 3x base, on both metrics; multi-relation prompts (3 objects, 2 relations) steered

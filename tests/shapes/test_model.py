@@ -80,7 +80,7 @@ def test_pipeline_saves_and_reloads_offline(tiny_pipe, tmp_path):
 @pytest.mark.slow
 def test_shipped_model_draws_the_named_colours():
     """The shipped model puts both named colours on the canvas (its shapes are rougher: the strict
-    colour-and-shape rate is measured by the bench, bench/results/shapes_accuracy.md)."""
+    colour-and-shape rate is measured by the bench, experiments/results/shapes_accuracy.md)."""
     from l2s.shapes import ShapesDetector
     from l2s.shapes import SHAPES_STEPS
 
