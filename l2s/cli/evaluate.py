@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .models import (add_model_args, add_sampling_args, add_speed_args, check_family_options, check_image_size,
-                     check_model_dtype, load_steerer, resolve_dtype, weights_digests)
+                     check_model_dtype, load_steerer, resolve_dtype)
 from .options import (add_device_arg, add_dtype_arg, add_threads_arg, flag_of,
                       out_text, resolve_device, use_threads)
 from .outputs import folder_outputs, wrote_line
@@ -308,20 +308,20 @@ def _request_settings(args: argparse.Namespace) -> dict:
     """How images are made, as far as the command line says before a model loads (a resumed run
     must match these exactly; the loaded steerer adds its effective sampling and kernels)."""
     from l2s.evaluation.settings import canonical_classifier, canonical_model, canonical_path
+    from l2s.models import lora_folder, weights_digests
 
     settings = {"model": canonical_model(args.model), "classifier": canonical_classifier(args.classifier, args.model),
                 "prompts": canonical_path(args.prompts),
                 "n_prompts": args.n_prompts, "prompt_seed": args.prompt_seed, "steps": args.steps,
                 "height": args.height, "width": args.width, "guidance": args.guidance, "schedule": args.schedule,
                 "dtype": args.dtype}
-    settings.update(weights_digests(args))   # the same paths with retrained weights are other settings
+    # the same paths with retrained weights are other settings
+    settings.update(weights_digests(args.model, args.classifier, args.lora))
     if args.relations:  # recorded only when given, so runs made before the option still resume
         settings["relations"] = args.relations
     if args.execution not in (None, "fast"):   # likewise: "fast" is what runs made before it used
         settings["execution"] = args.execution
     if args.lora:
-        from l2s.shapes.recipes import lora_folder
-
         settings["lora"] = str(lora_folder(args.lora).resolve())
     return settings
 

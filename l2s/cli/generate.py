@@ -14,12 +14,13 @@ from pathlib import Path
 
 from l2s.errors import L2SError, UsageError
 from l2s.files import atomic_write_json
+from l2s.models import weights_digests
 
 from .batches import (NOT_IMAGE_SETTINGS, folders_line, image_settings, labelled_prompts,
                       seeds_of, unset_defaults)
 from .checks import check_sampling_args
 from .models import (add_model_args, add_sampling_args, add_speed_args, check_family_options, check_image_size,
-                     check_model_dtype, load_steerer, resolve_dtype, weights_digests)
+                     check_model_dtype, load_steerer, resolve_dtype)
 from .options import add_device_arg, add_dtype_arg, add_threads_arg, out_text, use_threads
 from .outputs import wrote_line
 from .relations import add_relations_arg, given_parse, parse_relations, steer_given_relations
@@ -175,7 +176,8 @@ def _generate(args: argparse.Namespace, prompt: str, relations, started: float) 
     several = earlier_outputs(args.out, several=True)
     if several and not args.restart:   # one image replaces one image, never an earlier run of many
         refuse_earlier(Path(args.out), f"an earlier run of several images ({', '.join(several)})")
-    settings = {**image_settings(args), **weights_digests(args)}   # as index.json keeps several images'
+    # as index.json keeps several images'
+    settings = {**image_settings(args), **weights_digests(args.model, args.classifier, args.lora)}
     steerer, source = _load(args, relations)
     recorder = MapRecorder(steerer) if args.save_maps else None
     out = Path(args.out)
@@ -215,7 +217,7 @@ def _generate_many(args: argparse.Namespace, relations, jobs, started: float) ->
     from l2s.evaluation.generation import generate_images
     from l2s.evaluation.image_runs import open_image_run
 
-    out, settings = Path(args.out), {**image_settings(args), **weights_digests(args)}
+    out, settings = Path(args.out), {**image_settings(args), **weights_digests(args.model, args.classifier, args.lora)}
     resume = open_image_run(out, jobs, settings, args.restart, unset_means=unset_defaults(),
                             not_compared=frozenset(NOT_IMAGE_SETTINGS))
     if resume.finished:
