@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 from l2s.errors import L2SError, UsageError
-from l2s.files import atomic_write_json
 from l2s.models import weights_digests
 
 from .batches import NOT_IMAGE_SETTINGS, folders_line, labelled_prompts, seeds_of
@@ -168,7 +167,7 @@ def _options(args: argparse.Namespace, steerer, source: str, relations):
 
 
 def _generate(args: argparse.Namespace, prompt: str, relations, started: float) -> int:
-    from l2s.evaluation.generation import generate_image
+    from l2s.evaluation.generation import generate_image, write_image_report
     from l2s.evaluation.image_runs import earlier_outputs, refuse_earlier
     from l2s.pipelines.attention_maps import MapRecorder
 
@@ -187,10 +186,8 @@ def _generate(args: argparse.Namespace, prompt: str, relations, started: float) 
             for name, holds in report["verdict"].items()))
     elif "no_verdict" in report:
         _say(f"shapes detector, GenEval rule: no verdict: {report['no_verdict']}")
-    report["settings"] = settings      # the options that made it: a rerun with them makes it again
-    report["timings_s"]["command_total"] = time.perf_counter() - started
-    atomic_write_json(out / "report.json", report)
-    print(wrote_line(out, written + ["report.json"]), file=sys.stderr)
+    written.append(write_image_report(out, report, settings, started))
+    print(wrote_line(out, written), file=sys.stderr)
     return 0
 
 
