@@ -1,7 +1,8 @@
 """Which model steers, by name: the shipped shapes-world model (the default), a random tiny demo
 pipeline (:data:`TINY_MODELS`), or a diffusers folder or hub id in the local cache with its
 classifier and LoRA adapter; what ``l2s generate`` and ``l2s eval`` load (:func:`load_steerer`) and
-``l2s make-data`` inverts (:func:`load_pipeline`).
+``l2s make-data`` inverts (:func:`load_pipeline`), and the fingerprints of those weights a run records
+(:func:`weights_digests`), for every model alike.
 
 Above :mod:`l2s.shapes` and :mod:`l2s.demo`, which it picks from; nothing heavy loads on import.
 """
