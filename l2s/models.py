@@ -1,7 +1,8 @@
 """Which model steers, by name: the shipped shapes-world model (the default), a random tiny demo
 pipeline (:data:`TINY_MODELS`), or a diffusers folder or hub id in the local cache with its
 classifier and LoRA adapter; what ``l2s generate`` and ``l2s eval`` load (:func:`load_steerer`) and
-``l2s make-data`` inverts (:func:`load_pipeline`).
+``l2s make-data`` inverts (:func:`load_pipeline`), and the fingerprints of those weights a run records
+(:func:`weights_digests`), for every model alike.
 
 Above :mod:`l2s.shapes` and :mod:`l2s.demo`, which it picks from; nothing heavy loads on import.
 """
@@ -44,6 +45,47 @@ def check_built_in_dtype(model: str | Path | None, dtype, spelled: Callable[[str
             "the tiny demo model" if model == "tiny" else f"the tiny demo model {str(model)!r}"
         raise UsageError(f"{spelled('dtype')} {dtype}: {which} runs in fp32 only ({spelled('dtype')} applies to "
                          f"{spelled('model')} PATH)")
+
+
+def model_folder(model: str | Path | None) -> Path | None:
+    """The local pipeline folder ``model`` names (the shipped one for None), before loading; None for
+    the tiny models built in code, a missing shipped model and hub ids not in the local cache."""
+    from l2s.errors import L2SError
+    from l2s.pipelines.loading import pipeline_folder
+    from l2s.shapes.recipes import shipped_assets
+
+    if model is None:
+        return shipped_assets().pipeline if shipped_assets().available else None
+    if model in TINY_MODELS:      # built in code; any other name is a folder or hub id
+        return None
+    try:
+        folder = pipeline_folder(model)
+    except L2SError:
+        return None                    # loading says why, in its own words
+    return folder if Path(folder).is_dir() else None
+
+
+def weights_digests(model: str | Path | None, classifier=None, lora: str | Path | None = None) -> dict:
+    """Fingerprints of the local weights behind ``model``, ``classifier`` and ``lora`` as
+    :func:`load_steerer` takes them (shipped names resolved; a hub id model by its local snapshot, a
+    hub id classifier not at all), for a run's settings: a retrained classifier or adapter saved at
+    the same path must not resume an earlier run's images. The random tiny model has none; standing
+    in for a missing shipped model, it is recorded as such, so its images never resume as the shipped
+    model's (nor the reverse)."""
+    from l2s.shapes import shipped_assets
+    from l2s.shapes.recipes import weights_fingerprints
+
+    if model is None and not shipped_assets().available:
+        return {"model_stand_in": "tiny"}
+    classifier = classifier if classifier is not None or model is not None else shipped_assets().classifier
+    return weights_fingerprints(model_folder(model), classifier, lora)
+
+
+def lora_folder(lora: str | Path | None) -> Path | None:
+    """The adapter folder a ``lora`` value names (the shipped adapter by its name); None for None."""
+    from l2s.shapes.recipes import lora_folder as named_lora_folder
+
+    return named_lora_folder(lora)
 
 
 def load_pipeline(model: str | Path, device: str | None = None, dtype="auto"):

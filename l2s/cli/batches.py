@@ -1,5 +1,6 @@
-"""``l2s generate``'s prompts, seeds and image settings from its options (the folder layout and
-resuming are :mod:`l2s.evaluation.image_runs`)."""
+"""``l2s generate``'s prompts and seeds from its options, and which options change no image (the
+settings its images record are :mod:`l2s.evaluation.run_settings`; the folder layout and resuming
+are :mod:`l2s.evaluation.image_runs`)."""
 from __future__ import annotations
 
 import argparse
@@ -61,36 +62,6 @@ def seeds_of(args: argparse.Namespace) -> list[int]:
 # Options that do not change an image: a rerun that differs only in them may resume.
 NOT_IMAGE_SETTINGS = {"out", "quiet", "batch_size", "func", "prompt", "prompts", "seed", "seeds", "command",
                       "restart", "threads"}
-
-
-def path_settings() -> dict:
-    """Settings that name files, each with how it is resolved: recorded as absolute paths (``flux``,
-    ``./flux/``, a symlink to it and, for ``--model``, a hub id in the local cache and its snapshot
-    folder are one model); a resume compares them, runs recorded before as they were spelled, by
-    :func:`l2s.evaluation.settings.same_setting`."""
-    from l2s.evaluation.settings import canonical_model, canonical_path
-
-    return {"model": canonical_model, "classifier": canonical_path, "lora": canonical_path}
-
-
-def image_settings(args: argparse.Namespace) -> dict:
-    """What makes the images (model, sampling, steering options), as index.json keeps it: defaults
-    resolved, so naming the default (``--device cpu`` on a CPU machine) is the same setting."""
-    settings = {k: v if isinstance(v, (bool, int, float, type(None))) else str(v)
-                for k, v in sorted(vars(args).items()) if k not in NOT_IMAGE_SETTINGS}
-    settings.update({k: canonical(settings[k]) for k, canonical in path_settings().items() if k in settings})
-    settings |= {k: getattr(args, k, None) or default for k, default in unset_defaults().items()}
-    if settings["execution"] == "reference":   # its explicit attention computes the maps: no backend runs
-        settings["capture_backend"] = None
-    return settings
-
-
-def unset_defaults() -> dict:
-    """What an unset ``--device``, ``--capture-backend`` and ``--execution`` stand for on this machine."""
-    from l2s.devices import default_device
-    from l2s.steer.modes import DEFAULT_CAPTURE_BACKEND
-
-    return {"device": default_device(), "capture_backend": DEFAULT_CAPTURE_BACKEND, "execution": "fast"}
 
 
 def folders_line(out: Path, jobs: list[ImageJob], names: list[str], resumed: int = 0) -> str:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .models import (add_model_args, add_sampling_args, add_speed_args, check_family_options, check_image_size,
-                     check_model_dtype, load_steerer, resolve_dtype, weights_digests)
+                     check_model_dtype, load_steerer, resolve_dtype)
 from .options import (add_device_arg, add_dtype_arg, add_threads_arg, flag_of,
                       out_text, resolve_device, use_threads)
 from .outputs import folder_outputs, wrote_line
@@ -272,15 +272,12 @@ def _given_relations(text: str | None, specs, names=None):
 def _run_locked(args: argparse.Namespace, specs, seeds, relations_of=None, names=None):
     from l2s.distributed import world
     from l2s.evaluation import MODES, check_scorable, load_detector, run_eval
-    from l2s.evaluation.run_dir import refuse_changed_settings, refuse_fewer_images, refuse_scoring_outputs
+    from l2s.evaluation.run_settings import check_eval_resume, spelled_as_recorded, with_steerer_settings
 
     settings = _request_settings(args)
     modes = MODES if args.mode == "both" else (args.mode,)
     if not args.restart:   # a damaged run.json, other settings or fewer images: refused before any model loads
-        refuse_scoring_outputs(args.out)
-        settings = _spelled_as_before(args.out, settings)
-        refuse_changed_settings(args.out, settings, not_yet=STEERER_SETTINGS)
-        refuse_fewer_images(args.out, seeds, modes, len(specs))
+        settings = check_eval_resume(args.out, settings, seeds, modes, len(specs))
     detector = load_detector(args.detector, args.detector_threshold, args.device, named=named_detectors())
     check_scorable(specs, args.rule, detector, names)
     steerer, source = load_steerer(args)
@@ -288,11 +285,9 @@ def _run_locked(args: argparse.Namespace, specs, seeds, relations_of=None, names
         steer_given_relations(steerer, relations_of)
     if world().is_main:
         print(f"l2s: model: {source}", file=sys.stderr)
-    # What runs the steps changes pixels too (kernels' rounding): the effective choices.
-    settings.update(zip(STEERER_SETTINGS, (steerer.sampling_options(), steerer.step_size,
-                                           getattr(steerer, "engine_kind", None), steerer.capture_backend_in_use)))
+    settings = with_steerer_settings(settings, steerer)
     if not args.restart:
-        settings = _spelled_as_before(args.out, settings)
+        settings = spelled_as_recorded(args.out, settings)
     return run_eval(
         steerer, specs, detector, args.out, seeds=seeds, modes=modes, rule=args.rule,
         num_inference_steps=args.steps, height=args.height, width=args.width,
@@ -301,44 +296,14 @@ def _run_locked(args: argparse.Namespace, specs, seeds, relations_of=None, names
         progress=not args.quiet, restart=args.restart, batch_size=args.batch_size, prompt_names=names)
 
 
-STEERER_SETTINGS = ("sampling", "step_size", "engine", "capture_backend")   # known once the model loads
-
-
 def _request_settings(args: argparse.Namespace) -> dict:
     """How images are made, as far as the command line says before a model loads (a resumed run
     must match these exactly; the loaded steerer adds its effective sampling and kernels)."""
-    from l2s.evaluation.settings import canonical_classifier, canonical_model, canonical_path
+    from l2s.evaluation.run_settings import eval_settings
+    from l2s.models import lora_folder, weights_digests
 
-    settings = {"model": canonical_model(args.model), "classifier": canonical_classifier(args.classifier, args.model),
-                "prompts": canonical_path(args.prompts),
-                "n_prompts": args.n_prompts, "prompt_seed": args.prompt_seed, "steps": args.steps,
-                "height": args.height, "width": args.width, "guidance": args.guidance, "schedule": args.schedule,
-                "dtype": args.dtype}
-    settings.update(weights_digests(args))   # the same paths with retrained weights are other settings
-    if args.relations:  # recorded only when given, so runs made before the option still resume
-        settings["relations"] = args.relations
-    if args.execution not in (None, "fast"):   # likewise: "fast" is what runs made before it used
-        settings["execution"] = args.execution
-    if args.lora:
-        from l2s.shapes.recipes import lora_folder
-
-        settings["lora"] = str(lora_folder(args.lora).resolve())
-    return settings
-
-
-def _spelled_as_before(out: str, settings: dict) -> dict:
-    """``settings`` with the earlier run's spelling of each setting that names the same thing (runs
-    recorded before paths were made absolute, dtypes resolved, or a reference run's capture
-    backend recorded as none, resume as they did)."""
-    from l2s.errors import L2SError
-    from l2s.evaluation.run_dir import read_run_file
-    from l2s.evaluation.settings import spelled_as_before
-
-    try:
-        earlier = (read_run_file(out) or {}).get("generation")
-    except L2SError:
-        return settings      # a damaged run.json: refuse_changed_settings says so
-    return spelled_as_before(earlier, settings) if isinstance(earlier, dict) else settings
+    digests = weights_digests(args.model, args.classifier, args.lora)
+    return eval_settings(vars(args), digests, lora_folder(args.lora) if args.lora else None)
 
 
 def _detector_id(args: argparse.Namespace) -> str:

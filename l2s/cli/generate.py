@@ -13,13 +13,12 @@ import time
 from pathlib import Path
 
 from l2s.errors import L2SError, UsageError
-from l2s.files import atomic_write_json
+from l2s.models import weights_digests
 
-from .batches import (NOT_IMAGE_SETTINGS, folders_line, image_settings, labelled_prompts,
-                      seeds_of, unset_defaults)
+from .batches import NOT_IMAGE_SETTINGS, folders_line, labelled_prompts, seeds_of
 from .checks import check_sampling_args
 from .models import (add_model_args, add_sampling_args, add_speed_args, check_family_options, check_image_size,
-                     check_model_dtype, load_steerer, resolve_dtype, weights_digests)
+                     check_model_dtype, load_steerer, resolve_dtype)
 from .options import add_device_arg, add_dtype_arg, add_threads_arg, out_text, use_threads
 from .outputs import wrote_line
 from .relations import add_relations_arg, given_parse, parse_relations, steer_given_relations
@@ -168,14 +167,14 @@ def _options(args: argparse.Namespace, steerer, source: str, relations):
 
 
 def _generate(args: argparse.Namespace, prompt: str, relations, started: float) -> int:
-    from l2s.evaluation.generation import generate_image
+    from l2s.evaluation.generation import generate_image, write_image_report
     from l2s.evaluation.image_runs import earlier_outputs, refuse_earlier
     from l2s.pipelines.attention_maps import MapRecorder
 
     several = earlier_outputs(args.out, several=True)
     if several and not args.restart:   # one image replaces one image, never an earlier run of many
         refuse_earlier(Path(args.out), f"an earlier run of several images ({', '.join(several)})")
-    settings = {**image_settings(args), **weights_digests(args)}   # as index.json keeps several images'
+    settings = _image_settings(args)   # as index.json keeps several images'
     steerer, source = _load(args, relations)
     recorder = MapRecorder(steerer) if args.save_maps else None
     out = Path(args.out)
@@ -187,11 +186,17 @@ def _generate(args: argparse.Namespace, prompt: str, relations, started: float) 
             for name, holds in report["verdict"].items()))
     elif "no_verdict" in report:
         _say(f"shapes detector, GenEval rule: no verdict: {report['no_verdict']}")
-    report["settings"] = settings      # the options that made it: a rerun with them makes it again
-    report["timings_s"]["command_total"] = time.perf_counter() - started
-    atomic_write_json(out / "report.json", report)
-    print(wrote_line(out, written + ["report.json"]), file=sys.stderr)
+    written.append(write_image_report(out, report, settings, started))
+    print(wrote_line(out, written), file=sys.stderr)
     return 0
+
+
+def _image_settings(args: argparse.Namespace) -> dict:
+    """The options that make the images, and the fingerprints of the weights they name."""
+    from l2s.evaluation.run_settings import image_settings
+
+    settings = image_settings(vars(args), NOT_IMAGE_SETTINGS)
+    return {**settings, **weights_digests(args.model, args.classifier, args.lora)}
 
 
 def _verdict_line(entries: list[dict]) -> str | None:
@@ -214,8 +219,9 @@ def _generate_many(args: argparse.Namespace, relations, jobs, started: float) ->
     An interrupted run of the same images and settings resumes after its finished images."""
     from l2s.evaluation.generation import generate_images
     from l2s.evaluation.image_runs import open_image_run
+    from l2s.evaluation.run_settings import unset_defaults
 
-    out, settings = Path(args.out), {**image_settings(args), **weights_digests(args)}
+    out, settings = Path(args.out), _image_settings(args)
     resume = open_image_run(out, jobs, settings, args.restart, unset_means=unset_defaults(),
                             not_compared=frozenset(NOT_IMAGE_SETTINGS))
     if resume.finished:

@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from l2s.errors import UsageError
-from l2s.models import TINY_MODELS
+from l2s.models import TINY_MODELS, model_folder
 
 from .options import flag_of, resolve_device
 
@@ -142,24 +142,6 @@ def _naming_its_model(error, classifier: str | None, shipped_model: bool = False
     return ClassifierMismatchError(f"{error}; {classifier} was trained on maps of the model {model!r}: pass {option}")
 
 
-def model_folder(args: argparse.Namespace):
-    """The local pipeline folder ``--model`` names (the shipped one by default), before loading;
-    None for the tiny models built in code and hub ids not in the local cache."""
-    from l2s.errors import L2SError
-    from l2s.pipelines.loading import pipeline_folder
-    from l2s.shapes.recipes import shipped_assets
-
-    if args.model is None:
-        return shipped_assets().pipeline if shipped_assets().available else None
-    if args.model in TINY_MODELS:      # built in code; any other name is a folder or hub id
-        return None
-    try:
-        folder = pipeline_folder(args.model)
-    except L2SError:
-        return None                    # loading says why, in its own words
-    return folder if Path(folder).is_dir() else None
-
-
 def check_model_dtype(args: argparse.Namespace) -> None:
     """``--dtype`` loads a model folder in that precision; the shipped model and the tiny ones are
     built in fp32, so another value there is refused rather than silently ignored."""
@@ -178,7 +160,7 @@ def resolve_dtype(args: argparse.Namespace) -> str:
     if args.model is None or args.model in TINY_MODELS:
         args.dtype = "fp32"            # built in fp32 (check_model_dtype refuses another)
         return args.dtype
-    folder = model_folder(args)
+    folder = model_folder(args.model)
     family = folder_family(folder) if folder is not None else None
     args.dtype = dtype_name(args.dtype, args.device or default_device(), family)
     return args.dtype
@@ -191,7 +173,7 @@ def check_image_size(args: argparse.Namespace) -> None:
 
     if getattr(args, "height", None) is None and getattr(args, "width", None) is None:
         return
-    folder = model_folder(args)
+    folder = model_folder(args.model)
     multiple = size_multiple(folder) if folder is not None else None
     for flag, value in (("--height", getattr(args, "height", None)), ("--width", getattr(args, "width", None))):
         if multiple and value is not None and value % multiple:
@@ -205,7 +187,7 @@ def check_family_options(args: argparse.Namespace) -> None:
     diffusers ignores it."""
     from l2s.pipelines.loading import folder_family, guidance_embedded
 
-    folder = model_folder(args)
+    folder = model_folder(args.model)
     family, guidance = TINY_MODELS.get(args.model) or (
         folder_family(folder) if folder is not None else None, guidance_embedded(folder))
     if family == "sd":
@@ -224,19 +206,3 @@ def _refuse_flux_only(args: argparse.Namespace) -> None:
     for flag, present, why in given:
         if present:
             raise UsageError(f"{flag} applies to FLUX models; {why}")
-
-
-def weights_digests(args: argparse.Namespace) -> dict:
-    """Fingerprints of the local weights behind --model, --classifier and --lora (shipped names
-    resolved; a --model hub id by its local snapshot, a --classifier hub id not at all), for a
-    run's settings: a retrained classifier or adapter saved at the same path must not resume an
-    earlier run's images. The random tiny model has none; standing in for a missing shipped model,
-    it is recorded as such, so its images never resume as the shipped model's (nor the reverse)."""
-    from l2s.shapes import shipped_assets
-    from l2s.shapes.recipes import weights_fingerprints
-
-    if args.model is None and not shipped_assets().available:
-        return {"model_stand_in": "tiny"}
-    shipped = args.model is None
-    classifier = args.classifier if args.classifier is not None or not shipped else shipped_assets().classifier
-    return weights_fingerprints(model_folder(args), classifier, getattr(args, "lora", None))

@@ -140,6 +140,16 @@ def generate_image(steerer, prompt: str, seed: int, out: Path, options: Generate
     return report, written
 
 
+def write_image_report(out: Path, report: dict, settings: dict, started: float) -> str:
+    """One image's ``report.json`` in ``out``: :func:`generate_image`'s ``report`` with the
+    ``settings`` that made it (a rerun with them makes it again) and the command's seconds since
+    ``started`` (a ``time.perf_counter()``); the name written."""
+    report["settings"] = settings
+    report["timings_s"]["command_total"] = time.perf_counter() - started
+    atomic_write_json(Path(out) / "report.json", report)
+    return "report.json"
+
+
 def _check_prompts(steerer, jobs: list[ImageJob]) -> None:
     """What would refuse a prompt only when its batch runs (after the earlier batches' images, and
     unnamed): every distinct prompt is tried first, named by its number, before the folder is touched."""

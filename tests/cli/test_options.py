@@ -170,24 +170,20 @@ def test_size_multiple_reads_the_vae_config(tmp_path, pipeline, channels, multip
 
 
 def test_model_folder_is_local_or_none_and_only_tiny_is_built_in_code(tmp_path, monkeypatch):
-    import argparse
     import shutil
     from pathlib import Path
 
-    from l2s.cli.models import model_folder, weights_digests
+    from l2s.models import model_folder, weights_digests
     from l2s.shapes.recipes import shipped_assets
 
-    def args(model):
-        return argparse.Namespace(model=model, classifier=None, lora=None)
-
     monkeypatch.chdir(tmp_path)
-    assert model_folder(args("tiny")) is None and weights_digests(args("tiny")) == {}
-    assert model_folder(args(None)) == shipped_assets().pipeline
-    assert model_folder(args(str(tmp_path / "missing"))) is None
+    assert model_folder("tiny") is None and weights_digests("tiny") == {}
+    assert model_folder(None) == shipped_assets().pipeline
+    assert model_folder(str(tmp_path / "missing")) is None
     shutil.copytree(shipped_assets().pipeline, tmp_path / "tiny-shapes",
                     ignore=shutil.ignore_patterns("classifier*", "grpo*", "spatial*"))
-    assert Path(model_folder(args("tiny-shapes"))).resolve() == (tmp_path / "tiny-shapes").resolve()
-    assert "model_digest" in weights_digests(args("tiny-shapes"))   # a folder, whatever its name
+    assert Path(model_folder("tiny-shapes")).resolve() == (tmp_path / "tiny-shapes").resolve()
+    assert "model_digest" in weights_digests("tiny-shapes")   # a folder, whatever its name
 
 
 OUT_COMMANDS = [["generate", "a cat left of a dog"], ["eval"], ["make-data"] + MAKE_DATA, ["train", "maps"],

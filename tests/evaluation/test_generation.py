@@ -127,3 +127,14 @@ def test_a_full_disk_mid_image_leaves_no_half_png_and_names_the_file(tmp_path, f
         write_images(tmp_path, image, image, None)
     assert failed.value.filename == str(tmp_path / "comparison.png")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["image.png", "image_unsteered.png"]
+
+
+def test_one_images_report_holds_the_settings_that_made_it_and_the_commands_seconds(tmp_path):
+    import time
+
+    from l2s.evaluation.generation import write_image_report
+
+    report = {"prompt": "a cat above a dog", "timings_s": {"total": 1.0}}
+    assert write_image_report(tmp_path, report, {"steps": 2}, time.perf_counter() - 3) == "report.json"
+    written = json.loads((tmp_path / "report.json").read_text())
+    assert written["settings"] == {"steps": 2} and written["timings_s"]["command_total"] >= 3
