@@ -213,6 +213,8 @@ def _check_modes(modes: Sequence[str] | None, all_parts: Sequence[BenchPart], pa
     if wrong:
         raise UsageError(f"unknown bench mode {', '.join(wrong)} (--modes takes {','.join(BOTH_MODES)} "
                          "or one of them)")
+    if repeated := next((mode for mode in modes if modes.count(mode) > 1), None):
+        raise UsageError(f"bench mode {repeated} is given twice (--modes takes each mode once)")
     idle = [p for p in all_parts if parts and p.key in parts and not set(p.modes) & set(modes)]
     if idle:
         raise UsageError(f"bench part {idle[0].key} generates only {', '.join(idle[0].modes)} images, not "

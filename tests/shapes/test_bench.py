@@ -262,8 +262,11 @@ def test_bench_cli_refuses_a_part_given_twice(tmp_path, capsys, monkeypatch):
     assert capsys.readouterr().err == "l2s: error: --parts: the part position is given twice (each part runs once)\n"
 
 
-def test_bench_modes_are_checked_before_any_work(tmp_path):
+def test_bench_modes_are_checked_before_any_work(tmp_path, monkeypatch):
+    import l2s.shapes.bench as bench_module
     from l2s.errors import UsageError
+
+    monkeypatch.setattr(bench_module, "_run_bench", lambda *a, **k: pytest.fail("ran the bench"))
 
     with pytest.raises(UsageError, match=r"unknown bench mode steerd \(--modes takes base,steered or one of them\)$"):
         shapes_world.run_shapes_bench(tmp_path / "out", modes=["steerd"])
@@ -271,6 +274,8 @@ def test_bench_modes_are_checked_before_any_work(tmp_path):
         shapes_world.run_shapes_bench(tmp_path / "out", modes=["base"], parts=["position", "ablation"])
     with pytest.raises(UsageError, match="no bench mode given"):
         shapes_world.run_shapes_bench(tmp_path / "out", modes=[])
+    with pytest.raises(UsageError, match=r"^bench mode base is given twice \(--modes takes each mode once\)$"):
+        shapes_world.run_shapes_bench(tmp_path / "out", modes=["base", "steered", "base"])
     assert not (tmp_path / "out").exists()
 
 
