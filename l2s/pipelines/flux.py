@@ -6,7 +6,6 @@ import math
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from l2s.engines import (
@@ -24,6 +23,7 @@ from l2s.steer import DEFAULT_CAPTURE_BACKEND, DenoiserCall
 
 from .base import SteeringPipeline, seeded_generators
 from .families import pixels_per_token
+from .flux_sampling import decode_to_pil, linear_sigmas, set_flux_timesteps
 from .loading import steering_family
 
 
@@ -239,7 +239,7 @@ class FluxSteeringPipeline(SteeringPipeline):
         latent_hw = (height // multiple, width // multiple)
         latents = self._denoise(latents, timesteps, conditioning, plan, schedule, latent_hw,
                                 diagnostics, progress)
-        return self._decode(latents, height, width)
+        return decode_to_pil(self.pipe, latents, height, width)
 
     def check_arguments(self, prompt: str, *, height: int | None = None, width: int | None = None, **call) -> None:
         super().check_arguments(prompt, height=height, width=width, **call)
@@ -290,14 +290,7 @@ class FluxSteeringPipeline(SteeringPipeline):
 
     def _timesteps(self, steps: int, image_seq_len: int) -> torch.Tensor:
         """The scheduler's timesteps, shifted for the image size as diffusers' FluxPipeline does."""
-        from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
-
-        config = self.pipe.scheduler.config
-        sigmas = np.linspace(1.0, 1 / steps, steps)
-        mu = calculate_shift(image_seq_len, config.get("base_image_seq_len", 256),
-                             config.get("max_image_seq_len", 4096), config.get("base_shift", 0.5),
-                             config.get("max_shift", 1.15))
-        timesteps, _ = retrieve_timesteps(self.pipe.scheduler, steps, self.device, sigmas=sigmas, mu=mu)
+        timesteps = set_flux_timesteps(self.pipe.scheduler, steps, image_seq_len, self.device, linear_sigmas(steps))
         self.pipe.scheduler.set_begin_index(0)
         return timesteps
 
@@ -336,10 +329,3 @@ class FluxSteeringPipeline(SteeringPipeline):
                 negative_pred = self.plain_engine(negative_inputs)(**negative_inputs)
             noise_pred = negative_pred + self.true_cfg_scale * (noise_pred - negative_pred)
         return noise_pred
-
-    def _decode(self, latents: torch.Tensor, height: int, width: int) -> list:
-        pipe = self.pipe
-        latents = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
-        latents = latents / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
-        image = pipe.vae.decode(latents.to(pipe.vae.dtype), return_dict=False)[0]
-        return pipe.image_processor.postprocess(image, output_type="pil")
