@@ -22,7 +22,7 @@ from l2s.errors import UsageError
 from l2s.steer import DEFAULT_CAPTURE_BACKEND, DenoiserCall
 
 from .base import SteeringPipeline, seeded_generators
-from .families import pixels_per_token
+from .families import PUBLISHED_SAMPLING, flux_family, pixels_per_token
 from .flux_sampling import decode_to_pil, linear_sigmas, set_flux_timesteps
 from .loading import steering_family
 
@@ -110,7 +110,7 @@ class FluxSteeringPipeline(SteeringPipeline):
         # Whose published settings (schedule rule, steps) apply: dev has a guidance embedding,
         # schnell not. A FLUX-architecture model that is neither (the shapes world's undistilled
         # 12-step model) names its family and default step count.
-        self.family = family or ("flux-dev" if pipe.transformer.config.guidance_embeds else "flux-schnell")
+        self.family = family or flux_family(pipe.transformer)
         self._engine_weights: str | None = None   # fingerprint of the weights the frozen engines were built from
         self._default_steps = steps
         self._explicit_family = family is not None
@@ -204,7 +204,7 @@ class FluxSteeringPipeline(SteeringPipeline):
     def default_steps(self) -> int:
         if self._default_steps is not None:
             return self._default_steps
-        return 50 if self.family == "flux-dev" else 4
+        return PUBLISHED_SAMPLING[self.family].steps
 
     def default_size(self) -> int:
         # A model that names its own size (a shapes model's training size, whatever its token grid)
@@ -212,8 +212,8 @@ class FluxSteeringPipeline(SteeringPipeline):
         # classifier was made for another token grid.
         if self._default_size is not None:
             return self._default_size
-        # Published: latent token grid 32 (dev, 512 px) or 16 (schnell, 256 px), scaled to this VAE.
-        grid = self.classifier.config.orig_map_size or (32 if self.family == "flux-dev" else 16)
+        # Else the classifier's grid, else the published one (PUBLISHED_SAMPLING), scaled to this VAE.
+        grid = self.classifier.config.orig_map_size or PUBLISHED_SAMPLING[self.family].token_grid
         return grid * pixels_per_token(self.pipe)
 
     # ---- generation ---------------------------------------------------------------------
@@ -262,7 +262,7 @@ class FluxSteeringPipeline(SteeringPipeline):
 
     def _guidance_scale(self, guidance_scale: float | None) -> float:
         if guidance_scale is None:
-            return 3.5 if self.family == "flux-dev" else 0.0
+            return PUBLISHED_SAMPLING[self.family].guidance
         return guidance_scale
 
     def _image_size(self, height: int | None, width: int | None) -> tuple[int, int]:

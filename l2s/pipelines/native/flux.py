@@ -27,7 +27,7 @@ from l2s.errors import UsageError
 from l2s.steer import DEFAULT_CAPTURE_BACKEND, Schedule, SteeringPlan
 
 from ..arguments import grid_mismatch_warning
-from ..families import pixels_per_token
+from ..families import flux_family, pixels_per_token
 from ..flux import FLUX_FAMILIES, _FluxConditioning, check_text_window
 from ..flux_sampling import linear_sigmas, set_flux_timesteps
 from ..guards import one_call_at_a_time, refuse_inference_mode
@@ -102,7 +102,7 @@ class FluxRelationSteeringPipeline(RelationSteeringMixin, FluxPipeline):
             return self.config.steering_family
         if own := model_steering_defaults(self).get("family"):
             return own
-        return "flux-dev" if self.transformer.config.guidance_embeds else "flux-schnell"
+        return flux_family(self.transformer)
 
     @one_call_at_a_time
     @torch.no_grad()
