@@ -246,6 +246,9 @@ def _build(
     exporter: Exporter,
     tensorrt_optimization_level: int,
 ) -> PlainStepEngine:
+    # Imported here, not at the top: l2s.steer loads diffusers, which importing l2s.engines does not need.
+    from l2s.steer.compiled import enable_compile_cache
+
     signature = InputSignature.from_inputs(inputs)
     if kind == "eager":
         return EagerEngine(transformer, reason)
@@ -316,15 +319,6 @@ def _cached_source_advice(engine: PlainStepEngine) -> str:
     if len(folders) == 1:
         return f"; it was read from the cache entry {folders[0]}: delete that folder to build it again"
     return f"; it was read from the cache entries {' and '.join(folders)}: delete those folders to build it again"
-
-
-def enable_compile_cache() -> None:
-    """Keep compiled kernels and their backward graphs in torch's on-disk compile cache."""
-    import torch._functorch.config as functorch_config
-    import torch._inductor.config as inductor_config
-
-    inductor_config.fx_graph_cache = True
-    functorch_config.enable_autograd_cache = True
 
 
 def compile_cache_dir() -> str:
