@@ -107,23 +107,12 @@ def make_plain_step_engine(
 
     The result's ``name`` says what runs, ``reason`` why it was chosen and how it was checked.
     """
-    if kind not in ENGINE_KINDS:
-        raise EngineError(f"unknown engine kind {kind!r}: choose one of {', '.join(ENGINE_KINDS)}")
-    inputs = tensor_inputs(example_inputs)
-    if not inputs:
-        raise EngineError("example_inputs holds no tensors: pass the keywords of one transformer call")
-    device = model_device(transformer)
-    misplaced = [name for name, t in inputs.items() if t.device != device]
-    if misplaced:
-        raise EngineError(f"example inputs {misplaced} are not on the transformer's device {device}")
+    inputs, device = _checked_request(kind, transformer, example_inputs, tolerance)
     options = dict(
         compile_backend=compile_backend, compile_mode=compile_mode, regional_compile=regional_compile,
         cache_dir=cache_dir, opset=opset, exporter=exporter,
         tensorrt_optimization_level=tensorrt_optimization_level,
     )
-    if tolerance is not None and not (isinstance(tolerance, (int, float)) and not isinstance(tolerance, bool)
-                                      and tolerance >= 0):
-        raise EngineError(f"tolerance must be a number >= 0, got {tolerance!r}")
     check = dict(verify=verify, tolerance=tolerance)
     if kind == "auto":
         return _cached_or_eager(transformer, inputs, device, options, check)
@@ -134,6 +123,25 @@ def make_plain_step_engine(
     expected = EagerEngine(transformer)(**inputs) if verify and kind != "eager" else None
     engine = _build(kind, transformer, inputs, "requested explicitly", **options)
     return _verified(engine, transformer, inputs, expected=expected, **check)
+
+
+def _checked_request(kind: str, transformer: torch.nn.Module, example_inputs: Mapping[str, Any],
+                     tolerance: float | None) -> tuple[dict[str, torch.Tensor], torch.device]:
+    """(the example's tensors, the transformer's device), or :class:`EngineError` for an unknown kind, no
+    tensors, tensors on another device, or a tolerance that is not a number >= 0."""
+    if kind not in ENGINE_KINDS:
+        raise EngineError(f"unknown engine kind {kind!r}: choose one of {', '.join(ENGINE_KINDS)}")
+    inputs = tensor_inputs(example_inputs)
+    if not inputs:
+        raise EngineError("example_inputs holds no tensors: pass the keywords of one transformer call")
+    device = model_device(transformer)
+    misplaced = [name for name, t in inputs.items() if t.device != device]
+    if misplaced:
+        raise EngineError(f"example inputs {misplaced} are not on the transformer's device {device}")
+    if tolerance is not None and not (isinstance(tolerance, (int, float)) and not isinstance(tolerance, bool)
+                                      and tolerance >= 0):
+        raise EngineError(f"tolerance must be a number >= 0, got {tolerance!r}")
+    return inputs, device
 
 
 def check_engine_request(kind: str, device: torch.device | str, dtype: torch.dtype | None = None,
@@ -246,6 +254,9 @@ def _build(
     exporter: Exporter,
     tensorrt_optimization_level: int,
 ) -> PlainStepEngine:
+    # Imported here, not at the top: l2s.steer loads diffusers, which importing l2s.engines does not need.
+    from l2s.steer.compiled import enable_compile_cache
+
     signature = InputSignature.from_inputs(inputs)
     if kind == "eager":
         return EagerEngine(transformer, reason)
@@ -316,15 +327,6 @@ def _cached_source_advice(engine: PlainStepEngine) -> str:
     if len(folders) == 1:
         return f"; it was read from the cache entry {folders[0]}: delete that folder to build it again"
     return f"; it was read from the cache entries {' and '.join(folders)}: delete those folders to build it again"
-
-
-def enable_compile_cache() -> None:
-    """Keep compiled kernels and their backward graphs in torch's on-disk compile cache."""
-    import torch._functorch.config as functorch_config
-    import torch._inductor.config as inductor_config
-
-    inductor_config.fx_graph_cache = True
-    functorch_config.enable_autograd_cache = True
 
 
 def compile_cache_dir() -> str:

@@ -124,6 +124,23 @@ def build_tensorrt_plan(
     start = time.perf_counter()
     trt_logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(trt_logger)
+    # The parser holds the weights the network points at: it lives until the build below is done.
+    network, parser = _parsed_network(trt, builder, trt_logger, export, strongly_typed)
+    config = _builder_config(trt, builder, optimization_level, workspace_bytes, extra_precisions)
+    serialized = builder.build_serialized_network(network, config)
+    del parser
+    if serialized is None:
+        raise EngineError(f"TensorRT failed to build an engine from {export.path} (see its log above)")
+    with staged_entry(entry, (PLAN_FILE,)) as scratch:
+        (scratch / PLAN_FILE).write_bytes(bytes(serialized))
+        write_meta(scratch, {"key": key, "onnx_key": export.key, "inputs": export.signature.describe(), **options})
+    seconds = time.perf_counter() - start
+    logger.info("built TensorRT engine %s in %.0f s", entry, seconds)
+    return TensorRTPlan(entry / PLAN_FILE, key, export.signature, False, seconds)
+
+
+def _parsed_network(trt, builder, trt_logger, export: OnnxExport, strongly_typed: bool):
+    """(network, parser) of ``export``'s ONNX graph; the parser must outlive the network's build."""
     flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, trt_logger)
@@ -131,6 +148,12 @@ def build_tensorrt_plan(
     if not parser.parse_from_file(str(export.path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise EngineError(f"TensorRT could not parse {export.path}: {errors}")
+    return network, parser
+
+
+def _builder_config(trt, builder, optimization_level: int, workspace_bytes: int | None,
+                    extra_precisions: tuple[str, ...]):
+    """The build's options: optimization level, workspace, and the lower precisions allowed."""
     config = builder.create_builder_config()
     config.builder_optimization_level = optimization_level
     if workspace_bytes is not None:
@@ -142,15 +165,7 @@ def build_tensorrt_plan(
         if precision not in precision_flags:
             raise EngineError(f"unknown precision {precision!r}: use {sorted(precision_flags)}")
         config.set_flag(precision_flags[precision])
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise EngineError(f"TensorRT failed to build an engine from {export.path} (see its log above)")
-    with staged_entry(entry, (PLAN_FILE,)) as scratch:
-        (scratch / PLAN_FILE).write_bytes(bytes(serialized))
-        write_meta(scratch, {"key": key, "onnx_key": export.key, "inputs": export.signature.describe(), **options})
-    seconds = time.perf_counter() - start
-    logger.info("built TensorRT engine %s in %.0f s", entry, seconds)
-    return TensorRTPlan(entry / PLAN_FILE, key, export.signature, False, seconds)
+    return config
 
 
 class TensorRTEngine:

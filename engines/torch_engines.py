@@ -24,7 +24,19 @@ def sample_function(module: Callable[..., Any]) -> SampleFunction:
     return forward
 
 
-class EagerEngine:
+class _SampleEngine:
+    """An engine whose ``_forward`` is a :func:`sample_function`: called with one transformer call's
+    keywords, it runs the tensors (and any ``joint_attention_kwargs``) without autograd."""
+
+    _forward: SampleFunction
+
+    def __call__(self, **transformer_kwargs: Any) -> torch.Tensor:
+        inputs = tensor_inputs(transformer_kwargs)
+        with torch.no_grad():
+            return self._forward(joint_attention_kwargs=transformer_kwargs.get("joint_attention_kwargs"), **inputs)
+
+
+class EagerEngine(_SampleEngine):
     """The transformer itself, without autograd: the reference every other engine is checked against."""
 
     kind = "eager"
@@ -35,13 +47,8 @@ class EagerEngine:
         self.name = "eager"
         self.reason = reason
 
-    def __call__(self, **transformer_kwargs: Any) -> torch.Tensor:
-        inputs = tensor_inputs(transformer_kwargs)
-        with torch.no_grad():
-            return self._forward(joint_attention_kwargs=transformer_kwargs.get("joint_attention_kwargs"), **inputs)
 
-
-class CompiledEngine:
+class CompiledEngine(_SampleEngine):
     """``torch.compile`` of the transformer.
 
     By default the whole model is wrapped without touching it, so steered steps keep running the
@@ -78,11 +85,6 @@ class CompiledEngine:
         details = [backend] + ([mode] if mode else []) + (["regional"] if regional else [])
         self.name = f"compile[{', '.join(details)}]"
         self.reason = reason
-
-    def __call__(self, **transformer_kwargs: Any) -> torch.Tensor:
-        inputs = tensor_inputs(transformer_kwargs)
-        with torch.no_grad():
-            return self._forward(joint_attention_kwargs=transformer_kwargs.get("joint_attention_kwargs"), **inputs)
 
 
 def _on_cpu(module: torch.nn.Module) -> bool:

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from l2s.pipelines.families import pixels_per_token
+from l2s.pipelines.flux_sampling import decode_to_pil, linear_sigmas, set_flux_timesteps
 from .sde import sde_step
 
 # Rows below which CPU GEMMs may pick other kernels (other last bits): 4 sufficed on the machine it
@@ -39,15 +39,7 @@ class Schedule:
 
 def flow_schedule(pipe, steps: int, image_seq_len: int, device) -> Schedule:
     """Sigmas ``linspace(1, 1/steps, steps)`` shifted for the image size, as FluxPipeline sets them."""
-    from diffusers.pipelines.flux.pipeline_flux import (
-        calculate_shift,
-        retrieve_timesteps,
-    )
-
-    config = pipe.scheduler.config
-    mu = calculate_shift(image_seq_len, config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096),
-                         config.get("base_shift", 0.5), config.get("max_shift", 1.15))
-    timesteps, _ = retrieve_timesteps(pipe.scheduler, steps, device, sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu)
+    timesteps = set_flux_timesteps(pipe.scheduler, steps, image_seq_len, device, linear_sigmas(steps))
     return Schedule(timesteps.clone() / 1000, pipe.scheduler.sigmas.clone().float().to(device))
 
 
@@ -173,7 +165,4 @@ def sample(model, pipe, cond: Conditioning, schedule: Schedule, prompt_index: to
 @torch.no_grad()
 def decode(pipe, latents: torch.Tensor, size: int) -> list:
     """Packed final latents -> PIL images, as FluxPipeline decodes them."""
-    unpacked = pipe._unpack_latents(latents, size, size, pipe.vae_scale_factor)
-    unpacked = unpacked / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
-    images = pipe.vae.decode(unpacked.to(pipe.vae.dtype), return_dict=False)[0]
-    return pipe.image_processor.postprocess(images, output_type="pil")
+    return decode_to_pil(pipe, latents, size, size)

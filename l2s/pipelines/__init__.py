@@ -1,7 +1,8 @@
 """l2s.pipelines: steered generation on diffusers pipelines, one module per model family.
 
 :mod:`.base` holds the model-independent data path, :mod:`.flux` and :mod:`.stable_diffusion` the
-families' denoising loops, :mod:`.loading` local folders and :func:`wrap_pipeline`; :mod:`.native`
+families' denoising loops (:mod:`.flux_sampling`: FLUX's timesteps and decode, which GRPO and inversion
+share), :mod:`.loading` local folders and :func:`wrap_pipeline`; :mod:`.native`
 the same steering as diffusers pipelines (``FluxRelationSteeringPipeline.from_pipe(pipe, classifier=...)``).
 """
 

@@ -55,6 +55,15 @@ from .loading import check_torch_dtype, load_diffusers_pipeline, wrap_pipeline
 from .results import SteeringResult
 
 
+def _outcomes(plan, plans: list | None, schedule, diagnostics: SteeringDiagnostics, steer: bool):
+    """(the call's outcome, the outcome of each image of a batch or None): each image's from its own
+    records; the call's is the first image's, or, without a batch, the plan's."""
+    outcomes = None if plans is None else [
+        steering_outcome(p, schedule, diagnostics.for_image(i) if p.steered else SteeringDiagnostics(), steer)
+        for i, p in enumerate(plans)]
+    return (outcomes[0] if outcomes else steering_outcome(plan, schedule, diagnostics, steer)), outcomes
+
+
 def _relations_per_image(prompt: str | list[str], relations, images: int) -> list:
     """A call's ``relations`` for each of its ``images`` (None where the parser's apply): one list
     per prompt of a list (the same text may come with other relations), or one for every seed."""
@@ -324,10 +333,7 @@ class SteeringPipeline:
                    schedule=schedule, latents=latents, progress=progress)
         self._steering_seconds, compiled_before = 0.0, self.objective.compile_seconds
         built_before = self.engine_build_seconds
-        batch = image_batch(prompt, seed, num_images)
-        given = _relations_per_image(prompt, relations, 1 if batch is None else len(batch))
-        plans = None if batch is None else self._plans([p for p, _ in batch], given)
-        plan = self.plan(prompt, given[0]) if batch is None else BatchPlan(plans)
+        batch, plans, plan = self._call_plans(prompt, seed, num_images, relations)
         schedule, steps = self._resolve_schedule(schedule, num_inference_steps)
         steered = steer and plan.steered
         if not steered:
@@ -341,18 +347,23 @@ class SteeringPipeline:
                                schedule=schedule, diagnostics=diagnostics, latents=latents, progress=progress)
         timings = self._call_timings(time.perf_counter() - t0, compiled_before, built_before)
         engine = self._last_engine
-        outcomes = None if plans is None else [
-            steering_outcome(p, schedule, diagnostics.for_image(i) if p.steered else SteeringDiagnostics(), steer)
-            for i, p in enumerate(plans)]
-        first = plan if plans is None else plans[0]
+        outcome, outcomes = _outcomes(plan, plans, schedule, diagnostics, steer)
         sampling = self._sampling(steps, height, width, guidance_scale)
-        return SteeringResult(images=images, plan=first, schedule=schedule,
+        return SteeringResult(images=images, plan=plan if plans is None else plans[0], schedule=schedule,
                               diagnostics=diagnostics, timings=timings,
                               engine={"name": engine.name, "reason": engine.reason} if engine else None,
                               sampling=sampling,
                               execution={"mode": self.mode.name, "capture_backend": self.capture_backend_in_use},
-                              outcome=outcomes[0] if outcomes else steering_outcome(plan, schedule, diagnostics, steer),
-                              plans=plans, outcomes=outcomes, warnings=doubts)
+                              outcome=outcome, plans=plans, outcomes=outcomes, warnings=doubts)
+
+    def _call_plans(self, prompt, seed, num_images: int, relations):
+        """(the call's (prompt, seed) per image, or None for one prompt's ``num_images``; the plan of
+        each image of such a batch, or None; the call's plan: the one prompt's, or the batch's)."""
+        batch = image_batch(prompt, seed, num_images)
+        given = _relations_per_image(prompt, relations, 1 if batch is None else len(batch))
+        plans = None if batch is None else self._plans([p for p, _ in batch], given)
+        plan = self.plan(prompt, given[0]) if batch is None else BatchPlan(plans)
+        return batch, plans, plan
 
     def _announce_steering(self, plans: list, height: int | None, width: int | None) -> list[str]:
         """Say what each steered prompt steers; the call's own warnings, once however many it steers."""

@@ -1,23 +1,55 @@
-"""Which diffusers family a pipeline is, the shapes that follow from it, and which model it is."""
+"""Which diffusers family a pipeline is, its published sampling, the shapes that follow from it, and which
+model it is."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from l2s.classifier.hub import cache_entry_hub_id
 from l2s.errors import L2SError
+from l2s.steer.presets import PUBLISHED_STEPS
+
+
+@dataclass(frozen=True)
+class PublishedSampling:
+    """A family's published sampling: denoising steps, guidance scale, and (FLUX) the latent token
+    grid of its images (SD's size comes from its UNet's ``sample_size``)."""
+
+    steps: int
+    guidance: float
+    token_grid: int | None = None
+
+
+# What the published models sample with; the native pipelines follow diffusers' own defaults instead.
+PUBLISHED_SAMPLING = {
+    "flux-dev": PublishedSampling(PUBLISHED_STEPS["flux-dev"], guidance=3.5, token_grid=32),      # 512 px
+    "flux-schnell": PublishedSampling(PUBLISHED_STEPS["flux-schnell"], guidance=0.0, token_grid=16),  # 256 px
+    "sd14": PublishedSampling(PUBLISHED_STEPS["sd14"], guidance=7.5),
+    "sd21": PublishedSampling(PUBLISHED_STEPS["sd21"], guidance=7.5),
+}
 
 
 def pipeline_family(pipe) -> str:
     """"flux-dev", "flux-schnell", "sd14" or "sd21" for a diffusers FLUX / SD pipeline."""
     if hasattr(pipe, "transformer") and hasattr(pipe, "tokenizer_2"):
-        return "flux-dev" if pipe.transformer.config.guidance_embeds else "flux-schnell"
+        return flux_family(pipe.transformer)
     if hasattr(pipe, "unet") and hasattr(pipe, "tokenizer"):
-        return "sd21" if pipe.unet.config.cross_attention_dim == 1024 else "sd14"
+        return sd_family(pipe.unet)
     raise L2SError(f"cannot steer or invert with a {type(pipe).__name__}: expected a FLUX or Stable Diffusion "
                    "pipeline")
+
+
+def flux_family(transformer) -> str:
+    """Whose published settings a FLUX transformer samples with: dev has a guidance embedding, schnell not."""
+    return "flux-dev" if transformer.config.guidance_embeds else "flux-schnell"
+
+
+def sd_family(unet) -> str:
+    """SD 2.1's UNet reads 1024-wide text embeddings (OpenCLIP), 1.4's 768 (CLIP)."""
+    return "sd21" if unet.config.cross_attention_dim == 1024 else "sd14"
 
 
 def is_flux(pipe) -> bool:

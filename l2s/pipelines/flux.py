@@ -6,7 +6,6 @@ import math
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from l2s.engines import (
@@ -23,7 +22,8 @@ from l2s.errors import UsageError
 from l2s.steer import DEFAULT_CAPTURE_BACKEND, DenoiserCall
 
 from .base import SteeringPipeline, seeded_generators
-from .families import pixels_per_token
+from .families import PUBLISHED_SAMPLING, flux_family, pixels_per_token
+from .flux_sampling import decode_to_pil, linear_sigmas, set_flux_timesteps
 from .loading import steering_family
 
 
@@ -110,7 +110,7 @@ class FluxSteeringPipeline(SteeringPipeline):
         # Whose published settings (schedule rule, steps) apply: dev has a guidance embedding,
         # schnell not. A FLUX-architecture model that is neither (the shapes world's undistilled
         # 12-step model) names its family and default step count.
-        self.family = family or ("flux-dev" if pipe.transformer.config.guidance_embeds else "flux-schnell")
+        self.family = family or flux_family(pipe.transformer)
         self._engine_weights: str | None = None   # fingerprint of the weights the frozen engines were built from
         self._default_steps = steps
         self._explicit_family = family is not None
@@ -204,7 +204,7 @@ class FluxSteeringPipeline(SteeringPipeline):
     def default_steps(self) -> int:
         if self._default_steps is not None:
             return self._default_steps
-        return 50 if self.family == "flux-dev" else 4
+        return PUBLISHED_SAMPLING[self.family].steps
 
     def default_size(self) -> int:
         # A model that names its own size (a shapes model's training size, whatever its token grid)
@@ -212,8 +212,8 @@ class FluxSteeringPipeline(SteeringPipeline):
         # classifier was made for another token grid.
         if self._default_size is not None:
             return self._default_size
-        # Published: latent token grid 32 (dev, 512 px) or 16 (schnell, 256 px), scaled to this VAE.
-        grid = self.classifier.config.orig_map_size or (32 if self.family == "flux-dev" else 16)
+        # Else the classifier's grid, else the published one (PUBLISHED_SAMPLING), scaled to this VAE.
+        grid = self.classifier.config.orig_map_size or PUBLISHED_SAMPLING[self.family].token_grid
         return grid * pixels_per_token(self.pipe)
 
     # ---- generation ---------------------------------------------------------------------
@@ -239,7 +239,7 @@ class FluxSteeringPipeline(SteeringPipeline):
         latent_hw = (height // multiple, width // multiple)
         latents = self._denoise(latents, timesteps, conditioning, plan, schedule, latent_hw,
                                 diagnostics, progress)
-        return self._decode(latents, height, width)
+        return decode_to_pil(self.pipe, latents, height, width)
 
     def check_arguments(self, prompt: str, *, height: int | None = None, width: int | None = None, **call) -> None:
         super().check_arguments(prompt, height=height, width=width, **call)
@@ -262,7 +262,7 @@ class FluxSteeringPipeline(SteeringPipeline):
 
     def _guidance_scale(self, guidance_scale: float | None) -> float:
         if guidance_scale is None:
-            return 3.5 if self.family == "flux-dev" else 0.0
+            return PUBLISHED_SAMPLING[self.family].guidance
         return guidance_scale
 
     def _image_size(self, height: int | None, width: int | None) -> tuple[int, int]:
@@ -290,14 +290,7 @@ class FluxSteeringPipeline(SteeringPipeline):
 
     def _timesteps(self, steps: int, image_seq_len: int) -> torch.Tensor:
         """The scheduler's timesteps, shifted for the image size as diffusers' FluxPipeline does."""
-        from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
-
-        config = self.pipe.scheduler.config
-        sigmas = np.linspace(1.0, 1 / steps, steps)
-        mu = calculate_shift(image_seq_len, config.get("base_image_seq_len", 256),
-                             config.get("max_image_seq_len", 4096), config.get("base_shift", 0.5),
-                             config.get("max_shift", 1.15))
-        timesteps, _ = retrieve_timesteps(self.pipe.scheduler, steps, self.device, sigmas=sigmas, mu=mu)
+        timesteps = set_flux_timesteps(self.pipe.scheduler, steps, image_seq_len, self.device, linear_sigmas(steps))
         self.pipe.scheduler.set_begin_index(0)
         return timesteps
 
@@ -336,10 +329,3 @@ class FluxSteeringPipeline(SteeringPipeline):
                 negative_pred = self.plain_engine(negative_inputs)(**negative_inputs)
             noise_pred = negative_pred + self.true_cfg_scale * (noise_pred - negative_pred)
         return noise_pred
-
-    def _decode(self, latents: torch.Tensor, height: int, width: int) -> list:
-        pipe = self.pipe
-        latents = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
-        latents = latents / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
-        image = pipe.vae.decode(latents.to(pipe.vae.dtype), return_dict=False)[0]
-        return pipe.image_processor.postprocess(image, output_type="pil")

@@ -6,6 +6,7 @@ import torch
 from l2s.steer import DEFAULT_CAPTURE_BACKEND
 
 from .base import SteeringPipeline, seeded_generators
+from .families import PUBLISHED_SAMPLING, sd_family
 from .loading import steering_family
 
 
@@ -18,7 +19,7 @@ class SDSteeringPipeline(SteeringPipeline):
     def __init__(self, pipe, classifier, schedule=None, mode: str = "fast", step_size: float | None = None,
                  capture_backend: str = DEFAULT_CAPTURE_BACKEND):
         super().__init__(pipe, classifier, schedule, mode, step_size, capture_backend)
-        self.family = "sd21" if pipe.unet.config.cross_attention_dim == 1024 else "sd14"
+        self.family = sd_family(pipe.unet)
 
     @classmethod
     def accepts(cls, pipe) -> bool:
@@ -28,12 +29,13 @@ class SDSteeringPipeline(SteeringPipeline):
         return self.pipe.tokenizer, self.pipe.tokenizer.model_max_length
 
     def default_steps(self) -> int:
-        return 50
+        return PUBLISHED_SAMPLING[self.family].steps
 
     def resolved_sampling(self, height: int | None, width: int | None, guidance_scale: float | None) -> dict:
         side = self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
         return {"height": height or side, "width": width or side,
-                "guidance_scale": 7.5 if guidance_scale is None else guidance_scale}
+                "guidance_scale": PUBLISHED_SAMPLING[self.family].guidance if guidance_scale is None
+                else guidance_scale}
 
     @torch.no_grad()
     def generate(self, prompt, plan, *, steps, height, width, guidance_scale, seed, num_images,

@@ -125,39 +125,74 @@ def refine_latents(latents: torch.Tensor, step: int, log_prob_fn: LogProbFn, sch
     step_size = schedule.step_sizes[step]
     master = latents.detach().float()
     before = master  # the latent before the last update (the guard's undo)
-    pending: list[tuple] = []
+    pending: list[_Iteration] = []
     for k in range(schedule.iterations[step]):
         relation = relation_at(k)
-        with torch.enable_grad():
-            z = master.detach().to(latents.dtype).requires_grad_(True)
-            log_prob = log_prob_fn(z, relation)
-            loss = -log_prob
-            active = _still_active(loss, log_prob, done, schedule, step)
-            if not any_active(active):
-                pending.append((k, relation, loss.detach(), log_prob.detach(), torch.zeros_like(active),
-                                torch.zeros_like(active), active))
-                break
-            (grad,) = torch.autograd.grad(loss.sum(), z)
-        grad = grad.float()
+        loss, log_prob, active, grad = _evaluate(log_prob_fn, master, latents.dtype, relation, done, schedule, step)
+        if grad is None:    # no image left to update: the step ends here
+            pending.append(_Iteration(k, relation, loss, log_prob, torch.zeros_like(active),
+                                      torch.zeros_like(active), active))
+            break
         # Guard, on the device (no host read): a non-finite loss or gradient here means the previous
-        # update led somewhere unusable, so it is undone. An update is not made when its latent (in
-        # the latent's dtype) is non-finite or so large that its squares overflow, as the model's
-        # normalisations would: the last update of a step is applied without a loss to check it.
-        evaluated = torch.isfinite(loss.detach()) & torch.isfinite(grad).flatten(1).all(1)
+        # update led somewhere unusable, so it is undone.
+        evaluated = torch.isfinite(loss) & torch.isfinite(grad).flatten(1).all(1)
         if pending:
-            undo = pending[-1][4] & active & ~evaluated
-            master = torch.where(undo.view(-1, *([1] * (grad.dim() - 1))), before, master)
-            pending[-1] = (*pending[-1][:4], pending[-1][4] & ~undo, *pending[-1][5:])
+            master = _undo_last(pending[-1], active & ~evaluated, before, master)
         stepped = master - step_size * grad
-        finite = evaluated & torch.isfinite(stepped.to(latents.dtype).float().square().flatten(1).sum(1))
+        finite = evaluated & _usable(stepped, latents.dtype)
         update = active & finite
-        mask = update.view(-1, *([1] * (grad.dim() - 1)))
-        before, master = master, torch.where(mask, stepped, master)
+        before, master = master, torch.where(_per_image(update, grad), stepped, master)
         done |= ~update
-        pending.append((k, relation, loss.detach(), log_prob.detach(), update, active & ~finite, active))
+        pending.append(_Iteration(k, relation, loss, log_prob, update, active & ~finite, active))
     if diagnostics is not None and pending:
         _record(diagnostics, step, pending)
     return master.to(latents.dtype)
+
+
+def _evaluate(log_prob_fn: LogProbFn, master: torch.Tensor, dtype: torch.dtype, relation, done: torch.Tensor,
+              schedule: Schedule, step: int):
+    """(loss, log p, active images, float32 gradient of the loss) at ``master`` in ``dtype``; the gradient is
+    None, its backward skipped, when no image is active (:func:`_still_active`)."""
+    with torch.enable_grad():
+        z = master.detach().to(dtype).requires_grad_(True)
+        log_prob = log_prob_fn(z, relation)
+        loss = -log_prob
+        active = _still_active(loss, log_prob, done, schedule, step)
+        if not any_active(active):
+            return loss.detach(), log_prob.detach(), active, None
+        (grad,) = torch.autograd.grad(loss.sum(), z)
+    return loss.detach(), log_prob.detach(), active, grad.float()
+
+
+@dataclass
+class _Iteration:
+    """One iteration's per-image tensors, kept on the device until the step ends (see :func:`_record`)."""
+
+    iteration: int
+    relation: int | tuple[int, ...]
+    loss: torch.Tensor
+    log_prob: torch.Tensor
+    updated: torch.Tensor       # its update was kept (an undo at the next iteration clears it)
+    non_finite: torch.Tensor    # its update was rejected for non-finite values
+    active: torch.Tensor        # still refined at this iteration
+
+
+def _per_image(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A per-image mask (B,) shaped to broadcast over ``like`` (B, ...)."""
+    return mask.view(-1, *([1] * (like.dim() - 1)))
+
+
+def _undo_last(last: _Iteration, unusable: torch.Tensor, before: torch.Tensor, master: torch.Tensor) -> torch.Tensor:
+    """``master`` with the last update of the ``unusable`` images taken back (and recorded as not kept)."""
+    undo = last.updated & unusable
+    last.updated = last.updated & ~undo
+    return torch.where(_per_image(undo, master), before, master)
+
+
+def _usable(stepped: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Per image: the updated latent, in the latent's dtype, is finite and its squares do not overflow,
+    as the model's normalisations would need; the last update of a step is applied without a loss to check it."""
+    return torch.isfinite(stepped.to(dtype).float().square().flatten(1).sum(1))
 
 
 def _relations(num_relations: int | Sequence[int], latents: torch.Tensor):
@@ -187,14 +222,15 @@ def _still_active(loss: torch.Tensor, log_prob: torch.Tensor, done: torch.Tensor
     return active
 
 
-def _record(diagnostics: SteeringDiagnostics, step: int, pending: list[tuple]) -> None:
+def _record(diagnostics: SteeringDiagnostics, step: int, pending: list[_Iteration]) -> None:
     """Copy the step's per-iteration tensors to host records in one transfer, after the loop."""
-    columns = [[entry[2].float(), entry[3].float().exp(), entry[4].float(), entry[5].float(), entry[6].float()]
-               for entry in pending]
+    columns = [[entry.loss.float(), entry.log_prob.float().exp(), entry.updated.float(), entry.non_finite.float(),
+                entry.active.float()] for entry in pending]
     loss, probability, update, non_finite, active = torch.stack([torch.stack(c) for c in columns]).cpu().unbind(1)
-    for row, (k, relation, *_) in enumerate(pending):
+    for row, entry in enumerate(pending):
+        relation = entry.relation
         diagnostics.records.append(IterationRecord(
-            step=step, iteration=k, relation=list(relation) if isinstance(relation, tuple) else relation,
+            step=step, iteration=entry.iteration, relation=list(relation) if isinstance(relation, tuple) else relation,
             loss=loss[row].tolist(), target_probability=probability[row].tolist(),
             updated=bool(update[row].any()), non_finite=bool(non_finite[row].any()),
             image_updated=[bool(u) for u in update[row].tolist()],

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from l2s.errors import L2SError
 from l2s.pipelines.families import pixels_per_token
+from l2s.pipelines.flux_sampling import decode_packed, linear_sigmas, set_flux_timesteps
 from l2s.tokens import check_prompt_length, token_groups
 from .inversion_utils import InversionResult, collect_maps, phrase_groups, psnr, square_image, to_unit
 
@@ -30,13 +31,8 @@ def flux_sigmas(pipe, steps: int, image_seq_len: int) -> np.ndarray:
     Same construction as ``FluxPipeline.__call__``: linearly spaced sigmas, shifted by the
     scheduler (resolution-dependent ``mu`` when it uses dynamic shifting).
     """
-    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
-
     scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)  # never mutate the pipe's
-    cfg = scheduler.config
-    mu = calculate_shift(image_seq_len, cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
-                         cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))
-    scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu)
+    set_flux_timesteps(scheduler, steps, image_seq_len, None, linear_sigmas(steps))
     return scheduler.sigmas.double().cpu().numpy()
 
 
@@ -110,9 +106,7 @@ def flux_invert(pipe, image, prompt, pairs_phrases, *, steps, store_steps, seed,
         return out
 
     final = _reconstruct(velocity, record, z, y0, sigmas, eta, store_steps, exact_reconstruction)
-    decoded = pipe._unpack_latents(final, size, size, pipe.vae_scale_factor)
-    decoded = decoded / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
-    reconstruction = pipe.vae.decode(decoded.to(pipe.vae.dtype), return_dict=False)[0]
+    reconstruction = decode_packed(pipe, final, size, size)
     quality = psnr(to_unit(reconstruction).cpu(), to_unit(reference))
     return InversionResult(prompt, maps, quality, latents,
                            "exact" if exact_inversion and exact_reconstruction else "ode")

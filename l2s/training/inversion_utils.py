@@ -11,10 +11,10 @@ from PIL import Image
 from torch import Tensor
 
 from l2s.errors import L2SError
-from l2s.pipelines.families import pipeline_family, pixels_per_token
+from l2s.pipelines.families import PUBLISHED_SAMPLING, pipeline_family, pixels_per_token
 
-# Published step counts and stored step indices per pipeline family.
-DEFAULT_STEPS = {"flux-schnell": 4, "flux-dev": 50, "sd14": 50, "sd21": 50}
+# Published step counts (data is made as the family samples) and stored step indices per pipeline family.
+DEFAULT_STEPS = {family: published.steps for family, published in PUBLISHED_SAMPLING.items()}
 DEFAULT_STORE_STEPS = {
     "flux-schnell": (1, 3),
     "flux-dev": (5, 10, 15, 20, 25, 49),
@@ -23,8 +23,6 @@ DEFAULT_STORE_STEPS = {
 }
 # The published --min-psnr filters (dB) per family: a reconstruction below it is one the published data left out.
 PUBLISHED_MIN_PSNR = {"flux-schnell": 20.0, "flux-dev": 20.0, "sd14": 19.5, "sd21": 19.5}
-# Published FLUX token grids: schnell 16x16 (256 px), dev 32x32 (512 px).
-_FLUX_GRID = {"flux-schnell": 16, "flux-dev": 32}
 _MAX_PSNR = 100.0  # a perfect reconstruction is reported as 100 dB, not inf (JSON-friendly)
 
 
@@ -52,7 +50,7 @@ def default_image_size(pipe) -> int:
     """
     family = pipeline_family(pipe)
     if family.startswith("flux"):
-        return _FLUX_GRID[family] * pixels_per_token(pipe)
+        return PUBLISHED_SAMPLING[family].token_grid * pixels_per_token(pipe)
     return pipe.unet.config.sample_size * pipe.vae_scale_factor
 
 

@@ -12,7 +12,6 @@ from diffusers import (
     FluxPipeline,
     FluxTransformer2DModel,
 )
-from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
 from diffusers.utils import BaseOutput
 from transformers import (
     CLIPImageProcessor,
@@ -28,8 +27,9 @@ from l2s.errors import UsageError
 from l2s.steer import DEFAULT_CAPTURE_BACKEND, Schedule, SteeringPlan
 
 from ..arguments import grid_mismatch_warning
-from ..families import pixels_per_token
+from ..families import flux_family, pixels_per_token
 from ..flux import FLUX_FAMILIES, _FluxConditioning, check_text_window
+from ..flux_sampling import linear_sigmas, set_flux_timesteps
 from ..guards import one_call_at_a_time, refuse_inference_mode
 from ..loading import model_steering_defaults
 from .plans import PromptSteering, SteeredRows, plan_prompts
@@ -102,7 +102,7 @@ class FluxRelationSteeringPipeline(RelationSteeringMixin, FluxPipeline):
             return self.config.steering_family
         if own := model_steering_defaults(self).get("family"):
             return own
-        return "flux-dev" if self.transformer.config.guidance_embeds else "flux-schnell"
+        return flux_family(self.transformer)
 
     @one_call_at_a_time
     @torch.no_grad()
@@ -261,12 +261,8 @@ class FluxRelationSteeringPipeline(RelationSteeringMixin, FluxPipeline):
         batch = text[0].shape[0]
         latents, _ = self.prepare_latents(batch, self.transformer.config.in_channels // 4, height, width,
                                           text[0].dtype, self._execution_device, generator, latents)
-        sigmas = np.linspace(1.0, 1 / steps, steps) if sigmas is None else sigmas
+        sigmas = linear_sigmas(steps) if sigmas is None else sigmas
         if getattr(self.scheduler.config, "use_flow_sigmas", False):
             sigmas = None
-        config = self.scheduler.config
-        mu = calculate_shift(latents.shape[1], config.get("base_image_seq_len", 256),
-                             config.get("max_image_seq_len", 4096), config.get("base_shift", 0.5),
-                             config.get("max_shift", 1.15))
-        retrieve_timesteps(self.scheduler, steps, self._execution_device, sigmas=sigmas, mu=mu)
+        set_flux_timesteps(self.scheduler, steps, latents.shape[1], self._execution_device, sigmas)
         return steer_at(latents, 0)
