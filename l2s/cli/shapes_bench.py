@@ -140,8 +140,6 @@ def _checked_bench_args(args: argparse.Namespace) -> list[str] | None:
     parts = None if args.parts is None else [key.strip() for key in args.parts.split(",") if key.strip()]
     if parts == []:
         raise UsageError("--parts: no part given (leave it out to run every part)")
-    if repeated := next((key for key in parts or () if parts.count(key) > 1), None):
-        raise UsageError(f"--parts: the part {repeated} is given twice (each part runs once)")
     if args.classifier_data is not None:     # read at the end: a bad folder fails now, not after the images
         from l2s.training.store import load_dataset_meta
 

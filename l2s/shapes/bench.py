@@ -158,6 +158,7 @@ def run_shapes_bench(out_dir: str | Path, *, pipeline_dir: str | Path | None = N
     unknown = sorted(set(parts or ()) - set(known))
     if unknown:
         raise UsageError(f"unknown bench part {', '.join(unknown)} (parts: {', '.join(known)})")
+    _refuse_repeats("part", parts or ())
     modes = _check_modes(modes, all_parts, parts)
     _check_speed(execution, engine)
     with output_lock(out_dir, kind="bench"):  # one bench per run directory: a second one is refused before any work
@@ -204,6 +205,12 @@ def _check_classifiers(*classifiers: str | Path | None) -> None:
             RelationClassifier.load(classifier)   # small: loading it again per part costs little
 
 
+def _refuse_repeats(what: str, given: Sequence[str]) -> None:
+    """A part or mode named twice would still run once: refused, so a list never says more than runs."""
+    if repeated := next((key for key in given if given.count(key) > 1), None):
+        raise UsageError(f"--{what}s: the {what} {repeated} is given twice (each {what} runs once)")
+
+
 def _check_modes(modes: Sequence[str] | None, all_parts: Sequence[BenchPart], parts: Sequence[str] | None) -> tuple:
     """The modes to generate, checked before any model loads (one line per mistake)."""
     if modes is not None and not modes:
@@ -213,8 +220,7 @@ def _check_modes(modes: Sequence[str] | None, all_parts: Sequence[BenchPart], pa
     if wrong:
         raise UsageError(f"unknown bench mode {', '.join(wrong)} (--modes takes {','.join(BOTH_MODES)} "
                          "or one of them)")
-    if repeated := next((mode for mode in modes if modes.count(mode) > 1), None):
-        raise UsageError(f"bench mode {repeated} is given twice (--modes takes each mode once)")
+    _refuse_repeats("mode", modes)
     idle = [p for p in all_parts if parts and p.key in parts and not set(p.modes) & set(modes)]
     if idle:
         raise UsageError(f"bench part {idle[0].key} generates only {', '.join(idle[0].modes)} images, not "

@@ -254,10 +254,10 @@ def test_bench_cli_names_the_option_and_lists_every_part(tmp_path, capsys):
 
 
 def test_bench_cli_refuses_a_part_given_twice(tmp_path, capsys, monkeypatch):
-    import l2s.shapes
+    import l2s.shapes.bench as bench_module
     from l2s.cli import main
 
-    monkeypatch.setattr(l2s.shapes, "run_shapes_bench", lambda *a, **k: pytest.fail("ran the bench"))
+    monkeypatch.setattr(bench_module, "_run_bench", lambda *a, **k: pytest.fail("ran the bench"))
     assert main(["shapes", "bench", "--parts", "position,ood, position", "--out", str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err == "l2s: error: --parts: the part position is given twice (each part runs once)\n"
 
@@ -274,7 +274,7 @@ def test_bench_modes_are_checked_before_any_work(tmp_path, monkeypatch):
         shapes_world.run_shapes_bench(tmp_path / "out", modes=["base"], parts=["position", "ablation"])
     with pytest.raises(UsageError, match="no bench mode given"):
         shapes_world.run_shapes_bench(tmp_path / "out", modes=[])
-    with pytest.raises(UsageError, match=r"^bench mode base is given twice \(--modes takes each mode once\)$"):
+    with pytest.raises(UsageError, match=r"^--modes: the mode base is given twice \(each mode runs once\)$"):
         shapes_world.run_shapes_bench(tmp_path / "out", modes=["base", "steered", "base"])
     assert not (tmp_path / "out").exists()
 
