@@ -8,10 +8,11 @@ and the same for held-out prompts never trained.
     python experiments/scripts/grpo_one_prompt.py --out RUN_A --judge-only   # the table again
     python experiments/scripts/grpo_one_prompt.py --out RUN_D --sde-steps 3 --keep-evaluated --epochs 120
     python experiments/scripts/grpo_one_prompt.py --out RUN_D --judge-only --judge-epoch 60
+    python experiments/scripts/grpo_one_prompt.py --out RUN_E --reward spatialscore --clip-range 1e-3 --epochs 120
 
 Trains with the library loop (``l2s.grpo.train_grpo``: the CLI draws from the whole prompt pool),
-the exact strict rule as reward, every other setting as ``l2s shapes grpo``. Rerunning the same
-command resumes. Judging runs ``l2s generate --no-steer`` on the base model and on the run's EMA
+the exact strict rule as reward by default (``--reward``), every other setting as ``l2s shapes
+grpo``. Rerunning the same command resumes. Judging runs ``l2s generate --no-steer`` on the base model and on the run's EMA
 adapter (same seeds) and reads each image's verdict from its index.json.
 """
 from __future__ import annotations
@@ -40,6 +41,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--eval-every", type=int, default=5)
     p.add_argument("--sde-steps", type=int, help="SDE (trained) steps from the start (default: all but the last)")
     p.add_argument("--keep-evaluated", action="store_true", help="keep every judged epoch's adapter")
+    p.add_argument("--reward", default="rule", help="'rule' (the exact strict rule), 'spatialscore' (the shipped "
+                   "SpatialScore) or a SpatialScore folder, as 'l2s shapes grpo --reward'")
     p.add_argument("--judge-only", action="store_true")
     p.add_argument("--judge-epoch", type=int, help="judge this epoch's kept adapter (default: the last)")
     args = p.parse_args(argv)
@@ -50,16 +53,18 @@ def parse_args(argv=None) -> argparse.Namespace:
 def train(args: argparse.Namespace) -> None:
     import torch
 
-    from l2s.shapes.rule_reward import RuleReward
-    from l2s.shapes.tuning import train_shapes_grpo
+    from l2s.reward.identity import reward_identity
+    from l2s.shapes.tuning import load_shapes_reward, train_shapes_grpo
 
     torch.set_num_threads(1)
     first, last = (int(x) for x in args.seeds.split("-"))
     dev = args.held_out or args.prompt
-    train_shapes_grpo(args.out, RuleReward("strict"), prompts=(list(args.prompt), list(dev)),
+    reward = load_shapes_reward(args.reward, what="--reward")
+    train_shapes_grpo(args.out, reward, prompts=(list(args.prompt), list(dev)),
                       progress=False, epochs=args.epochs, prompts_per_epoch=len(args.prompt), lr=args.lr,
                       clip_range=args.clip_range, sde_steps=args.sde_steps, keep_evaluated=args.keep_evaluated,
-                      eval_seeds=tuple(range(first, last + 1)), eval_every=args.eval_every)
+                      eval_seeds=tuple(range(first, last + 1)), eval_every=args.eval_every,
+                      reward_name=reward_identity(args.reward))
 
 
 def verdicts(folder: Path, prompt: str, args: argparse.Namespace, lora: Path | None) -> dict[int, bool]:
