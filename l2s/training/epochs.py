@@ -7,18 +7,20 @@ import json
 import math
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from l2s.classifier import ClassifierConfig, RelationClassifier
 from l2s.distributed import World, world
 from l2s.errors import L2SError
-from .parallel import global_batch_size, restore_rng
+from .parallel import collate_slice, global_batch_size, restore_rng
 
 WEIGHT_DECAY = 0.05
 LR_FACTOR, LR_PATIENCE, MIN_LR = 0.5, 5, 1e-6
@@ -84,6 +86,7 @@ class _Training:
     scheduler: Any
     shuffle: torch.Generator
     counters: dict
+    ddp: DistributedDataParallel | None = field(default=None, repr=False)
 
     @classmethod
     def start(cls, config: ClassifierConfig, lr: float, seed: int, device: str) -> _Training:
@@ -113,9 +116,10 @@ class _Training:
         tally = _EpochTally()
         group = world()
         size, total = train_loader.batch_sampler.batch_size, len(train_loader.dataset)
+        spare = lambda: collate_slice([train_loader.dataset[0]])  # noqa: E731
         for number, batch in enumerate(train_loader):
             if group.spread:
-                self._shared_step(batch, global_batch_size(number, size, total), tally, device, group)
+                self._shared_step(batch, global_batch_size(number, size, total), tally, device, group, spare)
             else:
                 self._step(batch, tally, device)
         train = tally.merged(group).summary()
@@ -151,26 +155,34 @@ class _Training:
         tally.add(loss.item() * len(labels), logits, labels, steps)
 
     def _shared_step(self, batch: list[torch.Tensor] | None, batch_total: int, tally: _EpochTally, device: str,
-                     group: World) -> None:
-        """This rank's slice of a global batch (``batch_total`` samples; None: an empty slice): its
-        summed loss over ``batch_total``, gradients summed over the ranks, then the common step."""
+                     group: World, spare: Callable[[], list[torch.Tensor]]) -> None:
+        """This rank's slice of a global batch (``batch_total`` samples; None: an empty slice) through
+        DDP, which averages the ranks' gradients: each rank's summed loss over ``batch_total``, times
+        the ranks, so the common step is the global batch's mean loss. Every rank must take part in
+        the average, so an empty slice runs ``spare()`` with weight 0."""
         self.optimizer.zero_grad(set_to_none=True)
-        loss_sum, maps = torch.zeros((), device=device), None
-        if batch is not None:
-            maps, steps, labels = (t.to(device) for t in batch)
-            logits = self.model(maps, steps)
-            loss_sum = nn.functional.cross_entropy(logits, labels, reduction="sum")
-            (loss_sum / batch_total).backward()
+        weight = group.size / batch_total
+        if batch is None:
+            batch, weight = spare(), 0.0
+        maps, steps, labels = (t.to(device) for t in batch)
+        logits = self._parallel(device)(maps, steps)
+        loss_sum = nn.functional.cross_entropy(logits, labels, reduction="sum")
+        (loss_sum * weight).backward()
+        summed = torch.zeros(1, device=device)
+        if weight:
             tally.add(loss_sum.item(), logits, labels, steps)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        summed = loss_sum.detach().reshape(1).clone()
-        group.sum_([p.grad for p in params] + [summed])
+            summed += loss_sum.detach()
+        group.sum_([summed])
         if not torch.isfinite(summed).all():
-            self._diverged("training", summed.item() / batch_total, maps)
+            self._diverged("training", summed.item() / batch_total, maps if weight else None)
         self.optimizer.step()
+
+    def _parallel(self, device: str) -> DistributedDataParallel:
+        """The model under DDP (built on first use: it joins the process group's gradient buckets)."""
+        if self.ddp is None:
+            index = torch.device(device).index if device.startswith("cuda") else None
+            self.ddp = DistributedDataParallel(self.model, device_ids=None if index is None else [index])
+        return self.ddp
 
     def _diverged(self, which: str, loss: float, maps: torch.Tensor | None) -> None:
         """Stop at once: say in which epoch, and whether the data or the learning rate is to blame."""

@@ -3,9 +3,9 @@
 One process trains on batches of ``batch_size`` samples in one seeded shuffled order. N processes
 (``torchrun`` / ``accelerate launch``, :mod:`l2s.distributed`) draw the same order from the same
 seeded generator and split each of those global batches: rank r takes every N-th sample of it.
-Each rank's loss is its samples' summed loss divided by the global batch's size, and the
-gradients are summed over the ranks, so every rank takes the optimizer step of the global batch's
-mean loss: the step one process takes, up to the order of float additions. Validation is split
+Each rank's loss is its samples' summed loss divided by the global batch's size, times the ranks,
+and DDP averages the gradients over the ranks, so every rank takes the optimizer step of the global
+batch's mean loss: the step one process takes, up to the order of float additions. Validation is split
 the same way and its sums merged. Each rank draws its own dropout masks (rank 0 keeps the
 one-process stream), so runs with dropout are equal to a one-process run in distribution, and
 without dropout equal to rounding.

@@ -254,17 +254,20 @@ TRAIN = textwrap.dedent('''
 ''')
 
 
-@pytest.fixture(scope="module")
-def train_data(tmp_path_factory) -> Path:
+def _train_data(root: Path, maps: int) -> Path:
     import torch
 
     from tests.training.test_train import _synthetic, _write
 
     g = torch.Generator().manual_seed(0)
-    root = tmp_path_factory.mktemp("train")
     (root / "train.py").write_text(TRAIN)
+    return _write(root / "data", [_synthetic(maps, g, "train"), _synthetic(37, g, "val")])
+
+
+@pytest.fixture(scope="module")
+def train_data(tmp_path_factory) -> Path:
     # 101 training maps in batches of 16: the last global batch has 5, split 3 + 2.
-    return _write(root / "data", [_synthetic(101, g, "train"), _synthetic(37, g, "val")])
+    return _train_data(tmp_path_factory.mktemp("train"), 101)
 
 
 def _train(data: Path, out: Path, dropout: float, epochs: int, processes: int) -> None:
@@ -309,6 +312,18 @@ def test_training_on_two_processes_takes_the_one_process_steps(train_data, tmp_p
     with torch.no_grad():
         logits = [RelationClassifier.load(tmp_path / run / "last").eval()(maps, steps) for run in ("one", "two")]
     assert torch.allclose(logits[0], logits[1], atol=1e-5)
+
+
+def test_a_rank_with_an_empty_slice_still_takes_the_common_step(tmp_path):
+    """97 maps in batches of 16: the last global batch holds one map, so rank 1's slice is empty and
+    it joins the gradient average with weight 0; the run still takes the one-process steps."""
+    data = _train_data(tmp_path, 97)
+    _train(data, tmp_path / "one", 0.0, 2, 1)
+    _train(data, tmp_path / "two", 0.0, 2, 2)
+    for a, b in zip(_log(tmp_path / "one"), _log(tmp_path / "two"), strict=True):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)
+        assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-5)
+        assert b["train_accuracy"] == a["train_accuracy"]
 
 
 def test_training_resumes_after_a_rank_is_killed(train_data, tmp_path):
