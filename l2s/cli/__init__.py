@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 
 from l2s import __version__
@@ -52,6 +53,9 @@ INTERRUPTED = "l2s: interrupted; rerun the same command to resume"
 # name this process, which only followed, as the first to fail: the line says which one stopped first.
 PEER_STOPPED = ("l2s: error: another process of this run stopped first, and this one with it (the other's "
                 "own line is above if it said one; a killed process says none)")
+# How long a process that saw another stop waits to be stopped by its launcher (torchrun polls
+# its processes every 0.1 s by default), so that the launcher's summary blames the other one.
+PEER_WAIT_S = 10.0
 RESTART_FLAGS = ("--restart", "--no-resume")   # a start-over (shapes grpo takes both spellings)
 # Failed system calls a user fixes on the machine, then resumes: a full disk or quota, an I/O error, no
 # permission, a read-only file system, too many open files. Any other (a missing file l2s reads) is a bug.
@@ -184,8 +188,7 @@ def _guarded(work, argv: Sequence[str] = ()) -> int:
         return _interrupted_exit(error, argv)
     except (MemoryError, RuntimeError) as error:
         if launched() and _peer_gone(error):   # another process failed; the launcher ends this one
-            say(PEER_STOPPED)
-            return 1
+            return _peer_stopped()
         if not _out_of_memory(error):
             raise
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
@@ -193,8 +196,7 @@ def _guarded(work, argv: Sequence[str] = ()) -> int:
         return EXIT_USAGE
     except OSError as error:
         if launched() and _peer_gone(error):   # a socket reset by another process that failed
-            say(PEER_STOPPED)
-            return 1
+            return _peer_stopped()
         if isinstance(error, BrokenPipeError):   # the reader of stdout is gone (| head): nothing to say
             _stdout_to_devnull()
             return 1
@@ -202,6 +204,17 @@ def _guarded(work, argv: Sequence[str] = ()) -> int:
             raise
         say(_system_error_line(error))
         return EXIT_USAGE
+
+
+def _peer_stopped() -> int:
+    """Say that another process stopped first; under torchrun / accelerate launch, wait (bounded) for
+    the launcher to stop this one: a process that exits in the same poll as the one that failed is
+    named the root cause of the launcher's summary when its rank is lower."""
+    say(PEER_STOPPED)
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        with contextlib.suppress(KeyboardInterrupt):
+            time.sleep(PEER_WAIT_S)
+    return 1
 
 
 def _stdout_to_devnull() -> None:

@@ -68,6 +68,38 @@ def _summary(out: Path) -> dict:
     return comparable_summary(json.loads((out / "summary.json").read_text()))
 
 
+ALONE = textwrap.dedent('''
+    import sys
+    sys.path.insert(0, sys.argv[1])
+    from l2s.cli import _guarded, _sigterm_as_interrupt
+    from l2s.distributed import world
+    from l2s.errors import L2SError
+
+    def work():
+        group = world()
+        group.barrier()
+        if group.rank == 1:
+            raise L2SError("rank 1 fails alone")
+        group.barrier()   # rank 1 is gone: rank 0's collective fails
+        return 0
+
+    with _sigterm_as_interrupt():
+        sys.exit(_guarded(work))
+''')
+
+
+def test_the_launcher_names_the_process_that_failed_not_the_one_that_stopped_with_it(tmp_path):
+    """Rank 0 used to exit in the same poll as the failing rank 1, and torchrun's summary named
+    rank 0 (the lower rank) as the root cause every time."""
+    (tmp_path / "alone.py").write_text(ALONE)
+    proc = _launch([str(tmp_path / "alone.py"), str(ROOT)])
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0
+    assert "rank 1 fails alone" in err and "another process of this run stopped first" in err
+    root_cause = err.split("Root Cause")[1]
+    assert "rank      : 1 (local_rank: 1)" in root_cause and "exitcode  : 2" in root_cause
+
+
 # ---------------------------------------------------------------------------------------------
 # eval
 # ---------------------------------------------------------------------------------------------
