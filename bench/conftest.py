@@ -24,6 +24,7 @@ BASELINES = frozenset({
     "test_steered_iteration[reference]",                  # iteration: reference mode
     "test_capture_backend_iteration[native]",             # capture: "sdpa twice as fast as native"
     "test_steered_generation[reference-mode-reference]",  # generation: reference mode, published schedule
+    "test_steered_batch[1]",                              # batch: one image per call
     "test_explicit_softmax[cpu]", "test_explicit_softmax[cuda]",   # capture op: the explicit softmax
     "test_eager",                                         # plain-step engines: eager
     "test_compiled_gelu[stock]",                          # GELU: inductor's own CPU tanh

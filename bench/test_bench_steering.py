@@ -14,7 +14,9 @@ Four groups, each timing code the pipelines run (nothing re-implemented here):
 * ``capture``: the same fast iteration with each capture backend ("sdpa", "native"): the
   measurement behind ``l2s.steer.DEFAULT_CAPTURE_BACKEND``;
 * ``generation``: a whole steered generation per schedule preset in fast mode, plus the published
-  schedule in reference and fast+compiled mode.
+  schedule in reference and fast+compiled mode;
+* ``batch``: the same four steered images (four prompts, four seeds) made one per call, two per
+  call and four in one call, fast mode, published schedule: what batching saves per image.
 
 ``extra_info`` records transformer forwards executed, the last target probability and, for the
 compiled mode, the cold compile (first forward + backward) in seconds. Run
@@ -65,6 +67,10 @@ ITERATION_MODES = {"reference": "reference", "fast-stock-forward": STOCK_FORWARD
                    "fast+compiled": "fast+compiled"}
 GENERATIONS = [("fast", preset) for preset in ("reference", "front-loaded", "early-exit", "fast")]
 GENERATIONS += [("reference", "reference"), ("fast+compiled", "reference")]
+# Four prompts with two objects and a relation each, and their seeds: every batch size makes these.
+BATCH_PROMPTS = ("a cat above a dog", "a dog to the left of a chair", "a chair below a lamp",
+                 "a lamp to the right of a cat")
+BATCH_SIZES = (1, 2, 4)
 
 
 def make_responsive(classifier: RelationClassifier) -> RelationClassifier:
@@ -276,3 +282,24 @@ def test_steered_generation(benchmark, mode, preset, tiny_dev):
     else:                                          # an exit costs no extra pass (see tests/pipelines)
         assert len(records) <= schedule.max_forwards()
     assert not result.diagnostics.non_finite_events()
+
+
+# ---- batches ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("batch", BATCH_SIZES)
+def test_steered_batch(benchmark, batch, tiny_dev):
+    """The four prompts of ``BATCH_PROMPTS`` in calls of ``batch`` images each: every row makes the
+    same four images, so the medians compare per-image costs."""
+    benchmark.group = "batch"
+    steerer = make_steerer(tiny_dev, "fast")
+    calls = [range(first, first + batch) for first in range(0, len(BATCH_PROMPTS), batch)]
+
+    def generate():
+        return [steerer([BATCH_PROMPTS[i] for i in call], seed=list(call), num_inference_steps=STEPS_FOR_50,
+                        height=SIDE, width=SIDE, schedule="reference", progress=False) for call in calls]
+
+    results = benchmark.pedantic(generate, rounds=GENERATION_ROUNDS, warmup_rounds=1)
+    images = [image for result in results for image in result.images]
+    benchmark.extra_info.update(batch=batch, calls=len(calls), images=len(images))
+    assert len(images) == len(BATCH_PROMPTS)
+    assert all(not result.diagnostics.non_finite_events() for result in results)
