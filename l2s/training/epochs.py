@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from l2s.classifier import ClassifierConfig, RelationClassifier
 from l2s.distributed import World, world
 from l2s.errors import L2SError
-from .parallel import collate_slice, global_batch_size, restore_rng
+from .parallel import global_batch_size, restore_rng, stand_in
 
 WEIGHT_DECAY = 0.05
 LR_FACTOR, LR_PATIENCE, MIN_LR = 0.5, 5, 1e-6
@@ -116,7 +116,7 @@ class _Training:
         tally = _EpochTally()
         group = world()
         size, total = train_loader.batch_sampler.batch_size, len(train_loader.dataset)
-        spare = lambda: collate_slice([train_loader.dataset[0]])  # noqa: E731
+        spare = lambda: stand_in(train_loader.dataset)  # noqa: E731
         for number, batch in enumerate(train_loader):
             if group.spread:
                 self._shared_step(batch, global_batch_size(number, size, total), tally, device, group, spare)
