@@ -302,6 +302,8 @@ def _alone_under_accelerate(argv: list[str]) -> str | None:
 
 
 def _dispatch(argv: list[str]) -> int:
+    if launched() and not first_on_machine() and {"-h", "--help", "--version"} & set(argv):
+        return 0   # the machine's first process prints the help or version, not each of its N copies
     if refusal := _one_process_only(argv):
         say(refusal)
         return EXIT_USAGE
