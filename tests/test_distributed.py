@@ -199,6 +199,15 @@ def test_more_processes_on_a_machine_than_gpus_are_refused_by_every_process(monk
             group._join()
 
 
+def test_every_documented_accelerate_launch_of_several_processes_passes_multi_gpu():
+    """Without --multi_gpu accelerate starts one process a machine unless its config or several GPUs
+    turn multi-GPU on (below): the docs' two-machine line ran alone on machines of one GPU or none."""
+    docs = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    commands = [line for doc in docs for line in doc.read_text().replace("\\\n", " ").splitlines()
+                if "accelerate launch" in line and "--num_processes" in line]
+    assert commands and [line for line in commands if "--multi_gpu" not in line] == []
+
+
 @pytest.mark.parametrize("options, alone", [(["--cpu", "--num_processes", "2"], [True]),
                                              (["--num_processes", "2"], [True]), (["--cpu"], [False]),
                                              (["--multi_gpu", "--num_processes", "2"], [False, False])])

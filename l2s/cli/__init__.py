@@ -280,8 +280,12 @@ def _one_process_only(argv: list[str]) -> str | None:
     command = next((c for c in known if tuple(argv[:len(c)]) == c), None)
     if command is None or command in LAUNCHED_COMMANDS:
         return None
+    name = " ".join(command)
+    if "RANK" not in os.environ:   # launchers set RANK too: WORLD_SIZE is the shell's (a cluster job's)
+        return (f"l2s: error: 'l2s {name}' runs in one process, and WORLD_SIZE={os.environ['WORLD_SIZE']} in the "
+                f"environment says a launcher started this one of several; unset it: env -u WORLD_SIZE l2s {name} ...")
     spread = ", ".join(" ".join(c) for c in LAUNCHED_COMMANDS)
-    return (f"l2s: error: 'l2s {' '.join(command)}' runs in one process: start it without torchrun or accelerate "
+    return (f"l2s: error: 'l2s {name}' runs in one process: start it without torchrun or accelerate "
             f"launch (these share their work over processes: {spread})")
 
 
@@ -298,6 +302,8 @@ def _alone_under_accelerate(argv: list[str]) -> str | None:
 
 
 def _dispatch(argv: list[str]) -> int:
+    if launched() and not first_on_machine() and {"-h", "--help", "--version"} & set(argv):
+        return 0   # the machine's first process prints the help or version, not each of its N copies
     if refusal := _one_process_only(argv):
         say(refusal)
         return EXIT_USAGE

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from l2s.classifier import ClassifierConfig, RelationClassifier
 from l2s.distributed import World, world
 from l2s.errors import L2SError
-from .parallel import collate_slice, global_batch_size, restore_rng
+from .parallel import global_batch_size, restore_rng, stand_in
 
 WEIGHT_DECAY = 0.05
 LR_FACTOR, LR_PATIENCE, MIN_LR = 0.5, 5, 1e-6
@@ -116,7 +116,7 @@ class _Training:
         tally = _EpochTally()
         group = world()
         size, total = train_loader.batch_sampler.batch_size, len(train_loader.dataset)
-        spare = lambda: collate_slice([train_loader.dataset[0]])  # noqa: E731
+        spare = lambda: stand_in(train_loader.dataset)  # noqa: E731
         for number, batch in enumerate(train_loader):
             if group.spread:
                 self._shared_step(batch, global_batch_size(number, size, total), tally, device, group, spare)
@@ -125,7 +125,7 @@ class _Training:
         train = tally.merged(group).summary()
         val = _evaluate(model, val_loader, device)
         if not math.isfinite(val["loss"]):
-            self._diverged("validation", val["loss"], None)
+            self._diverged("validation", val["loss"], False)
         self.scheduler.step(val["loss"])
         counters["epoch"] += 1
         improved = val["loss"] < counters["best_val_loss"]
@@ -148,7 +148,7 @@ class _Training:
         logits = self.model(maps, steps)
         loss = nn.functional.cross_entropy(logits, labels)
         if not torch.isfinite(loss):
-            self._diverged("training", loss.item(), maps)
+            self._diverged("training", loss.item(), not torch.isfinite(maps).all())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -168,13 +168,16 @@ class _Training:
         logits = self._parallel(device)(maps, steps)
         loss_sum = nn.functional.cross_entropy(logits, labels, reduction="sum")
         (loss_sum * weight).backward()
-        summed = torch.zeros(1, device=device)
+        # summed over the ranks: the loss, and how many slices held non-finite maps (so that every
+        # rank, not only the one whose slice held them, blames the data rather than the learning rate)
+        summed = torch.zeros(2, device=device)
         if weight:
             tally.add(loss_sum.item(), logits, labels, steps)
-            summed += loss_sum.detach()
+            summed[0] += loss_sum.detach()
+            summed[1] += (~torch.isfinite(maps).all()).float()
         group.sum_([summed])
-        if not torch.isfinite(summed).all():
-            self._diverged("training", summed.item() / batch_total, maps if weight else None)
+        if not torch.isfinite(summed[0]):
+            self._diverged("training", summed[0].item() / batch_total, bool(summed[1]))
         self.optimizer.step()
 
     def _parallel(self, device: str) -> DistributedDataParallel:
@@ -184,10 +187,11 @@ class _Training:
             self.ddp = DistributedDataParallel(self.model, device_ids=None if index is None else [index])
         return self.ddp
 
-    def _diverged(self, which: str, loss: float, maps: torch.Tensor | None) -> None:
-        """Stop at once: say in which epoch, and whether the data or the learning rate is to blame."""
+    def _diverged(self, which: str, loss: float, bad_maps: bool) -> None:
+        """Stop at once: say in which epoch, and whether the data (``bad_maps``: the batch held
+        non-finite maps) or the learning rate is to blame."""
         epoch = self.counters["epoch"] + 1
-        if maps is not None and not torch.isfinite(maps).all():
+        if bad_maps:
             raise TrainingDivergedError(f"epoch {epoch}: the dataset holds non-finite maps (the {which} loss "
                                         f"is {loss}); remake the dataset")
         lr = self.optimizer.param_groups[0]["lr"]

@@ -44,6 +44,13 @@ def collate_slice(items: list):
     return default_collate(items) if items else None
 
 
+def stand_in(dataset: Dataset) -> list[torch.Tensor]:
+    """What a rank with an empty slice runs with weight 0: the first item with its maps zeroed (finite,
+    so its gradient times 0 is 0; a NaN map of the dataset's would make the common gradient NaN)."""
+    maps, steps, labels = collate_slice([dataset[0]])
+    return [torch.zeros_like(maps), steps, labels]
+
+
 def global_batch_size(number: int, batch_size: int, total: int) -> int:
     """Samples in global batch ``number`` (0-based) of ``total`` samples: the last may be short."""
     return min(batch_size, total - number * batch_size)

@@ -136,6 +136,7 @@ def test_under_a_launcher_a_one_process_command_is_refused_before_any_work(monke
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("RANK", "0")
     # N copies of generate would write one folder, all but one refused by its lock without a word
     code, _, err = run(["generate", "a red circle left of a blue square", "--out", str(tmp_path / "out")], capsys)
     assert code == 2 and error_lines(err) == [_one_process_only(["generate"])] and not (tmp_path / "out").exists()
@@ -145,6 +146,30 @@ def test_under_a_launcher_a_one_process_command_is_refused_before_any_work(monke
         assert _one_process_only(argv) is None, argv
     monkeypatch.delenv("WORLD_SIZE")
     assert _one_process_only(["generate", "x"]) is None
+
+
+@pytest.mark.parametrize("argv", [["eval", "--help"], ["train", "--help"], ["--version"], ["generate", "-h"]])
+def test_under_a_launcher_help_and_version_are_printed_once_a_machine(monkeypatch, capsys, argv):
+    """'torchrun --nproc_per_node 8 -m l2s.cli eval --help' printed the help 8 times."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert main(argv) == 0 and capsys.readouterr() == ("", "")
+    monkeypatch.setenv("LOCAL_RANK", "0")   # each machine's first process prints it
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 0 and capsys.readouterr().out
+
+
+def test_a_world_size_set_by_the_shell_not_a_launcher_is_named_in_the_refusal(monkeypatch, tmp_path, capsys):
+    """No launcher started the process (no RANK), so 'start it without torchrun' misled: it was."""
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.delenv("RANK", raising=False)
+    code, _, err = run(["generate", "a red circle left of a blue square", "--out", str(tmp_path / "out")], capsys)
+    assert code == 2 and error_lines(err) == ["l2s: error: 'l2s generate' runs in one process, and WORLD_SIZE=4 in "
+                                              "the environment says a launcher started this one of several; unset "
+                                              "it: env -u WORLD_SIZE l2s generate ..."]
+    assert not (tmp_path / "out").exists()
 
 
 def test_an_accelerate_launch_that_started_one_of_several_says_so_in_one_line(monkeypatch, capsys):

@@ -379,6 +379,36 @@ def test_training_resumes_after_a_rank_is_killed(train_data, tmp_path):
     assert settings["processes"] == 2  # resuming with another number of processes is refused
 
 
+POISONED = textwrap.dedent('''
+    import sys
+    sys.path.insert(0, sys.argv[1])
+    from pathlib import Path
+    from tests.training.test_resume_integrity import _config
+    from l2s.cli import _guarded
+    from l2s.training import train_classifier
+
+    data, out, batch_size = Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
+    sys.exit(_guarded(lambda: train_classifier(data, out, _config(), epochs=1, lr=1e-3, batch_size=batch_size,
+                                               seed=0, progress=False) and 0))
+''')
+
+
+@pytest.mark.parametrize("poison_at, batch_size", [(3, 8), (0, 1)])
+def test_non_finite_maps_in_one_rank_are_named_by_every_rank(tmp_path, poison_at, batch_size):
+    """The rank whose slice held the NaN map said so; the other saw only the summed loss turn NaN and
+    blamed the learning rate, and that line (rank 0's) was the one shown. In batches of 1, rank 1's
+    slices are empty: it ran the first training map with weight 0, and a NaN there (0 x NaN) spoiled
+    the common gradient before any batch held that map."""
+    from tests.training.test_resume_integrity import _synthetic
+
+    (tmp_path / "poisoned.py").write_text(POISONED)
+    data = _synthetic(tmp_path, poison=True, poison_at=poison_at)   # one training map holds a NaN
+    proc = _launch([str(tmp_path / "poisoned.py"), str(ROOT), str(data), str(tmp_path / "run"), str(batch_size)])
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode != 0 and "exitcode  : 2" in err, err[-3000:]
+    assert "the dataset holds non-finite maps" in err and "lower the learning rate" not in err, err[-3000:]
+
+
 # ---------------------------------------------------------------------------------------------
 # shapes bench
 # ---------------------------------------------------------------------------------------------

@@ -321,12 +321,12 @@ def test_make_data_out_must_be_a_writable_folder_and_restart_starts_over(samples
 CHANNELS = 4
 
 
-def _synthetic(tmp_path: Path, poison: bool = False) -> Path:
+def _synthetic(tmp_path: Path, poison: bool = False, poison_at: int = 3) -> Path:
     g = torch.Generator().manual_seed(0)
     n = 24
     maps = torch.rand(n, 2, CHANNELS, 16, 16, generator=g)
     if poison:
-        maps[3, 0, 0, 0, 0] = float("nan")
+        maps[poison_at, 0, 0, 0, 0] = float("nan")
     records = [{"label": PUBLISHED_CLASSES[i % 5], "timestep": (1, 3)[i % 2], "split": "val" if i >= 18 else "train",
                 "sample_id": f"s{i}"} for i in range(n)]
     return write_map_dataset(tmp_path / ("poisoned" if poison else "data"), records, maps,
