@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -45,6 +46,9 @@ from .settings import GRPOSettings
 from .trainer import GRPOTrainer, seeds_for
 
 CHECKPOINT, LOG, EVALUATED = "checkpoint.pt", "log.jsonl", "evaluated"
+# A held-out judge this far below its epoch-0 value while the reward is above its own: said once a
+# run, since a reward model with a blind spot rises exactly as the images lose what it cannot see.
+HACKING_DROP = 0.2
 log = logging.getLogger(__name__)
 
 
@@ -192,6 +196,7 @@ def _epochs(trainer: GRPOTrainer, out: Path, pool, eval_prompts, evaluators: dic
     last = max(start, s.epochs if stop_after is None else min(s.epochs, start + stop_after))   # done: never fewer
     # read once: each epoch's row is kept here as it is appended, so curves.png costs no re-read
     history = [r for _, r in read_jsonl_lines(out / LOG, fix="delete it to start the log afresh")] if main else []
+    warned = False
     with tqdm(total=s.epochs, initial=start, desc="GRPO epochs", disable=not (progress and main)) as bar:
         for epoch in range(start + 1, last + 1):
             record = run_epoch(trainer, pool, epoch, progress and main)
@@ -200,6 +205,7 @@ def _epochs(trainer: GRPOTrainer, out: Path, pool, eval_prompts, evaluators: dic
                 if judged:
                     record.update(evaluate(trainer, eval_prompts, evaluators, trainer.reward, progress,
                                            f"dev (epoch {epoch})"))
+                    warned = _warn_if_hacked(history, record, warned)
                 # The log line, the adapters, then the checkpoint: the checkpoint commits the epoch, and a
                 # resume drops what came after the last one (a line or adapters of an epoch cut short).
                 fsync_append(out / LOG, [json.dumps(record) + "\n"])
@@ -214,6 +220,24 @@ def _epochs(trainer: GRPOTrainer, out: Path, pool, eval_prompts, evaluators: dic
     records = [r for _, r in read_jsonl_lines(out / LOG, fix="delete it to start the log afresh")] \
         if (out / LOG).exists() else []
     return GRPOResult(last, records, out, start)
+
+
+def _warn_if_hacked(history: list[dict], record: dict, warned: bool) -> bool:
+    """Warn (once: ``warned``) when a held-out judge fell :data:`HACKING_DROP` below its epoch-0 value
+    while the held-out reward rose above its own; whether the run has warned now."""
+    start = next((row for row in history if row.get("epoch") == 0), None)
+    if warned or start is None or record.get("eval_reward", -math.inf) <= start.get("eval_reward", math.inf):
+        return warned
+    fallen = [key for key, value in record.items() if key.startswith("eval_") and key != "eval_reward"
+              and isinstance(start.get(key), float) and isinstance(value, float) and not key.endswith("_s")
+              and value <= start[key] - HACKING_DROP]
+    if not fallen:
+        return False
+    drops = ", ".join(f"{key[5:]} {start[key]:.3f} -> {record[key]:.3f}" for key in fallen)
+    log.warning("warning: epoch %d: the held-out reward rose (%.3f -> %.3f) while %s: the reward may be hacked (look at "
+                "curves.png and the images; --keep-evaluated keeps each judged epoch's adapter to go back to)",
+                record["epoch"], start["eval_reward"], record["eval_reward"], drops)
+    return True
 
 
 def _draw_curves(out: Path, rows: list[dict], evaluators: dict) -> None:

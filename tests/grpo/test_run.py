@@ -290,3 +290,36 @@ def test_a_run_resumed_on_another_number_of_processes_says_it_is_no_longer_a_rep
     caplog.clear()
     _run(tmp_path, tiny_settings(epochs=3))                                          # now recorded as one
     assert "resumes on" not in caplog.text
+
+
+class Scripted:
+    """A judge or reward whose every image gets ``values[call]`` at its ``call``-th use (the last
+    value from then on), plus ``spread`` x redness (a reward's groups need a spread to train on)."""
+
+    def __init__(self, *values: float, spread: float = 0.0) -> None:
+        self.values, self.spread, self.calls = values, spread, 0
+
+    def __call__(self, images, prompts):
+        value = self.values[min(self.calls, len(self.values) - 1)]
+        self.calls += 1
+        return value + self.spread * redness(images, prompts)
+
+
+def test_a_judge_that_falls_while_the_reward_rises_is_warned_once(tmp_path, caplog):
+    """The reward is used once per epoch to train and once per judging; the judge once per judging."""
+    reward = Scripted(0.0, 0.0, 5.0, spread=1e-3)   # the epoch-0 judging, epoch 1's training, then higher
+    judge = Scripted(0.9, 0.9, 0.1, 0.1)     # judged at epochs 0 and 1 as at the start, then fallen
+    with caplog.at_level("WARNING", logger="l2s.grpo.run"):
+        train_grpo(make_tiny_pipe(), reward, tiny_settings(epochs=3), tmp_path / "run", PROMPTS,
+                   eval_prompts=PROMPTS[:1], evaluators={"found": judge}, progress=False, accelerator=OneProcess())
+    warnings = [r.getMessage() for r in caplog.records if "may be hacked" in r.getMessage()]
+    assert len(warnings) == 1, warnings                  # epoch 2 warns; epoch 3 (fallen still) does not again
+    assert warnings[0].startswith("warning: epoch 2: the held-out reward rose") and "found 0.900 -> 0.100" in warnings[0]
+
+
+def test_a_judge_that_falls_with_the_reward_is_not_called_hacking(tmp_path, caplog):
+    reward, judge = Scripted(5.0, 5.0, 0.0, spread=1e-3), Scripted(0.9, 0.1)
+    with caplog.at_level("WARNING", logger="l2s.grpo.run"):
+        train_grpo(make_tiny_pipe(), reward, tiny_settings(epochs=2), tmp_path / "run", PROMPTS,
+                   eval_prompts=PROMPTS[:1], evaluators={"found": judge}, progress=False, accelerator=OneProcess())
+    assert not [r for r in caplog.records if "may be hacked" in r.getMessage()]
