@@ -223,19 +223,19 @@ def _epochs(trainer: GRPOTrainer, out: Path, pool, eval_prompts, evaluators: dic
 
 
 def _warn_if_hacked(history: list[dict], record: dict, warned: bool) -> bool:
-    """Warn (once: ``warned``) when a held-out judge fell :data:`HACKING_DROP` below its epoch-0 value
-    while the held-out reward rose above its own; whether the run has warned now."""
+    """Warn (once per command: ``warned``) when a held-out judge (a 0-1 accuracy) fell :data:`HACKING_DROP`
+    below its epoch-0 value while the held-out reward rose above its own; whether it has warned now."""
     start = next((row for row in history if row.get("epoch") == 0), None)
-    if warned or start is None or record.get("eval_reward", -math.inf) <= start.get("eval_reward", math.inf):
-        return warned
+    if warned or start is None or not record.get("eval_reward", math.nan) > start.get("eval_reward", math.nan):
+        return warned   # (a NaN reward "rose" nowhere: a broken run is not called hacked)
     fallen = [key for key, value in record.items() if key.startswith("eval_") and key != "eval_reward"
               and isinstance(start.get(key), float) and isinstance(value, float) and not key.endswith("_s")
               and value <= start[key] - HACKING_DROP]
     if not fallen:
         return False
     drops = ", ".join(f"{key[5:]} {start[key]:.3f} -> {record[key]:.3f}" for key in fallen)
-    log.warning("warning: epoch %d: the held-out reward rose (%.3f -> %.3f) while %s: the reward may be hacked (look at "
-                "curves.png and the images; --keep-evaluated keeps each judged epoch's adapter to go back to)",
+    log.warning("warning: epoch %d: the held-out reward rose (%.3f -> %.3f) while %s: the reward may be hacked "
+                "(look at curves.png and the images; --keep-evaluated keeps each judged epoch's adapter to go back to)",
                 record["epoch"], start["eval_reward"], record["eval_reward"], drops)
     return True
 

@@ -184,7 +184,9 @@ class _Training:
         """The model under DDP (built on first use: it joins the process group's gradient buckets)."""
         if self.ddp is None:
             index = torch.device(device).index if device.startswith("cuda") else None
-            self.ddp = DistributedDataParallel(self.model, device_ids=None if index is None else [index])
+            # the model's buffers are fixed tables (positional encodings): nothing to re-send each step
+            self.ddp = DistributedDataParallel(self.model, device_ids=None if index is None else [index],
+                                               broadcast_buffers=False)
         return self.ddp
 
     def _diverged(self, which: str, loss: float, bad_maps: bool) -> None:
