@@ -165,7 +165,7 @@ class _Training:
         if batch is None:
             batch, weight = spare(), 0.0
         maps, steps, labels = (t.to(device) for t in batch)
-        logits = self._parallel(device)(maps, steps)
+        logits = self._parallel(device, spare)(maps, steps)
         loss_sum = nn.functional.cross_entropy(logits, labels, reduction="sum")
         (loss_sum * weight).backward()
         # summed over the ranks: the loss, and how many slices held non-finite maps (so that every
@@ -180,14 +180,26 @@ class _Training:
             self._diverged("training", summed[0].item() / batch_total, bool(summed[1]))
         self.optimizer.step()
 
-    def _parallel(self, device: str) -> DistributedDataParallel:
-        """The model under DDP (built on first use: it joins the process group's gradient buckets)."""
+    def _parallel(self, device: str, spare: Callable[[], list[torch.Tensor]]) -> DistributedDataParallel:
+        """The model under DDP, built on first use, its gradient buckets settled (:meth:`_settle_buckets`)."""
         if self.ddp is None:
             index = torch.device(device).index if device.startswith("cuda") else None
             # the model's buffers are fixed tables (positional encodings): nothing to re-send each step
             self.ddp = DistributedDataParallel(self.model, device_ids=None if index is None else [index],
                                                broadcast_buffers=False)
+            self._settle_buckets(device, spare)
         return self.ddp
+
+    def _settle_buckets(self, device: str, spare: Callable[[], list[torch.Tensor]]) -> None:
+        """DDP lays its gradient buckets out anew after its first backward, and a sum over 3+ ranks
+        rounds by the layout: one backward of weight 0 before any step (eval mode: no dropout draw)
+        makes a run resumed at any epoch sum exactly as the uninterrupted run."""
+        training = self.model.training
+        self.model.eval()
+        maps, steps, _ = (t.to(device) for t in spare())
+        (self.ddp(maps, steps).sum() * 0.0).backward()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.model.train(training)
 
     def _diverged(self, which: str, loss: float, bad_maps: bool) -> None:
         """Stop at once: say in which epoch, and whether the data (``bad_maps``: the batch held
