@@ -36,6 +36,7 @@ class _EpochTally:
 
     def __init__(self) -> None:
         self.loss_sum = 0.0
+        self.bad_batches = 0   # batches whose maps held a non-finite value (validation: the data's fault)
         self.per_step: dict[int, list[int]] = defaultdict(lambda: [0, 0])  # step -> [correct, seen]
 
     def add(self, loss_sum: float, logits: torch.Tensor, labels: torch.Tensor, steps: torch.Tensor) -> None:
@@ -50,8 +51,9 @@ class _EpochTally:
         if not group.spread:
             return self
         merged = _EpochTally()
-        for loss_sum, per_step in group.gather((self.loss_sum, dict(self.per_step))):
+        for loss_sum, per_step, bad in group.gather((self.loss_sum, dict(self.per_step), self.bad_batches)):
             merged.loss_sum += loss_sum
+            merged.bad_batches += bad
             for step, (correct, seen) in per_step.items():
                 merged.per_step[step][0] += correct
                 merged.per_step[step][1] += seen
@@ -63,7 +65,8 @@ class _EpochTally:
             return {"loss": float("nan"), "accuracy": float("nan"), "per_step": {}}
         correct = sum(c for c, _ in self.per_step.values())
         return {"loss": self.loss_sum / total, "accuracy": correct / total,
-                "per_step": {str(s): c / n for s, (c, n) in sorted(self.per_step.items())}}
+                "per_step": {str(s): c / n for s, (c, n) in sorted(self.per_step.items())},
+                "bad_batches": self.bad_batches}
 
 
 @torch.no_grad()
@@ -74,6 +77,7 @@ def _evaluate(model: nn.Module, loader: DataLoader, device: str) -> dict:
         maps, steps, labels = maps.to(device), steps.to(device), labels.to(device)
         logits = model(maps, steps)
         tally.add(nn.functional.cross_entropy(logits, labels, reduction="sum").item(), logits, labels, steps)
+        tally.bad_batches += int(not torch.isfinite(maps).all())
     return tally.merged(world()).summary()
 
 
@@ -125,7 +129,7 @@ class _Training:
         train = tally.merged(group).summary()
         val = _evaluate(model, val_loader, device)
         if not math.isfinite(val["loss"]):
-            self._diverged("validation", val["loss"], False)
+            self._diverged("validation", val["loss"], val.get("bad_batches", 0) > 0)
         self.scheduler.step(val["loss"])
         counters["epoch"] += 1
         improved = val["loss"] < counters["best_val_loss"]

@@ -351,6 +351,11 @@ def test_training_that_diverges_stops_at_once_naming_the_epoch(tmp_path):
     with pytest.raises(TrainingDivergedError, match="non-finite maps"):
         train_classifier(_synthetic(tmp_path, poison=True), tmp_path / "poisoned-run", _config(), epochs=1,
                          lr=1e-3, **kwargs)
+    # A NaN map among the validation records (18-23) blames the data too, not the learning rate.
+    (tmp_path / "poisoned").rename(tmp_path / "poisoned-train")
+    with pytest.raises(TrainingDivergedError, match="non-finite maps .the validation loss is nan"):
+        train_classifier(_synthetic(tmp_path, poison=True, poison_at=20), tmp_path / "poisoned-val-run", _config(),
+                         epochs=1, lr=1e-3, **kwargs)
 
 
 def test_train_cli_lr_1e12_is_one_error_line(tmp_path, capsys):
