@@ -12,8 +12,8 @@ and the same for held-out prompts never trained.
 
 Trains with the library loop (``l2s.grpo.train_grpo``: the CLI draws from the whole prompt pool),
 the exact strict rule as reward by default (``--reward``), every other setting as ``l2s shapes
-grpo``. Rerunning the same command resumes. Judging runs ``l2s generate --no-steer`` on the base model and on the run's EMA
-adapter (same seeds) and reads each image's verdict from its index.json.
+grpo``. Rerunning the same command resumes. Judging runs ``l2s generate --no-steer`` on the base
+model and on the run's EMA adapter (same seeds) and reads each image's verdict from its index.json.
 """
 from __future__ import annotations
 

@@ -314,7 +314,8 @@ def test_a_judge_that_falls_while_the_reward_rises_is_warned_once(tmp_path, capl
                    eval_prompts=PROMPTS[:1], evaluators={"found": judge}, progress=False, accelerator=OneProcess())
     warnings = [r.getMessage() for r in caplog.records if "may be hacked" in r.getMessage()]
     assert len(warnings) == 1, warnings                  # epoch 2 warns; epoch 3 (fallen still) does not again
-    assert warnings[0].startswith("warning: epoch 2: the held-out reward rose") and "found 0.900 -> 0.100" in warnings[0]
+    assert warnings[0].startswith("warning: epoch 2: the held-out reward rose")
+    assert "found 0.900 -> 0.100" in warnings[0]
 
 
 def test_a_judge_that_falls_with_the_reward_is_not_called_hacking(tmp_path, caplog):
