@@ -34,8 +34,8 @@ def build_reward_data_parser() -> argparse.ArgumentParser:
 
     p = command_parser("l2s shapes reward-data", (
         "Preference pairs for the spatial reward model: shapes-model images of the same objects, one "
-        "showing the prompt, one showing it with 1 or 2-3 relations flipped, both checked by the exact "
-        "detector. Sharded and resumable: rerun the same command to continue or to add pairs."),
+        "showing the prompt, one showing it with 1 or 2-3 relations flipped (or, with --drop-fraction, "
+        "one missing an object), all checked by the exact detector. Sharded and resumable: rerun the same command to continue or to add pairs."),
         ["l2s shapes reward-data --out runs/pairs --pairs 2000",
          "l2s shapes reward-data --out runs/pairs --pairs 4000 --threads 2   # add pairs to the same folder"],
         settings=_pair_settings)
@@ -51,6 +51,9 @@ def build_reward_data_parser() -> argparse.ArgumentParser:
                         + ";".join(f"{key}={weight:g}" for key, weight in PAIR_PATTERN_WEIGHTS.items()) + ")")
     p.add_setting("--heldout-fraction", type=float,
                   help="share of object sets whose pairs are held out (split by prompt)")
+    p.add_setting("--drop-fraction", type=float,
+                  help="share of winner images that also get a loser of the same seed drawn without one of "
+                       "the prompt's objects (teaches the reward that a missing object is wrong)")
     p.add_argument("--include-held-out-vocabulary", action="store_true",
                    help="also draw the colour and shape held out of every training set (cyan, diamond)")
     p.add_argument("--batch-size", type=int, default=32, help="images per generation batch")
@@ -80,7 +83,7 @@ def reward_data_main(argv: Sequence[str] | None = None) -> int:
     seed_value(args.seed, "--seed")
     settings = PairSettings(seed=args.seed, families_per_shard=args.families_per_shard,
                             images_per_family=args.images_per_family, patterns=args.patterns,
-                            heldout_fraction=args.heldout_fraction,
+                            heldout_fraction=args.heldout_fraction, drop_fraction=args.drop_fraction,
                             include_held_out_vocabulary=args.include_held_out_vocabulary)
     settings.check(flag_of({"uses_per_image": "uses per image"}))
     pipe = load_shapes_pipeline(args.model, device=args.device)
@@ -100,8 +103,10 @@ def reward_data_main(argv: Sequence[str] | None = None) -> int:
 
 def _pairs_line(counts: dict, out) -> str:
     """``l2s: 20000 training pairs (1 flip: 9800, 2-3 flips: 10200), 2000 held out (...), in OUT``."""
+    from l2s.reward.pairs import group_label
+
     def split(name: str, label: str) -> str:
-        flips = ", ".join(f"{key.split('/')[1]} flip{'' if key.endswith('/1') else 's'}: {counts[key]}"
+        flips = ", ".join(f"{group_label(key.split('/')[1])}: {counts[key]}"
                           for key in sorted(counts) if key.startswith(name + "/"))
         return f"{counts.get(name, 0)} {label}" + (f" ({flips})" if flips else "")
     return f"l2s: {split('train', 'training pairs')}, {split('heldout', 'held out')}, in {out}"
@@ -138,6 +143,9 @@ def build_train_reward_parser() -> argparse.ArgumentParser:
     p.add_argument("--design", choices=("joint", "relational"), default=None,
                    help="relational (default): each parsed clause's subject and object look up their places and a "
                         "head reads the relation; joint: a reward token attends over every text and image token")
+    p.add_argument("--presence", action="store_true",
+                   help="relational design: the head also reads how well each object phrase matches the image, "
+                        "so a missing object can lower the score")
     p.add_argument("--grounding-layers", type=int, default=None,
                    help="text-to-image lookups that return where each word's object is (default 0)")
     p.add_argument("--channels", type=_channels, default=None, metavar="C1,C2,...",
@@ -163,13 +171,15 @@ def _channels(text: str) -> list[int]:
 
 
 def _headline(results: dict) -> str:
+    from l2s.reward.pairs import group_label
+
     if not results.get("finished"):
         return f"l2s: stopped after epoch {results['epochs_done']}; rerun the same command to continue"
     heldout = results.get("heldout")
     if not heldout:
         return "l2s: trained; the pair folder has no held-out pairs to score"
     flips = heldout["prompt"]["flips"]
-    parts = [f"{name} flip{'s' if name != '1' else ''} {v['accuracy']:.3f} (n={v['n']})" for name, v in flips.items()]
+    parts = [f"{group_label(name)} {v['accuracy']:.3f} (n={v['n']})" for name, v in flips.items()]
     return (f"l2s: held-out pairwise accuracy {heldout['prompt']['all']['accuracy']:.3f} "
             f"(n={heldout['prompt']['all']['n']}; {', '.join(parts)}); best epoch {results['best_epoch']}")
 
@@ -192,7 +202,7 @@ def train_reward_main(argv: Sequence[str] | None = None) -> int:
         positive_int(args.stop_after, "--stop-after")
     model = {k: v for k, v in (("d_model", args.d_model), ("joint_layers", args.joint_layers),
                                ("grounding_layers", args.grounding_layers), ("channels", args.channels),
-                               ("design", args.design)) if v is not None}
+                               ("design", args.design), ("presence", args.presence or None)) if v is not None}
     settings = RewardTrainSettings(loss=args.loss, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                    weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
                                    mirror=not args.no_mirror, val_fraction=args.val_fraction, seed=args.seed,

@@ -1,8 +1,10 @@
-"""Pairwise accuracy of any judge on preference pairs, overall and per group (flips, pattern).
+"""Pairwise accuracy of any judge on preference pairs, overall and per group (1 or 2-3 flipped
+relations or a dropped object; pattern).
 
 A judge is a :class:`~l2s.reward.RewardFn`; a pair counts as right when the winner scores higher
 than the loser under the pair's prompt, and as half right on a tie (a 0/1 rule ties often).
-The ``mirror`` direction asks the same of the perturbed prompt, under which the loser should win.
+The ``mirror`` direction asks the same of the perturbed prompt, under which the loser should win
+(flip pairs only: a dropped-object loser shows no prompt of its pair).
 """
 from __future__ import annotations
 
@@ -11,11 +13,8 @@ from collections.abc import Callable, Sequence
 import torch
 from scipy.stats import binomtest
 
-from .pairs import PairSet
+from .pairs import PairSet, pair_group
 from .scorer import images_to_tensor
-
-FLIP_GROUPS = {"1": (1,), "2-3": (2, 3)}
-
 
 def pair_scores(judge, pairs: PairSet, mirror: bool = False,
                 batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,17 +52,15 @@ def grouped_accuracy(winner: torch.Tensor, loser: torch.Tensor, records: Sequenc
     return {name: accuracy(winner[idx], loser[idx]) for name, idx in sorted(groups.items())}
 
 
-def flip_group(record: dict) -> str:
-    return next(name for name, counts in FLIP_GROUPS.items() if record["flips"] in counts)
-
-
 def evaluate_judge(judge, pairs: PairSet, mirror: bool = True) -> dict:
-    """Accuracy of ``judge`` on ``pairs``: overall, by flips (1 vs 2-3) and by prompt pattern;
-    with ``mirror`` also under the perturbed prompts."""
+    """Accuracy of ``judge`` on ``pairs``: overall, by kind (1 vs 2-3 flips, dropped object; under
+    the key "flips") and by prompt pattern; with ``mirror`` also the flip pairs under their
+    perturbed prompts."""
     result = {}
     for direction in ("prompt", "mirror") if mirror else ("prompt",):
-        w, l = pair_scores(judge, pairs, mirror=direction == "mirror")
+        part = pairs.mirrorable() if direction == "mirror" else pairs
+        w, l = pair_scores(judge, part, mirror=direction == "mirror")
         result[direction] = {"all": accuracy(w, l),
-                             "flips": grouped_accuracy(w, l, pairs.records, flip_group),
-                             "pattern": grouped_accuracy(w, l, pairs.records, lambda r: r.get("pattern", "-"))}
+                             "flips": grouped_accuracy(w, l, part.records, pair_group),
+                             "pattern": grouped_accuracy(w, l, part.records, lambda r: r.get("pattern", "-"))}
     return result

@@ -47,6 +47,7 @@ class SpatialScoreConfig:
     joint_layers: int = 2
     grounding_layers: int = 0   # text -> image lookups before the joint layers (0: none)
     design: str = "joint"       # "joint": reward token over all tokens; "relational": parsed clauses
+    presence: bool = False      # relational: the head also reads how well each phrase matches
     ff_mult: int = 4
     dropout: float = 0.0
     extra: dict = field(default_factory=dict)   # free-form notes kept with the weights
@@ -56,6 +57,8 @@ class SpatialScoreConfig:
             raise L2SError(f"unknown SpatialScore design {self.design!r} (choose {', '.join(DESIGNS)})")
         if self.design == "relational" and self.grounding_layers:
             raise L2SError("grounding layers belong to the joint design; the relational one looks places up itself")
+        if self.presence and self.design != "relational":
+            raise L2SError("presence belongs to the relational design (its head reads it per phrase)")
         halvings = 2 ** (len(self.channels) - 1)
         if not self.channels or self.image_size % halvings or self.image_size // halvings < 1:
             raise L2SError(f"{len(self.channels)} conv widths halve a {self.image_size}-px image "
@@ -133,7 +136,7 @@ class SpatialScore(nn.Module):
         self.text_position = nn.Parameter(torch.randn(config.text_len, d) * 0.02)
         self.text = _layers(config, config.text_layers)
         if config.design == "relational":
-            self.relational = RelationalHead(d, config.heads, config.grid)
+            self.relational = RelationalHead(d, config.heads, config.grid, presence=config.presence)
             return
         self.kind = nn.Parameter(torch.randn(3, d) * 0.02)       # reward, text, image token types
         self.reward_token = nn.Parameter(torch.randn(1, 1, d) * 0.02)

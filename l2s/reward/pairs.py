@@ -6,7 +6,9 @@ A pair folder holds::
     progress.json                  shards done and pair counts (informative; the shards are the truth)
     shards/00000.safetensors       ``images``: (N, H, W, 3) uint8, every image the shard's pairs use
     shards/00000.jsonl             one pair a line: ``prompt``, ``winner``, ``loser`` (row indices
-                                   into the shard's images), ``split``, ``flips`` and anything else
+                                   into the shard's images), ``split``, ``flips`` and anything else;
+                                   ``kind: "drop"`` marks a loser that lacks one of the prompt's
+                                   objects (``perturbed`` is then what it was drawn from)
 
 A shard counts as done once its ``.jsonl`` exists: the images are written first, the pair lines
 last, each atomically, so a run killed at any moment leaves whole shards and nothing else.
@@ -32,6 +34,7 @@ PROGRESS = "progress.json"
 SHARDS = "shards"
 FORMAT = "l2s-preference-pairs/1"
 SPLITS = ("train", "heldout")
+DROP = "drop"
 
 
 @dataclass
@@ -57,6 +60,11 @@ class PairSet:
 
         return self.subset([i for i, r in enumerate(self.records) if ok(r)])
 
+    def mirrorable(self) -> PairSet:
+        """The pairs whose loser shows its perturbed prompt (flipped relations), so that under that
+        prompt the order reverses; a dropped-object loser shows no prompt of the pair."""
+        return self.subset([i for i, r in enumerate(self.records) if r.get("kind") != DROP])
+
     @property
     def prompts(self) -> list[str]:
         return [r["prompt"] for r in self.records]
@@ -81,6 +89,19 @@ def done_shards(folder: str | Path) -> list[int]:
     """Indices of the committed shards, sorted."""
     root = Path(folder) / SHARDS
     return sorted(int(p.stem) for p in root.glob("*.jsonl") if p.stem.isdigit()) if root.is_dir() else []
+
+
+def pair_group(record: dict) -> str:
+    """"drop" for a dropped-object pair (its loser lacks one of the prompt's objects), else "1" or
+    "2-3" flipped relations."""
+    if record.get("kind") == DROP:
+        return DROP
+    return "1" if record["flips"] == 1 else "2-3"
+
+
+def group_label(group: str) -> str:
+    """How a :func:`pair_group` reads in a sentence: "1 flip", "2-3 flips", "dropped object"."""
+    return "dropped object" if group == DROP else f"{group} flip{'' if group == '1' else 's'}"
 
 
 def check_manifest(folder: str | Path, settings: dict) -> None:

@@ -2,11 +2,14 @@
 they are in the image, and a head reads the relation from the two places.
 
 Score = the sum over the prompt's clauses of log p(prompted relation | the two places), a spread
-per clause besides. A generic joint transformer has to discover that binding (which object is the
+per clause besides. With ``presence`` the head also reads how strongly each phrase matches its
+best places, so that an object missing from the image can lower the score. A generic joint transformer has to discover that binding (which object is the
 subject, where it is, how the two places compare) from pairwise preferences alone; with the
 binding given by the prompt's parse, only the lookups and the comparison are learned.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -24,12 +27,12 @@ def grid_places(grid: int) -> torch.Tensor:
 class RelationalHead(nn.Module):
     """(text tokens, image tokens, :class:`PromptBatch`) -> (mean, log_var), each (B,)."""
 
-    def __init__(self, d_model: int, heads: int, grid: int, hidden: int = 64) -> None:
+    def __init__(self, d_model: int, heads: int, grid: int, hidden: int = 64, presence: bool = False) -> None:
         super().__init__()
-        self.heads = heads
+        self.heads, self.presence = heads, presence
         self.norm_image = nn.LayerNorm(d_model)
         self.query, self.key = nn.Linear(d_model, d_model), nn.Linear(d_model, d_model)
-        self.head = nn.Sequential(nn.Linear(4 * heads, hidden), nn.GELU(), nn.Linear(hidden, len(RELATIONS) + 1))
+        self.head = nn.Sequential(nn.Linear((6 if presence else 4) * heads, hidden), nn.GELU(), nn.Linear(hidden, len(RELATIONS) + 1))
         self.base_log_var = nn.Parameter(torch.zeros(()))
         self.register_buffer("places", grid_places(grid), persistent=False)
 
@@ -40,8 +43,12 @@ class RelationalHead(nn.Module):
         phrases = prompts.phrases[..., :t].reshape(b, clauses * 2, t).to(text.dtype) @ text            # (B, 2C, d)
         q = self.query(phrases).view(b, clauses * 2, h, d // h).transpose(1, 2)         # (B, h, 2C, d/h)
         k = self.key(self.norm_image(image)).view(b, -1, h, d // h).transpose(1, 2)    # (B, h, N, d/h)
-        weights = torch.softmax(q @ k.transpose(-1, -2) / (d // h) ** 0.5, dim=-1)
+        logits = q @ k.transpose(-1, -2) / (d // h) ** 0.5                             # (B, h, 2C, N)
+        weights = torch.softmax(logits, dim=-1)
         where = (weights @ self.places).permute(0, 2, 1, 3).reshape(b, clauses, 4 * h)  # both phrases' places
+        if self.presence:   # how well a phrase matches anywhere: a softmax alone places a missing object too
+            match = torch.logsumexp(logits, dim=-1) - math.log(logits.shape[-1])          # (B, h, 2C)
+            where = torch.cat([where, match.transpose(1, 2).reshape(b, clauses, 2 * h)], dim=-1)
         out = self.head(where)
         used = prompts.relations >= 0
         log_p = torch.log_softmax(out[..., :-1], dim=-1).gather(-1, prompts.relations.clamp(min=0)[..., None])[..., 0]

@@ -8,8 +8,8 @@
 
 Validation pairs are carved out of the training split by object set (``group`` of a record:
 its ``objects`` field, else its prompt), so model selection never looks at the held-out split,
-which is scored once, at the end. With ``mirror`` every pair also trains in the other direction:
-under the perturbed prompt the loser is the image that should win.
+which is scored once, at the end. With ``mirror`` every flip pair also trains in the other
+direction: under the perturbed prompt the loser is the image that should win.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ from .evaluate import evaluate_judge, pair_scores, accuracy
 from .identity import MODEL_CARD
 from .losses import pair_loss
 from .model import SpatialScore, SpatialScoreConfig
-from .pairs import PairSet, load_pairs
+from .pairs import PairSet, group_label, load_pairs
 from .scorer import SpatialScorer, images_to_tensor
 from .text import PromptBatch
 from .settings import RewardTrainSettings
@@ -60,10 +60,11 @@ def validation_split(pairs: PairSet, fraction: float, seed: int) -> tuple[PairSe
 
 
 def check_prompts(scorer: SpatialScorer, sets: Sequence[PairSet]) -> None:
-    """Read every prompt and perturbed prompt of ``sets`` as the model will (parse, tokenize)."""
+    """Read every prompt of ``sets``, and every perturbed one it trains on, as the model will
+    (parse, tokenize)."""
     for pairs in sets:
         if len(pairs):
-            scorer.prompt_batch([text for r in pairs.records for text in (r["prompt"], r["perturbed"])])
+            scorer.prompt_batch(pairs.prompts + [r["perturbed"] for r in pairs.mirrorable().records])
 
 
 class _Examples:
@@ -77,9 +78,10 @@ class _Examples:
             if unread:
                 raise L2SError(f"{len(unread)} training prompts have no left/right/above/below clause the relational "
                                f"design reads (they would all score 0), e.g. {unread[0]!r}")
-        if mirror:
-            flipped = scorer.prompt_batch([r["perturbed"] for r in pairs.records])
-            self.winner, self.loser = torch.cat([pairs.winner, pairs.loser]), torch.cat([pairs.loser, pairs.winner])
+        if mirror:   # flip pairs only: a dropped-object loser shows no prompt of its pair
+            back = pairs.mirrorable()
+            flipped = scorer.prompt_batch([r["perturbed"] for r in back.records])
+            self.winner, self.loser = torch.cat([pairs.winner, back.loser]), torch.cat([pairs.loser, back.winner])
             self.prompts = PromptBatch.cat([self.prompts, flipped])
 
     def __len__(self) -> int:
@@ -183,7 +185,7 @@ def model_card(results: dict) -> str:
     """``best/README.md``: what the model is, what made it, how well it judged held-out pairs, how to use it."""
     heldout = results["heldout"]
     if heldout:
-        flips = ", ".join(f"{name} flip(s) {v['accuracy']:.3f} (n={v['n']})"
+        flips = ", ".join(f"{group_label(name)} {v['accuracy']:.3f} (n={v['n']})"
                           for name, v in heldout["prompt"]["flips"].items())
         scored = (f"Held-out pairwise accuracy {heldout['prompt']['all']['accuracy']:.3f} on "
                   f"{results['heldout_pairs']} pairs ({flips}).")

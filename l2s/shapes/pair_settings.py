@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from l2s.errors import L2SError
 
@@ -24,6 +24,8 @@ class PairSettings:
     include_held_out_vocabulary: bool = False
     steps: int = SHAPES_STEPS
     true_cfg_scale: float = SHAPES_TRUE_CFG
+    # Share of winner images that also get a dropped-object loser (0: relation flips only).
+    drop_fraction: float = 0.0
 
     def check(self, spelled: Callable[[str], str] = str) -> None:
         """Raise :class:`L2SError` naming the first setting that cannot work (``spelled``: its name
@@ -38,8 +40,18 @@ class PairSettings:
                            "not all 0")
         if not 0 <= self.heldout_fraction < 1:
             raise L2SError(f"{spelled('heldout_fraction')} must be in [0, 1), got {self.heldout_fraction}")
+        if not 0 <= self.drop_fraction <= 1:
+            raise L2SError(f"{spelled('drop_fraction')} must be in [0, 1], got {self.drop_fraction}")
         for name, least in (("images_per_family", 2), ("families_per_shard", 1), ("uses_per_image", 1)):
             if getattr(self, name) < least:
                 raise L2SError(f"{spelled(name)} must be at least {least}, got {getattr(self, name)}")
         if not 0 <= self.seed < 10 ** 9:   # image seeds are seed * 10**10 + ...: they must stay below 2**64
             raise L2SError(f"{spelled('seed')} must be in [0, 10**9), got {self.seed}")
+
+    def manifest(self) -> dict:
+        """What the folder's manifest stores; a setting added later is left out at its old
+        behaviour, so folders made before it still resume."""
+        data = asdict(self)
+        if not self.drop_fraction:
+            data.pop("drop_fraction")
+        return data

@@ -36,7 +36,6 @@ import hashlib
 import itertools
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +45,7 @@ from tqdm.auto import tqdm
 from l2s.errors import L2SError
 from l2s.evaluation import geneval_relations
 from l2s.files import output_lock
-from l2s.reward.pairs import check_manifest, clear_pairs, done_shards, load_pairs, write_progress, write_shard
+from l2s.reward.pairs import check_manifest, pair_group, clear_pairs, done_shards, load_pairs, write_progress, write_shard
 from l2s.relations import DIRECTIONAL
 
 from .batch_sampling import sample_images
@@ -56,7 +55,6 @@ from .pair_settings import PairSettings
 from .reward_prompts import Chain, pair_palette, random_chain
 from .verdicts import judge
 
-MULTI_FLIPS = "2-3"
 
 
 def split_of(chain: Chain, fraction: float) -> str:
@@ -136,7 +134,8 @@ def plan_shard(settings: PairSettings, shard: int) -> list[tuple[Chain, list[Cha
 
 def make_shard(pipe, settings: PairSettings, shard: int, detector: ShapesDetector,
                batch_size: int = 32, progress=None) -> tuple[np.ndarray, list[dict]]:
-    """Images and pair records of one shard (nothing written)."""
+    """Images and pair records of one shard (nothing written): flip pairs, then dropped-object
+    pairs (``settings.drop_fraction``), whose loser images follow the families' images."""
     plan = plan_shard(settings, shard)
     prompts = [source.prompt for _, sources, _ in plan for source in sources]
     seeds = [s for _, _, family_seeds in plan for s in family_seeds]
@@ -159,13 +158,50 @@ def make_shard(pipe, settings: PairSettings, shard: int, detector: ShapesDetecto
                             "objects": chain.objects_key, "split": split_of(chain, settings.heldout_fraction),
                             "family": f"{shard}-{j}", "winner_seed": family_seeds[w], "loser_seed": family_seeds[l],
                             "winner_generated_from": sources[w].prompt, "loser_generated_from": sources[l].prompt})
+    if settings.drop_fraction:
+        images, drops = _drop_pairs(pipe, settings, plan, images, records, detector, batch_size, progress,
+                                    np.random.default_rng([settings.seed, shard, 2]))
+        records += drops
     return images, records
+
+
+def _drop_pairs(pipe, settings: PairSettings, plan, images: np.ndarray, records: list[dict], detector, batch_size,
+                progress, rng: np.random.Generator) -> tuple[np.ndarray, list[dict]]:
+    """A share of the winners, each against its own seed drawn from its source prompt without one
+    object: kept when that object is gone and every other one is there (so P fails only by it)."""
+    n, firsts = settings.images_per_family, {}
+    for record in records:
+        firsts.setdefault(record["winner"], record)
+    chosen = [r for r in firsts.values() if rng.random() < settings.drop_fraction]
+    if not chosen:
+        return images, []
+    drops = []
+    for record in chosen:
+        j, i = divmod(record["winner"], n)
+        chain, sources, _ = plan[j]
+        index = int(rng.integers(len(chain.names)))
+        drops.append((record, index, sources[i].without(index)))
+    extra = sample_images(pipe, [d[2].prompt for d in drops], [r["winner_seed"] for r, _, _ in drops],
+                          steps=settings.steps, true_cfg_scale=settings.true_cfg_scale, batch_size=batch_size,
+                          progress=progress)
+    out = []
+    for k, (record, index, source) in enumerate(drops):
+        chain = plan[record["winner"] // n][0]
+        found = detector.detect(Image.fromarray(extra[k]), list(chain.names))
+        if found[chain.names[index]] is not None or any(found[name] is None for name in source.names):
+            continue
+        out.append({**{key: record[key] for key in ("prompt", "winner", "pattern", "objects", "split", "family",
+                                                    "winner_seed", "winner_generated_from")},
+                    "kind": "drop", "perturbed": source.prompt, "dropped": chain.names[index], "flips": 0,
+                    "flipped": [], "loser": len(images) + k, "loser_seed": record["winner_seed"],
+                    "loser_generated_from": source.prompt})
+    return np.concatenate([images, extra]), out
 
 
 def pair_counts(records: Sequence[dict]) -> dict:
     counts: dict = {}
     for r in records:
-        for key in (r["split"], f"{r['split']}/{'1' if r['flips'] == 1 else MULTI_FLIPS}"):
+        for key in (r["split"], f"{r['split']}/{pair_group(r)}"):
             counts[key] = counts.get(key, 0) + 1
     return counts
 
@@ -183,7 +219,7 @@ def make_reward_pairs(out: str | Path, train_pairs: int, *, settings: PairSettin
     with output_lock(out, "pair folder", kind="reward-data"):
         if restart:
             clear_pairs(out)
-        check_manifest(out, asdict(settings))
+        check_manifest(out, settings.manifest())
         counts = pair_counts(load_pairs(out).records) if done_shards(out) else {}
         if counts.get("train", 0) >= train_pairs:
             return counts

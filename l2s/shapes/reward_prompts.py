@@ -76,6 +76,28 @@ class Chain:
             raise L2SError(f"flip indices {sorted(indices)} out of range for {len(self.relations)} relations")
         return self.with_relations([OPPOSITE[r] if i in indices else r for i, r in enumerate(self.relations)])
 
+    def without(self, index: int) -> Chain:
+        """The chain with object ``index`` left out: an end object takes its relation along, a
+        middle one joins its neighbours by the relation before it; a run left with one object
+        becomes a clause without a relation ("a red circle")."""
+        if not 0 <= index < len(self.names):
+            raise L2SError(f"object index {index} out of range for {len(self.names)} objects")
+        names, chains, relations, start, link = [], [], [], 0, 0
+        for length in self.chains:
+            run = list(range(start, start + length))
+            links = list(self.relations[link:link + length - 1])
+            if index in run:
+                at = run.index(index)
+                if links:   # link k joins objects k and k+1 of the run
+                    links.pop(at - 1 if at == length - 1 else at)
+                run.remove(index)
+            if run:
+                names += [self.names[i] for i in run]
+                chains.append(len(run))
+                relations += links
+            start, link = start + length, link + length - 1
+        return Chain(tuple(names), tuple(chains), tuple(relations))
+
 
 def pair_palette(include_held_out: bool = False) -> tuple[list[str], list[str]]:
     """(shapes, colours) the pairs draw from; the held-out colour and shape are left out unless asked."""

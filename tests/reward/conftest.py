@@ -23,18 +23,21 @@ def blob(side: str, rng: np.random.Generator, size: int = 16) -> np.ndarray:
     return image
 
 
-def make_blob_pairs(folder, n: int = 96, seed: int = 0, heldout_every: int = 4) -> None:
+def make_blob_pairs(folder, n: int = 96, seed: int = 0, heldout_every: int = 4, drop_every: int = 0) -> None:
     """``n`` pairs in shards of 32: prompt "a blob on the <side>", winner with the blob there,
-    loser on the other side; every ``heldout_every``-th pair is held out."""
+    loser on the other side; every ``heldout_every``-th pair is held out; with ``drop_every``
+    every such pair's loser is blank instead (a dropped-object pair)."""
     rng = np.random.default_rng(seed)
     check_manifest(folder, {"synthetic": "blobs", "seed": seed})
     for shard in range(0, n, 32):
         images, records = [], []
         for i in range(shard, min(n, shard + 32)):
             side, other = ("left", "right") if rng.random() < 0.5 else ("right", "left")
-            images += [blob(side, rng), blob(other, rng)]
-            records.append({"prompt": f"a blob on the {side}", "perturbed": f"a blob on the {other}",
-                            "winner": len(images) - 2, "loser": len(images) - 1, "flips": 1 + i % 2,
+            drop = bool(drop_every) and i % drop_every == 1
+            images += [blob(side, rng), np.full_like(images[0] if images else blob(side, rng), 240) if drop
+                       else blob(other, rng)]
+            records.append({"prompt": f"a blob on the {side}", "perturbed": "a" if drop else f"a blob on the {other}",
+                            "winner": len(images) - 2, "loser": len(images) - 1, "flips": 0 if drop else 1 + i % 2,
                             "pattern": "blob", "objects": f"group{i % 12}",
-                            "split": "heldout" if i % heldout_every == 0 else "train"})
+                            "split": "heldout" if i % heldout_every == 0 else "train", **({"kind": "drop"} if drop else {})})
         write_shard(folder, shard // 32, np.stack(images), records)

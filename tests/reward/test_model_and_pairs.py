@@ -175,6 +175,43 @@ def test_a_judge_that_sees_the_blob_is_right_on_every_pair_and_its_opposite_on_n
     assert ties["prompt"]["all"]["accuracy"] == 0.5 and ties["prompt"]["all"]["ties"] == 32
 
 
+def test_dropped_object_pairs_count_as_their_own_group_and_never_in_the_mirror(tmp_path):
+    make_blob_pairs(tmp_path, n=32, drop_every=3)
+    pairs = load_pairs(tmp_path)
+    drops = sum(r.get("kind") == "drop" for r in pairs.records)
+
+    def judge(images, prompts):  # red mass in the half the prompt names
+        red = images[:, 0] - images[:, 1]
+        left, right = red[..., :8].sum(dim=(1, 2)), red[..., 8:].sum(dim=(1, 2))
+        return torch.stack([l if p.endswith("left") else r for l, r, p in zip(left, right, prompts)])
+
+    result = evaluate_judge(judge, pairs)
+    assert result["prompt"]["flips"]["drop"]["n"] == drops > 0 and result["prompt"]["all"]["n"] == 32
+    # Under "a" both images score 0: counted, the mirror's ties would pull it to 0.5 on those pairs.
+    assert result["mirror"]["all"] == {**result["mirror"]["all"], "accuracy": 1.0, "n": 32 - drops}
+    assert "drop" not in result["mirror"]["flips"]
+
+
+def test_presence_belongs_to_the_relational_design_and_survives_a_round_trip(tmp_path):
+    from l2s.shapes import shapes_t5_tokenizer
+
+    with pytest.raises(L2SError, match="presence belongs to the relational design"):
+        SpatialScoreConfig(presence=True)
+    tokenizer = shapes_t5_tokenizer()
+    config = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, image_size=16, d_model=16, heads=2,
+                  text_layers=1, channels=(8, 16), design="relational")
+    torch.manual_seed(0)
+    scorer = SpatialScorer(SpatialScore(SpatialScoreConfig(**config, presence=True)), tokenizer)
+    assert scorer.model.relational.head[0].in_features == 6 * 2
+    assert SpatialScore(SpatialScoreConfig(**config)).relational.head[0].in_features == 4 * 2
+    prompts, images = ["a red circle to the left of a blue square"] * 2, torch.rand(2, 3, 16, 16)
+    scorer.save_pretrained(tmp_path / "rm")
+    loaded = load_reward_model(tmp_path / "rm")
+    assert loaded.model.config.presence and torch.allclose(loaded(images, prompts), scorer(images, prompts))
+    # A folder saved before the option existed reads as without it.
+    assert SpatialScoreConfig.from_dict({k: v for k, v in config.items()}).presence is False
+
+
 def test_several_pair_folders_read_as_one(tmp_path):
     make_blob_pairs(tmp_path / "a", n=64)
     make_blob_pairs(tmp_path / "b", n=64)

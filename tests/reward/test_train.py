@@ -47,6 +47,23 @@ def test_training_learns_a_trivially_separable_pair_set(tmp_path, tokenizer, los
     assert reloaded["prompt"]["all"]["accuracy"] == trained
 
 
+def test_mirroring_leaves_dropped_object_pairs_one_way(tmp_path, tokenizer):
+    from l2s.reward import SpatialScore, SpatialScoreConfig, SpatialScorer
+    from l2s.reward.train import _Examples
+
+    make_blob_pairs(tmp_path, n=32, drop_every=3)
+    pairs = load_pairs(tmp_path)
+    drops = sum(r.get("kind") == "drop" for r in pairs.records)
+    config = SpatialScoreConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, image_size=16,
+                                **TINY_MODEL)
+    scorer = SpatialScorer(SpatialScore(config), tokenizer)
+    assert len(_Examples(pairs, scorer, mirror=True)) == 2 * len(pairs) - drops and drops > 0
+    assert len(_Examples(pairs, scorer, mirror=False)) == len(pairs)
+    results = train_reward_model(tmp_path, tmp_path / "rm", tokenizer, _settings(epochs=1), progress=False)
+    assert results["heldout"]["prompt"]["flips"]["drop"]["n"] == sum(
+        r.get("kind") == "drop" and r["split"] == "heldout" for r in pairs.records)
+
+
 def test_a_stopped_run_resumes_where_it_stopped_and_refuses_other_settings(tmp_path, tokenizer):
     make_blob_pairs(tmp_path / "pairs", n=64)
     first = train_reward_model(tmp_path / "pairs", tmp_path / "rm", tokenizer, _settings(epochs=3), progress=False,
@@ -70,7 +87,7 @@ def test_a_stopped_run_resumes_where_it_stopped_and_refuses_other_settings(tmp_p
     assert done["heldout"] == straight["heldout"]
     card = (tmp_path / "rm" / "best" / "README.md").read_text()     # a model card, as classifiers have
     accuracy = done["heldout"]["prompt"]["all"]["accuracy"]
-    assert f"Held-out pairwise accuracy {accuracy:.3f} on {done['heldout_pairs']} pairs (1 flip(s) " in card
+    assert f"Held-out pairwise accuracy {accuracy:.3f} on {done['heldout_pairs']} pairs (1 flip " in card
     assert f"The model of epoch {done['best_epoch']}" in card and '"train_pairs"' in card
     with pytest.raises(L2SError, match="other settings"):
         train_reward_model(tmp_path / "pairs", tmp_path / "rm", tokenizer, _settings(epochs=3, lr=1e-2), progress=False)

@@ -1,6 +1,7 @@
 """Preference pairs of the shapes world: flips, the exact check, splits by prompt, resuming; the rule reward."""
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -17,7 +18,8 @@ from l2s.shapes.batch_sampling import sample_images
 from l2s.shapes.reward_data import PairSettings, make_reward_pairs, match_family, split_of
 from l2s.shapes.reward_prompts import OPPOSITE, PAIR_PATTERNS, Chain, pair_palette, parse_chain, random_chain
 from l2s.shapes.rule_reward import RuleReward, to_pil
-from l2s.shapes.scenes import COLOURS, Scene, SceneObject, render_array
+from l2s.shapes.detector import ShapesDetector
+from l2s.shapes.scenes import COLOURS, SHAPES, Scene, SceneObject, render_array
 
 # ---- prompts and flips ----------------------------------------------------------------------
 
@@ -38,6 +40,23 @@ def test_a_flip_reverses_the_chosen_relations_and_keeps_everything_else(pattern)
             b = b.replace(PROMPT_PHRASE[flipped.relations[i]], "REL", 1)
         assert a == b
         assert parse_chain(flipped.prompt) == flipped and parse_chain(chain.prompt) == chain
+
+
+@pytest.mark.parametrize("chain, index, expected", [
+    (("red circle", "blue square"), 0, "a blue square"),
+    (("red circle", "blue square"), 1, "a red circle"),
+    (("red circle", "blue square", "green triangle"), 0, "a blue square above a green triangle"),
+    (("red circle", "blue square", "green triangle"), 1, "a red circle to the left of a green triangle"),
+    (("red circle", "blue square", "green triangle"), 2, "a red circle to the left of a blue square"),
+])
+def test_without_leaves_one_object_out_and_keeps_the_other_relations(chain, index, expected):
+    relations = ("left of", "above")[:len(chain) - 1]
+    assert Chain(chain, (len(chain),), relations).without(index).prompt == expected
+    two_runs = Chain(("red circle", "blue square", "green triangle", "yellow star"), (2, 2), ("left of", "below"))
+    assert two_runs.without(2) == Chain(("red circle", "blue square", "yellow star"), (2, 1), ("left of",))
+    assert two_runs.without(2).prompt == "a red circle to the left of a blue square and a yellow star"
+    with pytest.raises(L2SError, match="out of range"):
+        two_runs.without(4)
 
 
 def test_parse_chain_refuses_what_is_not_a_shapes_prompt():
@@ -76,6 +95,9 @@ def test_match_family_pairs_an_image_showing_p_with_one_showing_a_flip_of_it():
 # ---- making pairs (rendered stand-in for the sampler) ---------------------------------------
 
 
+_OBJECT = re.compile(rf"\ban? ((?:{'|'.join(COLOURS)}) (?:{'|'.join(SHAPES)}))\b")
+
+
 def _rendered(pipe, prompts, seeds, **_):
     """Scenes of each prompt's objects at seeded random places: a sampler whose pictures follow no
     relation words, like the shapes model's."""
@@ -84,7 +106,7 @@ def _rendered(pipe, prompts, seeds, **_):
         rng = np.random.default_rng(seed)
         cells = rng.permutation(9)
         objects = []
-        for name, cell in zip(parse_chain(prompt).names, cells):
+        for name, cell in zip(_OBJECT.findall(prompt), cells):
             colour, shape = name.split()
             x, y = 2 + 10 * (cell % 3), 2 + 10 * (cell // 3)
             objects.append(SceneObject(shape, colour, (x, y, x + 8, y + 8)))
@@ -124,6 +146,36 @@ def test_every_pair_passes_the_exact_check_and_flips_only_relations(tmp_path, re
     for r in pairs.records:
         sides.setdefault(frozenset(parse_chain(r["prompt"]).names), set()).add(r["split"])
     assert all(len(s) == 1 for s in sides.values()) and {r["split"] for r in pairs.records} == {"train", "heldout"}
+
+
+def test_a_dropped_object_loser_lacks_exactly_that_object_and_shares_the_winners_seed(tmp_path, rendered_sampler):
+    counts = make_reward_pairs(tmp_path, 10 ** 6, settings=replace(SMALL, drop_fraction=1.0), pipe=_Pipe(),
+                               max_shards=2, progress=False)
+    pairs = load_pairs(tmp_path)
+    drops = pairs.where(kind="drop")
+    winners = {int(w) for w in pairs.where(kind=None).winner}
+    assert len(drops) > 0 and counts.get("train/drop", 0) + counts.get("heldout/drop", 0) == len(drops)
+    assert {int(w) for w in drops.winner} <= winners and len(set(drops.winner.tolist())) == len(drops)
+    rule, detector = RuleReward(), ShapesDetector()
+    to_images = lambda index: to_pil(pairs.images[index].permute(0, 3, 1, 2).float() / 255)   # noqa: E731
+    assert rule(to_images(drops.winner), drops.prompts).tolist() == [1.0] * len(drops)
+    assert rule(to_images(drops.loser), drops.prompts).tolist() == [0.0] * len(drops)
+    for record, image in zip(drops.records, to_images(drops.loser)):
+        names = parse_chain(record["prompt"]).names
+        found = detector.detect(image, list(names))
+        assert [n for n in names if found[n] is None] == [record["dropped"]]
+        assert record["loser_seed"] == record["winner_seed"] and record["dropped"] not in record["perturbed"]
+    assert len(pairs.mirrorable()) == len(pairs) - len(drops)
+
+
+def test_a_folder_made_before_drop_pairs_existed_still_resumes(tmp_path, rendered_sampler):
+    assert "drop_fraction" not in SMALL.manifest() and replace(SMALL, drop_fraction=0.5).manifest()["drop_fraction"]
+    make_reward_pairs(tmp_path, 10 ** 6, settings=SMALL, pipe=_Pipe(), max_shards=1, progress=False)
+    with pytest.raises(L2SError, match="drop_fraction"):
+        make_reward_pairs(tmp_path, 10 ** 6, settings=replace(SMALL, drop_fraction=0.5), pipe=_Pipe(), max_shards=2,
+                          progress=False)
+    with pytest.raises(L2SError, match="drop_fraction must be in"):
+        replace(SMALL, drop_fraction=1.5).check()
 
 
 def test_an_interrupted_run_resumes_to_the_same_pairs(tmp_path, rendered_sampler):
