@@ -271,19 +271,31 @@ def _spreads(argv: list[str]) -> bool:
     return any(tuple(argv[:len(command)]) == command for command in SPREAD_COMMANDS)
 
 
+def _stray_world_size() -> bool:
+    """WORLD_SIZE says several processes but no RANK says which: the shell's (a cluster job's), not
+    a launcher's (launchers set both)."""
+    return launched() and "RANK" not in os.environ
+
+
 def _one_process_only(argv: list[str]) -> str | None:
     """The error line for a command that runs in one process when a launcher started it as one of
-    several: each copy would make the same images into the same folder (and all but one be refused)."""
+    several (each copy would make the same images into the same folder, and all but one be
+    refused), and for any command under a stray WORLD_SIZE."""
     if not launched() or {"-h", "--help", "--version"} & set(argv):
         return None
-    known = [("generate",), ("parse",), ("compare",), *(command for command, _ in FRONT_ENDS)]
+    known = [("generate",), ("parse",), ("compare",), *(command for command, _ in FRONT_ENDS), *LAUNCHED_COMMANDS]
     command = next((c for c in known if tuple(argv[:len(c)]) == c), None)
-    if command is None or command in LAUNCHED_COMMANDS:
+    if command is None:
         return None
     name = " ".join(command)
-    if "RANK" not in os.environ:   # launchers set RANK too: WORLD_SIZE is the shell's (a cluster job's)
-        return (f"l2s: error: 'l2s {name}' runs in one process, and WORLD_SIZE={os.environ['WORLD_SIZE']} in the "
-                f"environment says a launcher started this one of several; unset it: env -u WORLD_SIZE l2s {name} ...")
+    if _stray_world_size():
+        how = ("to spread it, start it with torchrun or accelerate launch" if command in LAUNCHED_COMMANDS
+               else f"'l2s {name}' runs in one process")
+        return (f"l2s: error: WORLD_SIZE={os.environ['WORLD_SIZE']} in the environment says a launcher started "
+                f"'l2s {name}' as one of several, but no launcher's RANK is set; unset it: env -u WORLD_SIZE "
+                f"l2s {name} ... ({how})")
+    if command in LAUNCHED_COMMANDS:
+        return None
     spread = ", ".join(" ".join(c) for c in LAUNCHED_COMMANDS)
     return (f"l2s: error: 'l2s {name}' runs in one process: start it without torchrun or accelerate "
             f"launch (these share their work over processes: {spread})")

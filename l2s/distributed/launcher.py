@@ -25,5 +25,6 @@ def accelerate_started_one() -> bool:
 
 
 def first_on_machine() -> bool:
-    """Whether this process is its machine's first (``LOCAL_RANK`` 0; any process of no launcher)."""
-    return int(os.environ.get("LOCAL_RANK", "0") or 0) == 0 if launched() else True
+    """Whether this process is its machine's first (``LOCAL_RANK`` 0; any process of no launcher,
+    one whose shell set ``WORLD_SIZE`` and ``LOCAL_RANK`` without the ``RANK`` launchers set too)."""
+    return int(os.environ.get("LOCAL_RANK", "0") or 0) == 0 if launched() and "RANK" in os.environ else True

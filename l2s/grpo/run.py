@@ -105,6 +105,10 @@ def run_epoch(trainer: GRPOTrainer, pool: list[str], epoch: int, progress: bool)
             "training_s": round(time.perf_counter() - sampled, 2), "cpu_s": round(cpu, 2)}
 
 
+# The log columns evaluate() writes itself, beside eval_<evaluator name>.
+EVAL_KEYS = frozenset({"reward", "images", "s"})
+
+
 def evaluate(trainer: GRPOTrainer, prompts: list[str], evaluators: dict, reward, progress: bool = False,
              label: str = "dev") -> dict:
     """Deterministic (ODE) images of the EMA weights at the settings' eval seeds: each evaluator's
@@ -149,6 +153,10 @@ def train_grpo(pipe, reward, settings: GRPOSettings, out: str | Path, train_prom
     acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
     settings.check(acc.num_processes)
     positive_int(eval_every, "eval_every")
+    clashing = sorted(set(evaluators or {}) & EVAL_KEYS)
+    if clashing:   # eval_<name> would overwrite the log's own column
+        raise UsageError(f"evaluator name {clashing[0]!r} is taken by the log's eval_{clashing[0]} column; "
+                         f"name it otherwise (taken: {', '.join(sorted(EVAL_KEYS))})")
     if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int) or stop_after < 0):
         raise UsageError(f"stop_after must be a whole number of epochs >= 0 (0: prepare only), got {stop_after!r}")
     out = Path(out)

@@ -96,6 +96,7 @@ def test_under_a_launcher_a_failed_peer_and_ctrl_c_are_said_once(monkeypatch, ca
         raise KeyboardInterrupt
 
     monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")           # a launcher's process: it sets RANK beside WORLD_SIZE
     monkeypatch.setenv("LOCAL_RANK", "0")     # no group joined: the machine's first process says it
     assert _guarded(peer_gone) == 1 and _guarded(interrupted) == 130
     assert capsys.readouterr().err.splitlines() == [PEER_STOPPED, INTERRUPTED]
@@ -117,6 +118,7 @@ def test_a_process_interrupted_alone_says_so_and_ctrl_c_of_all_is_said_once(monk
     monkeypatch.setattr(say_once, "_store", lambda: stores[-1])
     monkeypatch.setattr(say_once, "SAID_WAIT", timedelta(seconds=0.1))
     monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("GROUP_RANK", "0")
 
     def interrupted():
@@ -165,11 +167,22 @@ def test_a_world_size_set_by_the_shell_not_a_launcher_is_named_in_the_refusal(mo
     """No launcher started the process (no RANK), so 'start it without torchrun' misled: it was."""
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.setenv("LOCAL_RANK", "1")   # inherited too: not a reason to leave --help unsaid
     code, _, err = run(["generate", "a red circle left of a blue square", "--out", str(tmp_path / "out")], capsys)
-    assert code == 2 and error_lines(err) == ["l2s: error: 'l2s generate' runs in one process, and WORLD_SIZE=4 in "
-                                              "the environment says a launcher started this one of several; unset "
-                                              "it: env -u WORLD_SIZE l2s generate ..."]
+    assert code == 2 and error_lines(err) == ["l2s: error: WORLD_SIZE=4 in the environment says a launcher started "
+                                              "'l2s generate' as one of several, but no launcher's RANK is set; "
+                                              "unset it: env -u WORLD_SIZE l2s generate ... ('l2s generate' runs in "
+                                              "one process)"]
     assert not (tmp_path / "out").exists()
+    # A command that spreads would try to join a group no launcher made: the same line, not torch's.
+    code, _, err = run(["eval", "--prompts", str(tmp_path / "p.txt"), "--out", str(tmp_path / "ev")], capsys)
+    assert code == 2 and error_lines(err) == ["l2s: error: WORLD_SIZE=4 in the environment says a launcher started "
+                                              "'l2s eval' as one of several, but no launcher's RANK is set; unset "
+                                              "it: env -u WORLD_SIZE l2s eval ... (to spread it, start it with "
+                                              "torchrun or accelerate launch)"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "--help"])
+    assert exit_info.value.code == 0 and "usage: l2s eval" in capsys.readouterr().out
 
 
 def test_an_accelerate_launch_that_started_one_of_several_says_so_in_one_line(monkeypatch, capsys):

@@ -118,6 +118,7 @@ def test_a_warning_every_process_meets_is_said_once_per_machine(local_rank, show
     stderr = io.StringIO()
     monkeypatch.setattr(sys, "stderr", stderr)
     monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")   # launchers set it beside WORLD_SIZE
     monkeypatch.setenv("LOCAL_RANK", local_rank)
     handler = _AboveBars()
     handler.setFormatter(logging.Formatter("l2s: %(message)s"))
@@ -139,6 +140,7 @@ def test_under_a_launcher_only_each_machines_first_process_draws_loading_bars(mo
     monkeypatch.setattr(l2s.cli, "_dispatch", lambda argv: seen.append(
         (diffusers_logging.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled())) or 0)
     monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")   # launchers set it beside WORLD_SIZE
     for local_rank in ("0", "1"):
         monkeypatch.setenv("LOCAL_RANK", local_rank)
         assert l2s.cli.main(["eval"]) == 0

@@ -32,11 +32,32 @@ def _env() -> dict[str, str]:
             "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
 
 
+_STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_launcher_outlives_its_test():
+    """A test that fails or times out waiting on torchrun leaves no launcher or rank behind:
+    SIGTERM (torchrun stops its ranks, each in a session of its own), then SIGKILL."""
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+
+
 def _launch(args: list[str], processes: int = 2) -> subprocess.Popen:
     """``torchrun --standalone --nproc_per_node PROCESSES ARGS`` (``-m l2s.cli ...`` or a script)."""
-    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
                              str(processes), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=_env(), cwd=ROOT)
+    _STARTED.append(proc)
+    return proc
 
 
 def _spread(argv: list[str]) -> str:

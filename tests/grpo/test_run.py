@@ -205,6 +205,10 @@ def test_the_dev_prompts_are_judged_every_nth_epoch_and_the_last(tmp_path):
     assert [("eval_red" in r) for r in run.records] == [True, False, True, True]   # epochs 0, 1, 2, 3
     with pytest.raises(L2SError, match="eval_every must be a positive integer, got 0"):
         _run(tmp_path / "other", tiny_settings(), eval_every=0)
+    with pytest.raises(L2SError, match="evaluator name 'reward' is taken by the log's eval_reward column"):
+        train_grpo(make_tiny_pipe(), redness, tiny_settings(), tmp_path / "third", PROMPTS, eval_prompts=PROMPTS[:1],
+                   evaluators={"reward": redness}, progress=False, accelerator=OneProcess())
+    assert not (tmp_path / "third").exists()
 
 
 def test_keep_evaluated_keeps_the_adapter_of_every_judged_epoch(tmp_path):

@@ -180,6 +180,7 @@ def test_say_once_is_said_by_each_machines_first_process_only(caplog, monkeypatc
 
     owner = type("Pipe", (), {})()
     monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")   # launchers set it beside WORLD_SIZE
     monkeypatch.setenv("LOCAL_RANK", "1")
     with caplog.at_level("WARNING", logger="l2s"):
         arguments.say_once(owner, ["a"])
