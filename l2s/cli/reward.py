@@ -35,7 +35,8 @@ def build_reward_data_parser() -> argparse.ArgumentParser:
     p = command_parser("l2s shapes reward-data", (
         "Preference pairs for the spatial reward model: shapes-model images of the same objects, one "
         "showing the prompt, one showing it with 1 or 2-3 relations flipped (or, with --drop-fraction, "
-        "one missing an object), all checked by the exact detector. Sharded and resumable: rerun the same command to continue or to add pairs."),
+        "one missing an object), all checked by the exact detector. Sharded and resumable: rerun the same "
+        "command to continue or to add pairs."),
         ["l2s shapes reward-data --out runs/pairs --pairs 2000",
          "l2s shapes reward-data --out runs/pairs --pairs 4000 --threads 2   # add pairs to the same folder"],
         settings=_pair_settings)

@@ -3,9 +3,10 @@ they are in the image, and a head reads the relation from the two places.
 
 Score = the sum over the prompt's clauses of log p(prompted relation | the two places), a spread
 per clause besides. With ``presence`` the head also reads how strongly each phrase matches its
-best places, so that an object missing from the image can lower the score. A generic joint transformer has to discover that binding (which object is the
-subject, where it is, how the two places compare) from pairwise preferences alone; with the
-binding given by the prompt's parse, only the lookups and the comparison are learned.
+best places, so that an object missing from the image can lower the score. A generic joint
+transformer has to discover that binding (which object is the subject, where it is, how the two
+places compare) from pairwise preferences alone; with the binding given by the prompt's parse,
+only the lookups and the comparison are learned.
 """
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ class RelationalHead(nn.Module):
         self.heads, self.presence = heads, presence
         self.norm_image = nn.LayerNorm(d_model)
         self.query, self.key = nn.Linear(d_model, d_model), nn.Linear(d_model, d_model)
-        self.head = nn.Sequential(nn.Linear((6 if presence else 4) * heads, hidden), nn.GELU(), nn.Linear(hidden, len(RELATIONS) + 1))
+        features = (6 if presence else 4) * heads   # two places (x, y) per head, and with presence two matches
+        self.head = nn.Sequential(nn.Linear(features, hidden), nn.GELU(), nn.Linear(hidden, len(RELATIONS) + 1))
         self.base_log_var = nn.Parameter(torch.zeros(()))
         self.register_buffer("places", grid_places(grid), persistent=False)
 

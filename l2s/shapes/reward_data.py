@@ -45,7 +45,8 @@ from tqdm.auto import tqdm
 from l2s.errors import L2SError
 from l2s.evaluation import geneval_relations
 from l2s.files import output_lock
-from l2s.reward.pairs import check_manifest, pair_group, clear_pairs, done_shards, load_pairs, write_progress, write_shard
+from l2s.reward.pairs import (check_manifest, clear_pairs, done_shards, load_pairs, pair_group, write_progress,
+                              write_shard)
 from l2s.relations import DIRECTIONAL
 
 from .batch_sampling import sample_images
@@ -54,7 +55,6 @@ from .model import load_shapes_pipeline
 from .pair_settings import PairSettings
 from .reward_prompts import Chain, pair_palette, random_chain
 from .verdicts import judge
-
 
 
 def split_of(chain: Chain, fraction: float) -> str:
