@@ -47,8 +47,9 @@ class RewardTrainSettings:
             if value is not None and value < (1 if name == "d_model" else 0):
                 raise L2SError(f"{spelled(name)} must be {'at least 1' if name == 'd_model' else '0 or more'}, "
                                f"got {value}")
-        if self.model.get("presence") and self.model.get("design") != "relational":
-            raise L2SError(f"{spelled('presence')} needs the relational design, not {self.model.get('design')!r}")
+        design = self.model.get("design", "joint")   # SpatialScoreConfig's default (model.py needs torch)
+        if self.model.get("presence") and design != "relational":
+            raise L2SError(f"{spelled('presence')} needs the relational design, not {design!r}")
         heads = self.model.get("heads", 4)
         if self.model.get("d_model", heads) % heads:
             raise L2SError(f"{spelled('d_model')} must be a multiple of the {heads} attention heads, "

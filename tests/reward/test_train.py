@@ -164,3 +164,14 @@ def test_pairs_made_again_in_the_same_folder_are_other_settings(tmp_path, tokeni
     make_blob_pairs(tmp_path / "pairs", n=64, seed=1)      # same folder, same count, other pairs
     with pytest.raises(L2SError, match=r"other settings \(pairs_digest: '\w+' -> '\w+'\)"):
         train_reward_model(tmp_path / "pairs", tmp_path / "rm", tokenizer, _settings(epochs=2), progress=False)
+
+
+def test_presence_without_a_design_names_the_design_it_would_get():
+    """A model dict without "design" builds SpatialScoreConfig's default, the joint design: the
+    refusal names that, not None."""
+    from l2s.reward import SpatialScoreConfig
+
+    default = SpatialScoreConfig.__dataclass_fields__["design"].default
+    with pytest.raises(L2SError, match=rf"presence needs the relational design, not '{default}'$"):
+        RewardTrainSettings(model={"presence": True}).check()
+    RewardTrainSettings(model={"presence": True, "design": "relational"}).check()
