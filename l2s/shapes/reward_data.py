@@ -23,6 +23,11 @@ image is a winner in at most ``uses_per_image`` pairs (for another prompt each t
 in at most as many, and no two images are paired twice; every record keeps both seeds and the
 prompts the images were generated from.
 
+Dropped-object pairs (``drop_fraction``): a share of the winner images also gets a loser of its
+own seed, generated from its source prompt without one object and kept when the detector misses
+exactly that object (``kind: "drop"``, the prompt of the winner's first flip pair). Such a winner
+is in one pair more than ``uses_per_image``; these losers' images follow the families' in the shard.
+
 Splits are by prompt: a family's pairs go to the held-out split when a hash of its unordered
 object set falls under ``heldout_fraction``, so a held-out prompt, or any prompt naming the same
 objects, never occurs in training. Flip counts are drawn 1 or 2-3 with equal odds when the chain
