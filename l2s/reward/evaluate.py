@@ -13,13 +13,19 @@ from collections.abc import Callable, Sequence
 import torch
 from scipy.stats import binomtest
 
+from l2s.errors import L2SError
+
 from .pairs import PairSet, pair_group
 from .scorer import images_to_tensor
+
 
 def pair_scores(judge, pairs: PairSet, mirror: bool = False,
                 batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
     """(winner scores, loser scores) of every pair under its prompt (``mirror``: under the
     perturbed prompt, where the stored loser is the one that should win, so it is returned first)."""
+    if mirror and len(pairs.mirrorable()) < len(pairs):   # their perturbed prompt is what the loser was drawn from
+        raise L2SError("dropped-object pairs have no mirror (no prompt of the pair makes their loser win); "
+                       "score pairs.mirrorable()")
     prompts = [r["perturbed"] if mirror else r["prompt"] for r in pairs.records]
     first, second = (pairs.loser, pairs.winner) if mirror else (pairs.winner, pairs.loser)
     out_w, out_l = [], []

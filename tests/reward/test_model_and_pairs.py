@@ -17,6 +17,7 @@ from l2s.reward import (
     images_to_tensor,
     load_pairs,
     load_reward_model,
+    pair_scores,
 )
 from l2s.reward.pairs import check_manifest, done_shards, shard_paths
 
@@ -190,6 +191,10 @@ def test_dropped_object_pairs_count_as_their_own_group_and_never_in_the_mirror(t
     # Under "a" both images score 0: counted, the mirror's ties would pull it to 0.5 on those pairs.
     assert result["mirror"]["all"] == {**result["mirror"]["all"], "accuracy": 1.0, "n": 32 - drops}
     assert "drop" not in result["mirror"]["flips"]
+    # Scored by hand under the perturbed prompts, a dropped-object pair would be nonsense: refused.
+    with pytest.raises(L2SError, match=r"dropped-object pairs have no mirror .*pairs\.mirrorable\(\)"):
+        pair_scores(judge, pairs, mirror=True)
+    assert len(pair_scores(judge, pairs.mirrorable(), mirror=True)[0]) == 32 - drops
 
 
 def test_presence_belongs_to_the_relational_design_and_survives_a_round_trip(tmp_path):
