@@ -64,6 +64,8 @@ def run(args) -> dict:
 
 
 def main(argv=None) -> int:
+    from l2s.errors import L2SError
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--base", required=True, type=Path, help="the base model's l2s generate folder")
     p.add_argument("--tuned", required=True, type=Path, help="the tuned adapter's l2s generate folder")
@@ -71,7 +73,15 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--results", type=Path, default=None, help="also write this JSON file")
     args = p.parse_args(argv)
-    results = run(args)
+    for folder in (args.base, args.tuned):   # before any model loads: a wrong folder is one line
+        if not (folder / "index.json").is_file():
+            p.exit(2, f"{p.prog}: error: {folder} is no 'l2s generate' folder of several images (index.json missing)\n")
+    if bad := next((m for m in args.model if "=" not in m), None):
+        p.exit(2, f"{p.prog}: error: --model takes NAME=DIR, got {bad!r}\n")
+    try:   # a missing or damaged reward model: one line, not a traceback
+        results = run(args)
+    except L2SError as error:
+        p.exit(2, f"{p.prog}: error: {error}\n")
     text = json.dumps(results, indent=2)
     if args.results:
         args.results.write_text(text + "\n")

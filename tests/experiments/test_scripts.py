@@ -487,6 +487,7 @@ def test_measurably_better_needs_the_first_setting_ahead_and_a_small_sign_test_p
     ("shapes_step_size", ["--model", "{gone}", "--prompts", "1", "--seeds", "1"]),
     ("shapes_leakage_steering", ["--model", "{gone}", "--prompts", "1", "--seeds", "3"]),
     ("shapes_compare", ["{gone}", "{gone}"]),
+    ("reward_hack_check", ["--base", "{gone}", "--tuned", "{gone}"]),
 ])
 def test_research_scripts_refuse_a_missing_input_in_one_line(script, argv, tmp_path, capsys):
     gone = str(tmp_path / "gone")
