@@ -28,6 +28,7 @@ from l2s.distributed import (
     launched,
     line_to_say,
     refuse_different_commands,
+    stray_world_size,
 )
 from l2s.errors import L2SError
 from l2s.quiet import drop_pure_noise
@@ -271,12 +272,6 @@ def _spreads(argv: list[str]) -> bool:
     return any(tuple(argv[:len(command)]) == command for command in SPREAD_COMMANDS)
 
 
-def _stray_world_size() -> bool:
-    """WORLD_SIZE says several processes but no RANK says which: the shell's (a cluster job's), not
-    a launcher's (launchers set both)."""
-    return launched() and "RANK" not in os.environ
-
-
 def _one_process_only(argv: list[str]) -> str | None:
     """The error line for a command that runs in one process when a launcher started it as one of
     several (each copy would make the same images into the same folder, and all but one be
@@ -288,7 +283,7 @@ def _one_process_only(argv: list[str]) -> str | None:
     if command is None:
         return None
     name = " ".join(command)
-    if _stray_world_size():
+    if stray_world_size():
         how = ("to spread it, start it with torchrun or accelerate launch" if command in LAUNCHED_COMMANDS
                else f"'l2s {name}' runs in one process")
         return (f"l2s: error: WORLD_SIZE={os.environ['WORLD_SIZE']} in the environment says a launcher started "

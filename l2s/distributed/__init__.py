@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from .commands import argument_difference, refuse_different_commands
 from .group import World, world
-from .launcher import accelerate_started_one, first_on_machine, launched
+from .launcher import accelerate_started_one, first_on_machine, launched, stray_world_size
 from .lock import output_lock
 from .say_once import EVERY_PROCESS, line_to_say
 
 __all__ = ["EVERY_PROCESS", "World", "accelerate_started_one", "argument_difference", "first_on_machine", "launched",
-           "line_to_say", "output_lock", "refuse_different_commands", "world"]
+           "line_to_say", "output_lock", "refuse_different_commands", "stray_world_size", "world"]

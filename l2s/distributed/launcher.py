@@ -24,7 +24,13 @@ def accelerate_started_one() -> bool:
             and not any(name in env for name in MPI_SIZES))
 
 
+def stray_world_size() -> bool:
+    """``WORLD_SIZE`` says several processes but no ``RANK`` says which: the shell's (a cluster
+    job's), not a launcher's (launchers set both)."""
+    return launched() and "RANK" not in os.environ
+
+
 def first_on_machine() -> bool:
     """Whether this process is its machine's first (``LOCAL_RANK`` 0; any process of no launcher,
-    one whose shell set ``WORLD_SIZE`` and ``LOCAL_RANK`` without the ``RANK`` launchers set too)."""
-    return int(os.environ.get("LOCAL_RANK", "0") or 0) == 0 if launched() and "RANK" in os.environ else True
+    a stray ``WORLD_SIZE``'s included)."""
+    return int(os.environ.get("LOCAL_RANK", "0") or 0) == 0 if launched() and not stray_world_size() else True
