@@ -361,7 +361,37 @@ def test_the_command_says_whether_it_trained_resumed_or_found_a_finished_run(tmp
     assert capsys.readouterr().err.startswith("l2s: trained 0 steps, loss ")
 
 
-def test_ctrl_c_says_it_finishes_the_step_without_a_blank_line_in_a_log(tmp_path, monkeypatch, capfd):
+@pytest.fixture
+def ctrl_c_catchable():
+    """Ctrl-C as a terminal delivers it: a shell's background job (``cmd &``) inherits SIGINT
+    ignored, which the trainer rightly leaves alone, and these tests would see no interrupt."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_an_ignored_sigint_stays_ignored(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    step = ShapesTrainer.train_step
+    def interrupted(trainer):
+        os.kill(os.getpid(), signal.SIGINT)
+        return step(trainer)
+
+    monkeypatch.setattr(ShapesTrainer, "train_step", interrupted)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        assert train(tiny_settings(), tmp_path / "run", progress=False).step == tiny_settings().steps
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_says_it_finishes_the_step_without_a_blank_line_in_a_log(tmp_path, monkeypatch, capfd,
+                                                                        ctrl_c_catchable):
     import os
     import signal
 
@@ -377,7 +407,7 @@ def test_ctrl_c_says_it_finishes_the_step_without_a_blank_line_in_a_log(tmp_path
     assert capfd.readouterr().err.startswith("l2s: finishing this training step to save it (Ctrl-C again")
 
 
-def test_ctrl_c_saves_every_finished_step(tmp_path, monkeypatch):
+def test_ctrl_c_saves_every_finished_step(tmp_path, monkeypatch, ctrl_c_catchable):
     import os
     import signal
 
