@@ -185,13 +185,12 @@ def _drop_pairs(pipe, settings: PairSettings, plan, images: np.ndarray, records:
         j, i = divmod(record["winner"], n)
         chain, sources, _ = plan[j]
         index = int(rng.integers(len(chain.names)))
-        drops.append((record, index, sources[i].without(index)))
-    extra = sample_images(pipe, [d[2].prompt for d in drops], [r["winner_seed"] for r, _, _ in drops],
+        drops.append((record, chain, index, sources[i].without(index)))
+    extra = sample_images(pipe, [d[3].prompt for d in drops], [d[0]["winner_seed"] for d in drops],
                           steps=settings.steps, true_cfg_scale=settings.true_cfg_scale, batch_size=batch_size,
                           progress=progress)
     out = []
-    for k, (record, index, source) in enumerate(drops):
-        chain = plan[record["winner"] // n][0]
+    for k, (record, chain, index, source) in enumerate(drops):
         found = detector.detect(Image.fromarray(extra[k]), list(chain.names))
         if found[chain.names[index]] is not None or any(found[name] is None for name in source.names):
             continue

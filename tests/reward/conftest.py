@@ -34,8 +34,8 @@ def make_blob_pairs(folder, n: int = 96, seed: int = 0, heldout_every: int = 4, 
         for i in range(shard, min(n, shard + 32)):
             side, other = ("left", "right") if rng.random() < 0.5 else ("right", "left")
             drop = bool(drop_every) and i % drop_every == 1
-            images += [blob(side, rng), np.full_like(images[0] if images else blob(side, rng), 240) if drop
-                       else blob(other, rng)]
+            winner = blob(side, rng)
+            images += [winner, np.full_like(winner, 240) if drop else blob(other, rng)]
             records.append({"prompt": f"a blob on the {side}", "perturbed": "a" if drop else f"a blob on the {other}",
                             "winner": len(images) - 2, "loser": len(images) - 1, "flips": 0 if drop else 1 + i % 2,
                             "pattern": "blob", "objects": f"group{i % 12}",

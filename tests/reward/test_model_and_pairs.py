@@ -158,19 +158,21 @@ def test_pair_folders_read_back_by_split_and_skip_unfinished_shards(tmp_path):
         check_manifest(tmp_path, {"synthetic": "blobs", "seed": 1})
 
 
+def _blob_judge(images, prompts):
+    """Red mass in the half of the image the prompt names."""
+    red = images[:, 0] - images[:, 1]
+    left, right = red[..., :8].sum(dim=(1, 2)), red[..., 8:].sum(dim=(1, 2))
+    return torch.stack([l if p.endswith("left") else r for l, r, p in zip(left, right, prompts)])
+
+
 def test_a_judge_that_sees_the_blob_is_right_on_every_pair_and_its_opposite_on_none(tmp_path):
     make_blob_pairs(tmp_path, n=32)
     pairs = load_pairs(tmp_path)
 
-    def judge(images, prompts):  # red mass in the half the prompt names
-        red = images[:, 0] - images[:, 1]
-        left, right = red[..., :8].sum(dim=(1, 2)), red[..., 8:].sum(dim=(1, 2))
-        return torch.stack([l if p.endswith("left") else r for l, r, p in zip(left, right, prompts)])
-
-    result = evaluate_judge(judge, pairs)
+    result = evaluate_judge(_blob_judge, pairs)
     assert result["prompt"]["all"]["accuracy"] == 1.0 and result["mirror"]["all"]["accuracy"] == 1.0
     assert set(result["prompt"]["flips"]) == {"1", "2-3"}
-    inverted = evaluate_judge(lambda i, p: -judge(i, p), pairs, mirror=False)
+    inverted = evaluate_judge(lambda i, p: -_blob_judge(i, p), pairs, mirror=False)
     assert inverted["prompt"]["all"]["accuracy"] == 0.0
     ties = evaluate_judge(lambda i, p: torch.zeros(len(p)), pairs, mirror=False)
     assert ties["prompt"]["all"]["accuracy"] == 0.5 and ties["prompt"]["all"]["ties"] == 32
@@ -181,20 +183,15 @@ def test_dropped_object_pairs_count_as_their_own_group_and_never_in_the_mirror(t
     pairs = load_pairs(tmp_path)
     drops = sum(r.get("kind") == "drop" for r in pairs.records)
 
-    def judge(images, prompts):  # red mass in the half the prompt names
-        red = images[:, 0] - images[:, 1]
-        left, right = red[..., :8].sum(dim=(1, 2)), red[..., 8:].sum(dim=(1, 2))
-        return torch.stack([l if p.endswith("left") else r for l, r, p in zip(left, right, prompts)])
-
-    result = evaluate_judge(judge, pairs)
+    result = evaluate_judge(_blob_judge, pairs)
     assert result["prompt"]["flips"]["drop"]["n"] == drops > 0 and result["prompt"]["all"]["n"] == 32
     # Under "a" both images score 0: counted, the mirror's ties would pull it to 0.5 on those pairs.
     assert result["mirror"]["all"] == {**result["mirror"]["all"], "accuracy": 1.0, "n": 32 - drops}
     assert "drop" not in result["mirror"]["flips"]
     # Scored by hand under the perturbed prompts, a dropped-object pair would be nonsense: refused.
     with pytest.raises(L2SError, match=r"dropped-object pairs have no mirror .*pairs\.mirrorable\(\)"):
-        pair_scores(judge, pairs, mirror=True)
-    assert len(pair_scores(judge, pairs.mirrorable(), mirror=True)[0]) == 32 - drops
+        pair_scores(_blob_judge, pairs, mirror=True)
+    assert len(pair_scores(_blob_judge, pairs.mirrorable(), mirror=True)[0]) == 32 - drops
 
 
 def test_presence_belongs_to_the_relational_design_and_survives_a_round_trip(tmp_path):
@@ -214,7 +211,7 @@ def test_presence_belongs_to_the_relational_design_and_survives_a_round_trip(tmp
     loaded = load_reward_model(tmp_path / "rm")
     assert loaded.model.config.presence and torch.allclose(loaded(images, prompts), scorer(images, prompts))
     # A folder saved before the option existed reads as without it.
-    assert SpatialScoreConfig.from_dict({k: v for k, v in config.items()}).presence is False
+    assert SpatialScoreConfig.from_dict(config).presence is False
 
 
 def test_several_pair_folders_read_as_one(tmp_path):
