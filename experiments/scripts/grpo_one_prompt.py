@@ -76,6 +76,20 @@ def verdicts(folder: Path, prompt: str, args: argparse.Namespace, lora: Path | N
     return {e["seed"]: e["verdict"]["image"] for e in entries}
 
 
+def one_of_each(folder: Path, prompt: str, rule: dict[int, bool]) -> dict[int, bool]:
+    """Seed -> the rule's verdict and every object of ``prompt`` seen exactly once (the GenEval
+    rule passes an image with an extra copy of an object; D7's hack)."""
+    from PIL import Image
+
+    from l2s.shapes import ShapesDetector
+    from l2s.shapes.reward_prompts import parse_chain
+
+    detector, names = ShapesDetector(), parse_chain(prompt).names
+    entries = json.loads((folder / "index.json").read_text())["images"]
+    return {e["seed"]: rule[e["seed"]] and all(detector.count(Image.open(folder / e["folder"] / "image.png"), name) == 1
+                                               for name in names) for e in entries}
+
+
 def paired(base: list[dict[int, bool]], tuned: list[dict[int, bool]]) -> dict:
     """Accuracies and the sign test over (prompt, seed) pairs of ``base`` vs ``tuned``."""
     from scipy.stats import binomtest
@@ -101,13 +115,17 @@ def judge(prompts: list[str], args: argparse.Namespace) -> dict:
         adapter = args.out / "evaluated" / f"epoch-{args.judge_epoch:04d}"
 
     everything = args.prompt + args.held_out
-    base, tuned = [], []
+    base, tuned, base_once, tuned_once = [], [], [], []
     for prompt in prompts:
         base_dir, tuned_dir = folders(everything.index(prompt))
         base.append(verdicts(base_dir, prompt, args, None))
         tuned.append(verdicts(tuned_dir, prompt, args, adapter))
+        base_once.append(one_of_each(base_dir, prompt, base[-1]))
+        tuned_once.append(one_of_each(tuned_dir, prompt, tuned[-1]))
     return {"pooled": paired(base, tuned),
-            "per_prompt": {p: paired([b], [t]) for p, b, t in zip(prompts, base, tuned)}}
+            "per_prompt": {p: paired([b], [t]) for p, b, t in zip(prompts, base, tuned)},
+            "one_of_each": {"pooled": paired(base_once, tuned_once),
+                            "per_prompt": {p: paired([b], [t]) for p, b, t in zip(prompts, base_once, tuned_once)}}}
 
 
 def main(argv=None) -> int:

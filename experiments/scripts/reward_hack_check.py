@@ -4,7 +4,9 @@ Reads two `l2s generate` folders of one prompt (``--base``: the base model's ima
 a tuned adapter's), keeps the base images that satisfy the prompt (exact rule, strict) and the
 tuned images that lack one of its objects (detector), and reports for each reward model the AUC
 of the first against the second (1.0: every correct base image scores above every such tuned
-image) with both groups' mean scores.
+image) with both groups' mean scores. ``--hack duplicate``: the base images that satisfy the
+prompt with one instance of each object against the tuned images that show an object more than
+once (D7's hack).
 
     python experiments/scripts/reward_hack_check.py --base D6/base_judged --tuned D6/run/judged \
         --model shipped=l2s/shapes/assets/spatial_score --model A=RUN_A/best
@@ -48,18 +50,25 @@ def run(args) -> dict:
     rule, detector = RuleReward(), ShapesDetector()
     base, base_prompts = images_of(args.base)
     tuned, tuned_prompts = images_of(args.tuned)
-    right = [i for i, v in enumerate(rule(base, base_prompts).tolist()) if v == 1.0]
-    missing = [i for i, (image, prompt) in enumerate(zip(tuned, tuned_prompts))
-               if any(d is None for d in detector.detect(image, list(parse_chain(prompt).names)).values())]
-    out = {"base": str(args.base), "tuned": str(args.tuned), "base_right": len(right), "tuned_missing": len(missing),
-           "models": {}}
+    def counts(image, prompt) -> list[int]:
+        return [detector.count(image, name) for name in parse_chain(prompt).names]
+
+    right = [i for i, v in enumerate(rule(base, base_prompts).tolist()) if v == 1.0
+             and (args.hack == "missing" or max(counts(base[i], base_prompts[i])) == 1)]
+    if args.hack == "missing":
+        missing = [i for i, (image, prompt) in enumerate(zip(tuned, tuned_prompts))
+                   if any(d is None for d in detector.detect(image, list(parse_chain(prompt).names)).values())]
+    else:
+        missing = [i for i, (image, prompt) in enumerate(zip(tuned, tuned_prompts)) if max(counts(image, prompt)) > 1]
+    out = {"base": str(args.base), "tuned": str(args.tuned), "hack": args.hack, "base_right": len(right),
+           f"tuned_{args.hack}": len(missing), "models": {}}
     for name, path in (m.split("=", 1) for m in args.model):
         scorer = load_reward_model(path)
         high = scorer([base[i] for i in right], [base_prompts[i] for i in right]).tolist()
         low = scorer([tuned[i] for i in missing], [tuned_prompts[i] for i in missing]).tolist()
         out["models"][name] = {"path": path, "auc": auc(high, low) if high and low else None,
                                "mean_base_right": sum(high) / len(high) if high else None,
-                               "mean_tuned_missing": sum(low) / len(low) if low else None}
+                               f"mean_tuned_{args.hack}": sum(low) / len(low) if low else None}
     return out
 
 
@@ -70,6 +79,8 @@ def main(argv=None) -> int:
     p.add_argument("--base", required=True, type=Path, help="the base model's l2s generate folder")
     p.add_argument("--tuned", required=True, type=Path, help="the tuned adapter's l2s generate folder")
     p.add_argument("--model", action="append", default=[], metavar="NAME=DIR", help="a reward model (repeat)")
+    p.add_argument("--hack", choices=("missing", "duplicate"), default="missing",
+                   help="tuned images that lack an object (default) or show one more than once")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--results", type=Path, default=None, help="also write this JSON file")
     args = p.parse_args(argv)

@@ -35,7 +35,8 @@ def build_reward_data_parser() -> argparse.ArgumentParser:
     p = command_parser("l2s shapes reward-data", (
         "Preference pairs for the spatial reward model: shapes-model images of the same objects, one "
         "showing the prompt, one showing it with 1 or 2-3 relations flipped (or, with --drop-fraction, "
-        "one missing an object), all checked by the exact detector. Sharded and resumable: rerun the same "
+        "one missing an object; with --duplicate-fraction, one showing an object twice), all checked "
+        "by the exact detector. Sharded and resumable: rerun the same "
         "command to continue or to add pairs."),
         ["l2s shapes reward-data --out runs/pairs --pairs 2000",
          "l2s shapes reward-data --out runs/pairs --pairs 4000 --threads 2   # add pairs to the same folder"],
@@ -55,6 +56,9 @@ def build_reward_data_parser() -> argparse.ArgumentParser:
     p.add_setting("--drop-fraction", type=float,
                   help="share of winner images that also get a loser of the same seed drawn without one of "
                        "the prompt's objects (teaches the reward that a missing object is wrong)")
+    p.add_setting("--duplicate-fraction", type=float,
+                  help="share of winner images that also get a loser showing one of their objects twice "
+                       "(painted once more at a free place: teaches the reward that an extra copy is wrong)")
     p.add_argument("--include-held-out-vocabulary", action="store_true",
                    help="also draw the colour and shape held out of every training set (cyan, diamond)")
     p.add_argument("--batch-size", type=int, default=32, help="images per generation batch")
@@ -85,6 +89,7 @@ def reward_data_main(argv: Sequence[str] | None = None) -> int:
     settings = PairSettings(seed=args.seed, families_per_shard=args.families_per_shard,
                             images_per_family=args.images_per_family, patterns=args.patterns,
                             heldout_fraction=args.heldout_fraction, drop_fraction=args.drop_fraction,
+                            duplicate_fraction=args.duplicate_fraction,
                             include_held_out_vocabulary=args.include_held_out_vocabulary)
     settings.check(flag_of({"uses_per_image": "uses per image"}))
     pipe = load_shapes_pipeline(args.model, device=args.device)

@@ -24,7 +24,8 @@ def pair_scores(judge, pairs: PairSet, mirror: bool = False,
     """(winner scores, loser scores) of every pair under its prompt (``mirror``: under the
     perturbed prompt, where the stored loser is the one that should win, so it is returned first)."""
     if mirror and len(pairs.mirrorable()) < len(pairs):   # their perturbed prompt is what the loser was drawn from
-        raise L2SError("dropped-object pairs have no mirror (no prompt of the pair makes their loser win); "
+        raise L2SError("dropped- and duplicated-object pairs have no mirror (no prompt of the pair makes their "
+                       "loser win); "
                        "score pairs.mirrorable()")
     prompts = [r["perturbed"] if mirror else r["prompt"] for r in pairs.records]
     first, second = (pairs.loser, pairs.winner) if mirror else (pairs.winner, pairs.loser)

@@ -8,7 +8,8 @@ A pair folder holds::
     shards/00000.jsonl             one pair a line: ``prompt``, ``winner``, ``loser`` (row indices
                                    into the shard's images), ``split``, ``flips`` and anything else;
                                    ``kind: "drop"`` marks a loser that lacks one of the prompt's
-                                   objects (``perturbed`` is then what it was drawn from)
+                                   objects (``perturbed`` is then what it was drawn from),
+                                   ``kind: "duplicate"`` one that shows an object twice
 
 A shard counts as done once its ``.jsonl`` exists: the images are written first, the pair lines
 last, each atomically, so a run killed at any moment leaves whole shards and nothing else.
@@ -35,6 +36,8 @@ SHARDS = "shards"
 FORMAT = "l2s-preference-pairs/1"
 SPLITS = ("train", "heldout")
 DROP = "drop"
+DUPLICATE = "duplicate"
+KINDS = (DROP, DUPLICATE)   # losers that show no prompt of the pair: never mirrored
 
 
 @dataclass
@@ -62,8 +65,8 @@ class PairSet:
 
     def mirrorable(self) -> PairSet:
         """The pairs whose loser shows its perturbed prompt (flipped relations), so that under that
-        prompt the order reverses; a dropped-object loser shows no prompt of the pair."""
-        return self.subset([i for i, r in enumerate(self.records) if r.get("kind") != DROP])
+        prompt the order reverses; a dropped- or duplicated-object loser shows no prompt of the pair."""
+        return self.subset([i for i, r in enumerate(self.records) if r.get("kind") not in KINDS])
 
     @property
     def prompts(self) -> list[str]:
@@ -92,16 +95,19 @@ def done_shards(folder: str | Path) -> list[int]:
 
 
 def pair_group(record: dict) -> str:
-    """"drop" for a dropped-object pair (its loser lacks one of the prompt's objects), else "1" or
-    "2-3" flipped relations."""
-    if record.get("kind") == DROP:
-        return DROP
+    """"drop" for a dropped-object pair (its loser lacks one of the prompt's objects), "duplicate"
+    for a duplicated-object one, else "1" or "2-3" flipped relations."""
+    if record.get("kind") in KINDS:
+        return record["kind"]
     return "1" if record["flips"] == 1 else "2-3"
 
 
 def group_label(group: str) -> str:
-    """How a :func:`pair_group` reads in a sentence: "1 flip", "2-3 flips", "dropped object"."""
-    return "dropped object" if group == DROP else f"{group} flip{'' if group == '1' else 's'}"
+    """How a :func:`pair_group` reads in a sentence: "1 flip", "2-3 flips", "dropped object",
+    "duplicated object"."""
+    if group in KINDS:
+        return {DROP: "dropped object", DUPLICATE: "duplicated object"}[group]
+    return f"{group} flip{'' if group == '1' else 's'}"
 
 
 def check_manifest(folder: str | Path, settings: dict) -> None:

@@ -55,6 +55,10 @@ class ShapesDetector(Detector):
         best = residuals.argmin(axis=-1)
         return np.where(np.isfinite(residuals.min(axis=-1)), best + 1, 0)
 
+    def colour_class(self, colour: str) -> int:
+        """The class :meth:`classify_pixels` gives pixels of ``colour``."""
+        return self._colour_names.index(colour) + 1
+
     def parse_label(self, label: str) -> tuple[str | None, str | None]:
         """``(colour, shape)`` named by a label such as ``"a red circle"`` (either may be None)."""
         words = [w for w in label.lower().split() if w not in ("a", "an", "the")]
@@ -69,7 +73,7 @@ class ShapesDetector(Detector):
 
     def components(self, classes: np.ndarray, colour: str) -> list[tuple[Box, dict[str, float], int]]:
         """Objects of one colour: (box, IoU with each shape template, pixel count) per component."""
-        labels, count = label_components(classes == self._colour_names.index(colour) + 1, connectivity=8)
+        labels, count = label_components(classes == self.colour_class(colour), connectivity=8)
         found = []
         for index, region in enumerate(_component_slices(labels, count), start=1):
             if region is None:
@@ -83,6 +87,15 @@ class ShapesDetector(Detector):
             box = (float(cols.start), float(rows.start), float(cols.stop), float(rows.stop))
             found.append((box, ious, pixels))
         return found
+
+    def count(self, image: Image.Image | np.ndarray, label: str) -> int:
+        """How many components match ``label`` (``"red circle"``: red ones shaped most like a
+        circle; ``"red"``: every red one; ``"circle"``: those of any colour shaped like one)."""
+        classes = self.classify_pixels(image)
+        colour, shape = self.parse_label(label)
+        return sum(shape is None or max(ious, key=ious.get) == shape
+                   for name in ([colour] if colour else self._colour_names)
+                   for _, ious, _ in self.components(classes, name))
 
     def detect(self, image: Image.Image, labels: Sequence[str]) -> dict[str, Detection | None]:
         """Best detection per label, or None when no component of that colour and shape exists."""

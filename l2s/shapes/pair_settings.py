@@ -26,6 +26,8 @@ class PairSettings:
     true_cfg_scale: float = SHAPES_TRUE_CFG
     # Share of winner images that also get a dropped-object loser (0: relation flips only).
     drop_fraction: float = 0.0
+    # Share of winner images that also get a loser with one of its objects painted twice.
+    duplicate_fraction: float = 0.0
 
     def check(self, spelled: Callable[[str], str] = str) -> None:
         """Raise :class:`L2SError` naming the first setting that cannot work (``spelled``: its name
@@ -40,8 +42,9 @@ class PairSettings:
                            "not all 0")
         if not 0 <= self.heldout_fraction < 1:
             raise L2SError(f"{spelled('heldout_fraction')} must be in [0, 1), got {self.heldout_fraction}")
-        if not 0 <= self.drop_fraction <= 1:
-            raise L2SError(f"{spelled('drop_fraction')} must be in [0, 1], got {self.drop_fraction}")
+        for name in ("drop_fraction", "duplicate_fraction"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise L2SError(f"{spelled(name)} must be in [0, 1], got {getattr(self, name)}")
         for name, least in (("images_per_family", 2), ("families_per_shard", 1), ("uses_per_image", 1)):
             if getattr(self, name) < least:
                 raise L2SError(f"{spelled(name)} must be at least {least}, got {getattr(self, name)}")
@@ -52,6 +55,7 @@ class PairSettings:
         """What the folder's manifest stores; a setting added later is left out at its old
         behaviour, so folders made before it still resume."""
         data = asdict(self)
-        if not self.drop_fraction:
-            data.pop("drop_fraction")
+        for name in ("drop_fraction", "duplicate_fraction"):
+            if not data[name]:
+                data.pop(name)
         return data

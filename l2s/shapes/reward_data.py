@@ -27,6 +27,9 @@ Dropped-object pairs (``drop_fraction``): a share of the winner images also gets
 own seed, generated from its source prompt without one object and kept when the detector misses
 exactly that object (``kind: "drop"``, the prompt of the winner's first flip pair). Such a winner
 is in one pair more than ``uses_per_image``; these losers' images follow the families' in the shard.
+Duplicated-object pairs (``duplicate_fraction``) do the same with a loser that is the winner with
+one of its objects painted once more at a free place (``kind: "duplicate"``): the GenEval rule
+passes it, a prompt naming one red circle does not.
 
 Splits are by prompt: a family's pairs go to the held-out split when a hash of its unordered
 object set falls under ``heldout_fraction``, so a held-out prompt, or any prompt naming the same
@@ -56,6 +59,7 @@ from l2s.relations import DIRECTIONAL
 
 from .batch_sampling import sample_images
 from .detector import ShapesDetector
+from .duplicates import paint_duplicate
 from .model import load_shapes_pipeline
 from .pair_settings import PairSettings
 from .reward_prompts import Chain, pair_palette, random_chain
@@ -163,10 +167,15 @@ def make_shard(pipe, settings: PairSettings, shard: int, detector: ShapesDetecto
                             "objects": chain.objects_key, "split": split_of(chain, settings.heldout_fraction),
                             "family": f"{shard}-{j}", "winner_seed": family_seeds[w], "loser_seed": family_seeds[l],
                             "winner_generated_from": sources[w].prompt, "loser_generated_from": sources[l].prompt})
+    flips = list(records)
     if settings.drop_fraction:
-        images, drops = _drop_pairs(pipe, settings, plan, images, records, detector, batch_size, progress,
+        images, drops = _drop_pairs(pipe, settings, plan, images, flips, detector, batch_size, progress,
                                     np.random.default_rng([settings.seed, shard, 2]))
         records += drops
+    if settings.duplicate_fraction:
+        images, duplicates = _duplicate_pairs(settings, plan, images, flips, detector,
+                                              np.random.default_rng([settings.seed, shard, 3]))
+        records += duplicates
     return images, records
 
 
@@ -200,6 +209,30 @@ def _drop_pairs(pipe, settings: PairSettings, plan, images: np.ndarray, records:
                     "flipped": [], "loser": len(images) + k, "loser_seed": record["winner_seed"],
                     "loser_generated_from": source.prompt})
     return np.concatenate([images, extra]), out
+
+
+def _duplicate_pairs(settings: PairSettings, plan, images: np.ndarray, records: list[dict], detector,
+                     rng: np.random.Generator) -> tuple[np.ndarray, list[dict]]:
+    """A share of the winners, each against itself with one (random) object painted once more at a
+    free place (:func:`~.duplicates.paint_duplicate`): kept when the detector sees the extra one."""
+    firsts: dict = {}
+    for record in records:
+        firsts.setdefault(record["winner"], record)
+    chosen = [r for r in firsts.values() if rng.random() < settings.duplicate_fraction]
+    painted, out = [], []
+    for record in chosen:
+        names = list(plan[record["winner"] // settings.images_per_family][0].names)
+        name = names[int(rng.integers(len(names)))]
+        image = paint_duplicate(images[record["winner"]], name, [n for n in names if n != name], detector, rng)
+        if image is None:
+            continue
+        out.append({**{key: record[key] for key in ("prompt", "winner", "pattern", "objects", "split", "family",
+                                                    "winner_seed", "winner_generated_from")},
+                    "kind": "duplicate", "perturbed": record["prompt"], "duplicated": name, "flips": 0,
+                    "flipped": [], "loser": len(images) + len(painted), "loser_seed": record["winner_seed"],
+                    "loser_generated_from": record["winner_generated_from"]})
+        painted.append(image)
+    return (np.concatenate([images, np.stack(painted)]) if painted else images), out
 
 
 def pair_counts(records: Sequence[dict]) -> dict:

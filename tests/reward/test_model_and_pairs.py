@@ -189,7 +189,7 @@ def test_dropped_object_pairs_count_as_their_own_group_and_never_in_the_mirror(t
     assert result["mirror"]["all"] == {**result["mirror"]["all"], "accuracy": 1.0, "n": 32 - drops}
     assert "drop" not in result["mirror"]["flips"]
     # Scored by hand under the perturbed prompts, a dropped-object pair would be nonsense: refused.
-    with pytest.raises(L2SError, match=r"dropped-object pairs have no mirror .*pairs\.mirrorable\(\)"):
+    with pytest.raises(L2SError, match=r"dropped- and duplicated-object pairs have no mirror .*pairs\.mirrorable\(\)"):
         pair_scores(_blob_judge, pairs, mirror=True)
     assert len(pair_scores(_blob_judge, pairs.mirrorable(), mirror=True)[0]) == 32 - drops
 
@@ -226,3 +226,14 @@ def test_several_pair_folders_read_as_one(tmp_path):
         load_pairs([tmp_path / "a", tmp_path / "missing"])
     with pytest.raises(L2SError, match=r"a/shards is not a preference-pair folder \(manifest.json missing\)"):
         load_pairs(tmp_path / "a" / "shards")
+
+
+def test_each_kind_of_loser_has_its_group_and_only_flips_are_mirrored():
+    from l2s.reward.pairs import PairSet, group_label, pair_group
+
+    records = [{"flips": 1}, {"flips": 3}, {"flips": 0, "kind": "drop"}, {"flips": 0, "kind": "duplicate"}]
+    assert [group_label(pair_group(r)) for r in records] == ["1 flip", "2-3 flips", "dropped object",
+                                                            "duplicated object"]
+    pairs = PairSet(torch.zeros(2, 4, 4, 3, dtype=torch.uint8), torch.zeros(4, dtype=torch.long),
+                    torch.ones(4, dtype=torch.long), [{**r, "prompt": "p"} for r in records])
+    assert [r["flips"] for r in pairs.mirrorable().records] == [1, 3]

@@ -168,6 +168,49 @@ def test_a_dropped_object_loser_lacks_exactly_that_object_and_shares_the_winners
     assert len(pairs.mirrorable()) == len(pairs) - len(drops)
 
 
+def test_a_duplicated_object_loser_is_its_winner_with_one_object_twice(tmp_path, rendered_sampler):
+    settings = replace(SMALL, drop_fraction=0.5, duplicate_fraction=1.0)
+    counts = make_reward_pairs(tmp_path, 10 ** 6, settings=settings, pipe=_Pipe(), max_shards=2, progress=False)
+    pairs = load_pairs(tmp_path)
+    duplicates, flips = pairs.where(kind="duplicate"), pairs.where(kind=None)
+    assert len(duplicates) > 0 and len(pairs.where(kind="drop")) > 0
+    assert counts.get("train/duplicate", 0) + counts.get("heldout/duplicate", 0) == len(duplicates)
+    assert {int(w) for w in duplicates.winner} <= {int(w) for w in flips.winner}
+    assert len(set(duplicates.winner.tolist())) == len(duplicates)
+    detector = ShapesDetector()
+    for record, w, l in zip(duplicates.records, duplicates.winner, duplicates.loser):
+        winner, loser = (pairs.images[int(i)].numpy() for i in (w, l))
+        changed = np.argwhere((winner != loser).any(axis=-1))
+        assert len(changed) > 0 and record["duplicated"] in parse_chain(record["prompt"]).names
+        # only background was painted: every changed pixel was background in the winner
+        assert (detector.classify_pixels(winner)[tuple(changed.T)] == 0).all()
+        label = record["duplicated"]
+        assert detector.count(loser, label) == detector.count(winner, label) + 1
+        assert record["loser_seed"] == record["winner_seed"]
+    assert len(pairs.mirrorable()) == len(flips)
+    assert "duplicate_fraction" not in SMALL.manifest()
+    with pytest.raises(L2SError, match="duplicate_fraction must be in"):
+        replace(SMALL, duplicate_fraction=-0.1).check()
+
+
+def test_paint_duplicate_copies_the_object_to_free_background_or_gives_up():
+    from PIL import Image
+
+    from l2s.shapes.duplicates import paint_duplicate
+
+    detector, rng = ShapesDetector(), np.random.default_rng(0)
+    image = render_array(Scene(64, [SceneObject("circle", "red", (8, 8, 20, 20)),
+                                    SceneObject("square", "blue", (40, 40, 52, 52))]))
+    painted = paint_duplicate(image, "red circle", ["blue square"], detector, rng)
+    assert [detector.count(painted, label) for label in ("red circle", "red", "circle", "blue square")] == [2, 2, 2, 1]
+    assert [detector.count(image, label) for label in ("red circle", "square", "green")] == [1, 1, 0]
+    boxes = [detector.detect(Image.fromarray(a), ["blue square"])["blue square"].box for a in (image, painted)]
+    assert boxes[0] == boxes[1]
+    assert paint_duplicate(image, "green triangle", ["blue square"], detector, rng) is None  # not in the image
+    crowded = render_array(Scene(64, [SceneObject("circle", "red", (2, 2, 62, 62))]))
+    assert paint_duplicate(crowded, "red circle", [], detector, rng) is None               # nowhere free
+
+
 def test_a_folder_made_before_drop_pairs_existed_still_resumes(tmp_path, rendered_sampler):
     assert "drop_fraction" not in SMALL.manifest() and replace(SMALL, drop_fraction=0.5).manifest()["drop_fraction"]
     make_reward_pairs(tmp_path, 10 ** 6, settings=SMALL, pipe=_Pipe(), max_shards=1, progress=False)

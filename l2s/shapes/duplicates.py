@@ -1,0 +1,47 @@
+"""An object of a shapes-world image painted once more at a free place.
+
+The duplicated-object losers of the preference pairs: the prompt names one red circle, the loser
+shows the winner with a second one. The GenEval rule still passes such an image (an object counts
+as present if at least one instance is), which is how a policy can game it by drawing extra copies.
+"""
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+from scipy.ndimage import binary_dilation
+
+from .detector import ShapesDetector
+
+
+def paint_duplicate(image: np.ndarray, label: str, others: list[str], detector: ShapesDetector,
+                    rng: np.random.Generator, tries: int = 64) -> np.ndarray | None:
+    """``image`` (H, W, 3 uint8) with the object ``label`` copied to a random place that is
+    background with a 2-pixel margin; None when the object is not found, no place is free in
+    ``tries`` draws, or the detector does not then see one more ``label`` and every one of
+    ``others`` (the prompt's other objects)."""
+    found = detector.detect(Image.fromarray(image), [label])[label]
+    if found is None:
+        return None
+    classes = detector.classify_pixels(image)
+    x0, y0, x1, y1 = (int(v) for v in found.box)
+    colour, _ = detector.parse_label(label)
+    own = classes[y0:y1, x0:x1] == detector.colour_class(colour)
+    # the object's blended edge comes along; a neighbour's pixels in its box do not
+    mask = binary_dilation(own) & ((classes[y0:y1, x0:x1] == 0) | own)
+    height, width = own.shape
+    occupied = binary_dilation(classes != 0, iterations=2)
+    for _ in range(tries):
+        top, left = int(rng.integers(0, image.shape[0] - height + 1)), int(rng.integers(0, image.shape[1] - width + 1))
+        if occupied[top:top + height, left:left + width].any():
+            continue
+        painted = image.copy()
+        painted[top:top + height, left:left + width][mask] = image[y0:y1, x0:x1][mask]
+        return painted if _one_more(detector, image, painted, label, others) else None
+    return None
+
+
+def _one_more(detector: ShapesDetector, before: np.ndarray, after: np.ndarray, label: str, others: list[str]) -> bool:
+    """Whether ``after`` shows one more ``label`` than ``before`` and still every one of ``others``."""
+    found = detector.detect(Image.fromarray(after), others)
+    return (detector.count(after, label) == detector.count(before, label) + 1
+            and all(found[name] is not None for name in others))
