@@ -20,7 +20,6 @@ from l2s.files import atomic_write_json
 from l2s.versions import software_versions
 
 from .image_runs import MAPS_DIR, ImageJob, Resume, batches, overview_pages, remove_earlier_outputs, write_index
-from .padding import pad, padded_size
 from .pictures import overview_sheet, probability_plot, side_by_side
 from .records import open_rgb, save_png
 
@@ -184,9 +183,8 @@ def generate_images(steerer, jobs: list[ImageJob], out: Path, options: GenerateO
     entries = list(resume.entries or [])
     done, versions, names = {e["folder"] for e in entries}, software_versions(), []
     with _images_bar(len(jobs), len(done), options) as bar:   # each call's own bar of steps shows below it
-        chunks = batches([job for job in jobs if job.folder not in done], batch_size)
-        for batch in chunks:
-            for job, report, written in generate_batch(steerer, batch, out, options, say, full=len(chunks[0])):
+        for batch in batches([job for job in jobs if job.folder not in done], batch_size):
+            for job, report, written in generate_batch(steerer, batch, out, options, say):
                 report = {"prompt": job.prompt, **options.context, "seed": job.seed, **report, "versions": versions}
                 atomic_write_json(out / job.folder / "report.json", report)
                 names += [name for name in written + ["report.json"] if name not in names]
@@ -232,23 +230,19 @@ def _images_bar(total: int, done: int, options: GenerateOptions) -> tqdm:
 
 
 def generate_batch(steerer, batch: list[ImageJob], out: Path, options: GenerateOptions,
-                   say: Callable[[str], None] = _silent, full: int = 1):
-    """One steering call for the batch (and one unsteered call for its steered images; each padded
-    to ``full`` images where the steerer builds per batch shape, :mod:`.padding`): per image, (job,
-    its report, the files written in its folder)."""
+                   say: Callable[[str], None] = _silent):
+    """One steering call for the batch (and one unsteered call for its steered images): per image,
+    (job, its report, the files written in its folder)."""
     from l2s.steer import disabled_by
 
-    def call(jobs: list[ImageJob], steer: bool):
-        count = padded_size(steerer, steer, len(jobs), full)
-        return steerer(pad([job.prompt for job in jobs], count), seed=pad([job.seed for job in jobs], count),
-                       steer=steer, schedule=options.schedule, **options.sampling)
-
-    result = call(batch, options.steer)
-    result.outcomes = [disabled_by(outcome, options.disabled_by) for outcome in result.outcomes[:len(batch)]]
+    result = steerer([job.prompt for job in batch], seed=[job.seed for job in batch], steer=options.steer,
+                     schedule=options.schedule, **options.sampling)
+    result.outcomes = [disabled_by(outcome, options.disabled_by) for outcome in result.outcomes]
     steered = [i for i, outcome in enumerate(result.outcomes) if outcome.steered]
     baseline = None
     if steered and options.baseline:
-        baseline = call([batch[i] for i in steered], False)
+        baseline = steerer([batch[i].prompt for i in steered], seed=[batch[i].seed for i in steered],
+                           steer=False, schedule=options.schedule, **options.sampling)
     for i, (job, report) in enumerate(zip(batch, result.reports())):
         _say_outcome(say, result.plans[i], result.outcomes[i], options, where=f"{job.folder}: ")
         (out / job.folder).mkdir(parents=True, exist_ok=True)
@@ -261,6 +255,4 @@ def generate_batch(steerer, batch: list[ImageJob], out: Path, options: GenerateO
         if baseline is not None:
             report["timings_s"]["unsteered_total"] = baseline.timings["total"]
         report["batch"] = {"images": len(batch), "position": i}
-        if len(result.images) > len(batch):   # thrown-away images of the call, in its time
-            report["batch"]["padding"] = len(result.images) - len(batch)
         yield job, report, written

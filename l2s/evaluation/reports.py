@@ -65,7 +65,7 @@ class ModeReport:
 # What differs between two runs of the same prompts and seeds: timings and how images were reached.
 RUN_DEPENDENT = ("generate_s_per_image", "generate_cpu_s_per_image", "score_s_per_image", "status_counts")
 # The same for one image's record ``meta``: timings and the batch it was made in.
-RUN_DEPENDENT_META = ("generate_s", "generate_cpu_s", "score_s", "batch", "padding")
+RUN_DEPENDENT_META = ("generate_s", "generate_cpu_s", "score_s", "batch")
 
 
 def comparable_summary(summary: dict[str, Any]) -> dict[str, Any]:

@@ -36,7 +36,6 @@ from l2s.files import atomic_write_json
 from l2s.distributed import output_lock, world
 from l2s.relations import DIAGONAL, NON_DIRECTIONAL
 from .detectors import Detector
-from .padding import pad, padded_size
 from .geometry import GENEVAL, RULES, T2I_COMPBENCH
 from .records import (
     MODES,
@@ -250,8 +249,7 @@ def _make_share(run: _Run, specs: Sequence[PromptSpec], pairs: list[tuple[int, i
     for k in range(max(len(c) for c in chunks.values())):
         for mode in modes:
             if k < len(chunks[mode]):
-                full = len(chunks[mode][0])    # a short last chunk pads to it (:mod:`.padding`)
-                for position, record in _generate_chunk(run, specs, pairs, chunks[mode][k], mode, full):
+                for position, record in _generate_chunk(run, specs, pairs, chunks[mode][k], mode):
                     add(position, mode, record)
     return sorted(made, key=lambda item: (item[0], modes.index(item[1])))
 
@@ -334,16 +332,13 @@ def _existing_image(run: _Run, spec: PromptSpec, index: int, seed: int, mode: st
 
 
 def _generate_chunk(run: _Run, specs: Sequence[PromptSpec], pairs: list[tuple[int, int]], positions: list[int],
-                    mode: str, full: int = 1) -> list[tuple[int, ImageRecord]]:
+                    mode: str) -> list[tuple[int, ImageRecord]]:
     """The images of ``positions`` in ``mode``: one steering call (one image: today's single call,
-    several: a batch of prompts and seeds; padded to ``full`` images where the steerer builds per
-    batch shape), then each one saved, scored and recorded."""
+    several: a batch of prompts and seeds), then each one saved, scored and recorded."""
     jobs = [(position, *pairs[position]) for position in positions]  # (position, prompt index, seed)
-    count = padded_size(run.steerer, mode == STEERED, len(jobs), full)
-    prompts = pad([specs[index].prompt for _, index, _ in jobs], count)
-    seeds = pad([seed for _, _, seed in jobs], count)
+    prompts, seeds = [specs[index].prompt for _, index, _ in jobs], [seed for _, _, seed in jobs]
     cpu_started = time.process_time()   # every thread of this process: what steering costs a CPU
-    if count == 1:
+    if len(jobs) == 1:
         generated = run.steerer(prompts[0], seed=seeds[0], steer=mode == STEERED, **run.generate)
         views = [_steering_meta(generated.plan, getattr(generated, "outcome", None),
                                 generated.diagnostics.records, mode, getattr(generated, "warnings", ()))]
@@ -351,7 +346,7 @@ def _generate_chunk(run: _Run, specs: Sequence[PromptSpec], pairs: list[tuple[in
         generated = run.steerer(prompts, seed=seeds, steer=mode == STEERED, **run.generate)
         views = [_steering_meta(plan, outcome, generated.diagnostics.for_image(i).records if plan.steered else [],
                                 mode, getattr(generated, "warnings", ()))
-                 for i, (plan, outcome) in enumerate(zip(generated.plans[:len(jobs)], generated.outcomes))]
+                 for i, (plan, outcome) in enumerate(zip(generated.plans, generated.outcomes))]
     seconds = generated.timings["total"] / len(jobs)
     cpu_seconds = (time.process_time() - cpu_started) / len(jobs)
     made = []
@@ -360,8 +355,6 @@ def _generate_chunk(run: _Run, specs: Sequence[PromptSpec], pairs: list[tuple[in
         save_png(image, png)
         meta = {"mode": mode, "prompt_index": index, "seed": seed, "image": str(png.relative_to(run.out)),
                 "generate_s": seconds, "generate_cpu_s": cpu_seconds, "batch": len(jobs), **steering}
-        if count > len(jobs):
-            meta["padding"] = count - len(jobs)   # thrown-away images of the call, in its time
         made.append((position, _score_image(run, specs[index], index, seed, mode, image, meta, "generated")))
     return made
 

@@ -297,15 +297,14 @@ class SteeringPipeline:
         build per input shape (compiled steering, a plain-step engine): then nothing does, since one
         image would build a shape no call uses and the first batch builds its own (its time includes it)."""
         if isinstance(prompt, list):
-            if self.builds_per_shape(steer):
+            if self._builds_per_shape(steer):
                 return
             seed = kwargs.get("seed", 0)
             prompt, kwargs = prompt[0], {**kwargs, "seed": seed[0] if isinstance(seed, list) else seed}
         self(prompt, steer=steer, **{**kwargs, "progress": False, "schedule": "fast" if steer else None})
 
-    def builds_per_shape(self, steer: bool) -> bool:
-        """Whether a call compiles or builds something for its batch's shape (a new batch size then
-        costs a build; :mod:`l2s.evaluation.padding` pads a run's short last batch instead)."""
+    def _builds_per_shape(self, steer: bool) -> bool:
+        """Whether a call compiles or builds something for its batch's shape."""
         engine = getattr(self, "engine_kind", "eager") not in ("auto", "eager")
         return engine or (steer and self.mode.compile_steering)
 

@@ -19,7 +19,6 @@ from PIL import Image
 
 from l2s.distributed import world
 from l2s.errors import L2SError
-from l2s.evaluation.padding import pad, padded_size
 from l2s.evaluation.records import save_png
 from l2s.files import atomic_write_json
 
@@ -57,9 +56,8 @@ def run_plain_part(steerer, detector, prompts: Sequence[tuple[str, tuple[str, st
     with tqdm(total=len(missing), desc=group.bar_label("no relation"), unit="img", disable=not shown) as bar:
         for start in range(0, len(missing), batch_size):
             chunk = missing[start:start + batch_size]
-            count = padded_size(steerer, False, len(chunk), min(batch_size, len(missing)))   # a short last chunk
-            result = steerer(pad([prompts[i][0] for i, _, _ in chunk], count),
-                             seed=pad([seed for _, seed, _ in chunk], count), steer=False, progress=False)
+            result = steerer([prompts[i][0] for i, _, _ in chunk], seed=[seed for _, seed, _ in chunk], steer=False,
+                             progress=False)
             for (_, _, png), image in zip(chunk, result.images):
                 save_png(image, png)
             bar.update(len(chunk))

@@ -45,50 +45,6 @@ def test_a_run_writes_a_folder_per_image_resumes_and_refuses_other_images(steere
     assert open_image_run(tmp_path, image_jobs(PROMPTS, [0]), settings, True).entries is None
 
 
-class BuildsPerShape:
-    """A steerer that says it builds per batch shape (as a compiled one does); records each call's prompts."""
-
-    def __init__(self, steerer):
-        self.steerer, self.calls = steerer, []
-
-    def __getattr__(self, name):
-        return getattr(self.steerer, name)
-
-    def builds_per_shape(self, steer):
-        return True
-
-    def __call__(self, prompt, **kwargs):
-        self.calls.append((list(prompt), kwargs["steer"]))
-        return self.steerer(prompt, **kwargs)
-
-
-def test_short_batches_pad_to_the_runs_batch_size_where_shapes_are_built(steerer, tmp_path):
-    import numpy as np
-    from PIL import Image
-
-    jobs, settings = image_jobs(PROMPTS, [0, 1]), {"model": "tiny"}
-    options = GenerateOptions(schedule=custom_schedule(2, steered=[0], iterations=1, step_size=1.0),
-                              sampling={"num_inference_steps": 2, "height": 32, "width": 32, "progress": False})
-    outs = {}
-    for name, each in (("plain", steerer), ("padded", BuildsPerShape(steerer))):
-        outs[name] = tmp_path / name
-        generate_images(each, jobs, outs[name], options, resume=open_image_run(outs[name], jobs, settings, False),
-                        source="tiny", settings=settings, batch_size=3)
-    # batch 1: three images, its two steered ones' baseline padded to 3; batch 2: "a cup" once, padded to 3
-    assert [(len(prompts), steer) for prompts, steer in each.calls] == [(3, True), (3, False), (3, True)]
-    assert each.calls[1][0] == [PROMPTS[0]] * 3 and each.calls[2][0] == [PROMPTS[1]] * 3
-    for job in jobs:
-        for name in ("image.png", "image_unsteered.png"):
-            made = [outs[k] / job.folder / name for k in outs]
-            assert made[0].is_file() == made[1].is_file()
-            if made[0].is_file():
-                a, b = (np.asarray(Image.open(f), dtype=np.int16) for f in made)
-                assert np.abs(a - b).max() <= 1, (job.folder, name)
-    batch = [json.loads((outs["padded"] / job.folder / "report.json").read_text())["batch"] for job in jobs]
-    assert batch == [{"images": 3, "position": 0}, {"images": 3, "position": 1}, {"images": 3, "position": 2},
-                     {"images": 1, "position": 0, "padding": 2}]
-
-
 @pytest.mark.parametrize("jobs, why", [
     ([], "other prompts or seeds (its index.json lists none it can name)"),
     ([[["a list"], 1, "p00-s0001"]], "other prompts or seeds (its index.json lists none it can name)"),

@@ -259,7 +259,7 @@ def _records(out):
         meta = record["meta"]
         probabilities += [meta.pop("target_probability_first"), meta.pop("target_probability_last")]
         for key in RUN_DEPENDENT_META:
-            meta.pop(key, None)
+            meta.pop(key)
         records.append(record)
     return records, probabilities
 
@@ -298,30 +298,6 @@ def test_batched_run_makes_the_run_of_one_image_per_call(tiny_eval, one_at_a_tim
     assert [r.meta["batch"] for r in steered] == [3, 3, 3, 3, 3, 3, 2, 2]
     assert len({r.meta["iterations"] for r in steered}) > 1  # the images of a batch exit on their own
     assert steered[0].meta["generate_s"] == steered[1].meta["generate_s"]  # the batch's time, shared
-
-
-class BuildsPerShape(Calls):
-    """Calls whose steerer says it builds per batch shape for steered calls (as a compiled one does)."""
-
-    def builds_per_shape(self, steer):
-        return steer
-
-
-def test_a_short_last_batch_pads_to_the_built_shape_and_keeps_only_its_own_images(tiny_eval, one_at_a_time,
-                                                                                    tmp_path):
-    steerer, specs, kwargs = tiny_eval
-    reference, _ = one_at_a_time
-    calls = BuildsPerShape(steerer)
-    report = run_eval(calls, specs, ShapesDetector(), tmp_path, batch_size=3, **kwargs)
-    # steered calls build per shape: their last batch of 2 asks for 3 (its last image again); base ones don't
-    assert [(len(prompts), steer) for prompts, _, steer in calls.calls] == [
-        (3, False), (3, True), (3, False), (3, True), (2, False), (3, True)]
-    last_prompts, last_seeds, _ = calls.calls[-1]
-    assert last_prompts[2] == last_prompts[1] and last_seeds[2] == last_seeds[1]
-    _assert_same_run(tmp_path, reference)   # the padded image is nowhere: 16 PNGs, the same records
-    steered, base = report.modes["steered"].records, report.modes["base"].records
-    assert [r.meta.get("padding") for r in steered] == [None] * 6 + [1, 1]
-    assert all("padding" not in r.meta for r in base)
 
 
 def test_batched_run_resumes_without_making_finished_images_again(tiny_eval, one_at_a_time, tmp_path):

@@ -60,34 +60,6 @@ def test_the_part_generates_each_image_once_unsteered(tiny_shapes_pipe, tmp_path
     assert len(list((tmp_path / "no_relation").glob("*.png"))) == 6
 
 
-def test_where_shapes_are_built_the_short_last_chunk_pads_to_the_first_ones_size(tiny_shapes_pipe, tmp_path,
-                                                                                 monkeypatch):
-    from PIL import Image
-
-    from l2s.shapes import steer_shapes_pipeline
-
-    steerer = steer_shapes_pipeline(tiny_shapes_pipe, _tiny_shapes_classifier(tiny_shapes_pipe))
-    prompts = plain_prompts(3)
-    run_plain_part(steerer, ShapesDetector(), prompts, (0, 1), tmp_path / "plain", batch_size=4)
-    sizes = []
-    original = type(steerer).__call__
-
-    def spy(self, prompt, **kwargs):
-        sizes.append(len(prompt))
-        return original(self, prompt, **kwargs)
-
-    monkeypatch.setattr(type(steerer), "__call__", spy)
-    monkeypatch.setattr(type(steerer), "builds_per_shape", lambda self, steer: True)
-    run_plain_part(steerer, ShapesDetector(), prompts, (0, 1), tmp_path / "padded", batch_size=4)
-    monkeypatch.undo()
-    assert sizes == [4, 4]      # 6 images: the last 2 ask for 4
-    made = sorted(p.name for p in (tmp_path / "padded" / "no_relation").glob("*.png"))
-    assert made == sorted(p.name for p in (tmp_path / "plain" / "no_relation").glob("*.png")) and len(made) == 6
-    for name in made:
-        a, b = (np.asarray(Image.open(tmp_path / k / "no_relation" / name), dtype=np.int16) for k in ("plain", "padded"))
-        assert np.abs(a - b).max() <= 1, name
-
-
 def test_in_a_spread_run_the_bar_names_itself_as_rank_0s_share(tmp_path, monkeypatch, capsys):
     from types import SimpleNamespace
 
