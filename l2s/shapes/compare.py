@@ -20,8 +20,8 @@ from l2s.reward.identity import same_reward
 from .recipes import shipped_rewards
 
 TABLE_START = "| method | "   # the first line of every comparison table begins so
-COLUMNS = ("two obj strict", "two obj colour", "two obj found", "multi 3/2 colour", "multi 4/3 colour",
-           "held-out colour",
+COLUMNS = ("two obj strict", "two obj colour", "two obj found", "two obj extra", "multi 3/2 colour",
+           "multi 4/3 colour", "held-out colour",
            "no rel: found", "no rel: colours", "no rel: spread", "reward score", "reward AUC",
            "GRPO CPU-h", "extra CPU-s/img", "break-even images")
 
@@ -171,7 +171,8 @@ def _row(bench: dict, mode: str, steering: dict, training_cpu: float | None) -> 
     extra_cpu = _extra_cpu(bench) if with_steering else 0.0
     cost = training_cpu / 3600 if training_cpu is not None else None
     return [_cell(position.get("accuracy")), _cell(position.get("colour_accuracy")),
-            _cell(position.get("objects_found")), *map(_cell, colour),
+            # "extra": images with more blobs of a colour than the prompt names (a bench before it: -)
+            _cell(position.get("objects_found")), _cell(position.get("extra_objects")), *map(_cell, colour),
             # the no-relation part is unsteered: a steered row shows its model's values
             _cell(plain.get("objects_found")), _cell(plain.get("colours_found")), _cell(plain.get("position_spread")),
             _cell(position.get("reward_mean")), _cell(position.get("reward_auc")),

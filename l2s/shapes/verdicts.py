@@ -73,6 +73,18 @@ def prompt_verdicts(image, prompt: str, parsed=None):
     return Verdict(None if reason else result.correct, relations, reason)
 
 
+def extra_objects(detector, image, spec: PromptSpec) -> bool:
+    """Whether ``image`` shows more blobs of one of ``spec``'s object colours than the prompt names
+    objects of it: the GenEval rule passes an image with a second red circle (one instance is enough),
+    so a model tuned on that rule, or on a reward that never saw such an image, can learn to draw
+    extra copies."""
+    named: dict[str, int] = {}
+    for label in spec.objects:
+        colour, _ = detector.parse_label(label)
+        named[colour] = named.get(colour, 0) + 1
+    return any(detector.count(image, colour) > n for colour, n in named.items())
+
+
 def all_objects_found(detector, image, spec: PromptSpec) -> bool:
     """Whether every object of ``spec`` is detected (with its colour and shape, for the strict labels)."""
     return all(objects_found(detector, image, spec).values())
@@ -100,7 +112,7 @@ def _image_key(record) -> str:
 
 def _colour_scores(records: Sequence, specs: Sequence, detector) -> dict:
     """Colour-only accuracy (:func:`colour_only`) of a mode's saved images, overall and per relation."""
-    per_relation, by_image, found_by_image = {}, {}, {}
+    per_relation, by_image, found_by_image, extra_by_image = {}, {}, {}, {}
     for record in records:
         key = _image_key(record)
         strict_spec = specs[int(record.meta["prompt_index"])]
@@ -109,12 +121,14 @@ def _colour_scores(records: Sequence, specs: Sequence, detector) -> dict:
             image = image.convert("RGB")
             result = judge(detector, image, spec)
             found_by_image[key] = all_objects_found(detector, image, strict_spec)
+            extra_by_image[key] = extra_objects(detector, image, strict_spec)
         by_image[key] = bool(result.correct)
         for check, check_result in zip(spec.checks, result.checks):
             pair = per_relation.setdefault(check.relation, [0, 0])
             pair[0] += int(check_result.holds)
             pair[1] += 1
-    correct, found = sum(by_image.values()), sum(found_by_image.values())
+    correct, found, extra = sum(by_image.values()), sum(found_by_image.values()), sum(extra_by_image.values())
     return {"colour_accuracy": correct / len(records) if records else 0.0, "colour_n_correct": correct,
             "colour_correct_by_image": by_image, "colour_per_relation": per_relation,
-            "objects_found": found / len(records) if records else 0.0, "objects_found_by_image": found_by_image}
+            "objects_found": found / len(records) if records else 0.0, "objects_found_by_image": found_by_image,
+            "extra_objects": extra / len(records) if records else 0.0, "extra_objects_by_image": extra_by_image}

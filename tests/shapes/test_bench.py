@@ -85,6 +85,7 @@ def test_bench_records_its_sampling_and_resumes_only_with_it(tiny_shapes_pipe, t
 
     from l2s.shapes import shapes_position_prompts
     from l2s.shapes import ShapesDetector
+    from l2s.shapes.verdicts import extra_objects
 
     steered = results["parts"][0]["modes"]["steered"]
     specs = shapes_position_prompts(n=2, seed=0)
@@ -94,6 +95,12 @@ def test_bench_records_its_sampling_and_resumes_only_with_it(tiny_shapes_pipe, t
         with Image.open(path) as image:
             assert found == shapes_world.all_objects_found(ShapesDetector(), image.convert("RGB"), specs[int(index)])
     assert steered["objects_found"] == sum(steered["objects_found_by_image"].values()) / 2
+    for key, extra in steered["extra_objects_by_image"].items():
+        index, seed = key.split("/")
+        path = tmp_path / "out" / "position" / "steered" / f"{int(index):05d}" / "samples" / f"{int(seed):04d}.png"
+        with Image.open(path) as image:
+            assert extra == extra_objects(ShapesDetector(), image.convert("RGB"), specs[int(index)])
+    assert steered["extra_objects"] == sum(steered["extra_objects_by_image"].values()) / 2
     markdown = shapes_world.write_bench_results(results, tmp_path / "bench.md").read_text()
     assert "true CFG 2 against the empty caption (base and steered alike)" in markdown
     with pytest.raises(L2SError, match="sampling"):   # images made with other guidance are not mixed in

@@ -38,8 +38,8 @@ def cells(line):
 
 def test_rows_costs_and_break_even(tmp_path, capsys):
     (tmp_path / "base.json").write_text(json.dumps(_bench(_mode(0.3, 0.3, 1.0, 0.1), _mode(0.9, 0.95, 4.0, 0.5))))
-    (tmp_path / "ss.json").write_text(json.dumps(_bench(_mode(0.9, 0.96, 1.1, found=0.91), _mode(0.95, 0.97, 3.1), 0.8,
-                                                        "ss")))
+    (tmp_path / "ss.json").write_text(json.dumps(_bench({**_mode(0.9, 0.96, 1.1, found=0.91), "extra_objects": 0.25},
+                                                        _mode(0.95, 0.97, 3.1), 0.8, "ss")))
     (tmp_path / "weak.json").write_text(json.dumps(_bench(_mode(0.6, 0.7, 1.1), _mode(0.95, 0.97, 3.1), 0.8, "weak")))
     log = [{"epoch": 0, "eval_strict": 0.3}, {"epoch": 1, "cpu_s": 5400.0}, {"epoch": 2, "cpu_s": 1800.0}]
     run = _grpo_run(tmp_path / "grpo", log, 2)
@@ -60,6 +60,7 @@ def test_rows_costs_and_break_even(tmp_path, capsys):
     assert rows["GRPO-SS"]["GRPO CPU-h"] == "2.00" and rows["GRPO-SS"]["break-even images"] == "2400"
     assert rows["GRPO-SS"]["no rel: found"] == "0.800" and rows["GRPO-SS"]["reward score"] == "-"
     assert rows["GRPO-SS"]["two obj found"] == "0.910" and rows["base"]["two obj found"] == "0.970"
+    assert rows["GRPO-SS"]["two obj extra"] == "0.250" and rows["base"]["two obj extra"] == "-"   # older bench: -
     assert rows["GRPO-SS + steering"]["extra CPU-s/img"] == "2.00" and rows["GRPO-SS + steering"]["break-even images"] == "-"
     assert (tmp_path / "new" / "t.md").read_text().strip() == "\n".join(lines)
 

@@ -79,3 +79,23 @@ def test_detector_ignores_foreign_colours_and_wrong_shapes():
     assert found["green"].box == (40, 40, 60, 50)
     assert found["green circle"] is None and found["red"] is None
 
+
+
+def test_count_and_extra_objects_see_an_object_drawn_twice():
+    from l2s.evaluation import PromptSpec, RelationCheck
+    from l2s.shapes.verdicts import extra_objects
+
+    one = [SceneObject("circle", "red", (4, 4, 16, 16)), SceneObject("square", "blue", (40, 40, 52, 52))]
+    two = one + [SceneObject("circle", "red", (40, 4, 52, 16))]
+    detector = ShapesDetector()
+    spec = PromptSpec("a red circle to the left of a blue square",
+                      (RelationCheck("red circle", "left of", "blue square"),))
+    images = [render(Scene(64, objects)) for objects in (one, two)]
+    assert [detector.count(image, "red circle") for image in images] == [1, 2]
+    assert [detector.count(image, label) for label in ("red", "circle", "square", "blue circle")
+            for image in images[1:]] == [2, 2, 1, 0]
+    assert [extra_objects(detector, image, spec) for image in images] == [False, True]
+    same_colour = PromptSpec("a red circle to the left of a red square",
+                             (RelationCheck("red circle", "left of", "red square"),))
+    red_pair = render(Scene(64, [one[0], SceneObject("square", "red", (40, 40, 52, 52))]))
+    assert not extra_objects(detector, red_pair, same_colour)   # two red objects named: two red blobs are right
