@@ -4,8 +4,10 @@
 does not: the "GenEval reward" of rule-based GRPO. Prompts are read from their text (chains of
 "a <colour> <shape> <relation> a <colour> <shape> ...", joined by " and "), so two-object and
 multi-relation prompts need no lookup table. ``verdict``: ``"strict"`` (every object found in its
-colour and shape, every relation holding), ``"colour"`` (the rule on the colour blobs alone) or
-``"found"`` (every object found; relations ignored).
+colour and shape, every relation holding), ``"colour"`` (the rule on the colour blobs alone),
+``"found"`` (every object found; relations ignored) or ``"single"`` (strict, and no object drawn
+more than once: GenEval's rule passes an image with a second red circle, which a tuned model can
+learn to draw).
 """
 from __future__ import annotations
 
@@ -21,7 +23,9 @@ from l2s.evaluation import PromptSpec
 
 from .detector import ShapesDetector
 from .reward_prompts import parse_chain
-from .verdicts import VERDICTS, all_objects_found, colour_only, judge
+from .verdicts import VERDICTS, all_objects_found, colour_only, extra_objects, judge
+
+RULE_VERDICTS = (*VERDICTS, "single")
 
 
 @lru_cache(maxsize=4096)
@@ -44,15 +48,16 @@ class RuleReward:
     """A :class:`~l2s.reward.RewardFn`: 1.0 where the image passes the exact rule, else 0.0."""
 
     def __init__(self, verdict: str = "strict", detector: ShapesDetector | None = None) -> None:
-        if verdict not in VERDICTS:
-            raise L2SError(f"unknown verdict {verdict!r} (choose {', '.join(VERDICTS)})")
+        if verdict not in RULE_VERDICTS:
+            raise L2SError(f"unknown verdict {verdict!r} (choose {', '.join(RULE_VERDICTS)})")
         self.verdict, self.detector = verdict, detector or ShapesDetector()
 
     def passes(self, image: Image.Image, prompt: str) -> bool:
         spec = prompt_spec(prompt)
         if self.verdict == "found":
             return all_objects_found(self.detector, image, spec)
-        return bool(judge(self.detector, image, colour_only(spec) if self.verdict == "colour" else spec).correct)
+        holds = bool(judge(self.detector, image, colour_only(spec) if self.verdict == "colour" else spec).correct)
+        return holds and not (self.verdict == "single" and extra_objects(self.detector, image, spec))
 
     def __call__(self, images, prompts: Sequence[str]) -> torch.Tensor:
         pictures = to_pil(images)

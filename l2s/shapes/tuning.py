@@ -9,7 +9,7 @@
   GenEval rule, 0/1): strict, colours only, and every object found;
 * :func:`shapes_grpo_settings` — the shapes recipe's sampling (12 steps, true CFG 2, its image
   size), so the policy GRPO trains is the sampler the bench evaluates;
-* :func:`train_shapes_grpo` — the run, logging the three judges on the dev prompts every epoch.
+* :func:`train_shapes_grpo` — the run, logging the :data:`JUDGES` on the dev prompts every epoch.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from .settings import SHAPES_STEPS, SHAPES_TRUE_CFG
 
 GRPO_PROMPT_SEED = 1   # the bench draws with BENCH_PROMPT_SEED (0)
 GRPO_DEV_PROMPTS = 32
-JUDGES = ("strict", "colour", "found")
+JUDGES = ("strict", "colour", "found", "single")   # l2s.shapes.rule_reward.RULE_VERDICTS
 
 
 def grpo_prompt_split(dev: int = GRPO_DEV_PROMPTS, seed: int = GRPO_PROMPT_SEED,
@@ -94,7 +94,7 @@ def train_shapes_grpo(out: str | Path, reward, *, pipe=None, pipeline_dir: str |
 
     ``settings``: a :class:`~l2s.grpo.GRPOSettings` (default :func:`shapes_grpo_settings` with
     ``overrides``). ``prompts``: (train, dev) prompt lists (default :func:`grpo_prompt_split`). The
-    dev prompts are judged every ``eval_every``-th epoch (and the last) by the three :data:`JUDGES`.
+    dev prompts are judged every ``eval_every``-th epoch (and the last) by the :data:`JUDGES`.
     ``reward_name``: what ``reward`` is (recorded; a resumed run with another is refused);
     ``keep_evaluated``: keep every judged epoch's adapter (:func:`l2s.grpo.train_grpo`). ``base_model``:
     what ``pipe`` is (:func:`base_model_identity`; without ``pipe``, ``pipeline_dir``'s), recorded: a

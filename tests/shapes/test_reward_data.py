@@ -278,6 +278,12 @@ def test_rule_reward_reads_any_shapes_prompt_and_takes_tensors():
     assert RuleReward("found")(image, ["a red circle to the right of a blue square"]).tolist() == [1.0]
     with pytest.raises(L2SError):
         rule(image, ["a red circle left of a dog"])
+    # a second red circle: GenEval's rule still passes it, "single" does not
+    doubled = Scene(32, [*scene.objects, SceneObject("circle", "red", (24, 2, 31, 9))])
+    image = torch.from_numpy(np.array(render_array(doubled))).permute(2, 0, 1)[None].float() / 255
+    assert [RuleReward(v)(image, prompts[:1]).item() for v in ("strict", "single")] == [1.0, 0.0]
+    assert RuleReward("single")(image.new_tensor(render_array(scene)).permute(2, 0, 1)[None] / 255,
+                                prompts[:1]).item() == 1.0
 
 
 def test_cli_says_when_max_shards_stopped_it_short_of_pairs(tmp_path, rendered_sampler, monkeypatch, capsys):
