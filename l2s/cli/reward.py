@@ -59,6 +59,8 @@ def build_reward_data_parser() -> argparse.ArgumentParser:
     p.add_setting("--duplicate-fraction", type=float,
                   help="share of winner images that also get a loser showing one of their objects twice "
                        "(painted once more at a free place: teaches the reward that an extra copy is wrong)")
+    p.add_argument("--single-winners", action="store_true",
+                   help="a winner must also show no object more than once (GenEval's rule passes a second copy)")
     p.add_argument("--include-held-out-vocabulary", action="store_true",
                    help="also draw the colour and shape held out of every training set (cyan, diamond)")
     p.add_argument("--batch-size", type=int, default=32, help="images per generation batch")
@@ -89,7 +91,7 @@ def reward_data_main(argv: Sequence[str] | None = None) -> int:
     settings = PairSettings(seed=args.seed, families_per_shard=args.families_per_shard,
                             images_per_family=args.images_per_family, patterns=args.patterns,
                             heldout_fraction=args.heldout_fraction, drop_fraction=args.drop_fraction,
-                            duplicate_fraction=args.duplicate_fraction,
+                            duplicate_fraction=args.duplicate_fraction, single_winners=args.single_winners,
                             include_held_out_vocabulary=args.include_held_out_vocabulary)
     settings.check(flag_of({"uses_per_image": "uses per image"}))
     pipe = load_shapes_pipeline(args.model, device=args.device)

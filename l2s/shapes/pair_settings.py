@@ -28,6 +28,8 @@ class PairSettings:
     drop_fraction: float = 0.0
     # Share of winner images that also get a loser with one of its objects painted twice.
     duplicate_fraction: float = 0.0
+    # Winners must also show no object more than once (GenEval's rule passes a second copy).
+    single_winners: bool = False
 
     def check(self, spelled: Callable[[str], str] = str) -> None:
         """Raise :class:`L2SError` naming the first setting that cannot work (``spelled``: its name
@@ -55,7 +57,7 @@ class PairSettings:
         """What the folder's manifest stores; a setting added later is left out at its old
         behaviour, so folders made before it still resume."""
         data = asdict(self)
-        for name in ("drop_fraction", "duplicate_fraction"):
+        for name in ("drop_fraction", "duplicate_fraction", "single_winners"):
             if not data[name]:
                 data.pop(name)
         return data

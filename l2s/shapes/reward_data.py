@@ -29,7 +29,8 @@ exactly that object (``kind: "drop"``, the prompt of the winner's first flip pai
 is in one pair more than ``uses_per_image``; these losers' images follow the families' in the shard.
 Duplicated-object pairs (``duplicate_fraction``) do the same with a loser that is the winner with
 one of its objects painted once more at a free place (``kind: "duplicate"``): the GenEval rule
-passes it, a prompt naming one red circle does not.
+passes it, a prompt naming one red circle does not. With ``single_winners`` a winner must also
+show no object more than once (the check a human would make and GenEval's rule does not).
 
 Splits are by prompt: a family's pairs go to the held-out split when a hash of its unordered
 object set falls under ``heldout_fraction``, so a held-out prompt, or any prompt naming the same
@@ -63,7 +64,7 @@ from .duplicates import paint_duplicate
 from .model import load_shapes_pipeline
 from .pair_settings import PairSettings
 from .reward_prompts import Chain, pair_palette, random_chain
-from .verdicts import judge
+from .verdicts import extra_objects, judge
 
 
 def split_of(chain: Chain, fraction: float) -> str:
@@ -160,7 +161,8 @@ def make_shard(pipe, settings: PairSettings, shard: int, detector: ShapesDetecto
             # The exact check of the recipe: the winner satisfies P, the loser P' and not P.
             if not (judge(detector, pictures[w], good.spec()).correct
                     and judge(detector, pictures[l], bad.spec()).correct
-                    and not judge(detector, pictures[l], good.spec()).correct):
+                    and not judge(detector, pictures[l], good.spec()).correct
+                    and not (settings.single_winners and extra_objects(detector, pictures[w], good.spec()))):
                 continue
             records.append({"prompt": good.prompt, "perturbed": bad.prompt, "winner": j * n + w, "loser": j * n + l,
                             "flips": len(flips), "flipped": list(flips), "pattern": chain.pattern,

@@ -7,6 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import l2s.shapes.reward_data as reward_data
 from l2s.errors import L2SError
@@ -20,6 +21,7 @@ from l2s.shapes.reward_prompts import OPPOSITE, PAIR_PATTERNS, Chain, pair_palet
 from l2s.shapes.rule_reward import RuleReward, to_pil
 from l2s.shapes.detector import ShapesDetector
 from l2s.shapes.scenes import COLOURS, SHAPES, Scene, SceneObject, render_array
+from l2s.shapes.verdicts import extra_objects
 
 # ---- prompts and flips ----------------------------------------------------------------------
 
@@ -193,9 +195,37 @@ def test_a_duplicated_object_loser_is_its_winner_with_one_object_twice(tmp_path,
         replace(SMALL, duplicate_fraction=-0.1).check()
 
 
-def test_paint_duplicate_copies_the_object_to_free_background_or_gives_up():
-    from PIL import Image
+def _rendered_with_copies(pipe, prompts, seeds, **_):
+    """:func:`_rendered`, with a second copy of the first object in every third seed's picture."""
+    images = _rendered(pipe, prompts, seeds)
+    for image, seed in zip(images, seeds):
+        if seed % 3 == 0:
+            classes = ShapesDetector().classify_pixels(image)
+            cells = [(slice(2 + 10 * (c // 3), 10 + 10 * (c // 3)), slice(2 + 10 * (c % 3), 10 + 10 * (c % 3)))
+                     for c in range(9)]
+            free = next(cell for cell in cells if not classes[cell].any())
+            image[free] = image[next(cell for cell in cells if classes[cell].any())]
+    return images
 
+
+def test_single_winners_keeps_out_winners_that_show_an_object_twice(tmp_path, monkeypatch):
+    monkeypatch.setattr(reward_data, "sample_images", _rendered_with_copies)
+    detector = ShapesDetector()
+
+    def winners_with_copies(folder, settings):
+        make_reward_pairs(folder, 10 ** 6, settings=settings, pipe=_Pipe(), max_shards=2, progress=False)
+        pairs = load_pairs(folder)
+        images = [Image.fromarray(pairs.images[int(w)].numpy()) for w in pairs.winner]
+        return len(pairs), sum(extra_objects(detector, image, parse_chain(prompt).spec())
+                               for image, prompt in zip(images, pairs.prompts))
+
+    assert winners_with_copies(tmp_path / "any", SMALL)[1] > 0          # GenEval's rule passes a second copy
+    kept, copies = winners_with_copies(tmp_path / "single", replace(SMALL, single_winners=True))
+    assert kept > 0 and copies == 0
+    assert "single_winners" not in SMALL.manifest() and replace(SMALL, single_winners=True).manifest()["single_winners"]
+
+
+def test_paint_duplicate_copies_the_object_to_free_background_or_gives_up():
     from l2s.shapes.duplicates import paint_duplicate
 
     detector, rng = ShapesDetector(), np.random.default_rng(0)
