@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 from PIL import Image
-from scipy.ndimage import binary_dilation
+from scipy.ndimage import binary_dilation, find_objects
+
+from l2s.evaluation import label_components
 
 from .detector import ShapesDetector
 
@@ -24,9 +26,8 @@ def paint_duplicate(image: np.ndarray, label: str, others: list[str], detector: 
         return None
     classes = detector.classify_pixels(image)
     x0, y0, x1, y1 = (int(v) for v in found.box)
-    colour, _ = detector.parse_label(label)
-    own = classes[y0:y1, x0:x1] == detector.colour_class(colour)
-    # the object's blended edge comes along; a neighbour's pixels in its box do not
+    own = _component(classes == detector.colour_class(detector.parse_label(label)[0]), (y0, y1, x0, x1))
+    # the object's blended edge comes along; a neighbour's pixels in its box do not, same colour or not
     mask = binary_dilation(own) & ((classes[y0:y1, x0:x1] == 0) | own)
     height, width = own.shape
     occupied = binary_dilation(classes != 0, iterations=2)
@@ -38,6 +39,17 @@ def paint_duplicate(image: np.ndarray, label: str, others: list[str], detector: 
         painted[top:top + height, left:left + width][mask] = image[y0:y1, x0:x1][mask]
         return painted if _one_more(detector, image, painted, label, others) else None
     return None
+
+
+def _component(colour: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """The mask, cropped to ``box`` (y0, y1, x0, x1), of the largest component of ``colour`` whose
+    bounding box is ``box``: the detected object alone, not another blob of its colour in its box."""
+    labels, count = label_components(colour, connectivity=8)
+    y0, y1, x0, x1 = box
+    crop = labels[y0:y1, x0:x1]
+    spans = find_objects(labels, max_label=count)
+    fits = [k + 1 for k, s in enumerate(spans) if s == (slice(y0, y1), slice(x0, x1))]
+    return crop == max(fits, key=lambda k: int((crop == k).sum()))
 
 
 def _one_more(detector: ShapesDetector, before: np.ndarray, after: np.ndarray, label: str, others: list[str]) -> bool:

@@ -241,6 +241,18 @@ def test_paint_duplicate_copies_the_object_to_free_background_or_gives_up():
     assert paint_duplicate(crowded, "red circle", [], detector, rng) is None               # nowhere free
 
 
+def test_paint_duplicate_copies_only_its_object_not_a_same_colour_neighbour_in_its_box():
+    from l2s.shapes.duplicates import paint_duplicate
+
+    # the red square's corner lies inside the diamond's box without touching the diamond
+    detector = ShapesDetector()
+    image = render_array(Scene(64, [SceneObject("diamond", "red", (4, 4, 28, 28)),
+                                    SceneObject("square", "red", (24, 24, 36, 36))]))
+    for seed in range(4):
+        painted = paint_duplicate(image, "red diamond", ["red square"], detector, np.random.default_rng(seed))
+        assert [detector.count(painted, label) for label in ("red diamond", "red square", "red")] == [2, 1, 3]
+
+
 def test_a_folder_made_before_drop_pairs_existed_still_resumes(tmp_path, rendered_sampler):
     assert "drop_fraction" not in SMALL.manifest() and replace(SMALL, drop_fraction=0.5).manifest()["drop_fraction"]
     make_reward_pairs(tmp_path, 10 ** 6, settings=SMALL, pipe=_Pipe(), max_shards=1, progress=False)
