@@ -18,14 +18,16 @@ from .detector import ShapesDetector
 def paint_duplicate(image: np.ndarray, label: str, others: list[str], detector: ShapesDetector,
                     rng: np.random.Generator, tries: int = 64) -> np.ndarray | None:
     """``image`` (H, W, 3 uint8) with the object ``label`` copied to a random place that is
-    background with a 2-pixel margin; None when the object is not found, no place is free in
-    ``tries`` draws, or the detector does not then see one more ``label`` and every one of
+    background with a 2-pixel margin; None when the object is not found or touches the image
+    border, no place is free in ``tries`` draws, or the detector does not then see one more ``label`` and every one of
     ``others`` (the prompt's other objects)."""
     found = detector.detect(Image.fromarray(image), [label])[label]
     if found is None:
         return None
-    classes = detector.classify_pixels(image)
     x0, y0, x1, y1 = (int(v) for v in found.box)
+    if min(x0, y0) == 0 or x1 == image.shape[1] or y1 == image.shape[0]:
+        return None   # the border may cut it: a copy inside the image would show the straight cut
+    classes = detector.classify_pixels(image)
     own = _component(classes == detector.colour_class(detector.parse_label(label)[0]), (y0, y1, x0, x1))
     # the object's blended edge comes along; a neighbour's pixels in its box do not, same colour or not
     mask = binary_dilation(own) & ((classes[y0:y1, x0:x1] == 0) | own)

@@ -253,6 +253,20 @@ def test_paint_duplicate_copies_only_its_object_not_a_same_colour_neighbour_in_i
         assert [detector.count(painted, label) for label in ("red diamond", "red square", "red")] == [2, 1, 3]
 
 
+def test_paint_duplicate_leaves_an_object_the_border_may_cut_alone():
+    from l2s.shapes.duplicates import paint_duplicate
+
+    # still a red circle to the detector, but a copy inside the image would show the straight cut
+    detector = ShapesDetector()
+    for box in ((-2, 20, 14, 36), (20, 50, 36, 66)):
+        image = render_array(Scene(64, [SceneObject("circle", "red", box),
+                                        SceneObject("square", "blue", (40, 8, 52, 20))]))
+        assert detector.count(image, "red circle") == 1
+        assert paint_duplicate(image, "red circle", ["blue square"], detector, np.random.default_rng(0)) is None
+    inside = render_array(Scene(64, [SceneObject("circle", "red", (1, 20, 17, 36))]))
+    assert paint_duplicate(inside, "red circle", [], detector, np.random.default_rng(0)) is not None
+
+
 def test_a_folder_made_before_drop_pairs_existed_still_resumes(tmp_path, rendered_sampler):
     assert "drop_fraction" not in SMALL.manifest() and replace(SMALL, drop_fraction=0.5).manifest()["drop_fraction"]
     make_reward_pairs(tmp_path, 10 ** 6, settings=SMALL, pipe=_Pipe(), max_shards=1, progress=False)
