@@ -17,10 +17,10 @@ from .detector import ShapesDetector
 
 def paint_duplicate(image: np.ndarray, label: str, others: list[str], detector: ShapesDetector,
                     rng: np.random.Generator, tries: int = 64) -> np.ndarray | None:
-    """``image`` (H, W, 3 uint8) with the object ``label`` copied to a random place that is
-    background with a 2-pixel margin; None when the object is not found or touches the image
-    border, no place is free in ``tries`` draws, or the detector does not then see one more ``label`` and every one of
-    ``others`` (the prompt's other objects)."""
+    """``image`` (H, W, 3 uint8) with the object ``label`` (and its blended edge) copied to a random
+    place that is background with a 2-pixel margin; None when the object is not found or touches the
+    image border, no place is free in ``tries`` draws, or the detector does not then see one more
+    ``label`` and every one of ``others`` (the prompt's other objects)."""
     found = detector.detect(Image.fromarray(image), [label])[label]
     if found is None:
         return None
@@ -28,19 +28,33 @@ def paint_duplicate(image: np.ndarray, label: str, others: list[str], detector: 
     if min(x0, y0) == 0 or x1 == image.shape[1] or y1 == image.shape[0]:
         return None   # the border may cut it: a copy inside the image would show the straight cut
     classes = detector.classify_pixels(image)
-    own = _component(classes == detector.colour_class(detector.parse_label(label)[0]), (y0, y1, x0, x1))
-    # the object's blended edge comes along; a neighbour's pixels in its box do not, same colour or not
-    mask = binary_dilation(own) & ((classes[y0:y1, x0:x1] == 0) | own)
-    height, width = own.shape
+    mask = _object_mask(detector, classes, label, (y0, y1, x0, x1))
+    source = image[y0 - 1:y1 + 1, x0 - 1:x1 + 1]   # the box and the one-pixel ring of its blended edge
+    height, width = mask.shape
     occupied = binary_dilation(classes != 0, iterations=2)
     for _ in range(tries):
         top, left = int(rng.integers(0, image.shape[0] - height + 1)), int(rng.integers(0, image.shape[1] - width + 1))
         if occupied[top:top + height, left:left + width].any():
             continue
         painted = image.copy()
-        painted[top:top + height, left:left + width][mask] = image[y0:y1, x0:x1][mask]
+        painted[top:top + height, left:left + width][mask] = source[mask]
         return painted if _one_more(detector, image, painted, label, others) else None
     return None
+
+
+def _object_mask(detector: ShapesDetector, classes: np.ndarray, label: str, box: tuple[int, int, int, int]):
+    """What to copy of the object in ``box`` (y0, y1, x0, x1), over the box grown by a pixel (the
+    blended edge, whose blur the classes may call another colour): the pixels within two of the
+    object, but not any other object (a blob of ``min_pixels`` or more, same colour or not) and the
+    pixel around it."""
+    y0, y1, x0, x1 = box
+    colour = classes == detector.colour_class(detector.parse_label(label)[0])
+    own = np.pad(_component(colour, box), 1)
+    labels, count = label_components((classes[y0 - 1:y1 + 1, x0 - 1:x1 + 1] != 0) & ~own, connectivity=8)
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    foreign = (sizes >= detector.min_pixels)[labels] & (labels > 0)
+    near = binary_dilation(own, np.ones((3, 3), bool), iterations=2)   # reaches the corners of the grown box
+    return own | (near & ~binary_dilation(foreign, np.ones((3, 3), bool)))
 
 
 def _component(colour: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:

@@ -246,7 +246,7 @@ def test_paint_duplicate_copies_only_its_object_not_a_same_colour_neighbour_in_i
 
     # the red square's corner lies inside the diamond's box without touching the diamond
     detector = ShapesDetector()
-    image = render_array(Scene(64, [SceneObject("diamond", "red", (4, 4, 28, 28)),
+    image = render_array(Scene(96, [SceneObject("diamond", "red", (4, 4, 28, 28)),
                                     SceneObject("square", "red", (24, 24, 36, 36))]))
     for seed in range(4):
         painted = paint_duplicate(image, "red diamond", ["red square"], detector, np.random.default_rng(seed))
@@ -265,6 +265,21 @@ def test_paint_duplicate_leaves_an_object_the_border_may_cut_alone():
         assert paint_duplicate(image, "red circle", ["blue square"], detector, np.random.default_rng(0)) is None
     inside = render_array(Scene(64, [SceneObject("circle", "red", (1, 20, 17, 36))]))
     assert paint_duplicate(inside, "red circle", [], detector, np.random.default_rng(0)) is not None
+
+
+def test_paint_duplicate_copies_the_blended_edge_around_its_object():
+    from PIL import Image, ImageFilter
+
+    from l2s.shapes.duplicates import paint_duplicate
+
+    # generated objects have soft edges; a copy without the ring around the box would be sharper
+    detector = ShapesDetector()
+    scene = Scene(64, [SceneObject("square", "red", (8, 8, 20, 20)), SceneObject("circle", "blue", (8, 40, 20, 52))])
+    image = np.asarray(Image.fromarray(render_array(scene)).filter(ImageFilter.BoxBlur(1)))
+    painted = paint_duplicate(image, "red square", ["blue circle"], detector, np.random.default_rng(0))
+    (top, left), (bottom, right) = (lambda c: (c.min(0), c.max(0) + 1))(np.argwhere((painted != image).any(-1)))
+    assert (bottom - top, right - left) == (14, 14)   # the 12-pixel box and a pixel of edge each side
+    assert (painted[top:bottom, left:right] == image[7:21, 7:21]).all()
 
 
 def test_a_folder_made_before_drop_pairs_existed_still_resumes(tmp_path, rendered_sampler):
