@@ -41,6 +41,8 @@ def test_train_reward_names_the_flag_that_cannot_work_before_reading_data(option
     (["--patterns", "5,1=1"], "--patterns: unknown pattern 5,1 (OBJECTS,RELATIONS; known: 2,1; 3,2; 4,2; 4,3)"),
     (["--seed", "1000000000"], "--seed must be in [0, 10**9), got 1000000000"),
     (["--max-shards", "0"], "--max-shards must be at least 1, got 0"),
+    (["--drop-fraction", "1.5"], "--drop-fraction must be in [0, 1], got 1.5"),
+    (["--duplicate-fraction", "-0.5"], "--duplicate-fraction must be in [0, 1], got -0.5"),
 ])
 def test_reward_data_names_the_flag_that_cannot_work_before_any_work(option, message, tmp_path, capsys):
     argv = ["shapes", "reward-data", "--out", str(tmp_path / "p"), "--pairs", "5", *option]
