@@ -126,7 +126,7 @@ def build_train_reward_parser() -> argparse.ArgumentParser:
     p = command_parser("l2s shapes train-reward", (
         "Train the SpatialScore reward model (image + prompt -> Gaussian score) on 'reward-data' pairs; "
         "resumes from OUT/last by default; writes OUT/best, OUT/log.jsonl and OUT/results.json (held-out "
-        "pairwise accuracy, by 1 vs 2-3 flipped relations and dropped objects)."),
+        "pairwise accuracy, by 1 vs 2-3 flipped relations and dropped or duplicated objects)."),
         ["l2s shapes train-reward --data runs/pairs --out runs/spatial-score",
          "l2s shapes train-reward --data runs/pairs --out runs/bt --loss bt   # plain Bradley-Terry"],
         settings=RewardTrainSettings)

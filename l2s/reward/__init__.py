@@ -11,7 +11,7 @@ exact rule (:mod:`l2s.shapes.reward_data`, :mod:`l2s.shapes.rule_reward`). Parts
 * :mod:`.losses` — the uncertainty-aware Bradley-Terry loss and plain Bradley-Terry;
 * :mod:`.train` — resumable training with validation-based selection;
 * :mod:`.scorer` — a saved model as a reward callable (:func:`load_reward_model`);
-* :mod:`.evaluate` — pairwise accuracy of any judge, by flips (or dropped object) and by prompt pattern;
+* :mod:`.evaluate` — pairwise accuracy of any judge, by flips (or dropped or duplicated object) and by prompt pattern;
 * :mod:`.settings` — the loss names and :class:`RewardTrainSettings` (no torch).
 
 Names load with their module on first use (PEP 562), so ``import l2s.reward`` and the command

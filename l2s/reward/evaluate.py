@@ -1,10 +1,10 @@
 """Pairwise accuracy of any judge on preference pairs, overall and per group (1 or 2-3 flipped
-relations or a dropped object; pattern).
+relations, a dropped or a duplicated object; pattern).
 
 A judge is a :class:`~l2s.reward.RewardFn`; a pair counts as right when the winner scores higher
 than the loser under the pair's prompt, and as half right on a tie (a 0/1 rule ties often).
 The ``mirror`` direction asks the same of the perturbed prompt, under which the loser should win
-(flip pairs only: a dropped-object loser shows no prompt of its pair).
+(flip pairs only: a dropped- or duplicated-object loser shows no prompt of its pair).
 """
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def grouped_accuracy(winner: torch.Tensor, loser: torch.Tensor, records: Sequenc
 
 
 def evaluate_judge(judge, pairs: PairSet, mirror: bool = True) -> dict:
-    """Accuracy of ``judge`` on ``pairs``: overall, by kind (1 vs 2-3 flips, dropped object; under
+    """Accuracy of ``judge`` on ``pairs``: overall, by kind (1 vs 2-3 flips, dropped or duplicated object; under
     the key "flips") and by prompt pattern; with ``mirror`` also the flip pairs under their
     perturbed prompts."""
     result = {}

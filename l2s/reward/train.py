@@ -78,7 +78,7 @@ class _Examples:
             if unread:
                 raise L2SError(f"{len(unread)} training prompts have no left/right/above/below clause the relational "
                                f"design reads (they would all score 0), e.g. {unread[0]!r}")
-        if mirror:   # flip pairs only: a dropped-object loser shows no prompt of its pair
+        if mirror:   # flip pairs only: a dropped- or duplicated-object loser shows no prompt of its pair
             back = pairs.mirrorable()
             flipped = scorer.prompt_batch([r["perturbed"] for r in back.records])
             self.winner, self.loser = torch.cat([pairs.winner, back.loser]), torch.cat([pairs.loser, back.winner])

@@ -28,9 +28,10 @@ own seed, generated from its source prompt without one object and kept when the 
 exactly that object (``kind: "drop"``, the prompt of the winner's first flip pair). Such a winner
 is in one pair more than ``uses_per_image``; these losers' images follow the families' in the shard.
 Duplicated-object pairs (``duplicate_fraction``) do the same with a loser that is the winner with
-one of its objects painted once more at a free place (``kind: "duplicate"``): the GenEval rule
-passes it, a prompt naming one red circle does not. With ``single_winners`` a winner must also
-show no object more than once (the check a human would make and GenEval's rule does not).
+one of its objects painted once more at a free place (``kind: "duplicate"``; its image follows the
+dropped-object losers', and its winner is in one pair more again): the GenEval rule passes it, a
+prompt naming one red circle does not. With ``single_winners`` a winner must also show no object
+more than once (the check a human would make and GenEval's rule does not).
 
 Splits are by prompt: a family's pairs go to the held-out split when a hash of its unordered
 object set falls under ``heldout_fraction``, so a held-out prompt, or any prompt naming the same
@@ -145,7 +146,8 @@ def plan_shard(settings: PairSettings, shard: int) -> list[tuple[Chain, list[Cha
 def make_shard(pipe, settings: PairSettings, shard: int, detector: ShapesDetector,
                batch_size: int = 32, progress=None) -> tuple[np.ndarray, list[dict]]:
     """Images and pair records of one shard (nothing written): flip pairs, then dropped-object
-    pairs (``settings.drop_fraction``), whose loser images follow the families' images."""
+    pairs (``settings.drop_fraction``) and duplicated-object ones (``settings.duplicate_fraction``),
+    whose loser images follow the families' images in that order."""
     plan = plan_shard(settings, shard)
     prompts = [source.prompt for _, sources, _ in plan for source in sources]
     seeds = [s for _, _, family_seeds in plan for s in family_seeds]
