@@ -110,8 +110,9 @@ def group_label(group: str) -> str:
     return f"{group} flip{'' if group == '1' else 's'}"
 
 
-def check_manifest(folder: str | Path, settings: dict) -> None:
-    """Write the manifest of a new folder, or refuse to extend one made with other settings."""
+def check_manifest(folder: str | Path, settings: dict, unrecorded: dict | None = None) -> None:
+    """Write the manifest of a new folder, or refuse to extend one made with other settings
+    (``unrecorded``: what a manifest without a setting was made with, named so in the refusal)."""
     path = prepare_output_dir(folder, "pair folder") / MANIFEST
     data = read_state_json(path, fix="rerun with --restart (restart=True in Python) to start the pairs over")
     wanted = {"format": FORMAT, "settings": json.loads(json.dumps(settings))}
@@ -120,7 +121,7 @@ def check_manifest(folder: str | Path, settings: dict) -> None:
     elif data != wanted:
         changed = sorted(k for k in set(data.get("settings", {})) | set(wanted["settings"])
                          if data.get("settings", {}).get(k) != wanted["settings"].get(k))
-        shown = described_changes(data.get("settings", {}), wanted["settings"], changed) or "format"
+        shown = described_changes(data.get("settings", {}), wanted["settings"], changed, unrecorded) or "format"
         raise L2SError(f"{path.parent} holds pairs made with other settings ({shown}); "
                        "rerun with the same ones to resume, --restart to start over, or use another --out")
 

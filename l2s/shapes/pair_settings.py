@@ -10,6 +10,9 @@ from l2s.errors import L2SError
 from .reward_prompts import PAIR_PATTERN_WEIGHTS, PAIR_PATTERNS
 from .settings import SHAPES_STEPS, SHAPES_TRUE_CFG
 
+# Settings added after folders were made: a manifest stores one only when it is on (not the old behaviour).
+LATER = ("drop_fraction", "duplicate_fraction", "single_winners")
+
 
 @dataclass
 class PairSettings:
@@ -57,7 +60,12 @@ class PairSettings:
         """What the folder's manifest stores; a setting added later is left out at its old
         behaviour, so folders made before it still resume."""
         data = asdict(self)
-        for name in ("drop_fraction", "duplicate_fraction", "single_winners"):
+        for name in LATER:
             if not data[name]:
                 data.pop(name)
         return data
+
+    @staticmethod
+    def unrecorded() -> dict:
+        """What a manifest without a later setting was made with (what a refusal names as its value)."""
+        return {name: getattr(PairSettings(), name) for name in LATER}

@@ -260,7 +260,7 @@ def make_reward_pairs(out: str | Path, train_pairs: int, *, settings: PairSettin
     with output_lock(out, "pair folder", kind="reward-data"):
         if restart:
             clear_pairs(out)
-        check_manifest(out, settings.manifest())
+        check_manifest(out, settings.manifest(), settings.unrecorded())
         counts = pair_counts(load_pairs(out).records) if done_shards(out) else {}
         if counts.get("train", 0) >= train_pairs:
             return counts

@@ -1,6 +1,7 @@
 """Preference pairs of the shapes world: flips, the exact check, splits by prompt, resuming; the rule reward."""
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import replace
 
@@ -290,6 +291,18 @@ def test_a_folder_made_before_drop_pairs_existed_still_resumes(tmp_path, rendere
                           progress=False)
     with pytest.raises(L2SError, match="drop_fraction must be in"):
         replace(SMALL, drop_fraction=1.5).check()
+
+
+def test_a_folder_made_before_duplicate_pairs_resumes_and_a_refusal_names_its_old_value(tmp_path, rendered_sampler):
+    make_reward_pairs(tmp_path, 10 ** 6, settings=SMALL, pipe=_Pipe(), max_shards=1, progress=False)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert "duplicate_fraction" not in manifest["settings"]   # as a folder made before the option
+    make_reward_pairs(tmp_path, 10 ** 6, settings=SMALL, pipe=_Pipe(), max_shards=2, progress=False)
+    assert done_shards(tmp_path) == [0, 1]
+    # the folder was made with 0.0, not with "(absent)"
+    with pytest.raises(L2SError, match=r"\(duplicate_fraction: 0\.0 -> 0\.5\)"):
+        make_reward_pairs(tmp_path, 10 ** 6, settings=replace(SMALL, duplicate_fraction=0.5), pipe=_Pipe(),
+                          max_shards=3, progress=False)
 
 
 def test_an_interrupted_run_resumes_to_the_same_pairs(tmp_path, rendered_sampler):
