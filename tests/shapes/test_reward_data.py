@@ -296,12 +296,15 @@ def test_a_folder_made_before_drop_pairs_existed_still_resumes(tmp_path, rendere
 def test_a_folder_made_before_duplicate_pairs_resumes_and_a_refusal_names_its_old_value(tmp_path, rendered_sampler):
     make_reward_pairs(tmp_path, 10 ** 6, settings=SMALL, pipe=_Pipe(), max_shards=1, progress=False)
     manifest = json.loads((tmp_path / "manifest.json").read_text())
-    assert "duplicate_fraction" not in manifest["settings"]   # as a folder made before the option
+    assert not {"duplicate_fraction", "single_winners"} & set(manifest["settings"])   # as made before the options
     make_reward_pairs(tmp_path, 10 ** 6, settings=SMALL, pipe=_Pipe(), max_shards=2, progress=False)
     assert done_shards(tmp_path) == [0, 1]
     # the folder was made with 0.0, not with "(absent)"
     with pytest.raises(L2SError, match=r"\(duplicate_fraction: 0\.0 -> 0\.5\)"):
         make_reward_pairs(tmp_path, 10 ** 6, settings=replace(SMALL, duplicate_fraction=0.5), pipe=_Pipe(),
+                          max_shards=3, progress=False)
+    with pytest.raises(L2SError, match=r"\(single_winners: False -> True\)"):
+        make_reward_pairs(tmp_path, 10 ** 6, settings=replace(SMALL, single_winners=True), pipe=_Pipe(),
                           max_shards=3, progress=False)
 
 
