@@ -23,10 +23,10 @@ def pair_scores(judge, pairs: PairSet, mirror: bool = False,
                 batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
     """(winner scores, loser scores) of every pair under its prompt (``mirror``: under the
     perturbed prompt, where the stored loser is the one that should win, so it is returned first)."""
-    if mirror and len(pairs.mirrorable()) < len(pairs):   # their perturbed prompt is what the loser was drawn from
+    # a drop's perturbed prompt is what its loser was drawn from, a duplicate's is its own prompt
+    if mirror and len(pairs.mirrorable()) < len(pairs):
         raise L2SError("dropped- and duplicated-object pairs have no mirror (no prompt of the pair makes their "
-                       "loser win); "
-                       "score pairs.mirrorable()")
+                       "loser win); score pairs.mirrorable()")
     prompts = [r["perturbed"] if mirror else r["prompt"] for r in pairs.records]
     first, second = (pairs.loser, pairs.winner) if mirror else (pairs.winner, pairs.loser)
     out_w, out_l = [], []
