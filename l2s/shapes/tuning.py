@@ -6,7 +6,7 @@
   both without the held-out colour and shape and without any prompt of the bench's two-object
   part, so the bench measures prompts the tuned model never trained on (its seeds differ too);
 * the dev log's judges are :class:`~l2s.shapes.rule_reward.RuleReward` (the exact detector +
-  GenEval rule, 0/1): strict, colours only, and every object found;
+  GenEval rule, 0/1): strict, colours only, every object found, and strict with no object drawn twice;
 * :func:`shapes_grpo_settings` — the shapes recipe's sampling (12 steps, true CFG 2, its image
   size), so the policy GRPO trains is the sampler the bench evaluates;
 * :func:`train_shapes_grpo` — the run, logging the :data:`JUDGES` on the dev prompts every epoch.
