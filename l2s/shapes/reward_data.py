@@ -183,14 +183,27 @@ def make_shard(pipe, settings: PairSettings, shard: int, detector: ShapesDetecto
     return images, records
 
 
+def _chosen_winners(records: list[dict], fraction: float, rng: np.random.Generator) -> list[dict]:
+    """Each winner's first flip pair, kept with probability ``fraction`` (one draw per winner)."""
+    firsts: dict = {}
+    for record in records:
+        firsts.setdefault(record["winner"], record)
+    return [r for r in firsts.values() if rng.random() < fraction]
+
+
+def _winner_fields(record: dict) -> dict:
+    """What a dropped- or duplicated-object pair takes from its winner's flip pair (its loser has
+    the winner's seed and no flipped relation)."""
+    return {**{key: record[key] for key in ("prompt", "winner", "pattern", "objects", "split", "family",
+                                            "winner_seed", "winner_generated_from")},
+            "flips": 0, "flipped": [], "loser_seed": record["winner_seed"]}
+
+
 def _drop_pairs(pipe, settings: PairSettings, plan, images: np.ndarray, records: list[dict], detector, batch_size,
                 progress, rng: np.random.Generator) -> tuple[np.ndarray, list[dict]]:
     """A share of the winners, each against its own seed drawn from its source prompt without one
     object: kept when that object is gone and every other one is there (so P fails only by it)."""
-    n, firsts = settings.images_per_family, {}
-    for record in records:
-        firsts.setdefault(record["winner"], record)
-    chosen = [r for r in firsts.values() if rng.random() < settings.drop_fraction]
+    n, chosen = settings.images_per_family, _chosen_winners(records, settings.drop_fraction, rng)
     if not chosen:
         return images, []
     drops = []
@@ -207,11 +220,8 @@ def _drop_pairs(pipe, settings: PairSettings, plan, images: np.ndarray, records:
         found = detector.detect(Image.fromarray(extra[k]), list(chain.names))
         if found[chain.names[index]] is not None or any(found[name] is None for name in source.names):
             continue
-        out.append({**{key: record[key] for key in ("prompt", "winner", "pattern", "objects", "split", "family",
-                                                    "winner_seed", "winner_generated_from")},
-                    "kind": "drop", "perturbed": source.prompt, "dropped": chain.names[index], "flips": 0,
-                    "flipped": [], "loser": len(images) + k, "loser_seed": record["winner_seed"],
-                    "loser_generated_from": source.prompt})
+        out.append({**_winner_fields(record), "kind": "drop", "perturbed": source.prompt,
+                    "dropped": chain.names[index], "loser": len(images) + k, "loser_generated_from": source.prompt})
     return np.concatenate([images, extra]), out
 
 
@@ -219,22 +229,15 @@ def _duplicate_pairs(settings: PairSettings, plan, images: np.ndarray, records: 
                      rng: np.random.Generator) -> tuple[np.ndarray, list[dict]]:
     """A share of the winners, each against itself with one (random) object painted once more at a
     free place (:func:`~.duplicates.paint_duplicate`): kept when the detector sees the extra one."""
-    firsts: dict = {}
-    for record in records:
-        firsts.setdefault(record["winner"], record)
-    chosen = [r for r in firsts.values() if rng.random() < settings.duplicate_fraction]
     painted, out = [], []
-    for record in chosen:
+    for record in _chosen_winners(records, settings.duplicate_fraction, rng):
         names = list(plan[record["winner"] // settings.images_per_family][0].names)
         name = names[int(rng.integers(len(names)))]
         image = paint_duplicate(images[record["winner"]], name, [n for n in names if n != name], detector, rng)
         if image is None:
             continue
-        out.append({**{key: record[key] for key in ("prompt", "winner", "pattern", "objects", "split", "family",
-                                                    "winner_seed", "winner_generated_from")},
-                    "kind": "duplicate", "perturbed": record["prompt"], "duplicated": name, "flips": 0,
-                    "flipped": [], "loser": len(images) + len(painted), "loser_seed": record["winner_seed"],
-                    "loser_generated_from": record["winner_generated_from"]})
+        out.append({**_winner_fields(record), "kind": "duplicate", "perturbed": record["prompt"], "duplicated": name,
+                    "loser": len(images) + len(painted), "loser_generated_from": record["winner_generated_from"]})
         painted.append(image)
     return (np.concatenate([images, np.stack(painted)]) if painted else images), out
 
